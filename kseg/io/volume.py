@@ -1,0 +1,61 @@
+"""The one in-memory type every kseg reader returns."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3D image (or label map) with its geometry and provenance.
+
+    Array axes are ``(z, y, x)``: slice, row, column. ``affine`` maps an index in that
+    same order, ``(k, j, i, 1)``, to RAS+ world coordinates in millimetres (NIfTI's world
+    convention; DICOM's LPS positions are converted by negating x and y). Spacing and
+    orientation are read off the affine, never stored twice.
+
+    Args:
+        array: voxel values, shape ``(z, y, x)``. CT readers return Hounsfield units.
+        affine: 4x4 float matrix, index ``(k, j, i)`` to RAS+ millimetres.
+        patient_id: the patient this volume belongs to; splits are made on it.
+        source_files: the file each slice came from, in array order (one entry for a
+            single-file volume such as NIfTI).
+        metadata: free-form facts from the header (modality, series UID, ...).
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    patient_id: str
+    source_files: tuple[str, ...] = ()
+    metadata: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        affine = np.asarray(self.affine, dtype=np.float64)
+        if affine.shape != (4, 4):
+            raise ValueError(f"affine must be 4x4, got shape {affine.shape}")
+        if np.ndim(self.array) != 3:
+            raise ValueError(f"Volume arrays are (z, y, x); got shape {np.shape(self.array)}")
+        object.__setattr__(self, "affine", affine)
+        object.__setattr__(self, "source_files", tuple(str(f) for f in self.source_files))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm along ``(z, y, x)``."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def origin(self) -> tuple[float, float, float]:
+        """RAS+ position in mm of the centre of voxel ``(0, 0, 0)``."""
+        return tuple(float(v) for v in self.affine[:3, 3])
+
+    def with_array(self, array: np.ndarray, **changes) -> Volume:
+        """The same geometry and provenance around a new array of the same grid."""
+        if np.shape(array) != self.shape:
+            raise ValueError(f"new array {np.shape(array)} is not on the grid {self.shape}")
+        return dataclasses.replace(self, array=array, **changes)
