@@ -1,0 +1,40 @@
+"""Whole-volume inference: slice-wise, sliding window, flip TTA, MC dropout, ensembles.
+
+Every entry point takes a ``keras.Model`` or any callable batch -> batch, and the wrappers
+(:func:`flip_tta`, :func:`ensemble_predictor`, :func:`mc_dropout_model`) return such
+predictors, so they compose: ``sliding_window(flip_tta(ensemble_predictor(paths)), ...)``.
+
+Importing this package stays numpy-only; the MC dropout names, which need Keras, load on
+first use.
+"""
+
+import importlib
+
+from kseg.inference.ensemble import ensemble_predictor
+from kseg.inference.slices import predict_slices
+from kseg.inference.sliding_window import gaussian_importance_map, sliding_window, window_starts
+from kseg.inference.tta import flip_tta
+
+_KERAS_EXPORTS = ("MCDropoutResult", "mc_dropout", "mc_dropout_model")
+
+__all__ = [
+    "MCDropoutResult",
+    "ensemble_predictor",
+    "flip_tta",
+    "gaussian_importance_map",
+    "mc_dropout",
+    "mc_dropout_model",
+    "predict_slices",
+    "sliding_window",
+    "window_starts",
+]
+
+
+def __getattr__(name):
+    if name in _KERAS_EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.uncertainty"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_KERAS_EXPORTS))

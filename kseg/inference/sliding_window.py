@@ -1,0 +1,225 @@
+"""Sliding-window inference over an image or volume of any size with any number of spatial axes.
+
+A network trained on patches sees a whole volume as a grid of overlapping windows. The
+windows are spread so that the first starts at 0 and the last ends at the border (nnU-Net's
+rule, so no voxel is predicted from a window hanging over padding), their predictions are
+blended with a gaussian importance map (centre voxels, which saw the most context, count
+most) and divided by the summed weights.
+
+Memory stays at the volume, one float32 output of the volume's size, one float32 weight map
+and one batch of windows: windows are cut, predicted and accumulated ``batch_size`` at a
+time on the host.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kseg.errors import AlignmentError
+from kseg.inference._predictor import as_batch_predictor
+
+BLEND_MODES = ("gaussian", "constant")
+
+
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Start indices of the windows along one axis, first at 0 and last at ``size - roi``.
+
+    The number of windows is the smallest that keeps the step at most ``roi * (1 - overlap)``:
+    ``ceil((size - roi) / (roi * (1 - overlap))) + 1``; the windows are then spread evenly
+    between 0 and ``size - roi`` and rounded to whole voxels. With a step below one voxel
+    (``roi * (1 - overlap) < 1``) rounding would repeat starts; repeats are dropped.
+
+    Args:
+        size: length of the axis (at least ``roi``).
+        roi: window length along the axis.
+        overlap: fraction of a window shared with its neighbour, in ``[0, 1)``.
+
+    Example:
+        >>> window_starts(110, 64, 0.5)
+        [0, 23, 46]
+
+    Reference:
+        Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical
+        image segmentation", Nature Methods 18, 2021 (``compute_steps_for_sliding_window``).
+    """
+    if roi > size:
+        raise ValueError(f"window length {roi} is larger than the axis length {size}")
+    target_step = roi * (1.0 - overlap)
+    num_windows = math.ceil((size - roi) / target_step) + 1
+    if num_windows == 1:
+        return [0]
+    step = (size - roi) / (num_windows - 1)
+    return sorted({int(round(step * i)) for i in range(num_windows)})
+
+
+def gaussian_importance_map(roi_size: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Weights for blending one window: a gaussian centred on the window, peak 1.
+
+    ``sigma = sigma_scale * roi`` along each axis. The centre is ``(roi - 1) / 2``, the
+    window's true middle, so the map is symmetric and a flipped window (test-time
+    augmentation) keeps the same weights; nnU-Net places it at ``roi // 2``. Weights that
+    underflow to 0 in float32 are raised to the smallest non-zero weight, so every voxel of
+    every window counts and the final division never meets a zero.
+
+    Args:
+        roi_size: window shape, one length per spatial axis.
+        sigma_scale: standard deviation as a fraction of the window length.
+
+    Returns:
+        float32 array of shape ``roi_size``.
+
+    Reference:
+        Isensee et al., nnU-Net, Nature Methods 18, 2021 (``compute_gaussian``); MONAI
+        ``compute_importance_map``.
+    """
+    if not sigma_scale > 0:
+        raise ValueError(f"sigma_scale must be positive, got {sigma_scale!r}")
+    weights = np.ones((), dtype=np.float64)
+    for length in roi_size:
+        offsets = np.arange(length) - (length - 1) / 2.0
+        profile = np.exp(-0.5 * (offsets / (sigma_scale * length)) ** 2)
+        weights = np.multiply.outer(weights, profile)
+    weights = (weights / weights.max()).astype(np.float32)
+    if not weights.all():
+        weights[weights == 0] = weights[weights > 0].min()
+    return weights
+
+
+def _check_roi(roi_size, spatial_shape: tuple[int, ...]) -> tuple[int, ...]:
+    if isinstance(roi_size, (int, np.integer)) or roi_size is None:
+        roi_size = (roi_size,) * len(spatial_shape)
+    roi_size = tuple(roi_size)
+    if len(roi_size) != len(spatial_shape):
+        raise ValueError(
+            f"roi_size {roi_size} has {len(roi_size)} axes but the volume has "
+            f"{len(spatial_shape)} spatial axes {spatial_shape} (plus a trailing channel axis)"
+        )
+    resolved = []
+    for roi, size in zip(roi_size, spatial_shape, strict=True):
+        if roi is None:
+            roi = size
+        if not isinstance(roi, (int, np.integer)) or roi < 1:
+            raise ValueError(f"roi_size entries must be positive integers or None, got {roi_size}")
+        resolved.append(int(roi))
+    return tuple(resolved)
+
+
+def sliding_window(
+    predictor,
+    volume: np.ndarray,
+    roi_size,
+    *,
+    overlap: float = 0.5,
+    blend: str = "gaussian",
+    sigma_scale: float = 0.125,
+    batch_size: int = 4,
+    pad_mode: str = "constant",
+    pad_value: float = 0.0,
+    progress: bool = True,
+) -> np.ndarray:
+    """Predict a whole image or volume window by window and blend the windows.
+
+    Args:
+        predictor: a ``keras.Model`` (run with ``predict_on_batch``) or any callable mapping a
+            batch ``(n, *roi_size, channels)`` to ``(n, *roi_size, out_channels)``, e.g. the
+            wrappers of :mod:`kseg.inference.tta` or :mod:`kseg.inference.ensemble`.
+        volume: array ``(*spatial, channels)``: ``(H, W, C)`` for a 2D image,
+            ``(D, H, W, C)`` for a volume, any number of spatial axes. Not modified.
+        roi_size: window shape, an int for every axis or one per spatial axis; ``None``
+            takes the whole axis.
+        overlap: fraction of a window shared with its neighbour along each axis, in
+            ``[0, 1)``. ``0.5`` is nnU-Net's default.
+        blend: ``"gaussian"`` (window centres count most) or ``"constant"`` (plain mean).
+        sigma_scale: gaussian standard deviation as a fraction of the window length.
+        batch_size: windows per predictor call.
+        pad_mode: ``numpy.pad`` mode used where the volume is smaller than the window; it is
+            padded evenly on both sides and the output cropped back.
+        pad_value: fill value for ``pad_mode="constant"``.
+        progress: show a tqdm bar over the windows.
+
+    Returns:
+        float32 array ``(*spatial, out_channels)`` on the volume's grid.
+
+    Example:
+        >>> probabilities = sliding_window(model, ct[..., None], roi_size=(64, 128, 128))
+
+    Reference:
+        Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical
+        image segmentation", Nature Methods 18, 2021; MONAI ``sliding_window_inference``.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim < 2:
+        raise ValueError(
+            f"volume must be (*spatial, channels) with at least one spatial axis, "
+            f"got shape {volume.shape}"
+        )
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+    if blend not in BLEND_MODES:
+        raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    spatial_shape = volume.shape[:-1]
+    roi_size = _check_roi(roi_size, spatial_shape)
+    predict = as_batch_predictor(predictor)
+
+    padding = []
+    for roi, size in zip(roi_size, spatial_shape, strict=True):
+        missing = max(roi - size, 0)
+        padding.append((missing // 2, missing - missing // 2))
+    padded = any(before or after for before, after in padding)
+    if padded:
+        pad_kwargs = {"constant_values": pad_value} if pad_mode == "constant" else {}
+        volume = np.pad(volume, padding + [(0, 0)], mode=pad_mode, **pad_kwargs)
+    padded_shape = volume.shape[:-1]
+
+    starts = [
+        window_starts(size, roi, overlap) for size, roi in zip(padded_shape, roi_size, strict=True)
+    ]
+    windows = [
+        tuple(slice(start, start + roi) for start, roi in zip(corner, roi_size, strict=True))
+        for corner in itertools.product(*starts)
+    ]
+    importance = gaussian_importance_map(roi_size, sigma_scale) if blend == "gaussian" else None
+
+    output = None
+    weight_sum = np.zeros(padded_shape, dtype=np.float32)
+    with tqdm(
+        total=len(windows), desc="sliding window", unit="window", disable=not progress
+    ) as bar:
+        for first in range(0, len(windows), batch_size):
+            batch_windows = windows[first : first + batch_size]
+            batch = np.stack([volume[window] for window in batch_windows]).astype(
+                np.float32, copy=False
+            )
+            prediction = predict(batch)
+            if prediction.ndim != batch.ndim or prediction.shape[:-1] != batch.shape[:-1]:
+                raise AlignmentError(
+                    None,
+                    f"predictor turned a batch of windows {batch.shape} into {prediction.shape}; "
+                    "sliding_window needs outputs with the same batch and spatial shape",
+                )
+            if output is None:
+                output = np.zeros(padded_shape + prediction.shape[-1:], dtype=np.float32)
+            for window, window_prediction in zip(batch_windows, prediction, strict=True):
+                if importance is None:
+                    output[window] += window_prediction
+                    weight_sum[window] += 1.0
+                else:
+                    output[window] += window_prediction * importance[..., None]
+                    weight_sum[window] += importance
+            bar.update(len(batch_windows))
+
+    output /= weight_sum[..., None]
+    if padded:
+        crop = tuple(
+            slice(before, before + size)
+            for (before, _), size in zip(padding, spatial_shape, strict=True)
+        )
+        return np.ascontiguousarray(output[crop])
+    return output
