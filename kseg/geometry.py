@@ -1,0 +1,496 @@
+"""Resample, reorient and crop :class:`kseg.io.Volume` objects, and map predictions back.
+
+Every function here is pure: it returns a new Volume (or array) whose ``affine`` says
+exactly where each voxel sits in RAS+ millimetres, and never writes into its input.
+Because every output carries its own affine, one function undoes any chain of these
+steps: :func:`to_original_grid` resamples a prediction made on a resampled, reoriented
+and/or cropped volume onto the grid of the volume the chain started from.
+
+Conventions (array axes are ``(z, y, x)``, the affine maps index ``(k, j, i, 1)`` to
+RAS+ mm, as in :class:`kseg.io.Volume`):
+
+- A voxel's index is the position of its *centre*; voxel ``n`` covers indices
+  ``[n - 0.5, n + 0.5]`` along each axis, so the field of view of a grid of shape ``N``
+  spans ``[-0.5, N - 0.5]``.
+- :func:`resample` keeps the outer corner of the first voxel fixed in world space (the
+  corner-aligned convention of ``scipy.ndimage.zoom(grid_mode=True)`` and nnU-Net's
+  resizing): the new grid covers the same field of view, starting at the same point,
+  with ``round(old_shape * old_spacing / new_spacing)`` voxels per axis. Downsampling
+  by 2 therefore puts each new centre midway between two old centres; nearest
+  neighbour breaks such exact ties towards the higher index, the same way everywhere.
+- Orientation codes are written in the order NIfTI and ITK use, ``(x, y, z)``, i.e.
+  for array axes ``(2, 1, 0)``: ``"RAS"`` means columns (axis 2) run towards the
+  patient's Right, rows (axis 1) towards Anterior and slices (axis 0) towards Superior
+  -- the same string ``nibabel.aff2axcodes`` gives for the equivalent NIfTI image.
+  ``"LPS"`` is the DICOM patient frame.
+- Outside the source field of view, resampling writes ``fill``; inside it (including
+  the half voxel between the outermost centres and the edge) values come from the
+  nearest edge voxel, so a grid never loses its border to the background.
+- ``source_files`` is carried along as provenance: after :func:`crop_foreground` and
+  :func:`reorient` it still names the file of each slice in array order when the slice
+  axis survives; resampling mixes slices, so its output lists every input file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import scipy.ndimage
+from nibabel import orientations
+
+from kseg.errors import AlignmentError, MaskError
+from kseg.io.volume import Volume
+
+__all__ = [
+    "crop_foreground",
+    "orientation",
+    "reorient",
+    "resample",
+    "resample_to",
+    "to_original_grid",
+    "uncrop",
+]
+
+BoundingBox = tuple[slice, slice, slice]
+
+# Composing two float affines leaves ~1e-15 noise in the index map; nearest-neighbour
+# ties at exact half-voxel positions (every 2x downsample has them) would then break one
+# way at voxel 0 and the other way further along. Rounding the map removes the noise
+# while moving a sample by far less than any meaningful fraction of a voxel.
+_INDEX_MAP_DECIMALS = 10
+# Tolerance, in voxels, for a sample on the edge of the source field of view to count
+# as inside it.
+_FIELD_OF_VIEW_TOLERANCE = 1e-6
+_AXIS_PAIRS = ({"L", "R"}, {"A", "P"}, {"S", "I"})
+
+
+def _source_of(volume: Volume) -> str | None:
+    return volume.source_files[0] if volume.source_files else None
+
+
+def _check_affine(affine, argument: str, source) -> np.ndarray:
+    affine = np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise AlignmentError(source, f"{argument} must be a 4x4 matrix, got shape {affine.shape}")
+    if not np.allclose(affine[3], [0.0, 0.0, 0.0, 1.0]):
+        raise AlignmentError(source, f"{argument} must end in the row [0, 0, 0, 1]")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise AlignmentError(source, f"{argument} is singular: its voxels have no volume")
+    return affine
+
+
+def _check_shape(shape, argument: str, source) -> tuple[int, int, int]:
+    values = tuple(shape)
+    if len(values) != 3 or any(int(v) != v or v < 1 for v in values):
+        raise AlignmentError(
+            source, f"{argument} must be three positive integers (z, y, x), got {values}"
+        )
+    return tuple(int(v) for v in values)
+
+
+def _interpolation_order(order: int | None, is_label: bool, source) -> int:
+    if order is None:
+        return 0 if is_label else 1
+    if is_label and order != 0:
+        raise AlignmentError(
+            source,
+            f"order={order} would blend label values; label maps are resampled with "
+            "nearest neighbour (order=0 or leave order unset)",
+        )
+    if order not in range(6):
+        raise AlignmentError(source, f"order must be an integer 0..5 (spline order), got {order}")
+    return order
+
+
+def _check_fill(fill, dtype, source) -> None:
+    with np.errstate(invalid="ignore", over="ignore"):
+        stored = np.asarray(fill).astype(dtype)
+    if not np.array_equal(stored, fill, equal_nan=True):
+        raise AlignmentError(source, f"fill={fill!r} cannot be stored in a {dtype} array")
+
+
+def _provenance_files(volume: Volume) -> tuple[str, ...]:
+    # A resampled slice mixes several input slices, so the per-slice reading of
+    # source_files no longer holds; keep every file as provenance, each once.
+    return tuple(dict.fromkeys(volume.source_files))
+
+
+def _inside_field_of_view(index_map: np.ndarray, source_shape, target_shape) -> np.ndarray:
+    """Which target voxels' centres fall inside the source grid's field of view."""
+    matrix, offset = index_map[:3, :3], index_map[:3, 3]
+    ks, js, is_ = (np.arange(n, dtype=np.float64) for n in target_shape)
+    inside = np.ones(target_shape, dtype=bool)
+    for axis, size in enumerate(source_shape):
+        low, high = -0.5 - _FIELD_OF_VIEW_TOLERANCE, size - 0.5 + _FIELD_OF_VIEW_TOLERANCE
+        # The source coordinate is separable: a term per target axis. Build the (j, i)
+        # plane once and add the k term slice by slice, so memory stays one plane.
+        plane = matrix[axis, 1] * js[:, None] + matrix[axis, 2] * is_[None, :] + offset[axis]
+        for k in range(target_shape[0]):
+            coordinate = plane + matrix[axis, 0] * ks[k]
+            inside[k] &= (coordinate >= low) & (coordinate <= high)
+    return inside
+
+
+def resample_to(
+    volume: Volume,
+    reference_affine,
+    reference_shape,
+    *,
+    is_label: bool = False,
+    order: int | None = None,
+    fill: float = 0,
+) -> Volume:
+    """Resample a volume onto any target grid given by an affine and a shape.
+
+    Each target voxel centre is mapped to world space by ``reference_affine`` and back
+    into the source's index space by the inverse of ``volume.affine``; the value there
+    is interpolated with ``scipy.ndimage.affine_transform``. The grids may differ in
+    spacing, origin, orientation and obliquity.
+
+    Args:
+        volume: the volume to resample.
+        reference_affine: 4x4 affine of the target grid, index ``(k, j, i, 1)`` to RAS+ mm.
+        reference_shape: shape ``(z, y, x)`` of the target grid.
+        is_label: the array is a label map; it is resampled with nearest neighbour, so
+            the output holds only values present in the input (and ``fill``).
+        order: spline order, 0 (nearest) to 5; defaults to 1 (linear) for images and
+            0 for label maps. Order 0 keeps the input dtype; higher orders return
+            float32 (float64 for float64 input).
+        fill: value of target voxels whose centre lies outside the source field of view.
+
+    Returns:
+        A Volume on the target grid, with the input's patient and metadata.
+
+    Example:
+        >>> on_ct_grid = resample_to(pet, ct.affine, ct.shape)
+
+    Reference:
+        Virtanen et al., "SciPy 1.0: fundamental algorithms for scientific computing in
+        Python", Nature Methods 17, 2020 (``scipy.ndimage.affine_transform``).
+    """
+    source = _source_of(volume)
+    target_affine = _check_affine(reference_affine, "reference_affine", source)
+    target_shape = _check_shape(reference_shape, "reference_shape", source)
+    source_affine = _check_affine(volume.affine, "volume.affine", source)
+    order = _interpolation_order(order, is_label, source)
+
+    index_map = np.round(np.linalg.solve(source_affine, target_affine), _INDEX_MAP_DECIMALS)
+    array = np.asarray(volume.array)
+    if order == 0:
+        output_dtype = array.dtype
+    else:
+        output_dtype = np.float64 if array.dtype == np.float64 else np.float32
+        if array.dtype == np.float16:
+            array = array.astype(np.float32)
+    _check_fill(fill, output_dtype, source)
+
+    resampled = scipy.ndimage.affine_transform(
+        array,
+        index_map[:3, :3],
+        offset=index_map[:3, 3],
+        output_shape=target_shape,
+        output=output_dtype,
+        order=order,
+        mode="nearest",
+        prefilter=order > 1,
+    )
+    resampled[~_inside_field_of_view(index_map, array.shape, target_shape)] = fill
+    return dataclasses.replace(
+        volume,
+        array=resampled,
+        affine=target_affine.copy(),
+        source_files=_provenance_files(volume),
+        metadata=dict(volume.metadata),
+    )
+
+
+def resample(
+    volume: Volume,
+    spacing,
+    *,
+    is_label: bool = False,
+    order: int | None = None,
+) -> Volume:
+    """Resample a volume to a new voxel spacing, keeping its field of view.
+
+    The new grid keeps the volume's axis directions; it has
+    ``round(shape * old_spacing / spacing)`` voxels per axis (at least one) and the outer
+    corner of its first voxel sits where the old first voxel's corner was, so the new
+    affine is ``directions * spacing`` with origin
+    ``old_corner + directions * spacing / 2``.
+
+    Args:
+        volume: the volume to resample.
+        spacing: target voxel size in mm along ``(z, y, x)``, or one number for all axes.
+        is_label: the array is a label map: nearest neighbour, so no new label values.
+        order: spline order, 0 (nearest) to 5; defaults to 1 (linear) for images and
+            0 for label maps (see :func:`resample_to` for output dtypes).
+
+    Returns:
+        The resampled Volume.
+
+    Example:
+        >>> iso = resample(ct, 1.5)
+        >>> iso_mask = resample(mask, 1.5, is_label=True)
+
+    Reference:
+        Isensee et al., "nnU-Net: a self-configuring method for deep learning-based
+        biomedical image segmentation", Nature Methods 18, 2021 (resampling to a common
+        target spacing before training).
+    """
+    source = _source_of(volume)
+    target_spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,)).copy()
+    if not np.all(np.isfinite(target_spacing) & (target_spacing > 0)):
+        raise AlignmentError(source, f"spacing must be positive millimetres, got {spacing!r}")
+    affine = _check_affine(volume.affine, "volume.affine", source)
+    old_spacing = np.asarray(volume.spacing)
+    directions = affine[:3, :3] / old_spacing
+
+    extent = np.asarray(volume.shape) * old_spacing
+    new_shape = tuple(max(1, int(n)) for n in np.floor(extent / target_spacing + 0.5))
+    new_affine = np.eye(4)
+    new_affine[:3, :3] = directions * target_spacing
+    first_corner = affine[:3, :3] @ np.full(3, -0.5) + affine[:3, 3]
+    new_affine[:3, 3] = first_corner + new_affine[:3, :3] @ np.full(3, 0.5)
+    return resample_to(volume, new_affine, new_shape, is_label=is_label, order=order)
+
+
+def orientation(volume: Volume) -> str:
+    """The closest axis codes of a volume, in ``(x, y, z)`` order (see module notes).
+
+    Args:
+        volume: any Volume.
+
+    Returns:
+        A three-letter string such as ``"RAS"`` or ``"LPS"``: the direction columns
+        (axis 2), rows (axis 1) and slices (axis 0) run towards.
+
+    Example:
+        >>> orientation(dicom_ct)
+        'LPS'
+    """
+    source = _source_of(volume)
+    affine = _check_affine(volume.affine, "volume.affine", source)
+    per_array_axis = orientations.ornt2axcodes(orientations.io_orientation(affine))
+    return "".join(per_array_axis[::-1])
+
+
+def reorient(volume: Volume, target: str = "RAS") -> Volume:
+    """Permute and flip array axes so they run along the target axis codes.
+
+    No interpolation happens: voxels are only moved, and the affine changes so that every
+    voxel keeps its world position. ``reorient(reorient(v, "RAS"), orientation(v))``
+    gives back ``v``'s array and affine. An oblique volume is brought to the closest
+    axes and stays oblique.
+
+    Args:
+        volume: the volume to reorient.
+        target: three axis codes in ``(x, y, z)`` order, one of each pair L/R, A/P, S/I;
+            ``"RAS"`` puts columns towards Right, rows towards Anterior and slices
+            towards Superior.
+
+    Returns:
+        The reoriented Volume (a copy; the input is untouched).
+
+    Example:
+        >>> ras = reorient(dicom_ct, "RAS")
+        >>> back = reorient(ras, orientation(dicom_ct))
+
+    Reference:
+        Brett et al., nibabel (``nibabel.orientations``); NIfTI-1 data format, sform/qform
+        orientation codes (https://nifti.nimh.nih.gov/nifti-1).
+    """
+    source = _source_of(volume)
+    codes = target.upper() if isinstance(target, str) else target
+    if (
+        not isinstance(codes, str)
+        or len(codes) != 3
+        or any(len(pair & set(codes)) != 1 for pair in _AXIS_PAIRS)
+    ):
+        raise AlignmentError(
+            source, f"target must be three codes, one of each L/R, A/P, S/I, got {target!r}"
+        )
+    affine = _check_affine(volume.affine, "volume.affine", source)
+    current = orientations.io_orientation(affine)
+    # nibabel orientations describe array axes in order; ours are (z, y, x), so the
+    # (x, y, z) code string is reversed before it is handed over.
+    transform = orientations.ornt_transform(current, orientations.axcodes2ornt(codes[::-1]))
+    array = np.array(orientations.apply_orientation(volume.array, transform), copy=True)
+    new_affine = affine @ orientations.inv_ornt_aff(transform, volume.shape)
+
+    files = volume.source_files
+    if len(files) == volume.shape[0] and len(files) > 1:
+        new_slice_axis, flip = transform[0]
+        if new_slice_axis != 0:
+            files = _provenance_files(volume)
+        elif flip < 0:
+            files = files[::-1]
+    return dataclasses.replace(
+        volume, array=array, affine=new_affine, source_files=files, metadata=dict(volume.metadata)
+    )
+
+
+def _margins(margin, source) -> np.ndarray:
+    values = np.broadcast_to(np.asarray(margin), (3,)) if np.ndim(margin) == 0 else margin
+    values = np.asarray(values)
+    if values.shape != (3,) or np.any(values < 0) or np.any(values != np.round(values)):
+        raise AlignmentError(
+            source, f"margin must be a non-negative voxel count or three of them, got {margin!r}"
+        )
+    return values.astype(int)
+
+
+def crop_foreground(
+    volume: Volume,
+    mask=None,
+    *,
+    margin=0,
+    threshold: float | None = None,
+) -> tuple[Volume, BoundingBox]:
+    """Crop a volume to the bounding box of its foreground plus a margin.
+
+    The foreground is ``mask != 0`` when a mask is given, else ``volume.array >
+    threshold`` (``threshold`` defaults to 0). The box is widened by ``margin`` voxels on
+    each side and clipped to the volume; the affine's origin moves to the box's first
+    voxel, so every kept voxel keeps its world position.
+
+    Args:
+        volume: the volume to crop.
+        mask: array (or Volume) on the volume's grid whose non-zero voxels are foreground.
+        margin: voxels added on each side, one number or one per axis ``(z, y, x)``.
+        threshold: intensity above which a voxel is foreground when no mask is given.
+
+    Returns:
+        ``(cropped, bbox)``: the cropped Volume (a copy) and the box as a tuple of three
+        slices, so that ``cropped.array == volume.array[bbox]``; pass the box to
+        :func:`uncrop` to paste a result back.
+
+    Example:
+        >>> body, bbox = crop_foreground(ct, threshold=-500, margin=4)
+
+    Reference:
+        MONAI ``CropForeground`` (Cardoso et al., "MONAI: An open-source framework for
+        deep learning in healthcare", arXiv:2211.02701, 2022).
+    """
+    source = _source_of(volume)
+    if mask is not None and threshold is not None:
+        raise AlignmentError(source, "give either mask or threshold, not both")
+    if mask is None:
+        foreground = np.asarray(volume.array) > (0 if threshold is None else threshold)
+    else:
+        if isinstance(mask, Volume):
+            if not np.allclose(mask.affine, volume.affine, atol=1e-4):
+                raise AlignmentError(
+                    _source_of(mask), "mask lies on a different grid (affine) from the volume"
+                )
+            mask = mask.array
+        foreground = np.asarray(mask) != 0
+        if foreground.shape != volume.shape:
+            raise AlignmentError(
+                source, f"mask shape {foreground.shape} differs from volume shape {volume.shape}"
+            )
+    if not foreground.any():
+        raise MaskError(source, "nothing to crop to: the foreground is empty")
+
+    widths = _margins(margin, source)
+    bbox = []
+    for axis in range(3):
+        other_axes = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(foreground.any(axis=other_axes))
+        start = max(0, int(present[0]) - int(widths[axis]))
+        stop = min(volume.shape[axis], int(present[-1]) + 1 + int(widths[axis]))
+        bbox.append(slice(start, stop))
+    bbox = tuple(bbox)
+
+    new_affine = volume.affine.copy()
+    first_index = np.array([s.start for s in bbox], dtype=np.float64)
+    new_affine[:3, 3] = volume.affine[:3, :3] @ first_index + volume.affine[:3, 3]
+    files = volume.source_files
+    if len(files) == volume.shape[0] and len(files) > 1:
+        files = files[bbox[0]]
+    cropped = dataclasses.replace(
+        volume,
+        array=np.array(volume.array[bbox], copy=True),
+        affine=new_affine,
+        source_files=files,
+        metadata=dict(volume.metadata),
+    )
+    return cropped, bbox
+
+
+def uncrop(array, bbox: BoundingBox, original_shape, fill=0) -> np.ndarray:
+    """Paste an array computed on a crop back into the full grid it was cut from.
+
+    Args:
+        array: values on the cropped grid, shape ``(z, y, x)`` or ``(z, y, x, ...)``
+            (trailing axes such as class probabilities are kept).
+        bbox: the box :func:`crop_foreground` returned.
+        original_shape: the ``(z, y, x)`` shape of the uncropped volume.
+        fill: value outside the box.
+
+    Returns:
+        A new array of shape ``original_shape + array.shape[3:]`` with ``array`` inside
+        the box and ``fill`` elsewhere.
+
+    Example:
+        >>> full = uncrop(prediction, bbox, ct.shape)
+    """
+    array = np.asarray(array)
+    shape = _check_shape(original_shape, "original_shape", None)
+    if len(bbox) != 3 or any(
+        not isinstance(s, slice) or s.step not in (None, 1) or s.start is None or s.stop is None
+        for s in bbox
+    ):
+        raise AlignmentError(None, f"bbox must be three slices with start and stop, got {bbox!r}")
+    box_shape = tuple(s.stop - s.start for s in bbox)
+    if any(s.start < 0 or s.stop > n for s, n in zip(bbox, shape, strict=True)):
+        raise AlignmentError(None, f"bbox {bbox} does not fit in original_shape {shape}")
+    if array.ndim < 3 or array.shape[:3] != box_shape:
+        raise AlignmentError(
+            None, f"array of shape {array.shape} does not fill the box of shape {box_shape}"
+        )
+    _check_fill(fill, array.dtype, None)
+    full = np.full(shape + array.shape[3:], fill, dtype=array.dtype)
+    full[bbox] = array
+    return full
+
+
+def to_original_grid(
+    prediction: Volume,
+    original: Volume,
+    *,
+    is_label: bool = True,
+    order: int | None = None,
+    fill: float = 0,
+) -> np.ndarray:
+    """Map a prediction made on a preprocessed volume back onto the original grid.
+
+    Works after any chain of :func:`resample`, :func:`resample_to`, :func:`reorient` and
+    :func:`crop_foreground`, because each step's output carries its own affine: the
+    prediction is resampled with :func:`resample_to` onto ``original``'s affine and
+    shape. Voxels outside the prediction's field of view (cropped away) get ``fill``.
+    Label maps round-trip exactly through steps that lose no voxel: reorienting,
+    cropping, and resampling to a spacing that divides the original one by integers.
+
+    Args:
+        prediction: the prediction as a Volume on the preprocessed grid, e.g.
+            ``preprocessed.with_array(labels)``.
+        original: the volume the preprocessing started from (only its grid is used).
+        is_label: the prediction is a label map (nearest neighbour); set False for
+            probabilities or other continuous maps (linear by default).
+        order: spline order, see :func:`resample_to`.
+        fill: value outside the prediction's field of view.
+
+    Returns:
+        The prediction as an array of ``original.shape``.
+
+    Example:
+        >>> small = resample(reorient(ct, "RAS"), 2.0)
+        >>> body, bbox = crop_foreground(small, threshold=-500)
+        >>> labels = predict(body.array)
+        >>> on_ct = to_original_grid(body.with_array(labels), ct)
+    """
+    return resample_to(
+        prediction, original.affine, original.shape, is_label=is_label, order=order, fill=fill
+    ).array
