@@ -14,6 +14,7 @@ _SUBMODULES = (
     "data",
     "errors",
     "evaluation",
+    "geometry",
     "inference",
     "io",
     "losses",

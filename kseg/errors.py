@@ -58,3 +58,11 @@ class AlignmentError(KsegError, ValueError):
     def __init__(self, path, problem: str):
         self.path = path
         super().__init__(_describe(path, problem))
+
+
+class GeometryError(KsegError, ValueError):
+    """A geometric operation got arguments that describe no valid grid or orientation."""
+
+    def __init__(self, path, problem: str):
+        self.path = path
+        super().__init__(_describe(path, problem))

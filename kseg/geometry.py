@@ -39,7 +39,7 @@ import numpy as np
 import scipy.ndimage
 from nibabel import orientations
 
-from kseg.errors import AlignmentError, MaskError
+from kseg.errors import GeometryError, MaskError
 from kseg.io.volume import Volume
 
 __all__ = [
@@ -72,18 +72,18 @@ def _source_of(volume: Volume) -> str | None:
 def _check_affine(affine, argument: str, source) -> np.ndarray:
     affine = np.asarray(affine, dtype=np.float64)
     if affine.shape != (4, 4):
-        raise AlignmentError(source, f"{argument} must be a 4x4 matrix, got shape {affine.shape}")
+        raise GeometryError(source, f"{argument} must be a 4x4 matrix, got shape {affine.shape}")
     if not np.allclose(affine[3], [0.0, 0.0, 0.0, 1.0]):
-        raise AlignmentError(source, f"{argument} must end in the row [0, 0, 0, 1]")
+        raise GeometryError(source, f"{argument} must end in the row [0, 0, 0, 1]")
     if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        raise AlignmentError(source, f"{argument} is singular: its voxels have no volume")
+        raise GeometryError(source, f"{argument} is singular: its voxels have no volume")
     return affine
 
 
 def _check_shape(shape, argument: str, source) -> tuple[int, int, int]:
     values = tuple(shape)
     if len(values) != 3 or any(int(v) != v or v < 1 for v in values):
-        raise AlignmentError(
+        raise GeometryError(
             source, f"{argument} must be three positive integers (z, y, x), got {values}"
         )
     return tuple(int(v) for v in values)
@@ -93,13 +93,13 @@ def _interpolation_order(order: int | None, is_label: bool, source) -> int:
     if order is None:
         return 0 if is_label else 1
     if is_label and order != 0:
-        raise AlignmentError(
+        raise GeometryError(
             source,
             f"order={order} would blend label values; label maps are resampled with "
             "nearest neighbour (order=0 or leave order unset)",
         )
     if order not in range(6):
-        raise AlignmentError(source, f"order must be an integer 0..5 (spline order), got {order}")
+        raise GeometryError(source, f"order must be an integer 0..5 (spline order), got {order}")
     return order
 
 
@@ -107,7 +107,7 @@ def _check_fill(fill, dtype, source) -> None:
     with np.errstate(invalid="ignore", over="ignore"):
         stored = np.asarray(fill).astype(dtype)
     if not np.array_equal(stored, fill, equal_nan=True):
-        raise AlignmentError(source, f"fill={fill!r} cannot be stored in a {dtype} array")
+        raise GeometryError(source, f"fill={fill!r} cannot be stored in a {dtype} array")
 
 
 def _provenance_files(volume: Volume) -> tuple[str, ...]:
@@ -242,7 +242,7 @@ def resample(
     source = _source_of(volume)
     target_spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,)).copy()
     if not np.all(np.isfinite(target_spacing) & (target_spacing > 0)):
-        raise AlignmentError(source, f"spacing must be positive millimetres, got {spacing!r}")
+        raise GeometryError(source, f"spacing must be positive millimetres, got {spacing!r}")
     affine = _check_affine(volume.affine, "volume.affine", source)
     old_spacing = np.asarray(volume.spacing)
     directions = affine[:3, :3] / old_spacing
@@ -308,7 +308,7 @@ def reorient(volume: Volume, target: str = "RAS") -> Volume:
         or len(codes) != 3
         or any(len(pair & set(codes)) != 1 for pair in _AXIS_PAIRS)
     ):
-        raise AlignmentError(
+        raise GeometryError(
             source, f"target must be three codes, one of each L/R, A/P, S/I, got {target!r}"
         )
     affine = _check_affine(volume.affine, "volume.affine", source)
@@ -335,7 +335,7 @@ def _margins(margin, source) -> np.ndarray:
     values = np.broadcast_to(np.asarray(margin), (3,)) if np.ndim(margin) == 0 else margin
     values = np.asarray(values)
     if values.shape != (3,) or np.any(values < 0) or np.any(values != np.round(values)):
-        raise AlignmentError(
+        raise GeometryError(
             source, f"margin must be a non-negative voxel count or three of them, got {margin!r}"
         )
     return values.astype(int)
@@ -375,19 +375,19 @@ def crop_foreground(
     """
     source = _source_of(volume)
     if mask is not None and threshold is not None:
-        raise AlignmentError(source, "give either mask or threshold, not both")
+        raise GeometryError(source, "give either mask or threshold, not both")
     if mask is None:
         foreground = np.asarray(volume.array) > (0 if threshold is None else threshold)
     else:
         if isinstance(mask, Volume):
             if not np.allclose(mask.affine, volume.affine, atol=1e-4):
-                raise AlignmentError(
+                raise GeometryError(
                     _source_of(mask), "mask lies on a different grid (affine) from the volume"
                 )
             mask = mask.array
         foreground = np.asarray(mask) != 0
         if foreground.shape != volume.shape:
-            raise AlignmentError(
+            raise GeometryError(
                 source, f"mask shape {foreground.shape} differs from volume shape {volume.shape}"
             )
     if not foreground.any():
@@ -442,12 +442,12 @@ def uncrop(array, bbox: BoundingBox, original_shape, fill=0) -> np.ndarray:
         not isinstance(s, slice) or s.step not in (None, 1) or s.start is None or s.stop is None
         for s in bbox
     ):
-        raise AlignmentError(None, f"bbox must be three slices with start and stop, got {bbox!r}")
+        raise GeometryError(None, f"bbox must be three slices with start and stop, got {bbox!r}")
     box_shape = tuple(s.stop - s.start for s in bbox)
     if any(s.start < 0 or s.stop > n for s, n in zip(bbox, shape, strict=True)):
-        raise AlignmentError(None, f"bbox {bbox} does not fit in original_shape {shape}")
+        raise GeometryError(None, f"bbox {bbox} does not fit in original_shape {shape}")
     if array.ndim < 3 or array.shape[:3] != box_shape:
-        raise AlignmentError(
+        raise GeometryError(
             None, f"array of shape {array.shape} does not fill the box of shape {box_shape}"
         )
     _check_fill(fill, array.dtype, None)

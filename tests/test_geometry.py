@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kseg import geometry
-from kseg.errors import AlignmentError, MaskError
+from kseg.errors import GeometryError, MaskError
 from kseg.io import Volume
 
 
@@ -172,16 +172,16 @@ def test_bool_masks_stay_bool():
 
 def test_resample_rejects_bad_arguments():
     volume = Volume(np.zeros((4, 4, 4)), np.eye(4), patient_id="p", source_files=("a.nii",))
-    with pytest.raises(AlignmentError, match="a.nii: spacing"):
+    with pytest.raises(GeometryError, match="a.nii: spacing"):
         geometry.resample(volume, (1.0, 0.0, 1.0))
-    with pytest.raises(AlignmentError, match="blend label values"):
+    with pytest.raises(GeometryError, match="blend label values"):
         geometry.resample(volume, 2.0, is_label=True, order=1)
-    with pytest.raises(AlignmentError, match="reference_shape"):
+    with pytest.raises(GeometryError, match="reference_shape"):
         geometry.resample_to(volume, np.eye(4), (4, 4))
-    with pytest.raises(AlignmentError, match="singular"):
+    with pytest.raises(GeometryError, match="singular"):
         geometry.resample_to(volume, np.diag([1.0, 0.0, 1.0, 1.0]), (4, 4, 4))
     labels = volume.with_array(np.zeros((4, 4, 4), np.uint8))
-    with pytest.raises(AlignmentError, match="fill"):
+    with pytest.raises(GeometryError, match="fill"):
         geometry.resample_to(labels, np.eye(4), (4, 4, 4), is_label=True, fill=-1)
 
 
@@ -240,7 +240,7 @@ def test_reorient_reverses_per_slice_files_when_slices_flip():
 def test_reorient_rejects_bad_codes():
     volume = Volume(np.zeros((2, 2, 2)), np.eye(4), patient_id="p")
     for bad in ("RAR", "RA", "XYZ"):
-        with pytest.raises(AlignmentError, match="target"):
+        with pytest.raises(GeometryError, match="target"):
             geometry.reorient(volume, bad)
 
 
@@ -285,13 +285,13 @@ def test_crop_and_uncrop_errors():
     volume = Volume(np.zeros((4, 4, 4)), np.eye(4), patient_id="p", source_files=("v.nii",))
     with pytest.raises(MaskError, match="v.nii: .*empty"):
         geometry.crop_foreground(volume)
-    with pytest.raises(AlignmentError, match="mask shape"):
+    with pytest.raises(GeometryError, match="mask shape"):
         geometry.crop_foreground(volume, np.ones((4, 4, 3)))
-    with pytest.raises(AlignmentError, match="does not fill"):
+    with pytest.raises(GeometryError, match="does not fill"):
         geometry.uncrop(np.zeros((2, 2, 2)), (slice(0, 2), slice(0, 2), slice(0, 3)), (4, 4, 4))
-    with pytest.raises(AlignmentError, match="fill=-1"):
+    with pytest.raises(GeometryError, match="fill=-1"):
         geometry.uncrop(np.zeros((2, 2, 2), np.uint8), (slice(0, 2),) * 3, (4, 4, 4), fill=-1)
-    with pytest.raises(AlignmentError, match="does not fit"):
+    with pytest.raises(GeometryError, match="does not fit"):
         geometry.uncrop(np.zeros((2, 2, 2)), (slice(3, 5), slice(0, 2), slice(0, 2)), (4, 4, 4))
 
 
