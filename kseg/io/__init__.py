@@ -6,12 +6,26 @@ from kseg.io.dicom import (
     read_dicom_image,
     read_dicom_series,
 )
+from kseg.io.masks import (
+    CHAOS_MR_LABEL_RANGES,
+    LossyMaskWarning,
+    binarize,
+    map_label_ranges,
+    read_mask,
+    read_mask_stack,
+)
 from kseg.io.volume import Volume
 
 __all__ = [
+    "CHAOS_MR_LABEL_RANGES",
+    "LossyMaskWarning",
     "SkippedFileWarning",
     "UnevenSliceSpacingWarning",
     "Volume",
+    "binarize",
+    "map_label_ranges",
     "read_dicom_image",
     "read_dicom_series",
+    "read_mask",
+    "read_mask_stack",
 ]
