@@ -1,0 +1,105 @@
+"""Residual U-Net (Zhang et al., 2018): U-Net levels built from pre-activation residual units."""
+
+from __future__ import annotations
+
+import keras
+
+from kseg.models._building_blocks import (
+    check_divisible,
+    check_dropout,
+    check_int,
+    check_upsampling,
+    resolve_activation,
+    resolve_spatial_dims,
+    segmentation_head,
+    upsample,
+)
+from kseg.models.residual_unit import ResidualUnit
+
+
+def res_unet(
+    input_shape=(None, None, 1),
+    num_classes: int = 1,
+    *,
+    depth: int = 4,
+    base_filters: int = 32,
+    upsampling: str = "transpose",
+    dropout: float = 0.0,
+    batch_norm: bool = True,
+    activation="auto",
+    spatial_dims: int | None = None,
+    name: str = "res_unet",
+) -> keras.Model:
+    """Build a Residual U-Net (ResUNet).
+
+    Every level is a :class:`~kseg.models.residual_unit.ResidualUnit`. The encoder
+    down-samples with a stride-2 first convolution instead of max-pooling; its first unit
+    starts with a convolution on the raw image rather than batch norm + ReLU. A strided
+    unit with ``base_filters * 2**depth`` channels forms the bridge; each decoder level
+    up-samples, concatenates the encoder feature of the same level and applies a unit with
+    a projection shortcut (Zhang et al., 2018, Fig. 3, generalised to ``depth`` levels and
+    3D as in Diakogiannis et al., 2020).
+
+    Args:
+        input_shape: ``(H, W, C)`` or ``(D, H, W, C)``; spatial sizes may be ``None``.
+            Known sizes must be divisible by ``2**depth``.
+        num_classes: output channels.
+        depth: number of down-sampling steps (3 in Zhang et al.).
+        base_filters: channels at full resolution (64 in Zhang et al.).
+        upsampling: ``"transpose"`` or ``"resize"`` (see :func:`kseg.models.unet`).
+        dropout: dropout rate after the bridge (Monte-Carlo capable); 0 leaves it out.
+        batch_norm: batch norm inside the residual units.
+        activation: ``"auto"``, ``"sigmoid"``, ``"softmax"`` or ``None`` for logits.
+        spatial_dims: 2 or 3; ``None`` reads it off ``input_shape``.
+        name: model name.
+
+    Returns:
+        A functional ``keras.Model`` mapping ``(batch, *spatial, C)`` to
+        ``(batch, *spatial, num_classes)``.
+
+    Example:
+        >>> model = res_unet((224, 224, 3), num_classes=1, depth=3, base_filters=64)
+        >>> model.output_shape
+        (None, 224, 224, 1)
+
+    Reference:
+        Zhang Z., Liu Q., Wang Y., "Road Extraction by Deep Residual U-Net", IEEE GRSL 2018,
+        https://arxiv.org/abs/1711.10684 ;
+        Diakogiannis F. I. et al., "ResUNet-a: a deep learning framework for semantic
+        segmentation of remotely sensed data", ISPRS J. 2020, https://arxiv.org/abs/1904.00592
+    """
+    input_shape, spatial_dims = resolve_spatial_dims(input_shape, spatial_dims)
+    num_classes = check_int("num_classes", num_classes, 1)
+    depth = check_int("depth", depth, 1)
+    base_filters = check_int("base_filters", base_filters, 1)
+    upsampling = check_upsampling(upsampling)
+    dropout = check_dropout("dropout", dropout)
+    activation = resolve_activation(activation, num_classes)
+    check_divisible(input_shape, depth)
+
+    def unit(filters, name, strides=1, preactivate=True):
+        return ResidualUnit(
+            filters,
+            spatial_dims,
+            strides=strides,
+            preactivate=preactivate,
+            batch_norm=batch_norm,
+            name=name,
+        )
+
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = unit(base_filters, "encoder0", preactivate=False)(inputs)
+    skips = [x]
+    for level in range(1, depth):
+        x = unit(base_filters * 2**level, f"encoder{level}", strides=2)(x)
+        skips.append(x)
+    x = unit(base_filters * 2**depth, "bridge", strides=2)(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="bridge_dropout")(x)
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        x = upsample(x, filters, spatial_dims, upsampling, f"decoder{level}_up")
+        x = keras.layers.Concatenate(name=f"decoder{level}_concat")([skips[level], x])
+        x = unit(filters, f"decoder{level}")(x)
+    outputs = segmentation_head(x, num_classes, activation, spatial_dims, "segmentation")
+    return keras.Model(inputs, outputs, name=name)
