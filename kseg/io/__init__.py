@@ -14,6 +14,7 @@ from kseg.io.masks import (
     read_mask,
     read_mask_stack,
 )
+from kseg.io.nifti import read_nifti, write_nifti
 from kseg.io.volume import Volume
 
 __all__ = [
@@ -28,4 +29,6 @@ __all__ = [
     "read_dicom_series",
     "read_mask",
     "read_mask_stack",
+    "read_nifti",
+    "write_nifti",
 ]

@@ -1,0 +1,102 @@
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from kseg.errors import UnreadableFileError
+from kseg.io import Volume, read_nifti, write_nifti
+
+
+def _sheared_volume(dtype=np.int16):
+    """Oblique, anisotropic, sheared (gantry-tilt-like) geometry: any axis mix-up shows."""
+    rng = np.random.default_rng(1)
+    array = rng.integers(-1000, 1000, size=(3, 4, 5)).astype(dtype)
+    affine = np.array(
+        [
+            [0.1, 0.0, -0.7, 12.0],
+            [0.3, -0.8, 0.05, -40.0],
+            [2.5, 0.2, 0.0, 101.5],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+    return Volume(array=array, affine=affine, patient_id="case7")
+
+
+def test_read_matches_nibabel_voxel_for_voxel(shared_data):
+    path = shared_data / "totalseg-ct" / "example_ct_sm.nii.gz"
+    reference = nib.load(path)
+    data = np.asarray(reference.dataobj)
+
+    volume = read_nifti(path)
+
+    assert volume.shape == data.shape[::-1] == (30, 101, 122)
+    assert volume.array.dtype == data.dtype == np.int16
+    assert volume.patient_id == "example_ct_sm"
+    assert volume.source_files == (str(path),)
+    for k, j, i in [(0, 0, 0), (29, 100, 121), (7, 50, 3), (12, 1, 99)]:
+        assert volume.array[k, j, i] == data[i, j, k]
+        np.testing.assert_allclose(
+            volume.affine @ [k, j, i, 1], reference.affine @ [i, j, k, 1], atol=1e-9
+        )
+    np.testing.assert_allclose(volume.spacing, (3.0, 3.0, 3.0))
+    assert read_nifti(path, patient_id="p1").patient_id == "p1"
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_round_trip_keeps_array_affine_and_dtype(tmp_path, suffix):
+    volume = _sheared_volume()
+    path = tmp_path / f"case7{suffix}"
+    write_nifti(volume, path)
+    assert sorted(os.listdir(tmp_path)) == [path.name]  # no temporary file left behind
+
+    back = read_nifti(path)
+    np.testing.assert_array_equal(back.array, volume.array)
+    assert back.array.dtype == np.int16
+    np.testing.assert_allclose(back.affine, volume.affine, atol=1e-6)
+    # Independent of kseg's reader: nibabel sees the same voxel at the same world point.
+    stored = nib.load(path)
+    np.testing.assert_allclose(stored.affine @ [4, 2, 1, 1], volume.affine @ [1, 2, 4, 1])
+    assert np.asarray(stored.dataobj)[4, 2, 1] == volume.array[1, 2, 4]
+
+
+def test_boolean_and_int64_arrays_are_stored_in_nifti_types(tmp_path):
+    base = _sheared_volume()
+    write_nifti(base.with_array(base.array > 0), tmp_path / "mask.nii.gz")
+    mask = read_nifti(tmp_path / "mask.nii.gz")
+    assert mask.array.dtype == np.uint8
+    np.testing.assert_array_equal(mask.array, base.array > 0)
+
+    write_nifti(base.with_array(base.array.astype(np.int64)), tmp_path / "labels.nii.gz")
+    labels = read_nifti(tmp_path / "labels.nii.gz")
+    assert labels.array.dtype == np.int32
+    np.testing.assert_array_equal(labels.array, base.array)
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "case.nii.gz"
+    write_nifti(_sheared_volume(), path)
+    before = path.read_bytes()
+    impossible = _sheared_volume().with_array(np.full((3, 4, 5), 2**40, np.int64))
+    with pytest.raises(ValueError):
+        write_nifti(impossible, path)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["case.nii.gz"]
+    with pytest.raises(ValueError, match=r"\.nii"):
+        write_nifti(_sheared_volume(), tmp_path / "case.nrrd")
+
+
+def test_metre_units_are_converted_to_millimetres(tmp_path):
+    image = nib.Nifti1Image(np.zeros((2, 3, 4), np.float32), np.diag([0.002, 0.003, 0.004, 1]))
+    image.header.set_xyzt_units("meter")
+    nib.save(image, tmp_path / "metres.nii")
+    np.testing.assert_allclose(read_nifti(tmp_path / "metres.nii").spacing, (4.0, 3.0, 2.0))
+
+
+def test_not_nifti_and_4d_are_unreadable(tmp_path):
+    (tmp_path / "fake.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(UnreadableFileError, match="fake.nii.gz"):
+        read_nifti(tmp_path / "fake.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((2, 3, 4, 2), np.float32), np.eye(4)), tmp_path / "4d.nii")
+    with pytest.raises(UnreadableFileError, match="3D"):
+        read_nifti(tmp_path / "4d.nii")
