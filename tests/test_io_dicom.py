@@ -295,6 +295,19 @@ def test_non_dicom_files_are_skipped_with_a_warning(tmp_path):
         assert name in message
 
 
+def test_dicom_without_preamble_is_still_read(tmp_path):
+    paths = _axial_series(tmp_path, [0.0, 1.0, 2.0], pixels=np.full((ROWS, COLUMNS), 5, np.uint16))
+    dataset = pydicom.dcmread(paths[1])
+    dataset.preamble = None
+    del dataset.file_meta
+    pydicom.dcmwrite(paths[1], dataset, enforce_file_format=False, implicit_vr=True)
+    assert paths[1].read_bytes()[128:132] != b"DICM"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        volume = read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(volume.array, np.full((3, ROWS, COLUMNS), 5 - 1024))
+
+
 def test_truncated_pixel_data_is_unreadable_and_named(tmp_path):
     paths = _axial_series(tmp_path, [0.0, 1.0, 2.0])
     data = paths[1].read_bytes()

@@ -25,6 +25,7 @@ import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from kseg.errors import DicomSeriesError, LayoutError, UnreadableFileError
 from kseg.io.volume import Volume
@@ -365,6 +366,25 @@ def _decode_pixels(path: str, dataset: pydicom.Dataset) -> np.ndarray:
         raise UnreadableFileError(path, f"pixel data cannot be decoded ({exc})") from exc
 
 
+def _read_vetted_file(path: str) -> pydicom.Dataset:
+    """Full read of a file the header pass accepted, preamble or not."""
+    try:
+        dataset = pydicom.dcmread(path, force=True)
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise UnreadableFileError(path, f"DICOM file cannot be read ({exc})") from exc
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        # Preamble-less files carry no file meta: the decoder needs the encoding pydicom
+        # detected while parsing. Only the in-memory copy is changed.
+        implicit_vr, little_endian = dataset.original_encoding
+        if implicit_vr:
+            dataset.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        elif little_endian:
+            dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        else:
+            dataset.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    return dataset
+
+
 def _decode_in_hounsfield_units(ordered) -> np.ndarray:
     """Decode each slice once; int16 while every value is an exact int16, else float32."""
     first_path, first = ordered[0]
@@ -372,10 +392,7 @@ def _decode_in_hounsfield_units(ordered) -> np.ndarray:
     volume = np.empty(shape, dtype=np.int16)
     int16 = np.iinfo(np.int16)
     for index, (path, _) in enumerate(ordered):
-        try:
-            dataset = pydicom.dcmread(path)
-        except Exception as exc:  # pydicom raises many types on damaged files
-            raise UnreadableFileError(path, f"DICOM file cannot be read ({exc})") from exc
+        dataset = _read_vetted_file(path)
         pixels = _decode_pixels(path, dataset)
         if pixels.shape != shape[1:]:
             raise UnreadableFileError(
