@@ -49,8 +49,7 @@ SAME_POSITION_TOLERANCE_MM = 1e-3
 _ORIENTATION_TOLERANCE = 1e-3
 _SPACING_TOLERANCE_MM = 1e-4
 
-# DICOM files that carry no image of their own (DICOMDIR, RTSTRUCT, SEG, SR, ...) are skipped
-# with a SkippedFileWarning when they share a folder with the slices.
+# DICOM patient coordinates are LPS+; RAS+ negates x and y.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
@@ -185,7 +184,12 @@ def _list_source(source) -> tuple[str, list[str]]:
     if isinstance(source, (str, os.PathLike)):
         folder = os.fspath(source)
         if not os.path.isdir(folder):
-            raise LayoutError(folder, "expected a folder of DICOM files; it does not exist")
+            problem = (
+                "is not a folder (pass a list of files)"
+                if os.path.exists(folder)
+                else ("does not exist")
+            )
+            raise LayoutError(folder, f"expected a folder of DICOM files; it {problem}")
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
         paths = [entry.path for entry in entries if entry.is_file()]
         if not paths:
@@ -226,13 +230,15 @@ def _read_image_headers(paths: Iterable[str], folder: str) -> list[tuple[str, py
                 raise UnreadableFileError(path, f"DICOM header cannot be read ({exc})") from exc
             skipped.append(f"{path} (not DICOM)")
             continue
-        sop_class = dataset.get("SOPClassUID")
-        if "Rows" not in dataset or "Columns" not in dataset:
-            kind = getattr(sop_class, "name", None) or ("DICOM" if has_preamble else "not DICOM")
-            skipped.append(f"{path} ({kind}, no image)")
-            continue
-        if not has_preamble and "SeriesInstanceUID" not in dataset:
+        is_image = "Rows" in dataset and "Columns" in dataset
+        if not has_preamble and not (is_image and "SeriesInstanceUID" in dataset):
+            # A forced parse of a text or thumbnail file yields a few junk elements at most.
             skipped.append(f"{path} (not DICOM)")
+            continue
+        if not is_image:
+            # DICOMDIR, RTSTRUCT, SEG, SR ... stored beside the slices carry no image.
+            kind = getattr(dataset.get("SOPClassUID"), "name", None) or "DICOM"
+            skipped.append(f"{path} ({kind}, no image)")
             continue
         headers.append((path, dataset))
     if skipped:
