@@ -1,0 +1,837 @@
+"""Segmentation losses for binary and multi-class, 2D and 3D models.
+
+Every loss follows the Keras argument order ``loss(y_true, y_pred)`` and the same input
+conventions:
+
+- ``y_pred`` has shape ``(B, *spatial, C)`` with one or more spatial axes (2D slices or 3D
+  volumes). ``C == 1`` is a binary model (sigmoid probabilities, or logits with
+  ``from_logits=True``); ``C > 1`` is a multi-class model (softmax probabilities over the
+  last axis, or logits with ``from_logits=True``).
+- ``y_true`` is read by its rank: with the rank of ``y_pred`` and ``C`` channels it is a
+  one-hot (or, binary, a ``{0, 1}``) target; with the rank of ``y_pred`` and one channel
+  while ``C > 1``, or with one rank less (no channel axis), it holds sparse integer labels
+  ``0 .. C-1``, which are one-hot encoded here. Any other shape raises ``MaskError``.
+- Each loss returns one value per sample (shape ``(B,)``); the Keras ``reduction``
+  (default ``"sum_over_batch_size"``) averages them and applies ``sample_weight``. Losses
+  with ``batch_dice=True`` pool the whole batch into one overlap score, as nnU-Net's
+  ``batch_dice`` does, and give that shared value to every sample.
+
+Overlap losses (Dice, IoU, Tversky, generalised Dice) score every class of a multi-class
+model and average over classes; ``include_background=False`` drops channel 0 first. A
+binary model has one channel, the foreground, so there ``include_background`` has nothing
+to drop. All classes are registered with Keras under the package ``"kseg"``, so a compiled
+``.keras`` model reloads without ``custom_objects`` once ``kseg.losses`` is imported.
+"""
+
+from __future__ import annotations
+
+import fractions
+
+import keras
+from keras import ops
+
+from kseg.errors import MaskError
+
+_PACKAGE = "kseg"
+
+
+def _channels(y_pred) -> int:
+    channels = y_pred.shape[-1]
+    if channels is None or len(y_pred.shape) < 3:
+        raise MaskError(
+            None,
+            "y_pred must have shape (batch, *spatial, channels) with a known channel count, "
+            f"got shape {tuple(y_pred.shape)}",
+        )
+    return int(channels)
+
+
+def _one_hot_target(y_true, y_pred):
+    """``y_true`` as a float tensor with the shape of ``y_pred``.
+
+    A one-hot or binary target passes through; sparse labels, with or without a trailing
+    axis of size one, are one-hot encoded over the ``C`` channels of ``y_pred``.
+    """
+    channels = _channels(y_pred)
+    rank_true, rank_pred = len(y_true.shape), len(y_pred.shape)
+    y_true = ops.cast(y_true, y_pred.dtype)
+    if rank_true == rank_pred and y_true.shape[-1] == channels:
+        return y_true
+    if rank_true == rank_pred and y_true.shape[-1] == 1:
+        labels = ops.squeeze(y_true, axis=-1)
+    elif rank_true == rank_pred - 1:
+        labels = y_true
+    else:
+        raise MaskError(
+            None,
+            f"y_true of shape {tuple(y_true.shape)} fits neither a one-hot target nor sparse "
+            f"labels for y_pred of shape {tuple(y_pred.shape)}: expected "
+            f"(B, *spatial, {channels}), (B, *spatial, 1) or (B, *spatial)",
+        )
+    if channels == 1:
+        return ops.expand_dims(labels, axis=-1)
+    return ops.one_hot(ops.cast(labels, "int32"), channels, dtype=y_pred.dtype)
+
+
+def _probabilities(y_pred, from_logits):
+    if not from_logits:
+        return y_pred
+    if y_pred.shape[-1] == 1:
+        return ops.sigmoid(y_pred)
+    return ops.softmax(y_pred, axis=-1)
+
+
+def _log_probabilities(y_pred, from_logits):
+    """``(log p, log(1 - p))`` per channel, computed stably from logits when given them."""
+    epsilon = keras.config.epsilon()
+    if from_logits and y_pred.shape[-1] == 1:
+        return ops.log_sigmoid(y_pred), ops.log_sigmoid(-y_pred)
+    if from_logits:
+        log_p = ops.log_softmax(y_pred, axis=-1)
+        return log_p, ops.log(ops.clip(1.0 - ops.exp(log_p), epsilon, 1.0))
+    probabilities = ops.clip(y_pred, epsilon, 1.0 - epsilon)
+    return ops.log(probabilities), ops.log(1.0 - probabilities)
+
+
+def _cross_entropy_map(y_true, y_pred, from_logits):
+    """Per-voxel cross-entropy, shape ``(B, *spatial)``.
+
+    Binary models get binary cross-entropy, multi-class models categorical cross-entropy.
+    """
+    target = _one_hot_target(y_true, y_pred)
+    log_p, log_not_p = _log_probabilities(y_pred, from_logits)
+    if y_pred.shape[-1] == 1:
+        return -ops.squeeze(target * log_p + (1.0 - target) * log_not_p, axis=-1)
+    return -ops.sum(target * log_p, axis=-1)
+
+
+def _spatial_axes(tensor, batch_dice):
+    axes = tuple(range(1, len(tensor.shape) - 1))
+    return (0,) + axes if batch_dice else axes
+
+
+def _drop_background(tensor, include_background):
+    if include_background or tensor.shape[-1] == 1:
+        return tensor
+    return tensor[..., 1:]
+
+
+def _per_sample(value, y_pred, batch_dice):
+    """Broadcast a batch-pooled value to one entry per sample, so reductions stay valid."""
+    if batch_dice:
+        return ops.broadcast_to(value, (ops.shape(y_pred)[0],))
+    return value
+
+
+def _check_flag(name, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def _check_non_negative(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+
+
+def _check_unit_interval(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+
+
+class _OverlapLoss(keras.losses.Loss):
+    """Shared arguments and sums of the overlap (Dice-family) losses."""
+
+    def __init__(
+        self,
+        smooth,
+        include_background,
+        batch_dice,
+        from_logits,
+        reduction,
+        name,
+        dtype,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        _check_non_negative("smooth", smooth)
+        _check_flag("include_background", include_background)
+        _check_flag("batch_dice", batch_dice)
+        _check_flag("from_logits", from_logits)
+        self.smooth = smooth
+        self.include_background = include_background
+        self.batch_dice = batch_dice
+        self.from_logits = from_logits
+
+    def _overlap_sums(self, y_true, y_pred, squared_denominator=False):
+        """``(intersection, sum_true, sum_pred)`` per sample and class, ``(B or 1, C')``."""
+        target = _drop_background(_one_hot_target(y_true, y_pred), self.include_background)
+        probabilities = _drop_background(
+            _probabilities(y_pred, self.from_logits), self.include_background
+        )
+        axes = _spatial_axes(target, self.batch_dice)
+        intersection = ops.sum(target * probabilities, axis=axes)
+        if squared_denominator:
+            sum_true = ops.sum(ops.square(target), axis=axes)
+            sum_pred = ops.sum(ops.square(probabilities), axis=axes)
+        else:
+            sum_true = ops.sum(target, axis=axes)
+            sum_pred = ops.sum(probabilities, axis=axes)
+        return intersection, sum_true, sum_pred
+
+    def _ratio(self, numerator, denominator):
+        # With smooth=0 a class empty in both tensors gives 0/0; the floor turns that into 0.
+        return (numerator + self.smooth) / ops.maximum(
+            denominator + self.smooth, keras.config.epsilon()
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "smooth": self.smooth,
+                "include_background": self.include_background,
+                "batch_dice": self.batch_dice,
+                "from_logits": self.from_logits,
+                "dtype": self.dtype,
+            }
+        )
+        return config
+
+
+def _soft_dice(loss, y_true, y_pred, squared_denominator):
+    intersection, sum_true, sum_pred = loss._overlap_sums(y_true, y_pred, squared_denominator)
+    return loss._ratio(2.0 * intersection, sum_true + sum_pred)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DiceLoss(_OverlapLoss):
+    """Soft Dice loss, ``1 - mean over classes of (2 |X∩Y| + s) / (|X| + |Y| + s)``.
+
+    ``|X∩Y| = sum(y_true * p)`` and ``|X| + |Y| = sum(y_true) + sum(p)`` over the spatial
+    axes of each sample (or of the whole batch with ``batch_dice=True``). A class absent
+    from both target and prediction scores ``s / s = 1``, so it adds no loss.
+
+    Args:
+        smooth: ``s`` >= 0, added to numerator and denominator; it keeps empty classes
+            defined and the gradient bounded. With ``smooth=0`` a class absent from both
+            target and prediction scores 0.
+        include_background: when False, channel 0 of a multi-class model is left out of
+            the mean. Ignored for binary (one-channel) models.
+        from_logits: whether ``y_pred`` holds logits (sigmoid or softmax is applied here).
+        squared_denominator: use ``sum(y_true**2) + sum(p**2)`` in the denominator, the
+            V-Net form of Milletari et al.
+        batch_dice: compute one Dice per class over the whole batch instead of one per
+            sample (nnU-Net's ``batch_dice``); every sample then carries the same value.
+        reduction: Keras loss reduction over the per-sample values.
+        name: loss name shown in logs.
+        dtype: dtype the loss is computed in.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y_true = np.array([[[[1.0], [0.0]], [[1.0], [1.0]]]])  # (1, 2, 2, 1)
+    >>> y_pred = np.array([[[[1.0], [0.0]], [[1.0], [0.0]]]])
+    >>> round(float(DiceLoss(smooth=0.0)(y_true, y_pred)), 4)  # 1 - 2*2 / (3 + 2)
+    0.2
+
+    Reference:
+        Milletari F, Navab N, Ahmadi S-A. "V-Net: Fully Convolutional Neural Networks for
+        Volumetric Medical Image Segmentation". 3DV 2016. arXiv:1606.04797.
+    """
+
+    def __init__(
+        self,
+        smooth=1.0,
+        include_background=True,
+        from_logits=False,
+        squared_denominator=False,
+        batch_dice=False,
+        reduction="sum_over_batch_size",
+        name="dice_loss",
+        dtype=None,
+    ):
+        super().__init__(
+            smooth, include_background, batch_dice, from_logits, reduction, name, dtype
+        )
+        _check_flag("squared_denominator", squared_denominator)
+        self.squared_denominator = squared_denominator
+
+    def call(self, y_true, y_pred):
+        dice = _soft_dice(self, y_true, y_pred, self.squared_denominator)
+        return _per_sample(1.0 - ops.mean(dice, axis=-1), y_pred, self.batch_dice)
+
+    def get_config(self):
+        config = super().get_config()
+        config["squared_denominator"] = self.squared_denominator
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class IoULoss(_OverlapLoss):
+    """Soft Jaccard (IoU) loss, ``1 - mean over classes of (|X∩Y| + s) / (|X∪Y| + s)``.
+
+    ``|X∩Y| = sum(y_true * p)`` and ``|X∪Y| = sum(y_true) + sum(p) - |X∩Y|`` over the
+    spatial axes of each sample (or of the batch with ``batch_dice=True``). A class absent
+    from both target and prediction scores 1 (no loss).
+
+    Args:
+        smooth: ``s`` >= 0 added to numerator and denominator. With ``smooth=0`` a class
+            absent from both target and prediction scores 0.
+        include_background: when False, channel 0 of a multi-class model is left out.
+            Ignored for binary models.
+        from_logits: whether ``y_pred`` holds logits.
+        squared_denominator: use ``sum(y_true**2) + sum(p**2) - |X∩Y|`` as the union.
+        batch_dice: one score per class over the whole batch instead of per sample.
+        reduction: Keras loss reduction over the per-sample values.
+        name: loss name shown in logs.
+        dtype: dtype the loss is computed in.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y_true = np.array([[[[1.0], [0.0]], [[1.0], [1.0]]]])
+    >>> y_pred = np.array([[[[1.0], [0.0]], [[1.0], [0.0]]]])
+    >>> round(float(IoULoss(smooth=0.0)(y_true, y_pred)), 4)  # 1 - 2 / 3
+    0.3333
+
+    Reference:
+        Rahman MA, Wang Y. "Optimizing Intersection-Over-Union in Deep Neural Networks for
+        Image Segmentation". ISVC 2016, LNCS 10072, pp. 234-244.
+    """
+
+    def __init__(
+        self,
+        smooth=1.0,
+        include_background=True,
+        from_logits=False,
+        squared_denominator=False,
+        batch_dice=False,
+        reduction="sum_over_batch_size",
+        name="iou_loss",
+        dtype=None,
+    ):
+        super().__init__(
+            smooth, include_background, batch_dice, from_logits, reduction, name, dtype
+        )
+        _check_flag("squared_denominator", squared_denominator)
+        self.squared_denominator = squared_denominator
+
+    def call(self, y_true, y_pred):
+        intersection, sum_true, sum_pred = self._overlap_sums(
+            y_true, y_pred, self.squared_denominator
+        )
+        iou = self._ratio(intersection, sum_true + sum_pred - intersection)
+        return _per_sample(1.0 - ops.mean(iou, axis=-1), y_pred, self.batch_dice)
+
+    def get_config(self):
+        config = super().get_config()
+        config["squared_denominator"] = self.squared_denominator
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class TverskyLoss(_OverlapLoss):
+    """Tversky loss, ``1 - mean over classes of (TP + s) / (TP + α FP + β FN + s)``.
+
+    With soft predictions ``TP = sum(p * y)``, ``FP = sum(p * (1 - y))`` and
+    ``FN = sum((1 - p) * y)``. ``α`` weighs false positives and ``β`` false negatives;
+    ``α = β = 0.5`` is the Dice loss, ``α = β = 1`` the IoU loss. Salehi et al. found
+    ``α = 0.3, β = 0.7`` (favouring recall) best for small lesions.
+
+    Args:
+        alpha: weight of false positives, >= 0.
+        beta: weight of false negatives, >= 0.
+        smooth: ``s`` >= 0 added to numerator and denominator.
+        include_background: when False, channel 0 of a multi-class model is left out.
+            Ignored for binary models.
+        from_logits: whether ``y_pred`` holds logits.
+        batch_dice: one score per class over the whole batch instead of per sample.
+        reduction: Keras loss reduction over the per-sample values.
+        name: loss name shown in logs.
+        dtype: dtype the loss is computed in.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y_true = np.array([[[[1.0], [0.0]], [[1.0], [1.0]]]])
+    >>> y_pred = np.array([[[[1.0], [1.0]], [[1.0], [0.0]]]])  # TP 2, FP 1, FN 1
+    >>> loss = TverskyLoss(alpha=0.3, beta=0.7, smooth=0.0)
+    >>> round(float(loss(y_true, y_pred)), 4)  # 1 - 2 / (2 + 0.3 + 0.7)
+    0.3333
+
+    Reference:
+        Salehi SSM, Erdogmus D, Gholipour A. "Tversky loss function for image segmentation
+        using 3D fully convolutional deep networks". MLMI 2017, LNCS 10541, pp. 379-387.
+        arXiv:1706.05721.
+    """
+
+    def __init__(
+        self,
+        alpha=0.3,
+        beta=0.7,
+        smooth=1.0,
+        include_background=True,
+        from_logits=False,
+        batch_dice=False,
+        reduction="sum_over_batch_size",
+        name="tversky_loss",
+        dtype=None,
+    ):
+        super().__init__(
+            smooth, include_background, batch_dice, from_logits, reduction, name, dtype
+        )
+        _check_non_negative("alpha", alpha)
+        _check_non_negative("beta", beta)
+        self.alpha = alpha
+        self.beta = beta
+
+    def call(self, y_true, y_pred):
+        true_positive, sum_true, sum_pred = self._overlap_sums(y_true, y_pred)
+        false_positive = sum_pred - true_positive
+        false_negative = sum_true - true_positive
+        tversky = self._ratio(
+            true_positive,
+            true_positive + self.alpha * false_positive + self.beta * false_negative,
+        )
+        return _per_sample(1.0 - ops.mean(tversky, axis=-1), y_pred, self.batch_dice)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"alpha": self.alpha, "beta": self.beta})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class GeneralizedDiceLoss(_OverlapLoss):
+    """Generalised Dice loss with class weights ``w_c = 1 / (sum of reference_c)**2``.
+
+    ``L = 1 - (2 Σ_c w_c Σ_n y_cn p_cn + s) / (Σ_c w_c Σ_n (y_cn + p_cn) + s)``: each class
+    counts in inverse proportion to its squared volume, so small structures weigh as much
+    as large ones. A class absent from the reference (infinite weight) gets the largest
+    finite weight of that sample (of the batch with ``batch_dice=True``), as MONAI does, so
+    false positives in it are still penalised; when every class is absent all weights are 0
+    and the loss is ``1 - s / s = 0``.
+
+    A binary model is scored as Sudre et al. score it: as two classes, background
+    ``1 - p`` and foreground ``p``; ``include_background=False`` keeps only the foreground.
+
+    Args:
+        smooth: ``s`` >= 0 added to numerator and denominator.
+        include_background: when False, the background class (channel 0, or ``1 - p`` of
+            a binary model) is left out.
+        from_logits: whether ``y_pred`` holds logits.
+        batch_dice: weights and sums over the whole batch instead of per sample.
+        reduction: Keras loss reduction over the per-sample values.
+        name: loss name shown in logs.
+        dtype: dtype the loss is computed in.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y_true = np.array([[[[0], [1]], [[2], [2]]]])  # sparse labels, (1, 2, 2, 1)
+    >>> y_pred = np.full((1, 2, 2, 3), 1 / 3)
+    >>> loss = GeneralizedDiceLoss(smooth=0.0)(y_true, y_pred)
+
+    Reference:
+        Sudre CH, Li W, Vercauteren T, Ourselin S, Cardoso MJ. "Generalised Dice overlap as
+        a deep learning loss function for highly unbalanced segmentations". DLMIA 2017,
+        LNCS 10553, pp. 240-248. arXiv:1707.03237.
+    """
+
+    def __init__(
+        self,
+        smooth=1e-5,
+        include_background=True,
+        from_logits=False,
+        batch_dice=False,
+        reduction="sum_over_batch_size",
+        name="generalized_dice_loss",
+        dtype=None,
+    ):
+        super().__init__(
+            smooth, include_background, batch_dice, from_logits, reduction, name, dtype
+        )
+
+    def call(self, y_true, y_pred):
+        target = _one_hot_target(y_true, y_pred)
+        probabilities = _probabilities(y_pred, self.from_logits)
+        if y_pred.shape[-1] == 1:
+            target = ops.concatenate([1.0 - target, target], axis=-1)
+            probabilities = ops.concatenate([1.0 - probabilities, probabilities], axis=-1)
+        target = _drop_background(target, self.include_background)
+        probabilities = _drop_background(probabilities, self.include_background)
+
+        axes = _spatial_axes(target, self.batch_dice)
+        intersection = ops.sum(target * probabilities, axis=axes)
+        reference_volume = ops.sum(target, axis=axes)
+        denominator = reference_volume + ops.sum(probabilities, axis=axes)
+
+        present = reference_volume > 0
+        weights = ops.where(present, 1.0 / ops.square(ops.maximum(reference_volume, 1.0)), 0.0)
+        largest = ops.max(weights, axis=-1, keepdims=True)
+        weights = ops.where(present, weights, largest)
+
+        numerator = 2.0 * ops.sum(weights * intersection, axis=-1)
+        generalized_dice = self._ratio(numerator, ops.sum(weights * denominator, axis=-1))
+        return _per_sample(1.0 - generalized_dice, y_pred, self.batch_dice)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class BinaryCrossentropy(keras.losses.Loss):
+    """β-weighted cross-entropy of the Combo loss (Taghanaki et al. 2019, eq. 2).
+
+    ``L = -mean_n [ β y_n log p_n + (1 - β)(1 - y_n) log(1 - p_n) ]``. ``β > 0.5`` weighs
+    errors on foreground voxels (false negatives) more, ``β < 0.5`` errors on background
+    voxels (false positives); ``β = 0.5`` is half the usual binary cross-entropy. The
+    typeset equation in the paper reads ``β (t_i - ln p_i)``; the text and the authors'
+    description make clear the intended term is ``β t_i ln p_i``, which is what is used.
+
+    Multi-class models are scored one-vs-rest: every channel is treated as its own binary
+    problem and the mean runs over voxels and channels.
+
+    Args:
+        beta: weight of the foreground term, in [0, 1].
+        from_logits: whether ``y_pred`` holds logits.
+        reduction: Keras loss reduction over the per-sample values.
+        name: loss name shown in logs.
+        dtype: dtype the loss is computed in.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y_true = np.array([[[[1.0], [0.0]]]])  # (1, 1, 2, 1)
+    >>> y_pred = np.array([[[[0.5], [0.5]]]])
+    >>> round(float(BinaryCrossentropy(beta=0.5)(y_true, y_pred)), 4)  # 0.5 * ln 2
+    0.3466
+
+    Reference:
+        Taghanaki SA, Zheng Y, Zhou SK, Georgescu B, Sharma P, Xu D, Comaniciu D,
+        Hamarneh G. "Combo loss: Handling input and output imbalance in multi-organ
+        segmentation". Computerized Medical Imaging and Graphics 75:24-33, 2019.
+        arXiv:1805.02798.
+    """
+
+    def __init__(
+        self,
+        beta=0.5,
+        from_logits=False,
+        reduction="sum_over_batch_size",
+        name="binary_crossentropy",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        _check_unit_interval("beta", beta)
+        _check_flag("from_logits", from_logits)
+        self.beta = beta
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        return _weighted_binary_crossentropy(y_true, y_pred, self.beta, self.from_logits)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"beta": self.beta, "from_logits": self.from_logits, "dtype": self.dtype})
+        return config
+
+
+def _weighted_binary_crossentropy(y_true, y_pred, beta, from_logits):
+    target = _one_hot_target(y_true, y_pred)
+    log_p, log_not_p = _log_probabilities(y_pred, from_logits)
+    voxel_loss = -(beta * target * log_p + (1.0 - beta) * (1.0 - target) * log_not_p)
+    return ops.mean(ops.reshape(voxel_loss, (ops.shape(voxel_loss)[0], -1)), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ComboLoss(_OverlapLoss):
+    """Combo loss, ``L = α L_mBCE - (1 - α) DSC`` (Taghanaki et al. 2019, eq. 3).
+
+    ``L_mBCE`` is :class:`BinaryCrossentropy` with weight ``β`` and ``DSC`` the soft Dice
+    coefficient ``(2 Σ y p + s) / (Σ y + Σ p + s)``. The Dice coefficient is subtracted,
+    not ``1 - DSC`` added, so the loss of a perfect prediction is ``-(1 - α)``, not 0.
+
+    Shares: expanding ``L_mBCE`` gives three terms with weights ``α β`` (foreground
+    cross-entropy), ``α (1 - β)`` (background cross-entropy) and ``1 - α`` (Dice). With
+    the defaults ``α = 2/3, β = 0.5`` all three equal ``1/3``: the Dice term weighs the same
+    as each half of the cross-entropy (and half as much as the whole cross-entropy).
+
+    For a multi-class model ``DSC`` is the mean Dice over the scored classes. The paper
+    writes a sum over its K classes; the mean keeps the α/β shares above independent of
+    the number of classes and equals the paper's term for a binary model (K = 1).
+
+    Args:
+        alpha: weight of the cross-entropy term, in [0, 1].
+        beta: foreground weight inside the cross-entropy, in [0, 1].
+        smooth: ``s`` >= 0 in the Dice coefficient.
+        include_background: when False, channel 0 of a multi-class model is left out of
+            the Dice term (the cross-entropy always covers every channel).
+        from_logits: whether ``y_pred`` holds logits.
+        batch_dice: Dice over the whole batch instead of per sample.
+        reduction: Keras loss reduction over the per-sample values.
+        name: loss name shown in logs.
+        dtype: dtype the loss is computed in.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y_true = np.array([[[[1.0], [0.0]]]])
+    >>> y_pred = np.array([[[[0.9], [0.2]]]])
+    >>> loss = ComboLoss()(y_true, y_pred)
+
+    Reference:
+        Taghanaki SA, Zheng Y, Zhou SK, Georgescu B, Sharma P, Xu D, Comaniciu D,
+        Hamarneh G. "Combo loss: Handling input and output imbalance in multi-organ
+        segmentation". Computerized Medical Imaging and Graphics 75:24-33, 2019.
+        arXiv:1805.02798.
+    """
+
+    def __init__(
+        self,
+        alpha=2.0 / 3.0,
+        beta=0.5,
+        smooth=1.0,
+        include_background=True,
+        from_logits=False,
+        batch_dice=False,
+        reduction="sum_over_batch_size",
+        name="combo_loss",
+        dtype=None,
+    ):
+        super().__init__(
+            smooth, include_background, batch_dice, from_logits, reduction, name, dtype
+        )
+        _check_unit_interval("alpha", alpha)
+        _check_unit_interval("beta", beta)
+        self.alpha = alpha
+        self.beta = beta
+
+    def call(self, y_true, y_pred):
+        cross_entropy = _weighted_binary_crossentropy(y_true, y_pred, self.beta, self.from_logits)
+        dice = ops.mean(_soft_dice(self, y_true, y_pred, False), axis=-1)
+        dice = _per_sample(dice, y_pred, self.batch_dice)
+        return self.alpha * cross_entropy - (1.0 - self.alpha) * dice
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"alpha": self.alpha, "beta": self.beta})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class DiceCELoss(_OverlapLoss):
+    """Dice plus cross-entropy, ``λ_dice · DiceLoss + λ_ce · CE``, nnU-Net's default loss.
+
+    ``CE`` is the mean per-voxel cross-entropy (binary cross-entropy for a binary model,
+    categorical for a multi-class one) and ``DiceLoss`` is :class:`DiceLoss` with the same
+    ``smooth``, ``include_background`` and ``batch_dice``. nnU-Net leaves the background out
+    of the Dice term, hence ``include_background=False`` by default; it writes the Dice term
+    as ``-DSC`` where this class uses ``1 - DSC``, a constant offset with equal gradients.
+
+    Args:
+        lambda_dice: weight of the Dice term, >= 0.
+        lambda_ce: weight of the cross-entropy term, >= 0.
+        smooth: ``s`` >= 0 in the Dice term.
+        include_background: when False, channel 0 of a multi-class model is left out of
+            the Dice term. Ignored for binary models.
+        from_logits: whether ``y_pred`` holds logits.
+        squared_denominator: V-Net squared denominator in the Dice term.
+        batch_dice: Dice over the whole batch instead of per sample.
+        reduction: Keras loss reduction over the per-sample values.
+        name: loss name shown in logs.
+        dtype: dtype the loss is computed in.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y_true = np.array([[[[0], [1]], [[2], [1]]]])  # sparse labels
+    >>> logits = np.zeros((1, 2, 2, 3))
+    >>> loss = DiceCELoss(from_logits=True)(y_true, logits)
+
+    Reference:
+        Isensee F, Jaeger PF, Kohl SAA, Petersen J, Maier-Hein KH. "nnU-Net: a
+        self-configuring method for deep learning-based biomedical image segmentation".
+        Nature Methods 18:203-211, 2021.
+    """
+
+    def __init__(
+        self,
+        lambda_dice=1.0,
+        lambda_ce=1.0,
+        smooth=1e-5,
+        include_background=False,
+        from_logits=False,
+        squared_denominator=False,
+        batch_dice=False,
+        reduction="sum_over_batch_size",
+        name="dice_ce_loss",
+        dtype=None,
+    ):
+        super().__init__(
+            smooth, include_background, batch_dice, from_logits, reduction, name, dtype
+        )
+        _check_non_negative("lambda_dice", lambda_dice)
+        _check_non_negative("lambda_ce", lambda_ce)
+        _check_flag("squared_denominator", squared_denominator)
+        self.lambda_dice = lambda_dice
+        self.lambda_ce = lambda_ce
+        self.squared_denominator = squared_denominator
+
+    def call(self, y_true, y_pred):
+        dice = ops.mean(_soft_dice(self, y_true, y_pred, self.squared_denominator), axis=-1)
+        dice_loss = _per_sample(1.0 - dice, y_pred, self.batch_dice)
+        voxel_ce = _cross_entropy_map(y_true, y_pred, self.from_logits)
+        cross_entropy = ops.mean(ops.reshape(voxel_ce, (ops.shape(voxel_ce)[0], -1)), axis=-1)
+        return self.lambda_dice * dice_loss + self.lambda_ce * cross_entropy
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "lambda_dice": self.lambda_dice,
+                "lambda_ce": self.lambda_ce,
+                "squared_denominator": self.squared_denominator,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FocalLoss(keras.losses.Loss):
+    """Focal loss, ``-mean_n Σ_c w_c y_cn (1 - p_cn)**γ log p_cn``.
+
+    The modulating factor ``(1 - p)**γ`` shrinks the loss of voxels that are already
+    well classified, so training concentrates on the hard ones; ``γ = 0`` without ``α`` is
+    plain cross-entropy. A binary model is treated as the two classes background
+    ``1 - p`` and foreground ``p``. ``α`` balances them as in Lin et al.: foreground
+    classes get weight ``α`` and the background (class 0, or ``1 - p``) ``1 - α``;
+    ``alpha=None`` weighs every class 1. The mean runs over voxels (Lin et al. normalise by
+    the number of foreground anchors, which is undefined for an empty mask).
+
+    Args:
+        gamma: focusing parameter ``γ`` >= 0.
+        alpha: ``None`` or the foreground weight in [0, 1].
+        from_logits: whether ``y_pred`` holds logits.
+        reduction: Keras loss reduction over the per-sample values.
+        name: loss name shown in logs.
+        dtype: dtype the loss is computed in.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y_true = np.array([[[[1.0], [0.0]]]])
+    >>> y_pred = np.array([[[[0.9], [0.2]]]])
+    >>> loss = FocalLoss(gamma=2.0, alpha=0.25)(y_true, y_pred)
+
+    Reference:
+        Lin T-Y, Goyal P, Girshick R, He K, Dollár P. "Focal Loss for Dense Object
+        Detection". ICCV 2017, pp. 2980-2988. arXiv:1708.02002.
+    """
+
+    def __init__(
+        self,
+        gamma=2.0,
+        alpha=None,
+        from_logits=False,
+        reduction="sum_over_batch_size",
+        name="focal_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        _check_non_negative("gamma", gamma)
+        if alpha is not None:
+            _check_unit_interval("alpha", alpha)
+        _check_flag("from_logits", from_logits)
+        self.gamma = gamma
+        self.alpha = alpha
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        target = _one_hot_target(y_true, y_pred)
+        log_p, log_not_p = _log_probabilities(y_pred, self.from_logits)
+        if y_pred.shape[-1] == 1:
+            target = ops.concatenate([1.0 - target, target], axis=-1)
+            log_p = ops.concatenate([log_not_p, log_p], axis=-1)
+        modulation = ops.power(1.0 - ops.exp(log_p), self.gamma)
+        voxel_loss = -target * modulation * log_p
+        if self.alpha is not None:
+            channels = voxel_loss.shape[-1]
+            weights = [1.0 - self.alpha] + [self.alpha] * (channels - 1)
+            voxel_loss = voxel_loss * ops.convert_to_tensor(weights, dtype=voxel_loss.dtype)
+        voxel_loss = ops.sum(voxel_loss, axis=-1)
+        return ops.mean(ops.reshape(voxel_loss, (ops.shape(voxel_loss)[0], -1)), axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "gamma": self.gamma,
+                "alpha": self.alpha,
+                "from_logits": self.from_logits,
+                "dtype": self.dtype,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class TopKLoss(keras.losses.Loss):
+    """Cross-entropy averaged over the ``k`` percent hardest voxels of each sample.
+
+    The per-voxel cross-entropy (binary for a binary model, categorical for a
+    multi-class one) is sorted and the ``max(1, floor(N k / 100))`` largest of the ``N``
+    voxels of the sample are averaged; easy voxels, usually the vast background, no
+    longer dilute the loss. This is the online bootstrapping of Wu et al., as nnU-Net's
+    ``TopKLoss`` uses it (nnU-Net pools the whole batch; here each sample keeps its own
+    hardest voxels so the loss stays per sample). ``k=100`` is plain cross-entropy.
+
+    Args:
+        k: percentage of voxels kept, in (0, 100].
+        from_logits: whether ``y_pred`` holds logits.
+        reduction: Keras loss reduction over the per-sample values.
+        name: loss name shown in logs.
+        dtype: dtype the loss is computed in.
+
+    Example:
+
+    >>> import numpy as np
+    >>> y_true = np.zeros((1, 4, 5, 1))
+    >>> y_pred = np.full((1, 4, 5, 1), 0.1)
+    >>> loss = TopKLoss(k=10)(y_true, y_pred)  # the mean of the 2 largest of 20 losses
+
+    Reference:
+        Wu Z, Shen C, van den Hengel A. "Bridging Category-level and Instance-level Semantic
+        Image Segmentation". arXiv:1605.06885, 2016.
+    """
+
+    def __init__(
+        self,
+        k=10.0,
+        from_logits=False,
+        reduction="sum_over_batch_size",
+        name="top_k_loss",
+        dtype=None,
+    ):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 100:
+            raise ValueError(f"k must be a percentage in (0, 100], got {k!r}")
+        _check_flag("from_logits", from_logits)
+        self.k = k
+        self.from_logits = from_logits
+
+    def call(self, y_true, y_pred):
+        voxel_ce = _cross_entropy_map(y_true, y_pred, self.from_logits)
+        voxel_ce = ops.reshape(voxel_ce, (ops.shape(voxel_ce)[0], -1))
+        voxel_count = ops.shape(voxel_ce)[1]
+        # Exact rational arithmetic: a float k / 100 can round 30 * 20% down to 5 voxels.
+        share = fractions.Fraction(self.k).limit_denominator(10**6) / 100
+        if isinstance(voxel_count, int):
+            kept = max(1, voxel_count * share.numerator // share.denominator)
+        else:
+            kept = ops.cast(voxel_count, "int64") * share.numerator // share.denominator
+            kept = ops.cast(ops.maximum(kept, 1), "int32")
+        hardest_first = -ops.sort(-voxel_ce, axis=-1)
+        keep = ops.cast(ops.arange(voxel_count) < kept, voxel_ce.dtype)
+        return ops.sum(hardest_first * keep, axis=-1) / ops.cast(kept, voxel_ce.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"k": self.k, "from_logits": self.from_logits, "dtype": self.dtype})
+        return config
