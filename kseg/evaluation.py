@@ -1,0 +1,490 @@
+"""Per-patient evaluation: one row of scores per patient, computed on the whole volume.
+
+A paper reports how well each patient's organ is segmented, then the mean, median and
+spread over patients. Averaging per-slice scores instead weights every slice the same,
+however much organ it holds, and scores empty slices at all; it gives a different (usually
+flattering) number. :func:`evaluate_volumes` scores whole volumes; :func:`evaluate_slices`
+first reassembles a per-slice TFDS dataset into volumes, checking that no slice is missing
+or repeated.
+
+:class:`PatientTable` needs only numpy; Keras (for the metrics) and TensorFlow (for datasets)
+are imported by the functions that use them, so reading a results table stays light.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kseg.errors import AlignmentError, MaskError, UnreadableFileError
+
+DEFAULT_METRICS = ("dice", "iou", "precision", "recall", "specificity")
+OVERLAP_METRICS = ("dice", "iou", "precision", "recall", "specificity", "accuracy")
+SPACING_METRICS = ("hd95", "hausdorff", "assd", "volume_difference", "ravd")
+SUMMARY_STATISTICS = ("mean", "median", "std", "count")
+SLICE_FEATURES = ("image", "mask", "patient_id", "slice_index", "num_slices", "spacing")
+
+
+class PatientTable:
+    """Scores of several patients, one row per patient, with summary statistics.
+
+    Args:
+        rows: dicts holding ``"patient_id"`` and one float per metric. A metric missing from
+            a row reads as ``nan``. Patient ids must be unique.
+
+    Example:
+        >>> table = PatientTable([{"patient_id": "1", "dice": 0.9}, {"patient_id": "2",
+        ...                       "dice": 0.8}])
+        >>> table.summary()["dice"]["mean"]
+        0.85
+    """
+
+    def __init__(self, rows: Iterable[Mapping] = ()):
+        self._rows: list[dict] = []
+        self._metric_names: list[str] = []
+        for row in rows:
+            row = dict(row)
+            if "patient_id" not in row:
+                raise ValueError(f"every row needs a 'patient_id', got keys {sorted(row)}")
+            self.add(row.pop("patient_id"), row)
+
+    def add(self, patient_id, scores: Mapping[str, float]) -> None:
+        """Append one patient's scores."""
+        patient_id = str(patient_id)
+        if patient_id in self.patient_ids:
+            raise ValueError(f"patient {patient_id!r} is already in the table")
+        for name in scores:
+            if name not in self._metric_names:
+                self._metric_names.append(name)
+        self._rows.append(
+            {"patient_id": patient_id, **{name: float(v) for name, v in scores.items()}}
+        )
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(self._metric_names)
+
+    @property
+    def patient_ids(self) -> list[str]:
+        return [row["patient_id"] for row in self._rows]
+
+    @property
+    def rows(self) -> list[dict]:
+        """The rows as dicts, every metric present (``nan`` where a row had none)."""
+        return [
+            {
+                "patient_id": row["patient_id"],
+                **{n: row.get(n, math.nan) for n in self._metric_names},
+            }
+            for row in self._rows
+        ]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def column(self, metric: str) -> np.ndarray:
+        """One metric over all patients, in row order, as a float64 array."""
+        if metric not in self._metric_names:
+            raise KeyError(f"no metric {metric!r} in the table; it has {self._metric_names}")
+        return np.array([row.get(metric, math.nan) for row in self._rows], dtype=np.float64)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Mean, median, standard deviation and count of each metric, leaving out ``nan``.
+
+        ``nan`` marks an undefined score (for example a distance when both masks are empty)
+        and is excluded; ``count`` says how many patients remain. ``inf`` (a distance to an
+        empty prediction) is kept, so it shows in the mean. ``std`` is the sample standard
+        deviation (divisor ``count - 1``), as reported in papers' "mean ± SD"; it is ``nan``
+        for fewer than two values.
+        """
+        summary = {}
+        for metric in self._metric_names:
+            values = self.column(metric)
+            values = values[~np.isnan(values)]
+            count = values.size
+            summary[metric] = {
+                "mean": float(np.mean(values)) if count else math.nan,
+                "median": float(np.median(values)) if count else math.nan,
+                "std": float(np.std(values, ddof=1)) if count > 1 else math.nan,
+                "count": count,
+            }
+        return summary
+
+    def to_csv(self, path: os.PathLike | str) -> None:
+        """Write one line per patient (no summary lines), atomically.
+
+        The file is written beside ``path`` under a temporary name and moved into place, so
+        a crash never leaves a half-written table. Floats are written with ``repr`` and read
+        back exactly by :meth:`from_csv`.
+        """
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        handle = tempfile.NamedTemporaryFile(
+            "w", newline="", dir=directory, prefix=".tmp-", suffix=".csv", delete=False
+        )
+        try:
+            with handle:
+                writer = csv.writer(handle)
+                writer.writerow(["patient_id", *self._metric_names])
+                for row in self.rows:
+                    writer.writerow(
+                        [row["patient_id"], *(repr(row[name]) for name in self._metric_names)]
+                    )
+            os.replace(handle.name, path)
+        except BaseException:
+            os.unlink(handle.name)
+            raise
+
+    @classmethod
+    def from_csv(cls, path: os.PathLike | str) -> PatientTable:
+        """Read a table written by :meth:`to_csv` (or any CSV with a ``patient_id`` column)."""
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or reader.fieldnames[0] != "patient_id":
+                raise UnreadableFileError(
+                    path, f"expected a header starting with 'patient_id', got {reader.fieldnames}"
+                )
+            table = cls()
+            for line_number, row in enumerate(reader, start=2):
+                patient_id = row.pop("patient_id")
+                try:
+                    scores = {name: float(value) for name, value in row.items()}
+                except (TypeError, ValueError) as error:
+                    raise UnreadableFileError(
+                        path, f"line {line_number} (patient {patient_id!r}): {error}"
+                    ) from error
+                table.add(patient_id, scores)
+        return table
+
+    def __str__(self) -> str:
+        header = ["patient_id", *self._metric_names]
+        body = [
+            [row["patient_id"], *(f"{row[name]:.4f}" for name in self._metric_names)]
+            for row in self.rows
+        ]
+        summary = self.summary()
+        footer = [
+            [
+                statistic,
+                *(
+                    str(summary[name][statistic])
+                    if statistic == "count"
+                    else f"{summary[name][statistic]:.4f}"
+                    for name in self._metric_names
+                ),
+            ]
+            for statistic in SUMMARY_STATISTICS
+        ]
+        widths = [
+            max(len(line[i]) for line in [header, *body, *footer]) for i in range(len(header))
+        ]
+
+        def render(line):
+            return "  ".join(
+                cell.ljust(width) if i == 0 else cell.rjust(width)
+                for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+            )
+
+        rule = "  ".join("-" * width for width in widths)
+        return "\n".join([render(header), rule, *map(render, body), rule, *map(render, footer)])
+
+    def __repr__(self) -> str:
+        return f"PatientTable({len(self)} patients, metrics={self._metric_names})"
+
+
+def _metric_functions() -> dict[str, Callable]:
+    from kseg import metrics
+
+    return {
+        "dice": metrics.dice,
+        "iou": metrics.iou,
+        "precision": metrics.precision,
+        "recall": metrics.recall,
+        "specificity": metrics.specificity,
+        "accuracy": metrics.accuracy,
+        "hd95": metrics.hd95,
+        "hausdorff": metrics.hausdorff_distance,
+        "assd": metrics.average_surface_distance,
+        "volume_difference": metrics.volume_difference,
+        "ravd": metrics.relative_absolute_volume_difference,
+    }
+
+
+def _label_map(patient_id, y_pred: np.ndarray, reference_shape, threshold: float) -> np.ndarray:
+    """Predicted labels from probabilities ``(*spatial, C)`` or from a label map."""
+    if y_pred.ndim == len(reference_shape) + 1:
+        if y_pred.shape[-1] == 1:
+            labels = y_pred[..., 0] >= threshold
+        else:
+            labels = np.argmax(y_pred, axis=-1)
+    elif y_pred.ndim == len(reference_shape):
+        labels = y_pred >= threshold if np.issubdtype(y_pred.dtype, np.floating) else y_pred
+    else:
+        labels = y_pred
+    if labels.shape != tuple(reference_shape):
+        raise AlignmentError(
+            None,
+            f"patient {patient_id!r}: prediction {y_pred.shape} does not match the reference "
+            f"label map {tuple(reference_shape)}; give probabilities (*spatial, C) or labels "
+            "(*spatial) on the reference grid",
+        )
+    return labels
+
+
+def _normalise_labels(labels) -> dict[str, int] | None:
+    if labels is None:
+        return None
+    if isinstance(labels, Mapping):
+        return {str(name): int(index) for name, index in labels.items()}
+    return {str(int(index)): int(index) for index in labels}
+
+
+def _score_case(
+    patient_id, y_true, y_pred, spacing, metric_names, labels, threshold, functions
+) -> dict[str, float]:
+    y_true = np.asarray(y_true)
+    predicted = _label_map(patient_id, np.asarray(y_pred), y_true.shape, threshold)
+    if labels is None:
+        if y_true.size and (y_true.min() < 0 or y_true.max() > 1):
+            raise MaskError(
+                None,
+                f"patient {patient_id!r}: the reference holds labels "
+                f"{np.unique(y_true)[:6].tolist()}; pass labels={{'organ': index, ...}} to "
+                "score a multi-class label map",
+            )
+        classes = {None: 1}
+    else:
+        classes = labels
+    scores = {}
+    for class_name, index in classes.items():
+        truth, prediction = y_true == index, predicted == index
+        for name in metric_names:
+            column = name if class_name is None else f"{name}_{class_name}"
+            if name in SPACING_METRICS:
+                scores[column] = functions[name](truth, prediction, spacing)
+            else:
+                scores[column] = functions[name](truth, prediction)
+    return scores
+
+
+def evaluate_volumes(
+    cases: Iterable[tuple],
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    labels: Mapping[str, int] | Iterable[int] | None = None,
+    threshold: float = 0.5,
+    progress: bool = True,
+) -> PatientTable:
+    """Score whole volumes, one table row per patient.
+
+    Args:
+        cases: ``(patient_id, y_true, y_pred, spacing)`` tuples. ``y_true`` is the reference
+            label map ``(*spatial)`` (``{0, 1}`` for one structure, ``0..C-1`` otherwise).
+            ``y_pred`` is on the same grid, either probabilities ``(*spatial, C)`` (one
+            channel: foreground where ``>= threshold``; several: argmax) or a label map
+            ``(*spatial)`` (integers used as they are, floats thresholded). ``spacing`` is
+            the voxel size in mm per spatial axis (``None`` gives distances in voxels).
+        metrics: names from ``dice, iou, precision, recall, specificity, accuracy`` and the
+            spacing-aware ``hd95, hausdorff, assd, volume_difference, ravd``
+            (:mod:`kseg.metrics`; each keeps its documented empty-mask value).
+        labels: for label maps, ``{"liver": 1, "spleen": 2}`` (columns ``dice_liver``, ...)
+            or a list of label indices (columns ``dice_1``, ...). ``None`` scores one
+            binary structure (columns ``dice``, ...).
+        threshold: probability at or above which a one-channel prediction is foreground.
+        progress: show a tqdm bar over the cases.
+
+    Returns:
+        :class:`PatientTable`.
+
+    Example:
+        >>> table = evaluate_volumes(
+        ...     (pid, mask, sliding_window(model, ct[..., None], 96), spacing)
+        ...     for pid, ct, mask, spacing in test_cases),
+        ...     metrics=("dice", "hd95", "assd"))
+        >>> print(table)
+
+    Reference:
+        Maier-Hein L, Reinke A, et al. "Metrics reloaded: recommendations for image analysis
+        validation". Nature Methods 21:195-212, 2024.
+    """
+    functions = _metric_functions()
+    metric_names = tuple(metrics)
+    unknown = [name for name in metric_names if name not in functions]
+    if unknown or not metric_names:
+        raise ValueError(f"metrics must be names from {sorted(functions)}, got {metric_names}")
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}")
+    class_labels = _normalise_labels(labels)
+    table = PatientTable()
+    for case in tqdm(cases, desc="evaluating", unit="patient", disable=not progress):
+        patient_id, y_true, y_pred, spacing = case
+        table.add(
+            patient_id,
+            _score_case(
+                patient_id,
+                y_true,
+                y_pred,
+                spacing,
+                metric_names,
+                class_labels,
+                threshold,
+                functions,
+            ),
+        )
+    return table
+
+
+def _decode(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _resize_probabilities(probabilities: np.ndarray, plane_shape) -> np.ndarray:
+    """Bring per-slice probabilities ``(Z, h, w, C)`` to the reference plane ``(H, W)``."""
+    if probabilities.shape[1:3] == tuple(plane_shape):
+        return probabilities
+    import tensorflow as tf
+
+    # Resize probabilities, not labels, so the boundary lands between model voxels where
+    # the probability crosses the threshold; antialias only acts when shrinking.
+    return tf.image.resize(probabilities, plane_shape, method="bilinear", antialias=True).numpy()
+
+
+def _reassembled_volumes(
+    model, dataset, preprocess, batch_size: int, progress: bool
+) -> Iterator[tuple]:
+    """Yield ``(patient_id, mask, probabilities, spacing)`` as each patient completes."""
+    import tensorflow as tf
+
+    from kseg.inference import predict_slices
+
+    missing = [key for key in SLICE_FEATURES if key not in dataset.element_spec]
+    if missing:
+        raise ValueError(
+            f"dataset examples lack the features {missing}; evaluate_slices needs "
+            f"{list(SLICE_FEATURES)}"
+        )
+
+    def prepare(example):
+        return {
+            "input": preprocess(example),
+            **{key: example[key] for key in SLICE_FEATURES if key != "image"},
+        }
+
+    examples = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+    total = int(dataset.cardinality())
+    pending: dict[str, dict] = {}
+    finished: set[str] = set()
+    for example in tqdm(
+        examples.as_numpy_iterator(),
+        total=total if total >= 0 else None,
+        desc="slices",
+        unit="slice",
+        disable=not progress,
+    ):
+        patient_id = _decode(example["patient_id"])
+        index, num_slices = int(example["slice_index"]), int(example["num_slices"])
+        if patient_id in finished:
+            raise ValueError(f"patient {patient_id!r}: slice {index} arrived after all slices")
+        volume = pending.setdefault(
+            patient_id, {"num_slices": num_slices, "spacing": example["spacing"], "slices": {}}
+        )
+        if num_slices != volume["num_slices"]:
+            raise ValueError(
+                f"patient {patient_id!r}: slices disagree on num_slices "
+                f"({volume['num_slices']} and {num_slices})"
+            )
+        if not 0 <= index < num_slices:
+            raise ValueError(
+                f"patient {patient_id!r}: slice_index {index} outside 0..{num_slices - 1}"
+            )
+        if index in volume["slices"]:
+            raise ValueError(f"patient {patient_id!r}: slice {index} appears twice")
+        mask = example["mask"]
+        if mask.ndim == 3 and mask.shape[-1] == 1:
+            mask = mask[..., 0]
+        volume["slices"][index] = (example["input"], mask)
+        if len(volume["slices"]) == num_slices:
+            del pending[patient_id]
+            finished.add(patient_id)
+            ordered = [volume["slices"][i] for i in range(num_slices)]
+            inputs = np.stack([model_input for model_input, _ in ordered])
+            masks = np.stack([mask for _, mask in ordered])
+            probabilities = predict_slices(model, inputs, batch_size=batch_size, progress=False)
+            probabilities = _resize_probabilities(probabilities, masks.shape[1:3])
+            yield patient_id, masks, probabilities, volume["spacing"]
+    if pending:
+        incomplete = {
+            patient_id: sorted(set(range(volume["num_slices"])) - set(volume["slices"]))[:10]
+            for patient_id, volume in pending.items()
+        }
+        raise ValueError(
+            f"incomplete patients (missing slice indices, first 10 shown): {incomplete}"
+        )
+
+
+def evaluate_slices(
+    model,
+    dataset,
+    *,
+    preprocess: Callable,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    labels: Mapping[str, int] | Iterable[int] | None = None,
+    threshold: float = 0.5,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> PatientTable:
+    """Score a 2D model per patient on a per-slice dataset, over each whole volume.
+
+    Slices (in any order, e.g. shuffled) are grouped by ``patient_id`` and put in
+    ``slice_index`` order; a patient is scored as soon as all its ``num_slices`` slices have
+    arrived, so memory holds only the patients still incomplete. A repeated, out-of-range or
+    missing slice raises ``ValueError`` naming the patient.
+
+    Scores are computed on the grid of the stored ``mask``, the original acquisition grid,
+    as a publication needs: when ``preprocess`` resizes the image for the model, the
+    predicted probabilities of each slice are resized back to the mask's in-plane shape
+    (``tf.image.resize``, bilinear, half-pixel centres) and only then thresholded or
+    argmaxed. ``preprocess`` may therefore change intensities and resize, but not crop or
+    pad (that would shift the prediction against the mask). ``spacing`` is read from the
+    examples, so distances are in millimetres of the original grid.
+
+    Args:
+        model: a 2D ``keras.Model`` or callable batch -> batch (e.g. ``flip_tta(model)``).
+        dataset: ``tf.data.Dataset`` of dicts with ``image``, ``mask`` (``(H, W)`` or
+            ``(H, W, 1)`` label map), ``patient_id``, ``slice_index``, ``num_slices`` and
+            ``spacing`` (voxel size in mm along ``(z, y, x)``), as kseg's TFDS builders
+            produce. Not batched.
+        preprocess: TensorFlow function ``example -> model input (h, w, C)``, applied per
+            example with ``Dataset.map``.
+        metrics, labels, threshold: as in :func:`evaluate_volumes`.
+        batch_size: slices per model call.
+        progress: show a tqdm bar over the slices.
+
+    Returns:
+        :class:`PatientTable`, rows sorted by patient id.
+
+    Example:
+        >>> test = tfds.load("chaos", split="test")
+        >>> table = evaluate_slices(model, test, preprocess=lambda ex: tf.image.resize(
+        ...     window_ct(ex["image"]), (256, 256)), metrics=("dice", "hd95", "assd"))
+        >>> table.to_csv("test_scores.csv")
+
+    Reference:
+        Kavur AE, Gezer NS, Barış M, et al. "CHAOS Challenge - combined (CT-MR) healthy
+        abdominal organ segmentation". Medical Image Analysis 69:101950, 2021 (scores per
+        patient volume).
+    """
+    table = evaluate_volumes(
+        _reassembled_volumes(model, dataset, preprocess, batch_size, progress),
+        metrics=metrics,
+        labels=labels,
+        threshold=threshold,
+        progress=False,
+    )
+    return PatientTable(sorted(table.rows, key=lambda row: row["patient_id"]))
