@@ -12,9 +12,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
-SHARED_DATA = pathlib.Path(
-    os.environ.get("KSEG_SHARED_DATA", pathlib.Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+_BESIDE_CHECKOUT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = pathlib.Path(os.environ.get("KSEG_SHARED_DATA", _BESIDE_CHECKOUT))
 
 
 @pytest.fixture(scope="session")
