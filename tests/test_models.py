@@ -283,6 +283,15 @@ def test_build_passes_arguments_and_presets_can_be_overridden():
     assert models.build("unet", input_shape=(8, 8, 1), depth=1, name="mine").name == "mine"
 
 
+def test_numpy_numbers_from_a_hyperparameter_search_are_accepted():
+    model = models.unet(
+        (np.int64(16), 16, 1), np.int64(2), depth=np.int64(2), base_filters=4,
+        dropout=np.float32(0.25),
+    )
+    assert model.output_shape == (None, 16, 16, 2)
+    assert model.get_layer("bottleneck_dropout").rate == 0.25
+
+
 @pytest.mark.parametrize("family", ("unet", "attention_unet", "res_unet", "unet_plus_plus"))
 @pytest.mark.parametrize(
     "kwargs, message",

@@ -13,9 +13,10 @@ import pytest
 
 from kseg.models import highresnet
 
-# Li et al. (2017), Fig. 2, as (kernel, dilation, output channels, has batch norm after).
-# The residual blocks are pre-activation (BN, ReLU, conv) x 2: their batch norms sit before
-# the convolutions and are counted with the block.
+# The layer list of Li et al. (2017). INITIAL and FEATURES: (kernel, dilation, output
+# channels). STAGES: (output channels, dilation) of each residual block of two 3x3(x3)
+# convolutions, pre-activation (BN, ReLU, conv) x 2, so their batch norms sit before the
+# convolutions and are counted with the block.
 INITIAL = (3, 1, 16)
 STAGES = [(16, 1)] * 3 + [(32, 2)] * 3 + [(64, 4)] * 3
 FEATURES = (1, 1, 80)

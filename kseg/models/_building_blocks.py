@@ -8,6 +8,8 @@ they build stay functional and reload from ``.keras`` files without ``custom_obj
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 
 _CONV = {2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
@@ -20,23 +22,26 @@ ACTIVATIONS = ("auto", "sigmoid", "softmax", None)
 
 
 def check_int(name: str, value, minimum: int) -> int:
-    """``value`` as an int, or a ValueError naming ``name`` when it is not an int >= minimum."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """``value`` as an int, or a ValueError naming ``name`` when it is not an int >= minimum.
+
+    NumPy integers pass (hyperparameter searches often hand them over); bools do not.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def check_dropout(name: str, value) -> float:
     """A dropout rate in [0, 1), or a ValueError naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < 1:
         raise ValueError(f"{name} must be a rate in [0, 1), got {value!r}")
     return float(value)
 
 
 def check_spatial_dims(spatial_dims) -> int:
-    if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
+    if isinstance(spatial_dims, bool) or spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    return spatial_dims
+    return int(spatial_dims)
 
 
 def resolve_spatial_dims(input_shape, spatial_dims) -> tuple[tuple, int]:

@@ -15,7 +15,7 @@ from kseg.models._building_blocks import (
 from kseg.models.residual_unit import ResidualUnit
 
 # (filters, dilation) of the three stages, each of BLOCKS_PER_STAGE residual units of two
-# 3x3(x3) convolutions (Li et al., 2017, Fig. 2).
+# 3x3(x3) convolutions (Li et al., 2017; NiftyNet and MONAI use the same list).
 STAGES = ((16, 1), (32, 2), (64, 4))
 BLOCKS_PER_STAGE = 3
 INITIAL_FILTERS = 16

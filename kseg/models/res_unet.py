@@ -37,7 +37,7 @@ def res_unet(
     starts with a convolution on the raw image rather than batch norm + ReLU. A strided
     unit with ``base_filters * 2**depth`` channels forms the bridge; each decoder level
     up-samples, concatenates the encoder feature of the same level and applies a unit with
-    a projection shortcut (Zhang et al., 2018, Fig. 3, generalised to ``depth`` levels and
+    a projection shortcut (Zhang et al., 2018, generalised to ``depth`` levels and
     3D as in Diakogiannis et al., 2020).
 
     Args:

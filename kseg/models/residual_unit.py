@@ -33,7 +33,7 @@ class ResidualUnit(keras.layers.Layer):
             after the input's; only for ``strides == 1`` and ``filters`` >= input channels).
             An identity shortcut is used whenever input and output shapes already agree.
         preactivate: start with batch norm + ReLU. The first unit of Res-U-Net sees the raw
-            image and starts with its convolution instead (Zhang et al., 2018, Fig. 3).
+            image and starts with its convolution instead (Zhang et al., 2018).
         batch_norm: use batch norm; convolutions carry a bias only without it.
         **kwargs: standard ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
 

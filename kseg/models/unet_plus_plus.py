@@ -65,7 +65,7 @@ def unet_plus_plus(
     Example:
         >>> model = unet_plus_plus((96, 96, 1), depth=3, base_filters=16,
         ...                        deep_supervision=True)
-        >>> [shape for shape in model.output_shape]
+        >>> model.output_shape
         [(None, 96, 96, 1), (None, 96, 96, 1), (None, 96, 96, 1)]
 
     Reference:
