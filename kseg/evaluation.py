@@ -245,6 +245,17 @@ def _normalise_labels(labels) -> dict[str, int] | None:
     return {str(int(index)): int(index) for index in labels}
 
 
+def metric_columns(metric: str, labels: Mapping[str, int] | Iterable[int] | None = None):
+    """The table columns :func:`evaluate_volumes` writes for ``metric``.
+
+    Example:
+        >>> metric_columns("dice", {"liver": 1, "spleen": 2})
+        ['dice_liver', 'dice_spleen']
+    """
+    names = _normalise_labels(labels)
+    return [metric] if names is None else [f"{metric}_{name}" for name in names]
+
+
 def _score_case(
     patient_id, y_true, y_pred, spacing, metric_names, labels, threshold, functions
 ) -> dict[str, float]:

@@ -1,0 +1,188 @@
+"""Full-volume validation during training.
+
+Patch-level validation Dice (the ``val_dice`` Keras logs) scores random crops; what a paper
+reports is the Dice of whole patient volumes, which also pays for false positives far from
+the organ that patches rarely contain. :class:`VolumeValidation` runs the real inference
+path (sliding window or slice-wise) on whole validation volumes, so checkpoints, early
+stopping and learning-rate schedules can follow the number that matters.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+
+import keras
+import numpy as np
+
+from kseg.evaluation import PatientTable, evaluate_volumes, metric_columns
+from kseg.inference import predict_slices, sliding_window
+
+
+def _mean_ignoring_nan(values: np.ndarray, axis=None):
+    """``nanmean`` that returns nan for all-nan input without a RuntimeWarning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean = np.nanmean(values, axis=axis)
+    return float(mean) if axis is None else mean
+
+
+class VolumeValidation(keras.callbacks.Callback):
+    """Score whole validation volumes every few epochs and put the result in the logs.
+
+    After epoch 1 and then after every ``every``-th epoch the model predicts each
+    validation volume and scores it per patient; the mean over patients is written to
+    ``logs["val_volume_<metric>"]`` (``val_volume_dice`` by default; with ``labels``, the
+    mean over classes and the per-class means ``val_volume_dice_<class>``). On the epochs
+    in between the last values are written again, so ``ModelCheckpoint``, ``EarlyStopping``
+    and ``ReduceLROnPlateau`` find the key every epoch instead of warning; a repeated value
+    is never an improvement, so count ``patience`` in epochs, as a multiple of ``every``.
+
+    Put this callback **before** any callback that monitors its keys: Keras calls
+    ``on_epoch_end`` in list order on one shared ``logs`` dict, so a monitor listed earlier
+    reads the logs before the volume scores are in them. (``History`` and the progress bar
+    are appended by Keras after user callbacks and do see them.)
+
+    The inference path follows the shapes: a volume with as many spatial axes as the model
+    is predicted with :func:`kseg.inference.sliding_window` (window ``roi_size``, by default
+    the model's input shape, ``None`` axes taken whole); a volume with one more axis than a
+    2D model is predicted slice by slice with :func:`kseg.inference.predict_slices`.
+
+    Args:
+        volumes: ``(patient_id, image, label, spacing)`` tuples: image ``(*spatial, C)`` as
+            the model takes it, label map ``(*spatial)`` or ``(*spatial, 1)`` on the same
+            grid, spacing in mm per spatial axis (used by distance metrics).
+        roi_size: sliding-window shape for models with the volume's number of spatial axes.
+        every: run every this many epochs (and always after the first).
+        metrics: metric names of :func:`kseg.evaluation.evaluate_volumes`.
+        labels: class names to indices for label maps, as in ``evaluate_volumes``.
+        threshold: foreground threshold of one-channel probabilities.
+        overlap, blend, batch_size: passed to the sliding window (``batch_size`` also to
+            slice-wise prediction).
+        patch_metric: the log key of the patch-level validation Dice; when present,
+            ``logs["val_patch_volume_gap"] = logs[patch_metric] - logs["val_volume_dice"]``
+            shows how much patches flatter the model.
+        log_per_patient: also write ``val_volume_<metric>/<patient_id>`` keys.
+        progress: show inference progress bars.
+
+    Attributes:
+        history: ``{epoch: PatientTable}`` for every epoch that ran (0-based epochs).
+
+    Example:
+        >>> validation = VolumeValidation(val_volumes, roi_size=(64, 64, 64), every=5)
+        >>> model.fit(patches, epochs=100, validation_data=val_patches, callbacks=[
+        ...     validation,
+        ...     keras.callbacks.ModelCheckpoint("best.keras", monitor="val_volume_dice",
+        ...                                     mode="max", save_best_only=True)])
+    """
+
+    def __init__(
+        self,
+        volumes: Iterable[tuple],
+        *,
+        roi_size=None,
+        every: int = 1,
+        metrics: Sequence[str] = ("dice",),
+        labels: Mapping[str, int] | Iterable[int] | None = None,
+        threshold: float = 0.5,
+        overlap: float = 0.5,
+        blend: str = "gaussian",
+        batch_size: int = 4,
+        patch_metric: str = "val_dice",
+        log_per_patient: bool = False,
+        progress: bool = False,
+    ):
+        super().__init__()
+        self.volumes = list(volumes)
+        if not self.volumes:
+            raise ValueError("volumes must hold at least one (patient_id, image, label, spacing)")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        self.roi_size = roi_size
+        self.every = every
+        self.metrics = tuple(metrics)
+        self.labels = labels
+        self.threshold = threshold
+        self.overlap = overlap
+        self.blend = blend
+        self.batch_size = batch_size
+        self.patch_metric = patch_metric
+        self.log_per_patient = log_per_patient
+        self.progress = progress
+        self.history: dict[int, PatientTable] = {}
+        self._latest_logs: dict[str, float] = {}
+
+    def _predict(self, image: np.ndarray) -> np.ndarray:
+        model_input_shape = tuple(self.model.inputs[0].shape)
+        model_spatial_dims = len(model_input_shape) - 2
+        image_spatial_dims = image.ndim - 1
+        if image_spatial_dims == model_spatial_dims:
+            roi_size = self.roi_size if self.roi_size is not None else model_input_shape[1:-1]
+            return sliding_window(
+                self.model,
+                image,
+                roi_size,
+                overlap=self.overlap,
+                blend=self.blend,
+                batch_size=self.batch_size,
+                progress=self.progress,
+            )
+        if model_spatial_dims == 2 and image_spatial_dims == 3:
+            return predict_slices(
+                self.model, image, batch_size=self.batch_size, progress=self.progress
+            )
+        raise ValueError(
+            f"validation image {image.shape} fits neither the model's input "
+            f"{model_input_shape} (same spatial axes) nor slice-wise prediction of a 2D model"
+        )
+
+    def _cases(self):
+        for patient_id, image, label, spacing in self.volumes:
+            image, label = np.asarray(image), np.asarray(label)
+            if label.ndim == image.ndim and label.shape[-1] == 1:
+                label = label[..., 0]
+            yield patient_id, label, self._predict(image), spacing
+
+    def evaluate(self) -> PatientTable:
+        """Predict and score every validation volume with the current weights."""
+        return evaluate_volumes(
+            self._cases(),
+            metrics=self.metrics,
+            labels=self.labels,
+            threshold=self.threshold,
+            progress=self.progress,
+        )
+
+    def _logs_from(self, table: PatientTable) -> dict[str, float]:
+        logs = {}
+        for metric in self.metrics:
+            columns = metric_columns(metric, self.labels)
+            per_class = np.stack([table.column(column) for column in columns])
+            if self.labels is not None:
+                for column, values in zip(columns, per_class, strict=True):
+                    logs[f"val_volume_{column}"] = _mean_ignoring_nan(values)
+            patient_means = _mean_ignoring_nan(per_class, axis=0)
+            logs[f"val_volume_{metric}"] = _mean_ignoring_nan(patient_means)
+            if self.log_per_patient:
+                for patient_id, value in zip(table.patient_ids, patient_means, strict=True):
+                    logs[f"val_volume_{metric}/{patient_id}"] = float(value)
+        return logs
+
+    def _due(self, epoch: int) -> bool:
+        return epoch == 0 or (epoch + 1) % self.every == 0
+
+    def on_train_begin(self, logs=None):
+        self._latest_logs = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        if self._due(epoch):
+            table = self.evaluate()
+            self.history[epoch] = table
+            self._latest_logs = self._logs_from(table)
+        logs.update(self._latest_logs)
+        if self.patch_metric in logs and "val_volume_dice" in self._latest_logs:
+            logs["val_patch_volume_gap"] = float(logs[self.patch_metric]) - float(
+                self._latest_logs["val_volume_dice"]
+            )

@@ -1,0 +1,95 @@
+"""VolumeValidation: whole-volume Dice in the logs, where ModelCheckpoint can monitor it."""
+
+import keras
+import numpy as np
+import pytest
+
+from kseg.metrics import DiceScore
+from kseg.training import VolumeValidation
+
+
+def numpy_dice(truth, prediction):
+    return 2 * np.sum(truth & prediction) / (truth.sum() + prediction.sum())
+
+
+def pointwise_model(spatial_dims):
+    conv = keras.layers.Conv3D if spatial_dims == 3 else keras.layers.Conv2D
+    inputs = keras.Input((None,) * spatial_dims + (1,))
+    model = keras.Model(inputs, conv(1, 1, activation="sigmoid")(inputs))
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.5), loss="binary_crossentropy", metrics=[DiceScore()]
+    )
+    return model
+
+
+def volume_case(rng, shape):
+    image = rng.normal(size=shape + (1,)).astype(np.float32)
+    label = (image[..., 0] + 0.5 * rng.normal(size=shape) > 0).astype(np.uint8)
+    return image, label
+
+
+def test_checkpoint_monitors_volume_dice(tmp_path):
+    rng = np.random.default_rng(11)
+    model = pointwise_model(3)
+    volumes = [
+        ("v1", *volume_case(rng, (6, 7, 5)), (2.0, 1.0, 1.0)),
+        ("v2", *volume_case(rng, (5, 6, 6)), (2.0, 1.0, 1.0)),
+    ]
+    patches, patch_labels = volume_case(rng, (8, 4, 4, 4))
+    validation = VolumeValidation(volumes, roi_size=(4, 4, 4), overlap=0.25)
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        tmp_path / "best.keras", monitor="val_volume_dice", mode="max", save_best_only=True
+    )
+    history = model.fit(
+        patches,
+        patch_labels[..., None],
+        batch_size=4,
+        epochs=2,
+        verbose=0,
+        validation_data=(patches[:4], patch_labels[:4, ..., None]),
+        callbacks=[validation, checkpoint],
+    )
+    logged = history.history["val_volume_dice"]
+    assert len(logged) == 2 and sorted(validation.history) == [0, 1]
+    assert checkpoint.best == pytest.approx(max(logged))
+    assert (tmp_path / "best.keras").exists()
+
+    # the last logged value is the mean over patients of the whole-volume Dice of the final
+    # model; a 1x1x1 convolution sees each voxel alone, so predicting the whole volume at
+    # once with keras gives the same voxels the sliding window gave
+    expected = np.mean(
+        [
+            numpy_dice(label.astype(bool), model.predict(image[None], verbose=0)[0, ..., 0] >= 0.5)
+            for _, image, label, _ in volumes
+        ]
+    )
+    assert logged[-1] == pytest.approx(expected, rel=1e-6)
+    gap = np.array(history.history["val_dice"]) - np.array(logged)
+    np.testing.assert_allclose(history.history["val_patch_volume_gap"], gap, rtol=1e-6)
+
+
+def test_slice_wise_validation_runs_every_few_epochs_and_repeats_between():
+    rng = np.random.default_rng(12)
+    model = pointwise_model(2)
+    image, label = volume_case(rng, (4, 6, 6))
+    validation = VolumeValidation(
+        [("p", image, label[..., None], None)], every=3, log_per_patient=True
+    )
+    patches, patch_labels = volume_case(rng, (8, 6, 6))
+    history = model.fit(
+        patches, patch_labels[..., None], epochs=3, verbose=0, callbacks=[validation]
+    )
+    logged = history.history["val_volume_dice"]
+    assert sorted(validation.history) == [0, 2]  # after the first epoch, then every third
+    assert logged[1] == logged[0]  # carried over on the epoch without validation
+    assert history.history["val_volume_dice/p"] == logged
+    prediction = model.predict(image, verbose=0)[..., 0] >= 0.5
+    assert logged[2] == pytest.approx(numpy_dice(label.astype(bool), prediction), rel=1e-6)
+
+
+def test_rejects_volumes_that_fit_no_inference_path():
+    model = pointwise_model(2)
+    validation = VolumeValidation([("p", np.zeros((2, 3, 4, 4, 1)), np.zeros((2, 3, 4, 4)), None)])
+    validation.set_model(model)
+    with pytest.raises(ValueError, match="fits neither"):
+        validation.evaluate()
