@@ -1,0 +1,243 @@
+"""CHAOS (Combined CT-MR Healthy Abdominal Organ Segmentation) as a TFDS dataset.
+
+One example per axial slice, slices in ImagePositionPatient order, masks paired with
+slices by the challenge organisers' rule (see ``README.md`` beside this file), one TFDS
+split per patient-level fold.
+
+Reference:
+    Kavur et al., "CHAOS Challenge - combined (CT-MR) healthy abdominal organ
+    segmentation", Medical Image Analysis 69, 101950 (2021).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from kseg.data.splits import assign_folds, fold_names
+from kseg.errors import DicomSeriesError, LayoutError, MaskError
+from kseg.io import read_dicom_series
+from kseg.io.masks import CHAOS_MR_LABEL_RANGES, map_label_ranges, read_mask_stack
+
+_PATIENT_FOLDER = re.compile(r"^\d+$")
+# CT Ground PNGs store liver as 255; anything above the midpoint is liver.
+_CT_LIVER_THRESHOLD = 127
+
+_EXPECTED_LAYOUT = """\
+<manual_dir>/Train_Sets/CT/<patient number>/DICOM_anon/*.dcm
+<manual_dir>/Train_Sets/CT/<patient number>/Ground/*.png
+<manual_dir>/Train_Sets/MR/<patient number>/T1DUAL/DICOM_anon/InPhase/*.dcm
+<manual_dir>/Train_Sets/MR/<patient number>/T1DUAL/DICOM_anon/OutPhase/*.dcm
+<manual_dir>/Train_Sets/MR/<patient number>/T1DUAL/Ground/*.png
+<manual_dir>/Train_Sets/MR/<patient number>/T2SPIR/DICOM_anon/*.dcm
+<manual_dir>/Train_Sets/MR/<patient number>/T2SPIR/Ground/*.png"""
+
+
+@dataclasses.dataclass(eq=False)
+class ChaosConfig(tfds.core.BuilderConfig):
+    """Which CHAOS series to read and how to split its patients.
+
+    Attributes:
+        modality: ``"CT"`` (liver, labels 0/1) or ``"MR"`` (labels 0 background, 1 liver,
+            2 right kidney, 3 left kidney, 4 spleen).
+        image_folder: folder of the series' DICOM files inside a patient folder.
+        mask_folder: folder of its Ground PNGs inside a patient folder.
+        num_folds: number of patient-level folds, written as splits ``fold0`` ..
+        split_seed: seed of :func:`kseg.data.splits.assign_folds`.
+    """
+
+    modality: str = "CT"
+    image_folder: str = "DICOM_anon"
+    mask_folder: str = "Ground"
+    num_folds: int = 5
+    split_seed: int = 0
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """CHAOS training sets: axial slices with liver (CT) or four-organ (MR) masks.
+
+    Write a config with other folds by giving the builder your own instance, e.g.
+    ``Builder(config=dataclasses.replace(Builder.builder_configs["ct"], name="ct_10fold",
+    num_folds=10))``; splits are then ``fold0`` .. ``fold9``.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+Register at https://chaos.grand-challenge.org and download CHAOS_Train_Sets.zip from the
+CHAOS data record on Zenodo (https://zenodo.org/records/3431873; licence CC BY-NC-SA 4.0).
+Extract it into the manual folder (by default ~/tensorflow_datasets/downloads/manual/, or
+pass tfds.download.DownloadConfig(manual_dir=...)), so that it holds:
+
+{_EXPECTED_LAYOUT}
+
+The files are read, never modified."""
+
+    BUILDER_CONFIGS = [
+        ChaosConfig(
+            name="ct",
+            description="Contrast-enhanced CT (portal phase), liver mask.",
+            modality="CT",
+        ),
+        ChaosConfig(
+            name="mr_t2spir",
+            description="T2-SPIR MR, masks of liver, both kidneys and spleen.",
+            modality="MR",
+            image_folder="T2SPIR/DICOM_anon",
+            mask_folder="T2SPIR/Ground",
+        ),
+        ChaosConfig(
+            name="mr_t1dual_in",
+            description="T1-DUAL in-phase MR, masks of liver, both kidneys and spleen.",
+            modality="MR",
+            image_folder="T1DUAL/DICOM_anon/InPhase",
+            mask_folder="T1DUAL/Ground",
+        ),
+        ChaosConfig(
+            name="mr_t1dual_out",
+            description="T1-DUAL opposed-phase MR, masks of liver, both kidneys and spleen.",
+            modality="MR",
+            image_folder="T1DUAL/DICOM_anon/OutPhase",
+            mask_folder="T1DUAL/Ground",
+        ),
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config = self.builder_config
+        if config.modality not in ("CT", "MR"):
+            raise ValueError(f"config {config.name!r}: modality must be 'CT' or 'MR'")
+        image_dtype = np.int16 if config.modality == "CT" else np.uint16
+        return self.dataset_info_from_configs(
+            description=(
+                "CHAOS challenge training data, one example per axial slice in "
+                "ImagePositionPatient order. CT images are Hounsfield units, MR images "
+                "stored signal. Splits fold0.. are patient-level folds."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(
+                        shape=(None, None),
+                        dtype=image_dtype,
+                        encoding=tfds.features.Encoding.ZLIB,
+                    ),
+                    "mask": tfds.features.Tensor(
+                        shape=(None, None), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
+                    ),
+                    "patient_id": tfds.features.Text(),
+                    "slice_index": np.int32,
+                    "num_slices": np.int32,
+                    "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+                }
+            ),
+            supervised_keys=("image", "mask"),
+            homepage="https://chaos.grand-challenge.org",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config = self.builder_config
+        modality_dir = epath.Path(dl_manager.manual_dir) / "Train_Sets" / config.modality
+        if not modality_dir.is_dir():
+            raise LayoutError(
+                modality_dir,
+                f"not found; expected the extracted CHAOS_Train_Sets.zip:\n{_EXPECTED_LAYOUT}",
+            )
+        folders = [p for p in modality_dir.iterdir() if p.is_dir()]
+        patients = sorted((p.name for p in folders if _PATIENT_FOLDER.match(p.name)), key=int)
+        if not patients:
+            raise LayoutError(
+                modality_dir,
+                f"holds no patient folders (named by number); expected:\n{_EXPECTED_LAYOUT}",
+            )
+        try:
+            folds = assign_folds(patients, config.num_folds, seed=config.split_seed)
+        except ValueError as exc:
+            raise ValueError(f"{modality_dir}: {exc}") from exc
+        return {
+            name: self._generate_examples(
+                [modality_dir / p for p in patients if folds[p] == fold]
+            )
+            for fold, name in enumerate(fold_names(config.num_folds))
+        }
+
+    def _generate_examples(self, patient_dirs):
+        for patient_dir in patient_dirs:
+            yield from self._patient_examples(patient_dir)
+
+    def _patient_examples(self, patient_dir: epath.Path):
+        """One patient's slices; only this patient's volume is held in memory."""
+        config = self.builder_config
+        patient = patient_dir.name
+        image_dir = patient_dir / config.image_folder
+        mask_dir = patient_dir / config.mask_folder
+        for folder in (image_dir, mask_dir):
+            if not folder.is_dir():
+                raise LayoutError(
+                    folder, f"not found; each patient folder must hold:\n{_EXPECTED_LAYOUT}"
+                )
+        volume = read_dicom_series(image_dir, patient_id=patient)
+        mask_files = _masks_in_array_order(volume.source_files, image_dir, mask_dir)
+        stored_masks = read_mask_stack(mask_files, expected_shape=volume.shape)
+        if config.modality == "CT":
+            labels = (stored_masks > _CT_LIVER_THRESHOLD).astype(np.uint8)
+        else:
+            labels = np.stack(
+                [
+                    map_label_ranges(mask, CHAOS_MR_LABEL_RANGES, source=path)
+                    for mask, path in zip(stored_masks, mask_files, strict=True)
+                ]
+            )
+        images = _as_feature_dtype(volume.array, config.modality, image_dir)
+        spacing = np.asarray(volume.spacing, dtype=np.float32)
+        num_slices = volume.shape[0]
+        for index in range(num_slices):
+            yield f"{patient}_{index:04d}", {
+                "image": images[index],
+                "mask": labels[index],
+                "patient_id": patient,
+                "slice_index": index,
+                "num_slices": num_slices,
+                "spacing": spacing,
+            }
+
+
+def _masks_in_array_order(source_files, image_dir, mask_dir) -> list[str]:
+    """The Ground PNG of every slice, in the volume's (position) order.
+
+    CHAOS pairs the i-th DICOM file in sorted-name order with the i-th PNG in sorted-name
+    order (the organisers' evaluation code, emrekavur/CHAOS-evaluation). The pairs are
+    made on names first and only then carried into position order through the volume's
+    source_files, so a pair never shifts when slices are re-ordered.
+    """
+    slice_names = [epath.Path(f).name for f in source_files]
+    image_names = sorted(slice_names)
+    mask_names = sorted(p.name for p in mask_dir.glob("*.png"))
+    if len(mask_names) != len(image_names):
+        raise MaskError(
+            mask_dir,
+            f"{len(mask_names)} Ground PNGs for {len(image_names)} DICOM slices in "
+            f"{image_dir}; CHAOS pairs them one to one by sorted file name",
+        )
+    rank = {name: r for r, name in enumerate(image_names)}
+    return [str(mask_dir / mask_names[rank[name]]) for name in slice_names]
+
+
+def _as_feature_dtype(array: np.ndarray, modality: str, image_dir) -> np.ndarray:
+    """CT stays int16 HU; MR signal becomes uint16. Values that do not fit are an error,
+    never wrapped; non-integer values (a fractional RescaleSlope) are rounded."""
+    dtype = np.int16 if modality == "CT" else np.uint16
+    limits = np.iinfo(dtype)
+    if array.dtype == dtype:
+        return array
+    rounded = np.rint(array) if np.issubdtype(array.dtype, np.floating) else array
+    low, high = float(rounded.min()), float(rounded.max())
+    if low < limits.min or high > limits.max:
+        raise DicomSeriesError(
+            image_dir,
+            f"{modality} values span {low:g}..{high:g}, outside the {np.dtype(dtype).name} "
+            f"range {limits.min}..{limits.max} of the dataset's image feature",
+        )
+    return rounded.astype(dtype)
