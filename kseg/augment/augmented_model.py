@@ -1,0 +1,79 @@
+"""A model wrapper that augments each training batch on the accelerator."""
+
+from __future__ import annotations
+
+import keras
+
+from kseg.augment._base import IMAGES, MASKS
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class AugmentedModel(keras.Model):
+    """Wraps a segmentation model so ``fit`` augments ``(x, y)`` jointly inside the train step.
+
+    The second placement of augmentation, next to ``tf.data``: the batch is transformed on
+    the device that trains, inside the same (optionally XLA-compiled) step, so the input
+    pipeline only decodes, windows and batches. ``train_step`` runs
+    ``augmenter({"images": x, "segmentation_masks": y}, training=True)`` and then Keras'
+    standard step on the result; ``evaluate``, ``predict`` and ``__call__`` run the wrapped
+    model on the data as given, never augmented.
+
+    The override is of the TensorFlow backend's ``train_step`` (the backend kseg's
+    ``tf.data`` pipelines require); other backends raise at construction.
+
+    Args:
+        model: the segmentation model; ``x`` is its single input tensor and ``y`` a single
+            mask tensor with the image's spatial shape.
+        augmenter: a layer taking and returning ``{"images", "segmentation_masks"}``, e.g.
+            ``kseg.augment.segmentation_augmenter()``.
+        **kwargs: standard ``keras.Model`` arguments (``name``, ...).
+
+    Example:
+        >>> net = kseg.models.build("unet", input_shape=(128, 128, 1), num_classes=1)
+        >>> model = AugmentedModel(net, segmentation_augmenter(seed=0))
+        >>> model.compile(optimizer="adam", loss="binary_crossentropy")
+        >>> model.fit(train_ds, validation_data=val_ds, epochs=10)  # doctest: +SKIP
+        >>> net.save("unet.keras")  # the wrapped model alone serves inference
+    """
+
+    def __init__(self, model, augmenter, **kwargs):
+        super().__init__(**kwargs)
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                "AugmentedModel overrides the TensorFlow train_step; the Keras backend is "
+                f"{keras.backend.backend()!r}. Augment in tf.data instead "
+                "(kseg.data.pipeline.segmentation_dataset(..., augment=augmenter))."
+            )
+        if isinstance(model, dict):
+            model = keras.saving.deserialize_keras_object(model)
+        if isinstance(augmenter, dict):
+            augmenter = keras.saving.deserialize_keras_object(augmenter)
+        if not isinstance(model, keras.Model):
+            raise ValueError(f"model must be a keras.Model, got {model!r}")
+        if not isinstance(augmenter, keras.layers.Layer):
+            raise ValueError(f"augmenter must be a keras.layers.Layer, got {augmenter!r}")
+        self.model = model
+        self.augmenter = augmenter
+
+    def call(self, inputs, training=None):
+        return self.model(inputs, training=training)
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if not keras.ops.is_tensor(y):
+            raise ValueError(
+                f"{self.name}: y must be one mask tensor to augment with x, got {type(y).__name__}"
+            )
+        augmented = self.augmenter({IMAGES: x, MASKS: y}, training=True)
+        data = keras.utils.pack_x_y_sample_weight(
+            augmented[IMAGES], augmented[MASKS], sample_weight
+        )
+        return super().train_step(data)
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "model": keras.saving.serialize_keras_object(self.model),
+            "augmenter": keras.saving.serialize_keras_object(self.augmenter),
+        }
