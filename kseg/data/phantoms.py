@@ -129,9 +129,10 @@ def abdominal_phantom(
     kidneys in the lower half. Each seed perturbs every organ smoothly (centre, size,
     rotation, craniocaudal extent and low-order boundary harmonics drifting along z).
 
-    CT numbers are :data:`CT_NUMBERS` plus a per-patient offset of at most 4 HU per organ
-    and Gaussian quantum noise of 12 HU at a 0.75 x 0.75 x 3 mm voxel, scaled by the square
-    root of the voxel volume (fixed dose).
+    CT numbers are :data:`CT_NUMBERS` (unenhanced tissue) plus a per-patient offset of at
+    most 4 HU per organ and white Gaussian noise of 12 HU at a 0.75 x 0.75 x 3 mm voxel,
+    scaled by one over the square root of the voxel volume: photon counting at a fixed
+    dose, a simplification of Brooks and Di Chiro's sigma^2 ~ 1 / (w^3 h).
 
     Args:
         shape: ``(z, y, x)`` voxels, each at least 1.
@@ -149,7 +150,7 @@ def abdominal_phantom(
 
     Reference:
         Brooks and Di Chiro, "Statistical limitations in x-ray reconstructive tomography",
-        Medical Physics 3(4), 237-240 (1976): noise against voxel size at fixed dose.
+        Medical Physics 3(4), 237-240 (1976): CT noise against voxel size at fixed dose.
     """
     shape, spacing, seed = _check_geometry(shape, spacing, seed)
     rng = np.random.default_rng([seed, 0x6B736567])  # second word: "kseg"
@@ -641,22 +642,18 @@ def _phantom_labels(shape, spacing, rng: np.random.Generator) -> np.ndarray:
             _Blob.random(rng, (0.27, 0.28), (0.09, 0.13), 25.0, 0.40, 0.20),
         ),
     ]
-    spine_jitter = 0.3
+    # Spine and back muscles vary less between people than the organs do.
+    def back_part(centre, semi_axes, z_centre=0.5, z_half=10.0, ripple=0.03):
+        return _Blob.random(rng, centre, semi_axes, 0.0, z_centre, z_half, ripple, jitter=0.3)
+
     back = [
-        (PhantomLabel.MUSCLE, _Blob.random(rng, (-0.12, 0.49), (0.08, 0.07), 0.0, 0.5, 10.0,
-                                           ripple=0.03, jitter=spine_jitter)),
-        (PhantomLabel.MUSCLE, _Blob.random(rng, (0.12, 0.49), (0.08, 0.07), 0.0, 0.5, 10.0,
-                                           ripple=0.03, jitter=spine_jitter)),
-        (PhantomLabel.MUSCLE, _Blob.random(rng, (-0.13, 0.33), (0.05, 0.05), 0.0, 0.0, 0.9,
-                                           ripple=0.03, jitter=spine_jitter)),
-        (PhantomLabel.MUSCLE, _Blob.random(rng, (0.13, 0.33), (0.05, 0.05), 0.0, 0.0, 0.9,
-                                           ripple=0.03, jitter=spine_jitter)),
-        (PhantomLabel.BONE, _Blob.random(rng, (0.0, 0.36), (0.085, 0.075), 0.0, 0.5, 10.0,
-                                         ripple=0.02, jitter=spine_jitter)),
-        (PhantomLabel.BONE, _Blob.random(rng, (0.0, 0.53), (0.025, 0.07), 0.0, 0.5, 10.0,
-                                         ripple=0.02, jitter=spine_jitter)),
-        (PhantomLabel.SOFT_TISSUE, _Blob.random(rng, (0.0, 0.465), (0.035, 0.03), 0.0, 0.5,
-                                                10.0, ripple=0.0, jitter=spine_jitter)),
+        (PhantomLabel.MUSCLE, back_part((-0.12, 0.49), (0.08, 0.07))),  # paraspinal
+        (PhantomLabel.MUSCLE, back_part((0.12, 0.49), (0.08, 0.07))),
+        (PhantomLabel.MUSCLE, back_part((-0.13, 0.33), (0.05, 0.05), 0.0, 0.9)),  # psoas
+        (PhantomLabel.MUSCLE, back_part((0.13, 0.33), (0.05, 0.05), 0.0, 0.9)),
+        (PhantomLabel.BONE, back_part((0.0, 0.36), (0.085, 0.075), ripple=0.02)),  # body
+        (PhantomLabel.BONE, back_part((0.0, 0.53), (0.025, 0.07), ripple=0.02)),  # spinous
+        (PhantomLabel.SOFT_TISSUE, back_part((0.0, 0.465), (0.035, 0.03), ripple=0.0)),  # canal
     ]
 
     labels = np.zeros(shape, dtype=np.uint8)
