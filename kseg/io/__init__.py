@@ -1,5 +1,7 @@
-"""Readers for the formats challenge datasets ship; every reader returns a Volume."""
+"""Readers for the formats challenge datasets ship (every reader returns a Volume), and
+de-identification of DICOM trees."""
 
+from kseg.io.deid import DeidReport, deidentify
 from kseg.io.dicom import (
     SkippedFileWarning,
     UnevenSliceSpacingWarning,
@@ -19,11 +21,13 @@ from kseg.io.volume import Volume
 
 __all__ = [
     "CHAOS_MR_LABEL_RANGES",
+    "DeidReport",
     "LossyMaskWarning",
     "SkippedFileWarning",
     "UnevenSliceSpacingWarning",
     "Volume",
     "binarize",
+    "deidentify",
     "map_label_ranges",
     "read_dicom_image",
     "read_dicom_series",
