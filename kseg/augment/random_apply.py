@@ -43,6 +43,11 @@ class RandomApply(keras.layers.Layer):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.built = True
+
     def call(self, inputs, training=True):
         is_dict = isinstance(inputs, dict)
         layer_inputs = dict(inputs) if is_dict else inputs
