@@ -350,3 +350,16 @@ def test_augmented_model_augments_jointly_in_fit_only():
     assert abs(history.history["loss"][0] - stddev**2) < 5 * stddev**2 * np.sqrt(2 / 2048)
     assert model.evaluate(x, x, verbose=0) == 0.0
     np.testing.assert_array_equal(model.predict(x, verbose=0), x)
+
+
+def test_augmented_model_reloads_from_keras_file(tmp_path):
+    inputs = keras.Input((8, 8, 1))
+    identity = keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones")(inputs)
+    model = AugmentedModel(keras.Model(inputs, identity), segmentation_augmenter(seed=0))
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 1)).astype(np.float32)
+    model(x)
+    model.save(tmp_path / "augmented.keras")
+    restored = keras.models.load_model(tmp_path / "augmented.keras")
+    assert isinstance(restored.augmenter, SegmentationAugmenter)
+    assert len(restored.augmenter.augmentation_layers) == 7
+    np.testing.assert_allclose(restored.predict(x, verbose=0), x, rtol=1e-6)

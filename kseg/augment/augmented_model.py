@@ -55,6 +55,14 @@ class AugmentedModel(keras.Model):
         self.model = model
         self.augmenter = augmenter
 
+    def build(self, input_shape):
+        # Reloading builds from the input shape alone; the augmenter holds only seed state.
+        if not self.model.built:
+            self.model.build(input_shape)
+        if not self.augmenter.built:
+            self.augmenter.build({IMAGES: input_shape, MASKS: input_shape})
+        self.built = True
+
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
 
