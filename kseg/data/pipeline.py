@@ -283,7 +283,7 @@ def segmentation_dataset(
         label_map: optional ``{source label: training label}``; unlisted labels become 0.
             E.g. ``{6: 1}`` trains a binary liver model from a multi-organ mask.
         batch_size: examples per batch.
-        augment: ``None`` or a callable / Keras layer taking and returning
+        augment: ``None`` or a Keras layer, called with ``training=True``, taking and returning
             ``{"images": (B, H, W, 1) float32, "segmentation_masks": (B, H, W, 1)}``, e.g.
             ``kseg.augment.segmentation_augmenter()``. Runs after ``cache``.
         shuffle_buffer: examples in the shuffle buffer; ``None`` or 0 for no shuffling.
