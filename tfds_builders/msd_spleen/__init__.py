@@ -1,0 +1,5 @@
+"""The ``msd_spleen`` TFDS dataset; importing this package registers it with TFDS."""
+
+from tfds_builders.msd_spleen.msd_spleen_dataset_builder import Builder, MsdSpleenConfig
+
+__all__ = ["Builder", "MsdSpleenConfig"]

@@ -1,0 +1,295 @@
+"""Medical Segmentation Decathlon Task09 (spleen CT) as a TFDS dataset.
+
+One example per volume, read with :func:`kseg.io.read_nifti` one case at a time; labelled
+cases split by patient into ``fold0`` .. ``fold{k-1}``, the unlabelled ``imagesTs`` cases in
+the split ``unlabeled``. Config ``raw`` stores the volumes as shipped, ``preprocessed`` after
+the MSD spleen chain of :mod:`kseg.data.preprocess3d` (see ``README.md`` beside this file).
+
+Reference:
+    Antonelli et al., "The Medical Segmentation Decathlon", Nature Communications 13, 4128
+    (2022); Simpson et al., "A large annotated medical image dataset for the development and
+    evaluation of segmentation algorithms", arXiv:1902.09063 (2019).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import tensorflow_datasets as tfds
+from etils import epath
+
+from kseg.data.preprocess3d import (
+    MSD_SPLEEN_ORIENTATION,
+    MSD_SPLEEN_SPACING,
+    MSD_SPLEEN_WINDOW,
+    preprocess_volume,
+)
+from kseg.data.splits import assign_folds, fold_names
+from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
+from kseg.io import read_nifti
+
+TASK_FOLDER = "Task09_Spleen"
+UNLABELED_SPLIT = "unlabeled"
+_NIFTI_SUFFIX = ".nii.gz"
+# macOS writes "._<name>" AppleDouble companions into tar archives; the real Task09 tar
+# carries one beside every volume. They are not NIfTI and are never cases.
+_APPLE_DOUBLE_PREFIX = "._"
+_INT16 = np.iinfo(np.int16)
+# Image and label affines of one case, each stored as float32 in its header, agree to far
+# better than this (mm); a larger difference means the files belong to different grids.
+_SAME_GRID_MM = 1e-3
+
+_EXPECTED_LAYOUT = """\
+<manual_dir>/Task09_Spleen/dataset.json
+<manual_dir>/Task09_Spleen/imagesTr/spleen_<n>.nii.gz   (41 CT volumes)
+<manual_dir>/Task09_Spleen/labelsTr/spleen_<n>.nii.gz   (their labels, 1 = spleen)
+<manual_dir>/Task09_Spleen/imagesTs/spleen_<n>.nii.gz   (20 CT volumes, no labels)
+(<manual_dir> may also be the Task09_Spleen folder itself)"""
+
+
+@dataclasses.dataclass(eq=False)
+class MsdSpleenConfig(tfds.core.BuilderConfig):
+    """How to store the volumes and split the patients.
+
+    Attributes:
+        preprocess: ``False`` stores the volumes as shipped; ``True`` runs
+            :func:`kseg.data.preprocess3d.preprocess_volume` with the fields below.
+        orientation: axis codes in ``(x, y, z)`` order the preprocessed volumes share.
+        target_spacing: preprocessed voxel size in mm, in kseg's ``(z, y, x)`` order:
+            ``(2.0, 1.5, 1.5)`` is the literature's 1.5 x 1.5 x 2.0 mm in ``(x, y, z)``.
+        crop_threshold: HU above which a voxel counts as foreground for the crop (the
+            lower bound of the -57..164 HU window).
+        num_folds: patient-level folds of the labelled cases, splits ``fold0`` ...
+        split_seed: seed of :func:`kseg.data.splits.assign_folds`.
+    """
+
+    preprocess: bool = False
+    orientation: str = MSD_SPLEEN_ORIENTATION
+    target_spacing: tuple[float, float, float] = MSD_SPLEEN_SPACING
+    crop_threshold: float = MSD_SPLEEN_WINDOW[0]
+    num_folds: int = 5
+    split_seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Case:
+    patient_id: str
+    image: epath.Path
+    label: epath.Path | None
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """MSD Task09 spleen CT volumes with spleen labels, one example per volume.
+
+    Write a config with other folds or another spacing by giving the builder your own
+    instance, e.g. ``Builder(config=dataclasses.replace(Builder.builder_configs
+    ["preprocessed"], name="preprocessed_10fold", num_folds=10))``.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+Download Task09_Spleen.tar from the Medical Segmentation Decathlon,
+http://medicaldecathlon.com (licence CC BY-SA 4.0; cite Antonelli et al. 2022), and extract
+it into the manual folder (by default ~/tensorflow_datasets/downloads/manual/, or pass
+tfds.download.DownloadConfig(manual_dir=...)), so that it holds:
+
+{_EXPECTED_LAYOUT}
+
+The macOS "._*" files inside the archive are ignored. The files are read, never modified."""
+
+    BUILDER_CONFIGS = [
+        MsdSpleenConfig(
+            name="raw",
+            description="Volumes as shipped: int16 HU and uint8 labels on the stored grid.",
+            preprocess=False,
+        ),
+        MsdSpleenConfig(
+            name="preprocessed",
+            description=(
+                "Reoriented to RAS, resampled to 1.5 x 1.5 x 2.0 mm (x, y, z) = (2.0, 1.5, "
+                "1.5) mm (z, y, x), cropped to the voxels above -57 HU; image kept in int16 "
+                "HU, window -57..164 HU to [0, 1] when reading."
+            ),
+            preprocess=True,
+        ),
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        volume = (None, None, None)
+        return self.dataset_info_from_configs(
+            description=(
+                "Medical Segmentation Decathlon Task09: portal venous phase CT of patients "
+                "followed for liver metastases, spleen labelled. One example per volume, "
+                "arrays (z, y, x). Splits fold0.. are patient-level folds of the labelled "
+                "cases; 'unlabeled' holds imagesTs (label of shape (0, 0, 0))."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(
+                        shape=volume, dtype=np.int16, encoding=tfds.features.Encoding.ZLIB
+                    ),
+                    "label": tfds.features.Tensor(
+                        shape=volume, dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
+                    ),
+                    "patient_id": tfds.features.Text(),
+                    "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+                    "affine": tfds.features.Tensor(shape=(4, 4), dtype=np.float64),
+                    "original_shape": tfds.features.Tensor(shape=(3,), dtype=np.int32),
+                    "original_affine": tfds.features.Tensor(shape=(4, 4), dtype=np.float64),
+                }
+            ),
+            supervised_keys=("image", "label"),
+            homepage="http://medicaldecathlon.com",
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config = self.builder_config
+        task_dir = _task_folder(epath.Path(dl_manager.manual_dir))
+        labelled, unlabelled = _cases_from_dataset_json(task_dir)
+        patients = [case.patient_id for case in labelled]
+        try:
+            folds = assign_folds(patients, config.num_folds, seed=config.split_seed)
+        except ValueError as exc:
+            raise ValueError(f"{task_dir / 'dataset.json'}: {exc}") from exc
+        splits = {
+            name: self._generate_examples([c for c in labelled if folds[c.patient_id] == fold])
+            for fold, name in enumerate(fold_names(config.num_folds))
+        }
+        splits[UNLABELED_SPLIT] = self._generate_examples(unlabelled)
+        return splits
+
+    def _generate_examples(self, cases):
+        for case in cases:
+            yield case.patient_id, self._example(case)
+
+    def _example(self, case: _Case) -> dict:
+        """One case; only this case's volumes are in memory."""
+        config = self.builder_config
+        image = read_nifti(case.image, patient_id=case.patient_id)
+        label = None
+        if case.label is not None:
+            label = read_nifti(case.label, patient_id=case.patient_id)
+            if label.shape != image.shape:
+                raise AlignmentError(
+                    case.label, f"label shape {label.shape} differs from image {image.shape}"
+                )
+            if not np.allclose(label.affine, image.affine, rtol=0.0, atol=_SAME_GRID_MM):
+                raise AlignmentError(
+                    case.label,
+                    f"label affine differs from the image's ({case.image}):\n"
+                    f"{label.affine}\nvs\n{image.affine}",
+                )
+            label = label.with_array(_binary_label(label.array, case.label))
+        original_affine, original_shape = image.affine, image.shape
+        if config.preprocess:
+            prepared = preprocess_volume(
+                image,
+                label,
+                orientation=config.orientation,
+                spacing=config.target_spacing,
+                crop_threshold=config.crop_threshold,
+            )
+            image, label = prepared.image, prepared.label
+        return {
+            "image": _as_int16_hu(image.array, case.image),
+            "label": np.zeros((0, 0, 0), np.uint8) if label is None else label.array,
+            "patient_id": case.patient_id,
+            "spacing": np.asarray(image.spacing, dtype=np.float32),
+            "affine": image.affine,
+            "original_shape": np.asarray(original_shape, dtype=np.int32),
+            "original_affine": original_affine,
+        }
+
+
+def _task_folder(manual_dir: epath.Path) -> epath.Path:
+    for candidate in (manual_dir / TASK_FOLDER, manual_dir):
+        if (candidate / "dataset.json").is_file():
+            return candidate
+    raise LayoutError(
+        manual_dir / TASK_FOLDER,
+        f"no dataset.json found; extract Task09_Spleen.tar so that:\n{_EXPECTED_LAYOUT}",
+    )
+
+
+def _relative_file(task_dir: epath.Path, entry, folder: str, dataset_json) -> epath.Path:
+    """A dataset.json path such as ``./imagesTr/spleen_19.nii.gz``, checked and resolved."""
+    if not isinstance(entry, str):
+        raise LayoutError(dataset_json, f"expected a file path string, got {entry!r}")
+    path = epath.Path(entry)
+    if path.parent.name != folder or not path.name.endswith(_NIFTI_SUFFIX):
+        raise LayoutError(dataset_json, f"expected ./{folder}/<case>{_NIFTI_SUFFIX}, got {entry!r}")
+    resolved = task_dir / folder / path.name
+    if not resolved.is_file():
+        raise LayoutError(resolved, f"listed in {dataset_json} but missing; expected:\n"
+                          f"{_EXPECTED_LAYOUT}")
+    return resolved
+
+
+def _cases_from_dataset_json(task_dir: epath.Path) -> tuple[list[_Case], list[_Case]]:
+    """Labelled and unlabelled cases as dataset.json lists them, cross-checked against the
+    folders: a volume on disk that dataset.json does not list is an error, not a silent
+    omission; AppleDouble ``._*`` files are not volumes."""
+    dataset_json = task_dir / "dataset.json"
+    try:
+        listing = json.loads(dataset_json.read_text())
+        training, test = listing["training"], listing.get("test", [])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UnreadableFileError(
+            dataset_json, f"expected the MSD dataset.json with a 'training' list ({exc!r})"
+        ) from exc
+    labelled = []
+    for entry in training:
+        if not isinstance(entry, dict) or not {"image", "label"} <= set(entry):
+            raise LayoutError(dataset_json, f"training entries need image and label: {entry!r}")
+        image = _relative_file(task_dir, entry["image"], "imagesTr", dataset_json)
+        label = _relative_file(task_dir, entry["label"], "labelsTr", dataset_json)
+        if image.name != label.name:
+            raise LayoutError(dataset_json, f"image and label names differ in {entry!r}")
+        labelled.append(_Case(image.name[: -len(_NIFTI_SUFFIX)], image, label))
+    unlabelled = [
+        _Case(path.name[: -len(_NIFTI_SUFFIX)], path, None)
+        for path in (_relative_file(task_dir, e, "imagesTs", dataset_json) for e in test)
+    ]
+    if not labelled:
+        raise LayoutError(dataset_json, "lists no training cases")
+    ids = [case.patient_id for case in labelled + unlabelled]
+    if len(set(ids)) != len(ids):
+        raise LayoutError(dataset_json, "lists a case more than once")
+    for folder, cases in (("imagesTr", labelled), ("labelsTr", labelled), ("imagesTs", unlabelled)):
+        on_disk = {
+            path.name
+            for path in (task_dir / folder).glob(f"*{_NIFTI_SUFFIX}")
+            if not path.name.startswith(_APPLE_DOUBLE_PREFIX)
+        } if (task_dir / folder).is_dir() else set()
+        unlisted = sorted(on_disk - {f"{case.patient_id}{_NIFTI_SUFFIX}" for case in cases})
+        if unlisted:
+            raise LayoutError(
+                task_dir / folder,
+                f"holds volumes that {dataset_json.name} does not list: {unlisted}; "
+                "add them to dataset.json or move them out",
+            )
+    return labelled, unlabelled
+
+
+def _binary_label(array: np.ndarray, path) -> np.ndarray:
+    values = np.unique(array)
+    if not np.isin(values, (0, 1)).all():
+        raise MaskError(path, f"spleen labels must be 0 or 1, found values {values.tolist()}")
+    return array.astype(np.uint8)
+
+
+def _as_int16_hu(array: np.ndarray, path) -> np.ndarray:
+    """CT numbers as int16: integers kept, floats (interpolated, or stored as float)
+    rounded to the nearest HU; values outside int16 are an error, never wrapped."""
+    if array.dtype == np.int16:
+        return array
+    rounded = np.rint(array) if np.issubdtype(array.dtype, np.floating) else array
+    low, high = float(rounded.min()), float(rounded.max())
+    if low < _INT16.min or high > _INT16.max:
+        raise UnreadableFileError(
+            path, f"CT values span {low:g}..{high:g}, outside the int16 range of the image feature"
+        )
+    return rounded.astype(np.int16)
