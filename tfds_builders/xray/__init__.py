@@ -1,0 +1,29 @@
+"""The ``xray`` TFDS dataset; importing this package registers it with TFDS."""
+
+from tfds_builders.xray.xray_dataset_builder import (
+    Builder,
+    XrayConfig,
+    add_gaussian_noise,
+    apply_value_ranges,
+    keep_patients,
+    nested_patient_subset,
+    noisy_config,
+    read_binary_mask,
+    read_jsrt_image,
+    read_radiograph,
+    split_patient_ids,
+)
+
+__all__ = [
+    "Builder",
+    "XrayConfig",
+    "add_gaussian_noise",
+    "apply_value_ranges",
+    "keep_patients",
+    "nested_patient_subset",
+    "noisy_config",
+    "read_binary_mask",
+    "read_jsrt_image",
+    "read_radiograph",
+    "split_patient_ids",
+]

@@ -1,0 +1,798 @@
+"""Chest radiographs with per-class masks (JSRT + SCR, Montgomery, or your own set) as TFDS.
+
+One example per radiograph: the image in its stored units (``uint16``, higher = brighter),
+a ``uint8`` label map, the patient id, the file name and the bit depth. Patients are dealt
+to ``num_folds`` folds (:func:`kseg.data.splits.assign_folds`) and each fold is written as
+its own split ``fold0`` .. ``fold{k-1}``, so every train / validation / test arrangement is
+a split expression (:func:`kseg.data.splits.split_names`) and no patient is in two splits.
+Training-set-size sweeps take nested patient subsets (:func:`nested_patient_subset`), and a
+config with ``noise_sigma > 0`` writes a separate, noisy copy for robustness studies.
+
+Example:
+    >>> import tensorflow_datasets as tfds
+    >>> from tfds_builders import xray  # registers "xray"  # doctest: +SKIP
+    >>> train = tfds.load("xray/generic", split="fold2+fold3+fold4")  # doctest: +SKIP
+
+Reference:
+    Shiraishi et al., AJR 174(1), 71-74 (2000) (JSRT); van Ginneken et al., Medical Image
+    Analysis 10(1), 19-40 (2006) (SCR); Jaeger et al., Quant Imaging Med Surg 4(6), 475-477
+    (2014) (Montgomery and Shenzhen); Stirenko et al., IEEE ELNANO 2018, 422-428 (Shenzhen
+    lung masks).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import pydicom
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from etils import epath
+from PIL import Image, UnidentifiedImageError
+
+from kseg.data.splits import assign_folds, fold_names
+from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
+from kseg.io import binarize, read_dicom_image, read_mask
+
+LAYOUTS = ("jsrt_scr", "montgomery", "generic")
+
+JSRT_BIT_DEPTH = 12
+JSRT_IMAGE_FOLDER = "All247images"
+MONTGOMERY_IMAGE_FOLDER = "MontgomerySet/CXR_png"
+MONTGOMERY_MASK_FOLDER = "MontgomerySet/ManualMask"
+
+_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".dicom", ".jpg", ".jpeg", ".bmp")
+_DICOM_SUFFIXES = (".dcm", ".dicom")
+_MASK_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".bmp", ".jpg", ".jpeg")
+# Files operating systems drop into image folders (the NLM archives carry Thumbs.db).
+_IGNORED_FILES = frozenset({"thumbs.db", "desktop.ini"})
+
+_JSRT_LAYOUT = """\
+<manual_dir>/All247images/JPCLN001.IMG ... JPCNN093.IMG   (JSRT, 247 raw images)
+<manual_dir>/<any>/masks/<structure>/JPCLN001.gif ...    (SCR, e.g. scratch/fold1/masks/)
+  with <structure> one of: right lung, left lung, heart, right clavicle, left clavicle"""
+
+_MONTGOMERY_LAYOUT = """\
+<manual_dir>/MontgomerySet/CXR_png/MCUCXR_0001_0.png ...
+<manual_dir>/MontgomerySet/ManualMask/leftMask/MCUCXR_0001_0.png ...
+<manual_dir>/MontgomerySet/ManualMask/rightMask/MCUCXR_0001_0.png ..."""
+
+_GENERIC_LAYOUT = """\
+<manual_dir>/images/<name>.png|.tif|.dcm ...     (8/16-bit grey PNG or TIFF, or DICOM)
+<manual_dir>/masks/<name><mask_suffix>.png ...   (label map), or
+<manual_dir>/masks/<class folder>/<name><mask_suffix>.png ...   (one binary mask per class)"""
+
+
+@dataclasses.dataclass(eq=False)
+class XrayConfig(tfds.core.BuilderConfig):
+    """Where the radiographs are, what the masks mean and how patients are split.
+
+    Attributes:
+        layout: ``"jsrt_scr"``, ``"montgomery"`` or ``"generic"`` (see ``README.md``).
+        class_names: name of every label, background first; label ``i`` is
+            ``class_names[i]``.
+        mask_folders: per-class binary masks as ``(folder, label)`` pairs, painted in this
+            order, so a later pair wins where masks overlap. A binary mask's foreground is
+            every pixel above half of that mask's maximum (palette images by grey value).
+            Empty: one label-map mask per image, decoded with ``mask_value_ranges``.
+        mask_value_ranges: ``(low, high, label)`` triples: stored values ``low..high``
+            (inclusive) become ``label``. A stored value in no range is a MaskError. The
+            default (0..127 -> 0, 128..255 -> 1) splits 0/255 masks with interpolated edges.
+        mask_suffix: appended to an image's stem to name its mask (e.g. ``"_mask"``).
+        patient_id_pattern: regular expression searched in every file stem; its group
+            ``patient`` (or its first group, or the whole match) is the patient id. ``None``:
+            one patient per image, the stem being the id.
+        num_folds: number of patient-level folds, written as splits ``fold0`` ..
+        split_seed: seed of :func:`kseg.data.splits.assign_folds`.
+        noise_sigma: standard deviation of Gaussian noise added to every image, in its
+            stored units, rounded and clipped to ``0 .. 2**bit_depth - 1``. 0 writes the
+            clean data. Make noisy configs with :func:`noisy_config`, which renames them, so
+            a noisy copy never lands in the clean dataset's folder.
+        noise_seed: seed of the noise; each image's stream is also keyed by its file name,
+            so its noise does not depend on which other files are present.
+    """
+
+    layout: str = "generic"
+    class_names: tuple[str, ...] = ("background", "lungs")
+    mask_folders: tuple[tuple[str, int], ...] = ()
+    mask_value_ranges: tuple[tuple[int, int, int], ...] = ((0, 127, 0), (128, 255, 1))
+    mask_suffix: str = ""
+    patient_id_pattern: str | None = None
+    num_folds: int = 5
+    split_seed: int = 0
+    noise_sigma: float = 0.0
+    noise_seed: int = 0
+
+
+def noisy_config(config: XrayConfig, sigma: float, *, seed: int = 0) -> XrayConfig:
+    """A copy of ``config`` that adds Gaussian noise of ``sigma`` stored units.
+
+    The copy is named ``<name>_noise<sigma>`` (a ``.`` in sigma becomes ``p``), so TFDS
+    writes it into its own folder and the clean dataset stays untouched.
+
+    Args:
+        config: a clean (or noisy) config, e.g. ``Builder.builder_configs["jsrt_scr"]``.
+        sigma: noise standard deviation in the image's stored units, positive.
+        seed: noise seed.
+
+    Example:
+        >>> noisy = noisy_config(Builder.builder_configs["jsrt_scr"], 40)
+        >>> noisy.name, noisy.noise_sigma
+        ('jsrt_scr_noise40', 40.0)
+        >>> Builder(config=noisy, data_dir="/tmp/tfds")  # doctest: +SKIP
+    """
+    sigma = float(sigma)
+    if not (math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be a positive number, got {sigma!r}")
+    tag = f"{sigma:g}".replace(".", "p").replace("+", "")
+    suffix = "" if seed == 0 else f"_seed{seed}"
+    return dataclasses.replace(
+        config,
+        name=f"{config.name}_noise{tag}{suffix}",
+        description=f"{config.description} Gaussian noise, sigma {sigma:g} stored units.",
+        noise_sigma=sigma,
+        noise_seed=seed,
+    )
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """Chest radiographs with lung (and heart, clavicle) label maps, one example per image.
+
+    Configs: ``jsrt_scr`` (background, lungs, heart, clavicles), ``jsrt_scr_left_right``
+    (each lung and clavicle separately), ``montgomery`` (background, left lung, right
+    lung), ``montgomery_lungs`` (background, lungs) and ``generic`` (your own
+    ``images/`` + ``masks/``; background / lungs from 0/255 masks). For another class map
+    or fold count, pass your own instance, e.g.
+    ``Builder(config=dataclasses.replace(Builder.builder_configs["generic"],
+    name="mine", class_names=("background", "lungs", "heart"),
+    mask_value_ranges=((0, 0, 0), (1, 1, 1), (2, 2, 2))))``.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+The files are read from the manual folder (by default ~/tensorflow_datasets/downloads/manual/,
+or tfds.download.DownloadConfig(manual_dir=...)) and never modified. One folder can hold all
+three layouts.
+
+jsrt_scr, jsrt_scr_left_right: request the JSRT database from the Japanese Society of
+Radiological Technology (http://db.jsrt.or.jp/eng.php; free for research and education after
+registration) and extract All247images; download the SCR masks (scr.zip from
+https://www.isi.uu.nl/Research/Databases/SCR/ or one of its mirrors; research use, cite van
+Ginneken et al. 2006) and extract them beside it, so that the manual folder holds:
+
+{_JSRT_LAYOUT}
+
+montgomery, montgomery_lungs: download the Montgomery County chest X-ray set from the U.S.
+National Library of Medicine (https://lhncbc.nlm.nih.gov/LHC-downloads/downloads.html,
+"Tuberculosis Chest X-ray Image Data Sets") and extract it:
+
+{_MONTGOMERY_LAYOUT}
+
+generic: your own set, or the Shenzhen set (same NLM page; lung masks by Stirenko et al.,
+CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid out as:
+
+{_GENERIC_LAYOUT}"""
+
+    BUILDER_CONFIGS = [
+        XrayConfig(
+            name="jsrt_scr",
+            description="JSRT radiographs, SCR masks: background, lungs, heart, clavicles.",
+            layout="jsrt_scr",
+            class_names=("background", "lungs", "heart", "clavicles"),
+            mask_folders=(
+                ("right lung", 1),
+                ("left lung", 1),
+                ("heart", 2),
+                ("right clavicle", 3),
+                ("left clavicle", 3),
+            ),
+        ),
+        XrayConfig(
+            name="jsrt_scr_left_right",
+            description="JSRT radiographs, SCR masks with each lung and clavicle separate.",
+            layout="jsrt_scr",
+            class_names=(
+                "background",
+                "right lung",
+                "left lung",
+                "heart",
+                "right clavicle",
+                "left clavicle",
+            ),
+            mask_folders=(
+                ("right lung", 1),
+                ("left lung", 2),
+                ("heart", 3),
+                ("right clavicle", 4),
+                ("left clavicle", 5),
+            ),
+        ),
+        XrayConfig(
+            name="montgomery",
+            description="Montgomery County set: background, left lung, right lung.",
+            layout="montgomery",
+            class_names=("background", "left lung", "right lung"),
+            mask_folders=(("leftMask", 1), ("rightMask", 2)),
+            patient_id_pattern=r"^(MCUCXR_\d+)",
+        ),
+        XrayConfig(
+            name="montgomery_lungs",
+            description="Montgomery County set: background, lungs (both lung fields).",
+            layout="montgomery",
+            class_names=("background", "lungs"),
+            mask_folders=(("leftMask", 1), ("rightMask", 1)),
+            patient_id_pattern=r"^(MCUCXR_\d+)",
+        ),
+        XrayConfig(
+            name="generic",
+            description="Your own images/ + masks/ folders; 0/255 lung masks by default.",
+            layout="generic",
+        ),
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        _check_config(self.builder_config)
+        return self.dataset_info_from_configs(
+            description=(
+                "Chest radiographs, one example per image: image in its stored units "
+                "(uint16, higher = brighter), uint8 label map (labels are the config's "
+                "class_names), patient id, file name and bit depth. Splits fold0.. are "
+                "patient-level folds."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(
+                        shape=(None, None), dtype=np.uint16, encoding=tfds.features.Encoding.ZLIB
+                    ),
+                    "mask": tfds.features.Tensor(
+                        shape=(None, None), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
+                    ),
+                    "patient_id": tfds.features.Text(),
+                    "image_id": tfds.features.Text(),
+                    "bit_depth": np.int32,
+                }
+            ),
+            supervised_keys=("image", "mask"),
+            homepage="https://www.isi.uu.nl/Research/Databases/SCR/",
+            metadata=tfds.core.MetadataDict(class_names=list(self.builder_config.class_names)),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config = self.builder_config
+        root = epath.Path(dl_manager.manual_dir)
+        records = _find_records(root, config)
+        patients = sorted({record.patient_id for record in records})
+        try:
+            folds = assign_folds(patients, config.num_folds, seed=config.split_seed)
+        except ValueError as exc:
+            raise ValueError(f"{root}: {exc}") from exc
+        return {
+            name: self._generate_examples(
+                [record for record in records if folds[record.patient_id] == fold]
+            )
+            for fold, name in enumerate(fold_names(config.num_folds))
+        }
+
+    def _generate_examples(self, records):
+        config = self.builder_config
+        for record in records:
+            image, bit_depth = _read_record_image(record, config)
+            mask = _read_record_mask(record, config, image.shape)
+            if config.noise_sigma > 0:
+                image = add_gaussian_noise(
+                    image,
+                    config.noise_sigma,
+                    bit_depth,
+                    seed=config.noise_seed,
+                    key=record.image_id,
+                )
+            yield (
+                record.image_id,
+                {
+                    "image": image,
+                    "mask": mask,
+                    "patient_id": record.patient_id,
+                    "image_id": record.image_id,
+                    "bit_depth": bit_depth,
+                },
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Record:
+    image_id: str
+    patient_id: str
+    image: epath.Path
+    masks: tuple[epath.Path, ...]  # one label map, or one file per config.mask_folders pair
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+def read_jsrt_image(path) -> np.ndarray:
+    """Read a JSRT ``.IMG`` file as ``uint16`` with higher values brighter.
+
+    The files have no header: square images of big-endian 16-bit words holding 12-bit
+    values (2048 x 2048 in the real database; the side is taken from the file size, which
+    must be twice a square number). JSRT stores the film-density polarity, where a higher
+    value is darker, so the values are inverted over the 12-bit range, ``4095 - stored``,
+    the convention of DICOM MONOCHROME1 images read by :func:`kseg.io.read_dicom_image`.
+
+    Args:
+        path: the ``.IMG`` file.
+
+    Returns:
+        ``uint16`` array ``(side, side)`` in ``0 .. 4095``.
+
+    Raises:
+        UnreadableFileError: the size is not that of a square 16-bit image, or a value
+            exceeds 12 bits.
+
+    Example:
+        >>> image = read_jsrt_image("All247images/JPCLN001.IMG")  # doctest: +SKIP
+        >>> image.shape, image.dtype  # doctest: +SKIP
+        ((2048, 2048), dtype('uint16'))
+
+    Reference:
+        Shiraishi et al., "Development of a digital image database for chest radiographs
+        with and without a lung nodule", AJR 174(1), 71-74 (2000).
+    """
+    path = epath.Path(path)
+    data = path.read_bytes()
+    side = math.isqrt(len(data) // 2)
+    if len(data) == 0 or len(data) != 2 * side * side:
+        raise UnreadableFileError(
+            path,
+            f"{len(data)} bytes is not a square image of 16-bit words (a JSRT .IMG file is "
+            "2048 x 2048 x 2 = 8388608 bytes, no header)",
+        )
+    stored = np.frombuffer(data, dtype=">u2").reshape(side, side)
+    maximum = 2**JSRT_BIT_DEPTH - 1
+    if int(stored.max()) > maximum:
+        raise UnreadableFileError(
+            path, f"holds the value {int(stored.max())}, above the 12-bit maximum {maximum}"
+        )
+    return (maximum - stored.astype(np.int32)).astype(np.uint16)
+
+
+def read_radiograph(path) -> tuple[np.ndarray, int]:
+    """Read a grey-level radiograph (PNG, TIFF, BMP, JPEG or DICOM) in its stored units.
+
+    Args:
+        path: the image. ``.dcm`` / ``.dicom`` files go through
+            :func:`kseg.io.read_dicom_image` (modality LUT applied, MONOCHROME1 inverted
+            so that higher is brighter); anything else through Pillow.
+
+    Returns:
+        ``(image, bit_depth)``: ``uint16`` array ``(rows, columns)`` and the bits of the
+        stored values: 8 for 8-bit files (values kept, not rescaled), 16 for 16-bit PNG /
+        TIFF, DICOM's BitsStored (raised to fit the values after the modality LUT).
+
+    Raises:
+        UnreadableFileError: not an image, colour content, several frames, or values that
+            do not fit ``uint16`` (negative or fractional DICOM values after rescaling).
+
+    Example:
+        >>> image, bit_depth = read_radiograph("images/CHNCXR_0001_0.png")  # doctest: +SKIP
+        >>> image.dtype, bit_depth  # doctest: +SKIP
+        (dtype('uint16'), 8)
+    """
+    path = epath.Path(path)
+    if path.suffix.lower() in _DICOM_SUFFIXES:
+        return _read_dicom_radiograph(path)
+    try:
+        with path.open("rb") as handle, Image.open(handle) as image:
+            image.load()
+            frames = getattr(image, "n_frames", 1)
+            mode, values = image.mode, np.array(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UnreadableFileError(path, f"cannot be read as an image ({exc})") from exc
+    if frames != 1:
+        raise UnreadableFileError(path, f"has {frames} frames; expected one radiograph")
+    return _grey_values(path, mode, values)
+
+
+def _grey_values(path, mode: str, values: np.ndarray) -> tuple[np.ndarray, int]:
+    if mode == "L":
+        return values.astype(np.uint16), 8
+    if mode in ("I;16", "I;16B", "I;16L"):
+        return values.astype(np.uint16), 16
+    if mode == "I":
+        if values.min() < 0 or values.max() > np.iinfo(np.uint16).max:
+            raise UnreadableFileError(
+                path, f"32-bit values span {values.min()}..{values.max()}, outside 0..65535"
+            )
+        return values.astype(np.uint16), 16
+    if mode in ("LA", "RGB", "RGBA"):
+        channels = values[..., : 1 if mode == "LA" else 3]
+        if not (channels == channels[..., :1]).all():
+            raise UnreadableFileError(path, f"is a colour ({mode}) image; expected grey levels")
+        return channels[..., 0].astype(np.uint16), 8
+    raise UnreadableFileError(
+        path, f"has image mode {mode}; expected an 8- or 16-bit grey-level radiograph"
+    )
+
+
+def _read_dicom_radiograph(path: epath.Path) -> tuple[np.ndarray, int]:
+    values = read_dicom_image(path)
+    header = pydicom.dcmread(path, stop_before_pixels=True)
+    rounded = np.rint(values)
+    if not np.array_equal(rounded, values):
+        raise UnreadableFileError(path, "has fractional values after the modality LUT")
+    low, high = float(rounded.min()), float(rounded.max())
+    if low < 0 or high > np.iinfo(np.uint16).max:
+        raise UnreadableFileError(
+            path, f"values span {low:g}..{high:g}; a radiograph here must fit 0..65535"
+        )
+    bits_stored = int(header.get("BitsStored", 16) or 16)
+    bit_depth = max(bits_stored, int(high).bit_length())
+    return rounded.astype(np.uint16), min(bit_depth, 16)
+
+
+def read_binary_mask(path) -> np.ndarray:
+    """Read a one-structure mask as ``{0, 1}``: foreground above half the file's maximum.
+
+    Palette images (SCR's GIFs) are judged by the grey value of each palette entry, so the
+    palette's order does not matter; other files by :func:`kseg.io.read_mask`'s values
+    (JPEG masks are thresholded with a LossyMaskWarning).
+
+    Args:
+        path: the mask file.
+
+    Returns:
+        ``uint8`` array of 0 and 1.
+
+    Example:
+        >>> read_binary_mask("masks/left lung/JPCLN001.gif").max()  # doctest: +SKIP
+        1
+    """
+    path = epath.Path(path)
+    try:
+        with path.open("rb") as handle, Image.open(handle) as image:
+            palette = image.mode == "P"
+            grey = np.asarray(image.convert("L")) if palette else None
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UnreadableFileError(path, f"cannot be read as a mask image ({exc})") from exc
+    return binarize(grey if palette else read_mask(path))
+
+
+def apply_value_ranges(mask: np.ndarray, ranges, *, source=None) -> np.ndarray:
+    """Map stored mask values to labels by inclusive ``(low, high, label)`` ranges.
+
+    Args:
+        mask: stored values, any shape.
+        ranges: ``(low, high, label)`` triples that do not overlap.
+        source: the file, named in errors.
+
+    Returns:
+        ``uint8`` label map.
+
+    Raises:
+        MaskError: a value is in no range (the message lists values and pixel counts).
+
+    Example:
+        >>> apply_value_ranges(np.array([0, 100, 200, 255]), ((0, 127, 0), (128, 255, 1)))
+        array([0, 0, 1, 1], dtype=uint8)
+    """
+    mask = np.asarray(mask)
+    labels = np.zeros(mask.shape, dtype=np.uint8)
+    covered = np.zeros(mask.shape, dtype=bool)
+    for low, high, label in ranges:
+        inside = (mask >= low) & (mask <= high)
+        labels[inside] = label
+        covered |= inside
+    if not covered.all():
+        values, counts = np.unique(mask[~covered], return_counts=True)
+        listed = ", ".join(f"{v} ({c} px)" for v, c in zip(values[:10], counts[:10], strict=True))
+        more = f" and {len(values) - 10} more values" if len(values) > 10 else ""
+        raise MaskError(
+            source, f"values in no range of mask_value_ranges {tuple(ranges)}: {listed}{more}"
+        )
+    return labels
+
+
+def add_gaussian_noise(
+    image: np.ndarray, sigma: float, bit_depth: int, *, seed: int = 0, key: str = ""
+) -> np.ndarray:
+    """Add seeded Gaussian noise in stored units, rounded and clipped to the bit depth.
+
+    Args:
+        image: ``uint16`` image in its stored units.
+        sigma: noise standard deviation in those units.
+        bit_depth: the valid range is ``0 .. 2**bit_depth - 1``.
+        seed: noise seed.
+        key: text mixed into the seed (the file name), so every image gets its own stream.
+
+    Returns:
+        ``uint16`` noisy copy; ``image`` is not modified.
+
+    Example:
+        >>> flat = np.full((64, 64), 2000, np.uint16)
+        >>> noisy = add_gaussian_noise(flat, 20.0, 12, key="a.png")
+        >>> bool(15 < noisy.std() < 25)
+        True
+    """
+    digest = hashlib.sha256(key.encode()).digest()
+    words = [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
+    rng = np.random.default_rng([int(seed), *words])
+    noisy = image.astype(np.float64) + rng.normal(0.0, float(sigma), size=image.shape)
+    return np.clip(np.rint(noisy), 0, 2**bit_depth - 1).astype(np.uint16)
+
+
+def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
+    rows, columns = image.shape
+    blocks = image.reshape(rows // factor, factor, columns // factor, factor)
+    return np.rint(blocks.mean(axis=(1, 3))).astype(np.uint16)
+
+
+def _read_record_image(record: _Record, config: XrayConfig) -> tuple[np.ndarray, int]:
+    if config.layout != "jsrt_scr":
+        return read_radiograph(record.image)
+    image = read_jsrt_image(record.image)
+    mask_shape = _image_size(record.masks[0])
+    side = image.shape[0]
+    factor = side // mask_shape[0]
+    if mask_shape[0] != mask_shape[1] or factor < 1 or factor * mask_shape[0] != side:
+        raise AlignmentError(
+            record.masks[0],
+            f"mask is {mask_shape[0]}x{mask_shape[1]}, which does not divide the "
+            f"{side}x{side} JSRT image {record.image.name} into whole blocks",
+        )
+    # SCR masks were drawn on 1024 x 1024 copies of the 2048 x 2048 images: the image is
+    # brought to the mask grid by averaging factor x factor blocks (half-even rounding).
+    return (_block_mean(image, factor) if factor > 1 else image), JSRT_BIT_DEPTH
+
+
+def _image_size(path: epath.Path) -> tuple[int, int]:
+    try:
+        with path.open("rb") as handle, Image.open(handle) as image:
+            return image.height, image.width
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UnreadableFileError(path, f"cannot be read as a mask image ({exc})") from exc
+
+
+def _read_record_mask(record: _Record, config: XrayConfig, shape) -> np.ndarray:
+    if config.mask_folders:
+        parts = [read_binary_mask(path) for path in record.masks]
+        labels = np.zeros(parts[0].shape, dtype=np.uint8)
+        for (_, label), part, path in zip(config.mask_folders, parts, record.masks, strict=True):
+            _check_mask_shape(path, part.shape, shape, record)
+            labels[part.astype(bool)] = label
+        return labels
+    path = record.masks[0]
+    stored = read_mask(path)
+    _check_mask_shape(path, stored.shape, shape, record)
+    return apply_value_ranges(stored, config.mask_value_ranges, source=path)
+
+
+def _check_mask_shape(path, mask_shape, image_shape, record: _Record) -> None:
+    if tuple(mask_shape) != tuple(image_shape):
+        raise AlignmentError(
+            path,
+            f"mask is {mask_shape[0]}x{mask_shape[1]}, image {record.image.name} is "
+            f"{image_shape[0]}x{image_shape[1]}; they must share one grid",
+        )
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def _find_records(root: epath.Path, config: XrayConfig) -> list[_Record]:
+    if config.layout == "jsrt_scr":
+        image_dir = root / JSRT_IMAGE_FOLDER
+        images = _listed(image_dir, (".img",), _JSRT_LAYOUT)
+        mask_dirs = _scr_mask_dirs(root, config)
+        mask_index = {
+            folder: _index_masks([d / folder for d in dirs], "") for folder, dirs in mask_dirs
+        }
+        searched = {folder: dirs for folder, dirs in mask_dirs}
+    elif config.layout == "montgomery":
+        images = _listed(root / MONTGOMERY_IMAGE_FOLDER, (".png",), _MONTGOMERY_LAYOUT)
+        base = root / MONTGOMERY_MASK_FOLDER
+        mask_index = {f: _index_masks([base / f], "") for f, _ in config.mask_folders}
+        searched = {f: [base] for f, _ in config.mask_folders}
+    else:
+        images = _listed(root / "images", _IMAGE_SUFFIXES, _GENERIC_LAYOUT)
+        base = root / "masks"
+        if not base.is_dir():
+            raise LayoutError(base, f"not found; expected:\n{_GENERIC_LAYOUT}")
+        folders = [f for f, _ in config.mask_folders] or [""]
+        mask_index = {
+            f: _index_masks([base / f if f else base], config.mask_suffix) for f in folders
+        }
+        searched = {f: [base] for f in folders}
+
+    records = []
+    for image in images:
+        stem = image.stem
+        masks = []
+        for folder, index in mask_index.items():
+            if stem not in index:
+                where = ", ".join(str(d / folder if folder else d) for d in searched[folder])
+                raise MaskError(image, f"has no mask named {stem}{config.mask_suffix}.* in {where}")
+            masks.append(index[stem])
+        records.append(
+            _Record(
+                image_id=image.name,
+                patient_id=_patient_id(stem, config.patient_id_pattern, image),
+                image=image,
+                masks=tuple(masks),
+            )
+        )
+    return records
+
+
+def _listed(folder: epath.Path, suffixes: Sequence[str], layout: str) -> list[epath.Path]:
+    if not folder.is_dir():
+        raise LayoutError(folder, f"not found; expected:\n{layout}")
+    files, unsupported = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.name.lower() in _IGNORED_FILES:
+            continue
+        if not path.is_file():
+            continue
+        (files if path.suffix.lower() in suffixes else unsupported).append(path)
+    if unsupported:
+        raise LayoutError(
+            unsupported[0],
+            f"is not a supported image file ({len(unsupported)} such files in the folder); "
+            f"expected suffixes {', '.join(suffixes)}",
+        )
+    if not files:
+        raise LayoutError(folder, f"holds no images; expected:\n{layout}")
+    return files
+
+
+def _index_masks(folders: Iterable[epath.Path], suffix: str) -> dict[str, epath.Path]:
+    """Map image stem -> mask file over ``folders``; a stem found twice is an error."""
+    index: dict[str, epath.Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise LayoutError(folder, "mask folder not found")
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith(".") or path.suffix.lower() not in _MASK_SUFFIXES:
+                continue
+            stem = path.stem
+            if suffix:
+                if not stem.endswith(suffix):
+                    continue
+                stem = stem[: -len(suffix)]
+            if stem in index:
+                raise LayoutError(path, f"a second mask for {stem}, besides {index[stem]}")
+            index[stem] = path
+    return index
+
+
+def _scr_mask_dirs(root: epath.Path, config: XrayConfig):
+    """Every ``masks`` folder one or two levels down that holds the config's structures
+    (the SCR archive has ``scratch/fold1/masks`` and ``scratch/fold2/masks``)."""
+    candidates = sorted(
+        {p for pattern in ("*/masks", "*/*/masks") for p in root.glob(pattern) if p.is_dir()}
+    )
+    found = []
+    for folder, _ in config.mask_folders:
+        dirs = [d for d in candidates if (d / folder).is_dir()]
+        if not dirs:
+            raise LayoutError(
+                root, f"no SCR mask folder '<any>/masks/{folder}' found; expected:\n{_JSRT_LAYOUT}"
+            )
+        found.append((folder, dirs))
+    return found
+
+
+def _patient_id(stem: str, pattern: str | None, path) -> str:
+    if pattern is None:
+        return stem
+    match = re.search(pattern, stem)
+    if match is None:
+        raise LayoutError(path, f"file name does not match patient_id_pattern {pattern!r}")
+    if "patient" in match.re.groupindex:
+        return match.group("patient")
+    return match.group(1) if match.re.groups else match.group(0)
+
+
+def _check_config(config: XrayConfig) -> None:
+    where = f"config {config.name!r}"
+    if config.layout not in LAYOUTS:
+        raise ValueError(f"{where}: layout must be one of {LAYOUTS}, got {config.layout!r}")
+    num_classes = len(config.class_names)
+    if num_classes < 2 or num_classes > 256:
+        raise ValueError(f"{where}: class_names needs background and 1..255 classes")
+    labels = [label for _, label in config.mask_folders] + [
+        label for *_, label in config.mask_value_ranges
+    ]
+    bad = [label for label in labels if not 0 <= label < num_classes]
+    if bad:
+        raise ValueError(f"{where}: labels {bad} are outside 0..{num_classes - 1} (class_names)")
+    if config.layout != "generic" and not config.mask_folders:
+        raise ValueError(f"{where}: layout {config.layout!r} needs mask_folders")
+    spans = sorted((low, high) for low, high, _ in config.mask_value_ranges)
+    for (low, high), (next_low, _) in zip(spans, spans[1:], strict=False):
+        if low > high or next_low <= high:
+            raise ValueError(f"{where}: mask_value_ranges overlap or are reversed: {spans}")
+    if not (math.isfinite(config.noise_sigma) and config.noise_sigma >= 0):
+        raise ValueError(f"{where}: noise_sigma must be >= 0, got {config.noise_sigma!r}")
+    if config.patient_id_pattern is not None:
+        try:
+            re.compile(config.patient_id_pattern)
+        except re.error as exc:
+            raise ValueError(f"{where}: patient_id_pattern is invalid ({exc})") from exc
+
+
+# ------------------------------------------------------------------- training subsets
+
+
+def nested_patient_subset(patient_ids: Iterable[str], n: int, *, seed: int = 0) -> list[str]:
+    """The ``n`` training patients of a training-set-size sweep; subsets are nested.
+
+    Every patient gets a fixed priority, the SHA-256 of ``f"{seed}:{patient_id}"``, and
+    the ``n`` patients of highest priority (lowest digest) are taken. Hence the subset for
+    ``n = 5`` is inside the one for ``n = 10``, and so on; the result depends only on the
+    set of ids and the seed, never on their order; and adding or removing a patient from
+    the pool moves no other patient in or out except at the boundary. All images of a
+    chosen patient go with it, so with several images per patient the image count is not
+    ``n``.
+
+    Args:
+        patient_ids: the pool, e.g. the patients of the training folds
+            (:func:`split_patient_ids`); duplicates are counted once.
+        n: number of patients, 1 .. number of distinct ids.
+        seed: non-negative integer; another seed gives another nested family.
+
+    Returns:
+        The chosen ids in priority order (so ``subset(n)[:m] == subset(m)``).
+
+    Raises:
+        ValueError: ``n`` outside ``1 .. len(set(patient_ids))`` or a negative seed.
+
+    Example:
+        >>> pool = [f"P{i:03d}" for i in range(40)]
+        >>> small, large = nested_patient_subset(pool, 5), nested_patient_subset(pool, 10)
+        >>> set(small) <= set(large), large[:5] == small
+        (True, True)
+    """
+    pool = sorted({str(p) for p in patient_ids})
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(pool):
+        raise ValueError(f"n must be an integer in 1..{len(pool)} (the patients), got {n!r}")
+    return sorted(pool, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).digest())[:n]
+
+
+def split_patient_ids(builder: tfds.core.DatasetBuilder, split: str) -> list[str]:
+    """The distinct patient ids of a prepared split, read without decoding images.
+
+    Args:
+        builder: a prepared ``xray`` builder.
+        split: any TFDS split expression, e.g. ``"fold2+fold3+fold4"``.
+
+    Example:
+        >>> split_patient_ids(builder, "fold1+fold2")  # doctest: +SKIP
+        ['CHNCXR_0003_0', ...]
+    """
+    skip = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
+    dataset = builder.as_dataset(split=split, decoders=skip, shuffle_files=False)
+    ids = dataset.map(lambda example: example["patient_id"])
+    return sorted({value.decode() for value in ids.as_numpy_iterator()})
+
+
+def keep_patients(dataset: tf.data.Dataset, patient_ids: Iterable[str]) -> tf.data.Dataset:
+    """Keep the examples whose ``patient_id`` is one of ``patient_ids``.
+
+    Args:
+        dataset: examples with a ``patient_id`` string feature (before batching).
+        patient_ids: ids to keep, e.g. :func:`nested_patient_subset`'s result.
+
+    Example:
+        >>> train = keep_patients(builder.as_dataset(split="fold2+fold3"), chosen)  # doctest: +SKIP
+    """
+    wanted = tf.constant(sorted({str(p) for p in patient_ids}), dtype=tf.string)
+    if wanted.shape[0] == 0:
+        raise ValueError("patient_ids is empty; keep_patients would yield no examples")
+    return dataset.filter(lambda example: tf.reduce_any(tf.equal(example["patient_id"], wanted)))
