@@ -1,0 +1,791 @@
+"""Keras Tuner searches over kseg models and losses that rank trials by whole-volume Dice.
+
+A hyperparameter search is only as good as the number it ranks trials by. The Dice Keras
+logs as ``val_dice`` pools the voxels of whatever ``validation_data`` holds: for 3D work
+that is random patches (or slices), which rarely contain the false positives a model makes
+far from the organ, so it flatters. In kseg's motivating case a model scored 0.94 patch
+Dice and 0.43 whole-volume Dice; a search ranked by the patch score would have kept it.
+So here the objective defaults to ``val_volume_dice``, the mean over validation patients of
+the Dice of each whole volume, which :class:`kseg.training.VolumeValidation` writes into the
+epoch logs, and the tuners refuse objectives that cannot be right:
+
+- a training-set number (no ``val_`` prefix, e.g. ``"dice"`` or ``"loss"``);
+- a direction that contradicts the name (maximising a loss or a surface distance,
+  minimising a Dice);
+- a ``val_volume_*`` objective while no ``VolumeValidation`` in ``search(callbacks=...)``
+  writes that key, or while a callback that monitors it runs before the one that writes it;
+- resuming a search directory with another objective than the one its trials were scored
+  by.
+
+An explicitly chosen patch- or slice-level objective such as ``"val_dice"`` is accepted,
+with a :class:`SliceLevelObjectiveWarning` at ``search()``: it is the right number only when
+the validation batches hold the whole images the results are reported on (2D X-rays, say).
+
+Keras Tuner takes a trial's score from the ``History`` of ``model.fit``: the best epoch
+value of the objective. ``History`` is appended by Keras after the user's callbacks and
+reads the same ``logs`` dict at each epoch end, so it records what ``VolumeValidation``
+wrote; the tuner's own best-epoch checkpoint is appended after the user's callbacks too.
+
+Example:
+    >>> import keras_tuner
+    >>> from kseg.training import VolumeValidation
+    >>> hypermodel = SegmentationHyperModel(
+    ...     (128, 128, 1), 1, models=("unet", "attention_unet"), losses=("dice", "dice_ce"))
+    >>> search = tuner("bayesian", hypermodel, directory="runs", project_name="liver",
+    ...                max_trials=20, seed=0)
+    >>> search.search(train_patches, validation_data=val_patches, epochs=30,
+    ...               callbacks=[VolumeValidation(val_volumes, every=5)])
+    >>> best = search.get_best_hyperparameters()[0].values
+
+Reference:
+    O'Malley T, Bursztein E, Long J, Chollet F, Jin H, Invernizzi L, et al. "KerasTuner".
+    https://github.com/keras-team/keras-tuner, 2019.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import numbers
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+
+import keras
+import keras_tuner
+import tensorflow as tf
+
+from kseg import losses as kseg_losses
+from kseg.evaluation import metric_columns
+from kseg.metrics import DiceScore
+from kseg.models import MODELS
+from kseg.training import VolumeValidation
+
+DEFAULT_OBJECTIVE = "val_volume_dice"
+"""Mean over validation patients of whole-volume Dice, written by ``VolumeValidation``."""
+
+LOSSES = {
+    "dice": kseg_losses.DiceLoss,
+    "iou": kseg_losses.IoULoss,
+    "tversky": kseg_losses.TverskyLoss,
+    "generalized_dice": kseg_losses.GeneralizedDiceLoss,
+    "combo": kseg_losses.ComboLoss,
+    "dice_ce": kseg_losses.DiceCELoss,
+    "focal": kseg_losses.FocalLoss,
+    "topk": kseg_losses.TopKLoss,
+}
+"""Loss names of the search space and the ``kseg.losses`` classes they build."""
+
+
+def _sgd(learning_rate):
+    # nnU-Net's optimiser: SGD with Nesterov momentum 0.99.
+    return keras.optimizers.SGD(learning_rate, momentum=0.99, nesterov=True)
+
+
+OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "rmsprop": keras.optimizers.RMSprop,
+    "sgd": _sgd,
+}
+"""Optimizer names of the search space; ``"sgd"`` is Nesterov SGD with momentum 0.99."""
+
+HYPERPARAMETERS = (
+    "model",
+    "base_filters",
+    "depth",
+    "dropout",
+    "loss",
+    "optimizer",
+    "learning_rate",
+    "batch_size",
+)
+"""Names of the hyperparameters :class:`SegmentationHyperModel` declares."""
+
+# Arguments the hypermodel sets itself, so ``model_kwargs`` may not.
+_SEARCHED_MODEL_ARGUMENTS = ("input_shape", "num_classes", "depth", "base_filters", "dropout")
+
+# Validation scores where higher is better, and distances/losses where lower is better, by
+# the metric names Keras and kseg.evaluation log.
+_HIGHER_IS_BETTER = (
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "specificity",
+    "accuracy",
+    "binary_accuracy",
+    "categorical_accuracy",
+    "sparse_categorical_accuracy",
+    "auc",
+)
+_LOWER_IS_BETTER = ("hd95", "hausdorff", "assd", "ravd")
+_NOT_OBJECTIVES = {
+    "volume_difference": "it is signed (over- and under-segmentation have opposite signs), "
+    "so neither direction is better; use 'val_volume_ravd'",
+    "patch_volume_gap": "it is a difference between two scores, which a model that is bad "
+    "on patches and volumes alike also minimises; use 'val_volume_dice'",
+}
+
+_OBJECTIVE_RECORD = "kseg_objective.json"
+
+
+class SliceLevelObjectiveWarning(UserWarning):
+    """A search ranks trials by a patch- or slice-level number, not by whole volumes."""
+
+
+def _known_direction(name: str) -> tuple[str | None, str]:
+    """``(direction, score_name)`` inferred from a validation log key, direction or None."""
+    score = name[len("val_") :]
+    if score.startswith("volume_"):
+        score = score[len("volume_") :]
+    score = score.split("/", 1)[0]  # per-patient keys: val_volume_dice/<patient_id>
+    if score == "loss" or score.endswith("loss"):
+        return "min", score
+    for metric in _HIGHER_IS_BETTER:
+        if score == metric or score.startswith(metric + "_"):
+            return "max", score
+    for metric in _LOWER_IS_BETTER:
+        if score == metric or score.startswith(metric + "_"):
+            return "min", score
+    return None, score
+
+
+def resolve_objective(objective=DEFAULT_OBJECTIVE) -> keras_tuner.Objective:
+    """Turn an objective name or ``keras_tuner.Objective`` into a checked ``Objective``.
+
+    A name's direction is inferred: ``max`` for Dice, IoU, precision, recall,
+    specificity, accuracy and AUC (per-class keys such as ``val_volume_dice_liver``
+    included), ``min`` for losses and the surface distances ``hd95``, ``hausdorff``,
+    ``assd`` and ``ravd``. A name outside these needs an explicit
+    ``keras_tuner.Objective(name, direction)``.
+
+    Args:
+        objective: a log key such as ``"val_volume_dice"`` (the default), or a
+            ``keras_tuner.Objective``.
+
+    Returns:
+        ``keras_tuner.Objective`` with its direction.
+
+    Raises:
+        ValueError: the objective is a training-set number (no ``val_`` prefix), a signed
+            or difference value, has a direction that contradicts its name, is several
+            objectives, or is a name whose direction cannot be inferred.
+
+    Example:
+        >>> resolve_objective("val_volume_hd95").direction
+        'min'
+    """
+    if isinstance(objective, keras_tuner.Objective):
+        name, direction = objective.name, objective.direction
+    elif isinstance(objective, str):
+        name, direction = objective, None
+    else:
+        raise ValueError(
+            f"objective must be one log key or a keras_tuner.Objective, got {objective!r}; "
+            "kseg tuners rank trials by one validation score"
+        )
+    if not name.startswith("val_"):
+        raise ValueError(
+            f"objective {name!r} is computed on the training batches, so the search would "
+            f"reward overfitting; rank by a validation score such as {DEFAULT_OBJECTIVE!r}"
+        )
+    inferred, score = _known_direction(name)
+    if score in _NOT_OBJECTIVES:
+        raise ValueError(f"objective {name!r} cannot rank trials: {_NOT_OBJECTIVES[score]}")
+    if direction is None:
+        if inferred is None:
+            raise ValueError(
+                f"cannot tell whether higher or lower {name!r} is better; pass "
+                f"keras_tuner.Objective({name!r}, direction='max' or 'min')"
+            )
+        direction = inferred
+    elif inferred is not None and direction != inferred:
+        better = "higher" if inferred == "max" else "lower"
+        raise ValueError(
+            f"objective {name!r} with direction={direction!r}: {better} {score} is better, "
+            f"so the search would keep the worst trials; use direction={inferred!r}"
+        )
+    return keras_tuner.Objective(name, direction=direction)
+
+
+def _volume_keys(validation: VolumeValidation) -> set[str]:
+    """The log keys a ``VolumeValidation`` writes (see its ``_logs_from``)."""
+    keys = set()
+    patient_ids = [volume[0] for volume in validation.volumes]
+    for metric in validation.metrics:
+        keys.add(f"val_volume_{metric}")
+        if validation.labels is not None:
+            keys.update(
+                f"val_volume_{column}" for column in metric_columns(metric, validation.labels)
+            )
+        if validation.log_per_patient:
+            keys.update(f"val_volume_{metric}/{patient_id}" for patient_id in patient_ids)
+    return keys
+
+
+def check_search_callbacks(objective, callbacks) -> None:
+    """Check that the callbacks of a search put its objective in the epoch logs in time.
+
+    For a ``val_volume_*`` objective some :class:`kseg.training.VolumeValidation` in
+    ``callbacks`` must write that key, and no callback that monitors it (``EarlyStopping``,
+    ``ModelCheckpoint``, ``ReduceLROnPlateau``) may come before that one: Keras runs
+    ``on_epoch_end`` in list order on one shared ``logs`` dict. Any other objective is
+    computed on ``validation_data`` batches, which gets a
+    :class:`SliceLevelObjectiveWarning`.
+
+    Args:
+        objective: the search objective (name or ``keras_tuner.Objective``).
+        callbacks: the ``callbacks`` list that will be given to ``search()``.
+
+    Raises:
+        ValueError: the objective is a ``val_volume_*`` key that no callback writes, or
+            one monitored before it is written.
+
+    Example:
+        >>> check_search_callbacks("val_volume_dice", [VolumeValidation(val_volumes)])
+    """
+    name = objective.name if isinstance(objective, keras_tuner.Objective) else objective
+    callbacks = list(callbacks or ())
+    validations = [
+        (position, callback)
+        for position, callback in enumerate(callbacks)
+        if isinstance(callback, VolumeValidation)
+    ]
+    if not name.startswith("val_volume_"):
+        if validations:
+            advice = (
+                "VolumeValidation is in the callbacks, so rank by its whole-volume score "
+                f"instead: objective={DEFAULT_OBJECTIVE!r}"
+            )
+        else:
+            advice = (
+                "when those batches are patches or slices of volumes, add "
+                "kseg.training.VolumeValidation(val_volumes) to the callbacks and use "
+                f"objective={DEFAULT_OBJECTIVE!r}"
+            )
+        warnings.warn(
+            f"the search ranks trials by {name!r}, computed on the validation_data batches: "
+            "a whole-volume score only if those batches are the whole images you report on "
+            f"(patch Dice can read 0.94 where whole volumes score 0.43); {advice}",
+            SliceLevelObjectiveWarning,
+            stacklevel=3,
+        )
+        return
+    writers = [position for position, callback in validations if name in _volume_keys(callback)]
+    if not writers:
+        written = sorted(set().union(*(_volume_keys(callback) for _, callback in validations)))
+        raise ValueError(
+            f"objective {name!r} is written by kseg.training.VolumeValidation, but "
+            + (
+                f"the VolumeValidation callbacks in search(callbacks=...) write only {written}"
+                if validations
+                else "search(callbacks=...) holds none; add VolumeValidation(val_volumes) "
+                "first in the list"
+            )
+        )
+    first_writer = writers[0]
+    for callback in callbacks[:first_writer]:
+        if getattr(callback, "monitor", None) == name:
+            raise ValueError(
+                f"callbacks[{callbacks.index(callback)}] ({type(callback).__name__}) monitors "
+                f"{name!r} but runs before the VolumeValidation that writes it "
+                f"(callbacks[{first_writer}]), so it would read last epoch's value or none; "
+                "put VolumeValidation first"
+            )
+
+
+def _has_tensorboard_callback(callbacks) -> bool:
+    return any(isinstance(callback, keras.callbacks.TensorBoard) for callback in callbacks or ())
+
+
+def _write_json_atomically(path: str, content) -> None:
+    # tf.io.gfile, like Keras Tuner itself, so the search directory may also be gs://...
+    temporary = f"{path}.tmp"
+    with tf.io.gfile.GFile(temporary, "w") as handle:
+        handle.write(json.dumps(content))
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+class _RanksByCheckedObjective:
+    """Tuner mixin: a checked objective, checked callbacks, and no objective switch on resume."""
+
+    def __init__(self, hypermodel=None, objective=DEFAULT_OBJECTIVE, **kwargs):
+        objective = resolve_objective(objective)
+        super().__init__(hypermodel=hypermodel, objective=objective, **kwargs)
+        self._record_objective(objective)
+
+    def _record_objective(self, objective: keras_tuner.Objective) -> None:
+        record_path = os.path.join(self.project_dir, _OBJECTIVE_RECORD)
+        wanted = {"name": objective.name, "direction": objective.direction}
+        if tf.io.gfile.exists(record_path):
+            with tf.io.gfile.GFile(record_path) as handle:
+                recorded = json.loads(handle.read())
+            if recorded != wanted:
+                raise ValueError(
+                    f"{record_path}: this search's trials were scored by objective "
+                    f"{recorded['name']!r} ({recorded['direction']}), not {objective.name!r} "
+                    f"({objective.direction}); resuming would rank old and new trials by "
+                    "different numbers. Use the recorded objective, another project_name, "
+                    "or overwrite=True"
+                )
+            return
+        _write_json_atomically(record_path, wanted)
+
+    def search(self, *fit_args, **fit_kwargs):
+        """Run the search; ``fit_kwargs["callbacks"]`` is checked by ``check_search_callbacks``."""
+        callbacks = fit_kwargs.get("callbacks")
+        check_search_callbacks(self.oracle.objective, callbacks)
+        if _has_tensorboard_callback(callbacks) and importlib.util.find_spec("tensorboard") is None:
+            raise ImportError(
+                "Keras Tuner logs each trial's hyperparameters next to a TensorBoard callback "
+                "with the tensorboard package: pip install tensorboard"
+            )
+        return super().search(*fit_args, **fit_kwargs)
+
+    def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
+        # Keras Tuner imports tensorboard here for every trial on the TensorFlow backend, but
+        # only uses it for TensorBoard callbacks; TensorFlow 2.21 no longer installs it,
+        # so without such a callback there is nothing to configure and nothing to import.
+        if _has_tensorboard_callback(callbacks):
+            super()._configure_tensorboard_dir(callbacks, trial, execution)
+
+
+class RandomSearch(_RanksByCheckedObjective, keras_tuner.RandomSearch):
+    """``keras_tuner.RandomSearch`` ranking by ``val_volume_dice`` unless told otherwise."""
+
+
+class BayesianOptimization(_RanksByCheckedObjective, keras_tuner.BayesianOptimization):
+    """``keras_tuner.BayesianOptimization`` ranking by ``val_volume_dice`` by default."""
+
+
+class Hyperband(_RanksByCheckedObjective, keras_tuner.Hyperband):
+    """``keras_tuner.Hyperband`` ranking by ``val_volume_dice`` unless told otherwise."""
+
+
+TUNERS = {"random": RandomSearch, "bayesian": BayesianOptimization, "hyperband": Hyperband}
+"""Tuner kinds accepted by :func:`tuner`."""
+
+
+def tuner(
+    kind: str,
+    hypermodel: keras_tuner.HyperModel,
+    *,
+    objective=DEFAULT_OBJECTIVE,
+    directory,
+    project_name: str,
+    max_trials: int | None = None,
+    max_epochs: int | None = None,
+    seed: int | None = None,
+    overwrite: bool = False,
+    **kwargs,
+):
+    """A Keras Tuner tuner that ranks trials by whole-volume validation Dice by default.
+
+    The search state lives in ``directory/project_name``: with ``overwrite=False`` (the
+    default) a new tuner over an existing directory reloads the finished trials and goes
+    on where a crashed or stopped search left off, instead of running them again. The
+    objective a directory was searched with is recorded there, and resuming with another
+    one is refused.
+
+    Pass :class:`kseg.training.VolumeValidation` first in ``search(callbacks=[...])``; it
+    writes ``val_volume_dice`` at each epoch end and Keras Tuner scores a trial by the
+    best epoch value. Keras Tuner deep-copies the callbacks for every trial, validation
+    volumes included.
+
+    Args:
+        kind: ``"random"``, ``"bayesian"`` (Gaussian-process Bayesian optimisation; needs
+            scikit-learn, ``pip install keras-tuner[bayesian]``) or ``"hyperband"``.
+        hypermodel: a ``keras_tuner.HyperModel``, usually a
+            :class:`SegmentationHyperModel`.
+        objective: a validation log key or ``keras_tuner.Objective``; checked by
+            :func:`resolve_objective` (default ``"val_volume_dice"``, maximised).
+        directory: folder that holds the search state (local or any ``tf.io.gfile`` path).
+        project_name: sub-folder of ``directory`` for this search.
+        max_trials: number of trials of a random or Bayesian search (required there).
+        max_epochs: largest number of epochs Hyperband trains a model (required there;
+            Hyperband derives its number of trials from it). Random and Bayesian searches
+            take ``epochs`` in ``search()``.
+        seed: seed of the oracle's hyperparameter sampling (model weights are not seeded
+            here; use ``keras.utils.set_random_seed``).
+        overwrite: delete an existing search in ``directory/project_name`` and start over.
+        **kwargs: passed to the Keras Tuner class (``executions_per_trial``,
+            ``num_initial_points``, ``factor``, ``max_consecutive_failed_trials``, ...).
+
+    Returns:
+        A :class:`RandomSearch`, :class:`BayesianOptimization` or :class:`Hyperband`
+        (subclasses of the Keras Tuner classes of the same names).
+
+    Raises:
+        ValueError: unknown ``kind``, a missing or misplaced ``max_trials`` /
+            ``max_epochs``, a wrong objective (see :func:`resolve_objective`), or a resumed
+            directory that was searched with another objective.
+
+    Example:
+        >>> search = tuner("hyperband", hypermodel, directory="runs", project_name="h",
+        ...                max_epochs=27, seed=1)
+
+    Reference:
+        Li L, Jamieson K, DeSalvo G, Rostamizadeh A, Talwalkar A. "Hyperband: A Novel
+        Bandit-Based Approach to Hyperparameter Optimization". JMLR 18(185):1-52, 2018.
+    """
+    if kind not in TUNERS:
+        raise ValueError(f"unknown tuner kind {kind!r}; known kinds: {', '.join(TUNERS)}")
+    budget = {}
+    if kind == "hyperband":
+        if max_trials is not None:
+            raise ValueError(
+                "max_trials does not apply to kind='hyperband', which derives the number of "
+                "trials from max_epochs and factor"
+            )
+        if not _is_positive_int(max_epochs):
+            raise ValueError(f"kind='hyperband' needs max_epochs >= 1, got {max_epochs!r}")
+        budget["max_epochs"] = max_epochs
+    else:
+        if max_epochs is not None:
+            raise ValueError(
+                f"max_epochs applies to kind='hyperband' only; give kind={kind!r} its epochs "
+                "in search(..., epochs=...)"
+            )
+        if not _is_positive_int(max_trials):
+            raise ValueError(f"kind={kind!r} needs max_trials >= 1, got {max_trials!r}")
+        budget["max_trials"] = max_trials
+    return TUNERS[kind](
+        hypermodel=hypermodel,
+        objective=objective,
+        directory=directory,
+        project_name=project_name,
+        seed=seed,
+        overwrite=overwrite,
+        **budget,
+        **kwargs,
+    )
+
+
+def _is_positive_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+def _as_tuple(name: str, value) -> tuple:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        return (value,)
+    if not value:
+        raise ValueError(f"{name} must not be empty")
+    return tuple(value)
+
+
+def _check_range(name: str, value, low_limit, integer: bool) -> tuple:
+    """A scalar or an inclusive ``(low, high)`` range of numbers, as a tuple."""
+    kind = numbers.Integral if integer else numbers.Real
+    values = _as_tuple(name, value)
+    if (
+        len(values) not in (1, 2)
+        or any(isinstance(v, bool) or not isinstance(v, kind) for v in values)
+        or not all(low_limit(v) for v in values)
+        or values[0] > values[-1]
+    ):
+        raise ValueError(f"{name} must be a number or a (low, high) range, got {value!r}")
+    return values
+
+
+def _builder_arguments(model_name: str) -> set[str]:
+    return set(inspect.signature(MODELS[model_name]).parameters)
+
+
+class SegmentationHyperModel(keras_tuner.HyperModel):
+    """Search space over kseg models, their size, loss, optimiser and learning rate.
+
+    Every trial builds ``kseg.models.build(model, input_shape=..., num_classes=...,
+    depth=..., base_filters=..., dropout=...)`` and compiles it with the chosen
+    ``kseg.losses`` class, optimiser and learning rate, and with
+    :class:`kseg.metrics.DiceScore` so the logs hold ``dice`` / ``val_dice`` beside the
+    ``val_volume_dice`` that :class:`kseg.training.VolumeValidation` adds.
+
+    Each search-space argument takes a single value (pinned, a ``Fixed`` hyperparameter)
+    or the set to search: a sequence of choices for names and filter counts, an inclusive
+    ``(low, high)`` range for depth, dropout and learning rate (sampled log-uniformly).
+    ``depth`` and ``base_filters`` only apply to models that have them (not
+    ``highresnet``); they are conditional on the model hyperparameter. ``fixed`` pins any
+    hyperparameter of :data:`HYPERPARAMETERS` whatever the space says, e.g. to re-run the
+    best configuration with one value changed.
+
+    Args:
+        input_shape: model input ``(*spatial, channels)``, 2D or 3D; ``None`` for sizes
+            that vary. Known sizes must be divisible by ``2**depth`` for the largest depth.
+        num_classes: output channels (1 for a binary sigmoid model).
+        models: names of ``kseg.models.MODELS``.
+        base_filters: filter counts of the first level.
+        depth: number of downsampling levels, or an inclusive ``(low, high)`` range.
+        dropout: dropout rate in [0, 1), or an inclusive ``(low, high)`` range.
+        losses: names of :data:`LOSSES`.
+        optimizers: names of :data:`OPTIMIZERS`.
+        learning_rate: a rate, or an inclusive ``(low, high)`` range searched on a log scale.
+        batch_sizes: batch sizes to search in ``fit`` (``None``: the batch size given to
+            ``search``). Then ``x`` of ``search`` must be arrays (Keras batches them) or a
+            function ``batch_size -> tf.data.Dataset`` that builds the batched pipeline.
+        fixed: ``{hyperparameter name: value}`` pinned for every trial.
+        model_kwargs: further fixed arguments of the model builders (``upsampling``,
+            ``batch_norm``, ``activation=None`` for logits, which switches the losses and
+            the Dice metric to ``from_logits=True``).
+        loss_kwargs: ``{loss name: arguments}`` of the loss classes, e.g.
+            ``{"tversky": {"alpha": 0.3, "beta": 0.7}}``.
+        compile_kwargs: further ``model.compile`` arguments (``jit_compile``,
+            ``run_eagerly``, ``steps_per_execution``).
+        name: name of the hypermodel.
+
+    Example:
+        >>> hypermodel = SegmentationHyperModel(
+        ...     (64, 64, 64, 1), 3, models=("unet", "res_unet"), base_filters=(16, 32),
+        ...     depth=(3, 4), losses=("dice_ce", "topk"), optimizers="sgd",
+        ...     learning_rate=(1e-3, 1e-1), fixed={"dropout": 0.0})
+
+    Reference:
+        Isensee F, Jaeger PF, Kohl SAA, Petersen J, Maier-Hein KH. "nnU-Net: a
+        self-configuring method for deep learning-based biomedical image segmentation".
+        Nature Methods 18:203-211, 2021 (the SGD settings of ``"sgd"``).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int | None],
+        num_classes: int = 1,
+        *,
+        models: str | Sequence[str] = ("unet",),
+        base_filters: int | Sequence[int] = (16, 32),
+        depth: int | tuple[int, int] = (3, 4),
+        dropout: float | tuple[float, float] = 0.0,
+        losses: str | Sequence[str] = ("dice", "dice_ce"),
+        optimizers: str | Sequence[str] = "adam",
+        learning_rate: float | tuple[float, float] = (1e-4, 1e-2),
+        batch_sizes: int | Sequence[int] | None = None,
+        fixed: Mapping[str, object] | None = None,
+        model_kwargs: Mapping[str, object] | None = None,
+        loss_kwargs: Mapping[str, Mapping[str, object]] | None = None,
+        compile_kwargs: Mapping[str, object] | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name=name)
+        self.input_shape = tuple(input_shape)
+        if len(self.input_shape) not in (3, 4):
+            raise ValueError(
+                f"input_shape must be (*spatial, channels) with 2 or 3 spatial axes, got "
+                f"{input_shape!r}"
+            )
+        if not _is_positive_int(num_classes):
+            raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
+        self.num_classes = int(num_classes)
+        self.fixed = dict(fixed or {})
+        unknown = sorted(set(self.fixed) - set(HYPERPARAMETERS))
+        if unknown:
+            raise ValueError(
+                f"fixed names unknown hyperparameters {unknown}; known: {list(HYPERPARAMETERS)}"
+            )
+
+        def space(name, value):
+            return (self.fixed[name],) if name in self.fixed else value
+
+        self.models = self._checked_names("models", space("model", models), MODELS)
+        self.losses = self._checked_names("losses", space("loss", losses), LOSSES)
+        self.optimizers = self._checked_names(
+            "optimizers", space("optimizer", optimizers), OPTIMIZERS
+        )
+        self.base_filters = _as_tuple("base_filters", space("base_filters", base_filters))
+        if not all(_is_positive_int(v) for v in self.base_filters):
+            raise ValueError(f"base_filters must be integers >= 1, got {base_filters!r}")
+        self.depth = _check_range("depth", space("depth", depth), lambda v: v >= 1, True)
+        self.dropout = _check_range(
+            "dropout", space("dropout", dropout), lambda v: 0 <= v < 1, False
+        )
+        self.learning_rate = _check_range(
+            "learning_rate", space("learning_rate", learning_rate), lambda v: v > 0, False
+        )
+        batch_sizes = space("batch_size", batch_sizes)
+        self.batch_sizes = None if batch_sizes is None else _as_tuple("batch_sizes", batch_sizes)
+        if self.batch_sizes is not None and not all(_is_positive_int(v) for v in self.batch_sizes):
+            raise ValueError(f"batch_sizes must be integers >= 1, got {batch_sizes!r}")
+
+        self.model_kwargs = dict(model_kwargs or {})
+        self.loss_kwargs = {key: dict(value) for key, value in (loss_kwargs or {}).items()}
+        self.compile_kwargs = dict(compile_kwargs or {})
+        self._check_model_kwargs()
+        unused = sorted(set(self.loss_kwargs) - set(self.losses))
+        if unused:
+            raise ValueError(f"loss_kwargs names losses outside the search space: {unused}")
+        self._check_spatial_dims()
+        self.from_logits = self.model_kwargs.get("activation", "auto") is None
+
+    @staticmethod
+    def _checked_names(argument: str, value, known: Mapping) -> tuple[str, ...]:
+        names = _as_tuple(argument, value)
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(f"{argument}: unknown {unknown}; known: {', '.join(known)}")
+        return names
+
+    def _models_taking(self, argument: str) -> list[str]:
+        return [name for name in self.models if argument in _builder_arguments(name)]
+
+    def _check_model_kwargs(self) -> None:
+        searched = sorted(set(self.model_kwargs) & set(_SEARCHED_MODEL_ARGUMENTS))
+        if searched:
+            raise ValueError(
+                f"model_kwargs sets {searched}, which the hypermodel sets itself; use the "
+                "search-space arguments or fixed instead"
+            )
+        for model_name in self.models:
+            refused = sorted(set(self.model_kwargs) - _builder_arguments(model_name))
+            if refused:
+                raise ValueError(f"model_kwargs: model {model_name!r} takes no {refused}")
+        if self.model_kwargs.get("deep_supervision"):
+            raise ValueError(
+                "model_kwargs: deep_supervision=True gives the model several outputs; the "
+                "hypermodel compiles one loss and one Dice metric for one output"
+            )
+
+    def _check_spatial_dims(self) -> None:
+        spatial_dims = len(self.input_shape) - 1
+        for model_name in self.models:
+            preset = getattr(MODELS[model_name], "keywords", {}).get("spatial_dims")
+            if preset is not None and preset != spatial_dims:
+                raise ValueError(
+                    f"models: {model_name!r} is {preset}D but input_shape {self.input_shape} "
+                    f"has {spatial_dims} spatial axes"
+                )
+        if self._models_taking("depth"):
+            factor = 2 ** self.depth[-1]
+            for axis, size in enumerate(self.input_shape[:-1]):
+                if size is not None and size % factor:
+                    raise ValueError(
+                        f"input_shape[{axis}]={size} is not divisible by 2**depth={factor} "
+                        f"for the largest depth {self.depth[-1]}; lower depth or change the "
+                        "input size"
+                    )
+
+    @staticmethod
+    def _choice(hp, name, values):
+        if len(values) == 1:
+            return hp.Fixed(name, values[0])
+        return hp.Choice(name, list(values))
+
+    @staticmethod
+    def _range(hp, name, values, integer, sampling="linear"):
+        if values[0] == values[-1]:
+            return hp.Fixed(name, values[0])
+        if integer:
+            return hp.Int(name, values[0], values[-1])
+        return hp.Float(name, values[0], values[-1], sampling=sampling)
+
+    def declare(self, hp: keras_tuner.HyperParameters) -> dict:
+        """Declare the search space on ``hp`` and return this trial's values.
+
+        Args:
+            hp: the trial's ``keras_tuner.HyperParameters``.
+
+        Returns:
+            ``{name: value}`` for every hyperparameter active in this trial (``depth`` and
+            ``base_filters`` are absent for models without them).
+        """
+        values = {"model": self._choice(hp, "model", self.models)}
+        for argument, declare in (
+            ("base_filters", lambda: self._choice(hp, "base_filters", self.base_filters)),
+            ("depth", lambda: self._range(hp, "depth", self.depth, integer=True)),
+        ):
+            taking = self._models_taking(argument)
+            if taking:
+                with hp.conditional_scope("model", taking):
+                    value = declare()
+                if value is not None:
+                    values[argument] = value
+        values["dropout"] = self._range(hp, "dropout", self.dropout, integer=False)
+        values["loss"] = self._choice(hp, "loss", self.losses)
+        values["optimizer"] = self._choice(hp, "optimizer", self.optimizers)
+        values["learning_rate"] = self._range(
+            hp, "learning_rate", self.learning_rate, integer=False, sampling="log"
+        )
+        if self.batch_sizes is not None:
+            values["batch_size"] = self._choice(hp, "batch_size", self.batch_sizes)
+        return values
+
+    def build(self, hp: keras_tuner.HyperParameters) -> keras.Model:
+        """Build and compile the model of one trial.
+
+        Args:
+            hp: the trial's ``keras_tuner.HyperParameters``.
+
+        Returns:
+            A compiled ``keras.Model`` with the metric :class:`kseg.metrics.DiceScore`.
+        """
+        values = self.declare(hp)
+        architecture = {key: values[key] for key in ("base_filters", "depth") if key in values}
+        model = MODELS[values["model"]](
+            input_shape=self.input_shape,
+            num_classes=self.num_classes,
+            dropout=values["dropout"],
+            **architecture,
+            **self.model_kwargs,
+        )
+        loss = LOSSES[values["loss"]](
+            from_logits=self.from_logits, **self.loss_kwargs.get(values["loss"], {})
+        )
+        model.compile(
+            optimizer=OPTIMIZERS[values["optimizer"]](values["learning_rate"]),
+            loss=loss,
+            metrics=[DiceScore(num_classes=self.num_classes, from_logits=self.from_logits)],
+            **self.compile_kwargs,
+        )
+        return model
+
+    def fit(self, hp: keras_tuner.HyperParameters, model: keras.Model, *args, **kwargs):
+        """Train one trial's model, at the trial's batch size when ``batch_sizes`` is set.
+
+        With ``batch_sizes``, arrays get ``batch_size=`` and a function ``x`` is called with
+        the batch size to build the training dataset.
+
+        Args:
+            hp: the trial's ``keras_tuner.HyperParameters``.
+            model: the model ``build`` returned.
+            *args, **kwargs: the arguments of ``search``, passed to ``model.fit``.
+
+        Returns:
+            The ``History`` of ``model.fit``, from which Keras Tuner reads the objective.
+        """
+        if self.batch_sizes is None:
+            return model.fit(*args, **kwargs)
+        if "batch_size" in kwargs:
+            raise ValueError(
+                "search() got batch_size while the hypermodel searches batch_sizes "
+                f"{self.batch_sizes}; leave batch_size out of search()"
+            )
+        batch_size = hp.get("batch_size")
+        data = args[0] if args else kwargs.get("x")
+        if isinstance(data, tf.data.Dataset):
+            raise ValueError(
+                "batch_sizes cannot rebatch a tf.data.Dataset (it arrives batched, and "
+                "rebatching loses its length); pass x as a function batch_size -> dataset"
+            )
+        if callable(data):
+            if args:
+                args = (data(batch_size), *args[1:])
+            else:
+                kwargs["x"] = data(batch_size)
+        else:
+            kwargs["batch_size"] = batch_size
+        return model.fit(*args, **kwargs)
+
+
+__all__ = [
+    "DEFAULT_OBJECTIVE",
+    "HYPERPARAMETERS",
+    "LOSSES",
+    "OPTIMIZERS",
+    "TUNERS",
+    "BayesianOptimization",
+    "Hyperband",
+    "RandomSearch",
+    "SegmentationHyperModel",
+    "SliceLevelObjectiveWarning",
+    "check_search_callbacks",
+    "resolve_objective",
+    "tuner",
+]
