@@ -12,11 +12,11 @@ from kseg.inference._predictor import as_batch_predictor
 
 def _load_member(member):
     if isinstance(member, (str, os.PathLike)):
-        import keras
+        from kseg import load_model
 
-        # Losses and metrics are not needed to predict; compile=False keeps checkpoints that
-        # were trained with custom objects loadable for inference.
-        return keras.saving.load_model(os.fspath(member), compile=False)
+        # kseg.load_model registers kseg's layers first; losses and metrics are not needed to
+        # predict, and compile=False keeps checkpoints trained with other custom losses loadable.
+        return load_model(os.fspath(member), compile=False)
     return member
 
 
@@ -30,8 +30,8 @@ def ensemble_predictor(
 
     Args:
         members: ``keras.Model`` objects, callables batch -> batch, or paths of saved
-            ``.keras`` checkpoints (loaded once, with ``compile=False``). All must produce the
-            same output shape.
+            ``.keras`` checkpoints (loaded once with :func:`kseg.load_model`,
+            ``compile=False``). All must produce the same output shape.
         weights: one non-negative weight per member (normalised to sum 1); equal by default.
 
     Returns:
