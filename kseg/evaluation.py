@@ -355,8 +355,13 @@ def _decode(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def _resize_probabilities(probabilities: np.ndarray, plane_shape) -> np.ndarray:
-    """Bring per-slice probabilities ``(Z, h, w, C)`` to the reference plane ``(H, W)``."""
+def resize_probabilities(probabilities: np.ndarray, plane_shape) -> np.ndarray:
+    """Bring per-slice probabilities ``(Z, h, w, C)`` to the reference plane ``(H, W)``.
+
+    A 2D model usually runs at a smaller in-plane size than the acquisition; scores belong
+    on the acquisition grid, so probabilities (not labels) are resized back, bilinearly,
+    before thresholding or argmax.
+    """
     if probabilities.shape[1:3] == tuple(plane_shape):
         return probabilities
     import tensorflow as tf
@@ -366,24 +371,44 @@ def _resize_probabilities(probabilities: np.ndarray, plane_shape) -> np.ndarray:
     return tf.image.resize(probabilities, plane_shape, method="bilinear", antialias=True).numpy()
 
 
-def _reassembled_volumes(
-    model, dataset, preprocess, batch_size: int, progress: bool
+def reassemble_slices(
+    dataset, *, preprocess: Callable | None = None, progress: bool = False
 ) -> Iterator[tuple]:
-    """Yield ``(patient_id, mask, probabilities, spacing)`` as each patient completes."""
-    import tensorflow as tf
+    """Turn a per-slice dataset back into whole volumes, one patient at a time.
 
-    from kseg.inference import predict_slices
+    Slices may arrive in any order (shuffled, interleaved across patients); each patient is
+    yielded as soon as all its ``num_slices`` slices have arrived, so memory holds only the
+    patients still incomplete. A repeated, out-of-range or missing slice raises
+    ``ValueError`` naming the patient.
+
+    Args:
+        dataset: ``tf.data.Dataset`` of unbatched dicts with ``image``, ``mask``,
+            ``patient_id``, ``slice_index``, ``num_slices`` and ``spacing``, as kseg's TFDS
+            builders produce.
+        preprocess: TensorFlow function ``example -> model input (h, w, C)`` applied per
+            example with ``Dataset.map``; ``None`` keeps ``example["image"]``.
+        progress: show a tqdm bar over the slices.
+
+    Yields:
+        ``(patient_id, inputs (Z, h, w, C) or (Z, H, W), mask (Z, H, W), spacing)`` with
+        slices in ``slice_index`` order; the mask stays on its stored (original) grid.
+
+    Example:
+        >>> val_volumes = list(reassemble_slices(tfds.load("chaos/ct", split="fold1"),
+        ...                                      preprocess=prep))  # doctest: +SKIP
+    """
+    import tensorflow as tf
 
     missing = [key for key in SLICE_FEATURES if key not in dataset.element_spec]
     if missing:
         raise ValueError(
-            f"dataset examples lack the features {missing}; evaluate_slices needs "
+            f"dataset examples lack the features {missing}; slice reassembly needs "
             f"{list(SLICE_FEATURES)}"
         )
 
     def prepare(example):
         return {
-            "input": preprocess(example),
+            "input": example["image"] if preprocess is None else preprocess(example),
             **{key: example[key] for key in SLICE_FEATURES if key != "image"},
         }
 
@@ -426,9 +451,7 @@ def _reassembled_volumes(
             ordered = [volume["slices"][i] for i in range(num_slices)]
             inputs = np.stack([model_input for model_input, _ in ordered])
             masks = np.stack([mask for _, mask in ordered])
-            probabilities = predict_slices(model, inputs, batch_size=batch_size, progress=False)
-            probabilities = _resize_probabilities(probabilities, masks.shape[1:3])
-            yield patient_id, masks, probabilities, volume["spacing"]
+            yield patient_id, inputs, masks, volume["spacing"]
     if pending:
         incomplete = {
             patient_id: sorted(set(range(volume["num_slices"])) - set(volume["slices"]))[:10]
@@ -437,6 +460,19 @@ def _reassembled_volumes(
         raise ValueError(
             f"incomplete patients (missing slice indices, first 10 shown): {incomplete}"
         )
+
+
+def _reassembled_volumes(
+    model, dataset, preprocess, batch_size: int, progress: bool
+) -> Iterator[tuple]:
+    """Yield ``(patient_id, mask, probabilities, spacing)`` as each patient completes."""
+    from kseg.inference import predict_slices
+
+    for patient_id, inputs, masks, spacing in reassemble_slices(
+        dataset, preprocess=preprocess, progress=progress
+    ):
+        probabilities = predict_slices(model, inputs, batch_size=batch_size, progress=False)
+        yield patient_id, masks, resize_probabilities(probabilities, masks.shape[1:3]), spacing
 
 
 def evaluate_slices(

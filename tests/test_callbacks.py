@@ -93,3 +93,48 @@ def test_rejects_volumes_that_fit_no_inference_path():
     validation.set_model(model)
     with pytest.raises(ValueError, match="fits neither"):
         validation.evaluate()
+
+
+def test_from_slices_scores_on_the_stored_mask_grid():
+    """A 2D model running at half resolution is scored against the full-resolution masks."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(13)
+    # prediction and reference made of 2x2 blocks: halving and resizing back bilinearly is
+    # then exact after thresholding, so the expected score is plain numpy Dice
+    reference = np.kron(rng.uniform(size=(3, 4, 4)) > 0.5, np.ones((1, 2, 2))).astype(np.uint8)
+    predicted = np.kron(rng.uniform(size=(3, 4, 4)) > 0.5, np.ones((1, 2, 2))).astype(bool)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {
+            "image": (predicted * 0.8 + 0.1).astype(np.float32)[..., None][::-1],
+            "mask": reference[::-1],
+            "patient_id": np.array(["p"] * 3),
+            "slice_index": np.arange(3)[::-1],
+            "num_slices": np.full(3, 3),
+            "spacing": np.tile(np.float32([3.0, 0.8, 0.8]), (3, 1)),
+        }
+    )
+    identity = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Identity()])
+    validation = VolumeValidation.from_slices(
+        dataset, preprocess=lambda example: tf.image.resize(example["image"], (4, 4))
+    )
+    validation.set_model(identity)
+    (patient_id, inputs, label, spacing), = validation.volumes
+    assert (patient_id, inputs.shape, label.shape) == ("p", (3, 4, 4, 1), (3, 8, 8))
+    table = validation.evaluate()
+    assert table.rows[0]["dice"] == pytest.approx(numpy_dice(reference.astype(bool), predicted))
+
+
+def test_a_resumed_fit_is_scored_from_its_first_epoch():
+    """Hyperband and BackupAndRestore resume at initial_epoch > 0: every epoch needs the key."""
+    rng = np.random.default_rng(14)
+    model = pointwise_model(2)
+    image, label = volume_case(rng, (3, 6, 6))
+    validation = VolumeValidation([("p", image, label, None)], every=4)
+    patches, patch_labels = volume_case(rng, (8, 6, 6))
+    history = model.fit(
+        patches, patch_labels[..., None], initial_epoch=2, epochs=5, verbose=0,
+        callbacks=[validation],
+    )
+    assert len(history.history["val_volume_dice"]) == len(history.history["loss"]) == 3
+    assert sorted(validation.history) == [2, 3]  # the first epoch of this fit, then epoch 4

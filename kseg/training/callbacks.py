@@ -15,7 +15,13 @@ from collections.abc import Iterable, Mapping, Sequence
 import keras
 import numpy as np
 
-from kseg.evaluation import PatientTable, evaluate_volumes, metric_columns
+from kseg.evaluation import (
+    PatientTable,
+    evaluate_volumes,
+    metric_columns,
+    reassemble_slices,
+    resize_probabilities,
+)
 from kseg.inference import predict_slices, sliding_window
 
 
@@ -30,8 +36,10 @@ def _mean_ignoring_nan(values: np.ndarray, axis=None):
 class VolumeValidation(keras.callbacks.Callback):
     """Score whole validation volumes every few epochs and put the result in the logs.
 
-    After epoch 1 and then after every ``every``-th epoch the model predicts each
-    validation volume and scores it per patient; the mean over patients is written to
+    After the first epoch of every ``fit`` (also one resumed at ``initial_epoch > 0``, as
+    Keras Tuner's Hyperband and BackupAndRestore do) and then after every ``every``-th epoch
+    the model predicts each validation volume and scores it per patient; the mean over
+    patients is written to
     ``logs["val_volume_<metric>"]`` (``val_volume_dice`` by default; with ``labels``, the
     mean over classes and the per-class means ``val_volume_dice_<class>``). On the epochs
     in between the last values are written again, so ``ModelCheckpoint``, ``EarlyStopping``
@@ -46,14 +54,16 @@ class VolumeValidation(keras.callbacks.Callback):
     The inference path follows the shapes: a volume with as many spatial axes as the model
     is predicted with :func:`kseg.inference.sliding_window` (window ``roi_size``, by default
     the model's input shape, ``None`` axes taken whole); a volume with one more axis than a
-    2D model is predicted slice by slice with :func:`kseg.inference.predict_slices`.
+    2D model is predicted slice by slice with :func:`kseg.inference.predict_slices`, and the
+    probabilities are resized back to the label's in-plane size before scoring (so labels can
+    stay on the acquisition grid while the model runs smaller; see :meth:`from_slices`).
 
     Args:
         volumes: ``(patient_id, image, label, spacing)`` tuples: image ``(*spatial, C)`` as
             the model takes it, label map ``(*spatial)`` or ``(*spatial, 1)`` on the same
             grid, spacing in mm per spatial axis (used by distance metrics).
         roi_size: sliding-window shape for models with the volume's number of spatial axes.
-        every: run every this many epochs (and always after the first).
+        every: run every this many epochs (and always after the first epoch of a ``fit``).
         metrics: metric names of :func:`kseg.evaluation.evaluate_volumes`.
         labels: class names to indices for label maps, as in ``evaluate_volumes``.
         threshold: foreground threshold of one-channel probabilities.
@@ -112,7 +122,7 @@ class VolumeValidation(keras.callbacks.Callback):
         self.history: dict[int, PatientTable] = {}
         self._latest_logs: dict[str, float] = {}
 
-    def _predict(self, image: np.ndarray) -> np.ndarray:
+    def _predict(self, image: np.ndarray, label_plane) -> np.ndarray:
         model_input_shape = tuple(self.model.inputs[0].shape)
         model_spatial_dims = len(model_input_shape) - 2
         image_spatial_dims = image.ndim - 1
@@ -128,20 +138,42 @@ class VolumeValidation(keras.callbacks.Callback):
                 progress=self.progress,
             )
         if model_spatial_dims == 2 and image_spatial_dims == 3:
-            return predict_slices(
+            probabilities = predict_slices(
                 self.model, image, batch_size=self.batch_size, progress=self.progress
             )
+            return resize_probabilities(probabilities, label_plane)
         raise ValueError(
             f"validation image {image.shape} fits neither the model's input "
             f"{model_input_shape} (same spatial axes) nor slice-wise prediction of a 2D model"
         )
+
+    @classmethod
+    def from_slices(cls, dataset, *, preprocess=None, **kwargs) -> VolumeValidation:
+        """Validate a 2D model on whole volumes reassembled from a per-slice dataset.
+
+        The slices are read once, reassembled per patient with
+        :func:`kseg.evaluation.reassemble_slices` and kept in memory, already preprocessed
+        for the model; masks stay on their stored grid and slice-wise probabilities are
+        resized back to it before scoring, exactly as :func:`kseg.evaluation.evaluate_slices`
+        scores the test set.
+
+        Args:
+            dataset: unbatched per-slice TFDS examples (a validation split).
+            preprocess: ``example -> model input (h, w, C)``, as for ``evaluate_slices``.
+            **kwargs: the constructor's keyword arguments.
+
+        Example:
+            >>> validation = VolumeValidation.from_slices(
+            ...     tfds.load("chaos/ct", split="fold1"), preprocess=prep)  # doctest: +SKIP
+        """
+        return cls(list(reassemble_slices(dataset, preprocess=preprocess)), **kwargs)
 
     def _cases(self):
         for patient_id, image, label, spacing in self.volumes:
             image, label = np.asarray(image), np.asarray(label)
             if label.ndim == image.ndim and label.shape[-1] == 1:
                 label = label[..., 0]
-            yield patient_id, label, self._predict(image), spacing
+            yield patient_id, label, self._predict(image, label.shape[-2:]), spacing
 
     def evaluate(self) -> PatientTable:
         """Predict and score every validation volume with the current weights."""
@@ -169,7 +201,7 @@ class VolumeValidation(keras.callbacks.Callback):
         return logs
 
     def _due(self, epoch: int) -> bool:
-        return epoch == 0 or (epoch + 1) % self.every == 0
+        return not self._latest_logs or (epoch + 1) % self.every == 0
 
     def on_train_begin(self, logs=None):
         self._latest_logs = {}
