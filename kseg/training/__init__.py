@@ -1,5 +1,5 @@
-"""Training helpers: callbacks that validate on whole volumes."""
+"""Training helpers: callbacks that validate on whole volumes and keep the best model."""
 
-from kseg.training.callbacks import VolumeValidation
+from kseg.training.callbacks import BestModelCheckpoint, VolumeValidation
 
-__all__ = ["VolumeValidation"]
+__all__ = ["BestModelCheckpoint", "VolumeValidation"]

@@ -9,6 +9,10 @@ stopping and learning-rate schedules can follow the number that matters.
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -218,3 +222,105 @@ class VolumeValidation(keras.callbacks.Callback):
             logs["val_patch_volume_gap"] = float(logs[self.patch_metric]) - float(
                 self._latest_logs["val_volume_dice"]
             )
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Keep the best model by a monitored score, written atomically and resumable.
+
+    Unlike ``keras.callbacks.ModelCheckpoint``, the ``.keras`` file is written to a temporary
+    file beside the target and renamed over it, so a crash during saving never leaves a
+    truncated best model; and the best score so far is kept in ``<filepath>.json``, so a
+    run resumed after a crash (``keras.callbacks.BackupAndRestore``, or ``fit`` with
+    ``initial_epoch > 0``) only replaces the saved model with a better one. A ``fit`` that
+    starts at epoch 0 is a new run and starts from no best.
+
+    List it after :class:`VolumeValidation` when monitoring ``val_volume_*`` keys.
+
+    Args:
+        filepath: the ``.keras`` file of the best model.
+        monitor: log key to compare, e.g. ``"val_volume_dice"``.
+        mode: ``"max"`` (scores) or ``"min"`` (losses, distances).
+
+    Attributes:
+        best: the best value so far (``None`` before the first finite value).
+        best_epoch: the 0-based epoch it came from.
+
+    Example:
+        >>> model.fit(train, epochs=50, validation_data=val, callbacks=[
+        ...     VolumeValidation.from_slices(val_slices, preprocess=prep),
+        ...     BestModelCheckpoint("run/best.keras", monitor="val_volume_dice"),
+        ...     keras.callbacks.BackupAndRestore("run/backup")])  # doctest: +SKIP
+    """
+
+    def __init__(self, filepath, *, monitor: str = "val_volume_dice", mode: str = "max"):
+        super().__init__()
+        self.filepath = os.fspath(filepath)
+        if not self.filepath.endswith(".keras"):
+            raise ValueError(f"filepath must end in .keras, got {self.filepath!r}")
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.monitor = monitor
+        self.mode = mode
+        self.state_path = self.filepath + ".json"
+        self.best = None
+        self.best_epoch = None
+        self._first_epoch_seen = False
+
+    def on_train_begin(self, logs=None):
+        self._first_epoch_seen = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch_seen:
+            return
+        self._first_epoch_seen = True
+        self.best, self.best_epoch = None, None
+        if epoch > 0 and os.path.exists(self.state_path):
+            with open(self.state_path) as handle:
+                state = json.load(handle)
+            if state.get("monitor") == self.monitor and state.get("mode") == self.mode:
+                self.best, self.best_epoch = float(state["best"]), int(state["epoch"])
+
+    def _improves(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not logs or self.monitor not in logs:
+            warnings.warn(
+                f"BestModelCheckpoint: {self.monitor!r} is not in the logs of epoch {epoch} "
+                f"(keys: {sorted(logs or {})}); nothing saved",
+                stacklevel=2,
+            )
+            return
+        value = float(logs[self.monitor])
+        if not self._improves(value):
+            return
+        folder = os.path.dirname(os.path.abspath(self.filepath))
+        os.makedirs(folder, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".best-", suffix=".keras")
+        os.close(handle)
+        try:
+            self.model.save(temporary)
+            os.replace(temporary, self.filepath)
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
+        self.best, self.best_epoch = value, epoch
+        _write_json_atomically(
+            self.state_path,
+            {"monitor": self.monitor, "mode": self.mode, "best": value, "epoch": epoch},
+        )
+
+
+def _write_json_atomically(path: str, content: dict) -> None:
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".json")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(content, stream)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
