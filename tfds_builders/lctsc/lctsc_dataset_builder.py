@@ -1,0 +1,537 @@
+"""LCTSC (AAPM 2017 Lung CT Segmentation Challenge, TCIA) as a TFDS dataset.
+
+One example per axial CT slice, slices in ImagePositionPatient order, with the organs of
+the case's RT Structure Set rasterised onto the slice (:mod:`kseg.io.rtstruct`). Files are
+found by their DICOM headers, not by folder names: each CT series is paired with the
+RTSTRUCT that references it. Patients are split by the challenge's own partition where the
+ids carry it (``LCTSC-Test-*`` in the split ``challenge_test``) and the training patients
+into seeded patient-level folds ``fold0`` .. ``fold{k-1}``, optionally stratified by
+PatientSex and the fraction of slices with an empty mask. The ``npz_*`` configs read the
+pre-converted layout instead (a DICOM folder and a 3D ``.npz`` mask per case), aligning
+each mask to its CT by evidence (:mod:`kseg.io.npz`). See ``README.md`` beside this file.
+
+Example:
+    >>> train = tfds.load("lctsc/organs", split="fold1+fold2+fold3+fold4")  # doctest: +SKIP
+    >>> test = tfds.load("lctsc/organs", split="challenge_test")  # doctest: +SKIP
+
+Reference:
+    Yang et al., "Autosegmentation for thoracic radiation treatment planning: A grand
+    challenge at AAPM 2017", Medical Physics 45(10), 4568-4581 (2018).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import warnings
+
+import numpy as np
+import pydicom
+import tensorflow_datasets as tfds
+from etils import epath
+from pydicom.errors import InvalidDicomError
+from tqdm.auto import tqdm
+
+from kseg.data.splits import assign_folds, fold_names
+from kseg.errors import DicomSeriesError, LayoutError, MaskError, UnreadableFileError
+from kseg.io import SkippedFileWarning, read_dicom_series
+from kseg.io.npz import read_aligned_npz_mask
+from kseg.io.rtstruct import (
+    LCTSC_ROI_NAMES,
+    match_roi_names,
+    rasterize_roi,
+    read_rtstruct,
+    read_rtstruct_references,
+)
+
+CHALLENGE_TEST_SPLIT = "challenge_test"
+_TEST_PATIENT = re.compile(r"^LCTSC-Test-S\d+-\d+$")
+
+# Class names per ``classes`` option; the organ ids of the RTSTRUCT rasterisation are
+# 1 lung_left, 2 lung_right, 3 heart, 4 esophagus, 5 spinal_cord, and each option maps them
+# through its lookup table.
+CLASS_NAMES = {
+    "organs": ("background", *LCTSC_ROI_NAMES),
+    "organs_merged_lungs": ("background", "lungs", "heart", "esophagus", "spinal_cord"),
+    "lungs": ("background", "lungs"),
+}
+_ORGAN_TO_CLASS = {
+    "organs": np.array([0, 1, 2, 3, 4, 5], dtype=np.uint8),
+    "organs_merged_lungs": np.array([0, 1, 1, 2, 3, 4], dtype=np.uint8),
+    "lungs": np.array([0, 1, 1, 0, 0, 0], dtype=np.uint8),
+}
+
+_TCIA_LAYOUT = """\
+<manual_dir>/LCTSC/LCTSC-Train-S1-001/<date>-<study description>-<id>/
+    <n>.000000-<CT series description>-<id>/1-001.dcm ... (CT slices)
+    <n>.000000-<RTSTRUCT series description>-<id>/1-1.dcm   (RT Structure Set)
+<manual_dir>/LCTSC/LCTSC-Test-S1-101/...
+(any folder names and depth: series are found by their headers)"""
+
+_NPZ_LAYOUT = """\
+<manual_dir>/<patient id>/<any folders>/*.dcm   one CT series
+<manual_dir>/<patient id>/<any name>.npz        one mask: key "mask", uint8 (z, y, x),
+                                                0/1 lungs or 0..5 LCTSC organs"""
+
+
+@dataclasses.dataclass(eq=False)
+class LctscConfig(tfds.core.BuilderConfig):
+    """Which classes to write, which layout to read and how to split the patients.
+
+    Attributes:
+        classes: ``"organs"`` (0 background, 1 lung_left, 2 lung_right, 3 heart,
+            4 esophagus, 5 spinal_cord), ``"organs_merged_lungs"`` (0 background, 1 lungs,
+            2 heart, 3 esophagus, 4 spinal_cord) or ``"lungs"`` (binary).
+        layout: ``"tcia"`` (the TCIA download: CT series and RTSTRUCT files) or ``"npz"``
+            (the pre-converted layout: a DICOM folder and an ``.npz`` mask per case).
+        num_folds: patient-level folds of the training patients, splits ``fold0`` ...
+        split_seed: seed of :func:`kseg.data.splits.assign_folds`.
+        stratify: deal each stratum ``(PatientSex, binned fraction of slices whose mask is
+            empty)`` evenly over the folds.
+        empty_fraction_bins: bin edges of the empty-slice fraction for ``stratify``.
+        roi_aliases: extra ``(ROIName, canonical name)`` pairs for spellings the built-in
+            table does not know (:func:`kseg.io.rtstruct.canonical_roi_name`).
+    """
+
+    classes: str = "organs"
+    layout: str = "tcia"
+    num_folds: int = 5
+    split_seed: int = 0
+    stratify: bool = False
+    empty_fraction_bins: tuple[float, ...] = (0.2, 0.4)
+    roi_aliases: tuple[tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Case:
+    patient_id: str
+    patient_sex: str
+    ct_files: tuple[str, ...]
+    series_uid: str
+    mask_file: str  # the RTSTRUCT (tcia) or the npz (npz)
+
+
+class Builder(tfds.core.GeneratorBasedBuilder):
+    """LCTSC: thoracic CT slices with lung, heart, esophagus and spinal-cord masks.
+
+    Write a config of your own by giving the builder an instance, e.g.
+    ``Builder(config=dataclasses.replace(Builder.builder_configs["lungs"],
+    name="lungs_10fold", num_folds=10))``.
+    """
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
+Download the LCTSC collection from The Cancer Imaging Archive
+(https://www.cancerimagingarchive.net/collection/lctsc/, doi:10.7937/K9/TCIA.2017.3r3fvz08):
+60 thoracic CT series with one RT Structure Set each (36 LCTSC-Train-*, 24 LCTSC-Test-*
+patients from three institutions). Open the collection's .tcia manifest with the NBIA Data
+Retriever and download into the manual folder (by default
+~/tensorflow_datasets/downloads/manual/, or pass
+tfds.download.DownloadConfig(manual_dir=...)). Either directory-naming option works; the
+descriptive one gives:
+
+{_TCIA_LAYOUT}
+
+For the npz_* configs, the manual folder holds the pre-converted layout instead:
+
+{_NPZ_LAYOUT}
+
+The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 2018."""
+
+    BUILDER_CONFIGS = [
+        LctscConfig(
+            name="organs",
+            description="Five organs: left lung, right lung, heart, esophagus, spinal cord.",
+        ),
+        LctscConfig(
+            name="organs_merged_lungs",
+            description="Four organs, both lungs as one class.",
+            classes="organs_merged_lungs",
+        ),
+        LctscConfig(name="lungs", description="Both lungs, binary mask.", classes="lungs"),
+        LctscConfig(
+            name="lungs_stratified",
+            description="Both lungs, binary; folds stratified by PatientSex and the fraction "
+            "of slices without lung.",
+            classes="lungs",
+            stratify=True,
+        ),
+        LctscConfig(
+            name="npz_lungs",
+            description="Pre-converted layout (DICOM folder + npz mask per case), both lungs.",
+            classes="lungs",
+            layout="npz",
+        ),
+    ]
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        config = self.builder_config
+        if config.classes not in CLASS_NAMES:
+            raise ValueError(
+                f"config {config.name!r}: classes must be one of {sorted(CLASS_NAMES)}, "
+                f"got {config.classes!r}"
+            )
+        if config.layout not in ("tcia", "npz"):
+            raise ValueError(
+                f"config {config.name!r}: layout must be 'tcia' or 'npz', got {config.layout!r}"
+            )
+        return self.dataset_info_from_configs(
+            description=(
+                "LCTSC (AAPM 2017 Lung CT Segmentation Challenge) thoracic CT, one example per "
+                "axial slice in ImagePositionPatient order; images in Hounsfield units, masks "
+                f"with classes {', '.join(CLASS_NAMES[config.classes])}. Splits fold0.. are "
+                "patient-level folds of the training patients; challenge_test holds the "
+                "challenge's test patients when the patient ids carry the partition."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Tensor(
+                        shape=(None, None), dtype=np.int16, encoding=tfds.features.Encoding.ZLIB
+                    ),
+                    "mask": tfds.features.Tensor(
+                        shape=(None, None), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
+                    ),
+                    "patient_id": tfds.features.Text(),
+                    "slice_index": np.int32,
+                    "num_slices": np.int32,
+                    "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+                    "patient_sex": tfds.features.Text(),
+                }
+            ),
+            supervised_keys=("image", "mask"),
+            homepage="https://www.cancerimagingarchive.net/collection/lctsc/",
+            metadata=tfds.core.MetadataDict(class_names=list(CLASS_NAMES[config.classes])),
+        )
+
+    def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+        config = self.builder_config
+        manual_dir = epath.Path(dl_manager.manual_dir)
+        if not manual_dir.is_dir():
+            raise LayoutError(manual_dir, "the manual download folder does not exist")
+        cases = _tcia_cases(manual_dir) if config.layout == "tcia" else _npz_cases(manual_dir)
+        test_cases = [case for case in cases if _TEST_PATIENT.match(case.patient_id)]
+        train_cases = [case for case in cases if not _TEST_PATIENT.match(case.patient_id)]
+        strata = None
+        if config.stratify:
+            strata = {
+                case.patient_id: fold_stratum(
+                    case.patient_sex,
+                    _empty_fraction(self._labels(case)[1]),
+                    config.empty_fraction_bins,
+                )
+                for case in tqdm(train_cases, desc="LCTSC strata", unit="patient")
+            }
+        try:
+            folds = assign_folds(
+                [case.patient_id for case in train_cases],
+                config.num_folds,
+                seed=config.split_seed,
+                strata=strata,
+            )
+        except ValueError as exc:
+            raise ValueError(f"{manual_dir}: training patients: {exc}") from exc
+        splits = {
+            name: self._generate_examples(
+                [case for case in train_cases if folds[case.patient_id] == fold]
+            )
+            for fold, name in enumerate(fold_names(config.num_folds))
+        }
+        if test_cases:
+            splits[CHALLENGE_TEST_SPLIT] = self._generate_examples(test_cases)
+        return splits
+
+    def _generate_examples(self, cases):
+        for case in cases:
+            yield from self._case_examples(case)
+
+    def _case_examples(self, case: _Case):
+        """One patient's slices; only this patient's volume is held in memory."""
+        volume, labels = self._labels(case)
+        images = _as_int16(volume.array, case.ct_files[0])
+        spacing = np.asarray(volume.spacing, dtype=np.float32)
+        num_slices = volume.shape[0]
+        for index in range(num_slices):
+            yield f"{case.patient_id}_{index:04d}", {
+                "image": images[index],
+                "mask": labels[index],
+                "patient_id": case.patient_id,
+                "slice_index": index,
+                "num_slices": num_slices,
+                "spacing": spacing,
+                "patient_sex": case.patient_sex,
+            }
+
+    def _labels(self, case: _Case):
+        """The case's CT volume and its mask in the config's classes."""
+        config = self.builder_config
+        volume = read_dicom_series(
+            list(case.ct_files), series_uid=case.series_uid, patient_id=case.patient_id
+        )
+        if config.layout == "tcia":
+            organs = organ_label_map(case.mask_file, volume, aliases=dict(config.roi_aliases))
+        else:
+            organs = _npz_organ_label_map(case.mask_file, volume, config.classes)
+        return volume, _ORGAN_TO_CLASS[config.classes][organs]
+
+
+def organ_label_map(rtstruct_path, volume, *, aliases=None) -> np.ndarray:
+    """Rasterise the five LCTSC organs of a structure set into one label map.
+
+    Organs are found by their canonical names (:func:`kseg.io.rtstruct.match_roi_names`)
+    and painted in the order lung_left, lung_right, heart, esophagus, spinal_cord, each over
+    the previous ones, so where contours overlap the smaller, later organ keeps its voxels.
+
+    Args:
+        rtstruct_path: the case's RTSTRUCT file.
+        volume: its CT volume.
+        aliases: extra ``{ROIName: canonical name}`` spellings.
+
+    Returns:
+        ``uint8`` map of the volume's shape: 0 background, 1 lung_left, 2 lung_right,
+        3 heart, 4 esophagus, 5 spinal_cord.
+
+    Example:
+        >>> labels = organ_label_map(rtstruct_file, ct)  # doctest: +SKIP
+        >>> np.unique(labels)  # doctest: +SKIP
+        array([0, 1, 2, 3, 4, 5], dtype=uint8)
+    """
+    path = str(rtstruct_path)
+    rois = {roi.name: roi for roi in read_rtstruct(path)}
+    found = match_roi_names(list(rois), aliases=aliases, source=path)
+    labels = np.zeros(volume.shape, dtype=np.uint8)
+    for organ_id, organ in enumerate(LCTSC_ROI_NAMES, start=1):
+        if organ in found:
+            labels[rasterize_roi(rois[found[organ]], volume, source=path) > 0] = organ_id
+    return labels
+
+
+def fold_stratum(sex: str, empty_fraction: float, bins) -> tuple[str, int]:
+    """The stratum of a patient for stratified folds: ``(sex, bin of the empty fraction)``.
+
+    Args:
+        sex: PatientSex (``"M"``, ``"F"``, ``"O"`` or ``""``).
+        empty_fraction: fraction of the patient's slices whose mask is empty.
+        bins: increasing bin edges; the bin is the number of edges at or below the fraction.
+
+    Example:
+        >>> fold_stratum("F", 0.25, (0.2, 0.4))
+        ('F', 1)
+    """
+    edges = np.asarray(bins, dtype=np.float64)
+    if edges.ndim != 1 or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"empty_fraction_bins must be increasing edges, got {tuple(bins)}")
+    return str(sex), int(np.searchsorted(edges, empty_fraction, side="right"))
+
+
+def _empty_fraction(labels: np.ndarray) -> float:
+    return float(np.mean(~labels.reshape(labels.shape[0], -1).any(axis=1)))
+
+
+def _npz_organ_label_map(path: str, volume, classes: str) -> np.ndarray:
+    """An aligned npz mask as organ ids: 0/1 masks are lungs, 0..5 masks LCTSC organs."""
+    mask = read_aligned_npz_mask(path, volume).mask
+    values = np.unique(mask)
+    if values.max(initial=0) > len(LCTSC_ROI_NAMES):
+        raise MaskError(
+            path,
+            f"holds labels {values.tolist()}; expected 0/1 (lungs) or the LCTSC organ ids 0..5",
+        )
+    if values.max(initial=0) <= 1 and classes != "lungs":
+        raise MaskError(
+            path,
+            f"holds a binary (lungs) mask, which cannot give the {classes!r} classes; use a "
+            "lungs config",
+        )
+    # A binary mask's 1 reads as organ id 1 (lung_left), which the lungs classes map to lung.
+    return mask
+
+
+def _dicom_headers(files):
+    """Headers of the DICOM files among ``files``; the others are reported once."""
+    headers, skipped = [], []
+    tags = ["Modality", "SeriesInstanceUID", "PatientID", "PatientSex", "FrameOfReferenceUID"]
+    for path in tqdm(files, desc="LCTSC headers", unit="file", leave=False):
+        try:
+            dataset = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=tags)
+        except InvalidDicomError:  # metadata.csv, LICENSE, ...: reported below
+            skipped.append(path)
+            continue
+        except Exception as exc:  # pydicom raises many types on damaged files
+            raise UnreadableFileError(path, f"DICOM header cannot be read ({exc})") from exc
+        if "Modality" not in dataset:
+            skipped.append(path)
+            continue
+        headers.append((str(path), dataset))
+    if skipped:
+        listed = ", ".join(str(p) for p in skipped[:5])
+        warnings.warn(
+            SkippedFileWarning(
+                f"skipped {len(skipped)} file(s) that are not DICOM: {listed}"
+                f"{', ...' if len(skipped) > 5 else ''}"
+            ),
+            stacklevel=2,
+        )
+    return headers
+
+
+def _files_under(folder: epath.Path, *, suffix: str | None = None,
+                 exclude_suffix: str | None = None) -> list[epath.Path]:
+    """Every file below ``folder`` (hidden ones aside), walked folder by folder, since
+    gfile paths do not take recursive glob patterns."""
+    found = []
+    for parent, _, names in folder.walk():
+        for name in names:
+            path = epath.Path(parent) / name
+            if name.startswith(".") or (suffix is not None and path.suffix != suffix):
+                continue
+            if exclude_suffix is None or path.suffix != exclude_suffix:
+                found.append(path)
+    return sorted(found)
+
+
+def _tcia_cases(manual_dir: epath.Path) -> list[_Case]:
+    headers = _dicom_headers(_files_under(manual_dir))
+    series: dict[str, list[tuple[str, pydicom.Dataset]]] = {}
+    rtstructs = []
+    for path, dataset in headers:
+        modality = str(dataset.Modality)
+        if modality == "CT":
+            series.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append(
+                (path, dataset)
+            )
+        elif modality == "RTSTRUCT":
+            rtstructs.append(path)
+    if not series or not rtstructs:
+        raise LayoutError(
+            manual_dir,
+            f"found {len(series)} CT series and {len(rtstructs)} RT Structure Sets; expected "
+            f"the LCTSC download:\n{_TCIA_LAYOUT}",
+        )
+    paired: dict[str, str] = {}
+    for rtstruct in rtstructs:
+        uid = _referenced_series(rtstruct, series)
+        if uid in paired:
+            raise LayoutError(
+                rtstruct,
+                f"references CT series {uid}, which {paired[uid]} references too; keep one "
+                "structure set per CT series",
+            )
+        paired[uid] = rtstruct
+    unpaired = sorted(set(series) - set(paired))
+    if unpaired:
+        described = "; ".join(
+            f"{uid} ({epath.Path(series[uid][0][0]).parent})" for uid in unpaired[:5]
+        )
+        raise LayoutError(
+            manual_dir,
+            f"{len(unpaired)} CT series have no RT Structure Set referencing them: {described}",
+        )
+    cases = []
+    for uid, rtstruct in paired.items():
+        files = series[uid]
+        first = files[0][1]
+        patient_id = str(first.get("PatientID", "") or "")
+        if not patient_id:
+            raise DicomSeriesError(files[0][0], "has no PatientID; LCTSC splits by patient")
+        cases.append(
+            _Case(
+                patient_id=patient_id,
+                patient_sex=str(first.get("PatientSex", "") or ""),
+                ct_files=tuple(sorted(path for path, _ in files)),
+                series_uid=uid,
+                mask_file=rtstruct,
+            )
+        )
+    return _unique_patients(cases, manual_dir)
+
+
+def _referenced_series(rtstruct: str, series) -> str:
+    """The CT series a structure set was drawn on: named by SeriesInstanceUID, else the
+    only CT series of its frame of reference."""
+    references = read_rtstruct_references(rtstruct)
+    named = sorted(uid for uid in references.series_instance_uids if uid in series)
+    if len(named) == 1:
+        return named[0]
+    same_frame = sorted(
+        uid
+        for uid, files in series.items()
+        if str(files[0][1].get("FrameOfReferenceUID", "")) in references.frame_of_reference_uids
+    )
+    if not named and len(same_frame) == 1:
+        return same_frame[0]
+    candidates = named or same_frame
+    raise LayoutError(
+        rtstruct,
+        f"cannot be paired with one CT series: it references series "
+        f"{sorted(references.series_instance_uids) or 'none'} and frames of reference "
+        f"{sorted(references.frame_of_reference_uids) or 'none'}; matching CT series found: "
+        f"{candidates or 'none'}",
+    )
+
+
+def _npz_cases(manual_dir: epath.Path) -> list[_Case]:
+    masks = _files_under(manual_dir, suffix=".npz")
+    if not masks:
+        raise LayoutError(manual_dir, f"holds no .npz mask; expected:\n{_NPZ_LAYOUT}")
+    by_folder: dict[epath.Path, list[epath.Path]] = {}
+    for mask in masks:
+        by_folder.setdefault(mask.parent, []).append(mask)
+    cases = []
+    for folder, folder_masks in sorted(by_folder.items()):
+        if len(folder_masks) > 1:
+            raise LayoutError(
+                folder,
+                f"holds {len(folder_masks)} .npz files ({', '.join(m.name for m in folder_masks)}"
+                "); expected one mask per case folder",
+            )
+        headers = [
+            (path, ds)
+            for path, ds in _dicom_headers(_files_under(folder, exclude_suffix=".npz"))
+            if str(ds.Modality) == "CT"
+        ]
+        uids = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds in headers})
+        if len(uids) != 1:
+            raise LayoutError(
+                folder,
+                f"holds {len(uids)} CT series beside {folder_masks[0].name}; expected one:\n"
+                f"{_NPZ_LAYOUT}",
+            )
+        cases.append(
+            _Case(
+                patient_id=folder.name,
+                patient_sex=str(headers[0][1].get("PatientSex", "") or ""),
+                ct_files=tuple(sorted(str(path) for path, _ in headers)),
+                series_uid=uids[0],
+                mask_file=str(folder_masks[0]),
+            )
+        )
+    return _unique_patients(cases, manual_dir)
+
+
+def _unique_patients(cases: list[_Case], manual_dir) -> list[_Case]:
+    seen: dict[str, _Case] = {}
+    for case in cases:
+        if case.patient_id in seen:
+            raise LayoutError(
+                manual_dir,
+                f"patient {case.patient_id} has two cases ({seen[case.patient_id].mask_file} "
+                f"and {case.mask_file}); one case per patient keeps the splits by patient",
+            )
+        seen[case.patient_id] = case
+    return sorted(cases, key=lambda case: case.patient_id)
+
+
+def _as_int16(array: np.ndarray, source) -> np.ndarray:
+    """CT numbers as int16; non-integer values (a fractional RescaleSlope) are rounded and
+    values outside int16 are an error, never wrapped."""
+    if array.dtype == np.int16:
+        return array
+    rounded = np.rint(array) if np.issubdtype(array.dtype, np.floating) else array
+    limits = np.iinfo(np.int16)
+    low, high = float(rounded.min()), float(rounded.max())
+    if low < limits.min or high > limits.max:
+        raise DicomSeriesError(
+            source, f"CT values span {low:g}..{high:g}, outside the int16 image feature"
+        )
+    return rounded.astype(np.int16)
