@@ -204,6 +204,8 @@ def test_contours_off_the_volume_are_reported_never_silently_dropped(grid, tmp_p
     rois = [RoiContours(7, "Lung_L", None, (
         Contour(None, _polygon(box, _z(4) + 0.6 * SLICE_GAP)),  # above the last slice
         Contour(_slice_uid(2), _polygon(running_off, _z(2))),
+        Contour(_slice_uid(1), _polygon(box[:1], _z(1)), "POINT"),
+        Contour(_slice_uid(1), _polygon(box[:2], _z(1))),
     ))]
     path = _write_rois(tmp_path / "rs.dcm", rois)
     with pytest.warns(ContourOutsideVolumeWarning) as caught:
@@ -212,7 +214,8 @@ def test_contours_off_the_volume_are_reported_never_silently_dropped(grid, tmp_p
     assert str(path) in message and "'Lung_L'" in message
     assert "1 contour(s) beyond the first or last slice" in message
     assert "running off" in message and "slice(s) 2" in message
-    assert mask[4].sum() == 0
+    assert "2 contour(s) of type CLOSED_PLANAR with 2 point(s), POINT (no area)" in message
+    assert mask[4].sum() == 0 and mask[1].sum() == 0
     # The part on the grid is still filled: every column centre from the box's edge on.
     _, y = _pixel_centres(orientation)
     rows = (y > y_lo + 2.1) & (y < y_lo + 8.1)

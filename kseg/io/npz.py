@@ -204,7 +204,7 @@ def align_mask_to_volume(
             f"(values present: {np.unique(mask).tolist()}): there is no evidence of its "
             "orientation, so it cannot be aligned safely",
         )
-    hu = np.asarray(volume.array, dtype=np.float32)
+    hu = np.asarray(volume.array)
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
     body = ndimage.binary_fill_holes(hu > BODY_THRESHOLD_HU, structure=in_plane)

@@ -90,7 +90,8 @@ class ContourOutsideVolumeWarning(UserWarning):
     One warning per ROI and file, with counts: contours whose plane lies beyond the first
     or last slice (dropped), contours whose points do not lie in one slice plane (dropped),
     contours that run off the rows and columns of the grid (the part off the grid is cut),
-    and contours that are not closed planar polygons (POINT, OPEN_PLANAR: no area, dropped).
+    and contours that are not closed planar polygons (POINT, OPEN_PLANAR, or fewer than three
+    points: no area, dropped).
     """
 
 
@@ -355,6 +356,9 @@ def rasterize_roi(
     for contour in roi.contours:
         if contour.geometric_type != _CLOSED_PLANAR:
             problems.not_closed.append(contour.geometric_type)
+            continue
+        if len(contour.points) < 3:
+            problems.not_closed.append(f"{_CLOSED_PLANAR} with {len(contour.points)} point(s)")
             continue
         ras = contour.points * _LPS_TO_RAS
         index = ras @ world_to_index[:3, :3].T + world_to_index[:3, 3]
