@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 
 from kseg.models._building_blocks import (
+    batch_normalization,
     check_dropout,
     check_int,
     conv,
@@ -74,7 +75,7 @@ def highresnet(
 
     inputs = keras.Input(shape=input_shape, name="image")
     x = conv(spatial_dims, INITIAL_FILTERS, 3, "initial_conv", use_bias=False)(inputs)
-    x = keras.layers.BatchNormalization(name="initial_bn")(x)
+    x = batch_normalization("initial_bn")(x)
     x = keras.layers.ReLU(name="initial_relu")(x)
     for stage, (filters, dilation) in enumerate(STAGES, start=1):
         for block in range(1, BLOCKS_PER_STAGE + 1):
@@ -86,7 +87,7 @@ def highresnet(
                 name=f"stage{stage}_block{block}",
             )(x)
     x = conv(spatial_dims, FEATURE_FILTERS, 1, "features_conv", use_bias=False)(x)
-    x = keras.layers.BatchNormalization(name="features_bn")(x)
+    x = batch_normalization("features_bn")(x)
     x = keras.layers.ReLU(name="features_relu")(x)
     if dropout:
         x = keras.layers.Dropout(dropout, name="features_dropout")(x)

@@ -7,7 +7,7 @@ import math
 import keras
 from keras import ops
 
-from kseg.models._building_blocks import check_int, check_spatial_dims, conv
+from kseg.models._building_blocks import batch_normalization, check_int, check_spatial_dims, conv
 
 SHORTCUTS = ("projection", "pad")
 
@@ -98,7 +98,7 @@ class ResidualUnit(keras.layers.Layer):
         # Which of the two steps open with (batch norm,) ReLU; the norms follow that order.
         self._activated_steps = (self.preactivate, True)
         self.norms = [
-            keras.layers.BatchNormalization(name=f"bn{index}")
+            batch_normalization(f"bn{index}")
             for index, activated in enumerate(self._activated_steps, start=1)
             if activated and self.batch_norm
         ]
@@ -135,7 +135,7 @@ class ResidualUnit(keras.layers.Layer):
             )
             self.shortcut_conv.build(input_shape)
             if self.batch_norm:
-                self.shortcut_norm = keras.layers.BatchNormalization(name="shortcut_bn")
+                self.shortcut_norm = batch_normalization("shortcut_bn")
                 self.shortcut_norm.build(self.shortcut_conv.compute_output_shape(input_shape))
         elif needs_reshaping:
             missing = self.filters - in_channels
