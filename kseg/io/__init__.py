@@ -17,9 +17,34 @@ from kseg.io.masks import (
     read_mask_stack,
 )
 from kseg.io.nifti import read_nifti, write_nifti
+from kseg.io.npz import MaskAlignment, align_mask_to_volume, read_aligned_npz_mask, read_npz_mask
+from kseg.io.rtstruct import (
+    LCTSC_ROI_NAMES,
+    ContourOutsideVolumeWarning,
+    ContourReferenceWarning,
+    RoiContours,
+    RoiNameWarning,
+    canonical_roi_name,
+    match_roi_names,
+    rasterize_rtstruct,
+    read_rtstruct,
+)
 from kseg.io.volume import Volume
 
 __all__ = [
+    "LCTSC_ROI_NAMES",
+    "ContourOutsideVolumeWarning",
+    "ContourReferenceWarning",
+    "MaskAlignment",
+    "RoiContours",
+    "RoiNameWarning",
+    "align_mask_to_volume",
+    "canonical_roi_name",
+    "match_roi_names",
+    "rasterize_rtstruct",
+    "read_aligned_npz_mask",
+    "read_npz_mask",
+    "read_rtstruct",
     "CHAOS_MR_LABEL_RANGES",
     "DeidReport",
     "LossyMaskWarning",
