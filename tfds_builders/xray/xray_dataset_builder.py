@@ -713,9 +713,14 @@ def _check_config(config: XrayConfig) -> None:
     if config.layout != "generic" and not config.mask_folders:
         raise ValueError(f"{where}: layout {config.layout!r} needs mask_folders")
     spans = sorted((low, high) for low, high, _ in config.mask_value_ranges)
-    for (low, high), (next_low, _) in zip(spans, spans[1:], strict=False):
-        if low > high or next_low <= high:
-            raise ValueError(f"{where}: mask_value_ranges overlap or are reversed: {spans}")
+    reversed_spans = [span for span in spans if span[0] > span[1]]
+    overlapping = [
+        (span, following)
+        for span, following in zip(spans, spans[1:], strict=False)
+        if following[0] <= span[1]
+    ]
+    if reversed_spans or overlapping:
+        raise ValueError(f"{where}: mask_value_ranges overlap or are reversed: {spans}")
     if not (math.isfinite(config.noise_sigma) and config.noise_sigma >= 0):
         raise ValueError(f"{where}: noise_sigma must be >= 0, got {config.noise_sigma!r}")
     if config.patient_id_pattern is not None:

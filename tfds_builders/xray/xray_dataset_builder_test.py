@@ -327,5 +327,7 @@ def test_invalid_configs_are_refused(tmp_path):
             config=_config("generic", mask_value_ranges=((0, 10, 0), (5, 255, 1))),
             data_dir=tmp_path,
         )
+    with pytest.raises(ValueError, match="mask_value_ranges overlap or are reversed"):
+        xray.Builder(config=_config("generic", mask_value_ranges=((9, 3, 0),)), data_dir=tmp_path)
     with pytest.raises(ValueError, match="sigma must be a positive number"):
         xray.noisy_config(xray.Builder.builder_configs["generic"], 0)
