@@ -12,8 +12,7 @@ recipe through kseg:
   sources land on one scale), resized to ``--image-size`` (bilinear; masks nearest);
   small rotations / scalings and contrast changes as augmentation, no flips (a flip would
   swap left and right lungs and put the heart on the wrong side);
-- training: ``unet_small`` (3 levels; batch-norm momentum 0.9, see ``build_model``),
-  Dice + cross-entropy, Adam; ``ModelCheckpoint``
+- training: ``unet_small`` (3 levels), Dice + cross-entropy, Adam; ``ModelCheckpoint``
   keeps the best validation Dice (``val_dice``), ``BackupAndRestore`` resumes an
   interrupted run at the epoch it reached, ``--max-minutes`` stops after the epoch that
   uses up the time budget;
@@ -78,7 +77,6 @@ from tfds_builders.xray import (  # noqa: E402
 PHANTOM_DEFAULTS = {"image_size": 96, "epochs": 15, "batch_size": 4}
 REAL_DEFAULTS = {"image_size": 256, "epochs": 40, "batch_size": 8}
 PHANTOM = {"num_images": 60, "size": 96}
-BATCH_NORM_MOMENTUM = 0.9
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
 
 
@@ -205,13 +203,6 @@ def build_model(args, num_classes: int) -> keras.Model:
         num_classes=num_classes,
         base_filters=args.base_filters,
     )
-    # Batch norm's moving variance starts at 1 and decays towards the real one (about 0.1
-    # here) as momentum**steps: at Keras' default 0.99 the few hundred steps of a CPU run
-    # leave it several times too large and inference-mode (validation) outputs collapse to
-    # background while training Dice looks fine. At 0.9 it settles within ~50 steps.
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = BATCH_NORM_MOMENTUM
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
         loss=DiceCELoss(),
