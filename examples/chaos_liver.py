@@ -41,7 +41,7 @@ from kseg.data import phantoms  # noqa: E402
 from kseg.data.pipeline import WINDOWS, segmentation_dataset, window  # noqa: E402
 from kseg.data.splits import split_names  # noqa: E402
 from kseg.evaluation import evaluate_slices  # noqa: E402
-from kseg.training import BestModelCheckpoint, VolumeValidation  # noqa: E402
+from kseg.training import VolumeValidation, training_callbacks  # noqa: E402
 
 NUM_FOLDS = 5
 
@@ -137,22 +137,18 @@ def main(argv=None):
         loss=kseg.losses.ComboLoss(alpha=2 / 3, beta=0.5),
         metrics=[kseg.metrics.DiceScore(name="dice")],
     )
-    best_path = args.output_dir / "best.keras"
-    callbacks = [
-        # whole-volume Dice of each validation patient, on the original grid; must come
-        # before the callbacks that monitor val_volume_dice
+    # whole-volume Dice of each validation patient, on the original grid, drives the best
+    # checkpoint and the learning rate; BackupAndRestore makes a crashed run resumable
+    callbacks = training_callbacks(
+        args.output_dir,
         VolumeValidation.from_slices(
             builder.as_dataset(split=splits["validation"]), preprocess=preprocess
         ),
-        BestModelCheckpoint(best_path, monitor="val_volume_dice", mode="max"),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_volume_dice", mode="max", factor=0.5,
-                                          patience=4),
-        keras.callbacks.CSVLogger(str(args.output_dir / "history.csv"), append=True),
-        keras.callbacks.BackupAndRestore(str(args.output_dir / "backup")),
-    ]
+    )
     model.fit(train, validation_data=validation_slices, epochs=args.epochs,
               callbacks=callbacks, verbose=2)
 
+    best_path = args.output_dir / "best.keras"
     best = kseg.load_model(best_path)
     table = evaluate_slices(
         best,

@@ -80,3 +80,64 @@ def test_minimising_and_argument_checks(tmp_path):
         BestModelCheckpoint(tmp_path / "best.h5")
     with pytest.raises(ValueError, match="mode"):
         BestModelCheckpoint(path, mode="up")
+
+
+class Crash(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_training_callbacks_resume_a_crashed_run_with_nothing_lost(tmp_path):
+    """Crash in epoch 3, run the same fit again: it continues at epoch 3 with the weights of
+    epoch 2, keeps the earlier best model, and the history has every epoch once."""
+    from kseg.training import VolumeValidation, training_callbacks
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(3, 6, 6, 1)).astype(np.float32)
+    label = (image[..., 0] > 0).astype(np.uint8)
+
+    def callbacks(extra):
+        validation = VolumeValidation([("p", image, label, None)])
+        return [*training_callbacks(tmp_path, validation), *extra]
+
+    def model():
+        inputs = keras.Input((None, None, 1))
+        net = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs))
+        net.compile(optimizer=keras.optimizers.SGD(0.1), loss="binary_crossentropy")
+        return net
+
+    first = model()
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        first.fit(image, label[..., None], epochs=5, verbose=0, callbacks=callbacks([Crash(3)]))
+    weights_after_epoch_2 = [w.copy() for w in first.get_weights()]
+
+    resumed = model()
+    seen, starting_weights = [], []
+
+    def on_epoch_begin(epoch, logs):
+        seen.append(epoch)
+        starting_weights.append([w.copy() for w in resumed.get_weights()])
+
+    record = keras.callbacks.LambdaCallback(on_epoch_begin=on_epoch_begin)
+    resumed.fit(image, label[..., None], epochs=5, verbose=0, callbacks=callbacks([record]))
+    assert seen == [3, 4]
+    with open(tmp_path / "history.csv") as handle:
+        epochs = [int(line.split(",")[0]) for line in handle.readlines()[1:]]
+    assert epochs == [0, 1, 2, 3, 4]
+    state = json.loads((tmp_path / "best.keras.json").read_text())
+    scores = {}
+    with open(tmp_path / "history.csv") as handle:
+        header = handle.readline().strip().split(",")
+        for line in handle:
+            values = dict(zip(header, line.strip().split(","), strict=True))
+            scores[int(values["epoch"])] = float(values["val_volume_dice"])
+    assert state["best"] == pytest.approx(max(scores.values()))
+    # the resumed model started from the weights the first run had at the crash
+    for restored, saved in zip(starting_weights[0], weights_after_epoch_2, strict=True):
+        np.testing.assert_array_equal(restored, saved)
+    assert not (tmp_path / "backup").exists()

@@ -1,5 +1,5 @@
 """Training helpers: callbacks that validate on whole volumes and keep the best model."""
 
-from kseg.training.callbacks import BestModelCheckpoint, VolumeValidation
+from kseg.training.callbacks import BestModelCheckpoint, VolumeValidation, training_callbacks
 
-__all__ = ["BestModelCheckpoint", "VolumeValidation"]
+__all__ = ["BestModelCheckpoint", "VolumeValidation", "training_callbacks"]
