@@ -16,12 +16,12 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from kseg._files import atomic_output
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
 
 DEFAULT_METRICS = ("dice", "iou", "precision", "recall", "specificity")
@@ -123,23 +123,13 @@ class PatientTable:
         a crash never leaves a half-written table. Floats are written with ``repr`` and read
         back exactly by :meth:`from_csv`.
         """
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        handle = tempfile.NamedTemporaryFile(
-            "w", newline="", dir=directory, prefix=".tmp-", suffix=".csv", delete=False
-        )
-        try:
-            with handle:
-                writer = csv.writer(handle)
-                writer.writerow(["patient_id", *self._metric_names])
-                for row in self.rows:
-                    writer.writerow(
-                        [row["patient_id"], *(repr(row[name]) for name in self._metric_names)]
-                    )
-            os.replace(handle.name, path)
-        except BaseException:
-            os.unlink(handle.name)
-            raise
+        with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["patient_id", *self._metric_names])
+            for row in self.rows:
+                writer.writerow(
+                    [row["patient_id"], *(repr(row[name]) for name in self._metric_names)]
+                )
 
     @classmethod
     def from_csv(cls, path: os.PathLike | str) -> PatientTable:

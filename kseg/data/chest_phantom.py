@@ -63,6 +63,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from kseg._files import atomic_output
 from kseg.data.phantoms import SYNTHETIC_NOTICE
 from kseg.errors import LayoutError
 from kseg.io.rtstruct import LCTSC_ROI_NAMES, Contour, RoiContours
@@ -987,16 +988,8 @@ def _write_ct_series(folder: pathlib.Path, case: LctscPhantomCase, seed: int,
 
 
 def _write_atomically(ds: pydicom.Dataset, path: pathlib.Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
+    with atomic_output(path) as temporary:
         pydicom.dcmwrite(temporary, ds, enforce_file_format=True)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def _decimal(value: float) -> str:

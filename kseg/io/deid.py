@@ -80,7 +80,6 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -93,6 +92,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import MediaStorageDirectoryStorage, generate_uid
 from tqdm.auto import tqdm
 
+from kseg._files import atomic_output
 from kseg.errors import LayoutError
 
 __all__ = [
@@ -914,15 +914,8 @@ class DeidReport:
 
 
 def _write_atomically(path: Path, write: Callable) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".kseg-", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as temporary, open(temporary, "wb") as handle:
+        write(handle)
 
 
 class _Deidentifier:

@@ -13,11 +13,11 @@ Reference:
 from __future__ import annotations
 
 import os
-import tempfile
 
 import nibabel as nib
 import numpy as np
 
+from kseg._files import atomic_output
 from kseg.errors import UnreadableFileError
 from kseg.io.volume import Volume
 
@@ -117,17 +117,8 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
     image.header.set_xyzt_units("mm")
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1 if _is_orthogonal(affine) else 0)
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(
-        dir=folder, prefix=f".{os.path.basename(path)}.", suffix=suffix
-    )
-    os.close(handle)
-    try:
+    with atomic_output(path) as temporary:
         nib.save(image, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def _strip_suffix(name: str) -> str:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
 
+from kseg._files import atomic_output
 from kseg.evaluation import (
     PatientTable,
     evaluate_volumes,
@@ -298,16 +298,8 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         value = float(logs[self.monitor])
         if not self._improves(value):
             return
-        folder = os.path.dirname(os.path.abspath(self.filepath))
-        os.makedirs(folder, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=folder, prefix=".best-", suffix=".keras")
-        os.close(handle)
-        try:
+        with atomic_output(self.filepath) as temporary:
             self.model.save(temporary)
-            os.replace(temporary, self.filepath)
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
         self.best, self.best_epoch = value, epoch
         _write_json_atomically(
             self.state_path,
@@ -316,14 +308,8 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
 
 def _write_json_atomically(path: str, content: dict) -> None:
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".json")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(content, stream)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with atomic_output(path) as temporary, open(temporary, "w") as stream:
+        json.dump(content, stream)
 
 
 def training_callbacks(
