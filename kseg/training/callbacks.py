@@ -314,7 +314,7 @@ def _write_json_atomically(path: str, content: dict) -> None:
 
 def training_callbacks(
     output_dir,
-    validation: VolumeValidation,
+    validation: VolumeValidation | None,
     *,
     monitor: str = "val_volume_dice",
     mode: str = "max",
@@ -322,7 +322,9 @@ def training_callbacks(
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of a trustworthy, resumable run, in the order that makes them work.
 
-    1. ``validation`` (whole-volume scores in the logs, so it must come first);
+    1. ``validation`` (whole-volume scores in the logs, so it must come first); ``None``
+       when ``monitor`` is a Keras metric already in the logs, e.g. ``"val_dice"`` for 2D
+       images that are whole cases (radiographs), where per-batch validation is per case;
     2. :class:`BestModelCheckpoint` to ``output_dir/best.keras`` by ``monitor``;
     3. ``ReduceLROnPlateau`` on ``monitor`` (unless ``reduce_lr_patience`` is None);
     4. ``CSVLogger`` to ``output_dir/history.csv`` (appending, so a resumed run continues it);
@@ -331,7 +333,7 @@ def training_callbacks(
 
     Args:
         output_dir: folder of the run (created if missing).
-        validation: the :class:`VolumeValidation` writing ``monitor``.
+        validation: the :class:`VolumeValidation` writing ``monitor``, or ``None``.
         monitor: log key the checkpoint and the learning-rate schedule follow.
         mode: ``"max"`` or ``"min"``.
         reduce_lr_patience: epochs without improvement before halving the learning rate.
@@ -343,10 +345,10 @@ def training_callbacks(
     """
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
-    callbacks = [
-        validation,
-        BestModelCheckpoint(os.path.join(output_dir, "best.keras"), monitor=monitor, mode=mode),
-    ]
+    callbacks = [] if validation is None else [validation]
+    callbacks.append(
+        BestModelCheckpoint(os.path.join(output_dir, "best.keras"), monitor=monitor, mode=mode)
+    )
     if reduce_lr_patience is not None:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
