@@ -147,7 +147,7 @@ The macOS "._*" files inside the archive are ignored. The files are read, never 
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config = self.builder_config
-        task_dir = _task_folder(epath.Path(dl_manager.manual_dir))
+        task_dir = task_folder(dl_manager.manual_dir)
         labelled, unlabelled = _cases_from_dataset_json(task_dir)
         patients = [case.patient_id for case in labelled]
         try:
@@ -204,7 +204,17 @@ The macOS "._*" files inside the archive are ignored. The files are read, never 
         }
 
 
-def _task_folder(manual_dir: epath.Path) -> epath.Path:
+def task_folder(manual_dir) -> epath.Path:
+    """The extracted ``Task09_Spleen`` folder: ``manual_dir/Task09_Spleen``, or
+    ``manual_dir`` itself when it holds ``dataset.json``.
+
+    Args:
+        manual_dir: the folder the archive was extracted into (or the task folder).
+
+    Raises:
+        LayoutError: neither holds a ``dataset.json``.
+    """
+    manual_dir = epath.Path(manual_dir)
     for candidate in (manual_dir / TASK_FOLDER, manual_dir):
         if (candidate / "dataset.json").is_file():
             return candidate

@@ -1,0 +1,345 @@
+"""HighResNet for spleen CT (MSD Task09): train on patches, choose the model on whole volumes.
+
+The seed this follows trained HighResNet with a top-10 % cross-entropy and Adam at 1e-4 on
+random 64^3 patches, and reported Dice 0.94 -- on validation *patches*. Its whole volumes,
+stitched naively, scored 0.43: patches centred near the spleen never show the false
+positives far from it. This script keeps the recipe but measures what matters:
+
+- data: ``msd_spleen/preprocessed`` (RAS, 1.5 x 1.5 x 2.0 mm in (x, y, z), cropped to the
+  body; window -57..164 HU applied in tf.data), patient-level folds (test, validation, rest
+  for training);
+- training: random patches, half centred on spleen voxels (``kseg.data.patches``), 3D joint
+  augmentation (small affine, noise, contrast, blur; on real data also flips and in-plane
+  90-degree turns, see :func:`build_augmenter`);
+- model selection: :class:`kseg.training.callbacks.VolumeValidation` runs sliding-window
+  inference on every validation volume and logs ``val_volume_dice`` next to the patch
+  ``val_dice`` (and their difference, ``val_patch_volume_gap``); ``ModelCheckpoint`` keeps
+  the best *volume* Dice; ``BackupAndRestore`` resumes an interrupted run where it stopped;
+- evaluation: the best model segments each test volume (gaussian-blended sliding window),
+  the result is mapped back onto the grid of the NIfTI file it came from and scored there
+  against the label as shipped: one row per patient with Dice and HD95 in mm.
+
+Usage::
+
+    python examples/msd_spleen_highresnet.py                        # synthetic phantom, CPU
+    python examples/msd_spleen_highresnet.py --data-dir /data/msd   # real Task09_Spleen
+    python examples/msd_spleen_highresnet.py --data-dir /data/msd --mixed-precision \\
+        --accumulate-steps 4
+
+With no ``--data-dir`` the script writes a small synthetic phantom in the Task09 layout
+(``kseg.data.spleen_phantom``: ten labelled and two unlabelled cases of 40 x 96 x 96 voxels
+at 5 x 0.8 x 0.8 mm, a 77 mm wide miniature abdomen, so that the literature's 1.5 mm grid
+stays small) and trains for 100 steps on 24^3 patches with Adam at 3e-3: at the seed's 1e-4
+a few CPU minutes are far too few steps to converge. On two CPU cores shared with other
+work two runs took 4.5 and 5 minutes and scored a test Dice of 0.87 and 0.89 (HD95 1.4 and
+1.7 mm) on the two test patients (tf.data's parallel maps make runs differ slightly), with
+the patch-versus-volume gap in plain sight on the way (patch ``val_dice`` 0.86-0.88 while
+``val_volume_dice`` was 0.24-0.50). ``--data-dir`` runs the seed's recipe: 64^3
+patches, Adam 1e-4, 96^3 inference windows. Both use BatchNorm momentum 0.9 (see
+:func:`set_batch_norm_momentum`). ``--mixed-precision`` is meant for GPUs: CPUs emulate
+float16 convolutions, orders of magnitude slower.
+
+Reference:
+    Li W. et al., "On the Compactness, Efficiency, and Representation of 3D Convolutional
+    Networks: Brain Parcellation as a Pretext Task", IPMI 2017 (HighResNet);
+    Antonelli M. et al., "The Medical Segmentation Decathlon", Nature Communications 13,
+    4128 (2022).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import math
+import os
+import pathlib
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_datasets as tfds  # noqa: E402
+
+import kseg  # noqa: E402
+from kseg.augment import RandomAffine, segmentation_augmenter  # noqa: E402
+from kseg.data.patches import random_patches  # noqa: E402
+from kseg.data.pipeline import WINDOWS, window  # noqa: E402
+from kseg.data.preprocess3d import to_original_grid, window_hu  # noqa: E402
+from kseg.data.spleen_phantom import write_msd_spleen  # noqa: E402
+from kseg.data.splits import split_names  # noqa: E402
+from kseg.evaluation import evaluate_volumes  # noqa: E402
+from kseg.inference import sliding_window  # noqa: E402
+from kseg.io import Volume, read_nifti, write_nifti  # noqa: E402
+from kseg.losses import TopKLoss  # noqa: E402
+from kseg.metrics import DiceScore  # noqa: E402
+from kseg.models import highresnet  # noqa: E402
+from kseg.training.callbacks import VolumeValidation  # noqa: E402
+from tfds_builders.msd_spleen import Builder, task_folder  # noqa: E402
+
+# Settings that differ between the few-minute phantom run and the real data (the seed's).
+PHANTOM_DEFAULTS = {
+    "patch_size": 24, "roi_size": 48, "learning_rate": 3e-3, "epochs": 10,
+    "steps_per_epoch": 10, "validate_every": 1, "overlap": 0.25, "augment": "anatomical",
+}  # fmt: skip
+REAL_DEFAULTS = {
+    "patch_size": 64, "roi_size": 96, "learning_rate": 1e-4, "epochs": 200,
+    "steps_per_epoch": 250, "validate_every": 5, "overlap": 0.5, "augment": "full",
+}  # fmt: skip
+PHANTOM_CASES = {"num_training": 10, "num_test": 2, "shape": (40, 96, 96),
+                 "spacing": (5.0, 0.8, 0.8)}  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=pathlib.Path,
+                        help="folder holding Task09_Spleen/ (or that folder); "
+                             "default: a synthetic phantom written under --output-dir")
+    parser.add_argument("--output-dir", type=pathlib.Path,
+                        default=pathlib.Path("kseg_runs/msd_spleen_highresnet"))
+    parser.add_argument("--num-folds", type=int, default=5)
+    parser.add_argument("--test-fold", type=int, default=0)
+    parser.add_argument("--validation-fold", type=int, default=1)
+    parser.add_argument("--patch-size", type=int, help="cubic training patch side (voxels)")
+    parser.add_argument("--positive-fraction", type=float, default=0.5,
+                        help="share of patches centred on a spleen voxel")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--steps-per-epoch", type=int)
+    parser.add_argument("--learning-rate", type=float)
+    parser.add_argument("--top-k", type=float, default=10.0,
+                        help="percentage of hardest voxels the loss averages")
+    parser.add_argument("--dropout", type=float, default=0.0)
+    parser.add_argument("--batch-norm-momentum", type=float, default=0.9,
+                        help="weight of the old value in BatchNorm's moving statistics")
+    parser.add_argument("--roi-size", type=int, help="cubic sliding-window side (voxels)")
+    parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
+    parser.add_argument("--validate-every", type=int, help="epochs between volume validations")
+    parser.add_argument("--mixed-precision", action="store_true",
+                        help="float16 compute, float32 weights and output activation")
+    parser.add_argument("--accumulate-steps", type=int, default=1,
+                        help="batches whose gradients are summed before each update")
+    parser.add_argument("--augment", choices=("anatomical", "full"),
+                        help="anatomical: small affine + intensity; full: also flips and "
+                             "in-plane quarter turns (default: full on real data, anatomical "
+                             "on the phantom)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.accumulate_steps < 1:
+        parser.error("--accumulate-steps must be at least 1")
+    return args
+
+
+def prepare_dataset(args) -> tuple[Builder, pathlib.Path]:
+    """Build ``msd_spleen/preprocessed`` (once; later runs reuse it) from the data folder
+    or from a phantom written on first use."""
+    manual_dir = args.data_dir
+    if manual_dir is None:
+        manual_dir = args.output_dir / "phantom"
+        if not (manual_dir / "Task09_Spleen").exists():
+            write_msd_spleen(manual_dir, seed=args.seed, **PHANTOM_CASES)
+    config = dataclasses.replace(
+        Builder.builder_configs["preprocessed"],
+        name=f"preprocessed_{args.num_folds}fold",
+        num_folds=args.num_folds,
+    )
+    builder = Builder(config=config, data_dir=str(args.output_dir / "tfds"))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+    )
+    return builder, task_folder(manual_dir)
+
+
+def build_augmenter(kind: str, seed: int) -> keras.layers.Layer:
+    """kseg's default 3D augmentation (``full``), or the same without flips and in-plane
+    quarter turns (``anatomical``). After reorientation every scan shows the spleen on the
+    patient's left; flips and quarter turns move it to where other organs lie (a left-right
+    flip puts it where the liver is), so the network must tell them apart by appearance
+    alone. Long runs on real data learn that; the phantom's hundred steps do not (its test
+    Dice stayed near 0.05 with them, 0.87-0.89 without)."""
+    if kind == "full":
+        return segmentation_augmenter(3, seed=seed)
+    small_affine = RandomAffine(
+        3, rotation=(15.0, 5.0, 5.0), scale=(0.9, 1.1), probability=0.3, seed=seed
+    )
+    return segmentation_augmenter(3, spatial=[small_affine], seed=seed)
+
+
+def windowed(example):
+    """Window -57..164 HU to [0, 1]; keep the label; drop the geometry."""
+    return {"image": window(example["image"], *WINDOWS["spleen_msd"]), "label": example["label"]}
+
+
+def training_batches(builder, split, args, augmenter) -> tf.data.Dataset:
+    # The decoded int16 volumes are cached (decompressing every epoch would dominate on
+    # small patches); windowing, patch sampling and augmentation run fresh each epoch.
+    volumes = builder.as_dataset(split=split).map(
+        lambda e: {"image": e["image"], "label": e["label"]}
+    ).cache().repeat().map(windowed, num_parallel_calls=tf.data.AUTOTUNE)
+    patches = random_patches(
+        volumes, (args.patch_size,) * 3, positive_fraction=args.positive_fraction,
+        patches_per_volume=4, seed=args.seed,
+    )
+
+    def augment(image, label):
+        out = augmenter({"images": image, "segmentation_masks": label}, training=True)
+        return out["images"], out["segmentation_masks"]
+
+    return (
+        patches.shuffle(32, seed=args.seed)
+        .batch(args.batch_size, drop_remainder=True)
+        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def validation_patches(builder, split, args) -> tf.data.Dataset:
+    """A fixed set of validation patches drawn like the training ones (same positive
+    fraction), cached after the first pass: the patch Dice the seed reported."""
+    volumes = builder.as_dataset(split=split).map(windowed)
+    patches = random_patches(
+        volumes, (args.patch_size,) * 3, positive_fraction=args.positive_fraction,
+        patches_per_volume=4, seed=args.seed + 1,
+    )
+    return patches.cache().batch(args.batch_size)
+
+
+def whole_volumes(builder, split) -> list[dict]:
+    """Every example of a split as numpy, windowed image ``(z, y, x, 1)``."""
+    volumes = []
+    for example in tfds.as_numpy(builder.as_dataset(split=split)):
+        example = dict(example)
+        example["patient_id"] = example["patient_id"].decode()
+        example["input"] = window_hu(example["image"])[..., None]
+        volumes.append(example)
+    return volumes
+
+
+def best_so_far(history_csv: pathlib.Path) -> float | None:
+    """Best ``val_volume_dice`` logged before an interruption, so a resumed run's
+    ModelCheckpoint does not overwrite the best model with a worse one."""
+    if not history_csv.exists():
+        return None
+    with history_csv.open(newline="") as handle:
+        values = [float(row["val_volume_dice"]) for row in csv.DictReader(handle)
+                  if row.get("val_volume_dice")]
+    values = [v for v in values if not math.isnan(v)]
+    return max(values) if values else None
+
+
+def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
+    """Set the moving-statistics momentum of every BatchNormalization in the model.
+
+    Inference uses the moving mean and variance. With Keras' default momentum 0.99 they
+    need several hundred steps to forget their initial values (mean 0, variance 1): after
+    the hundred steps of the phantom run a model whose training-mode Dice is 0.94 predicts
+    nothing in inference mode. 0.9 is PyTorch's default (``momentum=0.1``), which MONAI's
+    HighResNet uses; set before the first step, it takes effect when the step is traced.
+    """
+    for layer in model.layers:
+        # kseg's ResidualUnit keeps its norms in ``norms`` (and ``shortcut_norm``).
+        inner = [*getattr(layer, "norms", ()), getattr(layer, "shortcut_norm", None)]
+        for norm in (layer, *inner):
+            if isinstance(norm, keras.layers.BatchNormalization):
+                norm.momentum = momentum
+
+
+def build_model(args) -> keras.Model:
+    if args.mixed_precision:
+        # Convolutions in float16; kseg's segmentation head computes its sigmoid in float32.
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    model = highresnet((None, None, None, 1), num_classes=1, dropout=args.dropout)
+    set_batch_norm_momentum(model, args.batch_norm_momentum)
+    optimizer = keras.optimizers.Adam(
+        args.learning_rate,
+        gradient_accumulation_steps=args.accumulate_steps if args.accumulate_steps > 1 else None,
+    )
+    model.compile(optimizer=optimizer, loss=TopKLoss(k=args.top_k), metrics=[DiceScore()])
+    return model
+
+
+def evaluate_test_fold(model, test_volumes, task_dir, args, out_dir):
+    """Segment every test volume, map it onto its NIfTI grid, score it against the file."""
+    prediction_dir = out_dir / "predictions"
+    prediction_dir.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for example in test_volumes:
+        probabilities = sliding_window(
+            model, example["input"], (args.roi_size,) * 3, overlap=args.overlap,
+            batch_size=args.batch_size, progress=False,
+        )
+        labels = to_original_grid(
+            (probabilities[..., 0] >= 0.5).astype(np.uint8), example["affine"],
+            example["original_affine"], example["original_shape"],
+        )
+        truth = read_nifti(task_dir / "labelsTr" / f"{example['patient_id']}.nii.gz")
+        write_nifti(
+            Volume(labels, truth.affine, example["patient_id"]),
+            prediction_dir / f"{example['patient_id']}.nii.gz",
+        )
+        cases.append((example["patient_id"], truth.array, labels, truth.spacing))
+    return evaluate_volumes(cases, metrics=("dice", "hd95"), progress=False)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    keras.utils.set_random_seed(args.seed)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    builder, task_dir = prepare_dataset(args)
+    splits = split_names(args.num_folds, test_fold=args.test_fold,
+                         validation_fold=args.validation_fold)
+    print(f"data: {task_dir} -> {builder.data_dir}; splits {splits}")
+
+    model = build_model(args)
+    augmenter = build_augmenter(args.augment, args.seed)
+    train = training_batches(builder, splits["train"], args, augmenter)
+    validation = validation_patches(builder, splits["validation"], args)
+    validation_volumes = whole_volumes(builder, splits["validation"])
+
+    history_csv = args.output_dir / "history.csv"
+    backup_dir = args.output_dir / "backup"
+    resuming = backup_dir.exists()
+    callbacks = [
+        # First: the checkpoint below reads the val_volume_dice this callback logs.
+        VolumeValidation(
+            [(v["patient_id"], v["input"], v["label"], v["spacing"]) for v in validation_volumes],
+            roi_size=(args.roi_size,) * 3, every=args.validate_every, overlap=args.overlap,
+            batch_size=args.batch_size,
+        ),
+        keras.callbacks.ModelCheckpoint(
+            args.output_dir / "best.keras", monitor="val_volume_dice", mode="max",
+            save_best_only=True,
+            initial_value_threshold=best_so_far(history_csv) if resuming else None,
+        ),
+        keras.callbacks.BackupAndRestore(backup_dir),
+        keras.callbacks.CSVLogger(history_csv, append=resuming),
+    ]
+    fit_started = time.perf_counter()
+    model.fit(
+        train, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
+        validation_data=validation, callbacks=callbacks, verbose=2,
+    )
+    fit_seconds = time.perf_counter() - fit_started
+
+    # Inference only: the optimizer state (loss scale, accumulators) is not needed.
+    best = kseg.load_model(args.output_dir / "best.keras", compile=False)
+    table = evaluate_test_fold(
+        best, whole_volumes(builder, splits["test"]), task_dir, args, args.output_dir
+    )
+    table.to_csv(args.output_dir / "test_patients.csv")
+    print(f"\nTest fold {args.test_fold}, whole volumes on their original grids "
+          "(Dice, HD95 in mm):")
+    print(table)
+    print(f"\ntraining {fit_seconds:.0f} s, total {time.perf_counter() - started:.0f} s; "
+          f"outputs in {args.output_dir}")
+
+
+if __name__ == "__main__":
+    main()
