@@ -23,10 +23,9 @@ grid of the file the scan came from with one resampling (the same operation as
 the original volume, so the original array need not be kept).
 
 Example:
-    >>> ct, truth = read_nifti("imagesTs/spleen_1.nii.gz"), None  # doctest: +SKIP
-    >>> prepared = preprocess_volume(ct)  # doctest: +SKIP
-    >>> probabilities = sliding_window(model, window_hu(prepared.image.array)[..., None], 64)
-    ... # doctest: +SKIP
+    >>> prepared = preprocess_volume(read_nifti("imagesTs/spleen_1.nii.gz"))  # doctest: +SKIP
+    >>> inputs = window_hu(prepared.image.array)[..., None]  # doctest: +SKIP
+    >>> probabilities = sliding_window(model, inputs, (96, 96, 96))  # doctest: +SKIP
     >>> labels = prepared.to_original_grid(probabilities[..., 0] >= 0.5)  # doctest: +SKIP
 
 Reference:
