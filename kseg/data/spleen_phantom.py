@@ -222,6 +222,12 @@ def _save_nifti(volume: Volume, path: pathlib.Path) -> None:
     nib.save(image, str(path))
 
 
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def _write_apple_double(path: pathlib.Path) -> None:
     path.write_bytes(_APPLE_DOUBLE)
 
@@ -313,6 +319,8 @@ def write_msd_spleen(
     test = MSD_SPLEEN_TEST_CASES[:num_test]
     staging = pathlib.Path(tempfile.mkdtemp(prefix=".Task09_Spleen-", dir=root))
     try:
+        # mkdtemp makes a private (0700) folder; the finished one gets the usual mode.
+        staging.chmod(0o777 & ~_current_umask())
         for folder in ("imagesTr", "labelsTr", "imagesTs"):
             (staging / folder).mkdir()
         for number, labelled in [(n, True) for n in training] + [(n, False) for n in test]:
