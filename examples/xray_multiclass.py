@@ -12,14 +12,20 @@ recipe through kseg:
   sources land on one scale), resized to ``--image-size`` (bilinear; masks nearest);
   small rotations / scalings and contrast changes as augmentation, no flips (a flip would
   swap left and right lungs and put the heart on the wrong side);
-- training: ``unet_small`` (3 levels), Dice + cross-entropy, Adam; ``ModelCheckpoint``
-  keeps the best validation Dice (``val_dice``), ``BackupAndRestore`` resumes an
-  interrupted run at the epoch it reached, ``--max-minutes`` stops after the epoch that
-  uses up the time budget;
-- evaluation: the best model segments every test image; probabilities are resized back to
-  the stored mask's grid and scored there (``kseg.evaluation.evaluate_volumes``), one row
-  per image (Dice, IoU, precision, recall, HD95 in pixels), saved as
-  ``test_per_image.csv`` beside ``best.keras``.
+- training: ``unet_small`` (3 levels), Dice + cross-entropy, Adam, and
+  ``kseg.training.training_callbacks``: after every epoch each validation radiograph is
+  segmented and scored on its stored mask grid (``VolumeValidation``, every image a
+  one-slice volume), and the mean of those per-image Dice scores (``val_volume_dice``;
+  for several classes the mean over classes) keeps ``best.keras`` (written atomically)
+  and halves the learning rate on a plateau; ``history.csv`` logs every epoch and
+  ``BackupAndRestore`` resumes an interrupted run at the epoch it reached, best score
+  included; ``--max-minutes`` stops after the epoch that uses up the time budget. (Keras'
+  own ``val_dice`` pools the pixels of the whole validation set, which weighs large images
+  and large structures more than the per-image mean a paper reports.)
+- evaluation: the best model segments every test image the same way; probabilities are
+  resized back to the stored mask's grid and scored there
+  (``kseg.evaluation.evaluate_volumes``), one row per image (Dice, IoU, precision, recall,
+  HD95 in pixels), saved as ``test_per_image.csv`` beside ``best.keras``.
 
 Usage::
 
@@ -29,8 +35,10 @@ Usage::
     python examples/xray_multiclass.py --data-dir /data/xray --config jsrt_scr --max-train 25
 
 With no ``--data-dir`` the script writes 60 synthetic 96 x 96 radiographs
-(``kseg.data.xray_phantom``, generic layout, masks 85 lungs / 170 heart / 255 clavicles)
-under ``--output-dir`` and trains for a few CPU minutes. ``--config`` names one of the
+(``kseg.data.xray_phantom``, generic layout, masks 85 lungs / 170 heart / 255 clavicles;
+``--phantom-images``, ``--phantom-size``) under ``--output-dir`` and trains for a few CPU
+minutes. Outputs: ``best.keras`` (reload with ``kseg.load_model``), ``best.keras.json``
+(its validation score and epoch), ``history.csv``, ``test_per_image.csv``. ``--config`` names one of the
 builder's configs (``generic``, ``montgomery``, ``montgomery_lungs``, ``jsrt_scr``,
 ``jsrt_scr_left_right``); see ``tfds_builders/xray/README.md`` for the layouts.
 
@@ -44,9 +52,7 @@ Reference:
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import math
 import os
 import pathlib
 import time
@@ -54,7 +60,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
@@ -64,9 +69,11 @@ from kseg.augment import RandomAffine, RandomContrast, segmentation_augmenter  #
 from kseg.data import xray_phantom  # noqa: E402
 from kseg.data.pipeline import scale_intensity, segmentation_dataset  # noqa: E402
 from kseg.data.splits import split_names  # noqa: E402
-from kseg.evaluation import evaluate_volumes  # noqa: E402
+from kseg.evaluation import evaluate_volumes, resize_probabilities  # noqa: E402
+from kseg.inference import predict_slices  # noqa: E402
 from kseg.losses import DiceCELoss  # noqa: E402
 from kseg.metrics import DiceScore  # noqa: E402
+from kseg.training import VolumeValidation, training_callbacks  # noqa: E402
 from tfds_builders.xray import (  # noqa: E402
     Builder,
     keep_patients,
@@ -76,7 +83,6 @@ from tfds_builders.xray import (  # noqa: E402
 
 PHANTOM_DEFAULTS = {"image_size": 96, "epochs": 15, "batch_size": 4}
 REAL_DEFAULTS = {"image_size": 256, "epochs": 40, "batch_size": 8}
-PHANTOM = {"num_images": 60, "size": 96}
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
 
 
@@ -103,6 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
+    phantom.add_argument("--phantom-images", type=int, default=60)
+    phantom.add_argument("--phantom-size", type=int, default=96, help="pixels per side")
     args = parser.parse_args(argv)
     defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
     for name, value in defaults.items():
@@ -122,7 +131,8 @@ def prepare_dataset(args) -> Builder:
         manual_dir = args.output_dir / "phantom"
         if not (manual_dir / "images").exists():
             xray_phantom.write_generic(
-                manual_dir, seed=args.seed, classes=xray_phantom.GENERIC_CLASSES, **PHANTOM
+                manual_dir, num_images=args.phantom_images, size=args.phantom_size,
+                seed=args.seed, classes=xray_phantom.GENERIC_CLASSES,
             )
         values = xray_phantom.mask_values(xray_phantom.GENERIC_CLASSES)
         config = dataclasses.replace(
@@ -185,17 +195,6 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def best_so_far(history_csv: pathlib.Path) -> float | None:
-    """Best ``val_dice`` logged before an interruption, so a resumed run's ModelCheckpoint
-    does not replace the best model with a worse one."""
-    if not history_csv.exists():
-        return None
-    with history_csv.open(newline="") as handle:
-        values = [float(row["val_dice"]) for row in csv.DictReader(handle) if row.get("val_dice")]
-    values = [v for v in values if not math.isnan(v)]
-    return max(values) if values else None
-
-
 def build_model(args, num_classes: int) -> keras.Model:
     model = models.build(
         "unet_small",
@@ -211,26 +210,32 @@ def build_model(args, num_classes: int) -> keras.Model:
     return model
 
 
-def evaluate_test_split(model, builder, split, args, class_names):
-    """Per-image scores on the stored mask grid."""
-    labels = None
-    if len(class_names) > 2:
-        labels = {name.replace(" ", "_"): i for i, name in enumerate(class_names) if i}
+def image_cases(builder, split, size: int):
+    """``(image_id, model input (1, size, size, 1), mask (1, H, W), None)`` per image.
 
-    def cases():
-        examples = builder.as_dataset(split=split, shuffle_files=False)
-        for example in tfds.as_numpy(examples.batch(1)):
-            image_id = example["image_id"][0].decode()
-            mask = example["mask"][0]
-            inputs = model_input(example["image"][0], args.image_size)[None]
-            probabilities = model.predict_on_batch(inputs)[0]
-            probabilities = tf.image.resize(probabilities, mask.shape, method="bilinear")
-            yield image_id, mask, np.asarray(probabilities), None
-
-    return evaluate_volumes(cases(), metrics=METRICS, labels=labels)
+    Each radiograph is a one-slice volume, so ``VolumeValidation`` takes kseg's slice-wise
+    path: predict at the model's size, resize the probabilities back to the stored mask's
+    grid, score there.
+    """
+    examples = builder.as_dataset(split=split, shuffle_files=False)
+    for example in tfds.as_numpy(examples):
+        inputs = model_input(example["image"], size).numpy()[None]
+        yield example["image_id"].decode(), inputs, example["mask"][None], None
 
 
-def main(argv=None) -> None:
+def evaluate_test_split(model, cases, labels):
+    """Per-image scores on the stored mask grid, in 2D (so HD95 measures the outline)."""
+
+    def scored():
+        for image_id, inputs, mask, spacing in cases:
+            probabilities = predict_slices(model, inputs, progress=False)
+            probabilities = resize_probabilities(probabilities, mask.shape[1:])
+            yield image_id, mask[0], probabilities[0], spacing
+
+    return evaluate_volumes(scored(), metrics=METRICS, labels=labels)
+
+
+def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
@@ -239,6 +244,9 @@ def main(argv=None) -> None:
     class_names = builder.builder_config.class_names
     # One sigmoid channel for a binary task, softmax over every class otherwise.
     num_classes = 1 if len(class_names) == 2 else len(class_names)
+    labels = None
+    if num_classes > 1:
+        labels = {name.replace(" ", "_"): i for i, name in enumerate(class_names) if i}
     splits = split_names(args.num_folds, test_fold=args.test_fold,
                          validation_fold=args.validation_fold)
     patients = split_patient_ids(builder, splits["train"])
@@ -258,17 +266,11 @@ def main(argv=None) -> None:
     validation = batches(builder, splits["validation"], args, num_classes)
     model = build_model(args, num_classes)
 
-    history_csv = args.output_dir / "history.csv"
-    backup_dir = args.output_dir / "backup"
-    resuming = backup_dir.exists()
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(
-            args.output_dir / "best.keras", monitor="val_dice", mode="max", save_best_only=True,
-            initial_value_threshold=best_so_far(history_csv) if resuming else None,
-        ),
-        keras.callbacks.BackupAndRestore(backup_dir),
-        keras.callbacks.CSVLogger(history_csv, append=resuming),
-    ]
+    callbacks = training_callbacks(
+        args.output_dir,
+        VolumeValidation(image_cases(builder, splits["validation"], args.image_size),
+                         labels=labels),
+    )
     if args.max_minutes is not None:
         callbacks.append(TimeBudget(args.max_minutes))
     fit_started = time.perf_counter()
@@ -277,13 +279,16 @@ def main(argv=None) -> None:
     fit_seconds = time.perf_counter() - fit_started
 
     best = kseg.load_model(args.output_dir / "best.keras")
-    table = evaluate_test_split(best, builder, splits["test"], args, class_names)
+    table = evaluate_test_split(
+        best, image_cases(builder, splits["test"], args.image_size), labels
+    )
     table.to_csv(args.output_dir / "test_per_image.csv")
     print(f"\nTest fold {args.test_fold}, one row per image, scored on the stored mask grid "
           "(HD95 in pixels):")
     print(table)
     print(f"\ntraining {fit_seconds:.0f} s, total {time.perf_counter() - started:.0f} s; "
           f"outputs in {args.output_dir}")
+    return table
 
 
 if __name__ == "__main__":
