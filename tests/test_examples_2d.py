@@ -1,0 +1,91 @@
+"""examples/lctsc_lungs.py and examples/xray_multiclass.py run end to end on tiny phantoms.
+
+The expected patients and images come from the phantom writers' documented naming
+(``kseg.data.chest_phantom.lctsc_patient_id``, the ``images/`` files written), and the
+expected columns from the LCTSC organ list, not from the examples' own output.
+"""
+
+import csv
+import importlib.util
+import pathlib
+
+import kseg
+from kseg.io.rtstruct import LCTSC_ROI_NAMES
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+TINY_LCTSC = [
+    "--epochs", "2", "--image-size", "32", "--batch-size", "4", "--base-filters", "4",
+    "--phantom-patients", "5", "--phantom-test-patients", "1", "--phantom-slices", "6",
+    "--phantom-size", "64",
+]
+# write_lctsc names training patients LCTSC-Train-S<site>-<nnn> with sites dealt in turn,
+# and its first test patient LCTSC-Test-S1-101.
+PHANTOM_TRAIN_PATIENTS = {
+    "LCTSC-Train-S1-001", "LCTSC-Train-S2-001", "LCTSC-Train-S3-001",
+    "LCTSC-Train-S1-002", "LCTSC-Train-S2-002",
+}
+PHANTOM_TEST_PATIENT = "LCTSC-Test-S1-101"
+
+
+def load_example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def check_lctsc_tables(output_dir, tables):
+    # 5 training patients in 5 folds: fold0 holds one of them; the one LCTSC-Test-* patient
+    # is only in the challenge's own split
+    assert set(tables) == {"fold0", "challenge_test"}
+    assert len(tables["fold0"]) == 1
+    assert tables["fold0"].patient_ids[0] in PHANTOM_TRAIN_PATIENTS
+    assert tables["challenge_test"].patient_ids == [PHANTOM_TEST_PATIENT]
+    for split, table in tables.items():
+        rows = read_csv(output_dir / f"test_{split}.csv")
+        assert [row["patient_id"] for row in rows] == table.patient_ids
+    assert (output_dir / "best.keras").is_file() and (output_dir / "history.csv").is_file()
+
+
+def test_lctsc_lungs_example_end_to_end(tmp_path):
+    tables = load_example("lctsc_lungs").main(["--output-dir", str(tmp_path), *TINY_LCTSC])
+    check_lctsc_tables(tmp_path, tables)
+    row = read_csv(tmp_path / "test_challenge_test.csv")[0]
+    assert {"dice", "hd95", "assd"} <= set(row)
+    assert 0.0 <= float(row["dice"]) <= 1.0
+    assert kseg.load_model(tmp_path / "best.keras").output_shape[-1] == 1  # sigmoid lungs
+
+
+def test_lctsc_organs_example_scores_every_organ(tmp_path):
+    tables = load_example("lctsc_lungs").main(
+        ["--config", "organs", "--output-dir", str(tmp_path), *TINY_LCTSC]
+    )
+    check_lctsc_tables(tmp_path, tables)
+    columns = set(read_csv(tmp_path / "test_fold0.csv")[0]) - {"patient_id"}
+    assert columns == {f"{metric}_{organ}" for organ in LCTSC_ROI_NAMES
+                       for metric in ("dice", "hd95")}
+    # softmax over background and the five organs
+    assert kseg.load_model(tmp_path / "best.keras").output_shape[-1] == 1 + len(LCTSC_ROI_NAMES)
+
+
+def test_xray_multiclass_example_end_to_end(tmp_path):
+    table = load_example("xray_multiclass").main([
+        "--output-dir", str(tmp_path), "--epochs", "2", "--image-size", "32",
+        "--batch-size", "4", "--base-filters", "4", "--phantom-images", "10",
+        "--phantom-size", "32",
+    ])
+    written = {path.name for path in (tmp_path / "phantom" / "images").iterdir()}
+    assert len(written) == 10
+    # one image per patient, 10 patients in 5 folds: the test fold holds 2 of the images,
+    # each row named by its image id, the file name
+    rows = read_csv(tmp_path / "test_per_image.csv")
+    assert len(rows) == 2 and {row["patient_id"] for row in rows} <= written
+    assert [row["patient_id"] for row in rows] == table.patient_ids
+    assert {f"dice_{name}" for name in ("lungs", "heart", "clavicles")} <= set(rows[0])
+    assert (tmp_path / "best.keras").is_file() and (tmp_path / "history.csv").is_file()
+    assert not (tmp_path / "backup").exists()  # BackupAndRestore clears it after a full run
