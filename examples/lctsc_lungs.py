@@ -14,6 +14,10 @@ lung, right lung, heart, esophagus, spinal cord) or ``organs_merged_lungs`` (one
 class), or ``npz_lungs`` (the pre-converted DICOM + npz layout). A multi-class config
 trains a softmax U-Net on sparse labels with Dice + cross-entropy and scores every organ
 in its own columns (``dice_heart``, ...); the best checkpoint follows the mean over organs.
+On the default phantom at 128 x 128 the esophagus and the spinal cord are 2 to 5 pixels
+across and differ from the surrounding soft tissue by 5 to 10 HU, so the few CPU epochs of
+the default run learn the lungs and the heart but not these two (their Dice stays 0); give
+them ``--image-size 256`` or more and many more epochs.
 
 Splits are by patient: the training patients in 5 folds (fold0 test, fold1 validation, the
 rest training); ``LCTSC-Test-*`` patients only in ``challenge_test``. Inputs are the lung

@@ -38,9 +38,9 @@ With no ``--data-dir`` the script writes 60 synthetic 96 x 96 radiographs
 (``kseg.data.xray_phantom``, generic layout, masks 85 lungs / 170 heart / 255 clavicles;
 ``--phantom-images``, ``--phantom-size``) under ``--output-dir`` and trains for a few CPU
 minutes. Outputs: ``best.keras`` (reload with ``kseg.load_model``), ``best.keras.json``
-(its validation score and epoch), ``history.csv``, ``test_per_image.csv``. ``--config`` names one of the
-builder's configs (``generic``, ``montgomery``, ``montgomery_lungs``, ``jsrt_scr``,
-``jsrt_scr_left_right``); see ``tfds_builders/xray/README.md`` for the layouts.
+(its validation score and epoch), ``history.csv``, ``test_per_image.csv``. ``--config``
+names one of the builder's configs (``generic``, ``montgomery``, ``montgomery_lungs``,
+``jsrt_scr``, ``jsrt_scr_left_right``); see ``tfds_builders/xray/README.md`` for the layouts.
 
 Reference:
     Ronneberger O., Fischer P., Brox T., "U-Net: Convolutional Networks for Biomedical Image
