@@ -195,3 +195,25 @@ def test_layers_serialise_by_registered_name(layer):
     restored = keras.saving.deserialize_keras_object(serialised)
     assert type(restored) is type(layer)
     assert restored.get_config() == layer.get_config()
+
+
+@pytest.mark.parametrize("family", ("highresnet", "attention_unet", "res_unet"))
+def test_mixed_precision_model_reloads_in_a_float32_process(family, tmp_path):
+    """Custom layers pass their dtype policy to their sublayers: a model trained with
+    mixed_float16 (on a GPU) must load for float32 inference elsewhere."""
+    import kseg
+    from kseg import models
+
+    kwargs = {"input_shape": (16, 16, 1), "num_classes": 2}
+    if family != "highresnet":
+        kwargs.update(depth=2, base_filters=4)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = models.build(family, **kwargs)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    path = tmp_path / "mixed.keras"
+    model.save(path)
+    x = np.random.default_rng(0).random((1, 16, 16, 1), dtype=np.float32)
+    reloaded = kseg.load_model(path)
+    np.testing.assert_allclose(reloaded(x), model(x), atol=1e-2)

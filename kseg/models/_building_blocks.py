@@ -27,9 +27,9 @@ UPSAMPLING_MODES = ("transpose", "resize")
 ACTIVATIONS = ("auto", "sigmoid", "softmax", None)
 
 
-def batch_normalization(name: str) -> keras.layers.BatchNormalization:
+def batch_normalization(name: str, **kwargs) -> keras.layers.BatchNormalization:
     """Batch normalisation with kseg's momentum (see ``BATCH_NORM_MOMENTUM``)."""
-    return keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=name)
+    return keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=name, **kwargs)
 
 
 def check_int(name: str, value, minimum: int) -> int:

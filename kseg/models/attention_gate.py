@@ -40,13 +40,17 @@ class AttentionGate(keras.layers.Layer):
         self.inter_channels = check_int("inter_channels", inter_channels, 1)
         self.spatial_dims = check_spatial_dims(spatial_dims)
         # W_x has no bias: the paper's single additive bias b_g sits on W_g.
+        # Sublayers follow this layer's dtype policy, so a mixed-precision model saved to a
+        # .keras file reloads in a float32 process.
+        policy = self.dtype_policy
         self.skip_projection = conv(
-            self.spatial_dims, self.inter_channels, 1, "skip_projection", use_bias=False
+            self.spatial_dims, self.inter_channels, 1, "skip_projection", use_bias=False,
+            dtype=policy,
         )
         self.gating_projection = conv(
-            self.spatial_dims, self.inter_channels, 1, "gating_projection"
+            self.spatial_dims, self.inter_channels, 1, "gating_projection", dtype=policy
         )
-        self.attention = conv(self.spatial_dims, 1, 1, "attention")
+        self.attention = conv(self.spatial_dims, 1, 1, "attention", dtype=policy)
 
     def build(self, skip_shape, gating_shape):
         expected_rank = self.spatial_dims + 2

@@ -92,13 +92,14 @@ class ResidualUnit(keras.layers.Layer):
                 strides=self.strides if index == 1 else 1,
                 dilation_rate=self.dilation_rate,
                 use_bias=not self.batch_norm,
+                dtype=self.dtype_policy,
             )
             for index in (1, 2)
         ]
         # Which of the two steps open with (batch norm,) ReLU; the norms follow that order.
         self._activated_steps = (self.preactivate, True)
         self.norms = [
-            batch_normalization(f"bn{index}")
+            batch_normalization(f"bn{index}", dtype=self.dtype_policy)
             for index, activated in enumerate(self._activated_steps, start=1)
             if activated and self.batch_norm
         ]
@@ -132,10 +133,11 @@ class ResidualUnit(keras.layers.Layer):
                 "shortcut_conv",
                 strides=self.strides,
                 use_bias=not self.batch_norm,
+                dtype=self.dtype_policy,
             )
             self.shortcut_conv.build(input_shape)
             if self.batch_norm:
-                self.shortcut_norm = batch_normalization("shortcut_bn")
+                self.shortcut_norm = batch_normalization("shortcut_bn", dtype=self.dtype_policy)
                 self.shortcut_norm.build(self.shortcut_conv.compute_output_shape(input_shape))
         elif needs_reshaping:
             missing = self.filters - in_channels
