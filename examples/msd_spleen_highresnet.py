@@ -13,8 +13,9 @@ positives far from it. This script keeps the recipe but measures what matters:
   90-degree turns, see :func:`build_augmenter`);
 - model selection: :class:`kseg.training.callbacks.VolumeValidation` runs sliding-window
   inference on every validation volume and logs ``val_volume_dice`` next to the patch
-  ``val_dice`` (and their difference, ``val_patch_volume_gap``); ``ModelCheckpoint`` keeps
-  the best *volume* Dice; ``BackupAndRestore`` resumes an interrupted run where it stopped;
+  ``val_dice`` (and their difference, ``val_patch_volume_gap``);
+  :func:`kseg.training.training_callbacks` keeps the best *volume* Dice and resumes an
+  interrupted run where it stopped, earlier best included;
 - evaluation: the best model segments each test volume (gaussian-blended sliding window),
   the result is mapped back onto the grid of the NIfTI file it came from and scored there
   against the label as shipped: one row per patient with Dice and HD95 in mm.
@@ -35,9 +36,8 @@ work two runs took 4.5 and 5 minutes and scored a test Dice of 0.87 and 0.89 (HD
 1.7 mm) on the two test patients (tf.data's parallel maps make runs differ slightly), with
 the patch-versus-volume gap in plain sight on the way (patch ``val_dice`` 0.86-0.88 while
 ``val_volume_dice`` was 0.24-0.50). ``--data-dir`` runs the seed's recipe: 64^3
-patches, Adam 1e-4, 96^3 inference windows. Both use BatchNorm momentum 0.9 (see
-:func:`set_batch_norm_momentum`). ``--mixed-precision`` is meant for GPUs: CPUs emulate
-float16 convolutions, orders of magnitude slower.
+patches, Adam 1e-4, 96^3 inference windows. ``--mixed-precision`` is meant for GPUs: CPUs
+emulate float16 convolutions, orders of magnitude slower.
 
 Reference:
     Li W. et al., "On the Compactness, Efficiency, and Representation of 3D Convolutional
@@ -49,9 +49,7 @@ Reference:
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import math
 import os
 import pathlib
 import time
@@ -76,7 +74,7 @@ from kseg.io import Volume, read_nifti, write_nifti  # noqa: E402
 from kseg.losses import TopKLoss  # noqa: E402
 from kseg.metrics import DiceScore  # noqa: E402
 from kseg.models import highresnet  # noqa: E402
-from kseg.training.callbacks import VolumeValidation  # noqa: E402
+from kseg.training import VolumeValidation, training_callbacks  # noqa: E402
 from tfds_builders.msd_spleen import Builder, task_folder  # noqa: E402
 
 # Settings that differ between the few-minute phantom run and the real data (the seed's).
@@ -88,8 +86,7 @@ REAL_DEFAULTS = {
     "patch_size": 64, "roi_size": 96, "learning_rate": 1e-4, "epochs": 200,
     "steps_per_epoch": 250, "validate_every": 5, "overlap": 0.5, "augment": "full",
 }  # fmt: skip
-PHANTOM_CASES = {"num_training": 10, "num_test": 2, "shape": (40, 96, 96),
-                 "spacing": (5.0, 0.8, 0.8)}  # fmt: skip
+PHANTOM_SPACING = (5.0, 0.8, 0.8)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -112,8 +109,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=float, default=10.0,
                         help="percentage of hardest voxels the loss averages")
     parser.add_argument("--dropout", type=float, default=0.0)
-    parser.add_argument("--batch-norm-momentum", type=float, default=0.9,
-                        help="weight of the old value in BatchNorm's moving statistics")
     parser.add_argument("--roi-size", type=int, help="cubic sliding-window side (voxels)")
     parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
     parser.add_argument("--validate-every", type=int, help="epochs between volume validations")
@@ -126,6 +121,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "in-plane quarter turns (default: full on real data, anatomical "
                              "on the phantom)")
     parser.add_argument("--seed", type=int, default=0)
+    phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
+    phantom.add_argument("--phantom-cases", type=int, default=10, help="labelled cases")
+    phantom.add_argument("--phantom-shape", type=int, nargs=3, default=(40, 96, 96),
+                         metavar=("Z", "Y", "X"), help="voxels at 5 x 0.8 x 0.8 mm")
     args = parser.parse_args(argv)
     defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
     for name, value in defaults.items():
@@ -143,7 +142,10 @@ def prepare_dataset(args) -> tuple[Builder, pathlib.Path]:
     if manual_dir is None:
         manual_dir = args.output_dir / "phantom"
         if not (manual_dir / "Task09_Spleen").exists():
-            write_msd_spleen(manual_dir, seed=args.seed, **PHANTOM_CASES)
+            write_msd_spleen(
+                manual_dir, num_training=args.phantom_cases, num_test=2,
+                shape=tuple(args.phantom_shape), spacing=PHANTOM_SPACING, seed=args.seed,
+            )
     config = dataclasses.replace(
         Builder.builder_configs["preprocessed"],
         name=f"preprocessed_{args.num_folds}fold",
@@ -221,41 +223,11 @@ def whole_volumes(builder, split) -> list[dict]:
     return volumes
 
 
-def best_so_far(history_csv: pathlib.Path) -> float | None:
-    """Best ``val_volume_dice`` logged before an interruption, so a resumed run's
-    ModelCheckpoint does not overwrite the best model with a worse one."""
-    if not history_csv.exists():
-        return None
-    with history_csv.open(newline="") as handle:
-        values = [float(row["val_volume_dice"]) for row in csv.DictReader(handle)
-                  if row.get("val_volume_dice")]
-    values = [v for v in values if not math.isnan(v)]
-    return max(values) if values else None
-
-
-def set_batch_norm_momentum(model: keras.Model, momentum: float) -> None:
-    """Set the moving-statistics momentum of every BatchNormalization in the model.
-
-    Inference uses the moving mean and variance. With Keras' default momentum 0.99 they
-    need several hundred steps to forget their initial values (mean 0, variance 1): after
-    the hundred steps of the phantom run a model whose training-mode Dice is 0.94 predicts
-    nothing in inference mode. 0.9 is PyTorch's default (``momentum=0.1``), which MONAI's
-    HighResNet uses; set before the first step, it takes effect when the step is traced.
-    """
-    for layer in model.layers:
-        # kseg's ResidualUnit keeps its norms in ``norms`` (and ``shortcut_norm``).
-        inner = [*getattr(layer, "norms", ()), getattr(layer, "shortcut_norm", None)]
-        for norm in (layer, *inner):
-            if isinstance(norm, keras.layers.BatchNormalization):
-                norm.momentum = momentum
-
-
 def build_model(args) -> keras.Model:
     if args.mixed_precision:
         # Convolutions in float16; kseg's segmentation head computes its sigmoid in float32.
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = highresnet((None, None, None, 1), num_classes=1, dropout=args.dropout)
-    set_batch_norm_momentum(model, args.batch_norm_momentum)
     optimizer = keras.optimizers.Adam(
         args.learning_rate,
         gradient_accumulation_steps=args.accumulate_steps if args.accumulate_steps > 1 else None,
@@ -287,7 +259,7 @@ def evaluate_test_fold(model, test_volumes, task_dir, args, out_dir):
     return evaluate_volumes(cases, metrics=("dice", "hd95"), progress=False)
 
 
-def main(argv=None) -> None:
+def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
@@ -303,24 +275,15 @@ def main(argv=None) -> None:
     validation = validation_patches(builder, splits["validation"], args)
     validation_volumes = whole_volumes(builder, splits["validation"])
 
-    history_csv = args.output_dir / "history.csv"
-    backup_dir = args.output_dir / "backup"
-    resuming = backup_dir.exists()
-    callbacks = [
-        # First: the checkpoint below reads the val_volume_dice this callback logs.
+    callbacks = training_callbacks(
+        args.output_dir,
         VolumeValidation(
             [(v["patient_id"], v["input"], v["label"], v["spacing"]) for v in validation_volumes],
             roi_size=(args.roi_size,) * 3, every=args.validate_every, overlap=args.overlap,
             batch_size=args.batch_size,
         ),
-        keras.callbacks.ModelCheckpoint(
-            args.output_dir / "best.keras", monitor="val_volume_dice", mode="max",
-            save_best_only=True,
-            initial_value_threshold=best_so_far(history_csv) if resuming else None,
-        ),
-        keras.callbacks.BackupAndRestore(backup_dir),
-        keras.callbacks.CSVLogger(history_csv, append=resuming),
-    ]
+        reduce_lr_patience=None,
+    )
     fit_started = time.perf_counter()
     model.fit(
         train, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
@@ -339,6 +302,7 @@ def main(argv=None) -> None:
     print(table)
     print(f"\ntraining {fit_seconds:.0f} s, total {time.perf_counter() - started:.0f} s; "
           f"outputs in {args.output_dir}")
+    return table
 
 
 if __name__ == "__main__":

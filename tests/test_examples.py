@@ -29,3 +29,17 @@ def test_chaos_liver_example_end_to_end(tmp_path):
     assert 0.0 <= float(rows[0]["dice"]) <= 1.0
     assert (tmp_path / "best.keras").is_file() and (tmp_path / "history.csv").is_file()
     assert not (tmp_path / "backup").exists()  # BackupAndRestore clears it after a full run
+
+
+def test_msd_spleen_example_end_to_end(tmp_path):
+    example = load_example("msd_spleen_highresnet")
+    table = example.main([
+        "--output-dir", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "2",
+        "--patch-size", "16", "--roi-size", "16", "--batch-size", "1",
+        "--phantom-cases", "5", "--phantom-shape", "12", "32", "32",
+    ])
+    # 5 labelled cases in 5 folds: the test fold holds one, scored on its NIfTI grid
+    assert len(table) == 1 and set(table.metric_names) == {"dice", "hd95"}
+    patient = table.patient_ids[0]
+    assert (tmp_path / "predictions" / f"{patient}.nii.gz").is_file()
+    assert (tmp_path / "test_patients.csv").is_file() and (tmp_path / "best.keras").is_file()
