@@ -28,7 +28,6 @@ import pathlib
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 import kseg  # noqa: E402
@@ -38,7 +37,7 @@ import kseg.metrics  # noqa: E402
 import kseg.models  # noqa: E402
 import tfds_builders.chaos  # noqa: E402, F401  (registers the "chaos" dataset)
 from kseg.data import phantoms  # noqa: E402
-from kseg.data.pipeline import WINDOWS, segmentation_dataset, window  # noqa: E402
+from kseg.data.pipeline import model_input, segmentation_dataset  # noqa: E402
 from kseg.data.splits import split_names  # noqa: E402
 from kseg.evaluation import evaluate_slices  # noqa: E402
 from kseg.training import VolumeValidation, training_callbacks  # noqa: E402
@@ -86,17 +85,6 @@ def prepare_tfds(args) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def model_input(size: int):
-    """Example -> model input: abdominal HU window, resized to the training size."""
-    center, width = WINDOWS["abdomen"]
-
-    def preprocess(example):
-        image = window(tf.cast(example["image"], tf.float32)[..., None], center, width)
-        return tf.image.resize(image, (size, size))
-
-    return preprocess
-
-
 def main(argv=None):
     args = parse_args(argv)
     if args.output_dir is None:
@@ -123,7 +111,8 @@ def main(argv=None):
         builder.as_dataset(split=splits["validation"]),
         window="abdomen", image_size=size, batch_size=args.batch_size, cache=True,
     )
-    preprocess = model_input(args.image_size)
+    # the model input exactly as segmentation_dataset makes it for training
+    preprocess = model_input(window="abdomen", image_size=size)
     for name, split in splits.items():
         count = builder.info.splits[split].num_examples
         print(f"{name:>10}: {split:<18} {count} slices")

@@ -50,7 +50,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 import kseg  # noqa: E402
@@ -59,7 +58,7 @@ import kseg.metrics  # noqa: E402
 import kseg.models  # noqa: E402
 from kseg.augment import RandomAffine, segmentation_augmenter  # noqa: E402
 from kseg.data import chest_phantom  # noqa: E402
-from kseg.data.pipeline import WINDOWS, segmentation_dataset, window  # noqa: E402
+from kseg.data.pipeline import model_input, segmentation_dataset  # noqa: E402
 from kseg.data.splits import split_names  # noqa: E402
 from kseg.evaluation import evaluate_slices  # noqa: E402
 from kseg.training import VolumeValidation, training_callbacks  # noqa: E402
@@ -125,17 +124,6 @@ def prepare_tfds(args) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def model_input(size: int):
-    """Example -> model input: lung window, resized as ``segmentation_dataset`` resizes."""
-    center, width = WINDOWS["lung"]
-
-    def preprocess(example):
-        image = window(example["image"], center, width)[..., None]
-        return tf.image.resize(image, (size, size), method="bilinear", antialias=True)
-
-    return preprocess
-
-
 def main(argv=None):
     args = parse_args(argv)
     started = time.perf_counter()
@@ -186,7 +174,8 @@ def main(argv=None):
         window="lung", image_size=size, num_classes=num_classes, batch_size=args.batch_size,
         cache=True,
     )
-    preprocess = model_input(args.image_size)
+    # the model input exactly as segmentation_dataset makes it for training
+    preprocess = model_input(window="lung", image_size=size)
 
     model = kseg.models.build(
         "unet_small", input_shape=(*size, 1), num_classes=num_classes,

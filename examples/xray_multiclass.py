@@ -60,14 +60,13 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
 import tensorflow_datasets as tfds  # noqa: E402
 
 import kseg  # noqa: E402
 from kseg import models  # noqa: E402
 from kseg.augment import RandomAffine, RandomContrast, segmentation_augmenter  # noqa: E402
 from kseg.data import xray_phantom  # noqa: E402
-from kseg.data.pipeline import scale_intensity, segmentation_dataset  # noqa: E402
+from kseg.data.pipeline import model_input, scale_intensity, segmentation_dataset  # noqa: E402
 from kseg.data.splits import split_names  # noqa: E402
 from kseg.evaluation import evaluate_volumes, resize_probabilities  # noqa: E402
 from kseg.inference import predict_slices  # noqa: E402
@@ -156,12 +155,6 @@ def prepare_dataset(args) -> Builder:
     return builder
 
 
-def model_input(image, size: int):
-    """Stored units -> [0, 1] by the image's own range -> ``(size, size, 1)``."""
-    scaled = scale_intensity(image)[..., None]
-    return tf.image.resize(scaled, (size, size), method="bilinear", antialias=True)
-
-
 def batches(builder, split, args, num_classes, *, patients=None, augment=None):
     examples = builder.as_dataset(split=split, shuffle_files=augment is not None)
     if patients is not None:
@@ -217,10 +210,11 @@ def image_cases(builder, split, size: int):
     path: predict at the model's size, resize the probabilities back to the stored mask's
     grid, score there.
     """
+    preprocess = model_input(window=scale_intensity, image_size=(size, size))
     examples = builder.as_dataset(split=split, shuffle_files=False)
-    for example in tfds.as_numpy(examples):
-        inputs = model_input(example["image"], size).numpy()[None]
-        yield example["image_id"].decode(), inputs, example["mask"][None], None
+    for example in examples:
+        inputs = preprocess(example).numpy()[None]
+        yield example["image_id"].numpy().decode(), inputs, example["mask"].numpy()[None], None
 
 
 def evaluate_test_split(model, cases, labels):

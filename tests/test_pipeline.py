@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from kseg.augment import RandomGaussianNoise, SegmentationAugmenter
+from kseg.data import pipeline
 from kseg.data.pipeline import (
     WINDOWS,
     center_crop_or_pad,
@@ -178,3 +179,22 @@ def test_cache_sits_before_augmentation_and_seeds_repeat():
 def test_bad_arguments_raise_value_error(kwargs):
     with pytest.raises(ValueError):
         segmentation_dataset(tf.data.Dataset.from_tensor_slices(_slices()), **kwargs)
+
+
+def test_model_input_matches_the_training_images():
+    """The inference transform equals what segmentation_dataset feeds training, and both
+    equal the HU window formula followed by an antialiased bilinear resize."""
+    rng = np.random.default_rng(5)
+    hu = rng.integers(-1000, 1000, size=(2, 40, 40)).astype(np.int16)
+    examples = {"image": hu, "mask": (hu > 0).astype(np.uint8)}
+    prep = pipeline.model_input(window="abdomen", image_size=(16, 16))
+    batch, _ = next(iter(pipeline.segmentation_dataset(
+        tf.data.Dataset.from_tensor_slices(examples), window="abdomen", image_size=(16, 16),
+        batch_size=2)))
+    center, width = pipeline.WINDOWS["abdomen"]
+    windowed = np.clip((hu.astype(np.float32) - (center - width / 2)) / width, 0, 1)[..., None]
+    expected = tf.image.resize(windowed, (16, 16), antialias=True).numpy()
+    for index in range(2):
+        single = prep({"image": tf.constant(hu[index])}).numpy()
+        np.testing.assert_allclose(single, expected[index], atol=1e-6)
+        np.testing.assert_allclose(single, batch[index].numpy(), atol=1e-6)

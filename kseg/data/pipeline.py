@@ -129,9 +129,38 @@ def resize(image, mask, size):
         ...                      (256, 256))
     """
     size = _check_size(size)
-    image = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=True)
-    mask = tf.image.resize(mask, size, method="nearest")
-    return image, mask
+    return _resize_image(image, size), tf.image.resize(mask, size, method="nearest")
+
+
+def _resize_image(image, size):
+    return tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=True)
+
+
+def model_input(*, image_key: str = "image", window=None, image_size=None):
+    """The per-example image transform of :func:`segmentation_dataset`, for inference.
+
+    Evaluation (``kseg.evaluation.evaluate_slices``, ``VolumeValidation.from_slices``)
+    needs the model's input made exactly as training made it; building it from the same
+    arguments keeps the two from drifting apart (a missing antialias, another window).
+
+    Args:
+        image_key, window, image_size: as in :func:`segmentation_dataset`.
+
+    Returns:
+        A TensorFlow function ``example dict -> (h, w, C) float32 image``.
+
+    Example:
+        >>> prep = model_input(window="abdomen", image_size=(128, 128))
+        >>> table = evaluate_slices(model, test_slices, preprocess=prep)  # doctest: +SKIP
+    """
+    intensity = _intensity_function(window)
+    size = None if image_size is None else _check_size(image_size)
+
+    def preprocess(example):
+        image = intensity(_as_channels_last_image(example[image_key], image_key))
+        return image if size is None else _resize_image(image, size)
+
+    return preprocess
 
 
 def center_crop_or_pad(image, mask, size):
