@@ -66,8 +66,17 @@ import kseg  # noqa: E402
 from kseg import models  # noqa: E402
 from kseg.augment import RandomAffine, RandomContrast, segmentation_augmenter  # noqa: E402
 from kseg.data import xray_phantom  # noqa: E402
-from kseg.data.pipeline import model_input, scale_intensity, segmentation_dataset  # noqa: E402
-from kseg.data.splits import split_names  # noqa: E402
+from kseg.data.pipeline import (  # noqa: E402
+    keep_patients,
+    model_input,
+    scale_intensity,
+    segmentation_dataset,
+    split_patient_ids,
+)
+from kseg.data.splits import (
+    nested_patient_subset,  # noqa: E402
+    split_names,  # noqa: E402
+)
 from kseg.evaluation import evaluate_volumes, resize_probabilities  # noqa: E402
 from kseg.inference import predict_slices  # noqa: E402
 from kseg.losses import DiceCELoss  # noqa: E402
@@ -75,9 +84,6 @@ from kseg.metrics import DiceScore  # noqa: E402
 from kseg.training import VolumeValidation, training_callbacks  # noqa: E402
 from tfds_builders.xray import (  # noqa: E402
     Builder,
-    keep_patients,
-    nested_patient_subset,
-    split_patient_ids,
 )
 
 PHANTOM_DEFAULTS = {"image_size": 96, "epochs": 15, "batch_size": 4}

@@ -16,7 +16,10 @@ Augmentation runs on whole batches, where Keras layers are vectorised.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import tensorflow as tf
+import tensorflow_datasets as tfds
 
 # (center, width) in Hounsfield units. Radiopaedia, "Windowing (CT)"; "spleen_msd" is the
 # -57..164 HU range of MONAI's Medical Segmentation Decathlon spleen tutorial
@@ -392,3 +395,40 @@ def segmentation_dataset(
         # would read it in whatever order the threads run.
         ds = ds.map(augment_batch, num_parallel_calls=None if deterministic else tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def split_patient_ids(builder: tfds.core.DatasetBuilder, split: str) -> list[str]:
+    """The distinct patient ids of a prepared split, read without decoding images.
+
+    Args:
+        builder: a prepared kseg builder (examples carry ``patient_id``).
+        split: any TFDS split expression, e.g. ``"fold2+fold3+fold4"``.
+
+    Example:
+        >>> split_patient_ids(builder, "fold1+fold2")  # doctest: +SKIP
+        ['CHNCXR_0003_0', ...]
+    """
+    skip = {
+        name: tfds.decode.SkipDecoding()
+        for name in builder.info.features
+        if name != "patient_id"
+    }
+    dataset = builder.as_dataset(split=split, decoders=skip, shuffle_files=False)
+    ids = dataset.map(lambda example: example["patient_id"])
+    return sorted({value.decode() for value in ids.as_numpy_iterator()})
+
+
+def keep_patients(dataset: tf.data.Dataset, patient_ids: Iterable[str]) -> tf.data.Dataset:
+    """Keep the examples whose ``patient_id`` is one of ``patient_ids``.
+
+    Args:
+        dataset: examples with a ``patient_id`` string feature (before batching).
+        patient_ids: ids to keep, e.g. :func:`kseg.data.splits.nested_patient_subset`'s result.
+
+    Example:
+        >>> train = keep_patients(builder.as_dataset(split="fold2+fold3"), chosen)  # doctest: +SKIP
+    """
+    wanted = tf.constant(sorted({str(p) for p in patient_ids}), dtype=tf.string)
+    if wanted.shape[0] == 0:
+        raise ValueError("patient_ids is empty; keep_patients would yield no examples")
+    return dataset.filter(lambda example: tf.reduce_any(tf.equal(example["patient_id"], wanted)))

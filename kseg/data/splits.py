@@ -23,6 +23,7 @@ Reference:
 
 from __future__ import annotations
 
+import hashlib
 import numbers
 from collections.abc import Hashable, Iterable, Mapping
 
@@ -212,3 +213,40 @@ def _check_fold(name: str, fold, num_folds: int) -> None:
         raise ValueError(f"{name} must be an integer, got {fold!r}")
     if not 0 <= fold < num_folds:
         raise ValueError(f"{name} must be in 0..{num_folds - 1}, got {fold}")
+
+
+def nested_patient_subset(patient_ids: Iterable[str], n: int, *, seed: int = 0) -> list[str]:
+    """The ``n`` training patients of a training-set-size sweep; subsets are nested.
+
+    Every patient gets a fixed priority, the SHA-256 of ``f"{seed}:{patient_id}"``, and
+    the ``n`` patients of highest priority (lowest digest) are taken. Hence the subset for
+    ``n = 5`` is inside the one for ``n = 10``, and so on; the result depends only on the
+    set of ids and the seed, never on their order; and adding or removing a patient from
+    the pool moves no other patient in or out except at the boundary. All images of a
+    chosen patient go with it, so with several images per patient the image count is not
+    ``n``.
+
+    Args:
+        patient_ids: the pool, e.g. the patients of the training folds
+            (:func:`kseg.data.pipeline.split_patient_ids`); duplicates are counted once.
+        n: number of patients, 1 .. number of distinct ids.
+        seed: non-negative integer; another seed gives another nested family.
+
+    Returns:
+        The chosen ids in priority order (so ``subset(n)[:m] == subset(m)``).
+
+    Raises:
+        ValueError: ``n`` outside ``1 .. len(set(patient_ids))`` or a negative seed.
+
+    Example:
+        >>> pool = [f"P{i:03d}" for i in range(40)]
+        >>> small, large = nested_patient_subset(pool, 5), nested_patient_subset(pool, 10)
+        >>> set(small) <= set(large), large[:5] == small
+        (True, True)
+    """
+    pool = sorted({str(p) for p in patient_ids})
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(pool):
+        raise ValueError(f"n must be an integer in 1..{len(pool)} (the patients), got {n!r}")
+    return sorted(pool, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).digest())[:n]

@@ -5,13 +5,10 @@ from tfds_builders.xray.xray_dataset_builder import (
     XrayConfig,
     add_gaussian_noise,
     apply_value_ranges,
-    keep_patients,
-    nested_patient_subset,
     noisy_config,
     read_binary_mask,
     read_jsrt_image,
     read_radiograph,
-    split_patient_ids,
 )
 
 __all__ = [
@@ -19,11 +16,8 @@ __all__ = [
     "XrayConfig",
     "add_gaussian_noise",
     "apply_value_ranges",
-    "keep_patients",
-    "nested_patient_subset",
     "noisy_config",
     "read_binary_mask",
     "read_jsrt_image",
     "read_radiograph",
-    "split_patient_ids",
 ]

@@ -5,8 +5,9 @@ a ``uint8`` label map, the patient id, the file name and the bit depth. Patients
 to ``num_folds`` folds (:func:`kseg.data.splits.assign_folds`) and each fold is written as
 its own split ``fold0`` .. ``fold{k-1}``, so every train / validation / test arrangement is
 a split expression (:func:`kseg.data.splits.split_names`) and no patient is in two splits.
-Training-set-size sweeps take nested patient subsets (:func:`nested_patient_subset`), and a
-config with ``noise_sigma > 0`` writes a separate, noisy copy for robustness studies.
+Training-set-size sweeps take nested patient subsets
+(:func:`kseg.data.splits.nested_patient_subset`), and a config with ``noise_sigma > 0``
+writes a separate, noisy copy for robustness studies.
 
 Example:
     >>> import tensorflow_datasets as tfds
@@ -30,7 +31,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pydicom
-import tensorflow as tf
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image, UnidentifiedImageError
@@ -730,74 +730,3 @@ def _check_config(config: XrayConfig) -> None:
             raise ValueError(f"{where}: patient_id_pattern is invalid ({exc})") from exc
 
 
-# ------------------------------------------------------------------- training subsets
-
-
-def nested_patient_subset(patient_ids: Iterable[str], n: int, *, seed: int = 0) -> list[str]:
-    """The ``n`` training patients of a training-set-size sweep; subsets are nested.
-
-    Every patient gets a fixed priority, the SHA-256 of ``f"{seed}:{patient_id}"``, and
-    the ``n`` patients of highest priority (lowest digest) are taken. Hence the subset for
-    ``n = 5`` is inside the one for ``n = 10``, and so on; the result depends only on the
-    set of ids and the seed, never on their order; and adding or removing a patient from
-    the pool moves no other patient in or out except at the boundary. All images of a
-    chosen patient go with it, so with several images per patient the image count is not
-    ``n``.
-
-    Args:
-        patient_ids: the pool, e.g. the patients of the training folds
-            (:func:`split_patient_ids`); duplicates are counted once.
-        n: number of patients, 1 .. number of distinct ids.
-        seed: non-negative integer; another seed gives another nested family.
-
-    Returns:
-        The chosen ids in priority order (so ``subset(n)[:m] == subset(m)``).
-
-    Raises:
-        ValueError: ``n`` outside ``1 .. len(set(patient_ids))`` or a negative seed.
-
-    Example:
-        >>> pool = [f"P{i:03d}" for i in range(40)]
-        >>> small, large = nested_patient_subset(pool, 5), nested_patient_subset(pool, 10)
-        >>> set(small) <= set(large), large[:5] == small
-        (True, True)
-    """
-    pool = sorted({str(p) for p in patient_ids})
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(pool):
-        raise ValueError(f"n must be an integer in 1..{len(pool)} (the patients), got {n!r}")
-    return sorted(pool, key=lambda p: hashlib.sha256(f"{seed}:{p}".encode()).digest())[:n]
-
-
-def split_patient_ids(builder: tfds.core.DatasetBuilder, split: str) -> list[str]:
-    """The distinct patient ids of a prepared split, read without decoding images.
-
-    Args:
-        builder: a prepared ``xray`` builder.
-        split: any TFDS split expression, e.g. ``"fold2+fold3+fold4"``.
-
-    Example:
-        >>> split_patient_ids(builder, "fold1+fold2")  # doctest: +SKIP
-        ['CHNCXR_0003_0', ...]
-    """
-    skip = {"image": tfds.decode.SkipDecoding(), "mask": tfds.decode.SkipDecoding()}
-    dataset = builder.as_dataset(split=split, decoders=skip, shuffle_files=False)
-    ids = dataset.map(lambda example: example["patient_id"])
-    return sorted({value.decode() for value in ids.as_numpy_iterator()})
-
-
-def keep_patients(dataset: tf.data.Dataset, patient_ids: Iterable[str]) -> tf.data.Dataset:
-    """Keep the examples whose ``patient_id`` is one of ``patient_ids``.
-
-    Args:
-        dataset: examples with a ``patient_id`` string feature (before batching).
-        patient_ids: ids to keep, e.g. :func:`nested_patient_subset`'s result.
-
-    Example:
-        >>> train = keep_patients(builder.as_dataset(split="fold2+fold3"), chosen)  # doctest: +SKIP
-    """
-    wanted = tf.constant(sorted({str(p) for p in patient_ids}), dtype=tf.string)
-    if wanted.shape[0] == 0:
-        raise ValueError("patient_ids is empty; keep_patients would yield no examples")
-    return dataset.filter(lambda example: tf.reduce_any(tf.equal(example["patient_id"], wanted)))

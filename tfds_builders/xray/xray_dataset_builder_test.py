@@ -15,7 +15,8 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from kseg.data import xray_phantom
-from kseg.data.splits import assign_folds, fold_names
+from kseg.data.pipeline import keep_patients, split_patient_ids
+from kseg.data.splits import assign_folds, fold_names, nested_patient_subset
 from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
 from tfds_builders.xray import xray_dataset_builder as xray
 
@@ -294,14 +295,14 @@ def test_noisy_config_adds_noise_of_sigma_and_leaves_the_clean_copy(flat_root, t
 
 def test_nested_patient_subsets_are_nested_deterministic_and_patient_level(tmp_path):
     pool = [f"P{i:04d}" for i in range(30)]
-    subsets = {n: xray.nested_patient_subset(pool, n, seed=7) for n in (5, 10, 20, 30)}
+    subsets = {n: nested_patient_subset(pool, n, seed=7) for n in (5, 10, 20, 30)}
     for small, large in ((5, 10), (10, 20), (20, 30)):
         assert set(subsets[small]) < set(subsets[large])
         assert subsets[large][:small] == subsets[small]
-    assert xray.nested_patient_subset(list(reversed(pool)) + pool[:3], 10, seed=7) == subsets[10]
-    assert xray.nested_patient_subset(pool, 10, seed=8) != subsets[10]
+    assert nested_patient_subset(list(reversed(pool)) + pool[:3], 10, seed=7) == subsets[10]
+    assert nested_patient_subset(pool, 10, seed=8) != subsets[10]
     with pytest.raises(ValueError, match=r"n must be an integer in 1\.\.30"):
-        xray.nested_patient_subset(pool, 31)
+        nested_patient_subset(pool, 31)
 
     manual = xray_phantom.write_generic(
         tmp_path / "manual", num_images=6, size=16, images_per_patient=2
@@ -309,11 +310,11 @@ def test_nested_patient_subsets_are_nested_deterministic_and_patient_level(tmp_p
     config = _config("generic", num_folds=3, patient_id_pattern=r"^(P\d+)_")
     builder = _prepare(manual, tmp_path / "data", config)
     train = "fold1+fold2"
-    patients = xray.split_patient_ids(builder, train)
+    patients = split_patient_ids(builder, train)
     _, fold_of = _examples(builder, 3)
     assert patients == sorted(p for p, f in fold_of.items() if f in ("fold1", "fold2"))
-    chosen = xray.nested_patient_subset(patients, 2)
-    kept = list(tfds.as_numpy(xray.keep_patients(builder.as_dataset(split=train), chosen)))
+    chosen = nested_patient_subset(patients, 2)
+    kept = list(tfds.as_numpy(keep_patients(builder.as_dataset(split=train), chosen)))
     assert sorted(e["image_id"].decode() for e in kept) == sorted(
         f"{p}_{view}.png" for p in chosen for view in (0, 1)
     )
