@@ -1,4 +1,5 @@
-"""Whole-volume inference: slice-wise, sliding window, flip TTA, MC dropout, ensembles.
+"""Whole-volume inference: slice-wise, sliding window, flip TTA, MC dropout, ensembles,
+and post-processing of the predicted label maps.
 
 Every entry point takes a ``keras.Model`` or any callable batch -> batch, and the wrappers
 (:func:`flip_tta`, :func:`ensemble_predictor`, :func:`mc_dropout_model`) return such
@@ -11,6 +12,7 @@ first use.
 import importlib
 
 from kseg.inference.ensemble import ensemble_predictor
+from kseg.inference.postprocess import keep_largest_component
 from kseg.inference.slices import predict_slices
 from kseg.inference.sliding_window import gaussian_importance_map, sliding_window, window_starts
 from kseg.inference.tta import flip_tta
@@ -22,6 +24,7 @@ __all__ = [
     "ensemble_predictor",
     "flip_tta",
     "gaussian_importance_map",
+    "keep_largest_component",
     "mc_dropout",
     "mc_dropout_model",
     "predict_slices",

@@ -1,0 +1,54 @@
+"""Post-processing of predicted label maps.
+
+A single organ (liver, spleen, each lung) is one connected object; scattered false positives
+far from it cost little Dice but dominate surface distances (HD95). nnU-Net keeps only the
+largest connected component of a class when that improves validation scores; kseg offers
+the operation and leaves the decision to the user's validation numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from scipy import ndimage
+
+
+def keep_largest_component(
+    label_map: np.ndarray, labels: Iterable[int] | None = None, *, connectivity: int = 1
+) -> np.ndarray:
+    """Keep, per class, only its largest connected component; the rest becomes background.
+
+    Args:
+        label_map: integer label map (any number of spatial dims), 0 is background.
+        labels: classes to clean; ``None`` cleans every non-zero label present. Classes not
+            listed are left untouched (e.g. the two lungs of a merged "lungs" class are two
+            objects: do not list it).
+        connectivity: neighbourhood of ``scipy.ndimage.generate_binary_structure``: 1 (faces),
+            up to ``label_map.ndim`` (faces, edges and corners).
+
+    Returns:
+        A new label map of the same shape and dtype; the input is not modified.
+
+    Example:
+        >>> cleaned = keep_largest_component(prediction, labels=[1])  # doctest: +SKIP
+
+    Reference:
+        Isensee F. et al., "nnU-Net: a self-configuring method for deep learning-based
+        biomedical image segmentation", Nature Methods 18, 203-211 (2021) (post-processing).
+    """
+    label_map = np.asarray(label_map)
+    if not np.issubdtype(label_map.dtype, np.integer) and label_map.dtype != np.bool_:
+        raise ValueError(f"label_map must hold integer labels, got dtype {label_map.dtype}")
+    if not 1 <= connectivity <= label_map.ndim:
+        raise ValueError(f"connectivity must be in 1..{label_map.ndim}, got {connectivity!r}")
+    structure = ndimage.generate_binary_structure(label_map.ndim, connectivity)
+    present = [int(v) for v in np.unique(label_map) if v != 0]
+    wanted = present if labels is None else [int(v) for v in labels if int(v) in present]
+    cleaned = label_map.copy()
+    for label in wanted:
+        components, count = ndimage.label(label_map == label, structure=structure)
+        if count > 1:
+            sizes = np.bincount(components.ravel())[1:]
+            cleaned[(components > 0) & (components != 1 + int(np.argmax(sizes)))] = 0
+    return cleaned
