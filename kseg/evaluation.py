@@ -247,10 +247,18 @@ def metric_columns(metric: str, labels: Mapping[str, int] | Iterable[int] | None
 
 
 def _score_case(
-    patient_id, y_true, y_pred, spacing, metric_names, labels, threshold, functions
+    patient_id, y_true, y_pred, spacing, metric_names, labels, threshold, functions, postprocess
 ) -> dict[str, float]:
     y_true = np.asarray(y_true)
     predicted = _label_map(patient_id, np.asarray(y_pred), y_true.shape, threshold)
+    if postprocess is not None:
+        processed = np.asarray(postprocess(predicted))
+        if processed.shape != predicted.shape:
+            raise ValueError(
+                f"patient {patient_id!r}: postprocess returned shape {processed.shape} for a "
+                f"label map of shape {predicted.shape}; it must keep the grid"
+            )
+        predicted = processed
     if labels is None:
         if y_true.size and (y_true.min() < 0 or y_true.max() > 1):
             raise MaskError(
@@ -280,6 +288,7 @@ def evaluate_volumes(
     metrics: Sequence[str] = DEFAULT_METRICS,
     labels: Mapping[str, int] | Iterable[int] | None = None,
     threshold: float = 0.5,
+    postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     progress: bool = True,
 ) -> PatientTable:
     """Score whole volumes, one table row per patient.
@@ -298,6 +307,9 @@ def evaluate_volumes(
             or a list of label indices (columns ``dice_1``, ...). ``None`` scores one
             binary structure (columns ``dice``, ...).
         threshold: probability at or above which a one-channel prediction is foreground.
+        postprocess: ``label map -> label map`` applied to each predicted label map (after
+            thresholding or argmax) before it is scored, e.g.
+            :func:`kseg.inference.keep_largest_component`; it must keep the grid.
         progress: show a tqdm bar over the cases.
 
     Returns:
@@ -336,6 +348,7 @@ def evaluate_volumes(
                 class_labels,
                 threshold,
                 functions,
+                postprocess,
             ),
         )
     return table
@@ -473,6 +486,7 @@ def evaluate_slices(
     metrics: Sequence[str] = DEFAULT_METRICS,
     labels: Mapping[str, int] | Iterable[int] | None = None,
     threshold: float = 0.5,
+    postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     batch_size: int = 16,
     progress: bool = True,
 ) -> PatientTable:
@@ -499,7 +513,8 @@ def evaluate_slices(
             produce. Not batched.
         preprocess: TensorFlow function ``example -> model input (h, w, C)``, applied per
             example with ``Dataset.map``.
-        metrics, labels, threshold: as in :func:`evaluate_volumes`.
+        metrics, labels, threshold, postprocess: as in :func:`evaluate_volumes`; a
+            ``postprocess`` sees each patient's whole label map ``(slices, H, W)``.
         batch_size: slices per model call.
         progress: show a tqdm bar over the slices.
 
@@ -522,6 +537,7 @@ def evaluate_slices(
         metrics=metrics,
         labels=labels,
         threshold=threshold,
+        postprocess=postprocess,
         progress=False,
     )
     return PatientTable(sorted(table.rows, key=lambda row: row["patient_id"]))

@@ -138,3 +138,22 @@ def test_a_resumed_fit_is_scored_from_its_first_epoch():
     )
     assert len(history.history["val_volume_dice"]) == len(history.history["loss"]) == 3
     assert sorted(validation.history) == [2, 3]  # the first epoch of this fit, then epoch 4
+
+
+def test_postprocess_is_applied_to_the_validation_volumes():
+    rng = np.random.default_rng(14)
+    model = pointwise_model(2)
+    image, label = volume_case(rng, (4, 6, 6))
+    empty = np.zeros_like(label)
+    validation = VolumeValidation(
+        [("p", image, label, None)], postprocess=lambda label_map: empty
+    )
+    validation.set_model(model)
+    raw = VolumeValidation([("p", image, label, None)])
+    raw.set_model(model)
+    prediction = model.predict(image, verbose=0)[..., 0] >= 0.5
+    expected = numpy_dice(label.astype(bool), prediction)
+    assert raw.evaluate().rows[0]["dice"] == pytest.approx(expected)
+    # an empty prediction against a non-empty reference scores 0
+    assert label.any()
+    assert validation.evaluate().rows[0]["dice"] == 0.0

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -71,6 +71,8 @@ class VolumeValidation(keras.callbacks.Callback):
         metrics: metric names of :func:`kseg.evaluation.evaluate_volumes`.
         labels: class names to indices for label maps, as in ``evaluate_volumes``.
         threshold: foreground threshold of one-channel probabilities.
+        postprocess: ``label map -> label map`` applied before scoring, as in
+            ``evaluate_volumes`` (validate what the test table will score).
         overlap, blend, batch_size: passed to the sliding window (``batch_size`` also to
             slice-wise prediction).
         patch_metric: the log key of the patch-level validation Dice; when present,
@@ -99,6 +101,7 @@ class VolumeValidation(keras.callbacks.Callback):
         metrics: Sequence[str] = ("dice",),
         labels: Mapping[str, int] | Iterable[int] | None = None,
         threshold: float = 0.5,
+        postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
         overlap: float = 0.5,
         blend: str = "gaussian",
         batch_size: int = 4,
@@ -117,6 +120,7 @@ class VolumeValidation(keras.callbacks.Callback):
         self.metrics = tuple(metrics)
         self.labels = labels
         self.threshold = threshold
+        self.postprocess = postprocess
         self.overlap = overlap
         self.blend = blend
         self.batch_size = batch_size
@@ -186,6 +190,7 @@ class VolumeValidation(keras.callbacks.Callback):
             metrics=self.metrics,
             labels=self.labels,
             threshold=self.threshold,
+            postprocess=self.postprocess,
             progress=self.progress,
         )
 
