@@ -11,6 +11,7 @@ from kseg.io.dicom import (
 from kseg.io.masks import (
     CHAOS_MR_LABEL_RANGES,
     LossyMaskWarning,
+    apply_value_ranges,
     binarize,
     map_label_ranges,
     read_mask,
@@ -51,6 +52,7 @@ __all__ = [
     "SkippedFileWarning",
     "UnevenSliceSpacingWarning",
     "Volume",
+    "apply_value_ranges",
     "binarize",
     "deidentify",
     "map_label_ranges",

@@ -30,6 +30,7 @@ from kseg.errors import MaskError, UnreadableFileError
 __all__ = [
     "CHAOS_MR_LABEL_RANGES",
     "LossyMaskWarning",
+    "apply_value_ranges",
     "binarize",
     "map_label_ranges",
     "read_mask",
@@ -147,6 +148,40 @@ def read_mask_stack(
     return np.stack(slices)
 
 
+def apply_value_ranges(mask: np.ndarray, ranges, *, source=None) -> np.ndarray:
+    """Map stored mask values to labels by inclusive ``(low, high, label)`` ranges.
+
+    Args:
+        mask: stored values, any shape.
+        ranges: ``(low, high, label)`` triples that do not overlap; together they must
+            cover every stored value (background too, as a range for label 0).
+        source: the file, named in errors.
+
+    Returns:
+        ``uint8`` label map.
+
+    Raises:
+        MaskError: a value is in no range (the message lists values and pixel counts).
+
+    Example:
+        >>> apply_value_ranges(np.array([0, 100, 200, 255]), ((0, 127, 0), (128, 255, 1)))
+        array([0, 0, 1, 1], dtype=uint8)
+    """
+    mask = np.asarray(mask)
+    labels = np.zeros(mask.shape, dtype=np.uint8)
+    covered = np.zeros(mask.shape, dtype=bool)
+    for low, high, label in ranges:
+        inside = (mask >= low) & (mask <= high)
+        labels[inside] = label
+        covered |= inside
+    if not covered.all():
+        values, counts = np.unique(mask[~covered], return_counts=True)
+        listed = ", ".join(f"{v:g} ({c} px)" for v, c in zip(values[:10], counts[:10], strict=True))
+        more = f" and {len(values) - 10} more values" if len(values) > 10 else ""
+        raise MaskError(source, f"values in no range of {tuple(ranges)}: {listed}{more}")
+    return labels
+
+
 def map_label_ranges(
     mask: np.ndarray,
     ranges: Mapping[int, tuple[float, float]],
@@ -183,21 +218,7 @@ def map_label_ranges(
     for (_, high, label), (low, _, next_label) in zip(spans, spans[1:], strict=False):
         if low <= high:
             raise MaskError(source, f"label ranges {label} and {next_label} overlap")
-    labels = np.zeros(mask.shape, dtype=np.uint8)
-    known = mask == background
-    for low, high, label in spans:
-        inside = (mask >= low) & (mask <= high)
-        labels[inside] = label
-        known |= inside
-    if not known.all():
-        values, counts = np.unique(mask[~known], return_counts=True)
-        listed = ", ".join(f"{v:g} ({c} px)" for v, c in zip(values[:10], counts[:10], strict=True))
-        more = f" and {len(values) - 10} more values" if len(values) > 10 else ""
-        raise MaskError(
-            source,
-            f"values outside every label range and not background {background:g}: {listed}{more}",
-        )
-    return labels
+    return apply_value_ranges(mask, [(background, background, 0), *spans], source=source)
 
 
 def binarize(mask: np.ndarray, threshold: float | None = None) -> np.ndarray:

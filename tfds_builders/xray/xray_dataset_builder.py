@@ -37,7 +37,7 @@ from PIL import Image, UnidentifiedImageError
 
 from kseg.data.splits import assign_folds, fold_names
 from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
-from kseg.io import binarize, read_dicom_image, read_mask
+from kseg.io import apply_value_ranges, binarize, read_dicom_image, read_mask
 
 LAYOUTS = ("jsrt_scr", "montgomery", "generic")
 
@@ -460,41 +460,6 @@ def read_binary_mask(path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise UnreadableFileError(path, f"cannot be read as a mask image ({exc})") from exc
     return binarize(grey if palette else read_mask(path))
-
-
-def apply_value_ranges(mask: np.ndarray, ranges, *, source=None) -> np.ndarray:
-    """Map stored mask values to labels by inclusive ``(low, high, label)`` ranges.
-
-    Args:
-        mask: stored values, any shape.
-        ranges: ``(low, high, label)`` triples that do not overlap.
-        source: the file, named in errors.
-
-    Returns:
-        ``uint8`` label map.
-
-    Raises:
-        MaskError: a value is in no range (the message lists values and pixel counts).
-
-    Example:
-        >>> apply_value_ranges(np.array([0, 100, 200, 255]), ((0, 127, 0), (128, 255, 1)))
-        array([0, 0, 1, 1], dtype=uint8)
-    """
-    mask = np.asarray(mask)
-    labels = np.zeros(mask.shape, dtype=np.uint8)
-    covered = np.zeros(mask.shape, dtype=bool)
-    for low, high, label in ranges:
-        inside = (mask >= low) & (mask <= high)
-        labels[inside] = label
-        covered |= inside
-    if not covered.all():
-        values, counts = np.unique(mask[~covered], return_counts=True)
-        listed = ", ".join(f"{v} ({c} px)" for v, c in zip(values[:10], counts[:10], strict=True))
-        more = f" and {len(values) - 10} more values" if len(values) > 10 else ""
-        raise MaskError(
-            source, f"values in no range of mask_value_ranges {tuple(ranges)}: {listed}{more}"
-        )
-    return labels
 
 
 def add_gaussian_noise(
