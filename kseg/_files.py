@@ -1,6 +1,8 @@
-"""Atomic output files: written under a temporary name beside the target, then renamed.
+"""Atomic outputs: files and folders written under a temporary name beside the target,
+then renamed.
 
-A crash (or a full disk) mid-write then leaves the previous file, never a truncated one.
+A crash (or a full disk) mid-write then leaves the previous file, never a truncated one, and
+never a half-written folder under the final name.
 """
 
 from __future__ import annotations
@@ -8,18 +10,21 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Iterator
 
 
-def _file_mode() -> int:
-    # mkstemp creates 0600 files; a finished output gets the mode open() would have given it.
+def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
-_FILE_MODE = _file_mode()
+# mkstemp / mkdtemp create private (0600 / 0700) entries; a finished output gets the mode
+# open() / mkdir() would have given it.
+_FILE_MODE = 0o666 & ~_umask()
+_DIRECTORY_MODE = 0o777 & ~_umask()
 
 
 @contextlib.contextmanager
@@ -48,3 +53,28 @@ def atomic_output(path: os.PathLike | str) -> Iterator[str]:
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: os.PathLike | str) -> Iterator[pathlib.Path]:
+    """Yield an empty staging folder to fill; on success it is renamed to ``path``.
+
+    The staging folder sits beside ``path`` (its parent is created if missing), so the
+    rename is atomic; on error it is removed with everything in it. ``path`` must not exist
+    (``os.replace`` cannot replace a folder that has content): callers check first and say
+    why in their own words.
+
+    Example:
+        >>> with atomic_directory("Task09_Spleen") as staging:  # doctest: +SKIP
+        ...     (staging / "dataset.json").write_text("{}")
+    """
+    target = pathlib.Path(path)
+    parent = target.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=parent))
+    try:
+        staging.chmod(_DIRECTORY_MODE)
+        yield staging
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

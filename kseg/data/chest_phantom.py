@@ -47,8 +47,6 @@ import dataclasses
 import enum
 import os
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -63,7 +61,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from kseg._files import atomic_output
+from kseg._files import atomic_directory, atomic_output
 from kseg.data.phantoms import SYNTHETIC_NOTICE
 from kseg.errors import LayoutError
 from kseg.io.rtstruct import LCTSC_ROI_NAMES, Contour, RoiContours
@@ -780,13 +778,8 @@ def write_lctsc(
         final = collection / case.patient_id
         if final.exists():
             raise LayoutError(final, "exists already; the phantom writer never overwrites data")
-        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{case.patient_id}-", dir=collection))
-        try:
+        with atomic_directory(final) as staging:
             _write_tcia_patient(staging, case, seed)
-            os.replace(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return root
 
 
@@ -843,17 +836,12 @@ def write_lctsc_npz(
         final = root / case.patient_id
         if final.exists():
             raise LayoutError(final, "exists already; the phantom writer never overwrites data")
-        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{case.patient_id}-", dir=root))
-        try:
+        with atomic_directory(final) as staging:
             _write_ct_series(staging / "dicom", case, seed, _uids(case, seed))
             labels = case.lctsc_labels()
             mask = labels if multiclass else ((labels == 1) | (labels == 2)).astype(np.uint8)
             axes = tuple("zyx".index(axis) for axis in NPZ_STORED_FLIPS[number % 5])
             np.savez_compressed(staging / "mask.npz", mask=np.flip(mask, axis=axes))
-            os.replace(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return root
 
 

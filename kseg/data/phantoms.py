@@ -36,8 +36,6 @@ import dataclasses
 import enum
 import os
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -52,6 +50,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from kseg._files import atomic_directory
 from kseg.errors import LayoutError
 
 SYNTHETIC_NOTICE = "synthetic kseg phantom"
@@ -373,16 +372,11 @@ def write_chaos(
             raise LayoutError(
                 target, "already exists; write_chaos only writes new patient folders"
             )
-        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{case.patient}-", dir=modality_dir))
-        try:
+        with atomic_directory(target) as staging:
             if modality == "CT":
                 _write_chaos_ct(staging, case, seed)
             else:
                 _write_chaos_mr(staging, case, seed)
-            os.replace(staging, target)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
     return root
 
 

@@ -45,14 +45,13 @@ import dataclasses
 import json
 import os
 import pathlib
-import shutil
 import struct
-import tempfile
 from collections.abc import Sequence
 
 import nibabel as nib
 import numpy as np
 
+from kseg._files import atomic_directory
 from kseg.data.phantoms import PhantomLabel, abdominal_phantom
 from kseg.errors import LayoutError
 from kseg.io.volume import Volume
@@ -222,12 +221,6 @@ def _save_nifti(volume: Volume, path: pathlib.Path) -> None:
     nib.save(image, str(path))
 
 
-def _current_umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
-
-
 def _write_apple_double(path: pathlib.Path) -> None:
     path.write_bytes(_APPLE_DOUBLE)
 
@@ -317,10 +310,7 @@ def write_msd_spleen(
 
     training = MSD_SPLEEN_TRAINING_CASES[:num_training]
     test = MSD_SPLEEN_TEST_CASES[:num_test]
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=".Task09_Spleen-", dir=root))
-    try:
-        # mkdtemp makes a private (0700) folder; the finished one gets the usual mode.
-        staging.chmod(0o777 & ~_current_umask())
+    with atomic_directory(target) as staging:
         for folder in ("imagesTr", "labelsTr", "imagesTs"):
             (staging / folder).mkdir()
         for number, labelled in [(n, True) for n in training] + [(n, False) for n in test]:
@@ -335,10 +325,6 @@ def write_msd_spleen(
                     _write_apple_double(staging / folder / f"._{file_name}")
         names = [f"spleen_{n}" for n in training], [f"spleen_{n}" for n in test]
         (staging / "dataset.json").write_text(json.dumps(_dataset_json(*names), indent=4) + "\n")
-        os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
 
 
