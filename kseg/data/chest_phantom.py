@@ -51,18 +51,15 @@ from collections.abc import Sequence
 
 import numpy as np
 import pydicom
-from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
     CTImageStorage,
-    ExplicitVRLittleEndian,
     RTStructureSetStorage,
     generate_uid,
 )
 
 from kseg._files import atomic_directory, atomic_output
-from kseg.data.phantoms import SYNTHETIC_NOTICE
+from kseg.data.phantoms import SYNTHETIC_NOTICE, phantom_dataset
 from kseg.errors import LayoutError
 from kseg.io.rtstruct import LCTSC_ROI_NAMES, Contour, RoiContours
 
@@ -629,16 +626,7 @@ def write_rtstruct(
         'Heart'
     """
     path = pathlib.Path(path)
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = RTStructureSetStorage
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta.ImplementationVersionName = "KSEG_PHANTOM"
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = RTStructureSetStorage
-    ds.SOPInstanceUID = sop_instance_uid
+    ds = phantom_dataset(RTStructureSetStorage, sop_instance_uid)
     ds.StudyDate = ds.SeriesDate = ds.StructureSetDate = study_date
     ds.StudyTime = ds.SeriesTime = ds.StructureSetTime = "120000"
     ds.AccessionNumber = ""
@@ -914,17 +902,8 @@ def _write_ct_series(folder: pathlib.Path, case: LctscPhantomCase, seed: int,
         sop_uid = generate_uid(entropy_srcs=["kseg-chest-phantom", str(seed), case.patient_id,
                                              "slice", str(k)])
         sop_uids.append(sop_uid)
-        ds = pydicom.Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.file_meta.ImplementationVersionName = "KSEG_PHANTOM"
-        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds = phantom_dataset(CTImageStorage, sop_uid)
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20031116"
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
         ds.AccessionNumber = ""

@@ -432,6 +432,21 @@ _MR_PROTOCOLS = {
 }
 
 
+def phantom_dataset(sop_class_uid: str, sop_instance_uid: str) -> pydicom.Dataset:
+    """A DICOM dataset with the file meta and SOP identity every phantom file carries."""
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta.ImplementationVersionName = "KSEG_PHANTOM"
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = sop_instance_uid
+    return ds
+
+
 class _SeriesWriter:
     """Writes the slices of one synthetic series; the header parts shared by all slices
     are built once."""
@@ -452,18 +467,8 @@ class _SeriesWriter:
     def write(self, path: pathlib.Path, k: int) -> None:
         case = self.case
         sop_uid = generate_uid(entropy_srcs=[*self.entropy, "slice", str(k)])
-        ds = pydicom.Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage if self.is_ct else MRImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.file_meta.ImplementationVersionName = "KSEG_PHANTOM"
-
-        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds = phantom_dataset(CTImageStorage if self.is_ct else MRImageStorage, sop_uid)
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = sop_uid
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20190401"
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
         ds.AccessionNumber = ""
