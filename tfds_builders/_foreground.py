@@ -1,0 +1,122 @@
+"""Foreground bookkeeping shared by the builders: no silent empty masks.
+
+A labelled dataset whose stored masks came out empty trains a model that learns nothing and
+scores Dice 1.0 on every empty-vs-empty case (that happened with CHAOS' 1-bit PNGs read as
+0/255). So every builder passes each patient's whole label volume through
+:class:`ForegroundTally` before writing its examples:
+
+- a label that every patient of the dataset has (``required``) but this patient's volume
+  lacks is a :class:`kseg.errors.MaskError` naming the patient and the mask folder;
+- a label whose absence is legal (``optional``) gives one :class:`EmptyLabelWarning` per
+  patient;
+- per split, the counts (patients, slices, slices with foreground, voxels per label, the
+  patients without each label) are kept and written into the dataset's
+  ``builder.info.metadata["foreground"]``, so they are visible next to the data.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from kseg.errors import MaskError
+
+__all__ = ["EmptyLabelWarning", "ForegroundTally"]
+
+
+class EmptyLabelWarning(UserWarning):
+    """A patient's whole mask volume has no voxel of a label that may legally be absent."""
+
+
+class ForegroundTally:
+    """Checks each patient's label volume and counts foreground per split.
+
+    Args:
+        label_names: label value -> name, background excluded (e.g. ``{1: "liver"}``).
+        required: labels every patient of the dataset has; a patient without one is an
+            error. Labels of ``label_names`` not listed here only warn when absent.
+        metadata: the builder's ``info.metadata`` (a ``tfds.core.MetadataDict``); the
+            statistics are stored under its ``"foreground"`` key as they grow, so they are
+            saved with the dataset.
+
+    Example:
+        >>> tally = ForegroundTally({1: "liver"}, required=[1], metadata={})
+        >>> tally.check("fold0", "7", np.array([[[0, 1]]]), mask_source="CT/7/Ground")
+    """
+
+    def __init__(
+        self,
+        label_names: Mapping[int, str],
+        *,
+        required: Sequence[int],
+        metadata: dict,
+    ):
+        self.label_names = {int(k): str(v) for k, v in label_names.items()}
+        unknown = sorted(set(required) - set(self.label_names))
+        if unknown:
+            raise ValueError(f"required labels {unknown} are not in label_names")
+        self.required = frozenset(int(label) for label in required)
+        self._splits: dict[str, dict] = metadata.setdefault("foreground", {})
+
+    def check(
+        self,
+        split: str,
+        patient: str,
+        labels: np.ndarray,
+        *,
+        mask_source: os.PathLike | str,
+    ) -> None:
+        """Check one patient's whole label volume (slices first) and count it in ``split``.
+
+        Raises:
+            MaskError: a required label has no voxel; the message names the patient and
+                ``mask_source`` and lists the values that were found.
+
+        Warns:
+            EmptyLabelWarning: an optional label has no voxel.
+        """
+        labels = np.asarray(labels)
+        values, counts = np.unique(labels, return_counts=True)
+        voxels = dict(zip(values.tolist(), counts.tolist(), strict=True))
+        missing = [label for label in self.label_names if voxels.get(label, 0) == 0]
+        missing_required = [label for label in missing if label in self.required]
+        if missing_required:
+            names = ", ".join(f"{self.label_names[m]} ({m})" for m in missing_required)
+            raise MaskError(
+                mask_source,
+                f"patient {patient}: the whole mask volume has no {names}, which every "
+                f"patient of this dataset has; values found: {sorted(voxels)}. The masks "
+                "were probably read with the wrong encoding or belong to another series.",
+            )
+        for label in missing:
+            warnings.warn(
+                EmptyLabelWarning(
+                    f"{os.fspath(mask_source)}: patient {patient} has no "
+                    f"{self.label_names[label]} ({label}) voxel"
+                ),
+                stacklevel=2,
+            )
+        self._count(split, patient, labels, voxels, missing)
+
+    def _count(self, split, patient, labels, voxels, missing) -> None:
+        stats = self._splits.setdefault(
+            split,
+            {
+                "patients": 0,
+                "slices": 0,
+                "slices_with_foreground": 0,
+                "voxels_per_label": {name: 0 for name in self.label_names.values()},
+                "patients_without_label": {name: [] for name in self.label_names.values()},
+            },
+        )
+        stats["patients"] += 1
+        planes = labels.reshape(labels.shape[0], -1) if labels.ndim == 3 else labels.reshape(1, -1)
+        stats["slices"] += int(planes.shape[0])
+        stats["slices_with_foreground"] += int(np.count_nonzero(planes.any(axis=1)))
+        for label, name in self.label_names.items():
+            stats["voxels_per_label"][name] += int(voxels.get(label, 0))
+        for label in missing:
+            stats["patients_without_label"][self.label_names[label]].append(str(patient))
