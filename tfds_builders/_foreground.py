@@ -55,6 +55,9 @@ class ForegroundTally:
         metadata: dict,
     ):
         self.label_names = {int(k): str(v) for k, v in label_names.items()}
+        if 0 in self.label_names:
+            # Background is in every volume; counting it would hide an empty mask.
+            raise ValueError("label_names must leave out background (0)")
         unknown = sorted(set(required) - set(self.label_names))
         if unknown:
             raise ValueError(f"required labels {unknown} are not in label_names")
@@ -71,7 +74,15 @@ class ForegroundTally:
     ) -> None:
         """Check one patient's whole label volume (slices first) and count it in ``split``.
 
+        Args:
+            split: the split the patient's examples go to.
+            patient: the patient id, named in errors and in ``patients_without_label``.
+            labels: the label map as written: ``(slices, rows, columns)``, or one 2D
+                ``(rows, columns)`` map (a radiograph), which counts as one slice.
+            mask_source: the mask file or folder the labels were read from, named in errors.
+
         Raises:
+            ValueError: ``labels`` is neither 2D nor 3D.
             MaskError: a required label has no voxel; the message names the patient and
                 ``mask_source`` and lists the values that were found.
 
@@ -79,6 +90,11 @@ class ForegroundTally:
             EmptyLabelWarning: an optional label has no voxel.
         """
         labels = np.asarray(labels)
+        if labels.ndim not in (2, 3):
+            raise ValueError(
+                f"{os.fspath(mask_source)}: patient {patient}: expected a 2D or 3D label map, "
+                f"got shape {labels.shape}"
+            )
         values, counts = np.unique(labels, return_counts=True)
         voxels = dict(zip(values.tolist(), counts.tolist(), strict=True))
         missing = [label for label in self.label_names if voxels.get(label, 0) == 0]
@@ -113,7 +129,9 @@ class ForegroundTally:
             },
         )
         stats["patients"] += 1
-        planes = labels.reshape(labels.shape[0], -1) if labels.ndim == 3 else labels.reshape(1, -1)
+        slices = labels if labels.ndim == 3 else labels[np.newaxis]
+        # Explicit sizes: reshape(-1) cannot infer a row length when there are no slices.
+        planes = slices.reshape(slices.shape[0], slices.shape[1] * slices.shape[2])
         stats["slices"] += int(planes.shape[0])
         stats["slices_with_foreground"] += int(np.count_nonzero(planes.any(axis=1)))
         for label, name in self.label_names.items():
