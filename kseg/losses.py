@@ -10,7 +10,8 @@ conventions:
 - ``y_true`` is read by its rank: with the rank of ``y_pred`` and ``C`` channels it is a
   one-hot (or, binary, a ``{0, 1}``) target; with the rank of ``y_pred`` and one channel
   while ``C > 1``, or with one rank less (no channel axis), it holds sparse integer labels
-  ``0 .. C-1``, which are one-hot encoded here. Any other shape raises ``MaskError``.
+  ``0 .. C-1``, which are one-hot encoded here. Any other shape raises ``ValueError``
+  naming ``y_true`` or ``y_pred`` and both shapes.
 - Each loss returns one value per sample (shape ``(B,)``); the Keras ``reduction``
   (default ``"sum_over_batch_size"``) averages them and applies ``sample_weight``. Losses
   with ``batch_dice=True`` pool the whole batch into one overlap score, as nnU-Net's
@@ -30,18 +31,15 @@ import fractions
 import keras
 from keras import ops
 
-from kseg.errors import MaskError
-
 _PACKAGE = "kseg"
 
 
 def _channels(y_pred) -> int:
     channels = y_pred.shape[-1]
     if channels is None or len(y_pred.shape) < 3:
-        raise MaskError(
-            None,
+        raise ValueError(
             "y_pred must have shape (batch, *spatial, channels) with a known channel count, "
-            f"got shape {tuple(y_pred.shape)}",
+            f"got shape {tuple(y_pred.shape)}"
         )
     return int(channels)
 
@@ -62,11 +60,10 @@ def _one_hot_target(y_true, y_pred):
     elif rank_true == rank_pred - 1:
         labels = y_true
     else:
-        raise MaskError(
-            None,
+        raise ValueError(
             f"y_true of shape {tuple(y_true.shape)} fits neither a one-hot target nor sparse "
             f"labels for y_pred of shape {tuple(y_pred.shape)}: expected "
-            f"(B, *spatial, {channels}), (B, *spatial, 1) or (B, *spatial)",
+            f"(B, *spatial, {channels}), (B, *spatial, 1) or (B, *spatial)"
         )
     if channels == 1:
         return ops.expand_dims(labels, axis=-1)
@@ -178,10 +175,19 @@ class _OverlapLoss(keras.losses.Loss):
         return intersection, sum_true, sum_pred
 
     def _ratio(self, numerator, denominator):
-        # With smooth=0 a class empty in both tensors gives 0/0; the floor turns that into 0.
-        return (numerator + self.smooth) / ops.maximum(
-            denominator + self.smooth, keras.config.epsilon()
-        )
+        """``(numerator + s) / (denominator + s)``, and 1 where that is ``0 / 0``.
+
+        The denominators of these losses are 0 only when the class is empty in target and
+        prediction alike (the numerator is then 0 too). Agreeing on absence is perfect, so
+        such a class scores 1 whatever ``smooth`` is: ``s / s`` for ``s > 0``, and 1 by
+        definition for ``s = 0`` or an ``s`` too small for the dtype. No epsilon floor is
+        added to the denominator, since ``s / max(s, epsilon)`` is less than 1 for
+        ``s < epsilon``. The safe divisor keeps the gradient of the unused branch finite.
+        """
+        denominator = denominator + self.smooth
+        defined = denominator > 0
+        divisor = ops.where(defined, denominator, ops.ones_like(denominator))
+        return ops.where(defined, (numerator + self.smooth) / divisor, ops.ones_like(divisor))
 
     def get_config(self):
         config = super().get_config()
@@ -208,12 +214,13 @@ class DiceLoss(_OverlapLoss):
 
     ``|X∩Y| = sum(y_true * p)`` and ``|X| + |Y| = sum(y_true) + sum(p)`` over the spatial
     axes of each sample (or of the whole batch with ``batch_dice=True``). A class absent
-    from both target and prediction scores ``s / s = 1``, so it adds no loss.
+    from both target and prediction scores ``s / s = 1``, so it adds no loss; with
+    ``smooth=0`` it scores 1 too (``0 / 0`` is read as agreement on absence).
 
     Args:
-        smooth: ``s`` >= 0, added to numerator and denominator; it keeps empty classes
-            defined and the gradient bounded. With ``smooth=0`` a class absent from both
-            target and prediction scores 0.
+        smooth: ``s`` >= 0, added to numerator and denominator; it keeps the gradient
+            bounded when a class is nearly empty. A class absent from both target and
+            prediction scores 1 (no loss) for every ``smooth``, 0 included.
         include_background: when False, channel 0 of a multi-class model is left out of
             the mean. Ignored for binary (one-channel) models.
         from_logits: whether ``y_pred`` holds logits (sigmoid or softmax is applied here).
@@ -271,11 +278,10 @@ class IoULoss(_OverlapLoss):
 
     ``|X∩Y| = sum(y_true * p)`` and ``|X∪Y| = sum(y_true) + sum(p) - |X∩Y|`` over the
     spatial axes of each sample (or of the batch with ``batch_dice=True``). A class absent
-    from both target and prediction scores 1 (no loss).
+    from both target and prediction scores 1 (no loss) for every ``smooth``, 0 included.
 
     Args:
-        smooth: ``s`` >= 0 added to numerator and denominator. With ``smooth=0`` a class
-            absent from both target and prediction scores 0.
+        smooth: ``s`` >= 0 added to numerator and denominator.
         include_background: when False, channel 0 of a multi-class model is left out.
             Ignored for binary models.
         from_logits: whether ``y_pred`` holds logits.
@@ -340,7 +346,8 @@ class TverskyLoss(_OverlapLoss):
     Args:
         alpha: weight of false positives, >= 0.
         beta: weight of false negatives, >= 0.
-        smooth: ``s`` >= 0 added to numerator and denominator.
+        smooth: ``s`` >= 0 added to numerator and denominator. A class absent from both
+            target and prediction scores 1 (no loss) for every ``smooth``, 0 included.
         include_background: when False, channel 0 of a multi-class model is left out.
             Ignored for binary models.
         from_logits: whether ``y_pred`` holds logits.
@@ -409,7 +416,8 @@ class GeneralizedDiceLoss(_OverlapLoss):
     as large ones. A class absent from the reference (infinite weight) gets the largest
     finite weight of that sample (of the batch with ``batch_dice=True``), as MONAI does, so
     false positives in it are still penalised; when every class is absent all weights are 0
-    and the loss is ``1 - s / s = 0``.
+    and the loss is 0 for every ``smooth``, 0 included (``1 - s / s``, or ``0 / 0`` read
+    as 1), whatever the prediction holds, as in MONAI.
 
     A binary model is scored as Sudre et al. score it: as two classes, background
     ``1 - p`` and foreground ``p``; ``include_background=False`` keeps only the foreground.

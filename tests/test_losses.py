@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from kseg import losses
-from kseg.errors import MaskError
 
 SHAPES = {
     "binary-2d": ((2, 5, 6), 1),
@@ -376,8 +375,112 @@ def test_overlap_losses_on_perfect_disjoint_and_empty_masks(loss_class):
     assert as_float(exact(mask, mask)) == pytest.approx(0.0, abs=1e-6)
     assert as_float(exact(mask, disjoint)) == pytest.approx(1.0, abs=1e-6)
     assert as_float(loss_class()(empty, empty)) == pytest.approx(0.0, abs=1e-6)
-    assert as_float(exact(empty, empty)) == pytest.approx(1.0, abs=1e-6)  # 0/0 floored to 0
+    assert as_float(exact(empty, empty)) == 0.0  # 0/0 is agreement on absence
     assert as_float(exact(mask, empty)) == pytest.approx(1.0, abs=1e-6)
+
+
+EMPTY_CASE_LOSSES = [
+    losses.DiceLoss,
+    losses.IoULoss,
+    losses.TverskyLoss,
+    losses.GeneralizedDiceLoss,
+]
+
+
+def empty_pair(channels):
+    """A target and a (hard) prediction in which every foreground class is absent."""
+    if channels == 1:
+        empty = np.zeros((2, 4, 3, 1), dtype="float32")
+        return empty, empty
+    labels = np.zeros((2, 4, 3), dtype=int)  # all background
+    return labels, np.eye(channels, dtype="float32")[labels]
+
+
+@pytest.mark.parametrize("loss_class", EMPTY_CASE_LOSSES)
+@pytest.mark.parametrize("smooth", [0.0, 1e-12, 1e-8, 1e-5, 1.0])
+@pytest.mark.parametrize("channels", [1, 3], ids=["binary", "multiclass"])
+@pytest.mark.parametrize("include_background", [True, False])
+@pytest.mark.parametrize("batch_dice", [False, True])
+def test_empty_target_and_prediction_cost_nothing_for_every_smooth(
+    loss_class, smooth, channels, include_background, batch_dice
+):
+    # Regression: with the denominator floored at epsilon (1e-7) and smooth=1e-8 the score
+    # was 1e-8 / 1e-7, a loss of 0.9 for a perfect prediction of absence.
+    import tensorflow as tf
+
+    target, prediction = empty_pair(channels)
+    loss = loss_class(
+        smooth=smooth,
+        include_background=include_background,
+        batch_dice=batch_dice,
+        reduction="none",
+    )
+    prediction = tf.Variable(prediction)
+    with tf.GradientTape() as tape:
+        values = loss(target, prediction)
+    gradient = tape.gradient(values, prediction)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(values), [0.0, 0.0])
+    assert np.isfinite(gradient.numpy()).all()
+
+
+def test_empty_class_of_one_sample_scores_one_beside_a_scored_sample():
+    # Hard predictions, smooth=0: the per-sample losses, worked out by hand.
+    labels = np.array([[[0, 1], [1, 0]], [[2, 1], [0, 0]]])  # (2, 2, 2)
+    predicted = np.array([[[0, 1], [0, 0]], [[2, 2], [0, 0]]])
+    prediction = np.eye(3, dtype="float32")[predicted]
+    # sample 0: background 2*2/(2+3) = 0.8, class 1 2*1/(2+1) = 2/3, class 2 absent = 1
+    # sample 1: background 2*2/(2+2) = 1, class 1 0/(1+0) = 0, class 2 2*1/(1+2) = 2/3
+    expected_dice = 1 - np.array([(0.8 + 2 / 3 + 1) / 3, (1 + 0 + 2 / 3) / 3])
+    dice = losses.DiceLoss(smooth=0.0, reduction="none")(labels, prediction)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dice), expected_dice, rtol=1e-6)
+    # IoU: sample 0 2/3, 1/2, 1; sample 1 1, 0, 1/2
+    expected_iou = 1 - np.array([(2 / 3 + 1 / 2 + 1) / 3, (1 + 0 + 1 / 2) / 3])
+    iou = losses.IoULoss(smooth=0.0, reduction="none")(labels, prediction)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(iou), expected_iou, rtol=1e-6)
+
+
+# MONAI's published GeneralizedDiceLoss cases (tests/losses/test_generalized_dice_loss.py),
+# moved from MONAI's (B, C, N) layout to kseg's (B, N, C); MONAI's smooth_nr = smooth_dr.
+MONAI_GDL_INPUT = np.array(
+    [[[-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]
+).transpose(0, 2, 1)
+MONAI_GDL_HARD = np.array(
+    [[[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]], [[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]]
+).transpose(0, 2, 1)
+
+
+@pytest.mark.parametrize(
+    "options, y_true, y_pred, expected",
+    [
+        pytest.param(
+            {"include_background": False, "smooth": 1e-8},
+            np.zeros((2, 3)),
+            MONAI_GDL_HARD,
+            [0.0, 0.0],
+            id="empty-target-smooth-1e-8",
+        ),
+        pytest.param(
+            {"include_background": False, "smooth": 0.0},
+            np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),
+            MONAI_GDL_HARD,
+            [0.0, 0.0],
+            id="perfect-smooth-0",
+        ),
+        pytest.param(
+            {"include_background": True, "from_logits": True, "smooth": 1e-4},
+            np.array([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]),
+            MONAI_GDL_INPUT,
+            [0.273476, 0.555539],
+            id="softmax-per-sample",
+        ),
+    ],
+)
+def test_generalized_dice_matches_monai_published_values(options, y_true, y_pred, expected):
+    loss = losses.GeneralizedDiceLoss(reduction="none", **options)
+    values = keras.ops.convert_to_numpy(loss(y_true, y_pred.astype("float32")))
+    np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-7)
+    mean = losses.GeneralizedDiceLoss(**options)(y_true, y_pred.astype("float32"))
+    assert as_float(mean) == pytest.approx(np.mean(expected), rel=1e-5, abs=1e-7)
 
 
 def test_per_sample_values_and_sample_weight():
@@ -394,10 +497,18 @@ def test_per_sample_values_and_sample_weight():
     [(2, 5, 6, 2), (2, 5), (2, 5, 6, 3, 1)],
     ids=["wrong-channels", "too-few-axes", "too-many-axes"],
 )
-def test_target_of_wrong_shape_raises_mask_error(y_true_shape):
+def test_target_of_wrong_shape_raises_value_error_naming_both_shapes(y_true_shape):
     probabilities = np.full((2, 5, 6, 3), 1 / 3, dtype="float32")
-    with pytest.raises(MaskError, match="y_true"):
+    expected = r"y_true of shape .*y_pred of shape \(2, 5, 6, 3\)"
+    with pytest.raises(ValueError, match=expected) as info:
         losses.DiceLoss()(np.zeros(y_true_shape), probabilities)
+    assert type(info.value) is ValueError  # an argument error, not a file error
+
+
+def test_prediction_without_channel_axis_raises_value_error_naming_y_pred():
+    with pytest.raises(ValueError, match=r"y_pred must have shape .*got shape \(2, 5\)") as info:
+        losses.DiceLoss()(np.zeros((2, 5)), np.zeros((2, 5), dtype="float32"))
+    assert type(info.value) is ValueError
 
 
 @pytest.mark.parametrize(
