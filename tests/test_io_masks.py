@@ -5,9 +5,11 @@ from PIL import Image
 from kseg.errors import MaskError, UnreadableFileError
 from kseg.io import (
     CHAOS_MR_LABEL_RANGES,
+    LabelRule,
     LossyMaskWarning,
     binarize,
     map_label_ranges,
+    read_labels,
     read_mask,
     read_mask_stack,
 )
@@ -145,3 +147,191 @@ def test_real_lung_mask_binarizes_like_the_dataset_readme(shared_data):
     mask = read_mask(path)
     np.testing.assert_array_equal(mask, stored)
     np.testing.assert_array_equal(binarize(mask), (stored > 127).astype(np.uint8))
+
+
+# --- read_labels: one structure written in every encoding, read back by its mode -------------
+
+# A liver-like region, not a rectangle, so that a transposed or shifted read would show.
+_TRUTH = np.zeros((24, 30), bool)
+_TRUTH[5:17, 4:20] = True
+_TRUTH[9:20, 15:26] = True
+_TRUTH[6, 4:8] = False
+
+
+def _grey_palette_image(indices, grey_of_index):
+    image = Image.fromarray(indices.astype(np.uint8), mode="P")
+    image.putpalette([g for value in grey_of_index for g in (value, value, value)])
+    return image
+
+
+def _colour_palette_image(indices):
+    image = Image.fromarray(indices.astype(np.uint8), mode="P")
+    image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0, 0, 255] * 253)
+    return image
+
+
+_BINARY_WRITERS = {
+    "1-bit png": lambda m: Image.fromarray(m),
+    "8-bit 0/255": lambda m: Image.fromarray(m.astype(np.uint8) * 255),
+    "8-bit 0/1": lambda m: Image.fromarray(m.astype(np.uint8)),
+    "16-bit 0/65535": lambda m: Image.fromarray(m.astype(np.uint16) * 65535),
+    "16-bit 0/1": lambda m: Image.fromarray(m.astype(np.uint16)),
+    # Grey palette whose index order is the reverse of the grey order: read through it.
+    "palette grey": lambda m: _grey_palette_image(np.where(m, 0, 1), [255, 0]),
+    "palette colour indices": lambda m: _colour_palette_image(m.astype(np.uint8)),
+    "grey rgb": lambda m: Image.fromarray(np.repeat(m[..., None], 3, 2).astype(np.uint8) * 255),
+    "grey rgba": lambda m: Image.fromarray(
+        np.dstack([m * 255] * 3 + [np.full(m.shape, 255)]).astype(np.uint8)
+    ),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(_BINARY_WRITERS))
+@pytest.mark.parametrize("suffix", ["png", "tif"])
+def test_binary_mask_in_every_lossless_encoding_gives_the_written_structure(
+    tmp_path, encoding, suffix
+):
+    path = tmp_path / f"liver.{suffix}"
+    _BINARY_WRITERS[encoding](_TRUTH).save(path)
+    labels = read_labels(path, LabelRule(foreground=3))
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, np.where(_TRUTH, 3, 0))
+
+
+def test_true_1_bit_png_is_what_chaos_ct_ships_and_reads_as_the_structure(tmp_path):
+    Image.fromarray(_TRUTH).save(tmp_path / "liver_GT_000.png")
+    with Image.open(tmp_path / "liver_GT_000.png") as check:
+        assert check.mode == "1"
+    labels = read_labels(tmp_path / "liver_GT_000.png", LabelRule())
+    assert int(labels.sum()) == int(_TRUTH.sum())
+
+
+def test_empty_mask_is_all_background_in_every_encoding(tmp_path):
+    empty = np.zeros_like(_TRUTH)
+    for index, (encoding, write) in enumerate(_BINARY_WRITERS.items()):
+        path = tmp_path / f"{index}.png"
+        write(empty).save(path)
+        assert not read_labels(path, LabelRule()).any(), encoding
+
+
+@pytest.mark.parametrize(
+    "stored, found",
+    [
+        (np.where(_TRUTH, 100, 0), r"0 \(\d+ px\), 100 \(\d+ px\)"),
+        (np.where(_TRUTH, 255, 0) + (np.arange(30) == 0) * 100, r"100 \(24 px\), 255"),
+        (np.where(_TRUTH, 255, 1), r"0 and one of 1, 255"),
+    ],
+)
+def test_binary_dataset_mask_with_other_values_is_a_mask_error_listing_them(
+    tmp_path, stored, found
+):
+    path = tmp_path / "odd.png"
+    Image.fromarray(stored.astype(np.uint8)).save(path)
+    with pytest.raises(MaskError, match=rf"odd\.png: 8-bit grey mask holds .*{found}"):
+        read_labels(path, LabelRule())
+
+
+def test_interpolated_edges_are_split_at_half_scale_only_where_the_rule_allows(tmp_path):
+    stored = np.where(_TRUTH, 255, 0).astype(np.uint8)
+    stored[5, 4:20] = 200  # an edge row, above half: structure
+    stored[16, 4:15] = 60  # an edge row, below half: background
+    expected = _TRUTH.copy()
+    expected[16, 4:15] = False
+    Image.fromarray(stored).save(tmp_path / "smooth.png")
+    edges = LabelRule(interpolated_edges=True)
+    np.testing.assert_array_equal(read_labels(tmp_path / "smooth.png", edges), expected)
+    with pytest.raises(MaskError, match="smooth.png.*60 .*200 "):
+        read_labels(tmp_path / "smooth.png", LabelRule())
+    # 0 and 100 are not edges of anything: no full-scale value at all.
+    Image.fromarray(np.where(_TRUTH, 100, 0).astype(np.uint8)).save(tmp_path / "dim.png")
+    with pytest.raises(MaskError, match=r"dim.png.*only as interpolated edges"):
+        read_labels(tmp_path / "dim.png", edges)
+    # A grey region larger than the full-scale one is not an edge either.
+    blob = np.where(_TRUTH, 128, 0).astype(np.uint8)
+    blob[0, :3] = 255
+    Image.fromarray(blob).save(tmp_path / "blob.png")
+    with pytest.raises(MaskError, match="blob.png"):
+        read_labels(tmp_path / "blob.png", edges)
+
+
+_MR_GREY = np.array([[0, 63, 126], [189, 252, 0]], np.uint8)
+_MR_LABELS = np.array([[0, 1, 2], [3, 4, 0]], np.uint8)
+_MR_RULE = LabelRule.from_label_ranges(CHAOS_MR_LABEL_RANGES)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda g: Image.fromarray(g),
+        lambda g: Image.fromarray(g.astype(np.uint16) * 257),  # 8-bit widened to 16 bits
+        lambda g: Image.fromarray(g.astype(np.uint16)),  # 8-bit values in a 16-bit file
+        lambda g: _grey_palette_image(np.array([[4, 3, 2], [1, 0, 4]]), [252, 189, 126, 63, 0]),
+        lambda g: _colour_palette_image(g),  # colour palette: indices are the stored values
+        lambda g: Image.fromarray(np.repeat(g[..., None], 3, 2)),
+    ],
+    ids=["8-bit", "16-bit x257", "16-bit", "palette grey", "palette indices", "grey rgb"],
+)
+def test_chaos_mr_grey_levels_in_every_encoding_give_the_organ_labels(tmp_path, write):
+    write(_MR_GREY).save(tmp_path / "IMG-0004-00001.png")
+    labels = read_labels(tmp_path / "IMG-0004-00001.png", _MR_RULE)
+    np.testing.assert_array_equal(labels, _MR_LABELS)
+
+
+def test_grey_level_rule_refuses_1_bit_jpeg_and_off_scale_16_bit(tmp_path):
+    Image.fromarray(_TRUTH).save(tmp_path / "bits.png")
+    with pytest.raises(MaskError, match="bits.png: is a 1-bit mask"):
+        read_labels(tmp_path / "bits.png", _MR_RULE)
+    Image.fromarray(np.repeat(_MR_GREY, 8, 0).repeat(8, 1)).save(tmp_path / "mr.jpg")
+    with pytest.raises(MaskError, match="mr.jpg: is a JPEG"):
+        read_labels(tmp_path / "mr.jpg", _MR_RULE)
+    Image.fromarray(np.array([[0, 300]], np.uint16)).save(tmp_path / "wide.png")
+    with pytest.raises(MaskError, match=r"wide.png: 16-bit grey mask holds 0 \(1 px\), 300"):
+        read_labels(tmp_path / "wide.png", _MR_RULE)
+    Image.fromarray(np.array([[0, 100]], np.uint8)).save(tmp_path / "stray.png")
+    with pytest.raises(MaskError, match=r"stray.png: values in no range.*100 \(1 px\)"):
+        read_labels(tmp_path / "stray.png", _MR_RULE)
+
+
+def test_jpeg_binary_mask_is_split_at_half_full_scale_with_a_warning(tmp_path):
+    big = np.repeat(np.repeat(_TRUTH, 4, 0), 4, 1)
+    Image.fromarray(big.astype(np.uint8) * 255).save(tmp_path / "liver.jpg", quality=90)
+    with pytest.warns(LossyMaskWarning, match="liver.jpg"):
+        labels = read_labels(tmp_path / "liver.jpg", LabelRule())
+    np.testing.assert_array_equal(labels, big)
+    # An empty JPEG's compression noise stays background (half of its own max would not).
+    noise = np.random.default_rng(1).integers(0, 6, big.shape).astype(np.uint8)
+    Image.fromarray(noise).save(tmp_path / "empty.jpg", quality=90)
+    with pytest.warns(LossyMaskWarning):
+        assert not read_labels(tmp_path / "empty.jpg", LabelRule()).any()
+
+
+def test_label_rule_checks_itself():
+    assert LabelRule().labels == (0, 1)
+    assert _MR_RULE.labels == (0, 1, 2, 3, 4)
+    with pytest.raises(ValueError, match="overlap"):
+        LabelRule(grey_levels=((0, 10, 0), (10, 20, 1)))
+    with pytest.raises(ValueError, match="interpolated_edges applies to binary"):
+        LabelRule(grey_levels=((0, 0, 0), (255, 255, 1)), interpolated_edges=True)
+    with pytest.raises(ValueError, match="foreground"):
+        LabelRule(foreground=0)
+
+
+def test_read_mask_stack_with_a_rule_reads_labels(tmp_path):
+    paths = [tmp_path / "a.png", tmp_path / "b.png"]
+    Image.fromarray(_TRUTH).save(paths[0])
+    Image.fromarray(_TRUTH.astype(np.uint8) * 255).save(paths[1])
+    stack = read_mask_stack(paths, expected_shape=(2, *_TRUTH.shape), rule=LabelRule())
+    np.testing.assert_array_equal(stack, np.stack([_TRUTH, _TRUTH]).astype(np.uint8))
+
+
+def test_real_lung_masks_with_interpolated_edges_read_as_the_readme_says(shared_data):
+    """All 637 real cxr-lungs masks: 8-bit with resampled edges, "threshold at > 127"."""
+    rule = LabelRule(interpolated_edges=True)
+    paths = sorted((shared_data / "cxr-lungs" / "masks").glob("*.png"))
+    assert len(paths) == 637
+    for path in paths:
+        with Image.open(path) as image:
+            stored = np.asarray(image)
+        np.testing.assert_array_equal(read_labels(path, rule), stored > 127, err_msg=path.name)
+    with pytest.raises(MaskError, match=paths[0].name):
+        read_labels(paths[0], LabelRule())  # a strict 0/255 dataset would refuse its edges

@@ -10,10 +10,12 @@ from kseg.io.dicom import (
 )
 from kseg.io.masks import (
     CHAOS_MR_LABEL_RANGES,
+    LabelRule,
     LossyMaskWarning,
     apply_value_ranges,
     binarize,
     map_label_ranges,
+    read_labels,
     read_mask,
     read_mask_stack,
 )
@@ -48,6 +50,7 @@ __all__ = [
     "read_rtstruct",
     "CHAOS_MR_LABEL_RANGES",
     "DeidReport",
+    "LabelRule",
     "LossyMaskWarning",
     "SkippedFileWarning",
     "UnevenSliceSpacingWarning",
@@ -58,6 +61,7 @@ __all__ = [
     "map_label_ranges",
     "read_dicom_image",
     "read_dicom_series",
+    "read_labels",
     "read_mask",
     "read_mask_stack",
     "read_nifti",

@@ -1,11 +1,18 @@
 """Readers for segmentation masks stored as 2D images (one file per slice or per radiograph).
 
-Lossless formats (PNG 8/16-bit, TIFF, BMP, GIF) are returned with their stored values, so a
-label encoding such as CHAOS MR's grey levels survives and is decoded explicitly by
-``map_label_ranges``. JPEG is lossy: edges and flat regions pick up compression noise, so a
-JPEG mask is thresholded at half its maximum into ``{0, 1}`` and a LossyMaskWarning names the
-file. nnU-Net refuses lossy masks outright (``natural_image_reader_writer.py``); kseg accepts
-them with the warning because some public challenge sets only ship JPG masks.
+:func:`read_labels` is what dataset builders use: it turns one mask file into labels from the
+file's own mode and value set, given the dataset's :class:`LabelRule`, so a 1-bit PNG, an
+8-bit 0/255 or 0/1 PNG, a 16-bit PNG, a palette GIF or a grey RGB PNG of the same mask all
+give the same labels, and a file whose values fit no reading of the rule is a MaskError
+naming it and the values found (never a silently empty mask).
+
+:func:`read_mask` returns the stored values themselves. Lossless formats (PNG 8/16-bit,
+TIFF, BMP, GIF) keep their values, so a label encoding such as CHAOS MR's grey levels
+survives and can be decoded explicitly by ``map_label_ranges``. JPEG is lossy: edges and
+flat regions pick up compression noise, so a JPEG mask is thresholded into ``{0, 1}`` and a
+LossyMaskWarning names the file. nnU-Net refuses lossy masks outright
+(``natural_image_reader_writer.py``); kseg accepts binary ones with the warning because some
+public challenge sets only ship JPG masks.
 
 Pillow is the only image library used.
 
@@ -18,6 +25,7 @@ Reference:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -29,10 +37,12 @@ from kseg.errors import MaskError, UnreadableFileError
 
 __all__ = [
     "CHAOS_MR_LABEL_RANGES",
+    "LabelRule",
     "LossyMaskWarning",
     "apply_value_ranges",
     "binarize",
     "map_label_ranges",
+    "read_labels",
     "read_mask",
     "read_mask_stack",
 ]
@@ -52,10 +62,143 @@ _LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
 class LossyMaskWarning(UserWarning):
     """A mask was stored in a lossy format (JPEG) and had to be thresholded.
 
-    Rule: the mask is converted to grey, then every pixel above half of the image's maximum
-    becomes 1 and the rest 0 (an all-zero image stays all zero). This is only right for
-    binary masks; a multi-label mask saved as JPEG cannot be recovered reliably.
+    Rule: the mask is converted to grey and split in two. :func:`read_labels` splits at
+    half of the 8-bit full scale (foreground above 127), so the compression noise of an empty
+    mask stays background; :func:`read_mask` splits at half of the image's own maximum
+    (an all-zero image stays all zero). This is only right for binary masks; a multi-label
+    mask saved as JPEG cannot be recovered reliably and :func:`read_labels` refuses it.
     """
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelRule:
+    """How a dataset stores its labels in mask files: the rule :func:`read_labels` applies.
+
+    A rule is one of two kinds:
+
+    * **binary** (``grey_levels`` empty): every file holds one structure, which becomes
+      label ``foreground``. A file's values must be 0 and one "on" value: 1 (1-bit files,
+      0/1 PNGs, palette indices), 255 (8-bit full scale) or, in 16-bit files, 65535; an
+      all-zero file is all background. With ``interpolated_edges`` a file may also hold
+      values between 0 and its full scale, as masks resized with interpolation do (the
+      cxr-lungs masks): they are split at half the full scale, provided the full-scale value
+      is present and the in-between pixels are no more numerous than the full-scale ones
+      (on real resized lung masks they are 1-3 %), so a mask of 0 and 100 is still refused.
+    * **grey levels** (``grey_levels`` given): inclusive ``(low, high, label)`` ranges of
+      8-bit grey values, background included, e.g. CHAOS MR's 63 / 126 / 189 / 252 (see
+      :meth:`from_label_ranges`). Every stored value must lie in one range.
+
+    Attributes:
+        grey_levels: ``(low, high, label)`` triples that do not overlap; labels 0..255.
+        foreground: label of a binary mask's structure, 1..255.
+        interpolated_edges: binary rules only; accept interpolated edges as described.
+
+    Raises:
+        ValueError: overlapping or reversed ranges, labels outside 0..255, or
+            ``interpolated_edges`` on a grey-level rule.
+
+    Example:
+        >>> LabelRule().labels  # binary: background and structure
+        (0, 1)
+        >>> LabelRule.from_label_ranges(CHAOS_MR_LABEL_RANGES).labels
+        (0, 1, 2, 3, 4)
+    """
+
+    grey_levels: tuple[tuple[int, int, int], ...] = ()
+    foreground: int = 1
+    interpolated_edges: bool = False
+
+    def __post_init__(self):
+        levels = tuple(tuple(int(v) for v in triple) for triple in self.grey_levels)
+        if any(len(triple) != 3 for triple in levels):
+            raise ValueError(f"grey_levels must be (low, high, label) triples, got {levels}")
+        object.__setattr__(self, "grey_levels", levels)
+        if not 1 <= int(self.foreground) <= 255:
+            raise ValueError(f"foreground must be a label in 1..255, got {self.foreground!r}")
+        if levels and self.interpolated_edges:
+            raise ValueError("interpolated_edges applies to binary rules, not to grey levels")
+        spans = sorted(levels)
+        for low, high, label in spans:
+            if low > high or not 0 <= label <= 255:
+                raise ValueError(f"grey level range ({low}, {high}) -> {label} is invalid")
+        for (_, high, label), (low, _, other) in zip(spans, spans[1:], strict=False):
+            if low <= high:
+                raise ValueError(f"grey level ranges of labels {label} and {other} overlap")
+
+    @classmethod
+    def from_label_ranges(
+        cls, ranges: Mapping[int, tuple[int, int]], *, background: int = 0
+    ) -> LabelRule:
+        """A grey-level rule from ``label -> (low, high)`` ranges plus one background value.
+
+        Example:
+            >>> LabelRule.from_label_ranges({1: (250, 255)}).grey_levels
+            ((0, 0, 0), (250, 255, 1))
+        """
+        triples = [(low, high, label) for label, (low, high) in sorted(ranges.items())]
+        return cls(grey_levels=((background, background, 0), *triples))
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """Every label the rule can give, background included, ascending."""
+        if self.grey_levels:
+            return tuple(sorted({label for *_, label in self.grey_levels}))
+        return (0, int(self.foreground))
+
+
+def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
+    """Read one 2D mask file as labels, by its mode and value set, under a dataset's rule.
+
+    How each kind of file is read (the stored values, then the rule):
+
+    * 1-bit (mode ``"1"``): ``{0, 1}``; binary rules only.
+    * 8-bit grey: its values (0/255, 0/1, grey levels, interpolated edges).
+    * 16-bit (or 32-bit integer) grey: its values, with full scale 65535; under a grey-level
+      rule, values above 255 must be the 8-bit levels times 257 (how Pillow and ImageMagick
+      widen 8-bit images) and are divided back.
+    * palette (``"P"``): when every colour the image uses is grey (R = G = B), as GIF and
+      other image editors write grey masks (SCR's GIFs), the grey value of each pixel's entry,
+      so the palette order does not matter; otherwise the palette indices, as label tools
+      (PASCAL VOC, CVAT) write label maps whose colours are only for display.
+    * grey RGB / RGBA / LA: the grey channel (alpha ignored); real colour is refused.
+    * JPEG: lossy, so binary rules only: grey above 127 is the structure, with a
+      :class:`LossyMaskWarning`.
+
+    Args:
+        path: the mask file.
+        rule: the dataset's :class:`LabelRule`.
+
+    Returns:
+        ``uint8`` label array ``(rows, columns)`` with values in ``rule.labels``.
+
+    Raises:
+        UnreadableFileError: the file cannot be opened or decoded as an image.
+        MaskError: several frames, real colour, or values that fit no reading of the rule
+            (the message names the file, how it was read and the values found with their
+            pixel counts).
+
+    Warns:
+        LossyMaskWarning: the file is a JPEG.
+
+    Example:
+        >>> liver = read_labels("CT/1/Ground/liver_GT_045.png", LabelRule())  # doctest: +SKIP
+        >>> np.unique(liver)  # doctest: +SKIP
+        array([0, 1], dtype=uint8)
+    """
+    path = os.fspath(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if getattr(image, "n_frames", 1) != 1:
+                raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
+            if image.format in _LOSSY_FORMATS:
+                return _lossy_labels(path, np.asarray(image.convert("L")), rule)
+            stored, full_scale, reading = _stored_values(path, image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UnreadableFileError(path, f"cannot be read as a mask image ({exc})") from exc
+    if rule.grey_levels:
+        return _grey_level_labels(path, stored, full_scale, reading, rule)
+    return _binary_labels(path, stored, full_scale, reading, rule)
 
 
 def read_mask(path: os.PathLike | str) -> np.ndarray:
@@ -97,7 +240,10 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
 
 
 def read_mask_stack(
-    paths: Sequence[os.PathLike | str], *, expected_shape: Sequence[int] | None = None
+    paths: Sequence[os.PathLike | str],
+    *,
+    expected_shape: Sequence[int] | None = None,
+    rule: LabelRule | None = None,
 ) -> np.ndarray:
     """Read one mask per slice and stack them in the given order into ``(z, y, x)``.
 
@@ -108,9 +254,12 @@ def read_mask_stack(
         paths: mask files, one per slice, in array order.
         expected_shape: ``(rows, columns)`` every slice must have, or ``(slices, rows,
             columns)`` to also check the number of files; by default the first file's shape.
+        rule: read every slice as labels with :func:`read_labels` under this rule; by
+            default the stored values (:func:`read_mask`).
 
     Returns:
-        Array ``(len(paths), rows, columns)`` of the common dtype of the slices.
+        Array ``(len(paths), rows, columns)``: ``uint8`` labels with a rule, otherwise the
+        common dtype of the stored slices.
 
     Raises:
         MaskError: no paths, the wrong number of files, or a slice whose shape differs (the
@@ -135,7 +284,7 @@ def read_mask_stack(
             raise MaskError(None, f"expected_shape must have 2 or 3 entries, got {expected_shape}")
     slices = []
     for path in paths:
-        mask = read_mask(path)
+        mask = read_mask(path) if rule is None else read_labels(path, rule)
         if expected_shape is None:
             expected_shape = mask.shape
         if mask.shape != expected_shape:
@@ -175,10 +324,8 @@ def apply_value_ranges(mask: np.ndarray, ranges, *, source=None) -> np.ndarray:
         labels[inside] = label
         covered |= inside
     if not covered.all():
-        values, counts = np.unique(mask[~covered], return_counts=True)
-        listed = ", ".join(f"{v:g} ({c} px)" for v, c in zip(values[:10], counts[:10], strict=True))
-        more = f" and {len(values) - 10} more values" if len(values) > 10 else ""
-        raise MaskError(source, f"values in no range of {tuple(ranges)}: {listed}{more}")
+        listed = _value_counts(mask[~covered])
+        raise MaskError(source, f"values in no range of {tuple(ranges)}: {listed}")
     return labels
 
 
@@ -275,3 +422,116 @@ def _lossless_values(path: str, image: Image.Image) -> np.ndarray:
             return values.astype(np.uint16)
         return values.astype(np.uint32)
     raise MaskError(path, f"has image mode {mode}; expected a grey-level or palette mask")
+
+
+def _value_counts(values: np.ndarray, limit: int = 10) -> str:
+    """``"0 (1200 px), 100 (30 px)"``: the distinct values and their pixel counts."""
+    distinct, counts = np.unique(values, return_counts=True)
+    listed = ", ".join(
+        f"{v:g} ({c} px)" for v, c in zip(distinct[:limit], counts[:limit], strict=True)
+    )
+    more = f" and {len(distinct) - limit} more values" if len(distinct) > limit else ""
+    return listed + more
+
+
+_GREY_BYTE_MODES = {"L": "8-bit grey", "LA": "8-bit grey with alpha"}
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")
+_SIXTEEN_BIT_FULL_SCALE = 65535
+
+
+def _stored_values(path: str, image: Image.Image) -> tuple[np.ndarray, int, str]:
+    """The values :func:`read_labels` decodes: ``(values, full scale, how they were read)``."""
+    mode = image.mode
+    if mode == "1":
+        return np.array(image, dtype=np.uint8), 1, "1-bit"
+    if mode in _GREY_BYTE_MODES:
+        values = np.array(image)
+        return (values[..., 0] if mode == "LA" else values), 255, _GREY_BYTE_MODES[mode]
+    if mode in _SIXTEEN_BIT_MODES:
+        return np.array(image).astype(np.uint16), _SIXTEEN_BIT_FULL_SCALE, "16-bit grey"
+    if mode in ("I", "F"):
+        values = np.array(image)
+        if not np.array_equal(values, np.round(values)) or values.min() < 0:
+            raise MaskError(path, f"holds non-integer or negative values (mode {mode})")
+        if values.max() > _SIXTEEN_BIT_FULL_SCALE:
+            raise MaskError(path, f"holds {values.max():g}, above 16 bits (mode {mode})")
+        return values.astype(np.uint16), _SIXTEEN_BIT_FULL_SCALE, f"{mode} grey"
+    if mode == "P":
+        colours = np.array(image.convert("RGB"))
+        if _is_grey(colours):
+            return colours[..., 0], 255, "palette of grey entries, read as grey"
+        return np.array(image), 255, "palette of colour entries, read as indices"
+    if mode in ("RGB", "RGBA"):
+        colours = np.array(image)[..., :3]
+        if not _is_grey(colours):
+            raise MaskError(path, "is a colour image; expected a single-channel label image")
+        return colours[..., 0], 255, f"grey {mode}"
+    raise MaskError(path, f"has image mode {mode}; expected a grey-level or palette mask")
+
+
+def _is_grey(colours: np.ndarray) -> bool:
+    return bool(
+        np.array_equal(colours[..., 0], colours[..., 1])
+        and np.array_equal(colours[..., 0], colours[..., 2])
+    )
+
+
+def _binary_labels(
+    path: str, stored: np.ndarray, full_scale: int, reading: str, rule: LabelRule
+) -> np.ndarray:
+    present = set(np.unique(stored).tolist())
+    for on in sorted({1, 255, full_scale}):
+        if present <= {0, on}:
+            return np.where(stored == on, rule.foreground, 0).astype(np.uint8)
+    if rule.interpolated_edges and full_scale > 1:
+        at_full_scale = int(np.count_nonzero(stored == full_scale))
+        in_between = int(np.count_nonzero((stored > 0) & (stored < full_scale)))
+        if at_full_scale and in_between <= at_full_scale:
+            return np.where(stored > full_scale / 2, rule.foreground, 0).astype(np.uint8)
+    edges = (
+        f"; values between 0 and {full_scale} are accepted only as interpolated edges (the "
+        f"value {full_scale} present and at least as frequent)"
+        if rule.interpolated_edges
+        else ""
+    )
+    raise MaskError(
+        path,
+        f"{reading} mask holds {_value_counts(stored)}; a binary mask of this dataset holds "
+        f"0 and one of 1, 255{'' if full_scale <= 255 else f', {full_scale}'}{edges}",
+    )
+
+
+def _grey_level_labels(
+    path: str, stored: np.ndarray, full_scale: int, reading: str, rule: LabelRule
+) -> np.ndarray:
+    if full_scale == 1:
+        raise MaskError(
+            path,
+            f"is a 1-bit mask, which cannot hold this dataset's grey levels {rule.grey_levels}",
+        )
+    if full_scale == _SIXTEEN_BIT_FULL_SCALE and stored.max() > 255:
+        if np.any(stored % 257):
+            raise MaskError(
+                path,
+                f"{reading} mask holds {_value_counts(stored)}; this dataset's labels are 8-bit "
+                f"grey levels {rule.grey_levels}, stored as they are or times 257",
+            )
+        stored = stored // 257
+    return apply_value_ranges(stored, rule.grey_levels, source=path)
+
+
+def _lossy_labels(path: str, grey: np.ndarray, rule: LabelRule) -> np.ndarray:
+    if rule.grey_levels:
+        raise MaskError(
+            path,
+            "is a JPEG; its compression noise makes the grey levels "
+            f"{rule.grey_levels} of this dataset unrecoverable. Store the masks as PNG.",
+        )
+    warnings.warn(
+        LossyMaskWarning(
+            f"{path}: JPEG mask is lossy; grey values above 127 taken as the structure. "
+            "Store masks as PNG to avoid this."
+        ),
+        stacklevel=3,
+    )
+    return np.where(grey > 127, rule.foreground, 0).astype(np.uint8)
