@@ -54,6 +54,7 @@ def _one_hot_target(y_true, y_pred):
     rank_true, rank_pred = len(y_true.shape), len(y_pred.shape)
     y_true = ops.cast(y_true, y_pred.dtype)
     if rank_true == rank_pred and y_true.shape[-1] == channels:
+        _check_grids(y_true.shape[:-1], y_true.shape, y_pred.shape)
         return y_true
     if rank_true == rank_pred and y_true.shape[-1] == 1:
         labels = ops.squeeze(y_true, axis=-1)
@@ -65,9 +66,26 @@ def _one_hot_target(y_true, y_pred):
             f"labels for y_pred of shape {tuple(y_pred.shape)}: expected "
             f"(B, *spatial, {channels}), (B, *spatial, 1) or (B, *spatial)"
         )
+    _check_grids(labels.shape, y_true.shape, y_pred.shape)
     if channels == 1:
         return ops.expand_dims(labels, axis=-1)
     return ops.one_hot(ops.cast(labels, "int32"), channels, dtype=y_pred.dtype)
+
+
+def _check_grids(leading, true_shape, pred_shape):
+    """Raise when the known batch and spatial sizes of target and prediction differ.
+
+    Sizes unknown while a model is traced (``None``) cannot be compared here; a mismatch
+    there still fails when the tensors meet, with the backend's own message.
+    """
+    expected = tuple(pred_shape[:-1])
+    for size, wanted in zip(tuple(leading), expected, strict=True):
+        if size is not None and wanted is not None and size != wanted:
+            raise ValueError(
+                f"y_true has shape {tuple(true_shape)} but y_pred has shape "
+                f"{tuple(pred_shape)}: their batch and spatial axes must match "
+                f"({expected} before the channel axis)"
+            )
 
 
 def _probabilities(y_pred, from_logits):

@@ -3,7 +3,10 @@
 Streaming metrics (:class:`DiceScore`, :class:`IoUScore`) take the same ``y_true`` /
 ``y_pred`` layouts as :mod:`kseg.losses` and add up true positives, false positives and
 false negatives over every batch seen since the last ``reset_state``, so the result is one
-global (volume-level) score, not a mean of per-batch scores.
+global (volume-level) score, not a mean of per-batch scores. A NaN in ``y_pred`` (training
+has diverged) is never scored as a confident "background": called eagerly the metric raises
+``ValueError``; inside a traced ``fit`` / ``evaluate`` step it counts the NaN voxels and its
+result is ``nan`` until ``reset_state``, so the logs show ``dice: nan`` instead of 0.
 
 The numpy functions score one whole binary volume (any number of dimensions) and return a
 Python float. Each documents the case in which it is undefined and returns its ``empty``
@@ -28,10 +31,26 @@ import numpy as np
 from keras import ops
 from scipy import ndimage
 
-from kseg.errors import MaskError
 from kseg.losses import _one_hot_target
 
 _PACKAGE = "kseg"
+
+
+def _concrete_bool(flag):
+    """A scalar boolean tensor as a Python bool when computed eagerly, else ``None``.
+
+    Inside a traced function (``tf.function``, ``jax.jit``) the value is not known yet, so
+    no Python decision can depend on it.
+    """
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            return None
+    try:
+        return bool(ops.convert_to_numpy(flag))
+    except TypeError:  # a traced value, e.g. under jax.jit
+        return None
 
 
 def _check_empty(name, value):
@@ -71,26 +90,43 @@ class _OverlapScore(keras.metrics.Metric):
         self.false_negatives = self.add_variable(
             shape=(num_classes,), initializer="zeros", name="false_negatives"
         )
+        self.nan_voxels = self.add_variable(shape=(), initializer="zeros", name="nan_voxels")
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         """Add the counts of one batch.
 
         Args:
-            y_true: binary target, one-hot target or sparse labels (see :mod:`kseg.losses`).
+            y_true: binary target, one-hot target or sparse labels (see :mod:`kseg.losses`),
+                on the batch and spatial grid of ``y_pred``.
             y_pred: ``(B, *spatial, num_classes)`` probabilities, or logits with
                 ``from_logits=True``. A binary model's voxel is foreground when its
                 probability is >= ``threshold``; a multi-class voxel takes its argmax class.
             sample_weight: optional weights of shape ``(B,)``, ``(B, *spatial)`` or
                 ``(B, *spatial, 1)``, multiplying each voxel's contribution to the counts.
+
+        Raises:
+            ValueError: ``y_pred`` has the wrong channel count; the known batch or spatial
+                sizes of ``y_true`` and ``y_pred`` differ (the message gives both shapes);
+                or, called eagerly, ``y_pred`` holds NaN. Inside a traced step NaN cannot
+                raise; it makes :meth:`result` ``nan`` until ``reset_state`` instead.
         """
         y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
         y_true = ops.convert_to_tensor(y_true, dtype=self.dtype)
-        if y_pred.shape[-1] != self.num_classes:
-            raise MaskError(
-                None,
-                f"{self.name}: y_pred has {y_pred.shape[-1]} channels, the metric was built "
-                f"for num_classes={self.num_classes}",
+        if len(y_pred.shape) < 2 or y_pred.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"{self.name}: y_pred has shape {tuple(y_pred.shape)}, expected (batch, "
+                f"*spatial, {self.num_classes}): the metric was built for "
+                f"num_classes={self.num_classes}"
             )
+        nan_voxels = ops.sum(ops.cast(ops.any(ops.isnan(y_pred), axis=-1), self.dtype))
+        if _concrete_bool(nan_voxels > 0):
+            raise ValueError(
+                f"{self.name}: y_pred holds NaN in {int(ops.convert_to_numpy(nan_voxels))} of "
+                f"{int(np.prod(y_pred.shape[:-1]))} voxels; the model's outputs are not "
+                "numbers, which usually means training has diverged (lower the learning "
+                "rate, check the inputs for NaN, or use a loss computed from logits)"
+            )
+        self.nan_voxels.assign_add(nan_voxels)
         target = _one_hot_target(y_true, y_pred)
         if self.num_classes == 1:
             probabilities = ops.sigmoid(y_pred) if self.from_logits else y_pred
@@ -125,7 +161,8 @@ class _OverlapScore(keras.metrics.Metric):
             numerator / ops.maximum(denominator, keras.config.epsilon()),
             ops.cast(self.empty, self.dtype),
         )
-        return ops.mean(per_class)
+        # NaN predictions seen since the last reset leave the score undefined, not 0.
+        return ops.where(self.nan_voxels > 0, ops.cast(math.nan, self.dtype), ops.mean(per_class))
 
     def get_config(self):
         config = super().get_config()
@@ -149,7 +186,10 @@ class DiceScore(_OverlapScore):
     voxels seen together (a volume-level or dataset-level Dice), not the mean of batch
     scores. A multi-class result is the mean over the scored classes of their Dice.
     A class with ``2 TP + FP + FN = 0`` (absent from every target and prediction seen)
-    scores ``empty``.
+    scores ``empty``. NaN predictions (a diverged model) raise ``ValueError`` when the
+    metric is called eagerly and make the result ``nan`` inside a compiled ``fit`` /
+    ``evaluate`` step, never a silent 0; target and prediction of different batch or
+    spatial sizes raise ``ValueError`` giving both shapes.
 
     Args:
         num_classes: channels of ``y_pred``; 1 for a binary (sigmoid) model.
@@ -205,7 +245,8 @@ class DiceScore(_OverlapScore):
 class IoUScore(_OverlapScore):
     """Jaccard index ``TP / (TP + FP + FN)`` accumulated over batches.
 
-    Same accumulation, class handling and ``empty`` convention as :class:`DiceScore`.
+    Same accumulation, class handling, ``empty`` convention and handling of NaN
+    predictions and mismatched shapes as :class:`DiceScore`.
 
     Args:
         num_classes: channels of ``y_pred``; 1 for a binary (sigmoid) model.
@@ -257,9 +298,7 @@ class IoUScore(_OverlapScore):
 def _binary_pair(y_true, y_pred):
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if y_true.shape != y_pred.shape:
-        raise MaskError(
-            None, f"y_true has shape {y_true.shape} but y_pred has shape {y_pred.shape}"
-        )
+        raise ValueError(f"y_true has shape {y_true.shape} but y_pred has shape {y_pred.shape}")
     return _as_binary("y_true", y_true), _as_binary("y_pred", y_pred)
 
 
@@ -267,10 +306,9 @@ def _as_binary(name, mask):
     if mask.dtype == bool:
         return mask
     if np.any((mask != 0) & (mask != 1)):
-        raise MaskError(
-            None,
+        raise ValueError(
             f"{name} must be a binary mask of 0/1 or bool values, got values "
-            f"{np.unique(mask)[:5].tolist()}...; score label maps with per_class",
+            f"{np.unique(mask)[:5].tolist()}...; score label maps with per_class"
         )
     return mask.astype(bool)
 
@@ -470,7 +508,7 @@ def _surface_distances(y_true, y_pred, spacing):
 def _distance_inputs(y_true, y_pred, spacing):
     y_true, y_pred = _binary_pair(y_true, y_pred)
     if y_true.ndim == 0:
-        raise MaskError(None, "surface distances need masks with at least one axis")
+        raise ValueError("y_true and y_pred need at least one axis for surface distances")
     return y_true, y_pred, _spacing(spacing, y_true.ndim), y_true.any(), y_pred.any()
 
 
@@ -678,10 +716,9 @@ def per_class(
     """
     y_true_labels, y_pred_labels = np.asarray(y_true_labels), np.asarray(y_pred_labels)
     if y_true_labels.shape != y_pred_labels.shape:
-        raise MaskError(
-            None,
+        raise ValueError(
             f"y_true_labels has shape {y_true_labels.shape} but y_pred_labels has shape "
-            f"{y_pred_labels.shape}",
+            f"{y_pred_labels.shape}"
         )
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
         raise ValueError(f"labels must be an iterable of integer labels, got {labels!r}")

@@ -1,6 +1,7 @@
 """kseg.losses against independent numpy formulas written out per sample and per class."""
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -503,6 +504,21 @@ def test_target_of_wrong_shape_raises_value_error_naming_both_shapes(y_true_shap
     with pytest.raises(ValueError, match=expected) as info:
         losses.DiceLoss()(np.zeros(y_true_shape), probabilities)
     assert type(info.value) is ValueError  # an argument error, not a file error
+
+
+@pytest.mark.parametrize("loss_class", ALL_LOSSES)
+@pytest.mark.parametrize(
+    "y_true_shape, y_pred_shape",
+    [((2, 8, 8, 1), (2, 4, 4, 1)), ((3, 4, 4), (2, 4, 4, 3)), ((2, 4, 5, 3), (2, 4, 4, 3))],
+    ids=["binary-spatial", "sparse-batch", "one-hot-spatial"],
+)
+def test_grid_mismatch_raises_value_error_naming_both_shapes(
+    loss_class, y_true_shape, y_pred_shape
+):
+    # Before: a raw backend error from the first elementwise product.
+    expected = re.escape(f"y_true has shape {y_true_shape} but y_pred has shape {y_pred_shape}")
+    with pytest.raises(ValueError, match=expected):
+        loss_class()(np.zeros(y_true_shape), np.full(y_pred_shape, 0.3, dtype="float32"))
 
 
 def test_prediction_without_channel_axis_raises_value_error_naming_y_pred():

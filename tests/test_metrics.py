@@ -1,6 +1,7 @@
 """kseg.metrics against hand-worked cases, set formulas and brute-force surface distances."""
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -8,7 +9,6 @@ import pytest
 from scipy import ndimage
 
 from kseg import losses, metrics
-from kseg.errors import MaskError
 
 ANISOTROPIC = (3.0, 0.8, 0.8)
 
@@ -106,7 +106,7 @@ def test_shape_mismatch_raises_value_error(name):
 
 
 def test_non_binary_values_are_refused():
-    with pytest.raises(MaskError, match="binary"):
+    with pytest.raises(ValueError, match="y_true must be a binary"):
         metrics.dice(np.array([0, 1, 2]), np.array([0, 1, 1]))
 
 
@@ -398,11 +398,83 @@ def test_streaming_empty_convention(empty):
 
 
 def test_streaming_rejects_wrong_channel_count_and_bad_arguments():
-    with pytest.raises(MaskError, match="num_classes"):
+    with pytest.raises(ValueError, match=r"\(1, 2, 2, 3\).*num_classes=2"):
         metrics.DiceScore(num_classes=2).update_state(np.zeros((1, 2, 2)), np.zeros((1, 2, 2, 3)))
     for kwargs in ({"num_classes": 0}, {"threshold": 1.0}, {"from_logits": "yes"}, {"empty": None}):
         with pytest.raises(ValueError):
             metrics.IoUScore(**kwargs)
+
+
+STREAMING = [
+    pytest.param(lambda: metrics.DiceScore(), 1, id="dice-binary"),
+    pytest.param(lambda: metrics.IoUScore(), 1, id="iou-binary"),
+    pytest.param(lambda: metrics.DiceScore(num_classes=3), 3, id="dice-multiclass"),
+    pytest.param(lambda: metrics.IoUScore(num_classes=3), 3, id="iou-multiclass"),
+]
+
+
+@pytest.mark.parametrize("make, channels", STREAMING)
+def test_streaming_nan_predictions_raise_when_called_eagerly(make, channels):
+    metric = make()
+    labels = np.ones((2, 4, 4), dtype=int)
+    prediction = np.full((2, 4, 4, channels), np.nan, dtype="float32")
+    with pytest.raises(ValueError, match=r"NaN in 32 of 32 voxels.*diverged"):
+        metric.update_state(labels, prediction)
+    # A single NaN voxel is enough; the counts of the refused batch are not kept.
+    prediction = np.full((2, 4, 4, channels), 0.9, dtype="float32")
+    prediction[1, 2, 3, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN in 1 of 32 voxels"):
+        metric.update_state(labels, prediction)
+    for variable in metric.variables:
+        assert not np.any(keras.ops.convert_to_numpy(variable))
+
+
+@pytest.mark.parametrize("make, channels", STREAMING)
+def test_streaming_nan_predictions_inside_compiled_evaluate_give_nan_not_zero(make, channels):
+    # Before: NaN >= threshold is False, so a diverged model logged dice 0.0 as if it
+    # predicted empty masks. Inside a traced step the metric cannot raise, so it says nan.
+    inputs = keras.Input((4, 4, channels))
+    diverged = keras.layers.Lambda(lambda x: x * np.float32("nan"))(inputs)
+    model = keras.Model(inputs, diverged)
+    model.compile(loss=losses.DiceLoss(), metrics=[make()])
+    images = np.full((2, 4, 4, channels), 0.5, dtype="float32")
+    labels = np.ones((2, 4, 4, 1), dtype="float32")
+    logs = model.evaluate(images, labels, verbose=0, return_dict=True)
+    scores = {key: value for key, value in logs.items() if key != "loss"}
+    assert len(scores) == 1 and math.isnan(next(iter(scores.values()))), logs
+
+
+def test_streaming_nan_state_clears_on_reset():
+    import tensorflow as tf
+
+    metric = metrics.DiceScore()
+    tf.function(metric.update_state)(
+        np.ones((1, 2, 2, 1), dtype="float32"), np.full((1, 2, 2, 1), np.nan, dtype="float32")
+    )
+    assert math.isnan(float(metric.result()))
+    metric.reset_state()
+    metric.update_state(np.array([[[[1], [0]]]]), np.array([[[[0.8], [0.6]]]]))
+    assert float(metric.result()) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize(
+    "metric, y_true_shape, y_pred_shape",
+    [
+        (metrics.DiceScore(), (2, 8, 8, 1), (2, 4, 4, 1)),
+        (metrics.IoUScore(), (2, 4, 4, 1), (3, 4, 4, 1)),
+        (metrics.DiceScore(num_classes=3), (2, 8, 8), (2, 4, 4, 3)),
+        (metrics.IoUScore(num_classes=3), (2, 4, 5, 1), (2, 4, 4, 3)),
+        (metrics.DiceScore(num_classes=3), (2, 4, 5, 3), (2, 4, 4, 3)),
+    ],
+    ids=["dice-binary", "iou-batch", "dice-sparse", "iou-sparse-channel", "dice-one-hot"],
+)
+def test_streaming_shape_mismatch_names_both_shapes(metric, y_true_shape, y_pred_shape):
+    y_true = np.zeros(y_true_shape)
+    y_pred = np.full(y_pred_shape, 0.2, dtype="float32")
+    expected = rf"y_true has shape {re.escape(str(y_true_shape))} but y_pred has shape "
+    expected += re.escape(str(y_pred_shape))
+    with pytest.raises(ValueError, match=expected):
+        metric.update_state(y_true, y_pred)
 
 
 def test_streaming_metrics_log_as_dice_and_iou():
