@@ -10,10 +10,12 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
 from kseg.data.phantoms import (
     CHAOS_CT_PATIENTS,
+    CHAOS_MASK_ENCODINGS,
     CHAOS_MR_PATIENTS,
     PhantomLabel,
     abdominal_phantom,
     chaos_phantom_case,
+    default_mask_encoding,
     main,
     mr_signal,
     write_chaos,
@@ -147,11 +149,42 @@ def _name_order_is_not_position_order(datasets, case):
     assert sorted(_position_index(ds, case) for ds in datasets) == list(range(len(datasets)))
 
 
+_MODE_OF_ENCODING = {
+    "1bit": "1", "8bit": "L", "8bit_01": "L", "16bit": "I;16", "16bit_01": "I;16",
+    "palette_grey": "P", "palette_index": "P", "rgb": "RGB", "rgba": "RGBA", "jpg": "L",
+}
+
+
+def _chaos_grey(path, encoding, modality):
+    """The CHAOS grey values (0/255 CT, 63..252 MR) a mask file holds, decoded with Pillow
+    by what each encoding is documented to store."""
+    with Image.open(path) as image:
+        assert image.mode == _MODE_OF_ENCODING[encoding], path
+        stored = np.asarray(image).astype(np.int64)
+        colours = np.asarray(image.convert("RGB")).astype(np.int64)
+    if encoding in ("1bit", "8bit_01", "16bit_01"):
+        assert set(np.unique(stored).tolist()) <= {0, 1}
+        return stored * 255
+    if encoding == "16bit":
+        assert not (stored % 257).any()
+        return stored // 257
+    if encoding in ("palette_grey", "rgb", "rgba"):
+        assert (colours == colours[..., :1]).all()  # grey entries / equal channels
+        if encoding == "rgba":
+            assert (stored[..., 3] == 255).all()
+        return colours[..., 0]
+    if encoding == "palette_index":
+        used = colours[stored > 0]
+        assert not (used == used[..., :1]).all(axis=-1).any()  # colour entries
+        return stored * 255 if modality == "CT" else stored
+    return stored  # 8bit, jpg
+
+
 @pytest.fixture(scope="module")
 def ct_root(tmp_path_factory):
     return write_chaos(
         tmp_path_factory.mktemp("chaos_ct"), modality="CT", num_patients=3, num_slices=6,
-        size=48, seed=1,
+        size=48, seed=1, progress=False,
     )
 
 
@@ -182,18 +215,22 @@ def test_ct_layout_headers_and_name_rank_pairing(ct_root):
             hu = dataset.pixel_array * slope + intercept
             np.testing.assert_array_equal(hu, case.images["CT"][k])
             # The official rule: the mask with this file's sorted-name rank is its mask.
-            png = np.asarray(Image.open(mask_path))
+            grey = _chaos_grey(mask_path, default_mask_encoding("CT", index), "CT")
             expected = np.where(case.labels[k] == PhantomLabel.LIVER, 255, 0)
-            np.testing.assert_array_equal(png, expected)
+            np.testing.assert_array_equal(grey, expected)
         series_uids |= {ds.SeriesInstanceUID for ds in datasets}
         assert len({ds.SOPInstanceUID for ds in datasets}) == 6
     assert len(series_uids) == 3
     liver_masks = [np.asarray(Image.open(p)) for p in (ct_root / "Train_Sets/CT").rglob("*.png")]
     assert any(m.any() for m in liver_masks) and not all(m.any() for m in liver_masks)
+    with Image.open(patients[0] / "Ground" / "liver_GT_000.png") as first:
+        assert first.mode == "1"  # patient 0 gets the real CHAOS CT format: 1-bit PNG
 
 
 def test_same_arguments_write_identical_files(ct_root, tmp_path):
-    again = write_chaos(tmp_path, modality="CT", num_patients=3, num_slices=6, size=48, seed=1)
+    again = write_chaos(
+        tmp_path, modality="CT", num_patients=3, num_slices=6, size=48, seed=1, progress=False
+    )
     first = sorted(p.relative_to(ct_root) for p in ct_root.rglob("*") if p.is_file())
     second = sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert first == second
@@ -212,7 +249,9 @@ def test_existing_patient_folders_are_never_overwritten(tmp_path):
 
 
 def test_mr_layout_pairs_one_t1_ground_stack_with_both_phases(tmp_path):
-    root = write_chaos(tmp_path, modality="MR", num_patients=2, num_slices=5, size=32, seed=3)
+    root = write_chaos(
+        tmp_path, modality="MR", num_patients=2, num_slices=5, size=32, seed=3, progress=False
+    )
     lut = {0: 0, PhantomLabel.LIVER: 63, PhantomLabel.RIGHT_KIDNEY: 126,
            PhantomLabel.LEFT_KIDNEY: 189, PhantomLabel.SPLEEN: 252}
     patients = sorted((root / "Train_Sets" / "MR").iterdir(), key=lambda p: int(p.name))
@@ -237,9 +276,9 @@ def test_mr_layout_pairs_one_t1_ground_stack_with_both_phases(tmp_path):
                 assert str(dataset.PatientName) == "KSEG^PHANTOM"
                 k = _position_index(dataset, case)
                 np.testing.assert_array_equal(dataset.pixel_array, case.images[sequence][k])
-                png = np.asarray(Image.open(mask_path))
-                np.testing.assert_array_equal(png, expected_masks[k])
-                seen_values |= set(np.unique(png).tolist())
+                grey = _chaos_grey(mask_path, default_mask_encoding("MR", index), "MR")
+                np.testing.assert_array_equal(grey, expected_masks[k])
+                seen_values |= set(np.unique(grey).tolist())
         in_counters = [int(p.stem[-5:]) for p in (patient / "T1DUAL/DICOM_anon/InPhase").iterdir()]
         assert all(c % 2 == 0 for c in in_counters)
     assert seen_values <= {0, 63, 126, 189, 252} and 63 in seen_values
@@ -247,7 +286,57 @@ def test_mr_layout_pairs_one_t1_ground_stack_with_both_phases(tmp_path):
 
 def test_command_line_writes_both_modalities(tmp_path):
     main([str(tmp_path), "--modality", "CT", "MR", "--num-patients", "1", "--num-slices", "2",
-          "--size", "16"])
+          "--size", "16", "--mask-encoding", "rgb"])
     assert len(list((tmp_path / "Train_Sets/CT/1/DICOM_anon").iterdir())) == 2
     assert len(list((tmp_path / "Train_Sets/MR/1/T2SPIR/Ground").iterdir())) == 2
     assert pathlib.Path(tmp_path / "Train_Sets/MR/1/T1DUAL/DICOM_anon/OutPhase").is_dir()
+    for path in (tmp_path / "Train_Sets").rglob("Ground/*.png"):
+        assert Image.open(path).mode == "RGB"
+
+
+def test_command_line_default_fills_the_builders_five_folds_with_a_progress_bar(
+    tmp_path, capsys
+):
+    main([str(tmp_path), "--num-slices", "1", "--size", "8"])
+    patients = sorted((tmp_path / "Train_Sets" / "CT").iterdir(), key=lambda p: int(p.name))
+    assert [p.name for p in patients] == [str(n) for n in CHAOS_CT_PATIENTS[:10]]
+    err = capsys.readouterr().err
+    assert "synthetic CHAOS CT patients" in err and "10/10" in err
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+@pytest.mark.parametrize("encoding", sorted(CHAOS_MASK_ENCODINGS))
+def test_every_mask_encoding_stores_the_chaos_values(tmp_path, modality, encoding):
+    binary_only = encoding in ("1bit", "8bit_01", "16bit_01", "jpg")
+    if modality == "MR" and binary_only:
+        with pytest.raises(ValueError, match="cannot hold the MR grey levels"):
+            write_chaos(tmp_path, modality="MR", num_patients=1, mask_encoding=encoding)
+        return
+    root = write_chaos(tmp_path, modality=modality, num_patients=1, num_slices=6, size=48,
+                       seed=2, mask_encoding=encoding, progress=False)
+    case = chaos_phantom_case(modality, 0, num_slices=6, size=48, seed=2)
+    lut = np.zeros(len(PhantomLabel), np.int64)
+    if modality == "CT":
+        lut[PhantomLabel.LIVER] = 255
+        grounds = ["Ground"]
+    else:
+        lut[[PhantomLabel.LIVER, PhantomLabel.RIGHT_KIDNEY, PhantomLabel.LEFT_KIDNEY,
+             PhantomLabel.SPLEEN]] = [63, 126, 189, 252]
+        grounds = ["T1DUAL/Ground", "T2SPIR/Ground"]
+    sequence = "CT" if modality == "CT" else "T2SPIR"
+    for ground in grounds:
+        files = sorted((root / "Train_Sets" / modality / case.patient / ground).iterdir())
+        assert {p.suffix for p in files} == {".jpg" if encoding == "jpg" else ".png"}
+        for k, rank in enumerate(case.name_ranks[sequence if ground != "T1DUAL/Ground"
+                                                 else "T1_IN"]):
+            grey = _chaos_grey(files[rank], encoding, modality)
+            expected = lut[case.labels[k]]
+            if encoding == "jpg":  # lossy: all but a few edge pixels on the right side
+                assert np.count_nonzero((grey > 127) != (expected > 0)) <= 0.02 * expected.size
+            else:
+                np.testing.assert_array_equal(grey, expected)
+
+
+def test_unknown_mask_encoding_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="mask_encoding must be None or one of"):
+        write_chaos(tmp_path, num_patients=1, mask_encoding="png")

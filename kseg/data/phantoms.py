@@ -12,10 +12,13 @@ data.
 ``tfds_builders/chaos/README.md``), including the traps of the real download: file names
 and InstanceNumbers that do not run in slice-position order, while each ``Ground/*.png``
 mask still belongs to the DICOM file of the same sorted-name rank, the rule of the
-organisers' evaluation code. Regenerate the CHAOS builder's dummy data with::
+organisers' evaluation code. Mask files come in every encoding a reader meets
+(:data:`CHAOS_MASK_ENCODINGS`: 1-bit PNG as the real CT download ships, 8- and 16-bit grey,
+palettes, grey RGB(A), JPEG), by default a different one per patient, so one phantom tree
+exercises them all. Regenerate the CHAOS builder's dummy data with::
 
     python -m kseg.data.phantoms tfds_builders/chaos/dummy_data --modality CT MR \\
-        --num-patients 5 --num-slices 3 --size 32
+        --num-patients 5 --num-slices 4 --size 32
 
 Example:
     >>> hu, labels = abdominal_phantom((8, 64, 64), seed=1)
@@ -49,6 +52,7 @@ from pydicom.uid import (
     MRImageStorage,
     generate_uid,
 )
+from tqdm import tqdm
 
 from kseg._files import atomic_directory
 from kseg.errors import LayoutError
@@ -101,6 +105,35 @@ CHAOS_MR_MASK_VALUES = {
     PhantomLabel.SPLEEN: 252,
 }
 CHAOS_CT_LIVER_VALUE = 255
+
+CHAOS_MASK_ENCODINGS = {
+    "1bit": "1-bit PNG (mode '1'), as the real CHAOS CT Ground files are; binary only",
+    "8bit": "8-bit grey PNG: 0 / 255 (CT), the grey levels (MR)",
+    "8bit_01": "8-bit grey PNG holding 0 / 1; binary only",
+    "16bit": "16-bit grey PNG: 0 / 65535 (CT), the grey levels times 257 (MR)",
+    "16bit_01": "16-bit grey PNG holding 0 / 1; binary only",
+    "palette_grey": "palette PNG of grey entries in reverse order (index is not the value)",
+    "palette_index": "palette PNG of colour entries; the index is 1 (CT) or the grey level (MR)",
+    "rgb": "RGB PNG with three equal channels",
+    "rgba": "RGBA PNG with three equal channels and opaque alpha",
+    "jpg": "JPEG (quality 95) of the 0 / 255 mask, suffix .jpg; binary only, lossy",
+}
+"""Mask encodings :func:`write_chaos` writes; the value is what each one stores."""
+
+_BINARY_ONLY_ENCODINGS = frozenset({"1bit", "8bit_01", "16bit_01", "jpg"})
+# The default encoding of patient k is entry k % len of its modality's cycle: every lossless
+# encoding appears in a tree of enough patients, and patient 0 of CT gets the real format.
+# JPEG is left out of the default because it cannot round-trip a mask exactly.
+_DEFAULT_ENCODING_CYCLE = {
+    "CT": ("1bit", "8bit", "16bit", "palette_grey", "8bit_01", "palette_index", "rgb",
+           "16bit_01", "rgba"),
+    "MR": ("8bit", "16bit", "palette_grey", "palette_index", "rgb", "rgba"),
+}
+# Stored grey values of each modality's labels, background first (palette encodings).
+_MASK_LEVELS = {
+    "CT": (0, CHAOS_CT_LIVER_VALUE),
+    "MR": (0, *CHAOS_MR_MASK_VALUES.values()),
+}
 
 # Training patient numbers of the real CHAOS download; the phantom uses the same
 # non-contiguous numbers so that readers meet the "10" < "2" sorting trap.
@@ -300,21 +333,34 @@ def chaos_phantom_case(
     )
 
 
+def default_mask_encoding(modality: str, patient_index: int) -> str:
+    """The mask encoding :func:`write_chaos` gives patient ``patient_index`` by default.
+
+    Example:
+        >>> [default_mask_encoding("CT", k) for k in range(3)]
+        ['1bit', '8bit', '16bit']
+    """
+    cycle = _DEFAULT_ENCODING_CYCLE[_check_modality(modality)]
+    return cycle[patient_index % len(cycle)]
+
+
 def write_chaos(
     root: os.PathLike | str,
     *,
     modality: str = "CT",
-    num_patients: int = 4,
+    num_patients: int = 10,
     num_slices: int = 24,
     size: int = 512,
     seed: int = 0,
+    mask_encoding: str | None = None,
+    progress: bool = True,
 ) -> pathlib.Path:
     """Write synthetic patients in the layout of the CHAOS training download.
 
-    CT (liver only, masks 0 / 255)::
+    CT (liver only; 1-bit PNGs in the real download)::
 
         root/Train_Sets/CT/<n>/DICOM_anon/i0000,0000b.dcm ...
-        root/Train_Sets/CT/<n>/Ground/liver_GT_000.png ...
+        root/Train_Sets/CT/<n>/Ground/liver_GT_000.png ...   (.jpg for the "jpg" encoding)
 
     MR (masks 63 liver, 126 right kidney, 189 left kidney, 252 spleen)::
 
@@ -324,7 +370,7 @@ def write_chaos(
         root/Train_Sets/MR/<n>/T2SPIR/DICOM_anon/IMG-0004-00001.dcm ...
         root/Train_Sets/MR/<n>/T2SPIR/Ground/IMG-0004-00001.png ...
 
-    The i-th PNG in sorted-name order is the mask of the i-th DICOM file in sorted-name
+    The i-th mask in sorted-name order is the mask of the i-th DICOM file in sorted-name
     order (per series folder), as in the challenge; neither file names nor InstanceNumbers
     run in ImagePositionPatient order. CT pixels are stored as ``uint16`` with
     RescaleIntercept -1024; MR pixels as ``uint16`` signal. UIDs come from
@@ -337,17 +383,26 @@ def write_chaos(
         root: folder to write into (created if missing); pass it to the ``chaos`` builder
             as ``manual_dir``.
         modality: ``"CT"`` or ``"MR"``.
-        num_patients: number of patients, at least 1.
+        num_patients: number of patients, at least 1; the builder's default 5 folds need 5.
         num_slices: slices per series, at least 1.
         size: rows and columns per slice, at least 8.
         seed: non-negative integer; the same arguments write identical files.
+        mask_encoding: one of :data:`CHAOS_MASK_ENCODINGS` for every patient (MR accepts
+            only those that can hold grey levels), or ``None`` for a different encoding per
+            patient (:func:`default_mask_encoding`).
+        progress: show a progress bar over patients on stderr.
 
     Returns:
         ``root`` as a path.
 
+    Raises:
+        ValueError: an invalid argument, or a binary-only encoding for MR.
+        LayoutError: a patient folder already exists.
+
     Example:
         >>> import tempfile
-        >>> root = write_chaos(tempfile.mkdtemp(), num_patients=1, num_slices=2, size=16)
+        >>> root = write_chaos(tempfile.mkdtemp(), num_patients=1, num_slices=2, size=16,
+        ...                    progress=False)
         >>> sorted(p.name for p in (root / "Train_Sets" / "CT" / "1" / "Ground").iterdir())
         ['liver_GT_000.png', 'liver_GT_001.png']
 
@@ -360,13 +415,27 @@ def write_chaos(
         raise ValueError(f"num_patients must be a positive integer, got {num_patients!r}")
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
         raise ValueError(f"size must be an integer of at least 8, got {size!r}")
+    if mask_encoding is not None and mask_encoding not in CHAOS_MASK_ENCODINGS:
+        raise ValueError(
+            f"mask_encoding must be None or one of {sorted(CHAOS_MASK_ENCODINGS)}, "
+            f"got {mask_encoding!r}"
+        )
+    if modality == "MR" and mask_encoding in _BINARY_ONLY_ENCODINGS:
+        raise ValueError(f"mask_encoding {mask_encoding!r} cannot hold the MR grey levels")
     root = pathlib.Path(root)
     modality_dir = root / "Train_Sets" / modality
     modality_dir.mkdir(parents=True, exist_ok=True)
-    for index in range(num_patients):
+    patients = tqdm(
+        range(num_patients),
+        desc=f"synthetic CHAOS {modality} patients",
+        unit="patient",
+        disable=not progress,
+    )
+    for index in patients:
         case = chaos_phantom_case(
             modality, index, num_slices=num_slices, size=size, seed=seed
         )
+        encoding = mask_encoding or default_mask_encoding(modality, index)
         target = modality_dir / case.patient
         if target.exists():
             raise LayoutError(
@@ -374,13 +443,49 @@ def write_chaos(
             )
         with atomic_directory(target) as staging:
             if modality == "CT":
-                _write_chaos_ct(staging, case, seed)
+                _write_chaos_ct(staging, case, seed, encoding)
             else:
-                _write_chaos_mr(staging, case, seed)
+                _write_chaos_mr(staging, case, seed, encoding)
     return root
 
 
-def _write_chaos_ct(folder: pathlib.Path, case: ChaosPhantomCase, seed: int) -> None:
+def _save_chaos_mask(grey: np.ndarray, stem: pathlib.Path, modality: str, encoding: str) -> None:
+    """Write one mask slice given as the CHAOS grey values (0 / 255 CT, grey levels MR)."""
+    levels = _MASK_LEVELS[modality]
+    on = grey > 0
+    if encoding == "1bit":
+        image = Image.fromarray(on)
+    elif encoding == "8bit":
+        image = Image.fromarray(grey)
+    elif encoding == "8bit_01":
+        image = Image.fromarray(on.astype(np.uint8))
+    elif encoding == "16bit":
+        image = Image.fromarray(grey.astype(np.uint16) * 257)
+    elif encoding == "16bit_01":
+        image = Image.fromarray(on.astype(np.uint16))
+    elif encoding == "palette_grey":
+        reversed_levels = levels[::-1]
+        index_of = np.zeros(256, np.uint8)
+        index_of[list(reversed_levels)] = np.arange(len(reversed_levels))
+        image = Image.fromarray(index_of[grey], mode="P")
+        image.putpalette([v for level in reversed_levels for v in (level, level, level)])
+    elif encoding == "palette_index":
+        indices = on.astype(np.uint8) if modality == "CT" else grey
+        image = Image.fromarray(indices, mode="P")
+        # Entry i is (i, 0, 255 - i): colours, never grey, as label tools' palettes are.
+        image.putpalette([v for i in range(256) for v in (i, 0, 255 - i)])
+    elif encoding in ("rgb", "rgba"):
+        channels = [grey] * 3 + ([np.full_like(grey, 255)] if encoding == "rgba" else [])
+        image = Image.fromarray(np.dstack(channels))
+    else:  # jpg
+        Image.fromarray(grey).save(stem.with_suffix(".jpg"), quality=95)
+        return
+    image.save(stem.with_suffix(".png"))
+
+
+def _write_chaos_ct(
+    folder: pathlib.Path, case: ChaosPhantomCase, seed: int, encoding: str
+) -> None:
     dicom_dir, ground_dir = folder / "DICOM_anon", folder / "Ground"
     dicom_dir.mkdir()
     ground_dir.mkdir()
@@ -390,10 +495,12 @@ def _write_chaos_ct(folder: pathlib.Path, case: ChaosPhantomCase, seed: int) -> 
         rank = int(case.name_ranks["CT"][k])
         series.write(dicom_dir / f"i{rank:04d},0000b.dcm", k)
         mask = np.where(liver[k], CHAOS_CT_LIVER_VALUE, 0).astype(np.uint8)
-        Image.fromarray(mask, mode="L").save(ground_dir / f"liver_GT_{rank:03d}.png")
+        _save_chaos_mask(mask, ground_dir / f"liver_GT_{rank:03d}", "CT", encoding)
 
 
-def _write_chaos_mr(folder: pathlib.Path, case: ChaosPhantomCase, seed: int) -> None:
+def _write_chaos_mr(
+    folder: pathlib.Path, case: ChaosPhantomCase, seed: int, encoding: str
+) -> None:
     lut = np.zeros(len(PhantomLabel), dtype=np.uint8)
     for label, value in CHAOS_MR_MASK_VALUES.items():
         lut[label] = value
@@ -412,16 +519,15 @@ def _write_chaos_mr(folder: pathlib.Path, case: ChaosPhantomCase, seed: int) -> 
     for path in paths.values():
         path.mkdir(parents=True)
     for k in range(case.labels.shape[0]):
-        mask = Image.fromarray(masks[k], mode="L")
         # In- and opposed-phase images share one counter (out-phase odd, in-phase even).
         t1_rank = int(case.name_ranks["T1_IN"][k])
         in_stem = f"IMG-{t1_number:04d}-{2 * t1_rank + 2:05d}"
         t1_in.write(paths["in"] / f"{in_stem}.dcm", k)
         t1_out.write(paths["out"] / f"IMG-{t1_number:04d}-{2 * t1_rank + 1:05d}.dcm", k)
-        mask.save(paths["t1_ground"] / f"{in_stem}.png")
+        _save_chaos_mask(masks[k], paths["t1_ground"] / in_stem, "MR", encoding)
         t2_stem = f"IMG-{t2_number:04d}-{int(case.name_ranks['T2SPIR'][k]) + 1:05d}"
         t2.write(paths["t2"] / f"{t2_stem}.dcm", k)
-        mask.save(paths["t2_ground"] / f"{t2_stem}.png")
+        _save_chaos_mask(masks[k], paths["t2_ground"] / t2_stem, "MR", encoding)
 
 
 _MR_PROTOCOLS = {
@@ -700,10 +806,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("root", type=pathlib.Path, help="folder to write Train_Sets/ into")
     parser.add_argument("--modality", nargs="+", choices=("CT", "MR"), default=["CT"])
-    parser.add_argument("--num-patients", type=int, default=4)
+    parser.add_argument(
+        "--num-patients", type=int, default=10,
+        help="per modality; the chaos builder's default 5 folds need at least 5 (default 10)",
+    )
     parser.add_argument("--num-slices", type=int, default=24)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--mask-encoding", choices=sorted(CHAOS_MASK_ENCODINGS), default=None,
+        help="one encoding for every mask (default: a different one per patient)",
+    )
     args = parser.parse_args(argv)
     for modality in args.modality:
         write_chaos(
@@ -713,6 +826,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             num_slices=args.num_slices,
             size=args.size,
             seed=args.seed,
+            mask_encoding=args.mask_encoding,
         )
 
 

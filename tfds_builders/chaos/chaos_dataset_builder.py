@@ -2,7 +2,11 @@
 
 One example per axial slice, slices in ImagePositionPatient order, masks paired with
 slices by the challenge organisers' rule (see ``README.md`` beside this file), one TFDS
-split per patient-level fold.
+split per patient-level fold. Masks are read by what each file holds
+(:func:`kseg.io.read_labels`: the real CT Ground files are 1-bit PNGs), and every patient's
+whole label volume must contain every organ CHAOS annotates in all its patients, so masks
+read with the wrong encoding fail loudly instead of training on empty labels; the counts
+per split are in ``builder.info.metadata["foreground"]``.
 
 Reference:
     Kavur et al., "CHAOS Challenge - combined (CT-MR) healthy abdominal organ
@@ -21,15 +25,29 @@ from etils import epath
 from kseg.data.splits import assign_folds, fold_names
 from kseg.errors import DicomSeriesError, LayoutError, MaskError
 from kseg.io import read_dicom_series
-from kseg.io.masks import CHAOS_MR_LABEL_RANGES, map_label_ranges, read_mask_stack
+from kseg.io.masks import CHAOS_MR_LABEL_RANGES, LabelRule, read_mask_stack
+from tfds_builders._foreground import ForegroundTally
 
 _PATIENT_FOLDER = re.compile(r"^\d+$")
-# CT Ground PNGs store liver as 255; anything above the midpoint is liver.
-_CT_LIVER_THRESHOLD = 127
+# Mask files CHAOS ships (PNG; JPEG where present), suffixes compared case-insensitively.
+_MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+# Label names and the rule their Ground files follow. Every CHAOS training patient has each
+# of these organs, so each is required in every patient's label volume.
+LABEL_NAMES = {
+    "CT": {1: "liver"},
+    "MR": {1: "liver", 2: "right kidney", 3: "left kidney", 4: "spleen"},
+}
+MASK_RULES = {
+    # Liver 1 bit (real CT Ground files), or 0/255, 0/1, 16-bit, palette, grey RGB, JPEG.
+    "CT": LabelRule(),
+    # Grey levels 63 / 126 / 189 / 252, ranges as nnU-Net's CHAOS converter uses them.
+    "MR": LabelRule.from_label_ranges(CHAOS_MR_LABEL_RANGES),
+}
 
 _EXPECTED_LAYOUT = """\
 <manual_dir>/Train_Sets/CT/<patient number>/DICOM_anon/*.dcm
-<manual_dir>/Train_Sets/CT/<patient number>/Ground/*.png
+<manual_dir>/Train_Sets/CT/<patient number>/Ground/*.png (or *.jpg)
 <manual_dir>/Train_Sets/MR/<patient number>/T1DUAL/DICOM_anon/InPhase/*.dcm
 <manual_dir>/Train_Sets/MR/<patient number>/T1DUAL/DICOM_anon/OutPhase/*.dcm
 <manual_dir>/Train_Sets/MR/<patient number>/T1DUAL/Ground/*.png
@@ -45,7 +63,7 @@ class ChaosConfig(tfds.core.BuilderConfig):
         modality: ``"CT"`` (liver, labels 0/1) or ``"MR"`` (labels 0 background, 1 liver,
             2 right kidney, 3 left kidney, 4 spleen).
         image_folder: folder of the series' DICOM files inside a patient folder.
-        mask_folder: folder of its Ground PNGs inside a patient folder.
+        mask_folder: folder of its Ground masks inside a patient folder.
         num_folds: number of patient-level folds, written as splits ``fold0`` ..
         split_seed: seed of :func:`kseg.data.splits.assign_folds`.
     """
@@ -135,6 +153,9 @@ The files are read, never modified."""
             ),
             supervised_keys=("image", "mask"),
             homepage="https://chaos.grand-challenge.org",
+            metadata=tfds.core.MetadataDict(
+                class_names=["background", *LABEL_NAMES[config.modality].values()]
+            ),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -156,19 +177,24 @@ The files are read, never modified."""
             folds = assign_folds(patients, config.num_folds, seed=config.split_seed)
         except ValueError as exc:
             raise ValueError(f"{modality_dir}: {exc}") from exc
+        label_names = LABEL_NAMES[config.modality]
+        tally = ForegroundTally(
+            label_names, required=list(label_names), metadata=self.info.metadata
+        )
         return {
             name: self._generate_examples(
-                [modality_dir / p for p in patients if folds[p] == fold]
+                name, [modality_dir / p for p in patients if folds[p] == fold], tally
             )
             for fold, name in enumerate(fold_names(config.num_folds))
         }
 
-    def _generate_examples(self, patient_dirs):
+    def _generate_examples(self, split: str, patient_dirs, tally: ForegroundTally):
         for patient_dir in patient_dirs:
-            yield from self._patient_examples(patient_dir)
+            yield from self._patient_examples(split, patient_dir, tally)
 
-    def _patient_examples(self, patient_dir: epath.Path):
-        """One patient's slices; only this patient's volume is held in memory."""
+    def _patient_examples(self, split: str, patient_dir: epath.Path, tally: ForegroundTally):
+        """One patient's slices; only this patient's volume is held in memory. Its whole
+        label volume is checked (and counted in ``split``) before any slice is yielded."""
         config = self.builder_config
         patient = patient_dir.name
         image_dir = patient_dir / config.image_folder
@@ -180,16 +206,10 @@ The files are read, never modified."""
                 )
         volume = read_dicom_series(image_dir, patient_id=patient)
         mask_files = _masks_in_array_order(volume.source_files, image_dir, mask_dir)
-        stored_masks = read_mask_stack(mask_files, expected_shape=volume.shape)
-        if config.modality == "CT":
-            labels = (stored_masks > _CT_LIVER_THRESHOLD).astype(np.uint8)
-        else:
-            labels = np.stack(
-                [
-                    map_label_ranges(mask, CHAOS_MR_LABEL_RANGES, source=path)
-                    for mask, path in zip(stored_masks, mask_files, strict=True)
-                ]
-            )
+        labels = read_mask_stack(
+            mask_files, expected_shape=volume.shape, rule=MASK_RULES[config.modality]
+        )
+        tally.check(split, patient, labels, mask_source=mask_dir)
         images = _as_feature_dtype(volume.array, config.modality, image_dir)
         spacing = np.asarray(volume.spacing, dtype=np.float32)
         num_slices = volume.shape[0]
@@ -205,21 +225,38 @@ The files are read, never modified."""
 
 
 def _masks_in_array_order(source_files, image_dir, mask_dir) -> list[str]:
-    """The Ground PNG of every slice, in the volume's (position) order.
+    """The Ground mask of every slice, in the volume's (position) order.
 
-    CHAOS pairs the i-th DICOM file in sorted-name order with the i-th PNG in sorted-name
+    CHAOS pairs the i-th DICOM file in sorted-name order with the i-th mask in sorted-name
     order (the organisers' evaluation code, emrekavur/CHAOS-evaluation). The pairs are
     made on names first and only then carried into position order through the volume's
-    source_files, so a pair never shifts when slices are re-ordered.
+    source_files, so a pair never shifts when slices are re-ordered. Masks are the folder's
+    ``.png`` / ``.jpg`` / ``.jpeg`` files (any case) of one suffix: a folder mixing suffixes
+    has no single sorted order to pair by and is refused.
     """
     slice_names = [epath.Path(f).name for f in source_files]
     image_names = sorted(slice_names)
-    mask_names = sorted(p.name for p in mask_dir.glob("*.png"))
+    masks = [
+        p for p in mask_dir.iterdir()
+        if p.suffix.lower() in _MASK_SUFFIXES and not p.name.startswith(".")
+    ]
+    suffixes = sorted({p.suffix.lower() for p in masks})
+    if len(suffixes) > 1:
+        counts = ", ".join(
+            f"{sum(p.suffix.lower() == s for p in masks)} {s}" for s in suffixes
+        )
+        raise MaskError(
+            mask_dir,
+            f"mixes mask formats ({counts}); CHAOS pairs the masks of one format with the "
+            "DICOM files by sorted file name, so keep one format per folder",
+        )
+    mask_names = sorted(p.name for p in masks)
     if len(mask_names) != len(image_names):
         raise MaskError(
             mask_dir,
-            f"{len(mask_names)} Ground PNGs for {len(image_names)} DICOM slices in "
-            f"{image_dir}; CHAOS pairs them one to one by sorted file name",
+            f"{len(mask_names)} Ground masks ({', '.join(_MASK_SUFFIXES)}) for "
+            f"{len(image_names)} DICOM slices in {image_dir}; CHAOS pairs them one to one "
+            "by sorted file name",
         )
     rank = {name: r for r, name in enumerate(image_names)}
     return [str(mask_dir / mask_names[rank[name]]) for name in slice_names]
