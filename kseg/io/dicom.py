@@ -5,36 +5,62 @@ the two ImageOrientationPatient vectors). File names and InstanceNumber are neve
 ordering: challenge archives rename files, and scanners number instances in acquisition order,
 which is not always spatial order (nnU-Net and dcm2niix sort the same way).
 
-Headers are read once with ``stop_before_pixels`` to group and order the files; only the files
-of the chosen series are then decoded, each exactly once. Nothing is ever written to the input.
+Headers are read once, with large values (the pixel data) left on disk, to group and order the
+files; only the files of the chosen series are then decoded, each exactly once. Nothing is ever
+written to the input.
+
+Files are read by what they say: the transfer syntax picks the decoder, and Rows, Columns,
+BitsAllocated, SamplesPerPixel, PixelRepresentation, PhotometricInterpretation, the rescale
+values and the geometry tags are checked before any pixel is decoded or any array allocated.
+A file that is DICOM but broken (cut short, an image without pixel data, a header value that is
+not what its tag needs) is an error naming the file and the tag; only files that are not DICOM
+at all, or DICOM objects without an image (DICOMDIR, RTSTRUCT, SR ...), are skipped, with a
+:class:`SkippedFileWarning`. :func:`scan_dicom_files` is that header pass on its own, for
+dataset builders that walk a whole download.
 
 Reference:
-    DICOM PS3.3 C.7.6.2.1.1 (Image Position and Image Orientation, patient coordinate system)
-    and C.11.1.1.2 (Modality LUT / rescale);
+    DICOM PS3.3 C.7.6.2.1.1 (Image Position and Image Orientation, patient coordinate system),
+    C.7.6.3 (Image Pixel Module) and C.11.1.1.2 (Modality LUT / rescale); PS3.10 7.1 (file
+    preamble and meta information);
     Li X. et al., "The first step for neuroimaging data analysis: DICOM to NIfTI conversion",
     J Neurosci Methods 264 (2016) 47-56 (dcm2niix: slice order from positions).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import re
 import warnings
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.dataelem import RawDataElement
+from pydicom.encaps import generate_frames
+from pydicom.pixels import apply_modality_lut, get_decoder
+from pydicom.tag import Tag
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 
-from kseg.errors import DicomSeriesError, LayoutError, UnreadableFileError
+from kseg.errors import DicomSeriesError, KsegError, LayoutError, UnreadableFileError
 from kseg.io.volume import Volume
 
 __all__ = [
+    "HeaderValueWarning",
     "SkippedFileWarning",
     "UnevenSliceSpacingWarning",
     "read_dicom_image",
     "read_dicom_series",
+    "scan_dicom_files",
 ]
 
 # A gap larger than this multiple of the typical gap means a slice is missing: the volume
@@ -46,8 +72,23 @@ UNEVEN_GAP_RELATIVE_TOLERANCE = 0.01
 UNEVEN_GAP_ABSOLUTE_TOLERANCE_MM = 0.02
 # Two slices closer than this along the normal are the same slice position.
 SAME_POSITION_TOLERANCE_MM = 1e-3
+# ImageOrientationPatient cosines must have unit length and be perpendicular to within this
+# (scanners write them rounded to a few decimals); beyond it the orientation is degenerate.
+ORIENTATION_ORTHONORMAL_TOLERANCE = 1e-2
 _ORIENTATION_TOLERANCE = 1e-3
 _SPACING_TOLERANCE_MM = 1e-4
+# Header values longer than this are left on disk by the header pass (the pixel data, large
+# private blobs): their length and offset are still known, which is all the checks need.
+_DEFER_SIZE = 1024
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, Float-, DoubleFloatPixelData
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_BITS_ALLOCATED = (1, 8, 16, 32, 64)
+_GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+# JPEG start-of-frame markers (ISO 10918-1 B.1.1.3; 0xF7 is JPEG-LS SOF55).
+_SOF_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC),
+                          *range(0xCD, 0xD0), 0xF7})
+# pip names of pydicom decoder dependencies whose import name differs.
+_PIP_NAMES = {"gdcm": "python-gdcm"}
 
 # DICOM patient coordinates are LPS+; RAS+ negates x and y.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -56,8 +97,13 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 class SkippedFileWarning(UserWarning):
     """A file in a DICOM folder was not used: not DICOM, or DICOM without an image.
 
-    The message names every skipped file and why (DICOMDIR, ``.txt``, ``Thumbs.db``, a
-    preamble-less file pydicom cannot parse, an RTSTRUCT stored beside the slices).
+    The message names every skipped file and why: not DICOM (a text file such as a README or
+    LICENSE, ``Thumbs.db``, a PNG, an empty hidden file; a file without the DICM preamble whose
+    bytes do not start like a DICOM data set), or a DICOM object that holds no image
+    (DICOMDIR, RTSTRUCT, RT Plan, SR ... stored beside the slices). A file that *is* DICOM but
+    broken (cut short, an image SOP class without Rows/Columns or pixel data, an empty data
+    set) is never skipped: it raises UnreadableFileError, since skipping it would silently
+    drop a slice. So does a non-hidden empty (0-byte) file: an interrupted copy.
     """
 
 
@@ -71,6 +117,28 @@ class UnevenSliceSpacingWarning(UserWarning):
     ``MISSING_SLICE_GAP_RATIO`` times the typical gap is a missing slice and raises
     DicomSeriesError instead. The message names the files on both sides of each uneven gap.
     """
+
+
+class HeaderValueWarning(UserWarning):
+    """A header value kseg only reports, never computes with, is malformed.
+
+    InstanceNumber, WindowCenter and WindowWidth (and, for a single-slice series,
+    SpacingBetweenSlices / SliceThickness) do not change the voxel values or the geometry of
+    the Volume; when one is not a valid number it is left out of ``Volume.metadata`` (an
+    instance number becomes ``None``; a single slice falls back to the next thickness tag,
+    then 1 mm) and this warning names the file, the tag and the value. Malformed values of
+    the tags that do matter (positions, orientation, pixel spacing, the pixel module, the
+    rescale slope and intercept) are errors.
+    """
+
+
+class _Slice(NamedTuple):
+    """The validated geometry of one slice."""
+
+    position: np.ndarray  # (3,) LPS mm
+    orientation: np.ndarray  # (6,) row cosine, column cosine
+    spacing: np.ndarray  # (2,) row spacing, column spacing
+    grid: tuple[int, int]  # rows, columns
 
 
 def read_dicom_series(
@@ -106,14 +174,25 @@ def read_dicom_series(
     Raises:
         LayoutError: the folder does not exist or holds no DICOM image.
         DicomSeriesError: several series and no ``series_uid``; the requested series is absent;
-            a slice lacks ImagePositionPatient / ImageOrientationPatient; orientation, pixel
-            spacing or rows/columns differ within the series; two slices share a position; a
-            gap shows a missing slice; a multi-frame or colour file.
-        UnreadableFileError: a DICOM file whose header or pixel data cannot be decoded.
+            a slice lacks ImagePositionPatient / ImageOrientationPatient / PixelSpacing, or
+            holds a value there that is not the right count of finite numbers; a degenerate
+            ImageOrientationPatient (zero, parallel or non-perpendicular cosines) or a pixel
+            spacing that is not positive; orientation, pixel spacing or rows/columns differ
+            within the series; two slices share a position; a gap shows a missing slice; a
+            multi-frame, colour or palette file.
+        UnreadableFileError: a file that is DICOM but cannot be used: cut short (header or
+            pixel data), an empty data set, an image without pixel data, an empty (0-byte)
+            file; Rows/Columns/BitsAllocated/BitsStored/PixelRepresentation that are not valid,
+            or that need more bytes than the PixelData holds (checked before anything is
+            allocated); RescaleSlope / RescaleIntercept that are not finite numbers (or a zero
+            slope); a transfer syntax with no decoder installed (the message names the
+            syntax and what to install) or pixel data the decoder rejects.
 
     Warns:
         SkippedFileWarning: files that are not DICOM images were ignored.
         UnevenSliceSpacingWarning: slice gaps are slightly uneven.
+        HeaderValueWarning: a malformed InstanceNumber / WindowCenter / WindowWidth was left
+            out of the metadata.
 
     Example:
         >>> volume = read_dicom_series("Train_Sets/CT/1/DICOM_anon")  # doctest: +SKIP
@@ -123,13 +202,13 @@ def read_dicom_series(
     folder, paths = _list_source(source)
     headers = _read_image_headers(paths, folder)
     series = headers if ignore_series_uid else _select_series(headers, series_uid, folder)
-    ordered, positions, step = _order_slices(series, folder)
+    ordered, slices, step = _order_slices(series, folder)
     array = _decode_in_hounsfield_units(ordered)
     first = ordered[0][1]
     return Volume(
         array=array,
-        affine=_affine(first, positions, step),
-        patient_id=str(first.get("PatientID", "")) if patient_id is None else str(patient_id),
+        affine=_affine(slices[0], step),
+        patient_id=_text(first, "PatientID") if patient_id is None else str(patient_id),
         source_files=tuple(path for path, _ in ordered),
         metadata=_series_metadata(ordered),
     )
@@ -141,6 +220,7 @@ def read_dicom_image(path: os.PathLike | str) -> np.ndarray:
     RescaleSlope/Intercept (or a Modality LUT) are applied. MONOCHROME1 images, where the
     stored value grows darker, are inverted over the stored-value range given by BitsStored and
     PixelRepresentation before rescaling, so in the result a higher value is always brighter.
+    Files without the DICM preamble are read when their bytes start like a DICOM data set.
 
     Args:
         path: the DICOM file.
@@ -149,8 +229,12 @@ def read_dicom_image(path: os.PathLike | str) -> np.ndarray:
         float32 array of shape ``(rows, columns)``.
 
     Raises:
-        UnreadableFileError: not a DICOM file, pixel data that cannot be decoded, or an image
-            that is not single-frame grayscale.
+        UnreadableFileError: not a DICOM file; a DICOM file cut short or without pixel data;
+            an image that is not single-frame grayscale (MONOCHROME1/2, one sample per pixel);
+            a pixel-module or rescale value that is malformed (the message names the tag), or
+            a size the PixelData cannot hold; a transfer syntax with no decoder installed
+            (the message names the syntax and what to install) or pixel data that cannot be
+            decoded.
 
     Example:
         >>> image = read_dicom_image("CXR/patient0001.dcm")  # doctest: +SKIP
@@ -158,26 +242,87 @@ def read_dicom_image(path: os.PathLike | str) -> np.ndarray:
         ((2048, 2500), dtype('float32'))
     """
     path = os.fspath(path)
-    try:
-        dataset = pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        raise UnreadableFileError(path, f"not a DICOM file ({exc})") from exc
-    except Exception as exc:  # pydicom raises many types on damaged files
-        raise UnreadableFileError(path, f"DICOM header cannot be read ({exc})") from exc
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
-    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
-    if "PixelData" not in dataset or frames != 1 or samples != 1:
+    if not os.path.isfile(path):
         raise UnreadableFileError(
-            path,
-            "expected a single-frame grayscale image, got "
-            f"{'no pixel data' if 'PixelData' not in dataset else f'{frames} frame(s)'}"
-            f" with SamplesPerPixel={samples}",
+            path, "is not a file" if os.path.exists(path) else "does not exist"
         )
-    stored = _decode_pixels(path, dataset)
-    if str(dataset.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
-        low, high = _stored_value_range(dataset)
-        stored = (high + low) - stored.astype(np.int64)
-    return np.asarray(apply_modality_lut(stored, dataset), dtype=np.float32)
+    header, reason = _scan_file(path)
+    if header is None:
+        raise UnreadableFileError(path, f"not a DICOM file ({reason})")
+    if not _has_image(header):
+        raise UnreadableFileError(
+            path, f"expected a single-frame grayscale image, got a {_sop_class_name(header)} "
+            "object without pixel data"
+        )
+    with _reading(path, UnreadableFileError):
+        _check_pixel_module(path, header, UnreadableFileError)
+        dataset = _read_vetted_file(path)
+        stored = _decode_pixels(path, dataset, _grid(path, dataset, UnreadableFileError))
+        if _text(dataset, "PhotometricInterpretation").upper() == "MONOCHROME1":
+            low, high = _stored_value_range(path, dataset)
+            stored = (high + low) - stored.astype(np.int64)
+        return np.asarray(_to_modality_units(path, stored, dataset), dtype=np.float32)
+
+
+def scan_dicom_files(
+    paths: Iterable[os.PathLike | str],
+    *,
+    where: os.PathLike | str | None = None,
+    progress: str | None = None,
+) -> list[tuple[str, pydicom.Dataset]]:
+    """The header pass of :func:`read_dicom_series` over any files: which are DICOM, and what
+    each says, without decoding (or loading) pixel data.
+
+    Each file is classified by its bytes, never by its name:
+
+    * **DICOM**: the ``DICM`` preamble at byte 128, or no preamble but a data set that starts
+      with a group 0002/0008 element (or parses with SOPClassUID, or Rows and Columns). Its
+      header is returned, images and non-images (RTSTRUCT, SEG, DICOMDIR ...) alike.
+    * **Broken DICOM** raises UnreadableFileError naming the file: a header that cannot be
+      parsed, a value that runs past the end of the file (cut short), an empty data set, an
+      image (Rows and Columns, or an image-storage SOP class) without pixel data, and a
+      non-hidden 0-byte file (an interrupted copy).
+    * **Not DICOM** (text, README, LICENSE, Thumbs.db, PNG, hidden empty files) is skipped;
+      all skipped files are named in one :class:`SkippedFileWarning`.
+
+    Args:
+        paths: the files to scan, in any order.
+        where: the folder (or dataset) named at the head of the warning.
+        progress: a tqdm description to show a progress bar; ``None`` for none.
+
+    Returns:
+        ``[(path, header)]`` in input order, ``path`` a ``str``. Each header is a
+        ``pydicom.Dataset`` read with values over 1 KiB (the pixel data) left on disk:
+        ``"PixelData" in header`` works; reading ``header.PixelData`` reads it from the file.
+
+    Raises:
+        UnreadableFileError: a file cannot be opened, or is DICOM but broken (see above).
+
+    Warns:
+        SkippedFileWarning: files that are not DICOM.
+
+    Example:
+        >>> headers = scan_dicom_files(sorted(Path("LCTSC").rglob("*.dcm")))  # doctest: +SKIP
+        >>> {str(h.Modality) for _, h in headers}  # doctest: +SKIP
+        {'CT', 'RTSTRUCT'}
+    """
+    paths = [os.fspath(p) for p in paths]
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        paths = tqdm(paths, desc=progress, unit="file", leave=False)
+    headers, skipped = [], []
+    for path in paths:
+        dataset, reason = _scan_file(path)
+        if dataset is None:
+            skipped.append(f"{path} ({reason})")
+        else:
+            headers.append((path, dataset))
+    _warn_skipped(where, skipped)
+    return headers
+
+
+# --- the header pass --------------------------------------------------------------------------
 
 
 def _list_source(source) -> tuple[str, list[str]]:
@@ -205,47 +350,144 @@ def _list_source(source) -> tuple[str, list[str]]:
     return folder, paths
 
 
-def _has_dicom_preamble(path: str) -> bool:
-    with open(path, "rb") as handle:
-        handle.seek(128)
-        return handle.read(4) == b"DICM"
+def _starts_like_data_set(head: bytes) -> bool:
+    """The first bytes of a preamble-less file hold a group 0002 or 0008 element tag."""
+    if len(head) < 8 or head[:2] not in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08"):
+        return False
+    vr = head[4:6]
+    # Explicit VR: two upper-case letters; implicit VR: a 4-byte length, small for group 8.
+    return vr.isalpha() and vr.isupper() or int.from_bytes(head[4:8], "little") < 1 << 24
+
+
+def _scan_file(path: str) -> tuple[pydicom.Dataset | None, str | None]:
+    """``(header, None)`` for a DICOM file, ``(None, reason)`` for a file that is not DICOM.
+
+    Raises UnreadableFileError for a file that cannot be opened or is DICOM but broken.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(136)
+    except OSError as exc:
+        raise UnreadableFileError(path, f"cannot be opened ({exc})") from exc
+    if size == 0:
+        if os.path.basename(path).startswith("."):
+            return None, "empty hidden file"
+        raise UnreadableFileError(
+            path, "is empty (0 bytes): a copy or download that did not complete"
+        )
+    has_preamble = head[128:132] == b"DICM"
+    looks_dicom = has_preamble or _starts_like_data_set(head)
+    try:
+        with warnings.catch_warnings():
+            # Forcing a parse of a non-DICOM file makes pydicom warn about every odd byte.
+            if not has_preamble:
+                warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(path, defer_size=_DEFER_SIZE, force=not has_preamble)
+    except Exception as exc:  # pydicom raises many types on damaged files
+        if looks_dicom:
+            raise UnreadableFileError(path, f"DICOM header cannot be read ({exc})") from exc
+        return None, "not DICOM"
+    if not looks_dicom and not (
+        "SOPClassUID" in dataset or ("Rows" in dataset and "Columns" in dataset)
+    ):
+        # A forced parse of a text or thumbnail file yields a few junk elements at most.
+        return None, "not DICOM"
+    if len(dataset) == 0:
+        raise UnreadableFileError(
+            path,
+            "is a DICOM file with an empty data set (cut short inside or right after its file "
+            "meta information?)",
+        )
+    cut = _cut_short(dataset, size)
+    if cut:
+        raise UnreadableFileError(path, cut)
+    is_image = "Rows" in dataset and "Columns" in dataset
+    if _has_image(dataset) and not is_image:
+        raise UnreadableFileError(
+            path, "has pixel data but no Rows/Columns: the image size is unknown"
+        )
+    if is_image and not _has_image(dataset):
+        raise UnreadableFileError(
+            path,
+            "has Rows and Columns but no pixel data: the file is cut short before its pixel "
+            "data, or is not a complete image",
+        )
+    if not is_image and _is_image_storage(dataset):
+        raise UnreadableFileError(
+            path,
+            f"is a {_sop_class_name(dataset)} file without Rows/Columns or pixel data: the "
+            "header is cut short or incomplete",
+        )
+    return dataset, None
+
+
+def _cut_short(dataset: pydicom.Dataset, size: int) -> str | None:
+    """Say which element runs past the end of the file, if one does."""
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    if syntax == DeflatedExplicitVRLittleEndian:
+        return None  # offsets count in the inflated stream; zlib reports a cut itself
+    for tag in dataset.keys():
+        element = _stored_element(dataset, tag)
+        if not isinstance(element, RawDataElement) or element.length == _UNDEFINED_LENGTH:
+            continue
+        end = element.value_tell + element.length
+        if end > size:
+            name = pydicom.datadict.keyword_for_tag(tag) or str(tag)
+            return (
+                f"is cut short: {name} needs {element.length} bytes from byte "
+                f"{element.value_tell}, but the file ends at byte {size}"
+            )
+    return None
+
+
+def _stored_element(dataset: pydicom.Dataset, tag: int):
+    """The element as parsed, without reading a deferred value from the file (which
+    ``Dataset.get_item`` would do): a RawDataElement knows its length and file offset."""
+    return dataset._dict[Tag(tag)]
+
+
+def _has_image(dataset: pydicom.Dataset) -> bool:
+    return any(tag in dataset for tag in _PIXEL_TAGS)
+
+
+def _sop_class(dataset: pydicom.Dataset) -> UID:
+    uid = dataset.get("SOPClassUID") or dataset.file_meta.get("MediaStorageSOPClassUID") or ""
+    return UID(str(uid))
+
+
+def _sop_class_name(dataset: pydicom.Dataset) -> str:
+    uid = _sop_class(dataset)
+    return uid.name if uid else "DICOM"
+
+
+def _is_image_storage(dataset: pydicom.Dataset) -> bool:
+    name = _sop_class(dataset).name
+    return "Image Storage" in name or name in ("RT Dose Storage", "Segmentation Storage")
+
+
+def _warn_skipped(where, skipped: list[str]) -> None:
+    if skipped:
+        prefix = f"{os.fspath(where)}: " if where is not None else ""
+        warnings.warn(
+            SkippedFileWarning(f"{prefix}skipped {len(skipped)} file(s): " + "; ".join(skipped)),
+            stacklevel=4,
+        )
 
 
 def _read_image_headers(paths: Iterable[str], folder: str) -> list[tuple[str, pydicom.Dataset]]:
     """Headers of the files that are DICOM images; everything else is skipped with a warning."""
     headers, skipped = [], []
     for path in paths:
-        try:
-            has_preamble = _has_dicom_preamble(path)
-        except OSError as exc:
-            raise UnreadableFileError(path, f"cannot be opened ({exc})") from exc
-        try:
-            with warnings.catch_warnings():
-                # Forcing a parse of a non-DICOM file makes pydicom warn about every odd byte.
-                if not has_preamble:
-                    warnings.simplefilter("ignore")
-                dataset = pydicom.dcmread(path, stop_before_pixels=True, force=not has_preamble)
-        except Exception as exc:  # pydicom raises many types on damaged files
-            if has_preamble:
-                raise UnreadableFileError(path, f"DICOM header cannot be read ({exc})") from exc
-            skipped.append(f"{path} (not DICOM)")
-            continue
-        is_image = "Rows" in dataset and "Columns" in dataset
-        if not has_preamble and not (is_image and "SeriesInstanceUID" in dataset):
-            # A forced parse of a text or thumbnail file yields a few junk elements at most.
-            skipped.append(f"{path} (not DICOM)")
-            continue
-        if not is_image:
-            # DICOMDIR, RTSTRUCT, SEG, SR ... stored beside the slices carry no image.
-            kind = getattr(dataset.get("SOPClassUID"), "name", None) or "DICOM"
-            skipped.append(f"{path} ({kind}, no image)")
-            continue
-        headers.append((path, dataset))
-    if skipped:
-        warnings.warn(
-            SkippedFileWarning(f"{folder}: skipped {len(skipped)} file(s): " + "; ".join(skipped)),
-            stacklevel=3,
-        )
+        dataset, reason = _scan_file(path)
+        if dataset is None:
+            skipped.append(f"{path} ({reason})")
+        elif not _has_image(dataset):
+            # DICOMDIR, RTSTRUCT, SR ... stored beside the slices carry no image.
+            skipped.append(f"{path} ({_sop_class_name(dataset)}, no image)")
+        else:
+            headers.append((path, dataset))
+    _warn_skipped(folder, skipped)
     if not headers:
         raise LayoutError(folder, "no DICOM image files found")
     return headers
@@ -254,9 +496,7 @@ def _read_image_headers(paths: Iterable[str], folder: str) -> list[tuple[str, py
 def _select_series(headers, series_uid: str | None, folder: str):
     groups: dict[str, list] = {}
     for path, dataset in headers:
-        groups.setdefault(str(dataset.get("SeriesInstanceUID", "") or ""), []).append(
-            (path, dataset)
-        )
+        groups.setdefault(_text(dataset, "SeriesInstanceUID"), []).append((path, dataset))
     listing = ", ".join(
         f"{uid or '(blank SeriesInstanceUID)'} ({len(files)} files)"
         for uid, files in sorted(groups.items())
@@ -274,60 +514,289 @@ def _select_series(headers, series_uid: str | None, folder: str):
     return next(iter(groups.values()))
 
 
+# --- header values ----------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _reading(path: str, error: type[KsegError]):
+    """Turn any exception other than a kseg error into ``error(path, ...)``.
+
+    pydicom and numpy raise ValueError, TypeError, KeyError, struct.error, ... on damaged
+    files; whatever slips past the explicit checks still names the file.
+    """
+    try:
+        yield
+    except (KsegError, MemoryError):
+        raise
+    except Exception as exc:
+        raise error(path, f"cannot be read ({type(exc).__name__}: {exc})") from exc
+
+
+def _raw_value(path: str, dataset: pydicom.Dataset, keyword: str, error):
+    """The value pydicom gives for ``keyword`` (``None`` when absent or empty); pydicom's own
+    warnings about invalid values are folded into the error the caller raises instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            value = dataset.get(keyword)
+        except Exception as exc:  # a value pydicom cannot convert at all
+            raise error(path, f"{keyword} cannot be read ({exc})") from exc
+    if value is None or value == "":
+        return None
+    return value
+
+
+def _as_list(value) -> list:
+    if isinstance(value, (pydicom.multival.MultiValue, list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _numbers(path: str, dataset, keyword: str, count: int, error, *, required=True):
+    """``count`` finite floats from a DS/FD/IS element, or an error naming tag and value."""
+    value = _raw_value(path, dataset, keyword, error)
+    if value is None:
+        if required:
+            raise error(path, f"lacks {keyword}; cannot place the slice")
+        return None
+    items = _as_list(value)
+    try:
+        numbers = np.array([float(str(item).strip()) for item in items], dtype=np.float64)
+    except ValueError:
+        numbers = None
+    shown = "\\".join(str(item) for item in items)
+    if numbers is None or len(numbers) != count or not np.all(np.isfinite(numbers)):
+        raise error(path, f"{keyword} is {shown!r}; expected {count} finite number(s)")
+    return numbers
+
+
+def _integer(path: str, dataset, keyword: str, error, *, default=None, allowed=None):
+    value = _raw_value(path, dataset, keyword, error)
+    if value is None:
+        if default is None:
+            raise error(path, f"lacks {keyword}, which the pixel data need")
+        return default
+    items = _as_list(value)
+    try:
+        number = int(str(items[0]).strip()) if len(items) == 1 else None
+    except ValueError:
+        number = None
+    if number is None or (allowed is not None and number not in allowed):
+        expected = "an integer" if allowed is None else f"one of {_describe_allowed(allowed)}"
+        raise error(path, f"{keyword} is {value!r}; expected {expected}")
+    return number
+
+
+def _describe_allowed(allowed) -> str:
+    if isinstance(allowed, range):
+        return f"{allowed.start}..{allowed.stop - 1}"
+    return ", ".join(map(str, allowed))
+
+
+def _text(dataset: pydicom.Dataset, keyword: str) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            value = dataset.get(keyword)
+        except Exception:  # a reported-only string that pydicom cannot convert
+            return ""
+    return "" if value is None else str(value)
+
+
+def _grid(path: str, dataset, error) -> tuple[int, int]:
+    rows = _integer(path, dataset, "Rows", error, allowed=range(1, 65536))
+    columns = _integer(path, dataset, "Columns", error, allowed=range(1, 65536))
+    return rows, columns
+
+
+def _check_pixel_module(path: str, dataset: pydicom.Dataset, kind_error) -> None:
+    """Single-frame grayscale (else ``kind_error``), a valid pixel module, pixel data long
+    enough for the header's size, a decoder for the transfer syntax, finite rescale values."""
+    error = UnreadableFileError
+    frames = _integer(path, dataset, "NumberOfFrames", error, default=1, allowed=range(1, 2**31))
+    samples = _integer(path, dataset, "SamplesPerPixel", error, default=1, allowed=range(1, 5))
+    photometric = _text(dataset, "PhotometricInterpretation").strip().upper()
+    if frames != 1 or samples != 1 or photometric not in _GRAYSCALE:
+        raise kind_error(
+            path,
+            f"expected single-frame grayscale images (MONOCHROME1/2), got {frames} frame(s) "
+            f"with SamplesPerPixel={samples}, PhotometricInterpretation "
+            f"{photometric or '(none)'}",
+        )
+    rows, columns = _grid(path, dataset, error)
+    if 0x7FE00010 not in dataset:  # Float/DoubleFloatPixelData: 32/64-bit, no rescale
+        return
+    bits = _integer(path, dataset, "BitsAllocated", error, allowed=_BITS_ALLOCATED)
+    _integer(path, dataset, "BitsStored", error, default=bits, allowed=range(1, bits + 1))
+    _integer(path, dataset, "PixelRepresentation", error, default=0, allowed=(0, 1))
+    # Files without file meta (no preamble) are always in an uncompressed transfer syntax.
+    syntax = _transfer_syntax(dataset)
+    if syntax is not None and not syntax.is_transfer_syntax:
+        raise UnreadableFileError(
+            path, f"TransferSyntaxUID {syntax} is not a transfer syntax pydicom knows"
+        )
+    if syntax is None or not syntax.is_compressed:
+        needed = math.ceil(rows * columns * bits / 8)
+        element = _stored_element(dataset, 0x7FE00010)
+        held = (
+            element.length
+            if isinstance(element, RawDataElement)
+            else len(element.value or b"")
+        )
+        if held != _UNDEFINED_LENGTH and held < needed:
+            raise UnreadableFileError(
+                path,
+                f"Rows {rows} x Columns {columns} x BitsAllocated {bits} needs {needed} bytes of "
+                f"pixel data; the PixelData element holds {held}",
+            )
+    else:
+        _check_decoder(path, syntax)
+    _check_rescale(path, dataset)
+
+
+def _transfer_syntax(dataset: pydicom.Dataset) -> UID | None:
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    return UID(str(syntax)) if syntax else None
+
+
+def _install_hint(syntax: UID) -> str:
+    """What to pip install so that pydicom can decode ``syntax`` ("" when nothing helps)."""
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        return ""
+    commands = []
+    for line in decoder.missing_dependencies:  # "pylibjpeg - requires pylibjpeg>=2.0 and ..."
+        requirements = line.partition("requires")[2].split(" and ")
+        names = [re.split(r"[<>=!~ ]", r.strip())[0] for r in requirements if r.strip()]
+        names = [_PIP_NAMES.get(n, n) for n in names if n and n != "numpy"]
+        if names:
+            commands.append("pip install " + " ".join(names))
+    return f"; install a decoder for it: {' or '.join(commands)}" if commands else ""
+
+
+def _check_decoder(path: str, syntax: UID) -> None:
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as exc:
+        raise UnreadableFileError(
+            path,
+            f"pixel data are compressed as {syntax.name} ({syntax}), which pydicom has no "
+            "decoder for; convert the file (e.g. dcmdjpeg, gdcmconv --raw) first",
+        ) from exc
+    if not decoder.is_available:
+        raise UnreadableFileError(
+            path,
+            f"pixel data are compressed as {syntax.name} ({syntax}) and no decoder for it is "
+            f"installed{_install_hint(syntax)}",
+        )
+
+
+def _check_rescale(path: str, dataset: pydicom.Dataset) -> None:
+    slope = _numbers(path, dataset, "RescaleSlope", 1, UnreadableFileError, required=False)
+    _numbers(path, dataset, "RescaleIntercept", 1, UnreadableFileError, required=False)
+    if slope is not None and slope[0] == 0:
+        raise UnreadableFileError(
+            path, "RescaleSlope is 0: every stored value would map to the intercept"
+        )
+
+
+def _slice_geometry(path: str, dataset: pydicom.Dataset) -> _Slice:
+    missing = [
+        keyword
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+        if _raw_value(path, dataset, keyword, DicomSeriesError) is None
+    ]
+    if missing:
+        raise DicomSeriesError(path, f"lacks {', '.join(missing)}; cannot place the slice")
+    position = _numbers(path, dataset, "ImagePositionPatient", 3, DicomSeriesError)
+    orientation = _numbers(path, dataset, "ImageOrientationPatient", 6, DicomSeriesError)
+    _check_orientation(path, orientation)
+    spacing = _numbers(path, dataset, "PixelSpacing", 2, DicomSeriesError)
+    if np.any(spacing <= 0):
+        raise DicomSeriesError(path, f"PixelSpacing {list(spacing)} is not positive")
+    return _Slice(position, orientation, spacing, _grid(path, dataset, UnreadableFileError))
+
+
+def _check_orientation(path: str, orientation: np.ndarray) -> None:
+    row, column = orientation[:3], orientation[3:]
+    lengths = np.linalg.norm(row), np.linalg.norm(column)
+    tolerance = ORIENTATION_ORTHONORMAL_TOLERANCE
+    if min(lengths) < tolerance:
+        reason = "a zero cosine vector"
+    elif np.linalg.norm(np.cross(row, column)) < tolerance * lengths[0] * lengths[1]:
+        reason = "parallel row and column cosines (no slice normal)"
+    elif max(abs(length - 1.0) for length in lengths) > tolerance:
+        reason = f"cosines of length {lengths[0]:.4f} and {lengths[1]:.4f}, not 1"
+    elif abs(float(row @ column)) > tolerance:
+        reason = f"row and column cosines that are not perpendicular (dot {row @ column:.4f})"
+    else:
+        return
+    raise DicomSeriesError(
+        path,
+        f"ImageOrientationPatient {list(orientation)} is degenerate: {reason}; expected two "
+        "perpendicular unit vectors",
+    )
+
+
 def _order_slices(series, folder: str):
     """Sort by position along the slice normal and check that the slices form one grid."""
+    geometry = []
     for path, dataset in series:
-        missing = [
-            tag
-            for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
-            if tag not in dataset
-        ]
-        if missing:
-            raise DicomSeriesError(path, f"lacks {', '.join(missing)}; cannot place the slice")
-        frames = int(dataset.get("NumberOfFrames", 1) or 1)
-        samples = int(dataset.get("SamplesPerPixel", 1) or 1)
-        if frames != 1 or samples != 1:
+        with _reading(path, UnreadableFileError):
+            _check_pixel_module(path, dataset, DicomSeriesError)
+            geometry.append(_slice_geometry(path, dataset))
+    reference_path = series[0][0]
+    reference = geometry[0]
+    for (path, _), tilted in zip(series[1:], geometry[1:], strict=True):
+        if not np.allclose(tilted.orientation, reference.orientation, atol=_ORIENTATION_TOLERANCE):
             raise DicomSeriesError(
                 path,
-                f"expected single-frame grayscale slices, got {frames} frame(s) with "
-                f"SamplesPerPixel={samples}",
+                f"ImageOrientationPatient {list(tilted.orientation)} differs from "
+                f"{list(reference.orientation)} in {reference_path}",
             )
-    reference_path, reference = series[0]
-    orientation = np.asarray(reference.ImageOrientationPatient, dtype=np.float64)
-    spacing = np.asarray(reference.PixelSpacing, dtype=np.float64)
-    grid = (int(reference.Rows), int(reference.Columns))
-    for path, dataset in series[1:]:
-        tilted = dataset.ImageOrientationPatient
-        if not np.allclose(tilted, orientation, atol=_ORIENTATION_TOLERANCE):
+        if not np.allclose(tilted.spacing, reference.spacing, atol=_SPACING_TOLERANCE_MM):
             raise DicomSeriesError(
                 path,
-                f"ImageOrientationPatient {list(dataset.ImageOrientationPatient)} differs from "
-                f"{list(orientation)} in {reference_path}",
-            )
-        if not np.allclose(dataset.PixelSpacing, spacing, atol=_SPACING_TOLERANCE_MM):
-            raise DicomSeriesError(
-                path,
-                f"PixelSpacing {list(dataset.PixelSpacing)} differs from {list(spacing)} in "
+                f"PixelSpacing {list(tilted.spacing)} differs from {list(reference.spacing)} in "
                 f"{reference_path}",
             )
-        if (int(dataset.Rows), int(dataset.Columns)) != grid:
+        if tilted.grid != reference.grid:
             raise DicomSeriesError(
                 path,
-                f"is {int(dataset.Rows)}x{int(dataset.Columns)} pixels, {reference_path} is "
-                f"{grid[0]}x{grid[1]}",
+                f"is {tilted.grid[0]}x{tilted.grid[1]} pixels, {reference_path} is "
+                f"{reference.grid[0]}x{reference.grid[1]}",
             )
+    orientation = reference.orientation
     normal = np.cross(orientation[:3], orientation[3:])
-    positions = np.array([dataset.ImagePositionPatient for _, dataset in series], dtype=np.float64)
+    positions = np.array([g.position for g in geometry])
     distances = positions @ normal
     order = np.argsort(distances, kind="stable")
     ordered = [series[i] for i in order]
+    geometry = [geometry[i] for i in order]
     positions, distances = positions[order], distances[order]
     if len(ordered) == 1:
-        only = ordered[0][1]
-        thickness = only.get("SpacingBetweenSlices") or only.get("SliceThickness") or 1.0
-        return ordered, positions, normal * float(thickness)
+        return ordered, geometry, normal * _single_slice_thickness(*ordered[0])
     _check_gaps(ordered, np.diff(distances), folder)
-    return ordered, positions, (positions[-1] - positions[0]) / (len(ordered) - 1)
+    return ordered, geometry, (positions[-1] - positions[0]) / (len(ordered) - 1)
+
+
+def _single_slice_thickness(path: str, dataset: pydicom.Dataset) -> float:
+    for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+        value = _raw_value(path, dataset, keyword, DicomSeriesError)
+        if value is None:
+            continue
+        try:
+            thickness = float(str(_as_list(value)[0]))
+        except ValueError:
+            thickness = math.nan
+        if math.isfinite(thickness) and thickness > 0:
+            return thickness
+        warnings.warn(
+            HeaderValueWarning(f"{path}: {keyword} {value!r} is not a positive number; ignored"),
+            stacklevel=5,
+        )
+    return 1.0
 
 
 def _check_gaps(ordered, gaps: np.ndarray, folder: str) -> None:
@@ -365,17 +834,94 @@ def _check_gaps(ordered, gaps: np.ndarray, folder: str) -> None:
         )
 
 
-def _decode_pixels(path: str, dataset: pydicom.Dataset) -> np.ndarray:
+# --- decoding ---------------------------------------------------------------------------------
+
+
+def _decode_pixels(path: str, dataset: pydicom.Dataset, grid: tuple[int, int]) -> np.ndarray:
+    syntax = _transfer_syntax(dataset)
+    if syntax is not None and syntax.is_transfer_syntax and syntax.is_compressed:
+        _check_encapsulated_size(path, dataset, syntax, grid)
     try:
-        return dataset.pixel_array
+        pixels = dataset.pixel_array
     except Exception as exc:  # decoders raise ValueError, RuntimeError, OSError, ...
-        raise UnreadableFileError(path, f"pixel data cannot be decoded ({exc})") from exc
+        named = f" ({syntax.name})" if syntax is not None else ""
+        unsupported = "support" in str(exc) or "missing dependencies" in str(exc)
+        hint = _install_hint(syntax) if syntax is not None and unsupported else ""
+        raise UnreadableFileError(
+            path, f"pixel data{named} cannot be decoded ({exc}){hint}"
+        ) from exc
+    _check_decoded_shape(path, pixels, grid)
+    return pixels
+
+
+def _check_encapsulated_size(path: str, dataset, syntax: UID, grid: tuple[int, int]) -> None:
+    """Refuse compressed pixel data that cannot hold the header's Rows x Columns *before* the
+    decoder allocates them (pydicom allocates the full frame first: a header claiming
+    65535 x 65535 would cost gigabytes and minutes before failing)."""
+    try:
+        frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+    except Exception as exc:  # not a valid item/fragment structure
+        raise UnreadableFileError(
+            path, f"encapsulated ({syntax.name}) pixel data cannot be parsed ({exc})"
+        ) from exc
+    bits = _integer(path, dataset, "BitsAllocated", UnreadableFileError, allowed=_BITS_ALLOCATED)
+    if syntax == RLELossless:
+        # PackBits turns at most 2 bytes into 128 and never crosses a row: at most 64 times.
+        needed = grid[0] * grid[1] * max(bits // 8, 1)
+        if needed > 64 * len(frame) + 64:
+            raise UnreadableFileError(
+                path,
+                f"Rows {grid[0]} x Columns {grid[1]} x BitsAllocated {bits} ({needed} bytes) "
+                f"cannot come from {len(frame)} bytes of RLE data (64:1 at most)",
+            )
+        return
+    size = _codestream_size(frame)
+    if size is not None and size != grid and size[0] != 0:
+        raise UnreadableFileError(
+            path,
+            f"the header says Rows {grid[0]} x Columns {grid[1]}; the {syntax.name} codestream "
+            f"holds {size[0]} x {size[1]} pixels",
+        )
+
+
+def _codestream_size(frame: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG / JPEG-LS SOF or a JPEG 2000 SIZ marker, else None."""
+    siz = frame.find(b"\xff\x4f\xff\x51", 0, 512)  # JPEG 2000: SOC then SIZ
+    if siz >= 0 and len(frame) >= siz + 24:
+        width, height, x0, y0 = np.frombuffer(frame, ">u4", 4, siz + 8)
+        return int(height - y0), int(width - x0)
+    if not frame.startswith(b"\xff\xd8"):
+        return None
+    offset = 2
+    while offset + 9 <= len(frame) and frame[offset] == 0xFF:
+        marker = frame[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        length = int.from_bytes(frame[offset + 2 : offset + 4], "big")
+        if marker in _SOF_MARKERS:
+            height = int.from_bytes(frame[offset + 5 : offset + 7], "big")
+            width = int.from_bytes(frame[offset + 7 : offset + 9], "big")
+            return height, width
+        if marker == 0xDA or length < 2:  # start of scan before any frame header
+            return None
+        offset += 2 + length
+    return None
+
+
+def _check_decoded_shape(path: str, pixels: np.ndarray, grid: tuple[int, int]) -> None:
+    if pixels.shape != grid:
+        raise UnreadableFileError(
+            path, f"decoded pixel array has shape {pixels.shape}, header says {grid}"
+        )
 
 
 def _read_vetted_file(path: str) -> pydicom.Dataset:
     """Full read of a file the header pass accepted, preamble or not."""
     try:
-        dataset = pydicom.dcmread(path, force=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # already parsed once; its oddities are known
+            dataset = pydicom.dcmread(path, force=True)
     except Exception as exc:  # pydicom raises many types on damaged files
         raise UnreadableFileError(path, f"DICOM file cannot be read ({exc})") from exc
     if "TransferSyntaxUID" not in dataset.file_meta:
@@ -391,20 +937,39 @@ def _read_vetted_file(path: str) -> pydicom.Dataset:
     return dataset
 
 
-def _decode_in_hounsfield_units(ordered) -> np.ndarray:
-    """Decode each slice once; int16 while every value is an exact int16, else float32."""
-    first_path, first = ordered[0]
-    shape = (len(ordered), int(first.Rows), int(first.Columns))
-    volume = np.empty(shape, dtype=np.int16)
-    int16 = np.iinfo(np.int16)
-    for index, (path, _) in enumerate(ordered):
-        dataset = _read_vetted_file(path)
-        pixels = _decode_pixels(path, dataset)
-        if pixels.shape != shape[1:]:
+def _to_modality_units(path: str, pixels: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
+    """RescaleSlope/Intercept or the Modality LUT, as pydicom applies them (values checked)."""
+    _check_rescale(path, dataset)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            values = apply_modality_lut(pixels, dataset)
+        except Exception as exc:  # a malformed ModalityLUTSequence
             raise UnreadableFileError(
-                path, f"decoded pixel array has shape {pixels.shape}, header says {shape[1:]}"
-            )
-        values = apply_modality_lut(pixels, dataset)
+                path, f"the Modality LUT / rescale cannot be applied ({exc})"
+            ) from exc
+    values = np.asarray(values)
+    if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+        raise UnreadableFileError(path, "rescaled pixel values are not all finite")
+    return values
+
+
+def _decode_in_hounsfield_units(ordered) -> np.ndarray:
+    """Decode each slice once; int16 while every value is an exact int16, else float32.
+
+    The stack is allocated only after the first slice decoded to the header's size, so a
+    header claiming a huge grid cannot make it allocate memory the files do not back.
+    """
+    volume = None
+    int16 = np.iinfo(np.int16)
+    for index, (path, header) in enumerate(ordered):
+        with _reading(path, UnreadableFileError):
+            grid = _grid(path, header, UnreadableFileError)
+            dataset = _read_vetted_file(path)
+            pixels = _decode_pixels(path, dataset, grid)
+            values = _to_modality_units(path, pixels, dataset)
+        if volume is None:
+            volume = np.empty((len(ordered), *grid), dtype=np.int16)
         exact_int16 = (
             volume.dtype == np.int16
             and values.min() >= int16.min
@@ -417,50 +982,66 @@ def _decode_in_hounsfield_units(ordered) -> np.ndarray:
     return volume
 
 
-def _affine(first: pydicom.Dataset, positions: np.ndarray, step: np.ndarray) -> np.ndarray:
+def _affine(first: _Slice, step: np.ndarray) -> np.ndarray:
     """Index (k, j, i) -> RAS+ mm. Column j follows the column cosine (down the rows)."""
-    orientation = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
-    row_spacing, column_spacing = (float(v) for v in first.PixelSpacing)
+    row_spacing, column_spacing = first.spacing
     lps = np.eye(4)
     lps[:3, 0] = step
-    lps[:3, 1] = orientation[3:] * row_spacing
-    lps[:3, 2] = orientation[:3] * column_spacing
-    lps[:3, 3] = positions[0]
+    lps[:3, 1] = first.orientation[3:] * row_spacing
+    lps[:3, 2] = first.orientation[:3] * column_spacing
+    lps[:3, 3] = first.position
     return _LPS_TO_RAS @ lps
 
 
-def _first_value(value) -> float | None:
-    if value is None or value == "":
+# --- metadata ---------------------------------------------------------------------------------
+
+
+def _reported_number(path: str, dataset, keyword: str, convert):
+    """A value that only goes into metadata: malformed ones are left out with a warning."""
+    value = _raw_value(path, dataset, keyword, UnreadableFileError)
+    if value is None:
         return None
-    if isinstance(value, (pydicom.multival.MultiValue, list, tuple)):
-        return float(value[0]) if len(value) else None
-    return float(value)
+    items = _as_list(value)
+    try:
+        number = convert(str(items[0]).strip()) if items else None
+    except ValueError:
+        number = None
+    if number is None or (isinstance(number, float) and not math.isfinite(number)):
+        warnings.warn(
+            HeaderValueWarning(f"{path}: {keyword} {value!r} is not a number; left out"),
+            stacklevel=4,
+        )
+        return None
+    return number
 
 
 def _series_metadata(ordered) -> dict:
-    first = ordered[0][1]
+    first_path, first = ordered[0]
     metadata = {
-        "modality": str(first.get("Modality", "")),
-        "series_instance_uid": str(first.get("SeriesInstanceUID", "")),
-        "study_instance_uid": str(first.get("StudyInstanceUID", "")),
-        "frame_of_reference_uid": str(first.get("FrameOfReferenceUID", "")),
-        "series_description": str(first.get("SeriesDescription", "")),
-        "patient_sex": str(first.get("PatientSex", "")),
-        "sop_instance_uids": tuple(str(ds.get("SOPInstanceUID", "")) for _, ds in ordered),
+        "modality": _text(first, "Modality"),
+        "series_instance_uid": _text(first, "SeriesInstanceUID"),
+        "study_instance_uid": _text(first, "StudyInstanceUID"),
+        "frame_of_reference_uid": _text(first, "FrameOfReferenceUID"),
+        "series_description": _text(first, "SeriesDescription"),
+        "patient_sex": _text(first, "PatientSex"),
+        "sop_instance_uids": tuple(_text(ds, "SOPInstanceUID") for _, ds in ordered),
         "instance_numbers": tuple(
-            int(ds.InstanceNumber) if ds.get("InstanceNumber") not in (None, "") else None
-            for _, ds in ordered
+            _reported_number(path, ds, "InstanceNumber", int) for path, ds in ordered
         ),
     }
     for key, tag in (("window_center", "WindowCenter"), ("window_width", "WindowWidth")):
-        value = _first_value(first.get(tag))
+        value = _reported_number(first_path, first, tag, float)
         if value is not None:
             metadata[key] = value
     return metadata
 
 
-def _stored_value_range(dataset: pydicom.Dataset) -> tuple[int, int]:
-    bits = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 16)))
-    if int(dataset.get("PixelRepresentation", 0)) == 1:
+def _stored_value_range(path: str, dataset: pydicom.Dataset) -> tuple[int, int]:
+    bits = _integer(path, dataset, "BitsAllocated", UnreadableFileError, default=16)
+    bits = _integer(
+        path, dataset, "BitsStored", UnreadableFileError, default=bits, allowed=range(1, 65)
+    )
+    signed = _integer(path, dataset, "PixelRepresentation", UnreadableFileError, default=0)
+    if signed == 1:
         return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     return 0, 2**bits - 1
