@@ -1,11 +1,13 @@
 import os
+import warnings
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from kseg.errors import UnreadableFileError
+from kseg.errors import GeometryError, UnreadableFileError
 from kseg.io import Volume, read_nifti, write_nifti
+from kseg.io.nifti import NonFiniteVoxelWarning, UnknownOrientationWarning
 
 
 def _sheared_volume(dtype=np.int16):
@@ -100,3 +102,110 @@ def test_not_nifti_and_4d_are_unreadable(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((2, 3, 4, 2), np.float32), np.eye(4)), tmp_path / "4d.nii")
     with pytest.raises(UnreadableFileError, match="3D"):
         read_nifti(tmp_path / "4d.nii")
+
+
+# --- malformed files: a kseg error naming the file, or a documented warning -----------------
+
+
+def _valid_nifti(path, data=None, zooms=(2.0, 3.0, 4.0)):
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4) if data is None else data
+    image = nib.Nifti1Image(data, np.diag([*zooms, 1.0]))
+    image.set_qform(np.diag([*zooms, 1.0]), code=1)
+    image.set_sform(np.diag([*zooms, 1.0]), code=1)
+    nib.save(image, path)
+    return path
+
+
+def _patch_header(path, **fields):
+    """Rewrite NIfTI-1 header fields in place, byte for byte, without nibabel's checks."""
+    raw = bytearray(path.read_bytes())
+    header = np.frombuffer(bytes(raw[:348]), dtype=nib.nifti1.header_dtype).copy()
+    for name, value in fields.items():
+        header[name] = value
+    raw[:348] = header.tobytes()
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def _unchanged_after(path, call):
+    before = path.read_bytes()
+    try:
+        return call()
+    finally:
+        assert path.read_bytes() == before
+
+
+def test_non_finite_voxels_warn_with_counts_and_are_returned_as_stored(tmp_path):
+    data = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    data[0, 1, 2] = np.nan
+    data[1, 2, 3] = np.nan
+    data[1, 0, 0] = np.inf
+    data[0, 0, 1] = -np.inf
+    path = _valid_nifti(tmp_path / "nan.nii.gz", data)
+    with pytest.warns(NonFiniteVoxelWarning, match=r"4 of 24 voxels.*2 NaN, 1 \+inf, 1 -inf"):
+        volume = _unchanged_after(path, lambda: read_nifti(path))
+    np.testing.assert_array_equal(volume.array, data.transpose(2, 1, 0))  # NaN == NaN here
+    np.testing.assert_allclose(volume.spacing, (4.0, 3.0, 2.0))
+
+
+@pytest.mark.parametrize(
+    "fields, needle",
+    [
+        ({"srow_y": [0.0, 0.0, 0.0, 0.0]}, "singular"),  # zero spacing along y
+        ({"srow_y": [2.0, 0.0, 0.0, 0.0]}, "singular"),  # y axis parallel to x
+        ({"srow_x": [np.nan, 0.0, 0.0, 0.0]}, "NaN"),
+        ({"srow_z": [0.0, 0.0, 4.0, np.inf]}, "NaN or infinity"),
+        ({"sform_code": 0, "quatern_b": np.nan}, "qform"),
+        ({"sform_code": 0, "pixdim": [1.0, 2.0, 0.0, 4.0, 1, 1, 1, 1]}, "pixdim"),
+        ({"sform_code": 0, "pixdim": [1.0, 2.0, np.nan, 4.0, 1, 1, 1, 1]}, "pixdim"),
+        ({"sform_code": 0, "qform_code": 0, "pixdim": [1.0, 0.0, 3.0, 4.0, 1, 1, 1, 1]}, "pixdim"),
+    ],
+)
+def test_singular_or_non_finite_affines_are_geometry_errors(tmp_path, fields, needle):
+    path = _patch_header(_valid_nifti(tmp_path / "bad.nii"), **fields)
+    with pytest.raises(GeometryError, match=needle) as raised:
+        _unchanged_after(path, lambda: read_nifti(path))
+    assert "bad.nii" in str(raised.value)
+
+
+def test_no_sform_and_no_qform_warns_and_keeps_the_voxel_sizes(tmp_path):
+    path = _patch_header(_valid_nifti(tmp_path / "method1.nii"), sform_code=0, qform_code=0)
+    with pytest.warns(UnknownOrientationWarning, match="method1.nii"):
+        volume = read_nifti(path)
+    np.testing.assert_allclose(volume.spacing, (4.0, 3.0, 2.0))
+    assert volume.metadata["sform_code"] == volume.metadata["qform_code"] == 0
+
+
+def test_qform_only_is_read_without_warning(tmp_path):
+    path = _patch_header(_valid_nifti(tmp_path / "q.nii"), sform_code=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        volume = read_nifti(path)
+    # kseg's affine takes (k, j, i): its first column is NIfTI's third axis.
+    np.testing.assert_allclose(volume.affine[:3, :3], np.diag([2.0, 3.0, 4.0])[:, ::-1])
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ("empty dimension", "empty dimension"),
+        ("cut short", "cannot be read"),
+        ("rgb", "RGB"),
+        ("complex", "complex"),
+    ],
+)
+def test_malformed_data_are_unreadable_and_named(tmp_path, change, needle):
+    path = tmp_path / "case.nii"
+    if change == "empty dimension":
+        _patch_header(_valid_nifti(path), dim=[3, 2, 0, 4, 1, 1, 1, 1])
+    elif change == "cut short":
+        _valid_nifti(path, np.zeros((20, 20, 20), np.float32))
+        path.write_bytes(path.read_bytes()[:5000])
+    elif change == "rgb":
+        rgb = np.zeros((2, 3, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+        nib.save(nib.Nifti1Image(rgb, np.eye(4)), path)
+    else:
+        nib.save(nib.Nifti1Image(np.zeros((2, 3, 4), np.complex64), np.eye(4)), path)
+    with pytest.raises(UnreadableFileError, match=needle) as raised:
+        _unchanged_after(path, lambda: read_nifti(path))
+    assert "case.nii" in str(raised.value)

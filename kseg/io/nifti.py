@@ -12,22 +12,46 @@ Reference:
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 
 import nibabel as nib
 import numpy as np
 
 from kseg._files import atomic_output
-from kseg.errors import UnreadableFileError
+from kseg.errors import GeometryError, UnreadableFileError
 from kseg.io.volume import Volume
 
-__all__ = ["read_nifti", "write_nifti"]
+__all__ = ["NonFiniteVoxelWarning", "UnknownOrientationWarning", "read_nifti", "write_nifti"]
 
 # Millimetres per NIfTI spatial unit; "unknown" is taken as mm, as every viewer does.
 _MM_PER_UNIT = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 0.001}
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Index (k, j, i) <-> (i, j, k): reverse the three spatial columns, keep the translation.
 _REVERSE_AXES = [2, 1, 0, 3]
+# The voxel axes of an affine span less than this fraction of the volume of a box with the
+# same edge lengths: the axes are (nearly) linearly dependent and the grid has no inverse.
+_SINGULAR_TOLERANCE = 1e-6
+
+
+class NonFiniteVoxelWarning(UserWarning):
+    """A floating-point NIfTI volume holds NaN or infinite voxels.
+
+    The array is returned exactly as stored (NaN stays NaN); the message names the file and
+    counts the NaN, +inf and -inf voxels, so the caller can decide (``np.nan_to_num``, a mask,
+    or dropping the case). Metrics and losses fed such voxels return NaN.
+    """
+
+
+class UnknownOrientationWarning(UserWarning):
+    """A NIfTI header has ``sform_code`` and ``qform_code`` both 0 (NIfTI "method 1").
+
+    The file then states voxel sizes (``pixdim``) but no position or orientation. The affine
+    is nibabel's fallback for that case, ``diag(-dx, dy, dz)`` centred on the volume (the
+    ANALYZE 7.5 convention): spacing is right, but world positions and the left/right
+    direction are guesses, so do not combine such a volume with another by world coordinates.
+    """
 
 
 def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Volume:
@@ -47,8 +71,19 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
         header's ``spatial_unit``.
 
     Raises:
-        UnreadableFileError: the file cannot be read as NIfTI, or is not a 3D volume
-            (trailing dimensions of size 1 are dropped; a 2D image becomes one slice).
+        UnreadableFileError: the file cannot be read as NIfTI (or is another format nibabel
+            reads), its data are cut short, it is not a 3D volume (trailing dimensions of size
+            1 are dropped; a 2D image becomes one slice), a dimension is 0, or the voxels are
+            not real scalars (RGB, complex).
+        GeometryError: the affine in use (sform when ``sform_code`` > 0, else qform when
+            ``qform_code`` > 0, else the pixdim fallback) holds NaN or infinity, is singular
+            (a zero voxel size, or voxel axes that are linearly dependent), or the qform /
+            fallback's pixdim voxel sizes are zero, negative or not finite (nibabel would
+            silently use 1 mm for a zero one).
+
+    Warns:
+        NonFiniteVoxelWarning: float voxels that are NaN or infinite (returned as stored).
+        UnknownOrientationWarning: ``sform_code`` and ``qform_code`` are both 0.
 
     Example:
         >>> ct = read_nifti("example_ct_sm.nii.gz")  # doctest: +SKIP
@@ -58,19 +93,37 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
     path = os.fspath(path)
     try:
         image = nib.load(path)
-        data = np.asarray(image.dataobj)
     except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError, zlib.error
         raise UnreadableFileError(path, f"cannot be read as NIfTI ({exc})") from exc
+    if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise UnreadableFileError(
+            path, f"expected a NIfTI-1/2 file, nibabel reads it as {type(image).__name__}"
+        )
+    header = image.header
+    shape = tuple(int(n) for n in header.get_data_shape())
+    if 0 in shape:
+        raise UnreadableFileError(path, f"has an empty dimension (shape {shape})")
+    dtype = header.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise UnreadableFileError(
+            path, f"expected real scalar voxels, the file stores {dtype} (RGB or complex?)"
+        )
+    affine = _checked_affine(path, image)
+    try:
+        data = np.asarray(image.dataobj)
+    except Exception as exc:  # cut-short data: EOFError, ValueError (mmap), zlib.error
+        raise UnreadableFileError(path, f"voxel data cannot be read ({exc})") from exc
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
         data = data[..., np.newaxis]
     if data.ndim != 3:
         raise UnreadableFileError(path, f"expected a 3D volume, got shape {data.shape}")
-    spatial_unit = image.header.get_xyzt_units()[0]
+    if data.dtype.kind == "f":
+        _warn_non_finite(path, data)
+    spatial_unit = header.get_xyzt_units()[0]
     if spatial_unit not in _MM_PER_UNIT:
         raise UnreadableFileError(path, f"unsupported spatial unit {spatial_unit!r}")
-    affine = np.array(image.affine, dtype=np.float64)
     affine[:3, :] *= _MM_PER_UNIT[spatial_unit]
     if patient_id is None:
         patient_id = _strip_suffix(os.path.basename(path))
@@ -80,11 +133,84 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
         patient_id=str(patient_id),
         source_files=(path,),
         metadata={
-            "sform_code": int(image.header["sform_code"]),
-            "qform_code": int(image.header["qform_code"]),
+            "sform_code": int(header["sform_code"]),
+            "qform_code": int(header["qform_code"]),
             "spatial_unit": spatial_unit,
         },
     )
+
+
+def _checked_affine(path: str, image) -> np.ndarray:
+    """The affine nibabel uses, refused when it describes no grid."""
+    header = image.header
+    sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
+    if sform_code > 0:
+        source = f"sform (sform_code {sform_code})"
+    else:
+        source = (
+            f"qform (qform_code {qform_code})" if qform_code > 0 else "pixdim fallback"
+        )
+        # nibabel replaces zero voxel sizes by 1 while loading (logging, not raising): the
+        # header as stored in the file says what the qform / fallback is really built from.
+        zooms = np.asarray(_stored_header(path, image)["pixdim"][1:4], dtype=np.float64)
+        if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
+            raise GeometryError(
+                path,
+                f"pixdim voxel sizes {zooms.tolist()} are not all positive finite numbers, and "
+                f"the {source} is built from them (sform_code is 0)",
+            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # NaN quaternions
+        try:
+            affine = np.array(image.affine, dtype=np.float64)
+        except Exception as exc:  # HeaderDataError on impossible quaternions
+            raise GeometryError(path, f"the {source} cannot be decoded ({exc})") from exc
+    if not np.all(np.isfinite(affine)):
+        raise GeometryError(
+            path, f"the {source} affine holds NaN or infinity: {affine[:3].tolist()}"
+        )
+    axes = affine[:3, :3]
+    lengths = np.linalg.norm(axes, axis=0)
+    if np.any(lengths == 0) or abs(np.linalg.det(axes)) <= _SINGULAR_TOLERANCE * np.prod(lengths):
+        raise GeometryError(
+            path,
+            f"the {source} affine is singular (voxel sizes {lengths.round(6).tolist()}, axes "
+            f"{axes.round(6).tolist()}): it maps the voxel grid onto a plane or a line",
+        )
+    if sform_code <= 0 and qform_code <= 0:
+        warnings.warn(
+            UnknownOrientationWarning(
+                f"{path}: sform_code and qform_code are both 0: the file gives voxel sizes but "
+                "no orientation or position; using nibabel's fallback diag(-dx, dy, dz), "
+                "centred (left/right and world positions are guesses)"
+            ),
+            stacklevel=3,
+        )
+    return affine
+
+
+def _stored_header(path: str, image):
+    """The header exactly as in the file, without the fixes nibabel applies on loading."""
+    try:
+        with nib.openers.ImageOpener(path) as handle:
+            raw = handle.read(image.header.sizeof_hdr)
+        return type(image.header).from_fileobj(io.BytesIO(raw), check=False)
+    except Exception as exc:  # it was read once already; this is belt and braces
+        raise UnreadableFileError(path, f"header cannot be read ({exc})") from exc
+
+
+def _warn_non_finite(path: str, data: np.ndarray) -> None:
+    nan = int(np.count_nonzero(np.isnan(data)))
+    positive = int(np.count_nonzero(np.isposinf(data)))
+    negative = int(np.count_nonzero(np.isneginf(data)))
+    if nan or positive or negative:
+        warnings.warn(
+            NonFiniteVoxelWarning(
+                f"{path}: {nan + positive + negative} of {data.size} voxels are not finite "
+                f"({nan} NaN, {positive} +inf, {negative} -inf); returned as stored"
+            ),
+            stacklevel=3,
+        )
 
 
 def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
