@@ -53,6 +53,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import RTStructureSetStorage
 
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
+from kseg.io.dicom import _cut_short, _starts_like_data_set
 from kseg.io.volume import Volume
 
 __all__ = [
@@ -175,8 +176,14 @@ def read_rtstruct(path: os.PathLike | str) -> list[RoiContours]:
         without a ROIContourSequence item has no contours.
 
     Raises:
-        UnreadableFileError: not DICOM, not an RT Structure Set, or a ContourData whose
-            length is not three times NumberOfContourPoints.
+        UnreadableFileError: not DICOM, not an RT Structure Set, an ROI without a valid
+            ROINumber / ReferencedROINumber, or a contour whose ContourData is not a list of
+            finite numbers in threes (NaN, infinity, text, a length that is not a multiple of
+            three or not three times NumberOfContourPoints). The message names the file, the
+            ROI (name and number) and the contour. A contour with a NaN vertex is an error,
+            not skipped: dropping it would silently cut a slice out of the organ's mask.
+
+    An ROIDisplayColor that is not three integers is read as ``None`` (it is display only).
 
     Example:
         >>> rois = read_rtstruct("LCTSC-Train-S1-001/.../1-1.dcm")  # doctest: +SKIP
@@ -185,29 +192,73 @@ def read_rtstruct(path: os.PathLike | str) -> list[RoiContours]:
     """
     path = os.fspath(path)
     dataset = _read_structure_set(path)
+    try:
+        return _read_rois(path, dataset)
+    except UnreadableFileError:
+        raise
+    except Exception as exc:  # pydicom raises many types on damaged values
+        raise UnreadableFileError(
+            path, f"RT Structure Set cannot be read ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _read_rois(path: str, dataset: pydicom.Dataset) -> list[RoiContours]:
+    names: dict[int, str] = {}
+    numbered = []
+    for position, item in enumerate(dataset.get("StructureSetROISequence", [])):
+        number = _roi_number(path, item, "ROINumber", f"StructureSetROISequence item {position}")
+        name = str(item.get("ROIName", ""))
+        names.setdefault(number, name)
+        numbered.append((number, name, item))
     contours_by_number: dict[int, tuple[tuple[int, int, int] | None, tuple[Contour, ...]]] = {}
-    for item in dataset.get("ROIContourSequence", []):
-        number = int(item.ReferencedROINumber)
-        color = item.get("ROIDisplayColor")
-        color = tuple(int(c) for c in color) if color is not None and len(color) == 3 else None
-        contours = tuple(
-            _read_contour(path, number, contour) for contour in item.get("ContourSequence", [])
+    for position, item in enumerate(dataset.get("ROIContourSequence", [])):
+        number = _roi_number(
+            path, item, "ReferencedROINumber", f"ROIContourSequence item {position}"
         )
-        contours_by_number[number] = (color, contours)
+        roi = f"ROI {names[number]!r} (number {number})" if number in names else (
+            f"ROI number {number}"
+        )
+        contours = tuple(
+            _read_contour(path, roi, index, contour)
+            for index, contour in enumerate(item.get("ContourSequence", []))
+        )
+        contours_by_number[number] = (_display_color(item), contours)
     rois = []
-    for item in dataset.get("StructureSetROISequence", []):
-        number = int(item.ROINumber)
+    for number, name, item in numbered:
         color, contours = contours_by_number.get(number, (None, ()))
         rois.append(
             RoiContours(
                 number=number,
-                name=str(item.get("ROIName", "")),
+                name=name,
                 color=color,
                 contours=contours,
                 frame_of_reference_uid=str(item.get("ReferencedFrameOfReferenceUID", "") or ""),
             )
         )
     return rois
+
+
+def _roi_number(path: str, item: pydicom.Dataset, keyword: str, where: str) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's own "invalid IS" warning
+        value = item.get(keyword)
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise UnreadableFileError(
+            path, f"{where}: {keyword} is {value!r}; expected an integer"
+        ) from None
+
+
+def _display_color(item: pydicom.Dataset) -> tuple[int, int, int] | None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        color = item.get("ROIDisplayColor")
+    try:
+        values = tuple(int(str(c).strip()) for c in color) if color is not None else ()
+    except (TypeError, ValueError):
+        return None
+    return values if len(values) == 3 else None
 
 
 def read_rtstruct_references(path: os.PathLike | str) -> RtstructReferences:
@@ -328,6 +379,8 @@ def rasterize_roi(
 
     Raises:
         AlignmentError: the ROI's frame of reference differs from the volume's.
+        MaskError: a contour holds NaN or infinite points (possible only for contours built
+            in code; :func:`read_rtstruct` refuses such files).
 
     Warns:
         ContourOutsideVolumeWarning, ContourReferenceWarning: see :func:`rasterize_rtstruct`.
@@ -360,6 +413,10 @@ def rasterize_roi(
         if len(contour.points) < 3:
             problems.not_closed.append(f"{_CLOSED_PLANAR} with {len(contour.points)} point(s)")
             continue
+        if not np.all(np.isfinite(contour.points)):
+            raise MaskError(
+                where, f"ROI {roi.name!r}: a contour has NaN or infinite points; cannot place it"
+            )
         ras = contour.points * _LPS_TO_RAS
         index = ras @ world_to_index[:3, :3].T + world_to_index[:3, 3]
         plane = float(index[:, 0].mean())
@@ -566,14 +623,28 @@ def _words(name: str) -> list[str]:
 
 
 def _read_structure_set(path: str) -> pydicom.Dataset:
+    """The whole file (preamble-less files too, when they start like a DICOM data set);
+    one cut short is an error, since pydicom would silently return fewer contours."""
     try:
-        dataset = pydicom.dcmread(path)
-    except InvalidDicomError as exc:
-        raise UnreadableFileError(path, f"not a DICOM file ({exc})") from exc
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(136)
     except OSError as exc:
         raise UnreadableFileError(path, f"cannot be read ({exc})") from exc
-    except Exception as exc:  # pydicom raises many types on damaged files
-        raise UnreadableFileError(path, f"DICOM header cannot be read ({exc})") from exc
+    has_preamble = head[128:132] == b"DICM"
+    if not has_preamble and not _starts_like_data_set(head):
+        raise UnreadableFileError(
+            path, "not a DICOM file (no DICM preamble, and it does not start like a data set)"
+        )
+    try:
+        dataset = pydicom.dcmread(path, force=not has_preamble)
+    except InvalidDicomError as exc:
+        raise UnreadableFileError(path, f"not a DICOM file ({exc})") from exc
+    except Exception as exc:  # pydicom raises many types on damaged files (OSError if cut)
+        raise UnreadableFileError(path, f"DICOM file cannot be read ({exc})") from exc
+    cut = _cut_short(dataset, size)
+    if cut:
+        raise UnreadableFileError(path, cut)
     sop_class = str(dataset.get("SOPClassUID", ""))
     modality = str(dataset.get("Modality", ""))
     if sop_class != RTStructureSetStorage and modality != "RTSTRUCT":
@@ -585,14 +656,41 @@ def _read_structure_set(path: str) -> pydicom.Dataset:
     return dataset
 
 
-def _read_contour(path: str, roi_number: int, item: pydicom.Dataset) -> Contour:
-    data = np.asarray(item.get("ContourData", []), dtype=np.float64)
-    declared = item.get("NumberOfContourPoints")
-    if data.size % 3 or (declared not in (None, "") and int(declared) * 3 != data.size):
+def _read_contour(path: str, roi: str, index: int, item: pydicom.Dataset) -> Contour:
+    where = f"{roi}, contour {index}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's own "invalid DS" warnings
+        raw = item.get("ContourData")
+        declared = item.get("NumberOfContourPoints")
+    values = [] if raw is None or raw == "" else (
+        list(raw) if isinstance(raw, (pydicom.multival.MultiValue, list, tuple)) else [raw]
+    )
+    try:
+        data = np.array([float(str(v).strip()) for v in values], dtype=np.float64)
+    except ValueError:
+        bad = next(v for v in values if not _is_number(v))
+        raise UnreadableFileError(
+            path, f"{where}: ContourData holds {str(bad)!r}, which is not a number"
+        ) from None
+    try:
+        declared = None if declared in (None, "") else int(str(declared).strip())
+    except ValueError:
+        raise UnreadableFileError(
+            path, f"{where}: NumberOfContourPoints is {declared!r}; expected an integer"
+        ) from None
+    if data.size % 3 or (declared is not None and declared * 3 != data.size):
         raise UnreadableFileError(
             path,
-            f"ROI number {roi_number}: ContourData holds {data.size} values, expected three per "
-            f"point ({declared} points declared)",
+            f"{where}: ContourData holds {data.size} values, expected three per point "
+            f"({declared} points declared)",
+        )
+    bad = ~np.isfinite(data.reshape(-1, 3)).all(axis=1)
+    if bad.any():
+        raise UnreadableFileError(
+            path,
+            f"{where}: {int(bad.sum())} of {len(bad)} points are NaN or infinite (first at "
+            f"point {int(np.argmax(bad))}); the contour cannot be placed, and dropping it "
+            "would cut it out of the mask silently",
         )
     images = item.get("ContourImageSequence", [])
     uid = str(images[0].get("ReferencedSOPInstanceUID", "") or "") if len(images) else ""
@@ -601,6 +699,14 @@ def _read_contour(path: str, roi_number: int, item: pydicom.Dataset) -> Contour:
         points=data.reshape(-1, 3),
         geometric_type=str(item.get("ContourGeometricType", _CLOSED_PLANAR)),
     )
+
+
+def _is_number(value) -> bool:
+    try:
+        float(str(value).strip())
+    except ValueError:
+        return False
+    return True
 
 
 @dataclasses.dataclass
