@@ -46,7 +46,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
-import zipfile
 
 import numpy as np
 from scipy import ndimage
@@ -133,7 +132,11 @@ def read_npz_mask(path: os.PathLike | str, *, key: str | None = None) -> np.ndar
                         only = keys[0] if len(keys) == 1 else NPZ_MASK_KEY
                         key = NPZ_MASK_KEY if NPZ_MASK_KEY in keys else only
                     array = archive[key] if key in keys else None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except MemoryError as exc:  # an npy header declaring an impossible shape
+        raise UnreadableFileError(
+            path, f"declares an array larger than memory ({exc}); the archive is damaged"
+        ) from exc
+    except Exception as exc:  # OSError, ValueError, BadZipFile, EOFError, zlib.error, ...
         raise UnreadableFileError(path, f"cannot be read as an npz archive ({exc})") from exc
     if keys is None:
         raise UnreadableFileError(path, "expected an .npz archive, got a single .npy array")
