@@ -8,11 +8,14 @@ pixels and references are compared with what pydicom decodes from the source fil
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
@@ -574,3 +577,159 @@ def test_real_ct_and_dicom_seg_keep_their_references(shared_data, tmp_path):
     for path in (tmp_path / "out").rglob("*.dcm"):
         data = path.read_bytes()
         assert not [uid for uid in old_uids if uid.encode() in data]
+
+
+# --- Files that are no Part 10 file: de-identified or refused, never copied -------------------
+
+# pydicom's no_meta.dcm is CT_small.dcm without File Meta (its README), shifted by a stray
+# leading byte, so that a forced read gives no dataset; CT_small.dcm names the patient.
+NO_META = Path(get_testdata_file("no_meta.dcm"))
+CT_SMALL = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+
+
+def _variant(index, number):
+    """A CT slice of the DOE fixture with a SOP Instance UID of its own."""
+    ds = _ct_slice(index)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{SLICE_UIDS[index]}.{number}"
+    return ds
+
+
+def _raw(ds):
+    """The dataset alone: no preamble, no File Meta."""
+    raw = Dataset()
+    raw.update(ds)
+    return raw
+
+
+def _write_stray_tree(src):
+    folder = src / "scanner"
+    folder.mkdir(parents=True)
+    preambleless = _variant(0, 1)  # File Meta, but no preamble and no DICM prefix
+    pydicom.dcmwrite(folder / "PREAMBLELESS", preambleless, enforce_file_format=False)
+    pydicom.dcmwrite(folder / "RAW_IMPLICIT", _raw(_variant(1, 2)), implicit_vr=True)
+    pydicom.dcmwrite(
+        folder / "RAW_BIG_ENDIAN", _raw(_variant(2, 3)), implicit_vr=False, little_endian=False
+    )
+    _other_patient_with_private_tags().save_as(folder / "part10.dcm", enforce_file_format=True)
+    full = folder / "full.tmp"
+    _variant(0, 4).save_as(full, enforce_file_format=True)
+    data = full.read_bytes()
+    full.unlink()
+    (folder / "truncated.dcm").write_bytes(data[: data.index(b"MRN-4711-DOE") + 40])
+    implicit = folder / "implicit.tmp"
+    pydicom.dcmwrite(implicit, _raw(_variant(1, 5)), implicit_vr=True)
+    data = implicit.read_bytes()
+    implicit.unlink()
+    (folder / "truncated_raw").write_bytes(data[: data.index(b"DOE^JOHN") + 4])
+    explicit = folder / "explicit.tmp"
+    pydicom.dcmwrite(explicit, _raw(_variant(2, 6)), implicit_vr=False)
+    (folder / "shifted").write_bytes(b"\x20" + explicit.read_bytes())
+    explicit.unlink()
+    (folder / "no_meta.dcm").write_bytes(NO_META.read_bytes())
+    unknown = _raw(_variant(0, 7))  # a public tag no dictionary knows, as junk reads give
+    unknown.add_new(0x77780010, "LO", "seen at night by DOE")
+    pydicom.dcmwrite(folder / "RAW_UNKNOWN_TAG", unknown, implicit_vr=True)
+    (folder / "notes.txt").write_text("scanner log: 3 series exported\n")
+    image = np.random.default_rng(0).normal(0, 300, (16, 64, 64)).astype(np.int16)
+    np.save(folder / "image.npy", image)
+    (folder / "empty").write_bytes(b"")
+
+
+STRAY_IDENTIFYING = [
+    *IDENTIFYING_VALUES,
+    *[f"{SLICE_UIDS[index]}.{number}" for index, number in [(0, 1), (1, 2), (2, 3), (0, 4)]],
+    *[f"{SLICE_UIDS[index]}.{number}" for index, number in [(1, 5), (2, 6), (0, 7)]],
+    str(CT_SMALL.PatientName),
+    str(CT_SMALL.StudyInstanceUID),
+    str(CT_SMALL.SOPInstanceUID),
+]
+NON_DICOM = {"scanner/notes.txt", "scanner/image.npy", "scanner/empty"}
+FORCED = {"scanner/PREAMBLELESS": (0, 1), "scanner/RAW_IMPLICIT": (1, 2),
+          "scanner/RAW_BIG_ENDIAN": (2, 3)}  # fmt: skip
+REFUSED = {"scanner/no_meta.dcm", "scanner/shifted", "scanner/RAW_UNKNOWN_TAG"}
+
+
+@pytest.fixture(scope="module")
+def stray(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stray")
+    src = root / "src"
+    _write_stray_tree(src)
+    before = _hashes(src)
+    runs = {
+        layout: deidentify(
+            src, root / layout, secret=SECRET, layout=layout, copy_non_dicom=True, progress=False
+        )
+        for layout in ("mirror", "uids")
+    }
+    return {"root": root, "src": src, "before": before, "runs": runs}
+
+
+def test_stray_fixture_files_are_what_they_claim(stray):
+    folder = stray["src"] / "scanner"
+    for name in [*FORCED, *REFUSED, *NON_DICOM]:
+        with pytest.raises(InvalidDicomError):
+            pydicom.dcmread(stray["src"] / name)  # none is a Part 10 file
+    assert (folder / "PREAMBLELESS").read_bytes()[128:132] != b"DICM"
+    assert (folder / "part10.dcm").read_bytes()[128:132] == b"DICM"
+    no_meta = (folder / "no_meta.dcm").read_bytes()
+    assert str(CT_SMALL.PatientName).encode() in no_meta
+    assert str(CT_SMALL.PatientID).encode() in no_meta
+    for name in ("truncated.dcm", "shifted", *FORCED):
+        data = (folder / name.split("/")[-1]).read_bytes()
+        assert b"DOE^JOHN" in data and b"MRN-4711-DOE" in data, name
+    assert (folder / "truncated_raw").read_bytes().endswith(b"DOE^")  # cut inside the name
+
+
+@pytest.mark.parametrize("layout", ["mirror", "uids"])
+def test_no_identifying_byte_reaches_the_output_tree(stray, layout):
+    out = stray["root"] / layout
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) >= 7
+    for path in files:
+        data = path.read_bytes()
+        for value in STRAY_IDENTIFYING:
+            assert value.encode() not in data, (value, path)
+    assert _hashes(stray["src"]) == stray["before"]
+
+
+@pytest.mark.parametrize("layout", ["mirror", "uids"])
+def test_only_non_dicom_files_are_copied(stray, layout):
+    report = stray["runs"][layout]
+    assert set(report.copied) == NON_DICOM
+    assert {source for source, _ in report.skipped} == NON_DICOM
+    for name in NON_DICOM:
+        copied = stray["root"] / layout / name
+        assert copied.read_bytes() == (stray["src"] / name).read_bytes()
+    refused = {source: reason for source, reason in report.failed}
+    assert set(refused) == REFUSED
+    assert all("refused, not copied" in reason for reason in refused.values())
+    written = {record.source for record in report.files}
+    assert written == {*FORCED, "scanner/part10.dcm", "scanner/truncated.dcm",
+                       "scanner/truncated_raw"}  # fmt: skip
+    for name in REFUSED:
+        assert not (stray["root"] / "mirror" / name).exists()
+
+
+def test_files_without_preamble_become_de_identified_part10_files(stray):
+    out = stray["root"] / "mirror"
+    expected_syntax = {
+        "scanner/PREAMBLELESS": ExplicitVRLittleEndian,
+        "scanner/RAW_IMPLICIT": "1.2.840.10008.1.2",
+        "scanner/RAW_BIG_ENDIAN": "1.2.840.10008.1.2.2",
+    }
+    new_sops = set()
+    for name, (index, _) in FORCED.items():
+        data = (out / name).read_bytes()
+        assert data[128:132] == b"DICM", name
+        dataset = pydicom.dcmread(out / name)  # no force needed
+        assert dataset.file_meta.TransferSyntaxUID == expected_syntax[name]
+        assert dataset.file_meta.MediaStorageSOPInstanceUID == dataset.SOPInstanceUID
+        assert dataset.PatientIdentityRemoved == "YES"
+        assert dataset.PatientName in ("", None)
+        assert dataset.PatientID.startswith("ANON-")
+        assert "StudyDescription" not in dataset and "OtherPatientIDs" not in dataset
+        assert dataset.PixelData == _ct_slice(index).PixelData
+        new_sops.add(dataset.SOPInstanceUID)
+    assert len(new_sops) == 3
+    patients = {pydicom.dcmread(out / name).PatientID for name in FORCED}
+    assert len(patients) == 1  # one patient, one pseudonym, whatever the file's encoding

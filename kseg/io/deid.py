@@ -53,11 +53,19 @@ What the basic profile does not do
     for the organ names of RTSTRUCT files, which the profile empties.
 
 Files and layout
-    Non-DICOM files (anything pydicom refuses without ``force``) are reported and not copied,
-    unless ``copy_non_dicom=True``: then they are copied unchanged to the same relative path,
-    and neither their names nor their contents are de-identified. DICOMDIR files are never
-    copied: their records name patients and point at the source layout; rebuild one from the
-    output with ``pydicom.fileset.FileSet``. With ``layout="uids"`` (the default) outputs go to
+    Every file is first read as a DICOM Part 10 file. A file pydicom refuses that way (no
+    128-byte preamble, no File Meta Information, a raw dataset as some scanners and scripts
+    write) is read again with ``force=True``; if that gives a dataset holding an attribute of
+    the profile or of the Patient group (0010,xxxx), it is de-identified like any other and
+    written as a Part 10 file (preamble and File Meta added). If the forced read gives no such
+    dataset but the file's bytes still hold an encoded patient attribute (a Patient's Name
+    element with a text value, say, in a damaged or shifted dataset), the file is refused: it
+    is listed in ``failed`` and never copied. Only the remaining files are non-DICOM: they are
+    reported and not copied, unless ``copy_non_dicom=True``: then they are copied unchanged to
+    the same relative path, and neither their names nor their contents are de-identified (a
+    PDF report or a spreadsheet can still name the patient). DICOMDIR files are never copied:
+    their records name patients and point at the source layout; rebuild one from the output
+    with ``pydicom.fileset.FileSet``. With ``layout="uids"`` (the default) outputs go to
     ``dst/<pseudonym>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``, all new
     values, so no source file or folder name (which often holds a patient name) reaches the
     output; ``layout="mirror"`` keeps the source relative paths, for datasets whose names carry
@@ -72,6 +80,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 import hmac
 import json
@@ -79,16 +88,25 @@ import os
 import re
 import secrets
 import shutil
+import struct
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import pydicom
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
-from pydicom.dataset import Dataset
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
-from pydicom.uid import MediaStorageDirectoryStorage, generate_uid
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    MediaStorageDirectoryStorage,
+    generate_uid,
+)
 from tqdm.auto import tqdm
 
 from kseg._files import atomic_output
@@ -131,6 +149,29 @@ _LAYOUTS = ("uids", "mirror")
 # A uid_root longer than this leaves fewer than 24 hash digits: collisions become plausible.
 _MAX_UID_ROOT = 40
 _UNSAFE_PATH_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+# Reading files that are no Part 10 file (no preamble or File Meta).
+_PATIENT_GROUP = 0x0010
+_DIRECTORY_RECORD_SEQUENCE = 0x00041220
+_TRANSFER_SYNTAXES = {
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): ExplicitVRLittleEndian,
+    (False, False): ExplicitVRBigEndian,
+}
+# The byte search for encoded attributes: the groups of the patient's and the visit's identity
+# (General Study/Series/Equipment attributes are in group 0008), their text VRs, the VRs with a
+# 4-byte length in explicit VR, and the longest value taken as a plausible name or identifier.
+_SIGNATURE_GROUPS = (0x0008, 0x0010)
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
+     "UR", "UT"}
+)  # fmt: skip
+_LONG_LENGTH_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
+_MAX_SIGNATURE_VALUE = 1024
+_SCAN_CHUNK = 1 << 23
+_SCAN_MARGIN = _MAX_SIGNATURE_VALUE + 16
 
 
 def _profile_action(tag: BaseTag, is_sequence: bool = False) -> str:
@@ -192,7 +233,9 @@ class DeidReport:
         skipped: ``(source, reason)`` for each file not de-identified on purpose (non-DICOM,
             DICOMDIR), relative to ``src``.
         copied: the non-DICOM files copied unchanged (``copy_non_dicom=True``).
-        failed: ``(source, reason)`` for each DICOM file that could not be read or written.
+        failed: ``(source, reason)`` for each DICOM file that could not be read or written,
+            and each file refused because it holds DICOM attributes the profile acts on but is
+            no dataset pydicom can read whole (never copied).
     """
 
     src: str
@@ -392,6 +435,167 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _is_identifying(tag: int) -> bool:
+    """An attribute of the profile's table or of the Patient group (0010,xxxx)."""
+    return tag in BASIC_PROFILE_ACTIONS or tag >> 16 == _PATIENT_GROUP
+
+
+def _is_unknown(tag: int) -> bool:
+    """A public tag, not a group length, that pydicom's dictionary does not know."""
+    return (tag >> 16) % 2 == 0 and bool(tag & 0xFFFF) and not keyword_for_tag(tag)
+
+
+def _read_forced(path: Path) -> tuple[Dataset | None, str | None]:
+    """Read a file that is no Part 10 file (pydicom refused it without ``force``).
+
+    Returns ``(dataset, None)`` for a DICOM dataset without preamble or File Meta that holds an
+    attribute the profile acts on; ``(None, reason)`` for a file that holds such attributes but
+    cannot be read whole, and so must be refused, never copied; ``(None, None)`` for a file
+    with no DICOM attribute the profile acts on, which is not DICOM.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a forced read of a text file warns about every byte
+        try:
+            probe = pydicom.dcmread(path, force=True, defer_size=1024, stop_before_pixels=True)
+            tags = [int(tag) for tag in probe.keys()]
+        except Exception:  # bytes pydicom cannot even start to parse as a dataset
+            tags = []
+        found = [_attribute_name(BaseTag(tag)) for tag in tags if _is_identifying(tag)]
+        if found:
+            try:
+                dataset = pydicom.dcmread(path, force=True)
+            except Exception as error:
+                return None, (
+                    f"refused, not copied: holds {found[0]} but cannot be read whole "
+                    f"({type(error).__name__})"
+                )
+            # A forced read of arbitrary bytes gives tags no dictionary knows: then the file
+            # is no dataset that can be cleaned with confidence (the profile keeps unknown
+            # public tags), and is refused.
+            unknown = [str(BaseTag(tag)) for tag in dataset.keys() if _is_unknown(int(tag))]
+            if unknown:
+                return None, (
+                    f"refused, not copied: holds {found[0]} but also tags no DICOM dictionary "
+                    f"knows ({', '.join(unknown[:3])}), so it is no dataset that can be cleaned"
+                )
+            return dataset, None
+    keyword = _encoded_attribute(path)
+    if keyword is not None:
+        return None, (
+            f"refused, not copied: its bytes hold an encoded {keyword} element, but no dataset "
+            "pydicom can read"
+        )
+    return None, None
+
+
+@functools.cache
+def _signature_tags() -> np.ndarray:
+    """Text attributes of the profile in the Patient and Study/Series/Equipment groups."""
+    tags = []
+    for tag in BASIC_PROFILE_ACTIONS:
+        if tag >> 16 not in _SIGNATURE_GROUPS:
+            continue
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            continue
+        if vr in _TEXT_VRS:
+            tags.append(tag)
+    return np.array(sorted(tags), dtype=np.uint32)
+
+
+def _looks_like_text(value: bytes) -> bool:
+    text = value.rstrip(b" \x00")
+    if len(text) < 2 or any(byte < 0x20 and byte != 0x1B or byte == 0x7F for byte in text):
+        return False
+    alphanumeric = sum(1 for byte in text if chr(byte).isalnum() and byte < 0x80)
+    return alphanumeric >= 2 and 2 * alphanumeric > len(text) - text.count(b" ")
+
+
+def _text_element_at(buffer: bytes, start: int, little: bool) -> bool:
+    """Whether an element with a text value begins at ``start`` (explicit or implicit VR)."""
+    order = "<" if little else ">"
+    forms = []
+    vr = buffer[start + 4 : start + 6]
+    if len(vr) == 2 and vr.isalpha() and vr.isupper():
+        if vr.decode("ascii") in _LONG_LENGTH_VRS:
+            forms.append((start + 8, f"{order}I", start + 12))
+        else:
+            forms.append((start + 6, f"{order}H", start + 8))
+    if little:  # implicit VR, which is little endian only
+        forms.append((start + 4, "<I", start + 8))
+    for length_at, length_format, value_at in forms:
+        if length_at + struct.calcsize(length_format) > len(buffer):
+            continue
+        (length,) = struct.unpack_from(length_format, buffer, length_at)
+        if 2 <= length <= _MAX_SIGNATURE_VALUE and value_at + length <= len(buffer):
+            if _looks_like_text(buffer[value_at : value_at + length]):
+                return True
+    return False
+
+
+def _tag_candidates(data: np.ndarray, count: int, little: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Start offsets below ``count`` where a signature tag is encoded, and those tags."""
+    first, second = data[:count], data[1 : count + 1]
+    low, high = (first, second) if little else (second, first)
+    mask = np.zeros(count, dtype=bool)
+    for group in _SIGNATURE_GROUPS:
+        mask |= (low == group & 0xFF) & (high == group >> 8)
+    starts = np.flatnonzero(mask)
+    byte = [data[starts + i].astype(np.uint32) for i in range(4)]
+    if little:
+        tags = byte[1] << 24 | byte[0] << 16 | byte[3] << 8 | byte[2]
+    else:
+        tags = byte[0] << 24 | byte[1] << 16 | byte[2] << 8 | byte[3]
+    known = np.isin(tags, _signature_tags())
+    return starts[known], tags[known]
+
+
+def _encoded_attribute(path: Path) -> str | None:
+    """The keyword of the first profile text attribute found encoded in the file's bytes.
+
+    Finds the element of, say, Patient's Name (0010,0010) wherever it lies (in a damaged file,
+    a dataset shifted by stray bytes, an unknown wrapper), in explicit or implicit VR, little
+    or big endian, and accepts it only where a text value of plausible length follows.
+    """
+    with path.open("rb") as handle:
+        offset = 0
+        while True:
+            handle.seek(offset)
+            buffer = handle.read(_SCAN_CHUNK + _SCAN_MARGIN)
+            if len(buffer) < 8:
+                return None
+            data = np.frombuffer(buffer, dtype=np.uint8)
+            count = min(_SCAN_CHUNK, len(data) - 3)
+            for little in (True, False):
+                for start, tag in zip(*_tag_candidates(data, count, little), strict=True):
+                    if _text_element_at(buffer, int(start), little):
+                        return _attribute_name(BaseTag(int(tag)))
+            if len(buffer) < _SCAN_CHUNK + _SCAN_MARGIN:
+                return None
+            offset += _SCAN_CHUNK
+
+
+def _complete_file_meta(dataset: Dataset) -> bool:
+    """Give a dataset read with ``force`` the preamble and File Meta of a Part 10 file.
+
+    False where it has no SOP Class and Instance UIDs to name in the File Meta; it is then
+    written as it was read, a dataset without File Meta.
+    """
+    sop_class, sop_instance = dataset.get("SOPClassUID"), dataset.get("SOPInstanceUID")
+    if not sop_class or not sop_instance:
+        return False
+    if not isinstance(getattr(dataset, "file_meta", None), FileMetaDataset):
+        dataset.file_meta = FileMetaDataset()
+    meta = dataset.file_meta
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    if "TransferSyntaxUID" not in meta:
+        meta.TransferSyntaxUID = _TRANSFER_SYNTAXES[tuple(dataset.original_encoding)]
+    dataset.preamble = b"\x00" * 128
+    return True
+
+
 def _list_files(src: Path) -> list[Path]:
     found = []
     for folder, subfolders, names in os.walk(src):
@@ -446,7 +650,9 @@ def deidentify(
         layout: ``"uids"`` (default) names outputs by the new UIDs, which leaks no source
             name; ``"mirror"`` keeps the source relative paths.
         copy_non_dicom: copy non-DICOM files unchanged to the same relative path (their names
-            and contents are not de-identified). By default they are only reported.
+            and contents are not de-identified). By default they are only reported. A file
+            without preamble or File Meta that parses as a DICOM dataset is de-identified, and
+            one whose bytes hold an encoded patient attribute is refused: neither is copied.
         overwrite: replace output files that already exist; otherwise finding one raises.
         patient_map_path: where to write the JSON mapping original Patient ID -> pseudonym.
             Nothing records the mapping unless this is given; it must lie outside ``dst``.
@@ -521,21 +727,33 @@ def deidentify(
     for path in tqdm(files, desc="de-identifying", unit="file", disable=not progress):
         relative = path.relative_to(src_path)
         source = relative.as_posix()
+        forced = False
         try:
             dataset = pydicom.dcmread(path)
         except InvalidDicomError:
-            if copy_non_dicom and claim(dst_path / relative, source):
-                with path.open("rb") as original:
-                    _write_atomically(
-                        dst_path / relative, lambda handle: shutil.copyfileobj(original, handle)
-                    )
-                report.copied.append(source)
-            report.skipped.append((source, "not a DICOM file"))
-            continue
+            # No Part 10 file; it may still be a DICOM dataset, which is never copied as is.
+            dataset, refusal = _read_forced(path)
+            if refusal is not None:
+                report.failed.append((source, refusal))
+                continue
+            if dataset is None:
+                if copy_non_dicom and claim(dst_path / relative, source):
+                    with path.open("rb") as original:
+                        _write_atomically(
+                            dst_path / relative,
+                            lambda handle: shutil.copyfileobj(original, handle),
+                        )
+                    report.copied.append(source)
+                report.skipped.append((source, "not a DICOM file"))
+                continue
+            forced = True
         except Exception as error:  # a DICOM header pydicom cannot parse: report, go on
             report.failed.append((source, f"unreadable: {type(error).__name__}: {error}"))
             continue
-        if dataset.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage:
+        if (
+            dataset.file_meta.get("MediaStorageSOPClassUID") == MediaStorageDirectoryStorage
+            or _DIRECTORY_RECORD_SEQUENCE in dataset
+        ):
             report.skipped.append(
                 (source, "DICOMDIR: rebuild it from the output with pydicom.fileset.FileSet")
             )
@@ -545,6 +763,8 @@ def deidentify(
             deidentifier.clean(dataset.file_meta, record)
             deidentifier.clean(dataset, record)
             deidentifier.mark(dataset, kept_keywords)
+            # A file read as Part 10 is written as it came; a forced one becomes Part 10.
+            enforce = forced and _complete_file_meta(dataset)
             out_relative = relative if layout == "mirror" else _uids_layout_path(dataset)
         except Exception as error:  # a value pydicom cannot decode while cleaning
             report.failed.append((source, f"cannot de-identify: {type(error).__name__}: {error}"))
@@ -556,7 +776,9 @@ def deidentify(
         if not claim(out_path, source):
             continue
         try:
-            _write_atomically(out_path, dataset.save_as)
+            _write_atomically(
+                out_path, functools.partial(dataset.save_as, enforce_file_format=enforce)
+            )
         except OSError:
             raise
         except Exception as error:  # a value pydicom cannot encode: report, go on
