@@ -15,8 +15,9 @@ kseg pins the edition (:data:`BASIC_PROFILE_EDITION`): a later dicom-anonymizer 
 newer edition changes nothing here until the constant is moved, and a release that dropped this
 edition fails at import instead of silently de-identifying by another table. Moving to a new
 edition: raise ``dicom-anonymizer``'s lower bound in setup.cfg to the first release that ships
-it, change the constant, and run tests/test_ps315.py, whose hand-checked rows name the changes
-between editions.
+it, change the constant and the edition cited in deid.py and the README, check the rows
+tests/test_ps315.py copies by hand against the new edition's Table E.1-1 (Patient ID went from
+Z to Z/D in 2024, for one) and update its row count.
 
 Reference:
     DICOM PS3.15 2026c, Security and System Management Profiles, Annex E, Table E.1-1
