@@ -208,13 +208,39 @@ def test_npz_layout_stores_the_documented_flips(tmp_path):
         assert len(list((folder / "dicom").iterdir())) == 4
 
 
+def test_npz_lung_masks_alternate_uint8_and_bool_unless_told(tmp_path):
+    root = write_lctsc_npz(tmp_path / "varied", num_patients=4, num_slices=3, size=16, seed=2)
+    for index, dtype in enumerate(("uint8", "bool", "uint8", "bool")):
+        case = lctsc_phantom_case(index, num_slices=3, size=16, seed=2)
+        with np.load(root / case.patient_id / "mask.npz") as archive:
+            stored = archive["mask"]
+        assert stored.dtype == np.dtype(dtype)
+        axes = tuple("zyx".index(a) for a in NPZ_STORED_FLIPS[index])
+        lungs = np.isin(case.lctsc_labels(), (1, 2))
+        np.testing.assert_array_equal(stored, np.flip(lungs, axis=axes))
+    root = write_lctsc_npz(tmp_path / "bool", num_patients=2, num_slices=3, size=16,
+                           mask_dtype="bool")
+    assert {np.load(path)["mask"].dtype for path in root.glob("*/mask.npz")} == {np.dtype(bool)}
+
+
+def test_bool_cannot_hold_the_organs(tmp_path):
+    with pytest.raises(ValueError, match="bool mask cannot hold the five organs"):
+        write_lctsc_npz(tmp_path, num_patients=1, num_slices=2, size=16, multiclass=True,
+                        mask_dtype="bool")
+    with pytest.raises(ValueError, match="mask_dtype must be one of"):
+        write_lctsc_npz(tmp_path, num_patients=1, num_slices=2, size=16, mask_dtype="int64")
+    assert not list(tmp_path.iterdir())
+
+
 def test_command_line_writes_the_requested_layout(tmp_path):
     main([str(tmp_path / "tcia"), "--num-patients", "1", "--num-test-patients", "1",
           "--num-slices", "2", "--size", "16"])
     main([str(tmp_path / "npz"), "--layout", "npz", "--num-patients", "1",
-          "--num-test-patients", "0", "--num-slices", "2", "--size", "16"])
+          "--num-test-patients", "0", "--num-slices", "2", "--size", "16", "--mask-dtype",
+          "bool"])
     assert len(list(pathlib.Path(tmp_path / "tcia" / "LCTSC").iterdir())) == 2
-    assert (tmp_path / "npz" / "LCTSC-Train-S1-001" / "mask.npz").is_file()
+    with np.load(tmp_path / "npz" / "LCTSC-Train-S1-001" / "mask.npz") as archive:
+        assert archive["mask"].dtype == bool
 
 
 @pytest.mark.parametrize(

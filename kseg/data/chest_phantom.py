@@ -19,11 +19,11 @@ without trusting the reader.
 collection, including its traps: file names and InstanceNumbers that do not run in slice
 order, ROI names spelt differently per institution and patient, training and test patients
 side by side. :func:`write_lctsc_npz` writes the pre-converted layout (a DICOM folder and a
-3D ``.npz`` mask per case, some masks stored reversed or flipped). Regenerate the
+3D ``.npz`` mask per case, some masks stored reversed or flipped, some as bool). Regenerate the
 builder's dummy data with::
 
     python -m kseg.data.chest_phantom tfds_builders/lctsc/dummy_data/tcia \\
-        --num-patients 5 --num-test-patients 2 --num-slices 3 --size 32
+        --num-patients 5 --num-test-patients 2 --num-slices 4 --size 64
     python -m kseg.data.chest_phantom tfds_builders/lctsc/dummy_data/npz --layout npz \\
         --num-patients 5 --num-test-patients 0 --num-slices 6 --size 48
 
@@ -774,6 +774,10 @@ def write_lctsc(
 # The flips write_lctsc_npz applies to the stored masks, case after case, so that a reader
 # meets each kind of misalignment the pre-converted layout is known for.
 NPZ_STORED_FLIPS = ((), ("z",), ("y",), ("z", "y"), ("x",))
+# The dtypes pre-converted masks are saved in: uint8 label maps (the usual choice, and the
+# only one of the two that holds the five organs) and bool arrays saved straight from a
+# comparison such as ``labels > 0`` (binary lungs only). write_lctsc_npz alternates them.
+NPZ_MASK_DTYPES = ("uint8", "bool")
 
 
 def write_lctsc_npz(
@@ -785,31 +789,37 @@ def write_lctsc_npz(
     size: int = 256,
     seed: int = 0,
     multiclass: bool = False,
+    mask_dtype: str | None = None,
 ) -> pathlib.Path:
     """Write synthetic patients in the pre-converted layout: a DICOM folder and an npz mask.
 
     ::
 
         root/<patient id>/dicom/1-NNN.dcm ...     the CT series (names scrambled)
-        root/<patient id>/mask.npz                key "mask": uint8 (z, y, x)
+        root/<patient id>/mask.npz                key "mask": uint8 or bool (z, y, x)
 
     The mask holds the lungs (0 / 1), or with ``multiclass`` the ``lctsc`` classes (0
     background, 1 lung_left, 2 lung_right, 3 heart, 4 esophagus, 5 spinal_cord). Its slice
     axis is in ascending slice position and its rows and columns in pixel order, except
     that case ``n`` is stored reversed along the axes ``NPZ_STORED_FLIPS[n % 5]`` (none,
-    z, y, z and y, x), the misalignments such conversions produce.
+    z, y, z and y, x), the misalignments such conversions produce. Lung masks are stored
+    as ``NPZ_MASK_DTYPES[n % 2]`` (uint8, bool) unless ``mask_dtype`` says otherwise;
+    multiclass masks as uint8.
 
     Args:
         root: folder to write into (created if missing).
         num_patients, num_test_patients, num_slices, size, seed: as :func:`write_lctsc`;
             the same arguments give the same patients as there.
         multiclass: store the five organs instead of the lungs only.
+        mask_dtype: ``"uint8"`` or ``"bool"`` for every case; ``None`` alternates them
+            (lungs) or keeps uint8 (multiclass).
 
     Returns:
         ``root`` as a path.
 
     Raises:
         LayoutError: a patient folder to be written exists already.
+        ValueError: an unknown ``mask_dtype``, or ``"bool"`` with ``multiclass``.
 
     Example:
         >>> import tempfile
@@ -817,6 +827,10 @@ def write_lctsc_npz(
         >>> sorted(np.load(root / "LCTSC-Train-S1-001" / "mask.npz"))
         ['mask']
     """
+    if mask_dtype not in (None, *NPZ_MASK_DTYPES):
+        raise ValueError(f"mask_dtype must be one of {NPZ_MASK_DTYPES} or None, got {mask_dtype!r}")
+    if multiclass and mask_dtype == "bool":
+        raise ValueError("a bool mask cannot hold the five organs; use mask_dtype='uint8'")
     cases = _cases(num_patients, num_test_patients, num_slices, size, seed)
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -827,7 +841,11 @@ def write_lctsc_npz(
         with atomic_directory(final) as staging:
             _write_ct_series(staging / "dicom", case, seed, _uids(case, seed))
             labels = case.lctsc_labels()
-            mask = labels if multiclass else ((labels == 1) | (labels == 2)).astype(np.uint8)
+            if multiclass:
+                mask = labels
+            else:
+                dtype = mask_dtype or NPZ_MASK_DTYPES[number % len(NPZ_MASK_DTYPES)]
+                mask = ((labels == 1) | (labels == 2)).astype(dtype)
             axes = tuple("zyx".index(axis) for axis in NPZ_STORED_FLIPS[number % 5])
             np.savez_compressed(staging / "mask.npz", mask=np.flip(mask, axis=axes))
     return root
@@ -1004,13 +1022,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--multiclass", action="store_true",
                         help="npz layout: store the five organs instead of the lungs")
+    parser.add_argument("--mask-dtype", choices=NPZ_MASK_DTYPES, default=None,
+                        help="npz layout: dtype of every mask (default: alternate by patient)")
     args = parser.parse_args(argv)
     common = dict(num_patients=args.num_patients, num_test_patients=args.num_test_patients,
                   num_slices=args.num_slices, size=args.size, seed=args.seed)
     if args.layout == "tcia":
         write_lctsc(args.root, **common)
     else:
-        write_lctsc_npz(args.root, multiclass=args.multiclass, **common)
+        write_lctsc_npz(args.root, multiclass=args.multiclass, mask_dtype=args.mask_dtype,
+                        **common)
 
 
 if __name__ == "__main__":

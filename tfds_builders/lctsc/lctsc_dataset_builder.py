@@ -22,6 +22,7 @@ Reference:
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import warnings
 
@@ -35,7 +36,8 @@ from tqdm.auto import tqdm
 from kseg.data.splits import assign_folds, fold_names
 from kseg.errors import DicomSeriesError, LayoutError, MaskError, UnreadableFileError
 from kseg.io import SkippedFileWarning, read_dicom_series
-from kseg.io.npz import read_aligned_npz_mask
+from kseg.io.dicom import _read_image_headers
+from kseg.io.npz import align_mask_to_volume, read_npz_mask
 from kseg.io.rtstruct import (
     LCTSC_ROI_NAMES,
     match_roi_names,
@@ -43,6 +45,7 @@ from kseg.io.rtstruct import (
     read_rtstruct,
     read_rtstruct_references,
 )
+from tfds_builders._foreground import ForegroundTally
 
 CHALLENGE_TEST_SPLIT = "challenge_test"
 _TEST_PATIENT = re.compile(r"^LCTSC-Test-S\d+-\d+$")
@@ -231,23 +234,37 @@ The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 
             )
         except ValueError as exc:
             raise ValueError(f"{manual_dir}: training patients: {exc}") from exc
+        # Every LCTSC patient has all five organs, so an organ missing from a patient's
+        # whole volume is an error, whatever the classes.
+        class_names = CLASS_NAMES[config.classes]
+        tally = ForegroundTally(
+            dict(enumerate(class_names[1:], start=1)),
+            required=range(1, len(class_names)),
+            metadata=self.info.metadata,
+        )
         splits = {
             name: self._generate_examples(
-                [case for case in train_cases if folds[case.patient_id] == fold]
+                [case for case in train_cases if folds[case.patient_id] == fold], name, tally
             )
             for fold, name in enumerate(fold_names(config.num_folds))
         }
         if test_cases:
-            splits[CHALLENGE_TEST_SPLIT] = self._generate_examples(test_cases)
+            splits[CHALLENGE_TEST_SPLIT] = self._generate_examples(
+                test_cases, CHALLENGE_TEST_SPLIT, tally
+            )
         return splits
 
-    def _generate_examples(self, cases):
+    def _generate_examples(self, cases, split: str, tally: ForegroundTally):
         for case in cases:
-            yield from self._case_examples(case)
+            yield from self._case_examples(case, split, tally)
 
-    def _case_examples(self, case: _Case):
+    def _case_examples(self, case: _Case, split: str, tally: ForegroundTally):
         """One patient's slices; only this patient's volume is held in memory."""
-        volume, labels = self._labels(case)
+
+        def check(labels):
+            tally.check(split, case.patient_id, labels, mask_source=case.mask_file)
+
+        volume, labels = self._labels(case, check=check)
         images = _as_int16(volume.array, case.ct_files[0])
         spacing = np.asarray(volume.spacing, dtype=np.float32)
         num_slices = volume.shape[0]
@@ -262,17 +279,29 @@ The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 
                 "patient_sex": case.patient_sex,
             }
 
-    def _labels(self, case: _Case):
-        """The case's CT volume and its mask in the config's classes."""
+    def _labels(self, case: _Case, *, check=None):
+        """The case's CT volume and its mask in the config's classes.
+
+        ``check``, when given, sees the whole mask in the config's classes before it is
+        used; for the npz layout that is the mask as stored, before alignment, so an empty
+        mask is reported as empty rather than as lacking evidence for an orientation
+        (flips move voxels and slices but change no count).
+        """
         config = self.builder_config
+        lookup = _ORGAN_TO_CLASS[config.classes]
         volume = read_dicom_series(
             list(case.ct_files), series_uid=case.series_uid, patient_id=case.patient_id
         )
         if config.layout == "tcia":
             organs = organ_label_map(case.mask_file, volume, aliases=dict(config.roi_aliases))
+            if check is not None:
+                check(lookup[organs])
         else:
-            organs = _npz_organ_label_map(case.mask_file, volume, config.classes)
-        return volume, _ORGAN_TO_CLASS[config.classes][organs]
+            stored = _npz_organ_ids(case.mask_file, config.classes)
+            if check is not None:
+                check(lookup[stored])
+            organs = align_mask_to_volume(stored, volume, source=case.mask_file).mask
+        return volume, lookup[organs]
 
 
 def organ_label_map(rtstruct_path, volume, *, aliases=None) -> np.ndarray:
@@ -328,9 +357,9 @@ def _empty_fraction(labels: np.ndarray) -> float:
     return float(np.mean(~labels.reshape(labels.shape[0], -1).any(axis=1)))
 
 
-def _npz_organ_label_map(path: str, volume, classes: str) -> np.ndarray:
-    """An aligned npz mask as organ ids: 0/1 masks are lungs, 0..5 masks LCTSC organs."""
-    mask = read_aligned_npz_mask(path, volume).mask
+def _npz_organ_ids(path: str, classes: str) -> np.ndarray:
+    """An npz mask as stored, as organ ids: 0/1 masks are lungs, 0..5 masks LCTSC organs."""
+    mask = read_npz_mask(path)
     values = np.unique(mask)
     if values.max(initial=0) > len(LCTSC_ROI_NAMES):
         raise MaskError(
@@ -347,32 +376,65 @@ def _npz_organ_label_map(path: str, volume, classes: str) -> np.ndarray:
     return mask
 
 
-def _dicom_headers(files):
-    """Headers of the DICOM files among ``files``; the others are reported once."""
-    headers, skipped = [], []
-    tags = ["Modality", "SeriesInstanceUID", "PatientID", "PatientSex", "FrameOfReferenceUID"]
-    for path in tqdm(files, desc="LCTSC headers", unit="file", leave=False):
-        try:
-            dataset = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=tags)
-        except InvalidDicomError:  # metadata.csv, LICENSE, ...: reported below
-            skipped.append(path)
-            continue
-        except Exception as exc:  # pydicom raises many types on damaged files
-            raise UnreadableFileError(path, f"DICOM header cannot be read ({exc})") from exc
-        if "Modality" not in dataset:
-            skipped.append(path)
-            continue
-        headers.append((str(path), dataset))
+def _scan_dicom(files, where) -> tuple[list[tuple[str, pydicom.Dataset]], list[str]]:
+    """The CT slice headers and the RT Structure Set files among ``files``.
+
+    Image headers come from :mod:`kseg.io.dicom`'s scanner, folder by folder, so a slice
+    stored without the 128-byte preamble (real archives hold such files) is found here
+    exactly when :func:`kseg.io.read_dicom_series` reads it. What that scanner leaves out
+    is either a structure set or reported once as skipped.
+    """
+    by_folder: dict[str, list[str]] = {}
+    for path in files:
+        by_folder.setdefault(os.path.dirname(str(path)), []).append(str(path))
+    images, others = [], []
+    for folder, paths in tqdm(sorted(by_folder.items()), desc="LCTSC headers", unit="folder",
+                              leave=False):
+        with warnings.catch_warnings():
+            # The image scanner reports structure sets as skipped; they are sorted out below.
+            warnings.simplefilter("ignore", SkippedFileWarning)
+            try:
+                found = _read_image_headers(paths, folder)
+            except LayoutError:  # no image here: a structure set's series folder, say
+                found = []
+        images += found
+        read = {path for path, _ in found}
+        others += [path for path in paths if path not in read]
+    ct_headers, rtstructs, skipped = [], [], []
+    for path, dataset in images:
+        modality = str(dataset.get("Modality", ""))
+        if modality == "CT":
+            ct_headers.append((path, dataset))
+        else:
+            skipped.append(f"{path} (Modality {modality or 'missing'})")
+    for path in others:
+        modality = _non_image_modality(path)
+        if modality == "RTSTRUCT":
+            rtstructs.append(path)
+        else:
+            skipped.append(f"{path} ({modality})")
     if skipped:
-        listed = ", ".join(str(p) for p in skipped[:5])
+        listed = "; ".join(skipped[:5])
         warnings.warn(
             SkippedFileWarning(
-                f"skipped {len(skipped)} file(s) that are not DICOM: {listed}"
-                f"{', ...' if len(skipped) > 5 else ''}"
+                f"{where}: skipped {len(skipped)} file(s) that are neither CT slices nor RT "
+                f"Structure Sets: {listed}{'; ...' if len(skipped) > 5 else ''}"
             ),
-            stacklevel=2,
+            stacklevel=3,
         )
-    return headers
+    return ct_headers, rtstructs
+
+
+def _non_image_modality(path: str) -> str:
+    """Modality of a file that holds no image, or why it has none."""
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
+    except InvalidDicomError:  # metadata.csv, LICENSE, ...
+        # kseg.io.rtstruct reads structure sets only with their preamble.
+        return "not DICOM, or DICOM without the 128-byte preamble"
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise UnreadableFileError(path, f"DICOM header cannot be read ({exc})") from exc
+    return str(dataset.get("Modality", "")) or "DICOM without Modality"
 
 
 def _files_under(folder: epath.Path, *, suffix: str | None = None,
@@ -391,17 +453,10 @@ def _files_under(folder: epath.Path, *, suffix: str | None = None,
 
 
 def _tcia_cases(manual_dir: epath.Path) -> list[_Case]:
-    headers = _dicom_headers(_files_under(manual_dir))
+    ct_headers, rtstructs = _scan_dicom(_files_under(manual_dir), manual_dir)
     series: dict[str, list[tuple[str, pydicom.Dataset]]] = {}
-    rtstructs = []
-    for path, dataset in headers:
-        modality = str(dataset.Modality)
-        if modality == "CT":
-            series.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append(
-                (path, dataset)
-            )
-        elif modality == "RTSTRUCT":
-            rtstructs.append(path)
+    for path, dataset in ct_headers:
+        series.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append((path, dataset))
     if not series or not rtstructs:
         raise LayoutError(
             manual_dir,
@@ -485,11 +540,7 @@ def _npz_cases(manual_dir: epath.Path) -> list[_Case]:
                 f"holds {len(folder_masks)} .npz files ({', '.join(m.name for m in folder_masks)}"
                 "); expected one mask per case folder",
             )
-        headers = [
-            (path, ds)
-            for path, ds in _dicom_headers(_files_under(folder, exclude_suffix=".npz"))
-            if str(ds.Modality) == "CT"
-        ]
+        headers, _ = _scan_dicom(_files_under(folder, exclude_suffix=".npz"), folder)
         uids = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds in headers})
         if len(uids) != 1:
             raise LayoutError(

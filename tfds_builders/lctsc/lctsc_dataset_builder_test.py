@@ -3,12 +3,14 @@
 ``dummy_data/`` was written by::
 
     python -m kseg.data.chest_phantom tfds_builders/lctsc/dummy_data/tcia \\
-        --num-patients 5 --num-test-patients 2 --num-slices 3 --size 32
+        --num-patients 5 --num-test-patients 2 --num-slices 4 --size 64
     python -m kseg.data.chest_phantom tfds_builders/lctsc/dummy_data/npz --layout npz \\
         --num-patients 5 --num-test-patients 0 --num-slices 6 --size 48
 
 (seed 0): five synthetic training patients, so each of the five folds holds one, and in
-the TCIA layout two test patients for the ``challenge_test`` split.
+the TCIA layout two test patients for the ``challenge_test`` split. Four slices of 64
+pixels is the least at which every dummy patient shows all five organs (the builder
+refuses a patient whose volume lacks one); the npz masks alternate uint8 and bool.
 """
 
 import dataclasses
@@ -16,12 +18,14 @@ import pathlib
 import shutil
 
 import numpy as np
+import pydicom
 import pytest
 import tensorflow_datasets as tfds
+from pydicom.dataset import FileMetaDataset
 
 from kseg.data.chest_phantom import lctsc_phantom_case, write_lctsc, write_lctsc_npz
 from kseg.data.splits import fold_names
-from kseg.errors import AlignmentError, LayoutError
+from kseg.errors import LayoutError, MaskError
 from kseg.io import SkippedFileWarning
 from kseg.io.rtstruct import RoiNameWarning
 from tfds_builders.lctsc import lctsc_dataset_builder
@@ -34,7 +38,7 @@ class LctscTest(tfds.testing.DatasetBuilderTestCase):
     DATASET_CLASS = lctsc_dataset_builder.Builder
     BUILDER_CONFIG_NAMES_TO_TEST = ["organs", "organs_merged_lungs"]
     EXAMPLE_DIR = str(DUMMY_DATA / "tcia")
-    SPLITS = {**{name: 3 for name in fold_names(5)}, "challenge_test": 6}
+    SPLITS = {**{name: 4 for name in fold_names(5)}, "challenge_test": 8}
 
 
 class LctscNpzTest(tfds.testing.DatasetBuilderTestCase):
@@ -81,11 +85,11 @@ def organs_build(tmp_path_factory):
                 num_slices=NUM_SLICES, size=SIZE, seed=SEED)
     with pytest.warns(RoiNameWarning, match="'External'"):
         builder = _prepare(manual, tmp_path_factory.mktemp("lctsc_data"), "organs", num_folds=2)
-    return _by_patient(builder, ["fold0", "fold1", "challenge_test"])
+    return _by_patient(builder, ["fold0", "fold1", "challenge_test"]) + (builder,)
 
 
 def test_every_slice_mask_matches_the_phantom_truth(organs_build):
-    by_patient, _ = organs_build
+    by_patient, _, _ = organs_build
     cases = [lctsc_phantom_case(i, num_slices=NUM_SLICES, size=SIZE, seed=SEED)
              for i in range(NUM_TRAIN)]
     cases += [lctsc_phantom_case(i, test=True, num_slices=NUM_SLICES, size=SIZE, seed=SEED)
@@ -111,7 +115,7 @@ def test_every_slice_mask_matches_the_phantom_truth(organs_build):
 
 
 def test_challenge_test_split_holds_exactly_the_test_patients(organs_build):
-    _, split_of = organs_build
+    _, split_of, _ = organs_build
     test_ids = {lctsc_phantom_case(i, test=True, num_slices=1, size=8).patient_id
                 for i in range(NUM_TEST)}
     assert {p for p, s in split_of.items() if s == "challenge_test"} == test_ids
@@ -143,24 +147,96 @@ def test_stratified_folds_balance_sex_and_empty_slice_fraction(tmp_path):
     assert len(set(strata.values())) > 1  # the balance is tested on more than one stratum
 
 
+def test_foreground_statistics_are_in_the_dataset_info(organs_build, tmp_path):
+    by_patient, split_of, builder = organs_build
+    stats = builder.info.metadata["foreground"]
+    assert sorted(stats) == ["challenge_test", "fold0", "fold1"]
+    for split, split_stats in stats.items():
+        patients = [p for p, s in split_of.items() if s == split]
+        masks = np.stack([e["mask"] for p in patients for e in by_patient[p].values()])
+        assert split_stats["patients"] == len(patients)
+        assert split_stats["slices"] == len(patients) * NUM_SLICES
+        assert split_stats["slices_with_foreground"] == int(masks.any(axis=(1, 2)).sum())
+        assert split_stats["voxels_per_label"] == {
+            organ: int((masks == class_id).sum()) for class_id, organ in enumerate(ORGANS, 1)
+        }
+        assert split_stats["patients_without_label"] == {organ: [] for organ in ORGANS}
+    # Saved with the dataset: a builder that only reads the prepared files sees them too.
+    reread = lctsc_dataset_builder.Builder(config=builder.builder_config,
+                                           data_dir=builder.data_dir_root)
+    assert reread.info.metadata["foreground"] == stats
+
+
+def test_an_organ_without_contours_is_a_mask_error_naming_patient_and_file(tmp_path):
+    manual = tmp_path / "manual"
+    write_lctsc(manual, num_patients=2, num_test_patients=0, num_slices=NUM_SLICES, size=64,
+                seed=SEED)
+    patient = "LCTSC-Train-S2-001"
+    rtstruct = next((manual / "LCTSC" / patient).rglob("1-1.dcm"))
+    structure_set = pydicom.dcmread(rtstruct)
+    heart = next(roi.ROINumber for roi in structure_set.StructureSetROISequence
+                 if roi.ROIName.lower() == "heart")
+    # The ROI stays named, as in a structure set whose heart was never drawn.
+    for roi in structure_set.ROIContourSequence:
+        if roi.ReferencedROINumber == heart:
+            del roi.ContourSequence
+    structure_set.save_as(rtstruct)
+    with pytest.warns(RoiNameWarning), pytest.raises(MaskError) as raised:
+        _prepare(manual, tmp_path / "data", "organs", num_folds=2)
+    message = str(raised.value)
+    assert message.startswith(f"{rtstruct}: patient {patient}:")
+    assert "no heart (3)" in message
+
+
+def test_ct_slice_without_dicom_preamble_is_read(tmp_path):
+    manual = tmp_path / "manual"
+    write_lctsc(manual, num_patients=2, num_test_patients=0, num_slices=4, size=64, seed=0)
+    patient = "LCTSC-Train-S1-001"
+    ct_slice = sorted((manual / "LCTSC" / patient).rglob("1-00*.dcm"))[1]
+    dataset = pydicom.dcmread(ct_slice)
+    # As some archives store slices: no 128-byte preamble, no "DICM", no file meta group.
+    dataset.preamble = None
+    dataset.file_meta = FileMetaDataset()
+    pydicom.dcmwrite(ct_slice, dataset, implicit_vr=True, little_endian=True)
+    raw = ct_slice.read_bytes()
+    assert raw[128:132] != b"DICM" and raw[:2] == b"\x08\x00"  # starts at tag (0008,xxxx)
+    with pytest.warns(RoiNameWarning):
+        builder = _prepare(manual, tmp_path / "data", "organs", num_folds=2)
+    by_patient, _ = _by_patient(builder, ["fold0", "fold1"])
+    case = lctsc_phantom_case(0, num_slices=4, size=64, seed=0)
+    images = np.stack([by_patient[patient][k]["image"] for k in range(4)])
+    np.testing.assert_array_equal(images, case.phantom.hu)
+
+
 def test_npz_layout_aligns_reversed_and_flipped_masks(tmp_path):
     write_lctsc_npz(tmp_path / "manual", num_patients=5, num_slices=8, size=48, seed=1)
+    stored = {
+        path.parent.name: np.load(path)["mask"]
+        for path in (tmp_path / "manual").glob("*/mask.npz")
+    }
+    # The writer alternates the two dtypes pre-converted masks come in.
+    assert {mask.dtype.name for mask in stored.values()} == {"uint8", "bool"}
     builder = _prepare(tmp_path / "manual", tmp_path / "data", "npz_lungs", num_folds=2)
-    by_patient, _ = _by_patient(builder, ["fold0", "fold1"])
+    by_patient, split_of = _by_patient(builder, ["fold0", "fold1"])
     assert len(by_patient) == 5
     for i in range(5):
         case = lctsc_phantom_case(i, num_slices=8, size=48, seed=1)
         truth = np.isin(case.lctsc_labels(), (1, 2)).astype(np.uint8)
         masks = np.stack([by_patient[case.patient_id][k]["mask"] for k in range(8)])
         np.testing.assert_array_equal(masks, truth)
+    for split in ("fold0", "fold1"):
+        written = sum(int(np.count_nonzero(stored[p])) for p, s in split_of.items() if s == split)
+        assert builder.info.metadata["foreground"][split]["voxels_per_label"] == {
+            "lungs": written
+        }
 
 
-def test_npz_layout_refuses_a_mask_without_evidence(tmp_path):
+def test_npz_layout_refuses_an_empty_mask_naming_patient_and_file(tmp_path):
     manual = tmp_path / "manual"
     write_lctsc_npz(manual, num_patients=2, num_slices=4, size=32, seed=1)
     mask_file = manual / "LCTSC-Train-S2-001" / "mask.npz"
-    np.savez_compressed(mask_file, mask=np.zeros((4, 32, 32), np.uint8))
-    with pytest.raises(AlignmentError, match="LCTSC-Train-S2-001/mask.npz.*no evidence"):
+    np.savez_compressed(mask_file, mask=np.zeros((4, 32, 32), bool))
+    with pytest.raises(MaskError, match=f"^{mask_file}: patient LCTSC-Train-S2-001: .*no lungs"):
         _prepare(manual, tmp_path / "data", "npz_lungs", num_folds=2)
 
 
