@@ -10,12 +10,23 @@ presented as patient data.
 
 :func:`write_msd_spleen` reproduces the layout of ``Task09_Spleen.tar`` as extracted:
 ``dataset.json`` with the real file's keys, ``imagesTr/spleen_<n>.nii.gz`` (int16 HU),
-``labelsTr/spleen_<n>.nii.gz`` (uint8, 1 = spleen) and ``imagesTs/spleen_<n>.nii.gz``,
+``labelsTr/spleen_<n>.nii.gz`` (1 = spleen, stored in one of :data:`LABEL_ENCODINGS`) and
+``imagesTs/spleen_<n>.nii.gz``,
 where ``<n>`` runs through the real archive's case numbers in its ``dataset.json`` order
 (so ``spleen_3`` and ``spleen_31`` meet in every sort). Like the real tar, which was made
 on macOS, every folder also holds an AppleDouble ``._spleen_<n>.nii.gz`` beside each volume:
 a small resource-fork file that is not NIfTI and breaks any reader that globs ``*.nii.gz``
 (reported for the real archive in Project-MONAI/MONAI issue #8305).
+
+Label files reach users in more encodings than uint8 (the common one, e.g. TotalSegmentator's
+masks in the shared sample data): int16, as ITK-based tools (SimpleITK, 3D Slicer) save label
+maps; float32 saved from float arrays, here with scl_slope 0, which NIfTI-1 defines as "no
+scaling" (some writers leave it; a reader that multiplies by it empties the mask); a float32
+0/255 mask image whose scl_slope 1/255 maps it back to 0/1; and uint8 that nibabel scaled on
+its own when a float 0/1 array was saved with a uint8 header (stored 0/255, scl_slope 1/255,
+read back as 1.00000006). :data:`LABEL_ENCODINGS` names them; by default
+:func:`write_msd_spleen` cycles through them case by case, so a reader that handles only one
+fails on the phantom, not on a user's copy. Every file is ``.nii.gz``, as in the release.
 
 The volumes are stored as a DICOM-derived NIfTI typically is: columns run towards the
 patient's left, rows towards posterior, slices from feet to head (axis codes ``"LPS"``), so
@@ -57,6 +68,7 @@ from kseg.errors import LayoutError
 from kseg.io.volume import Volume
 
 __all__ = [
+    "LABEL_ENCODINGS",
     "MSD_SPLEEN_TEST_CASES",
     "MSD_SPLEEN_TRAINING_CASES",
     "PORTAL_VENOUS_CT_NUMBERS",
@@ -110,6 +122,18 @@ _ENHANCED = (
 # An AppleDouble header (magic, version 2, "Mac OS X" filler, no entries): what makes a
 # "._" file start like the ones macOS tar writes, and not like gzip or NIfTI.
 _APPLE_DOUBLE = struct.pack(">II16sH", 0x00051607, 0x00020000, b"Mac OS X".ljust(16), 0)
+
+# Label file encodings: (on-disk dtype, stored spleen value, (scl_slope, scl_inter) or
+# None for the unscaled 1 / 0 nibabel writes). "float32" carries scl_slope 0, which NIfTI-1
+# defines as "no scaling": a reader that multiplied by it would empty the mask.
+# "uint8_scaled" is left out: nibabel chooses its scaling itself (see _save_nifti).
+_LABEL_STORAGE = {
+    "uint8": (np.uint8, 1, None),
+    "int16": (np.int16, 1, None),
+    "float32": (np.float32, 1, (0.0, 0.0)),
+    "float32_scaled": (np.float32, 255, (1 / 255, 0.0)),
+}
+LABEL_ENCODINGS = (*_LABEL_STORAGE, "uint8_scaled")
 
 DEFAULT_SHAPE = (40, 96, 96)
 DEFAULT_SPACING = (5.0, 0.8, 0.8)
@@ -209,11 +233,23 @@ def spleen_phantom_case(
     )
 
 
-def _save_nifti(volume: Volume, path: pathlib.Path) -> None:
+def _save_nifti(volume: Volume, path: pathlib.Path, label_encoding: str | None = None) -> None:
     """NIfTI-1 as the MSD files are stored: sform and qform set, mm units, ``descrip``
-    marking the file synthetic. ``path`` lies in a staging folder, renamed into place whole."""
+    marking the file synthetic; a label in ``label_encoding``. ``path`` lies in a staging
+    folder, renamed into place whole."""
     nib_affine = volume.affine[:, [2, 1, 0, 3]]
-    image = nib.Nifti1Image(np.asarray(volume.array).transpose(2, 1, 0), nib_affine)
+    array = np.asarray(volume.array).transpose(2, 1, 0)
+    if label_encoding is None:
+        image = nib.Nifti1Image(array, nib_affine)
+    elif label_encoding == "uint8_scaled":
+        # A float 0/1 array given a uint8 header: nibabel stores 0/255 with scl_slope 1/255.
+        image = nib.Nifti1Image(array.astype(np.float64), nib_affine)
+        image.set_data_dtype(np.uint8)
+    else:
+        dtype, spleen_value, scaling = _LABEL_STORAGE[label_encoding]
+        image = nib.Nifti1Image((array * spleen_value).astype(dtype), nib_affine)
+        if scaling is not None:
+            image.header["scl_slope"], image.header["scl_inter"] = scaling
     image.header.set_xyzt_units("mm")
     image.header["descrip"] = SYNTHETIC_NOTICE.encode()
     image.set_sform(nib_affine, code=1)
@@ -263,6 +299,7 @@ def write_msd_spleen(
     spacing: Sequence[float] = DEFAULT_SPACING,
     seed: int = 0,
     apple_double: bool = True,
+    label_encoding: str | None = None,
 ) -> pathlib.Path:
     """Write synthetic cases as the extracted ``Task09_Spleen.tar``::
 
@@ -285,12 +322,15 @@ def write_msd_spleen(
         spacing: ``(z, y, x)`` voxel size in mm.
         seed: non-negative integer; the same arguments write identical volumes.
         apple_double: also write the macOS ``._*`` companions the real archive carries.
+        label_encoding: one of :data:`LABEL_ENCODINGS` for every label file; ``None``
+            gives the ``i``-th training case ``LABEL_ENCODINGS[i % 5]``.
 
     Returns:
         The ``Task09_Spleen`` folder.
 
     Raises:
         LayoutError: ``root/Task09_Spleen`` already exists (it is never overwritten).
+        ValueError: an unknown ``label_encoding``.
 
     Example:
         >>> import tempfile
@@ -302,6 +342,10 @@ def write_msd_spleen(
     num_training = _check_count("num_training", num_training, 1, len(MSD_SPLEEN_TRAINING_CASES))
     num_test = _check_count("num_test", num_test, 0, len(MSD_SPLEEN_TEST_CASES))
     seed = _check_seed(seed)
+    if label_encoding not in (None, *LABEL_ENCODINGS):
+        raise ValueError(
+            f"label_encoding must be one of {LABEL_ENCODINGS} or None, got {label_encoding!r}"
+        )
     root = pathlib.Path(root)
     root.mkdir(parents=True, exist_ok=True)
     target = root / "Task09_Spleen"
@@ -313,16 +357,18 @@ def write_msd_spleen(
     with atomic_directory(target) as staging:
         for folder in ("imagesTr", "labelsTr", "imagesTs"):
             (staging / folder).mkdir()
-        for number, labelled in [(n, True) for n in training] + [(n, False) for n in test]:
+        for index, number in enumerate(training):
             case = spleen_phantom_case(number, shape=shape, spacing=spacing, seed=seed)
-            file_name = f"{case.patient_id}.nii.gz"
-            pairs = [("imagesTr" if labelled else "imagesTs", case.image)]
-            if labelled:
-                pairs.append(("labelsTr", case.label))
-            for folder, volume in pairs:
-                _save_nifti(volume, staging / folder / file_name)
-                if apple_double:
-                    _write_apple_double(staging / folder / f"._{file_name}")
+            encoding = label_encoding or LABEL_ENCODINGS[index % len(LABEL_ENCODINGS)]
+            _save_nifti(case.image, staging / "imagesTr" / f"{case.patient_id}.nii.gz")
+            _save_nifti(case.label, staging / "labelsTr" / f"{case.patient_id}.nii.gz",
+                        encoding)
+        for number in test:
+            case = spleen_phantom_case(number, shape=shape, spacing=spacing, seed=seed)
+            _save_nifti(case.image, staging / "imagesTs" / f"{case.patient_id}.nii.gz")
+        if apple_double:
+            for volume_file in sorted(staging.glob("*/*.nii.gz")):
+                _write_apple_double(volume_file.with_name(f"._{volume_file.name}"))
         names = [f"spleen_{n}" for n in training], [f"spleen_{n}" for n in test]
         (staging / "dataset.json").write_text(json.dumps(_dataset_json(*names), indent=4) + "\n")
     return target
@@ -344,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-apple-double", action="store_true",
                         help="leave out the macOS ._* files the real archive carries")
+    parser.add_argument("--label-encoding", choices=LABEL_ENCODINGS, default=None,
+                        help="encoding of every label file (default: cycle by case)")
     args = parser.parse_args(argv)
     task = write_msd_spleen(
         args.root,
@@ -353,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         spacing=args.spacing,
         seed=args.seed,
         apple_double=not args.no_apple_double,
+        label_encoding=args.label_encoding,
     )
     print(task)
 

@@ -29,6 +29,7 @@ from kseg.data.preprocess3d import (
 from kseg.data.splits import assign_folds, fold_names
 from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
 from kseg.io import read_nifti
+from tfds_builders._foreground import ForegroundTally
 
 TASK_FOLDER = "Task09_Spleen"
 UNLABELED_SPLIT = "unlabeled"
@@ -40,6 +41,11 @@ _INT16 = np.iinfo(np.int16)
 # Image and label affines of one case, each stored as float32 in its header, agree to far
 # better than this (mm); a larger difference means the files belong to different grids.
 _SAME_GRID_MM = 1e-3
+# A label stored with scl_slope / scl_inter comes back from the scaling a rounding error
+# off its integer (nibabel's 1/255 slope gives 1.00000006 in float32); farther off than
+# this, a value is not a label.
+_LABEL_SCALING_TOLERANCE = 1e-3
+SPLEEN = 1
 
 _EXPECTED_LAYOUT = """\
 <manual_dir>/Task09_Spleen/dataset.json
@@ -143,6 +149,7 @@ The macOS "._*" files inside the archive are ignored. The files are read, never 
             ),
             supervised_keys=("image", "label"),
             homepage="http://medicaldecathlon.com",
+            metadata=tfds.core.MetadataDict(),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
@@ -154,16 +161,26 @@ The macOS "._*" files inside the archive are ignored. The files are read, never 
             folds = assign_folds(patients, config.num_folds, seed=config.split_seed)
         except ValueError as exc:
             raise ValueError(f"{task_dir / 'dataset.json'}: {exc}") from exc
+        # Every Task09 training case shows a spleen. The unlabeled split has no masks to
+        # check and gets no foreground entry.
+        tally = ForegroundTally({SPLEEN: "spleen"}, required=[SPLEEN],
+                                metadata=self.info.metadata)
         splits = {
-            name: self._generate_examples([c for c in labelled if folds[c.patient_id] == fold])
+            name: self._generate_examples(
+                [c for c in labelled if folds[c.patient_id] == fold], name, tally
+            )
             for fold, name in enumerate(fold_names(config.num_folds))
         }
-        splits[UNLABELED_SPLIT] = self._generate_examples(unlabelled)
+        if unlabelled:  # a copy without imagesTs has no unlabeled split, not an empty one
+            splits[UNLABELED_SPLIT] = self._generate_examples(unlabelled, UNLABELED_SPLIT, tally)
         return splits
 
-    def _generate_examples(self, cases):
+    def _generate_examples(self, cases, split: str, tally: ForegroundTally):
         for case in cases:
-            yield case.patient_id, self._example(case)
+            example = self._example(case)
+            if case.label is not None:
+                tally.check(split, case.patient_id, example["label"], mask_source=case.label)
+            yield case.patient_id, example
 
     def _example(self, case: _Case) -> dict:
         """One case; only this case's volumes are in memory."""
@@ -285,6 +302,13 @@ def _cases_from_dataset_json(task_dir: epath.Path) -> tuple[list[_Case], list[_C
 
 
 def _binary_label(array: np.ndarray, path) -> np.ndarray:
+    """0/1 labels as uint8, from any stored dtype; float labels (stored as float, or scaled
+    by scl_slope / scl_inter) are taken to their nearest integer when within rounding
+    error of it."""
+    if np.issubdtype(array.dtype, np.floating):
+        nearest = np.rint(array)
+        if np.all(np.abs(array - nearest) <= _LABEL_SCALING_TOLERANCE):
+            array = nearest
     values = np.unique(array)
     if not np.isin(values, (0, 1)).all():
         raise MaskError(path, f"spleen labels must be 0 or 1, found values {values.tolist()}")

@@ -2,12 +2,14 @@
 
 ``dummy_data/`` was written by ``python -m kseg.data.spleen_phantom
 tfds_builders/msd_spleen/dummy_data --num-training 5 --num-test 2 --shape 6 16 16
---spacing 5 2 2`` (seed 0): five synthetic labelled cases, one per fold, two unlabelled ones,
-and the macOS ``._*`` companions the real archive carries. Expected values are read from the
-files with nibabel directly, not with kseg's reader.
+--spacing 5 2 2`` (seed 0): five synthetic labelled cases, one per fold, each label file in
+another of the phantom's five encodings, two unlabelled cases, and the macOS ``._*``
+companions the real archive carries. Expected values are read from the files with nibabel
+directly, or are the phantom's own truth, not kseg's reader's output.
 """
 
 import dataclasses
+import gzip
 import json
 
 import nibabel as nib
@@ -17,8 +19,10 @@ import tensorflow_datasets as tfds
 
 from kseg.data.preprocess3d import to_original_grid
 from kseg.data.spleen_phantom import (
+    LABEL_ENCODINGS,
     MSD_SPLEEN_TEST_CASES,
     MSD_SPLEEN_TRAINING_CASES,
+    spleen_phantom_case,
     write_msd_spleen,
 )
 from kseg.data.splits import fold_names
@@ -54,8 +58,7 @@ def _prepare(manual_dir, data_dir, config):
 
 
 def _by_split(builder):
-    splits = [*fold_names(NUM_FOLDS), "unlabeled"]
-    return {s: list(tfds.as_numpy(builder.as_dataset(split=s))) for s in splits}
+    return {s: list(tfds.as_numpy(builder.as_dataset(split=s))) for s in builder.info.splits}
 
 
 def _nibabel_volume(path):
@@ -73,8 +76,13 @@ def task_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def raw_examples(task_dir, tmp_path_factory):
-    return _by_split(_prepare(task_dir.parent, tmp_path_factory.mktemp("raw"), _config("raw")))
+def raw_builder(task_dir, tmp_path_factory):
+    return _prepare(task_dir.parent, tmp_path_factory.mktemp("raw"), _config("raw"))
+
+
+@pytest.fixture(scope="module")
+def raw_examples(raw_builder):
+    return _by_split(raw_builder)
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +98,59 @@ def test_raw_examples_are_the_files_as_nibabel_reads_them(task_dir, raw_examples
         f"spleen_{n}" for n in MSD_SPLEEN_TRAINING_CASES[:6]
     )
     for example in labelled:
-        name = f"{example['patient_id'].decode()}.nii.gz"
+        patient = example["patient_id"].decode()
+        name = f"{patient}.nii.gz"
         image, affine = _nibabel_volume(task_dir / "imagesTr" / name)
         label, _ = _nibabel_volume(task_dir / "labelsTr" / name)
+        truth = spleen_phantom_case(int(patient.split("_")[1]), shape=SHAPE, spacing=SPACING,
+                                    seed=3).label.array
         assert example["image"].dtype == np.int16 and example["label"].dtype == np.uint8
         np.testing.assert_array_equal(example["image"], image)
-        np.testing.assert_array_equal(example["label"], label)
+        # Scaled labels read back a float32 rounding error off 0 / 1.
+        np.testing.assert_allclose(label, truth, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(example["label"], truth)
         np.testing.assert_allclose(example["affine"], affine, atol=1e-5)
         np.testing.assert_allclose(example["original_affine"], affine, atol=1e-5)
         np.testing.assert_array_equal(example["original_shape"], SHAPE)
         np.testing.assert_allclose(example["spacing"], SPACING, rtol=1e-6)
     assert sum(int(e["label"].sum()) for e in labelled) > 0
+
+
+def test_label_files_come_in_every_encoding(task_dir):
+    stored = []
+    for number in MSD_SPLEEN_TRAINING_CASES[:6]:
+        with gzip.open(task_dir / "labelsTr" / f"spleen_{number}.nii.gz") as handle:
+            header = nib.Nifti1Header.from_fileobj(handle)
+        stored.append((header.get_data_dtype().name, round(float(header["scl_slope"]), 6)))
+    # uint8, int16, float32 with NIfTI's "unscaled" slope 0, float32 0/255 and uint8 0/255
+    # both scaled by 1/255, then the cycle again.
+    assert stored == [("uint8", 1.0), ("int16", 1.0), ("float32", 0.0),
+                      ("float32", 0.003922), ("uint8", 0.003922), ("uint8", 1.0)]
+    assert len(LABEL_ENCODINGS) == 5
+
+
+def test_foreground_statistics_count_the_written_spleens(task_dir, raw_builder):
+    stats = raw_builder.info.metadata["foreground"]
+    assert sorted(stats) == fold_names(NUM_FOLDS)  # no entry for the unlabeled split
+    for split in fold_names(NUM_FOLDS):
+        patients = [e["patient_id"].decode()
+                    for e in tfds.as_numpy(raw_builder.as_dataset(split=split))]
+        written = [
+            spleen_phantom_case(int(p.split("_")[1]), shape=SHAPE, spacing=SPACING, seed=3)
+            for p in patients
+        ]
+        assert stats[split]["patients"] == len(patients)
+        assert stats[split]["slices"] == len(patients) * SHAPE[0]
+        assert stats[split]["voxels_per_label"] == {
+            "spleen": sum(int(case.label.array.sum()) for case in written)
+        }
+        assert stats[split]["slices_with_foreground"] == sum(
+            int(case.label.array.any(axis=(1, 2)).sum()) for case in written
+        )
+
+
+def test_splits_are_the_folds_and_unlabeled(raw_examples):
+    assert sorted(raw_examples) == sorted([*fold_names(NUM_FOLDS), "unlabeled"])
 
 
 def test_folds_are_disjoint_and_cover_every_labelled_patient(raw_examples):
@@ -158,7 +208,8 @@ def test_preprocessed_examples_sit_on_the_target_grid_and_map_back(task_dir,
             assert example["label"].shape == image.shape
             # Every target voxel is finer than the stored one, so nearest neighbour there
             # and back must reproduce the label exactly.
-            truth, _ = _nibabel_volume(task_dir / "labelsTr" / name)
+            truth = spleen_phantom_case(int(name[len("spleen_"):-len(".nii.gz")]),
+                                        shape=SHAPE, spacing=SPACING, seed=3).label.array
             back = to_original_grid(
                 example["label"], example["affine"], example["original_affine"],
                 example["original_shape"],
@@ -201,3 +252,40 @@ def test_label_on_another_grid_is_an_alignment_error(tmp_path):
     nib.save(nib.Nifti1Image(np.asarray(stored.dataobj), shifted), str(path))
     with pytest.raises(AlignmentError, match=r"spleen_19\.nii\.gz: label affine differs"):
         _prepare(tmp_path / "manual", tmp_path / "data", _config("preprocessed"))
+
+
+def test_label_written_with_nibabel_is_counted_voxel_for_voxel(tmp_path):
+    task = write_msd_spleen(tmp_path / "manual", num_training=3, num_test=0, shape=(4, 12, 12),
+                            spacing=(5.0, 4.0, 4.0), apple_double=False)
+    path = task / "labelsTr" / "spleen_31.nii.gz"
+    affine = nib.load(str(path)).affine
+    # (i, j, k) = (x, y, z): a 3 x 2 x 2 block and two single voxels, 14 in all, stored as
+    # int16 with ITK's explicit identity scaling.
+    spleen = np.zeros((12, 12, 4), np.int16)
+    spleen[4:7, 5:7, 1:3] = 1
+    spleen[0, 0, 0] = spleen[11, 11, 3] = 1
+    written = nib.Nifti1Image(spleen, affine)
+    written.header.set_slope_inter(1.0, 0.0)
+    nib.save(written, str(path))
+    builder = _prepare(tmp_path / "manual", tmp_path / "data", _config("raw"))
+    # Three cases in three folds: the fold of spleen_31 holds it alone.
+    split, example = next(
+        (split, e) for split, examples in _by_split(builder).items() for e in examples
+        if e["patient_id"].decode() == "spleen_31"
+    )
+    stats = builder.info.metadata["foreground"][split]
+    assert stats["patients"] == 1
+    assert stats["voxels_per_label"] == {"spleen": 14}
+    assert stats["slices_with_foreground"] == 4  # z = 0, 1, 2, 3
+    np.testing.assert_array_equal(example["label"], spleen.transpose(2, 1, 0))
+
+
+def test_empty_label_is_a_mask_error_naming_patient_and_file(tmp_path):
+    task = write_msd_spleen(tmp_path / "manual", num_training=3, num_test=0, shape=(4, 12, 12),
+                            spacing=(5.0, 4.0, 4.0), apple_double=False)
+    path = task / "labelsTr" / "spleen_52.nii.gz"
+    stored = nib.load(str(path))
+    nib.save(nib.Nifti1Image(np.zeros(stored.shape, np.uint8), stored.affine), str(path))
+    with pytest.raises(MaskError, match=rf"^{path}: patient spleen_52: .*no spleen \(1\)"):
+        _prepare(tmp_path / "manual", tmp_path / "data", _config("raw"))
+
