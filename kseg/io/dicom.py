@@ -90,6 +90,8 @@ _SOF_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0
 # pip names of pydicom decoder dependencies whose import name differs.
 _PIP_NAMES = {"gdcm": "python-gdcm"}
 
+_NOT_DICOM = "not DICOM"
+
 # DICOM patient coordinates are LPS+; RAS+ negates x and y.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -248,7 +250,11 @@ def read_dicom_image(path: os.PathLike | str) -> np.ndarray:
         )
     header, reason = _scan_file(path)
     if header is None:
-        raise UnreadableFileError(path, f"not a DICOM file ({reason})")
+        raise UnreadableFileError(
+            path,
+            f"{reason}: no DICM preamble at byte 128, and the bytes do not start like a DICOM "
+            "data set",
+        )
     if not _has_image(header):
         raise UnreadableFileError(
             path, f"expected a single-frame grayscale image, got a {_sop_class_name(header)} "
@@ -318,7 +324,7 @@ def scan_dicom_files(
             skipped.append(f"{path} ({reason})")
         else:
             headers.append((path, dataset))
-    _warn_skipped(where, skipped)
+    _warn_skipped(where, skipped, stacklevel=3)
     return headers
 
 
@@ -387,12 +393,12 @@ def _scan_file(path: str) -> tuple[pydicom.Dataset | None, str | None]:
     except Exception as exc:  # pydicom raises many types on damaged files
         if looks_dicom:
             raise UnreadableFileError(path, f"DICOM header cannot be read ({exc})") from exc
-        return None, "not DICOM"
+        return None, _NOT_DICOM
     if not looks_dicom and not (
         "SOPClassUID" in dataset or ("Rows" in dataset and "Columns" in dataset)
     ):
         # A forced parse of a text or thumbnail file yields a few junk elements at most.
-        return None, "not DICOM"
+        return None, _NOT_DICOM
     if len(dataset) == 0:
         raise UnreadableFileError(
             path,
@@ -466,12 +472,12 @@ def _is_image_storage(dataset: pydicom.Dataset) -> bool:
     return "Image Storage" in name or name in ("RT Dose Storage", "Segmentation Storage")
 
 
-def _warn_skipped(where, skipped: list[str]) -> None:
+def _warn_skipped(where, skipped: list[str], stacklevel: int = 4) -> None:
     if skipped:
         prefix = f"{os.fspath(where)}: " if where is not None else ""
         warnings.warn(
             SkippedFileWarning(f"{prefix}skipped {len(skipped)} file(s): " + "; ".join(skipped)),
-            stacklevel=4,
+            stacklevel=stacklevel,
         )
 
 
