@@ -7,10 +7,11 @@ whole-volume validation Dice, and prints and saves the per-patient test table. W
 ``--data-dir`` it does the same on the real CHAOS download (the folder holding
 ``Train_Sets/``).
 
-Splits are by patient (5 folds: fold0 test, fold1 validation, the rest training). Scores
-are per patient, over the whole volume, on the original 512x512 grid. As nnU-Net does,
-keeping only the largest connected liver component is applied to the test predictions
-only if it raises the mean validation Dice of the best model (``--postprocess``).
+Splits are by patient (``--folds``, 5 by default: fold0 test, fold1 validation, the rest
+training). Scores are per patient, over the whole volume, on the original 512x512 grid.
+As nnU-Net does, keeping only the largest connected liver component is applied to the
+test predictions only if it raises the mean validation Dice of the best model
+(``--postprocess``). The last line gives the run's wall-clock and CPU time.
 
 Outputs in ``--output-dir``: ``best.keras`` (reload with ``kseg.load_model``),
 ``best.keras.json`` (its validation score and epoch), ``test_scores.csv``, ``history.csv``.
@@ -26,30 +27,17 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import time
+
+import _common
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-
-import kseg  # noqa: E402
-import kseg.augment  # noqa: E402
-import kseg.losses  # noqa: E402
-import kseg.metrics  # noqa: E402
-import kseg.models  # noqa: E402
-import tfds_builders.chaos  # noqa: E402, F401  (registers the "chaos" dataset)
-from kseg.data import phantoms  # noqa: E402
-from kseg.data.pipeline import model_input, segmentation_dataset  # noqa: E402
-from kseg.data.splits import split_names  # noqa: E402
-from kseg.evaluation import evaluate_slices  # noqa: E402
-from kseg.inference import keep_largest_component  # noqa: E402
-from kseg.training import VolumeValidation, training_callbacks  # noqa: E402
-
-NUM_FOLDS = 5
-POSTPROCESSING = {"none": None, "largest-component": keep_largest_component}
+POSTPROCESSING_CHOICES = ("none", "largest-component")
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, checked before TensorFlow loads (standard library only)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=pathlib.Path,
                         help="real CHAOS download (folder holding Train_Sets/); "
@@ -58,6 +46,7 @@ def parse_args(argv=None):
                         help="default: kseg_runs/chaos_liver[_phantom]")
     parser.add_argument("--tfds-dir", type=pathlib.Path, default=None,
                         help="where TFDS writes the prepared dataset (default: in output-dir)")
+    _common.add_folds_argument(parser)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--image-size", type=int, default=128,
                         help="in-plane size the model trains at; scores use the original grid")
@@ -65,42 +54,73 @@ def parse_args(argv=None):
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--postprocess", choices=("auto", *POSTPROCESSING), default="auto",
+    parser.add_argument("--postprocess", choices=("auto", *POSTPROCESSING_CHOICES),
+                        default="auto",
                         help="auto: keep the largest component if it raises validation Dice")
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
     phantom.add_argument("--phantom-patients", type=int, default=10)
     phantom.add_argument("--phantom-slices", type=int, default=32)
     phantom.add_argument("--phantom-size", type=int, default=512, help="in-plane pixels")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.output_dir is None:
+        suffix = "" if args.data_dir else "_phantom"
+        args.output_dir = pathlib.Path("kseg_runs") / f"chaos_liver{suffix}"
+    args.tfds_dir = args.tfds_dir or args.output_dir / "tfds"
+    args.manual_dir = args.data_dir or args.output_dir / "phantom_chaos"
+    patients, source = _common.patients_and_source(
+        ct_patients_on_disk(args.manual_dir), args.manual_dir,
+        None if args.data_dir else args.phantom_patients, "--phantom-patients",
+    )
+    _common.check_folds(parser, args.folds, patients, source)
+    return args
 
 
-def prepare_tfds(args) -> tfds.core.DatasetBuilder:
-    if args.data_dir is None:
-        manual_dir = args.output_dir / "phantom_chaos"
-        if not (manual_dir / "Train_Sets").exists():
-            print(f"Writing a SYNTHETIC CHAOS tree (phantoms, not patients) to {manual_dir}")
-            phantoms.write_chaos(manual_dir, modality="CT", num_patients=args.phantom_patients,
+def ct_patients_on_disk(manual_dir: pathlib.Path) -> int | None:
+    """CT patient folders (named by number, as the ``chaos`` builder reads them), or
+    ``None`` when there is no ``Train_Sets/CT`` yet."""
+    ct_dir = manual_dir / "Train_Sets" / "CT"
+    if not ct_dir.is_dir():
+        return None
+    return sum(1 for path in ct_dir.iterdir() if path.is_dir() and path.name.isdigit())
+
+
+def prepare_tfds(args):
+    """The ``chaos`` CT dataset in ``--folds`` folds, built once from the phantom (written
+    on first use) or the download."""
+    from kseg.data import phantoms
+    from tfds_builders.chaos import Builder
+
+    if args.data_dir is None and not (args.manual_dir / "Train_Sets").exists():
+        with _common.writing_phantom(args.manual_dir, args.phantom_patients):
+            phantoms.write_chaos(args.manual_dir, modality="CT",
+                                 num_patients=args.phantom_patients,
                                  num_slices=args.phantom_slices, size=args.phantom_size,
                                  seed=args.seed)
-    else:
-        manual_dir = args.data_dir
-    builder = tfds.builder("chaos/ct", data_dir=str(args.tfds_dir))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-    )
+    config = _common.with_folds(Builder.builder_configs["ct"], args.folds)
+    builder = Builder(config=config, data_dir=str(args.tfds_dir))
+    _common.prepare(builder, args.manual_dir)
     return builder
+
+
+def postprocessing_step(name: str):
+    """The function a ``--postprocess`` name stands for (``None``: leave labels as they are)."""
+    from kseg.inference import keep_largest_component
+
+    return {"none": None, "largest-component": keep_largest_component}[name]
 
 
 def choose_postprocessing(model, validation_split, preprocess, choice: str) -> str:
     """nnU-Net's rule: clean up only if it raises the mean whole-volume validation Dice."""
+    from kseg.evaluation import evaluate_slices
+
     if choice != "auto":
         return choice
     mean_dice = {
         name: evaluate_slices(
             model, validation_split, preprocess=preprocess, metrics=("dice",),
-            postprocess=step, progress=False,
+            postprocess=postprocessing_step(name), progress=False,
         ).summary()["dice"]["mean"]
-        for name, step in POSTPROCESSING.items()
+        for name in POSTPROCESSING_CHOICES
     }
     chosen = "largest-component" if mean_dice["largest-component"] > mean_dice["none"] else "none"
     print("Validation Dice without / with largest-component cleanup: "
@@ -110,15 +130,25 @@ def choose_postprocessing(model, validation_split, preprocess, choice: str) -> s
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.output_dir is None:
-        suffix = "" if args.data_dir else "_phantom"
-        args.output_dir = pathlib.Path("kseg_runs") / f"chaos_liver{suffix}"
+    clock = _common.RunClock()
+
+    import keras
+
+    import kseg
+    import kseg.augment
+    import kseg.losses
+    import kseg.metrics
+    import kseg.models
+    from kseg.data.pipeline import model_input, segmentation_dataset
+    from kseg.data.splits import split_names
+    from kseg.evaluation import evaluate_slices
+    from kseg.training import VolumeValidation, training_callbacks
+
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    args.tfds_dir = args.tfds_dir or args.output_dir / "tfds"
     keras.utils.set_random_seed(args.seed)
 
     builder = prepare_tfds(args)
-    splits = split_names(NUM_FOLDS, test_fold=0, validation_fold=1)
+    splits = split_names(args.folds, test_fold=0, validation_fold=1)
     size = (args.image_size, args.image_size)
     train = segmentation_dataset(
         builder.as_dataset(split=splits["train"]),
@@ -157,8 +187,10 @@ def main(argv=None):
             builder.as_dataset(split=splits["validation"]), preprocess=preprocess
         ),
     )
+    fit_started = time.perf_counter()
     model.fit(train, validation_data=validation_slices, epochs=args.epochs,
-              callbacks=callbacks, verbose=2)
+              callbacks=callbacks, verbose=_common.fit_verbosity())
+    fit_seconds = time.perf_counter() - fit_started
 
     best_path = args.output_dir / "best.keras"
     best = kseg.load_model(best_path)
@@ -170,7 +202,7 @@ def main(argv=None):
         builder.as_dataset(split=splits["test"]),
         preprocess=preprocess,
         metrics=("dice", "iou", "precision", "recall", "specificity", "hd95", "assd"),
-        postprocess=POSTPROCESSING[postprocess],
+        postprocess=postprocessing_step(postprocess),
     )
     table.to_csv(args.output_dir / "test_scores.csv")
     source = "real CHAOS" if args.data_dir else "SYNTHETIC phantom"
@@ -178,6 +210,7 @@ def main(argv=None):
           f"post-processing: {postprocess}):")
     print(table)
     print(f"\nSaved {best_path} and {args.output_dir / 'test_scores.csv'}")
+    print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
     return table
 
 

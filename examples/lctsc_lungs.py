@@ -19,11 +19,11 @@ across and differ from the surrounding soft tissue by 5 to 10 HU, so the few CPU
 the default run learn the lungs and the heart but not these two (their Dice stays 0); give
 them ``--image-size 256`` or more and many more epochs.
 
-Splits are by patient: the training patients in 5 folds (fold0 test, fold1 validation, the
-rest training); ``LCTSC-Test-*`` patients only in ``challenge_test``. Inputs are the lung
-window (-600 / 1500 HU) resized to ``--image-size``; scores are per patient, over the whole
-volume, on the original grid. No flips in the augmentation: a left-right flip would swap
-the lungs of the ``organs`` classes.
+Splits are by patient: the training patients in ``--folds`` folds (5 by default; fold0
+test, fold1 validation, the rest training); ``LCTSC-Test-*`` patients only in
+``challenge_test``. Inputs are the lung window (-600 / 1500 HU) resized to
+``--image-size``; scores are per patient, over the whole volume, on the original grid. No
+flips in the augmentation: a left-right flip would swap the lungs of the ``organs`` classes.
 
 Outputs in ``--output-dir``: ``best.keras`` (reload with ``kseg.load_model``),
 ``best.keras.json`` (its validation score and epoch), ``test_fold0.csv``,
@@ -47,31 +47,21 @@ import os
 import pathlib
 import time
 
+import _common
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-
-import kseg  # noqa: E402
-import kseg.losses  # noqa: E402
-import kseg.metrics  # noqa: E402
-import kseg.models  # noqa: E402
-from kseg.augment import RandomAffine, segmentation_augmenter  # noqa: E402
-from kseg.data import chest_phantom  # noqa: E402
-from kseg.data.pipeline import model_input, segmentation_dataset  # noqa: E402
-from kseg.data.splits import split_names  # noqa: E402
-from kseg.evaluation import evaluate_slices  # noqa: E402
-from kseg.training import VolumeValidation, training_callbacks  # noqa: E402
-from tfds_builders.lctsc import Builder  # noqa: E402  (importing registers "lctsc")
-from tfds_builders.lctsc.lctsc_dataset_builder import CHALLENGE_TEST_SPLIT  # noqa: E402
-
-NUM_FOLDS = 5
 BINARY_METRICS = ("dice", "iou", "precision", "recall", "hd95", "assd")
+# The challenge's own test patients, in no fold (the lctsc builder's rule).
+TEST_PATIENT_PREFIX = "LCTSC-Test-"
 # Two metrics per organ keep a five-organ table readable on a terminal.
 ORGAN_METRICS = ("dice", "hd95")
 
 
-def parse_args(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, checked before TensorFlow loads (the builder module is light)."""
+    from tfds_builders.lctsc import Builder
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=pathlib.Path,
                         help="real LCTSC download (folder holding LCTSC/, or the npz layout "
@@ -82,6 +72,7 @@ def parse_args(argv=None):
                         help="default: kseg_runs/lctsc_<config>[_phantom]")
     parser.add_argument("--tfds-dir", type=pathlib.Path, default=None,
                         help="where TFDS writes the prepared dataset (default: in output-dir)")
+    _common.add_folds_argument(parser)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=128,
                         help="in-plane size the model trains at; scores use the original grid")
@@ -91,47 +82,81 @@ def parse_args(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
     phantom.add_argument("--phantom-patients", type=int, default=10,
-                         help="LCTSC-Train-* patients (at least 5, one per fold)")
+                         help="LCTSC-Train-* patients (at least one per fold)")
     phantom.add_argument("--phantom-test-patients", type=int, default=2,
                          help="LCTSC-Test-* patients, the challenge_test split")
     phantom.add_argument("--phantom-slices", type=int, default=24)
     phantom.add_argument("--phantom-size", type=int, default=256, help="in-plane pixels")
     args = parser.parse_args(argv)
-    if args.data_dir is None and args.phantom_patients < NUM_FOLDS:
-        parser.error(f"--phantom-patients must be at least {NUM_FOLDS}, one per fold")
     if args.image_size % 8:
         parser.error("--image-size must be a multiple of 8 (three 2x poolings)")
+    if args.output_dir is None:
+        suffix = "" if args.data_dir else "_phantom"
+        args.output_dir = pathlib.Path("kseg_runs") / f"lctsc_{args.config}{suffix}"
+    args.tfds_dir = args.tfds_dir or args.output_dir / "tfds"
+    args.layout = Builder.builder_configs[args.config].layout
+    args.manual_dir = args.data_dir or args.output_dir / f"phantom_lctsc_{args.layout}"
+    patients, source = _common.patients_and_source(
+        training_patients_on_disk(args.manual_dir, args.layout), args.manual_dir,
+        None if args.data_dir else args.phantom_patients, "--phantom-patients",
+    )
+    _common.check_folds(parser, args.folds, patients, source)
     return args
 
 
-def prepare_tfds(args) -> tfds.core.DatasetBuilder:
-    """Build the chosen config once (later runs reuse it) from the phantom or the download."""
-    layout = Builder.builder_configs[args.config].layout
-    if args.data_dir is None:
-        manual_dir = args.output_dir / f"phantom_lctsc_{layout}"
-        if not manual_dir.exists():
-            print(f"Writing a SYNTHETIC LCTSC tree (phantoms, not patients) to {manual_dir}")
-            write = chest_phantom.write_lctsc if layout == "tcia" else chest_phantom.write_lctsc_npz
-            write(manual_dir, num_patients=args.phantom_patients,
+def training_patients_on_disk(manual_dir: pathlib.Path, layout: str) -> int | None:
+    """Training patients (the ``LCTSC-Test-*`` ones are never in a fold) by folder name:
+    ``LCTSC/<patient>/`` in the TCIA layout, ``<patient>/<mask>.npz`` in the npz layout.
+    ``None`` when no such folder is there (the builder then says what it expected)."""
+    if layout == "tcia":
+        parent, holds_patient = manual_dir / "LCTSC", pathlib.Path.is_dir
+    else:
+        parent, holds_patient = manual_dir, lambda folder: any(folder.glob("*.npz"))
+    if not parent.is_dir():
+        return None
+    folders = [p for p in parent.iterdir() if p.is_dir() and holds_patient(p)]
+    training = [p for p in folders if not p.name.startswith(TEST_PATIENT_PREFIX)]
+    return len(training) if folders else None
+
+
+def prepare_tfds(args):
+    """Build the chosen config in ``--folds`` folds once (later runs reuse it) from the
+    phantom (written on first use) or the download."""
+    from kseg.data import chest_phantom
+    from tfds_builders.lctsc import Builder
+
+    if args.data_dir is None and not args.manual_dir.exists():
+        tcia = args.layout == "tcia"
+        write = chest_phantom.write_lctsc if tcia else chest_phantom.write_lctsc_npz
+        count = args.phantom_patients + args.phantom_test_patients
+        with _common.writing_phantom(args.manual_dir, count):
+            write(args.manual_dir, num_patients=args.phantom_patients,
                   num_test_patients=args.phantom_test_patients, num_slices=args.phantom_slices,
                   size=args.phantom_size, seed=args.seed)
-    else:
-        manual_dir = args.data_dir
-    builder = tfds.builder(f"lctsc/{args.config}", data_dir=str(args.tfds_dir))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-    )
+    config = _common.with_folds(Builder.builder_configs[args.config], args.folds)
+    builder = Builder(config=config, data_dir=str(args.tfds_dir))
+    _common.prepare(builder, args.manual_dir)
     return builder
 
 
 def main(argv=None):
     args = parse_args(argv)
-    started = time.perf_counter()
-    if args.output_dir is None:
-        suffix = "" if args.data_dir else "_phantom"
-        args.output_dir = pathlib.Path("kseg_runs") / f"lctsc_{args.config}{suffix}"
+    clock = _common.RunClock()
+
+    import keras
+
+    import kseg
+    import kseg.losses
+    import kseg.metrics
+    import kseg.models
+    from kseg.augment import RandomAffine, segmentation_augmenter
+    from kseg.data.pipeline import model_input, segmentation_dataset
+    from kseg.data.splits import split_names
+    from kseg.evaluation import evaluate_slices
+    from kseg.training import VolumeValidation, training_callbacks
+    from tfds_builders.lctsc.lctsc_dataset_builder import CHALLENGE_TEST_SPLIT
+
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    args.tfds_dir = args.tfds_dir or args.output_dir / "tfds"
     keras.utils.set_random_seed(args.seed)
 
     builder = prepare_tfds(args)
@@ -142,7 +167,7 @@ def main(argv=None):
         name: index for index, name in enumerate(class_names) if index
     }
     metrics = BINARY_METRICS if labels is None else ORGAN_METRICS
-    splits = split_names(NUM_FOLDS, test_fold=0, validation_fold=1)
+    splits = split_names(args.folds, test_fold=0, validation_fold=1)
     test_splits = [splits["test"]]
     if CHALLENGE_TEST_SPLIT in builder.info.splits:
         test_splits.append(CHALLENGE_TEST_SPLIT)
@@ -197,7 +222,7 @@ def main(argv=None):
     )
     fit_started = time.perf_counter()
     model.fit(train, validation_data=validation_slices, epochs=args.epochs,
-              callbacks=callbacks, verbose=2)
+              callbacks=callbacks, verbose=_common.fit_verbosity())
     fit_seconds = time.perf_counter() - fit_started
 
     best_path = args.output_dir / "best.keras"
@@ -220,8 +245,8 @@ def main(argv=None):
         columns = ["dice"] if labels is None else [f"dice_{organ}" for organ in labels]
         means = ", ".join(f"{column} {table.summary()[column]['mean']:.4f}" for column in columns)
         print(f"  {split:<15} {len(table)} patients: {means}")
-    print(f"\ntraining {fit_seconds:.0f} s, total {time.perf_counter() - started:.0f} s; "
-          f"saved {best_path} and the test tables in {args.output_dir}")
+    print(f"\nSaved {best_path} and the test tables in {args.output_dir}")
+    print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
     return tables
 
 

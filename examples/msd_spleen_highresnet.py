@@ -52,33 +52,14 @@ Reference:
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import json
 import os
 import pathlib
 import time
 
+import _common
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-
-import kseg  # noqa: E402
-from kseg.augment import RandomAffine, segmentation_augmenter  # noqa: E402
-from kseg.data.patches import random_patches  # noqa: E402
-from kseg.data.pipeline import WINDOWS, window  # noqa: E402
-from kseg.data.preprocess3d import to_original_grid, window_hu  # noqa: E402
-from kseg.data.spleen_phantom import write_msd_spleen  # noqa: E402
-from kseg.data.splits import split_names  # noqa: E402
-from kseg.evaluation import evaluate_volumes  # noqa: E402
-from kseg.inference import keep_largest_component, sliding_window  # noqa: E402
-from kseg.io import Volume, read_nifti, write_nifti  # noqa: E402
-from kseg.losses import TopKLoss  # noqa: E402
-from kseg.metrics import DiceScore  # noqa: E402
-from kseg.models import highresnet  # noqa: E402
-from kseg.training import VolumeValidation, training_callbacks  # noqa: E402
-from tfds_builders.msd_spleen import Builder, task_folder  # noqa: E402
 
 # Settings that differ between the few-minute phantom run and the real data (the seed's).
 PHANTOM_DEFAULTS = {
@@ -90,16 +71,18 @@ REAL_DEFAULTS = {
     "steps_per_epoch": 250, "validate_every": 5, "overlap": 0.5, "augment": "full",
 }  # fmt: skip
 PHANTOM_SPACING = (5.0, 0.8, 0.8)
+PHANTOM_UNLABELLED_CASES = 2
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, checked before TensorFlow loads (standard library only)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=pathlib.Path,
                         help="folder holding Task09_Spleen/ (or that folder); "
                              "default: a synthetic phantom written under --output-dir")
     parser.add_argument("--output-dir", type=pathlib.Path,
                         default=pathlib.Path("kseg_runs/msd_spleen_highresnet"))
-    parser.add_argument("--num-folds", type=int, default=5)
+    _common.add_folds_argument(parser)
     parser.add_argument("--test-fold", type=int, default=0)
     parser.add_argument("--validation-fold", type=int, default=1)
     parser.add_argument("--patch-size", type=int, help="cubic training patch side (voxels)")
@@ -141,39 +124,58 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, name, value)
     if args.accumulate_steps < 1:
         parser.error("--accumulate-steps must be at least 1")
+    args.manual_dir = args.data_dir or args.output_dir / "phantom"
+    patients, source = _common.patients_and_source(
+        labelled_cases_on_disk(args.manual_dir), args.manual_dir,
+        None if args.data_dir else args.phantom_cases, "--phantom-cases",
+    )
+    _common.check_folds(parser, args.folds, patients, source, test_fold=args.test_fold,
+                        validation_fold=args.validation_fold)
     return args
 
 
-def prepare_dataset(args) -> tuple[Builder, pathlib.Path]:
-    """Build ``msd_spleen/preprocessed`` (once; later runs reuse it) from the data folder
-    or from a phantom written on first use."""
-    manual_dir = args.data_dir
-    if manual_dir is None:
-        manual_dir = args.output_dir / "phantom"
-        if not (manual_dir / "Task09_Spleen").exists():
+def labelled_cases_on_disk(manual_dir: pathlib.Path) -> int | None:
+    """The labelled cases ``dataset.json`` lists (``Task09_Spleen/`` under ``manual_dir``,
+    or ``manual_dir`` itself), the patients the folds are dealt from; ``None`` when there is
+    no readable ``dataset.json`` yet (the builder then says what it expected)."""
+    for task_dir in (manual_dir / "Task09_Spleen", manual_dir):
+        try:
+            return len(json.loads((task_dir / "dataset.json").read_text())["training"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def prepare_dataset(args):
+    """Build ``msd_spleen/preprocessed`` in ``--folds`` folds (once; later runs reuse it)
+    from the data folder or from a phantom written on first use; returns the builder and
+    the ``Task09_Spleen`` folder."""
+    from kseg.data.spleen_phantom import write_msd_spleen
+    from tfds_builders.msd_spleen import Builder, task_folder
+
+    if args.data_dir is None and not (args.manual_dir / "Task09_Spleen").exists():
+        count = args.phantom_cases + PHANTOM_UNLABELLED_CASES
+        with _common.writing_phantom(args.manual_dir, count, "cases"):
             write_msd_spleen(
-                manual_dir, num_training=args.phantom_cases, num_test=2,
-                shape=tuple(args.phantom_shape), spacing=PHANTOM_SPACING, seed=args.seed,
+                args.manual_dir, num_training=args.phantom_cases,
+                num_test=PHANTOM_UNLABELLED_CASES, shape=tuple(args.phantom_shape),
+                spacing=PHANTOM_SPACING, seed=args.seed,
             )
-    config = dataclasses.replace(
-        Builder.builder_configs["preprocessed"],
-        name=f"preprocessed_{args.num_folds}fold",
-        num_folds=args.num_folds,
-    )
+    config = _common.with_folds(Builder.builder_configs["preprocessed"], args.folds)
     builder = Builder(config=config, data_dir=str(args.output_dir / "tfds"))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-    )
-    return builder, task_folder(manual_dir)
+    _common.prepare(builder, args.manual_dir)
+    return builder, task_folder(args.manual_dir)
 
 
-def build_augmenter(kind: str, seed: int) -> keras.layers.Layer:
+def build_augmenter(kind: str, seed: int):
     """kseg's default 3D augmentation (``full``), or the same without flips and in-plane
     quarter turns (``anatomical``). After reorientation every scan shows the spleen on the
     patient's left; flips and quarter turns move it to where other organs lie (a left-right
     flip puts it where the liver is), so the network must tell them apart by appearance
     alone. Long runs on real data learn that; the phantom's few steps do not (its test
     Dice stayed near 0.05 with them)."""
+    from kseg.augment import RandomAffine, segmentation_augmenter
+
     if kind == "full":
         return segmentation_augmenter(3, seed=seed)
     small_affine = RandomAffine(
@@ -184,10 +186,16 @@ def build_augmenter(kind: str, seed: int) -> keras.layers.Layer:
 
 def windowed(example):
     """Window -57..164 HU to [0, 1]; keep the label; drop the geometry."""
+    from kseg.data.pipeline import WINDOWS, window
+
     return {"image": window(example["image"], *WINDOWS["spleen_msd"]), "label": example["label"]}
 
 
-def training_batches(builder, split, args, augmenter) -> tf.data.Dataset:
+def training_batches(builder, split, args, augmenter):
+    import tensorflow as tf
+
+    from kseg.data.patches import random_patches
+
     # The decoded int16 volumes are cached (decompressing every epoch would dominate on
     # small patches); windowing, patch sampling and augmentation run fresh each epoch.
     volumes = builder.as_dataset(split=split).map(
@@ -210,9 +218,11 @@ def training_batches(builder, split, args, augmenter) -> tf.data.Dataset:
     )
 
 
-def validation_patches(builder, split, args) -> tf.data.Dataset:
+def validation_patches(builder, split, args):
     """A fixed set of validation patches drawn like the training ones (same positive
     fraction), cached after the first pass: the patch Dice the seed reported."""
+    from kseg.data.patches import random_patches
+
     volumes = builder.as_dataset(split=split).map(windowed)
     patches = random_patches(
         volumes, (args.patch_size,) * 3, positive_fraction=args.positive_fraction,
@@ -223,6 +233,10 @@ def validation_patches(builder, split, args) -> tf.data.Dataset:
 
 def whole_volumes(builder, split) -> list[dict]:
     """Every example of a split as numpy, windowed image ``(z, y, x, 1)``."""
+    import tensorflow_datasets as tfds
+
+    from kseg.data.preprocess3d import window_hu
+
     volumes = []
     for example in tfds.as_numpy(builder.as_dataset(split=split)):
         example = dict(example)
@@ -232,7 +246,13 @@ def whole_volumes(builder, split) -> list[dict]:
     return volumes
 
 
-def build_model(args) -> keras.Model:
+def build_model(args):
+    import keras
+
+    from kseg.losses import TopKLoss
+    from kseg.metrics import DiceScore
+    from kseg.models import highresnet
+
     if args.mixed_precision:
         # Convolutions in float16; kseg's segmentation head computes its sigmoid in float32.
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -247,6 +267,13 @@ def build_model(args) -> keras.Model:
 
 def evaluate_test_fold(model, test_volumes, task_dir, args, out_dir):
     """Segment every test volume, map it onto its NIfTI grid, score it against the file."""
+    import numpy as np
+
+    from kseg.data.preprocess3d import to_original_grid
+    from kseg.evaluation import evaluate_volumes
+    from kseg.inference import keep_largest_component, sliding_window
+    from kseg.io import Volume, read_nifti, write_nifti
+
     prediction_dir = out_dir / "predictions"
     prediction_dir.mkdir(parents=True, exist_ok=True)
     cases = []
@@ -273,11 +300,19 @@ def evaluate_test_fold(model, test_volumes, task_dir, args, out_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    started = time.perf_counter()
+    clock = _common.RunClock()
+
+    import keras
+
+    import kseg
+    from kseg.data.splits import split_names
+    from kseg.inference import keep_largest_component
+    from kseg.training import VolumeValidation, training_callbacks
+
     keras.utils.set_random_seed(args.seed)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     builder, task_dir = prepare_dataset(args)
-    splits = split_names(args.num_folds, test_fold=args.test_fold,
+    splits = split_names(args.folds, test_fold=args.test_fold,
                          validation_fold=args.validation_fold)
     print(f"data: {task_dir} -> {builder.data_dir}; splits {splits}")
 
@@ -301,7 +336,7 @@ def main(argv=None):
     fit_started = time.perf_counter()
     model.fit(
         train, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        validation_data=validation, callbacks=callbacks, verbose=2,
+        validation_data=validation, callbacks=callbacks, verbose=_common.fit_verbosity(),
     )
     fit_seconds = time.perf_counter() - fit_started
 
@@ -314,8 +349,8 @@ def main(argv=None):
     print(f"\nTest fold {args.test_fold}, whole volumes on their original grids "
           "(Dice, HD95 in mm):")
     print(table)
-    print(f"\ntraining {fit_seconds:.0f} s, total {time.perf_counter() - started:.0f} s; "
-          f"outputs in {args.output_dir}")
+    print(f"\nOutputs in {args.output_dir}")
+    print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
     return table
 
 

@@ -57,34 +57,9 @@ import os
 import pathlib
 import time
 
+import _common
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import tensorflow_datasets as tfds  # noqa: E402
-
-import kseg  # noqa: E402
-from kseg import models  # noqa: E402
-from kseg.augment import RandomAffine, RandomContrast, segmentation_augmenter  # noqa: E402
-from kseg.data import xray_phantom  # noqa: E402
-from kseg.data.pipeline import (  # noqa: E402
-    keep_patients,
-    model_input,
-    scale_intensity,
-    segmentation_dataset,
-    split_patient_ids,
-)
-from kseg.data.splits import (
-    nested_patient_subset,  # noqa: E402
-    split_names,  # noqa: E402
-)
-from kseg.evaluation import evaluate_volumes, resize_probabilities  # noqa: E402
-from kseg.inference import predict_slices  # noqa: E402
-from kseg.losses import DiceCELoss  # noqa: E402
-from kseg.metrics import DiceScore  # noqa: E402
-from kseg.training import VolumeValidation, training_callbacks  # noqa: E402
-from tfds_builders.xray import (  # noqa: E402
-    Builder,
-)
 
 PHANTOM_DEFAULTS = {"image_size": 96, "epochs": 15, "batch_size": 4}
 REAL_DEFAULTS = {"image_size": 256, "epochs": 40, "batch_size": 8}
@@ -92,6 +67,9 @@ METRICS = ("dice", "iou", "precision", "recall", "hd95")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line, checked before TensorFlow loads (the builder module is light)."""
+    from tfds_builders.xray import Builder
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=pathlib.Path,
                         help="manual folder of the chosen --config's layout; default: a "
@@ -101,7 +79,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="xray builder config used with --data-dir")
     parser.add_argument("--output-dir", type=pathlib.Path,
                         help="default: kseg_runs/xray_<config or phantom>")
-    parser.add_argument("--num-folds", type=int, default=5)
+    _common.add_folds_argument(parser)
     parser.add_argument("--test-fold", type=int, default=0)
     parser.add_argument("--validation-fold", type=int, default=1)
     parser.add_argument("--max-train", type=int,
@@ -127,18 +105,43 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.output_dir = pathlib.Path("kseg_runs") / f"xray_{run}"
     if args.image_size % 8:
         parser.error("--image-size must be a multiple of 8 (three 2x poolings)")
+    args.manual_dir = args.data_dir or args.output_dir / "phantom"
+    layout = "generic" if args.data_dir is None else Builder.builder_configs[args.config].layout
+    patients, source = _common.patients_and_source(
+        images_on_disk(args.manual_dir, layout), args.manual_dir,
+        None if args.data_dir else args.phantom_images, "--phantom-images",
+    )
+    _common.check_folds(parser, args.folds, patients, source, test_fold=args.test_fold,
+                        validation_fold=args.validation_fold)
     return args
 
 
-def prepare_dataset(args) -> Builder:
-    """Build the dataset once (later runs reuse it): the phantom or the real download."""
+def images_on_disk(manual_dir: pathlib.Path, layout: str) -> int | None:
+    """Radiographs in the layout's image folder, or ``None`` when it is not there yet (the
+    builder then says what it expected). Every public set has one radiograph per patient,
+    so this is the patient count the folds are dealt from."""
+    from tfds_builders.xray.xray_dataset_builder import JSRT_IMAGE_FOLDER, MONTGOMERY_IMAGE_FOLDER
+
+    folder = manual_dir / {"generic": "images", "montgomery": MONTGOMERY_IMAGE_FOLDER,
+                           "jsrt_scr": JSRT_IMAGE_FOLDER}[layout]
+    if not folder.is_dir():
+        return None
+    return sum(1 for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+
+
+def prepare_dataset(args):
+    """Build the dataset in ``--folds`` folds once (later runs reuse it): the phantom
+    (written on first use) or the real download."""
+    from kseg.data import xray_phantom
+    from tfds_builders.xray import Builder
+
     if args.data_dir is None:
-        manual_dir = args.output_dir / "phantom"
-        if not (manual_dir / "images").exists():
-            xray_phantom.write_generic(
-                manual_dir, num_images=args.phantom_images, size=args.phantom_size,
-                seed=args.seed, classes=xray_phantom.GENERIC_CLASSES,
-            )
+        if not (args.manual_dir / "images").exists():
+            with _common.writing_phantom(args.manual_dir, args.phantom_images, "images"):
+                xray_phantom.write_generic(
+                    args.manual_dir, num_images=args.phantom_images, size=args.phantom_size,
+                    seed=args.seed, classes=xray_phantom.GENERIC_CLASSES,
+                )
         values = xray_phantom.mask_values(xray_phantom.GENERIC_CLASSES)
         config = dataclasses.replace(
             Builder.builder_configs["generic"],
@@ -148,20 +151,16 @@ def prepare_dataset(args) -> Builder:
             mask_value_ranges=((0, 0, 0), *((v, v, i + 1) for i, v in enumerate(values.values()))),
         )
     else:
-        manual_dir = args.data_dir
         config = Builder.builder_configs[args.config]
-    if args.num_folds != config.num_folds:
-        config = dataclasses.replace(
-            config, name=f"{config.name}_{args.num_folds}fold", num_folds=args.num_folds
-        )
-    builder = Builder(config=config, data_dir=str(args.output_dir / "tfds"))
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-    )
+    builder = Builder(config=_common.with_folds(config, args.folds),
+                      data_dir=str(args.output_dir / "tfds"))
+    _common.prepare(builder, args.manual_dir)
     return builder
 
 
 def batches(builder, split, args, num_classes, *, patients=None, augment=None):
+    from kseg.data.pipeline import keep_patients, scale_intensity, segmentation_dataset
+
     examples = builder.as_dataset(split=split, shuffle_files=augment is not None)
     if patients is not None:
         examples = keep_patients(examples, patients)
@@ -178,23 +177,30 @@ def batches(builder, split, args, num_classes, *, patients=None, augment=None):
     )
 
 
-class TimeBudget(keras.callbacks.Callback):
-    """Stop training after the epoch during which ``minutes`` of training have passed."""
+def time_budget(minutes: float):
+    """A Keras callback that stops training after the epoch during which ``minutes`` of
+    training have passed."""
+    import keras
 
-    def __init__(self, minutes: float):
-        super().__init__()
-        self.seconds = 60.0 * minutes
+    class TimeBudget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.started = time.perf_counter()
 
-    def on_train_begin(self, logs=None):
-        self.started = time.perf_counter()
+        def on_epoch_end(self, epoch, logs=None):
+            if time.perf_counter() - self.started >= 60.0 * minutes:
+                print(f"time budget of {minutes:g} min used up after epoch {epoch + 1}")
+                self.model.stop_training = True
 
-    def on_epoch_end(self, epoch, logs=None):
-        if time.perf_counter() - self.started >= self.seconds:
-            print(f"time budget of {self.seconds / 60:g} min used up after epoch {epoch + 1}")
-            self.model.stop_training = True
+    return TimeBudget()
 
 
-def build_model(args, num_classes: int) -> keras.Model:
+def build_model(args, num_classes: int):
+    import keras
+
+    from kseg import models
+    from kseg.losses import DiceCELoss
+    from kseg.metrics import DiceScore
+
     model = models.build(
         "unet_small",
         input_shape=(args.image_size, args.image_size, 1),
@@ -216,6 +222,8 @@ def image_cases(builder, split, size: int):
     path: predict at the model's size, resize the probabilities back to the stored mask's
     grid, score there.
     """
+    from kseg.data.pipeline import model_input, scale_intensity
+
     preprocess = model_input(window=scale_intensity, image_size=(size, size))
     examples = builder.as_dataset(split=split, shuffle_files=False)
     for example in examples:
@@ -225,6 +233,8 @@ def image_cases(builder, split, size: int):
 
 def evaluate_test_split(model, cases, labels):
     """Per-image scores on the stored mask grid, in 2D (so HD95 measures the outline)."""
+    from kseg.evaluation import evaluate_volumes, resize_probabilities
+    from kseg.inference import predict_slices
 
     def scored():
         for image_id, inputs, mask, spacing in cases:
@@ -237,7 +247,16 @@ def evaluate_test_split(model, cases, labels):
 
 def main(argv=None):
     args = parse_args(argv)
-    started = time.perf_counter()
+    clock = _common.RunClock()
+
+    import keras
+
+    import kseg
+    from kseg.augment import RandomAffine, RandomContrast, segmentation_augmenter
+    from kseg.data.pipeline import split_patient_ids
+    from kseg.data.splits import nested_patient_subset, split_names
+    from kseg.training import VolumeValidation, training_callbacks
+
     keras.utils.set_random_seed(args.seed)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     builder = prepare_dataset(args)
@@ -247,7 +266,7 @@ def main(argv=None):
     labels = None
     if num_classes > 1:
         labels = {name.replace(" ", "_"): i for i, name in enumerate(class_names) if i}
-    splits = split_names(args.num_folds, test_fold=args.test_fold,
+    splits = split_names(args.folds, test_fold=args.test_fold,
                          validation_fold=args.validation_fold)
     patients = split_patient_ids(builder, splits["train"])
     if args.max_train is not None:
@@ -272,10 +291,10 @@ def main(argv=None):
                          labels=labels),
     )
     if args.max_minutes is not None:
-        callbacks.append(TimeBudget(args.max_minutes))
+        callbacks.append(time_budget(args.max_minutes))
     fit_started = time.perf_counter()
     model.fit(train, validation_data=validation, epochs=args.epochs, callbacks=callbacks,
-              verbose=2)
+              verbose=_common.fit_verbosity())
     fit_seconds = time.perf_counter() - fit_started
 
     best = kseg.load_model(args.output_dir / "best.keras")
@@ -286,8 +305,8 @@ def main(argv=None):
     print(f"\nTest fold {args.test_fold}, one row per image, scored on the stored mask grid "
           "(HD95 in pixels):")
     print(table)
-    print(f"\ntraining {fit_seconds:.0f} s, total {time.perf_counter() - started:.0f} s; "
-          f"outputs in {args.output_dir}")
+    print(f"\nOutputs in {args.output_dir}")
+    print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
     return table
 
 

@@ -6,13 +6,12 @@ expected columns from the LCTSC organ list, not from the examples' own output.
 """
 
 import csv
-import importlib.util
-import pathlib
+
+from test_examples import load_example
 
 import kseg
 from kseg.io.rtstruct import LCTSC_ROI_NAMES
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 TINY_LCTSC = [
     "--epochs", "2", "--image-size", "32", "--batch-size", "4", "--base-filters", "4",
     "--phantom-patients", "5", "--phantom-test-patients", "1", "--phantom-slices", "6",
@@ -25,13 +24,6 @@ PHANTOM_TRAIN_PATIENTS = {
     "LCTSC-Train-S1-002", "LCTSC-Train-S2-002",
 }
 PHANTOM_TEST_PATIENT = "LCTSC-Test-S1-101"
-
-
-def load_example(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def read_csv(path):

@@ -1,0 +1,135 @@
+"""What the four example scripts share: the ``--folds`` option and its check, the TFDS
+build step, progress settings and the closing run-time line.
+
+Standard library only at import time: the examples import this before parsing their
+arguments, and ``--help`` or a bad argument must answer before TensorFlow loads (tens of
+seconds on a busy machine). The scripts find it beside themselves (``python
+examples/<name>.py`` puts ``examples/`` first on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+
+# kseg.data.splits.split_names needs a test fold, a validation fold and a training fold.
+MIN_FOLDS = 3
+DEFAULT_FOLDS = 5
+
+
+def add_folds_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--folds", type=int, default=DEFAULT_FOLDS,
+        help=f"patient-level folds the dataset is split into (at least {MIN_FOLDS}, at most "
+             "the number of patients; default %(default)s)",
+    )
+
+
+def check_folds(
+    parser: argparse.ArgumentParser,
+    folds: int,
+    patients: int | None,
+    source: str,
+    *,
+    test_fold: int = 0,
+    validation_fold: int = 1,
+) -> None:
+    """Exit with one clear line (argparse's usage error, exit code 2) when ``folds`` cannot
+    split ``patients`` patients, before anything is written or trained.
+
+    Args:
+        parser: the example's parser; its ``error`` prints the message and exits.
+        folds: the ``--folds`` value.
+        patients: how many patients the data holds, or ``None`` when the folder does not
+            have the expected layout yet (the dataset builder then says what is missing).
+        source: where the patients are, for the message (a folder or the phantom option).
+        test_fold, validation_fold: the folds the example tests and validates on.
+    """
+    if folds < MIN_FOLDS:
+        parser.error(f"--folds must be at least {MIN_FOLDS} (a test, a validation and a "
+                     f"training fold), got {folds}")
+    for option, fold in (("--test-fold", test_fold), ("--validation-fold", validation_fold)):
+        if not 0 <= fold < folds:
+            parser.error(f"{option} must be in 0..{folds - 1} with --folds {folds}, got {fold}")
+    if test_fold == validation_fold:
+        parser.error(f"--test-fold and --validation-fold must differ, both are {test_fold}")
+    if patients is not None and patients < folds:
+        advice = (f"use --folds {patients} or fewer" if patients >= MIN_FOLDS
+                  else f"the examples need at least {MIN_FOLDS} patients")
+        parser.error(f"--folds {folds} needs at least {folds} patients; {source} holds "
+                     f"{patients}: {advice}")
+
+
+def patients_and_source(
+    on_disk: int | None, manual_dir, phantom_count: int | None, phantom_option: str
+) -> tuple[int | None, str]:
+    """The patient count :func:`check_folds` tests and where it comes from: the data folder
+    when it already has its layout (a real download, or a phantom an earlier run wrote),
+    else the phantom this run will write (``phantom_count``; ``None`` with ``--data-dir``)."""
+    if on_disk is not None:
+        return on_disk, str(manual_dir)
+    if phantom_count is not None:
+        return phantom_count, f"the phantom ({phantom_option})"
+    return None, str(manual_dir)
+
+
+def with_folds(config, folds: int):
+    """``config`` (a builder config with ``num_folds``) split into ``folds`` folds. A
+    changed count gets its own name, hence its own TFDS folder: a dataset prepared with
+    other folds is never read back as if it had these."""
+    if folds == config.num_folds:
+        return config
+    return dataclasses.replace(config, name=f"{config.name}_{folds}fold", num_folds=folds)
+
+
+@contextlib.contextmanager
+def writing_phantom(folder, count: int, unit: str = "patients"):
+    """Say where a synthetic tree goes before it is written, and when it is done."""
+    print(f"Writing a SYNTHETIC tree ({count} {unit}; phantoms, not real data) to {folder} ...",
+          flush=True)
+    started = time.perf_counter()
+    yield
+    print(f"Wrote {count} phantom {unit} in {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def prepare(builder, manual_dir) -> None:
+    """Build the TFDS dataset from ``manual_dir`` unless an earlier run did (TFDS shows a
+    progress bar per split while it writes)."""
+    import tensorflow_datasets as tfds
+
+    if builder.is_prepared():
+        print(f"Using the dataset prepared in {builder.data_dir}", flush=True)
+        return
+    print(f"Preparing TFDS dataset {builder.info.full_name} from {manual_dir} (once; later "
+          "runs reuse it)", flush=True)
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+    )
+
+
+def fit_verbosity() -> int:
+    """Keras ``verbose``: a live progress bar within each epoch on a terminal, one line per
+    epoch in a log file (a bar's redraws would fill it)."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+class RunClock:
+    """Wall-clock and CPU time (user + system, of this process and the child processes it
+    waited for) since it was made; what ``time python examples/...`` would report."""
+
+    def __init__(self):
+        self._wall = time.perf_counter()
+        self._times = os.times()
+
+    def summary(self) -> str:
+        now = os.times()
+        user = now.user + now.children_user - self._times.user - self._times.children_user
+        system = (now.system + now.children_system
+                  - self._times.system - self._times.children_system)
+        wall = time.perf_counter() - self._wall
+        return (f"{wall:.0f} s wall clock, {user + system:.0f} s CPU "
+                f"({user:.0f} s user + {system:.0f} s system)")

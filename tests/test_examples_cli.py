@@ -1,0 +1,155 @@
+"""The example scripts' command line: ``--help`` and argument errors answer before
+TensorFlow loads, and ``--folds`` larger than the number of patients stops with one clear
+line before anything is written or trained.
+
+The expected counts come from the folders the tests make (or the phantom option given),
+the expected wording from the message the scripts document; the scripts run as a user
+runs them, in a fresh interpreter, where ``-X importtime`` lists every module imported.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from test_examples import EXAMPLES, load_example
+
+# the option that sets how many patients each script's phantom has
+PHANTOM_OPTION = {
+    "chaos_liver": "--phantom-patients",
+    "lctsc_lungs": "--phantom-patients",
+    "xray_multiclass": "--phantom-images",
+    "msd_spleen_highresnet": "--phantom-cases",
+}
+TENSORFLOW_STACK = {"tensorflow", "keras"}
+
+
+def run_script(name, *args, cwd):
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", str(EXAMPLES / f"{name}.py"), *args],
+        capture_output=True, text=True, cwd=cwd, timeout=300, check=False,
+    )
+
+
+def imported_modules(stderr: str) -> set[str]:
+    """Module names from ``-X importtime`` lines: ``import time: self | cumulative | name``."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+def last_message(stderr: str) -> str:
+    return [line for line in stderr.splitlines() if not line.startswith("import time:")][-1]
+
+
+@pytest.mark.parametrize("name", sorted(PHANTOM_OPTION))
+def test_help_answers_without_importing_tensorflow(name, tmp_path):
+    result = run_script(name, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "--folds FOLDS" in result.stdout
+    modules = imported_modules(result.stderr)
+    assert "argparse" in modules  # the -X importtime listing is there to be read
+    assert not TENSORFLOW_STACK & modules
+
+
+@pytest.mark.parametrize("name", sorted(PHANTOM_OPTION))
+def test_more_folds_than_phantom_patients_stops_before_any_work(name, tmp_path):
+    option = PHANTOM_OPTION[name]
+    output_dir = tmp_path / "run"
+    result = run_script(name, "--output-dir", str(output_dir), "--folds", "5", option, "4",
+                        cwd=tmp_path)
+    assert result.returncode == 2
+    assert last_message(result.stderr) == (
+        f"{name}.py: error: --folds 5 needs at least 5 patients; the phantom ({option}) "
+        "holds 4: use --folds 4 or fewer"
+    )
+    assert not output_dir.exists()  # no phantom, no dataset, no model
+    assert not TENSORFLOW_STACK & imported_modules(result.stderr)
+
+
+def chaos_download(root):
+    """Train_Sets/CT with patient folders 1..4, plus a folder and a file that are not
+    patients (the builder reads folders named by number)."""
+    for name in ("1", "2", "3", "4", "notes"):
+        (root / "Train_Sets" / "CT" / name).mkdir(parents=True)
+    (root / "Train_Sets" / "CT" / "5").write_text("a file, not a patient folder")
+    return 4
+
+
+def lctsc_download(root):
+    """LCTSC/ with four training patients and a challenge test patient, which has no fold."""
+    for name in ("LCTSC-Train-S1-001", "LCTSC-Train-S1-002", "LCTSC-Train-S2-001",
+                 "LCTSC-Train-S3-001", "LCTSC-Test-S1-101"):
+        (root / "LCTSC" / name).mkdir(parents=True)
+    return 4
+
+
+def xray_download(root):
+    """images/ with four radiographs (one per patient) and a hidden file."""
+    (root / "images").mkdir()
+    for name in ("a.png", "b.png", "c.png", "d.png", ".DS_Store"):
+        (root / "images" / name).write_bytes(b"")
+    return 4
+
+
+def msd_download(root):
+    """Task09_Spleen/dataset.json listing four labelled cases and one unlabelled case."""
+    (root / "Task09_Spleen").mkdir()
+    listing = {
+        "training": [{"image": f"./imagesTr/spleen_{i}.nii.gz",
+                      "label": f"./labelsTr/spleen_{i}.nii.gz"} for i in (2, 3, 6, 8)],
+        "test": ["./imagesTs/spleen_1.nii.gz"],
+    }
+    (root / "Task09_Spleen" / "dataset.json").write_text(json.dumps(listing))
+    return 4
+
+
+DOWNLOADS = {
+    "chaos_liver": chaos_download,
+    "lctsc_lungs": lctsc_download,
+    "xray_multiclass": xray_download,
+    "msd_spleen_highresnet": msd_download,
+}
+
+
+@pytest.mark.parametrize("name", sorted(DOWNLOADS))
+def test_more_folds_than_patients_in_data_dir_names_the_folder(name, tmp_path, capsys):
+    patients = DOWNLOADS[name](tmp_path)
+    example = load_example(name)
+    args = example.parse_args(["--data-dir", str(tmp_path), "--folds", str(patients)])
+    assert args.folds == patients
+    with pytest.raises(SystemExit) as stopped:
+        example.parse_args(["--data-dir", str(tmp_path), "--folds", str(patients + 1)])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        f"error: --folds {patients + 1} needs at least {patients + 1} patients; {tmp_path} "
+        f"holds {patients}: use --folds {patients} or fewer"
+    )
+
+
+def test_data_dir_without_the_layout_is_left_to_the_builder(tmp_path):
+    # nothing to count: the dataset builder reports the missing folders with the layout
+    args = load_example("chaos_liver").parse_args(["--data-dir", str(tmp_path), "--folds", "9"])
+    assert args.folds == 9
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--folds", "2"], "--folds must be at least 3 (a test, a validation and a training "
+                           "fold), got 2"),
+        (["--folds", "3", "--test-fold", "3"], "--test-fold must be in 0..2 with --folds 3, "
+                                               "got 3"),
+        (["--test-fold", "1"], "--test-fold and --validation-fold must differ, both are 1"),
+        (["--folds", "5", "--phantom-cases", "2"], "--folds 5 needs at least 5 patients; the "
+         "phantom (--phantom-cases) holds 2: the examples need at least 3 patients"),
+    ],
+)
+def test_bad_folds_are_named(arguments, message, tmp_path, capsys):
+    example = load_example("msd_spleen_highresnet")
+    with pytest.raises(SystemExit) as stopped:
+        example.parse_args(["--output-dir", str(tmp_path / "run"), *arguments])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
