@@ -8,7 +8,11 @@ ids carry it (``LCTSC-Test-*`` in the split ``challenge_test``) and the training
 into seeded patient-level folds ``fold0`` .. ``fold{k-1}``, optionally stratified by
 PatientSex and the fraction of slices with an empty mask. The ``npz_*`` configs read the
 pre-converted layout instead (a DICOM folder and a 3D ``.npz`` mask per case), aligning
-each mask to its CT by evidence (:mod:`kseg.io.npz`). See ``README.md`` beside this file.
+each mask to its CT by evidence (:mod:`kseg.io.npz`). Every LCTSC patient has all five
+organs: a patient whose whole mask lacks one of the config's classes is refused with a
+:class:`kseg.errors.MaskError` naming the patient and the mask file, and each split's
+foreground statistics are saved in ``builder.info.metadata["foreground"]``
+(:mod:`tfds_builders._foreground`). See ``README.md`` beside this file.
 
 Example:
     >>> train = tfds.load("lctsc/organs", split="fold1+fold2+fold3+fold4")  # doctest: +SKIP

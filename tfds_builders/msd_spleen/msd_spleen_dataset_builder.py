@@ -4,6 +4,9 @@ One example per volume, read with :func:`kseg.io.read_nifti` one case at a time;
 cases split by patient into ``fold0`` .. ``fold{k-1}``, the unlabelled ``imagesTs`` cases in
 the split ``unlabeled``. Config ``raw`` stores the volumes as shipped, ``preprocessed`` after
 the MSD spleen chain of :mod:`kseg.data.preprocess3d` (see ``README.md`` beside this file).
+A labelled case without a spleen voxel is refused with a :class:`kseg.errors.MaskError`
+naming the patient and the label file; each fold's foreground statistics are saved in
+``builder.info.metadata["foreground"]`` (:mod:`tfds_builders._foreground`).
 
 Reference:
     Antonelli et al., "The Medical Segmentation Decathlon", Nature Communications 13, 4128
