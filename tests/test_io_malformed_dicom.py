@@ -103,13 +103,15 @@ def _pixel_data_offset(path):
 
 @pytest.mark.parametrize(
     "where",
-    ["in the file meta", "in the data set", "between elements", "in the pixel data"],
+    ["in the preamble", "in the file meta", "in the data set", "between elements",
+     "in the pixel data"],
 )
 def test_a_slice_cut_short_is_an_error_naming_it(tmp_path, where):
     paths = _series(tmp_path, count=4)
     data = paths[1].read_bytes()
     pixels = _pixel_data_offset(paths[1])
     cut = {
+        "in the preamble": 100,
         "in the file meta": 150,
         "in the data set": data.index(b"1.2.3.4") + 3,  # inside SeriesInstanceUID's value
         "between elements": pixels - 12,  # just before the PixelData element
@@ -117,6 +119,15 @@ def test_a_slice_cut_short_is_an_error_naming_it(tmp_path, where):
     }[where]
     paths[1].write_bytes(data[:cut])
     _raises_naming(UnreadableFileError, tmp_path, paths[1].name)
+
+
+def test_a_damaged_dicm_marker_is_an_error_not_a_skipped_file(tmp_path):
+    # Two slices remain 4 mm apart: no gap check could tell that one is missing.
+    paths = _series(tmp_path)
+    data = bytearray(paths[1].read_bytes())
+    data[130] ^= 0xFF  # "DICM" -> "DI?M"
+    paths[1].write_bytes(bytes(data))
+    _raises_naming(UnreadableFileError, tmp_path, paths[1].name, "DICM")
 
 
 def test_a_last_slice_cut_short_is_an_error_not_a_shorter_volume(tmp_path):

@@ -105,7 +105,9 @@ class SkippedFileWarning(UserWarning):
     (DICOMDIR, RTSTRUCT, RT Plan, SR ... stored beside the slices). A file that *is* DICOM but
     broken (cut short, an image SOP class without Rows/Columns or pixel data, an empty data
     set) is never skipped: it raises UnreadableFileError, since skipping it would silently
-    drop a slice. So does a non-hidden empty (0-byte) file: an interrupted copy.
+    drop a slice. So does a non-hidden empty (0-byte) file, and a file that starts with a
+    zero-filled 128-byte preamble (or is zeros to its end) without the DICM marker after it:
+    an interrupted copy or a damaged DICOM file.
     """
 
 
@@ -286,8 +288,9 @@ def scan_dicom_files(
       header is returned, images and non-images (RTSTRUCT, SEG, DICOMDIR ...) alike.
     * **Broken DICOM** raises UnreadableFileError naming the file: a header that cannot be
       parsed, a value that runs past the end of the file (cut short), an empty data set, an
-      image (Rows and Columns, or an image-storage SOP class) without pixel data, and a
-      non-hidden 0-byte file (an interrupted copy).
+      image (Rows and Columns, or an image-storage SOP class) without pixel data, a
+      non-hidden 0-byte file, and a zero-filled preamble without the DICM marker (an
+      interrupted copy, a damaged marker).
     * **Not DICOM** (text, README, LICENSE, Thumbs.db, PNG, hidden empty files) is skipped;
       all skipped files are named in one :class:`SkippedFileWarning`.
 
@@ -383,6 +386,13 @@ def _scan_file(path: str) -> tuple[pydicom.Dataset | None, str | None]:
             path, "is empty (0 bytes): a copy or download that did not complete"
         )
     has_preamble = head[128:132] == b"DICM"
+    if not has_preamble and not any(head[:128]):
+        # DICOM preambles are usually zero-filled; no other file a DICOM folder holds is.
+        raise UnreadableFileError(
+            path,
+            f"starts with {min(size, 128)} zero bytes like a DICOM preamble but has no DICM "
+            "marker at byte 128: a DICOM file cut short or damaged (or an unfinished copy)",
+        )
     looks_dicom = has_preamble or _starts_like_data_set(head)
     try:
         with warnings.catch_warnings():
