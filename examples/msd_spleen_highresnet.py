@@ -184,11 +184,17 @@ def build_augmenter(kind: str, seed: int):
     return segmentation_augmenter(3, spatial=[small_affine], seed=seed)
 
 
-def windowed(example):
-    """Window -57..164 HU to [0, 1]; keep the label; drop the geometry."""
+def windowed(volumes):
+    """Each volume's image windowed -57..164 HU to [0, 1], and its label; geometry dropped."""
+    import tensorflow as tf
+
     from kseg.data.pipeline import WINDOWS, window
 
-    return {"image": window(example["image"], *WINDOWS["spleen_msd"]), "label": example["label"]}
+    low, high = WINDOWS["spleen_msd"]
+    return volumes.map(
+        lambda example: {"image": window(example["image"], low, high), "label": example["label"]},
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
 
 
 def training_batches(builder, split, args, augmenter):
@@ -198,9 +204,9 @@ def training_batches(builder, split, args, augmenter):
 
     # The decoded int16 volumes are cached (decompressing every epoch would dominate on
     # small patches); windowing, patch sampling and augmentation run fresh each epoch.
-    volumes = builder.as_dataset(split=split).map(
+    volumes = windowed(builder.as_dataset(split=split).map(
         lambda e: {"image": e["image"], "label": e["label"]}
-    ).cache().repeat().map(windowed, num_parallel_calls=tf.data.AUTOTUNE)
+    ).cache().repeat())
     patches = random_patches(
         volumes, (args.patch_size,) * 3, positive_fraction=args.positive_fraction,
         patches_per_volume=4, seed=args.seed,
@@ -223,7 +229,7 @@ def validation_patches(builder, split, args):
     fraction), cached after the first pass: the patch Dice the seed reported."""
     from kseg.data.patches import random_patches
 
-    volumes = builder.as_dataset(split=split).map(windowed)
+    volumes = windowed(builder.as_dataset(split=split))
     patches = random_patches(
         volumes, (args.patch_size,) * 3, positive_fraction=args.positive_fraction,
         patches_per_volume=4, seed=args.seed + 1,
