@@ -2,7 +2,11 @@
 then renamed.
 
 A crash (or a full disk) mid-write then leaves the previous file, never a truncated one, and
-never a half-written folder under the final name.
+never a half-written folder under the final name. A file is flushed to the disk (``fsync``)
+before the rename and its folder after it, as databases do, so a power cut cannot leave the
+new name pointing at data the disk never got. A process killed mid-write (``kill -9``, out of
+memory) cannot remove its temporary file; :func:`remove_stale_temporaries` removes such
+leftovers when the next run starts.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -33,7 +38,9 @@ def atomic_output(path: os.PathLike | str) -> Iterator[str]:
 
     The temporary file sits in the target's folder (created if missing), so the final
     ``os.replace`` is an atomic rename, and keeps the target's suffixes (``.nii.gz``,
-    ``.keras``), which some writers use to pick the format. On error it is removed.
+    ``.keras``), which some writers use to pick the format. On error it is removed. Its name is
+    ``.<target name>.<8 random characters><target suffixes>``, the pattern
+    :func:`remove_stale_temporaries` looks for.
 
     Example:
         >>> with atomic_output("scores.csv") as temporary:  # doctest: +SKIP
@@ -49,10 +56,60 @@ def atomic_output(path: os.PathLike | str) -> Iterator[str]:
     try:
         yield temporary
         os.chmod(temporary, _FILE_MODE)
+        _fsync(temporary)
         os.replace(temporary, target)
+        _fsync_folder(folder)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def _fsync(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_folder(folder: os.PathLike | str) -> None:
+    """Persist a rename in ``folder``; a no-op where folders cannot be opened (Windows)."""
+    if os.name != "posix":
+        return
+    _fsync(os.fspath(folder))
+
+
+# tempfile.mkstemp names: prefix, 8 characters of tempfile's alphabet, suffix
+_RANDOM_PART = "[a-z0-9_]{8}"
+
+
+def _temporary_pattern(name: str) -> re.Pattern:
+    suffixes = "".join(pathlib.PurePath(name).suffixes)
+    return re.compile(rf"\.{re.escape(name)}\.{_RANDOM_PART}{re.escape(suffixes)}")
+
+
+def remove_stale_temporaries(path: os.PathLike | str) -> list[pathlib.Path]:
+    """Remove the temporary files :func:`atomic_output` left beside ``path`` when killed.
+
+    Only plain files named as :func:`atomic_output` names the temporaries of ``path`` are
+    removed (``.best.keras.k3x_9a0q.keras`` for ``best.keras``), nothing else in the folder.
+    Call it when a run starts, before anything writes ``path``: a temporary of a writer
+    still running would be removed too.
+
+    Returns:
+        The removed files.
+    """
+    target = pathlib.Path(path)
+    folder = target.absolute().parent
+    if not folder.is_dir():
+        return []
+    pattern = _temporary_pattern(target.name)
+    removed = []
+    for entry in folder.iterdir():
+        if pattern.fullmatch(entry.name) and entry.is_file() and not entry.is_symlink():
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 @contextlib.contextmanager
