@@ -159,6 +159,9 @@ def test_non_finite_voxels_warn_with_counts_and_are_returned_as_stored(tmp_path)
         ({"sform_code": 0, "pixdim": [1.0, 2.0, 0.0, 4.0, 1, 1, 1, 1]}, "pixdim"),
         ({"sform_code": 0, "pixdim": [1.0, 2.0, np.nan, 4.0, 1, 1, 1, 1]}, "pixdim"),
         ({"sform_code": 0, "qform_code": 0, "pixdim": [1.0, 0.0, 3.0, 4.0, 1, 1, 1, 1]}, "pixdim"),
+        ({"sform_code": 0, "pixdim": [1.0, -2.0, 3.0, 4.0, 1, 1, 1, 1]}, "pixdim"),
+        ({"sform_code": 7170}, "sform_code 7170"),  # nibabel would fall back to the qform
+        ({"qform_code": 169}, "qform_code 169"),
     ],
 )
 def test_singular_or_non_finite_affines_are_geometry_errors(tmp_path, fields, needle):
@@ -192,6 +195,7 @@ def test_qform_only_is_read_without_warning(tmp_path):
         ("cut short", "cannot be read"),
         ("rgb", "RGB"),
         ("complex", "complex"),
+        ("units", "xyzt_units"),
     ],
 )
 def test_malformed_data_are_unreadable_and_named(tmp_path, change, needle):
@@ -201,6 +205,8 @@ def test_malformed_data_are_unreadable_and_named(tmp_path, change, needle):
     elif change == "cut short":
         _valid_nifti(path, np.zeros((20, 20, 20), np.float32))
         path.write_bytes(path.read_bytes()[:5000])
+    elif change == "units":
+        _patch_header(_valid_nifti(path), xyzt_units=5)  # 5 is no space or time unit code
     elif change == "rgb":
         rgb = np.zeros((2, 3, 4), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
         nib.save(nib.Nifti1Image(rgb, np.eye(4)), path)

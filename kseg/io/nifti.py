@@ -33,6 +33,8 @@ _REVERSE_AXES = [2, 1, 0, 3]
 # The voxel axes of an affine span less than this fraction of the volume of a box with the
 # same edge lengths: the axes are (nearly) linearly dependent and the grid has no inverse.
 _SINGULAR_TOLERANCE = 1e-6
+# NIFTI_XFORM_UNKNOWN, SCANNER_ANAT, ALIGNED_ANAT, TALAIRACH, MNI_152, TEMPLATE_OTHER.
+_XFORM_CODES = frozenset(range(6))
 
 
 class NonFiniteVoxelWarning(UserWarning):
@@ -72,14 +74,16 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
 
     Raises:
         UnreadableFileError: the file cannot be read as NIfTI (or is another format nibabel
-            reads), its data are cut short, it is not a 3D volume (trailing dimensions of size
+            reads), its data are cut short, its xyzt_units code is unknown, it is not a 3D
+            volume (trailing dimensions of size
             1 are dropped; a 2D image becomes one slice), a dimension is 0, or the voxels are
             not real scalars (RGB, complex).
-        GeometryError: the affine in use (sform when ``sform_code`` > 0, else qform when
-            ``qform_code`` > 0, else the pixdim fallback) holds NaN or infinity, is singular
-            (a zero voxel size, or voxel axes that are linearly dependent), or the qform /
-            fallback's pixdim voxel sizes are zero, negative or not finite (nibabel would
-            silently use 1 mm for a zero one).
+        GeometryError: ``sform_code`` or ``qform_code`` is not an xform code (0-5; nibabel
+            would reset it to 0 silently); the affine in use (sform when ``sform_code`` > 0,
+            else qform when ``qform_code`` > 0, else the pixdim fallback) holds NaN or
+            infinity, or is singular (a zero voxel size, or voxel axes that are linearly
+            dependent); or the qform / fallback's pixdim voxel sizes are zero, negative or not
+            finite (nibabel would silently use 1 mm for a zero one, abs() for a negative one).
 
     Warns:
         NonFiniteVoxelWarning: float voxels that are NaN or infinite (returned as stored).
@@ -121,7 +125,12 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
         raise UnreadableFileError(path, f"expected a 3D volume, got shape {data.shape}")
     if data.dtype.kind == "f":
         _warn_non_finite(path, data)
-    spatial_unit = header.get_xyzt_units()[0]
+    try:
+        spatial_unit = header.get_xyzt_units()[0]
+    except KeyError:
+        raise UnreadableFileError(
+            path, f"xyzt_units {int(header['xyzt_units'])} holds no known NIfTI unit code"
+        ) from None
     if spatial_unit not in _MM_PER_UNIT:
         raise UnreadableFileError(path, f"unsupported spatial unit {spatial_unit!r}")
     affine[:3, :] *= _MM_PER_UNIT[spatial_unit]
@@ -143,6 +152,14 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
 def _checked_affine(path: str, image) -> np.ndarray:
     """The affine nibabel uses, refused when it describes no grid."""
     header = image.header
+    stored = _stored_header(path, image)
+    for name in ("sform_code", "qform_code"):
+        code = int(stored[name])
+        if code not in _XFORM_CODES:
+            # nibabel would reset it to 0 and fall back to another affine without a word.
+            raise GeometryError(
+                path, f"{name} {code} is not a NIfTI xform code ({sorted(_XFORM_CODES)})"
+            )
     sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
     if sform_code > 0:
         source = f"sform (sform_code {sform_code})"
@@ -152,7 +169,7 @@ def _checked_affine(path: str, image) -> np.ndarray:
         )
         # nibabel replaces zero voxel sizes by 1 while loading (logging, not raising): the
         # header as stored in the file says what the qform / fallback is really built from.
-        zooms = np.asarray(_stored_header(path, image)["pixdim"][1:4], dtype=np.float64)
+        zooms = np.asarray(stored["pixdim"][1:4], dtype=np.float64)
         if not np.all(np.isfinite(zooms)) or np.any(zooms <= 0):
             raise GeometryError(
                 path,
