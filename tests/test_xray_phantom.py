@@ -8,6 +8,38 @@ from PIL import Image
 from kseg.data import xray_phantom
 from kseg.errors import LayoutError
 
+_MODE_OF_ENCODING = {
+    "1bit": "1", "8bit": "L", "8bit_01": "L", "8bit_edges": "L", "16bit": "I;16",
+    "16bit_01": "I;16", "palette_grey": "P", "palette_index": "P", "rgb": "RGB",
+    "rgba": "RGBA", "jpg": "L",
+}
+
+
+def _grey(path, encoding, binary=True):
+    """The grey values (0 / 255, or a label map's class values) a mask file holds, decoded
+    with Pillow by what each encoding is documented to store."""
+    with Image.open(path) as image:
+        assert image.mode == _MODE_OF_ENCODING[encoding], (path, image.mode)
+        stored = np.asarray(image).astype(np.int64)
+        colours = np.asarray(image.convert("RGB")).astype(np.int64)
+    if encoding in ("1bit", "8bit_01", "16bit_01"):
+        assert set(np.unique(stored).tolist()) <= {0, 1}
+        return stored * 255
+    if encoding == "16bit":
+        assert not (stored % 257).any()
+        return stored // 257
+    if encoding in ("palette_grey", "rgb", "rgba"):
+        assert (colours == colours[..., :1]).all()
+        if encoding == "palette_grey":  # the index is not the grey value
+            assert not np.array_equal(stored, colours[..., 0])
+        if encoding == "rgba":
+            assert (stored[..., 3] == 255).all()
+        return colours[..., 0]
+    if encoding == "palette_index":
+        assert not (colours == colours[..., :1]).all(axis=-1).all()
+        return stored * 255 if binary else stored
+    return stored  # 8bit, 8bit_edges, jpg
+
 
 def test_radiograph_is_seeded_in_range_and_has_chest_contrast():
     phantom = xray_phantom.chest_radiograph((96, 96), seed=4)
@@ -53,10 +85,12 @@ def test_jsrt_scr_files_are_inverted_big_endian_words_and_half_resolution_gifs(t
         np.testing.assert_array_equal(stored, 4095 - phantom.image.astype(int))
         fold = "fold1" if int(name[-3:]) % 2 else "fold2"
         expected = xray_phantom.structure_masks((16, 16), seed=1000 + k)
+        encoding = xray_phantom.default_mask_encoding("gif", k)
         for structure in xray_phantom.STRUCTURES:
-            gif = Image.open(root / "scratch" / fold / "masks" / structure / f"{name}.gif")
+            path = root / "scratch" / fold / "masks" / structure / f"{name}.gif"
+            gif = Image.open(path)
             assert gif.format == "GIF" and gif.size == (16, 16)
-            np.testing.assert_array_equal(np.asarray(gif.convert("L")) == 255, expected[structure])
+            np.testing.assert_array_equal(_grey(path, encoding) == 255, expected[structure])
     assert "synthetic" in (root / "SYNTHETIC.txt").read_text()
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
 
@@ -69,8 +103,9 @@ def test_montgomery_images_are_16_bit_pngs_marked_synthetic(tmp_path):
         png = Image.open(base / "CXR_png" / name)
         assert png.mode == "I;16" and png.text["Comment"] == xray_phantom.SYNTHETIC_NOTICE
         np.testing.assert_array_equal(np.asarray(png), phantom.image)
+        encoding = xray_phantom.default_mask_encoding("binary", k)
         for folder, structure in (("leftMask", "left lung"), ("rightMask", "right lung")):
-            mask = np.asarray(Image.open(base / "ManualMask" / folder / name))
+            mask = _grey(base / "ManualMask" / folder / name, encoding)
             np.testing.assert_array_equal(mask, np.where(phantom.structures[structure], 255, 0))
 
 
@@ -87,9 +122,9 @@ def test_generic_label_maps_store_the_documented_grey_values(tmp_path):
         expected[s["heart"]] = 170
         expected[s["right clavicle"] | s["left clavicle"]] = 255
         stem = f"P{k + 1:04d}_0"
-        np.testing.assert_array_equal(
-            np.asarray(Image.open(root / "masks" / f"{stem}.png")), expected
-        )
+        encoding = xray_phantom.default_mask_encoding("label_map", k)
+        grey = _grey(root / "masks" / f"{stem}.png", encoding, binary=False)
+        np.testing.assert_array_equal(grey, expected)
         image = Image.open(root / "images" / f"{stem}.png")
         assert image.mode == "L"
         np.testing.assert_array_equal(np.asarray(image), phantom.image)
@@ -114,7 +149,8 @@ def test_generic_dicom_and_per_class_folders(tmp_path):
         assert dataset.ImageComments == xray_phantom.SYNTHETIC_NOTICE
         assert str(dataset.PatientName) == "KSEG^PHANTOM" and dataset.PatientID == "P0001"
         np.testing.assert_array_equal(dataset.pixel_array, phantom.image)
-        heart = np.asarray(Image.open(root / "masks" / "heart" / f"P0001_{view}.png"))
+        encoding = xray_phantom.default_mask_encoding("binary", view)
+        heart = _grey(root / "masks" / "heart" / f"P0001_{view}.png", encoding)
         np.testing.assert_array_equal(heart, np.where(phantom.structures["heart"], 255, 0))
 
 
@@ -136,3 +172,50 @@ def test_bad_arguments_are_refused():
         xray_phantom.label_map(xray_phantom.structure_masks((16, 16)), ("lungs", "spleen"))
     with pytest.raises(ValueError, match="size must be an even integer"):
         xray_phantom.write_jsrt_scr("unused", size=33)
+
+
+@pytest.mark.parametrize("encoding", sorted(xray_phantom.MASK_ENCODINGS))
+def test_every_encoding_stores_the_lungs_or_the_label_map(tmp_path, encoding):
+    binary_root = xray_phantom.write_generic(
+        tmp_path / "binary", num_images=1, size=32, seed=3, mask_encoding=encoding
+    )
+    phantom = xray_phantom.chest_radiograph((32, 32), seed=3000, bit_depth=8)
+    s = phantom.structures
+    lungs = s["right lung"] | s["left lung"]
+    suffix = ".jpg" if encoding == "jpg" else ".png"
+    grey = _grey(binary_root / "masks" / f"P0001_0{suffix}", encoding)
+    if encoding == "jpg":  # lossy: only a few edge pixels may land on the wrong side
+        assert np.count_nonzero((grey > 127) != lungs) <= 0.02 * lungs.size
+    elif encoding == "8bit_edges":
+        # Each pixel holds 255 x the lung fraction of its 4 x 4 sub-pixels.
+        fine = xray_phantom.structure_masks((128, 128), seed=3000)
+        fraction = (fine["right lung"] | fine["left lung"]).reshape(32, 4, 32, 4).mean((1, 3))
+        np.testing.assert_array_equal(grey, np.rint(255 * fraction))
+        assert ((grey > 0) & (grey < 255)).any()
+    else:
+        np.testing.assert_array_equal(grey, np.where(lungs, 255, 0))
+
+    classes = xray_phantom.GENERIC_CLASSES
+    if encoding in ("1bit", "8bit_01", "8bit_edges", "16bit_01", "jpg"):
+        with pytest.raises(ValueError, match="cannot hold a label map of several classes"):
+            xray_phantom.write_generic(tmp_path / "map", classes=classes, mask_encoding=encoding)
+        return
+    map_root = xray_phantom.write_generic(
+        tmp_path / "map", num_images=1, size=32, seed=3, classes=classes, mask_encoding=encoding
+    )
+    expected = np.zeros((32, 32), np.int64)
+    expected[lungs] = 85
+    expected[s["heart"]] = 170
+    expected[s["right clavicle"] | s["left clavicle"]] = 255
+    grey = _grey(map_root / "masks" / "P0001_0.png", encoding, binary=False)
+    np.testing.assert_array_equal(grey, expected)
+
+
+def test_default_encodings_vary_per_image_and_bad_ones_are_refused(tmp_path):
+    binary = {xray_phantom.default_mask_encoding("binary", k) for k in range(9)}
+    assert binary == set(xray_phantom.MASK_ENCODINGS) - {"8bit_edges", "jpg"}
+    assert xray_phantom.default_mask_encoding("binary", 0) == "8bit"
+    with pytest.raises(ValueError, match="mask_encoding of GIF masks"):
+        xray_phantom.write_jsrt_scr(tmp_path, mask_encoding="rgb")
+    with pytest.raises(ValueError, match="mask_encoding must be None or one of"):
+        xray_phantom.write_montgomery(tmp_path, mask_encoding="gif")

@@ -23,6 +23,10 @@ Layouts (see ``tfds_builders/xray/README.md``):
 * :func:`write_generic`: ``images/`` + ``masks/`` (one label-map PNG per image, or one
   folder of binary masks per class), images as 8/16-bit PNG, TIFF or DICOM.
 
+Masks come in every encoding a reader meets (:data:`MASK_ENCODINGS`: 1-bit, 8- and 16-bit
+grey, palettes, grey RGB(A), interpolated edges, JPEG), by default a different one per image
+(:func:`default_mask_encoding`), so one phantom folder exercises them all.
+
 Regenerate the builder's dummy data with::
 
     python -m kseg.data.xray_phantom tfds_builders/xray/dummy_data
@@ -83,6 +87,34 @@ _CLASS_STRUCTURES = {
 
 JSRT_BIT_DEPTH = 12
 _SEED_TAG = 0x63787220  # "cxr ": keeps these streams apart from other kseg phantoms
+
+MASK_ENCODINGS = {
+    "1bit": "1-bit PNG (mode '1'); binary masks only",
+    "8bit": "8-bit grey PNG: 0 / 255, or the class grey values of a label map",
+    "8bit_01": "8-bit grey PNG holding 0 / 1; binary masks only",
+    "8bit_edges": "8-bit grey PNG, 0 / 255 with interpolated edges (drawn 4x finer and "
+    "averaged, like a resized mask); binary masks only",
+    "16bit": "16-bit grey PNG: 0 / 65535, or the class grey values times 257",
+    "16bit_01": "16-bit grey PNG holding 0 / 1; binary masks only",
+    "palette_grey": "palette file of grey entries in reverse order (index is not the value)",
+    "palette_index": "palette file of colour entries; the index is 1 (binary) or the grey value",
+    "rgb": "RGB PNG with three equal channels",
+    "rgba": "RGBA PNG with three equal channels and opaque alpha",
+    "jpg": "JPEG (quality 95) of the 0 / 255 mask, suffix .jpg; binary masks only, lossy",
+}
+"""Mask encodings the writers can store; the value says what each one stores."""
+
+_BINARY_ONLY_ENCODINGS = frozenset({"1bit", "8bit_01", "8bit_edges", "16bit_01", "jpg"})
+# Image k gets entry k % len of its cycle by default, so a folder of a few images holds
+# several encodings. Edges and JPEG are left out of the defaults: they do not round-trip a
+# mask exactly. SCR's masks are GIFs, which only palettes can be.
+_DEFAULT_ENCODING_CYCLES = {
+    "binary": ("8bit", "1bit", "16bit", "palette_grey", "8bit_01", "palette_index", "rgb",
+               "16bit_01", "rgba"),
+    "label_map": ("8bit", "16bit", "palette_grey", "palette_index", "rgb", "rgba"),
+    "gif": ("palette_grey", "palette_index"),
+}
+_EDGE_OVERSAMPLING = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -314,8 +346,31 @@ def mask_values(classes: Sequence[str] = GENERIC_CLASSES) -> dict[str, int]:
     return {name: step * label for label, name in enumerate(classes, start=1)}
 
 
+def default_mask_encoding(kind: str, index: int) -> str:
+    """The mask encoding the writers give image ``index`` by default.
+
+    Args:
+        kind: ``"binary"`` (one structure per file), ``"label_map"`` (several classes in one
+            file) or ``"gif"`` (SCR's GIF masks).
+        index: 0-based image number.
+
+    Example:
+        >>> [default_mask_encoding("binary", k) for k in range(3)]
+        ['8bit', '1bit', '16bit']
+    """
+    if kind not in _DEFAULT_ENCODING_CYCLES:
+        raise ValueError(f"kind must be one of {sorted(_DEFAULT_ENCODING_CYCLES)}, got {kind!r}")
+    cycle = _DEFAULT_ENCODING_CYCLES[kind]
+    return cycle[index % len(cycle)]
+
+
 def write_jsrt_scr(
-    root: os.PathLike | str, *, num_images: int = 5, size: int = 64, seed: int = 0
+    root: os.PathLike | str,
+    *,
+    num_images: int = 5,
+    size: int = 64,
+    seed: int = 0,
+    mask_encoding: str | None = None,
 ) -> pathlib.Path:
     """Write synthetic radiographs in the JSRT + SCR layout::
 
@@ -325,15 +380,18 @@ def write_jsrt_scr(
 
     ``.IMG`` files are headerless ``size x size`` big-endian 16-bit words holding 12-bit
     values stored with JSRT's polarity, ``4095 - image`` (the real files are 2048 x 2048).
-    Masks are ``size/2 x size/2`` GIFs (0 black, 255 white), drawn from the same anatomy
-    on the coarser grid, as SCR's were drawn on 1024 x 1024 copies. Image names alternate
-    between nodule (``JPCLN``) and non-nodule (``JPCNN``) cases.
+    Masks are ``size/2 x size/2`` GIFs (black background, white structure), drawn from the
+    same anatomy on the coarser grid, as SCR's were drawn on 1024 x 1024 copies. Image names
+    alternate between nodule (``JPCLN``) and non-nodule (``JPCNN``) cases.
 
     Args:
         root: folder to write into (created if missing); ``All247images`` must not exist.
         num_images: number of radiographs, at least 1.
         size: image side in pixels, an even number of at least 16.
         seed: non-negative integer; image ``k`` uses phantom seed ``seed * 1000 + k``.
+        mask_encoding: ``"palette_grey"`` (grey palette, as SCR's GIFs) or
+            ``"palette_index"`` (colour palette, index 1 the structure) for every mask, or
+            ``None`` to alternate them per image.
 
     Returns:
         ``root`` as a path.
@@ -347,6 +405,11 @@ def write_jsrt_scr(
     num_images = _check_positive("num_images", num_images)
     if isinstance(size, bool) or not isinstance(size, int) or size < 16 or size % 2:
         raise ValueError(f"size must be an even integer of at least 16, got {size!r}")
+    if mask_encoding not in (None, *_DEFAULT_ENCODING_CYCLES["gif"]):
+        raise ValueError(
+            f"mask_encoding of GIF masks must be None, 'palette_grey' or 'palette_index', "
+            f"got {mask_encoding!r}"
+        )
     root = pathlib.Path(root)
     with _staged(root, ("All247images", "scratch")) as staging:
         images_dir = staging / "All247images"
@@ -357,12 +420,12 @@ def write_jsrt_scr(
             (images_dir / f"{name}.IMG").write_bytes(stored.tobytes())
             fold = 1 if int(name[-3:]) % 2 else 2
             masks = structure_masks((size // 2, size // 2), seed=seed * 1000 + k)
+            encoding = mask_encoding or default_mask_encoding("gif", k)
             for structure, mask in masks.items():
                 folder = staging / "scratch" / f"fold{fold}" / "masks" / structure
                 folder.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(
-                    folder / f"{name}.gif"
-                )
+                grey = np.where(mask, 255, 0).astype(np.uint8)
+                _save_mask(grey, folder / name, encoding, binary=True, suffix=".gif")
     return root
 
 
@@ -378,7 +441,12 @@ def jsrt_names(num_images: int) -> list[str]:
 
 
 def write_montgomery(
-    root: os.PathLike | str, *, num_images: int = 5, size: int = 64, seed: int = 0
+    root: os.PathLike | str,
+    *,
+    num_images: int = 5,
+    size: int = 64,
+    seed: int = 0,
+    mask_encoding: str | None = None,
 ) -> pathlib.Path:
     """Write synthetic radiographs in the Montgomery County set's layout::
 
@@ -386,9 +454,9 @@ def write_montgomery(
         root/MontgomerySet/ManualMask/leftMask/MCUCXR_0001_0.png ...
         root/MontgomerySet/ManualMask/rightMask/MCUCXR_0001_0.png ...
 
-    Images are 16-bit PNGs holding 12-bit values; masks 8-bit PNGs, 0 or 255, with
-    ``leftMask`` the patient's left lung. File names end in ``_0`` (normal) and ``_1``
-    (tuberculosis) alternately, as in the real set. The set's other folders
+    Images are 16-bit PNGs holding 12-bit values; masks binary (8-bit 0 / 255 in the real
+    set), with ``leftMask`` the patient's left lung. File names end in ``_0`` (normal) and
+    ``_1`` (tuberculosis) alternately, as in the real set. The set's other folders
     (``ClinicalReadings``, ``NLM-MontgomeryCXRSet-ReadMe.pdf``) are not written.
 
     Args:
@@ -396,6 +464,8 @@ def write_montgomery(
         num_images: number of radiographs, at least 1.
         size: rows and columns, at least 8.
         seed: non-negative integer; image ``k`` uses phantom seed ``seed * 1000 + k``.
+        mask_encoding: one of :data:`MASK_ENCODINGS` for every mask, or ``None`` for
+            ``default_mask_encoding("binary", k)`` (image ``k``).
 
     Returns:
         ``root`` as a path.
@@ -408,6 +478,7 @@ def write_montgomery(
     """
     num_images = _check_positive("num_images", num_images)
     size = _check_shape((size, size))[0]
+    _check_encoding(mask_encoding, binary=True)
     root = pathlib.Path(root)
     with _staged(root, ("MontgomerySet",)) as staging:
         base = staging / "MontgomerySet"
@@ -420,9 +491,11 @@ def write_montgomery(
             name = f"MCUCXR_{k + 1:04d}_{k % 2}.png"
             phantom = chest_radiograph((size, size), seed=seed * 1000 + k)
             _save_png(phantom.image, images_dir / name, bit_depth=16)
+            encoding = mask_encoding or default_mask_encoding("binary", k)
             for folder, structure in ((left_dir, "left lung"), (right_dir, "right lung")):
                 mask = np.where(phantom.structures[structure], 255, 0).astype(np.uint8)
-                _save_png(mask, folder / name)
+                edges = _edges_if(encoding, (size, size), seed * 1000 + k, (structure,))
+                _save_mask(mask, folder / name[:-4], encoding, binary=True, edges=edges)
     return root
 
 
@@ -437,6 +510,7 @@ def write_generic(
     bit_depth: int = 8,
     per_class_folders: bool = False,
     images_per_patient: int = 1,
+    mask_encoding: str | None = None,
 ) -> pathlib.Path:
     """Write synthetic radiographs in the generic ``images/`` + ``masks/`` layout::
 
@@ -446,9 +520,9 @@ def write_generic(
 
     Label-map masks store each class as the grey value of :func:`mask_values` (one class:
     255, as the public lung-mask sets do; three: 85 / 170 / 255), painted in ``classes``
-    order (:func:`label_map`). Per-class masks are 0 / 255 and may overlap. File stems are
-    ``P<patient>_<view>``, so the patient id pattern ``^(P\\d+)_`` groups the views of one
-    patient.
+    order (:func:`label_map`), in the file's encoding. Per-class masks are binary and may
+    overlap. File stems are ``P<patient>_<view>``, so the patient id pattern ``^(P\\d+)_``
+    groups the views of one patient.
 
     Args:
         root: folder to write into; ``images`` and ``masks`` must not exist yet.
@@ -462,6 +536,10 @@ def write_generic(
             containers (``uint16`` PNG / TIFF).
         per_class_folders: write ``masks/<class>/`` binary masks instead of label maps.
         images_per_patient: views per patient, at least 1.
+        mask_encoding: one of :data:`MASK_ENCODINGS` for every mask (label maps of several
+            classes accept only those that hold grey values), or ``None`` for
+            :func:`default_mask_encoding` of image ``k`` (``"binary"`` for one class or
+            per-class folders, ``"label_map"`` otherwise).
 
     Returns:
         ``root`` as a path.
@@ -478,6 +556,8 @@ def write_generic(
     classes = _check_classes(classes)
     if image_format not in ("png", "tiff", "dicom"):
         raise ValueError(f"image_format must be 'png', 'tiff' or 'dicom', got {image_format!r}")
+    binary = per_class_folders or len(classes) == 1
+    _check_encoding(mask_encoding, binary=binary)
     values = mask_values(classes)
     root = pathlib.Path(root)
     with _staged(root, ("images", "masks")) as staging:
@@ -495,15 +575,25 @@ def write_generic(
                 _save_tiff(phantom.image, images_dir / f"{stem}.tif", bit_depth)
             else:
                 _save_dicom(phantom.image, images_dir / f"{stem}.dcm", bit_depth, stem, seed)
+            encoding = mask_encoding or default_mask_encoding(
+                "binary" if binary else "label_map", k
+            )
             if per_class_folders:
                 for name in classes:
                     mask = np.zeros(phantom.image.shape, dtype=np.uint8)
                     for structure in _CLASS_STRUCTURES[name]:
                         mask[phantom.structures[structure]] = 255
-                    _save_png(mask, masks_dir / name / f"{stem}.png")
+                    edges = _edges_if(
+                        encoding, (size, size), seed * 1000 + k, _CLASS_STRUCTURES[name]
+                    )
+                    _save_mask(mask, masks_dir / name / stem, encoding, binary=True, edges=edges)
             else:
                 lut = np.array([0] + [values[name] for name in classes], dtype=np.uint8)
-                _save_png(lut[label_map(phantom.structures, classes)], masks_dir / f"{stem}.png")
+                edges = _edges_if(
+                    encoding, (size, size), seed * 1000 + k, _CLASS_STRUCTURES[classes[0]]
+                )
+                grey = lut[label_map(phantom.structures, classes)]
+                _save_mask(grey, masks_dir / stem, encoding, binary=binary, edges=edges)
     return root
 
 
@@ -548,6 +638,94 @@ def _save_png(array: np.ndarray, path: pathlib.Path, bit_depth: int = 8) -> None
     Image.fromarray(array.astype(np.uint8 if bit_depth <= 8 else np.uint16)).save(
         path, pnginfo=info
     )
+
+
+def interpolated_edges(
+    shape: Sequence[int], seed: int, structures: Sequence[str]
+) -> np.ndarray:
+    """The ``"8bit_edges"`` mask: the structures drawn 4x finer, averaged over each pixel.
+
+    Args:
+        shape: ``(rows, columns)`` of the mask.
+        seed: the phantom's seed.
+        structures: names from :data:`STRUCTURES`, merged.
+
+    Returns:
+        ``uint8`` grey mask: 255 inside, 0 outside, in between on the edges.
+
+    Example:
+        >>> edges = interpolated_edges((32, 32), 0, ("heart",))
+        >>> bool(((edges > 0) & (edges < 255)).any())
+        True
+    """
+    rows, columns = _check_shape(shape)
+    factor = _EDGE_OVERSAMPLING
+    fine = structure_masks((rows * factor, columns * factor), seed=seed)
+    union = np.zeros((rows * factor, columns * factor), dtype=bool)
+    for structure in structures:
+        union |= fine[structure]
+    coverage = union.reshape(rows, factor, columns, factor).mean(axis=(1, 3))
+    return np.rint(255 * coverage).astype(np.uint8)
+
+
+def _edges_if(encoding: str, shape, seed: int, structures) -> np.ndarray | None:
+    return interpolated_edges(shape, seed, structures) if encoding == "8bit_edges" else None
+
+
+def _save_mask(
+    grey: np.ndarray,
+    stem: pathlib.Path,
+    encoding: str,
+    *,
+    binary: bool,
+    edges: np.ndarray | None = None,
+    suffix: str = ".png",
+) -> None:
+    """Write one mask given as grey values (0 / 255, or a label map's class values)."""
+    on = grey > 0
+    if encoding == "jpg":
+        Image.fromarray(grey).save(stem.with_suffix(".jpg"), quality=95)
+        return
+    if encoding == "1bit":
+        image = Image.fromarray(on)
+    elif encoding == "8bit":
+        image = Image.fromarray(grey)
+    elif encoding == "8bit_01":
+        image = Image.fromarray(on.astype(np.uint8))
+    elif encoding == "8bit_edges":
+        image = Image.fromarray(edges)
+    elif encoding == "16bit":
+        image = Image.fromarray(grey.astype(np.uint16) * 257)
+    elif encoding == "16bit_01":
+        image = Image.fromarray(on.astype(np.uint16))
+    elif encoding == "palette_grey":
+        levels = np.union1d([0], np.unique(grey))[::-1]
+        index_of = np.zeros(256, np.uint8)
+        index_of[levels] = np.arange(len(levels))
+        image = Image.fromarray(index_of[grey], mode="P")
+        image.putpalette([v for level in levels for v in (int(level),) * 3])
+    elif encoding == "palette_index":
+        image = Image.fromarray(on.astype(np.uint8) if binary else grey, mode="P")
+        # Entry i is (i, 0, 255 - i): colours, never grey, as label tools' palettes are.
+        image.putpalette([v for i in range(256) for v in (i, 0, 255 - i)])
+    else:  # rgb, rgba
+        channels = [grey] * 3 + ([np.full_like(grey, 255)] if encoding == "rgba" else [])
+        image = Image.fromarray(np.dstack(channels))
+    if suffix == ".png":
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", SYNTHETIC_NOTICE)
+        image.save(stem.with_suffix(".png"), pnginfo=info)
+    else:
+        image.save(stem.with_suffix(suffix))
+
+
+def _check_encoding(encoding: str | None, *, binary: bool) -> None:
+    if encoding is not None and encoding not in MASK_ENCODINGS:
+        raise ValueError(
+            f"mask_encoding must be None or one of {sorted(MASK_ENCODINGS)}, got {encoding!r}"
+        )
+    if not binary and encoding in _BINARY_ONLY_ENCODINGS:
+        raise ValueError(f"mask_encoding {encoding!r} cannot hold a label map of several classes")
 
 
 def _save_tiff(array: np.ndarray, path: pathlib.Path, bit_depth: int) -> None:

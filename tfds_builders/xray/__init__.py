@@ -5,7 +5,6 @@ from tfds_builders.xray.xray_dataset_builder import (
     XrayConfig,
     add_gaussian_noise,
     noisy_config,
-    read_binary_mask,
     read_jsrt_image,
     read_radiograph,
 )
@@ -15,7 +14,6 @@ __all__ = [
     "XrayConfig",
     "add_gaussian_noise",
     "noisy_config",
-    "read_binary_mask",
     "read_jsrt_image",
     "read_radiograph",
 ]

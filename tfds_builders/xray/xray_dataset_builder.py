@@ -7,7 +7,10 @@ its own split ``fold0`` .. ``fold{k-1}``, so every train / validation / test arr
 a split expression (:func:`kseg.data.splits.split_names`) and no patient is in two splits.
 Training-set-size sweeps take nested patient subsets
 (:func:`kseg.data.splits.nested_patient_subset`), and a config with ``noise_sigma > 0``
-writes a separate, noisy copy for robustness studies.
+writes a separate, noisy copy for robustness studies. Masks are read by what each file
+holds (:func:`kseg.io.read_labels`), and every radiograph's label map must contain the
+config's ``required_labels`` (lungs, and in JSRT/SCR heart and clavicles), so wrongly read
+masks fail loudly; the counts per split are in ``builder.info.metadata["foreground"]``.
 
 Example:
     >>> import tensorflow_datasets as tfds
@@ -37,7 +40,8 @@ from PIL import Image, UnidentifiedImageError
 
 from kseg.data.splits import assign_folds, fold_names
 from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
-from kseg.io import apply_value_ranges, binarize, read_dicom_image, read_mask
+from kseg.io import LabelRule, read_dicom_image, read_labels
+from tfds_builders._foreground import ForegroundTally
 
 LAYOUTS = ("jsrt_scr", "montgomery", "generic")
 
@@ -77,12 +81,19 @@ class XrayConfig(tfds.core.BuilderConfig):
         class_names: name of every label, background first; label ``i`` is
             ``class_names[i]``.
         mask_folders: per-class binary masks as ``(folder, label)`` pairs, painted in this
-            order, so a later pair wins where masks overlap. A binary mask's foreground is
-            every pixel above half of that mask's maximum (palette images by grey value).
+            order, so a later pair wins where masks overlap. Each file is read as one
+            structure by :func:`kseg.io.read_labels` (1-bit, 0/1, 0/255, 16-bit, palette,
+            grey RGB, interpolated edges split at half scale, JPEG with a warning).
             Empty: one label-map mask per image, decoded with ``mask_value_ranges``.
-        mask_value_ranges: ``(low, high, label)`` triples: stored values ``low..high``
-            (inclusive) become ``label``. A stored value in no range is a MaskError. The
-            default (0..127 -> 0, 128..255 -> 1) splits 0/255 masks with interpolated edges.
+        mask_value_ranges: ``(low, high, label)`` triples of 8-bit grey values, background
+            included: stored values ``low..high`` (inclusive) become ``label``; a stored
+            value in no range is a MaskError. Empty (the default): each label-map file is
+            one binary structure, label 1, read like a ``mask_folders`` file (so the
+            0/255 lung masks of the public sets, edges interpolated or not, and 1-bit or
+            0/1 files all work, and a file of 0 and 100 is refused).
+        required_labels: labels every radiograph of the dataset shows; an image whose label
+            map lacks one is a MaskError naming it. Other labels of ``class_names`` only give
+            an EmptyLabelWarning per image when absent.
         mask_suffix: appended to an image's stem to name its mask (e.g. ``"_mask"``).
         patient_id_pattern: regular expression searched in every file stem; its group
             ``patient`` (or its first group, or the whole match) is the patient id. ``None``:
@@ -100,7 +111,8 @@ class XrayConfig(tfds.core.BuilderConfig):
     layout: str = "generic"
     class_names: tuple[str, ...] = ("background", "lungs")
     mask_folders: tuple[tuple[str, int], ...] = ()
-    mask_value_ranges: tuple[tuple[int, int, int], ...] = ((0, 127, 0), (128, 255, 1))
+    mask_value_ranges: tuple[tuple[int, int, int], ...] = ()
+    required_labels: tuple[int, ...] = ()
     mask_suffix: str = ""
     patient_id_pattern: str | None = None
     num_folds: int = 5
@@ -146,11 +158,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     Configs: ``jsrt_scr`` (background, lungs, heart, clavicles), ``jsrt_scr_left_right``
     (each lung and clavicle separately), ``montgomery`` (background, left lung, right
     lung), ``montgomery_lungs`` (background, lungs) and ``generic`` (your own
-    ``images/`` + ``masks/``; background / lungs from 0/255 masks). For another class map
-    or fold count, pass your own instance, e.g.
+    ``images/`` + ``masks/``; background / lungs from binary lung masks). Every config
+    requires all its labels in every radiograph. For another class map or fold count, pass
+    your own instance, e.g.
     ``Builder(config=dataclasses.replace(Builder.builder_configs["generic"],
     name="mine", class_names=("background", "lungs", "heart"),
-    mask_value_ranges=((0, 0, 0), (1, 1, 1), (2, 2, 2))))``.
+    mask_value_ranges=((0, 0, 0), (1, 1, 1), (2, 2, 2)), required_labels=(1, 2)))``.
     """
 
     VERSION = tfds.core.Version("1.0.0")
@@ -192,6 +205,7 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
                 ("right clavicle", 3),
                 ("left clavicle", 3),
             ),
+            required_labels=(1, 2, 3),
         ),
         XrayConfig(
             name="jsrt_scr_left_right",
@@ -212,6 +226,7 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
                 ("right clavicle", 4),
                 ("left clavicle", 5),
             ),
+            required_labels=(1, 2, 3, 4, 5),
         ),
         XrayConfig(
             name="montgomery",
@@ -219,6 +234,7 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
             layout="montgomery",
             class_names=("background", "left lung", "right lung"),
             mask_folders=(("leftMask", 1), ("rightMask", 2)),
+            required_labels=(1, 2),
             patient_id_pattern=r"^(MCUCXR_\d+)",
         ),
         XrayConfig(
@@ -227,12 +243,16 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
             layout="montgomery",
             class_names=("background", "lungs"),
             mask_folders=(("leftMask", 1), ("rightMask", 1)),
+            required_labels=(1,),
             patient_id_pattern=r"^(MCUCXR_\d+)",
         ),
         XrayConfig(
             name="generic",
-            description="Your own images/ + masks/ folders; 0/255 lung masks by default.",
+            description="Your own images/ + masks/ folders; binary lung masks by default.",
             layout="generic",
+            # Every chest radiograph shows lungs; with another class map, set the labels
+            # every image has (none: empty labels only warn).
+            required_labels=(1,),
         ),
     ]
 
@@ -272,18 +292,31 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
             folds = assign_folds(patients, config.num_folds, seed=config.split_seed)
         except ValueError as exc:
             raise ValueError(f"{root}: {exc}") from exc
+        tally = ForegroundTally(
+            {label: name for label, name in enumerate(config.class_names) if label},
+            required=config.required_labels,
+            metadata=self.info.metadata,
+        )
         return {
             name: self._generate_examples(
-                [record for record in records if folds[record.patient_id] == fold]
+                name, [record for record in records if folds[record.patient_id] == fold], tally
             )
             for fold, name in enumerate(fold_names(config.num_folds))
         }
 
-    def _generate_examples(self, records):
+    def _generate_examples(self, split: str, records, tally: ForegroundTally):
+        """Each radiograph's label map is checked and counted as its own unit in ``split``
+        before its example is yielded (so the statistics' ``patients`` count radiographs)."""
         config = self.builder_config
         for record in records:
             image, bit_depth = _read_record_image(record, config)
             mask = _read_record_mask(record, config, image.shape)
+            tally.check(
+                split,
+                f"{record.patient_id}, radiograph {record.image_id}",
+                mask,
+                mask_source=", ".join(str(path) for path in record.masks),
+            )
             if config.noise_sigma > 0:
                 image = add_gaussian_noise(
                     image,
@@ -435,33 +468,6 @@ def _read_dicom_radiograph(path: epath.Path) -> tuple[np.ndarray, int]:
     return rounded.astype(np.uint16), min(bit_depth, 16)
 
 
-def read_binary_mask(path) -> np.ndarray:
-    """Read a one-structure mask as ``{0, 1}``: foreground above half the file's maximum.
-
-    Palette images (SCR's GIFs) are judged by the grey value of each palette entry, so the
-    palette's order does not matter; other files by :func:`kseg.io.read_mask`'s values
-    (JPEG masks are thresholded with a LossyMaskWarning).
-
-    Args:
-        path: the mask file.
-
-    Returns:
-        ``uint8`` array of 0 and 1.
-
-    Example:
-        >>> read_binary_mask("masks/left lung/JPCLN001.gif").max()  # doctest: +SKIP
-        1
-    """
-    path = epath.Path(path)
-    try:
-        with path.open("rb") as handle, Image.open(handle) as image:
-            palette = image.mode == "P"
-            grey = np.asarray(image.convert("L")) if palette else None
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UnreadableFileError(path, f"cannot be read as a mask image ({exc})") from exc
-    return binarize(grey if palette else read_mask(path))
-
-
 def add_gaussian_noise(
     image: np.ndarray, sigma: float, bit_depth: int, *, seed: int = 0, key: str = ""
 ) -> np.ndarray:
@@ -522,18 +528,28 @@ def _image_size(path: epath.Path) -> tuple[int, int]:
         raise UnreadableFileError(path, f"cannot be read as a mask image ({exc})") from exc
 
 
+# One structure per file (mask_folders, or a label map without mask_value_ranges): resized
+# masks' interpolated edges are common in the public X-ray sets (cxr-lungs), so accepted.
+_STRUCTURE_RULE = LabelRule(interpolated_edges=True)
+
+
 def _read_record_mask(record: _Record, config: XrayConfig, shape) -> np.ndarray:
     if config.mask_folders:
-        parts = [read_binary_mask(path) for path in record.masks]
-        labels = np.zeros(parts[0].shape, dtype=np.uint8)
-        for (_, label), part, path in zip(config.mask_folders, parts, record.masks, strict=True):
-            _check_mask_shape(path, part.shape, shape, record)
-            labels[part.astype(bool)] = label
+        labels = np.zeros(shape, dtype=np.uint8)
+        for (_, label), path in zip(config.mask_folders, record.masks, strict=True):
+            structure = read_labels(path, _STRUCTURE_RULE)
+            _check_mask_shape(path, structure.shape, shape, record)
+            labels[structure > 0] = label
         return labels
     path = record.masks[0]
-    stored = read_mask(path)
-    _check_mask_shape(path, stored.shape, shape, record)
-    return apply_value_ranges(stored, config.mask_value_ranges, source=path)
+    rule = (
+        LabelRule(grey_levels=config.mask_value_ranges)
+        if config.mask_value_ranges
+        else _STRUCTURE_RULE
+    )
+    labels = read_labels(path, rule)
+    _check_mask_shape(path, labels.shape, shape, record)
+    return labels
 
 
 def _check_mask_shape(path, mask_shape, image_shape, record: _Record) -> None:
@@ -677,15 +693,16 @@ def _check_config(config: XrayConfig) -> None:
         raise ValueError(f"{where}: labels {bad} are outside 0..{num_classes - 1} (class_names)")
     if config.layout != "generic" and not config.mask_folders:
         raise ValueError(f"{where}: layout {config.layout!r} needs mask_folders")
-    spans = sorted((low, high) for low, high, _ in config.mask_value_ranges)
-    reversed_spans = [span for span in spans if span[0] > span[1]]
-    overlapping = [
-        (span, following)
-        for span, following in zip(spans, spans[1:], strict=False)
-        if following[0] <= span[1]
-    ]
-    if reversed_spans or overlapping:
-        raise ValueError(f"{where}: mask_value_ranges overlap or are reversed: {spans}")
+    try:
+        LabelRule(grey_levels=config.mask_value_ranges)
+    except ValueError as exc:
+        raise ValueError(f"{where}: mask_value_ranges: {exc}") from exc
+    bad_required = [label for label in config.required_labels if not 0 < label < num_classes]
+    if bad_required:
+        raise ValueError(
+            f"{where}: required_labels {bad_required} are not foreground labels "
+            f"1..{num_classes - 1} of class_names"
+        )
     if not (math.isfinite(config.noise_sigma) and config.noise_sigma >= 0):
         raise ValueError(f"{where}: noise_sigma must be >= 0, got {config.noise_sigma!r}")
     if config.patient_id_pattern is not None:

@@ -18,6 +18,8 @@ from kseg.data import xray_phantom
 from kseg.data.pipeline import keep_patients, split_patient_ids
 from kseg.data.splits import assign_folds, fold_names, nested_patient_subset
 from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
+from kseg.io import LossyMaskWarning
+from tfds_builders._foreground import EmptyLabelWarning
 from tfds_builders.xray import xray_dataset_builder as xray
 
 
@@ -99,17 +101,23 @@ def test_jsrt_images_are_inverted_raw_words_averaged_onto_the_mask_grid(jsrt_roo
     assert builder.info.metadata["class_names"] == ["background", "lungs", "heart", "clavicles"]
 
 
-def test_jsrt_left_right_labels_follow_the_gif_files_read_by_pillow(jsrt_root, tmp_path):
+def test_jsrt_left_right_labels_follow_the_structures_in_both_gif_palettes(jsrt_root, tmp_path):
     builder = _prepare(jsrt_root, tmp_path, _config("jsrt_scr_left_right", num_folds=2))
     examples, _ = _examples(builder, 2)
     structures = ("right lung", "left lung", "heart", "right clavicle", "left clavicle")
-    for name in xray_phantom.jsrt_names(4):
+    palettes = set()
+    for k, name in enumerate(xray_phantom.jsrt_names(4)):
         fold = 1 if int(name[-3:]) % 2 else 2
+        gif = Image.open(jsrt_root / "scratch" / f"fold{fold}" / "masks" / "heart" / f"{name}.gif")
+        colours = np.asarray(gif.convert("RGB"))
+        palettes.add("grey" if (colours == colours[..., :1]).all() else "colour")
+        anatomy = xray_phantom.structure_masks((SIZE // 2, SIZE // 2), seed=3000 + k)
         expected = np.zeros((SIZE // 2, SIZE // 2), np.uint8)
         for label, structure in enumerate(structures, start=1):
-            gif = jsrt_root / "scratch" / f"fold{fold}" / "masks" / structure / f"{name}.gif"
-            expected[np.asarray(Image.open(gif).convert("L")) > 127] = label
+            expected[anatomy[structure]] = label
         np.testing.assert_array_equal(examples[f"{name}.IMG"]["mask"], expected)
+    # Grey palettes (as SCR's GIFs) are read by grey value, colour palettes by index.
+    assert palettes == {"grey", "colour"}
 
 
 def test_jsrt_file_of_wrong_size_is_refused(tmp_path):
@@ -167,15 +175,24 @@ def test_generic_label_map_class_map_and_patient_pattern(tmp_path):
     assert fold_of == {
         p: f"fold{f}" for p, f in assign_folds(["P0001", "P0002", "P0003"], 3, seed=0).items()
     }
+    modes = set()
     for k in range(6):
         stem = xray_phantom.generic_stem(k, images_per_patient=2)
         example = examples[f"{stem}.png"]
         assert example["patient_id"].decode() == stem[:5]
         png = np.asarray(Image.open(manual / "images" / f"{stem}.png"))
         np.testing.assert_array_equal(example["image"], png)
-        stored = np.asarray(Image.open(manual / "masks" / f"{stem}.png"))
-        np.testing.assert_array_equal(example["mask"], stored // 85)
+        # Whatever each file's encoding (8/16-bit, palettes, RGB(A)), the labels are the
+        # phantom's anatomy, painted lungs -> heart -> clavicles.
+        s = xray_phantom.chest_radiograph((SIZE, SIZE), seed=2000 + k, bit_depth=16).structures
+        expected = np.zeros((SIZE, SIZE), np.uint8)
+        expected[s["right lung"] | s["left lung"]] = 1
+        expected[s["heart"]] = 2
+        expected[s["right clavicle"] | s["left clavicle"]] = 3
+        np.testing.assert_array_equal(example["mask"], expected)
         assert int(example["bit_depth"]) == 16
+        modes.add(Image.open(manual / "masks" / f"{stem}.png").mode)
+    assert modes == {"L", "I;16", "P", "RGB", "RGBA"}
 
 
 def test_generic_per_class_folders_paint_later_classes_on_top(tmp_path):
@@ -271,11 +288,14 @@ def flat_root(tmp_path_factory):
 
 
 def test_noisy_config_adds_noise_of_sigma_and_leaves_the_clean_copy(flat_root, tmp_path):
-    clean_config = _config("generic", rename="flat", num_folds=3)
+    # The flat fields have empty masks: legal once no label is required (a warning each).
+    clean_config = _config("generic", rename="flat", num_folds=3, required_labels=())
     noisy = xray.noisy_config(clean_config, 200.0, seed=1)
     assert noisy.name == "flat_noise200_seed1"
-    clean_builder = _prepare(flat_root, tmp_path, clean_config)
-    noisy_builder = _prepare(flat_root, tmp_path, noisy)
+    with pytest.warns(EmptyLabelWarning, match=r"masks/f0\.png: patient f0, radiograph"):
+        clean_builder = _prepare(flat_root, tmp_path, clean_config)
+    with pytest.warns(EmptyLabelWarning):
+        noisy_builder = _prepare(flat_root, tmp_path, noisy)
     assert clean_builder.data_dir != noisy_builder.data_dir
     clean, _ = _examples(clean_builder, 3)
     noisy_examples, _ = _examples(noisy_builder, 3)
@@ -289,7 +309,8 @@ def test_noisy_config_adds_noise_of_sigma_and_leaves_the_clean_copy(flat_root, t
     for name, level in (("f0.png", 30000), ("f1.png", 10), ("f2.png", 65530)):
         np.testing.assert_array_equal(clean[name]["image"], np.full((64, 64), level))
         np.testing.assert_array_equal(noisy_examples[name]["mask"], clean[name]["mask"])
-    again, _ = _examples(_prepare(flat_root, tmp_path / "again", noisy), 3)
+    with pytest.warns(EmptyLabelWarning):
+        again, _ = _examples(_prepare(flat_root, tmp_path / "again", noisy), 3)
     np.testing.assert_array_equal(again["f0.png"]["image"], noisy_examples["f0.png"]["image"])
 
 
@@ -323,12 +344,128 @@ def test_nested_patient_subsets_are_nested_deterministic_and_patient_level(tmp_p
 def test_invalid_configs_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"labels \[4\] are outside 0\.\.3"):
         xray.Builder(config=_config("jsrt_scr", mask_folders=(("heart", 4),)), data_dir=tmp_path)
-    with pytest.raises(ValueError, match="mask_value_ranges overlap"):
+    with pytest.raises(ValueError, match="mask_value_ranges: grey level ranges .* overlap"):
         xray.Builder(
             config=_config("generic", mask_value_ranges=((0, 10, 0), (5, 255, 1))),
             data_dir=tmp_path,
         )
-    with pytest.raises(ValueError, match="mask_value_ranges overlap or are reversed"):
+    with pytest.raises(ValueError, match=r"mask_value_ranges: grey level range \(9, 3\)"):
         xray.Builder(config=_config("generic", mask_value_ranges=((9, 3, 0),)), data_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"required_labels \[2\] are not foreground labels 1\.\.1"):
+        xray.Builder(config=_config("generic", required_labels=(2,)), data_dir=tmp_path)
     with pytest.raises(ValueError, match="sigma must be a positive number"):
         xray.noisy_config(xray.Builder.builder_configs["generic"], 0)
+
+
+# --- masks read by what each file holds; no silent empty masks ----------------------------
+
+
+@pytest.mark.parametrize("encoding", sorted(xray_phantom.MASK_ENCODINGS))
+def test_montgomery_masks_in_every_phantom_encoding_give_the_lungs(tmp_path, encoding):
+    manual = xray_phantom.write_montgomery(
+        tmp_path / "manual", num_images=2, size=SIZE, seed=8, mask_encoding=encoding
+    )
+    config = _config("montgomery", num_folds=2)
+    if encoding == "jpg":
+        with pytest.warns(LossyMaskWarning, match=r"leftMask/MCUCXR_0001_0\.jpg"):
+            examples, _ = _examples(_prepare(manual, tmp_path / "data", config), 2)
+    else:
+        examples, _ = _examples(_prepare(manual, tmp_path / "data", config), 2)
+    for k in range(2):
+        name = f"MCUCXR_{k + 1:04d}_{k % 2}"
+        if encoding == "8bit_edges":
+            # The README rule of resized masks: stored grey above 127 is the structure.
+            folder = manual / "MontgomerySet" / "ManualMask"
+            left = np.asarray(Image.open(folder / "leftMask" / f"{name}.png"))
+            right = np.asarray(Image.open(folder / "rightMask" / f"{name}.png"))
+            assert ((left > 0) & (left < 255)).any()  # the edges really are interpolated
+            expected = np.where(right > 127, 2, np.where(left > 127, 1, 0))
+        else:
+            s = xray_phantom.chest_radiograph((SIZE, SIZE), seed=8000 + k).structures
+            expected = np.where(s["right lung"], 2, np.where(s["left lung"], 1, 0))
+        np.testing.assert_array_equal(examples[f"{name}.png"]["mask"], expected)
+
+
+def _pil_encodings():
+    """Writers of a boolean lung mask in each encoding, using Pillow alone."""
+    def grey(m):
+        return m.astype(np.uint8) * 255
+
+    def palette(indices, colours):
+        image = Image.fromarray(indices.astype(np.uint8), mode="P")
+        image.putpalette(colours)
+        return image
+
+    return {
+        "1-bit": lambda m: Image.fromarray(m),
+        "8-bit 0 255": lambda m: Image.fromarray(grey(m)),
+        "8-bit 0 1": lambda m: Image.fromarray(m.astype(np.uint8)),
+        "16-bit 0 65535": lambda m: Image.fromarray(m.astype(np.uint16) * 65535),
+        "16-bit 0 1": lambda m: Image.fromarray(m.astype(np.uint16)),
+        "palette grey, reversed": lambda m: palette(~m, [255, 255, 255, 0, 0, 0]),
+        "palette colour": lambda m: palette(m, [0, 0, 0, 255, 0, 0]),
+        "grey RGB": lambda m: Image.fromarray(grey(m)).convert("RGB"),
+        "grey RGBA": lambda m: Image.fromarray(grey(m)).convert("RGBA"),
+        "grey LA": lambda m: Image.fromarray(grey(m)).convert("LA"),
+    }
+
+
+def test_generic_masks_written_with_pillow_in_every_encoding_give_their_lung_count(tmp_path):
+    writers = _pil_encodings()
+    manual = xray_phantom.write_generic(tmp_path / "manual", num_images=len(writers), size=SIZE)
+    truths = {}
+    for k, (encoding, write) in enumerate(writers.items()):
+        stem = xray_phantom.generic_stem(k)
+        rng = np.random.default_rng(k)
+        truth = np.kron(rng.random((4, 4)) < 0.5, np.ones((SIZE // 4, SIZE // 4), bool))
+        truth[:8, :8] = True
+        (manual / "masks" / f"{stem}.png").unlink()
+        write(truth).save(manual / "masks" / f"{stem}.png")
+        truths[f"{stem}.png"] = (encoding, truth)
+    with Image.open(manual / "masks" / "P0001_0.png") as check:
+        assert check.mode == "1"
+    examples, _ = _examples(_prepare(manual, tmp_path / "data", _config("generic")), 5)
+    for image_id, (encoding, truth) in truths.items():
+        mask = examples[image_id]["mask"]
+        assert int(mask.sum()) == int(truth.sum()), encoding
+        np.testing.assert_array_equal(mask, truth, err_msg=encoding)
+
+
+def test_generic_mask_of_0_and_100_is_a_mask_error_naming_the_file(tmp_path):
+    manual = xray_phantom.write_generic(tmp_path / "manual", num_images=3, size=16)
+    path = manual / "masks" / "P0002_0.png"
+    Image.fromarray(np.where(np.eye(16, dtype=bool), 100, 0).astype(np.uint8)).save(path)
+    with pytest.raises(MaskError, match=r"masks/P0002_0\.png: 8-bit grey mask holds 0 .*100"):
+        _prepare(manual, tmp_path / "data", _config("generic", num_folds=3))
+
+
+def test_radiograph_without_a_required_structure_is_a_mask_error_naming_it(tmp_path):
+    manual = xray_phantom.write_jsrt_scr(tmp_path / "manual", num_images=3, size=SIZE)
+    heart = manual / "scratch" / "fold1" / "masks" / "heart" / "JPCNN001.gif"
+    Image.fromarray(np.zeros((SIZE // 2, SIZE // 2), np.uint8)).save(heart)
+    with pytest.raises(
+        MaskError, match=r"masks/heart/JPCNN001\.gif.*: patient JPCNN001, radiograph "
+        r"JPCNN001\.IMG: .* no heart \(2\)"
+    ):
+        _prepare(manual, tmp_path / "data", _config("jsrt_scr", num_folds=3))
+
+
+def test_foreground_statistics_per_split_are_saved_with_the_dataset(tmp_path):
+    manual = xray_phantom.write_montgomery(tmp_path / "manual", num_images=4, size=SIZE, seed=9)
+    config = _config("montgomery", num_folds=2)
+    builder = _prepare(manual, tmp_path / "data", config)
+    _, fold_of = _examples(builder, 2)
+    stats = builder.info.metadata["foreground"]
+    assert sorted(stats) == ["fold0", "fold1"]
+    for fold in ("fold0", "fold1"):
+        indices = [k for k in range(4) if fold_of[f"MCUCXR_{k + 1:04d}"] == fold]
+        phantoms = [xray_phantom.chest_radiograph((SIZE, SIZE), seed=9000 + k) for k in indices]
+        assert stats[fold]["patients"] == stats[fold]["slices"] == len(indices)
+        assert stats[fold]["slices_with_foreground"] == len(indices)
+        assert stats[fold]["voxels_per_label"] == {
+            "left lung": sum(int(p.structures["left lung"].sum()) for p in phantoms),
+            "right lung": sum(int(p.structures["right lung"].sum()) for p in phantoms),
+        }
+        assert stats[fold]["patients_without_label"] == {"left lung": [], "right lung": []}
+    reloaded = xray.Builder(config=config, data_dir=tmp_path / "data")
+    assert reloaded.info.metadata["foreground"] == stats
