@@ -222,9 +222,9 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
         LossyMaskWarning: the file is a JPEG.
 
     Example:
-        >>> mask = read_mask("Train_Sets/CT/1/Ground/liver_GT_045.png")  # doctest: +SKIP
-        >>> np.unique(mask)  # doctest: +SKIP
-        array([  0, 255], dtype=uint8)
+        >>> mask = read_mask("Train_Sets/MR/1/T2SPIR/Ground/IMG-0004-00020.png")  # doctest: +SKIP
+        >>> np.unique(mask)  # stored grey levels, decoded by map_label_ranges  # doctest: +SKIP
+        array([  0,  63, 126, 189, 252], dtype=uint8)
     """
     path = os.fspath(path)
     try:
