@@ -122,3 +122,13 @@ def test_a_structure_set_cut_short_is_an_error_not_fewer_contours(tmp_path, frac
     with pytest.raises(UnreadableFileError, match="RS.dcm"):
         read_rtstruct(cut)
     assert len(read_rtstruct(full)) == len(dataset.StructureSetROISequence)
+
+
+@pytest.mark.parametrize("keyword", ["StructureSetROISequence", "ROIContourSequence"])
+def test_a_structure_set_cut_between_elements_is_an_error(tmp_path, keyword):
+    # Cut at an element boundary, the file parses as a shorter, valid-looking data set.
+    dataset = pydicom.dcmread(get_testdata_file("rtstruct.dcm"), force=True)
+    delattr(dataset, keyword)
+    dataset.save_as(tmp_path / "RS.dcm", enforce_file_format=True)
+    with pytest.raises(UnreadableFileError, match=keyword):
+        read_rtstruct(tmp_path / "RS.dcm")

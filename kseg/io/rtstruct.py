@@ -176,7 +176,9 @@ def read_rtstruct(path: os.PathLike | str) -> list[RoiContours]:
         without a ROIContourSequence item has no contours.
 
     Raises:
-        UnreadableFileError: not DICOM, not an RT Structure Set, an ROI without a valid
+        UnreadableFileError: not DICOM, not an RT Structure Set, cut short (a value running
+            past the end of the file, or no StructureSetROISequence / ROIContourSequence, both
+            Type 1), an ROI without a valid
             ROINumber / ReferencedROINumber, or a contour whose ContourData is not a list of
             finite numbers in threes (NaN, infinity, text, a length that is not a multiple of
             three or not three times NumberOfContourPoints). The message names the file, the
@@ -203,6 +205,19 @@ def read_rtstruct(path: os.PathLike | str) -> list[RoiContours]:
 
 
 def _read_rois(path: str, dataset: pydicom.Dataset) -> list[RoiContours]:
+    # Both are Type 1 (PS3.3 C.8.8.5, C.8.8.6): a file without them was cut at an element
+    # boundary, which pydicom reads as a shorter, valid-looking file.
+    absent = [
+        keyword
+        for keyword in ("StructureSetROISequence", "ROIContourSequence")
+        if keyword not in dataset
+    ]
+    if absent:
+        raise UnreadableFileError(
+            path,
+            f"lacks {' and '.join(absent)}, which every RT Structure Set holds: the file is cut "
+            "short or incomplete",
+        )
     names: dict[int, str] = {}
     numbered = []
     for position, item in enumerate(dataset.get("StructureSetROISequence", [])):
