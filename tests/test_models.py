@@ -288,7 +288,10 @@ def test_build_passes_arguments_and_presets_can_be_overridden():
 
 def test_numpy_numbers_from_a_hyperparameter_search_are_accepted():
     model = models.unet(
-        (np.int64(16), 16, 1), np.int64(2), depth=np.int64(2), base_filters=4,
+        (np.int64(16), 16, 1),
+        np.int64(2),
+        depth=np.int64(2),
+        base_filters=4,
         dropout=np.float32(0.25),
     )
     assert model.output_shape == (None, 16, 16, 2)
@@ -335,3 +338,137 @@ def test_moving_statistics_catch_up_within_a_short_training(family):
     # dropout (if any) is off in small_kwargs, so the only train/inference difference is BN
     difference = np.abs(np.asarray(model(x, training=False)) - np.asarray(model(x, training=True)))
     assert difference.mean() < 0.01
+
+
+# ---- input checks -------------------------------------------------------------------------
+# Before SegmentationModel, a 2D one-channel model given one (H, W, 1) image read it as H
+# images of H x 1 (Keras adds a "missing" channel axis) and failed inside MaxPool or
+# ConcatOp; an odd spatial size failed in ConcatOp when the skips met.
+
+
+@pytest.fixture(scope="module")
+def any_size_models():
+    """Every family with unknown spatial sizes, 2D with 1 channel and 3D with 2 channels."""
+    built = {}
+    for family in FAMILIES:
+        for spatial_dims, channels in ((2, 1), (3, 2)):
+            kwargs = {"input_shape": (None,) * spatial_dims + (channels,), "num_classes": 2}
+            if family != "highresnet":
+                kwargs.update(depth=2, base_filters=2)
+            built[family, spatial_dims] = models.build(family, **kwargs)
+    return built
+
+
+AXES = {2: "batch, height, width, channels", 3: "batch, depth, height, width, channels"}
+
+
+@pytest.mark.parametrize("spatial_dims", (2, 3))
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("entry", ("call", "predict", "predict_on_batch"))
+def test_input_without_batch_axis_says_so(any_size_models, family, spatial_dims, entry):
+    model = any_size_models[family, spatial_dims]
+    image = np.zeros((8,) * spatial_dims + (model.input_shape[-1],), dtype="float32")
+    run = {
+        "call": model,
+        "predict": lambda x: model.predict(x, verbose=0),
+        "predict_on_batch": model.predict_on_batch,
+    }[entry]
+    message = rf"expects input of rank {spatial_dims + 2} \({AXES[spatial_dims]}\); got shape "
+    with pytest.raises(ValueError, match=message + r".*add the batch axis"):
+        run(image)
+    assert run(image[None]).shape == (1,) + (8,) * spatial_dims + (2,)
+
+
+def test_missing_batch_axis_message_names_the_shape_given():
+    model = models.build("unet_small", input_shape=(None, None, 1), base_filters=2)
+    expected = (
+        "unet_small expects input of rank 4 (batch, height, width, channels); got shape "
+        "(256, 256, 1): add the batch axis"
+    )
+    with pytest.raises(ValueError) as info:
+        model(np.zeros((256, 256, 1), dtype="float32"))
+    assert str(info.value).startswith(expected)
+
+
+@pytest.mark.parametrize("family", ("unet", "attention_unet", "res_unet", "unet_plus_plus"))
+def test_spatial_size_not_divisible_by_two_to_the_depth_says_which_axis(any_size_models, family):
+    model = any_size_models[family, 3]  # depth 2: sizes must be multiples of 4
+    good = np.zeros((1, 4, 8, 12, 2), dtype="float32")
+    assert model(good).shape == (1, 4, 8, 12, 2)
+    message = (
+        r"needs spatial sizes divisible by 4.*got shape \(1, 4, 10, 12, 2\): axis 2 \(height\) "
+        r"has size 10\. Pad or crop it \(e\.g\. to 12\)"
+    )
+    with pytest.raises(ValueError, match=message):
+        model(np.zeros((1, 4, 10, 12, 2), dtype="float32"))
+
+
+def test_odd_size_is_named_when_predict_runs_a_step_traced_for_any_size():
+    import tensorflow as tf
+
+    model = models.build("unet", input_shape=(None, None, 1), depth=2, base_filters=2)
+    message = r"needs spatial sizes divisible by 4"
+    with pytest.raises(ValueError, match=message + r".*got shape \(1, 6, 8, 1\): axis 1"):
+        model.predict(np.zeros((1, 6, 8, 1), dtype="float32"), verbose=0)
+    # Two shapes make Keras retrace predict with (None, None, None, 1): the sizes are only
+    # known when the step runs, and the assertion must fire before the skips meet.
+    for size in (8, 12):
+        model.predict(np.zeros((1, size, 8, 1), dtype="float32"), verbose=0)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message + r".*axis 2 \(width\)"):
+        model.predict(np.zeros((1, 8, 10, 1), dtype="float32"), verbose=0)
+    assert model.predict(np.zeros((2, 16, 4, 1), dtype="float32"), verbose=0).shape == (
+        2,
+        16,
+        4,
+        1,
+    )
+
+
+def test_highresnet_takes_any_spatial_size(any_size_models):
+    model = any_size_models["highresnet", 2]
+    assert model(np.zeros((1, 7, 9, 1), dtype="float32")).shape == (1, 7, 9, 2)
+
+
+def test_wrong_channel_count_and_fixed_size_are_named(any_size_models):
+    model = any_size_models["unet", 3]
+    with pytest.raises(ValueError, match=r"expects 2 channel\(s\).*got shape \(1, 4, 4, 4, 3\)"):
+        model(np.zeros((1, 4, 4, 4, 3), dtype="float32"))
+    with pytest.raises(ValueError, match=r"rank 5 .*got shape \(1, 4, 4, 4\): add the channel"):
+        model(np.zeros((1, 4, 4, 4), dtype="float32"))
+    fixed = models.unet((16, 16, 1), depth=2, base_filters=2)
+    with pytest.raises(ValueError, match=r"built for input \(None, 16, 16, 1\).*axis 1 \(height\)"):
+        fixed(np.zeros((1, 32, 16, 1), dtype="float32"))
+
+
+def test_one_channel_model_still_takes_a_batch_without_channel_axis(any_size_models):
+    model = any_size_models["unet", 2]
+    batch = np.random.default_rng(5).normal(size=(2, 8, 12)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(batch)),
+        keras.ops.convert_to_numpy(model(batch[..., None])),
+        rtol=1e-6,
+    )
+
+
+def test_input_checks_survive_saving_and_cloning(any_size_models, tmp_path):
+    model = any_size_models["res_unet", 2]
+    path = tmp_path / "res_unet.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert type(reloaded) is models.SegmentationModel and reloaded.size_divisor == 4
+    with pytest.raises(ValueError, match="add the batch axis"):
+        reloaded(np.zeros((8, 8, 1), dtype="float32"))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        reloaded(np.zeros((1, 8, 6, 1), dtype="float32"))
+    clone = keras.models.clone_model(model)
+    assert type(clone) is models.SegmentationModel
+    with pytest.raises(ValueError, match="add the batch axis"):
+        clone(np.zeros((8, 8, 1), dtype="float32"))
+
+
+def test_size_divisor_must_be_a_positive_integer():
+    inputs = keras.Input((None, None, 1))
+    outputs = keras.layers.Conv2D(1, 1)(inputs)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="size_divisor"):
+            models.SegmentationModel(inputs, outputs, size_divisor=bad)

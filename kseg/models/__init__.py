@@ -2,7 +2,10 @@
 
 Every builder returns a functional ``keras.Model`` ending in sigmoid (one class), softmax
 (several) or, with ``activation=None``, logits; 2D or 3D follows from ``input_shape`` (or
-``spatial_dims``). Custom layers are registered with Keras under the ``kseg`` package, so
+``spatial_dims``). The model is a :class:`SegmentationModel`, which checks every input
+before running: a missing batch axis, a wrong channel count or a spatial size that does not
+halve cleanly ``depth`` times raises a ``ValueError`` saying so, instead of an error from
+deep inside the network. Custom layers are registered with Keras under the ``kseg`` package, so
 a saved ``.keras`` file reloads with ``keras.saving.load_model`` once ``kseg.models`` is
 imported, without ``custom_objects``.
 
@@ -23,6 +26,7 @@ from kseg.models.attention_unet import attention_unet
 from kseg.models.highresnet import highresnet
 from kseg.models.res_unet import res_unet
 from kseg.models.residual_unit import ResidualUnit
+from kseg.models.segmentation_model import SegmentationModel
 from kseg.models.unet import unet
 from kseg.models.unet_plus_plus import unet_plus_plus
 
@@ -69,6 +73,7 @@ __all__ = [
     "MODELS",
     "AttentionGate",
     "ResidualUnit",
+    "SegmentationModel",
     "attention_unet",
     "build",
     "highresnet",

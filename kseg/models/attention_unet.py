@@ -17,6 +17,7 @@ from kseg.models._building_blocks import (
     upsample,
 )
 from kseg.models.attention_gate import AttentionGate
+from kseg.models.segmentation_model import SegmentationModel
 
 
 def attention_unet(
@@ -54,7 +55,7 @@ def attention_unet(
         name: model name.
 
     Returns:
-        A functional ``keras.Model`` mapping ``(batch, *spatial, C)`` to
+        A functional :class:`SegmentationModel` (input checked) mapping ``(batch, *spatial, C)`` to
         ``(batch, *spatial, num_classes)``.
 
     Example:
@@ -93,4 +94,4 @@ def attention_unet(
         x = keras.layers.Concatenate(name=f"decoder{level}_concat")([gated_skip, x])
         x = conv_block(x, filters, spatial_dims, batch_norm, f"decoder{level}")
     outputs = segmentation_head(x, num_classes, activation, spatial_dims, "segmentation")
-    return keras.Model(inputs, outputs, name=name)
+    return SegmentationModel(inputs, outputs, name=name, size_divisor=2**depth)

@@ -14,6 +14,7 @@ from kseg.models._building_blocks import (
     segmentation_head,
 )
 from kseg.models.residual_unit import ResidualUnit
+from kseg.models.segmentation_model import SegmentationModel
 
 # (filters, dilation) of the three stages, each of BLOCKS_PER_STAGE residual units of two
 # 3x3(x3) convolutions (Li et al., 2017; NiftyNet and MONAI use the same list).
@@ -55,7 +56,7 @@ def highresnet(
         name: model name.
 
     Returns:
-        A functional ``keras.Model`` mapping ``(batch, *spatial, C)`` to
+        A functional :class:`SegmentationModel` (input checked) mapping ``(batch, *spatial, C)`` to
         ``(batch, *spatial, num_classes)``.
 
     Example:
@@ -92,4 +93,4 @@ def highresnet(
     if dropout:
         x = keras.layers.Dropout(dropout, name="features_dropout")(x)
     outputs = segmentation_head(x, num_classes, activation, spatial_dims, "segmentation")
-    return keras.Model(inputs, outputs, name=name)
+    return SegmentationModel(inputs, outputs, name=name, size_divisor=1)

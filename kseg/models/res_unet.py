@@ -15,6 +15,7 @@ from kseg.models._building_blocks import (
     upsample,
 )
 from kseg.models.residual_unit import ResidualUnit
+from kseg.models.segmentation_model import SegmentationModel
 
 
 def res_unet(
@@ -54,7 +55,7 @@ def res_unet(
         name: model name.
 
     Returns:
-        A functional ``keras.Model`` mapping ``(batch, *spatial, C)`` to
+        A functional :class:`SegmentationModel` (input checked) mapping ``(batch, *spatial, C)`` to
         ``(batch, *spatial, num_classes)``.
 
     Example:
@@ -102,4 +103,4 @@ def res_unet(
         x = keras.layers.Concatenate(name=f"decoder{level}_concat")([skips[level], x])
         x = unit(filters, f"decoder{level}")(x)
     outputs = segmentation_head(x, num_classes, activation, spatial_dims, "segmentation")
-    return keras.Model(inputs, outputs, name=name)
+    return SegmentationModel(inputs, outputs, name=name, size_divisor=2**depth)

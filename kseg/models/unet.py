@@ -16,6 +16,7 @@ from kseg.models._building_blocks import (
     segmentation_head,
     upsample,
 )
+from kseg.models.segmentation_model import SegmentationModel
 
 
 def unet(
@@ -57,7 +58,7 @@ def unet(
         name: model name.
 
     Returns:
-        A functional ``keras.Model`` mapping ``(batch, *spatial, C)`` to
+        A functional :class:`SegmentationModel` (input checked) mapping ``(batch, *spatial, C)`` to
         ``(batch, *spatial, num_classes)``.
 
     Example:
@@ -97,4 +98,4 @@ def unet(
         x = keras.layers.Concatenate(name=f"decoder{level}_concat")([skips[level], x])
         x = conv_block(x, filters, spatial_dims, batch_norm, f"decoder{level}")
     outputs = segmentation_head(x, num_classes, activation, spatial_dims, "segmentation")
-    return keras.Model(inputs, outputs, name=name)
+    return SegmentationModel(inputs, outputs, name=name, size_divisor=2**depth)

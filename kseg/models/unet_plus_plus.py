@@ -16,6 +16,7 @@ from kseg.models._building_blocks import (
     segmentation_head,
     upsample,
 )
+from kseg.models.segmentation_model import SegmentationModel
 
 
 def unet_plus_plus(
@@ -59,7 +60,7 @@ def unet_plus_plus(
         name: model name.
 
     Returns:
-        A functional ``keras.Model``; its output (or each of its outputs) has shape
+        A functional :class:`SegmentationModel` (input checked); each output has shape
         ``(batch, *spatial, num_classes)``.
 
     Example:
@@ -109,11 +110,11 @@ def unet_plus_plus(
         outputs = segmentation_head(
             nodes[0][depth], num_classes, activation, spatial_dims, "segmentation"
         )
-        return keras.Model(inputs, outputs, name=name)
+        return SegmentationModel(inputs, outputs, name=name, size_divisor=2**depth)
     outputs = [
         segmentation_head(
             nodes[0][step], num_classes, activation, spatial_dims, f"segmentation_{step}"
         )
         for step in range(1, depth + 1)
     ]
-    return keras.Model(inputs, outputs, name=name)
+    return SegmentationModel(inputs, outputs, name=name, size_divisor=2**depth)
