@@ -26,21 +26,18 @@ Reference:
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import warnings
 
 import numpy as np
 import pydicom
 import tensorflow_datasets as tfds
 from etils import epath
-from pydicom.errors import InvalidDicomError
 from tqdm.auto import tqdm
 
 from kseg.data.splits import assign_folds, fold_names
-from kseg.errors import DicomSeriesError, LayoutError, MaskError, UnreadableFileError
-from kseg.io import SkippedFileWarning, read_dicom_series
-from kseg.io.dicom import _read_image_headers
+from kseg.errors import DicomSeriesError, LayoutError, MaskError
+from kseg.io import read_dicom_series
+from kseg.io.dicom import scan_dicom_files
 from kseg.io.npz import align_mask_to_volume, read_npz_mask
 from kseg.io.rtstruct import (
     LCTSC_ROI_NAMES,
@@ -383,62 +380,20 @@ def _npz_organ_ids(path: str, classes: str) -> np.ndarray:
 def _scan_dicom(files, where) -> tuple[list[tuple[str, pydicom.Dataset]], list[str]]:
     """The CT slice headers and the RT Structure Set files among ``files``.
 
-    Image headers come from :mod:`kseg.io.dicom`'s scanner, folder by folder, so a slice
-    stored without the 128-byte preamble (real archives hold such files) is found here
-    exactly when :func:`kseg.io.read_dicom_series` reads it. What that scanner leaves out
-    is either a structure set or reported once as skipped.
+    Headers come from :func:`kseg.io.dicom.scan_dicom_files`, the header pass of
+    :func:`kseg.io.read_dicom_series`, so a slice stored without the 128-byte preamble (real
+    archives hold such files) is found here exactly when the series reader reads it; files
+    that are not DICOM are reported there in one warning. DICOM of other modalities is
+    not part of a case.
     """
-    by_folder: dict[str, list[str]] = {}
-    for path in files:
-        by_folder.setdefault(os.path.dirname(str(path)), []).append(str(path))
-    images, others = [], []
-    for folder, paths in tqdm(sorted(by_folder.items()), desc="LCTSC headers", unit="folder",
-                              leave=False):
-        with warnings.catch_warnings():
-            # The image scanner reports structure sets as skipped; they are sorted out below.
-            warnings.simplefilter("ignore", SkippedFileWarning)
-            try:
-                found = _read_image_headers(paths, folder)
-            except LayoutError:  # no image here: a structure set's series folder, say
-                found = []
-        images += found
-        read = {path for path, _ in found}
-        others += [path for path in paths if path not in read]
-    ct_headers, rtstructs, skipped = [], [], []
-    for path, dataset in images:
+    ct_headers, rtstructs = [], []
+    for path, dataset in scan_dicom_files(files, where=where, progress="LCTSC headers"):
         modality = str(dataset.get("Modality", ""))
         if modality == "CT":
             ct_headers.append((path, dataset))
-        else:
-            skipped.append(f"{path} (Modality {modality or 'missing'})")
-    for path in others:
-        modality = _non_image_modality(path)
-        if modality == "RTSTRUCT":
+        elif modality == "RTSTRUCT":
             rtstructs.append(path)
-        else:
-            skipped.append(f"{path} ({modality})")
-    if skipped:
-        listed = "; ".join(skipped[:5])
-        warnings.warn(
-            SkippedFileWarning(
-                f"{where}: skipped {len(skipped)} file(s) that are neither CT slices nor RT "
-                f"Structure Sets: {listed}{'; ...' if len(skipped) > 5 else ''}"
-            ),
-            stacklevel=3,
-        )
     return ct_headers, rtstructs
-
-
-def _non_image_modality(path: str) -> str:
-    """Modality of a file that holds no image, or why it has none."""
-    try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
-    except InvalidDicomError:  # metadata.csv, LICENSE, ...
-        # kseg.io.rtstruct reads structure sets only with their preamble.
-        return "not DICOM, or DICOM without the 128-byte preamble"
-    except Exception as exc:  # pydicom raises many types on damaged files
-        raise UnreadableFileError(path, f"DICOM header cannot be read ({exc})") from exc
-    return str(dataset.get("Modality", "")) or "DICOM without Modality"
 
 
 def _files_under(folder: epath.Path, *, suffix: str | None = None,

@@ -188,24 +188,33 @@ def test_an_organ_without_contours_is_a_mask_error_naming_patient_and_file(tmp_p
     assert "no heart (3)" in message
 
 
-def test_ct_slice_without_dicom_preamble_is_read(tmp_path):
+def _strip_preamble(path):
+    """Rewrite a DICOM file as some archives store them: no 128-byte preamble, no "DICM",
+    no file meta group, implicit VR little endian from the first byte."""
+    dataset = pydicom.dcmread(path)
+    dataset.preamble = None
+    dataset.file_meta = FileMetaDataset()
+    pydicom.dcmwrite(path, dataset, implicit_vr=True, little_endian=True)
+    raw = path.read_bytes()
+    assert raw[128:132] != b"DICM" and raw[:2] == b"\x08\x00"  # starts at tag (0008,xxxx)
+
+
+def test_files_without_dicom_preamble_are_read(tmp_path):
     manual = tmp_path / "manual"
     write_lctsc(manual, num_patients=2, num_test_patients=0, num_slices=4, size=64, seed=0)
     patient = "LCTSC-Train-S1-001"
-    ct_slice = sorted((manual / "LCTSC" / patient).rglob("1-00*.dcm"))[1]
-    dataset = pydicom.dcmread(ct_slice)
-    # As some archives store slices: no 128-byte preamble, no "DICM", no file meta group.
-    dataset.preamble = None
-    dataset.file_meta = FileMetaDataset()
-    pydicom.dcmwrite(ct_slice, dataset, implicit_vr=True, little_endian=True)
-    raw = ct_slice.read_bytes()
-    assert raw[128:132] != b"DICM" and raw[:2] == b"\x08\x00"  # starts at tag (0008,xxxx)
+    _strip_preamble(sorted((manual / "LCTSC" / patient).rglob("1-00*.dcm"))[1])
+    _strip_preamble(next((manual / "LCTSC" / patient).rglob("1-1.dcm")))
     with pytest.warns(RoiNameWarning):
         builder = _prepare(manual, tmp_path / "data", "organs", num_folds=2)
     by_patient, _ = _by_patient(builder, ["fold0", "fold1"])
     case = lctsc_phantom_case(0, num_slices=4, size=64, seed=0)
     images = np.stack([by_patient[patient][k]["image"] for k in range(4)])
+    masks = np.stack([by_patient[patient][k]["mask"] for k in range(4)])
     np.testing.assert_array_equal(images, case.phantom.hu)
+    truth = case.lctsc_labels()
+    for class_id, organ in enumerate(ORGANS, start=1):
+        assert _dice(masks == class_id, truth == class_id) > 0.9, organ
 
 
 def test_npz_layout_aligns_reversed_and_flipped_masks(tmp_path):
