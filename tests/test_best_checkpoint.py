@@ -141,3 +141,95 @@ def test_training_callbacks_resume_a_crashed_run_with_nothing_lost(tmp_path):
     for restored, saved in zip(starting_weights[0], weights_after_epoch_2, strict=True):
         np.testing.assert_array_equal(restored, saved)
     assert not (tmp_path / "backup").exists()
+
+
+def test_score_travels_inside_the_model_file(tmp_path):
+    """The .keras archive holds the score of the model in it, so one rename replaces both."""
+    import zipfile
+
+    path = tmp_path / "best.keras"
+    fit(tiny_model(), BestModelCheckpoint(path), [0.3, 0.9])
+    with zipfile.ZipFile(path) as archive:
+        inside = json.loads(archive.read("kseg_checkpoint.json"))
+    assert inside == {"monitor": "val_volume_dice", "mode": "max", "best": 0.9, "epoch": 1}
+    assert json.loads((tmp_path / "best.keras.json").read_text()) == inside
+
+
+def test_kill_between_model_and_score_copy_is_repaired_from_the_model(tmp_path):
+    """Killed after best.keras was replaced but before best.keras.json: the copy is one
+    save behind; a resumed run takes the model's own score and rewrites the copy."""
+    path = tmp_path / "best.keras"
+    fit(tiny_model(), BestModelCheckpoint(path), [0.3, 0.9])
+    stale = {"monitor": "val_volume_dice", "mode": "max", "best": 0.3, "epoch": 0}
+    (tmp_path / "best.keras.json").write_text(json.dumps(stale))
+    resumed = BestModelCheckpoint(path)
+    fit(tiny_model(), resumed, [None, None, 0.5], initial_epoch=2)
+    assert saved_epoch(path) == 1.0  # 0.5 beats the stale 0.3 but not the model's 0.9
+    assert resumed.best == 0.9
+    assert json.loads((tmp_path / "best.keras.json").read_text())["best"] == 0.9
+
+
+def test_corrupt_score_copy_is_rewritten_with_a_warning(tmp_path):
+    from kseg.training import CheckpointRecordWarning
+
+    path = tmp_path / "best.keras"
+    fit(tiny_model(), BestModelCheckpoint(path), [0.3, 0.9])
+    (tmp_path / "best.keras.json").write_text('{"monitor": "val_volu')  # cut short
+    resumed = BestModelCheckpoint(path)
+    with pytest.warns(CheckpointRecordWarning, match="best.keras.json"):
+        fit(tiny_model(), resumed, [None, None, 0.5], initial_epoch=2)
+    assert resumed.best == 0.9 and saved_epoch(path) == 1.0
+    assert json.loads((tmp_path / "best.keras.json").read_text())["epoch"] == 1
+
+
+def test_older_model_without_its_score_needs_a_readable_score_file(tmp_path):
+    from kseg.errors import UnreadableFileError
+
+    path = tmp_path / "best.keras"
+    model = tiny_model()
+    model.save(path)  # as kseg wrote it before the score went inside
+    state = tmp_path / "best.keras.json"
+    state.write_text(json.dumps({"monitor": "val_volume_dice", "mode": "max", "best": 0.8,
+                                 "epoch": 0}))
+    resumed = BestModelCheckpoint(path)
+    fit(tiny_model(), resumed, [None, 0.5], initial_epoch=1)
+    assert resumed.best == 0.8 and resumed.best_epoch == 0
+
+    state.write_text("{not json")
+    with pytest.raises(UnreadableFileError, match=r"best\.keras\.json.*not valid JSON"):
+        fit(tiny_model(), BestModelCheckpoint(path), [None, 0.5], initial_epoch=1)
+    state.write_text(json.dumps({"best": 0.8}))
+    with pytest.raises(UnreadableFileError, match=r"best\.keras\.json.*monitor"):
+        fit(tiny_model(), BestModelCheckpoint(path), [None, 0.5], initial_epoch=1)
+
+
+def test_unreadable_model_file_is_named(tmp_path):
+    from kseg.errors import UnreadableFileError
+
+    path = tmp_path / "best.keras"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(UnreadableFileError, match=r"best\.keras: is not a readable \.keras"):
+        fit(tiny_model(), BestModelCheckpoint(path), [None, 0.5], initial_epoch=1)
+
+
+def test_temporaries_of_killed_saves_are_removed_when_training_starts(tmp_path):
+    path = tmp_path / "best.keras"
+    for name in (".best.keras.k3x_9a0q.keras", ".best.keras.json.0a1b2c3d.keras.json"):
+        (tmp_path / name).write_text("half written")
+    (tmp_path / "notes.txt").write_text("mine")
+    fit(tiny_model(), BestModelCheckpoint(path), [0.4])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "best.keras", "best.keras.json", "notes.txt"
+    ]
+
+
+def test_training_callbacks_name_an_output_folder_that_is_a_file(tmp_path):
+    from kseg.errors import LayoutError
+    from kseg.training import training_callbacks
+
+    run = tmp_path / "run"
+    run.write_text("not a folder")
+    with pytest.raises(LayoutError, match=r"run: is a file; output_dir"):
+        training_callbacks(run, None, monitor="loss", mode="min")
+    with pytest.raises(LayoutError, match=r"run/liver: cannot be created.*run is a file"):
+        training_callbacks(run / "liver", None, monitor="loss", mode="min")

@@ -1,5 +1,19 @@
-"""Training helpers: callbacks that validate on whole volumes and keep the best model."""
+"""Training helpers: callbacks that validate on whole volumes and keep the best model, and
+resumable run state that a kill at any moment cannot corrupt."""
 
-from kseg.training.callbacks import BestModelCheckpoint, VolumeValidation, training_callbacks
+from kseg.training.callbacks import (
+    BestModelCheckpoint,
+    CheckpointRecordWarning,
+    VolumeValidation,
+    training_callbacks,
+)
+from kseg.training.resume import AtomicBackupAndRestore, ResumableCSVLogger
 
-__all__ = ["BestModelCheckpoint", "VolumeValidation", "training_callbacks"]
+__all__ = [
+    "AtomicBackupAndRestore",
+    "BestModelCheckpoint",
+    "CheckpointRecordWarning",
+    "ResumableCSVLogger",
+    "VolumeValidation",
+    "training_callbacks",
+]

@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
 
-from kseg._files import atomic_output
+from kseg._files import atomic_output, remove_stale_temporaries
+from kseg.errors import LayoutError, UnreadableFileError
 from kseg.evaluation import (
     PatientTable,
     evaluate_volumes,
@@ -27,6 +30,7 @@ from kseg.evaluation import (
     resize_probabilities,
 )
 from kseg.inference import predict_slices, sliding_window
+from kseg.training.resume import AtomicBackupAndRestore, ResumableCSVLogger
 
 
 def _mean_ignoring_nan(values: np.ndarray, axis=None):
@@ -233,11 +237,20 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     """Keep the best model by a monitored score, written atomically and resumable.
 
     Unlike ``keras.callbacks.ModelCheckpoint``, the ``.keras`` file is written to a temporary
-    file beside the target and renamed over it, so a crash during saving never leaves a
-    truncated best model; and the best score so far is kept in ``<filepath>.json``, so a
-    run resumed after a crash (``keras.callbacks.BackupAndRestore``, or ``fit`` with
-    ``initial_epoch > 0``) only replaces the saved model with a better one. A ``fit`` that
-    starts at epoch 0 is a new run and starts from no best.
+    file beside the target, flushed to disk and renamed over it, so a crash during saving
+    never leaves a truncated best model. The score travels inside the model file (an entry
+    ``kseg_checkpoint.json`` of the ``.keras`` archive, which Keras ignores when loading), so
+    the one rename that replaces the model also replaces its score; ``<filepath>.json`` is a
+    copy for people and scripts. A run resumed after a crash (:class:`AtomicBackupAndRestore`,
+    or ``fit`` with ``initial_epoch > 0``) takes its best from the model file and only replaces
+    it with a better one. A ``fit`` that starts at epoch 0 is a new run and starts from no
+    best.
+
+    When a ``fit`` starts, temporary files of killed saves are removed, and a ``.json`` copy
+    that does not match the model file (a kill between the two writes, or an unreadable
+    copy, which is warned about) is rewritten from it. A ``.keras`` file from an older kseg,
+    without the entry, is paired with its ``.json`` as before; an unreadable ``.json`` beside
+    it, or an unreadable model file, raises :class:`kseg.errors.UnreadableFileError`.
 
     List it after :class:`VolumeValidation` when monitoring ``val_volume_*`` keys.
 
@@ -254,7 +267,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         >>> model.fit(train, epochs=50, validation_data=val, callbacks=[
         ...     VolumeValidation.from_slices(val_slices, preprocess=prep),
         ...     BestModelCheckpoint("run/best.keras", monitor="val_volume_dice"),
-        ...     keras.callbacks.BackupAndRestore("run/backup")])  # doctest: +SKIP
+        ...     AtomicBackupAndRestore("run/backup")])  # doctest: +SKIP
     """
 
     def __init__(self, filepath, *, monitor: str = "val_volume_dice", mode: str = "max"):
@@ -273,17 +286,44 @@ class BestModelCheckpoint(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._first_epoch_seen = False
+        remove_stale_temporaries(self.filepath)
+        remove_stale_temporaries(self.state_path)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._first_epoch_seen:
             return
         self._first_epoch_seen = True
         self.best, self.best_epoch = None, None
-        if epoch > 0 and os.path.exists(self.state_path):
-            with open(self.state_path) as handle:
-                state = json.load(handle)
-            if state.get("monitor") == self.monitor and state.get("mode") == self.mode:
-                self.best, self.best_epoch = float(state["best"]), int(state["epoch"])
+        record = self._saved_record()
+        if (
+            epoch > 0
+            and record is not None
+            and record["monitor"] == self.monitor
+            and record["mode"] == self.mode
+        ):
+            self.best, self.best_epoch = record["best"], record["epoch"]
+
+    def _saved_record(self) -> dict | None:
+        """The record of the saved model, with ``<filepath>.json`` made to match it."""
+        if not os.path.exists(self.filepath):
+            return None
+        embedded = _read_embedded_record(self.filepath)
+        try:
+            copy = _read_record(self.state_path) if os.path.exists(self.state_path) else None
+        except UnreadableFileError as error:
+            if embedded is None:
+                raise
+            warnings.warn(
+                f"{error}; rewritten from the score inside {self.filepath}",
+                CheckpointRecordWarning,
+                stacklevel=2,
+            )
+            copy = None
+        if embedded is None:  # written by an older kseg: the .json copy is all there is
+            return copy
+        if copy != embedded:
+            _write_json_atomically(self.state_path, embedded)
+        return embedded
 
     def _improves(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -303,13 +343,60 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         value = float(logs[self.monitor])
         if not self._improves(value):
             return
+        record = {"monitor": self.monitor, "mode": self.mode, "best": value, "epoch": epoch}
         with atomic_output(self.filepath) as temporary:
             self.model.save(temporary)
+            with zipfile.ZipFile(temporary, "a") as archive:
+                archive.writestr(_CHECKPOINT_ENTRY, json.dumps(record))
         self.best, self.best_epoch = value, epoch
-        _write_json_atomically(
-            self.state_path,
-            {"monitor": self.monitor, "mode": self.mode, "best": value, "epoch": epoch},
-        )
+        _write_json_atomically(self.state_path, record)
+
+
+class CheckpointRecordWarning(UserWarning):
+    """The ``.json`` copy of a best model's score was unreadable and has been rewritten."""
+
+
+# the entry of a .keras archive that holds the score of the model in it
+_CHECKPOINT_ENTRY = "kseg_checkpoint.json"
+
+
+def _validated_record(path, record) -> dict:
+    try:
+        return {
+            "monitor": str(record["monitor"]),
+            "mode": str(record["mode"]),
+            "best": float(record["best"]),
+            "epoch": int(record["epoch"]),
+        }
+    except (KeyError, TypeError, ValueError) as error:
+        raise UnreadableFileError(
+            path, f"is not a best-model score record (monitor, mode, best, epoch): {error!r}"
+        ) from error
+
+
+def _read_record(path) -> dict:
+    try:
+        with open(path) as handle:
+            record = json.load(handle)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UnreadableFileError(path, f"is not valid JSON ({error})") from error
+    return _validated_record(path, record)
+
+
+def _read_embedded_record(path) -> dict | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if _CHECKPOINT_ENTRY not in archive.namelist():
+                return None
+            content = archive.read(_CHECKPOINT_ENTRY)
+        record = json.loads(content)
+    except (zipfile.BadZipFile, ValueError, UnicodeDecodeError) as error:
+        raise UnreadableFileError(
+            path,
+            f"is not a readable .keras model with its score ({error}); move it away to start "
+            "a new best model",
+        ) from error
+    return _validated_record(path, record)
 
 
 def _write_json_atomically(path: str, content: dict) -> None:
@@ -332,9 +419,14 @@ def training_callbacks(
        images that are whole cases (radiographs), where per-batch validation is per case;
     2. :class:`BestModelCheckpoint` to ``output_dir/best.keras`` by ``monitor``;
     3. ``ReduceLROnPlateau`` on ``monitor`` (unless ``reduce_lr_patience`` is None);
-    4. ``CSVLogger`` to ``output_dir/history.csv`` (appending, so a resumed run continues it);
-    5. ``BackupAndRestore`` in ``output_dir/backup``: run the same ``fit`` again after a
-       crash and training resumes from the last finished epoch, best score included.
+    4. :class:`ResumableCSVLogger` to ``output_dir/history.csv`` (a resumed run continues
+       it, each epoch once);
+    5. :class:`AtomicBackupAndRestore` in ``output_dir/backup``: run the same ``fit`` again
+       after a crash (or a ``kill -9`` at any moment) and training resumes from the last
+       finished epoch, best score included.
+
+    Every file is written atomically, and temporary files of killed writes are removed when
+    training starts.
 
     Args:
         output_dir: folder of the run (created if missing).
@@ -343,13 +435,31 @@ def training_callbacks(
         mode: ``"max"`` or ``"min"``.
         reduce_lr_patience: epochs without improvement before halving the learning rate.
 
+    Raises:
+        kseg.errors.LayoutError: ``output_dir`` (or a folder above it) is a file.
+
     Example:
         >>> callbacks = training_callbacks("runs/liver", VolumeValidation.from_slices(
         ...     val_slices, preprocess=prep))  # doctest: +SKIP
         >>> model.fit(train, validation_data=val, epochs=50, callbacks=callbacks)  # doctest: +SKIP
     """
     output_dir = os.fspath(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise LayoutError(output_dir, "is a file; output_dir must be the folder of the run")
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        blocking = next(
+            (
+                parent
+                for parent in pathlib.Path(output_dir).absolute().parents
+                if parent.exists() and not parent.is_dir()
+            ),
+            error.filename,
+        )
+        raise LayoutError(
+            output_dir, f"cannot be created as the folder of the run: {blocking} is a file"
+        ) from error
     callbacks = [] if validation is None else [validation]
     callbacks.append(
         BestModelCheckpoint(os.path.join(output_dir, "best.keras"), monitor=monitor, mode=mode)
@@ -361,7 +471,7 @@ def training_callbacks(
             )
         )
     callbacks += [
-        keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=True),
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        ResumableCSVLogger(os.path.join(output_dir, "history.csv")),
+        AtomicBackupAndRestore(os.path.join(output_dir, "backup")),
     ]
     return callbacks

@@ -1,0 +1,188 @@
+"""Resumable training state that a ``kill -9`` at any moment cannot corrupt.
+
+Keras' ``BackupAndRestore`` writes ``latest.weights.h5`` in place and the epoch counter to a
+second file: a kill during the write leaves a truncated HDF5 file that crashes every later
+start, and a kill between the two files pairs new weights with an old epoch. Keras'
+``CSVLogger(append=True)`` writes a row before the backup of its epoch exists, so the epoch
+re-run after a kill appears twice. The callbacks here keep the same semantics with one rule:
+every piece of state is committed by one atomic rename of one file that holds all of it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import h5py
+import keras
+
+from kseg._files import atomic_output, remove_stale_temporaries
+from kseg.errors import UnreadableFileError
+
+# HDF5 attribute of the backup file holding {"epoch": ..., "batch": ...}
+_BACKUP_RECORD = "kseg_backup"
+
+
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """``keras.callbacks.BackupAndRestore`` whose backup survives a kill at any moment.
+
+    The weights (optimizer state included) and the epoch counter are written together into
+    one HDF5 file, ``backup_dir/latest.weights.h5`` (the counter as an attribute), under a
+    temporary name that is flushed to disk and renamed over the previous backup. A kill
+    leaves either the previous complete backup or the new one, so the next ``fit`` resumes
+    from the last finished epoch and loses at most the epoch in progress. Temporary files
+    of killed writes are removed when training starts. Otherwise it behaves as Keras'
+    callback: the same ``fit`` run again restores the weights and continues at the saved
+    epoch; the backup folder is deleted when training finishes (``delete_checkpoint``).
+
+    A backup written by Keras' own callback (weights plus ``training_metadata.json``) is
+    still restored; a backup that cannot be read raises :class:`kseg.errors.UnreadableFileError`
+    naming the file instead of a bare ``OSError`` from h5py.
+
+    Args:
+        backup_dir: folder of the backup, used by nothing else.
+        save_freq: ``"epoch"``, or a number of batches (the backup then restarts the epoch
+            in progress with the weights of its last saved batch, as in Keras).
+        delete_checkpoint: delete the backup folder when training finishes.
+
+    Example:
+        >>> model.fit(train, epochs=50, callbacks=[
+        ...     AtomicBackupAndRestore("runs/liver/backup")])  # doctest: +SKIP
+    """
+
+    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint: bool = True):
+        super().__init__(
+            os.fspath(backup_dir),
+            save_freq=save_freq,
+            double_checkpoint=False,
+            delete_checkpoint=delete_checkpoint,
+        )
+
+    def on_train_begin(self, logs=None):
+        remove_stale_temporaries(self._weights_path)
+        self._load_model()
+
+    def _read_epoch(self) -> int:
+        path = self._weights_path
+        try:
+            with h5py.File(path, "r") as handle:
+                raw = handle.attrs.get(_BACKUP_RECORD)
+        except OSError as error:
+            raise UnreadableFileError(
+                path,
+                f"is not a readable backup ({error}); delete {self.backup_dir} to train "
+                "from epoch 0",
+            ) from error
+        if raw is not None:
+            try:
+                return int(json.loads(raw)["epoch"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise UnreadableFileError(
+                    path, f"holds no valid epoch record ({error!r}); delete {self.backup_dir}"
+                ) from error
+        # a backup written by keras.callbacks.BackupAndRestore
+        if not os.path.exists(self._training_metadata_path):
+            return 0
+        try:
+            with open(self._training_metadata_path) as handle:
+                return int(json.load(handle)["epoch"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise UnreadableFileError(
+                self._training_metadata_path,
+                f"is not Keras' backup metadata ({error!r}); delete {self.backup_dir}",
+            ) from error
+
+    def _load_model(self):
+        if not self.model.built:
+            raise ValueError(
+                "To use the BackupAndRestore callback, the model must be built before "
+                f"fit() is called; {self.model} is unbuilt. Build it by calling it on a batch."
+            )
+        if not os.path.exists(self._weights_path):
+            return
+        epoch = self._read_epoch()
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            # optimizer variables must exist to receive their saved values
+            self.model.optimizer.build(self.model.trainable_variables)
+        try:
+            self.model.load_weights(self._weights_path)
+        except (OSError, ValueError) as error:
+            raise UnreadableFileError(
+                self._weights_path,
+                f"cannot be restored into this model ({error}); a backup only restores the "
+                f"model and optimizer it was written from; delete {self.backup_dir} to train "
+                "from epoch 0",
+            ) from error
+        self.model._initial_epoch = epoch
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        record = json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen})
+        with atomic_output(self._weights_path) as temporary:
+            self.model.save_weights(temporary, overwrite=True)
+            with h5py.File(temporary, "a") as handle:
+                handle.attrs[_BACKUP_RECORD] = record
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and os.path.exists(self.backup_dir):
+            # the weights first: a kill part-way leaves no backup rather than one without
+            # the files Keras' format reads beside it
+            if os.path.exists(self._weights_path):
+                os.remove(self._weights_path)
+            super().on_train_end(logs)
+
+
+class ResumableCSVLogger(keras.callbacks.CSVLogger):
+    """``keras.callbacks.CSVLogger`` appending to a history that a resumed run continues.
+
+    When the first epoch of a ``fit`` begins (after ``BackupAndRestore`` has set the epoch a
+    resumed run starts at), rows of that epoch and later ones, and a last row cut short by a
+    kill, are dropped from the file (rewritten atomically), so every epoch appears once
+    however often training was killed and resumed. A ``fit`` starting at epoch 0 is a new
+    run and starts a new history.
+
+    Args:
+        filename: the CSV file.
+        separator: column separator.
+    """
+
+    def __init__(self, filename, separator: str = ","):
+        super().__init__(os.fspath(filename), separator=separator, append=True)
+        self._opened = False
+
+    def on_train_begin(self, logs=None):
+        remove_stale_temporaries(self.filename)
+        self._opened = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._opened:
+            self._drop_rows_from(epoch)
+            super().on_train_begin()
+            self._opened = True
+
+    def _drop_rows_from(self, epoch: int) -> None:
+        if not os.path.exists(self.filename):
+            return
+        with open(self.filename, newline="") as handle:
+            lines = handle.read().splitlines(keepends=True)
+        complete = [line for line in lines if line.endswith("\n")]
+        kept = complete[:1]
+        for line in complete[1:]:
+            fields = next(csv.reader([line], delimiter=self.sep), [])
+            try:
+                if fields and int(fields[0]) < epoch:
+                    kept.append(line)
+            except ValueError as error:
+                raise UnreadableFileError(
+                    self.filename, f"has a row whose epoch is not a number: {line!r}"
+                ) from error
+        if len(kept) <= 1:  # no rows left: the next row writes a fresh header
+            os.remove(self.filename)
+            return
+        if kept == lines:
+            return
+        with atomic_output(self.filename) as temporary, open(
+            temporary, "w", newline=""
+        ) as handle:
+            handle.writelines(kept)
