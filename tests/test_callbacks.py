@@ -89,7 +89,7 @@ def test_slice_wise_validation_runs_every_few_epochs_and_repeats_between():
 
 def test_rejects_volumes_that_fit_no_inference_path():
     model = pointwise_model(2)
-    validation = VolumeValidation([("p", np.zeros((2, 3, 4, 4, 1)), np.zeros((2, 3, 4, 4)), None)])
+    validation = VolumeValidation([("p", np.zeros((2, 3, 4, 4, 1)), np.ones((2, 3, 4, 4)), None)])
     validation.set_model(model)
     with pytest.raises(ValueError, match="fits neither"):
         validation.evaluate()
@@ -157,3 +157,45 @@ def test_postprocess_is_applied_to_the_validation_volumes():
     # an empty prediction against a non-empty reference scores 0
     assert label.any()
     assert validation.evaluate().rows[0]["dice"] == 0.0
+
+
+def test_empty_references_warn_once_and_an_all_empty_set_is_refused():
+    import warnings
+
+    from kseg.training import EmptyReferenceWarning
+
+    rng = np.random.default_rng(15)
+    image, label = volume_case(rng, (3, 6, 6))
+    empty = np.zeros_like(label)
+    with pytest.warns(EmptyReferenceWarning, match=r"2 of 3 .*\(e1, e2\)") as caught:
+        validation = VolumeValidation(
+            [("p", image, label, None), ("e1", image, empty, None), ("e2", image, empty, None)]
+        )
+    assert len(caught) == 1 and validation.empty_references == ["e1", "e2"]
+    # the warning comes once, at construction, not at every evaluation
+    validation.set_model(pointwise_model(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EmptyReferenceWarning)
+        validation.evaluate()
+
+    with pytest.raises(ValueError, match="every validation reference is empty"):
+        VolumeValidation([("e1", image, empty, None), ("e2", image, empty[..., None], None)])
+
+
+def test_empty_means_none_of_the_scored_labels():
+    from kseg.training import EmptyReferenceWarning
+
+    rng = np.random.default_rng(16)
+    image, _ = volume_case(rng, (3, 6, 6))
+    only_spleen = np.zeros((3, 6, 6), np.uint8)
+    only_spleen[1, 2:4, 2:4] = 2
+    both = only_spleen.copy()
+    both[0, 0, 0] = 1
+    with pytest.raises(ValueError, match=r"empty \(patients s\)"):
+        VolumeValidation([("s", image, only_spleen, None)], labels={"liver": 1})
+    with pytest.warns(EmptyReferenceWarning, match=r"\(s\)"):
+        VolumeValidation(
+            [("s", image, only_spleen, None), ("b", image, both, None)], labels=[1]
+        )
+    # the spleen counts when it is scored
+    VolumeValidation([("s", image, only_spleen, None)], labels={"liver": 1, "spleen": 2})

@@ -4,6 +4,7 @@ resumable run state that a kill at any moment cannot corrupt."""
 from kseg.training.callbacks import (
     BestModelCheckpoint,
     CheckpointRecordWarning,
+    EmptyReferenceWarning,
     VolumeValidation,
     training_callbacks,
 )
@@ -13,6 +14,7 @@ __all__ = [
     "AtomicBackupAndRestore",
     "BestModelCheckpoint",
     "CheckpointRecordWarning",
+    "EmptyReferenceWarning",
     "ResumableCSVLogger",
     "VolumeValidation",
     "training_callbacks",

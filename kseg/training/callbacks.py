@@ -41,6 +41,15 @@ def _mean_ignoring_nan(values: np.ndarray, axis=None):
     return float(mean) if axis is None else mean
 
 
+class EmptyReferenceWarning(UserWarning):
+    """Some validation volumes have no voxel of the structures being scored."""
+
+
+def _listed(patient_ids: Sequence, limit: int = 5) -> str:
+    shown = ", ".join(str(patient_id) for patient_id in patient_ids[:limit])
+    return shown + (f" and {len(patient_ids) - limit} more" if len(patient_ids) > limit else "")
+
+
 class VolumeValidation(keras.callbacks.Callback):
     """Score whole validation volumes every few epochs and put the result in the logs.
 
@@ -85,8 +94,15 @@ class VolumeValidation(keras.callbacks.Callback):
         log_per_patient: also write ``val_volume_<metric>/<patient_id>`` keys.
         progress: show inference progress bars.
 
+    Validation volumes whose reference is empty (no voxel of a scored structure) score 1.0
+    for an empty prediction and 0.0 for a single false-positive voxel, so a few of them swing
+    the mean: they are accepted with one :class:`EmptyReferenceWarning` naming them. A set in
+    which every reference is empty measures no segmentation and cannot drive a checkpoint;
+    it is refused with a ``ValueError``.
+
     Attributes:
         history: ``{epoch: PatientTable}`` for every epoch that ran (0-based epochs).
+        empty_references: patient ids of the volumes with an empty reference.
 
     Example:
         >>> validation = VolumeValidation(val_volumes, roi_size=(64, 64, 64), every=5)
@@ -133,6 +149,31 @@ class VolumeValidation(keras.callbacks.Callback):
         self.progress = progress
         self.history: dict[int, PatientTable] = {}
         self._latest_logs: dict[str, float] = {}
+        self.empty_references = [
+            volume[0] for volume in self.volumes if self._reference_is_empty(volume[2])
+        ]
+        if len(self.empty_references) == len(self.volumes):
+            raise ValueError(
+                f"volumes: every validation reference is empty (patients "
+                f"{_listed(self.empty_references)}): their scores measure no segmentation "
+                "and cannot drive a checkpoint; validate on patients with the structure"
+            )
+        if self.empty_references:
+            warnings.warn(
+                f"VolumeValidation: {len(self.empty_references)} of {len(self.volumes)} "
+                f"validation volumes have an empty reference ({_listed(self.empty_references)}"
+                "); each scores Dice 1.0 for an empty prediction and 0.0 for any false "
+                "positive, which swings the mean",
+                EmptyReferenceWarning,
+                stacklevel=2,
+            )
+
+    def _reference_is_empty(self, label) -> bool:
+        label = np.asarray(label)
+        if self.labels is None:
+            return not np.any(label)
+        indices = self.labels.values() if isinstance(self.labels, Mapping) else self.labels
+        return not np.any(np.isin(label, [int(index) for index in indices]))
 
     def _predict(self, image: np.ndarray, label_plane) -> np.ndarray:
         model_input_shape = tuple(self.model.inputs[0].shape)
