@@ -468,8 +468,8 @@ def _has_image(dataset: pydicom.Dataset) -> bool:
 
 
 def _sop_class(dataset: pydicom.Dataset) -> UID:
-    uid = dataset.get("SOPClassUID") or dataset.file_meta.get("MediaStorageSOPClassUID") or ""
-    return UID(str(uid))
+    uid = _text(dataset, "SOPClassUID") or _text(dataset.file_meta, "MediaStorageSOPClassUID")
+    return UID(uid.strip())
 
 
 def _sop_class_name(dataset: pydicom.Dataset) -> str:
@@ -1014,13 +1014,16 @@ def _affine(first: _Slice, step: np.ndarray) -> np.ndarray:
 
 def _reported_number(path: str, dataset, keyword: str, convert):
     """A value that only goes into metadata: malformed ones are left out with a warning."""
-    value = _raw_value(path, dataset, keyword, UnreadableFileError)
+    try:
+        value = _raw_value(path, dataset, keyword, UnreadableFileError)
+    except UnreadableFileError:  # pydicom cannot convert it at all
+        value = dataset.get_item(keyword).value if keyword in dataset else None
     if value is None:
         return None
     items = _as_list(value)
     try:
         number = convert(str(items[0]).strip()) if items else None
-    except ValueError:
+    except (TypeError, ValueError):
         number = None
     if number is None or (isinstance(number, float) and not math.isfinite(number)):
         warnings.warn(
