@@ -37,18 +37,97 @@ def load_model(filepath, **kwargs):
     names (``kseg>DiceLoss`` ...) only once the modules defining them are imported; kseg
     loads its subpackages lazily, so this imports them first.
 
+    The file is checked before Keras reads it, because Keras reports a truncated or foreign
+    file as "File not found" and a zip without a model as a bare ``KeyError``.
+
     Args:
-        filepath: path of the ``.keras`` file.
+        filepath: path of the ``.keras`` file (a zip archive written by ``model.save``;
+            legacy ``.h5`` / ``.hdf5`` files are passed to Keras as well).
         **kwargs: passed to ``keras.saving.load_model`` (e.g. ``compile=False``).
+
+    Raises:
+        FileNotFoundError: nothing exists at ``filepath``.
+        kseg.errors.UnreadableFileError: ``filepath`` is a folder, is not a zip archive
+            (truncated, empty or another format), is a zip archive without a Keras model
+            in it, or has a damaged member; the message names the file and what was
+            expected.
 
     Example:
         >>> model = kseg.load_model("runs/chaos_liver/best.keras")  # doctest: +SKIP
     """
+    path = _checked_model_file(filepath)
     for module in _KERAS_REGISTRIES:
         importlib.import_module(module)
+    import zipfile
+    import zlib
+
     import keras
 
-    return keras.saving.load_model(filepath, **kwargs)
+    try:
+        return keras.saving.load_model(path, **kwargs)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
+        # Only the archive's contents are left to fail here: its layout was checked.
+        from kseg.errors import UnreadableFileError
+
+        legacy = path.lower().endswith((".h5", ".hdf5"))
+        kind = "legacy Keras .h5 model" if legacy else ".keras archive"
+        raise UnreadableFileError(
+            path, f"is a damaged {kind} ({error!r}); save the model again"
+        ) from error
+
+
+_KERAS_ARCHIVE = "a .keras model file (a zip archive written by model.save)"
+
+
+def _checked_model_file(filepath) -> str:
+    """``filepath`` as a string, or the reason it cannot hold a saved Keras model."""
+    import errno
+    import os
+    import zipfile
+
+    from kseg.errors import UnreadableFileError
+
+    path = os.fspath(filepath)
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, f"no such file; expected {_KERAS_ARCHIVE}", path)
+    if os.path.isdir(path):
+        raise UnreadableFileError(
+            path,
+            f"is a folder; expected {_KERAS_ARCHIVE}. A TensorFlow SavedModel folder cannot "
+            "be loaded as a Keras 3 model",
+        )
+    extension = os.path.splitext(path)[1].lower()
+    if extension in (".h5", ".hdf5"):
+        import h5py
+
+        if not h5py.is_hdf5(path):
+            raise UnreadableFileError(
+                path,
+                "is not an HDF5 file (truncated or another format?); expected a legacy "
+                "Keras .h5 model",
+            )
+        return path
+    if extension != ".keras":
+        return path  # Keras names the formats it supports
+    size = os.path.getsize(path)
+    if not zipfile.is_zipfile(path):
+        raise UnreadableFileError(
+            path,
+            f"is not a zip archive ({size} bytes: truncated, empty or another format); "
+            f"expected {_KERAS_ARCHIVE}",
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as error:
+        raise UnreadableFileError(path, f"is a damaged zip archive ({error})") from error
+    if "config.json" not in members:
+        raise UnreadableFileError(
+            path,
+            f"is a zip archive without config.json (it holds {sorted(members)[:5]}); "
+            f"expected {_KERAS_ARCHIVE}",
+        )
+    return path
 
 
 def __getattr__(name):
