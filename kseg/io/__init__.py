@@ -3,10 +3,12 @@ de-identification of DICOM trees."""
 
 from kseg.io.deid import DeidReport, deidentify
 from kseg.io.dicom import (
+    HeaderValueWarning,
     SkippedFileWarning,
     UnevenSliceSpacingWarning,
     read_dicom_image,
     read_dicom_series,
+    scan_dicom_files,
 )
 from kseg.io.masks import (
     CHAOS_MR_LABEL_RANGES,
@@ -19,7 +21,12 @@ from kseg.io.masks import (
     read_mask,
     read_mask_stack,
 )
-from kseg.io.nifti import read_nifti, write_nifti
+from kseg.io.nifti import (
+    NonFiniteVoxelWarning,
+    UnknownOrientationWarning,
+    read_nifti,
+    write_nifti,
+)
 from kseg.io.npz import MaskAlignment, align_mask_to_volume, read_aligned_npz_mask, read_npz_mask
 from kseg.io.rtstruct import (
     LCTSC_ROI_NAMES,
@@ -50,6 +57,9 @@ __all__ = [
     "read_rtstruct",
     "CHAOS_MR_LABEL_RANGES",
     "DeidReport",
+    "HeaderValueWarning",
+    "NonFiniteVoxelWarning",
+    "UnknownOrientationWarning",
     "LabelRule",
     "LossyMaskWarning",
     "SkippedFileWarning",
@@ -65,5 +75,6 @@ __all__ = [
     "read_mask",
     "read_mask_stack",
     "read_nifti",
+    "scan_dicom_files",
     "write_nifti",
 ]
