@@ -7,6 +7,12 @@ flattering) number. :func:`evaluate_volumes` scores whole volumes; :func:`evalua
 first reassembles a per-slice TFDS dataset into volumes, checking that no slice is missing
 or repeated.
 
+A patient whose reference holds no voxel of a scored structure has no segmentation to
+measure: Dice and IoU are 1.0 when the prediction is empty too and 0.0 for a single false
+positive voxel, distances are ``nan`` or ``inf``. Such scores are never silent: every table
+has a ``reference_empty`` flag column per structure, the summary counts the flagged
+patients, and the evaluation raises one :class:`EmptyReferenceWarning` naming them.
+
 :class:`PatientTable` needs only numpy; Keras (for the metrics) and TensorFlow (for datasets)
 are imported by the functions that use them, so reading a results table stays light.
 """
@@ -16,6 +22,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -29,14 +36,36 @@ OVERLAP_METRICS = ("dice", "iou", "precision", "recall", "specificity", "accurac
 SPACING_METRICS = ("hd95", "hausdorff", "assd", "volume_difference", "ravd")
 SUMMARY_STATISTICS = ("mean", "median", "std", "count")
 SLICE_FEATURES = ("image", "mask", "patient_id", "slice_index", "num_slices", "spacing")
+REFERENCE_EMPTY = "reference_empty"
+
+
+class EmptyReferenceWarning(UserWarning):
+    """Some evaluated references have no voxel of a scored structure.
+
+    Their overlap scores follow the empty-mask conventions of :mod:`kseg.metrics` (Dice 1.0
+    for an empty prediction, 0.0 for any false positive) and measure no segmentation; the
+    table marks them in its ``reference_empty`` columns. Silence it where that is expected::
+
+        warnings.filterwarnings("ignore", category=EmptyReferenceWarning)
+    """
+
+
+def _is_flag(value) -> bool:
+    return isinstance(value, (bool, np.bool_))
 
 
 class PatientTable:
     """Scores of several patients, one row per patient, with summary statistics.
 
+    A row holds floats (metric scores) and booleans (flags such as ``reference_empty``,
+    which :func:`evaluate_volumes` sets for a structure absent from the reference). Flags
+    are kept apart from the metrics: :attr:`metric_names` lists only scores,
+    :attr:`flag_names` the flags, and :meth:`summary` counts the rows each flag marks.
+
     Args:
-        rows: dicts holding ``"patient_id"`` and one float per metric. A metric missing from
-            a row reads as ``nan``. Patient ids must be unique.
+        rows: dicts holding ``"patient_id"``, one float per metric and one bool per flag. A
+            metric missing from a row reads as ``nan``, a missing flag as False. Patient ids
+            must be unique.
 
     Example:
         >>> table = PatientTable([{"patient_id": "1", "dice": 0.9}, {"patient_id": "2",
@@ -48,22 +77,39 @@ class PatientTable:
     def __init__(self, rows: Iterable[Mapping] = ()):
         self._rows: list[dict] = []
         self._metric_names: list[str] = []
+        self._flag_names: list[str] = []
         for row in rows:
             row = dict(row)
             if "patient_id" not in row:
                 raise ValueError(f"every row needs a 'patient_id', got keys {sorted(row)}")
             self.add(row.pop("patient_id"), row)
 
-    def add(self, patient_id, scores: Mapping[str, float]) -> None:
-        """Append one patient's scores."""
+    def add(self, patient_id, scores: Mapping[str, float | bool]) -> None:
+        """Append one patient's scores (floats) and flags (bools)."""
         patient_id = str(patient_id)
         if patient_id in self.patient_ids:
             raise ValueError(f"patient {patient_id!r} is already in the table")
-        for name in scores:
-            if name not in self._metric_names:
-                self._metric_names.append(name)
+        for name, value in scores.items():
+            kind, other = (
+                (self._flag_names, self._metric_names)
+                if _is_flag(value)
+                else (self._metric_names, self._flag_names)
+            )
+            if name in other:
+                raise ValueError(
+                    f"patient {patient_id!r}: column {name!r} holds scores in some rows and "
+                    "True/False flags in others"
+                )
+            if name not in kind:
+                kind.append(name)
         self._rows.append(
-            {"patient_id": patient_id, **{name: float(v) for name, v in scores.items()}}
+            {
+                "patient_id": patient_id,
+                **{
+                    name: bool(value) if _is_flag(value) else float(value)
+                    for name, value in scores.items()
+                },
+            }
         )
 
     @property
@@ -71,27 +117,45 @@ class PatientTable:
         return list(self._metric_names)
 
     @property
+    def flag_names(self) -> list[str]:
+        """The boolean columns, e.g. ``["reference_empty"]`` or ``["reference_empty_liver"]``."""
+        return list(self._flag_names)
+
+    @property
     def patient_ids(self) -> list[str]:
         return [row["patient_id"] for row in self._rows]
 
     @property
     def rows(self) -> list[dict]:
-        """The rows as dicts, every metric present (``nan`` where a row had none)."""
+        """The rows as dicts, every metric present (``nan`` where a row had none), then
+        every flag (False where a row had none)."""
         return [
             {
                 "patient_id": row["patient_id"],
                 **{n: row.get(n, math.nan) for n in self._metric_names},
+                **{n: row.get(n, False) for n in self._flag_names},
             }
             for row in self._rows
         ]
+
+    @property
+    def empty_references(self) -> list[str]:
+        """Patient ids of the rows with any ``reference_empty`` flag set, in row order."""
+        flags = [name for name in self._flag_names if name.startswith(REFERENCE_EMPTY)]
+        return [row["patient_id"] for row in self._rows if any(row.get(n, False) for n in flags)]
 
     def __len__(self) -> int:
         return len(self._rows)
 
     def column(self, metric: str) -> np.ndarray:
-        """One metric over all patients, in row order, as a float64 array."""
+        """One column over all patients, in row order: float64 for a metric, bool for a flag."""
+        if metric in self._flag_names:
+            return np.array([row.get(metric, False) for row in self._rows], dtype=bool)
         if metric not in self._metric_names:
-            raise KeyError(f"no metric {metric!r} in the table; it has {self._metric_names}")
+            raise KeyError(
+                f"no metric {metric!r} in the table; it has {self._metric_names}"
+                + (f" and the flags {self._flag_names}" if self._flag_names else "")
+            )
         return np.array([row.get(metric, math.nan) for row in self._rows], dtype=np.float64)
 
     def summary(self) -> dict[str, dict[str, float]]:
@@ -102,6 +166,9 @@ class PatientTable:
         empty prediction) is kept, so it shows in the mean. ``std`` is the sample standard
         deviation (divisor ``count - 1``), as reported in papers' "mean ± SD"; it is ``nan``
         for fewer than two values.
+
+        Each flag (e.g. ``reference_empty``) has an entry too: ``count`` is the number of
+        patients it marks and ``mean`` their share; ``median`` and ``std`` are ``nan``.
         """
         summary = {}
         for metric in self._metric_names:
@@ -114,6 +181,14 @@ class PatientTable:
                 "std": float(np.std(values, ddof=1)) if count > 1 else math.nan,
                 "count": count,
             }
+        for flag in self._flag_names:
+            marked = self.column(flag)
+            summary[flag] = {
+                "mean": float(marked.mean()) if marked.size else math.nan,
+                "median": math.nan,
+                "std": math.nan,
+                "count": int(marked.sum()),
+            }
         return summary
 
     def to_csv(self, path: os.PathLike | str) -> None:
@@ -121,19 +196,26 @@ class PatientTable:
 
         The file is written beside ``path`` under a temporary name and moved into place, so
         a crash never leaves a half-written table. Floats are written with ``repr`` and read
-        back exactly by :meth:`from_csv`.
+        back exactly by :meth:`from_csv`; flags follow the metrics as ``True`` / ``False``.
         """
         with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow(["patient_id", *self._metric_names])
+            writer.writerow(["patient_id", *self._metric_names, *self._flag_names])
             for row in self.rows:
                 writer.writerow(
-                    [row["patient_id"], *(repr(row[name]) for name in self._metric_names)]
+                    [
+                        row["patient_id"],
+                        *(repr(row[name]) for name in self._metric_names),
+                        *(str(row[name]) for name in self._flag_names),
+                    ]
                 )
 
     @classmethod
     def from_csv(cls, path: os.PathLike | str) -> PatientTable:
-        """Read a table written by :meth:`to_csv` (or any CSV with a ``patient_id`` column)."""
+        """Read a table written by :meth:`to_csv` (or any CSV with a ``patient_id`` column).
+
+        Cells reading ``True`` or ``False`` are flags, every other cell a float.
+        """
         with open(path, newline="") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or reader.fieldnames[0] != "patient_id":
@@ -144,18 +226,31 @@ class PatientTable:
             for line_number, row in enumerate(reader, start=2):
                 patient_id = row.pop("patient_id")
                 try:
-                    scores = {name: float(value) for name, value in row.items()}
+                    scores = {
+                        name: value == "True" if value in ("True", "False") else float(value)
+                        for name, value in row.items()
+                    }
+                    table.add(patient_id, scores)
                 except (TypeError, ValueError) as error:
                     raise UnreadableFileError(
                         path, f"line {line_number} (patient {patient_id!r}): {error}"
                     ) from error
-                table.add(patient_id, scores)
         return table
 
     def __str__(self) -> str:
-        header = ["patient_id", *self._metric_names]
+        """The rows, then mean, median, std and count per column, then a note on flags.
+
+        A flag column shows ``yes`` / ``no`` per patient and, on the ``count`` line, the
+        number of patients it marks; a table with empty references ends with a line that
+        names them.
+        """
+        header = ["patient_id", *self._metric_names, *self._flag_names]
         body = [
-            [row["patient_id"], *(f"{row[name]:.4f}" for name in self._metric_names)]
+            [
+                row["patient_id"],
+                *(f"{row[name]:.4f}" for name in self._metric_names),
+                *("yes" if row[name] else "no" for name in self._flag_names),
+            ]
             for row in self.rows
         ]
         summary = self.summary()
@@ -167,6 +262,10 @@ class PatientTable:
                     if statistic == "count"
                     else f"{summary[name][statistic]:.4f}"
                     for name in self._metric_names
+                ),
+                *(
+                    str(summary[name]["count"]) if statistic == "count" else ""
+                    for name in self._flag_names
                 ),
             ]
             for statistic in SUMMARY_STATISTICS
@@ -182,10 +281,23 @@ class PatientTable:
             )
 
         rule = "  ".join("-" * width for width in widths)
-        return "\n".join([render(header), rule, *map(render, body), rule, *map(render, footer)])
+        lines = [render(header), rule, *map(render, body), rule, *map(render, footer)]
+        empty = self.empty_references
+        if empty:
+            lines.append(
+                f"reference empty for {len(empty)} of {len(self)} patients "
+                f"({_listed(empty)}): their scores follow the empty-mask conventions"
+            )
+        return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"PatientTable({len(self)} patients, metrics={self._metric_names})"
+        flags = f", flags={self._flag_names}" if self._flag_names else ""
+        return f"PatientTable({len(self)} patients, metrics={self._metric_names}{flags})"
+
+
+def _listed(patient_ids: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(patient_ids[:limit])
+    return shown + (f" and {len(patient_ids) - limit} more" if len(patient_ids) > limit else "")
 
 
 def _metric_functions() -> dict[str, Callable]:
@@ -238,6 +350,9 @@ def _normalise_labels(labels) -> dict[str, int] | None:
 def metric_columns(metric: str, labels: Mapping[str, int] | Iterable[int] | None = None):
     """The table columns :func:`evaluate_volumes` writes for ``metric``.
 
+    The flag columns follow the same naming: ``metric_columns(REFERENCE_EMPTY, labels)``
+    names the ``reference_empty`` columns.
+
     Example:
         >>> metric_columns("dice", {"liver": 1, "spleen": 2})
         ['dice_liver', 'dice_spleen']
@@ -279,7 +394,37 @@ def _score_case(
                 scores[column] = functions[name](truth, prediction, spacing)
             else:
                 scores[column] = functions[name](truth, prediction)
+    for class_name, index in classes.items():
+        flag = REFERENCE_EMPTY if class_name is None else f"{REFERENCE_EMPTY}_{class_name}"
+        scores[flag] = not bool(np.any(y_true == index))
     return scores
+
+
+def _warn_empty_references(function: str, table: PatientTable) -> None:
+    """One :class:`EmptyReferenceWarning` naming every patient (and structure) flagged."""
+    flags = [name for name in table.flag_names if name.startswith(REFERENCE_EMPTY)]
+    described = []
+    for row in table.rows:
+        empty = [name for name in flags if row[name]]
+        if not empty:
+            continue
+        structures = [name[len(REFERENCE_EMPTY) + 1 :] for name in empty if name != REFERENCE_EMPTY]
+        described.append(
+            f"{row['patient_id']}: {', '.join(structures)}" if structures else row["patient_id"]
+        )
+    if not described:
+        return
+    shown = "; ".join(described[:10]) + (
+        f"; and {len(described) - 10} more" if len(described) > 10 else ""
+    )
+    warnings.warn(
+        f"{function}: the reference is empty for {len(described)} of {len(table)} patients "
+        f"({shown}); their scores follow the empty-mask conventions (Dice and IoU 1.0 for an "
+        "empty prediction, 0.0 for any false positive) and measure no segmentation. The "
+        f"table flags them in its {REFERENCE_EMPTY} columns",
+        EmptyReferenceWarning,
+        stacklevel=3,
+    )
 
 
 def evaluate_volumes(
@@ -290,6 +435,7 @@ def evaluate_volumes(
     threshold: float = 0.5,
     postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     progress: bool = True,
+    warn_empty: bool = True,
 ) -> PatientTable:
     """Score whole volumes, one table row per patient.
 
@@ -311,9 +457,14 @@ def evaluate_volumes(
             thresholding or argmax) before it is scored, e.g.
             :func:`kseg.inference.keep_largest_component`; it must keep the grid.
         progress: show a tqdm bar over the cases.
+        warn_empty: raise one :class:`EmptyReferenceWarning` naming the patients whose
+            reference lacks a scored structure (False for callers that warned already).
 
     Returns:
-        :class:`PatientTable`.
+        :class:`PatientTable` with the metric columns and, per structure, a boolean
+        ``reference_empty`` column (``reference_empty_<label>`` with ``labels``) that is
+        True where the reference holds no voxel of it; :attr:`PatientTable.empty_references`
+        lists those patients.
 
     Example:
         >>> table = evaluate_volumes(
@@ -333,6 +484,8 @@ def evaluate_volumes(
         raise ValueError(f"metrics must be names from {sorted(functions)}, got {metric_names}")
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}")
+    if not isinstance(warn_empty, bool):
+        raise ValueError(f"warn_empty must be True or False, got {warn_empty!r}")
     class_labels = _normalise_labels(labels)
     table = PatientTable()
     for case in tqdm(cases, desc="evaluating", unit="patient", disable=not progress):
@@ -351,6 +504,8 @@ def evaluate_volumes(
                 postprocess,
             ),
         )
+    if warn_empty:
+        _warn_empty_references("evaluate_volumes", table)
     return table
 
 
@@ -489,6 +644,7 @@ def evaluate_slices(
     postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    warn_empty: bool = True,
 ) -> PatientTable:
     """Score a 2D model per patient on a per-slice dataset, over each whole volume.
 
@@ -517,9 +673,11 @@ def evaluate_slices(
             ``postprocess`` sees each patient's whole label map ``(slices, H, W)``.
         batch_size: slices per model call.
         progress: show a tqdm bar over the slices.
+        warn_empty: as in :func:`evaluate_volumes`.
 
     Returns:
-        :class:`PatientTable`, rows sorted by patient id.
+        :class:`PatientTable`, rows sorted by patient id, with the ``reference_empty``
+        flags of :func:`evaluate_volumes`.
 
     Example:
         >>> test = tfds.load("chaos", split="test")
@@ -539,5 +697,9 @@ def evaluate_slices(
         threshold=threshold,
         postprocess=postprocess,
         progress=False,
+        warn_empty=False,
     )
-    return PatientTable(sorted(table.rows, key=lambda row: row["patient_id"]))
+    table = PatientTable(sorted(table.rows, key=lambda row: row["patient_id"]))
+    if warn_empty:
+        _warn_empty_references("evaluate_slices", table)
+    return table

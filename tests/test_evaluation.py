@@ -2,6 +2,7 @@
 
 import csv
 import math
+import warnings
 
 import keras
 import numpy as np
@@ -10,7 +11,12 @@ import tensorflow as tf
 
 from kseg import evaluation
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
-from kseg.evaluation import PatientTable, evaluate_slices, evaluate_volumes
+from kseg.evaluation import (
+    EmptyReferenceWarning,
+    PatientTable,
+    evaluate_slices,
+    evaluate_volumes,
+)
 
 
 def numpy_dice(truth, prediction):
@@ -309,3 +315,126 @@ def test_postprocess_that_changes_the_grid_is_refused():
             postprocess=lambda label_map: label_map[1:],
             progress=False,
         )
+
+
+# ----------------------------------------------------------------------- empty references
+# An empty reference scored against an empty prediction gives Dice 1.0: a perfect score that
+# measures nothing. It must show in the table, its summary, its CSV and a warning.
+
+
+def two_cases():
+    truth = np.zeros((2, 4, 4), dtype=np.uint8)
+    truth[0, :2, :2] = 1
+    prediction = truth.copy()
+    prediction[1, 3, 3] = 1  # 4 reference voxels, 5 predicted: Dice 8/9
+    empty = np.zeros_like(truth)
+    return [("full", truth, prediction, None), ("empty", empty, empty, None)]
+
+
+def test_empty_reference_is_flagged_counted_and_warned():
+    with pytest.warns(EmptyReferenceWarning, match=r"empty for 1 of 2 patients \(empty\)") as w:
+        table = evaluate_volumes(two_cases(), metrics=("dice", "hd95"), progress=False)
+    assert len(w) == 1
+    assert table.metric_names == ["dice", "hd95"]  # the flag is not a metric
+    assert table.flag_names == ["reference_empty"]
+    np.testing.assert_array_equal(table.column("reference_empty"), [False, True])
+    assert table.empty_references == ["empty"]
+    assert table.rows[1] == {
+        "patient_id": "empty",
+        "dice": 1.0,  # the convention, now marked
+        "hd95": pytest.approx(math.nan, nan_ok=True),
+        "reference_empty": True,
+    }
+    assert table.rows[0]["dice"] == pytest.approx(8 / 9)
+    summary = table.summary()
+    assert summary["reference_empty"]["count"] == 1
+    assert summary["reference_empty"]["mean"] == 0.5
+    assert summary["dice"]["count"] == 2  # the metric summaries are unchanged
+
+
+def test_text_table_shows_the_flag_its_count_and_the_patients():
+    with pytest.warns(EmptyReferenceWarning):
+        table = evaluate_volumes(two_cases(), metrics=("dice",), progress=False)
+    lines = str(table).splitlines()
+    assert lines[0].split() == ["patient_id", "dice", "reference_empty"]
+    assert lines[2].split() == ["full", "0.8889", "no"]
+    assert lines[3].split() == ["empty", "1.0000", "yes"]
+    assert lines[-2].split() == ["count", "2", "1"]
+    assert lines[-1] == (
+        "reference empty for 1 of 2 patients (empty): their scores follow the empty-mask "
+        "conventions"
+    )
+
+
+def test_flags_round_trip_through_csv(tmp_path):
+    with pytest.warns(EmptyReferenceWarning):
+        table = evaluate_volumes(two_cases(), metrics=("dice",), progress=False)
+    path = tmp_path / "scores.csv"
+    table.to_csv(path)
+    with open(path, newline="") as handle:
+        lines = list(csv.reader(handle))
+    assert lines == [
+        ["patient_id", "dice", "reference_empty"],
+        ["full", repr(8 / 9), "False"],
+        ["empty", "1.0", "True"],
+    ]
+    reread = PatientTable.from_csv(path)
+    assert reread.flag_names == ["reference_empty"] and reread.metric_names == ["dice"]
+    assert reread.rows == table.rows
+
+
+def test_each_label_has_its_own_flag():
+    truth = np.zeros((2, 4, 4), dtype=np.int64)
+    truth[0, :2, :2] = 1  # liver only: the spleen is absent from patient "a"
+    both = truth.copy()
+    both[1, 3, 3] = 2
+    with pytest.warns(EmptyReferenceWarning, match=r"1 of 2 patients \(a: spleen\)"):
+        table = evaluate_volumes(
+            [("a", truth, truth, None), ("b", both, both, None)],
+            metrics=("dice",),
+            labels={"liver": 1, "spleen": 2},
+            progress=False,
+        )
+    assert table.flag_names == ["reference_empty_liver", "reference_empty_spleen"]
+    assert evaluation.metric_columns(evaluation.REFERENCE_EMPTY, {"liver": 1, "spleen": 2}) == (
+        table.flag_names
+    )
+    np.testing.assert_array_equal(table.column("reference_empty_spleen"), [True, False])
+    np.testing.assert_array_equal(table.column("reference_empty_liver"), [False, False])
+    assert table.empty_references == ["a"]
+    assert table.summary()["reference_empty_spleen"]["count"] == 1
+
+
+def test_no_warning_without_empty_references_or_when_declined():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", EmptyReferenceWarning)
+        table = evaluate_volumes(two_cases()[:1], progress=False)
+        declined = evaluate_volumes(two_cases(), progress=False, warn_empty=False)
+    assert table.empty_references == [] and not str(table).splitlines()[-1].startswith("ref")
+    assert declined.empty_references == ["empty"]  # still flagged
+    with pytest.raises(ValueError, match="warn_empty"):
+        evaluate_volumes([], warn_empty="no", progress=False)
+
+
+def test_slice_evaluation_flags_and_warns_once():
+    mask = np.zeros((2, 4, 4), dtype=np.uint8)
+    mask[0, 1:3, 1:3] = 1
+    empty = np.zeros_like(mask)
+    volumes = {"z": (empty * 1.0, empty), "a": (mask * 0.8 + 0.1, mask)}
+    with pytest.warns(
+        EmptyReferenceWarning, match=r"evaluate_slices: .*1 of 2 patients \(z\)"
+    ) as w:
+        table = evaluate_slices(
+            identity_model(),
+            slice_dataset(volumes, np.random.default_rng(4)),
+            preprocess=lambda example: example["image"],
+            progress=False,
+        )
+    assert len(w) == 1
+    assert table.patient_ids == ["a", "z"]
+    np.testing.assert_array_equal(table.column("reference_empty"), [False, True])
+
+
+def test_table_refuses_a_column_that_is_both_score_and_flag():
+    with pytest.raises(ValueError, match="'x' holds scores in some rows and True/False flags"):
+        PatientTable([{"patient_id": "1", "x": 0.5}, {"patient_id": "2", "x": True}])
