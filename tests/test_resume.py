@@ -80,6 +80,7 @@ def test_restores_a_backup_written_by_keras(tmp_path):
     assert starts.epochs == [2, 3]
 
 
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")
 def test_unreadable_backups_are_named(tmp_path):
     backup = tmp_path / "backup"
     backup.mkdir()
