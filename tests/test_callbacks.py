@@ -162,7 +162,7 @@ def test_postprocess_is_applied_to_the_validation_volumes():
 def test_empty_references_warn_once_and_an_all_empty_set_is_refused():
     import warnings
 
-    from kseg.training import EmptyReferenceWarning
+    from kseg.evaluation import EmptyReferenceWarning
 
     rng = np.random.default_rng(15)
     image, label = volume_case(rng, (3, 6, 6))
@@ -182,8 +182,8 @@ def test_empty_references_warn_once_and_an_all_empty_set_is_refused():
         VolumeValidation([("e1", image, empty, None), ("e2", image, empty[..., None], None)])
 
 
-def test_empty_means_none_of_the_scored_labels():
-    from kseg.training import EmptyReferenceWarning
+def test_empty_references_per_scored_structure():
+    from kseg.evaluation import EmptyReferenceWarning
 
     rng = np.random.default_rng(16)
     image, _ = volume_case(rng, (3, 6, 6))
@@ -191,11 +191,21 @@ def test_empty_means_none_of_the_scored_labels():
     only_spleen[1, 2:4, 2:4] = 2
     both = only_spleen.copy()
     both[0, 0, 0] = 1
-    with pytest.raises(ValueError, match=r"empty \(patients s\)"):
+    with pytest.raises(ValueError, match=r"every validation reference lacks 'liver' \(patients s"):
         VolumeValidation([("s", image, only_spleen, None)], labels={"liver": 1})
-    with pytest.warns(EmptyReferenceWarning, match=r"\(s\)"):
+    # a structure no validation volume holds cannot be validated, whatever the others hold
+    with pytest.raises(ValueError, match=r"lacks 'liver'"):
         VolumeValidation(
-            [("s", image, only_spleen, None), ("b", image, both, None)], labels=[1]
+            [("s", image, only_spleen, None), ("t", image, only_spleen, None)],
+            labels={"liver": 1, "spleen": 2},
         )
-    # the spleen counts when it is scored
-    VolumeValidation([("s", image, only_spleen, None)], labels={"liver": 1, "spleen": 2})
+    with pytest.warns(EmptyReferenceWarning, match=r"1 of 2 .*\(s: 1\)"):
+        validation = VolumeValidation(
+            [("s", image, only_spleen, None), ("b", image, both, None)], labels=iter([1, 2])
+        )
+    assert validation.empty_references == ["s"]
+    # the labels were kept as a list: every evaluation scores both structures
+    validation.set_model(keras.Sequential([keras.Input((None, None, 1)),
+                                           keras.layers.Conv2D(3, 1, activation="softmax")]))
+    for _ in range(2):
+        assert validation.evaluate().metric_names == ["dice_1", "dice_2"]

@@ -1,10 +1,10 @@
 """Training helpers: callbacks that validate on whole volumes and keep the best model, and
 resumable run state that a kill at any moment cannot corrupt."""
 
+from kseg.evaluation import EmptyReferenceWarning  # what VolumeValidation warns with
 from kseg.training.callbacks import (
     BestModelCheckpoint,
     CheckpointRecordWarning,
-    EmptyReferenceWarning,
     VolumeValidation,
     training_callbacks,
 )

@@ -23,6 +23,7 @@ import numpy as np
 from kseg._files import atomic_output, remove_stale_temporaries
 from kseg.errors import LayoutError, UnreadableFileError
 from kseg.evaluation import (
+    EmptyReferenceWarning,
     PatientTable,
     evaluate_volumes,
     metric_columns,
@@ -39,10 +40,6 @@ def _mean_ignoring_nan(values: np.ndarray, axis=None):
         warnings.simplefilter("ignore", RuntimeWarning)
         mean = np.nanmean(values, axis=axis)
     return float(mean) if axis is None else mean
-
-
-class EmptyReferenceWarning(UserWarning):
-    """Some validation volumes have no voxel of the structures being scored."""
 
 
 def _listed(patient_ids: Sequence, limit: int = 5) -> str:
@@ -96,13 +93,16 @@ class VolumeValidation(keras.callbacks.Callback):
 
     Validation volumes whose reference is empty (no voxel of a scored structure) score 1.0
     for an empty prediction and 0.0 for a single false-positive voxel, so a few of them swing
-    the mean: they are accepted with one :class:`EmptyReferenceWarning` naming them. A set in
-    which every reference is empty measures no segmentation and cannot drive a checkpoint;
-    it is refused with a ``ValueError``.
+    the mean: they are accepted with one :class:`kseg.evaluation.EmptyReferenceWarning`
+    naming them (and the structures they lack), given when the callback is made, not every
+    epoch. A set in which every reference is empty, or lacks one of the scored structures,
+    measures no segmentation of it and cannot drive a checkpoint; it is refused with a
+    ``ValueError``.
 
     Attributes:
         history: ``{epoch: PatientTable}`` for every epoch that ran (0-based epochs).
-        empty_references: patient ids of the volumes with an empty reference.
+        empty_references: patient ids of the volumes whose reference lacks a scored
+            structure.
 
     Example:
         >>> validation = VolumeValidation(val_volumes, roi_size=(64, 64, 64), every=5)
@@ -138,7 +138,8 @@ class VolumeValidation(keras.callbacks.Callback):
         self.roi_size = roi_size
         self.every = every
         self.metrics = tuple(metrics)
-        self.labels = labels
+        # a list, not a one-shot iterator: the labels are read at every evaluation
+        self.labels = labels if labels is None or isinstance(labels, Mapping) else list(labels)
         self.threshold = threshold
         self.postprocess = postprocess
         self.overlap = overlap
@@ -149,31 +150,57 @@ class VolumeValidation(keras.callbacks.Callback):
         self.progress = progress
         self.history: dict[int, PatientTable] = {}
         self._latest_logs: dict[str, float] = {}
-        self.empty_references = [
-            volume[0] for volume in self.volumes if self._reference_is_empty(volume[2])
-        ]
-        if len(self.empty_references) == len(self.volumes):
-            raise ValueError(
-                f"volumes: every validation reference is empty (patients "
-                f"{_listed(self.empty_references)}): their scores measure no segmentation "
-                "and cannot drive a checkpoint; validate on patients with the structure"
-            )
-        if self.empty_references:
-            warnings.warn(
-                f"VolumeValidation: {len(self.empty_references)} of {len(self.volumes)} "
-                f"validation volumes have an empty reference ({_listed(self.empty_references)}"
-                "); each scores Dice 1.0 for an empty prediction and 0.0 for any false "
-                "positive, which swings the mean",
-                EmptyReferenceWarning,
-                stacklevel=2,
-            )
+        self._check_references()
 
-    def _reference_is_empty(self, label) -> bool:
-        label = np.asarray(label)
+    def _structures(self) -> dict[str, int]:
+        """Scored structure names to label values (``{"": 1}`` for one binary structure)."""
         if self.labels is None:
-            return not np.any(label)
-        indices = self.labels.values() if isinstance(self.labels, Mapping) else self.labels
-        return not np.any(np.isin(label, [int(index) for index in indices]))
+            return {"": 1}
+        if isinstance(self.labels, Mapping):
+            return {str(name): int(index) for name, index in self.labels.items()}
+        return {str(int(index)): int(index) for index in self.labels}
+
+    def _check_references(self) -> None:
+        structures = self._structures()
+        absent = {}
+        for patient_id, _, label, *_ in self.volumes:
+            label = np.asarray(label)
+            if self.labels is None:
+                missing = [] if np.any(label) else [""]
+            else:
+                missing = [name for name, index in structures.items() if not np.any(label == index)]
+            if missing:
+                absent[patient_id] = missing
+        self.empty_references = list(absent)
+        never_present = [
+            name
+            for name in structures
+            if sum(name in missing for missing in absent.values()) == len(self.volumes)
+        ]
+        if never_present:
+            what = "reference is empty" if self.labels is None else (
+                f"reference lacks {', '.join(map(repr, never_present))}"
+            )
+            raise ValueError(
+                f"volumes: every validation {what} (patients {_listed(self.empty_references)}"
+                "): their scores measure no segmentation and cannot drive a checkpoint; "
+                "validate on patients with the structure"
+            )
+        if absent:
+            described = _listed(
+                [
+                    str(patient_id) if self.labels is None
+                    else f"{patient_id}: {', '.join(missing)}"
+                    for patient_id, missing in absent.items()
+                ]
+            )
+            warnings.warn(
+                f"VolumeValidation: {len(absent)} of {len(self.volumes)} validation volumes "
+                f"have an empty reference ({described}); each scores Dice 1.0 for an empty "
+                "prediction and 0.0 for any false positive, which swings the mean",
+                EmptyReferenceWarning,
+                stacklevel=3,
+            )
 
     def _predict(self, image: np.ndarray, label_plane) -> np.ndarray:
         model_input_shape = tuple(self.model.inputs[0].shape)
@@ -237,6 +264,7 @@ class VolumeValidation(keras.callbacks.Callback):
             threshold=self.threshold,
             postprocess=self.postprocess,
             progress=self.progress,
+            warn_empty=False,  # warned once, when the volumes were given
         )
 
     def _logs_from(self, table: PatientTable) -> dict[str, float]:
