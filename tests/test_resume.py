@@ -55,7 +55,9 @@ def test_resumes_weights_optimizer_and_epoch_and_cleans_up(tmp_path):
                   callbacks=[AtomicBackupAndRestore(backup), Crash(3)])
     assert sorted(p.name for p in backup.iterdir()) == ["latest.weights.h5"]
     with h5py.File(backup / "latest.weights.h5") as handle:
-        assert json.loads(handle.attrs["kseg_backup"]) == {"epoch": 3, "batch": 0}
+        assert json.loads(handle.attrs["kseg_backup"]) == {
+            "epoch": 3, "batch": 0, "callbacks": {}
+        }
 
     # a temporary left by a write killed part-way through is removed when training starts
     (backup / ".latest.weights.h5.a1b2c3d4.weights.h5").write_bytes(b"\x89HDF half")
@@ -96,9 +98,42 @@ def test_unreadable_backups_are_named(tmp_path):
     other.compile(optimizer="adam", loss="mse")
     other.save_weights(weights)
     with h5py.File(weights, "a") as handle:
-        handle.attrs["kseg_backup"] = json.dumps({"epoch": 1, "batch": 0})
+        handle.attrs["kseg_backup"] = json.dumps({"epoch": 1, "batch": 0, "callbacks": {}})
     with pytest.raises(UnreadableFileError, match="cannot be restored into this model"):
         tiny_model().fit(X, Y, epochs=2, verbose=0, callbacks=[AtomicBackupAndRestore(backup)])
+
+
+class ScriptedScore(keras.callbacks.Callback):
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_volume_dice"] = self.values[epoch]
+
+
+def test_learning_rate_schedule_resumes_its_patience_count(tmp_path):
+    """Patience 3, no improvement after epoch 0: the rate halves at the end of epoch 3, even
+    when a crash at the start of epoch 3 split the waiting over two fits."""
+    from kseg.training import ResumableReduceLROnPlateau
+
+    scores = [0.5, 0.4, 0.4, 0.4, 0.4]
+
+    def callbacks(*extra):
+        plateau = ResumableReduceLROnPlateau(
+            monitor="val_volume_dice", mode="max", factor=0.5, patience=3
+        )
+        backup = AtomicBackupAndRestore(tmp_path / "backup", stateful={"reduce_lr": plateau})
+        return [ScriptedScore(scores), plateau, backup, *extra]
+
+    with pytest.raises(RuntimeError):
+        tiny_model().fit(X, Y, epochs=5, verbose=0, callbacks=callbacks(Crash(3)))
+    resumed = tiny_model()
+    history = resumed.fit(X, Y, epochs=5, verbose=0, callbacks=callbacks())
+    np.testing.assert_allclose(history.history["learning_rate"], [0.05, 0.025], rtol=1e-6)
+
+    with pytest.raises(ValueError, match=r"stateful\['csv'\] \(CSVLogger\)"):
+        AtomicBackupAndRestore(tmp_path, stateful={"csv": keras.callbacks.CSVLogger("h.csv")})
 
 
 def write_history(path, text):

@@ -8,7 +8,11 @@ from kseg.training.callbacks import (
     VolumeValidation,
     training_callbacks,
 )
-from kseg.training.resume import AtomicBackupAndRestore, ResumableCSVLogger
+from kseg.training.resume import (
+    AtomicBackupAndRestore,
+    ResumableCSVLogger,
+    ResumableReduceLROnPlateau,
+)
 
 __all__ = [
     "AtomicBackupAndRestore",
@@ -16,6 +20,7 @@ __all__ = [
     "CheckpointRecordWarning",
     "EmptyReferenceWarning",
     "ResumableCSVLogger",
+    "ResumableReduceLROnPlateau",
     "VolumeValidation",
     "training_callbacks",
 ]

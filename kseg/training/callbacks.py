@@ -31,7 +31,11 @@ from kseg.evaluation import (
     resize_probabilities,
 )
 from kseg.inference import predict_slices, sliding_window
-from kseg.training.resume import AtomicBackupAndRestore, ResumableCSVLogger
+from kseg.training.resume import (
+    AtomicBackupAndRestore,
+    ResumableCSVLogger,
+    ResumableReduceLROnPlateau,
+)
 
 
 def _mean_ignoring_nan(values: np.ndarray, axis=None):
@@ -487,7 +491,8 @@ def training_callbacks(
        when ``monitor`` is a Keras metric already in the logs, e.g. ``"val_dice"`` for 2D
        images that are whole cases (radiographs), where per-batch validation is per case;
     2. :class:`BestModelCheckpoint` to ``output_dir/best.keras`` by ``monitor``;
-    3. ``ReduceLROnPlateau`` on ``monitor`` (unless ``reduce_lr_patience`` is None);
+    3. :class:`ResumableReduceLROnPlateau` on ``monitor`` (unless ``reduce_lr_patience`` is
+       None), its patience count backed up with the weights;
     4. :class:`ResumableCSVLogger` to ``output_dir/history.csv`` (a resumed run continues
        it, each epoch once);
     5. :class:`AtomicBackupAndRestore` in ``output_dir/backup``: run the same ``fit`` again
@@ -533,14 +538,14 @@ def training_callbacks(
     callbacks.append(
         BestModelCheckpoint(os.path.join(output_dir, "best.keras"), monitor=monitor, mode=mode)
     )
+    stateful = {}
     if reduce_lr_patience is not None:
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor, mode=mode, factor=0.5, patience=reduce_lr_patience
-            )
+        stateful["reduce_lr"] = ResumableReduceLROnPlateau(
+            monitor=monitor, mode=mode, factor=0.5, patience=reduce_lr_patience
         )
+        callbacks.append(stateful["reduce_lr"])
     callbacks += [
         ResumableCSVLogger(os.path.join(output_dir, "history.csv")),
-        AtomicBackupAndRestore(os.path.join(output_dir, "backup")),
+        AtomicBackupAndRestore(os.path.join(output_dir, "backup"), stateful=stateful),
     ]
     return callbacks

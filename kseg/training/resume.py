@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Mapping
 
 import h5py
 import keras
@@ -40,30 +41,52 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     still restored; a backup that cannot be read raises :class:`kseg.errors.UnreadableFileError`
     naming the file instead of a bare ``OSError`` from h5py.
 
+    Callbacks with their own running state (a learning-rate schedule's patience count) can
+    be backed up in the same file: pass them as ``stateful``; each needs ``resume_state()``
+    returning a JSON-able dict and ``restore_state(state)``, as
+    :class:`ResumableReduceLROnPlateau` has. List this callback after them, so their own
+    ``on_train_begin`` resets them before the backup restores them.
+
     Args:
         backup_dir: folder of the backup, used by nothing else.
         save_freq: ``"epoch"``, or a number of batches (the backup then restarts the epoch
             in progress with the weights of its last saved batch, as in Keras).
         delete_checkpoint: delete the backup folder when training finishes.
+        stateful: ``{name: callback}`` whose state is backed up with the weights.
 
     Example:
         >>> model.fit(train, epochs=50, callbacks=[
         ...     AtomicBackupAndRestore("runs/liver/backup")])  # doctest: +SKIP
     """
 
-    def __init__(self, backup_dir, save_freq="epoch", delete_checkpoint: bool = True):
+    def __init__(
+        self,
+        backup_dir,
+        save_freq="epoch",
+        delete_checkpoint: bool = True,
+        *,
+        stateful: Mapping[str, keras.callbacks.Callback] | None = None,
+    ):
         super().__init__(
             os.fspath(backup_dir),
             save_freq=save_freq,
             double_checkpoint=False,
             delete_checkpoint=delete_checkpoint,
         )
+        self.stateful = dict(stateful or {})
+        for name, callback in self.stateful.items():
+            if not (hasattr(callback, "resume_state") and hasattr(callback, "restore_state")):
+                raise ValueError(
+                    f"stateful[{name!r}] ({type(callback).__name__}) has no resume_state() "
+                    "and restore_state(state)"
+                )
 
     def on_train_begin(self, logs=None):
         remove_stale_temporaries(self._weights_path)
         self._load_model()
 
-    def _read_epoch(self) -> int:
+    def _read_record(self) -> dict:
+        """``{"epoch": ..., "callbacks": {...}}`` of the backup."""
         path = self._weights_path
         try:
             with h5py.File(path, "r") as handle:
@@ -76,17 +99,18 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             ) from error
         if raw is not None:
             try:
-                return int(json.loads(raw)["epoch"])
+                record = json.loads(raw)
+                return {"epoch": int(record["epoch"]), "callbacks": dict(record["callbacks"])}
             except (ValueError, KeyError, TypeError) as error:
                 raise UnreadableFileError(
                     path, f"holds no valid epoch record ({error!r}); delete {self.backup_dir}"
                 ) from error
         # a backup written by keras.callbacks.BackupAndRestore
         if not os.path.exists(self._training_metadata_path):
-            return 0
+            return {"epoch": 0, "callbacks": {}}
         try:
             with open(self._training_metadata_path) as handle:
-                return int(json.load(handle)["epoch"])
+                return {"epoch": int(json.load(handle)["epoch"]), "callbacks": {}}
         except (ValueError, KeyError, TypeError) as error:
             raise UnreadableFileError(
                 self._training_metadata_path,
@@ -101,7 +125,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             )
         if not os.path.exists(self._weights_path):
             return
-        epoch = self._read_epoch()
+        record = self._read_record()
         if self.model.optimizer is not None and not self.model.optimizer.built:
             # optimizer variables must exist to receive their saved values
             self.model.optimizer.build(self.model.trainable_variables)
@@ -114,11 +138,22 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 f"model and optimizer it was written from; delete {self.backup_dir} to train "
                 "from epoch 0",
             ) from error
-        self.model._initial_epoch = epoch
+        for name, callback in self.stateful.items():
+            if name in record["callbacks"]:
+                callback.restore_state(record["callbacks"][name])
+        self.model._initial_epoch = record["epoch"]
 
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
-        record = json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen})
+        record = json.dumps(
+            {
+                "epoch": self._current_epoch,
+                "batch": self._last_batch_seen,
+                "callbacks": {
+                    name: callback.resume_state() for name, callback in self.stateful.items()
+                },
+            }
+        )
         with atomic_output(self._weights_path) as temporary:
             self.model.save_weights(temporary, overwrite=True)
             with h5py.File(temporary, "a") as handle:
@@ -131,6 +166,29 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             if os.path.exists(self._weights_path):
                 os.remove(self._weights_path)
             super().on_train_end(logs)
+
+
+class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+    """``keras.callbacks.ReduceLROnPlateau`` whose patience count survives a resume.
+
+    The learning rate itself is an optimizer variable and comes back with any backup; the
+    epochs waited without improvement, the best value and the cooldown count do not, so a
+    run resumed after a crash would wait ``patience`` epochs afresh. Pass this callback to
+    :class:`AtomicBackupAndRestore` as ``stateful`` and they are backed up with the weights.
+    Arguments as for Keras' callback.
+    """
+
+    def resume_state(self) -> dict:
+        return {
+            "wait": int(self.wait),
+            "best": float(self.best),
+            "cooldown_counter": int(self.cooldown_counter),
+        }
+
+    def restore_state(self, state: Mapping) -> None:
+        self.wait = int(state["wait"])
+        self.best = float(state["best"])
+        self.cooldown_counter = int(state["cooldown_counter"])
 
 
 class ResumableCSVLogger(keras.callbacks.CSVLogger):
