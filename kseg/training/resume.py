@@ -100,7 +100,10 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         if raw is not None:
             try:
                 record = json.loads(raw)
-                return {"epoch": int(record["epoch"]), "callbacks": dict(record["callbacks"])}
+                return {
+                    "epoch": int(record["epoch"]),
+                    "callbacks": dict(record.get("callbacks", {})),
+                }
             except (ValueError, KeyError, TypeError) as error:
                 raise UnreadableFileError(
                     path, f"holds no valid epoch record ({error!r}); delete {self.backup_dir}"
@@ -161,8 +164,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     def on_train_end(self, logs=None):
         if self.delete_checkpoint and os.path.exists(self.backup_dir):
-            # the weights first: a kill part-way leaves no backup rather than one without
-            # the files Keras' format reads beside it
+            # the weights first: a kill part-way through leaves no backup, never weights
+            # whose epoch counter (Keras' training_metadata.json) is gone
             if os.path.exists(self._weights_path):
                 os.remove(self._weights_path)
             super().on_train_end(logs)
