@@ -60,7 +60,10 @@ def test_lctsc_organs_example_scores_every_organ(tmp_path):
     check_lctsc_tables(tmp_path, tables)
     columns = set(read_csv(tmp_path / "test_fold0.csv")[0]) - {"patient_id"}
     assert columns == {f"{metric}_{organ}" for organ in LCTSC_ROI_NAMES
-                       for metric in ("dice", "hd95")}
+                       for metric in ("dice", "hd95", "reference_empty")}
+    # every phantom patient has every organ, so no row may be scored against an empty mask
+    for row in read_csv(tmp_path / "test_fold0.csv"):
+        assert {row[f"reference_empty_{organ}"] for organ in LCTSC_ROI_NAMES} == {"False"}
     # softmax over background and the five organs
     assert kseg.load_model(tmp_path / "best.keras").output_shape[-1] == 1 + len(LCTSC_ROI_NAMES)
 
