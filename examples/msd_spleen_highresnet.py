@@ -278,7 +278,7 @@ def evaluate_test_fold(model, test_volumes, task_dir, args, out_dir):
     from kseg.data.preprocess3d import to_original_grid
     from kseg.evaluation import evaluate_volumes
     from kseg.inference import keep_largest_component, sliding_window
-    from kseg.io import Volume, read_nifti, write_nifti
+    from kseg.io import Volume, read_nifti_labels, write_nifti
 
     prediction_dir = out_dir / "predictions"
     prediction_dir.mkdir(parents=True, exist_ok=True)
@@ -295,7 +295,7 @@ def evaluate_test_fold(model, test_volumes, task_dir, args, out_dir):
             prediction, example["affine"],
             example["original_affine"], example["original_shape"],
         )
-        truth = read_nifti(task_dir / "labelsTr" / f"{example['patient_id']}.nii.gz")
+        truth = read_nifti_labels(task_dir / "labelsTr" / f"{example['patient_id']}.nii.gz")
         write_nifti(
             Volume(labels, truth.affine, example["patient_id"]),
             prediction_dir / f"{example['patient_id']}.nii.gz",

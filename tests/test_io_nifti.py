@@ -5,8 +5,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from kseg.errors import GeometryError, UnreadableFileError
-from kseg.io import Volume, read_nifti, write_nifti
+from kseg.errors import GeometryError, MaskError, UnreadableFileError
+from kseg.io import Volume, read_nifti, read_nifti_labels, write_nifti
 from kseg.io.nifti import NonFiniteVoxelWarning, UnknownOrientationWarning
 
 
@@ -215,3 +215,38 @@ def test_malformed_data_are_unreadable_and_named(tmp_path, change, needle):
     with pytest.raises(UnreadableFileError, match=needle) as raised:
         _unchanged_after(path, lambda: read_nifti(path))
     assert "case.nii" in str(raised.value)
+
+
+def _label_file(path, labels, dtype, slope=None, inter=0.0):
+    image = nib.Nifti1Image(labels.astype(dtype), np.diag([1.5, 1.5, 2.0, 1.0]))
+    if slope is not None:
+        image.header.set_slope_inter(slope, inter)
+    nib.save(image, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("dtype", "slope"),
+    [(np.uint8, None), (np.int16, None), (np.float32, None), (np.uint8, 1 / 85)],
+)
+def test_label_maps_come_back_as_the_integers_written(tmp_path, dtype, slope):
+    labels = np.zeros((6, 5, 4), np.uint8)
+    labels[1:4, 2:4, 1:3] = 1
+    labels[5, 0, 0] = 3
+    stored = labels * 85 if slope is not None else labels  # label 3 is stored as 255
+    path = _label_file(tmp_path / "case.nii.gz", stored, dtype, slope)
+    # nibabel itself returns the scaled values a rounding error off the integers
+    assert slope is None or not np.array_equal(nib.load(path).get_fdata(), labels)
+    volume = read_nifti_labels(path)
+    assert volume.array.dtype == np.uint8
+    np.testing.assert_array_equal(volume.array, labels.transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize("value", [0.5, -1.0, np.nan])
+def test_label_maps_that_are_not_integers_are_refused_by_name(tmp_path, value):
+    labels = np.zeros((3, 3, 3), np.float32)
+    labels[1, 1, 1] = value
+    path = _label_file(tmp_path / "bad.nii", labels, np.float32)
+    with pytest.raises(MaskError, match="bad.nii"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonFiniteVoxelWarning)
+        read_nifti_labels(path)

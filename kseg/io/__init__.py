@@ -25,6 +25,7 @@ from kseg.io.nifti import (
     NonFiniteVoxelWarning,
     UnknownOrientationWarning,
     read_nifti,
+    read_nifti_labels,
     write_nifti,
 )
 from kseg.io.npz import MaskAlignment, align_mask_to_volume, read_aligned_npz_mask, read_npz_mask
@@ -75,6 +76,7 @@ __all__ = [
     "read_mask",
     "read_mask_stack",
     "read_nifti",
+    "read_nifti_labels",
     "scan_dicom_files",
     "write_nifti",
 ]

@@ -20,10 +20,21 @@ import nibabel as nib
 import numpy as np
 
 from kseg._files import atomic_output
-from kseg.errors import GeometryError, UnreadableFileError
+from kseg.errors import GeometryError, MaskError, UnreadableFileError
 from kseg.io.volume import Volume
 
-__all__ = ["NonFiniteVoxelWarning", "UnknownOrientationWarning", "read_nifti", "write_nifti"]
+__all__ = [
+    "NonFiniteVoxelWarning",
+    "UnknownOrientationWarning",
+    "read_nifti",
+    "read_nifti_labels",
+    "write_nifti",
+]
+
+# A label map stored with scl_slope / scl_inter comes back from the scaling a rounding error off
+# its integers (nibabel's 1/255 slope gives 1.00000006 in float32); farther off than this is
+# not a label map.
+_LABEL_ROUNDING_TOLERANCE = 1e-3
 
 # Millimetres per NIfTI spatial unit; "unknown" is taken as mm, as every viewer does.
 _MM_PER_UNIT = {"mm": 1.0, "unknown": 1.0, "meter": 1000.0, "micron": 0.001}
@@ -147,6 +158,50 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
             "spatial_unit": spatial_unit,
         },
     )
+
+
+def read_nifti_labels(path: os.PathLike | str, *, patient_id: str | None = None) -> Volume:
+    """Read a NIfTI label map into a Volume of integer labels.
+
+    Label files ship in any voxel type: uint8, int16, float32, or integers scaled by
+    ``scl_slope`` / ``scl_inter``, which come back a rounding error off their integers. This
+    reader returns what they encode, so a comparison with ``1`` never silently fails.
+
+    Args:
+        path: the NIfTI file.
+        patient_id: as for :func:`read_nifti`.
+
+    Returns:
+        Volume as :func:`read_nifti` gives it, its ``array`` ``uint8`` (``uint16`` when a
+        label exceeds 255); float voxels within 1e-3 of an integer are taken to it.
+
+    Raises:
+        MaskError: a voxel is negative, not finite, or farther than 1e-3 from an integer
+            (the message lists some of the values found), or a label exceeds 65535.
+        UnreadableFileError, GeometryError: as for :func:`read_nifti`.
+
+    Example:
+        >>> labels = read_nifti_labels("labelsTr/spleen_2.nii.gz")  # doctest: +SKIP
+        >>> np.unique(labels.array)  # doctest: +SKIP
+        array([0, 1], dtype=uint8)
+    """
+    volume = read_nifti(path, patient_id=patient_id)
+    array = volume.array
+    if array.dtype.kind == "f":
+        nearest = np.rint(array)
+        off = ~np.isfinite(array) | (np.abs(array - nearest) > _LABEL_ROUNDING_TOLERANCE)
+        if off.any():
+            raise MaskError(
+                path,
+                f"is not a label map: {int(off.sum())} voxels are not integers, e.g. "
+                f"{np.unique(array[off])[:5].tolist()}",
+            )
+        array = nearest
+    low, high = (array.min(), array.max()) if array.size else (0, 0)
+    if low < 0 or high > np.iinfo(np.uint16).max:
+        raise MaskError(path, f"label values span {low:g}..{high:g}; expected 0..65535")
+    dtype = np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16
+    return volume.with_array(array.astype(dtype))
 
 
 def _checked_affine(path: str, image) -> np.ndarray:

@@ -31,7 +31,7 @@ from kseg.data.preprocess3d import (
 )
 from kseg.data.splits import assign_folds, fold_names
 from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
-from kseg.io import read_nifti
+from kseg.io import read_nifti, read_nifti_labels
 from tfds_builders._foreground import ForegroundTally
 
 TASK_FOLDER = "Task09_Spleen"
@@ -44,10 +44,6 @@ _INT16 = np.iinfo(np.int16)
 # Image and label affines of one case, each stored as float32 in its header, agree to far
 # better than this (mm); a larger difference means the files belong to different grids.
 _SAME_GRID_MM = 1e-3
-# A label stored with scl_slope / scl_inter comes back from the scaling a rounding error
-# off its integer (nibabel's 1/255 slope gives 1.00000006 in float32); farther off than
-# this, a value is not a label.
-_LABEL_SCALING_TOLERANCE = 1e-3
 SPLEEN = 1
 
 _EXPECTED_LAYOUT = """\
@@ -191,7 +187,7 @@ The macOS "._*" files inside the archive are ignored. The files are read, never 
         image = read_nifti(case.image, patient_id=case.patient_id)
         label = None
         if case.label is not None:
-            label = read_nifti(case.label, patient_id=case.patient_id)
+            label = read_nifti_labels(case.label, patient_id=case.patient_id)
             if label.shape != image.shape:
                 raise AlignmentError(
                     case.label, f"label shape {label.shape} differs from image {image.shape}"
@@ -202,7 +198,7 @@ The macOS "._*" files inside the archive are ignored. The files are read, never 
                     f"label affine differs from the image's ({case.image}):\n"
                     f"{label.affine}\nvs\n{image.affine}",
                 )
-            label = label.with_array(_binary_label(label.array, case.label))
+            _check_binary(label.array, case.label)
         original_affine, original_shape = image.affine, image.shape
         if config.preprocess:
             prepared = preprocess_volume(
@@ -304,18 +300,11 @@ def _cases_from_dataset_json(task_dir: epath.Path) -> tuple[list[_Case], list[_C
     return labelled, unlabelled
 
 
-def _binary_label(array: np.ndarray, path) -> np.ndarray:
-    """0/1 labels as uint8, from any stored dtype; float labels (stored as float, or scaled
-    by scl_slope / scl_inter) are taken to their nearest integer when within rounding
-    error of it."""
-    if np.issubdtype(array.dtype, np.floating):
-        nearest = np.rint(array)
-        if np.all(np.abs(array - nearest) <= _LABEL_SCALING_TOLERANCE):
-            array = nearest
-    values = np.unique(array)
+def _check_binary(labels: np.ndarray, path) -> None:
+    """MSD spleen labels are 0 (background) and 1 (spleen); anything else is refused."""
+    values = np.unique(labels)
     if not np.isin(values, (0, 1)).all():
         raise MaskError(path, f"spleen labels must be 0 or 1, found values {values.tolist()}")
-    return array.astype(np.uint8)
 
 
 def _as_int16_hu(array: np.ndarray, path) -> np.ndarray:
