@@ -22,7 +22,6 @@ _SUBMODULES = (
     "models",
     "training",
     "tuning",
-    "viz",
 )
 
 
