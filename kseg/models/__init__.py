@@ -9,6 +9,10 @@ deep inside the network. Custom layers are registered with Keras under the ``kse
 a saved ``.keras`` file reloads with ``keras.saving.load_model`` once ``kseg.models`` is
 imported, without ``custom_objects``.
 
+``unet``, ``attention_unet``, ``res_unet`` and ``unet_plus_plus`` are configurations of one
+:func:`encoder_decoder` (its block, skip gate and decoder); HighResNet, which never
+down-samples, is built on its own.
+
 Example:
     >>> from kseg import models
     >>> model = models.build("unet_small", input_shape=(256, 256, 1), num_classes=1)
@@ -23,6 +27,7 @@ import keras
 
 from kseg.models.attention_gate import AttentionGate
 from kseg.models.attention_unet import attention_unet
+from kseg.models.encoder_decoder import encoder_decoder
 from kseg.models.highresnet import highresnet
 from kseg.models.res_unet import res_unet
 from kseg.models.residual_unit import ResidualUnit
@@ -76,6 +81,7 @@ __all__ = [
     "SegmentationModel",
     "attention_unet",
     "build",
+    "encoder_decoder",
     "highresnet",
     "res_unet",
     "unet",

@@ -99,10 +99,11 @@ def check_divisible(input_shape: tuple, depth: int) -> None:
             )
 
 
-def check_upsampling(upsampling: str) -> str:
-    if upsampling not in UPSAMPLING_MODES:
-        raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, got {upsampling!r}")
-    return upsampling
+def check_choice(name: str, value, choices: tuple):
+    """``value`` when it is one of ``choices``, or a ValueError naming ``name``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
 
 
 def resolve_activation(activation, num_classes: int) -> str | None:

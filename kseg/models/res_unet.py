@@ -4,18 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from kseg.models._building_blocks import (
-    check_divisible,
-    check_dropout,
-    check_int,
-    check_upsampling,
-    resolve_activation,
-    resolve_spatial_dims,
-    segmentation_head,
-    upsample,
-)
-from kseg.models.residual_unit import ResidualUnit
-from kseg.models.segmentation_model import SegmentationModel
+from kseg.models.encoder_decoder import encoder_decoder
 
 
 def res_unet(
@@ -69,38 +58,16 @@ def res_unet(
         Diakogiannis F. I. et al., "ResUNet-a: a deep learning framework for semantic
         segmentation of remotely sensed data", ISPRS J. 2020, https://arxiv.org/abs/1904.00592
     """
-    input_shape, spatial_dims = resolve_spatial_dims(input_shape, spatial_dims)
-    num_classes = check_int("num_classes", num_classes, 1)
-    depth = check_int("depth", depth, 1)
-    base_filters = check_int("base_filters", base_filters, 1)
-    upsampling = check_upsampling(upsampling)
-    dropout = check_dropout("dropout", dropout)
-    activation = resolve_activation(activation, num_classes)
-    check_divisible(input_shape, depth)
-
-    def unit(filters, name, strides=1, preactivate=True):
-        return ResidualUnit(
-            filters,
-            spatial_dims,
-            strides=strides,
-            preactivate=preactivate,
-            batch_norm=batch_norm,
-            name=name,
-        )
-
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = unit(base_filters, "encoder0", preactivate=False)(inputs)
-    skips = [x]
-    for level in range(1, depth):
-        x = unit(base_filters * 2**level, f"encoder{level}", strides=2)(x)
-        skips.append(x)
-    x = unit(base_filters * 2**depth, "bridge", strides=2)(x)
-    if dropout:
-        x = keras.layers.Dropout(dropout, name="bridge_dropout")(x)
-    for level in reversed(range(depth)):
-        filters = base_filters * 2**level
-        x = upsample(x, filters, spatial_dims, upsampling, f"decoder{level}_up")
-        x = keras.layers.Concatenate(name=f"decoder{level}_concat")([skips[level], x])
-        x = unit(filters, f"decoder{level}")(x)
-    outputs = segmentation_head(x, num_classes, activation, spatial_dims, "segmentation")
-    return SegmentationModel(inputs, outputs, name=name, size_divisor=2**depth)
+    return encoder_decoder(
+        input_shape,
+        num_classes,
+        depth=depth,
+        base_filters=base_filters,
+        block="residual",
+        upsampling=upsampling,
+        dropout=dropout,
+        batch_norm=batch_norm,
+        activation=activation,
+        spatial_dims=spatial_dims,
+        name=name,
+    )

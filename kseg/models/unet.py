@@ -4,19 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from kseg.models._building_blocks import (
-    check_divisible,
-    check_dropout,
-    check_int,
-    check_upsampling,
-    conv_block,
-    max_pool,
-    resolve_activation,
-    resolve_spatial_dims,
-    segmentation_head,
-    upsample,
-)
-from kseg.models.segmentation_model import SegmentationModel
+from kseg.models.encoder_decoder import encoder_decoder
 
 
 def unet(
@@ -73,29 +61,15 @@ def unet(
         Cicek O. et al., "3D U-Net: Learning Dense Volumetric Segmentation from Sparse
         Annotation", MICCAI 2016, https://arxiv.org/abs/1606.06650
     """
-    input_shape, spatial_dims = resolve_spatial_dims(input_shape, spatial_dims)
-    num_classes = check_int("num_classes", num_classes, 1)
-    depth = check_int("depth", depth, 1)
-    base_filters = check_int("base_filters", base_filters, 1)
-    upsampling = check_upsampling(upsampling)
-    dropout = check_dropout("dropout", dropout)
-    activation = resolve_activation(activation, num_classes)
-    check_divisible(input_shape, depth)
-
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = inputs
-    skips = []
-    for level in range(depth):
-        x = conv_block(x, base_filters * 2**level, spatial_dims, batch_norm, f"encoder{level}")
-        skips.append(x)
-        x = max_pool(x, spatial_dims, f"encoder{level}_pool")
-    x = conv_block(x, base_filters * 2**depth, spatial_dims, batch_norm, "bottleneck")
-    if dropout:
-        x = keras.layers.Dropout(dropout, name="bottleneck_dropout")(x)
-    for level in reversed(range(depth)):
-        filters = base_filters * 2**level
-        x = upsample(x, filters, spatial_dims, upsampling, f"decoder{level}_up")
-        x = keras.layers.Concatenate(name=f"decoder{level}_concat")([skips[level], x])
-        x = conv_block(x, filters, spatial_dims, batch_norm, f"decoder{level}")
-    outputs = segmentation_head(x, num_classes, activation, spatial_dims, "segmentation")
-    return SegmentationModel(inputs, outputs, name=name, size_divisor=2**depth)
+    return encoder_decoder(
+        input_shape,
+        num_classes,
+        depth=depth,
+        base_filters=base_filters,
+        upsampling=upsampling,
+        dropout=dropout,
+        batch_norm=batch_norm,
+        activation=activation,
+        spatial_dims=spatial_dims,
+        name=name,
+    )

@@ -4,19 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from kseg.models._building_blocks import (
-    check_divisible,
-    check_dropout,
-    check_int,
-    check_upsampling,
-    conv_block,
-    max_pool,
-    resolve_activation,
-    resolve_spatial_dims,
-    segmentation_head,
-    upsample,
-)
-from kseg.models.segmentation_model import SegmentationModel
+from kseg.models.encoder_decoder import encoder_decoder
 
 
 def unet_plus_plus(
@@ -74,47 +62,17 @@ def unet_plus_plus(
         Architecture for Medical Image Segmentation", DLMIA 2018,
         https://arxiv.org/abs/1807.10165
     """
-    input_shape, spatial_dims = resolve_spatial_dims(input_shape, spatial_dims)
-    num_classes = check_int("num_classes", num_classes, 1)
-    depth = check_int("depth", depth, 1)
-    base_filters = check_int("base_filters", base_filters, 1)
-    upsampling = check_upsampling(upsampling)
-    dropout = check_dropout("dropout", dropout)
-    activation = resolve_activation(activation, num_classes)
-    check_divisible(input_shape, depth)
-
-    inputs = keras.Input(shape=input_shape, name="image")
-    # nodes[i][j] is X[i, j].
-    nodes = [[] for _ in range(depth + 1)]
-    x = inputs
-    for level in range(depth + 1):
-        if level:
-            x = max_pool(nodes[level - 1][0], spatial_dims, f"x{level - 1}_0_pool")
-        x = conv_block(x, base_filters * 2**level, spatial_dims, batch_norm, f"x{level}_0")
-        if level == depth and dropout:
-            x = keras.layers.Dropout(dropout, name=f"x{level}_0_dropout")(x)
-        nodes[level].append(x)
-    for step in range(1, depth + 1):
-        for level in range(depth - step + 1):
-            filters = base_filters * 2**level
-            node_name = f"x{level}_{step}"
-            deeper = upsample(
-                nodes[level + 1][step - 1], filters, spatial_dims, upsampling, f"{node_name}_up"
-            )
-            merged = keras.layers.Concatenate(name=f"{node_name}_concat")(
-                nodes[level][:step] + [deeper]
-            )
-            nodes[level].append(conv_block(merged, filters, spatial_dims, batch_norm, node_name))
-
-    if not deep_supervision:
-        outputs = segmentation_head(
-            nodes[0][depth], num_classes, activation, spatial_dims, "segmentation"
-        )
-        return SegmentationModel(inputs, outputs, name=name, size_divisor=2**depth)
-    outputs = [
-        segmentation_head(
-            nodes[0][step], num_classes, activation, spatial_dims, f"segmentation_{step}"
-        )
-        for step in range(1, depth + 1)
-    ]
-    return SegmentationModel(inputs, outputs, name=name, size_divisor=2**depth)
+    return encoder_decoder(
+        input_shape,
+        num_classes,
+        depth=depth,
+        base_filters=base_filters,
+        decoder="nested",
+        deep_supervision=deep_supervision,
+        upsampling=upsampling,
+        dropout=dropout,
+        batch_norm=batch_norm,
+        activation=activation,
+        spatial_dims=spatial_dims,
+        name=name,
+    )
