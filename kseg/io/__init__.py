@@ -1,5 +1,5 @@
-"""Readers for the formats challenge datasets ship (every reader returns a Volume), and
-de-identification of DICOM trees."""
+"""Readers for the formats challenge datasets ship (series and volumes as a Volume, single
+radiographs and masks as arrays), and de-identification of DICOM trees."""
 
 from kseg.io.deid import DeidReport, deidentify
 from kseg.io.dicom import (
@@ -29,6 +29,7 @@ from kseg.io.nifti import (
     write_nifti,
 )
 from kseg.io.npz import MaskAlignment, align_mask_to_volume, read_aligned_npz_mask, read_npz_mask
+from kseg.io.radiograph import JSRT_BIT_DEPTH, read_jsrt_image, read_radiograph
 from kseg.io.rtstruct import (
     LCTSC_ROI_NAMES,
     ContourOutsideVolumeWarning,
@@ -43,6 +44,7 @@ from kseg.io.rtstruct import (
 from kseg.io.volume import Volume
 
 __all__ = [
+    "JSRT_BIT_DEPTH",
     "LCTSC_ROI_NAMES",
     "ContourOutsideVolumeWarning",
     "ContourReferenceWarning",
@@ -72,11 +74,13 @@ __all__ = [
     "map_label_ranges",
     "read_dicom_image",
     "read_dicom_series",
+    "read_jsrt_image",
     "read_labels",
     "read_mask",
     "read_mask_stack",
     "read_nifti",
     "read_nifti_labels",
+    "read_radiograph",
     "scan_dicom_files",
     "write_nifti",
 ]

@@ -5,8 +5,6 @@ from tfds_builders.xray.xray_dataset_builder import (
     XrayConfig,
     add_gaussian_noise,
     noisy_config,
-    read_jsrt_image,
-    read_radiograph,
 )
 
 __all__ = [
@@ -14,6 +12,4 @@ __all__ = [
     "XrayConfig",
     "add_gaussian_noise",
     "noisy_config",
-    "read_jsrt_image",
-    "read_radiograph",
 ]

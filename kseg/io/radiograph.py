@@ -1,0 +1,144 @@
+"""Chest radiograph readers: JSRT's headerless ``.IMG`` files and grey-level images
+(PNG, TIFF, BMP, JPEG, DICOM), each returned in its stored units with higher = brighter.
+
+Example:
+    >>> image, bit_depth = read_radiograph("images/CHNCXR_0001_0.png")  # doctest: +SKIP
+    >>> jsrt = read_jsrt_image("All247images/JPCLN001.IMG")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pydicom
+from PIL import Image, UnidentifiedImageError
+
+from kseg.errors import UnreadableFileError
+from kseg.io.dicom import read_dicom_image
+
+__all__ = ["JSRT_BIT_DEPTH", "read_jsrt_image", "read_radiograph"]
+
+JSRT_BIT_DEPTH = 12
+
+_DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def read_jsrt_image(path: os.PathLike | str) -> np.ndarray:
+    """Read a JSRT ``.IMG`` file as ``uint16`` with higher values brighter.
+
+    The files have no header: square images of big-endian 16-bit words holding 12-bit
+    values (2048 x 2048 in the real database; the side is taken from the file size, which
+    must be twice a square number). JSRT stores the film-density polarity, where a higher
+    value is darker, so the values are inverted over the 12-bit range, ``4095 - stored``,
+    the convention of DICOM MONOCHROME1 images read by :func:`kseg.io.read_dicom_image`.
+
+    Args:
+        path: the ``.IMG`` file.
+
+    Returns:
+        ``uint16`` array ``(side, side)`` in ``0 .. 4095``.
+
+    Raises:
+        UnreadableFileError: the size is not that of a square 16-bit image, or a value
+            exceeds 12 bits.
+
+    Example:
+        >>> image = read_jsrt_image("All247images/JPCLN001.IMG")  # doctest: +SKIP
+        >>> image.shape, image.dtype  # doctest: +SKIP
+        ((2048, 2048), dtype('uint16'))
+
+    Reference:
+        Shiraishi et al., "Development of a digital image database for chest radiographs
+        with and without a lung nodule", AJR 174(1), 71-74 (2000).
+    """
+    with open(path, "rb") as handle:
+        data = handle.read()
+    side = math.isqrt(len(data) // 2)
+    if len(data) == 0 or len(data) != 2 * side * side:
+        raise UnreadableFileError(
+            path,
+            f"{len(data)} bytes is not a square image of 16-bit words (a JSRT .IMG file is "
+            "2048 x 2048 x 2 = 8388608 bytes, no header)",
+        )
+    stored = np.frombuffer(data, dtype=">u2").reshape(side, side)
+    maximum = 2**JSRT_BIT_DEPTH - 1
+    if int(stored.max()) > maximum:
+        raise UnreadableFileError(
+            path, f"holds the value {int(stored.max())}, above the 12-bit maximum {maximum}"
+        )
+    return (maximum - stored.astype(np.int32)).astype(np.uint16)
+
+
+def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
+    """Read a grey-level radiograph (PNG, TIFF, BMP, JPEG or DICOM) in its stored units.
+
+    Args:
+        path: the image. ``.dcm`` / ``.dicom`` files go through
+            :func:`kseg.io.read_dicom_image` (modality LUT applied, MONOCHROME1 inverted
+            so that higher is brighter); anything else through Pillow.
+
+    Returns:
+        ``(image, bit_depth)``: ``uint16`` array ``(rows, columns)`` and the bits of the
+        stored values: 8 for 8-bit files (values kept, not rescaled), 16 for 16-bit PNG /
+        TIFF, DICOM's BitsStored (raised to fit the values after the modality LUT).
+
+    Raises:
+        UnreadableFileError: not an image, colour content, several frames, or values that
+            do not fit ``uint16`` (negative or fractional DICOM values after rescaling).
+
+    Example:
+        >>> image, bit_depth = read_radiograph("images/CHNCXR_0001_0.png")  # doctest: +SKIP
+        >>> image.dtype, bit_depth  # doctest: +SKIP
+        (dtype('uint16'), 8)
+    """
+    if os.path.splitext(os.fspath(path))[1].lower() in _DICOM_SUFFIXES:
+        return _read_dicom_radiograph(path)
+    try:
+        with open(path, "rb") as handle, Image.open(handle) as image:
+            image.load()
+            frames = getattr(image, "n_frames", 1)
+            mode, values = image.mode, np.array(image)
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise UnreadableFileError(path, f"cannot be read as an image ({exc})") from exc
+    if frames != 1:
+        raise UnreadableFileError(path, f"has {frames} frames; expected one radiograph")
+    return _grey_values(path, mode, values)
+
+
+def _grey_values(path, mode: str, values: np.ndarray) -> tuple[np.ndarray, int]:
+    if mode == "L":
+        return values.astype(np.uint16), 8
+    if mode in ("I;16", "I;16B", "I;16L"):
+        return values.astype(np.uint16), 16
+    if mode == "I":
+        if values.min() < 0 or values.max() > np.iinfo(np.uint16).max:
+            raise UnreadableFileError(
+                path, f"32-bit values span {values.min()}..{values.max()}, outside 0..65535"
+            )
+        return values.astype(np.uint16), 16
+    if mode in ("LA", "RGB", "RGBA"):
+        channels = values[..., : 1 if mode == "LA" else 3]
+        if not (channels == channels[..., :1]).all():
+            raise UnreadableFileError(path, f"is a colour ({mode}) image; expected grey levels")
+        return channels[..., 0].astype(np.uint16), 8
+    raise UnreadableFileError(
+        path, f"has image mode {mode}; expected an 8- or 16-bit grey-level radiograph"
+    )
+
+
+def _read_dicom_radiograph(path) -> tuple[np.ndarray, int]:
+    values = read_dicom_image(path)
+    header = pydicom.dcmread(os.fspath(path), stop_before_pixels=True)
+    rounded = np.rint(values)
+    if not np.array_equal(rounded, values):
+        raise UnreadableFileError(path, "has fractional values after the modality LUT")
+    low, high = float(rounded.min()), float(rounded.max())
+    if low < 0 or high > np.iinfo(np.uint16).max:
+        raise UnreadableFileError(
+            path, f"values span {low:g}..{high:g}; a radiograph here must fit 0..65535"
+        )
+    bits_stored = int(header.get("BitsStored", 16) or 16)
+    bit_depth = max(bits_stored, int(high).bit_length())
+    return rounded.astype(np.uint16), min(bit_depth, 16)
