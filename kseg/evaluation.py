@@ -5,7 +5,9 @@ spread over patients. Averaging per-slice scores instead weights every slice the
 however much organ it holds, and scores empty slices at all; it gives a different (usually
 flattering) number. :func:`evaluate_volumes` scores whole volumes; :func:`evaluate_slices`
 first reassembles a per-slice TFDS dataset into volumes, checking that no slice is missing
-or repeated.
+or repeated; :func:`evaluate_on_original_grid` segments preprocessed 3D volumes and scores
+them on the grid of the label files they came from. :func:`choose_postprocessing` makes
+nnU-Net's validation-driven choice of keeping only the largest component per class.
 
 A patient whose reference holds no voxel of a scored structure has no segmentation to
 measure: Dice and IoU are 1.0 when the prediction is empty too and 0.0 for a single false
@@ -20,8 +22,11 @@ are imported by the functions that use them, so reading a results table stays li
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import math
 import os
+import pathlib
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -318,13 +323,17 @@ def _metric_functions() -> dict[str, Callable]:
     }
 
 
+def _labels_from_probabilities(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """Foreground where the one channel is ``>= threshold``; the argmax of several."""
+    if probabilities.shape[-1] == 1:
+        return probabilities[..., 0] >= threshold
+    return np.argmax(probabilities, axis=-1)
+
+
 def _label_map(patient_id, y_pred: np.ndarray, reference_shape, threshold: float) -> np.ndarray:
     """Predicted labels from probabilities ``(*spatial, C)`` or from a label map."""
     if y_pred.ndim == len(reference_shape) + 1:
-        if y_pred.shape[-1] == 1:
-            labels = y_pred[..., 0] >= threshold
-        else:
-            labels = np.argmax(y_pred, axis=-1)
+        labels = _labels_from_probabilities(y_pred, threshold)
     elif y_pred.ndim == len(reference_shape):
         labels = y_pred >= threshold if np.issubdtype(y_pred.dtype, np.floating) else y_pred
     else:
@@ -361,19 +370,27 @@ def metric_columns(metric: str, labels: Mapping[str, int] | Iterable[int] | None
     return [metric] if names is None else [f"{metric}_{name}" for name in names]
 
 
+def _postprocessed(patient_id, predicted: np.ndarray, postprocess) -> np.ndarray:
+    """``postprocess(predicted)``, checked to keep the grid (``predicted`` without one)."""
+    if postprocess is None:
+        return predicted
+    processed = np.asarray(postprocess(predicted))
+    if processed.shape != predicted.shape:
+        raise ValueError(
+            f"patient {patient_id!r}: postprocess returned shape {processed.shape} for a "
+            f"label map of shape {predicted.shape}; it must keep the grid"
+        )
+    return processed
+
+
 def _score_case(
     patient_id, y_true, y_pred, spacing, metric_names, labels, threshold, functions, postprocess
 ) -> dict[str, float]:
     y_true = np.asarray(y_true)
-    predicted = _label_map(patient_id, np.asarray(y_pred), y_true.shape, threshold)
-    if postprocess is not None:
-        processed = np.asarray(postprocess(predicted))
-        if processed.shape != predicted.shape:
-            raise ValueError(
-                f"patient {patient_id!r}: postprocess returned shape {processed.shape} for a "
-                f"label map of shape {predicted.shape}; it must keep the grid"
-            )
-        predicted = processed
+    predicted = _postprocessed(
+        patient_id, _label_map(patient_id, np.asarray(y_pred), y_true.shape, threshold),
+        postprocess,
+    )  # fmt: skip
     if labels is None:
         if y_true.size and (y_true.min() < 0 or y_true.max() > 1):
             raise MaskError(
@@ -509,6 +526,104 @@ def evaluate_volumes(
     return table
 
 
+@dataclasses.dataclass(frozen=True)
+class PostprocessingChoice:
+    """What :func:`choose_postprocessing` decided, and the validation Dice it decided on.
+
+    Attributes:
+        labels: the label values whose largest connected component alone is kept, in the
+            order of the structures; empty when no clean-up raised the Dice.
+        dice_without: mean validation Dice per Dice column (``"dice"`` for one structure,
+            ``"dice_<name>"`` with labels) of the predictions as they are.
+        dice_with: the same after keeping only the largest component of that structure.
+        connectivity: the neighbourhood the components were found with.
+    """
+
+    labels: tuple[int, ...]
+    dice_without: dict[str, float]
+    dice_with: dict[str, float]
+    connectivity: int = 1
+
+    @property
+    def postprocess(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """The chosen clean-up as a ``postprocess`` argument, or ``None`` for none."""
+        if not self.labels:
+            return None
+        from kseg.inference import keep_largest_component
+
+        return functools.partial(
+            keep_largest_component, labels=self.labels, connectivity=self.connectivity
+        )
+
+
+def choose_postprocessing(
+    cases: Iterable[tuple],
+    *,
+    labels: Mapping[str, int] | Iterable[int] | None = None,
+    threshold: float = 0.5,
+    connectivity: int = 1,
+    warn_empty: bool = True,
+) -> PostprocessingChoice:
+    """Keep only the largest component of a structure if that raises its validation Dice.
+
+    nnU-Net's rule: for each structure, the validation predictions are scored as they are
+    and with all but the largest connected component of that structure removed; the
+    clean-up is kept when the mean Dice over patients is strictly higher with it. Cleaning
+    one structure turns some of its voxels into background and leaves every other
+    structure's voxels alone, so each structure is decided on its own Dice. (nnU-Net also
+    tries all foreground classes merged into one region first; kseg decides per structure.)
+
+    Args:
+        cases: validation ``(patient_id, y_true, y_pred, spacing)`` tuples, as
+            :func:`evaluate_volumes` takes them (e.g. from :func:`predict_on_mask_grid`);
+            they are held in memory and scored once per structure, plus once as they are.
+        labels, threshold: as in :func:`evaluate_volumes`.
+        connectivity: as in :func:`kseg.inference.keep_largest_component`.
+        warn_empty: as in :func:`evaluate_volumes`.
+
+    Returns:
+        :class:`PostprocessingChoice`; its ``postprocess`` goes to :func:`evaluate_volumes`
+        or :func:`evaluate_slices` for the test set.
+
+    Example:
+        >>> validation = list(predict_on_mask_grid(model, reassemble_slices(
+        ...     validation_split, preprocess=prep)))  # doctest: +SKIP
+        >>> choice = choose_postprocessing(validation)  # doctest: +SKIP
+        >>> table = evaluate_slices(model, test_split, preprocess=prep,
+        ...                         postprocess=choice.postprocess)  # doctest: +SKIP
+
+    Reference:
+        Isensee F. et al., "nnU-Net: a self-configuring method for deep learning-based
+        biomedical image segmentation", Nature Methods 18, 203-211 (2021) (post-processing;
+        ``nnunetv2.postprocessing.remove_connected_components.determine_postprocessing``).
+    """
+    from kseg.inference import keep_largest_component
+
+    cases = list(cases)
+    if not cases:
+        raise ValueError("cases must hold at least one validation case")
+    structures = {None: 1} if labels is None else _normalise_labels(labels)
+    columns = metric_columns("dice", labels)
+
+    def mean_dice(postprocess, warn: bool) -> dict[str, float]:
+        table = evaluate_volumes(
+            cases, metrics=("dice",), labels=labels, threshold=threshold,
+            postprocess=postprocess, progress=False, warn_empty=warn,
+        )  # fmt: skip
+        return {column: float(np.mean(table.column(column))) for column in columns}
+
+    dice_without = mean_dice(None, warn_empty)
+    dice_with, chosen = {}, []
+    for index, column in zip(structures.values(), columns, strict=True):
+        cleaned = functools.partial(
+            keep_largest_component, labels=[index], connectivity=connectivity
+        )
+        dice_with[column] = mean_dice(cleaned, False)[column]
+        if dice_with[column] > dice_without[column]:
+            chosen.append(index)
+    return PostprocessingChoice(tuple(chosen), dice_without, dice_with, connectivity)
+
+
 def _decode(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -620,17 +735,40 @@ def reassemble_slices(
         )
 
 
-def _reassembled_volumes(
-    model, dataset, preprocess, batch_size: int, progress: bool
-) -> Iterator[tuple]:
-    """Yield ``(patient_id, mask, probabilities, spacing)`` as each patient completes."""
+def predict_on_mask_grid(model, volumes: Iterable[tuple], *, batch_size: int = 16) -> Iterator:
+    """Predict volumes slice by slice with a 2D model, probabilities on each mask's grid.
+
+    The model runs at its own in-plane size; its probabilities are resized back to the
+    stored mask's plane with :func:`resize_probabilities`, so they can be scored where the
+    mask was annotated.
+
+    Args:
+        model: a 2D ``keras.Model`` or callable batch -> batch.
+        volumes: ``(patient_id, inputs, mask, spacing)`` tuples as
+            :func:`reassemble_slices` yields them: model inputs ``(Z, h, w, C)`` and the mask
+            ``(Z, H, W)``; or one image, inputs ``(h, w, C)`` and mask ``(H, W)`` (scored in
+            2D, so surface distances measure its outline).
+        batch_size: slices per model call.
+
+    Yields:
+        ``(patient_id, mask, probabilities (*mask.shape, C), spacing)``, the cases
+        :func:`evaluate_volumes` and :func:`choose_postprocessing` score.
+
+    Example:
+        >>> cases = predict_on_mask_grid(model, reassemble_slices(
+        ...     tfds.load("chaos/ct", split="fold1"), preprocess=prep))  # doctest: +SKIP
+        >>> table = evaluate_volumes(cases, metrics=("dice", "hd95"))  # doctest: +SKIP
+    """
     from kseg.inference import predict_slices
 
-    for patient_id, inputs, masks, spacing in reassemble_slices(
-        dataset, preprocess=preprocess, progress=progress
-    ):
-        probabilities = predict_slices(model, inputs, batch_size=batch_size, progress=False)
-        yield patient_id, masks, resize_probabilities(probabilities, masks.shape[1:3]), spacing
+    for patient_id, inputs, mask, spacing in volumes:
+        inputs, mask = np.asarray(inputs), np.asarray(mask)
+        one_image = mask.ndim == 2
+        probabilities = predict_slices(
+            model, inputs[None] if one_image else inputs, batch_size=batch_size, progress=False
+        )
+        probabilities = resize_probabilities(probabilities, mask.shape[-2:])
+        yield patient_id, mask, probabilities[0] if one_image else probabilities, spacing
 
 
 def evaluate_slices(
@@ -680,18 +818,22 @@ def evaluate_slices(
         flags of :func:`evaluate_volumes`.
 
     Example:
-        >>> test = tfds.load("chaos", split="test")
-        >>> table = evaluate_slices(model, test, preprocess=lambda ex: tf.image.resize(
-        ...     window_ct(ex["image"]), (256, 256)), metrics=("dice", "hd95", "assd"))
-        >>> table.to_csv("test_scores.csv")
+        >>> import tfds_builders.chaos  # registers the builder  # doctest: +SKIP
+        >>> from kseg.data.pipeline import model_input
+        >>> test = tfds.load("chaos/ct", split="fold0")  # the test fold  # doctest: +SKIP
+        >>> table = evaluate_slices(
+        ...     model, test, preprocess=model_input(window="abdomen", image_size=(256, 256)),
+        ...     metrics=("dice", "hd95", "assd"))  # doctest: +SKIP
+        >>> table.to_csv("test_scores.csv")  # doctest: +SKIP
 
     Reference:
         Kavur AE, Gezer NS, Barış M, et al. "CHAOS Challenge - combined (CT-MR) healthy
         abdominal organ segmentation". Medical Image Analysis 69:101950, 2021 (scores per
         patient volume).
     """
+    volumes = reassemble_slices(dataset, preprocess=preprocess, progress=progress)
     table = evaluate_volumes(
-        _reassembled_volumes(model, dataset, preprocess, batch_size, progress),
+        predict_on_mask_grid(model, volumes, batch_size=batch_size),
         metrics=metrics,
         labels=labels,
         threshold=threshold,
@@ -703,3 +845,98 @@ def evaluate_slices(
     if warn_empty:
         _warn_empty_references("evaluate_slices", table)
     return table
+
+
+def evaluate_on_original_grid(
+    model,
+    volumes: Iterable[tuple],
+    *,
+    roi_size,
+    overlap: float = 0.5,
+    blend: str = "gaussian",
+    batch_size: int = 4,
+    threshold: float = 0.5,
+    postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    labels: Mapping[str, int] | Iterable[int] | None = None,
+    prediction_dir: os.PathLike | str | None = None,
+    progress: bool = True,
+    warn_empty: bool = True,
+) -> PatientTable:
+    """Segment preprocessed volumes and score each on the grid of its reference label file.
+
+    A 3D model sees volumes after preprocessing (reoriented, resampled, cropped, e.g. the
+    ``msd_spleen/preprocessed`` examples); a result is reported on the grid the reference
+    was annotated on. For each volume:
+
+    1. :func:`kseg.inference.sliding_window` predicts probabilities on the model's grid;
+    2. one channel is thresholded, several are argmaxed, and ``postprocess`` is applied to
+       that label map (on the model's grid, as :class:`kseg.training.VolumeValidation`
+       applies it when it picks the checkpoint);
+    3. :func:`kseg.geometry.to_original_grid` maps it onto the reference file's grid
+       (nearest neighbour; voxels outside the model's field of view are background);
+    4. the reference is read with :func:`kseg.io.read_nifti_labels` and the label map is
+       written beside the others as ``<prediction_dir>/<patient_id>.nii.gz`` with the
+       reference's affine (uint8);
+    5. :func:`evaluate_volumes` scores it, distances in mm of the reference's spacing.
+
+    Args:
+        model: a ``keras.Model`` or callable batch -> batch with as many spatial axes as the
+            volumes.
+        volumes: ``(patient_id, model input (z, y, x, C), affine, reference label file)``
+            tuples: the input on the preprocessed grid, that grid's 4x4 affine (index
+            ``(k, j, i)`` to RAS+ mm, the ``affine`` feature of a preprocessed example) and
+            the NIfTI label file on the original grid.
+        roi_size, overlap, blend, batch_size: passed to the sliding window.
+        threshold: probability at or above which a one-channel prediction is foreground.
+        postprocess: ``label map -> label map`` on the model's grid, e.g.
+            :func:`kseg.inference.keep_largest_component`; it must keep the grid.
+        metrics, labels, warn_empty: as in :func:`evaluate_volumes`.
+        prediction_dir: folder the predicted label maps are written to (created if
+            needed); ``None`` writes none.
+        progress: show a tqdm bar over the volumes.
+
+    Returns:
+        :class:`PatientTable` as :func:`evaluate_volumes` returns it.
+
+    Example:
+        >>> volumes = [(ex["patient_id"].decode(), window(ex["image"], *WINDOWS["spleen_msd"])
+        ...             .numpy()[..., None], ex["affine"],
+        ...             f"Task09_Spleen/labelsTr/{ex['patient_id'].decode()}.nii.gz")
+        ...            for ex in tfds.as_numpy(test_split)]  # doctest: +SKIP
+        >>> table = evaluate_on_original_grid(model, volumes, roi_size=(96, 96, 96),
+        ...                                   metrics=("dice", "hd95"),
+        ...                                   prediction_dir="predictions")  # doctest: +SKIP
+    """
+    from kseg.geometry import to_original_grid
+    from kseg.inference import sliding_window
+    from kseg.io import Volume, read_nifti_labels, write_nifti
+
+    if prediction_dir is not None:
+        prediction_dir = pathlib.Path(prediction_dir)
+        prediction_dir.mkdir(parents=True, exist_ok=True)
+
+    def cases():
+        for patient_id, model_input, affine, label_file in volumes:
+            patient_id = str(patient_id)
+            probabilities = sliding_window(
+                model, np.asarray(model_input), roi_size, overlap=overlap, blend=blend,
+                batch_size=batch_size, progress=False,
+            )  # fmt: skip
+            predicted = _postprocessed(
+                patient_id, _labels_from_probabilities(probabilities, threshold).astype(np.uint8),
+                postprocess,
+            )  # fmt: skip
+            reference = read_nifti_labels(label_file, patient_id=patient_id)
+            on_reference_grid = to_original_grid(Volume(predicted, affine, patient_id), reference)
+            if prediction_dir is not None:
+                write_nifti(
+                    reference.with_array(on_reference_grid),
+                    prediction_dir / f"{patient_id}.nii.gz",
+                )
+            yield patient_id, reference.array, on_reference_grid, reference.spacing
+
+    return evaluate_volumes(
+        cases(), metrics=metrics, labels=labels, threshold=threshold, progress=progress,
+        warn_empty=warn_empty,
+    )  # fmt: skip
