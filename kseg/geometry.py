@@ -458,7 +458,7 @@ def uncrop(array, bbox: BoundingBox, original_shape, fill=0) -> np.ndarray:
 
 def to_original_grid(
     prediction: Volume,
-    original: Volume,
+    original,
     *,
     is_label: bool = True,
     order: int | None = None,
@@ -475,22 +475,35 @@ def to_original_grid(
 
     Args:
         prediction: the prediction as a Volume on the preprocessed grid, e.g.
-            ``preprocessed.with_array(labels)``.
-        original: the volume the preprocessing started from (only its grid is used).
+            ``preprocessed.with_array(labels)``; a boolean mask comes back as uint8.
+        original: the volume the preprocessing started from (only its grid is used), or
+            that grid as an ``(affine, shape)`` pair, e.g. the ``original_affine`` and
+            ``original_shape`` a preprocessed ``msd_spleen`` example stores.
         is_label: the prediction is a label map (nearest neighbour); set False for
             probabilities or other continuous maps (linear by default).
         order: spline order, see :func:`resample_to`.
         fill: value outside the prediction's field of view.
 
     Returns:
-        The prediction as an array of ``original.shape``.
+        The prediction as an array of the original grid's shape.
+
+    Raises:
+        GeometryError: an affine or shape is not a valid grid.
 
     Example:
         >>> small = resample(reorient(ct, "RAS"), 2.0)
         >>> body, bbox = crop_foreground(small, threshold=-500)
         >>> labels = predict(body.array)
         >>> on_ct = to_original_grid(body.with_array(labels), ct)
+        >>> on_file_grid = to_original_grid(  # a stored preprocessed TFDS example
+        ...     Volume(labels, example["affine"], patient_id),
+        ...     (example["original_affine"], example["original_shape"]))
     """
-    return resample_to(
-        prediction, original.affine, original.shape, is_label=is_label, order=order, fill=fill
-    ).array
+    if isinstance(original, Volume):
+        affine, shape = original.affine, original.shape
+    else:
+        affine, shape = original
+        shape = np.asarray(shape).ravel()
+    if np.asarray(prediction.array).dtype == np.bool_:
+        prediction = prediction.with_array(np.asarray(prediction.array, dtype=np.uint8))
+    return resample_to(prediction, affine, shape, is_label=is_label, order=order, fill=fill).array

@@ -341,3 +341,24 @@ def test_real_ct_liver_resampled_to_1_5_mm_and_back(shared_data):
     inside = coarse.array.astype(bool)
     mean_hu = ct.array[liver.array.astype(bool)].mean()
     assert ct_coarse.array[inside].mean() == pytest.approx(mean_hu, abs=10.0)
+
+
+def test_to_original_grid_takes_the_grid_as_affine_and_shape():
+    # A 3 x 4 x 5 grid at 2 mm; the prediction covers its voxels (1..2, 1..3, 0..4), is a
+    # boolean mask and comes back as uint8 zeros outside that box.
+    original_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    cropped_affine = original_affine.copy()
+    cropped_affine[:3, 3] = (2.0, 2.0, 0.0)  # voxel (1, 1, 0) of the original grid
+    mask = np.zeros((2, 3, 5), bool)
+    mask[0, 1, 2] = mask[1, 2, 4] = True
+    expected = np.zeros((3, 4, 5), np.uint8)
+    expected[1, 2, 2] = expected[2, 3, 4] = 1
+
+    prediction = Volume(mask, cropped_affine, patient_id="p")
+    back = geometry.to_original_grid(prediction, (original_affine, np.array([3, 4, 5], np.int32)))
+    assert back.dtype == np.uint8
+    np.testing.assert_array_equal(back, expected)
+    as_volume = Volume(np.zeros((3, 4, 5), np.int16), original_affine, patient_id="p")
+    np.testing.assert_array_equal(geometry.to_original_grid(prediction, as_volume), expected)
+    with pytest.raises(GeometryError, match="three positive integers"):
+        geometry.to_original_grid(prediction, (original_affine, (3, 4)))
