@@ -34,13 +34,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kseg._files import atomic_output
+from kseg.data.examples import SLICE_FEATURES
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
 
 DEFAULT_METRICS = ("dice", "iou", "precision", "recall", "specificity")
 OVERLAP_METRICS = ("dice", "iou", "precision", "recall", "specificity", "accuracy")
 SPACING_METRICS = ("hd95", "hausdorff", "assd", "volume_difference", "ravd")
 SUMMARY_STATISTICS = ("mean", "median", "std", "count")
-SLICE_FEATURES = ("image", "mask", "patient_id", "slice_index", "num_slices", "spacing")
 REFERENCE_EMPTY = "reference_empty"
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from kseg.data.splits import assign_folds, fold_names
+from kseg.data.examples import fold_splits, slice_examples, slice_features_dict
 from kseg.errors import DicomSeriesError, LayoutError, MaskError
 from kseg.io import read_dicom_series
 from kseg.io.masks import CHAOS_MR_LABEL_RANGES, LabelRule, read_mask_stack
@@ -135,22 +135,7 @@ The files are read, never modified."""
                 "ImagePositionPatient order. CT images are Hounsfield units, MR images "
                 "stored signal. Splits fold0.. are patient-level folds."
             ),
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(
-                        shape=(None, None),
-                        dtype=image_dtype,
-                        encoding=tfds.features.Encoding.ZLIB,
-                    ),
-                    "mask": tfds.features.Tensor(
-                        shape=(None, None), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
-                    ),
-                    "patient_id": tfds.features.Text(),
-                    "slice_index": np.int32,
-                    "num_slices": np.int32,
-                    "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float32),
-                }
-            ),
+            features=slice_features_dict(image_dtype),
             supervised_keys=("image", "mask"),
             homepage="https://chaos.grand-challenge.org",
             metadata=tfds.core.MetadataDict(
@@ -173,19 +158,16 @@ The files are read, never modified."""
                 modality_dir,
                 f"holds no patient folders (named by number); expected:\n{_EXPECTED_LAYOUT}",
             )
-        try:
-            folds = assign_folds(patients, config.num_folds, seed=config.split_seed)
-        except ValueError as exc:
-            raise ValueError(f"{modality_dir}: {exc}") from exc
+        splits = fold_splits(
+            patients, config.num_folds, seed=config.split_seed, where=str(modality_dir)
+        )
         label_names = LABEL_NAMES[config.modality]
         tally = ForegroundTally(
             label_names, required=list(label_names), metadata=self.info.metadata
         )
         return {
-            name: self._generate_examples(
-                name, [modality_dir / p for p in patients if folds[p] == fold], tally
-            )
-            for fold, name in enumerate(fold_names(config.num_folds))
+            name: self._generate_examples(name, [modality_dir / p for p in members], tally)
+            for name, members in splits.items()
         }
 
     def _generate_examples(self, split: str, patient_dirs, tally: ForegroundTally):
@@ -211,17 +193,7 @@ The files are read, never modified."""
         )
         tally.check(split, patient, labels, mask_source=mask_dir)
         images = _as_feature_dtype(volume.array, config.modality, image_dir)
-        spacing = np.asarray(volume.spacing, dtype=np.float32)
-        num_slices = volume.shape[0]
-        for index in range(num_slices):
-            yield f"{patient}_{index:04d}", {
-                "image": images[index],
-                "mask": labels[index],
-                "patient_id": patient,
-                "slice_index": index,
-                "num_slices": num_slices,
-                "spacing": spacing,
-            }
+        yield from slice_examples(patient, images, labels, volume.spacing)
 
 
 def _masks_in_array_order(source_files, image_dir, mask_dir) -> list[str]:
