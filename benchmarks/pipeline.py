@@ -39,13 +39,14 @@ import kseg.losses  # noqa: E402
 import kseg.metrics  # noqa: E402
 import kseg.models  # noqa: E402
 import tfds_builders.chaos  # noqa: E402, F401  (registers the "chaos" builder)
-from kseg.data import phantoms, pipeline  # noqa: E402
+from kseg.data import pipeline  # noqa: E402
+from kseg.phantoms import chaos  # noqa: E402
 
 ABDOMEN_WINDOW = pipeline.WINDOWS["abdomen"]
 
 
 def build_phantom_dataset(workdir: pathlib.Path, patients: int, slices: int):
-    manual_dir = phantoms.write_chaos(
+    manual_dir = chaos.write_chaos(
         workdir / "manual", modality="CT", num_patients=patients, num_slices=slices, seed=0
     )
     builder = tfds.builder("chaos/ct", data_dir=str(workdir / "tfds"))

@@ -87,15 +87,15 @@ def ct_patients_on_disk(manual_dir: pathlib.Path) -> int | None:
 def prepare_tfds(args):
     """The ``chaos`` CT dataset in ``--folds`` folds, built once from the phantom (written
     on first use) or the download."""
-    from kseg.data import phantoms
+    from kseg.phantoms import chaos
     from tfds_builders.chaos import Builder
 
     if args.data_dir is None and not (args.manual_dir / "Train_Sets").exists():
         with _common.writing_phantom(args.manual_dir, args.phantom_patients):
-            phantoms.write_chaos(args.manual_dir, modality="CT",
-                                 num_patients=args.phantom_patients,
-                                 num_slices=args.phantom_slices, size=args.phantom_size,
-                                 seed=args.seed)
+            chaos.write_chaos(args.manual_dir, modality="CT",
+                              num_patients=args.phantom_patients,
+                              num_slices=args.phantom_slices, size=args.phantom_size,
+                              seed=args.seed)
     config = _common.with_folds(Builder.builder_configs["ct"], args.folds)
     builder = Builder(config=config, data_dir=str(args.tfds_dir))
     _common.prepare(builder, args.manual_dir)

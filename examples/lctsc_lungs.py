@@ -122,12 +122,12 @@ def training_patients_on_disk(manual_dir: pathlib.Path, layout: str) -> int | No
 def prepare_tfds(args):
     """Build the chosen config in ``--folds`` folds once (later runs reuse it) from the
     phantom (written on first use) or the download."""
-    from kseg.data import chest_phantom
+    from kseg.phantoms import lctsc
     from tfds_builders.lctsc import Builder
 
     if args.data_dir is None and not args.manual_dir.exists():
         tcia = args.layout == "tcia"
-        write = chest_phantom.write_lctsc if tcia else chest_phantom.write_lctsc_npz
+        write = lctsc.write_lctsc if tcia else lctsc.write_lctsc_npz
         count = args.phantom_patients + args.phantom_test_patients
         with _common.writing_phantom(args.manual_dir, count):
             write(args.manual_dir, num_patients=args.phantom_patients,

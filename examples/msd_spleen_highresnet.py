@@ -28,7 +28,7 @@ Usage::
         --accumulate-steps 4
 
 With no ``--data-dir`` the script writes a small synthetic phantom in the Task09 layout
-(``kseg.data.spleen_phantom``: ten labelled and two unlabelled cases of 40 x 96 x 96 voxels
+(``kseg.phantoms.msd_spleen``: ten labelled and two unlabelled cases of 40 x 96 x 96 voxels
 at 5 x 0.8 x 0.8 mm, a 77 mm wide miniature abdomen, so that the literature's 1.5 mm grid
 stays small) and trains for 160 steps on 24^3 patches with Adam at 3e-3: at the seed's 1e-4
 a few CPU minutes are far too few steps to converge. On two CPU cores a run takes about 5
@@ -150,7 +150,7 @@ def prepare_dataset(args):
     """Build ``msd_spleen/preprocessed`` in ``--folds`` folds (once; later runs reuse it)
     from the data folder or from a phantom written on first use; returns the builder and
     the ``Task09_Spleen`` folder."""
-    from kseg.data.spleen_phantom import write_msd_spleen
+    from kseg.phantoms.msd_spleen import write_msd_spleen
     from tfds_builders.msd_spleen import Builder, task_folder
 
     if args.data_dir is None and not (args.manual_dir / "Task09_Spleen").exists():

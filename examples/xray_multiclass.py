@@ -35,7 +35,7 @@ Usage::
     python examples/xray_multiclass.py --data-dir /data/xray --config jsrt_scr --max-train 25
 
 With no ``--data-dir`` the script writes 60 synthetic 96 x 96 radiographs
-(``kseg.data.xray_phantom``, generic layout, masks 85 lungs / 170 heart / 255 clavicles;
+(``kseg.phantoms.xray``, generic layout, masks 85 lungs / 170 heart / 255 clavicles;
 ``--phantom-images``, ``--phantom-size``) under ``--output-dir`` and trains for a few CPU
 minutes. Outputs: ``best.keras`` (reload with ``kseg.load_model``), ``best.keras.json``
 (its validation score and epoch), ``history.csv``, ``test_per_image.csv``. ``--config``
@@ -132,22 +132,22 @@ def images_on_disk(manual_dir: pathlib.Path, layout: str) -> int | None:
 def prepare_dataset(args):
     """Build the dataset in ``--folds`` folds once (later runs reuse it): the phantom
     (written on first use) or the real download."""
-    from kseg.data import xray_phantom
+    from kseg.phantoms import xray
     from tfds_builders.xray import Builder
 
     if args.data_dir is None:
         if not (args.manual_dir / "images").exists():
             with _common.writing_phantom(args.manual_dir, args.phantom_images, "images"):
-                xray_phantom.write_generic(
+                xray.write_generic(
                     args.manual_dir, num_images=args.phantom_images, size=args.phantom_size,
-                    seed=args.seed, classes=xray_phantom.GENERIC_CLASSES,
+                    seed=args.seed, classes=xray.GENERIC_CLASSES,
                 )
-        values = xray_phantom.mask_values(xray_phantom.GENERIC_CLASSES)
+        values = xray.mask_values(xray.GENERIC_CLASSES)
         config = dataclasses.replace(
             Builder.builder_configs["generic"],
             name="phantom_3class",
-            description="Synthetic 3-class phantom (kseg.data.xray_phantom).",
-            class_names=("background", *xray_phantom.GENERIC_CLASSES),
+            description="Synthetic 3-class phantom (kseg.phantoms.xray).",
+            class_names=("background", *xray.GENERIC_CLASSES),
             mask_value_ranges=((0, 0, 0), *((v, v, i + 1) for i, v in enumerate(values.values()))),
         )
     else:

@@ -1,7 +1,7 @@
 """examples/lctsc_lungs.py and examples/xray_multiclass.py run end to end on tiny phantoms.
 
 The expected patients and images come from the phantom writers' documented naming
-(``kseg.data.chest_phantom.lctsc_patient_id``, the ``images/`` files written), and the
+(``kseg.phantoms.lctsc.lctsc_patient_id``, the ``images/`` files written), and the
 expected columns from the LCTSC organ list, not from the examples' own output.
 """
 

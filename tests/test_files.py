@@ -51,9 +51,9 @@ def test_finished_folder_has_the_mode_mkdir_would_give(tmp_path):
 
 
 def test_phantom_patient_folders_are_not_private(tmp_path):
-    from kseg.data import phantoms
+    from kseg.phantoms import chaos
 
-    root = phantoms.write_chaos(tmp_path / "chaos", num_patients=1, num_slices=2, size=16)
+    root = chaos.write_chaos(tmp_path / "chaos", num_patients=1, num_slices=2, size=16)
     reference = tmp_path / "reference"
     reference.mkdir()
     (patient,) = (root / "Train_Sets" / "CT").iterdir()

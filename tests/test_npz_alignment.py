@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from kseg.data.chest_phantom import lctsc_phantom_case
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
 from kseg.io.npz import align_mask_to_volume, read_aligned_npz_mask, read_npz_mask
 from kseg.io.volume import Volume
+from kseg.phantoms.lctsc import lctsc_phantom_case
 
 ALL_FLIPS = [
     tuple(axis for axis, flip in zip("zyx", chosen, strict=True) if flip)

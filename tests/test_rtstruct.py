@@ -15,9 +15,9 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RTStructureSetStorage
 
-from kseg.data.chest_phantom import SeriesReference, write_rtstruct
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
 from kseg.io import read_dicom_series
+from kseg.io.dicom_writer import SeriesReference
 from kseg.io.rtstruct import (
     Contour,
     ContourOutsideVolumeWarning,
@@ -31,6 +31,7 @@ from kseg.io.rtstruct import (
     read_rtstruct,
     read_rtstruct_references,
 )
+from kseg.phantoms.lctsc import write_rtstruct
 
 NZ, ROWS, COLUMNS = 5, 40, 60
 ROW_SPACING, COLUMN_SPACING, SLICE_GAP = 0.7, 1.3, 2.5

@@ -1,21 +1,17 @@
-"""From TFDS examples to batches: patient splits, tf.data building blocks, patch sampling,
-and the synthetic phantoms written in each dataset's official on-disk layout.
+"""From TFDS examples to batches: patient splits, tf.data building blocks, patch sampling
+and 3D preprocessing.
 
-Submodules load on first use: ``kseg.data.splits`` and the phantom writers are numpy-only,
-``kseg.data.pipeline`` and ``kseg.data.patches`` import TensorFlow.
+Submodules load on first use: ``kseg.data.splits`` is numpy-only, ``kseg.data.pipeline``
+and ``kseg.data.patches`` import TensorFlow.
 """
 
 import importlib
 
 _SUBMODULES = (
-    "chest_phantom",
     "patches",
-    "phantoms",
     "pipeline",
     "preprocess3d",
-    "spleen_phantom",
     "splits",
-    "xray_phantom",
 )
 
 

@@ -1,10 +1,10 @@
 """Tests of the chaos builder.
 
-``dummy_data/`` was written by ``python -m kseg.data.phantoms tfds_builders/chaos/dummy_data
+``dummy_data/`` was written by ``python -m kseg.phantoms.chaos tfds_builders/chaos/dummy_data
 --modality CT MR --num-patients 5 --num-slices 4 --size 32`` (seed 0): five synthetic
 patients of four slices each, so every one of the five folds holds one patient; each patient's
 masks use another encoding (1-bit, 8-bit, 16-bit, palette, ... see
-``kseg.data.phantoms.default_mask_encoding``).
+``kseg.phantoms.chaos.default_mask_encoding``).
 
 References: the phantom's own label arrays, and mask files written here with Pillow from
 boolean arrays (never the builder's earlier output).
@@ -17,16 +17,16 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from kseg.data.phantoms import (
+from kseg.data.splits import assign_folds, fold_names
+from kseg.errors import DicomSeriesError, LayoutError, MaskError
+from kseg.io import LossyMaskWarning
+from kseg.phantoms.chaos import (
     CHAOS_MASK_ENCODINGS,
     PhantomLabel,
     chaos_phantom_case,
     default_mask_encoding,
     write_chaos,
 )
-from kseg.data.splits import assign_folds, fold_names
-from kseg.errors import DicomSeriesError, LayoutError, MaskError
-from kseg.io import LossyMaskWarning
 from tfds_builders.chaos import chaos_dataset_builder
 
 

@@ -2,9 +2,9 @@
 
 ``dummy_data/`` was written by::
 
-    python -m kseg.data.chest_phantom tfds_builders/lctsc/dummy_data/tcia \\
+    python -m kseg.phantoms.lctsc tfds_builders/lctsc/dummy_data/tcia \\
         --num-patients 5 --num-test-patients 2 --num-slices 4 --size 64
-    python -m kseg.data.chest_phantom tfds_builders/lctsc/dummy_data/npz --layout npz \\
+    python -m kseg.phantoms.lctsc tfds_builders/lctsc/dummy_data/npz --layout npz \\
         --num-patients 5 --num-test-patients 0 --num-slices 6 --size 48
 
 (seed 0): five synthetic training patients, so each of the five folds holds one, and in
@@ -23,11 +23,11 @@ import pytest
 import tensorflow_datasets as tfds
 from pydicom.dataset import FileMetaDataset
 
-from kseg.data.chest_phantom import lctsc_phantom_case, write_lctsc, write_lctsc_npz
 from kseg.data.splits import fold_names
 from kseg.errors import LayoutError, MaskError
 from kseg.io import SkippedFileWarning
 from kseg.io.rtstruct import RoiNameWarning
+from kseg.phantoms.lctsc import lctsc_phantom_case, write_lctsc, write_lctsc_npz
 from tfds_builders.lctsc import lctsc_dataset_builder
 
 DUMMY_DATA = pathlib.Path(__file__).parent / "dummy_data"

@@ -1,6 +1,6 @@
 """Tests of the msd_spleen builder.
 
-``dummy_data/`` was written by ``python -m kseg.data.spleen_phantom
+``dummy_data/`` was written by ``python -m kseg.phantoms.msd_spleen
 tfds_builders/msd_spleen/dummy_data --num-training 5 --num-test 2 --shape 6 16 16
 --spacing 5 2 2`` (seed 0): five synthetic labelled cases, one per fold, each label file in
 another of the phantom's five encodings, two unlabelled cases, and the macOS ``._*``
@@ -18,15 +18,15 @@ import pytest
 import tensorflow_datasets as tfds
 
 from kseg.data.preprocess3d import to_original_grid
-from kseg.data.spleen_phantom import (
+from kseg.data.splits import fold_names
+from kseg.errors import AlignmentError, LayoutError, MaskError
+from kseg.phantoms.msd_spleen import (
     LABEL_ENCODINGS,
     MSD_SPLEEN_TEST_CASES,
     MSD_SPLEEN_TRAINING_CASES,
     spleen_phantom_case,
     write_msd_spleen,
 )
-from kseg.data.splits import fold_names
-from kseg.errors import AlignmentError, LayoutError, MaskError
 from tfds_builders.msd_spleen import msd_spleen_dataset_builder
 
 NUM_FOLDS = 3

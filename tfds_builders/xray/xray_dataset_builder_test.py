@@ -1,6 +1,6 @@
 """Tests of the xray builder.
 
-``dummy_data/`` was written by ``python -m kseg.data.xray_phantom
+``dummy_data/`` was written by ``python -m kseg.phantoms.xray
 tfds_builders/xray/dummy_data`` (defaults: 5 images per layout, 32 x 32, seed 0): the JSRT +
 SCR, Montgomery and generic layouts side by side, five synthetic patients each, so every
 one of the five folds holds one image. Expected values below come from the phantom's own
@@ -14,11 +14,11 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from kseg.data import xray_phantom
 from kseg.data.pipeline import keep_patients, split_patient_ids
 from kseg.data.splits import assign_folds, fold_names, nested_patient_subset
 from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
 from kseg.io import LossyMaskWarning
+from kseg.phantoms import xray as xray_phantom
 from tfds_builders._foreground import EmptyLabelWarning
 from tfds_builders.xray import xray_dataset_builder as xray
 

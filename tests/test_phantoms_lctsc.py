@@ -10,7 +10,8 @@ import pytest
 from matplotlib.path import Path as PolygonPath
 from pydicom.uid import CTImageStorage, RTStructureSetStorage
 
-from kseg.data.chest_phantom import (
+from kseg.errors import LayoutError
+from kseg.phantoms.lctsc import (
     NPZ_STORED_FLIPS,
     ROI_LABELS,
     SITE_ROI_NAMES,
@@ -22,7 +23,6 @@ from kseg.data.chest_phantom import (
     write_lctsc,
     write_lctsc_npz,
 )
-from kseg.errors import LayoutError
 
 SHAPE, SPACING = (12, 96, 96), (3.0, 5.0, 5.0)
 

@@ -22,9 +22,9 @@ side by side. :func:`write_lctsc_npz` writes the pre-converted layout (a DICOM f
 3D ``.npz`` mask per case, some masks stored reversed or flipped, some as bool). Regenerate the
 builder's dummy data with::
 
-    python -m kseg.data.chest_phantom tfds_builders/lctsc/dummy_data/tcia \\
+    python -m kseg.phantoms.lctsc tfds_builders/lctsc/dummy_data/tcia \\
         --num-patients 5 --num-test-patients 2 --num-slices 4 --size 64
-    python -m kseg.data.chest_phantom tfds_builders/lctsc/dummy_data/npz --layout npz \\
+    python -m kseg.phantoms.lctsc tfds_builders/lctsc/dummy_data/npz --layout npz \\
         --num-patients 5 --num-test-patients 0 --num-slices 6 --size 48
 
 Example:
@@ -51,17 +51,24 @@ from collections.abc import Sequence
 
 import numpy as np
 import pydicom
-from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import (
-    CTImageStorage,
-    RTStructureSetStorage,
-    generate_uid,
-)
+from pydicom.uid import CTImageStorage, generate_uid
 
-from kseg._files import atomic_directory, atomic_output
-from kseg.data.phantoms import SYNTHETIC_NOTICE, phantom_dataset
+from kseg._files import atomic_directory
 from kseg.errors import LayoutError
+from kseg.io.dicom_writer import (
+    SeriesReference,
+    new_dataset,
+    rtstruct_dataset,
+    set_grayscale_pixels,
+    write_dataset,
+)
 from kseg.io.rtstruct import LCTSC_ROI_NAMES, Contour, RoiContours
+from kseg.phantoms._common import (
+    IMPLEMENTATION_VERSION_NAME,
+    SYNTHETIC_NOTICE,
+    check_seed,
+    scrambled_permutation,
+)
 
 
 class ChestLabel(enum.IntEnum):
@@ -253,7 +260,7 @@ class _Shape:
 
 
 @dataclasses.dataclass(frozen=True)
-class ChestPhantom:
+class ChestCTPhantom:
     """A synthetic chest CT, its label map and its organ outlines.
 
     Attributes:
@@ -285,7 +292,7 @@ def chest_phantom(
     *,
     origin: Sequence[float] | None = None,
     sex: str = "M",
-) -> ChestPhantom:
+) -> ChestCTPhantom:
     """A synthetic axial chest CT with its label map and its organ outlines.
 
     The anatomy is laid out in millimetres: a body about 34 x 25 cm (a little smaller for
@@ -309,7 +316,7 @@ def chest_phantom(
         sex: ``"M"`` or ``"F"`` (the body and organs are about 8 % smaller for ``"F"``).
 
     Returns:
-        :class:`ChestPhantom`.
+        :class:`ChestCTPhantom`.
 
     Example:
         >>> phantom = chest_phantom((4, 48, 48), spacing=(5.0, 9.0, 9.0), seed=3)
@@ -322,7 +329,7 @@ def chest_phantom(
         raise ValueError(f"shape must be three positive sizes (z, y, x), got {shape}")
     if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise ValueError(f"spacing must be three positive mm sizes (z, y, x), got {spacing}")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if sex not in ("M", "F"):
         raise ValueError(f"sex must be 'M' or 'F', got {sex!r}")
     nz, ny, nx = shape
@@ -352,7 +359,7 @@ def chest_phantom(
     hu[vessel] = VESSEL_HU
     hu += rng.standard_normal(shape, dtype=np.float32) * np.float32(NOISE_HU)
     np.clip(np.rint(hu, out=hu), -1024, 3071, out=hu)
-    return ChestPhantom(
+    return ChestCTPhantom(
         hu=hu.astype(np.int16),
         labels=labels,
         spacing=spacing,
@@ -473,7 +480,7 @@ class LctscPhantomCase:
     patient_id: str
     site: int
     sex: str
-    phantom: ChestPhantom
+    phantom: ChestCTPhantom
     roi_names: dict[str, str]
     extra_roi: bool
     name_ranks: np.ndarray
@@ -535,7 +542,7 @@ def lctsc_phantom_case(
     for name, value, minimum in (("num_slices", num_slices, 1), ("size", size, 8)):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an integer of at least {minimum}, got {value!r}")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     site = index % 3 + 1
     rng = np.random.default_rng([seed, index, 1 if test else 0])
     sex = str(rng.choice(["F", "M"]))
@@ -553,8 +560,8 @@ def lctsc_phantom_case(
     phantom = chest_phantom((num_slices, size, size), spacing, int(rng.integers(2**31)),
                             origin=origin, sex=sex)
     roi_names = {name: str(rng.choice(SITE_ROI_NAMES[site][name])) for name in ROI_LABELS}
-    ranks = _scrambled_permutation(num_slices, rng)
-    instances = _scrambled_permutation(num_slices, rng, avoid=ranks) + 1
+    ranks = scrambled_permutation(num_slices, rng)
+    instances = scrambled_permutation(num_slices, rng, avoid=ranks) + 1
     return LctscPhantomCase(
         patient_id=patient_id,
         site=site,
@@ -565,26 +572,6 @@ def lctsc_phantom_case(
         name_ranks=ranks,
         instance_numbers=instances,
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class SeriesReference:
-    """The CT series an RT Structure Set is drawn on, as the structure set references it.
-
-    Attributes:
-        patient_id, patient_sex: copied into the structure set.
-        study_instance_uid: the study both series belong to.
-        series_instance_uid: the CT series.
-        frame_of_reference_uid: the CT's FrameOfReferenceUID.
-        sop_instance_uids: SOPInstanceUID of every CT slice.
-    """
-
-    patient_id: str
-    patient_sex: str
-    study_instance_uid: str
-    series_instance_uid: str
-    frame_of_reference_uid: str
-    sop_instance_uids: tuple[str, ...]
 
 
 def write_rtstruct(
@@ -599,10 +586,10 @@ def write_rtstruct(
 ) -> pathlib.Path:
     """Write a synthetic RT Structure Set (PS3.3 A.19) referencing a CT series.
 
-    Writes the Structure Set (StructureSetROISequence, ReferencedFrameOfReferenceSequence
-    down to every CT slice), ROI Contour (ContourImageSequence per contour when the contour
-    has a referenced UID; ContourData to 4 decimals of a mm) and RT ROI Observations
-    modules. The file is written to a temporary name beside ``path`` and renamed.
+    The structure set is :func:`kseg.io.dicom_writer.rtstruct_dataset`'s (ROIs named
+    ``External`` interpreted as EXTERNAL, the others as ORGAN), marked synthetic in its
+    PatientName, descriptions and StructureSetLabel. The file is written to a temporary
+    name beside ``path`` and renamed.
 
     Args:
         path: the file to write.
@@ -625,88 +612,30 @@ def write_rtstruct(
         >>> pydicom.dcmread(path).StructureSetROISequence[0].ROIName
         'Heart'
     """
-    path = pathlib.Path(path)
-    ds = phantom_dataset(RTStructureSetStorage, sop_instance_uid)
-    ds.StudyDate = ds.SeriesDate = ds.StructureSetDate = study_date
-    ds.StudyTime = ds.SeriesTime = ds.StructureSetTime = "120000"
+    ds = rtstruct_dataset(
+        rois, reference,
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        label="KSEG PHANTOM",
+        date=study_date,
+        time="120000",
+        series_number=series_number,
+        interpreted_types={EXTRA_ROI_NAME: "EXTERNAL"},
+    )
     ds.AccessionNumber = ""
-    ds.Modality = "RTSTRUCT"
     ds.Manufacturer = "kseg synthetic phantom"
     ds.ReferringPhysicianName = ""
     ds.StudyDescription = f"{SYNTHETIC_NOTICE} (LCTSC layout)"
     ds.SeriesDescription = f"{SYNTHETIC_NOTICE} structures"
     ds.OperatorsName = ""
     ds.PatientName = "KSEG^PHANTOM"
-    ds.PatientID = reference.patient_id
     ds.PatientBirthDate = ""
-    ds.PatientSex = reference.patient_sex
     ds.PatientIdentityRemoved = "YES"
-    ds.StudyInstanceUID = reference.study_instance_uid
-    ds.SeriesInstanceUID = series_instance_uid
     ds.StudyID = "1"
-    ds.SeriesNumber = series_number
-    ds.InstanceNumber = 1
-    ds.StructureSetLabel = "KSEG PHANTOM"
     ds.StructureSetName = "synthetic"
     ds.StructureSetDescription = SYNTHETIC_NOTICE
-
-    contour_images = DicomSequence()
-    for uid in reference.sop_instance_uids:
-        item = pydicom.Dataset()
-        item.ReferencedSOPClassUID = CTImageStorage
-        item.ReferencedSOPInstanceUID = uid
-        contour_images.append(item)
-    referenced_series = pydicom.Dataset()
-    referenced_series.SeriesInstanceUID = reference.series_instance_uid
-    referenced_series.ContourImageSequence = contour_images
-    referenced_study = pydicom.Dataset()
-    # Study Component Management SOP Class, which RT structure sets conventionally cite.
-    referenced_study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.2"
-    referenced_study.ReferencedSOPInstanceUID = reference.study_instance_uid
-    referenced_study.RTReferencedSeriesSequence = DicomSequence([referenced_series])
-    frame = pydicom.Dataset()
-    frame.FrameOfReferenceUID = reference.frame_of_reference_uid
-    frame.RTReferencedStudySequence = DicomSequence([referenced_study])
-    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame])
-
-    structure_rois, roi_contours, observations = DicomSequence(), DicomSequence(), DicomSequence()
-    for roi in rois:
-        structure = pydicom.Dataset()
-        structure.ROINumber = roi.number
-        structure.ReferencedFrameOfReferenceUID = (
-            roi.frame_of_reference_uid or reference.frame_of_reference_uid
-        )
-        structure.ROIName = roi.name
-        structure.ROIGenerationAlgorithm = "MANUAL"
-        structure_rois.append(structure)
-        roi_contour = pydicom.Dataset()
-        roi_contour.ROIDisplayColor = list(roi.color or (255, 255, 255))
-        roi_contour.ReferencedROINumber = roi.number
-        sequence = DicomSequence()
-        for contour in roi.contours:
-            item = pydicom.Dataset()
-            if contour.referenced_sop_instance_uid is not None:
-                image = pydicom.Dataset()
-                image.ReferencedSOPClassUID = CTImageStorage
-                image.ReferencedSOPInstanceUID = contour.referenced_sop_instance_uid
-                item.ContourImageSequence = DicomSequence([image])
-            item.ContourGeometricType = contour.geometric_type
-            item.NumberOfContourPoints = len(contour.points)
-            item.ContourData = [_decimal(v) for v in np.asarray(contour.points).ravel()]
-            sequence.append(item)
-        roi_contour.ContourSequence = sequence
-        roi_contours.append(roi_contour)
-        observation = pydicom.Dataset()
-        observation.ObservationNumber = roi.number
-        observation.ReferencedROINumber = roi.number
-        observation.RTROIInterpretedType = "EXTERNAL" if roi.name == EXTRA_ROI_NAME else "ORGAN"
-        observation.ROIInterpreter = ""
-        observations.append(observation)
-    ds.StructureSetROISequence = structure_rois
-    ds.ROIContourSequence = roi_contours
-    ds.RTROIObservationsSequence = observations
-    _write_atomically(ds, path)
-    return path
+    return write_dataset(ds, path)
 
 
 def write_lctsc(
@@ -913,14 +842,16 @@ def _write_ct_series(folder: pathlib.Path, case: LctscPhantomCase, seed: int,
     """Write the CT slices; returns the SOPInstanceUID of slice k at index k."""
     folder.mkdir(parents=True)
     phantom = case.phantom
-    nz, rows, columns = phantom.hu.shape
+    nz = phantom.hu.shape[0]
     digits = max(3, len(str(nz)))
     sop_uids = []
     for k in range(nz):
         sop_uid = generate_uid(entropy_srcs=["kseg-chest-phantom", str(seed), case.patient_id,
                                              "slice", str(k)])
         sop_uids.append(sop_uid)
-        ds = phantom_dataset(CTImageStorage, sop_uid)
+        ds = new_dataset(
+            CTImageStorage, sop_uid, implementation_version_name=IMPLEMENTATION_VERSION_NAME
+        )
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20031116"
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
@@ -953,64 +884,21 @@ def _write_ct_series(folder: pathlib.Path, case: LctscPhantomCase, seed: int,
         ds.PixelSpacing = [phantom.spacing[1], phantom.spacing[2]]
         ds.ImageComments = SYNTHETIC_NOTICE
         ds.BurnedInAnnotation = "NO"
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = rows, columns
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
         ds.KVP = 120
         ds.RescaleIntercept = -1024
         ds.RescaleSlope = 1
         ds.RescaleType = "HU"
         ds.WindowCenter, ds.WindowWidth = -600, 1500
-        stored = (phantom.hu[k].astype(np.int32) + 1024).astype("<u2")
-        ds.PixelData = np.ascontiguousarray(stored).tobytes()
+        set_grayscale_pixels(ds, (phantom.hu[k].astype(np.int32) + 1024).astype(np.uint16))
         name = f"1-{int(case.name_ranks[k]) + 1:0{digits}d}.dcm"
         pydicom.dcmwrite(folder / name, ds, enforce_file_format=True)
     return sop_uids
 
 
-def _write_atomically(ds: pydicom.Dataset, path: pathlib.Path) -> None:
-    with atomic_output(path) as temporary:
-        pydicom.dcmwrite(temporary, ds, enforce_file_format=True)
-
-
-def _decimal(value: float) -> str:
-    text = f"{value:.4f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
-
-
-def _scrambled_permutation(
-    n: int, rng: np.random.Generator, avoid: np.ndarray | None = None
-) -> np.ndarray:
-    """A random permutation of ``0..n-1`` that is neither ascending nor (for n > 2)
-    descending, nor equal to ``avoid`` (for n > 3), so no ordering shortcut holds."""
-    identity = np.arange(n)
-    if n < 2:
-        return identity
-    forbidden = [identity]
-    if n > 2:
-        forbidden.append(identity[::-1])
-    if avoid is not None and n > 3:
-        forbidden.append(np.asarray(avoid))
-    while True:
-        permutation = rng.permutation(n)
-        if not any(np.array_equal(permutation, f) for f in forbidden):
-            return permutation
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m kseg.data.chest_phantom ROOT [--layout tcia|npz] ...``."""
+    """Command line: ``python -m kseg.phantoms.lctsc ROOT [--layout tcia|npz] ...``."""
     parser = argparse.ArgumentParser(
-        prog="python -m kseg.data.chest_phantom",
+        prog="python -m kseg.phantoms.lctsc",
         description=f"Write {SYNTHETIC_NOTICE} chest CT patients in the LCTSC layout.",
     )
     parser.add_argument("root", type=pathlib.Path, help="folder to write into")

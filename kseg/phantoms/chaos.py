@@ -17,7 +17,7 @@ organisers' evaluation code. Mask files come in every encoding a reader meets
 palettes, grey RGB(A), JPEG), by default a different one per patient, so one phantom tree
 exercises them all. Regenerate the CHAOS builder's dummy data with::
 
-    python -m kseg.data.phantoms tfds_builders/chaos/dummy_data --modality CT MR \\
+    python -m kseg.phantoms.chaos tfds_builders/chaos/dummy_data --modality CT MR \\
         --num-patients 5 --num-slices 4 --size 32
 
 Example:
@@ -44,20 +44,18 @@ from collections.abc import Sequence
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    CTImageStorage,
-    ExplicitVRLittleEndian,
-    MRImageStorage,
-    generate_uid,
-)
+from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 from tqdm import tqdm
 
 from kseg._files import atomic_directory
 from kseg.errors import LayoutError
-
-SYNTHETIC_NOTICE = "synthetic kseg phantom"
+from kseg.io.dicom_writer import new_dataset, set_grayscale_pixels
+from kseg.phantoms._common import (
+    IMPLEMENTATION_VERSION_NAME,
+    SYNTHETIC_NOTICE,
+    check_seed,
+    scrambled_permutation,
+)
 
 
 class PhantomLabel(enum.IntEnum):
@@ -228,7 +226,7 @@ def mr_signal(labels: np.ndarray, sequence: str, seed: int = 0) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.size and int(labels.max()) >= len(PhantomLabel):
         raise ValueError(f"labels hold {int(labels.max())}, not a PhantomLabel value")
-    rng = np.random.default_rng([_check_seed(seed), MR_SEQUENCES.index(sequence)])
+    rng = np.random.default_rng([check_seed(seed), MR_SEQUENCES.index(sequence)])
     clean = np.asarray(MR_SIGNAL[sequence], dtype=np.float32)[labels]
     real = clean + rng.standard_normal(labels.shape, dtype=np.float32) * _MR_NOISE_SIGMA
     imaginary = rng.standard_normal(labels.shape, dtype=np.float32) * _MR_NOISE_SIGMA
@@ -285,7 +283,7 @@ def chaos_phantom_case(
     for name, value in (("num_slices", num_slices), ("size", size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     numbers = CHAOS_CT_PATIENTS if modality == "CT" else CHAOS_MR_PATIENTS
     if patient_index < len(numbers):
         number = numbers[patient_index]
@@ -316,8 +314,8 @@ def chaos_phantom_case(
     series_orders = ("CT",) if modality == "CT" else ("T1DUAL", "T2SPIR")
     name_ranks, instance_numbers = {}, {}
     for series in series_orders:
-        ranks = _scrambled_permutation(num_slices, rng)
-        instances = _scrambled_permutation(num_slices, rng, avoid=ranks) + 1
+        ranks = scrambled_permutation(num_slices, rng)
+        instances = scrambled_permutation(num_slices, rng, avoid=ranks) + 1
         keys = ("T1_IN", "T1_OUT") if series == "T1DUAL" else (series,)
         for key in keys:
             name_ranks[key] = ranks
@@ -538,21 +536,6 @@ _MR_PROTOCOLS = {
 }
 
 
-def phantom_dataset(sop_class_uid: str, sop_instance_uid: str) -> pydicom.Dataset:
-    """A DICOM dataset with the file meta and SOP identity every phantom file carries."""
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta.ImplementationVersionName = "KSEG_PHANTOM"
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = sop_class_uid
-    ds.SOPInstanceUID = sop_instance_uid
-    return ds
-
-
 class _SeriesWriter:
     """Writes the slices of one synthetic series; the header parts shared by all slices
     are built once."""
@@ -573,7 +556,10 @@ class _SeriesWriter:
     def write(self, path: pathlib.Path, k: int) -> None:
         case = self.case
         sop_uid = generate_uid(entropy_srcs=[*self.entropy, "slice", str(k)])
-        ds = phantom_dataset(CTImageStorage if self.is_ct else MRImageStorage, sop_uid)
+        ds = new_dataset(
+            CTImageStorage if self.is_ct else MRImageStorage, sop_uid,
+            implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        )
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20190401"
         ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
@@ -606,13 +592,6 @@ class _SeriesWriter:
         ds.PixelSpacing = [case.spacing[1], case.spacing[2]]
         ds.ImageComments = SYNTHETIC_NOTICE
         ds.BurnedInAnnotation = "NO"
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = case.labels.shape[1:]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16 if self.is_ct else 12
-        ds.HighBit = ds.BitsStored - 1
-        ds.PixelRepresentation = 0
         if self.is_ct:
             ds.KVP = 120
             ds.RescaleIntercept = -1024
@@ -631,27 +610,8 @@ class _SeriesWriter:
             ds.EchoTrainLength = 1
             ds.MagneticFieldStrength = 1.5
             stored = case.images[self.series][k]
-        ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+        set_grayscale_pixels(ds, stored, bits_stored=16 if self.is_ct else 12)
         pydicom.dcmwrite(path, ds, enforce_file_format=True)
-
-
-def _scrambled_permutation(
-    n: int, rng: np.random.Generator, avoid: np.ndarray | None = None
-) -> np.ndarray:
-    """A random permutation of ``0..n-1`` that is neither ascending nor (for n > 2)
-    descending, nor equal to ``avoid`` (for n > 3), so no ordering shortcut holds."""
-    identity = np.arange(n)
-    forbidden = [identity]
-    if n > 2:
-        forbidden.append(identity[::-1])
-    if avoid is not None and n > 3:
-        forbidden.append(np.asarray(avoid))
-    if n < 2:
-        return identity
-    while True:
-        permutation = rng.permutation(n)
-        if not any(np.array_equal(permutation, f) for f in forbidden):
-            return permutation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -783,13 +743,7 @@ def _check_geometry(shape, spacing, seed):
         raise ValueError(f"shape must be three positive sizes (z, y, x), got {shape}")
     if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise ValueError(f"spacing must be three positive mm sizes (z, y, x), got {spacing}")
-    return shape, spacing, _check_seed(seed)
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
+    return shape, spacing, check_seed(seed)
 
 
 def _check_modality(modality: str) -> str:
@@ -799,9 +753,9 @@ def _check_modality(modality: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: ``python -m kseg.data.phantoms ROOT --modality CT MR ...``."""
+    """Command line: ``python -m kseg.phantoms.chaos ROOT --modality CT MR ...``."""
     parser = argparse.ArgumentParser(
-        prog="python -m kseg.data.phantoms",
+        prog="python -m kseg.phantoms.chaos",
         description=f"Write {SYNTHETIC_NOTICE} patients in the CHAOS training layout.",
     )
     parser.add_argument("root", type=pathlib.Path, help="folder to write Train_Sets/ into")

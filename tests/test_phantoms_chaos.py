@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
-from kseg.data.phantoms import (
+from kseg.errors import LayoutError
+from kseg.phantoms.chaos import (
     CHAOS_CT_PATIENTS,
     CHAOS_MASK_ENCODINGS,
     CHAOS_MR_PATIENTS,
@@ -20,7 +21,6 @@ from kseg.data.phantoms import (
     mr_signal,
     write_chaos,
 )
-from kseg.errors import LayoutError
 
 SHAPE = (16, 96, 96)
 SPACING = (3.0, 4.0, 4.0)

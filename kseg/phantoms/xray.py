@@ -29,7 +29,7 @@ grey, palettes, grey RGB(A), interpolated edges, JPEG), by default a different o
 
 Regenerate the builder's dummy data with::
 
-    python -m kseg.data.xray_phantom tfds_builders/xray/dummy_data
+    python -m kseg.phantoms.xray tfds_builders/xray/dummy_data
 
 Example:
     >>> phantom = chest_radiograph((64, 64), seed=1)
@@ -59,22 +59,16 @@ import tempfile
 from collections.abc import Sequence
 
 import numpy as np
-import pydicom
 from PIL import Image, PngImagePlugin, TiffImagePlugin
-from pydicom.dataset import FileMetaDataset
-from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
-    ComputedRadiographyImageStorage,
-    ExplicitVRLittleEndian,
-    generate_uid,
-)
+from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 
 from kseg.errors import LayoutError
-
-SYNTHETIC_NOTICE = "synthetic kseg phantom"
+from kseg.io.dicom_writer import new_dataset, set_grayscale_pixels
+from kseg.phantoms._common import IMPLEMENTATION_VERSION_NAME, SYNTHETIC_NOTICE, check_seed
 
 STRUCTURES = ("right lung", "left lung", "heart", "right clavicle", "left clavicle")
-"""Structures of :class:`ChestPhantom`, named as the SCR mask folders (patient's sides)."""
+"""Structures of :class:`ChestRadiographPhantom`, named as the SCR mask folders (patient's
+sides)."""
 
 GENERIC_CLASSES = ("lungs", "heart", "clavicles")
 """Foreground classes :func:`write_generic` can draw; 1, 2, 3 in a label map."""
@@ -118,7 +112,7 @@ _EDGE_OVERSAMPLING = 4
 
 
 @dataclasses.dataclass(frozen=True)
-class ChestPhantom:
+class ChestRadiographPhantom:
     """One synthetic PA chest radiograph.
 
     Attributes:
@@ -147,7 +141,7 @@ class _Anatomy:
 
     @classmethod
     def draw(cls, seed: int) -> _Anatomy:
-        rng = np.random.default_rng([_check_seed(seed), _SEED_TAG])
+        rng = np.random.default_rng([check_seed(seed), _SEED_TAG])
 
         def jitter(scale: float) -> float:
             return float(rng.uniform(-scale, scale))
@@ -243,7 +237,7 @@ def chest_radiograph(
     seed: int = 0,
     bit_depth: int = JSRT_BIT_DEPTH,
     noise: float = 0.01,
-) -> ChestPhantom:
+) -> ChestRadiographPhantom:
     """A synthetic PA chest radiograph and its structure masks.
 
     The image is a sum of projected thicknesses (body with an elliptical thickness profile,
@@ -258,7 +252,7 @@ def chest_radiograph(
         noise: noise standard deviation as a fraction of ``2**bit_depth - 1``.
 
     Returns:
-        A :class:`ChestPhantom`.
+        A :class:`ChestRadiographPhantom`.
 
     Example:
         >>> phantom = chest_radiograph((48, 48), seed=0, bit_depth=8)
@@ -296,11 +290,11 @@ def chest_radiograph(
     )
     attenuation = np.clip(attenuation, 0.0, 1.4) / 1.4
     maximum = 2**bit_depth - 1
-    rng = np.random.default_rng([_check_seed(seed), _SEED_TAG, 1])
+    rng = np.random.default_rng([check_seed(seed), _SEED_TAG, 1])
     image = maximum * (0.08 + 0.75 * attenuation)
     image += rng.standard_normal(shape) * (noise * maximum)
     image = np.clip(np.rint(image), 0, maximum).astype(np.uint16)
-    return ChestPhantom(image=image, structures=masks, bit_depth=bit_depth)
+    return ChestRadiographPhantom(image=image, structures=masks, bit_depth=bit_depth)
 
 
 def label_map(
@@ -312,7 +306,7 @@ def label_map(
     the default order the clavicles cover the lung apices, as in the seed's 3-class masks).
 
     Args:
-        structures: masks of :data:`STRUCTURES` (from :class:`ChestPhantom` or
+        structures: masks of :data:`STRUCTURES` (from :class:`ChestRadiographPhantom` or
             :func:`structure_masks`).
         classes: names from :data:`GENERIC_CLASSES`.
 
@@ -623,7 +617,7 @@ def _staged(root: pathlib.Path, entries: Sequence[str]):
         yield staging
         (staging / "SYNTHETIC.txt").write_text(
             f"Every file in this folder is a {SYNTHETIC_NOTICE} "
-            "(kseg.data.xray_phantom), not patient data.\n"
+            "(kseg.phantoms.xray), not patient data.\n"
         )
         for entry in (*entries, "SYNTHETIC.txt"):
             if (staging / entry).exists():
@@ -737,15 +731,11 @@ def _save_tiff(array: np.ndarray, path: pathlib.Path, bit_depth: int) -> None:
 
 def _save_dicom(array: np.ndarray, path: pathlib.Path, bit_depth: int, stem: str, seed: int):
     entropy = [seed, _SEED_TAG, *stem.encode()]
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(e) for e in entropy])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    dataset = pydicom.Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    dataset = new_dataset(
+        ComputedRadiographyImageStorage,
+        generate_uid(entropy_srcs=[str(e) for e in entropy]),
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+    )
     dataset.StudyInstanceUID = generate_uid(entropy_srcs=["study", stem, str(seed)])
     dataset.SeriesInstanceUID = generate_uid(entropy_srcs=["series", stem, str(seed)])
     dataset.Modality = "CR"
@@ -753,14 +743,8 @@ def _save_dicom(array: np.ndarray, path: pathlib.Path, bit_depth: int, stem: str
     dataset.PatientName = "KSEG^PHANTOM"
     dataset.PatientID = stem.split("_")[0]
     dataset.ImageComments = SYNTHETIC_NOTICE
-    dataset.Rows, dataset.Columns = array.shape
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = "MONOCHROME2"
-    dataset.BitsAllocated = 8 if bit_depth <= 8 else 16
-    dataset.BitsStored = bit_depth
-    dataset.HighBit = bit_depth - 1
-    dataset.PixelRepresentation = 0
-    dataset.PixelData = array.astype(np.uint8 if bit_depth <= 8 else "<u2").tobytes()
+    pixels = array.astype(np.uint8 if bit_depth <= 8 else np.uint16)
+    set_grayscale_pixels(dataset, pixels, bits_stored=bit_depth)
     dataset.save_as(path, enforce_file_format=True)
 
 
@@ -771,12 +755,6 @@ def _check_shape(shape) -> tuple[int, int]:
     ):
         raise ValueError(f"shape must be two integers of at least 8, got {shape!r}")
     return int(shape[0]), int(shape[1])
-
-
-def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    return int(seed)
 
 
 def _check_positive(name: str, value) -> int:
@@ -796,7 +774,7 @@ def _check_classes(classes) -> tuple[str, ...]:
 def main(argv: Sequence[str] | None = None) -> None:
     """Write the ``xray`` builder's dummy data: every layout, in one folder."""
     parser = argparse.ArgumentParser(
-        prog="python -m kseg.data.xray_phantom",
+        prog="python -m kseg.phantoms.xray",
         description=f"Write {SYNTHETIC_NOTICE} chest radiographs in the JSRT/SCR, Montgomery "
         "and generic layouts (the xray builder's manual_dir).",
     )

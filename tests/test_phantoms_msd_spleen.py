@@ -7,16 +7,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from kseg.data.spleen_phantom import (
+from kseg.errors import LayoutError
+from kseg.phantoms import SYNTHETIC_NOTICE
+from kseg.phantoms.msd_spleen import (
     LABEL_ENCODINGS,
     MSD_SPLEEN_TEST_CASES,
     MSD_SPLEEN_TRAINING_CASES,
-    SYNTHETIC_NOTICE,
     main,
     spleen_phantom_case,
     write_msd_spleen,
 )
-from kseg.errors import LayoutError
 
 SHAPE = (10, 48, 48)
 SPACING = (5.0, 3.0, 3.0)

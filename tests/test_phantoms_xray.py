@@ -1,12 +1,12 @@
-"""Tests of kseg.data.xray_phantom: files read back with numpy, Pillow and pydicom only."""
+"""Tests of kseg.phantoms.xray: files read back with numpy, Pillow and pydicom only."""
 
 import numpy as np
 import pydicom
 import pytest
 from PIL import Image
 
-from kseg.data import xray_phantom
 from kseg.errors import LayoutError
+from kseg.phantoms import SYNTHETIC_NOTICE, xray
 
 _MODE_OF_ENCODING = {
     "1bit": "1", "8bit": "L", "8bit_01": "L", "8bit_edges": "L", "16bit": "I;16",
@@ -42,9 +42,9 @@ def _grey(path, encoding, binary=True):
 
 
 def test_radiograph_is_seeded_in_range_and_has_chest_contrast():
-    phantom = xray_phantom.chest_radiograph((96, 96), seed=4)
-    again = xray_phantom.chest_radiograph((96, 96), seed=4)
-    other = xray_phantom.chest_radiograph((96, 96), seed=5)
+    phantom = xray.chest_radiograph((96, 96), seed=4)
+    again = xray.chest_radiograph((96, 96), seed=4)
+    other = xray.chest_radiograph((96, 96), seed=5)
     np.testing.assert_array_equal(phantom.image, again.image)
     assert not np.array_equal(phantom.image, other.image)
     assert phantom.image.dtype == np.uint16 and phantom.bit_depth == 12
@@ -61,7 +61,7 @@ def test_radiograph_is_seeded_in_range_and_has_chest_contrast():
 
 
 def test_structures_follow_the_radiological_view_and_scr_conventions():
-    masks = xray_phantom.structure_masks((128, 128), seed=2)
+    masks = xray.structure_masks((128, 128), seed=2)
     columns = np.arange(128)[None, :]
     assert np.mean(np.broadcast_to(columns, (128, 128))[masks["right lung"]]) < 64
     assert np.mean(np.broadcast_to(columns, (128, 128))[masks["left lung"]]) > 64
@@ -72,7 +72,7 @@ def test_structures_follow_the_radiological_view_and_scr_conventions():
 
 
 def test_jsrt_scr_files_are_inverted_big_endian_words_and_half_resolution_gifs(tmp_path):
-    root = xray_phantom.write_jsrt_scr(tmp_path, num_images=3, size=32, seed=1)
+    root = xray.write_jsrt_scr(tmp_path, num_images=3, size=32, seed=1)
     names = ["JPCLN001", "JPCNN001", "JPCLN002"]
     assert sorted(p.name for p in (root / "All247images").iterdir()) == sorted(
         f"{n}.IMG" for n in names
@@ -81,12 +81,12 @@ def test_jsrt_scr_files_are_inverted_big_endian_words_and_half_resolution_gifs(t
         data = (root / "All247images" / f"{name}.IMG").read_bytes()
         assert len(data) == 32 * 32 * 2
         stored = np.frombuffer(data, dtype=">u2").reshape(32, 32)
-        phantom = xray_phantom.chest_radiograph((32, 32), seed=1000 + k)
+        phantom = xray.chest_radiograph((32, 32), seed=1000 + k)
         np.testing.assert_array_equal(stored, 4095 - phantom.image.astype(int))
         fold = "fold1" if int(name[-3:]) % 2 else "fold2"
-        expected = xray_phantom.structure_masks((16, 16), seed=1000 + k)
-        encoding = xray_phantom.default_mask_encoding("gif", k)
-        for structure in xray_phantom.STRUCTURES:
+        expected = xray.structure_masks((16, 16), seed=1000 + k)
+        encoding = xray.default_mask_encoding("gif", k)
+        for structure in xray.STRUCTURES:
             path = root / "scratch" / fold / "masks" / structure / f"{name}.gif"
             gif = Image.open(path)
             assert gif.format == "GIF" and gif.size == (16, 16)
@@ -96,33 +96,33 @@ def test_jsrt_scr_files_are_inverted_big_endian_words_and_half_resolution_gifs(t
 
 
 def test_montgomery_images_are_16_bit_pngs_marked_synthetic(tmp_path):
-    root = xray_phantom.write_montgomery(tmp_path, num_images=2, size=24, seed=3)
+    root = xray.write_montgomery(tmp_path, num_images=2, size=24, seed=3)
     base = root / "MontgomerySet"
     for k, name in enumerate(["MCUCXR_0001_0.png", "MCUCXR_0002_1.png"]):
-        phantom = xray_phantom.chest_radiograph((24, 24), seed=3000 + k)
+        phantom = xray.chest_radiograph((24, 24), seed=3000 + k)
         png = Image.open(base / "CXR_png" / name)
-        assert png.mode == "I;16" and png.text["Comment"] == xray_phantom.SYNTHETIC_NOTICE
+        assert png.mode == "I;16" and png.text["Comment"] == SYNTHETIC_NOTICE
         np.testing.assert_array_equal(np.asarray(png), phantom.image)
-        encoding = xray_phantom.default_mask_encoding("binary", k)
+        encoding = xray.default_mask_encoding("binary", k)
         for folder, structure in (("leftMask", "left lung"), ("rightMask", "right lung")):
             mask = _grey(base / "ManualMask" / folder / name, encoding)
             np.testing.assert_array_equal(mask, np.where(phantom.structures[structure], 255, 0))
 
 
 def test_generic_label_maps_store_the_documented_grey_values(tmp_path):
-    root = xray_phantom.write_generic(
-        tmp_path, num_images=2, size=24, seed=7, classes=xray_phantom.GENERIC_CLASSES
+    root = xray.write_generic(
+        tmp_path, num_images=2, size=24, seed=7, classes=xray.GENERIC_CLASSES
     )
-    assert xray_phantom.mask_values() == {"lungs": 85, "heart": 170, "clavicles": 255}
+    assert xray.mask_values() == {"lungs": 85, "heart": 170, "clavicles": 255}
     for k in range(2):
-        phantom = xray_phantom.chest_radiograph((24, 24), seed=7000 + k, bit_depth=8)
+        phantom = xray.chest_radiograph((24, 24), seed=7000 + k, bit_depth=8)
         s = phantom.structures
         expected = np.zeros((24, 24), np.uint8)
         expected[s["right lung"] | s["left lung"]] = 85
         expected[s["heart"]] = 170
         expected[s["right clavicle"] | s["left clavicle"]] = 255
         stem = f"P{k + 1:04d}_0"
-        encoding = xray_phantom.default_mask_encoding("label_map", k)
+        encoding = xray.default_mask_encoding("label_map", k)
         grey = _grey(root / "masks" / f"{stem}.png", encoding, binary=False)
         np.testing.assert_array_equal(grey, expected)
         image = Image.open(root / "images" / f"{stem}.png")
@@ -131,7 +131,7 @@ def test_generic_label_maps_store_the_documented_grey_values(tmp_path):
 
 
 def test_generic_dicom_and_per_class_folders(tmp_path):
-    root = xray_phantom.write_generic(
+    root = xray.write_generic(
         tmp_path,
         num_images=1,
         size=16,
@@ -143,43 +143,43 @@ def test_generic_dicom_and_per_class_folders(tmp_path):
         images_per_patient=2,
     )
     for view in (0, 1):
-        phantom = xray_phantom.chest_radiograph((16, 16), seed=2000 + view, bit_depth=14)
+        phantom = xray.chest_radiograph((16, 16), seed=2000 + view, bit_depth=14)
         dataset = pydicom.dcmread(root / "images" / f"P0001_{view}.dcm")
         assert dataset.BitsStored == 14 and dataset.PhotometricInterpretation == "MONOCHROME2"
-        assert dataset.ImageComments == xray_phantom.SYNTHETIC_NOTICE
+        assert dataset.ImageComments == SYNTHETIC_NOTICE
         assert str(dataset.PatientName) == "KSEG^PHANTOM" and dataset.PatientID == "P0001"
         np.testing.assert_array_equal(dataset.pixel_array, phantom.image)
-        encoding = xray_phantom.default_mask_encoding("binary", view)
+        encoding = xray.default_mask_encoding("binary", view)
         heart = _grey(root / "masks" / "heart" / f"P0001_{view}.png", encoding)
         np.testing.assert_array_equal(heart, np.where(phantom.structures["heart"], 255, 0))
 
 
 def test_writers_never_overwrite_and_the_cli_writes_every_layout(tmp_path):
-    xray_phantom.main([str(tmp_path), "--num-images", "2", "--size", "16"])
+    xray.main([str(tmp_path), "--num-images", "2", "--size", "16"])
     for folder in ("All247images", "scratch", "MontgomerySet", "images", "masks"):
         assert (tmp_path / folder).is_dir()
     before = (tmp_path / "images" / "P0001_0.png").read_bytes()
     with pytest.raises(LayoutError, match=r"images: already exists"):
-        xray_phantom.write_generic(tmp_path, num_images=1, size=16, seed=9)
+        xray.write_generic(tmp_path, num_images=1, size=16, seed=9)
     assert (tmp_path / "images" / "P0001_0.png").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="shape must be two integers of at least 8"):
-        xray_phantom.chest_radiograph((4, 64))
+        xray.chest_radiograph((4, 64))
     with pytest.raises(ValueError, match="classes must be distinct names"):
-        xray_phantom.label_map(xray_phantom.structure_masks((16, 16)), ("lungs", "spleen"))
+        xray.label_map(xray.structure_masks((16, 16)), ("lungs", "spleen"))
     with pytest.raises(ValueError, match="size must be an even integer"):
-        xray_phantom.write_jsrt_scr("unused", size=33)
+        xray.write_jsrt_scr("unused", size=33)
 
 
-@pytest.mark.parametrize("encoding", sorted(xray_phantom.MASK_ENCODINGS))
+@pytest.mark.parametrize("encoding", sorted(xray.MASK_ENCODINGS))
 def test_every_encoding_stores_the_lungs_or_the_label_map(tmp_path, encoding):
-    binary_root = xray_phantom.write_generic(
+    binary_root = xray.write_generic(
         tmp_path / "binary", num_images=1, size=32, seed=3, mask_encoding=encoding
     )
-    phantom = xray_phantom.chest_radiograph((32, 32), seed=3000, bit_depth=8)
+    phantom = xray.chest_radiograph((32, 32), seed=3000, bit_depth=8)
     s = phantom.structures
     lungs = s["right lung"] | s["left lung"]
     suffix = ".jpg" if encoding == "jpg" else ".png"
@@ -188,19 +188,19 @@ def test_every_encoding_stores_the_lungs_or_the_label_map(tmp_path, encoding):
         assert np.count_nonzero((grey > 127) != lungs) <= 0.02 * lungs.size
     elif encoding == "8bit_edges":
         # Each pixel holds 255 x the lung fraction of its 4 x 4 sub-pixels.
-        fine = xray_phantom.structure_masks((128, 128), seed=3000)
+        fine = xray.structure_masks((128, 128), seed=3000)
         fraction = (fine["right lung"] | fine["left lung"]).reshape(32, 4, 32, 4).mean((1, 3))
         np.testing.assert_array_equal(grey, np.rint(255 * fraction))
         assert ((grey > 0) & (grey < 255)).any()
     else:
         np.testing.assert_array_equal(grey, np.where(lungs, 255, 0))
 
-    classes = xray_phantom.GENERIC_CLASSES
+    classes = xray.GENERIC_CLASSES
     if encoding in ("1bit", "8bit_01", "8bit_edges", "16bit_01", "jpg"):
         with pytest.raises(ValueError, match="cannot hold a label map of several classes"):
-            xray_phantom.write_generic(tmp_path / "map", classes=classes, mask_encoding=encoding)
+            xray.write_generic(tmp_path / "map", classes=classes, mask_encoding=encoding)
         return
-    map_root = xray_phantom.write_generic(
+    map_root = xray.write_generic(
         tmp_path / "map", num_images=1, size=32, seed=3, classes=classes, mask_encoding=encoding
     )
     expected = np.zeros((32, 32), np.int64)
@@ -212,10 +212,10 @@ def test_every_encoding_stores_the_lungs_or_the_label_map(tmp_path, encoding):
 
 
 def test_default_encodings_vary_per_image_and_bad_ones_are_refused(tmp_path):
-    binary = {xray_phantom.default_mask_encoding("binary", k) for k in range(9)}
-    assert binary == set(xray_phantom.MASK_ENCODINGS) - {"8bit_edges", "jpg"}
-    assert xray_phantom.default_mask_encoding("binary", 0) == "8bit"
+    binary = {xray.default_mask_encoding("binary", k) for k in range(9)}
+    assert binary == set(xray.MASK_ENCODINGS) - {"8bit_edges", "jpg"}
+    assert xray.default_mask_encoding("binary", 0) == "8bit"
     with pytest.raises(ValueError, match="mask_encoding of GIF masks"):
-        xray_phantom.write_jsrt_scr(tmp_path, mask_encoding="rgb")
+        xray.write_jsrt_scr(tmp_path, mask_encoding="rgb")
     with pytest.raises(ValueError, match="mask_encoding must be None or one of"):
-        xray_phantom.write_montgomery(tmp_path, mask_encoding="gif")
+        xray.write_montgomery(tmp_path, mask_encoding="gif")

@@ -1,0 +1,259 @@
+"""DICOM files out of arrays and contours: the writing side of :mod:`kseg.io.dicom` and
+:mod:`kseg.io.rtstruct`.
+
+A file starts as :func:`new_dataset` (file meta and SOP identity), gets its pixels from
+:func:`set_grayscale_pixels` or its structures from :func:`rtstruct_dataset` (which takes
+the :class:`~kseg.io.rtstruct.RoiContours` the reader returns), and is written by
+:func:`write_dataset`. Everything that says who or what the data is (patient name,
+descriptions, manufacturer) is left to the caller.
+
+Example:
+    >>> from pydicom.uid import SecondaryCaptureImageStorage
+    >>> ds = new_dataset(SecondaryCaptureImageStorage, "1.2.3.4",
+    ...                  implementation_version_name="EXAMPLE")
+    >>> set_grayscale_pixels(ds, np.zeros((2, 3), np.uint16), bits_stored=12)
+    >>> ds.Rows, ds.Columns, ds.BitsAllocated, ds.HighBit
+    (2, 3, 16, 11)
+
+Reference:
+    DICOM PS3.10 section 7.1 (file meta information); PS3.3 C.7.6.3 (Image Pixel module),
+    C.8.8.5 (Structure Set), C.8.8.6 (ROI Contour), C.8.8.8 (RT ROI Observations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileMetaDataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import (
+    PYDICOM_IMPLEMENTATION_UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    RTStructureSetStorage,
+)
+
+from kseg._files import atomic_output
+from kseg.io.rtstruct import RoiContours
+
+__all__ = [
+    "SeriesReference",
+    "new_dataset",
+    "rtstruct_dataset",
+    "set_grayscale_pixels",
+    "write_dataset",
+]
+
+# Study Component Management SOP Class, which RT structure sets conventionally cite as the
+# class of their referenced study.
+_STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"
+
+
+def new_dataset(
+    sop_class_uid: str, sop_instance_uid: str, *, implementation_version_name: str
+) -> pydicom.Dataset:
+    """An empty DICOM dataset with its file meta (explicit VR little endian) and SOP identity.
+
+    Args:
+        sop_class_uid: SOPClassUID, also the MediaStorageSOPClassUID.
+        sop_instance_uid: SOPInstanceUID, also the MediaStorageSOPInstanceUID.
+        implementation_version_name: the file meta ImplementationVersionName (up to 16
+            characters), naming what wrote the file.
+
+    Returns:
+        A dataset with SpecificCharacterSet ``ISO_IR 100`` (Latin-1) and nothing else.
+    """
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta.ImplementationVersionName = implementation_version_name
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.SOPClassUID = sop_class_uid
+    ds.SOPInstanceUID = sop_instance_uid
+    return ds
+
+
+def set_grayscale_pixels(
+    ds: pydicom.Dataset, pixels: np.ndarray, *, bits_stored: int | None = None
+) -> None:
+    """Fill the Image Pixel module of a single-frame MONOCHROME2 image.
+
+    Args:
+        ds: the dataset to fill.
+        pixels: ``uint8`` or ``uint16`` ``(rows, columns)`` stored values; BitsAllocated is
+            their width.
+        bits_stored: significant bits of each value, at most BitsAllocated (default: all).
+
+    Raises:
+        ValueError: ``pixels`` is not a 2D ``uint8`` / ``uint16`` array, or ``bits_stored``
+            is out of range.
+    """
+    pixels = np.asarray(pixels)
+    if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
+        raise ValueError(
+            f"pixels must be a 2D uint8 or uint16 array, got {pixels.dtype} {pixels.shape}"
+        )
+    bits_allocated = 8 * pixels.dtype.itemsize
+    bits_stored = bits_allocated if bits_stored is None else bits_stored
+    if not 1 <= bits_stored <= bits_allocated:
+        raise ValueError(f"bits_stored must be in 1..{bits_allocated}, got {bits_stored!r}")
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = bits_allocated
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(pixels, dtype=pixels.dtype.newbyteorder("<")).tobytes()
+
+
+def write_dataset(ds: pydicom.Dataset, path: os.PathLike | str) -> pathlib.Path:
+    """Write ``ds`` as a DICOM file (preamble, file meta), atomically: to a temporary name
+    beside ``path``, then renamed, so ``path`` never holds a half-written file."""
+    path = pathlib.Path(path)
+    with atomic_output(path) as temporary:
+        pydicom.dcmwrite(temporary, ds, enforce_file_format=True)
+    return path
+
+
+@dataclasses.dataclass(frozen=True)
+class SeriesReference:
+    """The CT series an RT Structure Set is drawn on, as the structure set references it.
+
+    Attributes:
+        patient_id, patient_sex: copied into the structure set.
+        study_instance_uid: the study both series belong to.
+        series_instance_uid: the CT series.
+        frame_of_reference_uid: the CT's FrameOfReferenceUID.
+        sop_instance_uids: SOPInstanceUID of every CT slice.
+    """
+
+    patient_id: str
+    patient_sex: str
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    sop_instance_uids: tuple[str, ...]
+
+
+def rtstruct_dataset(
+    rois: Sequence[RoiContours],
+    reference: SeriesReference,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    implementation_version_name: str,
+    label: str,
+    date: str,
+    time: str,
+    series_number: int = 1,
+    interpreted_types: Mapping[str, str] | None = None,
+) -> pydicom.Dataset:
+    """An RT Structure Set (PS3.3 A.19) referencing a CT series.
+
+    Holds the patient and study of ``reference``, the Structure Set module
+    (StructureSetROISequence; ReferencedFrameOfReferenceSequence down to every CT slice),
+    the ROI Contour module (a ContourImageSequence per contour that has a referenced UID;
+    ContourData to 4 decimals of a mm) and the RT ROI Observations module.
+
+    Args:
+        rois: the ROIs (numbers, names, colours, contours in LPS mm), as
+            :func:`kseg.io.rtstruct.read_rtstruct` returns them.
+        reference: the CT series.
+        series_instance_uid, sop_instance_uid: UIDs of the structure set itself.
+        implementation_version_name: see :func:`new_dataset`.
+        label: StructureSetLabel.
+        date, time: StudyDate / SeriesDate / StructureSetDate (YYYYMMDD) and the matching
+            times (HHMMSS).
+        series_number: SeriesNumber of the structure set.
+        interpreted_types: RTROIInterpretedType by ROI name (``"EXTERNAL"``, ...);
+            ``"ORGAN"`` for the names it leaves out.
+
+    Returns:
+        The dataset, ready for :func:`write_dataset`.
+    """
+    interpreted_types = interpreted_types or {}
+    ds = new_dataset(
+        RTStructureSetStorage, sop_instance_uid,
+        implementation_version_name=implementation_version_name,
+    )
+    ds.StudyDate = ds.SeriesDate = ds.StructureSetDate = date
+    ds.StudyTime = ds.SeriesTime = ds.StructureSetTime = time
+    ds.Modality = "RTSTRUCT"
+    ds.PatientID = reference.patient_id
+    ds.PatientSex = reference.patient_sex
+    ds.StudyInstanceUID = reference.study_instance_uid
+    ds.SeriesInstanceUID = series_instance_uid
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = 1
+    ds.StructureSetLabel = label
+
+    contour_images = DicomSequence()
+    for uid in reference.sop_instance_uids:
+        item = pydicom.Dataset()
+        item.ReferencedSOPClassUID = CTImageStorage
+        item.ReferencedSOPInstanceUID = uid
+        contour_images.append(item)
+    referenced_series = pydicom.Dataset()
+    referenced_series.SeriesInstanceUID = reference.series_instance_uid
+    referenced_series.ContourImageSequence = contour_images
+    referenced_study = pydicom.Dataset()
+    referenced_study.ReferencedSOPClassUID = _STUDY_COMPONENT_MANAGEMENT
+    referenced_study.ReferencedSOPInstanceUID = reference.study_instance_uid
+    referenced_study.RTReferencedSeriesSequence = DicomSequence([referenced_series])
+    frame = pydicom.Dataset()
+    frame.FrameOfReferenceUID = reference.frame_of_reference_uid
+    frame.RTReferencedStudySequence = DicomSequence([referenced_study])
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame])
+
+    structure_rois, roi_contours, observations = DicomSequence(), DicomSequence(), DicomSequence()
+    for roi in rois:
+        structure = pydicom.Dataset()
+        structure.ROINumber = roi.number
+        structure.ReferencedFrameOfReferenceUID = (
+            roi.frame_of_reference_uid or reference.frame_of_reference_uid
+        )
+        structure.ROIName = roi.name
+        structure.ROIGenerationAlgorithm = "MANUAL"
+        structure_rois.append(structure)
+        roi_contour = pydicom.Dataset()
+        roi_contour.ROIDisplayColor = list(roi.color or (255, 255, 255))
+        roi_contour.ReferencedROINumber = roi.number
+        sequence = DicomSequence()
+        for contour in roi.contours:
+            item = pydicom.Dataset()
+            if contour.referenced_sop_instance_uid is not None:
+                image = pydicom.Dataset()
+                image.ReferencedSOPClassUID = CTImageStorage
+                image.ReferencedSOPInstanceUID = contour.referenced_sop_instance_uid
+                item.ContourImageSequence = DicomSequence([image])
+            item.ContourGeometricType = contour.geometric_type
+            item.NumberOfContourPoints = len(contour.points)
+            item.ContourData = [_decimal_string(v) for v in np.asarray(contour.points).ravel()]
+            sequence.append(item)
+        roi_contour.ContourSequence = sequence
+        roi_contours.append(roi_contour)
+        observation = pydicom.Dataset()
+        observation.ObservationNumber = roi.number
+        observation.ReferencedROINumber = roi.number
+        observation.RTROIInterpretedType = interpreted_types.get(roi.name, "ORGAN")
+        observation.ROIInterpreter = ""
+        observations.append(observation)
+    ds.StructureSetROISequence = structure_rois
+    ds.ROIContourSequence = roi_contours
+    ds.RTROIObservationsSequence = observations
+    return ds
+
+
+def _decimal_string(value: float) -> str:
+    """``value`` to 4 decimals without trailing zeros (DS allows 16 characters)."""
+    text = f"{value:.4f}".rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
