@@ -26,7 +26,10 @@ Reference:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import re
+import tempfile
 
 import numpy as np
 import pydicom
@@ -34,7 +37,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tqdm.auto import tqdm
 
-from kseg.data.splits import assign_folds, fold_names
+from kseg.data.examples import fold_splits, slice_examples, slice_features_dict
 from kseg.errors import DicomSeriesError, LayoutError, MaskError
 from kseg.io import read_dicom_series
 from kseg.io.dicom import scan_dicom_files
@@ -115,6 +118,44 @@ class _Case:
     mask_file: str  # the RTSTRUCT (tcia) or the npz (npz)
 
 
+@dataclasses.dataclass(frozen=True)
+class _CaseArrays:
+    image: np.ndarray  # as read_dicom_series returns it
+    labels: np.ndarray  # the config's classes, on the CT grid
+    spacing: np.ndarray
+
+
+class _ReadCases:
+    """Cases read for stratification, kept in a temporary folder until their split is
+    written (holding all training volumes in memory would not fit)."""
+
+    def __init__(self):
+        self._folder = None
+        self._files: dict[str, str] = {}
+
+    def keep(self, patient_id: str, arrays: _CaseArrays, *, checked_labels: np.ndarray):
+        """Keep a patient's arrays and the mask its foreground check is to see."""
+        if self._folder is None:
+            # Removed when the builder's split generators are done with this object.
+            self._folder = tempfile.TemporaryDirectory(prefix="lctsc-cases-")
+        # Numbered files: patient ids need not be valid file names.
+        path = os.path.join(self._folder.name, f"case{len(self._files)}.npz")
+        np.savez(path, checked_labels=checked_labels, **dataclasses.asdict(arrays))
+        self._files[patient_id] = path
+
+    def take(self, patient_id: str) -> tuple[_CaseArrays, np.ndarray] | None:
+        """``(arrays, checked_labels)`` of a kept patient, removed from the folder; None
+        for a patient not kept."""
+        path = self._files.pop(patient_id, None)
+        if path is None:
+            return None
+        with np.load(path) as stored:
+            arrays = _CaseArrays(stored["image"], stored["labels"], stored["spacing"])
+            checked_labels = stored["checked_labels"]
+        os.remove(path)
+        return arrays, checked_labels
+
+
 class Builder(tfds.core.GeneratorBasedBuilder):
     """LCTSC: thoracic CT slices with lung, heart, esophagus and spinal-cord masks.
 
@@ -188,21 +229,7 @@ The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 
                 "patient-level folds of the training patients; challenge_test holds the "
                 "challenge's test patients when the patient ids carry the partition."
             ),
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Tensor(
-                        shape=(None, None), dtype=np.int16, encoding=tfds.features.Encoding.ZLIB
-                    ),
-                    "mask": tfds.features.Tensor(
-                        shape=(None, None), dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
-                    ),
-                    "patient_id": tfds.features.Text(),
-                    "slice_index": np.int32,
-                    "num_slices": np.int32,
-                    "spacing": tfds.features.Tensor(shape=(3,), dtype=np.float32),
-                    "patient_sex": tfds.features.Text(),
-                }
-            ),
+            features=slice_features_dict(np.int16, patient_sex=tfds.features.Text()),
             supervised_keys=("image", "mask"),
             homepage="https://www.cancerimagingarchive.net/collection/lctsc/",
             metadata=tfds.core.MetadataDict(class_names=list(CLASS_NAMES[config.classes])),
@@ -216,25 +243,26 @@ The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 
         cases = _tcia_cases(manual_dir) if config.layout == "tcia" else _npz_cases(manual_dir)
         test_cases = [case for case in cases if _TEST_PATIENT.match(case.patient_id)]
         train_cases = [case for case in cases if not _TEST_PATIENT.match(case.patient_id)]
+        # Stratifying needs every training mask before the folds exist; each case read for
+        # it is kept, so no volume is read and rasterised twice.
+        read_cases = _ReadCases()
         strata = None
         if config.stratify:
-            strata = {
-                case.patient_id: fold_stratum(
-                    case.patient_sex,
-                    _empty_fraction(self._labels(case)[1]),
-                    config.empty_fraction_bins,
+            strata = {}
+            for case in tqdm(train_cases, desc="LCTSC strata", unit="patient"):
+                checked = []
+                arrays = self._read_case(case, check=checked.append)
+                read_cases.keep(case.patient_id, arrays, checked_labels=checked[0])
+                strata[case.patient_id] = fold_stratum(
+                    case.patient_sex, _empty_fraction(arrays.labels), config.empty_fraction_bins
                 )
-                for case in tqdm(train_cases, desc="LCTSC strata", unit="patient")
-            }
-        try:
-            folds = assign_folds(
-                [case.patient_id for case in train_cases],
-                config.num_folds,
-                seed=config.split_seed,
-                strata=strata,
-            )
-        except ValueError as exc:
-            raise ValueError(f"{manual_dir}: training patients: {exc}") from exc
+        folds = fold_splits(
+            [case.patient_id for case in train_cases],
+            config.num_folds,
+            seed=config.split_seed,
+            strata=strata,
+            where=f"{manual_dir}: training patients",
+        )
         # Every LCTSC patient has all five organs, so an organ missing from a patient's
         # whole volume is an error, whatever the classes.
         class_names = CLASS_NAMES[config.classes]
@@ -243,50 +271,42 @@ The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 
             required=range(1, len(class_names)),
             metadata=self.info.metadata,
         )
+        by_patient = {case.patient_id: case for case in train_cases}
         splits = {
-            name: self._generate_examples(
-                [case for case in train_cases if folds[case.patient_id] == fold], name, tally
-            )
-            for fold, name in enumerate(fold_names(config.num_folds))
+            name: self._generate_examples([by_patient[p] for p in members], name, tally,
+                                          read_cases)
+            for name, members in folds.items()
         }
         if test_cases:
             splits[CHALLENGE_TEST_SPLIT] = self._generate_examples(
-                test_cases, CHALLENGE_TEST_SPLIT, tally
+                test_cases, CHALLENGE_TEST_SPLIT, tally, read_cases
             )
         return splits
 
-    def _generate_examples(self, cases, split: str, tally: ForegroundTally):
+    def _generate_examples(self, cases, split: str, tally: ForegroundTally, read_cases):
+        """Each patient's slices; only this patient's volume is held in memory. Its whole
+        mask is checked (and counted in ``split``) before any slice is yielded."""
         for case in cases:
-            yield from self._case_examples(case, split, tally)
+            check = functools.partial(
+                tally.check, split, case.patient_id, mask_source=case.mask_file
+            )
+            kept = read_cases.take(case.patient_id)
+            if kept is None:
+                arrays = self._read_case(case, check=check)
+            else:
+                arrays, checked_labels = kept
+                check(checked_labels)
+            images = _as_int16(arrays.image, case.ct_files[0])
+            yield from slice_examples(case.patient_id, images, arrays.labels, arrays.spacing,
+                                      patient_sex=case.patient_sex)
 
-    def _case_examples(self, case: _Case, split: str, tally: ForegroundTally):
-        """One patient's slices; only this patient's volume is held in memory."""
-
-        def check(labels):
-            tally.check(split, case.patient_id, labels, mask_source=case.mask_file)
-
-        volume, labels = self._labels(case, check=check)
-        images = _as_int16(volume.array, case.ct_files[0])
-        spacing = np.asarray(volume.spacing, dtype=np.float32)
-        num_slices = volume.shape[0]
-        for index in range(num_slices):
-            yield f"{case.patient_id}_{index:04d}", {
-                "image": images[index],
-                "mask": labels[index],
-                "patient_id": case.patient_id,
-                "slice_index": index,
-                "num_slices": num_slices,
-                "spacing": spacing,
-                "patient_sex": case.patient_sex,
-            }
-
-    def _labels(self, case: _Case, *, check=None):
+    def _read_case(self, case: _Case, *, check) -> _CaseArrays:
         """The case's CT volume and its mask in the config's classes.
 
-        ``check``, when given, sees the whole mask in the config's classes before it is
-        used; for the npz layout that is the mask as stored, before alignment, so an empty
-        mask is reported as empty rather than as lacking evidence for an orientation
-        (flips move voxels and slices but change no count).
+        ``check`` sees the whole mask in the config's classes before it is used; for the
+        npz layout that is the mask as stored, before alignment, so an empty mask is
+        reported as empty rather than as lacking evidence for an orientation (flips move
+        voxels and slices but change no count).
         """
         config = self.builder_config
         lookup = _ORGAN_TO_CLASS[config.classes]
@@ -295,14 +315,13 @@ The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 
         )
         if config.layout == "tcia":
             organs = organ_label_map(case.mask_file, volume, aliases=dict(config.roi_aliases))
-            if check is not None:
-                check(lookup[organs])
+            labels = lookup[organs]
+            check(labels)
         else:
             stored = _npz_organ_ids(case.mask_file, config.classes)
-            if check is not None:
-                check(lookup[stored])
-            organs = align_mask_to_volume(stored, volume, source=case.mask_file).mask
-        return volume, lookup[organs]
+            check(lookup[stored])
+            labels = lookup[align_mask_to_volume(stored, volume, source=case.mask_file).mask]
+        return _CaseArrays(volume.array, labels, np.asarray(volume.spacing))
 
 
 def organ_label_map(rtstruct_path, volume, *, aliases=None) -> np.ndarray:

@@ -147,6 +147,24 @@ def test_stratified_folds_balance_sex_and_empty_slice_fraction(tmp_path):
     assert len(set(strata.values())) > 1  # the balance is tested on more than one stratum
 
 
+def test_stratified_folds_read_and_rasterise_each_case_once(tmp_path, monkeypatch):
+    write_lctsc(tmp_path / "manual", num_patients=4, num_test_patients=1, num_slices=4,
+                size=32, seed=2)
+    rasterised = []
+    rasterise = lctsc_dataset_builder.organ_label_map
+
+    def counting(rtstruct_path, volume, **kwargs):
+        rasterised.append(volume.patient_id)
+        return rasterise(rtstruct_path, volume, **kwargs)
+
+    monkeypatch.setattr(lctsc_dataset_builder, "organ_label_map", counting)
+    with pytest.warns(RoiNameWarning):
+        builder = _prepare(tmp_path / "manual", tmp_path / "data", "lungs_stratified",
+                           num_folds=2)
+    by_patient, _ = _by_patient(builder, ["fold0", "fold1", "challenge_test"])
+    assert sorted(rasterised) == sorted(by_patient) and len(by_patient) == 5
+
+
 def test_foreground_statistics_are_in_the_dataset_info(organs_build, tmp_path):
     by_patient, split_of, builder = organs_build
     stats = builder.info.metadata["foreground"]
