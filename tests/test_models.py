@@ -10,6 +10,7 @@ import math
 import keras
 import numpy as np
 import pytest
+from keras_harness import run_saving_test, run_serialization_test, run_training_test
 
 from kseg import models
 from kseg.models import AttentionGate, ResidualUnit
@@ -94,20 +95,11 @@ def test_output_shape_and_head_activation(head_pairs, family, spatial_dims):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_saved_model_reloads_without_custom_objects(head_pairs, family, tmp_path):
+def test_config_and_saved_model_round_trips(head_pairs, family, tmp_path):
     _, model = head_pairs[family, 3 if family in ("attention_unet", "highresnet") else 2]
     spatial_dims = len(model.input_shape) - 2
-    x = random_input(SHAPES[spatial_dims], seed=1)
-    before = keras.ops.convert_to_numpy(model(x, training=False))
-
-    path = tmp_path / f"{family}.keras"
-    model.save(path)
-    reloaded = keras.saving.load_model(path)
-
-    after = keras.ops.convert_to_numpy(reloaded(x, training=False))
-    np.testing.assert_array_equal(after, before)
-    original_classes = sorted(type(layer).__name__ for layer in model.layers)
-    assert sorted(type(layer).__name__ for layer in reloaded.layers) == original_classes
+    run_serialization_test(model)
+    run_saving_test(model, random_input(SHAPES[spatial_dims], seed=1), tmp_path / "m.keras")
 
 
 def test_custom_layers_are_in_the_saved_models(head_pairs):
@@ -118,35 +110,99 @@ def test_custom_layers_are_in_the_saved_models(head_pairs):
     assert sum(isinstance(layer, ResidualUnit) for layer in residual_layers) == 5
 
 
+# ---- parameter counts from the papers' layer lists -------------------------------------
+# Each count is summed layer by layer from the paper's description: a k^d convolution holds
+# k^d * c_in * c_out weights plus c_out biases (none when batch norm follows, whose shift
+# replaces the bias); a batch norm over c channels holds 4c numbers (gamma, beta, moving mean
+# and variance); level i has base * 2**i channels; the head is a 1x1 convolution with bias.
+
+
 def conv_parameters(kernel, spatial_dims, in_channels, out_channels, bias):
     return kernel**spatial_dims * in_channels * out_channels + (out_channels if bias else 0)
 
 
-def unet_parameters(in_channels, num_classes, depth, base, spatial_dims, upsampling, batch_norm):
-    """Parameter count of the U-Net described in Ronneberger et al. with batch norm.
+class PaperCounts:
+    """Parameter counts of one configuration, one method per paper."""
 
-    A batch norm over c channels holds 4c numbers (gamma, beta, moving mean, moving
-    variance); a convolution followed by batch norm has no bias.
-    """
+    def __init__(self, in_channels, num_classes, depth, base, spatial_dims, upsampling, batch_norm):
+        self.in_channels, self.num_classes, self.depth = in_channels, num_classes, depth
+        self.filters = [base * 2**level for level in range(depth + 1)]
+        self.spatial_dims, self.upsampling, self.batch_norm = spatial_dims, upsampling, batch_norm
 
-    def conv_block(cin, cout):
-        total = 0
-        for block_in in (cin, cout):
-            total += conv_parameters(3, spatial_dims, block_in, cout, bias=not batch_norm)
-            total += 4 * cout if batch_norm else 0
+    def conv(self, kernel, cin, cout, before_batch_norm=True):
+        bias = not (before_batch_norm and self.batch_norm)
+        return conv_parameters(kernel, self.spatial_dims, cin, cout, bias)
+
+    def norm(self, channels):
+        return 4 * channels if self.batch_norm else 0
+
+    def double_conv(self, cin, cout):
+        """Ronneberger et al.: two 3x3 convolutions, each followed by batch norm and ReLU."""
+        first = self.conv(3, cin, cout) + self.norm(cout)
+        return first + self.conv(3, cout, cout) + self.norm(cout)
+
+    def up(self, cin, cout):
+        """2x2 up-convolution, or nearest-neighbour up-sampling + 3x3 convolution; bias."""
+        kernel = 2 if self.upsampling == "transpose" else 3
+        return self.conv(kernel, cin, cout, before_batch_norm=False)
+
+    def head(self):
+        return self.conv(1, self.filters[0], self.num_classes, before_batch_norm=False)
+
+    def unet(self):
+        f = self.filters
+        encoder = sum(
+            self.double_conv(f[level - 1] if level else self.in_channels, f[level])
+            for level in range(self.depth + 1)
+        )
+        decoder = sum(
+            self.up(f[level + 1], f[level]) + self.double_conv(2 * f[level], f[level])
+            for level in range(self.depth)
+        )
+        return encoder + decoder + self.head()
+
+    def attention_unet(self):
+        """Oktay et al., eq. 1-2: per skip, W_x (1x1, no bias), W_g (1x1, bias b_g) into F_int
+        channels and psi (1x1 to one channel, bias b_psi); F_int = F_l / 2."""
+
+        def gate(channels):
+            inter = max(1, channels // 2)
+            return channels * inter + (channels * inter + inter) + (inter + 1)
+
+        return self.unet() + sum(gate(self.filters[level]) for level in range(self.depth))
+
+    def residual_unit(self, cin, cout, strides, preactivate):
+        """Zhang et al. Fig. 2(b) / He et al. (2016): [BN, ReLU,] conv, BN, ReLU, conv, plus a
+        1x1 convolution + BN on the shortcut when the unit changes channels or grid."""
+        total = (self.norm(cin) if preactivate else 0) + self.conv(3, cin, cout)
+        total += self.norm(cout) + self.conv(3, cout, cout)
+        if strides > 1 or cin != cout:
+            total += self.conv(1, cin, cout) + self.norm(cout)
         return total
 
-    total, channels = 0, in_channels
-    for level in range(depth + 1):
-        total += conv_block(channels, base * 2**level)
-        channels = base * 2**level
-    for level in reversed(range(depth)):
-        filters = base * 2**level
-        up_kernel = 2 if upsampling == "transpose" else 3
-        total += conv_parameters(up_kernel, spatial_dims, channels, filters, bias=True)
-        total += conv_block(2 * filters, filters)
-        channels = filters
-    return total + conv_parameters(1, spatial_dims, channels, num_classes, bias=True)
+    def res_unet(self):
+        """Zhang et al. Table 1: level 1 unit without pre-activation, strided units down to
+        the bridge, then per decoder level up-sampling, concatenation and a unit."""
+        f = self.filters
+        total = self.residual_unit(self.in_channels, f[0], 1, preactivate=False)
+        total += sum(self.residual_unit(f[i - 1], f[i], 2, True) for i in range(1, self.depth + 1))
+        total += sum(
+            self.up(f[i + 1], f[i]) + self.residual_unit(2 * f[i], f[i], 1, True)
+            for i in range(self.depth)
+        )
+        return total + self.head()
+
+    def unet_plus_plus(self, deep_supervision=False):
+        """Zhou et al. eq. 1: X[i, j>0] = H([X[i, 0..j-1], U(X[i+1, j-1])]), H a double conv."""
+        f = self.filters
+        total = sum(
+            self.double_conv(f[i - 1] if i else self.in_channels, f[i])
+            for i in range(self.depth + 1)
+        )
+        for step in range(1, self.depth + 1):
+            for i in range(self.depth - step + 1):
+                total += self.up(f[i + 1], f[i]) + self.double_conv((step + 1) * f[i], f[i])
+        return total + self.head() * (self.depth if deep_supervision else 1)
 
 
 def test_unet_parameter_count_by_hand():
@@ -157,22 +213,53 @@ def test_unet_parameter_count_by_hand():
     assert model.count_params() == 70 + 248 + 34 + 124 + 3 == 479
 
 
+def test_counts_published_with_the_unet_plus_plus_reference_code():
+    # MrGiovanni/UNetPlusPlus model.py (Zhou et al.'s Keras code): U_Net and Nest_Net with
+    # filters 32..512, one input channel, one sigmoid class, 2x2 transposed convolutions and no
+    # batch norm print "Total params: 7,759,521" and "Total params: 9,041,601".
+    kwargs = {"depth": 4, "base_filters": 32, "batch_norm": False}
+    assert models.unet((None, None, 1), 1, **kwargs).count_params() == 7_759_521
+    assert models.unet_plus_plus((None, None, 1), 1, **kwargs).count_params() == 9_041_601
+    paper = PaperCounts(1, 1, 4, 32, 2, "transpose", batch_norm=False)
+    assert paper.unet() == 7_759_521 and paper.unet_plus_plus() == 9_041_601
+
+
+@pytest.mark.parametrize("family", ("unet", "attention_unet", "res_unet", "unet_plus_plus"))
 @pytest.mark.parametrize(
     "spatial_dims, upsampling, batch_norm, in_channels, num_classes",
     [(2, "transpose", True, 1, 1), (2, "resize", False, 3, 4), (3, "transpose", True, 2, 3)],
 )
-def test_unet_parameter_count_matches_formula(
-    spatial_dims, upsampling, batch_norm, in_channels, num_classes
+def test_parameter_count_and_output_shape_follow_the_paper(
+    family, spatial_dims, upsampling, batch_norm, in_channels, num_classes
 ):
-    shape = (None,) * spatial_dims + (in_channels,)
-    model = models.unet(
-        shape, num_classes, depth=2, base_filters=4, upsampling=upsampling, batch_norm=batch_norm
+    size = (16, 8, 24)[:spatial_dims]
+    model = models.build(
+        family,
+        input_shape=(*size, in_channels),
+        num_classes=num_classes,
+        depth=3,
+        base_filters=4,
+        upsampling=upsampling,
+        batch_norm=batch_norm,
     )
-    expected = unet_parameters(in_channels, num_classes, 2, 4, spatial_dims, upsampling, batch_norm)
-    assert model.count_params() == expected
-    batch_norm_channels = 2 * (4 + 8 + 16 + 8 + 4) if batch_norm else 0
+    paper = PaperCounts(in_channels, num_classes, 3, 4, spatial_dims, upsampling, batch_norm)
+    assert model.count_params() == getattr(paper, family)()
+    assert model.output_shape == (None, *size, num_classes)
+
+
+def test_unet_plus_plus_deep_supervision_count_follows_the_paper():
+    model = models.unet_plus_plus(
+        (None, None, 2), 3, depth=3, base_filters=4, deep_supervision=True
+    )
+    paper = PaperCounts(2, 3, 3, 4, 2, "transpose", batch_norm=True)
+    assert model.count_params() == paper.unet_plus_plus(deep_supervision=True)
+
+
+def test_batch_norm_statistics_are_the_only_non_trainable_weights():
+    model = models.unet((None, None, 2), 3, depth=2, base_filters=4)
+    batch_norm_channels = 2 * (4 + 8 + 16 + 8 + 4)  # two per double conv
     non_trainable = sum(math.prod(w.shape) for w in model.non_trainable_weights)
-    assert non_trainable == 2 * batch_norm_channels
+    assert non_trainable == 2 * batch_norm_channels  # moving mean and variance
 
 
 def test_unet_depth_sets_the_number_of_poolings():
@@ -240,7 +327,7 @@ def test_without_dropout_training_mode_is_deterministic():
         ("highresnet", {"num_classes": 2, "dropout": 0.2}),
     ],
 )
-def test_one_training_step_changes_weights_with_finite_loss(family, kwargs):
+def test_one_training_step_reaches_every_weight(family, kwargs):
     shape = (16, 16, 1)
     if family != "highresnet":
         kwargs = {**kwargs, "depth": 2, "base_filters": 4}
@@ -254,14 +341,7 @@ def test_one_training_step_changes_weights_with_finite_loss(family, kwargs):
     else:
         y = rng.integers(0, num_classes, size=(2, *shape[:-1], 1))
         loss = keras.losses.SparseCategoricalCrossentropy()
-    targets = [y] * len(model.outputs) if len(model.outputs) > 1 else y
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss=loss, run_eagerly=True)
-    kernel_before = keras.ops.convert_to_numpy(model.trainable_weights[0])
-
-    history = model.fit(x, targets, batch_size=2, epochs=1, verbose=0)
-
-    assert np.isfinite(history.history["loss"][0])
-    assert not np.array_equal(keras.ops.convert_to_numpy(model.trainable_weights[0]), kernel_before)
+    run_training_test(model, x, loss, targets=[y] * len(model.outputs))
 
 
 def test_build_unknown_name_lists_known_models():
@@ -319,6 +399,31 @@ def test_numpy_numbers_from_a_hyperparameter_search_are_accepted():
 def test_invalid_arguments_name_the_argument(family, kwargs, message):
     with pytest.raises(ValueError, match=message):
         models.build(family, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"skip_gate": "attention", "decoder": "nested"}, "skip_gate='attention' needs decoder"),
+        ({"deep_supervision": True}, "deep_supervision=True needs decoder='nested'"),
+        ({"block": "dense"}, "block must be one of"),
+        ({"skip_gate": "gated"}, "skip_gate must be one of"),
+        ({"decoder": "full"}, "decoder must be one of"),
+    ],
+)
+def test_encoder_decoder_rejects_unknown_hooks_and_combinations(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        models.encoder_decoder((16, 16, 1), depth=2, base_filters=2, **kwargs)
+
+
+def test_encoder_decoder_combines_residual_blocks_with_the_nested_decoder():
+    model = models.encoder_decoder(
+        (16, 16, 1), 2, depth=2, base_filters=2, block="residual", decoder="nested",
+        deep_supervision=True,
+    )
+    assert model.output_shape == [(None, 16, 16, 2)] * 2
+    # Nodes X[0..2, 0], X[0, 1], X[1, 1], X[0, 2], each a residual unit.
+    assert sum(isinstance(layer, ResidualUnit) for layer in model.layers) == 6
 
 
 def test_unknown_spatial_sizes_skip_the_divisibility_check():
@@ -452,10 +557,9 @@ def test_one_channel_model_still_takes_a_batch_without_channel_axis(any_size_mod
 
 def test_input_checks_survive_saving_and_cloning(any_size_models, tmp_path):
     model = any_size_models["res_unet", 2]
-    path = tmp_path / "res_unet.keras"
-    model.save(path)
-    reloaded = keras.saving.load_model(path)
-    assert type(reloaded) is models.SegmentationModel and reloaded.size_divisor == 4
+    x = random_input((8, 12, 1), seed=6)
+    reloaded = run_saving_test(model, x, tmp_path / "res_unet.keras")
+    assert reloaded.size_divisor == 4
     with pytest.raises(ValueError, match="add the batch axis"):
         reloaded(np.zeros((8, 8, 1), dtype="float32"))
     with pytest.raises(ValueError, match="divisible by 4"):

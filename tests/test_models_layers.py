@@ -1,12 +1,14 @@
 """Tests for the custom layers of kseg.models: AttentionGate and ResidualUnit.
 
 References: the layers' equations evaluated in numpy with the same weights (1x1 kernels
-make every convolution a matrix product), and Keras' own serialisation by registered name.
+make every convolution a matrix product); build, serialisation, saving and a training step
+through the shared harness in tests/keras_harness.py.
 """
 
 import keras
 import numpy as np
 import pytest
+from keras_harness import run_layer_test
 
 from kseg.models import AttentionGate, ResidualUnit
 
@@ -173,28 +175,34 @@ def test_residual_unit_pad_cannot_drop_channels():
 
 
 @pytest.mark.parametrize(
-    "layer",
+    "cls, init_kwargs, input_shapes, expected_output_shape",
     [
-        AttentionGate(inter_channels=3, spatial_dims=3, name="gate"),
-        ResidualUnit(
-            5,
-            spatial_dims=3,
-            kernel_size=5,
-            strides=1,
-            dilation_rate=2,
-            shortcut="pad",
-            preactivate=False,
-            batch_norm=False,
-            name="unit",
+        (AttentionGate, {"inter_channels": 3, "spatial_dims": 3}, [(2, 4, 4, 4, 5)] * 2,
+         (2, 4, 4, 4, 5)),
+        (AttentionGate, {"inter_channels": 2}, [(2, 6, 6, 3), (2, 6, 6, 4)], (2, 6, 6, 3)),
+        (
+            ResidualUnit,
+            {
+                "filters": 5,
+                "spatial_dims": 3,
+                "kernel_size": 5,
+                "dilation_rate": 2,
+                "shortcut": "pad",
+                "preactivate": False,
+                "batch_norm": False,
+            },
+            [(2, 6, 6, 6, 3)],
+            (2, 6, 6, 6, 5),
         ),
+        (ResidualUnit, {"filters": 4, "strides": 2}, [(2, 6, 6, 3)], (2, 3, 3, 4)),
     ],
+    ids=["gate-3d", "gate-2d", "unit-pad-dilated-3d", "unit-strided-projection"],
 )
-def test_layers_serialise_by_registered_name(layer):
-    serialised = keras.saving.serialize_keras_object(layer)
-    assert serialised["registered_name"] == f"kseg>{type(layer).__name__}"
-    restored = keras.saving.deserialize_keras_object(serialised)
-    assert type(restored) is type(layer)
-    assert restored.get_config() == layer.get_config()
+def test_layer_harness(cls, init_kwargs, input_shapes, expected_output_shape, tmp_path):
+    rng = np.random.default_rng(4)
+    arrays = tuple(random(rng, *shape) for shape in input_shapes)
+    input_data = arrays if len(arrays) > 1 else arrays[0]
+    run_layer_test(cls, init_kwargs, input_data, expected_output_shape, tmp_path)
 
 
 @pytest.mark.parametrize("family", ("highresnet", "attention_unet", "res_unet"))
