@@ -23,13 +23,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from kseg.data.examples import fold_splits
 from kseg.data.preprocess3d import (
     MSD_SPLEEN_ORIENTATION,
     MSD_SPLEEN_SPACING,
     MSD_SPLEEN_WINDOW,
     preprocess_volume,
 )
-from kseg.data.splits import assign_folds, fold_names
 from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
 from kseg.io import read_nifti, read_nifti_labels
 from tfds_builders._foreground import ForegroundTally
@@ -155,20 +155,20 @@ The macOS "._*" files inside the archive are ignored. The files are read, never 
         config = self.builder_config
         task_dir = task_folder(dl_manager.manual_dir)
         labelled, unlabelled = _cases_from_dataset_json(task_dir)
-        patients = [case.patient_id for case in labelled]
-        try:
-            folds = assign_folds(patients, config.num_folds, seed=config.split_seed)
-        except ValueError as exc:
-            raise ValueError(f"{task_dir / 'dataset.json'}: {exc}") from exc
+        folds = fold_splits(
+            [case.patient_id for case in labelled],
+            config.num_folds,
+            seed=config.split_seed,
+            where=str(task_dir / "dataset.json"),
+        )
         # Every Task09 training case shows a spleen. The unlabeled split has no masks to
         # check and gets no foreground entry.
         tally = ForegroundTally({SPLEEN: "spleen"}, required=[SPLEEN],
                                 metadata=self.info.metadata)
+        by_patient = {case.patient_id: case for case in labelled}
         splits = {
-            name: self._generate_examples(
-                [c for c in labelled if folds[c.patient_id] == fold], name, tally
-            )
-            for fold, name in enumerate(fold_names(config.num_folds))
+            name: self._generate_examples([by_patient[p] for p in members], name, tally)
+            for name, members in folds.items()
         }
         if unlabelled:  # a copy without imagesTs has no unlabeled split, not an empty one
             splits[UNLABELED_SPLIT] = self._generate_examples(unlabelled, UNLABELED_SPLIT, tally)

@@ -37,7 +37,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image, UnidentifiedImageError
 
-from kseg.data.splits import assign_folds, fold_names
+from kseg.data.examples import fold_splits
 from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
 from kseg.io import JSRT_BIT_DEPTH, LabelRule, read_jsrt_image, read_labels, read_radiograph
 from tfds_builders._foreground import ForegroundTally
@@ -285,10 +285,7 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
         root = epath.Path(dl_manager.manual_dir)
         records = _find_records(root, config)
         patients = sorted({record.patient_id for record in records})
-        try:
-            folds = assign_folds(patients, config.num_folds, seed=config.split_seed)
-        except ValueError as exc:
-            raise ValueError(f"{root}: {exc}") from exc
+        splits = fold_splits(patients, config.num_folds, seed=config.split_seed, where=str(root))
         tally = ForegroundTally(
             {label: name for label, name in enumerate(config.class_names) if label},
             required=config.required_labels,
@@ -296,9 +293,9 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
         )
         return {
             name: self._generate_examples(
-                name, [record for record in records if folds[record.patient_id] == fold], tally
+                name, [record for record in records if record.patient_id in members], tally
             )
-            for fold, name in enumerate(fold_names(config.num_folds))
+            for name, members in splits.items()
         }
 
     def _generate_examples(self, split: str, records, tally: ForegroundTally):
