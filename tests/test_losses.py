@@ -6,6 +6,7 @@ import re
 import keras
 import numpy as np
 import pytest
+from keras_harness import run_serialization_test
 
 from kseg import losses
 
@@ -582,9 +583,7 @@ CONFIGURED = [
 
 @pytest.mark.parametrize("loss", CONFIGURED, ids=lambda loss: type(loss).__name__)
 def test_config_round_trip(loss):
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(loss))
-    assert type(restored) is type(loss)
-    assert restored.get_config() == loss.get_config()
+    run_serialization_test(loss)
 
 
 @pytest.mark.parametrize("loss", CONFIGURED, ids=lambda loss: type(loss).__name__)

@@ -6,6 +6,7 @@ import re
 import keras
 import numpy as np
 import pytest
+from keras_harness import run_serialization_test
 from scipy import ndimage
 
 from kseg import losses, metrics
@@ -493,9 +494,7 @@ def test_streaming_metrics_log_as_dice_and_iou():
     ids=["dice", "iou"],
 )
 def test_streaming_config_round_trip(metric):
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(metric))
-    assert type(restored) is type(metric)
-    np.testing.assert_equal(restored.get_config(), metric.get_config())
+    run_serialization_test(metric)
 
 
 def test_compiled_model_reloads_and_evaluates_like_numpy(tmp_path):
