@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from kseg.data.examples import SLICE_FEATURES, fold_splits, slice_examples, slice_features_dict
+from kseg.data.examples import (
+    SLICE_FEATURES,
+    fold_splits,
+    slice_examples,
+    slice_features_dict,
+    to_image_dtype,
+)
+from kseg.errors import DicomSeriesError, UnreadableFileError
 
 
 def test_slice_examples_key_and_describe_every_slice_in_array_order():
@@ -56,3 +63,20 @@ def test_fold_splits_deal_each_stratum_over_the_folds():
 def test_fold_splits_name_where_the_patients_came_from():
     with pytest.raises(ValueError, match=r"^/data/CHAOS/CT: num_folds=5 needs at least 5"):
         fold_splits(["1", "2"], 5, seed=0, where="/data/CHAOS/CT")
+
+
+def test_image_values_are_rounded_into_the_feature_dtype_or_refused():
+    # A fractional MR RescaleSlope gives floats: rounded, never truncated.
+    np.testing.assert_array_equal(
+        to_image_dtype(np.array([[0.4, 1.6], [2.5, 4095.2]]), np.uint16, source="series"),
+        np.array([[0, 2], [2, 4095]], dtype=np.uint16),
+    )
+    kept = np.array([[-1024, 3071]], np.int16)
+    assert to_image_dtype(kept, np.int16, source="series") is kept
+    with pytest.raises(DicomSeriesError, match=r"series: MR values span -3..7"):
+        to_image_dtype(np.array([[-3, 7]], np.int16), np.uint16, source="series", modality="MR")
+    with pytest.raises(DicomSeriesError, match="int16 range"):
+        to_image_dtype(np.array([[0.0, 40000.0]]), np.int16, source="series")
+    with pytest.raises(UnreadableFileError, match=r"case\.nii\.gz: CT values span"):
+        to_image_dtype(np.array([40000.0]), np.int16, source="case.nii.gz",
+                       error=UnreadableFileError)

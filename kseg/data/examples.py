@@ -7,10 +7,11 @@ keyed ``<patient>_<index:04d>``. :func:`slice_features_dict` declares them in a 
 ``_info`` and :func:`slice_examples` yields them from a volume, so the builders, and
 :func:`kseg.evaluation.evaluate_slices`, which reassembles the slices into volumes, share
 one definition. Every builder writes one split per patient-level fold; :func:`fold_splits`
-deals the patients to those splits.
+deals the patients to those splits. :func:`to_image_dtype` stores image values in the
+feature's dtype without ever wrapping them.
 
 Example:
-    >>> splits = fold_splits(["p1", "p2", "p3"], num_folds=3, seed=0)
+    >>> splits = fold_splits(["p1", "p2", "p3"], num_folds=3, seed=0, where="manual")
     >>> sorted(splits), sorted(sum(splits.values(), []))
     (['fold0', 'fold1', 'fold2'], ['p1', 'p2', 'p3'])
 """
@@ -22,8 +23,15 @@ from collections.abc import Hashable, Iterator, Mapping, Sequence
 import numpy as np
 
 from kseg.data.splits import assign_folds, fold_names
+from kseg.errors import DicomSeriesError
 
-__all__ = ["SLICE_FEATURES", "fold_splits", "slice_examples", "slice_features_dict"]
+__all__ = [
+    "SLICE_FEATURES",
+    "fold_splits",
+    "slice_examples",
+    "slice_features_dict",
+    "to_image_dtype",
+]
 
 SLICE_FEATURES = ("image", "mask", "patient_id", "slice_index", "num_slices", "spacing")
 
@@ -130,3 +138,45 @@ def fold_splits(
         name: [patient for patient in patient_ids if folds[patient] == fold]
         for fold, name in enumerate(fold_names(num_folds))
     }
+
+
+def to_image_dtype(
+    values: np.ndarray,
+    dtype,
+    *,
+    source,
+    modality: str = "CT",
+    error: type[Exception] = DicomSeriesError,
+) -> np.ndarray:
+    """Image values in the dtype of the dataset's image feature, never wrapped.
+
+    Integers are kept, non-integer values (a fractional RescaleSlope, an interpolated
+    volume) are rounded to the nearest integer; values outside the dtype's range are an
+    error, since a cast would wrap them into wrong intensities.
+
+    Args:
+        values: the image or volume as read.
+        dtype: the feature's integer dtype (``np.int16`` for HU, ``np.uint16`` for MR).
+        source: the file or folder the values were read from, named in the error.
+        modality: named in the error (``"CT"``, ``"MR"``).
+        error: the :mod:`kseg.errors` class to raise, taking ``(source, problem)``.
+
+    Raises:
+        error: a value lies outside the dtype's range.
+
+    Example:
+        >>> to_image_dtype(np.array([0.4, 1.6, 2.5]), np.uint16, source="series")
+        array([0, 2, 2], dtype=uint16)
+    """
+    if values.dtype == dtype:
+        return values
+    rounded = np.rint(values) if np.issubdtype(values.dtype, np.floating) else values
+    limits = np.iinfo(dtype)
+    low, high = float(rounded.min()), float(rounded.max())
+    if low < limits.min or high > limits.max:
+        raise error(
+            source,
+            f"{modality} values span {low:g}..{high:g}, outside the {np.dtype(dtype).name} "
+            f"range {limits.min}..{limits.max} of the dataset's image feature",
+        )
+    return rounded.astype(dtype)

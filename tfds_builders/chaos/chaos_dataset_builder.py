@@ -16,43 +16,22 @@ Reference:
 from __future__ import annotations
 
 import dataclasses
-import re
 
-import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from kseg.data.examples import fold_splits, slice_examples, slice_features_dict
-from kseg.errors import DicomSeriesError, LayoutError, MaskError
-from kseg.io import read_dicom_series
-from kseg.io.masks import CHAOS_MR_LABEL_RANGES, LabelRule, read_mask_stack
+from kseg.data.examples import fold_splits, slice_examples, slice_features_dict, to_image_dtype
+from kseg.errors import LayoutError
+from kseg.io import read_dicom_series, read_mask_stack
 from tfds_builders._foreground import ForegroundTally
-
-_PATIENT_FOLDER = re.compile(r"^\d+$")
-# Mask files CHAOS ships (PNG; JPEG where present), suffixes compared case-insensitively.
-_MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-# Label names and the rule their Ground files follow. Every CHAOS training patient has each
-# of these organs, so each is required in every patient's label volume.
-LABEL_NAMES = {
-    "CT": {1: "liver"},
-    "MR": {1: "liver", 2: "right kidney", 3: "left kidney", 4: "spleen"},
-}
-MASK_RULES = {
-    # Liver 1 bit (real CT Ground files), or 0/255, 0/1, 16-bit, palette, grey RGB, JPEG.
-    "CT": LabelRule(),
-    # Grey levels 63 / 126 / 189 / 252, ranges as nnU-Net's CHAOS converter uses them.
-    "MR": LabelRule.from_label_ranges(CHAOS_MR_LABEL_RANGES),
-}
-
-_EXPECTED_LAYOUT = """\
-<manual_dir>/Train_Sets/CT/<patient number>/DICOM_anon/*.dcm
-<manual_dir>/Train_Sets/CT/<patient number>/Ground/*.png (or *.jpg)
-<manual_dir>/Train_Sets/MR/<patient number>/T1DUAL/DICOM_anon/InPhase/*.dcm
-<manual_dir>/Train_Sets/MR/<patient number>/T1DUAL/DICOM_anon/OutPhase/*.dcm
-<manual_dir>/Train_Sets/MR/<patient number>/T1DUAL/Ground/*.png
-<manual_dir>/Train_Sets/MR/<patient number>/T2SPIR/DICOM_anon/*.dcm
-<manual_dir>/Train_Sets/MR/<patient number>/T2SPIR/Ground/*.png"""
+from tfds_builders.chaos.layout import (
+    EXPECTED_LAYOUT,
+    IMAGE_DTYPES,
+    LABEL_NAMES,
+    MASK_RULES,
+    PATIENT_FOLDER,
+    masks_in_array_order,
+)
 
 
 @dataclasses.dataclass(eq=False)
@@ -91,7 +70,7 @@ CHAOS data record on Zenodo (https://zenodo.org/records/3431873; licence CC BY-N
 Extract it into the manual folder (by default ~/tensorflow_datasets/downloads/manual/, or
 pass tfds.download.DownloadConfig(manual_dir=...)), so that it holds:
 
-{_EXPECTED_LAYOUT}
+{EXPECTED_LAYOUT}
 
 The files are read, never modified."""
 
@@ -128,14 +107,13 @@ The files are read, never modified."""
         config = self.builder_config
         if config.modality not in ("CT", "MR"):
             raise ValueError(f"config {config.name!r}: modality must be 'CT' or 'MR'")
-        image_dtype = np.int16 if config.modality == "CT" else np.uint16
         return self.dataset_info_from_configs(
             description=(
                 "CHAOS challenge training data, one example per axial slice in "
                 "ImagePositionPatient order. CT images are Hounsfield units, MR images "
                 "stored signal. Splits fold0.. are patient-level folds."
             ),
-            features=slice_features_dict(image_dtype),
+            features=slice_features_dict(IMAGE_DTYPES[config.modality]),
             supervised_keys=("image", "mask"),
             homepage="https://chaos.grand-challenge.org",
             metadata=tfds.core.MetadataDict(
@@ -149,14 +127,14 @@ The files are read, never modified."""
         if not modality_dir.is_dir():
             raise LayoutError(
                 modality_dir,
-                f"not found; expected the extracted CHAOS_Train_Sets.zip:\n{_EXPECTED_LAYOUT}",
+                f"not found; expected the extracted CHAOS_Train_Sets.zip:\n{EXPECTED_LAYOUT}",
             )
         folders = [p for p in modality_dir.iterdir() if p.is_dir()]
-        patients = sorted((p.name for p in folders if _PATIENT_FOLDER.match(p.name)), key=int)
+        patients = sorted((p.name for p in folders if PATIENT_FOLDER.match(p.name)), key=int)
         if not patients:
             raise LayoutError(
                 modality_dir,
-                f"holds no patient folders (named by number); expected:\n{_EXPECTED_LAYOUT}",
+                f"holds no patient folders (named by number); expected:\n{EXPECTED_LAYOUT}",
             )
         splits = fold_splits(
             patients, config.num_folds, seed=config.split_seed, where=str(modality_dir)
@@ -184,69 +162,15 @@ The files are read, never modified."""
         for folder in (image_dir, mask_dir):
             if not folder.is_dir():
                 raise LayoutError(
-                    folder, f"not found; each patient folder must hold:\n{_EXPECTED_LAYOUT}"
+                    folder, f"not found; each patient folder must hold:\n{EXPECTED_LAYOUT}"
                 )
         volume = read_dicom_series(image_dir, patient_id=patient)
-        mask_files = _masks_in_array_order(volume.source_files, image_dir, mask_dir)
+        mask_files = masks_in_array_order(volume.source_files, image_dir, mask_dir)
         labels = read_mask_stack(
             mask_files, expected_shape=volume.shape, rule=MASK_RULES[config.modality]
         )
         tally.check(split, patient, labels, mask_source=mask_dir)
-        images = _as_feature_dtype(volume.array, config.modality, image_dir)
+        images = to_image_dtype(
+            volume.array, IMAGE_DTYPES[config.modality], source=image_dir, modality=config.modality
+        )
         yield from slice_examples(patient, images, labels, volume.spacing)
-
-
-def _masks_in_array_order(source_files, image_dir, mask_dir) -> list[str]:
-    """The Ground mask of every slice, in the volume's (position) order.
-
-    CHAOS pairs the i-th DICOM file in sorted-name order with the i-th mask in sorted-name
-    order (the organisers' evaluation code, emrekavur/CHAOS-evaluation). The pairs are
-    made on names first and only then carried into position order through the volume's
-    source_files, so a pair never shifts when slices are re-ordered. Masks are the folder's
-    ``.png`` / ``.jpg`` / ``.jpeg`` files (any case) of one suffix: a folder mixing suffixes
-    has no single sorted order to pair by and is refused.
-    """
-    slice_names = [epath.Path(f).name for f in source_files]
-    image_names = sorted(slice_names)
-    masks = [
-        p for p in mask_dir.iterdir()
-        if p.suffix.lower() in _MASK_SUFFIXES and not p.name.startswith(".")
-    ]
-    suffixes = sorted({p.suffix.lower() for p in masks})
-    if len(suffixes) > 1:
-        counts = ", ".join(
-            f"{sum(p.suffix.lower() == s for p in masks)} {s}" for s in suffixes
-        )
-        raise MaskError(
-            mask_dir,
-            f"mixes mask formats ({counts}); CHAOS pairs the masks of one format with the "
-            "DICOM files by sorted file name, so keep one format per folder",
-        )
-    mask_names = sorted(p.name for p in masks)
-    if len(mask_names) != len(image_names):
-        raise MaskError(
-            mask_dir,
-            f"{len(mask_names)} Ground masks ({', '.join(_MASK_SUFFIXES)}) for "
-            f"{len(image_names)} DICOM slices in {image_dir}; CHAOS pairs them one to one "
-            "by sorted file name",
-        )
-    rank = {name: r for r, name in enumerate(image_names)}
-    return [str(mask_dir / mask_names[rank[name]]) for name in slice_names]
-
-
-def _as_feature_dtype(array: np.ndarray, modality: str, image_dir) -> np.ndarray:
-    """CT stays int16 HU; MR signal becomes uint16. Values that do not fit are an error,
-    never wrapped; non-integer values (a fractional RescaleSlope) are rounded."""
-    dtype = np.int16 if modality == "CT" else np.uint16
-    limits = np.iinfo(dtype)
-    if array.dtype == dtype:
-        return array
-    rounded = np.rint(array) if np.issubdtype(array.dtype, np.floating) else array
-    low, high = float(rounded.min()), float(rounded.max())
-    if low < limits.min or high > limits.max:
-        raise DicomSeriesError(
-            image_dir,
-            f"{modality} values span {low:g}..{high:g}, outside the {np.dtype(dtype).name} "
-            f"range {limits.min}..{limits.max} of the dataset's image feature",
-        )
-    return rounded.astype(dtype)

@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from kseg.data.splits import assign_folds, fold_names
-from kseg.errors import DicomSeriesError, LayoutError, MaskError
+from kseg.errors import LayoutError, MaskError
 from kseg.io import LossyMaskWarning
 from kseg.phantoms.chaos import (
     CHAOS_MASK_ENCODINGS,
@@ -150,20 +150,6 @@ def test_fewer_patients_than_folds_is_refused(tmp_path):
     write_chaos(manual, modality="CT", num_patients=2, num_slices=2, size=16, progress=False)
     with pytest.raises(ValueError, match="num_folds=3 needs at least 3 patients"):
         _prepare(manual, tmp_path / "data", _config("ct"))
-
-
-def test_image_values_are_rounded_into_the_feature_dtype_or_refused():
-    convert = chaos_dataset_builder._as_feature_dtype
-    # A fractional MR RescaleSlope gives floats: rounded, never truncated.
-    np.testing.assert_array_equal(
-        convert(np.array([[0.4, 1.6], [2.5, 4095.2]]), "MR", "series"),
-        np.array([[0, 2], [2, 4095]], dtype=np.uint16),
-    )
-    assert convert(np.array([[-1024, 3071]], np.int16), "CT", "series").dtype == np.int16
-    with pytest.raises(DicomSeriesError, match=r"series: MR values span -3..7"):
-        convert(np.array([[-3, 7]], np.int16), "MR", "series")
-    with pytest.raises(DicomSeriesError, match="int16 range"):
-        convert(np.array([[0.0, 40000.0]]), "CT", "series")
 
 
 # --- masks read by what each file holds ---------------------------------------------------

@@ -1,0 +1,79 @@
+"""The CHAOS download: where its files are, what its mask values mean and how each mask is
+paired with its DICOM slice (see ``README.md`` beside this file)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from etils import epath
+
+from kseg.errors import MaskError
+from kseg.io.masks import CHAOS_MR_LABEL_RANGES, LabelRule
+
+PATIENT_FOLDER = re.compile(r"^\d+$")
+# Mask files CHAOS ships (PNG; JPEG where present), suffixes compared case-insensitively.
+_MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+# Label names and the rule their Ground files follow. Every CHAOS training patient has each
+# of these organs, so each is required in every patient's label volume.
+LABEL_NAMES = {
+    "CT": {1: "liver"},
+    "MR": {1: "liver", 2: "right kidney", 3: "left kidney", 4: "spleen"},
+}
+MASK_RULES = {
+    # Liver 1 bit (real CT Ground files), or 0/255, 0/1, 16-bit, palette, grey RGB, JPEG.
+    "CT": LabelRule(),
+    # Grey levels 63 / 126 / 189 / 252, ranges as nnU-Net's CHAOS converter uses them.
+    "MR": LabelRule.from_label_ranges(CHAOS_MR_LABEL_RANGES),
+}
+
+EXPECTED_LAYOUT = """\
+<manual_dir>/Train_Sets/CT/<patient number>/DICOM_anon/*.dcm
+<manual_dir>/Train_Sets/CT/<patient number>/Ground/*.png (or *.jpg)
+<manual_dir>/Train_Sets/MR/<patient number>/T1DUAL/DICOM_anon/InPhase/*.dcm
+<manual_dir>/Train_Sets/MR/<patient number>/T1DUAL/DICOM_anon/OutPhase/*.dcm
+<manual_dir>/Train_Sets/MR/<patient number>/T1DUAL/Ground/*.png
+<manual_dir>/Train_Sets/MR/<patient number>/T2SPIR/DICOM_anon/*.dcm
+<manual_dir>/Train_Sets/MR/<patient number>/T2SPIR/Ground/*.png"""
+
+# Stored dtype of each modality's images: CT in Hounsfield units, MR as stored signal.
+IMAGE_DTYPES = {"CT": np.int16, "MR": np.uint16}
+
+
+def masks_in_array_order(source_files, image_dir, mask_dir) -> list[str]:
+    """The Ground mask of every slice, in the volume's (position) order.
+
+    CHAOS pairs the i-th DICOM file in sorted-name order with the i-th mask in sorted-name
+    order (the organisers' evaluation code, emrekavur/CHAOS-evaluation). The pairs are
+    made on names first and only then carried into position order through the volume's
+    source_files, so a pair never shifts when slices are re-ordered. Masks are the folder's
+    ``.png`` / ``.jpg`` / ``.jpeg`` files (any case) of one suffix: a folder mixing suffixes
+    has no single sorted order to pair by and is refused.
+    """
+    slice_names = [epath.Path(f).name for f in source_files]
+    image_names = sorted(slice_names)
+    masks = [
+        p for p in mask_dir.iterdir()
+        if p.suffix.lower() in _MASK_SUFFIXES and not p.name.startswith(".")
+    ]
+    suffixes = sorted({p.suffix.lower() for p in masks})
+    if len(suffixes) > 1:
+        counts = ", ".join(
+            f"{sum(p.suffix.lower() == s for p in masks)} {s}" for s in suffixes
+        )
+        raise MaskError(
+            mask_dir,
+            f"mixes mask formats ({counts}); CHAOS pairs the masks of one format with the "
+            "DICOM files by sorted file name, so keep one format per folder",
+        )
+    mask_names = sorted(p.name for p in masks)
+    if len(mask_names) != len(image_names):
+        raise MaskError(
+            mask_dir,
+            f"{len(mask_names)} Ground masks ({', '.join(_MASK_SUFFIXES)}) for "
+            f"{len(image_names)} DICOM slices in {image_dir}; CHAOS pairs them one to one "
+            "by sorted file name",
+        )
+    rank = {name: r for r, name in enumerate(image_names)}
+    return [str(mask_dir / mask_names[rank[name]]) for name in slice_names]
