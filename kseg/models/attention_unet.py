@@ -26,7 +26,8 @@ def attention_unet(
     the coefficients of an :class:`~kseg.models.attention_gate.AttentionGate` driven by the
     up-sampled decoder feature, so the decoder suppresses skip activations outside the
     organ it is segmenting. The gate at level ``i`` projects to ``base_filters * 2**i // 2``
-    channels (F_int, as in MONAI).
+    channels (F_int, as in MONAI). This is :func:`~kseg.models.encoder_decoder` with
+    ``skip_gate="attention"``.
 
     Args:
         input_shape: ``(H, W, C)`` or ``(D, H, W, C)``; spatial sizes may be ``None``.

@@ -127,29 +127,32 @@ def encoder_decoder(
     activation = resolve_activation(activation, num_classes)
     check_divisible(input_shape, depth)
 
-    layers = _Layers(spatial_dims, block, skip_gate, upsampling, batch_norm)
+    hooks = _Hooks(spatial_dims, block, skip_gate, upsampling, batch_norm)
     node_name = _node_names(block, decoder, depth)
     inputs = keras.Input(shape=input_shape, name="image")
     nodes = {}  # (level, step) -> X[level, step]
     x = inputs
     for level in range(depth + 1):
         previous = node_name(level - 1, 0) if level else None
-        x = layers.down(x, base_filters * 2**level, node_name(level, 0), previous)
+        x = hooks.down(x, base_filters * 2**level, node_name(level, 0), previous)
         nodes[level, 0] = x
     if dropout:
         dropout_layer = keras.layers.Dropout(dropout, name=f"{node_name(depth, 0)}_dropout")
         nodes[depth, 0] = dropout_layer(nodes[depth, 0])
     for step in range(1, depth + 1):
+        # U-Net: one node per level, the diagonal X[depth - step, step]; U-Net++: every node
+        # with level + step <= depth, each taking all earlier nodes of its level.
         levels = range(depth - step + 1) if decoder == "nested" else [depth - step]
         for level in levels:
             filters, prefix = base_filters * 2**level, node_name(level, step)
-            deeper = layers.up(nodes[level + 1, step - 1], filters, f"{prefix}_up")
+            deeper = hooks.up(nodes[level + 1, step - 1], filters, f"{prefix}_up")
             if decoder == "nested":
                 skips = [nodes[level, earlier] for earlier in range(step)]
             else:
-                skips = [layers.gate(nodes[level, 0], deeper, filters, f"{prefix}_gate")]
+                skips = [hooks.gate(nodes[level, 0], deeper, filters, f"{prefix}_gate")]
+            # Skips before the up-sampled feature: the order saved models' weights expect.
             merged = keras.layers.Concatenate(name=f"{prefix}_concat")([*skips, deeper])
-            nodes[level, step] = layers.node(merged, filters, prefix)
+            nodes[level, step] = hooks.node(merged, filters, prefix)
 
     def head(step, output_name):
         return segmentation_head(nodes[0, step], num_classes, activation, spatial_dims, output_name)
@@ -180,7 +183,7 @@ def _node_names(block: str, decoder: str, depth: int):
     return name
 
 
-class _Layers:
+class _Hooks:
     """The hooks: the layers of an encoder node, an up-sampling, a skip gate, a decoder node."""
 
     def __init__(self, spatial_dims, block, skip_gate, upsampling, batch_norm):

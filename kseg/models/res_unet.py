@@ -28,7 +28,8 @@ def res_unet(
     unit with ``base_filters * 2**depth`` channels forms the bridge; each decoder level
     up-samples, concatenates the encoder feature of the same level and applies a unit with
     a projection shortcut (Zhang et al., 2018, generalised to ``depth`` levels and
-    3D as in Diakogiannis et al., 2020).
+    3D as in Diakogiannis et al., 2020). This is :func:`~kseg.models.encoder_decoder` with
+    ``block="residual"``.
 
     Args:
         input_shape: ``(H, W, C)`` or ``(D, H, W, C)``; spatial sizes may be ``None``.

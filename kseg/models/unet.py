@@ -28,7 +28,8 @@ def unet(
     (unlike the paper's 'valid' ones), so the output grid equals the input grid. Dropout
     sits at the end of the contracting path as in the paper; it is a standard
     ``keras.layers.Dropout``, so ``model(x, training=True)`` draws Monte-Carlo dropout
-    samples (Gal and Ghahramani, 2016).
+    samples (Gal and Ghahramani, 2016). This is :func:`~kseg.models.encoder_decoder` with its
+    default hooks (double-conv blocks, identity skips, plain decoder).
 
     Args:
         input_shape: ``(H, W, C)`` or ``(D, H, W, C)``; spatial sizes may be ``None``.

@@ -27,7 +27,8 @@ def unet_plus_plus(
     ``base_filters * 2**i`` channels over the concatenation of ``X[i, 0..j-1]`` and the
     up-sampled ``X[i+1, j-1]``; ``X[i, 0]`` is the encoder. The full-resolution nodes
     ``X[0, 1..depth]`` are each a U-Net of a different depth, which is what deep
-    supervision trains and what pruning at inference exploits.
+    supervision trains and what pruning at inference exploits. This is
+    :func:`~kseg.models.encoder_decoder` with ``decoder="nested"``.
 
     Args:
         input_shape: ``(H, W, C)`` or ``(D, H, W, C)``; spatial sizes may be ``None``.
