@@ -32,53 +32,28 @@ import re
 import tempfile
 
 import numpy as np
-import pydicom
 import tensorflow_datasets as tfds
 from etils import epath
 from tqdm.auto import tqdm
 
-from kseg.data.examples import fold_splits, slice_examples, slice_features_dict
-from kseg.errors import DicomSeriesError, LayoutError, MaskError
-from kseg.io import read_dicom_series
-from kseg.io.dicom import scan_dicom_files
-from kseg.io.npz import align_mask_to_volume, read_npz_mask
-from kseg.io.rtstruct import (
-    LCTSC_ROI_NAMES,
-    match_roi_names,
-    rasterize_roi,
-    read_rtstruct,
-    read_rtstruct_references,
-)
+from kseg.data.examples import fold_splits, slice_examples, slice_features_dict, to_image_dtype
+from kseg.errors import LayoutError
+from kseg.io import align_mask_to_volume, read_dicom_series
 from tfds_builders._foreground import ForegroundTally
+from tfds_builders.lctsc.layout import (
+    CLASS_NAMES,
+    NPZ_LAYOUT,
+    ORGAN_TO_CLASS,
+    TCIA_LAYOUT,
+    Case,
+    npz_cases,
+    npz_organ_ids,
+    organ_label_map,
+    tcia_cases,
+)
 
 CHALLENGE_TEST_SPLIT = "challenge_test"
 _TEST_PATIENT = re.compile(r"^LCTSC-Test-S\d+-\d+$")
-
-# Class names per ``classes`` option; the organ ids of the RTSTRUCT rasterisation are
-# 1 lung_left, 2 lung_right, 3 heart, 4 esophagus, 5 spinal_cord, and each option maps them
-# through its lookup table.
-CLASS_NAMES = {
-    "organs": ("background", *LCTSC_ROI_NAMES),
-    "organs_merged_lungs": ("background", "lungs", "heart", "esophagus", "spinal_cord"),
-    "lungs": ("background", "lungs"),
-}
-_ORGAN_TO_CLASS = {
-    "organs": np.array([0, 1, 2, 3, 4, 5], dtype=np.uint8),
-    "organs_merged_lungs": np.array([0, 1, 1, 2, 3, 4], dtype=np.uint8),
-    "lungs": np.array([0, 1, 1, 0, 0, 0], dtype=np.uint8),
-}
-
-_TCIA_LAYOUT = """\
-<manual_dir>/LCTSC/LCTSC-Train-S1-001/<date>-<study description>-<id>/
-    <n>.000000-<CT series description>-<id>/1-001.dcm ... (CT slices)
-    <n>.000000-<RTSTRUCT series description>-<id>/1-1.dcm   (RT Structure Set)
-<manual_dir>/LCTSC/LCTSC-Test-S1-101/...
-(any folder names and depth: series are found by their headers)"""
-
-_NPZ_LAYOUT = """\
-<manual_dir>/<patient id>/<any folders>/*.dcm   one CT series
-<manual_dir>/<patient id>/<any name>.npz        one mask: key "mask", uint8 (z, y, x),
-                                                0/1 lungs or 0..5 LCTSC organs"""
 
 
 @dataclasses.dataclass(eq=False)
@@ -107,15 +82,6 @@ class LctscConfig(tfds.core.BuilderConfig):
     stratify: bool = False
     empty_fraction_bins: tuple[float, ...] = (0.2, 0.4)
     roi_aliases: tuple[tuple[str, str], ...] = ()
-
-
-@dataclasses.dataclass(frozen=True)
-class _Case:
-    patient_id: str
-    patient_sex: str
-    ct_files: tuple[str, ...]
-    series_uid: str
-    mask_file: str  # the RTSTRUCT (tcia) or the npz (npz)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,11 +142,11 @@ Retriever and download into the manual folder (by default
 tfds.download.DownloadConfig(manual_dir=...)). Either directory-naming option works; the
 descriptive one gives:
 
-{_TCIA_LAYOUT}
+{TCIA_LAYOUT}
 
 For the npz_* configs, the manual folder holds the pre-converted layout instead:
 
-{_NPZ_LAYOUT}
+{NPZ_LAYOUT}
 
 The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 2018."""
 
@@ -240,7 +206,7 @@ The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 
         manual_dir = epath.Path(dl_manager.manual_dir)
         if not manual_dir.is_dir():
             raise LayoutError(manual_dir, "the manual download folder does not exist")
-        cases = _tcia_cases(manual_dir) if config.layout == "tcia" else _npz_cases(manual_dir)
+        cases = tcia_cases(manual_dir) if config.layout == "tcia" else npz_cases(manual_dir)
         test_cases = [case for case in cases if _TEST_PATIENT.match(case.patient_id)]
         train_cases = [case for case in cases if not _TEST_PATIENT.match(case.patient_id)]
         # Stratifying needs every training mask before the folds exist; each case read for
@@ -296,11 +262,11 @@ The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 
             else:
                 arrays, checked_labels = kept
                 check(checked_labels)
-            images = _as_int16(arrays.image, case.ct_files[0])
+            images = to_image_dtype(arrays.image, np.int16, source=case.ct_files[0])
             yield from slice_examples(case.patient_id, images, arrays.labels, arrays.spacing,
                                       patient_sex=case.patient_sex)
 
-    def _read_case(self, case: _Case, *, check) -> _CaseArrays:
+    def _read_case(self, case: Case, *, check) -> _CaseArrays:
         """The case's CT volume and its mask in the config's classes.
 
         ``check`` sees the whole mask in the config's classes before it is used; for the
@@ -309,7 +275,7 @@ The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 
         voxels and slices but change no count).
         """
         config = self.builder_config
-        lookup = _ORGAN_TO_CLASS[config.classes]
+        lookup = ORGAN_TO_CLASS[config.classes]
         volume = read_dicom_series(
             list(case.ct_files), series_uid=case.series_uid, patient_id=case.patient_id
         )
@@ -318,41 +284,10 @@ The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 
             labels = lookup[organs]
             check(labels)
         else:
-            stored = _npz_organ_ids(case.mask_file, config.classes)
+            stored = npz_organ_ids(case.mask_file, config.classes)
             check(lookup[stored])
             labels = lookup[align_mask_to_volume(stored, volume, source=case.mask_file).mask]
         return _CaseArrays(volume.array, labels, np.asarray(volume.spacing))
-
-
-def organ_label_map(rtstruct_path, volume, *, aliases=None) -> np.ndarray:
-    """Rasterise the five LCTSC organs of a structure set into one label map.
-
-    Organs are found by their canonical names (:func:`kseg.io.rtstruct.match_roi_names`)
-    and painted in the order lung_left, lung_right, heart, esophagus, spinal_cord, each over
-    the previous ones, so where contours overlap the smaller, later organ keeps its voxels.
-
-    Args:
-        rtstruct_path: the case's RTSTRUCT file.
-        volume: its CT volume.
-        aliases: extra ``{ROIName: canonical name}`` spellings.
-
-    Returns:
-        ``uint8`` map of the volume's shape: 0 background, 1 lung_left, 2 lung_right,
-        3 heart, 4 esophagus, 5 spinal_cord.
-
-    Example:
-        >>> labels = organ_label_map(rtstruct_file, ct)  # doctest: +SKIP
-        >>> np.unique(labels)  # doctest: +SKIP
-        array([0, 1, 2, 3, 4, 5], dtype=uint8)
-    """
-    path = str(rtstruct_path)
-    rois = {roi.name: roi for roi in read_rtstruct(path)}
-    found = match_roi_names(list(rois), aliases=aliases, source=path)
-    labels = np.zeros(volume.shape, dtype=np.uint8)
-    for organ_id, organ in enumerate(LCTSC_ROI_NAMES, start=1):
-        if organ in found:
-            labels[rasterize_roi(rois[found[organ]], volume, source=path) > 0] = organ_id
-    return labels
 
 
 def fold_stratum(sex: str, empty_fraction: float, bins) -> tuple[str, int]:
@@ -375,192 +310,3 @@ def fold_stratum(sex: str, empty_fraction: float, bins) -> tuple[str, int]:
 
 def _empty_fraction(labels: np.ndarray) -> float:
     return float(np.mean(~labels.reshape(labels.shape[0], -1).any(axis=1)))
-
-
-def _npz_organ_ids(path: str, classes: str) -> np.ndarray:
-    """An npz mask as stored, as organ ids: 0/1 masks are lungs, 0..5 masks LCTSC organs."""
-    mask = read_npz_mask(path)
-    values = np.unique(mask)
-    if values.max(initial=0) > len(LCTSC_ROI_NAMES):
-        raise MaskError(
-            path,
-            f"holds labels {values.tolist()}; expected 0/1 (lungs) or the LCTSC organ ids 0..5",
-        )
-    if values.max(initial=0) <= 1 and classes != "lungs":
-        raise MaskError(
-            path,
-            f"holds a binary (lungs) mask, which cannot give the {classes!r} classes; use a "
-            "lungs config",
-        )
-    # A binary mask's 1 reads as organ id 1 (lung_left), which the lungs classes map to lung.
-    return mask
-
-
-def _scan_dicom(files, where) -> tuple[list[tuple[str, pydicom.Dataset]], list[str]]:
-    """The CT slice headers and the RT Structure Set files among ``files``.
-
-    Headers come from :func:`kseg.io.dicom.scan_dicom_files`, the header pass of
-    :func:`kseg.io.read_dicom_series`, so a slice stored without the 128-byte preamble (real
-    archives hold such files) is found here exactly when the series reader reads it; files
-    that are not DICOM are reported there in one warning. DICOM of other modalities is
-    not part of a case.
-    """
-    ct_headers, rtstructs = [], []
-    for path, dataset in scan_dicom_files(files, where=where, progress="LCTSC headers"):
-        modality = str(dataset.get("Modality", ""))
-        if modality == "CT":
-            ct_headers.append((path, dataset))
-        elif modality == "RTSTRUCT":
-            rtstructs.append(path)
-    return ct_headers, rtstructs
-
-
-def _files_under(folder: epath.Path, *, suffix: str | None = None,
-                 exclude_suffix: str | None = None) -> list[epath.Path]:
-    """Every file below ``folder`` (hidden ones aside), walked folder by folder, since
-    gfile paths do not take recursive glob patterns."""
-    found = []
-    for parent, _, names in folder.walk():
-        for name in names:
-            path = epath.Path(parent) / name
-            if name.startswith(".") or (suffix is not None and path.suffix != suffix):
-                continue
-            if exclude_suffix is None or path.suffix != exclude_suffix:
-                found.append(path)
-    return sorted(found)
-
-
-def _tcia_cases(manual_dir: epath.Path) -> list[_Case]:
-    ct_headers, rtstructs = _scan_dicom(_files_under(manual_dir), manual_dir)
-    series: dict[str, list[tuple[str, pydicom.Dataset]]] = {}
-    for path, dataset in ct_headers:
-        series.setdefault(str(dataset.get("SeriesInstanceUID", "")), []).append((path, dataset))
-    if not series or not rtstructs:
-        raise LayoutError(
-            manual_dir,
-            f"found {len(series)} CT series and {len(rtstructs)} RT Structure Sets; expected "
-            f"the LCTSC download:\n{_TCIA_LAYOUT}",
-        )
-    paired: dict[str, str] = {}
-    for rtstruct in rtstructs:
-        uid = _referenced_series(rtstruct, series)
-        if uid in paired:
-            raise LayoutError(
-                rtstruct,
-                f"references CT series {uid}, which {paired[uid]} references too; keep one "
-                "structure set per CT series",
-            )
-        paired[uid] = rtstruct
-    unpaired = sorted(set(series) - set(paired))
-    if unpaired:
-        described = "; ".join(
-            f"{uid} ({epath.Path(series[uid][0][0]).parent})" for uid in unpaired[:5]
-        )
-        raise LayoutError(
-            manual_dir,
-            f"{len(unpaired)} CT series have no RT Structure Set referencing them: {described}",
-        )
-    cases = []
-    for uid, rtstruct in paired.items():
-        files = series[uid]
-        first = files[0][1]
-        patient_id = str(first.get("PatientID", "") or "")
-        if not patient_id:
-            raise DicomSeriesError(files[0][0], "has no PatientID; LCTSC splits by patient")
-        cases.append(
-            _Case(
-                patient_id=patient_id,
-                patient_sex=str(first.get("PatientSex", "") or ""),
-                ct_files=tuple(sorted(path for path, _ in files)),
-                series_uid=uid,
-                mask_file=rtstruct,
-            )
-        )
-    return _unique_patients(cases, manual_dir)
-
-
-def _referenced_series(rtstruct: str, series) -> str:
-    """The CT series a structure set was drawn on: named by SeriesInstanceUID, else the
-    only CT series of its frame of reference."""
-    references = read_rtstruct_references(rtstruct)
-    named = sorted(uid for uid in references.series_instance_uids if uid in series)
-    if len(named) == 1:
-        return named[0]
-    same_frame = sorted(
-        uid
-        for uid, files in series.items()
-        if str(files[0][1].get("FrameOfReferenceUID", "")) in references.frame_of_reference_uids
-    )
-    if not named and len(same_frame) == 1:
-        return same_frame[0]
-    candidates = named or same_frame
-    raise LayoutError(
-        rtstruct,
-        f"cannot be paired with one CT series: it references series "
-        f"{sorted(references.series_instance_uids) or 'none'} and frames of reference "
-        f"{sorted(references.frame_of_reference_uids) or 'none'}; matching CT series found: "
-        f"{candidates or 'none'}",
-    )
-
-
-def _npz_cases(manual_dir: epath.Path) -> list[_Case]:
-    masks = _files_under(manual_dir, suffix=".npz")
-    if not masks:
-        raise LayoutError(manual_dir, f"holds no .npz mask; expected:\n{_NPZ_LAYOUT}")
-    by_folder: dict[epath.Path, list[epath.Path]] = {}
-    for mask in masks:
-        by_folder.setdefault(mask.parent, []).append(mask)
-    cases = []
-    for folder, folder_masks in sorted(by_folder.items()):
-        if len(folder_masks) > 1:
-            raise LayoutError(
-                folder,
-                f"holds {len(folder_masks)} .npz files ({', '.join(m.name for m in folder_masks)}"
-                "); expected one mask per case folder",
-            )
-        headers, _ = _scan_dicom(_files_under(folder, exclude_suffix=".npz"), folder)
-        uids = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds in headers})
-        if len(uids) != 1:
-            raise LayoutError(
-                folder,
-                f"holds {len(uids)} CT series beside {folder_masks[0].name}; expected one:\n"
-                f"{_NPZ_LAYOUT}",
-            )
-        cases.append(
-            _Case(
-                patient_id=folder.name,
-                patient_sex=str(headers[0][1].get("PatientSex", "") or ""),
-                ct_files=tuple(sorted(str(path) for path, _ in headers)),
-                series_uid=uids[0],
-                mask_file=str(folder_masks[0]),
-            )
-        )
-    return _unique_patients(cases, manual_dir)
-
-
-def _unique_patients(cases: list[_Case], manual_dir) -> list[_Case]:
-    seen: dict[str, _Case] = {}
-    for case in cases:
-        if case.patient_id in seen:
-            raise LayoutError(
-                manual_dir,
-                f"patient {case.patient_id} has two cases ({seen[case.patient_id].mask_file} "
-                f"and {case.mask_file}); one case per patient keeps the splits by patient",
-            )
-        seen[case.patient_id] = case
-    return sorted(cases, key=lambda case: case.patient_id)
-
-
-def _as_int16(array: np.ndarray, source) -> np.ndarray:
-    """CT numbers as int16; non-integer values (a fractional RescaleSlope) are rounded and
-    values outside int16 are an error, never wrapped."""
-    if array.dtype == np.int16:
-        return array
-    rounded = np.rint(array) if np.issubdtype(array.dtype, np.floating) else array
-    limits = np.iinfo(np.int16)
-    low, high = float(rounded.min()), float(rounded.max())
-    if low < limits.min or high > limits.max:
-        raise DicomSeriesError(
-            source, f"CT values span {low:g}..{high:g}, outside the int16 image feature"
-        )
-    return rounded.astype(np.int16)
