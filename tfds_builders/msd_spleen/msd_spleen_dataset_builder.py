@@ -17,41 +17,32 @@ Reference:
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
-from kseg.data.examples import fold_splits
+from kseg.data.examples import fold_splits, to_image_dtype
 from kseg.data.preprocess3d import (
     MSD_SPLEEN_ORIENTATION,
     MSD_SPLEEN_SPACING,
     MSD_SPLEEN_WINDOW,
     preprocess_volume,
 )
-from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
+from kseg.errors import AlignmentError, MaskError, UnreadableFileError
 from kseg.io import read_nifti, read_nifti_labels
 from tfds_builders._foreground import ForegroundTally
+from tfds_builders.msd_spleen.layout import (
+    EXPECTED_LAYOUT,
+    Case,
+    cases_from_dataset_json,
+    task_folder,
+)
 
-TASK_FOLDER = "Task09_Spleen"
 UNLABELED_SPLIT = "unlabeled"
-_NIFTI_SUFFIX = ".nii.gz"
-# macOS writes "._<name>" AppleDouble companions into tar archives; the real Task09 tar
-# carries one beside every volume. They are not NIfTI and are never cases.
-_APPLE_DOUBLE_PREFIX = "._"
-_INT16 = np.iinfo(np.int16)
 # Image and label affines of one case, each stored as float32 in its header, agree to far
 # better than this (mm); a larger difference means the files belong to different grids.
 _SAME_GRID_MM = 1e-3
 SPLEEN = 1
-
-_EXPECTED_LAYOUT = """\
-<manual_dir>/Task09_Spleen/dataset.json
-<manual_dir>/Task09_Spleen/imagesTr/spleen_<n>.nii.gz   (41 CT volumes)
-<manual_dir>/Task09_Spleen/labelsTr/spleen_<n>.nii.gz   (their labels, 1 = spleen)
-<manual_dir>/Task09_Spleen/imagesTs/spleen_<n>.nii.gz   (20 CT volumes, no labels)
-(<manual_dir> may also be the Task09_Spleen folder itself)"""
 
 
 @dataclasses.dataclass(eq=False)
@@ -78,13 +69,6 @@ class MsdSpleenConfig(tfds.core.BuilderConfig):
     split_seed: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
-class _Case:
-    patient_id: str
-    image: epath.Path
-    label: epath.Path | None
-
-
 class Builder(tfds.core.GeneratorBasedBuilder):
     """MSD Task09 spleen CT volumes with spleen labels, one example per volume.
 
@@ -101,7 +85,7 @@ http://medicaldecathlon.com (licence CC BY-SA 4.0; cite Antonelli et al. 2022), 
 it into the manual folder (by default ~/tensorflow_datasets/downloads/manual/, or pass
 tfds.download.DownloadConfig(manual_dir=...)), so that it holds:
 
-{_EXPECTED_LAYOUT}
+{EXPECTED_LAYOUT}
 
 The macOS "._*" files inside the archive are ignored. The files are read, never modified."""
 
@@ -154,7 +138,7 @@ The macOS "._*" files inside the archive are ignored. The files are read, never 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config = self.builder_config
         task_dir = task_folder(dl_manager.manual_dir)
-        labelled, unlabelled = _cases_from_dataset_json(task_dir)
+        labelled, unlabelled = cases_from_dataset_json(task_dir)
         folds = fold_splits(
             [case.patient_id for case in labelled],
             config.num_folds,
@@ -181,7 +165,7 @@ The macOS "._*" files inside the archive are ignored. The files are read, never 
                 tally.check(split, case.patient_id, example["label"], mask_source=case.label)
             yield case.patient_id, example
 
-    def _example(self, case: _Case) -> dict:
+    def _example(self, case: Case) -> dict:
         """One case; only this case's volumes are in memory."""
         config = self.builder_config
         image = read_nifti(case.image, patient_id=case.patient_id)
@@ -210,7 +194,9 @@ The macOS "._*" files inside the archive are ignored. The files are read, never 
             )
             image, label = prepared.image, prepared.label
         return {
-            "image": _as_int16_hu(image.array, case.image),
+            "image": to_image_dtype(
+                image.array, np.int16, source=case.image, error=UnreadableFileError
+            ),
             "label": np.zeros((0, 0, 0), np.uint8) if label is None else label.array,
             "patient_id": case.patient_id,
             "spacing": np.asarray(image.spacing, dtype=np.float32),
@@ -220,102 +206,8 @@ The macOS "._*" files inside the archive are ignored. The files are read, never 
         }
 
 
-def task_folder(manual_dir) -> epath.Path:
-    """The extracted ``Task09_Spleen`` folder: ``manual_dir/Task09_Spleen``, or
-    ``manual_dir`` itself when it holds ``dataset.json``.
-
-    Args:
-        manual_dir: the folder the archive was extracted into (or the task folder).
-
-    Raises:
-        LayoutError: neither holds a ``dataset.json``.
-    """
-    manual_dir = epath.Path(manual_dir)
-    for candidate in (manual_dir / TASK_FOLDER, manual_dir):
-        if (candidate / "dataset.json").is_file():
-            return candidate
-    raise LayoutError(
-        manual_dir / TASK_FOLDER,
-        f"no dataset.json found; extract Task09_Spleen.tar so that:\n{_EXPECTED_LAYOUT}",
-    )
-
-
-def _relative_file(task_dir: epath.Path, entry, folder: str, dataset_json) -> epath.Path:
-    """A dataset.json path such as ``./imagesTr/spleen_19.nii.gz``, checked and resolved."""
-    if not isinstance(entry, str):
-        raise LayoutError(dataset_json, f"expected a file path string, got {entry!r}")
-    path = epath.Path(entry)
-    if path.parent.name != folder or not path.name.endswith(_NIFTI_SUFFIX):
-        raise LayoutError(dataset_json, f"expected ./{folder}/<case>{_NIFTI_SUFFIX}, got {entry!r}")
-    resolved = task_dir / folder / path.name
-    if not resolved.is_file():
-        raise LayoutError(resolved, f"listed in {dataset_json} but missing; expected:\n"
-                          f"{_EXPECTED_LAYOUT}")
-    return resolved
-
-
-def _cases_from_dataset_json(task_dir: epath.Path) -> tuple[list[_Case], list[_Case]]:
-    """Labelled and unlabelled cases as dataset.json lists them, cross-checked against the
-    folders: a volume on disk that dataset.json does not list is an error, not a silent
-    omission; AppleDouble ``._*`` files are not volumes."""
-    dataset_json = task_dir / "dataset.json"
-    try:
-        listing = json.loads(dataset_json.read_text())
-        training, test = listing["training"], listing.get("test", [])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UnreadableFileError(
-            dataset_json, f"expected the MSD dataset.json with a 'training' list ({exc!r})"
-        ) from exc
-    labelled = []
-    for entry in training:
-        if not isinstance(entry, dict) or not {"image", "label"} <= set(entry):
-            raise LayoutError(dataset_json, f"training entries need image and label: {entry!r}")
-        image = _relative_file(task_dir, entry["image"], "imagesTr", dataset_json)
-        label = _relative_file(task_dir, entry["label"], "labelsTr", dataset_json)
-        if image.name != label.name:
-            raise LayoutError(dataset_json, f"image and label names differ in {entry!r}")
-        labelled.append(_Case(image.name[: -len(_NIFTI_SUFFIX)], image, label))
-    unlabelled = [
-        _Case(path.name[: -len(_NIFTI_SUFFIX)], path, None)
-        for path in (_relative_file(task_dir, e, "imagesTs", dataset_json) for e in test)
-    ]
-    if not labelled:
-        raise LayoutError(dataset_json, "lists no training cases")
-    ids = [case.patient_id for case in labelled + unlabelled]
-    if len(set(ids)) != len(ids):
-        raise LayoutError(dataset_json, "lists a case more than once")
-    for folder, cases in (("imagesTr", labelled), ("labelsTr", labelled), ("imagesTs", unlabelled)):
-        on_disk = {
-            path.name
-            for path in (task_dir / folder).glob(f"*{_NIFTI_SUFFIX}")
-            if not path.name.startswith(_APPLE_DOUBLE_PREFIX)
-        } if (task_dir / folder).is_dir() else set()
-        unlisted = sorted(on_disk - {f"{case.patient_id}{_NIFTI_SUFFIX}" for case in cases})
-        if unlisted:
-            raise LayoutError(
-                task_dir / folder,
-                f"holds volumes that {dataset_json.name} does not list: {unlisted}; "
-                "add them to dataset.json or move them out",
-            )
-    return labelled, unlabelled
-
-
 def _check_binary(labels: np.ndarray, path) -> None:
     """MSD spleen labels are 0 (background) and 1 (spleen); anything else is refused."""
     values = np.unique(labels)
     if not np.isin(values, (0, 1)).all():
         raise MaskError(path, f"spleen labels must be 0 or 1, found values {values.tolist()}")
-
-
-def _as_int16_hu(array: np.ndarray, path) -> np.ndarray:
-    """CT numbers as int16: integers kept, floats (interpolated, or stored as float)
-    rounded to the nearest HU; values outside int16 are an error, never wrapped."""
-    if array.dtype == np.int16:
-        return array
-    rounded = np.rint(array) if np.issubdtype(array.dtype, np.floating) else array
-    low, high = float(rounded.min()), float(rounded.max())
-    if low < _INT16.min or high > _INT16.max:
-        raise UnreadableFileError(
-            path, f"CT values span {low:g}..{high:g}, outside the int16 range of the image feature"
-        )
-    return rounded.astype(np.int16)
