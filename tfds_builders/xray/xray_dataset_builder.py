@@ -11,6 +11,8 @@ writes a separate, noisy copy for robustness studies. Masks are read by what eac
 holds (:func:`kseg.io.read_labels`), and every radiograph's label map must contain the
 config's ``required_labels`` (lungs, and in JSRT/SCR heart and clavicles), so wrongly read
 masks fail loudly; the counts per split are in ``builder.info.metadata["foreground"]``.
+The layouts are in :mod:`tfds_builders.xray.layout`, the reading of one radiograph and its
+masks in :mod:`tfds_builders.xray.radiographs`.
 
 Example:
     >>> import tensorflow_datasets as tfds
@@ -30,43 +32,22 @@ import dataclasses
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
-from PIL import Image, UnidentifiedImageError
 
 from kseg.data.examples import fold_splits
-from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
-from kseg.io import JSRT_BIT_DEPTH, LabelRule, read_jsrt_image, read_labels, read_radiograph
+from kseg.io import LabelRule
 from tfds_builders._foreground import ForegroundTally
-
-LAYOUTS = ("jsrt_scr", "montgomery", "generic")
-
-JSRT_IMAGE_FOLDER = "All247images"
-MONTGOMERY_IMAGE_FOLDER = "MontgomerySet/CXR_png"
-MONTGOMERY_MASK_FOLDER = "MontgomerySet/ManualMask"
-
-_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".dicom", ".jpg", ".jpeg", ".bmp")
-_MASK_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".bmp", ".jpg", ".jpeg")
-# Files operating systems drop into image folders (the NLM archives carry Thumbs.db).
-_IGNORED_FILES = frozenset({"thumbs.db", "desktop.ini"})
-
-_JSRT_LAYOUT = """\
-<manual_dir>/All247images/JPCLN001.IMG ... JPCNN093.IMG   (JSRT, 247 raw images)
-<manual_dir>/<any>/masks/<structure>/JPCLN001.gif ...    (SCR, e.g. scratch/fold1/masks/)
-  with <structure> one of: right lung, left lung, heart, right clavicle, left clavicle"""
-
-_MONTGOMERY_LAYOUT = """\
-<manual_dir>/MontgomerySet/CXR_png/MCUCXR_0001_0.png ...
-<manual_dir>/MontgomerySet/ManualMask/leftMask/MCUCXR_0001_0.png ...
-<manual_dir>/MontgomerySet/ManualMask/rightMask/MCUCXR_0001_0.png ..."""
-
-_GENERIC_LAYOUT = """\
-<manual_dir>/images/<name>.png|.tif|.dcm ...     (8/16-bit grey PNG or TIFF, or DICOM)
-<manual_dir>/masks/<name><mask_suffix>.png ...   (label map), or
-<manual_dir>/masks/<class folder>/<name><mask_suffix>.png ...   (one binary mask per class)"""
+from tfds_builders.xray.layout import (
+    GENERIC_LAYOUT,
+    JSRT_LAYOUT,
+    LAYOUTS,
+    MONTGOMERY_LAYOUT,
+    find_records,
+)
+from tfds_builders.xray.radiographs import read_record_image, read_record_mask
 
 
 @dataclasses.dataclass(eq=False)
@@ -176,18 +157,18 @@ registration) and extract All247images; download the SCR masks (scr.zip from
 https://www.isi.uu.nl/Research/Databases/SCR/ or one of its mirrors; research use, cite van
 Ginneken et al. 2006) and extract them beside it, so that the manual folder holds:
 
-{_JSRT_LAYOUT}
+{JSRT_LAYOUT}
 
 montgomery, montgomery_lungs: download the Montgomery County chest X-ray set from the U.S.
 National Library of Medicine (https://lhncbc.nlm.nih.gov/LHC-downloads/downloads.html,
 "Tuberculosis Chest X-ray Image Data Sets") and extract it:
 
-{_MONTGOMERY_LAYOUT}
+{MONTGOMERY_LAYOUT}
 
 generic: your own set, or the Shenzhen set (same NLM page; lung masks by Stirenko et al.,
 CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid out as:
 
-{_GENERIC_LAYOUT}"""
+{GENERIC_LAYOUT}"""
 
     BUILDER_CONFIGS = [
         XrayConfig(
@@ -283,7 +264,7 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config = self.builder_config
         root = epath.Path(dl_manager.manual_dir)
-        records = _find_records(root, config)
+        records = find_records(root, config)
         patients = sorted({record.patient_id for record in records})
         splits = fold_splits(patients, config.num_folds, seed=config.split_seed, where=str(root))
         tally = ForegroundTally(
@@ -303,8 +284,8 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
         before its example is yielded (so the statistics' ``patients`` count radiographs)."""
         config = self.builder_config
         for record in records:
-            image, bit_depth = _read_record_image(record, config)
-            mask = _read_record_mask(record, config, image.shape)
+            image, bit_depth = read_record_image(record, config)
+            mask = read_record_mask(record, config, image.shape)
             tally.check(
                 split,
                 f"{record.patient_id}, radiograph {record.image_id}",
@@ -329,14 +310,6 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
                     "bit_depth": bit_depth,
                 },
             )
-
-
-@dataclasses.dataclass(frozen=True)
-class _Record:
-    image_id: str
-    patient_id: str
-    image: epath.Path
-    masks: tuple[epath.Path, ...]  # one label map, or one file per config.mask_folders pair
 
 
 def add_gaussian_noise(
@@ -367,186 +340,7 @@ def add_gaussian_noise(
     return np.clip(np.rint(noisy), 0, 2**bit_depth - 1).astype(np.uint16)
 
 
-def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
-    rows, columns = image.shape
-    blocks = image.reshape(rows // factor, factor, columns // factor, factor)
-    return np.rint(blocks.mean(axis=(1, 3))).astype(np.uint16)
-
-
-def _read_record_image(record: _Record, config: XrayConfig) -> tuple[np.ndarray, int]:
-    if config.layout != "jsrt_scr":
-        return read_radiograph(record.image)
-    image = read_jsrt_image(record.image)
-    mask_shape = _image_size(record.masks[0])
-    side = image.shape[0]
-    factor = side // mask_shape[0]
-    if mask_shape[0] != mask_shape[1] or factor < 1 or factor * mask_shape[0] != side:
-        raise AlignmentError(
-            record.masks[0],
-            f"mask is {mask_shape[0]}x{mask_shape[1]}, which does not divide the "
-            f"{side}x{side} JSRT image {record.image.name} into whole blocks",
-        )
-    # SCR masks were drawn on 1024 x 1024 copies of the 2048 x 2048 images: the image is
-    # brought to the mask grid by averaging factor x factor blocks (half-even rounding).
-    return (_block_mean(image, factor) if factor > 1 else image), JSRT_BIT_DEPTH
-
-
-def _image_size(path: epath.Path) -> tuple[int, int]:
-    try:
-        with path.open("rb") as handle, Image.open(handle) as image:
-            return image.height, image.width
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UnreadableFileError(path, f"cannot be read as a mask image ({exc})") from exc
-
-
-# One structure per file (mask_folders, or a label map without mask_value_ranges): resized
-# masks' interpolated edges are common in the public X-ray sets (cxr-lungs), so accepted.
-_STRUCTURE_RULE = LabelRule(interpolated_edges=True)
-
-
-def _read_record_mask(record: _Record, config: XrayConfig, shape) -> np.ndarray:
-    if config.mask_folders:
-        labels = np.zeros(shape, dtype=np.uint8)
-        for (_, label), path in zip(config.mask_folders, record.masks, strict=True):
-            structure = read_labels(path, _STRUCTURE_RULE)
-            _check_mask_shape(path, structure.shape, shape, record)
-            labels[structure > 0] = label
-        return labels
-    path = record.masks[0]
-    rule = (
-        LabelRule(grey_levels=config.mask_value_ranges)
-        if config.mask_value_ranges
-        else _STRUCTURE_RULE
-    )
-    labels = read_labels(path, rule)
-    _check_mask_shape(path, labels.shape, shape, record)
-    return labels
-
-
-def _check_mask_shape(path, mask_shape, image_shape, record: _Record) -> None:
-    if tuple(mask_shape) != tuple(image_shape):
-        raise AlignmentError(
-            path,
-            f"mask is {mask_shape[0]}x{mask_shape[1]}, image {record.image.name} is "
-            f"{image_shape[0]}x{image_shape[1]}; they must share one grid",
-        )
-
-
 # ----------------------------------------------------------------------------- layouts
-
-
-def _find_records(root: epath.Path, config: XrayConfig) -> list[_Record]:
-    if config.layout == "jsrt_scr":
-        image_dir = root / JSRT_IMAGE_FOLDER
-        images = _listed(image_dir, (".img",), _JSRT_LAYOUT)
-        mask_dirs = _scr_mask_dirs(root, config)
-        mask_index = {
-            folder: _index_masks([d / folder for d in dirs], "") for folder, dirs in mask_dirs
-        }
-        searched = {folder: dirs for folder, dirs in mask_dirs}
-    elif config.layout == "montgomery":
-        images = _listed(root / MONTGOMERY_IMAGE_FOLDER, (".png",), _MONTGOMERY_LAYOUT)
-        base = root / MONTGOMERY_MASK_FOLDER
-        mask_index = {f: _index_masks([base / f], "") for f, _ in config.mask_folders}
-        searched = {f: [base] for f, _ in config.mask_folders}
-    else:
-        images = _listed(root / "images", _IMAGE_SUFFIXES, _GENERIC_LAYOUT)
-        base = root / "masks"
-        if not base.is_dir():
-            raise LayoutError(base, f"not found; expected:\n{_GENERIC_LAYOUT}")
-        folders = [f for f, _ in config.mask_folders] or [""]
-        mask_index = {
-            f: _index_masks([base / f if f else base], config.mask_suffix) for f in folders
-        }
-        searched = {f: [base] for f in folders}
-
-    records = []
-    for image in images:
-        stem = image.stem
-        masks = []
-        for folder, index in mask_index.items():
-            if stem not in index:
-                where = ", ".join(str(d / folder if folder else d) for d in searched[folder])
-                raise MaskError(image, f"has no mask named {stem}{config.mask_suffix}.* in {where}")
-            masks.append(index[stem])
-        records.append(
-            _Record(
-                image_id=image.name,
-                patient_id=_patient_id(stem, config.patient_id_pattern, image),
-                image=image,
-                masks=tuple(masks),
-            )
-        )
-    return records
-
-
-def _listed(folder: epath.Path, suffixes: Sequence[str], layout: str) -> list[epath.Path]:
-    if not folder.is_dir():
-        raise LayoutError(folder, f"not found; expected:\n{layout}")
-    files, unsupported = [], []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name.lower() in _IGNORED_FILES:
-            continue
-        if not path.is_file():
-            continue
-        (files if path.suffix.lower() in suffixes else unsupported).append(path)
-    if unsupported:
-        raise LayoutError(
-            unsupported[0],
-            f"is not a supported image file ({len(unsupported)} such files in the folder); "
-            f"expected suffixes {', '.join(suffixes)}",
-        )
-    if not files:
-        raise LayoutError(folder, f"holds no images; expected:\n{layout}")
-    return files
-
-
-def _index_masks(folders: Iterable[epath.Path], suffix: str) -> dict[str, epath.Path]:
-    """Map image stem -> mask file over ``folders``; a stem found twice is an error."""
-    index: dict[str, epath.Path] = {}
-    for folder in folders:
-        if not folder.is_dir():
-            raise LayoutError(folder, "mask folder not found")
-        for path in sorted(folder.iterdir()):
-            if path.name.startswith(".") or path.suffix.lower() not in _MASK_SUFFIXES:
-                continue
-            stem = path.stem
-            if suffix:
-                if not stem.endswith(suffix):
-                    continue
-                stem = stem[: -len(suffix)]
-            if stem in index:
-                raise LayoutError(path, f"a second mask for {stem}, besides {index[stem]}")
-            index[stem] = path
-    return index
-
-
-def _scr_mask_dirs(root: epath.Path, config: XrayConfig):
-    """Every ``masks`` folder one or two levels down that holds the config's structures
-    (the SCR archive has ``scratch/fold1/masks`` and ``scratch/fold2/masks``)."""
-    candidates = sorted(
-        {p for pattern in ("*/masks", "*/*/masks") for p in root.glob(pattern) if p.is_dir()}
-    )
-    found = []
-    for folder, _ in config.mask_folders:
-        dirs = [d for d in candidates if (d / folder).is_dir()]
-        if not dirs:
-            raise LayoutError(
-                root, f"no SCR mask folder '<any>/masks/{folder}' found; expected:\n{_JSRT_LAYOUT}"
-            )
-        found.append((folder, dirs))
-    return found
-
-
-def _patient_id(stem: str, pattern: str | None, path) -> str:
-    if pattern is None:
-        return stem
-    match = re.search(pattern, stem)
-    if match is None:
-        raise LayoutError(path, f"file name does not match patient_id_pattern {pattern!r}")
-    if "patient" in match.re.groupindex:
-        return match.group("patient")
-    return match.group(1) if match.re.groups else match.group(0)
 
 
 def _check_config(config: XrayConfig) -> None:
@@ -581,5 +375,3 @@ def _check_config(config: XrayConfig) -> None:
             re.compile(config.patient_id_pattern)
         except re.error as exc:
             raise ValueError(f"{where}: patient_id_pattern is invalid ({exc})") from exc
-
-

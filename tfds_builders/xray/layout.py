@@ -1,0 +1,169 @@
+"""The three X-ray layouts (JSRT + SCR, Montgomery, your own ``images/`` + ``masks/``)
+and how each radiograph is paired with its mask files (see ``README.md`` beside this file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from etils import epath
+
+from kseg.errors import LayoutError, MaskError
+
+if TYPE_CHECKING:  # the builder imports this module, so only type checkers import it back
+    from tfds_builders.xray.xray_dataset_builder import XrayConfig
+
+LAYOUTS = ("jsrt_scr", "montgomery", "generic")
+
+JSRT_IMAGE_FOLDER = "All247images"
+MONTGOMERY_IMAGE_FOLDER = "MontgomerySet/CXR_png"
+MONTGOMERY_MASK_FOLDER = "MontgomerySet/ManualMask"
+
+_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".dcm", ".dicom", ".jpg", ".jpeg", ".bmp")
+_MASK_SUFFIXES = (".png", ".tif", ".tiff", ".gif", ".bmp", ".jpg", ".jpeg")
+# Files operating systems drop into image folders (the NLM archives carry Thumbs.db).
+_IGNORED_FILES = frozenset({"thumbs.db", "desktop.ini"})
+
+JSRT_LAYOUT = """\
+<manual_dir>/All247images/JPCLN001.IMG ... JPCNN093.IMG   (JSRT, 247 raw images)
+<manual_dir>/<any>/masks/<structure>/JPCLN001.gif ...    (SCR, e.g. scratch/fold1/masks/)
+  with <structure> one of: right lung, left lung, heart, right clavicle, left clavicle"""
+
+MONTGOMERY_LAYOUT = """\
+<manual_dir>/MontgomerySet/CXR_png/MCUCXR_0001_0.png ...
+<manual_dir>/MontgomerySet/ManualMask/leftMask/MCUCXR_0001_0.png ...
+<manual_dir>/MontgomerySet/ManualMask/rightMask/MCUCXR_0001_0.png ..."""
+
+GENERIC_LAYOUT = """\
+<manual_dir>/images/<name>.png|.tif|.dcm ...     (8/16-bit grey PNG or TIFF, or DICOM)
+<manual_dir>/masks/<name><mask_suffix>.png ...   (label map), or
+<manual_dir>/masks/<class folder>/<name><mask_suffix>.png ...   (one binary mask per class)"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """One radiograph: its file, its mask files and the patient it belongs to."""
+
+    image_id: str
+    patient_id: str
+    image: epath.Path
+    masks: tuple[epath.Path, ...]  # one label map, or one file per config.mask_folders pair
+
+
+def find_records(root: epath.Path, config: XrayConfig) -> list[Record]:
+    """Every radiograph of the config's layout under ``root``, with its mask files, in
+    file-name order; an image without a mask is a MaskError naming it."""
+    if config.layout == "jsrt_scr":
+        image_dir = root / JSRT_IMAGE_FOLDER
+        images = _listed(image_dir, (".img",), JSRT_LAYOUT)
+        mask_dirs = _scr_mask_dirs(root, config)
+        mask_index = {
+            folder: _index_masks([d / folder for d in dirs], "") for folder, dirs in mask_dirs
+        }
+        searched = {folder: dirs for folder, dirs in mask_dirs}
+    elif config.layout == "montgomery":
+        images = _listed(root / MONTGOMERY_IMAGE_FOLDER, (".png",), MONTGOMERY_LAYOUT)
+        base = root / MONTGOMERY_MASK_FOLDER
+        mask_index = {f: _index_masks([base / f], "") for f, _ in config.mask_folders}
+        searched = {f: [base] for f, _ in config.mask_folders}
+    else:
+        images = _listed(root / "images", _IMAGE_SUFFIXES, GENERIC_LAYOUT)
+        base = root / "masks"
+        if not base.is_dir():
+            raise LayoutError(base, f"not found; expected:\n{GENERIC_LAYOUT}")
+        folders = [f for f, _ in config.mask_folders] or [""]
+        mask_index = {
+            f: _index_masks([base / f if f else base], config.mask_suffix) for f in folders
+        }
+        searched = {f: [base] for f in folders}
+
+    records = []
+    for image in images:
+        stem = image.stem
+        masks = []
+        for folder, index in mask_index.items():
+            if stem not in index:
+                where = ", ".join(str(d / folder if folder else d) for d in searched[folder])
+                raise MaskError(image, f"has no mask named {stem}{config.mask_suffix}.* in {where}")
+            masks.append(index[stem])
+        records.append(
+            Record(
+                image_id=image.name,
+                patient_id=_patient_id(stem, config.patient_id_pattern, image),
+                image=image,
+                masks=tuple(masks),
+            )
+        )
+    return records
+
+
+def _listed(folder: epath.Path, suffixes: Sequence[str], layout: str) -> list[epath.Path]:
+    if not folder.is_dir():
+        raise LayoutError(folder, f"not found; expected:\n{layout}")
+    files, unsupported = [], []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.name.lower() in _IGNORED_FILES:
+            continue
+        if not path.is_file():
+            continue
+        (files if path.suffix.lower() in suffixes else unsupported).append(path)
+    if unsupported:
+        raise LayoutError(
+            unsupported[0],
+            f"is not a supported image file ({len(unsupported)} such files in the folder); "
+            f"expected suffixes {', '.join(suffixes)}",
+        )
+    if not files:
+        raise LayoutError(folder, f"holds no images; expected:\n{layout}")
+    return files
+
+
+def _index_masks(folders: Iterable[epath.Path], suffix: str) -> dict[str, epath.Path]:
+    """Map image stem -> mask file over ``folders``; a stem found twice is an error."""
+    index: dict[str, epath.Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            raise LayoutError(folder, "mask folder not found")
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith(".") or path.suffix.lower() not in _MASK_SUFFIXES:
+                continue
+            stem = path.stem
+            if suffix:
+                if not stem.endswith(suffix):
+                    continue
+                stem = stem[: -len(suffix)]
+            if stem in index:
+                raise LayoutError(path, f"a second mask for {stem}, besides {index[stem]}")
+            index[stem] = path
+    return index
+
+
+def _scr_mask_dirs(root: epath.Path, config: XrayConfig):
+    """Every ``masks`` folder one or two levels down that holds the config's structures
+    (the SCR archive has ``scratch/fold1/masks`` and ``scratch/fold2/masks``)."""
+    candidates = sorted(
+        {p for pattern in ("*/masks", "*/*/masks") for p in root.glob(pattern) if p.is_dir()}
+    )
+    found = []
+    for folder, _ in config.mask_folders:
+        dirs = [d for d in candidates if (d / folder).is_dir()]
+        if not dirs:
+            raise LayoutError(
+                root, f"no SCR mask folder '<any>/masks/{folder}' found; expected:\n{JSRT_LAYOUT}"
+            )
+        found.append((folder, dirs))
+    return found
+
+
+def _patient_id(stem: str, pattern: str | None, path) -> str:
+    if pattern is None:
+        return stem
+    match = re.search(pattern, stem)
+    if match is None:
+        raise LayoutError(path, f"file name does not match patient_id_pattern {pattern!r}")
+    if "patient" in match.re.groupindex:
+        return match.group("patient")
+    return match.group(1) if match.re.groups else match.group(0)
