@@ -64,6 +64,7 @@ from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 
 from kseg.errors import LayoutError
 from kseg.io.dicom_writer import new_dataset, set_grayscale_pixels
+from kseg.io.radiograph import JSRT_BIT_DEPTH
 from kseg.phantoms._common import IMPLEMENTATION_VERSION_NAME, SYNTHETIC_NOTICE, check_seed
 
 STRUCTURES = ("right lung", "left lung", "heart", "right clavicle", "left clavicle")
@@ -79,7 +80,6 @@ _CLASS_STRUCTURES = {
     "clavicles": ("right clavicle", "left clavicle"),
 }
 
-JSRT_BIT_DEPTH = 12
 _SEED_TAG = 0x63787220  # "cxr ": keeps these streams apart from other kseg phantoms
 
 MASK_ENCODINGS = {
