@@ -102,30 +102,23 @@ def prepare_tfds(args):
     return builder
 
 
-def postprocessing_step(name: str):
-    """The function a ``--postprocess`` name stands for (``None``: leave labels as they are)."""
+def choose_postprocessing(model, validation_split, preprocess, choice: str):
+    """The clean-up ``--postprocess`` names, or with ``auto`` nnU-Net's choice on the
+    validation patients (:func:`kseg.evaluation.choose_postprocessing`); returns its name
+    and the ``postprocess`` function (``None``: labels as predicted)."""
+    from kseg.evaluation import choose_postprocessing, predict_on_mask_grid, reassemble_slices
     from kseg.inference import keep_largest_component
 
-    return {"none": None, "largest-component": keep_largest_component}[name]
-
-
-def choose_postprocessing(model, validation_split, preprocess, choice: str) -> str:
-    """nnU-Net's rule: clean up only if it raises the mean whole-volume validation Dice."""
-    from kseg.evaluation import evaluate_slices
-
     if choice != "auto":
-        return choice
-    mean_dice = {
-        name: evaluate_slices(
-            model, validation_split, preprocess=preprocess, metrics=("dice",),
-            postprocess=postprocessing_step(name), progress=False,
-        ).summary()["dice"]["mean"]
-        for name in POSTPROCESSING_CHOICES
-    }
-    chosen = "largest-component" if mean_dice["largest-component"] > mean_dice["none"] else "none"
+        return choice, {"none": None, "largest-component": keep_largest_component}[choice]
+    validation = predict_on_mask_grid(
+        model, reassemble_slices(validation_split, preprocess=preprocess)
+    )
+    chosen = choose_postprocessing(validation)
+    name = "largest-component" if chosen.labels else "none"
     print("Validation Dice without / with largest-component cleanup: "
-          f"{mean_dice['none']:.4f} / {mean_dice['largest-component']:.4f} -> {chosen}")
-    return chosen
+          f"{chosen.dice_without['dice']:.4f} / {chosen.dice_with['dice']:.4f} -> {name}")
+    return name, chosen.postprocess
 
 
 def main(argv=None):
@@ -194,7 +187,7 @@ def main(argv=None):
 
     best_path = args.output_dir / "best.keras"
     best = kseg.load_model(best_path)
-    postprocess = choose_postprocessing(
+    postprocess_name, postprocess = choose_postprocessing(
         best, builder.as_dataset(split=splits["validation"]), preprocess, args.postprocess
     )
     table = evaluate_slices(
@@ -202,12 +195,12 @@ def main(argv=None):
         builder.as_dataset(split=splits["test"]),
         preprocess=preprocess,
         metrics=("dice", "iou", "precision", "recall", "specificity", "hd95", "assd"),
-        postprocess=postprocessing_step(postprocess),
+        postprocess=postprocess,
     )
     table.to_csv(args.output_dir / "test_scores.csv")
     source = "real CHAOS" if args.data_dir else "SYNTHETIC phantom"
     print(f"\nPer-patient test scores ({source} data, whole volumes, original grid, "
-          f"post-processing: {postprocess}):")
+          f"post-processing: {postprocess_name}):")
     print(table)
     print(f"\nSaved {best_path} and {args.output_dir / 'test_scores.csv'}")
     print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")

@@ -190,9 +190,10 @@ def windowed(volumes):
 
     from kseg.data.pipeline import WINDOWS, window
 
-    low, high = WINDOWS["spleen_msd"]
     return volumes.map(
-        lambda example: {"image": window(example["image"], low, high), "label": example["label"]},
+        lambda example: {
+            "image": window(example["image"], *WINDOWS["spleen_msd"]), "label": example["label"]
+        },
         num_parallel_calls=tf.data.AUTOTUNE,
     )
 
@@ -241,13 +242,13 @@ def whole_volumes(builder, split) -> list[dict]:
     """Every example of a split as numpy, windowed image ``(z, y, x, 1)``."""
     import tensorflow_datasets as tfds
 
-    from kseg.data.preprocess3d import window_hu
+    from kseg.data.pipeline import WINDOWS, window
 
     volumes = []
     for example in tfds.as_numpy(builder.as_dataset(split=split)):
         example = dict(example)
         example["patient_id"] = example["patient_id"].decode()
-        example["input"] = window_hu(example["image"])[..., None]
+        example["input"] = window(example["image"], *WINDOWS["spleen_msd"]).numpy()[..., None]
         volumes.append(example)
     return volumes
 
@@ -271,39 +272,6 @@ def build_model(args):
     return model
 
 
-def evaluate_test_fold(model, test_volumes, task_dir, args, out_dir):
-    """Segment every test volume, map it onto its NIfTI grid, score it against the file."""
-    import numpy as np
-
-    from kseg.data.preprocess3d import to_original_grid
-    from kseg.evaluation import evaluate_volumes
-    from kseg.inference import keep_largest_component, sliding_window
-    from kseg.io import Volume, read_nifti_labels, write_nifti
-
-    prediction_dir = out_dir / "predictions"
-    prediction_dir.mkdir(parents=True, exist_ok=True)
-    cases = []
-    for example in test_volumes:
-        probabilities = sliding_window(
-            model, example["input"], (args.roi_size,) * 3, overlap=args.overlap,
-            batch_size=args.batch_size, progress=False,
-        )
-        prediction = (probabilities[..., 0] >= 0.5).astype(np.uint8)
-        if args.largest_component:
-            prediction = keep_largest_component(prediction)
-        labels = to_original_grid(
-            prediction, example["affine"],
-            example["original_affine"], example["original_shape"],
-        )
-        truth = read_nifti_labels(task_dir / "labelsTr" / f"{example['patient_id']}.nii.gz")
-        write_nifti(
-            Volume(labels, truth.affine, example["patient_id"]),
-            prediction_dir / f"{example['patient_id']}.nii.gz",
-        )
-        cases.append((example["patient_id"], truth.array, labels, truth.spacing))
-    return evaluate_volumes(cases, metrics=("dice", "hd95"), progress=False)
-
-
 def main(argv=None):
     args = parse_args(argv)
     clock = _common.RunClock()
@@ -312,6 +280,7 @@ def main(argv=None):
 
     import kseg
     from kseg.data.splits import split_names
+    from kseg.evaluation import evaluate_on_original_grid
     from kseg.inference import keep_largest_component
     from kseg.training import VolumeValidation, training_callbacks
 
@@ -348,8 +317,17 @@ def main(argv=None):
 
     # Inference only: the optimizer state (loss scale, accumulators) is not needed.
     best = kseg.load_model(args.output_dir / "best.keras", compile=False)
-    table = evaluate_test_fold(
-        best, whole_volumes(builder, splits["test"]), task_dir, args, args.output_dir
+    # each prediction mapped onto the grid of its label file, written there and scored
+    table = evaluate_on_original_grid(
+        best,
+        [
+            (v["patient_id"], v["input"], v["affine"],
+             task_dir / "labelsTr" / f"{v['patient_id']}.nii.gz")
+            for v in whole_volumes(builder, splits["test"])
+        ],
+        roi_size=(args.roi_size,) * 3, overlap=args.overlap, batch_size=args.batch_size,
+        postprocess=keep_largest_component if args.largest_component else None,
+        metrics=("dice", "hd95"), prediction_dir=args.output_dir / "predictions", progress=False,
     )
     table.to_csv(args.output_dir / "test_patients.csv")
     print(f"\nTest fold {args.test_fold}, whole volumes on their original grids "

@@ -120,7 +120,7 @@ def images_on_disk(manual_dir: pathlib.Path, layout: str) -> int | None:
     """Radiographs in the layout's image folder, or ``None`` when it is not there yet (the
     builder then says what it expected). Every public set has one radiograph per patient,
     so this is the patient count the folds are dealt from."""
-    from tfds_builders.xray.xray_dataset_builder import JSRT_IMAGE_FOLDER, MONTGOMERY_IMAGE_FOLDER
+    from tfds_builders.xray.layout import JSRT_IMAGE_FOLDER, MONTGOMERY_IMAGE_FOLDER
 
     folder = manual_dir / {"generic": "images", "montgomery": MONTGOMERY_IMAGE_FOLDER,
                            "jsrt_scr": JSRT_IMAGE_FOLDER}[layout]
@@ -233,16 +233,10 @@ def image_cases(builder, split, size: int):
 
 def evaluate_test_split(model, cases, labels):
     """Per-image scores on the stored mask grid, in 2D (so HD95 measures the outline)."""
-    from kseg.evaluation import evaluate_volumes, resize_probabilities
-    from kseg.inference import predict_slices
+    from kseg.evaluation import evaluate_volumes, predict_on_mask_grid
 
-    def scored():
-        for image_id, inputs, mask, spacing in cases:
-            probabilities = predict_slices(model, inputs, progress=False)
-            probabilities = resize_probabilities(probabilities, mask.shape[1:])
-            yield image_id, mask[0], probabilities[0], spacing
-
-    return evaluate_volumes(scored(), metrics=METRICS, labels=labels)
+    images = ((image_id, inputs[0], mask[0], spacing) for image_id, inputs, mask, spacing in cases)
+    return evaluate_volumes(predict_on_mask_grid(model, images), metrics=METRICS, labels=labels)
 
 
 def main(argv=None):

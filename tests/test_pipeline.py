@@ -39,8 +39,13 @@ def test_window_presets_match_numpy(preset):
 
 
 def test_spleen_msd_window_spans_minus_57_to_164():
+    assert WINDOWS["spleen_msd"] == (53.5, 221.0)
     center, width = WINDOWS["spleen_msd"]
     np.testing.assert_allclose(window(tf.constant([-57.0, 164.0]), center, width), [0.0, 1.0])
+    # MONAI's ScaleIntensityRange(a_min=-57, a_max=164, b_min=0, b_max=1, clip=True) on a
+    # numpy volume, as the spleen example windows whole volumes
+    hu = np.array([-1000, -57, 53.5, 164, 400], np.float32)
+    np.testing.assert_allclose(window(hu, center, width).numpy(), [0.0, 0.0, 0.5, 1.0, 1.0])
 
 
 def test_scale_intensity_and_z_normalize_match_numpy():

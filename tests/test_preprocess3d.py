@@ -10,7 +10,6 @@ from kseg.data.preprocess3d import (
     MSD_SPLEEN_SPACING,
     preprocess_volume,
     to_original_grid,
-    window_hu,
 )
 from kseg.errors import AlignmentError, GeometryError
 from kseg.io.volume import Volume
@@ -138,18 +137,6 @@ def test_unlabelled_scan_is_preprocessed_alone(scan, prepared):
     alone = preprocess_volume(scan[0])
     assert alone.label is None
     np.testing.assert_array_equal(alone.image.array, prepared.image.array)
-
-
-def test_window_matches_the_numpy_formula():
-    rng = np.random.default_rng(0)
-    hu = np.concatenate([rng.uniform(-1100, 1500, 1000), [-57, 164, 53.5, -1024, 3071]])
-    expected = np.clip((hu - (-57.0)) / (164.0 - (-57.0)), 0.0, 1.0)
-    windowed = window_hu(hu.astype(np.float32))
-    assert windowed.dtype == np.float32
-    np.testing.assert_allclose(windowed, expected, atol=1e-6)
-    np.testing.assert_allclose(window_hu(np.array([0, 100], np.int16), 0, 200), [0.0, 0.5])
-    with pytest.raises(ValueError, match="must exceed low"):
-        window_hu(hu, 100, 100)
 
 
 def test_label_on_another_grid_is_refused(scan):

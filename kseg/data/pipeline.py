@@ -21,9 +21,16 @@ from collections.abc import Iterable
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from kseg.data.preprocess3d import MSD_SPLEEN_WINDOW
+
+
+def _center_and_width(low: float, high: float) -> tuple[float, float]:
+    return (low + high) / 2.0, high - low
+
+
 # (center, width) in Hounsfield units. Radiopaedia, "Windowing (CT)"; "spleen_msd" is the
-# -57..164 HU range of MONAI's Medical Segmentation Decathlon spleen tutorial
-# (ScaleIntensityRanged(a_min=-57, a_max=164)).
+# MSD spleen chain's -57..164 HU window (kseg.data.preprocess3d.MSD_SPLEEN_WINDOW, from
+# MONAI's spleen tutorial), i.e. (53.5, 221.0).
 WINDOWS = {
     "abdomen": (40.0, 400.0),
     "liver": (30.0, 150.0),
@@ -31,7 +38,7 @@ WINDOWS = {
     "mediastinum": (50.0, 350.0),
     "bone": (400.0, 1800.0),
     "brain": (40.0, 80.0),
-    "spleen_msd": (53.5, 221.0),
+    "spleen_msd": _center_and_width(*MSD_SPLEEN_WINDOW),
 }
 
 

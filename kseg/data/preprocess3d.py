@@ -11,20 +11,21 @@ differently from the ones it was trained on:
 3. **crop** to the foreground: the bounding box of the voxels above the lower bound of the
    HU window (-57 HU), as MONAI's spleen tutorial does with ``CropForegroundd`` on the
    windowed image (windowed value ``> 0``);
-4. **window** -57..164 HU to [0, 1] (:func:`window_hu`; :func:`kseg.data.pipeline.window`
-   with ``WINDOWS["spleen_msd"]`` is the same map in ``tf.data``). Steps 1-3 keep Hounsfield
-   units, so a dataset can store the result as int16 (half the bytes of float32, losing at
-   most 0.5 HU to rounding) and window it when it is read.
+4. **window** :data:`MSD_SPLEEN_WINDOW`, -57..164 HU, to [0, 1] when the volume is read
+   (:func:`kseg.data.pipeline.window` with ``WINDOWS["spleen_msd"]``, the same window as
+   centre and width). Steps 1-3 keep Hounsfield units, so a dataset can store the result as
+   int16 (half the bytes of float32, losing at most 0.5 HU to rounding).
 
 Every step returns a :class:`kseg.io.Volume` whose affine says where each voxel lies, so
-:func:`to_original_grid` brings a prediction made on the preprocessed grid back onto the
-grid of the file the scan came from with one resampling (the same operation as
-:func:`kseg.geometry.to_original_grid`, fed with the original affine and shape instead of
-the original volume, so the original array need not be kept).
+:func:`kseg.geometry.to_original_grid` brings a prediction made on the preprocessed grid
+back onto the grid of the file the scan came from with one resampling
+(:meth:`PreprocessedVolume.to_original_grid` calls it with the original affine and shape,
+so the original array need not be kept).
 
 Example:
     >>> prepared = preprocess_volume(read_nifti("imagesTs/spleen_1.nii.gz"))  # doctest: +SKIP
-    >>> inputs = window_hu(prepared.image.array)[..., None]  # doctest: +SKIP
+    >>> hu = prepared.image.array  # doctest: +SKIP
+    >>> inputs = window(hu, *WINDOWS["spleen_msd"]).numpy()[..., None]  # doctest: +SKIP
     >>> probabilities = sliding_window(model, inputs, (96, 96, 96))  # doctest: +SKIP
     >>> labels = prepared.to_original_grid(probabilities[..., 0] >= 0.5)  # doctest: +SKIP
 
@@ -42,6 +43,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from kseg import geometry
 from kseg.errors import AlignmentError, GeometryError
 from kseg.geometry import BoundingBox, crop_foreground, reorient, resample, resample_to
 from kseg.io.volume import Volume
@@ -53,13 +55,13 @@ __all__ = [
     "PreprocessedVolume",
     "preprocess_volume",
     "to_original_grid",
-    "window_hu",
 ]
 
 MSD_SPLEEN_ORIENTATION = "RAS"
 # (z, y, x) in mm: the (x, y, z) = (1.5, 1.5, 2.0) mm of the MONAI spleen tutorial.
 MSD_SPLEEN_SPACING = (2.0, 1.5, 1.5)
-# (low, high) HU mapped to (0, 1).
+# (low, high) HU mapped to (0, 1): ScaleIntensityRanged(a_min=-57, a_max=164) of MONAI's
+# spleen tutorial. kseg.data.pipeline.WINDOWS["spleen_msd"] is this window as (centre, width).
 MSD_SPLEEN_WINDOW = (-57.0, 164.0)
 # Two affines describing the same grid after a round trip through float32 NIfTI headers
 # differ by far less than this (mm).
@@ -97,13 +99,12 @@ class PreprocessedVolume:
                 away).
 
         Returns:
-            Array of ``original_shape``.
+            Array of ``original_shape`` (uint8 for a boolean mask), by
+            :func:`kseg.geometry.to_original_grid`.
         """
-        return to_original_grid(
-            prediction,
-            self.image.affine,
-            self.original_affine,
-            self.original_shape,
+        return geometry.to_original_grid(
+            self.image.with_array(np.asarray(prediction)),
+            (self.original_affine, self.original_shape),
             is_label=is_label,
             fill=fill,
         )
@@ -141,7 +142,8 @@ def preprocess_volume(
 
     The label is checked to lie on the image's grid, then follows the image through every
     step onto exactly the same output grid (nearest neighbour, so it keeps its values).
-    Windowing is left to :func:`window_hu` so the result can be stored in HU.
+    Windowing is left to the reader of the result (:func:`kseg.data.pipeline.window` with
+    ``WINDOWS["spleen_msd"]``), so it can be stored in HU.
 
     Args:
         image: the scan, e.g. from :func:`kseg.io.read_nifti`.
@@ -202,30 +204,6 @@ def preprocess_volume(
     )
 
 
-def window_hu(hu, low: float = MSD_SPLEEN_WINDOW[0], high: float = MSD_SPLEEN_WINDOW[1]):
-    """Map Hounsfield units ``[low, high]`` linearly to [0, 1], clipping outside.
-
-    ``(hu - low) / (high - low)`` clipped to [0, 1], as MONAI's
-    ``ScaleIntensityRange(a_min=low, a_max=high, b_min=0, b_max=1, clip=True)``.
-
-    Args:
-        hu: array of CT numbers, any shape and real dtype.
-        low: HU mapped to 0 (default -57).
-        high: HU mapped to 1 (default 164); must exceed ``low``.
-
-    Returns:
-        float32 array of ``hu``'s shape.
-
-    Example:
-        >>> window_hu(np.array([-1000, -57, 53.5, 164, 400])).tolist()
-        [0.0, 0.0, 0.5, 1.0, 1.0]
-    """
-    if not high > low:
-        raise ValueError(f"window high ({high!r}) must exceed low ({low!r})")
-    scaled = (np.asarray(hu, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
-    return np.clip(scaled, 0.0, 1.0)
-
-
 def to_original_grid(
     prediction,
     affine,
@@ -237,11 +215,12 @@ def to_original_grid(
 ) -> np.ndarray:
     """Resample an array on a preprocessed grid onto the original scan's grid.
 
-    For predictions made on stored, preprocessed examples (the ``msd_spleen/preprocessed``
-    TFDS features ``affine``, ``original_affine`` and ``original_shape`` are exactly these
-    arguments). Label maps use nearest neighbour and round-trip exactly through steps that
-    lose no voxel (reorienting, cropping, resampling to a finer grid); voxels of the
-    original grid outside the preprocessed field of view get ``fill``.
+    :func:`kseg.geometry.to_original_grid` on a bare array and its affine, for predictions
+    made on stored, preprocessed examples (the ``msd_spleen/preprocessed`` TFDS features
+    ``affine``, ``original_affine`` and ``original_shape`` are exactly these arguments).
+    Label maps use nearest neighbour and round-trip exactly through steps that lose no voxel
+    (reorienting, cropping, resampling to a finer grid); voxels of the original grid outside
+    the preprocessed field of view get ``fill``.
 
     Args:
         prediction: array ``(z, y, x)`` on the preprocessed grid (bool arrays are returned
@@ -266,13 +245,9 @@ def to_original_grid(
     prediction = np.asarray(prediction)
     if prediction.ndim != 3:
         raise GeometryError(None, f"prediction must be a (z, y, x) array, got {prediction.shape}")
-    if prediction.dtype == np.bool_:
-        prediction = prediction.astype(np.uint8)
-    on_preprocessed_grid = Volume(array=prediction, affine=np.asarray(affine), patient_id="")
-    return resample_to(
-        on_preprocessed_grid,
-        np.asarray(original_affine, dtype=np.float64),
-        tuple(int(n) for n in np.asarray(original_shape).ravel()),
+    return geometry.to_original_grid(
+        Volume(array=prediction, affine=affine, patient_id=""),
+        (original_affine, original_shape),
         is_label=is_label,
         fill=fill,
-    ).array
+    )
