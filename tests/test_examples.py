@@ -1,9 +1,20 @@
-"""The README's main job, examples/chaos_liver.py, runs end to end on a tiny phantom."""
+"""The README's main job, examples/chaos_liver.py, and the 3D spleen example run end to
+end on tiny phantoms.
+
+The tiny settings train for seconds, so the Dice they reach is far below the README's
+figures for the full runs; each test states the minimum its settings reach, with the
+values measured on a 2-core CPU and a margin for the run-to-run differences of tf.data's
+parallel maps and the CPU's floating-point kernels.
+"""
 
 import csv
 import importlib.util
 import pathlib
 import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
 
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
@@ -19,29 +30,43 @@ def load_example(name):
     return module
 
 
+# Ten epochs of a U-Net with 8 base filters on two training patients of 16 slices at the
+# phantom's own 64 x 64: mean test Dice 0.933 with seed 0, the default; 0.946 and 0.943
+# with seeds 1 and 2. (One training patient was a coin toss: 0.0 to 0.87 by seed.)
+CHAOS_MIN_TEST_DICE = 0.85
+
+
+@pytest.mark.slow
 def test_chaos_liver_example_end_to_end(tmp_path, capsys):
     example = load_example("chaos_liver")
     table = example.main([
-        "--output-dir", str(tmp_path), "--epochs", "2", "--image-size", "32",
-        "--batch-size", "4", "--base-filters", "4", "--folds", "3",
-        "--phantom-patients", "4", "--phantom-slices", "6", "--phantom-size", "64",
+        "--output-dir", str(tmp_path), "--epochs", "10", "--image-size", "64",
+        "--batch-size", "4", "--base-filters", "8", "--learning-rate", "5e-3", "--folds", "3",
+        "--phantom-patients", "6", "--phantom-slices", "16", "--phantom-size", "64",
     ])
-    # 4 patients dealt round-robin into 3 folds: fold0, the test fold, holds two of them
-    # (with the default 5 folds, 4 patients would not even build)
+    # 6 patients dealt round-robin into 3 folds: fold0, the test fold, holds two of them
     assert len(table) == 2
     assert (tmp_path / "tfds" / "chaos" / "ct_3fold").is_dir()
     with open(tmp_path / "test_scores.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["patient_id"] for row in rows] == table.patient_ids
-    assert all(0.0 <= float(row["dice"]) <= 1.0 for row in rows)
+    assert [float(row["dice"]) for row in rows] == table.column("dice").tolist()
+    assert table.summary()["dice"]["mean"] >= CHAOS_MIN_TEST_DICE
     printed = capsys.readouterr().out
-    assert "Writing a SYNTHETIC tree (4 patients; phantoms, not real data)" in printed
+    assert "Validation Dice without / with largest-component cleanup: " in printed
+    assert "Writing a SYNTHETIC tree (6 patients; phantoms, not real data)" in printed
     assert "s CPU (" in printed.splitlines()[-1]  # the closing run-time line
     assert (tmp_path / "best.keras").is_file() and (tmp_path / "history.csv").is_file()
     assert not (tmp_path / "backup").exists()  # BackupAndRestore clears it after a full run
 
 
+@pytest.mark.slow
 def test_msd_spleen_example_end_to_end(tmp_path):
+    """The reported Dice is the Dice of the written NIfTI prediction against the phantom's
+    label file, both read with nibabel. Two training steps of HighResNet learn no spleen
+    (Dice 0.02-0.05 measured; 20 steps gave 0.0, the model then predicting nothing), so
+    no minimum Dice is asserted; the untrained network's scattered foreground keeps the
+    comparison from being empty against empty."""
     example = load_example("msd_spleen_highresnet")
     table = example.main([
         "--output-dir", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "2",
@@ -51,5 +76,13 @@ def test_msd_spleen_example_end_to_end(tmp_path):
     # 5 labelled cases in 5 folds: the test fold holds one, scored on its NIfTI grid
     assert len(table) == 1 and set(table.metric_names) == {"dice", "hd95"}
     patient = table.patient_ids[0]
-    assert (tmp_path / "predictions" / f"{patient}.nii.gz").is_file()
+    written = nib.load(tmp_path / "predictions" / f"{patient}.nii.gz")
+    label = nib.load(tmp_path / "phantom" / "Task09_Spleen" / "labelsTr" / f"{patient}.nii.gz")
+    prediction = np.asarray(written.dataobj) == 1
+    truth = np.asarray(label.dataobj) == 1
+    assert prediction.shape == truth.shape == (32, 32, 12)  # nibabel's (x, y, z)
+    np.testing.assert_allclose(written.affine, label.affine, atol=1e-4)
+    assert prediction.any() and truth.any()
+    dice = 2 * np.sum(prediction & truth) / (prediction.sum() + truth.sum())
+    assert table.rows[0]["dice"] == pytest.approx(dice)
     assert (tmp_path / "test_patients.csv").is_file() and (tmp_path / "best.keras").is_file()
