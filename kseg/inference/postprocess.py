@@ -2,8 +2,9 @@
 
 A single organ (liver, spleen, each lung) is one connected object; scattered false positives
 far from it cost little Dice but dominate surface distances (HD95). nnU-Net keeps only the
-largest connected component of a class when that improves validation scores; kseg offers
-the operation and leaves the decision to the user's validation numbers.
+largest connected component of a class when that improves validation scores; this module
+holds the operation, :func:`kseg.evaluation.choose_postprocessing` makes the decision on
+validation predictions.
 """
 
 from __future__ import annotations
