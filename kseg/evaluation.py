@@ -575,8 +575,9 @@ def choose_postprocessing(
 
     Args:
         cases: validation ``(patient_id, y_true, y_pred, spacing)`` tuples, as
-            :func:`evaluate_volumes` takes them (e.g. from :func:`predict_on_mask_grid`);
-            they are held in memory and scored once per structure, plus once as they are.
+            :func:`evaluate_volumes` takes them (e.g. from :func:`predict_on_mask_grid`).
+            Each prediction is turned into its label map as it arrives and kept in memory
+            with its reference: they are scored once as they are and once per structure.
         labels, threshold: as in :func:`evaluate_volumes`.
         connectivity: as in :func:`kseg.inference.keep_largest_component`.
         warn_empty: as in :func:`evaluate_volumes`.
@@ -599,15 +600,18 @@ def choose_postprocessing(
     """
     from kseg.inference import keep_largest_component
 
-    cases = list(cases)
-    if not cases:
+    labelled = []
+    for patient_id, y_true, y_pred, spacing in cases:
+        predicted = _label_map(patient_id, np.asarray(y_pred), np.shape(y_true), threshold)
+        labelled.append((patient_id, y_true, predicted, spacing))
+    if not labelled:
         raise ValueError("cases must hold at least one validation case")
     structures = {None: 1} if labels is None else _normalise_labels(labels)
     columns = metric_columns("dice", labels)
 
     def mean_dice(postprocess, warn: bool) -> dict[str, float]:
         table = evaluate_volumes(
-            cases, metrics=("dice",), labels=labels, threshold=threshold,
+            labelled, metrics=("dice",), labels=labels, threshold=threshold,
             postprocess=postprocess, progress=False, warn_empty=warn,
         )  # fmt: skip
         return {column: float(np.mean(table.column(column))) for column in columns}
