@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kseg import geometry
-from kseg.errors import AlignmentError, GeometryError
+from kseg.errors import AlignmentError
 from kseg.geometry import BoundingBox, crop_foreground, reorient, resample, resample_to
 from kseg.io.volume import Volume
 
@@ -54,7 +54,6 @@ __all__ = [
     "MSD_SPLEEN_WINDOW",
     "PreprocessedVolume",
     "preprocess_volume",
-    "to_original_grid",
 ]
 
 MSD_SPLEEN_ORIENTATION = "RAS"
@@ -203,51 +202,3 @@ def preprocess_volume(
         crop_box=crop_box,
     )
 
-
-def to_original_grid(
-    prediction,
-    affine,
-    original_affine,
-    original_shape,
-    *,
-    is_label: bool = True,
-    fill: float = 0,
-) -> np.ndarray:
-    """Resample an array on a preprocessed grid onto the original scan's grid.
-
-    :func:`kseg.geometry.to_original_grid` on a bare array and its affine, for predictions
-    made on stored, preprocessed examples (the ``msd_spleen/preprocessed`` TFDS features
-    ``affine``, ``original_affine`` and ``original_shape`` are exactly these arguments).
-    Label maps use nearest neighbour and round-trip exactly through steps that lose no voxel
-    (reorienting, cropping, resampling to a finer grid); voxels of the original grid outside
-    the preprocessed field of view get ``fill``.
-
-    Args:
-        prediction: array ``(z, y, x)`` on the preprocessed grid (bool arrays are returned
-            as uint8).
-        affine: 4x4 affine of the preprocessed grid.
-        original_affine: 4x4 affine of the original grid.
-        original_shape: ``(z, y, x)`` shape of the original grid.
-        is_label: nearest neighbour (labels) or linear interpolation (probabilities).
-        fill: value outside the preprocessed field of view.
-
-    Returns:
-        Array of ``original_shape``.
-
-    Raises:
-        GeometryError: ``prediction`` is not a 3D array or an affine is invalid.
-
-    Example:
-        >>> labels = to_original_grid(prediction, example["affine"],
-        ...                           example["original_affine"], example["original_shape"])
-        ... # doctest: +SKIP
-    """
-    prediction = np.asarray(prediction)
-    if prediction.ndim != 3:
-        raise GeometryError(None, f"prediction must be a (z, y, x) array, got {prediction.shape}")
-    return geometry.to_original_grid(
-        Volume(array=prediction, affine=affine, patient_id=""),
-        (original_affine, original_shape),
-        is_label=is_label,
-        fill=fill,
-    )

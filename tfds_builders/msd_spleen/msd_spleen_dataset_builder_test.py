@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from kseg.data.preprocess3d import to_original_grid
 from kseg.data.splits import fold_names
 from kseg.errors import AlignmentError, LayoutError, MaskError
+from kseg.geometry import to_original_grid
+from kseg.io import Volume
 from kseg.phantoms.msd_spleen import (
     LABEL_ENCODINGS,
     MSD_SPLEEN_TEST_CASES,
@@ -211,8 +212,8 @@ def test_preprocessed_examples_sit_on_the_target_grid_and_map_back(task_dir,
             truth = spleen_phantom_case(int(name[len("spleen_"):-len(".nii.gz")]),
                                         shape=SHAPE, spacing=SPACING, seed=3).label.array
             back = to_original_grid(
-                example["label"], example["affine"], example["original_affine"],
-                example["original_shape"],
+                Volume(example["label"], example["affine"], name),
+                (example["original_affine"], example["original_shape"]),
             )
             np.testing.assert_array_equal(back, truth)
 
