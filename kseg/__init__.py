@@ -20,6 +20,7 @@ _SUBMODULES = (
     "losses",
     "metrics",
     "models",
+    "phantoms",
     "training",
     "tuning",
 )
