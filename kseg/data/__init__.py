@@ -1,8 +1,8 @@
 """From TFDS examples to batches: patient splits, the slice-example contract the builders
 write, tf.data building blocks, patch sampling and 3D preprocessing.
 
-Submodules load on first use: ``kseg.data.splits`` and ``kseg.data.examples`` are numpy-only, ``kseg.data.pipeline``
-and ``kseg.data.patches`` import TensorFlow.
+Submodules load on first use: ``kseg.data.splits`` and ``kseg.data.examples`` are
+numpy-only, ``kseg.data.pipeline`` and ``kseg.data.patches`` import TensorFlow.
 """
 
 import importlib
