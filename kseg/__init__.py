@@ -23,6 +23,7 @@ _SUBMODULES = (
     "phantoms",
     "training",
     "tuning",
+    "viz",
 )
 
 

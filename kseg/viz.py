@@ -1,0 +1,430 @@
+"""Figures for segmentation studies: overlays, error maps, curves and score plots.
+
+Every function returns a :class:`matplotlib.figure.Figure` drawn on the non-interactive Agg
+canvas. No pyplot state is touched, so the functions work without a display and from
+several threads at once; save a figure with ``figure.savefig("overlay.png")`` or embed it in
+a report.
+
+Images are 2D arrays ``(rows, columns)`` shown with row 0 at the top; volumes are
+``(z, y, x)`` as :class:`kseg.io.Volume` holds them. Masks are binary (bool or 0/1) or, where
+a function says so, integer label maps. The colours are module constants, so a report's
+legend and a test can name them:
+
+- :data:`REFERENCE_COLOR` (green) and :data:`PREDICTION_COLOR` (magenta) outline the
+  reference and the prediction; green against magenta stays distinct for red-green colour
+  blindness.
+- :data:`FALSE_POSITIVE_COLOR` (red-orange), :data:`FALSE_NEGATIVE_COLOR` (blue) and
+  :data:`TRUE_POSITIVE_COLOR` (yellow) fill an error map.
+- :data:`NO_SCORE_COLOR` (light grey) marks heatmap cells without a score.
+
+matplotlib is an optional dependency: ``pip install 'kseg[viz]'``. This module imports
+neither TensorFlow nor Keras, so plotting a results table stays light.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+try:
+    import matplotlib.colors
+    import matplotlib.lines
+    import matplotlib.patches
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+except ImportError as error:  # pragma: no cover - exercised in a subprocess by the tests
+    raise ImportError(
+        "kseg.viz draws its figures with matplotlib, which is not installed; install it "
+        "with: pip install 'kseg[viz]'"
+    ) from error
+
+__all__ = [
+    "FALSE_NEGATIVE_COLOR",
+    "FALSE_POSITIVE_COLOR",
+    "NO_SCORE_COLOR",
+    "PREDICTION_COLOR",
+    "REFERENCE_COLOR",
+    "TRUE_POSITIVE_COLOR",
+    "error_map",
+    "overlay",
+    "tri_planar",
+]
+
+REFERENCE_COLOR = (0.0, 0.8, 0.0)
+PREDICTION_COLOR = (1.0, 0.0, 1.0)
+FALSE_POSITIVE_COLOR = (1.0, 0.3, 0.0)
+FALSE_NEGATIVE_COLOR = (0.0, 0.45, 1.0)
+TRUE_POSITIVE_COLOR = (1.0, 0.9, 0.0)
+NO_SCORE_COLOR = (0.8, 0.8, 0.8)
+
+# Scores bounded by [0, 1]: their histograms share fixed bins, so two tables compare.
+_UNIT_INTERVAL_METRICS = ("dice", "iou", "precision", "recall", "specificity", "accuracy")
+_REFERENCE_EMPTY = "reference_empty"  # kseg.evaluation.REFERENCE_EMPTY, without importing it
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)  # attaches itself: draw() and buffer_rgba() need no pyplot
+    return figure
+
+
+def _image_2d(name: str, image) -> np.ndarray:
+    array = np.asarray(image)
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2D array (rows, columns), got shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty (shape {array.shape})")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} holds {int(np.sum(~np.isfinite(array)))} NaN or inf values")
+    return array
+
+
+def _window(image: np.ndarray, window) -> tuple[float, float]:
+    if window is None:
+        return float(image.min()), float(image.max())
+    try:
+        low, high = (float(value) for value in window)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"window must be a (low, high) pair of numbers, got {window!r}") from error
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"window must be finite with low < high, got {window!r}")
+    return low, high
+
+
+def _label_map(name: str, mask, shape: tuple[int, ...], *, binary: bool = False) -> np.ndarray:
+    """``mask`` as an int array of ``shape``, checked to hold whole non-negative labels."""
+    array = np.asarray(mask)
+    if array.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {array.shape}, the image {tuple(shape)}")
+    if array.dtype != bool and not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{name} must be a mask of numbers or booleans, got dtype {array.dtype}")
+    if array.dtype != bool:
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)) or np.any(array < 0):
+            raise ValueError(f"{name} must hold whole non-negative labels (0 = background)")
+    labels = array.astype(np.int64)
+    if binary and labels.size and labels.max() > 1:
+        raise ValueError(
+            f"{name} must be binary (0/1 or bool), got labels {np.unique(labels)[:6].tolist()}; "
+            f"pass {name} == k to show label k"
+        )
+    return labels
+
+
+def _show_grey(ax, image: np.ndarray, window, *, aspect=1.0, origin="upper") -> None:
+    low, high = _window(image, window)
+    ax.imshow(
+        image, cmap="gray", vmin=low, vmax=high, aspect=aspect, origin=origin,
+        interpolation="nearest",
+    )  # fmt: skip
+
+
+def _outline(ax, labels: np.ndarray, color, linewidth: float) -> None:
+    """Contour every non-zero label of ``labels`` at the boundary between its pixels.
+
+    Without ``origin`` the contour puts ``labels[i, j]`` at data point ``(j, i)``, where
+    ``imshow`` puts that pixel's centre whichever its origin.
+    """
+    for label in np.unique(labels):
+        if label == 0:
+            continue
+        # Level 0.5 of the indicator runs half-way between inside and outside pixel centres.
+        contours = ax.contour(
+            (labels == label).astype(np.float64), levels=[0.5], colors=[color],
+            linewidths=linewidth,
+        )  # fmt: skip
+        contours.set_gid(f"outline {label}")
+
+
+def _fill(ax, mask: np.ndarray, color, alpha: float, *, aspect=1.0, origin="upper") -> None:
+    """Paint ``color`` at opacity ``alpha`` where ``mask`` is set, transparent elsewhere."""
+    rgba = np.zeros((*mask.shape, 4))
+    rgba[mask] = (*color, alpha)
+    ax.imshow(rgba, interpolation="nearest", aspect=aspect, origin=origin)
+
+
+def _check_alpha(alpha) -> float:
+    alpha = float(alpha)
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    return alpha
+
+
+def _legend_line(color, label: str):
+    return matplotlib.lines.Line2D([], [], color=color, linewidth=2, label=label)
+
+
+def _legend_patch(color, label: str):
+    return matplotlib.patches.Patch(facecolor=color, edgecolor="none", label=label)
+
+
+def _draw_masks(ax, reference, prediction, alpha, linewidth, *, aspect=1.0, origin="upper"):
+    handles = []
+    if prediction is not None and alpha > 0:
+        _fill(ax, prediction > 0, PREDICTION_COLOR, alpha, aspect=aspect, origin=origin)
+    if reference is not None:
+        _outline(ax, reference, REFERENCE_COLOR, linewidth)
+        handles.append(_legend_line(REFERENCE_COLOR, "reference"))
+    if prediction is not None:
+        _outline(ax, prediction, PREDICTION_COLOR, linewidth)
+        handles.append(_legend_line(PREDICTION_COLOR, "prediction"))
+    return handles
+
+
+# --------------------------------------------------------------------------- slices
+
+
+def overlay(
+    image,
+    reference=None,
+    prediction=None,
+    *,
+    alpha: float = 0.3,
+    linewidth: float = 1.5,
+    window=None,
+    title: str | None = None,
+) -> Figure:
+    """One slice in grey with the reference and prediction outlined.
+
+    The reference is outlined in :data:`REFERENCE_COLOR` (green), the prediction in
+    :data:`PREDICTION_COLOR` (magenta), which also fills the predicted area at opacity
+    ``alpha``. Outlines run along pixel borders (the 0.5 level of each label's indicator),
+    so a one-pixel structure is still visible. Label maps get one outline per label.
+
+    Args:
+        image: 2D array ``(rows, columns)``, shown in grey, row 0 at the top.
+        reference: optional mask or integer label map of the image's shape.
+        prediction: optional mask or integer label map of the image's shape.
+        alpha: opacity of the prediction's fill, in [0, 1]; 0 draws outlines only.
+        linewidth: outline width in points.
+        window: ``(low, high)`` intensities mapped to black and white (e.g. ``(-57, 164)``
+            for a CT abdomen window); default the image's minimum and maximum.
+        title: axes title.
+
+    Returns:
+        A Figure with one axes.
+
+    Raises:
+        ValueError: a non-2D or non-finite image, a mask of another shape or with
+            negative / fractional labels, ``alpha`` outside [0, 1], a bad ``window``.
+
+    Example:
+        >>> figure = overlay(ct[40], reference=liver[40], prediction=predicted[40],
+        ...                  window=(-57, 164))  # doctest: +SKIP
+        >>> figure.savefig("overlay.png")  # doctest: +SKIP
+    """
+    image = _image_2d("image", image)
+    alpha = _check_alpha(alpha)
+    reference = None if reference is None else _label_map("reference", reference, image.shape)
+    prediction = None if prediction is None else _label_map("prediction", prediction, image.shape)
+    figure = _new_figure(6, 6)
+    ax = figure.add_subplot()
+    _show_grey(ax, image, window)
+    handles = _draw_masks(ax, reference, prediction, alpha, linewidth)
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize="small")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return figure
+
+
+def error_map(
+    image,
+    reference,
+    prediction,
+    *,
+    show_true_positives: bool = False,
+    alpha: float = 0.6,
+    window=None,
+    title: str | None = None,
+) -> Figure:
+    """Where a binary prediction is wrong: false positives and false negatives over the image.
+
+    False positives (predicted, not in the reference) are painted in
+    :data:`FALSE_POSITIVE_COLOR` (red-orange), false negatives (in the reference, missed) in
+    :data:`FALSE_NEGATIVE_COLOR` (blue) and, with ``show_true_positives``, true positives in
+    :data:`TRUE_POSITIVE_COLOR` (yellow), each at opacity ``alpha`` over the grey image.
+    The title counts the pixels of each kind.
+
+    Args:
+        image: 2D array ``(rows, columns)``.
+        reference: binary mask (bool or 0/1) of the image's shape.
+        prediction: binary mask of the image's shape. For a label map pass ``labels == k``.
+        show_true_positives: also paint the pixels both masks hold.
+        alpha: opacity of the error colours, in [0, 1].
+        window: ``(low, high)`` grey window; default the image's minimum and maximum.
+        title: text before the pixel counts in the axes title.
+
+    Returns:
+        A Figure with one axes.
+
+    Raises:
+        ValueError: the image or a mask is malformed (see :func:`overlay`), a mask holds a
+            label other than 0 and 1, ``alpha`` is outside [0, 1].
+
+    Example:
+        >>> error_map(ct[40], liver[40], predicted[40] == 1).savefig("errors.png")  # doctest: +SKIP
+    """
+    image = _image_2d("image", image)
+    alpha = _check_alpha(alpha)
+    truth = _label_map("reference", reference, image.shape, binary=True).astype(bool)
+    predicted = _label_map("prediction", prediction, image.shape, binary=True).astype(bool)
+    false_positive = predicted & ~truth
+    false_negative = truth & ~predicted
+    true_positive = truth & predicted
+
+    figure = _new_figure(6, 6)
+    ax = figure.add_subplot()
+    _show_grey(ax, image, window)
+    rgba = np.zeros((*image.shape, 4))
+    rgba[false_positive] = (*FALSE_POSITIVE_COLOR, alpha)
+    rgba[false_negative] = (*FALSE_NEGATIVE_COLOR, alpha)
+    handles = [
+        _legend_patch(FALSE_POSITIVE_COLOR, "false positive"),
+        _legend_patch(FALSE_NEGATIVE_COLOR, "false negative"),
+    ]
+    if show_true_positives:
+        rgba[true_positive] = (*TRUE_POSITIVE_COLOR, alpha)
+        handles.append(_legend_patch(TRUE_POSITIVE_COLOR, "true positive"))
+    ax.imshow(rgba, interpolation="nearest")
+    ax.legend(handles=handles, loc="upper right", fontsize="small")
+    ax.set_axis_off()
+    counts = (
+        f"FP {int(false_positive.sum())} px, FN {int(false_negative.sum())} px, "
+        f"TP {int(true_positive.sum())} px"
+    )
+    ax.set_title(f"{title}\n{counts}" if title else counts)
+    return figure
+
+
+def _volume_and_spacing(volume, spacing):
+    """The (z, y, x) array and spacing of an array or of a :class:`kseg.io.Volume`."""
+    if hasattr(volume, "array") and hasattr(volume, "affine"):
+        array = np.asarray(volume.array)
+        spacing = volume.spacing if spacing is None else spacing
+    else:
+        array = np.asarray(volume)
+    if array.ndim != 3:
+        raise ValueError(f"volume must be a 3D array (z, y, x), got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError(f"volume is empty (shape {array.shape})")
+    if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
+        raise ValueError(f"volume must hold numbers, got dtype {array.dtype}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"volume holds {int(np.sum(~np.isfinite(array)))} NaN or inf values")
+    if spacing is None:
+        spacing = (1.0, 1.0, 1.0)
+    try:
+        spacing = tuple(float(value) for value in spacing)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"spacing must be three numbers (z, y, x) in mm, got {spacing!r}"
+        ) from error
+    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"spacing must be three positive numbers (z, y, x), got {spacing!r}")
+    return array, spacing
+
+
+def _cut_point(shape, reference, index) -> tuple[int, int, int]:
+    if index is None:
+        if reference is not None and np.any(reference):
+            centre = np.argwhere(reference > 0).mean(axis=0)
+            return tuple(int(round(c)) for c in centre)
+        return tuple(size // 2 for size in shape)
+    try:
+        point = tuple(int(value) for value in index)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"index must be three integers (z, y, x), got {index!r}") from error
+    if len(point) != 3 or any(not 0 <= p < size for p, size in zip(point, shape, strict=False)):
+        raise ValueError(f"index must be three integers (z, y, x) inside {shape}, got {index!r}")
+    return point
+
+
+def tri_planar(
+    volume,
+    *,
+    reference=None,
+    prediction=None,
+    index=None,
+    spacing=None,
+    alpha: float = 0.3,
+    linewidth: float = 1.5,
+    window=None,
+) -> Figure:
+    """Axial, coronal and sagittal slices through one point of a volume.
+
+    Axes are kseg's ``(z, y, x)``: the axial view is ``volume[z]`` (y down, x across), the
+    coronal view ``volume[:, y, :]`` and the sagittal view ``volume[:, :, x]``, both with
+    slice 0 at the bottom (with kseg's position-ordered axial series, feet down). Pixels
+    are drawn with their physical aspect (``spacing``), so a 5 mm-slice CT is not squashed.
+    Dashed lines mark where the other two planes cut. Reference and prediction are drawn as
+    in :func:`overlay`.
+
+    Args:
+        volume: 3D array ``(z, y, x)`` or a :class:`kseg.io.Volume` (its spacing is used
+            unless ``spacing`` is given).
+        reference: optional mask or label map of the volume's shape.
+        prediction: optional mask or label map of the volume's shape.
+        index: the ``(z, y, x)`` voxel the three planes pass through; default the rounded
+            centre of mass of the reference's foreground, or the volume's centre when there
+            is no reference or it is empty.
+        spacing: voxel size ``(z, y, x)`` in mm; default 1 mm (or the Volume's).
+        alpha: opacity of the prediction's fill, in [0, 1].
+        linewidth: outline width in points.
+        window: ``(low, high)`` grey window; default the volume's minimum and maximum.
+
+    Returns:
+        A Figure with three axes, titled ``axial``, ``coronal`` and ``sagittal`` with the
+        slice index.
+
+    Raises:
+        ValueError: a non-3D or non-finite volume, masks of another shape, an index outside
+            the volume, a spacing that is not three positive numbers.
+
+    Example:
+        >>> volume = kseg.io.read_nifti("spleen_10.nii.gz")  # doctest: +SKIP
+        >>> tri_planar(volume, reference=labels.array).savefig("views.png")  # doctest: +SKIP
+    """
+    array, (dz, dy, dx) = _volume_and_spacing(volume, spacing)
+    alpha = _check_alpha(alpha)
+    reference = None if reference is None else _label_map("reference", reference, array.shape)
+    prediction = None if prediction is None else _label_map("prediction", prediction, array.shape)
+    z, y, x = _cut_point(array.shape, reference, index)
+    window = _window(array, window)
+
+    def cut(labels, where):
+        return None if labels is None else labels[where]
+
+    # (title, slicer, aspect = pixel height / width, origin, axis names, cut lines (v, h))
+    views = (
+        (f"axial (z = {z})", np.s_[z, :, :], dy / dx, "upper", ("x", "y"), (x, y)),
+        (f"coronal (y = {y})", np.s_[:, y, :], dz / dx, "lower", ("x", "z"), (x, z)),
+        (f"sagittal (x = {x})", np.s_[:, :, x], dz / dy, "lower", ("y", "z"), (y, z)),
+    )
+    figure = _new_figure(13, 4.8)
+    axes = figure.subplots(1, 3)
+    handles = []
+    for ax, (title, where, aspect, origin, (across, up), (vertical, horizontal)) in zip(
+        axes, views, strict=True
+    ):
+        _show_grey(ax, array[where], window, aspect=aspect, origin=origin)
+        handles = _draw_masks(
+            ax, cut(reference, where), cut(prediction, where), alpha, linewidth,
+            aspect=aspect, origin=origin,
+        )  # fmt: skip
+        ax.axvline(vertical, color="yellow", linewidth=0.6, linestyle="--", alpha=0.6)
+        ax.axhline(horizontal, color="yellow", linewidth=0.6, linestyle="--", alpha=0.6)
+        ax.set_title(title)
+        ax.set_xlabel(across)
+        ax.set_ylabel(up)
+    if handles:
+        axes[0].legend(handles=handles, loc="upper right", fontsize="small")
+    return figure

@@ -1,0 +1,259 @@
+"""kseg.viz: figures checked by their pixels, their artists' data and their errors.
+
+Each figure is rendered on its Agg canvas and read back as RGBA; a colour is checked at the
+centre of a hand-made region, where no edge or antialiasing reaches.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from kseg import viz  # noqa: E402
+
+TOLERANCE = 3  # 8-bit levels: rounding of colours and blending on the Agg canvas
+
+
+def rendered(figure) -> np.ndarray:
+    figure.canvas.draw()
+    return np.asarray(figure.canvas.buffer_rgba())
+
+
+def pixel(figure, ax, x: float, y: float) -> np.ndarray:
+    """The RGB colour (0-255) drawn at data point ``(x, y)`` of ``ax``."""
+    image = rendered(figure)  # drawing first: constrained layout moves the axes
+    column, row_from_bottom = ax.transData.transform((x, y))
+    return image[image.shape[0] - 1 - int(row_from_bottom), int(column), :3].astype(int)
+
+
+def blended(color, alpha: float, under) -> np.ndarray:
+    """``color`` at opacity ``alpha`` over the RGB ``under`` (0-255), as Agg composes it."""
+    return alpha * 255 * np.asarray(color) + (1 - alpha) * np.asarray(under, dtype=float)
+
+
+def assert_color(actual, expected):
+    assert np.all(np.abs(np.asarray(actual) - np.asarray(expected)) <= TOLERANCE), (
+        actual,
+        expected,
+    )
+
+
+def grey_of(value: float, low: float, high: float) -> np.ndarray:
+    """The grey Agg draws for ``value`` under the window ``(low, high)``: gray colormap."""
+    level = (value - low) / (high - low)
+    return np.full(3, level * 255)
+
+
+def square(shape, top, left, size) -> np.ndarray:
+    mask = np.zeros(shape, dtype=bool)
+    mask[top : top + size, left : left + size] = True
+    return mask
+
+
+def test_importing_viz_imports_neither_tensorflow_nor_keras():
+    code = (
+        "import sys, kseg.viz; "
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def test_without_matplotlib_the_import_error_says_how_to_install_it():
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "try:\n    import kseg.viz\nexcept ImportError as error:\n    print(error)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert "pip install 'kseg[viz]'" in result.stdout
+
+
+def test_viz_is_a_lazily_loaded_kseg_submodule():
+    import kseg
+
+    assert "viz" in kseg._SUBMODULES
+    assert kseg.viz is viz
+
+
+# --------------------------------------------------------------------------- overlay
+
+
+def overlay_case():
+    image = np.full((40, 40), 0.5)
+    image[0, 0], image[0, 1] = 0.0, 1.0  # window 0..1: background grey is 50 %
+    reference = square(image.shape, 5, 5, 12)
+    prediction = square(image.shape, 22, 22, 12)
+    return image, reference, prediction
+
+
+def test_overlay_fills_the_prediction_and_leaves_the_reference_inside_grey():
+    image, reference, prediction = overlay_case()
+    figure = viz.overlay(image, reference, prediction, alpha=0.4)
+    (ax,) = figure.axes
+    grey = grey_of(0.5, 0.0, 1.0)
+    assert_color(pixel(figure, ax, 28, 28), blended(viz.PREDICTION_COLOR, 0.4, grey))
+    assert_color(pixel(figure, ax, 11, 11), grey)  # inside the reference: outline only
+    assert_color(pixel(figure, ax, 38, 3), grey)  # outside both
+
+
+def test_overlay_outlines_run_along_the_pixel_borders_in_their_colours():
+    image, reference, prediction = overlay_case()
+    figure = viz.overlay(image, reference, prediction, alpha=0.0, linewidth=6)
+    (ax,) = figure.axes
+    outlines = {c.get_gid(): c for c in ax.collections}
+    assert len(ax.collections) == 2
+    reference_outline, prediction_outline = ax.collections
+    for outline, mask_square in ((reference_outline, (5, 17)), (prediction_outline, (22, 34))):
+        vertices = np.concatenate([path.vertices for path in outline.get_paths()])
+        first, last = mask_square  # pixels first..last-1: borders half a pixel outside
+        np.testing.assert_allclose(vertices.min(axis=0), [first - 0.5, first - 0.5])
+        np.testing.assert_allclose(vertices.max(axis=0), [last - 0.5, last - 0.5])
+    assert set(outlines) == {"outline 1"}
+    # The middle of each square's left border, drawn 6 points wide.
+    assert_color(pixel(figure, ax, 4.5, 11), 255 * np.array(viz.REFERENCE_COLOR))
+    assert_color(pixel(figure, ax, 21.5, 28), 255 * np.array(viz.PREDICTION_COLOR))
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["reference", "prediction"]
+
+
+def test_overlay_outlines_each_label_of_a_label_map():
+    image = np.zeros((30, 30))
+    labels = np.zeros((30, 30), dtype=np.uint8)
+    labels[2:8, 2:8] = 1
+    labels[15:25, 15:25] = 2
+    figure = viz.overlay(image, reference=labels)
+    gids = sorted(c.get_gid() for c in figure.axes[0].collections)
+    assert gids == ["outline 1", "outline 2"]
+
+
+def test_overlay_window_sets_the_grey_levels():
+    image = np.zeros((20, 20))
+    image[:, 10:] = 100.0
+    figure = viz.overlay(image, window=(-100, 300))
+    ax = figure.axes[0]
+    assert_color(pixel(figure, ax, 5, 10), grey_of(0.0, -100, 300))
+    assert_color(pixel(figure, ax, 15, 10), grey_of(100.0, -100, 300))
+
+
+@pytest.mark.parametrize(
+    "arguments, named",
+    [
+        ({"image": np.zeros((4, 4, 4))}, "image"),
+        ({"image": np.array([[0.0, np.nan], [1.0, 2.0]])}, "image"),
+        ({"image": np.zeros((4, 4)), "reference": np.zeros((4, 5))}, "reference"),
+        ({"image": np.zeros((4, 4)), "prediction": np.full((4, 4), 0.5)}, "prediction"),
+        ({"image": np.zeros((4, 4)), "prediction": -np.ones((4, 4))}, "prediction"),
+        ({"image": np.zeros((4, 4)), "alpha": 1.5}, "alpha"),
+        ({"image": np.zeros((4, 4)), "window": (5, 1)}, "window"),
+        ({"image": np.zeros((4, 4)), "window": "abdomen"}, "window"),
+    ],
+)
+def test_overlay_rejects_bad_arguments_by_name(arguments, named):
+    with pytest.raises(ValueError, match=named):
+        viz.overlay(**arguments)
+
+
+# --------------------------------------------------------------------------- error map
+
+
+def error_case():
+    image = np.full((48, 48), 0.5)
+    image[0, 0], image[0, 1] = 0.0, 1.0
+    reference = square(image.shape, 4, 4, 12) | square(image.shape, 30, 30, 12)
+    prediction = square(image.shape, 30, 30, 12) | square(image.shape, 4, 30, 12)
+    # false negative square at rows/cols 4..15, false positive at rows 4..15 cols 30..41,
+    # true positive at rows/cols 30..41
+    return image, reference, prediction
+
+
+def test_error_map_paints_false_positives_and_false_negatives_in_their_colours():
+    image, reference, prediction = error_case()
+    figure = viz.error_map(image, reference, prediction, alpha=1.0)
+    (ax,) = figure.axes
+    grey = grey_of(0.5, 0.0, 1.0)
+    assert_color(pixel(figure, ax, 35, 10), 255 * np.array(viz.FALSE_POSITIVE_COLOR))
+    assert_color(pixel(figure, ax, 10, 10), 255 * np.array(viz.FALSE_NEGATIVE_COLOR))
+    assert_color(pixel(figure, ax, 35, 35), grey)  # true positives hidden by default
+    assert_color(pixel(figure, ax, 10, 40), grey)  # background
+    assert "FP 144 px, FN 144 px, TP 144 px" in ax.get_title()
+
+
+def test_error_map_blends_with_alpha_and_can_show_true_positives():
+    image, reference, prediction = error_case()
+    figure = viz.error_map(image, reference, prediction, show_true_positives=True)
+    (ax,) = figure.axes
+    grey = grey_of(0.5, 0.0, 1.0)
+    assert_color(pixel(figure, ax, 35, 10), blended(viz.FALSE_POSITIVE_COLOR, 0.6, grey))
+    assert_color(pixel(figure, ax, 35, 35), blended(viz.TRUE_POSITIVE_COLOR, 0.6, grey))
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend == ["false positive", "false negative", "true positive"]
+
+
+@pytest.mark.parametrize("named", ["reference", "prediction"])
+def test_error_map_refuses_label_maps_naming_the_mask(named):
+    image, reference, prediction = error_case()
+    masks = {"reference": reference, "prediction": prediction}
+    masks[named] = masks[named].astype(int) * 2
+    with pytest.raises(ValueError, match=f"{named} must be binary"):
+        viz.error_map(image, **masks)
+
+
+# --------------------------------------------------------------------------- tri-planar
+
+
+def test_tri_planar_cuts_through_the_reference_centre_with_the_spacing_aspect():
+    volume = np.zeros((20, 30, 40))
+    reference = np.zeros(volume.shape, dtype=bool)
+    reference[4:9, 10:21, 26:35] = True  # centre of mass (6, 15, 30)
+    volume[reference] = 1.0
+    figure = viz.tri_planar(volume, reference=reference, spacing=(5.0, 0.5, 1.0))
+    axial, coronal, sagittal = figure.axes
+    assert [ax.get_title() for ax in figure.axes] == [
+        "axial (z = 6)", "coronal (y = 15)", "sagittal (x = 30)",
+    ]  # fmt: skip
+    assert [(ax.get_xlabel(), ax.get_ylabel()) for ax in figure.axes] == [
+        ("x", "y"), ("x", "z"), ("y", "z"),
+    ]  # fmt: skip
+    # imshow's aspect: the displayed height of one row over the width of one column.
+    assert [ax.get_aspect() for ax in figure.axes] == [0.5 / 1.0, 5.0 / 1.0, 5.0 / 0.5]
+    shown = [ax.images[0].get_array() for ax in figure.axes]
+    np.testing.assert_array_equal(shown[0], volume[6])
+    np.testing.assert_array_equal(shown[1], volume[:, 15, :])
+    np.testing.assert_array_equal(shown[2], volume[:, :, 30])
+    # Coronal and sagittal put slice 0 at the bottom.
+    assert axial.yaxis_inverted() and not coronal.yaxis_inverted()
+    assert not sagittal.yaxis_inverted()
+    # Inside the reference's cut (off the dashed cut lines) white, outside black.
+    assert_color(pixel(figure, coronal, 28, 5), [255, 255, 255])
+    assert_color(pixel(figure, coronal, 5, 15), [0, 0, 0])
+
+
+def test_tri_planar_defaults_to_the_volume_centre_and_takes_an_index():
+    volume = np.arange(7 * 8 * 9, dtype=float).reshape(7, 8, 9)
+    titles = [ax.get_title() for ax in viz.tri_planar(volume).axes]
+    assert titles == ["axial (z = 3)", "coronal (y = 4)", "sagittal (x = 4)"]
+    figure = viz.tri_planar(volume, index=(1, 2, 3))
+    np.testing.assert_array_equal(figure.axes[2].images[0].get_array(), volume[:, :, 3])
+
+
+@pytest.mark.parametrize(
+    "arguments, named",
+    [
+        ({"volume": np.zeros((4, 4))}, "volume"),
+        ({"volume": np.zeros((4, 4, 4)), "index": (0, 0, 4)}, "index"),
+        ({"volume": np.zeros((4, 4, 4)), "index": (1, 2)}, "index"),
+        ({"volume": np.zeros((4, 4, 4)), "spacing": (1.0, 0.0, 1.0)}, "spacing"),
+        ({"volume": np.zeros((4, 4, 4)), "spacing": (1.0, 1.0)}, "spacing"),
+        ({"volume": np.zeros((4, 4, 4)), "reference": np.zeros((4, 4, 3))}, "reference"),
+    ],
+)
+def test_tri_planar_rejects_bad_arguments_by_name(arguments, named):
+    with pytest.raises(ValueError, match=named):
+        viz.tri_planar(**arguments)
