@@ -23,7 +23,10 @@ neither TensorFlow nor Keras, so plotting a results table stays light.
 
 from __future__ import annotations
 
+import csv
 import math
+import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -48,6 +51,7 @@ __all__ = [
     "TRUE_POSITIVE_COLOR",
     "error_map",
     "overlay",
+    "training_curves",
     "tri_planar",
 ]
 
@@ -427,4 +431,114 @@ def tri_planar(
         ax.set_ylabel(up)
     if handles:
         axes[0].legend(handles=handles, loc="upper right", fontsize="small")
+    return figure
+
+
+# --------------------------------------------------------------------------- training curves
+
+_LOSS_KEYS = ("loss", "val_loss")
+_SCORE_KEYS = ("dice", "val_dice", "val_volume_dice")
+_GAP_KEY = "val_patch_volume_gap"
+
+
+def _number(text: str) -> float:
+    """A CSV cell as a float; Keras' CSVLogger writes ``NA`` for a value an epoch lacked."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _read_history(history) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``(epochs counted from 1, {key: values})`` from a History, a dict or a CSV path."""
+    epochs = None
+    if isinstance(history, (str, os.PathLike)):
+        with open(history, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        if not rows:
+            raise ValueError(f"history file {os.fspath(history)!r} has no epochs")
+        columns = {key: [_number(row[key] or "") for row in rows] for key in rows[0]}
+        if "epoch" in columns:
+            epochs = np.asarray(columns.pop("epoch")) + 1
+    elif hasattr(history, "history") and isinstance(history.history, Mapping):
+        columns = dict(history.history)
+        if getattr(history, "epoch", None):
+            epochs = np.asarray(history.epoch, dtype=np.float64) + 1
+    elif isinstance(history, Mapping):
+        columns = dict(history)
+    else:
+        raise ValueError(
+            "history must be a keras History, a dict of per-epoch lists or the path of a "
+            f"history.csv, got {type(history).__name__}"
+        )
+    values = {key: np.asarray(value, dtype=np.float64).ravel() for key, value in columns.items()}
+    lengths = {key: value.size for key, value in values.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"history has keys with different numbers of epochs: {lengths}")
+    count = next(iter(lengths.values()), 0)
+    if epochs is None:
+        epochs = np.arange(1, count + 1, dtype=np.float64)
+    if epochs.size != count:
+        raise ValueError(f"history has {epochs.size} epoch numbers for {count} values")
+    return epochs, values
+
+
+def training_curves(history, *, title: str | None = None) -> Figure:
+    """Loss, Dice and the patch-volume gap per epoch.
+
+    Panels appear for what the history holds: ``loss`` / ``val_loss``; ``dice`` /
+    ``val_dice`` (patch or slice Dice) with ``val_volume_dice`` (whole-volume, per-patient
+    Dice from :class:`kseg.training.VolumeValidation`); and ``val_patch_volume_gap``
+    (``val_dice - val_volume_dice``: how much patch scores flatter) with a zero line. Each
+    curve's label is its history key. Epochs are counted from 1, as Keras prints them; a
+    ``NA`` cell of the CSV is a gap in the curve.
+
+    Args:
+        history: the ``keras.callbacks.History`` that ``fit`` returns, a dict of per-epoch
+            lists (``History.history``), or the path of the ``history.csv`` that
+            :func:`kseg.training.training_callbacks` writes (its ``epoch`` column counts
+            from 0).
+        title: figure title.
+
+    Returns:
+        A Figure with one axes per panel present (1 to 3), sharing the epoch axis.
+
+    Raises:
+        ValueError: ``history`` is of another type, its keys have different lengths, or it
+            holds none of the keys above (the message lists what it holds).
+        FileNotFoundError: the CSV path does not exist.
+
+    Example:
+        >>> training_curves("runs/liver/history.csv").savefig("curves.png")  # doctest: +SKIP
+    """
+    epochs, values = _read_history(history)
+    panels = [
+        (keys, ylabel)
+        for keys, ylabel in (
+            ([k for k in _LOSS_KEYS if k in values], "loss"),
+            ([k for k in _SCORE_KEYS if k in values], "Dice"),
+            ([_GAP_KEY] if _GAP_KEY in values else [], "patch - volume Dice"),
+        )
+        if keys
+    ]
+    if not panels:
+        raise ValueError(
+            f"history holds none of {[*_LOSS_KEYS, *_SCORE_KEYS, _GAP_KEY]}; it has "
+            f"{sorted(values)}"
+        )
+    figure = _new_figure(6.5, 2.6 * len(panels) + 0.4)
+    axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (keys, ylabel) in zip(axes, panels, strict=True):
+        for key in keys:
+            # Validation curves dashed, so train and validation read apart without colour.
+            style = "--" if key.startswith("val_") else "-"
+            ax.plot(epochs, values[key], style, marker=".", label=key)
+        if keys == [_GAP_KEY]:
+            ax.axhline(0.0, color="grey", linewidth=0.8, label="_no gap")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    axes[-1].set_xlabel("epoch")
+    if title:
+        figure.suptitle(title)
     return figure

@@ -257,3 +257,85 @@ def test_tri_planar_defaults_to_the_volume_centre_and_takes_an_index():
 def test_tri_planar_rejects_bad_arguments_by_name(arguments, named):
     with pytest.raises(ValueError, match=named):
         viz.tri_planar(**arguments)
+
+
+# --------------------------------------------------------------------------- training curves
+
+HISTORY = {
+    "loss": [0.9, 0.5, 0.3],
+    "val_loss": [1.0, 0.6, 0.45],
+    "dice": [0.2, 0.7, 0.9],
+    "val_dice": [0.3, 0.8, 0.92],
+    "val_volume_dice": [0.1, 0.5, 0.85],
+    "val_patch_volume_gap": [0.2, 0.3, 0.07],
+    "lr": [1e-3, 1e-3, 5e-4],
+}
+
+
+def curves_by_label(figure) -> dict:
+    return {
+        line.get_label(): line
+        for ax in figure.axes
+        for line in ax.lines
+        if not line.get_label().startswith("_")
+    }
+
+
+def test_training_curves_plot_the_history_values_per_epoch_from_one():
+    figure = viz.training_curves(HISTORY)
+    assert [ax.get_ylabel() for ax in figure.axes] == ["loss", "Dice", "patch - volume Dice"]
+    assert figure.axes[-1].get_xlabel() == "epoch"
+    curves = curves_by_label(figure)
+    assert set(curves) == set(HISTORY) - {"lr"}
+    for key, line in curves.items():
+        np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3])
+        np.testing.assert_array_equal(line.get_ydata(), HISTORY[key])
+    assert [line.get_label() for line in figure.axes[1].lines] == [
+        "dice", "val_dice", "val_volume_dice",
+    ]  # fmt: skip
+    zero = [line for line in figure.axes[2].lines if line.get_label().startswith("_")]
+    np.testing.assert_array_equal(zero[0].get_ydata(), [0, 0])
+
+
+def test_training_curves_read_the_csv_that_training_callbacks_write(tmp_path):
+    # As keras.callbacks.CSVLogger writes it: epoch from 0, keys sorted, NA where missing.
+    path = tmp_path / "history.csv"
+    path.write_text(
+        "epoch,dice,loss,val_dice,val_loss,val_patch_volume_gap,val_volume_dice\n"
+        "0,0.2,0.9,0.3,1.0,NA,NA\n"
+        "1,0.7,0.5,0.8,0.6,0.3,0.5\n"
+        "2,0.9,0.3,0.92,0.45,0.07,0.85\n"
+    )
+    curves = curves_by_label(viz.training_curves(path))
+    np.testing.assert_array_equal(curves["loss"].get_xdata(), [1, 2, 3])
+    np.testing.assert_array_equal(curves["val_dice"].get_ydata(), [0.3, 0.8, 0.92])
+    np.testing.assert_array_equal(curves["val_volume_dice"].get_ydata(), [np.nan, 0.5, 0.85])
+    assert viz.training_curves(str(path)).axes[0].get_ylabel() == "loss"
+
+
+def test_training_curves_take_a_keras_history_and_its_epoch_numbers():
+    class History:  # keras.callbacks.History's two attributes, without importing Keras
+        history = {"loss": [0.5, 0.4]}
+        epoch = [3, 4]  # a run resumed at epoch 3
+
+    figure = viz.training_curves(History())
+    assert len(figure.axes) == 1
+    np.testing.assert_array_equal(figure.axes[0].lines[0].get_xdata(), [4, 5])
+
+
+def test_training_curves_show_only_the_panels_the_history_holds():
+    figure = viz.training_curves({"dice": [0.1, 0.2], "val_dice": [0.2, 0.3]})
+    assert [ax.get_ylabel() for ax in figure.axes] == ["Dice"]
+
+
+@pytest.mark.parametrize(
+    "history, message",
+    [
+        ({"lr": [0.1]}, "history holds none of"),
+        ({"loss": [0.1, 0.2], "dice": [0.5]}, "history has keys with different numbers"),
+        ([0.1, 0.2], "history must be"),
+    ],
+)
+def test_training_curves_reject_bad_histories(history, message):
+    with pytest.raises(ValueError, match=message):
+        viz.training_curves(history)
