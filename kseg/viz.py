@@ -51,6 +51,8 @@ __all__ = [
     "TRUE_POSITIVE_COLOR",
     "error_map",
     "overlay",
+    "score_boxplots",
+    "score_histograms",
     "training_curves",
     "tri_planar",
 ]
@@ -64,6 +66,7 @@ NO_SCORE_COLOR = (0.8, 0.8, 0.8)
 
 # Scores bounded by [0, 1]: their histograms share fixed bins, so two tables compare.
 _UNIT_INTERVAL_METRICS = ("dice", "iou", "precision", "recall", "specificity", "accuracy")
+_UNITS = {"hd95": "mm", "hausdorff": "mm", "assd": "mm", "volume_difference": "%", "ravd": "%"}
 _REFERENCE_EMPTY = "reference_empty"  # kseg.evaluation.REFERENCE_EMPTY, without importing it
 
 
@@ -541,4 +544,179 @@ def training_curves(history, *, title: str | None = None) -> Figure:
     axes[-1].set_xlabel("epoch")
     if title:
         figure.suptitle(title)
+    return figure
+
+
+# --------------------------------------------------------------------------- score tables
+
+
+def _class_columns(table, metric: str) -> list[tuple[str | None, str]]:
+    """``[(class name or None, column)]`` of ``metric`` in a :class:`PatientTable`.
+
+    :func:`kseg.evaluation.evaluate_volumes` writes ``dice`` for one binary structure and
+    ``dice_<class>`` per class of a label map.
+    """
+    names = table.metric_names
+    if metric in names:
+        return [(None, metric)]
+    columns = [(name[len(metric) + 1 :], name) for name in names if name.startswith(f"{metric}_")]
+    if not columns:
+        raise ValueError(f"metrics: the table has no {metric!r} columns; it has {names}")
+    return columns
+
+
+def _scored_values(table, class_name: str | None, column: str, skip_empty_references: bool):
+    """Finite values of ``column``, and how many were left out as ``inf`` / empty / ``nan``."""
+    values = table.column(column)
+    keep = ~np.isnan(values)
+    empty = 0
+    flag = _REFERENCE_EMPTY if class_name is None else f"{_REFERENCE_EMPTY}_{class_name}"
+    if skip_empty_references and flag in table.flag_names:
+        flagged = table.column(flag)
+        empty = int(np.sum(flagged & keep))
+        keep &= ~flagged
+    infinite = int(np.sum(np.isinf(values) & keep))
+    keep &= np.isfinite(values)
+    return values[keep], {"inf": infinite, "empty reference": empty}
+
+
+def _left_out(counts: Mapping[str, int]) -> str:
+    parts = [f"{count} {why}" for why, count in counts.items() if count]
+    return f" ({', '.join(parts)} left out)" if parts else ""
+
+
+def _checked_table(table, metrics) -> tuple[str, ...]:
+    if not (hasattr(table, "metric_names") and hasattr(table, "column")):
+        raise ValueError(
+            f"table must be a kseg.evaluation.PatientTable, got {type(table).__name__}"
+        )
+    if len(table) == 0:
+        raise ValueError("table has no patients")
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    if not metrics:
+        raise ValueError("metrics must name at least one metric")
+    return metrics
+
+
+def _with_unit(metric: str) -> str:
+    return f"{metric} ({_UNITS[metric]})" if metric in _UNITS else metric
+
+
+def _class_label(metric: str, class_name: str | None) -> str:
+    return metric if class_name is None else f"{metric} – {class_name}"
+
+
+def score_histograms(
+    table,
+    metrics=("dice", "hd95"),
+    *,
+    bins: int = 10,
+    skip_empty_references: bool = True,
+) -> Figure:
+    """Histograms of per-patient scores, one row per metric and one column per class.
+
+    Overlap scores bounded by [0, 1] (Dice, IoU, precision, recall, specificity, accuracy)
+    share ``bins`` equal bins over [0, 1], so histograms of two tables compare; others
+    (HD95 and the distances, in mm) span their values. Left out, and counted in the axes
+    title: ``nan`` scores, ``inf`` distances (an empty prediction), and with
+    ``skip_empty_references`` the patients whose reference lacks the class (flagged
+    ``reference_empty``: their Dice of 1.0 or 0.0 measures no segmentation).
+
+    Args:
+        table: a :class:`kseg.evaluation.PatientTable`.
+        metrics: metric names; each matches the column of that name or the per-class columns
+            ``<metric>_<class>``.
+        bins: number of bins.
+        skip_empty_references: leave out patients flagged ``reference_empty`` for the class.
+
+    Returns:
+        A Figure with ``len(metrics)`` rows of axes, as many columns as the metric with the
+        most classes; each axes titled ``"<metric> – <class> (n = ...)"``.
+
+    Raises:
+        ValueError: ``table`` is not a PatientTable or is empty, a metric has no column,
+            ``bins`` is not a positive integer.
+
+    Example:
+        >>> table = kseg.evaluation.PatientTable.from_csv("test_table.csv")  # doctest: +SKIP
+        >>> score_histograms(table, ("dice", "hd95")).savefig("hist.png")  # doctest: +SKIP
+    """
+    metrics = _checked_table(table, metrics)
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    layout = [(metric, _class_columns(table, metric)) for metric in metrics]
+    columns = max(len(classes) for _, classes in layout)
+    figure = _new_figure(3.4 * columns + 0.4, 2.8 * len(layout) + 0.3)
+    axes = figure.subplots(len(layout), columns, squeeze=False)
+    for row, (metric, classes) in zip(axes, layout, strict=True):
+        for ax in row[len(classes) :]:
+            figure.delaxes(ax)
+        for ax, (class_name, column) in zip(row, classes, strict=False):
+            values, left_out = _scored_values(table, class_name, column, skip_empty_references)
+            bounded = metric in _UNIT_INTERVAL_METRICS
+            edges = np.histogram_bin_edges(values, bins, range=(0.0, 1.0) if bounded else None)
+            ax.hist(values, bins=edges, color="#4c72b0", edgecolor="white")
+            ax.set_title(
+                f"{_class_label(metric, class_name)} (n = {values.size}){_left_out(left_out)}",
+                fontsize="medium",
+            )
+            ax.set_xlabel(_with_unit(metric))
+            ax.set_ylabel("patients")
+    return figure
+
+
+def score_boxplots(
+    table,
+    metrics=("dice", "hd95"),
+    *,
+    skip_empty_references: bool = True,
+) -> Figure:
+    """Box plots of per-patient scores, one axes per metric and one box per class.
+
+    Boxes span the quartiles with the median inside, whiskers reach the furthest patient
+    within 1.5 interquartile ranges (matplotlib's default); every patient is drawn as a
+    point beside its box, so small cohorts are not hidden behind five numbers. Scores are
+    left out as in :func:`score_histograms`, and counted under the class name.
+
+    Args:
+        table: a :class:`kseg.evaluation.PatientTable`.
+        metrics: metric names, matched to columns as in :func:`score_histograms`.
+        skip_empty_references: leave out patients flagged ``reference_empty`` for the class.
+
+    Returns:
+        A Figure with one axes per metric; the box lines carry gids ``"median <column>"``,
+        ``"box <column>"``, the points ``"patients <column>"``.
+
+    Raises:
+        ValueError: ``table`` is not a PatientTable or is empty, a metric has no column.
+
+    Example:
+        >>> score_boxplots(table, ("dice", "assd")).savefig("boxes.png")  # doctest: +SKIP
+    """
+    metrics = _checked_table(table, metrics)
+    layout = [(metric, _class_columns(table, metric)) for metric in metrics]
+    figure = _new_figure(max(4.0, 1.6 * max(len(c) for _, c in layout) + 1.5) * len(layout), 4)
+    axes = figure.subplots(1, len(layout), squeeze=False)[0]
+    for ax, (metric, classes) in zip(axes, layout, strict=True):
+        tick_labels = []
+        for position, (class_name, column) in enumerate(classes, start=1):
+            values, left_out = _scored_values(table, class_name, column, skip_empty_references)
+            name = class_name or metric
+            tick_labels.append(f"{name}\nn = {values.size}{_left_out(left_out)}")
+            if not values.size:
+                continue
+            parts = ax.boxplot(values, positions=[position], widths=0.5, showfliers=False)
+            parts["medians"][0].set_gid(f"median {column}")
+            parts["boxes"][0].set_gid(f"box {column}")
+            # Spread the points evenly beside the box: a fixed layout, no random jitter.
+            offsets = np.linspace(-0.15, 0.15, values.size) if values.size > 1 else [0.0]
+            points = ax.scatter(
+                position + 0.4 + np.asarray(offsets), values, s=12, alpha=0.7, color="#4c72b0"
+            )
+            points.set_gid(f"patients {column}")
+        ax.set_xticks(range(1, len(classes) + 1), tick_labels, fontsize="small")
+        ax.set_xlim(0.4, len(classes) + 0.8)
+        ax.set_ylabel(_with_unit(metric))
+        ax.set_title(metric)
+        ax.grid(axis="y", alpha=0.3)
     return figure

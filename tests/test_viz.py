@@ -339,3 +339,107 @@ def test_training_curves_show_only_the_panels_the_history_holds():
 def test_training_curves_reject_bad_histories(history, message):
     with pytest.raises(ValueError, match=message):
         viz.training_curves(history)
+
+
+# --------------------------------------------------------------------------- score tables
+
+
+def two_class_table():
+    from kseg.evaluation import PatientTable
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for number in range(12):
+        rows.append(
+            {
+                "patient_id": f"p{number}",
+                "dice_liver": float(rng.uniform(0.7, 1.0)),
+                "dice_spleen": float(rng.uniform(0.3, 1.0)),
+                "hd95_liver": float(rng.uniform(1.0, 20.0)),
+                "hd95_spleen": float(rng.uniform(1.0, 40.0)),
+                "reference_empty_liver": False,
+                "reference_empty_spleen": number == 0,  # patient 0 has no spleen
+            }
+        )
+    rows[1]["hd95_spleen"] = float("inf")  # spleen missed entirely
+    rows[2]["dice_liver"] = float("nan")
+    return PatientTable(rows)
+
+
+def bar_heights(ax) -> np.ndarray:
+    return np.array([patch.get_height() for patch in ax.patches])
+
+
+def test_score_histograms_count_what_numpy_counts_per_metric_and_class():
+    table = two_class_table()
+    figure = viz.score_histograms(table, ("dice", "hd95"), bins=5)
+    assert len(figure.axes) == 4
+    dice_liver, dice_spleen, hd95_liver, hd95_spleen = figure.axes
+    liver = table.column("dice_liver")[~np.isnan(table.column("dice_liver"))]
+    np.testing.assert_array_equal(
+        bar_heights(dice_liver), np.histogram(liver, bins=5, range=(0, 1))[0]
+    )
+    spleen = table.column("dice_spleen")[1:]  # patient 0 has an empty reference
+    np.testing.assert_array_equal(
+        bar_heights(dice_spleen), np.histogram(spleen, bins=5, range=(0, 1))[0]
+    )
+    distances = table.column("hd95_spleen")[2:]  # empty reference, then inf
+    np.testing.assert_array_equal(bar_heights(hd95_spleen), np.histogram(distances, 5)[0])
+    assert dice_liver.get_title() == "dice – liver (n = 11)"
+    assert dice_spleen.get_title() == "dice – spleen (n = 11) (1 empty reference left out)"
+    assert hd95_spleen.get_title() == "hd95 – spleen (n = 10) (1 inf, 1 empty reference left out)"
+    assert hd95_liver.get_xlabel() == "hd95 (mm)"
+    assert dice_liver.get_ylabel() == "patients"
+
+
+def test_score_histograms_of_a_binary_table_and_with_empty_references_kept():
+    from kseg.evaluation import PatientTable
+
+    table = PatientTable(
+        [
+            {"patient_id": "a", "dice": 0.95, "reference_empty": False},
+            {"patient_id": "b", "dice": 0.85, "reference_empty": False},
+            {"patient_id": "c", "dice": 1.0, "reference_empty": True},
+        ]
+    )
+    (ax,) = viz.score_histograms(table, "dice", bins=2).axes
+    np.testing.assert_array_equal(bar_heights(ax), [0, 2])
+    (ax,) = viz.score_histograms(table, "dice", bins=2, skip_empty_references=False).axes
+    np.testing.assert_array_equal(bar_heights(ax), [0, 3])
+    assert ax.get_title() == "dice (n = 3)"
+
+
+def test_score_boxplots_draw_quartiles_and_every_patient():
+    table = two_class_table()
+    figure = viz.score_boxplots(table, ("dice", "hd95"))
+    assert [ax.get_title() for ax in figure.axes] == ["dice", "hd95"]
+    dice_ax = figure.axes[0]
+    lines = {line.get_gid(): line for line in dice_ax.lines if line.get_gid()}
+    spleen = table.column("dice_spleen")[1:]
+    q1, median, q3 = np.percentile(spleen, [25, 50, 75])
+    np.testing.assert_allclose(lines["median dice_spleen"].get_ydata(), [median, median])
+    np.testing.assert_allclose(sorted(set(lines["box dice_spleen"].get_ydata())), [q1, q3])
+    points = {c.get_gid(): c for c in dice_ax.collections}
+    np.testing.assert_array_equal(
+        np.sort(points["patients dice_spleen"].get_offsets()[:, 1]), np.sort(spleen)
+    )
+    labels = [label.get_text() for label in dice_ax.get_xticklabels()]
+    assert labels == ["liver\nn = 11", "spleen\nn = 11 (1 empty reference left out)"]
+    assert figure.axes[1].get_ylabel() == "hd95 (mm)"
+
+
+@pytest.mark.parametrize("function", [viz.score_histograms, viz.score_boxplots])
+def test_score_plots_reject_unknown_metrics_and_empty_tables(function):
+    from kseg.evaluation import PatientTable
+
+    with pytest.raises(ValueError, match="metrics: the table has no 'assd' columns"):
+        function(two_class_table(), ("dice", "assd"))
+    with pytest.raises(ValueError, match="table has no patients"):
+        function(PatientTable(), "dice")
+    with pytest.raises(ValueError, match="table must be a kseg.evaluation.PatientTable"):
+        function({"dice": [0.5]}, "dice")
+
+
+def test_score_histograms_reject_bad_bins():
+    with pytest.raises(ValueError, match="bins"):
+        viz.score_histograms(two_class_table(), "dice", bins=0)
