@@ -41,6 +41,7 @@ from kseg.io.rtstruct import (
     rasterize_rtstruct,
     read_rtstruct,
 )
+from kseg.io.rtstruct_writer import BlankSeriesUidWarning, label_outlines, write_rtstruct
 from kseg.io.volume import Volume
 
 __all__ = [
@@ -83,4 +84,7 @@ __all__ = [
     "read_radiograph",
     "scan_dicom_files",
     "write_nifti",
+    "BlankSeriesUidWarning",
+    "label_outlines",
+    "write_rtstruct",
 ]

@@ -134,6 +134,8 @@ class SeriesReference:
         series_instance_uid: the CT series.
         frame_of_reference_uid: the CT's FrameOfReferenceUID.
         sop_instance_uids: SOPInstanceUID of every CT slice.
+        sop_class_uid: SOPClassUID of the slices (CT Image Storage unless another modality's
+            images are referenced).
     """
 
     patient_id: str
@@ -142,6 +144,7 @@ class SeriesReference:
     series_instance_uid: str
     frame_of_reference_uid: str
     sop_instance_uids: tuple[str, ...]
+    sop_class_uid: str = CTImageStorage
 
 
 def rtstruct_dataset(
@@ -156,6 +159,7 @@ def rtstruct_dataset(
     time: str,
     series_number: int = 1,
     interpreted_types: Mapping[str, str] | None = None,
+    roi_generation_algorithm: str = "MANUAL",
 ) -> pydicom.Dataset:
     """An RT Structure Set (PS3.3 A.19) referencing a CT series.
 
@@ -176,6 +180,8 @@ def rtstruct_dataset(
         series_number: SeriesNumber of the structure set.
         interpreted_types: RTROIInterpretedType by ROI name (``"EXTERNAL"``, ...);
             ``"ORGAN"`` for the names it leaves out.
+        roi_generation_algorithm: ROIGenerationAlgorithm of every ROI (``"MANUAL"``,
+            ``"SEMIAUTOMATIC"`` or ``"AUTOMATIC"`` for a model's prediction).
 
     Returns:
         The dataset, ready for :func:`write_dataset`.
@@ -199,7 +205,7 @@ def rtstruct_dataset(
     contour_images = DicomSequence()
     for uid in reference.sop_instance_uids:
         item = pydicom.Dataset()
-        item.ReferencedSOPClassUID = CTImageStorage
+        item.ReferencedSOPClassUID = reference.sop_class_uid
         item.ReferencedSOPInstanceUID = uid
         contour_images.append(item)
     referenced_series = pydicom.Dataset()
@@ -222,7 +228,7 @@ def rtstruct_dataset(
             roi.frame_of_reference_uid or reference.frame_of_reference_uid
         )
         structure.ROIName = roi.name
-        structure.ROIGenerationAlgorithm = "MANUAL"
+        structure.ROIGenerationAlgorithm = roi_generation_algorithm
         structure_rois.append(structure)
         roi_contour = pydicom.Dataset()
         roi_contour.ROIDisplayColor = list(roi.color or (255, 255, 255))
@@ -232,7 +238,7 @@ def rtstruct_dataset(
             item = pydicom.Dataset()
             if contour.referenced_sop_instance_uid is not None:
                 image = pydicom.Dataset()
-                image.ReferencedSOPClassUID = CTImageStorage
+                image.ReferencedSOPClassUID = reference.sop_class_uid
                 image.ReferencedSOPInstanceUID = contour.referenced_sop_instance_uid
                 item.ContourImageSequence = DicomSequence([image])
             item.ContourGeometricType = contour.geometric_type

@@ -1,0 +1,416 @@
+"""RT Structure Sets from label maps: a prediction on a DICOM series' grid, as contours.
+
+:func:`write_rtstruct` is the inverse of :func:`kseg.io.rasterize_rtstruct`. Each label of
+a ``(z, y, x)`` label map becomes one ROI; on each slice its pixels are outlined by
+:func:`label_outlines`, marching squares on the pixel-centre grid (pixel ``(j, i)`` is the
+point ``(row, column) = (j, i)``, the centre DICOM's ImagePositionPatient names):
+
+* **Where the outline runs.** Between a pixel inside and a pixel outside, the outline passes
+  through the midpoint of their centres, so along a straight run of pixels it follows the
+  pixel border exactly and at a convex corner it cuts 1/8 of a pixel (a lone pixel is a
+  diamond of area 1/2). The enclosed area of a convex region is its pixel count less 1/2.
+* **Exact round trip.** No pixel centre lies on an outline, so rasterising the outlines by
+  the even-odd rule (what :func:`kseg.io.rtstruct.fill_polygons` does) gives back exactly
+  the pixels they were traced from.
+* **Holes and islands.** Every boundary is a separate closed polygon: an island is an
+  outline of its own, a hole an outline inside its region's outline (the even-odd rule cuts
+  it out, PS3.3 C.8.8.6.3). Pixels touching only at a corner count as connected (the
+  outline passes between the two background pixels of the 2x2 square).
+* **Few points.** Vertices in the middle of a straight run are dropped; the polygons are
+  the same.
+
+Reference:
+    Lorensen W. E., Cline H. E., "Marching cubes: a high resolution 3D surface construction
+    algorithm", SIGGRAPH 1987 (the 2D case is marching squares); DICOM PS3.3 A.19 (RT
+    Structure Set IOD), C.8.8.6 (ROI Contour Module).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pathlib
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.uid import CTImageStorage, generate_uid
+
+from kseg.io.dicom_writer import SeriesReference, rtstruct_dataset, write_dataset
+from kseg.io.rtstruct import Contour, RoiContours
+from kseg.io.volume import Volume
+
+__all__ = ["BlankSeriesUidWarning", "label_outlines", "write_rtstruct"]
+
+IMPLEMENTATION_VERSION_NAME = "KSEG_RTSTRUCT"
+
+_RAS_TO_LPS = np.array([-1.0, -1.0, 1.0])
+
+# Distinct display colours, reused in turn when there are more ROIs.
+_PALETTE = (
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
+    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+)
+
+# Attributes of the Patient and General Study modules copied from the series' first file
+# (Type 2: written empty when the series lacks them).
+_PATIENT_AND_STUDY = (
+    "PatientName", "PatientBirthDate", "StudyDate", "StudyTime", "StudyID",
+    "AccessionNumber", "ReferringPhysicianName",
+)
+_OPTIONAL_STUDY = ("StudyDescription", "PatientAge", "PatientIdentityRemoved")
+
+
+class BlankSeriesUidWarning(UserWarning):
+    """The reference series has no StudyInstanceUID or SeriesInstanceUID (an anonymiser
+    blanked them): the structure set gets new ones, and viewers can tie it to the images by
+    their FrameOfReferenceUID and SOPInstanceUIDs only."""
+
+
+def label_outlines(mask: np.ndarray) -> list[np.ndarray]:
+    """The closed outlines of a 2D mask, by marching squares on the pixel-centre grid.
+
+    Args:
+        mask: 2D array; nonzero pixels are inside.
+
+    Returns:
+        One ``(N, 2)`` float64 array of ``(row, column)`` vertices per outline (N >= 4, the
+        polygon closes from the last vertex back to the first), outer outlines and hole
+        outlines alike; vertices lie at half-pixel positions. Outlines run with the inside on
+        the same side (holes therefore the other way round). Empty for an empty mask.
+
+    Example:
+        >>> square = np.zeros((5, 5), bool)
+        >>> square[1:4, 1:4] = True
+        >>> (outline,) = label_outlines(square)  # an octagon: corners cut by 1/8 pixel
+        >>> len(outline), float(_area(outline))
+        (8, 8.5)
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2D, got shape {mask.shape}")
+    padded = np.pad(mask != 0, 1)
+    rows, columns = padded.shape  # H + 2, W + 2
+    # Corners of cell (r, s), clockwise on screen: a top left, b top right, c bottom right,
+    # d bottom left (padded indices).
+    a, b = padded[:-1, :-1], padded[:-1, 1:]
+    c, d = padded[1:, 1:], padded[1:, :-1]
+    r, s = np.indices(a.shape)
+    # Crossing points: h(r, s) midway between padded (r, s) and (r, s + 1); v(r, s) midway
+    # between (r, s) and (r + 1, s).
+    n_horizontal = rows * (columns - 1)
+    top = r * (columns - 1) + s
+    bottom = (r + 1) * (columns - 1) + s
+    left = n_horizontal + r * columns + s
+    right = left + 1
+    # Walking the cell border a -> b -> c -> d -> a, an edge is an exit where it leaves the
+    # inside and an entry where it enters it; an outline runs from entry to exit, so the
+    # next cell continues from where this one stopped.
+    edges = (
+        (top, a & ~b, ~a & b),
+        (right, b & ~c, ~b & c),
+        (bottom, c & ~d, ~c & d),
+        (left, d & ~a, ~d & a),
+    )
+    saddle = (a & c & ~b & ~d) | (b & d & ~a & ~c)
+    following = np.full(n_horizontal + (rows - 1) * columns, -1, dtype=np.int64)
+    exit_point = np.select([e[1] for e in edges], [e[0] for e in edges], default=-1)
+    for point, _, entry in edges:
+        chosen = entry & ~saddle
+        following[point[chosen]] = exit_point[chosen]
+    # Saddles join the two inside corners: cut off the two outside corners.
+    ac = saddle & a
+    following[right[ac]], following[left[ac]] = top[ac], bottom[ac]
+    bd = saddle & b
+    following[top[bd]], following[bottom[bd]] = left[bd], right[bd]
+
+    point_row = np.concatenate([
+        np.repeat(np.arange(rows), columns - 1).astype(np.float64),
+        np.repeat(np.arange(rows - 1), columns) + 0.5,
+    ]) - 1.0
+    point_column = np.concatenate([
+        np.tile(np.arange(columns - 1), rows) + 0.5,
+        np.tile(np.arange(columns), rows - 1).astype(np.float64),
+    ]) - 1.0
+    outlines = []
+    unvisited = following >= 0
+    for start in np.flatnonzero(unvisited):
+        if not unvisited[start]:
+            continue
+        loop = [start]
+        unvisited[start] = False
+        point = following[start]
+        while point != start:
+            loop.append(point)
+            unvisited[point] = False
+            point = following[point]
+        vertices = np.column_stack([point_row[loop], point_column[loop]])
+        outlines.append(_without_straight_runs(vertices))
+    return outlines
+
+
+def _without_straight_runs(vertices: np.ndarray) -> np.ndarray:
+    """Drop vertices lying on the straight line through their neighbours (exact: the
+    coordinates are multiples of 1/2)."""
+    before = vertices - np.roll(vertices, 1, axis=0)
+    after = np.roll(vertices, -1, axis=0) - vertices
+    turn = before[:, 0] * after[:, 1] - before[:, 1] * after[:, 0]
+    return vertices[turn != 0]
+
+
+def _area(vertices: np.ndarray) -> float:
+    """Unsigned area of a polygon (shoelace formula)."""
+    y, x = vertices[:, 0], vertices[:, 1]
+    return abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))) / 2
+
+
+def write_rtstruct(
+    labels: np.ndarray | Volume,
+    reference_series: Volume,
+    path: os.PathLike | str,
+    *,
+    roi_names: Mapping[int, str] | Sequence[str],
+    label: str = "KSEG",
+    series_description: str = "kseg segmentation",
+    colors: Mapping[int, tuple[int, int, int]] | None = None,
+    roi_generation_algorithm: str = "AUTOMATIC",
+) -> pathlib.Path:
+    """Write a label map on a DICOM series' grid as an RT Structure Set drawn on that series.
+
+    Each label becomes an ROI whose contours are the :func:`label_outlines` of its pixels on
+    each slice, converted to patient coordinates (LPS mm, to 1e-4 mm) through the series'
+    affine; each contour's ContourImageSequence references its slice's SOPInstanceUID, and
+    the Structure Set references every slice of the series and its FrameOfReferenceUID.
+    Patient and study attributes are copied from the series' first file, so archives file
+    the structure set with its images. A slice whose data set has a blank SOPInstanceUID
+    (some anonymisers) is referenced by its file meta's MediaStorageSOPInstanceUID.
+    :func:`kseg.io.rasterize_rtstruct` on the written file returns the label map's masks
+    exactly. The file is written atomically (temporary name beside ``path``, then renamed).
+
+    Args:
+        labels: ``(z, y, x)`` integer label map (0 is background) on the grid of
+            ``reference_series``, or a Volume on that grid.
+        reference_series: the series, as :func:`kseg.io.read_dicom_series` returns it (its
+            ``source_files`` and ``metadata`` UIDs are used).
+        path: the RTSTRUCT file to write.
+        roi_names: ``{label value: ROI name}``, or names for labels 1, 2, ... in order.
+            Every nonzero value of ``labels`` needs a name; a named label with no pixels
+            becomes an ROI without contours.
+        label: StructureSetLabel (up to 16 characters).
+        series_description: SeriesDescription of the structure set.
+        colors: ROIDisplayColor by label value (default: a fixed palette).
+        roi_generation_algorithm: ROIGenerationAlgorithm (``"AUTOMATIC"`` for a model's
+            prediction, ``"SEMIAUTOMATIC"``, ``"MANUAL"``).
+
+    Returns:
+        ``path`` as a path.
+
+    Raises:
+        ValueError: ``labels`` is not on the series' grid, is not integral, holds negative
+            values or values without a name; ``roi_names`` is empty, repeats a name or names
+            label 0; ``reference_series`` lacks the files, FrameOfReferenceUID or
+            SOPInstanceUIDs a structure set needs; ``path`` is one of the series' files.
+        OSError: a file of the series cannot be read.
+
+    Warns:
+        BlankSeriesUidWarning: the series has no StudyInstanceUID / SeriesInstanceUID.
+
+    Example:
+        >>> ct = read_dicom_series("ct_folder")  # doctest: +SKIP
+        >>> write_rtstruct(prediction, ct, "rs.dcm", roi_names={1: "Liver", 2: "Spleen"})
+        ... # doctest: +SKIP
+    """
+    array = _label_array(labels, reference_series)
+    names = _roi_names(roi_names)
+    present = {int(v) for v in np.unique(array)} - {0}
+    unnamed = sorted(present - set(names))
+    if unnamed:
+        raise ValueError(
+            f"labels holds values without an ROI name: {unnamed[:10]}; roi_names covers "
+            f"{sorted(names)}"
+        )
+    reference, header = _series_reference(reference_series)
+    path = pathlib.Path(path)
+    sources = {os.path.realpath(f) for f in reference_series.source_files}
+    if os.path.realpath(path) in sources:
+        raise ValueError(f"{path}: is a file of the reference series; it would be overwritten")
+
+    index_to_lps = reference_series.affine.copy()
+    index_to_lps[:3] *= _RAS_TO_LPS[:, None]
+    colors = colors or {}
+    rois = []
+    for position, (value, name) in enumerate(sorted(names.items())):
+        contours = []
+        if value in present:
+            for k in np.flatnonzero((array == value).any(axis=(1, 2))):
+                outlines = _slice_outlines(array[k] == value)
+                for outline in outlines:
+                    index = np.column_stack([np.full(len(outline), float(k)), outline])
+                    points = index @ index_to_lps[:3, :3].T + index_to_lps[:3, 3]
+                    contours.append(Contour(reference.sop_instance_uids[k], points))
+        color = colors.get(value, _PALETTE[position % len(_PALETTE)])
+        rois.append(RoiContours(value, name, tuple(int(c) for c in color), tuple(contours)))
+
+    now = datetime.datetime.now()
+    ds = rtstruct_dataset(
+        rois, reference,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+        implementation_version_name=IMPLEMENTATION_VERSION_NAME,
+        label=label,
+        date=now.strftime("%Y%m%d"),
+        time=now.strftime("%H%M%S"),
+        roi_generation_algorithm=roi_generation_algorithm,
+    )
+    for keyword in _PATIENT_AND_STUDY:
+        setattr(ds, keyword, header.get(keyword, ""))
+    for keyword in _OPTIONAL_STUDY:
+        if keyword in header:
+            setattr(ds, keyword, header[keyword].value)
+    ds.Manufacturer = "kseg"
+    ds.OperatorsName = ""
+    ds.SeriesDescription = series_description
+    ds.StructureSetName = label
+    return write_dataset(ds, path)
+
+
+def _slice_outlines(mask: np.ndarray) -> list[np.ndarray]:
+    """:func:`label_outlines` of the mask's bounding box, shifted back to the slice."""
+    rows, columns = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    top, left = rows[0], columns[0]
+    box = mask[top : rows[-1] + 1, left : columns[-1] + 1]
+    return [outline + (top, left) for outline in label_outlines(box)]
+
+
+def _label_array(labels, reference: Volume) -> np.ndarray:
+    if not isinstance(reference, Volume):
+        raise ValueError(
+            f"reference_series must be a kseg.io.Volume from read_dicom_series, got "
+            f"{type(reference).__name__}"
+        )
+    if isinstance(labels, Volume):
+        if not np.allclose(labels.affine, reference.affine, atol=1e-4):
+            raise ValueError(
+                "labels is a Volume on another grid than reference_series (affines differ); "
+                "resample it onto the series first (kseg.geometry.resample_to)"
+            )
+        labels = labels.array
+    array = np.asarray(labels)
+    if array.shape != reference.shape:
+        raise ValueError(
+            f"labels has shape {array.shape}; the reference series' grid is {reference.shape}"
+        )
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.issubdtype(array.dtype, np.floating) or not np.all(array == np.round(array)):
+            raise ValueError(f"labels must hold integer label values, got dtype {array.dtype}")
+        array = array.astype(np.int64)
+    if array.size and array.min() < 0:
+        raise ValueError(f"labels holds negative values (min {array.min()})")
+    return array
+
+
+def _roi_names(roi_names) -> dict[int, str]:
+    if isinstance(roi_names, Mapping):
+        names = {int(value): str(name) for value, name in roi_names.items()}
+    elif isinstance(roi_names, str):
+        raise ValueError("roi_names must be a mapping or a sequence of names, not one string")
+    else:
+        names = {position + 1: str(name) for position, name in enumerate(roi_names)}
+    if not names:
+        raise ValueError("roi_names is empty: name at least one label")
+    if any(value <= 0 for value in names):
+        raise ValueError(f"roi_names keys must be positive labels, got {sorted(names)}")
+    blank = [value for value, name in names.items() if not name.strip()]
+    if blank:
+        raise ValueError(f"roi_names gives labels {blank} an empty name")
+    seen: dict[str, int] = {}
+    for value, name in names.items():
+        if name in seen:
+            raise ValueError(f"roi_names gives labels {seen[name]} and {value} the name {name!r}")
+        seen[name] = value
+    return names
+
+
+def _series_reference(series: Volume) -> tuple[SeriesReference, pydicom.Dataset]:
+    metadata = series.metadata
+    nz = series.shape[0]
+    if len(series.source_files) != nz:
+        raise ValueError(
+            f"reference_series has {len(series.source_files)} source files for {nz} slices: "
+            "pass the Volume read_dicom_series returns for the series the labels were "
+            "predicted on"
+        )
+    frame = str(metadata.get("frame_of_reference_uid", "") or "")
+    if not frame:
+        raise ValueError(
+            f"reference_series ({_folder(series)}) has no FrameOfReferenceUID: contours in "
+            "patient coordinates cannot be tied to its images"
+        )
+    headers = [_header(f) for f in series.source_files]
+    uids = tuple(metadata.get("sop_instance_uids", ())) or ("",) * nz
+    # An anonymiser may blank SOPInstanceUID in the data set and leave the file meta's
+    # MediaStorageSOPInstanceUID, which PS3.10 makes the same identity.
+    uids = tuple(
+        str(uid or _media_uid(header) or "") for uid, header in zip(uids, headers, strict=True)
+    )
+    blank = [f for f, uid in zip(series.source_files, uids, strict=True) if not uid]
+    if blank:
+        raise ValueError(
+            f"reference_series: {len(blank)} slice(s) have no SOPInstanceUID, in the data set "
+            f"or the file meta (first: {blank[0]}); a structure set must reference each slice"
+        )
+    study = str(metadata.get("study_instance_uid", "") or "")
+    series_uid = str(metadata.get("series_instance_uid", "") or "")
+    if not study or not series_uid:
+        missing = " and ".join(
+            name for name, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series_uid))
+            if not uid
+        )
+        warnings.warn(
+            BlankSeriesUidWarning(
+                f"{_folder(series)}: the series has no {missing} (blanked by an anonymiser?); "
+                "the structure set gets new ones and is tied to the images by their "
+                "FrameOfReferenceUID and SOPInstanceUIDs only"
+            ),
+            stacklevel=3,
+        )
+        study, series_uid = study or generate_uid(), series_uid or generate_uid()
+    header = headers[0]
+    reference = SeriesReference(
+        patient_id=str(header.get("PatientID", "") or series.patient_id or ""),
+        patient_sex=str(metadata.get("patient_sex", "") or ""),
+        study_instance_uid=study,
+        series_instance_uid=series_uid,
+        frame_of_reference_uid=frame,
+        sop_instance_uids=uids,
+        sop_class_uid=str(
+            header.get("SOPClassUID", "") or _media_class(header) or CTImageStorage
+        ),
+    )
+    return reference, header
+
+
+def _header(path: str) -> pydicom.Dataset:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise OSError(f"{path}: cannot read the series' header ({exc})") from exc
+
+
+def _media_uid(header: pydicom.Dataset) -> str:
+    meta = getattr(header, "file_meta", None)
+    return str(meta.get("MediaStorageSOPInstanceUID", "") or "") if meta is not None else ""
+
+
+def _media_class(header: pydicom.Dataset) -> str:
+    meta = getattr(header, "file_meta", None)
+    return str(meta.get("MediaStorageSOPClassUID", "") or "") if meta is not None else ""
+
+
+def _folder(series: Volume) -> str:
+    return os.path.dirname(series.source_files[0]) if series.source_files else "series"
