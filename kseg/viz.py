@@ -49,12 +49,16 @@ __all__ = [
     "PREDICTION_COLOR",
     "REFERENCE_COLOR",
     "TRUE_POSITIVE_COLOR",
+    "accuracy_vs_dice",
     "error_map",
     "overlay",
+    "per_slice_dice",
     "score_boxplots",
     "score_histograms",
+    "slice_dice_heatmap",
     "training_curves",
     "tri_planar",
+    "uncertainty_map",
 ]
 
 REFERENCE_COLOR = (0.0, 0.8, 0.0)
@@ -719,4 +723,276 @@ def score_boxplots(
         ax.set_ylabel(_with_unit(metric))
         ax.set_title(metric)
         ax.grid(axis="y", alpha=0.3)
+    return figure
+
+
+# --------------------------------------------------------------------------- overlap scores
+
+
+def _binary_pair(name: str, case, key) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        reference, prediction = case
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name}: case {key!r} must be a (reference, prediction) pair") from error
+    reference = np.asarray(reference)
+    truth = _label_map(f"{name}[{key!r}] reference", reference, reference.shape, binary=True)
+    predicted = _label_map(f"{name}[{key!r}] prediction", prediction, reference.shape, binary=True)
+    return truth.astype(bool), predicted.astype(bool)
+
+
+def _dice(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Dice, ``nan`` when both masks are empty (no segmentation to score)."""
+    denominator = int(truth.sum()) + int(predicted.sum())
+    return 2.0 * int(np.sum(truth & predicted)) / denominator if denominator else math.nan
+
+
+def accuracy_vs_dice(cases, *, title: str | None = None) -> Figure:
+    """Per-case pixel accuracy against Dice: why accuracy misleads on small structures.
+
+    Accuracy counts every correct background pixel, so a structure covering 0.1 % of the
+    image scores 99.9 % accuracy with an empty prediction, while its Dice is 0. Each case
+    is a point at ``(Dice, accuracy)`` coloured by the reference's foreground fraction on a
+    log scale; the dotted diagonal marks accuracy = Dice. Points of small structures sit
+    at the top whatever their Dice. Cases whose reference is empty are left out (they have
+    no structure to find) and counted in the title.
+
+    Args:
+        cases: a mapping ``{case name: (reference, prediction)}`` or a sequence of
+            ``(reference, prediction)`` pairs of binary masks (bool or 0/1; any number of
+            dimensions, the two of a pair of one shape). For a label map pass
+            ``(labels == k, predicted == k)``.
+        title: axes title; default says how many cases are shown.
+
+    Returns:
+        A Figure with the scatter axes and a colour bar axes (``foreground fraction``).
+
+    Raises:
+        ValueError: ``cases`` is empty, not pairs, masks of different shapes or not binary,
+            or every reference is empty.
+
+    Example:
+        >>> accuracy_vs_dice({pid: (truth[pid], predicted[pid]) for pid in truth})
+        ... # doctest: +SKIP
+    """
+    items = list(cases.items()) if isinstance(cases, Mapping) else list(enumerate(cases))
+    if not items:
+        raise ValueError("cases is empty; give (reference, prediction) pairs")
+    scores = []
+    skipped = 0
+    for key, case in items:
+        truth, predicted = _binary_pair("cases", case, key)
+        if not truth.any():
+            skipped += 1
+            continue
+        accuracy = float(np.mean(truth == predicted))
+        scores.append((_dice(truth, predicted), accuracy, float(truth.mean())))
+    if not scores:
+        raise ValueError(f"cases: all {len(items)} references are empty; nothing to score")
+    dice, accuracy, fraction = (np.array(column) for column in zip(*scores, strict=True))
+
+    figure = _new_figure(6.2, 5)
+    ax = figure.add_subplot()
+    ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=1, label="accuracy = Dice")
+    low, high = fraction.min(), fraction.max()
+    norm = matplotlib.colors.LogNorm(vmin=low, vmax=high if high > low else low * 10)
+    points = ax.scatter(dice, accuracy, c=fraction, norm=norm, cmap="viridis", s=36,
+                        edgecolors="black", linewidths=0.4)  # fmt: skip
+    points.set_gid("cases")
+    figure.colorbar(points, ax=ax, label="foreground fraction (reference)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(min(0.0, float(accuracy.min())) - 0.02, 1.02)
+    ax.set_xlabel("Dice")
+    ax.set_ylabel("pixel accuracy")
+    ax.legend(loc="lower right", fontsize="small")
+    ax.grid(alpha=0.3)
+    shown = f"{len(scores)} cases"
+    if skipped:
+        shown += f" ({skipped} with an empty reference left out)"
+    ax.set_title(title or f"accuracy vs Dice, {shown}")
+    return figure
+
+
+def per_slice_dice(reference, prediction, *, axis: int = 0) -> np.ndarray:
+    """Dice of each slice of a binary volume, ``nan`` where a slice holds neither mask.
+
+    The input of :func:`slice_dice_heatmap`: a slice where reference and prediction are
+    both empty has no segmentation to score, and ``nan`` keeps it apart from a miss (0).
+
+    Args:
+        reference: binary volume (bool or 0/1), e.g. ``(z, y, x)``.
+        prediction: binary volume of the same shape.
+        axis: the slice axis.
+
+    Returns:
+        float64 array with one Dice per slice along ``axis``.
+
+    Raises:
+        ValueError: the masks differ in shape, are not binary, or ``axis`` is out of range.
+
+    Example:
+        >>> per_slice_dice(np.array([[1, 1], [0, 0]]), np.array([[1, 0], [0, 0]]))
+        array([0.66666667,        nan])
+    """
+    reference = np.asarray(reference)
+    truth = _label_map("reference", reference, reference.shape, binary=True).astype(bool)
+    predicted = _label_map("prediction", prediction, reference.shape, binary=True).astype(bool)
+    if not -truth.ndim <= axis < truth.ndim:
+        raise ValueError(f"axis {axis} is out of range for {truth.ndim} dimensions")
+    truth, predicted = np.moveaxis(truth, axis, 0), np.moveaxis(predicted, axis, 0)
+    return np.array([_dice(t, p) for t, p in zip(truth, predicted, strict=True)])
+
+
+def _position_bins(scores: np.ndarray, positions: int) -> np.ndarray:
+    """Mean score over the slices overlapping each of ``positions`` equal position bins.
+
+    Slice ``s`` of ``n`` covers ``[s / n, (s + 1) / n)``, bin ``b`` covers
+    ``[b / B, (b + 1) / B)``; compared in integers, so equal counts map slice to bin one to
+    one. A bin whose slices are all ``nan`` stays ``nan``.
+    """
+    n = scores.size
+    slices = np.arange(n)
+    cells = np.full(positions, math.nan)
+    for b in range(positions):
+        overlapping = scores[
+            (slices * positions < (b + 1) * n) & ((slices + 1) * positions > b * n)
+        ]
+        if np.any(~np.isnan(overlapping)):
+            cells[b] = np.nanmean(overlapping)
+    return cells
+
+
+def slice_dice_heatmap(per_slice_scores, *, positions: int | None = None) -> Figure:
+    """Per-slice Dice of several patients: rows are patients, columns slice positions.
+
+    Patients have different slice counts, so each row is resampled to ``positions``
+    columns over the normalised slice position 0 (first slice, left) to 1 (last slice):
+    a cell is the mean Dice of the slices overlapping it. Colours follow ``viridis`` from
+    Dice 0 (dark purple) to 1 (yellow); cells whose slices hold neither a reference nor a
+    prediction (``nan`` from :func:`per_slice_dice`) are :data:`NO_SCORE_COLOR` (light
+    grey). Misses at the ends of an organ, where slices hold little of it, show as dark
+    columns at the edges of the grey-free span.
+
+    Args:
+        per_slice_scores: a mapping ``{patient id: per-slice Dice}``, each a 1D array of
+            values in [0, 1] or ``nan``.
+        positions: number of columns; default the largest slice count, at most 100.
+
+    Returns:
+        A Figure with the heatmap axes (one tick per patient, labelled with its id) and a
+        colour bar axes (``Dice``).
+
+    Raises:
+        ValueError: ``per_slice_scores`` is empty or not a mapping, a patient's scores are
+            not a non-empty 1D array in [0, 1] or ``nan``, ``positions`` < 1.
+
+    Example:
+        >>> scores = {pid: per_slice_dice(truth[pid], predicted[pid]) for pid in truth}
+        ... # doctest: +SKIP
+        >>> slice_dice_heatmap(scores).savefig("slices.png")  # doctest: +SKIP
+    """
+    if not isinstance(per_slice_scores, Mapping) or not per_slice_scores:
+        raise ValueError("per_slice_scores must be a non-empty {patient id: scores} mapping")
+    rows = {}
+    for patient, scores in per_slice_scores.items():
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.ndim != 1 or scores.size == 0:
+            raise ValueError(
+                f"per_slice_scores[{patient!r}] must be a non-empty 1D array, got shape "
+                f"{scores.shape}"
+            )
+        scored = scores[~np.isnan(scores)]
+        if np.any((scored < 0) | (scored > 1)):
+            raise ValueError(f"per_slice_scores[{patient!r}] holds Dice values outside [0, 1]")
+        rows[str(patient)] = scores
+    if positions is None:
+        positions = min(max(scores.size for scores in rows.values()), 100)
+    if isinstance(positions, bool) or not isinstance(positions, (int, np.integer)) or positions < 1:
+        raise ValueError(f"positions must be a positive integer, got {positions!r}")
+    matrix = np.stack([_position_bins(scores, positions) for scores in rows.values()])
+
+    figure = _new_figure(8, 1.2 + 0.3 * len(rows))
+    ax = figure.add_subplot()
+    colormap = matplotlib.colormaps["viridis"].with_extremes(bad=NO_SCORE_COLOR)
+    heatmap = ax.imshow(
+        np.ma.masked_invalid(matrix), cmap=colormap, vmin=0.0, vmax=1.0, aspect="auto",
+        interpolation="nearest", extent=(0.0, 1.0, len(rows) - 0.5, -0.5),
+    )  # fmt: skip
+    figure.colorbar(heatmap, ax=ax, label="Dice")
+    ax.set_yticks(range(len(rows)), list(rows))
+    ax.set_xlabel("normalised slice position (0 = first slice)")
+    ax.set_ylabel("patient")
+    ax.set_title("per-slice Dice (grey: no reference and no prediction)")
+    return figure
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def uncertainty_map(
+    image,
+    uncertainty,
+    *,
+    reference=None,
+    window=None,
+    vmax: float | None = None,
+    cmap: str = "magma",
+    linewidth: float = 1.5,
+) -> Figure:
+    """A slice beside its voxel-wise uncertainty, both outlined with the reference.
+
+    The left axes shows the image in grey, the right one the uncertainty (e.g. the
+    predictive entropy or mutual information of :func:`kseg.inference.mc_dropout`) in
+    ``cmap`` from 0 (or the smallest value, if negative) to ``vmax``, with a colour bar.
+    The reference outline (:data:`REFERENCE_COLOR`) on both shows whether the uncertain
+    pixels lie on the organ's border, where annotators disagree too, or away from it.
+
+    Args:
+        image: 2D array ``(rows, columns)``.
+        uncertainty: 2D finite array of the image's shape.
+        reference: optional mask or label map of the image's shape.
+        window: ``(low, high)`` grey window of the image; default its minimum and maximum.
+        vmax: uncertainty shown in the brightest colour; default the largest value.
+        cmap: matplotlib colormap name of the uncertainty.
+        linewidth: outline width in points.
+
+    Returns:
+        A Figure with the image axes, the uncertainty axes and the colour bar axes.
+
+    Raises:
+        ValueError: ``image`` / ``uncertainty`` not 2D, of different shapes or not finite,
+            a malformed ``reference``, ``vmax`` not above the lower end.
+
+    Example:
+        >>> result = mc_dropout(model, ct_slice[None], samples=20)  # doctest: +SKIP
+        >>> uncertainty_map(ct_slice[..., 0], result.entropy[0]).savefig("u.png")
+        ... # doctest: +SKIP
+    """
+    image = _image_2d("image", image)
+    uncertainty = _image_2d("uncertainty", uncertainty)
+    if uncertainty.shape != image.shape:
+        raise ValueError(f"uncertainty has shape {uncertainty.shape}, the image {image.shape}")
+    reference = None if reference is None else _label_map("reference", reference, image.shape)
+    low = min(0.0, float(uncertainty.min()))
+    high = float(uncertainty.max()) if vmax is None else float(vmax)
+    if high <= low:
+        if vmax is not None:
+            raise ValueError(f"vmax must be above {low}, got {vmax}")
+        high = low + 1.0  # all-zero uncertainty: show it as the lowest colour
+    figure = _new_figure(11, 5)
+    image_ax, uncertainty_ax = figure.subplots(1, 2)
+    _show_grey(image_ax, image, window)
+    shown = uncertainty_ax.imshow(
+        uncertainty, cmap=cmap, vmin=low, vmax=high, interpolation="nearest"
+    )
+    figure.colorbar(shown, ax=uncertainty_ax, label="uncertainty")
+    for ax, title in ((image_ax, "image"), (uncertainty_ax, "uncertainty")):
+        if reference is not None:
+            _outline(ax, reference, REFERENCE_COLOR, linewidth)
+        ax.set_title(title)
+        ax.set_axis_off()
+    if reference is not None:
+        image_ax.legend(
+            handles=[_legend_line(REFERENCE_COLOR, "reference")], loc="upper right",
+            fontsize="small",
+        )  # fmt: skip
     return figure

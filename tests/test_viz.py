@@ -443,3 +443,159 @@ def test_score_plots_reject_unknown_metrics_and_empty_tables(function):
 def test_score_histograms_reject_bad_bins():
     with pytest.raises(ValueError, match="bins"):
         viz.score_histograms(two_class_table(), "dice", bins=0)
+
+
+# --------------------------------------------------------------------------- accuracy vs Dice
+
+
+def test_accuracy_vs_dice_places_each_case_at_its_dice_and_accuracy():
+    shape = (100, 100)
+    small = square(shape, 10, 10, 2)  # 4 pixels: 0.04 % of the image
+    large = square(shape, 20, 20, 50)  # 2500 pixels: 25 %
+    cases = {
+        "small missed": (small, np.zeros(shape, dtype=bool)),
+        "large half": (large, square(shape, 20, 20, 50) & (np.arange(100) < 45)),
+        "empty": (np.zeros(shape), np.zeros(shape)),
+    }
+    figure = viz.accuracy_vs_dice(cases)
+    scatter_ax, colorbar_ax = figure.axes
+    (points,) = [c for c in scatter_ax.collections if c.get_gid() == "cases"]
+    # Hand-worked: a missed 4-pixel organ is 99.96 % accurate with Dice 0; the large organ
+    # predicted over columns 20..44 (25 of 50) has Dice 2*1250/(2500+1250) and 1250 wrong.
+    np.testing.assert_allclose(
+        points.get_offsets(), [[0.0, 0.9996], [2 * 1250 / 3750, 1 - 1250 / 10000]]
+    )
+    np.testing.assert_allclose(points.get_array(), [4 / 10000, 2500 / 10000])
+    assert scatter_ax.get_xlabel() == "Dice"
+    assert scatter_ax.get_ylabel() == "pixel accuracy"
+    assert "2 cases (1 with an empty reference left out)" in scatter_ax.get_title()
+    assert colorbar_ax.get_ylabel() == "foreground fraction (reference)"
+    diagonal = scatter_ax.lines[0]
+    assert diagonal.get_label() == "accuracy = Dice"
+
+
+def test_accuracy_vs_dice_takes_a_sequence_of_pairs():
+    pair = (square((10, 10), 2, 2, 3), square((10, 10), 2, 2, 3))
+    points = viz.accuracy_vs_dice([pair, pair]).axes[0].collections[0]
+    np.testing.assert_allclose(points.get_offsets(), [[1.0, 1.0], [1.0, 1.0]])
+
+
+@pytest.mark.parametrize(
+    "cases, message",
+    [
+        ({}, "cases is empty"),
+        ({"a": (np.zeros((4, 4)), np.zeros((4, 4)))}, "cases: all 1 references are empty"),
+        ({"a": np.zeros((4, 4))}, "cases: case 'a' must be a"),
+        ({"a": (np.ones((4, 4)), np.ones((4, 5)))}, r"cases\['a'\] prediction has shape"),
+        ({"a": (np.full((4, 4), 2), np.ones((4, 4)))}, r"cases\['a'\] reference must be binary"),
+    ],
+)
+def test_accuracy_vs_dice_rejects_bad_cases(cases, message):
+    with pytest.raises(ValueError, match=message):
+        viz.accuracy_vs_dice(cases)
+
+
+# --------------------------------------------------------------------------- per-slice Dice
+
+
+def test_per_slice_dice_scores_each_slice_and_marks_empty_ones_nan():
+    reference = np.zeros((3, 4, 4), dtype=bool)
+    prediction = np.zeros((3, 4, 4), dtype=bool)
+    reference[0, :2, :2] = True  # 4 pixels
+    prediction[0, :2, :1] = True  # 2 of them
+    prediction[2, 0, 0] = True  # a false positive on a slice without reference
+    np.testing.assert_allclose(viz.per_slice_dice(reference, prediction), [2 * 2 / 6, np.nan, 0.0])
+    # Along x: column 0 holds 2 reference pixels and 3 predicted (2 shared): Dice 4/5;
+    # column 1 holds 2 reference pixels, none predicted; columns 2 and 3 hold nothing.
+    np.testing.assert_allclose(
+        viz.per_slice_dice(reference, prediction, axis=2), [4 / 5, 0.0, np.nan, np.nan]
+    )
+    with pytest.raises(ValueError, match="axis"):
+        viz.per_slice_dice(reference, prediction, axis=3)
+
+
+def test_slice_dice_heatmap_resamples_patients_to_slice_positions():
+    scores = {
+        "p1": np.array([np.nan, 0.0, 1.0, np.nan]),
+        "p2": np.array([0.2, 0.4, 0.6, 0.8, 1.0, np.nan, np.nan, np.nan]),
+    }
+    figure = viz.slice_dice_heatmap(scores, positions=4)
+    heatmap_ax, colorbar_ax = figure.axes
+    shown = heatmap_ax.images[0].get_array()
+    # p2 has two slices per column: means of (0.2, 0.4), (0.6, 0.8), (1.0, nan), (nan, nan)
+    np.testing.assert_allclose(
+        shown.filled(np.nan), [[np.nan, 0.0, 1.0, np.nan], [0.3, 0.7, 1.0, np.nan]]
+    )
+    assert [label.get_text() for label in heatmap_ax.get_yticklabels()] == ["p1", "p2"]
+    assert colorbar_ax.get_ylabel() == "Dice"
+    # Cell colours: p1's column 1 is viridis(0), column 2 viridis(1), column 0 no score.
+    import matplotlib
+
+    viridis = matplotlib.colormaps["viridis"]
+    assert_color(pixel(figure, heatmap_ax, 0.375, 0), 255 * np.array(viridis(0.0)[:3]))
+    assert_color(pixel(figure, heatmap_ax, 0.625, 0), 255 * np.array(viridis(1.0)[:3]))
+    assert_color(pixel(figure, heatmap_ax, 0.125, 0), 255 * np.array(viz.NO_SCORE_COLOR))
+    assert_color(pixel(figure, heatmap_ax, 0.875, 1), 255 * np.array(viz.NO_SCORE_COLOR))
+
+
+def test_slice_dice_heatmap_spreads_few_slices_over_many_positions():
+    figure = viz.slice_dice_heatmap({"p": [0.5, 1.0]}, positions=4)
+    np.testing.assert_allclose(figure.axes[0].images[0].get_array(), [[0.5, 0.5, 1.0, 1.0]])
+    default = viz.slice_dice_heatmap({"a": np.zeros(3), "b": np.zeros(7)})
+    assert default.axes[0].images[0].get_array().shape == (2, 7)
+
+
+@pytest.mark.parametrize(
+    "scores, positions, message",
+    [
+        ({}, None, "per_slice_scores must be a non-empty"),
+        ([0.5, 0.6], None, "per_slice_scores must be a non-empty"),
+        ({"p": np.zeros((2, 2))}, None, r"per_slice_scores\['p'\] must be a non-empty 1D"),
+        ({"p": [0.5, 1.5]}, None, r"per_slice_scores\['p'\] holds Dice values outside"),
+        ({"p": [0.5]}, 0, "positions must be a positive integer"),
+    ],
+)
+def test_slice_dice_heatmap_rejects_bad_input(scores, positions, message):
+    with pytest.raises(ValueError, match=message):
+        viz.slice_dice_heatmap(scores, positions=positions)
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def test_uncertainty_map_shows_the_uncertainty_in_its_colormap_beside_the_image():
+    import matplotlib
+
+    image = np.full((40, 40), 0.5)
+    image[0, 0], image[0, 1] = 0.0, 1.0
+    uncertainty = np.zeros((40, 40))
+    uncertainty[5:15, 5:15] = 0.25
+    uncertainty[25:35, 25:35] = 1.0
+    reference = square((40, 40), 20, 20, 10)
+    figure = viz.uncertainty_map(image, uncertainty, reference=reference)
+    image_ax, uncertainty_ax, colorbar_ax = figure.axes
+    assert [image_ax.get_title(), uncertainty_ax.get_title()] == ["image", "uncertainty"]
+    assert colorbar_ax.get_ylabel() == "uncertainty"
+    magma = matplotlib.colormaps["magma"]
+    assert_color(pixel(figure, uncertainty_ax, 10, 10), 255 * np.array(magma(0.25)[:3]))
+    assert_color(pixel(figure, uncertainty_ax, 32, 32), 255 * np.array(magma(1.0)[:3]))
+    assert_color(pixel(figure, uncertainty_ax, 36, 4), 255 * np.array(magma(0.0)[:3]))
+    assert_color(pixel(figure, image_ax, 10, 10), grey_of(0.5, 0.0, 1.0))
+    for ax in (image_ax, uncertainty_ax):
+        assert [c.get_gid() for c in ax.collections] == ["outline 1"]
+    halved = viz.uncertainty_map(image, uncertainty, vmax=0.5)
+    assert_color(pixel(halved, halved.axes[1], 10, 10), 255 * np.array(magma(0.5)[:3]))
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"uncertainty": np.zeros((4, 5))}, "uncertainty has shape"),
+        ({"uncertainty": np.full((4, 4), np.nan)}, "uncertainty holds 16 NaN"),
+        ({"uncertainty": np.zeros((4, 4)), "vmax": -1.0}, "vmax must be above"),
+        ({"uncertainty": np.zeros((4, 4)), "reference": np.zeros(4)}, "reference has shape"),
+    ],
+)
+def test_uncertainty_map_rejects_bad_arguments_by_name(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        viz.uncertainty_map(np.zeros((4, 4)), **arguments)
