@@ -73,7 +73,7 @@ class PhantomLabel(enum.IntEnum):
 
 
 # Mean CT numbers (HU) of unenhanced tissue; Hounsfield-scale textbook values.
-CT_NUMBERS = {
+ABDOMEN_CT_NUMBERS = {
     PhantomLabel.BACKGROUND: -1000.0,
     PhantomLabel.FAT: -100.0,
     PhantomLabel.MUSCLE: 40.0,
@@ -159,7 +159,7 @@ def abdominal_phantom(
     kidneys in the lower half. Each seed perturbs every organ smoothly (centre, size,
     rotation, craniocaudal extent and low-order boundary harmonics drifting along z).
 
-    CT numbers are :data:`CT_NUMBERS` (unenhanced tissue) plus a per-patient offset of at
+    CT numbers are :data:`ABDOMEN_CT_NUMBERS` (unenhanced tissue) plus a per-patient offset of at
     most 4 HU per organ and white Gaussian noise of 12 HU at a 0.75 x 0.75 x 3 mm voxel,
     scaled by one over the square root of the voxel volume: photon counting at a fixed
     dose, a simplification of Brooks and Di Chiro's sigma^2 ~ 1 / (w^3 h).
@@ -185,7 +185,7 @@ def abdominal_phantom(
     shape, spacing, seed = _check_geometry(shape, spacing, seed)
     rng = np.random.default_rng([seed, 0x6B736567])  # second word: "kseg"
     labels = _phantom_labels(shape, spacing, rng)
-    means = np.array([CT_NUMBERS[label] for label in PhantomLabel], dtype=np.float32)
+    means = np.array([ABDOMEN_CT_NUMBERS[label] for label in PhantomLabel], dtype=np.float32)
     organ_offsets = rng.uniform(-4.0, 4.0, size=means.shape).astype(np.float32)
     organ_offsets[PhantomLabel.BACKGROUND] = 0.0
     voxel_mm3 = float(np.prod(spacing))

@@ -96,7 +96,7 @@ ROI_LABELS = {
 }
 
 # Mean CT numbers (HU); lung parenchyma is air with a little tissue and blood.
-CT_NUMBERS = {
+THORAX_CT_NUMBERS = {
     ChestLabel.BACKGROUND: -1000.0,
     ChestLabel.FAT: -100.0,
     ChestLabel.SOFT_TISSUE: 40.0,
@@ -354,7 +354,7 @@ def chest_phantom(
                 outlines[name].append((k, np.column_stack([points, np.full(len(points), z)])))
         body = anatomy.body.outline(t, _CONTOUR_VERTICES)
         body_outlines.append((k, np.column_stack([body, np.full(len(body), z)])))
-    means = np.array([CT_NUMBERS[label] for label in ChestLabel], dtype=np.float32)
+    means = np.array([THORAX_CT_NUMBERS[label] for label in ChestLabel], dtype=np.float32)
     hu = means[labels]
     hu[vessel] = VESSEL_HU
     hu += rng.standard_normal(shape, dtype=np.float32) * np.float32(NOISE_HU)
