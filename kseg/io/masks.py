@@ -58,9 +58,24 @@ CHAOS_MR_LABEL_RANGES: dict[int, tuple[int, int]] = {
 
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
 
+# What Pillow raises on a damaged or hostile file. DecompressionBombError (an image that
+# declares more pixels than Pillow's MAX_IMAGE_PIXELS limit, e.g. a 100000 x 100000 PNG of a
+# few hundred bytes) derives from neither OSError nor ValueError, so it is named here.
+IMAGE_READ_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError)
+
+
+def image_read_problem(exc: BaseException, what: str) -> str:
+    """The message of an UnreadableFileError for a Pillow failure ``exc`` reading ``what``."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return (
+            f"declares an image too large to be {what} ({exc}); the file is damaged or "
+            "hostile, refused before decoding"
+        )
+    return f"cannot be read as {what} ({exc})"
+
 
 class LossyMaskWarning(UserWarning):
-    """A mask was stored in a lossy format (JPEG) and had to be thresholded.
+    """A mask was stored in a lossy format (JPEG, lossy WebP) and had to be thresholded.
 
     Rule: the mask is converted to grey and split in two. :func:`read_labels` splits at
     half of the 8-bit full scale (foreground above 127), so the compression noise of an empty
@@ -109,11 +124,19 @@ class LabelRule:
     interpolated_edges: bool = False
 
     def __post_init__(self):
-        levels = tuple(tuple(int(v) for v in triple) for triple in self.grey_levels)
+        try:
+            levels = tuple(tuple(int(v) for v in triple) for triple in self.grey_levels)
+            foreground = int(self.foreground)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                "grey_levels must be (low, high, label) triples of integers and foreground an "
+                f"integer label; got grey_levels={self.grey_levels!r}, "
+                f"foreground={self.foreground!r} ({exc})"
+            ) from exc
         if any(len(triple) != 3 for triple in levels):
             raise ValueError(f"grey_levels must be (low, high, label) triples, got {levels}")
         object.__setattr__(self, "grey_levels", levels)
-        if not 1 <= int(self.foreground) <= 255:
+        if not 1 <= foreground <= 255:
             raise ValueError(f"foreground must be a label in 1..255, got {self.foreground!r}")
         if levels and self.interpolated_edges:
             raise ValueError("interpolated_edges applies to binary rules, not to grey levels")
@@ -161,7 +184,7 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
       so the palette order does not matter; otherwise the palette indices, as label tools
       (PASCAL VOC, CVAT) write label maps whose colours are only for display.
     * grey RGB / RGBA / LA: the grey channel (alpha ignored); real colour is refused.
-    * JPEG: lossy, so binary rules only: grey above 127 is the structure, with a
+    * JPEG or lossy WebP: binary rules only: grey above 127 is the structure, with a
       :class:`LossyMaskWarning`.
 
     Args:
@@ -172,13 +195,14 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
         ``uint8`` label array ``(rows, columns)`` with values in ``rule.labels``.
 
     Raises:
-        UnreadableFileError: the file cannot be opened or decoded as an image.
+        UnreadableFileError: the file cannot be opened or decoded as an image, or declares
+            more pixels than Pillow's decompression-bomb limit.
         MaskError: several frames, real colour, or values that fit no reading of the rule
             (the message names the file, how it was read and the values found with their
             pixel counts).
 
     Warns:
-        LossyMaskWarning: the file is a JPEG.
+        LossyMaskWarning: the file is a JPEG or a lossy WebP.
 
     Example:
         >>> liver = read_labels("CT/1/Ground/liver_GT_045.png", LabelRule())  # doctest: +SKIP
@@ -191,11 +215,11 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
             image.load()
             if getattr(image, "n_frames", 1) != 1:
                 raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
-            if image.format in _LOSSY_FORMATS:
+            if _is_lossy(path, image):
                 return _lossy_labels(path, np.asarray(image.convert("L")), rule)
             stored, full_scale, reading = _stored_values(path, image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UnreadableFileError(path, f"cannot be read as a mask image ({exc})") from exc
+    except IMAGE_READ_ERRORS as exc:
+        raise UnreadableFileError(path, image_read_problem(exc, "a mask image")) from exc
     if rule.grey_levels:
         return _grey_level_labels(path, stored, full_scale, reading, rule)
     return _binary_labels(path, stored, full_scale, reading, rule)
@@ -205,7 +229,8 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
     """Read one 2D mask image.
 
     Args:
-        path: PNG (8 or 16 bit), TIFF, BMP or GIF file; JPEG is accepted with a warning.
+        path: PNG (8 or 16 bit), TIFF, BMP or GIF file; JPEG and lossy WebP are accepted with a
+            warning.
 
     Returns:
         2D array ``(rows, columns)``. Lossless files keep their stored values: uint8 for
@@ -215,11 +240,12 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
         their maximum (see LossyMaskWarning).
 
     Raises:
-        UnreadableFileError: the file cannot be opened or decoded as an image.
+        UnreadableFileError: the file cannot be opened or decoded as an image, or declares
+            more pixels than Pillow's decompression-bomb limit.
         MaskError: the image has several pages/frames, real colour, or non-integer values.
 
     Warns:
-        LossyMaskWarning: the file is a JPEG.
+        LossyMaskWarning: the file is a JPEG or a lossy WebP.
 
     Example:
         >>> mask = read_mask("Train_Sets/MR/1/T2SPIR/Ground/IMG-0004-00020.png")  # doctest: +SKIP
@@ -232,11 +258,11 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
             image.load()
             if getattr(image, "n_frames", 1) != 1:
                 raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
-            if image.format in _LOSSY_FORMATS:
+            if _is_lossy(path, image):
                 return _threshold_lossy(path, np.asarray(image.convert("L")))
             return _lossless_values(path, image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UnreadableFileError(path, f"cannot be read as a mask image ({exc})") from exc
+    except IMAGE_READ_ERRORS as exc:
+        raise UnreadableFileError(path, image_read_problem(exc, "a mask image")) from exc
 
 
 def read_mask_stack(
@@ -262,12 +288,19 @@ def read_mask_stack(
         common dtype of the stored slices.
 
     Raises:
+        ValueError: ``paths`` is a single path rather than a sequence of them.
+        UnreadableFileError: a file cannot be read (see :func:`read_mask`).
         MaskError: no paths, the wrong number of files, or a slice whose shape differs (the
             message names it and the expected shape).
 
     Example:
         >>> stack = read_mask_stack(sorted(Path("Ground").glob("*.png")))  # doctest: +SKIP
     """
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise ValueError(
+            f"paths must be a sequence of mask files, one per slice; got the single path "
+            f"{os.fspath(paths)!r}"
+        )
     paths = [os.fspath(p) for p in paths]
     if not paths:
         raise MaskError(None, "read_mask_stack got no mask files")
@@ -386,10 +419,28 @@ def binarize(mask: np.ndarray, threshold: float | None = None) -> np.ndarray:
     return (mask > threshold).astype(np.uint8)
 
 
+def _is_lossy(path: str, image: Image.Image) -> bool:
+    """JPEG, or a WebP whose image chunk is lossy VP8 rather than lossless VP8L."""
+    if image.format in _LOSSY_FORMATS:
+        return True
+    if image.format != "WEBP":
+        return False
+    with open(path, "rb") as handle:
+        data = handle.read(1 << 16)
+    offset = 12  # RIFF chunks after "RIFF" <size> "WEBP"
+    while offset + 8 <= len(data):
+        chunk = data[offset : offset + 4]
+        if chunk in (b"VP8 ", b"VP8L"):
+            return chunk == b"VP8 "
+        size = int.from_bytes(data[offset + 4 : offset + 8], "little")
+        offset += 8 + size + (size & 1)
+    return True  # no lossless chunk found where one would be: treat as lossy
+
+
 def _threshold_lossy(path: str, grey: np.ndarray) -> np.ndarray:
     warnings.warn(
         LossyMaskWarning(
-            f"{path}: JPEG mask is lossy; thresholded at half its maximum "
+            f"{path}: lossy (JPEG/WebP) mask; thresholded at half its maximum "
             f"({float(grey.max()) / 2:g}) into {{0, 1}}. Store masks as PNG to avoid this."
         ),
         stacklevel=3,
@@ -524,12 +575,12 @@ def _lossy_labels(path: str, grey: np.ndarray, rule: LabelRule) -> np.ndarray:
     if rule.grey_levels:
         raise MaskError(
             path,
-            "is a JPEG; its compression noise makes the grey levels "
+            "is lossy (JPEG/WebP); its compression noise makes the grey levels "
             f"{rule.grey_levels} of this dataset unrecoverable. Store the masks as PNG.",
         )
     warnings.warn(
         LossyMaskWarning(
-            f"{path}: JPEG mask is lossy; grey values above 127 taken as the structure. "
+            f"{path}: lossy (JPEG/WebP) mask; grey values above 127 taken as the structure. "
             "Store masks as PNG to avoid this."
         ),
         stacklevel=3,

@@ -109,9 +109,10 @@ def read_npz_mask(path: os.PathLike | str, *, key: str | None = None) -> np.ndar
         ``uint8`` array of shape ``(z, y, x)``.
 
     Raises:
-        UnreadableFileError: not an npz archive, or no array under the key (the message
-            lists the keys present).
-        MaskError: not 3D, not integer, or values outside ``0..255``.
+        UnreadableFileError: not an npz archive, no array under the key (the message
+            lists the keys present), or a member that is not a ``.npy`` array (object
+            arrays and pickles are refused, never unpickled).
+        MaskError: not 3D, an empty dimension, not integer, or values outside ``0..255``.
 
     Example:
         >>> mask = read_npz_mask("LCTSC-Train-S1-001/mask.npz")  # doctest: +SKIP
@@ -144,8 +145,15 @@ def read_npz_mask(path: os.PathLike | str, *, key: str | None = None) -> np.ndar
         raise UnreadableFileError(
             path, f"no array {key!r} in the archive; keys present: {keys or 'none'}"
         )
+    if not isinstance(array, np.ndarray):
+        # numpy returns the raw bytes of a member not named *.npy (a pickle, say)
+        raise UnreadableFileError(
+            path, f"member {key!r} is not a .npy array ({type(array).__name__}); not loaded"
+        )
     if array.ndim != 3:
         raise MaskError(path, f"expected a 3D (z, y, x) mask under {key!r}, got {array.shape}")
+    if 0 in array.shape:
+        raise MaskError(path, f"the mask under {key!r} has an empty dimension {array.shape}")
     if array.dtype == bool:
         return array.astype(np.uint8)
     if not np.issubdtype(array.dtype, np.integer) and not (

@@ -13,10 +13,11 @@ import os
 
 import numpy as np
 import pydicom
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from kseg.errors import UnreadableFileError
 from kseg.io.dicom import read_dicom_image
+from kseg.io.masks import IMAGE_READ_ERRORS, image_read_problem
 
 __all__ = ["JSRT_BIT_DEPTH", "read_jsrt_image", "read_radiograph"]
 
@@ -85,7 +86,8 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         TIFF, DICOM's BitsStored (raised to fit the values after the modality LUT).
 
     Raises:
-        UnreadableFileError: not an image, colour content, several frames, or values that
+        UnreadableFileError: not an image (or one declaring more pixels than Pillow's
+            decompression-bomb limit), colour content, several frames, or values that
             do not fit ``uint16`` (negative or fractional DICOM values after rescaling).
 
     Example:
@@ -100,8 +102,8 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
             image.load()
             frames = getattr(image, "n_frames", 1)
             mode, values = image.mode, np.array(image)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UnreadableFileError(path, f"cannot be read as an image ({exc})") from exc
+    except IMAGE_READ_ERRORS as exc:
+        raise UnreadableFileError(path, image_read_problem(exc, "an image")) from exc
     if frames != 1:
         raise UnreadableFileError(path, f"has {frames} frames; expected one radiograph")
     return _grey_values(path, mode, values)
@@ -130,7 +132,11 @@ def _grey_values(path, mode: str, values: np.ndarray) -> tuple[np.ndarray, int]:
 
 def _read_dicom_radiograph(path) -> tuple[np.ndarray, int]:
     values = read_dicom_image(path)
-    header = pydicom.dcmread(os.fspath(path), stop_before_pixels=True)
+    # read_dicom_image accepted the file, preamble or not; read its header the same way.
+    try:
+        header = pydicom.dcmread(os.fspath(path), stop_before_pixels=True, force=True)
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise UnreadableFileError(path, f"DICOM header cannot be read ({exc})") from exc
     rounded = np.rint(values)
     if not np.array_equal(rounded, values):
         raise UnreadableFileError(path, "has fractional values after the modality LUT")

@@ -8,10 +8,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from etils import epath
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from kseg.errors import AlignmentError, UnreadableFileError
 from kseg.io import JSRT_BIT_DEPTH, LabelRule, read_jsrt_image, read_labels, read_radiograph
+from kseg.io.masks import IMAGE_READ_ERRORS, image_read_problem
 from tfds_builders.xray.layout import Record
 
 if TYPE_CHECKING:  # the builder imports this module, so only type checkers import it back
@@ -47,8 +48,8 @@ def _image_size(path: epath.Path) -> tuple[int, int]:
     try:
         with path.open("rb") as handle, Image.open(handle) as image:
             return image.height, image.width
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UnreadableFileError(path, f"cannot be read as a mask image ({exc})") from exc
+    except IMAGE_READ_ERRORS as exc:
+        raise UnreadableFileError(path, image_read_problem(exc, "a mask image")) from exc
 
 
 # One structure per file (mask_folders, or a label map without mask_value_ranges): resized

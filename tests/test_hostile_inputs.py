@@ -1,0 +1,180 @@
+"""Hostile and malformed inputs found by a sweep over the public readers: each must give a
+kseg error (or a documented warning) naming the file or argument, and leave the file as it
+was. The inputs are written here with PIL, numpy, pydicom or raw bytes, never by kseg."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import warnings
+import zipfile
+import zlib
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from kseg.errors import MaskError, UnreadableFileError
+from kseg.io import (
+    LabelRule,
+    LossyMaskWarning,
+    read_labels,
+    read_mask,
+    read_mask_stack,
+    read_npz_mask,
+    read_radiograph,
+)
+
+
+def _fingerprint(path) -> tuple[str, int]:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest(), os.stat(path).st_mtime_ns
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A few hundred bytes declaring a ``width x height`` 8-bit grey PNG."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side", [15_000, 100_000])
+@pytest.mark.parametrize(
+    "reader",
+    [
+        read_mask,
+        lambda p: read_labels(p, LabelRule()),
+        lambda p: read_mask_stack([p]),
+        read_radiograph,
+    ],
+    ids=["read_mask", "read_labels", "read_mask_stack", "read_radiograph"],
+)
+def test_decompression_bomb_is_an_unreadable_file_error(tmp_path, reader, side):
+    # Pillow raises DecompressionBombError (neither OSError nor ValueError) before decoding.
+    path = tmp_path / "liver_GT_001.png"
+    path.write_bytes(_bomb_png(side, side))
+    before = _fingerprint(path)
+    with pytest.raises(UnreadableFileError, match="too large") as caught:
+        reader(path)
+    assert str(path) in str(caught.value)
+    assert _fingerprint(path) == before
+
+
+def _webp(path, lossless: bool) -> np.ndarray:
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:20, 6:25] = 255
+    Image.fromarray(mask).save(path, format="WEBP", lossless=lossless, quality=30)
+    return mask
+
+
+def test_lossy_webp_mask_is_thresholded_with_a_warning(tmp_path):
+    path = tmp_path / "mask.webp"
+    mask = _webp(path, lossless=False)
+    before = _fingerprint(path)
+    with pytest.warns(LossyMaskWarning, match=str(path)):
+        labels = read_labels(path, LabelRule())
+    # Reference: Pillow's own decoding of the file, split at half the 8-bit full scale.
+    decoded = np.asarray(Image.open(path).convert("L"))
+    np.testing.assert_array_equal(labels, (decoded > 127).astype(np.uint8))
+    assert np.mean(labels == (mask > 0)) > 0.95
+    with pytest.warns(LossyMaskWarning, match=str(path)):
+        read_mask(path)
+    assert _fingerprint(path) == before
+
+
+def test_lossless_webp_mask_reads_without_warning(tmp_path):
+    path = tmp_path / "mask.webp"
+    mask = _webp(path, lossless=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels = read_labels(path, LabelRule())
+    np.testing.assert_array_equal(labels, (mask > 0).astype(np.uint8))
+
+
+def test_read_mask_stack_refuses_a_single_path(tmp_path):
+    path = tmp_path / "mask.png"
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
+    with pytest.raises(ValueError, match="paths") as caught:
+        read_mask_stack(str(path))
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"foreground": "liver"}, {"grey_levels": 5}, {"grey_levels": (("a", 1, 2),)}]
+)
+def test_label_rule_with_wrong_types_names_the_argument(kwargs):
+    with pytest.raises(ValueError, match="grey_levels") as caught:
+        LabelRule(**kwargs)
+    assert "foreground" in str(caught.value)
+
+
+class _Evil:
+    """Unpickling this would create a file: the reader must never unpickle."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_npz_member_that_is_a_pickle_is_refused_unloaded(tmp_path):
+    import pickle
+
+    path = tmp_path / "mask.npz"
+    target = tmp_path / "pwned"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("mask", pickle.dumps(_Evil(str(target))))
+    before = _fingerprint(path)
+    with pytest.raises(UnreadableFileError, match="not a .npy array") as caught:
+        read_npz_mask(path)
+    assert str(path) in str(caught.value)
+    assert not target.exists()
+    assert _fingerprint(path) == before
+
+
+def test_npz_mask_with_an_empty_dimension_is_a_mask_error(tmp_path):
+    path = tmp_path / "mask.npz"
+    np.savez(path, mask=np.zeros((0, 4, 4), np.uint8))
+    with pytest.raises(MaskError, match="empty dimension") as caught:
+        read_npz_mask(path)
+    assert str(path) in str(caught.value)
+
+
+def test_radiograph_dicom_without_preamble_or_file_meta(tmp_path):
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = 4, 5
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    stored = np.arange(20, dtype=np.uint16).reshape(4, 5) * 100
+    ds.PixelData = stored.tobytes()
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = False, True
+    pydicom.filewriter.write_dataset(buffer, ds)  # data set only: no preamble, no file meta
+    path = tmp_path / "radiograph.dcm"
+    path.write_bytes(buffer.getvalue())
+    before = _fingerprint(path)
+    image, bit_depth = read_radiograph(path)
+    np.testing.assert_array_equal(image, stored)
+    assert bit_depth == 12
+    assert _fingerprint(path) == before
