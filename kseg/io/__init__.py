@@ -29,6 +29,7 @@ from kseg.io.nifti import (
     write_nifti,
 )
 from kseg.io.npz import MaskAlignment, align_mask_to_volume, read_aligned_npz_mask, read_npz_mask
+from kseg.io.png_stack import write_png_stack
 from kseg.io.radiograph import JSRT_BIT_DEPTH, read_jsrt_image, read_radiograph
 from kseg.io.rtstruct import (
     LCTSC_ROI_NAMES,
@@ -87,4 +88,5 @@ __all__ = [
     "BlankSeriesUidWarning",
     "label_outlines",
     "write_rtstruct",
+    "write_png_stack",
 ]
