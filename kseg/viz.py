@@ -99,7 +99,9 @@ def _image_2d(name: str, image) -> np.ndarray:
 
 def _window(image: np.ndarray, window) -> tuple[float, float]:
     if window is None:
-        return float(image.min()), float(image.max())
+        low, high = float(image.min()), float(image.max())
+        # A constant image (an empty slice, padding) is shown mid-grey, not refused.
+        return (low, high) if low < high else (low - 0.5, high + 0.5)
     try:
         low, high = (float(value) for value in window)
     except (TypeError, ValueError) as error:
@@ -118,7 +120,10 @@ def _label_map(name: str, mask, shape: tuple[int, ...], *, binary: bool = False)
         raise ValueError(f"{name} must be a mask of numbers or booleans, got dtype {array.dtype}")
     if array.dtype != bool:
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)) or np.any(array < 0):
-            raise ValueError(f"{name} must hold whole non-negative labels (0 = background)")
+            raise ValueError(
+                f"{name} must hold whole non-negative labels (0 = background); threshold "
+                "probabilities first, e.g. probabilities >= 0.5"
+            )
     labels = array.astype(np.int64)
     if binary and labels.size and labels.max() > 1:
         raise ValueError(
@@ -570,9 +575,10 @@ def _class_columns(table, metric: str) -> list[tuple[str | None, str]]:
 
 
 def _scored_values(table, class_name: str | None, column: str, skip_empty_references: bool):
-    """Finite values of ``column``, and how many were left out as ``inf`` / empty / ``nan``."""
+    """Finite values of ``column``, and how many were left out as ``nan`` / ``inf`` / empty."""
     values = table.column(column)
     keep = ~np.isnan(values)
+    undefined = int(np.sum(~keep))
     empty = 0
     flag = _REFERENCE_EMPTY if class_name is None else f"{_REFERENCE_EMPTY}_{class_name}"
     if skip_empty_references and flag in table.flag_names:
@@ -581,12 +587,12 @@ def _scored_values(table, class_name: str | None, column: str, skip_empty_refere
         keep &= ~flagged
     infinite = int(np.sum(np.isinf(values) & keep))
     keep &= np.isfinite(values)
-    return values[keep], {"inf": infinite, "empty reference": empty}
+    return values[keep], {"nan": undefined, "inf": infinite, "empty reference": empty}
 
 
-def _left_out(counts: Mapping[str, int]) -> str:
+def _left_out(counts: Mapping[str, int], before: str = " ") -> str:
     parts = [f"{count} {why}" for why, count in counts.items() if count]
-    return f" ({', '.join(parts)} left out)" if parts else ""
+    return f"{before}({', '.join(parts)} left out)" if parts else ""
 
 
 def _checked_table(table, metrics) -> tuple[str, ...]:
@@ -660,10 +666,8 @@ def score_histograms(
             bounded = metric in _UNIT_INTERVAL_METRICS
             edges = np.histogram_bin_edges(values, bins, range=(0.0, 1.0) if bounded else None)
             ax.hist(values, bins=edges, color="#4c72b0", edgecolor="white")
-            ax.set_title(
-                f"{_class_label(metric, class_name)} (n = {values.size}){_left_out(left_out)}",
-                fontsize="medium",
-            )
+            shown = f"{_class_label(metric, class_name)} (n = {values.size})"
+            ax.set_title(shown + _left_out(left_out, before="\n"), fontsize="medium")
             ax.set_xlabel(_with_unit(metric))
             ax.set_ylabel("patients")
     return figure

@@ -142,6 +142,11 @@ def test_overlay_window_sets_the_grey_levels():
     assert_color(pixel(figure, ax, 15, 10), grey_of(100.0, -100, 300))
 
 
+def test_overlay_of_a_constant_image_is_mid_grey():
+    figure = viz.overlay(np.full((10, 10), -1000.0))
+    assert_color(pixel(figure, figure.axes[0], 5, 5), grey_of(0.5, 0.0, 1.0))
+
+
 @pytest.mark.parametrize(
     "arguments, named",
     [
@@ -385,9 +390,9 @@ def test_score_histograms_count_what_numpy_counts_per_metric_and_class():
     )
     distances = table.column("hd95_spleen")[2:]  # empty reference, then inf
     np.testing.assert_array_equal(bar_heights(hd95_spleen), np.histogram(distances, 5)[0])
-    assert dice_liver.get_title() == "dice – liver (n = 11)"
-    assert dice_spleen.get_title() == "dice – spleen (n = 11) (1 empty reference left out)"
-    assert hd95_spleen.get_title() == "hd95 – spleen (n = 10) (1 inf, 1 empty reference left out)"
+    assert dice_liver.get_title() == "dice – liver (n = 11)\n(1 nan left out)"
+    assert dice_spleen.get_title() == "dice – spleen (n = 11)\n(1 empty reference left out)"
+    assert hd95_spleen.get_title() == "hd95 – spleen (n = 10)\n(1 inf, 1 empty reference left out)"
     assert hd95_liver.get_xlabel() == "hd95 (mm)"
     assert dice_liver.get_ylabel() == "patients"
 
@@ -424,7 +429,10 @@ def test_score_boxplots_draw_quartiles_and_every_patient():
         np.sort(points["patients dice_spleen"].get_offsets()[:, 1]), np.sort(spleen)
     )
     labels = [label.get_text() for label in dice_ax.get_xticklabels()]
-    assert labels == ["liver\nn = 11", "spleen\nn = 11 (1 empty reference left out)"]
+    assert labels == [
+        "liver\nn = 11 (1 nan left out)",
+        "spleen\nn = 11 (1 empty reference left out)",
+    ]
     assert figure.axes[1].get_ylabel() == "hd95 (mm)"
 
 
