@@ -115,7 +115,7 @@ def _label_map(name: str, mask, shape: tuple[int, ...], *, binary: bool = False)
     """``mask`` as an int array of ``shape``, checked to hold whole non-negative labels."""
     array = np.asarray(mask)
     if array.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {array.shape}, the image {tuple(shape)}")
+        raise ValueError(f"{name} has shape {array.shape}; expected {tuple(shape)}")
     if array.dtype != bool and not np.issubdtype(array.dtype, np.number):
         raise ValueError(f"{name} must be a mask of numbers or booleans, got dtype {array.dtype}")
     if array.dtype != bool:
@@ -166,7 +166,10 @@ def _fill(ax, mask: np.ndarray, color, alpha: float, *, aspect=1.0, origin="uppe
 
 
 def _check_alpha(alpha) -> float:
-    alpha = float(alpha)
+    try:
+        alpha = float(alpha)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}") from error
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     return alpha
@@ -219,8 +222,8 @@ def overlay(
         prediction: optional mask or integer label map of the image's shape.
         alpha: opacity of the prediction's fill, in [0, 1]; 0 draws outlines only.
         linewidth: outline width in points.
-        window: ``(low, high)`` intensities mapped to black and white (e.g. ``(-57, 164)``
-            for a CT abdomen window); default the image's minimum and maximum.
+        window: ``(low, high)`` intensities mapped to black and white (e.g. ``(-57, 164)``,
+            kseg's MSD spleen CT window); default the image's minimum and maximum.
         title: axes title.
 
     Returns:

@@ -156,6 +156,7 @@ def test_overlay_of_a_constant_image_is_mid_grey():
         ({"image": np.zeros((4, 4)), "prediction": np.full((4, 4), 0.5)}, "prediction"),
         ({"image": np.zeros((4, 4)), "prediction": -np.ones((4, 4))}, "prediction"),
         ({"image": np.zeros((4, 4)), "alpha": 1.5}, "alpha"),
+        ({"image": np.zeros((4, 4)), "alpha": "half"}, "alpha"),
         ({"image": np.zeros((4, 4)), "window": (5, 1)}, "window"),
         ({"image": np.zeros((4, 4)), "window": "abdomen"}, "window"),
     ],
@@ -246,6 +247,17 @@ def test_tri_planar_defaults_to_the_volume_centre_and_takes_an_index():
     assert titles == ["axial (z = 3)", "coronal (y = 4)", "sagittal (x = 4)"]
     figure = viz.tri_planar(volume, index=(1, 2, 3))
     np.testing.assert_array_equal(figure.axes[2].images[0].get_array(), volume[:, :, 3])
+
+
+def test_tri_planar_takes_the_spacing_of_a_kseg_volume():
+    from kseg.io import Volume
+
+    affine = np.diag([3.0, 0.75, 1.5, 1.0])  # index (k, j, i) to mm: spacing (3, 0.75, 1.5)
+    volume = Volume(np.zeros((6, 8, 10)), affine, patient_id="p")
+    aspects = [ax.get_aspect() for ax in viz.tri_planar(volume).axes]
+    assert aspects == [0.75 / 1.5, 3.0 / 1.5, 3.0 / 0.75]
+    given = [ax.get_aspect() for ax in viz.tri_planar(volume, spacing=(1, 1, 1)).axes]
+    assert given == [1.0, 1.0, 1.0]
 
 
 @pytest.mark.parametrize(
