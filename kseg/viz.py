@@ -382,7 +382,8 @@ def tri_planar(
 
     Axes are kseg's ``(z, y, x)``: the axial view is ``volume[z]`` (y down, x across), the
     coronal view ``volume[:, y, :]`` and the sagittal view ``volume[:, :, x]``, both with
-    slice 0 at the bottom (with kseg's position-ordered axial series, feet down). Pixels
+    slice 0 at the bottom (an axial series in kseg's position order runs from the feet up,
+    so the head is at the top). Pixels
     are drawn with their physical aspect (``spacing``), so a 5 mm-slice CT is not squashed.
     Dashed lines mark where the other two planes cut. Reference and prediction are drawn as
     in :func:`overlay`.
@@ -390,8 +391,8 @@ def tri_planar(
     Args:
         volume: 3D array ``(z, y, x)`` or a :class:`kseg.io.Volume` (its spacing is used
             unless ``spacing`` is given).
-        reference: optional mask or label map of the volume's shape.
-        prediction: optional mask or label map of the volume's shape.
+        reference: optional mask or label map of the volume's shape (array or Volume).
+        prediction: optional mask or label map of the volume's shape (array or Volume).
         index: the ``(z, y, x)`` voxel the three planes pass through; default the rounded
             centre of mass of the reference's foreground, or the volume's centre when there
             is no reference or it is empty.
@@ -409,11 +410,15 @@ def tri_planar(
             the volume, a spacing that is not three positive numbers.
 
     Example:
-        >>> volume = kseg.io.read_nifti("spleen_10.nii.gz")  # doctest: +SKIP
-        >>> tri_planar(volume, reference=labels.array).savefig("views.png")  # doctest: +SKIP
+        >>> image = kseg.io.read_nifti("imagesTr/spleen_10.nii.gz")  # doctest: +SKIP
+        >>> labels = kseg.io.read_nifti("labelsTr/spleen_10.nii.gz")  # doctest: +SKIP
+        >>> tri_planar(image, reference=labels).savefig("views.png")  # doctest: +SKIP
     """
     array, (dz, dy, dx) = _volume_and_spacing(volume, spacing)
     alpha = _check_alpha(alpha)
+    # Label volumes read with kseg.io come as Volumes too.
+    reference = getattr(reference, "array", reference)
+    prediction = getattr(prediction, "array", prediction)
     reference = None if reference is None else _label_map("reference", reference, array.shape)
     prediction = None if prediction is None else _label_map("prediction", prediction, array.shape)
     z, y, x = _cut_point(array.shape, reference, index)

@@ -258,6 +258,11 @@ def test_tri_planar_takes_the_spacing_of_a_kseg_volume():
     assert aspects == [0.75 / 1.5, 3.0 / 1.5, 3.0 / 0.75]
     given = [ax.get_aspect() for ax in viz.tri_planar(volume, spacing=(1, 1, 1)).axes]
     assert given == [1.0, 1.0, 1.0]
+    labels = np.zeros((6, 8, 10), dtype=np.uint8)
+    labels[1:4, 2:5, 5:8] = 1  # centre of mass (2, 3, 6)
+    figure = viz.tri_planar(volume, reference=Volume(labels, affine, patient_id="p"))
+    titles = [ax.get_title() for ax in figure.axes]
+    assert titles == ["axial (z = 2)", "coronal (y = 3)", "sagittal (x = 6)"]
 
 
 @pytest.mark.parametrize(
