@@ -491,7 +491,14 @@ def _read_history(history) -> tuple[np.ndarray, dict[str, np.ndarray]]:
             "history must be a keras History, a dict of per-epoch lists or the path of a "
             f"history.csv, got {type(history).__name__}"
         )
-    values = {key: np.asarray(value, dtype=np.float64).ravel() for key, value in columns.items()}
+    values = {}
+    for key, value in columns.items():
+        try:
+            values[key] = np.asarray(value, dtype=np.float64).ravel()
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"history[{key!r}] must be per-epoch numbers, got {value!r}"
+            ) from error
     lengths = {key: value.size for key, value in values.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(f"history has keys with different numbers of epochs: {lengths}")

@@ -356,6 +356,7 @@ def test_training_curves_show_only_the_panels_the_history_holds():
         ({"lr": [0.1]}, "history holds none of"),
         ({"loss": [0.1, 0.2], "dice": [0.5]}, "history has keys with different numbers"),
         ([0.1, 0.2], "history must be"),
+        ({"loss": ["low", "high"]}, r"history\['loss'\] must be per-epoch numbers"),
     ],
 )
 def test_training_curves_reject_bad_histories(history, message):
