@@ -24,6 +24,7 @@ from kseg.data.examples import fold_splits, slice_examples, slice_features_dict,
 from kseg.errors import LayoutError
 from kseg.io import read_dicom_series, read_mask_stack
 from tfds_builders._foreground import ForegroundTally
+from tfds_builders._manual import manual_folder
 from tfds_builders.chaos.layout import (
     EXPECTED_LAYOUT,
     IMAGE_DTYPES,
@@ -123,7 +124,8 @@ The files are read, never modified."""
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config = self.builder_config
-        modality_dir = epath.Path(dl_manager.manual_dir) / "Train_Sets" / config.modality
+        manual_dir = manual_folder(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+        modality_dir = manual_dir / "Train_Sets" / config.modality
         if not modality_dir.is_dir():
             raise LayoutError(
                 modality_dir,

@@ -33,13 +33,13 @@ import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 from tqdm.auto import tqdm
 
 from kseg.data.examples import fold_splits, slice_examples, slice_features_dict, to_image_dtype
 from kseg.errors import LayoutError
 from kseg.io import align_mask_to_volume, read_dicom_series
 from tfds_builders._foreground import ForegroundTally
+from tfds_builders._manual import manual_folder
 from tfds_builders.lctsc.layout import (
     CLASS_NAMES,
     NPZ_LAYOUT,
@@ -203,7 +203,7 @@ The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config = self.builder_config
-        manual_dir = epath.Path(dl_manager.manual_dir)
+        manual_dir = manual_folder(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
         if not manual_dir.is_dir():
             raise LayoutError(manual_dir, "the manual download folder does not exist")
         cases = tcia_cases(manual_dir) if config.layout == "tcia" else npz_cases(manual_dir)

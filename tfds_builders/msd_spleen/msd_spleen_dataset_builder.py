@@ -31,6 +31,7 @@ from kseg.data.preprocess3d import (
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
 from kseg.io import read_nifti, read_nifti_labels
 from tfds_builders._foreground import ForegroundTally
+from tfds_builders._manual import manual_folder
 from tfds_builders.msd_spleen.layout import (
     EXPECTED_LAYOUT,
     Case,
@@ -137,7 +138,7 @@ The macOS "._*" files inside the archive are ignored. The files are read, never 
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config = self.builder_config
-        task_dir = task_folder(dl_manager.manual_dir)
+        task_dir = task_folder(manual_folder(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS))
         labelled, unlabelled = cases_from_dataset_json(task_dir)
         folds = fold_splits(
             [case.patient_id for case in labelled],

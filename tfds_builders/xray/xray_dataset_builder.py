@@ -35,11 +35,11 @@ import re
 
 import numpy as np
 import tensorflow_datasets as tfds
-from etils import epath
 
 from kseg.data.examples import fold_splits
 from kseg.io import LabelRule
 from tfds_builders._foreground import ForegroundTally
+from tfds_builders._manual import manual_folder
 from tfds_builders.xray.layout import (
     GENERIC_LAYOUT,
     JSRT_LAYOUT,
@@ -263,7 +263,7 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         config = self.builder_config
-        root = epath.Path(dl_manager.manual_dir)
+        root = manual_folder(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
         records = find_records(root, config)
         patients = sorted({record.patient_id for record in records})
         splits = fold_splits(patients, config.num_folds, seed=config.split_seed, where=str(root))
