@@ -50,8 +50,11 @@ def load_model(filepath, **kwargs):
         FileNotFoundError: nothing exists at ``filepath``.
         kseg.errors.UnreadableFileError: ``filepath`` is a folder, is not a zip archive
             (truncated, empty or another format), is a zip archive without a Keras model
-            in it, or has a damaged member; the message names the file and what was
-            expected.
+            in it, has a damaged member or a config.json that is not JSON, or holds a
+            model Keras cannot rebuild (a class that neither Keras nor kseg registers, a
+            Python lambda refused by ``safe_mode``); the message names the file and what
+            was expected.
+        TypeError: a keyword argument ``keras.saving.load_model`` does not take.
 
     Example:
         >>> model = kseg.load_model("runs/chaos_liver/best.keras")  # doctest: +SKIP
@@ -59,13 +62,36 @@ def load_model(filepath, **kwargs):
     path = _checked_model_file(filepath)
     for module in _KERAS_REGISTRIES:
         importlib.import_module(module)
+    import inspect
+    import json
     import zipfile
     import zlib
 
     import keras
 
+    try:  # a wrong keyword is the caller's error, not the file's: report it as Python would
+        inspect.signature(keras.saving.load_model).bind(path, **kwargs)
+    except TypeError as error:
+        raise TypeError(f"kseg.load_model: {error}") from None
     try:
         return keras.saving.load_model(path, **kwargs)
+    except json.JSONDecodeError as error:
+        from kseg.errors import UnreadableFileError
+
+        raise UnreadableFileError(
+            path, f"holds a config.json that is not JSON ({error}); save the model again"
+        ) from error
+    except (TypeError, ValueError) as error:
+        # Raised while rebuilding the model from its config: a class neither Keras nor kseg
+        # registers, a config that does not fit its class, or a Python lambda refused by
+        # safe_mode.
+        from kseg.errors import UnreadableFileError
+
+        raise UnreadableFileError(
+            path,
+            f"cannot be rebuilt as a Keras model ({type(error).__name__}: {error}); it was "
+            "saved from code kseg does not provide, or is damaged",
+        ) from error
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as error:
         # Only the archive's contents are left to fail here: its layout was checked.
         from kseg.errors import UnreadableFileError

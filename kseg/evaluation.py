@@ -462,7 +462,8 @@ def evaluate_volumes(
             ``y_pred`` is on the same grid, either probabilities ``(*spatial, C)`` (one
             channel: foreground where ``>= threshold``; several: argmax) or a label map
             ``(*spatial)`` (integers used as they are, floats thresholded). ``spacing`` is
-            the voxel size in mm per spatial axis (``None`` gives distances in voxels).
+            the voxel size in mm per spatial axis (``None`` gives distances in voxels),
+            checked whichever metrics are chosen.
         metrics: names from ``dice, iou, precision, recall, specificity, accuracy`` and the
             spacing-aware ``hd95, hausdorff, assd, volume_difference, ravd``
             (:mod:`kseg.metrics`; each keeps its documented empty-mask value).
@@ -482,6 +483,13 @@ def evaluate_volumes(
         ``reference_empty`` column (``reference_empty_<label>`` with ``labels``) that is
         True where the reference holds no voxel of it; :attr:`PatientTable.empty_references`
         lists those patients.
+
+    Raises:
+        ValueError: no cases; a case that is not a 4-tuple; a reference or prediction with
+            NaN or infinite values; a spacing that is not one finite positive size per axis;
+            a patient listed twice; unknown metrics or a threshold outside (0, 1).
+        AlignmentError: a prediction off the reference grid.
+        MaskError: a reference with labels other than 0/1 and no ``labels`` given.
 
     Example:
         >>> table = evaluate_volumes(
@@ -506,7 +514,7 @@ def evaluate_volumes(
     class_labels = _normalise_labels(labels)
     table = PatientTable()
     for case in tqdm(cases, desc="evaluating", unit="patient", disable=not progress):
-        patient_id, y_true, y_pred, spacing = case
+        patient_id, y_true, y_pred, spacing = _checked_case(case)
         table.add(
             patient_id,
             _score_case(
@@ -521,9 +529,41 @@ def evaluate_volumes(
                 postprocess,
             ),
         )
+    if not len(table):
+        raise ValueError("cases is empty: evaluate_volumes needs at least one patient to score")
     if warn_empty:
         _warn_empty_references("evaluate_volumes", table)
     return table
+
+
+def _checked_case(case) -> tuple:
+    """``(patient_id, y_true, y_pred, spacing)`` with the arrays and the spacing checked.
+
+    The spacing is checked whether or not a chosen metric uses it, so that a wrong one is
+    found on the first run rather than when a distance metric is added later.
+    """
+    from kseg.metrics import _spacing
+
+    if isinstance(case, (str, bytes)) or not hasattr(case, "__len__") or len(case) != 4:
+        raise ValueError(
+            "each item of cases must be a (patient_id, y_true, y_pred, spacing) tuple, got "
+            f"{type(case).__name__} of length {len(case) if hasattr(case, '__len__') else '?'}"
+        )
+    patient_id, y_true, y_pred, spacing = case
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    for name, values in (("reference", y_true), ("prediction", y_pred)):
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            bad = int(np.count_nonzero(~np.isfinite(values)))
+            raise ValueError(
+                f"patient {patient_id!r}: the {name} holds {bad} NaN or infinite values of "
+                f"{values.size}; they would be scored as background"
+            )
+    if spacing is not None:
+        try:
+            _spacing(spacing, y_true.ndim)
+        except ValueError as error:
+            raise ValueError(f"patient {patient_id!r}: {error}") from None
+    return patient_id, y_true, y_pred, spacing
 
 
 @dataclasses.dataclass(frozen=True)

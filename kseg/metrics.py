@@ -474,7 +474,13 @@ def _spacing(spacing, ndim) -> tuple[float, ...]:
         return (1.0,) * ndim
     if np.ndim(spacing) == 0:
         spacing = (spacing,) * ndim
-    spacing = tuple(float(s) for s in np.asarray(spacing, dtype=float).ravel())
+    try:
+        spacing = tuple(float(s) for s in np.asarray(spacing, dtype=float).ravel())
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"spacing must be {ndim} positive voxel sizes in mm (one per array axis), got "
+            f"{spacing!r} ({error})"
+        ) from None
     if len(spacing) != ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(
             f"spacing must be {ndim} positive voxel sizes in mm (one per array axis), got {spacing}"

@@ -178,3 +178,110 @@ def test_radiograph_dicom_without_preamble_or_file_meta(tmp_path):
     np.testing.assert_array_equal(image, stored)
     assert bit_depth == 12
     assert _fingerprint(path) == before
+
+
+_BUILDERS = ["chaos/ct", "lctsc/lungs", "xray/generic", "msd_spleen/raw"]
+
+
+@pytest.mark.parametrize("name", _BUILDERS)
+@pytest.mark.parametrize("kind", ["missing", "empty", "file"])
+def test_builder_manual_dir_that_is_not_a_folder_is_a_layout_error(tmp_path, name, kind):
+    import tensorflow_datasets as tfds
+
+    import tfds_builders.chaos
+    import tfds_builders.lctsc
+    import tfds_builders.msd_spleen
+    import tfds_builders.xray  # noqa: F401  (registers the builders)
+    from kseg.errors import LayoutError
+
+    manual = tmp_path / "download"
+    if kind == "empty":
+        manual.mkdir()
+    elif kind == "file":
+        manual.write_bytes(b"not a folder")
+    builder = tfds.builder(name, data_dir=str(tmp_path / "tfds"))
+    config = tfds.download.DownloadConfig(manual_dir=str(manual))
+    with pytest.raises(LayoutError) as caught:
+        builder.download_and_prepare(download_config=config)
+    assert str(manual) in str(caught.value)
+    if kind == "file":
+        assert manual.read_bytes() == b"not a folder"
+
+
+def _volume_pair():
+    reference = np.zeros((4, 8, 8), np.uint8)
+    reference[1:3, 2:6, 2:6] = 1
+    return reference
+
+
+@pytest.mark.parametrize(
+    ("cases", "named"),
+    [
+        ([], "cases"),
+        ([("p1", _volume_pair())], "cases"),
+        ([("p1", _volume_pair(), np.full((4, 8, 8), np.nan), (1, 1, 1))], "NaN"),
+        ([("p1", _volume_pair(), _volume_pair(), (1, 1))], "spacing"),
+        ([("p1", _volume_pair(), _volume_pair(), (np.nan, 1, 1))], "spacing"),
+        ([("p1", _volume_pair(), _volume_pair(), (0, 1, 1))], "spacing"),
+        ([("p1", _volume_pair(), _volume_pair(), "abc")], "spacing"),
+    ],
+    ids=["empty", "2-tuple", "nan-prediction", "spacing-2", "spacing-nan", "spacing-0", "str"],
+)
+def test_evaluate_volumes_refuses_malformed_cases(cases, named):
+    from kseg.evaluation import evaluate_volumes
+
+    # Dice alone needs no spacing: a wrong one must still be found on the first run.
+    with pytest.raises(ValueError, match=named):
+        evaluate_volumes(cases, metrics=("dice",), progress=False)
+
+
+def test_hd95_with_a_string_spacing_names_the_argument():
+    from kseg.metrics import hd95
+
+    with pytest.raises(ValueError, match="spacing must be 3"):
+        hd95(_volume_pair(), _volume_pair(), spacing="ab")
+
+
+def _keras_zip(path, config: str) -> None:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("config.json", config)
+        archive.writestr("metadata.json", '{"keras_version": "3.15.0"}')
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ("{not json", "not JSON"),
+        (
+            '{"module": "nowhere", "class_name": "Boom", "config": {}, '
+            '"registered_name": "nowhere>Boom"}',
+            "cannot be rebuilt",
+        ),
+        (
+            '{"module": "keras.layers", "class_name": "Lambda", "config": {"function": '
+            '{"class_name": "__lambda__", "config": {"code": "abc", "defaults": null, '
+            '"closure": null}}}, "registered_name": null}',
+            "cannot be rebuilt",
+        ),
+    ],
+    ids=["config-not-json", "foreign-class", "lambda"],
+)
+def test_load_model_on_a_foreign_or_damaged_archive(tmp_path, config, problem):
+    import kseg
+
+    path = tmp_path / "model.keras"
+    _keras_zip(path, config)
+    before = _fingerprint(path)
+    with pytest.raises(UnreadableFileError, match=problem) as caught:
+        kseg.load_model(path)
+    assert str(path) in str(caught.value)
+    assert _fingerprint(path) == before
+
+
+def test_load_model_wrong_keyword_is_a_type_error(tmp_path):
+    import kseg
+
+    path = tmp_path / "model.keras"
+    _keras_zip(path, "{}")
+    with pytest.raises(TypeError, match="colour"):
+        kseg.load_model(path, colour="blue")
