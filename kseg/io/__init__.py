@@ -10,6 +10,7 @@ from kseg.io.dicom import (
     read_dicom_series,
     scan_dicom_files,
 )
+from kseg.io.dicom_seg import read_dicom_seg, read_dicom_seg_masks, write_dicom_seg
 from kseg.io.masks import (
     CHAOS_MR_LABEL_RANGES,
     LabelRule,
@@ -89,4 +90,7 @@ __all__ = [
     "label_outlines",
     "write_rtstruct",
     "write_png_stack",
+    "read_dicom_seg",
+    "read_dicom_seg_masks",
+    "write_dicom_seg",
 ]

@@ -1,0 +1,518 @@
+"""DICOM Segmentation objects (DICOM-SEG): label maps out through highdicom, and back in as
+kseg Volumes with pydicom alone.
+
+:func:`write_dicom_seg` needs the optional extra ``kseg[seg]`` (highdicom); the readers
+need nothing beyond pydicom, so kseg reads the SEG files other tools write (dcmqi, 3D
+Slicer, highdicom) whether or not highdicom is installed.
+
+A SEG file stores, per segment, one binary frame per slice the segment appears on, each
+frame with its own ImagePositionPatient (and usually the SOPInstanceUID of the image it was
+drawn on). :func:`read_dicom_seg_masks` places each frame on a grid:
+
+* **With the reference series** (the Volume :func:`kseg.io.read_dicom_series` returned for
+  the images the SEG was drawn on), on that series' grid: a frame goes on the slice whose
+  SOPInstanceUID it references, else on the slice its position falls on; its in-plane
+  origin, orientation, pixel spacing and size must be the series' (or an AlignmentError
+  says which differs).
+* **Without it**, on the grid the frames span: slices sorted along the normal of their
+  orientation (as :func:`kseg.io.read_dicom_series` sorts images), spaced by
+  SpacingBetweenSlices (else by the smallest gap between frame positions).
+
+Reference:
+    DICOM PS3.3 A.51 (Segmentation IOD), C.8.20 (Segmentation Image Module); Herz C. et al.,
+    "highdicom: a Python library for standardized encoding of image annotations and machine
+    learning model outputs in pathology and radiology", J. Digit. Imaging 35, 1719-1737
+    (2022).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import pathlib
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import generate_uid
+
+from kseg._files import atomic_output
+from kseg.errors import AlignmentError, MaskError, UnreadableFileError
+from kseg.io.rtstruct_writer import BlankSeriesUidWarning, _label_array, _roi_names
+from kseg.io.volume import Volume
+
+__all__ = ["read_dicom_seg", "read_dicom_seg_masks", "write_dicom_seg"]
+
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+_LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+# A frame lies on a slice / the grid's origin when its position is this close (in slices /
+# pixels) to it: SEG writers round positions (dcmqi keeps 7 significant digits).
+_POSITION_TOLERANCE = 0.05
+
+
+def write_dicom_seg(
+    labels: np.ndarray | Volume,
+    reference_series: Volume,
+    path: os.PathLike | str,
+    segment_names: Mapping[int, str] | Sequence[str],
+    *,
+    series_description: str = "kseg segmentation",
+    algorithm_name: str = "kseg",
+    algorithm_version: str | None = None,
+) -> pathlib.Path:
+    """Write a label map on a DICOM series' grid as a binary DICOM-SEG drawn on that series.
+
+    Built by highdicom (``pip install kseg[seg]``): one segment per named label, each frame
+    referencing its source image, patient and study copied from the series, segments
+    marked AUTOMATIC with the algorithm's name and version (family: artificial
+    intelligence), property category "Anatomical Structure" and type "Organ" (SNOMED CT).
+    Empty frames are left out. Segment numbers are 1, 2, ... over the named labels in
+    increasing order, so labels 1..n keep their values; the segment label is the name.
+    Written atomically (temporary name beside ``path``, then renamed).
+
+    Args:
+        labels: ``(z, y, x)`` integer label map (0 is background) on the series' grid, or
+            a Volume on that grid.
+        reference_series: the series, as :func:`kseg.io.read_dicom_series` returns it.
+        path: the SEG file to write.
+        segment_names: ``{label value: segment label}``, or names for labels 1, 2, ...
+            Every nonzero value of ``labels`` needs one.
+        series_description: SeriesDescription of the SEG.
+        algorithm_name, algorithm_version: the AlgorithmIdentificationSequence (version:
+            kseg's by default).
+
+    Returns:
+        ``path`` as a path.
+
+    Raises:
+        ImportError: highdicom is not installed.
+        ValueError: as :func:`kseg.io.write_rtstruct` (labels off the grid, unnamed or
+            negative values, repeated names, ``path`` one of the series' files).
+        OSError: a file of the series cannot be read.
+
+    Warns:
+        BlankSeriesUidWarning: the series has no StudyInstanceUID / SeriesInstanceUID; the
+            SEG references new ones.
+
+    Example:
+        >>> ct = read_dicom_series("ct_folder")  # doctest: +SKIP
+        >>> write_dicom_seg(prediction, ct, "seg.dcm", {1: "Liver", 2: "Spleen"})
+        ... # doctest: +SKIP
+    """
+    try:
+        import highdicom as hd
+        from pydicom.sr.codedict import codes
+    except ImportError as exc:
+        raise ImportError(
+            "write_dicom_seg needs highdicom: pip install 'kseg[seg]'"
+        ) from exc
+    import kseg
+
+    array = _label_array(labels, reference_series)
+    names = _roi_names(segment_names)
+    present = {int(v) for v in np.unique(array)} - {0}
+    unnamed = sorted(present - set(names))
+    if unnamed:
+        raise ValueError(
+            f"labels holds values without a segment name: {unnamed[:10]}; segment_names "
+            f"covers {sorted(names)}"
+        )
+    path = pathlib.Path(path)
+    if os.path.realpath(path) in {os.path.realpath(f) for f in reference_series.source_files}:
+        raise ValueError(f"{path}: is a file of the reference series; it would be overwritten")
+    sources = _source_datasets(reference_series)
+
+    values = sorted(names)
+    segment_of = np.zeros(max(values) + 1, np.uint16)
+    segment_of[values] = np.arange(1, len(values) + 1)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=algorithm_name,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=algorithm_version or kseg.__version__,
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=names[value],
+            segmented_property_category=codes.SCT.AnatomicalStructure,
+            segmented_property_type=codes.SCT.Organ,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number, value in enumerate(values, start=1)
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=segment_of[array],
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=1,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="kseg",
+        manufacturer_model_name=algorithm_name,
+        software_versions=f"kseg {kseg.__version__}",
+        device_serial_number="",
+        series_description=series_description,
+    )
+    with atomic_output(path) as temporary:
+        seg.save_as(temporary, enforce_file_format=True)
+    return path
+
+
+def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
+    """The series' headers in array order, as highdicom needs them; UIDs an anonymiser
+    blanked are restored from the file meta (SOP instance) or replaced (study, series)."""
+    if len(series.source_files) != series.shape[0]:
+        raise ValueError(
+            f"reference_series has {len(series.source_files)} source files for "
+            f"{series.shape[0]} slices: pass the Volume read_dicom_series returns"
+        )
+    datasets = []
+    for path in series.source_files:
+        try:
+            datasets.append(pydicom.dcmread(path, stop_before_pixels=True, force=True))
+        except Exception as exc:  # pydicom raises many types on damaged files
+            raise OSError(f"{path}: cannot read the series' header ({exc})") from exc
+    replaced = {}
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+        if not all(str(ds.get(keyword, "") or "") for ds in datasets):
+            replaced[keyword] = generate_uid()
+    if replaced:
+        warnings.warn(
+            BlankSeriesUidWarning(
+                f"{os.path.dirname(series.source_files[0])}: the series has no "
+                f"{' and '.join(replaced)} (blanked by an anonymiser?); the SEG references "
+                "new ones and is tied to the images by their FrameOfReferenceUID and "
+                "SOPInstanceUIDs only"
+            ),
+            stacklevel=3,
+        )
+    patched = []
+    for path, ds in zip(series.source_files, datasets, strict=True):
+        ds = copy.deepcopy(ds)
+        for keyword, uid in replaced.items():
+            setattr(ds, keyword, uid)
+        if not str(ds.get("SOPInstanceUID", "") or ""):
+            uid = str(ds.file_meta.get("MediaStorageSOPInstanceUID", "") or "")
+            if not uid:
+                raise ValueError(f"{path}: the slice has no SOPInstanceUID; a SEG references it")
+            ds.SOPInstanceUID = uid
+        if not str(ds.get("SOPClassUID", "") or ""):
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet  # empty: the default repertoire, as if absent
+        patched.append(ds)
+    return patched
+
+
+def read_dicom_seg_masks(
+    path: os.PathLike | str, *, reference_series: Volume | None = None
+) -> dict[int, Volume]:
+    """Read each segment of a DICOM-SEG as a binary mask Volume.
+
+    See the module docstring for how frames are placed on a grid.
+
+    Args:
+        path: the SEG file (BINARY, or FRACTIONAL read as value >= half the maximum).
+        reference_series: the series the SEG was drawn on; its grid is used.
+
+    Returns:
+        ``{segment number: Volume}`` in SegmentSequence order; each array ``uint8`` 0/1,
+        ``metadata["segment_label"]`` the SegmentLabel, ``source_files`` the SEG file.
+
+    Raises:
+        UnreadableFileError: not DICOM, not a Segmentation, or its frames lack the
+            position / orientation / spacing / segment number needed to place them.
+        AlignmentError: with ``reference_series``: another FrameOfReferenceUID, another
+            orientation, pixel spacing or size, or frames off the series' slices.
+    """
+    path = os.fspath(path)
+    ds = _read_segmentation(path)
+    frames = _frames(path, ds)
+    if reference_series is None:
+        grid = _grid_of_frames(path, ds, frames)
+    else:
+        grid = _grid_of_series(path, ds, frames, reference_series)
+    pixels = _pixels(path, ds)
+    labels = {
+        int(item.SegmentNumber): str(item.get("SegmentLabel", "") or "")
+        for item in ds.SegmentSequence
+    }
+    masks = {number: np.zeros(grid.shape, np.uint8) for number in labels}
+    for frame, (number, k) in enumerate(zip(frames.segments, grid.slices, strict=True)):
+        if number not in masks:
+            raise UnreadableFileError(
+                path, f"frame {frame} names segment {number}, which SegmentSequence lacks"
+            )
+        masks[number][k] |= pixels[frame]
+    metadata = {
+        "frame_of_reference_uid": str(ds.get("FrameOfReferenceUID", "") or ""),
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "") or ""),
+    }
+    return {
+        number: Volume(
+            array=mask,
+            affine=grid.affine,
+            patient_id=str(ds.get("PatientID", "") or ""),
+            source_files=(path,),
+            metadata={**metadata, "segment_label": labels[number]},
+        )
+        for number, mask in masks.items()
+    }
+
+
+def read_dicom_seg(
+    path: os.PathLike | str, *, reference_series: Volume | None = None
+) -> Volume:
+    """Read a DICOM-SEG as one label map: each voxel holds its segment number (0: none).
+
+    Args:
+        path: the SEG file.
+        reference_series: the series the SEG was drawn on; its grid is used (see
+            :func:`read_dicom_seg_masks`).
+
+    Returns:
+        A ``uint16`` label Volume; ``metadata["segment_labels"]`` maps segment numbers to
+        SegmentLabels.
+
+    Raises:
+        MaskError: segments overlap (a label map cannot hold both); the message names them
+            (use :func:`read_dicom_seg_masks`).
+        UnreadableFileError, AlignmentError: see :func:`read_dicom_seg_masks`.
+
+    Example:
+        >>> ct = read_dicom_series("ct-3slice")  # doctest: +SKIP
+        >>> liver = read_dicom_seg("liver.dcm", reference_series=ct)  # doctest: +SKIP
+        >>> liver.metadata["segment_labels"]  # doctest: +SKIP
+        {1: 'Liver'}
+    """
+    masks = read_dicom_seg_masks(path, reference_series=reference_series)
+    if not masks:
+        raise UnreadableFileError(path, "the SEG holds no segment")
+    first = next(iter(masks.values()))
+    labels = np.zeros(first.shape, np.uint16)
+    overlaps = set()
+    for number, mask in masks.items():
+        inside = mask.array.astype(bool)
+        for other in np.unique(labels[inside & (labels > 0)]):
+            overlaps.add((int(other), number))
+        labels[inside] = number
+    if overlaps:
+        described = ", ".join(f"{a} and {b}" for a, b in sorted(overlaps))
+        raise MaskError(
+            path,
+            f"segments overlap ({described}), which one label map cannot hold; read them "
+            "with read_dicom_seg_masks",
+        )
+    metadata = {key: value for key, value in first.metadata.items() if key != "segment_label"}
+    metadata["segment_labels"] = {n: m.metadata["segment_label"] for n, m in masks.items()}
+    return Volume(labels, first.affine, first.patient_id, first.source_files, metadata)
+
+
+class _Frames:
+    def __init__(self, positions, segments, sources, orientation, spacing):
+        self.positions = positions  # (n, 3) LPS
+        self.segments = segments  # segment number per frame
+        self.sources = sources  # referenced SOPInstanceUID per frame ("" if none)
+        self.orientation = orientation  # (6,)
+        self.spacing = spacing  # (row spacing, column spacing)
+
+
+class _Grid:
+    def __init__(self, shape, affine, slices):
+        self.shape = shape
+        self.affine = affine
+        self.slices = slices  # slice index per frame
+
+
+def _read_segmentation(path: str) -> pydicom.Dataset:
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError as exc:
+        raise UnreadableFileError(path, f"not a DICOM file ({exc})") from exc
+    except Exception as exc:  # pydicom raises many types on damaged files
+        raise UnreadableFileError(path, f"DICOM file cannot be read ({exc})") from exc
+    if str(ds.get("SOPClassUID", "")) != SEGMENTATION_STORAGE and ds.get("Modality") != "SEG":
+        raise UnreadableFileError(
+            path,
+            f"expected a DICOM Segmentation (SOP Class {SEGMENTATION_STORAGE}), got "
+            f"Modality {ds.get('Modality') or '(none)'}, SOP Class "
+            f"{ds.get('SOPClassUID') or '(none)'}",
+        )
+    if ds.get("SegmentationType") not in ("BINARY", "FRACTIONAL"):
+        raise UnreadableFileError(
+            path, f"SegmentationType {ds.get('SegmentationType')!r} is not BINARY or FRACTIONAL"
+        )
+    return ds
+
+
+def _functional(path: str, ds: pydicom.Dataset, frame: int, sequence: str, keyword: str):
+    """``keyword`` of ``sequence`` from the frame's functional groups, else the shared ones."""
+    groups = []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is not None and frame < len(per_frame):
+        groups.append(per_frame[frame])
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        groups.append(shared[0])
+    for group in groups:
+        items = group.get(sequence)
+        if items and keyword in items[0]:
+            return items[0].get(keyword)
+    raise UnreadableFileError(path, f"frame {frame} has no {sequence} > {keyword}")
+
+
+def _frames(path: str, ds: pydicom.Dataset) -> _Frames:
+    count = int(ds.get("NumberOfFrames", 1) or 1)
+    positions, segments, sources, orientations, spacings = [], [], [], [], []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    for frame in range(count):
+        try:
+            positions.append([float(v) for v in _functional(
+                path, ds, frame, "PlanePositionSequence", "ImagePositionPatient")])
+            orientations.append([float(v) for v in _functional(
+                path, ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")])
+            spacings.append([float(v) for v in _functional(
+                path, ds, frame, "PixelMeasuresSequence", "PixelSpacing")])
+            segments.append(int(_functional(
+                path, ds, frame, "SegmentIdentificationSequence", "ReferencedSegmentNumber")))
+        except (TypeError, ValueError) as exc:
+            raise UnreadableFileError(path, f"frame {frame}: unusable geometry ({exc})") from exc
+        uid = ""
+        if frame < len(per_frame):
+            for derivation in per_frame[frame].get("DerivationImageSequence", []):
+                for source in derivation.get("SourceImageSequence", []):
+                    uid = uid or str(source.get("ReferencedSOPInstanceUID", "") or "")
+        sources.append(uid)
+    positions = np.array(positions, float)
+    orientations = np.array(orientations, float)
+    spacings = np.array(spacings, float)
+    if positions.shape != (count, 3) or orientations.shape != (count, 6) or (
+        spacings.shape != (count, 2)
+    ):
+        raise UnreadableFileError(path, "frames hold positions, orientations or spacings of "
+                                        "the wrong length")
+    if not np.isfinite(positions).all() or not np.allclose(orientations, orientations[0],
+                                                           atol=1e-4):
+        raise UnreadableFileError(path, "frames differ in orientation or hold non-finite "
+                                        "positions; cannot put them on one grid")
+    if not np.allclose(spacings, spacings[0], rtol=1e-4) or (spacings[0] <= 0).any():
+        raise UnreadableFileError(path, "frames differ in pixel spacing or it is not positive")
+    return _Frames(positions, segments, sources, orientations[0], spacings[0])
+
+
+def _pixels(path: str, ds: pydicom.Dataset) -> np.ndarray:
+    try:
+        pixels = np.asarray(ds.pixel_array)
+    except Exception as exc:  # pydicom raises many types on damaged pixel data
+        raise UnreadableFileError(path, f"pixel data cannot be decoded ({exc})") from exc
+    pixels = pixels.reshape(int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns))
+    if ds.SegmentationType == "FRACTIONAL":
+        maximum = float(ds.get("MaximumFractionalValue", 255) or 255)
+        return (pixels >= maximum / 2).astype(np.uint8)
+    return (pixels > 0).astype(np.uint8)
+
+
+def _index_affine(frames: _Frames, origin: np.ndarray, step: float) -> np.ndarray:
+    row_cosine, column_cosine = frames.orientation[:3], frames.orientation[3:]
+    normal = np.cross(row_cosine, column_cosine)
+    row_spacing, column_spacing = frames.spacing
+    affine = np.eye(4)
+    affine[:3, 0] = normal * step * _LPS_TO_RAS
+    affine[:3, 1] = column_cosine * row_spacing * _LPS_TO_RAS
+    affine[:3, 2] = row_cosine * column_spacing * _LPS_TO_RAS
+    affine[:3, 3] = origin * _LPS_TO_RAS
+    return affine
+
+
+def _grid_of_frames(path: str, ds: pydicom.Dataset, frames: _Frames) -> _Grid:
+    normal = np.cross(frames.orientation[:3], frames.orientation[3:])
+    along = frames.positions @ normal
+    first = int(np.argmin(along))
+    offsets = along - along[first]
+    distinct = np.unique(np.round(offsets, 4))
+    spacing = _functional_or_none(ds, "PixelMeasuresSequence", "SpacingBetweenSlices")
+    if spacing is None or spacing <= 0:
+        gaps = np.diff(distinct)
+        spacing = float(gaps.min()) if len(gaps) else float(
+            _functional_or_none(ds, "PixelMeasuresSequence", "SliceThickness") or 1.0
+        )
+    index = offsets / spacing
+    if np.abs(index - np.round(index)).max() > _POSITION_TOLERANCE:
+        raise UnreadableFileError(
+            path, f"frame positions are not whole multiples of the slice spacing {spacing} mm"
+        )
+    affine = _index_affine(frames, frames.positions[first], spacing)
+    in_plane = _to_index(affine, frames.positions)[:, 1:]
+    if np.abs(in_plane).max() > _POSITION_TOLERANCE:
+        raise UnreadableFileError(path, "frames have different in-plane origins")
+    slices = np.round(index).astype(int)
+    shape = (int(slices.max()) + 1, int(ds.Rows), int(ds.Columns))
+    return _Grid(shape, affine, slices)
+
+
+def _grid_of_series(path: str, ds: pydicom.Dataset, frames: _Frames, series: Volume) -> _Grid:
+    series_frame = str(series.metadata.get("frame_of_reference_uid", "") or "")
+    seg_frame = str(ds.get("FrameOfReferenceUID", "") or "")
+    if series_frame and seg_frame and series_frame != seg_frame:
+        raise AlignmentError(
+            path, f"the SEG is in frame of reference {seg_frame}, the series in {series_frame}"
+        )
+    expected = _index_affine(frames, np.zeros(3), 1.0)
+    actual = series.affine[:3, 1:3]
+    if not np.allclose(expected[:3, 1:3], actual, atol=1e-3 * max(frames.spacing)):
+        raise AlignmentError(
+            path,
+            f"the SEG's orientation {frames.orientation.tolist()} and pixel spacing "
+            f"{frames.spacing.tolist()} differ from the series'",
+        )
+    if (int(ds.Rows), int(ds.Columns)) != series.shape[1:]:
+        raise AlignmentError(
+            path, f"the SEG's frames are {ds.Rows}x{ds.Columns}, the series' slices "
+            f"{series.shape[1]}x{series.shape[2]}",
+        )
+    index = _to_index(series.affine, frames.positions)
+    slice_of_uid = {
+        str(uid): k for k, uid in enumerate(series.metadata.get("sop_instance_uids", ())) if uid
+    }
+    slices = []
+    for frame, (uid, (k, j, i)) in enumerate(zip(frames.sources, index, strict=True)):
+        nearest = int(np.round(k))
+        if max(abs(j), abs(i), abs(k - nearest)) > _POSITION_TOLERANCE or not (
+            0 <= nearest < series.shape[0]
+        ):
+            raise AlignmentError(
+                path,
+                f"frame {frame} lies at slice {k:.2f}, row {j:.2f}, column {i:.2f} of the "
+                "series, not on one of its slices",
+            )
+        if uid in slice_of_uid and slice_of_uid[uid] != nearest:
+            raise AlignmentError(
+                path,
+                f"frame {frame} references slice {slice_of_uid[uid]} but lies on slice "
+                f"{nearest}",
+            )
+        slices.append(nearest)
+    return _Grid(series.shape, series.affine, np.array(slices, int))
+
+
+def _to_index(affine: np.ndarray, lps: np.ndarray) -> np.ndarray:
+    inverse = np.linalg.inv(affine)
+    return (lps * _LPS_TO_RAS) @ inverse[:3, :3].T + inverse[:3, 3]
+
+
+def _functional_or_none(ds: pydicom.Dataset, sequence: str, keyword: str) -> float | None:
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    if shared:
+        items = shared[0].get(sequence)
+        if items and items[0].get(keyword) not in (None, ""):
+            try:
+                return float(items[0].get(keyword))
+            except (TypeError, ValueError):
+                return None
+    return None
