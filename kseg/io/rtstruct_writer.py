@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pydicom
 from pydicom.uid import CTImageStorage, generate_uid
+from scipy import ndimage
 
 from kseg.io.dicom_writer import SeriesReference, rtstruct_dataset, write_dataset
 from kseg.io.rtstruct import Contour, RoiContours
@@ -242,12 +243,17 @@ def write_rtstruct(
     index_to_lps[:3] *= _RAS_TO_LPS[:, None]
     colors = colors or {}
     rois = []
+    # One pass finds every label's bounding box; each label is then outlined inside its own.
+    boxes = ndimage.find_objects(array) if present else []
     for position, (value, name) in enumerate(sorted(names.items())):
         contours = []
-        if value in present:
-            for k in np.flatnonzero((array == value).any(axis=(1, 2))):
-                outlines = _slice_outlines(array[k] == value)
-                for outline in outlines:
+        box = boxes[value - 1] if value in present else None
+        if box is not None:
+            inside = array[box] == value
+            for depth in np.flatnonzero(inside.any(axis=(1, 2))):
+                k = box[0].start + depth
+                for outline in _slice_outlines(inside[depth]):
+                    outline = outline + (box[1].start, box[2].start)
                     index = np.column_stack([np.full(len(outline), float(k)), outline])
                     points = index @ index_to_lps[:3, :3].T + index_to_lps[:3, 3]
                     contours.append(Contour(reference.sop_instance_uids[k], points))
