@@ -64,6 +64,55 @@ def check_folds(
                      f"{patients}: {advice}")
 
 
+# Options that count or size something: 0 or less is never a run (argparse's usage error).
+_POSITIVE_INTEGERS = (
+    "epochs", "image_size", "batch_size", "base_filters", "steps_per_epoch", "patch_size",
+    "roi_size", "validate_every", "max_train", "phantom_patients", "phantom_slices",
+    "phantom_size", "phantom_images", "phantom_cases",
+)
+_POSITIVE_NUMBERS = ("learning_rate", "max_minutes")
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with one clear line (argparse's usage error, exit code 2) for a value no run can
+    use, before TensorFlow loads: a ``--data-dir`` that is missing, a file or an empty folder,
+    an ``--output-dir`` that is a file, or a count, size or rate that is not positive."""
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir is not None:
+        if not os.path.exists(data_dir):
+            parser.error(f"--data-dir {data_dir} does not exist")
+        if not os.path.isdir(data_dir):
+            parser.error(f"--data-dir {data_dir} is a file; give the folder the download was "
+                         "extracted into")
+        with os.scandir(data_dir) as entries:
+            if next(entries, None) is None:
+                parser.error(f"--data-dir {data_dir} is empty; extract the download into it "
+                             "(see the dataset's README for the layout)")
+    output_dir = getattr(args, "output_dir", None)
+    if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        parser.error(f"--output-dir {output_dir} is a file; expected a folder to write into")
+    for name in _POSITIVE_INTEGERS:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for name in _POSITIVE_NUMBERS:
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def run(main) -> None:
+    """Call ``main()``; a kseg error (a file or folder of the data that is wrong) ends the
+    script with its message, which names the file, instead of a traceback (exit code 1)."""
+    from kseg.errors import KsegError  # standard library only: TensorFlow is not loaded here
+
+    try:
+        main()
+    except KsegError as error:
+        print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
 def patients_and_source(
     on_disk: int | None, manual_dir, phantom_count: int | None, phantom_option: str
 ) -> tuple[int | None, str]:

@@ -62,6 +62,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     phantom.add_argument("--phantom-slices", type=int, default=32)
     phantom.add_argument("--phantom-size", type=int, default=512, help="in-plane pixels")
     args = parser.parse_args(argv)
+    _common.check_arguments(parser, args)
     if args.output_dir is None:
         suffix = "" if args.data_dir else "_phantom"
         args.output_dir = pathlib.Path("kseg_runs") / f"chaos_liver{suffix}"
@@ -208,4 +209,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

@@ -88,6 +88,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     phantom.add_argument("--phantom-slices", type=int, default=24)
     phantom.add_argument("--phantom-size", type=int, default=256, help="in-plane pixels")
     args = parser.parse_args(argv)
+    _common.check_arguments(parser, args)
     if args.image_size % 8:
         parser.error("--image-size must be a multiple of 8 (three 2x poolings)")
     if args.output_dir is None:
@@ -251,4 +252,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

@@ -118,6 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     phantom.add_argument("--phantom-shape", type=int, nargs=3, default=(40, 96, 96),
                          metavar=("Z", "Y", "X"), help="voxels at 5 x 0.8 x 0.8 mm")
     args = parser.parse_args(argv)
+    _common.check_arguments(parser, args)
     defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -339,4 +340,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

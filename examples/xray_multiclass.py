@@ -96,6 +96,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     phantom.add_argument("--phantom-images", type=int, default=60)
     phantom.add_argument("--phantom-size", type=int, default=96, help="pixels per side")
     args = parser.parse_args(argv)
+    _common.check_arguments(parser, args)
     defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -305,4 +306,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

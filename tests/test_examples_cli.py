@@ -131,6 +131,7 @@ def test_more_folds_than_patients_in_data_dir_names_the_folder(name, tmp_path, c
 
 def test_data_dir_without_the_layout_is_left_to_the_builder(tmp_path):
     # nothing to count: the dataset builder reports the missing folders with the layout
+    (tmp_path / "readme.txt").write_text("not the CHAOS layout")
     args = load_example("chaos_liver").parse_args(["--data-dir", str(tmp_path), "--folds", "9"])
     assert args.folds == 9
 
@@ -153,3 +154,91 @@ def test_bad_folds_are_named(arguments, message, tmp_path, capsys):
         example.parse_args(["--output-dir", str(tmp_path / "run"), *arguments])
     assert stopped.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+
+
+def _data_dir(tmp_path, kind):
+    target = tmp_path / kind
+    if kind == "empty":
+        target.mkdir()
+    elif kind == "file":
+        target.write_text("not a folder")
+    return target
+
+
+@pytest.mark.parametrize("name", sorted(PHANTOM_OPTION))
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("missing", "does not exist"),
+        ("file", "is a file; give the folder the download was extracted into"),
+        ("empty", "is empty; extract the download into it"),
+    ],
+)
+def test_unusable_data_dir_is_one_usage_line(name, kind, message, tmp_path, capsys):
+    data_dir = _data_dir(tmp_path, kind)
+    with pytest.raises(SystemExit) as stopped:
+        load_example(name).parse_args(["--data-dir", str(data_dir)])
+    assert stopped.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert f"error: --data-dir {data_dir} {message}" in last
+
+
+@pytest.mark.parametrize("name", sorted(PHANTOM_OPTION))
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--epochs", "-1"], "--epochs must be at least 1, got -1"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--learning-rate", "nan"], "--learning-rate must be positive, got nan"),
+    ],
+)
+def test_non_positive_counts_are_one_usage_line(name, arguments, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        load_example(name).parse_args(["--output-dir", str(tmp_path / "run"), *arguments])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["chaos_liver", "lctsc_lungs", "xray_multiclass"])
+def test_image_size_zero_is_one_usage_line(name, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        load_example(name).parse_args(["--output-dir", str(tmp_path / "run"), "--image-size", "0"])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "error: --image-size must be at least 1, got 0"
+    )
+
+
+def test_output_dir_that_is_a_file_is_one_usage_line(tmp_path, capsys):
+    output = tmp_path / "out"
+    output.write_text("keep me")
+    with pytest.raises(SystemExit) as stopped:
+        load_example("chaos_liver").parse_args(["--output-dir", str(output)])
+    assert stopped.value.code == 2
+    assert "is a file; expected a folder to write into" in capsys.readouterr().err
+    assert output.read_text() == "keep me"
+
+
+def test_a_kseg_error_during_the_run_is_printed_without_traceback(monkeypatch, capsys):
+    from kseg.errors import LayoutError
+
+    common = load_example("_common")
+    monkeypatch.setattr(sys, "argv", ["chaos_liver.py"])
+
+    def main():
+        raise LayoutError("/data/CHAOS/Train_Sets/CT", "not found; expected the layout")
+
+    with pytest.raises(SystemExit) as stopped:
+        common.run(main)
+    assert stopped.value.code == 1
+    assert capsys.readouterr().err == (
+        "chaos_liver.py: error: /data/CHAOS/Train_Sets/CT: not found; expected the layout\n"
+    )
+
+    def failing():
+        raise RuntimeError("a bug, not a data problem")
+
+    with pytest.raises(RuntimeError, match="a bug"):  # other errors keep their traceback
+        common.run(failing)
