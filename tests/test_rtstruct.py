@@ -31,7 +31,7 @@ from kseg.io.rtstruct import (
     read_rtstruct,
     read_rtstruct_references,
 )
-from kseg.phantoms.lctsc import write_rtstruct
+from kseg.phantoms.lctsc import write_phantom_rtstruct
 
 NZ, ROWS, COLUMNS = 5, 40, 60
 ROW_SPACING, COLUMN_SPACING, SLICE_GAP = 0.7, 1.3, 2.5
@@ -87,8 +87,9 @@ def _pixel_centres(orientation):
 def _write_rois(path, rois, frame=FRAME):
     reference = SeriesReference("P1", "F", "1.2.826.0.1.3680043.10.1.1", SERIES, frame,
                                 tuple(_slice_uid(k) for k in range(NZ)))
-    return write_rtstruct(path, rois, reference, series_instance_uid="1.2.826.0.1.3680043.10.2",
-                          sop_instance_uid="1.2.826.0.1.3680043.10.2.1")
+    return write_phantom_rtstruct(path, rois, reference,
+                                  series_instance_uid="1.2.826.0.1.3680043.10.2",
+                                  sop_instance_uid="1.2.826.0.1.3680043.10.2.1")
 
 
 def _polygon(xy, z):

@@ -574,7 +574,7 @@ def lctsc_phantom_case(
     )
 
 
-def write_rtstruct(
+def write_phantom_rtstruct(
     path: os.PathLike | str,
     rois: Sequence[RoiContours],
     reference: SeriesReference,
@@ -607,7 +607,7 @@ def write_rtstruct(
         >>> square = np.array([[0, 0, 0], [10, 0, 0], [10, 10, 0], [0, 10, 0]], float)
         >>> roi = RoiContours(1, "Heart", (255, 0, 0), (Contour("1.2.3.4.1", square),))
         >>> import tempfile
-        >>> path = write_rtstruct(tempfile.mkdtemp() + "/rs.dcm", [roi], ref,
+        >>> path = write_phantom_rtstruct(tempfile.mkdtemp() + "/rs.dcm", [roi], ref,
         ...                       series_instance_uid="1.2.3.6", sop_instance_uid="1.2.3.6.1")
         >>> pydicom.dcmread(path).StructureSetROISequence[0].ROIName
         'Heart'
@@ -832,7 +832,7 @@ def _write_tcia_patient(folder: pathlib.Path, case: LctscPhantomCase, seed: int)
         frame_of_reference_uid=uids["frame"],
         sop_instance_uids=tuple(sop_uids),
     )
-    write_rtstruct(rt_folder / "1-1.dcm", rois, reference,
+    write_phantom_rtstruct(rt_folder / "1-1.dcm", rois, reference,
                    series_instance_uid=uids["rt_series"], sop_instance_uid=uids["rt_instance"],
                    study_date="20031116")
 
