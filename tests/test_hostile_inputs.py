@@ -285,3 +285,44 @@ def test_load_model_wrong_keyword_is_a_type_error(tmp_path):
     _keras_zip(path, "{}")
     with pytest.raises(TypeError, match="colour"):
         kseg.load_model(path, colour="blue")
+
+
+def test_nifti_header_declaring_an_impossible_size_names_it(tmp_path):
+    import nibabel as nib
+
+    from kseg.io import read_nifti
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((32767, 32767, 32767))  # 2.8e14 bytes: beyond any address space
+    header.set_data_dtype(np.float64)
+    header.set_sform(np.eye(4), code=1)
+    path = tmp_path / "huge.nii"
+    path.write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 1024)
+    before = _fingerprint(path)
+    with pytest.raises(UnreadableFileError, match=r"declares shape \(32767, 32767, 32767\)") as e:
+        read_nifti(path)
+    assert str(path) in str(e.value)
+    assert _fingerprint(path) == before
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exception", "named"),
+    [
+        ({"output_dir": 5}, TypeError, "output_dir"),
+        ({"validation": "val"}, TypeError, "validation"),
+        ({"monitor": ""}, ValueError, "monitor"),
+        ({"mode": "up"}, ValueError, "mode"),
+        ({"reduce_lr_patience": -1}, ValueError, "reduce_lr_patience"),
+        ({"reduce_lr_patience": 2.5}, ValueError, "reduce_lr_patience"),
+    ],
+)
+def test_training_callbacks_checks_arguments_before_creating_anything(
+    tmp_path, kwargs, exception, named
+):
+    from kseg.training import training_callbacks
+
+    arguments = {"output_dir": tmp_path / "run", "validation": None, **kwargs}
+    output_dir, validation = arguments.pop("output_dir"), arguments.pop("validation")
+    with pytest.raises(exception, match=named):
+        training_callbacks(output_dir, validation, **arguments)
+    assert not (tmp_path / "run").exists()

@@ -127,7 +127,12 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
     try:
         data = np.asarray(image.dataobj)
     except Exception as exc:  # cut-short data: EOFError, ValueError (mmap), zlib.error
-        raise UnreadableFileError(path, f"voxel data cannot be read ({exc})") from exc
+        declared = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
+        raise UnreadableFileError(
+            path,
+            f"voxel data cannot be read: the header declares shape {shape} of {dtype} "
+            f"({declared} bytes) ({type(exc).__name__}: {exc})",
+        ) from exc
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:

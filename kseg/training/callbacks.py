@@ -511,13 +511,40 @@ def training_callbacks(
 
     Raises:
         kseg.errors.LayoutError: ``output_dir`` (or a folder above it) is a file.
+        TypeError: ``output_dir`` is not a path, or ``validation`` is neither a Keras
+            callback nor ``None``.
+        ValueError: ``monitor`` is not a non-empty log key, ``mode`` is not ``"max"`` or
+            ``"min"``, or ``reduce_lr_patience`` is not ``None`` or an integer >= 0 (all
+            checked before anything is created).
 
     Example:
         >>> callbacks = training_callbacks("runs/liver", VolumeValidation.from_slices(
         ...     val_slices, preprocess=prep))  # doctest: +SKIP
         >>> model.fit(train, validation_data=val, epochs=50, callbacks=callbacks)  # doctest: +SKIP
     """
-    output_dir = os.fspath(output_dir)
+    try:
+        output_dir = os.fspath(output_dir)
+    except TypeError:
+        raise TypeError(f"output_dir must be a folder path, got {output_dir!r}") from None
+    if validation is not None and not isinstance(validation, keras.callbacks.Callback):
+        raise TypeError(
+            "validation must be a VolumeValidation (or another Keras callback writing "
+            f"{monitor!r}) or None, got {type(validation).__name__}"
+        )
+    if not isinstance(monitor, str) or not monitor:
+        raise ValueError(
+            f"monitor must be a non-empty log key such as 'val_volume_dice', got {monitor!r}"
+        )
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    if reduce_lr_patience is not None and (
+        isinstance(reduce_lr_patience, bool)
+        or not isinstance(reduce_lr_patience, int)
+        or reduce_lr_patience < 0
+    ):
+        raise ValueError(
+            f"reduce_lr_patience must be None or an integer >= 0, got {reduce_lr_patience!r}"
+        )
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise LayoutError(output_dir, "is a file; output_dir must be the folder of the run")
     try:
