@@ -326,3 +326,60 @@ def test_training_callbacks_checks_arguments_before_creating_anything(
     with pytest.raises(exception, match=named):
         training_callbacks(output_dir, validation, **arguments)
     assert not (tmp_path / "run").exists()
+
+
+def _rtstruct(path, referenced_numbers) -> None:
+    """An RT Structure Set with ROI 1 'Heart' and one contour item per referenced number."""
+    from pydicom.sequence import Sequence
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.3"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality = "RTSTRUCT"
+    roi = Dataset()
+    roi.ROINumber, roi.ROIName = 1, "Heart"
+    ds.StructureSetROISequence = Sequence([roi])
+    items = []
+    for number in referenced_numbers:
+        contour = Dataset()
+        contour.ContourGeometricType = "CLOSED_PLANAR"
+        contour.NumberOfContourPoints = 3
+        contour.ContourData = [0, 0, 0, 10, 0, 0, 0, 10, 0]
+        item = Dataset()
+        item.ReferencedROINumber = number
+        item.ContourSequence = Sequence([contour])
+        items.append(item)
+    ds.ROIContourSequence = Sequence(items)
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.parametrize(
+    ("numbers", "problem"),
+    [((2,), "ROI number 2, which StructureSetROISequence does not define"),
+     ((1, 1), "second item with contours of ROI 'Heart'")],
+    ids=["dangling-reference", "two-items-one-roi"],
+)
+def test_rtstruct_contours_that_would_be_dropped_are_an_error(tmp_path, numbers, problem):
+    from kseg.io import read_rtstruct
+
+    path = tmp_path / "rtstruct.dcm"
+    _rtstruct(path, numbers)
+    before = _fingerprint(path)
+    with pytest.raises(UnreadableFileError, match=problem) as caught:
+        read_rtstruct(path)
+    assert str(path) in str(caught.value)
+    assert _fingerprint(path) == before
+
+
+def test_rtstruct_with_its_one_contour_item_reads(tmp_path):
+    from kseg.io import read_rtstruct
+
+    path = tmp_path / "rtstruct.dcm"
+    _rtstruct(path, (1,))
+    (heart,) = read_rtstruct(path)
+    assert heart.name == "Heart" and len(heart.contours) == 1
+    np.testing.assert_array_equal(heart.contours[0].points[:, :2], [[0, 0], [10, 0], [0, 10]])

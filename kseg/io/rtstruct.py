@@ -179,7 +179,9 @@ def read_rtstruct(path: os.PathLike | str) -> list[RoiContours]:
         UnreadableFileError: not DICOM, not an RT Structure Set, cut short (a value running
             past the end of the file, or no StructureSetROISequence / ROIContourSequence, both
             Type 1), an ROI without a valid
-            ROINumber / ReferencedROINumber, or a contour whose ContourData is not a list of
+            ROINumber / ReferencedROINumber, contours referencing an ROI number that
+            StructureSetROISequence does not define, two ROIContourSequence items with
+            contours of one ROI, or a contour whose ContourData is not a list of
             finite numbers in threes (NaN, infinity, text, a length that is not a multiple of
             three or not three times NumberOfContourPoints). The message names the file, the
             ROI (name and number) and the contour. A contour with a NaN vertex is an error,
@@ -237,6 +239,20 @@ def _read_rois(path: str, dataset: pydicom.Dataset) -> list[RoiContours]:
             _read_contour(path, roi, index, contour)
             for index, contour in enumerate(item.get("ContourSequence", []))
         )
+        if number not in names and contours:
+            defined = ", ".join(str(n) for n in sorted(names)) or "none"
+            raise UnreadableFileError(
+                path,
+                f"ROIContourSequence item {position} holds {len(contours)} contour(s) of ROI "
+                f"number {number}, which StructureSetROISequence does not define (ROI numbers "
+                f"defined: {defined}); the contours belong to no named ROI",
+            )
+        if number in contours_by_number and contours_by_number[number][1] and contours:
+            raise UnreadableFileError(
+                path,
+                f"ROIContourSequence item {position} is the second item with contours of "
+                f"{roi}; one of them would be dropped",
+            )
         contours_by_number[number] = (_display_color(item), contours)
     rois = []
     for number, name, item in numbered:
