@@ -16,13 +16,14 @@ Reference:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import tensorflow_datasets as tfds
 from etils import epath
 
 from kseg.data.examples import fold_splits, slice_examples, slice_features_dict, to_image_dtype
 from kseg.errors import LayoutError
-from kseg.io import read_dicom_series, read_mask_stack
+from kseg.io import SkippedFileWarning, read_dicom_series, read_mask_stack
 from tfds_builders._foreground import ForegroundTally
 from tfds_builders._manual import manual_folder
 from tfds_builders.chaos.layout import (
@@ -133,6 +134,15 @@ The files are read, never modified."""
             )
         folders = [p for p in modality_dir.iterdir() if p.is_dir()]
         patients = sorted((p.name for p in folders if PATIENT_FOLDER.match(p.name)), key=int)
+        others = sorted(p.name for p in folders if not PATIENT_FOLDER.match(p.name))
+        if others:  # a renamed or copied patient would otherwise vanish without a word
+            warnings.warn(
+                SkippedFileWarning(
+                    f"{modality_dir}: skipped {len(others)} folder(s) not named by a patient "
+                    f"number: {', '.join(others[:10])}{' ...' if len(others) > 10 else ''}"
+                ),
+                stacklevel=2,
+            )
         if not patients:
             raise LayoutError(
                 modality_dir,

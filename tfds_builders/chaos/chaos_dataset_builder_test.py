@@ -145,6 +145,20 @@ def test_wrong_layout_is_a_layout_error_showing_the_expected_layout(tmp_path):
         _prepare(tmp_path, tmp_path / "data", _config("ct"))
 
 
+def test_folder_not_named_by_a_number_is_skipped_with_a_warning(tmp_path):
+    import shutil
+
+    from kseg.io import SkippedFileWarning
+
+    manual = tmp_path / "manual"
+    write_chaos(manual, modality="CT", num_patients=3, num_slices=6, size=SIZE, progress=False)
+    ct = manual / "Train_Sets" / "CT"
+    shutil.copytree(ct / "1", ct / "1 copy")  # what a file manager names a duplicate
+    with pytest.warns(SkippedFileWarning, match=r"CT: skipped 1 folder\(s\) .*: 1 copy"):
+        builder = _prepare(manual, tmp_path / "data", _config("ct"))
+    assert builder.info.splits.total_num_examples == 3 * 6  # three patients of six slices
+
+
 def test_fewer_patients_than_folds_is_refused(tmp_path):
     manual = tmp_path / "manual"
     write_chaos(manual, modality="CT", num_patients=2, num_slices=2, size=16, progress=False)
