@@ -8,6 +8,7 @@ window, as nnU-Net does.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 
@@ -67,3 +68,97 @@ def flip_tta(predictor, *, axes: Sequence[int] | None = None) -> Callable[[np.nd
         return total / np.float32(count)
 
     return predict_with_flips
+
+
+@dataclasses.dataclass(frozen=True)
+class SpatialTransform:
+    """A flip of some spatial axes followed by quarter turns in one plane: exactly invertible.
+
+    Axes are spatial axes, counted without the batch and channel axes, so the same transform
+    serves 2D and 3D batches ``(n, *spatial, C)``.
+
+    Attributes:
+        flip_axes: spatial axes mirrored first.
+        quarter_turns: number of 90° turns (``np.rot90``'s ``k``, 0–3) applied after the flip.
+        plane: the two spatial axes the turns rotate.
+    """
+
+    flip_axes: tuple[int, ...]
+    quarter_turns: int
+    plane: tuple[int, int]
+
+    def apply(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.flip(batch, tuple(axis + 1 for axis in self.flip_axes))
+        if self.quarter_turns == 0:
+            return batch
+        return np.rot90(batch, self.quarter_turns, axes=tuple(axis + 1 for axis in self.plane))
+
+    def invert(self, batch: np.ndarray) -> np.ndarray:
+        if self.quarter_turns != 0:
+            batch = np.rot90(
+                batch, -self.quarter_turns, axes=tuple(axis + 1 for axis in self.plane)
+            )
+        return np.flip(batch, tuple(axis + 1 for axis in self.flip_axes))
+
+
+def spatial_transforms(
+    spatial_shape: Sequence[int],
+    *,
+    flip_axes: Sequence[int] | None = None,
+    rotation_plane: Sequence[int] | None = (-2, -1),
+) -> list[SpatialTransform]:
+    """Every distinct flip-and-quarter-turn transform of a grid, the identity first.
+
+    Flipping both axes of the rotation plane equals a half turn, so combinations are
+    deduplicated by their action on a probe grid of distinct values (side 3 on every axis,
+    which tells every flip and axis permutation apart). Quarter turns swap the plane's two
+    axes, so they are used only where those axes have the same length (a batch predictor
+    needs its input shape kept); otherwise only the half turn is.
+
+    Args:
+        spatial_shape: the spatial shape of the batches to transform, e.g. ``(H, W)``.
+        flip_axes: spatial axes that may be mirrored; ``None`` means every spatial axis.
+        rotation_plane: the two spatial axes to turn in (negative counts from the last
+            spatial axis; default the last two, the in-plane axes of a ``(Z, H, W)`` volume),
+            or ``None`` for no turns. A grid with one spatial axis is never turned.
+
+    Returns:
+        A list of :class:`SpatialTransform`: 8 for a square 2D grid (the dihedral group), 16
+        for a 3D grid with square slices.
+
+    Example:
+        >>> len(spatial_transforms((64, 64)))
+        8
+    """
+    spatial_dims = len(spatial_shape)
+    flip_axes = tuple(range(spatial_dims)) if flip_axes is None else tuple(flip_axes)
+    for axis in flip_axes:
+        if not 0 <= axis < spatial_dims:
+            raise ValueError(
+                f"flip_axes holds {axis}, not a spatial axis of a grid with {spatial_dims} axes"
+            )
+    if rotation_plane is None or spatial_dims < 2:
+        plane, turns = (0, 0), (0,)
+    else:
+        if len(rotation_plane) != 2:
+            raise ValueError(f"rotation_plane must name two axes, got {rotation_plane!r}")
+        in_range = all(-spatial_dims <= int(axis) < spatial_dims for axis in rotation_plane)
+        plane = tuple(int(axis) % spatial_dims for axis in rotation_plane)
+        if not in_range or plane[0] == plane[1]:
+            raise ValueError(
+                f"rotation_plane must be two different spatial axes of a grid with "
+                f"{spatial_dims} axes, got {tuple(rotation_plane)}"
+            )
+        square = spatial_shape[plane[0]] == spatial_shape[plane[1]]
+        turns = (0, 1, 2, 3) if square else (0, 2)
+    probe = np.arange(3**spatial_dims).reshape((1,) + (3,) * spatial_dims + (1,))
+    seen, transforms = set(), []
+    for subset_size in range(len(flip_axes) + 1):
+        for subset in itertools.combinations(flip_axes, subset_size):
+            for quarter_turns in turns:
+                transform = SpatialTransform(tuple(subset), quarter_turns, plane)
+                key = transform.apply(probe).tobytes()
+                if key not in seen:
+                    seen.add(key)
+                    transforms.append(transform)
+    return transforms
