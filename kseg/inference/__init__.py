@@ -15,12 +15,24 @@ from kseg.inference.ensemble import ensemble_predictor
 from kseg.inference.postprocess import keep_largest_component
 from kseg.inference.slices import predict_slices
 from kseg.inference.sliding_window import gaussian_importance_map, sliding_window, window_starts
-from kseg.inference.tta import flip_tta
+from kseg.inference.tta import SpatialTransform, flip_tta, spatial_transforms
 
 _KERAS_EXPORTS = ("MCDropoutResult", "mc_dropout", "mc_dropout_model")
+# uncertainty.py imports Keras for mc_dropout_model, so its numpy-only maps load lazily too.
+_KERAS_EXPORTS += (
+    "TTAUncertainty",
+    "UncertaintyDecomposition",
+    "decompose_uncertainty",
+    "tta_uncertainty",
+    "uncertainty_summary",
+)
 
 __all__ = [
     "MCDropoutResult",
+    "SpatialTransform",
+    "TTAUncertainty",
+    "UncertaintyDecomposition",
+    "decompose_uncertainty",
     "ensemble_predictor",
     "flip_tta",
     "gaussian_importance_map",
@@ -29,6 +41,9 @@ __all__ = [
     "mc_dropout_model",
     "predict_slices",
     "sliding_window",
+    "spatial_transforms",
+    "tta_uncertainty",
+    "uncertainty_summary",
     "window_starts",
 ]
 

@@ -15,12 +15,14 @@ updated.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 
 import keras
 import numpy as np
 from scipy.special import entr
 
 from kseg.inference._predictor import as_batch_predictor
+from kseg.inference.tta import spatial_transforms
 
 DROPOUT_LAYERS = (
     keras.layers.Dropout,  # SpatialDropout1D/2D/3D derive from it
@@ -93,9 +95,62 @@ def mc_dropout_model(model: keras.Model) -> keras.Model:
     return stochastic
 
 
+class _SampleStatistics:
+    """Running mean, variance and mean entropy of probability samples (Welford).
+
+    Keeps a few copies of one prediction instead of the samples, so memory does not grow
+    with the number of samples.
+    """
+
+    def __init__(self, source: str):
+        self.source = source
+        self.count = 0
+        self.mean = self.squared_deviations = self.sample_entropy_sum = None
+
+    def add(self, probabilities: np.ndarray) -> None:
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if probabilities.min() < 0 or probabilities.max() > 1:
+            raise ValueError(
+                f"{self.source} holds values outside [0, 1]; uncertainty summarises "
+                "probabilities, so end the model in sigmoid or softmax"
+            )
+        if self.mean is None:
+            self.mean = np.zeros_like(probabilities)
+            self.squared_deviations = np.zeros_like(probabilities)
+            self.sample_entropy_sum = np.zeros(probabilities.shape[:-1])
+        elif probabilities.shape != self.mean.shape:
+            raise ValueError(
+                f"{self.source}: sample {self.count} has shape {probabilities.shape}, "
+                f"sample 0 has {self.mean.shape}"
+            )
+        self.count += 1
+        deviation = probabilities - self.mean
+        self.mean += deviation / self.count
+        self.squared_deviations += deviation * (probabilities - self.mean)
+        self.sample_entropy_sum += _entropy(probabilities)
+
+    def variance(self) -> np.ndarray:
+        return self.squared_deviations / self.count
+
+    def decomposition(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(total, aleatoric, epistemic) in float64, with total = aleatoric + epistemic.
+
+        Jensen's inequality makes the entropy of the mean at least the mean entropy; where
+        rounding breaks that by a few ulps the expected entropy is clipped to the total, so
+        the epistemic part is never negative and the identity holds exactly.
+        """
+        total = _entropy(self.mean)
+        aleatoric = np.minimum(self.sample_entropy_sum / self.count, total)
+        return total, aleatoric, total - aleatoric
+
+
 @dataclasses.dataclass(frozen=True)
 class MCDropoutResult:
     """Summary of ``T`` stochastic predictions of the same batch.
+
+    The three entropy maps decompose the uncertainty (Depeweg et al., 2018):
+    ``predictive_entropy = expected_entropy + mutual_information``, i.e.
+    total = aleatoric + epistemic.
 
     Attributes:
         mean: mean probability, shape of one prediction ``(n, *spatial, C)``.
@@ -105,13 +160,17 @@ class MCDropoutResult:
             uncertainty. One channel is read as a sigmoid (binary entropy), several as a
             softmax distribution.
         mutual_information: predictive entropy minus the mean entropy of the single samples,
-            ``(n, *spatial)``: the part of the uncertainty that comes from the model (BALD).
+            ``(n, *spatial)``: the part of the uncertainty that comes from the model (BALD),
+            epistemic.
+        expected_entropy: mean entropy of the single samples, ``(n, *spatial)``: the part
+            every plausible model agrees is uncertain, aleatoric.
     """
 
     mean: np.ndarray
     variance: np.ndarray
     predictive_entropy: np.ndarray
     mutual_information: np.ndarray
+    expected_entropy: np.ndarray
 
 
 def _entropy(probabilities: np.ndarray) -> np.ndarray:
@@ -143,33 +202,252 @@ def mc_dropout(model: keras.Model, x: np.ndarray, samples: int = 20) -> MCDropou
 
     Reference:
         Gal and Ghahramani, ICML 2016; Houlsby et al., "Bayesian active learning for
-        classification and preference learning", 2011 (mutual information, BALD).
+        classification and preference learning", 2011 (mutual information, BALD);
+        Depeweg et al., "Decomposition of uncertainty in Bayesian deep learning for efficient
+        and risk-sensitive learning", ICML 2018 (total = aleatoric + epistemic).
     """
     if not isinstance(samples, (int, np.integer)) or samples < 2:
         raise ValueError(f"samples must be an integer >= 2, got {samples!r}")
     predict = as_batch_predictor(mc_dropout_model(model))
     x = np.asarray(x, dtype=np.float32)
-    mean = squared_deviations = sample_entropy_sum = None
-    for count in range(1, samples + 1):
-        probabilities = predict(x).astype(np.float64)
-        if mean is None:
-            if probabilities.min() < 0 or probabilities.max() > 1:
-                raise ValueError(
-                    f"model {model.name!r} outputs values outside [0, 1]; MC dropout summarises "
-                    "probabilities, so end the model in sigmoid or softmax"
-                )
-            mean = np.zeros_like(probabilities)
-            squared_deviations = np.zeros_like(probabilities)
-            sample_entropy_sum = np.zeros(probabilities.shape[:-1])
-        deviation = probabilities - mean
-        mean += deviation / count
-        squared_deviations += deviation * (probabilities - mean)
-        sample_entropy_sum += _entropy(probabilities)
-    predictive_entropy = _entropy(mean)
-    mutual_information = np.maximum(predictive_entropy - sample_entropy_sum / samples, 0.0)
+    statistics = _SampleStatistics(f"the output of model {model.name!r}")
+    for _ in range(samples):
+        statistics.add(predict(x))
+    total, aleatoric, epistemic = statistics.decomposition()
     return MCDropoutResult(
-        mean=mean.astype(np.float32),
-        variance=(squared_deviations / samples).astype(np.float32),
-        predictive_entropy=predictive_entropy.astype(np.float32),
-        mutual_information=mutual_information.astype(np.float32),
+        mean=statistics.mean.astype(np.float32),
+        variance=statistics.variance().astype(np.float32),
+        predictive_entropy=total.astype(np.float32),
+        mutual_information=epistemic.astype(np.float32),
+        expected_entropy=aleatoric.astype(np.float32),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class UncertaintyDecomposition:
+    """Per-voxel split of the predictive entropy of a set of probability samples, in nats.
+
+    ``total == aleatoric + epistemic`` at every voxel.
+
+    Attributes:
+        total: entropy of the mean prediction ``H[E_w p(y | x, w)]``, ``(n, *spatial)``.
+        aleatoric: expected entropy of the samples ``E_w H[p(y | x, w)]``: uncertainty each
+            sampled model has on its own (noise, ambiguous borders).
+        epistemic: mutual information between the label and the model weights, total minus
+            aleatoric: disagreement between the sampled models.
+    """
+
+    total: np.ndarray
+    aleatoric: np.ndarray
+    epistemic: np.ndarray
+
+
+def decompose_uncertainty(samples, *, axis: int = 0) -> UncertaintyDecomposition:
+    """Split the uncertainty of stacked probability samples into aleatoric and epistemic maps.
+
+    The samples are predictions of the same input by models drawn from the posterior: MC
+    dropout passes (:func:`mc_dropout_model` called repeatedly) or ensemble members. One
+    channel is read as a sigmoid (binary entropy), several as a softmax distribution. For
+    a summary without holding the samples in memory use :func:`mc_dropout`, which returns
+    the same three maps.
+
+    Args:
+        samples: array of probabilities with the samples along ``axis`` (at least 2), e.g.
+            ``(T, n, *spatial, C)``, or a sequence of ``T`` equally shaped arrays.
+        axis: the sample axis of ``samples``.
+
+    Returns:
+        :class:`UncertaintyDecomposition`, float32 maps of the sample shape without ``C``.
+
+    Example:
+        >>> stochastic = mc_dropout_model(unet_2d)
+        >>> maps = decompose_uncertainty([stochastic.predict_on_batch(x) for _ in range(20)])
+        >>> np.allclose(maps.total, maps.aleatoric + maps.epistemic)
+        True
+
+    Reference:
+        Depeweg et al., "Decomposition of uncertainty in Bayesian deep learning for efficient
+        and risk-sensitive learning", ICML 2018; Kendall and Gal, "What uncertainties do we
+        need in Bayesian deep learning for computer vision?", NeurIPS 2017.
+    """
+    stack = np.asarray(samples, dtype=np.float64)
+    if stack.ndim < 2:
+        raise ValueError(
+            f"samples must stack at least 2 predictions with a channel axis, got shape "
+            f"{stack.shape}"
+        )
+    if not -stack.ndim <= axis < stack.ndim - 1 or axis % stack.ndim == stack.ndim - 1:
+        raise ValueError(
+            f"axis {axis} is not a sample axis of samples with shape {stack.shape} "
+            "(the last axis holds the channels)"
+        )
+    stack = np.moveaxis(stack, axis, 0)
+    if stack.shape[0] < 2:
+        raise ValueError(f"samples must hold at least 2 predictions, got {stack.shape[0]}")
+    statistics = _SampleStatistics("samples")
+    for sample in stack:
+        statistics.add(sample)
+    total, aleatoric, epistemic = statistics.decomposition()
+    return UncertaintyDecomposition(
+        total=total.astype(np.float32),
+        aleatoric=aleatoric.astype(np.float32),
+        epistemic=epistemic.astype(np.float32),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TTAUncertainty:
+    """Summary of the predictions of augmented copies of one batch, mapped back to its grid.
+
+    Attributes:
+        mean: mean probability over the augmented predictions, ``(n, *spatial, C)``.
+        variance: per-channel population variance over the augmented predictions.
+        entropy: entropy in nats of the mean prediction, ``(n, *spatial)``: the aleatoric
+            uncertainty map of Wang et al. (how much the prediction changes under
+            transformations the label should not depend on).
+        samples: number of augmented predictions summarised.
+    """
+
+    mean: np.ndarray
+    variance: np.ndarray
+    entropy: np.ndarray
+    samples: int
+
+
+def tta_uncertainty(
+    predictor,
+    x: np.ndarray,
+    *,
+    samples: int | None = None,
+    flip_axes: Sequence[int] | None = None,
+    rotation_plane: Sequence[int] | None = (-2, -1),
+    noise_std: float = 0.0,
+    seed: int | None = None,
+) -> TTAUncertainty:
+    """Aleatoric uncertainty by test-time augmentation: predict transformed copies, invert.
+
+    Each copy of ``x`` is flipped and turned by quarter turns (transforms with an exact
+    inverse on the voxel grid, see :func:`kseg.inference.tta.spatial_transforms`), gets
+    independent gaussian intensity noise of standard deviation ``noise_std`` when that is
+    positive, and is predicted; the prediction is transformed back onto ``x``'s grid. The
+    spread of the back-transformed predictions is the uncertainty.
+
+    Wang et al. sample continuous rotations and scalings too and take the entropy of the
+    predicted labels' frequencies; interpolating transforms are left out here because their
+    inverse blurs the prediction, and the entropy is taken of the mean probability, which
+    agrees with the label-frequency entropy for confident predictions and is smoother.
+
+    Args:
+        predictor: a ``keras.Model`` or a callable batch -> batch of probabilities (sigmoid
+            with one channel, softmax with several) that keeps the spatial shape.
+        x: an input batch ``(n, *spatial, C)``.
+        samples: ``None`` predicts every distinct transform once (8 for a square 2D image,
+            16 for a 3D volume with square slices); an integer draws that many transforms
+            at random, with replacement (useful with ``noise_std > 0``).
+        flip_axes: spatial axes that may be mirrored (without batch and channel axes);
+            ``None`` means all.
+        rotation_plane: the two spatial axes to turn in, default the last two; ``None`` for
+            flips only. Quarter turns are used only where the two axes have equal length.
+        noise_std: standard deviation of the additive gaussian intensity noise, in the
+            units of ``x`` (e.g. 0.05 for z-scored images); 0 adds none.
+        seed: seed of the transform draws and the noise.
+
+    Returns:
+        :class:`TTAUncertainty`.
+
+    Example:
+        >>> result = tta_uncertainty(unet_2d, images, samples=20, noise_std=0.05, seed=0)
+        >>> aleatoric = result.entropy
+
+    Reference:
+        Wang et al., "Aleatoric uncertainty estimation with test-time augmentation for
+        medical image segmentation with convolutional neural networks", Neurocomputing
+        338:34-45, 2019.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim < 3:
+        raise ValueError(f"x must be a batch (n, *spatial, C), got shape {x.shape}")
+    if not np.isfinite(noise_std) or noise_std < 0:
+        raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+    transforms = spatial_transforms(
+        x.shape[1:-1], flip_axes=flip_axes, rotation_plane=rotation_plane
+    )
+    rng = np.random.default_rng(seed)
+    if samples is None:
+        chosen = transforms
+        if len(chosen) < 2:
+            raise ValueError(
+                "flip_axes and rotation_plane leave only the identity transform; allow a flip "
+                "or a turn, or pass samples with noise_std > 0"
+            )
+    elif not isinstance(samples, (int, np.integer)) or samples < 2:
+        raise ValueError(f"samples must be None or an integer >= 2, got {samples!r}")
+    else:
+        chosen = [transforms[i] for i in rng.integers(len(transforms), size=samples)]
+    predict = as_batch_predictor(predictor)
+    statistics = _SampleStatistics("the predictor's output")
+    for transform in chosen:
+        augmented = transform.apply(x)
+        if noise_std > 0:
+            augmented = augmented + rng.normal(0.0, noise_std, augmented.shape).astype(np.float32)
+        statistics.add(transform.invert(predict(np.ascontiguousarray(augmented))))
+    return TTAUncertainty(
+        mean=statistics.mean.astype(np.float32),
+        variance=statistics.variance().astype(np.float32),
+        entropy=_entropy(statistics.mean).astype(np.float32),
+        samples=statistics.count,
+    )
+
+
+def uncertainty_summary(maps, foreground) -> dict[str, float]:
+    """Per-patient means of uncertainty maps, inside the predicted foreground and overall.
+
+    Pass one patient's maps (a 2D model's slices stacked along the batch axis, or a 3D
+    model's batch of one). Maps with a trailing channel axis (``variance``) are first
+    averaged over the channels.
+
+    Args:
+        maps: a mapping ``{name: array}`` or one of :class:`MCDropoutResult`,
+            :class:`TTAUncertainty`, :class:`UncertaintyDecomposition` (every array field but
+            ``mean`` is summarised).
+        foreground: boolean mask of the predicted foreground, shape of the maps without
+            channels, e.g. ``result.mean[..., 0] >= 0.5`` or ``result.mean.argmax(-1) > 0``.
+
+    Returns:
+        ``{"<name>_foreground": float, "<name>_volume": float, ..., "foreground_voxels":
+        int}``; a foreground mean is ``nan`` when the predicted foreground is empty (there
+        is nothing to average, and 0 would read as "certain").
+
+    Example:
+        >>> result = mc_dropout(unet_2d, ct_slices)
+        >>> row = uncertainty_summary(result, result.mean[..., 0] >= 0.5)
+        >>> row["mutual_information_foreground"]
+    """
+    if dataclasses.is_dataclass(maps) and not isinstance(maps, type):
+        maps = {
+            field.name: getattr(maps, field.name)
+            for field in dataclasses.fields(maps)
+            if field.name != "mean" and isinstance(getattr(maps, field.name), np.ndarray)
+        }
+    elif not isinstance(maps, Mapping):
+        raise ValueError(
+            f"maps must be a mapping of name -> array or an uncertainty result, got "
+            f"{type(maps).__name__}"
+        )
+    foreground = np.asarray(foreground)
+    if foreground.dtype != bool:
+        raise ValueError(f"foreground must be a boolean mask, got dtype {foreground.dtype}")
+    summary = {}
+    for name, values in maps.items():
+        values = np.asarray(values, dtype=np.float64)
+        if values.shape == foreground.shape + values.shape[-1:] and values.ndim > foreground.ndim:
+            values = values.mean(axis=-1)
+        if values.shape != foreground.shape:
+            raise ValueError(
+                f"maps[{name!r}] has shape {values.shape}, foreground has {foreground.shape}"
+            )
+        inside = values[foreground]
+        summary[f"{name}_foreground"] = float(inside.mean()) if inside.size else float("nan")
+        summary[f"{name}_volume"] = float(values.mean())
+    summary["foreground_voxels"] = int(np.count_nonzero(foreground))
+    return summary
