@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from etils import epath
 
 from kseg.errors import LayoutError, MaskError
+from kseg.io import SkippedFileWarning
 
 if TYPE_CHECKING:  # the builder imports this module, so only type checkers import it back
     from tfds_builders.xray.xray_dataset_builder import XrayConfig
@@ -55,7 +57,8 @@ class Record:
 
 def find_records(root: epath.Path, config: XrayConfig) -> list[Record]:
     """Every radiograph of the config's layout under ``root``, with its mask files, in
-    file-name order; an image without a mask is a MaskError naming it."""
+    file-name order; an image without a mask is a MaskError naming it, a mask without an
+    image a SkippedFileWarning."""
     if config.layout == "jsrt_scr":
         image_dir = root / JSRT_IMAGE_FOLDER
         images = _listed(image_dir, (".img",), JSRT_LAYOUT)
@@ -96,6 +99,19 @@ def find_records(root: epath.Path, config: XrayConfig) -> list[Record]:
                 image=image,
                 masks=tuple(masks),
             )
+        )
+    stems = {image.stem for image in images}
+    orphans = sorted(
+        str(path) for index in mask_index.values() for stem, path in index.items()
+        if stem not in stems
+    )  # fmt: skip
+    if orphans:  # a renamed or missing image would otherwise drop its mask without a word
+        warnings.warn(
+            SkippedFileWarning(
+                f"{root}: skipped {len(orphans)} mask file(s) without an image of the same "
+                f"name: {', '.join(orphans[:5])}{' ...' if len(orphans) > 5 else ''}"
+            ),
+            stacklevel=2,
         )
     return records
 

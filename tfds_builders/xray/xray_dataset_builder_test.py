@@ -263,6 +263,20 @@ def test_generic_missing_mask_and_missing_folder_name_the_file(tmp_path):
         _prepare(manual, tmp_path / "data2", _config("montgomery", num_folds=3))
 
 
+def test_generic_mask_without_an_image_is_skipped_with_a_warning(tmp_path):
+    import shutil
+
+    from kseg.io import SkippedFileWarning
+
+    manual = xray_phantom.write_generic(tmp_path / "manual", num_images=4, size=SIZE)
+    orphan = manual / "masks" / "P0099_0.png"
+    shutil.copy(manual / "masks" / "P0001_0.png", orphan)
+    with pytest.warns(SkippedFileWarning, match=r"1 mask file\(s\) without an image") as caught:
+        builder = _prepare(manual, tmp_path / "data", _config("generic", num_folds=3))
+    assert any(str(orphan) in str(warning.message) for warning in caught)
+    assert builder.info.splits.total_num_examples == 4
+
+
 def test_mask_suffix_pairs_shenzhen_style_names(tmp_path):
     manual = xray_phantom.write_generic(tmp_path / "manual", num_images=3, size=16, seed=6)
     for path in (manual / "masks").iterdir():
