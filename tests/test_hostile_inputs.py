@@ -383,3 +383,12 @@ def test_rtstruct_with_its_one_contour_item_reads(tmp_path):
     (heart,) = read_rtstruct(path)
     assert heart.name == "Heart" and len(heart.contours) == 1
     np.testing.assert_array_equal(heart.contours[0].points[:, :2], [[0, 0], [10, 0], [0, 10]])
+
+
+def test_aligned_npz_mask_needs_a_volume_not_an_array(tmp_path):
+    from kseg.io import read_aligned_npz_mask
+
+    path = tmp_path / "mask.npz"
+    np.savez(path, mask=np.ones((2, 3, 4), np.uint8))
+    with pytest.raises(TypeError, match="volume must be the kseg.io.Volume"):
+        read_aligned_npz_mask(path, np.zeros((2, 3, 4), np.int16))

@@ -188,6 +188,7 @@ def align_mask_to_volume(
         :class:`MaskAlignment` with the mask on the volume's grid.
 
     Raises:
+        TypeError: ``volume`` is not a :class:`~kseg.io.Volume`.
         AlignmentError: the shapes differ; the mask holds no air or soft-tissue label (no
             evidence); no candidate scores ``MIN_SCORE``; or the best candidate does not
             beat the runner-up clearly. The message names the file and lists every score.
@@ -198,6 +199,11 @@ def align_mask_to_volume(
         ('z',)
     """
     where = os.fspath(source) if source is not None else "mask"
+    if not isinstance(volume, Volume):
+        raise TypeError(
+            "volume must be the kseg.io.Volume of the CT the mask belongs to (e.g. from "
+            f"read_dicom_series), got {type(volume).__name__}"
+        )
     mask = np.asarray(mask)
     if mask.shape != volume.shape:
         raise AlignmentError(
@@ -289,7 +295,7 @@ def read_aligned_npz_mask(
 
     Raises:
         UnreadableFileError, MaskError: see :func:`read_npz_mask`.
-        AlignmentError: see :func:`align_mask_to_volume`.
+        TypeError, AlignmentError: see :func:`align_mask_to_volume`.
 
     Example:
         >>> ct = read_dicom_series("LCTSC-Train-S1-001/dicom")  # doctest: +SKIP
