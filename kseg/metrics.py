@@ -24,14 +24,40 @@ every surface voxel of one mask to the nearest surface voxel of the other come f
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 import keras
 import numpy as np
 from keras import ops
-from scipy import ndimage
+from scipy import ndimage, stats
 
 from kseg.losses import _one_hot_target
+
+__all__ = [
+    "Correlation",
+    "DiceScore",
+    "IoUScore",
+    "ReliabilityDiagram",
+    "accuracy",
+    "average_surface_distance",
+    "brier_score",
+    "dice",
+    "expected_calibration_error",
+    "hausdorff_distance",
+    "hd95",
+    "iou",
+    "per_class",
+    "precision",
+    "recall",
+    "relative_absolute_volume_difference",
+    "reliability_diagram",
+    "specificity",
+    "uncertainty_dice_correlation",
+    "uncertainty_error_auroc",
+    "volume_difference",
+]
 
 _PACKAGE = "kseg"
 
@@ -732,3 +758,509 @@ def per_class(
         int(label): metric(y_true_labels == label, y_pred_labels == label, **kwargs)
         for label in labels
     }
+
+
+# --- Calibration and uncertainty -------------------------------------------------------------
+#
+# Pure numpy functions, like the volume metrics above. "Probabilities" are what a model
+# outputs after its sigmoid or softmax: either the foreground probability of each voxel
+# (any shape, optionally with a trailing channel of size 1), or class probabilities with
+# the classes on the last axis. Labels are then a 0/1 mask of the probabilities' shape, or
+# an integer label map of their shape without the class axis.
+
+_CALIBRATION_MODES = ("binary", "top_label")
+_BIN_STRATEGIES = ("uniform", "quantile")
+_CORRELATION_METHODS = ("spearman", "pearson")
+# Softmax outputs in float32 sum to 1 within ~1e-6; anything further off is not a
+# distribution over the classes (e.g. independent sigmoids), and its top-label confidence
+# or multi-class Brier score would mean nothing.
+_SUM_TOLERANCE = 1e-3
+
+
+class ReliabilityDiagram(NamedTuple):
+    """Per-bin data of a reliability diagram (see :func:`reliability_diagram`).
+
+    Attributes:
+        mean_predicted: mean predicted probability (confidence) of the voxels in each bin;
+            ``nan`` where the bin is empty.
+        observed_frequency: fraction of those voxels that are foreground (binary mode) or
+            correctly classified (top-label mode); ``nan`` where the bin is empty.
+        count: number of voxels in each bin (0 for an empty bin).
+        bin_edges: the ``bins + 1`` bin edges; bin ``m`` holds confidences in
+            ``(bin_edges[m], bin_edges[m + 1]]``, the first bin also its lower edge.
+    """
+
+    mean_predicted: np.ndarray
+    observed_frequency: np.ndarray
+    count: np.ndarray
+    bin_edges: np.ndarray
+
+
+class Correlation(NamedTuple):
+    """A correlation coefficient, its two-sided p-value and the number of pairs."""
+
+    coefficient: float
+    p_value: float
+    n: int
+
+
+def _checked_probabilities(probabilities):
+    probabilities = np.asarray(probabilities)
+    if probabilities.dtype.kind not in "biuf":
+        raise ValueError(
+            f"probabilities must be numbers in [0, 1], got an array of dtype {probabilities.dtype}"
+        )
+    if probabilities.size == 0:
+        raise ValueError("probabilities is empty: there is no voxel to score")
+    if probabilities.dtype.kind == "f":
+        nan_count = int(np.count_nonzero(np.isnan(probabilities)))
+        if nan_count:
+            raise ValueError(
+                f"probabilities holds NaN in {nan_count} of {probabilities.size} values; a "
+                "model that outputs NaN has diverged and its calibration is undefined"
+            )
+    low, high = probabilities.min(), probabilities.max()
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"probabilities must lie in [0, 1], got values from {low} to {high}; pass "
+            "probabilities, not logits (apply the sigmoid or softmax first)"
+        )
+    return probabilities
+
+
+def _class_labels(name, labels, num_classes):
+    """``labels`` as integers in ``[0, num_classes)``; bool and integral floats accepted."""
+    if labels.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold integer class labels, got dtype {labels.dtype}")
+    if labels.dtype.kind == "f" and np.any(labels != np.round(labels)):
+        raise ValueError(
+            f"{name} must hold integer class labels, got non-integer values "
+            f"{labels[labels != np.round(labels)][:5].tolist()}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        expected = "0/1 (binary)" if num_classes == 2 else f"0 .. {num_classes - 1}"
+        raise ValueError(
+            f"{name} must hold class labels {expected}, got values from {labels.min()} to "
+            f"{labels.max()}"
+        )
+    return labels.astype(np.intp)
+
+
+def _classification_inputs(probabilities, labels):
+    """Flattened ``(probabilities, labels, binary)`` from either accepted layout.
+
+    Binary: ``probabilities`` of shape ``(N,)`` (foreground), ``labels`` 0/1 of shape
+    ``(N,)``. Multi-class: ``probabilities`` ``(N, C)`` summing to 1 over ``C``, ``labels``
+    integers ``0 .. C-1`` of shape ``(N,)``.
+    """
+    probabilities = _checked_probabilities(probabilities)
+    labels = np.asarray(labels)
+    if probabilities.shape == labels.shape:
+        return probabilities.ravel(), _class_labels("labels", labels.ravel(), 2), True
+    if probabilities.ndim != labels.ndim + 1 or probabilities.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"labels has shape {labels.shape} but probabilities has shape "
+            f"{probabilities.shape}: labels must be a 0/1 mask of the probabilities' shape "
+            "(foreground probabilities) or a label map of their shape without the last "
+            "(class) axis"
+        )
+    num_classes = probabilities.shape[-1]
+    if num_classes == 1:  # a binary model's (..., 1) output
+        return probabilities.ravel(), _class_labels("labels", labels.ravel(), 2), True
+    probabilities = probabilities.reshape(-1, num_classes)
+    sums = probabilities.sum(axis=-1, dtype=np.float64)
+    if np.max(np.abs(sums - 1.0)) > _SUM_TOLERANCE:
+        raise ValueError(
+            f"probabilities over the last (class) axis must sum to 1, got sums from "
+            f"{sums.min()} to {sums.max()}; for independent per-class sigmoid outputs score "
+            "each class as a binary problem"
+        )
+    return probabilities, _class_labels("labels", labels.ravel(), num_classes), False
+
+
+def _confidence_and_outcome(probabilities, labels, mode):
+    """Per-voxel confidence and its 0/1 outcome for calibration in ``mode``."""
+    if mode not in _CALIBRATION_MODES:
+        raise ValueError(f"mode must be one of {_CALIBRATION_MODES}, got {mode!r}")
+    probabilities, labels, binary = _classification_inputs(probabilities, labels)
+    if mode == "binary":
+        if not binary:
+            raise ValueError(
+                f"mode='binary' calibrates foreground probabilities, but probabilities has "
+                f"{probabilities.shape[-1]} classes on its last axis; use mode='top_label' "
+                "or pass one class's probabilities with a 0/1 mask of that class"
+            )
+        return probabilities, labels
+    if binary:
+        # The predicted class is foreground at p >= 0.5, kseg's threshold everywhere.
+        predicted = probabilities >= 0.5
+        confidence = np.where(predicted, probabilities, 1.0 - probabilities)
+        return confidence, predicted == labels.astype(bool)
+    predicted = np.argmax(probabilities, axis=-1)
+    return probabilities.max(axis=-1), predicted == labels
+
+
+def _bin_statistics(confidence, outcome, bins, strategy):
+    """Bin edges and per-bin count, sum of confidence and sum of outcome."""
+    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
+    if strategy not in _BIN_STRATEGIES:
+        raise ValueError(f"strategy must be one of {_BIN_STRATEGIES}, got {strategy!r}")
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, bins + 1)
+    else:
+        # Percentiles (not quantiles of linspace(0, 1)) so that the edges, and the bin of
+        # a confidence lying exactly on one, agree with scikit-learn's calibration_curve.
+        edges = np.percentile(confidence, np.linspace(0.0, 100.0, bins + 1))
+    # side="left" puts a confidence equal to an inner edge in the lower bin: bins are
+    # (lower, upper], as in Guo et al. and scikit-learn.
+    bin_index = np.searchsorted(edges[1:-1], confidence, side="left")
+    count = np.bincount(bin_index, minlength=bins)
+    confidence_sum = np.bincount(bin_index, weights=confidence, minlength=bins)
+    outcome_sum = np.bincount(bin_index, weights=outcome, minlength=bins)
+    return edges, count, confidence_sum, outcome_sum
+
+
+def reliability_diagram(
+    probabilities, labels, *, bins=15, strategy="uniform", mode="binary"
+) -> ReliabilityDiagram:
+    """Data of a reliability diagram: per bin, mean confidence, observed frequency, count.
+
+    Voxels are grouped by their confidence into ``bins`` bins; for each bin the mean
+    confidence is set against how often the event happened. A calibrated model's points lie
+    on the diagonal. This returns the numbers, not a figure; plot ``observed_frequency``
+    against ``mean_predicted`` (bins with ``count == 0`` are ``nan`` and drop out).
+
+    In ``mode="binary"`` the confidence is the foreground probability and the event is
+    "the voxel is foreground" (scikit-learn's ``calibration_curve``). In
+    ``mode="top_label"`` the confidence is the probability of the predicted class (the
+    argmax; foreground at ``p >= 0.5`` for binary probabilities) and the event is "the
+    prediction is right" (Guo et al.).
+
+    Args:
+        probabilities: foreground probabilities of any shape (a trailing channel of size 1
+            is allowed), or class probabilities with the classes on the last axis (summing
+            to 1; ``mode="top_label"`` only). Values in [0, 1], no NaN.
+        labels: a 0/1 or bool mask of the probabilities' shape, or an integer label map of
+            their shape without the class axis.
+        bins: number of bins, an integer >= 1.
+        strategy: ``"uniform"``: equal-width bins over [0, 1]; ``"quantile"``: edges at
+            the quantiles of the confidences, so bins hold about equal counts (repeated
+            confidences can still leave some bins empty).
+        mode: ``"binary"`` or ``"top_label"``, as above.
+
+    Returns:
+        A :class:`ReliabilityDiagram` of arrays of length ``bins`` (``bin_edges``:
+        ``bins + 1``). A bin holds confidences in ``(lower, upper]``; the first bin also
+        holds its lower edge. Empty bins are reported, as ``nan`` with count 0, so the
+        arrays always have ``bins`` entries (scikit-learn drops them instead).
+
+    Raises:
+        ValueError: shapes that match neither layout (naming ``labels``), probabilities
+            outside [0, 1] or NaN, labels that are not class labels, class probabilities
+            that do not sum to 1, class probabilities with ``mode="binary"``, or a bad
+            ``bins``, ``strategy`` or ``mode``.
+
+    Example:
+
+    >>> diagram = reliability_diagram([0.1, 0.1, 0.9, 0.9], [0, 1, 1, 1], bins=2)
+    >>> diagram.mean_predicted.tolist(), diagram.observed_frequency.tolist()
+    ([0.1, 0.9], [0.5, 1.0])
+
+    Reference:
+        DeGroot MH, Fienberg SE. "The comparison and evaluation of forecasters". Journal of
+        the Royal Statistical Society D 32(1/2):12-22, 1983. Guo C, Pleiss G, Sun Y,
+        Weinberger KQ. "On calibration of modern neural networks". ICML 2017.
+    """
+    confidence, outcome = _confidence_and_outcome(probabilities, labels, mode)
+    edges, count, confidence_sum, outcome_sum = _bin_statistics(confidence, outcome, bins, strategy)
+    filled = count > 0
+    mean_predicted = np.full(len(count), np.nan)
+    observed_frequency = np.full(len(count), np.nan)
+    np.divide(confidence_sum, count, out=mean_predicted, where=filled)
+    np.divide(outcome_sum, count, out=observed_frequency, where=filled)
+    return ReliabilityDiagram(mean_predicted, observed_frequency, count, edges)
+
+
+def expected_calibration_error(
+    probabilities, labels, *, bins=15, strategy="uniform", mode="binary"
+) -> float:
+    """Expected calibration error: the count-weighted gap between confidence and frequency.
+
+    ``ECE = Σ_m (n_m / N) · |mean confidence in bin m − observed frequency in bin m|``
+    over the bins of :func:`reliability_diagram` (empty bins weigh nothing). 0 for a
+    perfectly calibrated model; at most 1.
+
+    Two definitions are in use and both are offered. ``mode="binary"`` (the default, for
+    kseg's one-channel sigmoid models) measures the calibration of the foreground
+    probability itself: its bins run over [0, 1] and the event is "foreground".
+    ``mode="top_label"`` is Guo et al.'s definition for classifiers: the confidence is
+    the probability of the predicted class and the event is "the prediction is right";
+    it is the one to use for softmax (multi-class) outputs and gives a different number
+    on binary probabilities (there the confidence is ``max(p, 1 − p)``).
+
+    Args:
+        probabilities: foreground probabilities of any shape (a trailing channel of size 1
+            is allowed), or class probabilities with the classes on the last axis (summing
+            to 1; ``mode="top_label"`` only). Values in [0, 1], no NaN.
+        labels: a 0/1 or bool mask of the probabilities' shape, or an integer label map of
+            their shape without the class axis.
+        bins: number of bins (Guo et al. use 15).
+        strategy: ``"uniform"`` (equal-width bins, the usual ECE) or ``"quantile"``
+            (equal-count bins).
+        mode: ``"binary"`` or ``"top_label"``, as above.
+
+    Returns:
+        The ECE as a Python float.
+
+    Raises:
+        ValueError: as :func:`reliability_diagram`.
+
+    Example:
+
+    >>> expected_calibration_error([0.25, 0.25, 0.25, 0.25], [1, 0, 0, 0], bins=4)
+    0.0
+    >>> expected_calibration_error([0.9, 0.9, 0.9, 0.9], [1, 1, 0, 0], bins=10)
+    0.4
+
+    Reference:
+        Guo C, Pleiss G, Sun Y, Weinberger KQ. "On calibration of modern neural networks".
+        ICML 2017. Naeini MP, Cooper GF, Hauskrecht M. "Obtaining well calibrated
+        probabilities using Bayesian binning". AAAI 2015.
+    """
+    confidence, outcome = _confidence_and_outcome(probabilities, labels, mode)
+    _, _, confidence_sum, outcome_sum = _bin_statistics(confidence, outcome, bins, strategy)
+    # (n_m / N) |Σ conf / n_m − Σ outcome / n_m| = |Σ conf − Σ outcome| / N; 0 when empty.
+    return float(np.abs(confidence_sum - outcome_sum).sum() / confidence.size)
+
+
+def brier_score(probabilities, labels) -> float:
+    """Brier score: the mean squared difference between probabilities and outcomes.
+
+    Binary (foreground probabilities and a 0/1 mask): ``mean((p − y)²)``, in [0, 1].
+    Multi-class (class probabilities on the last axis and a label map):
+    ``mean over voxels of Σ_c (p_c − 1[y = c])²``, Brier's original form, in [0, 2].
+    The two conventions are scikit-learn's ``brier_score_loss`` defaults: a binary problem
+    given as two softmax channels scores twice its one-channel value. Lower is better; the
+    score is a strictly proper scoring rule, so it rewards both calibration and sharpness.
+
+    Args:
+        probabilities: foreground probabilities of any shape (a trailing channel of size 1
+            is allowed), or class probabilities with the classes on the last axis, summing
+            to 1. Values in [0, 1], no NaN.
+        labels: a 0/1 or bool mask of the probabilities' shape, or an integer label map of
+            their shape without the class axis (not one-hot: a one-hot array of the
+            probabilities' shape would be read as a binary mask).
+
+    Returns:
+        The Brier score as a Python float.
+
+    Raises:
+        ValueError: shapes that match neither layout (naming ``labels``), probabilities
+            outside [0, 1] or NaN, labels that are not class labels, or class
+            probabilities that do not sum to 1.
+
+    Example:
+
+    >>> brier_score([0.9, 0.2], [1, 0])
+    0.025
+    >>> round(brier_score([[0.5, 0.5, 0.0]], [0]), 4)  # 0.5² + 0.5² + 0²
+    0.5
+
+    Reference:
+        Brier GW. "Verification of forecasts expressed in terms of probability". Monthly
+        Weather Review 78(1):1-3, 1950.
+    """
+    probabilities, labels, binary = _classification_inputs(probabilities, labels)
+    probabilities = probabilities.astype(np.float64, copy=False)
+    if binary:
+        return float(np.mean(np.square(probabilities - labels)))
+    # Σ_c (p_c − 1[y = c])² = Σ_c p_c² − 2 p_y + 1, without building the one-hot array.
+    probability_of_label = np.take_along_axis(probabilities, labels[:, None], axis=-1)[:, 0]
+    per_voxel = np.square(probabilities).sum(axis=-1) - 2.0 * probability_of_label + 1.0
+    return float(per_voxel.mean())
+
+
+def _integer_map(name, values):
+    values = np.asarray(values)
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a label map of integers, got dtype {values.dtype}")
+    if values.dtype.kind == "f" and np.any(values != np.round(values)):
+        raise ValueError(
+            f"{name} must be a label map of integers (hard predictions, not probabilities), "
+            f"got non-integer values {values[values != np.round(values)][:5].tolist()}"
+        )
+    return values
+
+
+def uncertainty_error_auroc(uncertainty, prediction, reference) -> float:
+    """How well per-voxel uncertainty finds the per-voxel errors: the AUROC.
+
+    Each voxel is an error when ``prediction != reference``. The uncertainty is scored as a
+    detector of those errors: the result is the probability that a randomly chosen wrong
+    voxel is more uncertain than a randomly chosen right one (ties count one half), i.e.
+    the area under the ROC curve, computed from the Mann-Whitney U statistic with average
+    ranks. 1.0: every error is more uncertain than every correct voxel; 0.5: uncertainty
+    says nothing about where the errors are (a constant map gives exactly 0.5).
+
+    Undefined when there is no error or no correct voxel, so it returns ``nan`` and warns
+    (``RuntimeWarning``) then: a perfect prediction has nothing to detect. Leave such
+    patients out of the mean rather than counting them as 0 or 1.
+
+    Args:
+        uncertainty: per-voxel uncertainty (entropy, variance, mutual information, ...),
+            any shape, finite; larger means less sure.
+        prediction: hard predicted label map (or 0/1 mask) of the same shape.
+        reference: reference label map (or 0/1 mask) of the same shape.
+
+    Returns:
+        The AUROC as a Python float, or ``nan`` as above.
+
+    Raises:
+        ValueError: ``prediction`` or ``reference`` shaped differently from
+            ``uncertainty`` (the message names which), non-finite uncertainty, or
+            non-integer labels (probabilities passed as a prediction).
+
+    Example:
+
+    >>> uncertainty_error_auroc([0.9, 0.1, 0.2, 0.8], [1, 0, 0, 0], [0, 0, 0, 1])
+    1.0
+
+    Reference:
+        Hanley JA, McNeil BJ. "The meaning and use of the area under a receiver operating
+        characteristic (ROC) curve". Radiology 143(1):29-36, 1982. Mehrtash A, Wells WM,
+        Tempany CM, Abolmaesumi P, Kapur T. "Confidence calibration and predictive
+        uncertainty estimation for deep medical image segmentation". IEEE TMI
+        39(12):3868-3878, 2020.
+    """
+    uncertainty = np.asarray(uncertainty)
+    prediction, reference = np.asarray(prediction), np.asarray(reference)
+    for name, values in (("prediction", prediction), ("reference", reference)):
+        if values.shape != uncertainty.shape:
+            raise ValueError(
+                f"{name} has shape {values.shape} but uncertainty has shape {uncertainty.shape}"
+            )
+    if uncertainty.dtype.kind not in "biuf":
+        raise ValueError(f"uncertainty must be numbers, got an array of dtype {uncertainty.dtype}")
+    if uncertainty.dtype.kind == "f" and not np.all(np.isfinite(uncertainty)):
+        bad = int(np.count_nonzero(~np.isfinite(uncertainty)))
+        raise ValueError(
+            f"uncertainty holds NaN or infinite values in {bad} of {uncertainty.size} voxels"
+        )
+    error = _integer_map("prediction", prediction) != _integer_map("reference", reference)
+    error = error.ravel()
+    errors = int(np.count_nonzero(error))
+    correct = error.size - errors
+    if errors == 0 or correct == 0:
+        what = "no voxel is wrong" if errors == 0 else "no voxel is right"
+        warnings.warn(
+            f"uncertainty_error_auroc: {what} among {error.size} voxels, so there are no "
+            "errors to tell from correct voxels (a perfect prediction has nothing to "
+            "detect); the AUROC is undefined and returned as nan",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return math.nan
+    ranks = stats.rankdata(uncertainty.ravel())  # average ranks: a tie counts one half
+    rank_sum_of_errors = ranks[error].sum()
+    return float((rank_sum_of_errors - errors * (errors + 1) / 2) / (errors * correct))
+
+
+def _patient_values(name, values):
+    try:
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be one number per patient ({error})") from None
+    if values.ndim != 1:
+        raise ValueError(f"{name} must be one number per patient (1-D), got shape {values.shape}")
+    not_finite = np.flatnonzero(~np.isfinite(values))
+    if not_finite.size:
+        raise ValueError(
+            f"{name} holds NaN or infinite values at positions {not_finite[:10].tolist()}; "
+            "leave those patients out (e.g. a Dice of nan from two empty masks) before "
+            "correlating"
+        )
+    return values
+
+
+def uncertainty_dice_correlation(
+    mean_uncertainty_per_patient, dice_per_patient, *, method="spearman"
+) -> Correlation:
+    """Correlation of each patient's mean uncertainty with that patient's Dice.
+
+    Useful uncertainty is high where the segmentation is poor, so a strongly negative
+    coefficient is what one hopes for. ``method="spearman"`` (the default) correlates the
+    ranks (average ranks for ties) and so asks only for a monotone relation;
+    ``"pearson"`` asks for a linear one. The two-sided p-value tests a zero correlation
+    with Student's t on ``n − 2`` degrees of freedom, ``t = r √((n − 2) / (1 − r²))``
+    (exact for Pearson under bivariate normality, the usual large-sample approximation
+    for Spearman, as in scipy); it is 0 when ``|r| = 1``. Any per-patient score (IoU,
+    HD95) can stand in for the Dice.
+
+    When either list is constant the correlation is undefined: it returns ``nan`` for
+    coefficient and p-value and warns (``RuntimeWarning``).
+
+    Args:
+        mean_uncertainty_per_patient: one finite number per patient.
+        dice_per_patient: one finite number per patient, in the same order.
+        method: ``"spearman"`` or ``"pearson"``.
+
+    Returns:
+        A :class:`Correlation` ``(coefficient, p_value, n)``.
+
+    Raises:
+        ValueError: lists of different lengths, fewer than 3 patients (two points are
+            always perfectly correlated and leave no degree of freedom for a test),
+            values that are not finite numbers (naming the argument), or a bad ``method``.
+
+    Example:
+
+    >>> uncertainty_dice_correlation([0.1, 0.3, 0.2, 0.6], [0.9, 0.7, 0.8, 0.4])
+    Correlation(coefficient=-1.0, p_value=0.0, n=4)
+
+    Reference:
+        Spearman C. "The proof and measurement of association between two things".
+        American Journal of Psychology 15(1):72-101, 1904. Jungo A, Reyes M. "Assessing
+        reliability and challenges of uncertainty estimations for medical image
+        segmentation". MICCAI 2019.
+    """
+    if method not in _CORRELATION_METHODS:
+        raise ValueError(f"method must be one of {_CORRELATION_METHODS}, got {method!r}")
+    uncertainty = _patient_values("mean_uncertainty_per_patient", mean_uncertainty_per_patient)
+    dice_values = _patient_values("dice_per_patient", dice_per_patient)
+    if uncertainty.size != dice_values.size:
+        raise ValueError(
+            f"mean_uncertainty_per_patient has {uncertainty.size} values but "
+            f"dice_per_patient has {dice_values.size}; give one of each per patient"
+        )
+    n = int(uncertainty.size)
+    if n < 3:
+        raise ValueError(
+            f"uncertainty_dice_correlation needs at least 3 patients, got {n}: two points are "
+            "always perfectly correlated and leave no degree of freedom for a p-value"
+        )
+    if np.ptp(uncertainty) == 0 or np.ptp(dice_values) == 0:
+        constant = (
+            "dice_per_patient" if np.ptp(dice_values) == 0 else "mean_uncertainty_per_patient"
+        )
+        warnings.warn(
+            f"uncertainty_dice_correlation: {constant} is the same for all {n} patients, so "
+            "the correlation is undefined and returned as nan",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return Correlation(math.nan, math.nan, n)
+    if method == "spearman":
+        uncertainty, dice_values = stats.rankdata(uncertainty), stats.rankdata(dice_values)
+    uncertainty = uncertainty - uncertainty.mean()
+    dice_values = dice_values - dice_values.mean()
+    coefficient = float(
+        np.dot(uncertainty, dice_values)
+        / math.sqrt(np.dot(uncertainty, uncertainty) * np.dot(dice_values, dice_values))
+    )
+    coefficient = min(1.0, max(-1.0, coefficient))  # rounding can step just past ±1
+    if abs(coefficient) == 1.0:
+        return Correlation(coefficient, 0.0, n)
+    t_statistic = coefficient * math.sqrt((n - 2) / (1.0 - coefficient**2))
+    p_value = float(2.0 * stats.t.sf(abs(t_statistic), n - 2))
+    return Correlation(coefficient, p_value, n)
