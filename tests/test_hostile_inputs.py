@@ -392,3 +392,12 @@ def test_aligned_npz_mask_needs_a_volume_not_an_array(tmp_path):
     np.savez(path, mask=np.ones((2, 3, 4), np.uint8))
     with pytest.raises(TypeError, match="volume must be the kseg.io.Volume"):
         read_aligned_npz_mask(path, np.zeros((2, 3, 4), np.int16))
+
+
+def test_sliding_window_names_an_unknown_pad_mode_even_without_padding():
+    from kseg.inference import sliding_window
+
+    volume = np.zeros((6, 6, 6, 1), np.float32)
+    for roi in ((4, 4, 4), (8, 8, 8)):  # no padding needed, then padding needed
+        with pytest.raises(ValueError, match="pad_mode must be one of"):
+            sliding_window(lambda x: x, volume, roi, pad_mode="mirror", progress=False)

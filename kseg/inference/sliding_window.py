@@ -24,6 +24,11 @@ from kseg.errors import AlignmentError
 from kseg.inference._predictor import as_batch_predictor
 
 BLEND_MODES = ("gaussian", "constant")
+# numpy.pad's modes that need no function argument
+PAD_MODES = (
+    *("constant", "edge", "linear_ramp", "maximum", "mean", "median", "minimum"),
+    *("reflect", "symmetric", "wrap", "empty"),
+)
 
 
 def window_starts(size: int, roi: int, overlap: float) -> list[int]:
@@ -164,6 +169,8 @@ def sliding_window(
         raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if pad_mode not in PAD_MODES:  # checked even when this volume needs no padding
+        raise ValueError(f"pad_mode must be one of numpy.pad's modes {PAD_MODES}, got {pad_mode!r}")
     spatial_shape = volume.shape[:-1]
     roi_size = _check_roi(roi_size, spatial_shape)
     predict = as_batch_predictor(predictor)
