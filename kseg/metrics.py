@@ -804,14 +804,23 @@ class Correlation(NamedTuple):
     n: int
 
 
+def _numeric_array(name, values):
+    """``values`` as a numpy array; ragged nesting or non-numbers raise naming ``name``."""
+    try:
+        values = np.asarray(values)
+    except (TypeError, ValueError) as error:  # e.g. ragged nested lists
+        raise ValueError(f"{name} must be an array of numbers ({error})") from None
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be an array of numbers, got dtype {values.dtype}")
+    return values
+
+
 def _checked_probabilities(probabilities):
-    probabilities = np.asarray(probabilities)
-    if probabilities.dtype.kind not in "biuf":
-        raise ValueError(
-            f"probabilities must be numbers in [0, 1], got an array of dtype {probabilities.dtype}"
-        )
+    probabilities = _numeric_array("probabilities", probabilities)
     if probabilities.size == 0:
         raise ValueError("probabilities is empty: there is no voxel to score")
+    if probabilities.dtype.kind != "f":  # hard 0/1 masks scored as probabilities
+        probabilities = probabilities.astype(np.float64)
     if probabilities.dtype.kind == "f":
         nan_count = int(np.count_nonzero(np.isnan(probabilities)))
         if nan_count:
@@ -830,8 +839,6 @@ def _checked_probabilities(probabilities):
 
 def _class_labels(name, labels, num_classes):
     """``labels`` as integers in ``[0, num_classes)``; bool and integral floats accepted."""
-    if labels.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must hold integer class labels, got dtype {labels.dtype}")
     if labels.dtype.kind == "f" and np.any(labels != np.round(labels)):
         raise ValueError(
             f"{name} must hold integer class labels, got non-integer values "
@@ -854,7 +861,7 @@ def _classification_inputs(probabilities, labels):
     integers ``0 .. C-1`` of shape ``(N,)``.
     """
     probabilities = _checked_probabilities(probabilities)
-    labels = np.asarray(labels)
+    labels = _numeric_array("labels", labels)
     if probabilities.shape == labels.shape:
         return probabilities.ravel(), _class_labels("labels", labels.ravel(), 2), True
     if probabilities.ndim != labels.ndim + 1 or probabilities.shape[:-1] != labels.shape:
@@ -1082,9 +1089,6 @@ def brier_score(probabilities, labels) -> float:
 
 
 def _integer_map(name, values):
-    values = np.asarray(values)
-    if values.dtype.kind not in "biuf":
-        raise ValueError(f"{name} must be a label map of integers, got dtype {values.dtype}")
     if values.dtype.kind == "f" and np.any(values != np.round(values)):
         raise ValueError(
             f"{name} must be a label map of integers (hard predictions, not probabilities), "
@@ -1133,15 +1137,14 @@ def uncertainty_error_auroc(uncertainty, prediction, reference) -> float:
         uncertainty estimation for deep medical image segmentation". IEEE TMI
         39(12):3868-3878, 2020.
     """
-    uncertainty = np.asarray(uncertainty)
-    prediction, reference = np.asarray(prediction), np.asarray(reference)
+    uncertainty = _numeric_array("uncertainty", uncertainty)
+    prediction = _numeric_array("prediction", prediction)
+    reference = _numeric_array("reference", reference)
     for name, values in (("prediction", prediction), ("reference", reference)):
         if values.shape != uncertainty.shape:
             raise ValueError(
                 f"{name} has shape {values.shape} but uncertainty has shape {uncertainty.shape}"
             )
-    if uncertainty.dtype.kind not in "biuf":
-        raise ValueError(f"uncertainty must be numbers, got an array of dtype {uncertainty.dtype}")
     if uncertainty.dtype.kind == "f" and not np.all(np.isfinite(uncertainty)):
         bad = int(np.count_nonzero(~np.isfinite(uncertainty)))
         raise ValueError(

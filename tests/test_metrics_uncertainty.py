@@ -198,6 +198,10 @@ def test_calibration_argument_errors(function):
         function(good, [0, 2, 1])
     with pytest.raises(ValueError, match="labels must hold integer class labels"):
         function(good, [0, 0.5, 1])
+    with pytest.raises(ValueError, match="labels must be an array of numbers"):
+        function(good, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="probabilities must be an array of numbers"):
+        function([[0.2, 0.8], [0.5]], [0, 1])
     with pytest.raises(ValueError, match="sum to 1"):
         function([[0.2, 0.2], [0.5, 0.5]], [0, 1], mode="top_label")
     with pytest.raises(ValueError, match="mode='binary'"):
@@ -222,6 +226,19 @@ def test_brier_score_binary_agrees_with_sklearn():
     assert brier_score(probabilities.astype(np.float32), labels.astype(bool)) == pytest.approx(
         brier_score_loss(labels.ravel(), probabilities.astype(np.float32).ravel()), rel=1e-6
     )
+
+
+def test_hard_masks_score_as_probabilities_zero_and_one():
+    probabilities = np.array([True, False, True, True, False])
+    labels = np.array([1, 0, 0, 1, 1])
+    assert brier_score(probabilities, labels) == pytest.approx(
+        brier_score_loss(labels, probabilities.astype(float))
+    )
+    # Two of five voxels wrong, each with a gap of 1: whichever binning, ECE = 2/5.
+    for strategy in ("uniform", "quantile"):
+        assert expected_calibration_error(
+            probabilities, labels, strategy=strategy
+        ) == pytest.approx(0.4)
 
 
 def test_brier_score_multiclass_agrees_with_sklearn():
@@ -304,6 +321,8 @@ def test_auroc_argument_errors():
         uncertainty_error_auroc([np.inf, 0.1], [1, 0], [0, 0])
     with pytest.raises(ValueError, match="prediction must be a label map of integers"):
         uncertainty_error_auroc([0.2, 0.1], [0.7, 0.2], [1, 0])
+    with pytest.raises(ValueError, match="reference must be an array of numbers"):
+        uncertainty_error_auroc([0.2, 0.1], [1, 0], ["liver", "spleen"])
 
 
 # --- uncertainty_dice_correlation ------------------------------------------------------------
