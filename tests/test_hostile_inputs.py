@@ -401,3 +401,15 @@ def test_sliding_window_names_an_unknown_pad_mode_even_without_padding():
     for roi in ((4, 4, 4), (8, 8, 8)):  # no padding needed, then padding needed
         with pytest.raises(ValueError, match="pad_mode must be one of"):
             sliding_window(lambda x: x, volume, roi, pad_mode="mirror", progress=False)
+
+
+@pytest.mark.parametrize(
+    ("ids", "problem"),
+    [([None, "a", "b"], "empty patient id None"), (["", "a", "b"], "empty patient id ''"),
+     ([["a"], ["b"], ["c"]], "hashable ids")],
+)
+def test_assign_folds_refuses_ids_that_name_no_patient(ids, problem):
+    from kseg.data.splits import assign_folds
+
+    with pytest.raises(ValueError, match=f"patient_ids .*{problem}"):
+        assign_folds(ids, 2)

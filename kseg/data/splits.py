@@ -194,6 +194,17 @@ def _canonical_patients(patient_ids: Iterable[Hashable]) -> list[Hashable]:
         )
     by_name: dict[str, Hashable] = {}
     for patient in patient_ids:
+        if patient is None or (isinstance(patient, str) and not patient.strip()):
+            # a header without PatientID, read as None or "": such patients cannot be told
+            # apart, so they could share folds with anyone
+            raise ValueError(f"patient_ids holds an empty patient id {patient!r}")
+        try:
+            hash(patient)
+        except TypeError:
+            raise ValueError(
+                f"patient_ids must hold hashable ids (str, int), got {type(patient).__name__} "
+                f"{patient!r}"
+            ) from None
         name = str(patient)
         if name in by_name:
             raise ValueError(f"patient id {patient!r} appears more than once in patient_ids")
