@@ -11,7 +11,12 @@ first use.
 
 import importlib
 
-from kseg.inference.ensemble import ensemble_predictor
+from kseg.inference.ensemble import (
+    FittedEnsembleWeights,
+    ensemble_predictor,
+    fit_ensemble_weights,
+    majority_vote,
+)
 from kseg.inference.postprocess import keep_largest_component
 from kseg.inference.slices import predict_slices
 from kseg.inference.sliding_window import gaussian_importance_map, sliding_window, window_starts
@@ -28,15 +33,18 @@ _KERAS_EXPORTS += (
 )
 
 __all__ = [
+    "FittedEnsembleWeights",
     "MCDropoutResult",
     "SpatialTransform",
     "TTAUncertainty",
     "UncertaintyDecomposition",
     "decompose_uncertainty",
     "ensemble_predictor",
+    "fit_ensemble_weights",
     "flip_tta",
     "gaussian_importance_map",
     "keep_largest_component",
+    "majority_vote",
     "mc_dropout",
     "mc_dropout_model",
     "predict_slices",

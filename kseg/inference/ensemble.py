@@ -1,7 +1,15 @@
-"""Average the probabilities of several models or saved checkpoints."""
+"""Combine several models: weighted mean probability, majority vote, weights fitted on validation.
+
+Everything here works on the host with numpy; Keras is imported only to load checkpoints
+and by the Dice of :mod:`kseg.metrics` when weights are fitted.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import math
+import numbers
 import os
 from collections.abc import Callable, Sequence
 
@@ -20,6 +28,29 @@ def _load_member(member):
     return member
 
 
+def _normalised_weights(weights, members: int) -> np.ndarray:
+    """Weights as ``(members, 1)`` or ``(members, C)`` float64 columns that sum to 1."""
+    if weights is None:
+        return np.full((members, 1), 1.0 / members)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.ndim == 1:
+        weights = weights[:, None]
+    if (
+        weights.ndim != 2
+        or weights.shape[0] != members
+        or weights.shape[1] == 0
+        or not np.isfinite(weights).all()
+        or (weights < 0).any()
+        or (weights.sum(axis=0) <= 0).any()
+    ):
+        raise ValueError(
+            f"weights must be {members} non-negative numbers with a positive sum, or a "
+            f"({members}, classes) array whose every column has a positive sum, got "
+            f"{np.asarray(weights).tolist()}"
+        )
+    return weights / weights.sum(axis=0)
+
+
 def ensemble_predictor(
     members: Sequence, *, weights: Sequence[float] | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -32,7 +63,14 @@ def ensemble_predictor(
         members: ``keras.Model`` objects, callables batch -> batch, or paths of saved
             ``.keras`` checkpoints (loaded once with :func:`kseg.load_model`,
             ``compile=False``). All must produce the same output shape.
-        weights: one non-negative weight per member (normalised to sum 1); equal by default.
+        weights: one non-negative weight per member (normalised to sum 1), or per-class
+            weights of shape ``(members, channels)``, each column normalised to sum 1, so
+            output channel ``c`` is the ``weights[:, c]``-weighted mean of the members'
+            channel ``c`` (e.g. trust one model for the spleen, another for the liver). With
+            per-class weights the channels of softmax members need no longer sum to 1 at a
+            voxel; the argmax is what they are for (divide by the channel sum if a
+            distribution is needed). Equal weights by default; fitted ones come from
+            :func:`fit_ensemble_weights`.
 
     Returns:
         A callable batch -> float32 batch, usable wherever a predictor is accepted
@@ -49,31 +87,245 @@ def ensemble_predictor(
     members = list(members)
     if not members:
         raise ValueError("members must hold at least one model, callable or checkpoint path")
-    if weights is None:
-        weights = np.full(len(members), 1.0 / len(members))
-    else:
-        weights = np.asarray(weights, dtype=np.float64)
-        if weights.shape != (len(members),) or (weights < 0).any() or weights.sum() <= 0:
-            raise ValueError(
-                f"weights must be {len(members)} non-negative numbers with a positive sum, "
-                f"got {weights.tolist()}"
-            )
-        weights = weights / weights.sum()
+    weights = _normalised_weights(weights, len(members))
     predictors = [as_batch_predictor(_load_member(member)) for member in members]
 
     def predict_mean(batch: np.ndarray) -> np.ndarray:
         total = None
         for index, (predict, weight) in enumerate(zip(predictors, weights, strict=True)):
             prediction = predict(batch)
+            if weight.size > 1 and prediction.shape[-1] != weight.size:
+                raise ValueError(
+                    f"weights hold {weight.size} per-class columns but ensemble member {index} "
+                    f"predicts {prediction.shape[-1]} channels"
+                )
             if total is None:
-                total = prediction * np.float32(weight)
+                total = prediction * weight.astype(np.float32)
             elif prediction.shape != total.shape:
                 raise ValueError(
                     f"ensemble member {index} predicts shape {prediction.shape}, "
                     f"member 0 predicts {total.shape}"
                 )
             else:
-                total += prediction * np.float32(weight)
+                total += prediction * weight.astype(np.float32)
         return total
 
     return predict_mean
+
+
+def _member_stack(member_probabilities, argument: str) -> np.ndarray:
+    """Members' probability maps as one float array ``(members, *spatial, C)``, checked."""
+    if isinstance(member_probabilities, np.ndarray):
+        arrays = list(member_probabilities)
+    else:
+        arrays = [np.asarray(member) for member in member_probabilities]
+    if not arrays:
+        raise ValueError(f"{argument} must hold at least one member's probabilities")
+    shapes = {np.shape(member) for member in arrays}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"{argument} must hold equally shaped probability maps (*spatial, C), got shapes "
+            f"{sorted(shapes)}"
+        )
+    stack = np.asarray(arrays, dtype=np.float32)
+    if stack.ndim < 2:
+        raise ValueError(f"{argument} maps need a channel axis, got shape {stack.shape[1:]}")
+    if not np.isfinite(stack).all() or stack.min() < 0 or stack.max() > 1:
+        raise ValueError(f"{argument} must hold probabilities in [0, 1]")
+    return stack
+
+
+def _class_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """One channel (sigmoid) as the two classes ``[1 - p, p]``; softmax channels as they are."""
+    if probabilities.shape[-1] == 1:
+        return np.concatenate([1.0 - probabilities, probabilities], axis=-1)
+    return probabilities
+
+
+def _labels(probabilities: np.ndarray) -> np.ndarray:
+    """Label map of a probability map: ``p >= 0.5`` for one channel, else the argmax."""
+    if probabilities.shape[-1] == 1:
+        return (probabilities[..., 0] >= 0.5).astype(np.int64)
+    return probabilities.argmax(axis=-1)
+
+
+def majority_vote(member_probabilities) -> np.ndarray:
+    """Per-voxel majority vote of the members' labels.
+
+    Each member's label map is its argmax (one channel: ``p >= 0.5``). The label most
+    members give wins; a tie between labels is broken by the highest mean probability of
+    the tied labels over all members (so two members that disagree give the label the
+    averaged ensemble would), and an exact tie of that too by the lowest label.
+
+    Args:
+        member_probabilities: a sequence of members' probability maps ``(*spatial, C)``
+            of one shape, or an array ``(members, *spatial, C)``.
+
+    Returns:
+        int64 label map ``(*spatial)``.
+
+    Example:
+        >>> labels = majority_vote([sliding_window(m, ct[..., None], 96) for m in folds])
+
+    Reference:
+        Kittler et al., "On combining classifiers", IEEE TPAMI 20(3):226-239, 1998
+        (majority vote); Rohlfing et al., "Performance-based classifier combination in
+        atlas-based image segmentation using expectation-maximization parameter
+        estimation", IEEE TMI 23(8), 2004 (label voting for segmentation).
+    """
+    stack = _member_stack(member_probabilities, "member_probabilities")
+    member_labels = np.stack([_labels(member) for member in stack])
+    class_probabilities = _class_probabilities(stack)
+    classes = class_probabilities.shape[-1]
+    votes = np.stack([(member_labels == label).sum(axis=0) for label in range(classes)], axis=-1)
+    # counts differ by at least 1 and a mean probability by at most 1, so halving the mean
+    # probability lets it decide only between labels with equal counts
+    key = votes + class_probabilities.mean(axis=0, dtype=np.float64) / 2
+    return key.argmax(axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FittedEnsembleWeights:
+    """Ensemble weights fitted on validation volumes.
+
+    Attributes:
+        weights: one weight per member, non-negative and summing to 1; pass them as
+            ``ensemble_predictor(members, weights=fitted.weights)``.
+        dice: the mean validation Dice these weights reach (mean over cases of the mean
+            over ``labels``).
+        member_dice: the same score for each member alone, for comparison.
+    """
+
+    weights: np.ndarray
+    dice: float
+    member_dice: np.ndarray
+
+
+def _simplex_grid(members: int, divisions: int) -> np.ndarray:
+    """Every weight vector with entries in multiples of ``1 / divisions`` that sum to 1."""
+    # stars and bars: choosing members - 1 bar positions among divisions + members - 1 slots
+    points = []
+    for bars in itertools.combinations(range(divisions + members - 1), members - 1):
+        edges = (-1, *bars, divisions + members - 1)
+        points.append([edges[i + 1] - edges[i] - 1 for i in range(members)])
+    return np.asarray(points, dtype=np.float64) / divisions
+
+
+def fit_ensemble_weights(
+    member_probabilities,
+    references,
+    *,
+    labels: Sequence[int] | None = None,
+    step: float = 0.05,
+    max_grid_points: int = 20_000,
+) -> FittedEnsembleWeights:
+    """Fit one weight per member on validation whole-volume Dice, the weights on the simplex.
+
+    The search is exhaustive over the simplex grid of weights in multiples of ``step``
+    (21 points for 2 members at ``step=0.05``, 231 for 3). A grid, not a gradient method
+    such as SLSQP: the Dice of the thresholded or argmax labels is piecewise constant in
+    the weights, so its gradient is zero almost everywhere and a gradient method stays at
+    its start; the grid scores the exact target and keeps the constraints by construction.
+    Many weights usually reach the same best Dice (any weight above 1/2 on a perfect member
+    thresholds to the same labels), so ties are broken by the soft Dice of the combined
+    probabilities, which prefers the weights whose probabilities agree best with the
+    reference, then by the first grid point.
+
+    Args:
+        member_probabilities: one entry per validation case, each the members' probability
+            maps of that case (a sequence of ``(*spatial, C)`` arrays, same member order in
+            every case, or an array ``(members, *spatial, C)``). One channel is a sigmoid
+            output (label ``p >= 0.5``), several a softmax output (argmax).
+        references: one integer label map ``(*spatial)`` per case.
+        labels: the labels whose Dice is averaged; default every foreground label (``1`` for
+            one channel, ``1 .. C-1`` for several). A case where a label is absent from both
+            reference and prediction scores 1 for it (:func:`kseg.metrics.dice`'s default).
+        step: grid spacing of the weights; ``1 / step`` must be a whole number.
+        max_grid_points: refuse grids larger than this (the grid grows as
+            ``binomial(1 / step + members - 1, members - 1)``).
+
+    Returns:
+        :class:`FittedEnsembleWeights`.
+
+    Example:
+        >>> fitted = fit_ensemble_weights(validation_probabilities, validation_labels)
+        >>> ensemble = ensemble_predictor(fold_models, weights=fitted.weights)
+
+    Reference:
+        Caruana et al., "Ensemble selection from libraries of models", ICML 2004 (weights
+        chosen on a validation set by the target metric).
+    """
+    from kseg.metrics import dice, per_class
+
+    if isinstance(member_probabilities, (str, bytes)) or not isinstance(
+        member_probabilities, (Sequence, np.ndarray)
+    ):
+        raise ValueError(
+            "member_probabilities must be a sequence with one entry of member maps per case, "
+            f"got {type(member_probabilities).__name__}"
+        )
+    if isinstance(references, (str, bytes)) or not isinstance(references, (Sequence, np.ndarray)):
+        raise ValueError(
+            f"references must be a sequence of label maps, got {type(references).__name__}"
+        )
+    if len(member_probabilities) == 0 or len(member_probabilities) != len(references):
+        raise ValueError(
+            f"member_probabilities ({len(member_probabilities)} cases) and references "
+            f"({len(references)} label maps) must hold the same, non-zero number of cases"
+        )
+    stacks = [
+        _member_stack(case, f"member_probabilities[{index}]")
+        for index, case in enumerate(member_probabilities)
+    ]
+    members, channels = stacks[0].shape[0], stacks[0].shape[-1]
+    reference_maps = []
+    for index, (stack, reference) in enumerate(zip(stacks, references, strict=True)):
+        reference = np.asarray(reference)
+        if stack.shape[0] != members or stack.shape[-1] != channels:
+            raise ValueError(
+                f"member_probabilities[{index}] holds {stack.shape[0]} members with "
+                f"{stack.shape[-1]} channels, case 0 holds {members} with {channels}"
+            )
+        if reference.shape != stack.shape[1:-1]:
+            raise ValueError(
+                f"references[{index}] has shape {reference.shape}, its probability maps "
+                f"have spatial shape {stack.shape[1:-1]}"
+            )
+        reference_maps.append(reference)
+    classes = 2 if channels == 1 else channels
+    labels = list(range(1, classes)) if labels is None else [int(label) for label in labels]
+    if not labels or any(not 0 <= label < classes for label in labels):
+        raise ValueError(f"labels must be non-empty and within 0 .. {classes - 1}, got {labels}")
+    if isinstance(step, bool) or not (isinstance(step, numbers.Real) and 0 < step <= 1):
+        raise ValueError(f"step must be a number in (0, 1], got {step!r}")
+    divisions = round(1 / step)
+    if not math.isclose(divisions * step, 1.0, rel_tol=1e-9):
+        raise ValueError(f"step must divide 1 into whole parts (e.g. 0.05, 0.1), got {step}")
+    grid_points = math.comb(divisions + members - 1, members - 1)
+    if grid_points > max_grid_points:
+        raise ValueError(
+            f"step {step} gives {grid_points} grid points for {members} members, more than "
+            f"max_grid_points={max_grid_points}; use a coarser step"
+        )
+
+    def scores(weights: np.ndarray) -> tuple[float, float]:
+        hard, soft = [], []
+        for stack, reference in zip(stacks, reference_maps, strict=True):
+            combined = np.tensordot(weights.astype(np.float32), stack, axes=1)
+            by_label = per_class(dice, reference, _labels(combined), labels=labels)
+            hard.append(np.mean(list(by_label.values())))
+            class_probabilities = _class_probabilities(combined)
+            for label in labels:
+                truth = reference == label
+                overlap = float((class_probabilities[..., label] * truth).sum(dtype=np.float64))
+                size = float(class_probabilities[..., label].sum(dtype=np.float64)) + truth.sum()
+                soft.append(2 * overlap / size if size > 0 else 1.0)
+        return float(np.mean(hard)), float(np.mean(soft))
+
+    best_weights, best_key = None, None
+    for weights in _simplex_grid(members, divisions):
+        key = scores(weights)
+        if best_key is None or key > best_key:
+            best_weights, best_key = weights, key
+    member_dice = np.array([scores(np.eye(members)[m])[0] for m in range(members)])
+    return FittedEnsembleWeights(weights=best_weights, dice=best_key[0], member_dice=member_dice)
