@@ -1033,7 +1033,10 @@ def expected_calibration_error(
     Reference:
         Guo C, Pleiss G, Sun Y, Weinberger KQ. "On calibration of modern neural networks".
         ICML 2017. Naeini MP, Cooper GF, Hauskrecht M. "Obtaining well calibrated
-        probabilities using Bayesian binning". AAAI 2015.
+        probabilities using Bayesian binning". AAAI 2015. For segmentation: Mehrtash A,
+        Wells WM, Tempany CM, Abolmaesumi P, Kapur T. "Confidence calibration and
+        predictive uncertainty estimation for deep medical image segmentation". IEEE TMI
+        39(12):3868-3878, 2020.
     """
     confidence, outcome = _confidence_and_outcome(probabilities, labels, mode)
     _, _, confidence_sum, outcome_sum = _bin_statistics(confidence, outcome, bins, strategy)
@@ -1132,10 +1135,8 @@ def uncertainty_error_auroc(uncertainty, prediction, reference) -> float:
 
     Reference:
         Hanley JA, McNeil BJ. "The meaning and use of the area under a receiver operating
-        characteristic (ROC) curve". Radiology 143(1):29-36, 1982. Mehrtash A, Wells WM,
-        Tempany CM, Abolmaesumi P, Kapur T. "Confidence calibration and predictive
-        uncertainty estimation for deep medical image segmentation". IEEE TMI
-        39(12):3868-3878, 2020.
+        characteristic (ROC) curve". Radiology 143(1):29-36, 1982 (the AUROC as the
+        Mann-Whitney probability, ties counting one half).
     """
     uncertainty = _numeric_array("uncertainty", uncertainty)
     prediction = _numeric_array("prediction", prediction)
@@ -1223,9 +1224,9 @@ def uncertainty_dice_correlation(
 
     Reference:
         Spearman C. "The proof and measurement of association between two things".
-        American Journal of Psychology 15(1):72-101, 1904. Jungo A, Reyes M. "Assessing
-        reliability and challenges of uncertainty estimations for medical image
-        segmentation". MICCAI 2019.
+        American Journal of Psychology 15(1):72-101, 1904. Pearson K. "Note on regression
+        and inheritance in the case of two parents". Proceedings of the Royal Society of
+        London 58:240-242, 1895.
     """
     if method not in _CORRELATION_METHODS:
         raise ValueError(f"method must be one of {_CORRELATION_METHODS}, got {method!r}")
