@@ -290,3 +290,28 @@ def test_summary_of_an_mc_dropout_result_and_its_errors():
         uncertainty_summary({"total": np.zeros((3, 3))}, np.zeros((2, 2), dtype=bool))
     with pytest.raises(ValueError, match="maps must be"):
         uncertainty_summary([np.zeros(2)], np.zeros(2, dtype=bool))
+
+
+def test_tta_of_a_keras_model_matches_a_loop_over_the_dihedral_group():
+    from kseg.inference import tta_uncertainty
+
+    # an asymmetric 3x3 kernel: neither flip- nor rotation-equivariant, so the copies differ
+    inputs = keras.Input((5, 5, 1))
+    conv = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", use_bias=False)
+    model = keras.Model(inputs, conv(inputs))
+    conv.set_weights([np.arange(9, dtype=np.float32).reshape(3, 3, 1, 1) / 9 - 0.3])
+    x = np.random.default_rng(13).normal(size=(2, 5, 5, 1)).astype(np.float32)
+
+    copies = []
+    for mirror in (False, True):
+        for k in range(4):
+            augmented = np.rot90(np.flip(x, 1) if mirror else x, k, axes=(1, 2))
+            prediction = keras.ops.convert_to_numpy(model(np.ascontiguousarray(augmented)))
+            restored = np.rot90(prediction, -k, axes=(1, 2))
+            copies.append(np.flip(restored, 1) if mirror else restored)
+    copies = np.stack(copies).astype(np.float64)
+
+    result = tta_uncertainty(model, x)
+    np.testing.assert_allclose(result.mean, copies.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.variance, copies.var(axis=0), rtol=1e-4, atol=1e-7)
+    assert result.variance.max() > 1e-3

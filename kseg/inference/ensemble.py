@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from kseg.inference._predictor import as_batch_predictor
 
@@ -218,6 +219,7 @@ def fit_ensemble_weights(
     labels: Sequence[int] | None = None,
     step: float = 0.05,
     max_grid_points: int = 20_000,
+    progress: bool = True,
 ) -> FittedEnsembleWeights:
     """Fit one weight per member on validation whole-volume Dice, the weights on the simplex.
 
@@ -243,6 +245,7 @@ def fit_ensemble_weights(
         step: grid spacing of the weights; ``1 / step`` must be a whole number.
         max_grid_points: refuse grids larger than this (the grid grows as
             ``binomial(1 / step + members - 1, members - 1)``).
+        progress: show a tqdm bar over the grid points.
 
     Returns:
         :class:`FittedEnsembleWeights`.
@@ -323,7 +326,8 @@ def fit_ensemble_weights(
         return float(np.mean(hard)), float(np.mean(soft))
 
     best_weights, best_key = None, None
-    for weights in _simplex_grid(members, divisions):
+    grid = _simplex_grid(members, divisions)
+    for weights in tqdm(grid, desc="ensemble weights", unit="point", disable=not progress):
         key = scores(weights)
         if best_key is None or key > best_key:
             best_weights, best_key = weights, key
