@@ -413,3 +413,47 @@ def test_assign_folds_refuses_ids_that_name_no_patient(ids, problem):
 
     with pytest.raises(ValueError, match=f"patient_ids .*{problem}"):
         assign_folds(ids, 2)
+
+
+def _ct_file(path) -> None:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.Modality = "Doe^Jane", "MRN-1", "CT"
+    ds.Rows, ds.Columns = 2, 2
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation, ds.SamplesPerPixel = 0, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = np.arange(4, dtype=np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_deidentify_into_a_file_is_a_layout_error_naming_dst(tmp_path):
+    from kseg.errors import LayoutError
+    from kseg.io import deidentify
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _ct_file(src / "slice.dcm")
+    before = _fingerprint(src / "slice.dcm")
+    dst = tmp_path / "report.txt"
+    dst.write_text("keep me")
+    for target in (dst, dst / "deid"):
+        with pytest.raises(LayoutError, match="is a file") as caught:
+            deidentify(src, target, secret="key")
+        assert str(target) in str(caught.value)
+    assert dst.read_text() == "keep me"
+    assert _fingerprint(src / "slice.dcm") == before
+
+
+def test_scan_dicom_files_refuses_a_single_path(tmp_path):
+    from kseg.io import scan_dicom_files
+
+    _ct_file(tmp_path / "slice.dcm")
+    with pytest.raises(ValueError, match="paths must be a collection") as caught:
+        scan_dicom_files(tmp_path / "slice.dcm")
+    assert str(tmp_path / "slice.dcm") in str(caught.value)

@@ -662,8 +662,9 @@ def deidentify(
         A :class:`DeidReport`: per written file, the keywords removed, emptied or replaced.
 
     Raises:
-        LayoutError: ``src`` is not a folder, ``src`` and ``dst`` overlap, ``patient_map_path``
-            lies inside ``dst`` or ``src``, or an output file exists and ``overwrite`` is False.
+        LayoutError: ``src`` is not a folder, ``dst`` is (or lies under) a file, ``src`` and
+            ``dst`` overlap, ``patient_map_path`` lies inside ``dst`` or ``src``, or an output
+            file exists and ``overwrite`` is False.
         ValueError: an empty ``secret``, an unknown ``keep`` keyword, ``layout`` or ``uid_root``.
 
     Example:
@@ -681,6 +682,9 @@ def deidentify(
         raise LayoutError(src, "src must be an existing folder of files to de-identify")
     if _inside(dst_path, src_path) or _inside(src_path, dst_path):
         raise LayoutError(dst, f"dst must lie outside src ({src_path}) and not contain it")
+    blocking = next((p for p in (dst_path, *dst_path.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise LayoutError(dst, f"dst must be a folder to write into, but {blocking} is a file")
     map_path = None if patient_map_path is None else Path(patient_map_path).resolve()
     if map_path is not None and _inside(map_path, dst_path):
         raise LayoutError(

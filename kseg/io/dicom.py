@@ -305,6 +305,7 @@ def scan_dicom_files(
         ``"PixelData" in header`` works; reading ``header.PixelData`` reads it from the file.
 
     Raises:
+        ValueError: ``paths`` is a single path rather than a collection of them.
         UnreadableFileError: a file cannot be opened, or is DICOM but broken (see above).
 
     Warns:
@@ -315,6 +316,10 @@ def scan_dicom_files(
         >>> {str(h.Modality) for _, h in headers}  # doctest: +SKIP
         {'CT', 'RTSTRUCT'}
     """
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise ValueError(
+            f"paths must be a collection of files; got the single path {os.fspath(paths)!r}"
+        )
     paths = [os.fspath(p) for p in paths]
     if progress is not None:
         from tqdm.auto import tqdm
