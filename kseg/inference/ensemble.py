@@ -155,8 +155,8 @@ def majority_vote(member_probabilities) -> np.ndarray:
 
     Each member's label map is its argmax (one channel: ``p >= 0.5``). The label most
     members give wins; a tie between labels is broken by the highest mean probability of
-    the tied labels over all members (so two members that disagree give the label the
-    averaged ensemble would), and an exact tie of that too by the lowest label.
+    the tied labels over all members (so two sigmoid members that disagree give the label
+    the averaged ensemble would), and an exact tie of that too by the lowest label.
 
     Args:
         member_probabilities: a sequence of members' probability maps ``(*spatial, C)``

@@ -10,6 +10,12 @@ graph around the *same* layer objects (weights are shared, nothing is copied) wi
 dropout layer wrapped so that it alone always runs in training mode; the rebuilt model is
 then run in inference mode, so normalisation uses the stored statistics and nothing is
 updated.
+
+The rest of the module turns probability samples into uncertainty maps, with numpy on the
+host: :func:`decompose_uncertainty` splits the predictive entropy of MC dropout or ensemble
+samples into aleatoric and epistemic parts (Depeweg et al., 2018), :func:`tta_uncertainty`
+estimates aleatoric uncertainty from flipped, turned and noised copies of the input (Wang et
+al., 2019), and :func:`uncertainty_summary` reduces any of the maps to per-patient means.
 """
 
 from __future__ import annotations
