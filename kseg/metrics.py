@@ -289,7 +289,7 @@ class IoUScore(_OverlapScore):
 
     >>> import numpy as np
     >>> metric = IoUScore(num_classes=3, include_background=True)
-    >>> labels = np.array([[[0], [1], [2]]])  # (1, 1, 3) sparse labels, no channel axis
+    >>> labels = np.array([[[0, 1, 2]]])  # (1, 1, 3) sparse labels, no channel axis
     >>> metric.update_state(labels, np.eye(3)[None, None])
     >>> float(metric.result())
     1.0
