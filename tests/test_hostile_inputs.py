@@ -457,3 +457,20 @@ def test_scan_dicom_files_refuses_a_single_path(tmp_path):
     with pytest.raises(ValueError, match="paths must be a collection") as caught:
         scan_dicom_files(tmp_path / "slice.dcm")
     assert str(tmp_path / "slice.dcm") in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize(
+    "reader", [read_mask, lambda p: read_labels(p, LabelRule())], ids=["read_mask", "read_labels"]
+)
+def test_float_tiff_mask_with_nan_or_inf_is_a_mask_error(tmp_path, reader, bad):
+    values = np.zeros((8, 8), np.float32)
+    values[2:5, 2:5] = 1.0
+    values[0, 0] = bad
+    path = tmp_path / "mask.tif"
+    Image.fromarray(values).save(path)  # Pillow writes a 32-bit float (mode F) TIFF
+    before = _fingerprint(path)
+    with pytest.raises(MaskError, match="1 NaN or infinite values") as caught:
+        reader(path)
+    assert str(path) in str(caught.value)
+    assert _fingerprint(path) == before

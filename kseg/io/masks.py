@@ -467,6 +467,12 @@ def _lossless_values(path: str, image: Image.Image) -> np.ndarray:
         return channels[..., 0]
     if mode in ("I", "F"):
         values = np.array(image)
+        if not np.all(np.isfinite(values)):
+            raise MaskError(
+                path,
+                f"holds {int(np.count_nonzero(~np.isfinite(values)))} NaN or infinite values "
+                f"(mode {mode}); a mask holds integer labels",
+            )
         if not np.array_equal(values, np.round(values)) or values.min() < 0:
             raise MaskError(path, f"holds non-integer or negative values (mode {mode})")
         if values.max() <= np.iinfo(np.uint16).max:
@@ -502,6 +508,12 @@ def _stored_values(path: str, image: Image.Image) -> tuple[np.ndarray, int, str]
         return np.array(image).astype(np.uint16), _SIXTEEN_BIT_FULL_SCALE, "16-bit grey"
     if mode in ("I", "F"):
         values = np.array(image)
+        if not np.all(np.isfinite(values)):
+            raise MaskError(
+                path,
+                f"holds {int(np.count_nonzero(~np.isfinite(values)))} NaN or infinite values "
+                f"(mode {mode}); a mask holds integer labels",
+            )
         if not np.array_equal(values, np.round(values)) or values.min() < 0:
             raise MaskError(path, f"holds non-integer or negative values (mode {mode})")
         if values.max() > _SIXTEEN_BIT_FULL_SCALE:
