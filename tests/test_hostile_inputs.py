@@ -474,3 +474,27 @@ def test_float_tiff_mask_with_nan_or_inf_is_a_mask_error(tmp_path, reader, bad):
         reader(path)
     assert str(path) in str(caught.value)
     assert _fingerprint(path) == before
+
+
+def test_small_nifti_gz_declaring_gigabytes_is_refused_before_allocating(tmp_path):
+    import gzip
+    import resource
+
+    import nibabel as nib
+
+    from kseg.io import read_nifti
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((1024, 1024, 600))  # 5 GB of float64 in a 1.4 kB file
+    header.set_data_dtype(np.float64)
+    header.set_sform(np.eye(4), code=1)
+    path = tmp_path / "bomb.nii.gz"
+    path.write_bytes(gzip.compress(header.binaryblock + b"\0" * 4 + b"\0" * 1000))
+    before = _fingerprint(path)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(UnreadableFileError, match=r"declares shape .*\(5033164800 bytes\)") as e:
+        read_nifti(path)
+    assert str(path) in str(e.value)
+    # deflate expands at most 1032:1, so no reading of the file needs the 5 GB declared
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 500_000  # kB
+    assert _fingerprint(path) == before

@@ -85,9 +85,10 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
 
     Raises:
         UnreadableFileError: the file cannot be read as NIfTI (or is another format nibabel
-            reads), its data are cut short, its xyzt_units code is unknown, it is not a 3D
-            volume (trailing dimensions of size
-            1 are dropped; a 2D image becomes one slice), a dimension is 0, or the voxels are
+            reads), its data are cut short (or its header declares more voxel bytes than the
+            file can hold: checked before anything is allocated), its xyzt_units code is
+            unknown, it is not a 3D volume (trailing dimensions of size 1 are dropped; a 2D
+            image becomes one slice), a dimension is 0, or the voxels are
             not real scalars (RGB, complex).
         GeometryError: ``sform_code`` or ``qform_code`` is not an xform code (0-5; nibabel
             would reset it to 0 silently); the affine in use (sform when ``sform_code`` > 0,
@@ -124,6 +125,7 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
             path, f"expected real scalar voxels, the file stores {dtype} (RGB or complex?)"
         )
     affine = _checked_affine(path, image)
+    _check_declared_size(path, header, shape, dtype)
     try:
         data = np.asarray(image.dataobj)
     except Exception as exc:  # cut-short data: EOFError, ValueError (mmap), zlib.error
@@ -264,6 +266,35 @@ def _checked_affine(path: str, image) -> np.ndarray:
             stacklevel=3,
         )
     return affine
+
+
+# Deflate (gzip) expands at most 1032:1, so a .nii.gz cannot hold more voxel bytes than this
+# many times its own size (plus a margin for headers): checked before anything is allocated.
+_MAX_GZIP_RATIO = 1100
+
+
+def _check_declared_size(path: str, header, shape, dtype) -> None:
+    """Refuse a header declaring more voxel bytes than the file can hold, before nibabel
+    allocates them: a few-kB .nii.gz declaring 1024 x 1024 x 600 float64 would otherwise
+    take 5 GB of memory only to fail (or be killed) reading it."""
+    declared = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
+    offset = int(header.get("vox_offset", 0) or 0)
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        gzipped = handle.read(2) == b"\x1f\x8b"
+    if gzipped:
+        limit, how = size * _MAX_GZIP_RATIO + (1 << 20), "decompresses to at most"
+    elif not path.endswith((".bz2", ".zst")):
+        limit, how = max(size - offset, 0), "has room after its header for"
+    else:
+        return
+    if declared > limit:
+        raise UnreadableFileError(
+            path,
+            f"voxel data cannot be read: the header declares shape {shape} of {dtype} "
+            f"({declared} bytes), but the {size}-byte file {how} {limit} bytes; the header is "
+            "damaged or the file cut short",
+        )
 
 
 def _stored_header(path: str, image):
