@@ -230,6 +230,10 @@ def resample(
     Returns:
         The resampled Volume.
 
+    Raises:
+        GeometryError: ``spacing`` is not one or three finite positive numbers, or gives a
+            grid too large for memory; or the volume's affine is invalid.
+
     Example:
         >>> iso = resample(ct, 1.5)
         >>> iso_mask = resample(mask, 1.5, is_label=True)
@@ -240,7 +244,12 @@ def resample(
         target spacing before training).
     """
     source = _source_of(volume)
-    target_spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,)).copy()
+    try:
+        target_spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,)).copy()
+    except (TypeError, ValueError):
+        raise GeometryError(
+            source, f"spacing must be one or three positive millimetres (z, y, x), got {spacing!r}"
+        ) from None
     if not np.all(np.isfinite(target_spacing) & (target_spacing > 0)):
         raise GeometryError(source, f"spacing must be positive millimetres, got {spacing!r}")
     affine = _check_affine(volume.affine, "volume.affine", source)
@@ -253,7 +262,14 @@ def resample(
     new_affine[:3, :3] = directions * target_spacing
     first_corner = affine[:3, :3] @ np.full(3, -0.5) + affine[:3, 3]
     new_affine[:3, 3] = first_corner + new_affine[:3, :3] @ np.full(3, 0.5)
-    return resample_to(volume, new_affine, new_shape, is_label=is_label, order=order)
+    try:
+        return resample_to(volume, new_affine, new_shape, is_label=is_label, order=order)
+    except MemoryError:
+        raise GeometryError(
+            source,
+            f"spacing {tuple(target_spacing.tolist())} mm turns the {volume.shape} volume into "
+            f"{new_shape} voxels, more than memory holds; is the spacing in millimetres?",
+        ) from None
 
 
 def orientation(volume: Volume) -> str:

@@ -498,3 +498,22 @@ def test_small_nifti_gz_declaring_gigabytes_is_refused_before_allocating(tmp_pat
     # deflate expands at most 1032:1, so no reading of the file needs the 5 GB declared
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 500_000  # kB
     assert _fingerprint(path) == before
+
+
+@pytest.mark.parametrize(
+    ("spacing", "problem"),
+    [((1.0, 1.0), "one or three positive"), ("abc", "one or three positive"),
+     ((1e-4, 1e-4, 1e-4), "more than memory holds")],
+    ids=["two-values", "text", "micrometres"],
+)
+def test_resample_names_a_spacing_it_cannot_use(spacing, problem):
+    from kseg.errors import GeometryError
+    from kseg.geometry import resample
+    from kseg.io import Volume
+
+    volume = Volume(
+        array=np.zeros((6, 8, 10), np.float32), affine=np.diag([2.0, 1.0, 1.0, 1.0]),
+        patient_id="p", source_files=(), metadata={},
+    )
+    with pytest.raises(GeometryError, match=problem):
+        resample(volume, spacing)
