@@ -21,6 +21,7 @@ _SUBMODULES = (
     "metrics",
     "models",
     "phantoms",
+    "plan",
     "training",
     "tuning",
     "viz",
