@@ -517,3 +517,18 @@ def test_resample_names_a_spacing_it_cannot_use(spacing, problem):
     )
     with pytest.raises(GeometryError, match=problem):
         resample(volume, spacing)
+
+
+def test_rasterize_rtstruct_names_arguments_of_the_wrong_kind(tmp_path):
+    from kseg.io import Volume, rasterize_rtstruct, read_rtstruct
+
+    path = tmp_path / "rtstruct.dcm"
+    _rtstruct(path, (1,))
+    volume = Volume(
+        array=np.zeros((2, 4, 4), np.int16), affine=np.eye(4), patient_id="p",
+        source_files=(), metadata={},
+    )
+    with pytest.raises(TypeError, match="rtstruct_path must be the path"):
+        rasterize_rtstruct(read_rtstruct(path), volume)
+    with pytest.raises(TypeError, match="volume must be the kseg.io.Volume"):
+        rasterize_rtstruct(path, np.zeros((2, 4, 4)))

@@ -364,6 +364,7 @@ def rasterize_rtstruct(
         0 and 1, in file order.
 
     Raises:
+        TypeError: ``rtstruct_path`` is not a path or ``volume`` not a Volume.
         UnreadableFileError: see :func:`read_rtstruct`.
         MaskError: a requested ROI name is not in the file.
         AlignmentError: an ROI is defined in another frame of reference than the volume.
@@ -379,7 +380,18 @@ def rasterize_rtstruct(
         >>> masks["Lung_L"].shape == ct.shape  # doctest: +SKIP
         True
     """
-    path = os.fspath(rtstruct_path)
+    try:
+        path = os.fspath(rtstruct_path)
+    except TypeError:
+        raise TypeError(
+            "rtstruct_path must be the path of the RT Structure Set file (read_rtstruct's "
+            f"output is not accepted), got {type(rtstruct_path).__name__}"
+        ) from None
+    if not isinstance(volume, Volume):
+        raise TypeError(
+            f"volume must be the kseg.io.Volume the contours are drawn on, got "
+            f"{type(volume).__name__}"
+        )
     rois = read_rtstruct(path)
     if roi_names is not None:
         wanted = list(roi_names)
