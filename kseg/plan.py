@@ -35,8 +35,10 @@ from kseg._files import atomic_output
 __all__ = [
     "CaseStats",
     "Fingerprint",
-    "fingerprint",
     "MODALITIES",
+    "Plan",
+    "fingerprint",
+    "plan",
 ]
 
 MODALITIES = ("CT", "MR", "XRAY")
@@ -84,6 +86,8 @@ class Fingerprint:
             ``percentile_99_5``; ``None`` when no case has foreground.
         foreground_fraction: ``{label: voxels of label / all voxels}`` over the dataset,
             for every label above 0 that occurs.
+        layout: ``"slices"`` (a 2D slice dataset, cases re-assembled into volumes),
+            ``"volumes"`` (one example per volume) or ``"images"`` (one 2D image per case).
         samples_per_case: the per-case cap of the foreground sample; a case with fewer
             foreground voxels contributes all of them, so the statistics are exact then.
         seed: seed of the sample.
@@ -95,6 +99,7 @@ class Fingerprint:
     cases: list[CaseStats]
     foreground_intensity: dict[str, float] | None
     foreground_fraction: dict[int, float]
+    layout: str = "volumes"
     samples_per_case: int = DEFAULT_SAMPLES_PER_CASE
     seed: int = FINGERPRINT_SEED
 
@@ -345,6 +350,7 @@ def fingerprint(
         cases=stats,
         foreground_intensity=_intensity_stats(pooled),
         foreground_fraction=_foreground_fraction(stats),
+        layout="slices" if is_slices else "volumes" if mask_key == "label" else "images",
         samples_per_case=samples_per_case,
         seed=seed,
     )
@@ -374,3 +380,455 @@ def _foreground_fraction(cases: Iterable[CaseStats]) -> dict[int, float]:
         for label, count in case.label_voxels.items():
             totals[label] = totals.get(label, 0) + count
     return {label: count / voxels for label, count in sorted(totals.items()) if label > 0}
+
+
+# ---------------------------------------------------------------------------------------
+# The plan: small named rules, each with its source.
+# ---------------------------------------------------------------------------------------
+
+NNUNET = "nnU-Net (Isensee et al., Nature Methods 18, 203-211, 2021)"
+NNUNET_SUPP = f"{NNUNET}, Supplementary Note 2 'rule-based parameters'"
+ANISOTROPY_THRESHOLD = 3.0  # nnU-Net's ratio of spacings (and sizes) that marks anisotropy
+MIN_FEATURE_MAP = 4  # nnU-Net: down-sample an axis while its feature map stays >= 4 voxels
+MAX_DEPTH = 5  # nnU-Net's 3D full-resolution U-Nets have at most 6 stages (5 poolings)
+MIN_BATCH = 2  # nnU-Net: batch size at least 2
+MAX_BATCH_DATASET_FRACTION = 0.05  # nnU-Net: one batch covers at most 5 % of the dataset
+# Activations kept for back-propagation per U-Net stage: encoder and decoder, two 3x3 convs
+# each, every conv keeping its output, the normalisation output and the activation output:
+# 2 x 2 x 3 = 12 float32 tensors of the stage's channels per voxel at that stage. An
+# estimate of kseg's own (not measured); gradients are transient and not counted.
+TENSORS_PER_STAGE = 12
+BYTES_PER_VALUE = 4
+# Issue 9's measurement on the project's 2-core AMD AVX2 machine: a U-Net training step
+# runs at 17-18 GFLOP per CPU-second; 2 cores -> ~34 GFLOP/s of wall time.
+CPU_TRAINING_GFLOPS = 34.0
+# Time kept back from the training budget for validation and checkpoints (kseg's choice).
+TIME_RESERVE = 0.1
+MAX_STEPS = 250_000  # nnU-Net: 1000 epochs x 250 iterations
+
+
+def _median(values) -> float:
+    return float(np.median(np.asarray(values, np.float64)))
+
+
+def rule_target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]]):
+    """Median spacing per axis; on an anisotropic dataset the 10th percentile on the coarse axis.
+
+    The coarse axis (largest median spacing) is anisotropic when its spacing exceeds
+    ``ANISOTROPY_THRESHOLD`` times the finest spacing and its median voxel count times the
+    threshold is below the smallest other median voxel count. Its target spacing is then
+    the 10th percentile of its spacings, but never finer than the coarsest other axis.
+
+    Source: nnU-Net Supplementary Note 2 and ``default_experiment_planner.py``
+    (``determine_fullres_target_spacing``).
+    """
+    spacing = np.asarray(spacings, np.float64)
+    target = np.median(spacing, axis=0)
+    median_shape = np.median(np.asarray(shapes, np.float64), axis=0)
+    worst = int(np.argmax(target))
+    others = [a for a in range(target.size) if a != worst]
+    if others:
+        aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * min(target[others])
+        aniso_voxels = median_shape[worst] * ANISOTROPY_THRESHOLD < min(median_shape[others])
+        if aniso_spacing and aniso_voxels:
+            target[worst] = max(np.percentile(spacing[:, worst], 10), max(target[others]))
+    return tuple(float(v) for v in target)
+
+
+def rule_shape_at_spacing(shapes, spacings, target) -> tuple[int, ...]:
+    """Median over cases of each case's shape resampled to ``target``, rounded.
+
+    Source: nnU-Net ``default_experiment_planner.py`` (``new_shapes``, then the median).
+    """
+    shapes = np.asarray(shapes, np.float64)
+    if spacings is not None:
+        shapes = np.round(shapes * np.asarray(spacings, np.float64) / np.asarray(target))
+    return tuple(int(v) for v in np.median(shapes, axis=0).round())
+
+
+def rule_depth(patch_size: Sequence[int], max_depth: int = MAX_DEPTH) -> int:
+    """Poolings until the smallest axis would fall below ``MIN_FEATURE_MAP`` voxels.
+
+    ``depth = min(max_depth, min_axis floor(log2(size / 4)))``; kseg's U-Nets pool every
+    axis together, so the smallest axis decides. Source: nnU-Net Supplementary Note 2
+    (feature maps down to 4 voxels per axis; at most 6 stages in 3D).
+    """
+    per_axis = [int(math.floor(math.log2(max(size, 1) / MIN_FEATURE_MAP))) for size in patch_size]
+    return max(0, min(max_depth, *per_axis))
+
+
+def rule_filters(device: str, spatial_dims: int) -> tuple[int, int]:
+    """``(base_filters, max_filters)``.
+
+    GPU: 32 doubling per stage, capped at 320 in 3D and 512 in 2D (nnU-Net). CPU: 16 and
+    half the caps: a convolution's cost grows with the square of its width, so half the
+    filters is a quarter of the FLOPs per step and four times the steps within a CPU-minute
+    budget (issue 9 measured U-Net training at 17-18 GFLOP per CPU-second). kseg's choice;
+    its Dice cost is not measured yet.
+    """
+    cap = 320 if spatial_dims == 3 else 512
+    return (32, cap) if device == "gpu" else (16, cap // 2)
+
+
+def stage_filters(depth: int, base_filters: int, max_filters: int) -> list[int]:
+    return [min(base_filters * 2**k, max_filters) for k in range(depth + 1)]
+
+
+def rule_bytes_per_voxel(spatial_dims: int, depth: int, base_filters: int,
+                         max_filters: int) -> float:
+    """Training activation bytes per input voxel of one patch.
+
+    ``BYTES_PER_VALUE * TENSORS_PER_STAGE * sum_k f_k / 2**(spatial_dims * k)``, stage
+    ``k`` having ``f_k`` channels at ``1 / 2**(spatial_dims * k)`` of the voxels. kseg's own
+    estimate (see ``TENSORS_PER_STAGE``).
+    """
+    filters = stage_filters(depth, base_filters, max_filters)
+    channels = sum(f / 2 ** (spatial_dims * k) for k, f in enumerate(filters))
+    return BYTES_PER_VALUE * TENSORS_PER_STAGE * channels
+
+
+def rule_patch_size(median_shape: Sequence[int], spatial_dims: int, memory_budget_mb: float,
+                    base_filters: int, max_filters: int, max_depth: int = MAX_DEPTH):
+    """``(patch_size, depth)``: the median shape, shrunk until a batch of 2 fits the budget.
+
+    The patch starts at the median shape at target spacing, each axis rounded up to a
+    multiple of ``2**depth``. While ``MIN_BATCH`` patches need more than the budget, the
+    axis with the largest patch / median-shape ratio loses ``2**depth`` voxels, and the
+    depth is recomputed. Source: nnU-Net ``default_experiment_planner.py`` (the
+    reduce-the-relatively-largest-axis loop, there against a VRAM estimate).
+
+    Raises:
+        ValueError: ``memory_budget_mb`` cannot hold even a patch of ``2**depth`` voxels
+            per axis.
+    """
+    median = np.asarray(median_shape, np.float64)
+    patch = [int(s) for s in median_shape]
+    budget = memory_budget_mb * 2**20
+    while True:
+        depth = rule_depth(patch, max_depth)
+        step = 2**depth
+        patch = [int(math.ceil(s / step) * step) for s in patch]
+        per_voxel = rule_bytes_per_voxel(spatial_dims, depth, base_filters, max_filters)
+        if MIN_BATCH * math.prod(patch) * per_voxel <= budget:
+            return tuple(patch), depth
+        axis = int(np.argmax(np.asarray(patch) / median))
+        if patch[axis] <= step:
+            raise ValueError(
+                f"memory_budget_mb={memory_budget_mb} cannot hold a batch of {MIN_BATCH} "
+                f"patches of {patch} voxels ({MIN_BATCH * math.prod(patch) * per_voxel / 2**20:.0f}"
+                " MB); give more memory"
+            )
+        patch[axis] -= step
+
+
+def rule_batch_size(patch_size: Sequence[int], bytes_per_voxel: float, memory_budget_mb: float,
+                    dataset_voxels: int) -> int:
+    """As many patches as the memory budget holds, at least 2, at most 5 % of the dataset.
+
+    ``max(2, min(floor(budget / (patch voxels * bytes_per_voxel)),
+    floor(0.05 * dataset voxels / patch voxels)))``. Source: nnU-Net Supplementary Note 2
+    (batch at least 2) and ``default_experiment_planner.py``
+    (``batch_size_covers_max_percent_of_dataset = 5``).
+    """
+    voxels = math.prod(patch_size)
+    fits = int(memory_budget_mb * 2**20 // (voxels * bytes_per_voxel))
+    covers = int(MAX_BATCH_DATASET_FRACTION * dataset_voxels // voxels)
+    return max(MIN_BATCH, min(fits, covers))
+
+
+def rule_normalization(fp: Fingerprint) -> dict:
+    """CT: clip to the foreground 0.5 / 99.5 percentiles, z-score with the foreground mean
+    and std. MR and X-ray: z-score each image with its own mean and std.
+
+    Source: nnU-Net paper, Methods ("intensity normalization"; ``CTNormalization`` and
+    ``ZScoreNormalization`` in nnunetv2/preprocessing/normalization).
+    """
+    if fp.modality == "CT":
+        stats = fp.foreground_intensity
+        if stats is None:
+            raise ValueError("fingerprint: no foreground voxels, CT normalisation needs them")
+        return {
+            "scheme": "ct",
+            "clip": [stats["percentile_00_5"], stats["percentile_99_5"]],
+            "mean": stats["mean"],
+            "std": max(stats["std"], 1e-8),
+        }
+    return {"scheme": "zscore_per_image"}
+
+
+def rule_optimizer(device: str) -> dict:
+    """GPU: nnU-Net's SGD, Nesterov momentum 0.99, learning rate 0.01, poly decay
+    ``(1 - step / steps) ** 0.9`` (nnU-Net paper, Methods). CPU: Adam 1e-3 with cosine
+    decay after a linear warm-up over 5 % of the steps: nnU-Net's schedule is tuned for
+    250,000 steps, a CPU budget gives a few thousand, where Adam's per-weight step sizes
+    make faster early progress. Cosine: Loshchilov & Hutter, ICLR 2017; warm-up: Goyal et
+    al. 2017. kseg's choice for CPU, not yet measured against SGD on kseg's data.
+    """
+    if device == "gpu":
+        return {"name": "SGD", "learning_rate": 0.01, "momentum": 0.99, "nesterov": True,
+                "schedule": "poly", "poly_exponent": 0.9, "warmup_fraction": 0.0}
+    return {"name": "Adam", "learning_rate": 1e-3, "schedule": "cosine",
+            "warmup_fraction": 0.05}
+
+
+def rule_mirror_axes(spatial_dims: int, class_names) -> tuple[int, ...]:
+    """Spatial axes mirrored in training and test-time augmentation.
+
+    All axes (nnU-Net mirrors every axis in training and in inference), except the last
+    (left-right) axis when a class name says "left" or "right": mirroring would swap those
+    labels (kseg's rule).
+    """
+    axes = tuple(range(spatial_dims))
+    names = " ".join(class_names or []).lower()
+    if "left" in names or "right" in names:
+        axes = axes[:-1]
+    return axes
+
+
+def rule_augmentation(spatial_dims: int, modality: str, mirror_axes) -> dict:
+    """nnU-Net's default augmentation probabilities and ranges.
+
+    Rotation ±180° in 2D, ±30° in 3D, with probability 0.2; scaling 0.7-1.4 with
+    probability 0.2; gaussian noise (variance up to 0.1) 0.1; gamma 0.7-1.5 0.3; mirroring
+    0.5 per axis (nnU-Net Supplementary Note 2, "data augmentation"). X-ray: rotation ±15°,
+    since radiographs are taken upright (kseg's rule).
+    """
+    rotation = 180.0 if spatial_dims == 2 else 30.0
+    if modality == "XRAY":
+        rotation = 15.0
+    return {
+        "rotation_degrees": rotation, "p_rotation": 0.2,
+        "scale": [0.7, 1.4], "p_scale": 0.2,
+        "noise_variance": 0.1, "p_noise": 0.1,
+        "gamma": [0.7, 1.5], "p_gamma": 0.3,
+        "mirror_axes": list(mirror_axes), "p_mirror": 0.5,
+    }
+
+
+def rule_training_flops_per_voxel(spatial_dims: int, depth: int, base_filters: int,
+                                  max_filters: int, in_channels: int = 1) -> float:
+    """FLOPs of one training step per input voxel of a U-Net.
+
+    Each stage has two 3x3(x3) convolutions in the encoder (``f_{k-1} -> f_k``,
+    ``f_k -> f_k``) and, above the bottleneck, two in the decoder (``2 f_k -> f_k``,
+    ``f_k -> f_k``); a multiply-add is 2 FLOPs; training costs 3 forward passes
+    (backward ~ 2x forward). Pooling, up-sampling and the head are left out. kseg's own
+    estimate.
+    """
+    kernel = 3**spatial_dims
+    filters = stage_filters(depth, base_filters, max_filters)
+    macs = 0.0
+    for k, f in enumerate(filters):
+        previous = in_channels if k == 0 else filters[k - 1]
+        stage = previous * f + f * f
+        if k < depth:
+            stage += 2 * f * f + f * f
+        macs += kernel * stage / 2 ** (spatial_dims * k)
+    return 3 * 2 * macs
+
+
+def rule_training_steps(time_budget_minutes: float, seconds_per_step: float) -> int:
+    """Optimizer steps that fit the time budget, after 10 % kept for validation.
+
+    ``min(250000, floor(minutes * 60 * 0.9 / seconds_per_step))``; the cap is nnU-Net's
+    1000 epochs of 250 steps. The reserve is kseg's choice.
+    """
+    steps = int(time_budget_minutes * 60 * (1 - TIME_RESERVE) // seconds_per_step)
+    return max(1, min(MAX_STEPS, steps))
+
+
+@dataclasses.dataclass
+class Plan:
+    """A training recipe derived from a :class:`Fingerprint` (see :func:`plan`).
+
+    ``rules`` maps every setting to the rule that set it and that rule's source.
+    """
+
+    dataset: dict
+    modality: str
+    device: str
+    spatial_dims: int
+    target_spacing: tuple[float, ...] | None
+    median_shape: tuple[int, ...]
+    patch_size: tuple[int, ...]
+    depth: int
+    base_filters: int
+    max_filters: int
+    batch_size: int
+    memory_estimate_mb: float
+    model: str
+    deep_supervision: bool
+    normalization: dict
+    loss: dict
+    optimizer: dict
+    augmentation: dict
+    tta_mirror_axes: tuple[int, ...]
+    postprocessing: dict
+    seconds_per_step: float
+    training_steps: int
+    rules: dict[str, str]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Plan:
+        data = dict(data)
+        for key in ("median_shape", "patch_size", "tta_mirror_axes"):
+            data[key] = tuple(int(v) for v in data[key])
+        if data["target_spacing"] is not None:
+            data["target_spacing"] = tuple(float(v) for v in data["target_spacing"])
+        return cls(**data)
+
+    def save(self, path: os.PathLike | str) -> None:
+        """Write the plan as JSON, atomically (tmp file + rename)."""
+        with atomic_output(path) as temporary:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(self.to_dict(), handle, indent=1)
+
+    @classmethod
+    def load(cls, path: os.PathLike | str) -> Plan:
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+
+MODELS = ("unet", "unet_plus_plus", "attention_unet", "res_unet")
+
+
+def _positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def plan(
+    fp: Fingerprint,
+    *,
+    memory_budget_mb: float,
+    time_budget_minutes: float,
+    device: str = "cpu",
+    seconds_per_step: float | None = None,
+    spatial_dims: int | None = None,
+    model: str = "unet",
+    max_depth: int = MAX_DEPTH,
+) -> Plan:
+    """Derive a :class:`Plan` from a fingerprint by the ``rule_*`` functions of this module.
+
+    Args:
+        fp: a :class:`Fingerprint` (or the path of its JSON file).
+        memory_budget_mb: memory for training activations (GPU memory, or RAM on CPU).
+        time_budget_minutes: wall-clock training budget; sets the number of steps.
+        device: ``"cpu"`` or ``"gpu"``.
+        seconds_per_step: a measured time per step; ``None`` on CPU estimates it from
+            :func:`rule_training_flops_per_voxel` and ``CPU_TRAINING_GFLOPS`` (issue 9's
+            measurement); a GPU plan needs it measured.
+        spatial_dims: 2 or 3; default 2 for slice datasets and radiographs, 3 for volumes.
+        model: a kseg.models name; ``"unet_plus_plus"`` gets deep supervision.
+        max_depth: most poolings.
+
+    Raises:
+        ValueError: a bad argument, named in the message.
+    """
+    if isinstance(fp, (str, os.PathLike)):
+        fp = Fingerprint.load(fp)
+    if not isinstance(fp, Fingerprint):
+        raise ValueError(f"fp must be a Fingerprint or its JSON path, got {type(fp).__name__}")
+    memory_budget_mb = _positive("memory_budget_mb", memory_budget_mb)
+    time_budget_minutes = _positive("time_budget_minutes", time_budget_minutes)
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    if model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, got {model!r}")
+    if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 0:
+        raise ValueError(f"max_depth must be a non-negative integer, got {max_depth!r}")
+    case_dims = fp.spatial_dims
+    if spatial_dims is None:
+        spatial_dims = 3 if fp.layout == "volumes" else 2
+    if spatial_dims not in (2, 3) or spatial_dims > case_dims:
+        raise ValueError(
+            f"spatial_dims must be 2 or 3 and at most the cases' {case_dims} axes, "
+            f"got {spatial_dims!r}"
+        )
+    if seconds_per_step is None and device == "gpu":
+        raise ValueError("seconds_per_step: a GPU plan needs a measured seconds per step")
+    if seconds_per_step is not None:
+        seconds_per_step = _positive("seconds_per_step", seconds_per_step)
+
+    shapes = [case.shape for case in fp.cases]
+    known = all(case.spacing is not None for case in fp.cases)
+    spacings = [case.spacing for case in fp.cases] if known else None
+    if known:
+        target = rule_target_spacing(spacings, shapes)
+        median_shape = rule_shape_at_spacing(shapes, spacings, target)
+    else:
+        target, median_shape = None, rule_shape_at_spacing(shapes, None, None)
+    # A 2D model on volumes trains on the in-plane (last two) axes.
+    plane = slice(case_dims - spatial_dims, None)
+    median_shape = median_shape[plane]
+    if target is not None:
+        target = target[plane]
+    base, cap = rule_filters(device, spatial_dims)
+    patch, depth = rule_patch_size(median_shape, spatial_dims, memory_budget_mb, base, cap,
+                                   max_depth)
+    per_voxel = rule_bytes_per_voxel(spatial_dims, depth, base, cap)
+    dataset_voxels = sum(math.prod(shape) for shape in shapes)
+    if known:  # count at target spacing, in the patch's space
+        dataset_voxels = sum(
+            math.prod(s * sp / t for s, sp, t in zip(
+                shape[plane], spacing[plane], target, strict=True))
+            * (math.prod(shape[: case_dims - spatial_dims]))
+            for shape, spacing in zip(shapes, spacings, strict=True)
+        )
+    batch = rule_batch_size(patch, per_voxel, memory_budget_mb, int(dataset_voxels))
+    estimated = seconds_per_step is None
+    if estimated:
+        flops = rule_training_flops_per_voxel(spatial_dims, depth, base, cap)
+        seconds_per_step = batch * math.prod(patch) * flops / (CPU_TRAINING_GFLOPS * 1e9)
+    mirror = rule_mirror_axes(spatial_dims, fp.class_names)
+    return Plan(
+        dataset=dict(fp.dataset),
+        modality=fp.modality,
+        device=device,
+        spatial_dims=spatial_dims,
+        target_spacing=target,
+        median_shape=tuple(median_shape),
+        patch_size=patch,
+        depth=depth,
+        base_filters=base,
+        max_filters=cap,
+        batch_size=batch,
+        memory_estimate_mb=batch * math.prod(patch) * per_voxel / 2**20,
+        model=model,
+        deep_supervision=model == "unet_plus_plus",
+        normalization=rule_normalization(fp),
+        loss={"name": "kseg.losses.DiceCELoss", "source": NNUNET},
+        optimizer=rule_optimizer(device),
+        augmentation=rule_augmentation(spatial_dims, fp.modality, mirror),
+        tta_mirror_axes=mirror,
+        postprocessing={
+            "rule": "keep the largest component per class where it raises validation Dice",
+            "function": "kseg.evaluation.choose_postprocessing",
+            "source": NNUNET,
+        },
+        seconds_per_step=seconds_per_step,
+        training_steps=rule_training_steps(time_budget_minutes, seconds_per_step),
+        rules={
+            "target_spacing": f"rule_target_spacing: {NNUNET_SUPP}",
+            "patch_size": "rule_patch_size: nnU-Net default_experiment_planner.py",
+            "depth": f"rule_depth: {NNUNET_SUPP}",
+            "filters": "rule_filters: nnU-Net (GPU); kseg, issue 9 measurement (CPU)",
+            "batch_size": f"rule_batch_size: {NNUNET_SUPP}",
+            "memory": "rule_bytes_per_voxel: kseg estimate",
+            "normalization": f"rule_normalization: {NNUNET}",
+            "loss": f"Dice + CE: {NNUNET}",
+            "optimizer": "rule_optimizer: nnU-Net (GPU); kseg choice (CPU)",
+            "deep_supervision": "unet_plus_plus only (nnU-Net supervises every decoder stage)",
+            "augmentation": f"rule_augmentation: {NNUNET_SUPP}",
+            "tta_mirror_axes": f"rule_mirror_axes: {NNUNET}; left/right classes: kseg",
+            "postprocessing": f"choose_postprocessing: {NNUNET}",
+            "training_steps": "rule_training_steps: time budget / seconds per step "
+            + ("(estimated: rule_training_flops_per_voxel / CPU_TRAINING_GFLOPS, issue 9)"
+               if estimated else "(given)"),
+        },
+    )

@@ -131,3 +131,243 @@ def test_fingerprint_argument_errors_name_the_argument(chaos_builder, kwargs, na
 def test_fingerprint_rejects_what_is_not_a_builder():
     with pytest.raises(ValueError, match="dataset_or_builder"):
         kplan.fingerprint(object())
+
+
+# --- plan rules, each against a value computed by hand --------------------------------
+
+
+def test_target_spacing_is_the_median_when_isotropic_enough():
+    spacings = [(1.0, 1.0, 1.0), (2.0, 1.0, 1.0), (3.0, 0.5, 0.5)]
+    shapes = [(100, 100, 100)] * 3
+    assert kplan.rule_target_spacing(spacings, shapes) == (2.0, 1.0, 1.0)
+
+
+def test_target_spacing_of_the_anisotropic_axis_is_its_10th_percentile():
+    # z spacings 4, 5, 5.5, 6, 8: median 5.5 > 3 x 1; 20 x 3 < 200 voxels: anisotropic.
+    # 10th percentile (linear): 4 + 0.4 x (5 - 4) = 4.4.
+    spacings = [(z, 1.0, 1.0) for z in (5.0, 6.0, 4.0, 8.0, 5.5)]
+    shapes = [(20, 200, 200)] * 5
+    assert kplan.rule_target_spacing(spacings, shapes) == pytest.approx((4.4, 1.0, 1.0))
+    # Same spacings but as many z voxels as in-plane: not anisotropic in voxels, median kept.
+    assert kplan.rule_target_spacing(spacings, [(100, 200, 200)] * 5) == (5.5, 1.0, 1.0)
+
+
+def test_anisotropic_target_never_finer_than_the_other_axes():
+    # z: 1, 4, 4, 4, 4 -> median 4 > 3 x 1; 10th percentile 1 + 0.4 x 3 = 2.2 < 2.5 (x axis).
+    spacings = [(1.0, 1.0, 2.5)] + [(4.0, 1.0, 2.5)] * 4
+    shapes = [(10, 300, 300)] * 5
+    assert kplan.rule_target_spacing(spacings, shapes) == (2.5, 1.0, 2.5)
+
+
+def test_shape_at_target_spacing_is_the_median_of_resampled_shapes():
+    shapes = [(10, 100, 100), (20, 50, 50), (5, 10, 10)]
+    spacings = [(2.0, 1.0, 1.0), (1.0, 2.0, 2.0), (1.0, 1.0, 1.0)]
+    # At 1 mm: (20, 100, 100), (20, 100, 100), (5, 10, 10).
+    assert kplan.rule_shape_at_spacing(shapes, spacings, (1.0, 1.0, 1.0)) == (20, 100, 100)
+    assert kplan.rule_shape_at_spacing([(3, 4), (5, 8), (9, 9)], None, None) == (5, 8)
+
+
+@pytest.mark.parametrize(
+    "patch, max_depth, depth",
+    [((128, 128), 5, 5), ((160, 96), 5, 4), ((512, 512), 5, 5), ((512, 512), 3, 3),
+     ((7, 7), 5, 0), ((3, 100), 5, 0), ((32, 64, 64), 5, 3)],
+)
+def test_depth_keeps_feature_maps_of_at_least_4(patch, max_depth, depth):
+    assert kplan.rule_depth(patch, max_depth) == depth
+
+
+def test_filters_per_device():
+    assert kplan.rule_filters("gpu", 3) == (32, 320)
+    assert kplan.rule_filters("gpu", 2) == (32, 512)
+    assert kplan.rule_filters("cpu", 3) == (16, 160)
+
+
+@pytest.mark.parametrize(
+    "dims, depth, base, cap, expected",
+    [
+        (2, 2, 32, 320, 4 * 12 * (32 + 64 / 4 + 128 / 16)),  # 2688
+        (3, 1, 32, 320, 4 * 12 * (32 + 64 / 8)),  # 1920
+        (2, 2, 32, 64, 4 * 12 * (32 + 64 / 4 + 64 / 16)),  # capped: 2496
+    ],
+)
+def test_bytes_per_voxel(dims, depth, base, cap, expected):
+    assert kplan.rule_bytes_per_voxel(dims, depth, base, cap) == pytest.approx(expected)
+
+
+def test_patch_size_is_the_median_shape_when_it_fits():
+    # depth 5, filters 16 32 64 128 256 256: 16 + 8 + 4 + 2 + 1 + 0.25 = 31.25 channels,
+    # 48 x 31.25 = 1500 B/voxel; 2 x 128 x 128 x 1500 B = 46.875 MB.
+    assert kplan.rule_patch_size((128, 128), 2, 47, 16, 256) == ((128, 128), 5)
+    # 40 MB: the first axis loses 32 -> (96, 128), depth floor(log2(96 / 4)) = 4,
+    # 48 x 31 = 1488 B/voxel x 2 x 96 x 128 = 34.9 MB.
+    assert kplan.rule_patch_size((128, 128), 2, 40, 16, 256) == ((96, 128), 4)
+
+
+def test_patch_size_rounds_up_to_the_pooling_multiple():
+    # (100, 60): depth min(floor(log2 25), floor(log2 15)) = 3 -> multiples of 8.
+    assert kplan.rule_patch_size((100, 60), 2, 10_000, 16, 256) == ((104, 64), 3)
+
+
+def test_patch_size_shrinks_the_relatively_largest_axis():
+    # Median (64, 256): depth 4, 48 x 31 = 1488 B/voxel, 2 x 64 x 256 x 1488 B = 48.8 MB.
+    # Over 30 MB: ratios tie, axis 0 loses 16 -> (48, 256), depth floor(log2 12) = 3,
+    # 48 x 30 = 1440 B/voxel, 35.2 MB. Now axis 1 has the larger ratio (1 > 0.75) and loses
+    # 8 at a time until 2 x 48 x x x 1440 <= 30 x 2**20, x <= 227.5: (48, 224), ratio 0.875.
+    assert kplan.rule_patch_size((64, 256), 2, 30, 16, 256) == ((48, 224), 3)
+
+
+def test_patch_size_budget_too_small_names_the_argument():
+    with pytest.raises(ValueError, match="memory_budget_mb"):
+        kplan.rule_patch_size((128, 128), 2, 0.001, 16, 256)
+
+
+@pytest.mark.parametrize(
+    "budget_mb, dataset_voxels, batch",
+    [
+        (100, 4096 * 100, 5),  # 100 MB holds 25 patches of 4.096 MB, 5 % of 100 patches is 5
+        (12.288e6 / 2**20, 10**9, 3),  # memory holds exactly 3
+        (1, 10**9, 2),  # 1 MB holds none: at least 2
+        (100, 4096 * 10, 2),  # 5 % of 10 patches is 0: at least 2
+    ],
+)
+def test_batch_size(budget_mb, dataset_voxels, batch):
+    assert kplan.rule_batch_size((64, 64), 1000, budget_mb, dataset_voxels) == batch
+
+
+def _fingerprint(modality="CT", class_names=("background", "liver"), layout="slices",
+                 cases=None, stats="default"):
+    if stats == "default":
+        stats = {"mean": 60.0, "std": 10.0, "min": 0.0, "max": 120.0,
+                 "percentile_00_5": 20.0, "percentile_50_0": 60.0, "percentile_99_5": 100.0}
+    cases = cases or [
+        kplan.CaseStats("a", (20, 64, 64), (3.0, 1.0, 1.0), {0: 80000, 1: 1920}, 1920),
+        kplan.CaseStats("b", (30, 32, 32), (3.0, 2.0, 2.0), {0: 30000, 1: 720}, 720),
+    ]
+    return kplan.Fingerprint(
+        dataset={"name": "hand", "version": "1.0.0", "config": None, "splits": ["fold0"]},
+        modality=modality, class_names=None if class_names is None else list(class_names),
+        cases=cases, foreground_intensity=stats, foreground_fraction={1: 0.02}, layout=layout,
+    )
+
+
+def test_normalization_ct_clips_then_zscores_mr_and_xray_per_image():
+    assert kplan.rule_normalization(_fingerprint()) == {
+        "scheme": "ct", "clip": [20.0, 100.0], "mean": 60.0, "std": 10.0
+    }
+    for modality in ("MR", "XRAY"):
+        assert kplan.rule_normalization(_fingerprint(modality)) == {"scheme": "zscore_per_image"}
+    with pytest.raises(ValueError, match="foreground"):
+        kplan.rule_normalization(_fingerprint(stats=None))
+
+
+def test_optimizer_per_device():
+    gpu = kplan.rule_optimizer("gpu")
+    assert (gpu["name"], gpu["momentum"], gpu["nesterov"], gpu["schedule"],
+            gpu["poly_exponent"]) == ("SGD", 0.99, True, "poly", 0.9)
+    cpu = kplan.rule_optimizer("cpu")
+    assert (cpu["name"], cpu["schedule"], cpu["warmup_fraction"]) == ("Adam", "cosine", 0.05)
+
+
+@pytest.mark.parametrize(
+    "dims, names, axes",
+    [(2, ["background", "left lung", "right lung"], (0,)), (2, ["background", "lungs"], (0, 1)),
+     (3, None, (0, 1, 2))],
+)
+def test_mirror_axes_spare_left_right_labels(dims, names, axes):
+    assert kplan.rule_mirror_axes(dims, names) == axes
+
+
+def test_augmentation_rotation_by_dimension_and_modality():
+    assert kplan.rule_augmentation(2, "MR", (0, 1))["rotation_degrees"] == 180.0
+    assert kplan.rule_augmentation(3, "CT", (0, 1, 2))["rotation_degrees"] == 30.0
+    xray = kplan.rule_augmentation(2, "XRAY", (0,))
+    assert xray["rotation_degrees"] == 15.0 and xray["mirror_axes"] == [0]
+    assert (xray["scale"], xray["p_mirror"]) == ([0.7, 1.4], 0.5)
+
+
+def test_training_flops_per_voxel():
+    # dims 2, depth 1, filters 4 and 8, one input channel, 9-tap kernels:
+    # stage 0: encoder 1x4 + 4x4, decoder 8x4 + 4x4 = 68 -> 612 MACs per voxel;
+    # stage 1 (1/4 of the voxels): 4x8 + 8x8 = 96 -> 864 / 4 = 216. 828 MACs, x2 x3.
+    assert kplan.rule_training_flops_per_voxel(2, 1, 4, 320) == pytest.approx(828 * 6)
+
+
+def test_training_steps_from_the_time_budget():
+    assert kplan.rule_training_steps(30, 0.5) == 3240  # 30 x 60 x 0.9 / 0.5
+    assert kplan.rule_training_steps(10**6, 0.01) == 250_000  # nnU-Net's 1000 x 250 cap
+
+
+def test_plan_of_a_hand_made_fingerprint():
+    fp = _fingerprint()
+    p = kplan.plan(fp, memory_budget_mb=2000, time_budget_minutes=10, device="cpu")
+    # 2D on a slice dataset: in-plane median spacing (1.5, 1.5); case a at 1.5 mm is
+    # 64 x 1 / 1.5 = 42.67 -> 43, case b 32 x 2 / 1.5 = 42.67 -> 43; median 43.
+    assert p.spatial_dims == 2 and p.target_spacing == (1.5, 1.5)
+    assert p.median_shape == (43, 43)
+    # depth floor(log2(43 / 4)) = 3 -> multiples of 8: 48.
+    assert (p.patch_size, p.depth, p.base_filters) == ((48, 48), 3, 16)
+    # Dataset at target spacing: 20 x 43^2 + 30 x 43^2 (unrounded 42.67^2) voxels;
+    # 5 % of it is 4551 voxels, under two 48 x 48 patches (4608): the minimum, 2.
+    assert p.batch_size == 2
+    flops = kplan.rule_training_flops_per_voxel(2, 3, 16, 256)
+    assert p.seconds_per_step == pytest.approx(2 * 48 * 48 * flops / 34e9)
+    assert p.training_steps == int(10 * 60 * 0.9 // p.seconds_per_step)
+    assert p.normalization["scheme"] == "ct" and p.tta_mirror_axes == (0, 1)
+    assert not p.deep_supervision
+    assert p.loss["name"] == "kseg.losses.DiceCELoss"
+    assert p.postprocessing["function"] == "kseg.evaluation.choose_postprocessing"
+    three = kplan.plan(fp, memory_budget_mb=2000, time_budget_minutes=10, spatial_dims=3,
+                       device="gpu", seconds_per_step=0.25, model="unet_plus_plus")
+    # z median 3.0 is not > 3 x 1.5, so median spacing; z voxels 20 and 30 -> median 25.
+    assert three.target_spacing == (3.0, 1.5, 1.5) and three.median_shape == (25, 43, 43)
+    assert three.deep_supervision and three.training_steps == 2160
+    assert three.optimizer["name"] == "SGD" and (three.base_filters, three.max_filters) == (32, 320)
+
+
+def test_plan_of_radiographs_without_spacing():
+    cases = [kplan.CaseStats(f"r{k}", (256, 200 + 8 * k), None, {0: 1, 1: 1}, 1)
+             for k in range(3)]
+    fp = _fingerprint("XRAY", ("background", "lungs"), "images", cases, stats=None)
+    p = kplan.plan(fp, memory_budget_mb=4000, time_budget_minutes=30, seconds_per_step=1.0)
+    assert p.target_spacing is None and p.median_shape == (256, 208)
+    # depth min(floor(log2 64), floor(log2 52)) = 5 -> 32-multiples: (256, 224).
+    assert (p.patch_size, p.depth) == ((256, 224), 5)
+    assert p.normalization == {"scheme": "zscore_per_image"} and p.training_steps == 1620
+
+
+def test_plan_json_round_trip(tmp_path):
+    p = kplan.plan(_fingerprint(), memory_budget_mb=500, time_budget_minutes=5)
+    p.save(tmp_path / "plan.json")
+    assert kplan.Plan.load(tmp_path / "plan.json") == p
+
+
+def test_plan_of_the_phantom_fingerprint_file(chaos_builder, tmp_path):
+    fp = kplan.fingerprint(chaos_builder)
+    fp.save(tmp_path / "fp.json")
+    p = kplan.plan(tmp_path / "fp.json", memory_budget_mb=500, time_budget_minutes=5)
+    pixels = [case.spacing[1] for case in fp.cases]
+    assert p.spatial_dims == 2
+    assert p.target_spacing == pytest.approx((np.median(pixels), np.median(pixels)))
+    assert p.normalization["clip"] == [fp.foreground_intensity["percentile_00_5"],
+                                       fp.foreground_intensity["percentile_99_5"]]
+
+
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"memory_budget_mb": 0}, "memory_budget_mb"),
+        ({"time_budget_minutes": float("nan")}, "time_budget_minutes"),
+        ({"device": "tpu"}, "device"),
+        ({"device": "gpu"}, "seconds_per_step"),
+        ({"seconds_per_step": -1}, "seconds_per_step"),
+        ({"spatial_dims": 4}, "spatial_dims"),
+        ({"model": "vnet"}, "model"),
+        ({"max_depth": -1}, "max_depth"),
+    ],
+)
+def test_plan_argument_errors_name_the_argument(kwargs, named):
+    arguments = {"memory_budget_mb": 500, "time_budget_minutes": 5, **kwargs}
+    with pytest.raises(ValueError, match=named):
+        kplan.plan(_fingerprint(), **arguments)
+    with pytest.raises(ValueError, match="fp"):
+        kplan.plan({"not": "a fingerprint"}, memory_budget_mb=1, time_budget_minutes=1)
