@@ -1,7 +1,9 @@
 """Training helpers: callbacks that validate on whole volumes and keep the best model, and
-resumable run state that a kill at any moment cannot corrupt."""
+resumable run state that a kill at any moment cannot corrupt, and a time budget the run
+keeps."""
 
 from kseg.evaluation import EmptyReferenceWarning  # what VolumeValidation warns with
+from kseg.training.budget import TimeBudget
 from kseg.training.callbacks import (
     BestModelCheckpoint,
     CheckpointRecordWarning,
@@ -21,6 +23,7 @@ __all__ = [
     "EmptyReferenceWarning",
     "ResumableCSVLogger",
     "ResumableReduceLROnPlateau",
+    "TimeBudget",
     "VolumeValidation",
     "training_callbacks",
 ]

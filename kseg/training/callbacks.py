@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pathlib
+import time
 import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -31,6 +32,7 @@ from kseg.evaluation import (
     resize_probabilities,
 )
 from kseg.inference import predict_slices, sliding_window
+from kseg.training.budget import TimeBudget, _checked_minutes
 from kseg.training.resume import (
     AtomicBackupAndRestore,
     ResumableCSVLogger,
@@ -484,6 +486,8 @@ def training_callbacks(
     monitor: str = "val_volume_dice",
     mode: str = "max",
     reduce_lr_patience: int | None = 4,
+    max_minutes: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of a trustworthy, resumable run, in the order that makes them work.
 
@@ -493,11 +497,15 @@ def training_callbacks(
     2. :class:`BestModelCheckpoint` to ``output_dir/best.keras`` by ``monitor``;
     3. :class:`ResumableReduceLROnPlateau` on ``monitor`` (unless ``reduce_lr_patience`` is
        None), its patience count backed up with the weights;
-    4. :class:`ResumableCSVLogger` to ``output_dir/history.csv`` (a resumed run continues
+    4. :class:`kseg.training.TimeBudget` of ``max_minutes`` (when given): after the
+       validation and the checkpoint, so the end-of-epoch time it measures holds them; it
+       stops mid-epoch when one more batch and the validation would pass the budget, and
+       the budget spans a resumed run (its used time is backed up with the weights);
+    5. :class:`ResumableCSVLogger` to ``output_dir/history.csv`` (a resumed run continues
        it, each epoch once);
-    5. :class:`AtomicBackupAndRestore` in ``output_dir/backup``: run the same ``fit`` again
+    6. :class:`AtomicBackupAndRestore` in ``output_dir/backup``: run the same ``fit`` again
        after a crash (or a ``kill -9`` at any moment) and training resumes from the last
-       finished epoch, best score included.
+       finished epoch, best score (and time used) included.
 
     Every file is written atomically, and temporary files of killed writes are removed when
     training starts.
@@ -508,14 +516,17 @@ def training_callbacks(
         monitor: log key the checkpoint and the learning-rate schedule follow.
         mode: ``"max"`` or ``"min"``.
         reduce_lr_patience: epochs without improvement before halving the learning rate.
+        max_minutes: training time budget in minutes, or ``None`` for none.
+        clock: the time source of the budget (seconds; ``time.monotonic``).
 
     Raises:
         kseg.errors.LayoutError: ``output_dir`` (or a folder above it) is a file.
         TypeError: ``output_dir`` is not a path, or ``validation`` is neither a Keras
             callback nor ``None``.
         ValueError: ``monitor`` is not a non-empty log key, ``mode`` is not ``"max"`` or
-            ``"min"``, or ``reduce_lr_patience`` is not ``None`` or an integer >= 0 (all
-            checked before anything is created).
+            ``"min"``, ``reduce_lr_patience`` is not ``None`` or an integer >= 0, or
+            ``max_minutes`` is not ``None`` or a positive finite number (all checked before
+            anything is created).
 
     Example:
         >>> callbacks = training_callbacks("runs/liver", VolumeValidation.from_slices(
@@ -545,6 +556,10 @@ def training_callbacks(
         raise ValueError(
             f"reduce_lr_patience must be None or an integer >= 0, got {reduce_lr_patience!r}"
         )
+    if max_minutes is not None:
+        _checked_minutes(max_minutes, "max_minutes")
+        if not callable(clock):
+            raise TypeError(f"clock must be callable (such as time.monotonic), got {clock!r}")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise LayoutError(output_dir, "is a file; output_dir must be the folder of the run")
     try:
@@ -571,6 +586,9 @@ def training_callbacks(
             monitor=monitor, mode=mode, factor=0.5, patience=reduce_lr_patience
         )
         callbacks.append(stateful["reduce_lr"])
+    if max_minutes is not None:
+        stateful["time_budget"] = TimeBudget(max_minutes, clock=clock)
+        callbacks.append(stateful["time_budget"])
     callbacks += [
         ResumableCSVLogger(os.path.join(output_dir, "history.csv")),
         AtomicBackupAndRestore(os.path.join(output_dir, "backup"), stateful=stateful),
