@@ -390,7 +390,10 @@ NNUNET = "nnU-Net (Isensee et al., Nature Methods 18, 203-211, 2021)"
 NNUNET_SUPP = f"{NNUNET}, Supplementary Note 2 'rule-based parameters'"
 ANISOTROPY_THRESHOLD = 3.0  # nnU-Net's ratio of spacings (and sizes) that marks anisotropy
 MIN_FEATURE_MAP = 4  # nnU-Net: down-sample an axis while its feature map stays >= 4 voxels
-MAX_DEPTH = 5  # nnU-Net's 3D full-resolution U-Nets have at most 6 stages (5 poolings)
+MAX_DEPTH = 5  # kseg's cap on poolings (nnU-Net has none; see rule_depth)
+# nnU-Net's initial patch: the target spacing's aspect ratio at 256**3 voxels (3D) or
+# 2048**2 pixels (2D), clipped to the median shape.
+INITIAL_PATCH_VOXELS = {2: 2048**2, 3: 256**3}
 MIN_BATCH = 2  # nnU-Net: batch size at least 2
 MAX_BATCH_DATASET_FRACTION = 0.05  # nnU-Net: one batch covers at most 5 % of the dataset
 # Activations kept for back-propagation per U-Net stage: encoder and decoder, two 3x3 convs
@@ -415,9 +418,10 @@ def rule_target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Se
     """Median spacing per axis; on an anisotropic dataset the 10th percentile on the coarse axis.
 
     The coarse axis (largest median spacing) is anisotropic when its spacing exceeds
-    ``ANISOTROPY_THRESHOLD`` times the finest spacing and its median voxel count times the
-    threshold is below the smallest other median voxel count. Its target spacing is then
-    the 10th percentile of its spacings, but never finer than the coarsest other axis.
+    ``ANISOTROPY_THRESHOLD`` times the coarsest other spacing and its median voxel count
+    times the threshold is below the smallest other median voxel count. Its target spacing
+    is then the 10th percentile of its spacings, but never finer than the coarsest other
+    axis (then that axis's spacing + 1e-5 mm, as nnU-Net).
 
     Source: nnU-Net Supplementary Note 2 and ``default_experiment_planner.py``
     (``determine_fullres_target_spacing``).
@@ -428,10 +432,12 @@ def rule_target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Se
     worst = int(np.argmax(target))
     others = [a for a in range(target.size) if a != worst]
     if others:
-        aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * min(target[others])
+        aniso_spacing = target[worst] > ANISOTROPY_THRESHOLD * max(target[others])
         aniso_voxels = median_shape[worst] * ANISOTROPY_THRESHOLD < min(median_shape[others])
         if aniso_spacing and aniso_voxels:
-            target[worst] = max(np.percentile(spacing[:, worst], 10), max(target[others]))
+            tenth = float(np.percentile(spacing[:, worst], 10))
+            coarsest_other = float(max(target[others]))
+            target[worst] = tenth if tenth >= coarsest_other else coarsest_other + 1e-5
     return tuple(float(v) for v in target)
 
 
@@ -450,8 +456,10 @@ def rule_depth(patch_size: Sequence[int], max_depth: int = MAX_DEPTH) -> int:
     """Poolings until the smallest axis would fall below ``MIN_FEATURE_MAP`` voxels.
 
     ``depth = min(max_depth, min_axis floor(log2(size / 4)))``; kseg's U-Nets pool every
-    axis together, so the smallest axis decides. Source: nnU-Net Supplementary Note 2
-    (feature maps down to 4 voxels per axis; at most 6 stages in 3D).
+    axis together, so the smallest axis decides (nnU-Net pools each axis separately).
+    Source: nnU-Net ``UNet_featuremap_min_edge_length = 4`` (default_experiment_planner.py).
+    nnU-Net sets no depth cap; ``MAX_DEPTH = 5`` is kseg's, because kseg's U-Nets double
+    the filters at every stage without nnU-Net's 320 / 512 cap.
     """
     per_axis = [int(math.floor(math.log2(max(size, 1) / MIN_FEATURE_MAP))) for size in patch_size]
     return max(0, min(max_depth, *per_axis))
@@ -488,21 +496,28 @@ def rule_bytes_per_voxel(spatial_dims: int, depth: int, base_filters: int,
 
 
 def rule_patch_size(median_shape: Sequence[int], spatial_dims: int, memory_budget_mb: float,
-                    base_filters: int, max_filters: int, max_depth: int = MAX_DEPTH):
+                    base_filters: int, max_filters: int, max_depth: int = MAX_DEPTH,
+                    target_spacing: Sequence[float] | None = None):
     """``(patch_size, depth)``: the median shape, shrunk until a batch of 2 fits the budget.
 
-    The patch starts at the median shape at target spacing, each axis rounded up to a
-    multiple of ``2**depth``. While ``MIN_BATCH`` patches need more than the budget, the
-    axis with the largest patch / median-shape ratio loses ``2**depth`` voxels, and the
-    depth is recomputed. Source: nnU-Net ``default_experiment_planner.py`` (the
-    reduce-the-relatively-largest-axis loop, there against a VRAM estimate).
+    The patch starts at the median shape at target spacing, clipped to
+    ``INITIAL_PATCH_VOXELS`` in the target spacing's aspect ratio (``target_spacing``
+    ``None``: isotropic), each axis rounded up to a multiple of ``2**depth``. While
+    ``MIN_BATCH`` patches need more than the budget (:func:`rule_bytes_per_voxel`), the axis
+    with the largest patch / median-shape ratio loses ``2**depth`` voxels and the depth is
+    recomputed. Source: nnU-Net ``default_experiment_planner.py``
+    (``get_plans_for_configuration``: the same start and loop, there against a VRAM
+    estimate of the instantiated network).
 
     Raises:
         ValueError: ``memory_budget_mb`` cannot hold even a patch of ``2**depth`` voxels
             per axis.
     """
     median = np.asarray(median_shape, np.float64)
-    patch = [int(s) for s in median_shape]
+    inverse = 1 / np.asarray(target_spacing or [1.0] * spatial_dims, np.float64)
+    scale = (INITIAL_PATCH_VOXELS[spatial_dims] / np.prod(inverse)) ** (1 / spatial_dims)
+    patch = [min(int(round(v)), int(s)) for v, s in zip(inverse * scale, median_shape,
+                                                         strict=True)]
     budget = memory_budget_mb * 2**20
     while True:
         depth = rule_depth(patch, max_depth)
@@ -526,13 +541,14 @@ def rule_batch_size(patch_size: Sequence[int], bytes_per_voxel: float, memory_bu
     """As many patches as the memory budget holds, at least 2, at most 5 % of the dataset.
 
     ``max(2, min(floor(budget / (patch voxels * bytes_per_voxel)),
-    floor(0.05 * dataset voxels / patch voxels)))``. Source: nnU-Net Supplementary Note 2
-    (batch at least 2) and ``default_experiment_planner.py``
-    (``batch_size_covers_max_percent_of_dataset = 5``).
+    round(0.05 * dataset voxels / patch voxels)))``, the dataset's voxels counted as
+    nnU-Net does: median shape at target spacing times the number of cases. Source: nnU-Net
+    ``default_experiment_planner.py`` (``UNet_min_batch_size = 2``,
+    ``max_dataset_covered = 0.05``).
     """
     voxels = math.prod(patch_size)
     fits = int(memory_budget_mb * 2**20 // (voxels * bytes_per_voxel))
-    covers = int(MAX_BATCH_DATASET_FRACTION * dataset_voxels // voxels)
+    covers = round(MAX_BATCH_DATASET_FRACTION * dataset_voxels / voxels)
     return max(MIN_BATCH, min(fits, covers))
 
 
@@ -585,21 +601,32 @@ def rule_mirror_axes(spatial_dims: int, class_names) -> tuple[int, ...]:
     return axes
 
 
-def rule_augmentation(spatial_dims: int, modality: str, mirror_axes) -> dict:
+def rule_augmentation(patch_size: Sequence[int], modality: str, mirror_axes) -> dict:
     """nnU-Net's default augmentation probabilities and ranges.
 
-    Rotation ±180° in 2D, ±30° in 3D, with probability 0.2; scaling 0.7-1.4 with
-    probability 0.2; gaussian noise (variance up to 0.1) 0.1; gamma 0.7-1.5 0.3; mirroring
-    0.5 per axis (nnU-Net Supplementary Note 2, "data augmentation"). X-ray: rotation ±15°,
-    since radiographs are taken upright (kseg's rule).
+    Rotation ±180° for a 2D patch whose sides differ by at most 1.5x, ±15° for a longer
+    one, ±30° in 3D, each with probability 0.2; scaling 0.7-1.4 (0.2); gaussian noise up to
+    variance 0.1 (0.1); gaussian blur sigma 0.5-1 (0.2); brightness x0.75-1.25 (0.15);
+    contrast 0.75-1.25 (0.15); low-resolution simulation 0.5-1 (0.25); gamma 0.7-1.5 (0.3);
+    mirroring 0.5 per axis. Source: nnU-Net Supplementary Note 2 ("data augmentation") and
+    nnunetv2 ``nnUNetTrainer`` (``configure_rotation_dummyDA_mirroring_and_inital_patch_size``,
+    ``get_training_transforms``). X-ray: ±15° whatever the patch, since radiographs are
+    taken upright (kseg's rule).
     """
-    rotation = 180.0 if spatial_dims == 2 else 30.0
+    if len(patch_size) == 3:
+        rotation = 30.0
+    else:
+        rotation = 15.0 if max(patch_size) / min(patch_size) > 1.5 else 180.0
     if modality == "XRAY":
         rotation = 15.0
     return {
         "rotation_degrees": rotation, "p_rotation": 0.2,
         "scale": [0.7, 1.4], "p_scale": 0.2,
         "noise_variance": 0.1, "p_noise": 0.1,
+        "blur_sigma": [0.5, 1.0], "p_blur": 0.2,
+        "brightness": [0.75, 1.25], "p_brightness": 0.15,
+        "contrast": [0.75, 1.25], "p_contrast": 0.15,
+        "low_resolution": [0.5, 1.0], "p_low_resolution": 0.25,
         "gamma": [0.7, 1.5], "p_gamma": 0.3,
         "mirror_axes": list(mirror_axes), "p_mirror": 0.5,
     }
@@ -765,22 +792,14 @@ def plan(
         target, median_shape = None, rule_shape_at_spacing(shapes, None, None)
     # A 2D model on volumes trains on the in-plane (last two) axes.
     plane = slice(case_dims - spatial_dims, None)
-    median_shape = median_shape[plane]
     if target is not None:
         target = target[plane]
     base, cap = rule_filters(device, spatial_dims)
-    patch, depth = rule_patch_size(median_shape, spatial_dims, memory_budget_mb, base, cap,
-                                   max_depth)
+    patch, depth = rule_patch_size(median_shape[plane], spatial_dims, memory_budget_mb, base,
+                                   cap, max_depth, target)
     per_voxel = rule_bytes_per_voxel(spatial_dims, depth, base, cap)
-    dataset_voxels = sum(math.prod(shape) for shape in shapes)
-    if known:  # count at target spacing, in the patch's space
-        dataset_voxels = sum(
-            math.prod(s * sp / t for s, sp, t in zip(
-                shape[plane], spacing[plane], target, strict=True))
-            * (math.prod(shape[: case_dims - spatial_dims]))
-            for shape, spacing in zip(shapes, spacings, strict=True)
-        )
-    batch = rule_batch_size(patch, per_voxel, memory_budget_mb, int(dataset_voxels))
+    dataset_voxels = math.prod(median_shape) * len(shapes)  # nnU-Net's approximation
+    batch = rule_batch_size(patch, per_voxel, memory_budget_mb, dataset_voxels)
     estimated = seconds_per_step is None
     if estimated:
         flops = rule_training_flops_per_voxel(spatial_dims, depth, base, cap)
@@ -792,7 +811,7 @@ def plan(
         device=device,
         spatial_dims=spatial_dims,
         target_spacing=target,
-        median_shape=tuple(median_shape),
+        median_shape=tuple(median_shape[plane]),
         patch_size=patch,
         depth=depth,
         base_filters=base,
@@ -804,7 +823,7 @@ def plan(
         normalization=rule_normalization(fp),
         loss={"name": "kseg.losses.DiceCELoss", "source": NNUNET},
         optimizer=rule_optimizer(device),
-        augmentation=rule_augmentation(spatial_dims, fp.modality, mirror),
+        augmentation=rule_augmentation(patch, fp.modality, mirror),
         tta_mirror_axes=mirror,
         postprocessing={
             "rule": "keep the largest component per class where it raises validation Dice",

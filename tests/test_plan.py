@@ -153,10 +153,14 @@ def test_target_spacing_of_the_anisotropic_axis_is_its_10th_percentile():
 
 
 def test_anisotropic_target_never_finer_than_the_other_axes():
-    # z: 1, 4, 4, 4, 4 -> median 4 > 3 x 1; 10th percentile 1 + 0.4 x 3 = 2.2 < 2.5 (x axis).
-    spacings = [(1.0, 1.0, 2.5)] + [(4.0, 1.0, 2.5)] * 4
-    shapes = [(10, 300, 300)] * 5
-    assert kplan.rule_target_spacing(spacings, shapes) == (2.5, 1.0, 2.5)
+    # z: 1, 1, 8 x 8 -> median 8 > 3 x 2.5 (the coarsest other axis); 10th percentile
+    # 1 + 0.9 x (1 - 1) = 1 < 2.5, so 2.5 + 1e-5 as nnU-Net.
+    spacings = [(1.0, 1.0, 2.5)] * 2 + [(8.0, 1.0, 2.5)] * 8
+    shapes = [(10, 300, 300)] * 10
+    assert kplan.rule_target_spacing(spacings, shapes) == (2.5 + 1e-5, 1.0, 2.5)
+    # The coarsest other axis, not the finest, is compared: 4 < 3 x 2.5, median kept.
+    spacings = [(4.0, 1.0, 2.5)] * 5
+    assert kplan.rule_target_spacing(spacings, shapes[:5]) == (4.0, 1.0, 2.5)
 
 
 def test_shape_at_target_spacing_is_the_median_of_resampled_shapes():
@@ -214,6 +218,17 @@ def test_patch_size_shrinks_the_relatively_largest_axis():
     # 48 x 30 = 1440 B/voxel, 35.2 MB. Now axis 1 has the larger ratio (1 > 0.75) and loses
     # 8 at a time until 2 x 48 x x x 1440 <= 30 x 2**20, x <= 227.5: (48, 224), ratio 0.875.
     assert kplan.rule_patch_size((64, 256), 2, 30, 16, 256) == ((48, 224), 3)
+
+
+def test_initial_patch_is_clipped_to_nnunets_reference_volume():
+    # 2D without spacing: 2048 x 2048 at most.
+    assert kplan.rule_patch_size((4000, 3000), 2, 20_000, 16, 256) == ((2048, 2048), 5)
+    # 3D at (3, 1, 1) mm: aspect (1/3, 1, 1) scaled to 256**3 voxels: s = (3 x 256**3)**(1/3)
+    # = 369.25 -> (123, 369, 369); depth floor(log2(123 / 4)) = 4 -> multiples of 16:
+    # (128, 384, 384).
+    patch = kplan.rule_patch_size((500, 500, 500), 3, 50_000, 16, 160,
+                                  target_spacing=(3.0, 1.0, 1.0))
+    assert patch == ((128, 384, 384), 4)
 
 
 def test_patch_size_budget_too_small_names_the_argument():
@@ -277,12 +292,13 @@ def test_mirror_axes_spare_left_right_labels(dims, names, axes):
     assert kplan.rule_mirror_axes(dims, names) == axes
 
 
-def test_augmentation_rotation_by_dimension_and_modality():
-    assert kplan.rule_augmentation(2, "MR", (0, 1))["rotation_degrees"] == 180.0
-    assert kplan.rule_augmentation(3, "CT", (0, 1, 2))["rotation_degrees"] == 30.0
-    xray = kplan.rule_augmentation(2, "XRAY", (0,))
+def test_augmentation_rotation_by_patch_shape_and_modality():
+    assert kplan.rule_augmentation((64, 96), "MR", (0, 1))["rotation_degrees"] == 180.0
+    assert kplan.rule_augmentation((64, 97), "MR", (0, 1))["rotation_degrees"] == 15.0  # > 1.5
+    assert kplan.rule_augmentation((32, 64, 64), "CT", (0, 1, 2))["rotation_degrees"] == 30.0
+    xray = kplan.rule_augmentation((256, 256), "XRAY", (0,))
     assert xray["rotation_degrees"] == 15.0 and xray["mirror_axes"] == [0]
-    assert (xray["scale"], xray["p_mirror"]) == ([0.7, 1.4], 0.5)
+    assert (xray["scale"], xray["p_mirror"], xray["p_gamma"]) == ([0.7, 1.4], 0.5, 0.3)
 
 
 def test_training_flops_per_voxel():
@@ -306,8 +322,8 @@ def test_plan_of_a_hand_made_fingerprint():
     assert p.median_shape == (43, 43)
     # depth floor(log2(43 / 4)) = 3 -> multiples of 8: 48.
     assert (p.patch_size, p.depth, p.base_filters) == ((48, 48), 3, 16)
-    # Dataset at target spacing: 20 x 43^2 + 30 x 43^2 (unrounded 42.67^2) voxels;
-    # 5 % of it is 4551 voxels, under two 48 x 48 patches (4608): the minimum, 2.
+    # Dataset voxels as nnU-Net: median shape (25, 43, 43) x 2 cases = 92450; 5 % of it is
+    # 4622.5 voxels, round(4622.5 / 2304) = 2 patches.
     assert p.batch_size == 2
     flops = kplan.rule_training_flops_per_voxel(2, 3, 16, 256)
     assert p.seconds_per_step == pytest.approx(2 * 48 * 48 * flops / 34e9)
