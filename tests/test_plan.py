@@ -5,6 +5,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from kseg import plan as kplan
 from kseg.phantoms.chaos import PhantomLabel, chaos_phantom_case, write_chaos
@@ -387,3 +388,69 @@ def test_plan_argument_errors_name_the_argument(kwargs, named):
         kplan.plan(_fingerprint(), **arguments)
     with pytest.raises(ValueError, match="fp"):
         kplan.plan({"not": "a fingerprint"}, memory_budget_mb=1, time_budget_minutes=1)
+
+
+def _prepare(builder, manual):
+    import tensorflow_datasets as tfds
+
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+    )
+    return builder
+
+
+def test_fingerprint_of_volumes_one_case_per_example(tmp_path):
+    from kseg.phantoms.msd_spleen import (
+        MSD_SPLEEN_TRAINING_CASES,
+        spleen_phantom_case,
+        write_msd_spleen,
+    )
+    from tfds_builders.msd_spleen import msd_spleen_dataset_builder
+
+    shape, spacing = (4, 16, 16), (5.0, 3.0, 3.0)
+    write_msd_spleen(tmp_path / "manual", num_training=2, num_test=0, shape=shape,
+                     spacing=spacing, apple_double=False)
+    config = dataclasses.replace(msd_spleen_dataset_builder.Builder.builder_configs["raw"],
+                                 name="raw_2fold", num_folds=2)
+    builder = _prepare(msd_spleen_dataset_builder.Builder(config=config, data_dir=tmp_path / "d"),
+                       tmp_path / "manual")
+    fp = kplan.fingerprint(builder)
+    assert fp.modality == "CT" and fp.layout == "volumes"
+    sources = [spleen_phantom_case(n, shape=shape, spacing=spacing)
+               for n in MSD_SPLEEN_TRAINING_CASES[:2]]
+    by_id = {case.case_id: case for case in fp.cases}
+    assert sorted(by_id) == sorted(s.patient_id for s in sources)
+    values = []
+    for source in sources:
+        spleen = source.label.array > 0
+        case = by_id[source.patient_id]
+        assert case.shape == shape and case.foreground_voxels == int(spleen.sum())
+        np.testing.assert_allclose(case.spacing, spacing, rtol=1e-5)
+        values.append(source.image.array[spleen].astype(np.float64))
+    values = np.concatenate(values)
+    assert fp.foreground_intensity["percentile_99_5"] == pytest.approx(
+        np.percentile(values, 99.5))
+    assert fp.foreground_intensity["mean"] == pytest.approx(values.mean())
+
+
+def test_fingerprint_of_radiographs_has_no_spacing_and_needs_no_modality(tmp_path):
+    from kseg.phantoms.xray import write_generic
+    from tfds_builders.xray import xray_dataset_builder
+
+    write_generic(tmp_path / "manual", num_images=2, size=24)
+    config = dataclasses.replace(xray_dataset_builder.Builder.builder_configs["generic"],
+                                 name="generic_2fold", num_folds=2)
+    builder = _prepare(xray_dataset_builder.Builder(config=config, data_dir=tmp_path / "d"),
+                       tmp_path / "manual")
+    fp = kplan.fingerprint(builder)
+    assert fp.modality == "XRAY" and fp.layout == "images"
+    masks = {}
+    for path in sorted((tmp_path / "manual" / "masks").iterdir()):
+        masks[path.stem] = np.asarray(Image.open(path).convert("L")) > 0
+    assert [c.spacing for c in fp.cases] == [None, None]
+    assert sorted(c.shape for c in fp.cases) == [(24, 24), (24, 24)]
+    lungs = sum(int(m.sum()) for m in masks.values())
+    assert sum(c.foreground_voxels for c in fp.cases) == lungs
+    assert fp.foreground_fraction == {1: pytest.approx(lungs / (2 * 24 * 24))}
+    with pytest.raises(ValueError, match="modality"):
+        kplan.fingerprint(builder, modality="CT")
