@@ -259,3 +259,28 @@ def test_training_callbacks_refuse_a_bad_max_minutes_before_creating_anything(
 def test_a_clock_that_cannot_be_called_is_refused():
     with pytest.raises(TypeError, match="clock must be callable"):
         TimeBudget(5, clock=12.0)
+
+
+def test_an_epoch_of_unknown_length_is_learnt_from_the_first(tmp_path):
+    import tensorflow as tf
+
+    image, label = images(20, seed=0)
+    # filter hides the length from Keras: params["steps"] is None
+    train = tf.data.Dataset.from_tensor_slices((image, label[..., None])).filter(
+        lambda *example: True
+    ).batch(2)
+    check_image, check_label = images(2, seed=2)
+    clock = FakeClock()
+    work, callbacks, budget = budgeted_run(
+        tmp_path, clock, minutes=1, batch_seconds=lambda epoch, batch: 1.0,
+        keras_validation=4.0, volume_validation=6.0,
+    )
+    tiny_model().fit(train, epochs=10, verbose=0, callbacks=callbacks,
+                     validation_data=(check_image, check_label[..., None]))
+    # epochs of 10 batches and 10 s of validation end at 20, 40 and 60 s; in the third, one
+    # more batch and the validation would pass 60 s only after its 10th batch, the last:
+    # that is the end of the epoch, not a stop in the middle of it
+    assert work.batches[-1] == (2, 9)
+    assert (budget.stopped_epoch, budget.stopped_after_batch) == (2, None)
+    assert budget.last_finished_epoch == 2
+    assert budget.used_seconds == pytest.approx(60.0)

@@ -59,7 +59,10 @@ class TimeBudget(keras.callbacks.Callback):
     epochs is not under-estimated: the run may stop a little early, and overruns the budget
     only by what a batch or a validation takes beyond the longest seen so far. Until the
     first epoch has ended, the end-of-epoch work is unknown and counted as zero: a budget
-    that ends inside the first epoch can be overrun by one validation pass.
+    that ends inside the first epoch can be overrun by one validation pass. For a dataset
+    of unknown length (a ``tf.data`` pipeline whose cardinality Keras cannot tell), the
+    number of batches per epoch is learnt from the first epoch; until then a stop after what
+    turns out to be the epoch's last batch is reported as a mid-epoch stop.
 
     **The interrupted epoch.** After a mid-epoch stop Keras still validates and calls every
     ``on_epoch_end``; the budget has kept time for that. So the partial epoch is validated
@@ -130,6 +133,7 @@ class TimeBudget(keras.callbacks.Callback):
         self._last_batch_end = None
         self._epoch = 0
         self._epoch_batches = 0
+        self._epoch_length = None  # batches per epoch, when Keras or a full epoch told it
         self._final_seconds = None
         self.stop_reason = None
         self.stopped_epoch = None
@@ -165,6 +169,8 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._reset()
         self._fit_started = self.clock()
+        # None for a tf.data dataset of unknown length: then learnt from the first epoch
+        self._epoch_length = (self.params or {}).get("steps")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
@@ -186,8 +192,7 @@ class TimeBudget(keras.callbacks.Callback):
         self._batch_seconds.append(now - self._last_batch_end)
         self._last_batch_end = now
         self._epoch_batches += 1
-        steps = (self.params or {}).get("steps")
-        if steps is not None and self._epoch_batches >= steps:
+        if self._epoch_length is not None and self._epoch_batches >= self._epoch_length:
             return  # the epoch's last batch: on_epoch_end decides about the next epoch
         next_batch = max(self._batch_seconds)
         end_of_epoch = self._end_of_epoch_seconds or 0.0
@@ -201,6 +206,8 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.stopped_epoch is None:
             self.last_finished_epoch = epoch
+            if self._epoch_length is None:
+                self._epoch_length = self._epoch_batches
             pause_so_far = self.clock() - self._last_batch_end
             end_of_epoch = max(self._end_of_epoch_seconds or 0.0, pause_so_far)
             rest_of_pause = end_of_epoch - pause_so_far
