@@ -99,6 +99,10 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         value = getattr(args, name, None)
         if value is not None and not value > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    max_minutes = getattr(args, "max_minutes", None)
+    if max_minutes is not None and max_minutes == float("inf"):
+        parser.error("--max-minutes must be a finite number of minutes; leave it out for no "
+                     "time budget")
 
 
 def run(main) -> None:

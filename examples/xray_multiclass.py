@@ -19,7 +19,10 @@ recipe through kseg:
   for several classes the mean over classes) keeps ``best.keras`` (written atomically)
   and halves the learning rate on a plateau; ``history.csv`` logs every epoch and
   ``BackupAndRestore`` resumes an interrupted run at the epoch it reached, best score
-  included; ``--max-minutes`` stops after the epoch that uses up the time budget. (Keras'
+  included; ``--max-minutes`` is a training budget the run keeps (``TimeBudget``: it
+  stops mid-epoch when one more batch and the validation after it would pass the budget,
+  validates and checkpoints what it trained, and a resumed run keeps the budget left at its
+  last backup). (Keras'
   own ``val_dice`` pools the pixels of the whole validation set, which weighs large images
   and large structures more than the per-image mean a paper reports.)
 - evaluation: the best model segments every test image the same way; probabilities are
@@ -87,7 +90,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, help="side the images are resized to")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--max-minutes", type=float,
-                        help="stop after the epoch that exhausts this training time")
+                        help="training time budget in minutes: stop mid-epoch when one more "
+                             "batch and the validation would pass it; the best model is kept")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -176,23 +180,6 @@ def batches(builder, split, args, num_classes, *, patients=None, augment=None):
         cache=True,
         seed=args.seed,
     )
-
-
-def time_budget(minutes: float):
-    """A Keras callback that stops training after the epoch during which ``minutes`` of
-    training have passed."""
-    import keras
-
-    class TimeBudget(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            self.started = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            if time.perf_counter() - self.started >= 60.0 * minutes:
-                print(f"time budget of {minutes:g} min used up after epoch {epoch + 1}")
-                self.model.stop_training = True
-
-    return TimeBudget()
 
 
 def build_model(args, num_classes: int):
@@ -284,9 +271,8 @@ def main(argv=None):
         args.output_dir,
         VolumeValidation(image_cases(builder, splits["validation"], args.image_size),
                          labels=labels),
+        max_minutes=args.max_minutes,
     )
-    if args.max_minutes is not None:
-        callbacks.append(time_budget(args.max_minutes))
     fit_started = time.perf_counter()
     model.fit(train, validation_data=validation, epochs=args.epochs, callbacks=callbacks,
               verbose=_common.fit_verbosity())

@@ -242,3 +242,23 @@ def test_a_kseg_error_during_the_run_is_printed_without_traceback(monkeypatch, c
 
     with pytest.raises(RuntimeError, match="a bug"):  # other errors keep their traceback
         common.run(failing)
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0", "--max-minutes must be positive, got 0.0"),
+        ("-5", "--max-minutes must be positive, got -5.0"),
+        ("nan", "--max-minutes must be positive, got nan"),
+        ("inf", "--max-minutes must be a finite number of minutes; leave it out for no time "
+                "budget"),
+    ],
+)
+def test_a_time_budget_that_is_not_positive_is_one_usage_line(value, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        load_example("xray_multiclass").parse_args(
+            ["--output-dir", str(tmp_path / "run"), "--max-minutes", value]
+        )
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
+    assert not (tmp_path / "run").exists()
