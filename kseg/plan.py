@@ -38,6 +38,7 @@ __all__ = [
     "MODALITIES",
     "Plan",
     "fingerprint",
+    "measure_seconds_per_step",
     "plan",
 ]
 
@@ -722,6 +723,50 @@ class Plan:
 MODELS = ("unet", "unet_plus_plus", "attention_unet", "res_unet")
 
 
+def measure_seconds_per_step(p: Plan, *, steps: int = 3, seed: int = 0) -> float:
+    """Median wall-clock seconds of one training step of the plan's model, measured here.
+
+    Builds ``p.model`` (``p.depth``, ``p.base_filters``, deep supervision as planned) for
+    one-channel ``p.patch_size`` patches with one sigmoid output, compiles it with the
+    plan's optimiser and :class:`kseg.losses.DiceCELoss` (no XLA: issue 9 measured
+    ``jit_compile`` 2x slower on CPU), runs one untimed step (tracing), then times
+    ``steps`` steps on a random batch of ``p.batch_size``. A multi-class head costs a
+    little more than the one-output head timed here. Imports TensorFlow.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    import time
+
+    import keras
+
+    from kseg.losses import DiceCELoss
+    from kseg.models import build
+
+    keras.utils.set_random_seed(seed)
+    kwargs = {"deep_supervision": True} if p.deep_supervision else {}
+    model = build(p.model, input_shape=(*p.patch_size, 1), num_classes=1, depth=p.depth,
+                  base_filters=p.base_filters, **kwargs)
+    if p.optimizer["name"] == "SGD":
+        optimizer = keras.optimizers.SGD(p.optimizer["learning_rate"],
+                                         momentum=p.optimizer["momentum"], nesterov=True)
+    else:
+        optimizer = keras.optimizers.Adam(p.optimizer["learning_rate"])
+    outputs = len(model.outputs)
+    model.compile(optimizer=optimizer, loss=[DiceCELoss() for _ in range(outputs)],
+                  jit_compile=False)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((p.batch_size, *p.patch_size, 1)).astype(np.float32)
+    y = (rng.random((p.batch_size, *p.patch_size, 1)) > 0.5).astype(np.float32)
+    targets = [y] * outputs if outputs > 1 else y
+    model.train_on_batch(x, targets)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        model.train_on_batch(x, targets)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
 def _positive(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
             or not math.isfinite(value):
@@ -735,7 +780,7 @@ def plan(
     memory_budget_mb: float,
     time_budget_minutes: float,
     device: str = "cpu",
-    seconds_per_step: float | None = None,
+    seconds_per_step: float | str | None = None,
     spatial_dims: int | None = None,
     model: str = "unet",
     max_depth: int = MAX_DEPTH,
@@ -747,9 +792,11 @@ def plan(
         memory_budget_mb: memory for training activations (GPU memory, or RAM on CPU).
         time_budget_minutes: wall-clock training budget; sets the number of steps.
         device: ``"cpu"`` or ``"gpu"``.
-        seconds_per_step: a measured time per step; ``None`` on CPU estimates it from
-            :func:`rule_training_flops_per_voxel` and ``CPU_TRAINING_GFLOPS`` (issue 9's
-            measurement); a GPU plan needs it measured.
+        seconds_per_step: a measured time per step; ``"measure"`` times the planned model
+            here (:func:`measure_seconds_per_step`, imports TensorFlow); ``None`` on CPU
+            estimates it from :func:`rule_training_flops_per_voxel` and
+            ``CPU_TRAINING_GFLOPS`` (issue 9's measurement); a GPU plan needs it given or
+            measured.
         spatial_dims: 2 or 3; default 2 for slice datasets and radiographs, 3 for volumes.
         model: a kseg.models name; ``"unet_plus_plus"`` gets deep supervision.
         max_depth: most poolings.
@@ -777,9 +824,12 @@ def plan(
             f"spatial_dims must be 2 or 3 and at most the cases' {case_dims} axes, "
             f"got {spatial_dims!r}"
         )
+    measure = isinstance(seconds_per_step, str) and seconds_per_step == "measure"
     if seconds_per_step is None and device == "gpu":
-        raise ValueError("seconds_per_step: a GPU plan needs a measured seconds per step")
-    if seconds_per_step is not None:
+        raise ValueError("seconds_per_step: a GPU plan needs it given or 'measure'")
+    if measure:
+        seconds_per_step = None
+    elif seconds_per_step is not None:
         seconds_per_step = _positive("seconds_per_step", seconds_per_step)
 
     shapes = [case.shape for case in fp.cases]
@@ -801,11 +851,11 @@ def plan(
     dataset_voxels = math.prod(median_shape) * len(shapes)  # nnU-Net's approximation
     batch = rule_batch_size(patch, per_voxel, memory_budget_mb, dataset_voxels)
     estimated = seconds_per_step is None
-    if estimated:
+    if estimated:  # a first value; a measured one replaces it below
         flops = rule_training_flops_per_voxel(spatial_dims, depth, base, cap)
         seconds_per_step = batch * math.prod(patch) * flops / (CPU_TRAINING_GFLOPS * 1e9)
     mirror = rule_mirror_axes(spatial_dims, fp.class_names)
-    return Plan(
+    result = Plan(
         dataset=dict(fp.dataset),
         modality=fp.modality,
         device=device,
@@ -851,3 +901,12 @@ def plan(
                if estimated else "(given)"),
         },
     )
+    if measure:
+        measured = measure_seconds_per_step(result)
+        result.seconds_per_step = measured
+        result.training_steps = rule_training_steps(time_budget_minutes, measured)
+        result.rules["training_steps"] = (
+            "rule_training_steps: time budget / seconds per step (measured here by "
+            "measure_seconds_per_step)"
+        )
+    return result

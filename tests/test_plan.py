@@ -377,6 +377,7 @@ def test_plan_of_the_phantom_fingerprint_file(chaos_builder, tmp_path):
         ({"device": "tpu"}, "device"),
         ({"device": "gpu"}, "seconds_per_step"),
         ({"seconds_per_step": -1}, "seconds_per_step"),
+        ({"seconds_per_step": "fast"}, "seconds_per_step"),
         ({"spatial_dims": 4}, "spatial_dims"),
         ({"model": "vnet"}, "model"),
         ({"max_depth": -1}, "max_depth"),
@@ -454,3 +455,17 @@ def test_fingerprint_of_radiographs_has_no_spacing_and_needs_no_modality(tmp_pat
     assert fp.foreground_fraction == {1: pytest.approx(lungs / (2 * 24 * 24))}
     with pytest.raises(ValueError, match="modality"):
         kplan.fingerprint(builder, modality="CT")
+
+
+def test_plan_measures_seconds_per_step_on_this_machine():
+    cases = [kplan.CaseStats(f"r{k}", (16, 16), None, {0: 200, 1: 56}, 56) for k in range(40)]
+    fp = _fingerprint("XRAY", ("background", "lungs"), "images", cases, stats=None)
+    p = kplan.plan(fp, memory_budget_mb=50, time_budget_minutes=1, seconds_per_step="measure",
+                   model="unet_plus_plus")
+    # 16 x 16: depth floor(log2 4) = 2, batch: 5 % of 40 x 256 voxels is 2 patches.
+    assert (p.patch_size, p.depth, p.batch_size, p.deep_supervision) == ((16, 16), 2, 2, True)
+    assert 0 < p.seconds_per_step < 30
+    assert p.training_steps == min(250_000, int(60 * 0.9 // p.seconds_per_step))
+    assert "measured" in p.rules["training_steps"]
+    with pytest.raises(ValueError, match="steps"):
+        kplan.measure_seconds_per_step(p, steps=0)
