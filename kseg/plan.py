@@ -388,7 +388,7 @@ def _foreground_fraction(cases: Iterable[CaseStats]) -> dict[int, float]:
 # ---------------------------------------------------------------------------------------
 
 NNUNET = "nnU-Net (Isensee et al., Nature Methods 18, 203-211, 2021)"
-NNUNET_SUPP = f"{NNUNET}, Supplementary Note 2 'rule-based parameters'"
+NNUNET_SUPP = f"{NNUNET}, Supplementary Information, 'rule-based parameters'"
 ANISOTROPY_THRESHOLD = 3.0  # nnU-Net's ratio of spacings (and sizes) that marks anisotropy
 MIN_FEATURE_MAP = 4  # nnU-Net: down-sample an axis while its feature map stays >= 4 voxels
 MAX_DEPTH = 5  # kseg's cap on poolings (nnU-Net has none; see rule_depth)
@@ -411,10 +411,6 @@ TIME_RESERVE = 0.1
 MAX_STEPS = 250_000  # nnU-Net: 1000 epochs x 250 iterations
 
 
-def _median(values) -> float:
-    return float(np.median(np.asarray(values, np.float64)))
-
-
 def rule_target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]]):
     """Median spacing per axis; on an anisotropic dataset the 10th percentile on the coarse axis.
 
@@ -424,7 +420,7 @@ def rule_target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Se
     is then the 10th percentile of its spacings, but never finer than the coarsest other
     axis (then that axis's spacing + 1e-5 mm, as nnU-Net).
 
-    Source: nnU-Net Supplementary Note 2 and ``default_experiment_planner.py``
+    Source: nnU-Net Supplementary Information and ``default_experiment_planner.py``
     (``determine_fullres_target_spacing``).
     """
     spacing = np.asarray(spacings, np.float64)
@@ -574,7 +570,7 @@ def rule_normalization(fp: Fingerprint) -> dict:
 
 
 def rule_optimizer(device: str) -> dict:
-    """GPU: nnU-Net's SGD, Nesterov momentum 0.99, learning rate 0.01, poly decay
+    """GPU: nnU-Net's SGD, Nesterov momentum 0.99, learning rate 0.01, weight decay 3e-5, poly decay
     ``(1 - step / steps) ** 0.9`` (nnU-Net paper, Methods). CPU: Adam 1e-3 with cosine
     decay after a linear warm-up over 5 % of the steps: nnU-Net's schedule is tuned for
     250,000 steps, a CPU budget gives a few thousand, where Adam's per-weight step sizes
@@ -583,6 +579,7 @@ def rule_optimizer(device: str) -> dict:
     """
     if device == "gpu":
         return {"name": "SGD", "learning_rate": 0.01, "momentum": 0.99, "nesterov": True,
+                "weight_decay": 3e-5,
                 "schedule": "poly", "poly_exponent": 0.9, "warmup_fraction": 0.0}
     return {"name": "Adam", "learning_rate": 1e-3, "schedule": "cosine",
             "warmup_fraction": 0.05}
@@ -609,7 +606,7 @@ def rule_augmentation(patch_size: Sequence[int], modality: str, mirror_axes) -> 
     one, ±30° in 3D, each with probability 0.2; scaling 0.7-1.4 (0.2); gaussian noise up to
     variance 0.1 (0.1); gaussian blur sigma 0.5-1 (0.2); brightness x0.75-1.25 (0.15);
     contrast 0.75-1.25 (0.15); low-resolution simulation 0.5-1 (0.25); gamma 0.7-1.5 (0.3);
-    mirroring 0.5 per axis. Source: nnU-Net Supplementary Note 2 ("data augmentation") and
+    mirroring 0.5 per axis. Source: nnU-Net Supplementary Information ("data augmentation") and
     nnunetv2 ``nnUNetTrainer`` (``configure_rotation_dummyDA_mirroring_and_inital_patch_size``,
     ``get_training_transforms``). X-ray: ±15° whatever the patch, since radiographs are
     taken upright (kseg's rule).
@@ -748,7 +745,8 @@ def measure_seconds_per_step(p: Plan, *, steps: int = 3, seed: int = 0) -> float
                   base_filters=p.base_filters, **kwargs)
     if p.optimizer["name"] == "SGD":
         optimizer = keras.optimizers.SGD(p.optimizer["learning_rate"],
-                                         momentum=p.optimizer["momentum"], nesterov=True)
+                                         momentum=p.optimizer["momentum"], nesterov=True,
+                                         weight_decay=p.optimizer["weight_decay"])
     else:
         optimizer = keras.optimizers.Adam(p.optimizer["learning_rate"])
     outputs = len(model.outputs)

@@ -279,7 +279,7 @@ def test_normalization_ct_clips_then_zscores_mr_and_xray_per_image():
 def test_optimizer_per_device():
     gpu = kplan.rule_optimizer("gpu")
     assert (gpu["name"], gpu["momentum"], gpu["nesterov"], gpu["schedule"],
-            gpu["poly_exponent"]) == ("SGD", 0.99, True, "poly", 0.9)
+            gpu["poly_exponent"], gpu["weight_decay"]) == ("SGD", 0.99, True, "poly", 0.9, 3e-5)
     cpu = kplan.rule_optimizer("cpu")
     assert (cpu["name"], cpu["schedule"], cpu["warmup_fraction"]) == ("Adam", "cosine", 0.05)
 
