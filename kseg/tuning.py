@@ -26,6 +26,10 @@ value of the objective. ``History`` is appended by Keras after the user's callba
 reads the same ``logs`` dict at each epoch end, so it records what ``VolumeValidation``
 wrote; the tuner's own best-epoch checkpoint is appended after the user's callbacks too.
 
+Besides Keras Tuner's random, Bayesian and Hyperband searches, :func:`tuner` runs a
+``"grid"`` search (``keras_tuner.GridSearch`` over every combination of discrete values),
+ranked and checked the same way.
+
 Example:
     >>> import keras_tuner
     >>> from kseg.training import VolumeValidation
@@ -44,6 +48,7 @@ Reference:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import json
@@ -364,8 +369,96 @@ class Hyperband(_RanksByCheckedObjective, keras_tuner.Hyperband):
     """``keras_tuner.Hyperband`` ranking by ``val_volume_dice`` unless told otherwise."""
 
 
-TUNERS = {"random": RandomSearch, "bayesian": BayesianOptimization, "hyperband": Hyperband}
+class _ResumableGridSearchOracle(keras_tuner.oracles.GridSearchOracle):
+    """``GridSearchOracle`` that goes on walking its grid after a reload.
+
+    Keras Tuner 1.4's grid oracle keeps its walk (the tried combinations in grid order and
+    the trials whose next combination is still to be proposed) in memory only, so a
+    reloaded grid search proposes nothing new and stops. Both are rebuilt here from the
+    reloaded trials.
+    """
+
+    def set_state(self, state):
+        super().set_state(state)
+        started = [trial_id for trial_id in self.start_order if trial_id in self.trials]
+
+        def compare(first, second):
+            return self._compare(
+                self.trials[first].hyperparameters.values,
+                self.trials[second].hyperparameters.values,
+            )
+
+        ordered_ids = type(self._ordered_ids)()
+        for trial_id in sorted(started, key=functools.cmp_to_key(compare)):
+            ordered_ids.insert(trial_id)
+        self._ordered_ids = ordered_ids
+        # trials that were running are retried by Oracle.reload and queued when they end
+        self._populate_next = [trial_id for trial_id in self.end_order if trial_id in self.trials]
+
+
+class _ResumableGridSearch(keras_tuner.GridSearch):
+    """``keras_tuner.GridSearch`` with :class:`_ResumableGridSearchOracle`."""
+
+    def __init__(
+        self,
+        hypermodel=None,
+        objective=None,
+        max_trials=None,
+        seed=None,
+        hyperparameters=None,
+        tune_new_entries=True,
+        allow_new_entries=True,
+        max_retries_per_trial=0,
+        max_consecutive_failed_trials=3,
+        **kwargs,
+    ):
+        self.seed = seed
+        oracle = _ResumableGridSearchOracle(
+            objective=objective,
+            max_trials=max_trials,
+            seed=seed,
+            hyperparameters=hyperparameters,
+            tune_new_entries=tune_new_entries,
+            allow_new_entries=allow_new_entries,
+            max_retries_per_trial=max_retries_per_trial,
+            max_consecutive_failed_trials=max_consecutive_failed_trials,
+        )
+        keras_tuner.Tuner.__init__(self, oracle, hypermodel, **kwargs)
+
+
+class GridSearch(_RanksByCheckedObjective, _ResumableGridSearch):
+    """``keras_tuner.GridSearch`` over every combination, ranked by ``val_volume_dice``.
+
+    Its oracle rebuilds the grid walk when a search directory is reloaded, so a crashed
+    grid search goes on with the combinations it had not finished.
+    """
+
+
+TUNERS = {
+    "random": RandomSearch,
+    "bayesian": BayesianOptimization,
+    "hyperband": Hyperband,
+    "grid": GridSearch,
+}
 """Tuner kinds accepted by :func:`tuner`."""
+
+
+def _declared_space(hypermodel) -> keras_tuner.HyperParameters:
+    """The hyperparameters a hypermodel declares, found by declaring them once."""
+    hp = keras_tuner.HyperParameters()
+    if isinstance(hypermodel, SegmentationHyperModel):
+        hypermodel.declare(hp)
+    elif isinstance(hypermodel, keras_tuner.HyperModel):
+        hypermodel.declare_hyperparameters(hp)
+        hypermodel.build(hp)
+    else:
+        hypermodel(hp)
+    return hp
+
+
+def _continuous(space: keras_tuner.HyperParameters) -> list[str]:
+    """Names of ``Int`` / ``Float`` ranges without a ``step`` (a grid cannot list them)."""
+    return [hp.name for hp in space.space if hasattr(hp, "step") and hp.step is None]
 
 
 def tuner(
@@ -396,14 +489,18 @@ def tuner(
 
     Args:
         kind: ``"random"``, ``"bayesian"`` (Gaussian-process Bayesian optimisation; needs
-            scikit-learn, ``pip install keras-tuner[bayesian]``) or ``"hyperband"``.
+            scikit-learn, ``pip install keras-tuner[bayesian]``), ``"hyperband"``,
+            or ``"grid"`` (every combination of the hypermodel's discrete values; continuous
+            ranges are refused).
         hypermodel: a ``keras_tuner.HyperModel``, usually a
             :class:`SegmentationHyperModel`.
         objective: a validation log key or ``keras_tuner.Objective``; checked by
             :func:`resolve_objective` (default ``"val_volume_dice"``, maximised).
         directory: folder that holds the search state (local or any ``tf.io.gfile`` path).
         project_name: sub-folder of ``directory`` for this search.
-        max_trials: number of trials of a random or Bayesian search (required there).
+        max_trials: number of trials of a random or Bayesian search (required there); a
+            grid search runs every combination unless it is given (then it stops after
+            ``max_trials``).
         max_epochs: largest number of epochs Hyperband trains a model (required there;
             Hyperband derives its number of trials from it). Random and Bayesian searches
             take ``epochs`` in ``search()``.
@@ -414,12 +511,13 @@ def tuner(
             ``num_initial_points``, ``factor``, ``max_consecutive_failed_trials``, ...).
 
     Returns:
-        A :class:`RandomSearch`, :class:`BayesianOptimization` or :class:`Hyperband`
-        (subclasses of the Keras Tuner classes of the same names).
+        A :class:`RandomSearch`, :class:`BayesianOptimization`, :class:`Hyperband` or
+        :class:`GridSearch` (subclasses of the Keras Tuner classes of the same names).
 
     Raises:
         ValueError: unknown ``kind``, a missing or misplaced ``max_trials`` /
-            ``max_epochs``, a wrong objective (see :func:`resolve_objective`), or a resumed
+            ``max_epochs``, continuous ranges in a grid, a wrong objective (see
+            :func:`resolve_objective`), or a resumed
             directory that was searched with another objective.
 
     Example:
@@ -433,7 +531,24 @@ def tuner(
     if kind not in TUNERS:
         raise ValueError(f"unknown tuner kind {kind!r}; known kinds: {', '.join(TUNERS)}")
     budget = {}
-    if kind == "hyperband":
+    if kind == "grid":
+        if max_epochs is not None:
+            raise ValueError(
+                "max_epochs applies to kind='hyperband' only; give kind='grid' its epochs in "
+                "search(..., epochs=...)"
+            )
+        if max_trials is not None and not _is_positive_int(max_trials):
+            raise ValueError(f"max_trials must be None or an integer >= 1, got {max_trials!r}")
+        resolve_objective(objective)  # refuse a wrong objective before building models
+        continuous = _continuous(_declared_space(hypermodel))
+        if continuous:
+            raise ValueError(
+                f"kind='grid' runs every combination of discrete values, but {continuous} "
+                "are continuous ranges (Keras Tuner would grid them at 10 arbitrary points); "
+                "pin them (SegmentationHyperModel(fixed=...)) or give them a step"
+            )
+        budget["max_trials"] = max_trials
+    elif kind == "hyperband":
         if max_trials is not None:
             raise ValueError(
                 "max_trials does not apply to kind='hyperband', which derives the number of "
@@ -784,6 +899,7 @@ __all__ = [
     "Hyperband",
     "RandomSearch",
     "SegmentationHyperModel",
+    "GridSearch",
     "SliceLevelObjectiveWarning",
     "check_search_callbacks",
     "resolve_objective",

@@ -371,7 +371,9 @@ def test_default_objective_is_whole_volume_dice_maximised(kind, tmp_path):
 @pytest.mark.parametrize(
     "kind, budget, named",
     [
-        ("grid", {"max_trials": 2}, "grid"),
+        ("grid", {"max_trials": 2}, "learning_rate"),  # a continuous range cannot be gridded
+        ("grid", {"max_epochs": 3}, "max_epochs"),
+        ("annealing", {"max_trials": 2}, "annealing"),
         ("random", {}, "max_trials"),
         ("random", {"max_trials": 2, "max_epochs": 3}, "max_epochs"),
         ("hyperband", {"max_trials": 2, "max_epochs": 3}, "max_trials"),
