@@ -27,8 +27,9 @@ reads the same ``logs`` dict at each epoch end, so it records what ``VolumeValid
 wrote; the tuner's own best-epoch checkpoint is appended after the user's callbacks too.
 
 Besides Keras Tuner's random, Bayesian and Hyperband searches, :func:`tuner` runs a
-``"grid"`` search (``keras_tuner.GridSearch`` over every combination of discrete values),
-ranked and checked the same way.
+``"grid"`` search (``keras_tuner.GridSearch`` over every combination of discrete values)
+and a ``"staged"`` one (:class:`StagedSearch`: one hyperparameter at a time, each stage's
+best value carried into the next, a CSV table per stage), ranked and checked the same way.
 
 Example:
     >>> import keras_tuner
@@ -48,9 +49,13 @@ Reference:
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import dataclasses
 import functools
 import importlib.util
 import inspect
+import io
 import json
 import numbers
 import os
@@ -440,7 +445,7 @@ TUNERS = {
     "hyperband": Hyperband,
     "grid": GridSearch,
 }
-"""Tuner kinds accepted by :func:`tuner`."""
+"""Tuner kinds accepted by :func:`tuner` (and ``"staged"``, see :class:`StagedSearch`)."""
 
 
 def _declared_space(hypermodel) -> keras_tuner.HyperParameters:
@@ -461,6 +466,270 @@ def _continuous(space: keras_tuner.HyperParameters) -> list[str]:
     return [hp.name for hp in space.space if hasattr(hp, "step") and hp.step is None]
 
 
+_STAGES_RECORD = "kseg_stages.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class StageResult:
+    """What one stage of a :class:`StagedSearch` found.
+
+    Attributes:
+        name: the hyperparameter the stage searched.
+        values: the values it tried, in order.
+        best_value: the value of its best trial, carried into the later stages.
+        best_score: that trial's objective.
+        best_hyperparameters: all hyperparameter values of that trial.
+        table: path of the stage's CSV table (trial id, values, objective).
+        tuner: the stage's :class:`GridSearch`, for Keras Tuner's own queries.
+    """
+
+    name: str
+    values: tuple
+    best_value: object
+    best_score: float
+    best_hyperparameters: keras_tuner.HyperParameters
+    table: str
+    tuner: GridSearch
+
+
+def _check_stages(stages, space: keras_tuner.HyperParameters) -> list[tuple[str, list]]:
+    if isinstance(stages, (str, Mapping)) or not isinstance(stages, Sequence) or not stages:
+        raise ValueError(
+            "stages must be a non-empty list of (hyperparameter name, [values]) pairs, got "
+            f"{stages!r}"
+        )
+    declared = [hp.name for hp in space.space]
+    checked = []
+    for position, stage in enumerate(stages):
+        if isinstance(stage, str) or not isinstance(stage, Sequence) or len(stage) != 2:
+            raise ValueError(
+                f"stages[{position}] must be a (hyperparameter name, [values]) pair, got {stage!r}"
+            )
+        name, values = stage
+        if name not in declared:
+            raise ValueError(
+                f"stages[{position}]: the hypermodel declares no hyperparameter {name!r}; it "
+                f"declares {declared}"
+            )
+        if name in [earlier for earlier, _ in checked]:
+            raise ValueError(f"stages[{position}]: {name!r} is searched by an earlier stage")
+        if isinstance(values, (str, Mapping)) or not isinstance(values, Sequence) or not values:
+            raise ValueError(f"stages[{position}]: {name!r} needs a non-empty list of values")
+        if not all(isinstance(value, (str, numbers.Real)) for value in values):
+            raise ValueError(
+                f"stages[{position}]: values of {name!r} must be strings, numbers or booleans, "
+                f"got {values!r}"
+            )
+        if len({type(value) for value in values}) > 1:
+            raise ValueError(
+                f"stages[{position}]: values of {name!r} mix types {values!r}; Keras Tuner's "
+                "Choice takes values of one type (write 1.0, not 1, beside 0.5)"
+            )
+        if len(set(values)) != len(values):
+            raise ValueError(f"stages[{position}]: values of {name!r} repeat: {values!r}")
+        checked.append((name, list(values)))
+    return checked
+
+
+def _write_text_atomically(path: str, text: str) -> None:
+    temporary = f"{path}.tmp"
+    with tf.io.gfile.GFile(temporary, "w") as handle:
+        handle.write(text)
+    tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+class StagedSearch:
+    """One hyperparameter at a time: a grid search per stage, each stage's best carried on.
+
+    Stage ``i`` runs a :class:`GridSearch` over the values of its hyperparameter with the
+    winners of stages ``1 .. i-1`` fixed and every other hyperparameter at its default
+    (Keras Tuner's ``hyperparameters=`` with ``tune_new_entries=False``), keeps the value
+    of its best trial by the objective, and writes ``stage_<i>_<name>.csv`` (trial id, the
+    trial's hyperparameter values, the objective; one row per completed trial) into
+    ``directory/project_name``. Each stage's trials live in
+    ``directory/project_name/stage_<i>_<name>/``, so a search run again over the same
+    directory reloads the finished stages and trials instead of training them again and
+    goes on where it stopped. The stages and objective are recorded there, and resuming
+    with others is refused.
+
+    Args:
+        hypermodel: a ``keras_tuner.HyperModel``, usually a
+            :class:`SegmentationHyperModel`.
+        stages: ``[(hyperparameter name, [values]), ...]`` in search order; each name must
+            be declared by the hypermodel, once.
+        objective: see :func:`resolve_objective` (default ``"val_volume_dice"``).
+        directory, project_name: where the search state lives.
+        seed: seed passed to each stage's oracle.
+        overwrite: delete an existing search in ``directory/project_name`` first.
+        **kwargs: passed to each stage's :class:`GridSearch` (``executions_per_trial``,
+            ``max_consecutive_failed_trials``, ...).
+
+    Example:
+        >>> search = tuner("staged", hypermodel, directory="runs", project_name="staged",
+        ...                stages=[("loss", ["dice", "topk"]),
+        ...                        ("learning_rate", [1e-3, 3e-4]),
+        ...                        ("base_filters", [8, 16])])
+        >>> search.search(train, validation_data=val, epochs=30,
+        ...               callbacks=[VolumeValidation(val_volumes)])
+        >>> search.best_values()        # {"loss": ..., "learning_rate": ..., "base_filters": ...}
+        >>> search.results[0].table     # runs/staged/stage_1_loss.csv
+    """
+
+    def __init__(
+        self,
+        hypermodel,
+        stages,
+        *,
+        objective=DEFAULT_OBJECTIVE,
+        directory,
+        project_name: str,
+        seed: int | None = None,
+        overwrite: bool = False,
+        **kwargs,
+    ):
+        self.objective = resolve_objective(objective)
+        self.space = _declared_space(hypermodel)
+        self.stages = _check_stages(stages, self.space)
+        self.hypermodel = hypermodel
+        self.project_dir = os.path.join(os.fspath(directory), project_name)
+        self.seed = seed
+        self.tuner_kwargs = kwargs
+        self.results: list[StageResult] = []
+        if overwrite and tf.io.gfile.exists(self.project_dir):
+            tf.io.gfile.rmtree(self.project_dir)
+        record_path = os.path.join(self.project_dir, _STAGES_RECORD)
+        wanted = {
+            "objective": {"name": self.objective.name, "direction": self.objective.direction},
+            "stages": [[name, values] for name, values in self.stages],
+        }
+        if tf.io.gfile.exists(record_path):
+            with tf.io.gfile.GFile(record_path) as handle:
+                recorded = json.loads(handle.read())
+            if recorded != wanted:
+                raise ValueError(
+                    f"{record_path}: this staged search ran {recorded}, not {wanted}; resuming "
+                    "would mix trials of different searches. Use the recorded stages and "
+                    "objective, another project_name, or overwrite=True"
+                )
+        else:
+            tf.io.gfile.makedirs(self.project_dir)
+            _write_json_atomically(record_path, wanted)
+
+    def _stage_hyperparameters(self, name, values, winners) -> keras_tuner.HyperParameters:
+        """Earlier winners ``Fixed`` and this stage's values a ``Choice``, under the same
+        conditions as the hypermodel declares them (``base_filters`` only for models that
+        have it), so the hypermodel's own declarations pick these up."""
+        declared = {}
+        for parameter in self.space.space:
+            declared.setdefault(parameter.name, parameter)
+        hp = keras_tuner.HyperParameters()
+        registered = set()
+
+        def register(key):
+            if key in registered:
+                return
+            registered.add(key)
+            for condition in declared[key].conditions:
+                register(condition.name)
+            with contextlib.ExitStack() as scopes:
+                for condition in declared[key].conditions:
+                    scopes.enter_context(hp.conditional_scope(condition.name, condition.values))
+                if key == name:
+                    hp.Choice(key, values)
+                else:
+                    hp.Fixed(key, winners.get(key, declared[key].default))
+
+        register(name)
+        for earlier in winners:
+            register(earlier)
+        return hp
+
+    def search(self, *fit_args, **fit_kwargs) -> StagedSearch:
+        """Run (or resume) the stages in order; arguments as in ``Tuner.search``.
+
+        Returns:
+            this search, with :attr:`results` holding one :class:`StageResult` per stage.
+
+        Raises:
+            RuntimeError: no trial of a stage completed, so it has no value to carry on.
+        """
+        winners: dict[str, object] = {}
+        self.results = []
+        for index, (name, values) in enumerate(self.stages, 1):
+            stage_tuner = GridSearch(
+                hypermodel=self.hypermodel,
+                objective=self.objective,
+                hyperparameters=self._stage_hyperparameters(name, values, winners),
+                tune_new_entries=False,
+                directory=self.project_dir,
+                project_name=f"stage_{index}_{name}",
+                seed=self.seed,
+                **self.tuner_kwargs,
+            )
+            stage_tuner.search(*fit_args, **fit_kwargs)
+            completed = self._completed_trials(stage_tuner)
+            if not completed:
+                raise RuntimeError(
+                    f"stage {index} ({name!r}): no trial completed in "
+                    f"{stage_tuner.project_dir}, so there is no best value to carry on"
+                )
+            best = stage_tuner.oracle.get_best_trials(1)[0]
+            winners[name] = best.hyperparameters.get(name)
+            table = os.path.join(self.project_dir, f"stage_{index}_{name}.csv")
+            _write_text_atomically(table, self._table(completed))
+            self.results.append(
+                StageResult(
+                    name=name,
+                    values=tuple(values),
+                    best_value=winners[name],
+                    best_score=best.score,
+                    best_hyperparameters=best.hyperparameters.copy(),
+                    table=table,
+                    tuner=stage_tuner,
+                )
+            )
+        return self
+
+    @staticmethod
+    def _completed_trials(stage_tuner) -> list:
+        trials = [
+            trial
+            for trial in stage_tuner.oracle.trials.values()
+            if trial.status == keras_tuner.engine.trial.TrialStatus.COMPLETED
+        ]
+        return sorted(trials, key=lambda trial: int(trial.trial_id))
+
+    def _table(self, trials) -> str:
+        names = []
+        for trial in trials:
+            names.extend(key for key in trial.hyperparameters.values if key not in names)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["trial_id", *names, self.objective.name])
+        for trial in trials:
+            values = trial.hyperparameters.values
+            writer.writerow([trial.trial_id, *(values.get(key, "") for key in names), trial.score])
+        return buffer.getvalue()
+
+    def _require_results(self) -> None:
+        if len(self.results) != len(self.stages):
+            raise RuntimeError("the staged search has not run all its stages; call search()")
+
+    def best_values(self) -> dict:
+        """``{stage hyperparameter: its best value}``, in stage order."""
+        self._require_results()
+        return {result.name: result.best_value for result in self.results}
+
+    def get_best_hyperparameters(self, num_trials: int = 1) -> list:
+        """The hyperparameters of the best ``num_trials`` trials over all stages, best first."""
+        self._require_results()
+        trials = [
+            trial for result in self.results for trial in self._completed_trials(result.tuner)
+        ]
+        trials.sort(key=lambda trial: trial.score, reverse=self.objective.direction == "max")
+        return [trial.hyperparameters.copy() for trial in trials[:num_trials]]
+
+
 def tuner(
     kind: str,
     hypermodel: keras_tuner.HyperModel,
@@ -472,6 +741,7 @@ def tuner(
     max_epochs: int | None = None,
     seed: int | None = None,
     overwrite: bool = False,
+    stages=None,
     **kwargs,
 ):
     """A Keras Tuner tuner that ranks trials by whole-volume validation Dice by default.
@@ -490,8 +760,9 @@ def tuner(
     Args:
         kind: ``"random"``, ``"bayesian"`` (Gaussian-process Bayesian optimisation; needs
             scikit-learn, ``pip install keras-tuner[bayesian]``), ``"hyperband"``,
-            or ``"grid"`` (every combination of the hypermodel's discrete values; continuous
-            ranges are refused).
+            ``"grid"`` (every combination of the hypermodel's discrete values; continuous
+            ranges are refused) or ``"staged"`` (one hyperparameter at a time, see
+            :class:`StagedSearch`; needs ``stages``).
         hypermodel: a ``keras_tuner.HyperModel``, usually a
             :class:`SegmentationHyperModel`.
         objective: a validation log key or ``keras_tuner.Objective``; checked by
@@ -507,18 +778,20 @@ def tuner(
         seed: seed of the oracle's hyperparameter sampling (model weights are not seeded
             here; use ``keras.utils.set_random_seed``).
         overwrite: delete an existing search in ``directory/project_name`` and start over.
+        stages: for ``kind="staged"`` only: ``[(hyperparameter name, [values]), ...]``.
         **kwargs: passed to the Keras Tuner class (``executions_per_trial``,
             ``num_initial_points``, ``factor``, ``max_consecutive_failed_trials``, ...).
 
     Returns:
         A :class:`RandomSearch`, :class:`BayesianOptimization`, :class:`Hyperband` or
-        :class:`GridSearch` (subclasses of the Keras Tuner classes of the same names).
+        :class:`GridSearch` (subclasses of the Keras Tuner classes of the same names), or
+        a :class:`StagedSearch`.
 
     Raises:
         ValueError: unknown ``kind``, a missing or misplaced ``max_trials`` /
-            ``max_epochs``, continuous ranges in a grid, a wrong objective (see
-            :func:`resolve_objective`), or a resumed
-            directory that was searched with another objective.
+            ``max_epochs`` / ``stages``, continuous ranges in a grid, bad ``stages`` (see
+            :class:`StagedSearch`), a wrong objective (see :func:`resolve_objective`), or a
+            resumed directory that was searched with another objective.
 
     Example:
         >>> search = tuner("hyperband", hypermodel, directory="runs", project_name="h",
@@ -528,8 +801,28 @@ def tuner(
         Li L, Jamieson K, DeSalvo G, Rostamizadeh A, Talwalkar A. "Hyperband: A Novel
         Bandit-Based Approach to Hyperparameter Optimization". JMLR 18(185):1-52, 2018.
     """
+    if kind == "staged":
+        for argument, value in (("max_trials", max_trials), ("max_epochs", max_epochs)):
+            if value is not None:
+                raise ValueError(
+                    f"{argument} does not apply to kind='staged', which runs every value of "
+                    "each stage once"
+                )
+        return StagedSearch(
+            hypermodel,
+            stages,
+            objective=objective,
+            directory=directory,
+            project_name=project_name,
+            seed=seed,
+            overwrite=overwrite,
+            **kwargs,
+        )
+    if stages is not None:
+        raise ValueError(f"stages applies to kind='staged' only, not kind={kind!r}")
     if kind not in TUNERS:
-        raise ValueError(f"unknown tuner kind {kind!r}; known kinds: {', '.join(TUNERS)}")
+        known = ", ".join([*TUNERS, "staged"])
+        raise ValueError(f"unknown tuner kind {kind!r}; known kinds: {known}")
     budget = {}
     if kind == "grid":
         if max_epochs is not None:
@@ -545,7 +838,8 @@ def tuner(
             raise ValueError(
                 f"kind='grid' runs every combination of discrete values, but {continuous} "
                 "are continuous ranges (Keras Tuner would grid them at 10 arbitrary points); "
-                "pin them (SegmentationHyperModel(fixed=...)) or give them a step"
+                "pin them (SegmentationHyperModel(fixed=...)), give them a step, or search "
+                "listed values with kind='staged'"
             )
         budget["max_trials"] = max_trials
     elif kind == "hyperband":
@@ -901,6 +1195,8 @@ __all__ = [
     "SegmentationHyperModel",
     "GridSearch",
     "SliceLevelObjectiveWarning",
+    "StageResult",
+    "StagedSearch",
     "check_search_callbacks",
     "resolve_objective",
     "tuner",
