@@ -107,6 +107,7 @@ HYPERPARAMETERS = (
     "depth",
     "dropout",
     "loss",
+    "topk_k",
     "optimizer",
     "learning_rate",
     "batch_size",
@@ -642,6 +643,18 @@ class StagedSearch:
         register(name)
         for earlier in winners:
             register(earlier)
+        if not hp.is_active(name):
+            unmet = {
+                condition.name: list(condition.values)
+                for condition in declared[name].conditions
+                if not condition.is_active(hp.values)
+            }
+            fixed = {parent: hp.values.get(parent) for parent in unmet}
+            raise ValueError(
+                f"stages: {name!r} is only used when {unmet}, but this stage runs with "
+                f"{fixed} (an earlier stage's best or the default), so every value would "
+                "train the same model; search or fix the parent first"
+            )
         return hp
 
     def search(self, *fit_args, **fit_kwargs) -> StagedSearch:
@@ -928,6 +941,9 @@ class SegmentationHyperModel(keras_tuner.HyperModel):
         depth: number of downsampling levels, or an inclusive ``(low, high)`` range.
         dropout: dropout rate in [0, 1), or an inclusive ``(low, high)`` range.
         losses: names of :data:`LOSSES`.
+        topk_k: percentage ``k`` of the hardest voxels :class:`kseg.losses.TopKLoss`
+            keeps, or the percentages to search; only declared when ``"topk"`` is among
+            ``losses`` (conditional on it).
         optimizers: names of :data:`OPTIMIZERS`.
         learning_rate: a rate, or an inclusive ``(low, high)`` range searched on a log scale.
         batch_sizes: batch sizes to search in ``fit`` (``None``: the batch size given to
@@ -965,6 +981,7 @@ class SegmentationHyperModel(keras_tuner.HyperModel):
         depth: int | tuple[int, int] = (3, 4),
         dropout: float | tuple[float, float] = 0.0,
         losses: str | Sequence[str] = ("dice", "dice_ce"),
+        topk_k: float | Sequence[float] = 10.0,
         optimizers: str | Sequence[str] = "adam",
         learning_rate: float | tuple[float, float] = (1e-4, 1e-2),
         batch_sizes: int | Sequence[int] | None = None,
@@ -996,6 +1013,12 @@ class SegmentationHyperModel(keras_tuner.HyperModel):
 
         self.models = self._checked_names("models", space("model", models), MODELS)
         self.losses = self._checked_names("losses", space("loss", losses), LOSSES)
+        self.topk_k = _as_tuple("topk_k", space("topk_k", topk_k))
+        if not all(
+            isinstance(k, numbers.Real) and not isinstance(k, bool) and 0 < k <= 100
+            for k in self.topk_k
+        ):
+            raise ValueError(f"topk_k must be percentages in (0, 100], got {topk_k!r}")
         self.optimizers = self._checked_names(
             "optimizers", space("optimizer", optimizers), OPTIMIZERS
         )
@@ -1021,6 +1044,10 @@ class SegmentationHyperModel(keras_tuner.HyperModel):
         unused = sorted(set(self.loss_kwargs) - set(self.losses))
         if unused:
             raise ValueError(f"loss_kwargs names losses outside the search space: {unused}")
+        if "k" in self.loss_kwargs.get("topk", {}):
+            raise ValueError(
+                "loss_kwargs: give TopK's k as topk_k=, a hyperparameter the search can vary"
+            )
         self._check_spatial_dims()
         self.from_logits = self.model_kwargs.get("activation", "auto") is None
 
@@ -1093,7 +1120,8 @@ class SegmentationHyperModel(keras_tuner.HyperModel):
 
         Returns:
             ``{name: value}`` for every hyperparameter active in this trial (``depth`` and
-            ``base_filters`` are absent for models without them).
+            ``base_filters`` are absent for models without them, ``topk_k`` for losses
+            other than ``"topk"``).
         """
         values = {"model": self._choice(hp, "model", self.models)}
         for argument, declare in (
@@ -1108,6 +1136,11 @@ class SegmentationHyperModel(keras_tuner.HyperModel):
                     values[argument] = value
         values["dropout"] = self._range(hp, "dropout", self.dropout, integer=False)
         values["loss"] = self._choice(hp, "loss", self.losses)
+        if "topk" in self.losses:
+            with hp.conditional_scope("loss", ["topk"]):
+                topk_k = self._choice(hp, "topk_k", self.topk_k)
+            if topk_k is not None:
+                values["topk_k"] = topk_k
         values["optimizer"] = self._choice(hp, "optimizer", self.optimizers)
         values["learning_rate"] = self._range(
             hp, "learning_rate", self.learning_rate, integer=False, sampling="log"
@@ -1134,9 +1167,10 @@ class SegmentationHyperModel(keras_tuner.HyperModel):
             **architecture,
             **self.model_kwargs,
         )
-        loss = LOSSES[values["loss"]](
-            from_logits=self.from_logits, **self.loss_kwargs.get(values["loss"], {})
-        )
+        loss_arguments = dict(self.loss_kwargs.get(values["loss"], {}))
+        if "topk_k" in values:
+            loss_arguments["k"] = values["topk_k"]
+        loss = LOSSES[values["loss"]](from_logits=self.from_logits, **loss_arguments)
         model.compile(
             optimizer=OPTIMIZERS[values["optimizer"]](values["learning_rate"]),
             loss=loss,

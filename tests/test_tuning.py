@@ -171,6 +171,7 @@ def test_search_space_holds_what_was_asked_and_fixed_pins():
         depth=(2, 4),
         dropout=(0.0, 0.5),
         losses=("dice", "topk", "focal"),
+        topk_k=(5, 10, 20),
         optimizers=("adam", "sgd"),
         learning_rate=(1e-4, 1e-2),
         batch_sizes=(2, 4),
@@ -185,6 +186,7 @@ def test_search_space_holds_what_was_asked_and_fixed_pins():
         "depth",
         "dropout",
         "loss",
+        "topk_k",
         "optimizer",
         "learning_rate",
         "batch_size",
@@ -196,6 +198,9 @@ def test_search_space_holds_what_was_asked_and_fixed_pins():
     assert space["learning_rate"].sampling == "log"
     assert space["optimizer"].values == ["adam", "sgd"]
     assert space["batch_size"].values == [2, 4]
+    assert space["topk_k"].values == [5, 10, 20]
+    (condition,) = space["topk_k"].conditions
+    assert condition.name == "loss" and condition.values == ["topk"]
     assert type(space["loss"]).__name__ == "Fixed" and space["loss"].value == "topk"
     assert type(space["dropout"]).__name__ == "Fixed" and space["dropout"].value == 0.1
     # highresnet has no depth or filter count: those two exist only for the U-Net
@@ -254,11 +259,43 @@ def test_fixed_model_and_depth_build_that_model():
             "deep_supervision",
         ),
         ({"loss_kwargs": {"focal": {"gamma": 1.0}}}, "focal"),
+        ({"topk_k": (5, 0)}, "topk_k"),
+        ({"topk_k": (5, 101)}, "topk_k"),
+        ({"losses": "topk", "loss_kwargs": {"topk": {"k": 5}}}, "topk_k"),
     ],
 )
 def test_bad_search_space_is_refused_by_name(arguments, named):
     with pytest.raises(ValueError, match=named.replace("*", r"\*")):
         SegmentationHyperModel(SHAPE, 1, **arguments)
+
+
+def test_topk_k_is_the_k_of_the_compiled_topk_loss():
+    hypermodel = small_hypermodel(
+        models="unet",
+        losses=("dice", "topk"),
+        topk_k=(5, 20),
+        fixed={"base_filters": 2, "depth": 1},
+    )
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("loss", "topk")
+    with hp.conditional_scope("loss", ["topk"]):
+        hp.Fixed("topk_k", 20)
+    model = hypermodel.build(hp)
+    assert type(model.loss) is kseg_losses.TopKLoss and model.loss.k == 20
+    # per image: the mean cross-entropy of its hardest 20% voxels (12 of 64), then the
+    # mean over the 2 images; the default k=10 would keep 6
+    (images, labels), _, _ = problem()
+    probabilities = np.clip(model.predict_on_batch(images[:2]), 1e-7, 1 - 1e-7).astype(float)
+    truth = labels[:2].astype(float)
+    cross_entropy = -(truth * np.log(probabilities) + (1 - truth) * np.log(1 - probabilities))
+    hardest = -np.sort(-cross_entropy.reshape(2, -1), axis=1)
+    logs = model.evaluate(images[:2], labels[:2], batch_size=2, verbose=0, return_dict=True)
+    assert logs["loss"] == pytest.approx(hardest[:, :12].mean(), rel=1e-4)
+    assert hardest[:, :12].mean() != pytest.approx(hardest[:, :6].mean(), rel=1e-4)
+
+    dice_trial = keras_tuner.HyperParameters()
+    hypermodel.declare(dice_trial)
+    assert "topk_k" not in hypermodel.declare(dice_trial)  # loss "dice": no k
 
 
 def test_logit_models_get_logit_losses_and_metric():

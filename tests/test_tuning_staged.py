@@ -353,3 +353,18 @@ def test_staged_search_over_real_models_fixes_conditional_winners(tmp_path):
         type(best_model.loss).__name__
         == {"dice": "DiceLoss", "dice_ce": "DiceCELoss"}[loss_stage.best_value]
     )
+
+
+def test_staged_refuses_a_stage_its_fixed_parents_switch_off(tmp_path):
+    # topk_k is declared under loss == "topk"; the default loss here is "dice"
+    hypermodel = small_hypermodel(models="unet", losses=("dice", "topk"), topk_k=(5, 10))
+    search = tuner(
+        "staged",
+        hypermodel,
+        directory=tmp_path,
+        project_name="s",
+        stages=[("topk_k", [5, 20])],
+    )
+    with pytest.raises(ValueError, match=r"stages: 'topk_k' is only used when \{'loss'"):
+        run(search)
+    assert not (tmp_path / "s" / "stage_1_topk_k").exists()
