@@ -551,7 +551,9 @@ class StagedSearch:
     ``directory/project_name/stage_<i>_<name>/``, so a search run again over the same
     directory reloads the finished stages and trials instead of training them again and
     goes on where it stopped. The stages and objective are recorded there, and resuming
-    with others is refused.
+    with others is refused. A stage may list values the hypermodel's own space does not
+    hold, or search a hyperparameter it pins: the declared default (or pinned value) is
+    what the stages before it use.
 
     Args:
         hypermodel: a ``keras_tuner.HyperModel``, usually a
@@ -566,14 +568,17 @@ class StagedSearch:
             ``max_consecutive_failed_trials``, ...).
 
     Example:
+        >>> hypermodel = SegmentationHyperModel((128, 128, 1), 1, models="unet", depth=4,
+        ...                                     base_filters=16, losses="topk")
         >>> search = tuner("staged", hypermodel, directory="runs", project_name="staged",
-        ...                stages=[("loss", ["dice", "topk"]),
+        ...                stages=[("topk_k", [5, 10, 20]),
         ...                        ("learning_rate", [1e-3, 3e-4]),
         ...                        ("base_filters", [8, 16])])
         >>> search.search(train, validation_data=val, epochs=30,
         ...               callbacks=[VolumeValidation(val_volumes)])
-        >>> search.best_values()        # {"loss": ..., "learning_rate": ..., "base_filters": ...}
-        >>> search.results[0].table     # runs/staged/stage_1_loss.csv
+        >>> search.best_values()      # {"topk_k": ..., "learning_rate": ..., "base_filters": ...}
+        >>> search.results[0].table   # runs/staged/stage_1_topk_k.csv
+        >>> search.get_best_hyperparameters()[0].values   # best trial of all stages
     """
 
     def __init__(
