@@ -21,7 +21,7 @@ from kseg.augment import (
     RandomGaussianNoise,
     RandomRotate90,
     SegmentationAugmenter,
-    resample,
+    sample_at,
     segmentation_augmenter,
 )
 
@@ -173,7 +173,7 @@ def test_resample_matches_scipy_map_coordinates(interpolation, order, spatial):
     volume = rng.normal(size=(2, *spatial, 2)).astype(np.float32)
     coordinates = rng.uniform(-1.5, max(spatial) + 0.5, size=(2, 9, 4, len(spatial)))
     coordinates = coordinates.astype(np.float32)
-    out = np.asarray(resample(volume, coordinates, interpolation, fill_value=-2.0))
+    out = np.asarray(sample_at(volume, coordinates, interpolation, fill_value=-2.0))
     for sample in range(2):
         for channel in range(2):
             expected = ndimage.map_coordinates(

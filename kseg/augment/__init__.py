@@ -17,7 +17,7 @@ from kseg.augment.random_elastic_deformation import RandomElasticDeformation
 from kseg.augment.random_gaussian_blur import RandomGaussianBlur
 from kseg.augment.random_gaussian_noise import RandomGaussianNoise
 from kseg.augment.random_rotate90 import RandomRotate90
-from kseg.augment.resample import resample
+from kseg.augment.resample import sample_at
 from kseg.augment.segmentation_augmenter import SegmentationAugmenter, segmentation_augmenter
 
 __all__ = [
@@ -31,6 +31,6 @@ __all__ = [
     "RandomGaussianNoise",
     "RandomRotate90",
     "SegmentationAugmenter",
-    "resample",
+    "sample_at",
     "segmentation_augmenter",
 ]

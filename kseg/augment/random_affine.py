@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from kseg.augment._base import JointAugmentation, check_per_axis, check_range
-from kseg.augment.resample import INTERPOLATIONS, resample, voxel_grid
+from kseg.augment.resample import INTERPOLATIONS, sample_at, voxel_grid
 
 # Rotation planes as pairs of spatial axes: 2D has one; in 3D the first is the in-plane
 # (H, W) rotation of an axial volume, then the two out-of-plane tilts.
@@ -131,10 +131,10 @@ class RandomAffine(JointAugmentation):
         coordinates = ops.reshape(
             coordinates, (batch_size,) + tuple(spatial_shape) + (spatial_dims,)
         )
-        transformed = resample(images, coordinates, self.interpolation, self.fill_value)
+        transformed = sample_at(images, coordinates, self.interpolation, self.fill_value)
         images = ops.cast(transformed, images.dtype)
         if masks is not None:
-            masks = resample(masks, coordinates, "nearest", self.mask_fill_value)
+            masks = sample_at(masks, coordinates, "nearest", self.mask_fill_value)
         return images, masks
 
     def get_config(self):

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from kseg.augment._base import JointAugmentation, check_per_axis
-from kseg.augment.resample import INTERPOLATIONS, resample, voxel_grid
+from kseg.augment.resample import INTERPOLATIONS, sample_at, voxel_grid
 
 
 def _cubic_bspline_basis(num_samples, num_control: int):
@@ -118,10 +118,10 @@ class RandomElasticDeformation(JointAugmentation):
         field = ops.einsum(equation, displacements, *bases)
         coordinates = voxel_grid(spatial_shape)[None] + field
 
-        transformed = resample(images, coordinates, self.interpolation, self.fill_value)
+        transformed = sample_at(images, coordinates, self.interpolation, self.fill_value)
         images = ops.cast(transformed, images.dtype)
         if masks is not None:
-            masks = resample(masks, coordinates, "nearest", self.mask_fill_value)
+            masks = sample_at(masks, coordinates, "nearest", self.mask_fill_value)
         return images, masks
 
     def get_config(self):

@@ -23,7 +23,7 @@ def voxel_grid(spatial_shape):
     return ops.stack(ops.meshgrid(*axes, indexing="ij"), axis=-1)
 
 
-def resample(inputs, coordinates, interpolation: str = "linear", fill_value=0):
+def sample_at(inputs, coordinates, interpolation: str = "linear", fill_value=0):
     """Sample ``inputs`` at ``coordinates`` (voxel indices), one coordinate map per sample.
 
     ``linear`` is bilinear in 2D and trilinear in 3D; ``nearest`` rounds half up and keeps the
@@ -41,9 +41,10 @@ def resample(inputs, coordinates, interpolation: str = "linear", fill_value=0):
         ``(B, *out_spatial, C)``: float32 for ``linear``, ``inputs``' dtype for ``nearest``.
 
     Example:
+        >>> import keras
         >>> images = keras.ops.reshape(keras.ops.arange(16, dtype="float32"), (1, 4, 4, 1))
         >>> half_step = voxel_grid((4, 4))[None] + 0.5
-        >>> float(resample(images, half_step)[0, 0, 0, 0])  # mean of 0, 1, 4, 5
+        >>> float(sample_at(images, half_step)[0, 0, 0, 0])  # mean of 0, 1, 4, 5
         2.5
 
     Reference:
