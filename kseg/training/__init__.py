@@ -10,6 +10,7 @@ from kseg.training.callbacks import (
     VolumeValidation,
     training_callbacks,
 )
+from kseg.training.consistency import MeanTeacher, consistency_loss, sigmoid_rampup
 from kseg.training.resume import (
     AtomicBackupAndRestore,
     ResumableCSVLogger,
@@ -21,9 +22,12 @@ __all__ = [
     "BestModelCheckpoint",
     "CheckpointRecordWarning",
     "EmptyReferenceWarning",
+    "MeanTeacher",
     "ResumableCSVLogger",
     "ResumableReduceLROnPlateau",
     "TimeBudget",
     "VolumeValidation",
+    "consistency_loss",
+    "sigmoid_rampup",
     "training_callbacks",
 ]

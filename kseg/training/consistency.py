@@ -1,0 +1,332 @@
+"""Semi-supervised consistency training for segmentation on labeled + unlabeled batches.
+
+``MeanTeacher`` (Tarvainen & Valpola 2017) trains a student ``keras.Model`` on the supervised
+loss of the labeled batch plus a consistency loss: the mean squared difference between the
+student's and an EMA teacher's class probabilities, on labeled and unlabeled images under
+independent input noise, weighted by a sigmoid ramp-up.
+
+Both models take one dataset of ``(labeled_batch, unlabeled_batch)`` pairs, e.g.
+``tf.data.Dataset.zip((labeled, unlabeled))`` where ``labeled`` yields ``(x, y)`` batches and
+``unlabeled`` yields ``x_u`` batches (or ``(x_u,)``) of the same spatial size. ``evaluate`` and
+``predict`` take ordinary ``(x, y)`` / ``x`` data and run the *student*.
+
+The wrapped network must output **logits** (kseg builders: ``activation=None``): every loss
+here is computed from logits in float32 with log-sum-exp forms (``log_softmax``,
+``log_sigmoid``), never the log of a probability, so ``mixed_float16``, logits of ±1e4,
+empty masks and batches without a confident voxel give finite losses. Compile with a loss
+that takes logits, e.g. ``kseg.losses.DiceCELoss(from_logits=True)``.
+
+Like ``kseg.augment.AugmentedModel``, these models override the TensorFlow backend's
+``train_step`` (the backend kseg's ``tf.data`` pipelines need); other backends raise at
+construction. The loss functions (``sigmoid_rampup``, ``consistency_loss``) are plain
+``keras.ops`` and run on any backend.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+__all__ = [
+    "MeanTeacher",
+    "consistency_loss",
+    "sigmoid_rampup",
+]
+
+
+def _check_number(name, value, low, high, low_open=False, high_open=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    below = value <= low if low_open else value < low
+    above = value >= high if high_open else value > high
+    if below or above:
+        left, right = "(" if low_open else "[", ")" if high_open else "]"
+        raise ValueError(f"{name} must be in {left}{low}, {high}{right}, got {value!r}")
+
+
+def sigmoid_rampup(step, rampup_steps):
+    """The mean-teacher ramp-up ``exp(-5 (1 - T)^2)``, ``T = clip(step / rampup_steps, 0, 1)``.
+
+    Tarvainen & Valpola (2017), appendix: the consistency weight rises from ``exp(-5) ≈
+    0.0067`` at step 0 to 1 at ``rampup_steps`` and stays there. ``rampup_steps=0`` means no
+    ramp-up (1 from the start).
+
+    Args:
+        step: the training step (a number or a scalar tensor).
+        rampup_steps: int >= 0, the length of the ramp-up in steps.
+
+    Returns:
+        A float32 scalar tensor.
+    """
+    if isinstance(rampup_steps, bool) or not isinstance(rampup_steps, int) or rampup_steps < 0:
+        raise ValueError(f"rampup_steps must be an int >= 0, got {rampup_steps!r}")
+    if rampup_steps == 0:
+        return ops.ones((), "float32")
+    phase = 1.0 - ops.clip(ops.cast(step, "float32") / float(rampup_steps), 0.0, 1.0)
+    return ops.exp(-5.0 * phase * phase)
+
+
+def _probabilities32(logits):
+    logits = ops.cast(logits, "float32")
+    if logits.shape[-1] == 1:
+        return ops.sigmoid(logits)
+    return ops.softmax(logits, axis=-1)
+
+
+def consistency_loss(student_logits, teacher_logits):
+    """Mean squared difference of class probabilities, the mean-teacher consistency cost.
+
+    Probabilities are sigmoid (one channel) or softmax (several) of the logits, in float32;
+    the squared differences are averaged over batch, voxels and channels, so the value lies
+    in ``[0, 1]`` and is 0 exactly when the two models agree. No gradient is stopped here:
+    the caller stops the teacher's.
+
+    Args:
+        student_logits: ``(B, *spatial, C)`` logits.
+        teacher_logits: logits of the same shape.
+
+    Returns:
+        A float32 scalar tensor.
+    """
+    if tuple(student_logits.shape) != tuple(teacher_logits.shape):
+        raise ValueError(
+            f"student_logits and teacher_logits must have the same shape, got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
+        )
+    difference = _probabilities32(student_logits) - _probabilities32(teacher_logits)
+    return ops.mean(ops.square(difference))
+
+
+def _split_batch(name, data):
+    """``((x, y, sample_weight), x_unlabeled)`` from one ``(labeled, unlabeled)`` element."""
+    if not isinstance(data, (tuple, list)) or len(data) != 2:
+        raise ValueError(
+            f"{name}.fit takes (labeled_batch, unlabeled_batch) pairs, e.g. "
+            "tf.data.Dataset.zip((labeled, unlabeled)); got "
+            f"{type(data).__name__} of length {len(data) if hasattr(data, '__len__') else '?'}"
+        )
+    labeled, unlabeled = data
+    if not isinstance(labeled, (tuple, list)) or len(labeled) not in (2, 3):
+        raise ValueError(
+            f"{name}: the labeled batch must be (x, y) or (x, y, sample_weight), got "
+            f"{type(labeled).__name__}"
+        )
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(tuple(labeled))
+    if isinstance(unlabeled, (tuple, list)):
+        if len(unlabeled) != 1:
+            raise ValueError(
+                f"{name}: the unlabeled batch must be x_u or (x_u,), got a tuple of "
+                f"{len(unlabeled)}"
+            )
+        unlabeled = unlabeled[0]
+    return (x, y, sample_weight), unlabeled
+
+
+class _ConsistencyModel(keras.Model):
+    """What mean teacher and FixMatch share: the student, the data split, the trackers."""
+
+    def __init__(self, student, tracked, **kwargs):
+        super().__init__(**kwargs)
+        if keras.backend.backend() != "tensorflow":
+            raise RuntimeError(
+                f"{type(self).__name__} overrides the TensorFlow train_step; the Keras backend "
+                f"is {keras.backend.backend()!r}."
+            )
+        if isinstance(student, dict):
+            student = keras.saving.deserialize_keras_object(student)
+        if not isinstance(student, keras.Model):
+            raise ValueError(f"student must be a keras.Model, got {student!r}")
+        self.student = student
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in tracked}
+
+    def build(self, input_shape):
+        if not self.student.built:
+            self.student.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    def test_step(self, data):
+        # evaluate scores the student on (x, y); the training-only trackers are left out.
+        results = super().test_step(data)
+        return {name: value for name, value in results.items() if name not in self.trackers}
+
+    def _supervised(self, x, y, sample_weight, logits):
+        return self._compute_loss(
+            x=x,
+            y=y,
+            y_pred=ops.cast(logits, "float32"),
+            sample_weight=sample_weight,
+            training=True,
+        )
+
+    def _apply(self, tape, loss):
+        variables = self.student.trainable_variables
+        gradients = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+
+    def _results(self, x, y, logits, sample_weight, values):
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        results = self.compute_metrics(
+            x, y, ops.cast(logits, "float32"), sample_weight=sample_weight
+        )
+        results.update({name: self.trackers[name].result() for name in values})
+        return results
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class MeanTeacher(_ConsistencyModel):
+    """Mean-teacher training of a segmentation model on labeled + unlabeled batches.
+
+    Each step the student sees the labeled and unlabeled images with one draw of ``noise``,
+    the teacher (inference mode, no gradient) sees them with another; the student minimises
+
+        ``L = L_sup(y, student(x_l)) + w(t) · MSE(p_student, p_teacher)``
+
+    with ``L_sup`` the compiled loss on the labeled part, the MSE from
+    ``consistency_loss`` over labeled and unlabeled voxels, and ``w(t) =
+    consistency_weight · sigmoid_rampup(t, rampup_steps)``. After the optimizer step the
+    teacher's trainable weights become an exponential moving average of the student's,
+    ``θ' ← α θ' + (1 - α) θ`` with ``α = min(1 - 1 / (t + 1), ema_decay)`` (``t`` the
+    number of steps taken; the paper's warm start, so the early teacher is not stuck at the
+    random initialisation). The paper uses ``ema_decay`` 0.99 during ramp-up and 0.999
+    after it; 0.99 is the default here because segmentation runs are short.
+
+    BatchNorm moving statistics: the teacher *copies* the student's moving mean and
+    variance (every non-trainable variable) after each step rather than averaging them,
+    so the teacher normalises with statistics of the inputs the student currently sees
+    and never with a lagging mix (the teacher runs in inference mode, so it would
+    otherwise never update them).
+
+    ``evaluate``, ``predict`` and ``__call__`` run the student. Save the student alone for
+    inference (``model.student.save("student.keras")``, reloaded by ``kseg.load_model``);
+    ``model.teacher`` is an ordinary model too and often scores slightly higher.
+
+    Args:
+        student: the segmentation model, outputting logits ``(B, *spatial, C)``.
+        consistency_weight: the weight ``w`` reached after ramp-up, >= 0 (default 1.0).
+        rampup_steps: steps of the sigmoid ramp-up, int >= 0 (default 1000).
+        ema_decay: the teacher's EMA decay ``α`` in ``[0, 1)`` (default 0.99).
+        noise: a layer applied to the images, independently for student and teacher, with
+            ``training=True``; default ``keras.layers.GaussianNoise(0.05)``. It must not
+            move voxels (the two predictions are compared voxel by voxel). ``None`` for no
+            noise.
+        **kwargs: standard ``keras.Model`` arguments.
+
+    Example:
+        >>> net = kseg.models.build("unet_small", input_shape=(64, 64, 1), num_classes=1,
+        ...                         activation=None)
+        >>> model = MeanTeacher(net, rampup_steps=500)
+        >>> model.compile("adam", loss=kseg.losses.DiceCELoss(from_logits=True))
+        >>> model.fit(tf.data.Dataset.zip((labeled, unlabeled)))  # doctest: +SKIP
+        >>> net.save("student.keras")
+
+    Reference:
+        Tarvainen A., Valpola H., "Mean teachers are better role models: Weight-averaged
+        consistency targets improve semi-supervised deep learning results", NeurIPS 2017.
+    """
+
+    def __init__(
+        self,
+        student,
+        consistency_weight=1.0,
+        rampup_steps=1000,
+        ema_decay=0.99,
+        noise="default",
+        **kwargs,
+    ):
+        super().__init__(
+            student, ("supervised_loss", "consistency_loss", "consistency_weight"), **kwargs
+        )
+        _check_number("consistency_weight", consistency_weight, 0.0, math.inf, high_open=True)
+        sigmoid_rampup(0, rampup_steps)  # validates rampup_steps
+        _check_number("ema_decay", ema_decay, 0.0, 1.0, high_open=True)
+        if isinstance(noise, str) and noise == "default":
+            noise = keras.layers.GaussianNoise(0.05)
+        elif isinstance(noise, dict):
+            noise = keras.saving.deserialize_keras_object(noise)
+        if noise is not None and not isinstance(noise, keras.layers.Layer):
+            raise ValueError(f"noise must be a keras.layers.Layer or None, got {noise!r}")
+        self.consistency_weight = float(consistency_weight)
+        self.rampup_steps = rampup_steps
+        self.ema_decay = float(ema_decay)
+        self.noise = noise
+        self.teacher = keras.models.clone_model(student)
+        self.teacher.trainable = False
+        if student.built:
+            self._copy_to_teacher()
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if not self.teacher.built:
+            self.teacher.build(input_shape)
+            self._copy_to_teacher()
+
+    def _copy_to_teacher(self):
+        for teacher, student in zip(self.teacher.weights, self.student.weights, strict=True):
+            teacher.assign(student)
+
+    def _perturb(self, images):
+        if self.noise is None:
+            return images
+        return self.noise(images, training=True)
+
+    def ema_update(self, step):
+        """``teacher ← α teacher + (1 - α) student``, ``α = min(1 - 1/(step + 1), ema_decay)``;
+        BatchNorm statistics (non-trainable variables) copied."""
+        step = ops.cast(step, "float32")
+        alpha = ops.minimum(1.0 - 1.0 / (step + 1.0), self.ema_decay)
+        for teacher, student in zip(self.teacher.weights, self.student.weights, strict=True):
+            if student.trainable:
+                a = ops.cast(alpha, teacher.dtype)
+                teacher.assign(a * teacher + (1.0 - a) * ops.cast(student, teacher.dtype))
+            else:  # BatchNorm moving statistics (and any other state): copied
+                teacher.assign(student)
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        (x, y, sample_weight), x_unlabeled = _split_batch(self.name, data)
+        labeled_count = ops.shape(x)[0]
+        images = ops.concatenate([x, ops.cast(x_unlabeled, x.dtype)], axis=0)
+        teacher_logits = ops.stop_gradient(self.teacher(self._perturb(images), training=False))
+        step = self.optimizer.iterations
+        weight = self.consistency_weight * sigmoid_rampup(step, self.rampup_steps)
+        with tf.GradientTape() as tape:
+            logits = self.student(self._perturb(images), training=True)
+            labeled_logits = logits[:labeled_count]
+            supervised = self._supervised(x, y, sample_weight, labeled_logits)
+            consistency = consistency_loss(logits, teacher_logits)
+            loss = ops.cast(supervised, "float32") + weight * consistency
+            scaled = self.optimizer.scale_loss(loss)
+        self._apply(tape, scaled)
+        self.ema_update(self.optimizer.iterations)
+        self._loss_tracker.update_state(loss)
+        return self._results(
+            x,
+            y,
+            labeled_logits,
+            sample_weight,
+            {
+                "supervised_loss": supervised,
+                "consistency_loss": consistency,
+                "consistency_weight": weight,
+            },
+        )
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "student": keras.saving.serialize_keras_object(self.student),
+            "consistency_weight": self.consistency_weight,
+            "rampup_steps": self.rampup_steps,
+            "ema_decay": self.ema_decay,
+            "noise": None
+            if self.noise is None
+            else keras.saving.serialize_keras_object(self.noise),
+        }
