@@ -457,3 +457,103 @@ def uncertainty_summary(maps, foreground) -> dict[str, float]:
         summary[f"{name}_volume"] = float(values.mean())
     summary["foreground_voxels"] = int(np.count_nonzero(foreground))
     return summary
+
+
+def _split_heteroscedastic_outputs(outputs) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits, bounded log-variance)`` of a heteroscedastic model's output, float64."""
+    from kseg.losses import LOG_VARIANCE_BOUND
+
+    outputs = np.asarray(outputs, dtype=np.float64)
+    if outputs.ndim < 3 or outputs.shape[-1] < 2:
+        raise ValueError(
+            "outputs must be a heteroscedastic model's output (n, *spatial, num_classes + 1): "
+            f"logits then one log-variance channel, got shape {outputs.shape}"
+        )
+    log_variance = LOG_VARIANCE_BOUND * np.tanh(outputs[..., -1] / LOG_VARIANCE_BOUND)
+    return outputs[..., :-1], log_variance
+
+
+def aleatoric_variance(outputs) -> np.ndarray:
+    """The learned aleatoric variance ``σ²`` of a heteroscedastic model, per voxel.
+
+    ``outputs`` is the ``(n, *spatial, num_classes + 1)`` output of a model ending in
+    :class:`kseg.models.HeteroscedasticHead`: logits, then the log-variance ``s``. The map
+    is ``exp(20 tanh(s / 20))``, the variance of the logit noise exactly as
+    :class:`kseg.losses.HeteroscedasticCrossEntropy` samples it (in logit units, shared by
+    the classes of a voxel), float32 of shape ``(n, *spatial)``.
+
+    Example:
+        >>> sigma2 = aleatoric_variance(model.predict(images))
+    """
+    return np.exp(_split_heteroscedastic_outputs(outputs)[1]).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class HeteroscedasticUncertainty:
+    """Probabilities and aleatoric maps of a heteroscedastic model's output.
+
+    Attributes:
+        mean: probabilities ``(n, *spatial, C)``: sigmoid (one logit channel) or softmax of
+            the logits ``f`` when ``samples == 0``, else the mean over ``samples`` draws of
+            the sigmoid / softmax of ``f + σ ε``, the predictive distribution the loss was
+            trained on.
+        variance: ``σ²`` per voxel, ``(n, *spatial)``, see :func:`aleatoric_variance`.
+        entropy: entropy in nats of ``mean``, ``(n, *spatial)``: the aleatoric uncertainty
+            in probability terms (it includes the noise only when ``samples > 0``).
+        samples: number of logit draws averaged (0: none).
+    """
+
+    mean: np.ndarray
+    variance: np.ndarray
+    entropy: np.ndarray
+    samples: int
+
+
+def heteroscedastic_uncertainty(
+    outputs, *, samples: int = 0, seed: int | None = None
+) -> HeteroscedasticUncertainty:
+    """Split a heteroscedastic model's output into probabilities and aleatoric maps.
+
+    Args:
+        outputs: ``(n, *spatial, C + 1)`` logits then log-variance, e.g.
+            ``model.predict(x)`` for a model ending in :class:`kseg.models.HeteroscedasticHead`.
+        samples: 0 reads the probabilities off the logits alone; ``T >= 1`` averages the
+            probabilities of ``T`` noisy logit draws ``f + σ ε`` (numpy, ``seed``).
+        seed: seed of the draws.
+
+    Returns:
+        :class:`HeteroscedasticUncertainty`, float32 arrays.
+
+    Example:
+        >>> result = heteroscedastic_uncertainty(model.predict(images), samples=50, seed=0)
+        >>> noisy = result.variance > 1.0
+
+    Reference:
+        Kendall A, Gal Y. "What Uncertainties Do We Need in Bayesian Deep Learning for
+        Computer Vision?". NeurIPS 2017.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 0:
+        raise ValueError(f"samples must be an integer >= 0, got {samples!r}")
+    logits, log_variance = _split_heteroscedastic_outputs(outputs)
+
+    def probabilities(values):
+        if values.shape[-1] == 1:
+            return 0.5 * (1.0 + np.tanh(0.5 * values))  # sigmoid without overflow
+        shifted = np.exp(values - values.max(axis=-1, keepdims=True))
+        return shifted / shifted.sum(axis=-1, keepdims=True)
+
+    if samples == 0:
+        mean = probabilities(logits)
+    else:
+        rng = np.random.default_rng(seed)
+        sigma = np.exp(0.5 * log_variance)[..., None]
+        mean = np.zeros_like(logits)
+        for _ in range(samples):
+            mean += probabilities(logits + sigma * rng.standard_normal(logits.shape))
+        mean /= samples
+    return HeteroscedasticUncertainty(
+        mean=mean.astype(np.float32),
+        variance=np.exp(log_variance).astype(np.float32),
+        entropy=_entropy(mean).astype(np.float32),
+        samples=int(samples),
+    )

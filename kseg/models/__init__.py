@@ -28,6 +28,7 @@ import keras
 from kseg.models.attention_gate import AttentionGate
 from kseg.models.attention_unet import attention_unet
 from kseg.models.encoder_decoder import encoder_decoder
+from kseg.models.heteroscedastic_head import HeteroscedasticHead
 from kseg.models.highresnet import highresnet
 from kseg.models.res_unet import res_unet
 from kseg.models.residual_unit import ResidualUnit
@@ -77,6 +78,7 @@ def build(name: str, /, **kwargs) -> keras.Model:
 __all__ = [
     "MODELS",
     "AttentionGate",
+    "HeteroscedasticHead",
     "ResidualUnit",
     "SegmentationModel",
     "attention_unet",
