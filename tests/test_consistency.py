@@ -8,8 +8,18 @@ import pytest
 import tensorflow as tf
 
 import kseg
+from kseg.augment import SegmentationAugmenter
+from kseg.augment.random_axis_flip import RandomAxisFlip
 from kseg.losses import DiceCELoss
-from kseg.training.consistency import MeanTeacher, consistency_loss, sigmoid_rampup
+from kseg.training.consistency import (
+    FixMatch,
+    MeanTeacher,
+    consistency_loss,
+    fixmatch_loss,
+    masked_cross_entropy,
+    pseudo_labels,
+    sigmoid_rampup,
+)
 
 SIZE = 16
 
@@ -261,3 +271,158 @@ def test_mean_teacher_refuses_bad_arguments(argument, value):
 def test_mean_teacher_refuses_a_non_model_student():
     with pytest.raises(ValueError, match="student"):
         MeanTeacher("unet")
+
+
+# --- FixMatch -----------------------------------------------------------------------------
+
+
+def test_fixmatch_loss_binary_hand_worked_case():
+    weak = np.array([3.0, -4.0, 0.5, 0.0], "float32").reshape(1, 2, 2, 1)
+    strong = np.array([1.0, 2.0, -7.0, 9.0], "float32").reshape(1, 2, 2, 1)
+    # sigmoid(3) = 0.9526 >= 0.95 → label 1; sigmoid(4) = 0.9820 → label 0;
+    # 0.5 and 0.0 give 0.62 and 0.5: not confident.
+    # CE: -log sigmoid(1) = log(1 + e^-1) = 0.3132617; -log(1 - sigmoid(2)) = log(1 + e^2)
+    expected = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(2.0))) / 2
+    assert float(fixmatch_loss(weak, strong, 0.95)) == pytest.approx(expected, rel=1e-6)
+    labels, confident = pseudo_labels(weak, 0.95)
+    np.testing.assert_array_equal(np.asarray(labels).ravel(), [1, 0, 1, 0])
+    np.testing.assert_array_equal(np.asarray(confident).ravel(), [1, 1, 0, 0])
+
+
+def test_fixmatch_loss_multiclass_against_numpy():
+    rng = np.random.default_rng(4)
+    weak = rng.normal(0, 4, (2, 3, 3, 3)).astype("float64")
+    strong = rng.normal(0, 2, (2, 3, 3, 3)).astype("float64")
+    q = np.exp(weak) / np.exp(weak).sum(-1, keepdims=True)
+    mask = q.max(-1) >= 0.9
+    labels = q.argmax(-1)
+    log_q_strong = strong - np.log(np.exp(strong).sum(-1, keepdims=True))
+    ce = -np.take_along_axis(log_q_strong, labels[..., None], -1)[..., 0]
+    assert 0 < mask.sum() < mask.size
+    expected = ce[mask].mean()
+    got = fixmatch_loss(weak.astype("float32"), strong.astype("float32"), 0.9)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_fixmatch_loss_without_confident_voxels_is_zero_with_finite_gradient(channels):
+    weak = np.zeros((2, 4, 4, channels), "float32")  # p = 0.5 or 1/3 everywhere
+    strong = tf.Variable(np.random.default_rng(5).normal(0, 1, weak.shape).astype("float32"))
+    with tf.GradientTape() as tape:
+        loss = fixmatch_loss(weak, strong, 0.95)
+    assert float(loss) == 0.0
+    gradient = tape.gradient(loss, strong).numpy()
+    assert np.all(np.isfinite(gradient)) and np.all(gradient == 0.0)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_fixmatch_loss_is_finite_with_logits_of_1e4(channels, dtype):
+    weak = np.full((1, 4, 4, channels), -1e4, "float32")
+    weak[..., -1] = 1e4  # certain of the last class (label 1 when binary)
+    strong = -weak  # certain of the wrong class
+    loss = fixmatch_loss(tf.constant(weak, dtype), tf.constant(strong, dtype), 0.95)
+    assert loss.dtype == tf.float32
+    # binary: -log sigmoid(-1e4) = 1e4; three classes, strong (1e4, 1e4, -1e4) against label 2:
+    # -log_softmax = logsumexp - (-1e4) = (1e4 + log 2) + 1e4
+    expected = 1e4 if channels == 1 else 2e4 + math.log(2.0)
+    assert float(loss) == pytest.approx(expected, rel=1e-7)
+    variable = tf.Variable(tf.constant(strong, dtype))
+    with tf.GradientTape() as tape:
+        loss = fixmatch_loss(weak, variable, 0.95)
+    assert np.all(np.isfinite(tape.gradient(loss, variable).numpy().astype("float32")))
+
+
+def test_masked_cross_entropy_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="labels and confident"):
+        masked_cross_entropy(
+            np.zeros((1, 4, 4), "int32"),
+            np.zeros((1, 4, 3), "float32"),
+            np.zeros((1, 4, 4, 2), "float32"),
+        )
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, float("nan"), "high"])
+def test_pseudo_labels_refuse_bad_thresholds(bad):
+    with pytest.raises(ValueError, match="threshold"):
+        pseudo_labels(np.zeros((1, 2, 2, 1), "float32"), bad)
+
+
+def test_fixmatch_strong_view_moves_pseudo_labels_with_the_image():
+    flip = SegmentationAugmenter([RandomAxisFlip(2, probability=1.0)])
+    model = FixMatch(tiny_net(), strong=flip)
+    rng = np.random.default_rng(6)
+    images = rng.random((2, SIZE, SIZE, 1)).astype("float32")
+    labels = rng.integers(0, 3, (2, SIZE, SIZE)).astype("int32")
+    confident = (rng.random((2, SIZE, SIZE)) > 0.5).astype("float32")
+    out_images, out_labels, out_confident = model.strong_view(images, labels, confident)
+    flipped = np.flip(images, (1, 2))
+    np.testing.assert_allclose(np.asarray(out_images), flipped, rtol=1e-6)
+    np.testing.assert_array_equal(np.asarray(out_confident), np.flip(confident, (1, 2)))
+    keep = np.flip(confident, (1, 2)) > 0
+    np.testing.assert_array_equal(np.asarray(out_labels)[keep], np.flip(labels, (1, 2))[keep])
+
+
+def fixmatch(net, **kwargs):
+    weak = SegmentationAugmenter([RandomAxisFlip(2, probability=0.5, seed=1)])
+    strong = SegmentationAugmenter([RandomAxisFlip(2, probability=0.5, seed=2)])
+    return FixMatch(net, weak=weak, strong=strong, **kwargs)
+
+
+def test_fixmatch_training_reduces_supervised_loss_and_stays_finite(tmp_path):
+    keras.utils.set_random_seed(2)
+    x, y = synthetic(8)
+    x_unlabeled, _ = synthetic(8, seed=7)
+    net = tiny_net()
+    model = fixmatch(net, threshold=0.7)
+    model.compile(keras.optimizers.Adam(0.05), loss=DiceCELoss(from_logits=True))
+    first = model.evaluate(x, y, verbose=0)
+    history = model.fit(zipped(x, y, x_unlabeled), epochs=12, verbose=0).history
+    assert history["supervised_loss"][-1] < history["supervised_loss"][0]
+    assert model.evaluate(x, y, verbose=0) < first
+    assert history["confident_fraction"][-1] > 0.0  # the unlabeled loss did take part
+    assert all(np.isfinite(v).all() for v in history.values())
+    for weight in model.student.weights:
+        assert np.all(np.isfinite(weight.numpy())), weight.path
+    np.testing.assert_allclose(
+        model.predict(x, verbose=0), net.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+    )
+    net.save(tmp_path / "student.keras")
+    reloaded = kseg.load_model(tmp_path / "student.keras")
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), net.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_fixmatch_with_no_confident_voxel_and_empty_masks_stays_finite():
+    x, _ = synthetic(4)
+    model = fixmatch(tiny_net(), threshold=1.0)  # sigmoid never reaches 1 in float32 here
+    model.compile(keras.optimizers.Adam(0.01), loss=DiceCELoss(from_logits=True))
+    history = model.fit(zipped(x, np.zeros_like(x), x), epochs=2, verbose=0).history
+    assert history["unlabeled_loss"] == [0.0, 0.0]
+    assert all(np.isfinite(v).all() for v in history.values())
+
+
+def test_fixmatch_under_mixed_float16_stays_finite():
+    x, y = synthetic(8)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = fixmatch(tiny_net(channels=2), threshold=0.6)
+        model.compile(keras.optimizers.Adam(0.05), loss=DiceCELoss(from_logits=True))
+        history = model.fit(zipped(x * 300.0, y, x * 300.0), epochs=3, verbose=0).history
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert model.student.outputs[0].dtype == "float16"
+    assert all(np.isfinite(v).all() for v in history.values())
+    for weight in model.student.weights:
+        assert np.all(np.isfinite(weight.numpy())), weight.path
+
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [("threshold", 1.2), ("unlabeled_weight", -1.0), ("weak", "flips"), ("strong", 3)],
+)
+def test_fixmatch_refuses_bad_arguments(argument, value):
+    with pytest.raises(ValueError, match=argument):
+        FixMatch(tiny_net(), **{argument: value})

@@ -10,7 +10,15 @@ from kseg.training.callbacks import (
     VolumeValidation,
     training_callbacks,
 )
-from kseg.training.consistency import MeanTeacher, consistency_loss, sigmoid_rampup
+from kseg.training.consistency import (
+    FixMatch,
+    MeanTeacher,
+    consistency_loss,
+    fixmatch_loss,
+    masked_cross_entropy,
+    pseudo_labels,
+    sigmoid_rampup,
+)
 from kseg.training.resume import (
     AtomicBackupAndRestore,
     ResumableCSVLogger,
@@ -22,12 +30,16 @@ __all__ = [
     "BestModelCheckpoint",
     "CheckpointRecordWarning",
     "EmptyReferenceWarning",
+    "FixMatch",
     "MeanTeacher",
     "ResumableCSVLogger",
     "ResumableReduceLROnPlateau",
     "TimeBudget",
     "VolumeValidation",
     "consistency_loss",
+    "fixmatch_loss",
+    "masked_cross_entropy",
+    "pseudo_labels",
     "sigmoid_rampup",
     "training_callbacks",
 ]

@@ -1,9 +1,14 @@
 """Semi-supervised consistency training for segmentation on labeled + unlabeled batches.
 
-``MeanTeacher`` (Tarvainen & Valpola 2017) trains a student ``keras.Model`` on the supervised
-loss of the labeled batch plus a consistency loss: the mean squared difference between the
-student's and an EMA teacher's class probabilities, on labeled and unlabeled images under
-independent input noise, weighted by a sigmoid ramp-up.
+``FixMatch`` (Sohn et al. 2020, for segmentation) predicts per-voxel pseudo-labels on a
+weakly augmented unlabeled image, keeps the voxels whose confidence reaches a threshold, and
+trains the model to predict them on a strongly augmented view (cross-entropy averaged over
+the confident voxels).
+
+``MeanTeacher`` (Tarvainen & Valpola 2017) trains a student ``keras.Model`` on the
+supervised loss of the labeled batch plus a consistency loss: the mean squared difference
+between the student's and an EMA teacher's class probabilities, on labeled and unlabeled
+images under independent input noise, weighted by a sigmoid ramp-up.
 
 Both models take one dataset of ``(labeled_batch, unlabeled_batch)`` pairs, e.g.
 ``tf.data.Dataset.zip((labeled, unlabeled))`` where ``labeled`` yields ``(x, y)`` batches and
@@ -18,8 +23,8 @@ that takes logits, e.g. ``kseg.losses.DiceCELoss(from_logits=True)``.
 
 Like ``kseg.augment.AugmentedModel``, these models override the TensorFlow backend's
 ``train_step`` (the backend kseg's ``tf.data`` pipelines need); other backends raise at
-construction. The loss functions (``sigmoid_rampup``, ``consistency_loss``) are plain
-``keras.ops`` and run on any backend.
+construction. The loss functions (``sigmoid_rampup``, ``consistency_loss``, ``pseudo_labels``,
+``masked_cross_entropy``, ``fixmatch_loss``) are plain ``keras.ops`` and run on any backend.
 """
 
 from __future__ import annotations
@@ -29,9 +34,15 @@ import math
 import keras
 from keras import ops
 
+from kseg.augment._base import IMAGES, MASKS
+
 __all__ = [
+    "FixMatch",
     "MeanTeacher",
     "consistency_loss",
+    "fixmatch_loss",
+    "masked_cross_entropy",
+    "pseudo_labels",
     "sigmoid_rampup",
 ]
 
@@ -329,4 +340,252 @@ class MeanTeacher(_ConsistencyModel):
             "noise": None
             if self.noise is None
             else keras.saving.serialize_keras_object(self.noise),
+        }
+
+
+def _check_threshold(threshold):
+    _check_number("threshold", threshold, 0.0, 1.0)
+    return float(threshold)
+
+
+def pseudo_labels(weak_logits, threshold=0.95):
+    """Per-voxel pseudo-labels and the mask of voxels confident enough to train on.
+
+    One channel: label ``logit > 0``, confidence ``max(p, 1 - p) = sigmoid(|logit|)``.
+    Several channels: label ``argmax``, confidence the largest softmax probability
+    (``exp(max log_softmax)``). A voxel is confident when its confidence is ``>=
+    threshold`` (FixMatch's ``1(max q >= τ)``). Computed in float32, without gradient.
+
+    Args:
+        weak_logits: ``(B, *spatial, C)`` logits on the weakly augmented images.
+        threshold: confidence threshold ``τ`` in ``[0, 1]`` (default 0.95, the paper's).
+
+    Returns:
+        ``(labels, confident)``: int32 labels ``(B, *spatial)`` and a float32 ``{0, 1}`` mask
+        of the same shape.
+    """
+    threshold = _check_threshold(threshold)
+    logits = ops.stop_gradient(ops.cast(weak_logits, "float32"))
+    if logits.shape[-1] == 1:
+        logits = ops.squeeze(logits, axis=-1)
+        labels = ops.cast(logits > 0.0, "int32")
+        confidence = ops.sigmoid(ops.abs(logits))
+    else:
+        labels = ops.cast(ops.argmax(logits, axis=-1), "int32")
+        confidence = ops.exp(ops.max(ops.log_softmax(logits, axis=-1), axis=-1))
+    return labels, ops.cast(confidence >= threshold, "float32")
+
+
+def masked_cross_entropy(labels, confident, logits):
+    """Cross-entropy of ``logits`` against ``labels``, averaged over the ``confident`` voxels.
+
+    ``sum(confident · CE) / max(sum(confident), 1)``: a batch with no confident voxel
+    costs 0 (with a zero gradient), never 0/0. The cross-entropy is taken from logits in
+    float32 (``-log_sigmoid(±logit)`` for one channel, ``-log_softmax`` for several), so
+    logits of ±1e4 give a large but finite loss.
+
+    Args:
+        labels: int ``(B, *spatial)`` labels (``0``/``1`` for one channel, ``0..C-1``).
+        confident: ``(B, *spatial)`` weights in ``[0, 1]`` (the mask of ``pseudo_labels``).
+        logits: ``(B, *spatial, C)`` logits on the strongly augmented images.
+
+    Returns:
+        A float32 scalar tensor.
+    """
+    logits = ops.cast(logits, "float32")
+    if tuple(labels.shape) != tuple(logits.shape[:-1]) or tuple(confident.shape) != tuple(
+        labels.shape
+    ):
+        raise ValueError(
+            f"labels and confident must have the shape of logits without its channel axis: "
+            f"got labels {tuple(labels.shape)}, confident {tuple(confident.shape)}, logits "
+            f"{tuple(logits.shape)}"
+        )
+    confident = ops.cast(confident, "float32")
+    if logits.shape[-1] == 1:
+        logits = ops.squeeze(logits, axis=-1)
+        sign = 2.0 * ops.cast(labels, "float32") - 1.0
+        cross_entropy = -ops.log_sigmoid(sign * logits)
+    else:
+        one_hot = ops.one_hot(ops.cast(labels, "int32"), logits.shape[-1], dtype="float32")
+        cross_entropy = -ops.sum(one_hot * ops.log_softmax(logits, axis=-1), axis=-1)
+    count = ops.sum(confident)
+    return ops.sum(confident * cross_entropy) / ops.maximum(count, 1.0)
+
+
+def fixmatch_loss(weak_logits, strong_logits, threshold=0.95):
+    """FixMatch's unlabeled loss for segmentation on voxel-aligned weak and strong views.
+
+    ``masked_cross_entropy(*pseudo_labels(weak_logits, threshold), strong_logits)``; the
+    weak prediction carries no gradient.
+    """
+    labels, confident = pseudo_labels(weak_logits, threshold)
+    return masked_cross_entropy(labels, confident, strong_logits)
+
+
+def _default_weak(spatial_dims):
+    from kseg.augment.random_axis_flip import RandomAxisFlip
+    from kseg.augment.segmentation_augmenter import SegmentationAugmenter
+
+    return SegmentationAugmenter([RandomAxisFlip(spatial_dims, probability=0.5)])
+
+
+def _default_strong(spatial_dims):
+    from kseg.augment.segmentation_augmenter import segmentation_augmenter
+
+    return segmentation_augmenter(spatial_dims)
+
+
+def _augmenter(name, value, default, spatial_dims):
+    if isinstance(value, str) and value == "default":
+        return default(spatial_dims)
+    if isinstance(value, dict):
+        value = keras.saving.deserialize_keras_object(value)
+    if value is not None and not isinstance(value, keras.layers.Layer):
+        raise ValueError(f'{name} must be a keras.layers.Layer, "default" or None, got {value!r}')
+    return value
+
+
+@keras.saving.register_keras_serializable(package="kseg")
+class FixMatch(_ConsistencyModel):
+    """FixMatch-style weak/strong consistency training for segmentation.
+
+    Each step:
+
+    1. the labeled batch ``(x, y)`` and the unlabeled images go through ``weak``
+       augmentation (jointly with the masks for the labeled batch);
+    2. the model, in inference mode and without gradient, predicts the weak unlabeled
+       images; ``pseudo_labels`` keeps the voxels whose confidence is ``>= threshold``;
+    3. ``strong`` augmentation transforms the weak unlabeled images *jointly with the
+       pseudo-labels and their confidence mask* (packed into one mask, ``label + 1`` where
+       confident and 0 elsewhere, so voxels moved in from outside the grid are unconfident:
+       the strong augmenter must fill masks with 0, as kseg's layers do);
+    4. the model, in training mode, predicts the weak labeled and strong unlabeled images
+       in one batch and minimises ``L_sup + unlabeled_weight · masked_cross_entropy``, the
+       cross-entropy averaged over the confident voxels (0 when none is; FixMatch divides
+       by all unlabeled samples instead, which shrinks the loss while few voxels are
+       confident).
+
+    ``evaluate``, ``predict`` and ``__call__`` run the wrapped model on the data as given.
+    Save it alone (``model.student.save(...)``) for ``kseg.load_model``.
+
+    Args:
+        student: the segmentation model, outputting logits ``(B, *spatial, C)``.
+        weak: joint augmentation layer for the weak view (``{"images",
+            "segmentation_masks"}`` in and out, e.g. a ``SegmentationAugmenter``);
+            ``"default"``: random flips of every spatial axis; ``None``: none.
+        strong: joint augmentation for the strong view; ``"default"``:
+            ``kseg.augment.segmentation_augmenter(spatial_dims)`` (flips, affine, elastic,
+            noise, contrast, blur); ``None``: none.
+        threshold: confidence threshold ``τ`` in ``[0, 1]`` (default 0.95, the paper's).
+        unlabeled_weight: weight ``λ_u`` of the unlabeled loss, >= 0 (default 1.0).
+        **kwargs: standard ``keras.Model`` arguments.
+
+    Example:
+        >>> net = kseg.models.build("unet_small", input_shape=(64, 64, 1), num_classes=1,
+        ...                         activation=None)
+        >>> model = FixMatch(net, threshold=0.95)
+        >>> model.compile("adam", loss=kseg.losses.DiceCELoss(from_logits=True))
+        >>> model.fit(tf.data.Dataset.zip((labeled, unlabeled)))  # doctest: +SKIP
+
+    Reference:
+        Sohn K. et al., "FixMatch: Simplifying Semi-Supervised Learning with Consistency and
+        Confidence", NeurIPS 2020.
+    """
+
+    def __init__(
+        self,
+        student,
+        weak="default",
+        strong="default",
+        threshold=0.95,
+        unlabeled_weight=1.0,
+        **kwargs,
+    ):
+        super().__init__(
+            student, ("supervised_loss", "unlabeled_loss", "confident_fraction"), **kwargs
+        )
+        spatial_dims = len(self.student.inputs[0].shape) - 2 if self.student.inputs else 2
+        self.weak = _augmenter("weak", weak, _default_weak, spatial_dims)
+        self.strong = _augmenter("strong", strong, _default_strong, spatial_dims)
+        self.threshold = _check_threshold(threshold)
+        _check_number("unlabeled_weight", unlabeled_weight, 0.0, math.inf, high_open=True)
+        self.unlabeled_weight = float(unlabeled_weight)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        for layer in (self.weak, self.strong):
+            if layer is not None and not layer.built:
+                layer.build({IMAGES: input_shape, MASKS: input_shape})
+
+    def strong_view(self, images, labels, confident):
+        """Strongly augment ``images`` with ``labels`` and ``confident`` moved alongside.
+
+        Returns ``(images, labels, confident)``; voxels that the augmentation brings in from
+        outside the grid come back unconfident.
+        """
+        if self.strong is None:
+            return images, labels, confident
+        packed = ops.where(confident > 0.0, labels + 1, 0)
+        augmented = self.strong(
+            {IMAGES: images, MASKS: ops.expand_dims(ops.cast(packed, "int32"), -1)},
+            training=True,
+        )
+        packed = ops.squeeze(ops.cast(augmented[MASKS], "int32"), -1)
+        strong_images = ops.cast(augmented[IMAGES], images.dtype)
+        return strong_images, ops.maximum(packed - 1, 0), ops.cast(packed > 0, "float32")
+
+    def _weak_view(self, images, masks=None):
+        if self.weak is None:
+            return images, masks
+        data = {IMAGES: images}
+        if masks is not None:
+            data[MASKS] = masks
+        augmented = self.weak(data, training=True)
+        return ops.cast(augmented[IMAGES], images.dtype), augmented.get(MASKS)
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        (x, y, sample_weight), x_unlabeled = _split_batch(self.name, data)
+        x, y = self._weak_view(x, y)
+        weak_unlabeled, _ = self._weak_view(ops.cast(x_unlabeled, x.dtype))
+        weak_logits = ops.stop_gradient(self.student(weak_unlabeled, training=False))
+        labels, confident = pseudo_labels(weak_logits, self.threshold)
+        strong_unlabeled, labels, confident = self.strong_view(weak_unlabeled, labels, confident)
+        labeled_count = ops.shape(x)[0]
+        images = ops.concatenate([x, strong_unlabeled], axis=0)
+        with tf.GradientTape() as tape:
+            logits = self.student(images, training=True)
+            labeled_logits = logits[:labeled_count]
+            supervised = self._supervised(x, y, sample_weight, labeled_logits)
+            unlabeled = masked_cross_entropy(labels, confident, logits[labeled_count:])
+            loss = ops.cast(supervised, "float32") + self.unlabeled_weight * unlabeled
+            scaled = self.optimizer.scale_loss(loss)
+        self._apply(tape, scaled)
+        self._loss_tracker.update_state(loss)
+        return self._results(
+            x,
+            y,
+            labeled_logits,
+            sample_weight,
+            {
+                "supervised_loss": supervised,
+                "unlabeled_loss": unlabeled,
+                "confident_fraction": ops.mean(confident),
+            },
+        )
+
+    def get_config(self):
+        def serialize(layer):
+            return None if layer is None else keras.saving.serialize_keras_object(layer)
+
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "student": keras.saving.serialize_keras_object(self.student),
+            "weak": serialize(self.weak),
+            "strong": serialize(self.strong),
+            "threshold": self.threshold,
+            "unlabeled_weight": self.unlabeled_weight,
         }
