@@ -426,3 +426,24 @@ def test_fixmatch_under_mixed_float16_stays_finite():
 def test_fixmatch_refuses_bad_arguments(argument, value):
     with pytest.raises(ValueError, match=argument):
         FixMatch(tiny_net(), **{argument: value})
+
+
+@pytest.mark.parametrize("kind", ["mean_teacher", "fixmatch"])
+def test_whole_wrapper_reloads_from_keras_file_and_keeps_training(tmp_path, kind):
+    x, y = synthetic(4)
+    model = (
+        MeanTeacher(tiny_net(), rampup_steps=2) if kind == "mean_teacher" else fixmatch(tiny_net())
+    )
+    model.compile(keras.optimizers.Adam(0.01), loss=DiceCELoss(from_logits=True))
+    model.fit(zipped(x, y, x), epochs=1, verbose=0)
+    model.save(tmp_path / "wrapper.keras")
+    restored = kseg.load_model(tmp_path / "wrapper.keras")
+    assert type(restored) is type(model)
+    np.testing.assert_allclose(
+        restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+    )
+    if kind == "mean_teacher":
+        for got, want in zip(restored.teacher.weights, model.teacher.weights, strict=True):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+    history = restored.fit(zipped(x, y, x), epochs=1, verbose=0).history
+    assert all(np.isfinite(v).all() for v in history.values())

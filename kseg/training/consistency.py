@@ -266,9 +266,9 @@ class MeanTeacher(_ConsistencyModel):
         self.rampup_steps = rampup_steps
         self.ema_decay = float(ema_decay)
         self.noise = noise
-        self.teacher = keras.models.clone_model(student)
+        self.teacher = keras.models.clone_model(self.student)
         self.teacher.trainable = False
-        if student.built:
+        if self.student.built:
             self._copy_to_teacher()
 
     def build(self, input_shape):
