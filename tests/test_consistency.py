@@ -445,5 +445,9 @@ def test_whole_wrapper_reloads_from_keras_file_and_keeps_training(tmp_path, kind
     if kind == "mean_teacher":
         for got, want in zip(restored.teacher.weights, model.teacher.weights, strict=True):
             np.testing.assert_array_equal(got.numpy(), want.numpy())
+    # the optimizer state (Adam moments, step count) comes back too
+    assert len(restored.optimizer.variables) == len(model.optimizer.variables) > 2
+    for got, want in zip(restored.optimizer.variables, model.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
     history = restored.fit(zipped(x, y, x), epochs=1, verbose=0).history
     assert all(np.isfinite(v).all() for v in history.values())

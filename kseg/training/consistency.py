@@ -160,6 +160,13 @@ class _ConsistencyModel(keras.Model):
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
 
+    def _build_from_student(self):
+        # A functional student knows its input shape: build now, so a saved wrapper holds
+        # its weights and optimizer state and reloads them (Keras skips both when unbuilt).
+        inputs = getattr(self.student, "inputs", None)
+        if self.student.built and inputs:
+            self.build(tuple(inputs[0].shape))
+
     def test_step(self, data):
         # evaluate scores the student on (x, y); the training-only trackers are left out.
         results = super().test_step(data)
@@ -270,6 +277,7 @@ class MeanTeacher(_ConsistencyModel):
         self.teacher.trainable = False
         if self.student.built:
             self._copy_to_teacher()
+        self._build_from_student()
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -511,6 +519,7 @@ class FixMatch(_ConsistencyModel):
         self.threshold = _check_threshold(threshold)
         _check_number("unlabeled_weight", unlabeled_weight, 0.0, math.inf, high_open=True)
         self.unlabeled_weight = float(unlabeled_weight)
+        self._build_from_student()
 
     def build(self, input_shape):
         super().build(input_shape)
