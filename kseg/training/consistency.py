@@ -222,7 +222,7 @@ class MeanTeacher(_ConsistencyModel):
 
     ``evaluate``, ``predict`` and ``__call__`` run the student. Save the student alone for
     inference (``model.student.save("student.keras")``, reloaded by ``kseg.load_model``);
-    ``model.teacher`` is an ordinary model too and often scores slightly higher.
+    ``model.teacher`` is an ordinary model too (evaluate it with ``model.teacher(x)``).
 
     Args:
         student: the segmentation model, outputting logits ``(B, *spatial, C)``.
