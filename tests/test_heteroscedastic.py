@@ -212,27 +212,32 @@ def test_compiled_model_round_trips_with_its_loss(tmp_path):
 
 
 def test_noisy_half_learns_larger_variance():
-    """Labels flipped at random in the left half: the head learns a larger σ² there."""
+    """Labels flipped at random in the left half: the head learns a larger σ² there.
+
+    The head sees the image and a half indicator. Its logits ``a x + b half + c`` cannot
+    be less confident in one half only (the slope ``a`` is shared, and the clean half keeps
+    raising it), so the loss can lower the noisy half's cost only by raising its ``σ``.
+    """
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 16, 16, 1)).astype("float32")
+    x = rng.normal(size=(16, 16, 16, 1)).astype("float32")
     y = (x > 0).astype("float32")
     flip = rng.random(y.shape) < 0.3
     flip[:, :, 8:] = False
     y = np.where(flip, 1.0 - y, y)
-    coords = np.broadcast_to(np.linspace(-1, 1, 16)[None, None, :, None], x.shape)
+    half = np.zeros_like(x)
+    half[:, :, :8] = 1.0
+    data = np.concatenate([x, half], axis=-1)
     inputs = keras.Input((16, 16, 2))
-    features = keras.layers.Conv2D(8, 1, activation="relu")(inputs)
-    model = keras.Model(inputs, models.HeteroscedasticHead(1, initial_log_variance=0.0)(features))
+    model = keras.Model(inputs, models.HeteroscedasticHead(1, initial_log_variance=0.0)(inputs))
     model.compile(
-        optimizer=keras.optimizers.Adam(0.02),
+        optimizer=keras.optimizers.Adam(0.1),
         loss=losses.HeteroscedasticCrossEntropy(num_samples=8, seed=0),
     )
-    data = np.concatenate([x, coords.astype("float32")], axis=-1)
-    model.fit(data, y, batch_size=32, epochs=150, verbose=0)
+    model.fit(data, y, batch_size=16, epochs=300, verbose=0)
     variance = inference.aleatoric_variance(model.predict(data, verbose=0))
     noisy, clean = variance[:, :, :8].mean(), variance[:, :, 8:].mean()
-    assert noisy > 2 * clean, (noisy, clean)
+    assert noisy > 10 * clean, (noisy, clean)
 
 
 # ---- inference maps -----------------------------------------------------------------------
