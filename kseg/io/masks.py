@@ -466,19 +466,26 @@ def _lossless_values(path: str, image: Image.Image) -> np.ndarray:
             raise MaskError(path, "is a colour image; expected a single-channel label image")
         return channels[..., 0]
     if mode in ("I", "F"):
-        values = np.array(image)
-        if not np.all(np.isfinite(values)):
-            raise MaskError(
-                path,
-                f"holds {int(np.count_nonzero(~np.isfinite(values)))} NaN or infinite values "
-                f"(mode {mode}); a mask holds integer labels",
-            )
-        if not np.array_equal(values, np.round(values)) or values.min() < 0:
-            raise MaskError(path, f"holds non-integer or negative values (mode {mode})")
+        values = _integer_values(path, image)
         if values.max() <= np.iinfo(np.uint16).max:
             return values.astype(np.uint16)
         return values.astype(np.uint32)
     raise MaskError(path, f"has image mode {mode}; expected a grey-level or palette mask")
+
+
+def _integer_values(path: str, image: Image.Image) -> np.ndarray:
+    """The values of a 32-bit ("I") or float ("F") image, refused unless they are finite,
+    non-negative integers: labels, not intensities."""
+    values = np.array(image)
+    if not np.all(np.isfinite(values)):
+        raise MaskError(
+            path,
+            f"holds {int(np.count_nonzero(~np.isfinite(values)))} NaN or infinite values "
+            f"(mode {image.mode}); a mask holds integer labels",
+        )
+    if not np.array_equal(values, np.round(values)) or values.min() < 0:
+        raise MaskError(path, f"holds non-integer or negative values (mode {image.mode})")
+    return values
 
 
 def _value_counts(values: np.ndarray, limit: int = 10) -> str:
@@ -507,15 +514,7 @@ def _stored_values(path: str, image: Image.Image) -> tuple[np.ndarray, int, str]
     if mode in _SIXTEEN_BIT_MODES:
         return np.array(image).astype(np.uint16), _SIXTEEN_BIT_FULL_SCALE, "16-bit grey"
     if mode in ("I", "F"):
-        values = np.array(image)
-        if not np.all(np.isfinite(values)):
-            raise MaskError(
-                path,
-                f"holds {int(np.count_nonzero(~np.isfinite(values)))} NaN or infinite values "
-                f"(mode {mode}); a mask holds integer labels",
-            )
-        if not np.array_equal(values, np.round(values)) or values.min() < 0:
-            raise MaskError(path, f"holds non-integer or negative values (mode {mode})")
+        values = _integer_values(path, image)
         if values.max() > _SIXTEEN_BIT_FULL_SCALE:
             raise MaskError(path, f"holds {values.max():g}, above 16 bits (mode {mode})")
         return values.astype(np.uint16), _SIXTEEN_BIT_FULL_SCALE, f"{mode} grey"
