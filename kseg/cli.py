@@ -1,0 +1,368 @@
+"""The ``kseg`` command: prepare a dataset, train a recipe, evaluate, predict, tune, report.
+
+::
+
+    kseg prepare DATASET --manual-dir DIR [--config NAME] [--tfds-dir DIR] [--folds K]
+    kseg train RECIPE [recipe options]            (resumable: the same command continues)
+    kseg evaluate RUN (--split test|validation | --input DIR)
+    kseg predict RUN --input PATH --output DIR --format nifti|dicom-seg|png|rtstruct
+    kseg tune RECIPE --strategy random|bayesian|hyperband|grid|staged --max-trials N [options]
+    kseg report RUN [--output FILE]
+
+``RUN`` is the folder a ``kseg train`` run writes (its ``--output-dir``): ``config.json``
+says which recipe trained it with which options, so ``evaluate``, ``predict`` and
+``report`` need nothing else.
+
+Only the standard library is imported until the command line is parsed: ``--help`` and a
+mistyped option answer at once instead of after TensorFlow's start-up (tens of seconds on
+a busy machine). A recipe's options are added to its parser only when that recipe is named.
+
+A :class:`kseg.errors.KsegError` (a file or folder that is not what it should be) ends the
+command with ``kseg: error: <message>`` on stderr and exit status 1, without a traceback;
+``--debug`` shows the traceback instead. A usage error exits with status 2 (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import sys
+import traceback
+
+import kseg
+from kseg.errors import KsegError, LayoutError
+
+__all__ = ["build_parser", "main"]
+
+# Each dataset's builder config the recipe training on it uses; ``--config`` picks another.
+DEFAULT_CONFIGS = {
+    "chaos": "ct",
+    "lctsc": "lungs",
+    "msd_spleen": "preprocessed",
+    "xray": "generic",
+}
+PREDICTION_FORMATS = ("nifti", "dicom-seg", "png", "rtstruct")
+TUNING_STRATEGIES = ("random", "bayesian", "hyperband", "grid", "staged")
+EVALUATION_SPLITS = ("test", "validation")
+# kseg.data.splits.split_names needs a test fold, a validation fold and a training fold.
+MIN_FOLDS = 3
+
+
+def main(argv=None) -> int:
+    """Run the ``kseg`` command line ``argv`` (default ``sys.argv[1:]``); returns the exit
+    status (0, or 1 after a kseg error; usage errors exit with 2 from argparse)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    # Quiets TensorFlow's C++ start-up lines (CPU features, CUDA probing) unless asked for.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        args.handler(args)
+    except KsegError as error:
+        if args.debug:
+            raise
+        print(error_line(error), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("kseg: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def error_line(error: KsegError) -> str:
+    """``kseg: error: <message>``. A message that goes on to show an expected layout keeps
+    it, indented under the error line, so the folder tree stays readable."""
+    first, *rest = str(error).splitlines() or [""]
+    return "\n".join([f"kseg: error: {first}", *(f"  {line}" for line in rest)])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kseg`` parser; recipe parsers fill in their options when a recipe is named."""
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error instead of its one-line message")
+    parser = argparse.ArgumentParser(
+        prog="kseg", parents=[debug],
+        description="Medical image segmentation with Keras: prepare a dataset, train a "
+                    "recipe, evaluate, predict, tune and report.",
+        epilog="`kseg COMMAND --help` describes each command.",
+    )
+    parser.set_defaults(debug=False, command=None)
+    parser.add_argument("--version", action="version", version=f"kseg {kseg.__version__}")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+
+    def command(name, handler, summary, description):
+        sub = commands.add_parser(name, parents=[debug], help=summary,
+                                  description=description)
+        sub.set_defaults(handler=handler, command_parser=sub)
+        return sub
+
+    _add_prepare(command("prepare", _prepare, "build a TFDS dataset from a manual download",
+                         _PREPARE_DESCRIPTION))
+    _add_evaluate(command("evaluate", _evaluate, "score a run's best model per patient",
+                          _EVALUATE_DESCRIPTION))
+    _add_predict(command("predict", _predict, "segment new images with a run's best model",
+                         _PREDICT_DESCRIPTION))
+    _add_report(command("report", _report, "write a run's self-contained HTML report",
+                        _REPORT_DESCRIPTION))
+    return parser
+
+
+# --- prepare -------------------------------------------------------------------------------
+
+_PREPARE_DESCRIPTION = """\
+Build the TFDS dataset DATASET from the files of its manual download (never modified),
+split by patient into --folds folds written as splits fold0 .. fold{K-1}. Prints where
+the dataset went and how many examples each split holds. A dataset already prepared there
+is reused. tfds_builders/<DATASET>/README.md has the download steps and the layouts."""
+
+
+def _add_prepare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", metavar="DATASET", choices=sorted(DEFAULT_CONFIGS),
+                        help=f"one of {', '.join(sorted(DEFAULT_CONFIGS))}")
+    parser.add_argument("--manual-dir", type=pathlib.Path, required=True, metavar="DIR",
+                        help="the folder the download was extracted into")
+    parser.add_argument("--config", metavar="NAME",
+                        help="builder config (default: the one the dataset's recipe uses: "
+                             + ", ".join(f"{name} {config}"
+                                         for name, config in sorted(DEFAULT_CONFIGS.items()))
+                             + ")")
+    parser.add_argument("--tfds-dir", type=pathlib.Path, metavar="DIR",
+                        help="TFDS data_dir to write into (default: TFDS' own, "
+                             "$TFDS_DATA_DIR or ~/tensorflow_datasets, where tfds.load looks)")
+    parser.add_argument("--folds", type=int, metavar="K",
+                        help=f"patient-level folds, at least {MIN_FOLDS} (a test, a validation "
+                             "and a training fold; default: the config's, 5). Another count "
+                             "is prepared as its own config, <config>_<K>fold")
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    import importlib
+
+    manual_folder(args.manual_dir, args.dataset)
+    module = importlib.import_module(f"tfds_builders.{args.dataset}")
+    configs = module.Builder.builder_configs
+    name = args.config or DEFAULT_CONFIGS[args.dataset]
+    if name not in configs:
+        _usage_error(args, f"argument --config: invalid choice for {args.dataset}: {name!r} "
+                           f"(choose from {', '.join(sorted(configs))})")
+    config = configs[name]
+    folds = config.num_folds if args.folds is None else args.folds
+    if folds < MIN_FOLDS:
+        _usage_error(args, f"--folds must be at least {MIN_FOLDS} (a test, a validation and "
+                           f"a training fold), got {folds}")
+    builder = module.Builder(config=with_folds(config, folds),
+                             data_dir=None if args.tfds_dir is None else str(args.tfds_dir))
+    prepare_builder(builder, args.manual_dir)
+    print(split_table(builder))
+
+
+def manual_folder(path: pathlib.Path, dataset: str) -> pathlib.Path:
+    """``path`` when it is a folder with something in it; else a one-line LayoutError (the
+    builder's own would recite every layout of the dataset)."""
+    expected = (f"expected the folder the {dataset} download was extracted into (layouts: "
+                f"tfds_builders/{dataset}/README.md)")
+    if not path.exists():
+        raise LayoutError(path, f"no such folder; {expected}")
+    if not path.is_dir():
+        raise LayoutError(path, f"is a file; {expected}")
+    if next(path.iterdir(), None) is None:
+        raise LayoutError(path, f"is empty; {expected}")
+    return path
+
+
+def with_folds(config, folds: int):
+    """``config`` split into ``folds`` folds; a changed count is named ``<name>_<K>fold``
+    (the recipes' rule), so it gets its own TFDS folder and a dataset prepared with other
+    folds is never read back as if it had these."""
+    if folds == config.num_folds:
+        return config
+    return dataclasses.replace(config, name=f"{config.name}_{folds}fold", num_folds=folds)
+
+
+def prepare_builder(builder, manual_dir: pathlib.Path) -> None:
+    """Build ``builder``'s dataset from ``manual_dir`` unless it is prepared already.
+
+    The builders raise kseg errors for a folder without the expected layout; a patient
+    count the folds cannot split is a ValueError of the fold assignment, reported here as
+    a kseg error naming the folder (``--debug`` shows where it came from)."""
+    import tensorflow_datasets as tfds
+
+    if builder.is_prepared():
+        print(f"Dataset {builder.info.full_name} is already prepared in {builder.data_dir}; "
+              "reusing it", flush=True)
+        return
+    print(f"Preparing TFDS dataset {builder.info.full_name} from {manual_dir} ...", flush=True)
+    try:
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+        )
+    except KsegError:
+        raise
+    except ValueError as error:
+        raise KsegError(f"preparing {builder.info.full_name} failed: {error}") from error
+
+
+def split_table(builder) -> str:
+    """Where the dataset is and the examples (and patients, where the builder counted them)
+    of every split, with the total."""
+    splits = builder.info.splits
+    foreground = builder.info.metadata.get("foreground", {}) if builder.info.metadata else {}
+    names = sorted(splits.keys(), key=_split_order)
+    rows = [("split", "examples", "patients")]
+    for name in names:
+        patients = foreground.get(name, {}).get("patients")
+        rows.append((name, str(splits[name].num_examples),
+                     "" if patients is None else str(patients)))
+    total_patients = [foreground.get(name, {}).get("patients") for name in names]
+    rows.append(("total", str(sum(splits[name].num_examples for name in names)),
+                 "" if None in total_patients else str(sum(total_patients))))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    lines = [f"Dataset {builder.info.full_name} in {builder.data_dir}"]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+              .rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _split_order(name: str):
+    """fold0, fold1, .. fold10 in numeric order, other splits (challenge test sets, the
+    unlabeled cases) after them."""
+    if name.startswith("fold") and name[4:].isdigit():
+        return (0, int(name[4:]), "")
+    return (1, 0, name)
+
+
+# --- evaluate, predict, report: commands on a run folder ---------------------------------
+
+_EVALUATE_DESCRIPTION = """\
+Score RUN's best model per patient on a split of its dataset (--split) or on a folder of
+labeled cases (--input). Writes RUN/evaluation/<name>/scores.csv and cases/*.npz (<name> is
+the split, or input-<folder name>) and prints the table."""
+
+_PREDICT_DESCRIPTION = """\
+Segment the images at --input with RUN's best model, preprocessed as RUN was trained
+(config.json's inference section), and write one segmentation per case into --output."""
+
+_REPORT_DESCRIPTION = """\
+Write RUN's report: one self-contained HTML file (training curves, per-patient tables,
+slice viewer of the evaluated cases), by default RUN/report.html."""
+
+
+def _add_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", type=pathlib.Path,
+                        help="run folder written by kseg train (its --output-dir)")
+
+
+def _add_evaluate(parser: argparse.ArgumentParser) -> None:
+    _add_run(parser)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--split", choices=EVALUATION_SPLITS,
+                       help="a split of the run's dataset (its test or validation fold)")
+    where.add_argument("--input", type=pathlib.Path, metavar="DIR",
+                       help="a folder of labeled cases in the layout of the run's dataset")
+
+
+def _add_predict(parser: argparse.ArgumentParser) -> None:
+    _add_run(parser)
+    parser.add_argument("--input", type=pathlib.Path, required=True, metavar="PATH",
+                        help="a DICOM series folder, a NIfTI file, a radiograph or a folder "
+                             "of radiographs (PNG/JPG/DICOM)")
+    parser.add_argument("--output", type=pathlib.Path, required=True, metavar="DIR",
+                        help="folder the segmentations are written into")
+    parser.add_argument("--format", required=True, choices=PREDICTION_FORMATS,
+                        help="NIfTI label volume, DICOM SEG, PNG label map or RTSTRUCT")
+
+
+def _add_report(parser: argparse.ArgumentParser) -> None:
+    _add_run(parser)
+    parser.add_argument("--output", type=pathlib.Path, metavar="FILE",
+                        help="where to write the HTML file (default: RUN/report.html)")
+
+
+def run_folder(path: pathlib.Path) -> pathlib.Path:
+    """``path`` when it is a folder; else a LayoutError saying what RUN should be."""
+    if not path.exists():
+        raise LayoutError(path, "no such run folder; expected the --output-dir of a "
+                                "`kseg train` run (it holds config.json)")
+    if not path.is_dir():
+        raise LayoutError(path, "is a file; expected the --output-dir of a `kseg train` run "
+                                "(a folder holding config.json)")
+    return path
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    run = run_folder(args.run)
+    if args.input is not None and not args.input.is_dir():
+        raise LayoutError(args.input, "no such folder; expected a folder of labeled cases "
+                                      "in the layout of the run's dataset")
+    module, recipe_args = recipe_arguments_of(run)
+    if args.input is None:
+        module.evaluate(recipe_args, split=args.split)
+    else:
+        module.evaluate(recipe_args, split=None, input_dir=args.input)
+
+
+def recipe_arguments_of(run: pathlib.Path):
+    """The recipe module that trained ``run`` and its arguments as that run had them,
+    read from ``run/config.json``; ``output_dir`` is ``run`` itself, wherever it was
+    moved to."""
+    from kseg import recipes
+    from kseg.recipes.run_config import read_config
+
+    config = read_config(run)
+    name = config.get("recipe")
+    if name not in recipes.RECIPES:
+        raise LayoutError(run / "config.json", f"names recipe {name!r}; expected one of "
+                                               f"{', '.join(recipes.RECIPES)}")
+    module = recipes.load(name)
+    parser = argparse.ArgumentParser(prog=f"kseg train {name}")
+    module.add_arguments(parser)
+    args = parser.parse_args([])
+    actions = {action.dest: action for action in parser._actions}
+    for key, value in config.get("arguments", {}).items():
+        action = actions.get(key)
+        if action is not None and callable(action.type) and value is not None:
+            # JSON kept paths (and other typed options) as strings: convert them back.
+            if isinstance(value, list):
+                value = [action.type(item) if isinstance(item, str) else item
+                         for item in value]
+            elif isinstance(value, str):
+                value = action.type(value)
+        setattr(args, key, value)
+    args.output_dir = run
+    return module, args
+
+
+def _predict(args: argparse.Namespace) -> None:
+    run = run_folder(args.run)
+    if not args.input.exists():
+        raise LayoutError(args.input, "no such file or folder; expected a DICOM series "
+                                      "folder, a NIfTI file or radiographs")
+    from kseg.predict import predict_command
+
+    written = predict_command(run, args.input, args.output, args.format)
+    print(f"Wrote {len(written)} file{'' if len(written) == 1 else 's'} to {args.output}")
+    for path in written:
+        print(f"  {path}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    run = run_folder(args.run)
+    from kseg.report import write_report
+
+    print(f"Wrote {write_report(run, args.output)}")
+
+
+def _usage_error(args: argparse.Namespace, message: str) -> None:
+    """argparse's usage error (exit status 2) for a check only possible after parsing."""
+    args.command_parser.error(message)
+
+
+if __name__ == "__main__":  # pragma: no cover - ``python -m kseg`` goes through __main__
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The ``kseg`` command, run as a user runs it: ``python -m kseg ...`` in a fresh
+interpreter (``-X importtime`` lists every module it imported).
+
+``--help`` must answer before TensorFlow loads; a kseg error ends with one line
+``kseg: error: ...`` and exit status 1 (the traceback only with ``--debug``); a usage
+error is argparse's, exit status 2. ``kseg prepare`` is checked against the phantom it
+reads (how many radiographs it wrote) and the ``dataset_info.json`` TFDS wrote, not
+against what the command printed about itself.
+"""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+
+import kseg
+from kseg.phantoms import xray
+
+TENSORFLOW_STACK = {"tensorflow", "keras"}
+RUN_COMMANDS = ("evaluate", "predict", "report")
+
+
+def kseg_command(*args, cwd, importtime=False):
+    options = ["-X", "importtime"] if importtime else []
+    return subprocess.run(
+        [sys.executable, *options, "-m", "kseg", *map(str, args)],
+        capture_output=True, text=True, cwd=cwd, timeout=300, check=False,
+    )
+
+
+def imported_modules(stderr: str) -> set[str]:
+    """Module names from ``-X importtime`` lines: ``import time: self | cumulative | name``."""
+    return {
+        line.rsplit("|", 1)[1].strip()
+        for line in stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+def messages(stderr: str) -> list[str]:
+    """stderr without ``-X importtime`` lines and TensorFlow's start-up chatter."""
+    return [line for line in stderr.splitlines() if not line.startswith("import time:")]
+
+
+def kseg_errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("kseg: error:")]
+
+
+def run_arguments(command, run):
+    """The smallest valid command line of ``command`` on the run folder ``run``."""
+    return {
+        "evaluate": ("evaluate", run, "--split", "test"),
+        "predict": ("predict", run, "--input", run, "--output", run / "out", "--format", "png"),
+        "report": ("report", run),
+    }[command]
+
+
+@pytest.mark.parametrize("command", [(), ("prepare",), *((name,) for name in RUN_COMMANDS)])
+def test_help_answers_without_importing_tensorflow(command, tmp_path):
+    result = kseg_command(*command, "--help", cwd=tmp_path, importtime=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: {' '.join(('kseg', *command))} ")
+    modules = imported_modules(result.stderr)
+    assert "argparse" in modules  # the -X importtime listing is there to be read
+    assert not TENSORFLOW_STACK & modules
+
+
+def test_top_level_help_lists_every_command(tmp_path):
+    result = kseg_command("--help", cwd=tmp_path)
+    for command in ("prepare", *RUN_COMMANDS):
+        assert f"\n    {command} " in result.stdout
+
+
+def test_version_is_the_package_version(tmp_path):
+    result = kseg_command("--version", cwd=tmp_path)
+    assert (result.returncode, result.stdout) == (0, f"kseg {kseg.__version__}\n")
+
+
+@pytest.mark.parametrize("command", RUN_COMMANDS)
+def test_missing_run_folder_is_one_line(command, tmp_path):
+    run = tmp_path / "no_such_run"
+    result = kseg_command(*run_arguments(command, run), cwd=tmp_path, importtime=True)
+    assert result.returncode == 1
+    assert messages(result.stderr) == [
+        f"kseg: error: {run}: no such run folder; expected the --output-dir of a `kseg train` "
+        "run (it holds config.json)"
+    ]
+    assert not TENSORFLOW_STACK & imported_modules(result.stderr)
+
+
+def test_run_folder_that_is_a_file_is_one_line(tmp_path):
+    run = tmp_path / "run.txt"
+    run.write_text("not a run")
+    result = kseg_command("report", run, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"kseg: error: {run}: is a file; expected the --output-dir of a `kseg train` run (a "
+        "folder holding config.json)"
+    ]
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    run = tmp_path / "no_such_run"
+    result = kseg_command("evaluate", run, "--split", "test", "--debug", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr
+    assert f"kseg.errors.LayoutError: {run}: no such run folder" in result.stderr
+    assert not kseg_errors(result.stderr)
+
+
+def test_unknown_dataset_is_a_usage_error(tmp_path):
+    result = kseg_command("prepare", "mnist", "--manual-dir", tmp_path, cwd=tmp_path,
+                          importtime=True)
+    assert result.returncode == 2
+    assert messages(result.stderr)[-1] == (
+        "kseg prepare: error: argument DATASET: invalid choice: 'mnist' (choose from "
+        "'chaos', 'lctsc', 'msd_spleen', 'xray')"
+    )
+    assert not TENSORFLOW_STACK & imported_modules(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (("--config", "jsrt"), "argument --config: invalid choice for xray: 'jsrt' (choose "
+                               "from generic, jsrt_scr, jsrt_scr_left_right, montgomery, "
+                               "montgomery_lungs)"),
+        (("--folds", "2"), "--folds must be at least 3 (a test, a validation and a training "
+                           "fold), got 2"),
+    ],
+)
+def test_prepare_option_errors_are_usage_errors(arguments, message, tmp_path):
+    (tmp_path / "download").mkdir()
+    (tmp_path / "download" / "notes.txt").write_text("")
+    result = kseg_command("prepare", "xray", "--manual-dir", tmp_path / "download",
+                          *arguments, cwd=tmp_path, importtime=True)
+    assert result.returncode == 2
+    assert messages(result.stderr)[-1] == f"kseg prepare: error: {message}"
+    assert not TENSORFLOW_STACK & imported_modules(result.stderr)
+    assert not (tmp_path / "tensorflow_datasets").exists()
+
+
+@pytest.mark.parametrize("state", ["missing", "file", "empty"])
+def test_unusable_manual_dir_is_one_line_before_tensorflow(state, tmp_path):
+    manual = tmp_path / "download"
+    if state == "file":
+        manual.write_text("a zip that was not extracted")
+    elif state == "empty":
+        manual.mkdir()
+    result = kseg_command("prepare", "chaos", "--manual-dir", manual, "--tfds-dir",
+                          tmp_path / "tfds", cwd=tmp_path, importtime=True)
+    assert result.returncode == 1
+    problem = {"missing": "no such folder", "file": "is a file", "empty": "is empty"}[state]
+    assert messages(result.stderr) == [
+        f"kseg: error: {manual}: {problem}; expected the folder the chaos download was "
+        "extracted into (layouts: tfds_builders/chaos/README.md)"
+    ]
+    assert not TENSORFLOW_STACK & imported_modules(result.stderr)
+    assert not (tmp_path / "tfds").exists()
+
+
+def test_manual_dir_without_the_layout_is_the_builders_error(tmp_path):
+    manual = tmp_path / "download"
+    manual.mkdir()
+    (manual / "readme.txt").write_text("the images are elsewhere")
+    result = kseg_command("prepare", "xray", "--manual-dir", manual, "--tfds-dir",
+                          tmp_path / "tfds", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert kseg_errors(result.stderr) == [f"kseg: error: {manual / 'images'}: not found; "
+                                          "expected:"]
+    # the expected layout follows, indented under the error line
+    assert "  <manual_dir>/images/<name>.png|.tif|.dcm" in result.stderr
+
+
+def file_digests(folder):
+    return {
+        path.relative_to(folder): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*")) if path.is_file()
+    }
+
+
+def test_prepare_builds_the_phantom_in_the_folds_asked_for(tmp_path):
+    images = 7
+    manual = xray.write_generic(tmp_path / "download", num_images=images, size=32)
+    before = file_digests(manual)
+    tfds_dir = tmp_path / "tfds"
+
+    result = kseg_command("prepare", "xray", "--manual-dir", manual, "--tfds-dir", tfds_dir,
+                          "--folds", "3", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    dataset = tfds_dir / "xray" / "generic_3fold" / "1.0.0"
+    info = json.loads((dataset / "dataset_info.json").read_text())
+    written = {split["name"]: sum(int(n) for n in split["shardLengths"])
+               for split in info["splits"]}
+    assert sorted(written) == ["fold0", "fold1", "fold2"]
+    assert sum(written.values()) == images  # one example per radiograph, each in one fold
+    assert min(written.values()) >= 1
+    lines = result.stdout.splitlines()
+    table = lines[lines.index(f"Dataset xray/generic_3fold/1.0.0 in {dataset}") + 1:]
+    assert table[0].split() == ["split", "examples", "patients"]
+    # one radiograph per patient in the generic layout
+    rows = {row.split()[0]: [int(n) for n in row.split()[1:]] for row in table[1:]}
+    assert rows == {**{name: [count, count] for name, count in written.items()},
+                    "total": [images, images]}
+    assert file_digests(manual) == before  # the download is read, never written
+
+    again = kseg_command("prepare", "xray", "--manual-dir", manual, "--tfds-dir", tfds_dir,
+                         "--folds", "3", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already prepared" in again.stdout
+    assert again.stdout.splitlines()[-len(table):] == table
+
+
+def test_more_folds_than_patients_is_one_line(tmp_path):
+    manual = xray.write_generic(tmp_path / "download", num_images=4, size=16)
+    result = kseg_command("prepare", "xray", "--manual-dir", manual, "--tfds-dir",
+                          tmp_path / "tfds", "--folds", "5", cwd=tmp_path)
+    assert result.returncode == 1
+    assert kseg_errors(result.stderr) == [
+        f"kseg: error: preparing xray/generic/1.0.0 failed: {manual}: num_folds=5 "
+        "needs at least 5 patients, got 4: every fold becomes a split and a split cannot be "
+        "empty"
+    ]
+    assert "Traceback" not in result.stderr
