@@ -24,6 +24,7 @@ neither TensorFlow nor Keras, so plotting a results table stays light.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Mapping
@@ -34,6 +35,7 @@ try:
     import matplotlib.colors
     import matplotlib.lines
     import matplotlib.patches
+    import PIL.Image
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 except ImportError as error:  # pragma: no cover - exercised in a subprocess by the tests
@@ -51,7 +53,10 @@ __all__ = [
     "TRUE_POSITIVE_COLOR",
     "accuracy_vs_dice",
     "error_map",
+    "grey_levels",
+    "label_layer",
     "overlay",
+    "png_bytes",
     "per_slice_dice",
     "score_boxplots",
     "score_histograms",
@@ -776,10 +781,12 @@ def accuracy_vs_dice(cases, *, title: str | None = None) -> Figure:
     no structure to find) and counted in the title.
 
     Args:
-        cases: a mapping ``{case name: (reference, prediction)}`` or a sequence of
+        cases: a mapping ``{case name: (reference, prediction)}`` or an iterable of
             ``(reference, prediction)`` pairs of binary masks (bool or 0/1; any number of
             dimensions, the two of a pair of one shape). For a label map pass
-            ``(labels == k, predicted == k)``.
+            ``(labels == k, predicted == k)``. Each pair is reduced to its scores before
+            the next is read, so a generator that loads one case at a time keeps memory
+            to one case.
         title: axes title; default says how many cases are shown.
 
     Returns:
@@ -793,9 +800,9 @@ def accuracy_vs_dice(cases, *, title: str | None = None) -> Figure:
         >>> accuracy_vs_dice({pid: (truth[pid], predicted[pid]) for pid in truth})
         ... # doctest: +SKIP
     """
-    items = list(cases.items()) if isinstance(cases, Mapping) else list(enumerate(cases))
-    if not items:
-        raise ValueError("cases is empty; give (reference, prediction) pairs")
+    # One pair at a time, reduced to three numbers: a generator that loads each case when
+    # asked never holds more than one case's masks.
+    items = cases.items() if isinstance(cases, Mapping) else enumerate(cases)
     scores = []
     skipped = 0
     for key, case in items:
@@ -805,8 +812,10 @@ def accuracy_vs_dice(cases, *, title: str | None = None) -> Figure:
             continue
         accuracy = float(np.mean(truth == predicted))
         scores.append((_dice(truth, predicted), accuracy, float(truth.mean())))
+    if not scores and not skipped:
+        raise ValueError("cases is empty; give (reference, prediction) pairs")
     if not scores:
-        raise ValueError(f"cases: all {len(items)} references are empty; nothing to score")
+        raise ValueError(f"cases: all {skipped} references are empty; nothing to score")
     dice, accuracy, fraction = (np.array(column) for column in zip(*scores, strict=True))
 
     figure = _new_figure(6.2, 5)
@@ -1015,3 +1024,132 @@ def uncertainty_map(
             fontsize="small",
         )  # fmt: skip
     return figure
+
+
+# --------------------------------------------------------------------------- viewer layers
+
+
+def grey_levels(image, window=None) -> np.ndarray:
+    """A slice as 8-bit grey levels: ``window`` low to black (0), high to white (255).
+
+    The pixels an HTML slice viewer (:mod:`kseg.report`) stacks the mask layers of
+    :func:`label_layer` on. Values outside the window are clipped; the window defaults to
+    the image's minimum and maximum, and a constant image is mid-grey, as in
+    :func:`overlay`. Levels are rounded to the nearest of the 256.
+
+    Args:
+        image: 2D array ``(rows, columns)``.
+        window: ``(low, high)`` intensities shown as black and white.
+
+    Returns:
+        uint8 array of the image's shape.
+
+    Raises:
+        ValueError: a non-2D, empty or non-finite image, a bad ``window``.
+
+    Example:
+        >>> grey_levels(np.array([[0.0, 0.5, 1.0]]), window=(0, 1))
+        array([[  0, 128, 255]], dtype=uint8)
+    """
+    image = _image_2d("image", image)
+    low, high = _window(image, window)
+    scaled = np.clip((image - low) / (high - low), 0.0, 1.0)
+    return np.round(scaled * 255).astype(np.uint8)
+
+
+def label_layer(labels, color, *, fill_alpha: float = 0.35) -> np.ndarray:
+    """An RGBA layer painting a mask in ``color``: its border opaque, its inside see-through.
+
+    A pixel of a non-zero label is a border pixel when one of its four neighbours holds
+    another label or lies outside the image (so a mask touching the edge is closed); border
+    pixels get opacity 1, the other labelled pixels ``fill_alpha``, background pixels 0.
+    Laid over :func:`grey_levels` in a browser the outline stays readable at any fill
+    opacity, and a label map's labels are told apart by the borders between them.
+
+    Args:
+        labels: 2D binary mask or integer label map (0 = background).
+        color: RGB triple in [0, 1], e.g. :data:`REFERENCE_COLOR`.
+        fill_alpha: opacity of the inside, in [0, 1].
+
+    Returns:
+        uint8 array ``(rows, columns, 4)``: RGB of ``color`` wherever a label is, alpha
+        255 on the border, ``round(255 * fill_alpha)`` inside, 0 elsewhere (RGB 0 there).
+
+    Raises:
+        ValueError: ``labels`` is not 2D or holds negative / fractional labels, ``color``
+            is not three numbers in [0, 1], ``fill_alpha`` is outside [0, 1].
+
+    Example:
+        >>> layer = label_layer(np.pad(np.ones((3, 3)), 1), REFERENCE_COLOR)
+        >>> layer[..., 3]
+        array([[  0,   0,   0,   0,   0],
+               [  0, 255, 255, 255,   0],
+               [  0, 255,  89, 255,   0],
+               [  0, 255, 255, 255,   0],
+               [  0,   0,   0,   0,   0]], dtype=uint8)
+    """
+    array = np.asarray(labels)
+    if array.ndim != 2:
+        raise ValueError(f"labels must be a 2D array (rows, columns), got shape {array.shape}")
+    labels = _label_map("labels", array, array.shape)
+    fill_alpha = _check_alpha(fill_alpha)
+    try:
+        rgb = np.array([float(value) for value in color])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"color must be an RGB triple in [0, 1], got {color!r}") from error
+    if rgb.shape != (3,) or not np.all((rgb >= 0) & (rgb <= 1)):
+        raise ValueError(f"color must be an RGB triple in [0, 1], got {color!r}")
+    # -1 around the image: no label equals it, so pixels on the edge are border pixels.
+    padded = np.pad(labels, 1, constant_values=-1)
+    centre = padded[1:-1, 1:-1]
+    border = np.zeros(labels.shape, dtype=bool)
+    for neighbour in (padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]):
+        border |= neighbour != centre
+    inside = labels > 0
+    layer = np.zeros((*labels.shape, 4), dtype=np.uint8)
+    layer[inside, :3] = np.round(rgb * 255).astype(np.uint8)
+    layer[inside, 3] = round(255 * fill_alpha)
+    layer[inside & border, 3] = 255
+    return layer
+
+
+def png_bytes(picture, *, dpi: float = 80) -> bytes:
+    """A figure or an 8-bit image as PNG file content, for a data URI or a file.
+
+    Args:
+        picture: a :class:`matplotlib.figure.Figure` (rendered at ``dpi``), or a uint8 array
+            ``(rows, columns)`` (grey), ``(rows, columns, 3)`` (RGB) or
+            ``(rows, columns, 4)`` (RGBA) written pixel for pixel.
+        dpi: dots per inch of a figure; ignored for arrays.
+
+    Returns:
+        The bytes of a PNG file.
+
+    Raises:
+        ValueError: an array that is not uint8 or not of one of the three shapes, or a
+            picture of another type.
+
+    Example:
+        >>> png_bytes(np.zeros((2, 2), dtype=np.uint8))[:8]
+        b'\\x89PNG\\r\\n\\x1a\\n'
+    """
+    buffer = io.BytesIO()
+    if isinstance(picture, Figure):
+        picture.savefig(buffer, format="png", dpi=dpi)
+        return buffer.getvalue()
+    if not isinstance(picture, np.ndarray):
+        raise ValueError(
+            f"picture must be a matplotlib Figure or a uint8 array, got {type(picture).__name__}"
+        )
+    if picture.dtype != np.uint8:
+        raise ValueError(f"picture must be a uint8 array, got dtype {picture.dtype}")
+    grey = picture.ndim == 2
+    colour = picture.ndim == 3 and picture.shape[-1] in (3, 4)
+    if not (grey or colour) or picture.size == 0:
+        raise ValueError(
+            "picture must be (rows, columns), (rows, columns, 3) or (rows, columns, 4), got "
+            f"shape {picture.shape}"
+        )
+    # Pillow reads the mode from the shape: L, RGB or RGBA.
+    PIL.Image.fromarray(np.ascontiguousarray(picture)).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,707 @@
+"""One self-contained HTML page about a run folder: configuration, training, scores, slices.
+
+:func:`write_report` reads the files a run folder holds (``config.json``, ``history.csv``,
+``evaluation/<name>/scores.csv`` and ``evaluation/<name>/cases/<patient>.npz``; the layout
+is in the README) and writes one HTML file that opens in any browser from the disk: the
+figures are PNG data URIs, the script and styles are inline, nothing is fetched. Each
+evaluated patient gets a slice viewer (a slider and the mouse wheel move through the slices;
+reference and prediction layers with an opacity control; the patient's Dice in its header).
+
+A run is reported at any stage: a file not written yet (no ``history.csv`` before the first
+epoch ends, no ``evaluation/`` before ``kseg evaluate``) or one that cannot be read is
+described in the page where its section would be; only ``config.json``, which makes a folder
+a run, is required.
+
+To keep the page small, a viewer shows at most ``max_slices`` slices of a case, evenly
+spread, and shrinks slices larger than ``max_side`` pixels by keeping every k-th row and
+column; the viewer says when it did either.
+
+Needs matplotlib (``pip install 'kseg[viz]'``); imports neither TensorFlow nor Keras.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import datetime
+import html
+import json
+import math
+import os
+import pathlib
+import zipfile
+from collections.abc import Mapping
+
+import numpy as np
+
+from kseg import viz
+from kseg._files import atomic_output
+from kseg.errors import LayoutError, UnreadableFileError
+from kseg.evaluation import REFERENCE_EMPTY, PatientTable
+
+__all__ = ["DEFAULT_MAX_SIDE", "DEFAULT_MAX_SLICES", "write_report"]
+
+DEFAULT_MAX_SLICES = 64
+DEFAULT_MAX_SIDE = 256
+
+_FIGURE_DPI = 80
+# Metrics worth a box plot when the table has them, in this order.
+_PLOTTED_METRICS = ("dice", "hd95", "assd", "iou")
+
+
+def write_report(
+    run_dir: os.PathLike | str,
+    output: os.PathLike | str | None = None,
+    *,
+    max_slices: int = DEFAULT_MAX_SLICES,
+    max_side: int = DEFAULT_MAX_SIDE,
+) -> pathlib.Path:
+    """Write the HTML report of a run folder, atomically.
+
+    Args:
+        run_dir: the run folder (holds ``config.json``).
+        output: the HTML file to write; default ``run_dir/report.html``.
+        max_slices: most slices a patient's viewer holds; longer cases show this many,
+            evenly spread from the first slice to the last.
+        max_side: largest slice height or width kept; a larger slice keeps every k-th row
+            and column (k the smallest integer that fits).
+
+    Returns:
+        The path of the written report.
+
+    Raises:
+        LayoutError: ``run_dir`` is not a folder or has no ``config.json``.
+        UnreadableFileError: ``config.json`` is not a JSON object.
+        ValueError: ``max_slices`` or ``max_side`` is not a positive integer.
+
+    Example:
+        >>> write_report("runs/chaos_liver")  # doctest: +SKIP
+        PosixPath('runs/chaos_liver/report.html')
+    """
+    for name, value in (("max_slices", max_slices), ("max_side", max_side)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    run = pathlib.Path(run_dir)
+    config = _read_config(run)
+    output = run / "report.html" if output is None else pathlib.Path(output)
+    page = _Page(run, config, max_slices=int(max_slices), max_side=int(max_side)).render()
+    with atomic_output(output) as temporary:
+        pathlib.Path(temporary).write_text(page, encoding="utf-8")
+    return output
+
+
+def _read_config(run: pathlib.Path) -> dict:
+    if not run.is_dir():
+        raise LayoutError(run, "is not a folder; expected a kseg run folder holding config.json")
+    path = run / "config.json"
+    if not path.is_file():
+        raise LayoutError(
+            path,
+            "not found; a kseg run folder starts with the config.json that training writes "
+            "when it starts (is this the run folder?)",
+        )
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UnreadableFileError(path, f"is not readable JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise UnreadableFileError(
+            path, f"must hold a JSON object (the run's configuration), got {type(config).__name__}"
+        )
+    return config
+
+
+# --------------------------------------------------------------------------- html pieces
+
+
+def _escape(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _figure_html(figure, caption: str, gid: str) -> str:
+    return (
+        f'<figure class="plot" id="{_escape(gid)}"><img alt="{_escape(caption)}" '
+        f'src="{_data_uri(viz.png_bytes(figure, dpi=_FIGURE_DPI))}">'
+        f"<figcaption>{_escape(caption)}</figcaption></figure>"
+    )
+
+
+def _note(text: str, kind: str = "missing") -> str:
+    return f'<p class="note {kind}">{_escape(text)}</p>'
+
+
+def _number_text(text: str) -> str:
+    """A CSV cell shown with 4 decimals when it is a number, as written otherwise."""
+    try:
+        int(text)
+        return text  # counts and epoch numbers stay whole
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return f"{value:.4f}" if math.isfinite(value) else text
+
+
+def _table_html(header: list[str], rows: list[list[str]], css_class: str) -> str:
+    """A table whose cells show rounded numbers and keep the exact text in ``data-value``."""
+    head = "".join(f"<th>{_escape(name)}</th>" for name in header)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td data-column="{_escape(name)}" data-value="{_escape(cell)}">'
+            f"{_escape(_number_text(cell))}</td>"
+            for name, cell in zip(header, row, strict=True)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return (
+        f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    )
+
+
+def _dice_columns(header: list[str]) -> list[tuple[str | None, str]]:
+    """``[(class name or None, column)]`` of the Dice columns of a scores.csv header."""
+    if "dice" in header:
+        return [(None, "dice")]
+    return [(name[len("dice_") :], name) for name in header if name.startswith("dice_")]
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def _load_case(path: pathlib.Path) -> dict[str, np.ndarray]:
+    """The arrays of a case file, checked against the run-folder layout."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UnreadableFileError(path, f"is not a readable .npz file: {error}") from error
+    for key in ("image", "prediction"):
+        if key not in arrays:
+            raise UnreadableFileError(
+                path, f"has no {key!r} array; a case file holds image, prediction, spacing "
+                "and (when labelled) reference"
+            )  # fmt: skip
+    image = arrays["image"]
+    if image.ndim != 3 or image.size == 0:
+        raise UnreadableFileError(path, f"image must be (slices, rows, columns), got {image.shape}")
+    for key in ("reference", "prediction"):
+        if key in arrays and arrays[key].shape != image.shape:
+            raise UnreadableFileError(
+                path, f"{key} has shape {arrays[key].shape}, the image {image.shape}"
+            )
+    return arrays
+
+
+def _shown_slices(count: int, max_slices: int) -> np.ndarray:
+    if count <= max_slices:
+        return np.arange(count)
+    return np.unique(np.round(np.linspace(0, count - 1, max_slices)).astype(int))
+
+
+def _class_values(config: Mapping) -> dict[str | None, int]:
+    """``{class name: label value}`` of config.json's labels; ``{None: value}`` for one
+    structure (scored in the ``dice`` column), ``{None: 1}`` when config.json has none."""
+    labels = config.get("labels")
+    if isinstance(labels, Mapping) and len(labels) > 1:
+        return {str(name): int(value) for name, value in labels.items()}
+    if isinstance(labels, Mapping) and len(labels) == 1:
+        return {None: int(next(iter(labels.values())))}
+    return {None: 1}
+
+
+class _Page:
+    def __init__(self, run: pathlib.Path, config: dict, *, max_slices: int, max_side: int):
+        self.run = run
+        self.config = config
+        self.max_slices = max_slices
+        self.max_side = max_side
+        self.classes = _class_values(config)
+
+    # ---- page
+
+    def render(self) -> str:
+        recipe = self.config.get("recipe", "run")
+        generated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        sections = [self._configuration(), self._training(), *self._evaluations()]
+        title = f"kseg report: {recipe}"
+        return _TEMPLATE.format(
+            title=_escape(title),
+            style=_STYLE,
+            script=_SCRIPT,
+            heading=_escape(title),
+            run=_escape(self.run.absolute()),
+            generated=_escape(generated),
+            body="\n".join(sections),
+        )
+
+    # ---- configuration
+
+    def _configuration(self) -> str:
+        config = self.config
+        dataset = config.get("dataset") if isinstance(config.get("dataset"), Mapping) else {}
+        facts = [
+            ("recipe", config.get("recipe")),
+            ("created", config.get("created")),
+            ("seed", config.get("seed")),
+            ("git commit", config.get("git_commit")),
+            ("dataset", " ".join(
+                str(dataset[key]) for key in ("name", "config", "version") if dataset.get(key)
+            ) or None),  # fmt: skip
+            ("dataset fingerprint", dataset.get("fingerprint")),
+            ("labels", config.get("labels")),
+            ("versions", config.get("versions")),
+        ]
+        rows = "".join(
+            f"<tr><th>{_escape(name)}</th><td>{_escape(_compact(value))}</td></tr>"
+            for name, value in facts
+            if value is not None
+        )
+        arguments = config.get("arguments")
+        argument_rows = ""
+        if isinstance(arguments, Mapping) and arguments:
+            argument_rows = (
+                "<h3>Arguments</h3><table class=\"arguments\">"
+                + "".join(
+                    f"<tr><th>{_escape(name)}</th><td>{_escape(_compact(value))}</td></tr>"
+                    for name, value in sorted(arguments.items())
+                )
+                + "</table>"
+            )
+        full = json.dumps(config, indent=2, sort_keys=True)
+        return (
+            '<section id="configuration"><h2>Configuration</h2>'
+            f'<table class="facts">{rows}</table>{argument_rows}'
+            f"<details><summary>config.json</summary><pre>{_escape(full)}</pre></details>"
+            "</section>"
+        )
+
+    # ---- training
+
+    def _training(self) -> str:
+        path = self.run / "history.csv"
+        content = []
+        if not path.is_file():
+            content.append(_note(
+                f"No training history: {path.name} is not in the run folder yet (it is "
+                "written at the end of each epoch)."
+            ))  # fmt: skip
+        else:
+            try:
+                with open(path, newline="", encoding="utf-8") as handle:
+                    rows = list(csv.reader(handle))
+                header, body = (rows[0], rows[1:]) if rows else ([], [])
+                if not body:
+                    raise ValueError("it holds no epochs yet")
+                if any(len(row) != len(header) for row in body):
+                    raise ValueError("its rows do not all have as many cells as its header")
+                content.append(_figure_html(
+                    viz.training_curves(str(path)), "Training curves (history.csv)",
+                    "training-curves",
+                ))  # fmt: skip
+                content.append(
+                    f"<details><summary>history.csv ({len(body)} epochs)</summary>"
+                    + _table_html(header, body, "history")
+                    + "</details>"
+                )
+            except (OSError, UnicodeDecodeError, csv.Error, ValueError) as error:
+                content.append(_note(f"{path.name} cannot be shown: {error}", "problem"))
+        return f'<section id="training"><h2>Training</h2>{"".join(content)}</section>'
+
+    # ---- evaluations
+
+    def _evaluations(self) -> list[str]:
+        folder = self.run / "evaluation"
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        if not names:
+            return [
+                '<section id="evaluations"><h2>Evaluation</h2>'
+                + _note(
+                    "No evaluation yet: the run folder has no evaluation/<name>/ folder "
+                    "(kseg evaluate RUN --split test writes one)."
+                )
+                + "</section>"
+            ]
+        return [self._evaluation(folder / name) for name in names]
+
+    def _evaluation(self, folder: pathlib.Path) -> str:
+        name = folder.name
+        parts = [f'<section class="evaluation" id="evaluation-{_escape(name)}">'
+                 f"<h2>Evaluation: {_escape(name)}</h2>"]  # fmt: skip
+        scores_path = folder / "scores.csv"
+        header, rows, table = [], [], None
+        if not scores_path.is_file():
+            parts.append(_note(f"No scores: {name}/scores.csv is not there."))
+        else:
+            try:
+                with open(scores_path, newline="", encoding="utf-8") as handle:
+                    lines = list(csv.reader(handle))
+                header, rows = (lines[0], lines[1:]) if lines else ([], [])
+                table = PatientTable.from_csv(scores_path)
+            except (OSError, UnicodeDecodeError, csv.Error, ValueError) as error:
+                parts.append(_note(f"{name}/scores.csv cannot be read: {error}", "problem"))
+                header, rows, table = [], [], None
+        scores_by_patient = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+        if table is not None:
+            parts.append(self._scores(table, header, rows))
+
+        cases_folder = folder / "cases"
+        case_paths = sorted(cases_folder.glob("*.npz")) if cases_folder.is_dir() else []
+        if not case_paths:
+            parts.append(_note(
+                f"No slices to view: {name}/cases/ holds no .npz case files."
+            ))  # fmt: skip
+        else:
+            parts.append(self._case_figures(name, case_paths, scores_by_patient, header))
+            parts.append('<h3>Patients</h3><div class="viewers">')
+            for path in case_paths:
+                try:
+                    parts.append(self._viewer(name, path, scores_by_patient.get(path.stem), header))
+                except UnreadableFileError as error:
+                    parts.append(_note(str(error), "problem"))
+            parts.append("</div>")
+        missing = sorted(set(scores_by_patient) - {p.stem for p in case_paths})
+        if missing and case_paths:
+            parts.append(_note(
+                f"{len(missing)} patients of scores.csv have no case file to view: "
+                + ", ".join(missing)
+            ))  # fmt: skip
+        parts.append("</section>")
+        return "".join(parts)
+
+    def _scores(self, table: PatientTable, header: list[str], rows: list[list[str]]) -> str:
+        summary = table.summary()
+        statistics = ("mean", "median", "std", "count")
+        summary_rows = [
+            [name, *(
+                str(summary[name][s]) if s == "count" else repr(summary[name][s])
+                for s in statistics
+            )]
+            for name in table.metric_names
+        ]  # fmt: skip
+        parts = [
+            "<h3>Summary</h3>",
+            _table_html(["column", *statistics], summary_rows, "summary"),
+            f"<h3>Per patient ({len(rows)})</h3>",
+            _table_html(header, rows, "scores"),
+        ]
+        plotted = [m for m in _PLOTTED_METRICS if _has_metric(table, m)]
+        if plotted and len(table):
+            for function, caption in (
+                (viz.score_boxplots, "Per-patient scores"),
+                (viz.score_histograms, "Score histograms"),
+            ):
+                try:
+                    figure = function(table, plotted)
+                except ValueError as error:
+                    parts.append(_note(f"{caption}: {error}", "problem"))
+                    continue
+                parts.append(_figure_html(figure, caption, f"{function.__name__}"))
+        empty = table.empty_references
+        if empty:
+            parts.append(_note(
+                f"Reference empty for {len(empty)} patients ({', '.join(empty)}): their "
+                "scores follow the empty-mask conventions and are left out of the plots.",
+                "info",
+            ))  # fmt: skip
+        return "".join(parts)
+
+    # ---- figures over all cases
+
+    def _case_figures(self, name, case_paths, scores_by_patient, header) -> str:
+        parts = []
+        labelled = []
+        for path in case_paths:
+            try:
+                with np.load(path, allow_pickle=False) as archive:
+                    if "reference" in archive.files:
+                        labelled.append(path)
+            except (OSError, ValueError, zipfile.BadZipFile):
+                continue  # the viewer names the unreadable file
+        if not labelled:
+            return _note("No reference masks in the case files: no overlap figures.", "info")
+        for class_name, value in self.classes.items():
+            suffix = "" if class_name is None else f" – {class_name}"
+            per_slice = {}
+            for path in labelled:
+                arrays = _load_case(path)
+                per_slice[path.stem] = viz.per_slice_dice(
+                    arrays["reference"] == value, arrays["prediction"] == value
+                )
+            try:
+                parts.append(_figure_html(
+                    viz.slice_dice_heatmap(per_slice), f"Per-slice Dice{suffix}",
+                    f"slice-dice-{name}-{class_name or 'foreground'}",
+                ))  # fmt: skip
+            except ValueError as error:
+                parts.append(_note(f"Per-slice Dice{suffix}: {error}", "problem"))
+            # A generator: accuracy_vs_dice reduces each case before the next is loaded.
+            pairs = (
+                (arrays["reference"] == value, arrays["prediction"] == value)
+                for arrays in map(_load_case, labelled)
+            )
+            try:
+                parts.append(_figure_html(
+                    viz.accuracy_vs_dice(pairs), f"Pixel accuracy vs Dice{suffix}",
+                    f"accuracy-dice-{name}-{class_name or 'foreground'}",
+                ))  # fmt: skip
+            except ValueError as error:
+                parts.append(_note(f"Pixel accuracy vs Dice{suffix}: {error}", "info"))
+        parts.append(self._worst_error_map(labelled, scores_by_patient, header))
+        return "<h3>Figures</h3>" + "".join(parts)
+
+    def _worst_error_map(self, labelled, scores_by_patient, header) -> str:
+        """The error map of the slice with the most wrong pixels of the lowest-Dice patient."""
+        candidates = []
+        for class_name, column in _dice_columns(header):
+            value = self.classes.get(class_name, 1)
+            for path in labelled:
+                text = scores_by_patient.get(path.stem, {}).get(column, "nan")
+                try:
+                    dice = float(text)
+                except ValueError:
+                    continue
+                if math.isfinite(dice):
+                    candidates.append((dice, path, class_name, value))
+        if not candidates:
+            return ""
+        dice, path, class_name, value = min(candidates, key=lambda c: c[0])
+        arrays = _load_case(path)
+        truth, predicted = arrays["reference"] == value, arrays["prediction"] == value
+        wrong = np.sum(truth != predicted, axis=(1, 2))
+        index = int(np.argmax(wrong))
+        which = "" if class_name is None else f" {class_name}"
+        caption = (
+            f"Errors of the lowest Dice{which}: patient {path.stem} (Dice {dice:.4f}), "
+            f"slice {index} (the slice with the most wrong pixels)"
+        )
+        figure = viz.error_map(
+            arrays["image"][index], truth[index], predicted[index], window=(0.0, 1.0),
+            title=f"{path.stem}, slice {index}",
+        )  # fmt: skip
+        return _figure_html(figure, caption, "worst-error-map")
+
+    # ---- viewer
+
+    def _viewer(self, evaluation: str, path: pathlib.Path, scores, header) -> str:
+        arrays = _load_case(path)
+        image = arrays["image"]
+        count, rows, columns = image.shape
+        shown = _shown_slices(count, self.max_slices)
+        step = max(1, math.ceil(max(rows, columns) / self.max_side))
+        plane = np.s_[::step, ::step]
+        layers = {"image": [], "reference": [], "prediction": []}
+        for index in shown:
+            layers["image"].append(
+                _data_uri(viz.png_bytes(viz.grey_levels(image[index][plane], window=(0, 1))))
+            )
+            for key, color in (("reference", viz.REFERENCE_COLOR),
+                               ("prediction", viz.PREDICTION_COLOR)):  # fmt: skip
+                if key not in arrays:
+                    continue
+                labels = arrays[key][index][plane]
+                # An empty layer is an empty string: no PNG for the slices a mask misses.
+                layers[key].append(
+                    _data_uri(viz.png_bytes(viz.label_layer(labels, color)))
+                    if np.any(labels) else ""
+                )  # fmt: skip
+        spacing = np.asarray(arrays.get("spacing", (1.0, 1.0, 1.0)), dtype=np.float64).ravel()
+        row_mm, column_mm = (spacing[1], spacing[2]) if spacing.size == 3 else (1.0, 1.0)
+        start = _start_position(arrays, shown)
+        patient = path.stem
+        notes = []
+        if shown.size < count:
+            notes.append(f"{shown.size} of {count} slices shown, evenly spread")
+        if step > 1:
+            notes.append(
+                f"one row and column in {step} of {rows} × {columns} shown "
+                f"({len(range(0, rows, step))} × {len(range(0, columns, step))} pixels)"
+            )
+        if "reference" not in arrays:
+            notes.append("no reference (unlabelled input)")
+        data = {
+            "slices": [int(i) for i in shown],
+            **{key: value for key, value in layers.items() if value},
+        }
+        width_mm, height_mm = columns * column_mm, rows * row_mm
+        layer_inputs = "".join(
+            f'<label><input type="checkbox" class="show-{key}" checked> {key}</label>'
+            for key in ("reference", "prediction")
+            if key in data
+        )
+        viewer_id = f"viewer-{evaluation}-{patient}"
+        return (
+            f'<section class="viewer" id="{_escape(viewer_id)}" '
+            f'data-patient="{_escape(patient)}" data-evaluation="{_escape(evaluation)}" '
+            f'data-slice-count="{shown.size}" data-position="{start}">'
+            f"<h4>Patient {_escape(patient)}{_dice_header(scores, header)}</h4>"
+            f'<div class="stage" style="aspect-ratio: {width_mm:.6g} / {height_mm:.6g}">'
+            '<img class="layer layer-image" alt="slice">'
+            + "".join(
+                f'<img class="layer layer-{key}" alt="{key}">'
+                for key in ("reference", "prediction")
+                if key in data
+            )
+            + "</div>"
+            '<div class="controls">'
+            f'<label>slice <input type="range" class="slice-slider" min="0" '
+            f'max="{shown.size - 1}" step="1" value="{start}"></label> '
+            '<span class="slice-label"></span><br>'
+            f"{layer_inputs} "
+            '<label>opacity <input type="range" class="opacity" min="0" max="100" '
+            'value="70"></label>'
+            "</div>"
+            + (f'<p class="note info">{_escape("; ".join(notes))}.</p>' if notes else "")
+            + f'<script type="application/json" class="slice-data">{_json_for_script(data)}'
+            "</script></section>"
+        )
+
+
+def _start_position(arrays: Mapping[str, np.ndarray], shown: np.ndarray) -> int:
+    """The shown slice with the most reference (else prediction) pixels; else the middle."""
+    for key in ("reference", "prediction"):
+        if key in arrays:
+            area = np.sum(arrays[key][shown] > 0, axis=(1, 2))
+            if area.max() > 0:
+                return int(np.argmax(area))
+    return int(shown.size // 2)
+
+
+def _dice_header(scores: Mapping[str, str] | None, header: list[str]) -> str:
+    if scores is None:
+        return ' <span class="no-scores">(not in scores.csv)</span>'
+    parts = []
+    for class_name, column in _dice_columns(header):
+        text = scores.get(column, "")
+        empty_flag = REFERENCE_EMPTY if class_name is None else f"{REFERENCE_EMPTY}_{class_name}"
+        empty = scores.get(empty_flag) == "True"
+        label = "Dice" if class_name is None else f"Dice {class_name}"
+        parts.append(
+            f'<span class="dice" data-column="{_escape(column)}" data-value="{_escape(text)}">'
+            f"{_escape(label)} {_escape(_number_text(text))}"
+            + (" (empty reference)" if empty else "")
+            + "</span>"
+        )
+    return " — " + ", ".join(parts) if parts else ""
+
+
+def _has_metric(table: PatientTable, metric: str) -> bool:
+    names = table.metric_names
+    return metric in names or any(name.startswith(f"{metric}_") for name in names)
+
+
+def _compact(value) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _json_for_script(data) -> str:
+    # "</" inside a <script> element would end it early.
+    return json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
+
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{title}</title>
+<style>{style}</style>
+</head>
+<body>
+<header><h1>{heading}</h1>
+<p>Run folder <code>{run}</code>; report written {generated}. Self-contained: open it from
+the disk, nothing is fetched.</p></header>
+{body}
+<script>{script}</script>
+</body>
+</html>
+"""
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1100px;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
+td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: left; }
+table.scores td, table.summary td, table.history td { text-align: right;
+       font-variant-numeric: tabular-nums; }
+table.facts td, table.arguments td { font-family: monospace; word-break: break-all; }
+pre { background: #f6f6f6; padding: 0.5em; overflow: auto; max-height: 30em; }
+figure.plot { margin: 1em 0; } figure.plot img { max-width: 100%; }
+figcaption { font-size: 0.9em; color: #555; }
+.note { padding: 0.4em 0.6em; border-left: 4px solid #999; background: #f6f6f6; }
+.note.problem { border-color: #d33; background: #fdeeee; }
+.note.missing { border-color: #c90; background: #fff8e6; }
+.viewers { display: flex; flex-wrap: wrap; gap: 1em; align-items: flex-start; }
+.viewer { border: 1px solid #ddd; padding: 0.5em; width: 480px; max-width: 100%; }
+.viewer h4 { margin: 0 0 0.4em 0; }
+.stage { position: relative; width: 100%; background: #000; overflow: hidden; }
+.stage .layer { position: absolute; left: 0; top: 0; width: 100%; height: 100%;
+       image-rendering: pixelated; }
+.controls { margin-top: 0.4em; font-size: 0.9em; }
+.controls .slice-slider { width: 16em; vertical-align: middle; }
+"""
+
+_SCRIPT = """
+(function () {
+  "use strict";
+  function setupViewer(viewer) {
+    var data = JSON.parse(viewer.querySelector("script.slice-data").textContent);
+    var slider = viewer.querySelector(".slice-slider");
+    var label = viewer.querySelector(".slice-label");
+    var opacity = viewer.querySelector(".opacity");
+    var stage = viewer.querySelector(".stage");
+    var layers = {};
+    ["image", "reference", "prediction"].forEach(function (key) {
+      layers[key] = viewer.querySelector(".layer-" + key);
+    });
+    var count = data.slices.length;
+    function show(position) {
+      position = Math.max(0, Math.min(count - 1, position));
+      slider.value = String(position);
+      viewer.dataset.position = String(position);
+      viewer.dataset.slice = String(data.slices[position]);
+      layers.image.src = data.image[position];
+      ["reference", "prediction"].forEach(function (key) {
+        if (!layers[key]) { return; }
+        var source = data[key][position];
+        // An empty string is a slice the mask misses: hide the layer, load nothing.
+        if (source) { layers[key].src = source; layers[key].hidden = false; }
+        else { layers[key].removeAttribute("src"); layers[key].hidden = true; }
+      });
+      label.textContent = "slice " + data.slices[position] + " (" + (position + 1) +
+        " of " + count + " shown)";
+    }
+    function applyVisibility() {
+      ["reference", "prediction"].forEach(function (key) {
+        var box = viewer.querySelector(".show-" + key);
+        if (!layers[key] || !box) { return; }
+        layers[key].style.opacity = box.checked ? String(opacity.value / 100) : "0";
+      });
+    }
+    slider.addEventListener("input", function () { show(parseInt(slider.value, 10)); });
+    stage.addEventListener("wheel", function (event) {
+      event.preventDefault();
+      if (event.deltaY === 0) { return; }
+      show(parseInt(slider.value, 10) + (event.deltaY > 0 ? 1 : -1));
+    }, { passive: false });
+    opacity.addEventListener("input", applyVisibility);
+    viewer.querySelectorAll("input[type=checkbox]").forEach(function (box) {
+      box.addEventListener("change", applyVisibility);
+    });
+    show(parseInt(slider.value, 10));
+    applyVisibility();
+  }
+  document.querySelectorAll("section.viewer").forEach(setupViewer);
+})();
+"""
