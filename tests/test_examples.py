@@ -8,26 +8,35 @@ parallel maps and the CPU's floating-point kernels.
 """
 
 import csv
-import importlib.util
+import json
 import pathlib
-import sys
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from kseg.recipes import load
+
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+# examples/<script>.py -> the kseg.recipes module it runs
+RECIPE_OF_EXAMPLE = {
+    "chaos_liver": "chaos_liver",
+    "lctsc_lungs": "lctsc_lungs",
+    "xray_multiclass": "xray_multiclass",
+    "msd_spleen_highresnet": "msd_spleen",
+}
 
 
 def load_example(name):
-    """examples/<name>.py as a module. The scripts import ``_common`` from beside
-    themselves, where ``python examples/<name>.py`` finds it first on ``sys.path``."""
-    if str(EXAMPLES) not in sys.path:
-        sys.path.insert(0, str(EXAMPLES))
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The recipe module examples/<name>.py runs (the script is a two-line wrapper)."""
+    return load(RECIPE_OF_EXAMPLE[name])
+
+
+def test_example_scripts_are_wrappers_of_their_recipes():
+    for script, recipe in RECIPE_OF_EXAMPLE.items():
+        source = (EXAMPLES / f"{script}.py").read_text()
+        assert f"from kseg.recipes import {recipe}\n" in source
+        assert source.rstrip().endswith(f"{recipe}.main()")
 
 
 # Ten epochs of a U-Net with 8 base filters on two training patients of 16 slices at the
@@ -47,7 +56,7 @@ def test_chaos_liver_example_end_to_end(tmp_path, capsys):
     # 6 patients dealt round-robin into 3 folds: fold0, the test fold, holds two of them
     assert len(table) == 2
     assert (tmp_path / "tfds" / "chaos" / "ct_3fold").is_dir()
-    with open(tmp_path / "test_scores.csv", newline="") as handle:
+    with open(tmp_path / "evaluation" / "test" / "scores.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["patient_id"] for row in rows] == table.patient_ids
     assert [float(row["dice"]) for row in rows] == table.column("dice").tolist()
@@ -58,6 +67,10 @@ def test_chaos_liver_example_end_to_end(tmp_path, capsys):
     assert "s CPU (" in printed.splitlines()[-1]  # the closing run-time line
     assert (tmp_path / "best.keras").is_file() and (tmp_path / "history.csv").is_file()
     assert not (tmp_path / "backup").exists()  # BackupAndRestore clears it after a full run
+    # the post-processing validation chose, recorded for evaluate and predict
+    chosen = printed.split("Validation Dice without / with largest-component cleanup: ")[1]
+    recorded = json.loads((tmp_path / "config.json").read_text())["inference"]["postprocess"]
+    assert chosen.split("-> ")[1].splitlines()[0] == recorded
 
 
 @pytest.mark.slow
@@ -76,7 +89,7 @@ def test_msd_spleen_example_end_to_end(tmp_path):
     # 5 labelled cases in 5 folds: the test fold holds one, scored on its NIfTI grid
     assert len(table) == 1 and set(table.metric_names) == {"dice", "hd95"}
     patient = table.patient_ids[0]
-    written = nib.load(tmp_path / "predictions" / f"{patient}.nii.gz")
+    written = nib.load(tmp_path / "evaluation" / "test" / "predictions" / f"{patient}.nii.gz")
     label = nib.load(tmp_path / "phantom" / "Task09_Spleen" / "labelsTr" / f"{patient}.nii.gz")
     prediction = np.asarray(written.dataobj) == 1
     truth = np.asarray(label.dataobj) == 1
@@ -85,4 +98,10 @@ def test_msd_spleen_example_end_to_end(tmp_path):
     assert prediction.any() and truth.any()
     dice = 2 * np.sum(prediction & truth) / (prediction.sum() + truth.sum())
     assert table.rows[0]["dice"] == pytest.approx(dice)
-    assert (tmp_path / "test_patients.csv").is_file() and (tmp_path / "best.keras").is_file()
+    assert (tmp_path / "evaluation" / "test" / "scores.csv").is_file()
+    assert (tmp_path / "best.keras").is_file()
+    # the case file holds the arrays the row was scored on, on the label file's grid
+    with np.load(tmp_path / "evaluation" / "test" / "cases" / f"{patient}.npz") as case:
+        np.testing.assert_array_equal(case["reference"], np.transpose(truth.astype(np.uint8)))
+        np.testing.assert_array_equal(case["prediction"] == 1, np.transpose(prediction))
+        assert case["image"].shape == (12, 32, 32) and case["image"].dtype == np.float32

@@ -38,6 +38,12 @@ PHANTOM_TRAIN_PATIENTS = {
     "LCTSC-Train-S1-002", "LCTSC-Train-S2-002",
 }
 PHANTOM_TEST_PATIENT = "LCTSC-Test-S1-101"
+# where each test split's table is written: RUN/evaluation/<evaluation name>/scores.csv
+EVALUATION_OF_SPLIT = {"fold0": "test", "challenge_test": "challenge_test"}
+
+
+def scores(output_dir, split):
+    return output_dir / "evaluation" / EVALUATION_OF_SPLIT[split] / "scores.csv"
 
 
 def read_csv(path):
@@ -53,7 +59,7 @@ def check_lctsc_tables(output_dir, tables):
     assert tables["fold0"].patient_ids[0] in PHANTOM_TRAIN_PATIENTS
     assert tables["challenge_test"].patient_ids == [PHANTOM_TEST_PATIENT]
     for split, table in tables.items():
-        rows = read_csv(output_dir / f"test_{split}.csv")
+        rows = read_csv(scores(output_dir, split))
         assert [row["patient_id"] for row in rows] == table.patient_ids
     assert (output_dir / "best.keras").is_file() and (output_dir / "history.csv").is_file()
 
@@ -62,7 +68,7 @@ def check_lctsc_tables(output_dir, tables):
 def test_lctsc_lungs_example_end_to_end(tmp_path):
     tables = load_example("lctsc_lungs").main(["--output-dir", str(tmp_path), *TINY_LCTSC])
     check_lctsc_tables(tmp_path, tables)
-    row = read_csv(tmp_path / "test_challenge_test.csv")[0]
+    row = read_csv(scores(tmp_path, "challenge_test"))[0]
     assert {"dice", "hd95", "assd"} <= set(row)
     for split in ("fold0", "challenge_test"):
         assert tables[split].summary()["dice"]["mean"] >= LCTSC_MIN_LUNG_DICE
@@ -75,11 +81,11 @@ def test_lctsc_organs_example_scores_every_organ(tmp_path):
         ["--config", "organs", "--output-dir", str(tmp_path), *TINY_LCTSC]
     )
     check_lctsc_tables(tmp_path, tables)
-    columns = set(read_csv(tmp_path / "test_fold0.csv")[0]) - {"patient_id"}
+    columns = set(read_csv(scores(tmp_path, "fold0"))[0]) - {"patient_id"}
     assert columns == {f"{metric}_{organ}" for organ in LCTSC_ROI_NAMES
                        for metric in ("dice", "hd95", "reference_empty")}
     # every phantom patient has every organ, so no row may be scored against an empty mask
-    for row in read_csv(tmp_path / "test_fold0.csv"):
+    for row in read_csv(scores(tmp_path, "fold0")):
         assert {row[f"reference_empty_{organ}"] for organ in LCTSC_ROI_NAMES} == {"False"}
     # softmax over background and the five organs
     assert kseg.load_model(tmp_path / "best.keras").output_shape[-1] == 1 + len(LCTSC_ROI_NAMES)
@@ -92,7 +98,7 @@ def test_xray_multiclass_example_end_to_end(tmp_path):
     assert len(written) == 20
     # one image per patient, 20 patients in 5 folds: the test fold holds 4 of the images,
     # each row named by its image id, the file name
-    rows = read_csv(tmp_path / "test_per_image.csv")
+    rows = read_csv(tmp_path / "evaluation" / "test" / "scores.csv")
     assert len(rows) == 4 and {row["patient_id"] for row in rows} <= written
     assert [row["patient_id"] for row in rows] == table.patient_ids
     assert {f"dice_{name}" for name in ("lungs", "heart", "clavicles")} <= set(rows[0])

@@ -224,7 +224,8 @@ def test_output_dir_that_is_a_file_is_one_usage_line(tmp_path, capsys):
 def test_a_kseg_error_during_the_run_is_printed_without_traceback(monkeypatch, capsys):
     from kseg.errors import LayoutError
 
-    common = load_example("_common")
+    from kseg.recipes import _common as common
+
     monkeypatch.setattr(sys, "argv", ["chaos_liver.py"])
 
     def main():

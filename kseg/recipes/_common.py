@@ -1,10 +1,9 @@
-"""What the four example scripts share: the ``--folds`` option and its check, the TFDS
-build step, progress settings and the closing run-time line.
+"""What the recipes share: the ``--folds`` option and its check, the tuning options, the
+TFDS build step, progress settings and the closing run-time line.
 
-Standard library only at import time: the examples import this before parsing their
+Standard library only at import time: the recipes import this before parsing their
 arguments, and ``--help`` or a bad argument must answer before TensorFlow loads (tens of
-seconds on a busy machine). The scripts find it beside themselves (``python
-examples/<name>.py`` puts ``examples/`` first on ``sys.path``).
+seconds on a busy machine).
 """
 
 from __future__ import annotations
@@ -105,13 +104,14 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
                      "time budget")
 
 
-def run(main) -> None:
-    """Call ``main()``; a kseg error (a file or folder of the data that is wrong) ends the
-    script with its message, which names the file, instead of a traceback (exit code 1)."""
+def run(main):
+    """Call ``main()`` and return what it returns; a kseg error (a file or folder of the
+    data that is wrong) ends the script with its message, which names the file, instead of
+    a traceback (exit code 1)."""
     from kseg.errors import KsegError  # standard library only: TensorFlow is not loaded here
 
     try:
-        main()
+        return main()
     except KsegError as error:
         print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
         sys.exit(1)
@@ -186,3 +186,78 @@ class RunClock:
         wall = time.perf_counter() - self._wall
         return (f"{wall:.0f} s wall clock, {user + system:.0f} s CPU "
                 f"({user:.0f} s user + {system:.0f} s system)")
+
+
+def parse_args(recipe, argv=None) -> argparse.Namespace:
+    """A recipe's command line (its ``add_arguments`` and ``finish_arguments``), checked
+    before TensorFlow loads; usage errors exit with code 2."""
+    parser = argparse.ArgumentParser(description=recipe.DESCRIPTION)
+    recipe.add_arguments(parser)
+    args = parser.parse_args(argv)
+    recipe.finish_arguments(parser, args)
+    return args
+
+
+TUNING_STRATEGIES = ("random", "bayesian", "hyperband", "grid", "staged")
+
+
+def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a recipe's ``tune``: the search strategy, its budget and, for the
+    staged search, its stages. Epochs per trial are the recipe's ``--epochs``."""
+    parser.add_argument("--strategy", choices=TUNING_STRATEGIES, default="random",
+                        help="Keras Tuner search (kseg.tuning.tuner); default %(default)s")
+    parser.add_argument("--max-trials", type=int, default=None,
+                        help="trials of a random or bayesian search (default 4), at most "
+                             "this many of a grid (default: every combination); hyperband "
+                             "derives its trials from --epochs")
+    parser.add_argument("--stages", nargs="+", metavar="NAME=V1,V2", default=None,
+                        help="staged search: one hyperparameter per stage with the values "
+                             "to try, e.g. loss=dice,dice_ce base_filters=8,16 (default: "
+                             "the recipe's stages)")
+
+
+def parse_stages(parser: argparse.ArgumentParser, stages) -> list[tuple[str, list]] | None:
+    """``["loss=dice,dice_ce", "base_filters=8,16"]`` as ``[("loss", ["dice", "dice_ce"]),
+    ("base_filters", [8, 16])]``; numbers become ``int`` or ``float``. Usage error (exit 2)
+    for an item without ``=`` or without values."""
+    if stages is None:
+        return None
+    parsed = []
+    for item in stages:
+        name, separator, values = item.partition("=")
+        listed = [value for value in values.split(",") if value]
+        if not separator or not name or not listed:
+            parser.error(f"--stages takes NAME=V1,V2,... items, got {item!r}")
+        parsed.append((name, [_number_or_text(value) for value in listed]))
+    return parsed
+
+
+def _number_or_text(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            continue
+    return value
+
+
+def check_tuning_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (exit 2) for a tuning budget no search can use, and the stages parsed."""
+    max_trials = getattr(args, "max_trials", None)
+    if max_trials is not None and max_trials < 1:
+        parser.error(f"--max-trials must be at least 1, got {max_trials}")
+    strategy = getattr(args, "strategy", "random")
+    if strategy == "hyperband" and max_trials is not None:
+        parser.error("--max-trials does not apply to --strategy hyperband, which derives its "
+                     "trials from --epochs")
+    if getattr(args, "stages", None) is not None:
+        if strategy != "staged":
+            parser.error(f"--stages applies to --strategy staged only, not {strategy}")
+        args.stages = parse_stages(parser, args.stages)
+
+
+def evaluation_name(split: str, input_dir) -> str:
+    """The folder name under ``RUN/evaluation``: the split, or ``input-<folder name>``."""
+    if input_dir is None:
+        return split
+    return f"input-{os.path.basename(os.path.normpath(os.fspath(input_dir)))}"

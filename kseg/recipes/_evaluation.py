@@ -1,0 +1,171 @@
+"""What the recipes' ``evaluate`` share: the ``RUN/evaluation/<name>/`` folder, the per-case
+``.npz`` files the report's slice viewer reads, scoring a 2D model with those files
+written, and the TFDS dataset of an ``--input`` folder.
+
+Each case file holds exactly the arrays its table row was scored on: the prediction is the
+label map after thresholding (or argmax) and post-processing, the reference is the stored
+mask, both on the grid the scores were computed on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+
+import numpy as np
+
+from kseg._files import atomic_output
+from kseg.evaluation import (
+    PatientTable,
+    _labels_from_probabilities,
+    _postprocessed,
+    _warn_empty_references,
+    evaluate_volumes,
+    predict_on_mask_grid,
+    reassemble_slices,
+)
+
+# A patient id becomes a file name; path separators or a leading dot would put it elsewhere.
+_SAFE_FILE_NAME = re.compile(r"^[^/\\\x00]+$")
+
+
+def evaluation_folder(run_dir, name: str) -> pathlib.Path:
+    return pathlib.Path(run_dir) / "evaluation" / name
+
+
+def write_case(cases_dir, patient_id: str, *, image, reference, prediction, spacing) -> pathlib.Path:
+    """Write ``cases_dir/<patient_id>.npz`` (atomically) for the report's slice viewer.
+
+    Args:
+        image: display intensities in [0, 1], ``(S, H, W)`` (``(H, W)`` for one image).
+        reference: label values on the same grid, or ``None`` for an unlabelled case.
+        prediction: predicted label values on the same grid.
+        spacing: mm of (slice, row, column).
+
+    Raises:
+        ValueError: a patient id that cannot be a file name, arrays on different grids,
+            an image outside [0, 1], labels outside 0..255 or a spacing not of 3 numbers.
+    """
+    patient_id = str(patient_id)
+    if not _SAFE_FILE_NAME.match(patient_id) or patient_id in (".", ".."):
+        raise ValueError(f"patient id {patient_id!r} cannot name a case file")
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == 2:
+        image = image[None]
+    arrays = {"image": image}
+    for key, labels in (("reference", reference), ("prediction", prediction)):
+        if labels is None:
+            continue
+        labels = np.asarray(labels)
+        labels = labels[None] if labels.ndim == 2 else labels
+        if labels.shape != image.shape:
+            raise ValueError(f"case {patient_id}: {key} {labels.shape} is not on the image "
+                             f"grid {image.shape}")
+        if labels.size and (labels.min() < 0 or labels.max() > 255):
+            raise ValueError(f"case {patient_id}: {key} labels outside 0..255")
+        arrays[key] = labels.astype(np.uint8)
+    if image.ndim != 3:
+        raise ValueError(f"case {patient_id}: image must be (S, H, W), got {image.shape}")
+    if image.size and not (np.all(np.isfinite(image)) and image.min() >= 0 and image.max() <= 1):
+        raise ValueError(f"case {patient_id}: display image must lie in [0, 1]")
+    arrays["spacing"] = np.asarray(spacing, dtype=np.float64)
+    if arrays["spacing"].shape != (3,):
+        raise ValueError(f"case {patient_id}: spacing must be 3 numbers, got {spacing!r}")
+    path = pathlib.Path(cases_dir) / f"{patient_id}.npz"
+    with atomic_output(path) as temporary:
+        np.savez_compressed(temporary, **arrays)
+    return path
+
+
+def score_slice_cases(
+    model,
+    volumes,
+    *,
+    cases_dir,
+    metrics,
+    labels=None,
+    threshold: float = 0.5,
+    postprocess=None,
+) -> PatientTable:
+    """Score a 2D model per patient and write each case file as the row is scored.
+
+    Args:
+        model: a 2D ``keras.Model``.
+        volumes: ``(patient_id, model inputs (S, h, w, C), display image (S, H, W, 1) in
+            [0, 1], mask (S, H, W), spacing)``; one radiograph as ``(h, w, C)``,
+            ``(H, W, 1)`` and ``(H, W)`` (scored in 2D, so distances measure its outline).
+            Spacing ``None`` scores distances in pixels and records 1 mm in the case file.
+        metrics, labels, threshold: as in :func:`kseg.evaluation.evaluate_volumes`.
+        postprocess: ``label map -> label map`` applied before scoring.
+
+    Returns:
+        The table, rows sorted by patient id (as :func:`kseg.evaluation.evaluate_slices`).
+    """
+
+    def cases():
+        for patient_id, inputs, display, mask, spacing in volumes:
+            (_, mask, probabilities, _), = predict_on_mask_grid(
+                model, [(patient_id, inputs, mask, spacing)]
+            )
+            predicted = _labels_from_probabilities(probabilities, threshold).astype(np.uint8)
+            predicted = _postprocessed(patient_id, predicted, postprocess)
+            shown = np.asarray(display)[..., 0]
+            case_spacing = (1.0, 1.0, 1.0) if spacing is None else spacing
+            write_case(cases_dir, patient_id, image=shown, reference=mask, prediction=predicted,
+                       spacing=case_spacing)
+            yield patient_id, mask, predicted, spacing
+
+    table = evaluate_volumes(cases(), metrics=metrics, labels=labels, threshold=threshold,
+                             progress=False, warn_empty=False)
+    table = PatientTable(sorted(table.rows, key=lambda row: row["patient_id"]))
+    _warn_empty_references("evaluate", table)
+    return table
+
+
+def slice_volumes(make_dataset, *, window, image_size):
+    """Whole volumes of a per-slice split for :func:`score_slice_cases`: the model input
+    made exactly as training made it (:func:`kseg.data.pipeline.model_input`) and the same
+    intensities on the stored grid for display.
+
+    Args:
+        make_dataset: ``() -> tf.data.Dataset`` of the split's slice examples (read twice).
+        window, image_size: as in ``model_input``.
+    """
+    from kseg.data.pipeline import model_input
+
+    model_inputs = reassemble_slices(
+        make_dataset(), preprocess=model_input(window=window, image_size=image_size)
+    )
+    displays = reassemble_slices(make_dataset(), preprocess=model_input(window=window))
+    for (patient_id, inputs, mask, spacing), (shown_id, display, _, _) in zip(
+        model_inputs, displays, strict=True
+    ):
+        if shown_id != patient_id:
+            raise ValueError(f"slices of {patient_id!r} and {shown_id!r} arrived interleaved "
+                             "differently in two reads of one split")
+        yield patient_id, inputs, display, mask, spacing
+
+
+def input_builder(builder_class, config, input_dir, run_dir, name: str):
+    """The TFDS dataset of ``input_dir`` (a folder in the download's layout), prepared once
+    in ``run_dir/tfds-<name>`` with ``config``'s classes and checks in two folds (the
+    fewest a builder deals); every patient of it is scored."""
+    from kseg.recipes import _common
+
+    config = dataclasses.replace(config, name=f"{config.name}_input", num_folds=2)
+    builder = builder_class(config=config, data_dir=str(pathlib.Path(run_dir) / f"tfds-{name}"))
+    _common.prepare(builder, input_dir)
+    return builder
+
+
+def every_split(builder, *, exclude=()) -> str:
+    """All splits of a prepared dataset as one TFDS split expression (``fold0+fold1``)."""
+    return "+".join(sorted(split for split in builder.info.splits if split not in exclude))
+
+
+def save_table(table: PatientTable, folder) -> pathlib.Path:
+    path = pathlib.Path(folder) / "scores.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(path)
+    return path

@@ -1,0 +1,91 @@
+"""What the recipes' ``tune`` share: one Keras Tuner search (:func:`kseg.tuning.tuner`) over
+a :class:`kseg.tuning.SegmentationHyperModel`, trials ranked by the whole-volume validation
+Dice that :class:`kseg.training.VolumeValidation` writes, its state and a ``results.json``
+in ``RUN/tuning/<strategy>/``. A search that was stopped continues when run again.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from kseg._files import atomic_output
+
+DEFAULT_MAX_TRIALS = 4
+
+
+def search_space(args, space: dict, *, stages) -> tuple[dict, list | None]:
+    """The hypermodel arguments and stages for ``args.strategy``: a grid searches listed
+    values only, so the learning-rate range is pinned to ``--learning-rate`` there; a
+    staged search takes ``--stages`` or the recipe's default ``stages``."""
+    strategy = getattr(args, "strategy", "random")
+    space = dict(space)
+    if strategy == "grid":
+        space["learning_rate"] = args.learning_rate
+    if strategy != "staged":
+        return space, None
+    return space, getattr(args, "stages", None) or stages
+
+
+def run_search(args, hypermodel, *, train, validation_data, volume_validation, stages=None,
+               steps_per_epoch=None) -> dict:
+    """Run the search of ``args.strategy`` (``args.max_trials``, ``args.epochs`` per trial)
+    and write ``RUN/tuning/<strategy>/results.json``; returns its content."""
+    import keras
+
+    from kseg.tuning import DEFAULT_OBJECTIVE, tuner
+
+    strategy = getattr(args, "strategy", "random")
+    max_trials = getattr(args, "max_trials", None)
+    budget = {}
+    if strategy in ("random", "bayesian"):
+        budget["max_trials"] = max_trials or DEFAULT_MAX_TRIALS
+    elif strategy == "grid":
+        budget["max_trials"] = max_trials
+    elif strategy == "hyperband":
+        budget["max_epochs"] = args.epochs
+    folder = pathlib.Path(args.output_dir) / "tuning"
+    keras.utils.set_random_seed(args.seed)
+    search = tuner(strategy, hypermodel, directory=str(folder), project_name=strategy,
+                   seed=args.seed, stages=stages, **budget)
+    fit = {"epochs": args.epochs, "callbacks": [volume_validation], "verbose": 0}
+    if steps_per_epoch is not None:
+        fit["steps_per_epoch"] = steps_per_epoch
+    search.search(train, validation_data=validation_data, **fit)
+
+    # val_volume_dice: higher is better
+    ranked = sorted(
+        ((name, trial) for name, trial in _trials(search) if trial.score is not None),
+        key=lambda named: named[1].score, reverse=True,
+    )  # fmt: skip
+    results = {
+        "strategy": strategy,
+        "objective": DEFAULT_OBJECTIVE,
+        "epochs_per_trial": args.epochs,
+        "best_hyperparameters": ranked[0][1].hyperparameters.values if ranked else None,
+        "best_score": ranked[0][1].score if ranked else None,
+        "trials": [
+            {"trial": name, "score": trial.score, "status": str(trial.status),
+             "hyperparameters": trial.hyperparameters.values}
+            for name, trial in ranked
+        ],
+    }
+    path = folder / strategy / "results.json"
+    with atomic_output(path) as temporary:
+        pathlib.Path(temporary).write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\n{len(ranked)} trials ranked by whole-volume validation Dice ({DEFAULT_OBJECTIVE}):")
+    for _, trial in ranked:
+        print(f"  {trial.score:.4f}  {trial.hyperparameters.values}")
+    print(f"Results in {path}")
+    return results
+
+
+def _trials(search) -> list[tuple[str, object]]:
+    """``(name, trial)`` of every trial of the search; a staged search's trials are named
+    ``<stage hyperparameter>/<trial id>`` (each stage numbers its trials from 0)."""
+    from kseg.tuning import StagedSearch
+
+    if isinstance(search, StagedSearch):
+        return [(f"{result.name}/{trial.trial_id}", trial) for result in search.results
+                for trial in result.tuner.oracle.trials.values()]
+    return [(trial.trial_id, trial) for trial in search.oracle.trials.values()]

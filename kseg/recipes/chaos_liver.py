@@ -1,0 +1,301 @@
+"""CHAOS liver CT: a 2D U-Net from the challenge's DICOM files to a per-patient Dice table.
+
+The recipe behind ``examples/chaos_liver.py`` (its docstring tells the story): the
+``chaos/ct`` TFDS dataset in ``--folds`` patient-level folds (fold0 test, fold1
+validation), abdomen window, ``unet_small`` with Combo loss, the best model kept by
+whole-volume validation Dice on the original grid, and nnU-Net's post-processing rule
+(keep the largest liver component if that raises the mean validation Dice), decided once
+after training and recorded in ``config.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import time
+
+from kseg.recipes import _common
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DESCRIPTION = "CHAOS liver CT: from DICOM files to a per-patient Dice table."
+DATASET = "chaos"
+LABELS = {"liver": 1}
+WINDOW = "abdomen"
+POSTPROCESSING_CHOICES = ("none", "largest-component")
+METRICS = ("dice", "iou", "precision", "recall", "specificity", "hd95", "assd")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--data-dir", type=pathlib.Path,
+                        help="real CHAOS download (folder holding Train_Sets/); "
+                             "default: a synthetic phantom tree")
+    parser.add_argument("--output-dir", type=pathlib.Path, default=None,
+                        help="default: kseg_runs/chaos_liver[_phantom]")
+    parser.add_argument("--tfds-dir", type=pathlib.Path, default=None,
+                        help="where TFDS writes the prepared dataset (default: in output-dir)")
+    _common.add_folds_argument(parser)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--image-size", type=int, default=128,
+                        help="in-plane size the model trains at; scores use the original grid")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--base-filters", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--postprocess", choices=("auto", *POSTPROCESSING_CHOICES),
+                        default="auto",
+                        help="auto: keep the largest component if it raises validation Dice")
+    phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
+    phantom.add_argument("--phantom-patients", type=int, default=10)
+    phantom.add_argument("--phantom-slices", type=int, default=32)
+    phantom.add_argument("--phantom-size", type=int, default=512, help="in-plane pixels")
+
+
+def finish_arguments(parser, args) -> None:
+    _common.check_arguments(parser, args)
+    _common.check_tuning_arguments(parser, args)
+    if args.output_dir is None:
+        suffix = "" if args.data_dir else "_phantom"
+        args.output_dir = pathlib.Path("kseg_runs") / f"chaos_liver{suffix}"
+    args.tfds_dir = args.tfds_dir or args.output_dir / "tfds"
+    args.manual_dir = args.data_dir or args.output_dir / "phantom_chaos"
+    patients, source = _common.patients_and_source(
+        ct_patients_on_disk(args.manual_dir), args.manual_dir,
+        None if args.data_dir else args.phantom_patients, "--phantom-patients",
+    )
+    _common.check_folds(parser, args.folds, patients, source)
+
+
+def parse_args(argv=None):
+    """The command line, checked before TensorFlow loads (standard library only)."""
+    return _common.parse_args(sys.modules[__name__], argv)
+
+
+def ct_patients_on_disk(manual_dir: pathlib.Path) -> int | None:
+    """CT patient folders (named by number, as the ``chaos`` builder reads them), or
+    ``None`` when there is no ``Train_Sets/CT`` yet."""
+    ct_dir = pathlib.Path(manual_dir) / "Train_Sets" / "CT"
+    if not ct_dir.is_dir():
+        return None
+    return sum(1 for path in ct_dir.iterdir() if path.is_dir() and path.name.isdigit())
+
+
+def prepare(args):
+    """The ``chaos`` CT dataset in ``--folds`` folds, built once from the phantom (written
+    on first use) or the download."""
+    from kseg.phantoms import chaos
+    from tfds_builders.chaos import Builder
+
+    manual_dir = pathlib.Path(args.manual_dir)
+    if args.data_dir is None and not (manual_dir / "Train_Sets").exists():
+        with _common.writing_phantom(manual_dir, args.phantom_patients):
+            chaos.write_chaos(manual_dir, modality="CT", num_patients=args.phantom_patients,
+                              num_slices=args.phantom_slices, size=args.phantom_size,
+                              seed=args.seed)
+    config = _common.with_folds(Builder.builder_configs["ct"], args.folds)
+    builder = Builder(config=config, data_dir=str(args.tfds_dir))
+    _common.prepare(builder, manual_dir)
+    return builder
+
+
+def _splits(args):
+    from kseg.data.splits import split_names
+
+    return split_names(args.folds, test_fold=0, validation_fold=1)
+
+
+def _image_size(args) -> tuple[int, int]:
+    return (args.image_size, args.image_size)
+
+
+def _training_data(args, builder, splits):
+    """Augmented training batches, validation slice batches, and the whole-volume
+    validation that picks the checkpoint."""
+    import kseg.augment
+    from kseg.data.pipeline import model_input, segmentation_dataset
+    from kseg.training import VolumeValidation
+
+    size = _image_size(args)
+    train = segmentation_dataset(
+        builder.as_dataset(split=splits["train"]), window=WINDOW, image_size=size,
+        batch_size=args.batch_size, augment=kseg.augment.segmentation_augmenter(seed=args.seed),
+        shuffle_buffer=1024, cache=True, seed=args.seed,
+    )  # fmt: skip
+    validation_slices = segmentation_dataset(
+        builder.as_dataset(split=splits["validation"]),
+        window=WINDOW, image_size=size, batch_size=args.batch_size, cache=True,
+    )
+    # whole-volume Dice of each validation patient, on the original grid, with the model
+    # input exactly as segmentation_dataset makes it for training
+    validation = VolumeValidation.from_slices(
+        builder.as_dataset(split=splits["validation"]),
+        preprocess=model_input(window=WINDOW, image_size=size),
+    )
+    return train, validation_slices, validation
+
+
+def _inference(args, postprocess: str) -> dict:
+    return {
+        "kind": "slices", "window": WINDOW, "image_size": list(_image_size(args)),
+        "num_classes": 1, "threshold": 0.5, "postprocess": postprocess, "modality": "CT",
+    }  # fmt: skip
+
+
+def _train(args):
+    import keras
+
+    import kseg
+    import kseg.losses
+    import kseg.metrics
+    import kseg.models
+    from kseg.recipes import run_config
+    from kseg.tracking import tracking_callbacks
+    from kseg.training import training_callbacks
+
+    run_dir = pathlib.Path(args.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+    builder = prepare(args)
+    run_config.write_config(run_dir, args, "chaos_liver", builder, LABELS,
+                            _inference(args, args.postprocess))
+    splits = _splits(args)
+    train, validation_slices, validation = _training_data(args, builder, splits)
+    for name, split in splits.items():
+        count = builder.info.splits[split].num_examples
+        print(f"{name:>10}: {split:<18} {count} slices")
+
+    model = kseg.models.build(
+        "unet_small", input_shape=(*_image_size(args), 1), num_classes=1,
+        base_filters=args.base_filters, dropout=0.1,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=kseg.losses.ComboLoss(alpha=2 / 3, beta=0.5),
+        metrics=[kseg.metrics.DiceScore(name="dice")],
+    )
+    # whole-volume validation Dice drives the best checkpoint and the learning rate;
+    # BackupAndRestore makes a crashed run resumable
+    callbacks = training_callbacks(run_dir, validation) + tracking_callbacks(run_dir)
+    fit_started = time.perf_counter()
+    model.fit(train, validation_data=validation_slices, epochs=args.epochs,
+              callbacks=callbacks, verbose=_common.fit_verbosity())
+    fit_seconds = time.perf_counter() - fit_started
+
+    best_path = run_dir / "best.keras"
+    if args.postprocess == "auto":
+        _choose_postprocessing(args, kseg.load_model(best_path), builder, splits)
+    return best_path, fit_seconds
+
+
+def train(args) -> pathlib.Path:
+    """Write ``RUN/config.json``, train (resuming a crashed run), decide the
+    post-processing on validation; returns ``RUN/best.keras``."""
+    return _train(args)[0]
+
+
+def _choose_postprocessing(args, model, builder, splits) -> str:
+    """nnU-Net's choice on the validation patients
+    (:func:`kseg.evaluation.choose_postprocessing`), recorded in ``config.json``."""
+    from kseg.data.pipeline import model_input
+    from kseg.evaluation import choose_postprocessing, predict_on_mask_grid, reassemble_slices
+    from kseg.recipes import run_config
+
+    preprocess = model_input(window=WINDOW, image_size=_image_size(args))
+    validation = predict_on_mask_grid(
+        model, reassemble_slices(builder.as_dataset(split=splits["validation"]),
+                                 preprocess=preprocess)
+    )
+    chosen = choose_postprocessing(validation)
+    name = "largest-component" if chosen.labels else "none"
+    print("Validation Dice without / with largest-component cleanup: "
+          f"{chosen.dice_without['dice']:.4f} / {chosen.dice_with['dice']:.4f} -> {name}")
+    run_config.update_inference(args.output_dir, postprocess=name)
+    return name
+
+
+def evaluate(args, *, split: str = "test", input_dir=None):
+    """Score the best model per patient, whole volumes on the original grid, with the
+    post-processing recorded in ``config.json``: on ``split`` (``"test"`` or
+    ``"validation"``) or on every patient of ``input_dir`` (a folder in the CHAOS layout).
+    Writes ``RUN/evaluation/<name>/scores.csv`` and ``cases/<patient>.npz``."""
+    import kseg
+    from kseg.inference import keep_largest_component
+    from kseg.recipes import _evaluation, run_config
+    from tfds_builders.chaos import Builder
+
+    run_dir = pathlib.Path(args.output_dir)
+    config = run_config.read_config(run_dir)
+    model = kseg.load_model(run_dir / "best.keras")
+    builder = prepare(args)
+    postprocess = config["inference"]["postprocess"]
+    if postprocess == "auto":  # training stopped before it chose
+        postprocess = _choose_postprocessing(args, model, builder, _splits(args))
+    name = _common.evaluation_name(split, input_dir)
+    if input_dir is None:
+        if split not in ("test", "validation"):
+            raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+        examples_split = _splits(args)[split]
+    else:
+        builder = _evaluation.input_builder(Builder, Builder.builder_configs["ct"], input_dir,
+                                            run_dir, name)
+        examples_split = _evaluation.every_split(builder)
+    folder = _evaluation.evaluation_folder(run_dir, name)
+    table = _evaluation.score_slice_cases(
+        model,
+        _evaluation.slice_volumes(lambda: builder.as_dataset(split=examples_split),
+                                  window=WINDOW, image_size=_image_size(args)),
+        cases_dir=folder / "cases", metrics=METRICS,
+        postprocess={"none": None, "largest-component": keep_largest_component}[postprocess],
+    )  # fmt: skip
+    _evaluation.save_table(table, folder)
+    source = "real CHAOS" if args.data_dir else "SYNTHETIC phantom"
+    if input_dir is not None:
+        source = str(input_dir)
+    print(f"\nPer-patient {name} scores ({source} data, whole volumes, original grid, "
+          f"post-processing: {postprocess}):")
+    print(table)
+    return table
+
+
+def tune(args) -> dict:
+    """Random / Bayesian / Hyperband / grid / staged search of the U-Net's width, loss and
+    learning rate on the training folds, trials ranked by whole-volume validation Dice;
+    results in ``RUN/tuning/<strategy>/``."""
+    import keras
+
+    from kseg.recipes import _tuning
+    from kseg.tuning import SegmentationHyperModel
+
+    keras.utils.set_random_seed(args.seed)
+    builder = prepare(args)
+    train, validation_slices, validation = _training_data(args, builder, _splits(args))
+    base_filters = [args.base_filters, 2 * args.base_filters]
+    losses = ["combo", "dice_ce"]
+    space, stages = _tuning.search_space(
+        args,
+        {"base_filters": base_filters, "losses": losses,
+         "learning_rate": (args.learning_rate / 10, args.learning_rate)},
+        stages=[("loss", losses), ("base_filters", base_filters)],
+    )  # fmt: skip
+    hypermodel = SegmentationHyperModel(
+        (*_image_size(args), 1), 1, models="unet_small", depth=3, dropout=0.1,
+        loss_kwargs={"combo": {"alpha": 2 / 3, "beta": 0.5}}, **space,
+    )
+    return _tuning.run_search(args, hypermodel, train=train, validation_data=validation_slices,
+                              volume_validation=validation, stages=stages)
+
+
+def _main(argv=None):
+    args = parse_args(argv)
+    clock = _common.RunClock()
+    best_path, fit_seconds = _train(args)
+    table = evaluate(args, split="test")
+    print(f"\nSaved {best_path} and {pathlib.Path(args.output_dir) / 'evaluation' / 'test'}")
+    print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
+    return table
+
+
+def main(argv=None):
+    """The example: prepare, train, evaluate on the test fold; returns the test table."""
+    return _common.run(lambda: _main(argv))

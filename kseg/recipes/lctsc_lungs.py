@@ -1,0 +1,329 @@
+"""LCTSC thoracic CT: a 2D U-Net from DICOM + RTSTRUCT to per-patient Dice tables for the lungs
+(or five organs).
+
+The recipe behind ``examples/lctsc_lungs.py`` (its docstring tells the story): an
+``lctsc`` builder config (``--config``) in ``--folds`` patient-level folds of the training
+patients (fold0 test, fold1 validation), the challenge's own ``LCTSC-Test-*`` patients in
+the ``challenge_test`` split, lung window, ``unet_small`` with Dice + cross-entropy (sigmoid
+for the lungs, softmax over the organs), the best model kept by whole-volume validation
+Dice (the mean over organs) on the original grid.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import time
+
+from kseg.recipes import _common
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DESCRIPTION = ("LCTSC thoracic CT: lungs (or five organs) from DICOM + RTSTRUCT to "
+               "per-patient Dice tables.")
+DATASET = "lctsc"
+WINDOW = "lung"
+BINARY_METRICS = ("dice", "iou", "precision", "recall", "hd95", "assd")
+# The challenge's own test patients, in no fold (the lctsc builder's rule).
+TEST_PATIENT_PREFIX = "LCTSC-Test-"
+# Two metrics per organ keep a five-organ table readable on a terminal.
+ORGAN_METRICS = ("dice", "hd95")
+# evaluate's splits: the internal test and validation folds, and the challenge's test set.
+SPLITS = ("test", "validation", "challenge_test")
+
+
+def add_arguments(parser) -> None:
+    from tfds_builders.lctsc import Builder  # the builder module is light
+
+    parser.add_argument("--data-dir", type=pathlib.Path,
+                        help="real LCTSC download (folder holding LCTSC/, or the npz layout "
+                             "for --config npz_lungs); default: a synthetic phantom tree")
+    parser.add_argument("--config", default="lungs", choices=sorted(Builder.builder_configs),
+                        help="lctsc builder config (classes, layout, folds)")
+    parser.add_argument("--output-dir", type=pathlib.Path, default=None,
+                        help="default: kseg_runs/lctsc_<config>[_phantom]")
+    parser.add_argument("--tfds-dir", type=pathlib.Path, default=None,
+                        help="where TFDS writes the prepared dataset (default: in output-dir)")
+    _common.add_folds_argument(parser)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--image-size", type=int, default=128,
+                        help="in-plane size the model trains at; scores use the original grid")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--base-filters", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
+    phantom.add_argument("--phantom-patients", type=int, default=10,
+                         help="LCTSC-Train-* patients (at least one per fold)")
+    phantom.add_argument("--phantom-test-patients", type=int, default=2,
+                         help="LCTSC-Test-* patients, the challenge_test split")
+    phantom.add_argument("--phantom-slices", type=int, default=24)
+    phantom.add_argument("--phantom-size", type=int, default=256, help="in-plane pixels")
+
+
+def finish_arguments(parser, args) -> None:
+    from tfds_builders.lctsc import Builder
+
+    _common.check_arguments(parser, args)
+    _common.check_tuning_arguments(parser, args)
+    if args.image_size % 8:
+        parser.error("--image-size must be a multiple of 8 (three 2x poolings)")
+    if args.output_dir is None:
+        suffix = "" if args.data_dir else "_phantom"
+        args.output_dir = pathlib.Path("kseg_runs") / f"lctsc_{args.config}{suffix}"
+    args.tfds_dir = args.tfds_dir or args.output_dir / "tfds"
+    args.layout = Builder.builder_configs[args.config].layout
+    args.manual_dir = args.data_dir or args.output_dir / f"phantom_lctsc_{args.layout}"
+    patients, source = _common.patients_and_source(
+        training_patients_on_disk(args.manual_dir, args.layout), args.manual_dir,
+        None if args.data_dir else args.phantom_patients, "--phantom-patients",
+    )
+    _common.check_folds(parser, args.folds, patients, source)
+
+
+def parse_args(argv=None):
+    """The command line, checked before TensorFlow loads (the builder module is light)."""
+    return _common.parse_args(sys.modules[__name__], argv)
+
+
+def training_patients_on_disk(manual_dir: pathlib.Path, layout: str) -> int | None:
+    """Training patients (the ``LCTSC-Test-*`` ones are never in a fold) by folder name:
+    ``LCTSC/<patient>/`` in the TCIA layout, ``<patient>/<mask>.npz`` in the npz layout.
+    ``None`` when no such folder is there (the builder then says what it expected)."""
+    manual_dir = pathlib.Path(manual_dir)
+    if layout == "tcia":
+        parent, holds_patient = manual_dir / "LCTSC", pathlib.Path.is_dir
+    else:
+        parent, holds_patient = manual_dir, lambda folder: any(folder.glob("*.npz"))
+    if not parent.is_dir():
+        return None
+    folders = [p for p in parent.iterdir() if p.is_dir() and holds_patient(p)]
+    training = [p for p in folders if not p.name.startswith(TEST_PATIENT_PREFIX)]
+    return len(training) if folders else None
+
+
+def prepare(args):
+    """Build the chosen config in ``--folds`` folds once (later runs reuse it) from the
+    phantom (written on first use) or the download."""
+    from kseg.phantoms import lctsc
+    from tfds_builders.lctsc import Builder
+
+    manual_dir = pathlib.Path(args.manual_dir)
+    if args.data_dir is None and not manual_dir.exists():
+        tcia = args.layout == "tcia"
+        write = lctsc.write_lctsc if tcia else lctsc.write_lctsc_npz
+        count = args.phantom_patients + args.phantom_test_patients
+        with _common.writing_phantom(manual_dir, count):
+            write(manual_dir, num_patients=args.phantom_patients,
+                  num_test_patients=args.phantom_test_patients, num_slices=args.phantom_slices,
+                  size=args.phantom_size, seed=args.seed)
+    config = _common.with_folds(Builder.builder_configs[args.config], args.folds)
+    builder = Builder(config=config, data_dir=str(args.tfds_dir))
+    _common.prepare(builder, manual_dir)
+    return builder
+
+
+def _classes(builder) -> tuple[int, dict]:
+    """Model output channels (one sigmoid channel for the lungs, softmax over every class
+    for the organ configs) and ``{structure: label value}``."""
+    class_names = list(builder.info.metadata["class_names"])
+    num_classes = 1 if len(class_names) == 2 else len(class_names)
+    return num_classes, {name: index for index, name in enumerate(class_names) if index}
+
+
+def _scored_labels(num_classes: int, labels: dict) -> dict | None:
+    """``labels`` argument of the scoring functions: ``None`` scores one binary structure
+    in plain columns (``dice``), a dict one column per organ (``dice_heart``)."""
+    return None if num_classes == 1 else labels
+
+
+def _splits(args) -> dict:
+    from kseg.data.splits import split_names
+    from tfds_builders.lctsc.lctsc_dataset_builder import CHALLENGE_TEST_SPLIT
+
+    return {**split_names(args.folds, test_fold=0, validation_fold=1),
+            "challenge_test": CHALLENGE_TEST_SPLIT}
+
+
+def _image_size(args) -> tuple[int, int]:
+    return (args.image_size, args.image_size)
+
+
+def _training_data(args, builder, splits, num_classes, labels):
+    from kseg.augment import RandomAffine, segmentation_augmenter
+    from kseg.data.pipeline import model_input, segmentation_dataset
+    from kseg.training import VolumeValidation
+
+    size = _image_size(args)
+    # No flips: a left-right flip would swap the lungs of the organ classes.
+    augmenter = segmentation_augmenter(
+        2,
+        spatial=[RandomAffine(2, rotation=10.0, scale=(0.9, 1.1), probability=0.5,
+                              seed=args.seed)],
+        seed=args.seed + 1,
+    )
+    train = segmentation_dataset(
+        builder.as_dataset(split=splits["train"]), window=WINDOW, image_size=size,
+        num_classes=num_classes, batch_size=args.batch_size, augment=augmenter,
+        shuffle_buffer=1024, cache=True, seed=args.seed,
+    )  # fmt: skip
+    validation_slices = segmentation_dataset(
+        builder.as_dataset(split=splits["validation"]),
+        window=WINDOW, image_size=size, num_classes=num_classes, batch_size=args.batch_size,
+        cache=True,
+    )
+    # whole-volume Dice of each validation patient (mean over organs for the multi-class
+    # configs), on the original grid, with the model input made as for training
+    validation = VolumeValidation.from_slices(
+        builder.as_dataset(split=splits["validation"]),
+        preprocess=model_input(window=WINDOW, image_size=size),
+        labels=_scored_labels(num_classes, labels),
+    )
+    return train, validation_slices, validation
+
+
+def _train(args):
+    import keras
+
+    import kseg.losses
+    import kseg.metrics
+    import kseg.models
+    from kseg.recipes import run_config
+    from kseg.tracking import tracking_callbacks
+    from kseg.training import training_callbacks
+
+    run_dir = pathlib.Path(args.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+    builder = prepare(args)
+    num_classes, labels = _classes(builder)
+    run_config.write_config(run_dir, args, "lctsc_lungs", builder, labels, {
+        "kind": "slices", "window": WINDOW, "image_size": list(_image_size(args)),
+        "num_classes": num_classes, "threshold": 0.5, "postprocess": "none", "modality": "CT",
+    })  # fmt: skip
+    splits = _splits(args)
+    for role, split in splits.items():
+        if split in builder.info.splits:
+            count = builder.info.splits[split].num_examples
+            print(f"{role:>14}: {split:<18} {count} slices")
+    print(f"classes: {list(builder.info.metadata['class_names'])}")
+    train, validation_slices, validation = _training_data(args, builder, splits, num_classes,
+                                                          labels)
+    model = kseg.models.build(
+        "unet_small", input_shape=(*_image_size(args), 1), num_classes=num_classes,
+        base_filters=args.base_filters, dropout=0.1,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=kseg.losses.DiceCELoss(),
+        metrics=[kseg.metrics.DiceScore(num_classes=num_classes, name="dice")],
+    )
+    callbacks = training_callbacks(run_dir, validation) + tracking_callbacks(run_dir)
+    fit_started = time.perf_counter()
+    model.fit(train, validation_data=validation_slices, epochs=args.epochs,
+              callbacks=callbacks, verbose=_common.fit_verbosity())
+    return run_dir / "best.keras", time.perf_counter() - fit_started
+
+
+def train(args) -> pathlib.Path:
+    """Write ``RUN/config.json`` and train (resuming a crashed run); returns
+    ``RUN/best.keras``."""
+    return _train(args)[0]
+
+
+def evaluate(args, *, split: str = "test", input_dir=None):
+    """Score the best model per patient, whole volumes on the original grid: on ``split``
+    (``"test"`` = fold0, ``"validation"``, ``"challenge_test"``) or on every patient of
+    ``input_dir`` (a folder in the layout of ``--config``). Writes
+    ``RUN/evaluation/<name>/scores.csv`` and ``cases/<patient>.npz``."""
+    import kseg
+    from kseg.recipes import _evaluation
+    from tfds_builders.lctsc import Builder
+
+    run_dir = pathlib.Path(args.output_dir)
+    model = kseg.load_model(run_dir / "best.keras")
+    builder = prepare(args)
+    num_classes, labels = _classes(builder)
+    name = _common.evaluation_name(split, input_dir)
+    if input_dir is None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        examples_split = _splits(args)[split]
+        source = "real LCTSC" if args.data_dir else "SYNTHETIC phantom"
+    else:
+        builder = _evaluation.input_builder(Builder, Builder.builder_configs[args.config],
+                                            input_dir, run_dir, name)
+        examples_split = _evaluation.every_split(builder)
+        source = str(input_dir)
+    folder = _evaluation.evaluation_folder(run_dir, name)
+    scored_labels = _scored_labels(num_classes, labels)
+    table = _evaluation.score_slice_cases(
+        model,
+        _evaluation.slice_volumes(lambda: builder.as_dataset(split=examples_split),
+                                  window=WINDOW, image_size=_image_size(args)),
+        cases_dir=folder / "cases", labels=scored_labels,
+        metrics=BINARY_METRICS if scored_labels is None else ORGAN_METRICS,
+    )  # fmt: skip
+    _evaluation.save_table(table, folder)
+    print(f"\nPer-patient scores on {name} = {examples_split} ({source} data, whole volumes, "
+          "original grid, distances in mm):")
+    print(table)
+    return table
+
+
+def tune(args) -> dict:
+    """Random / Bayesian / Hyperband / grid / staged search of the U-Net's width, loss and
+    learning rate on the training folds, trials ranked by whole-volume validation Dice;
+    results in ``RUN/tuning/<strategy>/``."""
+    import keras
+
+    from kseg.recipes import _tuning
+    from kseg.tuning import SegmentationHyperModel
+
+    keras.utils.set_random_seed(args.seed)
+    builder = prepare(args)
+    num_classes, labels = _classes(builder)
+    train, validation_slices, validation = _training_data(args, builder, _splits(args),
+                                                          num_classes, labels)
+    base_filters = [args.base_filters, 2 * args.base_filters]
+    losses = ["dice_ce", "dice"]
+    space, stages = _tuning.search_space(
+        args,
+        {"base_filters": base_filters, "losses": losses,
+         "learning_rate": (args.learning_rate / 10, args.learning_rate)},
+        stages=[("loss", losses), ("base_filters", base_filters)],
+    )  # fmt: skip
+    hypermodel = SegmentationHyperModel((*_image_size(args), 1), num_classes,
+                                        models="unet_small", depth=3, dropout=0.1, **space)
+    return _tuning.run_search(args, hypermodel, train=train, validation_data=validation_slices,
+                              volume_validation=validation, stages=stages)
+
+
+def _main(argv=None):
+    args = parse_args(argv)
+    clock = _common.RunClock()
+    best_path, fit_seconds = _train(args)
+    builder = prepare(args)
+    splits = _splits(args)
+    # the internal test fold, and the challenge's own test patients when the data has them
+    evaluated = ["test"] + (["challenge_test"] if splits["challenge_test"] in builder.info.splits
+                            else [])
+    tables = {splits[split]: evaluate(args, split=split) for split in evaluated}
+    num_classes, labels = _classes(builder)
+    print("\nMean Dice per test split (the internal fold against the challenge's partition):")
+    for split, table in tables.items():
+        columns = (["dice"] if _scored_labels(num_classes, labels) is None
+                   else [f"dice_{organ}" for organ in labels])
+        means = ", ".join(f"{column} {table.summary()[column]['mean']:.4f}" for column in columns)
+        print(f"  {split:<15} {len(table)} patients: {means}")
+    print(f"\nSaved {best_path} and the test tables in "
+          f"{pathlib.Path(args.output_dir) / 'evaluation'}")
+    print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
+    return tables
+
+
+def main(argv=None):
+    """The example: prepare, train, evaluate on fold0 and the challenge's test patients;
+    returns ``{split: table}``."""
+    return _common.run(lambda: _main(argv))

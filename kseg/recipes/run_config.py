@@ -1,0 +1,221 @@
+"""``RUN/config.json``: what a run was trained with, so it can be evaluated, predicted with,
+reported and reproduced later.
+
+A recipe's ``train`` writes it (atomically) before the first epoch: every option of the run,
+the seed, the versions of kseg and its stack, the git commit of the kseg checkout, the
+prepared dataset with a fingerprint of its files, the label values, and the ``inference``
+section that ``kseg.predict`` follows to segment new images exactly as evaluation did. A
+choice made after training (the post-processing that raised the validation Dice) is
+recorded into the same file with :func:`update_inference`.
+
+Standard library only at import time (the ``kseg`` command reads configs before TensorFlow
+loads); :func:`write_config` imports the stack to read its versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import subprocess
+
+from kseg._files import atomic_output
+from kseg.errors import LayoutError, UnreadableFileError
+
+CONFIG_FILE = "config.json"
+CONFIG_VERSION = 1
+# Keys every config.json of this version holds (readers rely on them).
+REQUIRED_KEYS = (
+    "kseg_config_version", "recipe", "arguments", "seed", "created", "versions",
+    "git_commit", "dataset", "labels", "inference",
+)  # fmt: skip
+# Options that name files or folders: strings in config.json, paths again when read back.
+PATH_ARGUMENTS = ("data_dir", "output_dir", "tfds_dir", "manual_dir")
+
+
+def json_arguments(args: argparse.Namespace) -> dict:
+    """Every option of ``args`` as JSON values: paths as strings, tuples as lists.
+
+    Raises:
+        TypeError: an option holds something JSON cannot carry (a recipe bug, not input).
+    """
+
+    def safe(name, value):
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, (list, tuple)):
+            return [safe(name, item) for item in value]
+        raise TypeError(f"option {name!r} holds {type(value).__name__} {value!r}, not JSON")
+
+    return {name: safe(name, value) for name, value in sorted(vars(args).items())}
+
+
+def package_versions() -> dict:
+    """Versions of kseg, Keras, TensorFlow, TFDS, numpy and Python of this process."""
+    import keras
+    import numpy
+    import tensorflow
+    import tensorflow_datasets
+
+    import kseg
+
+    return {
+        "kseg": kseg.__version__,
+        "keras": keras.__version__,
+        "tensorflow": tensorflow.__version__,
+        "tensorflow_datasets": tensorflow_datasets.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def kseg_source_folder() -> pathlib.Path:
+    """The folder holding the ``kseg`` package (a checkout's root, or site-packages)."""
+    import kseg
+
+    return pathlib.Path(kseg.__file__).resolve().parent.parent
+
+
+def git_commit(folder: os.PathLike | str | None = None) -> str | None:
+    """``git rev-parse HEAD`` of ``folder`` (default: :func:`kseg_source_folder`) when that
+    folder is the root of a git checkout; ``None`` otherwise (an installed kseg, a folder
+    inside some other repository, no git)."""
+    folder = pathlib.Path(folder) if folder is not None else kseg_source_folder()
+
+    def git(*arguments):
+        return subprocess.run(
+            ["git", "-C", str(folder), *arguments], capture_output=True, text=True,
+            timeout=30, check=True,
+        ).stdout.strip()  # fmt: skip
+
+    try:
+        top_level = git("rev-parse", "--show-toplevel")
+        if pathlib.Path(top_level).resolve() != folder.resolve():
+            return None
+        return git("rev-parse", "HEAD")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def dataset_fingerprint(builder) -> str:
+    """SHA-256 (hex) of a prepared TFDS dataset: its split names and example counts, and
+    the relative name and size of every file under ``builder.data_dir``. Preparing other
+    data (other patients, folds, files) gives another fingerprint."""
+    digest = hashlib.sha256()
+    for name, split in sorted(builder.info.splits.items()):
+        digest.update(f"split {name} {split.num_examples}\n".encode())
+    root = os.fspath(builder.data_dir)
+    for folder, subfolders, files in os.walk(root):
+        subfolders.sort()
+        for file_name in sorted(files):
+            path = os.path.join(folder, file_name)
+            relative = os.path.relpath(path, root).replace(os.sep, "/")
+            digest.update(f"file {relative} {os.path.getsize(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def dataset_section(builder) -> dict:
+    return {
+        "name": builder.name,
+        "config": builder.builder_config.name,
+        "version": str(builder.version),
+        "data_dir": os.fspath(builder.data_dir),
+        "fingerprint": dataset_fingerprint(builder),
+    }
+
+
+def write_config(run_dir, args, recipe: str, builder, labels: dict, inference: dict) -> pathlib.Path:
+    """Write ``run_dir/config.json`` (atomically; sorted keys, indent 2) and return its path.
+
+    Args:
+        run_dir: the run folder (created if missing).
+        args: the recipe's parsed options (``argparse.Namespace``; ``seed`` among them).
+        recipe: the recipe's name (:data:`kseg.recipes.RECIPES`).
+        builder: the prepared TFDS builder the run trains on.
+        labels: ``{structure name: label value}`` of masks and predictions.
+        inference: how to segment a new image as evaluation does (see the README).
+    """
+    config = {
+        "kseg_config_version": CONFIG_VERSION,
+        "recipe": recipe,
+        "arguments": json_arguments(args),
+        "seed": args.seed,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "dataset": dataset_section(builder),
+        "labels": {name: int(value) for name, value in labels.items()},
+        "inference": dict(inference),
+    }
+    return _write(run_dir, config)
+
+
+def _write(run_dir, config: dict) -> pathlib.Path:
+    path = pathlib.Path(run_dir) / CONFIG_FILE
+    with atomic_output(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(config, sort_keys=True, indent=2) + "\n")
+    return path
+
+
+def read_config(run_dir) -> dict:
+    """The ``config.json`` of a run folder.
+
+    Raises:
+        LayoutError: ``run_dir`` is not a folder, or holds no ``config.json`` (not a run
+            folder, or a run from before configs were written).
+        UnreadableFileError: ``config.json`` is not JSON, not an object, of another
+            version, or lacks one of :data:`REQUIRED_KEYS`.
+    """
+    run_dir = pathlib.Path(run_dir)
+    if not run_dir.is_dir():
+        raise LayoutError(run_dir, "is not a folder; expected a run folder holding config.json")
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise LayoutError(
+            run_dir, f"holds no {CONFIG_FILE}; expected the folder of a kseg training run "
+            "(train writes config.json before the first epoch)"
+        )  # fmt: skip
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UnreadableFileError(path, f"is not a readable JSON file: {error}") from error
+    if not isinstance(config, dict):
+        raise UnreadableFileError(path, f"holds a JSON {type(config).__name__}, expected an object")
+    version = config.get("kseg_config_version")
+    if version != CONFIG_VERSION:
+        raise UnreadableFileError(
+            path, f"has kseg_config_version {version!r}; this kseg reads version {CONFIG_VERSION}"
+        )
+    missing = [key for key in REQUIRED_KEYS if key not in config]
+    if missing:
+        raise UnreadableFileError(path, f"lacks the keys {missing}")
+    return config
+
+
+def update_inference(run_dir, **changes) -> dict:
+    """Set keys of the ``inference`` section of ``run_dir/config.json`` (atomically) and
+    return the whole config; e.g. the post-processing chosen on validation after training."""
+    config = read_config(run_dir)
+    config["inference"].update(changes)
+    _write(run_dir, config)
+    return config
+
+
+def arguments_namespace(config: dict, run_dir=None) -> argparse.Namespace:
+    """The run's options back as the ``argparse.Namespace`` its recipe takes: the names in
+    :data:`PATH_ARGUMENTS` as ``pathlib.Path``. With ``run_dir``, ``output_dir`` is that folder (a run
+    folder that was moved or copied is still itself)."""
+    arguments = dict(config["arguments"])
+    for name in PATH_ARGUMENTS:
+        if arguments.get(name) is not None:
+            arguments[name] = pathlib.Path(arguments[name])
+    if run_dir is not None:
+        arguments["output_dir"] = pathlib.Path(run_dir)
+    return argparse.Namespace(**arguments)

@@ -1,0 +1,348 @@
+"""Chest X-ray segmentation with a small U-Net, scored per image on a held-out fold.
+
+The recipe behind ``examples/xray_multiclass.py`` (its docstring tells the story): the
+``xray`` TFDS builder (``--config``, or a synthetic 3-class phantom) in ``--folds``
+patient-level folds, ``--max-train`` nested training subsets, each image scaled to [0, 1]
+by its own minimum and maximum, ``unet_small`` with Dice + cross-entropy, the best model
+kept by the mean per-image validation Dice on the stored mask grid, and a per-image test
+table (HD95 in pixels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import sys
+import time
+
+from kseg.recipes import _common
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DESCRIPTION = "Chest X-ray segmentation with a small U-Net, scored per image on a held-out fold."
+DATASET = "xray"
+PHANTOM_DEFAULTS = {"image_size": 96, "epochs": 15, "batch_size": 4}
+REAL_DEFAULTS = {"image_size": 256, "epochs": 40, "batch_size": 8}
+METRICS = ("dice", "iou", "precision", "recall", "hd95")
+# kseg.data.pipeline.scale_intensity: each radiograph's own minimum and maximum to [0, 1].
+INTENSITY = "scale_intensity"
+
+
+def add_arguments(parser) -> None:
+    from tfds_builders.xray import Builder  # the builder module is light
+
+    parser.add_argument("--data-dir", type=pathlib.Path,
+                        help="manual folder of the chosen --config's layout; default: a "
+                             "synthetic 3-class phantom written under --output-dir")
+    parser.add_argument("--config", default="generic",
+                        choices=sorted(Builder.builder_configs),
+                        help="xray builder config used with --data-dir")
+    parser.add_argument("--output-dir", type=pathlib.Path,
+                        help="default: kseg_runs/xray_<config or phantom>")
+    _common.add_folds_argument(parser)
+    parser.add_argument("--test-fold", type=int, default=0)
+    parser.add_argument("--validation-fold", type=int, default=1)
+    parser.add_argument("--max-train", type=int,
+                        help="train on this many patients (nested: 5 within 10 within ...)")
+    parser.add_argument("--image-size", type=int, help="side the images are resized to")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--max-minutes", type=float,
+                        help="training time budget in minutes: stop mid-epoch when one more "
+                             "batch and the validation would pass it; the best model is kept")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--base-filters", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
+    phantom.add_argument("--phantom-images", type=int, default=60)
+    phantom.add_argument("--phantom-size", type=int, default=96, help="pixels per side")
+
+
+def finish_arguments(parser, args) -> None:
+    from tfds_builders.xray import Builder
+
+    _common.check_arguments(parser, args)
+    _common.check_tuning_arguments(parser, args)
+    defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.output_dir is None:
+        run = "phantom" if args.data_dir is None else args.config
+        args.output_dir = pathlib.Path("kseg_runs") / f"xray_{run}"
+    if args.image_size % 8:
+        parser.error("--image-size must be a multiple of 8 (three 2x poolings)")
+    args.manual_dir = args.data_dir or args.output_dir / "phantom"
+    layout = "generic" if args.data_dir is None else Builder.builder_configs[args.config].layout
+    patients, source = _common.patients_and_source(
+        images_on_disk(args.manual_dir, layout), args.manual_dir,
+        None if args.data_dir else args.phantom_images, "--phantom-images",
+    )
+    _common.check_folds(parser, args.folds, patients, source, test_fold=args.test_fold,
+                        validation_fold=args.validation_fold)
+
+
+def parse_args(argv=None):
+    """The command line, checked before TensorFlow loads (the builder module is light)."""
+    return _common.parse_args(sys.modules[__name__], argv)
+
+
+def images_on_disk(manual_dir: pathlib.Path, layout: str) -> int | None:
+    """Radiographs in the layout's image folder, or ``None`` when it is not there yet (the
+    builder then says what it expected). Every public set has one radiograph per patient,
+    so this is the patient count the folds are dealt from."""
+    from tfds_builders.xray.layout import JSRT_IMAGE_FOLDER, MONTGOMERY_IMAGE_FOLDER
+
+    folder = pathlib.Path(manual_dir) / {"generic": "images", "montgomery": MONTGOMERY_IMAGE_FOLDER,
+                                         "jsrt_scr": JSRT_IMAGE_FOLDER}[layout]
+    if not folder.is_dir():
+        return None
+    return sum(1 for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+
+
+def _base_config(args):
+    """The builder config: ``--config`` for real data, the 3-class phantom's otherwise."""
+    from kseg.phantoms import xray
+    from tfds_builders.xray import Builder
+
+    if args.data_dir is not None:
+        return Builder.builder_configs[args.config]
+    values = xray.mask_values(xray.GENERIC_CLASSES)
+    return dataclasses.replace(
+        Builder.builder_configs["generic"],
+        name="phantom_3class",
+        description="Synthetic 3-class phantom (kseg.phantoms.xray).",
+        class_names=("background", *xray.GENERIC_CLASSES),
+        mask_value_ranges=((0, 0, 0), *((v, v, i + 1) for i, v in enumerate(values.values()))),
+    )
+
+
+def prepare(args):
+    """Build the dataset in ``--folds`` folds once (later runs reuse it): the phantom
+    (written on first use) or the real download."""
+    from kseg.phantoms import xray
+    from tfds_builders.xray import Builder
+
+    manual_dir = pathlib.Path(args.manual_dir)
+    if args.data_dir is None and not (manual_dir / "images").exists():
+        with _common.writing_phantom(manual_dir, args.phantom_images, "images"):
+            xray.write_generic(manual_dir, num_images=args.phantom_images,
+                               size=args.phantom_size, seed=args.seed,
+                               classes=xray.GENERIC_CLASSES)
+    builder = Builder(config=_common.with_folds(_base_config(args), args.folds),
+                      data_dir=str(pathlib.Path(args.output_dir) / "tfds"))
+    _common.prepare(builder, manual_dir)
+    return builder
+
+
+def _classes(builder) -> tuple[int, dict]:
+    """Model output channels (one sigmoid channel for a binary task, softmax over every
+    class otherwise) and ``{structure: label value}`` (spaces in names as ``_``)."""
+    class_names = builder.builder_config.class_names
+    num_classes = 1 if len(class_names) == 2 else len(class_names)
+    return num_classes, {name.replace(" ", "_"): i for i, name in enumerate(class_names) if i}
+
+
+def _scored_labels(num_classes: int, labels: dict) -> dict | None:
+    return None if num_classes == 1 else labels
+
+
+def _splits(args) -> dict:
+    from kseg.data.splits import split_names
+
+    return split_names(args.folds, test_fold=args.test_fold,
+                       validation_fold=args.validation_fold)
+
+
+def batches(builder, split, args, num_classes, *, patients=None, augment=None):
+    from kseg.data.pipeline import keep_patients, scale_intensity, segmentation_dataset
+
+    examples = builder.as_dataset(split=split, shuffle_files=augment is not None)
+    if patients is not None:
+        examples = keep_patients(examples, patients)
+    return segmentation_dataset(
+        examples, window=scale_intensity, image_size=(args.image_size, args.image_size),
+        num_classes=num_classes, batch_size=args.batch_size, augment=augment,
+        shuffle_buffer=512 if augment is not None else None, cache=True, seed=args.seed,
+    )  # fmt: skip
+
+
+def build_model(args, num_classes: int):
+    import keras
+
+    from kseg import models
+    from kseg.losses import DiceCELoss
+    from kseg.metrics import DiceScore
+
+    model = models.build("unet_small", input_shape=(args.image_size, args.image_size, 1),
+                         num_classes=num_classes, base_filters=args.base_filters)
+    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=DiceCELoss(),
+                  metrics=[DiceScore(num_classes=num_classes)])
+    return model
+
+
+def image_cases(builder, split, size: int):
+    """``(image_id, model input (1, size, size, 1), mask (1, H, W), None)`` per image.
+
+    Each radiograph is a one-slice volume, so ``VolumeValidation`` takes kseg's slice-wise
+    path: predict at the model's size, resize the probabilities back to the stored mask's
+    grid, score there.
+    """
+    from kseg.data.pipeline import model_input, scale_intensity
+
+    preprocess = model_input(window=scale_intensity, image_size=(size, size))
+    for example in builder.as_dataset(split=split, shuffle_files=False):
+        inputs = preprocess(example).numpy()[None]
+        yield example["image_id"].numpy().decode(), inputs, example["mask"].numpy()[None], None
+
+
+def _scored_images(builder, split, size: int):
+    """``(image_id, model input (size, size, 1), display image (H, W, 1), mask (H, W),
+    None)`` per radiograph, for :func:`kseg.recipes._evaluation.score_slice_cases`."""
+    from kseg.data.pipeline import model_input, scale_intensity
+
+    preprocess = model_input(window=scale_intensity, image_size=(size, size))
+    display = model_input(window=scale_intensity)
+    for example in builder.as_dataset(split=split, shuffle_files=False):
+        yield (example["image_id"].numpy().decode(), preprocess(example).numpy(),
+               display(example).numpy(), example["mask"].numpy(), None)
+
+
+def _training_data(args, builder, splits, num_classes, labels):
+    from kseg.augment import RandomAffine, RandomContrast, segmentation_augmenter
+    from kseg.data.pipeline import split_patient_ids
+    from kseg.data.splits import nested_patient_subset
+    from kseg.training import VolumeValidation
+
+    patients = split_patient_ids(builder, splits["train"])
+    if args.max_train is not None:
+        patients = nested_patient_subset(patients, args.max_train, seed=args.seed)
+    print(f"dataset {builder.info.full_name} in {builder.data_dir}; classes "
+          f"{builder.builder_config.class_names}; {len(patients)} training patients; "
+          f"splits {splits}")
+    # No flips: a flip would swap left and right lungs and put the heart on the wrong side.
+    augmenter = segmentation_augmenter(
+        2,
+        spatial=[RandomAffine(2, rotation=10.0, scale=(0.9, 1.1), probability=0.5,
+                              seed=args.seed)],
+        intensity=[RandomContrast(0.5, factor=(0.8, 1.25), seed=args.seed + 1)],
+    )
+    train = batches(builder, splits["train"], args, num_classes, patients=patients,
+                    augment=augmenter)
+    validation_batches = batches(builder, splits["validation"], args, num_classes)
+    validation = VolumeValidation(image_cases(builder, splits["validation"], args.image_size),
+                                  labels=_scored_labels(num_classes, labels))
+    return train, validation_batches, validation
+
+
+def _train(args):
+    import keras
+
+    from kseg.recipes import run_config
+    from kseg.tracking import tracking_callbacks
+    from kseg.training import training_callbacks
+
+    run_dir = pathlib.Path(args.output_dir)
+    keras.utils.set_random_seed(args.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    builder = prepare(args)
+    num_classes, labels = _classes(builder)
+    run_config.write_config(run_dir, args, "xray_multiclass", builder, labels, {
+        "kind": "slices", "window": INTENSITY, "image_size": [args.image_size] * 2,
+        "num_classes": num_classes, "threshold": 0.5, "postprocess": "none",
+        "modality": "radiograph",
+    })  # fmt: skip
+    train, validation_batches, validation = _training_data(args, builder, _splits(args),
+                                                           num_classes, labels)
+    model = build_model(args, num_classes)
+    callbacks = (training_callbacks(run_dir, validation, max_minutes=args.max_minutes)
+                 + tracking_callbacks(run_dir))
+    fit_started = time.perf_counter()
+    model.fit(train, validation_data=validation_batches, epochs=args.epochs,
+              callbacks=callbacks, verbose=_common.fit_verbosity())
+    return run_dir / "best.keras", time.perf_counter() - fit_started
+
+
+def train(args) -> pathlib.Path:
+    """Write ``RUN/config.json`` and train (resuming a crashed run, keeping the time
+    budget); returns ``RUN/best.keras``."""
+    return _train(args)[0]
+
+
+def evaluate(args, *, split: str = "test", input_dir=None):
+    """Score the best model per radiograph on its stored mask grid (HD95 in pixels): on
+    ``split`` (``"test"`` or ``"validation"``) or on every image of ``input_dir`` (a folder
+    in the layout of the run's config). Writes ``RUN/evaluation/<name>/scores.csv`` and
+    ``cases/<image>.npz`` (one slice, spacing 1 pixel)."""
+    import kseg
+    from kseg.recipes import _evaluation
+    from tfds_builders.xray import Builder
+
+    run_dir = pathlib.Path(args.output_dir)
+    model = kseg.load_model(run_dir / "best.keras")
+    builder = prepare(args)
+    num_classes, labels = _classes(builder)
+    name = _common.evaluation_name(split, input_dir)
+    if input_dir is None:
+        if split not in ("test", "validation"):
+            raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+        examples_split = _splits(args)[split]
+        title = f"{split.capitalize()} fold {getattr(args, f'{split}_fold')}"
+    else:
+        builder = _evaluation.input_builder(Builder, _base_config(args), input_dir, run_dir,
+                                            name)
+        examples_split = _evaluation.every_split(builder)
+        title = f"Every image of {input_dir}"
+    folder = _evaluation.evaluation_folder(run_dir, name)
+    table = _evaluation.score_slice_cases(
+        model, _scored_images(builder, examples_split, args.image_size),
+        cases_dir=folder / "cases", metrics=METRICS, labels=_scored_labels(num_classes, labels),
+    )
+    _evaluation.save_table(table, folder)
+    print(f"\n{title}, one row per image, scored on the stored mask grid (HD95 in pixels):")
+    print(table)
+    return table
+
+
+def tune(args) -> dict:
+    """Random / Bayesian / Hyperband / grid / staged search of the U-Net's width, loss and
+    learning rate on the training folds, trials ranked by the mean per-image validation
+    Dice; results in ``RUN/tuning/<strategy>/``."""
+    import keras
+
+    from kseg.recipes import _tuning
+    from kseg.tuning import SegmentationHyperModel
+
+    keras.utils.set_random_seed(args.seed)
+    builder = prepare(args)
+    num_classes, labels = _classes(builder)
+    train, validation_batches, validation = _training_data(args, builder, _splits(args),
+                                                           num_classes, labels)
+    base_filters = [args.base_filters, 2 * args.base_filters]
+    losses = ["dice_ce", "dice"]
+    space, stages = _tuning.search_space(
+        args,
+        {"base_filters": base_filters, "losses": losses,
+         "learning_rate": (args.learning_rate / 10, args.learning_rate * 10)},
+        stages=[("loss", losses), ("base_filters", base_filters)],
+    )  # fmt: skip
+    hypermodel = SegmentationHyperModel((args.image_size, args.image_size, 1), num_classes,
+                                        models="unet_small", depth=3, **space)
+    return _tuning.run_search(args, hypermodel, train=train, validation_data=validation_batches,
+                              volume_validation=validation, stages=stages)
+
+
+def _main(argv=None):
+    args = parse_args(argv)
+    clock = _common.RunClock()
+    _, fit_seconds = _train(args)
+    table = evaluate(args, split="test")
+    print(f"\nOutputs in {args.output_dir}")
+    print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
+    return table
+
+
+def main(argv=None):
+    """The example: prepare, train, evaluate on the test fold; returns the test table."""
+    return _common.run(lambda: _main(argv))
