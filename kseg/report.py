@@ -544,9 +544,10 @@ class _Page:
             f"<h4>Patient {_escape(patient)}{_dice_header(scores, header)}</h4>"
             f'<div class="stage" style="aspect-ratio: {width_mm:.6g} / {height_mm:.6g}">'
             '<img class="layer layer-image" alt="slice">'
+            # The reference on top, as kseg.viz.overlay draws it: the truth stays visible.
             + "".join(
                 f'<img class="layer layer-{key}" alt="{key}">'
-                for key in ("reference", "prediction")
+                for key in ("prediction", "reference")
                 if key in data
             )
             + "</div>"
