@@ -161,9 +161,7 @@ def _table_html(header: list[str], rows: list[list[str]], css_class: str) -> str
         + "</tr>"
         for row in rows
     )
-    return (
-        f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-    )
+    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _dice_columns(header: list[str]) -> list[tuple[str | None, str]]:
@@ -247,14 +245,15 @@ class _Page:
     def _configuration(self) -> str:
         config = self.config
         dataset = config.get("dataset") if isinstance(config.get("dataset"), Mapping) else {}
+        dataset_name = " ".join(
+            str(dataset[key]) for key in ("name", "config", "version") if dataset.get(key)
+        )
         facts = [
             ("recipe", config.get("recipe")),
             ("created", config.get("created")),
             ("seed", config.get("seed")),
             ("git commit", config.get("git_commit")),
-            ("dataset", " ".join(
-                str(dataset[key]) for key in ("name", "config", "version") if dataset.get(key)
-            ) or None),  # fmt: skip
+            ("dataset", dataset_name or None),
             ("dataset fingerprint", dataset.get("fingerprint")),
             ("labels", config.get("labels")),
             ("versions", config.get("versions")),
@@ -268,7 +267,7 @@ class _Page:
         argument_rows = ""
         if isinstance(arguments, Mapping) and arguments:
             argument_rows = (
-                "<h3>Arguments</h3><table class=\"arguments\">"
+                '<h3>Arguments</h3><table class="arguments">'
                 + "".join(
                     f"<tr><th>{_escape(name)}</th><td>{_escape(_compact(value))}</td></tr>"
                     for name, value in sorted(arguments.items())

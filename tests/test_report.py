@@ -311,9 +311,11 @@ def test_evaluation_figures_are_embedded(run):
 
 def test_worst_error_map_shows_the_lowest_dice_patient_at_its_most_wrong_slice(run):
     page = parse(report.write_report(run))
-    caption = next(
-        f for f in page.find_all("figure") if f.attributes["id"] == "worst-error-map"
-    ).find("figcaption").all_text()
+    caption = (
+        next(f for f in page.find_all("figure") if f.attributes["id"] == "worst-error-map")
+        .find("figcaption")
+        .all_text()
+    )
     # patient-b: boxes shifted by 5 columns, Dice 0.5 on slices 1-5 (all equally wrong)
     assert "patient patient-b (Dice 0.5000), slice 1" in caption
 
