@@ -7,17 +7,20 @@ logs a finished run folder afterwards: its configuration, history, per-patient e
 tables and report.
 
 Resumed runs are logged once per epoch: every value is logged at ``step = epoch`` (the
-epoch a resumed ``fit`` starts at included), and the MLflow run id is kept in
-``RUN/mlflow_run_id``, so a resumed run continues the same MLflow run. A ``fit`` that starts
-again over epochs the MLflow run already holds (a new training in the same folder) gets a new
-MLflow run rather than a second value per step.
+epoch a resumed ``fit`` starts at included). When a ``fit`` starts, TensorBoard events it
+will write again (an epoch a kill interrupted; everything, for a new training from epoch 0
+in the same folder) are removed from the event files. The MLflow run id is kept in
+``RUN/mlflow_run_id``, so a resumed run continues the same MLflow run; a ``fit`` starting
+over epochs that MLflow run already holds (a new training in the same folder) gets a new
+MLflow run, as MLflow values cannot be removed.
 
-MLflow is optional (``pip install 'kseg[mlflow]'``) and imported only when used; importing
-this module imports neither MLflow nor Keras. Without a tracking URI (argument or
-``MLFLOW_TRACKING_URI``) runs go to the local file store ``mlruns`` beside the run folder.
-MLflow 3 keeps that store in maintenance mode behind ``MLFLOW_ALLOW_FILE_STORE``; kseg opts
-in for local ``file:`` stores it writes (mlflow-skinny has no database store), unless the
-variable is set to false.
+TensorBoard scalars are written by TensorFlow alone (viewing them needs ``pip install
+tensorboard``). MLflow is optional (``pip install 'kseg[mlflow]'``) and imported only when
+used; importing this module imports neither MLflow nor Keras. The tracking URI is the one
+passed, else MLflow's own when set (``MLFLOW_TRACKING_URI``, ``mlflow.set_tracking_uri``),
+else the local file store ``mlruns`` beside the run folder. MLflow 3 keeps file stores in
+maintenance mode behind ``MLFLOW_ALLOW_FILE_STORE``; kseg opts in for the ``file:`` stores
+it writes (mlflow-skinny has no database store) unless that variable is set.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import urllib.parse
 import warnings
 from collections.abc import Iterator, Mapping
 
-from kseg._files import atomic_output
+from kseg._files import atomic_output, remove_stale_temporaries
 from kseg.errors import KsegError, LayoutError, UnreadableFileError
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -83,12 +86,15 @@ def _run_folder(run_dir) -> pathlib.Path:
     return folder
 
 
-def _tracking_uri(run_folder: pathlib.Path, tracking_uri) -> str:
-    """The explicit URI (a path becomes a file URI), else MLFLOW_TRACKING_URI, else
-    ``mlruns`` beside the run folder."""
+def _tracking_uri(run_folder: pathlib.Path, tracking_uri, mlflow) -> str:
+    """The explicit URI (a path becomes a file URI), else MLflow's when set
+    (``MLFLOW_TRACKING_URI``, ``mlflow.set_tracking_uri``), else ``mlruns`` beside the run
+    folder."""
     if tracking_uri is None:
-        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or (
-            run_folder.absolute().parent / "mlruns"
+        tracking_uri = (
+            mlflow.get_tracking_uri()
+            if mlflow.is_tracking_uri_set()
+            else run_folder.absolute().parent / "mlruns"
         )
     tracking_uri = os.fspath(tracking_uri)
     scheme = urllib.parse.urlparse(tracking_uri).scheme
@@ -110,7 +116,7 @@ def _file_store_allowed(uri: str) -> Iterator[None]:
         os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
 
 
-def _metric_name(key: str) -> str:
+def _mlflow_name(key: str) -> str:
     return _NAME_FORBIDDEN.sub("_", key)
 
 
@@ -136,17 +142,34 @@ def flatten_params(config: Mapping, prefix: str = "") -> dict[str, str]:
 class _MlflowRun:
     """One MLflow run of a run folder: created, or continued from ``RUN/mlflow_run_id``."""
 
-    def __init__(self, run_folder: pathlib.Path, *, tracking_uri=None, experiment="kseg"):
+    def __init__(
+        self,
+        run_folder: pathlib.Path,
+        *,
+        tracking_uri=None,
+        experiment="kseg",
+        adopt_active_run=False,
+    ):
         self.mlflow = _import_mlflow()
         from mlflow.tracking import MlflowClient
 
         self.run_folder = run_folder
-        self.uri = _tracking_uri(run_folder, tracking_uri)
         self.experiment = experiment
         self.id_file = run_folder / RUN_ID_FILE
+        active = self.mlflow.active_run() if adopt_active_run else None
+        # A run the caller started (``with mlflow.start_run():``) is theirs to end; it is
+        # used when the folder records none and no other store is asked for.
+        self.adopted = active is not None and tracking_uri is None and not self.id_file.exists()
+        self.uri = _tracking_uri(
+            run_folder,
+            self.mlflow.get_tracking_uri() if self.adopted else tracking_uri,
+            self.mlflow,
+        )
         with self.allowed():
             self.client = MlflowClient(tracking_uri=self.uri)
         self.run_id = self._recorded_run_id()
+        if self.adopted:
+            self._record(active.info.run_id)
 
     def allowed(self):
         return _file_store_allowed(self.uri)
@@ -180,11 +203,15 @@ class _MlflowRun:
                 run_name=self.run_folder.absolute().name,
                 tags={"kseg.run_dir": os.fspath(self.run_folder.absolute())},
             )
-        self.run_id = run.info.run_id
+        self.adopted = False
+        self._record(run.info.run_id)
+        return self.run_id
+
+    def _record(self, run_id: str) -> None:
+        self.run_id = run_id
         self.run_folder.mkdir(parents=True, exist_ok=True)
         with atomic_output(self.id_file) as temporary:
-            pathlib.Path(temporary).write_text(self.run_id + "\n")
-        return self.run_id
+            pathlib.Path(temporary).write_text(run_id + "\n")
 
     def ensure(self) -> str:
         return self.run_id if self.run_id is not None else self.start_new()
@@ -210,7 +237,7 @@ class _MlflowRun:
             logged = self.client.get_run(self.run_id).data.params
         new, changed = [], []
         for key, value in params.items():
-            key = _metric_name(key)
+            key = _mlflow_name(key)
             if len(value) > _MAX_PARAM_LENGTH:
                 warnings.warn(
                     f"param {key!r} has {len(value)} characters; MLflow keeps "
@@ -242,7 +269,7 @@ class _MlflowRun:
 
         timestamp = int(time.time() * 1000)
         metrics = [
-            Metric(_metric_name(key), float(value), timestamp, int(step))
+            Metric(_mlflow_name(key), float(value), timestamp, int(step))
             for key, value in values.items()
         ]
         with self.allowed():
@@ -313,6 +340,17 @@ def _callback_types():
         def summary(self):
             return ScalarSummaries()
 
+        def on_train_begin(self, logs=None):
+            self._pruned = False
+            super().on_train_begin(logs)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if not self._pruned:  # the first epoch of this fit, as a resumed run sets it
+                iterations = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+                _drop_events_from(self.log_dir, epoch=epoch, iterations=iterations)
+                self._pruned = True
+            super().on_epoch_begin(epoch, logs)
+
         def on_epoch_end(self, epoch, logs=None):
             super().on_epoch_end(epoch, logs)
             for writer in self._writers.values():
@@ -345,15 +383,19 @@ def _callback_types():
 
         def _start(self, first_epoch: int) -> None:
             run = _MlflowRun(
-                self.run_folder, tracking_uri=self.tracking_uri, experiment=self.experiment
+                self.run_folder,
+                tracking_uri=self.tracking_uri,
+                experiment=self.experiment,
+                adopt_active_run=True,
             )
             logged = run.logged_steps() if run.run_id is not None else {}
             if any(step >= first_epoch for steps in logged.values() for step in steps):
                 run.start_new()
                 logged = {}
             run.ensure()
-            with run.allowed():
-                run.client.update_run(run.run_id, status="RUNNING")
+            if not run.adopted:
+                with run.allowed():
+                    run.client.update_run(run.run_id, status="RUNNING")
             params = (
                 flatten_params(self.run_params)
                 if self.run_params is not None
@@ -373,7 +415,7 @@ def _callback_types():
                 self._run.log_metrics(values, step=epoch)
 
         def on_train_end(self, logs=None):
-            if self._run is not None:
+            if self._run is not None and not self._run.adopted:
                 with self._run.allowed():
                     self._run.client.set_terminated(self._run.run_id, "FINISHED")
 
@@ -397,18 +439,21 @@ def tracking_callbacks(
 
     1. ``keras.callbacks.TensorBoard`` writing ``RUN/tensorboard`` (``train/`` and
        ``validation/``, scalars ``epoch_<name>`` at step = epoch, the learning rate too; no
-       histograms, graph or profiling), flushed every epoch;
+       histograms, graph or profiling), flushed every epoch, events a resumed ``fit``
+       writes again removed when it starts;
     2. with ``mlflow=True``, a logger of ``params`` (flattened as ``a.b``; default: the
        run's ``config.json`` when it exists) at the first epoch and of every epoch's logs at
-       ``step = epoch`` to the MLflow run named in ``RUN/mlflow_run_id`` (created, with the
-       experiment, when missing), so a resumed run continues it.
+       ``step = epoch`` to the MLflow run named in ``RUN/mlflow_run_id``; when the folder
+       names none, the active run (``with mlflow.start_run():`` around ``fit``; left for
+       its owner to end) or else a new run in ``experiment``, recorded there so a resumed
+       run continues it.
 
     Args:
         run_dir: folder of the run (created if missing).
         mlflow: also log to MLflow (needs ``kseg[mlflow]``).
         params: the run's arguments to log as MLflow params; ``None``: ``config.json``.
-        tracking_uri: MLflow tracking URI or folder; default ``MLFLOW_TRACKING_URI``, else
-            ``mlruns`` beside the run folder.
+        tracking_uri: MLflow tracking URI or folder; default MLflow's when set
+            (``MLFLOW_TRACKING_URI``), else ``mlruns`` beside the run folder.
         experiment: MLflow experiment of a new MLflow run.
 
     Raises:
@@ -446,6 +491,65 @@ def tracking_callbacks(
     return callbacks
 
 
+def _drop_events_from(log_dir, *, epoch: int, iterations: int) -> None:
+    """Remove from the event files under ``log_dir`` what a ``fit`` starting at ``epoch``
+    (with the optimizer at ``iterations`` steps) writes again.
+
+    That is every ``epoch_*`` scalar at a step >= ``epoch`` and every other scalar (Keras'
+    ``evaluation_*_vs_iterations``) at a step > ``iterations``: after a resume, the epoch a
+    kill interrupted; at epoch 0 (a new training in the same folder), all of them. A file
+    is rewritten atomically, and removed when no summary is left; a record cut short by a
+    kill ends the file. Files with nothing to remove are left alone.
+    """
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    for path in sorted(pathlib.Path(log_dir).glob("*/events.out.tfevents.*")):
+        remove_stale_temporaries(path)
+        records, cut_short = [], False
+        iterator = iter(tf.data.TFRecordDataset(os.fspath(path)))
+        while True:
+            try:
+                records.append(next(iterator).numpy())
+            except StopIteration:
+                break
+            except tf.errors.DataLossError:
+                cut_short = True
+                break
+        kept, summaries = [], 0
+        for record in records:
+            event = event_pb2.Event.FromString(record)
+            if not event.summary.value:  # the file-version header
+                kept.append(record)
+                continue
+            values = [
+                value
+                for value in event.summary.value
+                if (
+                    event.step < epoch
+                    if value.tag.startswith("epoch_")
+                    else event.step <= iterations
+                )
+            ]
+            if len(values) == len(event.summary.value):
+                kept.append(record)
+            elif values:
+                del event.summary.value[:]
+                event.summary.value.extend(values)
+                kept.append(event.SerializeToString())
+            summaries += bool(values)
+        if kept == records and not cut_short:
+            # Also this fit's own new files: Keras opens the train writer before the first
+            # epoch begins.
+            continue
+        if not summaries:
+            path.unlink()
+        else:
+            with atomic_output(path) as temporary, tf.io.TFRecordWriter(temporary) as writer:
+                for record in kept:
+                    writer.write(record)
+
+
 def _read_history(path: pathlib.Path) -> list[tuple[int, dict[str, float]]]:
     """``history.csv`` rows as (epoch, {column: value}); "NA" and empty cells left out."""
     with open(path, newline="") as handle:
@@ -480,7 +584,7 @@ def _log_history(run: _MlflowRun, path: pathlib.Path, logged, *, before=None) ->
         missing = {
             name: value
             for name, value in values.items()
-            if epoch not in logged.get(_metric_name(name), {})
+            if epoch not in logged.get(_mlflow_name(name), {})
         }
         if missing:
             run.log_metrics(missing, step=epoch)
@@ -510,8 +614,8 @@ def log_run_to_mlflow(run_dir, *, tracking_uri=None, experiment: str = "kseg") -
 
     Args:
         run_dir: the run folder.
-        tracking_uri: MLflow tracking URI or folder; default ``MLFLOW_TRACKING_URI``, else
-            ``mlruns`` beside the run folder.
+        tracking_uri: MLflow tracking URI or folder; default MLflow's when set
+            (``MLFLOW_TRACKING_URI``), else ``mlruns`` beside the run folder.
         experiment: MLflow experiment of a new MLflow run.
 
     Returns:
@@ -561,7 +665,7 @@ def log_run_to_mlflow(run_dir, *, tracking_uri=None, experiment: str = "kseg") -
     changed = {
         name: value
         for name, value in summaries.items()
-        if not _same_value(logged.get(_metric_name(name), {}).get(0), value)
+        if not _same_value(logged.get(_mlflow_name(name), {}).get(0), value)
     }
     if changed:
         run.log_metrics(changed, step=0)

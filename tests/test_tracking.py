@@ -135,6 +135,59 @@ def test_tensorboard_resumed_fit_adds_only_new_epochs(tmp_path):
     np.testing.assert_allclose(values, [0.5, 0.6, 0.7, 0.8], rtol=1e-6)
 
 
+def test_tensorboard_new_training_in_the_same_folder_replaces_the_old(tmp_path):
+    run_dir = tmp_path / "run"
+    _fit(run_dir, epochs=2)
+    _, history = _fit(run_dir, epochs=1)
+    for folder in ("train", "validation"):
+        for tag, points in _read_events(run_dir / "tensorboard" / folder).items():
+            assert len(points) == 1, tag
+    validation = _read_events(run_dir / "tensorboard" / "validation")
+    assert validation["epoch_loss"] == [(0, pytest.approx(history.history["val_loss"][0]))]
+
+
+def _scalar_event(tag, value, step):
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+    from tensorflow.core.util import event_pb2
+
+    tensor = tf.make_tensor_proto(np.float32(value))
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")
+    )
+    summary = summary_pb2.Summary(
+        value=[summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=metadata)]
+    )
+    return event_pb2.Event(wall_time=1.0, step=step, summary=summary).SerializeToString()
+
+
+def test_tensorboard_resume_drops_an_interrupted_epoch_and_a_cut_record(tmp_path):
+    """A kill after TensorBoard logged epoch 2 but before its backup, mid-record."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    run_dir = tmp_path / "run"
+    model, _ = _fit(run_dir, epochs=2)
+    stray = run_dir / "tensorboard" / "validation" / "events.out.tfevents.2.host.1.0.v2"
+    with tf.io.TFRecordWriter(str(stray)) as writer:
+        writer.write(
+            event_pb2.Event(wall_time=1.0, file_version="brain.Event:2").SerializeToString()
+        )
+        writer.write(_scalar_event("epoch_volume_dice", 9.9, step=1))
+        writer.write(_scalar_event("epoch_volume_dice", 9.9, step=2))
+    with open(stray, "ab") as handle:
+        handle.write(_scalar_event("epoch_volume_dice", 9.9, step=2)[:7])
+    _fit(run_dir, epochs=3, initial_epoch=2, weights=model.get_weights())
+    validation = _read_events(run_dir / "tensorboard" / "validation")
+    assert sorted(validation["epoch_volume_dice"]) == [
+        (0, pytest.approx(0.5)),
+        (1, pytest.approx(0.6)),
+        (1, pytest.approx(9.9)),
+        (2, pytest.approx(0.7)),
+    ]
+    assert not [path for path in os.listdir(stray.parent) if path.startswith(".")]
+
+
 def test_mlflow_logs_params_and_every_epoch(tmp_path, mlflow_client):
     run_dir = tmp_path / "run"
     params = {"epochs": 3, "model": {"name": "unet", "filters": [8, 16]}, "note": "a b"}
@@ -227,6 +280,24 @@ def test_mlflow_fit_from_epoch_zero_again_is_a_new_run(tmp_path, mlflow_client):
     client = mlflow_client()
     assert [m.step for m in client.get_metric_history(first_id, "loss")] == [0]
     assert [m.step for m in client.get_metric_history(second_id, "loss")] == [0]
+
+
+def test_mlflow_logs_to_the_active_run_and_leaves_it_open(tmp_path, mlflow_client, monkeypatch):
+    mlflow = pytest.importorskip("mlflow")
+    mlflow_client()  # MLFLOW_ALLOW_FILE_STORE for the caller's own start_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "store").as_uri())
+    run_dir = tmp_path / "run"
+    with mlflow.start_run() as active:
+        _, history = _fit(run_dir, epochs=2, mlflow=True, params={"a": 1})
+        assert mlflow.active_run().info.run_id == active.info.run_id
+    assert (run_dir / RUN_ID_FILE).read_text().strip() == active.info.run_id
+    client = mlflow.tracking.MlflowClient(tracking_uri=(tmp_path / "store").as_uri())
+    assert client.get_run(active.info.run_id).data.params == {"a": "1"}
+    logged = client.get_metric_history(active.info.run_id, "loss")
+    assert [(m.step, m.value) for m in logged] == [
+        (0, pytest.approx(history.history["loss"][0])),
+        (1, pytest.approx(history.history["loss"][1])),
+    ]
 
 
 def test_mlflow_changed_param_on_resume_warns_and_keeps_the_first(tmp_path, mlflow_client):
