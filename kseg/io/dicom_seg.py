@@ -27,6 +27,7 @@ Reference:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import pathlib
@@ -41,13 +42,19 @@ from pydicom.uid import generate_uid
 from kseg._files import atomic_output
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
 from kseg.io.rtstruct_writer import BlankSeriesUidWarning, _label_array, _roi_names
-from kseg.io.volume import Volume
+from kseg.io.volume import Volume, image_affine
 
 __all__ = ["read_dicom_seg", "read_dicom_seg_masks", "write_dicom_seg"]
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
+# Patient and General Study attributes highdicom copies from the first source image; files
+# written without them (kseg's own radiograph phantoms, some converters) get them empty.
+_TYPE_2_PATIENT_AND_STUDY = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)  # fmt: skip
 # A frame lies on a slice / the grid's origin when its position is this close (in slices /
 # pixels) to it: SEG writers round positions (dcmqi keeps 7 significant digits).
 _POSITION_TOLERANCE = 0.05
@@ -206,6 +213,12 @@ def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
             del ds.SpecificCharacterSet  # empty: the default repertoire, as if absent
+        for keyword in _TYPE_2_PATIENT_AND_STUDY:
+            if keyword not in ds:  # type 2: present, empty when unknown (PS3.3 C.7.1.1, C.7.2.1)
+                setattr(ds, keyword, "")
+        if "ImagePositionPatient" in ds and not ds.get("SliceThickness"):
+            # highdicom copies it into the SEG's pixel measures; the slice step stands in
+            ds.SliceThickness = series.spacing[0]
         patched.append(ds)
     return patched
 
@@ -234,7 +247,9 @@ def read_dicom_seg_masks(
     path = os.fspath(path)
     ds = _read_segmentation(path)
     frames = _frames(path, ds)
-    if reference_series is None:
+    if frames.positions is None:
+        grid = _grid_of_source_images(path, ds, frames, reference_series)
+    elif reference_series is None:
         grid = _grid_of_frames(path, ds, frames)
     else:
         grid = _grid_of_series(path, ds, frames, reference_series)
@@ -369,8 +384,10 @@ def _functional(path: str, ds: pydicom.Dataset, frame: int, sequence: str, keywo
 
 def _frames(path: str, ds: pydicom.Dataset) -> _Frames:
     count = int(ds.get("NumberOfFrames", 1) or 1)
-    positions, segments, sources, orientations, spacings = [], [], [], [], []
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    segments, sources = _segments_and_sources(path, ds, count)
+    if not _has_plane_positions(ds):
+        return _Frames(None, segments, sources, None, None)
+    positions, orientations, spacings = [], [], []
     for frame in range(count):
         try:
             positions.append([float(v) for v in _functional(
@@ -379,16 +396,8 @@ def _frames(path: str, ds: pydicom.Dataset) -> _Frames:
                 path, ds, frame, "PlaneOrientationSequence", "ImageOrientationPatient")])
             spacings.append([float(v) for v in _functional(
                 path, ds, frame, "PixelMeasuresSequence", "PixelSpacing")])
-            segments.append(int(_functional(
-                path, ds, frame, "SegmentIdentificationSequence", "ReferencedSegmentNumber")))
         except (TypeError, ValueError) as exc:
             raise UnreadableFileError(path, f"frame {frame}: unusable geometry ({exc})") from exc
-        uid = ""
-        if frame < len(per_frame):
-            for derivation in per_frame[frame].get("DerivationImageSequence", []):
-                for source in derivation.get("SourceImageSequence", []):
-                    uid = uid or str(source.get("ReferencedSOPInstanceUID", "") or "")
-        sources.append(uid)
     positions = np.array(positions, float)
     orientations = np.array(orientations, float)
     spacings = np.array(spacings, float)
@@ -404,6 +413,76 @@ def _frames(path: str, ds: pydicom.Dataset) -> _Frames:
     if not np.allclose(spacings, spacings[0], rtol=1e-4) or (spacings[0] <= 0).any():
         raise UnreadableFileError(path, "frames differ in pixel spacing or it is not positive")
     return _Frames(positions, segments, sources, orientations[0], spacings[0])
+
+
+def _segments_and_sources(path: str, ds: pydicom.Dataset, count: int):
+    """Each frame's segment number and the SOPInstanceUID of the image it was drawn on
+    ("" when it names none)."""
+    segments, sources = [], []
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    for frame in range(count):
+        try:
+            segments.append(int(_functional(
+                path, ds, frame, "SegmentIdentificationSequence", "ReferencedSegmentNumber")))
+        except (TypeError, ValueError) as exc:
+            raise UnreadableFileError(path, f"frame {frame}: unusable segment number ({exc})"
+                                      ) from exc
+        uid = ""
+        if frame < len(per_frame):
+            for derivation in per_frame[frame].get("DerivationImageSequence", []):
+                for source in derivation.get("SourceImageSequence", []):
+                    uid = uid or str(source.get("ReferencedSOPInstanceUID", "") or "")
+        sources.append(uid)
+    return segments, sources
+
+
+def _has_plane_positions(ds: pydicom.Dataset) -> bool:
+    """Whether any frame is placed in the patient: SEGs of images without a frame of
+    reference (projection radiographs, photographs) place frames by source image only."""
+    groups = [*(ds.get("PerFrameFunctionalGroupsSequence") or []),
+              *(ds.get("SharedFunctionalGroupsSequence") or [])]  # fmt: skip
+    return any("PlanePositionSequence" in group for group in groups)
+
+
+def _grid_of_source_images(
+    path: str, ds: pydicom.Dataset, frames: _Frames, series: Volume | None
+) -> _Grid:
+    """A SEG without plane positions: each frame lies on the image it references, one
+    slice per image (the reference's slices, else the images in the order frames name
+    them, on plain axes at the SEG's pixel spacing or 1 mm)."""
+    unplaced = [frame for frame, uid in enumerate(frames.sources) if not uid]
+    if unplaced:
+        raise UnreadableFileError(
+            path, f"frame {unplaced[0]} has neither a plane position nor a source image"
+        )
+    if series is None:
+        images = list(dict.fromkeys(frames.sources))
+        slice_of_uid = {uid: k for k, uid in enumerate(images)}
+        spacing = [1.0, 1.0]
+        with contextlib.suppress(UnreadableFileError, TypeError, ValueError):
+            spacing = [float(v) for v in _functional(
+                path, ds, 0, "PixelMeasuresSequence", "PixelSpacing")]
+        affine = image_affine(*spacing)
+        shape = (len(images), int(ds.Rows), int(ds.Columns))
+    else:
+        slice_of_uid = {
+            str(uid): k for k, uid in enumerate(series.metadata.get("sop_instance_uids", ()))
+            if uid
+        }
+        affine, shape = series.affine, series.shape
+        if (int(ds.Rows), int(ds.Columns)) != shape[1:]:
+            raise AlignmentError(
+                path, f"the SEG's frames are {ds.Rows}x{ds.Columns}, the reference images' "
+                f"{shape[1]}x{shape[2]}",
+            )
+        strangers = [uid for uid in frames.sources if uid not in slice_of_uid]
+        if strangers:
+            raise AlignmentError(
+                path, f"frames reference the image {strangers[0]}, which is not in the "
+                "reference series (its metadata['sop_instance_uids'])",
+            )
+    slices = np.array([slice_of_uid[uid] for uid in frames.sources], int)
+    return _Grid(shape, affine, slices)
 
 
 def _pixels(path: str, ds: pydicom.Dataset) -> np.ndarray:

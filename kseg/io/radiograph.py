@@ -76,9 +76,10 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
     """Read a grey-level radiograph (PNG, TIFF, BMP, JPEG or DICOM) in its stored units.
 
     Args:
-        path: the image. ``.dcm`` / ``.dicom`` files go through
-            :func:`kseg.io.read_dicom_image` (modality LUT applied, MONOCHROME1 inverted
-            so that higher is brighter); anything else through Pillow.
+        path: the image. ``.dcm`` / ``.dicom`` files, and files of other names with the
+            DICM marker at byte 128 (archives often name DICOM files without a suffix),
+            go through :func:`kseg.io.read_dicom_image` (modality LUT applied, MONOCHROME1
+            inverted so that higher is brighter); anything else through Pillow.
 
     Returns:
         ``(image, bit_depth)``: ``uint16`` array ``(rows, columns)`` and the bits of the
@@ -95,7 +96,8 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         >>> image.dtype, bit_depth  # doctest: +SKIP
         (dtype('uint16'), 8)
     """
-    if os.path.splitext(os.fspath(path))[1].lower() in _DICOM_SUFFIXES:
+    suffix = os.path.splitext(os.fspath(path))[1].lower()
+    if suffix in _DICOM_SUFFIXES or _has_dicom_marker(path):
         return _read_dicom_radiograph(path)
     try:
         with open(path, "rb") as handle, Image.open(handle) as image:
@@ -107,6 +109,13 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
     if frames != 1:
         raise UnreadableFileError(path, f"has {frames} frames; expected one radiograph")
     return _grey_values(path, mode, values)
+
+
+def _has_dicom_marker(path) -> bool:
+    try:
+        return pydicom.misc.is_dicom(path)
+    except OSError:  # Pillow's open then names the problem
+        return False
 
 
 def _grey_values(path, mode: str, values: np.ndarray) -> tuple[np.ndarray, int]:

@@ -59,3 +59,12 @@ class Volume:
         if np.shape(array) != self.shape:
             raise ValueError(f"new array {np.shape(array)} is not on the grid {self.shape}")
         return dataclasses.replace(self, array=array, **changes)
+
+
+def image_affine(row_spacing: float = 1.0, column_spacing: float = 1.0) -> np.ndarray:
+    """The affine of images that carry no patient geometry (PNG radiographs, DICOM
+    projection radiographs), one 1 mm thick slice each: index ``(k, j, i)`` to
+    ``(x, y, z) = (i * column_spacing, j * row_spacing, k)`` mm, axes as stored."""
+    affine = np.zeros((4, 4))
+    affine[0, 2], affine[1, 1], affine[2, 0], affine[3, 3] = column_spacing, row_spacing, 1, 1
+    return affine
