@@ -1,0 +1,618 @@
+"""``kseg predict``: a trained run's model on new files, predictions written on the input's
+own grid.
+
+A run folder holds the model (``best.keras``) and, in ``config.json``'s ``"inference"``
+section, how its inputs were made during training. :func:`predict_command` reads both,
+segments every input and writes one prediction per input:
+
+* inputs: a DICOM series folder (slices ordered by position, :func:`kseg.io.read_dicom_series`),
+  a NIfTI file or a folder of them (:func:`kseg.io.read_nifti`), and radiographs: one
+  PNG / JPEG / TIFF / BMP / DICOM image or a folder of them (:func:`kseg.io.read_radiograph`;
+  DICOM files are recognised by their bytes, whatever their names);
+* models: ``"kind": "slices"`` (a 2D model run on every slice with
+  :func:`kseg.data.pipeline.model_input`, probabilities resized back to each slice's plane
+  with :func:`kseg.evaluation.resize_probabilities`), or ``"kind": "volume"`` (a 3D model:
+  :func:`kseg.data.preprocess3d.preprocess_volume`, a gaussian-blended
+  :func:`kseg.inference.sliding_window`, then :func:`kseg.geometry.to_original_grid`);
+* outputs on the input's grid and geometry: ``nifti`` (the input's affine), ``dicom-seg``
+  (highdicom, referencing the DICOM images), ``png`` (one lossless PNG per slice, labels as
+  values), ``rtstruct`` (contours of a DICOM series' labels).
+
+Example:
+    >>> written = predict_command("runs/chaos_liver", "CT/1/DICOM_anon", "out", "dicom-seg")
+    ... # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from kseg.errors import LayoutError, UnreadableFileError
+from kseg.io.dicom import read_dicom_series, scan_dicom_files
+from kseg.io.nifti import read_nifti, write_nifti
+from kseg.io.png_stack import write_png_stack
+from kseg.io.radiograph import read_radiograph
+from kseg.io.volume import Volume, image_affine
+
+__all__ = [
+    "FORMATS",
+    "INFERENCE_KINDS",
+    "Prediction",
+    "predict_command",
+    "predict_path",
+    "read_inputs",
+    "write_predictions",
+]
+
+FORMATS = ("nifti", "dicom-seg", "png", "rtstruct")
+INFERENCE_KINDS = ("slices", "volume")
+POSTPROCESSING = ("none", "largest-component")
+
+# Series kinds of the inputs: which formats can reference what.
+DICOM_SERIES, NIFTI, RADIOGRAPH = "dicom-series", "nifti", "radiograph"
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# Files Pillow reads as radiographs; anything else in a radiograph folder is DICOM or skipped.
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# Windows per 3D model call: memory for a 96^3 window of HighResNet stays modest.
+_VOLUME_BATCH = 2
+# Keys each inference kind needs in config.json (the rest have defaults).
+_REQUIRED_KEYS = {
+    "slices": ("window", "image_size", "num_classes"),
+    "volume": ("window", "spacing", "roi_size", "num_classes"),
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Prediction:
+    """One input's predicted label map, on the input's own grid.
+
+    Attributes:
+        name: the output's file stem (the series folder's, NIfTI file's or image's name).
+        source: the input file or DICOM series folder.
+        kind: ``"dicom-series"``, ``"nifti"`` or ``"radiograph"``.
+        image: the input as read (HU for CT, stored units for radiographs), with its
+            geometry; a radiograph is one slice, ``(1, rows, columns)``.
+        labels: ``uint8`` label map (``uint16`` past 255 classes) on ``image``'s grid and
+            affine, 0 background, values by kseg.evaluation's conventions (one sigmoid
+            channel: 1 where the probability is at least the threshold; several channels:
+            the argmax channel).
+        dicom: ``image.source_files`` are DICOM files a DICOM-SEG can reference.
+    """
+
+    name: str
+    source: pathlib.Path
+    kind: str
+    image: Volume
+    labels: Volume
+    dicom: bool
+
+
+# --- reading inputs ---------------------------------------------------------------------------
+
+
+def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple]:
+    """The images ``input_path`` holds, read as :func:`predict_path` reads them.
+
+    A NIfTI file, or a folder of them, gives one volume each. A folder with image files
+    (PNG, JPEG, TIFF, BMP), or any folder when ``inference["modality"]`` is
+    ``"radiograph"``, gives one radiograph per image or DICOM file (sorted by name; other
+    files are skipped with a :class:`kseg.io.SkippedFileWarning`). Any other folder is one
+    DICOM series. A single non-NIfTI file is a radiograph, or a one-slice DICOM series for
+    CT models.
+
+    Returns:
+        ``[(name, source path, kind, Volume, is DICOM)]`` in a stable order.
+
+    Raises:
+        LayoutError: ``input_path`` does not exist, holds nothing readable, or two inputs
+            would write outputs of the same name.
+        UnreadableFileError, DicomSeriesError: from the readers, naming the file.
+    """
+    path = pathlib.Path(input_path)
+    radiograph_model = inference.get("modality") == "radiograph"
+    if path.is_file():
+        if _is_nifti(path):
+            inputs = [_nifti_input(path)]
+        elif radiograph_model or path.suffix.lower() in _IMAGE_SUFFIXES:
+            inputs = [_radiograph_input(path, is_dicom=path.suffix.lower() not in _IMAGE_SUFFIXES)]
+        else:
+            inputs = [_series_input([path], path)]
+    elif path.is_dir():
+        files = sorted(entry for entry in path.iterdir() if entry.is_file())
+        niftis = [entry for entry in files if _is_nifti(entry)]
+        images = [entry for entry in files if entry.suffix.lower() in _IMAGE_SUFFIXES]
+        if niftis:
+            inputs = [_nifti_input(entry) for entry in niftis]
+        elif radiograph_model or images:
+            inputs = _radiograph_folder(path, files, images)
+        else:
+            inputs = [_series_input(path, path)]
+    else:
+        raise LayoutError(
+            path,
+            "does not exist; expected a DICOM series folder, a NIfTI file (or a folder of "
+            "them), or radiographs (one image or a folder of PNG / JPEG / DICOM files)",
+        )
+    _check_unique_names(inputs)
+    return inputs
+
+
+def _is_nifti(path: pathlib.Path) -> bool:
+    return path.name.lower().endswith(_NIFTI_SUFFIXES)
+
+
+def _stem(path: pathlib.Path) -> str:
+    name = path.name
+    for suffix in _NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem if path.suffix.lower() in _IMAGE_SUFFIXES + (".dcm", ".dicom") else name
+
+
+def _nifti_input(path: pathlib.Path) -> tuple:
+    return _stem(path), path, NIFTI, read_nifti(path), False
+
+
+def _series_input(source, path: pathlib.Path) -> tuple:
+    series = read_dicom_series(source)
+    return path.name if path.is_dir() else _stem(path), path, DICOM_SERIES, series, True
+
+
+def _radiograph_folder(folder: pathlib.Path, files, images) -> list[tuple]:
+    others = [entry for entry in files if entry not in images]
+    dicom = {pathlib.Path(p) for p, header in scan_dicom_files(others, where=folder)
+             if "PixelData" in header}  # fmt: skip
+    inputs = [
+        _radiograph_input(entry, is_dicom=entry in dicom)
+        for entry in files
+        if entry in dicom or entry in images
+    ]
+    if not inputs:
+        raise LayoutError(
+            folder, "holds no radiograph: expected PNG, JPEG, TIFF, BMP or DICOM image files"
+        )
+    return inputs
+
+
+def _radiograph_input(path: pathlib.Path, *, is_dicom: bool) -> tuple:
+    image, _ = read_radiograph(path)
+    affine, metadata, patient_id = image_affine(), {}, _stem(path)
+    if is_dicom:
+        affine, metadata, patient_id = _dicom_image_geometry(path, image.shape)
+    volume = Volume(image[None], affine, patient_id, (str(path),), metadata)
+    return _stem(path), path, RADIOGRAPH, volume, is_dicom
+
+
+def _dicom_image_geometry(path: pathlib.Path, shape) -> tuple[np.ndarray, dict, str]:
+    """Affine, metadata and patient of one DICOM image: a one-slice series' when the header
+    places the image in the patient (ImagePositionPatient ...), else the pixel spacing
+    (PixelSpacing, or ImagerPixelSpacing of projection radiographs) on plain axes."""
+    ((_, header),) = scan_dicom_files([path])
+    if all(key in header for key in ("ImagePositionPatient", "ImageOrientationPatient",
+                                     "PixelSpacing")):  # fmt: skip
+        series = read_dicom_series([path])
+        return series.affine, series.metadata, series.patient_id
+    spacing = header.get("PixelSpacing") or header.get("ImagerPixelSpacing") or (1.0, 1.0)
+    try:
+        row_spacing, column_spacing = (float(v) for v in spacing)
+    except (TypeError, ValueError):
+        row_spacing = column_spacing = float("nan")
+    if not (
+        row_spacing > 0 and column_spacing > 0 and np.isfinite([row_spacing, column_spacing]).all()
+    ):
+        raise UnreadableFileError(path, f"pixel spacing {spacing!r} is not two positive numbers")
+    affine = image_affine(row_spacing, column_spacing)
+    file_meta = getattr(header, "file_meta", None) or {}
+    uid = str(header.get("SOPInstanceUID", "") or "") or str(
+        file_meta.get("MediaStorageSOPInstanceUID", "") or ""
+    )
+    metadata = {
+        "modality": str(header.get("Modality", "") or ""),
+        "sop_instance_uids": (uid,),
+        "frame_of_reference_uid": str(header.get("FrameOfReferenceUID", "") or ""),
+    }
+    return affine, metadata, str(header.get("PatientID", "") or "") or _stem(path)
+
+
+def _check_unique_names(inputs) -> None:
+    seen: dict[str, pathlib.Path] = {}
+    for name, source, *_ in inputs:
+        if name.casefold() in seen:
+            raise LayoutError(
+                source,
+                f"would write outputs named {name!r}, as {seen[name.casefold()]} does; "
+                "rename one of them or predict them separately",
+            )
+        seen[name.casefold()] = source
+
+
+# --- predicting -------------------------------------------------------------------------------
+
+
+def predict_path(model, inference: Mapping, input_path: os.PathLike | str) -> list[Prediction]:
+    """Segment every image ``input_path`` holds, each on its own grid.
+
+    Args:
+        model: a ``keras.Model`` (or callable batch -> batch), 2D for ``"slices"``, 3D for
+            ``"volume"``.
+        inference: the ``"inference"`` section of a run's ``config.json``.
+        input_path: a DICOM series folder, a NIfTI file or folder of them, a radiograph or
+            a folder of radiographs (see :func:`read_inputs`).
+
+    Returns:
+        One :class:`Prediction` per input, in :func:`read_inputs` order.
+
+    Raises:
+        UnreadableFileError: ``inference`` lacks a key or has an unknown kind, window or
+            postprocessing (``source`` ``None``: the caller names its config file).
+        LayoutError, UnreadableFileError, DicomSeriesError: the input cannot be read.
+    """
+    inference = checked_inference(inference)
+    return [
+        _predict_input(model, inference, *item)
+        for item in _progress(read_inputs(input_path, inference))
+    ]
+
+
+def _progress(inputs: list) -> list:
+    return inputs if len(inputs) < 2 else tqdm(inputs, desc="predict", unit="input")
+
+
+def _predict_input(model, inference, name, source, kind, image, dicom) -> Prediction:
+    if inference["kind"] == "slices":
+        labels = _predict_slices(model, inference, image.array)
+    else:
+        labels = _predict_volume(model, inference, image)
+    dtype = np.uint8 if int(inference["num_classes"]) <= 256 else np.uint16
+    return Prediction(name, source, kind, image, image.with_array(labels.astype(dtype)), dicom)
+
+
+def _predict_slices(model, inference, array: np.ndarray) -> np.ndarray:
+    import tensorflow as tf
+
+    from kseg.data.pipeline import model_input
+    from kseg.evaluation import _labels_from_probabilities, resize_probabilities
+    from kseg.inference import predict_slices
+
+    preprocess = model_input(
+        window=_window_argument(inference["window"]), image_size=inference["image_size"]
+    )
+    slices = tf.data.Dataset.from_tensor_slices({"image": array}).map(preprocess)
+    inputs = np.stack(list(slices.as_numpy_iterator()))
+    probabilities = predict_slices(model, inputs, progress=False)
+    probabilities = resize_probabilities(probabilities, array.shape[1:])
+    labels = _labels_from_probabilities(probabilities, float(inference.get("threshold", 0.5)))
+    return _postprocessed(inference, labels.astype(np.int32))
+
+
+def _window_argument(window):
+    """config.json's ``window`` as :func:`kseg.data.pipeline.model_input` takes it; the name
+    ``"scale_intensity"`` is the per-image min-max scaling of the radiograph recipe."""
+    if window == "scale_intensity":
+        from kseg.data.pipeline import scale_intensity
+
+        return scale_intensity
+    return window
+
+
+def _predict_volume(model, inference, image: Volume) -> np.ndarray:
+    from kseg.data.pipeline import window
+    from kseg.data.preprocess3d import preprocess_volume
+    from kseg.evaluation import _labels_from_probabilities
+    from kseg.inference import sliding_window
+
+    low, high = (float(v) for v in inference["window"])
+    spacing_xyz = inference["spacing"]
+    prepared = preprocess_volume(
+        image,
+        orientation=inference.get("orientation", "RAS"),
+        spacing=None if spacing_xyz is None else tuple(float(v) for v in spacing_xyz)[::-1],
+        # the MSD chain crops to the voxels above the window's lower bound
+        crop_threshold=low,
+    )
+    inputs = window(prepared.image.array, (low + high) / 2.0, high - low).numpy()[..., None]
+    probabilities = sliding_window(
+        model, inputs, tuple(inference["roi_size"]), overlap=float(inference.get("overlap", 0.25)),
+        blend=inference.get("blend", "gaussian"), batch_size=_VOLUME_BATCH,
+        progress=False,
+    )  # fmt: skip
+    labels = _labels_from_probabilities(probabilities, float(inference.get("threshold", 0.5)))
+    # on the model's grid, as evaluation and checkpoint selection apply it
+    return prepared.to_original_grid(_postprocessed(inference, labels.astype(np.int32)))
+
+
+def _postprocessed(inference, labels: np.ndarray) -> np.ndarray:
+    from kseg.inference import keep_largest_component
+
+    if inference.get("postprocess", "none") == "largest-component":
+        return keep_largest_component(labels)
+    return labels
+
+
+def checked_inference(inference, source: os.PathLike | str | None = None) -> dict:
+    """The ``"inference"`` section of a run's config.json, checked before any input is read.
+
+    Args:
+        inference: the section.
+        source: the config file, named in errors.
+
+    Raises:
+        UnreadableFileError: not a mapping, an unknown ``kind`` or ``postprocess``, a
+            missing key the kind needs, or a value of the wrong shape.
+    """
+    if not isinstance(inference, Mapping):
+        raise UnreadableFileError(source, f'"inference" must be an object, got {inference!r}')
+    kind = inference.get("kind")
+    if kind not in INFERENCE_KINDS:
+        raise UnreadableFileError(
+            source, f"inference kind {kind!r} is not one of {', '.join(INFERENCE_KINDS)}"
+        )
+    missing = [key for key in _REQUIRED_KEYS[kind] if key not in inference]
+    if missing:
+        raise UnreadableFileError(
+            source, f"the {kind!r} inference section lacks {', '.join(map(repr, missing))}"
+        )
+    postprocess = inference.get("postprocess", "none")
+    if postprocess not in POSTPROCESSING:
+        raise UnreadableFileError(
+            source, f"inference postprocess {postprocess!r} is not one of {POSTPROCESSING}"
+        )
+    problems = {
+        "num_classes": _positive_ints([inference["num_classes"]], 1),
+        "image_size": kind != "slices" or _positive_ints(inference["image_size"], 2),
+        "roi_size": kind != "volume" or _positive_ints(inference["roi_size"], 3),
+        "window": kind != "volume" or _numbers(inference["window"], 2),
+        "spacing": kind != "volume"
+        or inference["spacing"] is None
+        or _numbers(inference["spacing"], 3),
+    }
+    wrong = [key for key, fine in problems.items() if not fine]
+    if wrong:
+        key = wrong[0]
+        raise UnreadableFileError(source, f"inference {key} {inference[key]!r} is not valid")
+    return dict(inference)
+
+
+def _positive_ints(values, count: int) -> bool:
+    try:
+        return len(values) == count and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in values
+        )
+    except TypeError:
+        return False
+
+
+def _numbers(value, count: int) -> bool:
+    try:
+        return len(value) == count and all(np.isfinite(float(v)) for v in value)
+    except (TypeError, ValueError):
+        return False
+
+
+# --- writing ----------------------------------------------------------------------------------
+
+
+def check_format(predictions_or_inputs, format: str) -> None:
+    """Refuse an output format the inputs cannot take, before any model runs.
+
+    Args:
+        predictions_or_inputs: :class:`Prediction` objects or :func:`read_inputs` tuples.
+        format: one of :data:`FORMATS`.
+
+    Raises:
+        ValueError: an unknown format.
+        LayoutError: DICOM-SEG for a non-DICOM input, RTSTRUCT for anything but a DICOM
+            series; the message names the input.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format {format!r} is not one of {', '.join(FORMATS)}")
+    for item in predictions_or_inputs:
+        source, kind, dicom = _source_kind_dicom(item)
+        if format == "dicom-seg" and not dicom:
+            raise LayoutError(
+                source,
+                f"is a {_describe_kind(kind, source)}; a DICOM-SEG references the DICOM "
+                "images it was drawn on, so it needs DICOM inputs (choose --format nifti or "
+                "png for this input)",
+            )
+        if format == "rtstruct" and kind != DICOM_SERIES:
+            raise LayoutError(
+                source,
+                f"is a {_describe_kind(kind, source)}; an RT Structure Set references the "
+                "slices of a DICOM series (CT), so it needs a DICOM series folder (choose "
+                "--format nifti, png or dicom-seg)",
+            )
+
+
+def _source_kind_dicom(item) -> tuple[pathlib.Path, str, bool]:
+    if isinstance(item, Prediction):
+        return item.source, item.kind, item.dicom
+    _, source, kind, _, dicom = item
+    return source, kind, dicom
+
+
+def _describe_kind(kind: str, source: pathlib.Path) -> str:
+    if kind == RADIOGRAPH:
+        suffix = source.suffix.lower().lstrip(".").upper() or "DICOM"
+        return f"{suffix if suffix != 'DCM' else 'DICOM'} radiograph"
+    return "NIfTI volume" if kind == NIFTI else "DICOM series"
+
+
+def write_predictions(
+    predictions: Sequence[Prediction],
+    output_dir: os.PathLike | str,
+    format: str,
+    *,
+    labels: Mapping[str, int],
+) -> list[pathlib.Path]:
+    """Write predictions in one format, each on its input's grid, every file atomically.
+
+    Files, for a prediction named ``NAME``:
+
+    * ``nifti``: ``NAME.nii.gz``, with the input's affine (uint8 labels);
+    * ``dicom-seg``: ``NAME.seg.dcm``, one segment per label of ``labels``, referencing the
+      input's DICOM images (:func:`kseg.io.write_dicom_seg`);
+    * ``png``: ``NAME.png`` for a radiograph; ``NAME/slice_0000.png`` ... for a volume, one
+      per slice in array order (a DICOM series' position order), labels as pixel values
+      (:func:`kseg.io.write_png_stack`);
+    * ``rtstruct``: ``NAME.rtstruct.dcm``, one ROI per label (:func:`kseg.io.write_rtstruct`).
+
+    Args:
+        predictions: from :func:`predict_path`.
+        output_dir: created if missing; must not be an input folder or lie inside one.
+        format: one of :data:`FORMATS`.
+        labels: ``{name: label value}`` (config.json's ``"labels"``), the segment / ROI
+            names.
+
+    Returns:
+        The written files, in prediction order.
+
+    Raises:
+        ValueError: an unknown format.
+        LayoutError: a format the input cannot take (see :func:`check_format`), or an
+            output that would land in an input folder or replace an input file.
+    """
+    check_format(predictions, format)
+    output_dir = pathlib.Path(output_dir)
+    names = {int(value): str(name) for name, value in labels.items()}
+    planned = [(prediction, _output_path(prediction, output_dir, format))
+               for prediction in predictions]  # fmt: skip
+    _check_outputs_spare_inputs(output_dir, planned)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written: list[pathlib.Path] = []
+    for prediction, path in planned:
+        written.extend(_write(prediction, path, format, names))
+    return written
+
+
+def _output_path(prediction: Prediction, output_dir: pathlib.Path, format: str) -> pathlib.Path:
+    name = prediction.name
+    if format == "nifti":
+        return output_dir / f"{name}.nii.gz"
+    if format == "dicom-seg":
+        return output_dir / f"{name}.seg.dcm"
+    if format == "rtstruct":
+        return output_dir / f"{name}.rtstruct.dcm"
+    return output_dir / (f"{name}.png" if prediction.kind == RADIOGRAPH else name)
+
+
+def _check_outputs_spare_inputs(output_dir: pathlib.Path, planned) -> None:
+    target = os.path.realpath(output_dir)
+    for prediction, path in planned:
+        source = os.path.realpath(prediction.source)
+        if os.path.isdir(source) and (target == source or target.startswith(source + os.sep)):
+            raise LayoutError(
+                output_dir,
+                f"lies in the input folder {prediction.source}; write predictions elsewhere, "
+                "inputs are never modified",
+            )
+        inputs = {os.path.realpath(f) for f in prediction.image.source_files}
+        if os.path.realpath(path) in inputs | {source}:
+            raise LayoutError(path, "is an input file; write predictions to another folder")
+
+
+def _write(prediction: Prediction, path: pathlib.Path, format: str, names) -> list:
+    labels = prediction.labels
+    if format == "nifti":
+        write_nifti(labels, path)
+        return [path]
+    if format == "png":
+        if prediction.kind == RADIOGRAPH:
+            return write_png_stack(labels.array, path.parent, names=[path.name])
+        return write_png_stack(labels.array, path)
+    if format == "dicom-seg":
+        from kseg.io.dicom_seg import write_dicom_seg
+
+        return [write_dicom_seg(labels, prediction.image, path, names)]
+    from kseg.io.rtstruct_writer import write_rtstruct
+
+    return [write_rtstruct(labels, prediction.image, path, roi_names=names)]
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def read_run(run_dir: os.PathLike | str) -> tuple[pathlib.Path, dict]:
+    """The model file and the checked config of a run folder, before anything heavy loads.
+
+    Returns:
+        ``(RUN/best.keras, config)`` with ``config["inference"]`` checked.
+
+    Raises:
+        LayoutError: ``run_dir`` is not a folder, or lacks ``config.json`` / ``best.keras``.
+        UnreadableFileError: ``config.json`` is not a kseg run config
+            (:func:`kseg.recipes.run_config.read_config`), its ``labels`` are not names of
+            positive label values, or its inference section is not valid; the file is named.
+    """
+    from kseg.recipes.run_config import CONFIG_FILE, read_config
+
+    config = read_config(run_dir)
+    config_path = pathlib.Path(run_dir) / CONFIG_FILE
+    model_path = pathlib.Path(run_dir) / "best.keras"
+    if not model_path.is_file():
+        raise LayoutError(
+            model_path, "is missing: the run folder holds no trained model (kseg train "
+            "writes best.keras when a validation score first improves)"
+        )  # fmt: skip
+    labels = config["labels"]
+    if (
+        not isinstance(labels, dict)
+        or not labels
+        or not all(
+            isinstance(value, int) and not isinstance(value, bool) and value > 0
+            for value in labels.values()
+        )
+    ):
+        raise UnreadableFileError(
+            config_path, f'"labels" must map names to positive label values, got {labels!r}'
+        )
+    config["inference"] = checked_inference(config["inference"], config_path)
+    return model_path, config
+
+
+def predict_command(
+    run_dir: os.PathLike | str,
+    input_path: os.PathLike | str,
+    output_dir: os.PathLike | str,
+    format: str,
+) -> list[pathlib.Path]:
+    """``kseg predict RUN --input PATH --output DIR --format FORMAT``.
+
+    Checks the run, reads the inputs and checks that they can take ``format`` before the
+    model is loaded, then predicts each input and writes it with :func:`write_predictions`.
+
+    Returns:
+        The written files.
+
+    Raises:
+        ValueError: an unknown format.
+        LayoutError, UnreadableFileError, DicomSeriesError: a run folder without
+            config.json / best.keras, an invalid config, an unreadable input, or a format
+            the input cannot take; the file is named.
+    """
+    if format not in FORMATS:
+        raise ValueError(f"format {format!r} is not one of {', '.join(FORMATS)}")
+    model_path, config = read_run(run_dir)
+    inference = config["inference"]
+    inputs = read_inputs(input_path, inference)
+    check_format(inputs, format)
+
+    import kseg
+
+    model = kseg.load_model(model_path, compile=False)
+    channels = model.output_shape[-1]
+    if channels != int(inference["num_classes"]):
+        raise UnreadableFileError(
+            pathlib.Path(run_dir) / "config.json",
+            f"inference num_classes is {inference['num_classes']} but {model_path} outputs "
+            f"{channels} channels",
+        )
+    predictions = [_predict_input(model, inference, *item) for item in _progress(inputs)]
+    return write_predictions(predictions, output_dir, format, labels=config["labels"])
