@@ -190,12 +190,37 @@ def _load_case(path: pathlib.Path) -> dict[str, np.ndarray]:
     image = arrays["image"]
     if image.ndim != 3 or image.size == 0:
         raise UnreadableFileError(path, f"image must be (slices, rows, columns), got {image.shape}")
+    if not np.issubdtype(image.dtype, np.floating) or not np.all(np.isfinite(image)):
+        raise UnreadableFileError(
+            path, f"image must hold finite floats in [0, 1], got dtype {image.dtype}"
+            + ("" if not np.issubdtype(image.dtype, np.floating) else " with NaN or inf")
+        )  # fmt: skip
     for key in ("reference", "prediction"):
-        if key in arrays and arrays[key].shape != image.shape:
+        if key not in arrays:
+            continue
+        labels = arrays[key]
+        if labels.shape != image.shape:
             raise UnreadableFileError(
-                path, f"{key} has shape {arrays[key].shape}, the image {image.shape}"
+                path, f"{key} has shape {labels.shape}, the image {image.shape}"
             )
+        if not (labels.dtype == bool or np.issubdtype(labels.dtype, np.integer)):
+            raise UnreadableFileError(
+                path, f"{key} must hold integer labels (uint8), got dtype {labels.dtype}"
+            )
+        if labels.size and labels.min() < 0:
+            raise UnreadableFileError(path, f"{key} holds negative labels")
     return arrays
+
+
+def _spacing(arrays: Mapping[str, np.ndarray]) -> tuple[float, float, float]:
+    """The case's (slice, row, column) spacing in mm; 1 mm where it has none usable."""
+    try:
+        spacing = np.asarray(arrays.get("spacing", ()), dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        return (1.0, 1.0, 1.0)
+    if spacing.shape == (3,) and np.all(np.isfinite(spacing) & (spacing > 0)):
+        return tuple(float(value) for value in spacing)
+    return (1.0, 1.0, 1.0)
 
 
 def _shown_slices(count: int, max_slices: int) -> np.ndarray:
@@ -415,29 +440,31 @@ class _Page:
     # ---- figures over all cases
 
     def _case_figures(self, name, case_paths, scores_by_patient, header) -> str:
-        parts = []
+        # First pass: the readable labelled cases and their per-slice Dice per class.
         labelled = []
+        per_slice = {class_name: {} for class_name in self.classes}
         for path in case_paths:
             try:
-                with np.load(path, allow_pickle=False) as archive:
-                    if "reference" in archive.files:
-                        labelled.append(path)
-            except (OSError, ValueError, zipfile.BadZipFile):
-                continue  # the viewer names the unreadable file
-        if not labelled:
-            return _note("No reference masks in the case files: no overlap figures.", "info")
-        for class_name, value in self.classes.items():
-            suffix = "" if class_name is None else f" – {class_name}"
-            per_slice = {}
-            for path in labelled:
                 arrays = _load_case(path)
-                per_slice[path.stem] = viz.per_slice_dice(
+            except UnreadableFileError:
+                continue  # its viewer names the problem
+            if "reference" not in arrays:
+                continue
+            labelled.append(path)
+            for class_name, value in self.classes.items():
+                per_slice[class_name][path.stem] = viz.per_slice_dice(
                     arrays["reference"] == value, arrays["prediction"] == value
                 )
+        if not labelled:
+            return _note("No reference masks in the case files: no overlap figures.", "info")
+        parts = []
+        for class_name, value in self.classes.items():
+            suffix = "" if class_name is None else f" – {class_name}"
+            gid = f"{name}-{class_name or 'foreground'}"
             try:
                 parts.append(_figure_html(
-                    viz.slice_dice_heatmap(per_slice), f"Per-slice Dice{suffix}",
-                    f"slice-dice-{name}-{class_name or 'foreground'}",
+                    viz.slice_dice_heatmap(per_slice[class_name]), f"Per-slice Dice{suffix}",
+                    f"slice-dice-{gid}",
                 ))  # fmt: skip
             except ValueError as error:
                 parts.append(_note(f"Per-slice Dice{suffix}: {error}", "problem"))
@@ -449,15 +476,16 @@ class _Page:
             try:
                 parts.append(_figure_html(
                     viz.accuracy_vs_dice(pairs), f"Pixel accuracy vs Dice{suffix}",
-                    f"accuracy-dice-{name}-{class_name or 'foreground'}",
+                    f"accuracy-dice-{gid}",
                 ))  # fmt: skip
             except ValueError as error:
                 parts.append(_note(f"Pixel accuracy vs Dice{suffix}: {error}", "info"))
-        parts.append(self._worst_error_map(labelled, scores_by_patient, header))
+        parts.append(self._lowest_dice_figures(labelled, scores_by_patient, header))
         return "<h3>Figures</h3>" + "".join(parts)
 
-    def _worst_error_map(self, labelled, scores_by_patient, header) -> str:
-        """The error map of the slice with the most wrong pixels of the lowest-Dice patient."""
+    def _lowest_dice_figures(self, labelled, scores_by_patient, header) -> str:
+        """The lowest-Dice patient: the error map of its slice with the most wrong pixels
+        and, for a volume, the three planes through its reference."""
         candidates = []
         for class_name, column in _dice_columns(header):
             value = self.classes.get(class_name, 1)
@@ -477,15 +505,27 @@ class _Page:
         wrong = np.sum(truth != predicted, axis=(1, 2))
         index = int(np.argmax(wrong))
         which = "" if class_name is None else f" {class_name}"
-        caption = (
-            f"Errors of the lowest Dice{which}: patient {path.stem} (Dice {dice:.4f}), "
-            f"slice {index} (the slice with the most wrong pixels)"
-        )
-        figure = viz.error_map(
-            arrays["image"][index], truth[index], predicted[index], window=(0.0, 1.0),
-            title=f"{path.stem}, slice {index}",
-        )  # fmt: skip
-        return _figure_html(figure, caption, "worst-error-map")
+        patient = f"patient {path.stem} (Dice{which} {dice:.4f})"
+        parts = [_figure_html(
+            viz.error_map(
+                arrays["image"][index], truth[index], predicted[index], window=(0.0, 1.0),
+                title=f"{path.stem}, slice {index}",
+            ),
+            f"Errors of the lowest Dice{which}: {patient}, slice {index} (the slice with the "
+            "most wrong pixels)",
+            "worst-error-map",
+        )]  # fmt: skip
+        if truth.shape[0] > 1:
+            parts.append(_figure_html(
+                viz.tri_planar(
+                    arrays["image"], reference=truth, prediction=predicted, window=(0.0, 1.0),
+                    spacing=_spacing(arrays),
+                ),
+                f"Axial, coronal and sagittal planes of {patient} through the reference's "
+                "centre",
+                "worst-tri-planar",
+            ))  # fmt: skip
+        return "".join(parts)
 
     # ---- viewer
 
@@ -511,8 +551,7 @@ class _Page:
                     _data_uri(viz.png_bytes(viz.label_layer(labels, color)))
                     if np.any(labels) else ""
                 )  # fmt: skip
-        spacing = np.asarray(arrays.get("spacing", (1.0, 1.0, 1.0)), dtype=np.float64).ravel()
-        row_mm, column_mm = (spacing[1], spacing[2]) if spacing.size == 3 else (1.0, 1.0)
+        _, row_mm, column_mm = _spacing(arrays)
         start = _start_position(arrays, shown)
         patient = path.stem
         notes = []

@@ -151,9 +151,10 @@ def write_evaluation(run, cases, name="test", extra_rows=()):
     return rows
 
 
-@pytest.fixture
-def run(tmp_path):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The shared run folder: tests only read it."""
+    run = tmp_path_factory.mktemp("shared") / "run"
     write_config(run)
     write_history(run)
     write_evaluation(run, {
@@ -161,6 +162,12 @@ def run(tmp_path):
         "patient-b": box_case(7, 40, 36, (1, 6, 5, 15, 5, 15), (1, 6, 5, 15, 10, 20), 1),
     })  # fmt: skip
     return run
+
+
+@pytest.fixture(scope="module")
+def written(run):
+    """The report of the shared run folder, written once for the tests that read it."""
+    return report.write_report(run)
 
 
 def viewers(page):
@@ -174,9 +181,11 @@ def slice_data(viewer):
 # --------------------------------------------------------------------------- tests
 
 
-def test_report_is_written_to_report_html_by_default_and_to_output_when_given(run, tmp_path):
-    assert report.write_report(run) == run / "report.html"
-    assert (run / "report.html").read_text().startswith("<!DOCTYPE html>")
+def test_report_is_written_to_report_html_by_default_and_to_output_when_given(
+    run, written, tmp_path
+):
+    assert written == run / "report.html"
+    assert written.read_text().startswith("<!DOCTYPE html>")
     other = tmp_path / "elsewhere" / "page.html"
     assert report.write_report(run, other) == other
     assert other.is_file()
@@ -184,8 +193,8 @@ def test_report_is_written_to_report_html_by_default_and_to_output_when_given(ru
     assert sorted(p.name for p in other.parent.iterdir()) == ["page.html"]
 
 
-def test_per_patient_table_rows_equal_the_scores_csv(run):
-    page = parse(report.write_report(run))
+def test_per_patient_table_rows_equal_the_scores_csv(run, written):
+    page = parse(written)
     with open(run / "evaluation" / "test" / "scores.csv", newline="") as handle:
         expected = list(csv.reader(handle))
     table = page.find("table", "scores")
@@ -199,8 +208,8 @@ def test_per_patient_table_rows_equal_the_scores_csv(run):
     assert shown[1] == f"{float(expected[1][1]):.4f}"  # Dice rounded to 4 decimals
 
 
-def test_summary_table_holds_numpy_mean_median_and_sample_std(run):
-    page = parse(report.write_report(run))
+def test_summary_table_holds_numpy_mean_median_and_sample_std(run, written):
+    page = parse(written)
     with open(run / "evaluation" / "test" / "scores.csv", newline="") as handle:
         dice = np.array([float(row["dice"]) for row in csv.DictReader(handle)])
     summary = page.find("table", "summary")
@@ -217,8 +226,8 @@ def test_summary_table_holds_numpy_mean_median_and_sample_std(run):
     assert cells["dice"]["count"] == "2"
 
 
-def test_each_case_file_has_a_viewer_with_the_dice_of_scores_csv_in_its_header(run):
-    page = parse(report.write_report(run))
+def test_each_case_file_has_a_viewer_with_the_dice_of_scores_csv_in_its_header(run, written):
+    page = parse(written)
     with open(run / "evaluation" / "test" / "scores.csv", newline="") as handle:
         dice = {row["patient_id"]: row["dice"] for row in csv.DictReader(handle)}
     found = viewers(page)
@@ -232,8 +241,8 @@ def test_each_case_file_has_a_viewer_with_the_dice_of_scores_csv_in_its_header(r
         assert viewer.find("input", "opacity") is not None
 
 
-def test_viewer_slices_are_the_case_images_and_masks_as_png(run):
-    page = parse(report.write_report(run))
+def test_viewer_slices_are_the_case_images_and_masks_as_png(run, written):
+    page = parse(written)
     viewer = viewers(page)["patient-a"]
     data = slice_data(viewer)
     with np.load(run / "evaluation" / "test" / "cases" / "patient-a.npz") as case:
@@ -279,16 +288,17 @@ def test_large_cases_are_capped_in_slices_and_pixels_and_the_page_says_so(tmp_pa
     assert "one row and column in 3 of 300 × 280 shown (100 × 94 pixels)" in note
 
 
-def test_stage_keeps_the_physical_aspect_of_the_slice(run):
-    page = parse(report.write_report(run))
+def test_stage_keeps_the_physical_aspect_of_the_slice(run, written):
+    page = parse(written)
     stage = viewers(page)["patient-a"].find("div", "stage")
     # 36 columns and 40 rows of 0.75 mm: 27 mm wide, 30 mm high
     assert "aspect-ratio: 27 / 30" in stage.attributes["style"]
 
 
-def test_training_curves_and_history_table_come_from_history_csv(run):
-    expected = write_history(run)
-    page = parse(report.write_report(run))
+def test_training_curves_and_history_table_come_from_history_csv(run, written):
+    with open(run / "history.csv", newline="") as handle:
+        expected = list(csv.reader(handle))
+    page = parse(written)
     section = next(s for s in page.find_all("section") if s.attributes.get("id") == "training")
     figure = section.find("figure")
     assert figure.attributes["id"] == "training-curves"
@@ -299,18 +309,20 @@ def test_training_curves_and_history_table_come_from_history_csv(run):
     assert rows == expected[1:]
 
 
-def test_evaluation_figures_are_embedded(run):
-    page = parse(report.write_report(run))
+def test_evaluation_figures_are_embedded(run, written):
+    page = parse(written)
     ids = {f.attributes["id"] for f in page.find_all("figure")}
-    assert {"training-curves", "score_boxplots", "score_histograms", "slice-dice-test-foreground",
-            "accuracy-dice-test-foreground", "worst-error-map"} <= ids  # fmt: skip
+    assert {
+        "training-curves", "score_boxplots", "score_histograms", "slice-dice-test-foreground",
+        "accuracy-dice-test-foreground", "worst-error-map", "worst-tri-planar",
+    } <= ids  # fmt: skip
     for figure in page.find_all("figure"):
         png = decode_png(figure.find("img").attributes["src"])
         assert png.ndim == 3 and png.shape[0] > 50
 
 
-def test_worst_error_map_shows_the_lowest_dice_patient_at_its_most_wrong_slice(run):
-    page = parse(report.write_report(run))
+def test_worst_error_map_shows_the_lowest_dice_patient_at_its_most_wrong_slice(run, written):
+    page = parse(written)
     caption = (
         next(f for f in page.find_all("figure") if f.attributes["id"] == "worst-error-map")
         .find("figcaption")
@@ -320,8 +332,8 @@ def test_worst_error_map_shows_the_lowest_dice_patient_at_its_most_wrong_slice(r
     assert "patient patient-b (Dice 0.5000), slice 1" in caption
 
 
-def test_page_is_self_contained(run):
-    text = report.write_report(run).read_text()
+def test_page_is_self_contained(written):
+    text = written.read_text()
     page = Tree(text).root
     for element in page.find_all():
         for name in ("src", "href"):
@@ -359,6 +371,39 @@ def test_missing_scores_or_cases_and_unreadable_files_are_noted_not_raised(tmp_p
     assert any("broken.npz: is not a readable .npz file" in n for n in notes)
     assert any("input-scans/scores.csv cannot be read" in n and "patient_id" in n for n in notes)
     assert any("No slices to view: input-scans/cases/" in n for n in notes)
+
+
+@pytest.mark.parametrize("arrays, problem", [
+    ({"image": np.full((2, 4, 4), np.nan, np.float32)}, "image must hold finite floats"),
+    ({"image": np.zeros((2, 4, 4), np.uint8)}, "image must hold finite floats"),
+    ({"image": np.zeros((4, 4), np.float32)}, "image must be (slices, rows, columns)"),
+    ({"reference": np.zeros((2, 4, 5), np.uint8)}, "reference has shape (2, 4, 5)"),
+    ({"prediction": np.full((2, 4, 4), 0.5)}, "prediction must hold integer labels"),
+    ({"reference": np.full((2, 4, 4), -1, np.int16)}, "reference holds negative labels"),
+])  # fmt: skip
+def test_malformed_case_files_are_named_in_the_page(tmp_path, arrays, problem):
+    run = tmp_path / "run"
+    write_config(run)
+    good = box_case(2, 4, 4, (0, 2, 0, 2, 0, 2), (0, 2, 0, 2, 0, 2), 0)
+    write_evaluation(run, {"good": good, "bad": good})
+    bad = dict(zip(("image", "reference", "prediction"), good, strict=True)) | arrays
+    np.savez(run / "evaluation" / "test" / "cases" / "bad.npz", **bad)
+    page = parse(report.write_report(run))
+    notes = [n.all_text() for n in page.find_all("p", "note")]
+    assert any("bad.npz: " in n and problem in n for n in notes), notes
+    assert sorted(viewers(page)) == ["good"]
+
+
+def test_a_radiograph_case_has_one_slice_and_no_tri_planar_figure(tmp_path):
+    run = tmp_path / "run"
+    write_config(run)
+    write_evaluation(run, {"xray": box_case(1, 20, 30, (0, 1, 2, 9, 3, 9), (0, 1, 2, 9, 4, 9), 0)})
+    page = parse(report.write_report(run))
+    viewer = viewers(page)["xray"]
+    assert slice_data(viewer)["slices"] == [0]
+    assert viewer.find("input", "slice-slider").attributes["max"] == "0"
+    ids = {f.attributes["id"] for f in page.find_all("figure")}
+    assert "worst-error-map" in ids and "worst-tri-planar" not in ids
 
 
 def test_unlabelled_case_has_a_prediction_layer_only(tmp_path):
