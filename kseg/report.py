@@ -45,6 +45,13 @@ DEFAULT_MAX_SLICES = 64
 DEFAULT_MAX_SIDE = 256
 
 _FIGURE_DPI = 80
+# Viewer layers: (colour, opacity of the inside). As kseg.viz.overlay draws them, the
+# reference is an outline and the prediction is filled too: a filled green over a filled
+# magenta would mix to grey where they overlap, hiding both.
+_LAYER_STYLES = {
+    "reference": (viz.REFERENCE_COLOR, 0.0),
+    "prediction": (viz.PREDICTION_COLOR, 0.35),
+}
 # Metrics worth a box plot when the table has them, in this order.
 _PLOTTED_METRICS = ("dice", "hd95", "assd", "iou")
 
@@ -481,7 +488,7 @@ class _Page:
             except ValueError as error:
                 parts.append(_note(f"Pixel accuracy vs Dice{suffix}: {error}", "info"))
         parts.append(self._lowest_dice_figures(labelled, scores_by_patient, header))
-        return "<h3>Figures</h3>" + "".join(parts)
+        return '<h3>Figures</h3><div class="figures">' + "".join(parts) + "</div>"
 
     def _lowest_dice_figures(self, labelled, scores_by_patient, header) -> str:
         """The lowest-Dice patient: the error map of its slice with the most wrong pixels
@@ -541,14 +548,13 @@ class _Page:
             layers["image"].append(
                 _data_uri(viz.png_bytes(viz.grey_levels(image[index][plane], window=(0, 1))))
             )
-            for key, color in (("reference", viz.REFERENCE_COLOR),
-                               ("prediction", viz.PREDICTION_COLOR)):  # fmt: skip
+            for key, (color, fill_alpha) in _LAYER_STYLES.items():
                 if key not in arrays:
                     continue
                 labels = arrays[key][index][plane]
                 # An empty layer is an empty string: no PNG for the slices a mask misses.
                 layers[key].append(
-                    _data_uri(viz.png_bytes(viz.label_layer(labels, color)))
+                    _data_uri(viz.png_bytes(viz.label_layer(labels, color, fill_alpha=fill_alpha)))
                     if np.any(labels) else ""
                 )  # fmt: skip
         _, row_mm, column_mm = _spacing(arrays)
@@ -570,7 +576,9 @@ class _Page:
         }
         width_mm, height_mm = columns * column_mm, rows * row_mm
         layer_inputs = "".join(
-            f'<label><input type="checkbox" class="show-{key}" checked> {key}</label>'
+            f'<label><input type="checkbox" class="show-{key}" checked> '
+            f'<span class="swatch" style="background: {_css_color(_LAYER_STYLES[key][0])}">'
+            f"</span> {key}</label> "
             for key in ("reference", "prediction")
             if key in data
         )
@@ -636,6 +644,11 @@ def _has_metric(table: PatientTable, metric: str) -> bool:
     return metric in names or any(name.startswith(f"{metric}_") for name in names)
 
 
+def _css_color(rgb) -> str:
+    red, green, blue = (round(255 * channel) for channel in rgb)
+    return f"rgb({red}, {green}, {blue})"
+
+
 def _compact(value) -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
@@ -689,6 +702,8 @@ figcaption { font-size: 0.9em; color: #555; }
        image-rendering: pixelated; }
 .controls { margin-top: 0.4em; font-size: 0.9em; }
 .controls .slice-slider { width: 16em; vertical-align: middle; }
+.swatch { display: inline-block; width: 0.8em; height: 0.8em; vertical-align: middle; }
+.figures { display: flex; flex-wrap: wrap; gap: 0 1.5em; align-items: flex-end; }
 """
 
 _SCRIPT = """

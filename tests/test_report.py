@@ -16,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 pytest.importorskip("matplotlib")
 
@@ -253,12 +254,20 @@ def test_viewer_slices_are_the_case_images_and_masks_as_png(run, written):
         np.testing.assert_array_equal(grey, np.round(image[position] * 255).astype(np.uint8))
     # Slice 0 holds neither mask: no layer image; slice 5 holds both.
     assert data["reference"][0] == "" and data["prediction"][0] == ""
-    for key, mask, color in (("reference", reference, (0, 204, 0)),
-                             ("prediction", prediction, (255, 0, 255))):  # fmt: skip
+    # The reference is outlined (its border pixels: a 4-neighbour outside the mask), the
+    # prediction outlined and filled at 35 % (alpha round(0.35 * 255) = 89).
+    cross = ndimage.generate_binary_structure(2, 1)
+    for key, mask, color, inside_alpha in (
+        ("reference", reference, (0, 204, 0), 0),
+        ("prediction", prediction, (255, 0, 255), 89),
+    ):
         layer = decode_png(data[key][5])
         assert layer.shape == (40, 36, 4)
-        np.testing.assert_array_equal(layer[..., 3] > 0, mask[5] > 0)
-        assert np.all(layer[mask[5] > 0, :3] == color)
+        mask = mask[5] > 0
+        border = mask & ~ndimage.binary_erosion(mask, cross, border_value=0)
+        expected_alpha = np.where(border, 255, np.where(mask, inside_alpha, 0))
+        np.testing.assert_array_equal(layer[..., 3], expected_alpha)
+        assert np.all(layer[mask, :3] == color)
     # The viewer opens on the slice with the most reference pixels (first of the largest).
     assert viewer.attributes["data-position"] == "2"
     slider = viewer.find("input", "slice-slider")

@@ -298,6 +298,7 @@ def state(page: Page) -> dict:
         " imageMatches: v.querySelector('.layer-image').src === data.image[position],"
         " referenceHidden: v.querySelector('.layer-reference').hidden,"
         " referenceOpacity: v.querySelector('.layer-reference').style.opacity,"
+        " predictionOpacity: v.querySelector('.layer-prediction').style.opacity,"
         " dice: v.querySelector('h4 .dice').textContent}; })()"
     )
 
@@ -346,18 +347,23 @@ def test_report_renders_and_its_viewer_follows_slider_wheel_and_opacity(run, chr
     shown = state(page)
     assert shown["position"] == 3 and not shown["referenceHidden"] and shown["imageMatches"]
 
-    # Slice 3: row 10, column 10 is inside the reference only (prediction starts at row 12),
-    # on neither border: the reference fill, at the opacity the control sets.
-    inside = stage_pixel(page, 10, 10)
-    assert inside[1] > inside[0] + 20  # green over grey
+    # Slice 3: row 14, column 14 is inside both masks, on neither border: the reference is
+    # only outlined, so what shows is the prediction's fill, at the opacity the control sets.
+    inside = stage_pixel(page, 14, 14)
+    assert inside[0] > inside[1] + 20 and inside[2] > inside[1] + 20  # magenta over grey
     page.evaluate(f"{VIEWER}.querySelector('.opacity').focus()")
     page.press("Home", "Home", 36)
-    assert state(page)["referenceOpacity"] == "0"
-    assert np.all(np.abs(stage_pixel(page, 10, 10) - slice_level(3)) <= 2)
+    shown = state(page)
+    assert shown["referenceOpacity"] == shown["predictionOpacity"] == "0"
+    assert np.all(np.abs(stage_pixel(page, 14, 14) - slice_level(3)) <= 2)
     # Row 8 is the reference's top border: opaque green where the layer is fully shown.
     page.press("End", "End", 35)
     assert state(page)["referenceOpacity"] == "1"
     assert np.all(np.abs(stage_pixel(page, 8, 10) - (0, 204, 0)) <= 2)
+    # Unticking the reference hides it whatever the opacity.
+    page.evaluate(f"{VIEWER}.querySelector('.show-reference').click()")
+    assert state(page)["referenceOpacity"] == "0"
+    assert np.all(np.abs(stage_pixel(page, 8, 10) - slice_level(3)) <= 2)
 
     screenshot = page.screenshot()
     (tmp_path / "report.png").write_bytes(screenshot)
