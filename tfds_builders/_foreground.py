@@ -12,6 +12,11 @@ scores Dice 1.0 on every empty-vs-empty case (that happened with CHAOS' 1-bit PN
 - per split, the counts (patients, slices, slices with foreground, voxels per label, the
   patients without each label) are kept and written into the dataset's
   ``builder.info.metadata["foreground"]``, so they are visible next to the data.
+
+Under Beam generation (:mod:`tfds_builders._beam`) each patient is checked by a tally of its
+own in a worker, which collects its warnings instead of emitting them; the driver adds the
+patients' counts with :meth:`ForegroundTally.add_counts` in the plain path's order and emits
+their warnings, so both paths give the same statistics and warnings.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ class ForegroundTally:
         metadata: the builder's ``info.metadata`` (a ``tfds.core.MetadataDict``); the
             statistics are stored under its ``"foreground"`` key as they grow, so they are
             saved with the dataset.
+        collect_warnings: keep the EmptyLabelWarning messages in ``collected_warnings``
+            instead of emitting them (a Beam worker hands them to the driver).
 
     Example:
         >>> tally = ForegroundTally({1: "liver"}, required=[1], metadata={})
@@ -53,6 +60,7 @@ class ForegroundTally:
         *,
         required: Sequence[int],
         metadata: dict,
+        collect_warnings: bool = False,
     ):
         self.label_names = {int(k): str(v) for k, v in label_names.items()}
         if 0 in self.label_names:
@@ -63,6 +71,8 @@ class ForegroundTally:
             raise ValueError(f"required labels {unknown} are not in label_names")
         self.required = frozenset(int(label) for label in required)
         self._splits: dict[str, dict] = metadata.setdefault("foreground", {})
+        self.collect_warnings = collect_warnings
+        self.collected_warnings: list[str] = []
 
     def check(
         self,
@@ -108,17 +118,34 @@ class ForegroundTally:
                 "were probably read with the wrong encoding or belong to another series.",
             )
         for label in missing:
-            warnings.warn(
-                EmptyLabelWarning(
-                    f"{os.fspath(mask_source)}: patient {patient} has no "
-                    f"{self.label_names[label]} ({label}) voxel"
-                ),
-                stacklevel=2,
+            message = (
+                f"{os.fspath(mask_source)}: patient {patient} has no "
+                f"{self.label_names[label]} ({label}) voxel"
             )
+            if self.collect_warnings:
+                self.collected_warnings.append(message)
+            else:
+                warnings.warn(EmptyLabelWarning(message), stacklevel=2)
         self._count(split, patient, labels, voxels, missing)
 
-    def _count(self, split, patient, labels, voxels, missing) -> None:
-        stats = self._splits.setdefault(
+    def split_counts(self, split: str) -> dict | None:
+        """The counts of ``split`` so far (JSON-safe), None when no patient was counted."""
+        return self._splits.get(split)
+
+    def add_counts(self, split: str, counts: Mapping) -> None:
+        """Add counts of ``split`` made by another tally of the same labels (one patient's,
+        in a Beam worker); lists of patients are extended in the order added."""
+        stats = self._split_stats(split)
+        for key in ("patients", "slices", "slices_with_foreground"):
+            stats[key] += int(counts[key])
+        for name in self.label_names.values():
+            stats["voxels_per_label"][name] += int(counts["voxels_per_label"][name])
+            stats["patients_without_label"][name].extend(
+                counts["patients_without_label"][name]
+            )
+
+    def _split_stats(self, split: str) -> dict:
+        return self._splits.setdefault(
             split,
             {
                 "patients": 0,
@@ -128,6 +155,9 @@ class ForegroundTally:
                 "patients_without_label": {name: [] for name in self.label_names.values()},
             },
         )
+
+    def _count(self, split, patient, labels, voxels, missing) -> None:
+        stats = self._split_stats(split)
         stats["patients"] += 1
         slices = labels if labels.ndim == 3 else labels[np.newaxis]
         # Explicit sizes: reshape(-1) cannot infer a row length when there are no slices.
