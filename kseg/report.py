@@ -52,6 +52,15 @@ _LAYER_STYLES = {
     "reference": (viz.REFERENCE_COLOR, 0.0),
     "prediction": (viz.PREDICTION_COLOR, 0.35),
 }
+# The files of a run folder (README "Run folder"), listed with whether they exist yet.
+_RUN_FILES = (
+    ("config.json", "the run's configuration, written when training starts"),
+    ("best.keras", "the best model so far (BestModelCheckpoint)"),
+    ("history.csv", "per-epoch losses and scores"),
+    ("backup", "state to resume training from"),
+    ("tensorboard", "TensorBoard logs"),
+    ("evaluation", "per-patient scores and case files (kseg evaluate)"),
+)
 # Metrics worth a box plot when the table has them, in this order.
 _PLOTTED_METRICS = ("dice", "hd95", "assd", "iou")
 
@@ -311,8 +320,25 @@ class _Page:
             '<section id="configuration"><h2>Configuration</h2>'
             f'<table class="facts">{rows}</table>{argument_rows}'
             f"<details><summary>config.json</summary><pre>{_escape(full)}</pre></details>"
-            "</section>"
+            f"{self._files()}</section>"
         )
+
+    def _files(self) -> str:
+        """Which of the run folder's files exist yet, with their sizes."""
+        cells = []
+        for name, what in _RUN_FILES:
+            path = self.run / name
+            if path.is_file():
+                state = f"{path.stat().st_size:,} bytes"
+            elif path.is_dir():
+                state = f"folder of {sum(1 for _ in path.iterdir())} entries"
+            else:
+                state = "not there yet"
+            cells.append(
+                f'<tr data-file="{_escape(name)}"><th>{_escape(name)}</th>'
+                f"<td>{_escape(state)}</td><td>{_escape(what)}</td></tr>"
+            )
+        return f'<h3>Run folder</h3><table class="files">{"".join(cells)}</table>'
 
     # ---- training
 

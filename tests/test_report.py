@@ -361,6 +361,13 @@ def test_a_run_with_only_config_json_says_what_is_missing(tmp_path):
     assert any("No evaluation yet" in n for n in notes)
     facts = page.find("table", "facts")
     assert "chaos ct 1.0.0" in facts.all_text()
+    files = {
+        row.attributes["data-file"]: row.find("td").all_text()
+        for row in page.find("table", "files").find_all("tr")
+    }
+    size = (run / "config.json").stat().st_size
+    assert files["config.json"] == f"{size:,} bytes"
+    assert files["best.keras"] == files["evaluation"] == "not there yet"
 
 
 def test_missing_scores_or_cases_and_unreadable_files_are_noted_not_raised(tmp_path):
