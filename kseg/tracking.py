@@ -50,7 +50,7 @@ _MAX_PARAM_LENGTH = 6000
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 # Characters MLflow accepts in metric and param names; others become "_".
-_NAME_FORBIDDEN = re.compile(r"[^\w\-./ ]")
+_NAME_FORBIDDEN = re.compile(r"[^\w\-./ :]")
 
 
 class TrackingWarning(UserWarning):
@@ -551,25 +551,35 @@ def _drop_events_from(log_dir, *, epoch: int, iterations: int) -> None:
 
 
 def _read_history(path: pathlib.Path) -> list[tuple[int, dict[str, float]]]:
-    """``history.csv`` rows as (epoch, {column: value}); "NA" and empty cells left out."""
+    """``history.csv`` rows as (epoch, {column: value}).
+
+    Left out, as the MLflow logger leaves them out of the epoch logs: "NA" and empty cells
+    (a metric not computed that epoch) and lists (a vector-valued metric, written by
+    Keras' CSVLogger as ``[a, b]``); and a last line cut short by a kill (no line end).
+    """
     with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or reader.fieldnames[0] != "epoch":
+        lines = [line for line in handle.read().splitlines(keepends=True) if line.endswith("\n")]
+    reader = csv.DictReader(lines)
+    if reader.fieldnames is None:  # empty: opened by a CSV logger, no epoch written yet
+        return []
+    if reader.fieldnames[0] != "epoch":
+        raise UnreadableFileError(
+            path, f"expected a header starting with 'epoch', got {reader.fieldnames}"
+        )
+    rows = []
+    for line_number, row in enumerate(reader, start=2):
+        try:
+            epoch = int(row.pop("epoch"))
+            values = {
+                name: float(value)
+                for name, value in row.items()
+                if value not in ("", "NA", None) and not value.startswith("[")
+            }
+        except (AttributeError, TypeError, ValueError) as error:
             raise UnreadableFileError(
-                path, f"expected a header starting with 'epoch', got {reader.fieldnames}"
-            )
-        rows = []
-        for line_number, row in enumerate(reader, start=2):
-            try:
-                epoch = int(row.pop("epoch"))
-                values = {
-                    name: float(value)
-                    for name, value in row.items()
-                    if value not in ("", "NA", None)
-                }
-            except (TypeError, ValueError) as error:
-                raise UnreadableFileError(path, f"line {line_number}: {error}") from error
-            rows.append((epoch, values))
+                path, f"line {line_number}: expected an epoch number and numbers ({error})"
+            ) from error
+        rows.append((epoch, values))
     return rows
 
 

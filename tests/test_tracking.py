@@ -270,6 +270,60 @@ def test_mlflow_resume_fills_epochs_missing_from_history_csv(tmp_path, mlflow_cl
     ]
 
 
+class Interrupted(Exception):
+    pass
+
+
+def test_killed_and_resumed_with_training_callbacks_logs_each_epoch_once(tmp_path, mlflow_client):
+    """The real resume path: training_callbacks' backup restores the epoch; a kill after
+    epoch 2's backup and history row, before the tracking callbacks saw it."""
+    import keras
+
+    from kseg.training import training_callbacks
+
+    class KillAfterBackup(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 2:
+                raise Interrupted
+
+    run_dir = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 3)).astype("float32")
+    y = (x.sum(axis=1, keepdims=True) > 0).astype("float32")
+
+    def fit(extra):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, "sigmoid")])
+        model.compile(optimizer="sgd", loss="binary_crossentropy")
+        callbacks = [
+            *training_callbacks(run_dir, None, monitor="val_loss", mode="min"),
+            *extra,
+            *tracking_callbacks(run_dir, mlflow=True),
+        ]
+        model.fit(
+            x, y, batch_size=8, epochs=5, validation_data=(x, y), callbacks=callbacks, verbose=0
+        )
+
+    with pytest.raises(Interrupted):
+        fit([KillAfterBackup()])
+    fit([])
+    with open(run_dir / "history.csv", newline="") as handle:
+        history = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in history] == [0, 1, 2, 3, 4]
+    client = mlflow_client()
+    run_id = (run_dir / RUN_ID_FILE).read_text().strip()
+    for name in ("loss", "val_loss"):
+        logged = client.get_metric_history(run_id, name)
+        assert [m.step for m in logged] == [0, 1, 2, 3, 4]
+        np.testing.assert_allclose(
+            [m.value for m in logged], [float(row[name]) for row in history], rtol=1e-6
+        )
+    assert client.get_run(run_id).info.status == "FINISHED"
+    # TensorBoard never saw epoch 2 (documented); every other epoch appears once.
+    train = _read_events(run_dir / "tensorboard" / "train")
+    assert [step for step, _ in train["epoch_loss"]] == [0, 1, 3, 4]
+
+
 def test_mlflow_fit_from_epoch_zero_again_is_a_new_run(tmp_path, mlflow_client):
     run_dir = tmp_path / "run"
     _fit(run_dir, epochs=1, mlflow=True)
@@ -331,7 +385,11 @@ def _write_run_folder(run_dir):
         "git_commit": None,
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
-    (run_dir / "history.csv").write_text("epoch,loss,val_volume_dice\n0,0.9,0.41\n1,0.7,NA\n")
+    # A vector-valued metric as Keras' CSVLogger writes it; a last line cut by a kill.
+    (run_dir / "history.csv").write_text(
+        "epoch,loss,val_volume_dice,val_dice(liver),per_class\n"
+        '0,0.9,0.41,0.5,"[1, 2]"\n1,0.7,NA,nan,"[1, 2]"\n2,0.5,0.'
+    )
     (run_dir / "evaluation" / "test" / "scores.csv").write_text(
         "patient_id,dice,hd95,reference_empty\n1,0.9,3.5,False\n2,0.7,nan,False\n3,0.85,inf,True\n"
     )
@@ -357,6 +415,10 @@ def test_log_run_to_mlflow_logs_params_history_tables_and_report(tmp_path, mlflo
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val_volume_dice")] == [
         (0, 0.41)
     ]
+    # MLflow refuses parentheses in names; a nan (diverged) value is kept.
+    dice = client.get_metric_history(run_id, "val_dice_liver_")
+    assert dice[0].value == 0.5 and np.isnan(dice[1].value)
+    assert "per_class" not in run.data.metrics
     # Summary means equal numpy's over the CSV columns (nan left out, inf kept).
     for name in ("test", "input-scans"):
         with open(run_dir / "evaluation" / name / "scores.csv", newline="") as handle:
