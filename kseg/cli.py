@@ -25,7 +25,6 @@ command with ``kseg: error: <message>`` on stderr and exit status 1, without a t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import pathlib
 import sys
@@ -105,10 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_prepare(command("prepare", _prepare, "build a TFDS dataset from a manual download",
                          _PREPARE_DESCRIPTION))
+    _add_recipes(command("train", _train, "train a recipe (run it again to resume)",
+                         _TRAIN_DESCRIPTION), tuning=False, debug=debug)
     _add_evaluate(command("evaluate", _evaluate, "score a run's best model per patient",
                           _EVALUATE_DESCRIPTION))
     _add_predict(command("predict", _predict, "segment new images with a run's best model",
                          _PREDICT_DESCRIPTION))
+    _add_recipes(command("tune", _tune, "search a recipe's hyperparameters with Keras Tuner",
+                         _TUNE_DESCRIPTION), tuning=True, debug=debug)
     _add_report(command("report", _report, "write a run's self-contained HTML report",
                         _REPORT_DESCRIPTION))
     return parser
@@ -157,6 +160,8 @@ def _prepare(args: argparse.Namespace) -> None:
     if folds < MIN_FOLDS:
         _usage_error(args, f"--folds must be at least {MIN_FOLDS} (a test, a validation and "
                            f"a training fold), got {folds}")
+    from kseg.recipes._common import with_folds
+
     builder = module.Builder(config=with_folds(config, folds),
                              data_dir=None if args.tfds_dir is None else str(args.tfds_dir))
     prepare_builder(builder, args.manual_dir)
@@ -177,32 +182,17 @@ def manual_folder(path: pathlib.Path, dataset: str) -> pathlib.Path:
     return path
 
 
-def with_folds(config, folds: int):
-    """``config`` split into ``folds`` folds; a changed count is named ``<name>_<K>fold``
-    (the recipes' rule), so it gets its own TFDS folder and a dataset prepared with other
-    folds is never read back as if it had these."""
-    if folds == config.num_folds:
-        return config
-    return dataclasses.replace(config, name=f"{config.name}_{folds}fold", num_folds=folds)
-
-
 def prepare_builder(builder, manual_dir: pathlib.Path) -> None:
-    """Build ``builder``'s dataset from ``manual_dir`` unless it is prepared already.
+    """Build ``builder``'s dataset from ``manual_dir`` unless it is prepared already (the
+    recipes' step).
 
     The builders raise kseg errors for a folder without the expected layout; a patient
     count the folds cannot split is a ValueError of the fold assignment, reported here as
     a kseg error naming the folder (``--debug`` shows where it came from)."""
-    import tensorflow_datasets as tfds
+    from kseg.recipes import _common
 
-    if builder.is_prepared():
-        print(f"Dataset {builder.info.full_name} is already prepared in {builder.data_dir}; "
-              "reusing it", flush=True)
-        return
-    print(f"Preparing TFDS dataset {builder.info.full_name} from {manual_dir} ...", flush=True)
     try:
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-        )
+        _common.prepare(builder, manual_dir)
     except KsegError:
         raise
     except ValueError as error:
@@ -236,6 +226,86 @@ def _split_order(name: str):
     if name.startswith("fold") and name[4:].isdigit():
         return (0, int(name[4:]), "")
     return (1, 0, name)
+
+
+# --- train and tune: one sub-parser per recipe ---------------------------------------------
+
+_TRAIN_DESCRIPTION = """\
+Train RECIPE: prepare its data (a synthetic phantom in the dataset's layout when there is
+no --data-dir), train, keep the best model by whole-volume validation Dice. Writes the run
+folder (--output-dir): config.json first, then best.keras, history.csv, tensorboard/ ...
+Running the same command again resumes an interrupted run. `kseg train RECIPE --help`
+lists the recipe's options."""
+
+_TUNE_DESCRIPTION = """\
+Search RECIPE's hyperparameters with Keras Tuner on its training folds, every trial ranked
+by whole-volume validation Dice; results in RUN/tuning/<strategy>/. Running the same
+command again continues a stopped search. `kseg tune RECIPE --help` lists the options."""
+
+
+class _RecipeParser(argparse.ArgumentParser):
+    """A recipe's parser that adds the recipe's options when it first parses, so
+    ``kseg --help`` and the other commands never pay for them (a recipe's options may
+    read its dataset builder's configs)."""
+
+    def __init__(self, *args, recipe: str, tuning: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.recipe = recipe
+        self._tuning = tuning
+        self._filled = False
+        self.set_defaults(recipe_parser=self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        if not self._filled:
+            self._filled = True
+            from kseg import recipes
+
+            recipes.load(self.recipe).add_arguments(self)
+            if self._tuning:
+                from kseg.recipes._common import add_tuning_arguments
+
+                add_tuning_arguments(self.add_argument_group("search (Keras Tuner)"))
+        return super().parse_known_args(args, namespace)
+
+
+def _add_recipes(parser: argparse.ArgumentParser, *, tuning: bool, debug) -> None:
+    from kseg import recipes
+
+    sub = parser.add_subparsers(dest="recipe", title="recipes", metavar="RECIPE",
+                                parser_class=_RecipeParser, required=True)
+    for name in recipes.RECIPES:
+        description = recipes.load(name).DESCRIPTION
+        sub.add_parser(name, parents=[debug], help=description, description=description,
+                       recipe=name, tuning=tuning)
+
+
+def _recipe(args: argparse.Namespace):
+    """The recipe module of a ``train`` / ``tune`` command line, after the recipe checked
+    and completed the options (``finish_arguments``; a usage error exits with status 2)."""
+    from kseg import recipes
+
+    module = recipes.load(args.recipe)
+    module.finish_arguments(args.recipe_parser, args)
+    return module
+
+
+def _without_cli_options(args: argparse.Namespace) -> argparse.Namespace:
+    """The recipe's own options: what the command line added is not a recipe argument, and
+    config.json records every argument the recipe gets."""
+    cli_only = ("command", "handler", "command_parser", "recipe", "recipe_parser", "debug")
+    return argparse.Namespace(**{name: value for name, value in vars(args).items()
+                                 if name not in cli_only})
+
+
+def _train(args: argparse.Namespace) -> None:
+    module = _recipe(args)
+    best = module.train(_without_cli_options(args))
+    print(f"Best model: {best}\nNext: kseg evaluate {args.output_dir} --split test")
+
+
+def _tune(args: argparse.Namespace) -> None:
+    module = _recipe(args)
+    module.tune(_without_cli_options(args))
 
 
 # --- evaluate, predict, report: commands on a run folder ---------------------------------
@@ -286,13 +356,17 @@ def _add_report(parser: argparse.ArgumentParser) -> None:
 
 
 def run_folder(path: pathlib.Path) -> pathlib.Path:
-    """``path`` when it is a folder; else a LayoutError saying what RUN should be."""
+    """``path`` when it is a run folder with a readable ``config.json``; else a kseg error
+    saying what RUN should be, before anything heavy is imported."""
+    from kseg.recipes.run_config import read_config
+
     if not path.exists():
         raise LayoutError(path, "no such run folder; expected the --output-dir of a "
                                 "`kseg train` run (it holds config.json)")
     if not path.is_dir():
         raise LayoutError(path, "is a file; expected the --output-dir of a `kseg train` run "
                                 "(a folder holding config.json)")
+    read_config(path)
     return path
 
 
@@ -301,42 +375,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     if args.input is not None and not args.input.is_dir():
         raise LayoutError(args.input, "no such folder; expected a folder of labeled cases "
                                       "in the layout of the run's dataset")
-    module, recipe_args = recipe_arguments_of(run)
+    from kseg import recipes
+
+    module, recipe_args = recipes.load_run(run)
     if args.input is None:
         module.evaluate(recipe_args, split=args.split)
     else:
-        module.evaluate(recipe_args, split=None, input_dir=args.input)
-
-
-def recipe_arguments_of(run: pathlib.Path):
-    """The recipe module that trained ``run`` and its arguments as that run had them,
-    read from ``run/config.json``; ``output_dir`` is ``run`` itself, wherever it was
-    moved to."""
-    from kseg import recipes
-    from kseg.recipes.run_config import read_config
-
-    config = read_config(run)
-    name = config.get("recipe")
-    if name not in recipes.RECIPES:
-        raise LayoutError(run / "config.json", f"names recipe {name!r}; expected one of "
-                                               f"{', '.join(recipes.RECIPES)}")
-    module = recipes.load(name)
-    parser = argparse.ArgumentParser(prog=f"kseg train {name}")
-    module.add_arguments(parser)
-    args = parser.parse_args([])
-    actions = {action.dest: action for action in parser._actions}
-    for key, value in config.get("arguments", {}).items():
-        action = actions.get(key)
-        if action is not None and callable(action.type) and value is not None:
-            # JSON kept paths (and other typed options) as strings: convert them back.
-            if isinstance(value, list):
-                value = [action.type(item) if isinstance(item, str) else item
-                         for item in value]
-            elif isinstance(value, str):
-                value = action.type(value)
-        setattr(args, key, value)
-    args.output_dir = run
-    return module, args
+        module.evaluate(recipe_args, input_dir=args.input)
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -8,15 +8,21 @@ reads (how many radiographs it wrote) and the ``dataset_info.json`` TFDS wrote, 
 against what the command printed about itself.
 """
 
+import csv
 import hashlib
 import json
+import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from PIL import Image
 
 import kseg
+from kseg.data.splits import assign_folds
 from kseg.phantoms import xray
+from kseg.recipes import RECIPES
 
 TENSORFLOW_STACK = {"tensorflow", "keras"}
 RUN_COMMANDS = ("evaluate", "predict", "report")
@@ -67,9 +73,24 @@ def test_help_answers_without_importing_tensorflow(command, tmp_path):
     assert not TENSORFLOW_STACK & modules
 
 
+@pytest.mark.parametrize("command", ["train", "tune"])
+@pytest.mark.parametrize("recipe", [None, *RECIPES])
+def test_recipe_help_answers_without_importing_tensorflow(command, recipe, tmp_path):
+    words = (command,) if recipe is None else (command, recipe)
+    result = kseg_command(*words, "--help", cwd=tmp_path, importtime=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: kseg {' '.join(words)} ")
+    assert not TENSORFLOW_STACK & imported_modules(result.stderr)
+    if recipe is None:  # the command lists every recipe
+        assert all(f"\n    {name}" in result.stdout for name in RECIPES)
+    else:  # the recipe's own options, and the search options for tune only
+        assert "--output-dir" in result.stdout
+        assert ("--strategy" in result.stdout) == (command == "tune")
+
+
 def test_top_level_help_lists_every_command(tmp_path):
     result = kseg_command("--help", cwd=tmp_path)
-    for command in ("prepare", *RUN_COMMANDS):
+    for command in ("prepare", "train", "tune", *RUN_COMMANDS):
         assert f"\n    {command} " in result.stdout
 
 
@@ -99,6 +120,49 @@ def test_run_folder_that_is_a_file_is_one_line(tmp_path):
         f"kseg: error: {run}: is a file; expected the --output-dir of a `kseg train` run (a "
         "folder holding config.json)"
     ]
+
+
+@pytest.mark.parametrize("command", RUN_COMMANDS)
+def test_run_folder_without_config_is_one_line(command, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.keras").write_bytes(b"")
+    result = kseg_command(*run_arguments(command, run), cwd=tmp_path, importtime=True)
+    assert result.returncode == 1
+    assert messages(result.stderr) == [
+        f"kseg: error: {run}: holds no config.json; expected the folder of a kseg training "
+        "run (train writes config.json before the first epoch)"
+    ]
+    assert not TENSORFLOW_STACK & imported_modules(result.stderr)
+
+
+def test_run_folder_with_a_damaged_config_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"recipe": "xray_multiclass", ')  # cut off mid-write
+    result = kseg_command("evaluate", run, "--split", "test", cwd=tmp_path)
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"kseg: error: {run / 'config.json'}: is not a readable JSON file")
+
+
+def test_unknown_recipe_is_a_usage_error(tmp_path):
+    result = kseg_command("train", "unet", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1].startswith(
+        "kseg train: error: argument RECIPE: invalid choice: 'unet'"
+    )
+
+
+def test_recipe_option_error_is_a_usage_error(tmp_path):
+    result = kseg_command("train", "xray_multiclass", "--epochs", "0", "--output-dir",
+                          tmp_path / "run", cwd=tmp_path, importtime=True)
+    assert result.returncode == 2
+    assert messages(result.stderr)[-1] == (
+        "kseg train xray_multiclass: error: --epochs must be at least 1, got 0"
+    )
+    assert not (tmp_path / "run").exists()
+    assert not TENSORFLOW_STACK & imported_modules(result.stderr)
 
 
 def test_debug_shows_the_traceback(tmp_path):
@@ -211,7 +275,7 @@ def test_prepare_builds_the_phantom_in_the_folds_asked_for(tmp_path):
     again = kseg_command("prepare", "xray", "--manual-dir", manual, "--tfds-dir", tfds_dir,
                          "--folds", "3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "already prepared" in again.stdout
+    assert f"Using the dataset prepared in {dataset}" in again.stdout
     assert again.stdout.splitlines()[-len(table):] == table
 
 
@@ -226,3 +290,55 @@ def test_more_folds_than_patients_is_one_line(tmp_path):
         "empty"
     ]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_train_evaluate_report_on_a_phantom(tmp_path):
+    """``kseg train``, ``kseg evaluate RUN --split test``, ``kseg predict`` and ``kseg
+    report RUN``: the run folder's layout, and the scored patients are exactly the test
+    fold's, as the fold assignment deals the phantom's radiographs (one patient each, named
+    by file stem)."""
+    run, images, folds = tmp_path / "run", 9, 3
+    train = kseg_command(
+        "train", "xray_multiclass", "--output-dir", run, "--epochs", 1, "--folds", folds,
+        "--phantom-images", images, "--phantom-size", 32, "--image-size", 32,
+        "--batch-size", 4, "--base-filters", 4, cwd=tmp_path,
+    )
+    assert train.returncode == 0, train.stderr[-3000:]
+    for name in ("config.json", "best.keras", "best.keras.json", "history.csv"):
+        assert (run / name).is_file(), name
+    assert (run / "tensorboard").is_dir()
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"] == "xray_multiclass"
+    assert config["arguments"]["epochs"] == 1
+    assert config["arguments"]["output_dir"] == str(run)
+    assert not {"command", "handler", "recipe_parser", "debug"} & set(config["arguments"])
+
+    evaluate = kseg_command("evaluate", run, "--split", "test", cwd=tmp_path)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    evaluation = run / "evaluation" / "test"
+    with open(evaluation / "scores.csv", newline="") as handle:
+        scored = [row["patient_id"] for row in csv.DictReader(handle)]
+    stems = [xray.generic_stem(index) for index in range(images)]
+    test_fold = [stem for stem, fold in assign_folds(stems, folds, seed=0).items() if fold == 0]
+    # the xray tables name each radiograph by its file name
+    assert sorted(pathlib.PurePath(image).stem for image in scored) == sorted(test_fold)
+    assert sorted(path.stem for path in (evaluation / "cases").glob("*.npz")) == sorted(scored)
+    with np.load(evaluation / "cases" / f"{scored[0]}.npz") as case:
+        assert {"image", "reference", "prediction", "spacing"} <= set(case.files)
+        assert case["image"].shape[0] == 1  # a radiograph is a one-slice case
+
+    radiograph = run / "phantom" / "images" / f"{test_fold[0]}.png"  # the phantom it wrote
+    predict = kseg_command("predict", run, "--input", radiograph, "--output", tmp_path / "out",
+                           "--format", "png", cwd=tmp_path)
+    assert predict.returncode == 0, predict.stderr[-3000:]
+    with Image.open(tmp_path / "out" / f"{test_fold[0]}.png") as written:
+        labels = np.asarray(written)
+    assert labels.shape == (32, 32)  # the radiograph's own grid
+    assert set(np.unique(labels)) <= {0, *config["labels"].values()}
+
+    report = kseg_command("report", run, cwd=tmp_path)
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = (run / "report.html").read_text()
+    assert html.lstrip().lower().startswith("<!doctype html")
+    assert all(patient in html for patient in scored)
