@@ -44,9 +44,12 @@ __all__ = [
     "FORMATS",
     "INFERENCE_KINDS",
     "Prediction",
+    "check_format",
+    "checked_inference",
     "predict_command",
     "predict_path",
     "read_inputs",
+    "read_run",
     "write_predictions",
 ]
 
@@ -121,17 +124,16 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
         if _is_nifti(path):
             inputs = [_nifti_input(path)]
         elif radiograph_model or path.suffix.lower() in _IMAGE_SUFFIXES:
-            inputs = [_radiograph_input(path, is_dicom=path.suffix.lower() not in _IMAGE_SUFFIXES)]
+            inputs = _radiograph_inputs(path, [path])
         else:
             inputs = [_series_input([path], path)]
     elif path.is_dir():
         files = sorted(entry for entry in path.iterdir() if entry.is_file())
         niftis = [entry for entry in files if _is_nifti(entry)]
-        images = [entry for entry in files if entry.suffix.lower() in _IMAGE_SUFFIXES]
         if niftis:
             inputs = [_nifti_input(entry) for entry in niftis]
-        elif radiograph_model or images:
-            inputs = _radiograph_folder(path, files, images)
+        elif radiograph_model or any(entry.suffix.lower() in _IMAGE_SUFFIXES for entry in files):
+            inputs = _radiograph_inputs(path, files)
         else:
             inputs = [_series_input(path, path)]
     else:
@@ -162,39 +164,45 @@ def _nifti_input(path: pathlib.Path) -> tuple:
 
 def _series_input(source, path: pathlib.Path) -> tuple:
     series = read_dicom_series(source)
-    return path.name if path.is_dir() else _stem(path), path, DICOM_SERIES, series, True
+    name = (path.resolve().name or "series") if path.is_dir() else _stem(path)
+    return name, path, DICOM_SERIES, series, True
 
 
-def _radiograph_folder(folder: pathlib.Path, files, images) -> list[tuple]:
+def _radiograph_inputs(where: pathlib.Path, files) -> list[tuple]:
+    """Image files by their suffix, DICOM images by their bytes; the rest is skipped."""
+    images = [entry for entry in files if entry.suffix.lower() in _IMAGE_SUFFIXES]
     others = [entry for entry in files if entry not in images]
-    dicom = {pathlib.Path(p) for p, header in scan_dicom_files(others, where=folder)
-             if "PixelData" in header}  # fmt: skip
+    headers = {
+        pathlib.Path(path): header
+        for path, header in scan_dicom_files(others, where=where)
+        if "PixelData" in header
+    }
     inputs = [
-        _radiograph_input(entry, is_dicom=entry in dicom)
+        _radiograph_input(entry, headers.get(entry))
         for entry in files
-        if entry in dicom or entry in images
+        if entry in headers or entry in images
     ]
     if not inputs:
         raise LayoutError(
-            folder, "holds no radiograph: expected PNG, JPEG, TIFF, BMP or DICOM image files"
+            where, "holds no radiograph: expected PNG, JPEG, TIFF, BMP or DICOM image files"
         )
     return inputs
 
 
-def _radiograph_input(path: pathlib.Path, *, is_dicom: bool) -> tuple:
+def _radiograph_input(path: pathlib.Path, header) -> tuple:
+    """One radiograph as a one-slice Volume; ``header``: its DICOM header, or ``None``."""
     image, _ = read_radiograph(path)
     affine, metadata, patient_id = image_affine(), {}, _stem(path)
-    if is_dicom:
-        affine, metadata, patient_id = _dicom_image_geometry(path, image.shape)
+    if header is not None:
+        affine, metadata, patient_id = _dicom_image_geometry(path, header)
     volume = Volume(image[None], affine, patient_id, (str(path),), metadata)
-    return _stem(path), path, RADIOGRAPH, volume, is_dicom
+    return _stem(path), path, RADIOGRAPH, volume, header is not None
 
 
-def _dicom_image_geometry(path: pathlib.Path, shape) -> tuple[np.ndarray, dict, str]:
+def _dicom_image_geometry(path: pathlib.Path, header) -> tuple[np.ndarray, dict, str]:
     """Affine, metadata and patient of one DICOM image: a one-slice series' when the header
     places the image in the patient (ImagePositionPatient ...), else the pixel spacing
     (PixelSpacing, or ImagerPixelSpacing of projection radiographs) on plain axes."""
-    ((_, header),) = scan_dicom_files([path])
     if all(key in header for key in ("ImagePositionPatient", "ImageOrientationPatient",
                                      "PixelSpacing")):  # fmt: skip
         series = read_dicom_series([path])
@@ -208,7 +216,6 @@ def _dicom_image_geometry(path: pathlib.Path, shape) -> tuple[np.ndarray, dict, 
         row_spacing > 0 and column_spacing > 0 and np.isfinite([row_spacing, column_spacing]).all()
     ):
         raise UnreadableFileError(path, f"pixel spacing {spacing!r} is not two positive numbers")
-    affine = image_affine(row_spacing, column_spacing)
     file_meta = getattr(header, "file_meta", None) or {}
     uid = str(header.get("SOPInstanceUID", "") or "") or str(
         file_meta.get("MediaStorageSOPInstanceUID", "") or ""
@@ -218,7 +225,8 @@ def _dicom_image_geometry(path: pathlib.Path, shape) -> tuple[np.ndarray, dict, 
         "sop_instance_uids": (uid,),
         "frame_of_reference_uid": str(header.get("FrameOfReferenceUID", "") or ""),
     }
-    return affine, metadata, str(header.get("PatientID", "") or "") or _stem(path)
+    patient_id = str(header.get("PatientID", "") or "") or _stem(path)
+    return image_affine(row_spacing, column_spacing), metadata, patient_id
 
 
 def _check_unique_names(inputs) -> None:
@@ -504,18 +512,23 @@ def _output_path(prediction: Prediction, output_dir: pathlib.Path, format: str) 
 
 
 def _check_outputs_spare_inputs(output_dir: pathlib.Path, planned) -> None:
-    target = os.path.realpath(output_dir)
     for prediction, path in planned:
-        source = os.path.realpath(prediction.source)
-        if os.path.isdir(source) and (target == source or target.startswith(source + os.sep)):
-            raise LayoutError(
-                output_dir,
-                f"lies in the input folder {prediction.source}; write predictions elsewhere, "
-                "inputs are never modified",
-            )
+        if prediction.source.is_dir():
+            _refuse_output_inside(prediction.source, output_dir)
         inputs = {os.path.realpath(f) for f in prediction.image.source_files}
-        if os.path.realpath(path) in inputs | {source}:
+        if os.path.realpath(path) in inputs | {os.path.realpath(prediction.source)}:
             raise LayoutError(path, "is an input file; write predictions to another folder")
+
+
+def _refuse_output_inside(input_folder: os.PathLike | str, output_dir: os.PathLike | str):
+    """Outputs in an input folder would change what the next run reads from it."""
+    folder, target = os.path.realpath(input_folder), os.path.realpath(output_dir)
+    if target == folder or target.startswith(folder.rstrip(os.sep) + os.sep):
+        raise LayoutError(
+            output_dir,
+            f"lies in the input folder {input_folder}; write predictions elsewhere, inputs "
+            "are never modified",
+        )
 
 
 def _write(prediction: Prediction, path: pathlib.Path, format: str, names) -> list:
@@ -601,6 +614,8 @@ def predict_command(
         raise ValueError(f"format {format!r} is not one of {', '.join(FORMATS)}")
     model_path, config = read_run(run_dir)
     inference = config["inference"]
+    if os.path.isdir(input_path):
+        _refuse_output_inside(input_path, output_dir)
     inputs = read_inputs(input_path, inference)
     check_format(inputs, format)
 

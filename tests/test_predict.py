@@ -336,13 +336,16 @@ def test_one_dicom_file_of_pydicom_is_a_one_slice_series(tmp_path):
 def real_series_predictions(shared_data, tmp_path_factory):
     folder = shared_data / "totalseg-ct" / "ct_dicom"
     root = tmp_path_factory.mktemp("real")
-    run = write_run(root / "run", identity_model(2), slices_inference((512, 512)))
+    # threshold -300 HU (body against air and lung): tens of contours per slice, not the
+    # hundreds of a soft-tissue threshold, which would take RTSTRUCT seconds to minutes
+    inference = slices_inference((512, 512), window=[-299.5, WIDTH])
+    run = write_run(root / "run", identity_model(2), inference)
     before = file_hashes(folder)
     written = {format: predict_command(run, folder, root / format, format)
                for format in ("nifti", "dicom-seg", "png", "rtstruct")}  # fmt: skip
     assert file_hashes(folder) == before
     hu, datasets = pydicom_series(folder)
-    return folder, written, datasets, windowed(hu) >= 0.5
+    return folder, written, datasets, windowed(hu, -299.5) >= 0.5
 
 
 def test_real_series_every_format_on_its_grid(real_series_predictions):
@@ -668,3 +671,45 @@ def test_write_predictions_takes_predictions_and_labels(ct_case, tmp_path):
     assert paths == [tmp_path / "patient7.nii.gz"]
     with pytest.raises(ValueError, match="format"):
         write_predictions(predictions, tmp_path, "mha", labels=LABELS)
+
+
+def test_outputs_never_land_in_an_input_folder_of_radiographs(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(gradient_image((8, 8), 0).astype(np.uint8)).save(folder / "a.png")
+    run = write_run(tmp_path / "run", identity_model(2), radiograph_inference((8, 8)))
+    with pytest.raises(LayoutError, match="lies in the input folder"):
+        predict_command(run, folder, folder, "nifti")
+    assert os.listdir(folder) == ["a.png"]
+
+
+def test_a_file_that_is_no_radiograph_is_named(tmp_path):
+    source = tmp_path / "scan.raw"
+    source.write_text("raw detector counts, no header")
+    run = write_run(tmp_path / "run", identity_model(2), radiograph_inference((8, 8)))
+    with pytest.raises(LayoutError, match="scan.raw: holds no radiograph"):
+        with pytest.warns(SkippedFileWarning, match="scan.raw"):
+            predict_command(run, source, tmp_path / "out", "png")
+
+
+def test_the_series_folder_given_as_dot_names_the_output(ct_case, tmp_path, monkeypatch):
+    folder, run = ct_case
+    monkeypatch.chdir(folder)
+    [path] = predict_command(run, ".", tmp_path / "out", "nifti")
+    assert path == tmp_path / "out" / "patient7.nii.gz"
+
+
+def test_kseg_predict_command_line(ct_case, tmp_path, capsys):
+    from kseg.cli import main
+
+    folder, run = ct_case
+    status = main(["predict", str(run), "--input", str(folder), "--output",
+                   str(tmp_path / "out"), "--format", "dicom-seg"])  # fmt: skip
+    assert status == 0
+    assert (tmp_path / "out" / "patient7.seg.dcm").is_file()
+    nifti = tmp_path / "case.nii.gz"
+    write_volume_nifti(nifti, synthetic_hu((2, 24, 20)), np.eye(4))
+    status = main(["predict", str(run), "--input", str(nifti), "--output",
+                   str(tmp_path / "rt"), "--format", "rtstruct"])  # fmt: skip
+    assert status == 1
+    assert capsys.readouterr().err.strip().startswith(f"kseg: error: {nifti}: is a NIfTI volume")
