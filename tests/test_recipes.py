@@ -1,0 +1,297 @@
+"""kseg.recipes: the recipe interface, RUN/config.json, the evaluation files the report
+reads, evaluation of another folder (``--input``) and a two-trial tuning search.
+
+The training tests use the radiograph recipe on a tiny phantom (nine 32 x 32 images, one
+epoch): its numbers are not the point, the files are. Expected values come from outside
+the code under test: the phantom's PNG files read with Pillow, Dice recomputed with numpy,
+``git rev-parse`` and the modules' own ``__version__``, the dataset files listed again
+with pathlib.
+"""
+
+import argparse
+import csv
+import hashlib
+import json
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kseg.errors import LayoutError, UnreadableFileError
+from kseg.recipes import RECIPES, _common, load, load_run, run_config
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+TINY_XRAY = [
+    "--epochs", "1", "--image-size", "32", "--batch-size", "4", "--base-filters", "8",
+    "--learning-rate", "1e-2", "--phantom-images", "9", "--phantom-size", "32", "--folds", "3",
+]
+# kseg.phantoms.xray.GENERIC_CLASSES with the mask values write_generic uses for them
+PHANTOM_LABELS = {"lungs": 1, "heart": 2, "clavicles": 3}
+PHANTOM_MASK_VALUES = {85: 1, 170: 2, 255: 3}
+INTERFACE = ("DESCRIPTION", "DATASET", "add_arguments", "finish_arguments", "prepare", "train",
+             "evaluate", "tune", "main")
+
+
+def test_every_recipe_has_the_interface_and_imports_without_tensorflow():
+    for name in RECIPES:
+        module = load(name)
+        assert all(hasattr(module, attribute) for attribute in INTERFACE), name
+    assert {load(name).DATASET for name in RECIPES} == {"chaos", "lctsc", "xray", "msd_spleen"}
+    with pytest.raises(ValueError, match="unknown recipe 'liver'"):
+        load("liver")
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys; from kseg import recipes; "
+         "[recipes.load(n) for n in recipes.RECIPES]; print(sorted(sys.modules))"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    assert "'tensorflow'" not in imported and "'keras'" not in imported
+
+
+def tuning_parser():
+    parser = argparse.ArgumentParser(prog="kseg tune")
+    load("xray_multiclass").add_arguments(parser)
+    _common.add_tuning_arguments(parser)
+    return parser
+
+
+def finish(parser, argv, tmp_path):
+    args = parser.parse_args(["--output-dir", str(tmp_path / "run"), *argv])
+    load("xray_multiclass").finish_arguments(parser, args)
+    return args
+
+
+def test_tuning_options_are_parsed_and_checked(tmp_path, capsys):
+    parser = tuning_parser()
+    args = finish(parser, ["--strategy", "staged", "--stages", "loss=dice,dice_ce",
+                           "base_filters=8,16", "learning_rate=1e-3"], tmp_path)
+    assert args.stages == [("loss", ["dice", "dice_ce"]), ("base_filters", [8, 16]),
+                           ("learning_rate", [0.001])]
+    for argv, message in [
+        (["--strategy", "staged", "--stages", "loss"], "--stages takes NAME=V1,V2,... items"),
+        (["--strategy", "hyperband", "--max-trials", "2"], "--max-trials does not apply"),
+        (["--max-trials", "0"], "--max-trials must be at least 1, got 0"),
+        (["--stages", "loss=dice"], "--stages applies to --strategy staged only"),
+    ]:
+        with pytest.raises(SystemExit) as stopped:
+            finish(parser, argv, tmp_path)
+        assert stopped.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def make_repository(folder):
+    def git(*arguments):
+        subprocess.run(["git", "-C", str(folder), *arguments], check=True,
+                       capture_output=True, timeout=60)
+
+    folder.mkdir()
+    git("init", "-q")
+    (folder / "file.txt").write_text("content")
+    git("add", "file.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first")
+    head = (folder / ".git" / "HEAD").read_text().split("ref: ")[1].strip()
+    return (folder / ".git" / head).read_text().strip()
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git command")
+def test_git_commit_only_for_the_root_of_a_checkout(tmp_path):
+    sha = make_repository(tmp_path / "checkout")
+    assert run_config.git_commit(tmp_path / "checkout") == sha
+    (tmp_path / "checkout" / "inside").mkdir()
+    # a kseg installed inside some other repository is not that repository's commit
+    assert run_config.git_commit(tmp_path / "checkout" / "inside") is None
+    (tmp_path / "plain").mkdir()
+    assert run_config.git_commit(tmp_path / "plain") is None
+
+
+def test_read_config_names_the_problem(tmp_path):
+    with pytest.raises(LayoutError, match="holds no config.json"):
+        run_config.read_config(tmp_path)
+    with pytest.raises(LayoutError, match="is not a folder"):
+        run_config.read_config(tmp_path / "missing")
+    path = tmp_path / "config.json"
+    path.write_text("{not json")
+    with pytest.raises(UnreadableFileError, match=r"config\.json: is not a readable JSON"):
+        run_config.read_config(tmp_path)
+    path.write_text(json.dumps({"kseg_config_version": 99}))
+    with pytest.raises(UnreadableFileError, match="kseg_config_version 99"):
+        run_config.read_config(tmp_path)
+    path.write_text(json.dumps({"kseg_config_version": 1, "recipe": "xray_multiclass"}))
+    with pytest.raises(UnreadableFileError, match="lacks the keys"):
+        run_config.read_config(tmp_path)
+
+
+def expected_fingerprint(builder):
+    """The documented fingerprint, listed again with pathlib."""
+    lines = [f"split {name} {builder.info.splits[name].num_examples}\n"
+             for name in sorted(builder.info.splits)]
+    root = pathlib.Path(builder.data_dir)
+    files = sorted(path for path in root.rglob("*") if path.is_file())
+    lines += [f"file {path.relative_to(root).as_posix()} {path.stat().st_size}\n"
+              for path in files]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def prepared_phantom(tmp_path, name, images):
+    recipe = load("xray_multiclass")
+    args = recipe.parse_args(["--output-dir", str(tmp_path / name), "--phantom-images",
+                              str(images), "--phantom-size", "16", "--folds", "3"])
+    return recipe.prepare(args)
+
+
+def test_dataset_fingerprint_follows_the_prepared_files(tmp_path):
+    three = prepared_phantom(tmp_path, "three", 3)
+    assert run_config.dataset_fingerprint(three) == expected_fingerprint(three)
+    assert run_config.dataset_fingerprint(three) == run_config.dataset_fingerprint(three)
+    four = prepared_phantom(tmp_path, "four", 4)
+    assert run_config.dataset_fingerprint(four) != run_config.dataset_fingerprint(three)
+
+
+@pytest.fixture(scope="module")
+def trained_xray(tmp_path_factory):
+    """A one-epoch radiograph run on a nine-image phantom (3 folds of 3 images)."""
+    recipe = load("xray_multiclass")
+    args = recipe.parse_args(["--output-dir", str(tmp_path_factory.mktemp("run")), *TINY_XRAY])
+    recipe.train(args)
+    return args
+
+
+@pytest.mark.slow
+def test_config_json_records_the_run(trained_xray):
+    args = trained_xray
+    run = pathlib.Path(args.output_dir)
+    config = json.loads((run / "config.json").read_text())
+    import keras
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    import kseg
+
+    assert config["kseg_config_version"] == 1 and config["recipe"] == "xray_multiclass"
+    assert config["seed"] == 0
+    assert config["arguments"]["epochs"] == 1 and config["arguments"]["image_size"] == 32
+    assert config["arguments"]["output_dir"] == str(run)
+    assert config["versions"] == {
+        "kseg": kseg.__version__, "keras": keras.__version__, "tensorflow": tf.__version__,
+        "tensorflow_datasets": tfds.__version__, "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+    # the checkout's HEAD when training started: a commit of HEAD's history (others may
+    # have committed since), or null where the tests run from an installed kseg
+    is_checkout = (REPOSITORY / ".git").exists() and shutil.which("git") is not None
+    if is_checkout:
+        ancestor = subprocess.run(
+            ["git", "-C", str(REPOSITORY), "merge-base", "--is-ancestor",
+             config["git_commit"], "HEAD"], capture_output=True, timeout=60)
+        assert len(config["git_commit"]) == 40 and ancestor.returncode == 0
+    else:
+        assert config["git_commit"] is None
+    builder = load("xray_multiclass").prepare(args)
+    assert config["dataset"] == {
+        "name": "xray", "config": "phantom_3class_3fold", "version": "1.0.0",
+        "data_dir": str(run / "tfds" / "xray" / "phantom_3class_3fold" / "1.0.0"),
+        "fingerprint": expected_fingerprint(builder),
+    }
+    assert config["labels"] == PHANTOM_LABELS
+    assert config["inference"] == {
+        "kind": "slices", "window": "scale_intensity", "image_size": [32, 32],
+        "num_classes": 4, "threshold": 0.5, "postprocess": "none", "modality": "radiograph",
+    }
+    assert (run / "tensorboard").is_dir()
+    recipe, reread = load_run(run)
+    assert recipe is load("xray_multiclass")
+    assert vars(reread) == vars(args)
+
+
+def dice(reference, prediction, label):
+    truth, predicted = reference == label, prediction == label
+    return 2 * np.sum(truth & predicted) / (truth.sum() + predicted.sum())
+
+
+def check_cases(folder, table, expected):
+    """Every row's case file holds the image and mask it was scored against (``expected``:
+    ``{image_id: (stored image, label map)}``) and the prediction its Dice comes from."""
+    with open(folder / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["patient_id"] for row in rows] == table.patient_ids
+    assert sorted(path.stem for path in (folder / "cases").iterdir()) == table.patient_ids
+    assert sorted(expected) == table.patient_ids
+    for row in rows:
+        image_id = row["patient_id"]
+        stored, mask = expected[image_id]
+        stored = np.asarray(stored, dtype=np.float64)
+        with np.load(folder / "cases" / f"{image_id}.npz") as case:
+            assert set(case.files) == {"image", "reference", "prediction", "spacing"}
+            assert case["image"].dtype == np.float32
+            assert case["image"].shape == case["reference"].shape == (1, *mask.shape)
+            # each radiograph scaled by its own minimum and maximum, on its own grid
+            np.testing.assert_allclose(
+                case["image"][0], (stored - stored.min()) / np.ptp(stored), atol=1e-6)
+            assert case["reference"].dtype == np.uint8 and case["prediction"].dtype == np.uint8
+            np.testing.assert_array_equal(case["reference"][0], mask)
+            assert case["prediction"].shape == case["reference"].shape
+            assert case["spacing"].dtype == np.float64
+            np.testing.assert_array_equal(case["spacing"], [1.0, 1.0, 1.0])  # pixels
+            for name, label in PHANTOM_LABELS.items():
+                expected_dice = dice(case["reference"], case["prediction"], label)
+                assert float(row[f"dice_{name}"]) == pytest.approx(expected_dice, abs=1e-6)
+
+
+def examples_read_by_the_builder(builder, split):
+    import tensorflow_datasets as tfds
+
+    return {example["image_id"].decode(): (example["image"], example["mask"])
+            for example in tfds.as_numpy(builder.as_dataset(split=split))}
+
+
+@pytest.mark.slow
+def test_evaluate_writes_the_scored_arrays(trained_xray):
+    args = trained_xray
+    recipe = load("xray_multiclass")
+    table = recipe.evaluate(args, split="validation")
+    assert len(table) == 3  # nine images in three folds
+    expected = examples_read_by_the_builder(recipe.prepare(args), "fold1")  # validation fold
+    check_cases(pathlib.Path(args.output_dir) / "evaluation" / "validation", table, expected)
+
+
+@pytest.mark.slow
+def test_evaluate_input_scores_every_image_of_another_folder(trained_xray, tmp_path):
+    from kseg.phantoms import xray
+
+    other = tmp_path / "hospital_b"
+    # 8-bit grey masks, read back here with Pillow: 85 lungs, 170 heart, 255 clavicles
+    xray.write_generic(other, num_images=4, size=24, seed=7, classes=xray.GENERIC_CLASSES,
+                       mask_encoding="8bit")
+    table = load("xray_multiclass").evaluate(trained_xray, input_dir=other)
+    run = pathlib.Path(trained_xray.output_dir)
+    expected = {}
+    for path in sorted((other / "images").iterdir()):
+        grey = np.asarray(Image.open(other / "masks" / path.name))
+        labels = np.zeros(grey.shape, np.uint8)
+        for value, label in PHANTOM_MASK_VALUES.items():
+            labels[grey == value] = label
+        expected[path.name] = (np.asarray(Image.open(path)), labels)
+    check_cases(run / "evaluation" / "input-hospital_b", table, expected)
+    assert (run / "tfds-input-hospital_b").is_dir()
+
+
+@pytest.mark.slow
+def test_tune_runs_two_random_trials_ranked_by_volume_dice(trained_xray):
+    args = argparse.Namespace(**vars(trained_xray), strategy="random", max_trials=2,
+                              stages=None)
+    results = load("xray_multiclass").tune(args)
+    written = pathlib.Path(args.output_dir) / "tuning" / "random" / "results.json"
+    assert json.loads(written.read_text()) == json.loads(json.dumps(results))
+    assert results["objective"] == "val_volume_dice" and len(results["trials"]) == 2
+    scores = [trial["score"] for trial in results["trials"]]
+    assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert results["best_score"] == scores[0]
+    for trial in results["trials"]:
+        values = trial["hyperparameters"]
+        assert values["model"] == "unet_small" and values["base_filters"] in (8, 16)
+        assert values["loss"] in ("dice_ce", "dice")
+        assert 1e-3 <= values["learning_rate"] <= 1e-1
