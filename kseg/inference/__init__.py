@@ -5,8 +5,9 @@ Every entry point takes a ``keras.Model`` or any callable batch -> batch, and th
 (:func:`flip_tta`, :func:`ensemble_predictor`, :func:`mc_dropout_model`) return such
 predictors, so they compose: ``sliding_window(flip_tta(ensemble_predictor(paths)), ...)``.
 
-Importing this package stays numpy-only; the MC dropout names, which need Keras, load on
-first use.
+Importing this package stays numpy-only; the MC dropout names, which need Keras, and the
+batch prediction on Apache Beam (:mod:`kseg.inference.beam`, the extra ``kseg[beam]``) load
+on first use.
 """
 
 import importlib
@@ -34,11 +35,21 @@ _KERAS_EXPORTS += (
     "tta_uncertainty",
     "uncertainty_summary",
 )
+# beam.py imports apache-beam, the optional extra kseg[beam].
+_BEAM_EXPORTS = (
+    "BatchPrediction",
+    "PredictVolumeFn",
+    "predict_run_volumes",
+    "predict_volumes",
+    "prediction_file",
+)
 
 __all__ = [
+    "BatchPrediction",
     "FittedEnsembleWeights",
     "HeteroscedasticUncertainty",
     "MCDropoutResult",
+    "PredictVolumeFn",
     "SpatialTransform",
     "TTAUncertainty",
     "UncertaintyDecomposition",
@@ -53,7 +64,10 @@ __all__ = [
     "majority_vote",
     "mc_dropout",
     "mc_dropout_model",
+    "predict_run_volumes",
     "predict_slices",
+    "predict_volumes",
+    "prediction_file",
     "sliding_window",
     "spatial_transforms",
     "tta_uncertainty",
@@ -65,8 +79,10 @@ __all__ = [
 def __getattr__(name):
     if name in _KERAS_EXPORTS:
         return getattr(importlib.import_module(f"{__name__}.uncertainty"), name)
+    if name in _BEAM_EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.beam"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(list(globals()) + list(_KERAS_EXPORTS))
+    return sorted(list(globals()) + list(_KERAS_EXPORTS) + list(_BEAM_EXPORTS))
