@@ -72,8 +72,9 @@ def _prepare_both_ways(builder_class, config, manual_dir, tmp_path):
         _prepare(builder_class, config, manual_dir, tmp_path / "plain")
     with warnings.catch_warnings(record=True) as beam_warnings:
         warnings.simplefilter("always", EmptyLabelWarning)
-        _prepare(builder_class, config, manual_dir, tmp_path / "beam",
-                 beam_options=_two_worker_options())
+        _prepare(
+            builder_class, config, manual_dir, tmp_path / "beam", beam_options=_two_worker_options()
+        )
     # Reloaded: the statistics compared are the ones saved with each dataset.
     plain = builder_class(config=config, data_dir=str(tmp_path / "plain"))
     beamed = builder_class(config=config, data_dir=str(tmp_path / "beam"))
@@ -81,9 +82,7 @@ def _prepare_both_ways(builder_class, config, manual_dir, tmp_path):
     def empty_label_messages(caught):
         return [str(w.message) for w in caught if issubclass(w.category, EmptyLabelWarning)]
 
-    return plain, beamed, empty_label_messages(plain_warnings), empty_label_messages(
-        beam_warnings
-    )
+    return plain, beamed, empty_label_messages(plain_warnings), empty_label_messages(beam_warnings)
 
 
 def _assert_same_datasets(plain, beamed, expected_splits):
@@ -103,14 +102,23 @@ def _assert_same_datasets(plain, beamed, expected_splits):
 
 def test_chaos_mr_beam_examples_and_statistics_equal_the_plain_ones(tmp_path):
     manual = tmp_path / "manual"
-    write_chaos(manual, modality="MR", num_patients=3, num_slices=7, size=32,
-                mask_encoding="8bit", progress=False)
+    write_chaos(
+        manual,
+        modality="MR",
+        num_patients=3,
+        num_slices=7,
+        size=32,
+        mask_encoding="8bit",
+        progress=False,
+    )
     config = dataclasses.replace(
-        chaos_dataset_builder.Builder.builder_configs["mr_t2spir"], name="mr_3fold",
+        chaos_dataset_builder.Builder.builder_configs["mr_t2spir"],
+        name="mr_3fold",
         num_folds=3,
     )
-    plain, beamed, _, _ = _prepare_both_ways(chaos_dataset_builder.Builder, config, manual,
-                                             tmp_path)
+    plain, beamed, _, _ = _prepare_both_ways(
+        chaos_dataset_builder.Builder, config, manual, tmp_path
+    )
     _assert_same_datasets(plain, beamed, ["fold0", "fold1", "fold2"])
     assert plain.info.metadata["foreground"]["fold0"]["patients"] == 1
 
@@ -119,24 +127,27 @@ def test_lctsc_beam_examples_and_statistics_equal_the_plain_ones(tmp_path):
     manual = tmp_path / "manual"
     write_lctsc(manual, num_patients=2, num_test_patients=1, num_slices=4, size=64, seed=0)
     config = dataclasses.replace(
-        lctsc_dataset_builder.Builder.builder_configs["organs"], name="organs_2fold",
+        lctsc_dataset_builder.Builder.builder_configs["organs"],
+        name="organs_2fold",
         num_folds=2,
     )
-    plain, beamed, _, _ = _prepare_both_ways(lctsc_dataset_builder.Builder, config, manual,
-                                             tmp_path)
+    plain, beamed, _, _ = _prepare_both_ways(
+        lctsc_dataset_builder.Builder, config, manual, tmp_path
+    )
     _assert_same_datasets(plain, beamed, ["fold0", "fold1", "challenge_test"])
 
 
 def test_msd_spleen_beam_examples_and_statistics_equal_the_plain_ones(tmp_path):
     manual = tmp_path / "manual"
-    write_msd_spleen(manual, num_training=2, num_test=1, shape=(4, 16, 16),
-                     spacing=(5.0, 2.5, 2.5))
+    write_msd_spleen(manual, num_training=2, num_test=1, shape=(4, 16, 16), spacing=(5.0, 2.5, 2.5))
     config = dataclasses.replace(
-        msd_spleen_dataset_builder.Builder.builder_configs["raw"], name="raw_2fold",
+        msd_spleen_dataset_builder.Builder.builder_configs["raw"],
+        name="raw_2fold",
         num_folds=2,
     )
-    plain, beamed, _, _ = _prepare_both_ways(msd_spleen_dataset_builder.Builder, config,
-                                             manual, tmp_path)
+    plain, beamed, _, _ = _prepare_both_ways(
+        msd_spleen_dataset_builder.Builder, config, manual, tmp_path
+    )
     # The unlabeled split is written but has no foreground entry, under Beam too.
     _assert_same_datasets(plain, beamed, ["fold0", "fold1", "unlabeled"])
     assert "unlabeled" not in beamed.info.metadata["foreground"]
@@ -150,8 +161,11 @@ def test_xray_beam_examples_statistics_and_empty_label_warnings_equal_the_plain_
     # A heart class no phantom mask holds: optional, so every radiograph warns once, and
     # the Beam workers' warnings must reach the caller as the plain path's do.
     config = dataclasses.replace(
-        xray_dataset_builder.Builder.builder_configs["generic"], name="lungs_heart_2fold",
-        class_names=("background", "lungs", "heart"), required_labels=(1,), num_folds=2,
+        xray_dataset_builder.Builder.builder_configs["generic"],
+        name="lungs_heart_2fold",
+        class_names=("background", "lungs", "heart"),
+        required_labels=(1,),
+        num_folds=2,
     )
     plain, beamed, plain_warnings, beam_warnings = _prepare_both_ways(
         xray_dataset_builder.Builder, config, manual, tmp_path
@@ -179,8 +193,13 @@ def test_a_patient_without_a_required_label_fails_the_beam_pipeline_naming_it(tm
     )
     # The DirectRunner re-raises a worker's error as a RuntimeError holding its traceback.
     with pytest.raises(RuntimeError, match=r"CT/5/Ground: patient 5: .* no liver \(1\)") as raised:
-        _prepare(chaos_dataset_builder.Builder, config, manual, tmp_path / "beam",
-                 beam_options=_two_worker_options())
+        _prepare(
+            chaos_dataset_builder.Builder,
+            config,
+            manual,
+            tmp_path / "beam",
+            beam_options=_two_worker_options(),
+        )
     assert f"{MaskError.__module__}.MaskError: " in str(raised.value)
 
 
