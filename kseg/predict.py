@@ -34,6 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kseg.errors import LayoutError, UnreadableFileError
+from kseg.inference.sliding_window import BLEND_MODES
 from kseg.io.dicom import read_dicom_series, scan_dicom_files
 from kseg.io.nifti import read_nifti, write_nifti
 from kseg.io.png_stack import write_png_stack
@@ -59,6 +60,9 @@ POSTPROCESSING = ("none", "largest-component")
 
 # Series kinds of the inputs: which formats can reference what.
 DICOM_SERIES, NIFTI, RADIOGRAPH = "dicom-series", "nifti", "radiograph"
+
+# Axis codes (x, y, z) of an axial DICOM series as kseg.io.read_dicom_series returns it.
+DICOM_AXIAL = "LPS"
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # Files Pillow reads as radiographs; anything else in a radiograph folder is DICOM or skipped.
@@ -274,10 +278,20 @@ def _progress(inputs: list) -> list:
 
 
 def _predict_input(model, inference, name, source, kind, image, dicom) -> Prediction:
-    if inference["kind"] == "slices":
-        labels = _predict_slices(model, inference, image.array)
-    else:
+    if inference["kind"] == "volume":
         labels = _predict_volume(model, inference, image)
+    elif kind == NIFTI and inference.get("modality") != "radiograph":
+        # A 2D CT model has seen the slices of DICOM series: columns toward the patient's
+        # left, rows toward posterior. NIfTI files often store RAS, i.e. each slice turned
+        # upside down and mirrored; they are shown to the model the DICOM way and the labels
+        # turned back (no interpolation either way).
+        from kseg.geometry import orientation, reorient
+
+        axial = reorient(image, DICOM_AXIAL)
+        predicted = axial.with_array(_predict_slices(model, inference, axial.array))
+        labels = reorient(predicted, orientation(image)).array
+    else:
+        labels = _predict_slices(model, inference, image.array)
     dtype = np.uint8 if int(inference["num_classes"]) <= 256 else np.uint16
     return Prediction(name, source, kind, image, image.with_array(labels.astype(dtype)), dicom)
 
@@ -374,17 +388,20 @@ def checked_inference(inference, source: os.PathLike | str | None = None) -> dic
         )
     problems = {
         "num_classes": _positive_ints([inference["num_classes"]], 1),
+        "threshold": _numbers([inference.get("threshold", 0.5)], 1),
+        "window": _valid_window(kind, inference["window"]),
         "image_size": kind != "slices" or _positive_ints(inference["image_size"], 2),
         "roi_size": kind != "volume" or _positive_ints(inference["roi_size"], 3),
-        "window": kind != "volume" or _numbers(inference["window"], 2),
         "spacing": kind != "volume"
         or inference["spacing"] is None
         or _numbers(inference["spacing"], 3),
+        "overlap": kind != "volume" or _fraction(inference.get("overlap", 0.25)),
+        "blend": kind != "volume" or inference.get("blend", "gaussian") in BLEND_MODES,
     }
     wrong = [key for key, fine in problems.items() if not fine]
     if wrong:
         key = wrong[0]
-        raise UnreadableFileError(source, f"inference {key} {inference[key]!r} is not valid")
+        raise UnreadableFileError(source, f"inference {key} {inference.get(key)!r} is not valid")
     return dict(inference)
 
 
@@ -395,6 +412,25 @@ def _positive_ints(values, count: int) -> bool:
         )
     except TypeError:
         return False
+
+
+def _valid_window(kind: str, window) -> bool:
+    """A 3D model's window is ``[low, high]`` HU; a 2D model's is what
+    :func:`kseg.data.pipeline.model_input` takes (``None``, a preset name, ``[centre,
+    width]``) or ``"scale_intensity"``."""
+    if kind == "volume":
+        return _numbers(window, 2) and float(window[0]) < float(window[1])
+    if window is None or window == "scale_intensity":
+        return True
+    if isinstance(window, str):
+        from kseg.data.pipeline import WINDOWS
+
+        return window in WINDOWS
+    return _numbers(window, 2) and float(window[1]) > 0
+
+
+def _fraction(value) -> bool:
+    return _numbers([value], 1) and 0.0 <= float(value) < 1.0
 
 
 def _numbers(value, count: int) -> bool:

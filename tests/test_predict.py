@@ -393,6 +393,26 @@ def test_real_nifti_keeps_its_affine_and_refuses_dicom_formats(shared_data, tmp_
         assert not (tmp_path / format).exists()
 
 
+def test_a_2d_ct_model_sees_nifti_slices_as_dicom_shows_them(tmp_path):
+    """RAS storage is mirrored in both in-plane axes against DICOM's axial slices (columns
+    toward the patient's left, rows toward posterior): the model gets the DICOM view, the
+    labels come back on the file's grid."""
+    data = np.random.default_rng(4).integers(-1000, 1000, (6, 5, 3))  # (x, y, z), RAS
+    source = tmp_path / "ras.nii.gz"
+    nib.save(nib.Nifti1Image(data.astype(np.int16), np.diag([0.7, 0.8, 2.0, 1.0])), source)
+    seen = []
+
+    def model(batch):
+        seen.append(batch[..., 0])
+        return (batch > 0.5).astype(np.float32)
+
+    [prediction] = predict_path(model, slices_inference((5, 6)), source)
+    dicom_view = np.stack([data[::-1, ::-1, k].T for k in range(3)])  # (slice, row, column)
+    np.testing.assert_allclose(np.concatenate(seen), windowed(dicom_view), atol=1e-6)
+    labels = prediction.labels.array.transpose(2, 1, 0)  # back to the file's (x, y, z)
+    np.testing.assert_array_equal(labels, windowed(data) > 0.5)
+
+
 # --- 3D volume models --------------------------------------------------------------------------
 
 
@@ -612,6 +632,11 @@ def test_run_folder_without_config_or_model(ct_case, tmp_path):
         (slices_inference((8, 8), postprocess="smooth"), "postprocess 'smooth'"),
         (slices_inference((8, 8), num_classes=0), "num_classes 0"),
         (volume_inference(roi_size=[8, 8]), "roi_size"),
+        (slices_inference((8, 8), window="abdominal"), "window 'abdominal'"),
+        (slices_inference((8, 8), window=[40, 0]), "window"),
+        (volume_inference(window=[164, -57]), "window"),
+        (volume_inference(overlap=1.0), "overlap 1.0"),
+        (volume_inference(blend="median"), "blend 'median'"),
         ("slices", "must be an object"),
     ],
 )
