@@ -59,15 +59,18 @@ def main(argv=None) -> int:
         return 2
     # Quiets TensorFlow's C++ start-up lines (CPU features, CUDA probing) unless asked for.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # --debug may stand before or after the command; given nowhere, it is absent (the
+    # parsers share one --debug option, so no parser may set it False for the others).
+    debug = getattr(args, "debug", False)
     try:
         args.handler(args)
     except KsegError as error:
-        if args.debug:
+        if debug:
             raise
         print(error_line(error), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if args.debug:
+        if debug:
             traceback.print_exc()
         print("kseg: interrupted", file=sys.stderr)
         return 130
@@ -92,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "recipe, evaluate, predict, tune and report.",
         epilog="`kseg COMMAND --help` describes each command.",
     )
-    parser.set_defaults(debug=False, command=None)
     parser.add_argument("--version", action="version", version=f"kseg {kseg.__version__}")
     commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
 

@@ -165,9 +165,23 @@ def test_recipe_option_error_is_a_usage_error(tmp_path):
     assert not TENSORFLOW_STACK & imported_modules(result.stderr)
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_tune_options_reach_the_recipes_checks(tmp_path):
+    result = kseg_command("tune", "xray_multiclass", "--strategy", "random", "--stages",
+                          "loss=dice,dice_ce", "--output-dir", tmp_path / "run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "kseg tune xray_multiclass: error: --stages applies to --strategy staged only, not "
+        "random"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_the_traceback(where, tmp_path):
     run = tmp_path / "no_such_run"
-    result = kseg_command("evaluate", run, "--split", "test", "--debug", cwd=tmp_path)
+    command = ("evaluate", run, "--split", "test")
+    arguments = ("--debug", *command) if where == "before" else (*command, "--debug")
+    result = kseg_command(*arguments, cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert f"kseg.errors.LayoutError: {run}: no such run folder" in result.stderr
