@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from kseg._files import atomic_output, remove_stale_temporaries
 from kseg.errors import LayoutError, UnreadableFileError
@@ -33,6 +34,7 @@ from kseg.evaluation import (
 )
 from kseg.inference import predict_slices, sliding_window
 from kseg.training.budget import TimeBudget, _checked_minutes
+from kseg.training.distribute import broadcast_from_chief, is_chief
 from kseg.training.resume import (
     AtomicBackupAndRestore,
     ResumableCSVLogger,
@@ -156,6 +158,7 @@ class VolumeValidation(keras.callbacks.Callback):
         self.progress = progress
         self.history: dict[int, PatientTable] = {}
         self._latest_logs: dict[str, float] = {}
+        self._replicated_call = None
         self._check_references()
 
     def _structures(self) -> dict[str, int]:
@@ -184,8 +187,10 @@ class VolumeValidation(keras.callbacks.Callback):
             if sum(name in missing for missing in absent.values()) == len(self.volumes)
         ]
         if never_present:
-            what = "reference is empty" if self.labels is None else (
-                f"reference lacks {', '.join(map(repr, never_present))}"
+            what = (
+                "reference is empty"
+                if self.labels is None
+                else (f"reference lacks {', '.join(map(repr, never_present))}")
             )
             raise ValueError(
                 f"volumes: every validation {what} (patients {_listed(self.empty_references)}"
@@ -195,7 +200,8 @@ class VolumeValidation(keras.callbacks.Callback):
         if absent:
             described = _listed(
                 [
-                    str(patient_id) if self.labels is None
+                    str(patient_id)
+                    if self.labels is None
                     else f"{patient_id}: {', '.join(missing)}"
                     for patient_id, missing in absent.items()
                 ]
@@ -208,6 +214,22 @@ class VolumeValidation(keras.callbacks.Callback):
                 stacklevel=3,
             )
 
+    def _predictor(self):
+        """The model, or under a distribution strategy with several replicas its plain call.
+
+        Keras' ``predict_on_batch`` runs on every replica and concatenates their outputs
+        (across workers, too), which returns each window several times; every worker holds
+        all weights, so it predicts the volumes on its own."""
+        strategy = self.model.distribute_strategy
+        if strategy.num_replicas_in_sync == 1:
+            return self.model
+        if self._replicated_call is None:
+            model = self.model
+            self._replicated_call = tf.function(
+                lambda batch: model(batch, training=False), reduce_retracing=True
+            )
+        return self._replicated_call
+
     def _predict(self, image: np.ndarray, label_plane) -> np.ndarray:
         model_input_shape = tuple(self.model.inputs[0].shape)
         model_spatial_dims = len(model_input_shape) - 2
@@ -215,7 +237,7 @@ class VolumeValidation(keras.callbacks.Callback):
         if image_spatial_dims == model_spatial_dims:
             roi_size = self.roi_size if self.roi_size is not None else model_input_shape[1:-1]
             return sliding_window(
-                self.model,
+                self._predictor(),
                 image,
                 roi_size,
                 overlap=self.overlap,
@@ -225,7 +247,7 @@ class VolumeValidation(keras.callbacks.Callback):
             )
         if model_spatial_dims == 2 and image_spatial_dims == 3:
             probabilities = predict_slices(
-                self.model, image, batch_size=self.batch_size, progress=self.progress
+                self._predictor(), image, batch_size=self.batch_size, progress=self.progress
             )
             return resize_probabilities(probabilities, label_plane)
         raise ValueError(
@@ -288,11 +310,22 @@ class VolumeValidation(keras.callbacks.Callback):
                     logs[f"val_volume_{metric}/{patient_id}"] = float(value)
         return logs
 
+    def _agreed(self, logs: dict[str, float]) -> dict[str, float]:
+        """Under a multi-worker strategy, the chief's scores on every worker.
+
+        Every worker scores the same volumes with the same weights; taking the chief's
+        numbers makes sure the checkpoint, the learning-rate schedule and early stopping
+        decide the same on all of them even where floating point differs."""
+        keys = sorted(logs)
+        values = broadcast_from_chief([logs[key] for key in keys], self.model.distribute_strategy)
+        return dict(zip(keys, values, strict=True))
+
     def _due(self, epoch: int) -> bool:
         return not self._latest_logs or (epoch + 1) % self.every == 0
 
     def on_train_begin(self, logs=None):
         self._latest_logs = {}
+        self._replicated_call = None
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -300,7 +333,7 @@ class VolumeValidation(keras.callbacks.Callback):
         if self._due(epoch):
             table = self.evaluate()
             self.history[epoch] = table
-            self._latest_logs = self._logs_from(table)
+            self._latest_logs = self._agreed(self._logs_from(table))
         logs.update(self._latest_logs)
         if self.patch_metric in logs and "val_volume_dice" in self._latest_logs:
             logs["val_patch_volume_gap"] = float(logs[self.patch_metric]) - float(
@@ -358,11 +391,16 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.best = None
         self.best_epoch = None
         self._first_epoch_seen = False
+        self._writes = True
 
     def on_train_begin(self, logs=None):
         self._first_epoch_seen = False
-        remove_stale_temporaries(self.filepath)
-        remove_stale_temporaries(self.state_path)
+        # under a multi-worker strategy only the chief writes; the others keep the same
+        # best (their logs are the chief's, see VolumeValidation) and write nothing
+        self._writes = is_chief(self.model.distribute_strategy)
+        if self._writes:
+            remove_stale_temporaries(self.filepath)
+            remove_stale_temporaries(self.state_path)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._first_epoch_seen:
@@ -396,7 +434,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             copy = None
         if embedded is None:  # written by an older kseg: the .json copy is all there is
             return copy
-        if copy != embedded:
+        if copy != embedded and self._writes:
             _write_json_atomically(self.state_path, embedded)
         return embedded
 
@@ -419,6 +457,9 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if not self._improves(value):
             return
         record = {"monitor": self.monitor, "mode": self.mode, "best": value, "epoch": epoch}
+        if not self._writes:
+            self.best, self.best_epoch = value, epoch
+            return
         with atomic_output(self.filepath) as temporary:
             self.model.save(temporary)
             with zipfile.ZipFile(temporary, "a") as archive:

@@ -20,6 +20,7 @@ import keras
 
 from kseg._files import atomic_output, remove_stale_temporaries
 from kseg.errors import UnreadableFileError
+from kseg.training.distribute import is_chief
 
 # HDF5 attribute of the backup file holding {"epoch": ..., "batch": ...}
 _BACKUP_RECORD = "kseg_backup"
@@ -46,6 +47,11 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
     returning a JSON-able dict and ``restore_state(state)``, as
     :class:`ResumableReduceLROnPlateau` has. List this callback after them, so their own
     ``on_train_begin`` resets them before the backup restores them.
+
+    Under a multi-worker ``tf.distribute`` strategy only the chief writes (and deletes) the
+    backup, and every worker restores the chief's, so ``backup_dir`` must be on storage all
+    workers read (a shared file system, ``gs://``); the weights are the same on every worker,
+    so one backup resumes them all.
 
     Args:
         backup_dir: folder of the backup, used by nothing else.
@@ -74,6 +80,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
             delete_checkpoint=delete_checkpoint,
         )
         self.stateful = dict(stateful or {})
+        self._writes = True
         for name, callback in self.stateful.items():
             if not (hasattr(callback, "resume_state") and hasattr(callback, "restore_state")):
                 raise ValueError(
@@ -82,7 +89,9 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 )
 
     def on_train_begin(self, logs=None):
-        remove_stale_temporaries(self._weights_path)
+        self._writes = is_chief(self.model.distribute_strategy)
+        if self._writes:
+            remove_stale_temporaries(self._weights_path)
         self._load_model()
 
     def _read_record(self) -> dict:
@@ -147,6 +156,8 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         self.model._initial_epoch = record["epoch"]
 
     def _save_model(self):
+        if not self._writes:
+            return
         os.makedirs(self.backup_dir, exist_ok=True)
         record = json.dumps(
             {
@@ -163,7 +174,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 handle.attrs[_BACKUP_RECORD] = record
 
     def on_train_end(self, logs=None):
-        if self.delete_checkpoint and os.path.exists(self.backup_dir):
+        if self._writes and self.delete_checkpoint and os.path.exists(self.backup_dir):
             # the weights first: a kill part-way through leaves no backup, never weights
             # whose epoch counter (Keras' training_metadata.json) is gone
             if os.path.exists(self._weights_path):
@@ -203,6 +214,8 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
     however often training was killed and resumed. A ``fit`` starting at epoch 0 is a new
     run and starts a new history.
 
+    Under a multi-worker ``tf.distribute`` strategy only the chief writes the file.
+
     Args:
         filename: the CSV file.
         separator: column separator.
@@ -211,13 +224,24 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
     def __init__(self, filename, separator: str = ","):
         super().__init__(os.fspath(filename), separator=separator, append=True)
         self._opened = False
+        self._writes = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._writes:
+            super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if self._writes:
+            super().on_train_end(logs)
 
     def on_train_begin(self, logs=None):
-        remove_stale_temporaries(self.filename)
+        self._writes = is_chief(self.model.distribute_strategy)
+        if self._writes:
+            remove_stale_temporaries(self.filename)
         self._opened = False
 
     def on_epoch_begin(self, epoch, logs=None):
-        if not self._opened:
+        if self._writes and not self._opened:
             self._drop_rows_from(epoch)
             super().on_train_begin()
             self._opened = True
@@ -243,7 +267,5 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
             return
         if kept == lines:
             return
-        with atomic_output(self.filename) as temporary, open(
-            temporary, "w", newline=""
-        ) as handle:
+        with atomic_output(self.filename) as temporary, open(temporary, "w", newline="") as handle:
             handle.writelines(kept)
