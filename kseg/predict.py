@@ -118,8 +118,9 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
         ``[(name, source path, kind, Volume, is DICOM)]`` in a stable order.
 
     Raises:
-        LayoutError: ``input_path`` does not exist, holds nothing readable, or two inputs
-            would write outputs of the same name.
+        LayoutError: ``input_path`` does not exist, holds nothing readable, holds
+            radiographs for a 3D volume model, or two inputs would write outputs of the
+            same name.
         UnreadableFileError, DicomSeriesError: from the readers, naming the file.
     """
     path = pathlib.Path(input_path)
@@ -146,6 +147,13 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
             "does not exist; expected a DICOM series folder, a NIfTI file (or a folder of "
             "them), or radiographs (one image or a folder of PNG / JPEG / DICOM files)",
         )
+    volume_model = inference.get("kind") == "volume"
+    radiograph = next((item[1] for item in inputs if item[2] == RADIOGRAPH), None)
+    if volume_model and radiograph is not None:
+        raise LayoutError(
+            radiograph, "is a radiograph; the run's model is a 3D volume model, which takes "
+            "a DICOM series folder or NIfTI files",
+        )  # fmt: skip
     _check_unique_names(inputs)
     return inputs
 
@@ -462,14 +470,14 @@ def check_format(predictions_or_inputs, format: str) -> None:
         if format == "dicom-seg" and not dicom:
             raise LayoutError(
                 source,
-                f"is a {_describe_kind(kind, source)}; a DICOM-SEG references the DICOM "
+                f"is a {_describe_kind(kind, source, dicom)}; a DICOM-SEG references the DICOM "
                 "images it was drawn on, so it needs DICOM inputs (choose --format nifti or "
                 "png for this input)",
             )
         if format == "rtstruct" and kind != DICOM_SERIES:
             raise LayoutError(
                 source,
-                f"is a {_describe_kind(kind, source)}; an RT Structure Set references the "
+                f"is a {_describe_kind(kind, source, dicom)}; an RT Structure Set references the "
                 "slices of a DICOM series (CT), so it needs a DICOM series folder (choose "
                 "--format nifti, png or dicom-seg)",
             )
@@ -482,10 +490,9 @@ def _source_kind_dicom(item) -> tuple[pathlib.Path, str, bool]:
     return source, kind, dicom
 
 
-def _describe_kind(kind: str, source: pathlib.Path) -> str:
+def _describe_kind(kind: str, source: pathlib.Path, dicom: bool) -> str:
     if kind == RADIOGRAPH:
-        suffix = source.suffix.lower().lstrip(".").upper() or "DICOM"
-        return f"{suffix if suffix != 'DCM' else 'DICOM'} radiograph"
+        return f"{'DICOM' if dicom else source.suffix.lstrip('.').upper()} radiograph"
     return "NIfTI volume" if kind == NIFTI else "DICOM series"
 
 

@@ -573,6 +573,18 @@ def test_dicom_radiographs_to_dicom_seg_read_back_by_highdicom_and_kseg(tmp_path
     np.testing.assert_allclose(mask.spacing, (1.0, 1.0, 1.0))  # the SEG keeps no spacing
 
 
+def test_radiographs_refuse_rtstruct_and_3d_models(tmp_path):
+    source = write_cr(tmp_path / "cr.dcm", gradient_image((8, 8), 2))
+    run = write_run(tmp_path / "run", identity_model(2), radiograph_inference((8, 8)))
+    with pytest.raises(LayoutError, match="cr.dcm: is a DICOM radiograph; an RT Structure"):
+        predict_command(run, source, tmp_path / "out", "rtstruct")
+    volume_run = write_run(tmp_path / "volume", identity_model(3), volume_inference())
+    png = tmp_path / "chest.png"
+    Image.fromarray(gradient_image((8, 8), 0).astype(np.uint8)).save(png)
+    with pytest.raises(LayoutError, match="chest.png: is a radiograph; .* 3D volume model"):
+        predict_command(volume_run, png, tmp_path / "out", "nifti")
+
+
 def test_dicom_radiograph_nifti_has_the_imager_pixel_spacing(tmp_path):
     source = write_cr(
         tmp_path / "cr.dcm", gradient_image((12, 10), 2), ImagerPixelSpacing=[0.2, 0.25]
