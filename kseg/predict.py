@@ -11,7 +11,9 @@ segments every input and writes one prediction per input:
   DICOM files are recognised by their bytes, whatever their names);
 * models: ``"kind": "slices"`` (a 2D model run on every slice with
   :func:`kseg.data.pipeline.model_input`, probabilities resized back to each slice's plane
-  with :func:`kseg.evaluation.resize_probabilities`), or ``"kind": "volume"`` (a 3D model:
+  with :func:`kseg.evaluation.resize_probabilities`; a CT model sees a NIfTI volume's slices
+  the way DICOM series show them, LPS, whatever the file's storage order), or
+  ``"kind": "volume"`` (a 3D model:
   :func:`kseg.data.preprocess3d.preprocess_volume`, a gaussian-blended
   :func:`kseg.inference.sliding_window`, then :func:`kseg.geometry.to_original_grid`);
 * outputs on the input's grid and geometry: ``nifti`` (the input's affine), ``dicom-seg``
