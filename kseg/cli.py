@@ -150,7 +150,7 @@ def _add_prepare(parser: argparse.ArgumentParser) -> None:
 def _prepare(args: argparse.Namespace) -> None:
     import importlib
 
-    manual_folder(args.manual_dir, args.dataset)
+    check_manual_dir(args.manual_dir, args.dataset)
     module = importlib.import_module(f"tfds_builders.{args.dataset}")
     configs = module.Builder.builder_configs
     name = args.config or DEFAULT_CONFIGS[args.dataset]
@@ -170,7 +170,7 @@ def _prepare(args: argparse.Namespace) -> None:
     print(split_table(builder))
 
 
-def manual_folder(path: pathlib.Path, dataset: str) -> pathlib.Path:
+def check_manual_dir(path: pathlib.Path, dataset: str) -> pathlib.Path:
     """``path`` when it is a folder with something in it; else a one-line LayoutError (the
     builder's own would recite every layout of the dataset)."""
     expected = (f"expected the folder the {dataset} download was extracted into (layouts: "
@@ -195,7 +195,7 @@ def prepare_builder(builder, manual_dir: pathlib.Path) -> None:
 
     try:
         _common.prepare(builder, manual_dir)
-    except KsegError:
+    except KsegError:  # a MaskError is a ValueError too; it names its file already
         raise
     except ValueError as error:
         raise KsegError(f"preparing {builder.info.full_name} failed: {error}") from error
@@ -375,8 +375,9 @@ def run_folder(path: pathlib.Path) -> pathlib.Path:
 def _evaluate(args: argparse.Namespace) -> None:
     run = run_folder(args.run)
     if args.input is not None and not args.input.is_dir():
-        raise LayoutError(args.input, "no such folder; expected a folder of labeled cases "
-                                      "in the layout of the run's dataset")
+        problem = "is a file" if args.input.exists() else "no such folder"
+        raise LayoutError(args.input, f"{problem}; expected a folder of labeled cases in the "
+                                      "layout of the run's dataset")
     from kseg import recipes
 
     module, recipe_args = recipes.load_run(run)
@@ -409,7 +410,3 @@ def _report(args: argparse.Namespace) -> None:
 def _usage_error(args: argparse.Namespace, message: str) -> None:
     """argparse's usage error (exit status 2) for a check only possible after parsing."""
     args.command_parser.error(message)
-
-
-if __name__ == "__main__":  # pragma: no cover - ``python -m kseg`` goes through __main__
-    sys.exit(main())

@@ -146,6 +146,45 @@ def test_run_folder_with_a_damaged_config_is_one_line(tmp_path):
     assert line.startswith(f"kseg: error: {run / 'config.json'}: is not a readable JSON file")
 
 
+def run_with_config(folder):
+    """A run folder whose config.json has every key a config of version 1 must have (the
+    values are never used: these commands stop at their input first)."""
+    folder.mkdir()
+    keys = ("recipe", "arguments", "seed", "created", "versions", "git_commit", "dataset",
+            "labels", "inference")
+    config = {key: {} for key in keys} | {"kseg_config_version": 1, "recipe": "xray_multiclass"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("command", "state", "message"),
+    [
+        ("evaluate", "missing", "no such folder; expected a folder of labeled cases in the "
+                                "layout of the run's dataset"),
+        ("evaluate", "file", "is a file; expected a folder of labeled cases in the layout of "
+                             "the run's dataset"),
+        ("predict", "missing", "no such file or folder; expected a DICOM series folder, a "
+                               "NIfTI file or radiographs"),
+    ],
+)
+def test_missing_input_is_one_line(command, state, message, tmp_path):
+    run = run_with_config(tmp_path / "run")
+    cases = tmp_path / "cases"
+    if state == "file":
+        cases.write_text("")
+    arguments = {
+        "evaluate": ("evaluate", run, "--input", cases),
+        "predict": ("predict", run, "--input", cases, "--output", tmp_path / "out",
+                    "--format", "png"),
+    }[command]
+    result = kseg_command(*arguments, cwd=tmp_path, importtime=True)
+    assert result.returncode == 1
+    assert messages(result.stderr) == [f"kseg: error: {cases}: {message}"]
+    assert not TENSORFLOW_STACK & imported_modules(result.stderr)
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_recipe_is_a_usage_error(tmp_path):
     result = kseg_command("train", "unet", cwd=tmp_path)
     assert result.returncode == 2
