@@ -46,7 +46,7 @@ def imported_modules(stderr: str) -> set[str]:
 
 
 def messages(stderr: str) -> list[str]:
-    """stderr without ``-X importtime`` lines and TensorFlow's start-up chatter."""
+    """The lines of stderr that are not ``-X importtime`` lines."""
     return [line for line in stderr.splitlines() if not line.startswith("import time:")]
 
 
