@@ -230,3 +230,29 @@ def test_counts_added_patient_by_patient_equal_the_hand_count():
         }
     }
     assert messages == ["masks/a: patient a has no spleen (2) voxel"]
+
+
+def test_the_build_command_passes_unknown_flags_to_beam(tmp_path, monkeypatch, capsys):
+    from tfds_builders import _beam, build
+
+    manual = tmp_path / "manual"
+    write_generic(manual, num_images=5, size=16, seed=0)
+    pipelines = []
+    real_pipeline = _beam._patient_pipeline
+    monkeypatch.setattr(
+        _beam,
+        "_patient_pipeline",
+        lambda split, *rest: pipelines.append(split) or real_pipeline(split, *rest),
+    )
+    arguments = ["xray/generic", "--manual_dir", str(manual), "--data_dir"]
+    build.main([*arguments, str(tmp_path / "plain")])
+    assert pipelines == []
+    # The in-process DirectRunner: Beam without worker processes to start.
+    build.main([*arguments, str(tmp_path / "beam"), "--runner=DirectRunner"])
+    assert pipelines == [f"fold{i}" for i in range(5)]
+    assert "xray/generic/1.0.0 in " in capsys.readouterr().out
+    plain = xray_dataset_builder.Builder(config="generic", data_dir=str(tmp_path / "plain"))
+    beamed = xray_dataset_builder.Builder(config="generic", data_dir=str(tmp_path / "beam"))
+    _assert_same_datasets(plain, beamed, [f"fold{i}" for i in range(5)])
+    with pytest.raises(SystemExit):
+        build.main([*arguments, str(tmp_path / "x"), "stray"])
