@@ -223,7 +223,6 @@ def test_output_dir_that_is_a_file_is_one_usage_line(tmp_path, capsys):
 
 def test_a_kseg_error_during_the_run_is_printed_without_traceback(monkeypatch, capsys):
     from kseg.errors import LayoutError
-
     from kseg.recipes import _common as common
 
     monkeypatch.setattr(sys, "argv", ["chaos_liver.py"])

@@ -30,7 +30,9 @@ Example:
 from __future__ import annotations
 
 import importlib
+import pathlib
 
+from kseg.errors import UnreadableFileError
 from kseg.recipes import run_config
 
 RECIPES = ("chaos_liver", "lctsc_lungs", "xray_multiclass", "msd_spleen")
@@ -54,9 +56,15 @@ def load_run(run_dir):
 
     Raises:
         kseg.errors.LayoutError, kseg.errors.UnreadableFileError: see
-            :func:`kseg.recipes.run_config.read_config`.
+            :func:`kseg.recipes.run_config.read_config`; also a config naming a recipe
+            this kseg does not have.
     """
     config = run_config.read_config(run_dir)
+    if config["recipe"] not in RECIPES:
+        raise UnreadableFileError(
+            pathlib.Path(run_dir) / run_config.CONFIG_FILE,
+            f"names recipe {config['recipe']!r}; this kseg has {', '.join(RECIPES)}",
+        )
     return load(config["recipe"]), run_config.arguments_namespace(config, run_dir)
 
 

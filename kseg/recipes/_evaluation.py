@@ -34,7 +34,9 @@ def evaluation_folder(run_dir, name: str) -> pathlib.Path:
     return pathlib.Path(run_dir) / "evaluation" / name
 
 
-def write_case(cases_dir, patient_id: str, *, image, reference, prediction, spacing) -> pathlib.Path:
+def write_case(
+    cases_dir, patient_id: str, *, image, reference, prediction, spacing
+) -> pathlib.Path:
     """Write ``cases_dir/<patient_id>.npz`` (atomically) for the report's slice viewer.
 
     Args:
@@ -60,8 +62,9 @@ def write_case(cases_dir, patient_id: str, *, image, reference, prediction, spac
         labels = np.asarray(labels)
         labels = labels[None] if labels.ndim == 2 else labels
         if labels.shape != image.shape:
-            raise ValueError(f"case {patient_id}: {key} {labels.shape} is not on the image "
-                             f"grid {image.shape}")
+            raise ValueError(
+                f"case {patient_id}: {key} {labels.shape} is not on the image grid {image.shape}"
+            )
         if labels.size and (labels.min() < 0 or labels.max() > 255):
             raise ValueError(f"case {patient_id}: {key} labels outside 0..255")
         arrays[key] = labels.astype(np.uint8)
@@ -105,19 +108,31 @@ def score_slice_cases(
 
     def cases():
         for patient_id, inputs, display, mask, spacing in volumes:
-            (_, mask, probabilities, _), = predict_on_mask_grid(
+            ((_, mask, probabilities, _),) = predict_on_mask_grid(
                 model, [(patient_id, inputs, mask, spacing)]
             )
             predicted = _labels_from_probabilities(probabilities, threshold).astype(np.uint8)
             predicted = _postprocessed(patient_id, predicted, postprocess)
             shown = np.asarray(display)[..., 0]
             case_spacing = (1.0, 1.0, 1.0) if spacing is None else spacing
-            write_case(cases_dir, patient_id, image=shown, reference=mask, prediction=predicted,
-                       spacing=case_spacing)
+            write_case(
+                cases_dir,
+                patient_id,
+                image=shown,
+                reference=mask,
+                prediction=predicted,
+                spacing=case_spacing,
+            )
             yield patient_id, mask, predicted, spacing
 
-    table = evaluate_volumes(cases(), metrics=metrics, labels=labels, threshold=threshold,
-                             progress=False, warn_empty=False)
+    table = evaluate_volumes(
+        cases(),
+        metrics=metrics,
+        labels=labels,
+        threshold=threshold,
+        progress=False,
+        warn_empty=False,
+    )
     table = PatientTable(sorted(table.rows, key=lambda row: row["patient_id"]))
     _warn_empty_references("evaluate", table)
     return table
@@ -142,8 +157,10 @@ def slice_volumes(make_dataset, *, window, image_size):
         model_inputs, displays, strict=True
     ):
         if shown_id != patient_id:
-            raise ValueError(f"slices of {patient_id!r} and {shown_id!r} arrived interleaved "
-                             "differently in two reads of one split")
+            raise ValueError(
+                f"slices of {patient_id!r} and {shown_id!r} arrived interleaved "
+                "differently in two reads of one split"
+            )
         yield patient_id, inputs, display, mask, spacing
 
 

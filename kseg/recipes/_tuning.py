@@ -27,8 +27,16 @@ def search_space(args, space: dict, *, stages) -> tuple[dict, list | None]:
     return space, getattr(args, "stages", None) or stages
 
 
-def run_search(args, hypermodel, *, train, validation_data, volume_validation, stages=None,
-               steps_per_epoch=None) -> dict:
+def run_search(
+    args,
+    hypermodel,
+    *,
+    train,
+    validation_data,
+    volume_validation,
+    stages=None,
+    steps_per_epoch=None,
+) -> dict:
     """Run the search of ``args.strategy`` (``args.max_trials``, ``args.epochs`` per trial)
     and write ``RUN/tuning/<strategy>/results.json``; returns its content."""
     import keras
@@ -46,8 +54,15 @@ def run_search(args, hypermodel, *, train, validation_data, volume_validation, s
         budget["max_epochs"] = args.epochs
     folder = pathlib.Path(args.output_dir) / "tuning"
     keras.utils.set_random_seed(args.seed)
-    search = tuner(strategy, hypermodel, directory=str(folder), project_name=strategy,
-                   seed=args.seed, stages=stages, **budget)
+    search = tuner(
+        strategy,
+        hypermodel,
+        directory=str(folder),
+        project_name=strategy,
+        seed=args.seed,
+        stages=stages,
+        **budget,
+    )
     fit = {"epochs": args.epochs, "callbacks": [volume_validation], "verbose": 0}
     if steps_per_epoch is not None:
         fit["steps_per_epoch"] = steps_per_epoch
@@ -65,8 +80,12 @@ def run_search(args, hypermodel, *, train, validation_data, volume_validation, s
         "best_hyperparameters": ranked[0][1].hyperparameters.values if ranked else None,
         "best_score": ranked[0][1].score if ranked else None,
         "trials": [
-            {"trial": name, "score": trial.score, "status": str(trial.status),
-             "hyperparameters": trial.hyperparameters.values}
+            {
+                "trial": name,
+                "score": trial.score,
+                "status": str(trial.status),
+                "hyperparameters": trial.hyperparameters.values,
+            }
             for name, trial in ranked
         ],
     }
@@ -86,6 +105,9 @@ def _trials(search) -> list[tuple[str, object]]:
     from kseg.tuning import StagedSearch
 
     if isinstance(search, StagedSearch):
-        return [(f"{result.name}/{trial.trial_id}", trial) for result in search.results
-                for trial in result.tuner.oracle.trials.values()]
+        return [
+            (f"{result.name}/{trial.trial_id}", trial)
+            for result in search.results
+            for trial in result.tuner.oracle.trials.values()
+        ]
     return [(trial.trial_id, trial) for trial in search.oracle.trials.values()]

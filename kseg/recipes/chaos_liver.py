@@ -28,24 +28,41 @@ METRICS = ("dice", "iou", "precision", "recall", "specificity", "hd95", "assd")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--data-dir", type=pathlib.Path,
-                        help="real CHAOS download (folder holding Train_Sets/); "
-                             "default: a synthetic phantom tree")
-    parser.add_argument("--output-dir", type=pathlib.Path, default=None,
-                        help="default: kseg_runs/chaos_liver[_phantom]")
-    parser.add_argument("--tfds-dir", type=pathlib.Path, default=None,
-                        help="where TFDS writes the prepared dataset (default: in output-dir)")
+    parser.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        help="real CHAOS download (folder holding Train_Sets/); default: a synthetic phantom tree",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=pathlib.Path,
+        default=None,
+        help="default: kseg_runs/chaos_liver[_phantom]",
+    )
+    parser.add_argument(
+        "--tfds-dir",
+        type=pathlib.Path,
+        default=None,
+        help="where TFDS writes the prepared dataset (default: in output-dir)",
+    )
     _common.add_folds_argument(parser)
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--image-size", type=int, default=128,
-                        help="in-plane size the model trains at; scores use the original grid")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=128,
+        help="in-plane size the model trains at; scores use the original grid",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--postprocess", choices=("auto", *POSTPROCESSING_CHOICES),
-                        default="auto",
-                        help="auto: keep the largest component if it raises validation Dice")
+    parser.add_argument(
+        "--postprocess",
+        choices=("auto", *POSTPROCESSING_CHOICES),
+        default="auto",
+        help="auto: keep the largest component if it raises validation Dice",
+    )
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
     phantom.add_argument("--phantom-patients", type=int, default=10)
     phantom.add_argument("--phantom-slices", type=int, default=32)
@@ -61,8 +78,10 @@ def finish_arguments(parser, args) -> None:
     args.tfds_dir = args.tfds_dir or args.output_dir / "tfds"
     args.manual_dir = args.data_dir or args.output_dir / "phantom_chaos"
     patients, source = _common.patients_and_source(
-        ct_patients_on_disk(args.manual_dir), args.manual_dir,
-        None if args.data_dir else args.phantom_patients, "--phantom-patients",
+        ct_patients_on_disk(args.manual_dir),
+        args.manual_dir,
+        None if args.data_dir else args.phantom_patients,
+        "--phantom-patients",
     )
     _common.check_folds(parser, args.folds, patients, source)
 
@@ -90,9 +109,14 @@ def prepare(args):
     manual_dir = pathlib.Path(args.manual_dir)
     if args.data_dir is None and not (manual_dir / "Train_Sets").exists():
         with _common.writing_phantom(manual_dir, args.phantom_patients):
-            chaos.write_chaos(manual_dir, modality="CT", num_patients=args.phantom_patients,
-                              num_slices=args.phantom_slices, size=args.phantom_size,
-                              seed=args.seed)
+            chaos.write_chaos(
+                manual_dir,
+                modality="CT",
+                num_patients=args.phantom_patients,
+                num_slices=args.phantom_slices,
+                size=args.phantom_size,
+                seed=args.seed,
+            )
     config = _common.with_folds(Builder.builder_configs["ct"], args.folds)
     builder = Builder(config=config, data_dir=str(args.tfds_dir))
     _common.prepare(builder, manual_dir)
@@ -124,7 +148,10 @@ def _training_data(args, builder, splits):
     )  # fmt: skip
     validation_slices = segmentation_dataset(
         builder.as_dataset(split=splits["validation"]),
-        window=WINDOW, image_size=size, batch_size=args.batch_size, cache=True,
+        window=WINDOW,
+        image_size=size,
+        batch_size=args.batch_size,
+        cache=True,
     )
     # whole-volume Dice of each validation patient, on the original grid, with the model
     # input exactly as segmentation_dataset makes it for training
@@ -157,8 +184,9 @@ def _train(args):
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(args.seed)
     builder = prepare(args)
-    run_config.write_config(run_dir, args, "chaos_liver", builder, LABELS,
-                            _inference(args, args.postprocess))
+    run_config.write_config(
+        run_dir, args, "chaos_liver", builder, LABELS, _inference(args, args.postprocess)
+    )
     splits = _splits(args)
     train, validation_slices, validation = _training_data(args, builder, splits)
     for name, split in splits.items():
@@ -166,8 +194,11 @@ def _train(args):
         print(f"{name:>10}: {split:<18} {count} slices")
 
     model = kseg.models.build(
-        "unet_small", input_shape=(*_image_size(args), 1), num_classes=1,
-        base_filters=args.base_filters, dropout=0.1,
+        "unet_small",
+        input_shape=(*_image_size(args), 1),
+        num_classes=1,
+        base_filters=args.base_filters,
+        dropout=0.1,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
@@ -178,8 +209,13 @@ def _train(args):
     # BackupAndRestore makes a crashed run resumable
     callbacks = training_callbacks(run_dir, validation) + tracking_callbacks(run_dir)
     fit_started = time.perf_counter()
-    model.fit(train, validation_data=validation_slices, epochs=args.epochs,
-              callbacks=callbacks, verbose=_common.fit_verbosity())
+    model.fit(
+        train,
+        validation_data=validation_slices,
+        epochs=args.epochs,
+        callbacks=callbacks,
+        verbose=_common.fit_verbosity(),
+    )
     fit_seconds = time.perf_counter() - fit_started
 
     best_path = run_dir / "best.keras"
@@ -203,13 +239,15 @@ def _choose_postprocessing(args, model, builder, splits) -> str:
 
     preprocess = model_input(window=WINDOW, image_size=_image_size(args))
     validation = predict_on_mask_grid(
-        model, reassemble_slices(builder.as_dataset(split=splits["validation"]),
-                                 preprocess=preprocess)
+        model,
+        reassemble_slices(builder.as_dataset(split=splits["validation"]), preprocess=preprocess),
     )
     chosen = choose_postprocessing(validation)
     name = "largest-component" if chosen.labels else "none"
-    print("Validation Dice without / with largest-component cleanup: "
-          f"{chosen.dice_without['dice']:.4f} / {chosen.dice_with['dice']:.4f} -> {name}")
+    print(
+        "Validation Dice without / with largest-component cleanup: "
+        f"{chosen.dice_without['dice']:.4f} / {chosen.dice_with['dice']:.4f} -> {name}"
+    )
     run_config.update_inference(args.output_dir, postprocess=name)
     return name
 
@@ -237,8 +275,9 @@ def evaluate(args, *, split: str = "test", input_dir=None):
             raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
         examples_split = _splits(args)[split]
     else:
-        builder = _evaluation.input_builder(Builder, Builder.builder_configs["ct"], input_dir,
-                                            run_dir, name)
+        builder = _evaluation.input_builder(
+            Builder, Builder.builder_configs["ct"], input_dir, run_dir, name
+        )
         examples_split = _evaluation.every_split(builder)
     folder = _evaluation.evaluation_folder(run_dir, name)
     table = _evaluation.score_slice_cases(
@@ -252,8 +291,10 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     source = "real CHAOS" if args.data_dir else "SYNTHETIC phantom"
     if input_dir is not None:
         source = str(input_dir)
-    print(f"\nPer-patient {name} scores ({source} data, whole volumes, original grid, "
-          f"post-processing: {postprocess}):")
+    print(
+        f"\nPer-patient {name} scores ({source} data, whole volumes, original grid, "
+        f"post-processing: {postprocess}):"
+    )
     print(table)
     return table
 
@@ -279,11 +320,22 @@ def tune(args) -> dict:
         stages=[("loss", losses), ("base_filters", base_filters)],
     )  # fmt: skip
     hypermodel = SegmentationHyperModel(
-        (*_image_size(args), 1), 1, models="unet_small", depth=3, dropout=0.1,
-        loss_kwargs={"combo": {"alpha": 2 / 3, "beta": 0.5}}, **space,
+        (*_image_size(args), 1),
+        1,
+        models="unet_small",
+        depth=3,
+        dropout=0.1,
+        loss_kwargs={"combo": {"alpha": 2 / 3, "beta": 0.5}},
+        **space,
     )
-    return _tuning.run_search(args, hypermodel, train=train, validation_data=validation_slices,
-                              volume_validation=validation, stages=stages)
+    return _tuning.run_search(
+        args,
+        hypermodel,
+        train=train,
+        validation_data=validation_slices,
+        volume_validation=validation,
+        stages=stages,
+    )
 
 
 def _main(argv=None):

@@ -20,8 +20,9 @@ from kseg.recipes import _common
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DESCRIPTION = ("LCTSC thoracic CT: lungs (or five organs) from DICOM + RTSTRUCT to "
-               "per-patient Dice tables.")
+DESCRIPTION = (
+    "LCTSC thoracic CT: lungs (or five organs) from DICOM + RTSTRUCT to per-patient Dice tables."
+)
 DATASET = "lctsc"
 WINDOW = "lung"
 BINARY_METRICS = ("dice", "iou", "precision", "recall", "hd95", "assd")
@@ -36,28 +37,55 @@ SPLITS = ("test", "validation", "challenge_test")
 def add_arguments(parser) -> None:
     from tfds_builders.lctsc import Builder  # the builder module is light
 
-    parser.add_argument("--data-dir", type=pathlib.Path,
-                        help="real LCTSC download (folder holding LCTSC/, or the npz layout "
-                             "for --config npz_lungs); default: a synthetic phantom tree")
-    parser.add_argument("--config", default="lungs", choices=sorted(Builder.builder_configs),
-                        help="lctsc builder config (classes, layout, folds)")
-    parser.add_argument("--output-dir", type=pathlib.Path, default=None,
-                        help="default: kseg_runs/lctsc_<config>[_phantom]")
-    parser.add_argument("--tfds-dir", type=pathlib.Path, default=None,
-                        help="where TFDS writes the prepared dataset (default: in output-dir)")
+    parser.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        help="real LCTSC download (folder holding LCTSC/, or the npz layout "
+        "for --config npz_lungs); default: a synthetic phantom tree",
+    )
+    parser.add_argument(
+        "--config",
+        default="lungs",
+        choices=sorted(Builder.builder_configs),
+        help="lctsc builder config (classes, layout, folds)",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=pathlib.Path,
+        default=None,
+        help="default: kseg_runs/lctsc_<config>[_phantom]",
+    )
+    parser.add_argument(
+        "--tfds-dir",
+        type=pathlib.Path,
+        default=None,
+        help="where TFDS writes the prepared dataset (default: in output-dir)",
+    )
     _common.add_folds_argument(parser)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--image-size", type=int, default=128,
-                        help="in-plane size the model trains at; scores use the original grid")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=128,
+        help="in-plane size the model trains at; scores use the original grid",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
-    phantom.add_argument("--phantom-patients", type=int, default=10,
-                         help="LCTSC-Train-* patients (at least one per fold)")
-    phantom.add_argument("--phantom-test-patients", type=int, default=2,
-                         help="LCTSC-Test-* patients, the challenge_test split")
+    phantom.add_argument(
+        "--phantom-patients",
+        type=int,
+        default=10,
+        help="LCTSC-Train-* patients (at least one per fold)",
+    )
+    phantom.add_argument(
+        "--phantom-test-patients",
+        type=int,
+        default=2,
+        help="LCTSC-Test-* patients, the challenge_test split",
+    )
     phantom.add_argument("--phantom-slices", type=int, default=24)
     phantom.add_argument("--phantom-size", type=int, default=256, help="in-plane pixels")
 
@@ -76,8 +104,10 @@ def finish_arguments(parser, args) -> None:
     args.layout = Builder.builder_configs[args.config].layout
     args.manual_dir = args.data_dir or args.output_dir / f"phantom_lctsc_{args.layout}"
     patients, source = _common.patients_and_source(
-        training_patients_on_disk(args.manual_dir, args.layout), args.manual_dir,
-        None if args.data_dir else args.phantom_patients, "--phantom-patients",
+        training_patients_on_disk(args.manual_dir, args.layout),
+        args.manual_dir,
+        None if args.data_dir else args.phantom_patients,
+        "--phantom-patients",
     )
     _common.check_folds(parser, args.folds, patients, source)
 
@@ -115,9 +145,14 @@ def prepare(args):
         write = lctsc.write_lctsc if tcia else lctsc.write_lctsc_npz
         count = args.phantom_patients + args.phantom_test_patients
         with _common.writing_phantom(manual_dir, count):
-            write(manual_dir, num_patients=args.phantom_patients,
-                  num_test_patients=args.phantom_test_patients, num_slices=args.phantom_slices,
-                  size=args.phantom_size, seed=args.seed)
+            write(
+                manual_dir,
+                num_patients=args.phantom_patients,
+                num_test_patients=args.phantom_test_patients,
+                num_slices=args.phantom_slices,
+                size=args.phantom_size,
+                seed=args.seed,
+            )
     config = _common.with_folds(Builder.builder_configs[args.config], args.folds)
     builder = Builder(config=config, data_dir=str(args.tfds_dir))
     _common.prepare(builder, manual_dir)
@@ -142,8 +177,10 @@ def _splits(args) -> dict:
     from kseg.data.splits import split_names
     from tfds_builders.lctsc.lctsc_dataset_builder import CHALLENGE_TEST_SPLIT
 
-    return {**split_names(args.folds, test_fold=0, validation_fold=1),
-            "challenge_test": CHALLENGE_TEST_SPLIT}
+    return {
+        **split_names(args.folds, test_fold=0, validation_fold=1),
+        "challenge_test": CHALLENGE_TEST_SPLIT,
+    }
 
 
 def _image_size(args) -> tuple[int, int]:
@@ -159,8 +196,7 @@ def _training_data(args, builder, splits, num_classes, labels):
     # No flips: a left-right flip would swap the lungs of the organ classes.
     augmenter = segmentation_augmenter(
         2,
-        spatial=[RandomAffine(2, rotation=10.0, scale=(0.9, 1.1), probability=0.5,
-                              seed=args.seed)],
+        spatial=[RandomAffine(2, rotation=10.0, scale=(0.9, 1.1), probability=0.5, seed=args.seed)],
         seed=args.seed + 1,
     )
     train = segmentation_dataset(
@@ -170,7 +206,10 @@ def _training_data(args, builder, splits, num_classes, labels):
     )  # fmt: skip
     validation_slices = segmentation_dataset(
         builder.as_dataset(split=splits["validation"]),
-        window=WINDOW, image_size=size, num_classes=num_classes, batch_size=args.batch_size,
+        window=WINDOW,
+        image_size=size,
+        num_classes=num_classes,
+        batch_size=args.batch_size,
         cache=True,
     )
     # whole-volume Dice of each validation patient (mean over organs for the multi-class
@@ -208,11 +247,15 @@ def _train(args):
             count = builder.info.splits[split].num_examples
             print(f"{role:>14}: {split:<18} {count} slices")
     print(f"classes: {list(builder.info.metadata['class_names'])}")
-    train, validation_slices, validation = _training_data(args, builder, splits, num_classes,
-                                                          labels)
+    train, validation_slices, validation = _training_data(
+        args, builder, splits, num_classes, labels
+    )
     model = kseg.models.build(
-        "unet_small", input_shape=(*_image_size(args), 1), num_classes=num_classes,
-        base_filters=args.base_filters, dropout=0.1,
+        "unet_small",
+        input_shape=(*_image_size(args), 1),
+        num_classes=num_classes,
+        base_filters=args.base_filters,
+        dropout=0.1,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
@@ -221,8 +264,13 @@ def _train(args):
     )
     callbacks = training_callbacks(run_dir, validation) + tracking_callbacks(run_dir)
     fit_started = time.perf_counter()
-    model.fit(train, validation_data=validation_slices, epochs=args.epochs,
-              callbacks=callbacks, verbose=_common.fit_verbosity())
+    model.fit(
+        train,
+        validation_data=validation_slices,
+        epochs=args.epochs,
+        callbacks=callbacks,
+        verbose=_common.fit_verbosity(),
+    )
     return run_dir / "best.keras", time.perf_counter() - fit_started
 
 
@@ -238,6 +286,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     ``input_dir`` (a folder in the layout of ``--config``). Writes
     ``RUN/evaluation/<name>/scores.csv`` and ``cases/<patient>.npz``."""
     import kseg
+    from kseg.errors import LayoutError
     from kseg.recipes import _evaluation
     from tfds_builders.lctsc import Builder
 
@@ -250,10 +299,17 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         examples_split = _splits(args)[split]
+        if examples_split not in builder.info.splits:
+            raise LayoutError(
+                args.manual_dir,
+                f"holds no {TEST_PATIENT_PREFIX}* patients, so the prepared dataset has no "
+                f"{examples_split} split to evaluate",
+            )
         source = "real LCTSC" if args.data_dir else "SYNTHETIC phantom"
     else:
-        builder = _evaluation.input_builder(Builder, Builder.builder_configs[args.config],
-                                            input_dir, run_dir, name)
+        builder = _evaluation.input_builder(
+            Builder, Builder.builder_configs[args.config], input_dir, run_dir, name
+        )
         examples_split = _evaluation.every_split(builder)
         source = str(input_dir)
     folder = _evaluation.evaluation_folder(run_dir, name)
@@ -266,8 +322,10 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         metrics=BINARY_METRICS if scored_labels is None else ORGAN_METRICS,
     )  # fmt: skip
     _evaluation.save_table(table, folder)
-    print(f"\nPer-patient scores on {name} = {examples_split} ({source} data, whole volumes, "
-          "original grid, distances in mm):")
+    print(
+        f"\nPer-patient scores on {name} = {examples_split} ({source} data, whole volumes, "
+        "original grid, distances in mm):"
+    )
     print(table)
     return table
 
@@ -284,8 +342,9 @@ def tune(args) -> dict:
     keras.utils.set_random_seed(args.seed)
     builder = prepare(args)
     num_classes, labels = _classes(builder)
-    train, validation_slices, validation = _training_data(args, builder, _splits(args),
-                                                          num_classes, labels)
+    train, validation_slices, validation = _training_data(
+        args, builder, _splits(args), num_classes, labels
+    )
     base_filters = [args.base_filters, 2 * args.base_filters]
     losses = ["dice_ce", "dice"]
     space, stages = _tuning.search_space(
@@ -294,10 +353,17 @@ def tune(args) -> dict:
          "learning_rate": (args.learning_rate / 10, args.learning_rate)},
         stages=[("loss", losses), ("base_filters", base_filters)],
     )  # fmt: skip
-    hypermodel = SegmentationHyperModel((*_image_size(args), 1), num_classes,
-                                        models="unet_small", depth=3, dropout=0.1, **space)
-    return _tuning.run_search(args, hypermodel, train=train, validation_data=validation_slices,
-                              volume_validation=validation, stages=stages)
+    hypermodel = SegmentationHyperModel(
+        (*_image_size(args), 1), num_classes, models="unet_small", depth=3, dropout=0.1, **space
+    )
+    return _tuning.run_search(
+        args,
+        hypermodel,
+        train=train,
+        validation_data=validation_slices,
+        volume_validation=validation,
+        stages=stages,
+    )
 
 
 def _main(argv=None):
@@ -307,18 +373,23 @@ def _main(argv=None):
     builder = prepare(args)
     splits = _splits(args)
     # the internal test fold, and the challenge's own test patients when the data has them
-    evaluated = ["test"] + (["challenge_test"] if splits["challenge_test"] in builder.info.splits
-                            else [])
+    evaluated = ["test"] + (
+        ["challenge_test"] if splits["challenge_test"] in builder.info.splits else []
+    )
     tables = {splits[split]: evaluate(args, split=split) for split in evaluated}
     num_classes, labels = _classes(builder)
     print("\nMean Dice per test split (the internal fold against the challenge's partition):")
     for split, table in tables.items():
-        columns = (["dice"] if _scored_labels(num_classes, labels) is None
-                   else [f"dice_{organ}" for organ in labels])
+        columns = (
+            ["dice"]
+            if _scored_labels(num_classes, labels) is None
+            else [f"dice_{organ}" for organ in labels]
+        )
         means = ", ".join(f"{column} {table.summary()[column]['mean']:.4f}" for column in columns)
         print(f"  {split:<15} {len(table)} patients: {means}")
-    print(f"\nSaved {best_path} and the test tables in "
-          f"{pathlib.Path(args.output_dir) / 'evaluation'}")
+    print(
+        f"\nSaved {best_path} and the test tables in {pathlib.Path(args.output_dir) / 'evaluation'}"
+    )
     print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
     return tables
 

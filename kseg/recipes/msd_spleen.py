@@ -20,8 +20,9 @@ from kseg.recipes import _common
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DESCRIPTION = ("HighResNet for spleen CT (MSD Task09): train on patches, choose the model on "
-               "whole volumes.")
+DESCRIPTION = (
+    "HighResNet for spleen CT (MSD Task09): train on patches, choose the model on whole volumes."
+)
 DATASET = "msd_spleen"
 LABELS = {"spleen": 1}
 # Settings that differ between the few-minute phantom run and the real data (the seed's).
@@ -39,46 +40,74 @@ METRICS = ("dice", "hd95")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--data-dir", type=pathlib.Path,
-                        help="folder holding Task09_Spleen/ (or that folder); "
-                             "default: a synthetic phantom written under --output-dir")
-    parser.add_argument("--output-dir", type=pathlib.Path,
-                        default=pathlib.Path("kseg_runs/msd_spleen_highresnet"))
+    parser.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        help="folder holding Task09_Spleen/ (or that folder); "
+        "default: a synthetic phantom written under --output-dir",
+    )
+    parser.add_argument(
+        "--output-dir", type=pathlib.Path, default=pathlib.Path("kseg_runs/msd_spleen_highresnet")
+    )
     _common.add_folds_argument(parser)
     parser.add_argument("--test-fold", type=int, default=0)
     parser.add_argument("--validation-fold", type=int, default=1)
     parser.add_argument("--patch-size", type=int, help="cubic training patch side (voxels)")
-    parser.add_argument("--positive-fraction", type=float, default=0.33,
-                        help="share of patches centred on a spleen voxel (nnU-Net's 1/3: the "
-                             "rest teach the network what is not spleen, anywhere)")
-    parser.add_argument("--no-largest-component", dest="largest_component",
-                        action="store_false",
-                        help="keep every predicted spleen island (default: keep the largest "
-                             "connected one, as nnU-Net's post-processing; the spleen is one "
-                             "organ, accessory spleens aside)")
+    parser.add_argument(
+        "--positive-fraction",
+        type=float,
+        default=0.33,
+        help="share of patches centred on a spleen voxel (nnU-Net's 1/3: the "
+        "rest teach the network what is not spleen, anywhere)",
+    )
+    parser.add_argument(
+        "--no-largest-component",
+        dest="largest_component",
+        action="store_false",
+        help="keep every predicted spleen island (default: keep the largest "
+        "connected one, as nnU-Net's post-processing; the spleen is one "
+        "organ, accessory spleens aside)",
+    )
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--steps-per-epoch", type=int)
     parser.add_argument("--learning-rate", type=float)
-    parser.add_argument("--top-k", type=float, default=10.0,
-                        help="percentage of hardest voxels the loss averages")
+    parser.add_argument(
+        "--top-k", type=float, default=10.0, help="percentage of hardest voxels the loss averages"
+    )
     parser.add_argument("--dropout", type=float, default=0.0)
     parser.add_argument("--roi-size", type=int, help="cubic sliding-window side (voxels)")
     parser.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1)")
     parser.add_argument("--validate-every", type=int, help="epochs between volume validations")
-    parser.add_argument("--mixed-precision", action="store_true",
-                        help="float16 compute, float32 weights and output activation")
-    parser.add_argument("--accumulate-steps", type=int, default=1,
-                        help="batches whose gradients are summed before each update")
-    parser.add_argument("--augment", choices=("anatomical", "full"),
-                        help="anatomical: small affine + intensity; full: also flips and "
-                             "in-plane quarter turns (default: full on real data, anatomical "
-                             "on the phantom)")
+    parser.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="float16 compute, float32 weights and output activation",
+    )
+    parser.add_argument(
+        "--accumulate-steps",
+        type=int,
+        default=1,
+        help="batches whose gradients are summed before each update",
+    )
+    parser.add_argument(
+        "--augment",
+        choices=("anatomical", "full"),
+        help="anatomical: small affine + intensity; full: also flips and "
+        "in-plane quarter turns (default: full on real data, anatomical "
+        "on the phantom)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
     phantom.add_argument("--phantom-cases", type=int, default=10, help="labelled cases")
-    phantom.add_argument("--phantom-shape", type=int, nargs=3, default=(40, 96, 96),
-                         metavar=("Z", "Y", "X"), help="voxels at 5 x 0.8 x 0.8 mm")
+    phantom.add_argument(
+        "--phantom-shape",
+        type=int,
+        nargs=3,
+        default=(40, 96, 96),
+        metavar=("Z", "Y", "X"),
+        help="voxels at 5 x 0.8 x 0.8 mm",
+    )
 
 
 def finish_arguments(parser, args) -> None:
@@ -92,11 +121,19 @@ def finish_arguments(parser, args) -> None:
         parser.error("--accumulate-steps must be at least 1")
     args.manual_dir = args.data_dir or args.output_dir / "phantom"
     patients, source = _common.patients_and_source(
-        labelled_cases_on_disk(args.manual_dir), args.manual_dir,
-        None if args.data_dir else args.phantom_cases, "--phantom-cases",
+        labelled_cases_on_disk(args.manual_dir),
+        args.manual_dir,
+        None if args.data_dir else args.phantom_cases,
+        "--phantom-cases",
     )
-    _common.check_folds(parser, args.folds, patients, source, test_fold=args.test_fold,
-                        validation_fold=args.validation_fold)
+    _common.check_folds(
+        parser,
+        args.folds,
+        patients,
+        source,
+        test_fold=args.test_fold,
+        validation_fold=args.validation_fold,
+    )
 
 
 def parse_args(argv=None):
@@ -128,8 +165,12 @@ def prepare(args):
         count = args.phantom_cases + PHANTOM_UNLABELLED_CASES
         with _common.writing_phantom(manual_dir, count, "cases"):
             write_msd_spleen(
-                manual_dir, num_training=args.phantom_cases, num_test=PHANTOM_UNLABELLED_CASES,
-                shape=tuple(args.phantom_shape), spacing=PHANTOM_SPACING, seed=args.seed,
+                manual_dir,
+                num_training=args.phantom_cases,
+                num_test=PHANTOM_UNLABELLED_CASES,
+                shape=tuple(args.phantom_shape),
+                spacing=PHANTOM_SPACING,
+                seed=args.seed,
             )
     config = _common.with_folds(Builder.builder_configs["preprocessed"], args.folds)
     builder = Builder(config=config, data_dir=str(pathlib.Path(args.output_dir) / "tfds"))
@@ -140,8 +181,7 @@ def prepare(args):
 def _splits(args) -> dict:
     from kseg.data.splits import split_names
 
-    return split_names(args.folds, test_fold=args.test_fold,
-                       validation_fold=args.validation_fold)
+    return split_names(args.folds, test_fold=args.test_fold, validation_fold=args.validation_fold)
 
 
 def build_augmenter(kind: str, seed: int):
@@ -169,7 +209,8 @@ def windowed(volumes):
 
     return volumes.map(
         lambda example: {
-            "image": window(example["image"], *WINDOWS["spleen_msd"]), "label": example["label"]
+            "image": window(example["image"], *WINDOWS["spleen_msd"]),
+            "label": example["label"],
         },
         num_parallel_calls=tf.data.AUTOTUNE,
     )
@@ -182,12 +223,18 @@ def training_batches(builder, split, args, augmenter):
 
     # The decoded int16 volumes are cached (decompressing every epoch would dominate on
     # small patches); windowing, patch sampling and augmentation run fresh each epoch.
-    volumes = windowed(builder.as_dataset(split=split).map(
-        lambda e: {"image": e["image"], "label": e["label"]}
-    ).cache().repeat())
+    volumes = windowed(
+        builder.as_dataset(split=split)
+        .map(lambda e: {"image": e["image"], "label": e["label"]})
+        .cache()
+        .repeat()
+    )
     patches = random_patches(
-        volumes, (args.patch_size,) * 3, positive_fraction=args.positive_fraction,
-        patches_per_volume=4, seed=args.seed,
+        volumes,
+        (args.patch_size,) * 3,
+        positive_fraction=args.positive_fraction,
+        patches_per_volume=4,
+        seed=args.seed,
     )
 
     def augment(image, label):
@@ -209,8 +256,11 @@ def validation_patches(builder, split, args):
 
     volumes = windowed(builder.as_dataset(split=split))
     patches = random_patches(
-        volumes, (args.patch_size,) * 3, positive_fraction=args.positive_fraction,
-        patches_per_volume=4, seed=args.seed + 1,
+        volumes,
+        (args.patch_size,) * 3,
+        positive_fraction=args.positive_fraction,
+        patches_per_volume=4,
+        seed=args.seed + 1,
     )
     return patches.cache().batch(args.batch_size)
 
@@ -294,22 +344,26 @@ def _train(args):
     keras.utils.set_random_seed(args.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     builder = prepare(args)
-    run_config.write_config(run_dir, args, "msd_spleen", builder, LABELS,
-                            _inference(args, builder))
+    run_config.write_config(run_dir, args, "msd_spleen", builder, LABELS, _inference(args, builder))
     splits = _splits(args)
     print(f"data: {task_folder(args.manual_dir)} -> {builder.data_dir}; splits {splits}")
 
     model = build_model(args)
-    train = training_batches(builder, splits["train"], args,
-                             build_augmenter(args.augment, args.seed))
+    train = training_batches(
+        builder, splits["train"], args, build_augmenter(args.augment, args.seed)
+    )
     validation = validation_patches(builder, splits["validation"], args)
-    callbacks = (training_callbacks(run_dir, _volume_validation(args, builder, splits),
-                                    reduce_lr_patience=None)
-                 + tracking_callbacks(run_dir))
+    callbacks = training_callbacks(
+        run_dir, _volume_validation(args, builder, splits), reduce_lr_patience=None
+    ) + tracking_callbacks(run_dir)
     fit_started = time.perf_counter()
     model.fit(
-        train, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch,
-        validation_data=validation, callbacks=callbacks, verbose=_common.fit_verbosity(),
+        train,
+        epochs=args.epochs,
+        steps_per_epoch=args.steps_per_epoch,
+        validation_data=validation,
+        callbacks=callbacks,
+        verbose=_common.fit_verbosity(),
     )
     return run_dir / "best.keras", time.perf_counter() - fit_started
 
@@ -346,8 +400,9 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         task_dir = pathlib.Path(task_folder(args.manual_dir))
         title = f"{split.capitalize()} fold {getattr(args, f'{split}_fold')}"
     else:
-        builder = _evaluation.input_builder(Builder, Builder.builder_configs["preprocessed"],
-                                            input_dir, run_dir, name)
+        builder = _evaluation.input_builder(
+            Builder, Builder.builder_configs["preprocessed"], input_dir, run_dir, name
+        )
         examples_split = _evaluation.every_split(builder, exclude=(UNLABELED_SPLIT,))
         task_dir = pathlib.Path(task_folder(input_dir))
         title = f"Every labelled case of {task_dir}"
@@ -365,15 +420,20 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     for patient_id in table.patient_ids:
         # the arrays the row was scored on: the label file and the prediction written on
         # its grid, with the CT in the training window for display
-        reference = read_nifti_labels(task_dir / "labelsTr" / f"{patient_id}.nii.gz",
-                                      patient_id=patient_id)
-        prediction = read_nifti_labels(folder / "predictions" / f"{patient_id}.nii.gz",
-                                       patient_id=patient_id)
+        reference = read_nifti_labels(
+            task_dir / "labelsTr" / f"{patient_id}.nii.gz", patient_id=patient_id
+        )
+        prediction = read_nifti_labels(
+            folder / "predictions" / f"{patient_id}.nii.gz", patient_id=patient_id
+        )
         image = read_nifti(task_dir / "imagesTr" / f"{patient_id}.nii.gz", patient_id=patient_id)
         _evaluation.write_case(
-            folder / "cases", patient_id,
+            folder / "cases",
+            patient_id,
             image=window(image.array, *WINDOWS["spleen_msd"]).numpy(),
-            reference=reference.array, prediction=prediction.array, spacing=reference.spacing,
+            reference=reference.array,
+            prediction=prediction.array,
+            spacing=reference.spacing,
         )
     _evaluation.save_table(table, folder)
     print(f"\n{title}, whole volumes on their original grids (Dice, HD95 in mm):")
@@ -393,8 +453,9 @@ def tune(args) -> dict:
     keras.utils.set_random_seed(args.seed)
     builder = prepare(args)
     splits = _splits(args)
-    train = training_batches(builder, splits["train"], args,
-                             build_augmenter(args.augment, args.seed))
+    train = training_batches(
+        builder, splits["train"], args, build_augmenter(args.augment, args.seed)
+    )
     losses = ["topk", "dice_ce"]
     space, stages = _tuning.search_space(
         args,
@@ -402,8 +463,14 @@ def tune(args) -> dict:
          "learning_rate": (args.learning_rate / 10, args.learning_rate)},
         stages=[("loss", losses)],
     )  # fmt: skip
-    hypermodel = SegmentationHyperModel((None, None, None, 1), 1, models="highresnet",
-                                        dropout=args.dropout, topk_k=args.top_k, **space)
+    hypermodel = SegmentationHyperModel(
+        (None, None, None, 1),
+        1,
+        models="highresnet",
+        dropout=args.dropout,
+        topk_k=args.top_k,
+        **space,
+    )
     return _tuning.run_search(
         args, hypermodel, train=train,
         validation_data=validation_patches(builder, splits["validation"], args),

@@ -130,7 +130,9 @@ def dataset_section(builder) -> dict:
     }
 
 
-def write_config(run_dir, args, recipe: str, builder, labels: dict, inference: dict) -> pathlib.Path:
+def write_config(
+    run_dir, args, recipe: str, builder, labels: dict, inference: dict
+) -> pathlib.Path:
     """Write ``run_dir/config.json`` (atomically; sorted keys, indent 2) and return its path.
 
     Args:
@@ -210,8 +212,8 @@ def update_inference(run_dir, **changes) -> dict:
 
 def arguments_namespace(config: dict, run_dir=None) -> argparse.Namespace:
     """The run's options back as the ``argparse.Namespace`` its recipe takes: the names in
-    :data:`PATH_ARGUMENTS` as ``pathlib.Path``. With ``run_dir``, ``output_dir`` is that folder (a run
-    folder that was moved or copied is still itself)."""
+    :data:`PATH_ARGUMENTS` as ``pathlib.Path``. With ``run_dir``, ``output_dir`` is that
+    folder (a run folder that was moved or copied is still itself)."""
     arguments = dict(config["arguments"])
     for name in PATH_ARGUMENTS:
         if arguments.get(name) is not None:

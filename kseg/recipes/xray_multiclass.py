@@ -32,24 +32,35 @@ INTENSITY = "scale_intensity"
 def add_arguments(parser) -> None:
     from tfds_builders.xray import Builder  # the builder module is light
 
-    parser.add_argument("--data-dir", type=pathlib.Path,
-                        help="manual folder of the chosen --config's layout; default: a "
-                             "synthetic 3-class phantom written under --output-dir")
-    parser.add_argument("--config", default="generic",
-                        choices=sorted(Builder.builder_configs),
-                        help="xray builder config used with --data-dir")
-    parser.add_argument("--output-dir", type=pathlib.Path,
-                        help="default: kseg_runs/xray_<config or phantom>")
+    parser.add_argument(
+        "--data-dir",
+        type=pathlib.Path,
+        help="manual folder of the chosen --config's layout; default: a "
+        "synthetic 3-class phantom written under --output-dir",
+    )
+    parser.add_argument(
+        "--config",
+        default="generic",
+        choices=sorted(Builder.builder_configs),
+        help="xray builder config used with --data-dir",
+    )
+    parser.add_argument(
+        "--output-dir", type=pathlib.Path, help="default: kseg_runs/xray_<config or phantom>"
+    )
     _common.add_folds_argument(parser)
     parser.add_argument("--test-fold", type=int, default=0)
     parser.add_argument("--validation-fold", type=int, default=1)
-    parser.add_argument("--max-train", type=int,
-                        help="train on this many patients (nested: 5 within 10 within ...)")
+    parser.add_argument(
+        "--max-train", type=int, help="train on this many patients (nested: 5 within 10 within ...)"
+    )
     parser.add_argument("--image-size", type=int, help="side the images are resized to")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--max-minutes", type=float,
-                        help="training time budget in minutes: stop mid-epoch when one more "
-                             "batch and the validation would pass it; the best model is kept")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="training time budget in minutes: stop mid-epoch when one more "
+        "batch and the validation would pass it; the best model is kept",
+    )
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -76,11 +87,19 @@ def finish_arguments(parser, args) -> None:
     args.manual_dir = args.data_dir or args.output_dir / "phantom"
     layout = "generic" if args.data_dir is None else Builder.builder_configs[args.config].layout
     patients, source = _common.patients_and_source(
-        images_on_disk(args.manual_dir, layout), args.manual_dir,
-        None if args.data_dir else args.phantom_images, "--phantom-images",
+        images_on_disk(args.manual_dir, layout),
+        args.manual_dir,
+        None if args.data_dir else args.phantom_images,
+        "--phantom-images",
     )
-    _common.check_folds(parser, args.folds, patients, source, test_fold=args.test_fold,
-                        validation_fold=args.validation_fold)
+    _common.check_folds(
+        parser,
+        args.folds,
+        patients,
+        source,
+        test_fold=args.test_fold,
+        validation_fold=args.validation_fold,
+    )
 
 
 def parse_args(argv=None):
@@ -94,8 +113,14 @@ def images_on_disk(manual_dir: pathlib.Path, layout: str) -> int | None:
     so this is the patient count the folds are dealt from."""
     from tfds_builders.xray.layout import JSRT_IMAGE_FOLDER, MONTGOMERY_IMAGE_FOLDER
 
-    folder = pathlib.Path(manual_dir) / {"generic": "images", "montgomery": MONTGOMERY_IMAGE_FOLDER,
-                                         "jsrt_scr": JSRT_IMAGE_FOLDER}[layout]
+    folder = (
+        pathlib.Path(manual_dir)
+        / {
+            "generic": "images",
+            "montgomery": MONTGOMERY_IMAGE_FOLDER,
+            "jsrt_scr": JSRT_IMAGE_FOLDER,
+        }[layout]
+    )
     if not folder.is_dir():
         return None
     return sum(1 for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
@@ -127,11 +152,17 @@ def prepare(args):
     manual_dir = pathlib.Path(args.manual_dir)
     if args.data_dir is None and not (manual_dir / "images").exists():
         with _common.writing_phantom(manual_dir, args.phantom_images, "images"):
-            xray.write_generic(manual_dir, num_images=args.phantom_images,
-                               size=args.phantom_size, seed=args.seed,
-                               classes=xray.GENERIC_CLASSES)
-    builder = Builder(config=_common.with_folds(_base_config(args), args.folds),
-                      data_dir=str(pathlib.Path(args.output_dir) / "tfds"))
+            xray.write_generic(
+                manual_dir,
+                num_images=args.phantom_images,
+                size=args.phantom_size,
+                seed=args.seed,
+                classes=xray.GENERIC_CLASSES,
+            )
+    builder = Builder(
+        config=_common.with_folds(_base_config(args), args.folds),
+        data_dir=str(pathlib.Path(args.output_dir) / "tfds"),
+    )
     _common.prepare(builder, manual_dir)
     return builder
 
@@ -151,8 +182,7 @@ def _scored_labels(num_classes: int, labels: dict) -> dict | None:
 def _splits(args) -> dict:
     from kseg.data.splits import split_names
 
-    return split_names(args.folds, test_fold=args.test_fold,
-                       validation_fold=args.validation_fold)
+    return split_names(args.folds, test_fold=args.test_fold, validation_fold=args.validation_fold)
 
 
 def batches(builder, split, args, num_classes, *, patients=None, augment=None):
@@ -175,10 +205,17 @@ def build_model(args, num_classes: int):
     from kseg.losses import DiceCELoss
     from kseg.metrics import DiceScore
 
-    model = models.build("unet_small", input_shape=(args.image_size, args.image_size, 1),
-                         num_classes=num_classes, base_filters=args.base_filters)
-    model.compile(optimizer=keras.optimizers.Adam(args.learning_rate), loss=DiceCELoss(),
-                  metrics=[DiceScore(num_classes=num_classes)])
+    model = models.build(
+        "unet_small",
+        input_shape=(args.image_size, args.image_size, 1),
+        num_classes=num_classes,
+        base_filters=args.base_filters,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=DiceCELoss(),
+        metrics=[DiceScore(num_classes=num_classes)],
+    )
     return model
 
 
@@ -205,8 +242,13 @@ def _scored_images(builder, split, size: int):
     preprocess = model_input(window=scale_intensity, image_size=(size, size))
     display = model_input(window=scale_intensity)
     for example in builder.as_dataset(split=split, shuffle_files=False):
-        yield (example["image_id"].numpy().decode(), preprocess(example).numpy(),
-               display(example).numpy(), example["mask"].numpy(), None)
+        yield (
+            example["image_id"].numpy().decode(),
+            preprocess(example).numpy(),
+            display(example).numpy(),
+            example["mask"].numpy(),
+            None,
+        )
 
 
 def _training_data(args, builder, splits, num_classes, labels):
@@ -218,21 +260,25 @@ def _training_data(args, builder, splits, num_classes, labels):
     patients = split_patient_ids(builder, splits["train"])
     if args.max_train is not None:
         patients = nested_patient_subset(patients, args.max_train, seed=args.seed)
-    print(f"dataset {builder.info.full_name} in {builder.data_dir}; classes "
-          f"{builder.builder_config.class_names}; {len(patients)} training patients; "
-          f"splits {splits}")
+    print(
+        f"dataset {builder.info.full_name} in {builder.data_dir}; classes "
+        f"{builder.builder_config.class_names}; {len(patients)} training patients; "
+        f"splits {splits}"
+    )
     # No flips: a flip would swap left and right lungs and put the heart on the wrong side.
     augmenter = segmentation_augmenter(
         2,
-        spatial=[RandomAffine(2, rotation=10.0, scale=(0.9, 1.1), probability=0.5,
-                              seed=args.seed)],
+        spatial=[RandomAffine(2, rotation=10.0, scale=(0.9, 1.1), probability=0.5, seed=args.seed)],
         intensity=[RandomContrast(0.5, factor=(0.8, 1.25), seed=args.seed + 1)],
     )
-    train = batches(builder, splits["train"], args, num_classes, patients=patients,
-                    augment=augmenter)
+    train = batches(
+        builder, splits["train"], args, num_classes, patients=patients, augment=augmenter
+    )
     validation_batches = batches(builder, splits["validation"], args, num_classes)
-    validation = VolumeValidation(image_cases(builder, splits["validation"], args.image_size),
-                                  labels=_scored_labels(num_classes, labels))
+    validation = VolumeValidation(
+        image_cases(builder, splits["validation"], args.image_size),
+        labels=_scored_labels(num_classes, labels),
+    )
     return train, validation_batches, validation
 
 
@@ -253,14 +299,21 @@ def _train(args):
         "num_classes": num_classes, "threshold": 0.5, "postprocess": "none",
         "modality": "radiograph",
     })  # fmt: skip
-    train, validation_batches, validation = _training_data(args, builder, _splits(args),
-                                                           num_classes, labels)
+    train, validation_batches, validation = _training_data(
+        args, builder, _splits(args), num_classes, labels
+    )
     model = build_model(args, num_classes)
-    callbacks = (training_callbacks(run_dir, validation, max_minutes=args.max_minutes)
-                 + tracking_callbacks(run_dir))
+    callbacks = training_callbacks(
+        run_dir, validation, max_minutes=args.max_minutes
+    ) + tracking_callbacks(run_dir)
     fit_started = time.perf_counter()
-    model.fit(train, validation_data=validation_batches, epochs=args.epochs,
-              callbacks=callbacks, verbose=_common.fit_verbosity())
+    model.fit(
+        train,
+        validation_data=validation_batches,
+        epochs=args.epochs,
+        callbacks=callbacks,
+        verbose=_common.fit_verbosity(),
+    )
     return run_dir / "best.keras", time.perf_counter() - fit_started
 
 
@@ -290,14 +343,16 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         examples_split = _splits(args)[split]
         title = f"{split.capitalize()} fold {getattr(args, f'{split}_fold')}"
     else:
-        builder = _evaluation.input_builder(Builder, _base_config(args), input_dir, run_dir,
-                                            name)
+        builder = _evaluation.input_builder(Builder, _base_config(args), input_dir, run_dir, name)
         examples_split = _evaluation.every_split(builder)
         title = f"Every image of {input_dir}"
     folder = _evaluation.evaluation_folder(run_dir, name)
     table = _evaluation.score_slice_cases(
-        model, _scored_images(builder, examples_split, args.image_size),
-        cases_dir=folder / "cases", metrics=METRICS, labels=_scored_labels(num_classes, labels),
+        model,
+        _scored_images(builder, examples_split, args.image_size),
+        cases_dir=folder / "cases",
+        metrics=METRICS,
+        labels=_scored_labels(num_classes, labels),
     )
     _evaluation.save_table(table, folder)
     print(f"\n{title}, one row per image, scored on the stored mask grid (HD95 in pixels):")
@@ -317,8 +372,9 @@ def tune(args) -> dict:
     keras.utils.set_random_seed(args.seed)
     builder = prepare(args)
     num_classes, labels = _classes(builder)
-    train, validation_batches, validation = _training_data(args, builder, _splits(args),
-                                                           num_classes, labels)
+    train, validation_batches, validation = _training_data(
+        args, builder, _splits(args), num_classes, labels
+    )
     base_filters = [args.base_filters, 2 * args.base_filters]
     losses = ["dice_ce", "dice"]
     space, stages = _tuning.search_space(
@@ -327,10 +383,17 @@ def tune(args) -> dict:
          "learning_rate": (args.learning_rate / 10, args.learning_rate * 10)},
         stages=[("loss", losses), ("base_filters", base_filters)],
     )  # fmt: skip
-    hypermodel = SegmentationHyperModel((args.image_size, args.image_size, 1), num_classes,
-                                        models="unet_small", depth=3, **space)
-    return _tuning.run_search(args, hypermodel, train=train, validation_data=validation_batches,
-                              volume_validation=validation, stages=stages)
+    hypermodel = SegmentationHyperModel(
+        (args.image_size, args.image_size, 1), num_classes, models="unet_small", depth=3, **space
+    )
+    return _tuning.run_search(
+        args,
+        hypermodel,
+        train=train,
+        validation_data=validation_batches,
+        volume_validation=validation,
+        stages=stages,
+    )
 
 
 def _main(argv=None):
