@@ -25,7 +25,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import ComputedRadiographyImageStorage, CTImageStorage, generate_uid
 from scipy import ndimage
 
-from kseg.errors import LayoutError, UnreadableFileError
+from kseg.errors import AlignmentError, LayoutError, UnreadableFileError
 from kseg.io import (
     SkippedFileWarning,
     rasterize_rtstruct,
@@ -750,3 +750,21 @@ def test_kseg_predict_command_line(ct_case, tmp_path, capsys):
                    str(tmp_path / "rt"), "--format", "rtstruct"])  # fmt: skip
     assert status == 1
     assert capsys.readouterr().err.strip().startswith(f"kseg: error: {nifti}: is a NIfTI volume")
+
+
+def test_dicom_seg_of_a_radiograph_reads_on_its_reference_image(tmp_path):
+    """kseg.io reads SEGs without plane positions (no frame of reference) onto the images
+    the frames reference, and refuses a reference that holds none of them."""
+    pixels = gradient_image((12, 10), 3)
+    source = write_cr(tmp_path / "cr.dcm", pixels, ImagerPixelSpacing=[0.2, 0.25])
+    [prediction] = predict_path(identity_model(2), radiograph_inference((12, 10)), source)
+    [path] = write_predictions([prediction], tmp_path / "out", "dicom-seg", labels=LABELS)
+    assert "FrameOfReferenceUID" not in pydicom.dcmread(path)
+    [mask] = read_dicom_seg_masks(path, reference_series=prediction.image).values()
+    np.testing.assert_array_equal(mask.array, (min_max(pixels) >= 0.5)[None])
+    np.testing.assert_array_equal(mask.affine, prediction.image.affine)
+    np.testing.assert_allclose(mask.spacing, (1.0, 0.2, 0.25))
+    other = write_cr(tmp_path / "other.dcm", pixels)
+    [unrelated] = predict_path(identity_model(2), radiograph_inference((12, 10)), other)
+    with pytest.raises(AlignmentError, match="not in the reference series"):
+        read_dicom_seg_masks(path, reference_series=unrelated.image)
