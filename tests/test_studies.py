@@ -1,0 +1,253 @@
+"""kseg.studies: each study end to end on a tiny radiograph phantom (nine 32 x 32 images in
+three folds, models of a few steps), so the numbers are not the point; the tables are.
+
+References from outside the code under test: the run's own evaluation table (written by the
+recipe's ``evaluate`` and read back with the csv module), an expected calibration error
+recomputed with a numpy loop over all pooled voxels, the fitted-weight ensemble's guarantee
+(its grid holds every single member, so on validation it can never be worse than the best
+one), and the files read back with csv and Pillow.
+"""
+
+import argparse
+import csv
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kseg import studies
+
+TINY_XRAY = [
+    "--epochs",
+    "1",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--base-filters",
+    "8",
+    "--learning-rate",
+    "1e-2",
+    "--phantom-images",
+    "9",
+    "--phantom-size",
+    "32",
+    "--folds",
+    "3",
+]
+TEST_IMAGES = 3  # 9 phantom images in 3 folds
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A trained tiny xray_multiclass run with its test evaluation written."""
+    from kseg.recipes import load
+
+    recipe = load("xray_multiclass")
+    folder = tmp_path_factory.mktemp("studies") / "run"
+    args = recipe.parse_args([*TINY_XRAY, "--output-dir", str(folder)])
+    recipe.train(args)
+    recipe.evaluate(args, split="test")
+    return folder
+
+
+def study(name, run_folder, *options):
+    return studies.run_study(name, studies.parse_args(name, [str(run_folder), *options]))
+
+
+def read_csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def check_files(table, rows):
+    folder = table.folder
+    assert folder.name == table.name and folder.parent.name == "studies"
+    assert len(read_csv(folder / "table.csv")) == rows == len(table.rows)
+    assert "Per patient:" in (folder / "table.txt").read_text()
+    with Image.open(folder / "figure.png") as figure:
+        assert figure.format == "PNG" and figure.size[0] > 100
+
+
+def test_noise_at_sigma_zero_is_the_runs_own_evaluation(run):
+    table = study("noise", run, "--sigmas", "0", "0.3")
+    check_files(table, 2 * TEST_IMAGES)
+    evaluation = {
+        row["patient_id"]: row for row in read_csv(run / "evaluation" / "test" / "scores.csv")
+    }
+    assert len(evaluation) == TEST_IMAGES
+    clean = [row for row in table.rows if row["sigma"] == 0.0]
+    assert sorted(row["patient_id"] for row in clean) == sorted(evaluation)
+    metric_columns = [
+        c
+        for c in next(iter(evaluation.values()))
+        if c.split("_")[0] in ("dice", "iou", "precision", "recall", "hd95")
+    ]
+    assert metric_columns
+    for row in clean:
+        for column in metric_columns:
+            assert row[column] == pytest.approx(
+                float(evaluation[row["patient_id"]][column]), abs=1e-9
+            ), column
+        dice = [row[c] for c in row if c.startswith("dice_") and c != "dice_mean"]
+        assert row["dice_mean"] == pytest.approx(np.mean(dice))
+    noisy = {row["patient_id"]: row for row in table.rows if row["sigma"] == 0.3}
+    assert any(noisy[row["patient_id"]]["dice_mean"] != row["dice_mean"] for row in clean)
+    assert [entry["sigma"] for entry in table.summary] == [0.0, 0.3]
+
+
+def numpy_top_label_ece(probabilities, labels, bins):
+    """Guo et al.'s ECE over pooled voxels, written out with a loop over the bins."""
+    confidence = probabilities.max(axis=-1).ravel()
+    correct = (probabilities.argmax(axis=-1) == labels).ravel()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    total = 0.0
+    for lower, upper in zip(edges[:-1], edges[1:], strict=True):
+        inside = (confidence > lower) & (confidence <= upper)
+        if lower == 0.0:
+            inside |= confidence == 0.0
+        if inside.any():
+            total += inside.sum() * abs(confidence[inside].mean() - correct[inside].mean())
+    return total / confidence.size
+
+
+def test_uncertainty_of_a_dropout_model(run, tmp_path, monkeypatch):
+    from kseg.evaluation import predict_on_mask_grid
+    from kseg.recipes import load_run
+
+    copy = tmp_path / "dropout_run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("studies", "evaluation"))
+    recipe, args = load_run(copy)
+    data = studies.study_data("xray_multiclass", args, None)
+    monkeypatch.setitem(studies._RECIPE_TRAINING["xray_multiclass"], "dropout", 0.25)
+    studies.train_model(data, seed=0, steps=3).save(copy / "best.keras")
+    recipe.evaluate(args, split="test")  # the recipe's table of the same model
+
+    table = study("uncertainty", copy, "--mc-samples", "3", "--tta-samples", "2", "--bins", "10")
+    check_files(table, 3 * TEST_IMAGES)
+    assert [entry["method"] for entry in table.summary] == ["model", "mc_dropout", "tta"]
+    evaluation = read_csv(copy / "evaluation" / "test" / "scores.csv")
+    expected = {
+        row["patient_id"]: np.mean(
+            [float(row[f"dice_{name}"]) for name in ("lungs", "heart", "clavicles")]
+        )
+        for row in evaluation
+    }
+    for row in table.rows:
+        if row["method"] == "model":
+            assert row["dice"] == pytest.approx(expected[row["patient_id"]], abs=1e-9)
+        for column in ("auroc_entropy", "auroc_mutual_information"):
+            assert math.isnan(row[column]) or 0.0 <= row[column] <= 1.0
+        assert 0.0 <= row["ece"] <= 1.0 and 0.0 <= row["brier"] <= 2.0
+    for row in table.rows:  # both AUROCs score the same errors: undefined together
+        if row["method"] == "mc_dropout":
+            assert math.isnan(row["auroc_mutual_information"]) == math.isnan(row["auroc_entropy"])
+    # pooled calibration of the plain model, recomputed from its probabilities
+    import kseg
+
+    model = kseg.load_model(copy / "best.keras")
+    cases = list(predict_on_mask_grid(model, studies.load_cases(data, "test")))
+    probabilities = np.concatenate([p.reshape(-1, p.shape[-1]) for _, _, p, _ in cases])
+    labels = np.concatenate([mask.ravel() for _, mask, _, _ in cases])
+    (model_summary,) = [entry for entry in table.summary if entry["method"] == "model"]
+    assert model_summary["ece_pooled"] == pytest.approx(
+        numpy_top_label_ece(probabilities, labels, 10), abs=1e-5
+    )
+    assert -1.0 <= model_summary["spearman_uncertainty_dice"] <= 1.0
+
+
+def test_uncertainty_without_dropout_says_mc_dropout_was_skipped(run):
+    table = study("uncertainty", run, "--mc-samples", "2", "--tta-samples", "2")
+    assert {row["method"] for row in table.rows} == {"model", "tta"}
+    assert any("MC dropout skipped" in note for note in table.notes)
+
+
+def test_ensemble_fitted_weights_never_lose_to_the_best_member_on_validation(run):
+    table = study("ensemble", run, "--members", "2", "--steps", "3", "--weight-step", "0.1")
+    methods = ["member-0", "member-1", "mean", "fitted", "majority"]
+    check_files(table, len(methods) * TEST_IMAGES)
+    summary = {entry["method"]: entry for entry in table.summary}
+    assert list(summary) == methods
+    best_member = max(
+        summary["member-0"]["validation_dice"], summary["member-1"]["validation_dice"]
+    )
+    assert summary["fitted"]["validation_dice"] >= best_member - 1e-12
+    weights = [float(w) for w in summary["fitted"]["weights"].split()]
+    assert len(weights) == 2 and sum(weights) == pytest.approx(1.0, abs=0.011)
+    assert summary["mean"]["weights"] == "0.50 0.50"
+
+
+@pytest.mark.slow
+def test_train_size_one_model_per_nested_subset(run):
+    table = study("train-size", run, "--sizes", "1", "3", "--steps", "3")
+    check_files(table, 2 * TEST_IMAGES)
+    assert [entry["train_patients"] for entry in table.summary] == [1, 3]
+    assert all(entry["patients"] == TEST_IMAGES for entry in table.summary)
+
+
+@pytest.mark.slow
+def test_augment_and_losses_one_row_per_setting_and_patient(run):
+    table = study("augment", run, "--steps", "3")
+    check_files(table, 2 * TEST_IMAGES)
+    assert [entry["augmentation"] for entry in table.summary] == ["on", "off"]
+    table = study("losses", run, "--steps", "3", "--losses", "bce", "topk")
+    check_files(table, 2 * TEST_IMAGES)
+    assert table.column("loss") == ["bce"] * TEST_IMAGES + ["topk"] * TEST_IMAGES
+
+
+@pytest.mark.slow
+def test_consistency_methods_at_equal_steps_stay_finite(run):
+    table = study("consistency", run, "--labeled", "1", "--steps", "3")
+    methods = ["supervised", "mean-teacher", "mean-teacher-ema", "fixmatch"]
+    check_files(table, len(methods) * TEST_IMAGES)
+    assert [entry["method"] for entry in table.summary] == methods
+    assert all(row["labeled"] == 1 and row["unlabeled"] == 2 for row in table.rows)
+    assert all(np.isfinite(row["dice_mean"]) for row in table.rows)
+
+
+def test_bad_settings_are_refused_before_training(run):
+    from kseg.recipes import load_run
+
+    _, args = load_run(run)
+    data = studies.study_data("xray_multiclass", args, None)
+    with pytest.raises(ValueError, match="sizes must lie in 1..3"):
+        studies.train_size_study(data, sizes=[4], steps=1)
+    with pytest.raises(ValueError, match="labeled must lie in 1..2"):
+        studies.consistency_study(data, labeled=3, steps=1)
+    with pytest.raises(ValueError, match="sigmas must be finite"):
+        studies.noise_study(data, sigmas=[-0.1])
+    with pytest.raises(ValueError, match="at least 2"):
+        studies.ensemble_study(data, members=1, steps=1)
+    with pytest.raises(ValueError, match="losses must be names"):
+        studies.losses_study(data, losses=["hinge"], steps=1)
+
+
+def test_command_line(tmp_path, capsys):
+    args = studies.parse_args("noise", ["xray_multiclass", "--sigmas", "0", "0.1", "--epochs", "2"])
+    assert args.source == "xray_multiclass" and args.sigmas == [0.0, 0.1]
+    assert args.recipe_arguments == ["--epochs", "2"]
+    run_folder = tmp_path / "run"
+    run_folder.mkdir()
+    (run_folder / "config.json").write_text("{}")
+    with pytest.raises(SystemExit) as stopped:
+        studies.parse_args("noise", [str(run_folder), "--epochs", "2"])
+    assert stopped.value.code == 2
+    assert "unrecognized arguments after a run folder: --epochs 2" in capsys.readouterr().err
+    for name in studies.STUDIES:
+        studies.add_arguments(argparse.ArgumentParser(), name)
+    with pytest.raises(ValueError, match="unknown study 'speed'"):
+        studies.add_arguments(argparse.ArgumentParser(), "speed")
+    with pytest.raises(ValueError, match="3D volume studies are not implemented"):
+        studies.study_data("msd_spleen", argparse.Namespace())
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, kseg.studies; print('tensorflow' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert imported.strip() == "False"
