@@ -65,7 +65,7 @@ def _serialized(builder, split):
     return sorted(examples)
 
 
-def _prepare_both_ways(builder_class, config, manual_dir, tmp_path):
+def _prepare_both_ways(builder_class, config, manual_dir, tmp_path, beam_options=None):
     """The plain and the Beam dataset, each reloaded from disk, and each run's warnings."""
     with warnings.catch_warnings(record=True) as plain_warnings:
         warnings.simplefilter("always", EmptyLabelWarning)
@@ -73,7 +73,11 @@ def _prepare_both_ways(builder_class, config, manual_dir, tmp_path):
     with warnings.catch_warnings(record=True) as beam_warnings:
         warnings.simplefilter("always", EmptyLabelWarning)
         _prepare(
-            builder_class, config, manual_dir, tmp_path / "beam", beam_options=_two_worker_options()
+            builder_class,
+            config,
+            manual_dir,
+            tmp_path / "beam",
+            beam_options=beam_options or _two_worker_options(),
         )
     # Reloaded: the statistics compared are the ones saved with each dataset.
     plain = builder_class(config=config, data_dir=str(tmp_path / "plain"))
@@ -256,3 +260,22 @@ def test_the_build_command_passes_unknown_flags_to_beam(tmp_path, monkeypatch, c
     _assert_same_datasets(plain, beamed, [f"fold{i}" for i in range(5)])
     with pytest.raises(SystemExit):
         build.main([*arguments, str(tmp_path / "x"), "stray"])
+
+
+def test_lctsc_stratified_folds_under_beam_equal_the_plain_ones(tmp_path):
+    # The driver reads the training masks for the strata, the workers read each case again.
+    manual = tmp_path / "manual"
+    write_lctsc(manual, num_patients=4, num_test_patients=1, num_slices=4, size=32, seed=2)
+    config = dataclasses.replace(
+        lctsc_dataset_builder.Builder.builder_configs["lungs_stratified"],
+        name="lungs_stratified_2fold",
+        num_folds=2,
+    )
+    # The in-process DirectRunner: the multi-process one is tested above.
+    in_process = beam.options.pipeline_options.PipelineOptions(flags=[])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the phantom's ROI names warn
+        plain, beamed, _, _ = _prepare_both_ways(
+            lctsc_dataset_builder.Builder, config, manual, tmp_path, beam_options=in_process
+        )
+    _assert_same_datasets(plain, beamed, ["fold0", "fold1", "challenge_test"])
