@@ -2,9 +2,9 @@
 
 A trained run's model is applied to a list of volumes (NIfTI files, DICOM series folders)
 by a Beam pipeline: ``beam.Create(volumes) | beam.ParDo(PredictVolumeFn)``. Each worker
-loads the saved ``.keras`` model once (``DoFn.setup``) and, for each volume, predicts with
-the run's own preprocessing (:func:`kseg.predict.predict_path`, the ``"inference"`` section
-of the run's ``config.json``) and writes one prediction file
+loads the saved ``.keras`` model once (``DoFn.setup``, not per volume) and, for each volume,
+predicts with the run's own preprocessing (:func:`kseg.predict.predict_path`, the
+``"inference"`` section of the run's ``config.json``) and writes one prediction file
 (:func:`kseg.predict.write_predictions`: written under a temporary name, then renamed).
 
 A volume whose prediction file already exists is skipped, so a run that was stopped, or a
@@ -173,7 +173,9 @@ class PredictVolumeFn(beam.DoFn):
     def setup(self):
         import kseg
 
-        # Once per worker (per DoFn instance), not per volume or bundle.
+        # Once per DoFn instance, which a worker keeps and reuses for all its bundles: not
+        # once per volume or bundle (a worker running bundles in several threads holds one
+        # instance, so one model, per thread).
         self.model = kseg.load_model(self.model_path, compile=False)
 
     def process(self, volume: str):
