@@ -23,8 +23,12 @@ from kseg.inference import BatchPrediction, predict_volumes, prediction_file  # 
 from kseg.predict import predict_path, write_predictions  # noqa: E402
 
 SIZE = 16
-INFERENCE = {"kind": "slices", "window": [-100.0, 200.0], "image_size": [SIZE, SIZE],
-             "num_classes": 2}  # fmt: skip
+INFERENCE = {
+    "kind": "slices",
+    "window": [-100.0, 200.0],
+    "image_size": [SIZE, SIZE],
+    "num_classes": 2,
+}
 LABELS = {"organ": 1}
 
 
@@ -50,9 +54,11 @@ def volumes_and_model(tmp_path_factory):
         volumes.append(path)
     keras.utils.set_random_seed(0)
     model = keras.Sequential(
-        [keras.Input((SIZE, SIZE, 1)), keras.layers.Conv2D(2, 3, padding="same",
-                                                           activation="softmax")]
-    )  # fmt: skip
+        [
+            keras.Input((SIZE, SIZE, 1)),
+            keras.layers.Conv2D(2, 3, padding="same", activation="softmax"),
+        ]
+    )
     model_path = root / "best.keras"
     model.save(model_path)
     return volumes, model_path, model
@@ -60,8 +66,9 @@ def volumes_and_model(tmp_path_factory):
 
 def _plain_loop(model, volumes, output_dir):
     for volume in volumes:
-        write_predictions(predict_path(model, INFERENCE, volume), output_dir, "nifti",
-                          labels=LABELS)  # fmt: skip
+        write_predictions(
+            predict_path(model, INFERENCE, volume), output_dir, "nifti", labels=LABELS
+        )
 
 
 def _read(path):
@@ -74,8 +81,9 @@ def test_beam_predictions_equal_the_plain_loop_and_a_rerun_skips_them(volumes_an
     _plain_loop(model, volumes, tmp_path / "plain")
     output_dir = tmp_path / "beam"
 
-    result = predict_volumes(model_path, INFERENCE, volumes, output_dir, labels=LABELS,
-                             beam_options=_two_workers())  # fmt: skip
+    result = predict_volumes(
+        model_path, INFERENCE, volumes, output_dir, labels=LABELS, beam_options=_two_workers()
+    )
     expected = tuple(output_dir / f"case_{i}.nii.gz" for i in range(3))
     assert result == BatchPrediction(written=expected, skipped=())
     for index, path in enumerate(expected):
@@ -88,8 +96,9 @@ def test_beam_predictions_equal_the_plain_loop_and_a_rerun_skips_them(volumes_an
     assert sorted(p.name for p in output_dir.iterdir()) == [p.name for p in expected]
 
     finished = {path: os.stat(path).st_mtime_ns for path in expected}
-    again = predict_volumes(model_path, INFERENCE, volumes, output_dir, labels=LABELS,
-                            beam_options=_two_workers())  # fmt: skip
+    again = predict_volumes(
+        model_path, INFERENCE, volumes, output_dir, labels=LABELS, beam_options=_two_workers()
+    )
     assert again == BatchPrediction(written=(), skipped=expected)
     assert {path: os.stat(path).st_mtime_ns for path in expected} == finished
 
@@ -98,8 +107,14 @@ def test_beam_predictions_equal_the_plain_loop_and_a_rerun_skips_them(volumes_an
     expected[2].unlink()
     leftover = output_dir / ".case_2.nii.gz.k3x9a0q1.nii.gz"
     leftover.write_bytes(b"half a file")
-    resumed = predict_volumes(model_path, INFERENCE, [volumes[0].parent], output_dir,
-                              labels=LABELS, beam_options=_two_workers())  # fmt: skip
+    resumed = predict_volumes(
+        model_path,
+        INFERENCE,
+        [volumes[0].parent],
+        output_dir,
+        labels=LABELS,
+        beam_options=_two_workers(),
+    )
     assert resumed == BatchPrediction(written=expected[2:], skipped=expected[:2])
     assert {p: os.stat(p).st_mtime_ns for p in expected[:2]} == {
         p: finished[p] for p in expected[:2]
@@ -137,12 +152,47 @@ def test_inputs_are_checked_before_anything_runs(volumes_and_model, tmp_path):
     twin.parent.mkdir()
     twin.write_bytes(volumes[0].read_bytes())
     with pytest.raises(LayoutError, match=r"would write case_0\.nii\.gz"):
-        predict_volumes(model_path, INFERENCE, [volumes[0], twin], tmp_path / "out",
-                        labels=LABELS)  # fmt: skip
+        predict_volumes(model_path, INFERENCE, [volumes[0], twin], tmp_path / "out", labels=LABELS)
     with pytest.raises(LayoutError, match="is neither a NIfTI file"):
-        predict_volumes(model_path, INFERENCE, [tmp_path / "missing.nii.gz"], tmp_path / "o",
-                        labels=LABELS)  # fmt: skip
+        predict_volumes(
+            model_path, INFERENCE, [tmp_path / "missing.nii.gz"], tmp_path / "o", labels=LABELS
+        )
     with pytest.raises(ValueError, match="one file per volume"):
-        predict_volumes(model_path, INFERENCE, volumes, tmp_path / "o", labels=LABELS,
-                        format="png")  # fmt: skip
+        predict_volumes(model_path, INFERENCE, volumes, tmp_path / "o", labels=LABELS, format="png")
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+def test_a_run_folder_gives_the_model_inference_and_labels(volumes_and_model, tmp_path):
+    import json
+    import shutil
+
+    volumes, model_path, model = volumes_and_model
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(model_path, run / "best.keras")
+    config = {
+        "kseg_config_version": 1,
+        "recipe": "chaos_liver",
+        "arguments": {},
+        "seed": 0,
+        "created": "2026-12-02T03:00:00+00:00",
+        "versions": {},
+        "git_commit": None,
+        "dataset": {},
+        "labels": LABELS,
+        "inference": INFERENCE,
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    from kseg.inference import predict_run_volumes
+
+    result = predict_run_volumes(
+        run,
+        volumes[:1],
+        tmp_path / "out",
+        beam_options=beam.options.pipeline_options.PipelineOptions(flags=[]),
+    )
+    assert result.written == (tmp_path / "out" / "case_0.nii.gz",)
+    _plain_loop(model, volumes[:1], tmp_path / "plain")
+    np.testing.assert_array_equal(
+        _read(result.written[0])[0], _read(tmp_path / "plain" / "case_0.nii.gz")[0]
+    )
