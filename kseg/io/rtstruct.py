@@ -80,6 +80,10 @@ SLICE_TOLERANCE = 0.5
 # Points of one contour may scatter this far (in slice gaps) off their common plane before
 # the contour counts as not lying in a slice plane (rounded coordinates, tilted planes).
 PLANARITY_TOLERANCE = 0.25
+# A contour along the grid's outer pixel edges (half a pixel beyond the outer pixel
+# centres) is on the grid: coordinates rounded to DICOM's 16-character decimal strings
+# land up to ~1e-4 pixel beyond that edge.
+EDGE_TOLERANCE = 1e-3
 
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 _CLOSED_PLANAR = "CLOSED_PLANAR"
@@ -467,8 +471,9 @@ def rasterize_roi(
         if k is None:
             continue
         rows, columns = index[:, 1], index[:, 2]
-        if rows.min() < -0.5 or rows.max() > ny - 0.5 or columns.min() < -0.5 or (
-            columns.max() > nx - 0.5
+        edge = 0.5 + EDGE_TOLERANCE
+        if rows.min() < -edge or rows.max() > ny - 1 + edge or columns.min() < -edge or (
+            columns.max() > nx - 1 + edge
         ):
             problems.clipped.append(k)
         polygons_by_slice.setdefault(k, []).append(index[:, 1:])
