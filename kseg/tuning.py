@@ -31,6 +31,25 @@ Besides Keras Tuner's random, Bayesian and Hyperband searches, :func:`tuner` run
 and a ``"staged"`` one (:class:`StagedSearch`: one hyperparameter at a time, each stage's
 best value carried into the next, a CSV table per stage), ranked and checked the same way.
 
+A search runs on several processes or machines with Keras Tuner's own distributed mode,
+nothing of kseg's: start the same search script once as the chief, which serves the oracle
+over gRPC and trains nothing, and once per worker, each with its own tuner id, all with the
+same directory (shared storage) and the oracle's address::
+
+    export KERASTUNER_ORACLE_IP=127.0.0.1 KERASTUNER_ORACLE_PORT=8000   # the chief's host
+    KERASTUNER_TUNER_ID=chief  python search.py &
+    KERASTUNER_TUNER_ID=tuner0 python search.py &
+    KERASTUNER_TUNER_ID=tuner1 python search.py &
+
+Each worker asks the chief for a trial, trains it with the callbacks given to ``search``
+(so ``VolumeValidation`` scores it on whole volumes on the worker) and reports the epoch
+logs; the chief ranks and records every trial and returns from ``search`` when all are
+done (:func:`distributed_role` tells a script which part it plays; only the chief's
+``get_best_hyperparameters`` is meaningful after the search). A worker that dies is
+restarted with the same ``KERASTUNER_TUNER_ID``: the chief gives it back the trial it left
+unfinished, and finished trials are never run again. A staged search uses one port per
+stage, ``KERASTUNER_ORACLE_PORT`` to ``KERASTUNER_ORACLE_PORT + stages - 1``.
+
 Example:
     >>> import keras_tuner
     >>> from kseg.training import VolumeValidation
@@ -59,6 +78,7 @@ import io
 import json
 import numbers
 import os
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -319,13 +339,69 @@ def _write_json_atomically(path: str, content) -> None:
     tf.io.gfile.rename(temporary, path, overwrite=True)
 
 
+def distributed_role() -> str | None:
+    """This process's part in a distributed Keras Tuner search, from Keras Tuner's variables.
+
+    Keras Tuner distributes a search when ``KERASTUNER_ORACLE_IP`` is set (with
+    ``KERASTUNER_ORACLE_PORT`` and ``KERASTUNER_TUNER_ID``): the process whose tuner id
+    contains ``"chief"`` runs the oracle as a gRPC server, every other one is a worker that
+    asks it for trials and reports their scores.
+
+    Returns:
+        ``"chief"``, ``"worker"``, or ``None`` for a search in one process.
+
+    Raises:
+        ValueError: ``KERASTUNER_ORACLE_IP`` is set without the other two variables.
+    """
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return None
+    missing = [
+        name
+        for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID")
+        if not os.environ.get(name)
+    ]
+    if missing:
+        raise ValueError(
+            f"KERASTUNER_ORACLE_IP is set, so this is a distributed search, but {missing} "
+            "are not; give every process the oracle's port and its own tuner id "
+            "(KERASTUNER_TUNER_ID=chief for the oracle, tuner0, tuner1, ... for workers)"
+        )
+    return "chief" if "chief" in os.environ["KERASTUNER_TUNER_ID"] else "worker"
+
+
+# seconds a worker waits before asking again when the oracle has no trial for it yet
+_IDLE_WAIT = 0.5
+
+
 class _RanksByCheckedObjective:
-    """Tuner mixin: a checked objective, checked callbacks, and no objective switch on resume."""
+    """Tuner mixin: a checked objective, checked callbacks, and no objective switch on resume.
+
+    In a distributed search it also keeps workers off the chief's files: a worker leaves
+    the search directory and its objective record to the chief (``overwrite`` is the
+    chief's to do), and waits between requests while the oracle has no trial for it.
+    """
 
     def __init__(self, hypermodel=None, objective=DEFAULT_OBJECTIVE, **kwargs):
         objective = resolve_objective(objective)
+        self._worker = distributed_role() == "worker"
+        if self._worker:
+            # the chief deletes and recreates the shared search directory, not its workers
+            kwargs["overwrite"] = False
+        self._asked_without_trial = 0
         super().__init__(hypermodel=hypermodel, objective=objective, **kwargs)
         self._record_objective(objective)
+
+    def pre_create_trial(self):
+        # Keras Tuner's workers ask again at once while the oracle answers IDLE (a grid or
+        # Hyperband waiting for running trials), which keeps a core busy; back off instead.
+        if self._asked_without_trial:
+            time.sleep(min(_IDLE_WAIT * self._asked_without_trial, 5.0))
+        self._asked_without_trial += 1
+        super().pre_create_trial()
+
+    def on_trial_begin(self, trial):
+        self._asked_without_trial = 0
+        super().on_trial_begin(trial)
 
     def _record_objective(self, objective: keras_tuner.Objective) -> None:
         record_path = os.path.join(self.project_dir, _OBJECTIVE_RECORD)
@@ -342,7 +418,8 @@ class _RanksByCheckedObjective:
                     "or overwrite=True"
                 )
             return
-        _write_json_atomically(record_path, wanted)
+        if not self._worker:  # in a distributed search the chief writes the record
+            _write_json_atomically(record_path, wanted)
 
     def search(self, *fit_args, **fit_kwargs):
         """Run the search; ``fit_kwargs["callbacks"]`` is checked by ``check_search_callbacks``."""
@@ -468,6 +545,28 @@ def _continuous(space: keras_tuner.HyperParameters) -> list[str]:
 
 
 _STAGES_RECORD = "kseg_stages.json"
+
+
+@contextlib.contextmanager
+def _oracle_port_of_stage(index: int):
+    """In a distributed search, ``KERASTUNER_ORACLE_PORT`` of stage ``index`` (1-based).
+
+    Each stage gets its own port so that a worker done with one stage cannot reach the
+    previous stage's oracle, which Keras Tuner leaves serving, and be told it has stopped.
+    """
+    if distributed_role() is None:
+        yield
+        return
+    base = os.environ["KERASTUNER_ORACLE_PORT"]
+    try:
+        port = int(base)
+    except ValueError:
+        raise ValueError(f"KERASTUNER_ORACLE_PORT must be a port number, got {base!r}") from None
+    os.environ["KERASTUNER_ORACLE_PORT"] = str(port + index - 1)
+    try:
+        yield
+    finally:
+        os.environ["KERASTUNER_ORACLE_PORT"] = base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -601,7 +700,9 @@ class StagedSearch:
         self.seed = seed
         self.tuner_kwargs = kwargs
         self.results: list[StageResult] = []
-        if overwrite and tf.io.gfile.exists(self.project_dir):
+        self._role = distributed_role()
+        # in a distributed search the chief owns the shared directory (see _RanksByCheckedObjective)
+        if overwrite and self._role != "worker" and tf.io.gfile.exists(self.project_dir):
             tf.io.gfile.rmtree(self.project_dir)
         record_path = os.path.join(self.project_dir, _STAGES_RECORD)
         wanted = {
@@ -617,11 +718,13 @@ class StagedSearch:
                     "would mix trials of different searches. Use the recorded stages and "
                     "objective, another project_name, or overwrite=True"
                 )
-        else:
+        elif self._role != "worker":
             tf.io.gfile.makedirs(self.project_dir)
             _write_json_atomically(record_path, wanted)
 
-    def _stage_hyperparameters(self, name, values, winners) -> keras_tuner.HyperParameters:
+    def _stage_hyperparameters(
+        self, name, values, winners, *, check: bool = True
+    ) -> keras_tuner.HyperParameters:
         """Earlier winners ``Fixed`` and this stage's values a ``Choice``, under the same
         conditions as the hypermodel declares them (``base_filters`` only for models that
         have it), so the hypermodel's own declarations pick these up."""
@@ -648,7 +751,7 @@ class StagedSearch:
         register(name)
         for earlier in winners:
             register(earlier)
-        if not hp.is_active(name):
+        if check and not hp.is_active(name):
             unmet = {
                 condition.name: list(condition.values)
                 for condition in declared[name].conditions
@@ -665,6 +768,13 @@ class StagedSearch:
     def search(self, *fit_args, **fit_kwargs) -> StagedSearch:
         """Run (or resume) the stages in order; arguments as in ``Tuner.search``.
 
+        In a distributed search (see :func:`distributed_role`) each stage is one Keras Tuner
+        distributed search, stage ``i`` on port ``KERASTUNER_ORACLE_PORT + i - 1``: the chief
+        serves a stage's oracle until every worker is done with it, ranks it and carries its
+        best value on, and a worker's requests for the next stage wait until the chief serves
+        it. Workers train the trials they are given (which carry the earlier winners) and
+        keep no :attr:`results`; the chief has them.
+
         Returns:
             this search, with :attr:`results` holding one :class:`StageResult` per stage.
 
@@ -673,18 +783,25 @@ class StagedSearch:
         """
         winners: dict[str, object] = {}
         self.results = []
+        worker = self._role == "worker"
         for index, (name, values) in enumerate(self.stages, 1):
-            stage_tuner = GridSearch(
-                hypermodel=self.hypermodel,
-                objective=self.objective,
-                hyperparameters=self._stage_hyperparameters(name, values, winners),
-                tune_new_entries=False,
-                directory=self.project_dir,
-                project_name=f"stage_{index}_{name}",
-                seed=self.seed,
-                **self.tuner_kwargs,
-            )
-            stage_tuner.search(*fit_args, **fit_kwargs)
+            with _oracle_port_of_stage(index):
+                stage_tuner = GridSearch(
+                    hypermodel=self.hypermodel,
+                    objective=self.objective,
+                    # a worker does not know the winners; its trials bring them from the chief
+                    hyperparameters=self._stage_hyperparameters(
+                        name, values, winners, check=not worker
+                    ),
+                    tune_new_entries=False,
+                    directory=self.project_dir,
+                    project_name=f"stage_{index}_{name}",
+                    seed=self.seed,
+                    **self.tuner_kwargs,
+                )
+                stage_tuner.search(*fit_args, **fit_kwargs)
+            if worker:
+                continue
             completed = self._completed_trials(stage_tuner)
             if not completed:
                 raise RuntimeError(
@@ -730,6 +847,11 @@ class StagedSearch:
         return buffer.getvalue()
 
     def _require_results(self) -> None:
+        if self._role == "worker":
+            raise RuntimeError(
+                "this process is a worker of a distributed staged search; the chief "
+                "(KERASTUNER_TUNER_ID=chief) ranks the stages and holds the results"
+            )
         if len(self.results) != len(self.stages):
             raise RuntimeError("the staged search has not run all its stages; call search()")
 
@@ -768,7 +890,9 @@ def tuner(
     default) a new tuner over an existing directory reloads the finished trials and goes
     on where a crashed or stopped search left off, instead of running them again. The
     objective a directory was searched with is recorded there, and resuming with another
-    one is refused.
+    one is refused. With Keras Tuner's ``KERASTUNER_*`` variables set the search is
+    distributed (see the module documentation); a worker then never deletes the
+    directory, whatever ``overwrite`` says: the chief does.
 
     Pass :class:`kseg.training.VolumeValidation` first in ``search(callbacks=[...])``; it
     writes ``val_volume_dice`` at each epoch end and Keras Tuner scores a trial by the
@@ -1237,6 +1361,7 @@ __all__ = [
     "StageResult",
     "StagedSearch",
     "check_search_callbacks",
+    "distributed_role",
     "resolve_objective",
     "tuner",
 ]

@@ -201,6 +201,7 @@ def weights(path):
         return [saved[f"arr_{index}"] for index in range(len(saved.files))]
 
 
+@pytest.mark.slow
 def test_two_workers_resume_after_a_kill_and_match_one_process(tmp_path):
     run_dir = tmp_path / "run"
     children = []
