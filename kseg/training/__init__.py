@@ -1,8 +1,10 @@
 """Training helpers: callbacks that validate on whole volumes and keep the best model, and
 resumable run state that a kill at any moment cannot corrupt, and a time budget the run
-keeps."""
+keeps; :mod:`kseg.training.distribute` trains on several devices or workers with
+TensorFlow's distribution strategies."""
 
 from kseg.evaluation import EmptyReferenceWarning  # what VolumeValidation warns with
+from kseg.training import distribute
 from kseg.training.budget import TimeBudget
 from kseg.training.callbacks import (
     BestModelCheckpoint,
@@ -37,6 +39,7 @@ __all__ = [
     "TimeBudget",
     "VolumeValidation",
     "consistency_loss",
+    "distribute",
     "fixmatch_loss",
     "masked_cross_entropy",
     "pseudo_labels",
