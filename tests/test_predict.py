@@ -376,6 +376,22 @@ def test_real_series_rtstruct_round_trips_with_dice_099(real_series_predictions)
     assert dice(masks["organ"], expected) >= 0.99
 
 
+# highdicom's advice about the fixture's one-component PatientName, copied into the SEG
+@pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
+def test_real_ge_slices_to_dicom_seg_and_rtstruct(shared_data, tmp_path):
+    folder = shared_data / "dcmqi-ct3slice" / "data" / "segmentations" / "ct-3slice"
+    inference = slices_inference((512, 512), window=[-299.5, WIDTH])
+    run = write_run(tmp_path / "run", identity_model(2), inference)
+    hu, datasets = pydicom_series(folder)
+    expected = windowed(hu, -299.5) >= 0.5
+    [seg] = predict_command(run, folder, tmp_path / "seg", "dicom-seg")
+    np.testing.assert_array_equal(seg_masks_by_pydicom(seg, datasets)["organ"], expected)
+    assert hd.seg.segread(seg).FrameOfReferenceUID == datasets[0].FrameOfReferenceUID
+    [rtstruct] = predict_command(run, folder, tmp_path / "rt", "rtstruct")
+    masks = rasterize_rtstruct(rtstruct, read_dicom_series(folder))
+    assert dice(masks["organ"], expected) >= 0.99
+
+
 # --- NIfTI -------------------------------------------------------------------------------------
 
 
