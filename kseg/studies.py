@@ -595,6 +595,14 @@ def _trained_model(data: StudyData):
     return kseg.load_model(path)
 
 
+def _with_noise(inputs, sigma: float, rng):
+    import numpy as np
+
+    if sigma == 0:
+        return inputs
+    return inputs + rng.normal(0.0, sigma, inputs.shape).astype(np.float32)
+
+
 def noise_study(
     data: StudyData, *, sigmas=DEFAULT_SIGMAS, split: str = "test", seed: int = 0
 ) -> StudyTable:
@@ -614,17 +622,8 @@ def noise_study(
     rows = []
     for index, sigma in enumerate(sigmas):
         rng = np.random.default_rng((seed, index))
-        noisy = [
-            (
-                case_id,
-                inputs + rng.normal(0.0, sigma, inputs.shape).astype(np.float32)
-                if sigma > 0
-                else inputs,
-                mask,
-                spacing,
-            )
-            for case_id, inputs, mask, spacing in cases
-        ]
+        noisy = [(case_id, _with_noise(inputs, sigma, rng), mask, spacing)
+                 for case_id, inputs, mask, spacing in cases]  # fmt: skip
         scored = score_cases(data, _probability_cases(model, noisy))
         rows += _setting_rows({"sigma": sigma}, scored)
         print(
@@ -1166,6 +1165,7 @@ def consistency_study(
                     trainer = FixMatch(network, weak=None, strong=strong, threshold=threshold)
             _compile(trainer, data, loss, from_logits=True)
             trainer.fit(data_stream, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
+            seconds = time.perf_counter() - started
             scored_models = {method: network}
             if method == "mean-teacher":
                 scored_models["mean-teacher-ema"] = trainer.teacher
@@ -1181,8 +1181,8 @@ def consistency_study(
                 )
                 mean = sum(row[data.score] for row in scored) / len(scored)
                 print(
-                    f"  {name}, seed {seed}: {steps} steps in "
-                    f"{time.perf_counter() - started:.0f} s; mean {data.score} {mean:.4f}",
+                    f"  {name}, seed {seed}: trained {steps} steps in {seconds:.0f} s; "
+                    f"mean {data.score} {mean:.4f}",
                     flush=True,
                 )
     table = StudyTable(
@@ -1364,16 +1364,16 @@ def _source(args, needs_model: bool):
     if source in recipes.RECIPES:
         recipe = recipes.load(source)
         recipe_args = recipe.parse_args(list(getattr(args, "recipe_arguments", []) or []))
+        if not needs_model:
+            return source, recipe_args, None
         run_dir = pathlib.Path(recipe_args.output_dir)
-        if needs_model and not (run_dir / "best.keras").is_file():
+        if not (run_dir / "best.keras").is_file():
             print(
                 f"{run_dir} holds no trained model: training the {source} recipe first", flush=True
             )
             recipe.train(recipe_args)
-        if (run_dir / "config.json").is_file():
-            return source, recipe_args, run_config.read_config(run_dir)
-        return source, recipe_args, None
-    if getattr(args, "recipe_arguments", None):
+        source = run_dir  # the trained model is scored with the options it was trained with
+    elif getattr(args, "recipe_arguments", None):
         raise ValueError(
             f"recipe options {args.recipe_arguments} given after run folder "
             f"{source}; they apply only after a recipe name"

@@ -230,6 +230,26 @@ def test_command_line(tmp_path, capsys):
     args = studies.parse_args("noise", ["xray_multiclass", "--sigmas", "0", "0.1", "--epochs", "2"])
     assert args.source == "xray_multiclass" and args.sigmas == [0.0, 0.1]
     assert args.recipe_arguments == ["--epochs", "2"]
+    args = studies.parse_args(
+        "losses",
+        [
+            "xray_multiclass",
+            "--steps",
+            "5",
+            "--epochs",
+            "2",
+            "--output-dir",
+            str(tmp_path / "recipe_run"),
+        ],
+    )
+    recipe, recipe_args, config = studies._source(args, needs_model=False)
+    assert (recipe, recipe_args.epochs, recipe_args.output_dir, config) == (
+        "xray_multiclass",
+        2,
+        tmp_path / "recipe_run",
+        None,
+    )
+    assert args.steps == 5
     run_folder = tmp_path / "run"
     run_folder.mkdir()
     (run_folder / "config.json").write_text("{}")
