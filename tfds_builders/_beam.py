@@ -91,9 +91,9 @@ class BeamOverPatients:
         return _patient_pipeline(split, list(units), unit_examples, tally, path)
 
     def _collect_beam_tallies(self) -> None:
+        # Every pipeline that finished wrote its split's file: a missing one is an error
+        # (FileNotFoundError naming it), never statistics silently left out.
         for split, (path, tally) in self._beam_tallies.items():
-            if not path.exists():  # TFDS generated nothing (max_examples_per_split=0)
-                continue
             for _, counts, messages in sorted(json.loads(path.read_text())):
                 for message in messages:
                     warnings.warn(EmptyLabelWarning(message), stacklevel=2)
@@ -127,7 +127,7 @@ def _patient_pipeline(split, units, unit_examples, tally, tally_path):
         )
         return outputs.examples
 
-    return generate()  # pylint: disable=no-value-for-parameter
+    return generate()
 
 
 class _UnitInWorker:
