@@ -12,7 +12,12 @@ Rows (each a function in :data:`ROWS`):
   plain path, and by the Beam DirectRunner in multi-process mode with 1 and 2 worker
   processes (:mod:`tfds_builders._beam`);
 - batch prediction of NIfTI volumes with a small saved 2D model: volumes per second with 1
-  and 2 Beam worker processes (:mod:`kseg.inference.beam`).
+  and 2 Beam worker processes (:mod:`kseg.inference.beam`);
+- training a small 2D U-Net with ``training_callbacks``: steps per second of one process and
+  of two ``MultiWorkerMirroredStrategy`` worker processes on 127.0.0.1 with the same global
+  batch (:mod:`kseg.training.distribute`);
+- a Keras Tuner random search ranked by whole-volume Dice: trials per hour with a chief and
+  1 or 2 worker processes (Keras Tuner's distributed mode, :mod:`kseg.tuning`).
 
 To add a measurement, write a function ``row(workdir: pathlib.Path, scale: int) -> Row``
 and append it to :data:`ROWS` (``functools.partial`` fixes a worker count). Rows run one
@@ -28,9 +33,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import json
 import os
 import pathlib
+import socket
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable
 
@@ -170,6 +180,163 @@ def batch_prediction(workdir: pathlib.Path, scale: int, *, workers: int) -> Row:
     )
 
 
+# --- multi-worker training and distributed tuning --------------------------------------------
+
+_REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+
+_TRAINING = textwrap.dedent(
+    """
+    import sys
+
+    import numpy as np
+
+    from kseg.training import distribute
+
+    run_dir, strategy_name, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    distribution = distribute.strategy(strategy_name)  # first: it starts the worker's server
+
+    import keras
+    import tensorflow as tf
+
+    from kseg.models import build
+    from kseg.training import VolumeValidation, training_callbacks
+
+    GLOBAL_BATCH, EPOCHS = 16, 2
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(GLOBAL_BATCH * steps // EPOCHS, 64, 64, 1)).astype("float32")
+    labels = (images[..., 0] > 0.5).astype("uint8")[..., None]
+    train = tf.data.Dataset.from_tensor_slices((images, labels)).batch(GLOBAL_BATCH)
+    train = distribute.shard(train, distribution)
+    learning_rate = distribute.scaled_learning_rate(1e-3, GLOBAL_BATCH, base_batch_size=8)
+    with distribution.scope():
+        model = build("unet", input_shape=(64, 64, 1), num_classes=1, depth=2, base_filters=8)
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="binary_crossentropy")
+    validation = VolumeValidation([("p0", images[:8], labels[:8, ..., 0], (1.0, 1.0, 1.0))])
+    model.fit(train, epochs=EPOCHS, verbose=0,
+              callbacks=training_callbacks(run_dir, validation, reduce_lr_patience=None))
+    """
+)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for one in sockets:
+            one.bind(("127.0.0.1", 0))
+        return [one.getsockname()[1] for one in sockets]
+    finally:
+        for one in sockets:
+            one.close()
+
+
+def _run_together(commands: list[tuple[list[str], dict]], timeout: float) -> float:
+    """Start the processes together, wait for all; their wall-clock seconds.
+
+    A process that fails or outlives ``timeout`` fails the row; every process is killed on
+    the way out, so none outlives the benchmark.
+    """
+    processes = []
+    start = time.perf_counter()
+    try:
+        for command, extra_environment in commands:
+            environment = dict(os.environ, PYTHONPATH=str(_REPOSITORY), TF_CPP_MIN_LOG_LEVEL="2")
+            environment.update(extra_environment)
+            processes.append(
+                subprocess.Popen(
+                    command,
+                    env=environment,
+                    cwd=_REPOSITORY,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        deadline = time.monotonic() + timeout
+        for process in processes:
+            _, stderr = process.communicate(timeout=max(deadline - time.monotonic(), 1.0))
+            if process.returncode:
+                raise RuntimeError(f"{process.args[:3]} failed:\n{stderr[-3000:]}")
+        return time.perf_counter() - start
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def training(workdir: pathlib.Path, scale: int, *, workers: int) -> Row:
+    """Training steps per second (global batch 16 of 64 x 64 slices, 2D U-Net), one process
+    or ``workers`` MultiWorkerMirroredStrategy processes on 127.0.0.1."""
+    steps = 60 * scale
+    if workers == 1:
+        commands = [
+            ([sys.executable, "-c", _TRAINING, str(workdir / "run"), "default", str(steps)], {})
+        ]
+    else:
+        ports = _free_ports(workers)
+        commands = [
+            (
+                [sys.executable, "-c", _TRAINING, str(workdir / "run"), "multi-worker", str(steps)],
+                {
+                    "TF_CONFIG": json.dumps(
+                        {
+                            "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                            "task": {"type": "worker", "index": index},
+                        }
+                    )
+                },
+            )
+            for index in range(workers)
+        ]
+    seconds = _run_together(commands, timeout=1800)
+    task = "training, " + ("one process" if workers == 1 else "MultiWorkerMirroredStrategy")
+    return Row(task, workers, steps, "steps", seconds)
+
+
+_TUNING = textwrap.dedent(
+    """
+    import sys
+
+    import numpy as np
+
+    from kseg.training import VolumeValidation
+    from kseg.tuning import SegmentationHyperModel, tuner
+
+    directory, trials = sys.argv[1], int(sys.argv[2])
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(40, 32, 32, 1)).astype("float32")
+    labels = (images[..., 0] > 0.5).astype("uint8")
+    volumes = [(f"p{index}", images[32 + 4 * index: 36 + 4 * index],
+                labels[32 + 4 * index: 36 + 4 * index], (2.0, 1.0, 1.0)) for index in range(2)]
+    hypermodel = SegmentationHyperModel(
+        (32, 32, 1), 1, models="unet", base_filters=(4, 8), depth=(1, 2),
+        losses=("dice", "dice_ce"), learning_rate=(1e-3, 1e-2))
+    search = tuner("random", hypermodel, directory=directory, project_name="scaling",
+                   max_trials=trials, seed=0)
+    search.search(images[:32], labels[:32, ..., None], batch_size=8, epochs=3, verbose=0,
+                  validation_data=(images[32:], labels[32:, ..., None]),
+                  callbacks=[VolumeValidation(volumes)])
+    """
+)
+
+
+def tuning(workdir: pathlib.Path, scale: int, *, workers: int) -> Row:
+    """Trials per hour of a random search (small 2D U-Nets, 3 epochs, ranked by whole-volume
+    Dice) with a Keras Tuner chief and ``workers`` worker processes on 127.0.0.1."""
+    trials = 6 * scale
+    port = _free_ports(1)[0]
+    command = [sys.executable, "-c", _TUNING, str(workdir / "search"), str(trials)]
+    oracle = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": str(port)}
+    commands = [(command, {**oracle, "KERASTUNER_TUNER_ID": "chief"})] + [
+        (command, {**oracle, "KERASTUNER_TUNER_ID": f"tuner{index}"}) for index in range(workers)
+    ]
+    seconds = _run_together(commands, timeout=3600)
+    return Row(
+        "random search, Keras Tuner chief + workers", workers, trials, "trials", seconds, "h"
+    )
+
+
 # --- the table --------------------------------------------------------------------------------
 
 RowFunction = Callable[[pathlib.Path, int], Row]
@@ -180,6 +347,10 @@ ROWS: list[RowFunction] = [
     functools.partial(generation, workers=2),
     functools.partial(batch_prediction, workers=1),
     functools.partial(batch_prediction, workers=2),
+    functools.partial(training, workers=1),
+    functools.partial(training, workers=2),
+    functools.partial(tuning, workers=1),
+    functools.partial(tuning, workers=2),
 ]
 
 
