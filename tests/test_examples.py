@@ -81,11 +81,12 @@ def test_msd_spleen_example_end_to_end(tmp_path):
     no minimum Dice is asserted; the untrained network's scattered foreground keeps the
     comparison from being empty against empty."""
     example = load_example("msd_spleen_highresnet")
-    table = example.main([
+    argv = [
         "--output-dir", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "2",
         "--patch-size", "16", "--roi-size", "16", "--batch-size", "1",
         "--phantom-cases", "5", "--phantom-shape", "12", "32", "32",
-    ])
+    ]
+    table = example.main(argv)
     # 5 labelled cases in 5 folds: the test fold holds one, scored on its NIfTI grid
     assert len(table) == 1 and set(table.metric_names) == {"dice", "hd95"}
     patient = table.patient_ids[0]
@@ -105,3 +106,34 @@ def test_msd_spleen_example_end_to_end(tmp_path):
         np.testing.assert_array_equal(case["reference"], np.transpose(truth.astype(np.uint8)))
         np.testing.assert_array_equal(case["prediction"] == 1, np.transpose(prediction))
         assert case["image"].shape == (12, 32, 32) and case["image"].dtype == np.float32
+        assert case["spacing"].tolist() == [5.0, 0.8, 0.8]  # the phantom's (z, y, x) mm
+
+
+@pytest.mark.slow
+def test_msd_spleen_evaluates_every_labelled_case_of_another_folder(tmp_path):
+    """``evaluate(input_dir=...)`` scores every labelled case of a second Task09 folder
+    (all its folds; the unlabelled imagesTs are not scored) against its own label files.
+    An untrained model is enough to check which cases and files are scored."""
+    from kseg.phantoms.msd_spleen import write_msd_spleen
+
+    recipe = load_example("msd_spleen_highresnet")
+    args = recipe.parse_args([
+        "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--steps-per-epoch", "1",
+        "--patch-size", "16", "--roi-size", "16", "--batch-size", "1",
+        "--phantom-cases", "3", "--phantom-shape", "12", "32", "32", "--folds", "3",
+    ])
+    recipe.train(args)
+    task = write_msd_spleen(tmp_path / "site_b", num_training=3, num_test=1,
+                            shape=(10, 24, 24), seed=5, label_encoding="uint8")
+    table = recipe.evaluate(args, input_dir=tmp_path / "site_b")
+    listed = json.loads((task / "dataset.json").read_text())["training"]
+    expected = sorted(pathlib.Path(case["label"]).name.split(".")[0] for case in listed)
+    assert sorted(table.patient_ids) == expected
+    folder = tmp_path / "run" / "evaluation" / "input-site_b"
+    for patient in expected:
+        label = nib.load(task / "labelsTr" / f"{patient}.nii.gz")
+        with np.load(folder / "cases" / f"{patient}.npz") as case:
+            np.testing.assert_array_equal(
+                case["reference"], np.transpose(np.asarray(label.dataobj)).astype(np.uint8))
+        assert (folder / "predictions" / f"{patient}.nii.gz").is_file()
+    assert (tmp_path / "run" / "tfds-input-site_b").is_dir()

@@ -265,14 +265,14 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     run_dir = pathlib.Path(args.output_dir)
     config = run_config.read_config(run_dir)
     model = kseg.load_model(run_dir / "best.keras")
-    builder = prepare(args)
     postprocess = config["inference"]["postprocess"]
     if postprocess == "auto":  # training stopped before it chose
-        postprocess = _choose_postprocessing(args, model, builder, _splits(args))
+        postprocess = _choose_postprocessing(args, model, prepare(args), _splits(args))
     name = _common.evaluation_name(split, input_dir)
     if input_dir is None:
         if split not in ("test", "validation"):
             raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+        builder = prepare(args)
         examples_split = _splits(args)[split]
     else:
         builder = _evaluation.input_builder(

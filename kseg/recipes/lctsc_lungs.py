@@ -292,12 +292,11 @@ def evaluate(args, *, split: str = "test", input_dir=None):
 
     run_dir = pathlib.Path(args.output_dir)
     model = kseg.load_model(run_dir / "best.keras")
-    builder = prepare(args)
-    num_classes, labels = _classes(builder)
     name = _common.evaluation_name(split, input_dir)
     if input_dir is None:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        builder = prepare(args)
         examples_split = _splits(args)[split]
         if examples_split not in builder.info.splits:
             raise LayoutError(
@@ -312,6 +311,8 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         )
         examples_split = _evaluation.every_split(builder)
         source = str(input_dir)
+    # an input folder is prepared with the run's config: the same classes
+    num_classes, labels = _classes(builder)
     folder = _evaluation.evaluation_folder(run_dir, name)
     scored_labels = _scored_labels(num_classes, labels)
     table = _evaluation.score_slice_cases(

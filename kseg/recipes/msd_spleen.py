@@ -391,11 +391,11 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     run_dir = pathlib.Path(args.output_dir)
     # Inference only: the optimizer state (loss scale, accumulators) is not needed.
     model = kseg.load_model(run_dir / "best.keras", compile=False)
-    builder = prepare(args)
     name = _common.evaluation_name(split, input_dir)
     if input_dir is None:
         if split not in ("test", "validation"):
             raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+        builder = prepare(args)
         examples_split = _splits(args)[split]
         task_dir = pathlib.Path(task_folder(args.manual_dir))
         title = f"{split.capitalize()} fold {getattr(args, f'{split}_fold')}"

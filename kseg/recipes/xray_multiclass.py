@@ -334,18 +334,19 @@ def evaluate(args, *, split: str = "test", input_dir=None):
 
     run_dir = pathlib.Path(args.output_dir)
     model = kseg.load_model(run_dir / "best.keras")
-    builder = prepare(args)
-    num_classes, labels = _classes(builder)
     name = _common.evaluation_name(split, input_dir)
     if input_dir is None:
         if split not in ("test", "validation"):
             raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
+        builder = prepare(args)
         examples_split = _splits(args)[split]
         title = f"{split.capitalize()} fold {getattr(args, f'{split}_fold')}"
     else:
         builder = _evaluation.input_builder(Builder, _base_config(args), input_dir, run_dir, name)
         examples_split = _evaluation.every_split(builder)
         title = f"Every image of {input_dir}"
+    # an input folder is prepared with the run's config: the same classes
+    num_classes, labels = _classes(builder)
     folder = _evaluation.evaluation_folder(run_dir, name)
     table = _evaluation.score_slice_cases(
         model,
