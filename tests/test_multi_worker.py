@@ -9,7 +9,8 @@ one plain process training with the same global batch: the final weights agree w
 float tolerance, and so do the whole-volume Dice of every epoch; both workers log the same
 scores and best epoch; the history holds every epoch once (two writers would duplicate
 rows). The same reference process also trains under ``MirroredStrategy`` on two logical
-CPUs, which must agree as well.
+CPUs, which must agree as well. The training and patch-validation logs (``loss``,
+``val_dice``, summed over the workers by Keras) match the single process too.
 """
 
 import json
@@ -57,6 +58,7 @@ CHILD = textwrap.dedent(
 
     import keras
 
+    from kseg.metrics import DiceScore
     from kseg.training import VolumeValidation, training_callbacks
 
     keras.utils.set_random_seed(0)
@@ -69,12 +71,14 @@ CHILD = textwrap.dedent(
     learning_rate = distribute.scaled_learning_rate(BASE_LEARNING_RATE, global_batch, BASE_BATCH)
     train = tf.data.Dataset.from_tensor_slices((images[:16], labels[:16, ..., None]))
     train = distribute.shard(train.batch(global_batch), distribution)
+    patches = tf.data.Dataset.from_tensor_slices((images[16:], labels[16:, ..., None]))
+    patches = distribute.shard(patches.batch(global_batch), distribution)
     with distribution.scope():
         inputs = keras.Input((8, 8, 1))
         hidden = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
         model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(hidden))
         model.compile(optimizer=keras.optimizers.SGD(learning_rate, momentum=0.9),
-                      loss="binary_crossentropy")
+                      loss="binary_crossentropy", metrics=[DiceScore(num_classes=1)])
 
     validation = VolumeValidation([("p0", images[16:], labels[16:], (1.0, 1.0, 1.0))])
     callbacks = training_callbacks(run_dir, validation, reduce_lr_patience=1)
@@ -96,12 +100,14 @@ CHILD = textwrap.dedent(
         def on_epoch_end(self, epoch, logs=None):  # after the checkpoint and the backup
             print(json.dumps({
                 "done": epoch, "val_volume_dice": logs["val_volume_dice"],
+                "loss": logs["loss"], "val_dice": logs["val_dice"],
                 "best_epoch": checkpoint.best_epoch, "best": checkpoint.best,
                 "learning_rate": float(model.optimizer.learning_rate.numpy()),
             }), flush=True)
 
 
-    model.fit(train, epochs=epochs, verbose=0, callbacks=[*callbacks, Protocol()])
+    model.fit(train, epochs=epochs, verbose=0, validation_data=patches,
+              callbacks=[*callbacks, Protocol()])
     np.savez(weights_out, *[np.asarray(weight) for weight in model.get_weights()])
     print(json.dumps({"finished": worker, "chief": distribute.is_chief(distribution),
                       "replicas": distribution.num_replicas_in_sync}), flush=True)
@@ -271,7 +277,7 @@ def test_two_workers_resume_after_a_kill_and_match_one_process(tmp_path):
     assert [message["done"] for message in worker0_log] == list(range(EPOCHS))
     assert worker1_log == resumed[0].epochs()
     single_log = single.epochs()
-    for key in ("val_volume_dice", "best_epoch", "learning_rate"):
+    for key in ("loss", "val_dice", "val_volume_dice", "best_epoch", "learning_rate"):
         assert [message[key] for message in worker0_log] == pytest.approx(
             [message[key] for message in single_log], abs=1e-6
         ), key
