@@ -172,9 +172,13 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def check_manual_dir(path: pathlib.Path, dataset: str) -> pathlib.Path:
     """``path`` when it is a folder with something in it; else a one-line LayoutError (the
-    builder's own would recite every layout of the dataset)."""
+    builder's own would recite every layout of the dataset) naming the dataset's README,
+    which is installed with the builders."""
+    import tfds_builders  # an empty package: nothing heavy loads
+
+    readme = pathlib.Path(tfds_builders.__file__).parent / dataset / "README.md"
     expected = (f"expected the folder the {dataset} download was extracted into (layouts: "
-                f"tfds_builders/{dataset}/README.md)")
+                f"{readme})")
     if not path.exists():
         raise LayoutError(path, f"no such folder; {expected}")
     if not path.is_dir():

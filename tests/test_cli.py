@@ -20,6 +20,7 @@ import pytest
 from PIL import Image
 
 import kseg
+import tfds_builders
 from kseg.data.splits import assign_folds
 from kseg.phantoms import xray
 from kseg.recipes import RECIPES
@@ -270,9 +271,11 @@ def test_unusable_manual_dir_is_one_line_before_tensorflow(state, tmp_path):
                           tmp_path / "tfds", cwd=tmp_path, importtime=True)
     assert result.returncode == 1
     problem = {"missing": "no such folder", "file": "is a file", "empty": "is empty"}[state]
+    readme = pathlib.Path(tfds_builders.__file__).parent / "chaos" / "README.md"
+    assert readme.is_file()
     assert messages(result.stderr) == [
         f"kseg: error: {manual}: {problem}; expected the folder the chaos download was "
-        "extracted into (layouts: tfds_builders/chaos/README.md)"
+        f"extracted into (layouts: {readme})"
     ]
     assert not TENSORFLOW_STACK & imported_modules(result.stderr)
     assert not (tmp_path / "tfds").exists()
