@@ -15,16 +15,18 @@ DEFAULT_MAX_TRIALS = 4
 
 
 def search_space(args, space: dict, *, stages) -> tuple[dict, list | None]:
-    """The hypermodel arguments and stages for ``args.strategy``: a grid searches listed
-    values only, so the learning-rate range is pinned to ``--learning-rate`` there; a
-    staged search takes ``--stages`` or the recipe's default ``stages``."""
+    """The hypermodel arguments and stages for ``args.strategy``. A grid searches listed
+    values only, and a staged search keeps every hyperparameter outside its stages at its
+    default (for a range, its low end), so both train at ``--learning-rate`` unless a
+    stage searches it. A staged search takes ``--stages`` or the recipe's ``stages``."""
     strategy = getattr(args, "strategy", "random")
     space = dict(space)
-    if strategy == "grid":
-        space["learning_rate"] = args.learning_rate
-    if strategy != "staged":
+    if strategy not in ("grid", "staged"):
         return space, None
-    return space, getattr(args, "stages", None) or stages
+    stages = (getattr(args, "stages", None) or stages) if strategy == "staged" else None
+    if "learning_rate" not in {name for name, _ in stages or ()}:
+        space["learning_rate"] = args.learning_rate
+    return space, stages
 
 
 def run_search(
