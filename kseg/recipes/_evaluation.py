@@ -26,7 +26,7 @@ from kseg.evaluation import (
     reassemble_slices,
 )
 
-# A patient id becomes a file name; path separators or a leading dot would put it elsewhere.
+# A patient id becomes a file name; a path separator would put it elsewhere.
 _SAFE_FILE_NAME = re.compile(r"^[^/\\\x00]+$")
 
 

@@ -33,7 +33,7 @@ def run_search(
     args,
     hypermodel,
     *,
-    train,
+    training,
     validation_data,
     volume_validation,
     stages=None,
@@ -68,7 +68,7 @@ def run_search(
     fit = {"epochs": args.epochs, "callbacks": [volume_validation], "verbose": 0}
     if steps_per_epoch is not None:
         fit["steps_per_epoch"] = steps_per_epoch
-    search.search(train, validation_data=validation_data, **fit)
+    search.search(training, validation_data=validation_data, **fit)
 
     # val_volume_dice: higher is better
     ranked = sorted(

@@ -141,7 +141,7 @@ def _training_data(args, builder, splits):
     from kseg.training import VolumeValidation
 
     size = _image_size(args)
-    train = segmentation_dataset(
+    training = segmentation_dataset(
         builder.as_dataset(split=splits["train"]), window=WINDOW, image_size=size,
         batch_size=args.batch_size, augment=kseg.augment.segmentation_augmenter(seed=args.seed),
         shuffle_buffer=1024, cache=True, seed=args.seed,
@@ -159,7 +159,7 @@ def _training_data(args, builder, splits):
         builder.as_dataset(split=splits["validation"]),
         preprocess=model_input(window=WINDOW, image_size=size),
     )
-    return train, validation_slices, validation
+    return training, validation_slices, validation
 
 
 def _inference(args, postprocess: str) -> dict:
@@ -188,7 +188,7 @@ def _train(args):
         run_dir, args, "chaos_liver", builder, LABELS, _inference(args, args.postprocess)
     )
     splits = _splits(args)
-    train, validation_slices, validation = _training_data(args, builder, splits)
+    training, validation_slices, validation = _training_data(args, builder, splits)
     for name, split in splits.items():
         count = builder.info.splits[split].num_examples
         print(f"{name:>10}: {split:<18} {count} slices")
@@ -210,7 +210,7 @@ def _train(args):
     callbacks = training_callbacks(run_dir, validation) + tracking_callbacks(run_dir)
     fit_started = time.perf_counter()
     model.fit(
-        train,
+        training,
         validation_data=validation_slices,
         epochs=args.epochs,
         callbacks=callbacks,
@@ -310,7 +310,7 @@ def tune(args) -> dict:
 
     keras.utils.set_random_seed(args.seed)
     builder = prepare(args)
-    train, validation_slices, validation = _training_data(args, builder, _splits(args))
+    training, validation_slices, validation = _training_data(args, builder, _splits(args))
     base_filters = [args.base_filters, 2 * args.base_filters]
     losses = ["combo", "dice_ce"]
     space, stages = _tuning.search_space(
@@ -331,7 +331,7 @@ def tune(args) -> dict:
     return _tuning.run_search(
         args,
         hypermodel,
-        train=train,
+        training=training,
         validation_data=validation_slices,
         volume_validation=validation,
         stages=stages,

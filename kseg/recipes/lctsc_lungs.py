@@ -199,7 +199,7 @@ def _training_data(args, builder, splits, num_classes, labels):
         spatial=[RandomAffine(2, rotation=10.0, scale=(0.9, 1.1), probability=0.5, seed=args.seed)],
         seed=args.seed + 1,
     )
-    train = segmentation_dataset(
+    training = segmentation_dataset(
         builder.as_dataset(split=splits["train"]), window=WINDOW, image_size=size,
         num_classes=num_classes, batch_size=args.batch_size, augment=augmenter,
         shuffle_buffer=1024, cache=True, seed=args.seed,
@@ -219,7 +219,7 @@ def _training_data(args, builder, splits, num_classes, labels):
         preprocess=model_input(window=WINDOW, image_size=size),
         labels=_scored_labels(num_classes, labels),
     )
-    return train, validation_slices, validation
+    return training, validation_slices, validation
 
 
 def _train(args):
@@ -247,7 +247,7 @@ def _train(args):
             count = builder.info.splits[split].num_examples
             print(f"{role:>14}: {split:<18} {count} slices")
     print(f"classes: {list(builder.info.metadata['class_names'])}")
-    train, validation_slices, validation = _training_data(
+    training, validation_slices, validation = _training_data(
         args, builder, splits, num_classes, labels
     )
     model = kseg.models.build(
@@ -265,7 +265,7 @@ def _train(args):
     callbacks = training_callbacks(run_dir, validation) + tracking_callbacks(run_dir)
     fit_started = time.perf_counter()
     model.fit(
-        train,
+        training,
         validation_data=validation_slices,
         epochs=args.epochs,
         callbacks=callbacks,
@@ -343,7 +343,7 @@ def tune(args) -> dict:
     keras.utils.set_random_seed(args.seed)
     builder = prepare(args)
     num_classes, labels = _classes(builder)
-    train, validation_slices, validation = _training_data(
+    training, validation_slices, validation = _training_data(
         args, builder, _splits(args), num_classes, labels
     )
     base_filters = [args.base_filters, 2 * args.base_filters]
@@ -360,7 +360,7 @@ def tune(args) -> dict:
     return _tuning.run_search(
         args,
         hypermodel,
-        train=train,
+        training=training,
         validation_data=validation_slices,
         volume_validation=validation,
         stages=stages,

@@ -349,7 +349,7 @@ def _train(args):
     print(f"data: {task_folder(args.manual_dir)} -> {builder.data_dir}; splits {splits}")
 
     model = build_model(args)
-    train = training_batches(
+    training = training_batches(
         builder, splits["train"], args, build_augmenter(args.augment, args.seed)
     )
     validation = validation_patches(builder, splits["validation"], args)
@@ -358,7 +358,7 @@ def _train(args):
     ) + tracking_callbacks(run_dir)
     fit_started = time.perf_counter()
     model.fit(
-        train,
+        training,
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
         validation_data=validation,
@@ -453,7 +453,7 @@ def tune(args) -> dict:
     keras.utils.set_random_seed(args.seed)
     builder = prepare(args)
     splits = _splits(args)
-    train = training_batches(
+    training = training_batches(
         builder, splits["train"], args, build_augmenter(args.augment, args.seed)
     )
     losses = ["topk", "dice_ce"]
@@ -472,7 +472,7 @@ def tune(args) -> dict:
         **space,
     )
     return _tuning.run_search(
-        args, hypermodel, train=train,
+        args, hypermodel, training=training,
         validation_data=validation_patches(builder, splits["validation"], args),
         volume_validation=_volume_validation(args, builder, splits), stages=stages,
         steps_per_epoch=args.steps_per_epoch,

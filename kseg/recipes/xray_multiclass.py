@@ -271,7 +271,7 @@ def _training_data(args, builder, splits, num_classes, labels):
         spatial=[RandomAffine(2, rotation=10.0, scale=(0.9, 1.1), probability=0.5, seed=args.seed)],
         intensity=[RandomContrast(0.5, factor=(0.8, 1.25), seed=args.seed + 1)],
     )
-    train = batches(
+    training = batches(
         builder, splits["train"], args, num_classes, patients=patients, augment=augmenter
     )
     validation_batches = batches(builder, splits["validation"], args, num_classes)
@@ -279,7 +279,7 @@ def _training_data(args, builder, splits, num_classes, labels):
         image_cases(builder, splits["validation"], args.image_size),
         labels=_scored_labels(num_classes, labels),
     )
-    return train, validation_batches, validation
+    return training, validation_batches, validation
 
 
 def _train(args):
@@ -299,7 +299,7 @@ def _train(args):
         "num_classes": num_classes, "threshold": 0.5, "postprocess": "none",
         "modality": "radiograph",
     })  # fmt: skip
-    train, validation_batches, validation = _training_data(
+    training, validation_batches, validation = _training_data(
         args, builder, _splits(args), num_classes, labels
     )
     model = build_model(args, num_classes)
@@ -308,7 +308,7 @@ def _train(args):
     ) + tracking_callbacks(run_dir)
     fit_started = time.perf_counter()
     model.fit(
-        train,
+        training,
         validation_data=validation_batches,
         epochs=args.epochs,
         callbacks=callbacks,
@@ -373,7 +373,7 @@ def tune(args) -> dict:
     keras.utils.set_random_seed(args.seed)
     builder = prepare(args)
     num_classes, labels = _classes(builder)
-    train, validation_batches, validation = _training_data(
+    training, validation_batches, validation = _training_data(
         args, builder, _splits(args), num_classes, labels
     )
     base_filters = [args.base_filters, 2 * args.base_filters]
@@ -390,7 +390,7 @@ def tune(args) -> dict:
     return _tuning.run_search(
         args,
         hypermodel,
-        train=train,
+        training=training,
         validation_data=validation_batches,
         volume_validation=validation,
         stages=stages,
