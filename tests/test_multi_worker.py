@@ -10,7 +10,8 @@ float tolerance, and so do the whole-volume Dice of every epoch; both workers lo
 scores and best epoch; the history holds every epoch once (two writers would duplicate
 rows). The same reference process also trains under ``MirroredStrategy`` on two logical
 CPUs, which must agree as well. The training and patch-validation logs (``loss``,
-``val_dice``, summed over the workers by Keras) match the single process too.
+``val_dice``, summed over the workers by Keras) match the single process too. A time
+budget whose clock races on worker 1 stops nobody: the chief's clock decides for all.
 """
 
 import json
@@ -36,8 +37,10 @@ TIMEOUT = 150  # seconds for any one wait; TensorFlow starts slowly on a busy ma
 
 CHILD = textwrap.dedent(
     """
+    import itertools
     import json
     import sys
+    import time
 
     import numpy as np
     import tensorflow as tf
@@ -59,7 +62,7 @@ CHILD = textwrap.dedent(
     import keras
 
     from kseg.metrics import DiceScore
-    from kseg.training import VolumeValidation, training_callbacks
+    from kseg.training import TimeBudget, VolumeValidation, training_callbacks
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
@@ -81,9 +84,16 @@ CHILD = textwrap.dedent(
                       loss="binary_crossentropy", metrics=[DiceScore(num_classes=1)])
 
     validation = VolumeValidation([("p0", images[16:], labels[16:], (1.0, 1.0, 1.0))])
-    callbacks = training_callbacks(run_dir, validation, reduce_lr_patience=1)
-    checkpoint = callbacks[1]
     worker = distribute.worker_index(distribution)
+    # worker 1's clock runs an hour a reading: on its own it would stop after one batch and
+    # leave the chief waiting in an all-reduce; the chief's clock decides for both
+    readings = itertools.count()
+    callbacks = training_callbacks(
+        run_dir, validation, reduce_lr_patience=1, max_minutes=60,
+        clock=(lambda: time.monotonic() + 3600.0 * next(readings)) if worker == 1
+        else time.monotonic)
+    checkpoint = callbacks[1]
+    budget = next(callback for callback in callbacks if isinstance(callback, TimeBudget))
 
 
     class Protocol(keras.callbacks.Callback):
@@ -110,6 +120,7 @@ CHILD = textwrap.dedent(
               callbacks=[*callbacks, Protocol()])
     np.savez(weights_out, *[np.asarray(weight) for weight in model.get_weights()])
     print(json.dumps({"finished": worker, "chief": distribute.is_chief(distribution),
+                      "own_clock_stopped": budget.stop_reason is not None,
                       "replicas": distribution.num_replicas_in_sync}), flush=True)
     """
 )
@@ -177,7 +188,8 @@ class Child:
                     f"{self.name} ended (code {self.process.returncode}) before {key!r}; "
                     f"{self.describe()}"
                 )
-            self.messages.append(json.loads(line))
+            if line.startswith("{"):  # not TimeBudget's summary
+                self.messages.append(json.loads(line))
 
     def epochs(self):
         return [message for message in self.messages if "done" in message]
@@ -267,6 +279,8 @@ def test_two_workers_resume_after_a_kill_and_match_one_process(tmp_path):
 
     assert [message["finished"] for message in finished] == [0, 1]
     assert [message["chief"] for message in finished] == [True, False]
+    # worker 1's budget stopped it, yet it trained every epoch with the chief
+    assert [message["own_clock_stopped"] for message in finished] == [False, True]
     assert mirrored_finished["replicas"] == 2
     for worker in resumed:  # resumed from the backup of epoch 1, not from zero
         assert worker.messages[0] == {"start": PAUSE_AT}

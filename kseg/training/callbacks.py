@@ -34,7 +34,7 @@ from kseg.evaluation import (
 )
 from kseg.inference import predict_slices, sliding_window
 from kseg.training.budget import TimeBudget, _checked_minutes
-from kseg.training.distribute import broadcast_from_chief, is_chief
+from kseg.training.distribute import broadcast_from_chief, is_chief, num_workers
 from kseg.training.resume import (
     AtomicBackupAndRestore,
     ResumableCSVLogger,
@@ -468,6 +468,32 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         _write_json_atomically(self.state_path, record)
 
 
+class _ChiefStopsAll(keras.callbacks.Callback):
+    """Under a multi-worker strategy, every worker stops training exactly when the chief does.
+
+    A worker that stops on its own leaves the others waiting in their next all-reduce for
+    ever; a time budget measured on each worker's clock would do that. After every batch
+    and epoch the chief's ``model.stop_training`` is handed to all workers (one small
+    all-reduce); on one process this callback does nothing.
+    """
+
+    def on_train_begin(self, logs=None):
+        self._several_workers = num_workers(self.model.distribute_strategy) > 1
+
+    def _agree(self) -> None:
+        if self._several_workers:
+            (chief_stops,) = broadcast_from_chief(
+                [float(bool(self.model.stop_training))], self.model.distribute_strategy
+            )
+            self.model.stop_training = bool(chief_stops)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._agree()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._agree()
+
+
 class CheckpointRecordWarning(UserWarning):
     """The ``.json`` copy of a best model's score was unreadable and has been rewritten."""
 
@@ -541,7 +567,8 @@ def training_callbacks(
     4. :class:`kseg.training.TimeBudget` of ``max_minutes`` (when given): after the
        validation and the checkpoint, so the end-of-epoch time it measures holds them; it
        stops mid-epoch when one more batch and the validation would pass the budget, and
-       the budget spans a resumed run (its used time is backed up with the weights);
+       the budget spans a resumed run (its used time is backed up with the weights); under
+       a multi-worker strategy the chief's clock decides for every worker;
     5. :class:`ResumableCSVLogger` to ``output_dir/history.csv`` (a resumed run continues
        it, each epoch once);
     6. :class:`AtomicBackupAndRestore` in ``output_dir/backup``: run the same ``fit`` again
@@ -550,6 +577,11 @@ def training_callbacks(
 
     Every file is written atomically, and temporary files of killed writes are removed when
     training starts.
+
+    The same list serves every worker of a multi-worker ``tf.distribute`` strategy (see
+    :mod:`kseg.training.distribute`): only the chief writes the run folder, every worker
+    takes the chief's whole-volume scores and restores the chief's backup, so
+    ``output_dir`` must be on storage all workers read.
 
     Args:
         output_dir: folder of the run (created if missing).
@@ -629,7 +661,7 @@ def training_callbacks(
         callbacks.append(stateful["reduce_lr"])
     if max_minutes is not None:
         stateful["time_budget"] = TimeBudget(max_minutes, clock=clock)
-        callbacks.append(stateful["time_budget"])
+        callbacks += [stateful["time_budget"], _ChiefStopsAll()]
     callbacks += [
         ResumableCSVLogger(os.path.join(output_dir, "history.csv")),
         AtomicBackupAndRestore(os.path.join(output_dir, "backup"), stateful=stateful),
