@@ -48,11 +48,12 @@ CHAOS_MIN_TEST_DICE = 0.85
 @pytest.mark.slow
 def test_chaos_liver_example_end_to_end(tmp_path, capsys):
     example = load_example("chaos_liver")
-    table = example.main([
+    argv = [
         "--output-dir", str(tmp_path), "--epochs", "10", "--image-size", "64",
         "--batch-size", "4", "--base-filters", "8", "--learning-rate", "5e-3", "--folds", "3",
         "--phantom-patients", "6", "--phantom-slices", "16", "--phantom-size", "64",
-    ])
+    ]
+    table = example.main(argv)
     # 6 patients dealt round-robin into 3 folds: fold0, the test fold, holds two of them
     assert len(table) == 2
     assert (tmp_path / "tfds" / "chaos" / "ct_3fold").is_dir()
@@ -71,6 +72,33 @@ def test_chaos_liver_example_end_to_end(tmp_path, capsys):
     chosen = printed.split("Validation Dice without / with largest-component cleanup: ")[1]
     recorded = json.loads((tmp_path / "config.json").read_text())["inference"]["postprocess"]
     assert chosen.split("-> ")[1].splitlines()[0] == recorded
+
+    # evaluate reuses that choice, and each case file holds what its row was scored on:
+    # the slices the builder stored, in slice order, the CT in the abdomen window
+    # (40 / 400 HU: -160 HU -> 0, 240 HU -> 1)
+    import tensorflow_datasets as tfds
+
+    args = example.parse_args(argv)
+    validation = example.evaluate(args, split="validation")
+    assert f"post-processing: {recorded}):" in capsys.readouterr().out
+    stored = {}
+    for slice_example in tfds.as_numpy(example.prepare(args).as_dataset(split="fold1")):
+        patient = stored.setdefault(slice_example["patient_id"].decode(), {})
+        patient[int(slice_example["slice_index"])] = slice_example
+    assert sorted(stored) == validation.patient_ids
+    for row in validation.rows:
+        ordered = [stored[row["patient_id"]][k] for k in sorted(stored[row["patient_id"]])]
+        hounsfield = np.stack([s["image"] for s in ordered]).astype(np.float64)
+        mask = np.stack([s["mask"] for s in ordered])
+        case_file = tmp_path / "evaluation" / "validation" / "cases" / f"{row['patient_id']}.npz"
+        with np.load(case_file) as case:
+            np.testing.assert_array_equal(case["reference"], mask)
+            np.testing.assert_allclose(
+                case["image"], np.clip((hounsfield + 160) / 400, 0, 1), atol=1e-6)
+            np.testing.assert_array_equal(case["spacing"], ordered[0]["spacing"])
+            truth, predicted = case["reference"] == 1, case["prediction"] == 1
+            dice = 2 * np.sum(truth & predicted) / (truth.sum() + predicted.sum())
+        assert row["dice"] == pytest.approx(dice)
 
 
 @pytest.mark.slow
