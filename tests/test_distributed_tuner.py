@@ -78,6 +78,9 @@ CHILD = textwrap.dedent(
         losses=("dice", "dice_ce"), learning_rate=0.01, compile_kwargs={"run_eagerly": True})
     if kind == "grid":
         search = tuner("grid", hypermodel, directory=directory, project_name="grid", seed=0)
+    elif kind == "hyperband":
+        search = tuner("hyperband", hypermodel, directory=directory, project_name="hyperband",
+                       max_epochs=3, factor=3, seed=0)
     else:
         search = tuner("staged", hypermodel, directory=directory, project_name="staged",
                        stages=[("loss", ["dice", "dice_ce"]), ("base_filters", [2, 4])])
@@ -265,6 +268,44 @@ def test_staged_search_runs_stage_by_stage_with_a_chief_and_two_workers(tmp_path
         assert stages[name] == best_record["hyperparameters"]["values"][name]
         table = (project / f"stage_{index}_{name}.csv").read_text().splitlines()
         assert table[0].endswith(",val_volume_dice") and len(table) == 3
+
+
+@pytest.mark.slow
+def test_hyperband_continues_trials_across_workers(tmp_path):
+    """Hyperband's later rounds load a model another worker trained, from the shared folder,
+    and workers wait while the oracle answers IDLE (a round waiting for the previous one)."""
+    directory = tmp_path / "search"
+    port = free_port()
+    processes = []
+    try:
+        processes += [
+            Process(tmp_path, tuner_id, port, directory, kind="hyperband")
+            for tuner_id in ("chief", "tuner0", "tuner1")
+        ]
+        deadline = time.monotonic() + TIMEOUT
+        best = processes[0].read_until("best", deadline)["best"]
+        for process in processes:
+            process.read_until("finished", deadline)
+    finally:
+        for process in processes:
+            process.kill()
+
+    trial_files = (directory / "hyperband").glob("trial_*/trial.json")
+    records = [json.loads(path.read_text()) for path in trial_files]
+    assert records and {record["status"] for record in records} == {"COMPLETED"}
+    continued = [
+        record for record in records if "tuner/trial_id" in record["hyperparameters"]["values"]
+    ]
+    assert continued  # a second round ran from a first-round checkpoint
+    completed = [
+        message["completed"]
+        for process in processes[1:]
+        for message in process.messages
+        if "completed" in message
+    ]
+    assert len(completed) == len(records)  # every trial trained once
+    best_record = max(records, key=lambda record: record["score"])
+    assert best == best_record["hyperparameters"]["values"]
 
 
 def test_distributed_role_reads_keras_tuners_variables(monkeypatch):
