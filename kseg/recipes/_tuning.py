@@ -10,6 +10,7 @@ import json
 import pathlib
 
 from kseg._files import atomic_output
+from kseg.recipes import _common
 
 DEFAULT_MAX_TRIALS = 4
 
@@ -65,16 +66,22 @@ def run_search(
         stages=stages,
         **budget,
     )
-    fit = {"epochs": args.epochs, "callbacks": [volume_validation], "verbose": 0}
+    fit = {
+        "epochs": args.epochs,
+        "callbacks": [volume_validation],
+        "verbose": _common.fit_verbosity(),
+    }
     if steps_per_epoch is not None:
         fit["steps_per_epoch"] = steps_per_epoch
     search.search(training, validation_data=validation_data, **fit)
 
-    # val_volume_dice: higher is better
+    trials = _trials(search)
+    # val_volume_dice: higher is better; trials that failed (no score) are listed last
     ranked = sorted(
-        ((name, trial) for name, trial in _trials(search) if trial.score is not None),
+        ((name, trial) for name, trial in trials if trial.score is not None),
         key=lambda named: named[1].score, reverse=True,
     )  # fmt: skip
+    unscored = [(name, trial) for name, trial in trials if trial.score is None]
     results = {
         "strategy": strategy,
         "objective": DEFAULT_OBJECTIVE,
@@ -88,13 +95,15 @@ def run_search(
                 "status": str(trial.status),
                 "hyperparameters": trial.hyperparameters.values,
             }
-            for name, trial in ranked
+            for name, trial in ranked + unscored
         ],
     }
     path = folder / strategy / "results.json"
     with atomic_output(path) as temporary:
         pathlib.Path(temporary).write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"\n{len(ranked)} trials ranked by whole-volume validation Dice ({DEFAULT_OBJECTIVE}):")
+    if unscored:
+        print(f"  ({len(unscored)} trials failed and have no score)")
     for _, trial in ranked:
         print(f"  {trial.score:.4f}  {trial.hyperparameters.values}")
     print(f"Results in {path}")
