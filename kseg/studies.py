@@ -1101,6 +1101,8 @@ def consistency_study(
     steps: int,
     seeds=(0,),
     consistency_weight: float = 1.0,
+    teacher_noise: float = 0.05,
+    ema_decay: float = 0.99,
     threshold: float = 0.95,
     split: str = "test",
 ) -> StudyTable:
@@ -1108,8 +1110,10 @@ def consistency_study(
     ``unlabeled`` others whose masks are never read (default: every other training
     patient); supervised-only vs mean teacher (the student and its EMA teacher scored) vs
     FixMatch, each ``steps`` steps from the same seed. The labelled batches get the
-    recipe's augmentation in every method; MeanTeacher adds its default input noise and
-    ramps the consistency weight up over the first third of the steps; FixMatch's weak view
+    recipe's augmentation in every method; MeanTeacher adds Gaussian input noise of
+    ``teacher_noise`` (kseg's default 0.05; 0 for none) independently to student and teacher,
+    averages the teacher with ``ema_decay`` and ramps the consistency weight up over the
+    first third of the steps; FixMatch's weak view
     is the labelled pipeline's (no extra augmentation), its strong view the recipe's
     spatial augmentation plus kseg's default intensity augmentation."""
     import keras
@@ -1153,10 +1157,13 @@ def consistency_study(
                 )
                 data_stream = tf.data.Dataset.zip((labeled_batches, unlabeled_batches))
                 if method == "mean-teacher":
+                    noise = keras.layers.GaussianNoise(teacher_noise) if teacher_noise else None
                     trainer = MeanTeacher(
                         network,
                         consistency_weight=consistency_weight,
                         rampup_steps=max(1, steps // 3),
+                        ema_decay=ema_decay,
+                        noise=noise,
                     )
                 else:
                     strong = segmentation_augmenter(
@@ -1192,7 +1199,8 @@ def consistency_study(
         _study_folder(data, "consistency"),
         [f"{labeled} labelled + {unlabeled} unlabelled training patients (nested order of "
          f"each seed), {steps} steps per model, seeds {list(seeds)}; consistency weight "
-         f"{consistency_weight:g}, FixMatch threshold {threshold:g}; loss {loss} from logits."],
+         f"{consistency_weight:g}, mean-teacher input noise {teacher_noise:g} and EMA decay "
+         f"{ema_decay:g}, FixMatch threshold {threshold:g}; loss {loss} from logits."],
     )  # fmt: skip
     return _save(
         table,
@@ -1329,6 +1337,18 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         )
         parser.add_argument("--consistency-weight", type=_non_negative_float, default=1.0)
         parser.add_argument(
+            "--teacher-noise",
+            type=_non_negative_float,
+            default=0.05,
+            help="mean teacher's Gaussian input noise (default %(default)s)",
+        )
+        parser.add_argument(
+            "--ema-decay",
+            type=float,
+            default=0.99,
+            help="mean teacher's EMA decay (default %(default)s)",
+        )
+        parser.add_argument(
             "--threshold",
             type=float,
             default=0.95,
@@ -1444,6 +1464,8 @@ def run_study(name: str, args: argparse.Namespace) -> StudyTable:
         steps=steps,
         seeds=seeds,
         consistency_weight=args.consistency_weight,
+        teacher_noise=args.teacher_noise,
+        ema_decay=args.ema_decay,
         threshold=args.threshold,
         split=args.split,
     )
