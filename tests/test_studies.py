@@ -194,7 +194,23 @@ def test_augment_and_losses_one_row_per_setting_and_patient(run):
     table = study("augment", run, "--steps", "3")
     check_files(table, 2 * TEST_IMAGES)
     assert [entry["augmentation"] for entry in table.summary] == ["on", "off"]
-    table = study("losses", run, "--steps", "3", "--losses", "bce", "topk")
+    table = studies.run_study(
+        "losses",
+        studies.parse_args(
+            "losses",
+            [
+                "xray_multiclass",
+                "--steps",
+                "3",
+                "--losses",
+                "bce",
+                "topk",
+                *TINY_XRAY,
+                "--output-dir",
+                str(run),
+            ],
+        ),
+    )  # a recipe source: its options, no config read
     check_files(table, 2 * TEST_IMAGES)
     assert table.column("loss") == ["bce"] * TEST_IMAGES + ["topk"] * TEST_IMAGES
 
@@ -207,6 +223,26 @@ def test_consistency_methods_at_equal_steps_stay_finite(run):
     assert [entry["method"] for entry in table.summary] == methods
     assert all(row["labeled"] == 1 and row["unlabeled"] == 2 for row in table.rows)
     assert all(np.isfinite(row["dice_mean"]) for row in table.rows)
+
+
+def test_recipe_conventions_without_a_run_match_the_runs_config(run):
+    from kseg.recipes import load_run, run_config
+
+    _, args = load_run(run)
+    from_config = studies.study_data("xray_multiclass", args, run_config.read_config(run))
+    from_recipe = studies.study_data("xray_multiclass", args, None)
+    for field in (
+        "window",
+        "image_size",
+        "num_classes",
+        "labels",
+        "threshold",
+        "postprocess",
+        "metrics",
+        "splits",
+    ):
+        assert getattr(from_recipe, field) == getattr(from_config, field), field
+    assert from_config.labels == {"lungs": 1, "heart": 2, "clavicles": 3}
 
 
 def test_bad_settings_are_refused_before_training(run):
