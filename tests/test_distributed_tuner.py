@@ -114,6 +114,7 @@ class Process:
             os.environ,
             PYTHONPATH=str(REPOSITORY),
             TF_CPP_MIN_LOG_LEVEL="2",
+            CUDA_VISIBLE_DEVICES="",  # on CPU: processes sharing a GPU would each take it all
             KERASTUNER_TUNER_ID=tuner_id,
             KERASTUNER_ORACLE_IP="127.0.0.1",
             KERASTUNER_ORACLE_PORT=str(port),

@@ -143,7 +143,13 @@ class Child:
     def __init__(self, tmp_path, name, run_dir, strategy, weights, *, tf_config=None, pause=-1):
         self.name = name
         self.stderr_path = tmp_path / f"{name}.stderr"
-        environment = dict(os.environ, PYTHONPATH=str(REPOSITORY), TF_CPP_MIN_LOG_LEVEL="2")
+        # on CPU: processes sharing one GPU would each take all of its memory
+        environment = dict(
+            os.environ,
+            PYTHONPATH=str(REPOSITORY),
+            TF_CPP_MIN_LOG_LEVEL="2",
+            CUDA_VISIBLE_DEVICES="",
+        )
         environment.pop("TF_CONFIG", None)
         if tf_config is not None:
             environment["TF_CONFIG"] = json.dumps(tf_config)
