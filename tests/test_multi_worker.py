@@ -11,7 +11,8 @@ scores and best epoch; the history holds every epoch once (two writers would dup
 rows). The same reference process also trains under ``MirroredStrategy`` on two logical
 CPUs, which must agree as well. The training and patch-validation logs (``loss``,
 ``val_dice``, summed over the workers by Keras) match the single process too. A time
-budget whose clock races on worker 1 stops nobody: the chief's clock decides for all.
+budget whose clock races on worker 1 stops nobody: the chief's clock decides for all; a
+``barrier`` holds worker 1 until the chief has written a file.
 """
 
 import json
@@ -39,6 +40,7 @@ CHILD = textwrap.dedent(
     """
     import itertools
     import json
+    import os
     import sys
     import time
 
@@ -85,6 +87,12 @@ CHILD = textwrap.dedent(
 
     validation = VolumeValidation([("p0", images[16:], labels[16:], (1.0, 1.0, 1.0))])
     worker = distribute.worker_index(distribution)
+    marker = run_dir + ".prepared"
+    if distribute.is_chief(distribution) and strategy_name == "multi-worker":
+        time.sleep(1.0)  # a chief slower than its worker: the worker must wait for it
+        open(marker, "w").close()
+    distribute.barrier(distribution)
+    assert strategy_name != "multi-worker" or os.path.exists(marker)
     # worker 1's clock runs an hour a reading: on its own it would stop after one batch and
     # leave the chief waiting in an all-reduce; the chief's clock decides for both
     readings = itertools.count()

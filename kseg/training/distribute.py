@@ -304,6 +304,19 @@ def broadcast_from_chief(values, distribution: tf.distribute.Strategy | None = N
     return [float(value) for value in total.numpy()]
 
 
+def barrier(distribution: tf.distribute.Strategy | None = None) -> None:
+    """Wait until every worker has reached this call (one all-reduce; nothing on one machine).
+
+    For work one process must do before the others go on, e.g. the chief preparing the
+    TFDS dataset the workers then read::
+
+        if is_chief(distribution):
+            builder.download_and_prepare()
+        barrier(distribution)
+    """
+    broadcast_from_chief([0.0], distribution)
+
+
 def _is_positive_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
@@ -311,6 +324,7 @@ def _is_positive_int(value) -> bool:
 __all__ = [
     "STRATEGIES",
     "KerasMultiWorkerMirroredStrategy",
+    "barrier",
     "broadcast_from_chief",
     "global_batch_size",
     "is_chief",
