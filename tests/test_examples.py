@@ -134,7 +134,10 @@ def test_msd_spleen_example_end_to_end(tmp_path):
         np.testing.assert_array_equal(case["reference"], np.transpose(truth.astype(np.uint8)))
         np.testing.assert_array_equal(case["prediction"] == 1, np.transpose(prediction))
         assert case["image"].shape == (12, 32, 32) and case["image"].dtype == np.float32
-        assert case["spacing"].tolist() == [5.0, 0.8, 0.8]  # the phantom's (z, y, x) mm
+        # the label file's voxel size (NIfTI stores it as float32), in (z, y, x) order
+        assert case["spacing"].dtype == np.float64
+        np.testing.assert_allclose(case["spacing"], label.header.get_zooms()[::-1], rtol=1e-6)
+        np.testing.assert_allclose(case["spacing"], [5.0, 0.8, 0.8], rtol=1e-6)
 
 
 @pytest.mark.slow
