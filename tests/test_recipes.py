@@ -52,6 +52,30 @@ def test_every_recipe_has_the_interface_and_imports_without_tensorflow():
     assert "'tensorflow'" not in imported and "'keras'" not in imported
 
 
+@pytest.mark.parametrize("recipe, builder_module", [
+    ("xray_multiclass", "tfds_builders.xray"), ("lctsc_lungs", "tfds_builders.lctsc"),
+])
+def test_config_choices_are_the_builders_configs(recipe, builder_module):
+    import importlib
+
+    configs = importlib.import_module(builder_module).Builder.builder_configs
+    module = load(recipe)
+    assert module.CONFIG_LAYOUTS == {name: config.layout for name, config in configs.items()}
+    parser = argparse.ArgumentParser()
+    module.add_arguments(parser)
+    config_option = next(action for action in parser._actions if action.dest == "config")
+    assert sorted(config_option.choices) == sorted(configs)
+
+
+def test_xray_image_folders_are_the_layouts():
+    from tfds_builders.xray import layout
+
+    assert load("xray_multiclass").IMAGE_FOLDERS == {
+        "generic": "images", "jsrt_scr": layout.JSRT_IMAGE_FOLDER,
+        "montgomery": layout.MONTGOMERY_IMAGE_FOLDER,
+    }
+
+
 def tuning_parser():
     parser = argparse.ArgumentParser(prog="kseg tune")
     load("xray_multiclass").add_arguments(parser)

@@ -32,11 +32,19 @@ TEST_PATIENT_PREFIX = "LCTSC-Test-"
 ORGAN_METRICS = ("dice", "hd95")
 # evaluate's splits: the internal test and validation folds, and the challenge's test set.
 SPLITS = ("test", "validation", "challenge_test")
+# The lctsc builder's configs and the manual-folder layout each reads, spelled out here so
+# that --help and the option checks answer without importing the builder (TFDS takes
+# seconds); tests/test_recipes.py checks them against the builder.
+CONFIG_LAYOUTS = {
+    "organs": "tcia",
+    "organs_merged_lungs": "tcia",
+    "lungs": "tcia",
+    "lungs_stratified": "tcia",
+    "npz_lungs": "npz",
+}
 
 
 def add_arguments(parser) -> None:
-    from tfds_builders.lctsc import Builder  # the builder module is light
-
     parser.add_argument(
         "--data-dir",
         type=pathlib.Path,
@@ -46,7 +54,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--config",
         default="lungs",
-        choices=sorted(Builder.builder_configs),
+        choices=sorted(CONFIG_LAYOUTS),
         help="lctsc builder config (classes, layout, folds)",
     )
     parser.add_argument(
@@ -91,8 +99,6 @@ def add_arguments(parser) -> None:
 
 
 def finish_arguments(parser, args) -> None:
-    from tfds_builders.lctsc import Builder
-
     _common.check_arguments(parser, args)
     _common.check_tuning_arguments(parser, args)
     if args.image_size % 8:
@@ -101,7 +107,7 @@ def finish_arguments(parser, args) -> None:
         suffix = "" if args.data_dir else "_phantom"
         args.output_dir = pathlib.Path("kseg_runs") / f"lctsc_{args.config}{suffix}"
     args.tfds_dir = args.tfds_dir or args.output_dir / "tfds"
-    args.layout = Builder.builder_configs[args.config].layout
+    args.layout = CONFIG_LAYOUTS[args.config]
     args.manual_dir = args.data_dir or args.output_dir / f"phantom_lctsc_{args.layout}"
     patients, source = _common.patients_and_source(
         training_patients_on_disk(args.manual_dir, args.layout),
@@ -113,7 +119,7 @@ def finish_arguments(parser, args) -> None:
 
 
 def parse_args(argv=None):
-    """The command line, checked before TensorFlow loads (the builder module is light)."""
+    """The command line, checked before TensorFlow loads (standard library only)."""
     return _common.parse_args(sys.modules[__name__], argv)
 
 

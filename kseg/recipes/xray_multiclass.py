@@ -27,11 +27,25 @@ REAL_DEFAULTS = {"image_size": 256, "epochs": 40, "batch_size": 8}
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
 # kseg.data.pipeline.scale_intensity: each radiograph's own minimum and maximum to [0, 1].
 INTENSITY = "scale_intensity"
+# The xray builder's configs and the manual-folder layout each reads, spelled out here so
+# that --help and the option checks answer without importing the builder (TFDS and kseg.io
+# take seconds); tests/test_recipes.py checks them against the builder.
+CONFIG_LAYOUTS = {
+    "generic": "generic",
+    "jsrt_scr": "jsrt_scr",
+    "jsrt_scr_left_right": "jsrt_scr",
+    "montgomery": "montgomery",
+    "montgomery_lungs": "montgomery",
+}
+# Where each layout keeps its radiographs (tfds_builders.xray.layout's folder names).
+IMAGE_FOLDERS = {
+    "generic": "images",
+    "jsrt_scr": "All247images",
+    "montgomery": "MontgomerySet/CXR_png",
+}
 
 
 def add_arguments(parser) -> None:
-    from tfds_builders.xray import Builder  # the builder module is light
-
     parser.add_argument(
         "--data-dir",
         type=pathlib.Path,
@@ -41,7 +55,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--config",
         default="generic",
-        choices=sorted(Builder.builder_configs),
+        choices=sorted(CONFIG_LAYOUTS),
         help="xray builder config used with --data-dir",
     )
     parser.add_argument(
@@ -71,8 +85,6 @@ def add_arguments(parser) -> None:
 
 
 def finish_arguments(parser, args) -> None:
-    from tfds_builders.xray import Builder
-
     _common.check_arguments(parser, args)
     _common.check_tuning_arguments(parser, args)
     defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
@@ -85,7 +97,7 @@ def finish_arguments(parser, args) -> None:
     if args.image_size % 8:
         parser.error("--image-size must be a multiple of 8 (three 2x poolings)")
     args.manual_dir = args.data_dir or args.output_dir / "phantom"
-    layout = "generic" if args.data_dir is None else Builder.builder_configs[args.config].layout
+    layout = "generic" if args.data_dir is None else CONFIG_LAYOUTS[args.config]
     patients, source = _common.patients_and_source(
         images_on_disk(args.manual_dir, layout),
         args.manual_dir,
@@ -103,7 +115,7 @@ def finish_arguments(parser, args) -> None:
 
 
 def parse_args(argv=None):
-    """The command line, checked before TensorFlow loads (the builder module is light)."""
+    """The command line, checked before TensorFlow loads (standard library only)."""
     return _common.parse_args(sys.modules[__name__], argv)
 
 
@@ -111,16 +123,7 @@ def images_on_disk(manual_dir: pathlib.Path, layout: str) -> int | None:
     """Radiographs in the layout's image folder, or ``None`` when it is not there yet (the
     builder then says what it expected). Every public set has one radiograph per patient,
     so this is the patient count the folds are dealt from."""
-    from tfds_builders.xray.layout import JSRT_IMAGE_FOLDER, MONTGOMERY_IMAGE_FOLDER
-
-    folder = (
-        pathlib.Path(manual_dir)
-        / {
-            "generic": "images",
-            "montgomery": MONTGOMERY_IMAGE_FOLDER,
-            "jsrt_scr": JSRT_IMAGE_FOLDER,
-        }[layout]
-    )
+    folder = pathlib.Path(manual_dir) / IMAGE_FOLDERS[layout]
     if not folder.is_dir():
         return None
     return sum(1 for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
