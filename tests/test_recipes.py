@@ -76,6 +76,45 @@ def test_xray_image_folders_are_the_layouts():
     }
 
 
+SLICE_RECIPES = ("chaos_liver", "lctsc_lungs", "xray_multiclass")
+
+
+@pytest.mark.parametrize("name", SLICE_RECIPES)
+def test_slice_recipes_share_their_splits_augmenter_and_model(name, tmp_path):
+    import keras
+
+    recipe = load(name)
+    args = recipe.parse_args(["--output-dir", str(tmp_path / "run"), "--image-size", "32",
+                              "--base-filters", "4", "--folds", "4"])
+    expected = {"train": "fold2+fold3", "validation": "fold1", "test": "fold0"}
+    if name == "lctsc_lungs":  # the challenge's own test patients, in no fold
+        expected["challenge_test"] = "challenge_test"
+    assert recipe.splits(args) == expected
+    pair = {"images": np.ones((2, 32, 32, 1), np.float32),
+            "segmentation_masks": np.ones((2, 32, 32, 1), np.float32)}
+    augmented = recipe.augmenter(args)(pair, training=True)
+    assert augmented["images"].shape == augmented["segmentation_masks"].shape == (2, 32, 32, 1)
+    model = recipe.build_model(args, 3)
+    assert model.input_shape == (None, 32, 32, 1) and model.output_shape == (None, 32, 32, 3)
+    assert model.optimizer.learning_rate.numpy() == pytest.approx(args.learning_rate)
+    has_dropout = any(isinstance(layer, keras.layers.Dropout) for layer in model.layers)
+    assert has_dropout == (name != "xray_multiclass")  # xray: --dropout, default 0
+
+
+def test_xray_dropout_option(tmp_path, capsys):
+    import keras
+
+    recipe = load("xray_multiclass")
+    argv = ["--output-dir", str(tmp_path / "run"), "--image-size", "32", "--base-filters", "4"]
+    model = recipe.build_model(recipe.parse_args([*argv, "--dropout", "0.25"]), 1)
+    rates = [layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
+    assert rates == [0.25]
+    with pytest.raises(SystemExit) as stopped:
+        recipe.parse_args([*argv, "--dropout", "1"])
+    assert stopped.value.code == 2
+    assert "--dropout must be in [0, 1), got 1.0" in capsys.readouterr().err
+
+
 def tuning_parser():
     parser = argparse.ArgumentParser(prog="kseg tune")
     load("xray_multiclass").add_arguments(parser)

@@ -98,6 +98,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         value = getattr(args, name, None)
         if value is not None and not value > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    dropout = getattr(args, "dropout", None)
+    if dropout is not None and not 0 <= dropout < 1:
+        parser.error(f"--dropout must be in [0, 1), got {dropout}")
     max_minutes = getattr(args, "max_minutes", None)
     if max_minutes is not None and max_minutes == float("inf"):
         parser.error("--max-minutes must be a finite number of minutes; leave it out for no "

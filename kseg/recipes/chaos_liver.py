@@ -123,7 +123,8 @@ def prepare(args):
     return builder
 
 
-def _splits(args):
+def splits(args) -> dict:
+    """``{"train": ..., "validation": ..., "test": ...}``: the TFDS split of each role."""
     from kseg.data.splits import split_names
 
     return split_names(args.folds, test_fold=0, validation_fold=1)
@@ -133,17 +134,48 @@ def _image_size(args) -> tuple[int, int]:
     return (args.image_size, args.image_size)
 
 
+def augmenter(args):
+    """The training augmentation: kseg's default 2D joint augmentation (flips included:
+    the liver task has one class, so a flip swaps nothing)."""
+    import kseg.augment
+
+    return kseg.augment.segmentation_augmenter(seed=args.seed)
+
+
+def build_model(args, num_classes: int = 1):
+    """The compiled network: ``unet_small`` (dropout 0.1) with Combo loss, Adam at
+    ``--learning-rate``; ``num_classes`` output channels (the liver task's 1: sigmoid)."""
+    import keras
+
+    import kseg.losses
+    import kseg.metrics
+    import kseg.models
+
+    model = kseg.models.build(
+        "unet_small",
+        input_shape=(*_image_size(args), 1),
+        num_classes=num_classes,
+        base_filters=args.base_filters,
+        dropout=0.1,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=kseg.losses.ComboLoss(alpha=2 / 3, beta=0.5),
+        metrics=[kseg.metrics.DiceScore(num_classes=num_classes, name="dice")],
+    )
+    return model
+
+
 def _training_data(args, builder, splits):
     """Augmented training batches, validation slice batches, and the whole-volume
     validation that picks the checkpoint."""
-    import kseg.augment
     from kseg.data.pipeline import model_input, segmentation_dataset
     from kseg.training import VolumeValidation
 
     size = _image_size(args)
     training = segmentation_dataset(
         builder.as_dataset(split=splits["train"]), window=WINDOW, image_size=size,
-        batch_size=args.batch_size, augment=kseg.augment.segmentation_augmenter(seed=args.seed),
+        batch_size=args.batch_size, augment=augmenter(args),
         shuffle_buffer=1024, cache=True, seed=args.seed,
     )  # fmt: skip
     validation_slices = segmentation_dataset(
@@ -173,9 +205,6 @@ def _train(args):
     import keras
 
     import kseg
-    import kseg.losses
-    import kseg.metrics
-    import kseg.models
     from kseg.recipes import run_config
     from kseg.tracking import tracking_callbacks
     from kseg.training import training_callbacks
@@ -187,24 +216,13 @@ def _train(args):
     run_config.write_config(
         run_dir, args, "chaos_liver", builder, LABELS, _inference(args, args.postprocess)
     )
-    splits = _splits(args)
-    training, validation_slices, validation = _training_data(args, builder, splits)
-    for name, split in splits.items():
+    run_splits = splits(args)
+    training, validation_slices, validation = _training_data(args, builder, run_splits)
+    for name, split in run_splits.items():
         count = builder.info.splits[split].num_examples
         print(f"{name:>10}: {split:<18} {count} slices")
 
-    model = kseg.models.build(
-        "unet_small",
-        input_shape=(*_image_size(args), 1),
-        num_classes=1,
-        base_filters=args.base_filters,
-        dropout=0.1,
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=kseg.losses.ComboLoss(alpha=2 / 3, beta=0.5),
-        metrics=[kseg.metrics.DiceScore(name="dice")],
-    )
+    model = build_model(args, 1)
     # whole-volume validation Dice drives the best checkpoint and the learning rate;
     # BackupAndRestore makes a crashed run resumable
     callbacks = training_callbacks(run_dir, validation) + tracking_callbacks(run_dir)
@@ -220,7 +238,7 @@ def _train(args):
 
     best_path = run_dir / "best.keras"
     if args.postprocess == "auto":
-        _choose_postprocessing(args, kseg.load_model(best_path), builder, splits)
+        _choose_postprocessing(args, kseg.load_model(best_path), builder, run_splits)
     return best_path, fit_seconds
 
 
@@ -267,13 +285,13 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     model = kseg.load_model(run_dir / "best.keras")
     postprocess = config["inference"]["postprocess"]
     if postprocess == "auto":  # training stopped before it chose
-        postprocess = _choose_postprocessing(args, model, prepare(args), _splits(args))
+        postprocess = _choose_postprocessing(args, model, prepare(args), splits(args))
     name = _common.evaluation_name(split, input_dir)
     if input_dir is None:
         if split not in ("test", "validation"):
             raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
         builder = prepare(args)
-        examples_split = _splits(args)[split]
+        examples_split = splits(args)[split]
     else:
         builder = _evaluation.input_builder(
             Builder, Builder.builder_configs["ct"], input_dir, run_dir, name
@@ -310,7 +328,7 @@ def tune(args) -> dict:
 
     keras.utils.set_random_seed(args.seed)
     builder = prepare(args)
-    training, validation_slices, validation = _training_data(args, builder, _splits(args))
+    training, validation_slices, validation = _training_data(args, builder, splits(args))
     base_filters = [args.base_filters, 2 * args.base_filters]
     losses = ["combo", "dice_ce"]
     space, stages = _tuning.search_space(

@@ -179,7 +179,9 @@ def _scored_labels(num_classes: int, labels: dict) -> dict | None:
     return None if num_classes == 1 else labels
 
 
-def _splits(args) -> dict:
+def splits(args) -> dict:
+    """``{"train": ..., "validation": ..., "test": ..., "challenge_test": ...}``: the TFDS
+    split of each role (``challenge_test``: the challenge's own test patients)."""
     from kseg.data.splits import split_names
     from tfds_builders.lctsc.lctsc_dataset_builder import CHALLENGE_TEST_SPLIT
 
@@ -193,21 +195,51 @@ def _image_size(args) -> tuple[int, int]:
     return (args.image_size, args.image_size)
 
 
-def _training_data(args, builder, splits, num_classes, labels):
+def augmenter(args):
+    """The training augmentation: a small random affine (rotation up to 10 degrees, scale
+    0.9-1.1, half the slices) and kseg's default intensity changes."""
     from kseg.augment import RandomAffine, segmentation_augmenter
-    from kseg.data.pipeline import model_input, segmentation_dataset
-    from kseg.training import VolumeValidation
 
-    size = _image_size(args)
     # No flips: a left-right flip would swap the lungs of the organ classes.
-    augmenter = segmentation_augmenter(
+    return segmentation_augmenter(
         2,
         spatial=[RandomAffine(2, rotation=10.0, scale=(0.9, 1.1), probability=0.5, seed=args.seed)],
         seed=args.seed + 1,
     )
+
+
+def build_model(args, num_classes: int):
+    """The compiled network: ``unet_small`` (dropout 0.1) with Dice + cross-entropy, Adam
+    at ``--learning-rate``; ``num_classes`` output channels (1: sigmoid, else softmax)."""
+    import keras
+
+    import kseg.losses
+    import kseg.metrics
+    import kseg.models
+
+    model = kseg.models.build(
+        "unet_small",
+        input_shape=(*_image_size(args), 1),
+        num_classes=num_classes,
+        base_filters=args.base_filters,
+        dropout=0.1,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=kseg.losses.DiceCELoss(),
+        metrics=[kseg.metrics.DiceScore(num_classes=num_classes, name="dice")],
+    )
+    return model
+
+
+def _training_data(args, builder, splits, num_classes, labels):
+    from kseg.data.pipeline import model_input, segmentation_dataset
+    from kseg.training import VolumeValidation
+
+    size = _image_size(args)
     training = segmentation_dataset(
         builder.as_dataset(split=splits["train"]), window=WINDOW, image_size=size,
-        num_classes=num_classes, batch_size=args.batch_size, augment=augmenter,
+        num_classes=num_classes, batch_size=args.batch_size, augment=augmenter(args),
         shuffle_buffer=1024, cache=True, seed=args.seed,
     )  # fmt: skip
     validation_slices = segmentation_dataset(
@@ -231,9 +263,6 @@ def _training_data(args, builder, splits, num_classes, labels):
 def _train(args):
     import keras
 
-    import kseg.losses
-    import kseg.metrics
-    import kseg.models
     from kseg.recipes import run_config
     from kseg.tracking import tracking_callbacks
     from kseg.training import training_callbacks
@@ -247,27 +276,16 @@ def _train(args):
         "kind": "slices", "window": WINDOW, "image_size": list(_image_size(args)),
         "num_classes": num_classes, "threshold": 0.5, "postprocess": "none", "modality": "CT",
     })  # fmt: skip
-    splits = _splits(args)
-    for role, split in splits.items():
+    run_splits = splits(args)
+    for role, split in run_splits.items():
         if split in builder.info.splits:
             count = builder.info.splits[split].num_examples
             print(f"{role:>14}: {split:<18} {count} slices")
     print(f"classes: {list(builder.info.metadata['class_names'])}")
     training, validation_slices, validation = _training_data(
-        args, builder, splits, num_classes, labels
+        args, builder, run_splits, num_classes, labels
     )
-    model = kseg.models.build(
-        "unet_small",
-        input_shape=(*_image_size(args), 1),
-        num_classes=num_classes,
-        base_filters=args.base_filters,
-        dropout=0.1,
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=kseg.losses.DiceCELoss(),
-        metrics=[kseg.metrics.DiceScore(num_classes=num_classes, name="dice")],
-    )
+    model = build_model(args, num_classes)
     callbacks = training_callbacks(run_dir, validation) + tracking_callbacks(run_dir)
     fit_started = time.perf_counter()
     model.fit(
@@ -303,7 +321,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         builder = prepare(args)
-        examples_split = _splits(args)[split]
+        examples_split = splits(args)[split]
         if examples_split not in builder.info.splits:
             raise LayoutError(
                 args.manual_dir,
@@ -350,7 +368,7 @@ def tune(args) -> dict:
     builder = prepare(args)
     num_classes, labels = _classes(builder)
     training, validation_slices, validation = _training_data(
-        args, builder, _splits(args), num_classes, labels
+        args, builder, splits(args), num_classes, labels
     )
     base_filters = [args.base_filters, 2 * args.base_filters]
     losses = ["dice_ce", "dice"]
@@ -378,12 +396,12 @@ def _main(argv=None):
     clock = _common.RunClock()
     best_path, fit_seconds = _train(args)
     builder = prepare(args)
-    splits = _splits(args)
+    run_splits = splits(args)
     # the internal test fold, and the challenge's own test patients when the data has them
     evaluated = ["test"] + (
-        ["challenge_test"] if splits["challenge_test"] in builder.info.splits else []
+        ["challenge_test"] if run_splits["challenge_test"] in builder.info.splits else []
     )
-    tables = {splits[split]: evaluate(args, split=split) for split in evaluated}
+    tables = {run_splits[split]: evaluate(args, split=split) for split in evaluated}
     num_classes, labels = _classes(builder)
     print("\nMean Dice per test split (the internal fold against the challenge's partition):")
     for split, table in tables.items():

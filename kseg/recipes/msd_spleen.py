@@ -178,7 +178,7 @@ def prepare(args):
     return builder
 
 
-def _splits(args) -> dict:
+def splits(args) -> dict:
     from kseg.data.splits import split_names
 
     return split_names(args.folds, test_fold=args.test_fold, validation_fold=args.validation_fold)
@@ -345,16 +345,16 @@ def _train(args):
     run_dir.mkdir(parents=True, exist_ok=True)
     builder = prepare(args)
     run_config.write_config(run_dir, args, "msd_spleen", builder, LABELS, _inference(args, builder))
-    splits = _splits(args)
-    print(f"data: {task_folder(args.manual_dir)} -> {builder.data_dir}; splits {splits}")
+    run_splits = splits(args)
+    print(f"data: {task_folder(args.manual_dir)} -> {builder.data_dir}; splits {run_splits}")
 
     model = build_model(args)
     training = training_batches(
-        builder, splits["train"], args, build_augmenter(args.augment, args.seed)
+        builder, run_splits["train"], args, build_augmenter(args.augment, args.seed)
     )
-    validation = validation_patches(builder, splits["validation"], args)
+    validation = validation_patches(builder, run_splits["validation"], args)
     callbacks = training_callbacks(
-        run_dir, _volume_validation(args, builder, splits), reduce_lr_patience=None
+        run_dir, _volume_validation(args, builder, run_splits), reduce_lr_patience=None
     ) + tracking_callbacks(run_dir)
     fit_started = time.perf_counter()
     model.fit(
@@ -396,7 +396,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         if split not in ("test", "validation"):
             raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
         builder = prepare(args)
-        examples_split = _splits(args)[split]
+        examples_split = splits(args)[split]
         task_dir = pathlib.Path(task_folder(args.manual_dir))
         title = f"{split.capitalize()} fold {getattr(args, f'{split}_fold')}"
     else:
@@ -452,9 +452,9 @@ def tune(args) -> dict:
 
     keras.utils.set_random_seed(args.seed)
     builder = prepare(args)
-    splits = _splits(args)
+    run_splits = splits(args)
     training = training_batches(
-        builder, splits["train"], args, build_augmenter(args.augment, args.seed)
+        builder, run_splits["train"], args, build_augmenter(args.augment, args.seed)
     )
     losses = ["topk", "dice_ce"]
     space, stages = _tuning.search_space(
@@ -473,8 +473,8 @@ def tune(args) -> dict:
     )
     return _tuning.run_search(
         args, hypermodel, training=training,
-        validation_data=validation_patches(builder, splits["validation"], args),
-        volume_validation=_volume_validation(args, builder, splits), stages=stages,
+        validation_data=validation_patches(builder, run_splits["validation"], args),
+        volume_validation=_volume_validation(args, builder, run_splits), stages=stages,
         steps_per_epoch=args.steps_per_epoch,
     )  # fmt: skip
 

@@ -77,6 +77,11 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--base-filters", type=int, default=16)
+    parser.add_argument(
+        "--dropout", type=float, default=0.0,
+        help="dropout rate at the U-Net's bottleneck (default %(default)s: no dropout "
+             "layer; above 0 the model can give Monte Carlo dropout uncertainty)",
+    )  # fmt: skip
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
@@ -182,7 +187,8 @@ def _scored_labels(num_classes: int, labels: dict) -> dict | None:
     return None if num_classes == 1 else labels
 
 
-def _splits(args) -> dict:
+def splits(args) -> dict:
+    """``{"train": ..., "validation": ..., "test": ...}``: the TFDS split of each role."""
     from kseg.data.splits import split_names
 
     return split_names(args.folds, test_fold=args.test_fold, validation_fold=args.validation_fold)
@@ -202,6 +208,8 @@ def batches(builder, split, args, num_classes, *, patients=None, augment=None):
 
 
 def build_model(args, num_classes: int):
+    """The compiled network: ``unet_small`` (``--dropout``) with Dice + cross-entropy, Adam
+    at ``--learning-rate``; ``num_classes`` output channels (1: sigmoid, else softmax)."""
     import keras
 
     from kseg import models
@@ -213,6 +221,8 @@ def build_model(args, num_classes: int):
         input_shape=(args.image_size, args.image_size, 1),
         num_classes=num_classes,
         base_filters=args.base_filters,
+        # runs recorded before --dropout existed trained without it
+        dropout=getattr(args, "dropout", 0.0),
     )
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
@@ -254,8 +264,20 @@ def _scored_images(builder, split, size: int):
         )
 
 
-def _training_data(args, builder, splits, num_classes, labels):
+def augmenter(args):
+    """The training augmentation: a small random affine (rotation up to 10 degrees, scale
+    0.9-1.1, half the images) and a random contrast change (0.8-1.25, half the images)."""
     from kseg.augment import RandomAffine, RandomContrast, segmentation_augmenter
+
+    # No flips: a flip would swap left and right lungs and put the heart on the wrong side.
+    return segmentation_augmenter(
+        2,
+        spatial=[RandomAffine(2, rotation=10.0, scale=(0.9, 1.1), probability=0.5, seed=args.seed)],
+        intensity=[RandomContrast(0.5, factor=(0.8, 1.25), seed=args.seed + 1)],
+    )
+
+
+def _training_data(args, builder, splits, num_classes, labels):
     from kseg.data.pipeline import split_patient_ids
     from kseg.data.splits import nested_patient_subset
     from kseg.training import VolumeValidation
@@ -268,14 +290,8 @@ def _training_data(args, builder, splits, num_classes, labels):
         f"{builder.builder_config.class_names}; {len(patients)} training patients; "
         f"splits {splits}"
     )
-    # No flips: a flip would swap left and right lungs and put the heart on the wrong side.
-    augmenter = segmentation_augmenter(
-        2,
-        spatial=[RandomAffine(2, rotation=10.0, scale=(0.9, 1.1), probability=0.5, seed=args.seed)],
-        intensity=[RandomContrast(0.5, factor=(0.8, 1.25), seed=args.seed + 1)],
-    )
     training = batches(
-        builder, splits["train"], args, num_classes, patients=patients, augment=augmenter
+        builder, splits["train"], args, num_classes, patients=patients, augment=augmenter(args)
     )
     validation_batches = batches(builder, splits["validation"], args, num_classes)
     validation = VolumeValidation(
@@ -303,7 +319,7 @@ def _train(args):
         "modality": "radiograph",
     })  # fmt: skip
     training, validation_batches, validation = _training_data(
-        args, builder, _splits(args), num_classes, labels
+        args, builder, splits(args), num_classes, labels
     )
     model = build_model(args, num_classes)
     callbacks = training_callbacks(
@@ -342,7 +358,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         if split not in ("test", "validation"):
             raise ValueError(f"split must be 'test' or 'validation', got {split!r}")
         builder = prepare(args)
-        examples_split = _splits(args)[split]
+        examples_split = splits(args)[split]
         title = f"{split.capitalize()} fold {getattr(args, f'{split}_fold')}"
     else:
         builder = _evaluation.input_builder(Builder, _base_config(args), input_dir, run_dir, name)
@@ -377,7 +393,7 @@ def tune(args) -> dict:
     builder = prepare(args)
     num_classes, labels = _classes(builder)
     training, validation_batches, validation = _training_data(
-        args, builder, _splits(args), num_classes, labels
+        args, builder, splits(args), num_classes, labels
     )
     base_filters = [args.base_filters, 2 * args.base_filters]
     losses = ["dice_ce", "dice"]
