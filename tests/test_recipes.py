@@ -115,6 +115,54 @@ def test_xray_dropout_option(tmp_path, capsys):
     assert "--dropout must be in [0, 1), got 1.0" in capsys.readouterr().err
 
 
+def write_xray(folder):
+    from kseg.phantoms import xray
+
+    xray.write_generic(folder, num_images=4, size=16, seed=0)
+
+
+def write_spleen(folder):
+    from kseg.phantoms.msd_spleen import write_msd_spleen
+
+    write_msd_spleen(folder, num_training=3, num_test=0, shape=(8, 16, 16),
+                     spacing=(5.0, 0.8, 0.8), apple_double=False)
+
+
+def files_and_sizes(folder):
+    return {path: path.stat().st_size for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("recipe_name, dataset, write", [
+    ("xray_multiclass", "xray", write_xray), ("msd_spleen", "msd_spleen", write_spleen),
+])
+def test_train_reuses_the_dataset_kseg_prepare_wrote(recipe_name, dataset, write, tmp_path,
+                                                     capsys):
+    from kseg import cli
+
+    manual, tfds_dir, run = tmp_path / "download", tmp_path / "tfds", tmp_path / "run"
+    write(manual)
+    assert cli.main(["prepare", dataset, "--manual-dir", str(manual), "--tfds-dir",
+                     str(tfds_dir), "--folds", "3"]) == 0
+    prepared = files_and_sizes(tfds_dir)
+    capsys.readouterr()
+    recipe = load(recipe_name)
+    args = recipe.parse_args(["--data-dir", str(manual), "--tfds-dir", str(tfds_dir),
+                              "--output-dir", str(run), "--folds", "3"])
+    builder = recipe.prepare(args)
+    assert f"Using the dataset prepared in {builder.data_dir}" in capsys.readouterr().out
+    assert pathlib.Path(builder.data_dir).is_relative_to(tfds_dir)
+    assert files_and_sizes(tfds_dir) == prepared and not run.exists()
+
+
+def test_tfds_dir_defaults_to_the_run_folder(tmp_path):
+    for name in RECIPES:
+        args = load(name).parse_args(["--output-dir", str(tmp_path / "run")])
+        assert args.tfds_dir is None  # recorded as not given: a moved run finds its own
+        assert _common.tfds_dir(args) == tmp_path / "run" / "tfds"
+    # a config.json from before --tfds-dir: the folder those runs always used
+    assert _common.tfds_dir(argparse.Namespace(output_dir="old")) == pathlib.Path("old/tfds")
+
+
 def tuning_parser():
     parser = argparse.ArgumentParser(prog="kseg tune")
     load("xray_multiclass").add_arguments(parser)

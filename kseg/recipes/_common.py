@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import pathlib
 import sys
 import time
 
@@ -131,6 +132,23 @@ def patients_and_source(
     if phantom_count is not None:
         return phantom_count, f"the phantom ({phantom_option})"
     return None, str(manual_dir)
+
+
+def add_tfds_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tfds-dir",
+        type=pathlib.Path,
+        default=None,
+        help="where TFDS writes the prepared dataset (default: OUTPUT_DIR/tfds); give the "
+             "--tfds-dir of `kseg prepare` to reuse the dataset it prepared",
+    )
+
+
+def tfds_dir(args) -> pathlib.Path:
+    """The TFDS data_dir of a run: ``--tfds-dir``, else ``OUTPUT_DIR/tfds`` (also for runs
+    recorded before the option existed)."""
+    chosen = getattr(args, "tfds_dir", None)
+    return pathlib.Path(chosen) if chosen is not None else pathlib.Path(args.output_dir) / "tfds"
 
 
 def with_folds(config, folds: int):

@@ -39,12 +39,7 @@ def add_arguments(parser) -> None:
         default=None,
         help="default: kseg_runs/chaos_liver[_phantom]",
     )
-    parser.add_argument(
-        "--tfds-dir",
-        type=pathlib.Path,
-        default=None,
-        help="where TFDS writes the prepared dataset (default: in output-dir)",
-    )
+    _common.add_tfds_dir_argument(parser)
     _common.add_folds_argument(parser)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument(
@@ -75,7 +70,6 @@ def finish_arguments(parser, args) -> None:
     if args.output_dir is None:
         suffix = "" if args.data_dir else "_phantom"
         args.output_dir = pathlib.Path("kseg_runs") / f"chaos_liver{suffix}"
-    args.tfds_dir = args.tfds_dir or args.output_dir / "tfds"
     args.manual_dir = args.data_dir or args.output_dir / "phantom_chaos"
     patients, source = _common.patients_and_source(
         ct_patients_on_disk(args.manual_dir),
@@ -118,7 +112,7 @@ def prepare(args):
                 seed=args.seed,
             )
     config = _common.with_folds(Builder.builder_configs["ct"], args.folds)
-    builder = Builder(config=config, data_dir=str(args.tfds_dir))
+    builder = Builder(config=config, data_dir=str(_common.tfds_dir(args)))
     _common.prepare(builder, manual_dir)
     return builder
 

@@ -63,12 +63,7 @@ def add_arguments(parser) -> None:
         default=None,
         help="default: kseg_runs/lctsc_<config>[_phantom]",
     )
-    parser.add_argument(
-        "--tfds-dir",
-        type=pathlib.Path,
-        default=None,
-        help="where TFDS writes the prepared dataset (default: in output-dir)",
-    )
+    _common.add_tfds_dir_argument(parser)
     _common.add_folds_argument(parser)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument(
@@ -106,7 +101,6 @@ def finish_arguments(parser, args) -> None:
     if args.output_dir is None:
         suffix = "" if args.data_dir else "_phantom"
         args.output_dir = pathlib.Path("kseg_runs") / f"lctsc_{args.config}{suffix}"
-    args.tfds_dir = args.tfds_dir or args.output_dir / "tfds"
     args.layout = CONFIG_LAYOUTS[args.config]
     args.manual_dir = args.data_dir or args.output_dir / f"phantom_lctsc_{args.layout}"
     patients, source = _common.patients_and_source(
@@ -160,7 +154,7 @@ def prepare(args):
                 seed=args.seed,
             )
     config = _common.with_folds(Builder.builder_configs[args.config], args.folds)
-    builder = Builder(config=config, data_dir=str(args.tfds_dir))
+    builder = Builder(config=config, data_dir=str(_common.tfds_dir(args)))
     _common.prepare(builder, manual_dir)
     return builder
 

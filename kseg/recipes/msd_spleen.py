@@ -49,6 +49,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--output-dir", type=pathlib.Path, default=pathlib.Path("kseg_runs/msd_spleen_highresnet")
     )
+    _common.add_tfds_dir_argument(parser)
     _common.add_folds_argument(parser)
     parser.add_argument("--test-fold", type=int, default=0)
     parser.add_argument("--validation-fold", type=int, default=1)
@@ -173,7 +174,7 @@ def prepare(args):
                 seed=args.seed,
             )
     config = _common.with_folds(Builder.builder_configs["preprocessed"], args.folds)
-    builder = Builder(config=config, data_dir=str(pathlib.Path(args.output_dir) / "tfds"))
+    builder = Builder(config=config, data_dir=str(_common.tfds_dir(args)))
     _common.prepare(builder, manual_dir)
     return builder
 

@@ -61,6 +61,7 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--output-dir", type=pathlib.Path, help="default: kseg_runs/xray_<config or phantom>"
     )
+    _common.add_tfds_dir_argument(parser)
     _common.add_folds_argument(parser)
     parser.add_argument("--test-fold", type=int, default=0)
     parser.add_argument("--validation-fold", type=int, default=1)
@@ -169,7 +170,7 @@ def prepare(args):
             )
     builder = Builder(
         config=_common.with_folds(_base_config(args), args.folds),
-        data_dir=str(pathlib.Path(args.output_dir) / "tfds"),
+        data_dir=str(_common.tfds_dir(args)),
     )
     _common.prepare(builder, manual_dir)
     return builder
