@@ -34,7 +34,7 @@ from kseg.evaluation import (
 )
 from kseg.inference import predict_slices, sliding_window
 from kseg.training.budget import TimeBudget, _checked_minutes
-from kseg.training.distribute import broadcast_from_chief, is_chief, num_workers
+from kseg.training.distribute import broadcast_from_chief, is_chief, num_workers, strategy_of
 from kseg.training.resume import (
     AtomicBackupAndRestore,
     ResumableCSVLogger,
@@ -220,7 +220,7 @@ class VolumeValidation(keras.callbacks.Callback):
         Keras' ``predict_on_batch`` runs on every replica and concatenates their outputs
         (across workers, too), which returns each window several times; every worker holds
         all weights, so it predicts the volumes on its own."""
-        strategy = self.model.distribute_strategy
+        strategy = strategy_of(self.model)
         if strategy.num_replicas_in_sync == 1:
             return self.model
         if self._replicated_call is None:
@@ -317,7 +317,7 @@ class VolumeValidation(keras.callbacks.Callback):
         numbers makes sure the checkpoint, the learning-rate schedule and early stopping
         decide the same on all of them even where floating point differs."""
         keys = sorted(logs)
-        values = broadcast_from_chief([logs[key] for key in keys], self.model.distribute_strategy)
+        values = broadcast_from_chief([logs[key] for key in keys], strategy_of(self.model))
         return dict(zip(keys, values, strict=True))
 
     def _due(self, epoch: int) -> bool:
@@ -397,7 +397,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self._first_epoch_seen = False
         # under a multi-worker strategy only the chief writes; the others keep the same
         # best (their logs are the chief's, see VolumeValidation) and write nothing
-        self._writes = is_chief(self.model.distribute_strategy)
+        self._writes = is_chief(strategy_of(self.model))
         if self._writes:
             remove_stale_temporaries(self.filepath)
             remove_stale_temporaries(self.state_path)
@@ -478,12 +478,12 @@ class _ChiefStopsAll(keras.callbacks.Callback):
     """
 
     def on_train_begin(self, logs=None):
-        self._several_workers = num_workers(self.model.distribute_strategy) > 1
+        self._several_workers = num_workers(strategy_of(self.model)) > 1
 
     def _agree(self) -> None:
         if self._several_workers:
             (chief_stops,) = broadcast_from_chief(
-                [float(bool(self.model.stop_training))], self.model.distribute_strategy
+                [float(bool(self.model.stop_training))], strategy_of(self.model)
             )
             self.model.stop_training = bool(chief_stops)
 

@@ -154,7 +154,14 @@ def _check_tf_config() -> dict:
 
 
 def _multi_worker(distribution: tf.distribute.Strategy) -> bool:
-    return bool(distribution.extended._in_multi_worker_mode())
+    in_multi_worker_mode = getattr(distribution.extended, "_in_multi_worker_mode", None)
+    return bool(in_multi_worker_mode and in_multi_worker_mode())
+
+
+def strategy_of(model) -> tf.distribute.Strategy:
+    """The strategy a Keras model trains under: the one it was built in, else the one in
+    scope (TensorFlow's default strategy for models of other Keras backends)."""
+    return getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
 
 
 def worker_index(distribution: tf.distribute.Strategy | None = None) -> int:
@@ -332,5 +339,6 @@ __all__ = [
     "scaled_learning_rate",
     "shard",
     "strategy",
+    "strategy_of",
     "worker_index",
 ]

@@ -20,7 +20,7 @@ import keras
 
 from kseg._files import atomic_output, remove_stale_temporaries
 from kseg.errors import UnreadableFileError
-from kseg.training.distribute import is_chief
+from kseg.training.distribute import is_chief, strategy_of
 
 # HDF5 attribute of the backup file holding {"epoch": ..., "batch": ...}
 _BACKUP_RECORD = "kseg_backup"
@@ -89,7 +89,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 )
 
     def on_train_begin(self, logs=None):
-        self._writes = is_chief(self.model.distribute_strategy)
+        self._writes = is_chief(strategy_of(self.model))
         if self._writes:
             remove_stale_temporaries(self._weights_path)
         self._load_model()
@@ -235,7 +235,7 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
             super().on_train_end(logs)
 
     def on_train_begin(self, logs=None):
-        self._writes = is_chief(self.model.distribute_strategy)
+        self._writes = is_chief(strategy_of(self.model))
         if self._writes:
             remove_stale_temporaries(self.filename)
         self._opened = False
