@@ -900,6 +900,11 @@ def uncertainty_study(
             correlation = uncertainty_dice_correlation(uncertainty[usable], dice[usable])
         else:
             correlation = (math.nan, math.nan, int(usable.sum()))
+            notes.append(
+                f"{method}: no uncertainty-Dice correlation (it needs at least 3 "
+                f"patients with a predicted foreground and varying values; "
+                f"{int(usable.sum())} here)."
+            )
         aurocs = np.array([row["auroc_entropy"] for row in method_rows])
         extra[(method,)] = {
             "ece_pooled": float(np.abs(confidence - observed).sum() / count.sum()),
