@@ -264,9 +264,12 @@ def test_dataset_fingerprint_follows_the_prepared_files(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_xray(tmp_path_factory):
-    """A one-epoch radiograph run on a nine-image phantom (3 folds of 3 images)."""
+    """A one-epoch radiograph run on a nine-image phantom (3 folds of 3 images), logged to
+    an MLflow file store of its own."""
     recipe = load("xray_multiclass")
-    args = recipe.parse_args(["--output-dir", str(tmp_path_factory.mktemp("run")), *TINY_XRAY])
+    store = tmp_path_factory.mktemp("mlruns")
+    args = recipe.parse_args(["--output-dir", str(tmp_path_factory.mktemp("run")), *TINY_XRAY,
+                              "--mlflow", "--mlflow-uri", str(store)])
     recipe.train(args)
     return args
 
@@ -406,3 +409,49 @@ def test_tune_runs_two_random_trials_ranked_by_volume_dice(trained_xray):
         assert values["model"] == "unet_small" and values["base_filters"] in (8, 16)
         assert values["loss"] in ("dice_ce", "dice")
         assert 1e-3 <= values["learning_rate"] <= 1e-1
+
+
+@pytest.mark.slow
+def test_mlflow_run_holds_the_history_and_the_test_table(trained_xray, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    args = trained_xray
+    run = pathlib.Path(args.output_dir)
+    table = load("xray_multiclass").evaluate(args, split="test")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 file stores opt in
+    client = MlflowClient(tracking_uri=pathlib.Path(args.mlflow_uri).as_uri())
+    logged = client.get_run((run / "mlflow_run_id").read_text().strip())
+    assert logged.data.params["arguments.epochs"] == "1"
+    assert logged.data.params["recipe"] == "xray_multiclass"
+    with open(run / "history.csv", newline="") as handle:
+        history = list(csv.DictReader(handle))
+    assert len(history) == 1  # one epoch
+    for column, value in history[0].items():
+        if column != "epoch":
+            steps = client.get_metric_history(logged.info.run_id, column)
+            assert [(m.step, m.value) for m in steps] == [(0, pytest.approx(float(value)))]
+    with open(run / "evaluation" / "test" / "scores.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(table) == 3
+    for name in PHANTOM_LABELS:
+        column = [float(row[f"dice_{name}"]) for row in rows]
+        expected = np.mean([value for value in column if not np.isnan(value)])
+        assert logged.data.metrics[f"test/dice_{name}_mean"] == pytest.approx(expected)
+    artefacts = [a.path for a in client.list_artifacts(logged.info.run_id, "evaluation/test")]
+    assert artefacts == ["evaluation/test/scores.csv"]
+
+
+def test_mlflow_options_are_checked(tmp_path, capsys, monkeypatch):
+    recipe = load("xray_multiclass")
+    argv = ["--output-dir", str(tmp_path / "run")]
+    with pytest.raises(SystemExit) as stopped:
+        recipe.parse_args([*argv, "--mlflow-uri", "store"])
+    assert stopped.value.code == 2
+    assert "--mlflow-uri applies with --mlflow only" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    # a folder is recorded absolute: evaluating from elsewhere logs to the same store
+    args = recipe.parse_args([*argv, "--mlflow", "--mlflow-uri", "store"])
+    assert args.mlflow_uri == str(tmp_path / "store")
+    args = recipe.parse_args([*argv, "--mlflow", "--mlflow-uri", "http://localhost:5000"])
+    assert args.mlflow_uri == "http://localhost:5000"
+    assert recipe.parse_args(argv).mlflow is False

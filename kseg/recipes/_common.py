@@ -151,6 +151,62 @@ def tfds_dir(args) -> pathlib.Path:
     return pathlib.Path(chosen) if chosen is not None else pathlib.Path(args.output_dir) / "tfds"
 
 
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("experiment tracking (TensorBoard logs are always written)")
+    group.add_argument(
+        "--mlflow", action="store_true",
+        help="also log the run to MLflow: config.json as params, every epoch's logs, and "
+             "each evaluation's per-patient table and means (needs pip install "
+             "'kseg[mlflow]')",
+    )  # fmt: skip
+    group.add_argument(
+        "--mlflow-uri", metavar="URI",
+        help="MLflow tracking URI or folder (default: $MLFLOW_TRACKING_URI, else mlruns "
+             "beside the output folder)",
+    )  # fmt: skip
+
+
+def check_tracking_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors (exit 2) for ``--mlflow-uri`` without ``--mlflow`` and for ``--mlflow``
+    without MLflow installed; a tracking folder made absolute, so that evaluating the run
+    from another working folder logs to the same store."""
+    import importlib.util
+    import urllib.parse
+
+    uri = getattr(args, "mlflow_uri", None)
+    if uri is not None and not getattr(args, "mlflow", False):
+        parser.error("--mlflow-uri applies with --mlflow only")
+    if getattr(args, "mlflow", False) and importlib.util.find_spec("mlflow") is None:
+        parser.error("--mlflow needs the mlflow package: pip install 'kseg[mlflow]' (or pip "
+                     "install mlflow-skinny)")
+    if uri is not None and len(urllib.parse.urlparse(uri).scheme) <= 1:  # a folder path
+        args.mlflow_uri = os.path.abspath(uri)
+
+
+def tracking_callbacks(run_dir, args) -> list:
+    """TensorBoard logging of every epoch, and MLflow logging with ``--mlflow``
+    (:func:`kseg.tracking.tracking_callbacks`); after the training callbacks in ``fit``."""
+    from kseg import tracking
+
+    return tracking.tracking_callbacks(
+        run_dir, mlflow=getattr(args, "mlflow", False),
+        tracking_uri=getattr(args, "mlflow_uri", None),
+    )  # fmt: skip
+
+
+def log_evaluation(args) -> None:
+    """With ``--mlflow``, log the run folder's evaluations (per-patient tables, their means)
+    to the run's MLflow run (:func:`kseg.tracking.log_run_to_mlflow`)."""
+    if not getattr(args, "mlflow", False):
+        return
+    from kseg import tracking
+
+    run_id = tracking.log_run_to_mlflow(
+        args.output_dir, tracking_uri=getattr(args, "mlflow_uri", None)
+    )
+    print(f"Logged the evaluation to MLflow run {run_id}")
+
+
 def with_folds(config, folds: int):
     """``config`` (a builder config with ``num_folds``) split into ``folds`` folds. A
     changed count gets its own name, hence its own TFDS folder: a dataset prepared with

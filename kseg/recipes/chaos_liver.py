@@ -58,6 +58,7 @@ def add_arguments(parser) -> None:
         default="auto",
         help="auto: keep the largest component if it raises validation Dice",
     )
+    _common.add_tracking_arguments(parser)
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
     phantom.add_argument("--phantom-patients", type=int, default=10)
     phantom.add_argument("--phantom-slices", type=int, default=32)
@@ -67,6 +68,7 @@ def add_arguments(parser) -> None:
 def finish_arguments(parser, args) -> None:
     _common.check_arguments(parser, args)
     _common.check_tuning_arguments(parser, args)
+    _common.check_tracking_arguments(parser, args)
     if args.output_dir is None:
         suffix = "" if args.data_dir else "_phantom"
         args.output_dir = pathlib.Path("kseg_runs") / f"chaos_liver{suffix}"
@@ -200,7 +202,6 @@ def _train(args):
 
     import kseg
     from kseg.recipes import run_config
-    from kseg.tracking import tracking_callbacks
     from kseg.training import training_callbacks
 
     run_dir = pathlib.Path(args.output_dir)
@@ -219,7 +220,7 @@ def _train(args):
     model = build_model(args, 1)
     # whole-volume validation Dice drives the best checkpoint and the learning rate;
     # BackupAndRestore makes a crashed run resumable
-    callbacks = training_callbacks(run_dir, validation) + tracking_callbacks(run_dir)
+    callbacks = training_callbacks(run_dir, validation) + _common.tracking_callbacks(run_dir, args)
     fit_started = time.perf_counter()
     model.fit(
         training,
@@ -308,6 +309,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         f"post-processing: {postprocess}):"
     )
     print(table)
+    _common.log_evaluation(args)
     return table
 
 

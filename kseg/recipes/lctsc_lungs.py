@@ -76,6 +76,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    _common.add_tracking_arguments(parser)
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
     phantom.add_argument(
         "--phantom-patients",
@@ -96,6 +97,7 @@ def add_arguments(parser) -> None:
 def finish_arguments(parser, args) -> None:
     _common.check_arguments(parser, args)
     _common.check_tuning_arguments(parser, args)
+    _common.check_tracking_arguments(parser, args)
     if args.image_size % 8:
         parser.error("--image-size must be a multiple of 8 (three 2x poolings)")
     if args.output_dir is None:
@@ -258,7 +260,6 @@ def _train(args):
     import keras
 
     from kseg.recipes import run_config
-    from kseg.tracking import tracking_callbacks
     from kseg.training import training_callbacks
 
     run_dir = pathlib.Path(args.output_dir)
@@ -280,7 +281,7 @@ def _train(args):
         args, builder, run_splits, num_classes, labels
     )
     model = build_model(args, num_classes)
-    callbacks = training_callbacks(run_dir, validation) + tracking_callbacks(run_dir)
+    callbacks = training_callbacks(run_dir, validation) + _common.tracking_callbacks(run_dir, args)
     fit_started = time.perf_counter()
     model.fit(
         training,
@@ -346,6 +347,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         "original grid, distances in mm):"
     )
     print(table)
+    _common.log_evaluation(args)
     return table
 
 

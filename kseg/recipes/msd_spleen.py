@@ -99,6 +99,7 @@ def add_arguments(parser) -> None:
         "on the phantom)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    _common.add_tracking_arguments(parser)
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
     phantom.add_argument("--phantom-cases", type=int, default=10, help="labelled cases")
     phantom.add_argument(
@@ -114,6 +115,7 @@ def add_arguments(parser) -> None:
 def finish_arguments(parser, args) -> None:
     _common.check_arguments(parser, args)
     _common.check_tuning_arguments(parser, args)
+    _common.check_tracking_arguments(parser, args)
     defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -337,7 +339,6 @@ def _train(args):
     import keras
 
     from kseg.recipes import run_config
-    from kseg.tracking import tracking_callbacks
     from kseg.training import training_callbacks
     from tfds_builders.msd_spleen import task_folder
 
@@ -356,7 +357,7 @@ def _train(args):
     validation = validation_patches(builder, run_splits["validation"], args)
     callbacks = training_callbacks(
         run_dir, _volume_validation(args, builder, run_splits), reduce_lr_patience=None
-    ) + tracking_callbacks(run_dir)
+    ) + _common.tracking_callbacks(run_dir, args)
     fit_started = time.perf_counter()
     model.fit(
         training,
@@ -439,6 +440,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     _evaluation.save_table(table, folder)
     print(f"\n{title}, whole volumes on their original grids (Dice, HD95 in mm):")
     print(table)
+    _common.log_evaluation(args)
     return table
 
 

@@ -85,6 +85,7 @@ def add_arguments(parser) -> None:
     )  # fmt: skip
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    _common.add_tracking_arguments(parser)
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
     phantom.add_argument("--phantom-images", type=int, default=60)
     phantom.add_argument("--phantom-size", type=int, default=96, help="pixels per side")
@@ -93,6 +94,7 @@ def add_arguments(parser) -> None:
 def finish_arguments(parser, args) -> None:
     _common.check_arguments(parser, args)
     _common.check_tuning_arguments(parser, args)
+    _common.check_tracking_arguments(parser, args)
     defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -306,7 +308,6 @@ def _train(args):
     import keras
 
     from kseg.recipes import run_config
-    from kseg.tracking import tracking_callbacks
     from kseg.training import training_callbacks
 
     run_dir = pathlib.Path(args.output_dir)
@@ -325,7 +326,7 @@ def _train(args):
     model = build_model(args, num_classes)
     callbacks = training_callbacks(
         run_dir, validation, max_minutes=args.max_minutes
-    ) + tracking_callbacks(run_dir)
+    ) + _common.tracking_callbacks(run_dir, args)
     fit_started = time.perf_counter()
     model.fit(
         training,
@@ -378,6 +379,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     _evaluation.save_table(table, folder)
     print(f"\n{title}, one row per image, scored on the stored mask grid (HD95 in pixels):")
     print(table)
+    _common.log_evaluation(args)
     return table
 
 
