@@ -236,6 +236,58 @@ def test_read_config_names_the_problem(tmp_path):
         run_config.read_config(tmp_path)
 
 
+def fake_builder(data_dir):
+    """What write_config reads of a prepared builder."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        name="xray", version="1.0.0", data_dir=str(data_dir),
+        builder_config=SimpleNamespace(name="generic"),
+        info=SimpleNamespace(splits={"fold0": SimpleNamespace(num_examples=2)}),
+    )
+
+
+def test_resumed_training_keeps_the_created_time(tmp_path):
+    import datetime
+
+    run, builder = tmp_path / "run", fake_builder(tmp_path / "tfds")
+    args = argparse.Namespace(seed=0, epochs=2)
+
+    def write(recipe="xray_multiclass"):
+        before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        run_config.write_config(run, args, recipe, builder, {"lungs": 1}, {"kind": "slices"})
+        config = json.loads((run / "config.json").read_text())
+        return before, config
+
+    def edit(**changes):
+        config = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**config, **changes}))
+
+    def time_of(text):
+        return datetime.datetime.fromisoformat(text)
+
+    first = "2026-01-01T00:00:00+00:00"
+    before, config = write()
+    assert time_of(config["created"]) >= before and "resumed" not in config
+    edit(created=first)
+    (run / "backup").mkdir()  # an interrupted run: train resumes it
+    before, config = write()
+    assert config["created"] == first
+    assert len(config["resumed"]) == 1 and time_of(config["resumed"][0]) >= before
+    again_before, again = write()
+    assert again["created"] == first and again["resumed"][0] == config["resumed"][0]
+    assert len(again["resumed"]) == 2 and time_of(again["resumed"][1]) >= again_before
+    assert run_config.read_config(run)["resumed"] == again["resumed"]
+    # another recipe's backup is no resumption of this run
+    before, other = write("lctsc_lungs")
+    assert time_of(other["created"]) >= before and "resumed" not in other
+    # a finished run (its backup deleted) trained again is a new run
+    edit(created=first)
+    (run / "backup").rmdir()
+    before, config = write("lctsc_lungs")
+    assert time_of(config["created"]) >= before and "resumed" not in config
+
+
 def expected_fingerprint(builder):
     """The documented fingerprint, listed again with pathlib."""
     lines = [f"split {name} {builder.info.splits[name].num_examples}\n"

@@ -33,6 +33,8 @@ REQUIRED_KEYS = (
     "kseg_config_version", "recipe", "arguments", "seed", "created", "versions",
     "git_commit", "dataset", "labels", "inference",
 )  # fmt: skip
+# kseg.training.training_callbacks' resume backup: while it exists, train continues the run.
+BACKUP_FOLDER = "backup"
 # Options that name files or folders: strings in config.json, paths again when read back.
 PATH_ARGUMENTS = ("data_dir", "output_dir", "tfds_dir", "manual_dir")
 
@@ -135,6 +137,10 @@ def write_config(
 ) -> pathlib.Path:
     """Write ``run_dir/config.json`` (atomically; sorted keys, indent 2) and return its path.
 
+    A run resumed from its backup (``run_dir/backup`` exists and ``config.json`` is the
+    same recipe's) keeps its ``created`` time and lists each resumption's time, oldest
+    first, under ``resumed``; a new training in the folder starts a new record.
+
     Args:
         run_dir: the run folder (created if missing).
         args: the recipe's parsed options (``argparse.Namespace``; ``seed`` among them).
@@ -143,19 +149,41 @@ def write_config(
         labels: ``{structure name: label value}`` of masks and predictions.
         inference: how to segment a new image as evaluation does (see the README).
     """
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     config = {
         "kseg_config_version": CONFIG_VERSION,
         "recipe": recipe,
         "arguments": json_arguments(args),
         "seed": args.seed,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": now,
         "versions": package_versions(),
         "git_commit": git_commit(),
         "dataset": dataset_section(builder),
         "labels": {name: int(value) for name, value in labels.items()},
         "inference": dict(inference),
     }
+    earlier = _resumed_config(run_dir, recipe)
+    if earlier is not None:
+        config["created"] = earlier["created"]
+        config["resumed"] = [*earlier.get("resumed", []), now]
     return _write(run_dir, config)
+
+
+def _resumed_config(run_dir, recipe: str) -> dict | None:
+    """The config of the run this training resumes: ``run_dir`` holds a resume backup and
+    a readable ``config.json`` of ``recipe``. ``None`` for a new training (no backup: a
+    finished run's folder trained again starts over), or a config no resumption can read
+    (it is replaced)."""
+    if not (pathlib.Path(run_dir) / BACKUP_FOLDER).is_dir():
+        return None
+    try:
+        config = read_config(run_dir)
+    except (LayoutError, UnreadableFileError):
+        return None
+    resumed = config.get("resumed", [])
+    if config["recipe"] != recipe or not isinstance(resumed, list):
+        return None
+    return config
 
 
 def _write(run_dir, config: dict) -> pathlib.Path:
