@@ -1111,16 +1111,19 @@ def consistency_study(
     threshold: float = 0.95,
     split: str = "test",
 ) -> StudyTable:
-    """Few labelled training patients (the first ``labeled`` of the nested order) and
-    ``unlabeled`` others whose masks are never read (default: every other training
-    patient); supervised-only vs mean teacher (the student and its EMA teacher scored) vs
-    FixMatch, each ``steps`` steps from the same seed. The labelled batches get the
-    recipe's augmentation in every method; MeanTeacher adds Gaussian input noise of
-    ``teacher_noise`` (kseg's default 0.05; 0 for none) independently to student and teacher,
-    averages the teacher with ``ema_decay`` and ramps the consistency weight up over the
-    first third of the steps; FixMatch's weak view
-    is the labelled pipeline's (no extra augmentation), its strong view the recipe's
-    spatial augmentation plus kseg's default intensity augmentation."""
+    """Few labelled training patients and the others unlabelled, one model per method.
+
+    The first ``labeled`` patients of the nested order (per seed) keep their masks; the
+    next ``unlabeled`` (default: every other training patient) have theirs dropped before
+    training and are fed un-augmented. Supervised-only vs mean teacher (the student and its
+    EMA teacher both scored) vs FixMatch, each ``steps`` steps from the same seed. The
+    labelled batches get the recipe's augmentation in every method. MeanTeacher adds
+    Gaussian input noise of ``teacher_noise`` (kseg's default 0.05; 0 for none)
+    independently to student and teacher, averages the teacher with ``ema_decay`` and ramps
+    the consistency weight up over the first third of the steps. FixMatch's weak view is
+    the labelled pipeline's (no extra augmentation), its strong view the recipe's spatial
+    augmentation plus kseg's default intensity augmentation.
+    """
     import keras
     import tensorflow as tf
 
