@@ -1501,7 +1501,7 @@ def main(argv=None) -> StudyTable:
     try:
         return run_study(name, args)
     except KsegError as error:
-        print(f"kseg study {name}: error: {error}", file=sys.stderr)
+        print(f"kseg: error: {error}", file=sys.stderr)
         sys.exit(1)
 
 
