@@ -293,6 +293,16 @@ def test_command_line(tmp_path, capsys):
         studies.parse_args("noise", [str(run_folder), "--epochs", "2"])
     assert stopped.value.code == 2
     assert "unrecognized arguments after a run folder: --epochs 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        studies.main(["noise", str(tmp_path / "missing")])
+    assert stopped.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("kseg: error: ") and "missing" in error and len(error.splitlines()) == 1
+    with pytest.raises(SystemExit) as stopped:
+        studies.main(["speed"])
+    assert stopped.value.code == 2 and "NAME must be one of noise, train-size" in (
+        capsys.readouterr().err
+    )
     for name in studies.STUDIES:
         studies.add_arguments(argparse.ArgumentParser(), name)
     with pytest.raises(ValueError, match="unknown study 'speed'"):
