@@ -306,7 +306,9 @@ def _without_cli_options(args: argparse.Namespace) -> argparse.Namespace:
 def _train(args: argparse.Namespace) -> None:
     module = _recipe(args)
     best = module.train(_without_cli_options(args))
-    print(f"Best model: {best}\nNext: kseg evaluate {args.output_dir} --split test")
+    # a run trained with --test-fold none has no test fold to score
+    split = "test" if getattr(args, "test_fold", 0) is not None else "validation"
+    print(f"Best model: {best}\nNext: kseg evaluate {args.output_dir} --split {split}")
 
 
 def _tune(args: argparse.Namespace) -> None:

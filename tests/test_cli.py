@@ -159,6 +159,21 @@ def run_with_config(folder):
     return folder
 
 
+def test_evaluating_the_test_fold_of_a_run_without_one_is_one_line(tmp_path):
+    run = run_with_config(tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["arguments"] = {"folds": 3, "test_fold": None, "validation_fold": 1}
+    (run / "config.json").write_text(json.dumps(config))
+    result = kseg_command("evaluate", run, "--split", "test", cwd=tmp_path, importtime=True)
+    assert result.returncode == 1
+    assert messages(result.stderr) == [
+        f"kseg: error: {run}: was trained with --test-fold none: every fold but the validation "
+        "one trained, so it has no test fold to evaluate; use --split validation, or --input "
+        "DIR with other labeled cases"
+    ]
+    assert not TENSORFLOW_STACK & imported_modules(result.stderr)
+
+
 @pytest.mark.parametrize(
     ("command", "state", "message"),
     [

@@ -115,6 +115,60 @@ def test_xray_dropout_option(tmp_path, capsys):
     assert "--dropout must be in [0, 1), got 1.0" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", RECIPES)
+def test_test_fold_none_trains_on_every_fold_but_the_validation_one(name, tmp_path, capsys):
+    recipe = load(name)
+    base = ["--output-dir", str(tmp_path / "run")]
+    extra = {"challenge_test": "challenge_test"} if name == "lctsc_lungs" else {}
+    args = recipe.parse_args([*base, "--folds", "4", "--test-fold", "none"])
+    assert args.test_fold is None and not _common.has_test_fold(args)
+    assert recipe.splits(args) == {"train": "fold0+fold2+fold3", "validation": "fold1", **extra}
+    args = recipe.parse_args([*base, "--folds", "2", "--test-fold", "None",
+                              "--validation-fold", "0"])  # two folds are enough then
+    assert recipe.splits(args) == {"train": "fold1", "validation": "fold0", **extra}
+    args = recipe.parse_args([*base, "--folds", "4", "--test-fold", "3", "--validation-fold",
+                              "0"])
+    assert recipe.splits(args) == {"train": "fold1+fold2", "validation": "fold0",
+                                   "test": "fold3", **extra}
+    for argv, message in [
+        (["--test-fold", "last"], "argument --test-fold: expected a fold number or none, got "
+                                  "'last'"),
+        (["--folds", "2"], "--folds must be at least 3 (a test, a validation and a training "
+                           "fold), got 2"),
+        (["--folds", "1", "--test-fold", "none"], "--folds must be at least 2 (a validation "
+                                                  "and a training fold), got 1"),
+        (["--test-fold", "none", "--validation-fold", "5"],
+         "--validation-fold must be in 0..4 with --folds 5, got 5"),
+        (["--test-fold", "1"], "--test-fold and --validation-fold must differ, both are 1"),
+    ]:
+        with pytest.raises(SystemExit) as stopped:
+            recipe.parse_args([*base, *argv])
+        assert stopped.value.code == 2
+        assert message in capsys.readouterr().err
+    args = recipe.parse_args([*base, "--test-fold", "none"])
+    with pytest.raises(LayoutError, match="was trained with --test-fold none"):
+        recipe.evaluate(args, split="test")
+    # a config.json from before --test-fold: fold 0 tested, fold 1 validated
+    old = argparse.Namespace(folds=3, output_dir=tmp_path / "run")
+    assert _common.fold_splits(old) == {"train": "fold2", "validation": "fold1",
+                                        "test": "fold0"}
+
+
+@pytest.mark.slow
+def test_main_without_a_test_fold_skips_the_test_table(tmp_path, capsys):
+    run = tmp_path / "run"
+    table = load("xray_multiclass").main(["--output-dir", str(run), *TINY_XRAY,
+                                          "--test-fold", "none", "--validation-fold", "2"])
+    out = capsys.readouterr().out
+    assert table is None
+    assert "No test evaluation: --test-fold none trained on every fold but the validation " \
+           "fold 2." in out
+    # nine images in three folds: folds 0 and 1 train
+    assert "6 training patients; splits {'train': 'fold0+fold1', 'validation': 'fold2'}" in out
+    assert (run / "best.keras").is_file() and not (run / "evaluation").exists()
+    assert json.loads((run / "config.json").read_text())["arguments"]["test_fold"] is None
+
+
 def write_xray(folder):
     from kseg.phantoms import xray
 

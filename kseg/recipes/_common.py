@@ -16,17 +16,87 @@ import pathlib
 import sys
 import time
 
-# kseg.data.splits.split_names needs a test fold, a validation fold and a training fold.
+# kseg.data.splits.split_names needs a test fold, a validation fold and a training fold;
+# without a test fold (--test-fold none) one fewer.
 MIN_FOLDS = 3
 DEFAULT_FOLDS = 5
 
 
 def add_folds_argument(parser: argparse.ArgumentParser) -> None:
+    """``--folds``, ``--test-fold K|none`` and ``--validation-fold K``."""
     parser.add_argument(
         "--folds", type=int, default=DEFAULT_FOLDS,
-        help=f"patient-level folds the dataset is split into (at least {MIN_FOLDS}, at most "
-             "the number of patients; default %(default)s)",
+        help=f"patient-level folds the dataset is split into (at least {MIN_FOLDS}, "
+             f"{MIN_FOLDS - 1} with --test-fold none; at most the number of patients; "
+             "default %(default)s)",
     )
+    parser.add_argument(
+        "--test-fold", type=fold_or_none, default=0, metavar="K|none",
+        help="fold held out for the test table (default %(default)s); none: no test fold, "
+             "every fold but the validation one trains (a final model on all patients; "
+             "evaluate it on other data with --input)",
+    )
+    parser.add_argument(
+        "--validation-fold", type=int, default=1, metavar="K",
+        help="fold that chooses the best model (default %(default)s)",
+    )
+
+
+def fold_or_none(text: str) -> int | None:
+    """A ``--test-fold`` value: a fold number, or ``none`` for no test fold."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fold number or none, got {text!r}"
+        ) from None
+
+
+def has_test_fold(args) -> bool:
+    """Whether the run holds a test fold out (runs recorded before ``--test-fold`` did:
+    fold 0)."""
+    return getattr(args, "test_fold", 0) is not None
+
+
+def fold_splits(args) -> dict:
+    """``{"train": ..., "validation": ..., "test": ...}``, the TFDS split of each role
+    (:func:`kseg.data.splits.split_names`); without a test fold, no ``"test"`` and every
+    fold but the validation one trains. Runs recorded before ``--test-fold`` and
+    ``--validation-fold`` existed used folds 0 and 1."""
+    from kseg.data.splits import fold_names, split_names
+
+    validation_fold = getattr(args, "validation_fold", 1)
+    if has_test_fold(args):
+        return split_names(
+            args.folds, test_fold=getattr(args, "test_fold", 0), validation_fold=validation_fold
+        )
+    names = fold_names(args.folds)
+    return {
+        "train": "+".join(name for fold, name in enumerate(names) if fold != validation_fold),
+        "validation": names[validation_fold],
+    }
+
+
+def check_split(args, split: str) -> None:
+    """A kseg error (before TensorFlow loads) for ``split="test"`` on a run trained with
+    ``--test-fold none``."""
+    if split == "test" and not has_test_fold(args):
+        from kseg.errors import LayoutError
+
+        raise LayoutError(
+            args.output_dir, "was trained with --test-fold none: every fold but the "
+            "validation one trained, so it has no test fold to evaluate; use --split "
+            "validation, or --input DIR with other labeled cases",
+        )  # fmt: skip
+
+
+def skipping_test_evaluation(args) -> None:
+    """What ``main`` says instead of a test table for a run without a test fold."""
+    print(f"\nNo test evaluation: --test-fold none trained on every fold but the validation "
+          f"fold {args.validation_fold}. Score other labeled cases with: kseg evaluate "
+          f"{args.output_dir} --input DIR", flush=True)
 
 
 def check_folds(
@@ -35,7 +105,7 @@ def check_folds(
     patients: int | None,
     source: str,
     *,
-    test_fold: int = 0,
+    test_fold: int | None = 0,
     validation_fold: int = 1,
 ) -> None:
     """Exit with one clear line (argparse's usage error, exit code 2) when ``folds`` cannot
@@ -47,19 +117,22 @@ def check_folds(
         patients: how many patients the data holds, or ``None`` when the folder does not
             have the expected layout yet (the dataset builder then says what is missing).
         source: where the patients are, for the message (a folder or the phantom option).
-        test_fold, validation_fold: the folds the example tests and validates on.
+        test_fold, validation_fold: the folds the example tests and validates on
+            (``test_fold=None``: no test fold).
     """
-    if folds < MIN_FOLDS:
-        parser.error(f"--folds must be at least {MIN_FOLDS} (a test, a validation and a "
-                     f"training fold), got {folds}")
+    minimum = MIN_FOLDS if test_fold is not None else MIN_FOLDS - 1
+    if folds < minimum:
+        roles = ("a test, a validation and a training fold" if test_fold is not None
+                 else "a validation and a training fold")
+        parser.error(f"--folds must be at least {minimum} ({roles}), got {folds}")
     for option, fold in (("--test-fold", test_fold), ("--validation-fold", validation_fold)):
-        if not 0 <= fold < folds:
+        if fold is not None and not 0 <= fold < folds:
             parser.error(f"{option} must be in 0..{folds - 1} with --folds {folds}, got {fold}")
     if test_fold == validation_fold:
         parser.error(f"--test-fold and --validation-fold must differ, both are {test_fold}")
     if patients is not None and patients < folds:
-        advice = (f"use --folds {patients} or fewer" if patients >= MIN_FOLDS
-                  else f"the examples need at least {MIN_FOLDS} patients")
+        advice = (f"use --folds {patients} or fewer" if patients >= minimum
+                  else f"the examples need at least {minimum} patients")
         parser.error(f"--folds {folds} needs at least {folds} patients; {source} holds "
                      f"{patients}: {advice}")
 

@@ -79,7 +79,14 @@ def finish_arguments(parser, args) -> None:
         None if args.data_dir else args.phantom_patients,
         "--phantom-patients",
     )
-    _common.check_folds(parser, args.folds, patients, source)
+    _common.check_folds(
+        parser,
+        args.folds,
+        patients,
+        source,
+        test_fold=args.test_fold,
+        validation_fold=args.validation_fold,
+    )
 
 
 def parse_args(argv=None):
@@ -120,10 +127,9 @@ def prepare(args):
 
 
 def splits(args) -> dict:
-    """``{"train": ..., "validation": ..., "test": ...}``: the TFDS split of each role."""
-    from kseg.data.splits import split_names
-
-    return split_names(args.folds, test_fold=0, validation_fold=1)
+    """``{"train": ..., "validation": ..., "test": ...}``: the TFDS split of each role
+    (no ``"test"`` with ``--test-fold none``)."""
+    return _common.fold_splits(args)
 
 
 def _image_size(args) -> tuple[int, int]:
@@ -270,6 +276,8 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     post-processing recorded in ``config.json``: on ``split`` (``"test"`` or
     ``"validation"``) or on every patient of ``input_dir`` (a folder in the CHAOS layout).
     Writes ``RUN/evaluation/<name>/scores.csv`` and ``cases/<patient>.npz``."""
+    if input_dir is None:
+        _common.check_split(args, split)  # before TensorFlow loads
     import kseg
     from kseg.inference import keep_largest_component
     from kseg.recipes import _evaluation, run_config
@@ -356,12 +364,18 @@ def _main(argv=None):
     args = parse_args(argv)
     clock = _common.RunClock()
     best_path, fit_seconds = _train(args)
-    table = evaluate(args, split="test")
-    print(f"\nSaved {best_path} and {pathlib.Path(args.output_dir) / 'evaluation' / 'test'}")
+    if _common.has_test_fold(args):
+        table = evaluate(args, split="test")
+        print(f"\nSaved {best_path} and {pathlib.Path(args.output_dir) / 'evaluation' / 'test'}")
+    else:
+        table = None
+        _common.skipping_test_evaluation(args)
+        print(f"\nSaved {best_path}")
     print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
     return table
 
 
 def main(argv=None):
-    """The example: prepare, train, evaluate on the test fold; returns the test table."""
+    """The example: prepare, train, evaluate on the test fold; returns the test table
+    (``None`` with ``--test-fold none``)."""
     return _common.run(lambda: _main(argv))

@@ -111,7 +111,14 @@ def finish_arguments(parser, args) -> None:
         None if args.data_dir else args.phantom_patients,
         "--phantom-patients",
     )
-    _common.check_folds(parser, args.folds, patients, source)
+    _common.check_folds(
+        parser,
+        args.folds,
+        patients,
+        source,
+        test_fold=args.test_fold,
+        validation_fold=args.validation_fold,
+    )
 
 
 def parse_args(argv=None):
@@ -177,14 +184,11 @@ def _scored_labels(num_classes: int, labels: dict) -> dict | None:
 
 def splits(args) -> dict:
     """``{"train": ..., "validation": ..., "test": ..., "challenge_test": ...}``: the TFDS
-    split of each role (``challenge_test``: the challenge's own test patients)."""
-    from kseg.data.splits import split_names
+    split of each role (``challenge_test``: the challenge's own test patients; no ``"test"``
+    with ``--test-fold none``)."""
     from tfds_builders.lctsc.lctsc_dataset_builder import CHALLENGE_TEST_SPLIT
 
-    return {
-        **split_names(args.folds, test_fold=0, validation_fold=1),
-        "challenge_test": CHALLENGE_TEST_SPLIT,
-    }
+    return {**_common.fold_splits(args), "challenge_test": CHALLENGE_TEST_SPLIT}
 
 
 def _image_size(args) -> tuple[int, int]:
@@ -304,6 +308,8 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     (``"test"`` = fold0, ``"validation"``, ``"challenge_test"``) or on every patient of
     ``input_dir`` (a folder in the layout of ``--config``). Writes
     ``RUN/evaluation/<name>/scores.csv`` and ``cases/<patient>.npz``."""
+    if input_dir is None:
+        _common.check_split(args, split)  # before TensorFlow loads
     import kseg
     from kseg.errors import LayoutError
     from kseg.recipes import _evaluation
@@ -394,12 +400,16 @@ def _main(argv=None):
     builder = prepare(args)
     run_splits = splits(args)
     # the internal test fold, and the challenge's own test patients when the data has them
-    evaluated = ["test"] + (
+    evaluated = (["test"] if _common.has_test_fold(args) else []) + (
         ["challenge_test"] if run_splits["challenge_test"] in builder.info.splits else []
     )
+    if not _common.has_test_fold(args):
+        _common.skipping_test_evaluation(args)
     tables = {run_splits[split]: evaluate(args, split=split) for split in evaluated}
     num_classes, labels = _classes(builder)
-    print("\nMean Dice per test split (the internal fold against the challenge's partition):")
+    if tables:
+        print("\nMean Dice per test split (the internal fold against the challenge's "
+              "partition):")
     for split, table in tables.items():
         columns = (
             ["dice"]
@@ -416,6 +426,6 @@ def _main(argv=None):
 
 
 def main(argv=None):
-    """The example: prepare, train, evaluate on fold0 and the challenge's test patients;
-    returns ``{split: table}``."""
+    """The example: prepare, train, evaluate on the test fold and the challenge's test
+    patients; returns ``{split: table}`` (without the test fold with ``--test-fold none``)."""
     return _common.run(lambda: _main(argv))

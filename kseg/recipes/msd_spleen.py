@@ -51,8 +51,6 @@ def add_arguments(parser) -> None:
     )
     _common.add_tfds_dir_argument(parser)
     _common.add_folds_argument(parser)
-    parser.add_argument("--test-fold", type=int, default=0)
-    parser.add_argument("--validation-fold", type=int, default=1)
     parser.add_argument("--patch-size", type=int, help="cubic training patch side (voxels)")
     parser.add_argument(
         "--positive-fraction",
@@ -182,9 +180,9 @@ def prepare(args):
 
 
 def splits(args) -> dict:
-    from kseg.data.splits import split_names
-
-    return split_names(args.folds, test_fold=args.test_fold, validation_fold=args.validation_fold)
+    """``{"train": ..., "validation": ..., "test": ...}``: the TFDS split of each role
+    (no ``"test"`` with ``--test-fold none``)."""
+    return _common.fold_splits(args)
 
 
 def build_augmenter(kind: str, seed: int):
@@ -383,6 +381,8 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     labelled case of ``input_dir`` (a folder in the Task09 layout). Writes
     ``RUN/evaluation/<name>/scores.csv``, ``cases/<patient>.npz`` and the predicted label
     maps as ``predictions/<patient>.nii.gz``."""
+    if input_dir is None:
+        _common.check_split(args, split)  # before TensorFlow loads
     import kseg
     from kseg.data.pipeline import WINDOWS, window
     from kseg.evaluation import evaluate_on_original_grid
@@ -486,12 +486,17 @@ def _main(argv=None):
     args = parse_args(argv)
     clock = _common.RunClock()
     _, fit_seconds = _train(args)
-    table = evaluate(args, split="test")
+    if _common.has_test_fold(args):
+        table = evaluate(args, split="test")
+    else:
+        table = None
+        _common.skipping_test_evaluation(args)
     print(f"\nOutputs in {args.output_dir}")
     print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
     return table
 
 
 def main(argv=None):
-    """The example: prepare, train, evaluate on the test fold; returns the test table."""
+    """The example: prepare, train, evaluate on the test fold; returns the test table
+    (``None`` with ``--test-fold none``)."""
     return _common.run(lambda: _main(argv))

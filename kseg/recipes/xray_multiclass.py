@@ -63,8 +63,6 @@ def add_arguments(parser) -> None:
     )
     _common.add_tfds_dir_argument(parser)
     _common.add_folds_argument(parser)
-    parser.add_argument("--test-fold", type=int, default=0)
-    parser.add_argument("--validation-fold", type=int, default=1)
     parser.add_argument(
         "--max-train", type=int, help="train on this many patients (nested: 5 within 10 within ...)"
     )
@@ -191,10 +189,9 @@ def _scored_labels(num_classes: int, labels: dict) -> dict | None:
 
 
 def splits(args) -> dict:
-    """``{"train": ..., "validation": ..., "test": ...}``: the TFDS split of each role."""
-    from kseg.data.splits import split_names
-
-    return split_names(args.folds, test_fold=args.test_fold, validation_fold=args.validation_fold)
+    """``{"train": ..., "validation": ..., "test": ...}``: the TFDS split of each role
+    (no ``"test"`` with ``--test-fold none``)."""
+    return _common.fold_splits(args)
 
 
 def batches(builder, split, args, num_classes, *, patients=None, augment=None):
@@ -349,6 +346,8 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     ``split`` (``"test"`` or ``"validation"``) or on every image of ``input_dir`` (a folder
     in the layout of the run's config). Writes ``RUN/evaluation/<name>/scores.csv`` and
     ``cases/<image>.npz`` (one slice, spacing 1 pixel)."""
+    if input_dir is None:
+        _common.check_split(args, split)  # before TensorFlow loads
     import kseg
     from kseg.recipes import _evaluation
     from tfds_builders.xray import Builder
@@ -423,12 +422,17 @@ def _main(argv=None):
     args = parse_args(argv)
     clock = _common.RunClock()
     _, fit_seconds = _train(args)
-    table = evaluate(args, split="test")
+    if _common.has_test_fold(args):
+        table = evaluate(args, split="test")
+    else:
+        table = None
+        _common.skipping_test_evaluation(args)
     print(f"\nOutputs in {args.output_dir}")
     print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
     return table
 
 
 def main(argv=None):
-    """The example: prepare, train, evaluate on the test fold; returns the test table."""
+    """The example: prepare, train, evaluate on the test fold; returns the test table
+    (``None`` with ``--test-fold none``)."""
     return _common.run(lambda: _main(argv))
