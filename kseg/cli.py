@@ -8,6 +8,7 @@
     kseg predict RUN --input PATH --output DIR --format nifti|dicom-seg|png|rtstruct
     kseg tune RECIPE --strategy random|bayesian|hyperband|grid|staged --max-trials N [options]
     kseg report RUN [--output FILE]
+    kseg study NAME RUN|RECIPE [study options] [recipe options]
 
 ``RUN`` is the folder a ``kseg train`` run writes (its ``--output-dir``): ``config.json``
 says which recipe trained it with which options, so ``evaluate``, ``predict`` and
@@ -53,7 +54,12 @@ def main(argv=None) -> int:
     """Run the ``kseg`` command line ``argv`` (default ``sys.argv[1:]``); returns the exit
     status (0, or 1 after a kseg error; usage errors exit with 2 from argparse)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Options no parser knows are a study's recipe options (kseg study NAME RECIPE ...);
+    # after any other command they are argparse's usual usage error.
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "study":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.recipe_arguments = unknown
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
@@ -116,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                          _TUNE_DESCRIPTION), tuning=True, debug=debug)
     _add_report(command("report", _report, "write a run's self-contained HTML report",
                         _REPORT_DESCRIPTION))
+    _add_studies(command("study", _study, "how a model holds up: noise, training size, "
+                         "losses, uncertainty ...", _STUDY_DESCRIPTION), debug=debug)
     return parser
 
 
@@ -411,6 +419,91 @@ def _report(args: argparse.Namespace) -> None:
     from kseg.report import write_report
 
     print(f"Wrote {write_report(run, args.output)}")
+
+
+# --- study: kseg.studies on a run folder or a recipe -------------------------------------
+
+_STUDY_DESCRIPTION = """\
+Run study NAME (kseg.studies) on the data of a 2D recipe: on a trained run folder RUN
+(config.json names its recipe and options), or on RECIPE followed by that recipe's options
+(a recipe without a trained model is trained first where the study needs one). Writes
+RUN/studies/NAME/table.csv (one row per patient and setting), table.txt and figure.png.
+`kseg study NAME --help` lists the study's options."""
+
+# One line per study for `kseg study --help` (kseg.studies' module docstring has the detail).
+_STUDY_SUMMARIES = {
+    "noise": "per-patient Dice of a trained run under Gaussian image noise",
+    "train-size": "one model per number of training patients (nested subsets)",
+    "augment": "the recipe's augmentation on vs off",
+    "losses": "one model per loss: BCE, Dice, IoU, Combo, TopK, Dice+CE",
+    "uncertainty": "MC dropout and test-time augmentation: calibration, error detection",
+    "ensemble": "members vs mean, fitted weights and majority vote",
+    "consistency": "few labels plus unlabeled patients: supervised vs mean teacher vs FixMatch",
+}
+
+
+class _StudyParser(argparse.ArgumentParser):
+    """A study's parser that adds the study's options (:func:`kseg.studies.add_arguments`)
+    when it first parses. No abbreviations: a recipe option (``--seed``) must not be read
+    as a study option it begins (``--seeds``); it goes to the recipe."""
+
+    def __init__(self, *args, study: str, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+        self.study = study
+        self._filled = False
+        self.set_defaults(study_parser=self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        if not self._filled:
+            self._filled = True
+            from kseg import studies
+
+            studies.add_arguments(self, self.study)
+        return super().parse_known_args(args, namespace)
+
+
+def _add_studies(parser: argparse.ArgumentParser, *, debug) -> None:
+    from kseg import studies  # standard library only at import time
+
+    sub = parser.add_subparsers(dest="study", title="studies", metavar="NAME",
+                                parser_class=_StudyParser, required=True)
+    for name in studies.STUDIES:
+        summary = _STUDY_SUMMARIES.get(name, f"the {name} study")
+        sub.add_parser(name, parents=[debug], help=summary,
+                       description=f"The {name} study: {summary}. {_STUDY_SOURCE}",
+                       study=name)
+
+
+_STUDY_SOURCE = ("The source is a run folder written by kseg train, or a recipe name followed by "
+                 "that recipe's options (`kseg train RECIPE --help` lists them).")
+
+
+def _study(args: argparse.Namespace) -> None:
+    from kseg import recipes, studies
+
+    source = str(args.source)
+    if source in recipes.RECIPES:
+        # the recipe's own checks and usage errors, named as this command, before TensorFlow
+        recipe = recipes.load(source)
+        recipe_parser = argparse.ArgumentParser(
+            prog=f"kseg study {args.study} {source}", description=recipe.DESCRIPTION)
+        recipe.add_arguments(recipe_parser)
+        recipe.finish_arguments(recipe_parser, recipe_parser.parse_args(args.recipe_arguments))
+    else:
+        if args.recipe_arguments:
+            args.study_parser.error("unrecognized arguments after a run folder: "
+                                    f"{' '.join(args.recipe_arguments)} (recipe options follow "
+                                    "a recipe name)")
+        path = pathlib.Path(source)
+        if not path.exists():
+            raise LayoutError(path, "no such run folder, and not a recipe name; expected the "
+                                    "--output-dir of a `kseg train` run or one of "
+                                    f"{', '.join(recipes.RECIPES)}")
+        run_folder(path)
+    cli_only = ("command", "handler", "command_parser", "study", "study_parser", "debug")
+    study_args = argparse.Namespace(**{name: value for name, value in vars(args).items()
+                                       if name not in cli_only})
+    studies.run_study(args.study, study_args)
 
 
 def _usage_error(args: argparse.Namespace, message: str) -> None:

@@ -24,6 +24,7 @@ import tfds_builders
 from kseg.data.splits import assign_folds
 from kseg.phantoms import xray
 from kseg.recipes import RECIPES
+from kseg.studies import STUDIES
 
 TENSORFLOW_STACK = {"tensorflow", "keras"}
 RUN_COMMANDS = ("evaluate", "predict", "report")
@@ -92,8 +93,57 @@ def test_recipe_help_answers_without_importing_tensorflow(command, recipe, tmp_p
 
 def test_top_level_help_lists_every_command(tmp_path):
     result = kseg_command("--help", cwd=tmp_path)
-    for command in ("prepare", "train", "tune", *RUN_COMMANDS):
+    for command in ("prepare", "train", "tune", *RUN_COMMANDS, "study"):
         assert f"\n    {command} " in result.stdout
+
+
+@pytest.mark.parametrize("study", [None, *STUDIES])
+def test_study_help_answers_without_importing_tensorflow(study, tmp_path):
+    words = ("study",) if study is None else ("study", study)
+    result = kseg_command(*words, "--help", cwd=tmp_path, importtime=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"usage: kseg {' '.join(words)} ")
+    assert not {*TENSORFLOW_STACK, "tensorflow_datasets"} & imported_modules(result.stderr)
+    if study is None:  # every study, one line each
+        assert all(f"\n    {name}" in result.stdout for name in STUDIES)
+    else:  # the study's own options (kseg.studies.add_arguments)
+        assert "--split" in result.stdout and "source" in result.stdout
+
+
+def test_study_source_errors(tmp_path):
+    missing = tmp_path / "no_such_run"
+    result = kseg_command("study", "noise", missing, cwd=tmp_path, importtime=True)
+    assert result.returncode == 1
+    assert messages(result.stderr) == [
+        f"kseg: error: {missing}: no such run folder, and not a recipe name; expected the "
+        "--output-dir of a `kseg train` run or one of " + ", ".join(RECIPES)
+    ]
+    assert not TENSORFLOW_STACK & imported_modules(result.stderr)
+    run = run_with_config(tmp_path / "run")
+    result = kseg_command("study", "noise", run, "--epochs", "1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "kseg study noise: error: unrecognized arguments after a run folder: --epochs 1 "
+        "(recipe options follow a recipe name)")
+    # the recipe's own checks, before anything is written
+    result = kseg_command("study", "losses", "xray_multiclass", "--output-dir", tmp_path / "x",
+                          "--epochs", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "kseg study losses xray_multiclass: error: --epochs must be at least 1, got 0")
+    assert not (tmp_path / "x").exists()
+    # other commands still refuse options they do not know
+    result = kseg_command("report", run, "--epochs", "1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "kseg: error: unrecognized arguments: --epochs 1"
+
+
+def test_study_options_are_not_abbreviations_of_recipe_options():
+    from kseg.cli import build_parser
+
+    args, rest = build_parser().parse_known_args(
+        ["study", "augment", "xray_multiclass", "--seed", "3", "--seeds", "1", "2"])
+    assert args.seeds == [1, 2] and rest == ["--seed", "3"]  # --seed is the recipe's
 
 
 def test_version_is_the_package_version(tmp_path):
@@ -414,3 +464,29 @@ def test_train_evaluate_report_on_a_phantom(tmp_path):
     html = (run / "report.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html")
     assert all(patient in html for patient in scored)
+
+
+@pytest.mark.slow
+def test_study_runs_on_a_recipe(tmp_path):
+    """``kseg study losses RECIPE [recipe options]``, the cheapest study: one model, one
+    step, scored on the test fold the fold assignment deals from the phantom."""
+    run, images, folds = tmp_path / "run", 9, 3
+    result = kseg_command(
+        "study", "losses", "xray_multiclass", "--losses", "dice", "--steps", 1,
+        "--output-dir", run, "--folds", folds, "--phantom-images", images,
+        "--phantom-size", 32, "--image-size", 32, "--batch-size", 4, "--base-filters", 4,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = run / "studies" / "losses"
+    assert {path.name for path in folder.iterdir()} == {"table.csv", "table.txt", "figure.png"}
+    with open(folder / "table.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    stems = [xray.generic_stem(index) for index in range(images)]
+    test_fold = [stem for stem, fold in assign_folds(stems, folds, seed=0).items() if fold == 0]
+    assert sorted(pathlib.PurePath(row["patient_id"]).stem for row in rows) == sorted(test_fold)
+    for row in rows:
+        assert (row["loss"], row["seed"]) == ("dice", "0")
+        per_class = [float(row[f"dice_{name}"]) for name in ("lungs", "heart", "clavicles")]
+        assert all(0 <= value <= 1 for value in per_class)
+        assert float(row["dice_mean"]) == pytest.approx(np.mean(per_class))
