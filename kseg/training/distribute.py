@@ -32,8 +32,9 @@ Multi-worker commands (two processes on one machine; use host names on a cluster
 
 Worker 0 is the chief. Every worker must see the run folder (a shared file system or a
 ``gs://`` bucket): only the chief writes it, and on a restart every worker restores the
-chief's backup. After a worker dies, the others stop at their next all-reduce; start all of
-them again with the same command and the run resumes from the last finished epoch.
+chief's backup. After a worker dies, the others fail at their next all-reduce (TensorFlow
+aborts it: "Collective ops is aborted"); start all of them again with the same commands
+and the run resumes from the last finished epoch.
 
 Reference:
     Goyal P, Dollar P, Girshick R, Noordhuis P, Wesolowski L, Kyrola A, Tulloch A, Jia Y,
