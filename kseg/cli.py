@@ -57,9 +57,10 @@ def main(argv=None) -> int:
     # Options no parser knows are a study's recipe options (kseg study NAME RECIPE ...);
     # after any other command they are argparse's usual usage error.
     args, unknown = parser.parse_known_args(argv)
-    if unknown and args.command != "study":
+    if args.command == "study":
+        args.recipe_arguments = unknown
+    elif unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.recipe_arguments = unknown
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

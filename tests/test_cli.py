@@ -434,7 +434,8 @@ def test_train_evaluate_report_on_a_phantom(tmp_path):
     assert config["recipe"] == "xray_multiclass"
     assert config["arguments"]["epochs"] == 1
     assert config["arguments"]["output_dir"] == str(run)
-    assert not {"command", "handler", "recipe_parser", "debug"} & set(config["arguments"])
+    assert not {"command", "handler", "recipe_parser", "debug", "recipe_arguments"} & set(
+        config["arguments"])
 
     evaluate = kseg_command("evaluate", run, "--split", "test", cwd=tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
