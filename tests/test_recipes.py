@@ -241,6 +241,7 @@ def test_tuning_options_are_parsed_and_checked(tmp_path, capsys):
         (["--strategy", "hyperband", "--max-trials", "2"], "--max-trials does not apply"),
         (["--max-trials", "0"], "--max-trials must be at least 1, got 0"),
         (["--stages", "loss=dice"], "--stages applies to --strategy staged only"),
+        (["--mlflow"], "--mlflow applies to training runs"),
     ]:
         with pytest.raises(SystemExit) as stopped:
             finish(parser, argv, tmp_path)

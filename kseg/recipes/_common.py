@@ -249,6 +249,9 @@ def check_tracking_arguments(parser: argparse.ArgumentParser, args: argparse.Nam
     uri = getattr(args, "mlflow_uri", None)
     if uri is not None and not getattr(args, "mlflow", False):
         parser.error("--mlflow-uri applies with --mlflow only")
+    if getattr(args, "mlflow", False) and hasattr(args, "strategy"):  # a tuning command line
+        parser.error("--mlflow applies to training runs; a tuning search writes its trials "
+                     "to RUN/tuning/<strategy>/")
     if getattr(args, "mlflow", False) and importlib.util.find_spec("mlflow") is None:
         parser.error("--mlflow needs the mlflow package: pip install 'kseg[mlflow]' (or pip "
                      "install mlflow-skinny)")
