@@ -418,9 +418,9 @@ def _main(argv=None):
         )
         means = ", ".join(f"{column} {table.summary()[column]['mean']:.4f}" for column in columns)
         print(f"  {split:<15} {len(table)} patients: {means}")
-    print(
-        f"\nSaved {best_path} and the test tables in {pathlib.Path(args.output_dir) / 'evaluation'}"
-    )
+    tables_saved = (f" and the test tables in {pathlib.Path(args.output_dir) / 'evaluation'}"
+                    if tables else "")
+    print(f"\nSaved {best_path}{tables_saved}")
     print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
     return tables
 
