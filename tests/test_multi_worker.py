@@ -18,12 +18,13 @@ budget whose clock races on worker 1 stops nobody: the chief's clock decides for
 import json
 import os
 import pathlib
-import selectors
+import queue
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -181,8 +182,16 @@ class Child:
                 cwd=REPOSITORY,
             )
         self.messages = []
-        self._selector = selectors.DefaultSelector()
-        self._selector.register(self.process.stdout, selectors.EVENT_READ)
+        self._ended = False
+        self._lines = queue.Queue()
+        self._reader = threading.Thread(target=self._read_lines, daemon=True)
+        self._reader.start()
+
+    def _read_lines(self):
+        # a thread, not select() on the pipe: readline() buffers lines select() cannot see
+        for line in self.process.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
 
     def read_until(self, key, deadline):
         """Messages up to and including the first one with ``key``."""
@@ -193,10 +202,12 @@ class Child:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"{self.name}: no {key!r} in time; {self.describe()}")
-            if not self._selector.select(timeout=remaining):
+            try:
+                line = None if self._ended else self._lines.get(timeout=remaining)
+            except queue.Empty:
                 continue
-            line = self.process.stdout.readline()
-            if not line:
+            if line is None:
+                self._ended = True
                 self.process.wait(timeout=30)
                 raise AssertionError(
                     f"{self.name} ended (code {self.process.returncode}) before {key!r}; "
@@ -215,7 +226,7 @@ class Child:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
-        self._selector.close()
+        self._reader.join(timeout=30)
         self.process.stdout.close()
         if self.process.stdin:
             self.process.stdin.close()
