@@ -316,7 +316,7 @@ class VolumeValidation(keras.callbacks.Callback):
         Every worker scores the same volumes with the same weights; taking the chief's
         numbers makes sure the checkpoint, the learning-rate schedule and early stopping
         decide the same on all of them even where floating point differs."""
-        keys = sorted(logs)
+        keys = list(logs)  # the same order on every worker: the same code wrote them
         values = broadcast_from_chief([logs[key] for key in keys], strategy_of(self.model))
         return dict(zip(keys, values, strict=True))
 
