@@ -443,11 +443,17 @@ def _augmenter(data: StudyData, seed: int):
 
 def _batches(data: StudyData, patients, *, seed: int, augment: bool, images_only=False):
     """Endless shuffled training batches of ``patients`` (the recipe's pipeline)."""
+    import tensorflow_datasets as tfds
+
     from kseg.data.pipeline import keep_patients, segmentation_dataset
 
-    examples = keep_patients(
-        data.builder.as_dataset(split=data.splits["train"], shuffle_files=True), patients
-    )
+    # Unseeded, TFDS deals the training files in another order for each model of a process,
+    # so two settings of one study would see different batches from the same seed.
+    examples = data.builder.as_dataset(
+        split=data.splits["train"], shuffle_files=True,
+        read_config=tfds.ReadConfig(shuffle_seed=seed),
+    )  # fmt: skip
+    examples = keep_patients(examples, patients)
     batches = segmentation_dataset(
         examples, window=data.window, image_size=data.image_size, num_classes=data.num_classes,
         batch_size=data.args.batch_size, augment=_augmenter(data, seed) if augment else None,

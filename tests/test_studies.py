@@ -22,23 +22,9 @@ from PIL import Image
 from kseg import studies
 
 TINY_XRAY = [
-    "--epochs",
-    "1",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "4",
-    "--base-filters",
-    "8",
-    "--learning-rate",
-    "1e-2",
-    "--phantom-images",
-    "9",
-    "--phantom-size",
-    "32",
-    "--folds",
-    "3",
-]
+    "--epochs", "1", "--image-size", "32", "--batch-size", "4", "--base-filters", "8",
+    "--learning-rate", "1e-2", "--phantom-images", "9", "--phantom-size", "32", "--folds", "3",
+]  # fmt: skip
 TEST_IMAGES = 3  # 9 phantom images in 3 folds
 
 
@@ -243,6 +229,25 @@ def test_recipe_conventions_without_a_run_match_the_runs_config(run):
     ):
         assert getattr(from_recipe, field) == getattr(from_config, field), field
     assert from_config.labels == {"lungs": 1, "heart": 2, "clavicles": 3}
+
+
+def test_training_batches_are_the_same_for_a_seed_within_a_process(run):
+    from kseg.data.pipeline import split_patient_ids
+    from kseg.recipes import load
+
+    recipe = load("xray_multiclass")
+    four_folds = [*TINY_XRAY[:-1], "4", "--output-dir", str(run)]  # two training files
+    data = studies.study_data("xray_multiclass", recipe.parse_args(four_folds), None)
+    assert data.splits["train"].count("+") == 1
+    patients = split_patient_ids(data.builder, data.splits["train"])
+
+    def batches(seed):
+        stream = studies._batches(data, patients, seed=seed, augment=False, images_only=True)
+        return np.concatenate([batch.numpy() for batch in stream.take(4)])
+
+    first = batches(0)
+    for _ in range(5):  # unseeded, each call deals the two files in a random order
+        np.testing.assert_array_equal(batches(0), first)
 
 
 def test_bad_settings_are_refused_before_training(run):
