@@ -1,5 +1,6 @@
 """What the recipes share: the ``--folds`` option and its check, the tuning options, the
-TFDS build step, progress settings and the closing run-time line.
+``--strategy`` of a training run and its start (:func:`start_training`), the TFDS build
+step, progress settings and the closing run-time line.
 
 Standard library only at import time: the recipes import this before parsing their
 arguments, and ``--help`` or a bad argument must answer before TensorFlow loads (tens of
@@ -259,11 +260,14 @@ def check_tracking_arguments(parser: argparse.ArgumentParser, args: argparse.Nam
         args.mlflow_uri = os.path.abspath(uri)
 
 
-def tracking_callbacks(run_dir, args) -> list:
+def tracking_callbacks(run_dir, args, *, chief: bool = True) -> list:
     """TensorBoard logging of every epoch, and MLflow logging with ``--mlflow``
-    (:func:`kseg.tracking.tracking_callbacks`); after the training callbacks in ``fit``."""
+    (:func:`kseg.tracking.tracking_callbacks`); after the training callbacks in ``fit``.
+    None on a worker that is not the chief: only the chief writes the run folder."""
     from kseg import tracking
 
+    if not chief:
+        return []
     return tracking.tracking_callbacks(
         run_dir, mlflow=getattr(args, "mlflow", False),
         tracking_uri=getattr(args, "mlflow_uri", None),
@@ -317,10 +321,103 @@ def prepare(builder, manual_dir) -> None:
     )
 
 
-def fit_verbosity() -> int:
+def fit_verbosity(chief: bool = True) -> int:
     """Keras ``verbose``: a live progress bar within each epoch on a terminal, one line per
-    epoch in a log file (a bar's redraws would fill it)."""
+    epoch in a log file (a bar's redraws would fill it); silent on a worker that is not the
+    chief (every worker trains the same steps: the chief's lines say it for all)."""
+    if not chief:
+        return 0
     return 1 if sys.stdout.isatty() else 2
+
+
+# kseg.training.distribute.STRATEGIES, spelled out: --help answers before TensorFlow loads.
+DISTRIBUTION_STRATEGIES = ("default", "mirrored", "multi-worker")
+
+
+def add_strategy_argument(parser: argparse.ArgumentParser) -> None:
+    """``--strategy default|mirrored|multi-worker`` of a training run, as
+    ``args.distribution`` (a tuning command line replaces it with the search's
+    ``--strategy``, ``args.strategy``: :func:`add_tuning_arguments`)."""
+    parser.add_argument(
+        "--strategy", dest="distribution", choices=DISTRIBUTION_STRATEGIES, default="default",
+        help="training on several devices (kseg.training.distribute): default (one device), "
+             "mirrored (every GPU of this machine), multi-worker (every worker of the "
+             "TF_CONFIG cluster; start the same command on each, worker 0 is the chief and "
+             "alone writes the run folder, which all of them must see). --batch-size is per "
+             "replica; the learning rate is scaled by the linear rule, --learning-rate x "
+             "replicas (default %(default)s)",
+    )  # fmt: skip
+
+
+def check_strategy_argument(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage error (exit 2) for ``--strategy multi-worker`` without ``TF_CONFIG``, before
+    TensorFlow loads."""
+    if getattr(args, "distribution", None) == "multi-worker" and not os.environ.get("TF_CONFIG"):
+        parser.error(
+            "--strategy multi-worker reads the cluster from the TF_CONFIG environment "
+            'variable, which is not set; e.g. TF_CONFIG=\'{"cluster": {"worker": '
+            '["host0:12345", "host1:12345"]}, "task": {"type": "worker", "index": 0}}\''
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingStart:
+    """What :func:`start_training` made: the ``tf.distribute`` strategy (build and compile
+    the model in ``strategy.scope()``), whether this process is the chief (the only one
+    that writes the run folder), the prepared TFDS builder, and the options the model and
+    its batches are built from: ``batch_size`` the global batch (``--batch-size`` per
+    replica x replicas) and ``learning_rate`` scaled by the same factor (Goyal et al.
+    2017's linear rule, :func:`kseg.training.distribute.scaled_learning_rate`); with one
+    replica they equal the command line's."""
+
+    strategy: object
+    chief: bool
+    builder: object
+    training_args: argparse.Namespace
+
+    def shard(self, dataset):
+        """``dataset`` (batched with the global batch) split among the workers:
+        :func:`kseg.training.distribute.shard` with ``AutoShardPolicy.DATA``."""
+        from kseg.training import distribute
+
+        return distribute.shard(dataset, self.strategy)
+
+
+def start_training(args, prepare) -> TrainingStart:
+    """Make ``--strategy``'s ``tf.distribute`` strategy, seed Keras, and prepare the data.
+
+    The strategy comes first: a multi-worker strategy must be made before any other
+    TensorFlow operation. Under it the chief writes the phantom and builds the TFDS dataset
+    (``prepare(args)``) while the other workers wait (:func:`kseg.training.distribute.barrier`)
+    and then read what it built; on one machine ``prepare`` simply runs. The chief alone
+    creates the run folder.
+    """
+    import keras
+
+    from kseg.training import distribute
+
+    # runs recorded before --strategy existed trained on one device
+    distribution = distribute.strategy(getattr(args, "distribution", "default"))
+    keras.utils.set_random_seed(args.seed)
+    chief = distribute.is_chief(distribution)
+    builder = None
+    if chief:
+        pathlib.Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        builder = prepare(args)
+    distribute.barrier(distribution)
+    if not chief:
+        builder = prepare(args)
+    global_batch = distribute.global_batch_size(args.batch_size, distribution)
+    training_args = argparse.Namespace(**vars(args))
+    training_args.batch_size = global_batch
+    training_args.learning_rate = distribute.scaled_learning_rate(
+        args.learning_rate, global_batch, args.batch_size
+    )
+    if global_batch != args.batch_size and chief:
+        print(f"--strategy {args.distribution}: {distribution.num_replicas_in_sync} replicas, "
+              f"global batch {global_batch}, learning rate {training_args.learning_rate:g}",
+              flush=True)
+    return TrainingStart(distribution, chief, builder, training_args)
 
 
 class RunClock:
@@ -356,7 +453,15 @@ TUNING_STRATEGIES = ("random", "bayesian", "hyperband", "grid", "staged")
 
 def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of a recipe's ``tune``: the search strategy, its budget and, for the
-    staged search, its stages. Epochs per trial are the recipe's ``--epochs``."""
+    staged search, its stages. Epochs per trial are the recipe's ``--epochs``.
+
+    Here ``--strategy`` names the Keras Tuner search and replaces the training run's
+    ``--strategy`` (:func:`add_strategy_argument`) that the recipe's options hold: a search
+    is spread over machines by Keras Tuner's own ``KERASTUNER_*`` variables, each worker
+    training its trials on one device."""
+    training_strategy = parser._option_string_actions.get("--strategy")
+    if training_strategy is not None:
+        parser._handle_conflict_resolve(None, [("--strategy", training_strategy)])
     parser.add_argument("--strategy", choices=TUNING_STRATEGIES, default="random",
                         help="Keras Tuner search (kseg.tuning.tuner); default %(default)s")
     parser.add_argument("--max-trials", type=int, default=None,

@@ -2,6 +2,11 @@
 a :class:`kseg.tuning.SegmentationHyperModel`, trials ranked by the whole-volume validation
 Dice that :class:`kseg.training.VolumeValidation` writes, its state and a ``results.json``
 in ``RUN/tuning/<strategy>/``. A search that was stopped continues when run again.
+
+A distributed search (Keras Tuner's ``KERASTUNER_*`` variables,
+:func:`kseg.tuning.distributed_role`) runs the same command in every process: the chief's
+oracle hands out the trials, the workers train them, and the chief alone writes
+``results.json``.
 """
 
 from __future__ import annotations
@@ -41,10 +46,11 @@ def run_search(
     steps_per_epoch=None,
 ) -> dict:
     """Run the search of ``args.strategy`` (``args.max_trials``, ``args.epochs`` per trial)
-    and write ``RUN/tuning/<strategy>/results.json``; returns its content."""
+    and write ``RUN/tuning/<strategy>/results.json``; returns its content (``None`` on a
+    worker of a distributed search: the chief ranks the trials and writes the results)."""
     import keras
 
-    from kseg.tuning import DEFAULT_OBJECTIVE, tuner
+    from kseg.tuning import DEFAULT_OBJECTIVE, distributed_role, tuner
 
     strategy = getattr(args, "strategy", "random")
     max_trials = getattr(args, "max_trials", None)
@@ -74,6 +80,9 @@ def run_search(
     if steps_per_epoch is not None:
         fit["steps_per_epoch"] = steps_per_epoch
     search.search(training, validation_data=validation_data, **fit)
+    if distributed_role() == "worker":
+        print("This worker's trials are done; the chief writes the results", flush=True)
+        return None
 
     trials = _trials(search)
     # val_volume_dice: higher is better; trials that failed (no score) are listed last

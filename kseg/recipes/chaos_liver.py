@@ -48,10 +48,11 @@ def add_arguments(parser) -> None:
         default=128,
         help="in-plane size the model trains at; scores use the original grid",
     )
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="slices per step and replica")
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    _common.add_strategy_argument(parser)
     parser.add_argument(
         "--postprocess",
         choices=("auto", *POSTPROCESSING_CHOICES),
@@ -69,6 +70,7 @@ def finish_arguments(parser, args) -> None:
     _common.check_arguments(parser, args)
     _common.check_tuning_arguments(parser, args)
     _common.check_tracking_arguments(parser, args)
+    _common.check_strategy_argument(parser, args)
     if args.output_dir is None:
         suffix = "" if args.data_dir else "_phantom"
         args.output_dir = pathlib.Path("kseg_runs") / f"chaos_liver{suffix}"
@@ -204,43 +206,47 @@ def _inference(args, postprocess: str) -> dict:
 
 
 def _train(args):
-    import keras
-
+    """Train under ``--strategy``; returns ``(RUN/best.keras, fit seconds, chief)``."""
     import kseg
     from kseg.recipes import run_config
     from kseg.training import training_callbacks
 
     run_dir = pathlib.Path(args.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
-    builder = prepare(args)
-    run_config.write_config(
-        run_dir, args, "chaos_liver", builder, LABELS, _inference(args, args.postprocess)
-    )
+    start = _common.start_training(args, prepare)
+    builder = start.builder
+    if start.chief:
+        run_config.write_config(
+            run_dir, args, "chaos_liver", builder, LABELS, _inference(args, args.postprocess)
+        )
     run_splits = splits(args)
-    training, validation_slices, validation = _training_data(args, builder, run_splits)
+    training, validation_slices, validation = _training_data(
+        start.training_args, builder, run_splits
+    )
     for name, split in run_splits.items():
         count = builder.info.splits[split].num_examples
         print(f"{name:>10}: {split:<18} {count} slices")
 
-    model = build_model(args, 1)
+    with start.strategy.scope():
+        model = build_model(start.training_args, 1)
     # whole-volume validation Dice drives the best checkpoint and the learning rate;
     # BackupAndRestore makes a crashed run resumable
-    callbacks = training_callbacks(run_dir, validation) + _common.tracking_callbacks(run_dir, args)
+    callbacks = training_callbacks(run_dir, validation) + _common.tracking_callbacks(
+        run_dir, args, chief=start.chief
+    )
     fit_started = time.perf_counter()
     model.fit(
-        training,
-        validation_data=validation_slices,
+        start.shard(training),
+        validation_data=start.shard(validation_slices),
         epochs=args.epochs,
         callbacks=callbacks,
-        verbose=_common.fit_verbosity(),
+        verbose=_common.fit_verbosity(start.chief),
     )
     fit_seconds = time.perf_counter() - fit_started
 
     best_path = run_dir / "best.keras"
-    if args.postprocess == "auto":
+    if args.postprocess == "auto" and start.chief:  # it rewrites config.json
         _choose_postprocessing(args, kseg.load_model(best_path), builder, run_splits)
-    return best_path, fit_seconds
+    return best_path, fit_seconds, start.chief
 
 
 def train(args) -> pathlib.Path:
@@ -321,7 +327,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     return table
 
 
-def tune(args) -> dict:
+def tune(args) -> dict | None:
     """Random / Bayesian / Hyperband / grid / staged search of the U-Net's width, loss and
     learning rate on the training folds, trials ranked by whole-volume validation Dice;
     results in ``RUN/tuning/<strategy>/``."""
@@ -363,7 +369,9 @@ def tune(args) -> dict:
 def _main(argv=None):
     args = parse_args(argv)
     clock = _common.RunClock()
-    best_path, fit_seconds = _train(args)
+    best_path, fit_seconds, chief = _train(args)
+    if not chief:  # the chief evaluates and reports for the cluster
+        return None
     if _common.has_test_fold(args):
         table = evaluate(args, split="test")
         print(f"\nSaved {best_path} and {pathlib.Path(args.output_dir) / 'evaluation' / 'test'}")

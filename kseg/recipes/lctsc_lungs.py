@@ -72,10 +72,11 @@ def add_arguments(parser) -> None:
         default=128,
         help="in-plane size the model trains at; scores use the original grid",
     )
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="slices per step and replica")
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    _common.add_strategy_argument(parser)
     _common.add_tracking_arguments(parser)
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
     phantom.add_argument(
@@ -98,6 +99,7 @@ def finish_arguments(parser, args) -> None:
     _common.check_arguments(parser, args)
     _common.check_tuning_arguments(parser, args)
     _common.check_tracking_arguments(parser, args)
+    _common.check_strategy_argument(parser, args)
     if args.image_size % 8:
         parser.error("--image-size must be a multiple of 8 (three 2x poolings)")
     if args.output_dir is None:
@@ -261,20 +263,20 @@ def _training_data(args, builder, splits, num_classes, labels):
 
 
 def _train(args):
-    import keras
-
+    """Train under ``--strategy``; returns ``(RUN/best.keras, fit seconds, chief)``."""
     from kseg.recipes import run_config
     from kseg.training import training_callbacks
 
     run_dir = pathlib.Path(args.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
-    builder = prepare(args)
+    start = _common.start_training(args, prepare)
+    builder = start.builder
     num_classes, labels = _classes(builder)
-    run_config.write_config(run_dir, args, "lctsc_lungs", builder, labels, {
-        "kind": "slices", "window": WINDOW, "image_size": list(_image_size(args)),
-        "num_classes": num_classes, "threshold": 0.5, "postprocess": "none", "modality": "CT",
-    })  # fmt: skip
+    if start.chief:
+        run_config.write_config(run_dir, args, "lctsc_lungs", builder, labels, {
+            "kind": "slices", "window": WINDOW, "image_size": list(_image_size(args)),
+            "num_classes": num_classes, "threshold": 0.5, "postprocess": "none",
+            "modality": "CT",
+        })  # fmt: skip
     run_splits = splits(args)
     for role, split in run_splits.items():
         if split in builder.info.splits:
@@ -282,19 +284,22 @@ def _train(args):
             print(f"{role:>14}: {split:<18} {count} slices")
     print(f"classes: {list(builder.info.metadata['class_names'])}")
     training, validation_slices, validation = _training_data(
-        args, builder, run_splits, num_classes, labels
+        start.training_args, builder, run_splits, num_classes, labels
     )
-    model = build_model(args, num_classes)
-    callbacks = training_callbacks(run_dir, validation) + _common.tracking_callbacks(run_dir, args)
+    with start.strategy.scope():
+        model = build_model(start.training_args, num_classes)
+    callbacks = training_callbacks(run_dir, validation) + _common.tracking_callbacks(
+        run_dir, args, chief=start.chief
+    )
     fit_started = time.perf_counter()
     model.fit(
-        training,
-        validation_data=validation_slices,
+        start.shard(training),
+        validation_data=start.shard(validation_slices),
         epochs=args.epochs,
         callbacks=callbacks,
-        verbose=_common.fit_verbosity(),
+        verbose=_common.fit_verbosity(start.chief),
     )
-    return run_dir / "best.keras", time.perf_counter() - fit_started
+    return run_dir / "best.keras", time.perf_counter() - fit_started, start.chief
 
 
 def train(args) -> pathlib.Path:
@@ -357,7 +362,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     return table
 
 
-def tune(args) -> dict:
+def tune(args) -> dict | None:
     """Random / Bayesian / Hyperband / grid / staged search of the U-Net's width, loss and
     learning rate on the training folds, trials ranked by whole-volume validation Dice;
     results in ``RUN/tuning/<strategy>/``."""
@@ -396,7 +401,9 @@ def tune(args) -> dict:
 def _main(argv=None):
     args = parse_args(argv)
     clock = _common.RunClock()
-    best_path, fit_seconds = _train(args)
+    best_path, fit_seconds, chief = _train(args)
+    if not chief:  # the chief evaluates and reports for the cluster
+        return None
     builder = prepare(args)
     run_splits = splits(args)
     # the internal test fold, and the challenge's own test patients when the data has them

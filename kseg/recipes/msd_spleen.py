@@ -67,7 +67,7 @@ def add_arguments(parser) -> None:
         "connected one, as nnU-Net's post-processing; the spleen is one "
         "organ, accessory spleens aside)",
     )
-    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=2, help="patches per step and replica")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--steps-per-epoch", type=int)
     parser.add_argument("--learning-rate", type=float)
@@ -97,6 +97,7 @@ def add_arguments(parser) -> None:
         "on the phantom)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    _common.add_strategy_argument(parser)
     _common.add_tracking_arguments(parser)
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
     phantom.add_argument("--phantom-cases", type=int, default=10, help="labelled cases")
@@ -114,6 +115,7 @@ def finish_arguments(parser, args) -> None:
     _common.check_arguments(parser, args)
     _common.check_tuning_arguments(parser, args)
     _common.check_tracking_arguments(parser, args)
+    _common.check_strategy_argument(parser, args)
     defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -334,38 +336,43 @@ def _inference(args, builder) -> dict:
 
 
 def _train(args):
-    import keras
-
+    """Train under ``--strategy``; returns ``(RUN/best.keras, fit seconds, chief)``."""
     from kseg.recipes import run_config
     from kseg.training import training_callbacks
     from tfds_builders.msd_spleen import task_folder
 
     run_dir = pathlib.Path(args.output_dir)
-    keras.utils.set_random_seed(args.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    builder = prepare(args)
-    run_config.write_config(run_dir, args, "msd_spleen", builder, LABELS, _inference(args, builder))
+    start = _common.start_training(args, prepare)
+    builder = start.builder
+    if start.chief:
+        run_config.write_config(
+            run_dir, args, "msd_spleen", builder, LABELS, _inference(args, builder)
+        )
     run_splits = splits(args)
     print(f"data: {task_folder(args.manual_dir)} -> {builder.data_dir}; splits {run_splits}")
 
-    model = build_model(args)
+    with start.strategy.scope():
+        model = build_model(start.training_args)
+    # patches in global batches (--batch-size per replica); the sliding-window validation
+    # runs on the chief alone, --batch-size windows at a time
     training = training_batches(
-        builder, run_splits["train"], args, build_augmenter(args.augment, args.seed)
-    )
-    validation = validation_patches(builder, run_splits["validation"], args)
+        builder, run_splits["train"], start.training_args,
+        build_augmenter(args.augment, args.seed),
+    )  # fmt: skip
+    validation = validation_patches(builder, run_splits["validation"], start.training_args)
     callbacks = training_callbacks(
         run_dir, _volume_validation(args, builder, run_splits), reduce_lr_patience=None
-    ) + _common.tracking_callbacks(run_dir, args)
+    ) + _common.tracking_callbacks(run_dir, args, chief=start.chief)
     fit_started = time.perf_counter()
     model.fit(
-        training,
+        start.shard(training),
         epochs=args.epochs,
         steps_per_epoch=args.steps_per_epoch,
-        validation_data=validation,
+        validation_data=start.shard(validation),
         callbacks=callbacks,
-        verbose=_common.fit_verbosity(),
+        verbose=_common.fit_verbosity(start.chief),
     )
-    return run_dir / "best.keras", time.perf_counter() - fit_started
+    return run_dir / "best.keras", time.perf_counter() - fit_started, start.chief
 
 
 def train(args) -> pathlib.Path:
@@ -444,7 +451,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     return table
 
 
-def tune(args) -> dict:
+def tune(args) -> dict | None:
     """Random / Bayesian / Hyperband / grid / staged search of HighResNet's loss and
     learning rate on the training folds, trials ranked by sliding-window whole-volume
     validation Dice; results in ``RUN/tuning/<strategy>/``."""
@@ -485,7 +492,9 @@ def tune(args) -> dict:
 def _main(argv=None):
     args = parse_args(argv)
     clock = _common.RunClock()
-    _, fit_seconds = _train(args)
+    _, fit_seconds, chief = _train(args)
+    if not chief:  # the chief evaluates and reports for the cluster
+        return None
     if _common.has_test_fold(args):
         table = evaluate(args, split="test")
     else:

@@ -74,7 +74,7 @@ def add_arguments(parser) -> None:
         help="training time budget in minutes: stop mid-epoch when one more "
         "batch and the validation would pass it; the best model is kept",
     )
-    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--batch-size", type=int, help="examples per step and replica")
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument(
         "--dropout", type=float, default=0.0,
@@ -83,6 +83,7 @@ def add_arguments(parser) -> None:
     )  # fmt: skip
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    _common.add_strategy_argument(parser)
     _common.add_tracking_arguments(parser)
     phantom = parser.add_argument_group("synthetic data (used when --data-dir is not given)")
     phantom.add_argument("--phantom-images", type=int, default=60)
@@ -93,6 +94,7 @@ def finish_arguments(parser, args) -> None:
     _common.check_arguments(parser, args)
     _common.check_tuning_arguments(parser, args)
     _common.check_tracking_arguments(parser, args)
+    _common.check_strategy_argument(parser, args)
     defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -302,37 +304,37 @@ def _training_data(args, builder, splits, num_classes, labels):
 
 
 def _train(args):
-    import keras
-
+    """Train under ``--strategy``; returns ``(RUN/best.keras, fit seconds, chief)``."""
     from kseg.recipes import run_config
     from kseg.training import training_callbacks
 
     run_dir = pathlib.Path(args.output_dir)
-    keras.utils.set_random_seed(args.seed)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    builder = prepare(args)
+    start = _common.start_training(args, prepare)
+    builder = start.builder
     num_classes, labels = _classes(builder)
-    run_config.write_config(run_dir, args, "xray_multiclass", builder, labels, {
-        "kind": "slices", "window": INTENSITY, "image_size": [args.image_size] * 2,
-        "num_classes": num_classes, "threshold": 0.5, "postprocess": "none",
-        "modality": "radiograph",
-    })  # fmt: skip
+    if start.chief:
+        run_config.write_config(run_dir, args, "xray_multiclass", builder, labels, {
+            "kind": "slices", "window": INTENSITY, "image_size": [args.image_size] * 2,
+            "num_classes": num_classes, "threshold": 0.5, "postprocess": "none",
+            "modality": "radiograph",
+        })  # fmt: skip
     training, validation_batches, validation = _training_data(
-        args, builder, splits(args), num_classes, labels
+        start.training_args, builder, splits(args), num_classes, labels
     )
-    model = build_model(args, num_classes)
+    with start.strategy.scope():
+        model = build_model(start.training_args, num_classes)
     callbacks = training_callbacks(
         run_dir, validation, max_minutes=args.max_minutes
-    ) + _common.tracking_callbacks(run_dir, args)
+    ) + _common.tracking_callbacks(run_dir, args, chief=start.chief)
     fit_started = time.perf_counter()
     model.fit(
-        training,
-        validation_data=validation_batches,
+        start.shard(training),
+        validation_data=start.shard(validation_batches),
         epochs=args.epochs,
         callbacks=callbacks,
-        verbose=_common.fit_verbosity(),
+        verbose=_common.fit_verbosity(start.chief),
     )
-    return run_dir / "best.keras", time.perf_counter() - fit_started
+    return run_dir / "best.keras", time.perf_counter() - fit_started, start.chief
 
 
 def train(args) -> pathlib.Path:
@@ -382,7 +384,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     return table
 
 
-def tune(args) -> dict:
+def tune(args) -> dict | None:
     """Random / Bayesian / Hyperband / grid / staged search of the U-Net's width, loss and
     learning rate on the training folds, trials ranked by the mean per-image validation
     Dice; results in ``RUN/tuning/<strategy>/``."""
@@ -421,7 +423,9 @@ def tune(args) -> dict:
 def _main(argv=None):
     args = parse_args(argv)
     clock = _common.RunClock()
-    _, fit_seconds = _train(args)
+    _, fit_seconds, chief = _train(args)
+    if not chief:  # the chief evaluates and reports for the cluster
+        return None
     if _common.has_test_fold(args):
         table = evaluate(args, split="test")
     else:

@@ -1,0 +1,143 @@
+"""The recipes' ``--strategy default|mirrored|multi-worker`` (kseg.training.distribute).
+
+The multi-worker run is two ``python -m kseg train`` processes on the loopback address,
+as a user starts them (README); only the chief writes the run folder.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kseg.recipes import _common, load
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+# 12 images in 3 folds: 4 train, 4 validate, 4 test; two replicas of 2 make a global batch
+# of 4, so every step splits evenly between two workers
+TINY_XRAY = [
+    "--epochs", "1", "--image-size", "16", "--batch-size", "2", "--base-filters", "4",
+    "--learning-rate", "1e-2", "--phantom-images", "12", "--phantom-size", "16",
+    "--folds", "3",
+]  # fmt: skip
+WORKER_TIMEOUT = 420  # seconds: two TensorFlow processes on a busy two-core machine
+
+
+def run_files(run_dir: pathlib.Path) -> list[str]:
+    """The run folder's files, the TFDS data and TensorBoard event files (named after
+    the host and time) left out."""
+    return sorted(
+        str(path.relative_to(run_dir))
+        for path in run_dir.rglob("*")
+        if path.is_file()
+        and path.parts[len(run_dir.parts)] not in ("tfds", "tensorboard", "phantom")
+    )
+
+
+def test_mirrored_strategy_gives_the_run_folder_of_the_default_one(tmp_path):
+    recipe = load("xray_multiclass")
+    folders = {}
+    for strategy in ("default", "mirrored"):
+        run_dir = tmp_path / strategy
+        args = recipe.parse_args(["--output-dir", str(run_dir), *TINY_XRAY, "--strategy", strategy])
+        assert recipe.train(args) == run_dir / "best.keras"
+        folders[strategy] = run_dir
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["arguments"]["distribution"] == strategy
+        assert config["arguments"]["batch_size"] == 2  # per replica, as given
+        assert (run_dir / "tensorboard").is_dir()
+    assert run_files(folders["mirrored"]) == run_files(folders["default"])
+    assert {"config.json", "best.keras", "best.keras.json", "history.csv"} <= set(
+        run_files(folders["mirrored"])
+    )
+
+
+def test_multi_worker_without_tf_config_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    for name in ("xray_multiclass", "chaos_liver", "lctsc_lungs", "msd_spleen"):
+        with pytest.raises(SystemExit) as stopped:
+            load(name).parse_args(
+                ["--output-dir", str(tmp_path / "run"), "--strategy", "multi-worker"]
+            )
+        assert stopped.value.code == 2
+        assert "--strategy multi-worker reads the cluster from the TF_CONFIG" in (
+            capsys.readouterr().err
+        )
+    assert (
+        load("xray_multiclass").parse_args(["--output-dir", str(tmp_path / "run")]).distribution
+        == "default"
+    )
+
+
+def test_a_tuning_command_line_takes_the_search_strategy(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="kseg tune")
+    load("xray_multiclass").add_arguments(parser)
+    _common.add_tuning_arguments(parser)
+    assert parser.parse_args(["--strategy", "bayesian"]).strategy == "bayesian"
+    tuning = parser.parse_args([])
+    # the search trains on one device; Keras Tuner's own variables spread its trials
+    assert tuning.strategy == "random" and not hasattr(tuning, "distribution")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--strategy", "mirrored"])
+    assert "invalid choice: 'mirrored'" in capsys.readouterr().err
+    help_text = parser.format_help()
+    assert "Keras Tuner search" in help_text and "TF_CONFIG" not in help_text
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for one in sockets:
+            one.bind(("127.0.0.1", 0))
+        return [one.getsockname()[1] for one in sockets]
+    finally:
+        for one in sockets:
+            one.close()
+
+
+@pytest.mark.slow
+def test_two_workers_train_a_recipe_and_only_the_chief_writes(tmp_path):
+    run_dir = tmp_path / "run"
+    ports = free_ports(2)
+    workers = []
+    try:
+        for index in range(2):
+            environment = dict(
+                os.environ, PYTHONPATH=str(REPOSITORY), TF_CPP_MIN_LOG_LEVEL="2",
+                CUDA_VISIBLE_DEVICES="",  # two processes on one GPU would each take all of it
+                TF_CONFIG=json.dumps({
+                    "cluster": {"worker": [f"127.0.0.1:{port}" for port in ports]},
+                    "task": {"type": "worker", "index": index},
+                }),
+            )  # fmt: skip
+            log = open(tmp_path / f"worker{index}.log", "w")
+            workers.append(subprocess.Popen(
+                [sys.executable, "-m", "kseg", "train", "xray_multiclass",
+                 "--output-dir", str(run_dir), *TINY_XRAY, "--strategy", "multi-worker"],
+                stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=tmp_path,
+            ))  # fmt: skip
+            log.close()
+        deadline = time.monotonic() + WORKER_TIMEOUT
+        codes = [worker.wait(timeout=max(1.0, deadline - time.monotonic())) for worker in workers]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(timeout=30)
+    logs = [(tmp_path / f"worker{index}.log").read_text() for index in range(2)]
+    assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    assert "replicas, global batch 4, learning rate 0.02" in logs[0]
+    files = run_files(run_dir)
+    assert {"config.json", "best.keras", "best.keras.json", "history.csv"} <= set(files)
+    rows = (run_dir / "history.csv").read_text().splitlines()
+    assert len(rows) == 2  # one epoch, written once (by the chief)
+    assert json.loads((run_dir / "config.json").read_text())["arguments"]["distribution"] == (
+        "multi-worker"
+    )
+    # worker 1 trained silently: the chief's progress lines speak for both
+    assert " - loss: " in logs[0] and " - loss: " not in logs[1]
