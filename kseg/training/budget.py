@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 
 import keras
 
+from kseg.training.distribute import is_chief, strategy_of
+
 # batch durations the next batch is estimated from (the longest of them): long enough to
 # remember a slow batch (the first of an epoch fills the shuffle buffer), short enough to
 # forget the first batch of a fit, which traces the training step
@@ -81,7 +83,9 @@ class TimeBudget(keras.callbacks.Callback):
     whole budget. Keras checks ``stop_training`` only after a batch, so a ``fit`` always
     trains at least one batch and validates it, even when resumed with its budget spent.
 
-    When the budget stops training, one line is printed and the attributes below say why.
+    When the budget stops training, one line is printed (by the chief alone under a
+    multi-worker strategy: the chief's budget decides for every worker, see
+    :func:`kseg.training.training_callbacks`) and the attributes below say why.
     Every epoch's logs get ``time_budget_used_minutes``, the minutes the run has used, so
     ``history.csv`` records the budget as it was spent.
 
@@ -230,6 +234,8 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self._final_seconds = self.used_seconds
         if self.stop_reason is None or not self.verbose:
+            return
+        if not is_chief(strategy_of(self.model)):  # its own clock may have been overruled
             return
         print(self.summary(), flush=True)
 
