@@ -68,6 +68,21 @@ def test_multi_worker_without_tf_config_is_a_usage_error(tmp_path, monkeypatch, 
         assert "--strategy multi-worker reads the cluster from the TF_CONFIG" in (
             capsys.readouterr().err
         )
+    with pytest.raises(SystemExit) as stopped:
+        load("msd_spleen").parse_args(
+            [
+                "--output-dir",
+                str(tmp_path / "run"),
+                "--strategy",
+                "mirrored",
+                "--accumulate-steps",
+                "2",
+            ]
+        )
+    assert stopped.value.code == 2
+    assert "--accumulate-steps applies to --strategy default only, not mirrored" in (
+        capsys.readouterr().err
+    )
     assert (
         load("xray_multiclass").parse_args(["--output-dir", str(tmp_path / "run")]).distribution
         == "default"
@@ -87,6 +102,25 @@ def test_a_tuning_command_line_takes_the_search_strategy(tmp_path, capsys):
     assert "invalid choice: 'mirrored'" in capsys.readouterr().err
     help_text = parser.format_help()
     assert "Keras Tuner search" in help_text and "TF_CONFIG" not in help_text
+
+
+def test_a_tuner_worker_never_prepares_the_dataset(tmp_path, monkeypatch):
+    from kseg.errors import LayoutError
+
+    class Unprepared:
+        data_dir = str(tmp_path / "tfds")
+
+        def is_prepared(self):
+            return False
+
+        def download_and_prepare(self, **_):
+            raise AssertionError("a worker must leave preparing to the chief")
+
+    monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
+    monkeypatch.setenv("KERASTUNER_ORACLE_PORT", "8000")
+    monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
+    with pytest.raises(LayoutError, match="after the chief has prepared it"):
+        _common.prepare(Unprepared(), tmp_path / "manual")
 
 
 def free_ports(count):

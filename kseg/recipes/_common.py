@@ -314,11 +314,26 @@ def prepare(builder, manual_dir) -> None:
     if builder.is_prepared():
         print(f"Using the dataset prepared in {builder.data_dir}", flush=True)
         return
+    _refuse_to_prepare_on_a_tuner_worker(builder)
     print(f"Preparing TFDS dataset {builder.info.full_name} from {manual_dir} (once; later "
           "runs reuse it)", flush=True)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
     )
+
+
+def _refuse_to_prepare_on_a_tuner_worker(builder) -> None:
+    """A worker of a distributed Keras Tuner search reads the dataset its chief prepared:
+    two processes building one TFDS folder at once would write over each other."""
+    from kseg.errors import LayoutError
+    from kseg.tuning import distributed_role
+
+    if distributed_role() == "worker":
+        raise LayoutError(
+            builder.data_dir, "is not a prepared TFDS dataset yet; start the workers of a "
+            "distributed search (KERASTUNER_TUNER_ID other than chief) after the chief has "
+            "prepared it (it prints 'Dataset ... downloaded and prepared')",
+        )  # fmt: skip
 
 
 def fit_verbosity(chief: bool = True) -> int:

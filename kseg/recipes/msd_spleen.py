@@ -122,6 +122,14 @@ def finish_arguments(parser, args) -> None:
             setattr(args, name, value)
     if args.accumulate_steps < 1:
         parser.error("--accumulate-steps must be at least 1")
+    distribution = getattr(args, "distribution", "default")
+    if args.accumulate_steps > 1 and distribution != "default":
+        # Keras 3 applies accumulated gradients inside a conditional, which the
+        # strategy's gradient all-reduce cannot cross (TensorFlow: "merge_call called
+        # while defining a new graph")
+        parser.error(f"--accumulate-steps applies to --strategy default only, not "
+                     f"{distribution}: Keras cannot accumulate gradients under a "
+                     "tf.distribute strategy; more replicas make the larger batch instead")
     args.manual_dir = args.data_dir or args.output_dir / "phantom"
     patients, source = _common.patients_and_source(
         labelled_cases_on_disk(args.manual_dir),
