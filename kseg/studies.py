@@ -54,6 +54,8 @@ import sys
 import time
 import warnings
 
+from kseg.errors import KsegError
+
 STUDIES = ("noise", "train-size", "augment", "losses", "uncertainty", "ensemble", "consistency")
 LOSSES = ("bce", "dice", "iou", "combo", "topk", "dice_ce")
 CONSISTENCY_METHODS = ("supervised", "mean-teacher", "fixmatch")
@@ -69,6 +71,11 @@ _RECIPE_TRAINING = {
     "chaos_liver": {"loss": "combo", "dropout": 0.1, "augmenter": "default"},
     "lctsc_lungs": {"loss": "dice_ce", "dropout": 0.1, "augmenter": "affine"},
 }
+
+
+class StudySettingsError(KsegError, ValueError):
+    """A study setting the data cannot honour (more training patients than the run has, a
+    test split the run does not hold out, ...): the command prints it as one line."""
 
 
 # --------------------------------------------------------------------------- the table
@@ -242,7 +249,7 @@ def _derived_conventions(recipe, builder) -> tuple[dict, dict]:
     if labels is None:
         names = _class_names(builder)
         if names is None:
-            raise ValueError(f"dataset {builder.info.full_name} names no classes")
+            raise StudySettingsError(f"dataset {builder.info.full_name} names no classes")
         labels = {name.replace(" ", "_"): index for index, name in enumerate(names) if index}
     num_classes = 1 if len(labels) == 1 else len(labels) + 1
     return {
@@ -263,10 +270,9 @@ def study_data(recipe_name: str, args: argparse.Namespace, config: dict | None =
         ValueError: a recipe that is not a 2D slice recipe (msd_spleen is 3D).
     """
     from kseg import recipes
-    from kseg.data.splits import split_names
 
     if recipe_name not in _RECIPE_TRAINING:
-        raise ValueError(
+        raise StudySettingsError(
             f"kseg.studies runs on the 2D recipes {', '.join(_RECIPE_TRAINING)}; "
             f"{recipe_name!r} is not one (3D volume studies are not implemented)"
         )
@@ -275,7 +281,7 @@ def study_data(recipe_name: str, args: argparse.Namespace, config: dict | None =
     if config is not None:
         inference, labels = config["inference"], config["labels"]
         if inference.get("kind") != "slices":
-            raise ValueError(
+            raise StudySettingsError(
                 f"run {args.output_dir} holds a {inference.get('kind')!r} model; "
                 "kseg.studies needs a 2D slice model"
             )
@@ -284,7 +290,7 @@ def study_data(recipe_name: str, args: argparse.Namespace, config: dict | None =
     num_classes = int(inference["num_classes"])
     postprocess = inference.get("postprocess", "none")
     if postprocess not in ("none", "largest-component"):
-        raise ValueError(
+        raise StudySettingsError(
             f"run {args.output_dir}: unknown post-processing {postprocess!r} in config.json"
         )
     if postprocess == "largest-component":
@@ -293,11 +299,7 @@ def study_data(recipe_name: str, args: argparse.Namespace, config: dict | None =
         postprocess = keep_largest_component
     else:
         postprocess = None
-    splits = split_names(
-        args.folds,
-        test_fold=getattr(args, "test_fold", 0),
-        validation_fold=getattr(args, "validation_fold", 1),
-    )
+    splits = recipe.splits(args)
     return StudyData(
         recipe_name=recipe_name, recipe=recipe, args=args, run_dir=pathlib.Path(args.output_dir),
         builder=builder, splits=splits, window=_window_argument(inference["window"]),
@@ -317,6 +319,7 @@ def load_cases(data: StudyData, split: str) -> list:
     from kseg.data.pipeline import model_input
     from kseg.evaluation import reassemble_slices
 
+    _check_split(data.splits, split, data.run_dir)
     preprocess = model_input(window=data.window, image_size=data.image_size)
     examples = data.builder.as_dataset(split=data.splits[split], shuffle_files=False)
     if "slice_index" in data.builder.info.features:
@@ -332,6 +335,17 @@ def load_cases(data: StudyData, split: str) -> list:
             for example in examples
         ]
     return sorted(cases, key=lambda case: case[0])
+
+
+def _check_split(splits: dict, split: str, run_dir) -> None:
+    """A study of the test split needs a run that holds a test fold out."""
+    if split not in splits:
+        raise StudySettingsError(
+            f"run {run_dir} has no test fold (trained with --test-fold none): study "
+            f"--split validation instead, or a run with a test fold"
+            if split == "test"
+            else f"run {run_dir} has no {split!r} split; it has {', '.join(splits)}"
+        )
 
 
 def _probability_cases(predictor, cases) -> list:
@@ -413,7 +427,7 @@ def _loss(name: str, *, from_logits: bool = False):
         "dice_ce": lambda: losses.DiceCELoss(from_logits=from_logits),
     }
     if name not in makers:
-        raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {name!r}")
+        raise StudySettingsError(f"loss must be one of {', '.join(LOSSES)}, got {name!r}")
     return makers[name]()
 
 
@@ -622,7 +636,7 @@ def noise_study(
 
     sigmas = [float(sigma) for sigma in sigmas]
     if not sigmas or any(not (math.isfinite(s) and s >= 0) for s in sigmas):
-        raise ValueError(f"sigmas must be finite numbers >= 0, got {sigmas}")
+        raise StudySettingsError(f"sigmas must be finite numbers >= 0, got {sigmas}")
     model = _trained_model(data)
     cases = load_cases(data, split)
     rows = []
@@ -666,7 +680,9 @@ def train_size_study(
         )
     sizes = sorted({int(size) for size in sizes})
     if any(not 1 <= size <= len(pool) for size in sizes):
-        raise ValueError(f"sizes must lie in 1..{len(pool)} (the training patients), got {sizes}")
+        raise StudySettingsError(
+            f"sizes must lie in 1..{len(pool)} (the training patients), got {sizes}"
+        )
     cases = load_cases(data, split)
     rows = []
     for seed in seeds:
@@ -732,7 +748,7 @@ def losses_study(
     """One model per loss, the same seed, steps and augmentation."""
     for name in losses:
         if name not in LOSSES:
-            raise ValueError(f"losses must be names from {', '.join(LOSSES)}, got {name!r}")
+            raise StudySettingsError(f"losses must be names from {', '.join(LOSSES)}, got {name!r}")
     cases = load_cases(data, split)
     rows = []
     for seed in seeds:
@@ -1025,7 +1041,7 @@ def ensemble_study(
     from kseg.inference import fit_ensemble_weights, majority_vote
 
     if members < 2:
-        raise ValueError(f"an ensemble needs at least 2 members, got {members}")
+        raise StudySettingsError(f"an ensemble needs at least 2 members, got {members}")
     validation_cases, test_cases = load_cases(data, "validation"), load_cases(data, split)
     models = []
     for member in range(members):
@@ -1139,19 +1155,19 @@ def consistency_study(
 
     for method in methods:
         if method not in CONSISTENCY_METHODS:
-            raise ValueError(
+            raise StudySettingsError(
                 f"methods must be names from {', '.join(CONSISTENCY_METHODS)}, got {method!r}"
             )
     pool = _training_patients(data)
     if not 1 <= labeled < len(pool):
-        raise ValueError(
+        raise StudySettingsError(
             f"labeled must lie in 1..{len(pool) - 1} (the training patients "
             f"less one unlabelled), got {labeled}"
         )
     available = len(pool) - labeled
     unlabeled = available if unlabeled is None else unlabeled
     if not 1 <= unlabeled <= available:
-        raise ValueError(f"unlabeled must lie in 1..{available}, got {unlabeled}")
+        raise StudySettingsError(f"unlabeled must lie in 1..{available}, got {unlabeled}")
     cases = load_cases(data, split)
     loss = data.training["loss"]
     rows = []
@@ -1244,6 +1260,39 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _at_least_two(text: str) -> int:
+    value = int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {value}")
+    return value
+
+
+def _fraction(text: str, *, low_open: bool, high_open: bool) -> float:
+    value = float(text)
+    low_ok = value > 0 if low_open else value >= 0
+    high_ok = value < 1 if high_open else value <= 1
+    if not (math.isfinite(value) and low_ok and high_ok):
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise argparse.ArgumentTypeError(f"must lie in {interval}, got {text}")
+    return value
+
+
+def _weight_step(text: str) -> float:
+    value = _fraction(text, low_open=True, high_open=False)
+    # the fitted weights' grid (kseg.inference.fit_ensemble_weights) needs 1 / step whole
+    if abs(1 / value - round(1 / value)) > 1e-6:
+        raise argparse.ArgumentTypeError(f"1 / step must be a whole number, got step {text}")
+    return value
+
+
+def _decay(text: str) -> float:
+    return _fraction(text, low_open=False, high_open=True)
+
+
+def _probability(text: str) -> float:
+    return _fraction(text, low_open=False, high_open=False)
+
+
 def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     """The options of study ``name``: the source (a run folder or a recipe name; a
     recipe's own options follow it, see :func:`parse_args`) and the study's settings."""
@@ -1325,13 +1374,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
     if name == "ensemble":
         parser.add_argument(
             "--members",
-            type=_positive_int,
+            type=_at_least_two,
             default=3,
             help="models, one seed each (default %(default)s)",
         )
         parser.add_argument(
             "--weight-step",
-            type=float,
+            type=_weight_step,
             default=0.05,
             help="grid step of the fitted weights (default %(default)s)",
         )
@@ -1360,13 +1409,13 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         )
         parser.add_argument(
             "--ema-decay",
-            type=float,
+            type=_decay,
             default=0.99,
             help="mean teacher's EMA decay (default %(default)s)",
         )
         parser.add_argument(
             "--threshold",
-            type=float,
+            type=_probability,
             default=0.95,
             help="FixMatch confidence threshold (default %(default)s)",
         )
@@ -1376,8 +1425,12 @@ def parse_args(name: str, argv=None) -> argparse.Namespace:
     """Study ``name``'s command line: ``SOURCE [study options] [recipe options]``; the
     options the study does not know go to the recipe (``args.recipe_arguments``) and are
     an error after a run folder."""
+    # Without allow_abbrev=False a recipe option would be read as the study option it
+    # begins: the recipe's --seed 3 as the study's --seeds 3.
     parser = argparse.ArgumentParser(
-        prog=f"kseg study {name}", description=f"The {name} study (kseg.studies)."
+        prog=f"kseg study {name}",
+        description=f"The {name} study (kseg.studies).",
+        allow_abbrev=False,
     )
     add_arguments(parser, name)
     args, rest = parser.parse_known_args(argv)
@@ -1394,12 +1447,18 @@ def _is_run(source) -> bool:
 def _source(args, needs_model: bool):
     """``(recipe name, recipe options, config or None)`` of the study's source."""
     from kseg import recipes
-    from kseg.recipes import run_config
+    from kseg.recipes import _common, run_config
 
     source = str(args.source)
     if source in recipes.RECIPES:
         recipe = recipes.load(source)
         recipe_args = recipe.parse_args(list(getattr(args, "recipe_arguments", []) or []))
+        if getattr(args, "split", None) == "test" and not _common.has_test_fold(recipe_args):
+            # refused here, before the recipe prepares its data or trains a model
+            raise StudySettingsError(
+                f"a --test-fold none run has no test fold to study: use --split validation "
+                f"(recipe {source}, output {recipe_args.output_dir})"
+            )
         if not needs_model:
             return source, recipe_args, None
         run_dir = pathlib.Path(recipe_args.output_dir)
@@ -1410,7 +1469,7 @@ def _source(args, needs_model: bool):
             recipe.train(recipe_args)
         source = run_dir  # the trained model is scored with the options it was trained with
     elif getattr(args, "recipe_arguments", None):
-        raise ValueError(
+        raise StudySettingsError(
             f"recipe options {args.recipe_arguments} given after run folder "
             f"{source}; they apply only after a recipe name"
         )

@@ -267,6 +267,47 @@ def test_bad_settings_are_refused_before_training(run):
         studies.losses_study(data, losses=["hinge"], steps=1)
 
 
+def test_a_run_without_a_test_fold_is_refused_with_the_reason(run, tmp_path, capsys):
+    from kseg.recipes import load_run
+
+    _, args = load_run(run)
+    args.test_fold = None  # as a --test-fold none run records it
+    data = studies.study_data("xray_multiclass", args, None)
+    assert "test" not in data.splits
+    with pytest.raises(studies.StudySettingsError, match="has no test fold"):
+        studies.load_cases(data, "test")
+    assert [case[0] for case in studies.load_cases(data, "validation")]
+    with pytest.raises(SystemExit) as stopped:  # refused before the recipe trains
+        studies.main(["noise", "xray_multiclass", "--test-fold", "none",
+                      "--output-dir", str(tmp_path / "never")])  # fmt: skip
+    error = capsys.readouterr().err
+    assert stopped.value.code == 1 and len(error.splitlines()) == 1
+    assert error.startswith("kseg: error: ") and "no test fold" in error
+    assert not (tmp_path / "never").exists()
+
+
+def test_bad_settings_are_one_line_errors_not_tracebacks(run, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        studies.main(["train-size", str(run), "--sizes", "4", "--steps", "1"])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 1 and len(error.splitlines()) == 1
+    assert error.startswith("kseg: error: sizes must lie in 1..3")
+    for name, options, expected in [
+        ("ensemble", ["--members", "1"], "must be at least 2"),
+        ("ensemble", ["--weight-step", "0.3"], "1 / step must be a whole number"),
+        ("consistency", ["--ema-decay", "1"], "must lie in [0, 1)"),
+        ("consistency", ["--threshold", "1.5"], "must lie in [0, 1]"),
+    ]:
+        with pytest.raises(SystemExit) as stopped:
+            studies.parse_args(name, [str(run), *options])
+        assert stopped.value.code == 2 and expected in capsys.readouterr().err, options
+
+
+def test_recipe_options_are_not_abbreviations_of_study_options():
+    args = studies.parse_args("losses", ["xray_multiclass", "--seed", "3"])
+    assert args.seeds is None and args.recipe_arguments == ["--seed", "3"]
+
+
 def test_command_line(tmp_path, capsys):
     args = studies.parse_args("noise", ["xray_multiclass", "--sigmas", "0", "0.1", "--epochs", "2"])
     assert args.source == "xray_multiclass" and args.sigmas == [0.0, 0.1]
