@@ -1,7 +1,8 @@
 """One self-contained HTML page about a run folder: configuration, training, scores, slices.
 
 :func:`write_report` reads the files a run folder holds (``config.json``, ``history.csv``,
-``evaluation/<name>/scores.csv`` and ``evaluation/<name>/cases/<patient>.npz``; the layout
+``evaluation/<name>/scores.csv``, ``evaluation/<name>/cases/<patient>.npz`` and each
+study's ``studies/<name>/figure.png`` and ``table.txt``; the layout
 is in the README) and writes one HTML file that opens in any browser from the disk: the
 figures are PNG data URIs, the script and styles are inline, nothing is fetched. Each
 evaluated patient gets a slice viewer (a slider and the mouse wheel move through the slices;
@@ -60,7 +61,12 @@ _RUN_FILES = (
     ("backup", "state to resume training from"),
     ("tensorboard", "TensorBoard logs"),
     ("evaluation", "per-patient scores and case files (kseg evaluate)"),
+    ("studies", "robustness and training studies (kseg study)"),
 )
+# The line of a study's table.txt (kseg.studies.StudyTable) where the per-patient rows begin;
+# the lines before it are the summary per setting and the study's notes.
+_STUDY_ROWS_MARKER = "Per patient:"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Metrics worth a box plot when the table has them, in this order.
 _PLOTTED_METRICS = ("dice", "hd95", "assd", "iou")
 
@@ -269,7 +275,12 @@ class _Page:
     def render(self) -> str:
         recipe = self.config.get("recipe", "run")
         generated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        sections = [self._configuration(), self._training(), *self._evaluations()]
+        sections = [
+            self._configuration(),
+            self._training(),
+            *self._evaluations(),
+            self._studies(),
+        ]
         title = f"kseg report: {recipe}"
         return _TEMPLATE.format(
             title=_escape(title),
@@ -430,6 +441,70 @@ class _Page:
                 f"{len(missing)} patients of scores.csv have no case file to view: "
                 + ", ".join(missing)
             ))  # fmt: skip
+        parts.append("</section>")
+        return "".join(parts)
+
+    # ---- studies
+
+    def _studies(self) -> str:
+        """Each ``studies/<name>/`` (kseg.studies): its figure and the summary of its
+        ``table.txt``, in the order of ``kseg.studies.STUDIES``, other folders after."""
+        from kseg.studies import STUDIES
+
+        folder = self.run / "studies"
+        names = sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+        parts = ['<section id="studies"><h2>Studies</h2>']
+        if not names:
+            parts.append(_note(
+                "No studies: the run folder has no studies/<name>/ folder "
+                "(kseg study NAME RUN writes one)."
+            ))  # fmt: skip
+        known = [name for name in STUDIES if name in names]
+        for name in known + [name for name in names if name not in known]:
+            parts.append(self._study(folder / name))
+        parts.append("</section>")
+        return "".join(parts)
+
+    def _study(self, folder: pathlib.Path) -> str:
+        name = folder.name
+        parts = [f'<section class="study" id="study-{_escape(name)}">'
+                 f"<h3>Study: {_escape(name)}</h3>"]  # fmt: skip
+        table_path = folder / "table.txt"
+        if not table_path.is_file():
+            parts.append(_note(f"No summary: studies/{name}/table.txt is not there."))
+        else:
+            try:
+                lines = table_path.read_text(encoding="utf-8").splitlines()
+                if _STUDY_ROWS_MARKER not in lines:
+                    raise ValueError(
+                        f"it has no {_STUDY_ROWS_MARKER!r} line, so it is not a study table "
+                        "as kseg.studies writes it"
+                    )
+                summary = lines[: lines.index(_STUDY_ROWS_MARKER)]
+                while summary and not summary[-1].strip():
+                    summary.pop()
+                text = "\n".join(summary)
+                parts.append(f'<pre class="study-summary">{_escape(text)}</pre>')
+            except (OSError, UnicodeDecodeError, ValueError) as error:
+                parts.append(_note(f"studies/{name}/table.txt cannot be shown: {error}", "problem"))
+        figure_path = folder / "figure.png"
+        if not figure_path.is_file():
+            parts.append(_note(f"No figure: studies/{name}/figure.png is not there."))
+        else:
+            try:
+                png = figure_path.read_bytes()
+                if not png.startswith(_PNG_SIGNATURE):
+                    raise ValueError("it is not a PNG image (no PNG signature)")
+                caption = f"Study {name} (studies/{name}/figure.png)"
+                parts.append(
+                    f'<figure class="plot" id="study-figure-{_escape(name)}">'
+                    f'<img alt="{_escape(caption)}" src="{_data_uri(png)}">'
+                    f"<figcaption>{_escape(caption)}</figcaption></figure>"
+                )
+            except (OSError, ValueError) as error:
+                parts.append(
+                    _note(f"studies/{name}/figure.png cannot be shown: {error}", "problem")
+                )
         parts.append("</section>")
         return "".join(parts)
 

@@ -389,6 +389,85 @@ def test_missing_scores_or_cases_and_unreadable_files_are_noted_not_raised(tmp_p
     assert any("No slices to view: input-scans/cases/" in n for n in notes)
 
 
+def write_study(run, name, summary_lines, figure_bytes):
+    """A studies/<name>/ folder laid out as kseg.studies writes it: table.txt is the summary,
+    a blank line, "Per patient:" and the rows."""
+    folder = run / "studies" / name
+    folder.mkdir(parents=True)
+    rows = ["", "Per patient:", "", "sigma  patient_id    dice", "0.0000  p1  0.9000"]
+    (folder / "table.txt").write_text("\n".join([*summary_lines, *rows]) + "\n")
+    (folder / "figure.png").write_bytes(figure_bytes)
+    return folder
+
+
+def png_bytes(seed):
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(seed).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_studies_section_embeds_each_figure_and_the_summary_of_table_txt(tmp_path):
+    run = tmp_path / "run"
+    write_config(run)
+    noise_summary = [
+        "Study noise: dice per setting (per-patient rows in studies/noise/table.csv)",
+        "",
+        " sigma  dice_mean  patients",
+        "0.0000     0.9000         3",
+        "",
+        "Gaussian noise on the test images' model input ([0, 1] intensities), seed 0.",
+    ]
+    figures = {"noise": png_bytes(0), "augment": png_bytes(1)}
+    write_study(run, "noise", noise_summary, figures["noise"])
+    write_study(run, "augment", ["Study augment: dice per setting", "", "on 0.5 <off>"],
+                figures["augment"])  # fmt: skip
+    page = parse(report.write_report(run))
+    section = next(s for s in page.find_all("section") if s.attributes.get("id") == "studies")
+    studies = list(section.find_all("section", "study"))
+    assert [s.attributes["id"] for s in studies] == ["study-noise", "study-augment"]
+    for study in studies:
+        name = study.attributes["id"].removeprefix("study-")
+        uri = study.find("img").attributes["src"]
+        prefix = "data:image/png;base64,"
+        assert uri.startswith(prefix)
+        assert base64.b64decode(uri[len(prefix) :]) == figures[name]
+    shown = {s.attributes["id"]: s.find("pre", "study-summary").text for s in studies}
+    assert shown["study-noise"] == "\n".join(noise_summary)
+    assert shown["study-augment"] == "Study augment: dice per setting\n\non 0.5 <off>"
+    assert "Per patient" not in section.all_text() and "p1" not in section.all_text()
+    files = {
+        row.attributes["data-file"]: row.find("td").all_text()
+        for row in page.find("table", "files").find_all("tr")
+    }
+    assert files["studies"] == "folder of 2 entries"
+
+
+def test_missing_or_bad_study_files_are_noted_not_raised(tmp_path):
+    run = tmp_path / "run"
+    write_config(run)
+    page = parse(report.write_report(run))
+    notes = [n.all_text() for n in page.find_all("p", "note")]
+    assert any("No studies: the run folder has no studies/<name>/ folder" in n for n in notes)
+    (run / "studies" / "losses").mkdir(parents=True)
+    bad = run / "studies" / "ensemble"
+    bad.mkdir()
+    (bad / "figure.png").write_bytes(b"GIF89a not a png")
+    (bad / "table.txt").write_text("a summary without the per-patient marker\n")
+    undecodable = run / "studies" / "noise"
+    undecodable.mkdir()
+    (undecodable / "table.txt").write_bytes(b"\xff\xfe\x00bad")
+    page = parse(report.write_report(run))
+    notes = [n.all_text() for n in page.find_all("p", "note")]
+    assert any("No summary: studies/losses/table.txt is not there" in n for n in notes)
+    assert any("No figure: studies/losses/figure.png is not there" in n for n in notes)
+    assert any("studies/ensemble/figure.png cannot be shown: it is not a PNG" in n for n in notes)
+    assert any("studies/ensemble/table.txt cannot be shown" in n and "Per patient:" in n
+               for n in notes)  # fmt: skip
+    assert any("studies/noise/table.txt cannot be shown" in n for n in notes)
+    assert not list(page.find_all("pre", "study-summary"))
+
+
 @pytest.mark.parametrize("arrays, problem", [
     ({"image": np.full((2, 4, 4), np.nan, np.float32)}, "image must hold finite floats"),
     ({"image": np.zeros((2, 4, 4), np.uint8)}, "image must hold finite floats"),
