@@ -24,7 +24,8 @@ scored patient and setting), ``table.txt`` (the summary per setting, then the ro
 Studies that train (all but ``noise`` and ``uncertainty``) give every setting the same
 budget: ``--steps`` optimizer steps from the same seed, and score the model as it is after
 the last step (no checkpoint selection, which would spend validation differently per
-setting). The model, loss and augmentation are the recipe's (``_RECIPE_TRAINING``), as are
+setting). The model, loss and augmentation are the recipe's (its ``build_model`` and
+``augmenter``; the ``losses`` study recompiles with each loss), as are
 the splits, the intensity window, the image size, the batch size and the learning rate.
 Models trained by a study are scored without post-processing; ``noise`` and
 ``uncertainty`` apply the run's recorded post-processing, as its evaluation does.
@@ -62,15 +63,9 @@ CONSISTENCY_METHODS = ("supervised", "mean-teacher", "fixmatch")
 TRAINING_STUDIES = ("train-size", "augment", "losses", "ensemble", "consistency")
 DEFAULT_SIGMAS = (0.0, 0.02, 0.05, 0.1, 0.2)
 
-# What each 2D recipe trains with, mirrored here because the recipes build it inside a
-# private function (requested as public hooks in /work/spec/requests-studies.md):
-# loss name, dropout rate, and whether its augmentation may flip (a flip swaps the left and
-# right lungs and moves the heart).
-_RECIPE_TRAINING = {
-    "xray_multiclass": {"loss": "dice_ce", "dropout": 0.0, "augmenter": "affine_contrast"},
-    "chaos_liver": {"loss": "combo", "dropout": 0.1, "augmenter": "default"},
-    "lctsc_lungs": {"loss": "dice_ce", "dropout": 0.1, "augmenter": "affine"},
-}
+# The 2D slice recipes: each has the public training hooks the studies train with,
+# splits(args), augmenter(args) and build_model(args, num_classes) (compiled).
+SLICE_RECIPES = ("xray_multiclass", "chaos_liver", "lctsc_lungs")
 
 
 class StudySettingsError(KsegError, ValueError):
@@ -218,10 +213,6 @@ class StudyData:
     def score(self) -> str:
         return "dice" if self.labels is None else "dice_mean"
 
-    @property
-    def training(self) -> dict:
-        return _RECIPE_TRAINING[self.recipe_name]
-
 
 def _window_argument(window):
     """config.json's ``window`` as ``model_input`` takes it (as :mod:`kseg.predict` reads
@@ -271,9 +262,9 @@ def study_data(recipe_name: str, args: argparse.Namespace, config: dict | None =
     """
     from kseg import recipes
 
-    if recipe_name not in _RECIPE_TRAINING:
+    if recipe_name not in SLICE_RECIPES:
         raise StudySettingsError(
-            f"kseg.studies runs on the 2D recipes {', '.join(_RECIPE_TRAINING)}; "
+            f"kseg.studies runs on the 2D recipes {', '.join(SLICE_RECIPES)}; "
             f"{recipe_name!r} is not one (3D volume studies are not implemented)"
         )
     recipe = recipes.load(recipe_name)
@@ -415,44 +406,47 @@ def _study_folder(data: StudyData, name: str) -> pathlib.Path:
 # --------------------------------------------------------------------------- training
 
 
-def _loss(name: str, *, from_logits: bool = False):
+def _loss(name: str):
     from kseg import losses
 
     makers = {
-        "bce": lambda: losses.BinaryCrossentropy(beta=0.5, from_logits=from_logits),
-        "dice": lambda: losses.DiceLoss(from_logits=from_logits),
-        "iou": lambda: losses.IoULoss(from_logits=from_logits),
-        "combo": lambda: losses.ComboLoss(alpha=2 / 3, beta=0.5, from_logits=from_logits),
-        "topk": lambda: losses.TopKLoss(k=10, from_logits=from_logits),
-        "dice_ce": lambda: losses.DiceCELoss(from_logits=from_logits),
+        "bce": lambda: losses.BinaryCrossentropy(beta=0.5),
+        "dice": lambda: losses.DiceLoss(),
+        "iou": lambda: losses.IoULoss(),
+        "combo": lambda: losses.ComboLoss(alpha=2 / 3, beta=0.5),
+        "topk": lambda: losses.TopKLoss(k=10),
+        "dice_ce": lambda: losses.DiceCELoss(),
     }
     if name not in makers:
         raise StudySettingsError(f"loss must be one of {', '.join(LOSSES)}, got {name!r}")
     return makers[name]()
 
 
-def _spatial_layers(data: StudyData, seed: int) -> list | bool:
-    """The recipe's spatial augmentation layers (``True``: kseg's defaults)."""
-    from kseg.augment import RandomAffine
-
-    if data.training["augmenter"] == "default":
-        return True
-    return [RandomAffine(2, rotation=10.0, scale=(0.9, 1.1), probability=0.5, seed=seed)]
+def _with_seed(args: argparse.Namespace, seed: int) -> argparse.Namespace:
+    """A copy of the recipe's options with another ``seed`` (every model of a study draws
+    its own augmentation from its own seed; the run's options stay as they are)."""
+    return argparse.Namespace(**{**vars(args), "seed": seed})
 
 
 def _augmenter(data: StudyData, seed: int):
-    """The recipe's training augmentation (see ``_RECIPE_TRAINING``)."""
-    from kseg.augment import RandomContrast, segmentation_augmenter
+    """The recipe's training augmentation (``recipe.augmenter``), seeded by ``seed``."""
+    return data.recipe.augmenter(_with_seed(data.args, seed))
 
-    kind = data.training["augmenter"]
-    if kind == "default":
-        return segmentation_augmenter(seed=seed)
-    if kind == "affine":
-        return segmentation_augmenter(2, spatial=_spatial_layers(data, seed), seed=seed + 1)
-    return segmentation_augmenter(
-        2, spatial=_spatial_layers(data, seed),
-        intensity=[RandomContrast(0.5, factor=(0.8, 1.25), seed=seed + 1)],
-    )  # fmt: skip
+
+def _strong_augmenter(data: StudyData, seed: int):
+    """FixMatch's strong view: the recipe's spatial augmentation (its layers that are not
+    kseg intensity layers; no flips where the recipe has none) plus kseg's default
+    intensity augmentation."""
+    from kseg.augment import segmentation_augmenter
+    from kseg.augment.segmentation_augmenter import default_intensity_layers
+
+    intensity_kinds = tuple({type(layer) for layer in default_intensity_layers(2)})
+    spatial = [
+        layer
+        for layer in _augmenter(data, seed).augmentation_layers
+        if not isinstance(layer, intensity_kinds)
+    ]
+    return segmentation_augmenter(2, spatial=spatial, intensity=True, seed=seed + 1)
 
 
 def _batches(data: StudyData, patients, *, seed: int, augment: bool, images_only=False):
@@ -478,22 +472,44 @@ def _batches(data: StudyData, patients, *, seed: int, augment: bool, images_only
     return batches.repeat()
 
 
-def _network(data: StudyData, *, logits: bool = False):
-    from kseg import models
-
-    return models.build(
-        "unet_small", input_shape=(*data.image_size, 1), num_classes=data.num_classes,
-        base_filters=data.args.base_filters, dropout=data.training["dropout"],
-        **({"activation": None} if logits else {}),
-    )  # fmt: skip
+def _network(data: StudyData):
+    """The recipe's network, compiled with its loss and optimizer
+    (``recipe.build_model``)."""
+    return data.recipe.build_model(data.args, data.num_classes)
 
 
-def _compile(model, data: StudyData, loss: str, *, from_logits: bool = False):
+def _logits_network(data: StudyData):
+    """``(network, loss)``: the recipe's network without its output activation, sharing
+    its layers, and the recipe's loss configured to take logits (the consistency methods
+    compute their losses from logits).
+
+    kseg's models end in the segmentation head's ``Activation`` layer
+    (``kseg.models._building_blocks.segmentation_head``); its input is the logits.
+    """
+    import keras
+
+    network = _network(data)
+    head = network.layers[-1]
+    if not isinstance(head, keras.layers.Activation):
+        raise TypeError(
+            f"{data.recipe_name}.build_model's network ends in {type(head).__name__}, not "
+            "the output Activation layer the consistency study removes to get logits"
+        )
+    logits = keras.Model(network.inputs, head.input, name=f"{network.name}_logits")
+    return logits, type(network.loss).from_config(
+        {**network.loss.get_config(), "from_logits": True}
+    )
+
+
+def _compile(model, data: StudyData, loss):
+    """``model`` compiled with ``loss`` (a name from ``LOSSES`` or a loss object) and the
+    recipe's optimizer (Adam at ``--learning-rate``, as every 2D recipe's
+    ``build_model``)."""
     import keras
 
     model.compile(
         optimizer=keras.optimizers.Adam(data.args.learning_rate),
-        loss=_loss(loss, from_logits=from_logits),
+        loss=_loss(loss) if isinstance(loss, str) else loss,
     )
     return model
 
@@ -501,8 +517,9 @@ def _compile(model, data: StudyData, loss: str, *, from_logits: bool = False):
 def train_model(
     data: StudyData, *, patients=None, seed: int, steps: int, loss=None, augment: bool = True
 ):
-    """A model of the recipe's kind after exactly ``steps`` optimizer steps on
-    ``patients`` (default: every training patient), seeded by ``seed``."""
+    """The recipe's model (``recipe.build_model``: its loss unless ``loss`` names
+    another) after exactly ``steps`` optimizer steps on ``patients`` (default: every
+    training patient), seeded by ``seed``."""
     import keras
 
     from kseg.data.pipeline import split_patient_ids
@@ -510,7 +527,9 @@ def train_model(
     keras.utils.set_random_seed(seed)
     if patients is None:
         patients = split_patient_ids(data.builder, data.splits["train"])
-    model = _compile(_network(data), data, loss or data.training["loss"])
+    model = _network(data)
+    if loss is not None:
+        model = _compile(model, data, loss)
     model.fit(
         _batches(data, patients, seed=seed, augment=augment),
         steps_per_epoch=steps,
@@ -733,7 +752,7 @@ def augment_study(data: StudyData, *, steps: int, seeds=(0,), split: str = "test
     table = StudyTable(
         "augment", ["augmentation", "seed", "patient_id", *_score_columns(data, scored)], rows,
         _summaries(rows, ["augmentation"], data.score), data.score, _study_folder(data, "augment"),
-        [f"{steps} steps per model; augmentation: the recipe's ({data.training['augmenter']}); "
+        [f"{steps} steps per model; augmentation: the recipe's ({data.recipe_name}.augmenter); "
          f"seeds {list(seeds)}."],
     )  # fmt: skip
     figure = _box_figure(
@@ -1149,7 +1168,6 @@ def consistency_study(
     import keras
     import tensorflow as tf
 
-    from kseg.augment import segmentation_augmenter
     from kseg.data.splits import nested_patient_subset
     from kseg.training import FixMatch, MeanTeacher
 
@@ -1169,7 +1187,6 @@ def consistency_study(
     if not 1 <= unlabeled <= available:
         raise StudySettingsError(f"unlabeled must lie in 1..{available}, got {unlabeled}")
     cases = load_cases(data, split)
-    loss = data.training["loss"]
     rows = []
     for seed in seeds:
         order = nested_patient_subset(pool, labeled + unlabeled, seed=seed)
@@ -1177,7 +1194,7 @@ def consistency_study(
         for method in methods:
             started = time.perf_counter()
             keras.utils.set_random_seed(seed)
-            network = _network(data, logits=True)
+            network, loss = _logits_network(data)
             labeled_batches = _batches(data, labeled_patients, seed=seed, augment=True)
             if method == "supervised":
                 trainer, data_stream = network, labeled_batches
@@ -1196,11 +1213,9 @@ def consistency_study(
                         noise=noise,
                     )
                 else:
-                    strong = segmentation_augmenter(
-                        2, spatial=_spatial_layers(data, seed + 2), intensity=True, seed=seed + 3
-                    )
+                    strong = _strong_augmenter(data, seed + 2)
                     trainer = FixMatch(network, weak=None, strong=strong, threshold=threshold)
-            _compile(trainer, data, loss, from_logits=True)
+            _compile(trainer, data, loss)
             trainer.fit(data_stream, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
             seconds = time.perf_counter() - started
             scored_models = {method: network}
@@ -1230,7 +1245,8 @@ def consistency_study(
         [f"{labeled} labelled + {unlabeled} unlabelled training patients (nested order of "
          f"each seed), {steps} steps per model, seeds {list(seeds)}; consistency weight "
          f"{consistency_weight:g}, mean-teacher input noise {teacher_noise:g} and EMA decay "
-         f"{ema_decay:g}, FixMatch threshold {threshold:g}; loss {loss} from logits."],
+         f"{ema_decay:g}, FixMatch threshold {threshold:g}; loss {type(loss).__name__} "
+         "from logits."],
     )  # fmt: skip
     return _save(
         table,

@@ -101,15 +101,15 @@ def numpy_top_label_ece(probabilities, labels, bins):
     return total / confidence.size
 
 
-def test_uncertainty_of_a_dropout_model(run, tmp_path, monkeypatch):
+def test_uncertainty_of_a_dropout_model(run, tmp_path):
     from kseg.evaluation import predict_on_mask_grid
     from kseg.recipes import load_run
 
     copy = tmp_path / "dropout_run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("studies", "evaluation"))
     recipe, args = load_run(copy)
+    args.dropout = 0.25  # xray_multiclass --dropout, read by its build_model
     data = studies.study_data("xray_multiclass", args, None)
-    monkeypatch.setitem(studies._RECIPE_TRAINING["xray_multiclass"], "dropout", 0.25)
     studies.train_model(data, seed=0, steps=3).save(copy / "best.keras")
     recipe.evaluate(args, split="test")  # the recipe's table of the same model
 
@@ -209,6 +209,49 @@ def test_consistency_methods_at_equal_steps_stay_finite(run):
     assert [entry["method"] for entry in table.summary] == methods
     assert all(row["labeled"] == 1 and row["unlabeled"] == 2 for row in table.rows)
     assert all(np.isfinite(row["dice_mean"]) for row in table.rows)
+
+
+def test_consistency_logits_network_is_the_recipes_network_before_its_softmax(run):
+    from scipy.special import softmax
+
+    from kseg.losses import DiceCELoss
+    from kseg.recipes import load, load_run
+
+    _, args = load_run(run)
+    data = studies.study_data("xray_multiclass", args, None)
+    logits, loss = studies._logits_network(data)
+    assert isinstance(loss, DiceCELoss) and loss.from_logits  # xray_multiclass's loss
+    recipe_model = load("xray_multiclass").build_model(args, data.num_classes)
+    logits.set_weights(recipe_model.get_weights())  # the activation holds no weights
+    images = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    np.testing.assert_allclose(
+        softmax(logits.predict_on_batch(images), axis=-1),
+        recipe_model.predict_on_batch(images),
+        atol=1e-5,
+    )
+
+
+def test_study_augmentation_is_the_recipes_with_the_models_seed(run):
+    from kseg.recipes import load, load_run
+
+    _, args = load_run(run)
+    data = studies.study_data("xray_multiclass", args, None)
+
+    def unnamed(config):  # layer names count up per process; the rest is the augmentation
+        if isinstance(config, dict):
+            return {key: unnamed(value) for key, value in config.items() if key != "name"}
+        return [unnamed(item) for item in config] if isinstance(config, list) else config
+
+    seeded = argparse.Namespace(**{**vars(args), "seed": 7})
+    expected = unnamed(load("xray_multiclass").augmenter(seeded).get_config())
+    assert unnamed(studies._augmenter(data, 7).get_config()) == expected
+    assert unnamed(studies._augmenter(data, 8).get_config()) != expected
+    assert args.seed != 7  # the run's options are left as they were
+    strong = [
+        type(layer).__name__ for layer in studies._strong_augmenter(data, 7).augmentation_layers
+    ]
+    # the recipe's affine (no flips for the chest), then kseg's default intensity layers
+    assert strong == ["RandomAffine", "RandomGaussianNoise", "RandomContrast", "RandomGaussianBlur"]
 
 
 def test_recipe_conventions_without_a_run_match_the_runs_config(run):
