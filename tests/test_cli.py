@@ -86,9 +86,11 @@ def test_recipe_help_answers_without_importing_tensorflow(command, recipe, tmp_p
     assert not {*TENSORFLOW_STACK, "tensorflow_datasets"} & imported_modules(result.stderr)
     if recipe is None:  # the command lists every recipe
         assert all(f"\n    {name}" in result.stdout for name in RECIPES)
-    else:  # the recipe's own options, and the search options for tune only
+    else:  # the recipe's own options; --strategy is the search for tune, the
+        # distribution strategy for train
         assert "--output-dir" in result.stdout
-        assert ("--strategy" in result.stdout) == (command == "tune")
+        assert ("--max-trials" in result.stdout) == (command == "tune")
+        assert ("multi-worker" in result.stdout) == (command == "train")
 
 
 def test_top_level_help_lists_every_command(tmp_path):
