@@ -100,6 +100,36 @@ def skipping_test_evaluation(args) -> None:
           f"{args.output_dir} --input DIR", flush=True)
 
 
+def evaluate_test_fold(args, evaluate):
+    """``main``'s test table (``evaluate(args, split="test")``), or ``None`` after saying
+    why for a run trained with ``--test-fold none``."""
+    if has_test_fold(args):
+        return evaluate(args, split="test")
+    skipping_test_evaluation(args)
+    return None
+
+
+def check_shared_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The checks of the options every recipe has: values, search, tracking, strategy."""
+    check_arguments(parser, args)
+    check_tuning_arguments(parser, args)
+    check_tracking_arguments(parser, args)
+    check_strategy_argument(parser, args)
+
+
+def check_patient_folds(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, on_disk: int | None,
+    phantom_option: str,
+) -> None:
+    """:func:`check_folds` for ``args``' folds on the patients ``args.manual_dir`` holds
+    (``on_disk``), or on the phantom this run will write (the count ``phantom_option``
+    gives) when there is no ``--data-dir`` and nothing on disk yet."""
+    phantom_count = None if args.data_dir else getattr(args, phantom_option[2:].replace("-", "_"))
+    patients, source = patients_and_source(on_disk, args.manual_dir, phantom_count, phantom_option)
+    check_folds(parser, args.folds, patients, source, test_fold=args.test_fold,
+                validation_fold=args.validation_fold)
+
+
 def check_folds(
     parser: argparse.ArgumentParser,
     folds: int,

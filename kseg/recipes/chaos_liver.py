@@ -67,27 +67,13 @@ def add_arguments(parser) -> None:
 
 
 def finish_arguments(parser, args) -> None:
-    _common.check_arguments(parser, args)
-    _common.check_tuning_arguments(parser, args)
-    _common.check_tracking_arguments(parser, args)
-    _common.check_strategy_argument(parser, args)
+    _common.check_shared_arguments(parser, args)
     if args.output_dir is None:
         suffix = "" if args.data_dir else "_phantom"
         args.output_dir = pathlib.Path("kseg_runs") / f"chaos_liver{suffix}"
     args.manual_dir = args.data_dir or args.output_dir / "phantom_chaos"
-    patients, source = _common.patients_and_source(
-        ct_patients_on_disk(args.manual_dir),
-        args.manual_dir,
-        None if args.data_dir else args.phantom_patients,
-        "--phantom-patients",
-    )
-    _common.check_folds(
-        parser,
-        args.folds,
-        patients,
-        source,
-        test_fold=args.test_fold,
-        validation_fold=args.validation_fold,
+    _common.check_patient_folds(
+        parser, args, ct_patients_on_disk(args.manual_dir), "--phantom-patients"
     )
 
 

@@ -96,10 +96,7 @@ def add_arguments(parser) -> None:
 
 
 def finish_arguments(parser, args) -> None:
-    _common.check_arguments(parser, args)
-    _common.check_tuning_arguments(parser, args)
-    _common.check_tracking_arguments(parser, args)
-    _common.check_strategy_argument(parser, args)
+    _common.check_shared_arguments(parser, args)
     if args.image_size % 8:
         parser.error("--image-size must be a multiple of 8 (three 2x poolings)")
     if args.output_dir is None:
@@ -107,19 +104,8 @@ def finish_arguments(parser, args) -> None:
         args.output_dir = pathlib.Path("kseg_runs") / f"lctsc_{args.config}{suffix}"
     args.layout = CONFIG_LAYOUTS[args.config]
     args.manual_dir = args.data_dir or args.output_dir / f"phantom_lctsc_{args.layout}"
-    patients, source = _common.patients_and_source(
-        training_patients_on_disk(args.manual_dir, args.layout),
-        args.manual_dir,
-        None if args.data_dir else args.phantom_patients,
-        "--phantom-patients",
-    )
-    _common.check_folds(
-        parser,
-        args.folds,
-        patients,
-        source,
-        test_fold=args.test_fold,
-        validation_fold=args.validation_fold,
+    _common.check_patient_folds(
+        parser, args, training_patients_on_disk(args.manual_dir, args.layout), "--phantom-patients"
     )
 
 

@@ -112,10 +112,7 @@ def add_arguments(parser) -> None:
 
 
 def finish_arguments(parser, args) -> None:
-    _common.check_arguments(parser, args)
-    _common.check_tuning_arguments(parser, args)
-    _common.check_tracking_arguments(parser, args)
-    _common.check_strategy_argument(parser, args)
+    _common.check_shared_arguments(parser, args)
     defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
     for name, value in defaults.items():
         if getattr(args, name) is None:
@@ -131,19 +128,8 @@ def finish_arguments(parser, args) -> None:
                      f"{distribution}: Keras cannot accumulate gradients under a "
                      "tf.distribute strategy; more replicas make the larger batch instead")
     args.manual_dir = args.data_dir or args.output_dir / "phantom"
-    patients, source = _common.patients_and_source(
-        labelled_cases_on_disk(args.manual_dir),
-        args.manual_dir,
-        None if args.data_dir else args.phantom_cases,
-        "--phantom-cases",
-    )
-    _common.check_folds(
-        parser,
-        args.folds,
-        patients,
-        source,
-        test_fold=args.test_fold,
-        validation_fold=args.validation_fold,
+    _common.check_patient_folds(
+        parser, args, labelled_cases_on_disk(args.manual_dir), "--phantom-cases"
     )
 
 
@@ -503,11 +489,7 @@ def _main(argv=None):
     _, fit_seconds, chief = _train(args)
     if not chief:  # the chief evaluates and reports for the cluster
         return None
-    if _common.has_test_fold(args):
-        table = evaluate(args, split="test")
-    else:
-        table = None
-        _common.skipping_test_evaluation(args)
+    table = _common.evaluate_test_fold(args, evaluate)
     print(f"\nOutputs in {args.output_dir}")
     print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
     return table
