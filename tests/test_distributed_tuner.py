@@ -16,19 +16,12 @@ hyperparameters are those of the best recorded trial.
 import itertools
 import json
 import os
-import pathlib
-import queue
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
-import threading
 import time
 
 import pytest
+from child_processes import JsonLinesChild, free_ports
 
-REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 TIMEOUT = 400  # seconds for a whole search; each process imports TensorFlow (slow when busy)
 BASE_FILTERS = (2, 4)
 LOSSES = ("dice", "dice_ce")
@@ -98,82 +91,23 @@ CHILD = textwrap.dedent(
 
 
 def free_port():
-    with socket.socket() as one:
-        one.bind(("127.0.0.1", 0))
-        return one.getsockname()[1]
+    return free_ports(1)[0]
 
 
-class Process:
+class Process(JsonLinesChild):
     """One tuner process; stdout read as JSON lines, stderr kept in a file."""
 
     def __init__(
         self, tmp_path, tuner_id, port, directory, *, pause=False, log_name=None, kind="grid"
     ):
-        self.name = log_name or tuner_id
-        self.stderr_path = tmp_path / f"{self.name}.stderr"
         environment = dict(
             os.environ,
-            PYTHONPATH=str(REPOSITORY),
-            TF_CPP_MIN_LOG_LEVEL="2",
-            CUDA_VISIBLE_DEVICES="",  # on CPU: processes sharing a GPU would each take it all
             KERASTUNER_TUNER_ID=tuner_id,
             KERASTUNER_ORACLE_IP="127.0.0.1",
             KERASTUNER_ORACLE_PORT=str(port),
         )
-        with open(self.stderr_path, "w") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", CHILD, str(directory), "pause" if pause else "run", kind],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                env=environment,
-                cwd=REPOSITORY,
-            )
-        self.messages = []
-        self._ended = False
-        self._lines = queue.Queue()
-        self._reader = threading.Thread(target=self._read_lines, daemon=True)
-        self._reader.start()
-
-    def _read_lines(self):
-        # a thread, not select() on the pipe: readline() buffers lines select() cannot see
-        for line in self.process.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def read_until(self, key, deadline):
-        while True:
-            for message in self.messages:
-                if key in message:
-                    return message
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{self.name}: no {key!r} in time; {self.describe()}")
-            try:
-                line = None if self._ended else self._lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                self._ended = True
-                self.process.wait(timeout=30)
-                raise AssertionError(
-                    f"{self.name} ended (code {self.process.returncode}) before {key!r}; "
-                    f"{self.describe()}"
-                )
-            if line.startswith("{"):
-                self.messages.append(json.loads(line))
-
-    def describe(self):
-        return f"messages {self.messages}; stderr tail:\n{self.stderr_path.read_text()[-3000:]}"
-
-    def kill(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-        self._reader.join(timeout=30)
-        self.process.stdout.close()
-        self.process.stdin.close()
+        arguments = [directory, "pause" if pause else "run", kind]
+        super().__init__(tmp_path, log_name or tuner_id, CHILD, arguments, environment)
 
 
 def key(values):

@@ -16,23 +16,15 @@ budget whose clock races on worker 1 stops nobody: the chief's clock decides for
 """
 
 import json
-import os
-import pathlib
-import queue
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
-import threading
 import time
 
 import numpy as np
 import pytest
+from child_processes import JsonLinesChild, free_ports, without_tf_config
 
 from kseg.training import distribute
 
-REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 4
 PAUSE_AT = 2
 TIMEOUT = 150  # seconds for any one wait; TensorFlow starts slowly on a busy machine
@@ -135,101 +127,18 @@ CHILD = textwrap.dedent(
 )
 
 
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for one in sockets:
-            one.bind(("127.0.0.1", 0))
-        return [one.getsockname()[1] for one in sockets]
-    finally:
-        for one in sockets:
-            one.close()
-
-
-class Child:
+class Child(JsonLinesChild):
     """One training process; its stdout read as JSON lines, stderr kept in a file."""
 
     def __init__(self, tmp_path, name, run_dir, strategy, weights, *, tf_config=None, pause=-1):
-        self.name = name
-        self.stderr_path = tmp_path / f"{name}.stderr"
-        # on CPU: processes sharing one GPU would each take all of its memory
-        environment = dict(
-            os.environ,
-            PYTHONPATH=str(REPOSITORY),
-            TF_CPP_MIN_LOG_LEVEL="2",
-            CUDA_VISIBLE_DEVICES="",
-        )
-        environment.pop("TF_CONFIG", None)
+        environment = without_tf_config()
         if tf_config is not None:
             environment["TF_CONFIG"] = json.dumps(tf_config)
-        with open(self.stderr_path, "w") as stderr:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-c",
-                    CHILD,
-                    str(run_dir),
-                    strategy,
-                    str(EPOCHS),
-                    str(weights),
-                    str(pause),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                env=environment,
-                cwd=REPOSITORY,
-            )
-        self.messages = []
-        self._ended = False
-        self._lines = queue.Queue()
-        self._reader = threading.Thread(target=self._read_lines, daemon=True)
-        self._reader.start()
-
-    def _read_lines(self):
-        # a thread, not select() on the pipe: readline() buffers lines select() cannot see
-        for line in self.process.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def read_until(self, key, deadline):
-        """Messages up to and including the first one with ``key``."""
-        while True:
-            for message in self.messages:
-                if key in message:
-                    return message
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"{self.name}: no {key!r} in time; {self.describe()}")
-            try:
-                line = None if self._ended else self._lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            if line is None:
-                self._ended = True
-                self.process.wait(timeout=30)
-                raise AssertionError(
-                    f"{self.name} ended (code {self.process.returncode}) before {key!r}; "
-                    f"{self.describe()}"
-                )
-            if line.startswith("{"):  # not TimeBudget's summary
-                self.messages.append(json.loads(line))
+        arguments = [run_dir, strategy, EPOCHS, weights, pause]
+        super().__init__(tmp_path, name, CHILD, arguments, environment)
 
     def epochs(self):
         return [message for message in self.messages if "done" in message]
-
-    def describe(self):
-        return f"messages {self.messages}; stderr tail:\n{self.stderr_path.read_text()[-3000:]}"
-
-    def kill(self):
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-        self._reader.join(timeout=30)
-        self.process.stdout.close()
-        if self.process.stdin:
-            self.process.stdin.close()
 
 
 def cluster(ports, index):

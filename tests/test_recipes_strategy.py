@@ -8,12 +8,12 @@ import argparse
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from child_processes import free_ports
 
 from kseg.recipes import _common, load
 
@@ -121,17 +121,6 @@ def test_a_tuner_worker_never_prepares_the_dataset(tmp_path, monkeypatch):
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "tuner0")
     with pytest.raises(LayoutError, match="after the chief has prepared it"):
         _common.prepare(Unprepared(), tmp_path / "manual")
-
-
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for one in sockets:
-            one.bind(("127.0.0.1", 0))
-        return [one.getsockname()[1] for one in sockets]
-    finally:
-        for one in sockets:
-            one.close()
 
 
 @pytest.mark.slow
