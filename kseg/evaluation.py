@@ -323,8 +323,10 @@ def _metric_functions() -> dict[str, Callable]:
     }
 
 
-def _labels_from_probabilities(probabilities: np.ndarray, threshold: float) -> np.ndarray:
-    """Foreground where the one channel is ``>= threshold``; the argmax of several."""
+def labels_from_probabilities(probabilities: np.ndarray, threshold: float) -> np.ndarray:
+    """The label map kseg scores and writes: foreground where the one channel is
+    ``>= threshold``, the argmax over several channels (evaluation, ``kseg predict``, the
+    recipes' case files and the studies all use this one rule)."""
     if probabilities.shape[-1] == 1:
         return probabilities[..., 0] >= threshold
     return np.argmax(probabilities, axis=-1)
@@ -333,7 +335,7 @@ def _labels_from_probabilities(probabilities: np.ndarray, threshold: float) -> n
 def _label_map(patient_id, y_pred: np.ndarray, reference_shape, threshold: float) -> np.ndarray:
     """Predicted labels from probabilities ``(*spatial, C)`` or from a label map."""
     if y_pred.ndim == len(reference_shape) + 1:
-        labels = _labels_from_probabilities(y_pred, threshold)
+        labels = labels_from_probabilities(y_pred, threshold)
     elif y_pred.ndim == len(reference_shape):
         labels = y_pred >= threshold if np.issubdtype(y_pred.dtype, np.floating) else y_pred
     else:
@@ -968,7 +970,7 @@ def evaluate_on_original_grid(
                 batch_size=batch_size, progress=False,
             )  # fmt: skip
             predicted = _postprocessed(
-                patient_id, _labels_from_probabilities(probabilities, threshold).astype(np.uint8),
+                patient_id, labels_from_probabilities(probabilities, threshold).astype(np.uint8),
                 postprocess,
             )  # fmt: skip
             reference = read_nifti_labels(label_file, patient_id=patient_id)

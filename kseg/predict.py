@@ -310,7 +310,7 @@ def _predict_slices(model, inference, array: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
     from kseg.data.pipeline import model_input
-    from kseg.evaluation import _labels_from_probabilities, resize_probabilities
+    from kseg.evaluation import labels_from_probabilities, resize_probabilities
     from kseg.inference import predict_slices
 
     preprocess = model_input(
@@ -320,7 +320,7 @@ def _predict_slices(model, inference, array: np.ndarray) -> np.ndarray:
     inputs = np.stack(list(slices.as_numpy_iterator()))
     probabilities = predict_slices(model, inputs, progress=False)
     probabilities = resize_probabilities(probabilities, array.shape[1:])
-    labels = _labels_from_probabilities(probabilities, float(inference.get("threshold", 0.5)))
+    labels = labels_from_probabilities(probabilities, float(inference.get("threshold", 0.5)))
     return _postprocessed(inference, labels.astype(np.int32))
 
 
@@ -337,7 +337,7 @@ def _window_argument(window):
 def _predict_volume(model, inference, image: Volume) -> np.ndarray:
     from kseg.data.pipeline import window
     from kseg.data.preprocess3d import preprocess_volume
-    from kseg.evaluation import _labels_from_probabilities
+    from kseg.evaluation import labels_from_probabilities
     from kseg.inference import sliding_window
 
     low, high = (float(v) for v in inference["window"])
@@ -355,7 +355,7 @@ def _predict_volume(model, inference, image: Volume) -> np.ndarray:
         blend=inference.get("blend", "gaussian"), batch_size=_VOLUME_BATCH,
         progress=False,
     )  # fmt: skip
-    labels = _labels_from_probabilities(probabilities, float(inference.get("threshold", 0.5)))
+    labels = labels_from_probabilities(probabilities, float(inference.get("threshold", 0.5)))
     # on the model's grid, as evaluation and checkpoint selection apply it
     return prepared.to_original_grid(_postprocessed(inference, labels.astype(np.int32)))
 

@@ -856,7 +856,7 @@ def uncertainty_study(
     """
     import numpy as np
 
-    from kseg.evaluation import _labels_from_probabilities, _postprocessed
+    from kseg.evaluation import _postprocessed, labels_from_probabilities
     from kseg.inference import mc_dropout, tta_uncertainty
     from kseg.inference.uncertainty import DROPOUT_LAYERS
     from kseg.metrics import uncertainty_dice_correlation
@@ -897,7 +897,7 @@ def uncertainty_study(
             entropy = _entropy(probabilities)
             predicted = _postprocessed(
                 case_id,
-                _labels_from_probabilities(probabilities, data.threshold).astype(np.uint8),
+                labels_from_probabilities(probabilities, data.threshold).astype(np.uint8),
                 data.postprocess,
             )
             (scored,) = score_cases(

@@ -18,10 +18,10 @@ import numpy as np
 from kseg._files import atomic_output
 from kseg.evaluation import (
     PatientTable,
-    _labels_from_probabilities,
     _postprocessed,
     _warn_empty_references,
     evaluate_volumes,
+    labels_from_probabilities,
     predict_on_mask_grid,
     reassemble_slices,
 )
@@ -111,7 +111,7 @@ def score_slice_cases(
             ((_, mask, probabilities, _),) = predict_on_mask_grid(
                 model, [(patient_id, inputs, mask, spacing)]
             )
-            predicted = _labels_from_probabilities(probabilities, threshold).astype(np.uint8)
+            predicted = labels_from_probabilities(probabilities, threshold).astype(np.uint8)
             predicted = _postprocessed(patient_id, predicted, postprocess)
             shown = np.asarray(display)[..., 0]
             case_spacing = (1.0, 1.0, 1.0) if spacing is None else spacing
