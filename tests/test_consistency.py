@@ -115,20 +115,42 @@ def test_consistency_loss_refuses_mismatched_shapes():
 # --- mean teacher -------------------------------------------------------------------------
 
 
-def numpy_mean_teacher_ema(student_history, initial, decay):
-    """θ'_t = α_t θ'_{t-1} + (1 - α_t) θ_t, α_t = min(1 - 1/(t + 1), decay) (trainable),
-    BatchNorm statistics copied."""
-    teacher = [w.copy() for w in initial]
-    for t, (weights, trainable) in enumerate(student_history, start=1):
+def numpy_conv3x3_same(images, kernel, bias):
+    """Keras' Conv2D(padding="same") for a 3×3 kernel: cross-correlation on a zero-padded
+    grid."""
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    height, width = images.shape[1:3]
+    out = np.zeros((*images.shape[:3], kernel.shape[-1]))
+    for di in range(3):
+        for dj in range(3):
+            out += padded[:, di : di + height, dj : dj + width, :] @ kernel[di, dj]
+    return out + bias
+
+
+def numpy_mean_teacher(initial, student_history, batches, decay, momentum=0.9):
+    """The tiny net's teacher after each step: before the student's update the teacher
+    (training mode) normalises its conv activations on the batch and moves its own
+    BatchNorm statistics, ``m ← momentum m + (1 - momentum) batch_moment`` (biased
+    variance); after it, ``θ'_t = α_t θ'_{t-1} + (1 - α_t) θ_t`` with
+    ``α_t = min(1 - 1/(t + 1), decay)`` for the trainable weights."""
+    kernel, bias, gamma, beta, mean, variance, head_kernel, head_bias = [
+        w.astype("float64") for w in initial
+    ]
+    for t, (student, images) in enumerate(zip(student_history, batches, strict=True), 1):
+        activations = numpy_conv3x3_same(images, kernel, bias)
+        mean = momentum * mean + (1 - momentum) * activations.mean(axis=(0, 1, 2))
+        variance = momentum * variance + (1 - momentum) * activations.var(axis=(0, 1, 2))
         alpha = min(1.0 - 1.0 / (t + 1), decay)
-        teacher = [
-            alpha * tw + (1 - alpha) * sw if train else sw.copy()
-            for tw, sw, train in zip(teacher, weights, trainable, strict=True)
+        kernel, bias, gamma, beta, head_kernel, head_bias = [
+            alpha * teacher + (1 - alpha) * new
+            for teacher, new in zip(
+                (kernel, bias, gamma, beta, head_kernel, head_bias), student, strict=True
+            )
         ]
-    return teacher
+    return [kernel, bias, gamma, beta, mean, variance, head_kernel, head_bias]
 
 
-def test_mean_teacher_ema_matches_numpy_after_n_steps():
+def test_mean_teacher_matches_numpy_ema_and_its_own_batchnorm_statistics():
     keras.utils.set_random_seed(0)
     x, y = synthetic(8)
     x_unlabeled, _ = synthetic(8, seed=1)
@@ -138,26 +160,43 @@ def test_mean_teacher_ema_matches_numpy_after_n_steps():
     assert all(
         np.array_equal(t, s.numpy()) for t, s in zip(initial, model.student.weights, strict=True)
     )
+    # the optimizer moves the student's weights only
+    assert [w.path for w in model.trainable_weights] == [
+        w.path for w in model.student.trainable_weights
+    ]
     history = []
 
     class Record(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            history.append(
-                (
-                    [w.numpy() for w in model.student.weights],
-                    [w.trainable for w in model.student.weights],
-                )
-            )
+            history.append([w.numpy() for w in model.student.trainable_weights])
 
     model.fit(zipped(x, y, x_unlabeled), epochs=2, verbose=0, callbacks=[Record()])
     assert len(history) == 4
-    expected = numpy_mean_teacher_ema(history, initial, 0.9)
-    assert any(not t for t in history[0][1])  # BatchNorm moving statistics are in there
+    # zipped() batches 4 + 4 in order, the same two batches each epoch
+    batches = [np.concatenate([x[i : i + 4], x_unlabeled[i : i + 4]]) for i in (0, 4, 0, 4)]
+    expected = numpy_mean_teacher(initial, history, batches, 0.9)
     for got, want in zip(model.teacher.weights, expected, strict=True):
-        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6)
-    # the teacher lags the student: after 4 steps with α up to 0.8 they differ
-    kernel = model.student.trainable_weights[0]
-    assert not np.allclose(model.teacher.weights[0].numpy(), kernel.numpy())
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5, err_msg=got.path)
+    # the teacher's statistics are not the student's (they came from other weights)
+    student_mean = model.student.non_trainable_weights[0].numpy()
+    assert not np.allclose(model.teacher.weights[4].numpy(), student_mean)
+
+
+def test_mean_teacher_without_averaging_or_noise_is_the_student():
+    """ema_decay 0 makes the teacher the student's weights after every step; both then
+    normalise the same batch with the same weights, so the BatchNorm statistics the teacher
+    gathers on its own equal the student's, and both models predict alike."""
+    keras.utils.set_random_seed(2)
+    x, y = synthetic(8)
+    x_unlabeled, _ = synthetic(8, seed=4)
+    model = MeanTeacher(tiny_net(), rampup_steps=2, ema_decay=0.0, noise=None)
+    model.compile(keras.optimizers.Adam(0.05), loss=DiceCELoss(from_logits=True))
+    model.fit(zipped(x, y, x_unlabeled), epochs=3, verbose=0)
+    for teacher, student in zip(model.teacher.weights, model.student.weights, strict=True):
+        np.testing.assert_allclose(teacher.numpy(), student.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        model.teacher.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_mean_teacher_consistency_weight_follows_the_ramp_up():

@@ -8,7 +8,8 @@ the confident voxels).
 ``MeanTeacher`` (Tarvainen & Valpola 2017) trains a student ``keras.Model`` on the
 supervised loss of the labeled batch plus a consistency loss: the mean squared difference
 between the student's and an EMA teacher's class probabilities, on labeled and unlabeled
-images under independent input noise, weighted by a sigmoid ramp-up.
+images under independent input noise, weighted by a sigmoid ramp-up. The teacher keeps
+its own BatchNorm statistics, from its own activations.
 
 Both models take one dataset of ``(labeled_batch, unlabeled_batch)`` pairs, e.g.
 ``tf.data.Dataset.zip((labeled, unlabeled))`` where ``labeled`` yields ``(x, y)`` batches and
@@ -201,7 +202,7 @@ class MeanTeacher(_ConsistencyModel):
     """Mean-teacher training of a segmentation model on labeled + unlabeled batches.
 
     Each step the student sees the labeled and unlabeled images with one draw of ``noise``,
-    the teacher (inference mode, no gradient) sees them with another; the student minimises
+    the teacher (training mode, no gradient) sees them with another; the student minimises
 
         ``L = L_sup(y, student(x_l)) + w(t) · MSE(p_student, p_teacher)``
 
@@ -214,11 +215,17 @@ class MeanTeacher(_ConsistencyModel):
     random initialisation). The paper uses ``ema_decay`` 0.99 during ramp-up and 0.999
     after it; 0.99 is the default here because segmentation runs are short.
 
-    BatchNorm moving statistics: the teacher *copies* the student's moving mean and
-    variance (every non-trainable variable) after each step rather than averaging them,
-    so the teacher normalises with statistics of the inputs the student currently sees
-    and never with a lagging mix (the teacher runs in inference mode, so it would
-    otherwise never update them).
+    BatchNorm: the teacher runs in training mode, as in the authors' code
+    (``ema_model.train()``): it normalises with the statistics of its own activations on
+    the batch, like the student, and its moving mean and variance follow those
+    activations, so it is scored (inference mode) with statistics of its own weights.
+    Only the trainable weights are averaged; the teacher's other state is its own.
+    Copying the student's moving statistics instead normalises the averaged weights'
+    activations with another network's statistics: on the X-ray phantom (3 labelled
+    images, 135 steps) that teacher scored 0.70 validation Dice where the same weights with
+    their own statistics scored 0.91, and its targets pulled the student down with it.
+    In training mode the teacher also applies the student's dropout, if any (the
+    authors' teacher does).
 
     ``evaluate``, ``predict`` and ``__call__`` run the student. Save the student alone for
     inference (``model.student.save("student.keras")``, reloaded by ``kseg.load_model``);
@@ -274,7 +281,12 @@ class MeanTeacher(_ConsistencyModel):
         self.ema_decay = float(ema_decay)
         self.noise = noise
         self.teacher = keras.models.clone_model(self.student)
-        self.teacher.trainable = False
+        # The teacher's layers stay trainable so that its BatchNorm runs in training mode
+        # (Keras runs a non-trainable BatchNorm in inference mode); its variables are
+        # flagged non-trainable so that the wrapper's trainable_weights, the optimizer's
+        # variables, are the student's alone. The EMA, not the optimizer, moves them.
+        for variable in self.teacher.weights:
+            variable.trainable = False
         if self.student.built:
             self._copy_to_teacher()
         self._build_from_student()
@@ -295,16 +307,15 @@ class MeanTeacher(_ConsistencyModel):
         return self.noise(images, training=True)
 
     def ema_update(self, step):
-        """``teacher ← α teacher + (1 - α) student``, ``α = min(1 - 1/(step + 1), ema_decay)``;
-        BatchNorm statistics (non-trainable variables) copied."""
+        """``teacher ← α teacher + (1 - α) student`` for the student's trainable weights,
+        ``α = min(1 - 1/(step + 1), ema_decay)``; the teacher's BatchNorm statistics (the
+        non-trainable weights) are its own and left as they are."""
         step = ops.cast(step, "float32")
         alpha = ops.minimum(1.0 - 1.0 / (step + 1.0), self.ema_decay)
         for teacher, student in zip(self.teacher.weights, self.student.weights, strict=True):
             if student.trainable:
                 a = ops.cast(alpha, teacher.dtype)
                 teacher.assign(a * teacher + (1.0 - a) * ops.cast(student, teacher.dtype))
-            else:  # BatchNorm moving statistics (and any other state): copied
-                teacher.assign(student)
 
     def train_step(self, data):
         import tensorflow as tf
@@ -312,7 +323,9 @@ class MeanTeacher(_ConsistencyModel):
         (x, y, sample_weight), x_unlabeled = _split_batch(self.name, data)
         labeled_count = ops.shape(x)[0]
         images = ops.concatenate([x, ops.cast(x_unlabeled, x.dtype)], axis=0)
-        teacher_logits = ops.stop_gradient(self.teacher(self._perturb(images), training=False))
+        # Outside the tape: no gradient reaches the teacher. Training mode updates its own
+        # BatchNorm statistics (see the class docstring).
+        teacher_logits = ops.stop_gradient(self.teacher(self._perturb(images), training=True))
         step = self.optimizer.iterations
         weight = self.consistency_weight * sigmoid_rampup(step, self.rampup_steps)
         with tf.GradientTape() as tape:
