@@ -114,6 +114,81 @@ def ensemble_predictor(
     return predict_mean
 
 
+def mirror_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every subset of ``axes``, the empty one first: the flips mirroring test-time
+    augmentation averages over (``2**len(axes)`` of them, as nnU-Net's
+    ``predict_sliding_window_return_logits`` with ``use_mirroring``)."""
+    axes = tuple(int(axis) for axis in axes)
+    return [
+        subset for size in range(len(axes) + 1) for subset in itertools.combinations(axes, size)
+    ]
+
+
+def ensemble_model(members: Sequence, *, mirror_axes: Sequence[int] = (), name: str = "ensemble"):
+    """One ``keras.Model`` that returns the mean probability of ``members`` over every flip of
+    ``mirror_axes``: what :func:`ensemble_predictor` wrapped in :func:`kseg.inference.flip_tta`
+    computes, as a model that is saved, loaded (:func:`kseg.load_model`) and called like any
+    other, so everything that takes a run's ``best.keras`` takes the ensemble unchanged.
+
+    For each member and each subset of ``mirror_axes`` the input is flipped along the
+    subset, the member predicts, the prediction is flipped back; the output is the plain
+    mean of all ``members x 2**len(mirror_axes)`` maps. The graph holds only Keras layers,
+    ``keras.ops.flip`` and the members themselves (nested), so it reloads in a fresh
+    process with no custom objects beyond the members' own.
+
+    Args:
+        members: ``keras.Model`` objects or paths of ``.keras`` files (loaded with
+            :func:`kseg.load_model`, ``compile=False``), all with the same input and output
+            shapes.
+        mirror_axes: spatial axes to mirror, counted without the batch and channel axes;
+            ``()`` averages the members alone.
+        name: the model's name.
+
+    Returns:
+        An uncompiled ``keras.Model`` with the members' input and output shapes.
+
+    Raises:
+        ValueError: no members, members with different input or output shapes, or a mirror
+            axis that is not a spatial axis or repeats.
+
+    Reference:
+        Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical
+        image segmentation", Nature Methods 18, 2021 (five-fold ensemble with mirroring).
+    """
+    import keras
+    from keras import ops
+
+    models = [_load_member(member) for member in members]
+    if not models:
+        raise ValueError("members must hold at least one model or checkpoint path")
+    input_shape = tuple(models[0].input_shape)
+    output_shape = tuple(models[0].output_shape)
+    for index, model in enumerate(models):
+        if tuple(model.input_shape) != input_shape or tuple(model.output_shape) != output_shape:
+            raise ValueError(
+                f"ensemble member {index} maps {model.input_shape} to {model.output_shape}, "
+                f"member 0 maps {input_shape} to {output_shape}"
+            )
+    spatial_dims = len(input_shape) - 2
+    axes = tuple(int(axis) for axis in mirror_axes)
+    if len(set(axes)) != len(axes) or any(not 0 <= axis < spatial_dims for axis in axes):
+        raise ValueError(
+            f"mirror_axes must be distinct spatial axes in 0..{spatial_dims - 1}, got {axes}"
+        )
+    inputs = keras.Input(shape=input_shape[1:], name="image")
+    outputs = []
+    for index, model in enumerate(models):
+        # nested models need distinct names in the ensemble's graph
+        model.name = f"member_{index}"
+        for subset in mirror_subsets(axes):
+            batch_axes = tuple(axis + 1 for axis in subset)
+            flipped = ops.flip(inputs, axis=batch_axes) if batch_axes else inputs
+            prediction = model(flipped, training=False)
+            outputs.append(ops.flip(prediction, axis=batch_axes) if batch_axes else prediction)
+    mean = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="mean")(outputs)
+    return keras.Model(inputs, mean, name=name)
+
+
 def _member_stack(member_probabilities, argument: str) -> np.ndarray:
     """Members' probability maps as one float array ``(members, *spatial, C)``, checked."""
     if isinstance(member_probabilities, np.ndarray):

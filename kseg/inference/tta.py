@@ -162,3 +162,45 @@ def spatial_transforms(
                     seen.add(key)
                     transforms.append(transform)
     return transforms
+
+
+def augmentation_mirror_axes(augmenter, spatial_dims: int) -> tuple[int, ...]:
+    """The spatial axes a training augmentation mirrors: the axes mirroring test-time
+    augmentation may flip without showing the model images it never trained on (nnU-Net
+    mirrors at inference exactly the axes it mirrored in training,
+    ``inference_allowed_mirroring_axes``).
+
+    Reads kseg's :class:`kseg.augment.RandomAxisFlip` (its ``axes``) and Keras'
+    ``RandomFlip`` (``"vertical"``: axis 0, ``"horizontal"``: axis 1, both for
+    ``"horizontal_and_vertical"``), inside a :class:`kseg.augment.SegmentationAugmenter`
+    or a :class:`kseg.augment.RandomApply`, at any depth.
+
+    Args:
+        augmenter: the training augmentation layer, or ``None`` (no augmentation).
+        spatial_dims: 2 or 3.
+
+    Returns:
+        The mirrored axes, sorted (``()`` for an augmentation without flips).
+    """
+    import keras
+
+    from kseg.augment import RandomAxisFlip
+
+    found = set()
+
+    def visit(layer):
+        if layer is None:
+            return
+        if isinstance(layer, RandomAxisFlip):
+            found.update(int(axis) for axis in layer.axes)
+        elif isinstance(layer, keras.layers.RandomFlip):
+            if "vertical" in layer.mode:
+                found.add(spatial_dims - 2)
+            if "horizontal" in layer.mode:
+                found.add(spatial_dims - 1)
+        for child in getattr(layer, "augmentation_layers", ()):
+            visit(child)
+        visit(getattr(layer, "layer", None))
+
+    visit(augmenter)
+    return tuple(sorted(found))
