@@ -1,4 +1,5 @@
-"""What the recipes share: the ``--folds`` option and its check, the tuning options, the
+"""What the recipes share: the ``--folds`` option and its check (``--validation-fold all``:
+cross-validation, :mod:`kseg.recipes.cross_validation`), the tuning options, the
 ``--strategy`` of a training run and its start (:func:`start_training`), the TFDS build
 step, progress settings and the closing run-time line.
 
@@ -21,12 +22,14 @@ import time
 # without a test fold (--test-fold none) one fewer.
 MIN_FOLDS = 3
 DEFAULT_FOLDS = 5
+# --validation-fold all: one model per non-test fold as validation, averaged into one model.
+ALL_FOLDS = "all"
 
 
 def add_folds_argument(parser: argparse.ArgumentParser) -> None:
-    """``--folds``, ``--test-fold K|none`` and ``--validation-fold K``."""
+    """``--folds``, ``--test-fold K|none`` and ``--validation-fold K|all``."""
     parser.add_argument(
-        "--folds", type=int, default=DEFAULT_FOLDS,
+        "--folds", type=fold_count, default=DEFAULT_FOLDS,
         help=f"patient-level folds the dataset is split into (at least {MIN_FOLDS}, "
              f"{MIN_FOLDS - 1} with --test-fold none; at most the number of patients; "
              "default %(default)s)",
@@ -38,9 +41,52 @@ def add_folds_argument(parser: argparse.ArgumentParser) -> None:
              "evaluate it on other data with --input)",
     )
     parser.add_argument(
-        "--validation-fold", type=int, default=1, metavar="K",
-        help="fold that chooses the best model (default %(default)s)",
+        "--validation-fold", type=fold_or_all, default=1, metavar="K|all",
+        help="fold that chooses the best model (default %(default)s); all: cross-validation "
+             "as nnU-Net runs it, one complete run per non-test fold as validation in "
+             "OUTPUT_DIR/folds/fold_<K>/, and OUTPUT_DIR/best.keras one model averaging "
+             "their probabilities with mirroring test-time augmentation (post-processing "
+             "chosen on the pooled out-of-fold predictions); rerun the same command to "
+             "resume, finished folds are kept",
     )
+
+
+def fold_count(text: str) -> int:
+    """A ``--folds`` value: a whole number. ``all`` is what ``--validation-fold all`` means
+    (nnU-Net's "all folds"), and says so."""
+    if text.strip().lower() == ALL_FOLDS:
+        raise argparse.ArgumentTypeError(
+            "--folds is the number of folds the patients are split into; for one model per "
+            "fold averaged into an ensemble (nnU-Net's all folds) use --validation-fold all"
+        )
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of folds, got {text!r}") from None
+
+
+def fold_or_all(text: str) -> int | str:
+    """A ``--validation-fold`` value: a fold number, or ``all`` for cross-validation."""
+    if text.strip().lower() == ALL_FOLDS:
+        return ALL_FOLDS
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fold number or all, got {text!r}"
+        ) from None
+
+
+def cross_validating(args) -> bool:
+    """Whether ``args`` ask for cross-validation (``--validation-fold all``)."""
+    return getattr(args, "validation_fold", 1) == ALL_FOLDS
+
+
+def member_folds(args) -> list[int]:
+    """The validation fold of each member of a cross-validation: every fold but the test
+    fold."""
+    test_fold = getattr(args, "test_fold", 0)
+    return [fold for fold in range(args.folds) if fold != test_fold]
 
 
 def fold_or_none(text: str) -> int | None:
@@ -65,10 +111,20 @@ def fold_splits(args) -> dict:
     """``{"train": ..., "validation": ..., "test": ...}``, the TFDS split of each role
     (:func:`kseg.data.splits.split_names`); without a test fold, no ``"test"`` and every
     fold but the validation one trains. Runs recorded before ``--test-fold`` and
-    ``--validation-fold`` existed used folds 0 and 1."""
+    ``--validation-fold`` existed used folds 0 and 1.
+
+    A cross-validation (``--validation-fold all``) has no validation fold of its own (each
+    member has one): ``"train"`` is every non-test fold the ensemble learnt from and there
+    is no ``"validation"``."""
     from kseg.data.splits import fold_names, split_names
 
     validation_fold = getattr(args, "validation_fold", 1)
+    if validation_fold == ALL_FOLDS:
+        names = fold_names(args.folds)
+        roles = {"train": "+".join(names[fold] for fold in member_folds(args))}
+        if has_test_fold(args):
+            roles["test"] = names[args.test_fold]
+        return roles
     if has_test_fold(args):
         return split_names(
             args.folds, test_fold=getattr(args, "test_fold", 0), validation_fold=validation_fold
@@ -82,22 +138,35 @@ def fold_splits(args) -> dict:
 
 def check_split(args, split: str) -> None:
     """A kseg error (before TensorFlow loads) for ``split="test"`` on a run trained with
-    ``--test-fold none``."""
+    ``--test-fold none``, and for the recipe's own ``split="validation"`` on a
+    cross-validation, whose validation table is the out-of-fold one
+    (:func:`kseg.recipes.cross_validation.evaluate`)."""
+    if split == "validation" and cross_validating(args):
+        from kseg.errors import LayoutError
+
+        raise LayoutError(
+            args.output_dir, "is a cross-validation (--validation-fold all): its ensemble "
+            "learnt from every non-test fold, so its validation table is the out-of-fold "
+            "one, each member scoring its own validation fold: kseg evaluate RUN --split "
+            "validation, or kseg.recipes.cross_validation.evaluate",
+        )  # fmt: skip
     if split == "test" and not has_test_fold(args):
         from kseg.errors import LayoutError
 
         raise LayoutError(
             args.output_dir, "was trained with --test-fold none: every fold but the "
-            "validation one trained, so it has no test fold to evaluate; use --split "
-            "validation, or --input DIR with other labeled cases",
+            "validation one trained (or, with --validation-fold all, every fold), so it has "
+            "no test fold to evaluate; use --split validation, or --input DIR with other "
+            "labeled cases",
         )  # fmt: skip
 
 
 def skipping_test_evaluation(args) -> None:
     """What ``main`` says instead of a test table for a run without a test fold."""
-    print(f"\nNo test evaluation: --test-fold none trained on every fold but the validation "
-          f"fold {args.validation_fold}. Score other labeled cases with: kseg evaluate "
-          f"{args.output_dir} --input DIR", flush=True)
+    trained = ("every fold (one member per fold as validation)" if cross_validating(args)
+               else f"every fold but the validation fold {args.validation_fold}")
+    print(f"\nNo test evaluation: --test-fold none trained on {trained}. Score other "
+          f"labeled cases with: kseg evaluate {args.output_dir} --input DIR", flush=True)
 
 
 def evaluate_test_fold(args, evaluate):
@@ -155,11 +224,15 @@ def check_folds(
     if folds < minimum:
         roles = ("a test, a validation and a training fold" if test_fold is not None
                  else "a validation and a training fold")
+        if validation_fold == ALL_FOLDS:
+            roles += " for each member of --validation-fold all"
         parser.error(f"--folds must be at least {minimum} ({roles}), got {folds}")
+    if validation_fold == ALL_FOLDS:
+        validation_fold = None  # every non-test fold in turn: each is checked with the test fold
     for option, fold in (("--test-fold", test_fold), ("--validation-fold", validation_fold)):
         if fold is not None and not 0 <= fold < folds:
             parser.error(f"{option} must be in 0..{folds - 1} with --folds {folds}, got {fold}")
-    if test_fold == validation_fold:
+    if test_fold is not None and test_fold == validation_fold:
         parser.error(f"--test-fold and --validation-fold must differ, both are {test_fold}")
     if patients is not None and patients < folds:
         advice = (f"use --folds {patients} or fewer" if patients >= minimum
@@ -397,6 +470,10 @@ def add_strategy_argument(parser: argparse.ArgumentParser) -> None:
 def check_strategy_argument(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage error (exit 2) for ``--strategy multi-worker`` without ``TF_CONFIG``, before
     TensorFlow loads."""
+    if getattr(args, "distribution", None) == "multi-worker" and cross_validating(args):
+        parser.error("--validation-fold all trains its members one after another on one "
+                     "machine; use --strategy default or mirrored (or one --validation-fold "
+                     "K per multi-worker run)")
     if getattr(args, "distribution", None) == "multi-worker" and not os.environ.get("TF_CONFIG"):
         parser.error(
             "--strategy multi-worker reads the cluster from the TF_CONFIG environment "
@@ -546,6 +623,9 @@ def _number_or_text(value: str):
 
 def check_tuning_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage errors (exit 2) for a tuning budget no search can use, and the stages parsed."""
+    if hasattr(args, "strategy") and cross_validating(args):  # a tuning command line
+        parser.error("--validation-fold all applies to training runs; a search ranks its "
+                     "trials on one validation fold (--validation-fold K)")
     max_trials = getattr(args, "max_trials", None)
     if max_trials is not None and max_trials < 1:
         parser.error(f"--max-trials must be at least 1, got {max_trials}")

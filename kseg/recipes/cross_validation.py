@@ -1,0 +1,342 @@
+"""Cross-validation of a recipe (``--validation-fold all``): one model per non-test fold,
+averaged into one model, as nnU-Net trains and reports its results.
+
+For every fold ``k`` but the test fold, ``RUN/folds/fold_<k>/`` is a complete run folder of
+the recipe (its own ``config.json``, ``best.keras``, ``history.csv``), trained by the
+recipe's own ``train`` with ``--validation-fold k`` and every other option of the command.
+Then:
+
+- ``RUN/best.keras`` is ONE Keras model (:func:`kseg.inference.ensemble.ensemble_model`)
+  that returns the mean probability of the members over every flip of the mirror axes, so
+  ``kseg evaluate``, ``kseg predict``, ``kseg report`` and the studies take ``RUN`` as any
+  run folder.
+- The mirror axes are those the training augmentation mirrored (nnU-Net mirrors at
+  inference exactly the axes it mirrored in training) that the labels allow
+  (:func:`kseg.plan.rule_mirror_axes`: never the left-right axis when a class name says left
+  or right). Every combination of them is averaged (``2**axes`` copies), as nnU-Net does.
+- Out-of-fold validation: each member, mirrored the same way, predicts its own validation
+  fold (``RUN/folds/fold_<k>/out_of_fold/``, a run folder of that one mirrored member); the
+  pooled table is ``RUN/evaluation/validation/``, and the post-processing is chosen on these
+  pooled predictions (:func:`kseg.evaluation.choose_postprocessing`, nnU-Net's rule).
+- ``RUN/config.json`` is the recipe's config with ``--validation-fold all``, the chosen
+  post-processing in its ``inference`` section and an ``"ensemble"`` section naming the
+  members, the mirror axes and the post-processing decision.
+
+Resumable: a member is finished when its folder holds :data:`FINISHED_FILE` (written after
+its training returned); running the same command again skips finished members, resumes a
+crashed one from its backup, and rebuilds the ensemble.
+
+Standard library only at import time, like the recipes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import shutil
+import time
+
+from kseg.recipes import _common
+
+FOLDS_FOLDER = "folds"
+# Written into a member's run folder when its training has returned: the member is done.
+FINISHED_FILE = "cross_validation_member.json"
+# The run folder of one mirrored member scoring its own validation fold.
+OUT_OF_FOLD_FOLDER = "out_of_fold"
+# nnU-Net's name for the rule; kseg applies it to the pooled out-of-fold predictions.
+POSTPROCESSING_RULE = (
+    "keep the largest component of a structure when that raises its mean Dice over the "
+    "pooled out-of-fold validation predictions (nnU-Net, determine_postprocessing)"
+)
+
+
+def member_dir(run_dir, fold: int) -> pathlib.Path:
+    """``RUN/folds/fold_<fold>``: the run folder of the member validated on ``fold``."""
+    return pathlib.Path(run_dir) / FOLDS_FOLDER / f"fold_{fold}"
+
+
+def member_args(args: argparse.Namespace, fold: int) -> argparse.Namespace:
+    """The options of the member validated on ``fold``: the command's, with its own run
+    folder and the cross-validation's one prepared dataset (``RUN/tfds`` unless
+    ``--tfds-dir``), so the data is built once for all members."""
+    member = argparse.Namespace(**vars(args))
+    member.validation_fold = fold
+    member.output_dir = member_dir(args.output_dir, fold)
+    member.tfds_dir = _common.tfds_dir(args)
+    return member
+
+
+def _write_json(path, value) -> None:
+    from kseg._files import atomic_output
+
+    with atomic_output(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(value, sort_keys=True, indent=2) + "\n")
+
+
+def _finished_record(args: argparse.Namespace) -> dict | None:
+    """The finished-member record of ``args.output_dir``, or ``None`` while the member is
+    not finished. A record of other options is an error: skipping it would put a model
+    of another command into this ensemble."""
+    from kseg.errors import LayoutError, UnreadableFileError
+    from kseg.recipes import run_config
+
+    folder = pathlib.Path(args.output_dir)
+    path = folder / FINISHED_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UnreadableFileError(path, f"is not a readable JSON file: {error}") from error
+    if not (folder / "best.keras").is_file():
+        raise LayoutError(folder, f"says in {FINISHED_FILE} that it finished training but "
+                                  "holds no best.keras; remove the folder to train it again")
+    wanted = run_config.json_arguments(args)
+    recorded = record.get("arguments", {})
+    changed = sorted(name for name in set(wanted) | set(recorded)
+                     if wanted.get(name) != recorded.get(name))
+    if changed:
+        raise LayoutError(
+            folder, f"is a cross-validation member trained with other options ({', '.join(changed)}); "
+            "rerun with the options of the first command, or give another --output-dir",
+        )  # fmt: skip
+    return record
+
+
+def train(module, args: argparse.Namespace) -> pathlib.Path:
+    """Train every member not finished yet (in fold order), then build ``RUN/best.keras``,
+    the out-of-fold table and ``RUN/config.json``; returns ``RUN/best.keras``.
+
+    Args:
+        module: the recipe module (:func:`kseg.recipes.load`).
+        args: its checked options, ``validation_fold == "all"``.
+    """
+    run_dir = pathlib.Path(args.output_dir)
+    folds = _common.member_folds(args)
+    print(f"Cross-validation: {len(folds)} members, validation folds {folds}"
+          f"{'' if _common.has_test_fold(args) else ' (no test fold)'}, in "
+          f"{run_dir / FOLDS_FOLDER}", flush=True)
+    for number, fold in enumerate(folds, start=1):
+        member = member_args(args, fold)
+        record = _finished_record(member)
+        if record is not None:
+            print(f"Member {number}/{len(folds)} (validation fold {fold}): finished in an "
+                  f"earlier run, kept ({member.output_dir})", flush=True)
+            continue
+        print(f"\nMember {number}/{len(folds)}: validation fold {fold} -> "
+              f"{member.output_dir}", flush=True)
+        started = time.perf_counter()
+        module.train(member)
+        from kseg.recipes import run_config
+
+        _write_json(member.output_dir / FINISHED_FILE, {
+            "validation_fold": fold,
+            "train_seconds": round(time.perf_counter() - started, 1),
+            "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"),
+            "arguments": run_config.json_arguments(member),
+        })  # fmt: skip
+        import keras
+
+        keras.backend.clear_session()  # the next member starts from a clean graph
+    return build_ensemble(module, args)
+
+
+def mirror_axes(module, args: argparse.Namespace, spatial_dims: int, class_names) -> tuple:
+    """The axes the ensemble mirrors: those the recipe's training augmentation flips
+    (:func:`kseg.inference.tta.augmentation_mirror_axes`; a member never saw the other
+    flips) that the labels allow (:func:`kseg.plan.rule_mirror_axes`)."""
+    from kseg.inference.tta import augmentation_mirror_axes
+    from kseg.plan import rule_mirror_axes
+
+    if hasattr(module, "augmenter"):
+        augmenter = module.augmenter(args)
+    elif hasattr(module, "build_augmenter"):  # msd_spleen: --augment names the augmentation
+        augmenter = module.build_augmenter(args.augment, args.seed)
+    else:
+        augmenter = None
+    trained = set(augmentation_mirror_axes(augmenter, spatial_dims))
+    return tuple(sorted(trained & set(rule_mirror_axes(spatial_dims, class_names))))
+
+
+def _save_model(model, path: pathlib.Path) -> None:
+    from kseg._files import atomic_output
+
+    with atomic_output(path) as temporary:
+        model.save(temporary)
+
+
+def _out_of_fold_run(module, args, fold: int, axes: tuple) -> pathlib.Path:
+    """``RUN/folds/fold_<fold>/out_of_fold``: the member mirrored over ``axes``, scored on
+    its own validation fold by the recipe's ``evaluate`` (without post-processing, which
+    is chosen on these predictions). Kept once scored; rebuilt when the member is newer."""
+    from kseg.inference.ensemble import ensemble_model
+    from kseg.recipes import run_config
+
+    source = member_dir(args.output_dir, fold)
+    view = source / OUT_OF_FOLD_FOLDER
+    scores = view / "evaluation" / "validation" / "scores.csv"
+    if scores.is_file() and scores.stat().st_mtime >= (source / "best.keras").stat().st_mtime:
+        return view
+    config = run_config.read_config(source)
+    config["inference"]["postprocess"] = "none"
+    config["arguments"]["output_dir"] = str(view)
+    if "largest_component" in config["arguments"]:  # msd_spleen's post-processing option
+        config["arguments"]["largest_component"] = False
+    config["mirror_axes"] = list(axes)
+    view.mkdir(parents=True, exist_ok=True)
+    _save_model(ensemble_model([source / "best.keras"], mirror_axes=axes,
+                               name=f"fold_{fold}_mirrored"), view / "best.keras")
+    _write_json(view / run_config.CONFIG_FILE, config)
+    print(f"\nOut-of-fold: member of validation fold {fold}, mirrored over axes "
+          f"{list(axes)}, on its validation fold", flush=True)
+    module.evaluate(run_config.arguments_namespace(config, view), split="validation")
+    return view
+
+
+def _read_case(path: pathlib.Path):
+    import numpy as np
+
+    with np.load(path) as case:
+        return path.stem, case["reference"], case["prediction"], tuple(case["spacing"])
+
+
+def _scored_labels(config: dict):
+    """The ``labels`` argument the recipe scored with: ``None`` for one structure (one
+    sigmoid channel), else ``{name: value}``."""
+    if int(config["inference"]["num_classes"]) == 1:
+        return None
+    return dict(config["labels"])
+
+
+def out_of_fold(args: argparse.Namespace):
+    """The pooled out-of-fold table of a cross-validation (every member's rows on its own
+    validation fold), written to ``RUN/evaluation/validation/`` with the case files."""
+    from kseg.evaluation import PatientTable
+    from kseg.recipes import _evaluation
+
+    run_dir = pathlib.Path(args.output_dir)
+    folder = _evaluation.evaluation_folder(run_dir, "validation")
+    rows, sources = [], []
+    for fold in _common.member_folds(args):
+        scored = member_dir(run_dir, fold) / OUT_OF_FOLD_FOLDER / "evaluation" / "validation"
+        rows += PatientTable.from_csv(scored / "scores.csv").rows
+        sources.append(scored / "cases")
+    table = PatientTable(sorted(rows, key=lambda row: row["patient_id"]))
+    (folder / "cases").mkdir(parents=True, exist_ok=True)
+    for cases in sources:
+        for path in sorted(cases.glob("*.npz")):
+            shutil.copyfile(path, folder / "cases" / path.name)
+    _evaluation.save_table(table, folder)
+    return table
+
+
+def choose_postprocessing(args: argparse.Namespace, config: dict):
+    """:func:`kseg.evaluation.choose_postprocessing` on the pooled out-of-fold predictions
+    (the label maps the members' out-of-fold evaluations scored)."""
+    from kseg.evaluation import choose_postprocessing as choose
+
+    cases = []
+    for fold in _common.member_folds(args):
+        scored = member_dir(args.output_dir, fold) / OUT_OF_FOLD_FOLDER / "evaluation"
+        cases += [_read_case(path) for path in sorted((scored / "validation" / "cases")
+                                                      .glob("*.npz"))]
+    return choose(cases, labels=_scored_labels(config), warn_empty=False)
+
+
+def build_ensemble(module, args: argparse.Namespace) -> pathlib.Path:
+    """``RUN/best.keras``, the out-of-fold table and ``RUN/config.json`` from the finished
+    members (see the module docstring); returns ``RUN/best.keras``."""
+    import kseg
+    from kseg.inference.ensemble import ensemble_model, mirror_subsets
+    from kseg.recipes import run_config
+
+    run_dir = pathlib.Path(args.output_dir)
+    folds = _common.member_folds(args)
+    members = [member_dir(run_dir, fold) / "best.keras" for fold in folds]
+    first = run_config.read_config(member_dir(run_dir, folds[0]))
+    spatial_dims = len(kseg.load_model(members[0], compile=False).input_shape) - 2
+    axes = mirror_axes(module, args, spatial_dims, list(first["labels"]))
+    for fold in folds:
+        _out_of_fold_run(module, args, fold, axes)
+    table = out_of_fold(args)
+    choice = choose_postprocessing(args, first)
+    model = ensemble_model(members, mirror_axes=axes, name="fold_ensemble")
+    _save_model(model, run_dir / "best.keras")
+    config = dict(first)
+    config["arguments"] = run_config.json_arguments(args)
+    inference = dict(first["inference"])
+    structures = 1 if _scored_labels(first) is None else len(first["labels"])
+    # kseg.predict knows "none" and "largest-component" (every structure); a choice of some
+    # structures only is recorded by label for the evaluations that read it
+    inference["postprocess"] = ("largest-component" if len(choice.labels) == structures
+                                else "none")
+    inference["postprocess_labels"] = list(choice.labels)
+    config["inference"] = inference
+    if "largest_component" in config["arguments"]:  # msd_spleen evaluates by this option
+        config["arguments"]["largest_component"] = bool(choice.labels)
+    dice_columns = [column for column in table.metric_names if column.startswith("dice")]
+    config["ensemble"] = {
+        "kind": "mean probability over members and mirrored copies",
+        "members": [
+            {"validation_fold": fold, "run": f"{FOLDS_FOLDER}/fold_{fold}",
+             "model": f"{FOLDS_FOLDER}/fold_{fold}/best.keras"}
+            for fold in folds
+        ],
+        "mirror_axes": list(axes),
+        "mirrored_copies": len(mirror_subsets(axes)),
+        "mirror_axes_rule": "axes the training augmentation flips, less the left-right axis "
+                            "when a class name says left or right (kseg.plan.rule_mirror_axes)",
+        "out_of_fold": {
+            "table": "evaluation/validation/scores.csv",
+            "mean": {column: float(table.summary()[column]["mean"]) for column in dice_columns},
+        },
+        "postprocessing": {
+            "labels": list(choice.labels), "dice_without": choice.dice_without,
+            "dice_with": choice.dice_with, "rule": POSTPROCESSING_RULE,
+        },
+    }  # fmt: skip
+    for name in ("plan.json", "fingerprint.json"):  # the plan the members were trained from
+        source = member_dir(run_dir, folds[0]) / name
+        if source.is_file():
+            shutil.copyfile(source, run_dir / name)
+    _write_json(run_dir / run_config.CONFIG_FILE, config)
+    means = ", ".join(f"{column} {value:.4f}"
+                      for column, value in config["ensemble"]["out_of_fold"]["mean"].items())
+    print(f"\nOut-of-fold validation ({len(table)} cases, each scored by the member that did "
+          f"not train on it): {means}")
+    chosen = inference["postprocess"]
+    if choice.labels and chosen == "none":
+        chosen = f"largest component of labels {list(choice.labels)} only"
+    print(f"Post-processing chosen on it: {chosen}; mean Dice without "
+          f"{choice.dice_without}, with {choice.dice_with}")
+    print(f"Ensemble of {len(folds)} members x {len(mirror_subsets(axes))} mirrored copies "
+          f"(axes {list(axes)}): {run_dir / 'best.keras'}", flush=True)
+    return run_dir / "best.keras"
+
+
+def evaluate(module, args: argparse.Namespace, *, split: str = "test", input_dir=None):
+    """The recipe's ``evaluate``, except ``split="validation"`` of a cross-validation: the
+    pooled out-of-fold table (each member on its own validation fold), printed and
+    returned."""
+    if not (_common.cross_validating(args) and input_dir is None and split == "validation"):
+        return module.evaluate(args, split=split, input_dir=input_dir)
+    table = out_of_fold(args)
+    print("\nOut-of-fold validation of the cross-validation, one row per case (each scored "
+          "by the member validated on its fold, without post-processing):")
+    print(table)
+    return table
+
+
+def train_for_main(module, args: argparse.Namespace, train_run):
+    """What a recipe's ``main`` trains: ``train_run(args)`` (``(best.keras, fit seconds,
+    chief)``), or with ``--validation-fold all`` the cross-validation (its seconds are
+    the whole of it, members and ensemble)."""
+    if not _common.cross_validating(args):
+        return train_run(args)
+    started = time.perf_counter()
+    best = train(module, args)
+    return best, time.perf_counter() - started, True
