@@ -249,8 +249,10 @@ _TRAIN_DESCRIPTION = """\
 Train RECIPE: prepare its data (a synthetic phantom in the dataset's layout when there is
 no --data-dir), train, keep the best model by whole-volume validation Dice. Writes the run
 folder (--output-dir): config.json first, then best.keras, history.csv, tensorboard/ ...
-Running the same command again resumes an interrupted run. `kseg train RECIPE --help`
-lists the recipe's options."""
+Running the same command again resumes an interrupted run. With --validation-fold all,
+one run per non-test fold in OUTPUT_DIR/folds/ and OUTPUT_DIR/best.keras their ensemble
+(finished folds are kept when the command runs again). `kseg train RECIPE --help` lists
+the recipe's options."""
 
 _TUNE_DESCRIPTION = """\
 Search RECIPE's hyperparameters with Keras Tuner on its training folds, every trial ranked
@@ -314,7 +316,13 @@ def _without_cli_options(args: argparse.Namespace) -> argparse.Namespace:
 
 def _train(args: argparse.Namespace) -> None:
     module = _recipe(args)
-    best = module.train(_without_cli_options(args))
+    recipe_args = _without_cli_options(args)
+    if getattr(args, "validation_fold", 1) == "all":
+        from kseg.recipes import cross_validation
+
+        best = cross_validation.train(module, recipe_args)
+    else:
+        best = module.train(recipe_args)
     # a run trained with --test-fold none has no test fold to score
     split = "test" if getattr(args, "test_fold", 0) is not None else "validation"
     print(f"Best model: {best}\nNext: kseg evaluate {args.output_dir} --split {split}")
@@ -395,11 +403,14 @@ def _evaluate(args: argparse.Namespace) -> None:
                                       "layout of the run's dataset")
     from kseg import recipes
 
+    from kseg.recipes import cross_validation
+
     module, recipe_args = recipes.load_run(run)
+    # a cross-validation's validation table is the pooled out-of-fold one
     if args.input is None:
-        module.evaluate(recipe_args, split=args.split)
+        cross_validation.evaluate(module, recipe_args, split=args.split)
     else:
-        module.evaluate(recipe_args, input_dir=args.input)
+        cross_validation.evaluate(module, recipe_args, input_dir=args.input)
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -353,9 +353,14 @@ def tune(args) -> dict | None:
 
 
 def _main(argv=None):
+    from kseg.recipes import cross_validation
+
     args = parse_args(argv)
     clock = _common.RunClock()
-    best_path, fit_seconds, chief = _train(args)
+    # --validation-fold all: one member per non-test fold, RUN/best.keras their ensemble
+    best_path, fit_seconds, chief = cross_validation.train_for_main(
+        sys.modules[__name__], args, _train
+    )
     if not chief:  # the chief evaluates and reports for the cluster
         return None
     if _common.has_test_fold(args):

@@ -407,9 +407,14 @@ def tune(args) -> dict | None:
 
 
 def _main(argv=None):
+    from kseg.recipes import cross_validation
+
     args = parse_args(argv)
     clock = _common.RunClock()
-    _, fit_seconds, chief = _train(args)
+    # --validation-fold all: one member per non-test fold, RUN/best.keras their ensemble
+    _, fit_seconds, chief = cross_validation.train_for_main(
+        sys.modules[__name__], args, _train
+    )
     if not chief:  # the chief evaluates and reports for the cluster
         return None
     table = _common.evaluate_test_fold(args, evaluate)
