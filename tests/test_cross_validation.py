@@ -1,0 +1,225 @@
+"""``--validation-fold all``: one member per non-test fold, RUN/best.keras their mirrored
+ensemble, post-processing chosen on the pooled out-of-fold predictions, resumable.
+
+One tiny cross-validation of the X-ray phantom (4 folds: 3 members, one epoch each) is
+shared by the tests; every figure it records is checked against numpy computed here from
+the members loaded on their own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from kseg import cli
+from kseg.recipes import _common, cross_validation
+
+REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+OPTIONS = [
+    "--validation-fold", "all", "--folds", "4", "--phantom-images", "8", "--phantom-size",
+    "32", "--image-size", "32", "--epochs", "1", "--batch-size", "2", "--base-filters", "4",
+]  # fmt: skip
+
+
+def _recipe():
+    from kseg import recipes
+
+    return recipes.load("xray_multiclass")
+
+
+def _counting(module, calls: list):
+    """``module`` with a ``train`` that records each member's validation fold."""
+    counted = types.SimpleNamespace(**{name: getattr(module, name) for name in dir(module)
+                                       if not name.startswith("__")})
+
+    def train(args):
+        calls.append(args.validation_fold)
+        return module.train(args)
+
+    counted.train = train
+    return counted
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A finished cross-validation: ``(args, folder, member folds trained)``."""
+    folder = tmp_path_factory.mktemp("cross_validation") / "run"
+    module = _recipe()
+    args = module.parse_args([*OPTIONS, "--output-dir", str(folder)])
+    calls = []
+    cross_validation.train(_counting(module, calls), args)
+    return args, folder, calls
+
+
+def _members(folder):
+    import kseg
+
+    return {fold: kseg.load_model(folder / "folds" / f"fold_{fold}" / "best.keras",
+                                  compile=False) for fold in (1, 2, 3)}
+
+
+def _images(args, split: str):
+    """``(image_id, model input (1, s, s, 1), mask (1, H, W))`` of one split, made as the
+    recipe makes them."""
+    module = _recipe()
+    builder = module.prepare(args)
+    return [(image_id, inputs, mask)
+            for image_id, inputs, mask, _ in module.image_cases(builder, split, args.image_size)]
+
+
+def test_members_are_complete_runs_of_each_non_test_fold(run):
+    args, folder, calls = run
+    assert calls == [1, 2, 3]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["arguments"]["validation_fold"] == "all"
+    assert [m["validation_fold"] for m in config["ensemble"]["members"]] == [1, 2, 3]
+    # the recipe's augmentation flips nothing (left and right lungs), so neither does TTA
+    assert config["ensemble"]["mirror_axes"] == []
+    for fold in (1, 2, 3):
+        member = json.loads((folder / "folds" / f"fold_{fold}" / "config.json").read_text())
+        assert member["arguments"]["validation_fold"] == fold
+        assert (folder / "folds" / f"fold_{fold}" / "history.csv").is_file()
+
+
+def test_ensemble_model_is_the_numpy_mean_over_members_and_flips(run):
+    from kseg.inference.ensemble import ensemble_model
+
+    _, folder, _ = run
+    members = _members(folder)
+    batch = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    expected = np.mean([np.flip(model.predict(np.flip(batch, axes), verbose=0), axes)
+                        for model in members.values()
+                        for axes in [(), (1,), (2,), (1, 2)]], axis=0)
+    mirrored = ensemble_model(list(members.values()), mirror_axes=(0, 1))
+    np.testing.assert_allclose(mirrored.predict(batch, verbose=0), expected, atol=1e-6)
+    # RUN/best.keras: the plain mean (the recipe mirrors no axis)
+    import kseg
+
+    saved = kseg.load_model(folder / "best.keras")
+    plain = np.mean([model.predict(batch, verbose=0) for model in members.values()], axis=0)
+    np.testing.assert_allclose(saved.predict(batch, verbose=0), plain, atol=1e-6)
+
+
+def test_ensemble_reloads_in_a_fresh_process(run, tmp_path):
+    import kseg
+
+    _, folder, _ = run
+    batch = np.random.default_rng(1).random((1, 32, 32, 1), dtype=np.float32)
+    np.save(tmp_path / "batch.npy", batch)
+    code = ("import sys, numpy as np, kseg; m = kseg.load_model(sys.argv[1]); "
+            "np.save(sys.argv[3], m.predict(np.load(sys.argv[2]), verbose=0))")
+    subprocess.run(
+        [sys.executable, "-c", code, folder / "best.keras", tmp_path / "batch.npy",
+         tmp_path / "out.npy"],
+        check=True, cwd=REPOSITORY, timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(REPOSITORY), TF_CPP_MIN_LOG_LEVEL="2",
+                 CUDA_VISIBLE_DEVICES=""),
+    )  # fmt: skip
+    here = kseg.load_model(folder / "best.keras").predict(batch, verbose=0)
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), here, atol=1e-6)
+
+
+def test_postprocessing_is_chosen_on_the_out_of_fold_predictions(run):
+    from kseg.evaluation import choose_postprocessing
+
+    args, folder, _ = run
+    members = _members(folder)
+    cases = []
+    for fold, model in members.items():
+        for image_id, inputs, mask in _images(args, f"fold{fold}"):
+            labels = model.predict(inputs, verbose=0).argmax(axis=-1)
+            cases.append((image_id, mask, labels, None))
+    config = json.loads((folder / "config.json").read_text())
+    expected = choose_postprocessing(cases, labels=config["labels"], warn_empty=False)
+    recorded = config["ensemble"]["postprocessing"]
+    assert recorded["labels"] == list(expected.labels)
+    assert recorded["dice_without"] == pytest.approx(expected.dice_without, abs=1e-6)
+    assert recorded["dice_with"] == pytest.approx(expected.dice_with, abs=1e-6)
+    assert config["inference"]["postprocess_labels"] == list(expected.labels)
+    # the pooled out-of-fold table holds every non-test image once
+    table = cross_validation.evaluate(_recipe(), args, split="validation")
+    assert sorted(table.patient_ids) == sorted(case[0] for case in cases)
+
+
+def test_evaluate_test_split_scores_the_ensemble(run):
+    from kseg.metrics import dice
+
+    args, folder, _ = run
+    assert cli.main(["evaluate", str(folder), "--split", "test"]) == 0
+    members = _members(folder)
+    scores = (folder / "evaluation" / "test" / "scores.csv").read_text().splitlines()
+    header = scores[0].split(",")
+    rows = {line.split(",")[0]: line.split(",") for line in scores[1:]}
+    test_images = _images(args, "fold0")
+    assert sorted(rows) == sorted(image_id for image_id, _, _ in test_images)
+    for image_id, inputs, mask in test_images:
+        mean = np.mean([m.predict(inputs, verbose=0) for m in members.values()], axis=0)
+        labels = mean.argmax(axis=-1)
+        case = np.load(folder / "evaluation" / "test" / "cases" / f"{image_id}.npz")
+        np.testing.assert_array_equal(case["prediction"], labels)
+        for name, value in json.loads((folder / "config.json").read_text())["labels"].items():
+            expected = dice(mask == value, labels == value)
+            assert float(rows[image_id][header.index(f"dice_{name}")]) == pytest.approx(
+                expected, abs=1e-4)
+
+
+def test_rerun_keeps_finished_members_and_resumes_the_rest(run):
+    args, folder, _ = run
+    kept = {fold: (folder / "folds" / f"fold_{fold}" / "best.keras").stat().st_mtime_ns
+            for fold in (1, 2, 3)}
+    # a crash while member 3 trained: its folder does not say it finished
+    (folder / "folds" / "fold_3" / cross_validation.FINISHED_FILE).unlink()
+    calls = []
+    cross_validation.train(_counting(_recipe(), calls), args)
+    assert calls == [3]
+    for fold in (1, 2):
+        assert (folder / "folds" / f"fold_{fold}" / "best.keras").stat().st_mtime_ns == kept[fold]
+    calls.clear()
+    cross_validation.train(_counting(_recipe(), calls), args)
+    assert calls == []
+
+
+def _usage_error(capsys, call) -> str:
+    with pytest.raises(SystemExit) as raised:
+        call()
+    assert raised.value.code == 2
+    message = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(message) == 1
+    return message[0]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--folds", "all"], "use --validation-fold all"),
+    (["--folds", "2", "--validation-fold", "all"], "--folds must be at least 3"),
+    (["--folds", "1", "--validation-fold", "all", "--test-fold", "none"],
+     "--folds must be at least 2"),
+    (["--validation-fold", "all", "--strategy", "multi-worker"], "one after another"),
+    (["--validation-fold", "every"], "expected a fold number or all"),
+])  # fmt: skip
+def test_usage_errors(capsys, tmp_path, argv, expected):
+    out = ["--output-dir", str(tmp_path / "run")]
+    assert expected in _usage_error(capsys, lambda: _recipe().parse_args([*argv, *out]))
+    assert expected in _usage_error(
+        capsys, lambda: cli.main(["train", "xray_multiclass", *argv, *out]))
+
+
+def test_tuning_refuses_all_folds(capsys, tmp_path):
+    line = _usage_error(capsys, lambda: cli.main(
+        ["tune", "xray_multiclass", "--validation-fold", "all", "--output-dir", str(tmp_path)]))
+    assert "applies to training runs" in line
+
+
+def test_without_test_fold_members_cover_every_fold():
+    args = types.SimpleNamespace(folds=4, test_fold=None, validation_fold="all")
+    assert _common.member_folds(args) == [0, 1, 2, 3]
+    assert _common.fold_splits(args) == {"train": "fold0+fold1+fold2+fold3"}
+    args.test_fold = 2
+    assert _common.member_folds(args) == [0, 1, 3]
+    assert _common.fold_splits(args) == {"train": "fold0+fold1+fold3", "test": "fold2"}
