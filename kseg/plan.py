@@ -406,9 +406,20 @@ BYTES_PER_VALUE = 4
 # Issue 9's measurement on the project's 2-core AMD AVX2 machine: a U-Net training step
 # runs at 17-18 GFLOP per CPU-second; 2 cores -> ~34 GFLOP/s of wall time.
 CPU_TRAINING_GFLOPS = 34.0
+# kseg's measurement (session 16, this machine: 2 cores with AVX-512, TensorFlow 2 with
+# oneDNN): a 2D U-Net training step (kseg.models unet_small, 16 base filters, Adam,
+# DiceCELoss) ran at 104-124 GFLOP per CPU-second (rule_training_flops_per_voxel's count)
+# at 96-192 pixels, depth 3-5, batch 8-16; x 2 cores -> ~220 GFLOP/s of wall time on a
+# quiet machine. 2D CPU plans use it; 3D plans keep issue 9's CPU_TRAINING_GFLOPS.
+CPU_2D_TRAINING_GFLOPS = 220.0
 # Time kept back from the training budget for validation and checkpoints (kseg's choice).
 TIME_RESERVE = 0.1
 MAX_STEPS = 250_000  # nnU-Net: 1000 epochs x 250 iterations
+# kseg's CPU rule (rule_cpu_input_size): passes over the training images the budget must
+# afford at the chosen input size; and the shallowest U-Net it may shrink to (3 poolings:
+# kseg's unet_small, the session-15 recipes' network).
+CPU_MIN_PASSES = 20
+MIN_CPU_DEPTH = 3
 
 
 def rule_target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequence[int]]):
@@ -652,6 +663,42 @@ def rule_training_flops_per_voxel(spatial_dims: int, depth: int, base_filters: i
     return 3 * 2 * macs
 
 
+def rule_cpu_input_size(median_plane: Sequence[int], training_examples: int,
+                        time_budget_minutes: float, base_filters: int,
+                        max_depth: int = MAX_DEPTH, min_passes: int = CPU_MIN_PASSES,
+                        gflops: float = CPU_2D_TRAINING_GFLOPS) -> tuple[tuple[int, int], int]:
+    """``((side, side), depth)``: the 2D input a CPU budget can train, images resampled to it.
+
+    The largest side ``s`` (a multiple of ``2**depth(s)``, :func:`rule_depth`, at most the
+    median shape's larger side, at least ``2**MIN_CPU_DEPTH * MIN_FEATURE_MAP``) for which
+    ``min_passes`` passes over ``training_examples`` images of ``s x s`` pixels fit the
+    budget less ``TIME_RESERVE``: ``min_passes * training_examples * s**2 *
+    rule_training_flops_per_voxel(2, depth(s), base_filters, no cap) / (gflops * 1e9)
+    <= minutes * 60 * (1 - TIME_RESERVE)``; kseg's U-Nets do not cap the filters. The
+    smallest side when even that does not fit.
+
+    kseg's rule, not nnU-Net's: nnU-Net trains its full-resolution patch for 1000 epochs
+    on a GPU; a few CPU-minutes train a 512 x 512 CT slice set (chaos phantom, 192
+    training slices) for about one pass, too few to learn. kseg's measurement (session
+    16, ``CPU_MIN_PASSES``): see that constant.
+    """
+    if isinstance(training_examples, bool) or not isinstance(training_examples, int) \
+            or training_examples < 1:
+        raise ValueError(f"training_examples must be a positive integer, got {training_examples!r}")
+    budget = time_budget_minutes * 60 * (1 - TIME_RESERVE) * gflops * 1e9
+    smallest = 2**MIN_CPU_DEPTH * MIN_FEATURE_MAP
+    largest = max(int(max(median_plane)), smallest)
+    candidates = [s for s in range(largest, smallest - 1, -1)
+                  if s % 2 ** rule_depth((s, s), max_depth) == 0]
+    for side in candidates:
+        depth = rule_depth((side, side), max_depth)
+        flops = rule_training_flops_per_voxel(2, depth, base_filters, 2**30)
+        if min_passes * training_examples * side * side * flops <= budget:
+            return (side, side), depth
+    side = candidates[-1]
+    return (side, side), rule_depth((side, side), max_depth)
+
+
 def rule_training_steps(time_budget_minutes: float, seconds_per_step: float) -> int:
     """Optimizer steps that fit the time budget, after 10 % kept for validation.
 
@@ -782,6 +829,7 @@ def plan(
     spatial_dims: int | None = None,
     model: str = "unet",
     max_depth: int = MAX_DEPTH,
+    training_examples: int | None = None,
 ) -> Plan:
     """Derive a :class:`Plan` from a fingerprint by the ``rule_*`` functions of this module.
 
@@ -793,11 +841,16 @@ def plan(
         seconds_per_step: a measured time per step; ``"measure"`` times the planned model
             here (:func:`measure_seconds_per_step`, imports TensorFlow); ``None`` on CPU
             estimates it from :func:`rule_training_flops_per_voxel` and
-            ``CPU_TRAINING_GFLOPS`` (issue 9's measurement); a GPU plan needs it given or
+            ``CPU_2D_TRAINING_GFLOPS`` (2D, kseg's measurement) or ``CPU_TRAINING_GFLOPS``
+            (3D, issue 9's measurement); a GPU plan needs it given or
             measured.
         spatial_dims: 2 or 3; default 2 for slice datasets and radiographs, 3 for volumes.
         model: a kseg.models name; ``"unet_plus_plus"`` gets deep supervision.
         max_depth: most poolings.
+        training_examples: 2D training images (slices or radiographs); on CPU with
+            ``spatial_dims=2`` the input is then resampled to what the time budget can
+            train (:func:`rule_cpu_input_size`) when that is smaller than the memory rule's
+            patch; ``None`` keeps nnU-Net's patch.
 
     Raises:
         ValueError: a bad argument, named in the message.
@@ -845,13 +898,28 @@ def plan(
     base, cap = rule_filters(device, spatial_dims)
     patch, depth = rule_patch_size(median_shape[plane], spatial_dims, memory_budget_mb, base,
                                    cap, max_depth, target)
-    per_voxel = rule_bytes_per_voxel(spatial_dims, depth, base, cap)
     dataset_voxels = math.prod(median_shape) * len(shapes)  # nnU-Net's approximation
+    cpu_resampled = False
+    if training_examples is not None and device == "cpu" and spatial_dims == 2:
+        cpu_patch, cpu_depth = rule_cpu_input_size(
+            median_shape[plane], training_examples, time_budget_minutes, base, max_depth
+        )
+        if math.prod(cpu_patch) < math.prod(patch):
+            # the images are resampled to the smaller input: the dataset shrinks with them
+            factor = math.prod(cpu_patch) / math.prod(median_shape[plane])
+            dataset_voxels = dataset_voxels * factor
+            if target is not None:
+                target = tuple(float(t * m / p) for t, m, p in
+                               zip(target, median_shape[plane], cpu_patch, strict=True))
+            patch, depth, cpu_resampled = cpu_patch, cpu_depth, True
+            cap = max(cap, base * 2**depth)  # kseg's U-Nets do not cap the filters
+    per_voxel = rule_bytes_per_voxel(spatial_dims, depth, base, cap)
     batch = rule_batch_size(patch, per_voxel, memory_budget_mb, dataset_voxels)
     estimated = seconds_per_step is None
     if estimated:  # a first value; a measured one replaces it below
         flops = rule_training_flops_per_voxel(spatial_dims, depth, base, cap)
-        seconds_per_step = batch * math.prod(patch) * flops / (CPU_TRAINING_GFLOPS * 1e9)
+        rate = CPU_2D_TRAINING_GFLOPS if spatial_dims == 2 else CPU_TRAINING_GFLOPS
+        seconds_per_step = batch * math.prod(patch) * flops / (rate * 1e9)
     mirror = rule_mirror_axes(spatial_dims, fp.class_names)
     result = Plan(
         dataset=dict(fp.dataset),
@@ -882,7 +950,10 @@ def plan(
         training_steps=rule_training_steps(time_budget_minutes, seconds_per_step),
         rules={
             "target_spacing": f"rule_target_spacing: {NNUNET_SUPP}",
-            "patch_size": "rule_patch_size: nnU-Net default_experiment_planner.py",
+            "patch_size": ("rule_cpu_input_size: kseg, CPU_MIN_PASSES passes over the "
+                           "training images must fit the time budget (images resampled "
+                           "in-plane to it)" if cpu_resampled else
+                           "rule_patch_size: nnU-Net default_experiment_planner.py"),
             "depth": f"rule_depth: {NNUNET_SUPP}",
             "filters": "rule_filters: nnU-Net (GPU); kseg, issue 9 measurement (CPU)",
             "batch_size": f"rule_batch_size: {NNUNET_SUPP}",
@@ -895,7 +966,9 @@ def plan(
             "tta_mirror_axes": f"rule_mirror_axes: {NNUNET}; left/right classes: kseg",
             "postprocessing": f"choose_postprocessing: {NNUNET}",
             "training_steps": "rule_training_steps: time budget / seconds per step "
-            + ("(estimated: rule_training_flops_per_voxel / CPU_TRAINING_GFLOPS, issue 9)"
+            + ("(estimated: rule_training_flops_per_voxel / CPU_2D_TRAINING_GFLOPS, kseg's "
+               "session-16 measurement)" if estimated and spatial_dims == 2 else
+               "(estimated: rule_training_flops_per_voxel / CPU_TRAINING_GFLOPS, issue 9)"
                if estimated else "(given)"),
         },
     )

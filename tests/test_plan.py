@@ -327,7 +327,8 @@ def test_plan_of_a_hand_made_fingerprint():
     # 4622.5 voxels, round(4622.5 / 2304) = 2 patches.
     assert p.batch_size == 2
     flops = kplan.rule_training_flops_per_voxel(2, 3, 16, 256)
-    assert p.seconds_per_step == pytest.approx(2 * 48 * 48 * flops / 34e9)
+    # 2D on CPU: kseg's measured 220 GFLOP/s (2 cores x ~110 GFLOP per CPU-second)
+    assert p.seconds_per_step == pytest.approx(2 * 48 * 48 * flops / 220e9)
     assert p.training_steps == int(10 * 60 * 0.9 // p.seconds_per_step)
     assert p.normalization["scheme"] == "ct" and p.tta_mirror_axes == (0, 1)
     assert not p.deep_supervision
@@ -469,3 +470,44 @@ def test_plan_measures_seconds_per_step_on_this_machine():
     assert "measured" in p.rules["training_steps"]
     with pytest.raises(ValueError, match="steps"):
         kplan.measure_seconds_per_step(p, steps=0)
+
+
+def test_cpu_input_size_hand_computed():
+    # 2D U-Net flops per pixel, uncapped filters from 16 (rule_training_flops_per_voxel):
+    # depth 3: 201312, depth 4: 263520, depth 5: 325728. Budget 1.5 min x 60 x 0.9 = 81 s
+    # at 220 GFLOP/s = 1.782e13 FLOP; 20 passes over 192 slices = 3840 images, so
+    # side^2 x flops <= 4.640625e9.
+    # 128 (depth 5): 16384 x 325728 = 5.34e9 > budget; 127..113: not multiples of 2**depth;
+    # 112 (depth 4): 12544 x 263520 = 3.306e9 <= budget.
+    assert kplan.rule_training_flops_per_voxel(2, 4, 16, 2**30) == 263520
+    assert kplan.rule_cpu_input_size((512, 512), 192, 1.5, 16, min_passes=20,
+                                     gflops=220.0) == ((112, 112), 4)
+    # 5 minutes: 3.3x the budget; 192 (depth 5): 36864 x 325728 = 1.2008e10 <= 1.547e10;
+    # 224 (depth 5): 50176 x 325728 = 1.634e10 > budget; 208: 208 % 32 != 0.
+    assert kplan.rule_cpu_input_size((512, 512), 192, 5.0, 16, min_passes=20,
+                                     gflops=220.0) == ((192, 192), 5)
+    # a median smaller than what fits: the median itself (96: depth 4, a multiple of 16)
+    assert kplan.rule_cpu_input_size((96, 96), 36, 1.5, 16, min_passes=20,
+                                     gflops=220.0) == ((96, 96), 4)
+    # nothing fits: the smallest side, 2**3 x 4 = 32 (depth 3)
+    assert kplan.rule_cpu_input_size((512, 512), 10**6, 0.1, 16, min_passes=20,
+                                     gflops=220.0) == ((32, 32), 3)
+    with pytest.raises(ValueError, match="training_examples must be a positive integer"):
+        kplan.rule_cpu_input_size((512, 512), 0, 1.5, 16)
+
+
+def test_plan_resamples_2d_input_for_a_cpu_budget():
+    cases = [kplan.CaseStats(f"p{k}", (32, 512, 512), (3.0, 0.75, 0.75), {0: 9, 1: 1}, 1)
+             for k in range(10)]
+    fp = _fingerprint("CT", ("background", "liver"), "slices", cases)
+    p = kplan.plan(fp, memory_budget_mb=2000, time_budget_minutes=1.5,
+                   training_examples=192)
+    side = kplan.rule_cpu_input_size((512, 512), 192, 1.5, 16)[0][0]
+    assert p.patch_size == (side, side)
+    # the in-plane spacing grows as the images shrink: 0.75 x 512 / side
+    assert p.target_spacing == pytest.approx((0.75 * 512 / side,) * 2)
+    # nnU-Net's 5 % batch on the resampled data: 320 slices x 5 % = 16
+    assert p.batch_size == 16
+    assert p.rules["patch_size"].startswith("rule_cpu_input_size")
+    # without training_examples, nnU-Net's patch (the median shape, memory permitting)
+    assert kplan.plan(fp, memory_budget_mb=2000, time_budget_minutes=1.5).patch_size[0] > side

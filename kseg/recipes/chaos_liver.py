@@ -15,7 +15,7 @@ import pathlib
 import sys
 import time
 
-from kseg.recipes import _common
+from kseg.recipes import _common, _planned
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,6 +25,14 @@ LABELS = {"liver": 1}
 WINDOW = "abdomen"
 POSTPROCESSING_CHOICES = ("none", "largest-component")
 METRICS = ("dice", "iou", "precision", "recall", "specificity", "hd95", "assd")
+# The options --plan auto|PATH sets (unless given) and their session-15 hand-picked
+# values, which --plan none keeps.
+HAND_PICKED = {
+    "epochs": 12, "image_size": 128, "batch_size": 8, "depth": 3, "base_filters": 16,
+    "learning_rate": 2e-3, "schedule": "plateau", "loss": "combo", "window": WINDOW,
+    "augment": "recipe",
+}  # fmt: skip
+LOSSES = ("combo", "dice_ce")
 
 
 def add_arguments(parser) -> None:
@@ -41,16 +49,37 @@ def add_arguments(parser) -> None:
     )
     _common.add_tfds_dir_argument(parser)
     _common.add_folds_argument(parser)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=128,
-        help="in-plane size the model trains at; scores use the original grid",
+    _planned.add_plan_arguments(parser, max_minutes=True)
+    planned = parser.add_argument_group(
+        "planned options (--plan auto: from the plan unless given; --plan none: the "
+        "hand-picked value in brackets)"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="slices per step and replica")
-    parser.add_argument("--base-filters", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    planned.add_argument("--epochs", type=int, help="[12]")
+    planned.add_argument(
+        "--image-size", type=int,
+        help="in-plane size the slices are resampled to for the model; scores use the "
+             "original grid [128]",
+    )  # fmt: skip
+    planned.add_argument("--batch-size", type=int, help="slices per step and replica [8]")
+    planned.add_argument("--depth", type=int, help="U-Net poolings [3]")
+    planned.add_argument("--base-filters", type=int, help="[16]")
+    planned.add_argument("--learning-rate", type=float, help="Adam's [2e-3]")
+    planned.add_argument(
+        "--schedule", choices=("plateau", "cosine"),
+        help="plateau: lower the rate when validation stalls; cosine: warm-up, then cosine "
+             "decay over the epochs [plateau]",
+    )  # fmt: skip
+    planned.add_argument("--loss", choices=LOSSES, help="Combo or Dice + cross-entropy [combo]")
+    planned.add_argument(
+        "--window", type=_planned.window_argument, metavar="NAME|CENTER,WIDTH",
+        help=f"CT intensity window mapped to [0, 1]: a kseg.data.pipeline.WINDOWS preset or "
+             f"CENTER,WIDTH in HU; the plan's is the liver's 0.5-99.5 percentiles [{WINDOW}]",
+    )  # fmt: skip
+    planned.add_argument(
+        "--augment", choices=("recipe", "nnunet"),
+        help="recipe: kseg's default 2D augmentation; nnunet: nnU-Net's probabilities and "
+             "ranges in kseg's layers [recipe]",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     _common.add_strategy_argument(parser)
     parser.add_argument(
@@ -68,6 +97,12 @@ def add_arguments(parser) -> None:
 
 def finish_arguments(parser, args) -> None:
     _common.check_shared_arguments(parser, args)
+    _planned.finish_arguments(parser, args, HAND_PICKED)
+    if args.depth < 1:
+        parser.error(f"--depth must be at least 1, got {args.depth}")
+    if args.image_size % 2**args.depth:
+        parser.error(f"--image-size must be a multiple of {2**args.depth} ({args.depth} 2x "
+                     f"poolings, --depth), got {args.image_size}")
     if args.output_dir is None:
         suffix = "" if args.data_dir else "_phantom"
         args.output_dir = pathlib.Path("kseg_runs") / f"chaos_liver{suffix}"
@@ -124,17 +159,40 @@ def _image_size(args) -> tuple[int, int]:
     return (args.image_size, args.image_size)
 
 
+def _window(args):
+    """The intensity window (runs recorded before ``--window`` used the abdomen's)."""
+    return getattr(args, "window", WINDOW)
+
+
+def plan_settings(plan, training: int, args) -> dict:
+    """The options a :class:`kseg.plan.Plan` sets (:func:`_planned.unet_settings`), with
+    nnU-Net's Dice + cross-entropy and its CT normalisation as a window."""
+    return {**_planned.unet_settings(plan, training, args), "loss": "dice_ce",
+            "window": _planned.ct_window(plan)}
+
+
+def prepare_planned(args):
+    """:func:`prepare`, then the plan's options filled into ``args`` (``--plan``)."""
+    builder = prepare(args)
+    _planned.apply(args, builder, plan_settings, training_split=splits(args)["train"])
+    return builder
+
+
 def augmenter(args):
     """The training augmentation: kseg's default 2D joint augmentation (flips included:
-    the liver task has one class, so a flip swaps nothing)."""
+    the liver task has one class, so a flip swaps nothing), or with ``--augment nnunet``
+    nnU-Net's (:func:`_planned.nnunet_augmenter`, every axis mirrored)."""
     import kseg.augment
 
+    if getattr(args, "augment", "recipe") == "nnunet":
+        return _planned.nnunet_augmenter(args.image_size, "CT", (0, 1), args.seed)
     return kseg.augment.segmentation_augmenter(seed=args.seed)
 
 
 def build_model(args, num_classes: int = 1):
-    """The compiled network: ``unet_small`` (dropout 0.1) with Combo loss, Adam at
-    ``--learning-rate``; ``num_classes`` output channels (the liver task's 1: sigmoid)."""
+    """The compiled network: ``unet_small`` (``--depth`` poolings, dropout 0.1) with
+    ``--loss`` (Combo or Dice + cross-entropy), Adam at ``--learning-rate``;
+    ``num_classes`` output channels (the liver task's 1: sigmoid)."""
     import keras
 
     import kseg.losses
@@ -146,11 +204,17 @@ def build_model(args, num_classes: int = 1):
         input_shape=(*_image_size(args), 1),
         num_classes=num_classes,
         base_filters=args.base_filters,
+        # runs recorded before --depth existed: unet_small's 3
+        depth=getattr(args, "depth", 3),
         dropout=0.1,
     )
+    if getattr(args, "loss", "combo") == "dice_ce":
+        loss = kseg.losses.DiceCELoss()
+    else:
+        loss = kseg.losses.ComboLoss(alpha=2 / 3, beta=0.5)
     model.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=kseg.losses.ComboLoss(alpha=2 / 3, beta=0.5),
+        loss=loss,
         metrics=[kseg.metrics.DiceScore(num_classes=num_classes, name="dice")],
     )
     return model
@@ -164,13 +228,13 @@ def _training_data(args, builder, splits):
 
     size = _image_size(args)
     training = segmentation_dataset(
-        builder.as_dataset(split=splits["train"]), window=WINDOW, image_size=size,
+        builder.as_dataset(split=splits["train"]), window=_window(args), image_size=size,
         batch_size=args.batch_size, augment=augmenter(args),
         shuffle_buffer=1024, cache=True, seed=args.seed,
     )  # fmt: skip
     validation_slices = segmentation_dataset(
         builder.as_dataset(split=splits["validation"]),
-        window=WINDOW,
+        window=_window(args),
         image_size=size,
         batch_size=args.batch_size,
         cache=True,
@@ -179,14 +243,14 @@ def _training_data(args, builder, splits):
     # input exactly as segmentation_dataset makes it for training
     validation = VolumeValidation.from_slices(
         builder.as_dataset(split=splits["validation"]),
-        preprocess=model_input(window=WINDOW, image_size=size),
+        preprocess=model_input(window=_window(args), image_size=size),
     )
     return training, validation_slices, validation
 
 
 def _inference(args, postprocess: str) -> dict:
     return {
-        "kind": "slices", "window": WINDOW, "image_size": list(_image_size(args)),
+        "kind": "slices", "window": _window(args), "image_size": list(_image_size(args)),
         "num_classes": 1, "threshold": 0.5, "postprocess": postprocess, "modality": "CT",
     }  # fmt: skip
 
@@ -198,12 +262,13 @@ def _train(args):
     from kseg.training import training_callbacks
 
     run_dir = pathlib.Path(args.output_dir)
-    start = _common.start_training(args, prepare)
+    start = _common.start_training(args, prepare_planned)
     builder = start.builder
     if start.chief:
         run_config.write_config(
             run_dir, args, "chaos_liver", builder, LABELS, _inference(args, args.postprocess)
         )
+        _planned.record_sources(run_dir, args, HAND_PICKED)
     run_splits = splits(args)
     training, validation_slices, validation = _training_data(
         start.training_args, builder, run_splits
@@ -216,8 +281,11 @@ def _train(args):
         model = build_model(start.training_args, 1)
     # whole-volume validation Dice drives the best checkpoint and the learning rate;
     # BackupAndRestore makes a crashed run resumable
-    callbacks = training_callbacks(run_dir, validation) + _common.tracking_callbacks(
-        run_dir, args, chief=start.chief
+    callbacks = (
+        training_callbacks(run_dir, validation, max_minutes=getattr(args, "max_minutes", None),
+                           reduce_lr_patience=_planned.reduce_lr_patience(args))
+        + _planned.schedule_callbacks(start.training_args)
+        + _common.tracking_callbacks(run_dir, args, chief=start.chief)
     )
     fit_started = time.perf_counter()
     model.fit(
@@ -248,7 +316,7 @@ def _choose_postprocessing(args, model, builder, splits) -> str:
     from kseg.evaluation import choose_postprocessing, predict_on_mask_grid, reassemble_slices
     from kseg.recipes import run_config
 
-    preprocess = model_input(window=WINDOW, image_size=_image_size(args))
+    preprocess = model_input(window=_window(args), image_size=_image_size(args))
     validation = predict_on_mask_grid(
         model,
         reassemble_slices(builder.as_dataset(split=splits["validation"]), preprocess=preprocess),
@@ -296,7 +364,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     table = _evaluation.score_slice_cases(
         model,
         _evaluation.slice_volumes(lambda: builder.as_dataset(split=examples_split),
-                                  window=WINDOW, image_size=_image_size(args)),
+                                  window=_window(args), image_size=_image_size(args)),
         cases_dir=folder / "cases", metrics=METRICS,
         postprocess={"none": None, "largest-component": keep_largest_component}[postprocess],
     )  # fmt: skip
@@ -323,7 +391,7 @@ def tune(args) -> dict | None:
     from kseg.tuning import SegmentationHyperModel
 
     keras.utils.set_random_seed(args.seed)
-    builder = prepare(args)
+    builder = prepare_planned(args)
     training, validation_slices, validation = _training_data(args, builder, splits(args))
     base_filters = [args.base_filters, 2 * args.base_filters]
     losses = ["combo", "dice_ce"]
@@ -337,7 +405,7 @@ def tune(args) -> dict | None:
         (*_image_size(args), 1),
         1,
         models="unet_small",
-        depth=3,
+        depth=getattr(args, "depth", 3),
         dropout=0.1,
         loss_kwargs={"combo": {"alpha": 2 / 3, "beta": 0.5}},
         **space,

@@ -16,7 +16,7 @@ import pathlib
 import sys
 import time
 
-from kseg.recipes import _common
+from kseg.recipes import _common, _planned
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -42,6 +42,12 @@ CONFIG_LAYOUTS = {
     "lungs_stratified": "tcia",
     "npz_lungs": "npz",
 }
+# The options --plan auto|PATH sets (unless given) and their session-15 hand-picked
+# values, which --plan none keeps.
+HAND_PICKED = {
+    "epochs": 10, "image_size": 128, "batch_size": 8, "depth": 3, "base_filters": 16,
+    "learning_rate": 2e-3, "schedule": "plateau", "window": WINDOW, "augment": "recipe",
+}  # fmt: skip
 
 
 def add_arguments(parser) -> None:
@@ -65,16 +71,37 @@ def add_arguments(parser) -> None:
     )
     _common.add_tfds_dir_argument(parser)
     _common.add_folds_argument(parser)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        default=128,
-        help="in-plane size the model trains at; scores use the original grid",
+    _planned.add_plan_arguments(parser, max_minutes=True)
+    planned = parser.add_argument_group(
+        "planned options (--plan auto: from the plan unless given; --plan none: the "
+        "hand-picked value in brackets)"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="slices per step and replica")
-    parser.add_argument("--base-filters", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    planned.add_argument("--epochs", type=int, help="[10]")
+    planned.add_argument(
+        "--image-size", type=int,
+        help="in-plane size the slices are resampled to for the model; scores use the "
+             "original grid [128]",
+    )  # fmt: skip
+    planned.add_argument("--batch-size", type=int, help="slices per step and replica [8]")
+    planned.add_argument("--depth", type=int, help="U-Net poolings [3]")
+    planned.add_argument("--base-filters", type=int, help="[16]")
+    planned.add_argument("--learning-rate", type=float, help="Adam's [2e-3]")
+    planned.add_argument(
+        "--schedule", choices=("plateau", "cosine"),
+        help="plateau: lower the rate when validation stalls; cosine: warm-up, then cosine "
+             "decay over the epochs [plateau]",
+    )  # fmt: skip
+    planned.add_argument(
+        "--window", type=_planned.window_argument, metavar="NAME|CENTER,WIDTH",
+        help=f"CT intensity window mapped to [0, 1]: a kseg.data.pipeline.WINDOWS preset or "
+             f"CENTER,WIDTH in HU; the plan's is the structures' 0.5-99.5 percentiles "
+             f"[{WINDOW}]",
+    )  # fmt: skip
+    planned.add_argument(
+        "--augment", choices=("recipe", "nnunet"),
+        help="recipe: small affine + kseg's intensity changes; nnunet: nnU-Net's "
+             "probabilities and ranges in kseg's layers, mirrored top-bottom only [recipe]",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     _common.add_strategy_argument(parser)
     _common.add_tracking_arguments(parser)
@@ -97,8 +124,12 @@ def add_arguments(parser) -> None:
 
 def finish_arguments(parser, args) -> None:
     _common.check_shared_arguments(parser, args)
-    if args.image_size % 8:
-        parser.error("--image-size must be a multiple of 8 (three 2x poolings)")
+    _planned.finish_arguments(parser, args, HAND_PICKED)
+    if args.depth < 1:
+        parser.error(f"--depth must be at least 1, got {args.depth}")
+    if args.image_size % 2**args.depth:
+        parser.error(f"--image-size must be a multiple of {2**args.depth} ({args.depth} 2x "
+                     f"poolings, --depth), got {args.image_size}")
     if args.output_dir is None:
         suffix = "" if args.data_dir else "_phantom"
         args.output_dir = pathlib.Path("kseg_runs") / f"lctsc_{args.config}{suffix}"
@@ -183,10 +214,33 @@ def _image_size(args) -> tuple[int, int]:
     return (args.image_size, args.image_size)
 
 
+def _window(args):
+    """The intensity window (runs recorded before ``--window`` used the lung window)."""
+    return getattr(args, "window", WINDOW)
+
+
+def plan_settings(plan, training: int, args) -> dict:
+    """The options a :class:`kseg.plan.Plan` sets (:func:`_planned.unet_settings`), with
+    its CT normalisation as a window (the loss is already nnU-Net's Dice + CE)."""
+    return {**_planned.unet_settings(plan, training, args), "window": _planned.ct_window(plan)}
+
+
+def prepare_planned(args):
+    """:func:`prepare`, then the plan's options filled into ``args`` (``--plan``)."""
+    builder = prepare(args)
+    _planned.apply(args, builder, plan_settings, training_split=splits(args)["train"])
+    return builder
+
+
 def augmenter(args):
     """The training augmentation: a small random affine (rotation up to 10 degrees, scale
-    0.9-1.1, half the slices) and kseg's default intensity changes."""
+    0.9-1.1, half the slices) and kseg's default intensity changes; with ``--augment
+    nnunet`` nnU-Net's (:func:`_planned.nnunet_augmenter`), mirrored top-bottom only."""
     from kseg.augment import RandomAffine, segmentation_augmenter
+
+    if getattr(args, "augment", "recipe") == "nnunet":
+        # kseg's rule_mirror_axes spares the left-right axis of left/right classes
+        return _planned.nnunet_augmenter(args.image_size, "CT", (0,), args.seed)
 
     # No flips: a left-right flip would swap the lungs of the organ classes.
     return segmentation_augmenter(
@@ -197,7 +251,8 @@ def augmenter(args):
 
 
 def build_model(args, num_classes: int):
-    """The compiled network: ``unet_small`` (dropout 0.1) with Dice + cross-entropy, Adam
+    """The compiled network: ``unet_small`` (``--depth`` poolings, dropout 0.1) with Dice +
+    cross-entropy, Adam
     at ``--learning-rate``; ``num_classes`` output channels (1: sigmoid, else softmax)."""
     import keras
 
@@ -210,6 +265,8 @@ def build_model(args, num_classes: int):
         input_shape=(*_image_size(args), 1),
         num_classes=num_classes,
         base_filters=args.base_filters,
+        # runs recorded before --depth existed: unet_small's 3
+        depth=getattr(args, "depth", 3),
         dropout=0.1,
     )
     model.compile(
@@ -226,13 +283,13 @@ def _training_data(args, builder, splits, num_classes, labels):
 
     size = _image_size(args)
     training = segmentation_dataset(
-        builder.as_dataset(split=splits["train"]), window=WINDOW, image_size=size,
+        builder.as_dataset(split=splits["train"]), window=_window(args), image_size=size,
         num_classes=num_classes, batch_size=args.batch_size, augment=augmenter(args),
         shuffle_buffer=1024, cache=True, seed=args.seed,
     )  # fmt: skip
     validation_slices = segmentation_dataset(
         builder.as_dataset(split=splits["validation"]),
-        window=WINDOW,
+        window=_window(args),
         image_size=size,
         num_classes=num_classes,
         batch_size=args.batch_size,
@@ -242,7 +299,7 @@ def _training_data(args, builder, splits, num_classes, labels):
     # configs), on the original grid, with the model input made as for training
     validation = VolumeValidation.from_slices(
         builder.as_dataset(split=splits["validation"]),
-        preprocess=model_input(window=WINDOW, image_size=size),
+        preprocess=model_input(window=_window(args), image_size=size),
         labels=_scored_labels(num_classes, labels),
     )
     return training, validation_slices, validation
@@ -254,15 +311,16 @@ def _train(args):
     from kseg.training import training_callbacks
 
     run_dir = pathlib.Path(args.output_dir)
-    start = _common.start_training(args, prepare)
+    start = _common.start_training(args, prepare_planned)
     builder = start.builder
     num_classes, labels = _classes(builder)
     if start.chief:
         run_config.write_config(run_dir, args, "lctsc_lungs", builder, labels, {
-            "kind": "slices", "window": WINDOW, "image_size": list(_image_size(args)),
+            "kind": "slices", "window": _window(args), "image_size": list(_image_size(args)),
             "num_classes": num_classes, "threshold": 0.5, "postprocess": "none",
             "modality": "CT",
         })  # fmt: skip
+        _planned.record_sources(run_dir, args, HAND_PICKED)
     run_splits = splits(args)
     for role, split in run_splits.items():
         if split in builder.info.splits:
@@ -274,8 +332,11 @@ def _train(args):
     )
     with start.strategy.scope():
         model = build_model(start.training_args, num_classes)
-    callbacks = training_callbacks(run_dir, validation) + _common.tracking_callbacks(
-        run_dir, args, chief=start.chief
+    callbacks = (
+        training_callbacks(run_dir, validation, max_minutes=getattr(args, "max_minutes", None),
+                           reduce_lr_patience=_planned.reduce_lr_patience(args))
+        + _planned.schedule_callbacks(start.training_args)
+        + _common.tracking_callbacks(run_dir, args, chief=start.chief)
     )
     fit_started = time.perf_counter()
     model.fit(
@@ -334,7 +395,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     table = _evaluation.score_slice_cases(
         model,
         _evaluation.slice_volumes(lambda: builder.as_dataset(split=examples_split),
-                                  window=WINDOW, image_size=_image_size(args)),
+                                  window=_window(args), image_size=_image_size(args)),
         cases_dir=folder / "cases", labels=scored_labels,
         metrics=BINARY_METRICS if scored_labels is None else ORGAN_METRICS,
     )  # fmt: skip
@@ -358,7 +419,7 @@ def tune(args) -> dict | None:
     from kseg.tuning import SegmentationHyperModel
 
     keras.utils.set_random_seed(args.seed)
-    builder = prepare(args)
+    builder = prepare_planned(args)
     num_classes, labels = _classes(builder)
     training, validation_slices, validation = _training_data(
         args, builder, splits(args), num_classes, labels
@@ -372,7 +433,8 @@ def tune(args) -> dict | None:
         stages=[("loss", losses), ("base_filters", base_filters)],
     )  # fmt: skip
     hypermodel = SegmentationHyperModel(
-        (*_image_size(args), 1), num_classes, models="unet_small", depth=3, dropout=0.1, **space
+        (*_image_size(args), 1), num_classes, models="unet_small",
+        depth=getattr(args, "depth", 3), dropout=0.1, **space
     )
     return _tuning.run_search(
         args,

@@ -51,6 +51,17 @@ def add_arguments(parser) -> None:
     )
     _common.add_tfds_dir_argument(parser)
     _common.add_folds_argument(parser)
+    parser.add_argument(
+        "--plan", choices=("none",), default="none",
+        help="none (the only choice here): this recipe keeps its hand-picked settings. "
+             "kseg.plan's rules size a U-Net (depth and filters from poolings, patch and "
+             "batch from a U-Net's activation memory, Adam with a cosine schedule); "
+             "HighResNet has no poolings and 20 full-resolution dilated residual layers, "
+             "so those rules do not describe its memory or cost, and the data it trains "
+             "on (msd_spleen/preprocessed) is already resampled to 1.5 x 1.5 x 2 mm and "
+             "windowed to -57..164 HU, MONAI's spleen chain, with which its figures are "
+             "compared",
+    )  # fmt: skip
     parser.add_argument("--patch-size", type=int, help="cubic training patch side (voxels)")
     parser.add_argument(
         "--positive-fraction",

@@ -16,7 +16,7 @@ import pathlib
 import sys
 import time
 
-from kseg.recipes import _common
+from kseg.recipes import _common, _planned
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -24,6 +24,13 @@ DESCRIPTION = "Chest X-ray segmentation with a small U-Net, scored per image on 
 DATASET = "xray"
 PHANTOM_DEFAULTS = {"image_size": 96, "epochs": 15, "batch_size": 4}
 REAL_DEFAULTS = {"image_size": 256, "epochs": 40, "batch_size": 8}
+# The other options --plan auto|PATH sets (unless given) and their session-15 hand-picked
+# values, which --plan none keeps (with PHANTOM_DEFAULTS or REAL_DEFAULTS).
+HAND_PICKED = {
+    "depth": 3, "base_filters": 16, "learning_rate": 1e-3, "schedule": "plateau",
+    "augment": "recipe",
+}  # fmt: skip
+HAND_PICKED_ALL = {**PHANTOM_DEFAULTS, **HAND_PICKED}  # the planned options' names
 METRICS = ("dice", "iou", "precision", "recall", "hd95")
 # kseg.data.pipeline.scale_intensity: each radiograph's own minimum and maximum to [0, 1].
 INTENSITY = "scale_intensity"
@@ -66,22 +73,35 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--max-train", type=int, help="train on this many patients (nested: 5 within 10 within ...)"
     )
-    parser.add_argument("--image-size", type=int, help="side the images are resized to")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument(
-        "--max-minutes",
-        type=float,
-        help="training time budget in minutes: stop mid-epoch when one more "
-        "batch and the validation would pass it; the best model is kept",
+    _planned.add_plan_arguments(parser, max_minutes=True)
+    planned = parser.add_argument_group(
+        "planned options (--plan auto: from the plan unless given; --plan none: the "
+        "hand-picked value in brackets, phantom / real data)"
     )
-    parser.add_argument("--batch-size", type=int, help="examples per step and replica")
-    parser.add_argument("--base-filters", type=int, default=16)
+    planned.add_argument("--image-size", type=int,
+                         help="side the images are resized to [96 / 256]")
+    planned.add_argument("--epochs", type=int, help="[15 / 40]")
+    planned.add_argument("--batch-size", type=int,
+                         help="examples per step and replica [4 / 8]")
+    planned.add_argument("--depth", type=int, help="U-Net poolings [3]")
+    planned.add_argument("--base-filters", type=int, help="[16]")
+    planned.add_argument("--learning-rate", type=float, help="Adam's [1e-3]")
+    planned.add_argument(
+        "--schedule", choices=("plateau", "cosine"),
+        help="plateau: lower the rate when validation stalls; cosine: warm-up, then cosine "
+             "decay over the epochs [plateau]",
+    )  # fmt: skip
+    planned.add_argument(
+        "--augment", choices=("recipe", "nnunet"),
+        help="recipe: small affine + contrast; nnunet: nnU-Net's probabilities and ranges "
+             "in kseg's layers, rotation at most 15 degrees and no mirroring (a flip would "
+             "put the heart on the wrong side) [recipe]",
+    )  # fmt: skip
     parser.add_argument(
         "--dropout", type=float, default=0.0,
         help="dropout rate at the U-Net's bottleneck (default %(default)s: no dropout "
              "layer; above 0 the model can give Monte Carlo dropout uncertainty)",
     )  # fmt: skip
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     _common.add_strategy_argument(parser)
     _common.add_tracking_arguments(parser)
@@ -93,14 +113,15 @@ def add_arguments(parser) -> None:
 def finish_arguments(parser, args) -> None:
     _common.check_shared_arguments(parser, args)
     defaults = PHANTOM_DEFAULTS if args.data_dir is None else REAL_DEFAULTS
-    for name, value in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
+    _planned.finish_arguments(parser, args, {**defaults, **HAND_PICKED})
     if args.output_dir is None:
         run = "phantom" if args.data_dir is None else args.config
         args.output_dir = pathlib.Path("kseg_runs") / f"xray_{run}"
-    if args.image_size % 8:
-        parser.error("--image-size must be a multiple of 8 (three 2x poolings)")
+    if args.depth < 1:
+        parser.error(f"--depth must be at least 1, got {args.depth}")
+    if args.image_size % 2**args.depth:
+        parser.error(f"--image-size must be a multiple of {2**args.depth} ({args.depth} 2x "
+                     f"poolings, --depth), got {args.image_size}")
     args.manual_dir = args.data_dir or args.output_dir / "phantom"
     layout = "generic" if args.data_dir is None else CONFIG_LAYOUTS[args.config]
     _common.check_patient_folds(
@@ -209,6 +230,8 @@ def build_model(args, num_classes: int):
         input_shape=(args.image_size, args.image_size, 1),
         num_classes=num_classes,
         base_filters=args.base_filters,
+        # runs recorded before --depth existed: unet_small's 3
+        depth=getattr(args, "depth", 3),
         # runs recorded before --dropout existed trained without it
         dropout=getattr(args, "dropout", 0.0),
     )
@@ -252,10 +275,30 @@ def _scored_images(builder, split, size: int):
         )
 
 
+def plan_settings(plan, training: int, args) -> dict:
+    """The options a :class:`kseg.plan.Plan` sets (:func:`_planned.unet_settings`); the
+    loss is already nnU-Net's Dice + CE, and each radiograph keeps its per-image scaling
+    to [0, 1] (the plan's per-image z-score is an affine map of it per image, and
+    ``scale_intensity`` is what ``kseg predict`` reproduces)."""
+    return _planned.unet_settings(plan, training, args)
+
+
+def prepare_planned(args):
+    """:func:`prepare`, then the plan's options filled into ``args`` (``--plan``)."""
+    builder = prepare(args)
+    _planned.apply(args, builder, plan_settings, training_split=splits(args)["train"])
+    return builder
+
+
 def augmenter(args):
     """The training augmentation: a small random affine (rotation up to 10 degrees, scale
-    0.9-1.1, half the images) and a random contrast change (0.8-1.25, half the images)."""
+    0.9-1.1, half the images) and a random contrast change (0.8-1.25, half the images);
+    with ``--augment nnunet`` nnU-Net's (:func:`_planned.nnunet_augmenter`) without
+    mirroring."""
     from kseg.augment import RandomAffine, RandomContrast, segmentation_augmenter
+
+    if getattr(args, "augment", "recipe") == "nnunet":
+        return _planned.nnunet_augmenter(args.image_size, "XRAY", (), args.seed)
 
     # No flips: a flip would swap left and right lungs and put the heart on the wrong side.
     return segmentation_augmenter(
@@ -295,7 +338,7 @@ def _train(args):
     from kseg.training import training_callbacks
 
     run_dir = pathlib.Path(args.output_dir)
-    start = _common.start_training(args, prepare)
+    start = _common.start_training(args, prepare_planned)
     builder = start.builder
     num_classes, labels = _classes(builder)
     if start.chief:
@@ -304,14 +347,18 @@ def _train(args):
             "num_classes": num_classes, "threshold": 0.5, "postprocess": "none",
             "modality": "radiograph",
         })  # fmt: skip
+        _planned.record_sources(run_dir, args, HAND_PICKED_ALL)
     training, validation_batches, validation = _training_data(
         start.training_args, builder, splits(args), num_classes, labels
     )
     with start.strategy.scope():
         model = build_model(start.training_args, num_classes)
-    callbacks = training_callbacks(
-        run_dir, validation, max_minutes=args.max_minutes
-    ) + _common.tracking_callbacks(run_dir, args, chief=start.chief)
+    callbacks = (
+        training_callbacks(run_dir, validation, max_minutes=args.max_minutes,
+                           reduce_lr_patience=_planned.reduce_lr_patience(args))
+        + _planned.schedule_callbacks(start.training_args)
+        + _common.tracking_callbacks(run_dir, args, chief=start.chief)
+    )
     fit_started = time.perf_counter()
     model.fit(
         start.shard(training),
@@ -380,7 +427,7 @@ def tune(args) -> dict | None:
     from kseg.tuning import SegmentationHyperModel
 
     keras.utils.set_random_seed(args.seed)
-    builder = prepare(args)
+    builder = prepare_planned(args)
     num_classes, labels = _classes(builder)
     training, validation_batches, validation = _training_data(
         args, builder, splits(args), num_classes, labels
@@ -394,7 +441,8 @@ def tune(args) -> dict | None:
         stages=[("loss", losses), ("base_filters", base_filters)],
     )  # fmt: skip
     hypermodel = SegmentationHyperModel(
-        (args.image_size, args.image_size, 1), num_classes, models="unet_small", depth=3, **space
+        (args.image_size, args.image_size, 1), num_classes, models="unet_small",
+        depth=getattr(args, "depth", 3), **space
     )
     return _tuning.run_search(
         args,

@@ -1,0 +1,333 @@
+"""``--plan auto|none|PATH``: the 2D recipes' options from the dataset's fingerprint.
+
+A recipe lists its planned options with their session-15 hand-picked values
+(``HAND_PICKED``). Every planned option's command-line default is ``None`` ("not given");
+:func:`finish_arguments` fills the hand-picked value into each one that was not given, so
+that a parsed command line is complete before anything is read (``--help``, the checks,
+``build_model`` on a fresh namespace), and remembers which ones the user gave
+(``args.plan_given``). With ``--plan none`` that is all: the run is the session-15 recipe.
+
+With ``--plan auto`` (the default) or ``--plan PATH`` the recipe's training calls
+:func:`apply` once the dataset is prepared: it fingerprints the data
+(:func:`kseg.plan.fingerprint`, cached as ``RUN/fingerprint.json`` and recomputed when the
+prepared dataset's files change), derives the plan (:func:`kseg.plan.plan` with
+``--memory-budget-mb`` and the time budget ``--max-minutes``, else
+``DEFAULT_TIME_BUDGET_MINUTES``) or reads the saved ``plan.json``, saves it as
+``RUN/plan.json`` and sets every planned option the user did not give from it. Options
+given on the command line always win. :func:`record_sources` then writes, into
+``RUN/config.json``, a ``"plan"`` section saying for each planned option whether it came
+from the plan or the command line.
+
+Standard library only at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import pathlib
+
+PLAN_FILE = "plan.json"
+FINGERPRINT_FILE = "fingerprint.json"
+# Training activations the plan may use when --memory-budget-mb is not given: a quarter
+# of an 8 GB laptop, room for the data pipeline, TensorFlow and the evaluation besides.
+DEFAULT_MEMORY_BUDGET_MB = 2000.0
+# The training budget (minutes of wall-clock time on this machine's cores) when
+# --max-minutes is not given: the README's "a few CPU minutes" for a phantom example.
+# It sets how many epochs the plan trains (kseg.plan.rule_training_steps); unlike a given
+# --max-minutes it does not stop the run on the clock, so a busy machine trains the same
+# epochs, only slower, and the result does not depend on the load.
+DEFAULT_TIME_BUDGET_MINUTES = 1.5
+# Wall-clock seconds an epoch costs besides its training steps on a quiet 2-core machine:
+# the whole-volume validation, the Keras validation batches, the checkpoint and the resume
+# backup (kseg's measurement, session 16: see the README's plan section).
+EPOCH_OVERHEAD_SECONDS = 2.0
+# Width of a normal distribution's 0.5-99.5 percentile range in standard deviations
+# (2 x 2.576): how many z-score units kseg's [0, 1] CT window spans.
+NORMAL_RANGE_IN_STD = 5.15
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser, *, max_minutes: bool) -> None:
+    """``--plan``, ``--memory-budget-mb`` and (``max_minutes=True``) ``--max-minutes``."""
+    parser.add_argument(
+        "--plan", default="auto", metavar="auto|none|PATH",
+        help="auto (default): derive the training plan from the dataset's fingerprint "
+             "(kseg.plan) and take every planned option not given on the command line "
+             "from it; none: the recipe's hand-picked settings of kseg 0.x session 15; "
+             "PATH: a saved plan.json. RUN/fingerprint.json and RUN/plan.json are written",
+    )  # fmt: skip
+    parser.add_argument(
+        "--memory-budget-mb", type=float, default=None,
+        help=f"memory for training activations the plan may use (default "
+             f"{DEFAULT_MEMORY_BUDGET_MB:g} MB)",
+    )  # fmt: skip
+    if max_minutes:
+        parser.add_argument(
+            "--max-minutes", type=float,
+            help="training time budget in minutes: stop mid-epoch when one more batch and "
+                 "the validation would pass it; the best model is kept. The plan also "
+                 f"sets the epochs from it (without it: {DEFAULT_TIME_BUDGET_MINUTES:g} "
+                 "minutes, for the epochs only)",
+        )  # fmt: skip
+
+
+def finish_arguments(parser, args, hand_picked: dict) -> None:
+    """Check ``--plan`` and ``--memory-budget-mb``; fill the hand-picked value into every
+    planned option not given; remember the given ones as ``args.plan_given`` (``--plan
+    auto|PATH`` only: a ``--plan none`` run's options are those of session 15)."""
+    if args.plan not in ("auto", "none") and not os.path.isfile(args.plan):
+        parser.error(f"--plan must be auto, none or a plan.json file; {args.plan} is not a file")
+    if args.memory_budget_mb is not None and not (
+        args.memory_budget_mb > 0 and math.isfinite(args.memory_budget_mb)
+    ):
+        parser.error(f"--memory-budget-mb must be a positive number, got {args.memory_budget_mb}")
+    given = sorted(name for name in hand_picked if getattr(args, name) is not None)
+    for name, value in hand_picked.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.plan != "none":
+        args.plan_given = given
+
+
+def planned(args) -> bool:
+    """Whether ``args`` trains from a plan (runs recorded before ``--plan`` did not)."""
+    return getattr(args, "plan", "none") != "none"
+
+
+def fingerprint(args, builder):
+    """The dataset's :class:`kseg.plan.Fingerprint`: ``RUN/fingerprint.json`` when it was
+    taken of the same prepared files (:func:`kseg.recipes.run_config.dataset_fingerprint`),
+    else computed over every split and saved there."""
+    from kseg import plan as kplan
+    from kseg.recipes import run_config
+
+    path = pathlib.Path(args.output_dir) / FINGERPRINT_FILE
+    files = run_config.dataset_fingerprint(builder)
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text(encoding="utf-8"))
+            if cached.get("dataset", {}).get("files_sha256") == files:
+                return kplan.Fingerprint.from_dict(cached)
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # an unreadable cache is taken again
+    print(f"Fingerprinting {builder.info.full_name} (once per prepared dataset)", flush=True)
+    result = kplan.fingerprint(builder)
+    result.dataset["files_sha256"] = files
+    result.save(path)
+    return result
+
+
+def derive(args, builder, fp, *, training_examples: int):
+    """The :class:`kseg.plan.Plan` of this run: ``--plan PATH`` read back, or derived from
+    ``fp`` for the memory and time budgets and ``training_examples`` 2D training images."""
+    from kseg import plan as kplan
+
+    if args.plan != "auto":
+        return kplan.Plan.load(args.plan)
+    minutes = args.max_minutes if getattr(args, "max_minutes", None) else (
+        DEFAULT_TIME_BUDGET_MINUTES
+    )
+    memory = args.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB
+    return kplan.plan(fp, memory_budget_mb=memory, time_budget_minutes=minutes,
+                      spatial_dims=2, training_examples=training_examples)
+
+
+def training_examples(builder, split: str) -> int:
+    """Examples (2D slices or images) in a ``+``-joined TFDS split expression."""
+    return sum(builder.info.splits[name].num_examples for name in split.split("+"))
+
+
+def apply(args, builder, settings, *, training_split: str):
+    """Fill the planned options of ``args`` the user did not give from the plan; save
+    ``RUN/fingerprint.json`` and ``RUN/plan.json``; return the plan (``None`` with
+    ``--plan none``).
+
+    Args:
+        args: the recipe's options, changed in place.
+        builder: the prepared TFDS builder.
+        settings: ``(plan, training examples, args) -> {option: value}``, the recipe's
+            reading of a plan (``args`` holds the given options).
+        training_split: the TFDS split expression the model trains on.
+    """
+    if not planned(args):
+        return None
+    fp = fingerprint(args, builder)
+    training = training_examples(builder, training_split)
+    result = derive(args, builder, fp, training_examples=training)
+    result.save(pathlib.Path(args.output_dir) / PLAN_FILE)
+    given = set(getattr(args, "plan_given", ()))
+    for name, value in settings(result, training, args).items():
+        if name not in given:
+            setattr(args, name, value)
+    return result
+
+
+def sources(args, hand_picked: dict) -> dict:
+    """``{option: "plan" | "command line"}`` for every planned option (``{}`` with
+    ``--plan none``)."""
+    if not planned(args):
+        return {}
+    given = set(getattr(args, "plan_given", ()))
+    return {name: "command line" if name in given else "plan" for name in sorted(hand_picked)}
+
+
+def record_sources(run_dir, args, hand_picked: dict) -> None:
+    """Add a ``"plan"`` section to ``RUN/config.json`` (atomically): the ``--plan`` value,
+    the files, and where each planned option came from. Nothing with ``--plan none``."""
+    if not planned(args):
+        return
+    from kseg._files import atomic_output
+    from kseg.recipes import run_config
+
+    config = run_config.read_config(run_dir)
+    plan_path = pathlib.Path(run_dir) / PLAN_FILE
+    config["plan"] = {
+        "plan": args.plan,
+        "plan_file": PLAN_FILE,
+        "plan_sha256": hashlib.sha256(plan_path.read_bytes()).hexdigest(),
+        "fingerprint_file": FINGERPRINT_FILE,
+        "options": sources(args, hand_picked),
+    }
+    path = pathlib.Path(run_dir) / run_config.CONFIG_FILE
+    with atomic_output(path) as temporary:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(config, sort_keys=True, indent=2) + "\n")
+
+
+def window_argument(text: str):
+    """A ``--window`` value: a preset name of :data:`kseg.data.pipeline.WINDOWS` or
+    ``CENTER,WIDTH`` in HU (as ``[center, width]``)."""
+    if "," not in text:
+        return text
+    try:
+        center, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a window preset name or CENTER,WIDTH in HU, got {text!r}"
+        ) from None
+    if not width > 0:
+        raise argparse.ArgumentTypeError(f"window width must be > 0 HU, got {text!r}")
+    return [center, width]
+
+
+def ct_window(plan) -> list[float]:
+    """The plan's CT normalisation as kseg's intensity window ``[center, width]``: clip to
+    the foreground's 0.5-99.5 percentiles and map that range linearly to [0, 1]. nnU-Net
+    then z-scores with the foreground mean and std; both are affine maps of the same
+    clipped values (the first convolution and its batch norm absorb the difference), and
+    a window is what the ``inference`` section, hence ``kseg predict``, already
+    reproduces."""
+    low, high = (float(v) for v in plan.normalization["clip"])
+    if not high > low:  # one foreground value: a window of 1 HU around it
+        high = low + 1.0
+    return [(low + high) / 2.0, high - low]
+
+
+def nnunet_augmenter(image_size: int, modality: str, mirror_axes, seed: int):
+    """nnU-Net's 2D augmentation (:func:`kseg.plan.rule_augmentation` for an
+    ``image_size`` square, ``modality`` and ``mirror_axes``) in kseg's layers, as one
+    augmenter.
+
+    Rotation and scaling: one ``RandomAffine`` with nnU-Net's ranges at the larger of its
+    two probabilities (kseg draws both together); mirroring of each of ``mirror_axes``
+    (p = 0.5); Gaussian noise (a standard deviation up to the square root of nnU-Net's
+    variance bound, in stds of the foreground, rescaled to the [0, 1] window), blur and contrast at nnU-Net's
+    probabilities and ranges. kseg has no brightness, gamma or low-resolution
+    augmentation: those are left out.
+    """
+    from kseg.augment import (RandomAffine, RandomAxisFlip, RandomContrast,
+                              RandomGaussianBlur, RandomGaussianNoise, segmentation_augmenter)
+    from kseg.plan import rule_augmentation
+
+    aug = rule_augmentation((image_size, image_size), modality, mirror_axes)
+    spatial = [RandomAffine(2, rotation=float(aug["rotation_degrees"]),
+                            scale=tuple(aug["scale"]),
+                            probability=max(aug["p_rotation"], aug["p_scale"]), seed=seed)]
+    if aug["mirror_axes"]:
+        spatial.append(RandomAxisFlip(2, axes=tuple(aug["mirror_axes"]),
+                                      probability=aug["p_mirror"], seed=seed + 1))
+    # nnU-Net's noise is on z-scored intensities (unit = one std); kseg's input is the
+    # 0.5-99.5 percentile range mapped to [0, 1], about NORMAL_RANGE_IN_STD stds wide
+    noise = math.sqrt(aug["noise_variance"]) / NORMAL_RANGE_IN_STD
+    intensity = [
+        RandomGaussianNoise(aug["p_noise"], stddev=(0.0, noise),
+                            clip=(0.0, 1.0), spatial_dims=2, seed=seed + 2),
+        RandomGaussianBlur(aug["p_blur"], sigma=tuple(aug["blur_sigma"]), spatial_dims=2,
+                           seed=seed + 3),
+        RandomContrast(aug["p_contrast"], factor=tuple(aug["contrast"]), spatial_dims=2,
+                       seed=seed + 4),
+    ]
+    return segmentation_augmenter(2, spatial=spatial, intensity=intensity)
+
+
+def schedule_callbacks(args) -> list:
+    """The learning-rate schedule as callbacks: none with ``--schedule plateau`` (the
+    training callbacks lower the rate on a validation plateau, session 15); with
+    ``--schedule cosine`` a ``keras.callbacks.LearningRateScheduler`` that warms the rate
+    up linearly over the first 5 % of ``--epochs`` (at least one epoch) and then follows a
+    cosine from ``--learning-rate`` towards 0, evaluated at each epoch's middle (the plan's
+    CPU optimiser, :func:`kseg.plan.rule_optimizer`; per epoch rather than per step so
+    that a resumed run, which restarts at an epoch, follows the same curve)."""
+    if getattr(args, "schedule", "plateau") != "cosine":
+        return []
+    import keras
+
+    from kseg.plan import rule_optimizer
+
+    base, epochs = float(args.learning_rate), int(args.epochs)
+    return [keras.callbacks.LearningRateScheduler(
+        lambda epoch, _rate: cosine_rate(epoch, epochs, base,
+                                         rule_optimizer("cpu")["warmup_fraction"])
+    )]
+
+
+def cosine_rate(epoch: int, epochs: int, base: float, warmup_fraction: float) -> float:
+    """Learning rate of ``epoch`` (0-based) of ``epochs``: ``base * (epoch + 1) / W`` in
+    the ``W = max(1, round(warmup_fraction * epochs))`` warm-up epochs (none when
+    ``epochs`` is 1), then ``base * (1 + cos(pi * (epoch - W + 0.5) / (epochs - W))) / 2``."""
+    warmup = max(1, round(warmup_fraction * epochs)) if epochs > 1 else 0
+    if epoch < warmup:
+        return base * (epoch + 1) / warmup
+    return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup + 0.5) / (epochs - warmup)))
+
+
+def reduce_lr_patience(args) -> int | None:
+    """The callbacks' plateau patience: 4 epochs with ``--schedule plateau`` (session
+    15), none with a cosine schedule (the schedule sets the rate)."""
+    return None if getattr(args, "schedule", "plateau") == "cosine" else 4
+
+
+def unet_settings(plan, training: int, args) -> dict:
+    """The options a plan sets in every 2D recipe: the input size, batch, depth and width of
+    the U-Net, Adam's learning rate and its cosine schedule, nnU-Net's augmentation, and
+    the epochs the plan's training steps make. A ``--image-size`` given without
+    ``--depth`` keeps its feature maps at least 4 pixels wide (:func:`kseg.plan.rule_depth`)."""
+    from kseg.plan import rule_depth
+
+    given = set(getattr(args, "plan_given", ()))
+    depth = plan.depth
+    if "image_size" in given:
+        depth = min(depth, rule_depth((args.image_size, args.image_size)))
+    return {
+        "image_size": int(max(plan.patch_size)),
+        "batch_size": int(plan.batch_size),
+        "depth": int(depth),
+        "base_filters": int(plan.base_filters),
+        "learning_rate": float(plan.optimizer["learning_rate"]),
+        "schedule": "cosine" if plan.optimizer["schedule"] == "cosine" else "plateau",
+        "augment": "nnunet",
+        "epochs": epochs_for(plan, training, plan.batch_size),
+    }
+
+
+def epochs_for(plan, training: int, batch_size: int) -> int:
+    """The epochs the plan's training time holds: ``floor(training_steps *
+    seconds_per_step / (steps_per_epoch * seconds_per_step + EPOCH_OVERHEAD_SECONDS))``,
+    ``steps_per_epoch = ceil(training / batch_size)``; at least 1."""
+    steps_per_epoch = max(1, math.ceil(training / batch_size))
+    seconds = plan.training_steps * plan.seconds_per_step
+    per_epoch = steps_per_epoch * plan.seconds_per_step + EPOCH_OVERHEAD_SECONDS
+    return max(1, math.floor(seconds / per_epoch))
