@@ -2,12 +2,19 @@
 per-patient results.
 
 Subpackages load on first use, so ``import kseg.io`` (pure numpy / pydicom) does not pay
-for importing TensorFlow.
+for importing TensorFlow. Importing kseg sets TensorFlow's CPU options that the user has
+not set (``TF_ENABLE_ONEDNN_OPTS=1``; :mod:`kseg._runtime`), so import kseg before
+TensorFlow or Keras.
 """
 
 import importlib
 
+from kseg import _runtime
+
 __version__ = "0.1.0"
+
+# Before any kseg module imports TensorFlow, which reads these once (see kseg._runtime).
+_runtime.apply_defaults()
 
 _SUBMODULES = (
     "augment",
