@@ -223,3 +223,12 @@ def test_without_test_fold_members_cover_every_fold():
     args.test_fold = 2
     assert _common.member_folds(args) == [0, 1, 3]
     assert _common.fold_splits(args) == {"train": "fold0+fold1+fold3", "test": "fold2"}
+
+
+def test_a_recipes_own_train_refuses_all_folds(tmp_path):
+    from kseg.errors import KsegError
+
+    module = _recipe()
+    args = module.parse_args([*OPTIONS, "--output-dir", str(tmp_path / "run")])
+    with pytest.raises(KsegError, match="cross_validation.train"):
+        module.train(args)

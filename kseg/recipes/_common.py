@@ -514,6 +514,14 @@ def start_training(args, prepare) -> TrainingStart:
     and then read what it built; on one machine ``prepare`` simply runs. The chief alone
     creates the run folder.
     """
+    if cross_validating(args):
+        from kseg.errors import KsegError
+
+        raise KsegError(
+            "--validation-fold all trains one model per non-test fold: "
+            "kseg.recipes.cross_validation.train(recipe, args) (kseg train and the examples "
+            "call it); a recipe's own train trains one model on one --validation-fold K"
+        )
     import keras
 
     from kseg.training import distribute
