@@ -134,6 +134,10 @@ def test_unet_settings_read_the_plan():
     given = _planned.unet_settings(PLAN, 192, _Namespace(plan_given=["image_size"],
                                                          image_size=32))
     assert given["depth"] == 3
+    sgd = _Plan(**{**PLAN.__dict__, "optimizer": {"name": "SGD", "learning_rate": 0.01,
+                                                  "schedule": "poly"}})
+    with pytest.raises(ValueError, match="the plan's optimiser is SGD"):
+        _planned.unet_settings(sgd, 192, _Namespace(plan="p.json", plan_given=[]))
 
 
 def test_ct_window_is_the_foreground_percentile_range():
@@ -204,6 +208,21 @@ def test_sources_say_plan_or_command_line():
 class _Namespace:
     def __init__(self, **values):
         self.__dict__.update(values)
+
+
+def test_plan_path_reads_the_saved_plan(tmp_path):
+    from kseg import plan as kplan
+
+    cases = [kplan.CaseStats(f"r{k}", (64, 64), None, {0: 9, 1: 1}, 1) for k in range(4)]
+    fp = kplan.Fingerprint(dataset={"name": "x"}, modality="XRAY", class_names=None,
+                           cases=cases, foreground_intensity=None,
+                           foreground_fraction={1: 0.1}, layout="images")
+    saved = kplan.plan(fp, memory_budget_mb=100, time_budget_minutes=1, spatial_dims=2)
+    saved.save(tmp_path / "plan.json")
+    args = _Namespace(plan=str(tmp_path / "plan.json"), max_minutes=None,
+                      memory_budget_mb=None)
+    # the saved plan as it is, whatever the data and budgets now
+    assert _planned.derive(args, None, None, training_examples=1000) == saved
 
 
 TINY_XRAY = ["--phantom-images", "9", "--phantom-size", "32", "--folds", "3",

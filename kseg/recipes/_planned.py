@@ -43,7 +43,8 @@ DEFAULT_MEMORY_BUDGET_MB = 2000.0
 DEFAULT_TIME_BUDGET_MINUTES = 1.5
 # Wall-clock seconds an epoch costs besides its training steps on a quiet 2-core machine:
 # the whole-volume validation, the Keras validation batches, the checkpoint and the resume
-# backup (kseg's measurement, session 16: see the README's plan section).
+# backup. kseg's estimate (not measured apart from the steps): without it a small dataset
+# (60 radiographs, 12 steps of 0.03 s) would be planned hundreds of epochs.
 EPOCH_OVERHEAD_SECONDS = 2.0
 # Width of a normal distribution's 0.5-99.5 percentile range in standard deviations
 # (2 x 2.576): how many z-score units kseg's [0, 1] CT window spans.
@@ -56,8 +57,9 @@ def add_plan_arguments(parser: argparse.ArgumentParser, *, max_minutes: bool) ->
         "--plan", default="auto", metavar="auto|none|PATH",
         help="auto (default): derive the training plan from the dataset's fingerprint "
              "(kseg.plan) and take every planned option not given on the command line "
-             "from it; none: the recipe's hand-picked settings of kseg 0.x session 15; "
-             "PATH: a saved plan.json. RUN/fingerprint.json and RUN/plan.json are written",
+             "from it; none: the recipe's hand-picked settings (its figures before plans, "
+             "the values in brackets below); PATH: a saved plan.json. auto and PATH write "
+             "RUN/fingerprint.json and RUN/plan.json",
     )  # fmt: skip
     parser.add_argument(
         "--memory-budget-mb", type=float, default=None,
@@ -303,10 +305,17 @@ def reduce_lr_patience(args) -> int | None:
 def unet_settings(plan, training: int, args) -> dict:
     """The options a plan sets in every 2D recipe: the input size, batch, depth and width of
     the U-Net, Adam's learning rate and its cosine schedule, nnU-Net's augmentation, and
-    the epochs the plan's training steps make. A ``--image-size`` given without
+    the epochs the plan's training steps make (a GPU plan's SGD is refused: the recipes
+    train with Adam). A ``--image-size`` given without
     ``--depth`` keeps its feature maps at least 4 pixels wide (:func:`kseg.plan.rule_depth`)."""
     from kseg.plan import rule_depth
 
+    if plan.optimizer["name"] != "Adam":
+        raise ValueError(
+            f"--plan {args.plan}: the plan's optimiser is {plan.optimizer['name']} (a GPU "
+            "plan); the 2D recipes train with Adam: use a CPU plan (kseg.plan.plan with "
+            "device='cpu')"
+        )
     given = set(getattr(args, "plan_given", ()))
     depth = plan.depth
     if "image_size" in given:
