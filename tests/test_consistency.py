@@ -129,17 +129,18 @@ def numpy_conv3x3_same(images, kernel, bias):
 
 def numpy_mean_teacher(initial, student_history, batches, decay, momentum=0.9):
     """The tiny net's teacher after each step: before the student's update the teacher
-    (training mode) normalises its conv activations on the batch and moves its own
-    BatchNorm statistics, ``m ← momentum m + (1 - momentum) batch_moment`` (biased
-    variance); after it, ``θ'_t = α_t θ'_{t-1} + (1 - α_t) θ_t`` with
+    (training mode) normalises its conv activations on the labeled, then on the unlabeled
+    batch, moving its own BatchNorm statistics each time, ``m ← momentum m + (1 -
+    momentum) batch_moment`` (biased variance); after it, ``θ'_t = α_t θ'_{t-1} + (1 - α_t) θ_t`` with
     ``α_t = min(1 - 1/(t + 1), decay)`` for the trainable weights."""
     kernel, bias, gamma, beta, mean, variance, head_kernel, head_bias = [
         w.astype("float64") for w in initial
     ]
-    for t, (student, images) in enumerate(zip(student_history, batches, strict=True), 1):
-        activations = numpy_conv3x3_same(images, kernel, bias)
-        mean = momentum * mean + (1 - momentum) * activations.mean(axis=(0, 1, 2))
-        variance = momentum * variance + (1 - momentum) * activations.var(axis=(0, 1, 2))
+    for t, (student, pair) in enumerate(zip(student_history, batches, strict=True), 1):
+        for images in pair:
+            activations = numpy_conv3x3_same(images, kernel, bias)
+            mean = momentum * mean + (1 - momentum) * activations.mean(axis=(0, 1, 2))
+            variance = momentum * variance + (1 - momentum) * activations.var(axis=(0, 1, 2))
         alpha = min(1.0 - 1.0 / (t + 1), decay)
         kernel, bias, gamma, beta, head_kernel, head_bias = [
             alpha * teacher + (1 - alpha) * new
@@ -173,7 +174,7 @@ def test_mean_teacher_matches_numpy_ema_and_its_own_batchnorm_statistics():
     model.fit(zipped(x, y, x_unlabeled), epochs=2, verbose=0, callbacks=[Record()])
     assert len(history) == 4
     # zipped() batches 4 + 4 in order, the same two batches each epoch
-    batches = [np.concatenate([x[i : i + 4], x_unlabeled[i : i + 4]]) for i in (0, 4, 0, 4)]
+    batches = [(x[i : i + 4], x_unlabeled[i : i + 4]) for i in (0, 4, 0, 4)]
     expected = numpy_mean_teacher(initial, history, batches, 0.9)
     for got, want in zip(model.teacher.weights, expected, strict=True):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-5, err_msg=got.path)
@@ -310,6 +311,44 @@ def test_mean_teacher_refuses_bad_arguments(argument, value):
 def test_mean_teacher_refuses_a_non_model_student():
     with pytest.raises(ValueError, match="student"):
         MeanTeacher("unet")
+
+
+# --- both: the labeled batch is normalised on its own -----------------------------------
+
+
+def supervised_weights(net, x, y, steps):
+    """The trainable weights of ``net`` (a copy) after ``steps`` steps of plain
+    supervised ``fit`` on the labeled batches alone."""
+    reference = keras.models.clone_model(net)
+    reference.set_weights(net.get_weights())
+    reference.compile(keras.optimizers.Adam(0.02), loss=DiceCELoss(from_logits=True))
+    labeled = tf.data.Dataset.from_tensor_slices((x, y)).batch(2).repeat()
+    reference.fit(labeled, steps_per_epoch=steps, epochs=1, verbose=0)
+    return [w.numpy() for w in reference.trainable_weights]
+
+
+@pytest.mark.parametrize("kind", ["mean_teacher", "fixmatch"])
+def test_with_unlabeled_loss_at_zero_the_student_trains_as_supervised_only(kind):
+    """Two labeled images per step next to eight unlabeled ones: with the unlabeled term
+    weighted 0, the student's weights must follow supervised training on the labeled
+    batches exactly, so the unlabeled images may not enter the labeled images'
+    BatchNorm statistics."""
+    keras.utils.set_random_seed(5)
+    x, y = synthetic(4)
+    x_unlabeled, _ = synthetic(32, seed=6)
+    x_unlabeled = x_unlabeled * 2.0 + 0.5  # other statistics than the labeled images
+    net = tiny_net(channels=1)
+    expected = supervised_weights(net, x, y, steps=6)
+    if kind == "mean_teacher":
+        model = MeanTeacher(net, consistency_weight=0.0, noise=None)
+    else:
+        model = FixMatch(net, weak=None, strong=None, threshold=0.5, unlabeled_weight=0.0)
+    model.compile(keras.optimizers.Adam(0.02), loss=DiceCELoss(from_logits=True))
+    labeled = tf.data.Dataset.from_tensor_slices((x, y)).batch(2).repeat()
+    unlabeled = tf.data.Dataset.from_tensor_slices(x_unlabeled).batch(8).repeat()
+    model.fit(tf.data.Dataset.zip((labeled, unlabeled)), steps_per_epoch=6, epochs=1, verbose=0)
+    for got, want in zip(net.trainable_weights, expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-6, err_msg=got.path)
 
 
 # --- FixMatch -----------------------------------------------------------------------------

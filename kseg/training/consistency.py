@@ -137,7 +137,17 @@ def _split_batch(name, data):
 
 
 class _ConsistencyModel(keras.Model):
-    """What mean teacher and FixMatch share: the student, the data split, the trackers."""
+    """What mean teacher and FixMatch share: the student, the data split, the trackers.
+
+    The labeled and the unlabeled images go through the network as two batches, never one
+    concatenated batch, so BatchNorm normalises the labeled images with their own batch
+    statistics exactly as supervised-only training does, and with the unlabeled loss
+    weighted 0 the student's weights follow supervised training step for step (tested).
+    In one batch, a few labeled images were normalised with the statistics of many
+    unlabeled ones: on the X-ray phantom with 1 labelled image (batch of 1 + 4) the
+    student trained that way with the consistency weight at 0 scored 0.33 validation
+    Dice, where supervised-only training from the same seed scored 0.94.
+    """
 
     def __init__(self, student, tracked, **kwargs):
         super().__init__(**kwargs)
@@ -321,17 +331,26 @@ class MeanTeacher(_ConsistencyModel):
         import tensorflow as tf
 
         (x, y, sample_weight), x_unlabeled = _split_batch(self.name, data)
-        labeled_count = ops.shape(x)[0]
-        images = ops.concatenate([x, ops.cast(x_unlabeled, x.dtype)], axis=0)
+        x_unlabeled = ops.cast(x_unlabeled, x.dtype)
         # Outside the tape: no gradient reaches the teacher. Training mode updates its own
-        # BatchNorm statistics (see the class docstring).
-        teacher_logits = ops.stop_gradient(self.teacher(self._perturb(images), training=True))
+        # BatchNorm statistics (see the class docstring). Labeled and unlabeled images go
+        # through each network as separate batches (see _separate_batches).
+        teacher_logits = ops.stop_gradient(
+            ops.concatenate(
+                [
+                    self.teacher(self._perturb(x), training=True),
+                    self.teacher(self._perturb(x_unlabeled), training=True),
+                ],
+                axis=0,
+            )
+        )
         step = self.optimizer.iterations
         weight = self.consistency_weight * sigmoid_rampup(step, self.rampup_steps)
         with tf.GradientTape() as tape:
-            logits = self.student(self._perturb(images), training=True)
-            labeled_logits = logits[:labeled_count]
+            labeled_logits = self.student(self._perturb(x), training=True)
+            unlabeled_logits = self.student(self._perturb(x_unlabeled), training=True)
             supervised = self._supervised(x, y, sample_weight, labeled_logits)
+            logits = ops.concatenate([labeled_logits, unlabeled_logits], axis=0)
             consistency = consistency_loss(logits, teacher_logits)
             loss = ops.cast(supervised, "float32") + weight * consistency
             scaled = self.optimizer.scale_loss(loss)
@@ -481,8 +500,9 @@ class FixMatch(_ConsistencyModel):
        pseudo-labels and their confidence mask* (packed into one mask, ``label + 1`` where
        confident and 0 elsewhere, so voxels moved in from outside the grid are unconfident:
        the strong augmenter must fill masks with 0, as kseg's layers do);
-    4. the model, in training mode, predicts the weak labeled and strong unlabeled images
-       in one batch and minimises ``L_sup + unlabeled_weight · masked_cross_entropy``, the
+    4. the model, in training mode, predicts the weak labeled and the strong unlabeled
+       images as two batches (the paper concatenates them; see ``_ConsistencyModel`` for
+       why not here) and minimises ``L_sup + unlabeled_weight · masked_cross_entropy``, the
        cross-entropy averaged over the confident voxels (0 when none is; FixMatch divides
        by all unlabeled samples instead, which shrinks the loss while few voxels are
        confident).
@@ -575,13 +595,12 @@ class FixMatch(_ConsistencyModel):
         weak_logits = ops.stop_gradient(self.student(weak_unlabeled, training=False))
         labels, confident = pseudo_labels(weak_logits, self.threshold)
         strong_unlabeled, labels, confident = self.strong_view(weak_unlabeled, labels, confident)
-        labeled_count = ops.shape(x)[0]
-        images = ops.concatenate([x, strong_unlabeled], axis=0)
         with tf.GradientTape() as tape:
-            logits = self.student(images, training=True)
-            labeled_logits = logits[:labeled_count]
+            # separate batches, see _ConsistencyModel
+            labeled_logits = self.student(x, training=True)
+            strong_logits = self.student(strong_unlabeled, training=True)
             supervised = self._supervised(x, y, sample_weight, labeled_logits)
-            unlabeled = masked_cross_entropy(labels, confident, logits[labeled_count:])
+            unlabeled = masked_cross_entropy(labels, confident, strong_logits)
             loss = ops.cast(supervised, "float32") + self.unlabeled_weight * unlabeled
             scaled = self.optimizer.scale_loss(loss)
         self._apply(tape, scaled)
