@@ -238,6 +238,8 @@ def test_xray_trains_from_the_plan_and_records_where_each_option_came_from(tmp_p
     plan = json.loads((run / "plan.json").read_text())
     fingerprint = json.loads((run / "fingerprint.json").read_text())
     assert fingerprint["modality"] == "XRAY" and len(fingerprint["cases"]) == 9
+    # what the recipe makes of settings kseg cannot express as nnU-Net does, said in rules
+    assert "no brightness, gamma or low-resolution" in plan["rules"]["augmentation (recipes)"]
     assert config["plan"]["options"] == {
         "augment": "plan", "base_filters": "plan", "batch_size": "plan", "depth": "plan",
         "epochs": "command line", "image_size": "command line", "learning_rate": "plan",

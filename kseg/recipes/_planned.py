@@ -46,6 +46,38 @@ DEFAULT_TIME_BUDGET_MINUTES = 1.5
 # backup. kseg's estimate (not measured apart from the steps): without it a small dataset
 # (60 radiographs, 12 steps of 0.03 s) would be planned hundreds of epochs.
 EPOCH_OVERHEAD_SECONDS = 2.0
+# What the 2D recipes make of plan settings kseg cannot express as nnU-Net does; added to
+# the saved plan's ``rules`` (RUN/plan.json).
+RECIPE_RULES = {
+    "normalization (recipes)": (
+        "CT: kseg's window, clip to the foreground 0.5-99.5 percentiles and map to [0, 1] "
+        "(ct_window); nnU-Net's z-score with the foreground mean and std is an affine map "
+        "of the same clipped values, which the first convolution and its batch norm absorb, "
+        "and a window is what config.json's inference section and kseg predict reproduce. "
+        "X-ray: each image's own min-max scaling to [0, 1] (scale_intensity) in place of "
+        "its own z-score, also an affine map per image"
+    ),
+    "augmentation (recipes)": (
+        "kseg.augment layers (nnunet_augmenter): RandomAffine draws rotation and scaling "
+        "together at the larger of nnU-Net's two probabilities; RandomAxisFlip on the "
+        "mirror axes (X-ray: none, a flip puts the heart on the wrong side; LCTSC: top-bottom "
+        "only, left/right organs); noise std rescaled from z-score units to the [0, 1] "
+        "window (/ NORMAL_RANGE_IN_STD); blur and contrast as nnU-Net. kseg.augment has no "
+        "brightness, gamma or low-resolution simulation: left out"
+    ),
+    "optimizer (recipes)": (
+        "Adam at the plan's rate; the cosine schedule with warm-up is applied per epoch "
+        "(schedule_callbacks), so a resumed run follows the same curve"
+    ),
+    "training_steps (recipes)": (
+        "epochs = plan time / (steps per epoch x seconds per step + EPOCH_OVERHEAD_SECONDS)"
+        " (epochs_for); --max-minutes, when given, also stops the run on the clock"
+    ),
+    "tta_mirror_axes (recipes)": (
+        "recorded only: a single model's evaluate and kseg predict do not mirror; "
+        "--validation-fold all's ensemble does"
+    ),
+}
 # Width of a normal distribution's 0.5-99.5 percentile range in standard deviations
 # (2 x 2.576): how many z-score units kseg's [0, 1] CT window spans.
 NORMAL_RANGE_IN_STD = 5.15
@@ -142,7 +174,7 @@ def training_examples(builder, split: str) -> int:
     return sum(builder.info.splits[name].num_examples for name in split.split("+"))
 
 
-def apply(args, builder, settings, *, training_split: str):
+def apply(args, builder, settings, *, training_split: str, most_examples: int | None = None):
     """Fill the planned options of ``args`` the user did not give from the plan; save
     ``RUN/fingerprint.json`` and ``RUN/plan.json``; return the plan (``None`` with
     ``--plan none``).
@@ -153,17 +185,25 @@ def apply(args, builder, settings, *, training_split: str):
         settings: ``(plan, training examples, args) -> {option: value}``, the recipe's
             reading of a plan (``args`` holds the given options).
         training_split: the TFDS split expression the model trains on.
+        most_examples: at most this many of its examples train (``--max-train``).
     """
     if not planned(args):
         return None
     fp = fingerprint(args, builder)
     training = training_examples(builder, training_split)
+    if most_examples is not None:
+        training = min(training, most_examples)
     result = derive(args, builder, fp, training_examples=training)
+    result.rules.update(RECIPE_RULES)
     result.save(pathlib.Path(args.output_dir) / PLAN_FILE)
     given = set(getattr(args, "plan_given", ()))
+    chosen = []
     for name, value in settings(result, training, args).items():
         if name not in given:
             setattr(args, name, value)
+            chosen.append(f"{name} {value}")
+    print(f"Plan ({args.plan}, {PLAN_FILE}): {', '.join(chosen) or 'every option given'}"
+          + (f"; given: {', '.join(sorted(given))}" if given else ""), flush=True)
     return result
 
 

@@ -286,7 +286,8 @@ def plan_settings(plan, training: int, args) -> dict:
 def prepare_planned(args):
     """:func:`prepare`, then the plan's options filled into ``args`` (``--plan``)."""
     builder = prepare(args)
-    _planned.apply(args, builder, plan_settings, training_split=splits(args)["train"])
+    _planned.apply(args, builder, plan_settings, training_split=splits(args)["train"],
+                   most_examples=args.max_train)  # one image per patient
     return builder
 
 
