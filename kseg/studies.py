@@ -1147,7 +1147,7 @@ def consistency_study(
     steps: int,
     seeds=(0,),
     consistency_weight: float = 1.0,
-    teacher_noise: float = 0.05,
+    teacher_noise: float = 0.0,
     ema_decay: float = 0.99,
     threshold: float = 0.95,
     split: str = "test",
@@ -1159,9 +1159,11 @@ def consistency_study(
     training and are fed un-augmented. Supervised-only vs mean teacher (the student and its
     EMA teacher both scored) vs FixMatch, each ``steps`` steps from the same seed. The
     labelled batches get the recipe's augmentation in every method. MeanTeacher adds
-    Gaussian input noise of ``teacher_noise`` (kseg's default 0.05; 0 for none)
-    independently to student and teacher, averages the teacher with ``ema_decay`` and ramps
-    the consistency weight up over the first third of the steps. FixMatch's weak view is
+    Gaussian input noise of ``teacher_noise`` independently to student and teacher (default
+    0, none: on the X-ray phantom's validation images, 1 labelled image, seeds 10 and 11,
+    the student scored 0.947 without noise and 0.937 with kseg's 0.05, supervised-only
+    0.943), averages the teacher with ``ema_decay`` and ramps the consistency weight up
+    over the first third of the steps. FixMatch's weak view is
     the labelled pipeline's (no extra augmentation), its strong view the recipe's spatial
     augmentation plus kseg's default intensity augmentation.
     """
@@ -1420,7 +1422,7 @@ def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
         parser.add_argument(
             "--teacher-noise",
             type=_non_negative_float,
-            default=0.05,
+            default=0.0,
             help="mean teacher's Gaussian input noise (default %(default)s)",
         )
         parser.add_argument(
