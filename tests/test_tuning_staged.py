@@ -66,7 +66,9 @@ class KnownScore(keras_tuner.HyperModel):
         inputs = keras.Input(SHAPE)
         outputs = keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs)
         model = keras.Model(inputs, outputs)
-        model.compile("adam", "binary_crossentropy")
+        # eager: tracing a training and a predict function for each one-epoch trial took
+        # longer than the epoch itself
+        model.compile("adam", "binary_crossentropy", run_eagerly=True)
         return model
 
     def fit(self, hp, model, *args, callbacks=(), **kwargs):
