@@ -10,6 +10,7 @@ parallel maps and the CPU's floating-point kernels.
 import csv
 import json
 import pathlib
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -101,20 +102,30 @@ def test_chaos_liver_example_end_to_end(tmp_path, capsys):
         assert row["dice"] == pytest.approx(dice)
 
 
+# two training steps of HighResNet on five phantom cases in five folds
+TINY_MSD_SPLEEN = [
+    "--epochs", "1", "--steps-per-epoch", "2", "--patch-size", "16", "--roi-size", "16",
+    "--batch-size", "1", "--phantom-cases", "5", "--phantom-shape", "12", "32", "32",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def msd_spleen_run(tmp_path_factory):
+    """The 3D spleen example's run folder and test table, made once for the tests that
+    read it (a test that writes to the run works on a copy)."""
+    run = tmp_path_factory.mktemp("msd_spleen") / "run"
+    table = load_example("msd_spleen_highresnet").main(["--output-dir", str(run), *TINY_MSD_SPLEEN])
+    return run, table
+
+
 @pytest.mark.slow
-def test_msd_spleen_example_end_to_end(tmp_path):
+def test_msd_spleen_example_end_to_end(msd_spleen_run):
     """The reported Dice is the Dice of the written NIfTI prediction against the phantom's
     label file, both read with nibabel. Two training steps of HighResNet learn no spleen
     (Dice 0.02-0.05 measured; 20 steps gave 0.0, the model then predicting nothing), so
     no minimum Dice is asserted; the untrained network's scattered foreground keeps the
     comparison from being empty against empty."""
-    example = load_example("msd_spleen_highresnet")
-    argv = [
-        "--output-dir", str(tmp_path), "--epochs", "1", "--steps-per-epoch", "2",
-        "--patch-size", "16", "--roi-size", "16", "--batch-size", "1",
-        "--phantom-cases", "5", "--phantom-shape", "12", "32", "32",
-    ]
-    table = example.main(argv)
+    tmp_path, table = msd_spleen_run
     # 5 labelled cases in 5 folds: the test fold holds one, scored on its NIfTI grid
     assert len(table) == 1 and set(table.metric_names) == {"dice", "hd95"}
     patient = table.patient_ids[0]
@@ -141,19 +152,15 @@ def test_msd_spleen_example_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_msd_spleen_evaluates_every_labelled_case_of_another_folder(tmp_path):
+def test_msd_spleen_evaluates_every_labelled_case_of_another_folder(msd_spleen_run, tmp_path):
     """``evaluate(input_dir=...)`` scores every labelled case of a second Task09 folder
     (all its folds; the unlabelled imagesTs are not scored) against its own label files.
-    An untrained model is enough to check which cases and files are scored."""
+    A model of two training steps is enough to check which cases and files are scored."""
     from kseg.phantoms.msd_spleen import write_msd_spleen
 
     recipe = load_example("msd_spleen_highresnet")
-    args = recipe.parse_args([
-        "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--steps-per-epoch", "1",
-        "--patch-size", "16", "--roi-size", "16", "--batch-size", "1",
-        "--phantom-cases", "3", "--phantom-shape", "12", "32", "32", "--folds", "3",
-    ])
-    recipe.train(args)
+    shutil.copytree(msd_spleen_run[0], tmp_path / "run")  # evaluate writes into the run
+    args = recipe.parse_args(["--output-dir", str(tmp_path / "run"), *TINY_MSD_SPLEEN])
     task = write_msd_spleen(tmp_path / "site_b", num_training=3, num_test=1,
                             shape=(10, 24, 24), seed=5, label_encoding="uint8")
     table = recipe.evaluate(args, input_dir=tmp_path / "site_b")
