@@ -8,12 +8,18 @@ user has set is never changed, and ``KSEG_RUNTIME_DEFAULTS=0`` leaves all of the
 ``TF_ENABLE_ONEDNN_OPTS=1``: TensorFlow turns its oneDNN kernels on by default only on
 CPUs with AVX-512 VNNI / BF16 or AMX; on an AVX2-only AMD EPYC they stayed off and the
 HighResNet sliding window ran 1.9x slower (59-61 s vs 31.6 s) for 27 % less peak memory
-(1603 vs 2192 MiB) (issue 9). With the variable set, every x86 CPU takes the faster path;
-``benchmarks/cpu_path.py`` measures both settings on the machine at hand.
+(1603 vs 2192 MiB) (issue 9). On an AVX-512 EPYC (Zen 5), where they are on by default,
+turning them off cut the 3D convolution from 222 to 109 GFLOP per CPU-second and U-Net
+training from 101 to 44, for about the same peak memory (``benchmarks/cpu_path.py``).
+With the variable set, every x86 CPU takes the faster path.
 
-What kseg leaves to TensorFlow: the thread pools (TensorFlow sizes them to the CPUs the
-process may run on), the layout (NHWC, channels last) and float32 (``mixed_bfloat16`` is
-a precision choice, left to the user).
+What kseg leaves to TensorFlow, measured with ``benchmarks/cpu_path.py``: the thread
+pools (TensorFlow sizes them to the CPUs the process may run on; one thread each gave no
+more work per CPU-second), the layout (NHWC, channels last: with oneDNN off TensorFlow
+refuses NCHW convolutions on the CPU, with it on they run but do less work per
+CPU-second) and float32 (``keras.mixed_precision.set_global_policy("mixed_bfloat16")``
+is faster where the CPU has AVX-512 BF16 or AMX, but it is a precision choice, left to
+the user).
 """
 
 from __future__ import annotations
