@@ -8,6 +8,7 @@ the members loaded on their own.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pathlib
@@ -22,8 +23,9 @@ from kseg import cli
 from kseg.recipes import _common, cross_validation
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
+# --plan none: the recipe's hand-picked options (a plan would time training steps first)
 OPTIONS = [
-    "--validation-fold", "all", "--folds", "4", "--phantom-images", "8", "--phantom-size",
+    "--plan", "none", "--validation-fold", "all", "--folds", "4", "--phantom-images", "8", "--phantom-size",
     "32", "--image-size", "32", "--epochs", "1", "--batch-size", "2", "--base-filters", "4",
 ]  # fmt: skip
 
@@ -183,6 +185,18 @@ def test_rerun_keeps_finished_members_and_resumes_the_rest(run):
         assert (folder / "folds" / f"fold_{fold}" / "best.keras").stat().st_mtime_ns == kept[fold]
     calls.clear()
     cross_validation.train(_counting(_recipe(), calls), args)
+    assert calls == []
+
+
+def test_rerun_with_other_options_names_them(run):
+    from kseg.errors import LayoutError
+
+    args, _, _ = run
+    changed = argparse.Namespace(**vars(args))
+    changed.epochs = args.epochs + 1
+    calls = []
+    with pytest.raises(LayoutError, match="other options \\(epochs\\)"):
+        cross_validation.train(_counting(_recipe(), calls), changed)
     assert calls == []
 
 

@@ -96,8 +96,11 @@ def _finished_record(args: argparse.Namespace) -> dict | None:
                                   "holds no best.keras; remove the folder to train it again")
     wanted = run_config.json_arguments(args)
     recorded = record.get("arguments", {})
-    changed = sorted(name for name in set(wanted) | set(recorded)
-                     if wanted.get(name) != recorded.get(name))
+    # an option unset on one side is not a change: a plan may fill on a rerun what it
+    # could not before the first run wrote the phantom
+    changed = sorted(name for name in set(wanted) & set(recorded)
+                     if None not in (wanted[name], recorded[name])
+                     and wanted[name] != recorded[name])
     if changed:
         raise LayoutError(
             folder, f"is a cross-validation member trained with other options ({', '.join(changed)}); "
@@ -128,16 +131,18 @@ def train(module, args: argparse.Namespace) -> pathlib.Path:
             continue
         print(f"\nMember {number}/{len(folds)}: validation fold {fold} -> "
               f"{member.output_dir}", flush=True)
-        started = time.perf_counter()
-        module.train(member)
         from kseg.recipes import run_config
 
+        # the options as given: a recipe's train may fill some in (from a plan) as it runs
+        given = run_config.json_arguments(member)
+        started = time.perf_counter()
+        module.train(member)
         _write_json(member.output_dir / FINISHED_FILE, {
             "validation_fold": fold,
             "train_seconds": round(time.perf_counter() - started, 1),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
                 timespec="seconds"),
-            "arguments": run_config.json_arguments(member),
+            "arguments": given,
         })  # fmt: skip
         import keras
 
@@ -247,6 +252,14 @@ def choose_postprocessing(args: argparse.Namespace, config: dict):
     return choose(cases, labels=_scored_labels(config), warn_empty=False)
 
 
+def _differences(arguments: dict, reference: dict) -> dict:
+    """The options of ``arguments`` that ``reference`` holds otherwise, but for the run
+    folder and the validation fold, which differ by design."""
+    return {name: value for name, value in sorted(arguments.items())
+            if name not in ("output_dir", "validation_fold")
+            and reference.get(name) != value}
+
+
 def build_ensemble(module, args: argparse.Namespace) -> pathlib.Path:
     """``RUN/best.keras``, the out-of-fold table and ``RUN/config.json`` from the finished
     members (see the module docstring); returns ``RUN/best.keras``."""
@@ -259,7 +272,9 @@ def build_ensemble(module, args: argparse.Namespace) -> pathlib.Path:
     members = [member_dir(run_dir, fold) / "best.keras" for fold in folds]
     first = run_config.read_config(member_dir(run_dir, folds[0]))
     spatial_dims = len(kseg.load_model(members[0], compile=False).input_shape) - 2
-    axes = mirror_axes(module, args, spatial_dims, list(first["labels"]))
+    # the augmentation the members trained with (a plan may have chosen it)
+    axes = mirror_axes(module, run_config.arguments_namespace(first), spatial_dims,
+                       list(first["labels"]))
     for fold in folds:
         _out_of_fold_run(module, args, fold, axes)
     table = out_of_fold(args)
@@ -267,7 +282,11 @@ def build_ensemble(module, args: argparse.Namespace) -> pathlib.Path:
     model = ensemble_model(members, mirror_axes=axes, name="fold_ensemble")
     _save_model(model, run_dir / "best.keras")
     config = dict(first)
-    config["arguments"] = run_config.json_arguments(args)
+    # the options the members trained with (a plan fills some in as training starts), so
+    # that evaluating RUN prepares its images as the members saw them
+    config["arguments"] = {**first["arguments"], "output_dir": str(run_dir),
+                           "validation_fold": _common.ALL_FOLDS}
+    member_configs = {fold: run_config.read_config(member_dir(run_dir, fold)) for fold in folds}
     inference = dict(first["inference"])
     structures = 1 if _scored_labels(first) is None else len(first["labels"])
     # kseg.predict knows "none" and "largest-component" (every structure); a choice of some
@@ -283,7 +302,10 @@ def build_ensemble(module, args: argparse.Namespace) -> pathlib.Path:
         "kind": "mean probability over members and mirrored copies",
         "members": [
             {"validation_fold": fold, "run": f"{FOLDS_FOLDER}/fold_{fold}",
-             "model": f"{FOLDS_FOLDER}/fold_{fold}/best.keras"}
+             "model": f"{FOLDS_FOLDER}/fold_{fold}/best.keras",
+             # options a member's plan set otherwise than the first member's (epochs ...)
+             "arguments_unlike_first": _differences(member_configs[fold]["arguments"],
+                                                    first["arguments"])}
             for fold in folds
         ],
         "mirror_axes": list(axes),
