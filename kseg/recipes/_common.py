@@ -46,8 +46,9 @@ def add_folds_argument(parser: argparse.ArgumentParser) -> None:
              "as nnU-Net runs it, one complete run per non-test fold as validation in "
              "OUTPUT_DIR/folds/fold_<K>/, and OUTPUT_DIR/best.keras one model averaging "
              "their probabilities with mirroring test-time augmentation (post-processing "
-             "chosen on the pooled out-of-fold predictions); rerun the same command to "
-             "resume, finished folds are kept",
+             "chosen on the pooled out-of-fold predictions); each member trains under "
+             "--max-minutes on its own; rerun the same command to resume, finished folds "
+             "are kept",
     )
 
 
