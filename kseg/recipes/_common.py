@@ -154,10 +154,11 @@ def check_split(args, split: str) -> None:
     if split == "test" and not has_test_fold(args):
         from kseg.errors import LayoutError
 
+        trained = ("every fold trained, one member per fold as validation"
+                   if cross_validating(args) else "every fold but the validation one trained")
         raise LayoutError(
-            args.output_dir, "was trained with --test-fold none: every fold but the "
-            "validation one trained (or, with --validation-fold all, every fold), so it has "
-            "no test fold to evaluate; use --split validation, or --input DIR with other "
+            args.output_dir, f"was trained with --test-fold none: {trained}, so it has no "
+            "test fold to evaluate; use --split validation, or --input DIR with other "
             "labeled cases",
         )  # fmt: skip
 
