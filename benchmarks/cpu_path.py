@@ -15,8 +15,8 @@ costs the forward pass, the gradient for the weights and the gradient for the in
 (except the first layer's, which nothing needs), i.e. about three forward passes.
 Normalisation, activations, pooling and the loss are not counted (a few percent).
 
-NHWC (channels last) is the only layout: TensorFlow's CPU kernels refuse NCHW
-convolutions (the script checks this and says so).
+Layout: NHWC (channels last) is TensorFlow's CPU layout. With oneDNN off its CPU kernels
+refuse NCHW convolutions; with oneDNN on they run them, and the table shows at what speed.
 
     python benchmarks/cpu_path.py                 # everything, 2 rounds, ~20 min on 2 cores
     python benchmarks/cpu_path.py --only peak inference --repeats 3
@@ -332,9 +332,9 @@ def main(argv=None):
         return statistics.median(values)
 
     print(f"{os.cpu_count()} CPUs; load average now {os.getloadavg()}; "
-          f"medians of up to {rounds} interleaved rounds")
+          f"medians of up to {rounds} interleaved rounds (n: measurements in the row)")
     header = (f"{'what':<46} {'oneDNN':>7} {'intra/inter':>11} {'GFLOP/s':>8} "
-              f"{'GFLOP/CPU-s':>11} {'per call':>9} {'peak RSS MiB':>12}")
+              f"{'GFLOP/CPU-s':>11} {'per call':>9} {'peak RSS MiB':>12} {'n':>2}")
     print(header)
     print("-" * len(header))
     nchw = {}
@@ -347,7 +347,8 @@ def main(argv=None):
                     continue
                 print(f"{name:<46} {common} {median(results, name, 'gflops_per_s'):>8.1f} "
                       f"{median(results, name, 'gflop_per_cpu_s'):>11.1f} "
-                      f"{median(results, name, 'seconds_per_call') * 1e3:>7.1f}ms {rss:>12.0f}")
+                      f"{median(results, name, 'seconds_per_call') * 1e3:>7.1f}ms {rss:>12.0f} "
+                      f"{len(results):>2}")
             nchw[_onednn_label(config.get("onednn"))] = results[0]["nchw"]
         else:
             key = "train" if kind == "train" else "infer"
@@ -361,7 +362,8 @@ def main(argv=None):
                 rate = f"{median(results, key, 'windows_per_s'):.2f} win/s"
             print(f"{what:<46} {common} {median(results, key, 'gflops_per_s'):>8.1f} "
                   f"{median(results, key, 'gflop_per_cpu_s'):>11.1f} "
-                  f"{median(results, key, 'seconds_per_call'):>8.2f}s {rss:>12.0f}  {rate}")
+                  f"{median(results, key, 'seconds_per_call'):>8.2f}s {rss:>12.0f} "
+                  f"{len(results):>2}  {rate}")
     for onednn, answer in nchw.items():
         print(f"NCHW conv2d on this CPU with oneDNN {onednn}: {answer}")
 
