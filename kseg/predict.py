@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -504,8 +505,14 @@ def write_predictions(
     format: str,
     *,
     labels: Mapping[str, int],
+    overwrite: bool = False,
 ) -> list[pathlib.Path]:
     """Write predictions in one format, each on its input's grid, every file atomically.
+
+    Existing outputs are never replaced silently: a DICOM series is named after its folder,
+    and layouts such as CHAOS call every series folder ``DICOM_anon``, so a second patient
+    predicted into the same folder would otherwise replace the first one's file. Every
+    planned output is checked before anything is written.
 
     Files, for a prediction named ``NAME``:
 
@@ -523,37 +530,70 @@ def write_predictions(
         format: one of :data:`FORMATS`.
         labels: ``{name: label value}`` (config.json's ``"labels"``), the segment / ROI
             names.
+        overwrite: replace outputs that already exist (a PNG folder of a volume then loses
+            the ``slice_NNNN.png`` files the new prediction does not write, so it never
+            mixes two predictions); by default an existing output is refused.
 
     Returns:
         The written files, in prediction order.
 
     Raises:
         ValueError: an unknown format.
-        LayoutError: a format the input cannot take (see :func:`check_format`), or an
-            output that would land in an input folder or replace an input file.
+        LayoutError: a format the input cannot take (see :func:`check_format`), an output
+            that would land in an input folder or replace an input file, or an output that
+            exists already and ``overwrite`` is false; nothing is written then.
     """
     check_format(predictions, format)
     output_dir = pathlib.Path(output_dir)
     names = {int(value): str(name) for name, value in labels.items()}
-    planned = [(prediction, _output_path(prediction, output_dir, format))
+    planned = [(prediction, _output_path(prediction.name, prediction.kind, output_dir, format))
                for prediction in predictions]  # fmt: skip
     _check_outputs_spare_inputs(output_dir, planned)
+    if not overwrite:
+        _refuse_existing_outputs(path for _, path in planned)
     output_dir.mkdir(parents=True, exist_ok=True)
     written: list[pathlib.Path] = []
     for prediction, path in planned:
-        written.extend(_write(prediction, path, format, names))
+        files = _write(prediction, path, format, names)
+        if format == "png" and prediction.kind != RADIOGRAPH:
+            _remove_stale_slices(path, files)
+        written.extend(files)
     return written
 
 
-def _output_path(prediction: Prediction, output_dir: pathlib.Path, format: str) -> pathlib.Path:
-    name = prediction.name
+def _refuse_existing_outputs(paths) -> None:
+    for path in paths:
+        if os.path.lexists(path):
+            raise LayoutError(
+                path,
+                "exists already (an earlier prediction, or another input of the same name: "
+                "a DICOM series is named after its folder); kseg predict does not replace "
+                "outputs: choose another --output folder, move this one away, or pass "
+                "--overwrite to replace it",
+            )
+
+
+# the names write_png_stack gives a volume's slices by default
+_SLICE_FILE = re.compile(r"slice_\d{4,}\.png")
+
+
+def _remove_stale_slices(folder: pathlib.Path, written) -> None:
+    """An overwritten PNG folder keeps only this prediction's slices (an earlier series of
+    more slices left ``slice_NNNN.png`` files past this one's last)."""
+    keep = {path.name for path in written}
+    for entry in folder.iterdir():
+        if entry.is_file() and _SLICE_FILE.fullmatch(entry.name) and entry.name not in keep:
+            entry.unlink()
+
+
+def _output_path(name: str, kind: str, output_dir: pathlib.Path, format: str) -> pathlib.Path:
     if format == "nifti":
         return output_dir / f"{name}.nii.gz"
     if format == "dicom-seg":
         return output_dir / f"{name}.seg.dcm"
     if format == "rtstruct":
         return output_dir / f"{name}.rtstruct.dcm"
-    return output_dir / (f"{name}.png" if prediction.kind == RADIOGRAPH else name)
+    return output_dir / (f"{name}.png" if kind == RADIOGRAPH else name)
 
 
 def _check_outputs_spare_inputs(output_dir: pathlib.Path, planned) -> None:
@@ -640,11 +680,16 @@ def predict_command(
     input_path: os.PathLike | str,
     output_dir: os.PathLike | str,
     format: str,
+    *,
+    overwrite: bool = False,
 ) -> list[pathlib.Path]:
-    """``kseg predict RUN --input PATH --output DIR --format FORMAT``.
+    """``kseg predict RUN --input PATH --output DIR --format FORMAT [--overwrite]``.
 
-    Checks the run, reads the inputs and checks that they can take ``format`` before the
-    model is loaded, then predicts each input and writes it with :func:`write_predictions`.
+    Checks the run, reads the inputs and checks that they can take ``format`` and that no
+    planned output exists already (unless ``overwrite``) before the model is loaded, then
+    predicts each input and writes it with :func:`write_predictions`. Outputs are named
+    after the inputs (a DICOM series after its folder): predicting CHAOS patients one by
+    one, whose series folders are all ``DICOM_anon``, needs one ``output_dir`` per patient.
 
     Returns:
         The written files.
@@ -652,8 +697,9 @@ def predict_command(
     Raises:
         ValueError: an unknown format.
         LayoutError, UnreadableFileError, DicomSeriesError: a run folder without
-            config.json / best.keras, an invalid config, an unreadable input, or a format
-            the input cannot take; the file is named.
+            config.json / best.keras, an invalid config, an unreadable input, a format
+            the input cannot take, or an existing output and ``overwrite`` false; the file
+            is named.
     """
     if format not in FORMATS:
         raise ValueError(f"format {format!r} is not one of {', '.join(FORMATS)}")
@@ -663,6 +709,10 @@ def predict_command(
         _refuse_output_inside(input_path, output_dir)
     inputs = read_inputs(input_path, inference)
     check_format(inputs, format)
+    if not overwrite:
+        output_dir = pathlib.Path(output_dir)
+        _refuse_existing_outputs(_output_path(name, kind, output_dir, format)
+                                 for name, _, kind, *_ in inputs)  # fmt: skip
 
     import kseg
 
@@ -675,4 +725,6 @@ def predict_command(
             f"{channels} channels",
         )
     predictions = [_predict_input(model, inference, *item) for item in _progress(inputs)]
-    return write_predictions(predictions, output_dir, format, labels=config["labels"])
+    return write_predictions(
+        predictions, output_dir, format, labels=config["labels"], overwrite=overwrite
+    )

@@ -792,3 +792,35 @@ def test_dicom_seg_of_a_radiograph_reads_on_its_reference_image(tmp_path):
     [unrelated] = predict_path(identity_model(2), radiograph_inference((12, 10)), other)
     with pytest.raises(AlignmentError, match="not in the reference series"):
         read_dicom_seg_masks(path, reference_series=unrelated.image)
+
+
+def test_a_second_dicom_anon_series_does_not_replace_the_first(ct_case, tmp_path, monkeypatch):
+    """CHAOS names every series folder DICOM_anon: patient 2 predicted into patient 1's
+    output folder is refused before the model loads, and patient 1's file is kept."""
+    _, run = ct_case
+    first = write_ct_series(tmp_path / "1" / "DICOM_anon", synthetic_hu((5, 24, 20), seed=1))
+    second = write_ct_series(tmp_path / "2" / "DICOM_anon", synthetic_hu((3, 24, 20), seed=2))
+    out = tmp_path / "out"
+    [nifti] = predict_command(run, first, out, "nifti")
+    pngs = predict_command(run, first, out, "png")
+    before = file_hashes(out)
+
+    import kseg
+
+    with monkeypatch.context() as patch:
+        patch.setattr(kseg, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+        for format, existing in (("nifti", nifti), ("png", pngs[0].parent)):
+            with pytest.raises(LayoutError, match=f"{existing}: exists already.*--overwrite"):
+                predict_command(run, second, out, format)
+    predictions = predict_path(identity_model(2), slices_inference((24, 20)), second)
+    with pytest.raises(LayoutError, match="DICOM_anon.nii.gz: exists already"):
+        write_predictions(predictions, out, "nifti", labels=LABELS)
+    assert file_hashes(out) == before
+
+    assert predict_command(run, second, out, "nifti", overwrite=True) == [nifti]
+    expected = windowed(pydicom_series(second)[0]) >= 0.5
+    np.testing.assert_array_equal(np.asarray(nib.load(nifti).dataobj).transpose(2, 1, 0), expected)
+    # the overwritten PNG folder holds the 3 slices of patient 2, none of patient 1's 5
+    written = predict_command(run, second, out, "png", overwrite=True)
+    assert sorted((out / "DICOM_anon").iterdir()) == written == pngs[:3]
+    np.testing.assert_array_equal(np.stack([np.array(Image.open(p)) for p in written]), expected)
