@@ -87,6 +87,7 @@ import keras_tuner
 import tensorflow as tf
 
 from kseg import losses as kseg_losses
+from kseg.errors import LayoutError
 from kseg.evaluation import metric_columns
 from kseg.metrics import DiceScore
 from kseg.models import MODELS
@@ -547,6 +548,44 @@ def _continuous(space: keras_tuner.HyperParameters) -> list[str]:
 _STAGES_RECORD = "kseg_stages.json"
 
 
+class StagedSearchMismatchError(LayoutError, ValueError):
+    """A staged search's folder holds a search with other stages or another objective.
+
+    A :class:`kseg.errors.LayoutError`, so ``kseg tune`` prints it as one line, and a
+    ``ValueError`` as it was before it had a kseg type, so ``except ValueError`` keeps
+    catching it.
+    """
+
+
+def _stages_text(stages) -> str:
+    """Stages the way ``kseg tune --stages`` takes them: ``loss=dice,dice_ce base_filters=8``."""
+    return " ".join(f"{name}={','.join(map(str, values))}" for name, values in stages)
+
+
+def _mismatch(project_dir: str, record_path: str, recorded, wanted) -> StagedSearchMismatchError:
+    """What differs between the recorded search and the requested one, and the ways on."""
+    if not isinstance(recorded, Mapping):
+        recorded = {}
+    differences = []
+    if recorded.get("stages") != wanted["stages"]:
+        differences.append(
+            f"it ran the stages {_stages_text(recorded.get('stages') or [])!r}, this search "
+            f"asks for {_stages_text(wanted['stages'])!r}"
+        )
+    if recorded.get("objective") != wanted["objective"]:
+        differences.append(
+            f"it ranked trials by {recorded.get('objective')}, this search by {wanted['objective']}"
+        )
+    return StagedSearchMismatchError(
+        project_dir,
+        f"holds another staged search ({'; '.join(differences)}; recorded in "
+        f"{os.path.basename(record_path)}); resuming would mix the trials of two searches. "
+        "Give another --output-dir (in Python: another directory or project_name) for a new "
+        "search, rerun with the recorded stages and objective to resume it, or delete it "
+        "(overwrite=True)",
+    )
+
+
 @contextlib.contextmanager
 def _oracle_port_of_stage(index: int):
     """In a distributed search, ``KERASTUNER_ORACLE_PORT`` of stage ``index`` (1-based).
@@ -650,7 +689,8 @@ class StagedSearch:
     ``directory/project_name/stage_<i>_<name>/``, so a search run again over the same
     directory reloads the finished stages and trials instead of training them again and
     goes on where it stopped. The stages and objective are recorded there, and resuming
-    with others is refused. A stage may list values the hypermodel's own space does not
+    with others is refused (:class:`StagedSearchMismatchError`, naming the folder and what
+    differs). A stage may list values the hypermodel's own space does not
     hold, or search a hyperparameter it pins: the declared default (or pinned value) is
     what the stages before it use.
 
@@ -713,11 +753,7 @@ class StagedSearch:
             with tf.io.gfile.GFile(record_path) as handle:
                 recorded = json.loads(handle.read())
             if recorded != wanted:
-                raise ValueError(
-                    f"{record_path}: this staged search ran {recorded}, not {wanted}; resuming "
-                    "would mix trials of different searches. Use the recorded stages and "
-                    "objective, another project_name, or overwrite=True"
-                )
+                raise _mismatch(self.project_dir, record_path, recorded, wanted)
         elif self._role != "worker":
             tf.io.gfile.makedirs(self.project_dir)
             _write_json_atomically(record_path, wanted)
@@ -934,6 +970,8 @@ def tuner(
             ``max_epochs`` / ``stages``, continuous ranges in a grid, bad ``stages`` (see
             :class:`StagedSearch`), a wrong objective (see :func:`resolve_objective`), or a
             resumed directory that was searched with another objective.
+        StagedSearchMismatchError: (a ``LayoutError`` and a ``ValueError``) a staged
+            search's directory holds a search with other stages or another objective.
 
     Example:
         >>> search = tuner("hyperband", hypermodel, directory="runs", project_name="h",
@@ -1360,6 +1398,7 @@ __all__ = [
     "SliceLevelObjectiveWarning",
     "StageResult",
     "StagedSearch",
+    "StagedSearchMismatchError",
     "check_search_callbacks",
     "distributed_role",
     "resolve_objective",
