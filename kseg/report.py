@@ -11,7 +11,11 @@ reference and prediction layers with an opacity control; the patient's Dice in i
 A run is reported at any stage: a file not written yet (no ``history.csv`` before the first
 epoch ends, no ``evaluation/`` before ``kseg evaluate``) or one that cannot be read is
 described in the page where its section would be; only ``config.json``, which makes a folder
-a run, is required.
+a run, is required. A ``config.json`` that is a JSON object but not a run configuration
+:func:`kseg.recipes.run_config.read_config` accepts (another ``kseg_config_version``, a
+missing key) is reported with read_config's message at the top of the configuration
+section (the ``kseg`` commands on a run folder, ``kseg report`` included, refuse such a run;
+:func:`write_report` shows what the file holds).
 
 To keep the page small, a viewer shows at most ``max_slices`` slices of a case, evenly
 spread, and shrinks slices larger than ``max_side`` pixels by keeping every k-th row and
@@ -93,7 +97,8 @@ def write_report(
 
     Raises:
         LayoutError: ``run_dir`` is not a folder or has no ``config.json``.
-        UnreadableFileError: ``config.json`` is not a JSON object.
+        UnreadableFileError: ``config.json`` is not a JSON object (one of another version
+            or lacking keys is described in the page instead).
         ValueError: ``max_slices`` or ``max_side`` is not a positive integer.
 
     Example:
@@ -105,8 +110,11 @@ def write_report(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     run = pathlib.Path(run_dir)
     config = _read_config(run)
+    config_problem = _config_problem(run)
     output = run / "report.html" if output is None else pathlib.Path(output)
-    page = _Page(run, config, max_slices=int(max_slices), max_side=int(max_side)).render()
+    page = _Page(
+        run, config, config_problem, max_slices=int(max_slices), max_side=int(max_side)
+    ).render()
     with atomic_output(output) as temporary:
         pathlib.Path(temporary).write_text(page, encoding="utf-8")
     return output
@@ -131,6 +139,18 @@ def _read_config(run: pathlib.Path) -> dict:
             path, f"must hold a JSON object (the run's configuration), got {type(config).__name__}"
         )
     return config
+
+
+def _config_problem(run: pathlib.Path) -> str | None:
+    """read_config's message for a config.json the report can show but the other commands
+    refuse (another version, missing keys); ``None`` for a valid one."""
+    from kseg.recipes.run_config import read_config
+
+    try:
+        read_config(run)
+    except UnreadableFileError as error:
+        return str(error)
+    return None
 
 
 # --------------------------------------------------------------------------- html pieces
@@ -263,9 +283,18 @@ def _class_values(config: Mapping) -> dict[str | None, int]:
 
 
 class _Page:
-    def __init__(self, run: pathlib.Path, config: dict, *, max_slices: int, max_side: int):
+    def __init__(
+        self,
+        run: pathlib.Path,
+        config: dict,
+        config_problem: str | None,
+        *,
+        max_slices: int,
+        max_side: int,
+    ):
         self.run = run
         self.config = config
+        self.config_problem = config_problem
         self.max_slices = max_slices
         self.max_side = max_side
         self.classes = _class_values(config)
@@ -327,9 +356,16 @@ class _Page:
                 + "</table>"
             )
         full = json.dumps(config, indent=2, sort_keys=True)
+        problem = ""
+        if self.config_problem is not None:
+            problem = _note(
+                f"{self.config_problem}. The kseg commands on a run folder (evaluate, "
+                "predict, report, study) refuse this run; the page shows what the file holds.",
+                "problem",
+            )
         return (
             '<section id="configuration"><h2>Configuration</h2>'
-            f'<table class="facts">{rows}</table>{argument_rows}'
+            f'{problem}<table class="facts">{rows}</table>{argument_rows}'
             f"<details><summary>config.json</summary><pre>{_escape(full)}</pre></details>"
             f"{self._files()}</section>"
         )

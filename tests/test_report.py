@@ -106,7 +106,9 @@ def write_config(run, labels=None):
         "git_commit": None,
         "dataset": {"name": "chaos", "config": "ct", "version": "1.0.0", "fingerprint": "ab12"},
         "labels": labels or {"liver": 1},
-    }
+        "inference": {"kind": "slices", "window": [40, 400], "image_size": [64, 64],
+                      "num_classes": 1},
+    }  # fmt: skip
     (run / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     return config
 
@@ -368,6 +370,7 @@ def test_a_run_with_only_config_json_says_what_is_missing(tmp_path):
     size = (run / "config.json").stat().st_size
     assert files["config.json"] == f"{size:,} bytes"
     assert files["best.keras"] == files["evaluation"] == "not there yet"
+    assert not list(page.find_all("p", "problem"))  # a valid config.json draws no complaint
 
 
 def test_missing_scores_or_cases_and_unreadable_files_are_noted_not_raised(tmp_path):
@@ -584,3 +587,27 @@ def test_importing_report_imports_neither_tensorflow_nor_keras():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("change, removed, problem", [
+    ({"kseg_config_version": 2}, (), "has kseg_config_version 2; this kseg reads version 1"),
+    ({}, ("kseg_config_version",), "has kseg_config_version None; this kseg reads version 1"),
+    ({}, ("seed", "inference"), "lacks the keys ['seed', 'inference']"),
+])  # fmt: skip
+def test_a_config_json_read_config_refuses_is_named_in_the_page(tmp_path, change, removed, problem):
+    """The report still shows what such a file holds, with the message of
+    kseg.recipes.run_config.read_config, which the kseg commands on a run folder raise."""
+    from kseg.recipes.run_config import read_config
+
+    run = tmp_path / "old"
+    config = {**write_config(run), **change}
+    for key in removed:
+        del config[key]
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnreadableFileError) as refused:
+        read_config(run)
+    assert str(refused.value) == f"{run / 'config.json'}: {problem}"
+    page = parse(report.write_report(run))
+    [note] = page.find("section").find_all("p", "problem")
+    assert note.all_text().startswith(f"{run / 'config.json'}: {problem}. The kseg commands")
+    assert "chaos ct 1.0.0" in page.find("table", "facts").all_text()
