@@ -50,6 +50,7 @@ __all__ = [
     "Prediction",
     "check_format",
     "checked_inference",
+    "postprocessing",
     "predict_command",
     "predict_path",
     "read_inputs",
@@ -361,12 +362,27 @@ def _predict_volume(model, inference, image: Volume) -> np.ndarray:
     return prepared.to_original_grid(_postprocessed(inference, labels.astype(np.int32)))
 
 
-def _postprocessed(inference, labels: np.ndarray) -> np.ndarray:
+def postprocessing(inference: Mapping):
+    """The clean-up a config.json ``inference`` section records, as a ``label map -> label
+    map`` function, or ``None`` for none: nnU-Net's largest connected component for the
+    labels in ``postprocess_labels`` when the section lists them (a cross-validation chooses
+    per label on its out-of-fold predictions), else for every label when ``postprocess`` is
+    ``"largest-component"``."""
+    import functools
+
     from kseg.inference import keep_largest_component
 
+    chosen = inference.get("postprocess_labels")
+    if chosen:
+        return functools.partial(keep_largest_component, labels=[int(v) for v in chosen])
     if inference.get("postprocess", "none") == "largest-component":
-        return keep_largest_component(labels)
-    return labels
+        return keep_largest_component
+    return None
+
+
+def _postprocessed(inference, labels: np.ndarray) -> np.ndarray:
+    clean_up = postprocessing(inference)
+    return labels if clean_up is None else clean_up(labels)
 
 
 def checked_inference(inference, source: os.PathLike | str | None = None) -> dict:
@@ -396,6 +412,11 @@ def checked_inference(inference, source: os.PathLike | str | None = None) -> dic
     if postprocess not in POSTPROCESSING:
         raise UnreadableFileError(
             source, f"inference postprocess {postprocess!r} is not one of {POSTPROCESSING}"
+        )
+    chosen = inference.get("postprocess_labels", [])
+    if not isinstance(chosen, list) or not _positive_ints(chosen, len(chosen)):
+        raise UnreadableFileError(
+            source, f"inference postprocess_labels {chosen!r} is not a list of label values"
         )
     problems = {
         "num_classes": _positive_ints([inference["num_classes"]], 1),

@@ -364,11 +364,14 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         _common.check_split(args, split)  # before TensorFlow loads
     import kseg
     from kseg.errors import LayoutError
-    from kseg.recipes import _evaluation
+    from kseg.predict import postprocessing
+    from kseg.recipes import _evaluation, run_config
     from tfds_builders.lctsc import Builder
 
     run_dir = pathlib.Path(args.output_dir)
     model = kseg.load_model(run_dir / "best.keras")
+    # a cross-validation records the clean-up its out-of-fold predictions chose
+    clean_up = postprocessing(run_config.read_config(run_dir)["inference"])
     name = _common.evaluation_name(split, input_dir)
     if input_dir is None:
         if split not in SPLITS:
@@ -396,7 +399,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         model,
         _evaluation.slice_volumes(lambda: builder.as_dataset(split=examples_split),
                                   window=_window(args), image_size=_image_size(args)),
-        cases_dir=folder / "cases", labels=scored_labels,
+        cases_dir=folder / "cases", labels=scored_labels, postprocess=clean_up,
         metrics=BINARY_METRICS if scored_labels is None else ORGAN_METRICS,
     )  # fmt: skip
     _evaluation.save_table(table, folder)

@@ -385,11 +385,14 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     if input_dir is None:
         _common.check_split(args, split)  # before TensorFlow loads
     import kseg
-    from kseg.recipes import _evaluation
+    from kseg.predict import postprocessing
+    from kseg.recipes import _evaluation, run_config
     from tfds_builders.xray import Builder
 
     run_dir = pathlib.Path(args.output_dir)
     model = kseg.load_model(run_dir / "best.keras")
+    # a cross-validation records the clean-up its out-of-fold predictions chose
+    clean_up = postprocessing(run_config.read_config(run_dir)["inference"])
     name = _common.evaluation_name(split, input_dir)
     if input_dir is None:
         if split not in ("test", "validation"):
@@ -410,6 +413,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         cases_dir=folder / "cases",
         metrics=METRICS,
         labels=_scored_labels(num_classes, labels),
+        postprocess=clean_up,
     )
     _evaluation.save_table(table, folder)
     print(f"\n{title}, one row per image, scored on the stored mask grid (HD95 in pixels):")
