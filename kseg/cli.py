@@ -5,7 +5,7 @@
     kseg prepare DATASET --manual-dir DIR [--config NAME] [--tfds-dir DIR] [--folds K]
     kseg train RECIPE [recipe options]            (resumable: the same command continues)
     kseg evaluate RUN (--split test|validation | --input DIR)
-    kseg predict RUN --input PATH --output DIR --format nifti|dicom-seg|png|rtstruct
+    kseg predict RUN --input PATH --output DIR --format nifti|dicom-seg|png|rtstruct [--overwrite]
     kseg tune RECIPE --strategy random|bayesian|hyperband|grid|staged --max-trials N [options]
     kseg report RUN [--output FILE]
     kseg study NAME RUN|RECIPE [study options] [recipe options]
@@ -372,6 +372,9 @@ def _add_predict(parser: argparse.ArgumentParser) -> None:
                         help="folder the segmentations are written into")
     parser.add_argument("--format", required=True, choices=PREDICTION_FORMATS,
                         help="NIfTI label volume, DICOM SEG, PNG label map or RTSTRUCT")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace prediction files that exist in --output already "
+                             "(by default kseg predict refuses, naming the file)")
 
 
 def _add_report(parser: argparse.ArgumentParser) -> None:
@@ -420,7 +423,8 @@ def _predict(args: argparse.Namespace) -> None:
                                       "folder, a NIfTI file or radiographs")
     from kseg.predict import predict_command
 
-    written = predict_command(run, args.input, args.output, args.format)
+    written = predict_command(run, args.input, args.output, args.format,
+                              overwrite=args.overwrite)
     print(f"Wrote {len(written)} file{'' if len(written) == 1 else 's'} to {args.output}")
     for path in written:
         print(f"  {path}")

@@ -56,13 +56,19 @@ def case_predictions(run_dir):
     return {path.stem: np.load(path)["prediction"] for path in sorted(folder.glob("*.npz"))}
 
 
+@pytest.fixture(scope="module")
+def tiny_xray_run(tmp_path_factory):
+    recipe = load("xray_multiclass")
+    args = recipe.parse_args(["--output-dir", str(tmp_path_factory.mktemp("run")), *TINY_XRAY])
+    recipe.train(args)
+    return recipe, args
+
+
 @pytest.mark.slow
-def test_xray_evaluate_applies_the_recorded_clean_up(tmp_path):
+def test_xray_evaluate_applies_the_recorded_clean_up(tiny_xray_run):
     from kseg.inference import keep_largest_component
 
-    recipe = load("xray_multiclass")
-    args = recipe.parse_args(["--output-dir", str(tmp_path / "run"), *TINY_XRAY])
-    recipe.train(args)
+    recipe, args = tiny_xray_run
     recipe.evaluate(args, split="test")
     plain = case_predictions(args.output_dir)
 
@@ -76,3 +82,27 @@ def test_xray_evaluate_applies_the_recorded_clean_up(tmp_path):
     assert any(not np.array_equal(expected[image], plain[image]) for image in plain)
     for image in plain:
         np.testing.assert_array_equal(cleaned[image], expected[image])
+
+
+@pytest.mark.slow
+def test_kseg_predict_replaces_an_earlier_output_only_when_told(tiny_xray_run, tmp_path,
+                                                                 capsys):
+    from kseg import cli
+
+    _, args = tiny_xray_run
+    radiograph = sorted(pathlib.Path(args.manual_dir).rglob("*.png"))[0]
+    output = tmp_path / "predictions"
+    command = ["predict", str(args.output_dir), "--input", str(radiograph),
+               "--output", str(output), "--format", "png"]
+    assert cli.main(command) == 0
+    written = output / f"{radiograph.stem}.png"
+    before = written.read_bytes()
+    written.write_bytes(b"an earlier prediction")
+    capsys.readouterr()
+
+    assert cli.main(command) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and str(written) in error and "--overwrite" in error
+    assert written.read_bytes() == b"an earlier prediction"
+    assert cli.main([*command, "--overwrite"]) == 0
+    assert written.read_bytes() == before

@@ -191,7 +191,9 @@ class PredictVolumeFn(beam.DoFn):
             raise LayoutError(volume, f"holds {len(predictions)} images; expected one volume")
         # Named after the volume's path, so that its output is known before predicting.
         prediction = dataclasses.replace(predictions[0], name=_volume_name(pathlib.Path(volume)))
-        write_predictions([prediction], self.output_dir, self.format, labels=self.labels)
+        # a speculative copy of this bundle may have written the same prediction meanwhile
+        write_predictions([prediction], self.output_dir, self.format, labels=self.labels,
+                          overwrite=True)
         self.written.inc()
         yield str(output)
 
