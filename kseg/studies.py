@@ -268,7 +268,11 @@ def study_data(recipe_name: str, args: argparse.Namespace, config: dict | None =
             f"{recipe_name!r} is not one (3D volume studies are not implemented)"
         )
     recipe = recipes.load(recipe_name)
-    builder = recipe.prepare(args)
+    # a run's config.json holds the options its plan filled in; a fresh recipe command line
+    # gets them from the plan (--plan) as the recipe's own training would
+    prepare = recipe.prepare if config is not None else getattr(recipe, "prepare_planned",
+                                                                  recipe.prepare)
+    builder = prepare(args)
     if config is not None:
         inference, labels = config["inference"], config["labels"]
         if inference.get("kind") != "slices":
@@ -284,12 +288,9 @@ def study_data(recipe_name: str, args: argparse.Namespace, config: dict | None =
         raise StudySettingsError(
             f"run {args.output_dir}: unknown post-processing {postprocess!r} in config.json"
         )
-    if postprocess == "largest-component":
-        from kseg.inference import keep_largest_component
+    from kseg.predict import postprocessing
 
-        postprocess = keep_largest_component
-    else:
-        postprocess = None
+    postprocess = postprocessing(inference)
     splits = recipe.splits(args)
     return StudyData(
         recipe_name=recipe_name, recipe=recipe, args=args, run_dir=pathlib.Path(args.output_dir),

@@ -421,3 +421,20 @@ def test_command_line(tmp_path, capsys):
         timeout=120,
     ).stdout
     assert imported.strip() == "False"
+
+
+def test_a_study_from_a_recipe_command_line_trains_with_the_plan(tmp_path):
+    """A study of a recipe (no run folder) prepares the data as the recipe's training does:
+    with --plan auto the options the command line leaves out come from RUN/plan.json."""
+    import json
+
+    from kseg.recipes import load
+
+    recipe = load("xray_multiclass")
+    args = recipe.parse_args(["--output-dir", str(tmp_path / "run"), "--phantom-images", "9",
+                              "--phantom-size", "32", "--folds", "3", "--base-filters", "8"])
+    data = studies.study_data("xray_multiclass", args)
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert data.image_size == tuple(plan["patch_size"]) != (128, 128)
+    assert (args.batch_size, args.depth) == (plan["batch_size"], plan["depth"])
+    assert args.base_filters == 8  # given on the command line: the plan's 16 does not win
