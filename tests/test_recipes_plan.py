@@ -254,3 +254,21 @@ def test_xray_trains_from_the_plan_and_records_where_each_option_came_from(tmp_p
     assert arguments["learning_rate"] == plan["optimizer"]["learning_rate"]
     assert config["inference"]["image_size"] == [32, 32]
     assert pathlib.Path(run / "best.keras").is_file()
+
+
+def test_a_real_download_gets_a_longer_default_budget_than_the_phantom(monkeypatch):
+    """Without --max-minutes the plan's time budget is the phantom's minute and a half, but
+    half an hour for a real download: the phantom's budget would plan a real dataset down to
+    a few passes at a tiny input size."""
+    import argparse
+
+    from kseg import plan as kplan
+
+    budgets = []
+    monkeypatch.setattr(kplan, "plan", lambda fp, **kw: budgets.append(kw["time_budget_minutes"]))
+    for data_dir, max_minutes in ((None, None), (pathlib.Path("CHAOS"), None),
+                                  (pathlib.Path("CHAOS"), 7.0)):
+        args = argparse.Namespace(plan="auto", data_dir=data_dir, max_minutes=max_minutes,
+                                  memory_budget_mb=None)
+        _planned.derive(args, builder=None, fp=None, training_examples=100)
+    assert budgets == [1.5, 30.0, 7.0]
