@@ -113,6 +113,29 @@ def add_plan_arguments(parser: argparse.ArgumentParser, *, max_minutes: bool) ->
         )  # fmt: skip
 
 
+def planned_group(parser: argparse.ArgumentParser, note: str = ""):
+    """The help group of a recipe's planned options; ``note`` says what the bracketed
+    hand-picked values depend on."""
+    return parser.add_argument_group(
+        "planned options (--plan auto: from the plan unless given; --plan none: the "
+        f"hand-picked value in brackets{note})"
+    )
+
+
+def add_network_arguments(group, hand_picked: dict) -> None:
+    """``--depth``, ``--base-filters``, ``--learning-rate`` and ``--schedule``, which every
+    2D recipe plans alike; their help shows the recipe's hand-picked values."""
+    group.add_argument("--depth", type=int, help=f"U-Net poolings [{hand_picked['depth']}]")
+    group.add_argument("--base-filters", type=int, help=f"[{hand_picked['base_filters']}]")
+    group.add_argument("--learning-rate", type=float,
+                       help=f"Adam's [{hand_picked['learning_rate']:g}]")
+    group.add_argument(
+        "--schedule", choices=("plateau", "cosine"),
+        help="plateau: lower the rate when validation stalls; cosine: warm-up, then cosine "
+             f"decay over the epochs [{hand_picked['schedule']}]",
+    )  # fmt: skip
+
+
 def finish_arguments(parser, args, hand_picked: dict) -> None:
     """Check ``--plan`` and ``--memory-budget-mb``; fill the hand-picked value into every
     planned option not given; remember the given ones as ``args.plan_given`` (``--plan

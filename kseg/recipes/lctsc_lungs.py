@@ -72,10 +72,7 @@ def add_arguments(parser) -> None:
     _common.add_tfds_dir_argument(parser)
     _common.add_folds_argument(parser)
     _planned.add_plan_arguments(parser, max_minutes=True)
-    planned = parser.add_argument_group(
-        "planned options (--plan auto: from the plan unless given; --plan none: the "
-        "hand-picked value in brackets)"
-    )
+    planned = _planned.planned_group(parser)
     planned.add_argument("--epochs", type=int, help="[10]")
     planned.add_argument(
         "--image-size", type=int,
@@ -83,14 +80,7 @@ def add_arguments(parser) -> None:
              "original grid [128]",
     )  # fmt: skip
     planned.add_argument("--batch-size", type=int, help="slices per step and replica [8]")
-    planned.add_argument("--depth", type=int, help="U-Net poolings [3]")
-    planned.add_argument("--base-filters", type=int, help="[16]")
-    planned.add_argument("--learning-rate", type=float, help="Adam's [2e-3]")
-    planned.add_argument(
-        "--schedule", choices=("plateau", "cosine"),
-        help="plateau: lower the rate when validation stalls; cosine: warm-up, then cosine "
-             "decay over the epochs [plateau]",
-    )  # fmt: skip
+    _planned.add_network_arguments(planned, HAND_PICKED)
     planned.add_argument(
         "--window", type=_planned.window_argument, metavar="NAME|CENTER,WIDTH",
         help=f"CT intensity window mapped to [0, 1]: a kseg.data.pipeline.WINDOWS preset or "

@@ -74,23 +74,13 @@ def add_arguments(parser) -> None:
         "--max-train", type=int, help="train on this many patients (nested: 5 within 10 within ...)"
     )
     _planned.add_plan_arguments(parser, max_minutes=True)
-    planned = parser.add_argument_group(
-        "planned options (--plan auto: from the plan unless given; --plan none: the "
-        "hand-picked value in brackets, phantom / real data)"
-    )
+    planned = _planned.planned_group(parser, ", phantom / real data")
     planned.add_argument("--image-size", type=int,
                          help="side the images are resized to [96 / 256]")
     planned.add_argument("--epochs", type=int, help="[15 / 40]")
     planned.add_argument("--batch-size", type=int,
                          help="examples per step and replica [4 / 8]")
-    planned.add_argument("--depth", type=int, help="U-Net poolings [3]")
-    planned.add_argument("--base-filters", type=int, help="[16]")
-    planned.add_argument("--learning-rate", type=float, help="Adam's [1e-3]")
-    planned.add_argument(
-        "--schedule", choices=("plateau", "cosine"),
-        help="plateau: lower the rate when validation stalls; cosine: warm-up, then cosine "
-             "decay over the epochs [plateau]",
-    )  # fmt: skip
+    _planned.add_network_arguments(planned, HAND_PICKED)
     planned.add_argument(
         "--augment", choices=("recipe", "nnunet"),
         help="recipe: small affine + contrast; nnunet: nnU-Net's probabilities and ranges "
