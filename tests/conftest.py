@@ -34,6 +34,7 @@ HEAVIEST_FIRST = (
     "tests/test_studies.py",
     "tests/test_cli.py",
     "tests/test_examples_2d.py",
+    "tests/test_cross_validation.py",
     "tests/test_beam_generation.py",
     "tests/test_recipes_strategy.py",
     "tests/test_examples.py",
