@@ -151,6 +151,7 @@ def test_postprocessing_is_chosen_on_the_out_of_fold_predictions(run):
 
 
 def test_evaluate_test_split_scores_the_ensemble(run):
+    from kseg.inference import keep_largest_component
     from kseg.metrics import dice
 
     args, folder, _ = run
@@ -161,9 +162,13 @@ def test_evaluate_test_split_scores_the_ensemble(run):
     rows = {line.split(",")[0]: line.split(",") for line in scores[1:]}
     test_images = _images(args, "fold0")
     assert sorted(rows) == sorted(image_id for image_id, _, _ in test_images)
+    # the clean-up chosen on the out-of-fold predictions applies to the test fold too
+    chosen = json.loads((folder / "config.json").read_text())["inference"]["postprocess_labels"]
     for image_id, inputs, mask in test_images:
         mean = np.mean([m.predict(inputs, verbose=0) for m in members.values()], axis=0)
         labels = mean.argmax(axis=-1)
+        if chosen:
+            labels = keep_largest_component(labels, labels=chosen)
         case = np.load(folder / "evaluation" / "test" / "cases" / f"{image_id}.npz")
         np.testing.assert_array_equal(case["prediction"], labels)
         for name, value in json.loads((folder / "config.json").read_text())["labels"].items():
