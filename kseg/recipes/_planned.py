@@ -122,6 +122,25 @@ def planned_group(parser: argparse.ArgumentParser, note: str = ""):
     )
 
 
+def add_ct_slice_arguments(group, hand_picked: dict, structures: str) -> None:
+    """``--epochs``, ``--image-size``, ``--batch-size`` and ``--window`` of the CT slice
+    recipes; ``structures`` names what the plan's window covers."""
+    group.add_argument("--epochs", type=int, help=f"[{hand_picked['epochs']}]")
+    group.add_argument(
+        "--image-size", type=int,
+        help="in-plane size the slices are resampled to for the model; scores use the "
+             f"original grid [{hand_picked['image_size']}]",
+    )  # fmt: skip
+    group.add_argument("--batch-size", type=int,
+                       help=f"slices per step and replica [{hand_picked['batch_size']}]")
+    group.add_argument(
+        "--window", type=window_argument, metavar="NAME|CENTER,WIDTH",
+        help="CT intensity window mapped to [0, 1]: a kseg.data.pipeline.WINDOWS preset or "
+             f"CENTER,WIDTH in HU; the plan's is the {structures}' 0.5-99.5 percentiles "
+             f"[{hand_picked['window']}]",
+    )  # fmt: skip
+
+
 def add_network_arguments(group, hand_picked: dict) -> None:
     """``--depth``, ``--base-filters``, ``--learning-rate`` and ``--schedule``, which every
     2D recipe plans alike; their help shows the recipe's hand-picked values."""
@@ -138,7 +157,7 @@ def add_network_arguments(group, hand_picked: dict) -> None:
 
 def finish_arguments(parser, args, hand_picked: dict) -> None:
     """Check ``--plan`` and ``--memory-budget-mb``; fill the hand-picked value into every
-    planned option not given; remember the given ones as ``args.plan_given`` (``--plan
+    planned option not given and check ``--depth`` against ``--image-size``; remember the given ones as ``args.plan_given`` (``--plan
     auto|PATH`` only: a ``--plan none`` run's options are those of session 15)."""
     if args.plan not in ("auto", "none") and not os.path.isfile(args.plan):
         parser.error(f"--plan must be auto, none or a plan.json file; {args.plan} is not a file")
@@ -152,6 +171,12 @@ def finish_arguments(parser, args, hand_picked: dict) -> None:
             setattr(args, name, value)
     if args.plan != "none":
         args.plan_given = given
+    # the U-Net halves the image --depth times; the plan keeps to this, a user may not
+    if args.depth < 1:
+        parser.error(f"--depth must be at least 1, got {args.depth}")
+    if args.image_size % 2**args.depth:
+        parser.error(f"--image-size must be a multiple of {2**args.depth} ({args.depth} 2x "
+                     f"poolings, --depth), got {args.image_size}")
 
 
 def planned(args) -> bool:

@@ -51,20 +51,9 @@ def add_arguments(parser) -> None:
     _common.add_folds_argument(parser)
     _planned.add_plan_arguments(parser, max_minutes=True)
     planned = _planned.planned_group(parser)
-    planned.add_argument("--epochs", type=int, help="[12]")
-    planned.add_argument(
-        "--image-size", type=int,
-        help="in-plane size the slices are resampled to for the model; scores use the "
-             "original grid [128]",
-    )  # fmt: skip
-    planned.add_argument("--batch-size", type=int, help="slices per step and replica [8]")
+    _planned.add_ct_slice_arguments(planned, HAND_PICKED, "liver")
     _planned.add_network_arguments(planned, HAND_PICKED)
     planned.add_argument("--loss", choices=LOSSES, help="Combo or Dice + cross-entropy [combo]")
-    planned.add_argument(
-        "--window", type=_planned.window_argument, metavar="NAME|CENTER,WIDTH",
-        help=f"CT intensity window mapped to [0, 1]: a kseg.data.pipeline.WINDOWS preset or "
-             f"CENTER,WIDTH in HU; the plan's is the liver's 0.5-99.5 percentiles [{WINDOW}]",
-    )  # fmt: skip
     planned.add_argument(
         "--augment", choices=("recipe", "nnunet"),
         help="recipe: kseg's default 2D augmentation; nnunet: nnU-Net's probabilities and "
@@ -88,11 +77,6 @@ def add_arguments(parser) -> None:
 def finish_arguments(parser, args) -> None:
     _common.check_shared_arguments(parser, args)
     _planned.finish_arguments(parser, args, HAND_PICKED)
-    if args.depth < 1:
-        parser.error(f"--depth must be at least 1, got {args.depth}")
-    if args.image_size % 2**args.depth:
-        parser.error(f"--image-size must be a multiple of {2**args.depth} ({args.depth} 2x "
-                     f"poolings, --depth), got {args.image_size}")
     if args.output_dir is None:
         suffix = "" if args.data_dir else "_phantom"
         args.output_dir = pathlib.Path("kseg_runs") / f"chaos_liver{suffix}"

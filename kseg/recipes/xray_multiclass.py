@@ -107,11 +107,6 @@ def finish_arguments(parser, args) -> None:
     if args.output_dir is None:
         run = "phantom" if args.data_dir is None else args.config
         args.output_dir = pathlib.Path("kseg_runs") / f"xray_{run}"
-    if args.depth < 1:
-        parser.error(f"--depth must be at least 1, got {args.depth}")
-    if args.image_size % 2**args.depth:
-        parser.error(f"--image-size must be a multiple of {2**args.depth} ({args.depth} 2x "
-                     f"poolings, --depth), got {args.image_size}")
     args.manual_dir = args.data_dir or args.output_dir / "phantom"
     layout = "generic" if args.data_dir is None else CONFIG_LAYOUTS[args.config]
     _common.check_patient_folds(
