@@ -405,7 +405,6 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise LayoutError(args.input, f"{problem}; expected a folder of labeled cases in the "
                                       "layout of the run's dataset")
     from kseg import recipes
-
     from kseg.recipes import cross_validation
 
     module, recipe_args = recipes.load_run(run)

@@ -131,8 +131,9 @@ def numpy_mean_teacher(initial, student_history, batches, decay, momentum=0.9):
     """The tiny net's teacher after each step: before the student's update the teacher
     (training mode) normalises its conv activations on the labeled, then on the unlabeled
     batch, moving its own BatchNorm statistics each time, ``m ← momentum m + (1 -
-    momentum) batch_moment`` (biased variance); after it, ``θ'_t = α_t θ'_{t-1} + (1 - α_t) θ_t`` with
-    ``α_t = min(1 - 1/(t + 1), decay)`` for the trainable weights."""
+    momentum) batch_moment`` (biased variance); after it,
+    ``θ'_t = α_t θ'_{t-1} + (1 - α_t) θ_t`` with ``α_t = min(1 - 1/(t + 1), decay)`` for the
+    trainable weights."""
     kernel, bias, gamma, beta, mean, variance, head_kernel, head_bias = [
         w.astype("float64") for w in initial
     ]

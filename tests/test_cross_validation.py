@@ -25,8 +25,9 @@ from kseg.recipes import _common, cross_validation
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 # --plan none: the recipe's hand-picked options (a plan would time training steps first)
 OPTIONS = [
-    "--plan", "none", "--validation-fold", "all", "--folds", "4", "--phantom-images", "8", "--phantom-size",
-    "32", "--image-size", "32", "--epochs", "1", "--batch-size", "2", "--base-filters", "4",
+    "--plan", "none", "--validation-fold", "all", "--folds", "4", "--phantom-images", "8",
+    "--phantom-size", "32", "--image-size", "32", "--epochs", "1", "--batch-size", "2",
+    "--base-filters", "4",
 ]  # fmt: skip
 
 

@@ -150,7 +150,7 @@ def test_cosine_rates_hand_computed():
     assert rates[0] == pytest.approx(1e-3)
     assert rates[1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.5 / 19)))
     assert rates[19] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 18.5 / 19)))
-    assert all(a > b for a, b in zip(rates[1:], rates[2:]))
+    assert all(a > b for a, b in zip(rates[1:], rates[2:], strict=False))
     # 60 epochs: 3 warm-up epochs rising linearly
     assert [_planned.cosine_rate(e, 60, 3e-3, 0.05) for e in range(3)] == pytest.approx(
         [1e-3, 2e-3, 3e-3])

@@ -157,8 +157,9 @@ def add_network_arguments(group, hand_picked: dict) -> None:
 
 def finish_arguments(parser, args, hand_picked: dict) -> None:
     """Check ``--plan`` and ``--memory-budget-mb``; fill the hand-picked value into every
-    planned option not given and check ``--depth`` against ``--image-size``; remember the given ones as ``args.plan_given`` (``--plan
-    auto|PATH`` only: a ``--plan none`` run's options are those of session 15)."""
+    planned option not given and check ``--depth`` against ``--image-size``; remember the
+    given ones as ``args.plan_given`` (``--plan auto|PATH`` only: a ``--plan none`` run's
+    options are those of session 15)."""
     if args.plan not in ("auto", "none") and not os.path.isfile(args.plan):
         parser.error(f"--plan must be auto, none or a plan.json file; {args.plan} is not a file")
     if args.memory_budget_mb is not None and not (
@@ -279,7 +280,6 @@ def record_sources(run_dir, args, hand_picked: dict) -> None:
     the files, and where each planned option came from. Nothing with ``--plan none``."""
     if not planned(args):
         return
-    from kseg._files import atomic_output
     from kseg.recipes import run_config
 
     config = run_config.read_config(run_dir)
@@ -291,10 +291,7 @@ def record_sources(run_dir, args, hand_picked: dict) -> None:
         "fingerprint_file": FINGERPRINT_FILE,
         "options": sources(args, hand_picked),
     }
-    path = pathlib.Path(run_dir) / run_config.CONFIG_FILE
-    with atomic_output(path) as temporary:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(config, sort_keys=True, indent=2) + "\n")
+    run_config.save_config(run_dir, config)
 
 
 def window_argument(text: str):
@@ -334,12 +331,18 @@ def nnunet_augmenter(image_size: int, modality: str, mirror_axes, seed: int):
     Rotation and scaling: one ``RandomAffine`` with nnU-Net's ranges at the larger of its
     two probabilities (kseg draws both together); mirroring of each of ``mirror_axes``
     (p = 0.5); Gaussian noise (a standard deviation up to the square root of nnU-Net's
-    variance bound, in stds of the foreground, rescaled to the [0, 1] window), blur and contrast at nnU-Net's
-    probabilities and ranges. kseg has no brightness, gamma or low-resolution
+    variance bound, in stds of the foreground, rescaled to the [0, 1] window), blur and
+    contrast at nnU-Net's probabilities and ranges. kseg has no brightness, gamma or low-resolution
     augmentation: those are left out.
     """
-    from kseg.augment import (RandomAffine, RandomAxisFlip, RandomContrast,
-                              RandomGaussianBlur, RandomGaussianNoise, segmentation_augmenter)
+    from kseg.augment import (
+        RandomAffine,
+        RandomAxisFlip,
+        RandomContrast,
+        RandomGaussianBlur,
+        RandomGaussianNoise,
+        segmentation_augmenter,
+    )
     from kseg.plan import rule_augmentation
 
     aug = rule_augmentation((image_size, image_size), modality, mirror_axes)

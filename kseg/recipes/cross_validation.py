@@ -68,14 +68,6 @@ def member_args(args: argparse.Namespace, fold: int) -> argparse.Namespace:
     return member
 
 
-def _write_json(path, value) -> None:
-    from kseg._files import atomic_output
-
-    with atomic_output(path) as temporary:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(value, sort_keys=True, indent=2) + "\n")
-
-
 def _finished_record(args: argparse.Namespace) -> dict | None:
     """The finished-member record of ``args.output_dir``, or ``None`` while the member is
     not finished. A record of other options is an error: skipping it would put a model
@@ -103,8 +95,9 @@ def _finished_record(args: argparse.Namespace) -> dict | None:
                      and wanted[name] != recorded[name])
     if changed:
         raise LayoutError(
-            folder, f"is a cross-validation member trained with other options ({', '.join(changed)}); "
-            "rerun with the options of the first command, or give another --output-dir",
+            folder, "is a cross-validation member trained with other options "
+            f"({', '.join(changed)}); rerun with the options of the first command, or give "
+            "another --output-dir",
         )  # fmt: skip
     return record
 
@@ -137,7 +130,7 @@ def train(module, args: argparse.Namespace) -> pathlib.Path:
         given = run_config.json_arguments(member)
         started = time.perf_counter()
         module.train(member)
-        _write_json(member.output_dir / FINISHED_FILE, {
+        run_config.write_json(member.output_dir / FINISHED_FILE, {
             "validation_fold": fold,
             "train_seconds": round(time.perf_counter() - started, 1),
             "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(
@@ -195,7 +188,7 @@ def _out_of_fold_run(module, args, fold: int, axes: tuple) -> pathlib.Path:
     view.mkdir(parents=True, exist_ok=True)
     _save_model(ensemble_model([source / "best.keras"], mirror_axes=axes,
                                name=f"fold_{fold}_mirrored"), view / "best.keras")
-    _write_json(view / run_config.CONFIG_FILE, config)
+    run_config.save_config(view, config)
     print(f"\nOut-of-fold: member of validation fold {fold}, mirrored over axes "
           f"{list(axes)}, on its validation fold", flush=True)
     module.evaluate(run_config.arguments_namespace(config, view), split="validation")
@@ -325,7 +318,7 @@ def build_ensemble(module, args: argparse.Namespace) -> pathlib.Path:
         source = member_dir(run_dir, folds[0]) / name
         if source.is_file():
             shutil.copyfile(source, run_dir / name)
-    _write_json(run_dir / run_config.CONFIG_FILE, config)
+    run_config.save_config(run_dir, config)
     means = ", ".join(f"{column} {value:.4f}"
                       for column, value in config["ensemble"]["out_of_fold"]["mean"].items())
     print(f"\nOut-of-fold validation ({len(table)} cases, each scored by the member that did "

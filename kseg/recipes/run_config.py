@@ -166,7 +166,7 @@ def write_config(
     if earlier is not None:
         config["created"] = earlier["created"]
         config["resumed"] = [*earlier.get("resumed", []), now]
-    return _write(run_dir, config)
+    return save_config(run_dir, config)
 
 
 def _resumed_config(run_dir, recipe: str) -> dict | None:
@@ -186,12 +186,19 @@ def _resumed_config(run_dir, recipe: str) -> dict | None:
     return config
 
 
-def _write(run_dir, config: dict) -> pathlib.Path:
-    path = pathlib.Path(run_dir) / CONFIG_FILE
+def write_json(path, value) -> pathlib.Path:
+    """``value`` as JSON (sorted keys, indent 2), atomically: the format of config.json
+    and of the other records a run folder keeps."""
+    path = pathlib.Path(path)
     with atomic_output(path) as temporary:
         with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(config, sort_keys=True, indent=2) + "\n")
+            handle.write(json.dumps(value, sort_keys=True, indent=2) + "\n")
     return path
+
+
+def save_config(run_dir, config: dict) -> pathlib.Path:
+    """Write a changed ``config`` back to ``run_dir/config.json``, atomically."""
+    return write_json(pathlib.Path(run_dir) / CONFIG_FILE, config)
 
 
 def read_config(run_dir) -> dict:
@@ -234,7 +241,7 @@ def update_inference(run_dir, **changes) -> dict:
     return the whole config; e.g. the post-processing chosen on validation after training."""
     config = read_config(run_dir)
     config["inference"].update(changes)
-    _write(run_dir, config)
+    save_config(run_dir, config)
     return config
 
 
