@@ -252,3 +252,38 @@ def test_a_recipes_own_train_refuses_all_folds(tmp_path):
     args = module.parse_args([*OPTIONS, "--output-dir", str(tmp_path / "run")])
     with pytest.raises(KsegError, match="cross_validation.train"):
         module.train(args)
+
+
+def test_members_share_the_plan_the_first_member_derived(tmp_path, monkeypatch):
+    """With --plan auto only the first member derives a plan; the others train from its
+    plan.json, also when a rerun resumes after the first member finished."""
+    seen, crash = [], [True]
+
+    def train(member):
+        seen.append((member.validation_fold, member.plan))
+        folder = pathlib.Path(member.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "best.keras").write_bytes(b"")
+        (folder / "plan.json").write_text(json.dumps({"fold": member.validation_fold}))
+        if member.validation_fold == 3 and crash:
+            crash.clear()  # the first run crashes here, the rerun does not
+            raise RuntimeError("crash in the last member")
+
+    module = types.SimpleNamespace(train=train)
+    monkeypatch.setattr(cross_validation, "build_ensemble", lambda module, args: "built")
+    args = argparse.Namespace(plan="auto", folds=4, test_fold=0, validation_fold="all",
+                              output_dir=tmp_path / "run", tfds_dir=None)
+    with pytest.raises(RuntimeError, match="crash"):
+        cross_validation.train(module, args)
+    first_plan = os.fspath(cross_validation.member_dir(tmp_path / "run", 1) / "plan.json")
+    assert seen == [(1, "auto"), (2, first_plan), (3, first_plan)]
+
+    seen.clear()
+    assert cross_validation.train(module, args) == "built"
+    assert seen == [(3, first_plan)]  # members 1 and 2 kept, the crashed one retrained
+
+    none_args = argparse.Namespace(**{**vars(args), "plan": "none",
+                                      "output_dir": tmp_path / "hand_picked"})
+    seen.clear()
+    cross_validation.train(module, none_args)
+    assert [plan for _, plan in seen] == ["none", "none", "none"]

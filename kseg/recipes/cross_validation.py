@@ -3,8 +3,9 @@ averaged into one model, as nnU-Net trains and reports its results.
 
 For every fold ``k`` but the test fold, ``RUN/folds/fold_<k>/`` is a complete run folder of
 the recipe (its own ``config.json``, ``best.keras``, ``history.csv``), trained by the
-recipe's own ``train`` with ``--validation-fold k`` and every other option of the command.
-Then:
+recipe's own ``train`` with ``--validation-fold k`` and every other option of the command;
+with ``--plan auto`` the first member derives the plan and every later member trains from
+that ``plan.json``, so all members share one plan, as nnU-Net's folds do. Then:
 
 - ``RUN/best.keras`` is ONE Keras model (:func:`kseg.inference.ensemble.ensemble_model`)
   that returns the mean probability of the members over every flip of the mirror axes, so
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import pathlib
 import shutil
 import time
@@ -102,6 +104,16 @@ def _finished_record(args: argparse.Namespace) -> dict | None:
     return record
 
 
+def _plan_to_share(args: argparse.Namespace, member: argparse.Namespace) -> pathlib.Path | None:
+    """The plan the first member derived (``--plan auto``), which every later member then
+    trains from, as nnU-Net's folds share one plan: derived again per member, the rules
+    that time training steps on a loaded machine could give members other epochs."""
+    if getattr(args, "plan", "none") != "auto":
+        return None
+    path = pathlib.Path(member.output_dir) / "plan.json"
+    return path if path.is_file() else None
+
+
 def train(module, args: argparse.Namespace) -> pathlib.Path:
     """Train every member not finished yet (in fold order), then build ``RUN/best.keras``,
     the out-of-fold table and ``RUN/config.json``; returns ``RUN/best.keras``.
@@ -115,12 +127,16 @@ def train(module, args: argparse.Namespace) -> pathlib.Path:
     print(f"Cross-validation: {len(folds)} members, validation folds {folds}"
           f"{'' if _common.has_test_fold(args) else ' (no test fold)'}, in "
           f"{run_dir / FOLDS_FOLDER}", flush=True)
+    shared_plan = None
     for number, fold in enumerate(folds, start=1):
         member = member_args(args, fold)
+        if shared_plan is not None:
+            member.plan = os.fspath(shared_plan)
         record = _finished_record(member)
         if record is not None:
             print(f"Member {number}/{len(folds)} (validation fold {fold}): finished in an "
                   f"earlier run, kept ({member.output_dir})", flush=True)
+            shared_plan = shared_plan or _plan_to_share(args, member)
             continue
         print(f"\nMember {number}/{len(folds)}: validation fold {fold} -> "
               f"{member.output_dir}", flush=True)
@@ -137,6 +153,7 @@ def train(module, args: argparse.Namespace) -> pathlib.Path:
                 timespec="seconds"),
             "arguments": given,
         })  # fmt: skip
+        shared_plan = shared_plan or _plan_to_share(args, member)
         import keras
 
         keras.backend.clear_session()  # the next member starts from a clean graph
