@@ -12,6 +12,8 @@ import numbers
 
 import keras
 
+from kseg.models.normalization import FusedBatchNormalization
+
 _CONV = {2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
 _CONV_TRANSPOSE = {2: keras.layers.Conv2DTranspose, 3: keras.layers.Conv3DTranspose}
 _MAX_POOLING = {2: keras.layers.MaxPooling2D, 3: keras.layers.MaxPooling3D}
@@ -28,8 +30,9 @@ ACTIVATIONS = ("auto", "sigmoid", "softmax", None)
 
 
 def batch_normalization(name: str, **kwargs) -> keras.layers.BatchNormalization:
-    """Batch normalisation with kseg's momentum (see ``BATCH_NORM_MOMENTUM``)."""
-    return keras.layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=name, **kwargs)
+    """Batch normalisation with kseg's momentum (see ``BATCH_NORM_MOMENTUM``), run by
+    TensorFlow's fused kernel where it applies (:class:`FusedBatchNormalization`)."""
+    return FusedBatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=name, **kwargs)
 
 
 def check_int(name: str, value, minimum: int) -> int:
