@@ -7,6 +7,7 @@ import math
 import keras
 from keras import ops
 
+from kseg.models import dilated_conv
 from kseg.models._building_blocks import batch_normalization, check_int, check_spatial_dims, conv
 
 SHORTCUTS = ("projection", "pad")
@@ -84,16 +85,7 @@ class ResidualUnit(keras.layers.Layer):
         self.batch_norm = bool(batch_norm)
 
         self.convs = [
-            conv(
-                self.spatial_dims,
-                self.filters,
-                self.kernel_size,
-                f"conv{index}",
-                strides=self.strides if index == 1 else 1,
-                dilation_rate=self.dilation_rate,
-                use_bias=not self.batch_norm,
-                dtype=self.dtype_policy,
-            )
+            self._conv(f"conv{index}", strides=self.strides if index == 1 else 1)
             for index in (1, 2)
         ]
         # Which of the two steps open with (batch norm,) ReLU; the norms follow that order.
@@ -106,6 +98,21 @@ class ResidualUnit(keras.layers.Layer):
         self.shortcut_conv = None
         self.shortcut_norm = None
         self.channel_padding = (0, 0)
+
+    def _conv(self, name: str, strides: int):
+        kwargs = {
+            "strides": strides,
+            "dilation_rate": self.dilation_rate,
+            "use_bias": not self.batch_norm,
+            "dtype": self.dtype_policy,
+        }
+        if self.spatial_dims == 3 and self.dilation_rate > 1:
+            # Skips Keras' space-to-batch rewrite of the dilation where oneDNN allows; its
+            # variables are Conv3D's, so models saved with stock Conv3D load unchanged.
+            return dilated_conv.Conv3D(
+                self.filters, self.kernel_size, padding="same", name=name, **kwargs
+            )
+        return conv(self.spatial_dims, self.filters, self.kernel_size, name, **kwargs)
 
     def build(self, input_shape):
         in_channels = input_shape[-1]
