@@ -411,20 +411,84 @@ def writing_phantom(folder, count: int, unit: str = "patients"):
     print(f"Wrote {count} phantom {unit} in {time.perf_counter() - started:.0f} s", flush=True)
 
 
+# Written beside a prepared dataset's dataset_info.json: the files it was prepared from.
+SOURCE_FILE = "kseg_source.json"
+
+
+def source_listing(manual_dir) -> dict:
+    """What a prepared dataset was made from: ``manual_dir``'s files by relative name and
+    size (a fingerprint of the listing, not of the bytes: reading a CT archive to check a
+    cached dataset would cost what preparing it does). Modification times are left out,
+    so a copy of the same download (``cp`` without ``-p``) still matches."""
+    import hashlib
+
+    root = pathlib.Path(manual_dir)
+    entries = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = pathlib.Path(folder) / name
+            entries.append(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}")
+    entries.sort()
+    digest = hashlib.sha256("\n".join(entries).encode("utf-8")).hexdigest()
+    return {"folder": os.fspath(root.resolve()), "files": len(entries), "listing_sha256": digest}
+
+
+def prepared_source(builder) -> dict | None:
+    """The :func:`source_listing` recorded when ``builder``'s dataset was prepared, or
+    ``None`` (prepared by a kseg that did not record it, or not prepared)."""
+    import json
+
+    path = pathlib.Path(builder.data_dir) / SOURCE_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def stale_source(builder, manual_dir) -> str | None:
+    """Why ``builder``'s prepared dataset is not a dataset of ``manual_dir``'s files as they
+    are now, or ``None`` when it is (or when no source was recorded)."""
+    recorded = prepared_source(builder)
+    if recorded is None:
+        return None
+    current = source_listing(manual_dir)
+    if recorded.get("listing_sha256") == current["listing_sha256"]:
+        return None
+    return (f"was prepared from {recorded.get('folder')} ({recorded.get('files')} files), but "
+            f"{current['folder']} holds other files now ({current['files']} files, other "
+            "names or sizes)")
+
+
 def prepare(builder, manual_dir) -> None:
     """Build the TFDS dataset from ``manual_dir`` unless an earlier run did (TFDS shows a
-    progress bar per split while it writes)."""
+    progress bar per split while it writes), and record which files it was built from.
+
+    Raises:
+        LayoutError: the dataset was prepared from other files than ``manual_dir`` holds
+            now: training or scoring on it would silently use the old ones.
+    """
     import tensorflow_datasets as tfds
 
+    from kseg.errors import LayoutError
+    from kseg.recipes.run_config import write_json
+
     if builder.is_prepared():
+        problem = stale_source(builder, manual_dir)
+        if problem is not None:
+            raise LayoutError(
+                builder.data_dir, f"{problem}; give another --output-dir or --tfds-dir to "
+                "prepare them, or delete this folder to prepare them here again",
+            )  # fmt: skip
         print(f"Using the dataset prepared in {builder.data_dir}", flush=True)
         return
     _refuse_to_prepare_on_a_tuner_worker(builder)
     print(f"Preparing TFDS dataset {builder.info.full_name} from {manual_dir} (once; later "
           "runs reuse it)", flush=True)
+    source = source_listing(manual_dir)
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
     )
+    write_json(pathlib.Path(builder.data_dir) / SOURCE_FILE, source)
 
 
 def _refuse_to_prepare_on_a_tuner_worker(builder) -> None:

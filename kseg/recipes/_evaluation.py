@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
+import shutil
 
 import numpy as np
 
@@ -165,13 +166,21 @@ def slice_volumes(make_dataset, *, window, image_size):
 
 
 def input_builder(builder_class, config, input_dir, run_dir, name: str):
-    """The TFDS dataset of ``input_dir`` (a folder in the download's layout), prepared once
+    """The TFDS dataset of ``input_dir`` (a folder in the download's layout), prepared
     in ``run_dir/tfds-<name>`` with ``config``'s classes and checks in two folds (the
-    fewest a builder deals); every patient of it is scored."""
+    fewest a builder deals); every patient of it is scored. Prepared once and reused while
+    ``input_dir`` holds the same files; prepared again when it does not (another folder of
+    the same name, files added or changed): the folder is kseg's own cache."""
     from kseg.recipes import _common
 
     config = dataclasses.replace(config, name=f"{config.name}_input", num_folds=2)
-    builder = builder_class(config=config, data_dir=str(pathlib.Path(run_dir) / f"tfds-{name}"))
+    data_dir = pathlib.Path(run_dir) / f"tfds-{name}"
+    builder = builder_class(config=config, data_dir=str(data_dir))
+    if builder.is_prepared() and _common.stale_source(builder, input_dir) is not None:
+        print(f"{input_dir} holds other files than the dataset in {data_dir} was prepared "
+              "from: preparing it again", flush=True)
+        shutil.rmtree(data_dir)
+        builder = builder_class(config=config, data_dir=str(data_dir))
     _common.prepare(builder, input_dir)
     return builder
 
