@@ -15,6 +15,11 @@ costs the forward pass, the gradient for the weights and the gradient for the in
 (except the first layer's, which nothing needs), i.e. about three forward passes.
 Normalisation, activations, pooling and the loss are not counted (a few percent).
 
+The training rows build ``unet_small`` with ``kseg.models.build``, as a user does, so they
+measure kseg's layers: its batch norm runs TensorFlow's fused kernel
+(``kseg.models.normalization.FusedBatchNormalization``); the "stock keras BN" row
+builds the same network with ``keras.layers.BatchNormalization`` for comparison.
+
 Layout: NHWC (channels last) is TensorFlow's CPU layout. With oneDNN off its CPU kernels
 refuse NCHW convolutions; with oneDNN on they run them, and the table shows at what speed.
 
@@ -157,7 +162,12 @@ def _child_train(config) -> dict:
 
     from kseg import models
     from kseg.losses import DiceCELoss
+    from kseg.models import _building_blocks
 
+    if config.get("stock_bn"):
+        # kseg's models as built before kseg ran TensorFlow's fused batch norm, for the
+        # side-by-side row: every kseg block takes its layer class from this name.
+        _building_blocks.FusedBatchNormalization = keras.layers.BatchNormalization
     if config.get("bf16"):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     size, batch, classes = config["size"], config["batch"], 3
@@ -259,6 +269,7 @@ def configurations(only) -> list[tuple[str, dict]]:
         base = {"task": "train", "size": 256, "batch": 8, "onednn": True}
         rows += [
             ("train", base),
+            ("train", {**base, "stock_bn": True}),
             ("train", {**base, "onednn": False}),
             ("train", {**base, "intra": 1, "inter": 1}),
             ("train", {**base, "batch": 4}),
@@ -354,7 +365,8 @@ def main(argv=None):
             key = "train" if kind == "train" else "infer"
             if kind == "train":
                 what = (f"train unet_small {config['size']}^2 b{config['batch']}"
-                        f"{' bf16' if config.get('bf16') else ''}")
+                        f"{' bf16' if config.get('bf16') else ''}"
+                        f"{' stock keras BN' if config.get('stock_bn') else ''}")
                 rate = f"{median(results, key, 'images_per_s'):.2f} img/s"
             else:
                 what = (f"infer highresnet {config['roi']}^3 b{config['batch']} "
