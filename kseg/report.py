@@ -66,6 +66,7 @@ _RUN_FILES = (
     ("tensorboard", "TensorBoard logs"),
     ("evaluation", "per-patient scores and case files (kseg evaluate)"),
     ("studies", "robustness and training studies (kseg study)"),
+    ("folds", "a cross-validation's members, one run folder each (--validation-fold all)"),
 )
 # The line of a study's table.txt (kseg.studies.StudyTable) where the per-patient rows begin;
 # the lines before it are the summary per setting and the study's notes.
@@ -306,6 +307,7 @@ class _Page:
         generated = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         sections = [
             self._configuration(),
+            *self._cross_validation(),
             self._training(),
             *self._evaluations(),
             self._studies(),
@@ -389,12 +391,40 @@ class _Page:
 
     # ---- training
 
+    def _members(self) -> list[Mapping]:
+        """The members of a cross-validation run (config.json's ``ensemble`` section)."""
+        ensemble = self.config.get("ensemble")
+        members = ensemble.get("members") if isinstance(ensemble, Mapping) else None
+        if not isinstance(members, list):
+            return []
+        return [m for m in members if isinstance(m, Mapping) and isinstance(m.get("run"), str)]
+
     def _training(self) -> str:
-        path = self.run / "history.csv"
+        members = self._members()
+        if not members:
+            content = self._history(self.run / "history.csv", "Training curves (history.csv)",
+                                    "training-curves")  # fmt: skip
+            return f'<section id="training"><h2>Training</h2>{"".join(content)}</section>'
+        content = [_note(
+            "A cross-validation: RUN/best.keras averages the members below, each trained as "
+            "a run of its own; their curves follow.", "info",
+        )]  # fmt: skip
+        for member in members:
+            fold = member.get("validation_fold")
+            content.append(f"<h3>Member validated on fold {_escape(fold)} "
+                           f"({_escape(member['run'])})</h3>")  # fmt: skip
+            content += self._history(
+                self.run / member["run"] / "history.csv",
+                f"Training curves of the member validated on fold {fold}",
+                f"training-curves-fold-{fold}",
+            )
+        return f'<section id="training"><h2>Training</h2>{"".join(content)}</section>'
+
+    def _history(self, path: pathlib.Path, caption: str, gid: str) -> list[str]:
         content = []
         if not path.is_file():
             content.append(_note(
-                f"No training history: {path.name} is not in the run folder yet (it is "
+                f"No training history: {path.name} is not in {path.parent} yet (it is "
                 "written at the end of each epoch)."
             ))  # fmt: skip
         else:
@@ -406,18 +436,72 @@ class _Page:
                     raise ValueError("it holds no epochs yet")
                 if any(len(row) != len(header) for row in body):
                     raise ValueError("its rows do not all have as many cells as its header")
-                content.append(_figure_html(
-                    viz.training_curves(str(path)), "Training curves (history.csv)",
-                    "training-curves",
-                ))  # fmt: skip
+                content.append(_figure_html(viz.training_curves(str(path)), caption, gid))
                 content.append(
                     f"<details><summary>history.csv ({len(body)} epochs)</summary>"
                     + _table_html(header, body, "history")
                     + "</details>"
                 )
             except (OSError, UnicodeDecodeError, csv.Error, ValueError) as error:
-                content.append(_note(f"{path.name} cannot be shown: {error}", "problem"))
-        return f'<section id="training"><h2>Training</h2>{"".join(content)}</section>'
+                content.append(_note(f"{path} cannot be shown: {error}", "problem"))
+        return content
+
+    # ---- cross-validation
+
+    def _cross_validation(self) -> list[str]:
+        members = self._members()
+        if not members:
+            return []
+        ensemble = self.config["ensemble"]
+        rows = []
+        for member in members:
+            folder = self.run / member["run"]
+            epochs, best = "not there yet", "not there yet"
+            history = folder / "history.csv"
+            if history.is_file():
+                with open(history, newline="", encoding="utf-8") as handle:
+                    epochs = str(max(sum(1 for _ in csv.reader(handle)) - 1, 0))
+            checkpoint = folder / "best.keras.json"
+            if checkpoint.is_file():
+                try:
+                    record = json.loads(checkpoint.read_text(encoding="utf-8"))
+                    best = (f"{record['monitor']} {float(record['best']):.4f} "
+                            f"(epoch {int(record['epoch']) + 1})")  # fmt: skip
+                except (OSError, ValueError, KeyError, TypeError) as error:
+                    best = f"{checkpoint.name} unreadable: {error}"
+            unlike = member.get("arguments_unlike_first") or {}
+            rows.append([str(member.get("validation_fold")), member["run"], epochs, best,
+                         _compact(unlike) if unlike else "none"])  # fmt: skip
+        facts = [
+            ("model", f"{ensemble.get('kind', 'ensemble')}: {len(members)} members x "
+                      f"{ensemble.get('mirrored_copies', 1)} mirrored copies (axes "
+                      f"{_compact(ensemble.get('mirror_axes', []))})"),
+        ]  # fmt: skip
+        out_of_fold = ensemble.get("out_of_fold")
+        if isinstance(out_of_fold, Mapping):
+            means = out_of_fold.get("mean") or {}
+            facts.append(("out-of-fold validation", f"mean {_scores_text(means)} "
+                          f"({out_of_fold.get('table', '')}: each case scored by the member "
+                          "that did not train on it)"))  # fmt: skip
+        chosen = ensemble.get("postprocessing")
+        if isinstance(chosen, Mapping):
+            labels = chosen.get("labels") or []
+            decision = (f"largest component of labels {_compact(labels)}" if labels
+                        else "none")  # fmt: skip
+            facts.append(("post-processing", f"{decision}; mean without: "
+                          f"{_scores_text(chosen.get('dice_without'))}; with: "
+                          f"{_scores_text(chosen.get('dice_with'))}. Rule: "
+                          f"{chosen.get('rule', '')}"))  # fmt: skip
+        fact_rows = "".join(f"<tr><th>{_escape(name)}</th><td>{_escape(value)}</td></tr>"
+                            for name, value in facts)  # fmt: skip
+        table = _table_html(
+            ["validation fold", "run folder", "epochs", "best checkpoint", "options unlike "
+             "the first member"], rows, "members",
+        )  # fmt: skip
+        return [
+            '<section id="cross-validation"><h2>Cross-validation</h2>'
+            f'<table class="facts ensemble">{fact_rows}</table>{table}</section>'
+        ]
 
     # ---- evaluations
 
@@ -784,6 +868,13 @@ def _has_metric(table: PatientTable, metric: str) -> bool:
 def _css_color(rgb) -> str:
     red, green, blue = (round(255 * channel) for channel in rgb)
     return f"rgb({red}, {green}, {blue})"
+
+
+def _scores_text(scores) -> str:
+    """``{"dice": 0.93972...}`` as ``dice 0.9397``; anything else as it is."""
+    if not isinstance(scores, Mapping):
+        return _compact(scores)
+    return ", ".join(f"{name} {_number_text(str(value))}" for name, value in scores.items())
 
 
 def _compact(value) -> str:

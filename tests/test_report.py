@@ -611,3 +611,51 @@ def test_a_config_json_read_config_refuses_is_named_in_the_page(tmp_path, change
     [note] = page.find("section").find_all("p", "problem")
     assert note.all_text().startswith(f"{run / 'config.json'}: {problem}. The kseg commands")
     assert "chaos ct 1.0.0" in page.find("table", "facts").all_text()
+
+
+def test_a_cross_validation_shows_its_members_and_ensemble(tmp_path):
+    run = tmp_path / "cv"
+    config = write_config(run)
+    config["ensemble"] = {
+        "kind": "mean probability over members and mirrored copies",
+        "members": [
+            {"validation_fold": 1, "run": "folds/fold_1", "model": "folds/fold_1/best.keras",
+             "arguments_unlike_first": {}},
+            {"validation_fold": 2, "run": "folds/fold_2", "model": "folds/fold_2/best.keras",
+             "arguments_unlike_first": {"epochs": 7}},
+        ],
+        "mirror_axes": [1], "mirrored_copies": 2,
+        "out_of_fold": {"table": "evaluation/validation/scores.csv",
+                        "mean": {"dice": 0.93972698}},
+        "postprocessing": {"labels": [1], "dice_without": {"dice": 0.93972698},
+                           "dice_with": {"dice": 0.95000001}, "rule": "nnU-Net's rule"},
+    }  # fmt: skip
+    (run / "config.json").write_text(json.dumps(config))
+    first = run / "folds" / "fold_1"
+    first.mkdir(parents=True)
+    write_history(first)  # two epochs
+    (first / "best.keras.json").write_text(json.dumps(
+        {"monitor": "val_volume_dice", "mode": "max", "best": 0.625, "epoch": 1}))
+    (run / "folds" / "fold_2").mkdir()  # crashed before its first epoch
+
+    page = parse(report.write_report(run))
+    section = next(s for s in page.find_all("section")
+                   if s.attributes.get("id") == "cross-validation")
+    rows = [[cell.attributes["data-value"] for cell in row.find_all("td")]
+            for row in section.find("table", "members").find("tbody").find_all("tr")]
+    assert rows == [
+        ["1", "folds/fold_1", "2", "val_volume_dice 0.6250 (epoch 2)", "none"],
+        ["2", "folds/fold_2", "not there yet", "not there yet", '{"epochs": 7}'],
+    ]
+    facts = {row.find("th").all_text(): row.find("td").all_text()
+             for row in section.find("table", "ensemble").find_all("tr")}
+    assert facts["model"].endswith("2 members x 2 mirrored copies (axes [1])")
+    assert facts["out-of-fold validation"].startswith("mean dice 0.9397 (")
+    assert facts["post-processing"].startswith(
+        "largest component of labels [1]; mean without: dice 0.9397; with: dice 0.9500.")
+
+    training = next(s for s in page.find_all("section") if s.attributes.get("id") == "training")
+    assert [f.attributes["id"] for f in training.find_all("figure")] == ["training-curves-fold-1"]
+    notes = [n.all_text() for n in training.find_all("p", "missing")]
+    assert notes == [f"No training history: history.csv is not in {run / 'folds' / 'fold_2'} "
+                     "yet (it is written at the end of each epoch)."]
