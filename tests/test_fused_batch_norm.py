@@ -112,6 +112,17 @@ def test_unsupported_configurations_fall_back_to_the_stock_computation(case):
     assert max(differences.values()) == 0.0, differences
 
 
+def test_masked_inputs_fall_back_to_the_stock_computation():
+    # the fused op has no mask; Keras leaves masked positions out of the batch statistics
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(2, 4, 6, 3)), tf.float32)
+    mask = tf.constant(rng.random((2, 4, 6)) > 0.3)
+    stock, fused = keras.layers.BatchNormalization(), FusedBatchNormalization()
+    np.testing.assert_array_equal(fused(x, mask=mask, training=True),
+                                  stock(x, mask=mask, training=True))
+    np.testing.assert_array_equal(fused.moving_variance.numpy(), stock.moving_variance.numpy())
+
+
 def test_moving_variance_takes_the_biased_batch_variance():
     # Hand-worked: one channel, values 0 and 2 -> mean 1, biased variance 1 (the fused op
     # reports the unbiased 2). Momentum 0.5 from the initial (0, 1): mean 0.5, variance 1.
