@@ -599,13 +599,19 @@ def rule_optimizer(device: str) -> dict:
             "warmup_fraction": 0.05}
 
 
-def rule_mirror_axes(spatial_dims: int, class_names) -> tuple[int, ...]:
+def rule_mirror_axes(
+    spatial_dims: int, class_names, modality: str | None = None
+) -> tuple[int, ...]:
     """Spatial axes mirrored in training and test-time augmentation.
 
     All axes (nnU-Net mirrors every axis in training and in inference), except the last
     (left-right) axis when a class name says "left" or "right": mirroring would swap those
-    labels (kseg's rule).
+    labels (kseg's rule); none for a radiograph (``modality`` ``"XRAY"``), which is always
+    shown one way up with the heart on the image's right, and which kseg's X-ray recipe
+    therefore trains without flips (kseg's rule).
     """
+    if modality is not None and modality.upper() == "XRAY":
+        return ()
     axes = tuple(range(spatial_dims))
     names = " ".join(class_names or []).lower()
     if "left" in names or "right" in names:
@@ -923,7 +929,7 @@ def plan(
         flops = rule_training_flops_per_voxel(spatial_dims, depth, base, cap)
         rate = CPU_2D_TRAINING_GFLOPS if spatial_dims == 2 else CPU_TRAINING_GFLOPS
         seconds_per_step = batch * math.prod(patch) * flops / (rate * 1e9)
-    mirror = rule_mirror_axes(spatial_dims, fp.class_names)
+    mirror = rule_mirror_axes(spatial_dims, fp.class_names, fp.modality)
     result = Plan(
         dataset=dict(fp.dataset),
         modality=fp.modality,
@@ -966,7 +972,7 @@ def plan(
             "optimizer": "rule_optimizer: nnU-Net (GPU); kseg choice (CPU)",
             "deep_supervision": "unet_plus_plus only (nnU-Net supervises every decoder stage)",
             "augmentation": f"rule_augmentation: {NNUNET_SUPP}",
-            "tta_mirror_axes": f"rule_mirror_axes: {NNUNET}; left/right classes: kseg",
+            "tta_mirror_axes": f"rule_mirror_axes: {NNUNET}; left/right classes, radiographs: kseg",
             "postprocessing": f"choose_postprocessing: {NNUNET}",
             "training_steps": "rule_training_steps: time budget / seconds per step "
             + ("(estimated: rule_training_flops_per_voxel / CPU_2D_TRAINING_GFLOPS, kseg's "

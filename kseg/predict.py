@@ -50,6 +50,7 @@ __all__ = [
     "Prediction",
     "check_format",
     "checked_inference",
+    "inference_model",
     "postprocessing",
     "predict_command",
     "predict_path",
@@ -380,6 +381,21 @@ def postprocessing(inference: Mapping):
     return None
 
 
+def inference_model(model, inference: Mapping):
+    """``model`` as the run's evaluation uses it: averaged over every flip of the
+    ``mirror_axes`` config.json's ``inference`` section lists (mirroring test-time
+    augmentation over the axes the training augmentation flipped, as nnU-Net predicts;
+    :func:`kseg.inference.ensemble.ensemble_model`), or ``model`` itself when it lists
+    none (runs before this key, ``--plan none``, cross-validations, whose saved model
+    mirrors already)."""
+    axes = tuple(int(axis) for axis in inference.get("mirror_axes", ()))
+    if not axes:
+        return model
+    from kseg.inference.ensemble import ensemble_model
+
+    return ensemble_model([model], mirror_axes=axes, name=f"{model.name}_mirrored")
+
+
 def _postprocessed(inference, labels: np.ndarray) -> np.ndarray:
     clean_up = postprocessing(inference)
     return labels if clean_up is None else clean_up(labels)
@@ -419,6 +435,7 @@ def checked_inference(inference, source: os.PathLike | str | None = None) -> dic
             source, f"inference postprocess_labels {chosen!r} is not a list of label values"
         )
     problems = {
+        "mirror_axes": _valid_axes(inference.get("mirror_axes", []), 2 if kind == "slices" else 3),
         "num_classes": _positive_ints([inference["num_classes"]], 1),
         "threshold": _numbers([inference.get("threshold", 0.5)], 1),
         "window": _valid_window(kind, inference["window"]),
@@ -435,6 +452,15 @@ def checked_inference(inference, source: os.PathLike | str | None = None) -> dic
         key = wrong[0]
         raise UnreadableFileError(source, f"inference {key} {inference.get(key)!r} is not valid")
     return dict(inference)
+
+
+def _valid_axes(axes, spatial_dims: int) -> bool:
+    """Distinct spatial axes, counted without the batch and channel axes."""
+    return (
+        isinstance(axes, list)
+        and all(type(axis) is int and 0 <= axis < spatial_dims for axis in axes)
+        and len(set(axes)) == len(axes)
+    )
 
 
 def _positive_ints(values, count: int) -> bool:
@@ -745,6 +771,7 @@ def predict_command(
             f"inference num_classes is {inference['num_classes']} but {model_path} outputs "
             f"{channels} channels",
         )
+    model = inference_model(model, inference)
     predictions = [_predict_input(model, inference, *item) for item in _progress(inputs)]
     return write_predictions(
         predictions, output_dir, format, labels=config["labels"], overwrite=overwrite

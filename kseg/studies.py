@@ -193,6 +193,8 @@ class StudyData:
         threshold: probability threshold of a one-channel model.
         postprocess: the run's post-processing (label map -> label map) or ``None``.
         metrics: the metric names the recipe's tables hold.
+        mirror_axes: the axes the run's evaluation averages flips over (config.json's
+            ``inference`` ``mirror_axes``; :func:`kseg.predict.inference_model`).
     """
 
     recipe_name: str
@@ -208,6 +210,7 @@ class StudyData:
     threshold: float
     postprocess: object
     metrics: tuple
+    mirror_axes: tuple = ()
 
     @property
     def score(self) -> str:
@@ -299,6 +302,7 @@ def study_data(recipe_name: str, args: argparse.Namespace, config: dict | None =
         labels=None if num_classes == 1 else dict(labels),
         threshold=float(inference.get("threshold", 0.5)), postprocess=postprocess,
         metrics=tuple(getattr(recipe, "METRICS", ("dice",))),
+        mirror_axes=tuple(inference.get("mirror_axes", ())),
     )  # fmt: skip
 
 
@@ -621,7 +625,9 @@ def _line_figure(table_rows, setting: str, score: str, title: str, xlabel: str):
 # --------------------------------------------------------------------------- the studies
 
 
-def _trained_model(data: StudyData):
+def _trained_model(data: StudyData, *, mirrored: bool = True):
+    """The run's best model; ``mirrored``: as its evaluation runs it (averaged over the
+    flips of ``data.mirror_axes``)."""
     import kseg
 
     path = data.run_dir / "best.keras"
@@ -632,7 +638,12 @@ def _trained_model(data: StudyData):
             f"{data.run_dir}: holds no best.keras; train the run first "
             f"(kseg train {data.recipe_name})"
         )
-    return kseg.load_model(path)
+    model = kseg.load_model(path)
+    if not mirrored:
+        return model
+    from kseg.predict import inference_model
+
+    return inference_model(model, {"mirror_axes": list(data.mirror_axes)})
 
 
 def _with_noise(inputs, sigma: float, rng):
@@ -854,6 +865,8 @@ def uncertainty_study(
     error). Per method: ECE pooled over every voxel of every case (the reliability diagram's
     bins summed), the mean AUROC, and the Spearman correlation of per-patient uncertainty
     with Dice. A model without dropout layers gets no MC dropout rows (a note says so).
+    The model is the run's network without the mirroring its evaluation may average over:
+    MC dropout samples the network itself, and test-time augmentation is a method here.
     """
     import numpy as np
 
@@ -862,7 +875,7 @@ def uncertainty_study(
     from kseg.inference.uncertainty import DROPOUT_LAYERS
     from kseg.metrics import uncertainty_dice_correlation
 
-    model = _trained_model(data)
+    model = _trained_model(data, mirrored=False)
     cases = load_cases(data, split)
     dice_only = dataclasses.replace(data, metrics=("dice",))
     notes = []

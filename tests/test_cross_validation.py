@@ -85,6 +85,8 @@ def test_members_are_complete_runs_of_each_non_test_fold(run):
     assert [m["validation_fold"] for m in config["ensemble"]["members"]] == [1, 2, 3]
     # the recipe's augmentation flips nothing (left and right lungs), so neither does TTA
     assert config["ensemble"]["mirror_axes"] == []
+    # RUN/best.keras holds the ensemble's mirroring: evaluation must not mirror it again
+    assert config["inference"]["mirror_axes"] == []
     for fold in (1, 2, 3):
         member = json.loads((folder / "folds" / f"fold_{fold}" / "config.json").read_text())
         assert member["arguments"]["validation_fold"] == fold

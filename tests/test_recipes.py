@@ -421,6 +421,7 @@ def test_config_json_records_the_run(trained_xray):
     assert config["inference"] == {
         "kind": "slices", "window": "scale_intensity", "image_size": [32, 32],
         "num_classes": 4, "threshold": 0.5, "postprocess": "none", "modality": "radiograph",
+        "mirror_axes": [],
     }
     assert (run / "tensorboard").is_dir()
     recipe, reread = load_run(run)

@@ -176,7 +176,10 @@ class PredictVolumeFn(beam.DoFn):
         # Once per DoFn instance, which a worker keeps and reuses for all its bundles: not
         # once per volume or bundle (a worker running bundles in several threads holds one
         # instance, so one model, per thread).
-        self.model = kseg.load_model(self.model_path, compile=False)
+        from kseg.predict import inference_model
+
+        self.model = inference_model(kseg.load_model(self.model_path, compile=False),
+                                     self.inference)
 
     def process(self, volume: str):
         from kseg.predict import predict_path, write_predictions

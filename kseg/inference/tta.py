@@ -204,3 +204,14 @@ def augmentation_mirror_axes(augmenter, spatial_dims: int) -> tuple[int, ...]:
 
     visit(augmenter)
     return tuple(sorted(found))
+
+
+def inference_mirror_axes(augmenter, spatial_dims: int, class_names) -> tuple[int, ...]:
+    """The axes mirroring test-time augmentation averages over for a model trained with
+    ``augmenter``: those it flipped in training (:func:`augmentation_mirror_axes`; the model
+    never saw the other flips) that the labels allow (:func:`kseg.plan.rule_mirror_axes`:
+    never the left-right axis of left/right classes)."""
+    from kseg.plan import rule_mirror_axes
+
+    trained = set(augmentation_mirror_axes(augmenter, spatial_dims))
+    return tuple(sorted(trained & set(rule_mirror_axes(spatial_dims, class_names))))

@@ -275,6 +275,19 @@ def sources(args, hand_picked: dict) -> dict:
     return {name: "command line" if name in given else "plan" for name in sorted(hand_picked)}
 
 
+def mirror_axes(args, augmenter, class_names) -> list[int]:
+    """config.json's ``inference`` ``mirror_axes`` of a 2D run: with a plan, the axes its
+    training augmentation flipped that the labels allow
+    (:func:`kseg.inference.tta.inference_mirror_axes`), which evaluation and ``kseg
+    predict`` then average over, as nnU-Net predicts; none with ``--plan none`` (the
+    hand-picked recipes predict without test-time augmentation)."""
+    if not planned(args):
+        return []
+    from kseg.inference.tta import inference_mirror_axes
+
+    return list(inference_mirror_axes(augmenter, 2, list(class_names)))
+
+
 def record_sources(run_dir, args, hand_picked: dict) -> None:
     """Add a ``"plan"`` section to ``RUN/config.json`` (atomically): the ``--plan`` value,
     the files, and where each planned option came from. Nothing with ``--plan none``."""

@@ -226,12 +226,14 @@ def _inference(args, postprocess: str) -> dict:
     return {
         "kind": "slices", "window": _window(args), "image_size": list(_image_size(args)),
         "num_classes": 1, "threshold": 0.5, "postprocess": postprocess, "modality": "CT",
+        "mirror_axes": _planned.mirror_axes(args, augmenter(args), LABELS),
     }  # fmt: skip
 
 
 def _train(args):
     """Train under ``--strategy``; returns ``(RUN/best.keras, fit seconds, chief)``."""
     import kseg
+    from kseg.predict import inference_model
     from kseg.recipes import run_config
     from kseg.training import training_callbacks
 
@@ -273,7 +275,9 @@ def _train(args):
 
     best_path = run_dir / "best.keras"
     if args.postprocess == "auto" and start.chief:  # it rewrites config.json
-        _choose_postprocessing(args, kseg.load_model(best_path), builder, run_splits)
+        model = inference_model(kseg.load_model(best_path),
+                                run_config.read_config(run_dir)["inference"])
+        _choose_postprocessing(args, model, builder, run_splits)
     return best_path, fit_seconds, start.chief
 
 
@@ -314,12 +318,13 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         _common.check_split(args, split)  # before TensorFlow loads
     import kseg
     from kseg.inference import keep_largest_component
+    from kseg.predict import inference_model
     from kseg.recipes import _evaluation, run_config
     from tfds_builders.chaos import Builder
 
     run_dir = pathlib.Path(args.output_dir)
     config = run_config.read_config(run_dir)
-    model = kseg.load_model(run_dir / "best.keras")
+    model = inference_model(kseg.load_model(run_dir / "best.keras"), config["inference"])
     postprocess = config["inference"]["postprocess"]
     if postprocess == "auto":  # training stopped before it chose
         postprocess = _choose_postprocessing(args, model, prepare(args), splits(args))

@@ -164,8 +164,7 @@ def mirror_axes(module, args: argparse.Namespace, spatial_dims: int, class_names
     """The axes the ensemble mirrors: those the recipe's training augmentation flips
     (:func:`kseg.inference.tta.augmentation_mirror_axes`; a member never saw the other
     flips) that the labels allow (:func:`kseg.plan.rule_mirror_axes`)."""
-    from kseg.inference.tta import augmentation_mirror_axes
-    from kseg.plan import rule_mirror_axes
+    from kseg.inference.tta import inference_mirror_axes
 
     if hasattr(module, "augmenter"):
         augmenter = module.augmenter(args)
@@ -173,8 +172,7 @@ def mirror_axes(module, args: argparse.Namespace, spatial_dims: int, class_names
         augmenter = module.build_augmenter(args.augment, args.seed)
     else:
         augmenter = None
-    trained = set(augmentation_mirror_axes(augmenter, spatial_dims))
-    return tuple(sorted(trained & set(rule_mirror_axes(spatial_dims, class_names))))
+    return inference_mirror_axes(augmenter, spatial_dims, class_names)
 
 
 def _save_model(model, path: pathlib.Path) -> None:
@@ -198,6 +196,7 @@ def _out_of_fold_run(module, args, fold: int, axes: tuple) -> pathlib.Path:
         return view
     config = run_config.read_config(source)
     config["inference"]["postprocess"] = "none"
+    config["inference"]["mirror_axes"] = []  # the saved model mirrors
     config["arguments"]["output_dir"] = str(view)
     if "largest_component" in config["arguments"]:  # msd_spleen's post-processing option
         config["arguments"]["largest_component"] = False
@@ -297,7 +296,7 @@ def build_ensemble(module, args: argparse.Namespace) -> pathlib.Path:
     config["arguments"] = {**first["arguments"], "output_dir": str(run_dir),
                            "validation_fold": _common.ALL_FOLDS}
     member_configs = {fold: run_config.read_config(member_dir(run_dir, fold)) for fold in folds}
-    inference = dict(first["inference"])
+    inference = dict(first["inference"], mirror_axes=[])  # RUN/best.keras mirrors
     structures = 1 if _scored_labels(first) is None else len(first["labels"])
     # kseg.predict knows "none" and "largest-component" (every structure); a choice of some
     # structures only is recorded by label for the evaluations that read it

@@ -332,6 +332,7 @@ def _train(args):
             "kind": "slices", "window": INTENSITY, "image_size": [args.image_size] * 2,
             "num_classes": num_classes, "threshold": 0.5, "postprocess": "none",
             "modality": "radiograph",
+            "mirror_axes": _planned.mirror_axes(args, augmenter(args), labels),
         })  # fmt: skip
         _planned.record_sources(run_dir, args, HAND_PICKED_ALL)
     training, validation_batches, validation = _training_data(
@@ -370,14 +371,15 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     if input_dir is None:
         _common.check_split(args, split)  # before TensorFlow loads
     import kseg
-    from kseg.predict import postprocessing
+    from kseg.predict import inference_model, postprocessing
     from kseg.recipes import _evaluation, run_config
     from tfds_builders.xray import Builder
 
     run_dir = pathlib.Path(args.output_dir)
-    model = kseg.load_model(run_dir / "best.keras")
+    inference = run_config.read_config(run_dir)["inference"]
+    model = inference_model(kseg.load_model(run_dir / "best.keras"), inference)
     # a cross-validation records the clean-up its out-of-fold predictions chose
-    clean_up = postprocessing(run_config.read_config(run_dir)["inference"])
+    clean_up = postprocessing(inference)
     name = _common.evaluation_name(split, input_dir)
     if input_dir is None:
         if split not in ("test", "validation"):
