@@ -12,7 +12,10 @@ Both blend with a gaussian (sigma = 0.125 x window) and give the same window cou
 axis (``ceil((size - roi) / (roi * (1 - overlap))) + 1``; MONAI steps by the rounded-down
 interval and moves its last window to the border, kseg spreads the windows evenly). Each
 configuration runs in its own process (``ru_maxrss`` is its peak memory: library, model,
-arrays) with as many threads as the machine has cores; the first network call of each
+arrays; the table also shows it after importing the library and building the model, "RSS
+model", the runtime's share, and after the warm-up call, "RSS before"; "of it files" is the
+part mapped from files at the end, mostly library code, shared between processes) with as
+many threads as the machine has cores; the first network call of each
 batch shape happens before the clock starts. MONAI runs under ``torch.inference_mode``
 on a model in ``eval()`` mode, in its default layout (NCDHW) and in ``channels_last_3d``
 (model and input converted). Configurations are interleaved over ``--repeats`` rounds and
@@ -49,8 +52,27 @@ def _volume(shape):
     return np.random.default_rng(0).normal(size=shape).astype(np.float32)
 
 
-def _finish(result: dict, start_rss_mib: float) -> None:
-    result["max_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _file_rss_mib() -> float:
+    """Resident pages mapped from files (mostly the libraries' code), which processes share
+    and the kernel can drop; part of ``ru_maxrss``. NaN where /proc does not say."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("RssFile:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return math.nan
+
+
+def _finish(result: dict, model_rss_mib: float, start_rss_mib: float) -> None:
+    result["max_rss_mib"] = _peak_rss_mib()
+    result["rss_model_mib"] = model_rss_mib
+    result["rss_file_mib"] = _file_rss_mib()
     result["rss_before_mib"] = start_rss_mib
     print("RESULT " + json.dumps(result), flush=True)
 
@@ -66,6 +88,7 @@ def _child_kseg(config) -> None:
     from kseg.models import highresnet
 
     model = highresnet((None, None, None, 1), num_classes=config["classes"], activation=None)
+    model_rss = _peak_rss_mib()
     roi, batch = (config["roi"],) * 3, config["batch"]
     shape = tuple(config["shape"])
     windows = math.prod(
@@ -75,7 +98,7 @@ def _child_kseg(config) -> None:
     for size in {batch, windows % batch} - {0}:
         model.predict_on_batch(np.zeros((size, *roi, 1), dtype=np.float32))
     volume = _volume(shape)[..., None]
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = _peak_rss_mib()
     start, cpu_start = time.perf_counter(), time.process_time()
     output = sliding_window(
         model, volume, roi, overlap=config["overlap"], blend="gaussian", batch_size=batch,
@@ -84,8 +107,10 @@ def _child_kseg(config) -> None:
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     _finish(
         {"seconds": seconds, "cpu_seconds": cpu, "windows": windows,
-         "output_shape": list(output.shape), "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")},
-        rss,
+         "output_shape": list(output.shape)}
+        | {name: os.environ.get(name)
+           for name in ("TF_ENABLE_ONEDNN_OPTS", "TF_ONEDNN_USE_SYSTEM_ALLOCATOR")},
+        model_rss, rss,
     )
 
 
@@ -97,6 +122,7 @@ def _child_monai(config) -> None:
     torch.set_num_threads(config["threads"])
     channels_last = config["implementation"] == "monai channels_last_3d"
     model = HighResNet(spatial_dims=3, in_channels=1, out_channels=config["classes"]).eval()
+    model_rss = _peak_rss_mib()
     volume = torch.from_numpy(_volume(tuple(config["shape"])))[None, None]
     if channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
@@ -115,7 +141,7 @@ def _child_monai(config) -> None:
         if channels_last:
             warm_up = warm_up.contiguous(memory_format=torch.channels_last_3d)
         model(warm_up)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss = _peak_rss_mib()
         start, cpu_start = time.perf_counter(), time.process_time()
         output = sliding_window_inference(
             volume, roi, batch, predictor, overlap=config["overlap"], mode="gaussian",
@@ -123,7 +149,7 @@ def _child_monai(config) -> None:
         )
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     _finish({"seconds": seconds, "cpu_seconds": cpu, "windows": sum(seen),
-             "output_shape": list(output.shape)}, rss)
+             "output_shape": list(output.shape)}, model_rss, rss)
 
 
 def _child_parameters(config) -> None:
@@ -254,7 +280,8 @@ def _print_table(counts: dict, records: list[dict]) -> None:
         f"{min(loads):.1f}-{max(loads):.1f}"
     )
     header = (f"{'overlap':>7} {'implementation':<24} {'windows':>7} {'seconds':>8} "
-              f"{'CPU-s':>7} {'s/window':>8} {'RSS before':>10} {'peak RSS MiB':>12}  "
+              f"{'CPU-s':>7} {'s/window':>8} {'RSS model':>9} {'RSS before':>10} "
+              f"{'peak RSS MiB':>12} {'of it files':>11}  "
               "kseg time / MONAI time (CPU-s ratio)")
     print(header)
     print("-" * len(header))
@@ -263,7 +290,10 @@ def _print_table(counts: dict, records: list[dict]) -> None:
         by_key[(record["config"]["overlap"], record["config"]["implementation"])] = {
             key: statistics.median(r[key] for r in record["results"])
             for key in ("seconds", "cpu_seconds", "rss_before_mib", "max_rss_mib")
-        } | {"windows": record["results"][0]["windows"]}
+        } | {"windows": record["results"][0]["windows"],
+             # absent from files written before the column existed
+             **{key: statistics.median(r.get(key, math.nan) for r in record["results"])
+                for key in ("rss_model_mib", "rss_file_mib")}}
     for (overlap, implementation), row in by_key.items():
         ratios = ""
         if implementation == "kseg":
@@ -276,8 +306,9 @@ def _print_table(counts: dict, records: list[dict]) -> None:
             )
         print(f"{overlap:>7.2f} {implementation:<24} {row['windows']:>7} "
               f"{row['seconds']:>8.1f} {row['cpu_seconds']:>7.1f} "
-              f"{row['seconds'] / row['windows']:>8.2f} {row['rss_before_mib']:>10.0f} "
-              f"{row['max_rss_mib']:>12.0f}  {ratios}")
+              f"{row['seconds'] / row['windows']:>8.2f} {row['rss_model_mib']:>9.0f} "
+              f"{row['rss_before_mib']:>10.0f} "
+              f"{row['max_rss_mib']:>12.0f} {row['rss_file_mib']:>11.0f}  {ratios}")
 
 
 if __name__ == "__main__":
