@@ -198,3 +198,63 @@ def test_fit_ensemble_weights_names_the_bad_argument():
         fit_ensemble_weights([members * 4], [reference], step=0.01, max_grid_points=1000)
     with pytest.raises(ValueError, match="references must be"):
         fit_ensemble_weights([members], "labels.nii")
+
+
+def _brute_force_fit(cases, references, labels, step):
+    """The fit's definition, one grid point at a time: the best mean hard Dice, ties by the
+    mean soft Dice, then by the first point (stars-and-bars order)."""
+    import itertools
+
+    members = len(cases[0])
+    divisions = round(1 / step)
+    grid = []
+    for bars in itertools.combinations(range(divisions + members - 1), members - 1):
+        edges = (-1, *bars, divisions + members - 1)
+        grid.append([(edges[i + 1] - edges[i] - 1) / divisions for i in range(members)])
+    best = None
+    for weights in grid:
+        hard, soft = [], []
+        for case, reference in zip(cases, references):
+            combined = sum(np.float32(w) * np.asarray(m, np.float32)
+                           for w, m in zip(weights, case))  # fmt: skip
+            if combined.shape[-1] == 1:
+                predicted = combined[..., 0] >= 0.5
+                probabilities = {0: 1 - combined[..., 0], 1: combined[..., 0]}
+            else:
+                predicted = combined.argmax(-1)
+                probabilities = {label: combined[..., label] for label in labels}
+            per_label = []
+            for label in labels:
+                truth, mine = reference == label, predicted == label
+                total = truth.sum() + mine.sum()
+                per_label.append(2 * (truth & mine).sum() / total if total else 1.0)
+                p = probabilities[label].astype(np.float64)
+                size = p.sum() + truth.sum()
+                soft.append(2 * (p * truth).sum() / size if size else 1.0)
+            hard.append(np.mean(per_label))
+        key = (np.mean(hard), np.mean(soft))
+        if best is None or key > best[1]:
+            best = (weights, key)
+    return best
+
+
+@pytest.mark.parametrize("channels, labels", [(1, [1]), (3, [1, 2])])
+def test_fitted_weights_equal_the_point_by_point_search(channels, labels, monkeypatch):
+    from kseg.inference import ensemble, fit_ensemble_weights
+
+    rng = np.random.default_rng(channels)
+    cases, references = [], []
+    for shape in [(6, 5), (4, 7), (5, 5)]:
+        raw = rng.random((3, *shape, channels)).astype(np.float32)
+        members = raw if channels == 1 else raw / raw.sum(-1, keepdims=True)
+        cases.append(list(members))
+        references.append(rng.integers(0, 1 + max(labels), shape))
+    monkeypatch.setattr(ensemble, "_GRID_CHUNK_VALUES", 7 * 5 * channels * 4)  # 4 points a pass
+    fitted = fit_ensemble_weights(cases, references, labels=labels, step=0.1, progress=False)
+    weights, (hard, _) = _brute_force_fit(cases, references, labels, 0.1)
+    np.testing.assert_allclose(fitted.weights, weights)
+    assert fitted.dice == pytest.approx(hard, abs=1e-12)
+    for member in range(3):
+        alone, (member_hard, _) = _brute_force_fit(
+            [[c[member]] for c in cases], references, labels, 1.0)
+        assert fitted.member_dice[member] == pytest.approx(member_hard, abs=1e-12)

@@ -287,6 +287,53 @@ def _simplex_grid(members: int, divisions: int) -> np.ndarray:
     return np.asarray(points, dtype=np.float64) / divisions
 
 
+# Probability values held at once while scoring grid points (64 MiB of float32).
+_GRID_CHUNK_VALUES = 16 * 2**20
+
+
+def _grid_scores(grid, stacks, references, labels, *, progress: bool):
+    """Per weight vector of ``grid``: the mean over cases of the mean Dice over ``labels``
+    of the combined labels (``p >= 0.5`` for one channel, else the argmax; a label absent
+    from both scores 1), and the mean soft Dice of the combined probabilities. Many grid
+    points are scored per pass over a case (one matrix product), not one at a time."""
+    points = len(grid)
+    hard = np.zeros((points, len(stacks), len(labels)))
+    soft = np.zeros_like(hard)
+    weights = grid.astype(np.float32)
+    bar = tqdm(total=points * len(stacks), desc="ensemble weights", unit="point",
+               disable=not progress)  # fmt: skip
+    for case, (stack, reference) in enumerate(zip(stacks, references, strict=True)):
+        members, channels = stack.shape[0], stack.shape[-1]
+        flat = stack.reshape(members, -1, channels)
+        truths = [reference.reshape(-1) == label for label in labels]
+        chunk = max(1, _GRID_CHUNK_VALUES // flat[0].size)
+        for start in range(0, points, chunk):
+            combined = np.tensordot(weights[start : start + chunk], flat, axes=1)  # (g, N, C)
+            if channels == 1:
+                predicted = (combined[..., 0] >= 0.5).astype(np.int64)
+                class_probability = {1: combined[..., 0], 0: 1.0 - combined[..., 0]}
+            else:
+                predicted = combined.argmax(axis=-1)
+                class_probability = {label: combined[..., label] for label in labels}
+            for index, (label, truth) in enumerate(zip(labels, truths, strict=True)):
+                is_label = predicted == label
+                overlap = np.logical_and(is_label, truth).sum(axis=1)
+                total = is_label.sum(axis=1) + truth.sum()
+                hard[start : start + chunk, case, index] = np.where(
+                    total > 0, 2 * overlap / np.maximum(total, 1), 1.0
+                )
+                probability = class_probability[label]
+                soft_overlap = (probability * truth).sum(axis=1, dtype=np.float64)
+                soft_total = probability.sum(axis=1, dtype=np.float64) + truth.sum()
+                soft[start : start + chunk, case, index] = np.where(
+                    soft_total > 0, 2 * soft_overlap / np.where(soft_total > 0, soft_total, 1),
+                    1.0,
+                )
+            bar.update(len(combined))
+    bar.close()
+    return hard.mean(axis=2).mean(axis=1), soft.mean(axis=(1, 2))
+
+
 def fit_ensemble_weights(
     member_probabilities,
     references,
@@ -333,7 +380,6 @@ def fit_ensemble_weights(
         Caruana et al., "Ensemble selection from libraries of models", ICML 2004 (weights
         chosen on a validation set by the target metric).
     """
-    from kseg.metrics import dice, per_class
 
     if isinstance(member_probabilities, (str, bytes)) or not isinstance(
         member_probabilities, (Sequence, np.ndarray)
@@ -386,25 +432,13 @@ def fit_ensemble_weights(
             f"max_grid_points={max_grid_points}; use a coarser step"
         )
 
-    def scores(weights: np.ndarray) -> tuple[float, float]:
-        hard, soft = [], []
-        for stack, reference in zip(stacks, reference_maps, strict=True):
-            combined = np.tensordot(weights.astype(np.float32), stack, axes=1)
-            by_label = per_class(dice, reference, _labels(combined), labels=labels)
-            hard.append(np.mean(list(by_label.values())))
-            class_probabilities = _class_probabilities(combined)
-            for label in labels:
-                truth = reference == label
-                overlap = float((class_probabilities[..., label] * truth).sum(dtype=np.float64))
-                size = float(class_probabilities[..., label].sum(dtype=np.float64)) + truth.sum()
-                soft.append(2 * overlap / size if size > 0 else 1.0)
-        return float(np.mean(hard)), float(np.mean(soft))
-
-    best_weights, best_key = None, None
     grid = _simplex_grid(members, divisions)
-    for weights in tqdm(grid, desc="ensemble weights", unit="point", disable=not progress):
-        key = scores(weights)
-        if best_key is None or key > best_key:
-            best_weights, best_key = weights, key
-    member_dice = np.array([scores(np.eye(members)[m])[0] for m in range(members)])
+    hard, soft = _grid_scores(grid, stacks, reference_maps, labels, progress=progress)
+    best = None
+    for index, key in enumerate(zip(hard, soft, strict=True)):
+        if best is None or key > best[1]:
+            best = (index, key)
+    member_dice, _ = _grid_scores(np.eye(members), stacks, reference_maps, labels,
+                                  progress=False)  # fmt: skip
+    best_weights, best_key = grid[best[0]], best[1]
     return FittedEnsembleWeights(weights=best_weights, dice=best_key[0], member_dice=member_dice)
