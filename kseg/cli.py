@@ -150,7 +150,9 @@ def _add_prepare(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tfds-dir", type=pathlib.Path, metavar="DIR",
                         help="TFDS data_dir to write into (default: TFDS' own, "
                              "$TFDS_DATA_DIR or ~/tensorflow_datasets, where tfds.load looks)")
-    parser.add_argument("--folds", type=int, metavar="K",
+    from kseg.recipes._common import fold_count
+
+    parser.add_argument("--folds", type=fold_count, metavar="K",
                         help=f"patient-level folds, at least {MIN_FOLDS} (a test, a validation "
                              "and a training fold; default: the config's, 5). Another count "
                              "is prepared as its own config, <config>_<K>fold")

@@ -403,6 +403,17 @@ def test_prepare_builds_the_phantom_in_the_folds_asked_for(tmp_path):
     assert again.stdout.splitlines()[-len(table):] == table
 
 
+def test_prepare_folds_all_points_to_the_validation_fold(tmp_path):
+    result = kseg_command("prepare", "xray", "--manual-dir", tmp_path, "--folds", "all",
+                          cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "kseg prepare: error: argument --folds: --folds is the number of folds the patients "
+        "are split into; for one model per fold averaged into an ensemble (nnU-Net's all "
+        "folds) use --validation-fold all"
+    )
+
+
 def test_more_folds_than_patients_is_one_line(tmp_path):
     manual = xray.write_generic(tmp_path / "download", num_images=4, size=16)
     result = kseg_command("prepare", "xray", "--manual-dir", manual, "--tfds-dir",
