@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kseg.models import _building_blocks, build
-from kseg.models.normalization import FusedBatchNormalization
+from kseg.models import FusedBatchNormalization, _building_blocks, build
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -190,7 +189,7 @@ def test_saved_models_reload_in_a_fresh_process_with_onednn_off(tmp_path, monkey
             x = np.load(folder / f"{{key}}_x.npy")
             model = kseg.load_model(folder / f"{{key}}_{{kind}}.keras")
             classes[f"{{key}}_{{kind}}"] = sorted(
-                {{type(layer).__name__ for layer in model.layers if "Normalization" in
+                {{type(layer).__module__ for layer in model.layers if "Normalization" in
                  type(layer).__name__}})
             np.save(folder / f"{{key}}_{{kind}}_reloaded.npy", model.predict_on_batch(x))
         differences = {{case: _max_differences(*CASES[case][:2], **CASES[case][2])[0]
@@ -206,10 +205,8 @@ def test_saved_models_reload_in_a_fresh_process_with_onednn_off(tmp_path, monkey
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["onednn"] is False, "the child was meant to run with oneDNN off"
-    assert report["classes"] == {
-        "2d_fused": ["FusedBatchNormalization"], "2d_stock": ["BatchNormalization"],
-        "3d_fused": ["FusedBatchNormalization"],
-    }
+    fused, stock = ["kseg.models.normalization"], [keras.layers.BatchNormalization.__module__]
+    assert report["classes"] == {"2d_fused": fused, "2d_stock": stock, "3d_fused": fused}
     for case, differences in report["differences"].items():
         worst = {k: v for k, v in differences.items() if v > TOLERANCE["float32"]}
         assert not worst, f"oneDNN off, {case}: fused differs from stock: {worst}"
@@ -217,3 +214,28 @@ def test_saved_models_reload_in_a_fresh_process_with_onednn_off(tmp_path, monkey
         # oneDNN on here, off there: the convolutions round differently
         np.testing.assert_allclose(np.load(tmp_path / f"{name}_reloaded.npy"), prediction,
                                    rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_residual_units_saved_with_the_stock_layer_load_with_the_same_output(tmp_path,
+                                                                             monkeypatch):
+    """ResidualUnit rebuilds its norms from its own config, so they come back as kseg's
+    layer; Keras finds their saved weights by class name, which therefore stays
+    ``BatchNormalization`` (a model saved before kseg's layer existed must still load)."""
+    import kseg
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_building_blocks, "FusedBatchNormalization",
+                      keras.layers.BatchNormalization)
+        old = build("res_unet", input_shape=(16, 16, 1), depth=1, base_filters=4,
+                    num_classes=2)
+    assert not any(isinstance(layer, FusedBatchNormalization)
+                   for layer in old._flatten_layers())
+    rng = np.random.default_rng(3)
+    old.set_weights([rng.uniform(0.5, 2.0, w.shape) if w.path.endswith("variance")
+                     else rng.normal(0.0, 0.5, w.shape) for w in old.weights])  # fmt: skip
+    old.save(tmp_path / "old.keras")
+    x = rng.normal(size=(2, 16, 16, 1)).astype(np.float32)
+    loaded = kseg.load_model(tmp_path / "old.keras")
+    assert any(isinstance(layer, FusedBatchNormalization) for layer in loaded._flatten_layers())
+    np.testing.assert_allclose(loaded.predict_on_batch(x), old.predict_on_batch(x),
+                               rtol=1e-5, atol=1e-6)

@@ -214,9 +214,9 @@ def _brute_force_fit(cases, references, labels, step):
     best = None
     for weights in grid:
         hard, soft = [], []
-        for case, reference in zip(cases, references):
+        for case, reference in zip(cases, references, strict=True):
             combined = sum(np.float32(w) * np.asarray(m, np.float32)
-                           for w, m in zip(weights, case))  # fmt: skip
+                           for w, m in zip(weights, case, strict=True))  # fmt: skip
             if combined.shape[-1] == 1:
                 predicted = combined[..., 0] >= 0.5
                 probabilities = {0: 1 - combined[..., 0], 1: combined[..., 0]}

@@ -30,7 +30,7 @@ from kseg.models.attention_unet import attention_unet
 from kseg.models.encoder_decoder import encoder_decoder
 from kseg.models.heteroscedastic_head import HeteroscedasticHead
 from kseg.models.highresnet import highresnet
-from kseg.models.normalization import FusedBatchNormalization
+from kseg.models.normalization import BatchNormalization as FusedBatchNormalization
 from kseg.models.res_unet import res_unet
 from kseg.models.residual_unit import ResidualUnit
 from kseg.models.segmentation_model import SegmentationModel

@@ -12,7 +12,7 @@ import numbers
 
 import keras
 
-from kseg.models.normalization import FusedBatchNormalization
+from kseg.models.normalization import BatchNormalization as FusedBatchNormalization
 
 _CONV = {2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
 _CONV_TRANSPOSE = {2: keras.layers.Conv2DTranspose, 3: keras.layers.Conv3DTranspose}

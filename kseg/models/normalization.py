@@ -5,7 +5,12 @@ TensorFlow backend: a chain of reductions and element-wise ops over the whole ac
 the forward pass and again in the backward pass. TensorFlow's ``FusedBatchNormV3`` (the op
 ``tf.keras`` 2 used, oneDNN-accelerated on x86 CPUs) does the statistics, normalisation and
 both gradients in one op each way. For channels-last 4D / 5D inputs
-:class:`FusedBatchNormalization` calls it; everything else falls back to the stock layer.
+:class:`BatchNormalization` calls it; everything else falls back to the stock layer.
+
+The class keeps the stock layer's name (``kseg.models.FusedBatchNormalization`` is the same
+class): Keras saves the weights of a layer that another layer holds in a list (the norms of
+:class:`kseg.models.ResidualUnit`) under its snake-cased class name, so a differently named
+class could not load the models saved before kseg used it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ _FUSED_DTYPES = ("float16", "bfloat16", "float32")
 
 
 @keras.saving.register_keras_serializable(package="kseg")
-class FusedBatchNormalization(keras.layers.BatchNormalization):
+class BatchNormalization(keras.layers.BatchNormalization):
     """``keras.layers.BatchNormalization`` computed by TensorFlow's fused kernel.
 
     Same arguments, weights (``gamma``, ``beta``, ``moving_mean``, ``moving_variance``,
@@ -52,7 +57,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     1.57–1.62 (+18 MiB peak memory).
 
     Example:
-        >>> layer = FusedBatchNormalization(momentum=0.9)
+        >>> layer = BatchNormalization(momentum=0.9)
         >>> tuple(layer(keras.ops.ones((2, 8, 8, 4)), training=True).shape)
         (2, 8, 8, 4)
     """
