@@ -9,40 +9,17 @@ diagonal neighbours that the flips copy.
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
+from test_predict import radiograph_inference, write_run  # tests/ is on sys.path
 
 from kseg.errors import UnreadableFileError
 from kseg.plan import rule_mirror_axes
 from kseg.predict import checked_inference, inference_model, predict_command
 from kseg.recipes import _planned
-
-
-def radiograph_inference(image_size, **changes) -> dict:
-    inference = {
-        "kind": "slices", "window": "scale_intensity", "image_size": list(image_size),
-        "num_classes": 1, "threshold": 0.5, "postprocess": "none", "modality": "radiograph",
-    }  # fmt: skip
-    return {**inference, **changes}
-
-
-def write_run(run_dir, model, inference) -> pathlib.Path:
-    """A run folder as kseg train leaves it: best.keras and a config.json written by hand."""
-    run_dir = pathlib.Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    model.save(run_dir / "best.keras")
-    config = {
-        "kseg_config_version": 1, "recipe": "xray_multiclass", "arguments": {}, "seed": 0,
-        "created": "2026-12-02T03:00:00+00:00", "versions": {}, "git_commit": None,
-        "dataset": {"name": "test"}, "labels": {"lungs": 1}, "inference": inference,
-    }  # fmt: skip
-    (run_dir / "config.json").write_text(json.dumps(config))
-    return run_dir
 
 
 def upper_left_model() -> keras.Model:
