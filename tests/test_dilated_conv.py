@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 
 import kseg
-from kseg.models import dilated_conv, highresnet, residual_unit
+from kseg.models import dilated_conv, highresnet
 from kseg.models.dilated_conv import Conv3D as DilatedConv3D
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +82,7 @@ def test_highresnet_uses_it_for_the_dilated_stages_with_unchanged_weight_paths(m
     dilated = {layer.path for layer in model._flatten_layers() if isinstance(layer, DilatedConv3D)}
     stages = itertools.product((2, 3), (1, 2, 3), (1, 2))  # dilation 2 and 4; blocks; convs
     assert dilated == {f"stage{s}_block{b}/conv{c}" for s, b, c in stages}
-    monkeypatch.setattr(residual_unit.dilated_conv, "Conv3D", keras.layers.Conv3D)
+    monkeypatch.setattr(dilated_conv, "Conv3D", keras.layers.Conv3D)
     stock = highresnet((None, None, None, 1), num_classes=2)
     assert [(w.path, w.shape) for w in model.weights] == [(w.path, w.shape) for w in stock.weights]
 
@@ -90,7 +90,7 @@ def test_highresnet_uses_it_for_the_dilated_stages_with_unchanged_weight_paths(m
 def test_model_saved_with_stock_conv3d_loads_with_the_same_output(tmp_path, monkeypatch):
     # The code before kseg's Conv3D built the dilated stages from keras.layers.Conv3D.
     with monkeypatch.context() as patch:
-        patch.setattr(residual_unit.dilated_conv, "Conv3D", keras.layers.Conv3D)
+        patch.setattr(dilated_conv, "Conv3D", keras.layers.Conv3D)
         old = highresnet((None, None, None, 1), num_classes=2, activation=None)
     # Batch norms away from the identity, so a weight left at its initial value would show.
     for weight in old.weights:

@@ -12,6 +12,7 @@ import numbers
 
 import keras
 
+from kseg.models import dilated_conv
 from kseg.models.normalization import BatchNormalization as FusedBatchNormalization
 
 _CONV = {2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
@@ -124,7 +125,14 @@ def resolve_activation(activation, num_classes: int) -> str | None:
 
 
 def conv(spatial_dims: int, filters: int, kernel_size: int, name: str, **kwargs):
-    return _CONV[spatial_dims](filters, kernel_size, padding="same", name=name, **kwargs)
+    """A "same"-padded convolution; a dilated 3D one is kseg's
+    :class:`kseg.models.dilated_conv.Conv3D`, which skips Keras' space-to-batch rewrite of
+    the dilation where oneDNN allows (its variables are Conv3D's, so models saved with the
+    stock layer load unchanged)."""
+    layer = _CONV[spatial_dims]
+    if spatial_dims == 3 and kwargs.get("dilation_rate", 1) > 1:
+        layer = dilated_conv.Conv3D
+    return layer(filters, kernel_size, padding="same", name=name, **kwargs)
 
 
 def conv_block(x, filters: int, spatial_dims: int, batch_norm: bool, name: str):

@@ -7,7 +7,6 @@ import math
 import keras
 from keras import ops
 
-from kseg.models import dilated_conv
 from kseg.models._building_blocks import batch_normalization, check_int, check_spatial_dims, conv
 
 SHORTCUTS = ("projection", "pad")
@@ -100,19 +99,9 @@ class ResidualUnit(keras.layers.Layer):
         self.channel_padding = (0, 0)
 
     def _conv(self, name: str, strides: int):
-        kwargs = {
-            "strides": strides,
-            "dilation_rate": self.dilation_rate,
-            "use_bias": not self.batch_norm,
-            "dtype": self.dtype_policy,
-        }
-        if self.spatial_dims == 3 and self.dilation_rate > 1:
-            # Skips Keras' space-to-batch rewrite of the dilation where oneDNN allows; its
-            # variables are Conv3D's, so models saved with stock Conv3D load unchanged.
-            return dilated_conv.Conv3D(
-                self.filters, self.kernel_size, padding="same", name=name, **kwargs
-            )
-        return conv(self.spatial_dims, self.filters, self.kernel_size, name, **kwargs)
+        return conv(self.spatial_dims, self.filters, self.kernel_size, name, strides=strides,
+                    dilation_rate=self.dilation_rate, use_bias=not self.batch_norm,
+                    dtype=self.dtype_policy)  # fmt: skip
 
     def build(self, input_shape):
         in_channels = input_shape[-1]
