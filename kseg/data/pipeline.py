@@ -16,7 +16,8 @@ Augmentation runs on whole batches, where Keras layers are vectorised.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import collections
+from collections.abc import Iterable, Mapping
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -404,6 +405,32 @@ def segmentation_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def split_patient_examples(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, int]:
+    """How many examples each patient of a prepared split has, read without decoding images.
+
+    Args:
+        builder: a prepared kseg builder (examples carry ``patient_id``).
+        split: any TFDS split expression, e.g. ``"fold2+fold3+fold4"``.
+
+    Returns:
+        ``{patient id: examples}``, ordered by patient id; what :func:`keep_patients` needs
+        to give its result a known length.
+
+    Example:
+        >>> split_patient_examples(builder, "fold1+fold2")  # doctest: +SKIP
+        {'CHNCXR_0003_0': 1, ...}
+    """
+    skip = {
+        name: tfds.decode.SkipDecoding()
+        for name in builder.info.features
+        if name != "patient_id"
+    }
+    dataset = builder.as_dataset(split=split, decoders=skip, shuffle_files=False)
+    ids = dataset.map(lambda example: example["patient_id"])
+    counts = collections.Counter(value.decode() for value in ids.as_numpy_iterator())
+    return dict(sorted(counts.items()))
+
+
 def split_patient_ids(builder: tfds.core.DatasetBuilder, split: str) -> list[str]:
     """The distinct patient ids of a prepared split, read without decoding images.
 
@@ -415,27 +442,48 @@ def split_patient_ids(builder: tfds.core.DatasetBuilder, split: str) -> list[str
         >>> split_patient_ids(builder, "fold1+fold2")  # doctest: +SKIP
         ['CHNCXR_0003_0', ...]
     """
-    skip = {
-        name: tfds.decode.SkipDecoding()
-        for name in builder.info.features
-        if name != "patient_id"
-    }
-    dataset = builder.as_dataset(split=split, decoders=skip, shuffle_files=False)
-    ids = dataset.map(lambda example: example["patient_id"])
-    return sorted({value.decode() for value in ids.as_numpy_iterator()})
+    return list(split_patient_examples(builder, split))
 
 
-def keep_patients(dataset: tf.data.Dataset, patient_ids: Iterable[str]) -> tf.data.Dataset:
+def keep_patients(
+    dataset: tf.data.Dataset,
+    patient_ids: Iterable[str],
+    examples_per_patient: Mapping[str, int] | None = None,
+) -> tf.data.Dataset:
     """Keep the examples whose ``patient_id`` is one of ``patient_ids``.
+
+    A filter leaves the dataset's length unknown, and Keras then ends every epoch on
+    running out of data, warning "Your input ran out of data" each time. With
+    ``examples_per_patient`` the result declares its length (an error when the data
+    yields another number).
 
     Args:
         dataset: examples with a ``patient_id`` string feature (before batching).
         patient_ids: ids to keep, e.g. :func:`kseg.data.splits.nested_patient_subset`'s result.
+        examples_per_patient: ``{patient id: examples}`` of ``dataset``
+            (:func:`split_patient_examples`), or ``None`` to leave the length unknown.
+
+    Raises:
+        ValueError: ``patient_ids`` is empty, or names a patient ``examples_per_patient``
+            does not count.
 
     Example:
-        >>> train = keep_patients(builder.as_dataset(split="fold2+fold3"), chosen)  # doctest: +SKIP
+        >>> counts = split_patient_examples(builder, "fold2+fold3")  # doctest: +SKIP
+        >>> examples = builder.as_dataset(split="fold2+fold3")  # doctest: +SKIP
+        >>> train = keep_patients(examples, chosen, counts)  # doctest: +SKIP
     """
-    wanted = tf.constant(sorted({str(p) for p in patient_ids}), dtype=tf.string)
-    if wanted.shape[0] == 0:
+    kept_ids = sorted({str(p) for p in patient_ids})
+    if not kept_ids:
         raise ValueError("patient_ids is empty; keep_patients would yield no examples")
-    return dataset.filter(lambda example: tf.reduce_any(tf.equal(example["patient_id"], wanted)))
+    wanted = tf.constant(kept_ids, dtype=tf.string)
+    kept = dataset.filter(lambda example: tf.reduce_any(tf.equal(example["patient_id"], wanted)))
+    if examples_per_patient is None:
+        return kept
+    uncounted = [p for p in kept_ids if p not in examples_per_patient]
+    if uncounted:
+        raise ValueError(
+            f"examples_per_patient has no count for patient(s) {uncounted[:5]}; it counts "
+            f"{len(examples_per_patient)} patients of another split or dataset"
+        )
+    total = sum(int(examples_per_patient[p]) for p in kept_ids)
+    return kept.apply(tf.data.experimental.assert_cardinality(total))

@@ -188,12 +188,15 @@ def splits(args) -> dict:
     return _common.fold_splits(args)
 
 
-def batches(builder, split, args, num_classes, *, patients=None, augment=None):
+def batches(builder, split, args, num_classes, *, patients=None, examples_per_patient=None,
+            augment=None):
+    """Batches of ``split`` (of ``patients`` only, when given; ``examples_per_patient``,
+    :func:`kseg.data.pipeline.split_patient_examples`, gives them a known number of steps)."""
     from kseg.data.pipeline import keep_patients, scale_intensity, segmentation_dataset
 
     examples = builder.as_dataset(split=split, shuffle_files=augment is not None)
     if patients is not None:
-        examples = keep_patients(examples, patients)
+        examples = keep_patients(examples, patients, examples_per_patient)
     return segmentation_dataset(
         examples, window=scale_intensity, image_size=(args.image_size, args.image_size),
         num_classes=num_classes, batch_size=args.batch_size, augment=augment,
@@ -295,11 +298,12 @@ def augmenter(args):
 
 
 def _training_data(args, builder, splits, num_classes, labels):
-    from kseg.data.pipeline import split_patient_ids
+    from kseg.data.pipeline import split_patient_examples
     from kseg.data.splits import nested_patient_subset
     from kseg.training import VolumeValidation
 
-    patients = split_patient_ids(builder, splits["train"])
+    examples_per_patient = split_patient_examples(builder, splits["train"])
+    patients = list(examples_per_patient)
     if args.max_train is not None:
         patients = nested_patient_subset(patients, args.max_train, seed=args.seed)
     print(
@@ -308,8 +312,9 @@ def _training_data(args, builder, splits, num_classes, labels):
         f"splits {splits}"
     )
     training = batches(
-        builder, splits["train"], args, num_classes, patients=patients, augment=augmenter(args)
-    )
+        builder, splits["train"], args, num_classes, patients=patients,
+        examples_per_patient=examples_per_patient, augment=augmenter(args),
+    )  # fmt: skip
     validation_batches = batches(builder, splits["validation"], args, num_classes)
     validation = VolumeValidation(
         image_cases(builder, splits["validation"], args.image_size),
