@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kseg.errors import MaskError, UnreadableFileError
 
@@ -62,6 +62,32 @@ _LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
 # declares more pixels than Pillow's MAX_IMAGE_PIXELS limit, e.g. a 100000 x 100000 PNG of a
 # few hundred bytes) derives from neither OSError nor ValueError, so it is named here.
 IMAGE_READ_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError)
+
+
+_EXIF_ORIENTATION = 0x0112
+
+
+def upright(path: str, image: Image.Image) -> Image.Image:
+    """``image`` as viewers show it: its EXIF / TIFF Orientation (rotation, mirroring) applied.
+
+    Cameras, phones and some scanners' JPEG / PNG / TIFF exports store the pixels as captured
+    and say in the Orientation tag how to turn them; viewers and annotation tools (CVAT,
+    LabelMe) show, and so draw masks on, the turned image. Reading the raw pixels would give
+    an image turned against its mask, or a mask turned against its image. Files without the
+    tag (or with the value 1) come back unchanged.
+
+    Raises:
+        UnreadableFileError: the EXIF block cannot be parsed, so the orientation is unknown.
+    """
+    try:
+        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception as exc:  # Pillow's EXIF parser raises struct.error, KeyError, ...
+        raise UnreadableFileError(
+            path, f"has an EXIF block that cannot be parsed ({exc}); its orientation is unknown"
+        ) from exc
+    if orientation in (None, 1):
+        return image
+    return ImageOps.exif_transpose(image)
 
 
 def image_read_problem(exc: BaseException, what: str) -> str:
@@ -187,6 +213,11 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
     * JPEG or lossy WebP: binary rules only: grey above 127 is the structure, with a
       :class:`LossyMaskWarning`.
 
+    A file with an EXIF / TIFF Orientation tag is turned as the tag says, as viewers and
+    annotation tools show it (see :func:`upright`). Alpha is ignored only where it agrees with
+    the values (uniform, or transparent exactly where the value is 0); an overlay keeping the
+    structure in its alpha channel is a MaskError.
+
     Args:
         path: the mask file.
         rule: the dataset's :class:`LabelRule`.
@@ -197,9 +228,9 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
     Raises:
         UnreadableFileError: the file cannot be opened or decoded as an image, or declares
             more pixels than Pillow's decompression-bomb limit.
-        MaskError: several frames, real colour, or values that fit no reading of the rule
-            (the message names the file, how it was read and the values found with their
-            pixel counts).
+        MaskError: several frames, real colour, alpha that disagrees with the values, or
+            values that fit no reading of the rule (the message names the file, how it was
+            read and the values found with their pixel counts).
 
     Warns:
         LossyMaskWarning: the file is a JPEG or a lossy WebP.
@@ -215,7 +246,9 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
             image.load()
             if getattr(image, "n_frames", 1) != 1:
                 raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
-            if _is_lossy(path, image):
+            lossy = _is_lossy(path, image)
+            image = upright(path, image)
+            if lossy:
                 return _lossy_labels(path, np.asarray(image.convert("L")), rule)
             stored, full_scale, reading = _stored_values(path, image)
     except IMAGE_READ_ERRORS as exc:
@@ -236,13 +269,15 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
         2D array ``(rows, columns)``. Lossless files keep their stored values: uint8 for
         8-bit images, uint16 for 16-bit ones, palette images give their palette indices,
         bilevel images give ``{0, 1}``; an RGB(A) image whose three channels are equal gives
-        that channel (alpha is ignored). JPEG files give uint8 ``{0, 1}`` thresholded at half
-        their maximum (see LossyMaskWarning).
+        that channel (alpha must be uniform or transparent exactly where the value is 0).
+        JPEG files give uint8 ``{0, 1}`` thresholded at half their maximum (see
+        LossyMaskWarning). An EXIF / TIFF Orientation tag is applied (see :func:`upright`).
 
     Raises:
         UnreadableFileError: the file cannot be opened or decoded as an image, or declares
             more pixels than Pillow's decompression-bomb limit.
-        MaskError: the image has several pages/frames, real colour, or non-integer values.
+        MaskError: the image has several pages/frames, real colour, alpha that disagrees
+            with the values, or non-integer values.
 
     Warns:
         LossyMaskWarning: the file is a JPEG or a lossy WebP.
@@ -258,7 +293,9 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
             image.load()
             if getattr(image, "n_frames", 1) != 1:
                 raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
-            if _is_lossy(path, image):
+            lossy = _is_lossy(path, image)
+            image = upright(path, image)
+            if lossy:
                 return _threshold_lossy(path, np.asarray(image.convert("L")))
             return _lossless_values(path, image)
     except IMAGE_READ_ERRORS as exc:
@@ -454,9 +491,13 @@ def _lossless_values(path: str, image: Image.Image) -> np.ndarray:
         return np.array(image, dtype=np.uint8)
     if mode in ("L", "P", "I;16", "I;16B", "I;16L"):
         values = np.array(image)
+        if mode == "P":
+            _check_alpha(path, image, values)
         return values.astype(np.uint16) if values.dtype.itemsize == 2 else values
     if mode == "LA":
-        return np.array(image)[..., 0]
+        values = np.array(image)[..., 0]
+        _check_alpha(path, image, values)
+        return values
     if mode in ("RGB", "RGBA"):
         channels = np.array(image)[..., :3]
         if not (
@@ -464,6 +505,7 @@ def _lossless_values(path: str, image: Image.Image) -> np.ndarray:
             and np.array_equal(channels[..., 0], channels[..., 2])
         ):
             raise MaskError(path, "is a colour image; expected a single-channel label image")
+        _check_alpha(path, image, channels[..., 0])
         return channels[..., 0]
     if mode in ("I", "F"):
         values = _integer_values(path, image)
@@ -510,7 +552,9 @@ def _stored_values(path: str, image: Image.Image) -> tuple[np.ndarray, int, str]
         return np.array(image, dtype=np.uint8), 1, "1-bit"
     if mode in _GREY_BYTE_MODES:
         values = np.array(image)
-        return (values[..., 0] if mode == "LA" else values), 255, _GREY_BYTE_MODES[mode]
+        values = values[..., 0] if mode == "LA" else values
+        _check_alpha(path, image, values)
+        return values, 255, _GREY_BYTE_MODES[mode]
     if mode in _SIXTEEN_BIT_MODES:
         return np.array(image).astype(np.uint16), _SIXTEEN_BIT_FULL_SCALE, "16-bit grey"
     if mode in ("I", "F"):
@@ -521,14 +565,47 @@ def _stored_values(path: str, image: Image.Image) -> tuple[np.ndarray, int, str]
     if mode == "P":
         colours = np.array(image.convert("RGB"))
         if _is_grey(colours):
-            return colours[..., 0], 255, "palette of grey entries, read as grey"
-        return np.array(image), 255, "palette of colour entries, read as indices"
+            values, reading = colours[..., 0], "palette of grey entries, read as grey"
+        else:
+            values, reading = np.array(image), "palette of colour entries, read as indices"
+        _check_alpha(path, image, values)
+        return values, 255, reading
     if mode in ("RGB", "RGBA"):
         colours = np.array(image)[..., :3]
         if not _is_grey(colours):
             raise MaskError(path, "is a colour image; expected a single-channel label image")
+        _check_alpha(path, image, colours[..., 0])
         return colours[..., 0], 255, f"grey {mode}"
     raise MaskError(path, f"has image mode {mode}; expected a grey-level or palette mask")
+
+
+def _check_alpha(path: str, image: Image.Image, values: np.ndarray) -> None:
+    """Refuse a mask whose transparency says something other than its values.
+
+    The values are read and alpha ignored, which is right while alpha is uniform, or
+    transparent exactly where the value is 0 (a mask saved with a transparent background). An
+    overlay exported from a viewer instead paints one colour everywhere and keeps the
+    structure in alpha: read by its values it would be all structure (white) or all
+    background (black), silently.
+    """
+    if image.mode in ("LA", "RGBA"):
+        alpha = np.array(image.getchannel("A"))
+    elif image.mode == "P" and "transparency" in image.info:
+        alpha = np.array(image.convert("RGBA").getchannel("A"))
+    else:
+        return
+    if alpha.min() == alpha.max():
+        return
+    disagree = int(np.count_nonzero((alpha == 0) != (values == 0)))
+    if disagree:
+        raise MaskError(
+            path,
+            f"is a mask with transparency ({image.mode}) whose alpha channel and values "
+            f"disagree on {disagree} of {values.size} pixels (transparent but not 0, or 0 but "
+            "not transparent): an overlay keeping the structure in its alpha channel? "
+            "Expected labels in the values, with alpha uniform or transparent exactly where "
+            "the value is 0",
+        )
 
 
 def _is_grey(colours: np.ndarray) -> bool:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from kseg.errors import UnreadableFileError
 from kseg.io.dicom import read_dicom_image
-from kseg.io.masks import IMAGE_READ_ERRORS, image_read_problem
+from kseg.io.masks import IMAGE_READ_ERRORS, image_read_problem, upright
 
 __all__ = ["JSRT_BIT_DEPTH", "read_jsrt_image", "read_radiograph"]
 
@@ -79,7 +79,9 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         path: the image. ``.dcm`` / ``.dicom`` files, and files of other names with the
             DICM marker at byte 128 (archives often name DICOM files without a suffix),
             go through :func:`kseg.io.read_dicom_image` (modality LUT applied, MONOCHROME1
-            inverted so that higher is brighter); anything else through Pillow.
+            inverted so that higher is brighter); anything else through Pillow, turned as
+            its EXIF / TIFF Orientation tag says (as viewers show it, and as
+            :func:`kseg.io.read_labels` turns masks).
 
     Returns:
         ``(image, bit_depth)``: ``uint16`` array ``(rows, columns)`` and the bits of the
@@ -103,6 +105,7 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         with open(path, "rb") as handle, Image.open(handle) as image:
             image.load()
             frames = getattr(image, "n_frames", 1)
+            image = upright(os.fspath(path), image)
             mode, values = image.mode, np.array(image)
     except IMAGE_READ_ERRORS as exc:
         raise UnreadableFileError(path, image_read_problem(exc, "an image")) from exc
