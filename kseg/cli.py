@@ -317,14 +317,15 @@ def _without_cli_options(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def _train(args: argparse.Namespace) -> None:
-    module = _recipe(args)
-    recipe_args = _without_cli_options(args)
-    if getattr(args, "validation_fold", 1) == "all":
-        from kseg.recipes import cross_validation
+    from kseg.recipes import cross_validation
 
-        best = cross_validation.train(module, recipe_args)
-    else:
-        best = module.train(recipe_args)
+    module = _recipe(args)
+    # --validation-fold all: the cross-validation, on one machine (its own chief)
+    best, _, chief = cross_validation.train_for_main(
+        module, _without_cli_options(args), module._train
+    )
+    if not chief:  # every worker of a multi-worker run trains; the chief speaks for them
+        return
     # a run trained with --test-fold none has no test fold to score
     split = "test" if getattr(args, "test_fold", 0) is not None else "validation"
     print(f"Best model: {best}\nNext: kseg evaluate {args.output_dir} --split {split}")

@@ -504,3 +504,31 @@ def test_study_runs_on_a_recipe(tmp_path):
         per_class = [float(row[f"dice_{name}"]) for name in ("lungs", "heart", "clavicles")]
         assert all(0 <= value <= 1 for value in per_class)
         assert float(row["dice_mean"]) == pytest.approx(np.mean(per_class))
+
+
+@pytest.mark.parametrize("chief", [True, False])
+def test_train_names_the_best_model_on_the_chief_only(chief, tmp_path, monkeypatch, capsys):
+    """Every worker of a multi-worker run trains; only the chief (as the recipe's training
+    reports it) prints where the best model is and what to run next."""
+    from kseg import cli
+    from kseg.recipes import load
+
+    run = tmp_path / "run"
+    trained = []
+
+    def train_one_worker(args):
+        trained.append(args.distribution)
+        return run / "best.keras", 0.0, chief
+
+    monkeypatch.setattr(load("xray_multiclass"), "_train", train_one_worker)
+    index = 0 if chief else 1
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["127.0.0.1:12345", "127.0.0.1:12346"]},
+        "task": {"type": "worker", "index": index},
+    }))
+    assert cli.main(["train", "xray_multiclass", "--output-dir", str(run),
+                     "--strategy", "multi-worker"]) == 0
+    assert trained == ["multi-worker"]
+    printed = capsys.readouterr().out
+    assert ("Best model:" in printed) == chief
+    assert (f"Next: kseg evaluate {run} --split test" in printed) == chief
