@@ -445,13 +445,15 @@ def prepared_source(builder) -> dict | None:
         return None
 
 
-def stale_source(builder, manual_dir) -> str | None:
+def stale_source(builder, manual_dir, listing: dict | None = None) -> str | None:
     """Why ``builder``'s prepared dataset is not a dataset of ``manual_dir``'s files as they
-    are now, or ``None`` when it is (or when no source was recorded)."""
+    are now, or ``None`` when it is (or when no source was recorded). ``listing``:
+    :func:`source_listing` of ``manual_dir`` when the caller already made it (listing a CT
+    archive takes a while)."""
     recorded = prepared_source(builder)
     if recorded is None:
         return None
-    current = source_listing(manual_dir)
+    current = source_listing(manual_dir) if listing is None else listing
     if recorded.get("listing_sha256") == current["listing_sha256"]:
         return None
     return (f"was prepared from {recorded.get('folder')} ({recorded.get('files')} files), but "
@@ -459,9 +461,10 @@ def stale_source(builder, manual_dir) -> str | None:
             "names or sizes)")
 
 
-def prepare(builder, manual_dir) -> None:
+def prepare(builder, manual_dir, listing: dict | None = None) -> None:
     """Build the TFDS dataset from ``manual_dir`` unless an earlier run did (TFDS shows a
-    progress bar per split while it writes), and record which files it was built from.
+    progress bar per split while it writes), and record which files it was built from
+    (``listing``: :func:`source_listing` of ``manual_dir`` when the caller already made it).
 
     Raises:
         LayoutError: the dataset was prepared from other files than ``manual_dir`` holds
@@ -473,7 +476,7 @@ def prepare(builder, manual_dir) -> None:
     from kseg.recipes.run_config import write_json
 
     if builder.is_prepared():
-        problem = stale_source(builder, manual_dir)
+        problem = stale_source(builder, manual_dir, listing)
         if problem is not None:
             raise LayoutError(
                 builder.data_dir, f"{problem}; give another --output-dir or --tfds-dir to "
@@ -484,7 +487,7 @@ def prepare(builder, manual_dir) -> None:
     _refuse_to_prepare_on_a_tuner_worker(builder)
     print(f"Preparing TFDS dataset {builder.info.full_name} from {manual_dir} (once; later "
           "runs reuse it)", flush=True)
-    source = source_listing(manual_dir)
+    source = source_listing(manual_dir) if listing is None else listing
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
     )

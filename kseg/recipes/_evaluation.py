@@ -176,12 +176,13 @@ def input_builder(builder_class, config, input_dir, run_dir, name: str):
     config = dataclasses.replace(config, name=f"{config.name}_input", num_folds=2)
     data_dir = pathlib.Path(run_dir) / f"tfds-{name}"
     builder = builder_class(config=config, data_dir=str(data_dir))
-    if builder.is_prepared() and _common.stale_source(builder, input_dir) is not None:
+    listing = _common.source_listing(input_dir)
+    if builder.is_prepared() and _common.stale_source(builder, input_dir, listing) is not None:
         print(f"{input_dir} holds other files than the dataset in {data_dir} was prepared "
               "from: preparing it again", flush=True)
         shutil.rmtree(data_dir)
         builder = builder_class(config=config, data_dir=str(data_dir))
-    _common.prepare(builder, input_dir)
+    _common.prepare(builder, input_dir, listing)
     return builder
 
 
