@@ -288,6 +288,31 @@ def test_zero_rescale_slope_is_an_error(tmp_path):
     _raises_naming(UnreadableFileError, tmp_path, paths[1].name, "RescaleSlope")
 
 
+@pytest.mark.parametrize("how", ["deleted", "empty"])
+@pytest.mark.parametrize("absent", ["RescaleSlope", "RescaleIntercept"])
+def test_a_lone_rescale_value_is_applied_with_the_default_of_the_other(tmp_path, absent, how):
+    # pydicom rescales only when both tags are there: a CT kept with RescaleIntercept -1024
+    # but no RescaleSlope came out 1024 HU too bright.
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for k in range(3):
+        path = _write_slice(folder / f"s{k}.dcm", 2.0 * k, RescaleSlope=2)
+        dataset = pydicom.dcmread(path)
+        if how == "deleted":
+            delattr(dataset, absent)
+        else:
+            dataset[absent].value = None
+        dataset.save_as(path)
+    before = _digest(folder)
+    slope = 1 if absent == "RescaleSlope" else 2
+    intercept = 0 if absent == "RescaleIntercept" else -1024
+    expected = STORED.astype(np.int64) * slope + intercept
+    volume = read_dicom_series(folder)
+    np.testing.assert_array_equal(volume.array, np.broadcast_to(expected, (3, ROWS, COLUMNS)))
+    np.testing.assert_array_equal(read_dicom_image(folder / "s0.dcm"), expected)
+    assert _digest(folder) == before
+
+
 # --- pydicom's own broken files ------------------------------------------------------------------
 
 

@@ -171,7 +171,9 @@ def read_dicom_series(
         ``metadata["sop_instance_uids"]`` / ``["instance_numbers"]`` in array order;
         ``metadata`` also holds modality, series_instance_uid, study_instance_uid,
         frame_of_reference_uid, patient_sex, series_description, and window_center /
-        window_width (first value) when the header has them. The slice step is taken from the
+        window_width (first value) when the header has them. A RescaleSlope or
+        RescaleIntercept that is absent or empty takes its DICOM default (1 or 0) while the
+        other is applied, as GDCM and dcm2niix do. The slice step is taken from the
         positions (mean step from first to last slice), never from SliceThickness; a single
         slice falls back to SpacingBetweenSlices, then SliceThickness, then 1 mm.
 
@@ -713,13 +715,20 @@ def _check_decoder(path: str, syntax: UID) -> None:
         )
 
 
-def _check_rescale(path: str, dataset: pydicom.Dataset) -> None:
+def _check_rescale(path: str, dataset: pydicom.Dataset) -> tuple[float | None, float | None]:
+    """``(slope, intercept)`` as the header gives them, ``None`` for an absent or empty one."""
     slope = _numbers(path, dataset, "RescaleSlope", 1, UnreadableFileError, required=False)
-    _numbers(path, dataset, "RescaleIntercept", 1, UnreadableFileError, required=False)
+    intercept = _numbers(
+        path, dataset, "RescaleIntercept", 1, UnreadableFileError, required=False
+    )
     if slope is not None and slope[0] == 0:
         raise UnreadableFileError(
             path, "RescaleSlope is 0: every stored value would map to the intercept"
         )
+    return (
+        None if slope is None else float(slope[0]),
+        None if intercept is None else float(intercept[0]),
+    )
 
 
 def _slice_geometry(path: str, dataset: pydicom.Dataset) -> _Slice:
@@ -959,8 +968,22 @@ def _read_vetted_file(path: str) -> pydicom.Dataset:
 
 
 def _to_modality_units(path: str, pixels: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
-    """RescaleSlope/Intercept or the Modality LUT, as pydicom applies them (values checked)."""
-    _check_rescale(path, dataset)
+    """The Modality LUT as pydicom applies it, else RescaleSlope/Intercept (values checked).
+
+    A rescale value that is absent or empty takes its DICOM default (slope 1, intercept 0),
+    as GDCM and dcm2niix read it: pydicom applies neither unless both are present, so a CT
+    slice whose anonymiser kept RescaleIntercept -1024 but dropped RescaleSlope would come
+    out 1024 HU too bright.
+    """
+    slope, intercept = _check_rescale(path, dataset)
+    if not _has_modality_lut(dataset):
+        if slope is None and intercept is None:
+            return np.asarray(pixels)
+        values = np.asarray(pixels).astype(np.float64) * (1.0 if slope is None else slope)
+        values += 0.0 if intercept is None else intercept
+        if not np.all(np.isfinite(values)):
+            raise UnreadableFileError(path, "rescaled pixel values are not all finite")
+        return values
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -973,6 +996,15 @@ def _to_modality_units(path: str, pixels: np.ndarray, dataset: pydicom.Dataset) 
     if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
         raise UnreadableFileError(path, "rescaled pixel values are not all finite")
     return values
+
+
+def _has_modality_lut(dataset: pydicom.Dataset) -> bool:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return bool(dataset.get("ModalityLUTSequence"))
+        except Exception:  # a sequence pydicom cannot parse: let apply_modality_lut name it
+            return True
 
 
 def _decode_in_hounsfield_units(ordered) -> np.ndarray:
