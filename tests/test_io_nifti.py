@@ -7,7 +7,7 @@ import pytest
 
 from kseg.errors import GeometryError, MaskError, UnreadableFileError
 from kseg.io import Volume, read_nifti, read_nifti_labels, write_nifti
-from kseg.io.nifti import NonFiniteVoxelWarning, UnknownOrientationWarning
+from kseg.io.nifti import FormMismatchWarning, NonFiniteVoxelWarning, UnknownOrientationWarning
 
 
 def _sheared_volume(dtype=np.int16):
@@ -186,6 +186,27 @@ def test_qform_only_is_read_without_warning(tmp_path):
         volume = read_nifti(path)
     # kseg's affine takes (k, j, i): its first column is NIfTI's third axis.
     np.testing.assert_allclose(volume.affine[:3, :3], np.diag([2.0, 3.0, 4.0])[:, ::-1])
+
+
+def test_sform_and_qform_that_disagree_warn_and_the_sform_is_used(tmp_path):
+    data = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    sform = np.diag([2.0, 3.0, 4.0, 1.0])
+    qform = np.diag([-2.0, -3.0, 4.0, 1.0])
+    qform[:3, 3] = [50.0, 60.0, 0.0]
+    image = nib.Nifti1Image(data, sform)
+    image.set_sform(sform, code=1)
+    image.set_qform(qform, code=1)
+    nib.save(image, tmp_path / "both.nii.gz")
+    # ITK-based readers take the qform here: 60 mm and a flip away from what nibabel reads.
+    with pytest.warns(FormMismatchWarning, match=r"both\.nii\.gz.*up to 60 mm"):
+        volume = read_nifti(tmp_path / "both.nii.gz")
+    np.testing.assert_allclose(volume.affine, sform[:, [2, 1, 0, 3]])
+
+    image.set_qform(sform, code=1)
+    nib.save(image, tmp_path / "agree.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_nifti(tmp_path / "agree.nii.gz")
 
 
 @pytest.mark.parametrize(

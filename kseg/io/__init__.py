@@ -23,6 +23,7 @@ from kseg.io.masks import (
     read_mask_stack,
 )
 from kseg.io.nifti import (
+    FormMismatchWarning,
     NonFiniteVoxelWarning,
     UnknownOrientationWarning,
     read_nifti,
@@ -64,6 +65,7 @@ __all__ = [
     "CHAOS_MR_LABEL_RANGES",
     "DeidReport",
     "HeaderValueWarning",
+    "FormMismatchWarning",
     "NonFiniteVoxelWarning",
     "UnknownOrientationWarning",
     "LabelRule",

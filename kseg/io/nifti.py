@@ -24,6 +24,7 @@ from kseg.errors import GeometryError, MaskError, UnreadableFileError
 from kseg.io.volume import Volume
 
 __all__ = [
+    "FormMismatchWarning",
     "NonFiniteVoxelWarning",
     "UnknownOrientationWarning",
     "read_nifti",
@@ -44,6 +45,9 @@ _REVERSE_AXES = [2, 1, 0, 3]
 # The voxel axes of an affine span less than this fraction of the volume of a box with the
 # same edge lengths: the axes are (nearly) linearly dependent and the grid has no inverse.
 _SINGULAR_TOLERANCE = 1e-6
+# qform and sform farther apart than this (mm, in any voxel axis or the origin) place the
+# volume differently; both are stored as float32, so exact copies agree far closer.
+_FORM_MISMATCH_MM = 1e-2
 # NIFTI_XFORM_UNKNOWN, SCANNER_ANAT, ALIGNED_ANAT, TALAIRACH, MNI_152, TEMPLATE_OTHER.
 _XFORM_CODES = frozenset(range(6))
 
@@ -54,6 +58,16 @@ class NonFiniteVoxelWarning(UserWarning):
     The array is returned exactly as stored (NaN stays NaN); the message names the file and
     counts the NaN, +inf and -inf voxels, so the caller can decide (``np.nan_to_num``, a mask,
     or dropping the case). Metrics and losses fed such voxels return NaN.
+    """
+
+
+class FormMismatchWarning(UserWarning):
+    """A NIfTI header has both an sform and a qform (codes > 0) and they disagree.
+
+    kseg uses the sform, as nibabel, FSL and the NIfTI standard's "method 3" do; ITK-based
+    tools (SimpleITK, ITK-SNAP, nnU-Net's reader) may use the qform and place the same voxels
+    elsewhere. The message names the file and the largest difference in millimetres. A
+    sheared sform always differs from the qform, which cannot hold a shear.
     """
 
 
@@ -100,6 +114,8 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
     Warns:
         NonFiniteVoxelWarning: float voxels that are NaN or infinite (returned as stored).
         UnknownOrientationWarning: ``sform_code`` and ``qform_code`` are both 0.
+        FormMismatchWarning: sform and qform are both set and place the voxels more than
+            0.01 mm apart (the sform is used).
 
     Example:
         >>> ct = read_nifti("example_ct_sm.nii.gz")  # doctest: +SKIP
@@ -256,6 +272,8 @@ def _checked_affine(path: str, image) -> np.ndarray:
             f"the {source} affine is singular (voxel sizes {lengths.round(6).tolist()}, axes "
             f"{axes.round(6).tolist()}): it maps the voxel grid onto a plane or a line",
         )
+    if sform_code > 0 and qform_code > 0:
+        _warn_form_mismatch(path, header, affine)
     if sform_code <= 0 and qform_code <= 0:
         warnings.warn(
             UnknownOrientationWarning(
@@ -266,6 +284,25 @@ def _checked_affine(path: str, image) -> np.ndarray:
             stacklevel=3,
         )
     return affine
+
+
+def _warn_form_mismatch(path: str, header, sform: np.ndarray) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            qform = np.array(header.get_qform(), dtype=np.float64)
+        except Exception:  # an impossible quaternion: the sform is used regardless
+            qform = np.full((4, 4), np.nan)
+    difference = float(np.max(np.abs(qform[:3] - sform[:3])))
+    if not difference <= _FORM_MISMATCH_MM:  # NaN (undecodable qform) included
+        warnings.warn(
+            FormMismatchWarning(
+                f"{path}: sform (code {int(header['sform_code'])}) and qform (code "
+                f"{int(header['qform_code'])}) disagree by up to {difference:.4g} mm; using the "
+                "sform, as nibabel and FSL do (ITK-based tools may use the qform)"
+            ),
+            stacklevel=4,
+        )
 
 
 # Deflate (gzip) expands at most 1032:1, so a .nii.gz cannot hold more voxel bytes than this
