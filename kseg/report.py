@@ -34,6 +34,7 @@ import json
 import math
 import os
 import pathlib
+import types
 import zipfile
 from collections.abc import Mapping
 
@@ -119,6 +120,23 @@ def write_report(
     with atomic_output(output) as temporary:
         pathlib.Path(temporary).write_text(page, encoding="utf-8")
     return output
+
+
+def _history_of_rows(header: list[str], body: list[list[str]]) -> types.SimpleNamespace:
+    """A ``history.csv`` already read, in the shape of the ``keras.callbacks.History``
+    :func:`kseg.viz.training_curves` draws: ``history`` ``{key: per-epoch numbers}``
+    (a cell that is no number, Keras' ``NA``, is a gap) and ``epoch`` from its 0-based
+    ``epoch`` column, when it has one."""
+    columns = {key: [_number_or_nan(row[index]) for row in body]
+               for index, key in enumerate(header)}  # fmt: skip
+    return types.SimpleNamespace(history=columns, epoch=columns.pop("epoch", None))
+
+
+def _number_or_nan(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _read_config(run: pathlib.Path) -> dict:
@@ -299,6 +317,9 @@ class _Page:
         self.max_slices = max_slices
         self.max_side = max_side
         self.classes = _class_values(config)
+        # each history.csv read once: a live run appends to it between two reads, and
+        # the member table, the curves and the epoch table must show the same epochs
+        self._history_rows: dict[pathlib.Path, list[list[str]]] = {}
 
     # ---- page
 
@@ -429,14 +450,15 @@ class _Page:
             ))  # fmt: skip
         else:
             try:
-                with open(path, newline="", encoding="utf-8") as handle:
-                    rows = list(csv.reader(handle))
+                rows = self._read_history(path)
                 header, body = (rows[0], rows[1:]) if rows else ([], [])
                 if not body:
                     raise ValueError("it holds no epochs yet")
                 if any(len(row) != len(header) for row in body):
                     raise ValueError("its rows do not all have as many cells as its header")
-                content.append(_figure_html(viz.training_curves(str(path)), caption, gid))
+                content.append(_figure_html(
+                    viz.training_curves(_history_of_rows(header, body)), caption, gid
+                ))  # fmt: skip
                 content.append(
                     f"<details><summary>history.csv ({len(body)} epochs)</summary>"
                     + _table_html(header, body, "history")
@@ -445,6 +467,13 @@ class _Page:
             except (OSError, UnicodeDecodeError, csv.Error, ValueError) as error:
                 content.append(_note(f"{path} cannot be shown: {error}", "problem"))
         return content
+
+    def _read_history(self, path: pathlib.Path) -> list[list[str]]:
+        """The rows of the ``history.csv`` at ``path``, read on first use only."""
+        if path not in self._history_rows:
+            with open(path, newline="", encoding="utf-8") as handle:
+                self._history_rows[path] = list(csv.reader(handle))
+        return self._history_rows[path]
 
     # ---- cross-validation
 
@@ -459,8 +488,7 @@ class _Page:
             epochs, best = "not there yet", "not there yet"
             history = folder / "history.csv"
             if history.is_file():
-                with open(history, newline="", encoding="utf-8") as handle:
-                    epochs = str(max(sum(1 for _ in csv.reader(handle)) - 1, 0))
+                epochs = str(max(len(self._read_history(history)) - 1, 0))
             checkpoint = folder / "best.keras.json"
             if checkpoint.is_file():
                 try:

@@ -659,3 +659,44 @@ def test_a_cross_validation_shows_its_members_and_ensemble(tmp_path):
     notes = [n.all_text() for n in training.find_all("p", "missing")]
     assert notes == [f"No training history: history.csv is not in {run / 'folds' / 'fold_2'} "
                      "yet (it is written at the end of each epoch)."]
+
+
+def test_each_member_history_is_read_once(tmp_path, monkeypatch):
+    """The member table, the curves and the epoch table of a cross-validation come from
+    one read of each history.csv (a live run appends between two reads)."""
+    import builtins
+
+    run = tmp_path / "cv"
+    config = write_config(run)
+    config["ensemble"] = {"members": [
+        {"validation_fold": fold, "run": f"folds/fold_{fold}"} for fold in (1, 2)
+    ]}
+    (run / "config.json").write_text(json.dumps(config))
+    histories = []
+    for fold in (1, 2):
+        (run / "folds" / f"fold_{fold}").mkdir(parents=True)
+        histories.append(run / "folds" / f"fold_{fold}" / "history.csv")
+    write_history(histories[0].parent)
+    # Keras' CSVLogger writes NA for a value an epoch lacked: a gap in the curve
+    histories[1].write_text("epoch,loss,val_volume_dice\n0,0.9,NA\n1,0.7,0.5\n2,0.6,0.55\n")
+    opened = []
+    real_open = builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    written = report.write_report(run)
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert [opened.count(str(path)) for path in histories] == [1, 1]
+
+    page = parse(written)
+    members = page.find("table", "members").find("tbody").find_all("tr")
+    assert [list(row.find_all("td"))[2].attributes["data-value"] for row in members] == ["2", "3"]
+    training = next(s for s in page.find_all("section") if s.attributes.get("id") == "training")
+    assert [f.attributes["id"] for f in training.find_all("figure")] == [
+        "training-curves-fold-1", "training-curves-fold-2"]
+    epoch_rows = [list(table.find("tbody").find_all("tr"))
+                  for table in training.find_all("table", "history")]  # fmt: skip
+    assert [len(rows) for rows in epoch_rows] == [2, 3]
