@@ -249,7 +249,8 @@ class MeanTeacher(_ConsistencyModel):
         noise: a layer applied to the images, independently for student and teacher, with
             ``training=True``; default ``keras.layers.GaussianNoise(0.05)``. It must not
             move voxels (the two predictions are compared voxel by voxel). ``None`` for no
-            noise.
+            noise, which ``kseg study consistency`` uses unless given ``--teacher-noise``
+            (on the X-ray phantom, 1 labelled image, 0.05 cost 0.010 validation Dice).
         **kwargs: standard ``keras.Model`` arguments.
 
     Example:
