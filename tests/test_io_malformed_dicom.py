@@ -313,6 +313,28 @@ def test_a_lone_rescale_value_is_applied_with_the_default_of_the_other(tmp_path,
     assert _digest(folder) == before
 
 
+def _drop_rescale(path):
+    dataset = pydicom.dcmread(path)
+    del dataset.RescaleSlope, dataset.RescaleIntercept
+    dataset.save_as(path)
+
+
+def test_a_slice_without_the_rescale_of_the_others_is_an_error(tmp_path):
+    paths = _series(tmp_path)
+    _drop_rescale(paths[1])
+    # Read, its stored values would have been taken as HU: 1024 HU off its neighbours.
+    message = _raises_naming(DicomSeriesError, tmp_path, paths[1].name, "RescaleIntercept")
+    assert paths[0].name in message and "-1024" in message
+
+
+def test_identity_rescale_beside_slices_without_one_reads(tmp_path):
+    paths = _series(tmp_path, RescaleIntercept=0)
+    for path in paths[::2]:
+        _drop_rescale(path)
+    volume = read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(volume.array, np.broadcast_to(STORED, (3, ROWS, COLUMNS)))
+
+
 # --- pydicom's own broken files ------------------------------------------------------------------
 
 

@@ -185,7 +185,8 @@ def read_dicom_series(
             ImageOrientationPatient (zero, parallel or non-perpendicular cosines) or a pixel
             spacing that is not positive; orientation, pixel spacing or rows/columns differ
             within the series; two slices share a position; a gap shows a missing slice; a
-            multi-frame, colour or palette file.
+            multi-frame, colour or palette file; some slices carry a rescale (or Modality
+            LUT) that is not the identity while others carry none.
         UnreadableFileError: a file that is DICOM but cannot be used: cut short (header or
             pixel data), an empty data set, an image without pixel data, an empty (0-byte)
             file; Rows/Columns/BitsAllocated/BitsStored/PixelRepresentation that are not valid,
@@ -776,6 +777,7 @@ def _order_slices(series, folder: str):
         with _reading(path, UnreadableFileError):
             _check_pixel_module(path, dataset, DicomSeriesError)
             geometry.append(_slice_geometry(path, dataset))
+    _check_rescale_everywhere(series)
     reference_path = series[0][0]
     reference = geometry[0]
     for (path, _), tilted in zip(series[1:], geometry[1:], strict=True):
@@ -809,6 +811,36 @@ def _order_slices(series, folder: str):
         return ordered, geometry, normal * _single_slice_thickness(*ordered[0])
     _check_gaps(ordered, np.diff(distances), folder)
     return ordered, geometry, (positions[-1] - positions[0]) / (len(ordered) - 1)
+
+
+def _check_rescale_everywhere(series) -> None:
+    """Refuse a series where some slices are rescaled and others carry no rescale at all.
+
+    Slices may rescale differently (each value is applied to its own slice), but a slice
+    without RescaleSlope, RescaleIntercept or a Modality LUT keeps its stored values: beside
+    CT slices rescaled by intercept -1024 it would sit 1024 HU off, silently. It is the
+    trace of an edited or damaged file. Slices whose rescale is the identity (slope 1,
+    intercept 0) are consistent with slices that have none.
+    """
+    rescaled, bare = [], []
+    for path, dataset in series:
+        slope, intercept = _check_rescale(path, dataset)
+        if _has_modality_lut(dataset):
+            rescaled.append((path, "a Modality LUT"))
+        elif slope is None and intercept is None:
+            bare.append(path)
+        elif (slope, intercept) not in ((1.0, 0.0), (1.0, None), (None, 0.0)):
+            shown = f"slope {1.0 if slope is None else slope:g}, intercept "
+            rescaled.append((path, shown + f"{0.0 if intercept is None else intercept:g}"))
+    if rescaled and bare:
+        path, how = rescaled[0]
+        raise DicomSeriesError(
+            bare[0],
+            f"has no RescaleSlope, RescaleIntercept or Modality LUT ({len(bare)} such slices), "
+            f"while {path} rescales by {how} ({len(rescaled)} such slices): the stored values "
+            "of the slices without one would be taken as modality units; expected every slice "
+            "of a series to carry its rescale",
+        )
 
 
 def _single_slice_thickness(path: str, dataset: pydicom.Dataset) -> float:
