@@ -182,6 +182,7 @@ def case_examples(config: MsdSpleenConfig, case: Case, split: str, tally: Foregr
 def case_example(config: MsdSpleenConfig, case: Case) -> dict:
     """One case; only this case's volumes are in memory."""
     image = read_nifti(case.image, patient_id=case.patient_id)
+    _check_finite(image.array, case.image)
     label = None
     if case.label is not None:
         label = read_nifti_labels(case.label, patient_id=case.patient_id)
@@ -217,6 +218,19 @@ def case_example(config: MsdSpleenConfig, case: Case) -> dict:
         "original_shape": np.asarray(original_shape, dtype=np.int32),
         "original_affine": original_affine,
     }
+
+
+def _check_finite(values: np.ndarray, path) -> None:
+    """A CT voxel that is NaN or infinite has no HU: cast to int16 it would become 0 HU
+    (water) without a word, and resampling would spread it to its neighbours."""
+    if values.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        if bad:
+            raise UnreadableFileError(
+                path,
+                f"{bad} of {values.size} voxels are NaN or infinite; a CT volume of this "
+                "dataset holds finite Hounsfield units",
+            )
 
 
 def _check_binary(labels: np.ndarray, path) -> None:

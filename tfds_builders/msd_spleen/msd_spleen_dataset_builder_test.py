@@ -16,11 +16,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from etils import epath
 
 from kseg.data.splits import fold_names
-from kseg.errors import AlignmentError, LayoutError, MaskError
+from kseg.errors import AlignmentError, LayoutError, MaskError, UnreadableFileError
 from kseg.geometry import to_original_grid
-from kseg.io import Volume
+from kseg.io import NonFiniteVoxelWarning, Volume
 from kseg.phantoms.msd_spleen import (
     LABEL_ENCODINGS,
     MSD_SPLEEN_TEST_CASES,
@@ -29,6 +30,7 @@ from kseg.phantoms.msd_spleen import (
     write_msd_spleen,
 )
 from tfds_builders.msd_spleen import msd_spleen_dataset_builder
+from tfds_builders.msd_spleen.layout import Case
 
 NUM_FOLDS = 3
 SHAPE = (6, 20, 20)
@@ -290,3 +292,21 @@ def test_empty_label_is_a_mask_error_naming_patient_and_file(tmp_path):
     with pytest.raises(MaskError, match=rf"^{path}: patient spleen_52: .*no spleen \(1\)"):
         _prepare(tmp_path / "manual", tmp_path / "data", _config("raw"))
 
+
+
+@pytest.mark.parametrize("config", ["raw", "preprocessed"])
+def test_image_with_nan_voxels_is_unreadable_not_water(tmp_path, config):
+    # A float CT written with nibabel; the NaN voxel was cast to 0 HU (water) silently.
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    image = np.full((6, 5, 4), -100.0, np.float32)
+    image[1, 1, 1] = np.nan
+    label = np.zeros((6, 5, 4), np.uint8)
+    label[2, 2, 2] = msd_spleen_dataset_builder.SPLEEN
+    nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "spleen_7.nii.gz"))
+    nib.save(nib.Nifti1Image(label, affine), str(tmp_path / "label_7.nii.gz"))
+    folder = epath.Path(tmp_path)
+    case = Case("spleen_7", folder / "spleen_7.nii.gz", folder / "label_7.nii.gz")
+    with pytest.warns(NonFiniteVoxelWarning), pytest.raises(
+        UnreadableFileError, match=r"spleen_7\.nii\.gz: 1 of 120 voxels are NaN"
+    ):
+        msd_spleen_dataset_builder.case_example(_config(config), case)
