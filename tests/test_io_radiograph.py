@@ -59,6 +59,23 @@ def test_grey_rgb_is_read_as_one_channel_and_colour_is_refused(tmp_path):
         read_radiograph(tmp_path / "colour.png")
 
 
+def test_grey_palette_image_gives_its_grey_values_not_its_indices(tmp_path):
+    grey = np.arange(16, dtype=np.uint8).reshape(4, 4) * 16 + 3
+    # Entry k holds grey 255 - k: indices and grey values differ at every pixel.
+    reversed_greys = [v for k in range(256) for v in (255 - k,) * 3]
+    palette = Image.fromarray((255 - grey).astype(np.uint8), "P")
+    palette.putpalette(reversed_greys)
+    palette.save(tmp_path / "palette.png")
+    image, depth = read_radiograph(tmp_path / "palette.png")
+    np.testing.assert_array_equal(image, grey)
+    assert depth == 8
+    palette.putpalette([255, 0, 0] + reversed_greys[3:])  # entry 0 red, and in use
+    palette.putpixel((0, 0), 0)
+    palette.save(tmp_path / "colour_palette.png")
+    with pytest.raises(UnreadableFileError, match=r"colour_palette\.png: is a colour"):
+        read_radiograph(tmp_path / "colour_palette.png")
+
+
 def test_several_frames_and_non_images_are_refused(tmp_path):
     frames = [Image.fromarray(np.full((4, 4), k, np.uint8)) for k in range(2)]
     frames[0].save(tmp_path / "two.tif", save_all=True, append_images=frames[1:])

@@ -85,7 +85,8 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
 
     Returns:
         ``(image, bit_depth)``: ``uint16`` array ``(rows, columns)`` and the bits of the
-        stored values: 8 for 8-bit files (values kept, not rescaled), 16 for 16-bit PNG /
+        stored values: 8 for 8-bit files (values kept, not rescaled; a palette image gives
+        its entries' grey values, not its indices), 16 for 16-bit PNG /
         TIFF, DICOM's BitsStored (raised to fit the values after the modality LUT).
 
     Raises:
@@ -106,6 +107,8 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
             image.load()
             frames = getattr(image, "n_frames", 1)
             image = upright(os.fspath(path), image)
+            if image.mode == "P":  # a palette image's pixels are its entries' colours
+                image = image.convert("RGB")
             mode, values = image.mode, np.array(image)
     except IMAGE_READ_ERRORS as exc:
         raise UnreadableFileError(path, image_read_problem(exc, "an image")) from exc
