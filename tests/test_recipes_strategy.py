@@ -123,6 +123,27 @@ def test_a_tuner_worker_never_prepares_the_dataset(tmp_path, monkeypatch):
         _common.prepare(Unprepared(), tmp_path / "manual")
 
 
+def test_a_worker_that_is_not_the_chief_trains_without_a_word(tmp_path, monkeypatch, capsys):
+    """It reads the dataset the chief prepared and trains silently: the chief's lines (the
+    dataset reused, the plan, the training data, the progress) speak for every worker.
+    ``fit`` itself is not run; its verbosity is checked. The two-worker test below checks
+    that the chief does say them."""
+    import keras
+
+    from kseg.training import distribute
+
+    recipe = load("xray_multiclass")
+    args = recipe.parse_args(["--output-dir", str(tmp_path / "run"), *TINY_XRAY])
+    recipe.prepare(args)  # what the chief did before the barrier
+    capsys.readouterr()
+    monkeypatch.setattr(distribute, "is_chief", lambda distribution=None: False)
+    verbosity = []
+    monkeypatch.setattr(keras.Model, "fit", lambda self, *a, **k: verbosity.append(k["verbose"]))
+    recipe._train(args)
+    assert capsys.readouterr().out == ""
+    assert verbosity == [0]
+
+
 @pytest.mark.slow
 def test_two_workers_train_a_recipe_and_only_the_chief_writes(tmp_path):
     run_dir = tmp_path / "run"
@@ -164,3 +185,7 @@ def test_two_workers_train_a_recipe_and_only_the_chief_writes(tmp_path):
     )
     # worker 1 trained silently: the chief's progress lines speak for both
     assert " - loss: " in logs[0] and " - loss: " not in logs[1]
+    # and without a word: the chief prepared the dataset and says what it trains on
+    assert "Using the dataset prepared in" not in logs[1]
+    for chief_line in ("Plan (auto", "training patients", "Best model:"):
+        assert chief_line in logs[0] and chief_line not in logs[1], chief_line

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import os
 import pathlib
 import sys
@@ -605,7 +606,9 @@ def start_training(args, prepare) -> TrainingStart:
         builder = prepare(args)
     distribute.barrier(distribution)
     if not chief:
-        builder = prepare(args)
+        # what preparing finds (the prepared dataset, the plan) the chief has just said
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder = prepare(args)
     global_batch = distribute.global_batch_size(args.batch_size, distribution)
     training_args = argparse.Namespace(**vars(args))
     training_args.batch_size = global_batch

@@ -249,9 +249,10 @@ def _train(args):
     training, validation_slices, validation = _training_data(
         start.training_args, builder, run_splits
     )
-    for name, split in run_splits.items():
-        count = builder.info.splits[split].num_examples
-        print(f"{name:>10}: {split:<18} {count} slices")
+    if start.chief:  # the chief describes the data for every worker
+        for name, split in run_splits.items():
+            count = builder.info.splits[split].num_examples
+            print(f"{name:>10}: {split:<18} {count} slices")
 
     with start.strategy.scope():
         model = build_model(start.training_args, 1)

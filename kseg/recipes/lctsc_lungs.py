@@ -295,11 +295,12 @@ def _train(args):
         })  # fmt: skip
         _planned.record_sources(run_dir, args, HAND_PICKED)
     run_splits = splits(args)
-    for role, split in run_splits.items():
-        if split in builder.info.splits:
-            count = builder.info.splits[split].num_examples
-            print(f"{role:>14}: {split:<18} {count} slices")
-    print(f"classes: {list(builder.info.metadata['class_names'])}")
+    if start.chief:  # the chief describes the data for every worker
+        for role, split in run_splits.items():
+            if split in builder.info.splits:
+                count = builder.info.splits[split].num_examples
+                print(f"{role:>14}: {split:<18} {count} slices")
+        print(f"classes: {list(builder.info.metadata['class_names'])}")
     training, validation_slices, validation = _training_data(
         start.training_args, builder, run_splits, num_classes, labels
     )

@@ -354,7 +354,8 @@ def _train(args):
             run_dir, args, "msd_spleen", builder, LABELS, _inference(args, builder)
         )
     run_splits = splits(args)
-    print(f"data: {task_folder(args.manual_dir)} -> {builder.data_dir}; splits {run_splits}")
+    if start.chief:  # the chief describes the data for every worker
+        print(f"data: {task_folder(args.manual_dir)} -> {builder.data_dir}; splits {run_splits}")
 
     with start.strategy.scope():
         model = build_model(start.training_args)

@@ -297,7 +297,9 @@ def augmenter(args):
     )
 
 
-def _training_data(args, builder, splits, num_classes, labels):
+def _training_data(args, builder, splits, num_classes, labels, *, chief=True):
+    """Training and validation batches and the per-image validation; ``chief``: print
+    what they hold (on the chief alone, which speaks for every worker)."""
     from kseg.data.pipeline import split_patient_examples
     from kseg.data.splits import nested_patient_subset
     from kseg.training import VolumeValidation
@@ -306,11 +308,12 @@ def _training_data(args, builder, splits, num_classes, labels):
     patients = list(examples_per_patient)
     if args.max_train is not None:
         patients = nested_patient_subset(patients, args.max_train, seed=args.seed)
-    print(
-        f"dataset {builder.info.full_name} in {builder.data_dir}; classes "
-        f"{builder.builder_config.class_names}; {len(patients)} training patients; "
-        f"splits {splits}"
-    )
+    if chief:
+        print(
+            f"dataset {builder.info.full_name} in {builder.data_dir}; classes "
+            f"{builder.builder_config.class_names}; {len(patients)} training patients; "
+            f"splits {splits}"
+        )
     training = batches(
         builder, splits["train"], args, num_classes, patients=patients,
         examples_per_patient=examples_per_patient, augment=augmenter(args),
@@ -341,7 +344,7 @@ def _train(args):
         })  # fmt: skip
         _planned.record_sources(run_dir, args, HAND_PICKED_ALL)
     training, validation_batches, validation = _training_data(
-        start.training_args, builder, splits(args), num_classes, labels
+        start.training_args, builder, splits(args), num_classes, labels, chief=start.chief
     )
     with start.strategy.scope():
         model = build_model(start.training_args, num_classes)
