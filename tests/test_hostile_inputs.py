@@ -14,7 +14,7 @@ import zlib
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -532,3 +532,26 @@ def test_rasterize_rtstruct_names_arguments_of_the_wrong_kind(tmp_path):
         rasterize_rtstruct(read_rtstruct(path), volume)
     with pytest.raises(TypeError, match="volume must be the kseg.io.Volume"):
         rasterize_rtstruct(path, np.zeros((2, 4, 4)))
+
+
+@pytest.mark.parametrize(
+    "reader",
+    [read_mask, lambda p: read_labels(p, LabelRule()), read_radiograph],
+    ids=["read_mask", "read_labels", "read_radiograph"],
+)
+def test_cut_short_png_is_refused_even_where_pillow_was_told_to_allow_it(
+    tmp_path, monkeypatch, reader
+):
+    # tfds.show_examples / as_dataframe (and many notebooks) set this flag True for good;
+    # the mask then loaded with its missing rows as 0, background, silently.
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:60, 8:60] = 255
+    path = tmp_path / "cut.png"
+    Image.fromarray(mask).save(path, compress_level=0)
+    path.write_bytes(path.read_bytes()[: 2 * path.stat().st_size // 3])
+    before = _fingerprint(path)
+    with pytest.raises(UnreadableFileError, match=r"cut\.png: .*truncated"):
+        reader(path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was
+    assert _fingerprint(path) == before

@@ -25,13 +25,14 @@ Reference:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from kseg.errors import MaskError, UnreadableFileError
 
@@ -65,6 +66,25 @@ IMAGE_READ_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSErr
 
 
 _EXIF_ORIENTATION = 0x0112
+
+
+@contextlib.contextmanager
+def whole_images_only():
+    """Pillow refuses cut-short files inside this block, whatever the global
+    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` says outside it.
+
+    tensorflow_datasets sets that flag to True for good when it draws thumbnails
+    (``tfds.show_examples``, ``tfds.as_dataframe``), and notebooks set it to silence "image file
+    is truncated": a mask cut short would then load with its missing rows as 0, background,
+    without a word. The flag is global, so another thread loading an image meanwhile is
+    strict too.
+    """
+    allowed = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = allowed
 
 
 def upright(path: str, image: Image.Image) -> Image.Image:
@@ -242,7 +262,7 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
     """
     path = os.fspath(path)
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image, whole_images_only():
             image.load()
             if getattr(image, "n_frames", 1) != 1:
                 raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
@@ -289,7 +309,7 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
     """
     path = os.fspath(path)
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image, whole_images_only():
             image.load()
             if getattr(image, "n_frames", 1) != 1:
                 raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")

@@ -17,7 +17,7 @@ from PIL import Image
 
 from kseg.errors import UnreadableFileError
 from kseg.io.dicom import read_dicom_image
-from kseg.io.masks import IMAGE_READ_ERRORS, image_read_problem, upright
+from kseg.io.masks import IMAGE_READ_ERRORS, image_read_problem, upright, whole_images_only
 
 __all__ = ["JSRT_BIT_DEPTH", "read_jsrt_image", "read_radiograph"]
 
@@ -103,7 +103,7 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
     if suffix in _DICOM_SUFFIXES or _has_dicom_marker(path):
         return _read_dicom_radiograph(path)
     try:
-        with open(path, "rb") as handle, Image.open(handle) as image:
+        with open(path, "rb") as handle, Image.open(handle) as image, whole_images_only():
             image.load()
             frames = getattr(image, "n_frames", 1)
             image = upright(os.fspath(path), image)
