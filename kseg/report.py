@@ -488,7 +488,10 @@ class _Page:
             epochs, best = "not there yet", "not there yet"
             history = folder / "history.csv"
             if history.is_file():
-                epochs = str(max(len(self._read_history(history)) - 1, 0))
+                try:
+                    epochs = str(max(len(self._read_history(history)) - 1, 0))
+                except (OSError, UnicodeDecodeError, csv.Error) as error:
+                    epochs = f"{history.name} unreadable: {error}"
             checkpoint = folder / "best.keras.json"
             if checkpoint.is_file():
                 try:

@@ -700,3 +700,21 @@ def test_each_member_history_is_read_once(tmp_path, monkeypatch):
     epoch_rows = [list(table.find("tbody").find_all("tr"))
                   for table in training.find_all("table", "history")]  # fmt: skip
     assert [len(rows) for rows in epoch_rows] == [2, 3]
+
+
+def test_an_unreadable_member_history_is_named_not_a_crash(tmp_path):
+    run = tmp_path / "cv"
+    config = write_config(run)
+    config["ensemble"] = {"members": [{"validation_fold": 1, "run": "folds/fold_1"}]}
+    (run / "config.json").write_text(json.dumps(config))
+    history = run / "folds" / "fold_1" / "history.csv"
+    history.parent.mkdir(parents=True)
+    history.write_bytes(b"epoch,loss\n0,\xff\xfe\n")  # not UTF-8: a file cut or overwritten
+
+    page = parse(report.write_report(run))
+    [member] = page.find("table", "members").find("tbody").find_all("tr")
+    assert list(member.find_all("td"))[2].attributes["data-value"].startswith(
+        "history.csv unreadable: 'utf-8' codec can't decode byte 0xff")
+    training = next(s for s in page.find_all("section") if s.attributes.get("id") == "training")
+    [note] = training.find_all("p", "problem")
+    assert note.all_text().startswith(f"{history} cannot be shown: 'utf-8' codec")
