@@ -555,3 +555,45 @@ def test_cut_short_png_is_refused_even_where_pillow_was_told_to_allow_it(
         reader(path)
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was
     assert _fingerprint(path) == before
+
+
+def _tiff_claiming_16_bits(path):
+    """An 8-bit TIFF whose BitsPerSample entry says 16: its strip holds half the bytes."""
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    (ifd,) = struct.unpack("<I", data[4:8])
+    (count,) = struct.unpack("<H", data[ifd : ifd + 2])
+    for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
+        if struct.unpack("<H", data[entry : entry + 2])[0] == 258:  # BitsPerSample
+            data[entry + 8 : entry + 10] = struct.pack("<H", 16)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _png_with_text_bomb(path):
+    """A valid 4 x 4 PNG with a zTXt chunk inflating past Pillow's MAX_TEXT_CHUNK (1 MiB)."""
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(path)
+    data = path.read_bytes()
+    bomb = _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * (2 << 20)))
+    path.write_bytes(data[:33] + bomb + data[33:])  # right after the 25-byte IHDR chunk
+    return path
+
+
+@pytest.mark.parametrize(
+    "reader",
+    [read_mask, lambda p: read_labels(p, LabelRule()), read_radiograph],
+    ids=["read_mask", "read_labels", "read_radiograph"],
+)
+@pytest.mark.parametrize(
+    "damaged, name",
+    [(_tiff_claiming_16_bits, "damaged.tif"), (_png_with_text_bomb, "damaged.png")],
+    ids=["tiff", "png text bomb"],
+)
+def test_damaged_files_pillow_raises_value_errors_on_are_named(tmp_path, reader, damaged, name):
+    # Pillow raised a bare ValueError here ("buffer is not large enough", "Decompressed data
+    # too large"), naming neither the file nor what it should be.
+    path = damaged(tmp_path / name)
+    before = _fingerprint(path)
+    with pytest.raises(UnreadableFileError, match=rf"{name}: cannot be read as"):
+        reader(path)
+    assert _fingerprint(path) == before

@@ -32,9 +32,9 @@ import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps
 
-from kseg.errors import MaskError, UnreadableFileError
+from kseg.errors import KsegError, MaskError, UnreadableFileError
 
 __all__ = [
     "CHAOS_MR_LABEL_RANGES",
@@ -59,10 +59,24 @@ CHAOS_MR_LABEL_RANGES: dict[int, tuple[int, int]] = {
 
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
 
-# What Pillow raises on a damaged or hostile file. DecompressionBombError (an image that
-# declares more pixels than Pillow's MAX_IMAGE_PIXELS limit, e.g. a 100000 x 100000 PNG of a
-# few hundred bytes) derives from neither OSError nor ValueError, so it is named here.
-IMAGE_READ_ERRORS = (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError)
+
+@contextlib.contextmanager
+def image_errors_named(path, what: str):
+    """Whatever Pillow raises on a damaged or hostile file becomes an UnreadableFileError
+    naming ``path``; kseg's own errors pass through unchanged.
+
+    Pillow raises OSError and SyntaxError, but also ValueError ("buffer is not large enough",
+    "tile cannot extend outside image", a zTXt chunk inflating past MAX_TEXT_CHUNK), TypeError
+    ("Missing dimensions") and struct.error on damaged TIFF, GIF and PNG files, and
+    DecompressionBombError (neither OSError nor ValueError) on a few hundred bytes declaring
+    more pixels than MAX_IMAGE_PIXELS.
+    """
+    try:
+        yield
+    except (KsegError, MemoryError):
+        raise
+    except Exception as exc:
+        raise UnreadableFileError(path, image_read_problem(exc, what)) from exc
 
 
 _EXIF_ORIENTATION = 0x0112
@@ -117,7 +131,7 @@ def image_read_problem(exc: BaseException, what: str) -> str:
             f"declares an image too large to be {what} ({exc}); the file is damaged or "
             "hostile, refused before decoding"
         )
-    return f"cannot be read as {what} ({exc})"
+    return f"cannot be read as {what} ({type(exc).__name__}: {exc})"
 
 
 class LossyMaskWarning(UserWarning):
@@ -261,18 +275,19 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
         array([0, 1], dtype=uint8)
     """
     path = os.fspath(path)
-    try:
-        with Image.open(path) as image, whole_images_only():
-            image.load()
-            if getattr(image, "n_frames", 1) != 1:
-                raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
-            lossy = _is_lossy(path, image)
-            image = upright(path, image)
-            if lossy:
-                return _lossy_labels(path, np.asarray(image.convert("L")), rule)
-            stored, full_scale, reading = _stored_values(path, image)
-    except IMAGE_READ_ERRORS as exc:
-        raise UnreadableFileError(path, image_read_problem(exc, "a mask image")) from exc
+    with (
+        image_errors_named(path, "a mask image"),
+        Image.open(path) as image,
+        whole_images_only(),
+    ):
+        image.load()
+        if getattr(image, "n_frames", 1) != 1:
+            raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
+        lossy = _is_lossy(path, image)
+        image = upright(path, image)
+        if lossy:
+            return _lossy_labels(path, np.asarray(image.convert("L")), rule)
+        stored, full_scale, reading = _stored_values(path, image)
     if rule.grey_levels:
         return _grey_level_labels(path, stored, full_scale, reading, rule)
     return _binary_labels(path, stored, full_scale, reading, rule)
@@ -308,18 +323,19 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
         array([  0,  63, 126, 189, 252], dtype=uint8)
     """
     path = os.fspath(path)
-    try:
-        with Image.open(path) as image, whole_images_only():
-            image.load()
-            if getattr(image, "n_frames", 1) != 1:
-                raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
-            lossy = _is_lossy(path, image)
-            image = upright(path, image)
-            if lossy:
-                return _threshold_lossy(path, np.asarray(image.convert("L")))
-            return _lossless_values(path, image)
-    except IMAGE_READ_ERRORS as exc:
-        raise UnreadableFileError(path, image_read_problem(exc, "a mask image")) from exc
+    with (
+        image_errors_named(path, "a mask image"),
+        Image.open(path) as image,
+        whole_images_only(),
+    ):
+        image.load()
+        if getattr(image, "n_frames", 1) != 1:
+            raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
+        lossy = _is_lossy(path, image)
+        image = upright(path, image)
+        if lossy:
+            return _threshold_lossy(path, np.asarray(image.convert("L")))
+        return _lossless_values(path, image)
 
 
 def read_mask_stack(

@@ -17,7 +17,7 @@ from PIL import Image
 
 from kseg.errors import UnreadableFileError
 from kseg.io.dicom import read_dicom_image
-from kseg.io.masks import IMAGE_READ_ERRORS, image_read_problem, upright, whole_images_only
+from kseg.io.masks import image_errors_named, upright, whole_images_only
 
 __all__ = ["JSRT_BIT_DEPTH", "read_jsrt_image", "read_radiograph"]
 
@@ -102,16 +102,18 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix in _DICOM_SUFFIXES or _has_dicom_marker(path):
         return _read_dicom_radiograph(path)
-    try:
-        with open(path, "rb") as handle, Image.open(handle) as image, whole_images_only():
-            image.load()
-            frames = getattr(image, "n_frames", 1)
-            image = upright(os.fspath(path), image)
-            if image.mode == "P":  # a palette image's pixels are its entries' colours
-                image = image.convert("RGB")
-            mode, values = image.mode, np.array(image)
-    except IMAGE_READ_ERRORS as exc:
-        raise UnreadableFileError(path, image_read_problem(exc, "an image")) from exc
+    with (
+        image_errors_named(path, "an image"),
+        open(path, "rb") as handle,
+        Image.open(handle) as image,
+        whole_images_only(),
+    ):
+        image.load()
+        frames = getattr(image, "n_frames", 1)
+        image = upright(os.fspath(path), image)
+        if image.mode == "P":  # a palette image's pixels are its entries' colours
+            image = image.convert("RGB")
+        mode, values = image.mode, np.array(image)
     if frames != 1:
         raise UnreadableFileError(path, f"has {frames} frames; expected one radiograph")
     return _grey_values(path, mode, values)

@@ -10,9 +10,9 @@ import numpy as np
 from etils import epath
 from PIL import Image
 
-from kseg.errors import AlignmentError, UnreadableFileError
+from kseg.errors import AlignmentError
 from kseg.io import JSRT_BIT_DEPTH, LabelRule, read_jsrt_image, read_labels, read_radiograph
-from kseg.io.masks import IMAGE_READ_ERRORS, image_read_problem, upright
+from kseg.io.masks import image_errors_named, upright
 from tfds_builders.xray.layout import Record
 
 if TYPE_CHECKING:  # the builder imports this module, so only type checkers import it back
@@ -45,13 +45,14 @@ def read_record_image(record: Record, config: XrayConfig) -> tuple[np.ndarray, i
 
 
 def _image_size(path: epath.Path) -> tuple[int, int]:
-    try:
-        with path.open("rb") as handle, Image.open(handle) as image:
-            # The size read_labels gives the mask: after its Orientation tag turned it.
-            image = upright(str(path), image)
-            return image.height, image.width
-    except IMAGE_READ_ERRORS as exc:
-        raise UnreadableFileError(path, image_read_problem(exc, "a mask image")) from exc
+    with (
+        image_errors_named(path, "a mask image"),
+        path.open("rb") as handle,
+        Image.open(handle) as image,
+    ):
+        # The size read_labels gives the mask: after its Orientation tag turned it.
+        image = upright(str(path), image)
+        return image.height, image.width
 
 
 # One structure per file (mask_folders, or a label map without mask_value_ranges): resized
