@@ -224,7 +224,8 @@ def read_dicom_series(
 def read_dicom_image(path: os.PathLike | str) -> np.ndarray:
     """Read a single-frame grayscale DICOM image (a radiograph) as a 2D float32 array.
 
-    RescaleSlope/Intercept (or a Modality LUT) are applied. MONOCHROME1 images, where the
+    RescaleSlope/Intercept (or a Modality LUT) are applied; one given alone is applied with
+    the other's default (slope 1, intercept 0). MONOCHROME1 images, where the
     stored value grows darker, are inverted over the stored-value range given by BitsStored and
     PixelRepresentation before rescaling, so in the result a higher value is always brighter.
     Files without the DICM preamble are read when their bytes start like a DICOM data set.
