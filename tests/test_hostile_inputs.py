@@ -542,7 +542,7 @@ def test_rasterize_rtstruct_names_arguments_of_the_wrong_kind(tmp_path):
 def test_cut_short_png_is_refused_even_where_pillow_was_told_to_allow_it(
     tmp_path, monkeypatch, reader
 ):
-    # tfds.show_examples / as_dataframe (and many notebooks) set this flag True for good;
+    # tfds's thumbnails (as_dataframe's HTML) and many notebooks set this flag True for good;
     # the mask then loaded with its missing rows as 0, background, silently.
     monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
     mask = np.zeros((64, 64), np.uint8)

@@ -87,11 +87,11 @@ def whole_images_only():
     """Pillow refuses cut-short files inside this block, whatever the global
     ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` says outside it.
 
-    tensorflow_datasets sets that flag to True for good when it draws thumbnails
-    (``tfds.show_examples``, ``tfds.as_dataframe``), and notebooks set it to silence "image file
-    is truncated": a mask cut short would then load with its missing rows as 0, background,
-    without a word. The flag is global, so another thread loading an image meanwhile is
-    strict too.
+    tensorflow_datasets sets that flag to True for good when it renders an image thumbnail
+    (``create_thumbnail``: the HTML of ``tfds.as_dataframe`` in a notebook, for uint16 or RGB
+    images), and notebooks set it to silence "image file is truncated": a mask cut short
+    would then load with its missing rows as 0, background, without a word. The flag is
+    global, so another thread loading an image meanwhile is strict too.
     """
     allowed = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
