@@ -80,3 +80,6 @@ def test_image_values_are_rounded_into_the_feature_dtype_or_refused():
     with pytest.raises(UnreadableFileError, match=r"case\.nii\.gz: CT values span"):
         to_image_dtype(np.array([40000.0]), np.int16, source="case.nii.gz",
                        error=UnreadableFileError)
+    # NaN passes any range check and numpy casts it to 0 (water): refused, counted
+    with pytest.raises(DicomSeriesError, match=r"series: 2 CT values are NaN or infinite"):
+        to_image_dtype(np.array([[np.nan, 1.0], [np.inf, 2.0]]), np.int16, source="series")

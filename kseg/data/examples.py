@@ -162,7 +162,7 @@ def to_image_dtype(
         error: the :mod:`kseg.errors` class to raise, taking ``(source, problem)``.
 
     Raises:
-        error: a value lies outside the dtype's range.
+        error: a value lies outside the dtype's range, or is NaN or infinite.
 
     Example:
         >>> to_image_dtype(np.array([0.4, 1.6, 2.5]), np.uint16, source="series")
@@ -171,6 +171,14 @@ def to_image_dtype(
     if values.dtype == dtype:
         return values
     rounded = np.rint(values) if np.issubdtype(values.dtype, np.floating) else values
+    if np.issubdtype(rounded.dtype, np.floating) and not np.isfinite(rounded).all():
+        # NaN passes both range comparisons below and casts to 0, water in HU
+        bad = int(np.count_nonzero(~np.isfinite(rounded)))
+        raise error(
+            source,
+            f"{bad} {modality} values are NaN or infinite; the dataset's "
+            f"{np.dtype(dtype).name} image feature cannot hold them",
+        )
     limits = np.iinfo(dtype)
     low, high = float(rounded.min()), float(rounded.max())
     if low < limits.min or high > limits.max:
