@@ -229,6 +229,22 @@ class LabelRule:
         return (0, int(self.foreground))
 
 
+@contextlib.contextmanager
+def _one_mask_image(path: str):
+    """``(image, lossy)``: the single frame of the mask file ``path``, decoded whole and turned
+    upright, and whether its format is lossy; Pillow's failures name the file."""
+    with (
+        image_errors_named(path, "a mask image"),
+        Image.open(path) as image,
+        whole_images_only(),
+    ):
+        image.load()
+        if getattr(image, "n_frames", 1) != 1:
+            raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
+        lossy = _is_lossy(path, image)
+        yield upright(path, image), lossy
+
+
 def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
     """Read one 2D mask file as labels, by its mode and value set, under a dataset's rule.
 
@@ -275,16 +291,7 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
         array([0, 1], dtype=uint8)
     """
     path = os.fspath(path)
-    with (
-        image_errors_named(path, "a mask image"),
-        Image.open(path) as image,
-        whole_images_only(),
-    ):
-        image.load()
-        if getattr(image, "n_frames", 1) != 1:
-            raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
-        lossy = _is_lossy(path, image)
-        image = upright(path, image)
+    with _one_mask_image(path) as (image, lossy):
         if lossy:
             return _lossy_labels(path, np.asarray(image.convert("L")), rule)
         stored, full_scale, reading = _stored_values(path, image)
@@ -323,16 +330,7 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
         array([  0,  63, 126, 189, 252], dtype=uint8)
     """
     path = os.fspath(path)
-    with (
-        image_errors_named(path, "a mask image"),
-        Image.open(path) as image,
-        whole_images_only(),
-    ):
-        image.load()
-        if getattr(image, "n_frames", 1) != 1:
-            raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
-        lossy = _is_lossy(path, image)
-        image = upright(path, image)
+    with _one_mask_image(path) as (image, lossy):
         if lossy:
             return _threshold_lossy(path, np.asarray(image.convert("L")))
         return _lossless_values(path, image)
