@@ -126,8 +126,8 @@ def test_a_tuner_worker_never_prepares_the_dataset(tmp_path, monkeypatch):
 def test_a_worker_that_is_not_the_chief_trains_without_a_word(tmp_path, monkeypatch, capsys):
     """It reads the dataset the chief prepared and trains silently: the chief's lines (the
     dataset reused, the plan, the training data, the progress) speak for every worker.
-    ``fit`` itself is not run; its verbosity is checked. The two-worker test below checks
-    that the chief does say them."""
+    ``fit`` itself is not run; its verbosity and shuffling are checked. The two-worker test
+    below checks that the chief does say them."""
     import keras
 
     from kseg.training import distribute
@@ -137,11 +137,15 @@ def test_a_worker_that_is_not_the_chief_trains_without_a_word(tmp_path, monkeypa
     recipe.prepare(args)  # what the chief did before the barrier
     capsys.readouterr()
     monkeypatch.setattr(distribute, "is_chief", lambda distribution=None: False)
-    verbosity = []
-    monkeypatch.setattr(keras.Model, "fit", lambda self, *a, **k: verbosity.append(k["verbose"]))
+    fit_options = []
+    monkeypatch.setattr(
+        keras.Model, "fit",
+        lambda self, *a, **k: fit_options.append((k["verbose"], k.get("shuffle", True))),
+    )
     recipe._train(args)
     assert capsys.readouterr().out == ""
-    assert verbosity == [0]
+    # shuffle=False: the pipeline shuffles, and Keras warns at each fit that it ignores True
+    assert fit_options == [(0, False)]
 
 
 @pytest.mark.slow

@@ -76,6 +76,7 @@ def run_search(
         "epochs": args.epochs,
         "callbacks": [volume_validation],
         "verbose": _common.fit_verbosity(),
+        "shuffle": False,  # the pipeline shuffles; Keras warns that it ignores True
     }
     if steps_per_epoch is not None:
         fit["steps_per_epoch"] = steps_per_epoch

@@ -271,6 +271,7 @@ def _train(args):
         epochs=args.epochs,
         callbacks=callbacks,
         verbose=_common.fit_verbosity(start.chief),
+        shuffle=False,  # the pipeline shuffles; Keras warns that it ignores True
     )
     fit_seconds = time.perf_counter() - fit_started
 

@@ -361,6 +361,7 @@ def _train(args):
         epochs=args.epochs,
         callbacks=callbacks,
         verbose=_common.fit_verbosity(start.chief),
+        shuffle=False,  # the pipeline shuffles; Keras warns that it ignores True
     )
     return run_dir / "best.keras", time.perf_counter() - fit_started, start.chief
 
