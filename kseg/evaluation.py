@@ -170,7 +170,7 @@ class PatientTable:
         and is excluded; ``count`` says how many patients remain. ``inf`` (a distance to an
         empty prediction) is kept, so it shows in the mean. ``std`` is the sample standard
         deviation (divisor ``count - 1``), as reported in papers' "mean ± SD"; it is ``nan``
-        for fewer than two values.
+        for fewer than two values and when a value is infinite (no finite spread).
 
         Each flag (e.g. ``reference_empty``) has an entry too: ``count`` is the number of
         patients it marks and ``mean`` their share; ``median`` and ``std`` are ``nan``.
@@ -183,7 +183,8 @@ class PatientTable:
             summary[metric] = {
                 "mean": float(np.mean(values)) if count else math.nan,
                 "median": float(np.median(values)) if count else math.nan,
-                "std": float(np.std(values, ddof=1)) if count > 1 else math.nan,
+                "std": float(np.std(values, ddof=1))
+                if count > 1 and np.isfinite(values).all() else math.nan,
                 "count": count,
             }
         for flag in self._flag_names:

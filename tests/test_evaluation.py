@@ -51,6 +51,19 @@ def test_summary_matches_numpy_ignoring_nan():
     assert summary["hd95"]["count"] == 2
 
 
+def test_an_infinite_distance_shows_in_the_mean_and_leaves_no_spread():
+    table = PatientTable([
+        {"patient_id": "p1", "hd95": 2.0},
+        {"patient_id": "p2", "hd95": math.inf},  # an empty prediction
+        {"patient_id": "p3", "hd95": 4.0},
+    ])  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's inf - inf would warn "invalid value"
+        summary = table.summary()["hd95"]
+    assert summary["mean"] == math.inf and summary["median"] == 4.0
+    assert math.isnan(summary["std"]) and summary["count"] == 3
+
+
 def test_csv_is_readable_by_the_csv_module_and_round_trips(tmp_path):
     path = tmp_path / "scores.csv"
     table = example_table()
