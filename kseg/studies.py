@@ -500,7 +500,8 @@ def _logits_network(data: StudyData):
             f"{data.recipe_name}.build_model's network ends in {type(head).__name__}, not "
             "the output Activation layer the consistency study removes to get logits"
         )
-    logits = keras.Model(network.inputs, head.input, name=f"{network.name}_logits")
+    # network.input, not .inputs: a one-element list would make Keras warn at each call
+    logits = keras.Model(network.input, head.input, name=f"{network.name}_logits")
     return logits, type(network.loss).from_config(
         {**network.loss.get_config(), "from_logits": True}
     )
