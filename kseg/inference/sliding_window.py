@@ -122,7 +122,7 @@ def sliding_window(
     overlap: float = 0.5,
     blend: str = "gaussian",
     sigma_scale: float = 0.125,
-    batch_size: int = 4,
+    batch_size: int = 1,
     pad_mode: str = "constant",
     pad_value: float = 0.0,
     progress: bool = True,
@@ -141,10 +141,12 @@ def sliding_window(
             ``[0, 1)``. ``0.5`` is nnU-Net's default.
         blend: ``"gaussian"`` (window centres count most) or ``"constant"`` (plain mean).
         sigma_scale: gaussian standard deviation as a fraction of the window length.
-        batch_size: windows per predictor call. On a CPU, 1 does as much work per
-            CPU-second as 4 for less memory (HighResNet, 48^3 windows: 186 vs 188 GFLOP
-            per CPU-second, 844 vs 1363 MiB peak; ``benchmarks/cpu_path.py``); larger
-            batches pay on a GPU.
+        batch_size: windows per predictor call. 1, as MONAI's ``sw_batch_size`` and
+            nnU-Net's predictor: on a CPU it does as much work per CPU-second as 4 for half
+            the memory (kseg's measurement, HighResNet on 2 cores: 64^3 windows 7.8 vs 7.7 s,
+            1056 vs 2137 MiB peak, ``benchmarks/monai_compare.py``; 48^3 windows 186 vs
+            188 GFLOP per CPU-second, 844 vs 1363 MiB, ``benchmarks/cpu_path.py``). On a
+            GPU a larger batch may keep it busier (not measured by kseg).
         pad_mode: ``numpy.pad`` mode used where the volume is smaller than the window; it is
             padded evenly on both sides and the output cropped back.
         pad_value: fill value for ``pad_mode="constant"``.
