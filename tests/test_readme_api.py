@@ -220,3 +220,35 @@ def test_local_links_and_figures_exist(readme):
                if not re.match(r"[a-z]+:", t)]
     missing = [t for t in targets if not (readme.parent / t).exists()]
     assert not missing, f"{readme.name}: links to missing files: {missing}"
+
+
+def _layout_block():
+    text = README.read_text(encoding="utf-8")
+    start = text.index("\nLayout:\n")
+    block = re.search(r"```\n(.*?)```", text[start:], re.S).group(1)
+    folders, current = {}, None
+    for line in block.splitlines():
+        folder = re.match(r"(\S+/)\s", line)
+        if folder:
+            current = folder.group(1)
+        if current:
+            folders.setdefault(current, set()).update(re.findall(r"\b([\w]+\.py)\b", line))
+    return folders
+
+
+def test_architecture_layout_names_every_kseg_file_and_no_missing_one():
+    folders = _layout_block()
+    package_folders = sorted(p for p in (ROOT / "kseg").iterdir() if p.is_dir()
+                             and (p / "__init__.py").exists())
+    unnamed, missing = [], []
+    for folder in [ROOT / "kseg", *package_folders]:
+        key = f"{folder.relative_to(ROOT)}/"
+        named = folders.get(key, set())
+        if folder.name == "augment":
+            # "one layer per file": the layers are not listed one by one.
+            named |= {p.name for p in folder.glob("random_*.py")}
+        on_disk = {p.name for p in folder.glob("*.py")} - {"__init__.py"}
+        unnamed += [f"{key}{name}" for name in sorted(on_disk - named)]
+        missing += [f"{key}{name}" for name in sorted(named - on_disk - {"__init__.py"})]
+    assert not unnamed, f"README's Architecture layout leaves out: {unnamed}"
+    assert not missing, f"README's Architecture layout names files that do not exist: {missing}"
