@@ -4,8 +4,11 @@ Outside reviewers run what the README says. What can be checked mechanically is 
 the "API at a glance" import block runs; every `kseg.<module>.<name>` named in backticks
 there imports; every call written in backticks under a **`kseg.<module>`** paragraph names a
 function of that module, and its keywords, the parameters it names by position and its
-literal defaults match ``inspect.signature``; every ``](#anchor)`` link resolves to a heading
-by GitHub's anchor rule, and every local link and image points at a file that exists.
+literal defaults match ``inspect.signature``; every ``--flag`` of a `kseg ...` or
+`python examples/...` command the README shows is in that command's ``--help``; the
+Architecture layout names every file of kseg/ and no missing one; every ``](#anchor)`` link
+resolves to a heading by GitHub's anchor rule, and every local link and image points at a
+file that exists.
 """
 
 import ast
@@ -252,3 +255,83 @@ def test_architecture_layout_names_every_kseg_file_and_no_missing_one():
         missing += [f"{key}{name}" for name in sorted(named - on_disk - {"__init__.py"})]
     assert not unnamed, f"README's Architecture layout leaves out: {unnamed}"
     assert not missing, f"README's Architecture layout names files that do not exist: {missing}"
+
+
+def _readme_commands():
+    """Every `kseg ...` and `python examples/<script>.py ...` command the README shows: lines
+    of its bash blocks (continuations joined, environment assignments dropped) and inline
+    code spans."""
+    text = README.read_text(encoding="utf-8")
+    lines, block, language = [], None, None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("```"):
+            if block is None:
+                block, language = [], line[3:].strip()
+            else:
+                if language in ("", "bash"):
+                    lines += "".join(block).replace("\\\n", " ").splitlines()
+                block = None
+        elif block is not None:
+            block.append(line)
+    prose = _without_code_blocks(text)
+    lines += [" ".join(span.split())
+              for span in re.findall(r"`((?:kseg|python examples/)[^`]*)`", prose)]
+    # Shell variables the blocks define (OPTIONS="..."), substituted where they are used.
+    variables = dict(re.findall(r'^(\w+)="([^"]*)"\s*$', "\n".join(lines), re.M))
+    commands = []
+    for line in lines:
+        line = re.sub(r"\$(\w+)", lambda m: variables.get(m.group(1), m.group(0)), line)
+        for part in re.split(r"&&|;", line.split("#")[0].replace("\\|", "|")):
+            part = re.sub(r'^\s*(\w+=("(\\.|[^"\\])*"|\S*)\s+)*', "", part).strip()
+            if re.match(r"(kseg|python examples/\w+\.py)(\s|$)", part):
+                commands.append(part)
+    return commands
+
+
+def _help_text(argv):
+    import contextlib
+    import io
+
+    from kseg import cli
+
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), pytest.raises(SystemExit):
+        cli.main([*argv, "--help"])
+    return output.getvalue()
+
+
+def _example_recipe(script):
+    source = (ROOT / script).read_text(encoding="utf-8")
+    return re.search(r"^from kseg\.recipes import (\w+)", source, re.M).group(1)
+
+
+def test_every_flag_of_a_readme_command_exists():
+    from kseg.recipes import RECIPES
+    from kseg.studies import STUDIES
+
+    commands = _readme_commands()
+    assert len(commands) > 25
+    helps, problems = {}, []
+    for command in commands:
+        words = command.split()
+        if words[0] == "python":
+            argvs = [("train", _example_recipe(words[1]))]
+        else:
+            sub = words[1] if len(words) > 1 else ""
+            if sub in ("train", "tune"):
+                named = words[2] if len(words) > 2 and words[2] in RECIPES else None
+                argvs = [(sub, named)] if named else [(sub, r) for r in RECIPES]
+            elif sub == "study":
+                named = words[2] if len(words) > 2 and words[2] in STUDIES else None
+                argvs = [(sub, named)] if named else [(sub, s) for s in STUDIES]
+            else:
+                argvs = [(sub,)] if sub else [()]
+        for argv in argvs:
+            if argv not in helps:
+                helps[argv] = _help_text(list(argv))
+        known = "".join(helps[argv] for argv in argvs)
+        for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", command):
+            if not re.search(re.escape(flag) + r"(?![\w-])", known):
+                problems.append(f"{command}: {flag}")
+    assert not problems, "README commands with options kseg does not have:\n" + "\n".join(
+        problems)
