@@ -165,8 +165,17 @@ def test_api_import_block_runs():
 
 
 def test_every_qualified_kseg_name_in_the_api_section_imports():
-    names = sorted(set(re.findall(r"`[^`]*?\b(kseg(?:\.[A-Za-z_]\w*)+)", _api_section())))
-    assert len(names) > 20
+    _assert_importable(_api_section(), at_least=20)
+
+
+@pytest.mark.parametrize("readme", BUILDER_READMES, ids=lambda path: path.parent.name)
+def test_every_qualified_kseg_name_in_a_builder_readme_imports(readme):
+    _assert_importable(readme.read_text(encoding="utf-8"), at_least=3)
+
+
+def _assert_importable(text, at_least):
+    names = sorted(set(re.findall(r"`[^`]*?\b(kseg(?:\.[A-Za-z_]\w*)+)", text)))
+    assert len(names) >= at_least
     missing = []
     for name in names:
         try:
