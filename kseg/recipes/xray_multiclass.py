@@ -192,9 +192,15 @@ def batches(builder, split, args, num_classes, *, patients=None, examples_per_pa
             augment=None):
     """Batches of ``split`` (of ``patients`` only, when given; ``examples_per_patient``,
     :func:`kseg.data.pipeline.split_patient_examples`, gives them a known number of steps)."""
+    import tensorflow_datasets as tfds
+
     from kseg.data.pipeline import keep_patients, scale_intensity, segmentation_dataset
 
-    examples = builder.as_dataset(split=split, shuffle_files=augment is not None)
+    # the file order is shuffled from the run's seed: an unseeded one differs run to run
+    examples = builder.as_dataset(
+        split=split, shuffle_files=augment is not None,
+        read_config=tfds.ReadConfig(shuffle_seed=args.seed),
+    )  # fmt: skip
     if patients is not None:
         examples = keep_patients(examples, patients, examples_per_patient)
     return segmentation_dataset(
