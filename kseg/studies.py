@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import importlib.util
 import io
 import math
 import os
@@ -265,11 +266,7 @@ def study_data(recipe_name: str, args: argparse.Namespace, config: dict | None =
     """
     from kseg import recipes
 
-    if recipe_name not in SLICE_RECIPES:
-        raise StudySettingsError(
-            f"kseg.studies runs on the 2D recipes {', '.join(SLICE_RECIPES)}; "
-            f"{recipe_name!r} is not one (3D volume studies are not implemented)"
-        )
+    _check_slice_recipe(recipe_name)
     recipe = recipes.load(recipe_name)
     # a run's config.json holds the options its plan filled in; a fresh recipe command line
     # gets them from the plan (--plan) as the recipe's own training would
@@ -1477,6 +1474,14 @@ def _is_run(source) -> bool:
     return os.path.isdir(source) and os.path.isfile(os.path.join(source, "config.json"))
 
 
+def _check_slice_recipe(recipe_name: str) -> None:
+    if recipe_name not in SLICE_RECIPES:
+        raise StudySettingsError(
+            f"kseg.studies runs on the 2D recipes {', '.join(SLICE_RECIPES)}; "
+            f"{recipe_name!r} is not one (3D volume studies are not implemented)"
+        )
+
+
 def _source(args, needs_model: bool):
     """``(recipe name, recipe options, config or None)`` of the study's source."""
     from kseg import recipes
@@ -1484,6 +1489,7 @@ def _source(args, needs_model: bool):
 
     source = str(args.source)
     if source in recipes.RECIPES:
+        _check_slice_recipe(source)  # before the recipe prepares its data or trains a model
         recipe = recipes.load(source)
         recipe_args = recipe.parse_args(list(getattr(args, "recipe_arguments", []) or []))
         if getattr(args, "split", None) == "test" and not _common.has_test_fold(recipe_args):
@@ -1524,6 +1530,12 @@ def run_study(name: str, args: argparse.Namespace) -> StudyTable:
     a run folder or a recipe name, ``args.recipe_arguments`` the recipe's options)."""
     if name not in STUDIES:
         raise ValueError(f"unknown study {name!r}; studies: {', '.join(STUDIES)}")
+    if importlib.util.find_spec("matplotlib") is None:
+        # figure.png is drawn last: refuse before the training, not after it
+        raise StudySettingsError(
+            "kseg study draws figure.png with matplotlib, which is not installed: "
+            "pip install 'kseg[viz]'"
+        )
     recipe_name, recipe_args, config = _source(args, needs_model=name in ("noise", "uncertainty"))
     data = study_data(recipe_name, recipe_args, config)
     seed = int(getattr(recipe_args, "seed", 0))

@@ -348,6 +348,27 @@ def test_a_run_without_a_test_fold_is_refused_with_the_reason(run, tmp_path, cap
     assert not (tmp_path / "never").exists()
 
 
+def test_a_3d_recipe_is_refused_before_it_trains(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        studies.main(["noise", "msd_spleen", "--output-dir", str(tmp_path / "never")])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 1 and "3D volume studies are not implemented" in error
+    assert not (tmp_path / "never").exists()  # nothing prepared, nothing trained
+
+
+def test_a_study_without_matplotlib_is_refused_before_it_trains(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else find_spec(name, *a))
+    with pytest.raises(SystemExit) as stopped:
+        studies.main(["noise", "xray_multiclass", "--output-dir", str(tmp_path / "never")])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 1 and "pip install 'kseg[viz]'" in error
+    assert not (tmp_path / "never").exists()
+
+
 def test_bad_settings_are_one_line_errors_not_tracebacks(run, capsys):
     with pytest.raises(SystemExit) as stopped:
         studies.main(["train-size", str(run), "--sizes", "4", "--steps", "1"])
