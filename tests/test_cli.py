@@ -360,7 +360,7 @@ def test_manual_dir_without_the_layout_is_the_builders_error(tmp_path):
     assert kseg_errors(result.stderr) == [f"kseg: error: {manual / 'images'}: not found; "
                                           "expected:"]
     # the expected layout follows, indented under the error line
-    assert "  <manual_dir>/images/<name>.png|.tif|.dcm" in result.stderr
+    assert "  <manual_dir>/images/<name>.png|.tif|.jpg|.bmp|.dcm" in result.stderr
 
 
 def file_digests(folder):

@@ -136,7 +136,7 @@ def add_ct_slice_arguments(group, hand_picked: dict, structures: str) -> None:
     group.add_argument(
         "--window", type=window_argument, metavar="NAME|CENTER,WIDTH",
         help="CT intensity window mapped to [0, 1]: a kseg.data.pipeline.WINDOWS preset or "
-             f"CENTER,WIDTH in HU; the plan's is the {structures}' 0.5-99.5 percentiles "
+             f"CENTER,WIDTH in HU; the plan's is the {structures} 0.5-99.5 percentiles "
              f"[{hand_picked['window']}]",
     )  # fmt: skip
 

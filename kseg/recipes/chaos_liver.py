@@ -51,7 +51,7 @@ def add_arguments(parser) -> None:
     _common.add_folds_argument(parser)
     _planned.add_plan_arguments(parser, max_minutes=True)
     planned = _planned.planned_group(parser)
-    _planned.add_ct_slice_arguments(planned, HAND_PICKED, "liver")
+    _planned.add_ct_slice_arguments(planned, HAND_PICKED, "liver's")
     _planned.add_network_arguments(planned, HAND_PICKED)
     planned.add_argument("--loss", choices=LOSSES, help="Combo or Dice + cross-entropy [combo]")
     planned.add_argument(

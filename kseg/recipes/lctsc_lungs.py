@@ -73,7 +73,7 @@ def add_arguments(parser) -> None:
     _common.add_folds_argument(parser)
     _planned.add_plan_arguments(parser, max_minutes=True)
     planned = _planned.planned_group(parser)
-    _planned.add_ct_slice_arguments(planned, HAND_PICKED, "structures")
+    _planned.add_ct_slice_arguments(planned, HAND_PICKED, "structures'")
     _planned.add_network_arguments(planned, HAND_PICKED)
     planned.add_argument(
         "--augment", choices=("recipe", "nnunet"),

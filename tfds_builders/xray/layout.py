@@ -40,7 +40,7 @@ MONTGOMERY_LAYOUT = """\
 <manual_dir>/MontgomerySet/ManualMask/rightMask/MCUCXR_0001_0.png ..."""
 
 GENERIC_LAYOUT = """\
-<manual_dir>/images/<name>.png|.tif|.dcm ...     (8/16-bit grey PNG or TIFF, or DICOM)
+<manual_dir>/images/<name>.png|.tif|.jpg|.bmp|.dcm ...  (grey PNG/TIFF, JPEG, BMP, DICOM)
 <manual_dir>/masks/<name><mask_suffix>.png ...   (label map), or
 <manual_dir>/masks/<class folder>/<name><mask_suffix>.png ...   (one binary mask per class)"""
 
