@@ -34,7 +34,6 @@ import json
 import math
 import os
 import pathlib
-import types
 import zipfile
 from collections.abc import Mapping
 
@@ -120,23 +119,6 @@ def write_report(
     with atomic_output(output) as temporary:
         pathlib.Path(temporary).write_text(page, encoding="utf-8")
     return output
-
-
-def _history_of_rows(header: list[str], body: list[list[str]]) -> types.SimpleNamespace:
-    """A ``history.csv`` already read, in the shape of the ``keras.callbacks.History``
-    :func:`kseg.viz.training_curves` draws: ``history`` ``{key: per-epoch numbers}``
-    (a cell that is no number, Keras' ``NA``, is a gap) and ``epoch`` from its 0-based
-    ``epoch`` column, when it has one."""
-    columns = {key: [_number_or_nan(row[index]) for row in body]
-               for index, key in enumerate(header)}  # fmt: skip
-    return types.SimpleNamespace(history=columns, epoch=columns.pop("epoch", None))
-
-
-def _number_or_nan(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        return math.nan
 
 
 def _read_config(run: pathlib.Path) -> dict:
@@ -457,7 +439,7 @@ class _Page:
                 if any(len(row) != len(header) for row in body):
                     raise ValueError("its rows do not all have as many cells as its header")
                 content.append(_figure_html(
-                    viz.training_curves(_history_of_rows(header, body)), caption, gid
+                    viz.training_curves(viz.history_of_csv_rows(header, body)), caption, gid
                 ))  # fmt: skip
                 content.append(
                     f"<details><summary>history.csv ({len(body)} epochs)</summary>"

@@ -27,6 +27,7 @@ import csv
 import io
 import math
 import os
+import types
 from collections.abc import Mapping
 
 import numpy as np
@@ -54,6 +55,7 @@ __all__ = [
     "accuracy_vs_dice",
     "error_map",
     "grey_levels",
+    "history_of_csv_rows",
     "label_layer",
     "overlay",
     "png_bytes",
@@ -474,18 +476,28 @@ def _number(text: str) -> float:
         return math.nan
 
 
+def history_of_csv_rows(header: list[str], body: list[list[str]]) -> types.SimpleNamespace:
+    """A ``history.csv`` already read (header and rows) in the shape of the
+    ``keras.callbacks.History`` :func:`training_curves` draws: ``history`` ``{key: per-epoch
+    numbers}`` (a cell that is no number, Keras' ``NA``, or missing is a gap) and ``epoch``
+    from its 0-based ``epoch`` column, when it has one."""
+    columns = {
+        key: [_number(row[index] if index < len(row) else "") for row in body]
+        for index, key in enumerate(header)
+    }
+    return types.SimpleNamespace(history=columns, epoch=columns.pop("epoch", None))
+
+
 def _read_history(history) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``(epochs counted from 1, {key: values})`` from a History, a dict or a CSV path."""
     epochs = None
     if isinstance(history, (str, os.PathLike)):
         with open(history, newline="") as handle:
-            rows = list(csv.DictReader(handle))
-        if not rows:
+            rows = list(csv.reader(handle))
+        if len(rows) < 2:
             raise ValueError(f"history file {os.fspath(history)!r} has no epochs")
-        columns = {key: [_number(row[key] or "") for row in rows] for key in rows[0]}
-        if "epoch" in columns:
-            epochs = np.asarray(columns.pop("epoch")) + 1
-    elif hasattr(history, "history") and isinstance(history.history, Mapping):
+        history = history_of_csv_rows(rows[0], rows[1:])
+    if hasattr(history, "history") and isinstance(history.history, Mapping):
         columns = dict(history.history)
         if getattr(history, "epoch", None):
             epochs = np.asarray(history.epoch, dtype=np.float64) + 1
