@@ -12,6 +12,7 @@ from PIL import Image
 
 from kseg.errors import MaskError
 from kseg.io import LabelRule, LossyMaskWarning, read_labels, read_mask, read_radiograph
+from kseg.io.masks import upright_size
 
 _EXIF_ORIENTATION = 0x0112
 
@@ -106,6 +107,9 @@ def test_exif_orientation_turns_radiograph_and_mask_alike(tmp_path, orientation)
     assert bit_depth == 8
     np.testing.assert_array_equal(read_labels(mask_path, LabelRule()), shown(_STRUCTURE))
     np.testing.assert_array_equal(read_mask(mask_path), shown(_STRUCTURE * 255))
+    # the size the X-ray builder checks masks against, from the header without decoding
+    with Image.open(mask_path) as opened:
+        assert upright_size(str(mask_path), opened) == shown(_STRUCTURE).shape
 
 
 def test_exif_orientation_of_16_bit_tiff_and_jpeg_files(tmp_path):

@@ -80,6 +80,8 @@ def image_errors_named(path, what: str):
 
 
 _EXIF_ORIENTATION = 0x0112
+# Transpose, rotate 270, transverse, rotate 90: the turns that swap width and height.
+_SIDE_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 @contextlib.contextmanager
@@ -113,15 +115,25 @@ def upright(path: str, image: Image.Image) -> Image.Image:
     Raises:
         UnreadableFileError: the EXIF block cannot be parsed, so the orientation is unknown.
     """
+    if _orientation(path, image) in (None, 1):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def upright_size(path: str, image: Image.Image) -> tuple[int, int]:
+    """``(height, width)`` of :func:`upright`'s image, from the header alone (no decoding)."""
+    if _orientation(path, image) in _SIDE_SWAPPING_ORIENTATIONS:
+        return image.width, image.height
+    return image.height, image.width
+
+
+def _orientation(path: str, image: Image.Image):
     try:
-        orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
+        return image.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception as exc:  # Pillow's EXIF parser raises struct.error, KeyError, ...
         raise UnreadableFileError(
             path, f"has an EXIF block that cannot be parsed ({exc}); its orientation is unknown"
         ) from exc
-    if orientation in (None, 1):
-        return image
-    return ImageOps.exif_transpose(image)
 
 
 def image_read_problem(exc: BaseException, what: str) -> str:

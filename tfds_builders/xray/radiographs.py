@@ -12,7 +12,7 @@ from PIL import Image
 
 from kseg.errors import AlignmentError
 from kseg.io import JSRT_BIT_DEPTH, LabelRule, read_jsrt_image, read_labels, read_radiograph
-from kseg.io.masks import image_errors_named, upright
+from kseg.io.masks import image_errors_named, upright_size
 from tfds_builders.xray.layout import Record
 
 if TYPE_CHECKING:  # the builder imports this module, so only type checkers import it back
@@ -51,8 +51,7 @@ def _image_size(path: epath.Path) -> tuple[int, int]:
         Image.open(handle) as image,
     ):
         # The size read_labels gives the mask: after its Orientation tag turned it.
-        image = upright(str(path), image)
-        return image.height, image.width
+        return upright_size(str(path), image)
 
 
 # One structure per file (mask_folders, or a label map without mask_value_ranges): resized
