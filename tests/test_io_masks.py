@@ -335,3 +335,91 @@ def test_real_lung_masks_with_interpolated_edges_read_as_the_readme_says(shared_
         np.testing.assert_array_equal(read_labels(path, rule), stored > 127, err_msg=path.name)
     with pytest.raises(MaskError, match=paths[0].name):
         read_labels(paths[0], LabelRule())  # a strict 0/255 dataset would refuse its edges
+
+
+def _packed_rows(samples: np.ndarray, bits: int) -> list[bytes]:
+    """Rows of ``samples`` packed ``bits`` to a byte, most significant first (PNG and TIFF)."""
+    per_byte = 8 // bits
+    rows = []
+    for row in samples:
+        padded = np.concatenate([row, np.zeros(-len(row) % per_byte, row.dtype)])
+        groups = padded.reshape(-1, per_byte).astype(int)
+        shifts = bits * np.arange(per_byte - 1, -1, -1)
+        rows.append(bytes((groups << shifts).sum(axis=1).tolist()))
+    return rows
+
+
+def _write_grey_png(path, samples: np.ndarray, bits: int) -> None:
+    """A grey PNG of ``bits`` bits per sample, written byte by byte after the PNG standard
+    (not by Pillow, whose writer has no 2- or 4-bit grey)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    height, width = samples.shape
+    header = struct.pack(">IIBBBBB", width, height, bits, 0, 0, 0, 0)
+    scanlines = b"".join(b"\0" + row for row in _packed_rows(samples, bits))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(scanlines))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _write_grey_tiff(path, samples: np.ndarray, bits: int) -> None:
+    """An uncompressed little-endian min-is-black TIFF of ``bits`` bits per sample, written
+    after the TIFF 6.0 standard (one strip)."""
+    import struct
+
+    height, width = samples.shape
+    pixels = b"".join(_packed_rows(samples, bits))
+    entries = [  # (tag, type SHORT=3 / LONG=4, value)
+        (256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, 1), (262, 3, 1),
+        (273, 4, 8), (277, 3, 1), (278, 4, height), (279, 4, len(pixels)),
+    ]  # fmt: skip
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, 1) + packed
+    ifd += struct.pack("<I", 0)
+    path.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(pixels)) + pixels + ifd)
+
+
+_SUB_BYTE_WRITERS = {"png": _write_grey_png, "tif": _write_grey_tiff}
+
+
+@pytest.mark.parametrize("suffix", sorted(_SUB_BYTE_WRITERS))
+@pytest.mark.parametrize("bits", [2, 4])
+def test_2_and_4_bit_masks_read_by_their_stored_samples(tmp_path, suffix, bits):
+    structure = _square_mask(value=1, shape=(9, 13)).astype(bool)  # odd width: row padding
+    full_scale = 2**bits - 1
+    rule = LabelRule(foreground=3)
+    for on in (1, full_scale):  # a 0/1 label map and a 0/full-scale mask
+        path = tmp_path / f"on_{on}.{suffix}"
+        _SUB_BYTE_WRITERS[suffix](path, np.where(structure, on, 0).astype(np.uint8), bits)
+        with Image.open(path) as check:  # what Pillow alone makes of the file
+            assert check.mode == "L" and int(np.asarray(check).max()) == on * 255 // full_scale
+        np.testing.assert_array_equal(read_mask(path), np.where(structure, on, 0))
+        np.testing.assert_array_equal(read_labels(path, rule), np.where(structure, 3, 0))
+
+    three_values = np.where(structure, 2, 0).astype(np.uint8)
+    three_values[0, 0] = 1
+    path = tmp_path / f"three.{suffix}"
+    _SUB_BYTE_WRITERS[suffix](path, three_values, bits)
+    with pytest.raises(MaskError, match=rf"three\.{suffix}.*{bits}-bit grey mask holds"):
+        read_labels(path, rule)
+
+
+def test_2_bit_png_under_a_grey_level_rule_reads_its_samples_on_the_8_bit_scale(tmp_path):
+    # optipng stores an 8-bit 0 / 85 / 170 / 255 label image as a 2-bit PNG, losslessly
+    samples = np.array([[0, 1, 2, 3], [3, 2, 1, 0]], np.uint8)
+    _write_grey_png(tmp_path / "labels.png", samples, 2)
+    rule = LabelRule.from_label_ranges({1: (85, 85), 2: (170, 170), 3: (255, 255)})
+    np.testing.assert_array_equal(read_labels(tmp_path / "labels.png", rule), samples)
+    chaos_mr = LabelRule.from_label_ranges(CHAOS_MR_LABEL_RANGES)
+    with pytest.raises(MaskError, match="labels.png"):
+        read_labels(tmp_path / "labels.png", chaos_mr)  # 85 is no CHAOS MR grey level

@@ -165,7 +165,8 @@ class LabelRule:
 
     * **binary** (``grey_levels`` empty): every file holds one structure, which becomes
       label ``foreground``. A file's values must be 0 and one "on" value: 1 (1-bit files,
-      0/1 PNGs, palette indices), 255 (8-bit full scale) or, in 16-bit files, 65535; an
+      0/1 PNGs, palette indices), 255 (8-bit full scale) or the full scale of a 2-, 4- or
+      16-bit file (3, 15, 65535); an
       all-zero file is all background. With ``interpolated_edges`` a file may also hold
       values between 0 and its full scale, as masks resized with interpolation do (the
       cxr-lungs masks): they are split at half the full scale, provided the full-scale value
@@ -250,11 +251,31 @@ def _one_mask_image(path: str):
         Image.open(path) as image,
         whole_images_only(),
     ):
+        bits = _sub_byte_grey_bits(image)
         image.load()
         if getattr(image, "n_frames", 1) != 1:
             raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
         lossy = _is_lossy(path, image)
-        yield upright(path, image), lossy
+        yield upright(path, image), lossy, bits
+
+
+def _sub_byte_grey_bits(image: Image.Image) -> int | None:
+    """2 or 4 for a grey image stored with 2 or 4 bits per pixel, else None; read from the
+    decoder's raw mode, which is gone once the image is loaded.
+
+    Pillow widens such samples to the 8-bit scale (a 2-bit 1 reads as 85, a 4-bit 1 as 17),
+    as the PNG standard says to display them; a label tool that writes label maps at the
+    smallest bit depth means the stored 1, and optimisers (optipng) write 8-bit 0 / 85 / 170 /
+    255 masks as 2-bit files. Knowing the depth, both readings are possible.
+    """
+    if image.mode != "L" or not image.tile:
+        return None
+    args = image.tile[0].args
+    raw_mode = args if isinstance(args, str) else args[0] if args else ""
+    for bits in (2, 4):
+        if isinstance(raw_mode, str) and raw_mode.startswith(f"L;{bits}"):
+            return bits
+    return None
 
 
 def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
@@ -264,6 +285,9 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
 
     * 1-bit (mode ``"1"``): ``{0, 1}``; binary rules only.
     * 8-bit grey: its values (0/255, 0/1, grey levels, interpolated edges).
+    * 2- or 4-bit grey (PNG, TIFF): its stored samples, full scale 3 or 15, so a 0/1 label
+      map and a 0/full-scale mask both read; under a grey-level rule the samples on the 8-bit
+      scale, as the PNG standard displays them (a 2-bit 1, 2, 3 is grey 85, 170, 255).
     * 16-bit (or 32-bit integer) grey: its values, with full scale 65535; under a grey-level
       rule, values above 255 must be the 8-bit levels times 257 (how Pillow and ImageMagick
       widen 8-bit images) and are divided back.
@@ -303,10 +327,10 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
         array([0, 1], dtype=uint8)
     """
     path = os.fspath(path)
-    with _one_mask_image(path) as (image, lossy):
+    with _one_mask_image(path) as (image, lossy, bits):
         if lossy:
             return _lossy_labels(path, np.asarray(image.convert("L")), rule)
-        stored, full_scale, reading = _stored_values(path, image)
+        stored, full_scale, reading = _stored_values(path, image, bits)
     if rule.grey_levels:
         return _grey_level_labels(path, stored, full_scale, reading, rule)
     return _binary_labels(path, stored, full_scale, reading, rule)
@@ -321,8 +345,9 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
 
     Returns:
         2D array ``(rows, columns)``. Lossless files keep their stored values: uint8 for
-        8-bit images, uint16 for 16-bit ones, palette images give their palette indices,
-        bilevel images give ``{0, 1}``; an RGB(A) image whose three channels are equal gives
+        2-, 4- and 8-bit images (a 2-bit file gives 0..3, not Pillow's 0..255 widening),
+        uint16 for 16-bit ones, palette images give their palette indices, bilevel images
+        give ``{0, 1}``; an RGB(A) image whose three channels are equal gives
         that channel (alpha must be uniform or transparent exactly where the value is 0).
         JPEG files give uint8 ``{0, 1}`` thresholded at half their maximum (see
         LossyMaskWarning). An EXIF / TIFF Orientation tag is applied (see :func:`upright`).
@@ -342,9 +367,11 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
         array([  0,  63, 126, 189, 252], dtype=uint8)
     """
     path = os.fspath(path)
-    with _one_mask_image(path) as (image, lossy):
+    with _one_mask_image(path) as (image, lossy, bits):
         if lossy:
             return _threshold_lossy(path, np.asarray(image.convert("L")))
+        if bits:
+            return _sub_byte_stored(image, bits)
         return _lossless_values(path, image)
 
 
@@ -591,11 +618,21 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")
 _SIXTEEN_BIT_FULL_SCALE = 65535
 
 
-def _stored_values(path: str, image: Image.Image) -> tuple[np.ndarray, int, str]:
+def _sub_byte_stored(image: Image.Image, bits: int) -> np.ndarray:
+    """The stored 2- or 4-bit samples of a grey image Pillow has widened to 8 bits."""
+    return (np.array(image) // (255 // (2**bits - 1))).astype(np.uint8)
+
+
+def _stored_values(
+    path: str, image: Image.Image, sub_byte_bits: int | None = None
+) -> tuple[np.ndarray, int, str]:
     """The values :func:`read_labels` decodes: ``(values, full scale, how they were read)``."""
     mode = image.mode
     if mode == "1":
         return np.array(image, dtype=np.uint8), 1, "1-bit"
+    if sub_byte_bits:
+        full_scale = 2**sub_byte_bits - 1
+        return _sub_byte_stored(image, sub_byte_bits), full_scale, f"{sub_byte_bits}-bit grey"
     if mode in _GREY_BYTE_MODES:
         values = np.array(image)
         values = values[..., 0] if mode == "LA" else values
@@ -665,7 +702,8 @@ def _binary_labels(
     path: str, stored: np.ndarray, full_scale: int, reading: str, rule: LabelRule
 ) -> np.ndarray:
     present = set(np.unique(stored).tolist())
-    for on in sorted({1, 255, full_scale}):
+    on_values = sorted(v for v in {1, 255, full_scale} if v <= full_scale)
+    for on in on_values:
         if present <= {0, on}:
             return np.where(stored == on, rule.foreground, 0).astype(np.uint8)
     if rule.interpolated_edges and full_scale > 1:
@@ -682,7 +720,7 @@ def _binary_labels(
     raise MaskError(
         path,
         f"{reading} mask holds {_value_counts(stored)}; a binary mask of this dataset holds "
-        f"0 and one of 1, 255{'' if full_scale <= 255 else f', {full_scale}'}{edges}",
+        f"0 and one of {', '.join(map(str, on_values))}{edges}",
     )
 
 
@@ -694,6 +732,10 @@ def _grey_level_labels(
             path,
             f"is a 1-bit mask, which cannot hold this dataset's grey levels {rule.grey_levels}",
         )
+    if 1 < full_scale < 255:
+        # A 2- or 4-bit file's grey levels are its samples on the 8-bit scale, as the PNG
+        # standard displays them (optipng stores 8-bit 0 / 85 / 170 / 255 masks this way).
+        stored = stored * (255 // full_scale)
     if full_scale == _SIXTEEN_BIT_FULL_SCALE and stored.max() > 255:
         if np.any(stored % 257):
             raise MaskError(
