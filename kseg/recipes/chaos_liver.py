@@ -15,7 +15,7 @@ import pathlib
 import sys
 import time
 
-from kseg.recipes import _common, _planned
+from kseg.recipes import _common, _planned, cross_validation
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -401,29 +401,18 @@ def tune(args) -> dict | None:
     )
 
 
-def _main(argv=None):
-    from kseg.recipes import cross_validation
-
-    args = parse_args(argv)
-    clock = _common.RunClock()
-    # --validation-fold all: one member per non-test fold, RUN/best.keras their ensemble
-    best_path, fit_seconds, chief = cross_validation.train_for_main(
-        sys.modules[__name__], args, _train
-    )
-    if not chief:  # the chief evaluates and reports for the cluster
-        return None
+def _report(args, best_path):
     if _common.has_test_fold(args):
         table = evaluate(args, split="test")
         print(f"\nSaved {best_path} and {pathlib.Path(args.output_dir) / 'evaluation' / 'test'}")
-    else:
-        table = None
-        _common.skipping_test_evaluation(args)
-        print(f"\nSaved {best_path}")
-    print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
-    return table
+        return table
+    _common.skipping_test_evaluation(args)
+    print(f"\nSaved {best_path}")
+    return None
 
 
 def main(argv=None):
     """The example: prepare, train, evaluate on the test fold; returns the test table
     (``None`` with ``--test-fold none``)."""
-    return _common.run(lambda: _main(argv))
+    # --validation-fold all: one member per non-test fold, RUN/best.keras their ensemble
+    return cross_validation.run_main(sys.modules[__name__], argv, _train, _report)

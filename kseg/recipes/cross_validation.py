@@ -362,6 +362,24 @@ def evaluate(module, args: argparse.Namespace, *, split: str = "test", input_dir
     return table
 
 
+def run_main(module, argv, train_run, report):
+    """A recipe's ``main``: parse ``argv``, train (:func:`train_for_main`), and on the chief
+    ``report(args, best.keras)``, whose value ``main`` returns, then the time line. A kseg
+    error ends the script with its message (:func:`kseg.recipes._common.run`)."""
+
+    def main():
+        args = module.parse_args(argv)
+        clock = _common.RunClock()
+        best_path, fit_seconds, chief = train_for_main(module, args, train_run)
+        if not chief:  # the chief evaluates and reports for the cluster
+            return None
+        result = report(args, best_path)
+        print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
+        return result
+
+    return _common.run(main)
+
+
 def train_for_main(module, args: argparse.Namespace, train_run):
     """What a recipe's ``main`` trains: ``train_run(args)`` (``(best.keras, fit seconds,
     chief)``), or with ``--validation-fold all`` the cross-validation (its seconds are

@@ -16,7 +16,7 @@ import pathlib
 import sys
 import time
 
-from kseg.recipes import _common, _planned
+from kseg.recipes import _common, _planned, cross_validation
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -425,17 +425,7 @@ def tune(args) -> dict | None:
     )
 
 
-def _main(argv=None):
-    from kseg.recipes import cross_validation
-
-    args = parse_args(argv)
-    clock = _common.RunClock()
-    # --validation-fold all: one member per non-test fold, RUN/best.keras their ensemble
-    best_path, fit_seconds, chief = cross_validation.train_for_main(
-        sys.modules[__name__], args, _train
-    )
-    if not chief:  # the chief evaluates and reports for the cluster
-        return None
+def _report(args, best_path):
     builder = prepare(args)
     run_splits = splits(args)
     # the internal test fold, and the challenge's own test patients when the data has them
@@ -460,11 +450,11 @@ def _main(argv=None):
     tables_saved = (f" and the test tables in {pathlib.Path(args.output_dir) / 'evaluation'}"
                     if tables else "")
     print(f"\nSaved {best_path}{tables_saved}")
-    print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
     return tables
 
 
 def main(argv=None):
     """The example: prepare, train, evaluate on the test fold and the challenge's test
     patients; returns ``{split: table}`` (without the test fold with ``--test-fold none``)."""
-    return _common.run(lambda: _main(argv))
+    # --validation-fold all: one member per non-test fold, RUN/best.keras their ensemble
+    return cross_validation.run_main(sys.modules[__name__], argv, _train, _report)

@@ -16,7 +16,7 @@ import pathlib
 import sys
 import time
 
-from kseg.recipes import _common
+from kseg.recipes import _common, cross_validation
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -496,24 +496,14 @@ def tune(args) -> dict | None:
     )  # fmt: skip
 
 
-def _main(argv=None):
-    from kseg.recipes import cross_validation
-
-    args = parse_args(argv)
-    clock = _common.RunClock()
-    # --validation-fold all: one member per non-test fold, RUN/best.keras their ensemble
-    _, fit_seconds, chief = cross_validation.train_for_main(
-        sys.modules[__name__], args, _train
-    )
-    if not chief:  # the chief evaluates and reports for the cluster
-        return None
+def _report(args, best_path):
     table = _common.evaluate_test_fold(args, evaluate)
     print(f"\nOutputs in {args.output_dir}")
-    print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
     return table
 
 
 def main(argv=None):
     """The example: prepare, train, evaluate on the test fold; returns the test table
     (``None`` with ``--test-fold none``)."""
-    return _common.run(lambda: _main(argv))
+    # --validation-fold all: one member per non-test fold, RUN/best.keras their ensemble
+    return cross_validation.run_main(sys.modules[__name__], argv, _train, _report)
