@@ -370,16 +370,21 @@ def _write_grey_png(path, samples: np.ndarray, bits: int) -> None:
     )
 
 
-def _write_grey_tiff(path, samples: np.ndarray, bits: int) -> None:
-    """An uncompressed little-endian min-is-black TIFF of ``bits`` bits per sample, written
-    after the TIFF 6.0 standard (one strip)."""
+def write_grey_tiff(path, samples: np.ndarray, bits: int, *, white_is_zero=False, orientation=1):
+    """An uncompressed little-endian grey TIFF of ``bits`` (1, 2, 4, 8 or 16) bits per
+    sample, written after the TIFF 6.0 standard (one strip): BlackIsZero, or WhiteIsZero
+    (PhotometricInterpretation 0), with an Orientation tag."""
     import struct
 
     height, width = samples.shape
-    pixels = b"".join(_packed_rows(samples, bits))
-    entries = [  # (tag, type SHORT=3 / LONG=4, value)
-        (256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, 1), (262, 3, 1),
-        (273, 4, 8), (277, 3, 1), (278, 4, height), (279, 4, len(pixels)),
+    if bits == 16:
+        pixels = samples.astype("<u2").tobytes()
+    else:
+        pixels = b"".join(_packed_rows(samples, bits))
+    entries = [  # (tag, type SHORT=3 / LONG=4, value), in ascending tag order
+        (256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, 1),
+        (262, 3, 0 if white_is_zero else 1), (273, 4, 8), (274, 3, orientation),
+        (277, 3, 1), (278, 4, height), (279, 4, len(pixels)),
     ]  # fmt: skip
     ifd = struct.pack("<H", len(entries))
     for tag, kind, value in entries:
@@ -389,7 +394,7 @@ def _write_grey_tiff(path, samples: np.ndarray, bits: int) -> None:
     path.write_bytes(b"II*\0" + struct.pack("<I", 8 + len(pixels)) + pixels + ifd)
 
 
-_SUB_BYTE_WRITERS = {"png": _write_grey_png, "tif": _write_grey_tiff}
+_SUB_BYTE_WRITERS = {"png": _write_grey_png, "tif": write_grey_tiff}
 
 
 @pytest.mark.parametrize("suffix", sorted(_SUB_BYTE_WRITERS))
@@ -423,3 +428,19 @@ def test_2_bit_png_under_a_grey_level_rule_reads_its_samples_on_the_8_bit_scale(
     chaos_mr = LabelRule.from_label_ranges(CHAOS_MR_LABEL_RANGES)
     with pytest.raises(MaskError, match="labels.png"):
         read_labels(tmp_path / "labels.png", chaos_mr)  # 85 is no CHAOS MR grey level
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8, 16])
+def test_white_is_zero_tiff_masks_give_their_stored_samples(tmp_path, bits):
+    # ImageJ / Fiji save binary masks with an inverting LUT as WhiteIsZero TIFFs: the
+    # structure is stored as the full scale and shown black.
+    structure = _square_mask(value=1, shape=(9, 13)).astype(bool)
+    on = 2**bits - 1
+    stored = np.where(structure, on, 0).astype(np.uint16 if bits == 16 else np.uint8)
+    path = tmp_path / "mask.tif"
+    write_grey_tiff(path, stored, bits, white_is_zero=True)
+    with Image.open(path) as check:  # Pillow alone shows it inverted up to 8 bits
+        shown = np.asarray(check).astype(int)
+        assert shown[0, 0] == (0 if bits == 16 else (1 if bits == 1 else 255))
+    np.testing.assert_array_equal(read_mask(path), stored)
+    np.testing.assert_array_equal(read_labels(path, LabelRule()), structure.astype(np.uint8))

@@ -122,3 +122,19 @@ def test_dicom_values_outside_uint16_or_fractional_after_rescale_are_refused(tmp
     _write_dicom(tmp_path / "half.dcm", pixels, bits_stored=12, slope=0.5)
     with pytest.raises(UnreadableFileError, match=r"half\.dcm: has fractional values"):
         read_radiograph(tmp_path / "half.dcm")
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_white_is_zero_tiff_radiograph_reads_higher_is_brighter(tmp_path, bits):
+    from test_io_masks import write_grey_tiff
+
+    full_scale = 2**bits - 1
+    stored = np.random.default_rng(bits).integers(0, full_scale + 1, size=(6, 9))
+    write_grey_tiff(tmp_path / "white.tif", stored, bits, white_is_zero=True)
+    write_grey_tiff(tmp_path / "black.tif", full_scale - stored, bits)
+    white, white_depth = read_radiograph(tmp_path / "white.tif")
+    black, black_depth = read_radiograph(tmp_path / "black.tif")
+    # WhiteIsZero: 0 is white, so the brightness is the full scale minus the stored value
+    np.testing.assert_array_equal(white, full_scale - stored)
+    np.testing.assert_array_equal(white, black)
+    assert white_depth == black_depth == bits

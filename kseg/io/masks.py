@@ -80,6 +80,7 @@ def image_errors_named(path, what: str):
 
 
 _EXIF_ORIENTATION = 0x0112
+_TIFF_PHOTOMETRIC = 262
 # Transpose, rotate 270, transverse, rotate 90: the turns that swap width and height.
 _SIDE_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
@@ -125,6 +126,21 @@ def upright_size(path: str, image: Image.Image) -> tuple[int, int]:
     if _orientation(path, image) in _SIDE_SWAPPING_ORIENTATIONS:
         return image.width, image.height
     return image.height, image.width
+
+
+def tiff_white_is_zero(image: Image.Image) -> bool:
+    """Whether ``image`` is a TIFF whose PhotometricInterpretation is WhiteIsZero (0): its
+    lowest value is displayed white.
+
+    Pillow decodes 1- to 8-bit WhiteIsZero samples as displayed (inverted: a stored 1-bit 1
+    reads as 0, an 8-bit 255 as 0) and 16-bit ones as stored. A mask's labels are its stored
+    values (ImageJ / Fiji save binary masks with an inverting LUT this way, the structure
+    stored as 255 and shown black), so the mask readers undo Pillow's inversion; a
+    radiograph is read as displayed (as DICOM MONOCHROME1 is inverted), so
+    :func:`kseg.io.read_radiograph` inverts the 16-bit ones Pillow left as stored.
+    """
+    tags = getattr(image, "tag_v2", None)
+    return image.format == "TIFF" and tags is not None and tags.get(_TIFF_PHOTOMETRIC) == 0
 
 
 def _orientation(path: str, image: Image.Image):
@@ -256,7 +272,11 @@ def _one_mask_image(path: str):
         if getattr(image, "n_frames", 1) != 1:
             raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
         lossy = _is_lossy(path, image)
-        yield upright(path, image), lossy, bits
+        inverted_by_pillow = tiff_white_is_zero(image) and image.mode in ("1", "L")
+        image = upright(path, image)  # a new image when turned: no TIFF tags left
+        if inverted_by_pillow:
+            image = ImageOps.invert(image)  # back to the stored samples: see tiff_white_is_zero
+        yield image, lossy, bits
 
 
 def _sub_byte_grey_bits(image: Image.Image) -> int | None:
@@ -300,9 +320,10 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
       :class:`LossyMaskWarning`.
 
     A file with an EXIF / TIFF Orientation tag is turned as the tag says, as viewers and
-    annotation tools show it (see :func:`upright`). Alpha is ignored only where it agrees with
-    the values (uniform, or transparent exactly where the value is 0); an overlay keeping the
-    structure in its alpha channel is a MaskError.
+    annotation tools show it (see :func:`upright`). A WhiteIsZero TIFF gives its stored
+    samples, not Pillow's inverted display (see :func:`tiff_white_is_zero`). Alpha is
+    ignored only where it agrees with the values (uniform, or transparent exactly where the
+    value is 0); an overlay keeping the structure in its alpha channel is a MaskError.
 
     Args:
         path: the mask file.

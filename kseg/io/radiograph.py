@@ -17,7 +17,7 @@ from PIL import Image
 
 from kseg.errors import UnreadableFileError
 from kseg.io.dicom import read_dicom_image
-from kseg.io.masks import image_errors_named, upright, whole_images_only
+from kseg.io.masks import image_errors_named, tiff_white_is_zero, upright, whole_images_only
 
 __all__ = ["JSRT_BIT_DEPTH", "read_jsrt_image", "read_radiograph"]
 
@@ -81,7 +81,9 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
             go through :func:`kseg.io.read_dicom_image` (modality LUT applied, MONOCHROME1
             inverted so that higher is brighter); anything else through Pillow, turned as
             its EXIF / TIFF Orientation tag says (as viewers show it, and as
-            :func:`kseg.io.read_labels` turns masks).
+            :func:`kseg.io.read_labels` turns masks); a WhiteIsZero TIFF is inverted so
+            that higher is brighter, as MONOCHROME1 DICOM is (Pillow inverts up to 8 bits,
+            kseg 16-bit ones: ``65535 - stored``).
 
     Returns:
         ``(image, bit_depth)``: ``uint16`` array ``(rows, columns)`` and the bits of the
@@ -110,12 +112,15 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
     ):
         image.load()
         frames = getattr(image, "n_frames", 1)
+        white_is_zero = tiff_white_is_zero(image)
         image = upright(os.fspath(path), image)
         if image.mode == "P":  # a palette image's pixels are its entries' colours
             image = image.convert("RGB")
         mode, values = image.mode, np.array(image)
     if frames != 1:
         raise UnreadableFileError(path, f"has {frames} frames; expected one radiograph")
+    if white_is_zero and mode in _SIXTEEN_BIT_MODES:  # Pillow inverts only up to 8 bits
+        values = np.iinfo(np.uint16).max - values.astype(np.uint16)
     return _grey_values(path, mode, values)
 
 
@@ -126,10 +131,13 @@ def _has_dicom_marker(path) -> bool:
         return False
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")
+
+
 def _grey_values(path, mode: str, values: np.ndarray) -> tuple[np.ndarray, int]:
     if mode == "L":
         return values.astype(np.uint16), 8
-    if mode in ("I;16", "I;16B", "I;16L"):
+    if mode in _SIXTEEN_BIT_MODES:
         return values.astype(np.uint16), 16
     if mode == "I":
         if values.min() < 0 or values.max() > np.iinfo(np.uint16).max:
