@@ -112,6 +112,27 @@ def test_exif_orientation_turns_radiograph_and_mask_alike(tmp_path, orientation)
         assert upright_size(str(mask_path), opened) == shown(_STRUCTURE).shape
 
 
+@pytest.mark.parametrize("orientation", sorted(_DISPLAYED))
+@pytest.mark.parametrize("mode", ["1", "L", "I;16"])
+def test_tiff_orientation_turns_masks_of_every_depth(tmp_path, orientation, mode):
+    # Pillow turns TIFFs while loading; a TIFF opened by its name is memory-mapped with the
+    # turned size, rows and columns swapped (Pillow 12.3), so kseg must not open it so.
+    stored = {
+        "1": _STRUCTURE.astype(bool),
+        "L": _STRUCTURE * 255,
+        "I;16": _STRUCTURE.astype(np.uint16) * 65535,
+    }[mode]
+    path = tmp_path / "mask.tif"
+    Image.fromarray(stored).save(path, tiffinfo={_EXIF_ORIENTATION: orientation})
+    with Image.open(path) as check:
+        assert check.mode == mode
+    shown = _DISPLAYED[orientation]
+    np.testing.assert_array_equal(read_labels(path, LabelRule()), shown(_STRUCTURE))
+    np.testing.assert_array_equal(read_mask(path), shown(stored).astype(read_mask(path).dtype))
+    with Image.open(path) as opened:
+        assert upright_size(str(path), opened) == shown(_STRUCTURE).shape
+
+
 def test_exif_orientation_of_16_bit_tiff_and_jpeg_files(tmp_path):
     wide = np.arange(_STRUCTURE.size, dtype=np.uint16).reshape(_STRUCTURE.shape) * 1000
     tiff = tmp_path / "cxr.tif"

@@ -123,6 +123,8 @@ def upright(path: str, image: Image.Image) -> Image.Image:
 
 def upright_size(path: str, image: Image.Image) -> tuple[int, int]:
     """``(height, width)`` of :func:`upright`'s image, from the header alone (no decoding)."""
+    if image.format == "TIFF":  # Pillow turns TIFFs itself and gives the turned size at open
+        return image.height, image.width
     if _orientation(path, image) in _SIDE_SWAPPING_ORIENTATIONS:
         return image.width, image.height
     return image.height, image.width
@@ -262,9 +264,13 @@ class LabelRule:
 def _one_mask_image(path: str):
     """``(image, lossy)``: the single frame of the mask file ``path``, decoded whole and turned
     upright, and whether its format is lossy; Pillow's failures name the file."""
+    # Opened through a handle: Pillow memory-maps an uncompressed file opened by name, and
+    # maps a TIFF that its Orientation turns by a quarter with the turned size, which swaps
+    # its rows and columns (Pillow 12.3).
     with (
         image_errors_named(path, "a mask image"),
-        Image.open(path) as image,
+        open(path, "rb") as handle,
+        Image.open(handle) as image,
         whole_images_only(),
     ):
         bits = _sub_byte_grey_bits(image)
