@@ -305,6 +305,22 @@ def test_jpeg_binary_mask_is_split_at_half_full_scale_with_a_warning(tmp_path):
         assert not read_labels(tmp_path / "empty.jpg", LabelRule()).any()
 
 
+def test_jpeg_compressed_tiff_mask_is_lossy_like_a_jpeg(tmp_path):
+    big = np.repeat(np.repeat(_TRUTH, 4, 0), 4, 1)
+    Image.fromarray(big.astype(np.uint8) * 255).save(
+        tmp_path / "liver.tif", compression="jpeg", quality=50
+    )
+    with Image.open(tmp_path / "liver.tif") as check:
+        assert len(np.unique(np.asarray(check))) > 2  # compression noise in the file
+    with pytest.warns(LossyMaskWarning, match="liver.tif"):
+        labels = read_labels(tmp_path / "liver.tif", LabelRule())
+    np.testing.assert_array_equal(labels, big)
+    with pytest.warns(LossyMaskWarning):
+        np.testing.assert_array_equal(read_mask(tmp_path / "liver.tif"), big)
+    with pytest.raises(MaskError, match=r"liver.tif: is lossy"):
+        read_labels(tmp_path / "liver.tif", _MR_RULE)
+
+
 def test_label_rule_checks_itself():
     assert LabelRule().labels == (0, 1)
     assert _MR_RULE.labels == (0, 1, 2, 3, 4)

@@ -58,6 +58,7 @@ CHAOS_MR_LABEL_RANGES: dict[int, tuple[int, int]] = {
 }
 
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
+_LOSSY_TIFF_COMPRESSIONS = frozenset({"jpeg", "tiff_jpeg"})  # Pillow's names: 7 and old 6
 
 
 @contextlib.contextmanager
@@ -322,8 +323,8 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
       so the palette order does not matter; otherwise the palette indices, as label tools
       (PASCAL VOC, CVAT) write label maps whose colours are only for display.
     * grey RGB / RGBA / LA: the grey channel (alpha ignored); real colour is refused.
-    * JPEG or lossy WebP: binary rules only: grey above 127 is the structure, with a
-      :class:`LossyMaskWarning`.
+    * JPEG, JPEG-compressed TIFF or lossy WebP: binary rules only: grey above 127 is the
+      structure, with a :class:`LossyMaskWarning`.
 
     A file with an EXIF / TIFF Orientation tag is turned as the tag says, as viewers and
     annotation tools show it (see :func:`upright`). A WhiteIsZero TIFF gives its stored
@@ -367,8 +368,8 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
     """Read one 2D mask image.
 
     Args:
-        path: PNG (8 or 16 bit), TIFF, BMP or GIF file; JPEG and lossy WebP are accepted with a
-            warning.
+        path: PNG (8 or 16 bit), TIFF, BMP or GIF file; JPEG, JPEG-compressed TIFF and lossy
+            WebP are accepted with a warning.
 
     Returns:
         2D array ``(rows, columns)``. Lossless files keep their stored values: uint8 for
@@ -557,9 +558,12 @@ def binarize(mask: np.ndarray, threshold: float | None = None) -> np.ndarray:
 
 
 def _is_lossy(path: str, image: Image.Image) -> bool:
-    """JPEG, or a WebP whose image chunk is lossy VP8 rather than lossless VP8L."""
+    """JPEG, a TIFF of JPEG-compressed strips or tiles, or a WebP whose image chunk is
+    lossy VP8 rather than lossless VP8L."""
     if image.format in _LOSSY_FORMATS:
         return True
+    if image.format == "TIFF":
+        return image.info.get("compression") in _LOSSY_TIFF_COMPRESSIONS
     if image.format != "WEBP":
         return False
     with open(path, "rb") as handle:
