@@ -460,3 +460,42 @@ def test_white_is_zero_tiff_masks_give_their_stored_samples(tmp_path, bits):
         assert shown[0, 0] == (0 if bits == 16 else (1 if bits == 1 else 255))
     np.testing.assert_array_equal(read_mask(path), stored)
     np.testing.assert_array_equal(read_labels(path, LabelRule()), structure.astype(np.uint8))
+
+
+def write_16_bit_png(path, samples: np.ndarray, colour_type: int) -> None:
+    """A 16-bit PNG of colour type 2 (RGB), 4 (grey + alpha) or 6 (RGBA), written byte by
+    byte after the PNG standard; ``samples`` is ``(rows, columns, channels)``."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    height, width = samples.shape[:2]
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    scanlines = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(scanlines))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("colour_type, channels", [(2, 3), (4, 2), (6, 4)])
+def test_16_bit_colour_or_alpha_png_mask_is_refused_not_read_empty(
+    tmp_path, colour_type, channels
+):
+    labels = _square_mask(value=1, dtype=np.uint16, shape=(6, 7))
+    samples = np.repeat(labels[..., None], channels, axis=2)
+    if colour_type in (4, 6):
+        samples[..., -1] = 65535  # opaque
+    path = tmp_path / "mask.png"
+    write_16_bit_png(path, samples, colour_type)
+    with Image.open(path) as check:  # what Pillow alone makes of it: every label 1 is 0
+        assert not np.asarray(check)[..., :3].any()
+    with pytest.raises(MaskError, match=r"mask\.png: is a 16-bit .*high byte"):
+        read_labels(path, LabelRule())
+    with pytest.raises(MaskError, match=r"mask\.png: is a 16-bit"):
+        read_mask(path)

@@ -138,3 +138,14 @@ def test_white_is_zero_tiff_radiograph_reads_higher_is_brighter(tmp_path, bits):
     np.testing.assert_array_equal(white, full_scale - stored)
     np.testing.assert_array_equal(white, black)
     assert white_depth == black_depth == bits
+
+
+def test_16_bit_colour_radiograph_is_refused_not_cut_to_its_high_bytes(tmp_path):
+    from test_io_masks import write_16_bit_png
+
+    twelve_bit = np.random.default_rng(3).integers(0, 4096, size=(5, 6))
+    write_16_bit_png(tmp_path / "cxr.png", np.repeat(twelve_bit[..., None], 3, axis=2), 2)
+    with Image.open(tmp_path / "cxr.png") as check:  # Pillow alone: 16 grey levels left
+        assert np.asarray(check).max() <= 15
+    with pytest.raises(UnreadableFileError, match=r"cxr\.png: is a 16-bit RGB image"):
+        read_radiograph(tmp_path / "cxr.png")

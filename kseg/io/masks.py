@@ -274,6 +274,13 @@ def _one_mask_image(path: str):
         Image.open(handle) as image,
         whole_images_only(),
     ):
+        high_bytes = high_bytes_only(image)
+        if high_bytes:
+            raise MaskError(
+                path,
+                f"{high_bytes}: labels below 256 would all read as 0. Expected a "
+                "single-channel mask (8- or 16-bit grey PNG or TIFF)",
+            )
         bits = _sub_byte_grey_bits(image)
         image.load()
         if getattr(image, "n_frames", 1) != 1:
@@ -286,6 +293,29 @@ def _one_mask_image(path: str):
         yield image, lossy, bits
 
 
+def high_bytes_only(image: Image.Image) -> str | None:
+    """Why Pillow would keep only the high byte of ``image``'s samples, or None: a file of
+    16-bit colour, colour with alpha or grey with alpha samples (Pillow has no 16-bit
+    multi-channel mode and decodes them to 8 bits). Read before loading."""
+    raw_mode = _raw_mode(image)
+    if image.mode in ("RGB", "RGBA", "CMYK") and ";16" in raw_mode:
+        kind = "grey with alpha" if raw_mode.startswith("LA") else image.mode
+        return (
+            f"is a 16-bit {kind} image ({raw_mode}), whose samples Pillow, kseg's image "
+            "library, decodes to their high byte only"
+        )
+    return None
+
+
+def _raw_mode(image: Image.Image) -> str:
+    """The decoder's raw mode of a not yet loaded image ("" once loaded)."""
+    if not image.tile:
+        return ""
+    args = image.tile[0].args
+    raw_mode = args if isinstance(args, str) else args[0] if args else ""
+    return raw_mode if isinstance(raw_mode, str) else ""
+
+
 def _sub_byte_grey_bits(image: Image.Image) -> int | None:
     """2 or 4 for a grey image stored with 2 or 4 bits per pixel, else None; read from the
     decoder's raw mode, which is gone once the image is loaded.
@@ -295,12 +325,11 @@ def _sub_byte_grey_bits(image: Image.Image) -> int | None:
     smallest bit depth means the stored 1, and optimisers (optipng) write 8-bit 0 / 85 / 170 /
     255 masks as 2-bit files. Knowing the depth, both readings are possible.
     """
-    if image.mode != "L" or not image.tile:
+    if image.mode != "L":
         return None
-    args = image.tile[0].args
-    raw_mode = args if isinstance(args, str) else args[0] if args else ""
+    raw_mode = _raw_mode(image)
     for bits in (2, 4):
-        if isinstance(raw_mode, str) and raw_mode.startswith(f"L;{bits}"):
+        if raw_mode.startswith(f"L;{bits}"):
             return bits
     return None
 

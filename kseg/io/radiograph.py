@@ -17,7 +17,13 @@ from PIL import Image
 
 from kseg.errors import UnreadableFileError
 from kseg.io.dicom import read_dicom_image
-from kseg.io.masks import image_errors_named, tiff_white_is_zero, upright, whole_images_only
+from kseg.io.masks import (
+    high_bytes_only,
+    image_errors_named,
+    tiff_white_is_zero,
+    upright,
+    whole_images_only,
+)
 
 __all__ = ["JSRT_BIT_DEPTH", "read_jsrt_image", "read_radiograph"]
 
@@ -110,6 +116,13 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         Image.open(handle) as image,
         whole_images_only(),
     ):
+        high_bytes = high_bytes_only(image)
+        if high_bytes:
+            raise UnreadableFileError(
+                path,
+                f"{high_bytes}: a 12-bit radiograph would keep 16 grey levels. Expected a "
+                "grey image (16-bit grey PNG or TIFF keep every bit)",
+            )
         image.load()
         frames = getattr(image, "n_frames", 1)
         white_is_zero = tiff_white_is_zero(image)
