@@ -386,21 +386,26 @@ def _write_grey_png(path, samples: np.ndarray, bits: int) -> None:
     )
 
 
-def write_grey_tiff(path, samples: np.ndarray, bits: int, *, white_is_zero=False, orientation=1):
+def write_grey_tiff(
+    path, samples: np.ndarray, bits: int, *, white_is_zero=False, orientation=1, sample_format=1
+):
     """An uncompressed little-endian grey TIFF of ``bits`` (1, 2, 4, 8 or 16) bits per
     sample, written after the TIFF 6.0 standard (one strip): BlackIsZero, or WhiteIsZero
-    (PhotometricInterpretation 0), with an Orientation tag."""
+    (PhotometricInterpretation 0), with an Orientation tag and a SampleFormat (1 unsigned,
+    2 signed: ``samples`` are then written as their two's-complement bytes)."""
     import struct
 
     height, width = samples.shape
     if bits == 16:
-        pixels = samples.astype("<u2").tobytes()
+        pixels = samples.astype("<i2" if sample_format == 2 else "<u2").tobytes()
+    elif bits == 8:
+        pixels = samples.astype(np.int8 if sample_format == 2 else np.uint8).tobytes()
     else:
         pixels = b"".join(_packed_rows(samples, bits))
     entries = [  # (tag, type SHORT=3 / LONG=4, value), in ascending tag order
         (256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, 1),
         (262, 3, 0 if white_is_zero else 1), (273, 4, 8), (274, 3, orientation),
-        (277, 3, 1), (278, 4, height), (279, 4, len(pixels)),
+        (277, 3, 1), (278, 4, height), (279, 4, len(pixels)), (339, 3, sample_format),
     ]  # fmt: skip
     ifd = struct.pack("<H", len(entries))
     for tag, kind, value in entries:

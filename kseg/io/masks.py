@@ -82,6 +82,8 @@ def image_errors_named(path, what: str):
 
 _EXIF_ORIENTATION = 0x0112
 _TIFF_PHOTOMETRIC = 262
+_TIFF_SAMPLE_FORMAT = 339
+_SIGNED_INTEGER = 2  # a SampleFormat value
 # Transpose, rotate 270, transverse, rotate 90: the turns that swap width and height.
 _SIDE_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
@@ -285,6 +287,9 @@ def _one_mask_image(path: str):
         image.load()
         if getattr(image, "n_frames", 1) != 1:
             raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
+        negative = negative_bytes_read_unsigned(image)
+        if negative:
+            raise MaskError(path, f"{negative}; a mask holds labels 0 and up")
         lossy = _is_lossy(path, image)
         inverted_by_pillow = tiff_white_is_zero(image) and image.mode in ("1", "L")
         image = upright(path, image)  # a new image when turned: no TIFF tags left
@@ -305,6 +310,28 @@ def high_bytes_only(image: Image.Image) -> str | None:
             "library, decodes to their high byte only"
         )
     return None
+
+
+def negative_bytes_read_unsigned(image: Image.Image) -> str | None:
+    """What is wrong with a loaded 8-bit TIFF of signed samples (SampleFormat 2, as numpy
+    ``int8`` arrays are saved) holding negative values, or None.
+
+    Pillow has no signed 8-bit mode and decodes such samples as unsigned: -1 reads as 255,
+    -128 as 128, so an "ignore" label of -1 became the full-scale structure value. Files of
+    non-negative signed samples hold the same bytes as unsigned ones and read right.
+    """
+    if image.format != "TIFF" or image.mode != "L":
+        return None
+    sample_format = image.tag_v2.get(_TIFF_SAMPLE_FORMAT)  # one value per sample: a tuple
+    if _SIGNED_INTEGER not in (sample_format if isinstance(sample_format, tuple) else ()):
+        return None
+    as_signed = np.asarray(image).view(np.int8)
+    if as_signed.min() >= 0:
+        return None
+    return (
+        f"is a signed 8-bit TIFF (SampleFormat 2) holding {_value_counts(as_signed[as_signed < 0])}"
+        ", which Pillow, kseg's image library, would read as unsigned (-1 as 255)"
+    )
 
 
 def _raw_mode(image: Image.Image) -> str:

@@ -20,6 +20,7 @@ from kseg.io.dicom import read_dicom_image
 from kseg.io.masks import (
     high_bytes_only,
     image_errors_named,
+    negative_bytes_read_unsigned,
     tiff_white_is_zero,
     upright,
     whole_images_only,
@@ -124,6 +125,9 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
                 "grey image (16-bit grey PNG or TIFF keep every bit)",
             )
         image.load()
+        negative = negative_bytes_read_unsigned(image)
+        if negative:
+            raise UnreadableFileError(path, f"{negative}; expected values 0..255")
         frames = getattr(image, "n_frames", 1)
         white_is_zero = tiff_white_is_zero(image)
         image = upright(os.fspath(path), image)
