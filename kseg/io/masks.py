@@ -377,7 +377,9 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
     * palette (``"P"``): when every colour the image uses is grey (R = G = B), as GIF and
       other image editors write grey masks (SCR's GIFs), the grey value of each pixel's entry,
       so the palette order does not matter; otherwise the palette indices, as label tools
-      (PASCAL VOC, CVAT) write label maps whose colours are only for display.
+      (PASCAL VOC, CVAT) write label maps whose colours are only for display. A palette of
+      the 256 greys from white to black is ImageJ's inverting LUT: its indices are the stored
+      values (structure 255 shown black), read like a WhiteIsZero TIFF's.
     * grey RGB / RGBA / LA: the grey channel (alpha ignored); real colour is refused.
     * JPEG, JPEG-compressed TIFF or lossy WebP: binary rules only: grey above 127 is the
       structure, with a :class:`LossyMaskWarning`.
@@ -734,7 +736,9 @@ def _stored_values(
         return values.astype(np.uint16), _SIXTEEN_BIT_FULL_SCALE, f"{mode} grey"
     if mode == "P":
         colours = np.array(image.convert("RGB"))
-        if _is_grey(colours):
+        if _is_inverting_lut(image):
+            values, reading = np.array(image), "palette of ImageJ's inverting LUT, read as indices"
+        elif _is_grey(colours):
             values, reading = colours[..., 0], "palette of grey entries, read as grey"
         else:
             values, reading = np.array(image), "palette of colour entries, read as indices"
@@ -776,6 +780,24 @@ def _check_alpha(path: str, image: Image.Image, values: np.ndarray) -> None:
             "Expected labels in the values, with alpha uniform or transparent exactly where "
             "the value is 0",
         )
+
+
+_INVERTING_LUT = np.repeat(np.arange(255, -1, -1), 3)
+
+
+def _is_inverting_lut(image: Image.Image) -> bool:
+    """Whether the palette of ``image`` is the 256 greys from white to black: ImageJ's
+    inverting LUT, as Java's PNG, GIF and BMP writers store it.
+
+    ImageJ / Fiji keep binary masks with the structure stored as 255 and, with an inverting
+    LUT, shown black; saved as PNG, GIF or BMP the stored values become palette indices and
+    the LUT the palette. Read through the palette, the structure would be 0 and the
+    background 255: a binary mask inverted, silently. The indices are the stored values, as
+    for an ImageJ WhiteIsZero TIFF (see :func:`tiff_white_is_zero`). Shorter palettes whose
+    order is reversed are read through, as palette optimisers reorder entries.
+    """
+    palette = image.getpalette("RGB")
+    return palette is not None and np.array_equal(palette, _INVERTING_LUT)
 
 
 def _is_grey(colours: np.ndarray) -> bool:
