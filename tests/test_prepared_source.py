@@ -105,3 +105,26 @@ def test_evaluate_input_prepares_a_folder_of_the_same_name_again(tmp_path, capsy
     builder = _evaluation.input_builder(Builder, config, second, run, "input-images_of_b")
     assert examples(builder) == 6  # the second folder's images, not the cached first ones
     assert "preparing it again" in capsys.readouterr().out
+
+
+def test_preparing_and_reading_say_nothing_of_tfds_internals(tmp_path, caplog):
+    # "Variant folder ... has no dataset_info.json" came from asking TFDS whether a folder
+    # that does not exist yet is prepared; the dtype deprecation from TFDS decoding our
+    # encoded tensors. Neither names anything a user could change.
+    from absl import logging as absl_logging
+
+    download = xray.write_generic(tmp_path / "download", num_images=4, size=16, seed=0)
+    builder = builder_for(tmp_path / "tfds")
+    with caplog.at_level("WARNING"):
+        _common.prepare(builder, download)
+        absl_logging.warning(
+            "`FeatureConnector.dtype` is deprecated. Please change your code to use NumPy "
+            "with the field `FeatureConnector.np_dtype` or use TensorFlow with the field "
+            "`FeatureConnector.tf_dtype`."
+        )
+        absl_logging.warning("another TFDS warning")  # the filter drops only the one
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if "Variant folder" in m or "dtype` is deprecated" in m]
+    assert "another TFDS warning" in messages
+    assert _common.is_prepared(builder_for(tmp_path / "tfds"))
+    assert not _common.is_prepared(builder_for(tmp_path / "nothing here"))

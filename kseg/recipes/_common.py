@@ -462,6 +462,17 @@ def stale_source(builder, manual_dir, listing: dict | None = None) -> str | None
             "names or sizes)")
 
 
+def is_prepared(builder) -> bool:
+    """TFDS's ``builder.is_prepared()``, without the warning it logs for a dataset folder
+    that does not exist yet ("Variant folder ... has no dataset_info.json": every first run
+    printed it)."""
+    from etils import epath
+
+    return (epath.Path(builder.data_dir) / "dataset_info.json").exists() and (
+        builder.is_prepared()
+    )
+
+
 def prepare(builder, manual_dir, listing: dict | None = None) -> None:
     """Build the TFDS dataset from ``manual_dir`` unless an earlier run did (TFDS shows a
     progress bar per split while it writes), and record which files it was built from
@@ -476,7 +487,7 @@ def prepare(builder, manual_dir, listing: dict | None = None) -> None:
     from kseg.errors import LayoutError
     from kseg.recipes.run_config import write_json
 
-    if builder.is_prepared():
+    if is_prepared(builder):
         problem = stale_source(builder, manual_dir, listing)
         if problem is not None:
             raise LayoutError(

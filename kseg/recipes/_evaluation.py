@@ -177,7 +177,7 @@ def input_builder(builder_class, config, input_dir, run_dir, name: str):
     data_dir = pathlib.Path(run_dir) / f"tfds-{name}"
     builder = builder_class(config=config, data_dir=str(data_dir))
     listing = _common.source_listing(input_dir)
-    if builder.is_prepared() and _common.stale_source(builder, input_dir, listing) is not None:
+    if _common.is_prepared(builder) and _common.stale_source(builder, input_dir, listing):
         print(f"{input_dir} holds other files than the dataset in {data_dir} was prepared "
               "from: preparing it again", flush=True)
         shutil.rmtree(data_dir)
