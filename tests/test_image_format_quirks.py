@@ -2,13 +2,15 @@
 test writes the file as a real tool would, shows what Pillow alone makes of it, and checks
 that kseg reads the values the format's standard gives, or refuses the file by name."""
 
+import warnings
+
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, features
 from test_io_masks import write_grey_tiff
 
 from kseg.errors import MaskError, UnreadableFileError
-from kseg.io import LabelRule, read_labels, read_mask
+from kseg.io import CHAOS_MR_LABEL_RANGES, LabelRule, LossyMaskWarning, read_labels, read_mask
 from kseg.io.radiograph import read_radiograph
 
 
@@ -68,3 +70,55 @@ def test_two_entry_palette_in_reverse_grey_order_is_still_read_through(tmp_path)
     image.putpalette([255, 255, 255, 0, 0, 0])
     image.save(tmp_path / "mask.png")
     np.testing.assert_array_equal(read_labels(tmp_path / "mask.png", LabelRule()), structure)
+
+
+def _noisy_structure(seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """A 0/255 square with noise, as a scanned or resampled mask: lossy coders keep the
+    noise as grey levels rather than the two values."""
+    structure = np.zeros((32, 40), bool)
+    structure[8:24, 10:30] = True
+    noise = np.random.default_rng(seed).integers(-30, 31, structure.shape)
+    return structure, np.clip(structure * 255 + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.skipif(not features.check_codec("jpg_2000"), reason="Pillow built without OpenJPEG")
+@pytest.mark.parametrize("suffix", ["jp2", "j2k"])  # boxed file and raw codestream
+def test_irreversible_jpeg_2000_mask_is_lossy_like_a_jpeg(tmp_path, suffix):
+    structure, _ = _noisy_structure()
+    path = tmp_path / f"mask.{suffix}"
+    Image.fromarray(structure.astype(np.uint8) * 255).save(
+        path, irreversible=True, quality_mode="rates", quality_layers=[5]
+    )
+    with Image.open(path) as check:  # Pillow alone: ringing around the edges as values
+        stored = np.asarray(check)
+        assert len(np.unique(stored)) > 2
+    with pytest.warns(LossyMaskWarning, match=f"mask.{suffix}"):
+        np.testing.assert_array_equal(read_labels(path, LabelRule()), stored > 127)
+    with pytest.warns(LossyMaskWarning):
+        np.testing.assert_array_equal(read_mask(path), stored > stored.max() / 2)
+    with pytest.raises(MaskError, match=f"mask.{suffix}: is lossy"):
+        read_labels(path, LabelRule.from_label_ranges(CHAOS_MR_LABEL_RANGES))
+
+
+@pytest.mark.skipif(not features.check_codec("jpg_2000"), reason="Pillow built without OpenJPEG")
+def test_reversible_jpeg_2000_mask_keeps_its_grey_levels_without_a_warning(tmp_path):
+    levels = np.array([[0, 63, 126], [189, 252, 0]], np.uint8)  # CHAOS MR's organs
+    Image.fromarray(levels).save(tmp_path / "mask.jp2")  # Pillow's default: reversible 5-3
+    rule = LabelRule.from_label_ranges(CHAOS_MR_LABEL_RANGES)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LossyMaskWarning)
+        np.testing.assert_array_equal(read_mask(tmp_path / "mask.jp2"), levels)
+        np.testing.assert_array_equal(read_labels(tmp_path / "mask.jp2", rule), levels // 63)
+
+
+@pytest.mark.skipif(not features.check("avif"), reason="Pillow built without AVIF")
+def test_avif_mask_is_lossy_like_a_jpeg(tmp_path):
+    _, noisy = _noisy_structure()
+    Image.fromarray(noisy).save(tmp_path / "mask.avif", quality=50)
+    with Image.open(tmp_path / "mask.avif") as check:
+        stored = np.asarray(check)
+        assert len(np.unique(stored)) > 2
+    with pytest.warns(LossyMaskWarning, match="mask.avif"):
+        np.testing.assert_array_equal(
+            read_labels(tmp_path / "mask.avif", LabelRule()), stored > 127
+        )

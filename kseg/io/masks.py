@@ -57,7 +57,7 @@ CHAOS_MR_LABEL_RANGES: dict[int, tuple[int, int]] = {
     4: (240, 255),  # spleen, stored 252
 }
 
-_LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
+_LOSSY_FORMATS = frozenset({"JPEG", "MPO", "AVIF"})  # AVIF: lossless only with rare settings
 _LOSSY_TIFF_COMPRESSIONS = frozenset({"jpeg", "tiff_jpeg"})  # Pillow's names: 7 and old 6
 
 
@@ -168,7 +168,8 @@ def image_read_problem(exc: BaseException, what: str) -> str:
 
 
 class LossyMaskWarning(UserWarning):
-    """A mask was stored in a lossy format (JPEG, lossy WebP) and had to be thresholded.
+    """A mask was stored in a lossy format (JPEG, lossy JPEG 2000, AVIF, lossy WebP) and had to
+    be thresholded.
 
     Rule: the mask is converted to grey and split in two. :func:`read_labels` splits at
     half of the 8-bit full scale (foreground above 127), so the compression noise of an empty
@@ -381,8 +382,8 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
       the 256 greys from white to black is ImageJ's inverting LUT: its indices are the stored
       values (structure 255 shown black), read like a WhiteIsZero TIFF's.
     * grey RGB / RGBA / LA: the grey channel (alpha ignored); real colour is refused.
-    * JPEG, JPEG-compressed TIFF or lossy WebP: binary rules only: grey above 127 is the
-      structure, with a :class:`LossyMaskWarning`.
+    * JPEG, JPEG-compressed TIFF, JPEG 2000 of the irreversible wavelet, AVIF or lossy WebP:
+      binary rules only: grey above 127 is the structure, with a :class:`LossyMaskWarning`.
 
     A file with an EXIF / TIFF Orientation tag is turned as the tag says, as viewers and
     annotation tools show it (see :func:`upright`). A WhiteIsZero TIFF gives its stored
@@ -405,7 +406,7 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
             read and the values found with their pixel counts).
 
     Warns:
-        LossyMaskWarning: the file is a JPEG or a lossy WebP.
+        LossyMaskWarning: the file is lossy (see :class:`LossyMaskWarning`).
 
     Example:
         >>> liver = read_labels("CT/1/Ground/liver_GT_045.png", LabelRule())  # doctest: +SKIP
@@ -426,8 +427,8 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
     """Read one 2D mask image.
 
     Args:
-        path: PNG (8 or 16 bit), TIFF, BMP or GIF file; JPEG, JPEG-compressed TIFF and lossy
-            WebP are accepted with a warning.
+        path: PNG (8 or 16 bit), TIFF, BMP or GIF file; JPEG, JPEG-compressed TIFF, lossy
+            JPEG 2000, AVIF and lossy WebP are accepted with a warning.
 
     Returns:
         2D array ``(rows, columns)``. Lossless files keep their stored values: uint8 for
@@ -445,7 +446,7 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
             with the values, or non-integer values.
 
     Warns:
-        LossyMaskWarning: the file is a JPEG or a lossy WebP.
+        LossyMaskWarning: the file is lossy (see :class:`LossyMaskWarning`).
 
     Example:
         >>> mask = read_mask("Train_Sets/MR/1/T2SPIR/Ground/IMG-0004-00020.png")  # doctest: +SKIP
@@ -616,12 +617,14 @@ def binarize(mask: np.ndarray, threshold: float | None = None) -> np.ndarray:
 
 
 def _is_lossy(path: str, image: Image.Image) -> bool:
-    """JPEG, a TIFF of JPEG-compressed strips or tiles, or a WebP whose image chunk is
-    lossy VP8 rather than lossless VP8L."""
+    """JPEG, AVIF, a TIFF of JPEG-compressed strips or tiles, a JPEG 2000 file of the
+    irreversible wavelet, or a WebP whose image chunk is lossy VP8 rather than lossless VP8L."""
     if image.format in _LOSSY_FORMATS:
         return True
     if image.format == "TIFF":
         return image.info.get("compression") in _LOSSY_TIFF_COMPRESSIONS
+    if image.format == "JPEG2000":
+        return _jpeg_2000_irreversible(path)
     if image.format != "WEBP":
         return False
     with open(path, "rb") as handle:
@@ -636,10 +639,39 @@ def _is_lossy(path: str, image: Image.Image) -> bool:
     return True  # no lossless chunk found where one would be: treat as lossy
 
 
+_JPEG_2000_SOC_SIZ = b"\xff\x4f\xff\x51"  # start of codestream, then the size marker
+_JPEG_2000_COD = b"\xff\x52"
+_JPEG_2000_TILE_START = b"\xff\x90"
+
+
+def _jpeg_2000_irreversible(path: str) -> bool:
+    """Whether a JPEG 2000 file (.jp2 or raw codestream) uses the irreversible 9-7 wavelet,
+    which is always lossy; the reversible 5-3 one is lossless unless the encoder dropped
+    quality layers, which its header does not say (Pillow decodes both without a word).
+
+    Read from the coding style (COD) segment of the main header (ISO/IEC 15444-1 A.6.1):
+    the byte 13 places after the marker's start is the transformation: 0 for 9-7, 1 for 5-3.
+    """
+    with open(path, "rb") as handle:
+        data = handle.read(1 << 16)
+    offset = data.find(_JPEG_2000_SOC_SIZ)
+    if offset < 0:
+        return True  # no codestream where one would be: treat as lossy
+    offset += 2
+    while offset + 14 <= len(data):
+        marker = data[offset : offset + 2]
+        if marker == _JPEG_2000_COD:
+            return data[offset + 13] == 0
+        if marker == _JPEG_2000_TILE_START:
+            break
+        offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
+    return True  # no coding style before the tiles: treat as lossy
+
+
 def _threshold_lossy(path: str, grey: np.ndarray) -> np.ndarray:
     warnings.warn(
         LossyMaskWarning(
-            f"{path}: lossy (JPEG/WebP) mask; thresholded at half its maximum "
+            f"{path}: lossy (JPEG, JPEG 2000, AVIF or WebP) mask; thresholded at half its maximum "
             f"({float(grey.max()) / 2:g}) into {{0, 1}}. Store masks as PNG to avoid this."
         ),
         stacklevel=3,
@@ -860,13 +892,13 @@ def _lossy_labels(path: str, grey: np.ndarray, rule: LabelRule) -> np.ndarray:
     if rule.grey_levels:
         raise MaskError(
             path,
-            "is lossy (JPEG/WebP); its compression noise makes the grey levels "
+            "is lossy (JPEG, JPEG 2000, AVIF or WebP); its compression noise makes the grey levels "
             f"{rule.grey_levels} of this dataset unrecoverable. Store the masks as PNG.",
         )
     warnings.warn(
         LossyMaskWarning(
-            f"{path}: lossy (JPEG/WebP) mask; grey values above 127 taken as the structure. "
-            "Store masks as PNG to avoid this."
+            f"{path}: lossy (JPEG, JPEG 2000, AVIF or WebP) mask; grey values above 127 taken "
+            "as the structure. Store masks as PNG to avoid this."
         ),
         stacklevel=3,
     )
