@@ -15,6 +15,8 @@ the grid of a :class:`~kseg.io.Volume` read by :func:`~kseg.io.read_dicom_series
 * **Filling.** A pixel belongs to the ROI when its centre lies inside the polygons by the
   even-odd rule, over all the ROI's contours on that slice together, so a contour drawn
   inside another cuts a hole (PS3.3 C.8.8.6.3 leaves inner contours to this convention).
+  Contours of type CLOSEDPLANAR_XOR (PS3.3 C.8.8.6.1, C.8.8.6.3) state that rule outright
+  and are filled the same way.
   The test is exact scan-line arithmetic (:func:`fill_polygons`), with no drawing bias:
   the number of pixels differs from the true area in pixels by at most the pixels the
   outline passes through, and on average by much less (for a square whose sides avoid
@@ -87,6 +89,8 @@ EDGE_TOLERANCE = 1e-3
 
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 _CLOSED_PLANAR = "CLOSED_PLANAR"
+# Closed polygons with an area; the even-odd fill is the XOR the second one names.
+_CLOSED_TYPES = frozenset({_CLOSED_PLANAR, "CLOSEDPLANAR_XOR"})
 
 
 class ContourOutsideVolumeWarning(UserWarning):
@@ -121,7 +125,8 @@ class Contour(NamedTuple):
         referenced_sop_instance_uid: the SOPInstanceUID of the image the contour was drawn
             on (first item of its ContourImageSequence), or ``None`` when absent.
         points: ``(N, 3)`` float64 vertices in DICOM patient coordinates (LPS, mm).
-        geometric_type: ContourGeometricType (``"CLOSED_PLANAR"``, ``"POINT"``, ...).
+        geometric_type: ContourGeometricType (``"CLOSED_PLANAR"``, ``"CLOSEDPLANAR_XOR"``,
+            ``"POINT"``, ...).
     """
 
     referenced_sop_instance_uid: str | None
@@ -370,7 +375,8 @@ def rasterize_rtstruct(
     Raises:
         TypeError: ``rtstruct_path`` is not a path or ``volume`` not a Volume.
         UnreadableFileError: see :func:`read_rtstruct`.
-        MaskError: a requested ROI name is not in the file.
+        MaskError: a requested ROI name is not in the file, or two ROIs with contours share
+            a name (an ROI without contours beside one with them is left out).
         AlignmentError: an ROI is defined in another frame of reference than the volume.
 
     Warns:
@@ -408,7 +414,32 @@ def rasterize_rtstruct(
                 f"{', '.join(repr(roi.name) for roi in rois) or 'none'}",
             )
         rois = [roi for roi in rois if roi.name in set(wanted)]
-    return {roi.name: rasterize_roi(roi, volume, source=path) for roi in rois}
+    return {
+        roi.name: rasterize_roi(roi, volume, source=path)
+        for roi in _one_roi_per_name(path, rois)
+    }
+
+
+def _one_roi_per_name(path: str, rois: list[RoiContours]) -> list[RoiContours]:
+    """One ROI per name, in the order the names first appear. A name two ROIs share would
+    key one mask in the result and the other ROI's contours would vanish. ROIs without
+    contours (planning systems keep empty duplicates) lose nothing by being left out; two
+    with contours are an error."""
+    by_name: dict[str, list[RoiContours]] = {}
+    for roi in rois:
+        by_name.setdefault(roi.name, []).append(roi)
+    chosen = []
+    for name, same in by_name.items():
+        drawn = [roi for roi in same if roi.contours]
+        if len(drawn) > 1:
+            described = ", ".join(f"{roi.number} ({len(roi.contours)} contours)" for roi in drawn)
+            raise MaskError(
+                path,
+                f"ROI name {name!r} is shared by ROI numbers {described}; one mask per name "
+                "cannot hold both: rasterise each with read_rtstruct and rasterize_roi",
+            )
+        chosen.append(drawn[0] if drawn else same[0])
+    return chosen
 
 
 def rasterize_roi(
@@ -454,11 +485,13 @@ def rasterize_roi(
     problems = _ContourProblems()
     polygons_by_slice: dict[int, list[np.ndarray]] = {}
     for contour in roi.contours:
-        if contour.geometric_type != _CLOSED_PLANAR:
+        if contour.geometric_type not in _CLOSED_TYPES:
             problems.not_closed.append(contour.geometric_type)
             continue
         if len(contour.points) < 3:
-            problems.not_closed.append(f"{_CLOSED_PLANAR} with {len(contour.points)} point(s)")
+            problems.not_closed.append(
+                f"{contour.geometric_type} with {len(contour.points)} point(s)"
+            )
             continue
         if not np.all(np.isfinite(contour.points)):
             raise MaskError(

@@ -1,0 +1,104 @@
+"""Valid volume files that real tools write and that pydicom, nibabel or kseg's own code
+could read differently from what the file says, each checked against a reference built
+independently in the test (a hand-worked mask, values written with pydicom or nibabel)."""
+
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+
+from kseg.errors import MaskError
+from kseg.io import Volume, rasterize_rtstruct
+
+# --- RT Structure Sets ---------------------------------------------------------------------------
+
+# An axial 3 x 10 x 10 grid of 1 mm voxels at the LPS origin: pixel (j, i) of slice k has its
+# centre at LPS (i, j, k) mm, so contour coordinates below read directly as column, row.
+_AXIAL_GRID = Volume(
+    array=np.zeros((3, 10, 10), np.int16),
+    affine=np.array([[0, 0, -1.0, 0], [0, -1.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 0, 1]]),
+    patient_id="p",
+)
+
+
+def _square(low, high, z):
+    """A square outline through LPS (low, low) .. (high, high) mm on the plane z."""
+    return [low, low, z, high, low, z, high, high, z, low, high, z]
+
+
+def _write_structure_set(path, rois):
+    """``rois``: ``[(ROINumber, ROIName, [(ContourGeometricType, ContourData), ...])]``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = RTStructureSetStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = RTStructureSetStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "RTSTRUCT"
+    ds.PatientID = "p"
+    definitions, contour_items = [], []
+    for number, name, contours in rois:
+        definition = Dataset()
+        definition.ROINumber, definition.ROIName = number, name
+        definitions.append(definition)
+        item = Dataset()
+        item.ReferencedROINumber = number
+        drawn = []
+        for geometric_type, data in contours:
+            contour = Dataset()
+            contour.ContourGeometricType = geometric_type
+            contour.NumberOfContourPoints = len(data) // 3
+            contour.ContourData = [float(v) for v in data]
+            drawn.append(contour)
+        item.ContourSequence = Sequence(drawn)
+        contour_items.append(item)
+    ds.StructureSetROISequence = Sequence(definitions)
+    ds.ROIContourSequence = Sequence(contour_items)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_closedplanar_xor_contours_are_filled_with_their_holes(tmp_path):
+    # PS3.3 C.8.8.6.3: CLOSEDPLANAR_XOR contours of one plane combine by exclusive or, one
+    # of the standard's encodings of an organ with a hole. Before, they were dropped as
+    # having no area and the ROI came back empty.
+    path = _write_structure_set(
+        tmp_path / "rs.dcm",
+        [(1, "Liver", [("CLOSEDPLANAR_XOR", _square(0.5, 7.5, 1.0)),
+                       ("CLOSEDPLANAR_XOR", _square(2.5, 4.5, 1.0))])],
+    )
+    expected = np.zeros(_AXIAL_GRID.shape, np.uint8)
+    expected[1, 1:8, 1:8] = 1  # centres 1..7 inside the outer square
+    expected[1, 3:5, 3:5] = 0  # centres 3, 4 inside the hole
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        masks = rasterize_rtstruct(path, _AXIAL_GRID)
+    np.testing.assert_array_equal(masks["Liver"], expected)
+
+
+def test_two_drawn_rois_sharing_a_name_are_refused_naming_both(tmp_path):
+    path = _write_structure_set(
+        tmp_path / "rs.dcm",
+        [(3, "GTV", [("CLOSED_PLANAR", _square(0.5, 3.5, 0.0))]),
+         (7, "GTV", [("CLOSED_PLANAR", _square(4.5, 8.5, 2.0))])],
+    )
+    with pytest.raises(MaskError, match=r"'GTV' is shared by ROI numbers 3 \(1 contours\), 7"):
+        rasterize_rtstruct(path, _AXIAL_GRID)
+
+
+def test_an_empty_duplicate_name_does_not_replace_the_drawn_roi(tmp_path):
+    path = _write_structure_set(
+        tmp_path / "rs.dcm",
+        [(1, "Heart", [("CLOSED_PLANAR", _square(0.5, 3.5, 2.0))]), (2, "Heart", [])],
+    )
+    expected = np.zeros(_AXIAL_GRID.shape, np.uint8)
+    expected[2, 1:4, 1:4] = 1
+    masks = rasterize_rtstruct(path, _AXIAL_GRID, roi_names=["Heart"])
+    np.testing.assert_array_equal(masks["Heart"], expected)
+    assert pydicom.dcmread(path).StructureSetROISequence[1].ROIName == "Heart"
