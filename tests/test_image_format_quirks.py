@@ -2,6 +2,7 @@
 test writes the file as a real tool would, shows what Pillow alone makes of it, and checks
 that kseg reads the values the format's standard gives, or refuses the file by name."""
 
+import struct
 import warnings
 
 import numpy as np
@@ -122,3 +123,39 @@ def test_avif_mask_is_lossy_like_a_jpeg(tmp_path):
         np.testing.assert_array_equal(
             read_labels(tmp_path / "mask.avif", LabelRule()), stored > 127
         )
+
+
+def _write_16_bit_bmp(path, grey: np.ndarray, green_bits: int) -> None:
+    """A BMP of 16 bits per pixel, written byte by byte after Microsoft's BITMAPINFOHEADER:
+    5-6-5 bits (BI_BITFIELDS with its three masks, GIMP's and Windows' "R5 G6 B5") when
+    ``green_bits`` is 6, or the 5-5-5 default (BI_RGB); rows bottom-up, padded to 4 bytes."""
+    height, width = grey.shape
+    red_blue = grey.astype(np.uint16) >> 3
+    green = grey.astype(np.uint16) >> (8 - green_bits)
+    pixels = (red_blue << (5 + green_bits)) | (green << 5) | red_blue
+    rows = b"".join(
+        np.concatenate([row, np.zeros(width % 2, np.uint16)]).astype("<u2").tobytes()
+        for row in pixels[::-1]
+    )
+    bitfields = green_bits == 6
+    header = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 16, 3 if bitfields else 0,
+                         len(rows), 2835, 2835, 0, 0)  # fmt: skip
+    if bitfields:
+        header += struct.pack("<III", 0xF800, 0x07E0, 0x001F)
+    offset = 14 + len(header)
+    path.write_bytes(b"BM" + struct.pack("<IHHI", offset + len(rows), 0, 0, offset) + header + rows)
+
+
+@pytest.mark.parametrize("green_bits", [5, 6])
+def test_16_bit_bmp_mask_of_5_and_6_bit_fields_is_read_not_refused(tmp_path, green_bits):
+    # 16 bits per pixel, not per sample: no high byte is lost; 0 and 255 survive whole
+    structure = np.zeros((5, 7), bool)
+    structure[1:4, 2:6] = True
+    _write_16_bit_bmp(tmp_path / "mask.bmp", structure.astype(np.uint8) * 255, green_bits)
+    with Image.open(tmp_path / "mask.bmp") as check:
+        assert check.mode == "RGB" and set(np.unique(np.asarray(check)).tolist()) == {0, 255}
+    np.testing.assert_array_equal(read_labels(tmp_path / "mask.bmp", LabelRule()), structure)
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.bmp"), structure * 255)
+    image, bit_depth = read_radiograph(tmp_path / "mask.bmp")
+    np.testing.assert_array_equal(image, structure * 255)
+    assert bit_depth == 8

@@ -302,9 +302,14 @@ def _one_mask_image(path: str):
 def high_bytes_only(image: Image.Image) -> str | None:
     """Why Pillow would keep only the high byte of ``image``'s samples, or None: a file of
     16-bit colour, colour with alpha or grey with alpha samples (Pillow has no 16-bit
-    multi-channel mode and decodes them to 8 bits). Read before loading."""
+    multi-channel mode and decodes them to 8 bits). Read before loading.
+
+    The raw modes of 16-bit samples name their byte order (``RGB;16B``, ``RGBA;16L``); a
+    16-bit BMP's ``BGR;16`` is 5-6-5 bits per pixel, which Pillow widens to 8 bits whole.
+    """
     raw_mode = _raw_mode(image)
-    if image.mode in ("RGB", "RGBA", "CMYK") and ";16" in raw_mode:
+    sixteen_bit_samples = any(f";16{order}" in raw_mode for order in "BLN")
+    if image.mode in ("RGB", "RGBA", "CMYK") and sixteen_bit_samples:
         kind = "grey with alpha" if raw_mode.startswith("LA") else image.mode
         return (
             f"is a 16-bit {kind} image ({raw_mode}), whose samples Pillow, kseg's image "
