@@ -9,10 +9,72 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+from pydicom.uid import (
+    EnhancedCTImageStorage,
+    ExplicitVRLittleEndian,
+    RTStructureSetStorage,
+    generate_uid,
+)
+from test_io_dicom import COLUMNS, ROWS, _write_slice
 
-from kseg.errors import MaskError
-from kseg.io import Volume, rasterize_rtstruct
+from kseg.errors import MaskError, UnreadableFileError
+from kseg.io import Volume, rasterize_rtstruct, read_dicom_image, read_dicom_series
+
+# --- DICOM images --------------------------------------------------------------------------------
+
+
+def _item(**values):
+    item = Dataset()
+    for keyword, value in values.items():
+        setattr(item, keyword, value)
+    return Sequence([item])
+
+
+def _enhanced_ct_slice(path, z, stored):
+    """A one-frame Enhanced CT file as scanners and legacy converters write it: rescale,
+    position, orientation and spacing only in its functional groups (PS3.3 C.7.6.16)."""
+    _write_slice(path, position=(0, 0, z), pixels=np.full((ROWS, COLUMNS), stored, np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+    ds.NumberOfFrames = 1
+    per_frame = Dataset()
+    per_frame.PlanePositionSequence = _item(ImagePositionPatient=[0.0, 0.0, float(z)])
+    shared = Dataset()
+    shared.PlaneOrientationSequence = _item(ImageOrientationPatient=[1.0, 0, 0, 0, 1.0, 0])
+    shared.PixelMeasuresSequence = _item(PixelSpacing=[0.5, 0.75], SliceThickness=2.5)
+    shared.PixelValueTransformationSequence = _item(
+        RescaleSlope=1, RescaleIntercept=-1024, RescaleType="HU"
+    )
+    ds.PerFrameFunctionalGroupsSequence = Sequence([per_frame])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+                    "SliceThickness", "RescaleSlope", "RescaleIntercept"):
+        delattr(ds, keyword)
+    ds.save_as(path)
+    return path
+
+
+def test_one_frame_enhanced_ct_is_rescaled_and_placed_by_its_functional_groups(tmp_path):
+    # Before: the series was refused for lacking ImagePositionPatient, and the image came
+    # back in stored values, 1024 HU too bright.
+    for z, stored in ((0.0, 1000), (2.5, 1100)):
+        _enhanced_ct_slice(tmp_path / f"e{int(z * 10):03d}.dcm", z, stored)
+    volume = read_dicom_series(tmp_path)
+    np.testing.assert_array_equal(volume.array[:, 0, 0], [1000 - 1024, 1100 - 1024])
+    assert volume.spacing == pytest.approx((2.5, 0.5, 0.75))
+    np.testing.assert_allclose(volume.affine @ [1, 0, 0, 1], [0, 0, 2.5, 1])
+    image = read_dicom_image(tmp_path / "e000.dcm")
+    np.testing.assert_array_equal(image, np.full((ROWS, COLUMNS), 1000 - 1024, np.float32))
+
+
+def test_enhanced_rescale_contradicting_the_top_level_is_refused(tmp_path):
+    path = _enhanced_ct_slice(tmp_path / "e.dcm", 0.0, 1000)
+    ds = pydicom.dcmread(path)
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    ds.save_as(path)
+    with pytest.raises(UnreadableFileError, match="RescaleIntercept is .* at the top level"):
+        read_dicom_image(path)
+
 
 # --- RT Structure Sets ---------------------------------------------------------------------------
 

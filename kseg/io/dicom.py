@@ -12,15 +12,18 @@ written to the input.
 Files are read by what they say: the transfer syntax picks the decoder, and Rows, Columns,
 BitsAllocated, SamplesPerPixel, PixelRepresentation, PhotometricInterpretation, the rescale
 values and the geometry tags are checked before any pixel is decoded or any array allocated.
-A file that is DICOM but broken (cut short, an image without pixel data, a header value that is
-not what its tag needs) is an error naming the file and the tag; only files that are not DICOM
-at all, or DICOM objects without an image (DICOMDIR, RTSTRUCT, SR ...), are skipped, with a
-:class:`SkippedFileWarning`. :func:`scan_dicom_files` is that header pass on its own, for
-dataset builders that walk a whole download.
+A single-frame Enhanced image (Enhanced CT / MR, Legacy Converted Enhanced) is read by the
+rescale, position, orientation and pixel spacing of its functional groups, where such files
+keep them. A file that is DICOM but broken (cut short, an image without pixel data, a header
+value that is not what its tag needs) is an error naming the file and the tag; only files that
+are not DICOM at all, or DICOM objects without an image (DICOMDIR, RTSTRUCT, SR ...), are
+skipped, with a :class:`SkippedFileWarning`. :func:`scan_dicom_files` is that header pass on
+its own, for dataset builders that walk a whole download.
 
 Reference:
     DICOM PS3.3 C.7.6.2.1.1 (Image Position and Image Orientation, patient coordinate system),
-    C.7.6.3 (Image Pixel Module) and C.11.1.1.2 (Modality LUT / rescale); PS3.10 7.1 (file
+    C.7.6.3 (Image Pixel Module), C.7.6.16 (Multi-frame Functional Groups) and C.11.1.1.2
+    (Modality LUT / rescale); PS3.10 7.1 (file
     preamble and meta information);
     Li X. et al., "The first step for neuroimaging data analysis: DICOM to NIfTI conversion",
     J Neurosci Methods 264 (2016) 47-56 (dcm2niix: slice order from positions).
@@ -91,6 +94,20 @@ _SOF_MARKERS = frozenset({*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0
 _PIP_NAMES = {"gdcm": "python-gdcm"}
 
 _NOT_DICOM = "not DICOM"
+
+# Enhanced (multi-frame IOD) images keep rescale, geometry and window in functional groups
+# (PS3.3 C.7.6.16), where neither pydicom's rescale nor a top-level lookup finds them.
+_FUNCTIONAL_GROUP_VALUES = {
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
+    "PlanePositionSequence": ("ImagePositionPatient",),
+    "PlaneOrientationSequence": ("ImageOrientationPatient",),
+    "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth"),
+}
+_PLACING_OR_RESCALING = frozenset(
+    {"RescaleSlope", "RescaleIntercept", "ImagePositionPatient", "ImageOrientationPatient",
+     "PixelSpacing"}
+)
 
 # DICOM patient coordinates are LPS+; RAS+ negates x and y.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -193,7 +210,9 @@ def read_dicom_series(
             or that need more bytes than the PixelData holds (checked before anything is
             allocated); RescaleSlope / RescaleIntercept that are not finite numbers (or a zero
             slope); a transfer syntax with no decoder installed (the message names the
-            syntax and what to install) or pixel data the decoder rejects.
+            syntax and what to install) or pixel data the decoder rejects; a one-frame
+            Enhanced file whose functional groups contradict its top-level rescale or
+            geometry.
 
     Warns:
         SkippedFileWarning: files that are not DICOM images were ignored.
@@ -239,8 +258,9 @@ def read_dicom_image(path: os.PathLike | str) -> np.ndarray:
     Raises:
         UnreadableFileError: not a DICOM file; a DICOM file cut short or without pixel data;
             an image that is not single-frame grayscale (MONOCHROME1/2, one sample per pixel);
-            a pixel-module or rescale value that is malformed (the message names the tag), or
-            a size the PixelData cannot hold; a transfer syntax with no decoder installed
+            a pixel-module or rescale value that is malformed (the message names the tag),
+            given differently in an Enhanced file's functional groups, or a size the
+            PixelData cannot hold; a transfer syntax with no decoder installed
             (the message names the syntax and what to install) or pixel data that cannot be
             decoded.
 
@@ -444,7 +464,53 @@ def _scan_file(path: str) -> tuple[pydicom.Dataset | None, str | None]:
             f"is a {_sop_class_name(dataset)} file without Rows/Columns or pixel data: the "
             "header is cut short or incomplete",
         )
+    _lift_functional_groups(path, dataset)
     return dataset, None
+
+
+def _lift_functional_groups(path: str, dataset: pydicom.Dataset) -> None:
+    """Copy a single-frame Enhanced image's frame values to the top level, in memory.
+
+    An Enhanced CT / MR / Legacy Converted file of one frame is an ordinary slice whose
+    RescaleSlope / RescaleIntercept, position, orientation and pixel spacing sit in its
+    per-frame or shared functional groups. Left there, its stored values would pass for
+    Hounsfield units (1024 HU too bright for a CT intercept of -1024), silently. A value
+    that places or rescales the pixels, given both at the top level and, differently, in the
+    functional groups, is an error: which one the writer meant is unknowable (for reported
+    values, such as the window, the top level's is kept). Files of several frames are
+    refused later.
+    """
+    if "PerFrameFunctionalGroupsSequence" not in dataset and (
+        "SharedFunctionalGroupsSequence" not in dataset
+    ):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if int(str(dataset.get("NumberOfFrames", 1)).strip() or 1) != 1:
+                return
+            groups = [
+                *(dataset.get("PerFrameFunctionalGroupsSequence") or [])[:1],
+                *(dataset.get("SharedFunctionalGroupsSequence") or [])[:1],
+            ]
+        except Exception:  # malformed: the pixel-module checks name it
+            return
+    found = {}
+    for group in groups:  # per-frame first: a group sits in one of the two, never both
+        for sequence, keywords in _FUNCTIONAL_GROUP_VALUES.items():
+            items = group.get(sequence)
+            for keyword in keywords if items else ():
+                if keyword in items[0] and keyword not in found:
+                    found[keyword] = items[0][keyword]
+    for keyword, element in found.items():
+        if keyword not in dataset:
+            dataset[element.tag] = element
+        elif keyword in _PLACING_OR_RESCALING and dataset[keyword].value != element.value:
+            raise UnreadableFileError(
+                path,
+                f"{keyword} is {dataset[keyword].value!r} at the top level but "
+                f"{element.value!r} in the functional groups; expected one value",
+            )
 
 
 def _cut_short(dataset: pydicom.Dataset, size: int) -> str | None:
@@ -997,6 +1063,7 @@ def _read_vetted_file(path: str) -> pydicom.Dataset:
             dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         else:
             dataset.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    _lift_functional_groups(path, dataset)
     return dataset
 
 
