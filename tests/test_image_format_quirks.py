@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 from PIL import Image, features
-from test_io_masks import write_grey_tiff
+from test_io_masks import write_16_bit_png, write_grey_tiff
 
 from kseg.errors import MaskError, UnreadableFileError
 from kseg.io import CHAOS_MR_LABEL_RANGES, LabelRule, LossyMaskWarning, read_labels, read_mask
@@ -159,3 +159,34 @@ def test_16_bit_bmp_mask_of_5_and_6_bit_fields_is_read_not_refused(tmp_path, gre
     image, bit_depth = read_radiograph(tmp_path / "mask.bmp")
     np.testing.assert_array_equal(image, structure * 255)
     assert bit_depth == 8
+
+
+def test_grey_png_whose_trns_value_is_the_background_not_0_is_refused(tmp_path):
+    # optipng stores a grey + alpha overlay whose alpha is 0 or 255 as grey + tRNS: here a
+    # black structure drawn over a transparent white background. By its values alone the
+    # background (255) would be the structure.
+    structure = np.zeros((5, 7), bool)
+    structure[1:4, 2:6] = True
+    shown = np.where(structure, 0, 255).astype(np.uint8)
+    Image.fromarray(shown).save(tmp_path / "overlay.png", transparency=255)
+    write_16_bit_png(
+        tmp_path / "overlay16.png", shown[..., None].astype(np.uint16) * 257, 0, transparent=65535
+    )
+    for name in ("overlay.png", "overlay16.png"):
+        with Image.open(tmp_path / name) as check:  # the transparency only in info
+            assert check.mode in ("L", "I;16") and check.info["transparency"] in (255, 65535)
+        with pytest.raises(MaskError, match=rf"{name}: is a mask with transparency"):
+            read_labels(tmp_path / name, LabelRule())
+        with pytest.raises(MaskError, match=rf"{name}: is a mask with transparency"):
+            read_mask(tmp_path / name)
+
+
+def test_grey_and_rgb_pngs_transparent_exactly_where_0_read_by_their_values(tmp_path):
+    structure = np.zeros((5, 7), bool)
+    structure[1:4, 2:6] = True
+    Image.fromarray(structure.astype(np.uint8) * 255).save(tmp_path / "grey.png", transparency=0)
+    rgb = np.repeat(structure[..., None].astype(np.uint8) * 255, 3, axis=2)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png", transparency=(0, 0, 0))
+    write_16_bit_png(tmp_path / "grey16.png", structure[..., None] * 1, 0, transparent=0)
+    for name in ("grey.png", "rgb.png", "grey16.png"):
+        np.testing.assert_array_equal(read_labels(tmp_path / name, LabelRule()), structure)

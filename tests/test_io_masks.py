@@ -467,9 +467,10 @@ def test_white_is_zero_tiff_masks_give_their_stored_samples(tmp_path, bits):
     np.testing.assert_array_equal(read_labels(path, LabelRule()), structure.astype(np.uint8))
 
 
-def write_16_bit_png(path, samples: np.ndarray, colour_type: int) -> None:
-    """A 16-bit PNG of colour type 2 (RGB), 4 (grey + alpha) or 6 (RGBA), written byte by
-    byte after the PNG standard; ``samples`` is ``(rows, columns, channels)``."""
+def write_16_bit_png(path, samples: np.ndarray, colour_type: int, transparent=None) -> None:
+    """A 16-bit PNG of colour type 0 (grey), 2 (RGB), 4 (grey + alpha) or 6 (RGBA), written
+    byte by byte after the PNG standard; ``samples`` is ``(rows, columns, channels)``. A grey
+    or RGB file may name one ``transparent`` value (an int or RGB tuple) in a tRNS chunk."""
     import struct
     import zlib
 
@@ -480,9 +481,11 @@ def write_16_bit_png(path, samples: np.ndarray, colour_type: int) -> None:
     height, width = samples.shape[:2]
     header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
     scanlines = b"".join(b"\0" + row.astype(">u2").tobytes() for row in samples)
+    key = np.atleast_1d(transparent).astype(">u2").tobytes() if transparent is not None else b""
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
+        + (chunk(b"tRNS", key) if key else b"")
         + chunk(b"IDAT", zlib.compress(scanlines))
         + chunk(b"IEND", b"")
     )

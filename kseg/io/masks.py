@@ -690,8 +690,7 @@ def _lossless_values(path: str, image: Image.Image) -> np.ndarray:
         return np.array(image, dtype=np.uint8)
     if mode in ("L", "P", "I;16", "I;16B", "I;16L"):
         values = np.array(image)
-        if mode == "P":
-            _check_alpha(path, image, values)
+        _check_alpha(path, image, values)
         return values.astype(np.uint16) if values.dtype.itemsize == 2 else values
     if mode == "LA":
         values = np.array(image)[..., 0]
@@ -742,6 +741,7 @@ def _value_counts(values: np.ndarray, limit: int = 10) -> str:
 _GREY_BYTE_MODES = {"L": "8-bit grey", "LA": "8-bit grey with alpha"}
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")
 _SIXTEEN_BIT_FULL_SCALE = 65535
+_KEYED_TRANSPARENCY_MODES = ("L", "RGB", *_SIXTEEN_BIT_MODES)
 
 
 def _sub_byte_stored(image: Image.Image, bits: int) -> np.ndarray:
@@ -765,7 +765,9 @@ def _stored_values(
         _check_alpha(path, image, values)
         return values, 255, _GREY_BYTE_MODES[mode]
     if mode in _SIXTEEN_BIT_MODES:
-        return np.array(image).astype(np.uint16), _SIXTEEN_BIT_FULL_SCALE, "16-bit grey"
+        values = np.array(image).astype(np.uint16)
+        _check_alpha(path, image, values)
+        return values, _SIXTEEN_BIT_FULL_SCALE, "16-bit grey"
     if mode in ("I", "F"):
         values = _integer_values(path, image)
         if values.max() > _SIXTEEN_BIT_FULL_SCALE:
@@ -797,12 +799,18 @@ def _check_alpha(path: str, image: Image.Image, values: np.ndarray) -> None:
     transparent exactly where the value is 0 (a mask saved with a transparent background). An
     overlay exported from a viewer instead paints one colour everywhere and keeps the
     structure in alpha: read by its values it would be all structure (white) or all
-    background (black), silently.
+    background (black), silently. A grey or RGB PNG may instead name one transparent value
+    in its tRNS chunk (optipng stores a grey + alpha image whose alpha is 0 or 255 this way),
+    which Pillow keeps aside in ``info``.
     """
     if image.mode in ("LA", "RGBA"):
         alpha = np.array(image.getchannel("A"))
     elif image.mode == "P" and "transparency" in image.info:
         alpha = np.array(image.convert("RGBA").getchannel("A"))
+    elif image.mode in _KEYED_TRANSPARENCY_MODES and "transparency" in image.info:
+        pixels = np.array(image)
+        transparent = pixels == np.asarray(image.info["transparency"])
+        alpha = np.where(transparent.all(axis=-1) if pixels.ndim == 3 else transparent, 0, 255)
     else:
         return
     if alpha.min() == alpha.max():
