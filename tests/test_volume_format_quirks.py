@@ -18,7 +18,14 @@ from pydicom.uid import (
 from test_io_dicom import COLUMNS, ROWS, _write_slice
 
 from kseg.errors import MaskError, UnreadableFileError
-from kseg.io import Volume, rasterize_rtstruct, read_dicom_image, read_dicom_series
+from kseg.io import (
+    Volume,
+    rasterize_rtstruct,
+    read_dicom_image,
+    read_dicom_seg,
+    read_dicom_seg_masks,
+    read_dicom_series,
+)
 
 # --- DICOM images --------------------------------------------------------------------------------
 
@@ -164,3 +171,81 @@ def test_an_empty_duplicate_name_does_not_replace_the_drawn_roi(tmp_path):
     masks = rasterize_rtstruct(path, _AXIAL_GRID, roi_names=["Heart"])
     np.testing.assert_array_equal(masks["Heart"], expected)
     assert pydicom.dcmread(path).StructureSetROISequence[1].ROIName == "Heart"
+
+
+# --- DICOM-SEG -----------------------------------------------------------------------------------
+
+
+def _label_map_seg(hd, folder, labels):
+    """A LABELMAP SEG (Label Map Segmentation Storage) as highdicom writes it, drawn
+    on a 3-slice axial series; returns the series and the SEG file."""
+    from pydicom.sr.codedict import codes
+
+    (folder / "ct").mkdir()
+    for k in range(labels.shape[0]):
+        _write_slice(folder / "ct" / f"s{k}.dcm", position=(0, 0, 2.0 * k))
+    ct = read_dicom_series(folder / "ct")
+    sources = [pydicom.dcmread(path) for path in ct.source_files]
+    for source in sources:  # type 2 patient / study attributes highdicom copies
+        for keyword in ("PatientName", "PatientBirthDate", "StudyDate", "StudyTime",
+                        "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+            setattr(source, keyword, "")
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=name,
+            segmented_property_category=codes.SCT.AnatomicalStructure,
+            segmented_property_type=codes.SCT.Organ,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for number, name in ((1, "Liver"), (2, "Spleen"))
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=labels,
+        segmentation_type=hd.seg.SegmentationTypeValues.LABELMAP,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=2,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="1",
+        device_serial_number="1",
+        omit_empty_frames=False,
+    )
+    seg.save_as(folder / "labelmap.dcm")
+    return ct, folder / "labelmap.dcm"
+
+
+def test_labelmap_seg_reads_as_the_label_map_written(tmp_path):
+    # Before: refused ("SegmentationType 'LABELMAP' is not BINARY or FRACTIONAL").
+    hd = pytest.importorskip("highdicom")
+    if not hasattr(hd.seg.SegmentationTypeValues, "LABELMAP"):
+        pytest.skip("this highdicom writes no LABELMAP SEG")
+    labels = np.random.default_rng(3).integers(0, 3, size=(3, ROWS, COLUMNS)).astype(np.uint8)
+    ct, path = _label_map_seg(hd, tmp_path, labels)
+    assert pydicom.dcmread(path).SegmentSequence[0].SegmentLabel == "Background"
+    on_series = read_dicom_seg(path, reference_series=ct)
+    np.testing.assert_array_equal(on_series.array, labels)
+    assert on_series.metadata["segment_labels"] == {1: "Liver", 2: "Spleen"}
+    alone = read_dicom_seg_masks(path)  # highdicom stores the last slice's frame first
+    assert sorted(alone) == [1, 2]
+    np.testing.assert_array_equal(alone[2].array, labels == 2)
+    np.testing.assert_allclose(alone[2].affine, ct.affine, atol=1e-6)
+
+
+def test_labelmap_pixel_naming_no_segment_is_refused(tmp_path):
+    hd = pytest.importorskip("highdicom")
+    if not hasattr(hd.seg.SegmentationTypeValues, "LABELMAP"):
+        pytest.skip("this highdicom writes no LABELMAP SEG")
+    _, path = _label_map_seg(hd, tmp_path, np.ones((3, ROWS, COLUMNS), np.uint8))
+    ds = pydicom.dcmread(path)
+    assert ds.BitsAllocated == 8
+    stored = bytearray(ds.PixelData)
+    stored[5] = 7
+    ds.PixelData = bytes(stored)
+    ds.save_as(path)
+    with pytest.raises(UnreadableFileError, match=r"pixel value\(s\) \[7\]"):
+        read_dicom_seg(path)

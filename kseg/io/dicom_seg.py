@@ -7,7 +7,9 @@ Slicer, highdicom) whether or not highdicom is installed.
 
 A SEG file stores, per segment, one binary frame per slice the segment appears on, each
 frame with its own ImagePositionPatient (and usually the SOPInstanceUID of the image it was
-drawn on). :func:`read_dicom_seg_masks` places each frame on a grid:
+drawn on). A LABELMAP SEG (Label Map Segmentation Storage, as recent highdicom versions
+write it) stores one frame per slice whose pixels hold segment numbers instead, the background
+being its PixelPaddingValue. :func:`read_dicom_seg_masks` places each frame on a grid:
 
 * **With the reference series** (the Volume :func:`kseg.io.read_dicom_series` returned for
   the images the SEG was drawn on), on that series' grid: a frame goes on the slice whose
@@ -47,6 +49,7 @@ from kseg.io.volume import Volume, image_affine
 __all__ = ["read_dicom_seg", "read_dicom_seg_masks", "write_dicom_seg"]
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 
 _LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 # Patient and General Study attributes highdicom copies from the first source image; files
@@ -231,16 +234,19 @@ def read_dicom_seg_masks(
     See the module docstring for how frames are placed on a grid.
 
     Args:
-        path: the SEG file (BINARY, or FRACTIONAL read as value >= half the maximum).
+        path: the SEG file (BINARY; FRACTIONAL read as value >= half the maximum;
+            LABELMAP, each segment where the pixels hold its number).
         reference_series: the series the SEG was drawn on; its grid is used.
 
     Returns:
-        ``{segment number: Volume}`` in SegmentSequence order; each array ``uint8`` 0/1,
-        ``metadata["segment_label"]`` the SegmentLabel, ``source_files`` the SEG file.
+        ``{segment number: Volume}`` in SegmentSequence order (a LABELMAP's background
+        segment left out); each array ``uint8`` 0/1, ``metadata["segment_label"]`` the
+        SegmentLabel, ``source_files`` the SEG file.
 
     Raises:
         UnreadableFileError: not DICOM, not a Segmentation, or its frames lack the
-            position / orientation / spacing / segment number needed to place them.
+            position / orientation / spacing / segment number needed to place them; a
+            LABELMAP pixel value that is neither a segment nor the background.
         AlignmentError: with ``reference_series``: another FrameOfReferenceUID, another
             orientation, pixel spacing or size, or frames off the series' slices.
     """
@@ -254,12 +260,19 @@ def read_dicom_seg_masks(
     else:
         grid = _grid_of_series(path, ds, frames, reference_series)
     pixels = _pixels(path, ds)
+    background = _label_map_background(ds)
     labels = {
         int(item.SegmentNumber): str(item.get("SegmentLabel", "") or "")
         for item in ds.SegmentSequence
+        if int(item.SegmentNumber) != background
     }
     masks = {number: np.zeros(grid.shape, np.uint8) for number in labels}
     for frame, (number, k) in enumerate(zip(frames.segments, grid.slices, strict=True)):
+        if number is None:
+            _check_label_map_frame(path, pixels[frame], frame, set(masks), background)
+            for value, mask in masks.items():
+                mask[k] |= pixels[frame] == value
+            continue
         if number not in masks:
             raise UnreadableFileError(
                 path, f"frame {frame} names segment {number}, which SegmentSequence lacks"
@@ -352,16 +365,19 @@ def _read_segmentation(path: str) -> pydicom.Dataset:
         raise UnreadableFileError(path, f"not a DICOM file ({exc})") from exc
     except Exception as exc:  # pydicom raises many types on damaged files
         raise UnreadableFileError(path, f"DICOM file cannot be read ({exc})") from exc
-    if str(ds.get("SOPClassUID", "")) != SEGMENTATION_STORAGE and ds.get("Modality") != "SEG":
+    sop_classes = (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE)
+    if str(ds.get("SOPClassUID", "")) not in sop_classes and ds.get("Modality") != "SEG":
         raise UnreadableFileError(
             path,
-            f"expected a DICOM Segmentation (SOP Class {SEGMENTATION_STORAGE}), got "
+            f"expected a DICOM Segmentation (SOP Class {' or '.join(sop_classes)}), got "
             f"Modality {ds.get('Modality') or '(none)'}, SOP Class "
             f"{ds.get('SOPClassUID') or '(none)'}",
         )
-    if ds.get("SegmentationType") not in ("BINARY", "FRACTIONAL"):
+    if ds.get("SegmentationType") not in ("BINARY", "FRACTIONAL", "LABELMAP"):
         raise UnreadableFileError(
-            path, f"SegmentationType {ds.get('SegmentationType')!r} is not BINARY or FRACTIONAL"
+            path,
+            f"SegmentationType {ds.get('SegmentationType')!r} is not BINARY, FRACTIONAL or "
+            "LABELMAP",
         )
     return ds
 
@@ -416,17 +432,21 @@ def _frames(path: str, ds: pydicom.Dataset) -> _Frames:
 
 
 def _segments_and_sources(path: str, ds: pydicom.Dataset, count: int):
-    """Each frame's segment number and the SOPInstanceUID of the image it was drawn on
-    ("" when it names none)."""
+    """Each frame's segment number (``None`` in a LABELMAP SEG, whose frames hold them all)
+    and the SOPInstanceUID of the image it was drawn on ("" when it names none)."""
     segments, sources = [], []
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     for frame in range(count):
-        try:
-            segments.append(int(_functional(
-                path, ds, frame, "SegmentIdentificationSequence", "ReferencedSegmentNumber")))
-        except (TypeError, ValueError) as exc:
-            raise UnreadableFileError(path, f"frame {frame}: unusable segment number ({exc})"
-                                      ) from exc
+        if ds.SegmentationType == "LABELMAP":  # every segment in every frame
+            segments.append(None)
+        else:
+            try:
+                segments.append(int(_functional(
+                    path, ds, frame, "SegmentIdentificationSequence", "ReferencedSegmentNumber")))
+            except (TypeError, ValueError) as exc:
+                raise UnreadableFileError(
+                    path, f"frame {frame}: unusable segment number ({exc})"
+                ) from exc
         uid = ""
         if frame < len(per_frame):
             for derivation in per_frame[frame].get("DerivationImageSequence", []):
@@ -485,12 +505,33 @@ def _grid_of_source_images(
     return _Grid(shape, affine, slices)
 
 
+def _label_map_background(ds: pydicom.Dataset) -> int | None:
+    """The pixel value of a LABELMAP SEG's background: its PixelPaddingValue (highdicom also
+    describes it as a segment, labelled "Background"); ``None`` for other SEGs."""
+    if ds.SegmentationType != "LABELMAP" or ds.get("PixelPaddingValue") is None:
+        return None
+    return int(ds.PixelPaddingValue)
+
+
+def _check_label_map_frame(path, frame_pixels, frame: int, segments: set, background) -> None:
+    stray = sorted(set(np.unique(frame_pixels).tolist()) - segments - {background})
+    if stray:
+        raise UnreadableFileError(
+            path,
+            f"LABELMAP frame {frame} holds pixel value(s) {stray[:5]}, which neither "
+            f"SegmentSequence ({sorted(segments)}) nor PixelPaddingValue (background, "
+            f"{background}) names",
+        )
+
+
 def _pixels(path: str, ds: pydicom.Dataset) -> np.ndarray:
     try:
         pixels = np.asarray(ds.pixel_array)
     except Exception as exc:  # pydicom raises many types on damaged pixel data
         raise UnreadableFileError(path, f"pixel data cannot be decoded ({exc})") from exc
     pixels = pixels.reshape(int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns))
+    if ds.SegmentationType == "LABELMAP":  # segment numbers, palette indices if PALETTE COLOR
+        return pixels
     if ds.SegmentationType == "FRACTIONAL":
         maximum = float(ds.get("MaximumFractionalValue", 255) or 255)
         return (pixels >= maximum / 2).astype(np.uint8)
