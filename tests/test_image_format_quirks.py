@@ -190,3 +190,17 @@ def test_grey_and_rgb_pngs_transparent_exactly_where_0_read_by_their_values(tmp_
     write_16_bit_png(tmp_path / "grey16.png", structure[..., None] * 1, 0, transparent=0)
     for name in ("grey.png", "rgb.png", "grey16.png"):
         np.testing.assert_array_equal(read_labels(tmp_path / name, LabelRule()), structure)
+
+
+def test_12_bit_tiff_radiograph_says_12_bits_not_16(tmp_path):
+    # Pillow gives a 12-bit TIFF's samples unscaled (0..4095) in a 16-bit mode
+    stored = np.array([[0, 1, 4095], [2048, 7, 4000], [5, 4094, 3]], np.uint16)  # odd width
+    write_grey_tiff(tmp_path / "cxr.tif", stored, 12)
+    with Image.open(tmp_path / "cxr.tif") as check:
+        assert check.mode == "I;16" and check.tag_v2[258] == (12,)
+    image, bit_depth = read_radiograph(tmp_path / "cxr.tif")
+    np.testing.assert_array_equal(image, stored)
+    assert bit_depth == 12
+    np.testing.assert_array_equal(read_mask(tmp_path / "cxr.tif"), stored)
+    write_grey_tiff(tmp_path / "cxr16.tif", stored, 16)
+    assert read_radiograph(tmp_path / "cxr16.tif")[1] == 16

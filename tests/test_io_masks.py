@@ -389,10 +389,11 @@ def _write_grey_png(path, samples: np.ndarray, bits: int) -> None:
 def write_grey_tiff(
     path, samples: np.ndarray, bits: int, *, white_is_zero=False, orientation=1, sample_format=1
 ):
-    """An uncompressed little-endian grey TIFF of ``bits`` (1, 2, 4, 8 or 16) bits per
-    sample, written after the TIFF 6.0 standard (one strip): BlackIsZero, or WhiteIsZero
-    (PhotometricInterpretation 0), with an Orientation tag and a SampleFormat (1 unsigned,
-    2 signed: ``samples`` are then written as their two's-complement bytes)."""
+    """An uncompressed little-endian grey TIFF of ``bits`` (1, 2, 4, 8, 12 or 16) bits per
+    sample, written after the TIFF 6.0 standard (one strip; sub-byte and 12-bit samples
+    packed most significant bit first, each row padded to whole bytes): BlackIsZero, or
+    WhiteIsZero (PhotometricInterpretation 0), with an Orientation tag and a SampleFormat
+    (1 unsigned, 2 signed: ``samples`` are then written as their two's-complement bytes)."""
     import struct
 
     height, width = samples.shape
@@ -400,6 +401,9 @@ def write_grey_tiff(
         pixels = samples.astype("<i2" if sample_format == 2 else "<u2").tobytes()
     elif bits == 8:
         pixels = samples.astype(np.int8 if sample_format == 2 else np.uint8).tobytes()
+    elif bits == 12:
+        row_bits = (samples.astype(np.uint16)[..., None] >> np.arange(11, -1, -1)) & 1
+        pixels = np.packbits(row_bits.reshape(height, -1).astype(np.uint8), axis=1).tobytes()
     else:
         pixels = b"".join(_packed_rows(samples, bits))
     entries = [  # (tag, type SHORT=3 / LONG=4, value), in ascending tag order

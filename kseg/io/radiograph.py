@@ -96,7 +96,8 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         ``(image, bit_depth)``: ``uint16`` array ``(rows, columns)`` and the bits of the
         stored values: 8 for 8-bit files (values kept, not rescaled; a palette image gives
         its entries' grey values, not its indices), 16 for 16-bit PNG /
-        TIFF, DICOM's BitsStored (raised to fit the values after the modality LUT).
+        TIFF, 12 for a 12-bit TIFF (Pillow gives its samples unscaled, 0..4095), DICOM's
+        BitsStored (raised to fit the values after the modality LUT).
 
     Raises:
         UnreadableFileError: not an image (or one declaring more pixels than Pillow's
@@ -130,6 +131,7 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
             raise UnreadableFileError(path, f"{negative}; expected values 0..255")
         frames = getattr(image, "n_frames", 1)
         white_is_zero = tiff_white_is_zero(image)
+        tiff_bits = _tiff_bits_per_sample(image)
         image = upright(os.fspath(path), image)
         if image.mode == "P":  # a palette image's pixels are its entries' colours
             image = image.convert("RGB")
@@ -138,7 +140,19 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         raise UnreadableFileError(path, f"has {frames} frames; expected one radiograph")
     if white_is_zero and mode in _SIXTEEN_BIT_MODES:  # Pillow inverts only up to 8 bits
         values = np.iinfo(np.uint16).max - values.astype(np.uint16)
-    return _grey_values(path, mode, values)
+    values, bit_depth = _grey_values(path, mode, values)
+    if mode in _SIXTEEN_BIT_MODES and tiff_bits is not None and tiff_bits < bit_depth:
+        return values, tiff_bits
+    return values, bit_depth
+
+
+def _tiff_bits_per_sample(image: Image.Image) -> int | None:
+    """A TIFF's BitsPerSample (of its first sample), or None for other formats."""
+    if image.format != "TIFF":
+        return None
+    bits = image.tag_v2.get(_TIFF_BITS_PER_SAMPLE)
+    bits = bits[0] if isinstance(bits, tuple) and bits else bits
+    return bits if isinstance(bits, int) else None
 
 
 def _has_dicom_marker(path) -> bool:
@@ -149,6 +163,7 @@ def _has_dicom_marker(path) -> bool:
 
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L")
+_TIFF_BITS_PER_SAMPLE = 258
 
 
 def _grey_values(path, mode: str, values: np.ndarray) -> tuple[np.ndarray, int]:
