@@ -2,8 +2,10 @@
 could read differently from what the file says, each checked against a reference built
 independently in the test (a hand-worked mask, values written with pydicom or nibabel)."""
 
+import struct
 import warnings
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -25,6 +27,7 @@ from kseg.io import (
     read_dicom_seg,
     read_dicom_seg_masks,
     read_dicom_series,
+    read_nifti,
 )
 
 # --- DICOM images --------------------------------------------------------------------------------
@@ -249,3 +252,26 @@ def test_labelmap_pixel_naming_no_segment_is_refused(tmp_path):
     ds.save_as(path)
     with pytest.raises(UnreadableFileError, match=r"pixel value\(s\) \[7\]"):
         read_dicom_seg(path)
+
+
+# --- NIfTI ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("image_type", "field", "minimum"),
+    [(nib.Nifti1Image, (108, "<f"), 352), (nib.Nifti2Image, (168, "<q"), 544)],
+    ids=["nifti1", "nifti2"],
+)
+def test_single_file_vox_offset_inside_the_header_is_refused(tmp_path, image_type, field, minimum):
+    # nibabel reads a .nii whose vox_offset is 0 from byte 0: the header becomes voxels.
+    path = tmp_path / "ct.nii"
+    voxels = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    nib.save(image_type(voxels, np.eye(4)), path)
+    stored = bytearray(path.read_bytes())
+    where, form = field
+    assert struct.unpack_from(form, stored, where) == (minimum,)
+    np.testing.assert_array_equal(read_nifti(path).array, voxels.transpose(2, 1, 0))
+    struct.pack_into(form, stored, where, 0)
+    path.write_bytes(bytes(stored))
+    with pytest.raises(UnreadableFileError, match=f"vox_offset is 0.*byte {minimum}"):
+        read_nifti(path)

@@ -99,11 +99,11 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
 
     Raises:
         UnreadableFileError: the file cannot be read as NIfTI (or is another format nibabel
-            reads), its data are cut short (or its header declares more voxel bytes than the
-            file can hold: checked before anything is allocated), its xyzt_units code is
-            unknown, it is not a 3D volume (trailing dimensions of size 1 are dropped; a 2D
-            image becomes one slice), a dimension is 0, or the voxels are
-            not real scalars (RGB, complex).
+            reads), its vox_offset points into its header, its data are cut short (or its
+            header declares more voxel bytes than the file can hold: checked before anything
+            is allocated), its xyzt_units code is unknown, it is not a 3D volume (trailing
+            dimensions of size 1 are dropped; a 2D image becomes one slice), a dimension is
+            0, or the voxels are not real scalars (RGB, complex).
         GeometryError: ``sform_code`` or ``qform_code`` is not an xform code (0-5; nibabel
             would reset it to 0 silently); the affine in use (sform when ``sform_code`` > 0,
             else qform when ``qform_code`` > 0, else the pixdim fallback) holds NaN or
@@ -142,6 +142,7 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
         )
     affine = _checked_affine(path, image)
     _check_declared_size(path, header, shape, dtype)
+    _check_data_offset(path, image)
     try:
         data = np.asarray(image.dataobj)
     except Exception as exc:  # cut-short data: EOFError, ValueError (mmap), zlib.error
@@ -225,6 +226,24 @@ def read_nifti_labels(path: os.PathLike | str, *, patient_id: str | None = None)
         raise MaskError(path, f"label values span {low:g}..{high:g}; expected 0..65535")
     dtype = np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16
     return volume.with_array(array.astype(dtype))
+
+
+def _check_data_offset(path: str, image) -> None:
+    """Refuse a single-file NIfTI whose vox_offset points into its own header.
+
+    The standard puts a .nii file's voxels at vox_offset >= 352 (NIfTI-2: 544), after the
+    header and its extension flag; nibabel takes a vox_offset of 0 literally and returns the
+    header's bytes as the first voxels, silently shifting every voxel after them. Where the
+    voxels really start (352? right after the 348-byte header?) the file does not say.
+    """
+    offset = int(image.dataobj.offset)
+    minimum = int(type(image.header).single_vox_offset)
+    if offset < minimum:
+        raise UnreadableFileError(
+            path,
+            f"vox_offset is {offset}, inside the header: a single-file NIfTI's voxels start at "
+            f"byte {minimum} or later; the header's own bytes would be read as voxels",
+        )
 
 
 def _checked_affine(path: str, image) -> np.ndarray:
