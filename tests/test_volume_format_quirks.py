@@ -21,6 +21,7 @@ from test_io_dicom import COLUMNS, ROWS, _write_slice
 
 from kseg.errors import MaskError, UnreadableFileError
 from kseg.io import (
+    ContourOutsideVolumeWarning,
     Volume,
     rasterize_rtstruct,
     read_dicom_image,
@@ -152,6 +153,21 @@ def test_closedplanar_xor_contours_are_filled_with_their_holes(tmp_path):
         warnings.simplefilter("error")
         masks = rasterize_rtstruct(path, _AXIAL_GRID)
     np.testing.assert_array_equal(masks["Liver"], expected)
+
+
+def test_contours_drawn_on_a_finer_grid_keep_the_plane_of_each_slice(tmp_path):
+    # Contours every 0.5 mm on the 1 mm grid: planes 0.5 and 1.5 fall on slices 1 and 2 with
+    # the planes 1 and 2; filled together by the even-odd rule the copies cancelled out and
+    # two of the three slices came back empty, without a warning.
+    path = _write_structure_set(
+        tmp_path / "rs.dcm",
+        [(1, "Cube", [("CLOSED_PLANAR", _square(0.5, 7.5, z)) for z in (0, 0.5, 1, 1.5, 2)])],
+    )
+    expected = np.zeros(_AXIAL_GRID.shape, np.uint8)
+    expected[:, 1:8, 1:8] = 1
+    with pytest.warns(ContourOutsideVolumeWarning, match="2 contour.*slice.*1, 2.*other than"):
+        masks = rasterize_rtstruct(path, _AXIAL_GRID)
+    np.testing.assert_array_equal(masks["Cube"], expected)
 
 
 def test_two_drawn_rois_sharing_a_name_are_refused_naming_both(tmp_path):

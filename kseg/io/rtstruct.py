@@ -7,6 +7,9 @@ the grid of a :class:`~kseg.io.Volume` read by :func:`~kseg.io.read_dicom_series
 * **Slice.** A contour goes on the slice whose SOPInstanceUID its ContourImageSequence
   references, when the volume holds that slice; otherwise on the slice nearest to the
   contour's plane, provided the plane lies within half a slice gap of a slice of the volume.
+  When contours of several planes land on one slice (a structure set drawn on a finer grid
+  than the volume), only those of the plane nearest the slice are filled; the others are
+  dropped and reported.
 * **In-plane placement.** Points are mapped from LPS millimetres to continuous pixel
   indices through the inverse of the volume's affine (LPS is first turned into RAS by
   negating x and y, and the affine's index order is ``(k, j, i)``: slice, row, column).
@@ -99,8 +102,9 @@ class ContourOutsideVolumeWarning(UserWarning):
     One warning per ROI and file, with counts: contours whose plane lies beyond the first
     or last slice (dropped), contours whose points do not lie in one slice plane (dropped),
     contours that run off the rows and columns of the grid (the part off the grid is cut),
-    and contours that are not closed planar polygons (POINT, OPEN_PLANAR, or fewer than three
-    points: no area, dropped).
+    contours of another plane than the one nearest their slice (dropped), and contours that
+    are not closed planar polygons (POINT, OPEN_PLANAR, or fewer than three points: no area,
+    dropped).
     """
 
 
@@ -483,7 +487,7 @@ def rasterize_roi(
     }
     world_to_index = np.linalg.inv(volume.affine)
     problems = _ContourProblems()
-    polygons_by_slice: dict[int, list[np.ndarray]] = {}
+    polygons_by_slice: dict[int, list[tuple[float, np.ndarray]]] = {}
     for contour in roi.contours:
         if contour.geometric_type not in _CLOSED_TYPES:
             problems.not_closed.append(contour.geometric_type)
@@ -509,11 +513,27 @@ def rasterize_roi(
             columns.max() > nx - 1 + edge
         ):
             problems.clipped.append(k)
-        polygons_by_slice.setdefault(k, []).append(index[:, 1:])
-    for k, polygons in polygons_by_slice.items():
-        mask[k] = fill_polygons(polygons, (ny, nx))
+        polygons_by_slice.setdefault(k, []).append((plane, index[:, 1:]))
+    for k, placed in polygons_by_slice.items():
+        mask[k] = fill_polygons(_nearest_plane_polygons(k, placed, problems), (ny, nx))
     problems.report(roi.name, where)
     return mask
+
+
+def _nearest_plane_polygons(
+    k: int, placed: list[tuple[float, np.ndarray]], problems: _ContourProblems
+) -> list[np.ndarray]:
+    """The polygons of slice ``k`` that lie in the contour plane nearest to it.
+
+    A structure set drawn on a finer grid than the volume (1.25 mm contours on a 2.5 mm
+    series) puts contours of two planes on one slice; filled together by the even-odd rule
+    they would cut each other out (two copies of one outline leave nothing).
+    """
+    nearest = min((plane for plane, _ in placed), key=lambda plane: abs(plane - k))
+    kept = [polygon for plane, polygon in placed if abs(plane - nearest) <= PLANARITY_TOLERANCE]
+    if len(kept) < len(placed):
+        problems.other_planes.append((k, len(placed) - len(kept)))
+    return kept
 
 
 def fill_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -796,6 +816,7 @@ class _ContourProblems:
     not_planar: list[float] = dataclasses.field(default_factory=list)
     clipped: list[int] = dataclasses.field(default_factory=list)
     not_closed: list[str] = dataclasses.field(default_factory=list)
+    other_planes: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     unknown_reference: int = 0
     off_plane_reference: list[tuple[int, float]] = dataclasses.field(default_factory=list)
 
@@ -822,6 +843,15 @@ class _ContourProblems:
         if self.not_closed:
             kinds = ", ".join(sorted(set(self.not_closed)))
             outside.append(f"{len(self.not_closed)} contour(s) of type {kinds} (no area), dropped")
+        if self.other_planes:
+            slices = ", ".join(str(k) for k, _ in self.other_planes[:5])
+            more = ", ..." if len(self.other_planes) > 5 else ""
+            outside.append(
+                f"{sum(n for _, n in self.other_planes)} contour(s) on slice(s) {slices}{more} "
+                "from a plane other than the one nearest the slice (the structure set's planes "
+                "lie closer together than the volume's slices), dropped: filled together, "
+                "contours of two planes cut holes in each other"
+            )
         if outside:
             warnings.warn(
                 ContourOutsideVolumeWarning(f"{where}: ROI {roi_name!r}: " + "; ".join(outside)),
