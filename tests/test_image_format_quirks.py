@@ -204,3 +204,50 @@ def test_12_bit_tiff_radiograph_says_12_bits_not_16(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "cxr.tif"), stored)
     write_grey_tiff(tmp_path / "cxr16.tif", stored, 16)
     assert read_radiograph(tmp_path / "cxr16.tif")[1] == 16
+
+
+def _jpeg_2000_codestream_of(tmp_path, dicom_name: str, **header):
+    """The JPEG 2000 codestream of one of pydicom's own test files, saved as a .j2k file,
+    and pydicom's decoding of it (``header`` overrides elements first) as the reference."""
+    pydicom = pytest.importorskip("pydicom")
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import generate_frames
+
+    source = get_testdata_file(dicom_name)
+    if source is None:
+        pytest.skip(f"pydicom's test file {dicom_name} is not installed")
+    dataset = pydicom.dcmread(source)
+    for keyword, value in header.items():
+        setattr(dataset, keyword, value)
+    try:
+        reference = dataset.pixel_array.astype(np.int64)
+    except Exception as exc:  # no JPEG 2000 plugin for pydicom installed
+        pytest.skip(f"pydicom cannot decode JPEG 2000 here ({exc})")
+    path = tmp_path / "image.j2k"
+    path.write_bytes(next(generate_frames(dataset.PixelData, number_of_frames=1)))
+    return path, reference
+
+
+def test_13_bit_jpeg_2000_gives_its_stored_samples_not_pillows_shifted_ones(tmp_path):
+    # the codestream is unsigned 13-bit; its DICOM header's PixelRepresentation 1 is the
+    # file's deliberate mismatch, set right for the reference
+    path, stored = _jpeg_2000_codestream_of(
+        tmp_path, "J2K_pixelrep_mismatch.dcm", PixelRepresentation=0
+    )
+    with Image.open(path) as check:  # Pillow alone: shifted to the top of 16 bits
+        np.testing.assert_array_equal(np.asarray(check), stored << 3)
+    image, bit_depth = read_radiograph(path)
+    np.testing.assert_array_equal(image, stored)
+    assert bit_depth == 13
+    np.testing.assert_array_equal(read_mask(path), stored)
+
+
+def test_signed_jpeg_2000_with_negative_values_is_refused_not_offset(tmp_path):
+    path, stored = _jpeg_2000_codestream_of(tmp_path, "JPEG2000.dcm")  # signed 16-bit
+    assert stored.min() < 0
+    with Image.open(path) as check:  # Pillow alone: offset by 2**15 into unsigned values
+        np.testing.assert_array_equal(np.asarray(check), stored + 2**15)
+    with pytest.raises(UnreadableFileError, match=r"image\.j2k: is a signed 16-bit JPEG 2000"):
+        read_radiograph(path)
+    with pytest.raises(MaskError, match=r"image\.j2k: is a signed 16-bit JPEG 2000"):
+        read_mask(path)

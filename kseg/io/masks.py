@@ -292,6 +292,7 @@ def _one_mask_image(path: str):
         if negative:
             raise MaskError(path, f"{negative}; a mask holds labels 0 and up")
         lossy = _is_lossy(path, image)
+        image = _jpeg_2000_as_stored(path, image)
         inverted_by_pillow = tiff_white_is_zero(image) and image.mode in ("1", "L")
         image = upright(path, image)  # a new image when turned: no TIFF tags left
         if inverted_by_pillow:
@@ -316,6 +317,22 @@ def high_bytes_only(image: Image.Image) -> str | None:
             "library, decodes to their high byte only"
         )
     return None
+
+
+def _jpeg_2000_as_stored(path: str, image: Image.Image) -> Image.Image:
+    """``image``, or for a JPEG 2000 file whose samples Pillow moved, an image of its stored
+    samples (see :func:`jpeg_2000_stored`); negative ones are refused."""
+    moved = jpeg_2000_stored(path, image)
+    if moved is None:
+        return image
+    samples, precision = moved
+    if samples.min() < 0:
+        raise MaskError(
+            path,
+            f"is a signed {precision}-bit JPEG 2000 image holding "
+            f"{_value_counts(samples[samples < 0])}; a mask holds labels 0 and up",
+        )
+    return Image.fromarray(samples.astype(np.uint16 if precision > 8 else np.uint8))
 
 
 def negative_bytes_read_unsigned(image: Image.Image) -> str | None:
@@ -437,7 +454,8 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
 
     Returns:
         2D array ``(rows, columns)``. Lossless files keep their stored values: uint8 for
-        2-, 4- and 8-bit images (a 2-bit file gives 0..3, not Pillow's 0..255 widening),
+        2-, 4- and 8-bit images (a 2-bit file gives 0..3, not Pillow's 0..255 widening; a
+        JPEG 2000 file its stored samples, not Pillow's shifted or offset ones),
         uint16 for 16-bit ones, palette images give their palette indices, bilevel images
         give ``{0, 1}``; an RGB(A) image whose three channels are equal gives
         that channel (alpha must be uniform or transparent exactly where the value is 0).
@@ -671,6 +689,33 @@ def _jpeg_2000_irreversible(path: str) -> bool:
             break
         offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
     return True  # no coding style before the tiles: treat as lossy
+
+
+def jpeg_2000_stored(path: str, image: Image.Image) -> tuple[np.ndarray, int] | None:
+    """``(samples, precision)``: the stored samples of a loaded grey JPEG 2000 image whose
+    values Pillow has moved, as ``int64`` (negative where the file's samples are signed and
+    negative); None when Pillow's values are the stored ones (unsigned 8- or 16-bit).
+
+    Pillow shifts a p-bit component to the top of its 8- or 16-bit mode and adds
+    ``2**(p - 1)`` to signed ones: a 13-bit sample 1 reads as 8, a signed 16-bit -30 as
+    32738. Precision and sign are the first component's Ssiz in the size (SIZ) segment,
+    ISO/IEC 15444-1 A.5.1: the byte 40 places after the marker's start, its low 7 bits the
+    precision minus 1, its high bit the sign.
+    """
+    if image.format != "JPEG2000" or image.mode not in ("L", "I;16"):
+        return None
+    with open(path, "rb") as handle:
+        data = handle.read(1 << 16)
+    size_segment = data.find(_JPEG_2000_SOC_SIZ) + 2
+    if size_segment < 2 or size_segment + 41 > len(data):
+        return None  # Pillow found the segment to open the file; nothing to undo without it
+    component = data[size_segment + 40]
+    precision, signed = (component & 0x7F) + 1, bool(component & 0x80)
+    mode_bits = 8 if image.mode == "L" else 16
+    if precision == mode_bits and not signed:
+        return None
+    shifted = np.asarray(image).astype(np.int64) >> max(mode_bits - precision, 0)
+    return shifted - (2 ** (precision - 1) if signed else 0), precision
 
 
 def _threshold_lossy(path: str, grey: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ from kseg.io.dicom import read_dicom_image
 from kseg.io.masks import (
     high_bytes_only,
     image_errors_named,
+    jpeg_2000_stored,
     negative_bytes_read_unsigned,
     tiff_white_is_zero,
     upright,
@@ -96,8 +97,9 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         ``(image, bit_depth)``: ``uint16`` array ``(rows, columns)`` and the bits of the
         stored values: 8 for 8-bit files (values kept, not rescaled; a palette image gives
         its entries' grey values, not its indices), 16 for 16-bit PNG /
-        TIFF, 12 for a 12-bit TIFF (Pillow gives its samples unscaled, 0..4095), DICOM's
-        BitsStored (raised to fit the values after the modality LUT).
+        TIFF, 12 for a 12-bit TIFF (Pillow gives its samples unscaled, 0..4095), the
+        precision of a 9- to 16-bit JPEG 2000 file (its stored samples, not Pillow's
+        shifted ones), DICOM's BitsStored (raised to fit the values after the modality LUT).
 
     Raises:
         UnreadableFileError: not an image (or one declaring more pixels than Pillow's
@@ -132,6 +134,7 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         frames = getattr(image, "n_frames", 1)
         white_is_zero = tiff_white_is_zero(image)
         tiff_bits = _tiff_bits_per_sample(image)
+        moved = jpeg_2000_stored(os.fspath(path), image) if image.mode == "I;16" else None
         image = upright(os.fspath(path), image)
         if image.mode == "P":  # a palette image's pixels are its entries' colours
             image = image.convert("RGB")
@@ -140,10 +143,24 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         raise UnreadableFileError(path, f"has {frames} frames; expected one radiograph")
     if white_is_zero and mode in _SIXTEEN_BIT_MODES:  # Pillow inverts only up to 8 bits
         values = np.iinfo(np.uint16).max - values.astype(np.uint16)
+    if moved is not None:
+        return _jpeg_2000_values(path, *moved)
     values, bit_depth = _grey_values(path, mode, values)
     if mode in _SIXTEEN_BIT_MODES and tiff_bits is not None and tiff_bits < bit_depth:
         return values, tiff_bits
     return values, bit_depth
+
+
+def _jpeg_2000_values(path, samples: np.ndarray, precision: int) -> tuple[np.ndarray, int]:
+    """The stored samples of a 9- to 16-bit JPEG 2000 radiograph that Pillow shifted to 16
+    bits or offset from signed (see :func:`kseg.io.masks.jpeg_2000_stored`)."""
+    if samples.min() < 0:
+        raise UnreadableFileError(
+            path,
+            f"is a signed {precision}-bit JPEG 2000 image with values down to "
+            f"{int(samples.min())}; expected values 0..{2**precision - 1}",
+        )
+    return samples.astype(np.uint16), precision
 
 
 def _tiff_bits_per_sample(image: Image.Image) -> int | None:
