@@ -78,6 +78,27 @@ def test_one_frame_enhanced_ct_is_rescaled_and_placed_by_its_functional_groups(t
     np.testing.assert_array_equal(image, np.full((ROWS, COLUMNS), 1000 - 1024, np.float32))
 
 
+def test_signed_modality_lut_first_value_written_as_us_is_read_as_signed(tmp_path):
+    # LUTDescriptor [4 entries, first mapped -2, 16 bits] with -2 written as US 65534 by an
+    # explicit-VR writer: pydicom failed on it (65534 is out of int16's range).
+    stored = np.array([[-2, -1, 0, 1, 1, 1]] * ROWS, np.int16)
+    for k in range(2):
+        path = _write_slice(tmp_path / f"s{k}.dcm", position=(0, 0, k), pixels=stored,
+                            bits_stored=16, signed=True)
+        ds = pydicom.dcmread(path)
+        del ds.RescaleSlope, ds.RescaleIntercept
+        lut = Dataset()
+        lut.add_new(0x00283002, "US", [4, 65534, 16])  # LUTDescriptor
+        lut.ModalityLUTType = "HU"
+        lut.add_new(0x00283006, "US", [100, 200, 300, 400])  # LUTData
+        ds.ModalityLUTSequence = Sequence([lut])
+        ds.save_as(path)
+    assert pydicom.dcmread(path).ModalityLUTSequence[0]["LUTDescriptor"].VR == "US"
+    expected = np.array([[100, 200, 300, 400, 400, 400]] * ROWS)  # values past the LUT: last
+    np.testing.assert_array_equal(read_dicom_series(tmp_path).array, [expected] * 2)
+    np.testing.assert_array_equal(read_dicom_image(path), expected)
+
+
 def test_enhanced_rescale_contradicting_the_top_level_is_refused(tmp_path):
     path = _enhanced_ct_slice(tmp_path / "e.dcm", 0.0, 1000)
     ds = pydicom.dcmread(path)

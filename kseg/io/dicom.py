@@ -1087,6 +1087,7 @@ def _to_modality_units(path: str, pixels: np.ndarray, dataset: pydicom.Dataset) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            _sign_first_mapped_value(dataset)
             values = apply_modality_lut(pixels, dataset)
         except Exception as exc:  # a malformed ModalityLUTSequence
             raise UnreadableFileError(
@@ -1096,6 +1097,23 @@ def _to_modality_units(path: str, pixels: np.ndarray, dataset: pydicom.Dataset) 
     if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
         raise UnreadableFileError(path, "rescaled pixel values are not all finite")
     return values
+
+
+def _sign_first_mapped_value(dataset: pydicom.Dataset) -> None:
+    """Read a signed image's Modality LUT first-mapped value as signed, in memory.
+
+    LUTDescriptor's second value is the first stored value the LUT maps, signed (VR SS)
+    when PixelRepresentation is 1 (PS3.3 C.11.1.1.1). Explicit-VR writers that encode it
+    as US store -2 as 65534, which pydicom cannot subtract from int16 pixels; its 16 bits
+    are the two's complement of the signed value the standard asks for.
+    """
+    if str(dataset.get("PixelRepresentation", 0)).strip() != "1":
+        return
+    item = dataset.ModalityLUTSequence[0]
+    element = item["LUTDescriptor"]
+    entries, first, bits = element.value
+    if element.VR == "US" and first >= 1 << 15:
+        item.add_new(element.tag, "SS", [entries, first - (1 << 16), bits])
 
 
 def _has_modality_lut(dataset: pydicom.Dataset) -> bool:
