@@ -251,3 +251,49 @@ def test_signed_jpeg_2000_with_negative_values_is_refused_not_offset(tmp_path):
         read_radiograph(path)
     with pytest.raises(MaskError, match=r"image\.j2k: is a signed 16-bit JPEG 2000"):
         read_mask(path)
+
+
+def _write_pgm(path, samples: np.ndarray, maxval: int, *, plain=False) -> None:
+    """A PGM after the netpbm standard: binary (P5: one byte per sample up to maxval 255,
+    else two, most significant first) or plain (P2: decimal text)."""
+    height, width = samples.shape
+    if plain:
+        body = " ".join(map(str, samples.ravel().tolist())).encode() + b"\n"
+    else:
+        body = samples.astype(np.uint8 if maxval < 256 else ">u2").tobytes()
+    path.write_bytes(b"P%d\n%d %d\n%d\n" % (2 if plain else 5, width, height, maxval) + body)
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_pgm_samples_read_up_to_their_maxval_not_stretched(tmp_path, plain):
+    labels = np.array([[0, 1, 2], [4, 3, 0]])  # a netpbm label map: maxval 4
+    _write_pgm(tmp_path / "labels.pgm", labels, 4, plain=plain)
+    with Image.open(tmp_path / "labels.pgm") as check:  # Pillow alone: stretched to 0..255
+        assert np.asarray(check)[1, 0] == 255
+    np.testing.assert_array_equal(read_mask(tmp_path / "labels.pgm"), labels)
+    grey_levels = LabelRule(grey_levels=((0, 0, 0), (1, 2, 1), (3, 4, 2)))
+    np.testing.assert_array_equal(
+        read_labels(tmp_path / "labels.pgm", grey_levels), [[0, 1, 1], [2, 2, 0]]
+    )
+    structure = np.array([[0, 1, 1], [0, 1, 0]])
+    _write_pgm(tmp_path / "mask.pgm", structure, 1, plain=plain)
+    np.testing.assert_array_equal(read_labels(tmp_path / "mask.pgm", LabelRule()), structure)
+
+    twelve_bit = np.array([[0, 1, 4095], [2048, 7, 100]])
+    _write_pgm(tmp_path / "cxr.pgm", twelve_bit, 4095, plain=plain)
+    with Image.open(tmp_path / "cxr.pgm") as check:  # Pillow alone: times 65535 / 4095
+        assert np.asarray(check)[0, 1] == 16
+    image, bit_depth = read_radiograph(tmp_path / "cxr.pgm")
+    np.testing.assert_array_equal(image, twelve_bit)
+    assert bit_depth == 12
+    np.testing.assert_array_equal(read_mask(tmp_path / "cxr.pgm"), twelve_bit)
+
+
+def test_pgm_of_maxval_255_or_65535_reads_as_stored(tmp_path):
+    values = np.array([[0, 1, 255], [128, 7, 3]])
+    _write_pgm(tmp_path / "eight.pgm", values, 255)
+    np.testing.assert_array_equal(read_mask(tmp_path / "eight.pgm"), values)
+    _write_pgm(tmp_path / "sixteen.pgm", values * 257, 65535)
+    image, bit_depth = read_radiograph(tmp_path / "sixteen.pgm")
+    np.testing.assert_array_equal(image, values * 257)
+    assert bit_depth == 16

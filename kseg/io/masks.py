@@ -285,9 +285,12 @@ def _one_mask_image(path: str):
                 "single-channel mask (8- or 16-bit grey PNG or TIFF)",
             )
         bits = _sub_byte_grey_bits(image)
+        maxval = netpbm_maxval(image)
         image.load()
         if getattr(image, "n_frames", 1) != 1:
             raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
+        if maxval is not None:
+            image = Image.fromarray(netpbm_stored(image, maxval))
         negative = negative_bytes_read_unsigned(image)
         if negative:
             raise MaskError(path, f"{negative}; a mask holds labels 0 and up")
@@ -317,6 +320,32 @@ def high_bytes_only(image: Image.Image) -> str | None:
             "library, decodes to their high byte only"
         )
     return None
+
+
+def netpbm_maxval(image: Image.Image) -> int | None:
+    """The maxval of a grey PGM file whose samples Pillow rescales, read before loading:
+    None for other files and for maxval 255 or 65535, which Pillow reads as stored.
+
+    A PGM's samples run from 0 to its header's maxval (netpbm tools write label maps with
+    maxval 1 or the number of labels, 12-bit images with 4095); Pillow stretches them to its
+    mode's full scale, so a maxval-4 label 1 reads as 64 and a 12-bit 1 as 16.
+    """
+    if image.format != "PPM" or image.mode not in ("L", "I") or not image.tile:
+        return None
+    tile = image.tile[0]
+    if tile.codec_name not in ("ppm", "ppm_plain") or len(tile.args) < 2:
+        return None
+    maxval = tile.args[1]
+    return maxval if isinstance(maxval, int) and maxval not in (255, 65535) else None
+
+
+def netpbm_stored(image: Image.Image, maxval: int) -> np.ndarray:
+    """The stored samples of a loaded PGM image that Pillow stretched from 0..``maxval`` to
+    its full scale (the rounding undone exactly: the stretch is at least one step per
+    sample); ``uint8`` up to maxval 255, else ``uint16``."""
+    full_scale = 255 if image.mode == "L" else 65535
+    stored = np.rint(np.asarray(image).astype(np.float64) * maxval / full_scale)
+    return stored.astype(np.uint8 if maxval <= 255 else np.uint16)
 
 
 def _jpeg_2000_as_stored(path: str, image: Image.Image) -> Image.Image:
@@ -455,7 +484,8 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
     Returns:
         2D array ``(rows, columns)``. Lossless files keep their stored values: uint8 for
         2-, 4- and 8-bit images (a 2-bit file gives 0..3, not Pillow's 0..255 widening; a
-        JPEG 2000 file its stored samples, not Pillow's shifted or offset ones),
+        JPEG 2000 file or a PGM its stored samples, not Pillow's shifted, offset or
+        stretched ones),
         uint16 for 16-bit ones, palette images give their palette indices, bilevel images
         give ``{0, 1}``; an RGB(A) image whose three channels are equal gives
         that channel (alpha must be uniform or transparent exactly where the value is 0).

@@ -22,6 +22,8 @@ from kseg.io.masks import (
     image_errors_named,
     jpeg_2000_stored,
     negative_bytes_read_unsigned,
+    netpbm_maxval,
+    netpbm_stored,
     tiff_white_is_zero,
     upright,
     whole_images_only,
@@ -99,7 +101,9 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         its entries' grey values, not its indices), 16 for 16-bit PNG /
         TIFF, 12 for a 12-bit TIFF (Pillow gives its samples unscaled, 0..4095), the
         precision of a 9- to 16-bit JPEG 2000 file (its stored samples, not Pillow's
-        shifted ones), DICOM's BitsStored (raised to fit the values after the modality LUT).
+        shifted ones), the bits of a PGM's maxval above 255 (its samples, not Pillow's
+        stretched ones: maxval 4095 gives 12), DICOM's BitsStored (raised to fit the
+        values after the modality LUT).
 
     Raises:
         UnreadableFileError: not an image (or one declaring more pixels than Pillow's
@@ -127,13 +131,16 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
                 f"{high_bytes}: a 12-bit radiograph would keep 16 grey levels. Expected a "
                 "grey image (16-bit grey PNG or TIFF keep every bit)",
             )
+        maxval = netpbm_maxval(image)
         image.load()
         negative = negative_bytes_read_unsigned(image)
         if negative:
             raise UnreadableFileError(path, f"{negative}; expected values 0..255")
         frames = getattr(image, "n_frames", 1)
         white_is_zero = tiff_white_is_zero(image)
-        tiff_bits = _tiff_bits_per_sample(image)
+        stored_bits = _tiff_bits_per_sample(image)
+        if maxval is not None and maxval > 255:  # a PGM above 8 bits: see netpbm_maxval
+            image, stored_bits = Image.fromarray(netpbm_stored(image, maxval)), maxval.bit_length()
         moved = jpeg_2000_stored(os.fspath(path), image) if image.mode == "I;16" else None
         image = upright(os.fspath(path), image)
         if image.mode == "P":  # a palette image's pixels are its entries' colours
@@ -146,8 +153,8 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
     if moved is not None:
         return _jpeg_2000_values(path, *moved)
     values, bit_depth = _grey_values(path, mode, values)
-    if mode in _SIXTEEN_BIT_MODES and tiff_bits is not None and tiff_bits < bit_depth:
-        return values, tiff_bits
+    if mode in _SIXTEEN_BIT_MODES and stored_bits is not None and stored_bits < bit_depth:
+        return values, stored_bits
     return values, bit_depth
 
 
