@@ -312,3 +312,34 @@ def test_single_file_vox_offset_inside_the_header_is_refused(tmp_path, image_typ
     path.write_bytes(bytes(stored))
     with pytest.raises(UnreadableFileError, match=f"vox_offset is 0.*byte {minimum}"):
         read_nifti(path)
+
+
+def _nifti_with_dims(path, dims):
+    """A nibabel-written 6 x 5 x 4 int16 NIfTI-1 whose dim field (byte 40, eight int16) is
+    then overwritten with ``dims``."""
+    voxels = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    nib.save(nib.Nifti1Image(voxels, np.eye(4)), path)
+    stored = bytearray(path.read_bytes())
+    assert struct.unpack_from("<8h", stored, 40) == (3, 4, 5, 6, 1, 1, 1, 1)
+    struct.pack_into("<8h", stored, 40, *dims)
+    path.write_bytes(bytes(stored))
+    return voxels
+
+
+@pytest.mark.parametrize(
+    ("dims", "beyond"),
+    [((2, 4, 5, 6, 1, 1, 1, 1), r"\[3\]"), ((3, 4, 5, 6, 7, 1, 1, 1), r"\[4\]")],
+    ids=["3d-called-2d", "3d-with-a-4th-length"],
+)
+def test_dim0_leaving_out_a_longer_dimension_is_refused(tmp_path, dims, beyond):
+    # nibabel reads dim[0] dimensions only: the first case came back as 1 slice of 6.
+    path = tmp_path / "ct.nii"
+    _nifti_with_dims(path, dims)
+    with pytest.raises(UnreadableFileError, match=f"dim\\[0\\] says {dims[0]}.*{beyond}"):
+        read_nifti(path)
+
+
+def test_unused_dimensions_written_as_zero_are_ignored(tmp_path):
+    path = tmp_path / "ct.nii"
+    voxels = _nifti_with_dims(path, (3, 4, 5, 6, 0, 0, 0, 0))
+    np.testing.assert_array_equal(read_nifti(path).array, voxels.transpose(2, 1, 0))

@@ -99,11 +99,12 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
 
     Raises:
         UnreadableFileError: the file cannot be read as NIfTI (or is another format nibabel
-            reads), its vox_offset points into its header, its data are cut short (or its
-            header declares more voxel bytes than the file can hold: checked before anything
-            is allocated), its xyzt_units code is unknown, it is not a 3D volume (trailing
-            dimensions of size 1 are dropped; a 2D image becomes one slice), a dimension is
-            0, or the voxels are not real scalars (RGB, complex).
+            reads), its dim[0] leaves out a dimension longer than 1, its vox_offset points
+            into its header, its data are cut short (or its header declares more voxel
+            bytes than the file can hold: checked before anything is allocated), its
+            xyzt_units code is unknown, it is not a 3D volume (trailing dimensions of size 1
+            are dropped; a 2D image becomes one slice), a dimension is 0, or the voxels are
+            not real scalars (RGB, complex).
         GeometryError: ``sform_code`` or ``qform_code`` is not an xform code (0-5; nibabel
             would reset it to 0 silently); the affine in use (sform when ``sform_code`` > 0,
             else qform when ``qform_code`` > 0, else the pixdim fallback) holds NaN or
@@ -132,6 +133,7 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
             path, f"expected a NIfTI-1/2 file, nibabel reads it as {type(image).__name__}"
         )
     header = image.header
+    _check_dimension_count(path, header)
     shape = tuple(int(n) for n in header.get_data_shape())
     if 0 in shape:
         raise UnreadableFileError(path, f"has an empty dimension (shape {shape})")
@@ -226,6 +228,26 @@ def read_nifti_labels(path: os.PathLike | str, *, patient_id: str | None = None)
         raise MaskError(path, f"label values span {low:g}..{high:g}; expected 0..65535")
     dtype = np.uint8 if high <= np.iinfo(np.uint8).max else np.uint16
     return volume.with_array(array.astype(dtype))
+
+
+def _check_dimension_count(path: str, header) -> None:
+    """Refuse a header whose dim[0] leaves out a dimension longer than 1.
+
+    nibabel (as the standard says) reads only the first dim[0] dimensions: a volume whose
+    writer put 2 in dim[0] but 30 in dim[3] comes back as its first slice, the other 29
+    ignored without a word. Writers fill unused dimensions with 1 (or 0), so a longer one
+    means dim[0] or the dimension is wrong, and the file does not say which.
+    """
+    dims = [int(n) for n in header["dim"]]
+    count = dims[0]
+    ignored = dims[count + 1 :] if 1 <= count <= 7 else []
+    if any(n > 1 for n in ignored):
+        raise UnreadableFileError(
+            path,
+            f"dim[0] says {count} dimension(s), but dim is {dims[1:]}: dimension(s) "
+            f"{[count + 1 + i for i, n in enumerate(ignored) if n > 1]} beyond dim[0] are longer "
+            "than 1, and nibabel would ignore them; the header contradicts itself",
+        )
 
 
 def _check_data_offset(path: str, image) -> None:
