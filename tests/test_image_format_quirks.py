@@ -297,3 +297,43 @@ def test_pgm_of_maxval_255_or_65535_reads_as_stored(tmp_path):
     image, bit_depth = read_radiograph(tmp_path / "sixteen.pgm")
     np.testing.assert_array_equal(image, values * 257)
     assert bit_depth == 16
+
+
+def _write_palette_bmp(path, indices: np.ndarray, bits: int, greys: list[int]) -> None:
+    """A palette BMP of 1, 4 or 8 bits per pixel, written byte by byte after Microsoft's
+    BITMAPINFOHEADER: grey palette entries, rows bottom-up, indices packed most significant
+    first, each row padded to 4 bytes."""
+    height, width = indices.shape
+    per_byte = 8 // bits
+    rows = []
+    for row in indices[::-1]:
+        padded = np.concatenate([row, np.zeros(-len(row) % per_byte, row.dtype)])
+        groups = padded.reshape(-1, per_byte).astype(int)
+        packed = bytes((groups << (bits * np.arange(per_byte - 1, -1, -1))).sum(axis=1).tolist())
+        rows.append(packed + b"\0" * (-len(packed) % 4))
+    pixels = b"".join(rows)
+    palette = b"".join(bytes([grey, grey, grey, 0]) for grey in greys)
+    header = struct.pack("<IiiHHIIiiII", 40, width, height, 1, bits, 0, len(pixels), 2835, 2835,
+                         len(greys), 0)  # fmt: skip
+    offset = 14 + len(header) + len(palette)
+    path.write_bytes(
+        b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + header + palette + pixels
+    )
+
+
+def test_4_bit_bmp_of_the_grey_ramp_palette_reads_like_a_4_bit_grey_file(tmp_path):
+    # a 4-bit BMP can only be a palette image; its grey one is the 16 greys 0, 17, ..., 255
+    structure = np.zeros((5, 7), bool)
+    structure[1:4, 2:6] = True
+    grey_ramp = [17 * index for index in range(16)]
+    for on in (1, 15):  # a 0/1 label map and a 0/full-scale mask
+        path = tmp_path / f"on_{on}.bmp"
+        _write_palette_bmp(path, np.where(structure, on, 0).astype(np.uint8), 4, grey_ramp)
+        with Image.open(path) as check:
+            assert check.mode == "P"
+        np.testing.assert_array_equal(read_labels(path, LabelRule(foreground=2)), structure * 2)
+        np.testing.assert_array_equal(read_mask(path), structure * on)
+    levels = np.array([[0, 5, 10], [15, 0, 5]], np.uint8)  # 0 / 85 / 170 / 255 as displayed
+    _write_palette_bmp(tmp_path / "levels.bmp", levels, 4, grey_ramp)
+    rule = LabelRule.from_label_ranges({1: (85, 85), 2: (170, 170), 3: (255, 255)})
+    np.testing.assert_array_equal(read_labels(tmp_path / "levels.bmp", rule), levels // 5)

@@ -431,7 +431,9 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
       so the palette order does not matter; otherwise the palette indices, as label tools
       (PASCAL VOC, CVAT) write label maps whose colours are only for display. A palette of
       the 256 greys from white to black is ImageJ's inverting LUT: its indices are the stored
-      values (structure 255 shown black), read like a WhiteIsZero TIFF's.
+      values (structure 255 shown black), read like a WhiteIsZero TIFF's. A palette of the 4
+      or 16 greys from black to white (4-bit BMP's grey palette) is read like a 2- or 4-bit
+      grey file, by its indices.
     * grey RGB / RGBA / LA: the grey channel (alpha ignored); real colour is refused.
     * JPEG, JPEG-compressed TIFF, JPEG 2000 of the irreversible wavelet, AVIF or lossy WebP:
       binary rules only: grey above 127 is the structure, with a :class:`LossyMaskWarning`.
@@ -850,6 +852,11 @@ def _stored_values(
         return values.astype(np.uint16), _SIXTEEN_BIT_FULL_SCALE, f"{mode} grey"
     if mode == "P":
         colours = np.array(image.convert("RGB"))
+        ramp_bits = _grey_ramp_palette_bits(image)
+        if ramp_bits:
+            values = np.array(image)
+            _check_alpha(path, image, values)
+            return values, 2**ramp_bits - 1, f"{ramp_bits}-bit palette of the grey ramp"
         if _is_inverting_lut(image):
             values, reading = np.array(image), "palette of ImageJ's inverting LUT, read as indices"
         elif _is_grey(colours):
@@ -903,6 +910,20 @@ def _check_alpha(path: str, image: Image.Image, values: np.ndarray) -> None:
 
 
 _INVERTING_LUT = np.repeat(np.arange(255, -1, -1), 3)
+
+
+def _grey_ramp_palette_bits(image: Image.Image) -> int | None:
+    """2 or 4 when the palette of ``image`` is the 4 or 16 evenly spaced greys from black to
+    white, else None: such a file is a 2- or 4-bit grey image stored as a palette (BMP has no
+    other way below 8 bits; Windows and most editors write this palette), read like a 2- or
+    4-bit grey PNG, by its indices with full scale 3 or 15."""
+    palette = image.getpalette("RGB")
+    for bits in (2, 4):
+        entries = 2**bits
+        ramp = np.repeat(np.arange(entries) * (255 // (entries - 1)), 3)
+        if palette is not None and np.array_equal(palette, ramp):
+            return bits
+    return None
 
 
 def _is_inverting_lut(image: Image.Image) -> bool:
