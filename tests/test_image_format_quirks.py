@@ -254,14 +254,17 @@ def test_signed_jpeg_2000_with_negative_values_is_refused_not_offset(tmp_path):
 
 
 def _write_pgm(path, samples: np.ndarray, maxval: int, *, plain=False) -> None:
-    """A PGM after the netpbm standard: binary (P5: one byte per sample up to maxval 255,
-    else two, most significant first) or plain (P2: decimal text)."""
-    height, width = samples.shape
+    """A PGM, or a PPM for ``(rows, columns, 3)`` samples, after the netpbm standard:
+    binary (P5 / P6: one byte per sample up to maxval 255, else two, most significant
+    first) or plain (P2 / P3: decimal text)."""
+    height, width = samples.shape[:2]
+    colour = samples.ndim == 3
     if plain:
         body = " ".join(map(str, samples.ravel().tolist())).encode() + b"\n"
     else:
         body = samples.astype(np.uint8 if maxval < 256 else ">u2").tobytes()
-    path.write_bytes(b"P%d\n%d %d\n%d\n" % (2 if plain else 5, width, height, maxval) + body)
+    magic = (2 if plain else 5) + colour
+    path.write_bytes(b"P%d\n%d %d\n%d\n" % (magic, width, height, maxval) + body)
 
 
 @pytest.mark.parametrize("plain", [False, True])
@@ -337,3 +340,17 @@ def test_4_bit_bmp_of_the_grey_ramp_palette_reads_like_a_4_bit_grey_file(tmp_pat
     _write_palette_bmp(tmp_path / "levels.bmp", levels, 4, grey_ramp)
     rule = LabelRule.from_label_ranges({1: (85, 85), 2: (170, 170), 3: (255, 255)})
     np.testing.assert_array_equal(read_labels(tmp_path / "levels.bmp", rule), levels // 5)
+
+
+def test_16_bit_colour_ppm_is_refused_and_a_low_maxval_one_read_as_stored(tmp_path):
+    structure = np.array([[0, 1, 1], [0, 1, 0]])
+    grey_rgb = np.repeat(structure[..., None], 3, axis=2)
+    _write_pgm(tmp_path / "mask16.ppm", grey_rgb, 65535)
+    with Image.open(tmp_path / "mask16.ppm") as check:  # Pillow alone: 8 bits, all label 1 gone
+        assert check.mode == "RGB" and not np.asarray(check).any()
+    with pytest.raises(MaskError, match=r"mask16\.ppm: is a 16-bit colour PPM \(maxval 65535\)"):
+        read_labels(tmp_path / "mask16.ppm", LabelRule())
+    with pytest.raises(UnreadableFileError, match=r"mask16\.ppm: is a 16-bit colour PPM"):
+        read_radiograph(tmp_path / "mask16.ppm")
+    _write_pgm(tmp_path / "labels.ppm", grey_rgb * 4, 4)  # stretched by Pillow to 0 / 255
+    np.testing.assert_array_equal(read_mask(tmp_path / "labels.ppm"), structure * 4)

@@ -281,7 +281,7 @@ def _one_mask_image(path: str):
         if high_bytes:
             raise MaskError(
                 path,
-                f"{high_bytes}: labels below 256 would all read as 0. Expected a "
+                f"{high_bytes}: small labels would read as 0. Expected a "
                 "single-channel mask (8- or 16-bit grey PNG or TIFF)",
             )
         bits = _sub_byte_grey_bits(image)
@@ -312,6 +312,12 @@ def high_bytes_only(image: Image.Image) -> str | None:
     16-bit BMP's ``BGR;16`` is 5-6-5 bits per pixel, which Pillow widens to 8 bits whole.
     """
     raw_mode = _raw_mode(image)
+    maxval = netpbm_maxval(image)
+    if image.mode == "RGB" and maxval is not None and maxval > 255:
+        return (
+            f"is a 16-bit colour PPM (maxval {maxval}), whose samples Pillow, kseg's image "
+            "library, scales down to 8 bits"
+        )
     sixteen_bit_samples = any(f";16{order}" in raw_mode for order in "BLN")
     if image.mode in ("RGB", "RGBA", "CMYK") and sixteen_bit_samples:
         kind = "grey with alpha" if raw_mode.startswith("LA") else image.mode
@@ -323,27 +329,28 @@ def high_bytes_only(image: Image.Image) -> str | None:
 
 
 def netpbm_maxval(image: Image.Image) -> int | None:
-    """The maxval of a grey PGM file whose samples Pillow rescales, read before loading:
-    None for other files and for maxval 255 or 65535, which Pillow reads as stored.
+    """The maxval of a PGM or PPM file whose samples Pillow rescales, read before loading:
+    None for other files, and for maxval 255 (or 65535 in a PGM), read as stored.
 
-    A PGM's samples run from 0 to its header's maxval (netpbm tools write label maps with
-    maxval 1 or the number of labels, 12-bit images with 4095); Pillow stretches them to its
-    mode's full scale, so a maxval-4 label 1 reads as 64 and a 12-bit 1 as 16.
+    A netpbm file's samples run from 0 to its header's maxval (netpbm tools write label maps
+    with maxval 1 or the number of labels, 12-bit images with 4095); Pillow stretches grey
+    ones to its mode's full scale, so a maxval-4 label 1 reads as 64 and a 12-bit 1 as 16,
+    and scales colour ones to 8 bits (a 16-bit colour label 1 reads as 0).
     """
-    if image.format != "PPM" or image.mode not in ("L", "I") or not image.tile:
+    if image.format != "PPM" or image.mode not in ("L", "I", "RGB") or not image.tile:
         return None
     tile = image.tile[0]
     if tile.codec_name not in ("ppm", "ppm_plain") or len(tile.args) < 2:
         return None
-    maxval = tile.args[1]
-    return maxval if isinstance(maxval, int) and maxval not in (255, 65535) else None
+    maxval, stored_as_is = tile.args[1], 65535 if image.mode == "I" else 255
+    return maxval if isinstance(maxval, int) and maxval != stored_as_is else None
 
 
 def netpbm_stored(image: Image.Image, maxval: int) -> np.ndarray:
-    """The stored samples of a loaded PGM image that Pillow stretched from 0..``maxval`` to
-    its full scale (the rounding undone exactly: the stretch is at least one step per
-    sample); ``uint8`` up to maxval 255, else ``uint16``."""
-    full_scale = 255 if image.mode == "L" else 65535
+    """The stored samples of a loaded PGM (or PPM of maxval below 255) image that Pillow
+    stretched from 0..``maxval`` to its full scale (the rounding undone exactly: the stretch
+    is at least one step per sample); ``uint8`` up to maxval 255, else ``uint16``."""
+    full_scale = 65535 if image.mode == "I" else 255
     stored = np.rint(np.asarray(image).astype(np.float64) * maxval / full_scale)
     return stored.astype(np.uint8 if maxval <= 255 else np.uint16)
 

@@ -128,7 +128,7 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         if high_bytes:
             raise UnreadableFileError(
                 path,
-                f"{high_bytes}: a 12-bit radiograph would keep 16 grey levels. Expected a "
+                f"{high_bytes}: a 12-bit radiograph would lose most grey levels. Expected a "
                 "grey image (16-bit grey PNG or TIFF keep every bit)",
             )
         maxval = netpbm_maxval(image)
