@@ -99,6 +99,23 @@ def test_signed_modality_lut_first_value_written_as_us_is_read_as_signed(tmp_pat
     np.testing.assert_array_equal(read_dicom_image(path), expected)
 
 
+def test_samples_aligned_above_bit_0_are_refused(tmp_path):
+    # BitsStored 12 with HighBit 15 (ACR-NEMA-era files): the value 1000 sits in bits 4-15
+    # as 16000; pydicom keeps the low 12 bits, 16000 & 0xFFF = 3712, and that came back.
+    paths = []
+    for k in range(2):
+        path = _write_slice(tmp_path / f"s{k}.dcm", position=(0, 0, k), intercept=0,
+                            pixels=np.full((ROWS, COLUMNS), 1000 << 4, np.uint16))
+        ds = pydicom.dcmread(path)
+        ds.HighBit = 15
+        ds.save_as(path)
+        paths.append(path)
+    with pytest.raises(UnreadableFileError, match="HighBit is 15 with BitsStored 12"):
+        read_dicom_series(tmp_path)
+    with pytest.raises(UnreadableFileError, match="HighBit is 15"):
+        read_dicom_image(paths[0])
+
+
 def test_enhanced_rescale_contradicting_the_top_level_is_refused(tmp_path):
     path = _enhanced_ct_slice(tmp_path / "e.dcm", 0.0, 1000)
     ds = pydicom.dcmread(path)

@@ -208,11 +208,12 @@ def read_dicom_series(
             pixel data), an empty data set, an image without pixel data, an empty (0-byte)
             file; Rows/Columns/BitsAllocated/BitsStored/PixelRepresentation that are not valid,
             or that need more bytes than the PixelData holds (checked before anything is
-            allocated); RescaleSlope / RescaleIntercept that are not finite numbers (or a zero
-            slope); a transfer syntax with no decoder installed (the message names the
-            syntax and what to install) or pixel data the decoder rejects; a one-frame
-            Enhanced file whose functional groups contradict its top-level rescale or
-            geometry.
+            allocated); a HighBit other than BitsStored - 1 (samples not aligned to bit 0,
+            which pydicom cannot read); RescaleSlope / RescaleIntercept that are not finite
+            numbers (or a zero slope); a transfer syntax with no decoder installed (the
+            message names the syntax and what to install) or pixel data the decoder
+            rejects; a one-frame Enhanced file whose functional groups contradict its
+            top-level rescale or geometry.
 
     Warns:
         SkippedFileWarning: files that are not DICOM images were ignored.
@@ -258,7 +259,8 @@ def read_dicom_image(path: os.PathLike | str) -> np.ndarray:
     Raises:
         UnreadableFileError: not a DICOM file; a DICOM file cut short or without pixel data;
             an image that is not single-frame grayscale (MONOCHROME1/2, one sample per pixel);
-            a pixel-module or rescale value that is malformed (the message names the tag),
+            a pixel-module or rescale value that is malformed (the message names the tag;
+            HighBit must be BitsStored - 1),
             given differently in an Enhanced file's functional groups, or a size the
             PixelData cannot hold; a transfer syntax with no decoder installed
             (the message names the syntax and what to install) or pixel data that cannot be
@@ -718,7 +720,19 @@ def _check_pixel_module(path: str, dataset: pydicom.Dataset, kind_error) -> None
     if 0x7FE00010 not in dataset:  # Float/DoubleFloatPixelData: 32/64-bit, no rescale
         return
     bits = _integer(path, dataset, "BitsAllocated", error, allowed=_BITS_ALLOCATED)
-    _integer(path, dataset, "BitsStored", error, default=bits, allowed=range(1, bits + 1))
+    stored = _integer(
+        path, dataset, "BitsStored", error, default=bits, allowed=range(1, bits + 1)
+    )
+    high_bit = _integer(path, dataset, "HighBit", error, default=stored - 1)
+    if high_bit != stored - 1:
+        # pydicom reads the low BitsStored bits of each sample: an ACR-NEMA-era file whose
+        # samples sit higher (HighBit 15 for 12 stored bits) would come back as other bits.
+        raise UnreadableFileError(
+            path,
+            f"HighBit is {high_bit} with BitsStored {stored}: the samples are not aligned to "
+            f"bit 0 (HighBit {stored - 1}) as pydicom reads them; it would return other "
+            "bits than the file's values",
+        )
     _integer(path, dataset, "PixelRepresentation", error, default=0, allowed=(0, 1))
     # Files without file meta (no preamble) are always in an uncompressed transfer syntax.
     syntax = _transfer_syntax(dataset)
