@@ -233,7 +233,7 @@ def test_an_empty_duplicate_name_does_not_replace_the_drawn_roi(tmp_path):
 # --- DICOM-SEG -----------------------------------------------------------------------------------
 
 
-def _label_map_seg(hd, folder, labels):
+def _label_map_seg(hd, folder, labels, **options):
     """A LABELMAP SEG (Label Map Segmentation Storage) as highdicom writes it, drawn
     on a 3-slice axial series; returns the series and the SEG file."""
     from pydicom.sr.codedict import codes
@@ -271,19 +271,29 @@ def _label_map_seg(hd, folder, labels):
         software_versions="1",
         device_serial_number="1",
         omit_empty_frames=False,
+        **options,
     )
     seg.save_as(folder / "labelmap.dcm")
     return ct, folder / "labelmap.dcm"
 
 
-def test_labelmap_seg_reads_as_the_label_map_written(tmp_path):
-    # Before: refused ("SegmentationType 'LABELMAP' is not BINARY or FRACTIONAL").
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "PALETTE COLOR"])
+def test_labelmap_seg_reads_as_the_label_map_written(tmp_path, photometric):
+    # Before: refused ("SegmentationType 'LABELMAP' is not BINARY or FRACTIONAL"). With a
+    # palette the pixels are still segment numbers: indices into the colours, not colours.
     hd = pytest.importorskip("highdicom")
     if not hasattr(hd.seg.SegmentationTypeValues, "LABELMAP"):
         pytest.skip("this highdicom writes no LABELMAP SEG")
+    options = {}
+    if photometric == "PALETTE COLOR":
+        options["palette_color_lut_transformation"] = (
+            hd.PaletteColorLUTTransformation.from_colors(["black", "red", "green"])
+        )
     labels = np.random.default_rng(3).integers(0, 3, size=(3, ROWS, COLUMNS)).astype(np.uint8)
-    ct, path = _label_map_seg(hd, tmp_path, labels)
-    assert pydicom.dcmread(path).SegmentSequence[0].SegmentLabel == "Background"
+    ct, path = _label_map_seg(hd, tmp_path, labels, **options)
+    written = pydicom.dcmread(path)
+    assert written.SegmentSequence[0].SegmentLabel == "Background"
+    assert written.PhotometricInterpretation == photometric
     on_series = read_dicom_seg(path, reference_series=ct)
     np.testing.assert_array_equal(on_series.array, labels)
     assert on_series.metadata["segment_labels"] == {1: "Liver", 2: "Spleen"}
