@@ -12,6 +12,7 @@ from test_io_masks import write_16_bit_png, write_grey_tiff
 
 from kseg.errors import MaskError, UnreadableFileError
 from kseg.io import CHAOS_MR_LABEL_RANGES, LabelRule, LossyMaskWarning, read_labels, read_mask
+from kseg.io.masks import seek_full_resolution_page, upright_size
 from kseg.io.radiograph import read_radiograph
 
 
@@ -354,3 +355,57 @@ def test_16_bit_colour_ppm_is_refused_and_a_low_maxval_one_read_as_stored(tmp_pa
         read_radiograph(tmp_path / "mask16.ppm")
     _write_pgm(tmp_path / "labels.ppm", grey_rgb * 4, 4)  # stretched by Pillow to 0 / 255
     np.testing.assert_array_equal(read_mask(tmp_path / "labels.ppm"), structure * 4)
+
+
+def _write_tiff_pages(path, pages: list[tuple[np.ndarray, bool]]) -> None:
+    """An uncompressed little-endian 8-bit grey TIFF of several pages, written after the TIFF
+    6.0 standard: ``(samples, reduced)`` per page, ``reduced`` setting NewSubfileType bit 0
+    (a thumbnail or pyramid level of the full-resolution page)."""
+    data = bytearray(b"II*\0\0\0\0\0")
+    next_ifd_link = 4
+    for samples, reduced in pages:
+        pixels_at = len(data)
+        data += samples.astype(np.uint8).tobytes()
+        data += b"\0" * (len(data) % 2)
+        height, width = samples.shape
+        entries = [
+            (254, 4, int(reduced)), (256, 4, width), (257, 4, height), (258, 3, 8),
+            (259, 3, 1), (262, 3, 1), (273, 4, pixels_at), (277, 3, 1), (278, 4, height),
+            (279, 4, samples.size),
+        ]  # fmt: skip
+        struct.pack_into("<I", data, next_ifd_link, len(data))
+        data += struct.pack("<H", len(entries))
+        for tag, kind, value in entries:
+            packed = struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value)
+            data += struct.pack("<HHI", tag, kind, 1) + packed
+        next_ifd_link = len(data)
+        data += b"\0\0\0\0"
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("thumbnail_first", [True, False])
+def test_tiff_of_one_full_page_and_its_thumbnail_reads_the_full_page(tmp_path, thumbnail_first):
+    structure = np.zeros((12, 20), bool)
+    structure[2:9, 4:15] = True
+    full = (structure * 255, False)
+    thumbnail = (structure[::4, ::4] * 255, True)
+    path = tmp_path / "mask.tif"
+    _write_tiff_pages(path, [thumbnail, full] if thumbnail_first else [full, thumbnail])
+    with Image.open(path) as check:  # Pillow alone: the first page, and two frames
+        assert check.n_frames == 2 and check.size == ((5, 3) if thumbnail_first else (20, 12))
+    np.testing.assert_array_equal(read_labels(path, LabelRule()), structure)
+    image, bit_depth = read_radiograph(path)
+    np.testing.assert_array_equal(image, structure * 255)
+    assert bit_depth == 8
+    with open(path, "rb") as handle, Image.open(handle) as image:  # the builder's size check
+        seek_full_resolution_page(image)
+        assert upright_size(str(path), image) == structure.shape
+
+
+def test_tiff_of_two_full_pages_is_still_refused(tmp_path):
+    page = np.zeros((4, 6), np.uint8)
+    _write_tiff_pages(tmp_path / "stack.tif", [(page, False), (page, False), (page[::2], True)])
+    with pytest.raises(MaskError, match=r"stack\.tif: has 3 frames"):
+        read_mask(tmp_path / "stack.tif")
+    with pytest.raises(UnreadableFileError, match=r"stack\.tif: has 3 frames"):
+        read_radiograph(tmp_path / "stack.tif")

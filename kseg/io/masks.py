@@ -277,6 +277,7 @@ def _one_mask_image(path: str):
         Image.open(handle) as image,
         whole_images_only(),
     ):
+        frames = seek_full_resolution_page(image)
         high_bytes = high_bytes_only(image)
         if high_bytes:
             raise MaskError(
@@ -287,8 +288,8 @@ def _one_mask_image(path: str):
         bits = _sub_byte_grey_bits(image)
         maxval = netpbm_maxval(image)
         image.load()
-        if getattr(image, "n_frames", 1) != 1:
-            raise MaskError(path, f"has {image.n_frames} frames; expected one 2D mask")
+        if frames != 1:
+            raise MaskError(path, f"has {frames} frames; expected one 2D mask")
         if maxval is not None:
             image = Image.fromarray(netpbm_stored(image, maxval))
         negative = negative_bytes_read_unsigned(image)
@@ -301,6 +302,31 @@ def _one_mask_image(path: str):
         if inverted_by_pillow:
             image = ImageOps.invert(image)  # back to the stored samples: see tiff_white_is_zero
         yield image, lossy, bits
+
+
+_TIFF_NEW_SUBFILE_TYPE = 254
+_REDUCED_RESOLUTION = 1  # bit 0 of NewSubfileType
+
+
+def seek_full_resolution_page(image: Image.Image) -> int:
+    """The number of frames of ``image`` that count: 1 for a TIFF whose pages are one
+    full-resolution image and reduced-resolution copies of it (thumbnails, pyramid levels:
+    NewSubfileType bit 0), whichever page comes first, after seeking ``image`` to the full
+    one; otherwise its frame count, as it is. Call before loading.
+
+    Scanners and slide or microscopy software write such files; Pillow opens the first page,
+    which may be the thumbnail.
+    """
+    frames = getattr(image, "n_frames", 1)
+    if image.format != "TIFF" or frames == 1:
+        return frames
+    full_pages = []
+    for page in range(frames):
+        image.seek(page)
+        if not image.tag_v2.get(_TIFF_NEW_SUBFILE_TYPE, 0) & _REDUCED_RESOLUTION:
+            full_pages.append(page)
+    image.seek(full_pages[0] if len(full_pages) == 1 else 0)
+    return 1 if len(full_pages) == 1 else frames
 
 
 def high_bytes_only(image: Image.Image) -> str | None:

@@ -24,6 +24,7 @@ from kseg.io.masks import (
     negative_bytes_read_unsigned,
     netpbm_maxval,
     netpbm_stored,
+    seek_full_resolution_page,
     tiff_white_is_zero,
     upright,
     whole_images_only,
@@ -124,6 +125,7 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         Image.open(handle) as image,
         whole_images_only(),
     ):
+        frames = seek_full_resolution_page(image)
         high_bytes = high_bytes_only(image)
         if high_bytes:
             raise UnreadableFileError(
@@ -136,7 +138,6 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         negative = negative_bytes_read_unsigned(image)
         if negative:
             raise UnreadableFileError(path, f"{negative}; expected values 0..255")
-        frames = getattr(image, "n_frames", 1)
         white_is_zero = tiff_white_is_zero(image)
         stored_bits = _tiff_bits_per_sample(image)
         if maxval is not None and maxval > 255:  # a PGM above 8 bits: see netpbm_maxval

@@ -12,7 +12,7 @@ from PIL import Image
 
 from kseg.errors import AlignmentError
 from kseg.io import JSRT_BIT_DEPTH, LabelRule, read_jsrt_image, read_labels, read_radiograph
-from kseg.io.masks import image_errors_named, upright_size
+from kseg.io.masks import image_errors_named, seek_full_resolution_page, upright_size
 from tfds_builders.xray.layout import Record
 
 if TYPE_CHECKING:  # the builder imports this module, so only type checkers import it back
@@ -50,7 +50,9 @@ def _image_size(path: epath.Path) -> tuple[int, int]:
         path.open("rb") as handle,
         Image.open(handle) as image,
     ):
-        # The size read_labels gives the mask: after its Orientation tag turned it.
+        # The size read_labels gives the mask: of its full-resolution page, after its
+        # Orientation tag turned it.
+        seek_full_resolution_page(image)
         return upright_size(str(path), image)
 
 
