@@ -99,6 +99,17 @@ def test_signed_modality_lut_first_value_written_as_us_is_read_as_signed(tmp_pat
     np.testing.assert_array_equal(read_dicom_image(path), expected)
 
 
+def test_cosines_rounded_to_two_decimals_do_not_stretch_the_pixel_spacing(tmp_path):
+    # A 45-degree plane written to two decimals (0.71, 0.71): the cosines are 0.4% long, and
+    # so was the in-plane spacing of the volume (0.753 mm for PixelSpacing 0.75).
+    rounded = (0.71, 0.71, 0.0, -0.71, 0.71, 0.0)
+    for k in range(3):
+        _write_slice(tmp_path / f"s{k}.dcm", position=(0, 0, 2.5 * k), orientation=rounded)
+    volume = read_dicom_series(tmp_path)
+    assert volume.spacing == pytest.approx((2.5, 0.5, 0.75), abs=1e-9)
+    np.testing.assert_allclose(volume.affine[:3, 2], [-0.75 / np.sqrt(2), -0.75 / np.sqrt(2), 0])
+
+
 def test_samples_aligned_above_bit_0_are_refused(tmp_path):
     # BitsStored 12 with HighBit 15 (ACR-NEMA-era files): the value 1000 sits in bits 4-15
     # as 16000; pydicom keeps the low 12 bits, 16000 & 0xFFF = 3712, and that came back.

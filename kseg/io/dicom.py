@@ -824,6 +824,10 @@ def _slice_geometry(path: str, dataset: pydicom.Dataset) -> _Slice:
     position = _numbers(path, dataset, "ImagePositionPatient", 3, DicomSeriesError)
     orientation = _numbers(path, dataset, "ImageOrientationPatient", 6, DicomSeriesError)
     _check_orientation(path, orientation)
+    # Direction cosines are unit vectors; ones written to two or three decimals
+    # (0.71\0.71\0) are up to 1% long, and would stretch the pixel spacing with them.
+    orientation[:3] /= np.linalg.norm(orientation[:3])
+    orientation[3:] /= np.linalg.norm(orientation[3:])
     spacing = _numbers(path, dataset, "PixelSpacing", 2, DicomSeriesError)
     if np.any(spacing <= 0):
         raise DicomSeriesError(path, f"PixelSpacing {list(spacing)} is not positive")
