@@ -7,7 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image, features
+from PIL import Image, TiffImagePlugin, features
 from test_io_masks import write_16_bit_png, write_grey_tiff
 
 from kseg.errors import MaskError, UnreadableFileError
@@ -409,3 +409,27 @@ def test_tiff_of_two_full_pages_is_still_refused(tmp_path):
         read_mask(tmp_path / "stack.tif")
     with pytest.raises(UnreadableFileError, match=r"stack\.tif: has 3 frames"):
         read_radiograph(tmp_path / "stack.tif")
+
+
+@pytest.mark.parametrize("compression", ["group4", "group3", "tiff_ccitt"])
+def test_fax_compressed_white_is_zero_mask_reads_as_displayed(tmp_path, compression):
+    # ImageMagick writes a bilevel TIFF WhiteIsZero exactly when fax-compressing it, storing
+    # the image so that it shows unchanged: a white structure is stored as 0
+    structure = np.zeros((6, 13), bool)
+    structure[1:5, 2:9] = True
+    white_is_zero = TiffImagePlugin.ImageFileDirectory_v2()
+    white_is_zero[262] = 0
+    path = tmp_path / "mask.tif"
+    Image.fromarray(structure).save(path, compression=compression, tiffinfo=white_is_zero)
+    with Image.open(path) as check:  # WhiteIsZero, shown as written
+        assert check.tag_v2[262] == 0 and check.info["compression"] == compression
+        np.testing.assert_array_equal(np.asarray(check), structure)
+    np.testing.assert_array_equal(read_labels(path, LabelRule()), structure)
+    np.testing.assert_array_equal(read_mask(path), structure)
+
+
+def test_uncompressed_white_is_zero_mask_still_reads_its_stored_samples(tmp_path):
+    structure = np.zeros((6, 13), bool)
+    structure[1:5, 2:9] = True
+    write_grey_tiff(tmp_path / "imagej.tif", structure.astype(np.uint8), 1, white_is_zero=True)
+    np.testing.assert_array_equal(read_labels(tmp_path / "imagej.tif", LabelRule()), structure)

@@ -59,6 +59,7 @@ CHAOS_MR_LABEL_RANGES: dict[int, tuple[int, int]] = {
 
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO", "AVIF"})  # AVIF: lossless only with rare settings
 _LOSSY_TIFF_COMPRESSIONS = frozenset({"jpeg", "tiff_jpeg"})  # Pillow's names: 7 and old 6
+_FAX_TIFF_COMPRESSIONS = frozenset({"tiff_ccitt", "group3", "group4"})  # 2, 3 and 4
 
 
 @contextlib.contextmanager
@@ -143,6 +144,12 @@ def tiff_white_is_zero(image: Image.Image) -> bool:
     stored as 255 and shown black), so the mask readers undo Pillow's inversion; a
     radiograph is read as displayed (as DICOM MONOCHROME1 is inverted), so
     :func:`kseg.io.read_radiograph` inverts the 16-bit ones Pillow left as stored.
+
+    Bilevel TIFFs compressed with a fax code (CCITT, Group 3, Group 4) are the exception:
+    fax pages are WhiteIsZero by convention, so writers choose WhiteIsZero for the code, not
+    for the meaning, and store the image so that it shows unchanged (ImageMagick sets it
+    exactly when writing Fax or Group4: a white structure is stored as 0). Masks read them
+    as displayed, as Pillow decodes them.
     """
     tags = getattr(image, "tag_v2", None)
     return image.format == "TIFF" and tags is not None and tags.get(_TIFF_PHOTOMETRIC) == 0
@@ -297,7 +304,11 @@ def _one_mask_image(path: str):
             raise MaskError(path, f"{negative}; a mask holds labels 0 and up")
         lossy = _is_lossy(path, image)
         image = _jpeg_2000_as_stored(path, image)
-        inverted_by_pillow = tiff_white_is_zero(image) and image.mode in ("1", "L")
+        inverted_by_pillow = (
+            tiff_white_is_zero(image)
+            and image.mode in ("1", "L")
+            and image.info.get("compression") not in _FAX_TIFF_COMPRESSIONS
+        )
         image = upright(path, image)  # a new image when turned: no TIFF tags left
         if inverted_by_pillow:
             image = ImageOps.invert(image)  # back to the stored samples: see tiff_white_is_zero
@@ -473,7 +484,8 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
 
     A file with an EXIF / TIFF Orientation tag is turned as the tag says, as viewers and
     annotation tools show it (see :func:`upright`). A WhiteIsZero TIFF gives its stored
-    samples, not Pillow's inverted display (see :func:`tiff_white_is_zero`). Alpha is
+    samples, not Pillow's inverted display, unless fax-compressed (see
+    :func:`tiff_white_is_zero`). Alpha is
     ignored only where it agrees with the values (uniform, or transparent exactly where the
     value is 0); an overlay keeping the structure in its alpha channel is a MaskError.
 
