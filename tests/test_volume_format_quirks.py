@@ -244,14 +244,15 @@ def test_an_empty_duplicate_name_does_not_replace_the_drawn_roi(tmp_path):
 # --- DICOM-SEG -----------------------------------------------------------------------------------
 
 
-def _label_map_seg(hd, folder, labels, **options):
+def _label_map_seg(hd, folder, labels, orientation=(1.0, 0, 0, 0, 1.0, 0), **options):
     """A LABELMAP SEG (Label Map Segmentation Storage) as highdicom writes it, drawn
     on a 3-slice axial series; returns the series and the SEG file."""
     from pydicom.sr.codedict import codes
 
     (folder / "ct").mkdir()
     for k in range(labels.shape[0]):
-        _write_slice(folder / "ct" / f"s{k}.dcm", position=(0, 0, 2.0 * k))
+        _write_slice(folder / "ct" / f"s{k}.dcm", position=(0, 0, 2.0 * k),
+                     orientation=orientation)
     ct = read_dicom_series(folder / "ct")
     sources = [pydicom.dcmread(path) for path in ct.source_files]
     for source in sources:  # type 2 patient / study attributes highdicom copies
@@ -381,3 +382,16 @@ def test_unused_dimensions_written_as_zero_are_ignored(tmp_path):
     path = tmp_path / "ct.nii"
     voxels = _nifti_with_dims(path, (3, 4, 5, 6, 0, 0, 0, 0))
     np.testing.assert_array_equal(read_nifti(path).array, voxels.transpose(2, 1, 0))
+
+
+def test_seg_on_a_series_with_rounded_cosines_lies_on_its_grid(tmp_path):
+    # highdicom copies the series' rounded ImageOrientationPatient (0.71, 0.71, 0, ...) into
+    # the SEG; the series reader normalises it, so the SEG's must be normalised alike.
+    hd = pytest.importorskip("highdicom")
+    if not hasattr(hd.seg.SegmentationTypeValues, "LABELMAP"):
+        pytest.skip("this highdicom writes no LABELMAP SEG")
+    labels = np.random.default_rng(5).integers(0, 3, size=(3, ROWS, COLUMNS)).astype(np.uint8)
+    ct, path = _label_map_seg(hd, tmp_path, labels, orientation=(0.71, 0.71, 0, -0.71, 0.71, 0))
+    np.testing.assert_array_equal(read_dicom_seg(path, reference_series=ct).array, labels)
+    alone = read_dicom_seg(path)
+    np.testing.assert_allclose(alone.affine, ct.affine, atol=1e-6)

@@ -43,6 +43,7 @@ from pydicom.uid import generate_uid
 
 from kseg._files import atomic_output
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
+from kseg.io.dicom import ORIENTATION_ORTHONORMAL_TOLERANCE
 from kseg.io.rtstruct_writer import BlankSeriesUidWarning, _label_array, _roi_names
 from kseg.io.volume import Volume, image_affine
 
@@ -428,7 +429,16 @@ def _frames(path: str, ds: pydicom.Dataset) -> _Frames:
                                         "positions; cannot put them on one grid")
     if not np.allclose(spacings, spacings[0], rtol=1e-4) or (spacings[0] <= 0).any():
         raise UnreadableFileError(path, "frames differ in pixel spacing or it is not positive")
-    return _Frames(positions, segments, sources, orientations[0], spacings[0])
+    orientation = orientations[0]
+    lengths = np.linalg.norm(orientation.reshape(2, 3), axis=1)
+    if not np.all(np.abs(lengths - 1) <= ORIENTATION_ORTHONORMAL_TOLERANCE):
+        raise UnreadableFileError(
+            path, f"ImageOrientationPatient {orientation.tolist()} is not two unit vectors"
+        )
+    # Unit vectors written rounded (0.71\0.71\0) are normalised as kseg's series reader
+    # normalises them, so a SEG copying its series' orientation lies on the series' grid.
+    orientation = (orientation.reshape(2, 3) / lengths[:, None]).ravel()
+    return _Frames(positions, segments, sources, orientation, spacings[0])
 
 
 def _segments_and_sources(path: str, ds: pydicom.Dataset, count: int):
