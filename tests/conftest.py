@@ -58,3 +58,13 @@ def pytest_collection_modifyitems(config, items):
             rank[path] = len(HEAVIEST_FIRST)
     # a stable sort: each file's tests stay together and in their own order
     items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(HEAVIEST_FIRST) + 1))
+
+
+def pytest_collection_finish(session):
+    """Keras Tuner runs ``gc.collect()`` before every trial; with TensorFlow, Keras and every
+    test module loaded, each full collection walked their millions of objects (~0.5 s;
+    the tuning files' 89 tests took 45 s, 20 s with this). Frozen, the objects collection
+    loaded are skipped; what the tests make after it is collected as before."""
+    import gc
+
+    gc.freeze()
