@@ -395,3 +395,25 @@ def test_seg_on_a_series_with_rounded_cosines_lies_on_its_grid(tmp_path):
     np.testing.assert_array_equal(read_dicom_seg(path, reference_series=ct).array, labels)
     alone = read_dicom_seg(path)
     np.testing.assert_allclose(alone.affine, ct.affine, atol=1e-6)
+
+
+def test_lctsc_organ_map_keeps_the_drawn_roi_of_a_shared_name(tmp_path):
+    # The LCTSC builder keyed ROIs by name too: an empty duplicate after the drawn heart
+    # left the heart out of every label map, silently.
+    from tfds_builders.lctsc.layout import organ_label_map
+
+    path = _write_structure_set(
+        tmp_path / "rs.dcm",
+        [(1, "Heart", [("CLOSED_PLANAR", _square(0.5, 3.5, 2.0))]), (2, "Heart", [])],
+    )
+    expected = np.zeros(_AXIAL_GRID.shape, np.uint8)
+    expected[2, 1:4, 1:4] = 3  # heart is organ 3
+    np.testing.assert_array_equal(organ_label_map(path, _AXIAL_GRID), expected)
+
+    path = _write_structure_set(
+        tmp_path / "rs2.dcm",
+        [(1, "Heart", [("CLOSED_PLANAR", _square(0.5, 3.5, 2.0))]),
+         (2, "Heart", [("CLOSED_PLANAR", _square(4.5, 8.5, 0.0))])],
+    )  # fmt: skip
+    with pytest.raises(MaskError, match=r"rs2\.dcm.*'Heart' is shared by ROI numbers 1"):
+        organ_label_map(path, _AXIAL_GRID)

@@ -72,6 +72,7 @@ __all__ = [
     "canonical_roi_name",
     "fill_polygons",
     "match_roi_names",
+    "one_roi_per_name",
     "rasterize_roi",
     "rasterize_rtstruct",
     "read_rtstruct",
@@ -420,13 +421,14 @@ def rasterize_rtstruct(
         rois = [roi for roi in rois if roi.name in set(wanted)]
     return {
         roi.name: rasterize_roi(roi, volume, source=path)
-        for roi in _one_roi_per_name(path, rois)
+        for roi in one_roi_per_name(path, rois)
     }
 
 
-def _one_roi_per_name(path: str, rois: list[RoiContours]) -> list[RoiContours]:
-    """One ROI per name, in the order the names first appear. A name two ROIs share would
-    key one mask in the result and the other ROI's contours would vanish. ROIs without
+def one_roi_per_name(path: str, rois: list[RoiContours]) -> list[RoiContours]:
+    """One ROI per name, in the order the names first appear (``path``: the RTSTRUCT, named
+    in the error). A name two ROIs share would key one mask by name and the other ROI's
+    contours would vanish. ROIs without
     contours (planning systems keep empty duplicates) lose nothing by being left out; two
     with contours are an error."""
     by_name: dict[str, list[RoiContours]] = {}

@@ -15,6 +15,7 @@ from kseg.io.npz import read_npz_mask
 from kseg.io.rtstruct import (
     LCTSC_ROI_NAMES,
     match_roi_names,
+    one_roi_per_name,
     rasterize_roi,
     read_rtstruct,
     read_rtstruct_references,
@@ -80,7 +81,7 @@ def organ_label_map(rtstruct_path, volume, *, aliases=None) -> np.ndarray:
         array([0, 1, 2, 3, 4, 5], dtype=uint8)
     """
     path = str(rtstruct_path)
-    rois = {roi.name: roi for roi in read_rtstruct(path)}
+    rois = {roi.name: roi for roi in one_roi_per_name(path, read_rtstruct(path))}
     found = match_roi_names(list(rois), aliases=aliases, source=path)
     labels = np.zeros(volume.shape, dtype=np.uint8)
     for organ_id, organ in enumerate(LCTSC_ROI_NAMES, start=1):
