@@ -149,3 +149,13 @@ def test_16_bit_colour_radiograph_is_refused_not_cut_to_its_high_bytes(tmp_path)
         assert np.asarray(check).max() <= 15
     with pytest.raises(UnreadableFileError, match=r"cxr\.png: is a 16-bit RGB image"):
         read_radiograph(tmp_path / "cxr.png")
+
+
+def test_12_bit_white_is_zero_tiff_is_refused_naming_the_file(tmp_path):
+    # Pillow has no decoder for it; what must not happen is a reading inverted over 16 bits
+    from test_io_masks import write_grey_tiff
+
+    write_grey_tiff(tmp_path / "white.tif", np.array([[0, 4095], [7, 2048]]), 12,
+                    white_is_zero=True)  # fmt: skip
+    with pytest.raises(UnreadableFileError, match=r"white\.tif: cannot be read as an image"):
+        read_radiograph(tmp_path / "white.tif")
