@@ -12,7 +12,7 @@ from test_io_masks import write_16_bit_png, write_grey_tiff
 
 from kseg.errors import MaskError, UnreadableFileError
 from kseg.io import CHAOS_MR_LABEL_RANGES, LabelRule, LossyMaskWarning, read_labels, read_mask
-from kseg.io.masks import seek_full_resolution_page, upright_size
+from kseg.io.image_files import seek_full_resolution_page, upright_size
 from kseg.io.radiograph import read_radiograph
 
 

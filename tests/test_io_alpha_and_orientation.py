@@ -12,7 +12,7 @@ from PIL import Image
 
 from kseg.errors import MaskError
 from kseg.io import LabelRule, LossyMaskWarning, read_labels, read_mask, read_radiograph
-from kseg.io.masks import upright_size
+from kseg.io.image_files import upright_size
 
 _EXIF_ORIENTATION = 0x0112
 

@@ -17,7 +17,7 @@ from PIL import Image
 
 from kseg.errors import UnreadableFileError
 from kseg.io.dicom import read_dicom_image
-from kseg.io.masks import (
+from kseg.io.image_files import (
     high_bytes_only,
     image_errors_named,
     jpeg_2000_stored,
@@ -161,7 +161,7 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
 
 def _jpeg_2000_values(path, samples: np.ndarray, precision: int) -> tuple[np.ndarray, int]:
     """The stored samples of a 9- to 16-bit JPEG 2000 radiograph that Pillow shifted to 16
-    bits or offset from signed (see :func:`kseg.io.masks.jpeg_2000_stored`)."""
+    bits or offset from signed (see :func:`kseg.io.image_files.jpeg_2000_stored`)."""
     if samples.min() < 0:
         raise UnreadableFileError(
             path,

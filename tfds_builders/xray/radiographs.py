@@ -12,7 +12,7 @@ from PIL import Image
 
 from kseg.errors import AlignmentError
 from kseg.io import JSRT_BIT_DEPTH, LabelRule, read_jsrt_image, read_labels, read_radiograph
-from kseg.io.masks import image_errors_named, seek_full_resolution_page, upright_size
+from kseg.io.image_files import image_errors_named, seek_full_resolution_page, upright_size
 from tfds_builders.xray.layout import Record
 
 if TYPE_CHECKING:  # the builder imports this module, so only type checkers import it back
