@@ -198,15 +198,17 @@ def test_two_workers_resume_after_a_kill_and_match_one_process(tmp_path):
             for index in range(2)
         ]
         children += resumed
-        # the mirrored reference starts after the single one has trained: two CPUs
         single.read_until("finished", deadline)
+        deadline = time.monotonic() + TIMEOUT
+        finished = [worker.read_until("finished", deadline) for worker in resumed]
+        # The mirrored reference (two CPUs) starts once the workers are done: beside them, a
+        # busy CI machine starved a worker's coordination heartbeat past TensorFlow's 10 s
+        # and the cluster aborted.
         mirrored = Child(
             tmp_path, "mirrored", tmp_path / "mirrored", "mirrored", tmp_path / "mirrored.npz"
         )
         children.append(mirrored)
-        deadline = time.monotonic() + TIMEOUT
-        finished = [worker.read_until("finished", deadline) for worker in resumed]
-        mirrored_finished = mirrored.read_until("finished", deadline)
+        mirrored_finished = mirrored.read_until("finished", time.monotonic() + TIMEOUT)
     finally:
         for child in children:
             child.kill()
