@@ -70,6 +70,42 @@ def whole_images_only():
         ImageFile.LOAD_TRUNCATED_IMAGES = allowed
 
 
+@contextlib.contextmanager
+def decoded_image(path: str, *, what: str, error: type[KsegError], expected: str):
+    """``(image, maxval, sub_byte_bits)``: the one image of the file ``path``, loaded, with
+    what only its decoder knew (:func:`netpbm_maxval`, :func:`sub_byte_grey_bits`: gone once
+    it is loaded). What every reader of 2D files here needs, in one place:
+
+    * opened through a handle: Pillow memory-maps an uncompressed file opened by name, and
+      maps a TIFF that its Orientation turns by a quarter with the turned size, which swaps
+      its rows and columns (Pillow 12.3);
+    * Pillow's failures named (``what``: "a mask image"), cut-short files refused
+      (:func:`image_errors_named`, :func:`whole_images_only`);
+    * a TIFF's full-resolution page, not its thumbnail (:func:`seek_full_resolution_page`);
+    * refused as ``error``, the message ending in ``expected``: several frames, samples
+      Pillow cuts to their high byte (:func:`high_bytes_only`), negative signed bytes read
+      as unsigned (:func:`negative_bytes_read_unsigned`).
+    """
+    with (
+        image_errors_named(path, what),
+        open(path, "rb") as handle,
+        Image.open(handle) as image,
+        whole_images_only(),
+    ):
+        frames = seek_full_resolution_page(image)
+        high_bytes = high_bytes_only(image)
+        if high_bytes:
+            raise error(path, f"{high_bytes}. Expected {expected}")
+        maxval, sub_byte_bits = netpbm_maxval(image), sub_byte_grey_bits(image)
+        image.load()
+        if frames != 1:
+            raise error(path, f"has {frames} frames; expected {expected}")
+        negative = negative_bytes_read_unsigned(image)
+        if negative:
+            raise error(path, f"{negative}; expected {expected}")
+        yield image, maxval, sub_byte_bits
+
+
 def upright(path: str, image: Image.Image) -> Image.Image:
     """``image`` as viewers show it: its EXIF / TIFF Orientation (rotation, mirroring) applied.
 

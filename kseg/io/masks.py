@@ -36,19 +36,13 @@ from PIL import Image, ImageOps
 
 from kseg.errors import MaskError
 from kseg.io.image_files import (
-    high_bytes_only,
-    image_errors_named,
+    decoded_image,
     is_lossy,
     jpeg_2000_stored,
-    negative_bytes_read_unsigned,
-    netpbm_maxval,
     netpbm_stored,
-    seek_full_resolution_page,
-    sub_byte_grey_bits,
     tiff_white_is_zero,
     upright,
     value_counts,
-    whole_images_only,
 )
 
 __all__ = [
@@ -174,35 +168,17 @@ class LabelRule:
 
 @contextlib.contextmanager
 def _one_mask_image(path: str):
-    """``(image, lossy)``: the single frame of the mask file ``path``, decoded whole and turned
-    upright, and whether its format is lossy; Pillow's failures name the file."""
-    # Opened through a handle: Pillow memory-maps an uncompressed file opened by name, and
-    # maps a TIFF that its Orientation turns by a quarter with the turned size, which swaps
-    # its rows and columns (Pillow 12.3).
-    with (
-        image_errors_named(path, "a mask image"),
-        open(path, "rb") as handle,
-        Image.open(handle) as image,
-        whole_images_only(),
-    ):
-        frames = seek_full_resolution_page(image)
-        high_bytes = high_bytes_only(image)
-        if high_bytes:
-            raise MaskError(
-                path,
-                f"{high_bytes}: small labels would read as 0. Expected a "
-                "single-channel mask (8- or 16-bit grey PNG or TIFF)",
-            )
-        bits = sub_byte_grey_bits(image)
-        maxval = netpbm_maxval(image)
-        image.load()
-        if frames != 1:
-            raise MaskError(path, f"has {frames} frames; expected one 2D mask")
+    """``(image, lossy, sub_byte_bits)``: the single frame of the mask file ``path``, decoded
+    whole, its stored samples where Pillow moved them, turned upright; whether its format is
+    lossy; 2 or 4 for a 2- or 4-bit grey file (see :func:`sub_byte_grey_bits`)."""
+    with decoded_image(
+        path,
+        what="a mask image",
+        error=MaskError,
+        expected="one single-channel mask of labels 0 and up (8- or 16-bit grey PNG or TIFF)",
+    ) as (image, maxval, bits):
         if maxval is not None:
             image = Image.fromarray(netpbm_stored(image, maxval))
-        negative = negative_bytes_read_unsigned(image)
-        if negative:
-            raise MaskError(path, f"{negative}; a mask holds labels 0 and up")
         lossy = is_lossy(path, image)
         image = _jpeg_2000_as_stored(path, image)
         inverted_by_pillow = (

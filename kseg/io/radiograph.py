@@ -18,16 +18,11 @@ from PIL import Image
 from kseg.errors import UnreadableFileError
 from kseg.io.dicom import read_dicom_image
 from kseg.io.image_files import (
-    high_bytes_only,
-    image_errors_named,
+    decoded_image,
     jpeg_2000_stored,
-    negative_bytes_read_unsigned,
-    netpbm_maxval,
     netpbm_stored,
-    seek_full_resolution_page,
     tiff_white_is_zero,
     upright,
-    whole_images_only,
 )
 
 __all__ = ["JSRT_BIT_DEPTH", "read_jsrt_image", "read_radiograph"]
@@ -119,25 +114,12 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix in _DICOM_SUFFIXES or _has_dicom_marker(path):
         return _read_dicom_radiograph(path)
-    with (
-        image_errors_named(path, "an image"),
-        open(path, "rb") as handle,
-        Image.open(handle) as image,
-        whole_images_only(),
-    ):
-        frames = seek_full_resolution_page(image)
-        high_bytes = high_bytes_only(image)
-        if high_bytes:
-            raise UnreadableFileError(
-                path,
-                f"{high_bytes}: a 12-bit radiograph would lose most grey levels. Expected a "
-                "grey image (16-bit grey PNG or TIFF keep every bit)",
-            )
-        maxval = netpbm_maxval(image)
-        image.load()
-        negative = negative_bytes_read_unsigned(image)
-        if negative:
-            raise UnreadableFileError(path, f"{negative}; expected values 0..255")
+    with decoded_image(
+        path,
+        what="an image",
+        error=UnreadableFileError,
+        expected="one grey radiograph (a 16-bit grey PNG or TIFF keeps every bit)",
+    ) as (image, maxval, _):
         white_is_zero = tiff_white_is_zero(image)
         stored_bits = _tiff_bits_per_sample(image)
         if maxval is not None and maxval > 255:  # a PGM above 8 bits: see netpbm_maxval
@@ -147,8 +129,6 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         if image.mode == "P":  # a palette image's pixels are its entries' colours
             image = image.convert("RGB")
         mode, values = image.mode, np.array(image)
-    if frames != 1:
-        raise UnreadableFileError(path, f"has {frames} frames; expected one radiograph")
     if white_is_zero and mode in _SIXTEEN_BIT_MODES:  # Pillow inverts only up to 8 bits
         values = np.iinfo(np.uint16).max - values.astype(np.uint16)
     if moved is not None:
