@@ -260,11 +260,10 @@ def read_dicom_image(path: os.PathLike | str) -> np.ndarray:
         UnreadableFileError: not a DICOM file; a DICOM file cut short or without pixel data;
             an image that is not single-frame grayscale (MONOCHROME1/2, one sample per pixel);
             a pixel-module or rescale value that is malformed (the message names the tag;
-            HighBit must be BitsStored - 1),
-            given differently in an Enhanced file's functional groups, or a size the
-            PixelData cannot hold; a transfer syntax with no decoder installed
-            (the message names the syntax and what to install) or pixel data that cannot be
-            decoded.
+            HighBit must be BitsStored - 1), given differently in an Enhanced file's
+            functional groups, or a size the PixelData cannot hold; a transfer syntax with
+            no decoder installed (the message names the syntax and what to install) or pixel
+            data that cannot be decoded.
 
     Example:
         >>> image = read_dicom_image("CXR/patient0001.dcm")  # doctest: +SKIP
@@ -824,14 +823,19 @@ def _slice_geometry(path: str, dataset: pydicom.Dataset) -> _Slice:
     position = _numbers(path, dataset, "ImagePositionPatient", 3, DicomSeriesError)
     orientation = _numbers(path, dataset, "ImageOrientationPatient", 6, DicomSeriesError)
     _check_orientation(path, orientation)
-    # Direction cosines are unit vectors; ones written to two or three decimals
-    # (0.71\0.71\0) are up to 1% long, and would stretch the pixel spacing with them.
-    orientation[:3] /= np.linalg.norm(orientation[:3])
-    orientation[3:] /= np.linalg.norm(orientation[3:])
+    orientation = unit_cosines(orientation)
     spacing = _numbers(path, dataset, "PixelSpacing", 2, DicomSeriesError)
     if np.any(spacing <= 0):
         raise DicomSeriesError(path, f"PixelSpacing {list(spacing)} is not positive")
     return _Slice(position, orientation, spacing, _grid(path, dataset, UnreadableFileError))
+
+
+def unit_cosines(orientation: np.ndarray) -> np.ndarray:
+    """ImageOrientationPatient's row and column cosines scaled to unit length. They are unit
+    vectors; ones written to two or three decimals (0.71\\0.71\\0) are up to 1 % long and
+    would stretch the pixel spacing with them."""
+    pair = np.asarray(orientation, dtype=np.float64).reshape(2, 3)
+    return (pair / np.linalg.norm(pair, axis=1, keepdims=True)).ravel()
 
 
 def _check_orientation(path: str, orientation: np.ndarray) -> None:

@@ -43,7 +43,7 @@ from pydicom.uid import generate_uid
 
 from kseg._files import atomic_output
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
-from kseg.io.dicom import ORIENTATION_ORTHONORMAL_TOLERANCE
+from kseg.io.dicom import ORIENTATION_ORTHONORMAL_TOLERANCE, unit_cosines
 from kseg.io.rtstruct_writer import BlankSeriesUidWarning, _label_array, _roi_names
 from kseg.io.volume import Volume, image_affine
 
@@ -435,9 +435,9 @@ def _frames(path: str, ds: pydicom.Dataset) -> _Frames:
         raise UnreadableFileError(
             path, f"ImageOrientationPatient {orientation.tolist()} is not two unit vectors"
         )
-    # Unit vectors written rounded (0.71\0.71\0) are normalised as kseg's series reader
-    # normalises them, so a SEG copying its series' orientation lies on the series' grid.
-    orientation = (orientation.reshape(2, 3) / lengths[:, None]).ravel()
+    # normalised as the series reader normalises them, so that a SEG copying its series'
+    # rounded orientation lies on the series' grid
+    orientation = unit_cosines(orientation)
     return _Frames(positions, segments, sources, orientation, spacings[0])
 
 
