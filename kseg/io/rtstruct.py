@@ -428,9 +428,8 @@ def rasterize_rtstruct(
 def one_roi_per_name(path: str, rois: list[RoiContours]) -> list[RoiContours]:
     """One ROI per name, in the order the names first appear (``path``: the RTSTRUCT, named
     in the error). A name two ROIs share would key one mask by name and the other ROI's
-    contours would vanish. ROIs without
-    contours (planning systems keep empty duplicates) lose nothing by being left out; two
-    with contours are an error."""
+    contours would vanish. ROIs without contours (planning systems keep empty duplicates)
+    lose nothing by being left out; two with contours are an error."""
     by_name: dict[str, list[RoiContours]] = {}
     for roi in rois:
         by_name.setdefault(roi.name, []).append(roi)
