@@ -66,12 +66,12 @@ def test_rtstruct_references_every_slice_and_keeps_each_contour(tmp_path):
     square = np.array([[0, 0, 5], [10.25, 0, 5], [10.25, -3.5, 5], [0, -3.5, 5]], float)
     rois = [
         RoiContours(1, "Heart", (255, 0, 0), (Contour(slices[1], square),)),
-        RoiContours(2, "Body", None, (Contour(None, square + [0, 0, 2.5]),), "1.2.3.9"),
+        RoiContours(2, "Body", None, (Contour(None, square + [0, 0, 2.5]),), "1.2.3.9",
+                    interpreted_type="EXTERNAL"),
     ]
     ds = rtstruct_dataset(
         rois, reference, series_instance_uid="1.2.3.6", sop_instance_uid="1.2.3.6.1",
         implementation_version_name="TEST", label="TEST SET", date="20240102", time="030405",
-        interpreted_types={"Body": "EXTERNAL"},
     )
     read = pydicom.dcmread(write_dataset(ds, tmp_path / "rs.dcm"))
 

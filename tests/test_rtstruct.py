@@ -12,7 +12,9 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, RTStructureSetStorage
 
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
@@ -32,6 +34,7 @@ from kseg.io.rtstruct import (
     read_rtstruct_references,
 )
 from kseg.phantoms.lctsc import write_phantom_rtstruct
+from tfds_builders.lctsc.layout import organ_label_map
 
 NZ, ROWS, COLUMNS = 5, 40, 60
 ROW_SPACING, COLUMN_SPACING, SLICE_GAP = 0.7, 1.3, 2.5
@@ -251,6 +254,43 @@ def test_read_rtstruct_returns_what_pydicom_decodes(tmp_path):
     assert refs.frame_of_reference_uids == {FRAME}
     assert refs.sop_instance_uids == {_slice_uid(k) for k in range(NZ)}
     assert dataset.SOPClassUID == RTStructureSetStorage
+
+
+def test_interpreted_types_decide_which_unmatched_names_are_worth_a_warning(grid, tmp_path):
+    orientation, volume = grid
+    (x_lo, _), (y_lo, _) = _field_mm(orientation)
+    square = _polygon(_rectangle(x_lo + 3.37, x_lo + 21.11, y_lo + 2.23, y_lo + 9.94), _z(2))
+    names = ["Lung_L", "Body", "PTV_60", "Couch", "Lung_Rt_old", "Spacer"]
+    rois = [RoiContours(number, name, None, (Contour(_slice_uid(2), square),))
+            for number, name in enumerate(names, start=1)]
+    path = _write_rois(tmp_path / "rs.dcm", rois)
+    dataset = pydicom.dcmread(path)
+    # As planning systems write them: organs at risk typed AVOIDANCE, padded values, one
+    # ROI typed empty (Type 2), one item whose number cannot be read, and a second item for
+    # an ROI already typed.
+    typed = ["AVOIDANCE", "EXTERNAL ", "PTV", "SUPPORT", "", "ORGAN"]
+    for item, interpreted in zip(dataset.RTROIObservationsSequence, typed, strict=True):
+        item.RTROIInterpretedType = interpreted
+    unreadable = RawDataElement(Tag(0x3006, 0x0084), "IS", 2, b"x6", 0, True, True)
+    dataset.RTROIObservationsSequence[5][unreadable.tag] = unreadable
+    extra = Dataset()
+    extra.ObservationNumber, extra.ReferencedROINumber = 7, 3
+    extra.RTROIInterpretedType, extra.ROIInterpreter = "ORGAN", ""
+    dataset.RTROIObservationsSequence.append(extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns while writing the invalid number
+        dataset.save_as(path)
+
+    read = read_rtstruct(path)
+    assert [(roi.name, roi.interpreted_type, roi.may_be_organ) for roi in read] == [
+        ("Lung_L", "AVOIDANCE", True), ("Body", "EXTERNAL", False), ("PTV_60", "PTV", False),
+        ("Couch", "SUPPORT", False), ("Lung_Rt_old", "", True), ("Spacer", "", True)]
+    with pytest.warns(RoiNameWarning) as warned:
+        labels = organ_label_map(path, volume)
+    message = str(warned[0].message)
+    assert "matching no organ: 'Lung_Rt_old', 'Spacer';" in message
+    assert not any(name in message for name in ("Body", "PTV_60", "Couch"))
+    np.testing.assert_array_equal(np.unique(labels), [0, 1])  # Lung_L only
 
 
 def test_bad_inputs_raise_errors_naming_the_file(grid, tmp_path):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pydicom
@@ -158,7 +158,6 @@ def rtstruct_dataset(
     date: str,
     time: str,
     series_number: int = 1,
-    interpreted_types: Mapping[str, str] | None = None,
     roi_generation_algorithm: str = "MANUAL",
 ) -> pydicom.Dataset:
     """An RT Structure Set (PS3.3 A.19) referencing a CT series.
@@ -169,8 +168,9 @@ def rtstruct_dataset(
     ContourData to 4 decimals of a mm) and the RT ROI Observations module.
 
     Args:
-        rois: the ROIs (numbers, names, colours, contours in LPS mm), as
-            :func:`kseg.io.rtstruct.read_rtstruct` returns them.
+        rois: the ROIs (numbers, names, colours, contours in LPS mm, RTROIInterpretedType:
+            ``"ORGAN"`` where it is empty), as :func:`kseg.io.rtstruct.read_rtstruct`
+            returns them.
         reference: the CT series.
         series_instance_uid, sop_instance_uid: UIDs of the structure set itself.
         implementation_version_name: see :func:`new_dataset`.
@@ -178,15 +178,12 @@ def rtstruct_dataset(
         date, time: StudyDate / SeriesDate / StructureSetDate (YYYYMMDD) and the matching
             times (HHMMSS).
         series_number: SeriesNumber of the structure set.
-        interpreted_types: RTROIInterpretedType by ROI name (``"EXTERNAL"``, ...);
-            ``"ORGAN"`` for the names it leaves out.
         roi_generation_algorithm: ROIGenerationAlgorithm of every ROI (``"MANUAL"``,
             ``"SEMIAUTOMATIC"`` or ``"AUTOMATIC"`` for a model's prediction).
 
     Returns:
         The dataset, ready for :func:`write_dataset`.
     """
-    interpreted_types = interpreted_types or {}
     ds = new_dataset(
         RTStructureSetStorage, sop_instance_uid,
         implementation_version_name=implementation_version_name,
@@ -250,7 +247,7 @@ def rtstruct_dataset(
         observation = pydicom.Dataset()
         observation.ObservationNumber = roi.number
         observation.ReferencedROINumber = roi.number
-        observation.RTROIInterpretedType = interpreted_types.get(roi.name, "ORGAN")
+        observation.RTROIInterpretedType = roi.interpreted_type or "ORGAN"
         observation.ROIInterpreter = ""
         observations.append(observation)
     ds.StructureSetROISequence = structure_rois

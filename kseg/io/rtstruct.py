@@ -34,7 +34,9 @@ LCTSC and other multi-institution archives spell organ names differently (``Lung
 ``LUNG_L``, ``L_Lung``, ``Lung_Left``; ``Esophagus`` / ``Oesophagus``; ``SpinalCord`` /
 ``Spinal_Cord`` / ``Cord``); :func:`canonical_roi_name` and :func:`match_roi_names` map them
 to ``lung_left``, ``lung_right``, ``heart``, ``esophagus``, ``spinal_cord`` and report the
-names they cannot place.
+names they cannot place. ROIs whose RTROIInterpretedType says they are no organ (the body
+outline ``EXTERNAL``, targets such as ``PTV``, couch ``SUPPORT``, markers: see
+:data:`NOT_ORGAN_ROI_TYPES`) are left out of that report, since no spelling could make them one.
 
 Reference:
     DICOM PS3.3 A.19 (RT Structure Set IOD), C.8.8.5 (Structure Set Module) and C.8.8.6
@@ -63,6 +65,7 @@ from kseg.io.volume import Volume
 
 __all__ = [
     "LCTSC_ROI_NAMES",
+    "NOT_ORGAN_ROI_TYPES",
     "Contour",
     "ContourOutsideVolumeWarning",
     "ContourReferenceWarning",
@@ -149,6 +152,8 @@ class RoiContours:
         color: ROIDisplayColor as ``(r, g, b)``, or ``None`` when absent.
         contours: the ROI's polygons in file order.
         frame_of_reference_uid: the ReferencedFrameOfReferenceUID of the ROI ("" if absent).
+        interpreted_type: the RTROIInterpretedType of its RTROIObservationsSequence item,
+            upper case ("ORGAN", "EXTERNAL", "PTV", ...; "" if absent or empty).
     """
 
     number: int
@@ -156,6 +161,24 @@ class RoiContours:
     color: tuple[int, int, int] | None
     contours: tuple[Contour, ...]
     frame_of_reference_uid: str = ""
+    interpreted_type: str = ""
+
+    @property
+    def may_be_organ(self) -> bool:
+        """False when RTROIInterpretedType says the ROI is no organ (see
+        :data:`NOT_ORGAN_ROI_TYPES`); an untyped ROI may be one."""
+        return self.interpreted_type not in NOT_ORGAN_ROI_TYPES
+
+
+# PS3.3 C.8.8.8.1's defined terms for RTROIInterpretedType that never denote an organ: the
+# body outline, treatment volumes, dose regions, devices and points. ORGAN, AVOIDANCE (how
+# many planning systems type organs at risk), CAVITY and unknown terms may be organs.
+NOT_ORGAN_ROI_TYPES = frozenset({
+    "EXTERNAL", "PTV", "CTV", "GTV", "TREATED_VOLUME", "IRRAD_VOLUME", "DOSE_REGION",
+    "CONTROL", "BOLUS", "BRACHY_CHANNEL", "BRACHY_ACCESSORY", "BRACHY_SRC_APP",
+    "BRACHY_CHNL_SHLD", "SUPPORT", "FIXATION", "DOSE_MEASUREMENT", "ISOCENTER",
+    "REGISTRATION", "CONTRAST_AGENT", "MARKER",
+})  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +291,7 @@ def _read_rois(path: str, dataset: pydicom.Dataset) -> list[RoiContours]:
                 f"{roi}; one of them would be dropped",
             )
         contours_by_number[number] = (_display_color(item), contours)
+    interpreted_types = _interpreted_types(dataset)
     rois = []
     for number, name, item in numbered:
         color, contours = contours_by_number.get(number, (None, ()))
@@ -278,9 +302,29 @@ def _read_rois(path: str, dataset: pydicom.Dataset) -> list[RoiContours]:
                 color=color,
                 contours=contours,
                 frame_of_reference_uid=str(item.get("ReferencedFrameOfReferenceUID", "") or ""),
+                interpreted_type=interpreted_types.get(number, ""),
             )
         )
     return rois
+
+
+def _interpreted_types(dataset: pydicom.Dataset) -> dict[int, str]:
+    """RTROIInterpretedType by ROI number, from RTROIObservationsSequence (the first item
+    that types an ROI wins). The module is optional in practice and the type only decides
+    which unmatched names are worth a warning, so an item that cannot be read is skipped
+    rather than refusing contours that are fine."""
+    types: dict[int, str] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's own "invalid IS" warning
+        for item in dataset.get("RTROIObservationsSequence", []):
+            try:
+                number = int(str(item.get("ReferencedROINumber")).strip())
+            except ValueError:
+                continue
+            interpreted = str(item.get("RTROIInterpretedType", "") or "").strip().upper()
+            if interpreted:
+                types.setdefault(number, interpreted)
+    return types
 
 
 def _roi_number(path: str, item: pydicom.Dataset, keyword: str, where: str) -> int:

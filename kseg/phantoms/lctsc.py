@@ -586,8 +586,8 @@ def write_phantom_rtstruct(
 ) -> pathlib.Path:
     """Write a synthetic RT Structure Set (PS3.3 A.19) referencing a CT series.
 
-    The structure set is :func:`kseg.io.dicom_writer.rtstruct_dataset`'s (ROIs named
-    ``External`` interpreted as EXTERNAL, the others as ORGAN), marked synthetic in its
+    The structure set is :func:`kseg.io.dicom_writer.rtstruct_dataset`'s (each ROI
+    interpreted as its ``interpreted_type`` says, ORGAN where empty), marked synthetic in its
     PatientName, descriptions and StructureSetLabel. The file is written to a temporary
     name beside ``path`` and renamed.
 
@@ -621,7 +621,6 @@ def write_phantom_rtstruct(
         date=study_date,
         time="120000",
         series_number=series_number,
-        interpreted_types={EXTRA_ROI_NAME: "EXTERNAL"},
     )
     ds.AccessionNumber = ""
     ds.Manufacturer = "kseg synthetic phantom"
@@ -822,7 +821,8 @@ def _write_tcia_patient(folder: pathlib.Path, case: LctscPhantomCase, seed: int)
     if case.extra_roi:
         contours = tuple(Contour(sop_uids[k], points) for k, points in case.phantom.body_outlines)
         rois.append(
-            RoiContours(len(rois) + 1, EXTRA_ROI_NAME, _ROI_COLORS["external"], contours)
+            RoiContours(len(rois) + 1, EXTRA_ROI_NAME, _ROI_COLORS["external"], contours,
+                        interpreted_type="EXTERNAL")
         )
     reference = SeriesReference(
         patient_id=case.patient_id,

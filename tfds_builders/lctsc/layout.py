@@ -63,7 +63,9 @@ def organ_label_map(rtstruct_path, volume, *, aliases=None) -> np.ndarray:
     """Rasterise the five LCTSC organs of a structure set into one label map.
 
     Organs are found by their canonical names (:func:`kseg.io.rtstruct.match_roi_names`)
-    and painted in the order lung_left, lung_right, heart, esophagus, spinal_cord, each over
+    among the ROIs that may be organs (the body outline, targets and devices are left out by
+    their RTROIInterpretedType, :attr:`kseg.io.rtstruct.RoiContours.may_be_organ`), and
+    painted in the order lung_left, lung_right, heart, esophagus, spinal_cord, each over
     the previous ones, so where contours overlap the smaller, later organ keeps its voxels.
 
     Args:
@@ -81,7 +83,9 @@ def organ_label_map(rtstruct_path, volume, *, aliases=None) -> np.ndarray:
         array([0, 1, 2, 3, 4, 5], dtype=uint8)
     """
     path = str(rtstruct_path)
-    rois = {roi.name: roi for roi in one_roi_per_name(path, read_rtstruct(path))}
+    rois = {
+        roi.name: roi for roi in one_roi_per_name(path, read_rtstruct(path)) if roi.may_be_organ
+    }
     found = match_roi_names(list(rois), aliases=aliases, source=path)
     labels = np.zeros(volume.shape, dtype=np.uint8)
     for organ_id, organ in enumerate(LCTSC_ROI_NAMES, start=1):
