@@ -1,5 +1,8 @@
 """predict_slices with fixed-weight Keras models against numpy."""
 
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -45,3 +48,29 @@ def test_slice_dependent_callable_keeps_slice_order():
 def test_rejects_volume_without_channel_axis():
     with pytest.raises(ValueError, match=r"\(Z, H, W, C\)"):
         predict_slices(lambda b: b, np.zeros((4, 3, 3)), progress=False)
+
+
+_MODELS_IN_ONE_PROCESS = """
+import keras, numpy as np, tensorflow as tf
+from kseg.inference import predict_slices
+
+volume = np.zeros((5, 8, 8, 1), np.float32)  # batches of 2, 2 and 1 slices: two traces
+for seed in range(4):  # as a fold ensemble or a model loaded per split does
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(1, 3, padding="same")])
+    predict_slices(model, volume, batch_size=2, progress=False)
+
+doubled = tf.function(lambda x: 2 * x)  # a user's own function, retraced on every shape
+for size in range(1, 7):
+    doubled(tf.zeros((size,)))
+"""
+
+
+def test_keras_predict_traces_counted_across_models_do_not_warn_others_still_do():
+    # A fresh process: TensorFlow warns at most twice per function for the whole process.
+    result = subprocess.run([sys.executable, "-c", _MODELS_IN_ONE_PROCESS],
+                            capture_output=True, text=True, timeout=300, check=True)
+    retracing = [line for line in result.stderr.splitlines()
+                 if "triggered tf.function retracing" in line]
+    assert retracing, result.stderr[-2000:]
+    assert all("<lambda>" in line for line in retracing), retracing
