@@ -12,18 +12,20 @@ written to the input.
 Files are read by what they say: the transfer syntax picks the decoder, and Rows, Columns,
 BitsAllocated, SamplesPerPixel, PixelRepresentation, PhotometricInterpretation, the rescale
 values and the geometry tags are checked before any pixel is decoded or any array allocated.
-A single-frame Enhanced image (Enhanced CT / MR, Legacy Converted Enhanced) is read by the
-rescale, position, orientation and pixel spacing of its functional groups, where such files
-keep them. A file that is DICOM but broken (cut short, an image without pixel data, a header
-value that is not what its tag needs) is an error naming the file and the tag; only files that
-are not DICOM at all, or DICOM objects without an image (DICOMDIR, RTSTRUCT, SR ...), are
-skipped, with a :class:`SkippedFileWarning`. :func:`scan_dicom_files` is that header pass on
-its own, for dataset builders that walk a whole download.
+An Enhanced image (Enhanced CT / MR, Legacy Converted Enhanced) is read by the rescale,
+position, orientation and pixel spacing of its functional groups, where such files keep them,
+frame by frame: a multi-frame one is a series in one file, its frames ordered, checked and
+placed exactly as single-frame slices are. A file that is DICOM but broken (cut short, an
+image without pixel data, a header value that is not what its tag needs) is an error naming
+the file and the tag; only files that are not DICOM at all, or DICOM objects without an image
+(DICOMDIR, RTSTRUCT, SR ...), are skipped, with a :class:`SkippedFileWarning`.
+:func:`scan_dicom_files` is that header pass on its own, for dataset builders that walk a whole
+download.
 
 Reference:
     DICOM PS3.3 C.7.6.2.1.1 (Image Position and Image Orientation, patient coordinate system),
-    C.7.6.3 (Image Pixel Module), C.7.6.16 (Multi-frame Functional Groups) and C.11.1.1.2
-    (Modality LUT / rescale); PS3.10 7.1 (file
+    C.7.6.3 (Image Pixel Module), C.7.6.16 (Multi-frame Functional Groups), C.7.6.17
+    (Multi-frame Dimension) and C.11.1.1.2 (Modality LUT / rescale); PS3.10 7.1 (file
     preamble and meta information);
     Li X. et al., "The first step for neuroimaging data analysis: DICOM to NIfTI conversion",
     J Neurosci Methods 264 (2016) 47-56 (dcm2niix: slice order from positions).
@@ -108,6 +110,17 @@ _PLACING_OR_RESCALING = frozenset(
     {"RescaleSlope", "RescaleIntercept", "ImagePositionPatient", "ImageOrientationPatient",
      "PixelSpacing"}
 )
+# Frame attributes (per-frame functional groups, or dimensions of DimensionIndexSequence)
+# whose frames, when they take several values, belong to several volumes: a stack each, a
+# time point, phase, b-value or echo each (PS3.3 C.7.6.16.2.2, C.8.13.5).
+_SEVERAL_VOLUMES_BY = {
+    "StackID": "stacks",
+    "TemporalPositionIndex": "temporal positions",
+    "NominalCardiacTriggerDelayTime": "cardiac phases",
+    "DiffusionBValue": "b-values",
+    "DiffusionGradientOrientation": "diffusion directions",
+    "EffectiveEchoTime": "echoes",
+}
 
 # DICOM patient coordinates are LPS+; RAS+ negates x and y.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -162,6 +175,21 @@ class _Slice(NamedTuple):
     grid: tuple[int, int]  # rows, columns
 
 
+class _Frame(pydicom.Dataset):
+    """One frame of a multi-frame Enhanced image, as the series reader takes a slice: the
+    file's header with the frame's functional-group values lifted to its top level and
+    without NumberOfFrames; ``frame_number`` counts from 1, as DICOM does."""
+
+    def __init__(self, header: pydicom.Dataset, frame_number: int):
+        # A dict of its own: lifting one frame's values must change neither the file's header
+        # nor the other frames (the elements themselves are shared, never modified).
+        super().__init__(dict(header._dict))
+        self.file_meta = header.file_meta
+        self.frame_number = frame_number
+        if "NumberOfFrames" in self:
+            del self.NumberOfFrames
+
+
 def read_dicom_series(
     source: os.PathLike | str | Sequence[os.PathLike | str],
     *,
@@ -169,7 +197,16 @@ def read_dicom_series(
     ignore_series_uid: bool = False,
     patient_id: str | None = None,
 ) -> Volume:
-    """Read one DICOM series of single-frame slices into a Volume in modality units (HU for CT).
+    """Read one DICOM series into a Volume in modality units (HU for CT).
+
+    The series is a set of single-frame slices, or one multi-frame Enhanced CT / MR or Legacy
+    Converted Enhanced image, whose frames are read like slices: each placed by its
+    PlanePositionSequence and PlaneOrientationSequence, sized by PixelMeasuresSequence and
+    rescaled by PixelValueTransformationSequence, per frame or shared, and the frames ordered
+    along the slice normal with the same spacing, gap and duplicate-position rules. The file
+    is refused when its frames are not one volume, as its frame content and dimensions
+    (DimensionIndexSequence) say: several stacks (StackID), temporal positions, cardiac phases,
+    b-values, diffusion directions or echoes.
 
     Args:
         source: a folder (its files are read, not its subfolders) or a list of files.
@@ -185,7 +222,9 @@ def read_dicom_series(
         A Volume with ``array`` of shape ``(slices, rows, columns)``, int16 when every value
         after RescaleSlope/RescaleIntercept is an integer in the int16 range, else float32;
         ``affine`` from index ``(k, j, i)`` to RAS+ mm; ``source_files`` and
-        ``metadata["sop_instance_uids"]`` / ``["instance_numbers"]`` in array order;
+        ``metadata["sop_instance_uids"]`` / ``["instance_numbers"]`` in array order (an
+        Enhanced file's name and UIDs once per frame, and ``metadata["frame_numbers"]``, the
+        1-based frame of each slice);
         ``metadata`` also holds modality, series_instance_uid, study_instance_uid,
         frame_of_reference_uid, patient_sex, series_description, and window_center /
         window_width (first value) when the header has them. A RescaleSlope or
@@ -202,8 +241,11 @@ def read_dicom_series(
             ImageOrientationPatient (zero, parallel or non-perpendicular cosines) or a pixel
             spacing that is not positive; orientation, pixel spacing or rows/columns differ
             within the series; two slices share a position; a gap shows a missing slice; a
-            multi-frame, colour or palette file; some slices carry a rescale (or Modality
-            LUT) that is not the identity while others carry none.
+            multi-frame file without functional groups, a colour or palette file; some slices
+            carry a rescale (or Modality LUT) that is not the identity while others carry
+            none; an Enhanced multi-frame file beside other images of its series, or whose
+            frames are several volumes (see above), or differ in orientation or spacing (the
+            message names the file and the frame).
         UnreadableFileError: a file that is DICOM but cannot be used: cut short (header or
             pixel data), an empty data set, an image without pixel data, an empty (0-byte)
             file; Rows/Columns/BitsAllocated/BitsStored/PixelRepresentation that are not valid,
@@ -212,8 +254,9 @@ def read_dicom_series(
             which pydicom cannot read); RescaleSlope / RescaleIntercept that are not finite
             numbers (or a zero slope); a transfer syntax with no decoder installed (the
             message names the syntax and what to install) or pixel data the decoder
-            rejects; a one-frame Enhanced file whose functional groups contradict its
-            top-level rescale or geometry.
+            rejects; an Enhanced file whose functional groups contradict its top-level
+            rescale or geometry, or whose PerFrameFunctionalGroupsSequence does not hold one
+            item per frame.
 
     Warns:
         SkippedFileWarning: files that are not DICOM images were ignored.
@@ -229,7 +272,7 @@ def read_dicom_series(
     folder, paths = _list_source(source)
     headers = _read_image_headers(paths, folder)
     series = headers if ignore_series_uid else _select_series(headers, series_uid, folder)
-    ordered, slices, step = _order_slices(series, folder)
+    ordered, slices, step = _order_slices(_frames_as_slices(series), folder)
     array = _decode_in_hounsfield_units(ordered)
     first = ordered[0][1]
     return Volume(
@@ -479,11 +522,9 @@ def _lift_functional_groups(path: str, dataset: pydicom.Dataset) -> None:
     that places or rescales the pixels, given both at the top level and, differently, in the
     functional groups, is an error: which one the writer meant is unknowable (for reported
     values, such as the window, the top level's is kept). Files of several frames are
-    refused later.
+    read frame by frame (:func:`_frames_as_slices`).
     """
-    if "PerFrameFunctionalGroupsSequence" not in dataset and (
-        "SharedFunctionalGroupsSequence" not in dataset
-    ):
+    if not _has_functional_groups(dataset):
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -496,6 +537,19 @@ def _lift_functional_groups(path: str, dataset: pydicom.Dataset) -> None:
             ]
         except Exception:  # malformed: the pixel-module checks name it
             return
+    _lift_frame_values(path, dataset, groups)
+
+
+def _has_functional_groups(dataset: pydicom.Dataset) -> bool:
+    return "PerFrameFunctionalGroupsSequence" in dataset or (
+        "SharedFunctionalGroupsSequence" in dataset
+    )
+
+
+def _lift_frame_values(name: str, dataset: pydicom.Dataset, groups) -> None:
+    """Copy the values of one frame's functional groups (its per-frame item, then the shared
+    one) to ``dataset``'s top level; a placing or rescaling value given differently at the
+    top level is an UnreadableFileError naming ``name``."""
     found = {}
     for group in groups:  # per-frame first: a group sits in one of the two, never both
         for sequence, keywords in _FUNCTIONAL_GROUP_VALUES.items():
@@ -508,7 +562,7 @@ def _lift_functional_groups(path: str, dataset: pydicom.Dataset) -> None:
             dataset[element.tag] = element
         elif keyword in _PLACING_OR_RESCALING and dataset[keyword].value != element.value:
             raise UnreadableFileError(
-                path,
+                name,
                 f"{keyword} is {dataset[keyword].value!r} at the top level but "
                 f"{element.value!r} in the functional groups; expected one value",
             )
@@ -606,6 +660,103 @@ def _select_series(headers, series_uid: str | None, folder: str):
     return next(iter(groups.values()))
 
 
+def _frames_as_slices(series):
+    """The series' ``(path, header)`` pairs, an Enhanced multi-frame file's as one
+    ``(path, _Frame)`` pair per frame, which the series reader then orders and checks like
+    slices."""
+    multi_frame = [(path, header) for path, header in series if _frame_count(path, header) > 1]
+    if not multi_frame:
+        return series
+    path, header = multi_frame[0]
+    if not _has_functional_groups(header):
+        raise DicomSeriesError(
+            path,
+            f"has {_frame_count(path, header)} frames but no functional groups "
+            "(PerFrameFunctionalGroupsSequence) to place them: expected single-frame slices "
+            "or an Enhanced multi-frame image",
+        )
+    if len(series) > 1:
+        others = [other for other, _ in series if other != path]
+        raise DicomSeriesError(
+            path,
+            f"is a multi-frame Enhanced image, and its series also holds {len(others)} other "
+            f"image file(s) (first: {others[0]}): expected the Enhanced file alone, since "
+            "its frames are the series (pass series_uid= or a list of files to choose, or "
+            "move the other files out)",
+        )
+    with _reading(path, UnreadableFileError):
+        return _frames(path, header)
+
+
+def _frame_count(path: str, header: pydicom.Dataset) -> int:
+    return _integer(
+        path, header, "NumberOfFrames", UnreadableFileError, default=1, allowed=range(1, 2**31)
+    )
+
+
+def _frames(path: str, header: pydicom.Dataset) -> list[tuple[str, _Frame]]:
+    count = _frame_count(path, header)
+    _check_pixel_module(path, header, DicomSeriesError, frames=count)
+    per_frame = _raw_value(path, header, "PerFrameFunctionalGroupsSequence", UnreadableFileError)
+    per_frame = per_frame or []
+    if len(per_frame) != count:
+        raise UnreadableFileError(
+            path,
+            f"NumberOfFrames is {count} but PerFrameFunctionalGroupsSequence holds "
+            f"{len(per_frame)} item(s); expected one per frame",
+        )
+    shared = _raw_value(path, header, "SharedFunctionalGroupsSequence", UnreadableFileError)
+    _check_one_volume(path, header, per_frame)
+    frames = []
+    for number, group in enumerate(per_frame, start=1):
+        frame = _Frame(header, number)
+        _lift_frame_values(_slice_name(path, frame), frame, [group, *(shared or [])[:1]])
+        frames.append((path, frame))
+    return frames
+
+
+def _check_one_volume(path: str, header: pydicom.Dataset, per_frame) -> None:
+    """Refuse a file whose frames are several volumes, as the file says so: a
+    :data:`_SEVERAL_VOLUMES_BY` attribute in the per-frame functional groups, or a dimension of
+    DimensionIndexSequence pointing at one, that takes several values. Frame order is never
+    used: scanners store frames slice-major or time-major alike."""
+    dimensions = {}  # position in DimensionIndexValues -> keyword
+    for index, item in enumerate(
+        _raw_value(path, header, "DimensionIndexSequence", UnreadableFileError) or []
+    ):
+        keyword = pydicom.datadict.keyword_for_tag(item.get("DimensionIndexPointer") or 0)
+        if keyword in _SEVERAL_VOLUMES_BY:
+            dimensions[index] = keyword
+    values = {keyword: set() for keyword in _SEVERAL_VOLUMES_BY}
+    indices = {keyword: set() for keyword in _SEVERAL_VOLUMES_BY}
+    for group in per_frame:
+        for element in group:
+            for item in element.value[:1] if element.VR == "SQ" else ():
+                for keyword in values.keys() & set(item.dir()):
+                    values[keyword].add(str(item[keyword].value))
+        content = group.get("FrameContentSequence") or [pydicom.Dataset()]
+        frame_indices = _as_list(content[0].get("DimensionIndexValues") or [])
+        for index, keyword in dimensions.items():
+            if index < len(frame_indices):
+                indices[keyword].add(int(frame_indices[index]))
+    for keyword, what in _SEVERAL_VOLUMES_BY.items():
+        found = values[keyword] if len(values[keyword]) > 1 else indices[keyword]
+        if len(found) > 1:
+            shown = ", ".join(map(str, sorted(found)[:5])) + (", ..." if len(found) > 5 else "")
+            source = "" if found is values[keyword] else " dimension index"
+            raise DicomSeriesError(
+                path,
+                f"is not one volume: its {len(per_frame)} frames hold {len(found)} {what} "
+                f"({keyword}{source} {shown}); expected one frame per slice position (split "
+                "the file into one volume each first)",
+            )
+
+
+def _slice_name(path: str, dataset: pydicom.Dataset) -> str:
+    """The file, and for a frame of an Enhanced image the frame: what messages name."""
+    return f"{path} frame {dataset.frame_number}" if isinstance(dataset, _Frame) else path
+
+
 # --- header values ----------------------------------------------------------------------------
 
 
@@ -701,18 +852,24 @@ def _grid(path: str, dataset, error) -> tuple[int, int]:
     return rows, columns
 
 
-def _check_pixel_module(path: str, dataset: pydicom.Dataset, kind_error) -> None:
-    """Single-frame grayscale (else ``kind_error``), a valid pixel module, pixel data long
-    enough for the header's size, a decoder for the transfer syntax, finite rescale values."""
+def _check_pixel_module(
+    path: str, dataset: pydicom.Dataset, kind_error, *, frames: int = 1
+) -> None:
+    """Grayscale with the expected count of ``frames`` (else ``kind_error``), a valid pixel
+    module, pixel data long enough for the header's size, a decoder for the transfer syntax,
+    finite rescale values."""
     error = UnreadableFileError
-    frames = _integer(path, dataset, "NumberOfFrames", error, default=1, allowed=range(1, 2**31))
+    stored_frames = _integer(
+        path, dataset, "NumberOfFrames", error, default=1, allowed=range(1, 2**31)
+    )
     samples = _integer(path, dataset, "SamplesPerPixel", error, default=1, allowed=range(1, 5))
     photometric = _text(dataset, "PhotometricInterpretation").strip().upper()
-    if frames != 1 or samples != 1 or photometric not in _GRAYSCALE:
+    if stored_frames != frames or samples != 1 or photometric not in _GRAYSCALE:
+        expected = "single-frame" if frames == 1 else f"{frames}-frame"
         raise kind_error(
             path,
-            f"expected single-frame grayscale images (MONOCHROME1/2), got {frames} frame(s) "
-            f"with SamplesPerPixel={samples}, PhotometricInterpretation "
+            f"expected {expected} grayscale images (MONOCHROME1/2), got {stored_frames} "
+            f"frame(s) with SamplesPerPixel={samples}, PhotometricInterpretation "
             f"{photometric or '(none)'}",
         )
     rows, columns = _grid(path, dataset, error)
@@ -740,7 +897,7 @@ def _check_pixel_module(path: str, dataset: pydicom.Dataset, kind_error) -> None
             path, f"TransferSyntaxUID {syntax} is not a transfer syntax pydicom knows"
         )
     if syntax is None or not syntax.is_compressed:
-        needed = math.ceil(rows * columns * bits / 8)
+        needed = math.ceil(frames * rows * columns * bits / 8)
         element = _stored_element(dataset, 0x7FE00010)
         held = (
             element.length
@@ -748,10 +905,11 @@ def _check_pixel_module(path: str, dataset: pydicom.Dataset, kind_error) -> None
             else len(element.value or b"")
         )
         if held != _UNDEFINED_LENGTH and held < needed:
+            times_frames = f" x {frames} frames" if frames > 1 else ""
             raise UnreadableFileError(
                 path,
-                f"Rows {rows} x Columns {columns} x BitsAllocated {bits} needs {needed} bytes of "
-                f"pixel data; the PixelData element holds {held}",
+                f"Rows {rows} x Columns {columns} x BitsAllocated {bits}{times_frames} needs "
+                f"{needed} bytes of pixel data; the PixelData element holds {held}",
             )
     else:
         _check_decoder(path, syntax)
@@ -862,14 +1020,15 @@ def _check_orientation(path: str, orientation: np.ndarray) -> None:
 def _order_slices(series, folder: str):
     """Sort by position along the slice normal and check that the slices form one grid."""
     geometry = []
-    for path, dataset in series:
-        with _reading(path, UnreadableFileError):
-            _check_pixel_module(path, dataset, DicomSeriesError)
-            geometry.append(_slice_geometry(path, dataset))
+    names = [_slice_name(path, dataset) for path, dataset in series]
+    for name, (_, dataset) in zip(names, series, strict=True):
+        with _reading(name, UnreadableFileError):
+            _check_pixel_module(name, dataset, DicomSeriesError)
+            geometry.append(_slice_geometry(name, dataset))
     _check_rescale_everywhere(series)
-    reference_path = series[0][0]
+    reference_path = names[0]
     reference = geometry[0]
-    for (path, _), tilted in zip(series[1:], geometry[1:], strict=True):
+    for path, tilted in zip(names[1:], geometry[1:], strict=True):
         if not np.allclose(tilted.orientation, reference.orientation, atol=_ORIENTATION_TOLERANCE):
             raise DicomSeriesError(
                 path,
@@ -912,7 +1071,7 @@ def _check_rescale_everywhere(series) -> None:
     intercept 0) are consistent with slices that have none.
     """
     rescaled, bare = [], []
-    for path, dataset in series:
+    for path, dataset in ((_slice_name(*pair), pair[1]) for pair in series):
         slope, intercept = _check_rescale(path, dataset)
         if _has_modality_lut(dataset):
             rescaled.append((path, "a Modality LUT"))
@@ -951,7 +1110,7 @@ def _single_slice_thickness(path: str, dataset: pydicom.Dataset) -> float:
 
 
 def _check_gaps(ordered, gaps: np.ndarray, folder: str) -> None:
-    names = [path for path, _ in ordered]
+    names = [_slice_name(path, dataset) for path, dataset in ordered]
     duplicates = np.flatnonzero(gaps < SAME_POSITION_TOLERANCE_MM)
     if duplicates.size:
         index = duplicates[0]
@@ -989,6 +1148,7 @@ def _check_gaps(ordered, gaps: np.ndarray, folder: str) -> None:
 
 
 def _decode_pixels(path: str, dataset: pydicom.Dataset, grid: tuple[int, int]) -> np.ndarray:
+    """All frames: ``grid``-shaped for one, ``(frames, *grid)`` for several."""
     syntax = _transfer_syntax(dataset)
     if syntax is not None and syntax.is_transfer_syntax and syntax.is_compressed:
         _check_encapsulated_size(path, dataset, syntax, grid)
@@ -1001,7 +1161,8 @@ def _decode_pixels(path: str, dataset: pydicom.Dataset, grid: tuple[int, int]) -
         raise UnreadableFileError(
             path, f"pixel data{named} cannot be decoded ({exc}){hint}"
         ) from exc
-    _check_decoded_shape(path, pixels, grid)
+    frames = _frame_count(path, dataset)
+    _check_decoded_shape(path, pixels, grid if frames == 1 else (frames, *grid))
     return pixels
 
 
@@ -1060,10 +1221,10 @@ def _codestream_size(frame: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _check_decoded_shape(path: str, pixels: np.ndarray, grid: tuple[int, int]) -> None:
-    if pixels.shape != grid:
+def _check_decoded_shape(path: str, pixels: np.ndarray, shape: tuple[int, ...]) -> None:
+    if pixels.shape != shape:
         raise UnreadableFileError(
-            path, f"decoded pixel array has shape {pixels.shape}, header says {grid}"
+            path, f"decoded pixel array has shape {pixels.shape}, header says {shape}"
         )
 
 
@@ -1153,14 +1314,21 @@ def _decode_in_hounsfield_units(ordered) -> np.ndarray:
     The stack is allocated only after the first slice decoded to the header's size, so a
     header claiming a huge grid cannot make it allocate memory the files do not back.
     """
-    volume = None
+    volume, decoded_path = None, None
     int16 = np.iinfo(np.int16)
     for index, (path, header) in enumerate(ordered):
-        with _reading(path, UnreadableFileError):
+        name = _slice_name(path, header)
+        with _reading(name, UnreadableFileError):
             grid = _grid(path, header, UnreadableFileError)
-            dataset = _read_vetted_file(path)
-            pixels = _decode_pixels(path, dataset, grid)
-            values = _to_modality_units(path, pixels, dataset)
+            if path != decoded_path:  # an Enhanced file's frames are decoded once, together
+                dataset = _read_vetted_file(path)
+                pixels = _decode_pixels(path, dataset, grid)
+                decoded_path = path
+            if isinstance(header, _Frame):
+                # The frame's own lifted rescale: frames may rescale differently.
+                values = _to_modality_units(name, pixels[header.frame_number - 1], header)
+            else:
+                values = _to_modality_units(path, pixels, dataset)
         if volume is None:
             volume = np.empty((len(ordered), *grid), dtype=np.int16)
         exact_int16 = (
@@ -1225,6 +1393,8 @@ def _series_metadata(ordered) -> dict:
             _reported_number(path, ds, "InstanceNumber", int) for path, ds in ordered
         ),
     }
+    if isinstance(first, _Frame):
+        metadata["frame_numbers"] = tuple(frame.frame_number for _, frame in ordered)
     for key, tag in (("window_center", "WindowCenter"), ("window_width", "WindowWidth")):
         value = _reported_number(first_path, first, tag, float)
         if value is not None:
