@@ -1,18 +1,26 @@
-"""Multi-frame Enhanced CT / MR files read as volumes, refused where they are not one.
+"""Multi-frame Enhanced CT / MR files read as volumes, and lossy-compressed images warned of.
 
 Every file is written here with pydicom (or highdicom, from the real sample series), the
 frames in shuffled order; references are the frames' stored values and positions as written.
 """
 
+import io
+import warnings
 
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    JPEG2000,
     EnhancedCTImageStorage,
     EnhancedMRImageStorage,
+    JPEGBaseline8Bit,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
     RLELossless,
     generate_uid,
 )
@@ -20,6 +28,7 @@ from test_io_dicom import AXIAL, _oblique_geometry, _write_slice
 
 from kseg.errors import DicomSeriesError, UnreadableFileError
 from kseg.io import read_dicom_series
+from kseg.io.dicom import LossyImageWarning
 
 ROWS, COLUMNS = 4, 6
 SPACING = (0.5, 0.75)
@@ -350,6 +359,102 @@ def test_real_series_as_a_legacy_converted_enhanced_file_reads_identically(
     np.testing.assert_array_equal(volume.array, classic.array)
     np.testing.assert_allclose(volume.affine, classic.affine, atol=1e-6)
     assert volume.metadata["frame_of_reference_uid"] == classic.metadata["frame_of_reference_uid"]
+
+
+# --- lossy compression ------------------------------------------------------------------------
+
+
+def _jls_series(folder, count, **compress_options):
+    paths = []
+    for index in range(count):
+        pixels = (np.arange(ROWS * COLUMNS).reshape(ROWS, COLUMNS) * 37 + 100 * index) % 4000
+        path = _write_slice(
+            folder / f"s{index}.dcm", position=(0, 0, 2.0 * index), pixels=pixels.astype(np.uint16)
+        )
+        dataset = pydicom.dcmread(path)
+        dataset.compress(**compress_options)
+        dataset.save_as(path)
+        paths.append(path)
+    return paths
+
+
+def test_near_lossless_jpeg_ls_series_warns_once_naming_a_file(tmp_path):
+    paths = _jls_series(tmp_path, 3, transfer_syntax_uid=JPEGLSNearLossless, jls_error=3)
+
+    with pytest.warns(LossyImageWarning) as caught:
+        read_dicom_series(tmp_path)
+
+    lossy = [w for w in caught if issubclass(w.category, LossyImageWarning)]
+    assert len(lossy) == 1
+    message = str(lossy[0].message)
+    assert "NEAR 3" in message and "and 2 more file(s)" in message
+    assert any(str(path) in message for path in paths)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"transfer_syntax_uid": JPEGLSLossless},
+     {"transfer_syntax_uid": JPEGLSNearLossless, "jls_error": 0}],
+    ids=["lossless-uid", "near-0"],
+)  # fmt: skip
+def test_lossless_jpeg_ls_reads_without_a_warning(tmp_path, options):
+    _jls_series(tmp_path, 2, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LossyImageWarning)
+        read_dicom_series(tmp_path)
+
+
+def test_lossy_image_compression_01_warns_for_an_uncompressed_file(tmp_path):
+    _write_slice(tmp_path / "s.dcm", position=(0, 0, 0))
+    dataset = pydicom.dcmread(tmp_path / "s.dcm")
+    dataset.LossyImageCompression = "01"
+    dataset.LossyImageCompressionMethod = "ISO_10918_1"
+    dataset.save_as(tmp_path / "s.dcm")
+
+    with pytest.warns(LossyImageWarning, match=r"LossyImageCompression is 01 \(ISO_10918_1\)"):
+        read_dicom_series(tmp_path)
+
+
+def _pillow_encoded_enhanced(path, syntax, **save_options):
+    """An 8-bit two-frame Enhanced CT whose frames Pillow compressed (JPEG / JPEG 2000)."""
+    stored = np.stack([np.full((16, 16), 60, np.uint8), np.full((16, 16), 120, np.uint8)])
+    stored[:, 4:12, 4:12] += 50
+    _write_enhanced(path, stored, [(0.0, 0.0, 0.0), (0.0, 0.0, 2.0)])
+    dataset = pydicom.dcmread(path)
+    fragments = []
+    for frame in stored:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, **save_options)
+        fragments.append(buffer.getvalue())
+    dataset.PixelData = encapsulate(fragments)
+    dataset["PixelData"].VR = "OB"
+    dataset.file_meta.TransferSyntaxUID = syntax
+    dataset.save_as(path)
+    return stored
+
+
+@pytest.mark.parametrize(
+    ("syntax", "options", "lossy"),
+    [(JPEGBaseline8Bit, {"format": "JPEG", "quality": 70}, "always lossy"),
+     (JPEG2000, {"format": "JPEG2000", "irreversible": True, "quality_mode": "rates",
+                 "quality_layers": [3]}, "9-7 irreversible wavelet"),
+     (JPEG2000, {"format": "JPEG2000", "irreversible": False}, None)],
+    ids=["jpeg-baseline", "j2k-9-7", "j2k-5-3"],
+)  # fmt: skip
+def test_jpeg_and_jpeg_2000_warn_by_syntax_and_wavelet(tmp_path, syntax, options, lossy):
+    stored = _pillow_encoded_enhanced(tmp_path / "ct.dcm", syntax, **options)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        volume = read_dicom_series([tmp_path / "ct.dcm"])
+
+    messages = [str(w.message) for w in caught if issubclass(w.category, LossyImageWarning)]
+    if lossy is None:
+        assert messages == []
+        np.testing.assert_array_equal(volume.array, stored.astype(int) - 1024)
+    else:
+        assert len(messages) == 1 and lossy in messages[0]
+        assert np.abs(volume.array - (stored.astype(int) - 1024)).mean() < 20
 
 
 def test_multi_frame_file_without_functional_groups_is_refused(tmp_path):

@@ -18,15 +18,17 @@ frame by frame: a multi-frame one is a series in one file, its frames ordered, c
 placed exactly as single-frame slices are. A file that is DICOM but broken (cut short, an
 image without pixel data, a header value that is not what its tag needs) is an error naming
 the file and the tag; only files that are not DICOM at all, or DICOM objects without an image
-(DICOMDIR, RTSTRUCT, SR ...), are skipped, with a :class:`SkippedFileWarning`.
-:func:`scan_dicom_files` is that header pass on its own, for dataset builders that walk a whole
-download.
+(DICOMDIR, RTSTRUCT, SR ...), are skipped, with a :class:`SkippedFileWarning`. Lossy-compressed
+images are read with a :class:`LossyImageWarning`. :func:`scan_dicom_files` is that header
+pass on its own, for dataset builders that walk a whole download.
 
 Reference:
     DICOM PS3.3 C.7.6.2.1.1 (Image Position and Image Orientation, patient coordinate system),
     C.7.6.3 (Image Pixel Module), C.7.6.16 (Multi-frame Functional Groups), C.7.6.17
-    (Multi-frame Dimension) and C.11.1.1.2 (Modality LUT / rescale); PS3.10 7.1 (file
-    preamble and meta information);
+    (Multi-frame Dimension), C.7.6.1.1.5 (Lossy Image Compression) and C.11.1.1.2
+    (Modality LUT / rescale); PS3.5 8.2 and A.4 (transfer syntaxes); ISO 14495-1 C.2.3
+    (JPEG-LS NEAR); ISO 15444-1 A.6.1 (JPEG 2000 COD: 9-7 irreversible or 5-3 reversible
+    wavelet); PS3.10 7.1 (file preamble and meta information);
     Li X. et al., "The first step for neuroimaging data analysis: DICOM to NIfTI conversion",
     J Neurosci Methods 264 (2016) 47-56 (dcm2niix: slice order from positions).
 """
@@ -48,11 +50,16 @@ from pydicom.encaps import generate_frames
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.tag import Tag
 from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
     RLELossless,
 )
 
@@ -61,6 +68,7 @@ from kseg.io.volume import Volume
 
 __all__ = [
     "HeaderValueWarning",
+    "LossyImageWarning",
     "SkippedFileWarning",
     "UnevenSliceSpacingWarning",
     "read_dicom_image",
@@ -121,6 +129,10 @@ _SEVERAL_VOLUMES_BY = {
     "DiffusionGradientOrientation": "diffusion directions",
     "EffectiveEchoTime": "echoes",
 }
+# Transfer syntaxes that are lossy whatever the file says (PS3.5 A.4.1).
+_ALWAYS_LOSSY = (JPEGBaseline8Bit, JPEGExtended12Bit)
+# Either lossy or reversible: the codestream's wavelet says which (ISO 15444-1 A.6.1).
+_JPEG_2000_EITHER = (JPEG2000, HTJ2K)
 
 # DICOM patient coordinates are LPS+; RAS+ negates x and y.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -163,6 +175,19 @@ class HeaderValueWarning(UserWarning):
     then 1 mm) and this warning names the file, the tag and the value. Malformed values of
     the tags that do matter (positions, orientation, pixel spacing, the pixel module, the
     rescale slope and intercept) are errors.
+    """
+
+
+class LossyImageWarning(UserWarning):
+    """Images of a series were compressed lossily: their values are approximate.
+
+    A lossy codec changes the stored values, so the Hounsfield units (or MR intensities) read
+    are not the scanner's: thresholds, windows and intensity statistics computed on them
+    shift by the compression error, and a model trained on lossless data sees noise it never
+    saw. Raised once per series by :func:`read_dicom_series`, naming the first such file and
+    why it is lossy: LossyImageCompression "01" in its header; a JPEG baseline / extended
+    transfer syntax; JPEG-LS near-lossless with NEAR above 0 in the codestream; JPEG 2000 or
+    HTJ2K whose codestream uses the 9-7 irreversible wavelet. The volume is still returned.
     """
 
 
@@ -263,6 +288,7 @@ def read_dicom_series(
         UnevenSliceSpacingWarning: slice gaps are slightly uneven.
         HeaderValueWarning: a malformed InstanceNumber / WindowCenter / WindowWidth was left
             out of the metadata.
+        LossyImageWarning: images of the series are lossy-compressed (once per series).
 
     Example:
         >>> volume = read_dicom_series("Train_Sets/CT/1/DICOM_anon")  # doctest: +SKIP
@@ -1202,23 +1228,82 @@ def _codestream_size(frame: bytes) -> tuple[int, int] | None:
     if siz >= 0 and len(frame) >= siz + 24:
         width, height, x0, y0 = np.frombuffer(frame, ">u4", 4, siz + 8)
         return int(height - y0), int(width - x0)
+    for marker, segment in _jpeg_segments(frame):
+        if marker in _SOF_MARKERS and len(segment) >= 7:
+            return int.from_bytes(segment[3:5], "big"), int.from_bytes(segment[5:7], "big")
+    return None
+
+
+def _jpeg_segments(frame: bytes):
+    """``(marker, segment)`` of a JPEG / JPEG-LS codestream's header, up to and including the
+    start of scan; ``segment`` starts with its 2-byte length."""
     if not frame.startswith(b"\xff\xd8"):
-        return None
+        return
     offset = 2
-    while offset + 9 <= len(frame) and frame[offset] == 0xFF:
+    while offset + 4 <= len(frame) and frame[offset] == 0xFF:
         marker = frame[offset + 1]
         if marker == 0xFF:  # fill byte
             offset += 1
             continue
         length = int.from_bytes(frame[offset + 2 : offset + 4], "big")
-        if marker in _SOF_MARKERS:
-            height = int.from_bytes(frame[offset + 5 : offset + 7], "big")
-            width = int.from_bytes(frame[offset + 7 : offset + 9], "big")
-            return height, width
-        if marker == 0xDA or length < 2:  # start of scan before any frame header
-            return None
+        if length < 2:
+            return
+        yield marker, frame[offset + 2 : offset + 2 + length]
+        if marker == 0xDA:  # the entropy-coded data follow: no marker segments to walk
+            return
         offset += 2 + length
+
+
+def _lossy_compression(path: str, dataset: pydicom.Dataset) -> str | None:
+    """Why the file's pixel data are lossy-compressed, or ``None`` when they are not."""
+    if _text(dataset, "LossyImageCompression").strip() == "01":
+        method = _text(dataset, "LossyImageCompressionMethod").strip()
+        return "LossyImageCompression is 01" + (f" ({method})" if method else "")
+    syntax = _transfer_syntax(dataset)
+    if syntax in _ALWAYS_LOSSY:
+        return f"its transfer syntax is {syntax.name}, which is always lossy"
+    if syntax not in (JPEGLSNearLossless, *_JPEG_2000_EITHER):
+        return None
+    # The first frame's header is all the checks read; as one "frame", the fragments need
+    # no offset table to be split by.
+    frame = next(generate_frames(dataset.PixelData, number_of_frames=1))
+    if syntax == JPEGLSNearLossless:
+        near = _jpeg_ls_near(frame)
+        if near == 0:
+            return None
+        shown = "a NEAR the codestream does not say" if near is None else f"NEAR {near}"
+        return f"it is {syntax.name} with {shown}"
+    if _irreversible_wavelet(frame):
+        return f"it is {syntax.name} with the 9-7 irreversible wavelet"
     return None
+
+
+def _jpeg_ls_near(frame: bytes) -> int | None:
+    """The NEAR of a JPEG-LS scan (ISO 14495-1 C.2.3): 0 is lossless."""
+    for marker, segment in _jpeg_segments(frame):
+        if marker == 0xDA and len(segment) >= 3:
+            components = segment[2]
+            near_at = 3 + 2 * components
+            return segment[near_at] if near_at < len(segment) else None
+    return None
+
+
+def _irreversible_wavelet(frame: bytes) -> bool:
+    """Whether a JPEG 2000 codestream's COD marker (ISO 15444-1 A.6.1) names the 9-7
+    irreversible wavelet (transform 0) rather than the 5-3 reversible one."""
+    offset = frame.find(b"\xff\x4f\xff\x51", 0, 512)  # SOC then SIZ
+    if offset < 0:
+        return False
+    offset += 2
+    while offset + 4 <= len(frame) and frame[offset] == 0xFF:
+        marker = frame[offset + 1]
+        length = int.from_bytes(frame[offset + 2 : offset + 4], "big")
+        if marker == 0x52:  # COD: Lcod, Scod, SGcod (4 bytes), then levels, xcb, ycb, style
+            return offset + 13 < len(frame) and frame[offset + 13] == 0
+        if marker == 0x90 or length < 2:  # tile part: the main header ended without a COD
+            return False
+        offset += 2 + length
+    return False
 
 
 def _check_decoded_shape(path: str, pixels: np.ndarray, shape: tuple[int, ...]) -> None:
@@ -1314,7 +1399,7 @@ def _decode_in_hounsfield_units(ordered) -> np.ndarray:
     The stack is allocated only after the first slice decoded to the header's size, so a
     header claiming a huge grid cannot make it allocate memory the files do not back.
     """
-    volume, decoded_path = None, None
+    volume, decoded_path, lossy = None, None, []
     int16 = np.iinfo(np.int16)
     for index, (path, header) in enumerate(ordered):
         name = _slice_name(path, header)
@@ -1324,6 +1409,9 @@ def _decode_in_hounsfield_units(ordered) -> np.ndarray:
                 dataset = _read_vetted_file(path)
                 pixels = _decode_pixels(path, dataset, grid)
                 decoded_path = path
+                reason = _lossy_compression(path, dataset)
+                if reason is not None:
+                    lossy.append((path, reason))
             if isinstance(header, _Frame):
                 # The frame's own lifted rescale: frames may rescale differently.
                 values = _to_modality_units(name, pixels[header.frame_number - 1], header)
@@ -1340,6 +1428,16 @@ def _decode_in_hounsfield_units(ordered) -> np.ndarray:
         if volume.dtype == np.int16 and not exact_int16:
             volume = volume.astype(np.float32)
         volume[index] = values
+    if lossy:
+        path, reason = lossy[0]
+        more = f" (and {len(lossy) - 1} more file(s) of the series)" if len(lossy) > 1 else ""
+        warnings.warn(
+            LossyImageWarning(
+                f"{path}: lossy-compressed image{more}: {reason}; its values are approximate "
+                "(not the scanner's Hounsfield units / intensities)"
+            ),
+            stacklevel=3,
+        )
     return volume
 
 
