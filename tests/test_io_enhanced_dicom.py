@@ -56,9 +56,10 @@ def _write_enhanced(
 ):
     """An Enhanced image of ``stored`` (frames, rows, columns) in file order.
 
-    ``positions`` per frame; ``rescales``: one (slope, intercept) per frame, else every frame
-    is rescaled by (1, -1024); ``shared_groups``: orientation, pixel measures and a common
-    rescale in the shared functional groups, else repeated in every frame's;
+    ``positions`` per frame; ``rescales``: one (slope, intercept) per frame (``None``: no
+    rescale), else every frame is rescaled by (1, -1024); ``shared_groups``: orientation,
+    pixel measures and a common rescale in the shared functional groups, else repeated in
+    every frame's;
     ``frame_contents``: extra FrameContentSequence values per frame; ``dimensions``:
     DimensionIndexPointer keywords of the DimensionIndexSequence.
     """
@@ -96,7 +97,7 @@ def _write_enhanced(
             ),
             FrameContentSequence=Sequence([content]),
         )
-        if rescales is not None:
+        if rescales is not None and rescales[index] is not None:
             slope, intercept = rescales[index]
             group.PixelValueTransformationSequence = Sequence(
                 [_item(RescaleSlope=slope, RescaleIntercept=intercept, RescaleType="HU")]
@@ -322,6 +323,22 @@ def test_top_level_rescale_contradicting_a_frame_is_refused(tmp_path):
 
     with pytest.raises(UnreadableFileError, match=f"{path} frame 2: RescaleIntercept"):
         read_dicom_series([path])
+
+
+def test_a_modality_lut_too_large_for_the_header_pass_is_applied_to_every_frame(tmp_path):
+    stored, positions = _axial(3)
+    lut = (np.arange(2048) * 3 + 24).astype(np.uint16)  # 4 KiB: left on disk by the scan
+    item = _item(LUTDescriptor=[2048, 0, 16], ModalityLUTType="US")
+    item.LUTData = lut.tobytes()
+    item["LUTData"].VR = "OW"
+    path = _write_enhanced(
+        tmp_path / "ct.dcm", stored, positions, rescales=[None] * 3,
+        ModalityLUTSequence=Sequence([item]),
+    )  # fmt: skip
+
+    volume = read_dicom_series([path])
+
+    np.testing.assert_array_equal(volume.array, lut[stored])
 
 
 def test_predict_reads_an_enhanced_file_and_its_folder_as_a_series(tmp_path):

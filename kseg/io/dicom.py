@@ -209,7 +209,9 @@ class _Frame(pydicom.Dataset):
         # A dict of its own: lifting one frame's values must change neither the file's header
         # nor the other frames (the elements themselves are shared, never modified).
         super().__init__(dict(header._dict))
-        self.file_meta = header.file_meta
+        # The header's read context too (file meta, file name, encoding), so that a value
+        # the header pass left on disk is read from the file when a check asks for it.
+        vars(self).update({key: value for key, value in vars(header).items() if key != "_dict"})
         self.frame_number = frame_number
         if "NumberOfFrames" in self:
             del self.NumberOfFrames
