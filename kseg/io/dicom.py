@@ -203,11 +203,12 @@ class _Slice(NamedTuple):
 class _Frame(pydicom.Dataset):
     """One frame of a multi-frame Enhanced image, as the series reader takes a slice: the
     file's header with the frame's functional-group values lifted to its top level and
-    without NumberOfFrames; ``frame_number`` counts from 1, as DICOM does."""
+    without NumberOfFrames (the slice checks see one frame); ``frame_number`` counts from 1,
+    as DICOM does."""
 
     def __init__(self, header: pydicom.Dataset, frame_number: int):
         # A dict of its own: lifting one frame's values must change neither the file's header
-        # nor the other frames (the elements themselves are shared, never modified).
+        # nor the other frames, whose elements it shares.
         super().__init__(dict(header._dict))
         # The header's read context too (file meta, file name, encoding), so that a value
         # the header pass left on disk is read from the file when a check asks for it.
