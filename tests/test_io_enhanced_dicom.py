@@ -271,6 +271,22 @@ def test_b_values_in_the_per_frame_groups_are_refused(tmp_path):
         read_dicom_series([path])
 
 
+def test_magnitude_and_phase_frames_are_refused(tmp_path):
+    stored, _ = _axial(4)
+    positions = [(0.0, 0.0, 2.0 * (k // 2)) for k in range(4)]
+    path = _write_enhanced(
+        tmp_path / "mr.dcm", stored, positions, sop_class=EnhancedMRImageStorage
+    )
+    dataset = pydicom.dcmread(path)
+    for k, group in enumerate(dataset.PerFrameFunctionalGroupsSequence):
+        component = ["MAGNITUDE", "PHASE"][k % 2]
+        group.MRImageFrameTypeSequence = Sequence([_item(ComplexImageComponent=component)])
+    dataset.save_as(path)
+
+    with pytest.raises(DicomSeriesError, match=r"2 image components \(ComplexImageComponent"):
+        read_dicom_series([path])
+
+
 def test_frames_at_one_position_without_a_reason_name_both_frames(tmp_path):
     stored, _ = _axial(3)
     positions = [(0.0, 0.0, 0.0), (0.0, 0.0, 2.0), (0.0, 0.0, 0.0)]

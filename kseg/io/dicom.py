@@ -120,7 +120,8 @@ _PLACING_OR_RESCALING = frozenset(
 )
 # Frame attributes (per-frame functional groups, or dimensions of DimensionIndexSequence)
 # whose frames, when they take several values, belong to several volumes: a stack each, a
-# time point, phase, b-value or echo each (PS3.3 C.7.6.16.2.2, C.8.13.5).
+# time point, phase, b-value, echo, contrast or magnitude / phase image each (PS3.3
+# C.7.6.16.2.2, C.8.13.5, C.8.13.6).
 _SEVERAL_VOLUMES_BY = {
     "StackID": "stacks",
     "TemporalPositionIndex": "temporal positions",
@@ -128,6 +129,8 @@ _SEVERAL_VOLUMES_BY = {
     "DiffusionBValue": "b-values",
     "DiffusionGradientOrientation": "diffusion directions",
     "EffectiveEchoTime": "echoes",
+    "AcquisitionContrast": "contrasts",
+    "ComplexImageComponent": "image components",
 }
 # Transfer syntaxes that are lossy whatever the file says (PS3.5 A.4.1).
 _ALWAYS_LOSSY = (JPEGBaseline8Bit, JPEGExtended12Bit)
