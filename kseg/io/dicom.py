@@ -237,7 +237,8 @@ def read_dicom_series(
     along the slice normal with the same spacing, gap and duplicate-position rules. The file
     is refused when its frames are not one volume, as its frame content and dimensions
     (DimensionIndexSequence) say: several stacks (StackID), temporal positions, cardiac phases,
-    b-values, diffusion directions or echoes.
+    b-values, diffusion directions, echoes, contrasts or image components (magnitude and
+    phase).
 
     Args:
         source: a folder (its files are read, not its subfolders) or a list of files.
