@@ -4,6 +4,7 @@ radiographs and masks as arrays), and de-identification of DICOM trees."""
 from kseg.io.deid import DeidReport, deidentify
 from kseg.io.dicom import (
     HeaderValueWarning,
+    LossyImageWarning,
     SkippedFileWarning,
     UnevenSliceSpacingWarning,
     read_dicom_image,
@@ -69,6 +70,7 @@ __all__ = [
     "NonFiniteVoxelWarning",
     "UnknownOrientationWarning",
     "LabelRule",
+    "LossyImageWarning",
     "LossyMaskWarning",
     "SkippedFileWarning",
     "UnevenSliceSpacingWarning",
