@@ -5,7 +5,8 @@ An RTSTRUCT file holds, per region of interest (ROI), planar polygons in patient
 the grid of a :class:`~kseg.io.Volume` read by :func:`~kseg.io.read_dicom_series`:
 
 * **Slice.** A contour goes on the slice whose SOPInstanceUID its ContourImageSequence
-  references, when the volume holds that slice; otherwise on the slice nearest to the
+  references (with its ReferencedFrameNumber when the image is a multi-frame Enhanced CT /
+  MR file), when the volume holds that slice; otherwise on the slice nearest to the
   contour's plane, provided the plane lies within half a slice gap of a slice of the volume.
   When contours of several planes land on one slice (a structure set drawn on a finer grid
   than the volume), only those of the plane nearest the slice are filled; the others are
@@ -135,11 +136,14 @@ class Contour(NamedTuple):
         points: ``(N, 3)`` float64 vertices in DICOM patient coordinates (LPS, mm).
         geometric_type: ContourGeometricType (``"CLOSED_PLANAR"``, ``"CLOSEDPLANAR_XOR"``,
             ``"POINT"``, ...).
+        referenced_frame_number: the 1-based frame of a multi-frame image the contour was
+            drawn on (that item's ReferencedFrameNumber), or ``None`` when it names none.
     """
 
     referenced_sop_instance_uid: str | None
     points: np.ndarray
     geometric_type: str = _CLOSED_PLANAR
+    referenced_frame_number: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -527,9 +531,7 @@ def rasterize_roi(
         )
     nz, ny, nx = volume.shape
     mask = np.zeros(volume.shape, dtype=np.uint8)
-    slice_of_uid = {
-        str(uid): k for k, uid in enumerate(volume.metadata.get("sop_instance_uids", ())) if uid
-    }
+    slices = _ImageSlices(volume)
     world_to_index = np.linalg.inv(volume.affine)
     problems = _ContourProblems()
     polygons_by_slice: dict[int, list[tuple[float, np.ndarray]]] = {}
@@ -549,7 +551,7 @@ def rasterize_roi(
         ras = contour.points * _LPS_TO_RAS
         index = ras @ world_to_index[:3, :3].T + world_to_index[:3, 3]
         plane = float(index[:, 0].mean())
-        k = _slice_of_contour(contour, plane, index, nz, slice_of_uid, problems)
+        k = _slice_of_contour(contour, plane, index, nz, slices, problems)
         if k is None:
             continue
         rows, columns = index[:, 1], index[:, 2]
@@ -844,7 +846,66 @@ def _read_contour(path: str, roi: str, index: int, item: pydicom.Dataset) -> Con
         referenced_sop_instance_uid=uid or None,
         points=data.reshape(-1, 3),
         geometric_type=str(item.get("ContourGeometricType", _CLOSED_PLANAR)),
+        referenced_frame_number=(
+            _referenced_frame_number(path, images[0], where) if len(images) else None
+        ),
     )
+
+
+def _referenced_frame_number(path: str, item: pydicom.Dataset, where: str) -> int | None:
+    """The one frame an image reference names (its ReferencedFrameNumber), or ``None`` when
+    it names none or several (a reference to many frames places nothing on one slice).
+
+    Raises:
+        UnreadableFileError: the value is not a positive integer; ``where`` names the item.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's own "invalid IS" warning
+        value = item.get("ReferencedFrameNumber")
+    if value is None or value == "":
+        return None
+    values = list(value) if isinstance(value, (pydicom.multival.MultiValue, list)) else [value]
+    try:
+        frames = [int(str(v).strip()) for v in values]
+    except ValueError:
+        frames = [0]
+    if min(frames) < 1:
+        raise UnreadableFileError(
+            path, f"{where}: ReferencedFrameNumber is {value!r}; expected frame numbers from 1"
+        )
+    return frames[0] if len(frames) == 1 else None
+
+
+class _ImageSlices:
+    """A volume's slices by the image each was read from, to place what references them.
+
+    A single-frame image is one slice; each frame of a multi-frame Enhanced CT / MR file is
+    one slice, so its SOPInstanceUID names several and only the frame number tells which
+    (``metadata["frame_numbers"]`` of :func:`kseg.io.read_dicom_series`).
+    """
+
+    def __init__(self, volume: Volume):
+        uids = volume.metadata.get("sop_instance_uids", ())
+        frames = volume.metadata.get("frame_numbers") or (None,) * len(uids)
+        self._slices = {
+            (str(uid), frame): k
+            for k, (uid, frame) in enumerate(zip(uids, frames, strict=True))
+            if uid
+        }
+
+    def __bool__(self) -> bool:
+        return bool(self._slices)
+
+    def slice_of(self, uid: str | None, frame: int | None) -> int | None:
+        """The slice drawn from image ``uid`` (frame ``frame``), or ``None`` when the volume
+        holds no such slice. A frame number on a reference to a single-frame image is
+        ignored (frame 1 is the image); a reference to a multi-frame image without one names
+        no slice."""
+        if uid is None:
+            return None
+        if frame is not None and (uid, frame) in self._slices:
+            return self._slices[(uid, frame)]
+        return self._slices.get((uid, None))
 
 
 def _is_number(value) -> bool:
@@ -905,8 +966,8 @@ class _ContourProblems:
         references = []
         if self.unknown_reference:
             references.append(
-                f"{self.unknown_reference} contour(s) reference a SOPInstanceUID the volume does "
-                "not hold; placed by position"
+                f"{self.unknown_reference} contour(s) reference a SOPInstanceUID (or a frame of "
+                "it) the volume does not hold; placed by position"
             )
         if self.off_plane_reference:
             k, offset = self.off_plane_reference[0]
@@ -927,7 +988,7 @@ def _slice_of_contour(
     plane: float,
     index: np.ndarray,
     nz: int,
-    slice_of_uid: dict[str, int],
+    slices: _ImageSlices,
     problems: _ContourProblems,
 ) -> int | None:
     spread = float(np.ptp(index[:, 0]))
@@ -935,12 +996,12 @@ def _slice_of_contour(
         problems.not_planar.append(spread)
         return None
     uid = contour.referenced_sop_instance_uid
-    if uid is not None and uid in slice_of_uid:
-        k = slice_of_uid[uid]
+    k = slices.slice_of(uid, contour.referenced_frame_number)
+    if k is not None:
         if abs(plane - k) > SLICE_TOLERANCE:
             problems.off_plane_reference.append((k, plane - k))
         return k
-    if uid is not None and slice_of_uid:
+    if uid is not None and slices:
         problems.unknown_reference += 1
     # Nearest slice; a plane more than half a gap beyond the first or last slice has none.
     k = int(np.floor(plane + SLICE_TOLERANCE))
