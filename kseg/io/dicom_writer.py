@@ -133,9 +133,12 @@ class SeriesReference:
         study_instance_uid: the study both series belong to.
         series_instance_uid: the CT series.
         frame_of_reference_uid: the CT's FrameOfReferenceUID.
-        sop_instance_uids: SOPInstanceUID of every CT slice.
+        sop_instance_uids: SOPInstanceUID of every CT slice (a multi-frame image's once per
+            frame).
         sop_class_uid: SOPClassUID of the slices (CT Image Storage unless another modality's
             images are referenced).
+        frame_numbers: the 1-based frame of every slice when the slices are frames of a
+            multi-frame image (Enhanced CT / MR); empty for single-frame images.
     """
 
     patient_id: str
@@ -145,6 +148,14 @@ class SeriesReference:
     frame_of_reference_uid: str
     sop_instance_uids: tuple[str, ...]
     sop_class_uid: str = CTImageStorage
+    frame_numbers: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.frame_numbers and len(self.frame_numbers) != len(self.sop_instance_uids):
+            raise ValueError(
+                f"SeriesReference has {len(self.frame_numbers)} frame numbers for "
+                f"{len(self.sop_instance_uids)} slices; give one per slice or none"
+            )
 
 
 def rtstruct_dataset(
@@ -165,7 +176,10 @@ def rtstruct_dataset(
     Holds the patient and study of ``reference``, the Structure Set module
     (StructureSetROISequence; ReferencedFrameOfReferenceSequence down to every CT slice),
     the ROI Contour module (a ContourImageSequence per contour that has a referenced UID;
-    ContourData to 4 decimals of a mm) and the RT ROI Observations module.
+    ContourData to 4 decimals of a mm) and the RT ROI Observations module. Slices that are
+    frames of a multi-frame image are referenced by its SOPInstanceUID and their
+    ReferencedFrameNumber (PS3.3 C.8.8.5, C.8.8.6: required for multi-frame images): one
+    series-level item per image listing its frames, and each contour's frame.
 
     Args:
         rois: the ROIs (numbers, names, colours, contours in LPS mm, RTROIInterpretedType:
@@ -199,12 +213,10 @@ def rtstruct_dataset(
     ds.InstanceNumber = 1
     ds.StructureSetLabel = label
 
-    contour_images = DicomSequence()
-    for uid in reference.sop_instance_uids:
-        item = pydicom.Dataset()
-        item.ReferencedSOPClassUID = reference.sop_class_uid
-        item.ReferencedSOPInstanceUID = uid
-        contour_images.append(item)
+    contour_images = DicomSequence(
+        _image_reference(reference.sop_class_uid, uid, frames)
+        for uid, frames in _images_and_frames(reference)
+    )
     referenced_series = pydicom.Dataset()
     referenced_series.SeriesInstanceUID = reference.series_instance_uid
     referenced_series.ContourImageSequence = contour_images
@@ -234,9 +246,11 @@ def rtstruct_dataset(
         for contour in roi.contours:
             item = pydicom.Dataset()
             if contour.referenced_sop_instance_uid is not None:
-                image = pydicom.Dataset()
-                image.ReferencedSOPClassUID = reference.sop_class_uid
-                image.ReferencedSOPInstanceUID = contour.referenced_sop_instance_uid
+                frame = contour.referenced_frame_number
+                image = _image_reference(
+                    reference.sop_class_uid, contour.referenced_sop_instance_uid,
+                    [] if frame is None else [frame],
+                )  # fmt: skip
                 item.ContourImageSequence = DicomSequence([image])
             item.ContourGeometricType = contour.geometric_type
             item.NumberOfContourPoints = len(contour.points)
@@ -254,6 +268,28 @@ def rtstruct_dataset(
     ds.ROIContourSequence = roi_contours
     ds.RTROIObservationsSequence = observations
     return ds
+
+
+def _images_and_frames(reference: SeriesReference) -> list[tuple[str, list[int]]]:
+    """Each referenced image once, with the frames of it the series holds (none for a
+    single-frame image), in slice order of first appearance."""
+    if not reference.frame_numbers:
+        return [(uid, []) for uid in reference.sop_instance_uids]
+    frames: dict[str, list[int]] = {}
+    for uid, frame in zip(reference.sop_instance_uids, reference.frame_numbers, strict=True):
+        frames.setdefault(uid, []).append(int(frame))
+    return [(uid, sorted(numbers)) for uid, numbers in frames.items()]
+
+
+def _image_reference(sop_class_uid: str, uid: str, frames: Sequence[int]) -> pydicom.Dataset:
+    """An Image SOP Instance Reference (PS3.3 Table 10-3): ReferencedFrameNumber only
+    for frames of a multi-frame image."""
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = sop_class_uid
+    item.ReferencedSOPInstanceUID = uid
+    if frames:
+        item.ReferencedFrameNumber = list(frames) if len(frames) > 1 else frames[0]
+    return item
 
 
 def _decimal_string(value: float) -> str:

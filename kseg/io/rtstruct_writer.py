@@ -183,8 +183,9 @@ def write_rtstruct(
 
     Each label becomes an ROI whose contours are the :func:`label_outlines` of its pixels on
     each slice, converted to patient coordinates (LPS mm, to 1e-4 mm) through the series'
-    affine; each contour's ContourImageSequence references its slice's SOPInstanceUID, and
-    the Structure Set references every slice of the series and its FrameOfReferenceUID.
+    affine; each contour's ContourImageSequence references its slice's SOPInstanceUID (and
+    ReferencedFrameNumber when the slice is a frame of a multi-frame Enhanced CT / MR file),
+    and the Structure Set references every slice of the series and its FrameOfReferenceUID.
     Patient and study attributes are copied from the series' first file, so archives file
     the structure set with its images. A slice whose data set has a blank SOPInstanceUID
     (some anonymisers) is referenced by its file meta's MediaStorageSOPInstanceUID.
@@ -256,7 +257,12 @@ def write_rtstruct(
                     outline = outline + (box[1].start, box[2].start)
                     index = np.column_stack([np.full(len(outline), float(k)), outline])
                     points = index @ index_to_lps[:3, :3].T + index_to_lps[:3, 3]
-                    contours.append(Contour(reference.sop_instance_uids[k], points))
+                    contours.append(Contour(
+                        reference.sop_instance_uids[k], points,
+                        referenced_frame_number=(
+                            reference.frame_numbers[k] if reference.frame_numbers else None
+                        ),
+                    ))  # fmt: skip
         color = colors.get(value, _PALETTE[position % len(_PALETTE)])
         rois.append(RoiContours(value, name, tuple(int(c) for c in color), tuple(contours)))
 
@@ -357,7 +363,9 @@ def _series_reference(series: Volume) -> tuple[SeriesReference, pydicom.Dataset]
             f"reference_series ({_folder(series)}) has no FrameOfReferenceUID: contours in "
             "patient coordinates cannot be tied to its images"
         )
-    headers = [_header(f) for f in series.source_files]
+    # A multi-frame file is every slice's source: its header is read once.
+    header_of = {path: _header(path) for path in dict.fromkeys(series.source_files)}
+    headers = [header_of[path] for path in series.source_files]
     uids = tuple(metadata.get("sop_instance_uids", ())) or ("",) * nz
     # An anonymiser may blank SOPInstanceUID in the data set and leave the file meta's
     # MediaStorageSOPInstanceUID, which PS3.10 makes the same identity.
@@ -397,6 +405,7 @@ def _series_reference(series: Volume) -> tuple[SeriesReference, pydicom.Dataset]
         sop_class_uid=str(
             header.get("SOPClassUID", "") or _media_class(header) or CTImageStorage
         ),
+        frame_numbers=tuple(int(frame) for frame in metadata.get("frame_numbers", ())),
     )
     return reference, header
 
