@@ -13,7 +13,8 @@ being its PixelPaddingValue. :func:`read_dicom_seg_masks` places each frame on a
 
 * **With the reference series** (the Volume :func:`kseg.io.read_dicom_series` returned for
   the images the SEG was drawn on), on that series' grid: a frame goes on the slice whose
-  SOPInstanceUID it references, else on the slice its position falls on; its in-plane
+  SOPInstanceUID it references (with its ReferencedFrameNumber when the series is one
+  multi-frame Enhanced CT / MR file), else on the slice its position falls on; its in-plane
   origin, orientation, pixel spacing and size must be the series' (or an AlignmentError
   says which differs).
 * **Without it**, on the grid the frames span: slices sorted along the normal of their
@@ -44,6 +45,7 @@ from pydicom.uid import generate_uid
 from kseg._files import atomic_output
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
 from kseg.io.dicom import ORIENTATION_ORTHONORMAL_TOLERANCE, unit_cosines
+from kseg.io.rtstruct import _ImageSlices, _referenced_frame_number
 from kseg.io.rtstruct_writer import BlankSeriesUidWarning, _label_array, _roi_names
 from kseg.io.volume import Volume, image_affine
 
@@ -80,8 +82,10 @@ def write_dicom_seg(
     referencing its source image, patient and study copied from the series, segments
     marked AUTOMATIC with the algorithm's name and version (family: artificial
     intelligence), property category "Anatomical Structure" and type "Organ" (SNOMED CT).
-    Empty frames are left out. Segment numbers are 1, 2, ... over the named labels in
-    increasing order, so labels 1..n keep their values; the segment label is the name.
+    Empty frames are left out. A series read from one multi-frame Enhanced CT / MR file is
+    referenced as that file and its frame numbers (ReferencedFrameNumber). Segment numbers
+    are 1, 2, ... over the named labels in increasing order, so labels 1..n keep their
+    values; the segment label is the name.
     Written atomically (temporary name beside ``path``, then renamed).
 
     Args:
@@ -101,7 +105,8 @@ def write_dicom_seg(
     Raises:
         ImportError: highdicom is not installed.
         ValueError: as :func:`kseg.io.write_rtstruct` (labels off the grid, unnamed or
-            negative values, repeated names, ``path`` one of the series' files).
+            negative values, repeated names, ``path`` one of the series' files); a series of
+            frames that is not every frame of one multi-frame file.
         OSError: a file of the series cannot be read.
 
     Warns:
@@ -155,9 +160,12 @@ def write_dicom_seg(
         )
         for number, value in enumerate(values, start=1)
     ]
+    segments = segment_of[array]
+    if reference_series.metadata.get("frame_numbers"):
+        segments = _in_frame_order(segments, reference_series, sources[0])
     seg = hd.seg.Segmentation(
         source_images=sources,
-        pixel_array=segment_of[array],
+        pixel_array=segments,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=generate_uid(),
@@ -176,15 +184,22 @@ def write_dicom_seg(
 
 
 def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
-    """The series' headers in array order, as highdicom needs them; UIDs an anonymiser
-    blanked are restored from the file meta (SOP instance) or replaced (study, series)."""
+    """The series' headers in array order, as highdicom needs them (a multi-frame file's
+    once); UIDs an anonymiser blanked are restored from the file meta (SOP instance) or
+    replaced (study, series)."""
     if len(series.source_files) != series.shape[0]:
         raise ValueError(
             f"reference_series has {len(series.source_files)} source files for "
             f"{series.shape[0]} slices: pass the Volume read_dicom_series returns"
         )
+    files = list(dict.fromkeys(series.source_files))
+    if series.metadata.get("frame_numbers") and len(files) > 1:
+        raise ValueError(
+            f"reference_series holds frames of {len(files)} files ({files[0]}, ...); a SEG "
+            "references the frames of one multi-frame image"
+        )
     datasets = []
-    for path in series.source_files:
+    for path in files:
         try:
             datasets.append(pydicom.dcmread(path, stop_before_pixels=True, force=True))
         except Exception as exc:  # pydicom raises many types on damaged files
@@ -204,7 +219,7 @@ def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
             stacklevel=3,
         )
     patched = []
-    for path, ds in zip(series.source_files, datasets, strict=True):
+    for path, ds in zip(files, datasets, strict=True):
         ds = copy.deepcopy(ds)
         for keyword, uid in replaced.items():
             setattr(ds, keyword, uid)
@@ -223,8 +238,39 @@ def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
         if "ImagePositionPatient" in ds and not ds.get("SliceThickness"):
             # highdicom copies it into the SEG's pixel measures; the slice step stands in
             ds.SliceThickness = series.spacing[0]
+        if "PerFrameFunctionalGroupsSequence" in ds:
+            _share_plane_groups(ds)
         patched.append(ds)
     return patched
+
+
+def _share_plane_groups(ds: pydicom.Dataset) -> None:
+    """Give a multi-frame header shared orientation and pixel measures where its frames
+    carry them each: highdicom reads them from the shared functional groups only, PS3.3
+    C.7.6.16 allows either, and the series reader has checked that the frames agree."""
+    if not ds.get("SharedFunctionalGroupsSequence"):
+        ds.SharedFunctionalGroupsSequence = [pydicom.Dataset()]
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    first_frame = ds.PerFrameFunctionalGroupsSequence[0]
+    for keyword in ("PlaneOrientationSequence", "PixelMeasuresSequence"):
+        if keyword not in shared and keyword in first_frame:
+            setattr(shared, keyword, copy.deepcopy(first_frame[keyword].value))
+
+
+def _in_frame_order(segments: np.ndarray, series: Volume, source: pydicom.Dataset):
+    """A label map on a multi-frame image's slices, reordered into its frames' order (what
+    highdicom pairs with the source's frames)."""
+    numbers = np.asarray(series.metadata["frame_numbers"], int)
+    count = int(source.get("NumberOfFrames", 0) or 0)
+    if sorted(numbers.tolist()) != list(range(1, count + 1)):
+        raise ValueError(
+            f"{series.source_files[0]}: reference_series holds frames "
+            f"{sorted(numbers.tolist())[:10]} of its {count}; a SEG on a multi-frame image "
+            "covers each of its frames once (pass the Volume read_dicom_series returns)"
+        )
+    in_file_order = np.empty_like(segments)
+    in_file_order[numbers - 1] = segments
+    return in_file_order
 
 
 def read_dicom_seg_masks(
@@ -347,7 +393,8 @@ class _Frames:
     def __init__(self, positions, segments, sources, orientation, spacing):
         self.positions = positions  # (n, 3) LPS
         self.segments = segments  # segment number per frame
-        self.sources = sources  # referenced SOPInstanceUID per frame ("" if none)
+        # (referenced SOPInstanceUID or "", its ReferencedFrameNumber or None) per frame
+        self.sources = sources
         self.orientation = orientation  # (6,)
         self.spacing = spacing  # (row spacing, column spacing)
 
@@ -443,7 +490,8 @@ def _frames(path: str, ds: pydicom.Dataset) -> _Frames:
 
 def _segments_and_sources(path: str, ds: pydicom.Dataset, count: int):
     """Each frame's segment number (``None`` in a LABELMAP SEG, whose frames hold them all)
-    and the SOPInstanceUID of the image it was drawn on ("" when it names none)."""
+    and the image it was drawn on: ``(SOPInstanceUID, frame number)``, ``""`` when it names
+    none, the frame ``None`` unless it names one frame of a multi-frame image."""
     segments, sources = [], []
     per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
     for frame in range(count):
@@ -457,12 +505,15 @@ def _segments_and_sources(path: str, ds: pydicom.Dataset, count: int):
                 raise UnreadableFileError(
                     path, f"frame {frame}: unusable segment number ({exc})"
                 ) from exc
-        uid = ""
+        image = ("", None)
         if frame < len(per_frame):
             for derivation in per_frame[frame].get("DerivationImageSequence", []):
                 for source in derivation.get("SourceImageSequence", []):
-                    uid = uid or str(source.get("ReferencedSOPInstanceUID", "") or "")
-        sources.append(uid)
+                    uid = str(source.get("ReferencedSOPInstanceUID", "") or "")
+                    if uid and not image[0]:
+                        where = f"frame {frame}: SourceImageSequence"
+                        image = (uid, _referenced_frame_number(path, source, where))
+        sources.append(image)
     return segments, sources
 
 
@@ -480,14 +531,14 @@ def _grid_of_source_images(
     """A SEG without plane positions: each frame lies on the image it references, one
     slice per image (the reference's slices, else the images in the order frames name
     them, on plain axes at the SEG's pixel spacing or 1 mm)."""
-    unplaced = [frame for frame, uid in enumerate(frames.sources) if not uid]
+    unplaced = [frame for frame, (uid, _) in enumerate(frames.sources) if not uid]
     if unplaced:
         raise UnreadableFileError(
             path, f"frame {unplaced[0]} has neither a plane position nor a source image"
         )
     if series is None:
         images = list(dict.fromkeys(frames.sources))
-        slice_of_uid = {uid: k for k, uid in enumerate(images)}
+        slice_of_image = {image: k for k, image in enumerate(images)}
         spacing = [1.0, 1.0]
         with contextlib.suppress(UnreadableFileError, TypeError, ValueError):
             spacing = [float(v) for v in _functional(
@@ -495,24 +546,25 @@ def _grid_of_source_images(
         affine = image_affine(*spacing)
         shape = (len(images), int(ds.Rows), int(ds.Columns))
     else:
-        slice_of_uid = {
-            str(uid): k for k, uid in enumerate(series.metadata.get("sop_instance_uids", ()))
-            if uid
-        }
+        slices = _ImageSlices(series)
+        slice_of_image = {image: slices.slice_of(*image) for image in set(frames.sources)}
         affine, shape = series.affine, series.shape
         if (int(ds.Rows), int(ds.Columns)) != shape[1:]:
             raise AlignmentError(
                 path, f"the SEG's frames are {ds.Rows}x{ds.Columns}, the reference images' "
                 f"{shape[1]}x{shape[2]}",
             )
-        strangers = [uid for uid in frames.sources if uid not in slice_of_uid]
+        strangers = [image for image in frames.sources if slice_of_image[image] is None]
         if strangers:
+            uid, number = strangers[0]
             raise AlignmentError(
-                path, f"frames reference the image {strangers[0]}, which is not in the "
-                "reference series (its metadata['sop_instance_uids'])",
+                path, f"frames reference the image {uid}"
+                + (f" frame {number}" if number is not None else "")
+                + ", which is not in the reference series (its metadata['sop_instance_uids']"
+                " and ['frame_numbers'])",
             )
-    slices = np.array([slice_of_uid[uid] for uid in frames.sources], int)
-    return _Grid(shape, affine, slices)
+    placed = np.array([slice_of_image[image] for image in frames.sources], int)
+    return _Grid(shape, affine, placed)
 
 
 def _label_map_background(ds: pydicom.Dataset) -> int | None:
@@ -607,11 +659,9 @@ def _grid_of_series(path: str, ds: pydicom.Dataset, frames: _Frames, series: Vol
             f"{series.shape[1]}x{series.shape[2]}",
         )
     index = _to_index(series.affine, frames.positions)
-    slice_of_uid = {
-        str(uid): k for k, uid in enumerate(series.metadata.get("sop_instance_uids", ())) if uid
-    }
+    image_slices = _ImageSlices(series)
     slices = []
-    for frame, (uid, (k, j, i)) in enumerate(zip(frames.sources, index, strict=True)):
+    for frame, (image, (k, j, i)) in enumerate(zip(frames.sources, index, strict=True)):
         nearest = int(np.round(k))
         if max(abs(j), abs(i), abs(k - nearest)) > _POSITION_TOLERANCE or not (
             0 <= nearest < series.shape[0]
@@ -621,11 +671,10 @@ def _grid_of_series(path: str, ds: pydicom.Dataset, frames: _Frames, series: Vol
                 f"frame {frame} lies at slice {k:.2f}, row {j:.2f}, column {i:.2f} of the "
                 "series, not on one of its slices",
             )
-        if uid in slice_of_uid and slice_of_uid[uid] != nearest:
+        referenced = image_slices.slice_of(*image)
+        if referenced is not None and referenced != nearest:
             raise AlignmentError(
-                path,
-                f"frame {frame} references slice {slice_of_uid[uid]} but lies on slice "
-                f"{nearest}",
+                path, f"frame {frame} references slice {referenced} but lies on slice {nearest}"
             )
         slices.append(nearest)
     return _Grid(series.shape, series.affine, np.array(slices, int))
