@@ -259,6 +259,36 @@ def test_series_to_rtstruct_rasterizes_back_to_the_prediction(ct_case, tmp_path)
     assert dice(masks["organ"], expected) >= 0.99
 
 
+def test_enhanced_ct_to_dicom_seg_and_rtstruct_reference_its_frames(ct_case, tmp_path):
+    from test_io_enhanced_dicom import _write_enhanced
+
+    folder, run = ct_case
+    hu, datasets = pydicom_series(folder)
+    order = np.random.default_rng(5).permutation(len(hu))  # frame f holds slice order[f]
+    source = tmp_path / "enhanced" / "ct.dcm"
+    source.parent.mkdir()
+    _write_enhanced(
+        source, (hu[order] + 1024).astype(np.uint16),
+        [datasets[k].ImagePositionPatient for k in order],
+    )  # fmt: skip
+    expected = (windowed(hu) >= 0.5).astype(np.uint8)
+
+    [seg] = predict_command(run, source, tmp_path / "seg", "dicom-seg")
+    [rtstruct] = predict_command(run, source, tmp_path / "rt", "rtstruct")
+
+    # pydicom alone: each SEG frame's pixels go on the slice its ReferencedFrameNumber holds.
+    ds = pydicom.dcmread(seg)
+    pixels = ds.pixel_array.reshape(-1, ds.Rows, ds.Columns)
+    by_frame = np.zeros_like(expected)
+    for frame, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        (image,) = item.DerivationImageSequence[0].SourceImageSequence
+        by_frame[order[int(image.ReferencedFrameNumber) - 1]] |= pixels[frame]
+    np.testing.assert_array_equal(by_frame, expected)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a contour matched by position alone would warn
+        masks = rasterize_rtstruct(rtstruct, read_dicom_series([source]))
+    np.testing.assert_array_equal(masks["organ"], expected)
+
 def test_three_classes_become_two_segments_and_two_rois(tmp_path):
     hu = synthetic_hu((3, 16, 12), seed=3)
     folder = write_ct_series(tmp_path / "three", hu)
