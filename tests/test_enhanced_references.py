@@ -178,8 +178,15 @@ def test_seg_frames_without_positions_go_on_the_frame_they_reference(tmp_path):
     ds.save_as(tmp_path / "stray.dcm")
 
     back = read_dicom_seg(tmp_path / "unplaced.dcm", reference_series=volume)
+    alone = read_dicom_seg(tmp_path / "unplaced.dcm")
 
-    np.testing.assert_array_equal(back.array, _labels(volume.shape))
+    labels = _labels(volume.shape)
+    np.testing.assert_array_equal(back.array, labels)
+    # Without the series, one slice per referenced frame (not one per file), each a drawn one.
+    drawn = [k for k in range(COUNT) if labels[k].any()]
+    assert sorted(image.tobytes() for image in alone.array) == sorted(
+        labels[k].astype(alone.array.dtype).tobytes() for k in drawn
+    )
     with pytest.raises(AlignmentError, match=rf"stray\.dcm.* frame {COUNT + 4}, which is not"):
         read_dicom_seg(tmp_path / "stray.dcm", reference_series=volume)
 
