@@ -11,7 +11,7 @@ import warnings
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from pydicom.uid import EnhancedCTImageStorage, EnhancedMRImageStorage, generate_uid
 from test_io_dicom import _write_slice
 from test_io_enhanced_dicom import SPACING, _shuffled_volume, _write_enhanced
 
@@ -41,22 +41,27 @@ def _labels(shape):
     return labels
 
 
-def _enhanced_ct(tmp_path, *, shared_groups=True):
-    """An Enhanced CT of COUNT shuffled oblique frames in its own folder: (the file, its
-    volume, each frame's position in file order, the slice normal)."""
+def _enhanced_ct(tmp_path, *, shared_groups=True, sop_class=EnhancedCTImageStorage):
+    """An Enhanced CT (or MR) of COUNT shuffled oblique frames in its own folder: (the file,
+    its volume, each frame's position in file order, the slice normal)."""
     _, stored, positions, orientation = _shuffled_volume(count=COUNT)
     (tmp_path / "ct").mkdir()
     path = _write_enhanced(
         tmp_path / "ct" / "enhanced.dcm", stored, positions, orientation=orientation,
-        shared_groups=shared_groups,
+        shared_groups=shared_groups, sop_class=sop_class,
     )  # fmt: skip
     normal = np.cross(orientation[:3], orientation[3:])
     return path, read_dicom_series([path]), positions, normal
 
 
-@pytest.fixture(params=[True, False], ids=["shared-groups", "per-frame-groups"])
+@pytest.fixture(
+    params=[(True, EnhancedCTImageStorage), (False, EnhancedCTImageStorage),
+            (True, EnhancedMRImageStorage)],
+    ids=["ct-shared-groups", "ct-per-frame-groups", "mr"],
+)  # fmt: skip
 def enhanced(request, tmp_path):
-    return _enhanced_ct(tmp_path, shared_groups=request.param)
+    shared_groups, sop_class = request.param
+    return _enhanced_ct(tmp_path, shared_groups=shared_groups, sop_class=sop_class)
 
 
 def _frame_at(positions, point):
