@@ -15,7 +15,7 @@ from pydicom.uid import EnhancedCTImageStorage, EnhancedMRImageStorage, generate
 from test_io_dicom import _write_slice
 from test_io_enhanced_dicom import SPACING, _shuffled_volume, _write_enhanced
 
-from kseg.errors import AlignmentError, UnreadableFileError
+from kseg.errors import AlignmentError
 from kseg.io import (
     ContourReferenceWarning,
     rasterize_rtstruct,
@@ -136,7 +136,10 @@ def test_rtstruct_on_an_enhanced_ct_references_frames_and_rasterizes_back(enhanc
         assert int(reference.ReferencedFrameNumber) == _frame_of_plane(positions, normal, points)
 
 
-def test_a_contour_naming_no_frame_of_an_enhanced_ct_is_placed_by_position(tmp_path):
+@pytest.mark.parametrize("frame", [None, 0, [1, 2]], ids=["absent", "zero", "several"])
+def test_a_contour_naming_no_one_frame_of_an_enhanced_ct_is_placed_by_position(
+    tmp_path, frame
+):
     _, volume, _, _ = _enhanced_ct(tmp_path)
     labels = _labels(volume.shape)
     written = write_rtstruct(labels, volume, tmp_path / "rs.dcm", roi_names=["A", "B"])
@@ -144,24 +147,42 @@ def test_a_contour_naming_no_frame_of_an_enhanced_ct_is_placed_by_position(tmp_p
     for item in ds.ROIContourSequence:
         for contour in item.ContourSequence:
             del contour.ContourImageSequence[0].ReferencedFrameNumber
+            if frame is not None:
+                contour.ContourImageSequence[0].ReferencedFrameNumber = frame
     ds.save_as(written)
 
-    with pytest.warns(ContourReferenceWarning, match="or a frame of it"):
+    with pytest.warns(ContourReferenceWarning) as caught:
         masks = rasterize_rtstruct(written, volume)
 
+    assert sorted(str(w.message).split(": ", 1)[1] for w in caught) == [
+        f"ROI {name!r}: 2 contour(s) reference a SOPInstanceUID (or a frame of it) the volume "
+        "does not hold; placed by position" for name in ("A", "B")
+    ]
+
     np.testing.assert_array_equal(masks["A"], labels == 1)
+    np.testing.assert_array_equal(masks["B"], labels == 2)
 
 
-def test_a_contour_frame_number_that_is_no_frame_is_refused(tmp_path):
-    _, volume, _, _ = _enhanced_ct(tmp_path)
-    labels = _labels(volume.shape)
-    written = write_rtstruct(labels, volume, tmp_path / "rs.dcm", roi_names=["A", "B"])
+def test_a_frame_number_on_a_classic_slice_reference_changes_nothing(tmp_path):
+    """Single-frame images need no frame number; a stray or broken one is ignored as before."""
+    _, stored, positions, orientation = _shuffled_volume(count=COUNT)
+    (tmp_path / "classic").mkdir()
+    for slot in range(COUNT):
+        _write_slice(tmp_path / "classic" / f"{slot}.dcm", position=positions[slot],
+                     orientation=orientation, pixels=stored[slot], pixel_spacing=SPACING)
+    classic = read_dicom_series(tmp_path / "classic")
+    labels = _labels(classic.shape)
+    written = write_rtstruct(labels, classic, tmp_path / "rs.dcm", roi_names=["A", "B"])
     ds = pydicom.dcmread(written)
-    ds.ROIContourSequence[0].ContourSequence[1].ContourImageSequence[0].ReferencedFrameNumber = 0
+    for number, contour in enumerate(ds.ROIContourSequence[0].ContourSequence):
+        contour.ContourImageSequence[0].ReferencedFrameNumber = [0, 7][number % 2]
     ds.save_as(written)
 
-    with pytest.raises(UnreadableFileError, match=r"rs\.dcm.*contour 1: ReferencedFrameNumber"):
-        rasterize_rtstruct(written, volume)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        masks = rasterize_rtstruct(written, classic)
+
+    np.testing.assert_array_equal(masks["A"], labels == 1)
 
 
 def _seg_without_plane_positions(tmp_path, volume):

@@ -511,8 +511,7 @@ def _segments_and_sources(path: str, ds: pydicom.Dataset, count: int):
                 for source in derivation.get("SourceImageSequence", []):
                     uid = str(source.get("ReferencedSOPInstanceUID", "") or "")
                     if uid and not image[0]:
-                        where = f"frame {frame}: SourceImageSequence"
-                        image = (uid, _referenced_frame_number(path, source, where))
+                        image = (uid, _referenced_frame_number(source))
         sources.append(image)
     return segments, sources
 

@@ -847,33 +847,27 @@ def _read_contour(path: str, roi: str, index: int, item: pydicom.Dataset) -> Con
         points=data.reshape(-1, 3),
         geometric_type=str(item.get("ContourGeometricType", _CLOSED_PLANAR)),
         referenced_frame_number=(
-            _referenced_frame_number(path, images[0], where) if len(images) else None
+            _referenced_frame_number(images[0]) if len(images) else None
         ),
     )
 
 
-def _referenced_frame_number(path: str, item: pydicom.Dataset, where: str) -> int | None:
+def _referenced_frame_number(item: pydicom.Dataset) -> int | None:
     """The one frame an image reference names (its ReferencedFrameNumber), or ``None`` when
-    it names none or several (a reference to many frames places nothing on one slice).
-
-    Raises:
-        UnreadableFileError: the value is not a positive integer; ``where`` names the item.
-    """
+    it names none, several, or no valid frame number. A single-frame image needs none, so a
+    broken value there changes nothing; on a multi-frame image the reference then names no
+    slice, and what it refers to is placed by position with a warning."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's own "invalid IS" warning
         value = item.get("ReferencedFrameNumber")
-    if value is None or value == "":
-        return None
     values = list(value) if isinstance(value, (pydicom.multival.MultiValue, list)) else [value]
+    if len(values) != 1:
+        return None
     try:
-        frames = [int(str(v).strip()) for v in values]
+        frame = int(str(values[0]).strip())
     except ValueError:
-        frames = [0]
-    if min(frames) < 1:
-        raise UnreadableFileError(
-            path, f"{where}: ReferencedFrameNumber is {value!r}; expected frame numbers from 1"
-        )
-    return frames[0] if len(frames) == 1 else None
+        return None
+    return frame if frame >= 1 else None
 
 
 class _ImageSlices:
