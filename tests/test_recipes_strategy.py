@@ -148,6 +148,59 @@ def test_a_worker_that_is_not_the_chief_trains_without_a_word(tmp_path, monkeypa
     assert fit_options == [(0, False)]
 
 
+class _RecordingModel:
+    """Stands in for a compiled Keras model: keeps what ``fit`` is given."""
+
+    def fit(self, training, **options):
+        self.options = options
+
+
+def _fit_on_one_device(fit, tmp_path, **options):
+    """``fit(start, args, model, training, validation, None, ...)`` on the default strategy;
+    returns its value, the callbacks' class names and the other options ``model.fit`` got."""
+    import tensorflow as tf
+
+    args = argparse.Namespace(output_dir=str(tmp_path / "run"), epochs=3, learning_rate=1e-3,
+                              **options)
+    start = _common.TrainingStart(tf.distribute.get_strategy(), True, None, args)
+    batches = tf.data.Dataset.range(4).batch(2)
+    model = _RecordingModel()
+    if fit is _common.fit:
+        returned = fit(start, args, model, batches, batches, None, reduce_lr_patience=None,
+                       steps_per_epoch=5)
+    else:
+        returned = fit(start, args, model, batches, batches, None)
+    callbacks = model.options.pop("callbacks")
+    return returned, [type(callback).__name__ for callback in callbacks], model.options
+
+
+def test_fit_orders_the_callbacks_and_passes_the_steps(tmp_path):
+    # msd_spleen's way: no plateau, its own steps per epoch, a time budget
+    (best, seconds, chief), names, options = _fit_on_one_device(
+        _common.fit, tmp_path, max_minutes=2.0
+    )
+    assert (best, chief) == (tmp_path / "run" / "best.keras", True)
+    assert seconds >= 0
+    assert names == ["BestModelCheckpoint", "TimeBudget", "_ChiefStopsAll", "ResumableCSVLogger",
+                     "AtomicBackupAndRestore", "EpochTensorBoard"]  # fmt: skip
+    assert options["epochs"] == 3 and options["steps_per_epoch"] == 5
+    assert options["shuffle"] is False
+
+
+@pytest.mark.parametrize("schedule, names", [
+    ("plateau", ["BestModelCheckpoint", "ResumableReduceLROnPlateau", "ResumableCSVLogger",
+                 "AtomicBackupAndRestore", "EpochTensorBoard"]),
+    ("cosine", ["BestModelCheckpoint", "ResumableCSVLogger", "AtomicBackupAndRestore",
+                "LearningRateScheduler", "EpochTensorBoard"]),
+])  # fmt: skip
+def test_a_2d_recipe_fits_with_its_schedule(tmp_path, schedule, names):
+    from kseg.recipes import _planned
+
+    _, recorded, options = _fit_on_one_device(_planned.fit, tmp_path, schedule=schedule)
+    assert recorded == names
+    assert "steps_per_epoch" not in options
+
+
 @pytest.mark.slow
 def test_two_workers_train_a_recipe_and_only_the_chief_writes(tmp_path):
     run_dir = tmp_path / "run"

@@ -1,7 +1,7 @@
 """What the recipes share: the ``--folds`` option and its check (``--validation-fold all``:
 cross-validation, :mod:`kseg.recipes.cross_validation`), the tuning options, the
-``--strategy`` of a training run and its start (:func:`start_training`), the TFDS build
-step, progress settings and the closing run-time line.
+``--strategy`` of a training run, its start (:func:`start_training`) and its ``fit``
+(:func:`fit`), the TFDS build step, progress settings and the closing run-time line.
 
 Standard library only at import time: the recipes import this before parsing their
 arguments, and ``--help`` or a bad argument must answer before TensorFlow loads (tens of
@@ -631,6 +631,40 @@ def start_training(args, prepare) -> TrainingStart:
               f"global batch {global_batch}, learning rate {training_args.learning_rate:g}",
               flush=True)
     return TrainingStart(distribution, chief, builder, training_args)
+
+
+def fit(start: TrainingStart, args, model, training, validation_data, volume_validation, *,
+        reduce_lr_patience: int | None, schedule=(), **fit_options):
+    """Train ``model`` for ``--epochs`` on ``training`` (Keras validation on
+    ``validation_data``), both split among ``start``'s workers; returns ``(RUN/best.keras,
+    fit seconds, chief)``.
+
+    The callbacks: :func:`kseg.training.training_callbacks` (``volume_validation`` drives
+    the best checkpoint and, with ``reduce_lr_patience``, the learning rate;
+    BackupAndRestore makes a crashed run resumable; ``--max-minutes`` stops it on the
+    clock), then ``schedule`` (learning-rate callbacks) and the tracking ones.
+    ``fit_options`` go to ``model.fit`` (``steps_per_epoch``)."""
+    from kseg.training import training_callbacks
+
+    run_dir = pathlib.Path(args.output_dir)
+    callbacks = (
+        training_callbacks(run_dir, volume_validation,
+                           max_minutes=getattr(args, "max_minutes", None),
+                           reduce_lr_patience=reduce_lr_patience)
+        + list(schedule)
+        + tracking_callbacks(run_dir, args, chief=start.chief)
+    )  # fmt: skip
+    fit_started = time.perf_counter()
+    model.fit(
+        start.shard(training),
+        validation_data=start.shard(validation_data),
+        epochs=args.epochs,
+        callbacks=callbacks,
+        verbose=fit_verbosity(start.chief),
+        shuffle=False,  # the pipeline shuffles; Keras warns that it ignores True
+        **fit_options,
+    )
+    return run_dir / "best.keras", time.perf_counter() - fit_started, start.chief
 
 
 class RunClock:

@@ -416,6 +416,18 @@ def reduce_lr_patience(args) -> int | None:
     return None if getattr(args, "schedule", "plateau") == "cosine" else 4
 
 
+def fit(start, args, model, training, validation_data, volume_validation):
+    """:func:`kseg.recipes._common.fit` with ``--schedule``: the plateau patience
+    (:func:`reduce_lr_patience`) or the cosine schedule (:func:`schedule_callbacks`)."""
+    from kseg.recipes import _common
+
+    return _common.fit(
+        start, args, model, training, validation_data, volume_validation,
+        reduce_lr_patience=reduce_lr_patience(args),
+        schedule=schedule_callbacks(start.training_args),
+    )  # fmt: skip
+
+
 def unet_settings(plan, training: int, args) -> dict:
     """The options a plan sets in every 2D recipe: the input size, batch, depth and width of
     the U-Net, Adam's learning rate and its cosine schedule, nnU-Net's augmentation, and

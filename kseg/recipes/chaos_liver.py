@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
-import time
 
 from kseg.recipes import _common, _planned, cross_validation
 
@@ -235,7 +234,6 @@ def _train(args):
     import kseg
     from kseg.predict import inference_model
     from kseg.recipes import run_config
-    from kseg.training import training_callbacks
 
     run_dir = pathlib.Path(args.output_dir)
     start = _common.start_training(args, prepare_planned)
@@ -256,31 +254,14 @@ def _train(args):
 
     with start.strategy.scope():
         model = build_model(start.training_args, 1)
-    # whole-volume validation Dice drives the best checkpoint and the learning rate;
-    # BackupAndRestore makes a crashed run resumable
-    callbacks = (
-        training_callbacks(run_dir, validation, max_minutes=getattr(args, "max_minutes", None),
-                           reduce_lr_patience=_planned.reduce_lr_patience(args))
-        + _planned.schedule_callbacks(start.training_args)
-        + _common.tracking_callbacks(run_dir, args, chief=start.chief)
+    best_path, fit_seconds, chief = _planned.fit(
+        start, args, model, training, validation_slices, validation
     )
-    fit_started = time.perf_counter()
-    model.fit(
-        start.shard(training),
-        validation_data=start.shard(validation_slices),
-        epochs=args.epochs,
-        callbacks=callbacks,
-        verbose=_common.fit_verbosity(start.chief),
-        shuffle=False,  # the pipeline shuffles; Keras warns that it ignores True
-    )
-    fit_seconds = time.perf_counter() - fit_started
-
-    best_path = run_dir / "best.keras"
-    if args.postprocess == "auto" and start.chief:  # it rewrites config.json
+    if args.postprocess == "auto" and chief:  # it rewrites config.json
         model = inference_model(kseg.load_model(best_path),
                                 run_config.read_config(run_dir)["inference"])
         _choose_postprocessing(args, model, builder, run_splits)
-    return best_path, fit_seconds, start.chief
+    return best_path, fit_seconds, chief
 
 
 def train(args) -> pathlib.Path:

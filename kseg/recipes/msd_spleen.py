@@ -14,7 +14,6 @@ import json
 import os
 import pathlib
 import sys
-import time
 
 from kseg.recipes import _common, cross_validation
 
@@ -343,7 +342,6 @@ def _inference(args, builder) -> dict:
 def _train(args):
     """Train under ``--strategy``; returns ``(RUN/best.keras, fit seconds, chief)``."""
     from kseg.recipes import run_config
-    from kseg.training import training_callbacks
     from tfds_builders.msd_spleen import task_folder
 
     run_dir = pathlib.Path(args.output_dir)
@@ -366,20 +364,10 @@ def _train(args):
         build_augmenter(args.augment, args.seed),
     )  # fmt: skip
     validation = validation_patches(builder, run_splits["validation"], start.training_args)
-    callbacks = training_callbacks(
-        run_dir, _volume_validation(args, builder, run_splits), reduce_lr_patience=None
-    ) + _common.tracking_callbacks(run_dir, args, chief=start.chief)
-    fit_started = time.perf_counter()
-    model.fit(
-        start.shard(training),
-        epochs=args.epochs,
-        steps_per_epoch=args.steps_per_epoch,
-        validation_data=start.shard(validation),
-        callbacks=callbacks,
-        verbose=_common.fit_verbosity(start.chief),
-        shuffle=False,  # the pipeline shuffles; Keras warns that it ignores True
-    )
-    return run_dir / "best.keras", time.perf_counter() - fit_started, start.chief
+    return _common.fit(
+        start, args, model, training, validation, _volume_validation(args, builder, run_splits),
+        reduce_lr_patience=None, steps_per_epoch=args.steps_per_epoch,
+    )  # fmt: skip
 
 
 def train(args) -> pathlib.Path:

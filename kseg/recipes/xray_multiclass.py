@@ -14,7 +14,6 @@ import dataclasses
 import os
 import pathlib
 import sys
-import time
 
 from kseg.recipes import _common, _planned, cross_validation
 
@@ -335,7 +334,6 @@ def _training_data(args, builder, splits, num_classes, labels, *, chief=True):
 def _train(args):
     """Train under ``--strategy``; returns ``(RUN/best.keras, fit seconds, chief)``."""
     from kseg.recipes import run_config
-    from kseg.training import training_callbacks
 
     run_dir = pathlib.Path(args.output_dir)
     start = _common.start_training(args, prepare_planned)
@@ -354,22 +352,7 @@ def _train(args):
     )
     with start.strategy.scope():
         model = build_model(start.training_args, num_classes)
-    callbacks = (
-        training_callbacks(run_dir, validation, max_minutes=args.max_minutes,
-                           reduce_lr_patience=_planned.reduce_lr_patience(args))
-        + _planned.schedule_callbacks(start.training_args)
-        + _common.tracking_callbacks(run_dir, args, chief=start.chief)
-    )
-    fit_started = time.perf_counter()
-    model.fit(
-        start.shard(training),
-        validation_data=start.shard(validation_batches),
-        epochs=args.epochs,
-        callbacks=callbacks,
-        verbose=_common.fit_verbosity(start.chief),
-        shuffle=False,  # the pipeline shuffles; Keras warns that it ignores True
-    )
-    return run_dir / "best.keras", time.perf_counter() - fit_started, start.chief
+    return _planned.fit(start, args, model, training, validation_batches, validation)
 
 
 def train(args) -> pathlib.Path:
