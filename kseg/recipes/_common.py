@@ -1,7 +1,8 @@
 """What the recipes share: the ``--folds`` option and its check (``--validation-fold all``:
 cross-validation, :mod:`kseg.recipes.cross_validation`), the tuning options, the
 ``--strategy`` of a training run, its start (:func:`start_training`) and its ``fit``
-(:func:`fit`), the TFDS build step, progress settings and the closing run-time line.
+(:func:`fit`), the 2D recipes' network, the TFDS build step, progress settings and the
+closing run-time line.
 
 Standard library only at import time: the recipes import this before parsing their
 arguments, and ``--help`` or a bad argument must answer before TensorFlow loads (tens of
@@ -665,6 +666,33 @@ def fit(start: TrainingStart, args, model, training, validation_data, volume_val
         **fit_options,
     )
     return run_dir / "best.keras", time.perf_counter() - fit_started, start.chief
+
+
+def compiled_unet_small(args, num_classes: int, *, loss, dropout: float):
+    """The 2D recipes' network: ``unet_small`` on ``--image-size`` squares of one channel
+    (``--depth`` poolings, ``--base-filters``, ``dropout`` at the bottleneck) with
+    ``num_classes`` output channels (1: sigmoid, else softmax), compiled with ``loss`` and
+    Adam at ``--learning-rate``, Dice logged as ``dice``."""
+    import keras
+
+    import kseg.metrics
+    import kseg.models
+
+    model = kseg.models.build(
+        "unet_small",
+        input_shape=(args.image_size, args.image_size, 1),
+        num_classes=num_classes,
+        base_filters=args.base_filters,
+        # runs recorded before --depth existed: unet_small's 3
+        depth=getattr(args, "depth", 3),
+        dropout=dropout,
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=loss,
+        metrics=[kseg.metrics.DiceScore(num_classes=num_classes, name="dice")],
+    )
+    return model
 
 
 class RunClock:

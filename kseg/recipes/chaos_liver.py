@@ -166,31 +166,13 @@ def build_model(args, num_classes: int = 1):
     """The compiled network: ``unet_small`` (``--depth`` poolings, dropout 0.1) with
     ``--loss`` (Combo or Dice + cross-entropy), Adam at ``--learning-rate``;
     ``num_classes`` output channels (the liver task's 1: sigmoid)."""
-    import keras
-
     import kseg.losses
-    import kseg.metrics
-    import kseg.models
 
-    model = kseg.models.build(
-        "unet_small",
-        input_shape=(*_image_size(args), 1),
-        num_classes=num_classes,
-        base_filters=args.base_filters,
-        # runs recorded before --depth existed: unet_small's 3
-        depth=getattr(args, "depth", 3),
-        dropout=0.1,
-    )
     if getattr(args, "loss", "combo") == "dice_ce":
         loss = kseg.losses.DiceCELoss()
     else:
         loss = kseg.losses.ComboLoss(alpha=2 / 3, beta=0.5)
-    model.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=loss,
-        metrics=[kseg.metrics.DiceScore(num_classes=num_classes, name="dice")],
-    )
-    return model
+    return _common.compiled_unet_small(args, num_classes, loss=loss, dropout=0.1)
 
 
 def _training_data(args, builder, splits):

@@ -226,27 +226,10 @@ def build_model(args, num_classes: int):
     """The compiled network: ``unet_small`` (``--depth`` poolings, dropout 0.1) with Dice +
     cross-entropy, Adam
     at ``--learning-rate``; ``num_classes`` output channels (1: sigmoid, else softmax)."""
-    import keras
-
     import kseg.losses
-    import kseg.metrics
-    import kseg.models
 
-    model = kseg.models.build(
-        "unet_small",
-        input_shape=(*_image_size(args), 1),
-        num_classes=num_classes,
-        base_filters=args.base_filters,
-        # runs recorded before --depth existed: unet_small's 3
-        depth=getattr(args, "depth", 3),
-        dropout=0.1,
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=kseg.losses.DiceCELoss(),
-        metrics=[kseg.metrics.DiceScore(num_classes=num_classes, name="dice")],
-    )
-    return model
+    return _common.compiled_unet_small(args, num_classes, loss=kseg.losses.DiceCELoss(),
+                                       dropout=0.1)
 
 
 def _training_data(args, builder, splits, num_classes, labels):

@@ -212,28 +212,11 @@ def batches(builder, split, args, num_classes, *, patients=None, examples_per_pa
 def build_model(args, num_classes: int):
     """The compiled network: ``unet_small`` (``--dropout``) with Dice + cross-entropy, Adam
     at ``--learning-rate``; ``num_classes`` output channels (1: sigmoid, else softmax)."""
-    import keras
-
-    from kseg import models
     from kseg.losses import DiceCELoss
-    from kseg.metrics import DiceScore
 
-    model = models.build(
-        "unet_small",
-        input_shape=(args.image_size, args.image_size, 1),
-        num_classes=num_classes,
-        base_filters=args.base_filters,
-        # runs recorded before --depth existed: unet_small's 3
-        depth=getattr(args, "depth", 3),
-        # runs recorded before --dropout existed trained without it
-        dropout=getattr(args, "dropout", 0.0),
-    )
-    model.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=DiceCELoss(),
-        metrics=[DiceScore(num_classes=num_classes)],
-    )
-    return model
+    # runs recorded before --dropout existed trained without it
+    return _common.compiled_unet_small(args, num_classes, loss=DiceCELoss(),
+                                       dropout=getattr(args, "dropout", 0.0))
 
 
 def image_cases(builder, split, size: int):
