@@ -1,8 +1,8 @@
 """What the recipes share: the ``--folds`` option and its check (``--validation-fold all``:
 cross-validation, :mod:`kseg.recipes.cross_validation`), the tuning options, the
 ``--strategy`` of a training run, its start (:func:`start_training`) and its ``fit``
-(:func:`fit`), the 2D recipes' network, the TFDS build step, progress settings and the
-closing run-time line.
+(:func:`fit`), the 2D recipes' network and CT slice data, the TFDS build step, progress
+settings and the closing run-time line.
 
 Standard library only at import time: the recipes import this before parsing their
 arguments, and ``--help`` or a bad argument must answer before TensorFlow loads (tens of
@@ -693,6 +693,38 @@ def compiled_unet_small(args, num_classes: int, *, loss, dropout: float):
         metrics=[kseg.metrics.DiceScore(num_classes=num_classes, name="dice")],
     )
     return model
+
+
+def slice_training_data(args, builder, splits, augmenter, *, window, num_classes: int = 1,
+                        labels: dict | None = None):
+    """The training data of a per-slice CT dataset: augmented training batches
+    (``augmenter(args)``), validation slice batches, and the whole-volume validation that
+    picks the checkpoint (the Dice of each validation patient, its mean over ``labels``'
+    structures when given, on the original grid, with the model input exactly as
+    training makes it)."""
+    from kseg.data.pipeline import model_input, segmentation_dataset
+    from kseg.training import VolumeValidation
+
+    size = (args.image_size, args.image_size)
+    training = segmentation_dataset(
+        builder.as_dataset(split=splits["train"]), window=window, image_size=size,
+        num_classes=num_classes, batch_size=args.batch_size, augment=augmenter(args),
+        shuffle_buffer=1024, cache=True, seed=args.seed,
+    )  # fmt: skip
+    validation_slices = segmentation_dataset(
+        builder.as_dataset(split=splits["validation"]),
+        window=window,
+        image_size=size,
+        num_classes=num_classes,
+        batch_size=args.batch_size,
+        cache=True,
+    )
+    validation = VolumeValidation.from_slices(
+        builder.as_dataset(split=splits["validation"]),
+        preprocess=model_input(window=window, image_size=size),
+        labels=labels,
+    )
+    return training, validation_slices, validation
 
 
 class RunClock:

@@ -177,30 +177,8 @@ def build_model(args, num_classes: int = 1):
 
 def _training_data(args, builder, splits):
     """Augmented training batches, validation slice batches, and the whole-volume
-    validation that picks the checkpoint."""
-    from kseg.data.pipeline import model_input, segmentation_dataset
-    from kseg.training import VolumeValidation
-
-    size = _image_size(args)
-    training = segmentation_dataset(
-        builder.as_dataset(split=splits["train"]), window=_window(args), image_size=size,
-        batch_size=args.batch_size, augment=augmenter(args),
-        shuffle_buffer=1024, cache=True, seed=args.seed,
-    )  # fmt: skip
-    validation_slices = segmentation_dataset(
-        builder.as_dataset(split=splits["validation"]),
-        window=_window(args),
-        image_size=size,
-        batch_size=args.batch_size,
-        cache=True,
-    )
-    # whole-volume Dice of each validation patient, on the original grid, with the model
-    # input exactly as segmentation_dataset makes it for training
-    validation = VolumeValidation.from_slices(
-        builder.as_dataset(split=splits["validation"]),
-        preprocess=model_input(window=_window(args), image_size=size),
-    )
-    return training, validation_slices, validation
+    validation that picks the checkpoint (:func:`_common.slice_training_data`)."""
+    return _common.slice_training_data(args, builder, splits, augmenter, window=_window(args))
 
 
 def _inference(args, postprocess: str) -> dict:

@@ -233,31 +233,12 @@ def build_model(args, num_classes: int):
 
 
 def _training_data(args, builder, splits, num_classes, labels):
-    from kseg.data.pipeline import model_input, segmentation_dataset
-    from kseg.training import VolumeValidation
-
-    size = _image_size(args)
-    training = segmentation_dataset(
-        builder.as_dataset(split=splits["train"]), window=_window(args), image_size=size,
-        num_classes=num_classes, batch_size=args.batch_size, augment=augmenter(args),
-        shuffle_buffer=1024, cache=True, seed=args.seed,
-    )  # fmt: skip
-    validation_slices = segmentation_dataset(
-        builder.as_dataset(split=splits["validation"]),
-        window=_window(args),
-        image_size=size,
-        num_classes=num_classes,
-        batch_size=args.batch_size,
-        cache=True,
-    )
-    # whole-volume Dice of each validation patient (mean over organs for the multi-class
-    # configs), on the original grid, with the model input made as for training
-    validation = VolumeValidation.from_slices(
-        builder.as_dataset(split=splits["validation"]),
-        preprocess=model_input(window=_window(args), image_size=size),
+    """:func:`_common.slice_training_data`, the whole-volume validation Dice a mean over
+    organs for the multi-class configs."""
+    return _common.slice_training_data(
+        args, builder, splits, augmenter, window=_window(args), num_classes=num_classes,
         labels=_scored_labels(num_classes, labels),
-    )
-    return training, validation_slices, validation
+    )  # fmt: skip
 
 
 def _train(args):
