@@ -288,6 +288,18 @@ def mirror_axes(args, augmenter, class_names) -> list[int]:
     return list(inference_mirror_axes(augmenter, 2, list(class_names)))
 
 
+def slice_inference(args, augmenter, labels, *, window, num_classes: int, postprocess: str,
+                    modality: str) -> dict:
+    """config.json's ``inference`` section of a 2D run on ``--image-size`` squares:
+    ``window`` (a CT window or the X-ray's per-image scaling), threshold 0.5, and the
+    mirror axes of :func:`mirror_axes`."""
+    return {
+        "kind": "slices", "window": window, "image_size": [args.image_size] * 2,
+        "num_classes": num_classes, "threshold": 0.5, "postprocess": postprocess,
+        "modality": modality, "mirror_axes": mirror_axes(args, augmenter(args), labels),
+    }  # fmt: skip
+
+
 def record_sources(run_dir, args, hand_picked: dict) -> None:
     """Add a ``"plan"`` section to ``RUN/config.json`` (atomically): the ``--plan`` value,
     the files, and where each planned option came from. Nothing with ``--plan none``."""

@@ -181,14 +181,6 @@ def _training_data(args, builder, splits):
     return _common.slice_training_data(args, builder, splits, augmenter, window=_window(args))
 
 
-def _inference(args, postprocess: str) -> dict:
-    return {
-        "kind": "slices", "window": _window(args), "image_size": list(_image_size(args)),
-        "num_classes": 1, "threshold": 0.5, "postprocess": postprocess, "modality": "CT",
-        "mirror_axes": _planned.mirror_axes(args, augmenter(args), LABELS),
-    }  # fmt: skip
-
-
 def _train(args):
     """Train under ``--strategy``; returns ``(RUN/best.keras, fit seconds, chief)``."""
     import kseg
@@ -199,9 +191,11 @@ def _train(args):
     start = _common.start_training(args, prepare_planned)
     builder = start.builder
     if start.chief:
-        run_config.write_config(
-            run_dir, args, "chaos_liver", builder, LABELS, _inference(args, args.postprocess)
-        )
+        inference = _planned.slice_inference(
+            args, augmenter, LABELS, window=_window(args), num_classes=1,
+            postprocess=args.postprocess, modality="CT",
+        )  # fmt: skip
+        run_config.write_config(run_dir, args, "chaos_liver", builder, LABELS, inference)
         _planned.record_sources(run_dir, args, HAND_PICKED)
     run_splits = splits(args)
     training, validation_slices, validation = _training_data(

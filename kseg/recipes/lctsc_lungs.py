@@ -250,11 +250,11 @@ def _train(args):
     builder = start.builder
     num_classes, labels = _classes(builder)
     if start.chief:
-        run_config.write_config(run_dir, args, "lctsc_lungs", builder, labels, {
-            "kind": "slices", "window": _window(args), "image_size": list(_image_size(args)),
-            "num_classes": num_classes, "threshold": 0.5, "postprocess": "none",
-            "modality": "CT", "mirror_axes": _planned.mirror_axes(args, augmenter(args), labels),
-        })  # fmt: skip
+        inference = _planned.slice_inference(
+            args, augmenter, labels, window=_window(args), num_classes=num_classes,
+            postprocess="none", modality="CT",
+        )  # fmt: skip
+        run_config.write_config(run_dir, args, "lctsc_lungs", builder, labels, inference)
         _planned.record_sources(run_dir, args, HAND_PICKED)
     run_splits = splits(args)
     if start.chief:  # the chief describes the data for every worker

@@ -323,12 +323,11 @@ def _train(args):
     builder = start.builder
     num_classes, labels = _classes(builder)
     if start.chief:
-        run_config.write_config(run_dir, args, "xray_multiclass", builder, labels, {
-            "kind": "slices", "window": INTENSITY, "image_size": [args.image_size] * 2,
-            "num_classes": num_classes, "threshold": 0.5, "postprocess": "none",
-            "modality": "radiograph",
-            "mirror_axes": _planned.mirror_axes(args, augmenter(args), labels),
-        })  # fmt: skip
+        inference = _planned.slice_inference(
+            args, augmenter, labels, window=INTENSITY, num_classes=num_classes,
+            postprocess="none", modality="radiograph",
+        )  # fmt: skip
+        run_config.write_config(run_dir, args, "xray_multiclass", builder, labels, inference)
         _planned.record_sources(run_dir, args, HAND_PICKED_ALL)
     training, validation_batches, validation = _training_data(
         start.training_args, builder, splits(args), num_classes, labels, chief=start.chief
