@@ -35,6 +35,37 @@ def search_space(args, space: dict, *, stages) -> tuple[dict, list | None]:
     return space, stages
 
 
+def search_unet_small(args, num_classes: int, data, *, losses, learning_rate, **hypermodel_options):
+    """The 2D recipes' search (:func:`run_search`) of ``unet_small`` (``--depth``
+    poolings) on ``--image-size`` squares: ``--base-filters`` or twice as many, each of
+    ``losses``, Adam's rate in the ``learning_rate`` range; a staged search tries the
+    losses, then the widths. ``data``: ``(training batches, validation batches,
+    VolumeValidation)``; ``hypermodel_options`` go to
+    :class:`kseg.tuning.SegmentationHyperModel` as they are (``dropout``, ``loss_kwargs``)."""
+    from kseg.tuning import SegmentationHyperModel
+
+    training, validation_data, volume_validation = data
+    base_filters = [args.base_filters, 2 * args.base_filters]
+    losses = list(losses)
+    space, stages = search_space(
+        args,
+        {"base_filters": base_filters, "losses": losses, "learning_rate": learning_rate},
+        stages=[("loss", losses), ("base_filters", base_filters)],
+    )
+    hypermodel = SegmentationHyperModel(
+        (args.image_size, args.image_size, 1), num_classes, models="unet_small",
+        depth=getattr(args, "depth", 3), **hypermodel_options, **space,
+    )  # fmt: skip
+    return run_search(
+        args,
+        hypermodel,
+        training=training,
+        validation_data=validation_data,
+        volume_validation=volume_validation,
+        stages=stages,
+    )
+
+
 def run_search(
     args,
     hypermodel,

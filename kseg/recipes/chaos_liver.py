@@ -304,36 +304,14 @@ def tune(args) -> dict | None:
     import keras
 
     from kseg.recipes import _tuning
-    from kseg.tuning import SegmentationHyperModel
 
     keras.utils.set_random_seed(args.seed)
     builder = prepare_planned(args)
-    training, validation_slices, validation = _training_data(args, builder, splits(args))
-    base_filters = [args.base_filters, 2 * args.base_filters]
-    losses = ["combo", "dice_ce"]
-    space, stages = _tuning.search_space(
-        args,
-        {"base_filters": base_filters, "losses": losses,
-         "learning_rate": (args.learning_rate / 10, args.learning_rate)},
-        stages=[("loss", losses), ("base_filters", base_filters)],
-    )  # fmt: skip
-    hypermodel = SegmentationHyperModel(
-        (*_image_size(args), 1),
-        1,
-        models="unet_small",
-        depth=getattr(args, "depth", 3),
-        dropout=0.1,
+    return _tuning.search_unet_small(
+        args, 1, _training_data(args, builder, splits(args)), losses=LOSSES,
+        learning_rate=(args.learning_rate / 10, args.learning_rate), dropout=0.1,
         loss_kwargs={"combo": {"alpha": 2 / 3, "beta": 0.5}},
-        **space,
-    )
-    return _tuning.run_search(
-        args,
-        hypermodel,
-        training=training,
-        validation_data=validation_slices,
-        volume_validation=validation,
-        stages=stages,
-    )
+    )  # fmt: skip
 
 
 def _report(args, best_path):

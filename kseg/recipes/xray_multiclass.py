@@ -396,33 +396,14 @@ def tune(args) -> dict | None:
     import keras
 
     from kseg.recipes import _tuning
-    from kseg.tuning import SegmentationHyperModel
 
     keras.utils.set_random_seed(args.seed)
     builder = prepare_planned(args)
     num_classes, labels = _classes(builder)
-    training, validation_batches, validation = _training_data(
-        args, builder, splits(args), num_classes, labels
-    )
-    base_filters = [args.base_filters, 2 * args.base_filters]
-    losses = ["dice_ce", "dice"]
-    space, stages = _tuning.search_space(
-        args,
-        {"base_filters": base_filters, "losses": losses,
-         "learning_rate": (args.learning_rate / 10, args.learning_rate * 10)},
-        stages=[("loss", losses), ("base_filters", base_filters)],
-    )  # fmt: skip
-    hypermodel = SegmentationHyperModel(
-        (args.image_size, args.image_size, 1), num_classes, models="unet_small",
-        depth=getattr(args, "depth", 3), **space
-    )
-    return _tuning.run_search(
-        args,
-        hypermodel,
-        training=training,
-        validation_data=validation_batches,
-        volume_validation=validation,
-        stages=stages,
+    return _tuning.search_unet_small(
+        args, num_classes, _training_data(args, builder, splits(args), num_classes, labels),
+        losses=["dice_ce", "dice"],
+        learning_rate=(args.learning_rate / 10, args.learning_rate * 10),
     )
 
 
