@@ -1,6 +1,7 @@
-"""What the recipes' ``evaluate`` share: the ``RUN/evaluation/<name>/`` folder, the per-case
-``.npz`` files the report's slice viewer reads, scoring a 2D model with those files
-written, and the TFDS dataset of an ``--input`` folder.
+"""What the recipes' ``evaluate`` share: the run's model, the ``RUN/evaluation/<name>/``
+folder, the per-case ``.npz`` files the report's slice viewer reads, scoring a 2D model
+with those files written, the TFDS dataset of an ``--input`` folder, and the saved and
+printed table.
 
 Each case file holds exactly the arrays its table row was scored on: the prediction is the
 label map after thresholding (or argmax) and post-processing, the reference is the stored
@@ -33,6 +34,19 @@ _SAFE_FILE_NAME = re.compile(r"^[^/\\\x00]+$")
 
 def evaluation_folder(run_dir, name: str) -> pathlib.Path:
     return pathlib.Path(run_dir) / "evaluation" / name
+
+
+def run_model(run_dir):
+    """``(model, inference)``: ``RUN/best.keras`` made into what ``config.json``'s
+    ``inference`` section says the run predicts with
+    (:func:`kseg.predict.inference_model`), and that section."""
+    import kseg
+    from kseg.predict import inference_model
+    from kseg.recipes import run_config
+
+    inference = run_config.read_config(run_dir)["inference"]
+    model = kseg.load_model(pathlib.Path(run_dir) / "best.keras")
+    return inference_model(model, inference), inference
 
 
 def write_case(
@@ -196,3 +210,15 @@ def save_table(table: PatientTable, folder) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path)
     return path
+
+
+def show_table(args, table: PatientTable, folder, heading: str) -> PatientTable:
+    """The end of a recipe's ``evaluate``: ``folder/scores.csv`` saved, ``heading`` and the
+    table printed, the evaluation logged with ``--mlflow``; returns ``table``."""
+    from kseg.recipes import _common
+
+    save_table(table, folder)
+    print(heading)
+    print(table)
+    _common.log_evaluation(args)
+    return table

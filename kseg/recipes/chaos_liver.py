@@ -183,9 +183,7 @@ def _training_data(args, builder, splits):
 
 def _train(args):
     """Train under ``--strategy``; returns ``(RUN/best.keras, fit seconds, chief)``."""
-    import kseg
-    from kseg.predict import inference_model
-    from kseg.recipes import run_config
+    from kseg.recipes import _evaluation, run_config
 
     run_dir = pathlib.Path(args.output_dir)
     start = _common.start_training(args, prepare_planned)
@@ -212,8 +210,7 @@ def _train(args):
         start, args, model, training, validation_slices, validation
     )
     if args.postprocess == "auto" and chief:  # it rewrites config.json
-        model = inference_model(kseg.load_model(best_path),
-                                run_config.read_config(run_dir)["inference"])
+        model, _ = _evaluation.run_model(run_dir)
         _choose_postprocessing(args, model, builder, run_splits)
     return best_path, fit_seconds, chief
 
@@ -253,16 +250,13 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     Writes ``RUN/evaluation/<name>/scores.csv`` and ``cases/<patient>.npz``."""
     if input_dir is None:
         _common.check_split(args, split)  # before TensorFlow loads
-    import kseg
     from kseg.inference import keep_largest_component
-    from kseg.predict import inference_model
-    from kseg.recipes import _evaluation, run_config
+    from kseg.recipes import _evaluation
     from tfds_builders.chaos import Builder
 
     run_dir = pathlib.Path(args.output_dir)
-    config = run_config.read_config(run_dir)
-    model = inference_model(kseg.load_model(run_dir / "best.keras"), config["inference"])
-    postprocess = config["inference"]["postprocess"]
+    model, inference = _evaluation.run_model(run_dir)
+    postprocess = inference["postprocess"]
     if postprocess == "auto":  # training stopped before it chose
         postprocess = _choose_postprocessing(args, model, prepare(args), splits(args))
     name = _common.evaluation_name(split, input_dir)
@@ -284,17 +278,13 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         cases_dir=folder / "cases", metrics=METRICS,
         postprocess={"none": None, "largest-component": keep_largest_component}[postprocess],
     )  # fmt: skip
-    _evaluation.save_table(table, folder)
     source = "real CHAOS" if args.data_dir else "SYNTHETIC phantom"
     if input_dir is not None:
         source = str(input_dir)
-    print(
-        f"\nPer-patient {name} scores ({source} data, whole volumes, original grid, "
-        f"post-processing: {postprocess}):"
-    )
-    print(table)
-    _common.log_evaluation(args)
-    return table
+    return _evaluation.show_table(
+        args, table, folder, f"\nPer-patient {name} scores ({source} data, whole volumes, "
+        f"original grid, post-processing: {postprocess}):",
+    )  # fmt: skip
 
 
 def tune(args) -> dict | None:

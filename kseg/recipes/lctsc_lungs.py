@@ -284,15 +284,13 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     ``RUN/evaluation/<name>/scores.csv`` and ``cases/<patient>.npz``."""
     if input_dir is None:
         _common.check_split(args, split)  # before TensorFlow loads
-    import kseg
     from kseg.errors import LayoutError
-    from kseg.predict import inference_model, postprocessing
-    from kseg.recipes import _evaluation, run_config
+    from kseg.predict import postprocessing
+    from kseg.recipes import _evaluation
     from tfds_builders.lctsc import Builder
 
     run_dir = pathlib.Path(args.output_dir)
-    inference = run_config.read_config(run_dir)["inference"]
-    model = inference_model(kseg.load_model(run_dir / "best.keras"), inference)
+    model, inference = _evaluation.run_model(run_dir)
     # a cross-validation records the clean-up its out-of-fold predictions chose
     clean_up = postprocessing(inference)
     name = _common.evaluation_name(split, input_dir)
@@ -325,14 +323,10 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         cases_dir=folder / "cases", labels=scored_labels, postprocess=clean_up,
         metrics=BINARY_METRICS if scored_labels is None else ORGAN_METRICS,
     )  # fmt: skip
-    _evaluation.save_table(table, folder)
-    print(
-        f"\nPer-patient scores on {name} = {examples_split} ({source} data, whole volumes, "
-        "original grid, distances in mm):"
-    )
-    print(table)
-    _common.log_evaluation(args)
-    return table
+    return _evaluation.show_table(
+        args, table, folder, f"\nPer-patient scores on {name} = {examples_split} ({source} "
+        "data, whole volumes, original grid, distances in mm):",
+    )  # fmt: skip
 
 
 def tune(args) -> dict | None:

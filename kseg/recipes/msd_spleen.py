@@ -439,11 +439,10 @@ def evaluate(args, *, split: str = "test", input_dir=None):
             prediction=prediction.array,
             spacing=reference.spacing,
         )
-    _evaluation.save_table(table, folder)
-    print(f"\n{title}, whole volumes on their original grids (Dice, HD95 in mm):")
-    print(table)
-    _common.log_evaluation(args)
-    return table
+    return _evaluation.show_table(
+        args, table, folder,
+        f"\n{title}, whole volumes on their original grids (Dice, HD95 in mm):",
+    )  # fmt: skip
 
 
 def tune(args) -> dict | None:

@@ -350,14 +350,12 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     ``cases/<image>.npz`` (one slice, spacing 1 pixel)."""
     if input_dir is None:
         _common.check_split(args, split)  # before TensorFlow loads
-    import kseg
-    from kseg.predict import inference_model, postprocessing
-    from kseg.recipes import _evaluation, run_config
+    from kseg.predict import postprocessing
+    from kseg.recipes import _evaluation
     from tfds_builders.xray import Builder
 
     run_dir = pathlib.Path(args.output_dir)
-    inference = run_config.read_config(run_dir)["inference"]
-    model = inference_model(kseg.load_model(run_dir / "best.keras"), inference)
+    model, inference = _evaluation.run_model(run_dir)
     # a cross-validation records the clean-up its out-of-fold predictions chose
     clean_up = postprocessing(inference)
     name = _common.evaluation_name(split, input_dir)
@@ -382,11 +380,10 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         labels=_scored_labels(num_classes, labels),
         postprocess=clean_up,
     )
-    _evaluation.save_table(table, folder)
-    print(f"\n{title}, one row per image, scored on the stored mask grid (HD95 in pixels):")
-    print(table)
-    _common.log_evaluation(args)
-    return table
+    return _evaluation.show_table(
+        args, table, folder,
+        f"\n{title}, one row per image, scored on the stored mask grid (HD95 in pixels):",
+    )  # fmt: skip
 
 
 def tune(args) -> dict | None:
