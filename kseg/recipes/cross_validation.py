@@ -362,10 +362,11 @@ def evaluate(module, args: argparse.Namespace, *, split: str = "test", input_dir
     return table
 
 
-def run_main(module, argv, train_run, report):
+def run_main(module, argv, train_run, report=None):
     """A recipe's ``main``: parse ``argv``, train (:func:`train_for_main`), and on the chief
-    ``report(args, best.keras)``, whose value ``main`` returns, then the time line. A kseg
-    error ends the script with its message (:func:`kseg.recipes._common.run`)."""
+    ``report(args, best.keras)`` (without one, :func:`test_fold_report`), whose value
+    ``main`` returns, then the time line. A kseg error ends the script with its message
+    (:func:`kseg.recipes._common.run`)."""
 
     def main():
         args = module.parse_args(argv)
@@ -373,11 +374,22 @@ def run_main(module, argv, train_run, report):
         best_path, fit_seconds, chief = train_for_main(module, args, train_run)
         if not chief:  # the chief evaluates and reports for the cluster
             return None
-        result = report(args, best_path)
+        if report is None:
+            result = test_fold_report(module, args)
+        else:
+            result = report(args, best_path)
         print(f"training {fit_seconds:.0f} s; whole run {clock.summary()}")
         return result
 
     return _common.run(main)
+
+
+def test_fold_report(module, args: argparse.Namespace):
+    """What a recipe's ``main`` reports by default: the recipe's test table
+    (:func:`kseg.recipes._common.evaluate_test_fold`), then where the run's outputs are."""
+    table = _common.evaluate_test_fold(args, module.evaluate)
+    print(f"\nOutputs in {args.output_dir}")
+    return table
 
 
 def train_for_main(module, args: argparse.Namespace, train_run):

@@ -404,14 +404,8 @@ def tune(args) -> dict | None:
     )
 
 
-def _report(args, best_path):
-    table = _common.evaluate_test_fold(args, evaluate)
-    print(f"\nOutputs in {args.output_dir}")
-    return table
-
-
 def main(argv=None):
     """The example: prepare, train, evaluate on the test fold; returns the test table
     (``None`` with ``--test-fold none``)."""
     # --validation-fold all: one member per non-test fold, RUN/best.keras their ensemble
-    return cross_validation.run_main(sys.modules[__name__], argv, _train, _report)
+    return cross_validation.run_main(sys.modules[__name__], argv, _train)
