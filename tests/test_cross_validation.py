@@ -208,6 +208,19 @@ def test_rerun_with_other_options_names_them(run):
     assert calls == []
 
 
+def test_an_unreadable_member_record_names_its_file(tmp_path):
+    from kseg.errors import UnreadableFileError
+
+    member = argparse.Namespace(output_dir=cross_validation.member_dir(tmp_path, 1))
+    member.output_dir.mkdir(parents=True)
+    record = member.output_dir / cross_validation.FINISHED_FILE
+    record.write_text('{"validation_fold": 1,', encoding="utf-8")  # cut off mid-write
+    with pytest.raises(UnreadableFileError) as raised:
+        cross_validation._finished_record(member)
+    assert str(raised.value).startswith(f"{record}: is not a readable JSON file")
+    assert record.read_text(encoding="utf-8") == '{"validation_fold": 1,'
+
+
 def _usage_error(capsys, call) -> str:
     with pytest.raises(SystemExit) as raised:
         call()

@@ -668,6 +668,13 @@ def fit(start: TrainingStart, args, model, training, validation_data, volume_val
     return run_dir / "best.keras", time.perf_counter() - fit_started, start.chief
 
 
+def scored_labels(num_classes: int, labels: dict) -> dict | None:
+    """The ``labels`` argument of the scoring functions for a model of ``num_classes``
+    output channels: ``None`` scores one binary structure (one sigmoid channel) in plain
+    columns (``dice``), a dict one column per structure (``dice_heart``)."""
+    return None if num_classes == 1 else labels
+
+
 def compiled_unet_small(args, num_classes: int, *, loss, dropout: float):
     """The 2D recipes' network: ``unet_small`` on ``--image-size`` squares of one channel
     (``--depth`` poolings, ``--base-filters``, ``dropout`` at the bottleneck) with

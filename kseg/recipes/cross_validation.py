@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import pathlib
 import shutil
@@ -74,17 +73,14 @@ def _finished_record(args: argparse.Namespace) -> dict | None:
     """The finished-member record of ``args.output_dir``, or ``None`` while the member is
     not finished. A record of other options is an error: skipping it would put a model
     of another command into this ensemble."""
-    from kseg.errors import LayoutError, UnreadableFileError
+    from kseg.errors import LayoutError
     from kseg.recipes import run_config
 
     folder = pathlib.Path(args.output_dir)
     path = folder / FINISHED_FILE
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise UnreadableFileError(path, f"is not a readable JSON file: {error}") from error
+    record = run_config.read_json(path)
     if not (folder / "best.keras").is_file():
         raise LayoutError(folder, f"says in {FINISHED_FILE} that it finished training but "
                                   "holds no best.keras; remove the folder to train it again")
@@ -221,9 +217,7 @@ def _read_case(path: pathlib.Path):
 def _scored_labels(config: dict):
     """The ``labels`` argument the recipe scored with: ``None`` for one structure (one
     sigmoid channel), else ``{name: value}``."""
-    if int(config["inference"]["num_classes"]) == 1:
-        return None
-    return dict(config["labels"])
+    return _common.scored_labels(int(config["inference"]["num_classes"]), dict(config["labels"]))
 
 
 def out_of_fold(args: argparse.Namespace):

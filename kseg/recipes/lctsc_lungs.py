@@ -167,12 +167,6 @@ def _classes(builder) -> tuple[int, dict]:
     return num_classes, {name: index for index, name in enumerate(class_names) if index}
 
 
-def _scored_labels(num_classes: int, labels: dict) -> dict | None:
-    """``labels`` argument of the scoring functions: ``None`` scores one binary structure
-    in plain columns (``dice``), a dict one column per organ (``dice_heart``)."""
-    return None if num_classes == 1 else labels
-
-
 def splits(args) -> dict:
     """``{"train": ..., "validation": ..., "test": ..., "challenge_test": ...}``: the TFDS
     split of each role (``challenge_test``: the challenge's own test patients; no ``"test"``
@@ -237,7 +231,7 @@ def _training_data(args, builder, splits, num_classes, labels):
     organs for the multi-class configs."""
     return _common.slice_training_data(
         args, builder, splits, augmenter, window=_window(args), num_classes=num_classes,
-        labels=_scored_labels(num_classes, labels),
+        labels=_common.scored_labels(num_classes, labels),
     )  # fmt: skip
 
 
@@ -315,7 +309,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     # an input folder is prepared with the run's config: the same classes
     num_classes, labels = _classes(builder)
     folder = _evaluation.evaluation_folder(run_dir, name)
-    scored_labels = _scored_labels(num_classes, labels)
+    scored_labels = _common.scored_labels(num_classes, labels)
     table = _evaluation.score_slice_cases(
         model,
         _evaluation.slice_volumes(lambda: builder.as_dataset(split=examples_split),
@@ -364,7 +358,7 @@ def _report(args, best_path):
     for split, table in tables.items():
         columns = (
             ["dice"]
-            if _scored_labels(num_classes, labels) is None
+            if _common.scored_labels(num_classes, labels) is None
             else [f"dice_{organ}" for organ in labels]
         )
         means = ", ".join(f"{column} {table.summary()[column]['mean']:.4f}" for column in columns)

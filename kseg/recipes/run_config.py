@@ -186,6 +186,18 @@ def _resumed_config(run_dir, recipe: str) -> dict | None:
     return config
 
 
+def read_json(path):
+    """The JSON value of the file ``path``.
+
+    Raises:
+        UnreadableFileError: the file cannot be read, is not UTF-8 or is not JSON.
+    """
+    try:
+        return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise UnreadableFileError(path, f"is not a readable JSON file: {error}") from error
+
+
 def write_json(path, value) -> pathlib.Path:
     """``value`` as JSON (sorted keys, indent 2), atomically: the format of config.json
     and of the other records a run folder keeps."""
@@ -219,10 +231,7 @@ def read_config(run_dir) -> dict:
             run_dir, f"holds no {CONFIG_FILE}; expected the folder of a kseg training run "
             "(train writes config.json before the first epoch)"
         )  # fmt: skip
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise UnreadableFileError(path, f"is not a readable JSON file: {error}") from error
+    config = read_json(path)
     if not isinstance(config, dict):
         raise UnreadableFileError(path, f"holds a JSON {type(config).__name__}, expected an object")
     version = config.get("kseg_config_version")

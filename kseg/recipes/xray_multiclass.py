@@ -177,10 +177,6 @@ def _classes(builder) -> tuple[int, dict]:
     return num_classes, {name.replace(" ", "_"): i for i, name in enumerate(class_names) if i}
 
 
-def _scored_labels(num_classes: int, labels: dict) -> dict | None:
-    return None if num_classes == 1 else labels
-
-
 def splits(args) -> dict:
     """``{"train": ..., "validation": ..., "test": ...}``: the TFDS split of each role
     (no ``"test"`` with ``--test-fold none``)."""
@@ -309,7 +305,7 @@ def _training_data(args, builder, splits, num_classes, labels, *, chief=True):
     validation_batches = batches(builder, splits["validation"], args, num_classes)
     validation = VolumeValidation(
         image_cases(builder, splits["validation"], args.image_size),
-        labels=_scored_labels(num_classes, labels),
+        labels=_common.scored_labels(num_classes, labels),
     )
     return training, validation_batches, validation
 
@@ -377,7 +373,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         _scored_images(builder, examples_split, args.image_size),
         cases_dir=folder / "cases",
         metrics=METRICS,
-        labels=_scored_labels(num_classes, labels),
+        labels=_common.scored_labels(num_classes, labels),
         postprocess=clean_up,
     )
     return _evaluation.show_table(
