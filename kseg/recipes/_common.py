@@ -70,14 +70,7 @@ def fold_count(text: str) -> int:
 
 def fold_or_all(text: str) -> int | str:
     """A ``--validation-fold`` value: a fold number, or ``all`` for cross-validation."""
-    if text.strip().lower() == ALL_FOLDS:
-        return ALL_FOLDS
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a fold number or all, got {text!r}"
-        ) from None
+    return _fold_or_word(text, ALL_FOLDS, ALL_FOLDS)
 
 
 def cross_validating(args) -> bool:
@@ -94,13 +87,19 @@ def member_folds(args) -> list[int]:
 
 def fold_or_none(text: str) -> int | None:
     """A ``--test-fold`` value: a fold number, or ``none`` for no test fold."""
-    if text.strip().lower() == "none":
-        return None
+    return _fold_or_word(text, "none", None)
+
+
+def _fold_or_word(text: str, word: str, meaning):
+    """``meaning`` for ``word`` (any case, spaces around it), else ``text`` as a fold
+    number."""
+    if text.strip().lower() == word:
+        return meaning
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a fold number or none, got {text!r}"
+            f"expected a fold number or {word}, got {text!r}"
         ) from None
 
 

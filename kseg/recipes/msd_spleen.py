@@ -223,10 +223,22 @@ def windowed(volumes):
     )
 
 
+def _patches(volumes, args, seed: int):
+    """Random ``--patch-size`` cubes, 4 per volume, ``--positive-fraction`` of them centred
+    on a spleen voxel."""
+    from kseg.data.patches import random_patches
+
+    return random_patches(
+        volumes,
+        (args.patch_size,) * 3,
+        positive_fraction=args.positive_fraction,
+        patches_per_volume=4,
+        seed=seed,
+    )
+
+
 def training_batches(builder, split, args, augmenter):
     import tensorflow as tf
-
-    from kseg.data.patches import random_patches
 
     # The decoded int16 volumes are cached (decompressing every epoch would dominate on
     # small patches); windowing, patch sampling and augmentation run fresh each epoch.
@@ -236,13 +248,7 @@ def training_batches(builder, split, args, augmenter):
         .cache()
         .repeat()
     )
-    patches = random_patches(
-        volumes,
-        (args.patch_size,) * 3,
-        positive_fraction=args.positive_fraction,
-        patches_per_volume=4,
-        seed=args.seed,
-    )
+    patches = _patches(volumes, args, args.seed)
 
     def augment(image, label):
         out = augmenter({"images": image, "segmentation_masks": label}, training=True)
@@ -259,17 +265,8 @@ def training_batches(builder, split, args, augmenter):
 def validation_patches(builder, split, args):
     """A fixed set of validation patches drawn like the training ones (same positive
     fraction), cached after the first pass: the patch Dice the seed reported."""
-    from kseg.data.patches import random_patches
-
     volumes = windowed(builder.as_dataset(split=split))
-    patches = random_patches(
-        volumes,
-        (args.patch_size,) * 3,
-        positive_fraction=args.positive_fraction,
-        patches_per_volume=4,
-        seed=args.seed + 1,
-    )
-    return patches.cache().batch(args.batch_size)
+    return _patches(volumes, args, args.seed + 1).cache().batch(args.batch_size)
 
 
 def whole_volumes(builder, split) -> list[dict]:
