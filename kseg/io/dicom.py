@@ -790,6 +790,59 @@ def _slice_name(path: str, dataset: pydicom.Dataset) -> str:
     return f"{path} frame {dataset.frame_number}" if isinstance(dataset, _Frame) else path
 
 
+# --- what references a series' slices ---------------------------------------------------------
+
+
+def referenced_frame_number(item: pydicom.Dataset) -> int | None:
+    """The one frame an image reference names (its ReferencedFrameNumber), or ``None`` when
+    it names none, several, or no valid frame number. A single-frame image needs none, so a
+    broken value there changes nothing; on a multi-frame image the reference then names no
+    slice, and what it refers to is placed by position with a warning."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's own "invalid IS" warning
+        value = item.get("ReferencedFrameNumber")
+    values = list(value) if isinstance(value, (pydicom.multival.MultiValue, list)) else [value]
+    if len(values) != 1:
+        return None
+    try:
+        frame = int(str(values[0]).strip())
+    except ValueError:
+        return None
+    return frame if frame >= 1 else None
+
+
+class ImageSlices:
+    """A volume's slices by the image each was read from, to place what references them.
+
+    A single-frame image is one slice; each frame of a multi-frame Enhanced CT / MR file is
+    one slice, so its SOPInstanceUID names several and only the frame number tells which
+    (``metadata["frame_numbers"]`` of :func:`read_dicom_series`).
+    """
+
+    def __init__(self, volume: Volume):
+        uids = volume.metadata.get("sop_instance_uids", ())
+        frames = volume.metadata.get("frame_numbers") or (None,) * len(uids)
+        self._slices = {
+            (str(uid), frame): k
+            for k, (uid, frame) in enumerate(zip(uids, frames, strict=True))
+            if uid
+        }
+
+    def __bool__(self) -> bool:
+        return bool(self._slices)
+
+    def slice_of(self, uid: str | None, frame: int | None) -> int | None:
+        """The slice drawn from image ``uid`` (frame ``frame``), or ``None`` when the volume
+        holds no such slice. A frame number on a reference to a single-frame image is
+        ignored (frame 1 is the image); a reference to a multi-frame image without one names
+        no slice."""
+        if uid is None:
+            return None
+        if frame is not None and (uid, frame) in self._slices:
+            return self._slices[(uid, frame)]
+        return self._slices.get((uid, None))
+
+
 # --- header values ----------------------------------------------------------------------------
 
 

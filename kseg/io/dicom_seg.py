@@ -44,8 +44,12 @@ from pydicom.uid import generate_uid
 
 from kseg._files import atomic_output
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
-from kseg.io.dicom import ORIENTATION_ORTHONORMAL_TOLERANCE, unit_cosines
-from kseg.io.rtstruct import _ImageSlices, _referenced_frame_number
+from kseg.io.dicom import (
+    ORIENTATION_ORTHONORMAL_TOLERANCE,
+    ImageSlices,
+    referenced_frame_number,
+    unit_cosines,
+)
 from kseg.io.rtstruct_writer import BlankSeriesUidWarning, _label_array, _roi_names
 from kseg.io.volume import Volume, image_affine
 
@@ -511,7 +515,7 @@ def _segments_and_sources(path: str, ds: pydicom.Dataset, count: int):
                 for source in derivation.get("SourceImageSequence", []):
                     uid = str(source.get("ReferencedSOPInstanceUID", "") or "")
                     if uid and not image[0]:
-                        image = (uid, _referenced_frame_number(source))
+                        image = (uid, referenced_frame_number(source))
         sources.append(image)
     return segments, sources
 
@@ -545,7 +549,7 @@ def _grid_of_source_images(
         affine = image_affine(*spacing)
         shape = (len(images), int(ds.Rows), int(ds.Columns))
     else:
-        slices = _ImageSlices(series)
+        slices = ImageSlices(series)
         slice_of_image = {image: slices.slice_of(*image) for image in set(frames.sources)}
         affine, shape = series.affine, series.shape
         if (int(ds.Rows), int(ds.Columns)) != shape[1:]:
@@ -658,7 +662,7 @@ def _grid_of_series(path: str, ds: pydicom.Dataset, frames: _Frames, series: Vol
             f"{series.shape[1]}x{series.shape[2]}",
         )
     index = _to_index(series.affine, frames.positions)
-    image_slices = _ImageSlices(series)
+    image_slices = ImageSlices(series)
     slices = []
     for frame, (image, (k, j, i)) in enumerate(zip(frames.sources, index, strict=True)):
         nearest = int(np.round(k))

@@ -61,7 +61,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import RTStructureSetStorage
 
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
-from kseg.io.dicom import _cut_short, _starts_like_data_set
+from kseg.io.dicom import (
+    ImageSlices,
+    _cut_short,
+    _starts_like_data_set,
+    referenced_frame_number,
+)
 from kseg.io.volume import Volume
 
 __all__ = [
@@ -531,7 +536,7 @@ def rasterize_roi(
         )
     nz, ny, nx = volume.shape
     mask = np.zeros(volume.shape, dtype=np.uint8)
-    slices = _ImageSlices(volume)
+    slices = ImageSlices(volume)
     world_to_index = np.linalg.inv(volume.affine)
     problems = _ContourProblems()
     polygons_by_slice: dict[int, list[tuple[float, np.ndarray]]] = {}
@@ -847,59 +852,9 @@ def _read_contour(path: str, roi: str, index: int, item: pydicom.Dataset) -> Con
         points=data.reshape(-1, 3),
         geometric_type=str(item.get("ContourGeometricType", _CLOSED_PLANAR)),
         referenced_frame_number=(
-            _referenced_frame_number(images[0]) if len(images) else None
+            referenced_frame_number(images[0]) if len(images) else None
         ),
     )
-
-
-def _referenced_frame_number(item: pydicom.Dataset) -> int | None:
-    """The one frame an image reference names (its ReferencedFrameNumber), or ``None`` when
-    it names none, several, or no valid frame number. A single-frame image needs none, so a
-    broken value there changes nothing; on a multi-frame image the reference then names no
-    slice, and what it refers to is placed by position with a warning."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # pydicom's own "invalid IS" warning
-        value = item.get("ReferencedFrameNumber")
-    values = list(value) if isinstance(value, (pydicom.multival.MultiValue, list)) else [value]
-    if len(values) != 1:
-        return None
-    try:
-        frame = int(str(values[0]).strip())
-    except ValueError:
-        return None
-    return frame if frame >= 1 else None
-
-
-class _ImageSlices:
-    """A volume's slices by the image each was read from, to place what references them.
-
-    A single-frame image is one slice; each frame of a multi-frame Enhanced CT / MR file is
-    one slice, so its SOPInstanceUID names several and only the frame number tells which
-    (``metadata["frame_numbers"]`` of :func:`kseg.io.read_dicom_series`).
-    """
-
-    def __init__(self, volume: Volume):
-        uids = volume.metadata.get("sop_instance_uids", ())
-        frames = volume.metadata.get("frame_numbers") or (None,) * len(uids)
-        self._slices = {
-            (str(uid), frame): k
-            for k, (uid, frame) in enumerate(zip(uids, frames, strict=True))
-            if uid
-        }
-
-    def __bool__(self) -> bool:
-        return bool(self._slices)
-
-    def slice_of(self, uid: str | None, frame: int | None) -> int | None:
-        """The slice drawn from image ``uid`` (frame ``frame``), or ``None`` when the volume
-        holds no such slice. A frame number on a reference to a single-frame image is
-        ignored (frame 1 is the image); a reference to a multi-frame image without one names
-        no slice."""
-        if uid is None:
-            return None
-        if frame is not None and (uid, frame) in self._slices:
-            return self._slices[(uid, frame)]
-        return self._slices.get((uid, None))
 
 
 def _is_number(value) -> bool:
@@ -982,7 +937,7 @@ def _slice_of_contour(
     plane: float,
     index: np.ndarray,
     nz: int,
-    slices: _ImageSlices,
+    slices: ImageSlices,
     problems: _ContourProblems,
 ) -> int | None:
     spread = float(np.ptp(index[:, 0]))
