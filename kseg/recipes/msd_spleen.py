@@ -254,10 +254,13 @@ def training_batches(builder, split, args, augmenter):
         out = augmenter({"images": image, "segmentation_masks": label}, training=True)
         return out["images"], out["segmentation_masks"]
 
+    # Sequential: the seeded augmenter keeps its random state in a variable, which parallel
+    # calls would read in whatever order the threads run (two runs of one command differed
+    # from the first epoch on).
     return (
         patches.shuffle(32, seed=args.seed)
         .batch(args.batch_size, drop_remainder=True)
-        .map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(augment)
         .prefetch(tf.data.AUTOTUNE)
     )
 
