@@ -23,30 +23,40 @@ def shared_data() -> pathlib.Path:
     return SHARED_DATA
 
 
-# Test files heaviest first, by their seconds in a quiet two-core run of the whole suite
-# (--durations, session 16, after that session's trims). pytest-xdist's --dist loadfile
-# hands whole files to its workers in collection order (setup.cfg turns off its own
-# reordering, which puts the files with the MOST tests first and so left the few-test, long
-# multi-process files to run alone at the end while the other worker idled); long files
-# first, short ones fill the gaps. A file not listed comes after these, those holding a
-# test marked slow first, each group in collection order.
+# Test files heaviest first, by their seconds in quiet two-core runs of the whole suite (each
+# test's completion time per worker with -v, session 20; every file above 9 s in one of two
+# runs). pytest-xdist's --dist loadfile hands whole files to its workers in collection order
+# (setup.cfg turns off its own reordering, which puts the files with the MOST tests first and
+# so left the few-test, long multi-process files to run alone at the end while the other
+# worker idled); long files first, short ones fill the gaps. A file not listed comes after
+# these, those holding a test marked slow first, each group in collection order.
 HEAVIEST_FIRST = (
-    "tests/test_studies.py",
     "tests/test_cli.py",
-    "tests/test_examples_2d.py",
-    "tests/test_cross_validation.py",
-    "tests/test_beam_generation.py",
-    "tests/test_recipes_strategy.py",
-    "tests/test_examples.py",
     "tests/test_tuning_staged.py",
-    "tests/test_distributed_tuner.py",
+    "tests/test_cross_validation.py",
+    "tests/test_examples_2d.py",
+    "tests/test_studies.py",
     "tests/test_resume_kill.py",
     "tests/test_recipes.py",
     "tests/test_multi_worker.py",
-    "tests/test_beam_inference.py",
+    "tests/test_examples.py",
+    "tests/test_distributed_tuner.py",
     "tests/test_models.py",
+    "tests/test_recipes_strategy.py",
+    "tests/test_beam_generation.py",
+    "tests/test_tracking.py",
     "tests/test_consistency.py",
+    "tfds_builders/xray/xray_dataset_builder_test.py",
+    "tests/test_report.py",
     "tests/test_tuning.py",
+    "tests/test_predict.py",
+    "tfds_builders/lctsc/lctsc_dataset_builder_test.py",
+    "tests/test_beam_inference.py",
+    "tfds_builders/chaos/chaos_dataset_builder_test.py",
+    "tfds_builders/msd_spleen/msd_spleen_dataset_builder_test.py",
+    "tests/test_fused_batch_norm.py",
+    "tests/test_recorded_postprocessing.py",
+    "tests/test_runtime.py",
 )
 
 
