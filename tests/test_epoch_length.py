@@ -87,8 +87,9 @@ def test_xray_training_batches_know_their_steps(tmp_path):
         assert int(validation_batches.cardinality()) == 2
 
 
-def test_spleen_validation_patches_know_their_steps(tmp_path):
-    # unbatching keeps the count only while each volume's patches have a static number
+def prepared_small_spleen(tmp_path, *options):
+    """The msd_spleen recipe, its arguments and its prepared builder on 3 phantom volumes of
+    8 x 16 x 16 voxels in 3 folds (one per split), 8-voxel patches."""
     from kseg.phantoms.msd_spleen import write_msd_spleen
 
     recipe = load("msd_spleen")
@@ -96,8 +97,13 @@ def test_spleen_validation_patches_know_their_steps(tmp_path):
     write_msd_spleen(manual, num_training=3, num_test=0, shape=(8, 16, 16),
                      spacing=(5.0, 0.8, 0.8), apple_double=False)
     args = recipe.parse_args(["--data-dir", str(manual), "--output-dir", str(tmp_path / "run"),
-                              "--folds", "3", "--patch-size", "8", "--batch-size", "3"])
-    builder = recipe.prepare(args)
+                              "--folds", "3", "--patch-size", "8", *options])
+    return recipe, args, recipe.prepare(args)
+
+
+def test_spleen_validation_patches_know_their_steps(tmp_path):
+    # unbatching keeps the count only while each volume's patches have a static number
+    recipe, args, builder = prepared_small_spleen(tmp_path, "--batch-size", "3")
     # one validation volume, 4 patches: 2 batches of 3 and 1
     validation = recipe.validation_patches(builder, recipe.splits(args)["validation"], args)
     assert int(validation.cardinality()) == 2

@@ -8,6 +8,7 @@ spleen recipe's two runs differed from the first epoch.
 """
 
 import numpy as np
+from test_epoch_length import prepared_small_spleen
 
 from kseg.recipes import load
 
@@ -43,16 +44,8 @@ def _spleen_batches(recipe, builder, args, count):
 
 
 def test_spleen_training_batches_repeat_from_the_seed(tmp_path):
-    from kseg.phantoms.msd_spleen import write_msd_spleen
-
-    recipe = load("msd_spleen")
-    manual = tmp_path / "download"
-    write_msd_spleen(manual, num_training=3, num_test=0, shape=(8, 16, 16),
-                     spacing=(5.0, 0.8, 0.8), apple_double=False)
-    args = recipe.parse_args(["--data-dir", str(manual), "--output-dir", str(tmp_path / "run"),
-                              "--folds", "3", "--patch-size", "8", "--batch-size", "2",
-                              "--augment", "full"])  # fmt: skip
-    builder = recipe.prepare(args)
+    recipe, args, builder = prepared_small_spleen(tmp_path, "--batch-size", "2", "--augment",
+                                                  "full")
     first = _spleen_batches(recipe, builder, args, 6)
     again = _spleen_batches(recipe, builder, args, 6)
     assert not np.array_equal(first[0], first[1])  # augmented patches, not one repeated
