@@ -298,3 +298,15 @@ def test_real_ct_as_a_legacy_converted_enhanced_file_round_trips(shared_data, tm
         for group in pydicom.dcmread(seg).PerFrameFunctionalGroupsSequence
     ]
     assert sorted(set(frames)) == [1, 2, 3]
+
+
+def test_reading_and_both_exports_leave_the_enhanced_file_as_it_was(tmp_path):
+    pytest.importorskip("highdicom")
+    # Per-frame groups: the SEG writer lifts them into a shared group of its own copy.
+    path, volume, _, _ = _enhanced_ct(tmp_path, shared_groups=False)
+    before = (path.read_bytes(), path.stat().st_mtime_ns)
+    labels = _labels(volume.shape)
+    write_dicom_seg(labels, volume, tmp_path / "seg.dcm", {1: "Liver", 2: "Spleen"})
+    write_rtstruct(labels, volume, tmp_path / "rs.dcm", roi_names={1: "Liver", 2: "Spleen"})
+    read_dicom_series([path])
+    assert (path.read_bytes(), path.stat().st_mtime_ns) == before
