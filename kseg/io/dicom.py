@@ -64,6 +64,7 @@ from pydicom.uid import (
 )
 
 from kseg.errors import DicomSeriesError, KsegError, LayoutError, UnreadableFileError
+from kseg.io.image_files import jpeg_2000_irreversible
 from kseg.io.volume import Volume
 
 __all__ = [
@@ -1333,7 +1334,7 @@ def _lossy_compression(path: str, dataset: pydicom.Dataset) -> str | None:
             return None
         shown = "a NEAR the codestream does not say" if near is None else f"NEAR {near}"
         return f"it is {syntax.name} with {shown}"
-    if _irreversible_wavelet(frame):
+    if jpeg_2000_irreversible(frame):
         return f"it is {syntax.name} with the 9-7 irreversible wavelet"
     return None
 
@@ -1346,24 +1347,6 @@ def _jpeg_ls_near(frame: bytes) -> int | None:
             near_at = 3 + 2 * components
             return segment[near_at] if near_at < len(segment) else None
     return None
-
-
-def _irreversible_wavelet(frame: bytes) -> bool:
-    """Whether a JPEG 2000 codestream's COD marker (ISO 15444-1 A.6.1) names the 9-7
-    irreversible wavelet (transform 0) rather than the 5-3 reversible one."""
-    offset = frame.find(b"\xff\x4f\xff\x51", 0, 512)  # SOC then SIZ
-    if offset < 0:
-        return False
-    offset += 2
-    while offset + 4 <= len(frame) and frame[offset] == 0xFF:
-        marker = frame[offset + 1]
-        length = int.from_bytes(frame[offset + 2 : offset + 4], "big")
-        if marker == 0x52:  # COD: Lcod, Scod, SGcod (4 bytes), then levels, xcb, ycb, style
-            return offset + 13 < len(frame) and frame[offset + 13] == 0
-        if marker == 0x90 or length < 2:  # tile part: the main header ended without a COD
-            return False
-        offset += 2 + length
-    return False
 
 
 def _check_decoded_shape(path: str, pixels: np.ndarray, shape: tuple[int, ...]) -> None:

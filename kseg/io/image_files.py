@@ -322,32 +322,41 @@ def is_lossy(path: str, image: Image.Image) -> bool:
 
 
 _JPEG_2000_SOC_SIZ = b"\xff\x4f\xff\x51"  # start of codestream, then the size marker
-_JPEG_2000_COD = b"\xff\x52"
-_JPEG_2000_TILE_START = b"\xff\x90"
+_JPEG_2000_COD = 0x52
+_JPEG_2000_TILE_START = 0x90
 
 
 def _jpeg_2000_irreversible(path: str) -> bool:
     """Whether a JPEG 2000 file (.jp2 or raw codestream) uses the irreversible 9-7 wavelet,
     which is always lossy; the reversible 5-3 one is lossless unless the encoder dropped
-    quality layers, which its header does not say (Pillow decodes both without a word).
-
-    Read from the coding style (COD) segment of the main header (ISO/IEC 15444-1 A.6.1):
-    the byte 13 places after the marker's start is the transformation: 0 for 9-7, 1 for 5-3.
-    """
+    quality layers, which its header does not say (Pillow decodes both without a word). A
+    file whose main header names no wavelet is taken as lossy."""
     with open(path, "rb") as handle:
         data = handle.read(1 << 16)
+    return jpeg_2000_irreversible(data) is not False
+
+
+def jpeg_2000_irreversible(data: bytes) -> bool | None:
+    """Whether the JPEG 2000 codestream in ``data`` (bare, or inside .jp2 boxes) uses the
+    irreversible 9-7 wavelet (True) or the reversible 5-3 one (False); None when no coding
+    style (COD) segment comes before the first tile.
+
+    Read from the COD segment of the main header (ISO/IEC 15444-1 A.6.1): the byte 13 places
+    after the marker's start is the transformation, 0 for 9-7, 1 for 5-3.
+    """
     offset = data.find(_JPEG_2000_SOC_SIZ)
     if offset < 0:
-        return True  # no codestream where one would be: treat as lossy
+        return None
     offset += 2
-    while offset + 14 <= len(data):
-        marker = data[offset : offset + 2]
+    while offset + 4 <= len(data) and data[offset] == 0xFF:
+        marker = data[offset + 1]
+        length = int.from_bytes(data[offset + 2 : offset + 4], "big")
         if marker == _JPEG_2000_COD:
-            return data[offset + 13] == 0
-        if marker == _JPEG_2000_TILE_START:
-            break
-        offset += 2 + int.from_bytes(data[offset + 2 : offset + 4], "big")
-    return True  # no coding style before the tiles: treat as lossy
+            return data[offset + 13] == 0 if offset + 13 < len(data) else None
+        if marker == _JPEG_2000_TILE_START or length < 2:
+            return None
+        offset += 2 + length
+    return None
 
 
 def jpeg_2000_stored(path: str, image: Image.Image) -> tuple[np.ndarray, int] | None:
