@@ -53,6 +53,12 @@ def test_pydicom_rtstruct_reads_as_pydicom_sees_it():
                                                    .ReferencedROINumber))
     np.testing.assert_allclose(roi.contours[0].points.ravel(), [float(v) for v in
                                                                first.ContourData])
+    # Its body outline and isocentres, typed by RTROIObservationsSequence: none is an organ.
+    typed = {int(o.ReferencedROINumber): str(o.RTROIInterpretedType)
+             for o in reference.RTROIObservationsSequence}
+    assert {r.number: r.interpreted_type for r in rois} == typed
+    assert sorted(typed.values()) == ["EXTERNAL", "ISOCENTER", "ISOCENTER"]
+    assert not any(r.may_be_organ for r in rois)
 
 
 @pytest.mark.parametrize(
