@@ -46,8 +46,36 @@ class Volume:
 
     @property
     def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm along ``(z, y, x)``."""
+        """Distance in mm between neighbouring voxel centres along each array axis ``(z, y, x)``:
+        the lengths of the affine's columns (nibabel's ``voxel_sizes``, NIfTI's pixdim).
+
+        On a sheared grid (a gantry-tilted CT, whose slices step off the slice normal) the
+        slice entry is the step from one slice centre to the next, longer than the distance
+        between the slice planes; :attr:`plane_spacing` and :attr:`voxel_volume` are the
+        physical sizes there, and equal ``spacing`` and its product on orthogonal grids.
+        """
         return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def plane_spacing(self) -> tuple[float, float, float]:
+        """Voxel size in mm of the orthogonal grid that keeps this grid's slice planes:
+        the distance between neighbouring slice planes (planes of constant ``k``), then the
+        row and column spacing. It is :attr:`spacing` on any grid whose slice axis is
+        perpendicular to its slices; on a gantry-tilted CT its slice entry is the true slice
+        spacing, which :attr:`spacing` overstates by ``1 / cos(tilt)``. The grid
+        :func:`kseg.geometry.deskew` resamples to has this spacing.
+        """
+        columns = self.affine[:3, :3]
+        in_plane = np.cross(columns[:, 1], columns[:, 2])
+        between_planes = abs(float(np.linalg.det(columns))) / float(np.linalg.norm(in_plane))
+        _, row, column = self.spacing
+        return (between_planes, row, column)
+
+    @property
+    def voxel_volume(self) -> float:
+        """Volume of one voxel in mm³, ``|det(affine)|``: right on sheared and oblique grids,
+        where the product of :attr:`spacing` is too large."""
+        return abs(float(np.linalg.det(self.affine[:3, :3])))
 
     @property
     def origin(self) -> tuple[float, float, float]:
