@@ -3,6 +3,7 @@ radiographs and masks as arrays), and de-identification of DICOM trees."""
 
 from kseg.io.deid import DeidReport, deidentify
 from kseg.io.dicom import (
+    GantryTiltWarning,
     HeaderValueWarning,
     LossyImageWarning,
     SkippedFileWarning,
@@ -65,6 +66,7 @@ __all__ = [
     "read_rtstruct",
     "CHAOS_MR_LABEL_RANGES",
     "DeidReport",
+    "GantryTiltWarning",
     "HeaderValueWarning",
     "FormMismatchWarning",
     "NonFiniteVoxelWarning",

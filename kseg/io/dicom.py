@@ -86,6 +86,9 @@ UNEVEN_GAP_RELATIVE_TOLERANCE = 0.01
 UNEVEN_GAP_ABSOLUTE_TOLERANCE_MM = 0.02
 # Two slices closer than this along the normal are the same slice position.
 SAME_POSITION_TOLERANCE_MM = 1e-3
+# A slice step leaning further than this off the slice normal is a gantry tilt (scanners tilt
+# by whole degrees; positions written to two decimals lean by far less over a series).
+GANTRY_TILT_TOLERANCE_DEGREES = 0.1
 # ImageOrientationPatient cosines must have unit length and be perpendicular to within this
 # (scanners write them rounded to a few decimals); beyond it the orientation is degenerate.
 ORIENTATION_ORTHONORMAL_TOLERANCE = 1e-2
@@ -114,6 +117,7 @@ _FUNCTIONAL_GROUP_VALUES = {
     "PlaneOrientationSequence": ("ImageOrientationPatient",),
     "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
     "FrameVOILUTSequence": ("WindowCenter", "WindowWidth"),
+    "CTAcquisitionDetailsSequence": ("GantryDetectorTilt",),
 }
 _PLACING_OR_RESCALING = frozenset(
     {"RescaleSlope", "RescaleIntercept", "ImagePositionPatient", "ImageOrientationPatient",
@@ -166,6 +170,22 @@ class UnevenSliceSpacingWarning(UserWarning):
     ``UNEVEN_GAP_ABSOLUTE_TOLERANCE_MM``, whichever is larger) trigger it; a gap of more than
     ``MISSING_SLICE_GAP_RATIO`` times the typical gap is a missing slice and raises
     DicomSeriesError instead. The message names the files on both sides of each uneven gap.
+    """
+
+
+class GantryTiltWarning(UserWarning):
+    """The slices step off the slice normal: a gantry-tilted CT (or any sheared series).
+
+    Raised once per series when the mean step from the first to the last slice leans more
+    than ``GANTRY_TILT_TOLERANCE_DEGREES`` off the normal of ImageOrientationPatient (and the
+    slices drift in-plane by more than ``UNEVEN_GAP_ABSOLUTE_TOLERANCE_MM`` overall, so that
+    positions rounded to two decimals never trigger it). The message names the folder, the
+    angle measured from the positions and GantryDetectorTilt when the header has it. The
+    Volume keeps the true, sheared affine: every voxel centre is where the scanner put it.
+    Its ``spacing[0]`` is then the step between slice centres; ``plane_spacing`` and
+    ``voxel_volume`` give the physical sizes, kseg's metrics take the affine for distances
+    and volumes, and :func:`kseg.geometry.deskew` resamples onto an orthogonal grid (as
+    dcm2niix does on conversion; ITK-based readers drop the shear and misplace the slices).
     """
 
 
@@ -294,8 +314,10 @@ def read_dicom_series(
     Warns:
         SkippedFileWarning: files that are not DICOM images were ignored.
         UnevenSliceSpacingWarning: slice gaps are slightly uneven.
-        HeaderValueWarning: a malformed InstanceNumber / WindowCenter / WindowWidth was left
-            out of the metadata.
+        GantryTiltWarning: the slices step off the slice normal (gantry tilt); the affine is
+            the true, sheared one.
+        HeaderValueWarning: a malformed InstanceNumber / WindowCenter / WindowWidth /
+            GantryDetectorTilt was left out of the metadata (or the tilt warning).
         LossyImageWarning: images of the series are lossy-compressed (once per series).
 
     Example:
@@ -1145,7 +1167,9 @@ def _order_slices(series, folder: str):
     if len(ordered) == 1:
         return ordered, geometry, normal * _single_slice_thickness(*ordered[0])
     _check_gaps(ordered, np.diff(distances), folder)
-    return ordered, geometry, (positions[-1] - positions[0]) / (len(ordered) - 1)
+    step = (positions[-1] - positions[0]) / (len(ordered) - 1)
+    _warn_if_tilted(ordered, step, normal, folder)
+    return ordered, geometry, step
 
 
 def _check_rescale_everywhere(series) -> None:
@@ -1229,6 +1253,28 @@ def _check_gaps(ordered, gaps: np.ndarray, folder: str) -> None:
             ),
             stacklevel=4,
         )
+
+
+def _warn_if_tilted(ordered, step: np.ndarray, normal: np.ndarray, folder: str) -> None:
+    along = float(step @ normal)
+    sideways = float(np.linalg.norm(step - along * normal))
+    angle = math.degrees(math.atan2(sideways, along))
+    drift = sideways * (len(ordered) - 1)
+    if angle <= GANTRY_TILT_TOLERANCE_DEGREES or drift <= UNEVEN_GAP_ABSOLUTE_TOLERANCE_MM:
+        return
+    path, first = ordered[0]
+    tilt = _reported_number(_slice_name(path, first), first, "GantryDetectorTilt", float)
+    header = "no GantryDetectorTilt" if tilt is None else f"GantryDetectorTilt {tilt:g}°"
+    warnings.warn(
+        GantryTiltWarning(
+            f"{folder}: the slices step {angle:.2f}° off the slice normal ({header}): a "
+            f"sheared grid, slice centres {np.linalg.norm(step):.4g} mm apart but slice planes "
+            f"{along:.4g} mm apart. kseg keeps the true sheared affine (Volume.spacing[0] is "
+            "the step; Volume.plane_spacing and voxel_volume are the physical sizes); "
+            "kseg.geometry.deskew resamples it onto an orthogonal grid"
+        ),
+        stacklevel=4,
+    )
 
 
 # --- decoding ---------------------------------------------------------------------------------
