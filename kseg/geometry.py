@@ -26,6 +26,11 @@ RAS+ mm, as in :class:`kseg.io.Volume`):
 - Outside the source field of view, resampling writes ``fill``; inside it (including
   the half voxel between the outermost centres and the edge) values come from the
   nearest edge voxel, so a grid never loses its border to the background.
+- A sheared grid (a gantry-tilted CT: slices that step off their normal) keeps its shear
+  through every function here except :func:`deskew`, which resamples it onto the
+  orthogonal grid through the same slice planes; sizes in mm are
+  :attr:`kseg.io.Volume.plane_spacing` (the distance between slice planes), not the
+  column lengths of :attr:`kseg.io.Volume.spacing`.
 - ``source_files`` is carried along as provenance: after :func:`crop_foreground` and
   :func:`reorient` it still names the file of each slice in array order when the slice
   axis survives; resampling mixes slices, so its output lists every input file.
@@ -44,6 +49,7 @@ from kseg.io.volume import Volume
 
 __all__ = [
     "crop_foreground",
+    "deskew",
     "orientation",
     "reorient",
     "resample",
@@ -218,7 +224,11 @@ def resample(
     ``round(shape * old_spacing / spacing)`` voxels per axis (at least one) and the outer
     corner of its first voxel sits where the old first voxel's corner was, so the new
     affine is ``directions * spacing`` with origin
-    ``old_corner + directions * spacing / 2``.
+    ``old_corner + directions * spacing / 2``. Spacings are
+    :attr:`~kseg.io.Volume.plane_spacing`: on a sheared grid the slice axis keeps its
+    slant and ``spacing[0]`` is the distance between the new slice planes, the
+    spacing a plan derives from the data (each affine column is scaled by
+    ``spacing / plane_spacing``). Use :func:`deskew` first for an orthogonal grid.
 
     Args:
         volume: the volume to resample.
@@ -253,13 +263,12 @@ def resample(
     if not np.all(np.isfinite(target_spacing) & (target_spacing > 0)):
         raise GeometryError(source, f"spacing must be positive millimetres, got {spacing!r}")
     affine = _check_affine(volume.affine, "volume.affine", source)
-    old_spacing = np.asarray(volume.spacing)
-    directions = affine[:3, :3] / old_spacing
+    old_spacing = np.asarray(volume.plane_spacing)
 
     extent = np.asarray(volume.shape) * old_spacing
     new_shape = tuple(max(1, int(n)) for n in np.floor(extent / target_spacing + 0.5))
     new_affine = np.eye(4)
-    new_affine[:3, :3] = directions * target_spacing
+    new_affine[:3, :3] = affine[:3, :3] * (target_spacing / old_spacing)
     first_corner = affine[:3, :3] @ np.full(3, -0.5) + affine[:3, 3]
     new_affine[:3, 3] = first_corner + new_affine[:3, :3] @ np.full(3, 0.5)
     try:
@@ -270,6 +279,66 @@ def resample(
             f"spacing {tuple(target_spacing.tolist())} mm turns the {volume.shape} volume into "
             f"{new_shape} voxels, more than memory holds; is the spacing in millimetres?",
         ) from None
+
+
+def deskew(
+    volume: Volume, *, is_label: bool = False, order: int | None = None, fill: float = 0
+) -> Volume:
+    """Resample a sheared volume (a gantry-tilted CT) onto an orthogonal grid through the
+    same slice planes.
+
+    The new grid keeps the in-plane axes (row and column directions and spacings) and the
+    position of every slice plane; its slice axis is the planes' normal, its slice spacing
+    the distance between planes (:attr:`kseg.io.Volume.plane_spacing`). Each slice is only
+    shifted within its own plane, so slices never mix: linear interpolation (images) or
+    nearest neighbour (label maps) acts in-plane. The in-plane grid grows by the shear's
+    total offset, so no voxel of the input falls outside it; new voxels outside the input's
+    field of view get ``fill``. This is what dcm2niix does to gantry-tilted series; kseg's
+    readers never do it behind the user's back. An orthogonal volume comes back on its own
+    grid (values unchanged for labels and order 0 and 1). :func:`to_original_grid` brings a
+    prediction made on the deskewed grid back to the sheared one.
+
+    Args:
+        volume: the sheared volume, e.g. from :func:`kseg.io.read_dicom_series` after a
+            :class:`kseg.io.GantryTiltWarning`.
+        is_label: the array is a label map: nearest neighbour, no new label values.
+        order: spline order, see :func:`resample_to`.
+        fill: value of new voxels outside the input's field of view (``-1024`` suits CT).
+
+    Returns:
+        The Volume on the orthogonal grid; ``spacing == plane_spacing`` there.
+
+    Raises:
+        GeometryError: the volume's affine is not a valid grid.
+
+    Example:
+        >>> ct = read_dicom_series("head_ct_tilted")  # doctest: +SKIP
+        >>> straight = deskew(ct, fill=-1024)  # doctest: +SKIP
+
+    Reference:
+        Li X. et al., "The first step for neuroimaging data analysis: DICOM to NIfTI
+        conversion", J Neurosci Methods 264 (2016) 47-56 (dcm2niix corrects gantry tilt).
+    """
+    source = _source_of(volume)
+    affine = _check_affine(volume.affine, "volume.affine", source)
+    columns = affine[:3, :3]
+    normal = np.cross(columns[:, 1], columns[:, 2])
+    normal /= np.linalg.norm(normal)
+    if normal @ columns[:, 0] < 0:
+        normal = -normal
+    straight = columns.copy()
+    straight[:, 0] = normal * volume.plane_spacing[0]
+    # Slice k of the input sits at in-plane index offset k * shear on the straight grid.
+    shear = np.round(np.linalg.solve(straight, columns[:, 0])[1:], _INDEX_MAP_DECIMALS)
+    last = (volume.shape[0] - 1) * shear
+    low = np.floor(np.minimum(last, 0.0) + _FIELD_OF_VIEW_TOLERANCE)
+    high = np.ceil(np.maximum(last, 0.0) - _FIELD_OF_VIEW_TOLERANCE)
+    target_affine = np.eye(4)
+    target_affine[:3, :3] = straight
+    target_affine[:3, 3] = affine[:3, 3] + straight[:, 1:] @ low
+    target_shape = (volume.shape[0], *(np.asarray(volume.shape[1:]) + (high - low).astype(int)))
+    return resample_to(volume, target_affine, target_shape, is_label=is_label, order=order,
+                       fill=fill)
 
 
 def orientation(volume: Volume) -> str:
