@@ -465,8 +465,9 @@ def evaluate_volumes(
             ``y_pred`` is on the same grid, either probabilities ``(*spatial, C)`` (one
             channel: foreground where ``>= threshold``; several: argmax) or a label map
             ``(*spatial)`` (integers used as they are, floats thresholded). ``spacing`` is
-            the voxel size in mm per spatial axis (``None`` gives distances in voxels),
-            checked whichever metrics are chosen.
+            the voxel size in mm per spatial axis, or the grid's affine, which a sheared
+            grid (gantry-tilted CT) needs for exact distances (``None`` gives distances in
+            voxels); it is checked whichever metrics are chosen.
         metrics: names from ``dice, iou, precision, recall, specificity, accuracy`` and the
             spacing-aware ``hd95, hausdorff, assd, volume_difference, ravd``
             (:mod:`kseg.metrics`; each keeps its documented empty-mask value).
@@ -545,7 +546,7 @@ def _checked_case(case) -> tuple:
     The spacing is checked whether or not a chosen metric uses it, so that a wrong one is
     found on the first run rather than when a distance metric is added later.
     """
-    from kseg.metrics import _spacing
+    from kseg.metrics import _voxel_grid
 
     if isinstance(case, (str, bytes)) or not hasattr(case, "__len__") or len(case) != 4:
         raise ValueError(
@@ -563,7 +564,7 @@ def _checked_case(case) -> tuple:
             )
     if spacing is not None:
         try:
-            _spacing(spacing, y_true.ndim)
+            _voxel_grid(spacing, y_true.ndim)
         except ValueError as error:
             raise ValueError(f"patient {patient_id!r}: {error}") from None
     return patient_id, y_true, y_pred, spacing
@@ -925,7 +926,8 @@ def evaluate_on_original_grid(
     4. the reference is read with :func:`kseg.io.read_nifti_labels` and the label map is
        written beside the others as ``<prediction_dir>/<patient_id>.nii.gz`` with the
        reference's affine (uint8);
-    5. :func:`evaluate_volumes` scores it, distances in mm of the reference's spacing.
+    5. :func:`evaluate_volumes` scores it, distances in mm on the reference's grid (its
+       affine, so a sheared reference grid is measured exactly).
 
     Args:
         model: a ``keras.Model`` or callable batch -> batch with as many spatial axes as the
@@ -981,7 +983,7 @@ def evaluate_on_original_grid(
                     reference.with_array(on_reference_grid),
                     prediction_dir / f"{patient_id}.nii.gz",
                 )
-            yield patient_id, reference.array, on_reference_grid, reference.spacing
+            yield patient_id, reference.array, on_reference_grid, reference.affine
 
     return evaluate_volumes(
         cases(), metrics=metrics, labels=labels, threshold=threshold, progress=progress,
