@@ -61,7 +61,9 @@ class CaseStats:
         case_id: the patient id (2D slice and volume datasets) or image id (radiographs).
         shape: voxels per axis, ``(z, y, x)`` for volumes, ``(rows, columns)`` for images.
         spacing: mm per axis in the order of ``shape``; ``None`` where the dataset has no
-            spacing (radiographs), and rules then work in pixels.
+            spacing (radiographs), and rules then work in pixels. Where examples carry an
+            ``affine``, its :attr:`~kseg.io.Volume.plane_spacing`: the slice entry is the
+            distance between slice planes, also on a sheared (gantry-tilted) grid.
         label_voxels: ``{label: voxel count}`` for every label present, background included.
         foreground_voxels: voxels with a label above 0.
     """
@@ -321,8 +323,7 @@ def fingerprint(
                 case = cases[case_id] = _CaseAccumulator(
                     case_id, _Reservoir(samples_per_case, rng)
                 )
-                if "spacing" in example:
-                    case.spacing = tuple(float(v) for v in example["spacing"])
+                case.spacing = _example_spacing(example)
             image, mask = example["image"], example[mask_key]
             case.add(image, mask)
             if is_slices:
@@ -355,6 +356,20 @@ def fingerprint(
         samples_per_case=samples_per_case,
         seed=seed,
     )
+
+
+def _example_spacing(example) -> tuple[float, ...] | None:
+    """An example's voxel size in mm; from its affine where it has one, as the distance
+    between slice planes and the in-plane spacings: on a sheared (gantry-tilted) grid the
+    ``spacing`` feature's column lengths overstate the slice spacing by 1 / cos(tilt)."""
+    affine = example.get("affine")
+    if affine is not None and np.shape(affine) == (4, 4):
+        from kseg.io.volume import Volume
+
+        return Volume(np.zeros((1, 1, 1)), affine, "").plane_spacing
+    if "spacing" in example:
+        return tuple(float(v) for v in example["spacing"])
+    return None
 
 
 def _intensity_stats(values: np.ndarray) -> dict[str, float] | None:
