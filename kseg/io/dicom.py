@@ -68,6 +68,7 @@ from kseg.io.image_files import jpeg_2000_irreversible
 from kseg.io.volume import Volume
 
 __all__ = [
+    "DICOM_VALUES",
     "HeaderValueWarning",
     "LossyImageWarning",
     "SkippedFileWarning",
@@ -116,7 +117,7 @@ _FUNCTIONAL_GROUP_VALUES = {
     "PlanePositionSequence": ("ImagePositionPatient",),
     "PlaneOrientationSequence": ("ImageOrientationPatient",),
     "PixelMeasuresSequence": ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices"),
-    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),
     "CTAcquisitionDetailsSequence": ("GantryDetectorTilt",),
 }
 _PLACING_OR_RESCALING = frozenset(
@@ -340,35 +341,80 @@ def read_dicom_series(
     )
 
 
-def read_dicom_image(path: os.PathLike | str) -> np.ndarray:
+# How read_dicom_image reads values: modality units, or as a viewer displays them.
+DICOM_VALUES = ("modality", "displayed")
+
+
+def read_dicom_image(path: os.PathLike | str, *, values: str = "modality") -> np.ndarray:
     """Read a single-frame grayscale DICOM image (a radiograph) as a 2D float32 array.
 
-    RescaleSlope/Intercept (or a Modality LUT) are applied; one given alone is applied with
-    the other's default (slope 1, intercept 0). MONOCHROME1 images, where the
-    stored value grows darker, are inverted over the stored-value range given by BitsStored and
-    PixelRepresentation before rescaling, so in the result a higher value is always brighter.
-    Files without the DICM preamble are read when their bytes start like a DICOM data set.
+    ``values="modality"`` (the default) gives modality units: RescaleSlope/Intercept (or a
+    Modality LUT) are applied; one given alone is applied with the other's default (slope 1,
+    intercept 0). MONOCHROME1 images, where the stored value grows darker, and images with
+    Presentation LUT Shape INVERSE are inverted over the stored-value range given by
+    BitsStored and PixelRepresentation before rescaling, so in the result a higher value is
+    always brighter. No VOI transform is applied.
+
+    ``values="displayed"`` gives the image as a DICOM viewer shows it, the grayscale pipeline
+    of PS3.3 C.11 in its order: the Modality LUT / rescale, then the VOI transform, then the
+    polarity (MONOCHROME1, or Presentation LUT Shape INVERSE), so that higher is brighter:
+
+    * VOILUTSequence present: its first item's table (pydicom's ``apply_voi_lut`` prefers
+      the table to a window too); values below the first mapped input take the first entry,
+      above the last the last. The result is integers ``0 .. 2**bits - 1``, ``bits`` being
+      the LUTDescriptor's third value.
+    * else WindowCenter / WindowWidth: the first pair (files list alternatives, e.g. for
+      lungs and bone, with WindowCenterWidthExplanation; a viewer opens the first), by
+      VOILUTFunction LINEAR (the default), LINEAR_EXACT or SIGMOID (PS3.3 C.11.2.1.2,
+      C.11.2.1.3), rounded to integers ``0 .. 2**BitsStored - 1``. That is pydicom's output
+      range for an unsigned image without rescale; for signed or rescaled images pydicom
+      shifts or rescales the range, kseg keeps ``0 .. 2**BitsStored - 1`` so that the bit
+      depth is fixed.
+    * neither: the file has no VOI transform and reads as its stored units, exactly as
+      ``values="modality"``.
+
+    After the VOI transform a MONOCHROME1 image, or one with Presentation LUT Shape INVERSE,
+    is inverted over the output range (``2**bits - 1 - value``); DX and MG files pair
+    MONOCHROME1 with INVERSE (PS3.3 C.8.11.3), which is one inversion, not two. Files
+    without the DICM preamble are read when their bytes start like a DICOM data set.
 
     Args:
         path: the DICOM file.
+        values: ``"modality"`` or ``"displayed"`` (see above).
 
     Returns:
         float32 array of shape ``(rows, columns)``.
 
     Raises:
+        ValueError: ``values`` is neither ``"modality"`` nor ``"displayed"``.
         UnreadableFileError: not a DICOM file; a DICOM file cut short or without pixel data;
             an image that is not single-frame grayscale (MONOCHROME1/2, one sample per pixel);
             a pixel-module or rescale value that is malformed (the message names the tag;
             HighBit must be BitsStored - 1), given differently in an Enhanced file's
             functional groups, or a size the PixelData cannot hold; a transfer syntax with
             no decoder installed (the message names the syntax and what to install) or pixel
-            data that cannot be decoded.
+            data that cannot be decoded; a Presentation LUT Shape other than IDENTITY or
+            INVERSE. With ``values="displayed"``, also a malformed VOI value, naming the
+            tag: a window width below 1 (LINEAR) or not above 0, a centre or width that is
+            not a number, only one of the two, an unknown VOILUTFunction, a LUTDescriptor
+            that is not three numbers with 8 to 16 bits, LUTData whose length or values do
+            not match it. Such a file cannot be shown as its maker meant, and falling back
+            to stored units would silently give a model another contrast.
 
     Example:
         >>> image = read_dicom_image("CXR/patient0001.dcm")  # doctest: +SKIP
         >>> image.shape, image.dtype  # doctest: +SKIP
         ((2048, 2500), dtype('float32'))
+        >>> shown = read_dicom_image("CXR/patient0001.dcm", values="displayed")  # doctest: +SKIP
     """
+    return _read_image(path, values)[0]
+
+
+def _read_image(path: os.PathLike | str, values: str) -> tuple[np.ndarray, int | None]:
+    """:func:`read_dicom_image`'s array, and the bits of its values when a VOI transform
+    gave them (``None`` for modality or stored units)."""
+    if values not in DICOM_VALUES:
+        raise ValueError(f"values must be one of {DICOM_VALUES}, got {values!r}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UnreadableFileError(
@@ -390,10 +436,134 @@ def read_dicom_image(path: os.PathLike | str) -> np.ndarray:
         _check_pixel_module(path, header, UnreadableFileError)
         dataset = _read_vetted_file(path)
         stored = _decode_pixels(path, dataset, _grid(path, dataset, UnreadableFileError))
-        if _text(dataset, "PhotometricInterpretation").upper() == "MONOCHROME1":
-            low, high = _stored_value_range(path, dataset)
-            stored = (high + low) - stored.astype(np.int64)
-        return np.asarray(_to_modality_units(path, stored, dataset), dtype=np.float32)
+        inverted = _presentation_inverse(path, dataset) or (
+            _text(dataset, "PhotometricInterpretation").strip().upper() == "MONOCHROME1"
+        )
+        voi = None
+        if values == "displayed":
+            voi = _voi_lut(path, dataset) or _voi_window(path, dataset)
+        if voi is None:
+            if inverted:
+                low, high = _stored_value_range(path, dataset)
+                stored = (high + low) - stored.astype(np.int64)
+            return np.asarray(_to_modality_units(path, stored, dataset), dtype=np.float32), None
+        transform, bits = voi
+        shown = transform(np.asarray(_to_modality_units(path, stored, dataset), np.float64))
+        if inverted:
+            shown = (2**bits - 1) - shown
+        return shown.astype(np.float32), bits
+
+
+def _presentation_inverse(path: str, dataset: pydicom.Dataset) -> bool:
+    shape = _text(dataset, "PresentationLUTShape").strip().upper()
+    if shape not in ("", "IDENTITY", "INVERSE"):
+        raise UnreadableFileError(
+            path, f"PresentationLUTShape is {shape!r}; expected IDENTITY or INVERSE"
+        )
+    return shape == "INVERSE"
+
+
+def _voi_window(path: str, dataset: pydicom.Dataset):
+    """``(window function, BitsStored)`` of the first WindowCenter / WindowWidth pair, or
+    ``None`` when the file has neither."""
+    center = _first_window_value(path, dataset, "WindowCenter")
+    width = _first_window_value(path, dataset, "WindowWidth")
+    if center is None and width is None:
+        return None
+    if center is None or width is None:
+        given, lacking = ("WindowWidth", "WindowCenter") if center is None else (
+            "WindowCenter", "WindowWidth")  # fmt: skip
+        raise UnreadableFileError(path, f"has {given} but lacks {lacking}; expected both")
+    function = _text(dataset, "VOILUTFunction").strip().upper() or "LINEAR"
+    if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+        raise UnreadableFileError(
+            path, f"VOILUTFunction is {function!r}; expected LINEAR, LINEAR_EXACT or SIGMOID"
+        )
+    smallest = 1.0 if function == "LINEAR" else 0.0
+    if not width >= smallest or (function != "LINEAR" and width == 0):
+        bound = "at least 1 for LINEAR" if function == "LINEAR" else f"above 0 for {function}"
+        raise UnreadableFileError(path, f"WindowWidth is {width:g}; expected {bound}")
+    bits = _integer(path, dataset, "BitsAllocated", UnreadableFileError, default=16)
+    bits = _integer(path, dataset, "BitsStored", UnreadableFileError, default=bits)
+    top = 2**bits - 1
+    if function == "SIGMOID":
+        return (lambda x: np.rint(top / (1.0 + np.exp(-4.0 * (x - center) / width)))), bits
+    if function == "LINEAR":  # PS3.3 C.11.2.1.2.1: the window of centre c, width w
+        center, width = center - 0.5, width - 1.0  # covers c - 0.5 +- (w - 1) / 2
+    if width == 0:  # a LINEAR width of 1: a threshold at the centre
+        return (lambda x: np.where(x > center, float(top), 0.0)), bits
+    return (lambda x: np.rint(np.clip((x - center) / width + 0.5, 0.0, 1.0) * top)), bits
+
+
+def _first_window_value(path: str, dataset: pydicom.Dataset, keyword: str) -> float | None:
+    value = _raw_value(path, dataset, keyword, UnreadableFileError)
+    if value is None:
+        return None
+    first = _as_list(value)[0]
+    try:
+        number = float(str(first).strip())
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        raise UnreadableFileError(path, f"{keyword} is {value!r}; expected numbers")
+    return number
+
+
+def _voi_lut(path: str, dataset: pydicom.Dataset):
+    """``(table lookup, LUTDescriptor bits)`` of the first VOILUTSequence item, or ``None``
+    when the file has none (PS3.3 C.11.2.1.1)."""
+    sequence = _raw_value(path, dataset, "VOILUTSequence", UnreadableFileError)
+    if not sequence:
+        return None
+    item = sequence[0]
+    where = "VOILUTSequence item 1"
+    descriptor = _raw_value(path, item, "LUTDescriptor", UnreadableFileError)
+    try:
+        entries, first, bits = (int(v) for v in _as_list(descriptor))
+    except (TypeError, ValueError):
+        raise UnreadableFileError(
+            path, f"{where}: LUTDescriptor is {descriptor!r}; expected three integers"
+        ) from None
+    if not 8 <= bits <= 16:
+        raise UnreadableFileError(
+            path, f"{where}: LUTDescriptor gives {bits} bits per entry; expected 8 to 16"
+        )
+    entries = entries or 2**16  # PS3.3 C.11.2.1.1: 0 stands for 65536 entries
+    signed = str(dataset.get("PixelRepresentation", 0)).strip() == "1"
+    if signed and item["LUTDescriptor"].VR == "US" and first >= 2**15:
+        first -= 2**16  # the first mapped value of a signed image, written as US
+    table = _lut_data(path, dataset, item, where)
+    if table.size != entries or (table.size and int(table.max()) > 2**bits - 1):
+        raise UnreadableFileError(
+            path,
+            f"{where}: LUTData holds {table.size} entries up to "
+            f"{int(table.max()) if table.size else 0}; its LUTDescriptor says {entries} "
+            f"entries of {bits} bits",
+        )
+    table = table.astype(np.float64)
+
+    def look_up(x: np.ndarray) -> np.ndarray:
+        return table[np.clip(np.floor(x) - first, 0, entries - 1).astype(np.int64)]
+
+    return look_up, bits
+
+
+def _lut_data(path: str, dataset: pydicom.Dataset, item: pydicom.Dataset, where: str):
+    """LUTData as integers: a list (VR US) or 16-bit words in the file's byte order (OW)."""
+    data = _raw_value(path, item, "LUTData", UnreadableFileError)
+    if data is None:
+        raise UnreadableFileError(path, f"{where} lacks LUTData")
+    if isinstance(data, bytes):
+        little = dataset.original_encoding[1] is not False
+        if len(data) % 2:
+            raise UnreadableFileError(
+                path, f"{where}: LUTData has {len(data)} bytes; expected 16-bit words"
+            )
+        return np.frombuffer(data, dtype="<u2" if little else ">u2")
+    try:
+        return np.asarray([int(v) for v in _as_list(data)], dtype=np.int64)
+    except (TypeError, ValueError):
+        raise UnreadableFileError(path, f"{where}: LUTData is not integers") from None
 
 
 def scan_dicom_files(

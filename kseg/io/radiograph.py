@@ -1,5 +1,6 @@
 """Chest radiograph readers: JSRT's headerless ``.IMG`` files and grey-level images
-(PNG, TIFF, BMP, JPEG, DICOM), each returned in its stored units with higher = brighter.
+(PNG, TIFF, BMP, JPEG, DICOM), each returned in its stored units with higher = brighter
+(DICOM ones also as a viewer displays them, VOI transform applied).
 
 Example:
     >>> image, bit_depth = read_radiograph("images/CHNCXR_0001_0.png")  # doctest: +SKIP
@@ -16,7 +17,7 @@ import pydicom
 from PIL import Image
 
 from kseg.errors import UnreadableFileError
-from kseg.io.dicom import read_dicom_image
+from kseg.io.dicom import DICOM_VALUES, _read_image
 from kseg.io.image_files import (
     decoded_image,
     jpeg_2000_stored,
@@ -78,18 +79,27 @@ def read_jsrt_image(path: os.PathLike | str) -> np.ndarray:
     return (maximum - stored.astype(np.int32)).astype(np.uint16)
 
 
-def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
-    """Read a grey-level radiograph (PNG, TIFF, BMP, JPEG or DICOM) in its stored units.
+def read_radiograph(
+    path: os.PathLike | str, *, dicom_values: str = "modality"
+) -> tuple[np.ndarray, int]:
+    """Read a grey-level radiograph (PNG, TIFF, BMP, JPEG or DICOM) in its stored units, or a
+    DICOM one as displayed.
 
     Args:
         path: the image. ``.dcm`` / ``.dicom`` files, and files of other names with the
             DICM marker at byte 128 (archives often name DICOM files without a suffix),
-            go through :func:`kseg.io.read_dicom_image` (modality LUT applied, MONOCHROME1
-            inverted so that higher is brighter); anything else through Pillow, turned as
+            go through :func:`kseg.io.read_dicom_image` with ``values=dicom_values``
+            (modality LUT applied, MONOCHROME1 inverted so that higher is brighter; and with
+            ``"displayed"`` the VOI LUT or window and the Presentation LUT Shape, as a
+            viewer shows it); anything else through Pillow, turned as
             its EXIF / TIFF Orientation tag says (as viewers show it, and as
             :func:`kseg.io.read_labels` turns masks); a WhiteIsZero TIFF is inverted so
             that higher is brighter, as MONOCHROME1 DICOM is (Pillow inverts up to 8 bits,
             kseg 16-bit ones: ``65535 - stored``).
+        dicom_values: ``"modality"`` (the default: stored / modality units) or
+            ``"displayed"``: how DICOM files are read. PNG / JPEG chest X-ray sets
+            (Shenzhen, Montgomery) hold what a viewer showed, a DICOM radiograph's VOI
+            transform included; ``"displayed"`` gives DICOM files that same contrast.
 
     Returns:
         ``(image, bit_depth)``: ``uint16`` array ``(rows, columns)`` and the bits of the
@@ -99,9 +109,11 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         precision of a 9- to 16-bit JPEG 2000 file (its stored samples, not Pillow's
         shifted ones), the bits of a PGM's maxval above 255 (its samples, not Pillow's
         stretched ones: maxval 4095 gives 12), DICOM's BitsStored (raised to fit the
-        values after the modality LUT).
+        values after the modality LUT); a displayed DICOM image with a VOI transform: the
+        bits of its output (BitsStored for a window, the LUTDescriptor's for a VOI LUT).
 
     Raises:
+        ValueError: ``dicom_values`` is not one of ``kseg.io.dicom.DICOM_VALUES``.
         UnreadableFileError: not an image (or one declaring more pixels than Pillow's
             decompression-bomb limit), colour content, several frames, or values that
             do not fit ``uint16`` (negative or fractional DICOM values after rescaling).
@@ -111,9 +123,11 @@ def read_radiograph(path: os.PathLike | str) -> tuple[np.ndarray, int]:
         >>> image.dtype, bit_depth  # doctest: +SKIP
         (dtype('uint16'), 8)
     """
+    if dicom_values not in DICOM_VALUES:
+        raise ValueError(f"dicom_values must be one of {DICOM_VALUES}, got {dicom_values!r}")
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix in _DICOM_SUFFIXES or _has_dicom_marker(path):
-        return _read_dicom_radiograph(path)
+        return _read_dicom_radiograph(path, dicom_values)
     with decoded_image(
         path,
         what="an image",
@@ -192,8 +206,10 @@ def _grey_values(path, mode: str, values: np.ndarray) -> tuple[np.ndarray, int]:
     )
 
 
-def _read_dicom_radiograph(path) -> tuple[np.ndarray, int]:
-    values = read_dicom_image(path)
+def _read_dicom_radiograph(path, dicom_values: str) -> tuple[np.ndarray, int]:
+    values, voi_bits = _read_image(path, dicom_values)
+    if voi_bits is not None:  # integers 0 .. 2**voi_bits - 1 by construction
+        return values.astype(np.uint16), voi_bits
     # read_dicom_image accepted the file, preamble or not; read its header the same way.
     try:
         header = pydicom.dcmread(os.fspath(path), stop_before_pixels=True, force=True)
