@@ -154,6 +154,49 @@ def test_generic_dicom_and_per_class_folders(tmp_path):
         np.testing.assert_array_equal(heart, np.where(phantom.structures["heart"], 255, 0))
 
 
+@pytest.mark.parametrize("display", sorted(xray.DICOM_DISPLAY_ENCODINGS))
+def test_dicom_display_encodings_hold_the_documented_attributes(tmp_path, display):
+    root = xray.write_generic(
+        tmp_path, num_images=1, size=16, seed=4, image_format="dicom", bit_depth=12,
+        dicom_display=display,
+    )  # fmt: skip
+    ds = pydicom.dcmread(root / "images" / "P0001_0.dcm")
+    phantom = xray.chest_radiograph((16, 16), seed=4000, bit_depth=12)
+    inverted = display in ("monochrome1", "inverse")
+    stored = 4095 - phantom.image.astype(np.int64) if inverted else phantom.image
+    np.testing.assert_array_equal(ds.pixel_array, stored)
+    assert ds.PhotometricInterpretation == (
+        "MONOCHROME1" if display == "monochrome1" else "MONOCHROME2"
+    )
+    assert ds.get("PresentationLUTShape") == ("INVERSE" if inverted else None)
+    if display == "none":
+        assert "WindowCenter" not in ds and "VOILUTSequence" not in ds
+        return
+    assert len(ds.WindowCenter) == len(ds.WindowWidth) == 2
+    # the first window clips the phantom's values at both ends
+    center, width = ds.WindowCenter[0], ds.WindowWidth[0]
+    low, high = center - width / 2, center + width / 2
+    assert stored.min() < low and stored.max() > high
+    expected_function = {"linear_exact": "LINEAR_EXACT", "sigmoid": "SIGMOID"}.get(display)
+    assert ds.get("VOILUTFunction") == expected_function
+    if display == "voi_lut":
+        [item] = ds.VOILUTSequence
+        assert list(item.LUTDescriptor) == [4096, 0, 16]
+        table = np.frombuffer(item.LUTData, "<u2")
+        np.testing.assert_array_equal(table, np.rint(np.sqrt(np.arange(4096) / 4095) * 65535))
+    else:
+        assert "VOILUTSequence" not in ds
+
+
+def test_dicom_display_needs_dicom_images(tmp_path):
+    with pytest.raises(ValueError, match="dicom_display must be one of"):
+        xray.write_generic(tmp_path / "a", num_images=1, size=16, dicom_display="window")
+    with pytest.raises(ValueError, match="dicom_display must be one of"):
+        xray.write_generic(
+            tmp_path / "b", num_images=1, size=16, image_format="dicom", dicom_display="gamma"
+        )
+
+
 def test_writers_never_overwrite_and_the_cli_writes_every_layout(tmp_path):
     xray.main([str(tmp_path), "--num-images", "2", "--size", "16"])
     for folder in ("All247images", "scratch", "MontgomerySet", "images", "masks"):

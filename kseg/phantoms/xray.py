@@ -59,6 +59,7 @@ import tempfile
 from collections.abc import Sequence
 
 import numpy as np
+import pydicom
 from PIL import Image, PngImagePlugin, TiffImagePlugin
 from pydicom.uid import ComputedRadiographyImageStorage, generate_uid
 
@@ -97,6 +98,23 @@ MASK_ENCODINGS = {
     "jpg": "JPEG (quality 95) of the 0 / 255 mask, suffix .jpg; binary masks only, lossy",
 }
 """Mask encodings the writers can store; the value says what each one stores."""
+
+DICOM_DISPLAY_ENCODINGS = {
+    "none": "MONOCHROME2, no VOI transform: the stored values are the image",
+    "window": "MONOCHROME2 with two windows (the first clips the image), VOILUTFunction "
+    "absent (LINEAR)",
+    "linear_exact": "the windows of 'window' with VOILUTFunction LINEAR_EXACT",
+    "sigmoid": "the windows of 'window' with VOILUTFunction SIGMOID",
+    "voi_lut": "a VOILUTSequence table (square-root curve, 16-bit entries) beside the "
+    "windows, which it takes precedence over",
+    "monochrome1": "MONOCHROME1 (stored = maximum - image) with Presentation LUT Shape "
+    "INVERSE, as DX files pair them, and a window on the stored values",
+    "inverse": "MONOCHROME2 with Presentation LUT Shape INVERSE (stored = maximum - image) "
+    "and a window on the stored values",
+}
+"""How :func:`write_generic` encodes the display of DICOM radiographs (PS3.3 C.11): each
+key's value says what it writes. Every one but ``"none"`` shows the image, higher
+brighter, through a VOI transform."""
 
 _BINARY_ONLY_ENCODINGS = frozenset({"1bit", "8bit_01", "8bit_edges", "16bit_01", "jpg"})
 # Image k gets entry k % len of its cycle by default, so a folder of a few images holds
@@ -505,6 +523,7 @@ def write_generic(
     per_class_folders: bool = False,
     images_per_patient: int = 1,
     mask_encoding: str | None = None,
+    dicom_display: str = "none",
 ) -> pathlib.Path:
     """Write synthetic radiographs in the generic ``images/`` + ``masks/`` layout::
 
@@ -534,6 +553,8 @@ def write_generic(
             classes accept only those that hold grey values), or ``None`` for
             :func:`default_mask_encoding` of image ``k`` (``"binary"`` for one class or
             per-class folders, ``"label_map"`` otherwise).
+        dicom_display: one of :data:`DICOM_DISPLAY_ENCODINGS`: the VOI transform and
+            polarity of DICOM images (``image_format="dicom"`` only).
 
     Returns:
         ``root`` as a path.
@@ -550,6 +571,13 @@ def write_generic(
     classes = _check_classes(classes)
     if image_format not in ("png", "tiff", "dicom"):
         raise ValueError(f"image_format must be 'png', 'tiff' or 'dicom', got {image_format!r}")
+    if dicom_display not in DICOM_DISPLAY_ENCODINGS or (
+        dicom_display != "none" and image_format != "dicom"
+    ):
+        raise ValueError(
+            f"dicom_display must be one of {sorted(DICOM_DISPLAY_ENCODINGS)} (not 'none' only "
+            f"with image_format 'dicom'), got {dicom_display!r} for {image_format!r}"
+        )
     binary = per_class_folders or len(classes) == 1
     _check_encoding(mask_encoding, binary=binary)
     values = mask_values(classes)
@@ -568,7 +596,10 @@ def write_generic(
             elif image_format == "tiff":
                 _save_tiff(phantom.image, images_dir / f"{stem}.tif", bit_depth)
             else:
-                _save_dicom(phantom.image, images_dir / f"{stem}.dcm", bit_depth, stem, seed)
+                _save_dicom(
+                    phantom.image, images_dir / f"{stem}.dcm", bit_depth, stem, seed,
+                    dicom_display,
+                )  # fmt: skip
             encoding = mask_encoding or default_mask_encoding(
                 "binary" if binary else "label_map", k
             )
@@ -729,7 +760,9 @@ def _save_tiff(array: np.ndarray, path: pathlib.Path, bit_depth: int) -> None:
     Image.fromarray(array.astype(dtype)).save(path, tiffinfo=tags)
 
 
-def _save_dicom(array: np.ndarray, path: pathlib.Path, bit_depth: int, stem: str, seed: int):
+def _save_dicom(
+    array: np.ndarray, path: pathlib.Path, bit_depth: int, stem: str, seed: int, display: str
+):
     entropy = [seed, _SEED_TAG, *stem.encode()]
     dataset = new_dataset(
         ComputedRadiographyImageStorage,
@@ -743,9 +776,41 @@ def _save_dicom(array: np.ndarray, path: pathlib.Path, bit_depth: int, stem: str
     dataset.PatientName = "KSEG^PHANTOM"
     dataset.PatientID = stem.split("_")[0]
     dataset.ImageComments = SYNTHETIC_NOTICE
-    pixels = array.astype(np.uint8 if bit_depth <= 8 else np.uint16)
-    set_grayscale_pixels(dataset, pixels, bits_stored=bit_depth)
+    maximum = 2**bit_depth - 1
+    inverted = display in ("monochrome1", "inverse")
+    stored = maximum - array.astype(np.int64) if inverted else array
+    set_grayscale_pixels(
+        dataset, stored.astype(np.uint8 if bit_depth <= 8 else np.uint16), bits_stored=bit_depth
+    )
+    if display != "none":
+        _set_display(dataset, display, maximum)
     dataset.save_as(path, enforce_file_format=True)
+
+
+def _set_display(dataset, display: str, maximum: int) -> None:
+    """The VOI (and presentation) attributes of a :data:`DICOM_DISPLAY_ENCODINGS` entry."""
+    # The phantom spans 8 % .. 83 % of the range; the first window clips both ends of it, the
+    # second (which readers must not take) would leave it almost unchanged.
+    inverted = display in ("monochrome1", "inverse")
+    center = 0.55 * maximum if inverted else 0.45 * maximum  # stored = maximum - image
+    dataset.WindowCenter = [round(center), round(0.5 * maximum)]
+    dataset.WindowWidth = [round(0.6 * maximum), maximum + 1]
+    dataset.WindowCenterWidthExplanation = ["SYNTHETIC SOFT", "SYNTHETIC FULL"]
+    if display in ("linear_exact", "sigmoid"):
+        dataset.VOILUTFunction = display.upper()
+    if display == "voi_lut":
+        entries = maximum + 1
+        curve = np.sqrt(np.arange(entries) / maximum) * 65535
+        item = pydicom.Dataset()
+        item.LUTDescriptor = [entries % 65536, 0, 16]
+        # OW: a US value's 16-bit length cannot hold the 65536 entries of a 16-bit image.
+        item.add_new(0x00283006, "OW", np.rint(curve).astype("<u2").tobytes())
+        item.LUTExplanation = "SYNTHETIC SQUARE ROOT"
+        dataset.VOILUTSequence = [item]
+    if display == "monochrome1":
+        dataset.PhotometricInterpretation = "MONOCHROME1"
+    if inverted:
+        dataset.PresentationLUTShape = "INVERSE"
 
 
 def _check_shape(shape) -> tuple[int, int]:
