@@ -380,7 +380,7 @@ def test_prepare_builds_the_phantom_in_the_folds_asked_for(tmp_path):
                           "--folds", "3", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr[-3000:]
-    dataset = tfds_dir / "xray" / "generic_3fold" / "1.0.0"
+    dataset = tfds_dir / "xray" / "generic_3fold" / "1.1.0"
     info = json.loads((dataset / "dataset_info.json").read_text())
     written = {split["name"]: sum(int(n) for n in split["shardLengths"])
                for split in info["splits"]}
@@ -388,7 +388,7 @@ def test_prepare_builds_the_phantom_in_the_folds_asked_for(tmp_path):
     assert sum(written.values()) == images  # one example per radiograph, each in one fold
     assert min(written.values()) >= 1
     lines = result.stdout.splitlines()
-    table = lines[lines.index(f"Dataset xray/generic_3fold/1.0.0 in {dataset}") + 1:]
+    table = lines[lines.index(f"Dataset xray/generic_3fold/1.1.0 in {dataset}") + 1:]
     assert table[0].split() == ["split", "examples", "patients"]
     # one radiograph per patient in the generic layout
     rows = {row.split()[0]: [int(n) for n in row.split()[1:]] for row in table[1:]}
@@ -420,7 +420,7 @@ def test_more_folds_than_patients_is_one_line(tmp_path):
                           tmp_path / "tfds", "--folds", "5", cwd=tmp_path)
     assert result.returncode == 1
     assert kseg_errors(result.stderr) == [
-        f"kseg: error: preparing xray/generic/1.0.0 failed: {manual}: num_folds=5 "
+        f"kseg: error: preparing xray/generic/1.1.0 failed: {manual}: num_folds=5 "
         "needs at least 5 patients, got 4: every fold becomes a split and a split cannot be "
         "empty"
     ]

@@ -1,6 +1,6 @@
-"""Reading one radiograph of the xray dataset: the image in stored units (JSRT images brought
-to the SCR mask grid) and its label map, painted from per-class masks or decoded from one
-label-map file."""
+"""Reading one radiograph of the xray dataset: the image in stored units, or a DICOM one as
+displayed (JSRT images brought to the SCR mask grid), and its label map, painted from
+per-class masks or decoded from one label-map file."""
 
 from __future__ import annotations
 
@@ -26,9 +26,10 @@ def _block_mean(image: np.ndarray, factor: int) -> np.ndarray:
 
 
 def read_record_image(record: Record, config: XrayConfig) -> tuple[np.ndarray, int]:
-    """``(image, bit_depth)`` of a radiograph in stored units, on its mask's grid."""
+    """``(image, bit_depth)`` of a radiograph in stored units (a DICOM one read as
+    ``config.dicom_values`` says), on its mask's grid."""
     if config.layout != "jsrt_scr":
-        return read_radiograph(record.image)
+        return read_radiograph(record.image, dicom_values=config.dicom_values)
     image = read_jsrt_image(record.image)
     mask_shape = _image_size(record.masks[0])
     side = image.shape[0]
@@ -42,6 +43,18 @@ def read_record_image(record: Record, config: XrayConfig) -> tuple[np.ndarray, i
     # SCR masks were drawn on 1024 x 1024 copies of the 2048 x 2048 images: the image is
     # brought to the mask grid by averaging factor x factor blocks (half-even rounding).
     return (_block_mean(image, factor) if factor > 1 else image), JSRT_BIT_DEPTH
+
+
+def image_format(path: epath.Path) -> str:
+    """``"dicom"`` for a file :func:`kseg.io.read_radiograph` reads as DICOM (by its suffix
+    or the DICM marker at byte 128), else the lower-case suffix (``"png"``, ``"img"``)."""
+    suffix = path.suffix.lower()
+    if suffix in (".dcm", ".dicom"):
+        return "dicom"
+    with image_errors_named(path, "a radiograph"), path.open("rb") as handle:
+        if handle.read(132)[128:] == b"DICM":
+            return "dicom"
+    return suffix.lstrip(".")
 
 
 def _image_size(path: epath.Path) -> tuple[int, int]:

@@ -1,7 +1,8 @@
 """Chest radiographs with per-class masks (JSRT + SCR, Montgomery, or your own set) as TFDS.
 
-One example per radiograph: the image in its stored units (``uint16``, higher = brighter),
-a ``uint8`` label map, the patient id, the file name and the bit depth. Patients are dealt
+One example per radiograph: the image in its stored units (``uint16``, higher = brighter;
+DICOM radiographs as a viewer displays them, unless the config says otherwise), a ``uint8``
+label map, the patient id, the file name and the bit depth. Patients are dealt
 to ``num_folds`` folds (:func:`kseg.data.splits.assign_folds`) and each fold is written as
 its own split ``fold0`` .. ``fold{k-1}``, so every train / validation / test arrangement is
 a split expression (:func:`kseg.data.splits.split_names`) and no patient is in two splits.
@@ -39,6 +40,7 @@ import tensorflow_datasets as tfds
 
 from kseg.data.examples import fold_splits
 from kseg.io import LabelRule
+from kseg.io.dicom import DICOM_VALUES
 from tfds_builders._beam import BeamOverPatients
 from tfds_builders._foreground import ForegroundTally
 from tfds_builders._manual import manual_folder
@@ -50,7 +52,7 @@ from tfds_builders.xray.layout import (
     Record,
     find_records,
 )
-from tfds_builders.xray.radiographs import read_record_image, read_record_mask
+from tfds_builders.xray.radiographs import image_format, read_record_image, read_record_mask
 
 
 @dataclasses.dataclass(eq=False)
@@ -87,6 +89,12 @@ class XrayConfig(tfds.core.BuilderConfig):
             a noisy copy never lands in the clean dataset's folder.
         noise_seed: seed of the noise; each image's stream is also keyed by its file name,
             so its noise does not depend on which other files are present.
+        dicom_values: how DICOM radiographs are read (:func:`kseg.io.read_radiograph`):
+            ``"displayed"`` (the default) applies their VOI LUT or window and Presentation
+            LUT Shape, as a viewer shows them; the PNG / JPEG sets (Shenzhen, Montgomery)
+            hold exactly that, so both kinds reach a model with one contrast.
+            ``"modality"`` keeps their stored / modality units (version 1.0.0's reading).
+            Other formats are read the same either way.
     """
 
     layout: str = "generic"
@@ -100,6 +108,7 @@ class XrayConfig(tfds.core.BuilderConfig):
     split_seed: int = 0
     noise_sigma: float = 0.0
     noise_seed: int = 0
+    dicom_values: str = "displayed"
 
 
 def noisy_config(config: XrayConfig, sigma: float, *, seed: int = 0) -> XrayConfig:
@@ -151,8 +160,12 @@ class Builder(BeamOverPatients, tfds.core.GeneratorBasedBuilder):
     foreground statistics are the same either way.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Initial release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "Initial release.",
+        "1.1.0": "DICOM radiographs are read as displayed (VOI LUT or window, Presentation "
+        "LUT Shape) by default (XrayConfig.dicom_values); metadata image_formats.",
+    }
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 The files are read from the manual folder (by default ~/tensorflow_datasets/downloads/manual/,
 or tfds.download.DownloadConfig(manual_dir=...)) and never modified. One folder can hold all
@@ -246,7 +259,8 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
         return self.dataset_info_from_configs(
             description=(
                 "Chest radiographs, one example per image: image in its stored units "
-                "(uint16, higher = brighter), uint8 label map (labels are the config's "
+                "(uint16, higher = brighter; DICOM images read with dicom_values="
+                f"{self.builder_config.dicom_values!r}), uint8 label map (labels are the config's "
                 "class_names), patient id, file name and bit depth. Splits fold0.. are "
                 "patient-level folds."
             ),
@@ -272,6 +286,8 @@ CC BY-NC-SA 4.0, https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask), laid
         config = self.builder_config
         root = manual_folder(dl_manager, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
         records = find_records(root, config)
+        # What the images were, for the run's record of how to read new ones alike.
+        self.info.metadata["image_formats"] = sorted({image_format(r.image) for r in records})
         patients = sorted({record.patient_id for record in records})
         splits = fold_splits(patients, config.num_folds, seed=config.split_seed, where=str(root))
         tally = ForegroundTally(
@@ -379,6 +395,10 @@ def _check_config(config: XrayConfig) -> None:
         raise ValueError(
             f"{where}: required_labels {bad_required} are not foreground labels "
             f"1..{num_classes - 1} of class_names"
+        )
+    if config.dicom_values not in DICOM_VALUES:
+        raise ValueError(
+            f"{where}: dicom_values must be one of {DICOM_VALUES}, got {config.dicom_values!r}"
         )
     if not (math.isfinite(config.noise_sigma) and config.noise_sigma >= 0):
         raise ValueError(f"{where}: noise_sigma must be >= 0, got {config.noise_sigma!r}")

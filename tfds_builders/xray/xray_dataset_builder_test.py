@@ -10,9 +10,11 @@ arrays, from numpy decoding of the raw bytes and from Pillow, never from the bui
 import dataclasses
 
 import numpy as np
+import pydicom
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
+from pydicom.pixels import apply_voi_lut
 
 from kseg.data.pipeline import keep_patients, split_patient_ids
 from kseg.data.splits import assign_folds, fold_names, nested_patient_subset
@@ -238,6 +240,52 @@ def test_generic_reads_tiff_and_dicom_images(tmp_path, image_format, bit_depth):
         example = examples[f"P{k + 1:04d}_0{suffix}"]
         np.testing.assert_array_equal(example["image"], phantom.image)
         assert int(example["bit_depth"]) == bit_depth
+
+
+def _displayed_by_pydicom(path):
+    """A DICOM radiograph as displayed, by pydicom's apply_voi_lut (unsigned, no rescale:
+    its output range is kseg's), then MONOCHROME1 / INVERSE polarity; and its bits."""
+    ds = pydicom.dcmread(path)
+    shown = np.rint(apply_voi_lut(ds.pixel_array, ds))
+    bits = ds.VOILUTSequence[0].LUTDescriptor[2] if "VOILUTSequence" in ds else ds.BitsStored
+    if ds.PhotometricInterpretation == "MONOCHROME1" or ds.get("PresentationLUTShape") == (
+        "INVERSE"
+    ):
+        shown = 2**bits - 1 - shown
+    return shown, bits
+
+
+@pytest.mark.parametrize("display", sorted(xray_phantom.DICOM_DISPLAY_ENCODINGS))
+def test_generic_dicom_images_are_read_as_displayed_by_default(tmp_path, display):
+    manual = xray_phantom.write_generic(
+        tmp_path / "manual", num_images=2, size=16, seed=6, image_format="dicom",
+        bit_depth=12, dicom_display=display,
+    )  # fmt: skip
+    builder = _prepare(manual, tmp_path / "data", _config("generic", num_folds=2))
+    assert builder.info.metadata["image_formats"] == ["dicom"]
+    examples, _ = _examples(builder, 2)
+    for k in range(2):
+        expected, bits = _displayed_by_pydicom(manual / "images" / f"P{k + 1:04d}_0.dcm")
+        example = examples[f"P{k + 1:04d}_0.dcm"]
+        np.testing.assert_array_equal(example["image"], expected)
+        assert int(example["bit_depth"]) == bits
+        # the phantom, higher brighter, survives every encoding's display
+        phantom = xray_phantom.chest_radiograph((16, 16), seed=6000 + k, bit_depth=12)
+        assert np.corrcoef(example["image"].ravel(), phantom.image.ravel())[0, 1] > 0.9
+
+
+def test_generic_dicom_modality_config_keeps_the_stored_values(tmp_path):
+    manual = xray_phantom.write_generic(
+        tmp_path / "manual", num_images=2, size=16, seed=6, image_format="dicom",
+        bit_depth=12, dicom_display="window",
+    )  # fmt: skip
+    config = _config("generic", num_folds=2, dicom_values="modality")
+    examples, _ = _examples(_prepare(manual, tmp_path / "data", config), 2)
+    for k in range(2):
+        phantom = xray_phantom.chest_radiograph((16, 16), seed=6000 + k, bit_depth=12)
+        np.testing.assert_array_equal(examples[f"P{k + 1:04d}_0.dcm"]["image"], phantom.image)
+    with pytest.raises(ValueError, match="dicom_values must be one of"):
+        xray.Builder(config=_config("generic", dicom_values="shown"), data_dir=tmp_path)
 
 
 def test_generic_mask_values_outside_the_class_map_are_a_mask_error(tmp_path):
