@@ -8,7 +8,9 @@ segments every input and writes one prediction per input:
 * inputs: a DICOM series folder (slices ordered by position, :func:`kseg.io.read_dicom_series`),
   a NIfTI file or a folder of them (:func:`kseg.io.read_nifti`), and radiographs: one
   PNG / JPEG / TIFF / BMP / DICOM image or a folder of them (:func:`kseg.io.read_radiograph`;
-  DICOM files are recognised by their bytes, whatever their names);
+  DICOM files are recognised by their bytes, whatever their names, and read as config.json's
+  ``dicom_values`` records: as displayed, VOI transform applied, for runs trained on PNG /
+  JPEG images or on DICOM images read so; modality units for runs without the key);
 * models: ``"kind": "slices"`` (a 2D model run on every slice with
   :func:`kseg.data.pipeline.model_input`, probabilities resized back to each slice's plane
   with :func:`kseg.evaluation.resize_probabilities`; a CT model sees a NIfTI volume's slices
@@ -31,6 +33,7 @@ import dataclasses
 import os
 import pathlib
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -38,7 +41,7 @@ from tqdm.auto import tqdm
 
 from kseg.errors import LayoutError, UnreadableFileError
 from kseg.inference.sliding_window import BLEND_MODES
-from kseg.io.dicom import read_dicom_series, scan_dicom_files
+from kseg.io.dicom import DICOM_VALUES, read_dicom_series, scan_dicom_files
 from kseg.io.nifti import read_nifti, write_nifti
 from kseg.io.png_stack import write_png_stack
 from kseg.io.radiograph import read_radiograph
@@ -54,6 +57,7 @@ __all__ = [
     "postprocessing",
     "predict_command",
     "predict_path",
+    "radiograph_dicom_values",
     "read_inputs",
     "read_run",
     "write_predictions",
@@ -90,8 +94,9 @@ class Prediction:
         name: the output's file stem (the series folder's, NIfTI file's or image's name).
         source: the input file or DICOM series folder.
         kind: ``"dicom-series"``, ``"nifti"`` or ``"radiograph"``.
-        image: the input as read (HU for CT, stored units for radiographs), with its
-            geometry; a radiograph is one slice, ``(1, rows, columns)``.
+        image: the input as read (HU for CT, stored units for radiographs, DICOM ones as
+            config.json's ``dicom_values`` says), with its geometry; a radiograph is one
+            slice, ``(1, rows, columns)``.
         labels: ``uint8`` label map (``uint16`` past 255 classes) on ``image``'s grid and
             affine, 0 background, values by kseg.evaluation's conventions (one sigmoid
             channel: 1 where the probability is at least the threshold; several channels:
@@ -118,7 +123,9 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
     ``"radiograph"``, gives one radiograph per image or DICOM file (sorted by name; other
     files are skipped with a :class:`kseg.io.SkippedFileWarning`). Any other folder is one
     DICOM series. A single non-NIfTI file is a radiograph, or a one-slice DICOM series for
-    CT models.
+    CT models. DICOM radiographs are read with ``inference["dicom_values"]``
+    (:func:`radiograph_dicom_values`); when the run's ``image_formats`` hold no DICOM, a
+    warning says once that they are read as displayed, as the training images were.
 
     Returns:
         ``[(name, source path, kind, Volume, is DICOM)]`` in a stable order.
@@ -135,7 +142,7 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
         if _is_nifti(path):
             inputs = [_nifti_input(path)]
         elif radiograph_model or path.suffix.lower() in _IMAGE_SUFFIXES:
-            inputs = _radiograph_inputs(path, [path])
+            inputs = _radiograph_inputs(path, [path], inference)
         else:
             inputs = [_series_input([path], path)]
     elif path.is_dir():
@@ -144,7 +151,7 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
         if niftis:
             inputs = [_nifti_input(entry) for entry in niftis]
         elif radiograph_model or any(entry.suffix.lower() in _IMAGE_SUFFIXES for entry in files):
-            inputs = _radiograph_inputs(path, files)
+            inputs = _radiograph_inputs(path, files, inference)
         else:
             inputs = [_series_input(path, path)]
     else:
@@ -186,7 +193,15 @@ def _series_input(source, path: pathlib.Path) -> tuple:
     return name, path, DICOM_SERIES, series, True
 
 
-def _radiograph_inputs(where: pathlib.Path, files) -> list[tuple]:
+def radiograph_dicom_values(inference: Mapping) -> str:
+    """How a run's ``inference`` section says to read DICOM radiographs
+    (:func:`kseg.io.read_radiograph`'s ``dicom_values``): its ``"dicom_values"``, or
+    ``"modality"`` for config.json files written before kseg recorded it (what they were
+    trained and predicted with)."""
+    return inference.get("dicom_values", "modality")
+
+
+def _radiograph_inputs(where: pathlib.Path, files, inference: Mapping) -> list[tuple]:
     """Image files by their suffix, DICOM images by their bytes; the rest is skipped."""
     images = [entry for entry in files if entry.suffix.lower() in _IMAGE_SUFFIXES]
     others = [entry for entry in files if entry not in images]
@@ -195,8 +210,19 @@ def _radiograph_inputs(where: pathlib.Path, files) -> list[tuple]:
         for path, header in scan_dicom_files(others, where=where)
         if "PixelData" in header
     }
+    dicom_values = radiograph_dicom_values(inference)
+    formats = inference.get("image_formats")
+    if headers and dicom_values == "displayed" and formats and "dicom" not in formats:
+        warnings.warn(
+            f"{where}: {len(headers)} DICOM radiograph(s) read as displayed (VOI LUT or "
+            "window and Presentation LUT Shape applied), as config.json's dicom_values "
+            f"records: the run's model was trained on {', '.join(formats).upper()} images, "
+            "which hold what a viewer showed",
+            UserWarning,
+            stacklevel=4,
+        )
     inputs = [
-        _radiograph_input(entry, headers.get(entry))
+        _radiograph_input(entry, headers.get(entry), dicom_values)
         for entry in files
         if entry in headers or entry in images
     ]
@@ -207,9 +233,9 @@ def _radiograph_inputs(where: pathlib.Path, files) -> list[tuple]:
     return inputs
 
 
-def _radiograph_input(path: pathlib.Path, header) -> tuple:
+def _radiograph_input(path: pathlib.Path, header, dicom_values: str) -> tuple:
     """One radiograph as a one-slice Volume; ``header``: its DICOM header, or ``None``."""
-    image, _ = read_radiograph(path)
+    image, _ = read_radiograph(path, dicom_values=dicom_values)
     affine, metadata, patient_id = image_affine(), {}, _stem(path)
     if header is not None:
         affine, metadata, patient_id = _dicom_image_geometry(path, header)
@@ -447,6 +473,9 @@ def checked_inference(inference, source: os.PathLike | str | None = None) -> dic
         or _numbers(inference["spacing"], 3),
         "overlap": kind != "volume" or _fraction(inference.get("overlap", 0.25)),
         "blend": kind != "volume" or inference.get("blend", "gaussian") in BLEND_MODES,
+        "dicom_values": inference.get("dicom_values", "modality") in DICOM_VALUES,
+        "image_formats": isinstance(inference.get("image_formats", []), list)
+        and all(isinstance(name, str) for name in inference.get("image_formats", [])),
     }
     wrong = [key for key, fine in problems.items() if not fine]
     if wrong:

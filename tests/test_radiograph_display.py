@@ -7,6 +7,8 @@ pydicom's test files, never from kseg's readers.
 """
 
 import os
+import types
+import warnings
 
 import numpy as np
 import pydicom
@@ -17,9 +19,12 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import apply_voi_lut
 from pydicom.tag import Tag
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
+from test_predict import identity_model, min_max, radiograph_inference, write_run
 
 from kseg.errors import UnreadableFileError
 from kseg.io import read_dicom_image, read_radiograph
+from kseg.predict import predict_path
+from kseg.recipes.xray_multiclass import radiograph_reading
 
 RAMP_12_BIT = np.arange(4096, dtype=np.uint16).reshape(64, 64)  # every 12-bit value once
 
@@ -211,3 +216,67 @@ def test_unknown_values_argument_is_refused(tmp_path):
         read_dicom_image(path, values="shown")
     with pytest.raises(ValueError, match="dicom_values must be one of"):
         read_radiograph(path, dicom_values="shown")
+
+
+# --- the run's record, and kseg predict repeating it --------------------------------------------
+
+
+def _builder(formats, dicom_values):
+    return types.SimpleNamespace(
+        info=types.SimpleNamespace(metadata={"image_formats": formats}),
+        builder_config=types.SimpleNamespace(dicom_values=dicom_values),
+    )
+
+
+def test_run_records_displayed_for_png_training_images_and_the_config_for_dicom():
+    assert radiograph_reading(_builder(["png"], "modality")) == {
+        "dicom_values": "displayed", "image_formats": ["png"]}  # fmt: skip
+    assert radiograph_reading(_builder(["dicom", "png"], "modality"))["dicom_values"] == (
+        "modality"
+    )
+    assert radiograph_reading(_builder(["dicom"], "displayed"))["dicom_values"] == "displayed"
+
+
+def _window_cr(folder):
+    """A DX whose first window (800 wide, centred at 1000) clips the 12-bit ramp unevenly,
+    so min-max scaling of its displayed and of its stored values split it elsewhere."""
+    folder.mkdir()
+    return write_dx(folder / "chest.dcm", RAMP_12_BIT, WindowCenter=1000, WindowWidth=800)
+
+
+def test_predict_reads_dicom_as_displayed_for_a_png_trained_run_and_says_so_once(tmp_path):
+    source = _window_cr(tmp_path / "in")
+    write_dx(tmp_path / "in" / "second.dcm", RAMP_12_BIT, WindowCenter=1000, WindowWidth=800)
+    inference = radiograph_inference((64, 64), dicom_values="displayed", image_formats=["png"])
+    with pytest.warns(UserWarning, match=r"2 DICOM radiograph\(s\) read as displayed") as record:
+        predictions = predict_path(identity_model(2), inference, source.parent)
+    assert sum("read as displayed" in str(w.message) for w in record) == 1
+    displayed = window_reference(RAMP_12_BIT, 1000, 800, "LINEAR", 12)
+    for prediction in predictions:
+        np.testing.assert_array_equal(prediction.labels.array[0], min_max(displayed) >= 0.5)
+        np.testing.assert_array_equal(prediction.image.array[0], displayed)
+
+
+def test_predict_with_an_older_config_keeps_the_stored_values(tmp_path):
+    source = _window_cr(tmp_path / "in")
+    displayed = window_reference(RAMP_12_BIT, 1000, 800, "LINEAR", 12)
+    assert not np.array_equal(min_max(displayed) >= 0.5, min_max(RAMP_12_BIT) >= 0.5)
+    for inference in (
+        radiograph_inference((64, 64)),  # written before kseg recorded dicom_values
+        radiograph_inference((64, 64), dicom_values="modality", image_formats=["dicom"]),
+    ):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            [prediction] = predict_path(identity_model(2), inference, source)
+        np.testing.assert_array_equal(prediction.labels.array[0], min_max(RAMP_12_BIT) >= 0.5)
+
+
+def test_predict_refuses_an_unknown_dicom_values_record(tmp_path):
+    source = _window_cr(tmp_path / "in")
+    run = write_run(tmp_path / "run", identity_model(2),
+                    radiograph_inference((64, 64), dicom_values="shown"))  # fmt: skip
+    from kseg.predict import read_run
+
+    with pytest.raises(UnreadableFileError, match="config.json: inference dicom_values 'shown'"):
+        read_run(run)
+    assert source.exists()

@@ -413,15 +413,15 @@ def test_config_json_records_the_run(trained_xray):
         assert config["git_commit"] is None
     builder = load("xray_multiclass").prepare(args)
     assert config["dataset"] == {
-        "name": "xray", "config": "phantom_3class_3fold", "version": "1.0.0",
-        "data_dir": str(run / "tfds" / "xray" / "phantom_3class_3fold" / "1.0.0"),
+        "name": "xray", "config": "phantom_3class_3fold", "version": "1.1.0",
+        "data_dir": str(run / "tfds" / "xray" / "phantom_3class_3fold" / "1.1.0"),
         "fingerprint": expected_fingerprint(builder),
     }
     assert config["labels"] == PHANTOM_LABELS
     assert config["inference"] == {
         "kind": "slices", "window": "scale_intensity", "image_size": [32, 32],
         "num_classes": 4, "threshold": 0.5, "postprocess": "none", "modality": "radiograph",
-        "mirror_axes": [],
+        "mirror_axes": [], "dicom_values": "displayed", "image_formats": ["png"],
     }
     assert (run / "tensorboard").is_dir()
     recipe, reread = load_run(run)

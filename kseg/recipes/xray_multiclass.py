@@ -323,6 +323,7 @@ def _train(args):
             args, augmenter, labels, window=INTENSITY, num_classes=num_classes,
             postprocess="none", modality="radiograph",
         )  # fmt: skip
+        inference.update(radiograph_reading(builder))
         run_config.write_config(run_dir, args, "xray_multiclass", builder, labels, inference)
         _planned.record_sources(run_dir, args, HAND_PICKED_ALL)
     training, validation_batches, validation = _training_data(
@@ -331,6 +332,18 @@ def _train(args):
     with start.strategy.scope():
         model = build_model(start.training_args, num_classes)
     return _planned.fit(start, args, model, training, validation_batches, validation)
+
+
+def radiograph_reading(builder) -> dict:
+    """config.json's record of how the run's radiographs were read, for ``kseg predict`` to
+    read new ones alike: ``image_formats`` (the training images' formats, the builder's
+    metadata) and ``dicom_values`` (:func:`kseg.io.read_radiograph`): the builder config's
+    when DICOM images were among them, else ``"displayed"``, since PNG / JPEG images hold
+    what a viewer showed."""
+    formats = list(builder.info.metadata.get("image_formats", []))
+    trained_on_dicom = "dicom" in formats or not formats  # no record: trust the config
+    values = builder.builder_config.dicom_values if trained_on_dicom else "displayed"
+    return {"dicom_values": values, "image_formats": formats}
 
 
 def train(args) -> pathlib.Path:
@@ -346,7 +359,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     ``cases/<image>.npz`` (one slice, spacing 1 pixel)."""
     if input_dir is None:
         _common.check_split(args, split)  # before TensorFlow loads
-    from kseg.predict import postprocessing
+    from kseg.predict import postprocessing, radiograph_dicom_values
     from kseg.recipes import _evaluation
     from tfds_builders.xray import Builder
 
@@ -362,7 +375,11 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         examples_split = splits(args)[split]
         title = f"{split.capitalize()} fold {getattr(args, f'{split}_fold')}"
     else:
-        builder = _evaluation.input_builder(Builder, _base_config(args), input_dir, run_dir, name)
+        # the input folder's DICOM radiographs are read as the run's were
+        config = dataclasses.replace(
+            _base_config(args), dicom_values=radiograph_dicom_values(inference)
+        )
+        builder = _evaluation.input_builder(Builder, config, input_dir, run_dir, name)
         examples_split = _evaluation.every_split(builder)
         title = f"Every image of {input_dir}"
     # an input folder is prepared with the run's config: the same classes
