@@ -181,8 +181,9 @@ class GantryTiltWarning(UserWarning):
     than ``GANTRY_TILT_TOLERANCE_DEGREES`` off the normal of ImageOrientationPatient (and the
     slices drift in-plane by more than ``UNEVEN_GAP_ABSOLUTE_TOLERANCE_MM`` overall, so that
     positions rounded to two decimals never trigger it). The message names the folder, the
-    angle measured from the positions and GantryDetectorTilt when the header has it. The
-    Volume keeps the true, sheared affine: every voxel centre is where the scanner put it.
+    SeriesInstanceUID, the angle measured from the positions and GantryDetectorTilt when the
+    header has it. The Volume keeps the true, sheared affine: every voxel centre is where the
+    scanner put it.
     Its ``spacing[0]`` is then the step between slice centres; ``plane_spacing`` and
     ``voxel_volume`` give the physical sizes, kseg's metrics take the affine for distances
     and volumes, and :func:`kseg.geometry.deskew` resamples onto an orthogonal grid (as
@@ -1437,7 +1438,8 @@ def _warn_if_tilted(ordered, step: np.ndarray, normal: np.ndarray, folder: str) 
     header = "no GantryDetectorTilt" if tilt is None else f"GantryDetectorTilt {tilt:g}°"
     warnings.warn(
         GantryTiltWarning(
-            f"{folder}: the slices step {angle:.2f}° off the slice normal ({header}): a "
+            f"{folder}: the slices of series {_text(first, 'SeriesInstanceUID') or '(no UID)'} "
+            f"step {angle:.2f}° off the slice normal ({header}): a "
             f"sheared grid, slice centres {np.linalg.norm(step):.4g} mm apart but slice planes "
             f"{along:.4g} mm apart. kseg keeps the true sheared affine (Volume.spacing[0] is "
             "the step; Volume.plane_spacing and voxel_volume are the physical sizes); "
