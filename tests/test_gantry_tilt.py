@@ -13,7 +13,9 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 from scipy import ndimage
 from test_io_dicom import ROWS, _write_slice
 from test_io_enhanced_dicom import _item, _write_enhanced
@@ -30,7 +32,7 @@ from kseg.io import (
     write_nifti,
     write_rtstruct,
 )
-from kseg.io.dicom import GantryTiltWarning
+from kseg.io.dicom import GantryTiltWarning, HeaderValueWarning
 from kseg.plan import _example_spacing
 
 TILT_DEGREES = 20.0
@@ -38,6 +40,7 @@ STEP_MM = 2.5  # distance between slice planes
 ROW_MM, COLUMN_MM = 0.5, 0.75  # _write_slice's PixelSpacing
 SHIFT_MM = STEP_MM * math.tan(math.radians(TILT_DEGREES))
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+TILT_TAG = Tag("GantryDetectorTilt")
 
 
 def _tilted_positions(count, shift_mm=SHIFT_MM, origin=(-10.0, 20.0, 30.0)):
@@ -52,8 +55,13 @@ def _write_series(folder, positions, tilt=None):
                             pixels=np.full((ROWS, 6), 1024 + k, np.uint16))  # fmt: skip
         if tilt is not None:
             ds = pydicom.dcmread(path)
-            ds.GantryDetectorTilt = tilt
-            ds.save_as(path, enforce_file_format=True)
+            text = str(tilt).encode("ascii")
+            text += b" " * (len(text) % 2)
+            # raw, so that a malformed value reaches the file as written
+            ds[TILT_TAG] = RawDataElement(TILT_TAG, "DS", len(text), text, 0, False, True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # pydicom's warning about invalid values
+                ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
 
@@ -98,7 +106,7 @@ def test_tilted_series_warns_once_and_keeps_every_slice_where_the_scanner_put_it
         volume = read_dicom_series(tmp_path)
     (warning,) = _tilt_warnings(record)
     message = str(warning.message)
-    assert str(tmp_path) in message and "20.00°" in message
+    assert str(tmp_path) in message and "series 1.2.3.4 " in message and "20.00°" in message
     assert "GantryDetectorTilt 20°" in message
     for k, position in enumerate(positions):
         centre = volume.affine @ [k, 0, 0, 1]
@@ -112,6 +120,14 @@ def test_tilted_series_warns_once_and_keeps_every_slice_where_the_scanner_put_it
 def test_tilt_without_the_header_tag_is_measured_from_the_positions(tmp_path):
     _write_series(tmp_path, _tilted_positions(4, shift_mm=STEP_MM * math.tan(math.radians(7))))
     with pytest.warns(GantryTiltWarning, match=r"7\.00° .*no GantryDetectorTilt"):
+        read_dicom_series(tmp_path)
+
+
+def test_a_malformed_tilt_tag_is_left_out_with_a_header_warning(tmp_path):
+    _write_series(tmp_path, _tilted_positions(3), tilt="twenty")
+    with pytest.warns(GantryTiltWarning, match="no GantryDetectorTilt"), pytest.warns(
+        HeaderValueWarning, match="GantryDetectorTilt 'twenty'"
+    ):
         read_dicom_series(tmp_path)
 
 
