@@ -69,6 +69,7 @@ from kseg.io.volume import Volume
 
 __all__ = [
     "DICOM_VALUES",
+    "GantryTiltWarning",
     "HeaderValueWarning",
     "LossyImageWarning",
     "SkippedFileWarning",
