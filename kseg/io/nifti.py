@@ -403,9 +403,14 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
     """Write a Volume as NIfTI-1, atomically (temporary file in the same folder, then rename).
 
     The affine goes to the sform (code 1, scanner) and, when it has no shear, also to the
-    qform; units are millimetres. Boolean arrays are stored as uint8 and 64-bit integers as
-    int32 when their values fit (nibabel's ``dtype="compat"``; otherwise nibabel raises). An
-    existing file at ``path`` is replaced only once the new one is complete.
+    qform; units are millimetres. A sheared affine (a gantry-tilted CT) is kept whole in
+    the sform with qform_code 0, since a qform cannot hold a shear and would place the
+    slices elsewhere; nibabel and FSL read such a file right, while ITK-based readers
+    (SimpleITK 2.1+, nnU-Net, TorchIO) refuse it ("ITK only supports orthonormal direction
+    cosines", ITK issue #3994): write :func:`kseg.geometry.deskew`'s result for them.
+    Boolean arrays are stored as uint8 and 64-bit integers as int32 when their values fit
+    (nibabel's ``dtype="compat"``; otherwise nibabel raises). An existing file at ``path``
+    is replaced only once the new one is complete.
 
     Args:
         volume: the Volume to write.
