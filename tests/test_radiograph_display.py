@@ -210,6 +210,18 @@ def test_malformed_voi_values_name_the_file_and_tag(tmp_path, attributes, needle
     assert _unchanged(path) == before
 
 
+def test_window_onto_more_than_16_bits_is_refused_not_wrapped(tmp_path):
+    path = write_dx(tmp_path / "wide.dcm", RAMP_12_BIT, WindowCenter=2000, WindowWidth=1000)
+    ds = pydicom.dcmread(path)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 32, 32, 31
+    ds.PixelData = RAMP_12_BIT.astype("<u4").tobytes()
+    ds.save_as(path)
+    expected = window_reference(RAMP_12_BIT, 2000, 1000, "LINEAR", 32)
+    np.testing.assert_allclose(read_dicom_image(path, values="displayed"), expected, rtol=1e-7)
+    with pytest.raises(UnreadableFileError, match=r"wide\.dcm: its window gives 32-bit values"):
+        read_radiograph(path, dicom_values="displayed")
+
+
 def test_unknown_values_argument_is_refused(tmp_path):
     path = write_dx(tmp_path / "dx.dcm", RAMP_12_BIT)
     with pytest.raises(ValueError, match="values must be one of"):

@@ -209,6 +209,12 @@ def _grey_values(path, mode: str, values: np.ndarray) -> tuple[np.ndarray, int]:
 def _read_dicom_radiograph(path, dicom_values: str) -> tuple[np.ndarray, int]:
     values, voi_bits = _read_image(path, dicom_values)
     if voi_bits is not None:  # integers 0 .. 2**voi_bits - 1 by construction
+        if voi_bits > 16:
+            raise UnreadableFileError(
+                path,
+                f"its window gives {voi_bits}-bit values (BitsStored {voi_bits}); a "
+                "radiograph here must fit 0..65535",
+            )
         return values.astype(np.uint16), voi_bits
     # read_dicom_image accepted the file, preamble or not; read its header the same way.
     try:
