@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.dataelem import RawDataElement
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
@@ -33,7 +34,12 @@ from kseg.io import (
     write_rtstruct,
 )
 from kseg.io.dicom import GantryTiltWarning, HeaderValueWarning
+from kseg.io.rtstruct import RoiNameWarning
 from kseg.plan import _example_spacing
+from tfds_builders._foreground import ForegroundTally
+from tfds_builders.chaos import chaos_dataset_builder as chaos
+from tfds_builders.lctsc import lctsc_dataset_builder as lctsc
+from tfds_builders.lctsc.layout import Case
 
 TILT_DEGREES = 20.0
 STEP_MM = 2.5  # distance between slice planes
@@ -361,3 +367,45 @@ def test_rtstruct_of_a_tilted_series_outlines_each_slice_at_its_own_position(tmp
         np.testing.assert_allclose(contour.points.max(axis=0), high, atol=1e-3)
     (back,) = rasterize_rtstruct(tmp_path / "rt.dcm", series).values()
     np.testing.assert_array_equal(back.astype(bool), labels.astype(bool))
+
+
+def test_chaos_slices_of_a_tilted_series_carry_the_distance_between_planes(tmp_path):
+    patient_dir = tmp_path / "7"
+    (patient_dir / "DICOM_anon").mkdir(parents=True)
+    paths = _write_series(patient_dir / "DICOM_anon", _tilted_positions(4))
+    (patient_dir / "Ground").mkdir()
+    for path in paths:
+        mask = np.zeros((ROWS, 6), np.uint8)
+        mask[1:3, 2:4] = 255
+        Image.fromarray(mask).save(patient_dir / "Ground" / f"{path.stem}.png")
+    config = next(c for c in chaos.Builder.BUILDER_CONFIGS if c.name == "ct")
+    tally = ForegroundTally({1: "liver"}, required=(1,), metadata={})
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GantryTiltWarning)
+        examples = list(chaos.patient_examples(config, patient_dir, "train", tally))
+
+    assert len(examples) == 4
+    for _, example in examples:  # planes STEP_MM apart, not STEP_MM / cos(tilt)
+        np.testing.assert_allclose(example["spacing"], [STEP_MM, ROW_MM, COLUMN_MM], rtol=1e-5)
+
+
+def test_lctsc_case_of_a_tilted_series_carries_the_distance_between_planes(tmp_path):
+    (tmp_path / "ct").mkdir()
+    paths = _write_series(tmp_path / "ct", _tilted_positions(4), tilt=TILT_DEGREES)
+    with pytest.warns(GantryTiltWarning):
+        series = read_dicom_series(tmp_path / "ct")
+    labels = np.zeros(series.shape, np.uint8)
+    labels[:, 1:3, 1:3], labels[:, 1:3, 4:6] = 1, 2
+    write_rtstruct(labels, series, tmp_path / "rt.dcm", roi_names={1: "Lung_L", 2: "Lung_R"})
+    config = next(c for c in lctsc.Builder.BUILDER_CONFIGS if c.name == "lungs")
+    case = Case("LCTSC-Test-S1-101", "F", tuple(map(str, paths)),
+                series.metadata["series_instance_uid"], str(tmp_path / "rt.dcm"))  # fmt: skip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GantryTiltWarning)
+        warnings.simplefilter("ignore", RoiNameWarning)  # the other three organs: none drawn
+        arrays = lctsc.read_case(config, case, check=lambda labels: None)
+
+    assert arrays.labels.any()  # planes STEP_MM apart, not STEP_MM / cos(tilt)
+    np.testing.assert_allclose(arrays.spacing, [STEP_MM, ROW_MM, COLUMN_MM], rtol=1e-5)

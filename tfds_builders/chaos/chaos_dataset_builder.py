@@ -194,4 +194,4 @@ def patient_examples(
     images = to_image_dtype(
         volume.array, IMAGE_DTYPES[config.modality], source=image_dir, modality=config.modality
     )
-    yield from slice_examples(patient, images, labels, volume.spacing)
+    yield from slice_examples(patient, images, labels, volume.plane_spacing)

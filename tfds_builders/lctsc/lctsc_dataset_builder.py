@@ -309,7 +309,7 @@ def read_case(config: LctscConfig, case: Case, *, check) -> _CaseArrays:
         stored = npz_organ_ids(case.mask_file, config.classes)
         check(lookup[stored])
         labels = lookup[align_mask_to_volume(stored, volume, source=case.mask_file).mask]
-    return _CaseArrays(volume.array, labels, np.asarray(volume.spacing))
+    return _CaseArrays(volume.array, labels, np.asarray(volume.plane_spacing))
 
 
 def fold_stratum(sex: str, empty_fraction: float, bins) -> tuple[str, int]:
