@@ -30,6 +30,7 @@ from kseg.io import (
     read_dicom_series,
     read_nifti,
     read_rtstruct,
+    write_dicom_seg,
     write_nifti,
     write_rtstruct,
 )
@@ -409,3 +410,20 @@ def test_lctsc_case_of_a_tilted_series_carries_the_distance_between_planes(tmp_p
 
     assert arrays.labels.any()  # planes STEP_MM apart, not STEP_MM / cos(tilt)
     np.testing.assert_allclose(arrays.spacing, [STEP_MM, ROW_MM, COLUMN_MM], rtol=1e-5)
+
+
+def test_seg_of_a_tilted_series_without_slice_thickness_gives_the_plane_distance(tmp_path):
+    (tmp_path / "ct").mkdir()
+    for path in _write_series(tmp_path / "ct", _tilted_positions(4), tilt=TILT_DEGREES):
+        ds = pydicom.dcmread(path)
+        del ds.SliceThickness  # optional (type 2) in CT; the SEG's pixel measures need one
+        ds.save_as(path)
+    with pytest.warns(GantryTiltWarning):
+        series = read_dicom_series(tmp_path / "ct")
+    labels = np.zeros(series.shape, np.uint8)
+    labels[:, 1:3, 1:4] = 1
+
+    write_dicom_seg(labels, series, tmp_path / "seg.dcm", {1: "tumour"})
+
+    shared = pydicom.dcmread(tmp_path / "seg.dcm").SharedFunctionalGroupsSequence[0]
+    assert float(shared.PixelMeasuresSequence[0].SliceThickness) == pytest.approx(STEP_MM)

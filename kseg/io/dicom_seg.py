@@ -240,8 +240,9 @@ def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
             if keyword not in ds:  # type 2: present, empty when unknown (PS3.3 C.7.1.1, C.7.2.1)
                 setattr(ds, keyword, "")
         if "ImagePositionPatient" in ds and not ds.get("SliceThickness"):
-            # highdicom copies it into the SEG's pixel measures; the slice step stands in
-            ds.SliceThickness = series.spacing[0]
+            # highdicom copies it into the SEG's pixel measures; the distance between slice
+            # planes stands in (not the step, which a gantry tilt slants)
+            ds.SliceThickness = series.plane_spacing[0]
         if "PerFrameFunctionalGroupsSequence" in ds:
             _share_plane_groups(ds)
         patched.append(ds)
