@@ -200,10 +200,13 @@ def test_compressed_enhanced_file_reads_like_the_uncompressed_one(tmp_path):
 
 
 def test_frame_order_in_the_file_does_not_matter_to_the_volume(tmp_path):
-    order, stored, positions, _ = _shuffled_volume(count=4, seed=1)
-    first = _write_enhanced(tmp_path / "a.dcm", stored, positions)
+    order, stored, positions, orientation = _shuffled_volume(count=4, seed=1)
+    # the frames' own orientation: positions along its normal make a straight grid
+    first = _write_enhanced(tmp_path / "a.dcm", stored, positions, orientation=orientation)
     reverse = slice(None, None, -1)
-    second = _write_enhanced(tmp_path / "b.dcm", stored[reverse], positions[reverse])
+    second = _write_enhanced(
+        tmp_path / "b.dcm", stored[reverse], positions[reverse], orientation=orientation
+    )
 
     one, other = read_dicom_series([first]), read_dicom_series([second])
 
