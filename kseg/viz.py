@@ -331,10 +331,19 @@ def error_map(
 
 
 def _volume_and_spacing(volume, spacing):
-    """The (z, y, x) array and spacing of an array or of a :class:`kseg.io.Volume`."""
+    """The (z, y, x) array and spacing of an array or of a :class:`kseg.io.Volume`.
+
+    A Volume's through-plane size is its distance between slice planes: on a gantry-tilted
+    (sheared) grid the step between slice centres is longer, and would stretch the coronal
+    and sagittal views by ``1 / cos(tilt)``.
+    """
     if hasattr(volume, "array") and hasattr(volume, "affine"):
         array = np.asarray(volume.array)
-        spacing = volume.spacing if spacing is None else spacing
+        if spacing is None:
+            step, planes = volume.spacing, volume.plane_spacing
+            # equal on orthogonal grids, where the step is exact and the plane distance
+            # (a determinant over an area) may be a rounding off
+            spacing = step if math.isclose(planes[0], step[0], rel_tol=1e-12) else planes
     else:
         array = np.asarray(volume)
     if array.ndim != 3:
@@ -396,14 +405,16 @@ def tri_planar(
     in :func:`overlay`.
 
     Args:
-        volume: 3D array ``(z, y, x)`` or a :class:`kseg.io.Volume` (its spacing is used
-            unless ``spacing`` is given).
+        volume: 3D array ``(z, y, x)`` or a :class:`kseg.io.Volume` (its
+            :attr:`~kseg.io.Volume.plane_spacing` is used unless ``spacing`` is given: the
+            distance between slice planes, also on a gantry-tilted series).
         reference: optional mask or label map of the volume's shape (array or Volume).
         prediction: optional mask or label map of the volume's shape (array or Volume).
         index: the ``(z, y, x)`` voxel the three planes pass through; default the rounded
             centre of mass of the reference's foreground, or the volume's centre when there
             is no reference or it is empty.
-        spacing: voxel size ``(z, y, x)`` in mm; default 1 mm (or the Volume's).
+        spacing: voxel size ``(z, y, x)`` in mm; default 1 mm (or the Volume's plane
+            spacing).
         alpha: opacity of the prediction's fill, in [0, 1].
         linewidth: outline width in points.
         window: ``(low, high)`` grey window; default the volume's minimum and maximum.
