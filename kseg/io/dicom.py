@@ -1428,25 +1428,43 @@ def _check_gaps(ordered, gaps: np.ndarray, folder: str) -> None:
 
 
 def _warn_if_tilted(ordered, step: np.ndarray, normal: np.ndarray, folder: str) -> None:
+    path, first = ordered[0]
+    _warn_if_sheared(folder, _slice_name(path, first), first, step, normal, len(ordered), 5)
+
+
+def _gantry_tilt(step: np.ndarray, normal: np.ndarray, slices: int) -> float | None:
+    """Degrees a stack of ``slices`` whose mean step is ``step`` leans off the unit slice
+    ``normal`` (both in one patient frame, LPS or RAS), or ``None`` when that is no gantry
+    tilt by :class:`GantryTiltWarning`'s thresholds."""
     along = float(step @ normal)
     sideways = float(np.linalg.norm(step - along * normal))
     angle = math.degrees(math.atan2(sideways, along))
-    drift = sideways * (len(ordered) - 1)
+    drift = sideways * (slices - 1)
     if angle <= GANTRY_TILT_TOLERANCE_DEGREES or drift <= UNEVEN_GAP_ABSOLUTE_TOLERANCE_MM:
+        return None
+    return angle
+
+
+def _warn_if_sheared(where: str, name: str, header, step, normal, slices: int, stacklevel: int):
+    """The GantryTiltWarning of a tilted stack (series, Enhanced frames or DICOM-SEG frames),
+    naming ``where`` and ``header``'s SeriesInstanceUID and GantryDetectorTilt (a malformed
+    one is reported for the file ``name``)."""
+    angle = _gantry_tilt(step, normal, slices)
+    if angle is None:
         return
-    path, first = ordered[0]
-    tilt = _reported_number(_slice_name(path, first), first, "GantryDetectorTilt", float)
-    header = "no GantryDetectorTilt" if tilt is None else f"GantryDetectorTilt {tilt:g}°"
+    along = float(step @ normal)
+    tilt = _reported_number(name, header, "GantryDetectorTilt", float)
+    stated = "no GantryDetectorTilt" if tilt is None else f"GantryDetectorTilt {tilt:g}°"
     warnings.warn(
         GantryTiltWarning(
-            f"{folder}: the slices of series {_text(first, 'SeriesInstanceUID') or '(no UID)'} "
-            f"step {angle:.2f}° off the slice normal ({header}): a "
+            f"{where}: the slices of series {_text(header, 'SeriesInstanceUID') or '(no UID)'} "
+            f"step {angle:.2f}° off the slice normal ({stated}): a "
             f"sheared grid, slice centres {np.linalg.norm(step):.4g} mm apart but slice planes "
             f"{along:.4g} mm apart. kseg keeps the true sheared affine (Volume.spacing[0] is "
             "the step; Volume.plane_spacing and voxel_volume are the physical sizes); "
             "kseg.geometry.deskew resamples it onto an orthogonal grid"
         ),
-        stacklevel=4,
+        stacklevel=stacklevel,
     )
 
 

@@ -18,8 +18,11 @@ being its PixelPaddingValue. :func:`read_dicom_seg_masks` places each frame on a
   origin, orientation, pixel spacing and size must be the series' (or an AlignmentError
   says which differs).
 * **Without it**, on the grid the frames span: slices sorted along the normal of their
-  orientation (as :func:`kseg.io.read_dicom_series` sorts images), spaced by
-  SpacingBetweenSlices (else by the smallest gap between frame positions).
+  orientation (as :func:`kseg.io.read_dicom_series` sorts images), slice planes
+  SpacingBetweenSlices apart (else the smallest gap between frame positions along the
+  normal). A SEG of a gantry-tilted series, whose frame positions step off the normal, gets
+  the sheared affine the series has (the mean step from the first frame to the last) and
+  the series reader's :class:`kseg.io.GantryTiltWarning`, by the same thresholds.
 
 Reference:
     DICOM PS3.3 A.51 (Segmentation IOD), C.8.20 (Segmentation Image Module); Herz C. et al.,
@@ -47,6 +50,8 @@ from kseg.errors import AlignmentError, MaskError, UnreadableFileError
 from kseg.io.dicom import (
     ORIENTATION_ORTHONORMAL_TOLERANCE,
     ImageSlices,
+    _gantry_tilt,
+    _warn_if_sheared,
     referenced_frame_number,
     unit_cosines,
 )
@@ -301,6 +306,10 @@ def read_dicom_seg_masks(
             LABELMAP pixel value that is neither a segment nor the background.
         AlignmentError: with ``reference_series``: another FrameOfReferenceUID, another
             orientation, pixel spacing or size, or frames off the series' slices.
+
+    Warns:
+        GantryTiltWarning: without ``reference_series``, the frame positions step off the
+            slice normal (a gantry-tilted series); the masks keep the sheared affine.
     """
     path = os.fspath(path)
     ds = _read_segmentation(path)
@@ -604,12 +613,16 @@ def _pixels(path: str, ds: pydicom.Dataset) -> np.ndarray:
     return (pixels > 0).astype(np.uint8)
 
 
-def _index_affine(frames: _Frames, origin: np.ndarray, step: float) -> np.ndarray:
+def _normal(frames: _Frames) -> np.ndarray:
+    return np.cross(frames.orientation[:3], frames.orientation[3:])
+
+
+def _index_affine(frames: _Frames, origin: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """Index (k, j, i) -> RAS+ mm of frames at ``origin`` stepping by ``step`` (LPS mm)."""
     row_cosine, column_cosine = frames.orientation[:3], frames.orientation[3:]
-    normal = np.cross(row_cosine, column_cosine)
     row_spacing, column_spacing = frames.spacing
     affine = np.eye(4)
-    affine[:3, 0] = normal * step * _LPS_TO_RAS
+    affine[:3, 0] = step * _LPS_TO_RAS
     affine[:3, 1] = column_cosine * row_spacing * _LPS_TO_RAS
     affine[:3, 2] = row_cosine * column_spacing * _LPS_TO_RAS
     affine[:3, 3] = origin * _LPS_TO_RAS
@@ -617,7 +630,10 @@ def _index_affine(frames: _Frames, origin: np.ndarray, step: float) -> np.ndarra
 
 
 def _grid_of_frames(path: str, ds: pydicom.Dataset, frames: _Frames) -> _Grid:
-    normal = np.cross(frames.orientation[:3], frames.orientation[3:])
+    """The grid the frames span: planes ``spacing`` apart along the normal, the slice axis
+    the mean step between frame positions, which a gantry-tilted series slants off the
+    normal (a GantryTiltWarning, by the series reader's rule, says so)."""
+    normal = _normal(frames)
     along = frames.positions @ normal
     first = int(np.argmin(along))
     offsets = along - along[first]
@@ -633,12 +649,21 @@ def _grid_of_frames(path: str, ds: pydicom.Dataset, frames: _Frames) -> _Grid:
         raise UnreadableFileError(
             path, f"frame positions are not whole multiples of the slice spacing {spacing} mm"
         )
-    affine = _index_affine(frames, frames.positions[first], spacing)
+    slices = np.round(index).astype(int)
+    last = int(np.argmax(along))
+    step = normal * spacing
+    measured = (frames.positions[last] - frames.positions[first]) / max(int(slices[last]), 1)
+    if _gantry_tilt(measured, normal, int(slices[last]) + 1) is not None:
+        step = measured
+        _warn_if_sheared(path, path, ds, step, normal, int(slices[last]) + 1, stacklevel=4)
+    affine = _index_affine(frames, frames.positions[first], step)
     in_plane = _to_index(affine, frames.positions)[:, 1:]
     if np.abs(in_plane).max() > _POSITION_TOLERANCE:
-        raise UnreadableFileError(path, "frames have different in-plane origins")
-    slices = np.round(index).astype(int)
-    shape = (int(slices.max()) + 1, int(ds.Rows), int(ds.Columns))
+        raise UnreadableFileError(
+            path, "frames have different in-plane origins: they do not step evenly from "
+            "the first frame's position to the last's"
+        )  # fmt: skip
+    shape = (int(slices[last]) + 1, int(ds.Rows), int(ds.Columns))
     return _Grid(shape, affine, slices)
 
 
@@ -649,7 +674,7 @@ def _grid_of_series(path: str, ds: pydicom.Dataset, frames: _Frames, series: Vol
         raise AlignmentError(
             path, f"the SEG is in frame of reference {seg_frame}, the series in {series_frame}"
         )
-    expected = _index_affine(frames, np.zeros(3), 1.0)
+    expected = _index_affine(frames, np.zeros(3), _normal(frames))
     actual = series.affine[:3, 1:3]
     if not np.allclose(expected[:3, 1:3], actual, atol=1e-3 * max(frames.spacing)):
         raise AlignmentError(
