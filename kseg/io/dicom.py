@@ -15,7 +15,8 @@ values and the geometry tags are checked before any pixel is decoded or any arra
 An Enhanced image (Enhanced CT / MR, Legacy Converted Enhanced) is read by the rescale,
 position, orientation and pixel spacing of its functional groups, where such files keep them,
 frame by frame: a multi-frame one is a series in one file, its frames ordered, checked and
-placed exactly as single-frame slices are. A file that is DICOM but broken (cut short, an
+placed exactly as single-frame slices are; so are the frames of all the files of an image
+split into a Concatenation. A file that is DICOM but broken (cut short, an
 image without pixel data, a header value that is not what its tag needs) is an error naming
 the file and the tag; only files that are not DICOM at all, or DICOM objects without an image
 (DICOMDIR, RTSTRUCT, SR ...), are skipped, with a :class:`SkippedFileWarning`. Lossy-compressed
@@ -35,6 +36,7 @@ Reference:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import os
@@ -258,8 +260,12 @@ def read_dicom_series(
     Converted Enhanced image, whose frames are read like slices: each placed by its
     PlanePositionSequence and PlaneOrientationSequence, sized by PixelMeasuresSequence and
     rescaled by PixelValueTransformationSequence, per frame or shared, and the frames ordered
-    along the slice normal with the same spacing, gap and duplicate-position rules. The file
-    is refused when its frames are not one volume, as its frame content and dimensions
+    along the slice normal with the same spacing, gap and duplicate-position rules. An image
+    split into a Concatenation (several files sharing a ConcatenationUID, as Philips and
+    Siemens write large series) is one image: the frames of all its files, once the files are
+    checked to be the whole of it (InConcatenationNumber 1..InConcatenationTotalNumber, each
+    ConcatenationFrameOffsetNumber the count of frames before it). The image is refused when
+    its frames are not one volume, as its frame content and dimensions
     (DimensionIndexSequence) say: several stacks (StackID), temporal positions, cardiac phases,
     b-values, diffusion directions, echoes, contrasts or image components (magnitude and
     phase).
@@ -280,7 +286,9 @@ def read_dicom_series(
         ``affine`` from index ``(k, j, i)`` to RAS+ mm; ``source_files`` and
         ``metadata["sop_instance_uids"]`` / ``["instance_numbers"]`` in array order (an
         Enhanced file's name and UIDs once per frame, and ``metadata["frame_numbers"]``, the
-        1-based frame of each slice);
+        1-based frame of each slice in its file; for a concatenation also
+        ``metadata["concatenation_source_uid"]`` and ``["source_frame_numbers"]``, each
+        slice's frame in the image before it was split);
         ``metadata`` also holds modality, series_instance_uid, study_instance_uid,
         frame_of_reference_uid, patient_sex, series_description, and window_center /
         window_width (first value) when the header has them. A RescaleSlope or
@@ -299,9 +307,12 @@ def read_dicom_series(
             within the series; two slices share a position; a gap shows a missing slice; a
             multi-frame file without functional groups, a colour or palette file; some slices
             carry a rescale (or Modality LUT) that is not the identity while others carry
-            none; an Enhanced multi-frame file beside other images of its series, or whose
-            frames are several volumes (see above), or differ in orientation or spacing (the
-            message names the file and the frame).
+            none; an Enhanced multi-frame image beside other images of its series (several
+            Enhanced images of one series: the message lists them; pass one image's files as
+            a list), or whose frames are several volumes (see above), or differ in orientation
+            or spacing (the message names the file and the frame); a concatenation missing
+            files or frames, or with an instance number twice (the message names the folder,
+            the ConcatenationUID and what is missing).
         UnreadableFileError: a file that is DICOM but cannot be used: cut short (header or
             pixel data), an empty data set, an image without pixel data, an empty (0-byte)
             file; Rows/Columns/BitsAllocated/BitsStored/PixelRepresentation that are not valid,
@@ -331,7 +342,7 @@ def read_dicom_series(
     folder, paths = _list_source(source)
     headers = _read_image_headers(paths, folder)
     series = headers if ignore_series_uid else _select_series(headers, series_uid, folder)
-    ordered, slices, step = _order_slices(_frames_as_slices(series), folder)
+    ordered, slices, step = _order_slices(_frames_as_slices(series, folder), folder)
     array = _decode_in_hounsfield_units(ordered)
     first = ordered[0][1]
     return Volume(
@@ -888,32 +899,134 @@ def _select_series(headers, series_uid: str | None, folder: str):
     return next(iter(groups.values()))
 
 
-def _frames_as_slices(series):
-    """The series' ``(path, header)`` pairs, an Enhanced multi-frame file's as one
+def _frames_as_slices(series, folder: str):
+    """The series' ``(path, header)`` pairs, an Enhanced multi-frame image's as one
     ``(path, _Frame)`` pair per frame, which the series reader then orders and checks like
-    slices."""
-    multi_frame = [(path, header) for path, header in series if _frame_count(path, header) > 1]
-    if not multi_frame:
+    slices. An image split into a Concatenation (PS3.3 C.7.6.16.2.2: several files sharing a
+    ConcatenationUID) is one image: the frames of all its files, each decoded from its own."""
+    images = _enhanced_images(series)
+    if not images:
         return series
-    path, header = multi_frame[0]
-    if not _has_functional_groups(header):
+    if len(images) > 1:
         raise DicomSeriesError(
-            path,
-            f"has {_frame_count(path, header)} frames but no functional groups "
-            "(PerFrameFunctionalGroupsSequence) to place them: expected single-frame slices "
-            "or an Enhanced multi-frame image",
+            folder,
+            f"holds {len(images)} Enhanced multi-frame images in one series: "
+            + "; ".join(_describe_image(image) for image in images)
+            + "; expected one, since each image's frames are the series (they share a "
+            "SeriesInstanceUID, so series_uid= cannot choose: pass the list of one image's "
+            "files)",
         )
-    if len(series) > 1:
-        others = [other for other, _ in series if other != path]
+    (image,) = images
+    if len(series) > len(image):
+        members = {path for path, _ in image}
+        others = [path for path, _ in series if path not in members]
         raise DicomSeriesError(
-            path,
-            f"is a multi-frame Enhanced image, and its series also holds {len(others)} other "
-            f"image file(s) (first: {others[0]}): expected the Enhanced file alone, since "
-            "its frames are the series (pass series_uid= or a list of files to choose, or "
-            "move the other files out)",
+            image[0][0],
+            f"is {_describe_image(image)}, a multi-frame Enhanced image, and its series also "
+            f"holds {len(others)} other image file(s) (first: {others[0]}): expected the "
+            "Enhanced image alone, since its frames are the series (pass series_uid= or a "
+            "list of files to choose, or move the other files out)",
         )
-    with _reading(path, UnreadableFileError):
-        return _frames(path, header)
+    if _text(image[0][1], "ConcatenationUID").strip():
+        image = _whole_concatenation(image, folder)
+    frames = []
+    for path, header in image:
+        with _reading(path, UnreadableFileError):
+            frames += _frames(path, header)
+    with _reading(_describe_image(image), UnreadableFileError):
+        _check_one_volume(image, folder)
+    return frames
+
+
+def _enhanced_images(series) -> list[list[tuple[str, pydicom.Dataset]]]:
+    """The series' Enhanced multi-frame images, each as the ``(path, header)`` pairs of its
+    files: one file, or the files of one concatenation (which may hold a single frame)."""
+    images, concatenations = [], {}
+    for path, header in series:
+        count = _frame_count(path, header)
+        if count > 1 and not _has_functional_groups(header):
+            raise DicomSeriesError(
+                path,
+                f"has {count} frames but no functional groups "
+                "(PerFrameFunctionalGroupsSequence) to place them: expected single-frame "
+                "slices or an Enhanced multi-frame image",
+            )
+        concatenation = _text(header, "ConcatenationUID").strip()
+        if concatenation and _has_functional_groups(header):
+            if concatenation not in concatenations:
+                concatenations[concatenation] = []
+                images.append(concatenations[concatenation])
+            concatenations[concatenation].append((path, header))
+        elif count > 1:
+            images.append([(path, header)])
+    return images
+
+
+def _describe_image(image) -> str:
+    if len(image) == 1:
+        return image[0][0]
+    uid = _text(image[0][1], "ConcatenationUID")
+    return f"concatenation {uid} of {len(image)} files ({', '.join(path for path, _ in image)})"
+
+
+def _whole_concatenation(image, folder: str):
+    """The files of one concatenation in their InConcatenationNumber order, once checked to
+    be all of it: numbers 1..InConcatenationTotalNumber each once, one source image, and
+    each file's ConcatenationFrameOffsetNumber the count of the frames before it (a file
+    missing from the middle, or a frame missing from a file, shows there)."""
+    uid = _text(image[0][1], "ConcatenationUID")
+    numbered, totals, sources = {}, set(), set()
+    for path, header in image:
+        number = _integer(
+            path, header, "InConcatenationNumber", DicomSeriesError, allowed=range(1, 2**16)
+        )
+        if number in numbered:
+            raise DicomSeriesError(
+                folder,
+                f"concatenation {uid}: {numbered[number][0]} and {path} both have "
+                f"InConcatenationNumber {number}; expected each instance once",
+            )
+        numbered[number] = (path, header)
+        total = _integer(
+            path, header, "InConcatenationTotalNumber", DicomSeriesError, default=0,
+            allowed=range(1, 2**16),
+        )  # fmt: skip
+        totals |= {total} - {0}  # type 3: files may leave it out
+        sources.add(_text(header, "SOPInstanceUIDOfConcatenationSource").strip())
+    for keyword, found in (("InConcatenationTotalNumber", totals),
+                           ("SOPInstanceUIDOfConcatenationSource", sources)):  # fmt: skip
+        if len(found) > 1:
+            raise DicomSeriesError(
+                folder, f"concatenation {uid}: its files disagree on {keyword} ({sorted(found)})"
+            )
+    total = totals.pop() if totals else max(numbered)
+    missing = sorted(set(range(1, total + 1)) - numbered.keys())
+    if missing or max(numbered) > total:
+        raise DicomSeriesError(
+            folder,
+            f"concatenation {uid} (of source image {sources.pop()}) is incomplete: it has "
+            f"{total} instances, these files hold InConcatenationNumber "
+            f"{sorted(numbered)}; missing {missing or 'none, but a number is beyond the total'}"
+            " (copy the missing files in beside the others)",
+        )
+    ordered, frames_before = [], 0
+    for number in sorted(numbered):
+        path, header = numbered[number]
+        ordered.append((path, header))
+        offset = _integer(
+            path, header, "ConcatenationFrameOffsetNumber", DicomSeriesError,
+            allowed=range(2**32),
+        )  # fmt: skip
+        if offset != frames_before:
+            raise DicomSeriesError(
+                folder,
+                f"concatenation {uid} is incomplete: {path} (InConcatenationNumber "
+                f"{number}) starts at ConcatenationFrameOffsetNumber "
+                f"{offset}, but the instances before it hold {frames_before} frames; expected "
+                "each instance to continue where the previous one ends",
+            )
+        frames_before += _frame_count(path, header)
+    return ordered
 
 
 def _frame_count(path: str, header: pydicom.Dataset) -> int:
@@ -925,16 +1038,8 @@ def _frame_count(path: str, header: pydicom.Dataset) -> int:
 def _frames(path: str, header: pydicom.Dataset) -> list[tuple[str, _Frame]]:
     count = _frame_count(path, header)
     _check_pixel_module(path, header, DicomSeriesError, frames=count)
-    per_frame = _raw_value(path, header, "PerFrameFunctionalGroupsSequence", UnreadableFileError)
-    per_frame = per_frame or []
-    if len(per_frame) != count:
-        raise UnreadableFileError(
-            path,
-            f"NumberOfFrames is {count} but PerFrameFunctionalGroupsSequence holds "
-            f"{len(per_frame)} item(s); expected one per frame",
-        )
+    per_frame = _per_frame_groups(path, header)
     shared = _raw_value(path, header, "SharedFunctionalGroupsSequence", UnreadableFileError)
-    _check_one_volume(path, header, per_frame)
     frames = []
     for number, group in enumerate(per_frame, start=1):
         frame = _Frame(header, number)
@@ -943,11 +1048,26 @@ def _frames(path: str, header: pydicom.Dataset) -> list[tuple[str, _Frame]]:
     return frames
 
 
-def _check_one_volume(path: str, header: pydicom.Dataset, per_frame) -> None:
-    """Refuse a file whose frames are several volumes, as the file says so: a
-    :data:`_SEVERAL_VOLUMES_BY` attribute in the per-frame functional groups, or a dimension of
-    DimensionIndexSequence pointing at one, that takes several values. Frame order is never
-    used: scanners store frames slice-major or time-major alike."""
+def _per_frame_groups(path: str, header: pydicom.Dataset):
+    count = _frame_count(path, header)
+    per_frame = _raw_value(path, header, "PerFrameFunctionalGroupsSequence", UnreadableFileError)
+    per_frame = per_frame or []
+    if len(per_frame) != count:
+        raise UnreadableFileError(
+            path,
+            f"NumberOfFrames is {count} but PerFrameFunctionalGroupsSequence holds "
+            f"{len(per_frame)} item(s); expected one per frame",
+        )
+    return per_frame
+
+
+def _check_one_volume(image, folder: str) -> None:
+    """Refuse an image whose frames (all its files' frames, for a concatenation) are several
+    volumes, as the image says so: a :data:`_SEVERAL_VOLUMES_BY` attribute in the per-frame
+    functional groups, or a dimension of DimensionIndexSequence pointing at one, that takes
+    several values. Frame order is never used: scanners store frames slice-major or
+    time-major alike."""
+    path, header = image[0]
     dimensions = {}  # position in DimensionIndexValues -> keyword
     for index, item in enumerate(
         _raw_value(path, header, "DimensionIndexSequence", UnreadableFileError) or []
@@ -957,6 +1077,7 @@ def _check_one_volume(path: str, header: pydicom.Dataset, per_frame) -> None:
             dimensions[index] = keyword
     values = {keyword: set() for keyword in _SEVERAL_VOLUMES_BY}
     indices = {keyword: set() for keyword in _SEVERAL_VOLUMES_BY}
+    per_frame = [group for member in image for group in _per_frame_groups(*member)]
     for group in per_frame:
         for element in group:
             for item in element.value[:1] if element.VR == "SQ" else ():
@@ -967,16 +1088,23 @@ def _check_one_volume(path: str, header: pydicom.Dataset, per_frame) -> None:
         for index, keyword in dimensions.items():
             if index < len(frame_indices):
                 indices[keyword].add(int(frame_indices[index]))
+    where, what_frames = path, f"its {len(per_frame)} frames"
+    if len(image) > 1:
+        where = folder
+        what_frames = (
+            f"concatenation {_text(header, 'ConcatenationUID')}'s {len(per_frame)} frames "
+            f"in {len(image)} files"
+        )
     for keyword, what in _SEVERAL_VOLUMES_BY.items():
         found = values[keyword] if len(values[keyword]) > 1 else indices[keyword]
         if len(found) > 1:
             shown = ", ".join(map(str, sorted(found)[:5])) + (", ..." if len(found) > 5 else "")
             source = "" if found is values[keyword] else " dimension index"
             raise DicomSeriesError(
-                path,
-                f"is not one volume: its {len(per_frame)} frames hold {len(found)} {what} "
+                where,
+                f"is not one volume: {what_frames} hold {len(found)} {what} "
                 f"({keyword}{source} {shown}); expected one frame per slice position (split "
-                "the file into one volume each first)",
+                "the image into one volume each first)",
             )
 
 
@@ -1011,7 +1139,11 @@ class ImageSlices:
 
     A single-frame image is one slice; each frame of a multi-frame Enhanced CT / MR file is
     one slice, so its SOPInstanceUID names several and only the frame number tells which
-    (``metadata["frame_numbers"]`` of :func:`read_dicom_series`).
+    (``metadata["frame_numbers"]`` of :func:`read_dicom_series`). A slice of a
+    concatenation is named by its file's SOPInstanceUID and frame, as PS3.3 C.7.6.16.2.2
+    has references made, and also by the concatenation's source image and the frame's number
+    there (``metadata["concatenation_source_uid"]``, ``["source_frame_numbers"]``): what a
+    SEG or RTSTRUCT drawn on the image before it was split names.
     """
 
     def __init__(self, volume: Volume):
@@ -1022,6 +1154,10 @@ class ImageSlices:
             for k, (uid, frame) in enumerate(zip(uids, frames, strict=True))
             if uid
         }
+        source = volume.metadata.get("concatenation_source_uid")
+        if source:
+            for k, frame in enumerate(volume.metadata["source_frame_numbers"]):
+                self._slices[(str(source), frame)] = k
 
     def __bool__(self) -> bool:
         return bool(self._slices)
@@ -1679,22 +1815,30 @@ def _decode_in_hounsfield_units(ordered) -> np.ndarray:
     The stack is allocated only after the first slice decoded to the header's size, so a
     header claiming a huge grid cannot make it allocate memory the files do not back.
     """
-    volume, decoded_path, lossy = None, None, []
+    volume, lossy = None, []
     int16 = np.iinfo(np.int16)
+    # A multi-frame file's frames are decoded once, together, and kept until its last frame
+    # is placed: a concatenation's files may hold frames from anywhere in the stack.
+    decoded, frames_left = {}, collections.Counter(path for path, _ in ordered)
     for index, (path, header) in enumerate(ordered):
         name = _slice_name(path, header)
         with _reading(name, UnreadableFileError):
             grid = _grid(path, header, UnreadableFileError)
-            if path != decoded_path:  # an Enhanced file's frames are decoded once, together
+            if path not in decoded:
                 dataset = _read_vetted_file(path)
-                pixels = _decode_pixels(path, dataset, grid)
-                decoded_path = path
+                decoded[path] = dataset, _decode_pixels(path, dataset, grid)
                 reason = _lossy_compression(path, dataset)
                 if reason is not None:
                     lossy.append((path, reason))
+            dataset, pixels = decoded[path]
+            frames_left[path] -= 1
+            if not frames_left[path]:
+                del decoded[path]
             if isinstance(header, _Frame):
-                # The frame's own lifted rescale: frames may rescale differently.
-                values = _to_modality_units(name, pixels[header.frame_number - 1], header)
+                # The frame's own lifted rescale: frames may rescale differently. (A
+                # concatenation's file may hold one frame, which decodes without a frame axis.)
+                frame = pixels.reshape(-1, *grid)[header.frame_number - 1]
+                values = _to_modality_units(name, frame, header)
             else:
                 values = _to_modality_units(path, pixels, dataset)
         if volume is None:
@@ -1773,6 +1917,14 @@ def _series_metadata(ordered) -> dict:
     }
     if isinstance(first, _Frame):
         metadata["frame_numbers"] = tuple(frame.frame_number for _, frame in ordered)
+        if _text(first, "ConcatenationUID").strip():
+            metadata["concatenation_source_uid"] = _text(
+                first, "SOPInstanceUIDOfConcatenationSource"
+            ).strip()
+            metadata["source_frame_numbers"] = tuple(
+                int(frame.ConcatenationFrameOffsetNumber) + frame.frame_number
+                for _, frame in ordered
+            )
     for key, tag in (("window_center", "WindowCenter"), ("window_width", "WindowWidth")):
         value = _reported_number(first_path, first, tag, float)
         if value is not None:
