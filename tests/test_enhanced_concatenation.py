@@ -251,13 +251,20 @@ def test_slices_are_found_by_instance_frame_and_by_source_frame(tmp_path):
     assert slices.slice_of(source_uid, COUNT + 1) is None
 
 
-def test_a_seg_referencing_the_source_or_the_instances_lands_on_the_right_slices(tmp_path):
+def _concatenation_and_seg_of_its_source(tmp_path):
+    """A concatenation in ``ct/`` and a SEG of ``_labels`` drawn on its source file before the
+    split, its frames placed by the source frame they reference alone: (source, the
+    concatenation's paths, its volume, the SEG dataset)."""
     pytest.importorskip("highdicom")
     source, _ = _enhanced(tmp_path)
     paths = _split(source, tmp_path / "ct", (2, 1, 2))
     volume = read_dicom_series(tmp_path / "ct")
-    # Drawn on the file before it was split, its frames placed by the frame they reference.
     seg = _seg_without_plane_positions(tmp_path, read_dicom_series([source]))
+    return source, paths, volume, seg
+
+
+def test_a_seg_referencing_the_source_or_the_instances_lands_on_the_right_slices(tmp_path):
+    _, paths, volume, seg = _concatenation_and_seg_of_its_source(tmp_path)
     seg.save_as(tmp_path / "by-source.dcm")
     # The same SEG referencing each frame's instance and its number there instead.
     instances = [(pydicom.dcmread(p).SOPInstanceUID, offset)
@@ -336,16 +343,22 @@ def test_real_series_as_a_concatenation_reads_like_the_classic_series(shared_dat
     assert _unchanged(paths) == before
 
 
-def test_deidentified_concatenation_still_reads_as_one_image(tmp_path):
-    source, _ = _enhanced(tmp_path)
-    paths = _split(source, tmp_path / "ct", (2, 1, 2))
-    original = read_dicom_series(tmp_path / "ct")
+def test_deidentified_concatenation_still_reads_as_one_image_and_its_seg_lands(tmp_path):
+    source, paths, original, seg = _concatenation_and_seg_of_its_source(tmp_path)
+    seg.save_as(tmp_path / "ct" / "seg.dcm")
+    source_uid = pydicom.dcmread(source).SOPInstanceUID
 
     deidentify(tmp_path / "ct", tmp_path / "deid", secret=b"k" * 32, progress=False)
     files = sorted((tmp_path / "deid").rglob("*.dcm"))
-    volume = read_dicom_series(files)
+    headers = {path: pydicom.dcmread(path, stop_before_pixels=True) for path in files}
+    (seg_path,) = [path for path, h in headers.items() if h.Modality == "SEG"]
+    images = [path for path in files if path != seg_path]
+    volume = read_dicom_series(images)
 
     np.testing.assert_array_equal(volume.array, original.array)
-    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
-    assert len({h.ConcatenationUID for h in headers}) == 1
-    assert headers[0].ConcatenationUID != pydicom.dcmread(paths[0]).ConcatenationUID
+    new = [headers[path] for path in images]
+    assert len({h.ConcatenationUID for h in new}) == 1
+    assert new[0].ConcatenationUID != pydicom.dcmread(paths[0]).ConcatenationUID
+    assert {h.SOPInstanceUIDOfConcatenationSource for h in new} != {source_uid}
+    back = read_dicom_seg(seg_path, reference_series=volume)
+    np.testing.assert_array_equal(back.array, _labels(volume.shape))

@@ -40,7 +40,9 @@ How each action code is carried out
       original to pseudonym is written only where ``patient_map_path`` says.
     - Beyond the table, the File Meta elements that name the sending and receiving stations and
       the file meta private information are removed: they identify a station exactly as Station
-      AE Title (0008,0055) does, which the table removes.
+      AE Title (0008,0055) does, which the table removes. SOP Instance UID of Concatenation
+      Source (0020,0242), which the table does not list, is replaced (U) like the instance
+      UIDs it stands beside, so references to the undivided image keep naming it.
     - Patient Identity Removed (0012,0062) is set to YES, De-identification Method (0012,0063)
       names the profile and any attribute kept through ``keep``, and De-identification Method
       Code Sequence (0012,0064) gets (113100, DCM, "Basic Application Confidentiality Profile").
@@ -133,6 +135,11 @@ _FILE_META_REMOVALS = frozenset(
     {0x00020016, 0x00020017, 0x00020018, 0x00020026, 0x00020027, 0x00020028, 0x00020100, 0x00020102}
 )
 
+# SOP Instance UID of Concatenation Source: an instance UID the table leaves out. Kept, it
+# would leak the original UID and stop matching the (replaced) references of a SEG or RTSTRUCT
+# drawn on the image before it was split into a concatenation.
+_CONCATENATION_SOURCE_UID = 0x00200242
+
 _DUMMY_TEXT = {
     "AE": "ANONYMIZED", "AS": "000D", "CS": "ANONYMIZED", "DA": "19000101",
     "DT": "19000101000000", "LO": "ANONYMIZED", "LT": "ANONYMIZED", "PN": "ANONYMIZED",
@@ -178,6 +185,8 @@ def _profile_action(tag: BaseTag, is_sequence: bool = False) -> str:
     """The basic profile's action for ``tag``, combined codes resolved; "K" where not listed."""
     if tag.is_private or int(tag) in _FILE_META_REMOVALS:
         return "X"
+    if int(tag) == _CONCATENATION_SOURCE_UID:
+        return "U"
     action = BASIC_PROFILE_ACTIONS.get(int(tag))
     if action is None:
         action = next((r.action for r in _REPEATING_GROUP_RULES if r.matches(int(tag))), "K")
