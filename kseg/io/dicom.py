@@ -1007,7 +1007,7 @@ def _whole_concatenation(image, folder: str):
             f"concatenation {uid} (of source image {sources.pop()}) is incomplete: it has "
             f"{total} instances, these files hold InConcatenationNumber "
             f"{sorted(numbered)}; missing {missing or 'none, but a number is beyond the total'}"
-            " (copy the missing files in beside the others)",
+            " (read all of its files together: the folder, or a list of them all)",
         )
     ordered, frames_before = [], 0
     for number in sorted(numbered):
