@@ -18,6 +18,12 @@ segments every input and writes one prediction per input:
   ``"kind": "volume"`` (a 3D model:
   :func:`kseg.data.preprocess3d.preprocess_volume`, a gaussian-blended
   :func:`kseg.inference.sliding_window`, then :func:`kseg.geometry.to_original_grid`);
+* gantry-tilted (sheared) inputs, a DICOM series whose slices step off their normal or a
+  NIfTI file with such an sform: a 3D model sees them on the orthogonal grid through the same
+  slice planes (:func:`kseg.geometry.deskew`, said once per input by a
+  :class:`kseg.io.GantryTiltWarning`) and its labels come back onto the sheared grid by
+  nearest neighbour; a 2D model predicts each acquired slice as stored, which the shear only
+  shifts as a whole, so nothing is resampled;
 * outputs on the input's grid and geometry: ``nifti`` (the input's affine), ``dicom-seg``
   (highdicom, referencing the DICOM images), ``png`` (one lossless PNG per slice, labels as
   values), ``rtstruct`` (contours of a DICOM series' labels).
@@ -319,7 +325,7 @@ def _progress(inputs: list) -> list:
 
 def _predict_input(model, inference, name, source, kind, image, dicom) -> Prediction:
     if inference["kind"] == "volume":
-        labels = _predict_volume(model, inference, image)
+        labels = _predict_volume(model, inference, image, source)
     elif kind == NIFTI and inference.get("modality") != "radiograph":
         # A 2D CT model has seen the slices of DICOM series: columns toward the patient's
         # left, rows toward posterior. NIfTI files often store RAS, i.e. each slice turned
@@ -364,16 +370,19 @@ def _window_argument(window):
     return window
 
 
-def _predict_volume(model, inference, image: Volume) -> np.ndarray:
+def _predict_volume(model, inference, image: Volume, source: pathlib.Path) -> np.ndarray:
     from kseg.data.pipeline import window
     from kseg.data.preprocess3d import preprocess_volume
     from kseg.evaluation import labels_from_probabilities
+    from kseg.geometry import to_original_grid
     from kseg.inference import sliding_window
 
     low, high = (float(v) for v in inference["window"])
     spacing_xyz = inference["spacing"]
     prepared = preprocess_volume(
-        image,
+        # voxels the straight grid adds outside the scan: at the window's floor, which the
+        # crop below leaves out
+        _straight(image, source, fill=low),
         orientation=inference.get("orientation", "RAS"),
         spacing=None if spacing_xyz is None else tuple(float(v) for v in spacing_xyz)[::-1],
         # the MSD chain crops to the voxels above the window's lower bound
@@ -387,7 +396,35 @@ def _predict_volume(model, inference, image: Volume) -> np.ndarray:
     )  # fmt: skip
     labels = labels_from_probabilities(probabilities, float(inference.get("threshold", 0.5)))
     # on the model's grid, as evaluation and checkpoint selection apply it
-    return prepared.to_original_grid(_postprocessed(inference, labels.astype(np.int32)))
+    labels = prepared.image.with_array(_postprocessed(inference, labels.astype(np.int32)))
+    # straight from the model's grid onto the input's, sheared or not: one nearest neighbour
+    return to_original_grid(labels, image)
+
+
+def _straight(image: Volume, source: pathlib.Path, fill: float) -> Volume:
+    """``image`` on the orthogonal grid through its slice planes when its slices step off
+    their normal by a gantry tilt (the DICOM reader's thresholds), else ``image``: a 3D model
+    learnt its neighbourhoods on straight grids."""
+    from kseg.geometry import deskew
+    from kseg.io.dicom import GantryTiltWarning, _gantry_tilt
+
+    columns = image.affine[:3, :3]
+    normal = np.cross(columns[:, 1], columns[:, 2])
+    normal /= np.linalg.norm(normal)
+    if normal @ columns[:, 0] < 0:
+        normal = -normal
+    angle = _gantry_tilt(columns[:, 0], normal, image.shape[0])
+    if angle is None:
+        return image
+    warnings.warn(
+        GantryTiltWarning(
+            f"{source}: the slices step {angle:.2f}° off the slice normal (a gantry tilt); "
+            "the 3D model predicts on the orthogonal grid through the same slice planes "
+            "(kseg.geometry.deskew) and the labels are written on the input's sheared grid"
+        ),
+        stacklevel=5,
+    )
+    return deskew(image, fill=fill)
 
 
 def postprocessing(inference: Mapping):

@@ -16,6 +16,7 @@ from test_gantry_tilt import (
     ROW_MM,
     STEP_MM,
     TILT_DEGREES,
+    _centres,
     _sheared_affine,
     _tilt_warnings,
     _tilted_positions,
@@ -81,3 +82,119 @@ def test_seg_of_a_tilted_series_read_alone_has_the_series_sheared_affine(tmp_pat
     shifted[:3, 3] = series.affine[:3, :3] @ [1, 0, 0] + series.affine[:3, 3]
     np.testing.assert_allclose(node.affine, shifted, atol=1e-6)
     np.testing.assert_array_equal(node.array, sparse[1:5])
+
+
+# --- kseg predict -----------------------------------------------------------------------------
+
+# A sheared NIfTI grid (RAS, index (k, j, i)): each slice 2.5 mm up and exactly two rows on,
+# so the orthogonal grid through its planes holds the same voxels, shifted by whole rows.
+SHIFT_ROWS, ROD_HU, AIR_HU = 2, 120, -200
+NIFTI_SHEAR = np.array([
+    [0.0, 0.0, 0.75, -5.0],
+    [SHIFT_ROWS * 0.5, 0.5, 0.0, 7.0],
+    [2.5, 0.0, 0.0, -30.0],
+    [0.0, 0.0, 0.0, 1.0],
+])  # fmt: skip
+
+
+def _rod_phantom(path):
+    """Six slices of a rod straight up in the patient (y 6..10 mm, x 1.5..10.5 mm): on the
+    sheared grid it moves two rows back per slice. Written (x, y, z) with nibabel."""
+    nib = pytest.importorskip("nibabel")
+    y_mm = _centres(NIFTI_SHEAR, (6, 24, 16))[..., 1] - NIFTI_SHEAR[1, 3]
+    x_mm = _centres(NIFTI_SHEAR, (6, 24, 16))[..., 0] - NIFTI_SHEAR[0, 3]
+    rod = (y_mm >= 6) & (y_mm < 10) & (x_mm >= 1.5) & (x_mm < 10.5)
+    hu = np.where(rod, ROD_HU, AIR_HU)
+    stored_affine = NIFTI_SHEAR[:, [2, 1, 0, 3]]  # index (i, j, k), as NIfTI stores it
+    nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0).astype(np.int16), stored_affine), path)
+    return rod
+
+
+def _vertical_erosion_model():
+    """The minimum over the voxel and its neighbours one slice below and above: a rod
+    straight along the slice axis keeps its width, a slanted one loses the slant."""
+    import keras
+
+    inputs = keras.Input((None, None, None, 1))
+    negated = keras.layers.Rescaling(-1.0)(inputs)
+    pooled = keras.layers.MaxPooling3D((3, 1, 1), strides=1, padding="same")(negated)
+    return keras.Model(inputs, keras.layers.Rescaling(-1.0)(pooled))
+
+
+def test_3d_model_predicts_a_sheared_volume_on_the_straight_grid(tmp_path):
+    from test_predict import volume_inference
+
+    from kseg.predict import predict_path
+
+    source = tmp_path / "tilted.nii.gz"
+    rod = _rod_phantom(source)
+    # the model's spacing (x, y, z) is the orthogonal grid's own: deskewing is the only
+    # resampling, and by whole rows, so the labels are the rod exactly
+    inference = volume_inference(spacing=[0.75, 0.5, 2.5], roi_size=[4, 8, 8])
+
+    with pytest.warns(GantryTiltWarning, match=r"tilted\.nii\.gz: .* 21\.80° .*deskew"):
+        [prediction] = predict_path(_vertical_erosion_model(), inference, source)
+
+    np.testing.assert_allclose(prediction.labels.affine, NIFTI_SHEAR)
+    np.testing.assert_array_equal(prediction.labels.array, rod)
+
+
+def test_2d_model_predicts_each_sheared_slice_as_stored(tmp_path, monkeypatch):
+    from test_predict import slices_inference, windowed
+
+    from kseg import geometry
+    from kseg.predict import predict_path
+
+    source = tmp_path / "tilted.nii.gz"
+    rod = _rod_phantom(source)
+
+    def no_resampling(*args, **kwargs):
+        raise AssertionError("a 2D model's slices were resampled")
+
+    monkeypatch.setattr(geometry, "resample_to", no_resampling)
+    seen = []
+
+    def model(batch):
+        seen.append(batch[..., 0])
+        return (batch > 0.5).astype(np.float32)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GantryTiltWarning)
+        [prediction] = predict_path(model, slices_inference((24, 16)), source)
+
+    # the DICOM view of RAS slices: rows toward posterior, columns toward the left
+    hu = np.where(rod, ROD_HU, AIR_HU)
+    np.testing.assert_allclose(np.concatenate(seen), windowed(hu[:, ::-1, ::-1]), atol=1e-6)
+    np.testing.assert_array_equal(prediction.labels.array, windowed(hu) > 0.5)
+    np.testing.assert_allclose(prediction.labels.affine, NIFTI_SHEAR)
+
+
+def test_3d_model_on_a_tilted_dicom_series_writes_the_seg_on_the_series(tmp_path):
+    pytest.importorskip("highdicom")
+    from test_io_dicom import _write_slice
+    from test_predict import volume_inference, write_run
+
+    from kseg.io import read_dicom_seg
+    from kseg.predict import predict_command
+
+    (tmp_path / "ct").mkdir()
+    # axial slices 2.5 mm apart, each 1 mm further along y (two 0.5 mm rows): a 21.8° tilt;
+    # the rod stands straight along z, so it moves two rows back per slice
+    rod = np.zeros((6, 24, 16), bool)
+    for k in range(6):
+        rod[k, 12 - SHIFT_ROWS * k : 20 - SHIFT_ROWS * k, 2:14] = True
+        _write_slice(tmp_path / "ct" / f"s{k}.dcm", position=(-5.0, 7.0 + k, 30.0 + 2.5 * k),
+                     pixels=np.where(rod[k], 1024 + ROD_HU, 1024 + AIR_HU).astype(np.uint16))
+    inference = volume_inference(spacing=[0.75, 0.5, 2.5], roi_size=[4, 8, 8])
+    run = write_run(tmp_path / "run", _vertical_erosion_model(), inference)
+
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        [path] = predict_command(run, tmp_path / "ct", tmp_path / "out", "dicom-seg")
+    said = [str(w.message) for w in _tilt_warnings(record)]
+    said_by_predict = [message for message in said if "the 3D model predicts" in message]
+    assert len(said_by_predict) == 1 and said_by_predict[0].startswith(f"{tmp_path / 'ct'}: ")
+
+    with pytest.warns(GantryTiltWarning):
+        series = read_dicom_series(tmp_path / "ct")
+    np.testing.assert_array_equal(read_dicom_seg(path, reference_series=series).array, rod)
