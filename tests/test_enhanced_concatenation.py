@@ -184,6 +184,20 @@ def test_an_instance_given_twice_is_refused_naming_both_files(tmp_path):
     assert "both have InConcatenationNumber 2" in message and "twin.dcm" in message
 
 
+@pytest.mark.parametrize(
+    "keyword, value",
+    [("SOPInstanceUIDOfConcatenationSource", "1.2.3.4.5"), ("InConcatenationTotalNumber", 4)],
+)
+def test_instances_disagreeing_on_their_concatenation_are_refused(tmp_path, keyword, value):
+    source, _ = _enhanced(tmp_path)
+    paths = _split(source, tmp_path / "ct", (2, 1, 2))
+    stray = pydicom.dcmread(paths[2])
+    setattr(stray, keyword, value)
+    stray.save_as(paths[2])
+
+    assert f"its files disagree on {keyword}" in _refusal(tmp_path / "ct")
+
+
 def test_stacks_split_across_the_instances_are_refused_as_several_volumes(tmp_path):
     """Each instance alone is one stack; the concatenation is two."""
     stacks = [{"StackID": "1"}] * 2 + [{"StackID": "2"}] * 3
