@@ -169,7 +169,17 @@ def resample_to(
         A Volume on the target grid, with the input's patient and metadata.
 
     Example:
-        >>> on_ct_grid = resample_to(pet, ct.affine, ct.shape)
+        >>> import numpy as np
+        >>> from kseg.io import Volume
+        >>> pet = Volume(np.arange(8, dtype=np.float32).reshape(2, 2, 2),
+        ...              np.diag([4.0, 4.0, 4.0, 1.0]), "p1")
+        >>> ct_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+        >>> ct_affine[:3, 3] = -1.0
+        >>> on_ct_grid = resample_to(pet, ct_affine, (4, 4, 4))
+        >>> on_ct_grid.spacing
+        (2.0, 2.0, 2.0)
+        >>> on_ct_grid.array[:, 0, 0]  # PET centres at 0 and 4 mm; edge values held outside
+        array([0., 1., 3., 4.], dtype=float32)
 
     Reference:
         Virtanen et al., "SciPy 1.0: fundamental algorithms for scientific computing in
@@ -245,8 +255,15 @@ def resample(
             grid too large for memory; or the volume's affine is invalid.
 
     Example:
+        >>> import numpy as np
+        >>> from kseg.io import Volume
+        >>> ct = Volume(np.zeros((10, 64, 64), np.int16), np.diag([3.0, 0.75, 0.75, 1.0]), "p1")
         >>> iso = resample(ct, 1.5)
-        >>> iso_mask = resample(mask, 1.5, is_label=True)
+        >>> iso.shape, iso.array.dtype
+        ((20, 32, 32), dtype('float32'))
+        >>> mask = ct.with_array(np.zeros(ct.shape, np.uint8))
+        >>> resample(mask, 1.5, is_label=True).array.dtype
+        dtype('uint8')
 
     Reference:
         Isensee et al., "nnU-Net: a self-configuring method for deep learning-based
@@ -312,8 +329,18 @@ def deskew(
         GeometryError: the volume's affine is not a valid grid.
 
     Example:
-        >>> ct = read_dicom_series("head_ct_tilted")  # doctest: +SKIP
-        >>> straight = deskew(ct, fill=-1024)  # doctest: +SKIP
+        >>> import numpy as np
+        >>> from kseg.io import Volume
+        >>> tilted = np.array([[0.0, 0.0, -0.5, 0.0],  # each slice 0.5 mm further anterior
+        ...                    [0.5, -0.5, 0.0, 0.0],
+        ...                    [2.0, 0.0, 0.0, 0.0],
+        ...                    [0.0, 0.0, 0.0, 1.0]])
+        >>> ct = Volume(np.zeros((3, 4, 4), np.int16), tilted, "p1")
+        >>> round(ct.spacing[0], 3), ct.plane_spacing
+        (2.062, (2.0, 0.5, 0.5))
+        >>> straight = deskew(ct, fill=-1024)
+        >>> straight.shape, straight.spacing  # two more rows hold the shifted slices
+        ((3, 6, 4), (2.0, 0.5, 0.5))
 
     Reference:
         Li X. et al., "The first step for neuroimaging data analysis: DICOM to NIfTI
@@ -352,6 +379,13 @@ def orientation(volume: Volume) -> str:
         (axis 2), rows (axis 1) and slices (axis 0) run towards.
 
     Example:
+        >>> import numpy as np
+        >>> from kseg.io import Volume
+        >>> lps = np.array([[0.0, 0.0, -0.7, 120.0],  # DICOM: columns to L, rows to P
+        ...                 [0.0, -0.7, 0.0, 95.0],
+        ...                 [2.5, 0.0, 0.0, -300.0],
+        ...                 [0.0, 0.0, 0.0, 1.0]])
+        >>> dicom_ct = Volume(np.zeros((3, 4, 5), np.int16), lps, "p1")
         >>> orientation(dicom_ct)
         'LPS'
     """
@@ -379,8 +413,19 @@ def reorient(volume: Volume, target: str = "RAS") -> Volume:
         The reoriented Volume (a copy; the input is untouched).
 
     Example:
+        >>> import numpy as np
+        >>> from kseg.io import Volume
+        >>> lps = np.array([[0.0, 0.0, -0.7, 120.0],
+        ...                 [0.0, -0.7, 0.0, 95.0],
+        ...                 [2.5, 0.0, 0.0, -300.0],
+        ...                 [0.0, 0.0, 0.0, 1.0]])
+        >>> dicom_ct = Volume(np.arange(60, dtype=np.int16).reshape(3, 4, 5), lps, "p1")
         >>> ras = reorient(dicom_ct, "RAS")
+        >>> orientation(ras), ras.shape, ras.origin  # origin: the voxel that is now first
+        ('RAS', (3, 4, 5), (117.2, 92.9, -300.0))
         >>> back = reorient(ras, orientation(dicom_ct))
+        >>> np.array_equal(back.array, dicom_ct.array), np.allclose(back.affine, lps)
+        (True, True)
 
     Reference:
         Brett et al., nibabel (``nibabel.orientations``); NIfTI-1 data format, sform/qform
@@ -452,7 +497,15 @@ def crop_foreground(
         :func:`uncrop` to paste a result back.
 
     Example:
-        >>> body, bbox = crop_foreground(ct, threshold=-500, margin=4)
+        >>> import numpy as np
+        >>> from kseg.io import Volume
+        >>> ct = Volume(np.full((6, 8, 8), -1000, np.int16), np.eye(4), "p1")
+        >>> ct.array[2:4, 3:5, 1:6] = 40
+        >>> body, bbox = crop_foreground(ct, threshold=-500, margin=1)
+        >>> bbox
+        (slice(1, 5, None), slice(2, 6, None), slice(0, 7, None))
+        >>> body.shape, body.origin
+        ((4, 4, 7), (1.0, 2.0, 0.0))
 
     Reference:
         MONAI ``CropForeground`` (Cardoso et al., "MONAI: An open-source framework for
@@ -519,7 +572,15 @@ def uncrop(array, bbox: BoundingBox, original_shape, fill=0) -> np.ndarray:
         the box and ``fill`` elsewhere.
 
     Example:
+        >>> import numpy as np
+        >>> from kseg.io import Volume
+        >>> ct = Volume(np.zeros((4, 6, 6), np.int16), np.eye(4), "p1")
+        >>> ct.array[1:3, 2:4, 2:5] = 100
+        >>> body, bbox = crop_foreground(ct)
+        >>> prediction = (body.array > 50).astype(np.uint8)  # stands in for a model
         >>> full = uncrop(prediction, bbox, ct.shape)
+        >>> full.shape, np.array_equal(full, ct.array > 50)
+        ((4, 6, 6), True)
     """
     array = np.asarray(array)
     shape = _check_shape(original_shape, "original_shape", None)
@@ -576,13 +637,29 @@ def to_original_grid(
         GeometryError: an affine or shape is not a valid grid.
 
     Example:
-        >>> small = resample(reorient(ct, "RAS"), 2.0)
-        >>> body, bbox = crop_foreground(small, threshold=-500)
-        >>> labels = predict(body.array)
+        >>> import numpy as np
+        >>> from kseg.io import Volume
+        >>> hu = np.full((4, 6, 6), -1000.0, np.float32)
+        >>> hu[1:3, 2:5, 1:4] = 50.0
+        >>> lps = np.array([[0.0, 0.0, -2.0, 0.0],
+        ...                 [0.0, -2.0, 0.0, 0.0],
+        ...                 [4.0, 0.0, 0.0, 0.0],
+        ...                 [0.0, 0.0, 0.0, 1.0]])
+        >>> ct = Volume(hu, lps, "p1")
+        >>> fine = resample(reorient(ct, "RAS"), 1.0)
+        >>> body, bbox = crop_foreground(fine, threshold=-500)
+        >>> labels = (body.array > -500).astype(np.uint8)  # stands in for a model
         >>> on_ct = to_original_grid(body.with_array(labels), ct)
-        >>> on_file_grid = to_original_grid(  # a stored preprocessed TFDS example
-        ...     Volume(labels, example["affine"], patient_id),
-        ...     (example["original_affine"], example["original_shape"]))
+        >>> on_ct.shape, np.array_equal(on_ct, hu > -500)
+        ((4, 6, 6), True)
+
+        A preprocessed TFDS example stores its grids as arrays; the original grid is then
+        given as an ``(affine, shape)`` pair:
+
+        >>> on_file_grid = to_original_grid(Volume(labels, body.affine, "p1"),
+        ...                                 (ct.affine, np.array(ct.shape)))
+        >>> np.array_equal(on_file_grid, on_ct)
+        True
     """
     if isinstance(original, Volume):
         affine, shape = original.affine, original.shape
