@@ -74,9 +74,9 @@ class PatientTable:
 
     Example:
         >>> table = PatientTable([{"patient_id": "1", "dice": 0.9}, {"patient_id": "2",
-        ...                       "dice": 0.8}])
+        ...                       "dice": 0.7}])
         >>> table.summary()["dice"]["mean"]
-        0.85
+        0.8
     """
 
     def __init__(self, rows: Iterable[Mapping] = ()):
@@ -496,11 +496,26 @@ def evaluate_volumes(
         MaskError: a reference with labels other than 0/1 and no ``labels`` given.
 
     Example:
-        >>> table = evaluate_volumes(
-        ...     (pid, mask, sliding_window(model, ct[..., None], 96), spacing)
-        ...     for pid, ct, mask, spacing in test_cases),
-        ...     metrics=("dice", "hd95", "assd"))
-        >>> print(table)
+        >>> import numpy as np
+        >>> mask = np.zeros((4, 8, 8), np.uint8)
+        >>> mask[1:3, 2:6, 2:6] = 1
+        >>> probabilities = np.zeros((4, 8, 8, 1), np.float32)  # a model's output
+        >>> probabilities[1:3, 2:6, 2:5, 0] = 0.9
+        >>> table = evaluate_volumes([("p1", mask, probabilities, (3.0, 1.0, 1.0))],
+        ...                          metrics=("dice", "hd95"), progress=False)
+        >>> print(table)  # doctest: +NORMALIZE_WHITESPACE
+        patient_id    dice    hd95  reference_empty
+        ----------  ------  ------  ---------------
+        p1          0.8571  1.0000               no
+        ----------  ------  ------  ---------------
+        mean        0.8571  1.0000
+        median      0.8571  1.0000
+        std            nan     nan
+        count            1       1                0
+
+        ``cases`` may be a generator, so that only one patient's volumes are in memory:
+        ``evaluate_volumes(((pid, mask, sliding_window(model, ct[..., None], 96), spacing)
+        for pid, ct, mask, spacing in test_cases), metrics=("dice", "hd95", "assd"))``.
 
     Reference:
         Maier-Hein L, Reinke A, et al. "Metrics reloaded: recommendations for image analysis
