@@ -78,8 +78,18 @@ def ensemble_predictor(
         (:func:`kseg.inference.sliding_window`, :func:`kseg.inference.predict_slices`).
 
     Example:
-        >>> folds = ensemble_predictor([f"fold{k}/best.keras" for k in range(5)])
-        >>> probabilities = sliding_window(folds, ct[..., None], roi_size=96)
+        >>> import numpy as np
+        >>> sure = lambda batch: np.ones(batch.shape, np.float32)
+        >>> unsure = lambda batch: np.full(batch.shape, 0.5, np.float32)
+        >>> ensemble = ensemble_predictor([sure, unsure], weights=[3, 1])
+        >>> ensemble(np.zeros((1, 2, 2, 1), np.float32))[0, ..., 0]
+        array([[0.875, 0.875],
+               [0.875, 0.875]], dtype=float32)
+
+        The five models of a cross-validation, from their checkpoints:
+
+        >>> folds = ensemble_predictor([f"fold{k}/best.keras" for k in range(5)])  # doctest: +SKIP
+        >>> probabilities = sliding_window(folds, ct[..., None], roi_size=96)  # doctest: +SKIP
 
     Reference:
         Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical
@@ -241,7 +251,15 @@ def majority_vote(member_probabilities) -> np.ndarray:
         int64 label map ``(*spatial)``.
 
     Example:
-        >>> labels = majority_vote([sliding_window(m, ct[..., None], 96) for m in folds])
+        >>> import numpy as np
+        >>> members = [np.array([[0.9], [0.2], [0.6]]),  # three sigmoid members, 3 voxels
+        ...            np.array([[0.8], [0.7], [0.4]]),
+        ...            np.array([[0.1], [0.6], [0.3]])]
+        >>> majority_vote(members)
+        array([1, 1, 0])
+
+        On volumes, one member's probabilities per fold model:
+        ``majority_vote([sliding_window(m, ct[..., None], 96) for m in folds])``.
 
     Reference:
         Kittler et al., "On combining classifiers", IEEE TPAMI 20(3):226-239, 1998
@@ -373,8 +391,16 @@ def fit_ensemble_weights(
         :class:`FittedEnsembleWeights`.
 
     Example:
-        >>> fitted = fit_ensemble_weights(validation_probabilities, validation_labels)
-        >>> ensemble = ensemble_predictor(fold_models, weights=fitted.weights)
+        >>> import numpy as np
+        >>> reference = np.array([0, 1, 1, 0])  # one validation case of 4 voxels
+        >>> good = np.array([[0.1], [0.9], [0.8], [0.2]])
+        >>> bad = np.array([[0.9], [0.2], [0.3], [0.7]])
+        >>> fitted = fit_ensemble_weights([[good, bad]], [reference], step=0.25,
+        ...                               progress=False)
+        >>> fitted.weights.tolist(), float(fitted.dice), fitted.member_dice.tolist()
+        ([1.0, 0.0], 1.0, [1.0, 0.0])
+
+        Then ``ensemble_predictor(fold_models, weights=fitted.weights)``.
 
     Reference:
         Caruana et al., "Ensemble selection from libraries of models", ICML 2004 (weights

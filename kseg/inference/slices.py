@@ -27,7 +27,12 @@ def predict_slices(model, volume: np.ndarray, *, batch_size: int = 16, progress:
         float32 array ``(Z, H, W, out_channels)``.
 
     Example:
-        >>> probabilities = predict_slices(unet_2d, ct_resized[..., None])
+        >>> import numpy as np
+        >>> threshold = lambda batch: (batch > 0).astype(np.float32)  # stands in for a model
+        >>> ct_resized = np.random.default_rng(0).normal(size=(6, 8, 8)).astype(np.float32)
+        >>> probabilities = predict_slices(threshold, ct_resized[..., None], progress=False)
+        >>> probabilities.shape, np.array_equal(probabilities[..., 0], ct_resized > 0)
+        ((6, 8, 8, 1), True)
     """
     volume = np.asarray(volume)
     if volume.ndim != 4:

@@ -156,7 +156,13 @@ def sliding_window(
         float32 array ``(*spatial, out_channels)`` on the volume's grid.
 
     Example:
-        >>> probabilities = sliding_window(model, ct[..., None], roi_size=(64, 128, 128))
+        >>> import numpy as np
+        >>> threshold = lambda batch: (batch > 0).astype(np.float32)  # stands in for a model
+        >>> ct = np.random.default_rng(0).normal(size=(20, 40, 40)).astype(np.float32)
+        >>> probabilities = sliding_window(threshold, ct[..., None], roi_size=(16, 32, 32),
+        ...                                progress=False)
+        >>> probabilities.shape, np.allclose(probabilities[..., 0], ct > 0)
+        ((20, 40, 40, 1), True)
 
     Reference:
         Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical

@@ -33,7 +33,18 @@ def flip_tta(predictor, *, axes: Sequence[int] | None = None) -> Callable[[np.nd
         A callable batch -> float32 batch, usable wherever a predictor is accepted.
 
     Example:
-        >>> probabilities = predict_slices(flip_tta(unet_2d), ct[..., None])
+        >>> import numpy as np
+        >>> ramp = lambda batch: np.broadcast_to(  # a predictor biased to one side
+        ...     np.linspace(0, 1, batch.shape[2], dtype=np.float32)[None, None, :, None],
+        ...     batch.shape)
+        >>> x = np.zeros((1, 1, 5, 1), np.float32)
+        >>> ramp(x)[0, 0, :, 0]
+        array([0.  , 0.25, 0.5 , 0.75, 1.  ], dtype=float32)
+        >>> flip_tta(ramp)(x)[0, 0, :, 0]
+        array([0.5, 0.5, 0.5, 0.5, 0.5], dtype=float32)
+
+        A 2D model on a volume, slice by slice:
+        ``predict_slices(flip_tta(unet_2d), ct[..., None])``.
 
     Reference:
         Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical

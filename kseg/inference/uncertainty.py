@@ -71,8 +71,19 @@ def mc_dropout_model(model: keras.Model) -> keras.Model:
         A ``keras.Model``; each call (or ``predict``) draws fresh dropout masks.
 
     Example:
-        >>> stochastic = mc_dropout_model(unet_3d)
-        >>> one_sample = sliding_window(stochastic, ct[..., None], roi_size=96)
+        >>> import keras
+        >>> import numpy as np
+        >>> net = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Dropout(0.5),
+        ...                         keras.layers.Activation("sigmoid")])
+        >>> stochastic = mc_dropout_model(net)
+        >>> x = np.ones((1, 8, 8, 1), np.float32)
+        >>> np.array_equal(net.predict_on_batch(x), net.predict_on_batch(x))
+        True
+        >>> np.array_equal(stochastic.predict_on_batch(x), stochastic.predict_on_batch(x))
+        False
+
+        A 3D model's sample of a whole volume:
+        ``sliding_window(mc_dropout_model(unet_3d), ct[..., None], roi_size=96)``.
 
     Reference:
         Gal and Ghahramani, "Dropout as a Bayesian approximation: representing model
@@ -203,7 +214,17 @@ def mc_dropout(model: keras.Model, x: np.ndarray, samples: int = 20) -> MCDropou
         :class:`MCDropoutResult`.
 
     Example:
-        >>> result = mc_dropout(unet_2d, images, samples=20)
+        >>> import keras
+        >>> import numpy as np
+        >>> net = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Dropout(0.5),
+        ...                         keras.layers.Activation("sigmoid")])  # stands in for a U-Net
+        >>> images = np.ones((2, 4, 4, 1), np.float32)
+        >>> result = mc_dropout(net, images, samples=20)
+        >>> result.mean.shape, result.mutual_information.shape
+        ((2, 4, 4, 1), (2, 4, 4))
+        >>> np.allclose(result.predictive_entropy,
+        ...             result.expected_entropy + result.mutual_information, atol=1e-6)
+        True
         >>> uncertain = result.mutual_information > 0.1
 
     Reference:
@@ -266,10 +287,17 @@ def decompose_uncertainty(samples, *, axis: int = 0) -> UncertaintyDecomposition
         :class:`UncertaintyDecomposition`, float32 maps of the sample shape without ``C``.
 
     Example:
-        >>> stochastic = mc_dropout_model(unet_2d)
-        >>> maps = decompose_uncertainty([stochastic.predict_on_batch(x) for _ in range(20)])
+        >>> import numpy as np
+        >>> samples = [np.array([[0.9], [0.5]]),  # two samples of 2 voxels, one channel:
+        ...            np.array([[0.1], [0.5]])]  # they disagree on the first voxel only
+        >>> maps = decompose_uncertainty(samples)
+        >>> maps.epistemic.round(3), maps.aleatoric.round(3)
+        (array([0.368, 0.   ], dtype=float32), array([0.325, 0.693], dtype=float32))
         >>> np.allclose(maps.total, maps.aleatoric + maps.epistemic)
         True
+
+        MC dropout samples of a batch ``x``: ``decompose_uncertainty(
+        [mc_dropout_model(unet_2d).predict_on_batch(x) for _ in range(20)])``.
 
     Reference:
         Depeweg et al., "Decomposition of uncertainty in Bayesian deep learning for efficient
@@ -362,8 +390,17 @@ def tta_uncertainty(
         :class:`TTAUncertainty`.
 
     Example:
-        >>> result = tta_uncertainty(unet_2d, images, samples=20, noise_std=0.05, seed=0)
+        >>> import numpy as np
+        >>> ramp = lambda batch: np.broadcast_to(  # a predictor biased to one side
+        ...     np.linspace(0, 1, batch.shape[2], dtype=np.float32)[None, None, :, None],
+        ...     batch.shape)
+        >>> result = tta_uncertainty(ramp, np.zeros((1, 4, 4, 1), np.float32))
+        >>> result.samples, float(result.mean.min()), float(result.mean.max())
+        (8, 0.5, 0.5)
         >>> aleatoric = result.entropy
+
+        With random transforms and intensity noise:
+        ``tta_uncertainty(unet_2d, images, samples=20, noise_std=0.05, seed=0)``.
 
     Reference:
         Wang et al., "Aleatoric uncertainty estimation with test-time augmentation for
@@ -425,9 +462,15 @@ def uncertainty_summary(maps, foreground) -> dict[str, float]:
         is nothing to average, and 0 would read as "certain").
 
     Example:
-        >>> result = mc_dropout(unet_2d, ct_slices)
+        >>> import keras
+        >>> import numpy as np
+        >>> net = keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Dropout(0.5),
+        ...                         keras.layers.Activation("sigmoid")])
+        >>> result = mc_dropout(net, np.ones((2, 4, 4, 1), np.float32))
         >>> row = uncertainty_summary(result, result.mean[..., 0] >= 0.5)
-        >>> row["mutual_information_foreground"]
+        >>> row["foreground_voxels"], sorted(row)[:2]
+        (32, ['expected_entropy_foreground', 'expected_entropy_volume'])
+        >>> mutual_information = row["mutual_information_foreground"]
     """
     if dataclasses.is_dataclass(maps) and not isinstance(maps, type):
         maps = {
@@ -483,7 +526,11 @@ def aleatoric_variance(outputs) -> np.ndarray:
     the classes of a voxel), float32 of shape ``(n, *spatial)``.
 
     Example:
-        >>> sigma2 = aleatoric_variance(model.predict(images))
+        >>> import numpy as np
+        >>> outputs = np.zeros((1, 1, 2, 2))  # one logit channel, then the log-variance s
+        >>> outputs[0, 0, :, 1] = [0.0, np.log(4.0)]
+        >>> aleatoric_variance(outputs).round(2)  # exp(s), bounded by the tanh
+        array([[[1.  , 3.99]]], dtype=float32)
     """
     return np.exp(_split_heteroscedastic_outputs(outputs)[1]).astype(np.float32)
 
@@ -525,8 +572,12 @@ def heteroscedastic_uncertainty(
         :class:`HeteroscedasticUncertainty`, float32 arrays.
 
     Example:
-        >>> result = heteroscedastic_uncertainty(model.predict(images), samples=50, seed=0)
-        >>> noisy = result.variance > 1.0
+        >>> import numpy as np
+        >>> outputs = np.zeros((1, 1, 2, 2))  # model.predict(images): logits, log-variance
+        >>> outputs[0, 0, :, 1] = [0.0, np.log(4.0)]
+        >>> result = heteroscedastic_uncertainty(outputs, samples=50, seed=0)
+        >>> result.mean.shape, result.variance > 1.0
+        ((1, 1, 2, 1), array([[[False,  True]]]))
 
     Reference:
         Kendall A, Gal Y. "What Uncertainties Do We Need in Bayesian Deep Learning for
