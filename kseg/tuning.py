@@ -51,15 +51,16 @@ unfinished, and finished trials are never run again. A staged search uses one po
 stage, ``KERASTUNER_ORACLE_PORT`` to ``KERASTUNER_ORACLE_PORT + stages - 1``.
 
 Example:
-    >>> import keras_tuner
+    >>> import tempfile
     >>> from kseg.training import VolumeValidation
     >>> hypermodel = SegmentationHyperModel(
     ...     (128, 128, 1), 1, models=("unet", "attention_unet"), losses=("dice", "dice_ce"))
-    >>> search = tuner("bayesian", hypermodel, directory="runs", project_name="liver",
+    >>> runs = tempfile.mkdtemp()
+    >>> search = tuner("bayesian", hypermodel, directory=runs, project_name="liver",
     ...                max_trials=20, seed=0)
-    >>> search.search(train_patches, validation_data=val_patches, epochs=30,
+    >>> search.search(train_patches, validation_data=val_patches, epochs=30,  # doctest: +SKIP
     ...               callbacks=[VolumeValidation(val_volumes, every=5)])
-    >>> best = search.get_best_hyperparameters()[0].values
+    >>> best = search.get_best_hyperparameters()[0].values  # doctest: +SKIP
 
 Reference:
     O'Malley T, Bursztein E, Long J, Chollet F, Jin H, Invernizzi L, et al. "KerasTuner".
@@ -276,7 +277,17 @@ def check_search_callbacks(objective, callbacks) -> None:
             one monitored before it is written.
 
     Example:
-        >>> check_search_callbacks("val_volume_dice", [VolumeValidation(val_volumes)])
+        >>> import keras
+        >>> import numpy as np
+        >>> image = np.zeros((8, 8, 8, 1), np.float32)
+        >>> label = np.zeros((8, 8, 8), np.uint8)
+        >>> label[2:5, 2:5, 2:5] = 1
+        >>> validation = VolumeValidation([("p1", image, label, (1.0, 1.0, 1.0))])
+        >>> check_search_callbacks("val_volume_dice", [validation])
+        >>> stop = keras.callbacks.EarlyStopping("val_volume_dice", mode="max")
+        >>> check_search_callbacks("val_volume_dice", [stop, validation])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: callbacks[0] (EarlyStopping) monitors 'val_volume_dice' but runs before ...
     """
     name = objective.name if isinstance(objective, keras_tuner.Objective) else objective
     callbacks = list(callbacks or ())
@@ -707,17 +718,27 @@ class StagedSearch:
             ``max_consecutive_failed_trials``, ...).
 
     Example:
+        >>> import tempfile
         >>> hypermodel = SegmentationHyperModel((128, 128, 1), 1, models="unet", depth=4,
         ...                                     base_filters=16, losses="topk")
-        >>> search = tuner("staged", hypermodel, directory="runs", project_name="staged",
+        >>> runs = tempfile.mkdtemp()
+        >>> search = tuner("staged", hypermodel, directory=runs, project_name="staged",
         ...                stages=[("topk_k", [5, 10, 20]),
         ...                        ("learning_rate", [1e-3, 3e-4]),
         ...                        ("base_filters", [8, 16])])
-        >>> search.search(train, validation_data=val, epochs=30,
+        >>> type(search).__name__
+        'StagedSearch'
+
+        Searching trains a model per trial, so it is not run here; the first
+        stage's table is also written to ``runs/staged/stage_1_topk_k.csv`` and the last
+        line gives the best trial of all stages:
+
+        >>> search.search(train, validation_data=val, epochs=30,  # doctest: +SKIP
         ...               callbacks=[VolumeValidation(val_volumes)])
-        >>> search.best_values()      # {"topk_k": ..., "learning_rate": ..., "base_filters": ...}
-        >>> search.results[0].table   # runs/staged/stage_1_topk_k.csv
-        >>> search.get_best_hyperparameters()[0].values   # best trial of all stages
+        >>> search.best_values()  # doctest: +SKIP
+        {'topk_k': ..., 'learning_rate': ..., 'base_filters': ...}
+        >>> search.results[0].table  # doctest: +SKIP
+        >>> search.get_best_hyperparameters()[0].values  # doctest: +SKIP
     """
 
     def __init__(
@@ -974,8 +995,12 @@ def tuner(
             search's directory holds a search with other stages or another objective.
 
     Example:
-        >>> search = tuner("hyperband", hypermodel, directory="runs", project_name="h",
-        ...                max_epochs=27, seed=1)
+        >>> import tempfile
+        >>> hypermodel = SegmentationHyperModel((128, 128, 1), 1, models=("unet", "res_unet"))
+        >>> search = tuner("hyperband", hypermodel, directory=tempfile.mkdtemp(),
+        ...                project_name="h", max_epochs=27, seed=1)
+        >>> type(search).__name__
+        'Hyperband'
 
     Reference:
         Li L, Jamieson K, DeSalvo G, Rostamizadeh A, Talwalkar A. "Hyperband: A Novel

@@ -29,11 +29,15 @@ class AugmentedModel(keras.Model):
         **kwargs: standard ``keras.Model`` arguments (``name``, ...).
 
     Example:
+        >>> import os
+        >>> import tempfile
+        >>> import kseg
         >>> net = kseg.models.build("unet", input_shape=(128, 128, 1), num_classes=1)
-        >>> model = AugmentedModel(net, segmentation_augmenter(seed=0))
+        >>> model = AugmentedModel(net, kseg.augment.segmentation_augmenter(seed=0))
         >>> model.compile(optimizer="adam", loss="binary_crossentropy")
         >>> model.fit(train_ds, validation_data=val_ds, epochs=10)  # doctest: +SKIP
-        >>> net.save("unet.keras")  # the wrapped model alone serves inference
+        >>> run_dir = tempfile.mkdtemp()
+        >>> net.save(os.path.join(run_dir, "unet.keras"))  # the net alone serves inference
     """
 
     def __init__(self, model, augmenter, **kwargs):

@@ -71,9 +71,22 @@ def random_patches(
         label (d, h, w, 1) int32)``.
 
     Example:
-        >>> patches = random_patches(tfds.load("msd_spleen", split="train"), (96, 96, 96),
-        ...                          positive_fraction=0.33, patches_per_volume=4, seed=0)
-        >>> train = patches.shuffle(64, seed=0).batch(2).map(augment_3d)  # doctest: +SKIP
+        >>> import numpy as np
+        >>> import tensorflow as tf
+        >>> label = np.zeros((40, 40, 40), np.uint8)
+        >>> label[10:14, 20:24, 5:9] = 1
+        >>> image = np.random.default_rng(0).normal(size=label.shape).astype(np.float32)
+        >>> volumes = tf.data.Dataset.from_tensors({"image": image, "label": label})
+        >>> patches = random_patches(volumes, (16, 16, 16), positive_fraction=1.0,
+        ...                          patches_per_volume=4, seed=0)
+        >>> [int(patch_label.numpy().max()) for _, patch_label in patches]  # all on foreground
+        [1, 1, 1, 1]
+        >>> train = patches.shuffle(64, seed=0).batch(2)
+        >>> [tuple(tensor.shape) for tensor in next(iter(train))]
+        [(2, 16, 16, 16, 1), (2, 16, 16, 16, 1)]
+
+        On MSD spleen: ``random_patches(tfds.load("msd_spleen", split="train"), (96, 96, 96),
+        positive_fraction=0.33, patches_per_volume=4, seed=0)``.
 
     Reference:
         Isensee F. et al., "nnU-Net: a self-configuring method for deep learning-based

@@ -338,10 +338,20 @@ def segmentation_dataset(
         ``tf.data.Dataset`` of ``(image (B, H, W, C) float32, mask (B, H, W, 1))``.
 
     Example:
+        >>> import numpy as np
+        >>> import tensorflow as tf
+        >>> import kseg
+        >>> ct = np.full((4, 64, 64), -1000, np.int16)
+        >>> ct[:, 16:48, 16:48] = 60
+        >>> mask = (ct > 0).astype(np.uint8)
+        >>> slices = tf.data.Dataset.from_tensor_slices(  # as tfds.load("chaos_ct") gives
+        ...     {"image": ct, "mask": mask, "patient_id": ["1"] * 4})
         >>> train = segmentation_dataset(
-        ...     tfds.load("chaos_ct", split="train"), window="abdomen", image_size=(256, 256),
-        ...     batch_size=16, shuffle_buffer=2048, cache=True, seed=0,
+        ...     slices, window="abdomen", image_size=(32, 32),
+        ...     batch_size=2, shuffle_buffer=4, cache=True, seed=0,
         ...     augment=kseg.augment.segmentation_augmenter(seed=0))
+        >>> [tuple(tensor.shape) for tensor in next(iter(train))]
+        [(2, 32, 32, 1), (2, 32, 32, 1)]
         >>> model.fit(train, epochs=50)  # doctest: +SKIP
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:

@@ -113,11 +113,17 @@ class VolumeValidation(keras.callbacks.Callback):
             structure.
 
     Example:
+        >>> import numpy as np
+        >>> image = np.zeros((96, 96, 96, 1), np.float32)
+        >>> label = np.zeros((96, 96, 96), np.uint8)
+        >>> label[40:60, 40:60, 40:60] = 1
+        >>> val_volumes = [("p1", image, label, (1.5, 1.0, 1.0))]
         >>> validation = VolumeValidation(val_volumes, roi_size=(64, 64, 64), every=5)
-        >>> model.fit(patches, epochs=100, validation_data=val_patches, callbacks=[
-        ...     validation,
-        ...     keras.callbacks.ModelCheckpoint("best.keras", monitor="val_volume_dice",
-        ...                                     mode="max", save_best_only=True)])
+        >>> import keras
+        >>> checkpoint = keras.callbacks.ModelCheckpoint(
+        ...     "best.keras", monitor="val_volume_dice", mode="max", save_best_only=True)
+        >>> model.fit(patches, epochs=100, validation_data=val_patches,  # doctest: +SKIP
+        ...           callbacks=[validation, checkpoint])  # the validation first
     """
 
     def __init__(

@@ -254,12 +254,16 @@ class MeanTeacher(_ConsistencyModel):
         **kwargs: standard ``keras.Model`` arguments.
 
     Example:
+        >>> import os
+        >>> import tempfile
+        >>> import kseg
         >>> net = kseg.models.build("unet_small", input_shape=(64, 64, 1), num_classes=1,
         ...                         activation=None)
         >>> model = MeanTeacher(net, rampup_steps=500)
         >>> model.compile("adam", loss=kseg.losses.DiceCELoss(from_logits=True))
         >>> model.fit(tf.data.Dataset.zip((labeled, unlabeled)))  # doctest: +SKIP
-        >>> net.save("student.keras")
+        >>> run_dir = tempfile.mkdtemp()
+        >>> net.save(os.path.join(run_dir, "student.keras"))
 
     Reference:
         Tarvainen A., Valpola H., "Mean teachers are better role models: Weight-averaged
@@ -524,6 +528,7 @@ class FixMatch(_ConsistencyModel):
         **kwargs: standard ``keras.Model`` arguments.
 
     Example:
+        >>> import kseg
         >>> net = kseg.models.build("unet_small", input_shape=(64, 64, 1), num_classes=1,
         ...                         activation=None)
         >>> model = FixMatch(net, threshold=0.95)
