@@ -198,3 +198,33 @@ def test_3d_model_on_a_tilted_dicom_series_writes_the_seg_on_the_series(tmp_path
     with pytest.warns(GantryTiltWarning):
         series = read_dicom_series(tmp_path / "ct")
     np.testing.assert_array_equal(read_dicom_seg(path, reference_series=series).array, rod)
+
+
+# --- MSD spleen recipe ------------------------------------------------------------------------
+
+
+def test_msd_spleen_validation_measures_a_sheared_case_by_its_affine(monkeypatch):
+    import argparse
+
+    from kseg.evaluation import evaluate_volumes
+    from kseg.recipes import msd_spleen
+
+    label = np.zeros((6, 24, 16), np.uint8)
+    label[2, 10, 5] = 1
+    prediction = np.zeros_like(label)
+    prediction[3, 10 - SHIFT_ROWS, 5] = 1  # the voxel straight above: one plane, 2.5 mm
+    example = {
+        "patient_id": "spleen_1", "input": label[..., None].astype(np.float32),
+        "label": label, "affine": NIFTI_SHEAR,
+        "spacing": np.linalg.norm(NIFTI_SHEAR[:3, :3], axis=0).astype(np.float32),
+    }  # fmt: skip
+    monkeypatch.setattr(msd_spleen, "whole_volumes", lambda builder, split: [example])
+    args = argparse.Namespace(roi_size=8, validate_every=1, overlap=0.25, batch_size=1,
+                              largest_component=False)  # fmt: skip
+
+    validation = msd_spleen._volume_validation(args, None, {"validation": "fold0"})
+
+    [(_, _, _, grid)] = validation.volumes
+    table = evaluate_volumes([("spleen_1", label, prediction, grid)], metrics=("hausdorff",),
+                             progress=False)  # fmt: skip
+    assert table.column("hausdorff") == pytest.approx([2.5])

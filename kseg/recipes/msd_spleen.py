@@ -316,7 +316,9 @@ def _volume_validation(args, builder, splits):
     from kseg.training import VolumeValidation
 
     return VolumeValidation(
-        [(v["patient_id"], v["input"], v["label"], v["spacing"])
+        # the grid's affine, not its spacing: a sheared sform stays sheared through
+        # preprocessing, and distances across its slanted slices need the affine
+        [(v["patient_id"], v["input"], v["label"], v["affine"])
          for v in whole_volumes(builder, splits["validation"])],
         roi_size=(args.roi_size,) * 3, every=args.validate_every, overlap=args.overlap,
         batch_size=args.batch_size,
@@ -437,7 +439,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
             image=window(image.array, *WINDOWS["spleen_msd"]).numpy(),
             reference=reference.array,
             prediction=prediction.array,
-            spacing=reference.spacing,
+            spacing=reference.plane_spacing,  # the distance between slice planes
         )
     return _evaluation.show_table(
         args, table, folder,
