@@ -374,21 +374,27 @@ def _predict_volume(model, inference, image: Volume, source: pathlib.Path) -> np
     from kseg.data.pipeline import window
     from kseg.data.preprocess3d import preprocess_volume
     from kseg.evaluation import labels_from_probabilities
-    from kseg.geometry import to_original_grid
+    from kseg.geometry import resample_to, to_original_grid
     from kseg.inference import sliding_window
 
     low, high = (float(v) for v in inference["window"])
     spacing_xyz = inference["spacing"]
+    # voxels the straight grid adds outside the scan: at the window's floor, which the crop
+    # below leaves out
+    straight = _straight(image, source, fill=low)
     prepared = preprocess_volume(
-        # voxels the straight grid adds outside the scan: at the window's floor, which the
-        # crop below leaves out
-        _straight(image, source, fill=low),
+        straight,
         orientation=inference.get("orientation", "RAS"),
         spacing=None if spacing_xyz is None else tuple(float(v) for v in spacing_xyz)[::-1],
         # the MSD chain crops to the voxels above the window's lower bound
         crop_threshold=low,
     )
-    inputs = window(prepared.image.array, (low + high) / 2.0, high - low).numpy()[..., None]
+    on_model_grid = prepared.image
+    if straight is not image and spacing_xyz is not None:
+        # deskewing and resampling chose the grid; its values are interpolated once, from
+        # the input itself, not from the deskewed copy
+        on_model_grid = resample_to(image, on_model_grid.affine, on_model_grid.shape, fill=low)
+    inputs = window(on_model_grid.array, (low + high) / 2.0, high - low).numpy()[..., None]
     probabilities = sliding_window(
         model, inputs, tuple(inference["roi_size"]), overlap=float(inference.get("overlap", 0.25)),
         blend=inference.get("blend", "gaussian"), batch_size=_VOLUME_BATCH,

@@ -200,6 +200,50 @@ def test_3d_model_on_a_tilted_dicom_series_writes_the_seg_on_the_series(tmp_path
     np.testing.assert_array_equal(read_dicom_seg(path, reference_series=series).array, rod)
 
 
+
+def test_3d_model_input_of_a_sheared_volume_is_interpolated_once(tmp_path, monkeypatch):
+    """Deskewing and resampling to the model's spacing: the values the model sees are one
+    trilinear interpolation of the input (scipy on the stored array), not two."""
+    import nibabel as nib
+    from scipy import ndimage
+    from test_predict import volume_inference, windowed
+
+    import kseg.inference
+    from kseg.data.preprocess3d import preprocess_volume
+    from kseg.geometry import deskew
+    from kseg.io import read_nifti
+    from kseg.predict import predict_path
+
+    affine = NIFTI_SHEAR.copy()
+    affine[1, 0] = 0.3  # 0.6 rows per slice: deskewing interpolates
+    hu = np.random.default_rng(7).integers(-50, 160, (8, 20, 16))  # inside the window
+    source = tmp_path / "tilted.nii.gz"
+    nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0).astype(np.int16), affine[:, [2, 1, 0, 3]]),
+             source)  # fmt: skip
+    seen = []
+
+    def recording_window(model, inputs, roi_size, **kwargs):
+        seen.append(inputs[..., 0])
+        return np.zeros(inputs.shape, np.float32)
+
+    monkeypatch.setattr(kseg.inference, "sliding_window", recording_window)
+    inference = volume_inference(spacing=[1.0, 0.8, 3.0])
+    with pytest.warns(GantryTiltWarning):
+        predict_path(None, inference, source)
+
+    # the grid deskewing and resampling choose (the subject here is the values on it)
+    grid = preprocess_volume(deskew(read_nifti(source), fill=-57.0), orientation="RAS",
+                             spacing=(3.0, 0.8, 1.0), crop_threshold=-57.0).image  # fmt: skip
+    assert seen[0].shape == grid.shape
+    centres = _centres(grid.affine, grid.shape).reshape(-1, 3)
+    stored_index = (centres - affine[:3, 3]) @ np.linalg.inv(affine[:3, :3]).T
+    once = ndimage.map_coordinates(hu.astype(float), stored_index.T, order=1)
+    inside = np.all((stored_index >= 0) & (stored_index <= np.array(hu.shape) - 1), axis=1)
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(seen[0].reshape(-1)[inside], windowed(once, 53.5, 221.0)[inside],
+                               atol=1e-5)  # fmt: skip
+
+
 # --- MSD spleen recipe ------------------------------------------------------------------------
 
 
