@@ -43,8 +43,14 @@ def atomic_output(path: os.PathLike | str) -> Iterator[str]:
     :func:`remove_stale_temporaries` looks for.
 
     Example:
-        >>> with atomic_output("scores.csv") as temporary:  # doctest: +SKIP
-        ...     write_table(temporary)
+        >>> import tempfile
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "scores.csv"
+        >>> with atomic_output(target) as temporary:
+        ...     _ = pathlib.Path(temporary).write_text("patient_id,dice")
+        ...     target.exists()  # nothing at the target until the block succeeds
+        False
+        >>> target.read_text()
+        'patient_id,dice'
     """
     target = pathlib.Path(path)
     folder = target.absolute().parent
@@ -122,8 +128,14 @@ def atomic_directory(path: os.PathLike | str) -> Iterator[pathlib.Path]:
     why in their own words.
 
     Example:
-        >>> with atomic_directory("Task09_Spleen") as staging:  # doctest: +SKIP
-        ...     (staging / "dataset.json").write_text("{}")
+        >>> import tempfile
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "Task09_Spleen"
+        >>> with atomic_directory(target) as staging:
+        ...     _ = (staging / "dataset.json").write_text("{}")
+        ...     target.exists()
+        False
+        >>> sorted(path.name for path in target.iterdir())
+        ['dataset.json']
     """
     target = pathlib.Path(path)
     parent = target.absolute().parent

@@ -478,6 +478,15 @@ def keep_patients(
             does not count.
 
     Example:
+        >>> import numpy as np
+        >>> examples = tf.data.Dataset.from_tensor_slices(
+        ...     {"patient_id": ["a", "a", "b", "c"], "image": np.zeros((4, 2, 2))})
+        >>> train = keep_patients(examples, ["a", "c"], {"a": 2, "b": 1, "c": 1})
+        >>> len(train), [example["patient_id"].decode() for example in train.as_numpy_iterator()]
+        (3, ['a', 'a', 'c'])
+
+        On a prepared builder's split (reads every example's ``patient_id``):
+
         >>> counts = split_patient_examples(builder, "fold2+fold3")  # doctest: +SKIP
         >>> examples = builder.as_dataset(split="fold2+fold3")  # doctest: +SKIP
         >>> train = keep_patients(examples, chosen, counts)  # doctest: +SKIP

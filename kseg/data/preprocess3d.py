@@ -23,11 +23,19 @@ back onto the grid of the file the scan came from with one resampling
 so the original array need not be kept).
 
 Example:
-    >>> prepared = preprocess_volume(read_nifti("imagesTs/spleen_1.nii.gz"))  # doctest: +SKIP
-    >>> hu = prepared.image.array  # doctest: +SKIP
-    >>> inputs = window(hu, *WINDOWS["spleen_msd"]).numpy()[..., None]  # doctest: +SKIP
-    >>> probabilities = sliding_window(model, inputs, (96, 96, 96))  # doctest: +SKIP
-    >>> labels = prepared.to_original_grid(probabilities[..., 0] >= 0.5)  # doctest: +SKIP
+    >>> import numpy as np
+    >>> from kseg.data.pipeline import WINDOWS, window
+    >>> from kseg.inference import sliding_window
+    >>> from kseg.phantoms.msd_spleen import spleen_phantom_case
+    >>> scan = spleen_phantom_case(2, shape=(8, 32, 32), spacing=(5.0, 4.0, 4.0)).image
+    >>> prepared = preprocess_volume(scan)  # e.g. read_nifti("imagesTs/spleen_1.nii.gz")
+    >>> hu = prepared.image.array
+    >>> inputs = window(hu, *WINDOWS["spleen_msd"]).numpy()[..., None]
+    >>> model = lambda batch: (batch > 0.5).astype(np.float32)  # stands in for a 3D model
+    >>> probabilities = sliding_window(model, inputs, (96, 96, 96), progress=False)
+    >>> labels = prepared.to_original_grid(probabilities[..., 0] >= 0.5)
+    >>> hu.shape, labels.shape == scan.shape
+    ((20, 47, 65), True)
 
 Reference:
     Cardoso et al., "MONAI: An open-source framework for deep learning in healthcare",
@@ -166,11 +174,14 @@ def preprocess_volume(
         MaskError: nothing in the image is above ``crop_threshold``.
 
     Example:
-        >>> prepared = preprocess_volume(read_nifti("imagesTr/spleen_2.nii.gz"),
-        ...                              read_nifti("labelsTr/spleen_2.nii.gz"))
-        ... # doctest: +SKIP
-        >>> prepared.image.spacing  # doctest: +SKIP
-        (2.0, 1.5, 1.5)
+        >>> import numpy as np
+        >>> from kseg.phantoms.msd_spleen import spleen_phantom_case
+        >>> case = spleen_phantom_case(2, shape=(8, 32, 32), spacing=(5.0, 4.0, 4.0))
+        >>> prepared = preprocess_volume(case.image, case.label)  # e.g. read_nifti(...) twice
+        >>> np.allclose(prepared.image.spacing, (2.0, 1.5, 1.5))
+        True
+        >>> prepared.label.shape == prepared.image.shape, np.unique(prepared.label.array)
+        (True, array([0, 1], dtype=uint8))
 
     Reference:
         Cardoso et al., "MONAI: An open-source framework for deep learning in healthcare",

@@ -32,7 +32,12 @@ def keep_largest_component(
         A new label map of the same shape and dtype; the input is not modified.
 
     Example:
-        >>> cleaned = keep_largest_component(prediction, labels=[1])  # doctest: +SKIP
+        >>> import numpy as np
+        >>> prediction = np.array([[1, 1, 0, 0, 1],
+        ...                        [1, 1, 0, 2, 2]])
+        >>> keep_largest_component(prediction, labels=[1])  # label 2 is left as it is
+        array([[1, 1, 0, 0, 0],
+               [1, 1, 0, 2, 2]])
 
     Reference:
         Isensee F. et al., "nnU-Net: a self-configuring method for deep learning-based

@@ -420,7 +420,17 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
         ValueError: ``path`` does not end in ``.nii`` or ``.nii.gz``.
 
     Example:
-        >>> write_nifti(read_dicom_series("DICOM_anon"), "case_0001.nii.gz")  # doctest: +SKIP
+        >>> import tempfile
+        >>> from kseg.phantoms.msd_spleen import spleen_phantom_case
+        >>> ct = spleen_phantom_case(2, shape=(4, 16, 16), spacing=(5.0, 4.0, 4.0)).image
+        >>> path = os.path.join(tempfile.mkdtemp(), "case_0001.nii.gz")
+        >>> write_nifti(ct, path)
+        >>> back = read_nifti(path)
+        >>> np.array_equal(back.array, ct.array), np.allclose(back.affine, ct.affine)
+        (True, True)
+
+        A DICOM series converted: ``write_nifti(read_dicom_series("DICOM_anon"),
+        "case_0001.nii.gz")``.
     """
     path = os.fspath(path)
     suffix = next((s for s in _NIFTI_SUFFIXES if path.endswith(s)), None)

@@ -59,9 +59,19 @@ def write_png_stack(
             would replace one of the Volume's source files.
 
     Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> prediction = np.zeros((3, 4, 4), np.uint8)
+        >>> paths = write_png_stack(prediction, Path(tempfile.mkdtemp()) / "pngs")
+        >>> [Path(path).name for path in paths]
+        ['slice_0000.png', 'slice_0001.png', 'slice_0002.png']
+
+        Named after the DICOM files the slices came from:
+
         >>> ct = read_dicom_series("ct")  # doctest: +SKIP
-        >>> write_png_stack(prediction, "pngs",
-        ...                 names=[Path(f).name for f in ct.source_files])  # doctest: +SKIP
+        >>> write_png_stack(prediction, "pngs",  # doctest: +SKIP
+        ...                 names=[Path(f).name for f in ct.source_files])
     """
     sources = labels.source_files if isinstance(labels, Volume) else ()
     array = _label_array(labels.array if isinstance(labels, Volume) else labels)

@@ -38,10 +38,12 @@ class SegmentationModel(keras.Model):
         **kwargs: other ``keras.Model`` arguments (``name``, ...).
 
     Example:
-        >>> model = kseg.models.build("unet", input_shape=(None, None, 1))  # doctest: +SKIP
-        >>> model(np.zeros((256, 256, 1)))  # doctest: +SKIP
-        ValueError: unet expects input of rank 4 (batch, height, width, channels); got
-        shape (256, 256, 1): add the batch axis, e.g. image[None] ...
+        >>> import numpy as np
+        >>> import kseg
+        >>> model = kseg.models.build("unet", input_shape=(None, None, 1))
+        >>> model(np.zeros((256, 256, 1)))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: unet expects input of rank 4 (batch, height, width, channels); got ...
     """
 
     def __init__(self, *args, size_divisor=1, **kwargs):

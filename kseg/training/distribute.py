@@ -78,9 +78,10 @@ def strategy(name: str = "default", *, devices=None) -> tf.distribute.Strategy:
             ``"multi-worker"`` without a valid ``TF_CONFIG``.
 
     Example:
+        >>> import kseg
         >>> distribution = strategy("mirrored")
         >>> with distribution.scope():
-        ...     model = kseg.models.build("unet", input_shape=(128, 128, 1))  # doctest: +SKIP
+        ...     model = kseg.models.build("unet", input_shape=(128, 128, 1))
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
