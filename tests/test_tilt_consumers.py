@@ -84,6 +84,34 @@ def test_seg_of_a_tilted_series_read_alone_has_the_series_sheared_affine(tmp_pat
     np.testing.assert_array_equal(node.array, sparse[1:5])
 
 
+
+@pytest.mark.parametrize(
+    "stated", [STEP_MM, STEP_MM / math.cos(math.radians(TILT_DEGREES))],
+    ids=["plane-distance", "centre-to-centre"],
+)  # fmt: skip
+def test_tilted_seg_takes_either_reading_of_spacing_between_slices(tmp_path, stated):
+    """PS3.3 measures SpacingBetweenSlices centre to centre (the slanted step on a tilted
+    stack); writers also store the plane distance. Frames on slices 0, 1 and 4."""
+    pytest.importorskip("highdicom")
+    import pydicom
+
+    from kseg.io import read_dicom_seg, write_dicom_seg
+
+    series = _tilted_series(tmp_path / "ct")
+    labels = np.zeros(series.shape, np.uint8)
+    labels[[0, 1, 4], 1, 2] = 1
+    path = write_dicom_seg(labels, series, tmp_path / "seg.dcm", {1: "tumour"})
+    ds = pydicom.dcmread(path)
+    ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices = stated
+    ds.save_as(path)
+
+    with pytest.warns(GantryTiltWarning):
+        volume = read_dicom_seg(path)
+
+    np.testing.assert_allclose(volume.affine, series.affine, atol=1e-6)
+    np.testing.assert_array_equal(volume.array, labels[:5])
+
+
 # --- kseg predict -----------------------------------------------------------------------------
 
 # A sheared NIfTI grid (RAS, index (k, j, i)): each slice 2.5 mm up and exactly two rows on,

@@ -20,9 +20,11 @@ being its PixelPaddingValue. :func:`read_dicom_seg_masks` places each frame on a
 * **Without it**, on the grid the frames span: slices sorted along the normal of their
   orientation (as :func:`kseg.io.read_dicom_series` sorts images), slice planes
   SpacingBetweenSlices apart (else the smallest gap between frame positions along the
-  normal). A SEG of a gantry-tilted series, whose frame positions step off the normal, gets
-  the sheared affine the series has (the mean step from the first frame to the last) and
-  the series reader's :class:`kseg.io.GantryTiltWarning`, by the same thresholds.
+  normal; on a tilted stack SpacingBetweenSlices may be the slanted centre-to-centre step
+  PS3.3 defines or the plane distance, whichever puts the frames on whole planes). A SEG
+  of a gantry-tilted series, whose frame positions step off the normal, gets the sheared
+  affine the series has (the mean step from the first frame to the last) and the series
+  reader's :class:`kseg.io.GantryTiltWarning`, by the same thresholds.
 
 Reference:
     DICOM PS3.3 A.51 (Segmentation IOD), C.8.20 (Segmentation Image Module); Herz C. et al.,
@@ -635,22 +637,14 @@ def _grid_of_frames(path: str, ds: pydicom.Dataset, frames: _Frames) -> _Grid:
     normal (a GantryTiltWarning, by the series reader's rule, says so)."""
     normal = _normal(frames)
     along = frames.positions @ normal
-    first = int(np.argmin(along))
+    first, last = int(np.argmin(along)), int(np.argmax(along))
     offsets = along - along[first]
-    distinct = np.unique(np.round(offsets, 4))
-    spacing = _functional_or_none(ds, "PixelMeasuresSequence", "SpacingBetweenSlices")
-    if spacing is None or spacing <= 0:
-        gaps = np.diff(distinct)
-        spacing = float(gaps.min()) if len(gaps) else float(
-            _functional_or_none(ds, "PixelMeasuresSequence", "SliceThickness") or 1.0
-        )
-    index = offsets / spacing
-    if np.abs(index - np.round(index)).max() > _POSITION_TOLERANCE:
+    spacing = _plane_distance(ds, frames, offsets, first, last)
+    if not _on_whole_planes(offsets, spacing):
         raise UnreadableFileError(
             path, f"frame positions are not whole multiples of the slice spacing {spacing} mm"
         )
-    slices = np.round(index).astype(int)
-    last = int(np.argmax(along))
+    slices = np.round(offsets / spacing).astype(int)
     step = normal * spacing
     measured = (frames.positions[last] - frames.positions[first]) / max(int(slices[last]), 1)
     if _gantry_tilt(measured, normal, int(slices[last]) + 1) is not None:
@@ -665,6 +659,30 @@ def _grid_of_frames(path: str, ds: pydicom.Dataset, frames: _Frames) -> _Grid:
         )  # fmt: skip
     shape = (int(slices[last]) + 1, int(ds.Rows), int(ds.Columns))
     return _Grid(shape, affine, slices)
+
+
+def _plane_distance(ds: pydicom.Dataset, frames: _Frames, offsets, first: int, last: int):
+    """The distance between slice planes. SpacingBetweenSlices is measured centre to centre
+    (PS3.3 C.7.6.16.2.1), which on a gantry-tilted stack is the slanted step, longer than the
+    plane distance some writers store: whichever puts the frames on whole planes is taken.
+    Without it, the smallest gap between frames along the normal."""
+    stated = _functional_or_none(ds, "PixelMeasuresSequence", "SpacingBetweenSlices")
+    if stated is None or stated <= 0:
+        gaps = np.diff(np.unique(np.round(offsets, 4)))
+        return float(gaps.min()) if len(gaps) else float(
+            _functional_or_none(ds, "PixelMeasuresSequence", "SliceThickness") or 1.0
+        )
+    span = float(np.linalg.norm(frames.positions[last] - frames.positions[first]))
+    cosine = offsets[last] / span if span > 0 else 1.0
+    return next(
+        (spacing for spacing in (stated, stated * cosine) if _on_whole_planes(offsets, spacing)),
+        stated,
+    )
+
+
+def _on_whole_planes(offsets: np.ndarray, spacing: float) -> bool:
+    index = offsets / spacing
+    return bool(np.abs(index - np.round(index)).max() <= _POSITION_TOLERANCE)
 
 
 def _grid_of_series(path: str, ds: pydicom.Dataset, frames: _Frames, series: Volume) -> _Grid:
