@@ -646,11 +646,22 @@ def choose_postprocessing(
         or :func:`evaluate_slices` for the test set.
 
     Example:
-        >>> validation = list(predict_on_mask_grid(model, reassemble_slices(
-        ...     validation_split, preprocess=prep)))  # doctest: +SKIP
+        >>> import numpy as np
+        >>> mask = np.zeros((1, 8, 8), np.uint8)
+        >>> mask[0, 2:6, 2:6] = 1
+        >>> probabilities = mask[..., None].astype(np.float32)
+        >>> probabilities[0, 7, 7, 0] = 1.0  # one stray voxel away from the structure
+        >>> choice = choose_postprocessing([("p1", mask, probabilities, (3.0, 1.0, 1.0))])
+        >>> choice.labels, round(choice.dice_without["dice"], 3), choice.dice_with["dice"]
+        ((1,), 0.97, 1.0)
+
+        On a 2D model's validation split, then the test split:
+
+        >>> validation = list(predict_on_mask_grid(model, reassemble_slices(  # doctest: +SKIP
+        ...     validation_split, preprocess=prep)))
         >>> choice = choose_postprocessing(validation)  # doctest: +SKIP
-        >>> table = evaluate_slices(model, test_split, preprocess=prep,
-        ...                         postprocess=choice.postprocess)  # doctest: +SKIP
+        >>> table = evaluate_slices(model, test_split, preprocess=prep,  # doctest: +SKIP
+        ...                         postprocess=choice.postprocess)
 
     Reference:
         Isensee F. et al., "nnU-Net: a self-configuring method for deep learning-based
@@ -730,8 +741,20 @@ def reassemble_slices(
         slices in ``slice_index`` order; the mask stays on its stored (original) grid.
 
     Example:
-        >>> val_volumes = list(reassemble_slices(tfds.load("chaos/ct", split="fold1"),
-        ...                                      preprocess=prep))  # doctest: +SKIP
+        >>> import numpy as np
+        >>> import tensorflow as tf
+        >>> mask = np.zeros((3, 8, 8), np.uint8)
+        >>> mask[:, 2:6, 2:6] = 1
+        >>> slices = tf.data.Dataset.from_tensor_slices({  # one patient, as a builder stores it
+        ...     "image": np.where(mask == 1, 60, -1000).astype(np.int16), "mask": mask,
+        ...     "patient_id": ["1"] * 3, "slice_index": [2, 0, 1], "num_slices": [3] * 3,
+        ...     "spacing": [[3.0, 0.8, 0.8]] * 3})
+        >>> [(patient_id, image.shape, mask.shape, spacing.tolist())
+        ...  for patient_id, image, mask, spacing in reassemble_slices(slices)]
+        [('1', (3, 8, 8), (3, 8, 8), [3.0, 0.800000011920929, 0.800000011920929])]
+
+        A CHAOS fold as a model sees it:
+        ``list(reassemble_slices(tfds.load("chaos/ct", split="fold1"), preprocess=prep))``.
     """
     import tensorflow as tf
 
@@ -818,8 +841,25 @@ def predict_on_mask_grid(model, volumes: Iterable[tuple], *, batch_size: int = 1
         :func:`evaluate_volumes` and :func:`choose_postprocessing` score.
 
     Example:
-        >>> cases = predict_on_mask_grid(model, reassemble_slices(
-        ...     tfds.load("chaos/ct", split="fold1"), preprocess=prep))  # doctest: +SKIP
+        >>> import numpy as np
+        >>> import tensorflow as tf
+        >>> mask = np.zeros((3, 8, 8), np.uint8)
+        >>> mask[:, 2:6, 2:6] = 1
+        >>> slices = tf.data.Dataset.from_tensor_slices({  # one patient, as a builder stores it
+        ...     "image": np.where(mask == 1, 60, -1000).astype(np.int16), "mask": mask,
+        ...     "patient_id": ["1"] * 3, "slice_index": [2, 0, 1], "num_slices": [3] * 3,
+        ...     "spacing": [[3.0, 0.8, 0.8]] * 3})
+        >>> from kseg.data.pipeline import model_input
+        >>> prep = model_input(window="abdomen", image_size=(16, 16))  # the model's size
+        >>> model = lambda batch: (batch > 0.5).astype(np.float32)  # stands in for a 2D model
+        >>> cases = predict_on_mask_grid(model, reassemble_slices(slices, preprocess=prep))
+        >>> [(patient_id, probabilities.shape) for patient_id, _, probabilities, _ in cases]
+        [('1', (3, 8, 8, 1))]
+
+        Scored on a CHAOS fold:
+
+        >>> cases = predict_on_mask_grid(model, reassemble_slices(  # doctest: +SKIP
+        ...     tfds.load("chaos/ct", split="fold1"), preprocess=prep))
         >>> table = evaluate_volumes(cases, metrics=("dice", "hd95"))  # doctest: +SKIP
     """
     from kseg.inference import predict_slices
@@ -881,12 +921,28 @@ def evaluate_slices(
         flags of :func:`evaluate_volumes`.
 
     Example:
-        >>> import tfds_builders.chaos  # registers the builder  # doctest: +SKIP
+        >>> import numpy as np
+        >>> import tensorflow as tf
+        >>> mask = np.zeros((3, 8, 8), np.uint8)
+        >>> mask[:, 2:6, 2:6] = 1
+        >>> slices = tf.data.Dataset.from_tensor_slices({  # one patient, as a builder stores it
+        ...     "image": np.where(mask == 1, 60, -1000).astype(np.int16), "mask": mask,
+        ...     "patient_id": ["1"] * 3, "slice_index": [2, 0, 1], "num_slices": [3] * 3,
+        ...     "spacing": [[3.0, 0.8, 0.8]] * 3})
         >>> from kseg.data.pipeline import model_input
+        >>> model = lambda batch: (batch > 0.5).astype(np.float32)  # stands in for a 2D model
+        >>> table = evaluate_slices(model, slices, preprocess=model_input(window="abdomen"),
+        ...                         metrics=("dice", "hd95"), progress=False)
+        >>> table.rows
+        [{'patient_id': '1', 'dice': 1.0, 'hd95': 0.0, 'reference_empty': False}]
+
+        The CHAOS CT test fold:
+
+        >>> import tfds_builders.chaos  # registers the builder  # doctest: +SKIP
         >>> test = tfds.load("chaos/ct", split="fold0")  # the test fold  # doctest: +SKIP
-        >>> table = evaluate_slices(
+        >>> table = evaluate_slices(  # doctest: +SKIP
         ...     model, test, preprocess=model_input(window="abdomen", image_size=(256, 256)),
-        ...     metrics=("dice", "hd95", "assd"))  # doctest: +SKIP
+        ...     metrics=("dice", "hd95", "assd"))
         >>> table.to_csv("test_scores.csv")  # doctest: +SKIP
 
     Reference:
