@@ -339,11 +339,7 @@ def _volume_and_spacing(volume, spacing):
     """
     if hasattr(volume, "array") and hasattr(volume, "affine"):
         array = np.asarray(volume.array)
-        if spacing is None:
-            step, planes = volume.spacing, volume.plane_spacing
-            # equal on orthogonal grids, where the step is exact and the plane distance
-            # (a determinant over an area) may be a rounding off
-            spacing = step if math.isclose(planes[0], step[0], rel_tol=1e-12) else planes
+        spacing = volume.plane_spacing if spacing is None else spacing
     else:
         array = np.asarray(volume)
     if array.ndim != 3:

@@ -67,7 +67,9 @@ class Volume:
         """
         columns = self.affine[:3, :3]
         in_plane = np.cross(columns[:, 1], columns[:, 2])
-        between_planes = abs(float(np.linalg.det(columns))) / float(np.linalg.norm(in_plane))
+        # the slice step projected on the unit normal: exact on axis-aligned grids, where
+        # a determinant over an area would round (3 mm -> 3.0000000000000004)
+        between_planes = abs(float(columns[:, 0] @ (in_plane / np.linalg.norm(in_plane))))
         _, row, column = self.spacing
         return (between_planes, row, column)
 
