@@ -25,6 +25,7 @@ from kseg.io import (
     rasterize_rtstruct,
     read_dicom_seg,
     read_dicom_series,
+    write_dicom_seg,
     write_rtstruct,
 )
 from kseg.io.dicom import ImageSlices
@@ -321,6 +322,18 @@ def test_an_rtstruct_on_a_concatenation_references_instances_and_rasterizes_back
             assert offset + int(image.ReferencedFrameNumber) == _frame_of_plane(
                 positions, normal, points
             )
+
+
+def test_a_seg_on_a_concatenation_is_refused_pointing_at_rtstruct(tmp_path):
+    """highdicom takes one multi-frame source image: the refusal says what does work."""
+    source, _ = _enhanced(tmp_path)
+    _split(source, tmp_path / "ct", (2, 3))
+    volume = read_dicom_series(tmp_path / "ct")
+
+    with pytest.raises(ValueError, match="frames of 2 files .*Concatenation, write_rtstruct"):
+        write_dicom_seg(_labels(volume.shape), volume, tmp_path / "seg.dcm",
+                        segment_names={1: "A", 2: "B"})  # fmt: skip
+    assert not (tmp_path / "seg.dcm").exists()
 
 
 @pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")  # highdicom's

@@ -207,7 +207,9 @@ def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
     if series.metadata.get("frame_numbers") and len(files) > 1:
         raise ValueError(
             f"reference_series holds frames of {len(files)} files ({files[0]}, ...); a SEG "
-            "references the frames of one multi-frame image"
+            "references the frames of one multi-frame image (highdicom takes one as the "
+            "source; for an image split into a Concatenation, write_rtstruct references "
+            "each file's frames)"
         )
     datasets = []
     for path in files:
