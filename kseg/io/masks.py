@@ -258,8 +258,15 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
         LossyMaskWarning: the file is lossy (see :class:`LossyMaskWarning`).
 
     Example:
-        >>> liver = read_labels("CT/1/Ground/liver_GT_045.png", LabelRule())  # doctest: +SKIP
-        >>> np.unique(liver)  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> grey = np.zeros((4, 6), np.uint8)
+        >>> grey[1:3, 1:5] = 255  # a CHAOS CT liver mask stores the liver as 255
+        >>> path = Path(tempfile.mkdtemp()) / "liver_GT_045.png"
+        >>> Image.fromarray(grey).save(path)
+        >>> liver = read_labels(path, LabelRule())
+        >>> np.unique(liver)
         array([0, 1], dtype=uint8)
     """
     path = os.fspath(path)
@@ -300,8 +307,14 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
         LossyMaskWarning: the file is lossy (see :class:`LossyMaskWarning`).
 
     Example:
-        >>> mask = read_mask("Train_Sets/MR/1/T2SPIR/Ground/IMG-0004-00020.png")  # doctest: +SKIP
-        >>> np.unique(mask)  # stored grey levels, decoded by map_label_ranges  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> grey = np.array([[0, 63, 126], [189, 252, 0]], np.uint8)  # CHAOS MR grey levels
+        >>> path = Path(tempfile.mkdtemp()) / "IMG-0004-00020.png"
+        >>> Image.fromarray(grey).save(path)
+        >>> mask = read_mask(path)
+        >>> np.unique(mask)  # stored grey levels, decoded by map_label_ranges
         array([  0,  63, 126, 189, 252], dtype=uint8)
     """
     path = os.fspath(path)
@@ -342,7 +355,16 @@ def read_mask_stack(
             message names it and the expected shape).
 
     Example:
-        >>> stack = read_mask_stack(sorted(Path("Ground").glob("*.png")))  # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
+        >>> ground = Path(tempfile.mkdtemp()) / "Ground"
+        >>> ground.mkdir()
+        >>> for k in range(3):
+        ...     Image.fromarray(np.full((4, 6), 255, np.uint8)).save(ground / f"liver_{k}.png")
+        >>> stack = read_mask_stack(sorted(ground.glob("*.png")), rule=LabelRule())
+        >>> stack.shape, stack.dtype, int(stack.max())
+        ((3, 4, 6), dtype('uint8'), 1)
     """
     if isinstance(paths, (str, bytes, os.PathLike)):
         raise ValueError(
