@@ -236,6 +236,17 @@ def read_rtstruct(path: os.PathLike | str) -> list[RoiContours]:
     An ROIDisplayColor that is not three integers is read as ``None`` (it is display only).
 
     Example:
+        >>> import tempfile
+        >>> from kseg.phantoms.lctsc import write_lctsc
+        >>> root = write_lctsc(tempfile.mkdtemp(), num_patients=1, num_test_patients=0,
+        ...                    num_slices=4, size=32)  # LCTSC's layout, phantom anatomy
+        >>> path = next(root.glob("LCTSC/*/*/*RTSTRUCT*/1-1.dcm"))
+        >>> rois = read_rtstruct(path)
+        >>> [(roi.name, len(roi.contours)) for roi in rois]
+        [('Lung_l', 2), ('Lung_r', 2), ('Heart', 1), ('Esophagus', 2), ('SpinalCord', 2)]
+
+        On the real LCTSC-Train-S1-001 structure set:
+
         >>> rois = read_rtstruct("LCTSC-Train-S1-001/.../1-1.dcm")  # doctest: +SKIP
         >>> [(roi.name, len(roi.contours)) for roi in rois]  # doctest: +SKIP
         [('Esophagus', 51), ('Heart', 38), ('Lung_L', 67), ('Lung_R', 69), ('SpinalCord', 98)]
@@ -373,9 +384,16 @@ def read_rtstruct_references(path: os.PathLike | str) -> RtstructReferences:
         UnreadableFileError: not DICOM or not an RT Structure Set.
 
     Example:
-        >>> refs = read_rtstruct_references("RS.dcm")  # doctest: +SKIP
-        >>> sorted(refs.series_instance_uids)  # doctest: +SKIP
-        ['1.3.6.1.4.1.14519.5.2.1.7014.4598.492964872630309412859177308186']
+        >>> import tempfile
+        >>> from kseg.phantoms.lctsc import write_lctsc
+        >>> root = write_lctsc(tempfile.mkdtemp(), num_patients=1, num_test_patients=0,
+        ...                    num_slices=4, size=32)  # LCTSC's layout, phantom anatomy
+        >>> path = next(root.glob("LCTSC/*/*/*RTSTRUCT*/1-1.dcm"))
+        >>> from kseg.io import read_dicom_series
+        >>> ct = read_dicom_series(next(root.glob("LCTSC/*/*/*-CT *")))
+        >>> refs = read_rtstruct_references(path)
+        >>> sorted(refs.series_instance_uids) == [ct.metadata["series_instance_uid"]]
+        True
     """
     path = os.fspath(path)
     dataset = _read_structure_set(path)
@@ -443,10 +461,16 @@ def rasterize_rtstruct(
             away from their plane.
 
     Example:
-        >>> ct = read_dicom_series(ct_folder)  # doctest: +SKIP
-        >>> masks = rasterize_rtstruct(rtstruct_file, ct, roi_names=["Lung_L"])  # doctest: +SKIP
-        >>> masks["Lung_L"].shape == ct.shape  # doctest: +SKIP
-        True
+        >>> import tempfile
+        >>> from kseg.phantoms.lctsc import write_lctsc
+        >>> root = write_lctsc(tempfile.mkdtemp(), num_patients=1, num_test_patients=0,
+        ...                    num_slices=4, size=32)  # LCTSC's layout, phantom anatomy
+        >>> path = next(root.glob("LCTSC/*/*/*RTSTRUCT*/1-1.dcm"))
+        >>> from kseg.io import read_dicom_series
+        >>> ct = read_dicom_series(next(root.glob("LCTSC/*/*/*-CT *")))
+        >>> masks = rasterize_rtstruct(path, ct, roi_names=["Lung_l"])
+        >>> list(masks), masks["Lung_l"].shape == ct.shape
+        (['Lung_l'], True)
     """
     try:
         path = os.fspath(rtstruct_path)
@@ -522,9 +546,16 @@ def rasterize_roi(
         ContourOutsideVolumeWarning, ContourReferenceWarning: see :func:`rasterize_rtstruct`.
 
     Example:
-        >>> roi = next(r for r in read_rtstruct(path) if r.name == "Heart")  # doctest: +SKIP
-        >>> int(rasterize_roi(roi, ct, source=path).sum())  # doctest: +SKIP
-        41873
+        >>> import tempfile
+        >>> from kseg.phantoms.lctsc import write_lctsc
+        >>> root = write_lctsc(tempfile.mkdtemp(), num_patients=1, num_test_patients=0,
+        ...                    num_slices=4, size=32)  # LCTSC's layout, phantom anatomy
+        >>> path = next(root.glob("LCTSC/*/*/*RTSTRUCT*/1-1.dcm"))
+        >>> from kseg.io import read_dicom_series
+        >>> ct = read_dicom_series(next(root.glob("LCTSC/*/*/*-CT *")))
+        >>> roi = next(r for r in read_rtstruct(path) if r.name == "Heart")
+        >>> int(rasterize_roi(roi, ct, source=path).sum())  # voxels inside the heart
+        25
     """
     where = os.fspath(source) if source is not None else "RTSTRUCT"
     volume_frame = str(volume.metadata.get("frame_of_reference_uid", "") or "")

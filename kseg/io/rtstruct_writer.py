@@ -221,9 +221,21 @@ def write_rtstruct(
         BlankSeriesUidWarning: the series has no StudyInstanceUID / SeriesInstanceUID.
 
     Example:
-        >>> ct = read_dicom_series("ct_folder")  # doctest: +SKIP
-        >>> write_rtstruct(prediction, ct, "rs.dcm", roi_names={1: "Liver", 2: "Spleen"})
-        ... # doctest: +SKIP
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from kseg.io import rasterize_rtstruct, read_dicom_series
+        >>> from kseg.phantoms.lctsc import write_lctsc
+        >>> root = write_lctsc(tempfile.mkdtemp(), num_patients=1, num_test_patients=0,
+        ...                    num_slices=4, size=32)
+        >>> ct = read_dicom_series(next(root.glob("LCTSC/*/*/*-CT *")))
+        >>> prediction = np.zeros(ct.shape, np.uint8)  # labels on the series' grid
+        >>> prediction[1:3, 8:20, 10:22] = 1
+        >>> prediction[1:3, 12:16, 14:18] = 2
+        >>> path = write_rtstruct(prediction, ct, Path(tempfile.mkdtemp()) / "rs.dcm",
+        ...                       roi_names={1: "Liver", 2: "Spleen"})
+        >>> masks = rasterize_rtstruct(path, ct)
+        >>> np.array_equal(masks["Liver"], prediction == 1), int(masks["Spleen"].sum())
+        (True, 32)
     """
     array = _label_array(labels, reference_series)
     names = _roi_names(roi_names)
