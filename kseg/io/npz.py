@@ -115,9 +115,12 @@ def read_npz_mask(path: os.PathLike | str, *, key: str | None = None) -> np.ndar
         MaskError: not 3D, an empty dimension, not integer, or values outside ``0..255``.
 
     Example:
-        >>> mask = read_npz_mask("LCTSC-Train-S1-001/mask.npz")  # doctest: +SKIP
-        >>> mask.shape, mask.dtype  # doctest: +SKIP
-        ((130, 512, 512), dtype('uint8'))
+        >>> import tempfile
+        >>> from kseg.phantoms.lctsc import write_lctsc_npz
+        >>> root = write_lctsc_npz(tempfile.mkdtemp(), num_patients=1, num_slices=8, size=32)
+        >>> mask = read_npz_mask(root / "LCTSC-Train-S1-001" / "mask.npz")
+        >>> mask.shape, mask.dtype
+        ((8, 32, 32), dtype('uint8'))
     """
     path = os.fspath(path)
     try:
@@ -194,8 +197,15 @@ def align_mask_to_volume(
             beat the runner-up clearly. The message names the file and lists every score.
 
     Example:
-        >>> stored = truth[::-1]  # doctest: +SKIP
-        >>> align_mask_to_volume(stored, ct).flipped_axes  # doctest: +SKIP
+        >>> import tempfile
+        >>> from kseg.io import read_dicom_series
+        >>> from kseg.phantoms.lctsc import write_lctsc_npz
+        >>> root = write_lctsc_npz(tempfile.mkdtemp(), num_patients=1, num_slices=8, size=32)
+        >>> patient = root / "LCTSC-Train-S1-001"  # the layout of LCTSC's npz release
+        >>> ct = read_dicom_series(patient / "dicom")
+        >>> truth = read_npz_mask(patient / "mask.npz")  # stored in the CT's slice order
+        >>> stored = truth[::-1]
+        >>> align_mask_to_volume(stored, ct).flipped_axes
         ('z',)
     """
     where = os.fspath(source) if source is not None else "mask"
@@ -298,9 +308,15 @@ def read_aligned_npz_mask(
         TypeError, AlignmentError: see :func:`align_mask_to_volume`.
 
     Example:
-        >>> ct = read_dicom_series("LCTSC-Train-S1-001/dicom")  # doctest: +SKIP
-        >>> read_aligned_npz_mask("LCTSC-Train-S1-001/mask.npz", ct).mask.shape  # doctest: +SKIP
-        (130, 512, 512)
+        >>> import tempfile
+        >>> from kseg.io import read_dicom_series
+        >>> from kseg.phantoms.lctsc import write_lctsc_npz
+        >>> root = write_lctsc_npz(tempfile.mkdtemp(), num_patients=1, num_slices=8, size=32)
+        >>> patient = root / "LCTSC-Train-S1-001"  # the layout of LCTSC's npz release
+        >>> ct = read_dicom_series(patient / "dicom")
+        >>> alignment = read_aligned_npz_mask(patient / "mask.npz", ct)
+        >>> alignment.mask.shape, alignment.flipped_axes
+        ((8, 32, 32), ())
     """
     stored = read_npz_mask(path, key=key)
     return align_mask_to_volume(

@@ -119,9 +119,15 @@ def read_radiograph(
             do not fit ``uint16`` (negative or fractional DICOM values after rescaling).
 
     Example:
-        >>> image, bit_depth = read_radiograph("images/CHNCXR_0001_0.png")  # doctest: +SKIP
-        >>> image.dtype, bit_depth  # doctest: +SKIP
-        (dtype('uint16'), 8)
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> import numpy as np
+        >>> from PIL import Image
+        >>> path = Path(tempfile.mkdtemp()) / "CHNCXR_0001_0.png"  # an 8-bit Shenzhen image
+        >>> Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(path)
+        >>> image, bit_depth = read_radiograph(path)
+        >>> image.dtype, bit_depth, int(image.max())
+        (dtype('uint16'), 8, 255)
     """
     if dicom_values not in DICOM_VALUES:
         raise ValueError(f"dicom_values must be one of {DICOM_VALUES}, got {dicom_values!r}")
