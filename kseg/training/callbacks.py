@@ -608,9 +608,21 @@ def training_callbacks(
             anything is created).
 
     Example:
-        >>> callbacks = training_callbacks("runs/liver", VolumeValidation.from_slices(
-        ...     val_slices, preprocess=prep))  # doctest: +SKIP
+        >>> import os
+        >>> import tempfile
+        >>> image = np.zeros((8, 8, 8, 1), np.float32)
+        >>> label = np.zeros((8, 8, 8), np.uint8)
+        >>> label[2:5, 2:5, 2:5] = 1
+        >>> validation = VolumeValidation([("p1", image, label, (1.0, 1.0, 1.0))])
+        >>> run_dir = os.path.join(tempfile.mkdtemp(), "liver")  # e.g. "runs/liver"
+        >>> callbacks = training_callbacks(run_dir, validation)
+        >>> [type(callback).__name__ for callback in callbacks]  # doctest: +NORMALIZE_WHITESPACE
+        ['VolumeValidation', 'BestModelCheckpoint', 'ResumableReduceLROnPlateau',
+         'ResumableCSVLogger', 'AtomicBackupAndRestore']
         >>> model.fit(train, validation_data=val, epochs=50, callbacks=callbacks)  # doctest: +SKIP
+
+        With a 2D model, the validation volumes come from a slice split:
+        ``VolumeValidation.from_slices(val_slices, preprocess=prep)``.
     """
     try:
         output_dir = os.fspath(output_dir)
