@@ -677,10 +677,21 @@ def deidentify(
         ValueError: an empty ``secret``, an unknown ``keep`` keyword, ``layout`` or ``uid_root``.
 
     Example:
-        >>> report = deidentify("raw/", "deid/", secret=os.environ["DEID_SECRET"],
-        ...                     keep=("ROIName",))  # doctest: +SKIP
-        >>> print(report)  # doctest: +SKIP
-        >>> report.write_json("deid_report.json")  # doctest: +SKIP
+        >>> import shutil
+        >>> import tempfile
+        >>> import pydicom.data
+        >>> work = Path(tempfile.mkdtemp())
+        >>> (work / "raw").mkdir()
+        >>> _ = shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm"), work / "raw")
+        >>> secret = "kept apart from the data"  # in practice e.g. os.environ["DEID_SECRET"]
+        >>> report = deidentify(work / "raw", work / "deid", secret=secret, keep=("ROIName",))
+        >>> print(report)  # doctest: +ELLIPSIS
+        de-identified 1 DICOM files from ... (DICOM PS3.15 2026c basic profile, layout 'uids')
+          skipped: 0 (copied unchanged: 0); failed: 0
+        ...
+        >>> report.files[0].output.startswith("ANON-")  # the patient's pseudonym folder
+        True
+        >>> report.write_json(work / "deid_report.json")
 
     Reference:
         DICOM PS3.15 2026c, Annex E, Table E.1-1 (Basic Application Level Confidentiality
