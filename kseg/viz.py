@@ -1010,9 +1010,18 @@ def uncertainty_map(
             a malformed ``reference``, ``vmax`` not above the lower end.
 
     Example:
+        >>> import numpy as np
+        >>> image = np.linspace(0.0, 1.0, 32 * 32).reshape(32, 32)
+        >>> uncertainty = np.zeros((32, 32))
+        >>> uncertainty[8:24, 8:24] = 0.4
+        >>> figure = uncertainty_map(image, uncertainty, reference=uncertainty > 0)
+        >>> len(figure.axes)  # image, uncertainty, colour bar
+        3
+
+        With a model, the predictive entropy of :func:`kseg.inference.mc_dropout`:
+
         >>> result = mc_dropout(model, ct_slice[None], samples=20)  # doctest: +SKIP
-        >>> uncertainty_map(ct_slice[..., 0], result.entropy[0]).savefig("u.png")
-        ... # doctest: +SKIP
+        >>> uncertainty_map(ct_slice[..., 0], result.predictive_entropy[0])  # doctest: +SKIP
     """
     image = _image_2d("image", image)
     uncertainty = _image_2d("uncertainty", uncertainty)

@@ -335,9 +335,15 @@ def read_dicom_series(
         LossyImageWarning: images of the series are lossy-compressed (once per series).
 
     Example:
-        >>> volume = read_dicom_series("Train_Sets/CT/1/DICOM_anon")  # doctest: +SKIP
-        >>> volume.array.shape, volume.spacing  # doctest: +SKIP
-        ((95, 512, 512), (3.0, 0.78, 0.78))
+        >>> import tempfile
+        >>> from kseg.phantoms.lctsc import write_lctsc
+        >>> root = write_lctsc(tempfile.mkdtemp(), num_patients=1, num_test_patients=0,
+        ...                    num_slices=4, size=32)  # LCTSC's layout, phantom anatomy
+        >>> volume = read_dicom_series(next(root.glob("LCTSC/*/*/*-CT *")))
+        >>> volume.array.shape, volume.array.dtype, volume.metadata["modality"]
+        ((4, 32, 32), dtype('int16'), 'CT')
+        >>> tuple(round(s, 2) for s in volume.spacing)  # (z, y, x) mm
+        (3.0, 14.65, 14.65)
     """
     folder, paths = _list_source(source)
     headers = _read_image_headers(paths, folder)
