@@ -241,9 +241,18 @@ def overlay(
             negative / fractional labels, ``alpha`` outside [0, 1], a bad ``window``.
 
     Example:
-        >>> figure = overlay(ct[40], reference=liver[40], prediction=predicted[40],
-        ...                  window=(-57, 164))  # doctest: +SKIP
-        >>> figure.savefig("overlay.png")  # doctest: +SKIP
+        >>> ct_slice = np.linspace(-200.0, 300.0, 32 * 32).reshape(32, 32)  # a HU ramp
+        >>> liver = np.zeros((32, 32), np.uint8)
+        >>> liver[8:24, 8:24] = 1
+        >>> predicted = np.roll(liver, 3, axis=1)  # three columns too far right
+        >>> figure = overlay(ct_slice, reference=liver, prediction=predicted,
+        ...                  window=(-57, 164), title="slice 40")
+        >>> len(figure.axes), figure.axes[0].get_title()
+        (1, 'slice 40')
+        >>> [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+        ['reference', 'prediction']
+
+        Save it with ``figure.savefig("overlay.png")``.
     """
     image = _image_2d("image", image)
     alpha = _check_alpha(alpha)
@@ -296,7 +305,12 @@ def error_map(
             label other than 0 and 1, ``alpha`` is outside [0, 1].
 
     Example:
-        >>> error_map(ct[40], liver[40], predicted[40] == 1).savefig("errors.png")  # doctest: +SKIP
+        >>> ct_slice = np.linspace(-200.0, 300.0, 32 * 32).reshape(32, 32)
+        >>> liver = np.zeros((32, 32), bool)
+        >>> liver[8:24, 8:24] = True  # 16 x 16 pixels
+        >>> predicted = np.roll(liver, 3, axis=1)  # 3 columns of 16 missed, 3 added
+        >>> error_map(ct_slice, liver, predicted).axes[0].get_title()
+        'FP 48 px, FN 48 px, TP 208 px'
     """
     image = _image_2d("image", image)
     alpha = _check_alpha(alpha)
@@ -424,9 +438,15 @@ def tri_planar(
             the volume, a spacing that is not three positive numbers.
 
     Example:
-        >>> image = kseg.io.read_nifti("imagesTr/spleen_10.nii.gz")  # doctest: +SKIP
-        >>> labels = kseg.io.read_nifti("labelsTr/spleen_10.nii.gz")  # doctest: +SKIP
-        >>> tri_planar(image, reference=labels).savefig("views.png")  # doctest: +SKIP
+        >>> volume = np.zeros((9, 20, 20))
+        >>> volume[2:5, 4:9, 10:17] = 1.0  # a box, centred on voxel (3, 6, 13)
+        >>> figure = tri_planar(volume, reference=volume > 0, spacing=(5.0, 0.8, 0.8))
+        >>> [ax.get_title() for ax in figure.axes]
+        ['axial (z = 3)', 'coronal (y = 6)', 'sagittal (x = 13)']
+
+        A Volume brings its own spacing, e.g. an MSD spleen case and its label:
+        ``tri_planar(read_nifti("imagesTr/spleen_10.nii.gz"),
+        reference=read_nifti("labelsTr/spleen_10.nii.gz"))``.
     """
     array, (dz, dy, dx) = _volume_and_spacing(volume, spacing)
     alpha = _check_alpha(alpha)
@@ -560,7 +580,16 @@ def training_curves(history, *, title: str | None = None) -> Figure:
         FileNotFoundError: the CSV path does not exist.
 
     Example:
-        >>> training_curves("runs/liver/history.csv").savefig("curves.png")  # doctest: +SKIP
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "history.csv")  # as CSVLogger writes it
+        >>> with open(path, "w") as csv_file:
+        ...     _ = csv_file.write("epoch,dice,loss,val_dice,val_loss\\n"
+        ...                        "0,0.41,0.62,0.38,0.66\\n1,0.63,0.41,NA,NA\\n")
+        >>> figure = training_curves(path, title="liver")
+        >>> [ax.get_ylabel() for ax in figure.axes]
+        ['loss', 'Dice']
+        >>> [line.get_label() for line in figure.axes[1].get_lines()]
+        ['dice', 'val_dice']
     """
     epochs, values = _read_history(history)
     panels = [
@@ -687,8 +716,13 @@ def score_histograms(
             ``bins`` is not a positive integer.
 
     Example:
-        >>> table = kseg.evaluation.PatientTable.from_csv("test_table.csv")  # doctest: +SKIP
-        >>> score_histograms(table, ("dice", "hd95")).savefig("hist.png")  # doctest: +SKIP
+        >>> from kseg.evaluation import PatientTable
+        >>> table = PatientTable([{"patient_id": "1", "dice": 0.91, "hd95": 4.2},
+        ...                       {"patient_id": "2", "dice": 0.84, "hd95": 7.9},
+        ...                       {"patient_id": "3", "dice": 0.0, "hd95": float("inf")}])
+        >>> figure = score_histograms(table, ("dice", "hd95"))
+        >>> [ax.get_title() for ax in figure.axes]
+        ['dice (n = 3)', 'hd95 (n = 2)\\n(1 inf left out)']
     """
     metrics = _checked_table(table, metrics)
     if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 1:
@@ -738,7 +772,13 @@ def score_boxplots(
         ValueError: ``table`` is not a PatientTable or is empty, a metric has no column.
 
     Example:
-        >>> score_boxplots(table, ("dice", "assd")).savefig("boxes.png")  # doctest: +SKIP
+        >>> from kseg.evaluation import PatientTable
+        >>> table = PatientTable([{"patient_id": "1", "dice": 0.91, "hd95": 4.2},
+        ...                       {"patient_id": "2", "dice": 0.84, "hd95": 7.9},
+        ...                       {"patient_id": "3", "dice": 0.0, "hd95": float("inf")}])
+        >>> figure = score_boxplots(table, ("dice", "hd95"))
+        >>> [label.get_text() for ax in figure.axes for label in ax.get_xticklabels()]
+        ['dice\\nn = 3', 'hd95\\nn = 2 (1 inf left out)']
     """
     metrics = _checked_table(table, metrics)
     layout = [(metric, _class_columns(table, metric)) for metric in metrics]
@@ -816,8 +856,15 @@ def accuracy_vs_dice(cases, *, title: str | None = None) -> Figure:
             or every reference is empty.
 
     Example:
-        >>> accuracy_vs_dice({pid: (truth[pid], predicted[pid]) for pid in truth})
-        ... # doctest: +SKIP
+        >>> truth = np.zeros((64, 64), bool)
+        >>> truth[30:34, 30:34] = True  # 16 of 4096 pixels
+        >>> figure = accuracy_vs_dice({"missed": (truth, np.zeros_like(truth)),
+        ...                            "found": (truth, truth)})
+        >>> figure.axes[0].get_title()
+        'accuracy vs Dice, 2 cases'
+        >>> [points] = [c for c in figure.axes[0].collections if c.get_gid() == "cases"]
+        >>> points.get_offsets().tolist()  # (Dice, accuracy): the miss is 99.6 % accurate
+        [[0.0, 0.99609375], [1.0, 1.0]]
     """
     # One pair at a time, reduced to three numbers: a generator that loads each case when
     # asked never holds more than one case's masks.
@@ -933,9 +980,15 @@ def slice_dice_heatmap(per_slice_scores, *, positions: int | None = None) -> Fig
             not a non-empty 1D array in [0, 1] or ``nan``, ``positions`` < 1.
 
     Example:
-        >>> scores = {pid: per_slice_dice(truth[pid], predicted[pid]) for pid in truth}
-        ... # doctest: +SKIP
-        >>> slice_dice_heatmap(scores).savefig("slices.png")  # doctest: +SKIP
+        >>> liver = np.zeros((4, 8, 8), bool)
+        >>> liver[1:3, 2:6, 2:6] = True
+        >>> scores = {"p1": per_slice_dice(liver, liver),
+        ...           "p2": per_slice_dice(liver, np.roll(liver, 2, axis=2))}
+        >>> scores["p2"]
+        array([nan, 0.5, 0.5, nan])
+        >>> figure = slice_dice_heatmap(scores)
+        >>> [label.get_text() for label in figure.axes[0].get_yticklabels()], len(figure.axes)
+        (['p1', 'p2'], 2)
     """
     if not isinstance(per_slice_scores, Mapping) or not per_slice_scores:
         raise ValueError("per_slice_scores must be a non-empty {patient id: scores} mapping")
@@ -1020,8 +1073,15 @@ def uncertainty_map(
 
         With a model, the predictive entropy of :func:`kseg.inference.mc_dropout`:
 
-        >>> result = mc_dropout(model, ct_slice[None], samples=20)  # doctest: +SKIP
-        >>> uncertainty_map(ct_slice[..., 0], result.predictive_entropy[0])  # doctest: +SKIP
+        >>> import keras
+        >>> from kseg.inference import mc_dropout
+        >>> model = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Dropout(0.5),
+        ...                           keras.layers.Activation("sigmoid")])  # a U-Net's place
+        >>> ct_slice = image[..., None]
+        >>> result = mc_dropout(model, ct_slice[None], samples=20)
+        >>> figure = uncertainty_map(ct_slice[..., 0], result.predictive_entropy[0])
+        >>> figure.axes[1].images[0].get_array().shape
+        (32, 32)
     """
     image = _image_2d("image", image)
     uncertainty = _image_2d("uncertainty", uncertainty)
