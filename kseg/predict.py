@@ -311,6 +311,28 @@ def predict_path(model, inference: Mapping, input_path: os.PathLike | str) -> li
         UnreadableFileError: ``inference`` lacks a key or has an unknown kind, window or
             postprocessing (``source`` ``None``: the caller names its config file).
         LayoutError, UnreadableFileError, DicomSeriesError: the input cannot be read.
+
+    Example:
+        A NIfTI CT (stored RAS, so each slice reaches the 2D model the DICOM way and its
+        labels are turned back) and a threshold in a 2D model's place:
+
+        >>> import tempfile
+        >>> ct = np.full((2, 16, 16), -1000.0)  # air, with a block of soft tissue
+        >>> ct[:, 3:9, 4:14] = 60.0
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "case_0001.nii.gz"
+        >>> write_nifti(Volume(ct, np.diag([2.0, 1.0, 1.0, 1.0]), "case_0001"), path)
+        >>> inference = {"kind": "slices", "window": "abdomen", "image_size": [16, 16],
+        ...              "num_classes": 1}
+        >>> tissue = lambda batch: (batch > 0.5).astype(np.float32)  # abdomen window: 40 HU is 0.5
+        >>> [prediction] = predict_path(tissue, inference, path)
+        >>> prediction.name, prediction.kind, prediction.labels.array.dtype
+        ('case_0001', 'nifti', dtype('uint8'))
+        >>> np.array_equal(prediction.labels.array, ct > 40)  # on the input's own grid
+        True
+        >>> written = write_predictions([prediction], path.parent / "out", "nifti",
+        ...                             labels={"tissue": 1})
+        >>> [file.name for file in written], int(read_nifti(written[0]).array.sum())
+        (['case_0001.nii.gz'], 120)
     """
     inference = checked_inference(inference)
     return [
