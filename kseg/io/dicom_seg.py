@@ -125,9 +125,23 @@ def write_dicom_seg(
             SEG references new ones.
 
     Example:
-        >>> ct = read_dicom_series("ct_folder")  # doctest: +SKIP
-        >>> write_dicom_seg(prediction, ct, "seg.dcm", {1: "Liver", 2: "Spleen"})
-        ... # doctest: +SKIP
+        >>> import tempfile
+        >>> from kseg.io import read_dicom_series
+        >>> from kseg.phantoms.lctsc import write_lctsc
+        >>> root = write_lctsc(tempfile.mkdtemp(), num_patients=1, num_test_patients=0,
+        ...                    num_slices=4, size=32)  # LCTSC's layout, phantom anatomy
+        >>> ct = read_dicom_series(next(root.glob("LCTSC/*/*/*-CT *")))
+        >>> prediction = np.zeros(ct.shape, np.uint8)
+        >>> prediction[1:3, 8:20, 10:24] = 1
+        >>> prediction[2, 20:28, 4:8] = 2
+        >>> path = write_dicom_seg(prediction, ct, root / "seg.dcm", {1: "Liver", 2: "Spleen"})
+        >>> seg = pydicom.dcmread(path)
+        >>> [item.SegmentLabel for item in seg.SegmentSequence], int(seg.NumberOfFrames)
+        (['Liver', 'Spleen'], 3)
+        >>> np.array_equal(read_dicom_seg(path, reference_series=ct).array, prediction)
+        True
+
+        Three frames: Liver on two slices, Spleen on one; empty frames are not written.
     """
     try:
         import highdicom as hd
@@ -379,10 +393,25 @@ def read_dicom_seg(
         UnreadableFileError, AlignmentError: see :func:`read_dicom_seg_masks`.
 
     Example:
-        >>> ct = read_dicom_series("ct-3slice")  # doctest: +SKIP
-        >>> liver = read_dicom_seg("liver.dcm", reference_series=ct)  # doctest: +SKIP
-        >>> liver.metadata["segment_labels"]  # doctest: +SKIP
-        {1: 'Liver'}
+        A SEG written by :func:`write_dicom_seg` on a phantom series:
+
+        >>> import tempfile
+        >>> from kseg.io import read_dicom_series
+        >>> from kseg.phantoms.lctsc import write_lctsc
+        >>> root = write_lctsc(tempfile.mkdtemp(), num_patients=1, num_test_patients=0,
+        ...                    num_slices=4, size=32)
+        >>> ct = read_dicom_series(next(root.glob("LCTSC/*/*/*-CT *")))
+        >>> drawn = np.zeros(ct.shape, np.uint8)
+        >>> drawn[1:3, 8:20, 10:24] = 1
+        >>> path = write_dicom_seg(drawn, ct, root / "liver.dcm", ["Liver"])
+        >>> liver = read_dicom_seg(path, reference_series=ct)
+        >>> liver.metadata["segment_labels"], liver.array.dtype, liver.shape
+        ({1: 'Liver'}, dtype('uint16'), (4, 32, 32))
+
+        Without the series, the grid is the slices the frames span:
+
+        >>> read_dicom_seg(path).shape
+        (2, 32, 32)
     """
     masks = read_dicom_seg_masks(path, reference_series=reference_series)
     if not masks:
