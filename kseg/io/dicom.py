@@ -421,10 +421,24 @@ def read_dicom_image(path: os.PathLike | str, *, values: str = "modality") -> np
             to stored units would silently give a model another contrast.
 
     Example:
-        >>> image = read_dicom_image("CXR/patient0001.dcm")  # doctest: +SKIP
-        >>> image.shape, image.dtype  # doctest: +SKIP
-        ((2048, 2500), dtype('float32'))
-        >>> shown = read_dicom_image("CXR/patient0001.dcm", values="displayed")  # doctest: +SKIP
+        pydicom's CT_small.dcm stores 128 .. 2191 with RescaleIntercept -1024 and no window:
+
+        >>> import tempfile
+        >>> import pydicom.data
+        >>> path = pydicom.data.get_testdata_file("CT_small.dcm")
+        >>> image = read_dicom_image(path)
+        >>> image.shape, image.dtype, float(image.min()), float(image.max())  # HU
+        ((128, 128), dtype('float32'), -896.0, 1167.0)
+
+        With a window of -160 .. 240 HU, displayed values span ``0 .. 2**16 - 1``:
+
+        >>> ds = pydicom.dcmread(path)
+        >>> ds.WindowCenter, ds.WindowWidth = 40, 400
+        >>> windowed = os.path.join(tempfile.mkdtemp(), "windowed.dcm")
+        >>> ds.save_as(windowed)
+        >>> shown = read_dicom_image(windowed, values="displayed")
+        >>> float(shown.min()), float(shown.max())
+        (0.0, 65535.0)
     """
     return _read_image(path, values)[0]
 
@@ -625,9 +639,13 @@ def scan_dicom_files(
         SkippedFileWarning: files that are not DICOM.
 
     Example:
-        >>> headers = scan_dicom_files(sorted(Path("LCTSC").rglob("*.dcm")))  # doctest: +SKIP
-        >>> {str(h.Modality) for _, h in headers}  # doctest: +SKIP
-        {'CT', 'RTSTRUCT'}
+        >>> import tempfile
+        >>> from kseg.phantoms.lctsc import write_lctsc
+        >>> root = write_lctsc(tempfile.mkdtemp(), num_patients=1, num_test_patients=0,
+        ...                    num_slices=4, size=32)  # LCTSC's layout, phantom anatomy
+        >>> headers = scan_dicom_files(sorted(root.rglob("*.dcm")))
+        >>> len(headers), sorted({str(header.Modality) for _, header in headers})
+        (5, ['CT', 'RTSTRUCT'])
     """
     if isinstance(paths, (str, bytes, os.PathLike)):
         raise ValueError(
