@@ -738,7 +738,8 @@ class StagedSearch:
         >>> search.best_values()  # doctest: +SKIP
         {'topk_k': ..., 'learning_rate': ..., 'base_filters': ...}
         >>> search.results[0].table  # doctest: +SKIP
-        >>> search.get_best_hyperparameters()[0].values  # doctest: +SKIP
+        '.../staged/stage_1_topk_k.csv'
+        >>> best = search.get_best_hyperparameters()[0].values  # doctest: +SKIP
     """
 
     def __init__(

@@ -26,6 +26,9 @@ Example:
     ...         direct_running_mode="multi_processing", direct_num_workers=2)
     ... )  # doctest: +SKIP
     >>> result.written, result.skipped  # doctest: +SKIP
+    ((PosixPath('predictions/spleen_1.nii.gz'), PosixPath('predictions/spleen_7.nii.gz')), ())
+
+Run again, it finds both files and skips them: ``written`` is then empty.
 """
 
 from __future__ import annotations

@@ -23,8 +23,11 @@ Modules import only the standard library at import time.
 Example:
     >>> from kseg import recipes
     >>> chaos = recipes.load("chaos_liver")
-    >>> args = chaos.parse_args(["--epochs", "2"])  # doctest: +SKIP
-    >>> chaos.train(args); table = chaos.evaluate(args, split="test")  # doctest: +SKIP
+    >>> args = chaos.parse_args(["--epochs", "2"])  # checked before TensorFlow loads
+    >>> args.epochs, args.output_dir.as_posix()
+    (2, 'kseg_runs/chaos_liver_phantom')
+    >>> best = chaos.train(args)  # doctest: +SKIP
+    >>> table = chaos.evaluate(args, split="test")  # doctest: +SKIP
 """
 
 from __future__ import annotations
