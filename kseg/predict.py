@@ -842,6 +842,38 @@ def predict_command(
             config.json / best.keras, an invalid config, an unreadable input, a format
             the input cannot take, or an existing output and ``overwrite`` false; the file
             is named.
+
+    Example:
+        A run folder whose model labels every voxel of at least -600 HU (the lung
+        window's centre) as body, on a phantom CT series, written as a DICOM-SEG:
+
+        >>> import tempfile
+        >>> import keras
+        >>> from kseg.io import read_dicom_seg
+        >>> from kseg.phantoms.lctsc import write_lctsc
+        >>> from kseg.recipes.run_config import CONFIG_VERSION, REQUIRED_KEYS, write_json
+        >>> work = pathlib.Path(tempfile.mkdtemp())
+        >>> root = write_lctsc(work, num_patients=1, num_test_patients=0, num_slices=4, size=32)
+        >>> series = next(root.glob("LCTSC/*/*/*-CT *"))
+        >>> run = work / "run"
+        >>> run.mkdir()
+        >>> net = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Conv2D(
+        ...     1, 1, activation="sigmoid", kernel_initializer="ones",
+        ...     bias_initializer=keras.initializers.Constant(-0.5))])  # windowed >= 0.5
+        >>> net.save(run / "best.keras")
+        >>> inference = {"kind": "slices", "window": "lung", "image_size": [32, 32],
+        ...              "num_classes": 1}
+        >>> # kseg train writes every required key; predicting reads labels and inference
+        >>> _ = write_json(run / "config.json", {key: None for key in REQUIRED_KEYS} | {
+        ...     "kseg_config_version": CONFIG_VERSION, "labels": {"body": 1},
+        ...     "inference": inference})
+        >>> written = predict_command(run, series, work / "out", "dicom-seg")
+        >>> [path.name for path in written]  # named after the series folder
+        ['0.000000-CT synthetic kseg phantom-....seg.dcm']
+        >>> ct = read_dicom_series(series)
+        >>> body = read_dicom_seg(written[0], reference_series=ct)
+        >>> body.metadata["segment_labels"], np.array_equal(body.array, ct.array >= -600)
+        ({1: 'body'}, True)
     """
     if format not in FORMATS:
         raise ValueError(f"format {format!r} is not one of {', '.join(FORMATS)}")
