@@ -70,7 +70,20 @@ def load_model(filepath, **kwargs):
         TypeError: a keyword argument ``keras.saving.load_model`` does not take.
 
     Example:
-        >>> model = kseg.load_model("runs/chaos_liver/best.keras")  # doctest: +SKIP
+        >>> import os
+        >>> import tempfile
+        >>> import keras
+        >>> import kseg
+        >>> net = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(1, 1)])
+        >>> dice = kseg.losses.DiceLoss(from_logits=True)
+        >>> net.compile(optimizer="sgd", loss=dice)  # SGD: no per-weight state to restore
+        >>> path = os.path.join(tempfile.mkdtemp(), "best.keras")
+        >>> net.save(path)
+        >>> model = kseg.load_model(path)  # kseg's loss found without custom_objects
+        >>> type(model.loss).__name__, model.loss.from_logits
+        ('DiceLoss', True)
+
+        A training run's model: ``kseg.load_model("runs/chaos_liver/best.keras")``.
     """
     path = _checked_model_file(filepath)
     for module in _KERAS_REGISTRIES:
