@@ -67,11 +67,18 @@ def write_png_stack(
         >>> [Path(path).name for path in paths]
         ['slice_0000.png', 'slice_0001.png', 'slice_0002.png']
 
-        Named after the DICOM files the slices came from:
+        Named after the DICOM files the slices came from (here a phantom LCTSC series):
 
-        >>> ct = read_dicom_series("ct")  # doctest: +SKIP
-        >>> write_png_stack(prediction, "pngs",  # doctest: +SKIP
-        ...                 names=[Path(f).name for f in ct.source_files])
+        >>> from kseg.io import read_dicom_series
+        >>> from kseg.phantoms.lctsc import write_lctsc
+        >>> root = write_lctsc(tempfile.mkdtemp(), num_patients=1, num_test_patients=0,
+        ...                    num_slices=4, size=32)
+        >>> ct = read_dicom_series(next(root.glob("LCTSC/*/*/*-CT *")))
+        >>> body = ct.array > -500  # a prediction on the series' grid
+        >>> paths = write_png_stack(body, Path(tempfile.mkdtemp()) / "pngs",
+        ...                         names=[Path(f).stem for f in ct.source_files])
+        >>> [Path(path).name for path in paths]  # slice order: the files' names are scrambled
+        ['1-001.png', '1-003.png', '1-004.png', '1-002.png']
     """
     sources = labels.source_files if isinstance(labels, Volume) else ()
     array = _label_array(labels.array if isinstance(labels, Volume) else labels)
