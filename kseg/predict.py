@@ -396,27 +396,20 @@ def _predict_volume(model, inference, image: Volume, source: pathlib.Path) -> np
     from kseg.data.pipeline import window
     from kseg.data.preprocess3d import preprocess_volume
     from kseg.evaluation import labels_from_probabilities
-    from kseg.geometry import resample_to, to_original_grid
+    from kseg.geometry import to_original_grid
     from kseg.inference import sliding_window
 
     low, high = (float(v) for v in inference["window"])
     spacing_xyz = inference["spacing"]
-    # voxels the straight grid adds outside the scan: at the window's floor, which the crop
-    # below leaves out
-    straight = _straight(image, source, fill=low)
+    _warn_if_tilted(image, source)
     prepared = preprocess_volume(
-        straight,
+        image,
         orientation=inference.get("orientation", "RAS"),
         spacing=None if spacing_xyz is None else tuple(float(v) for v in spacing_xyz)[::-1],
         # the MSD chain crops to the voxels above the window's lower bound
         crop_threshold=low,
     )
-    on_model_grid = prepared.image
-    if straight is not image and spacing_xyz is not None:
-        # deskewing and resampling chose the grid; its values are interpolated once, from
-        # the input itself, not from the deskewed copy
-        on_model_grid = resample_to(image, on_model_grid.affine, on_model_grid.shape, fill=low)
-    inputs = window(on_model_grid.array, (low + high) / 2.0, high - low).numpy()[..., None]
+    inputs = window(prepared.image.array, (low + high) / 2.0, high - low).numpy()[..., None]
     probabilities = sliding_window(
         model, inputs, tuple(inference["roi_size"]), overlap=float(inference.get("overlap", 0.25)),
         blend=inference.get("blend", "gaussian"), batch_size=_VOLUME_BATCH,
@@ -429,31 +422,23 @@ def _predict_volume(model, inference, image: Volume, source: pathlib.Path) -> np
     return to_original_grid(labels, image)
 
 
-def _straight(image: Volume, source: pathlib.Path, fill: float) -> Volume:
-    """``image`` on the orthogonal grid through its slice planes when its slices step off
-    their normal by a gantry tilt (the DICOM reader's thresholds), else ``image``: a 3D model
-    learnt its neighbourhoods on straight grids."""
-    from kseg.geometry import deskew
-    from kseg.io.dicom import GantryTiltWarning, _gantry_tilt
+def _warn_if_tilted(image: Volume, source: pathlib.Path) -> None:
+    """Say once per input that a gantry-tilted scan goes to the 3D model on the orthogonal
+    grid through its slice planes (:func:`kseg.data.preprocess3d.preprocess_volume`)."""
+    from kseg.data.preprocess3d import gantry_tilt_degrees
+    from kseg.io.dicom import GantryTiltWarning
 
-    columns = image.affine[:3, :3]
-    normal = np.cross(columns[:, 1], columns[:, 2])
-    normal /= np.linalg.norm(normal)
-    if normal @ columns[:, 0] < 0:
-        normal = -normal
-    angle = _gantry_tilt(columns[:, 0], normal, image.shape[0])
-    if angle is None:
-        return image
-    warnings.warn(
-        GantryTiltWarning(
-            f"{source}: the slices step {angle:.2f}° off the slice normal (a gantry tilt); "
-            "the 3D model predicts on the orthogonal grid through the same slice planes "
-            "(kseg.geometry.deskew) and the labels are written on the input's sheared grid"
-        ),
-        stacklevel=5,
-    )
-    return deskew(image, fill=fill)
-
+    angle = gantry_tilt_degrees(image)
+    if angle is not None:
+        warnings.warn(
+            GantryTiltWarning(
+                f"{source}: the slices step {angle:.2f}° off the slice normal (a gantry "
+                "tilt); the 3D model predicts on the orthogonal grid through the same slice "
+                "planes (kseg.geometry.deskew) and the labels are written on the input's "
+                "sheared grid"
+            ),
+            stacklevel=5,
+        )
 
 def postprocessing(inference: Mapping):
     """The clean-up a config.json ``inference`` section records, as a ``label map -> label

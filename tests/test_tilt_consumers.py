@@ -272,6 +272,39 @@ def test_3d_model_input_of_a_sheared_volume_is_interpolated_once(tmp_path, monke
                                atol=1e-5)  # fmt: skip
 
 
+def test_preprocessing_puts_a_sheared_case_and_its_label_on_the_straight_grid():
+    """What the MSD builder stores for training: image and label on the orthogonal grid
+    through the slice planes, the label the rod exactly (an analytic reference on the output
+    grid's centres), voxels outside the scan at its minimum."""
+    from kseg.data.preprocess3d import preprocess_volume
+
+    shape = (6, 24, 16)
+    centres = _centres(NIFTI_SHEAR, shape) - NIFTI_SHEAR[:3, 3]
+    rod = (centres[..., 1] >= 6) & (centres[..., 1] < 10) & (centres[..., 0] >= 1.5) & (
+        centres[..., 0] < 10.5)  # fmt: skip
+    image = Volume(np.where(rod, ROD_HU, AIR_HU).astype(np.int16), NIFTI_SHEAR, "tilted")
+    label = image.with_array(rod.astype(np.uint8))
+
+    # the target spacing is the planes' own, so whole-row shifts are the only resampling
+    prepared = preprocess_volume(image, label, orientation=None, spacing=(2.5, 0.5, 0.75),
+                                 crop_threshold=None)  # fmt: skip
+
+    columns = prepared.image.affine[:3, :3]
+    np.testing.assert_allclose(columns.T @ columns, np.diag([2.5, 0.5, 0.75]) ** 2, atol=1e-9)
+    out = _centres(prepared.image.affine, prepared.image.shape) - NIFTI_SHEAR[:3, 3]
+    expected = (out[..., 1] >= 6) & (out[..., 1] < 10) & (out[..., 0] >= 1.5) & (
+        out[..., 0] < 10.5)  # fmt: skip
+    np.testing.assert_array_equal(prepared.label.array, expected)
+    assert prepared.label.shape == prepared.image.shape
+    stored_index = np.round(np.linalg.solve(NIFTI_SHEAR[:3, :3], out.reshape(-1, 3).T).T, 6)
+    inside = ((stored_index >= 0) & (stored_index <= np.array(shape) - 1)).all(axis=1)
+    inside = inside.reshape(prepared.image.shape)
+    np.testing.assert_allclose(prepared.image.array[inside],
+                               np.where(expected, ROD_HU, AIR_HU)[inside])  # fmt: skip
+    np.testing.assert_array_equal(prepared.image.array[~inside], AIR_HU)
+    assert (~inside).any()
+
+
 # --- MSD spleen recipe ------------------------------------------------------------------------
 
 

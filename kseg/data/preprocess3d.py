@@ -53,7 +53,7 @@ import numpy as np
 
 from kseg import geometry
 from kseg.errors import AlignmentError
-from kseg.geometry import BoundingBox, crop_foreground, reorient, resample, resample_to
+from kseg.geometry import BoundingBox, crop_foreground, deskew, reorient, resample, resample_to
 from kseg.io.volume import Volume
 
 __all__ = [
@@ -117,6 +117,18 @@ class PreprocessedVolume:
         )
 
 
+def gantry_tilt_degrees(volume: Volume) -> float | None:
+    """Degrees the slices of ``volume`` step off their planes' normal, or ``None`` when that
+    is no gantry tilt by the thresholds of the DICOM reader's GantryTiltWarning."""
+    from kseg.io.dicom import _gantry_tilt
+
+    columns = volume.affine[:3, :3]
+    normal = np.cross(columns[:, 1], columns[:, 2])
+    normal /= np.linalg.norm(normal)
+    return _gantry_tilt(columns[:, 0], normal if normal @ columns[:, 0] >= 0 else -normal,
+                        volume.shape[0])  # fmt: skip
+
+
 def _source_of(volume: Volume) -> str | None:
     return volume.source_files[0] if volume.source_files else None
 
@@ -149,6 +161,13 @@ def preprocess_volume(
 
     The label is checked to lie on the image's grid, then follows the image through every
     step onto exactly the same output grid (nearest neighbour, so it keeps its values).
+    A gantry-tilted (sheared) scan, whose slices step off their planes' normal by
+    :class:`kseg.io.GantryTiltWarning`'s thresholds, goes onto the orthogonal grid through
+    its slice planes (:func:`kseg.geometry.deskew`) before the spacing is set, as dcm2niix
+    converts such series: a 3D model learns and predicts on straight neighbourhoods. The
+    output grid's values are then one interpolation of the scan itself, not of the deskewed
+    copy; voxels the straight grid adds outside the scan get the scan's minimum (at most
+    ``crop_threshold``, so the crop leaves them out).
     Windowing is left to the reader of the result (:func:`kseg.data.pipeline.window` with
     ``WINDOWS["spleen_msd"]``), so it can be stored in HU.
 
@@ -189,12 +208,23 @@ def preprocess_volume(
     """
     if label is not None:
         _check_label_grid(image, label)
+    original = image
     original_affine, original_shape = image.affine.copy(), image.shape
 
+    sheared = gantry_tilt_degrees(image) is not None
+    if sheared:
+        outside = float(np.min(image.array))
+        if crop_threshold is not None:
+            outside = min(outside, float(crop_threshold))
+        image = deskew(image, fill=outside)
     if orientation is not None:
         image = reorient(image, orientation)
     if spacing is not None:
         image = resample(image, spacing)
+        if sheared:
+            # deskewing and resampling chose the grid; its values come from the scan in one
+            # interpolation, not two
+            image = resample_to(original, image.affine, image.shape, fill=outside)
     if label is not None:
         # Onto the image's output grid itself: one grid, whatever rounding each step does.
         label = resample_to(label, image.affine, image.shape, is_label=True)
