@@ -19,6 +19,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 
@@ -499,6 +500,32 @@ def test_evaluate_input_scores_every_image_of_another_folder(trained_xray, tmp_p
         expected[path.name] = (np.asarray(Image.open(path)), labels)
     check_cases(run / "evaluation" / "input-hospital_b", table, expected)
     assert (run / "tfds-input-hospital_b").is_dir()
+
+
+@pytest.mark.slow
+def test_evaluate_input_reads_dicom_radiographs_as_the_png_trained_run_saw(trained_xray,
+                                                                          tmp_path):
+    """A run trained on PNGs (display values) scores an outside folder of DICOM radiographs
+    as displayed: the VOI LUT table applied, by pydicom's own apply_voi_lut here."""
+    from pydicom.pixels import apply_voi_lut
+
+    from kseg.phantoms import xray
+
+    other = tmp_path / "dicom_site"
+    xray.write_generic(other, num_images=3, size=24, seed=3, classes=xray.GENERIC_CLASSES,
+                       image_format="dicom", bit_depth=12, dicom_display="voi_lut")
+    load("xray_multiclass").evaluate(trained_xray, input_dir=other)
+
+    cases = pathlib.Path(trained_xray.output_dir) / "evaluation" / "input-dicom_site" / "cases"
+    for path in sorted((other / "images").iterdir()):
+        dataset = pydicom.dcmread(path)
+        displayed = apply_voi_lut(dataset.pixel_array, dataset).astype(np.float64)
+        stored = dataset.pixel_array.astype(np.float64)
+        with np.load(cases / f"{path.name}.npz") as case:
+            image = case["image"][0]
+        scaled = (displayed - displayed.min()) / np.ptp(displayed)
+        np.testing.assert_allclose(image, scaled, atol=1e-6)
+        assert not np.allclose(image, (stored - stored.min()) / np.ptp(stored), atol=1e-3)
 
 
 @pytest.mark.slow
