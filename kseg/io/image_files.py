@@ -14,6 +14,7 @@ Pillow's own failures, keep cut-short files refused and turn images as viewers s
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -92,6 +93,9 @@ def decoded_image(path: str, *, what: str, error: type[KsegError], expected: str
         Image.open(handle) as image,
         whole_images_only(),
     ):
+        chunk_problem = png_chunk_past_end(handle) if image.format == "PNG" else None
+        if chunk_problem:
+            raise UnreadableFileError(path, f"cannot be read as {what}: {chunk_problem}")
         frames = seek_full_resolution_page(image)
         high_bytes = high_bytes_only(image)
         if high_bytes:
@@ -104,6 +108,39 @@ def decoded_image(path: str, *, what: str, error: type[KsegError], expected: str
         if negative:
             raise error(path, f"{negative}; expected {expected}")
         yield image, maxval, sub_byte_bits
+
+
+_PNG_SIGNATURE_SIZE = 8
+_PNG_CHUNK_OVERHEAD = 12  # length, type and CRC around a chunk's data
+
+
+def png_chunk_past_end(handle) -> str | None:
+    """Which chunk of the open PNG file ``handle`` declares more data than the file holds.
+
+    Pillow reads the rest of a chunk by its declared length in one call, and Python
+    allocates that length before reading: an inflated length (up to 4 GiB in 4 bytes) made a
+    small file a MemoryError, or gigabytes allocated, instead of an error naming it.
+    """
+    start = handle.tell()
+    size = os.fstat(handle.fileno()).st_size
+    position = _PNG_SIGNATURE_SIZE
+    try:
+        while position + 8 <= size:
+            handle.seek(position)
+            header = handle.read(8)
+            length = int.from_bytes(header[:4], "big")
+            kind = header[4:].decode("latin-1")
+            if position + _PNG_CHUNK_OVERHEAD + length > size:
+                return (
+                    f"its {kind!r} chunk at byte {position} declares {length} bytes of data, "
+                    f"but the file ends at byte {size} (truncated, or the length is damaged)"
+                )
+            if kind == "IEND":
+                return None
+            position += _PNG_CHUNK_OVERHEAD + length
+        return None
+    finally:
+        handle.seek(start)
 
 
 def upright(path: str, image: Image.Image) -> Image.Image:

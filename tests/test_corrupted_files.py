@@ -1,0 +1,99 @@
+"""Corrupted files found by a seeded mutation sweep over the public readers (truncations,
+byte and 4-byte overwrites at header offsets, inflated length fields), one test per class
+of finding, and a small sweep of the same kind kept as a guard.
+
+Every reader must read a file correctly or raise a kseg error naming it, allocate nothing
+the file cannot back, and leave the file as it was. The seed files are written here with
+PIL, nibabel, numpy or pydicom, or are pydicom's own test files or the real samples in
+../shared/data; the damage is done to their bytes here, never by kseg.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tracemalloc
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kseg.errors import UnreadableFileError
+from kseg.io import (
+    LabelRule,
+    read_labels,
+    read_mask,
+    read_mask_stack,
+    read_radiograph,
+)
+
+
+def _fingerprint(path) -> tuple[str, int]:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest(), os.stat(path).st_mtime_ns
+
+
+def _refused(reader, path, *needles, error=UnreadableFileError) -> str:
+    before = _fingerprint(path)
+    with pytest.raises(error) as caught:
+        reader(path)
+    message = str(caught.value)
+    assert os.fspath(path) in message
+    for needle in needles:
+        assert needle in message
+    assert _fingerprint(path) == before
+    return message
+
+
+# --- PNG: a chunk length larger than the file ------------------------------------------------
+
+
+def _png_mask(path) -> bytes:
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:24, 4:20] = 255
+    Image.fromarray(mask).save(path)
+    return path.read_bytes()
+
+
+def _idat_offset(data: bytes) -> int:
+    position = 8
+    while data[position + 4 : position + 8] != b"IDAT":
+        position += 12 + struct.unpack(">I", data[position : position + 4])[0]
+    return position
+
+
+_PNG_READERS = {
+    "read_mask": read_mask,
+    "read_labels": lambda p: read_labels(p, LabelRule()),
+    "read_mask_stack": lambda p: read_mask_stack([p]),
+    "read_radiograph": read_radiograph,
+}
+
+
+@pytest.mark.parametrize("reader", _PNG_READERS.values(), ids=_PNG_READERS.keys())
+def test_png_chunk_length_past_the_end_is_refused_without_allocating_it(tmp_path, reader):
+    # Pillow read the rest of the IDAT chunk by its declared length in one call, and Python
+    # allocates that length first: 2 GiB for a 100-byte file, or a bare MemoryError.
+    path = tmp_path / "inflated.png"
+    data = bytearray(_png_mask(path))
+    idat = _idat_offset(data)
+    data[idat : idat + 4] = struct.pack(">I", 0x7FFFFFF0)
+    path.write_bytes(bytes(data))
+    tracemalloc.start()
+    try:
+        _refused(reader, path, "'IDAT' chunk", str(0x7FFFFFF0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+
+
+def test_png_cut_inside_its_last_chunk_is_refused(tmp_path):
+    # The image data were whole, but the file was cut in the IDAT chunk's CRC.
+    path = tmp_path / "cut.png"
+    data = _png_mask(path)
+    idat = _idat_offset(data)
+    end = idat + 12 + struct.unpack(">I", data[idat : idat + 4])[0]
+    path.write_bytes(data[: end - 2])
+    _refused(read_mask, path, "'IDAT' chunk", "truncated")
