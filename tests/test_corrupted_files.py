@@ -14,7 +14,9 @@ import hashlib
 import os
 import struct
 import tracemalloc
+import zlib
 
+import nibabel as nib
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,6 +27,8 @@ from kseg.io import (
     read_labels,
     read_mask,
     read_mask_stack,
+    read_nifti,
+    read_nifti_labels,
     read_radiograph,
 )
 
@@ -97,3 +101,65 @@ def test_png_cut_inside_its_last_chunk_is_refused(tmp_path):
     end = idat + 12 + struct.unpack(">I", data[idat : idat + 4])[0]
     path.write_bytes(data[: end - 2])
     _refused(read_mask, path, "'IDAT' chunk", "truncated")
+
+
+# --- NIfTI: a damaged gzip stream ------------------------------------------------------------
+
+
+def _nifti_gz(path) -> tuple[bytes, np.ndarray]:
+    labels = np.zeros((12, 10, 8), np.uint8)
+    labels[2:9, 3:7, 1:6] = 1
+    labels[5:7, 4:6, 2:4] = 2
+    nib.save(nib.Nifti1Image(labels, np.eye(4)), path)
+    return path.read_bytes(), labels
+
+
+def _flip_that_still_inflates(data: bytes) -> bytes:
+    """``data`` with one bit of its deflate stream flipped such that it still inflates to a
+    stream of the same length (only gzip's CRC-32 can tell)."""
+    body_start, body_end = 10, len(data) - 8  # nibabel writes no optional gzip fields
+    original = zlib.decompress(data[body_start:body_end], -zlib.MAX_WBITS)
+    for offset in range(body_end - 1, body_start, -1):
+        for bit in range(8):
+            damaged = bytearray(data)
+            damaged[offset] ^= 1 << bit
+            try:
+                inflated = zlib.decompress(damaged[body_start:body_end], -zlib.MAX_WBITS)
+            except zlib.error:
+                continue
+            if len(inflated) == len(original) and inflated != original:
+                return bytes(damaged)
+    raise AssertionError("no single-bit flip keeps this stream inflatable")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _flip_that_still_inflates,
+        lambda data: data[:-8] + b"\x00\x00\x00\x00" + data[-4:],  # CRC-32 zeroed
+        lambda data: data[:-4] + b"\xff\xff\xff\x7f",  # ISIZE wrong
+        lambda data: data[:-3],  # trailer cut
+    ],
+    ids=["flipped bit", "crc", "isize", "cut trailer"],
+)
+@pytest.mark.parametrize("reader", [read_nifti, read_nifti_labels], ids=["image", "labels"])
+def test_nifti_gz_with_a_damaged_gzip_stream_is_refused(tmp_path, damage, reader):
+    # nibabel inflates only as far as the voxels go, so gzip's CRC-32 and length, stored
+    # after them, went unchecked: a flipped bit gave other voxel values without a word.
+    path = tmp_path / "case.nii.gz"
+    data, _ = _nifti_gz(path)
+    path.write_bytes(damage(data))
+    _refused(reader, path, "gzip stream")
+
+
+def test_nifti_gz_intact_reads_its_voxels(tmp_path):
+    path = tmp_path / "case.nii.gz"
+    _, labels = _nifti_gz(path)
+    np.testing.assert_array_equal(read_nifti_labels(path).array, labels.transpose(2, 1, 0))
+
+
+def test_real_nifti_gz_with_its_crc_zeroed_is_refused(tmp_path, shared_data):
+    data = (shared_data / "totalseg-ct/organs/liver.nii.gz").read_bytes()
+    path = tmp_path / "liver.nii.gz"
+    path.write_bytes(data[:-8] + b"\x00\x00\x00\x00" + data[-4:])
+    _refused(read_nifti_labels, path, "gzip stream")
