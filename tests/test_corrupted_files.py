@@ -11,6 +11,7 @@ PIL, nibabel, numpy or pydicom, or are pydicom's own test files or the real samp
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import struct
 import tracemalloc
@@ -18,18 +19,25 @@ import zlib
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from kseg.errors import UnreadableFileError
 from kseg.io import (
     LabelRule,
+    read_dicom_seg,
+    read_dicom_seg_masks,
     read_labels,
     read_mask,
     read_mask_stack,
     read_nifti,
     read_nifti_labels,
     read_radiograph,
+    read_rtstruct,
 )
 
 
@@ -163,3 +171,82 @@ def test_real_nifti_gz_with_its_crc_zeroed_is_refused(tmp_path, shared_data):
     path = tmp_path / "liver.nii.gz"
     path.write_bytes(data[:-8] + b"\x00\x00\x00\x00" + data[-4:])
     _refused(read_nifti_labels, path, "gzip stream")
+
+
+# --- DICOM: elements pydicom cannot convert --------------------------------------------------
+
+
+def _stored(data: bytes, tag: int):
+    """Top-level element ``tag`` of the file ``data`` as parsed: its value's offset in the
+    file (``value_tell``) and stored length."""
+    dataset = pydicom.dcmread(io.BytesIO(data), force=True)
+    return dataset._dict[pydicom.tag.Tag(tag)]
+
+
+def _explicit_vr_rtstruct(path) -> bytes:
+    """pydicom's rtstruct.dcm (implicit VR, no preamble) rewritten with explicit VRs, so that
+    a damaged VR can be written."""
+    dataset = pydicom.dcmread(get_testdata_file("rtstruct.dcm"), force=True)
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.MediaStorageSOPClassUID = dataset.SOPClassUID
+    dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
+    dataset.save_as(path, enforce_file_format=True)
+    return path.read_bytes()
+
+
+def test_rtstruct_with_an_unknown_vr_is_refused(tmp_path):
+    # pydicom converts values on first access: the reader's Modality check raised pydicom's
+    # NotImplementedError("Unknown Value Representation 'TS'").
+    path = tmp_path / "rs.dcm"
+    data = bytearray(_explicit_vr_rtstruct(path))
+    assert len(read_rtstruct(path)) == 3  # the rewritten seed reads
+    vr = _stored(bytes(data), 0x00080060).value_tell - 4  # Modality: tag, VR, length, value
+    assert data[vr : vr + 2] == b"CS"
+    data[vr : vr + 2] = b"TS"
+    path.write_bytes(bytes(data))
+    _refused(read_rtstruct, path, "Unknown Value Representation", "(0008,0060)")
+
+
+@pytest.fixture
+def liver_seg(shared_data, tmp_path):
+    source = shared_data / "dcmqi-ct3slice/data/segmentations/liver.dcm"
+    path = tmp_path / "liver.dcm"
+    path.write_bytes(source.read_bytes())
+    return path
+
+
+def _rewrite(path, tag: int, value: bytes, *, at: int = 0) -> None:
+    data = bytearray(path.read_bytes())
+    start = _stored(bytes(data), tag).value_tell + at
+    data[start : start + len(value)] = value
+    path.write_bytes(bytes(data))
+
+
+_SEG_READERS = {"masks": read_dicom_seg_masks, "labels": read_dicom_seg}
+
+
+@pytest.mark.parametrize("reader", _SEG_READERS.values(), ids=_SEG_READERS.keys())
+def test_seg_with_an_unknown_vr_is_refused(liver_seg, reader):
+    _rewrite(liver_seg, 0x00080016, b"U!", at=-4)  # SOPClassUID's VR
+    _refused(reader, liver_seg, "Unknown Value Representation", "(0008,0016)")
+
+
+@pytest.mark.parametrize("reader", _SEG_READERS.values(), ids=_SEG_READERS.keys())
+def test_seg_number_of_frames_that_is_no_integer_is_named(liver_seg, reader):
+    # int("1e") raised a bare ValueError deep in the frame reading.
+    stored = _stored(liver_seg.read_bytes(), 0x00280008)
+    _rewrite(liver_seg, 0x00280008, b"1e".ljust(stored.length, b" "))
+    _refused(reader, liver_seg, "NumberOfFrames", "expected one of 1..")
+
+
+@pytest.mark.parametrize(
+    "keyword, needle",
+    [("Rows", "lacks Rows"), ("Columns", "lacks Columns"), ("SegmentSequence", "SegmentSequence")],
+)
+def test_seg_without_its_size_or_segments_is_named(liver_seg, keyword, needle):
+    # An AttributeError ('FileDataset' object has no attribute 'Rows') when placing frames.
+    dataset = pydicom.dcmread(liver_seg)
+    delattr(dataset, keyword)
+    dataset.save_as(liver_seg)
+    _refused(read_dicom_seg_masks, liver_seg, needle)

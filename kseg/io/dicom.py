@@ -856,6 +856,21 @@ def _stored_element(dataset: pydicom.Dataset, tag: int):
     return dataset._dict[Tag(tag)]
 
 
+def _read_every_element(path: str, dataset: pydicom.Dataset) -> None:
+    """Convert every element of ``dataset`` now, nested ones included, so that a value
+    pydicom cannot convert (an unknown VR, a damaged number) is an error naming the file here,
+    not a NotImplementedError or ValueError from whichever later ``get`` first touches it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's "invalid value" warnings: values kept
+        try:
+            for _ in dataset.iterall():
+                pass
+        except Exception as exc:  # pydicom raises many types on damaged values
+            raise UnreadableFileError(
+                path, f"has a DICOM element that cannot be read ({type(exc).__name__}: {exc})"
+            ) from exc
+
+
 def _has_image(dataset: pydicom.Dataset) -> bool:
     return any(tag in dataset for tag in _PIXEL_TAGS)
 

@@ -53,6 +53,9 @@ from kseg.io.dicom import (
     ORIENTATION_ORTHONORMAL_TOLERANCE,
     ImageSlices,
     _gantry_tilt,
+    _grid,
+    _integer,
+    _read_every_element,
     _warn_if_sheared,
     referenced_frame_number,
     unit_cosines,
@@ -460,6 +463,7 @@ def _read_segmentation(path: str) -> pydicom.Dataset:
         raise UnreadableFileError(path, f"not a DICOM file ({exc})") from exc
     except Exception as exc:  # pydicom raises many types on damaged files
         raise UnreadableFileError(path, f"DICOM file cannot be read ({exc})") from exc
+    _read_every_element(path, ds)
     sop_classes = (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE)
     if str(ds.get("SOPClassUID", "")) not in sop_classes and ds.get("Modality") != "SEG":
         raise UnreadableFileError(
@@ -474,6 +478,11 @@ def _read_segmentation(path: str) -> pydicom.Dataset:
             f"SegmentationType {ds.get('SegmentationType')!r} is not BINARY, FRACTIONAL or "
             "LABELMAP",
         )
+    # checked once here: the frames are counted and reshaped by them everywhere below
+    _integer(path, ds, "NumberOfFrames", UnreadableFileError, default=1, allowed=range(1, 2**31))
+    _grid(path, ds, UnreadableFileError)  # Rows and Columns
+    if not ds.get("SegmentSequence"):
+        raise UnreadableFileError(path, "has no SegmentSequence: its segments are not described")
     return ds
 
 

@@ -64,6 +64,7 @@ from kseg.errors import AlignmentError, MaskError, UnreadableFileError
 from kseg.io.dicom import (
     ImageSlices,
     _cut_short,
+    _read_every_element,
     _starts_like_data_set,
     referenced_frame_number,
 )
@@ -829,6 +830,7 @@ def _read_structure_set(path: str) -> pydicom.Dataset:
     cut = _cut_short(dataset, size)
     if cut:
         raise UnreadableFileError(path, cut)
+    _read_every_element(path, dataset)
     sop_class = str(dataset.get("SOPClassUID", ""))
     modality = str(dataset.get("Modality", ""))
     if sop_class != RTStructureSetStorage and modality != "RTSTRUCT":
