@@ -10,11 +10,14 @@ PIL, nibabel, numpy or pydicom, or are pydicom's own test files or the real samp
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
+import random
 import struct
 import tracemalloc
+import warnings
 import zlib
 
 import nibabel as nib
@@ -26,9 +29,10 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from kseg.errors import UnreadableFileError
+from kseg.errors import KsegError, UnreadableFileError
 from kseg.io import (
     LabelRule,
+    read_dicom_image,
     read_dicom_seg,
     read_dicom_seg_masks,
     read_labels,
@@ -36,6 +40,7 @@ from kseg.io import (
     read_mask_stack,
     read_nifti,
     read_nifti_labels,
+    read_npz_mask,
     read_radiograph,
     read_rtstruct,
 )
@@ -250,3 +255,89 @@ def test_seg_without_its_size_or_segments_is_named(liver_seg, keyword, needle):
     delattr(dataset, keyword)
     dataset.save_as(liver_seg)
     _refused(read_dicom_seg_masks, liver_seg, needle)
+
+
+# --- a small seeded sweep, kept as a guard ---------------------------------------------------
+
+
+def _seed_png(path):
+    _png_mask(path)
+
+
+def _seed_nifti(path):
+    _nifti_gz(path)
+
+
+def _seed_npz(path):
+    labels = np.zeros((3, 8, 8), np.uint8)
+    labels[1, 2:6, 2:6] = 1
+    np.savez_compressed(path, mask=labels)
+
+
+def _seed_ct(path):
+    path.write_bytes(open(get_testdata_file("CT_small.dcm"), "rb").read())
+
+
+def _seed_rtstruct(path):
+    _explicit_vr_rtstruct(path)
+
+
+_SWEEP_SEEDS = [
+    ("mask.png", _seed_png, read_mask, 64),
+    ("case.nii.gz", _seed_nifti, read_nifti, 352),
+    ("mask.npz", _seed_npz, read_npz_mask, 256),
+    ("ct.dcm", _seed_ct, read_dicom_image, 1024),
+    ("rs.dcm", _seed_rtstruct, read_rtstruct, 1024),
+]
+_MUTATIONS_PER_SEED = 40
+_INTERESTING_WORDS = (0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0x0000FFFF, 0x00010000)
+
+
+def _mutated(data: bytes, header: int, rng: random.Random) -> bytes:
+    """A truncation, a byte or a 4-byte word overwritten (mostly in the first ``header``
+    bytes, where the sizes, lengths and offsets are); for a .nii.gz the same applies to the
+    inflated stream, written back compressed."""
+    kind = rng.choice(("truncate", "byte", "word"))
+    span = min(len(data), header) if rng.random() < 0.8 else len(data)
+    offset = rng.randrange(1, span)
+    if kind == "truncate":
+        return data[:offset]
+    damaged = bytearray(data)
+    if kind == "byte":
+        damaged[offset] = rng.randrange(256)
+    else:
+        damaged[offset : offset + 4] = struct.pack("<I", rng.choice(_INTERESTING_WORDS))
+    return bytes(damaged[: len(data)])
+
+
+@pytest.mark.parametrize("name, seed, reader, header", _SWEEP_SEEDS,
+                         ids=[s[0] for s in _SWEEP_SEEDS])
+def test_seeded_corruption_sweep_gives_reads_or_named_kseg_errors(
+    tmp_path, name, seed, reader, header
+):
+    rng = random.Random(f"kseg-22-{name}")
+    source = tmp_path / f"seed-{name}"
+    seed(source)
+    data = source.read_bytes()
+    reader(source)  # the undamaged seed reads
+    inflated = gzip.decompress(data) if name.endswith(".gz") else None
+    unexpected = []
+    for index in range(_MUTATIONS_PER_SEED):
+        path = tmp_path / f"{index}-{name}"
+        if inflated is not None and rng.random() < 0.5:
+            path.write_bytes(gzip.compress(_mutated(inflated, header, rng), mtime=0))
+        else:
+            path.write_bytes(_mutated(data, header, rng))
+        before = _fingerprint(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # documented warnings on odd values are fine
+            try:
+                reader(path)
+            except KsegError as exc:
+                if os.fspath(path) not in str(exc):
+                    unexpected.append(f"{path.name}: unnamed {type(exc).__name__}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - any other class is what this looks for
+                unexpected.append(f"{path.name}: {type(exc).__name__}: {exc}")
+        if _fingerprint(path) != before:
+            unexpected.append(f"{path.name}: modified by the reader")
+    assert not unexpected, "\n".join(unexpected)
