@@ -86,10 +86,25 @@ def ensemble_predictor(
         array([[0.875, 0.875],
                [0.875, 0.875]], dtype=float32)
 
-        The five models of a cross-validation, from their checkpoints:
+        The models of a cross-validation, from their checkpoints (here two folds whose
+        one-layer models output sigmoid(1) and sigmoid(-1), which sum to 1):
 
-        >>> folds = ensemble_predictor([f"fold{k}/best.keras" for k in range(5)])  # doctest: +SKIP
-        >>> probabilities = sliding_window(folds, ct[..., None], roi_size=96)  # doctest: +SKIP
+        >>> import tempfile
+        >>> import keras
+        >>> from kseg.inference import sliding_window
+        >>> runs = tempfile.mkdtemp()
+        >>> for k, bias in enumerate([1.0, -1.0]):
+        ...     net = keras.Sequential([keras.Input((None, None, None, 1)), keras.layers.Conv3D(
+        ...         1, 1, activation="sigmoid", kernel_initializer="zeros",
+        ...         bias_initializer=keras.initializers.Constant(bias))])
+        ...     os.makedirs(os.path.join(runs, f"fold{k}"))
+        ...     net.save(os.path.join(runs, f"fold{k}", "best.keras"))
+        >>> folds = ensemble_predictor([os.path.join(runs, f"fold{k}", "best.keras")
+        ...                             for k in range(2)])
+        >>> ct = np.zeros((12, 12, 12), np.float32)
+        >>> probabilities = sliding_window(folds, ct[..., None], roi_size=8, progress=False)
+        >>> probabilities.shape, np.allclose(probabilities, 0.5)
+        ((12, 12, 12, 1), True)
 
     Reference:
         Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical
