@@ -11,7 +11,6 @@ PIL, nibabel, numpy or pydicom, or are pydicom's own test files or the real samp
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import random
@@ -28,6 +27,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
+from test_hostile_inputs import _fingerprint
 
 from kseg.errors import KsegError, UnreadableFileError
 from kseg.io import (
@@ -44,11 +44,6 @@ from kseg.io import (
     read_radiograph,
     read_rtstruct,
 )
-
-
-def _fingerprint(path) -> tuple[str, int]:
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest(), os.stat(path).st_mtime_ns
 
 
 def _refused(reader, path, *needles, error=UnreadableFileError) -> str:
