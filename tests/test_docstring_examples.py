@@ -24,6 +24,8 @@ import pytest
 KSEG = pathlib.Path(__file__).resolve().parent.parent / "kseg"
 # Running the package's __main__ starts the CLI.
 NOT_IMPORTABLE = {"kseg.__main__"}
+# Their examples write DICOM-SEG files, and highdicom (kseg[seg]) is imported only to write.
+EXAMPLES_NEED = {"kseg.io.dicom_seg": "highdicom", "kseg.predict": "highdicom"}
 
 # numpy's defaults, spelled out: np.printoptions() with no arguments keeps whatever an
 # earlier test set.
@@ -101,6 +103,8 @@ def test_docstring_examples_run(module_name, tmp_path, monkeypatch):
         if error.name and error.name.split(".")[0] == "kseg":
             raise
         pytest.skip(f"{module_name} needs the optional package {error.name}")
+    if module_name in EXAMPLES_NEED:
+        pytest.importorskip(EXAMPLES_NEED[module_name])
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the examples' mkdtemp() folders
     results, report = run_examples(module)
