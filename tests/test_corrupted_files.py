@@ -111,6 +111,37 @@ def test_png_cut_inside_its_last_chunk_is_refused(tmp_path):
     _refused(read_mask, path, "'IDAT' chunk", "truncated")
 
 
+def _flip_pillow_reads_as_another_mask(data: bytes) -> bytes:
+    """``data`` with one bit of its IDAT data flipped such that Pillow, left to itself, still
+    loads an image, but another one."""
+    original = np.asarray(Image.open(io.BytesIO(data)))
+    idat = _idat_offset(data)
+    length = struct.unpack(">I", data[idat : idat + 4])[0]
+    for offset in range(idat + 8 + 2, idat + 8 + length - 4):  # past zlib's header
+        damaged = bytearray(data)
+        damaged[offset] ^= 0x01
+        try:
+            with Image.open(io.BytesIO(bytes(damaged))) as image:
+                flipped = np.asarray(image)
+        except (OSError, SyntaxError, ValueError):
+            continue
+        if flipped.shape == original.shape and not np.array_equal(flipped, original):
+            return bytes(damaged)
+    raise AssertionError("every flip here is caught by Pillow itself")
+
+
+def test_png_mask_with_a_bit_flipped_in_its_image_data_is_refused(tmp_path):
+    # Pillow checks no IDAT CRC, and stops inflating once the image is full, before zlib's
+    # own checksum: a flipped bit gave another mask without a word.
+    path = tmp_path / "flipped.png"
+    mask = np.zeros((96, 96), np.uint8)
+    mask[20:70, 10:50] = 255
+    mask[30:80, 55:90] = 255
+    Image.fromarray(mask).save(path)
+    path.write_bytes(_flip_pillow_reads_as_another_mask(path.read_bytes()))
+    _refused(read_mask, path, "'IDAT' chunk", "CRC-32")
+
+
 # --- NIfTI: a damaged gzip stream ------------------------------------------------------------
 
 
