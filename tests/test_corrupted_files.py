@@ -15,6 +15,7 @@ import io
 import os
 import random
 import struct
+import time
 import tracemalloc
 import warnings
 import zlib
@@ -281,6 +282,31 @@ def test_seg_without_its_size_or_segments_is_named(liver_seg, keyword, needle):
     delattr(dataset, keyword)
     dataset.save_as(liver_seg)
     _refused(read_dicom_seg_masks, liver_seg, needle)
+
+
+def test_seg_declaring_fewer_frames_than_it_holds_is_named(liver_seg):
+    # pydicom returns every frame the data hold; numpy's reshape to NumberOfFrames failed.
+    dataset = pydicom.dcmread(liver_seg)
+    assert dataset.NumberOfFrames == 3
+    dataset.NumberOfFrames = 1
+    dataset.save_as(liver_seg)
+    _refused(read_dicom_seg_masks, liver_seg, "NumberOfFrames is 1", "hold 3 frames")
+
+
+def test_seg_declaring_a_million_frames_is_refused_before_walking_them(liver_seg):
+    # Frames placed by the shared functional groups alone: the reader walked every declared
+    # frame (39 s for a million, an hour for 10**8) before finding the pixel data short.
+    dataset = pydicom.dcmread(liver_seg)
+    shared = dataset.SharedFunctionalGroupsSequence[0]
+    first = dataset.PerFrameFunctionalGroupsSequence[0]
+    for keyword in ("SegmentIdentificationSequence", "PlanePositionSequence"):
+        setattr(shared, keyword, getattr(first, keyword))
+    del dataset.PerFrameFunctionalGroupsSequence
+    dataset.NumberOfFrames = 10**6
+    dataset.save_as(liver_seg)
+    started = time.perf_counter()
+    _refused(read_dicom_seg_masks, liver_seg, "NumberOfFrames is 1000000", "hold 3 frames")
+    assert time.perf_counter() - started < 2
 
 
 # --- a small seeded sweep, kept as a guard ---------------------------------------------------

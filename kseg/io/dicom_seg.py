@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import pathlib
 import warnings
@@ -479,11 +480,39 @@ def _read_segmentation(path: str) -> pydicom.Dataset:
             "LABELMAP",
         )
     # checked once here: the frames are counted and reshaped by them everywhere below
-    _integer(path, ds, "NumberOfFrames", UnreadableFileError, default=1, allowed=range(1, 2**31))
-    _grid(path, ds, UnreadableFileError)  # Rows and Columns
+    frames = _integer(
+        path, ds, "NumberOfFrames", UnreadableFileError, default=1, allowed=range(1, 2**31)
+    )
+    rows, columns = _grid(path, ds, UnreadableFileError)
     if not ds.get("SegmentSequence"):
         raise UnreadableFileError(path, "has no SegmentSequence: its segments are not described")
+    _check_frames_held(path, ds, frames, rows, columns)
     return ds
+
+
+def _check_frames_held(path: str, ds: pydicom.Dataset, frames: int, rows: int, columns: int):
+    """Refuse uncompressed pixel data that do not hold NumberOfFrames frames, before the
+    frames are walked one by one: a SEG declaring 10**8 frames in its shared functional
+    groups kept the reader busy for an hour (39 s a million), one declaring fewer frames
+    than it holds failed in numpy's reshape. (Compressed data are counted when decoded, in
+    :func:`_pixels`.)"""
+    if "PixelData" not in ds:
+        raise UnreadableFileError(path, "has no PixelData")
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax is not None and pydicom.uid.UID(str(syntax)).is_compressed:
+        return
+    bits = _integer(path, ds, "BitsAllocated", UnreadableFileError, allowed=(1, 8, 16))
+    held = len(ds.PixelData)
+    frame_pixels = rows * columns
+    needed = math.ceil(frames * frame_pixels * bits / 8)  # BINARY frames are packed end to end
+    one_more = math.ceil((frames + 1) * frame_pixels * bits / 8)
+    if held < needed or (held > needed + 1 and held >= one_more):  # + 1: the even-length pad
+        raise UnreadableFileError(
+            path,
+            f"NumberOfFrames is {frames}, but its PixelData ({held} bytes) hold "
+            f"{held * 8 // (frame_pixels * bits)} frames of {rows} x {columns} pixels of "
+            f"{bits} bit(s)",
+        )
 
 
 def _functional(path: str, ds: pydicom.Dataset, frame: int, sequence: str, keyword: str):
@@ -646,7 +675,13 @@ def _pixels(path: str, ds: pydicom.Dataset) -> np.ndarray:
         pixels = np.asarray(ds.pixel_array)
     except Exception as exc:  # pydicom raises many types on damaged pixel data
         raise UnreadableFileError(path, f"pixel data cannot be decoded ({exc})") from exc
-    pixels = pixels.reshape(int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns))
+    shape = (int(ds.get("NumberOfFrames", 1) or 1), int(ds.Rows), int(ds.Columns))
+    if pixels.size != np.prod(shape):
+        raise UnreadableFileError(
+            path,
+            f"pixel data decode to {pixels.shape}, not NumberOfFrames x Rows x Columns {shape}",
+        )
+    pixels = pixels.reshape(shape)
     if ds.SegmentationType == "LABELMAP":  # segment numbers, palette indices if PALETTE COLOR
         return pixels
     if ds.SegmentationType == "FRACTIONAL":
