@@ -28,7 +28,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
-from test_hostile_inputs import _fingerprint
+from test_hostile_inputs import _fingerprint, _png_chunk
 
 from kseg.errors import KsegError, UnreadableFileError
 from kseg.io import (
@@ -141,6 +141,32 @@ def test_png_mask_with_a_bit_flipped_in_its_image_data_is_refused(tmp_path):
     Image.fromarray(mask).save(path)
     path.write_bytes(_flip_pillow_reads_as_another_mask(path.read_bytes()))
     _refused(read_mask, path, "'IDAT' chunk", "CRC-32")
+
+
+def _png_with_one_idat(path, image: np.ndarray) -> int:
+    """``image`` saved by Pillow, its IDAT chunks joined into one; the IDAT data's offset."""
+    Image.fromarray(image).save(path, compress_level=0)
+    data, position, chunks = path.read_bytes(), 8, {}
+    while position < len(data):
+        length = struct.unpack(">I", data[position : position + 4])[0]
+        kind = data[position + 4 : position + 8]
+        chunks[kind] = chunks.get(kind, b"") + data[position + 8 : position + 8 + length]
+        position += 12 + length
+    header = b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", chunks[b"IHDR"])
+    path.write_bytes(header + _png_chunk(b"IDAT", chunks[b"IDAT"]) + _png_chunk(b"IEND", b""))
+    return len(header) + 8
+
+
+def test_png_crc_is_checked_across_an_idat_longer_than_one_read(tmp_path):
+    # The CRC is summed in 1 MiB reads; a 2.9 MB IDAT reads whole and a flip past 1 MiB counts.
+    image = np.random.default_rng(0).integers(0, 65535, (1200, 1200), dtype=np.uint16)
+    path = tmp_path / "wide.png"
+    idat = _png_with_one_idat(path, image)
+    np.testing.assert_array_equal(read_radiograph(path)[0], image)
+    data = bytearray(path.read_bytes())
+    data[idat + (1 << 20) + 7] ^= 0x04
+    path.write_bytes(bytes(data))
+    _refused(read_radiograph, path, "'IDAT' chunk", "CRC-32")
 
 
 # --- NIfTI: a damaged gzip stream ------------------------------------------------------------
