@@ -27,7 +27,7 @@ import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 from test_hostile_inputs import _fingerprint, _png_chunk
 
 from kseg.errors import KsegError, UnreadableFileError
@@ -319,19 +319,58 @@ def test_seg_declaring_fewer_frames_than_it_holds_is_named(liver_seg):
     _refused(read_dicom_seg_masks, liver_seg, "NumberOfFrames is 1", "hold 3 frames")
 
 
-def test_seg_declaring_a_million_frames_is_refused_before_walking_them(liver_seg):
-    # Frames placed by the shared functional groups alone: the reader walked every declared
-    # frame (39 s for a million, an hour for 10**8) before finding the pixel data short.
-    dataset = pydicom.dcmread(liver_seg)
+def _frames_placed_by_shared_groups(dataset, frames: int) -> None:
+    """Move the first frame's segment and position into the shared functional groups, drop
+    the per-frame ones and declare ``frames`` frames: nothing but the pixel data bounds it."""
     shared = dataset.SharedFunctionalGroupsSequence[0]
     first = dataset.PerFrameFunctionalGroupsSequence[0]
     for keyword in ("SegmentIdentificationSequence", "PlanePositionSequence"):
         setattr(shared, keyword, getattr(first, keyword))
     del dataset.PerFrameFunctionalGroupsSequence
-    dataset.NumberOfFrames = 10**6
+    dataset.NumberOfFrames = frames
+
+
+def test_seg_declaring_a_million_frames_is_refused_before_walking_them(liver_seg):
+    # The reader walked every declared frame (39 s for a million, an hour for 10**8) before
+    # finding the pixel data short.
+    dataset = pydicom.dcmread(liver_seg)
+    _frames_placed_by_shared_groups(dataset, 10**6)
     dataset.save_as(liver_seg)
     started = time.perf_counter()
     _refused(read_dicom_seg_masks, liver_seg, "NumberOfFrames is 1000000", "hold 3 frames")
+    assert time.perf_counter() - started < 2
+
+
+def _rle_fractional(dataset) -> None:
+    """The SEG's masks stored again as an RLE-compressed FRACTIONAL SEG (by pydicom)."""
+    pixels = dataset.pixel_array.astype(np.uint8) * 255
+    dataset.SegmentationType = "FRACTIONAL"
+    dataset.SegmentationFractionalType = "PROBABILITY"
+    dataset.MaximumFractionalValue = 255
+    dataset.BitsAllocated = dataset.BitsStored = 8
+    dataset.HighBit = 7
+    dataset.compress(RLELossless, pixels)
+
+
+def test_compressed_seg_reads_as_its_uncompressed_original(liver_seg):
+    expected = read_dicom_seg_masks(liver_seg)
+    dataset = pydicom.dcmread(liver_seg)
+    _rle_fractional(dataset)
+    dataset.save_as(liver_seg)
+    masks = read_dicom_seg_masks(liver_seg)
+    assert masks.keys() == expected.keys()
+    for number, mask in masks.items():
+        np.testing.assert_array_equal(mask.array, expected[number].array)
+
+
+def test_compressed_seg_declaring_more_frames_than_fragments_is_refused(liver_seg):
+    # Walked frame by frame, then decoded: pydicom asked for 24 GiB for 10**5 frames.
+    dataset = pydicom.dcmread(liver_seg)
+    _rle_fractional(dataset)
+    _frames_placed_by_shared_groups(dataset, 10**5)
+    dataset.save_as(liver_seg)
+    started = time.perf_counter()
+    _refused(read_dicom_seg_masks, liver_seg, "NumberOfFrames is 100000", "3 fragments")
     assert time.perf_counter() - started < 2
 
 

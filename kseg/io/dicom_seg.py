@@ -45,6 +45,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pydicom
+import pydicom.encaps
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import generate_uid
 
@@ -491,15 +492,23 @@ def _read_segmentation(path: str) -> pydicom.Dataset:
 
 
 def _check_frames_held(path: str, ds: pydicom.Dataset, frames: int, rows: int, columns: int):
-    """Refuse uncompressed pixel data that do not hold NumberOfFrames frames, before the
-    frames are walked one by one: a SEG declaring 10**8 frames in its shared functional
-    groups kept the reader busy for an hour (39 s a million), one declaring fewer frames
-    than it holds failed in numpy's reshape. (Compressed data are counted when decoded, in
-    :func:`_pixels`.)"""
+    """Refuse pixel data that do not hold NumberOfFrames frames, before the frames are
+    walked one by one: a SEG declaring 10**8 frames in its shared functional groups kept the
+    reader busy for an hour (39 s a million), and compressed, had pydicom allocate 24 GiB
+    for 10**5; one declaring fewer frames than it holds failed in numpy's reshape.
+    Compressed data are counted by their fragments here (each frame takes one or more) and
+    by their frames once decoded, in :func:`_pixels`."""
     if "PixelData" not in ds:
         raise UnreadableFileError(path, "has no PixelData")
     syntax = ds.file_meta.get("TransferSyntaxUID")
     if syntax is not None and pydicom.uid.UID(str(syntax)).is_compressed:
+        fragments = _fragment_count(path, ds.PixelData)
+        if fragments < frames:
+            raise UnreadableFileError(
+                path,
+                f"NumberOfFrames is {frames}, but its compressed PixelData hold {fragments} "
+                "fragments, and each frame takes at least one",
+            )
         return
     bits = _integer(path, ds, "BitsAllocated", UnreadableFileError, allowed=(1, 8, 16))
     held = len(ds.PixelData)
@@ -513,6 +522,17 @@ def _check_frames_held(path: str, ds: pydicom.Dataset, frames: int, rows: int, c
             f"{held * 8 // (frame_pixels * bits)} frames of {rows} x {columns} pixels of "
             f"{bits} bit(s)",
         )
+
+
+def _fragment_count(path: str, encapsulated: bytes) -> int:
+    """The fragments of encapsulated pixel data, after their Basic Offset Table item."""
+    try:
+        first_fragment = 8 + int.from_bytes(encapsulated[4:8], "little")
+        return pydicom.encaps.parse_fragments(encapsulated[first_fragment:])[0]
+    except Exception as exc:  # pydicom raises ValueError on a damaged item
+        raise UnreadableFileError(
+            path, f"compressed PixelData cannot be split into fragments ({exc})"
+        ) from exc
 
 
 def _functional(path: str, ds: pydicom.Dataset, frame: int, sequence: str, keyword: str):
