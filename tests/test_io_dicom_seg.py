@@ -51,6 +51,26 @@ def test_dcmqi_liver_seg_matches_highdicom_with_and_without_the_series(shared_da
     assert alone.metadata["frame_of_reference_uid"] == ct.metadata["frame_of_reference_uid"]
 
 
+def test_a_seg_beside_its_series_is_skipped_by_the_series_reader(shared_data, tmp_path):
+    """A study folder holding the CT slices and their DICOM-SEG (real dcmqi files): the SEG's
+    pixel data are labels, not a second series to choose between."""
+    import shutil
+
+    from kseg.io import SkippedFileWarning
+
+    folder = _dcmqi(shared_data)
+    flat = tmp_path / "study"
+    shutil.copytree(folder / "ct-3slice", flat)
+    shutil.copy(folder / "liver.dcm", flat / "liver.dcm")
+
+    with pytest.warns(SkippedFileWarning, match=r"liver\.dcm \(Segmentation Storage: read it "):
+        ct = read_dicom_series(flat)
+
+    alone = read_dicom_series(folder / "ct-3slice")
+    np.testing.assert_array_equal(ct.array, alone.array)
+    np.testing.assert_array_equal(ct.affine, alone.affine)
+
+
 def test_dcmqi_overlapping_segments_are_read_one_mask_each(shared_data):
     hd = pytest.importorskip("highdicom")
     folder = _dcmqi(shared_data)

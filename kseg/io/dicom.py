@@ -909,6 +909,9 @@ def _read_image_headers(paths: Iterable[str], folder: str) -> list[tuple[str, py
         elif not _has_image(dataset):
             # DICOMDIR, RTSTRUCT, SR ... stored beside the slices carry no image.
             skipped.append(f"{path} ({_sop_class_name(dataset)}, no image)")
+        elif "Segmentation" in _sop_class_name(dataset):
+            # A DICOM-SEG has pixel data, but they are labels of another series' images.
+            skipped.append(f"{path} ({_sop_class_name(dataset)}: read it with read_dicom_seg)")
         else:
             headers.append((path, dataset))
     _warn_skipped(folder, skipped)
