@@ -19,7 +19,8 @@ placed exactly as single-frame slices are; so are the frames of all the files of
 split into a Concatenation. A file that is DICOM but broken (cut short, an
 image without pixel data, a header value that is not what its tag needs) is an error naming
 the file and the tag; only files that are not DICOM at all, or DICOM objects without an image
-(DICOMDIR, RTSTRUCT, SR ...), are skipped, with a :class:`SkippedFileWarning`. Lossy-compressed
+(DICOMDIR, RTSTRUCT, SR ...) and DICOM-SEG files (labels, for :func:`kseg.io.read_dicom_seg`), are
+skipped, with a :class:`SkippedFileWarning`. Lossy-compressed
 images are read with a :class:`LossyImageWarning`. :func:`scan_dicom_files` is that header
 pass on its own, for dataset builders that walk a whole download.
 

@@ -326,7 +326,10 @@ def read_dicom_seg_masks(
     Raises:
         UnreadableFileError: not DICOM, not a Segmentation, or its frames lack the
             position / orientation / spacing / segment number needed to place them; a
-            LABELMAP pixel value that is neither a segment nor the background.
+            LABELMAP pixel value that is neither a segment nor the background; an element
+            pydicom cannot convert (a damaged file); NumberOfFrames, Rows or Columns not
+            integers, no SegmentSequence, or pixel data that do not hold NumberOfFrames
+            frames (compressed: more frames than fragments).
         AlignmentError: with ``reference_series``: another FrameOfReferenceUID, another
             orientation, pixel spacing or size, or frames off the series' slices.
 

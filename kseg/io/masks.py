@@ -248,8 +248,9 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
         ``uint8`` label array ``(rows, columns)`` with values in ``rule.labels``.
 
     Raises:
-        UnreadableFileError: the file cannot be opened or decoded as an image, or declares
-            more pixels than Pillow's decompression-bomb limit.
+        UnreadableFileError: the file cannot be opened or decoded as an image, declares
+            more pixels than Pillow's decompression-bomb limit, or is a PNG with a chunk
+            running past the end of the file or a critical chunk failing its CRC-32.
         MaskError: several frames, real colour, alpha that disagrees with the values, or
             values that fit no reading of the rule (the message names the file, how it was
             read and the values found with their pixel counts).
@@ -298,8 +299,9 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
         LossyMaskWarning). An EXIF / TIFF Orientation tag is applied (see :func:`upright`).
 
     Raises:
-        UnreadableFileError: the file cannot be opened or decoded as an image, or declares
-            more pixels than Pillow's decompression-bomb limit.
+        UnreadableFileError: the file cannot be opened or decoded as an image, declares
+            more pixels than Pillow's decompression-bomb limit, or is a PNG with a chunk
+            running past the end of the file or a critical chunk failing its CRC-32.
         MaskError: the image has several pages/frames, real colour, alpha that disagrees
             with the values, or non-integer values.
 

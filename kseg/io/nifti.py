@@ -105,8 +105,9 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
             into its header, its data are cut short (or its header declares more voxel
             bytes than the file can hold: checked before anything is allocated), its
             xyzt_units code is unknown, it is not a 3D volume (trailing dimensions of size 1
-            are dropped; a 2D image becomes one slice), a dimension is 0, or the voxels are
-            not real scalars (RGB, complex).
+            are dropped; a 2D image becomes one slice), a dimension is 0, the voxels are
+            not real scalars (RGB, complex), or a ``.nii.gz``'s gzip stream is damaged or cut
+            short (its CRC-32 and length are checked to the end, which nibabel skips).
         GeometryError: ``sform_code`` or ``qform_code`` is not an xform code (0-5; nibabel
             would reset it to 0 silently); the affine in use (sform when ``sform_code`` > 0,
             else qform when ``qform_code`` > 0, else the pixdim fallback) holds NaN or

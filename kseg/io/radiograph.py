@@ -115,8 +115,10 @@ def read_radiograph(
     Raises:
         ValueError: ``dicom_values`` is not one of ``kseg.io.dicom.DICOM_VALUES``.
         UnreadableFileError: not an image (or one declaring more pixels than Pillow's
-            decompression-bomb limit), colour content, several frames, or values that
-            do not fit ``uint16`` (negative or fractional DICOM values after rescaling).
+            decompression-bomb limit, or a PNG with a chunk running past the end of the
+            file or a critical chunk failing its CRC-32), colour content, several frames, or
+            values that do not fit ``uint16`` (negative or fractional DICOM values after
+            rescaling).
 
     Example:
         >>> import tempfile

@@ -233,6 +233,7 @@ def read_rtstruct(path: os.PathLike | str) -> list[RoiContours]:
             three or not three times NumberOfContourPoints). The message names the file, the
             ROI (name and number) and the contour. A contour with a NaN vertex is an error,
             not skipped: dropping it would silently cut a slice out of the organ's mask.
+            Also any element pydicom cannot convert (a damaged file), even one not read.
 
     An ROIDisplayColor that is not three integers is read as ``None`` (it is display only).
 
