@@ -11,6 +11,7 @@ boolean arrays (never the builder's earlier output).
 """
 
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -323,3 +324,47 @@ def test_jpg_ground_files_are_read_with_a_warning_and_mixed_formats_refused(tmp_
     first.unlink()
     with pytest.raises(MaskError, match=r"CT/1/Ground: mixes mask formats \(6 \.jpg, 1 \.png\)"):
         _prepare(manual, tmp_path / "data2", _config("ct"))
+
+
+def _unpad(folder, pattern):
+    """Rename ``folder``'s files numbered by ``pattern`` (one zero-padded group) unpadded."""
+    for path in sorted(folder.iterdir()):
+        match = re.fullmatch(pattern, path.name)
+        path.rename(folder / path.name.replace(match.group(1), str(int(match.group(1))), 1))
+
+
+def _one_patient_examples(root):
+    from tfds_builders._foreground import ForegroundTally
+
+    tally = ForegroundTally({1: "liver"}, required=(1,), metadata={})
+    return list(chaos_dataset_builder.patient_examples(
+        _config("ct"), root / "Train_Sets" / "CT" / "1", "train", tally))  # fmt: skip
+
+
+@pytest.mark.parametrize("renamed", ["Ground", "DICOM_anon"])
+def test_masks_renamed_without_zero_padding_on_one_side_are_refused(tmp_path, renamed):
+    """Past the ninth slice, 'liver_GT_10.png' sorts before 'liver_GT_2.png' as text: paired
+    with the padded DICOM names by sorted name, slices would take other slices' masks."""
+    root = write_chaos(tmp_path, modality="CT", num_patients=1, num_slices=12, size=16,
+                       progress=False)  # fmt: skip
+    patient = root / "Train_Sets" / "CT" / "1"
+    _unpad(patient / renamed, r"liver_GT_(\d+)\.png" if renamed == "Ground" else r"i(\d+),.*")
+
+    with pytest.raises(MaskError, match=r"Ground: pairs .* without zero padding on one side"):
+        _one_patient_examples(root)
+
+
+def test_names_unpadded_on_both_sides_pair_as_the_download_does(tmp_path):
+    root = write_chaos(tmp_path / "padded", modality="CT", num_patients=1, num_slices=12,
+                       size=16, progress=False)  # fmt: skip
+    expected = [example for _, example in _one_patient_examples(root)]
+    patient = root / "Train_Sets" / "CT" / "1"
+    _unpad(patient / "Ground", r"liver_GT_(\d+)\.png")
+    _unpad(patient / "DICOM_anon", r"i(\d+),.*")
+
+    examples = [example for _, example in _one_patient_examples(root)]
+
+    assert len(examples) == len(expected) == 12
+    for got, want in zip(examples, expected, strict=True):
+        np.testing.assert_array_equal(got["mask"], want["mask"])
+        np.testing.assert_array_equal(got["image"], want["image"])

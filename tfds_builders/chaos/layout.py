@@ -75,5 +75,30 @@ def masks_in_array_order(source_files, image_dir, mask_dir) -> list[str]:
             f"{len(image_names)} DICOM slices in {image_dir}; CHAOS pairs them one to one "
             "by sorted file name",
         )
+    _check_one_pairing(image_dir, image_names, mask_dir, mask_names)
     rank = {name: r for r, name in enumerate(image_names)}
     return [str(mask_dir / mask_names[rank[name]]) for name in slice_names]
+
+
+def _number_order(name: str) -> list:
+    """Sort key reading runs of digits as numbers: ``liver_GT_2`` before ``liver_GT_10``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _check_one_pairing(image_dir, image_names, mask_dir, mask_names) -> None:
+    """Refuse folders whose names pair one way sorted as text and another sorted as
+    numbers: a copy renamed without zero padding on one side only (``liver_GT_2.png`` for
+    ``liver_GT_002.png``) would otherwise pair every slice past the ninth with another
+    slice's mask, silently. The CHAOS download pads every number, so both orders agree."""
+    by_number = dict(zip(sorted(image_names, key=_number_order),
+                         sorted(mask_names, key=_number_order), strict=True))  # fmt: skip
+    for image, mask in zip(image_names, mask_names, strict=True):
+        if by_number[image] != mask:
+            raise MaskError(
+                mask_dir,
+                f"pairs {image} with {mask} by sorted file name but with {by_number[image]} "
+                f"when numbers in the names are read as numbers (DICOM files in "
+                f"{image_dir}): the names are numbered without zero padding on one side, so "
+                "which mask is whose is ambiguous; rename them with zero-padded numbers, as "
+                "the CHAOS download has (liver_GT_000.png ...)",
+            )
