@@ -224,6 +224,16 @@ def test_nifti_gz_intact_reads_its_voxels(tmp_path):
     np.testing.assert_array_equal(read_nifti_labels(path).array, labels.transpose(2, 1, 0))
 
 
+def test_nifti_gz_whose_intact_stream_holds_too_few_voxels_says_so(tmp_path):
+    # A whole, valid gzip stream that ends before the voxels do is short data, not a damaged
+    # stream: the message gives the declared shape instead of blaming gzip.
+    path = tmp_path / "case.nii.gz"
+    data, _ = _nifti_gz(path)
+    path.write_bytes(gzip.compress(gzip.decompress(data)[:-100], mtime=0))
+    message = _refused(read_nifti, path, "voxel data cannot be read", "(12, 10, 8) of uint8")
+    assert "gzip stream" not in message
+
+
 def test_real_nifti_gz_with_its_crc_zeroed_is_refused(tmp_path, shared_data):
     data = (shared_data / "totalseg-ct/organs/liver.nii.gz").read_bytes()
     path = tmp_path / "liver.nii.gz"

@@ -1,3 +1,4 @@
+import gzip
 import os
 import warnings
 
@@ -236,6 +237,25 @@ def test_malformed_data_are_unreadable_and_named(tmp_path, change, needle):
     with pytest.raises(UnreadableFileError, match=needle) as raised:
         _unchanged_after(path, lambda: read_nifti(path))
     assert "case.nii" in str(raised.value)
+
+
+def test_nifti_gz_is_inflated_once_with_its_gzip_trailer_checked(tmp_path, monkeypatch):
+    # The CRC-32 and length after the voxels are checked by reading on to the end of the
+    # stream the voxels came from; a separate checking pass cost 0.7 s of 1.2 s on a CT.
+    voxels = np.random.default_rng(0).integers(-1000, 1000, (64, 48, 32)).astype(np.int16)
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(voxels, np.eye(4)), path)
+    inflated = []
+    read = gzip.GzipFile.read  # readinto (nibabel's voxel read) goes through read too
+
+    def counted_read(self, *args):
+        data = read(self, *args)
+        inflated.append(len(data))
+        return data
+
+    monkeypatch.setattr(gzip.GzipFile, "read", counted_read)
+    np.testing.assert_array_equal(read_nifti(path).array, voxels.transpose(2, 1, 0))
+    assert voxels.nbytes < sum(inflated) < 1.1 * voxels.nbytes
 
 
 def _label_file(path, labels, dtype, slope=None, inter=0.0):

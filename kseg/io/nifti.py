@@ -20,6 +20,7 @@ import zlib
 
 import nibabel as nib
 import numpy as np
+from nibabel.arrayproxy import ArrayProxy
 
 from kseg._files import atomic_output
 from kseg.errors import GeometryError, MaskError, UnreadableFileError
@@ -148,16 +149,7 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
     affine = _checked_affine(path, image)
     _check_declared_size(path, header, shape, dtype)
     _check_data_offset(path, image)
-    _check_gzip_stream(path)
-    try:
-        data = np.asarray(image.dataobj)
-    except Exception as exc:  # cut-short data: EOFError, ValueError (mmap), zlib.error
-        declared = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
-        raise UnreadableFileError(
-            path,
-            f"voxel data cannot be read: the header declares shape {shape} of {dtype} "
-            f"({declared} bytes) ({type(exc).__name__}: {exc})",
-        ) from exc
+    data = _read_voxels(path, image, shape, dtype)
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 2:
@@ -362,9 +354,7 @@ def _check_declared_size(path: str, header, shape, dtype) -> None:
     declared = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
     offset = int(header.get("vox_offset", 0) or 0)
     size = os.path.getsize(path)
-    with open(path, "rb") as handle:
-        gzipped = handle.read(2) == b"\x1f\x8b"
-    if gzipped:
+    if _is_gzip(path):
         limit, how = size * _MAX_GZIP_RATIO + (1 << 20), "decompresses to at most"
     elif not path.endswith((".bz2", ".zst")):
         limit, how = max(size - offset, 0), "has room after its header for"
@@ -382,26 +372,50 @@ def _check_declared_size(path: str, header, shape, dtype) -> None:
 _GZIP_CHECK_CHUNK = 1 << 22
 
 
-def _check_gzip_stream(path: str) -> None:
-    """Refuse a .nii.gz whose gzip stream is damaged, by reading it to its end.
+def _read_voxels(path: str, image, shape, dtype) -> np.ndarray:
+    """The voxels, scaled; a .nii.gz's gzip stream is also read to its end, in the same pass.
 
     nibabel decompresses only as far as the voxels go, so gzip's CRC-32 and length, stored
     after them, were never checked: a flipped bit in the deflate data gave other voxel values
     (in a sweep, 126 of 200 single-bit flips in a label map), a cut trailer went unnoticed.
-    The check costs one more decompression pass, in bounded chunks."""
-    with open(path, "rb") as handle:
-        if handle.read(2) != b"\x1f\x8b":
-            return
+    nibabel therefore reads the voxels from a gzip stream opened here, which is then read on
+    to its end (in bounded chunks) so gzip checks the CRC-32 and length of everything read:
+    one decompression pass, not a checking pass before nibabel's own."""
+    proxy = image.dataobj
+    if not _is_gzip(path):
+        try:
+            return np.asarray(proxy)
+        except Exception as exc:  # cut-short data: OSError (short read), ValueError (mmap)
+            raise _unreadable_voxels(path, shape, dtype, exc) from exc
+    spec = (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter)
     try:
         with gzip.open(path, "rb") as stream:
+            data = np.asarray(ArrayProxy(stream, spec, mmap=False, order=proxy.order))
             while stream.read(_GZIP_CHECK_CHUNK):
                 pass
-    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise UnreadableFileError(
             path,
             f"its gzip stream is damaged or cut short ({type(exc).__name__}: {exc}); the "
             "voxel values cannot be trusted",
         ) from exc
+    except Exception as exc:  # an intact stream holding too few voxels: nibabel's OSError
+        raise _unreadable_voxels(path, shape, dtype, exc) from exc
+    return data
+
+
+def _is_gzip(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(2) == b"\x1f\x8b"
+
+
+def _unreadable_voxels(path: str, shape, dtype, exc: Exception) -> UnreadableFileError:
+    declared = int(np.prod(shape, dtype=np.float64) * dtype.itemsize)
+    return UnreadableFileError(
+        path,
+        f"voxel data cannot be read: the header declares shape {shape} of {dtype} "
+        f"({declared} bytes) ({type(exc).__name__}: {exc})",
+    )
 
 
 def _stored_header(path: str, image):
