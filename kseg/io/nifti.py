@@ -369,7 +369,7 @@ def _check_declared_size(path: str, header, shape, dtype) -> None:
         )
 
 
-_GZIP_CHECK_CHUNK = 1 << 22
+_GZIP_READ_CHUNK = 1 << 20
 
 
 def _read_voxels(path: str, image, shape, dtype) -> np.ndarray:
@@ -378,9 +378,9 @@ def _read_voxels(path: str, image, shape, dtype) -> np.ndarray:
     nibabel decompresses only as far as the voxels go, so gzip's CRC-32 and length, stored
     after them, were never checked: a flipped bit in the deflate data gave other voxel values
     (in a sweep, 126 of 200 single-bit flips in a label map), a cut trailer went unnoticed.
-    nibabel therefore reads the voxels from a gzip stream opened here, which is then read on
-    to its end (in bounded chunks) so gzip checks the CRC-32 and length of everything read:
-    one decompression pass, not a checking pass before nibabel's own."""
+    nibabel therefore reads the voxels from a gzip stream opened here, 1 MiB at a time, and
+    the stream is then read on to its end so gzip checks the CRC-32 and length of everything
+    read: one decompression pass, not a checking pass before nibabel's own."""
     proxy = image.dataobj
     if not _is_gzip(path):
         try:
@@ -390,8 +390,9 @@ def _read_voxels(path: str, image, shape, dtype) -> np.ndarray:
     spec = (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter)
     try:
         with gzip.open(path, "rb") as stream:
-            data = np.asarray(ArrayProxy(stream, spec, mmap=False, order=proxy.order))
-            while stream.read(_GZIP_CHECK_CHUNK):
+            voxels = ArrayProxy(_ChunkedReads(stream, path), spec, mmap=False, order=proxy.order)
+            data = np.asarray(voxels)
+            while stream.read(_GZIP_READ_CHUNK):
                 pass
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise UnreadableFileError(
@@ -402,6 +403,41 @@ def _read_voxels(path: str, image, shape, dtype) -> np.ndarray:
     except Exception as exc:  # an intact stream holding too few voxels: nibabel's OSError
         raise _unreadable_voxels(path, shape, dtype, exc) from exc
     return data
+
+
+class _ChunkedReads(io.RawIOBase):
+    """A gzip stream whose ``readinto`` fills the buffer a bounded chunk at a time.
+
+    GzipFile's own ``readinto`` (io.BufferedIOBase's) inflates the whole request into one
+    bytes object and copies it over, so reading the voxels would briefly hold them twice."""
+
+    def __init__(self, stream: gzip.GzipFile, name: str):
+        super().__init__()
+        self._stream = stream
+        self.name = name  # nibabel names it in its short-read message
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view):
+            chunk = self._stream.read(min(_GZIP_READ_CHUNK, len(view) - filled))
+            if not chunk:
+                break
+            view[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+        return filled
 
 
 def _is_gzip(path: str) -> bool:
