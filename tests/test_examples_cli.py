@@ -254,11 +254,22 @@ def test_a_kseg_error_during_the_run_is_printed_without_traceback(monkeypatch, c
                 "budget"),
     ],
 )
-def test_a_time_budget_that_is_not_positive_is_one_usage_line(value, message, tmp_path, capsys):
+@pytest.mark.parametrize("example", ["xray_multiclass", "msd_spleen_highresnet"])
+def test_a_time_budget_that_is_not_positive_is_one_usage_line(
+    example, value, message, tmp_path, capsys
+):
     with pytest.raises(SystemExit) as stopped:
-        load_example("xray_multiclass").parse_args(
+        load_example(example).parse_args(
             ["--output-dir", str(tmp_path / "run"), "--max-minutes", value]
         )
     assert stopped.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: {message}")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_spleen_example_keeps_a_time_budget_like_the_2d_ones(tmp_path):
+    """The budget reaches _common.fit, whose TimeBudget callback test_recipes_strategy checks."""
+    args = load_example("msd_spleen_highresnet").parse_args(
+        ["--output-dir", str(tmp_path / "run"), "--max-minutes", "2.5"]
+    )
+    assert args.max_minutes == 2.5

@@ -79,6 +79,11 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=2, help="patches per step and replica")
     parser.add_argument("--epochs", type=int)
+    parser.add_argument(
+        "--max-minutes", type=float,
+        help="training time budget in minutes: stop mid-epoch when one more batch and the "
+             "validation would pass it; the best model is kept",
+    )  # fmt: skip
     parser.add_argument("--steps-per-epoch", type=int)
     parser.add_argument("--learning-rate", type=float)
     parser.add_argument(
