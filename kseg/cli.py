@@ -369,8 +369,8 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
 def _add_predict(parser: argparse.ArgumentParser) -> None:
     _add_run(parser)
     parser.add_argument("--input", type=pathlib.Path, required=True, metavar="PATH",
-                        help="a DICOM series folder, a NIfTI file, a radiograph or a folder "
-                             "of radiographs (PNG/JPG/DICOM)")
+                        help="a DICOM series folder, a NIfTI file or a folder of them, a "
+                             "radiograph or a folder of radiographs (PNG/JPEG/TIFF/BMP/DICOM)")
     parser.add_argument("--output", type=pathlib.Path, required=True, metavar="DIR",
                         help="folder the segmentations are written into")
     parser.add_argument("--format", required=True, choices=PREDICTION_FORMATS,

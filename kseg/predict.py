@@ -164,7 +164,8 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
         raise LayoutError(
             path,
             "does not exist; expected a DICOM series folder, a NIfTI file (or a folder of "
-            "them), or radiographs (one image or a folder of PNG / JPEG / DICOM files)",
+            "them), or radiographs (one image or a folder of PNG / JPEG / TIFF / BMP / DICOM "
+            "files)",
         )
     volume_model = inference.get("kind") == "volume"
     radiograph = next((item[1] for item in inputs if item[2] == RADIOGRAPH), None)
