@@ -377,7 +377,7 @@ def _read_voxels(path: str, image, shape, dtype) -> np.ndarray:
 
     nibabel decompresses only as far as the voxels go, so gzip's CRC-32 and length, stored
     after them, were never checked: a flipped bit in the deflate data gave other voxel values
-    (in a sweep, 126 of 200 single-bit flips in a label map), a cut trailer went unnoticed.
+    (in two sweeps, over half of 200 single-bit flips in a label map), a cut trailer went unnoticed.
     nibabel therefore reads the voxels from a gzip stream opened here, 1 MiB at a time, and
     the stream is then read on to its end so gzip checks the CRC-32 and length of everything
     read: one decompression pass, not a checking pass before nibabel's own."""
