@@ -5,10 +5,25 @@ development and CI, and is absent on a user's machine: tests that need it ask fo
 ``shared_data`` fixture and are skipped cleanly when it is not there.
 """
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# TensorFlow Datasets leaves an empty mkdtemp folder for each builder it constructs before
+# the data are prepared, and Beam leaves its temp folders: one run of the suite left about
+# 260 in /tmp. Every process of the run (xdist workers, the multi-process tests' children,
+# which inherit TMPDIR) makes them in one folder, removed when the process that made it
+# exits; pytest's own tmp_path stays where it was (PYTEST_DEBUG_TEMPROOT).
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+if "KSEG_TESTS_TMPDIR" not in os.environ:
+    _RUN_TMPDIR = tempfile.mkdtemp(prefix="kseg-tests-")
+    os.environ["KSEG_TESTS_TMPDIR"] = os.environ["TMPDIR"] = _RUN_TMPDIR
+    tempfile.tempdir = _RUN_TMPDIR
+    atexit.register(shutil.rmtree, _RUN_TMPDIR, ignore_errors=True)
 
 import pytest  # noqa: E402
 
