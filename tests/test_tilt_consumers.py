@@ -67,6 +67,7 @@ def test_seg_of_a_tilted_series_read_alone_has_the_series_sheared_affine(tmp_pat
         volume = read_dicom_seg(tmp_path / "seg.dcm")
     (warning,) = _tilt_warnings(record)
     assert str(tmp_path / "seg.dcm") in str(warning.message)
+    assert warning.filename == __file__  # the caller's line, through read_dicom_seg_masks
     assert f"{TILT_DEGREES:.2f}°" in str(warning.message)
     np.testing.assert_allclose(volume.affine, series.affine, atol=1e-6)
     np.testing.assert_array_equal(volume.array, labels)
@@ -76,8 +77,9 @@ def test_seg_of_a_tilted_series_read_alone_has_the_series_sheared_affine(tmp_pat
     sparse = np.zeros(series.shape, np.uint8)
     sparse[[1, 2, 4], 2, 3] = 1
     write_dicom_seg(sparse, series, tmp_path / "sparse.dcm", {1: "node"})
-    with pytest.warns(GantryTiltWarning):
+    with pytest.warns(GantryTiltWarning) as caught:
         (node,) = read_dicom_seg_masks(tmp_path / "sparse.dcm").values()
+    assert caught[0].filename == __file__
     shifted = series.affine.copy()
     shifted[:3, 3] = series.affine[:3, :3] @ [1, 0, 0] + series.affine[:3, 3]
     np.testing.assert_allclose(node.affine, shifted, atol=1e-6)

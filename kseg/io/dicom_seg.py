@@ -40,6 +40,7 @@ import copy
 import math
 import os
 import pathlib
+import sys
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -729,6 +730,16 @@ def _index_affine(frames: _Frames, origin: np.ndarray, step: np.ndarray) -> np.n
     return affine
 
 
+def _first_level_outside_this_module() -> int:
+    """The ``stacklevel`` of a warning issued one call below the caller of this function
+    that names the first frame outside this module: read_dicom_seg reaches here through
+    read_dicom_seg_masks, so a fixed level would name this file for one of the two."""
+    level, frame = 2, sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        level, frame = level + 1, frame.f_back
+    return level
+
+
 def _grid_of_frames(path: str, ds: pydicom.Dataset, frames: _Frames) -> _Grid:
     """The grid the frames span: planes ``spacing`` apart along the normal, the slice axis
     the mean step between frame positions, which a gantry-tilted series slants off the
@@ -747,7 +758,8 @@ def _grid_of_frames(path: str, ds: pydicom.Dataset, frames: _Frames) -> _Grid:
     measured = (frames.positions[last] - frames.positions[first]) / max(int(slices[last]), 1)
     if _gantry_tilt(measured, normal, int(slices[last]) + 1) is not None:
         step = measured
-        _warn_if_sheared(path, path, ds, step, normal, int(slices[last]) + 1, stacklevel=4)
+        _warn_if_sheared(path, path, ds, step, normal, int(slices[last]) + 1,
+                         stacklevel=_first_level_outside_this_module())
     affine = _index_affine(frames, frames.positions[first], step)
     in_plane = _to_index(affine, frames.positions)[:, 1:]
     if np.abs(in_plane).max() > _POSITION_TOLERANCE:
