@@ -83,7 +83,9 @@ class VolumeValidation(keras.callbacks.Callback):
     Args:
         volumes: ``(patient_id, image, label, spacing)`` tuples: image ``(*spatial, C)`` as
             the model takes it, label map ``(*spatial)`` or ``(*spatial, 1)`` on the same
-            grid, spacing in mm per spatial axis (used by distance metrics).
+            grid, spacing in mm per spatial axis or the grid's 4×4 affine, which a sheared
+            (gantry-tilted) grid needs for exact distances (used by distance metrics, as
+            :func:`kseg.evaluation.evaluate_volumes` takes it).
         roi_size: sliding-window shape for models with the volume's number of spatial axes.
         every: run every this many epochs (and always after the first epoch of a ``fit``).
         metrics: metric names of :func:`kseg.evaluation.evaluate_volumes`.
