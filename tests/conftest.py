@@ -69,6 +69,7 @@ HEAVIEST_FIRST = (
     "tests/test_beam_inference.py",
     "tfds_builders/chaos/chaos_dataset_builder_test.py",
     "tfds_builders/msd_spleen/msd_spleen_dataset_builder_test.py",
+    "tests/test_docstring_examples.py",
     "tests/test_fused_batch_norm.py",
     "tests/test_recorded_postprocessing.py",
     "tests/test_runtime.py",
