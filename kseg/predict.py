@@ -128,7 +128,8 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
     (PNG, JPEG, TIFF, BMP), or any folder when ``inference["modality"]`` is
     ``"radiograph"``, gives one radiograph per image or DICOM file (sorted by name; other
     files are skipped with a :class:`kseg.io.SkippedFileWarning`). Any other folder is one
-    DICOM series. A single non-NIfTI file is a radiograph, or a one-slice DICOM series for
+    DICOM series. Hidden files (the ``._*`` companions of archives extracted on a Mac) are
+    never inputs. A single non-NIfTI file is a radiograph, or a one-slice DICOM series for
     CT models. DICOM radiographs are read with ``inference["dicom_values"]``
     (:func:`radiograph_dicom_values`); when the run's ``image_formats`` hold no DICOM, a
     warning says once that they are read as displayed, as the training images were.
@@ -140,7 +141,8 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
         LayoutError: ``input_path`` does not exist, holds nothing readable, holds
             radiographs for a 3D volume model, or two inputs would write outputs of the
             same name.
-        UnreadableFileError, DicomSeriesError: from the readers, naming the file.
+        UnreadableFileError, DicomSeriesError: from the readers, naming the file; a
+            link in the folder whose target is missing.
     """
     path = pathlib.Path(input_path)
     radiograph_model = inference.get("modality") == "radiograph"
@@ -152,7 +154,7 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
         else:
             inputs = [_series_input([path], path)]
     elif path.is_dir():
-        files = sorted(entry for entry in path.iterdir() if entry.is_file())
+        files = _input_files(path)
         niftis = [entry for entry in files if _is_nifti(entry)]
         if niftis:
             inputs = [_nifti_input(entry) for entry in niftis]
@@ -176,6 +178,28 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
         )  # fmt: skip
     _check_unique_names(inputs)
     return inputs
+
+
+def _input_files(folder: pathlib.Path) -> list[pathlib.Path]:
+    """The files of ``folder`` that can be inputs, sorted by name.
+
+    Hidden files are never inputs: archives extracted on a Mac carry an AppleDouble
+    ``._<name>`` companion beside every file (the MSD Task09 tar does), which has the
+    image's suffix but not its format. A link whose target is missing is an error, not a
+    silently shorter folder: the image it names would be dropped without a word.
+    """
+    files = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_symlink() and not entry.exists():
+            raise UnreadableFileError(
+                entry, f"is a link to {os.readlink(entry)}, which does not exist; expected "
+                "a link to an image file",
+            )  # fmt: skip
+        if entry.is_file():
+            files.append(entry)
+    return files
 
 
 def _is_nifti(path: pathlib.Path) -> bool:

@@ -1,0 +1,40 @@
+"""Downloads as they arrive on users' disks, found by a probe over the builders' and
+``kseg predict``'s file listing: archives extracted on a Mac, links, copied patient folders.
+Inputs are written here with nibabel and PIL, never by kseg."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from kseg.errors import LayoutError, UnreadableFileError
+from kseg.predict import read_inputs
+
+# What macOS writes as "._<name>" beside every file it archives: AppleDouble magic, version.
+_APPLE_DOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(50)
+
+
+def test_a_nifti_folder_extracted_on_a_mac_gives_its_volumes_only(tmp_path):
+    """The MSD Task09 tar carries a ``._spleen_<n>.nii.gz`` beside every volume."""
+    volume = np.arange(2 * 3 * 4, dtype=np.int16).reshape(2, 3, 4)
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "spleen_1.nii.gz")
+    (tmp_path / "._spleen_1.nii.gz").write_bytes(_APPLE_DOUBLE)
+
+    [(name, path, _, read, _)] = read_inputs(tmp_path, {"modality": "CT", "kind": "volume"})
+
+    assert (name, path) == ("spleen_1", tmp_path / "spleen_1.nii.gz")
+    # kseg volumes are (z, y, x); the NIfTI array is (x, y, z)
+    np.testing.assert_array_equal(read.array, volume.transpose(2, 1, 0))
+
+
+def test_a_link_to_a_missing_radiograph_is_named_not_dropped(tmp_path):
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(tmp_path / "a.png")
+    os.symlink(tmp_path / "moved away.png", tmp_path / "b.png")
+
+    with pytest.raises(UnreadableFileError, match="b.png: is a link to .*moved away.png"):
+        read_inputs(tmp_path, {"modality": "radiograph", "kind": "slice"})
+
