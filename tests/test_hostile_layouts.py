@@ -5,6 +5,7 @@ Inputs are written here with nibabel and PIL, never by kseg."""
 from __future__ import annotations
 
 import os
+import types
 
 import nibabel as nib
 import numpy as np
@@ -38,3 +39,16 @@ def test_a_link_to_a_missing_radiograph_is_named_not_dropped(tmp_path):
     with pytest.raises(UnreadableFileError, match="b.png: is a link to .*moved away.png"):
         read_inputs(tmp_path, {"modality": "radiograph", "kind": "slice"})
 
+
+def test_a_chaos_patient_copied_as_01_beside_1_is_refused(tmp_path):
+    """Both folder names read as patient 1: built as two patients, one person's slices
+    could land in two folds."""
+    from tfds_builders.chaos.chaos_dataset_builder import Builder
+
+    for name in ("1", "01", "2", "3", "4", "5"):  # enough patients for five folds
+        (tmp_path / "manual" / "Train_Sets" / "CT" / name).mkdir(parents=True)
+    manual = str(tmp_path / "manual")
+    builder = Builder(config="ct", data_dir=str(tmp_path / "tfds"))
+
+    with pytest.raises(LayoutError, match=r"CT/1: is patient 1, as .*CT/01 is"):
+        builder._split_generators(types.SimpleNamespace(manual_dir=manual, _manual_dir=manual))

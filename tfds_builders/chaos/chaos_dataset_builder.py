@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import warnings
 
 import tensorflow_datasets as tfds
@@ -139,7 +140,10 @@ The files are read, never modified."""
                 f"not found; expected the extracted CHAOS_Train_Sets.zip:\n{EXPECTED_LAYOUT}",
             )
         folders = [p for p in modality_dir.iterdir() if p.is_dir()]
-        patients = sorted((p.name for p in folders if PATIENT_FOLDER.match(p.name)), key=int)
+        patients = sorted(
+            (p.name for p in folders if PATIENT_FOLDER.match(p.name)),
+            key=lambda name: (int(name), name),
+        )
         others = sorted(p.name for p in folders if not PATIENT_FOLDER.match(p.name))
         if others:  # a renamed or copied patient would otherwise vanish without a word
             warnings.warn(
@@ -154,6 +158,14 @@ The files are read, never modified."""
                 modality_dir,
                 f"holds no patient folders (named by number); expected:\n{EXPECTED_LAYOUT}",
             )
+        for previous, name in itertools.pairwise(patients):
+            if int(previous) == int(name):  # a copy as 01 beside 1 would split one patient
+                raise LayoutError(
+                    modality_dir / name,
+                    f"is patient {int(name)}, as {modality_dir / previous} is; keep one "
+                    "folder per patient, or one patient's slices appear twice, perhaps in "
+                    "two splits",
+                )
         splits = fold_splits(
             patients, config.num_folds, seed=config.split_seed, where=str(modality_dir)
         )
