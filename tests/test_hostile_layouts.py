@@ -10,6 +10,7 @@ import types
 import nibabel as nib
 import numpy as np
 import pytest
+from etils import epath
 from PIL import Image
 
 from kseg.errors import LayoutError, UnreadableFileError
@@ -52,3 +53,19 @@ def test_a_chaos_patient_copied_as_01_beside_1_is_refused(tmp_path):
 
     with pytest.raises(LayoutError, match=r"CT/1: is patient 1, as .*CT/01 is"):
         builder._split_generators(types.SimpleNamespace(manual_dir=manual, _manual_dir=manual))
+
+
+def test_a_link_to_a_missing_xray_image_is_named_not_dropped(tmp_path):
+    """Only its mask's orphan warning hinted at the image the builder left out."""
+    from tfds_builders.xray.layout import find_records
+    from tfds_builders.xray.xray_dataset_builder import Builder
+
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+        for name in ("a.png", "b.png"):
+            Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / folder / name)
+    (tmp_path / "images" / "b.png").unlink()
+    os.symlink(tmp_path / "elsewhere" / "b.png", tmp_path / "images" / "b.png")
+
+    with pytest.raises(UnreadableFileError, match="images/b.png: is a link to .*elsewhere"):
+        find_records(epath.Path(tmp_path), Builder.builder_configs["generic"])

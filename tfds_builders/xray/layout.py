@@ -5,6 +5,7 @@ and how each radiograph is paired with its mask files (see ``README.md`` beside 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from etils import epath
 
-from kseg.errors import LayoutError, MaskError
+from kseg.errors import LayoutError, MaskError, UnreadableFileError
 from kseg.io import SkippedFileWarning
 
 if TYPE_CHECKING:  # the builder imports this module, so only type checkers import it back
@@ -123,6 +124,11 @@ def _listed(folder: epath.Path, suffixes: Sequence[str], layout: str) -> list[ep
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.name.lower() in _IGNORED_FILES:
             continue
+        if os.path.islink(path) and not os.path.exists(path):  # else its image vanishes unnamed
+            raise UnreadableFileError(
+                path, f"is a link to {os.readlink(path)}, which does not exist; expected "
+                "a link to an image file",
+            )  # fmt: skip
         if not path.is_file():
             continue
         (files if path.suffix.lower() in suffixes else unsupported).append(path)
