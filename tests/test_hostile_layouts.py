@@ -4,6 +4,7 @@ Inputs are written here with nibabel and PIL, never by kseg."""
 
 from __future__ import annotations
 
+import json
 import os
 import types
 
@@ -69,3 +70,21 @@ def test_a_link_to_a_missing_xray_image_is_named_not_dropped(tmp_path):
 
     with pytest.raises(UnreadableFileError, match="images/b.png: is a link to .*elsewhere"):
         find_records(epath.Path(tmp_path), Builder.builder_configs["generic"])
+
+
+def test_an_msd_volume_with_an_upper_case_suffix_is_not_left_out_unlisted(tmp_path):
+    from tfds_builders.msd_spleen.layout import cases_from_dataset_json
+
+    task = tmp_path / "Task09_Spleen"
+    volume = nib.Nifti1Image(np.zeros((4, 4, 2), np.int16), np.eye(4))
+    for folder, name in (("imagesTr", "spleen_2"), ("labelsTr", "spleen_2"),
+                         ("imagesTr", "spleen_3")):  # fmt: skip
+        (task / folder).mkdir(parents=True, exist_ok=True)
+        nib.save(volume, task / folder / f"{name}.nii.gz")
+    # renamed after saving: nibabel rewrites the case of the suffixes it is given
+    (task / "imagesTr" / "spleen_3.nii.gz").rename(task / "imagesTr" / "spleen_3.Nii.Gz")
+    entry = {"image": "./imagesTr/spleen_2.nii.gz", "label": "./labelsTr/spleen_2.nii.gz"}
+    (task / "dataset.json").write_text(json.dumps({"training": [entry]}))
+
+    with pytest.raises(LayoutError, match=r"imagesTr: holds volumes .* \['spleen_3.Nii.Gz'\]"):
+        cases_from_dataset_json(epath.Path(task))

@@ -98,10 +98,13 @@ def cases_from_dataset_json(task_dir: epath.Path) -> tuple[list[Case], list[Case
     if len(set(ids)) != len(ids):
         raise LayoutError(dataset_json, "lists a case more than once")
     for folder, cases in (("imagesTr", labelled), ("labelsTr", labelled), ("imagesTs", unlabelled)):
+        # Suffixes compared in any case: a spleen_5.Nii.Gz copied in by a Windows tool is a
+        # volume too, and must not be left out unnoticed.
         on_disk = {
             path.name
-            for path in (task_dir / folder).glob(f"*{_NIFTI_SUFFIX}")
-            if not path.name.startswith(_APPLE_DOUBLE_PREFIX)
+            for path in (task_dir / folder).iterdir()
+            if path.name.lower().endswith(_NIFTI_SUFFIX)
+            and not path.name.startswith(_APPLE_DOUBLE_PREFIX)
         } if (task_dir / folder).is_dir() else set()
         unlisted = sorted(on_disk - {f"{case.patient_id}{_NIFTI_SUFFIX}" for case in cases})
         if unlisted:
