@@ -88,3 +88,35 @@ def test_an_msd_volume_with_an_upper_case_suffix_is_not_left_out_unlisted(tmp_pa
 
     with pytest.raises(LayoutError, match=r"imagesTr: holds volumes .* \['spleen_3.Nii.Gz'\]"):
         cases_from_dataset_json(epath.Path(task))
+
+
+def _ground_folder(tmp_path):
+    """A CHAOS Ground folder of two masks (their content is not read when pairing)."""
+    ground = tmp_path / "Ground"
+    ground.mkdir()
+    for name in ("liver_GT_000.png", "liver_GT_001.png"):
+        (ground / name).write_bytes(b"")
+    return ground
+
+
+def test_a_folder_named_like_a_chaos_mask_is_not_counted_as_one(tmp_path):
+    from tfds_builders.chaos.layout import masks_in_array_order
+
+    ground = _ground_folder(tmp_path)
+    (ground / "liver_GT_002.png").mkdir()
+    slices = [str(tmp_path / "DICOM_anon" / name) for name in ("i0001.dcm", "i0000.dcm")]
+
+    paired = masks_in_array_order(slices, tmp_path / "DICOM_anon", epath.Path(ground))
+
+    assert paired == [str(ground / "liver_GT_001.png"), str(ground / "liver_GT_000.png")]
+
+
+def test_a_link_to_a_missing_chaos_mask_is_named(tmp_path):
+    from tfds_builders.chaos.layout import masks_in_array_order
+
+    ground = _ground_folder(tmp_path)
+    os.symlink(tmp_path / "gone.png", ground / "liver_GT_002.png")
+    slices = [str(tmp_path / "DICOM_anon" / f"i000{n}.dcm") for n in range(3)]
+
+    with pytest.raises(UnreadableFileError, match="liver_GT_002.png: is a link to .*gone.png"):
+        masks_in_array_order(slices, tmp_path / "DICOM_anon", epath.Path(ground))

@@ -3,12 +3,13 @@ paired with its DICOM slice (see ``README.md`` beside this file)."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import numpy as np
 from etils import epath
 
-from kseg.errors import MaskError
+from kseg.errors import MaskError, UnreadableFileError
 from kseg.io.masks import CHAOS_MR_LABEL_RANGES, LabelRule
 
 PATIENT_FOLDER = re.compile(r"^\d+$")
@@ -53,10 +54,17 @@ def masks_in_array_order(source_files, image_dir, mask_dir) -> list[str]:
     """
     slice_names = [epath.Path(f).name for f in source_files]
     image_names = sorted(slice_names)
-    masks = [
+    named_as_masks = [
         p for p in mask_dir.iterdir()
         if p.suffix.lower() in _MASK_SUFFIXES and not p.name.startswith(".")
     ]
+    for path in named_as_masks:  # else it counts as a mask and the count error misleads
+        if os.path.islink(path) and not os.path.exists(path):
+            raise UnreadableFileError(
+                path, f"is a link to {os.readlink(path)}, which does not exist; expected a "
+                "Ground mask file",
+            )  # fmt: skip
+    masks = [p for p in named_as_masks if p.is_file()]
     suffixes = sorted({p.suffix.lower() for p in masks})
     if len(suffixes) > 1:
         counts = ", ".join(
