@@ -42,18 +42,23 @@ def test_a_link_to_a_missing_radiograph_is_named_not_dropped(tmp_path):
         read_inputs(tmp_path, {"modality": "radiograph", "kind": "slice"})
 
 
+def _chaos_ct_split_generators(manual):
+    """The CT builder's split generators; folders are listed, no file is read yet."""
+    from tfds_builders.chaos.chaos_dataset_builder import Builder
+
+    builder = Builder(config="ct", data_dir=str(manual.parent / "tfds"))
+    dl_manager = types.SimpleNamespace(manual_dir=str(manual), _manual_dir=str(manual))
+    return builder._split_generators(dl_manager)
+
+
 def test_a_chaos_patient_copied_as_01_beside_1_is_refused(tmp_path):
     """Both folder names read as patient 1: built as two patients, one person's slices
     could land in two folds."""
-    from tfds_builders.chaos.chaos_dataset_builder import Builder
-
     for name in ("1", "01", "2", "3", "4", "5"):  # enough patients for five folds
         (tmp_path / "manual" / "Train_Sets" / "CT" / name).mkdir(parents=True)
-    manual = str(tmp_path / "manual")
-    builder = Builder(config="ct", data_dir=str(tmp_path / "tfds"))
 
     with pytest.raises(LayoutError, match=r"CT/1: is patient 1, as .*CT/01 is"):
-        builder._split_generators(types.SimpleNamespace(manual_dir=manual, _manual_dir=manual))
+        _chaos_ct_split_generators(tmp_path / "manual")
 
 
 def test_a_link_to_a_missing_xray_image_is_named_not_dropped(tmp_path):
@@ -120,3 +125,39 @@ def test_a_link_to_a_missing_chaos_mask_is_named(tmp_path):
 
     with pytest.raises(UnreadableFileError, match="liver_GT_002.png: is a link to .*gone.png"):
         masks_in_array_order(slices, tmp_path / "DICOM_anon", epath.Path(ground))
+
+
+def _msd_layout_error(manual):
+    from tfds_builders.msd_spleen.layout import task_folder
+
+    task_folder(manual)
+
+
+def _montgomery_layout_error(manual):
+    from tfds_builders.xray.layout import find_records
+    from tfds_builders.xray.xray_dataset_builder import Builder
+
+    find_records(manual, Builder.builder_configs["montgomery"])
+
+
+@pytest.mark.parametrize(
+    ("archive_folder", "inside", "read"),
+    [
+        ("chaos_zip", "Train_Sets/CT/1", _chaos_ct_split_generators),
+        ("msd_tar", "Task09_Spleen/dataset.json", _msd_layout_error),
+        ("montgomery_zip", "MontgomerySet/CXR_png/x.png", _montgomery_layout_error),
+    ],
+)
+def test_a_manual_folder_one_level_too_high_says_where_the_data_is(
+    tmp_path, archive_folder, inside, read
+):
+    manual = tmp_path / "manual"
+    (manual / archive_folder / inside).parent.mkdir(parents=True)
+    (manual / archive_folder / inside).touch()
+    # a Mac-made zip's copy of the tree, which sorts first, holds no data to point at
+    (manual / "__MACOSX" / inside).parent.mkdir(parents=True)
+
+    with pytest.raises(LayoutError) as caught:
+        read(epath.Path(manual))
+
+    assert str(caught.value).endswith(f": point the manual folder at {manual / archive_folder})")

@@ -6,7 +6,7 @@ from etils import epath
 
 from kseg.errors import LayoutError
 
-__all__ = ["manual_folder"]
+__all__ = ["manual_folder", "nested_one_level_hint"]
 
 
 def manual_folder(dl_manager, instructions: str) -> epath.Path:
@@ -36,3 +36,21 @@ def manual_folder(dl_manager, instructions: str) -> epath.Path:
             f"the manual download folder does not exist or is empty ({exc.args[0].split('.')[0]})"
             f"; expected:\n{instructions}",
         ) from exc
+
+
+def nested_one_level_hint(manual_dir, expected: str) -> str:
+    """The end of a LayoutError's message when ``expected`` (a path relative to the manual
+    folder) is missing there but found one folder down: archives extract into a folder of
+    their own (``NLM-MontgomeryCXRSet/MontgomerySet``), and pointing one level too high is
+    the usual slip. Empty when it is not found there either."""
+    manual_dir = epath.Path(manual_dir)
+    if not manual_dir.is_dir():
+        return ""
+    found = sorted(
+        child for child in manual_dir.iterdir()
+        if child.is_dir() and not child.name.startswith((".", "__MACOSX"))
+        and (child / expected).exists()
+    )  # fmt: skip
+    if not found:
+        return ""
+    return f"\n(found {found[0] / expected}: point the manual folder at {found[0]})"

@@ -28,7 +28,7 @@ from kseg.errors import LayoutError
 from kseg.io import SkippedFileWarning, read_dicom_series, read_mask_stack
 from tfds_builders._beam import BeamOverPatients
 from tfds_builders._foreground import ForegroundTally
-from tfds_builders._manual import manual_folder
+from tfds_builders._manual import manual_folder, nested_one_level_hint
 from tfds_builders.chaos.layout import (
     EXPECTED_LAYOUT,
     IMAGE_DTYPES,
@@ -137,7 +137,8 @@ The files are read, never modified."""
         if not modality_dir.is_dir():
             raise LayoutError(
                 modality_dir,
-                f"not found; expected the extracted CHAOS_Train_Sets.zip:\n{EXPECTED_LAYOUT}",
+                f"not found; expected the extracted CHAOS_Train_Sets.zip:\n{EXPECTED_LAYOUT}"
+                + nested_one_level_hint(manual_dir, f"Train_Sets/{config.modality}"),
             )
         folders = [p for p in modality_dir.iterdir() if p.is_dir()]
         patients = sorted(

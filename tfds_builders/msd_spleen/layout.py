@@ -9,6 +9,7 @@ import json
 from etils import epath
 
 from kseg.errors import LayoutError, UnreadableFileError
+from tfds_builders._manual import nested_one_level_hint
 
 TASK_FOLDER = "Task09_Spleen"
 _NIFTI_SUFFIX = ".nii.gz"
@@ -49,7 +50,8 @@ def task_folder(manual_dir) -> epath.Path:
             return candidate
     raise LayoutError(
         manual_dir / TASK_FOLDER,
-        f"no dataset.json found; extract Task09_Spleen.tar so that:\n{EXPECTED_LAYOUT}",
+        f"no dataset.json found; extract Task09_Spleen.tar so that:\n{EXPECTED_LAYOUT}"
+        + nested_one_level_hint(manual_dir, f"{TASK_FOLDER}/dataset.json"),
     )
 
 

@@ -15,6 +15,7 @@ from etils import epath
 
 from kseg.errors import LayoutError, MaskError, UnreadableFileError
 from kseg.io import SkippedFileWarning
+from tfds_builders._manual import nested_one_level_hint
 
 if TYPE_CHECKING:  # the builder imports this module, so only type checkers import it back
     from tfds_builders.xray.xray_dataset_builder import XrayConfig
@@ -61,20 +62,19 @@ def find_records(root: epath.Path, config: XrayConfig) -> list[Record]:
     file-name order; an image without a mask is a MaskError naming it, a mask without an
     image a SkippedFileWarning."""
     if config.layout == "jsrt_scr":
-        image_dir = root / JSRT_IMAGE_FOLDER
-        images = _listed(image_dir, (".img",), JSRT_LAYOUT)
+        images = _listed(root, JSRT_IMAGE_FOLDER, (".img",), JSRT_LAYOUT)
         mask_dirs = _scr_mask_dirs(root, config)
         mask_index = {
             folder: _index_masks([d / folder for d in dirs], "") for folder, dirs in mask_dirs
         }
         searched = {folder: dirs for folder, dirs in mask_dirs}
     elif config.layout == "montgomery":
-        images = _listed(root / MONTGOMERY_IMAGE_FOLDER, (".png",), MONTGOMERY_LAYOUT)
+        images = _listed(root, MONTGOMERY_IMAGE_FOLDER, (".png",), MONTGOMERY_LAYOUT)
         base = root / MONTGOMERY_MASK_FOLDER
         mask_index = {f: _index_masks([base / f], "") for f, _ in config.mask_folders}
         searched = {f: [base] for f, _ in config.mask_folders}
     else:
-        images = _listed(root / "images", _IMAGE_SUFFIXES, GENERIC_LAYOUT)
+        images = _listed(root, "images", _IMAGE_SUFFIXES, GENERIC_LAYOUT)
         base = root / "masks"
         if not base.is_dir():
             raise LayoutError(base, f"not found; expected:\n{GENERIC_LAYOUT}")
@@ -117,9 +117,14 @@ def find_records(root: epath.Path, config: XrayConfig) -> list[Record]:
     return records
 
 
-def _listed(folder: epath.Path, suffixes: Sequence[str], layout: str) -> list[epath.Path]:
+def _listed(
+    root: epath.Path, relative: str, suffixes: Sequence[str], layout: str
+) -> list[epath.Path]:
+    folder = root / relative
     if not folder.is_dir():
-        raise LayoutError(folder, f"not found; expected:\n{layout}")
+        raise LayoutError(
+            folder, f"not found; expected:\n{layout}{nested_one_level_hint(root, relative)}"
+        )
     files, unsupported = [], []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.name.lower() in _IGNORED_FILES:
