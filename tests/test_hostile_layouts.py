@@ -161,3 +161,21 @@ def test_a_manual_folder_one_level_too_high_says_where_the_data_is(
         read(epath.Path(manual))
 
     assert str(caught.value).endswith(f": point the manual folder at {manual / archive_folder})")
+
+
+def test_a_dead_link_in_a_dicom_series_folder_is_named_not_left_out(tmp_path):
+    """read_dicom_series itself: the slice behind the link would be missing without a
+    word (the series one slice shorter at either end)."""
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from kseg.io import read_dicom_series
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "01.dcm")
+    (folder / "02.dcm").symlink_to(tmp_path / "gone.dcm")
+
+    with pytest.raises(UnreadableFileError, match=r"02\.dcm: is a link to .*gone\.dcm, which "):
+        read_dicom_series(folder)

@@ -682,6 +682,17 @@ def _list_source(source) -> tuple[str, list[str]]:
             )
             raise LayoutError(folder, f"expected a folder of DICOM files; it {problem}")
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        for entry in entries:
+            # a slice behind a dead link would leave a shorter series, or a gap error
+            # that names the wrong cause
+            if entry.is_symlink() and not entry.name.startswith(".") and not os.path.exists(
+                entry.path
+            ):
+                raise UnreadableFileError(
+                    entry.path,
+                    f"is a link to {os.readlink(entry.path)}, which does not exist; expected "
+                    "a link to a DICOM file",
+                )
         paths = [entry.path for entry in entries if entry.is_file()]
         if not paths:
             subfolders = [entry.name for entry in entries if entry.is_dir()]
