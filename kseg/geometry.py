@@ -349,10 +349,7 @@ def deskew(
     source = _source_of(volume)
     affine = _check_affine(volume.affine, "volume.affine", source)
     columns = affine[:3, :3]
-    normal = np.cross(columns[:, 1], columns[:, 2])
-    normal /= np.linalg.norm(normal)
-    if normal @ columns[:, 0] < 0:
-        normal = -normal
+    normal = _slice_normal(columns)
     straight = columns.copy()
     straight[:, 0] = normal * volume.plane_spacing[0]
     # Slice k of the input sits at in-plane index offset k * shear on the straight grid.
@@ -366,6 +363,14 @@ def deskew(
     target_shape = (volume.shape[0], *(np.asarray(volume.shape[1:]) + (high - low).astype(int)))
     return resample_to(volume, target_affine, target_shape, is_label=is_label, order=order,
                        fill=fill)
+
+
+def _slice_normal(columns: np.ndarray) -> np.ndarray:
+    """Unit normal of the slice planes of a grid whose 3×3 index-to-mm matrix is
+    ``columns``, pointing the way the slice index grows."""
+    normal = np.cross(columns[:, 1], columns[:, 2])
+    normal /= np.linalg.norm(normal)
+    return normal if normal @ columns[:, 0] >= 0 else -normal
 
 
 def orientation(volume: Volume) -> str:

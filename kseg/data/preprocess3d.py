@@ -123,10 +123,7 @@ def gantry_tilt_degrees(volume: Volume) -> float | None:
     from kseg.io.dicom import _gantry_tilt
 
     columns = volume.affine[:3, :3]
-    normal = np.cross(columns[:, 1], columns[:, 2])
-    normal /= np.linalg.norm(normal)
-    return _gantry_tilt(columns[:, 0], normal if normal @ columns[:, 0] >= 0 else -normal,
-                        volume.shape[0])  # fmt: skip
+    return _gantry_tilt(columns[:, 0], geometry._slice_normal(columns), volume.shape[0])
 
 
 def _source_of(volume: Volume) -> str | None:
