@@ -693,7 +693,9 @@ def write_predictions(
         ValueError: an unknown format.
         LayoutError: a format the input cannot take (see :func:`check_format`), an output
             that would land in an input folder or replace an input file, or an output that
-            exists already and ``overwrite`` is false; nothing is written then.
+            exists already and ``overwrite`` is false (with ``overwrite``: one of the other
+            kind, a folder for a file), or ``output_dir`` or a folder above it is a file;
+            nothing is written then.
     """
     check_format(predictions, format)
     output_dir = pathlib.Path(output_dir)
@@ -701,8 +703,8 @@ def write_predictions(
     planned = [(prediction, _output_path(prediction.name, prediction.kind, output_dir, format))
                for prediction in predictions]  # fmt: skip
     _check_outputs_spare_inputs(output_dir, planned)
-    if not overwrite:
-        _refuse_existing_outputs(path for _, path in planned)
+    _check_output_targets(output_dir, [(prediction.kind, path) for prediction, path in planned],
+                          format, overwrite=overwrite)
     output_dir.mkdir(parents=True, exist_ok=True)
     written: list[pathlib.Path] = []
     for prediction, path in planned:
@@ -711,6 +713,33 @@ def write_predictions(
             _remove_stale_slices(path, files)
         written.extend(files)
     return written
+
+
+def _check_output_targets(output_dir: pathlib.Path, planned, format: str, *,
+                          overwrite: bool) -> None:
+    """Refuse, before any model runs, outputs that cannot be written: ``output_dir`` (or a
+    folder above it) is a file, or, with ``overwrite``, a planned output of the other kind
+    (a folder where a file goes, a file where a volume's PNG folder goes) exists; without
+    ``overwrite``, any planned output that exists (:func:`_refuse_existing_outputs`)."""
+    for folder in (output_dir, *output_dir.parents):
+        if os.path.lexists(folder):
+            if not folder.is_dir():
+                raise LayoutError(
+                    folder, "is not a folder; --output is the folder predictions are "
+                    "written into (created if missing)",
+                )  # fmt: skip
+            break
+    if not overwrite:
+        _refuse_existing_outputs(path for _, path in planned)
+        return
+    for kind, path in planned:
+        folder_output = format == "png" and kind != RADIOGRAPH
+        if os.path.lexists(path) and path.is_dir() != folder_output:
+            found, expected = ("a folder", "file") if path.is_dir() else ("a file", "folder")
+            raise LayoutError(
+                path, f"is {found}; --overwrite replaces an earlier prediction, which is a "
+                f"{expected} here: move it away or choose another --output folder",
+            )  # fmt: skip
 
 
 def _refuse_existing_outputs(paths) -> None:
@@ -850,8 +879,8 @@ def predict_command(
         ValueError: an unknown format.
         LayoutError, UnreadableFileError, DicomSeriesError: a run folder without
             config.json / best.keras, an invalid config, an unreadable input, a format
-            the input cannot take, or an existing output and ``overwrite`` false; the file
-            is named.
+            the input cannot take, an ``output_dir`` that is a file, or an existing output
+            and ``overwrite`` false; the file is named.
 
     Example:
         A run folder whose model labels every voxel of at least -600 HU (the lung
@@ -893,10 +922,10 @@ def predict_command(
         _refuse_output_inside(input_path, output_dir)
     inputs = read_inputs(input_path, inference)
     check_format(inputs, format)
-    if not overwrite:
-        output_dir = pathlib.Path(output_dir)
-        _refuse_existing_outputs(_output_path(name, kind, output_dir, format)
-                                 for name, _, kind, *_ in inputs)  # fmt: skip
+    output_dir = pathlib.Path(output_dir)
+    _check_output_targets(output_dir, [(kind, _output_path(name, kind, output_dir, format))
+                                       for name, _, kind, *_ in inputs],
+                          format, overwrite=overwrite)  # fmt: skip
 
     import kseg
 

@@ -1,0 +1,80 @@
+"""What users do with a run folder and kseg's outputs: ``kseg predict`` into output paths
+that are files or hold an earlier prediction of another kind, a training resumed with
+options that change its data, and run folders moved, half-written or reused.
+
+Each case is checked against what was on disk before the command (file hashes, folder
+listings) or a hand-written config, never against kseg's own description of itself.
+"""
+
+import pathlib
+
+import numpy as np
+import pytest
+from test_predict import (
+    file_hashes,
+    identity_model,
+    slices_inference,
+    synthetic_hu,
+    write_ct_series,
+    write_run,
+)
+
+from kseg.errors import LayoutError
+
+
+@pytest.fixture(scope="module")
+def ct_case(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hunt_ct")
+    folder = write_ct_series(root / "patient7", synthetic_hu((3, 12, 10)))
+    run = write_run(root / "run", identity_model(2), slices_inference((12, 10)))
+    return folder, run
+
+
+def _no_model_load(monkeypatch):
+    import kseg
+
+    monkeypatch.setattr(kseg, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+
+
+@pytest.mark.parametrize("below", [False, True])
+def test_predict_into_an_output_that_is_a_file_is_named_before_the_model_loads(
+    ct_case, tmp_path, monkeypatch, below
+):
+    """``--output results.nii.gz`` (a file name where a folder goes) or a folder below a
+    file: a LayoutError naming the file before the model runs, the file unchanged (was a
+    bare FileExistsError / NotADirectoryError after every input had been predicted)."""
+    from kseg.predict import predict_command
+
+    folder, run = ct_case
+    existing = tmp_path / "results.nii.gz"
+    existing.write_bytes(b"an earlier file")
+    output = existing / "sub" if below else existing
+    _no_model_load(monkeypatch)
+    with pytest.raises(LayoutError, match=f"{existing}: is not a folder; --output"):
+        predict_command(run, folder, output, "nifti")
+    assert existing.read_bytes() == b"an earlier file"
+
+
+@pytest.mark.parametrize("format, make", [("nifti", "folder"), ("png", "file")])
+def test_overwrite_of_an_output_of_the_other_kind_is_named_before_the_model_loads(
+    ct_case, tmp_path, monkeypatch, format, make
+):
+    """``--overwrite`` where the output name is taken by a folder (NIfTI goes to a file)
+    or a file (a volume's PNG slices go to a folder): named before the model loads, nothing
+    changed (was a bare IsADirectoryError / FileExistsError after predicting)."""
+    from kseg.predict import predict_command
+
+    folder, run = ct_case
+    out = tmp_path / "out"
+    taken = out / ("patient7.nii.gz" if format == "nifti" else "patient7")
+    if make == "folder":
+        taken.mkdir(parents=True)
+        (taken / "notes.txt").write_text("mine")
+    else:
+        out.mkdir()
+        taken.write_text("mine")
+    before = file_hashes(out)
+    _no_model_load(monkeypatch)
+    with pytest.raises(LayoutError, match=f"{taken}: is a {make}; --overwrite"):
+        predict_command(run, folder, out, format, overwrite=True)
+    assert file_hashes(out) == before
