@@ -231,7 +231,8 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
       grey file, by its indices.
     * grey RGB / RGBA / LA: the grey channel (alpha ignored); real colour is refused.
     * JPEG, JPEG-compressed TIFF, JPEG 2000 of the irreversible wavelet, AVIF or lossy WebP:
-      binary rules only: grey above 127 is the structure, with a :class:`LossyMaskWarning`.
+      binary rules only: grey above 127 is the structure, with a :class:`LossyMaskWarning`;
+      colour is refused here too (channels differing by more than compression noise).
 
     A file with an EXIF / TIFF Orientation tag is turned as the tag says, as viewers and
     annotation tools show it (see :func:`upright`). A WhiteIsZero TIFF gives its stored
@@ -273,7 +274,7 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
     path = os.fspath(path)
     with _one_mask_image(path) as (image, lossy, bits):
         if lossy:
-            return _lossy_labels(path, np.asarray(image.convert("L")), rule)
+            return _lossy_labels(path, _lossy_grey(path, image), rule)
         stored, full_scale, reading = _stored_values(path, image, bits)
     if rule.grey_levels:
         return _grey_level_labels(path, stored, full_scale, reading, rule)
@@ -302,8 +303,8 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
         UnreadableFileError: the file cannot be opened or decoded as an image, declares
             more pixels than Pillow's decompression-bomb limit, or is a PNG with a chunk
             running past the end of the file or a critical chunk failing its CRC-32.
-        MaskError: the image has several pages/frames, real colour, alpha that disagrees
-            with the values, or non-integer values.
+        MaskError: the image has several pages/frames, real colour (lossy files too),
+            alpha that disagrees with the values, or non-integer values.
 
     Warns:
         LossyMaskWarning: the file is lossy (see :class:`LossyMaskWarning`).
@@ -322,7 +323,7 @@ def read_mask(path: os.PathLike | str) -> np.ndarray:
     path = os.fspath(path)
     with _one_mask_image(path) as (image, lossy, bits):
         if lossy:
-            return _threshold_lossy(path, np.asarray(image.convert("L")))
+            return _threshold_lossy(path, _lossy_grey(path, image))
         if bits:
             return _sub_byte_stored(image, bits)
         return _lossless_values(path, image)
@@ -489,6 +490,34 @@ def binarize(mask: np.ndarray, threshold: float | None = None) -> np.ndarray:
     if threshold is None:
         threshold = float(mask.max()) / 2.0 if mask.size else 0.0
     return (mask > threshold).astype(np.uint8)
+
+
+# The most a lossy grey mask's channels may differ: a grey image saved as colour JPEG decodes
+# with equal channels, chroma noise adds a few levels; a label colour differs by far more.
+_LOSSY_GREY_TOLERANCE = 32
+_COLOUR_MODES = ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def _lossy_grey(path: str, image: Image.Image) -> np.ndarray:
+    """The grey values of a lossy mask; a colour one is refused, as lossless colour masks are.
+
+    Pillow's conversion to grey weighs the channels (ITU-R 601-2 luma), so a red structure
+    (255, 0, 0) becomes 76, below the split at 127: a red lung read as background and a
+    left-red / right-green mask as the right lung alone, without a word.
+    """
+    if image.mode in _COLOUR_MODES:
+        channels = np.asarray(image.convert("RGB")).astype(np.int16)
+        spread = channels.max(axis=-1) - channels.min(axis=-1)
+        coloured = int(np.count_nonzero(spread > _LOSSY_GREY_TOLERANCE))
+        if coloured:
+            raise MaskError(
+                path,
+                f"is a colour image in a lossy format: {coloured} of {spread.size} pixels "
+                f"have channels differing by more than {_LOSSY_GREY_TOLERANCE} (up to "
+                f"{int(spread.max())}); expected a grey mask (a label colour's brightness "
+                "is not its label)",
+            )
+    return np.asarray(image.convert("L"))
 
 
 def _threshold_lossy(path: str, grey: np.ndarray) -> np.ndarray:
