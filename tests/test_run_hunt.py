@@ -6,9 +6,9 @@ Each case is checked against what was on disk before the command (file hashes, f
 listings) or a hand-written config, never against kseg's own description of itself.
 """
 
+import json
 import pathlib
 
-import numpy as np
 import pytest
 from test_predict import (
     file_hashes,
@@ -78,3 +78,37 @@ def test_overwrite_of_an_output_of_the_other_kind_is_named_before_the_model_load
     with pytest.raises(LayoutError, match=f"{taken}: is a {make}; --overwrite"):
         predict_command(run, folder, out, format, overwrite=True)
     assert file_hashes(out) == before
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_moved_run_reads_its_own_phantom_and_tfds_not_the_old_place(
+    tmp_path, monkeypatch, relative
+):
+    """A run trained without --data-dir records ``manual_dir`` = OUTPUT_DIR/phantom (and
+    a --tfds-dir given inside it) as written. Moved, copied or named from another working
+    folder, ``kseg evaluate`` must read RUN/phantom of the folder it was given: it read
+    (and, the phantom being missing there, wrote a new phantom into) the old place.
+    A --data-dir outside the run stays as recorded."""
+    from kseg.recipes import load_run
+    from kseg.recipes.run_config import CONFIG_VERSION, write_json
+
+    monkeypatch.chdir(tmp_path)
+    old = "runs/cxr" if relative else str(tmp_path / "runs" / "cxr")
+    arguments = {"output_dir": old, "manual_dir": f"{old}/phantom", "tfds_dir": f"{old}/tfds",
+                 "data_dir": None, "seed": 0, "epochs": 1}
+    moved = tmp_path / "elsewhere" / "cxr copy ü"
+    write_json(moved / "config.json", {
+        "kseg_config_version": CONFIG_VERSION, "recipe": "xray_multiclass",
+        "arguments": arguments, "seed": 0, "created": "2026-12-02T03:00:00+00:00",
+        "versions": {}, "git_commit": None, "dataset": {"name": "xray"},
+        "labels": {"lungs": 1}, "inference": {}})  # fmt: skip
+    _, args = load_run(moved)
+    assert (args.output_dir, args.manual_dir, args.tfds_dir) == (
+        moved, moved / "phantom", moved / "tfds")
+    shared = tmp_path / "data" / "cxr"
+    arguments.update(data_dir=str(shared), manual_dir=str(shared), tfds_dir=None)
+    config = {**json.loads((moved / "config.json").read_text()),
+              "arguments": arguments}
+    write_json(moved / "config.json", config)
+    _, args = load_run(moved)
+    assert (args.data_dir, args.manual_dir, args.tfds_dir) == (shared, shared, None)

@@ -257,11 +257,30 @@ def update_inference(run_dir, **changes) -> dict:
 def arguments_namespace(config: dict, run_dir=None) -> argparse.Namespace:
     """The run's options back as the ``argparse.Namespace`` its recipe takes: the names in
     :data:`PATH_ARGUMENTS` as ``pathlib.Path``. With ``run_dir``, ``output_dir`` is that
-    folder (a run folder that was moved or copied is still itself)."""
+    folder, and a path recorded inside the recorded ``output_dir`` (the phantom a run
+    without ``--data-dir`` wrote into itself, a ``--tfds-dir`` inside the run) is the same
+    path inside ``run_dir``: a run folder that was moved, copied or named from another
+    working folder is still itself, and reads (or rewrites) nothing at its old place."""
     arguments = dict(config["arguments"])
+    recorded_output = arguments.get("output_dir")
     for name in PATH_ARGUMENTS:
         if arguments.get(name) is not None:
             arguments[name] = pathlib.Path(arguments[name])
     if run_dir is not None:
+        for name in PATH_ARGUMENTS:
+            inside = _relative_inside(arguments.get(name), recorded_output)
+            if inside is not None:
+                arguments[name] = pathlib.Path(run_dir) / inside
         arguments["output_dir"] = pathlib.Path(run_dir)
     return argparse.Namespace(**arguments)
+
+
+def _relative_inside(path, folder) -> pathlib.PurePath | None:
+    """``path`` relative to ``folder`` when it lies inside it (compared as written, as
+    the recipes derive such paths from ``output_dir``); ``None`` otherwise."""
+    if path is None or not isinstance(folder, str) or not folder:
+        return None
+    try:
+        return pathlib.PurePath(path).relative_to(pathlib.PurePath(folder))
+    except ValueError:
+        return None
