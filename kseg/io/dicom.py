@@ -1497,27 +1497,7 @@ def _order_slices(series, folder: str):
             _check_pixel_module(name, dataset, DicomSeriesError)
             geometry.append(_slice_geometry(name, dataset))
     _check_rescale_everywhere(series)
-    reference_path = names[0]
-    reference = geometry[0]
-    for path, tilted in zip(names[1:], geometry[1:], strict=True):
-        if not np.allclose(tilted.orientation, reference.orientation, atol=_ORIENTATION_TOLERANCE):
-            raise DicomSeriesError(
-                path,
-                f"ImageOrientationPatient {list(tilted.orientation)} differs from "
-                f"{list(reference.orientation)} in {reference_path}",
-            )
-        if not np.allclose(tilted.spacing, reference.spacing, atol=_SPACING_TOLERANCE_MM):
-            raise DicomSeriesError(
-                path,
-                f"PixelSpacing {list(tilted.spacing)} differs from {list(reference.spacing)} in "
-                f"{reference_path}",
-            )
-        if tilted.grid != reference.grid:
-            raise DicomSeriesError(
-                path,
-                f"is {tilted.grid[0]}x{tilted.grid[1]} pixels, {reference_path} is "
-                f"{reference.grid[0]}x{reference.grid[1]}",
-            )
+    reference = _check_one_plane_grid(names, series, geometry)
     orientation = reference.orientation
     normal = np.cross(orientation[:3], orientation[3:])
     positions = np.array([g.position for g in geometry])
@@ -1532,6 +1512,70 @@ def _order_slices(series, folder: str):
     step = (positions[-1] - positions[0]) / (len(ordered) - 1)
     _warn_if_tilted(ordered, step, normal, folder)
     return ordered, geometry, step
+
+
+def _check_one_plane_grid(names, series, geometry) -> _Slice:
+    """Refuse slices whose orientation, pixel spacing or size differ from the others', and
+    return the geometry the slices share.
+
+    The odd slices are those of the smaller group (on a tie, the group without the first
+    file), so a localizer / scout stored in the series is named as the odd one even when
+    its file sorts first, rather than every slice of the volume being blamed for differing
+    from it; one whose ImageType says LOCALIZER is called one.
+    """
+    groups: list[list[int]] = []
+    for index, candidate in enumerate(geometry):
+        for members in groups:
+            if _plane_difference(candidate, geometry[members[0]]) is None:
+                members.append(index)
+                break
+        else:
+            groups.append([index])
+    majority = max(groups, key=len)  # the first of the largest: the first file's on a tie
+    reference = geometry[majority[0]]
+    odd = sorted(index for members in groups if members is not majority for index in members)
+    if not odd:
+        return reference
+    first = odd[0]
+    keyword, found, expected = _plane_difference(geometry[first], reference)
+    others = f" (and {len(odd) - 1} more such file(s))" if len(odd) > 1 else ""
+    message = (
+        f"{keyword} {found} differs from {expected} of the other {len(majority)} "
+        f"slice(s) of the series (first: {names[majority[0]]}){others}"
+    )
+    image_type = [str(value).strip().upper() for value in _as_list(
+        series[first][1].get("ImageType") or []
+    )]  # fmt: skip
+    if "LOCALIZER" in image_type:
+        shown_type = "\\".join(image_type)
+        message += (
+            f"; its ImageType {shown_type} makes it a localizer (scout), not a "
+            "slice of the volume: read the series without it (pass the list of the other "
+            "files)"
+        )
+    raise DicomSeriesError(names[first], message)
+
+
+def _plane_difference(found: _Slice, expected: _Slice) -> tuple[str, str, str] | None:
+    """``(keyword, found, expected)`` of the first of orientation, pixel spacing and size in
+    which two slices differ, shown as the header writes them; ``None`` when they agree."""
+    if not np.allclose(found.orientation, expected.orientation, atol=_ORIENTATION_TOLERANCE):
+        return "ImageOrientationPatient", _shown(found.orientation), _shown(
+            expected.orientation
+        )
+    if not np.allclose(found.spacing, expected.spacing, atol=_SPACING_TOLERANCE_MM):
+        return "PixelSpacing", _shown(found.spacing), _shown(expected.spacing)
+    if found.grid != expected.grid:
+        return (
+            "Rows x Columns",
+            f"{found.grid[0]}x{found.grid[1]} pixels",
+            f"{expected.grid[0]}x{expected.grid[1]}",
+        )
+    return None
+
+
+def _shown(values) -> str:
+    return "[" + ", ".join(f"{float(value):.6g}" for value in values) + "]"
 
 
 def _check_rescale_everywhere(series) -> None:
