@@ -52,7 +52,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from kseg import geometry
-from kseg.errors import AlignmentError
+from kseg.errors import AlignmentError, UnreadableFileError
 from kseg.geometry import BoundingBox, crop_foreground, deskew, reorient, resample, resample_to
 from kseg.io.volume import Volume
 
@@ -145,6 +145,27 @@ def _check_label_grid(image: Volume, label: Volume) -> None:
         )
 
 
+def _check_finite(image: Volume) -> None:
+    """Refuse NaN or infinite voxels before anything is interpolated.
+
+    Some converters write NaN outside the field of view (the corners of a CT's circular
+    reconstruction); the body crop keeps those corners when the body fills the circle.
+    Linear resampling spreads each NaN to the neighbouring voxels, and a 3D model given one
+    predicts NaN over its whole receptive field, written out as background."""
+    values = np.asarray(image.array)
+    if values.dtype.kind != "f":
+        return
+    bad = int(np.count_nonzero(~np.isfinite(values)))
+    if bad:
+        raise UnreadableFileError(
+            _source_of(image),
+            f"{bad} of {values.size} voxels are NaN or infinite (converters write NaN outside "
+            "the field of view); resampling would spread them and a model fed them predicts "
+            "NaN, scored and written as background: replace them with the scan's background "
+            "value first, e.g. numpy.nan_to_num(array, nan=-1024.0) for CT",
+        )
+
+
 def preprocess_volume(
     image: Volume,
     label: Volume | None = None,
@@ -186,6 +207,7 @@ def preprocess_volume(
 
     Raises:
         AlignmentError: the label's shape or affine differs from the image's.
+        UnreadableFileError: an image voxel is NaN or infinite (named by the image's file).
         GeometryError: an invalid orientation or spacing.
         MaskError: nothing in the image is above ``crop_threshold``.
 
@@ -203,6 +225,7 @@ def preprocess_volume(
         Cardoso et al., "MONAI: An open-source framework for deep learning in healthcare",
         arXiv:2211.02701 (2022), spleen segmentation tutorial.
     """
+    _check_finite(image)
     if label is not None:
         _check_label_grid(image, label)
     original = image
