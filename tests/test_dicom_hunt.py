@@ -2,12 +2,15 @@
 write them: each test holds a file written here with pydicom (or highdicom), and the
 expected outcome is worked out from what the file says, never from kseg."""
 
+import numpy as np
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 from test_io_dicom import _write_slice
+from test_io_enhanced_dicom import _shuffled_volume, _write_enhanced
 
 from kseg.errors import DicomSeriesError
-from kseg.io import read_dicom_series
+from kseg.io import rasterize_rtstruct, read_dicom_series, write_dicom_seg, write_rtstruct
 
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
@@ -50,3 +53,27 @@ def test_the_one_slice_of_another_pixel_spacing_is_named_even_when_it_sorts_firs
     # numbers as the header writes them, not numpy reprs
     assert message.startswith(f"{odd}: PixelSpacing [0.6, 0.75] differs from [0.5, 0.75]")
     assert "np.float64" not in message
+
+
+def test_a_seg_on_a_series_of_one_frame_enhanced_files_is_refused_naming_them(tmp_path):
+    """Enhanced CT written one frame per file (one file per slice): highdicom 0.28 takes a
+    single multi-frame source, so the SEG writer says so, naming a file, instead of passing
+    on highdicom's 'Only one source image should be provided'; write_rtstruct references
+    each file and rasterises back exactly."""
+    pytest.importorskip("highdicom")
+    _, stored, positions, orientation = _shuffled_volume(count=4)
+    series = generate_uid()
+    (tmp_path / "ct").mkdir()
+    for slot in range(4):
+        _write_enhanced(tmp_path / "ct" / f"{slot}.dcm", stored[slot:slot + 1],
+                        positions[slot:slot + 1], orientation=orientation,
+                        SeriesInstanceUID=series, InstanceNumber=slot + 1)
+    volume = read_dicom_series(tmp_path / "ct")
+    labels = np.zeros(volume.shape, np.uint8)
+    labels[1:3, 1:3, 2:5] = 1
+
+    with pytest.raises(ValueError, match=r"ct/\d\.dcm: .* 4 files, Enhanced .*write_rtstruct"):
+        write_dicom_seg(labels, volume, tmp_path / "seg.dcm", ["A"])
+    assert not (tmp_path / "seg.dcm").exists()
+    written = write_rtstruct(labels, volume, tmp_path / "rs.dcm", roi_names=["A"])
+    np.testing.assert_array_equal(rasterize_rtstruct(written, volume)["A"], labels)

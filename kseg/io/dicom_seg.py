@@ -237,6 +237,17 @@ def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
             datasets.append(pydicom.dcmread(path, stop_before_pixels=True, force=True))
         except Exception as exc:  # pydicom raises many types on damaged files
             raise OSError(f"{path}: cannot read the series' header ({exc})") from exc
+    enhanced = [
+        path for path, ds in zip(files, datasets, strict=True)
+        if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+    ]  # fmt: skip
+    if enhanced and len(files) > 1:
+        raise ValueError(
+            f"{enhanced[0]}: reference_series is a series of {len(files)} files, Enhanced "
+            "(multi-frame IOD) images among them, each holding one frame; highdicom takes a "
+            "single multi-frame source image, so a SEG cannot reference them "
+            "(write_rtstruct references each file)"
+        )
     replaced = {}
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
         if not all(str(ds.get(keyword, "") or "") for ds in datasets):
