@@ -10,8 +10,9 @@ import pytest
 
 from kseg.data.preprocess3d import preprocess_volume
 from kseg.errors import UnreadableFileError
-from kseg.io import read_nifti
-from kseg.io.nifti import NonFiniteVoxelWarning
+from kseg.geometry import resample
+from kseg.io import read_nifti, write_nifti
+from kseg.io.nifti import NonFiniteVoxelWarning, UnknownOrientationWarning
 
 
 def _circular_fov_ct(path, outside=np.nan):
@@ -43,3 +44,30 @@ def test_non_finite_voxels_are_refused_before_they_reach_a_model(tmp_path, outsi
         warnings.simplefilter("error")
         prepared = preprocess_volume(filled)
     assert np.isfinite(prepared.image.array).all()
+
+
+def test_prediction_on_a_file_without_orientation_is_written_without_one(tmp_path):
+    # nibabel.Nifti1Image(array, None), the usual way to save a numpy array, writes
+    # sform_code = qform_code = 0: voxel sizes, no position. kseg wrote predictions on such
+    # a file with sform_code 1 and nibabel's guessed affine (origin at the centre), which
+    # ITK-based viewers (origin 0 for such files) placed half a field of view away.
+    ct = np.random.default_rng(0).integers(-1000, 1000, (6, 5, 4)).astype(np.int16)
+    source = nib.Nifti1Image(ct, None)
+    source.header.set_zooms((0.8, 0.7, 2.5))
+    nib.save(source, tmp_path / "case.nii.gz")
+    with pytest.warns(UnknownOrientationWarning):
+        image = read_nifti(tmp_path / "case.nii.gz")
+    write_nifti(image.with_array((image.array > 0).astype(np.uint8)), tmp_path / "pred.nii.gz")
+
+    written, stored = nib.load(tmp_path / "pred.nii.gz"), nib.load(tmp_path / "case.nii.gz")
+    assert int(written.header["sform_code"]) == int(written.header["qform_code"]) == 0
+    np.testing.assert_array_equal(written.header.get_zooms(), stored.header.get_zooms())
+    np.testing.assert_array_equal(written.affine, stored.affine)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), ct > 0)
+
+    # once the grid is no longer the file's, its affine is kseg's own and is written
+    moved = resample(image, 1.0)
+    write_nifti(moved, tmp_path / "resampled.nii.gz")
+    resampled = nib.load(tmp_path / "resampled.nii.gz")
+    assert int(resampled.header["sform_code"]) == 1
+    np.testing.assert_allclose(resampled.affine[:, [2, 1, 0, 3]], moved.affine, atol=1e-5)

@@ -482,14 +482,18 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
     """Write a Volume as NIfTI-1, atomically (temporary file in the same folder, then rename).
 
     The affine goes to the sform (code 1, scanner) and, when it has no shear, also to the
-    qform; units are millimetres. A sheared affine (a gantry-tilted CT) is kept whole in
-    the sform with qform_code 0, since a qform cannot hold a shear and would place the
-    slices elsewhere; nibabel and FSL read such a file right, while ITK-based readers
-    (SimpleITK 2.1+, nnU-Net, TorchIO) refuse it ("ITK only supports orthonormal direction
-    cosines", ITK issue #3994): write :func:`kseg.geometry.deskew`'s result for them.
-    Boolean arrays are stored as uint8 and 64-bit integers as int32 when their values fit
-    (nibabel's ``dtype="compat"``; otherwise nibabel raises). An existing file at ``path``
-    is replaced only once the new one is complete.
+    qform; units are millimetres. A volume :func:`read_nifti` read from a file without
+    orientation (sform_code and qform_code 0, :class:`UnknownOrientationWarning`), and still
+    on that file's grid (a prediction on it, say), is written the same way, codes 0 and its
+    voxel sizes, so no reader places it elsewhere than the input. A sheared affine (a
+    gantry-tilted CT) is kept whole in the sform with qform_code 0, since a qform cannot
+    hold a shear and would place the slices elsewhere; nibabel and FSL read such a file
+    right, while ITK-based readers (SimpleITK 2.1+, nnU-Net, TorchIO) refuse it ("ITK only
+    supports orthonormal direction cosines", ITK issue #3994): write
+    :func:`kseg.geometry.deskew`'s result for them. Boolean arrays are stored as uint8 and
+    64-bit integers as int32 when their values fit (nibabel's ``dtype="compat"``; otherwise
+    nibabel raises). An existing file at ``path`` is replaced only once the new one is
+    complete.
 
     Args:
         volume: the Volume to write.
@@ -521,10 +525,26 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
     affine = volume.affine[:, _REVERSE_AXES]
     image = nib.Nifti1Image(data, affine, dtype="compat" if data.dtype.itemsize == 8 else None)
     image.header.set_xyzt_units("mm")
-    image.set_sform(affine, code=1)
-    image.set_qform(affine, code=1 if _is_orthogonal(affine) else 0)
+    if _orientation_unknown(volume, image.header, affine):
+        # Read from a file with no sform and no qform: its affine is nibabel's guess, which
+        # ITK-based viewers do not share (they put the origin at 0, not the centre); codes
+        # 0 again make every reader place this file exactly as it places the input.
+        image.set_sform(None, code=0)
+        image.set_qform(None, code=0)
+    else:
+        image.set_sform(affine, code=1)
+        image.set_qform(affine, code=1 if _is_orthogonal(affine) else 0)
     with atomic_output(path) as temporary:
         nib.save(image, temporary)
+
+
+def _orientation_unknown(volume: Volume, header, affine: np.ndarray) -> bool:
+    """The volume was read from a NIfTI file with sform_code and qform_code 0 and its grid is
+    still that file's: its affine is the pixdim fallback for its shape and voxel sizes."""
+    metadata = volume.metadata
+    if metadata.get("sform_code") != 0 or metadata.get("qform_code") != 0:
+        return False
+    return bool(np.allclose(affine, header.get_base_affine(), rtol=0.0, atol=1e-4))
 
 
 def _strip_suffix(name: str) -> str:
