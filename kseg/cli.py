@@ -401,6 +401,21 @@ def run_folder(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def check_model(run: pathlib.Path) -> pathlib.Path:
+    """``RUN/best.keras`` when it is a file; else a kseg error saying why a run folder can
+    lack it (a run stopped before its first validation, which its backup resumes), before
+    any data is read."""
+    from kseg.recipes.run_config import BACKUP_FOLDER
+
+    model = run / "best.keras"
+    if model.is_file():
+        return model
+    resume = (f"; {run / BACKUP_FOLDER} holds its resume backup: run the same kseg train "
+              "command again to continue it" if (run / BACKUP_FOLDER).is_dir() else "")
+    raise LayoutError(model, "is missing: the run folder holds no trained model (kseg train "
+                             f"writes best.keras when a validation score first improves){resume}")
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     run = run_folder(args.run)
     if args.input is not None and not args.input.is_dir():
@@ -408,10 +423,15 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise LayoutError(args.input, f"{problem}; expected a folder of labeled cases in the "
                                       "layout of the run's dataset")
     from kseg import recipes
-    from kseg.recipes import cross_validation
+    from kseg.recipes import _common, cross_validation
 
     module, recipe_args = recipes.load_run(run)
-    # a cross-validation's validation table is the pooled out-of-fold one
+    # a cross-validation's validation table is the pooled out-of-fold one, of its members
+    pooled = args.split == "validation" and _common.cross_validating(recipe_args)
+    if not pooled:
+        if args.input is None:  # a run without a test fold says so first
+            _common.check_split(recipe_args, args.split)
+        check_model(run)
     if args.input is None:
         cross_validation.evaluate(module, recipe_args, split=args.split)
     else:

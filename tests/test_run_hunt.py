@@ -112,3 +112,36 @@ def test_a_moved_run_reads_its_own_phantom_and_tfds_not_the_old_place(
     write_json(moved / "config.json", config)
     _, args = load_run(moved)
     assert (args.data_dir, args.manual_dir, args.tfds_dir) == (shared, shared, None)
+
+
+def _hand_written_run(run, recipe="xray_multiclass", **arguments):
+    """A run folder as a training killed before its first validation leaves it: config.json
+    (written before the first epoch) and a resume backup, no best.keras."""
+    from kseg.recipes.run_config import CONFIG_VERSION, write_json
+
+    arguments = {"output_dir": str(run), "data_dir": None, "seed": 0, "test_fold": 0,
+                 "validation_fold": 1, "folds": 3, **arguments}
+    write_json(run / "config.json", {
+        "kseg_config_version": CONFIG_VERSION, "recipe": recipe, "arguments": arguments,
+        "seed": 0, "created": "2026-12-02T03:00:00+00:00", "versions": {},
+        "git_commit": None, "dataset": {"name": "xray"}, "labels": {"lungs": 1},
+        "inference": {}})  # fmt: skip
+    (run / "backup").mkdir()
+    return run
+
+
+def test_evaluate_of_a_run_without_best_keras_is_one_line_before_any_data(
+    tmp_path, monkeypatch, capsys
+):
+    """A run killed before its first validation has config.json and backup/ only. ``kseg
+    evaluate RUN --split test`` prepared the data, then ended in a bare FileNotFoundError
+    traceback; now one ``kseg: error:`` line names RUN/best.keras and says to resume."""
+    from kseg import cli, recipes
+
+    run = _hand_written_run(tmp_path / "run")
+    monkeypatch.setattr(recipes.load("xray_multiclass"), "evaluate",
+                        lambda *a, **k: pytest.fail("evaluation started without a model"))
+    assert cli.main(["evaluate", str(run), "--split", "test"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"kseg: error: {run / 'best.keras'}: is missing")
+    assert "run the same kseg train command again" in error
