@@ -44,3 +44,28 @@ def test_grey_mask_saved_as_colour_jpeg_still_reads_its_structure(tmp_path):
     with pytest.warns(LossyMaskWarning):
         labels = read_labels(path, LabelRule())
     np.testing.assert_array_equal(labels, written.astype(np.uint8))
+
+
+def test_colour_mask_saved_as_gif_is_not_read_inverted(tmp_path):
+    # Pillow's GIF writer (and quantize / image editors) order a colour mask's palette by
+    # colour: the red lungs became index 0 and the black background index 1, so reading the
+    # indices gave the background as the lungs, and "lungs present" passed.
+    rgb = _lungs_rgb((255, 0, 0), (255, 0, 0))
+    path = tmp_path / "JPCLN001.gif"
+    Image.fromarray(rgb).save(path)
+    with Image.open(path) as written:  # the premise: black is not index 0
+        assert written.getpalette()[:6] == [255, 0, 0, 0, 0, 0]
+    np.testing.assert_array_equal(
+        read_labels(path, LabelRule()), (rgb[..., 0] > 0).astype(np.uint8)
+    )
+
+
+def test_colour_gif_of_several_structures_in_colour_order_is_refused(tmp_path):
+    # Three colours in a quantizer's order: green 0, red 1, black 2. Under a label-map rule
+    # green (a lung) read as background and the black background as label 2.
+    path = tmp_path / "CHNCXR_0001_0.gif"
+    Image.fromarray(_lungs_rgb((255, 0, 0), (0, 255, 0))).save(path)
+    rule = LabelRule(grey_levels=((0, 0, 0), (1, 1, 1), (2, 2, 2)))
+    with pytest.raises(MaskError, match="index 2, not 0") as error:
+        read_labels(path, rule)
+    assert str(path) in str(error.value)

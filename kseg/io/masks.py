@@ -224,7 +224,10 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
     * palette (``"P"``): when every colour the image uses is grey (R = G = B), as GIF and
       other image editors write grey masks (SCR's GIFs), the grey value of each pixel's entry,
       so the palette order does not matter; otherwise the palette indices, as label tools
-      (PASCAL VOC, CVAT) write label maps whose colours are only for display. A palette of
+      (PASCAL VOC, CVAT) write label maps whose colours are only for display, unless black is
+      used at another index than 0: a colour quantizer's order (a colour mask saved as GIF),
+      where black is the background and one other colour the structure (more colours are
+      refused: their indices are no labels). A palette of
       the 256 greys from white to black is ImageJ's inverting LUT: its indices are the stored
       values (structure 255 shown black), read like a WhiteIsZero TIFF's. A palette of the 4
       or 16 greys from black to white (4-bit BMP's grey palette) is read like a 2- or 4-bit
@@ -622,7 +625,7 @@ def _stored_values(
         elif _is_grey(colours):
             values, reading = colours[..., 0], "palette of grey entries, read as grey"
         else:
-            values, reading = np.array(image), "palette of colour entries, read as indices"
+            values, reading = _colour_palette_indices(path, image)
         _check_alpha(path, image, values)
         return values, 255, reading
     if mode in ("RGB", "RGBA"):
@@ -632,6 +635,41 @@ def _stored_values(
         _check_alpha(path, image, colours[..., 0])
         return colours[..., 0], 255, f"grey {mode}"
     raise MaskError(path, f"has image mode {mode}; expected a grey-level or palette mask")
+
+
+def _colour_palette_indices(path: str, image: Image.Image) -> tuple[np.ndarray, str]:
+    """The indices of a palette image of colour entries, as label tools write label maps
+    (background black, index 0), unless a colour quantizer ordered the palette.
+
+    Label tools (PASCAL VOC, CVAT, LabelMe) put the background, black, at index 0. Pillow's
+    GIF writer and quantizers (``quantize``, ``convert("P")``, image editors saving a colour
+    mask as GIF or 8-bit PNG) order the entries by colour instead: a red structure on black
+    became index 0 and its black background index 1, so the mask read inverted, background
+    as the structure, without a word. A used black entry at another index than 0 is that
+    order: with one other colour the black is the background (0) and the colour the
+    structure (1); with more colours the indices are no label order and the file is refused.
+    """
+    indices = np.array(image)
+    palette = np.asarray(image.getpalette("RGB") or [], dtype=np.int64).reshape(-1, 3)
+    used = np.unique(indices)
+    used = used[used < len(palette)]
+    black = [int(i) for i in used if not palette[i].any()]
+    if not black or 0 in black:
+        return indices, "palette of colour entries, read as indices"
+    if len(used) == 2 and len(black) == 1:
+        return (
+            (indices != black[0]).astype(np.uint8),
+            f"palette of colour entries with the black background at index {black[0]} (a "
+            "colour-ordered palette), read as black 0 and the other colour 1",
+        )
+    colours = ", ".join(f"{int(i)}: {tuple(int(v) for v in palette[i])}" for i in used[:8])
+    raise MaskError(
+        path,
+        f"is a palette image of colour entries whose black is at index {black[0]}, not 0: "
+        "its order is a colour quantizer's, not a label tool's (background black at index "
+        f"0), so its indices are no labels (entries used: {colours}"
+        f"{' ...' if len(used) > 8 else ''}). Expected a grey or 0-based label-map mask",
+    )
 
 
 def _check_alpha(path: str, image: Image.Image, values: np.ndarray) -> None:
