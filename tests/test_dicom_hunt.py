@@ -10,7 +10,13 @@ from test_io_dicom import _write_slice
 from test_io_enhanced_dicom import _shuffled_volume, _write_enhanced
 
 from kseg.errors import DicomSeriesError
-from kseg.io import rasterize_rtstruct, read_dicom_series, write_dicom_seg, write_rtstruct
+from kseg.io import (
+    UnevenSliceSpacingWarning,
+    rasterize_rtstruct,
+    read_dicom_series,
+    write_dicom_seg,
+    write_rtstruct,
+)
 
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
@@ -77,3 +83,46 @@ def test_a_seg_on_a_series_of_one_frame_enhanced_files_is_refused_naming_them(tm
     assert not (tmp_path / "seg.dcm").exists()
     written = write_rtstruct(labels, volume, tmp_path / "rs.dcm", roi_names=["A"])
     np.testing.assert_array_equal(rasterize_rtstruct(written, volume)["A"], labels)
+
+
+def _stack_at(folder, z):
+    for k, position in enumerate(z):
+        _write_slice(folder / f"{k:03d}.dcm", position=(0.0, 0.0, float(position)))
+
+
+def test_a_series_of_two_slice_spacings_is_refused_not_read_on_the_mean_step(tmp_path):
+    """A head CT as GE writes it: the posterior fossa at 2.5 mm, the cerebrum at 5 mm, one
+    series. On the mean step (4.167 mm) slice 9 would sit 15 mm (3.6 slices) from where the
+    scanner put it (9 x 2.5 mm = 22.5 mm, placed at 37.5 mm); it was read with a warning."""
+    z = np.concatenate([np.arange(10) * 2.5, 22.5 + np.arange(1, 19) * 5.0])
+    _stack_at(tmp_path, z)
+    with pytest.raises(DicomSeriesError) as raised:
+        read_dicom_series(tmp_path)
+    message = str(raised.value)
+    assert "slice spacing changes" in message and "2.500 mm" in message and "5.000 mm" in message
+    assert "009.dcm would sit 15.000 mm" in message
+    # Each part, read alone, is a regular volume with its own step.
+    fossa = read_dicom_series([tmp_path / f"{k:03d}.dcm" for k in range(10)])
+    cerebrum = read_dicom_series([tmp_path / f"{k:03d}.dcm" for k in range(9, 28)])
+    assert (fossa.spacing[0], cerebrum.spacing[0]) == (2.5, 5.0)
+
+
+def test_a_finer_part_sorted_first_is_not_reported_as_slices_missing_only(tmp_path):
+    """The other way round (more 2.5 mm slices than 5 mm ones) the wide gaps are reported,
+    capped, and said to be more likely a second spacing than nine slices lost in a row."""
+    z = np.concatenate([np.arange(19) * 2.5, 45.0 + np.arange(1, 10) * 5.0])
+    _stack_at(tmp_path, z)
+    with pytest.raises(DicomSeriesError) as raised:
+        read_dicom_series(tmp_path)
+    message = str(raised.value)
+    assert "(and 4 more)" in message and message.count("between ") == 5
+    assert "slice spacing changes within the series (9 gaps in a row" in message
+
+
+def test_slightly_uneven_positions_still_read_on_the_mean_step(tmp_path):
+    """Positions rounded by the scanner (jitter well under half a step) keep their warning."""
+    z = np.arange(12) * 1.25 + np.tile([0.0, 0.03, -0.02], 4)
+    _stack_at(tmp_path, z)
+    with pytest.warns(UnevenSliceSpacingWarning):
+        volume = read_dicom_series(tmp_path)
+    np.testing.assert_allclose(volume.spacing[0], (z[-1] - z[0]) / 11)

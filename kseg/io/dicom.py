@@ -89,6 +89,9 @@ MISSING_SLICE_GAP_RATIO = 1.5
 # positions written with two decimals) before a UnevenSliceSpacingWarning is raised.
 UNEVEN_GAP_RELATIVE_TOLERANCE = 0.01
 UNEVEN_GAP_ABSOLUTE_TOLERANCE_MM = 0.02
+# No slice may sit further than this many mean steps from its position on the regular grid
+# of the mean step (slight unevenness warns; two slice spacings in one series are an error).
+MAX_MISPLACEMENT_STEPS = 0.5
 # Two slices closer than this along the normal are the same slice position.
 SAME_POSITION_TOLERANCE_MM = 1e-3
 # A slice step leaning further than this off the slice normal is a gantry tilt (scanners tilt
@@ -174,7 +177,10 @@ class UnevenSliceSpacingWarning(UserWarning):
     true position. Deviations above ``UNEVEN_GAP_RELATIVE_TOLERANCE`` of the typical gap (or
     ``UNEVEN_GAP_ABSOLUTE_TOLERANCE_MM``, whichever is larger) trigger it; a gap of more than
     ``MISSING_SLICE_GAP_RATIO`` times the typical gap is a missing slice and raises
-    DicomSeriesError instead. The message names the files on both sides of each uneven gap.
+    DicomSeriesError instead, and so does a series whose mean step would put a slice more
+    than ``MAX_MISPLACEMENT_STEPS`` steps from its position (a series of two slice
+    spacings, as a head CT with a finer posterior fossa). The message names the files on
+    both sides of each uneven gap.
     """
 
 
@@ -305,7 +311,9 @@ def read_dicom_series(
             holds a value there that is not the right count of finite numbers; a degenerate
             ImageOrientationPatient (zero, parallel or non-perpendicular cosines) or a pixel
             spacing that is not positive; orientation, pixel spacing or rows/columns differ
-            within the series; two slices share a position; a gap shows a missing slice; a
+            within the series (the message names the odd slices, a localizer as one); two
+            slices share a position; a gap shows a missing slice, or the slice spacing
+            changes within the series (two spacings, no one regular grid); a
             multi-frame file without functional groups, a colour or palette file; some slices
             carry a rescale (or Modality LUT) that is not the identity while others carry
             none; an Enhanced multi-frame image beside other images of its series (several
@@ -1642,10 +1650,32 @@ def _check_gaps(ordered, gaps: np.ndarray, folder: str) -> None:
     missing = np.flatnonzero(gaps > MISSING_SLICE_GAP_RATIO * typical)
     if missing.size:
         described = "; ".join(
-            f"between {names[i]} and {names[i + 1]} (gap {gaps[i]:.3f} mm)" for i in missing
+            f"between {names[i]} and {names[i + 1]} (gap {gaps[i]:.3f} mm)" for i in missing[:5]
         )
+        more = f" (and {missing.size - 5} more)" if missing.size > 5 else ""
         raise DicomSeriesError(
-            folder, f"slice(s) missing {described}; typical gap {typical:.3f} mm"
+            folder,
+            f"slice(s) missing {described}{more}; typical gap {typical:.3f} mm"
+            + _spacing_change_note(names, gaps, missing),
+        )
+    # Gaps far below the typical one are no missing slice, but a series of two slice
+    # spacings (a head CT's posterior fossa at 2.5 mm, its cerebrum at 5 mm): on one grid of
+    # the mean step its slices would sit far from where the scanner put them.
+    distances = np.concatenate([[0.0], np.cumsum(gaps)])
+    mean_step = distances[-1] / len(gaps)
+    misplaced = np.abs(distances - mean_step * np.arange(len(distances)))
+    worst = int(np.argmax(misplaced))
+    if misplaced[worst] > MAX_MISPLACEMENT_STEPS * mean_step:
+        small = int(np.argmin(gaps))
+        large = int(np.argmax(gaps))
+        raise DicomSeriesError(
+            folder,
+            f"the slice spacing changes within the series: gaps of {gaps[small]:.3f} mm (e.g. "
+            f"{names[small]} -> {names[small + 1]}) and of {gaps[large]:.3f} mm (e.g. "
+            f"{names[large]} -> {names[large + 1]}); on one regular grid of the mean step "
+            f"{mean_step:.3f} mm, {names[worst]} would sit {misplaced[worst]:.3f} mm from its "
+            "position. A series of several slice spacings is not one volume: read each part "
+            "as its own list of files",
         )
     tolerance = max(UNEVEN_GAP_RELATIVE_TOLERANCE * typical, UNEVEN_GAP_ABSOLUTE_TOLERANCE_MM)
     uneven = np.flatnonzero(np.abs(gaps - typical) > tolerance)
@@ -1659,6 +1689,21 @@ def _check_gaps(ordered, gaps: np.ndarray, folder: str) -> None:
             ),
             stacklevel=4,
         )
+
+
+def _spacing_change_note(names, gaps: np.ndarray, missing: np.ndarray) -> str:
+    """A clause for a run of at least three wide gaps in a row: more likely a second slice
+    spacing in the series than as many slices missing one after another."""
+    runs = np.split(missing, np.flatnonzero(np.diff(missing) > 1) + 1)
+    run = max(runs, key=len)
+    if len(run) < 3:
+        return ""
+    return (
+        f"; or the slice spacing changes within the series ({len(run)} gaps in a row of "
+        f"{gaps[run].min():.3f} to {gaps[run].max():.3f} mm, {names[run[0]]} to "
+        f"{names[run[-1] + 1]}): a series of several slice spacings is not one volume, read "
+        "each part as its own list of files"
+    )
 
 
 def _warn_if_tilted(ordered, step: np.ndarray, normal: np.ndarray, folder: str) -> None:
