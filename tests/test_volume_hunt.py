@@ -2,6 +2,8 @@
 3D preprocessing chain: each test a file written directly with nibabel and checked against
 nibabel, numpy or a hand-worked case."""
 
+import json
+import pathlib
 import warnings
 
 import nibabel as nib
@@ -13,6 +15,8 @@ from kseg.errors import UnreadableFileError
 from kseg.geometry import resample
 from kseg.io import read_nifti, write_nifti
 from kseg.io.nifti import NonFiniteVoxelWarning, UnknownOrientationWarning
+from kseg.phantoms.msd_spleen import write_msd_spleen
+from tfds_builders.msd_spleen.layout import cases_from_dataset_json, task_folder
 
 
 def _circular_fov_ct(path, outside=np.nan):
@@ -71,3 +75,19 @@ def test_prediction_on_a_file_without_orientation_is_written_without_one(tmp_pat
     resampled = nib.load(tmp_path / "resampled.nii.gz")
     assert int(resampled.header["sform_code"]) == 1
     np.testing.assert_allclose(resampled.affine[:, [2, 1, 0, 3]], moved.affine, atol=1e-5)
+
+
+def test_dataset_json_saved_with_a_byte_order_mark_is_read(tmp_path):
+    # kseg's own LayoutError tells the user to add unlisted volumes to dataset.json; Windows
+    # Notepad (before 2019) and PowerShell 5's "Out-File -Encoding utf8" save it with a BOM,
+    # which json.loads refused ("Unexpected UTF-8 BOM") and the builder with it.
+    task = write_msd_spleen(tmp_path, num_training=2, num_test=1, shape=(2, 8, 8))
+    listing = json.loads((task / "dataset.json").read_text())
+    (task / "dataset.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(listing).encode())
+    labelled, unlabelled = cases_from_dataset_json(task_folder(tmp_path))
+    assert [case.image.name for case in labelled] == [
+        pathlib.PurePosixPath(entry["image"]).name for entry in listing["training"]
+    ]
+    assert [case.image.name for case in unlabelled] == [
+        pathlib.PurePosixPath(entry).name for entry in listing["test"]
+    ]

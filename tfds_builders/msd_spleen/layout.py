@@ -75,7 +75,10 @@ def cases_from_dataset_json(task_dir: epath.Path) -> tuple[list[Case], list[Case
     omission; AppleDouble ``._*`` files are not volumes."""
     dataset_json = task_dir / "dataset.json"
     try:
-        listing = json.loads(dataset_json.read_text())
+        # utf-8-sig: a dataset.json edited in Windows Notepad or written by PowerShell 5
+        # starts with a byte order mark, which RFC 8259 lets a reader ignore.
+        # (decoded here: epath's read_text ignores its encoding argument)
+        listing = json.loads(dataset_json.read_bytes().decode("utf-8-sig"))
         training, test = listing["training"], listing.get("test", [])
     except (ValueError, KeyError, TypeError) as exc:
         raise UnreadableFileError(
