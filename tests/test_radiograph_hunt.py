@@ -69,3 +69,81 @@ def test_colour_gif_of_several_structures_in_colour_order_is_refused(tmp_path):
     with pytest.raises(MaskError, match="index 2, not 0") as error:
         read_labels(path, rule)
     assert str(path) in str(error.value)
+
+
+def _secondary_capture(path, pixels: np.ndarray, photometric: str, *, jpeg: bytes | None = None):
+    """A single-frame Secondary Capture of 8-bit colour samples, written with pydicom."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
+    dataset.file_meta.MediaStorageSOPClassUID = pydicom.uid.SecondaryCaptureImageStorage
+    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.SOPClassUID = dataset.file_meta.MediaStorageSOPClassUID
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+    dataset.Modality = "OT"
+    dataset.Rows, dataset.Columns = pixels.shape[:2]
+    dataset.SamplesPerPixel = 3
+    dataset.PlanarConfiguration = 0
+    dataset.PhotometricInterpretation = photometric
+    dataset.BitsAllocated = dataset.BitsStored = 8
+    dataset.HighBit = 7
+    dataset.PixelRepresentation = 0
+    dataset.PixelData = encapsulate([jpeg]) if jpeg else pixels.tobytes()
+    dataset.save_as(path, enforce_file_format=True)
+
+
+def _chest(rows=48, columns=40) -> np.ndarray:
+    y, x = np.mgrid[:rows, :columns]
+    return np.clip(120 + 80 * np.sin(x / 5.0) * np.cos(y / 7.0), 0, 255).astype(np.uint8)
+
+
+def test_grey_radiograph_stored_as_rgb_or_ybr_secondary_capture_reads_its_grey(tmp_path):
+    # A grey radiograph exported as an RGB / YBR_FULL secondary capture was refused
+    # ("expected grayscale images"), while the same pixels as an RGB PNG read as grey.
+    from kseg.io import read_radiograph
+
+    grey = _chest()
+    cases = {
+        "rgb.dcm": (np.stack([grey] * 3, axis=-1), "RGB"),
+        "ybr.dcm": (np.stack([grey, np.full_like(grey, 128), np.full_like(grey, 128)], -1),
+                    "YBR_FULL"),
+    }  # fmt: skip
+    for name, (samples, photometric) in cases.items():
+        _secondary_capture(tmp_path / name, samples, photometric)
+        for values in ("displayed", "modality"):
+            image, bit_depth = read_radiograph(tmp_path / name, dicom_values=values)
+            np.testing.assert_array_equal(image, grey)
+            assert image.dtype == np.uint16 and bit_depth == 8
+
+
+def test_grey_radiograph_as_ybr_jpeg_secondary_capture_reads_like_the_jpeg(tmp_path):
+    import io
+
+    from kseg.io import read_radiograph
+
+    buffer = io.BytesIO()
+    Image.fromarray(_chest()).convert("RGB").save(buffer, format="JPEG", quality=90)
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))  # Pillow's own reading
+    assert (decoded == decoded[..., :1]).all()
+    path = tmp_path / "sc.dcm"
+    _secondary_capture(path, decoded, "YBR_FULL_422", jpeg=buffer.getvalue())
+    image, bit_depth = read_radiograph(path, dicom_values="displayed")
+    np.testing.assert_array_equal(image, decoded[..., 0])
+    assert bit_depth == 8
+
+
+def test_colour_secondary_capture_is_still_refused_naming_the_file(tmp_path):
+    from kseg.errors import UnreadableFileError
+    from kseg.io import read_radiograph
+
+    colour = np.stack([_chest(), _chest()[::-1], np.zeros((48, 40), np.uint8)], axis=-1)
+    path = tmp_path / "photo.dcm"
+    _secondary_capture(path, np.ascontiguousarray(colour), "RGB")
+    with pytest.raises(UnreadableFileError, match="colour") as error:
+        read_radiograph(path)
+    assert str(path) in str(error.value)

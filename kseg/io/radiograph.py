@@ -17,7 +17,17 @@ import pydicom
 from PIL import Image
 
 from kseg.errors import UnreadableFileError
-from kseg.io.dicom import DICOM_VALUES, _read_image
+from kseg.io.dicom import (
+    DICOM_VALUES,
+    _check_encapsulated_size,
+    _grid,
+    _integer,
+    _read_image,
+    _read_vetted_file,
+    _reading,
+    _scan_file,
+    _transfer_syntax,
+)
 from kseg.io.image_files import (
     decoded_image,
     jpeg_2000_stored,
@@ -91,8 +101,9 @@ def read_radiograph(
             go through :func:`kseg.io.read_dicom_image` with ``values=dicom_values``
             (modality LUT applied, MONOCHROME1 inverted so that higher is brighter; and with
             ``"displayed"`` the VOI LUT or window and the Presentation LUT Shape, as a
-            viewer shows it); anything else through Pillow, turned as
-            its EXIF / TIFF Orientation tag says (as viewers show it, and as
+            viewer shows it; an RGB / YBR one whose channels are equal, a grey secondary
+            capture, gives its grey samples in either mode); anything else through Pillow,
+            turned as its EXIF / TIFF Orientation tag says (as viewers show it, and as
             :func:`kseg.io.read_labels` turns masks); a WhiteIsZero TIFF is inverted so
             that higher is brighter, as MONOCHROME1 DICOM is (Pillow inverts up to 8 bits,
             kseg 16-bit ones: ``65535 - stored``).
@@ -214,7 +225,70 @@ def _grey_values(path, mode: str, values: np.ndarray) -> tuple[np.ndarray, int]:
     )
 
 
+# Colour encodings of PS3.3 C.7.6.3.1.2 that pydicom decodes to RGB.
+_COLOUR_PHOTOMETRICS = frozenset(
+    {"RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"}
+)
+
+
+def _grey_colour_dicom(path) -> tuple[np.ndarray, int] | None:
+    """``(image, BitsStored)`` of a single-frame RGB / YBR DICOM image whose three channels
+    are equal once decoded to RGB (a grey radiograph stored as a colour secondary capture),
+    else ``None``: other files go to :func:`kseg.io.read_dicom_image`, which refuses colour.
+
+    Secondary captures of radiographs (film digitisers, PACS exports, teaching files) are
+    often RGB or YBR_FULL(_422) with grey content; the same pixels as an RGB PNG read as
+    grey. The modality and VOI LUTs apply to MONOCHROME images only (PS3.3 C.11), so the
+    values are the stored ones whatever ``dicom_values`` says. Real colour is refused.
+    """
+    path = os.fspath(path)
+    header, _ = _scan_file(path)
+    if header is None or "PixelData" not in header:
+        return None
+    photometric = str(header.get("PhotometricInterpretation", "") or "").strip().upper()
+    if photometric not in _COLOUR_PHOTOMETRICS:
+        return None
+    with _reading(path, UnreadableFileError):
+        samples = _integer(path, header, "SamplesPerPixel", UnreadableFileError, default=1)
+        frames = _integer(path, header, "NumberOfFrames", UnreadableFileError, default=1)
+        if samples != 3 or frames != 1:
+            return None
+        dataset = _read_vetted_file(path)
+        rows, columns = _grid(path, dataset, UnreadableFileError)
+        bits = _integer(path, dataset, "BitsAllocated", UnreadableFileError, allowed=(8, 16))
+        bits_stored = _integer(
+            path, dataset, "BitsStored", UnreadableFileError, default=bits,
+            allowed=range(1, bits + 1),
+        )  # fmt: skip
+        syntax = _transfer_syntax(dataset)
+        if syntax is not None and syntax.is_transfer_syntax and syntax.is_compressed:
+            _check_encapsulated_size(path, dataset, syntax, (rows, columns))
+        else:  # uncompressed YBR_FULL_422 holds two samples per pixel (PS3.3 C.7.6.3.1.2)
+            per_pixel = 2 if photometric == "YBR_FULL_422" else 3
+            needed = rows * columns * per_pixel * bits // 8
+            if len(dataset.PixelData) < needed:
+                raise UnreadableFileError(
+                    path,
+                    f"Rows {rows} x Columns {columns} of {photometric} in {bits}-bit samples "
+                    f"need {needed} bytes of pixel data; the PixelData element holds "
+                    f"{len(dataset.PixelData)}",
+                )
+        pixels = np.asarray(dataset.pixel_array)  # YBR decoded to RGB
+    if pixels.shape != (rows, columns, 3):
+        raise UnreadableFileError(
+            path, f"decoded to shape {pixels.shape}; expected {(rows, columns, 3)}"
+        )
+    if not (pixels == pixels[..., :1]).all():
+        raise UnreadableFileError(
+            path, f"is a colour ({photometric}) DICOM image; expected grey levels"
+        )
+    return pixels[..., 0].astype(np.uint16), bits_stored
+
+
 def _read_dicom_radiograph(path, dicom_values: str) -> tuple[np.ndarray, int]:
+    grey = _grey_colour_dicom(path)
+    if grey is not None:
+        return grey
     values, voi_bits = _read_image(path, dicom_values)
     if voi_bits is not None:  # integers 0 .. 2**voi_bits - 1 by construction
         if voi_bits > 16:
