@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from kseg.data.preprocess3d import preprocess_volume
-from kseg.errors import UnreadableFileError
+from kseg.errors import GeometryError, UnreadableFileError
 from kseg.geometry import resample
-from kseg.io import read_nifti, write_nifti
+from kseg.io import Volume, read_nifti, write_nifti
 from kseg.io.nifti import NonFiniteVoxelWarning, UnknownOrientationWarning
 from kseg.phantoms.msd_spleen import write_msd_spleen
 from tfds_builders.msd_spleen.layout import cases_from_dataset_json, task_folder
@@ -91,3 +91,18 @@ def test_dataset_json_saved_with_a_byte_order_mark_is_read(tmp_path):
     assert [case.image.name for case in unlabelled] == [
         pathlib.PurePosixPath(entry).name for entry in listing["test"]
     ]
+
+
+@pytest.mark.parametrize(
+    "column, needle", [([0.0, 0.0, 0.0], "singular"), ([np.nan, 0.0, 1.0], "NaN or infinity")]
+)
+def test_writing_an_affine_no_reader_could_use_is_a_geometry_error(tmp_path, column, needle):
+    # README: singular or non-finite affines are a GeometryError for write_nifti too; it
+    # raised nibabel's HeaderDataError ("Could not decompose affine"), naming no file.
+    affine = np.diag([2.0, 0.8, 0.8, 1.0])
+    affine[:3, 0] = column
+    with pytest.raises(GeometryError, match=needle) as raised, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy's det of a NaN matrix
+        write_nifti(Volume(np.zeros((2, 3, 4), np.uint8), affine, "p"), tmp_path / "p.nii.gz")
+    assert "p.nii.gz" in str(raised.value)
+    assert list(tmp_path.iterdir()) == []

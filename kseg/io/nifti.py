@@ -501,6 +501,8 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
 
     Raises:
         ValueError: ``path`` does not end in ``.nii`` or ``.nii.gz``.
+        GeometryError: the affine holds NaN or infinity or is singular (such a file could
+            not be read back); nothing is written.
 
     Example:
         >>> import tempfile
@@ -523,6 +525,7 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
     affine = volume.affine[:, _REVERSE_AXES]
+    _check_writable_affine(path, affine)
     image = nib.Nifti1Image(data, affine, dtype="compat" if data.dtype.itemsize == 8 else None)
     image.header.set_xyzt_units("mm")
     if _orientation_unknown(volume, image.header, affine):
@@ -536,6 +539,21 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
         image.set_qform(affine, code=1 if _is_orthogonal(affine) else 0)
     with atomic_output(path) as temporary:
         nib.save(image, temporary)
+
+
+def _check_writable_affine(path: str, affine: np.ndarray) -> None:
+    """The checks :func:`read_nifti` makes, before writing: nibabel raised a bare
+    ``HeaderDataError`` ("Could not decompose affine") naming no file."""
+    if not np.all(np.isfinite(affine)):
+        raise GeometryError(path, f"the affine holds NaN or infinity: {affine[:3].tolist()}")
+    axes = affine[:3, :3]
+    lengths = np.linalg.norm(axes, axis=0)
+    if np.any(lengths == 0) or abs(np.linalg.det(axes)) <= _SINGULAR_TOLERANCE * np.prod(lengths):
+        raise GeometryError(
+            path,
+            f"the affine is singular (voxel sizes {lengths.round(6).tolist()}): it maps the "
+            "voxel grid onto a plane or a line, and no NIfTI reader could place the voxels",
+        )
 
 
 def _orientation_unknown(volume: Volume, header, affine: np.ndarray) -> bool:
