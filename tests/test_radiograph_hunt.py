@@ -147,3 +147,17 @@ def test_colour_secondary_capture_is_still_refused_naming_the_file(tmp_path):
     with pytest.raises(UnreadableFileError, match="colour") as error:
         read_radiograph(path)
     assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("kind", ["missing", "folder"])
+def test_jsrt_file_that_cannot_be_opened_is_an_error_naming_it(tmp_path, kind):
+    # read_jsrt_image let FileNotFoundError / IsADirectoryError out bare.
+    from kseg.errors import UnreadableFileError
+    from kseg.io import read_jsrt_image
+
+    path = tmp_path / "All247images" / "JPCLN001.IMG"
+    if kind == "folder":
+        path.mkdir(parents=True)
+    with pytest.raises(UnreadableFileError) as error:
+        read_jsrt_image(path)
+    assert str(path) in str(error.value)

@@ -71,15 +71,21 @@ def read_jsrt_image(path: os.PathLike | str) -> np.ndarray:
         Shiraishi et al., "Development of a digital image database for chest radiographs
         with and without a lung nodule", AJR 174(1), 71-74 (2000).
     """
-    with open(path, "rb") as handle:
-        data = handle.read()
-    side = math.isqrt(len(data) // 2)
-    if len(data) == 0 or len(data) != 2 * side * side:
-        raise UnreadableFileError(
-            path,
-            f"{len(data)} bytes is not a square image of 16-bit words (a JSRT .IMG file is "
-            "2048 x 2048 x 2 = 8388608 bytes, no header)",
-        )
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size  # checked before reading it all
+            side = math.isqrt(size // 2)
+            if size == 0 or size != 2 * side * side:
+                raise UnreadableFileError(
+                    path,
+                    f"{size} bytes is not a square image of 16-bit words (a JSRT .IMG file "
+                    "is 2048 x 2048 x 2 = 8388608 bytes, no header)",
+                )
+            data = handle.read(size)
+    except OSError as exc:  # missing, a folder, no permission: name the file
+        raise UnreadableFileError(path, f"cannot be read as a JSRT .IMG file ({exc})") from exc
+    if len(data) != size:
+        raise UnreadableFileError(path, f"ended after {len(data)} of its {size} bytes")
     stored = np.frombuffer(data, dtype=">u2").reshape(side, side)
     maximum = 2**JSRT_BIT_DEPTH - 1
     if int(stored.max()) > maximum:
