@@ -106,3 +106,14 @@ def test_writing_an_affine_no_reader_could_use_is_a_geometry_error(tmp_path, col
         write_nifti(Volume(np.zeros((2, 3, 4), np.uint8), affine, "p"), tmp_path / "p.nii.gz")
     assert "p.nii.gz" in str(raised.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_float16_probabilities_are_written_exactly_as_float32(tmp_path):
+    # A mixed_float16 model's probabilities: nibabel raised HeaderDataError('data dtype
+    # "float16" not supported'), naming no file. float32 holds every float16 exactly.
+    probabilities = np.random.default_rng(2).random((3, 4, 5)).astype(np.float16)
+    path = tmp_path / "probabilities.nii.gz"
+    write_nifti(Volume(probabilities, np.diag([2.0, 0.8, 0.8, 1.0]), "p"), path)
+    stored = np.asarray(nib.load(path).dataobj)
+    assert stored.dtype == np.float32
+    np.testing.assert_array_equal(stored, probabilities.astype(np.float32).transpose(2, 1, 0))

@@ -490,10 +490,10 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
     hold a shear and would place the slices elsewhere; nibabel and FSL read such a file
     right, while ITK-based readers (SimpleITK 2.1+, nnU-Net, TorchIO) refuse it ("ITK only
     supports orthonormal direction cosines", ITK issue #3994): write
-    :func:`kseg.geometry.deskew`'s result for them. Boolean arrays are stored as uint8 and
-    64-bit integers as int32 when their values fit (nibabel's ``dtype="compat"``; otherwise
-    nibabel raises). An existing file at ``path`` is replaced only once the new one is
-    complete.
+    :func:`kseg.geometry.deskew`'s result for them. Boolean arrays are stored as uint8,
+    float16 ones (a mixed-precision model's probabilities) as float32, and 64-bit integers
+    as int32 when their values fit (nibabel's ``dtype="compat"``; otherwise nibabel
+    raises). An existing file at ``path`` is replaced only once the new one is complete.
 
     Args:
         volume: the Volume to write.
@@ -524,6 +524,8 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
     data = np.asarray(volume.array).transpose(2, 1, 0)
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
+    elif data.dtype == np.float16:  # NIfTI has no half floats; float32 holds each exactly
+        data = data.astype(np.float32)
     affine = volume.affine[:, _REVERSE_AXES]
     _check_writable_affine(path, affine)
     image = nib.Nifti1Image(data, affine, dtype="compat" if data.dtype.itemsize == 8 else None)
