@@ -161,3 +161,47 @@ def test_jsrt_file_that_cannot_be_opened_is_an_error_naming_it(tmp_path, kind):
     with pytest.raises(UnreadableFileError) as error:
         read_jsrt_image(path)
     assert str(path) in str(error.value)
+
+
+def _camera_jpeg(path, grey: np.ndarray, second_kind: int) -> None:
+    """A JPEG with a Multi-Picture index, as cameras and phones write: the image, then a
+    smaller copy whose MPType is ``second_kind`` (0x010001: large thumbnail)."""
+    import struct
+
+    image = Image.fromarray(grey)
+    image.save(path, format="MPO", save_all=True, append_images=[image.resize((16, 16))])
+    data = bytearray(path.read_bytes())
+    tiff = data.find(b"MPF\0") + 4  # the MP index: a little-endian TIFF IFD
+    ifd = tiff + struct.unpack_from("<L", data, tiff + 4)[0]
+    for k in range(struct.unpack_from("<H", data, ifd)[0]):
+        tag, _, _, offset = struct.unpack_from("<HHLL", data, ifd + 2 + 12 * k)
+        if tag == 0xB002:  # MPEntry: 16 bytes per image, its MPType first
+            second = tiff + offset + 16
+    assert struct.unpack_from("<L", data, second)[0] == 0  # Pillow writes "Undefined"
+    data[second : second + 4] = struct.pack("<L", second_kind)
+    path.write_bytes(bytes(data))
+
+
+def test_camera_jpeg_with_a_large_thumbnail_reads_its_primary_image(tmp_path):
+    # Pillow opens a JPEG whose Multi-Picture index lists a large thumbnail as two frames
+    # (format MPO): a photographed radiograph was refused as "has 2 frames".
+    from kseg.io import read_radiograph
+
+    path = tmp_path / "DSC_0001.JPG"
+    _camera_jpeg(path, _chest(64, 64), 0x010001)
+    with Image.open(path) as opened:
+        assert opened.n_frames == 2
+        primary = np.asarray(opened)  # frame 0, the primary image
+    image, bit_depth = read_radiograph(path)
+    np.testing.assert_array_equal(image, primary)
+    assert bit_depth == 8
+
+
+def test_multi_picture_jpeg_of_two_undefined_images_is_still_refused(tmp_path):
+    from kseg.errors import UnreadableFileError
+    from kseg.io import read_radiograph
+
+    path = tmp_path / "pair.jpg"
+    _camera_jpeg(path, _chest(64, 64), 0x000000)
+    with pytest.raises(UnreadableFileError, match="2 frames"):
+        read_radiograph(path)

@@ -236,9 +236,14 @@ def seek_full_resolution_page(image: Image.Image) -> int:
     one; otherwise its frame count, as it is. Call before loading.
 
     Scanners and slide or microscopy software write such files; Pillow opens the first page,
-    which may be the thumbnail.
+    which may be the thumbnail. A camera or phone JPEG whose Multi-Picture index holds its
+    primary image and large thumbnails of it (Pillow: format MPO, several frames) likewise
+    counts as one image, the primary.
     """
     frames = getattr(image, "n_frames", 1)
+    if image.format == "MPO" and frames > 1 and _mpo_primary_and_thumbnails(image):
+        image.seek(0)
+        return 1
     if image.format != "TIFF" or frames == 1:
         return frames
     full_pages = []
@@ -248,6 +253,26 @@ def seek_full_resolution_page(image: Image.Image) -> int:
             full_pages.append(page)
     image.seek(full_pages[0] if len(full_pages) == 1 else 0)
     return 1 if len(full_pages) == 1 else frames
+
+
+_MPO_PRIMARY = "Baseline MP Primary Image"
+_MPO_THUMBNAIL = "Large Thumbnail"  # Pillow's names of MPType 0x010001 and 0x010002
+
+
+def _mpo_primary_and_thumbnails(image: Image.Image) -> bool:
+    """Whether a JPEG's Multi-Picture index (CIPA DC-007) lists one primary image and, after
+    it, only large thumbnails of it: what cameras and phones write (Pillow opens such files
+    as several frames, format MPO). Stereo pairs, panoramas and undefined images are not."""
+    try:
+        entries = image.mpinfo[0xB002]
+        kinds = [entry["Attribute"]["MPType"] for entry in entries]
+    except Exception:  # no or damaged MP index: the frames stay what Pillow counts
+        return False
+    return (
+        len(kinds) == getattr(image, "n_frames", 1)
+        and kinds[0] == _MPO_PRIMARY
+        and all(str(kind).startswith(_MPO_THUMBNAIL) for kind in kinds[1:])
+    )
 
 
 def high_bytes_only(image: Image.Image) -> str | None:
