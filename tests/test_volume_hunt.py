@@ -4,6 +4,8 @@ nibabel, numpy or a hand-worked case."""
 
 import json
 import pathlib
+import subprocess
+import sys
 import warnings
 
 import nibabel as nib
@@ -117,3 +119,24 @@ def test_float16_probabilities_are_written_exactly_as_float32(tmp_path):
     stored = np.asarray(nib.load(path).dataobj)
     assert stored.dtype == np.float32
     np.testing.assert_array_equal(stored, probabilities.astype(np.float32).transpose(2, 1, 0))
+
+
+def test_a_nii_read_and_saved_back_in_place_keeps_its_voxels(tmp_path):
+    # nibabel maps an uncompressed .nii into memory by default, and kseg's array was a view
+    # of that mapping: "read it, fix the header, save it back" with nibabel truncated the
+    # file under the view and the process died of SIGBUS, the file left cut short. Run in a
+    # child process so that the old behaviour fails the test instead of killing pytest.
+    voxels = np.arange(32 * 32 * 32, dtype=np.int16).reshape(32, 32, 32)
+    path = tmp_path / "ct.nii"
+    nib.save(nib.Nifti1Image(voxels, np.eye(4)), path)
+    script = (
+        "import sys, numpy as np, nibabel as nib\n"
+        "from kseg.io import read_nifti\n"
+        "ct = read_nifti(sys.argv[1])\n"
+        "nib.save(nib.Nifti1Image(ct.array.transpose(2, 1, 0), np.diag([2, 2, 2, 1.0])),"
+        " sys.argv[1])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 0, (done.returncode, done.stderr.decode()[-500:])
+    np.testing.assert_array_equal(np.asarray(nib.load(path).dataobj), voxels)

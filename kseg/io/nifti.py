@@ -129,7 +129,10 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
     """
     path = os.fspath(path)
     try:
-        image = nib.load(path)
+        # mmap=False: nibabel's default maps an uncompressed .nii into memory and the array
+        # stays a view of the file, so saving it back in place (nibabel truncates, then
+        # writes from the view) killed the process with SIGBUS and left the file cut short.
+        image = nib.load(path, mmap=False)
     except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError, zlib.error
         raise UnreadableFileError(path, f"cannot be read as NIfTI ({exc})") from exc
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
