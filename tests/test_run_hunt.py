@@ -7,8 +7,10 @@ listings) or a hand-written config, never against kseg's own description of itse
 """
 
 import json
-import pathlib
+import re
+import shutil
 
+import numpy as np
 import pytest
 from test_predict import (
     file_hashes,
@@ -145,3 +147,84 @@ def test_evaluate_of_a_run_without_best_keras_is_one_line_before_any_data(
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"kseg: error: {run / 'best.keras'}: is missing")
     assert "run the same kseg train command again" in error
+
+
+def _builder(data_dir, examples=3):
+    """What write_config reads of a prepared TFDS builder."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(
+        name="xray", builder_config=SimpleNamespace(name="phantom_3class_3fold"),
+        version="1.1.0", data_dir=str(data_dir),
+        info=SimpleNamespace(splits={f"fold{k}": SimpleNamespace(num_examples=examples)
+                                     for k in range(3)}),
+    )  # fmt: skip
+
+
+def test_resuming_with_another_split_or_dataset_is_refused(tmp_path):
+    """A training killed mid-run (config.json and backup/ in RUN) and started again with
+    --test-fold 1 --validation-fold 0 went on silently from the weights trained with fold 1
+    as validation (the best model chosen on it) and now scored on it as the test fold
+    (seen in a real kill -9 and rerun of kseg train xray_multiclass: history went on at
+    epoch 3, config.json said test_fold 1). Options that do not move patients (--epochs)
+    still resume; a folder without a backup is a new training and takes any options."""
+    import argparse
+
+    from kseg.recipes.run_config import write_config
+
+    run, data = tmp_path / "run", tmp_path / "tfds"
+    data.mkdir()
+    (data / "fold0.tfrecord").write_bytes(b"x" * 10)
+
+    def args(**changes):
+        options = {"output_dir": str(run), "seed": 0, "epochs": 2, "folds": 3,
+                   "test_fold": 0, "validation_fold": 1, **changes}
+        return argparse.Namespace(**options)
+
+    def write(namespace, builder=None):
+        return write_config(run, namespace, "xray_multiclass", builder or _builder(data),
+                            {"lungs": 1}, {"kind": "slices"})
+
+    write(args())
+    (run / "backup").mkdir()
+    config = run / "config.json"
+    before = config.read_bytes()
+    for changed, shown in (({"test_fold": 1, "validation_fold": 0}, "--test-fold 0 (now 1)"),
+                           ({"folds": 4}, "--folds 3 (now 4)"),
+                           ({"test_fold": None}, "--test-fold 0 (now none)")):
+        with pytest.raises(LayoutError, match=f"{run}: holds the resume backup of a run "
+                                              f"trained with {re.escape(shown)}"):
+            write(args(**changed))
+        assert config.read_bytes() == before
+    with pytest.raises(LayoutError, match="prepared dataset xray/phantom_3class_3fold"):
+        write(args(), _builder(data, examples=4))  # other patients prepared
+    assert config.read_bytes() == before
+    write(args(epochs=5))  # more epochs: resumed
+    assert len(json.loads(config.read_text())["resumed"]) == 1
+    shutil.rmtree(run / "backup")  # a new training in the folder
+    write(args(test_fold=1, validation_fold=0))
+    assert json.loads(config.read_text())["arguments"]["test_fold"] == 1
+
+
+@pytest.mark.parametrize("suffix", ["png", "jpg"])
+def test_a_ct_run_refuses_an_image_file_before_the_model_loads(
+    ct_case, tmp_path, monkeypatch, suffix
+):
+    """A CT slice exported as PNG / JPEG (display values 0..255) given to a CT run: the
+    model got the CT window applied to the pixel values as if they were HU (0..255 HU is
+    all soft tissue in an abdomen window) and a plausible-looking mask was written without
+    a word. Now the image is named before the model loads, and nothing is written."""
+    from PIL import Image
+
+    from kseg.predict import predict_command
+
+    _, run = ct_case
+    image = tmp_path / "exported" / f"ct_slice.{suffix}"
+    image.parent.mkdir()
+    Image.fromarray((np.arange(120).reshape(12, 10) * 2).astype(np.uint8)).save(image)
+    _no_model_load(monkeypatch)
+    message = f"{image}: is a {suffix.upper()} radiograph; the run's model is a CT model"
+    for given in (image, image.parent):
+        with pytest.raises(LayoutError, match=re.escape(message)):
+            predict_command(run, given, tmp_path / "out", "nifti")
+    assert not (tmp_path / "out").exists()

@@ -37,6 +37,11 @@ REQUIRED_KEYS = (
 BACKUP_FOLDER = "backup"
 # Options that name files or folders: strings in config.json, paths again when read back.
 PATH_ARGUMENTS = ("data_dir", "output_dir", "tfds_dir", "manual_dir")
+# Options that choose which patients train, validate and test. A resumed run that changed
+# one would go on from weights (and keep a best model) chosen on other patients.
+SPLIT_ARGUMENTS = ("folds", "test_fold", "validation_fold")
+# config.json's "dataset" keys that say which prepared data a run trains on.
+DATASET_IDENTITY = ("name", "config", "version", "fingerprint")
 
 
 def json_arguments(args: argparse.Namespace) -> dict:
@@ -148,6 +153,10 @@ def write_config(
         builder: the prepared TFDS builder the run trains on.
         labels: ``{structure name: label value}`` of masks and predictions.
         inference: how to segment a new image as evaluation does (see the README).
+
+    Raises:
+        LayoutError: a resumed run's ``config.json`` records other :data:`SPLIT_ARGUMENTS`
+            or another prepared dataset than ``args`` and ``builder``; nothing is written.
     """
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     config = {
@@ -164,9 +173,40 @@ def write_config(
     }
     earlier = _resumed_config(run_dir, recipe)
     if earlier is not None:
+        _refuse_other_patients(run_dir, earlier, config)
         config["created"] = earlier["created"]
         config["resumed"] = [*earlier.get("resumed", []), now]
     return save_config(run_dir, config)
+
+
+def _refuse_other_patients(run_dir, earlier: dict, config: dict) -> None:
+    """A kseg error when the run being resumed (``earlier``) trained on another split or
+    other data than ``config`` asks for: its backup's weights and its best model were
+    fitted and chosen on patients this command would validate or test on."""
+
+    def shown(value):
+        return "none" if value is None else value
+
+    before, now = earlier.get("arguments", {}), config["arguments"]
+    changes = [f"--{name.replace('_', '-')} {shown(before[name])} (now {shown(now[name])})"
+               for name in SPLIT_ARGUMENTS
+               if name in before and name in now and before[name] != now[name]]  # fmt: skip
+    recorded = earlier.get("dataset") if isinstance(earlier.get("dataset"), dict) else {}
+    if any(key in recorded and recorded[key] != config["dataset"][key]
+           for key in DATASET_IDENTITY):  # fmt: skip
+        described = "/".join(str(recorded.get(key, "?")) for key in ("name", "config"))
+        changes.append(f"the prepared dataset {described} with fingerprint "
+                       f"{str(recorded.get('fingerprint'))[:12]} (now "
+                       f"{config['dataset']['name']}/{config['dataset']['config']} with "
+                       f"{str(config['dataset']['fingerprint'])[:12]})")
+    if changes:
+        backup = pathlib.Path(run_dir) / BACKUP_FOLDER
+        raise LayoutError(
+            run_dir, f"holds the resume backup of a run trained with {'; '.join(changes)}: "
+            "resuming would go on from a model fitted and chosen on other patients. Rerun "
+            f"with the first command's options, give another --output-dir, or remove {backup} "
+            "to train this folder from epoch 0",
+        )  # fmt: skip
 
 
 def _resumed_config(run_dir, recipe: str) -> dict | None:
