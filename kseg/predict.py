@@ -139,8 +139,9 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
 
     Raises:
         LayoutError: ``input_path`` does not exist, holds nothing readable, holds
-            radiographs for a 3D volume model, or two inputs would write outputs of the
-            same name.
+            radiographs for a 3D volume model or a CT model (``inference["modality"]``
+            ``"CT"``: an image file holds no Hounsfield units), or two inputs would write
+            outputs of the same name.
         UnreadableFileError, DicomSeriesError: from the readers, naming the file; a
             link in the folder whose target is missing.
     """
@@ -170,11 +171,18 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
             "files)",
         )
     volume_model = inference.get("kind") == "volume"
-    radiograph = next((item[1] for item in inputs if item[2] == RADIOGRAPH), None)
+    radiograph = next((item for item in inputs if item[2] == RADIOGRAPH), None)
     if volume_model and radiograph is not None:
         raise LayoutError(
-            radiograph, "is a radiograph; the run's model is a 3D volume model, which takes "
-            "a DICOM series folder or NIfTI files",
+            radiograph[1], "is a radiograph; the run's model is a 3D volume model, which "
+            "takes a DICOM series folder or NIfTI files",
+        )  # fmt: skip
+    if inference.get("modality") == "CT" and radiograph is not None:
+        # an image file holds display values; the CT window would be applied to them as HU
+        raise LayoutError(
+            radiograph[1], f"is a {_describe_kind(RADIOGRAPH, radiograph[1], radiograph[4])}; "
+            "the run's model is a CT model (config.json's inference modality 'CT'), which "
+            "reads Hounsfield units: give it a DICOM series folder or NIfTI files",
         )  # fmt: skip
     _check_unique_names(inputs)
     return inputs
