@@ -17,6 +17,9 @@ from kseg.io import (
     write_dicom_seg,
     write_rtstruct,
 )
+from kseg.io.dicom_writer import SeriesReference
+from kseg.io.rtstruct import Contour, ContourOutsideVolumeWarning, RoiContours
+from kseg.phantoms.lctsc import write_phantom_rtstruct
 
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
@@ -126,3 +129,43 @@ def test_slightly_uneven_positions_still_read_on_the_mean_step(tmp_path):
     with pytest.warns(UnevenSliceSpacingWarning):
         volume = read_dicom_series(tmp_path)
     np.testing.assert_allclose(volume.spacing[0], (z[-1] - z[0]) / 11)
+
+
+def _write_rois(path, rois, volume, paths):
+    """A structure set of ``rois`` drawn on the series ``_write_slice`` wrote (its UIDs)."""
+    reference = SeriesReference(
+        "P007", "F", "1.2.3", "1.2.3.4", volume.metadata["frame_of_reference_uid"],
+        tuple(str(pydicom.dcmread(p).SOPInstanceUID) for p in paths),
+    )
+    return write_phantom_rtstruct(path, rois, reference, series_instance_uid=generate_uid(),
+                                  sop_instance_uid=generate_uid())
+
+
+def test_a_contour_exported_twice_fills_its_slice_once_with_a_warning(tmp_path):
+    """A planning system that writes one contour twice (the second copy starting at another
+    vertex and running the other way): filled together by the even-odd rule the copies
+    cancelled, and the organ vanished from that slice without a word. Reference: the pixel
+    centres inside the square by the DICOM geometry formula."""
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    paths = [_write_slice(folder / f"{k}.dcm", position=(-10.0, -20.0, 2.5 * k),
+                          pixels=np.zeros((20, 30), np.uint16)) for k in range(3)]
+    volume = read_dicom_series(folder)
+    uid = pydicom.dcmread(paths[1]).SOPInstanceUID
+    x0, x1, y0, y1 = -10.0 + 0.75 * 3.4, -10.0 + 0.75 * 11.6, -20.0 + 0.5 * 5.3, -20.0 + 0.5 * 12.2
+    square = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
+    again = square[2:] + square[:2]
+    contours = tuple(
+        Contour(uid, np.array([(x, y, 2.5) for x, y in outline]))
+        for outline in (square, again[::-1])
+    )
+    path = _write_rois(tmp_path / "rs.dcm", [RoiContours(1, "Heart", None, contours)],
+                       volume, paths)
+    with pytest.warns(ContourOutsideVolumeWarning, match=r"'Heart': 1 contour\(s\) on slice"
+                      r"\(s\) 1 repeating another"):
+        mask = rasterize_rtstruct(path, volume)["Heart"]
+    x = -10.0 + 0.75 * np.arange(30)  # column centres (row cosine +x, column spacing 0.75)
+    y = -20.0 + 0.5 * np.arange(20)  # row centres (column cosine +y, row spacing 0.5)
+    inside = ((y > y0) & (y < y1))[:, None] & ((x > x0) & (x < x1))[None, :]
+    np.testing.assert_array_equal(mask[1], inside.astype(np.uint8))
+    assert mask[1].sum() == 8 * 7 and mask[[0, 2]].sum() == 0

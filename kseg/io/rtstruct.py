@@ -10,7 +10,8 @@ the grid of a :class:`~kseg.io.Volume` read by :func:`~kseg.io.read_dicom_series
   contour's plane, provided the plane lies within half a slice gap of a slice of the volume.
   When contours of several planes land on one slice (a structure set drawn on a finer grid
   than the volume), only those of the plane nearest the slice are filled; the others are
-  dropped and reported.
+  dropped and reported. So is a second copy of one contour on its plane (some planning
+  systems export contours twice), which the even-odd rule below would cancel with the first.
 * **In-plane placement.** Points are mapped from LPS millimetres to continuous pixel
   indices through the inverse of the volume's affine (LPS is first turned into RAS by
   negating x and y, and the affine's index order is ``(k, j, i)``: slice, row, column).
@@ -113,9 +114,10 @@ class ContourOutsideVolumeWarning(UserWarning):
     One warning per ROI and file, with counts: contours whose plane lies beyond the first
     or last slice (dropped), contours whose points do not lie in one slice plane (dropped),
     contours that run off the rows and columns of the grid (the part off the grid is cut),
-    contours of another plane than the one nearest their slice (dropped), and contours that
-    are not closed planar polygons (POINT, OPEN_PLANAR, or fewer than three points: no area,
-    dropped).
+    contours of another plane than the one nearest their slice (dropped), a second copy of
+    a contour on its plane (dropped: filled together, the two would cancel out), and contours
+    that are not closed planar polygons (POINT, OPEN_PLANAR, or fewer than three points: no
+    area, dropped).
     """
 
 
@@ -618,7 +620,27 @@ def _nearest_plane_polygons(
     kept = [polygon for plane, polygon in placed if abs(plane - nearest) <= PLANARITY_TOLERANCE]
     if len(kept) < len(placed):
         problems.other_planes.append((k, len(placed) - len(kept)))
-    return kept
+    # A second copy of one outline (planning systems export some contours twice) is no
+    # hole: filled together by the even-odd rule, the two would cancel and empty the slice.
+    outlines = {}
+    for polygon in kept:
+        outlines.setdefault(_outline_key(polygon), polygon)
+    if len(outlines) < len(kept):
+        problems.repeated.append((k, len(kept) - len(outlines)))
+    return list(outlines.values())
+
+
+def _outline_key(polygon: np.ndarray) -> tuple:
+    """The same for two copies of one closed outline, whichever vertex they start at and
+    whichever way they run (vertices compared to a thousandth of a pixel)."""
+    vertices = [tuple(vertex) for vertex in np.round(np.asarray(polygon), 3).tolist()]
+    if len(vertices) > 1 and vertices[0] == vertices[-1]:
+        vertices = vertices[:-1]  # a closing vertex repeated
+    turns = []
+    for ring in (vertices, vertices[::-1]):
+        start = ring.index(min(ring))
+        turns.append(tuple(ring[start:] + ring[:start]))
+    return min(turns)
 
 
 def fill_polygons(polygons: Sequence[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
@@ -906,6 +928,7 @@ class _ContourProblems:
     clipped: list[int] = dataclasses.field(default_factory=list)
     not_closed: list[str] = dataclasses.field(default_factory=list)
     other_planes: list[tuple[int, int]] = dataclasses.field(default_factory=list)
+    repeated: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     unknown_reference: int = 0
     off_plane_reference: list[tuple[int, float]] = dataclasses.field(default_factory=list)
 
@@ -940,6 +963,14 @@ class _ContourProblems:
                 "from a plane other than the one nearest the slice (the structure set's planes "
                 "lie closer together than the volume's slices), dropped: filled together, "
                 "contours of two planes cut holes in each other"
+            )
+        if self.repeated:
+            slices = ", ".join(str(k) for k, _ in self.repeated[:5])
+            more = ", ..." if len(self.repeated) > 5 else ""
+            outside.append(
+                f"{sum(n for _, n in self.repeated)} contour(s) on slice(s) {slices}{more} "
+                "repeating another contour of the ROI on its plane, dropped: filled together "
+                "by the even-odd rule, two copies of one outline would cancel each other out"
             )
         if outside:
             warnings.warn(
