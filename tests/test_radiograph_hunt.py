@@ -205,3 +205,18 @@ def test_multi_picture_jpeg_of_two_undefined_images_is_still_refused(tmp_path):
     _camera_jpeg(path, _chest(64, 64), 0x000000)
     with pytest.raises(UnreadableFileError, match="2 frames"):
         read_radiograph(path)
+
+
+def test_secondary_capture_with_a_damaged_photometric_value_names_the_file(tmp_path):
+    from kseg.errors import UnreadableFileError
+    from kseg.io import read_radiograph
+
+    path = tmp_path / "sc.dcm"
+    _secondary_capture(path, np.stack([_chest()] * 3, axis=-1), "RGB")
+    data = bytearray(path.read_bytes())
+    element = data.find(b"\x28\x00\x04\x00")  # (0028,0004) PhotometricInterpretation
+    data[element + 4 : element + 6] = b"C:"  # a VR pydicom does not know
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnreadableFileError) as error:
+        read_radiograph(path)
+    assert str(path) in str(error.value)

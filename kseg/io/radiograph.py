@@ -251,10 +251,10 @@ def _grey_colour_dicom(path) -> tuple[np.ndarray, int] | None:
     header, _ = _scan_file(path)
     if header is None or "PixelData" not in header:
         return None
-    photometric = str(header.get("PhotometricInterpretation", "") or "").strip().upper()
-    if photometric not in _COLOUR_PHOTOMETRICS:
-        return None
-    with _reading(path, UnreadableFileError):
+    with _reading(path, UnreadableFileError):  # a damaged value names the file too
+        photometric = str(header.get("PhotometricInterpretation", "") or "").strip().upper()
+        if photometric not in _COLOUR_PHOTOMETRICS:
+            return None
         samples = _integer(path, header, "SamplesPerPixel", UnreadableFileError, default=1)
         frames = _integer(path, header, "NumberOfFrames", UnreadableFileError, default=1)
         if samples != 3 or frames != 1:
