@@ -555,6 +555,16 @@ class _Page:
 
         cases_folder = folder / "cases"
         case_paths = sorted(cases_folder.glob("*.npz")) if cases_folder.is_dir() else []
+        # an evaluation into a folder of an earlier one (kseg evaluate --input of another
+        # folder of the same name) leaves the earlier patients' case files beside its own
+        stale = [path for path in case_paths if path.stem not in scores_by_patient]
+        if table is not None and stale:
+            case_paths = [path for path in case_paths if path.stem in scores_by_patient]
+            parts.append(_note(
+                f"{len(stale)} case files of {name}/cases/ are of no patient of scores.csv "
+                "(left by an earlier evaluation into this folder) and are not shown: "
+                + ", ".join(path.name for path in stale), "problem"
+            ))  # fmt: skip
         if not case_paths:
             parts.append(_note(
                 f"No slices to view: {name}/cases/ holds no .npz case files."

@@ -228,3 +228,28 @@ def test_a_ct_run_refuses_an_image_file_before_the_model_loads(
         with pytest.raises(LayoutError, match=re.escape(message)):
             predict_command(run, given, tmp_path / "out", "nifti")
     assert not (tmp_path / "out").exists()
+
+
+def test_report_shows_only_the_cases_of_the_evaluation_in_scores_csv(tmp_path):
+    """``kseg evaluate RUN --input site_a/test`` then ``--input site_b/test`` both write
+    RUN/evaluation/input-test: scores.csv is site B's, cases/ still holds site A's patients
+    too. The report showed site A's slices and per-slice Dice under site B's table; now it
+    shows the patients of scores.csv and names the left-over case files."""
+    from test_report import box_case, parse, viewers, write_config, write_evaluation
+
+    from kseg import report
+
+    run = tmp_path / "run"
+    write_config(run)
+    write_evaluation(run, {  # site A
+        "a-1": box_case(4, 20, 18, (1, 3, 4, 12, 4, 12), (1, 3, 5, 12, 4, 12), 0),
+        "a-2": box_case(4, 20, 18, (0, 2, 2, 8, 2, 8), (0, 2, 2, 8, 4, 10), 1),
+    }, name="input-test")  # fmt: skip
+    rows = write_evaluation(run, {  # site B, into the same folder
+        "b-1": box_case(5, 20, 18, (1, 4, 4, 12, 4, 12), (1, 4, 4, 12, 6, 12), 2),
+    }, name="input-test")  # fmt: skip
+    page = parse(report.write_report(run))
+    assert set(viewers(page)) == {row[0] for row in rows[1:]} == {"b-1"}
+    notes = " ".join(p.all_text() for p in page.find_all("p", "note"))
+    assert "2 case files of input-test/cases/ are of no patient of scores.csv" in notes
+    assert "a-1.npz, a-2.npz" in notes
