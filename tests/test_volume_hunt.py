@@ -140,3 +140,19 @@ def test_a_nii_read_and_saved_back_in_place_keeps_its_voxels(tmp_path):
                           timeout=120)  # fmt: skip
     assert done.returncode == 0, (done.returncode, done.stderr.decode()[-500:])
     np.testing.assert_array_equal(np.asarray(nib.load(path).dataobj), voxels)
+
+
+@pytest.mark.parametrize("name", ["spleen_5.Nii.Gz", "SPLEEN_5.NII.GZ", "spleen_5.NII"])
+def test_nifti_suffix_in_any_case_is_read_and_left_out_of_the_patient(tmp_path, name):
+    # kseg predict takes suffixes in any case (README: ".NII.GZ"); nib.load lower-cased a
+    # mixed-case suffix to find the file and reported "No such file ... spleen_5.nii.Gz"
+    # for a file that is there. An upper-case one was read, its suffix kept in patient_id.
+    voxels = np.arange(24, dtype=np.int16).reshape(2, 3, 4)
+    image = nib.Nifti1Image(voxels, np.diag([2.0, 3.0, 4.0, 1.0]))
+    plain = tmp_path / ("plain.nii" if name.lower().endswith(".nii") else "plain.nii.gz")
+    nib.save(image, plain)
+    plain.rename(tmp_path / name)
+    volume = read_nifti(tmp_path / name)
+    np.testing.assert_array_equal(volume.array, voxels.transpose(2, 1, 0))
+    assert volume.patient_id == name.split(".")[0]
+    assert volume.source_files == (str(tmp_path / name),)

@@ -90,7 +90,8 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
     Args:
         path: the NIfTI file.
         patient_id: patient the volume belongs to; by default the file name without
-            ``.nii``/``.nii.gz`` (datasets usually name files after the case).
+            ``.nii``/``.nii.gz``, in any case (datasets usually name files after the
+            case).
 
     Returns:
         Volume with ``array`` ``(z, y, x)`` = nibabel's ``(i, j, k)`` transposed, in the
@@ -132,7 +133,7 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
         # mmap=False: nibabel's default maps an uncompressed .nii into memory and the array
         # stays a view of the file, so saving it back in place (nibabel truncates, then
         # writes from the view) killed the process with SIGBUS and left the file cut short.
-        image = nib.load(path, mmap=False)
+        image = _load(path)
     except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError, zlib.error
         raise UnreadableFileError(path, f"cannot be read as NIfTI ({exc})") from exc
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
@@ -183,6 +184,27 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
             "spatial_unit": spatial_unit,
         },
     )
+
+
+def _load(path: str):
+    """nibabel's image of a single-file NIfTI-1 / NIfTI-2 at ``path``, whatever the case of
+    its suffix.
+
+    ``nib.load`` derives the file to open from the suffix and lower-cases a mixed-case one:
+    ``spleen_5.Nii.Gz`` was looked for as ``spleen_5.nii.Gz`` and reported missing. The file
+    is opened by its own name here (gzip by its suffix in any case, as nibabel's opener
+    does); anything else goes to ``nib.load``, which names what it is."""
+    with nib.openers.ImageOpener(path) as handle:
+        block = handle.read(nib.Nifti2Header.sizeof_hdr)
+    for klass, magic in ((nib.Nifti2Image, b"n+2"), (nib.Nifti1Image, b"n+1")):
+        header = klass.header_class
+        if header.may_contain_header(block):
+            fields = np.ndarray((), dtype=header.template_dtype, buffer=block[: header.sizeof_hdr])
+            if fields["magic"] != magic:
+                break  # a header-and-image pair (.hdr / .img): nib.load refuses it by name
+            files = {name: nib.FileHolder(filename=path) for name in ("image", "header")}
+            return klass.from_file_map(files, mmap=False)
+    return nib.load(path, mmap=False)
 
 
 def read_nifti_labels(path: os.PathLike | str, *, patient_id: str | None = None) -> Volume:
@@ -572,7 +594,7 @@ def _orientation_unknown(volume: Volume, header, affine: np.ndarray) -> bool:
 
 def _strip_suffix(name: str) -> str:
     for suffix in _NIFTI_SUFFIXES:
-        if name.endswith(suffix):
+        if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
 
