@@ -156,3 +156,18 @@ def test_nifti_suffix_in_any_case_is_read_and_left_out_of_the_patient(tmp_path, 
     np.testing.assert_array_equal(volume.array, voxels.transpose(2, 1, 0))
     assert volume.patient_id == name.split(".")[0]
     assert volume.source_files == (str(tmp_path / name),)
+
+
+@pytest.mark.parametrize("change", [{"test": None}, {"training": None}, {"test": 3}])
+def test_dataset_json_lists_of_the_wrong_kind_are_named_or_empty(tmp_path, change):
+    # "test": null (json.dump of None for a set without test cases) or "training": null
+    # raised a bare TypeError ("'NoneType' object is not iterable") naming no file.
+    task = write_msd_spleen(tmp_path, num_training=2, num_test=0, shape=(2, 8, 8))
+    listing = {**json.loads((task / "dataset.json").read_text()), **change}
+    (task / "dataset.json").write_text(json.dumps(listing))
+    if change == {"test": None}:
+        labelled, unlabelled = cases_from_dataset_json(task_folder(tmp_path))
+        assert (len(labelled), unlabelled) == (2, [])
+    else:
+        with pytest.raises(UnreadableFileError, match=r"dataset\.json.*must be lists"):
+            cases_from_dataset_json(task_folder(tmp_path))

@@ -79,7 +79,13 @@ def cases_from_dataset_json(task_dir: epath.Path) -> tuple[list[Case], list[Case
         # starts with a byte order mark, which RFC 8259 lets a reader ignore.
         # (decoded here: epath's read_text ignores its encoding argument)
         listing = json.loads(dataset_json.read_bytes().decode("utf-8-sig"))
-        training, test = listing["training"], listing.get("test", [])
+        # "test": null (json.dump of None) means no test cases, as a missing key does
+        training, test = listing["training"], listing.get("test") or []
+        if not isinstance(training, list) or not isinstance(test, list):
+            raise TypeError(
+                f"'training' and 'test' must be lists, got {type(training).__name__} and "
+                f"{type(test).__name__}"
+            )
     except (ValueError, KeyError, TypeError) as exc:
         raise UnreadableFileError(
             dataset_json, f"expected the MSD dataset.json with a 'training' list ({exc!r})"
