@@ -2,6 +2,8 @@
 write them: each test holds a file written here with pydicom (or highdicom), and the
 expected outcome is worked out from what the file says, never from kseg."""
 
+import warnings
+
 import numpy as np
 import pydicom
 import pytest
@@ -169,3 +171,21 @@ def test_a_contour_exported_twice_fills_its_slice_once_with_a_warning(tmp_path):
     inside = ((y > y0) & (y < y1))[:, None] & ((x > x0) & (x < x1))[None, :]
     np.testing.assert_array_equal(mask[1], inside.astype(np.uint8))
     assert mask[1].sum() == 8 * 7 and mask[[0, 2]].sum() == 0
+
+
+def test_a_series_whose_field_of_view_moves_is_refused_not_read_as_a_tilt(tmp_path):
+    """Slices 0-3 centred at x = 0, slices 4-7 at x = 10 mm (the reconstruction centre moved
+    part way through the series). It was read as a 35.5-degree gantry tilt, each slice
+    placed on the line from the first to the last: slice 3 at x = 4.286 mm instead of 0."""
+    for k in range(8):
+        _write_slice(tmp_path / f"{k}.dcm", position=(10.0 if k >= 4 else 0.0, 0.0, 2.0 * k))
+    with pytest.raises(DicomSeriesError) as raised:
+        read_dicom_series(tmp_path)
+    message = str(raised.value)
+    assert "do not lie on one line" in message and "3.dcm would sit 4.286 mm" in message
+    # Each part alone is a straight stack.
+    for part in (range(4), range(4, 8)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            volume = read_dicom_series([tmp_path / f"{k}.dcm" for k in part])
+        assert volume.spacing[0] == 2.0

@@ -92,6 +92,9 @@ UNEVEN_GAP_ABSOLUTE_TOLERANCE_MM = 0.02
 # No slice may sit further than this many mean steps from its position on the regular grid
 # of the mean step (slight unevenness warns; two slice spacings in one series are an error).
 MAX_MISPLACEMENT_STEPS = 0.5
+# ... nor further than this many pixels, in its plane, from the line through the first and
+# the last slice's positions (a straight or gantry-tilted stack lies on it).
+MAX_MISPLACEMENT_PIXELS = 0.5
 # Two slices closer than this along the normal are the same slice position.
 SAME_POSITION_TOLERANCE_MM = 1e-3
 # A slice step leaning further than this off the slice normal is a gantry tilt (scanners tilt
@@ -313,7 +316,9 @@ def read_dicom_series(
             spacing that is not positive; orientation, pixel spacing or rows/columns differ
             within the series (the message names the odd slices, a localizer as one); two
             slices share a position; a gap shows a missing slice, or the slice spacing
-            changes within the series (two spacings, no one regular grid); a
+            changes within the series (two spacings, no one regular grid), or a slice's
+            origin lies over half a pixel off the line through the first and the last
+            (the field of view moves within the series); a
             multi-frame file without functional groups, a colour or palette file; some slices
             carry a rescale (or Modality LUT) that is not the identity while others carry
             none; an Enhanced multi-frame image beside other images of its series (several
@@ -1518,6 +1523,7 @@ def _order_slices(series, folder: str):
         return ordered, geometry, normal * _single_slice_thickness(*ordered[0])
     _check_gaps(ordered, np.diff(distances), folder)
     step = (positions[-1] - positions[0]) / (len(ordered) - 1)
+    _check_on_one_line(ordered, positions, step, normal, reference.spacing, folder)
     _warn_if_tilted(ordered, step, normal, folder)
     return ordered, geometry, step
 
@@ -1688,6 +1694,27 @@ def _check_gaps(ordered, gaps: np.ndarray, folder: str) -> None:
                 f"{tolerance:.3f} mm: {described}{more}; the volume uses the mean step"
             ),
             stacklevel=4,
+        )
+
+
+def _check_on_one_line(ordered, positions, step, normal, spacing, folder: str) -> None:
+    """Refuse slices whose in-plane origin leaves the straight line from the first slice to
+    the last. The volume places slice k at the first position plus k steps: a series whose
+    field of view moves part way (its slices' origins jump sideways) would otherwise be read
+    as a gantry tilt, every slice between shifted by a share of the jump."""
+    residual = positions - (positions[0] + np.arange(len(positions))[:, None] * step)
+    sideways = np.linalg.norm(residual - np.outer(residual @ normal, normal), axis=1)
+    worst = int(np.argmax(sideways))
+    pixel = float(min(spacing))
+    if sideways[worst] > MAX_MISPLACEMENT_PIXELS * pixel:
+        names = [_slice_name(path, dataset) for path, dataset in ordered]
+        raise DicomSeriesError(
+            folder,
+            f"the slices' ImagePositionPatient do not lie on one line: on the grid from "
+            f"{names[0]} to {names[-1]}, {names[worst]} would sit {sideways[worst]:.3f} mm "
+            f"({sideways[worst] / pixel:.1f} pixels) beside its position, in its plane (the "
+            "field of view moves within the series); expected every slice's origin on the "
+            "line through the first and the last: read each part as its own list of files",
         )
 
 
