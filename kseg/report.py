@@ -97,7 +97,8 @@ def write_report(
         The path of the written report.
 
     Raises:
-        LayoutError: ``run_dir`` is not a folder or has no ``config.json``.
+        LayoutError: ``run_dir`` is not a folder or has no ``config.json``; ``output`` is
+            a folder or lies below a file.
         UnreadableFileError: ``config.json`` is not a JSON object (one of another version
             or lacking keys is described in the page instead).
         ValueError: ``max_slices`` or ``max_side`` is not a positive integer.
@@ -113,12 +114,27 @@ def write_report(
     config = _read_config(run)
     config_problem = _config_problem(run)
     output = run / "report.html" if output is None else pathlib.Path(output)
+    _check_output(output)
     page = _Page(
         run, config, config_problem, max_slices=int(max_slices), max_side=int(max_side)
     ).render()
     with atomic_output(output) as temporary:
         pathlib.Path(temporary).write_text(page, encoding="utf-8")
     return output
+
+
+def _check_output(output: pathlib.Path) -> None:
+    """A kseg error, before the page is made, for an output that is a folder or lies
+    below a file: the report is one HTML file."""
+    if output.is_dir():
+        raise LayoutError(output, "is a folder; expected the HTML file to write the report "
+                                  f"to, e.g. {output / 'report.html'}")
+    for folder in output.parents:
+        if os.path.lexists(folder):
+            if not folder.is_dir():
+                raise LayoutError(folder, f"is not a folder, so {output} cannot be written "
+                                          "in it; expected the HTML file to write the report to")
+            return
 
 
 def _read_config(run: pathlib.Path) -> dict:

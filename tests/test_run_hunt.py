@@ -253,3 +253,31 @@ def test_report_shows_only_the_cases_of_the_evaluation_in_scores_csv(tmp_path):
     notes = " ".join(p.all_text() for p in page.find_all("p", "note"))
     assert "2 case files of input-test/cases/ are of no patient of scores.csv" in notes
     assert "a-1.npz, a-2.npz" in notes
+
+
+@pytest.mark.parametrize("where", ["folder", "below a file"])
+def test_report_output_that_is_a_folder_or_below_a_file_is_one_line(
+    tmp_path, capsys, monkeypatch, where
+):
+    """``kseg report RUN --output reports`` with reports/ an existing folder (or a path
+    below a file) ended in a bare IsADirectoryError / FileExistsError traceback after the
+    page was made; now one ``kseg: error:`` line names it, and nothing is written."""
+    from test_report import write_config
+
+    from kseg import cli, report
+
+    run = tmp_path / "run"
+    write_config(run)
+    if where == "folder":
+        (tmp_path / "reports").mkdir()
+        output, named = tmp_path / "reports", tmp_path / "reports"
+    else:
+        (tmp_path / "notes").write_text("mine")
+        output, named = tmp_path / "notes" / "report.html", tmp_path / "notes"
+    monkeypatch.setattr(report._Page, "render",
+                        lambda self: pytest.fail("the page was made for an unwritable output"))
+    assert cli.main(["report", str(run), "--output", str(output)]) == 1
+    assert capsys.readouterr().err.startswith(f"kseg: error: {named}: is ")
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
+        ["run", "reports" if where == "folder" else "notes"])
+    assert (where != "folder") or not any((tmp_path / "reports").iterdir())
