@@ -3,6 +3,7 @@ without a word, each checked against a file written directly with Pillow / pydic
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 
 import numpy as np
@@ -220,3 +221,28 @@ def test_secondary_capture_with_a_damaged_photometric_value_names_the_file(tmp_p
     with pytest.raises(UnreadableFileError) as error:
         read_radiograph(path)
     assert str(path) in str(error.value)
+
+
+def test_image_whose_mask_has_another_suffix_or_case_names_that_mask(tmp_path):
+    # Kaggle's "Chest Xray Masks and Labels" holds Shenzhen masks named <image>_mask.png
+    # beside Montgomery masks named <image>.png: the MaskError named only the missing name.
+    from etils import epath
+
+    from tfds_builders.xray.layout import find_records
+    from tfds_builders.xray.xray_dataset_builder import Builder
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for name in ("CHNCXR_0001_0", "MCUCXR_0001_0"):
+        Image.fromarray(_chest()).save(tmp_path / "images" / f"{name}.png")
+    for name in ("CHNCXR_0001_0_mask", "MCUCXR_0001_0"):
+        Image.fromarray(np.zeros((48, 40), np.uint8)).save(tmp_path / "masks" / f"{name}.png")
+    config = Builder.builder_configs["generic"]
+    with pytest.raises(MaskError, match=r"CHNCXR_0001_0\.png: has no mask") as error:
+        find_records(epath.Path(tmp_path), config)
+    assert "CHNCXR_0001_0_mask.png" in str(error.value)
+    assert "mask_suffix='_mask'" in str(error.value)
+    suffixed = dataclasses.replace(config, mask_suffix="_mask")
+    with pytest.raises(MaskError, match=r"MCUCXR_0001_0\.png: has no mask") as error:
+        find_records(epath.Path(tmp_path), suffixed)
+    assert "mask_suffix=''" in str(error.value)

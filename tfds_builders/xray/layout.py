@@ -90,8 +90,13 @@ def find_records(root: epath.Path, config: XrayConfig) -> list[Record]:
         masks = []
         for folder, index in mask_index.items():
             if stem not in index:
-                where = ", ".join(str(d / folder if folder else d) for d in searched[folder])
-                raise MaskError(image, f"has no mask named {stem}{config.mask_suffix}.* in {where}")
+                dirs = [d / folder if folder else d for d in searched[folder]]
+                where = ", ".join(str(d) for d in dirs)
+                raise MaskError(
+                    image,
+                    f"has no mask named {stem}{config.mask_suffix}.* in {where}"
+                    + _near_misses(stem, config.mask_suffix, dirs),
+                )
             masks.append(index[stem])
         records.append(
             Record(
@@ -166,6 +171,30 @@ def _index_masks(folders: Iterable[epath.Path], suffix: str) -> dict[str, epath.
                 raise LayoutError(path, f"a second mask for {stem}, besides {index[stem]}")
             index[stem] = path
     return index
+
+
+def _near_misses(stem: str, suffix: str, folders: Sequence[epath.Path]) -> str:
+    """What a MaskError adds about mask files named like the image but not paired with it:
+    another suffix after its stem (the Shenzhen masks' ``_mask``; mixed compilations), or
+    another case; ``""`` when there are none."""
+    wanted = stem.casefold()
+    names = [
+        path.name
+        for folder in folders
+        for path in sorted(folder.iterdir())
+        if not path.name.startswith(".")
+        and path.suffix.lower() in _MASK_SUFFIXES
+        and path.stem.casefold().startswith(wanted)
+    ][:3]
+    if not names:
+        return ""
+    extra = epath.Path(names[0]).stem[len(stem) :]
+    advice = (
+        f"mask_suffix={extra!r} pairs {names[0]}"
+        if epath.Path(names[0]).stem.startswith(stem) and extra != suffix
+        else "names are paired exactly, case included"
+    )
+    return f"; there: {', '.join(names)} (mask_suffix is {suffix!r}; {advice})"
 
 
 def _scr_mask_dirs(root: epath.Path, config: XrayConfig):
