@@ -11,7 +11,7 @@ from pydicom.uid import generate_uid
 from test_io_dicom import _write_slice
 from test_io_enhanced_dicom import _shuffled_volume, _write_enhanced
 
-from kseg.errors import DicomSeriesError
+from kseg.errors import DicomSeriesError, MaskError
 from kseg.io import (
     UnevenSliceSpacingWarning,
     rasterize_rtstruct,
@@ -20,8 +20,15 @@ from kseg.io import (
     write_rtstruct,
 )
 from kseg.io.dicom_writer import SeriesReference
-from kseg.io.rtstruct import Contour, ContourOutsideVolumeWarning, RoiContours
+from kseg.io.rtstruct import (
+    Contour,
+    ContourOutsideVolumeWarning,
+    RoiContours,
+    RoiNameWarning,
+    match_roi_names,
+)
 from kseg.phantoms.lctsc import write_phantom_rtstruct
+from tfds_builders.lctsc.layout import organ_label_map
 
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
 
@@ -189,3 +196,37 @@ def test_a_series_whose_field_of_view_moves_is_refused_not_read_as_a_tilt(tmp_pa
             warnings.simplefilter("error")
             volume = read_dicom_series([tmp_path / f"{k}.dcm" for k in part])
         assert volume.spacing[0] == 2.0
+
+
+def test_an_alias_chooses_between_two_spellings_of_one_organ():
+    """The error for two ROIs of one organ says 'pass aliases to choose one', but an alias
+    only added a spelling: the built-in table still matched the other name, and the error
+    stayed, whatever the alias. Now a name an alias maps sets aside the table's matches."""
+    names = ["Esophagus", "Oesophagus", "Heart"]
+    with pytest.raises(MaskError, match="esophagus: 'Esophagus', 'Oesophagus'"):
+        match_roi_names(names, wanted=["esophagus", "heart"])
+    with pytest.warns(RoiNameWarning, match=r"set aside for an alias: 'Esophagus' \(esophagus\)"):
+        found = match_roi_names(names, wanted=["esophagus", "heart"],
+                                aliases={"oesophagus ": "esophagus"})
+    assert found == {"esophagus": "Oesophagus", "heart": "Heart"}
+
+
+def test_an_empty_template_roi_beside_the_drawn_organ_does_not_stop_the_case(tmp_path):
+    """A planning template's empty 'HEART' beside the drawn 'Heart': two names of one organ
+    refused the LCTSC case (MaskError), though the empty one holds no voxel."""
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    paths = [_write_slice(folder / f"{k}.dcm", position=(-10.0, -20.0, 2.5 * k),
+                          pixels=np.zeros((20, 30), np.uint16)) for k in range(3)]
+    volume = read_dicom_series(folder)
+    uid = pydicom.dcmread(paths[1]).SOPInstanceUID
+    square = np.array([(-7.45, -17.35, 2.5), (-1.3, -17.35, 2.5), (-1.3, -13.9, 2.5),
+                       (-7.45, -13.9, 2.5)])  # columns 4..11, rows 6..12 (as above)
+    rois = [RoiContours(1, "HEART", None, ()),
+            RoiContours(2, "Heart", None, (Contour(uid, square),))]
+    path = _write_rois(tmp_path / "rs.dcm", rois, volume, paths)
+    with pytest.warns(RoiNameWarning, match="organs with no ROI"):
+        labels = organ_label_map(path, volume)
+    expected = np.zeros(volume.shape, np.uint8)
+    expected[1, 6:13, 4:12] = 3  # heart is organ 3
+    np.testing.assert_array_equal(labels, expected)

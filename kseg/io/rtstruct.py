@@ -768,10 +768,12 @@ def match_roi_names(
 
     Raises:
         MaskError: two ROIs map to the same wanted organ (which one is meant is unknowable;
-            pass ``aliases`` to decide).
+            pass ``aliases`` to decide: a name an alias maps to an organ sets aside the names
+            the built-in table maps to it).
 
     Warns:
-        RoiNameWarning: names that match no canonical organ, and wanted organs with no ROI.
+        RoiNameWarning: names that match no canonical organ, names set aside for an alias,
+            and wanted organs with no ROI.
 
     Example:
         >>> match_roi_names(["LUNG_L", "Lung_Right", "Heart", "Oesophagus", "Cord"])
@@ -784,13 +786,25 @@ def match_roi_names(
     if unknown:
         raise ValueError(f"wanted names {unknown} are not among {LCTSC_ROI_NAMES}")
     found: dict[str, list[str]] = {}
+    by_alias: dict[str, list[str]] = {}
     unmatched = []
+    aliased = {alias.strip().casefold() for alias in aliases or {}}
     for name in names:
         canonical = canonical_roi_name(name, aliases)
         if canonical is None:
             unmatched.append(name)
         elif canonical in wanted:
             found.setdefault(canonical, []).append(name)
+            if name.strip().casefold() in aliased:
+                by_alias.setdefault(canonical, []).append(name)
+    # An alias chooses: names the built-in table matches to its organ are set aside.
+    set_aside = [
+        f"{name!r} ({organ})"
+        for organ, chosen in by_alias.items()
+        for name in found[organ]
+        if name not in chosen
+    ]
+    found.update(by_alias)
     duplicated = {organ: rois for organ, rois in found.items() if len(rois) > 1}
     if duplicated:
         described = "; ".join(f"{organ}: {', '.join(map(repr, rois))}" for organ, rois in
@@ -800,10 +814,12 @@ def match_roi_names(
             f"several ROIs name the same organ ({described}); pass aliases to choose one",
         )
     absent = [organ for organ in wanted if organ not in found]
-    if unmatched or absent:
+    if unmatched or absent or set_aside:
         parts = []
         if unmatched:
             parts.append(f"ROI names matching no organ: {', '.join(map(repr, unmatched))}")
+        if set_aside:
+            parts.append(f"ROI names set aside for an alias: {', '.join(set_aside)}")
         if absent:
             parts.append(f"organs with no ROI: {', '.join(absent)}")
         warnings.warn(RoiNameWarning(f"{where}: {'; '.join(parts)}"), stacklevel=2)

@@ -63,8 +63,9 @@ def organ_label_map(rtstruct_path, volume, *, aliases=None) -> np.ndarray:
     """Rasterise the five LCTSC organs of a structure set into one label map.
 
     Organs are found by their canonical names (:func:`kseg.io.rtstruct.match_roi_names`)
-    among the ROIs that may be organs (the body outline, targets and devices are left out by
-    their RTROIInterpretedType, :attr:`kseg.io.rtstruct.RoiContours.may_be_organ`), and
+    among the drawn ROIs that may be organs (the body outline, targets and devices are left
+    out by their RTROIInterpretedType, :attr:`kseg.io.rtstruct.RoiContours.may_be_organ`;
+    ROIs without contours, which hold no voxels, are left out too), and
     painted in the order lung_left, lung_right, heart, esophagus, spinal_cord, each over
     the previous ones, so where contours overlap the smaller, later organ keeps its voxels.
 
@@ -83,8 +84,12 @@ def organ_label_map(rtstruct_path, volume, *, aliases=None) -> np.ndarray:
         array([0, 1, 2, 3, 4, 5], dtype=uint8)
     """
     path = str(rtstruct_path)
+    # ROIs without contours (planning templates keep empty ones, often beside a drawn ROI of
+    # the same organ under another spelling) hold no voxels: left out before matching.
     rois = {
-        roi.name: roi for roi in one_roi_per_name(path, read_rtstruct(path)) if roi.may_be_organ
+        roi.name: roi
+        for roi in one_roi_per_name(path, read_rtstruct(path))
+        if roi.may_be_organ and roi.contours
     }
     found = match_roi_names(list(rois), aliases=aliases, source=path)
     labels = np.zeros(volume.shape, dtype=np.uint8)
