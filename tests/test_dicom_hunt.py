@@ -230,3 +230,25 @@ def test_an_empty_template_roi_beside_the_drawn_organ_does_not_stop_the_case(tmp
     expected = np.zeros(volume.shape, np.uint8)
     expected[1, 6:13, 4:12] = 3  # heart is organ 3
     np.testing.assert_array_equal(labels, expected)
+
+
+def test_several_series_in_a_folder_are_listed_with_what_tells_them_apart(tmp_path):
+    """A PACS export folder: the topogram series beside the axial series. The choice the
+    error asks for was between bare UIDs; it now shows modality, number, description and
+    which series is a localizer."""
+    _axial_stack(tmp_path, 3)
+    for path in tmp_path.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.SeriesNumber, ds.SeriesDescription = 2, "Thorax 1.0 B31f"
+        ds.save_as(path)
+    scout = _write_slice(tmp_path / "scout.dcm", position=(0.0, 0.0, 0.0), orientation=CORONAL,
+                         series_uid="1.2.3.5")
+    ds = pydicom.dcmread(scout)
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    ds.SeriesNumber, ds.SeriesDescription = 1, "Topogram  0.6  T20s"
+    ds.save_as(scout)
+    with pytest.raises(DicomSeriesError) as raised:
+        read_dicom_series(tmp_path)
+    message = str(raised.value)
+    assert "1.2.3.4 (3 files) [CT, series 2, 'Thorax 1.0 B31f']" in message
+    assert "1.2.3.5 (1 files) [CT, series 1, 'Topogram  0.6  T20s', localizer]" in message

@@ -950,7 +950,7 @@ def _select_series(headers, series_uid: str | None, folder: str):
     for path, dataset in headers:
         groups.setdefault(_text(dataset, "SeriesInstanceUID"), []).append((path, dataset))
     listing = ", ".join(
-        f"{uid or '(blank SeriesInstanceUID)'} ({len(files)} files)"
+        f"{uid or '(blank SeriesInstanceUID)'} ({len(files)} files){_describe_series(files)}"
         for uid, files in sorted(groups.items())
     )
     if series_uid is not None:
@@ -964,6 +964,20 @@ def _select_series(headers, series_uid: str | None, folder: str):
             "ignore_series_uid=True if an anonymiser gave each slice its own UID",
         )
     return next(iter(groups.values()))
+
+
+def _describe_series(files) -> str:
+    """`` [CT, series 2 'Topogram', localizer]``: what tells a user which series to choose
+    (a PACS export holds the scout and dose report series beside the volume)."""
+    header = files[0][1]
+    parts = [_text(header, key).strip() for key in ("Modality", "SeriesNumber")]
+    parts = [parts[0], f"series {parts[1]}" if parts[1] else ""]
+    description = _text(header, "SeriesDescription").strip()
+    parts.append(repr(description) if description else "")
+    if all("LOCALIZER" in _image_type(ds) for _, ds in files):
+        parts.append("localizer")
+    shown = ", ".join(part for part in parts if part)
+    return f" [{shown}]" if shown else ""
 
 
 def _frames_as_slices(series, folder: str):
@@ -1330,6 +1344,17 @@ def _text(dataset: pydicom.Dataset, keyword: str) -> str:
     return "" if value is None else str(value)
 
 
+def _image_type(dataset: pydicom.Dataset) -> list[str]:
+    """ImageType's values, upper case (``[]`` when absent or unreadable: it is only reported)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            values = _as_list(dataset.get("ImageType") or [])
+        except Exception:  # a reported-only value that pydicom cannot convert
+            return []
+    return [str(value).strip().upper() for value in values]
+
+
 def _grid(path: str, dataset, error) -> tuple[int, int]:
     rows = _integer(path, dataset, "Rows", error, allowed=range(1, 65536))
     columns = _integer(path, dataset, "Columns", error, allowed=range(1, 65536))
@@ -1557,9 +1582,7 @@ def _check_one_plane_grid(names, series, geometry) -> _Slice:
         f"{keyword} {found} differs from {expected} of the other {len(majority)} "
         f"slice(s) of the series (first: {names[majority[0]]}){others}"
     )
-    image_type = [str(value).strip().upper() for value in _as_list(
-        series[first][1].get("ImageType") or []
-    )]  # fmt: skip
+    image_type = _image_type(series[first][1])
     if "LOCALIZER" in image_type:
         shown_type = "\\".join(image_type)
         message += (
