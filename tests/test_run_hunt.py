@@ -7,6 +7,7 @@ listings) or a hand-written config, never against kseg's own description of itse
 """
 
 import json
+import pathlib
 import re
 import shutil
 
@@ -281,3 +282,32 @@ def test_report_output_that_is_a_folder_or_below_a_file_is_one_line(
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
         ["run", "reports" if where == "folder" else "notes"])
     assert (where != "folder") or not any((tmp_path / "reports").iterdir())
+
+
+def test_config_json_records_relative_paths_absolute(tmp_path, monkeypatch):
+    """``kseg train chaos_liver --data-dir data/chaos --output-dir runs/c`` recorded the
+    paths as typed; ``cd runs && kseg evaluate c --split test`` then looked for the
+    download in runs/data/chaos and said the prepared dataset was stale (seen end to end:
+    "was prepared from .../proj/data/chaos (72 files), but .../proj/runs/data/chaos holds
+    other files now (0 files)", suggesting to delete it). config.json now holds them
+    absolute (os.path.abspath in the training folder); a gs:// folder is kept as given."""
+    import argparse
+
+    from kseg.recipes import load_run
+    from kseg.recipes.run_config import write_config
+
+    project = tmp_path / "proj"
+    (project / "data").mkdir(parents=True)
+    monkeypatch.chdir(project)
+    args = argparse.Namespace(output_dir=pathlib.Path("runs/c"), seed=0, folds=3,
+                              data_dir=pathlib.Path("data/chaos"), manual_dir="data/chaos",
+                              tfds_dir="gs://bucket/tfds", test_fold=0, validation_fold=1)
+    write_config(project / "runs" / "c", args, "chaos_liver", _builder(project / "data"),
+                 {"liver": 1}, {"kind": "slices"})
+    recorded = json.loads((project / "runs" / "c" / "config.json").read_text())["arguments"]
+    assert recorded["data_dir"] == recorded["manual_dir"] == str(project / "data" / "chaos")
+    assert recorded["output_dir"] == str(project / "runs" / "c")
+    assert recorded["tfds_dir"] == "gs://bucket/tfds"
+    monkeypatch.chdir(project / "runs")
+    _, reread = load_run("c")
+    assert reread.data_dir == project / "data" / "chaos" and reread.output_dir == pathlib.Path("c")

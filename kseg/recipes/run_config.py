@@ -154,6 +154,9 @@ def write_config(
         labels: ``{structure name: label value}`` of masks and predictions.
         inference: how to segment a new image as evaluation does (see the README).
 
+    The paths among the options (:data:`PATH_ARGUMENTS`) are recorded absolute, so the
+    run can be evaluated from any working folder.
+
     Raises:
         LayoutError: a resumed run's ``config.json`` records other :data:`SPLIT_ARGUMENTS`
             or another prepared dataset than ``args`` and ``builder``; nothing is written.
@@ -162,7 +165,7 @@ def write_config(
     config = {
         "kseg_config_version": CONFIG_VERSION,
         "recipe": recipe,
-        "arguments": json_arguments(args),
+        "arguments": _absolute_paths(json_arguments(args)),
         "seed": args.seed,
         "created": now,
         "versions": package_versions(),
@@ -177,6 +180,17 @@ def write_config(
         config["created"] = earlier["created"]
         config["resumed"] = [*earlier.get("resumed", []), now]
     return save_config(run_dir, config)
+
+
+def _absolute_paths(arguments: dict) -> dict:
+    """``arguments`` with the local paths of :data:`PATH_ARGUMENTS` made absolute: a
+    relative ``--data-dir`` is relative to the folder train ran in, and ``kseg evaluate``
+    run from another folder would look for the data there (URLs such as ``gs://`` kept)."""
+    for name in PATH_ARGUMENTS:
+        value = arguments.get(name)
+        if isinstance(value, str) and value and "://" not in value:
+            arguments[name] = os.path.abspath(value)
+    return arguments
 
 
 def _refuse_other_patients(run_dir, earlier: dict, config: dict) -> None:
