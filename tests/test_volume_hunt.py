@@ -171,3 +171,20 @@ def test_dataset_json_lists_of_the_wrong_kind_are_named_or_empty(tmp_path, chang
     else:
         with pytest.raises(UnreadableFileError, match=r"dataset\.json.*must be lists"):
             cases_from_dataset_json(task_folder(tmp_path))
+
+
+@pytest.mark.parametrize("stored, named", [(".nii", "case.nii.gz"), (".nii.gz", "case.nii")])
+def test_nifti_whose_suffix_lies_about_compression_is_read_by_its_bytes(tmp_path, stored, named):
+    # An uncompressed .nii.gz (a browser that undid the server's gzip, a renamed file:
+    # nibabel issues 898 and 966) was "not a gzip file", a gzipped .nii "Cannot work out
+    # file type"; ITK-based tools read both. The MSD builder only takes .nii.gz names, so a
+    # user could not even rename the file. Reference: nibabel on the file correctly named.
+    voxels = np.random.default_rng(3).integers(-1000, 1000, (6, 5, 4)).astype(np.int16)
+    image = nib.Nifti1Image(voxels, np.diag([0.7, 0.8, 2.5, 1.0]))
+    image.header.set_slope_inter(2.0, -1024.0)
+    nib.save(image, tmp_path / f"right{stored}")
+    reference = nib.load(tmp_path / f"right{stored}")
+    (tmp_path / named).write_bytes((tmp_path / f"right{stored}").read_bytes())
+    volume = read_nifti(tmp_path / named)
+    np.testing.assert_array_equal(volume.array, reference.get_fdata().transpose(2, 1, 0))
+    np.testing.assert_allclose(volume.affine, reference.affine[:, [2, 1, 0, 3]])

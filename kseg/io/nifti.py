@@ -87,6 +87,9 @@ class UnknownOrientationWarning(UserWarning):
 def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Volume:
     """Read a NIfTI file (``.nii`` or ``.nii.gz``) into a Volume.
 
+    The suffix is taken in any case, and the file's bytes, not its suffix, say whether it
+    is gzip-compressed (an uncompressed ``.nii.gz`` is read, as ITK-based tools read it).
+
     Args:
         path: the NIfTI file.
         patient_id: patient the volume belongs to; by default the file name without
@@ -187,24 +190,41 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
 
 
 def _load(path: str):
-    """nibabel's image of a single-file NIfTI-1 / NIfTI-2 at ``path``, whatever the case of
-    its suffix.
+    """nibabel's image of a single-file NIfTI-1 / NIfTI-2 at ``path``, opened by its own
+    name and read by its content.
 
     ``nib.load`` derives the file to open from the suffix and lower-cases a mixed-case one:
-    ``spleen_5.Nii.Gz`` was looked for as ``spleen_5.nii.Gz`` and reported missing. The file
-    is opened by its own name here (gzip by its suffix in any case, as nibabel's opener
-    does); anything else goes to ``nib.load``, which names what it is."""
-    with nib.openers.ImageOpener(path) as handle:
+    ``spleen_5.Nii.Gz`` was looked for as ``spleen_5.nii.Gz`` and reported missing. It also
+    decompresses by the suffix, so a ``.nii.gz`` holding uncompressed bytes (a browser that
+    undid the server's gzip, a renamed file) was "not a gzip file", though ITK-based tools
+    read it; the bytes decide here (:func:`_open_stream`). Anything else goes to
+    ``nib.load``, which names what it is."""
+    with _open_stream(path) as handle:
         block = handle.read(nib.Nifti2Header.sizeof_hdr)
-    for klass, magic in ((nib.Nifti2Image, b"n+2"), (nib.Nifti1Image, b"n+1")):
-        header = klass.header_class
-        if header.may_contain_header(block):
-            fields = np.ndarray((), dtype=header.template_dtype, buffer=block[: header.sizeof_hdr])
-            if fields["magic"] != magic:
-                break  # a header-and-image pair (.hdr / .img): nib.load refuses it by name
-            files = {name: nib.FileHolder(filename=path) for name in ("image", "header")}
-            return klass.from_file_map(files, mmap=False)
+        for klass, magic in ((nib.Nifti2Image, b"n+2"), (nib.Nifti1Image, b"n+1")):
+            header = klass.header_class
+            if header.may_contain_header(block):
+                fields = np.ndarray(
+                    (), dtype=header.template_dtype, buffer=block[: header.sizeof_hdr]
+                )
+                if fields["magic"] != magic:
+                    break  # a header-and-image pair (.hdr / .img): nib.load refuses it by name
+                handle.seek(0)
+                # header only: _read_voxels reads the voxels from a stream of its own
+                holder = nib.FileHolder(filename=path, fileobj=handle)
+                return klass.from_file_map({"image": holder, "header": holder}, mmap=False)
     return nib.load(path, mmap=False)
+
+
+def _open_stream(path: str):
+    """The bytes of ``path``: inflated when they are gzip, whatever the suffix says, as they
+    are for a ``.nii`` / ``.nii.gz`` name in any case; other compressions (``.bz2``,
+    ``.zst``) by their suffix, as nibabel opens them."""
+    if _is_gzip(path):
+        return gzip.open(path, "rb")
+    if path.lower().endswith(_NIFTI_SUFFIXES):
+        return open(path, "rb")
+    return nib.openers.ImageOpener(path)
 
 
 def read_nifti_labels(path: os.PathLike | str, *, patient_id: str | None = None) -> Volume:
@@ -407,12 +427,13 @@ def _read_voxels(path: str, image, shape, dtype) -> np.ndarray:
     the stream is then read on to its end so gzip checks the CRC-32 and length of everything
     read: one decompression pass, not a checking pass before nibabel's own."""
     proxy = image.dataobj
-    if not _is_gzip(path):
-        try:
-            return np.asarray(proxy)
-        except Exception as exc:  # cut-short data: OSError (short read), ValueError (mmap)
-            raise _unreadable_voxels(path, shape, dtype, exc) from exc
     spec = (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter)
+    if not _is_gzip(path):
+        try:  # uncompressed bytes whatever the suffix says; .bz2 / .zst by nibabel's opener
+            with _open_stream(path) as stream:
+                return np.asarray(ArrayProxy(stream, spec, mmap=False, order=proxy.order))
+        except Exception as exc:  # cut-short data: OSError (short read), ValueError
+            raise _unreadable_voxels(path, shape, dtype, exc) from exc
     try:
         with gzip.open(path, "rb") as stream:
             voxels = ArrayProxy(_ChunkedReads(stream, path), spec, mmap=False, order=proxy.order)
@@ -482,7 +503,7 @@ def _unreadable_voxels(path: str, shape, dtype, exc: Exception) -> UnreadableFil
 def _stored_header(path: str, image):
     """The header exactly as in the file, without the fixes nibabel applies on loading."""
     try:
-        with nib.openers.ImageOpener(path) as handle:
+        with _open_stream(path) as handle:
             raw = handle.read(image.header.sizeof_hdr)
         return type(image.header).from_fileobj(io.BytesIO(raw), check=False)
     except Exception as exc:  # it was read once already; this is belt and braces
