@@ -140,8 +140,8 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
     Raises:
         LayoutError: ``input_path`` does not exist, holds nothing readable, holds
             radiographs for a 3D volume model or a CT model (``inference["modality"]``
-            ``"CT"``: an image file holds no Hounsfield units), or two inputs would write
-            outputs of the same name.
+            ``"CT"``: an image file holds no Hounsfield units), a volume of several slices
+            for a radiograph model, or two inputs would write outputs of the same name.
         UnreadableFileError, DicomSeriesError: from the readers, naming the file; a
             link in the folder whose target is missing.
     """
@@ -184,6 +184,16 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
             "the run's model is a CT model (config.json's inference modality 'CT'), which "
             "reads Hounsfield units: give it a DICOM series folder or NIfTI files",
         )  # fmt: skip
+    if radiograph_model:
+        # a volume's slices are no radiographs: the model would label each as a chest image
+        volume = next((item for item in inputs
+                       if item[2] != RADIOGRAPH and item[3].array.shape[0] > 1), None)  # fmt: skip
+        if volume is not None:
+            raise LayoutError(
+                volume[1], f"is a volume of {volume[3].array.shape[0]} slices; the run's "
+                "model segments radiographs (config.json's inference modality "
+                "'radiograph'): give it radiograph images or one-slice NIfTI files",
+            )  # fmt: skip
     _check_unique_names(inputs)
     return inputs
 

@@ -311,3 +311,28 @@ def test_config_json_records_relative_paths_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(project / "runs")
     _, reread = load_run("c")
     assert reread.data_dir == project / "data" / "chaos" and reread.output_dir == pathlib.Path("c")
+
+
+def test_a_radiograph_run_refuses_a_ct_volume_before_the_model_loads(tmp_path, monkeypatch):
+    """A chest X-ray run given a CT NIfTI volume (3 slices) labelled every CT slice as a
+    chest radiograph (lungs, heart ... on an abdomen) and wrote it without a word; now the
+    file is named before the model loads. A one-slice NIfTI (a 2D radiograph stored as
+    NIfTI) is still predicted."""
+    from test_predict import radiograph_inference, write_volume_nifti
+
+    from kseg.predict import predict_command
+
+    run = write_run(tmp_path / "run", identity_model(2), radiograph_inference((12, 10)))
+    volume = tmp_path / "abdomen_ct.nii.gz"
+    write_volume_nifti(volume, synthetic_hu((3, 12, 10)), np.eye(4))
+    with monkeypatch.context() as patch:
+        _no_model_load(patch)
+        with pytest.raises(LayoutError, match=f"{re.escape(str(volume))}: is a volume of 3 "
+                                              "slices; the run's model segments radiographs"):
+            predict_command(run, volume, tmp_path / "out", "nifti")
+    assert not (tmp_path / "out").exists()
+    flat = tmp_path / "flat" / "chest.nii.gz"
+    flat.parent.mkdir()
+    write_volume_nifti(flat, synthetic_hu((1, 12, 10)), np.eye(4))
+    written = predict_command(run, flat, tmp_path / "out", "nifti")
+    assert written == [tmp_path / "out" / "chest.nii.gz"]
