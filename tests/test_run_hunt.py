@@ -188,6 +188,9 @@ def test_resuming_with_another_split_or_dataset_is_refused(tmp_path):
 
     write(args())
     (run / "backup").mkdir()
+    write(args(folds=4))  # an empty backup folder (a kill as it was made) resumes nothing
+    write(args())
+    (run / "backup" / "latest.weights.h5").write_bytes(b"weights")
     config = run / "config.json"
     before = config.read_bytes()
     for changed, shown in (({"test_fold": 1, "validation_fold": 0}, "--test-fold 0 (now 1)"),
@@ -201,7 +204,7 @@ def test_resuming_with_another_split_or_dataset_is_refused(tmp_path):
         write(args(), _builder(data, examples=4))  # other patients prepared
     assert config.read_bytes() == before
     write(args(epochs=5))  # more epochs: resumed
-    assert len(json.loads(config.read_text())["resumed"]) == 1
+    assert len(json.loads(config.read_text())["resumed"]) == 3
     shutil.rmtree(run / "backup")  # a new training in the folder
     write(args(test_fold=1, validation_fold=0))
     assert json.loads(config.read_text())["arguments"]["test_fold"] == 1

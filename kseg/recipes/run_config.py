@@ -176,7 +176,8 @@ def write_config(
     }
     earlier = _resumed_config(run_dir, recipe)
     if earlier is not None:
-        _refuse_other_patients(run_dir, earlier, config)
+        if any((pathlib.Path(run_dir) / BACKUP_FOLDER).iterdir()):  # empty: nothing resumed
+            _refuse_other_patients(run_dir, earlier, config)
         config["created"] = earlier["created"]
         config["resumed"] = [*earlier.get("resumed", []), now]
     return save_config(run_dir, config)
