@@ -785,6 +785,29 @@ def _remove_stale_slices(folder: pathlib.Path, written) -> None:
             entry.unlink()
 
 
+def _write_slice_folder(array: np.ndarray, folder: pathlib.Path) -> list[pathlib.Path]:
+    """A volume's PNG slices, written into a hidden staging folder beside ``folder`` and
+    moved in once all are written: an interrupted prediction never leaves a folder that
+    holds part of a volume under the output's name (a kill leaves the staging folder)."""
+    import shutil
+    import tempfile
+
+    from kseg._files import _DIRECTORY_MODE
+
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        staging.chmod(_DIRECTORY_MODE)
+        written = write_png_stack(array, staging)
+        if not os.path.lexists(folder):
+            os.replace(staging, folder)
+        else:  # --overwrite: the earlier slices are replaced file by file, other files kept
+            for path in written:
+                os.replace(path, folder / path.name)
+        return [folder / path.name for path in written]
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _output_path(name: str, kind: str, output_dir: pathlib.Path, format: str) -> pathlib.Path:
     if format == "nifti":
         return output_dir / f"{name}.nii.gz"
@@ -823,7 +846,7 @@ def _write(prediction: Prediction, path: pathlib.Path, format: str, names) -> li
     if format == "png":
         if prediction.kind == RADIOGRAPH:
             return write_png_stack(labels.array, path.parent, names=[path.name])
-        return write_png_stack(labels.array, path)
+        return _write_slice_folder(labels.array, path)
     if format == "dicom-seg":
         from kseg.io.dicom_seg import write_dicom_seg
 

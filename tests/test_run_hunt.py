@@ -339,3 +339,32 @@ def test_a_radiograph_run_refuses_a_ct_volume_before_the_model_loads(tmp_path, m
     write_volume_nifti(flat, synthetic_hu((1, 12, 10)), np.eye(4))
     written = predict_command(run, flat, tmp_path / "out", "nifti")
     assert written == [tmp_path / "out" / "chest.nii.gz"]
+
+
+def test_an_interrupted_png_prediction_leaves_no_partial_slice_folder(
+    ct_case, tmp_path, monkeypatch
+):
+    """A volume predicted as PNG is a folder of slices. Interrupted (Ctrl-C, a full disk)
+    after some slices, it left OUT/patient7/ holding 2 of 3 slices under the prediction's
+    name, which a later step takes for a whole prediction. Now the slices are written
+    beside it and moved in once complete: nothing visible is left under OUT, and the same
+    command then writes all 3 slices."""
+    import kseg.predict
+    from kseg.io.png_stack import write_png_stack
+    from kseg.predict import predict_command
+
+    folder, run = ct_case
+    out = tmp_path / "out"
+
+    def interrupted(array, where, **kwargs):
+        write_png_stack(array[:2], where, **kwargs)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(kseg.predict, "write_png_stack", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            predict_command(run, folder, out, "png")
+    assert [entry.name for entry in out.iterdir() if not entry.name.startswith(".")] == []
+    written = predict_command(run, folder, out, "png")
+    assert written == [out / "patient7" / f"slice_{k:04d}.png" for k in range(3)]
+    assert sorted(out.iterdir()) == [out / "patient7"]
