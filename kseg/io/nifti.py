@@ -133,9 +133,10 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
     """
     path = os.fspath(path)
     try:
-        # mmap=False: nibabel's default maps an uncompressed .nii into memory and the array
-        # stays a view of the file, so saving it back in place (nibabel truncates, then
-        # writes from the view) killed the process with SIGBUS and left the file cut short.
+        # Never memory-mapped (_load and _read_voxels read through streams): nibabel's
+        # default maps a .nii and the array stayed a view of the file, so saving it back in
+        # place (nibabel truncates, then writes from the view) killed the process with
+        # SIGBUS and left the file cut short.
         image = _load(path)
     except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError, zlib.error
         raise UnreadableFileError(path, f"cannot be read as NIfTI ({exc})") from exc
