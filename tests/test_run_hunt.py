@@ -316,6 +316,31 @@ def test_config_json_records_relative_paths_absolute(tmp_path, monkeypatch):
     assert reread.data_dir == project / "data" / "chaos" and reread.output_dir == pathlib.Path("c")
 
 
+def test_a_moved_cross_validation_reads_its_own_phantom(tmp_path, monkeypatch):
+    """A cross-validation's RUN/config.json is its first member's, with ``output_dir`` set
+    to the --output-dir as given (``runs/cv``) and saved with save_config: a relative
+    output_dir beside the member's absolute phantom path, so a moved cross-validation read
+    (and rewrote) the phantom at its old place. save_config records the folders absolute,
+    as write_config does, and the moved run reads its own."""
+    from kseg.recipes import load_run
+    from kseg.recipes.run_config import CONFIG_VERSION, save_config
+
+    monkeypatch.chdir(tmp_path)
+    first_member = {"output_dir": str(tmp_path / "runs/cv/folds/fold_1"),
+                    "manual_dir": str(tmp_path / "runs/cv/phantom"), "data_dir": None,
+                    "tfds_dir": str(tmp_path / "runs/cv/tfds"), "validation_fold": 1}
+    config = {"kseg_config_version": CONFIG_VERSION, "recipe": "chaos_liver",
+              "arguments": {**first_member, "output_dir": "runs/cv", "validation_fold": "all"},
+              "seed": 0, "created": "2026-12-02T03:00:00+00:00", "versions": {},
+              "git_commit": None, "dataset": {"name": "chaos"}, "labels": {"liver": 1},
+              "inference": {}}  # fmt: skip
+    save_config(tmp_path / "runs" / "cv", config)
+    shutil.move(tmp_path / "runs" / "cv", tmp_path / "moved")
+    _, args = load_run(tmp_path / "moved")
+    assert (args.manual_dir, args.tfds_dir) == (tmp_path / "moved" / "phantom",
+                                                tmp_path / "moved" / "tfds")
+
+
 def test_a_radiograph_run_refuses_a_ct_volume_before_the_model_loads(tmp_path, monkeypatch):
     """A chest X-ray run given a CT NIfTI volume (3 slices) labelled every CT slice as a
     chest radiograph (lungs, heart ... on an abdomen) and wrote it without a word; now the

@@ -165,7 +165,7 @@ def write_config(
     config = {
         "kseg_config_version": CONFIG_VERSION,
         "recipe": recipe,
-        "arguments": _absolute_paths(json_arguments(args)),
+        "arguments": json_arguments(args),
         "seed": args.seed,
         "created": now,
         "versions": package_versions(),
@@ -264,7 +264,12 @@ def write_json(path, value) -> pathlib.Path:
 
 
 def save_config(run_dir, config: dict) -> pathlib.Path:
-    """Write a changed ``config`` back to ``run_dir/config.json``, atomically."""
+    """Write a changed ``config`` back to ``run_dir/config.json``, atomically; the folders
+    among its ``arguments`` (:data:`PATH_ARGUMENTS`) are made absolute, as
+    :func:`write_config` records them (a cross-validation's own config.json is built from
+    its first member's, with its ``output_dir`` as given)."""
+    if isinstance(config.get("arguments"), dict):
+        config = {**config, "arguments": _absolute_paths(dict(config["arguments"]))}
     return write_json(pathlib.Path(run_dir) / CONFIG_FILE, config)
 
 
