@@ -25,10 +25,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import pydicom
+import pydicom.charset
 from pydicom.dataset import FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
@@ -52,6 +54,9 @@ __all__ = [
 # Study Component Management SOP Class, which RT structure sets conventionally cite as the
 # class of their referenced study.
 _STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"
+
+# Value representations whose values are text in the SpecificCharacterSet (PS3.5 6.1.2.3).
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
 
 
 def new_dataset(
@@ -117,11 +122,37 @@ def set_grayscale_pixels(
 
 def write_dataset(ds: pydicom.Dataset, path: os.PathLike | str) -> pathlib.Path:
     """Write ``ds`` as a DICOM file (preamble, file meta), atomically: to a temporary name
-    beside ``path``, then renamed, so ``path`` never holds a half-written file."""
+    beside ``path``, then renamed, so ``path`` never holds a half-written file.
+
+    A text value its SpecificCharacterSet cannot encode (a patient name in Japanese under
+    ``ISO_IR 100``) switches the data set to ``ISO_IR 192`` (UTF-8), which encodes every
+    character: pydicom would otherwise write ``?`` in their place.
+    """
     path = pathlib.Path(path)
+    if not _fits_character_set(ds):
+        ds.SpecificCharacterSet = "ISO_IR 192"
     with atomic_output(path) as temporary:
         pydicom.dcmwrite(temporary, ds, enforce_file_format=True)
     return path
+
+
+def _fits_character_set(ds: pydicom.Dataset) -> bool:
+    """Whether every text value of ``ds`` (nested ones too) encodes in its
+    SpecificCharacterSet without replacement characters."""
+    encodings = pydicom.charset.convert_encodings(ds.get("SpecificCharacterSet") or "ISO_IR 6")
+    with warnings.catch_warnings():
+        # pydicom warns, and substitutes "?", where a value does not encode
+        warnings.simplefilter("error")
+        try:
+            for element in ds.iterall():
+                if element.VR not in _TEXT_VRS or element.is_empty:
+                    continue
+                values = element.value if element.VM > 1 else [element.value]
+                for value in values:
+                    pydicom.charset.encode_string(str(value), encodings)
+        except (UserWarning, UnicodeError, LookupError):
+            return False
+    return True
 
 
 @dataclasses.dataclass(frozen=True)
