@@ -139,8 +139,13 @@ class Fingerprint:
 
     @classmethod
     def load(cls, path: os.PathLike | str) -> Fingerprint:
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))
+        """Read a fingerprint written by :meth:`save`.
+
+        Raises:
+            kseg.errors.UnreadableFileError: the file is not JSON, or not a fingerprint
+                (keys missing or unknown, named in the message).
+        """
+        return _load_json_dataclass(cls, path, "a kseg fingerprint.json")
 
 
 class _Reservoir:
@@ -784,8 +789,46 @@ class Plan:
 
     @classmethod
     def load(cls, path: os.PathLike | str) -> Plan:
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))
+        """Read a plan written by :meth:`save`.
+
+        Raises:
+            kseg.errors.UnreadableFileError: the file is not JSON, or not a plan (keys
+                missing or unknown, named in the message: a ``config.json`` or
+                ``fingerprint.json`` given for ``plan.json``, a file edited by hand).
+        """
+        return _load_json_dataclass(cls, path, "a kseg plan.json")
+
+
+def _load_json_dataclass(cls, path, what: str):
+    """``cls.from_dict`` of the JSON object in ``path``; a file that is not JSON, or whose
+    keys are not ``cls``'s fields, is an :class:`~kseg.errors.UnreadableFileError` naming
+    the file, the missing and the unknown keys."""
+    from kseg.errors import UnreadableFileError
+
+    with open(path, encoding="utf-8") as handle:
+        try:
+            data = json.load(handle)
+        except ValueError as error:
+            raise UnreadableFileError(path, f"not JSON ({error}); expected {what}") from None
+    if not isinstance(data, dict):
+        raise UnreadableFileError(path, f"holds a JSON {type(data).__name__}; expected {what}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    required = {f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING}
+    missing, unknown = sorted(required - data.keys()), sorted(data.keys() - fields)
+    if missing or unknown:
+        said = "; ".join(part for part in (
+            f"missing keys {missing}" if missing else "",
+            f"unknown keys {unknown}" if unknown else "") if part)
+        raise UnreadableFileError(
+            path, f"{said}: expected {what} (written by this kseg version; derive it again)"
+        )
+    try:
+        return cls.from_dict(data)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise UnreadableFileError(
+            path, f"a value of the wrong type ({type(error).__name__}: {error}); expected {what}"
+        ) from None
 
 
 MODELS = ("unet", "unet_plus_plus", "attention_unet", "res_unet")

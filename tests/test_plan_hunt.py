@@ -1,0 +1,71 @@
+"""Plans from degenerate data and files a user edits or mixes up (session 23 hunt).
+
+Fast: rule functions and the recipes' plan helpers on hand-made fingerprints, no training.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from kseg import plan as kplan
+from kseg.errors import UnreadableFileError
+from kseg.recipes import _planned
+
+
+class _Args:
+    def __init__(self, **values):
+        self.__dict__.update({"max_minutes": None, "memory_budget_mb": None, **values})
+
+
+def _fingerprint(modality="CT", foreground=True, shape=(40, 512, 512), cases=3):
+    n = math.prod(shape)
+    labels = {0: n - n // 10, 1: n // 10} if foreground else {0: n}
+    stats = [kplan.CaseStats(f"p{k}", shape, (5.0, 0.7, 0.7) if len(shape) == 3 else None,
+                             dict(labels), n - labels[0]) for k in range(cases)]
+    intensity = {"mean": 60.0, "std": 10.0, "min": 0.0, "max": 120.0,
+                 "percentile_00_5": 20.0, "percentile_50_0": 60.0,
+                 "percentile_99_5": 100.0} if foreground else None
+    return kplan.Fingerprint(
+        dataset={"name": "chaos", "config": "ct"}, modality=modality, class_names=None,
+        cases=stats, foreground_intensity=intensity,
+        foreground_fraction=kplan._foreground_fraction(stats), layout="slices")
+
+
+def _saved_plan(tmp_path):
+    p = kplan.plan(_fingerprint(), memory_budget_mb=2000, time_budget_minutes=1.5,
+                   spatial_dims=2, training_examples=80)
+    path = tmp_path / "plan.json"
+    p.save(path)
+    return p, path
+
+
+def test_plan_path_that_is_not_a_plan_names_the_file_and_the_keys(tmp_path):
+    """--plan PATH given a run's config.json, a fingerprint.json, a plan.json missing a key
+    (edited by hand, or from another kseg version) or a file that is not JSON: a
+    kseg error naming the file and what is wrong, not a bare KeyError / JSONDecodeError."""
+    saved, plan_path = _saved_plan(tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"recipe": "chaos_liver", "arguments": {}}))
+    fingerprint = tmp_path / "fingerprint.json"
+    _fingerprint().save(fingerprint)
+    older = tmp_path / "older_plan.json"
+    data = saved.to_dict()
+    del data["tta_mirror_axes"]
+    older.write_text(json.dumps(data))
+    broken = tmp_path / "broken.json"
+    broken.write_text(plan_path.read_text()[:100])
+    for path, named in ((config, "missing keys"), (fingerprint, "'median_shape'"),
+                        (older, "'tta_mirror_axes'"), (broken, "not JSON")):
+        with pytest.raises(UnreadableFileError) as raised:
+            _planned.derive(_Args(plan=str(path)), None, None, training_examples=80)
+        assert str(path) in str(raised.value) and named in str(raised.value)
+        assert "plan.json" in str(raised.value)
+    # and the other way round: a plan is no fingerprint
+    with pytest.raises(UnreadableFileError, match="missing keys.*'cases'"):
+        kplan.Fingerprint.load(plan_path)
+    # a plan written by save still reads back as it was
+    assert _planned.derive(_Args(plan=str(plan_path)), None, None,
+                           training_examples=1) == saved
