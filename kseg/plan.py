@@ -550,11 +550,19 @@ def rule_patch_size(median_shape: Sequence[int], spatial_dims: int, memory_budge
     patch = [min(int(round(v)), int(s)) for v, s in zip(inverse * scale, median_shape,
                                                          strict=True)]
     budget = memory_budget_mb * 2**20
+    # a U-Net pools at least once where the data allows it (the recipes refuse --depth 0)
+    least_depth = min(1, rule_depth(patch, max_depth))
     while True:
         depth = rule_depth(patch, max_depth)
         step = 2**depth
         patch = [int(math.ceil(s / step) * step) for s in patch]
         per_voxel = rule_bytes_per_voxel(spatial_dims, depth, base_filters, max_filters)
+        if depth < least_depth:
+            raise ValueError(
+                f"memory_budget_mb={memory_budget_mb} cannot hold a batch of {MIN_BATCH} "
+                f"patches of a U-Net with one pooling (at least {2 * MIN_FEATURE_MAP} voxels "
+                "per axis); give more memory"
+            )
         if MIN_BATCH * math.prod(patch) * per_voxel <= budget:
             return tuple(patch), depth
         axis = int(np.argmax(np.asarray(patch) / median))

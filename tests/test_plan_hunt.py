@@ -69,3 +69,18 @@ def test_plan_path_that_is_not_a_plan_names_the_file_and_the_keys(tmp_path):
     # a plan written by save still reads back as it was
     assert _planned.derive(_Args(plan=str(plan_path)), None, None,
                            training_examples=1) == saved
+
+
+def test_memory_budget_below_a_one_pooling_unet_is_refused():
+    """Hand-worked: a 2D U-Net of 16 filters and one pooling keeps
+    4 B x 12 tensors x (16 + 32 / 4) = 1152 B per input pixel; a batch of 2 patches of
+    8 x 8 (the smallest with a 4-pixel feature map after one pooling) needs
+    2 x 64 x 1152 = 147456 B = 0.1406 MB. Below that the rule planned a 2 x 3 pixel patch
+    with no pooling (depth 0, which the recipes refuse as --depth) instead of saying so."""
+    assert kplan.rule_patch_size((512, 512), 2, 0.15, 16, 256, 5, (0.7, 0.7)) == ((8, 8), 1)
+    for budget in (0.14, 0.01):
+        with pytest.raises(ValueError, match=f"memory_budget_mb={budget} cannot hold"):
+            kplan.rule_patch_size((512, 512), 2, budget, 16, 256, 5, (0.7, 0.7))
+    with pytest.raises(ValueError, match="memory_budget_mb=0.01"):
+        kplan.plan(_fingerprint(), memory_budget_mb=0.01, time_budget_minutes=1.5,
+                   spatial_dims=2, training_examples=80)
