@@ -11,7 +11,7 @@ import math
 import pytest
 
 from kseg import plan as kplan
-from kseg.errors import UnreadableFileError
+from kseg.errors import KsegError, UnreadableFileError
 from kseg.recipes import _planned
 
 
@@ -84,3 +84,18 @@ def test_memory_budget_below_a_one_pooling_unet_is_refused():
     with pytest.raises(ValueError, match="memory_budget_mb=0.01"):
         kplan.plan(_fingerprint(), memory_budget_mb=0.01, time_budget_minutes=1.5,
                    spatial_dims=2, training_examples=80)
+
+
+@pytest.mark.parametrize("fingerprint, memory, named", [
+    (_fingerprint(foreground=False), None, "no foreground voxels"),  # masks all empty
+    (_fingerprint(), 0.01, "memory_budget_mb=0.01"),
+])
+def test_a_dataset_or_budget_no_plan_fits_is_a_kseg_error(fingerprint, memory, named):
+    """--plan auto on CT data without foreground, or with --memory-budget-mb too small for
+    any U-Net: a KsegError (kseg's one-line CLI error) naming the dataset, the budgets and
+    the way out, not a ValueError traceback."""
+    args = _Args(plan="auto", memory_budget_mb=memory, data_dir=None)
+    with pytest.raises(KsegError) as raised:
+        _planned.derive(args, None, fingerprint, training_examples=80)
+    message = str(raised.value)
+    assert named in message and "chaos/ct" in message and "--plan none" in message

@@ -217,8 +217,18 @@ def derive(args, builder, fp, *, training_examples: int):
         return kplan.Plan.load(args.plan)
     minutes = args.max_minutes if getattr(args, "max_minutes", None) else default_minutes(args)
     memory = args.memory_budget_mb or DEFAULT_MEMORY_BUDGET_MB
-    return kplan.plan(fp, memory_budget_mb=memory, time_budget_minutes=minutes,
-                      spatial_dims=2, training_examples=training_examples)
+    try:
+        return kplan.plan(fp, memory_budget_mb=memory, time_budget_minutes=minutes,
+                          spatial_dims=2, training_examples=training_examples)
+    except ValueError as error:  # data or budgets no plan fits: a usage error, not a crash
+        from kseg.errors import KsegError
+
+        name = fp.dataset.get("name"), fp.dataset.get("config")
+        raise KsegError(
+            f"--plan auto: no plan for {'/'.join(str(n) for n in name if n)} with "
+            f"--memory-budget-mb {memory:g} and {minutes:g} minutes: {error}; give other "
+            "budgets, or --plan none for the recipe's hand-picked settings"
+        ) from error
 
 
 def default_minutes(args) -> float:
