@@ -99,3 +99,33 @@ def test_a_dataset_or_budget_no_plan_fits_is_a_kseg_error(fingerprint, memory, n
         _planned.derive(args, None, fingerprint, training_examples=80)
     message = str(raised.value)
     assert named in message and "chaos/ct" in message and "--plan none" in message
+
+
+def _chaos_plan():
+    """The CHAOS phantom's plan: 112 x 112 slices, 4 poolings (README's table)."""
+    p = kplan.plan(_fingerprint(shape=(40, 512, 512), cases=10), memory_budget_mb=2000,
+                   time_budget_minutes=1.5, spatial_dims=2, training_examples=192)
+    assert (p.patch_size, p.depth) == ((112, 112), 4)
+    return p
+
+
+@pytest.mark.parametrize("given, values, image_size, depth", [
+    # 200 passes the hand-picked depth 3 (200 = 25 x 8), but the plan's 4 poolings would
+    # halve it to 12.5: 3 poolings, the most that halve 200 exactly
+    (["image_size"], {"image_size": 200}, 200, 3),
+    (["image_size"], {"image_size": 96}, 96, 4),  # 96 = 6 x 16: the plan's depth stays
+    # --depth 5 passes with the hand-picked 128 (4 x 32), but the plan's 112 is not a
+    # multiple of 32: rounded up to 128
+    (["depth"], {"depth": 5}, 128, 5),
+    (["depth"], {"depth": 2}, 112, 2),
+])
+def test_a_given_size_or_depth_and_the_planned_other_fit_the_unet(given, values, image_size,
+                                                                 depth):
+    """One of --image-size / --depth given, the other from the plan: the U-Net must halve
+    the input --depth times exactly, or kseg.models.build refuses the shape after the
+    dataset was fingerprinted (ValueError: input_shape[0]=200 must be divisible by 16)."""
+    args = _Args(plan="auto", plan_given=given, **values)
+    settings = _planned.unet_settings(_chaos_plan(), 192, args)
+    chosen = {"image_size": settings["image_size"], "depth": settings["depth"], **values}
+    assert (chosen["image_size"], chosen["depth"]) == (image_size, depth)
+    assert chosen["image_size"] % 2 ** chosen["depth"] == 0

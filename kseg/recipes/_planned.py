@@ -455,7 +455,9 @@ def unet_settings(plan, training: int, args) -> dict:
     the U-Net, Adam's learning rate and its cosine schedule, nnU-Net's augmentation, and
     the epochs the plan's training steps make (a GPU plan's SGD is refused: the recipes
     train with Adam). A ``--image-size`` given without
-    ``--depth`` keeps its feature maps at least 4 pixels wide (:func:`kseg.plan.rule_depth`)."""
+    ``--depth`` keeps its feature maps at least 4 pixels wide (:func:`kseg.plan.rule_depth`)
+    and gets at most as many poolings as halve it exactly; a ``--depth`` given without
+    ``--image-size`` rounds the plan's size up to a multiple of ``2**depth``."""
     from kseg.plan import rule_depth
 
     if plan.optimizer["name"] != "Adam":
@@ -465,11 +467,15 @@ def unet_settings(plan, training: int, args) -> dict:
             "device='cpu')"
         )
     given = set(getattr(args, "plan_given", ()))
-    depth = plan.depth
+    depth, image_size = plan.depth, int(max(plan.patch_size))
     if "image_size" in given:
         depth = min(depth, rule_depth((args.image_size, args.image_size)))
+        while depth > 1 and args.image_size % 2**depth:  # the U-Net halves it depth times
+            depth -= 1
+    elif "depth" in given:  # the plan's size, rounded up to what --depth poolings halve
+        image_size = math.ceil(image_size / 2**args.depth) * 2**args.depth
     return {
-        "image_size": int(max(plan.patch_size)),
+        "image_size": image_size,
         "batch_size": int(plan.batch_size),
         "depth": int(depth),
         "base_filters": int(plan.base_filters),
