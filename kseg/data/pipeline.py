@@ -270,10 +270,35 @@ def _map_labels(mask, num_classes: int, label_map: dict[int, int] | None):
         return tf.identity(mask)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _decode_stored_values(contents):
+    """An encoded PNG / JPEG / BMP / GIF as ``(H, W, 1)`` uint16 holding its stored values.
+
+    ``tf.io.decode_image`` decodes to uint8 by default, which rescales a 16-bit PNG to 8
+    bits (a 0/1 mask becomes all 0, a 12-bit radiograph loses its low bits), and with
+    ``dtype=uint16`` it rescales 8-bit images by 257. A 16-bit PNG (bit depth 16 in its
+    IHDR chunk, byte 24) is therefore decoded at 16 bits, everything else at 8, and both
+    come out as uint16 with the values the file stores.
+    """
+    sixteen_bit = tf.logical_and(
+        tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE),
+        tf.equal(tf.strings.substr(contents, 24, 1), b"\x10"),
+    )
+    return tf.cond(
+        sixteen_bit,
+        lambda: tf.io.decode_png(contents, channels=1, dtype=tf.uint16),
+        lambda: tf.cast(
+            tf.io.decode_image(contents, channels=1, expand_animations=False), tf.uint16
+        ),
+    )
+
+
 def _as_channels_last_image(tensor, name: str):
     """Decode encoded images and give 2D arrays a channel axis: ``(H, W, C)``."""
     if tensor.dtype == tf.string:
-        tensor = tf.io.decode_image(tensor, channels=1, expand_animations=False)
+        tensor = _decode_stored_values(tensor)
     rank = tensor.shape.rank
     if rank == 2:
         return tensor[..., tf.newaxis]
@@ -307,7 +332,8 @@ def segmentation_dataset(
     Args:
         ds: dataset of dicts (TFDS examples; ``image_key`` / ``mask_key`` are read, other keys
             such as ``patient_id`` are dropped) or of ``(image, mask)`` tuples. Images
-            ``(H, W)`` / ``(H, W, C)`` of any real dtype or encoded PNG/JPEG/BMP strings;
+            ``(H, W)`` / ``(H, W, C)`` of any real dtype or encoded PNG/JPEG/BMP strings
+            (decoded to one channel with the values they store, 16-bit PNGs at 16 bits);
             masks the same shape in integer labels.
         image_key: key of the image in dict examples.
         mask_key: key of the mask in dict examples.
