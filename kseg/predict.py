@@ -296,8 +296,12 @@ def _dicom_image_geometry(path: pathlib.Path, header) -> tuple[np.ndarray, dict,
     """Affine, metadata and patient of one DICOM image: a one-slice series' when the header
     places the image in the patient (ImagePositionPatient ...), else the pixel spacing
     (PixelSpacing, or ImagerPixelSpacing of projection radiographs) on plain axes."""
-    if all(key in header for key in ("ImagePositionPatient", "ImageOrientationPatient",
-                                     "PixelSpacing")):  # fmt: skip
+    # A grey RGB / YBR secondary capture (read_radiograph reads it as grey) is no series
+    # slice: read_dicom_series refuses colour samples, so it is placed by its pixel spacing.
+    grey_samples = str(header.get("SamplesPerPixel", 1) or 1).strip() == "1"
+    if grey_samples and all(key in header for key in ("ImagePositionPatient",
+                                                      "ImageOrientationPatient",
+                                                      "PixelSpacing")):  # fmt: skip
         series = read_dicom_series([path])
         return series.affine, series.metadata, series.patient_id
     spacing = header.get("PixelSpacing") or header.get("ImagerPixelSpacing") or (1.0, 1.0)
