@@ -393,6 +393,17 @@ def _progress(inputs: list) -> list:
 
 
 def _predict_input(model, inference, name, source, kind, image, dicom) -> Prediction:
+    values = np.asarray(image.array)
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        # read_nifti only warns (NonFiniteVoxelWarning); a model fed NaN predicts NaN over
+        # its receptive field, and NaN probabilities become background labels
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise UnreadableFileError(
+            source,
+            f"{bad} of {values.size} voxels are NaN or infinite (converters write NaN outside "
+            "the field of view); replace them with the scan's background value first, e.g. "
+            "numpy.nan_to_num(array, nan=-1024.0) for CT",
+        )
     if inference["kind"] == "volume":
         labels = _predict_volume(model, inference, image, source)
     elif kind == NIFTI and inference.get("modality") != "radiograph":
