@@ -256,7 +256,9 @@ _POSITIVE_NUMBERS = ("learning_rate", "max_minutes")
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Exit with one clear line (argparse's usage error, exit code 2) for a value no run can
     use, before TensorFlow loads: a ``--data-dir`` that is missing, a file or an empty folder,
-    an ``--output-dir`` that is a file, or a count, size or rate that is not positive."""
+    an ``--output-dir`` that is a file, an ``--output-dir`` or ``--tfds-dir`` inside the
+    ``--data-dir`` (the download is never written to), or a count, size or rate that is not
+    positive."""
     data_dir = getattr(args, "data_dir", None)
     if data_dir is not None:
         if not os.path.exists(data_dir):
@@ -271,6 +273,19 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     output_dir = getattr(args, "output_dir", None)
     if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
         parser.error(f"--output-dir {output_dir} is a file; expected a folder to write into")
+    if data_dir is not None:
+        # a run (or its prepared dataset) inside the download changes the files it was
+        # prepared from: every later run and evaluate would find the dataset stale
+        download = os.path.realpath(data_dir)
+        for option in ("output_dir", "tfds_dir"):
+            folder = getattr(args, option, None)
+            if folder is None:
+                continue
+            inside = os.path.realpath(folder)
+            if inside == download or inside.startswith(download.rstrip(os.sep) + os.sep):
+                parser.error(f"--{option.replace('_', '-')} {folder} lies in --data-dir "
+                             f"{data_dir}; the download is never written to: choose a "
+                             "folder outside it")
     for name in _POSITIVE_INTEGERS:
         value = getattr(args, name, None)
         if value is not None and value < 1:
