@@ -129,3 +129,20 @@ def test_a_given_size_or_depth_and_the_planned_other_fit_the_unet(given, values,
     chosen = {"image_size": settings["image_size"], "depth": settings["depth"], **values}
     assert (chosen["image_size"], chosen["depth"]) == (image_size, depth)
     assert chosen["image_size"] % 2 ** chosen["depth"] == 0
+
+
+@pytest.mark.parametrize("recipe", ["chaos_liver", "xray_multiclass"])
+def test_memory_budget_with_plan_none_is_a_usage_error(recipe, tmp_path, capsys):
+    """--plan none --memory-budget-mb 500 trained the hand-picked settings and silently
+    ignored the budget the user set (config.json even recorded it)."""
+    from kseg.recipes import load
+
+    with pytest.raises(SystemExit) as stopped:
+        load(recipe).parse_args(["--output-dir", str(tmp_path / "run"), "--plan", "none",
+                                 "--memory-budget-mb", "500"])
+    assert stopped.value.code == 2
+    assert "--memory-budget-mb sizes the plan" in capsys.readouterr().err
+    # with a plan it is what the plan is sized by
+    args = load(recipe).parse_args(["--output-dir", str(tmp_path / "run"),
+                                    "--memory-budget-mb", "500"])
+    assert args.memory_budget_mb == 500

@@ -156,16 +156,20 @@ def add_network_arguments(group, hand_picked: dict) -> None:
 
 
 def finish_arguments(parser, args, hand_picked: dict) -> None:
-    """Check ``--plan`` and ``--memory-budget-mb``; fill the hand-picked value into every
-    planned option not given and check ``--depth`` against ``--image-size``; remember the
-    given ones as ``args.plan_given`` (``--plan auto|PATH`` only: a ``--plan none`` run's
-    options are those of session 15)."""
+    """Check ``--plan`` and ``--memory-budget-mb`` (refused with ``--plan none``, which
+    would ignore it); fill the hand-picked value into every planned option not given and
+    check ``--depth`` against ``--image-size``; remember the given ones as
+    ``args.plan_given`` (``--plan auto|PATH`` only: a ``--plan none`` run's options are
+    those of session 15)."""
     if args.plan not in ("auto", "none") and not os.path.isfile(args.plan):
         parser.error(f"--plan must be auto, none or a plan.json file; {args.plan} is not a file")
     if args.memory_budget_mb is not None and not (
         args.memory_budget_mb > 0 and math.isfinite(args.memory_budget_mb)
     ):
         parser.error(f"--memory-budget-mb must be a positive number, got {args.memory_budget_mb}")
+    if args.plan == "none" and args.memory_budget_mb is not None:
+        parser.error("--memory-budget-mb sizes the plan, and --plan none trains the "
+                     "hand-picked settings without one; leave out one of the two")
     given = sorted(name for name in hand_picked if getattr(args, name) is not None)
     for name, value in hand_picked.items():
         if getattr(args, name) is None:
