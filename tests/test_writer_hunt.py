@@ -1,11 +1,14 @@
 """What kseg writes for other tools, read back by pydicom / highdicom: hostile headers and
 layouts a real archive produces (non-Latin text, de-identified series)."""
 
+import functools
+
 import numpy as np
 import pydicom
+import pytest
 from test_io_dicom import _write_scrambled_series
 
-from kseg.io import rasterize_rtstruct, read_dicom_series, write_rtstruct
+from kseg.io import rasterize_rtstruct, read_dicom_series, write_dicom_seg, write_rtstruct
 
 
 def _series(folder, edit):
@@ -39,3 +42,45 @@ def test_rtstruct_keeps_names_latin1_cannot_encode(tmp_path, recwarn):
     assert ds.StructureSetROISequence[0].ROIName == "肝臓"
     assert not [w for w in recwarn if "encode" in str(w.message)]
     assert np.array_equal(rasterize_rtstruct(path, ct)["肝臓"], labels == 1)
+
+
+@pytest.mark.parametrize("writer", ["rtstruct", "seg"])
+def test_names_dicom_cannot_hold_as_one_value_are_refused(tmp_path, writer):
+    # "Lung\Left" was written as ROIName / SegmentLabel and read back (pydicom, kseg's
+    # reader) as two values, ['Lung', 'Left']; a 70-character name was written into an LO
+    # of at most 64 (PS3.5 Table 6.2-1) with only pydicom's length warning.
+    ct = _series(tmp_path / "ct", lambda ds: None)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1:3, 1:3, 1:3] = 1
+    if writer == "seg":
+        pytest.importorskip("highdicom")
+        write = functools.partial(write_dicom_seg, labels, ct, tmp_path / "out.dcm")
+    else:
+        write = functools.partial(write_rtstruct, labels, ct, tmp_path / "out.dcm")
+    with pytest.raises(ValueError, match=r"label 1 .*backslash"):
+        write({1: "Lung\\Left"}) if writer == "seg" else write(roi_names={1: "Lung\\Left"})
+    with pytest.raises(ValueError, match=r"label 1 .*longer than the 64"):
+        write({1: "x" * 65}) if writer == "seg" else write(roi_names={1: "x" * 65})
+    assert not (tmp_path / "out.dcm").exists()
+    # 64 characters fit exactly, and read back as written
+    if writer == "seg":
+        path = write({1: "y" * 64})
+        assert pydicom.dcmread(path).SegmentSequence[0].SegmentLabel == "y" * 64
+    else:
+        path = write(roi_names={1: "y" * 64})
+        assert pydicom.dcmread(path).StructureSetROISequence[0].ROIName == "y" * 64
+
+
+def test_rtstruct_label_and_description_fit_their_value_representations(tmp_path):
+    # StructureSetLabel is SH (16 characters), SeriesDescription LO (64): longer ones were
+    # written, non-conformant, with only pydicom's length warnings.
+    ct = _series(tmp_path / "ct", lambda ds: None)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1, 1:3, 1:3] = 1
+    with pytest.raises(ValueError, match="label 'a structure set label'.*16"):
+        write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"],
+                       label="a structure set label")  # fmt: skip
+    with pytest.raises(ValueError, match="series_description.*64"):
+        write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"],
+                       series_description="d" * 65)  # fmt: skip
+    assert not (tmp_path / "rs.dcm").exists()

@@ -63,6 +63,8 @@ _PATIENT_AND_STUDY = (
     "AccessionNumber", "ReferringPhysicianName",
 )
 _OPTIONAL_STUDY = ("StudyDescription", "PatientAge", "PatientIdentityRemoved")
+# Maximum lengths of the LO and SH value representations (PS3.5 Table 6.2-1).
+_LO_LENGTH, _SH_LENGTH = 64, 16
 
 
 class BlankSeriesUidWarning(UserWarning):
@@ -199,10 +201,10 @@ def write_rtstruct(
             ``source_files`` and ``metadata`` UIDs are used).
         path: the RTSTRUCT file to write.
         roi_names: ``{label value: ROI name}``, or names for labels 1, 2, ... in order.
-            Every nonzero value of ``labels`` needs a name; a named label with no pixels
-            becomes an ROI without contours.
+            Every nonzero value of ``labels`` needs a name (at most 64 characters, no
+            backslash); a named label with no pixels becomes an ROI without contours.
         label: StructureSetLabel (up to 16 characters).
-        series_description: SeriesDescription of the structure set.
+        series_description: SeriesDescription of the structure set (up to 64 characters).
         colors: ROIDisplayColor by label value (default: a fixed palette).
         roi_generation_algorithm: ROIGenerationAlgorithm (``"AUTOMATIC"`` for a model's
             prediction, ``"SEMIAUTOMATIC"``, ``"MANUAL"``).
@@ -213,8 +215,10 @@ def write_rtstruct(
     Raises:
         ValueError: ``labels`` is not on the series' grid, is not integral, holds negative
             values or values without a name; ``roi_names`` is empty, repeats a name or names
-            label 0; ``reference_series`` lacks the files, FrameOfReferenceUID or
-            SOPInstanceUIDs a structure set needs; ``path`` is one of the series' files.
+            label 0; a name (or ``label``, ``series_description``) longer than DICOM allows
+            (64 characters, ``label`` 16) or holding a backslash or control character;
+            ``reference_series`` lacks the files, FrameOfReferenceUID or SOPInstanceUIDs a
+            structure set needs; ``path`` is one of the series' files.
         OSError: a file of the series cannot be read.
 
     Warns:
@@ -239,6 +243,8 @@ def write_rtstruct(
     """
     array = _label_array(labels, reference_series)
     names = _roi_names(roi_names)
+    _check_text(label, "label", _SH_LENGTH)
+    _check_text(series_description, "series_description", _LO_LENGTH)
     present = {int(v) for v in np.unique(array)} - {0}
     unnamed = sorted(present - set(names))
     if unnamed:
@@ -352,12 +358,28 @@ def _roi_names(roi_names) -> dict[int, str]:
     blank = [value for value, name in names.items() if not name.strip()]
     if blank:
         raise ValueError(f"roi_names gives labels {blank} an empty name")
+    for value, name in names.items():
+        _check_text(name, f"roi_names gives label {value} the name", _LO_LENGTH)
     seen: dict[str, int] = {}
     for value, name in names.items():
         if name in seen:
             raise ValueError(f"roi_names gives labels {seen[name]} and {value} the name {name!r}")
         seen[name] = value
     return names
+
+
+def _check_text(text: str, what: str, length: int) -> None:
+    """Refuse a name a DICOM text value (LO, SH) cannot hold as one value: over ``length``
+    characters (PS3.5 6.2), a backslash (which separates values: read back, ``Lung\\Left``
+    is two names) or a control character."""
+    problem = (
+        f"is longer than the {length} characters DICOM allows" if len(text) > length
+        else "holds a backslash, which DICOM reads as a value separator" if "\\" in text
+        else "holds a control character" if any(ord(c) < 32 or ord(c) == 127 for c in text)
+        else None
+    )  # fmt: skip
+    if problem:
+        raise ValueError(f"{what} {text!r}, which {problem}")
 
 
 def _series_reference(series: Volume) -> tuple[SeriesReference, pydicom.Dataset]:
