@@ -45,7 +45,18 @@ def run_model(run_dir):
     from kseg.recipes import run_config
 
     inference = run_config.read_config(run_dir)["inference"]
-    model = kseg.load_model(pathlib.Path(run_dir) / "best.keras")
+    path = pathlib.Path(run_dir) / "best.keras"
+    model = kseg.load_model(path)
+    channels, classes = model.output_shape[-1], inference.get("num_classes")
+    if classes is not None and channels != int(classes):
+        # a best.keras copied in from another run would be scored without a word
+        from kseg.errors import UnreadableFileError
+
+        raise UnreadableFileError(
+            path, f"outputs {channels} channels, but {pathlib.Path(run_dir) / 'config.json'} "
+            f"says the run predicts {classes} (inference num_classes): is this model from "
+            "another run?",
+        )  # fmt: skip
     return inference_model(model, inference), inference
 
 
