@@ -217,9 +217,17 @@ def every_split(builder, *, exclude=()) -> str:
 
 
 def save_table(table: PatientTable, folder) -> pathlib.Path:
+    """``folder/scores.csv``, and ``folder/cases`` cleared of case files of patients the
+    table does not hold: an earlier evaluation into the same folder (``kseg evaluate
+    --input`` of another folder of the same name) left its own there."""
     path = pathlib.Path(folder) / "scores.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path)
+    scored = set(table.patient_ids)
+    cases = pathlib.Path(folder) / "cases"
+    for case in sorted(cases.glob("*.npz")) if cases.is_dir() else []:
+        if case.stem not in scored:
+            case.unlink()
     return path
 
 
