@@ -633,7 +633,7 @@ def _trained_model(data: StudyData, *, mirrored: bool = True):
         from kseg.errors import LayoutError
 
         raise LayoutError(
-            f"{data.run_dir}: holds no best.keras; train the run first "
+            data.run_dir, f"holds no best.keras; train the run first "
             f"(kseg train {data.recipe_name})"
         )
     model = kseg.load_model(path)
@@ -1512,6 +1512,10 @@ def _source(args, needs_model: bool):
             f"recipe options {args.recipe_arguments} given after run folder "
             f"{source}; they apply only after a recipe name"
         )
+    if needs_model:
+        from kseg.cli import check_model
+
+        check_model(pathlib.Path(source))  # before the study prepares any data
     _, recipe_args = recipes.load_run(source)
     config = run_config.read_config(source)
     return config["recipe"], recipe_args, config
