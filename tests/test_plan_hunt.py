@@ -146,3 +146,42 @@ def test_memory_budget_with_plan_none_is_a_usage_error(recipe, tmp_path, capsys)
     args = load(recipe).parse_args(["--output-dir", str(tmp_path / "run"),
                                     "--memory-budget-mb", "500"])
     assert args.memory_budget_mb == 500
+
+
+def test_plan_path_of_other_data_names_the_file(tmp_path, monkeypatch):
+    """--plan PATH with the plan.json of an X-ray run given to the CHAOS CT recipe crashed
+    with a bare KeyError 'clip' (an X-ray plan has no CT window); a CT plan given to the
+    X-ray recipe trained radiographs mirrored, and a 3D plan's patch is no slice size."""
+    xray_cases = [kplan.CaseStats(f"r{k}", (64, 64), None, {0: 9, 1: 1}, 1) for k in range(4)]
+    xray = kplan.Fingerprint(dataset={"name": "xray"}, modality="XRAY", class_names=None,
+                             cases=xray_cases, foreground_intensity=None,
+                             foreground_fraction={1: 0.1}, layout="images")
+    ct = _fingerprint()
+    plans = {
+        "xray": kplan.plan(xray, memory_budget_mb=100, time_budget_minutes=1, spatial_dims=2),
+        "ct": kplan.plan(ct, memory_budget_mb=2000, time_budget_minutes=1.5, spatial_dims=2,
+                         training_examples=80),
+        "ct3d": kplan.plan(ct, memory_budget_mb=2000, time_budget_minutes=1.5,
+                           spatial_dims=3),
+    }
+    for name, p in plans.items():
+        p.save(tmp_path / f"{name}.json")
+    monkeypatch.setattr(_planned, "fingerprint", lambda args, builder: builder)
+    monkeypatch.setattr(_planned, "training_examples", lambda builder, split: 80)
+
+    from kseg.recipes import chaos_liver, xray_multiclass
+
+    recipe_settings = {"CT": chaos_liver.plan_settings, "XRAY": xray_multiclass.plan_settings}
+    for name, data in (("xray", ct), ("ct", xray), ("ct3d", ct)):
+        args = _Args(plan=str(tmp_path / f"{name}.json"), output_dir=str(tmp_path / name))
+        (tmp_path / name).mkdir()
+        with pytest.raises(UnreadableFileError) as raised:
+            _planned.apply(args, data, recipe_settings[data.modality], training_split="train")
+        message = str(raised.value)
+        assert str(tmp_path / f"{name}.json") in message
+        assert f"{plans[name].modality} data" in message and f"{data.modality} data" in message
+    # the plan of the same kind of data is taken as it is
+    args = _Args(plan=str(tmp_path / "ct.json"), output_dir=str(tmp_path / "same"))
+    (tmp_path / "same").mkdir()
+    assert _planned.apply(args, ct, chaos_liver.plan_settings, training_split="train")
+    assert args.window == _planned.ct_window(plans["ct"])

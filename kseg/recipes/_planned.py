@@ -267,6 +267,8 @@ def apply(args, builder, settings, *, training_split: str, most_examples: int | 
     if most_examples is not None:
         training = min(training, most_examples)
     result = derive(args, builder, fp, training_examples=training)
+    if args.plan != "auto":
+        check_plan_fits(args.plan, result, fp)
     result.rules.update(RECIPE_RULES)
     result.save(pathlib.Path(args.output_dir) / PLAN_FILE)
     given = set(getattr(args, "plan_given", ()))
@@ -278,6 +280,25 @@ def apply(args, builder, settings, *, training_split: str, most_examples: int | 
     print(f"Plan ({args.plan}, {PLAN_FILE}): {', '.join(chosen) or 'every option given'}"
           + (f"; given: {', '.join(sorted(given))}" if given else ""), flush=True)
     return result
+
+
+def check_plan_fits(path, plan, fp) -> None:
+    """A ``--plan PATH`` plan must be a 2D plan of data of the fingerprint's modality: an
+    X-ray plan has no CT window, a CT plan mirrors what a radiograph must not, a 3D plan's
+    patch is no slice size.
+
+    Raises:
+        kseg.errors.UnreadableFileError: naming ``path``, the plan's data and this data.
+    """
+    from kseg.errors import UnreadableFileError
+
+    if plan.modality != fp.modality or plan.spatial_dims != 2:
+        raise UnreadableFileError(
+            path, f"a {plan.spatial_dims}D plan of {plan.modality} data "
+            f"({plan.dataset.get('name')}); this recipe trains a 2D model on "
+            f"{fp.modality} data ({fp.dataset.get('name')}): give a plan.json of a run of "
+            "this recipe, or --plan auto",
+        )  # fmt: skip
 
 
 def sources(args, hand_picked: dict) -> dict:
