@@ -7,6 +7,8 @@ global (volume-level) score, not a mean of per-batch scores. A NaN in ``y_pred``
 has diverged) is never scored as a confident "background": called eagerly the metric raises
 ``ValueError``; inside a traced ``fit`` / ``evaluate`` step it counts the NaN voxels and its
 result is ``nan`` until ``reset_state``, so the logs show ``dice: nan`` instead of 0.
+Targets outside the label set (a 0/255 mask, or sparse labels that are not ``0 .. C-1``)
+are treated the same way: they would score Dice above 1 or silently drop voxels.
 
 The numpy functions score one whole binary volume (any number of dimensions) and return a
 Python float. Each documents the case in which it is undefined and returns its ``empty``
@@ -143,8 +145,10 @@ class _OverlapScore(keras.metrics.Metric):
         Raises:
             ValueError: ``y_pred`` has the wrong channel count; the known batch or spatial
                 sizes of ``y_true`` and ``y_pred`` differ (the message gives both shapes);
-                or, called eagerly, ``y_pred`` holds NaN. Inside a traced step NaN cannot
-                raise; it makes :meth:`result` ``nan`` until ``reset_state`` instead.
+                or, called eagerly, ``y_pred`` holds NaN or ``y_true`` values outside the
+                label set (binary / one-hot targets outside [0, 1], sparse labels that are
+                not ``0 .. num_classes-1``). Inside a traced step these cannot raise; they
+                make :meth:`result` ``nan`` until ``reset_state`` instead.
         """
         y_pred = ops.convert_to_tensor(y_pred, dtype=self.dtype)
         y_true = ops.convert_to_tensor(y_true, dtype=self.dtype)
@@ -162,8 +166,19 @@ class _OverlapScore(keras.metrics.Metric):
                 "numbers, which usually means training has diverged (lower the learning "
                 "rate, check the inputs for NaN, or use a loss computed from logits)"
             )
-        self.nan_voxels.assign_add(nan_voxels)
         target = _one_hot_target(y_true, y_pred)
+        # Targets outside the label set (a 0/255 mask, label 7 of a 3-class model) would
+        # score Dice above 1 or drop voxels from every class: undefined, like NaN.
+        bad_target_voxels, expected = _invalid_target_voxels(y_true, y_pred, self.dtype)
+        if _concrete_bool(bad_target_voxels > 0):
+            values = np.unique(ops.convert_to_numpy(y_true))
+            raise ValueError(
+                f"{self.name}: y_true holds {int(ops.convert_to_numpy(bad_target_voxels))} "
+                f"voxels outside the label set, values {values[:8].tolist()}"
+                f"{'...' if values.size > 8 else ''}; expected {expected} for "
+                f"num_classes={self.num_classes} (map a 0/255 mask to 0/1 first)"
+            )
+        self.nan_voxels.assign_add(nan_voxels + bad_target_voxels)
         if self.num_classes == 1:
             probabilities = ops.sigmoid(y_pred) if self.from_logits else y_pred
             predicted = ops.cast(probabilities >= self.threshold, self.dtype)
@@ -329,6 +344,26 @@ class IoUScore(_OverlapScore):
             true_positive + self._scored(self.false_positives) + self._scored(self.false_negatives)
         )
         return self._mean_score(true_positive, denominator)
+
+
+def _invalid_target_voxels(y_true, y_pred, dtype):
+    """``(count, expected)``: voxels of ``y_true`` that hold no valid target, and what is valid.
+
+    A binary target (one channel) or a one-hot target (``y_pred``'s rank and channel count)
+    must lie in [0, 1]; sparse labels of a multi-class model must be the integers
+    ``0 .. C-1``.
+    """
+    channels = y_pred.shape[-1]
+    one_hot = len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == channels
+    if channels == 1 or one_hot:
+        bad = ops.logical_or(y_true < 0, y_true > 1)
+        if one_hot:
+            bad = ops.any(bad, axis=-1)
+        return ops.sum(ops.cast(bad, dtype)), "values in [0, 1] (0/1, or soft labels)"
+    bad = ops.logical_or(
+        ops.logical_or(y_true < 0, y_true > channels - 1), ops.not_equal(y_true, ops.round(y_true))
+    )
+    return ops.sum(ops.cast(bad, dtype)), f"integer labels 0..{channels - 1}"
 
 
 def _binary_pair(y_true, y_pred):

@@ -4,10 +4,12 @@ data path: tf.data pipeline, augmentation, patches, splits, losses and metrics."
 import io
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
 from kseg.data.pipeline import segmentation_dataset
+from kseg.metrics import DiceScore, IoUScore
 
 
 def _png_bytes(array):
@@ -38,3 +40,47 @@ def test_encoded_16_bit_png_keeps_its_stored_values_in_the_pipeline():
     images, masks = next(iter(segmentation_dataset(examples, batch_size=1)))
     np.testing.assert_array_equal(images[0, ..., 0], eight_bit.astype(np.float32))
     np.testing.assert_array_equal(masks[0, ..., 0], (eight_bit > 0).astype(np.float32))
+
+
+def _hand_worked_masks():
+    reference = np.zeros((2, 4, 4, 1), np.float32)
+    reference[0, 1:3, 1:3] = 1  # 4 voxels, sample 1 empty
+    return reference
+
+
+@pytest.mark.parametrize("metric_class", [DiceScore, IoUScore])
+def test_streaming_metric_refuses_a_0_255_mask_instead_of_scoring_above_one(metric_class):
+    # A PNG mask read as 0/255 and passed straight to fit: TP = 255 per voxel made the
+    # perfect prediction score Dice 1.99.
+    reference = _hand_worked_masks()
+    metric = metric_class()
+    with pytest.raises(ValueError, match=r"outside the label set.*255.*\[0, 1\]"):
+        metric.update_state(reference * 255, reference)
+    # inside a traced step it cannot raise: the value is nan, never a number above 1
+    metric = metric_class()
+    tf.function(metric.update_state)(reference * 255, reference)
+    assert np.isnan(float(metric.result()))
+    metric = metric_class()
+    metric.update_state(reference, reference)  # the same mask as 0/1 scores 1 by hand
+    assert float(metric.result()) == 1.0
+
+
+def test_streaming_metric_refuses_sparse_labels_outside_the_classes():
+    # Label 7 (or -1) for a 3-class model was one-hot encoded as all zeros and silently
+    # left out of every class's counts.
+    labels = np.zeros((1, 4, 4), np.int32)
+    labels[0, :2] = 1
+    labels[0, 3, :] = 2
+    probabilities = np.eye(3, dtype=np.float32)[labels]
+    for wrong in (7, -1):
+        bad = labels.copy()
+        bad[0, 3, 0] = wrong
+        metric = DiceScore(num_classes=3)
+        with pytest.raises(ValueError, match=r"1 voxels outside the label set.*0\.\.2"):
+            metric.update_state(bad, probabilities)
+        metric = DiceScore(num_classes=3)
+        tf.function(metric.update_state)(bad[..., None], probabilities)
+        assert np.isnan(float(metric.result()))
+    metric = DiceScore(num_classes=3)
+    metric.update_state(labels, probabilities)
+    assert float(metric.result()) == 1.0
