@@ -61,7 +61,8 @@ class SegmentationModel(keras.Model):
         return super().__call__(*args, **kwargs)
 
     def _check_sizes_when_run(self, inputs):
-        """In a traced TensorFlow step, check at run time the sizes unknown at trace time.
+        """In a traced TensorFlow step, check at run time the sizes and the channel count
+        unknown at trace time.
 
         ``model.predict`` retraces with ``None`` sizes once it has seen two shapes, so a
         trace-time check alone would miss a later odd-sized batch. The assertion runs before
@@ -69,7 +70,19 @@ class SegmentationModel(keras.Model):
         what the user sees. XLA-compiled steps drop assertions.
         """
         unknown = [axis for axis in range(1, len(inputs.shape) - 1) if inputs.shape[axis] is None]
-        if self.size_divisor == 1 or not unknown or keras.config.backend() != "tensorflow":
+        if self.size_divisor == 1:
+            unknown = []
+        channels = self.inputs[0].shape[-1]
+        # Keras retraces a step for a batch with a new channel count with the channel axis
+        # unknown too, so a wrong count would otherwise fail inside the first convolution.
+        # (A one-channel model's (batch, *spatial) input, one axis short, gets its channel
+        # axis from Keras and is not checked here.)
+        check_channels = (
+            channels is not None
+            and len(inputs.shape) == len(self.inputs[0].shape)
+            and inputs.shape[-1] is None
+        )
+        if not (unknown or check_channels) or keras.config.backend() != "tensorflow":
             return inputs
         import tensorflow as tf
 
@@ -78,7 +91,19 @@ class SegmentationModel(keras.Model):
             return inputs
         names = ("batch", *_AXIS_NAMES.get(len(inputs.shape) - 2, ()), "channels")
         shape = tf.shape(inputs)
-        checks = [
+        checks = []
+        if check_channels:
+            checks.append(
+                tf.debugging.Assert(
+                    tf.equal(shape[-1], channels),
+                    [
+                        f"{self.name} expects {channels} channel(s) on the last axis "
+                        f"({', '.join(names)}); the input has another count. Input shape:",
+                        shape,
+                    ],
+                )
+            )
+        checks += [
             tf.debugging.Assert(
                 tf.equal(tf.math.floormod(shape[axis], self.size_divisor), 0),
                 [
