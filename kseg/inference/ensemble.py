@@ -458,6 +458,20 @@ def fit_ensemble_weights(
             )
         reference_maps.append(reference)
     classes = 2 if channels == 1 else channels
+    for index, reference in enumerate(reference_maps):
+        # A 0/255 mask read from a PNG scores every weight 0 for label 1 and fits nonsense.
+        values = np.unique(reference)
+        if not (np.issubdtype(values.dtype, np.number) or values.dtype == np.bool_):
+            raise ValueError(
+                f"references[{index}] must be an integer label map, got dtype {reference.dtype}"
+            )
+        outside = [v for v in values.tolist() if not 0 <= v < classes or v != int(v)]
+        if outside:
+            raise ValueError(
+                f"references[{index}] holds values {outside[:5]} that are not labels of the "
+                f"{classes} classes 0 .. {classes - 1} the members predict ({channels} "
+                "channel(s)); convert the mask to labels first (e.g. mask > 0 for a 0/255 mask)"
+            )
     labels = list(range(1, classes)) if labels is None else [int(label) for label in labels]
     if not labels or any(not 0 <= label < classes for label in labels):
         raise ValueError(f"labels must be non-empty and within 0 .. {classes - 1}, got {labels}")
