@@ -9,6 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kseg.data.pipeline import segmentation_dataset
+from kseg.data.splits import assign_folds
 from kseg.metrics import DiceScore, IoUScore
 
 
@@ -84,3 +85,15 @@ def test_streaming_metric_refuses_sparse_labels_outside_the_classes():
     metric = DiceScore(num_classes=3)
     metric.update_state(labels, probabilities)
     assert float(metric.result()) == 1.0
+
+
+@pytest.mark.parametrize("twin", ["p01", "P01 ", " P01", "p01\t"])
+def test_patient_ids_differing_only_in_case_or_whitespace_are_refused(twin):
+    # Two spellings of one patient (one source pads or lower-cases the id) were dealt as two
+    # patients, so one patient's images could land in the training and the test fold.
+    patients = ["P01", "P02", "P03", twin]
+    with pytest.raises(ValueError, match="differ only in case or whitespace"):
+        assign_folds(patients, num_folds=2, seed=0)
+    # distinct ids that merely contain a space inside stay distinct
+    folds = assign_folds(["P 01", "P01", "P02", "P03"], num_folds=2, seed=0)
+    assert sorted(folds.values()) == [0, 0, 1, 1]

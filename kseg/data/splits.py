@@ -65,7 +65,8 @@ def assign_folds(
     folds) and overall fold sizes still differ by at most one.
 
     Args:
-        patient_ids: unique patient ids (strings or integers; ``str(id)`` must be unique).
+        patient_ids: unique patient ids (strings or integers; ``str(id)`` must be unique,
+            also ignoring case and whitespace).
         num_folds: number of folds, at least 2 and at most the number of patients (an empty
             fold would be an empty TFDS split).
         seed: non-negative integer seed of the shuffle.
@@ -78,7 +79,8 @@ def assign_folds(
         order.
 
     Raises:
-        ValueError: duplicate ids, fewer patients than folds, a bad ``num_folds`` or
+        ValueError: duplicate ids (also ids that differ only in case or whitespace, such as
+            ``"P01"`` and ``"p01 "``), fewer patients than folds, a bad ``num_folds`` or
             ``seed``, or a patient missing from ``strata``.
 
     Example:
@@ -193,6 +195,7 @@ def _canonical_patients(patient_ids: Iterable[Hashable]) -> list[Hashable]:
             f"patient_ids must be a collection of ids, got the single string {patient_ids!r}"
         )
     by_name: dict[str, Hashable] = {}
+    by_key: dict[str, Hashable] = {}
     for patient in patient_ids:
         if patient is None or (isinstance(patient, str) and not patient.strip()):
             # a header without PatientID, read as None or "": such patients cannot be told
@@ -208,6 +211,16 @@ def _canonical_patients(patient_ids: Iterable[Hashable]) -> list[Hashable]:
         name = str(patient)
         if name in by_name:
             raise ValueError(f"patient id {patient!r} appears more than once in patient_ids")
+        # "P01" and "p01 " from two sources are one patient: in two folds they would leak
+        # that patient's images from training into testing.
+        key = " ".join(name.split()).casefold()
+        if key in by_key:
+            raise ValueError(
+                f"patient ids {by_key[key]!r} and {patient!r} differ only in case or "
+                "whitespace; they name one patient, whose images could land in two folds. "
+                "Normalise the ids before splitting"
+            )
+        by_key[key] = patient
         by_name[name] = patient
     return [by_name[name] for name in sorted(by_name)]
 
