@@ -185,3 +185,31 @@ def test_plan_path_of_other_data_names_the_file(tmp_path, monkeypatch):
     (tmp_path / "same").mkdir()
     assert _planned.apply(args, ct, chaos_liver.plan_settings, training_split="train")
     assert args.window == _planned.ct_window(plans["ct"])
+
+
+@pytest.mark.parametrize("edit, named", [
+    ({"depth": 5}, "not a multiple of 2**depth = 32"),  # 112 px halved 5 times: 3.5
+    ({"depth": 0}, "depth 0 is not a whole number of at least 1"),
+    ({"batch_size": 0}, "batch_size 0 is not"),
+    ({"training_steps": 0}, "training_steps 0 is not"),
+    ({"seconds_per_step": -1.0}, "seconds_per_step -1.0 is not a positive number"),
+    ({"optimizer": {"name": "Adam", "learning_rate": 0, "schedule": "cosine",
+                    "warmup_fraction": 0.05}}, "learning_rate 0 is not a positive number"),
+])
+def test_a_hand_edited_plan_kseg_cannot_train_names_the_file(edit, named, tmp_path,
+                                                             monkeypatch):
+    """A plan.json edited by hand (depth 5 on the 112 px CHAOS plan) went through
+    --plan PATH and crashed in kseg.models.build after fingerprinting, with a ValueError
+    that named neither plan.json nor the key; batch 0 divided by zero in epochs_for."""
+    from kseg.recipes import chaos_liver
+
+    path = tmp_path / "plan.json"
+    data = _chaos_plan().to_dict()
+    data.update(edit)
+    path.write_text(json.dumps(data))
+    monkeypatch.setattr(_planned, "fingerprint", lambda args, builder: builder)
+    monkeypatch.setattr(_planned, "training_examples", lambda builder, split: 192)
+    args = _Args(plan=str(path), output_dir=str(tmp_path))
+    with pytest.raises(UnreadableFileError) as raised:
+        _planned.apply(args, _fingerprint(), chaos_liver.plan_settings, training_split="t")
+    assert str(path) in str(raised.value) and named in str(raised.value)

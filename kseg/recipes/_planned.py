@@ -283,12 +283,13 @@ def apply(args, builder, settings, *, training_split: str, most_examples: int | 
 
 
 def check_plan_fits(path, plan, fp) -> None:
-    """A ``--plan PATH`` plan must be a 2D plan of data of the fingerprint's modality: an
+    """A ``--plan PATH`` plan must be a 2D plan of data of the fingerprint's modality (an
     X-ray plan has no CT window, a CT plan mirrors what a radiograph must not, a 3D plan's
-    patch is no slice size.
+    patch is no slice size), with a U-Net that halves its input ``depth`` times, a batch
+    and training steps.
 
     Raises:
-        kseg.errors.UnreadableFileError: naming ``path``, the plan's data and this data.
+        kseg.errors.UnreadableFileError: naming ``path`` and what does not fit.
     """
     from kseg.errors import UnreadableFileError
 
@@ -299,6 +300,37 @@ def check_plan_fits(path, plan, fp) -> None:
             f"{fp.modality} data ({fp.dataset.get('name')}): give a plan.json of a run of "
             "this recipe, or --plan auto",
         )  # fmt: skip
+    # what a hand edit can break that kseg's rules never plan: a U-Net that cannot halve
+    # its input depth times, an empty batch, no training
+    side = max(plan.patch_size)
+    wrong = [
+        f"{name} {value!r} is not {expected}" for name, value, expected, right in (
+            ("depth", plan.depth, "a whole number of at least 1", _whole(plan.depth, 1)),
+            ("batch_size", plan.batch_size, "a whole number of at least 1",
+             _whole(plan.batch_size, 1)),
+            ("training_steps", plan.training_steps, "a whole number of at least 1",
+             _whole(plan.training_steps, 1)),
+            ("seconds_per_step", plan.seconds_per_step, "a positive number",
+             _number(plan.seconds_per_step)),
+            ("optimizer learning_rate", plan.optimizer.get("learning_rate"),
+             "a positive number", _number(plan.optimizer.get("learning_rate"))),
+        ) if not right
+    ]
+    if not wrong and (side < 1 or side % 2**plan.depth):
+        wrong.append(f"patch_size {list(plan.patch_size)} is not a multiple of 2**depth = "
+                     f"{2**plan.depth}, which the U-Net's {plan.depth} poolings halve")
+    if wrong:
+        raise UnreadableFileError(path, f"{'; '.join(wrong)}: not a plan kseg can train "
+                                        "(edited by hand?); derive it again with --plan auto")
+
+
+def _whole(value, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _number(value) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
 
 
 def sources(args, hand_picked: dict) -> dict:
