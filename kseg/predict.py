@@ -36,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import re
@@ -145,57 +146,64 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
         UnreadableFileError, DicomSeriesError: from the readers, naming the file; a
             link in the folder whose target is missing.
     """
+    inputs = []
+    for load in _input_loaders(input_path, inference):
+        inputs.append(load())
+        _check_input(inputs[-1], inference)
+    _check_unique_names(inputs)
+    return inputs
+
+
+def _input_loaders(input_path: os.PathLike | str, inference: Mapping) -> list:
+    """One function per input that ``input_path`` holds, each reading it as
+    :func:`read_inputs` does, so that inputs can be read one at a time."""
     path = pathlib.Path(input_path)
     radiograph_model = inference.get("modality") == "radiograph"
     if path.is_file():
         if _is_nifti(path):
-            inputs = [_nifti_input(path)]
-        elif radiograph_model or path.suffix.lower() in _IMAGE_SUFFIXES:
-            inputs = _radiograph_inputs(path, [path], inference)
-        else:
-            inputs = [_series_input([path], path)]
-    elif path.is_dir():
+            return [functools.partial(_nifti_input, path)]
+        if radiograph_model or path.suffix.lower() in _IMAGE_SUFFIXES:
+            return _radiograph_loaders(path, [path], inference)
+        return [functools.partial(_series_input, [path], path)]
+    if path.is_dir():
         files = _input_files(path)
         niftis = [entry for entry in files if _is_nifti(entry)]
         if niftis:
-            inputs = [_nifti_input(entry) for entry in niftis]
-        elif radiograph_model or any(entry.suffix.lower() in _IMAGE_SUFFIXES for entry in files):
-            inputs = _radiograph_inputs(path, files, inference)
-        else:
-            inputs = [_series_input(path, path)]
-    else:
+            return [functools.partial(_nifti_input, entry) for entry in niftis]
+        if radiograph_model or any(entry.suffix.lower() in _IMAGE_SUFFIXES for entry in files):
+            return _radiograph_loaders(path, files, inference)
+        return [functools.partial(_series_input, path, path)]
+    raise LayoutError(
+        path,
+        "does not exist; expected a DICOM series folder, a NIfTI file (or a folder of "
+        "them), or radiographs (one image or a folder of PNG / JPEG / TIFF / BMP / DICOM "
+        "files)",
+    )
+
+
+def _check_input(item: tuple, inference: Mapping) -> None:
+    """Refuse an input the run's model cannot take (see :func:`read_inputs`)."""
+    _, source, kind, image, dicom = item
+    if kind == RADIOGRAPH and inference.get("kind") == "volume":
         raise LayoutError(
-            path,
-            "does not exist; expected a DICOM series folder, a NIfTI file (or a folder of "
-            "them), or radiographs (one image or a folder of PNG / JPEG / TIFF / BMP / DICOM "
-            "files)",
-        )
-    volume_model = inference.get("kind") == "volume"
-    radiograph = next((item for item in inputs if item[2] == RADIOGRAPH), None)
-    if volume_model and radiograph is not None:
-        raise LayoutError(
-            radiograph[1], "is a radiograph; the run's model is a 3D volume model, which "
+            source, "is a radiograph; the run's model is a 3D volume model, which "
             "takes a DICOM series folder or NIfTI files",
         )  # fmt: skip
-    if inference.get("modality") == "CT" and radiograph is not None:
+    if kind == RADIOGRAPH and inference.get("modality") == "CT":
         # an image file holds display values; the CT window would be applied to them as HU
         raise LayoutError(
-            radiograph[1], f"is a {_describe_kind(RADIOGRAPH, radiograph[1], radiograph[4])}; "
+            source, f"is a {_describe_kind(RADIOGRAPH, source, dicom)}; "
             "the run's model is a CT model (config.json's inference modality 'CT'), which "
             "reads Hounsfield units: give it a DICOM series folder or NIfTI files",
         )  # fmt: skip
-    if radiograph_model:
+    if (kind != RADIOGRAPH and inference.get("modality") == "radiograph"
+            and image.array.shape[0] > 1):  # fmt: skip
         # a volume's slices are no radiographs: the model would label each as a chest image
-        volume = next((item for item in inputs
-                       if item[2] != RADIOGRAPH and item[3].array.shape[0] > 1), None)  # fmt: skip
-        if volume is not None:
-            raise LayoutError(
-                volume[1], f"is a volume of {volume[3].array.shape[0]} slices; the run's "
-                "model segments radiographs (config.json's inference modality "
-                "'radiograph'): give it radiograph images or one-slice NIfTI files",
-            )  # fmt: skip
-    _check_unique_names(inputs)
-    return inputs
+        raise LayoutError(
+            source, f"is a volume of {image.array.shape[0]} slices; the run's "
+            "model segments radiographs (config.json's inference modality "
+            "'radiograph'): give it radiograph images or one-slice NIfTI files",
+        )  # fmt: skip
 
 
 def _input_files(folder: pathlib.Path) -> list[pathlib.Path]:
@@ -250,7 +258,7 @@ def radiograph_dicom_values(inference: Mapping) -> str:
     return inference.get("dicom_values", "modality")
 
 
-def _radiograph_inputs(where: pathlib.Path, files, inference: Mapping) -> list[tuple]:
+def _radiograph_loaders(where: pathlib.Path, files, inference: Mapping) -> list:
     """Image files by their suffix, DICOM images by their bytes; the rest is skipped."""
     images = [entry for entry in files if entry.suffix.lower() in _IMAGE_SUFFIXES]
     others = [entry for entry in files if entry not in images]
@@ -268,10 +276,10 @@ def _radiograph_inputs(where: pathlib.Path, files, inference: Mapping) -> list[t
             f"records: the run's model was trained on {', '.join(formats).upper()} images, "
             "which hold what a viewer showed",
             UserWarning,
-            stacklevel=4,
+            stacklevel=5,
         )
     inputs = [
-        _radiograph_input(entry, headers.get(entry), dicom_values)
+        functools.partial(_radiograph_input, entry, headers.get(entry), dicom_values)
         for entry in files
         if entry in headers or entry in images
     ]
@@ -924,9 +932,13 @@ def predict_command(
 
     Checks the run, reads the inputs and checks that they can take ``format`` and that no
     planned output exists already (unless ``overwrite``) before the model is loaded, then
-    predicts each input and writes it with :func:`write_predictions`. Outputs are named
-    after the inputs (a DICOM series after its folder): predicting CHAOS patients one by
-    one, whose series folders are all ``DICOM_anon``, needs one ``output_dir`` per patient.
+    predicts each input and writes it with :func:`write_predictions`, one input at a time:
+    each is read again when its turn comes (one input is kept from the check) and written
+    before the next is read, so memory holds one input and one prediction, whatever the
+    folder holds, and an error on a later input leaves the earlier outputs written.
+    Outputs are named after the inputs (a DICOM series after its folder): predicting CHAOS
+    patients one by one, whose series folders are all ``DICOM_anon``, needs one
+    ``output_dir`` per patient.
 
     Returns:
         The written files.
@@ -976,7 +988,7 @@ def predict_command(
     inference = config["inference"]
     if os.path.isdir(input_path):
         _refuse_output_inside(input_path, output_dir)
-    inputs = read_inputs(input_path, inference)
+    loaders, inputs, only = _checked_inputs(input_path, inference)
     check_format(inputs, format)
     output_dir = pathlib.Path(output_dir)
     _check_output_targets(output_dir, [(kind, _output_path(name, kind, output_dir, format))
@@ -994,7 +1006,33 @@ def predict_command(
             f"{channels} channels",
         )
     model = inference_model(model, inference)
-    predictions = [_predict_input(model, inference, *item) for item in _progress(inputs)]
-    return write_predictions(
-        predictions, output_dir, format, labels=config["labels"], overwrite=overwrite
-    )
+    written = []
+    for load in _progress(loaders):
+        # one input at a time, read again (a single input is kept from the check), predicted
+        # and written before the next is read: memory holds one input and its prediction,
+        # and an error on a later input leaves the earlier ones written
+        item, only = only or load(), None
+        prediction = _predict_input(model, inference, *item)
+        del item
+        written += write_predictions(
+            [prediction], output_dir, format, labels=config["labels"], overwrite=overwrite
+        )
+        del prediction
+    return written
+
+
+def _checked_inputs(input_path, inference: Mapping) -> tuple[list, list[tuple], tuple | None]:
+    """``(loaders, inputs, only)``: every input read and checked as :func:`read_inputs`
+    checks them, holding one at a time; ``inputs`` keeps name, source, kind, ``None`` for
+    the image and the DICOM flag; ``only`` is the input as read when there is one, else
+    ``None``."""
+    loaders = _input_loaders(input_path, inference)
+    inputs, item = [], None
+    for load in loaders:
+        item = None  # the previous input is let go before the next is read
+        item = load()
+        _check_input(item, inference)
+        name, source, kind, _, dicom = item
+        inputs.append((name, source, kind, None, dicom))
+    _check_unique_names(inputs)
+    return loaders, inputs, item if len(loaders) == 1 else None

@@ -151,3 +151,55 @@ def test_a_grey_colour_secondary_capture_placed_in_the_patient_is_predicted(tmp_
     np.testing.assert_allclose(nib.affines.voxel_sizes(image.affine)[:2], (0.25, 0.2))
     scaled = (grey - grey.min()) / (grey.max() - grey.min())
     np.testing.assert_array_equal(np.asarray(image.dataobj)[:, :, 0].T, scaled >= 0.5)
+
+
+def _nifti_folder(folder, count):
+    from test_predict import write_volume_nifti
+
+    folder.mkdir()
+    for k in range(count):
+        write_volume_nifti(folder / f"case_{k}.nii.gz", synthetic_hu((2, 12, 10), seed=k),
+                           np.eye(4))  # fmt: skip
+    return folder
+
+
+def test_predict_holds_one_input_at_a_time_and_writes_each_before_the_next(
+    tmp_path, monkeypatch
+):
+    """A folder of many volumes was read whole before the first prediction, and every
+    prediction was held until the last was done: memory grew with the folder, and an error
+    on the last input lost every output. Counted with weak references to the arrays read."""
+    import gc
+    import weakref
+
+    from kseg import predict
+
+    inputs = _nifti_folder(tmp_path / "in", 3)
+    run = write_run(tmp_path / "run", identity_model(2), slices_inference((12, 10)))
+    arrays, alive_when_predicting = [], []
+    read, predict_input = predict._nifti_input, predict._predict_input
+
+    def reading(path):
+        item = read(path)
+        arrays.append(weakref.ref(item[3].array))
+        return item
+
+    def predicting(model, inference, name, *rest):
+        gc.collect()
+        alive_when_predicting.append(sum(ref() is not None for ref in arrays))
+        written = sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz"))
+        assert written == [f"case_{k}.nii.gz" for k in range(int(name[-1]))]
+        if name == "case_2":
+            raise RuntimeError("the model failed on the last input")
+        return predict_input(model, inference, name, *rest)
+
+    monkeypatch.setattr(predict, "_nifti_input", reading)
+    monkeypatch.setattr(predict, "_predict_input", predicting)
+    with pytest.raises(RuntimeError, match="the last input"):
+        predict.predict_command(run, inputs, tmp_path / "out", "nifti")
+    assert alive_when_predicting == [1, 1, 1]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case_0.nii.gz",
+                                                                   "case_1.nii.gz"]  # fmt: skip
+    for k in range(2):
+        written = nib.load(tmp_path / "out" / f"case_{k}.nii.gz")
+        assert written.shape == (10, 12, 2)
