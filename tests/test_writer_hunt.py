@@ -5,10 +5,17 @@ import functools
 
 import numpy as np
 import pydicom
+import pydicom.data
 import pytest
 from test_io_dicom import _write_scrambled_series
 
-from kseg.io import rasterize_rtstruct, read_dicom_series, write_dicom_seg, write_rtstruct
+from kseg.io import (
+    deidentify,
+    rasterize_rtstruct,
+    read_dicom_series,
+    write_dicom_seg,
+    write_rtstruct,
+)
 
 
 def _series(folder, edit):
@@ -84,3 +91,21 @@ def test_rtstruct_label_and_description_fit_their_value_representations(tmp_path
         write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"],
                        series_description="d" * 65)  # fmt: skip
     assert not (tmp_path / "rs.dcm").exists()
+
+
+def test_deidentify_zeroes_the_preamble(tmp_path):
+    # The 128-byte preamble lies outside the data set: a dual-personality DICOM / TIFF file
+    # or a vendor can put anything there, and it was copied byte for byte into the
+    # "de-identified" output.
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    ds.preamble = b"II*\x00" + b"Patient Doe^Jane MRN 4711".ljust(124, b"\x00")
+    (tmp_path / "src").mkdir()
+    ds.save_as(tmp_path / "src" / "ct.dcm")
+    source = (tmp_path / "src" / "ct.dcm").read_bytes()
+    report = deidentify(tmp_path / "src", tmp_path / "out", secret="k", progress=False)
+    written = (tmp_path / "out" / report.files[0].output).read_bytes()
+    assert written[:128] == b"\x00" * 128 and written[128:132] == b"DICM"
+    assert b"Doe^Jane" not in written and b"4711" not in written
+    assert (tmp_path / "src" / "ct.dcm").read_bytes() == source
+    out = pydicom.dcmread(tmp_path / "out" / report.files[0].output)
+    assert np.array_equal(out.pixel_array, ds.pixel_array)

@@ -42,7 +42,9 @@ How each action code is carried out
       the file meta private information are removed: they identify a station exactly as Station
       AE Title (0008,0055) does, which the table removes. SOP Instance UID of Concatenation
       Source (0020,0242), which the table does not list, is replaced (U) like the instance
-      UIDs it stands beside, so references to the undivided image keep naming it.
+      UIDs it stands beside, so references to the undivided image keep naming it. The
+      128-byte preamble, which the profile does not cover and which can hold anything (a
+      TIFF header naming the patient, an executable), is written as zeros (PS3.10 7.1).
     - Patient Identity Removed (0012,0062) is set to YES, De-identification Method (0012,0063)
       names the profile and any attribute kept through ``keep``, and De-identification Method
       Code Sequence (0012,0064) gets (113100, DCM, "Basic Application Confidentiality Profile").
@@ -151,6 +153,8 @@ _NUMBER_VRS = frozenset({"AT", "DS", "FD", "FL", "IS", "SL", "SS", "SV", "UL", "
 _DUMMY_BYTES = b"\x00" * 8
 
 _PATIENT_ID = 0x00100020
+# PS3.10 7.1: a preamble no Application Profile uses is 128 zero bytes.
+_ZERO_PREAMBLE = b"\x00" * 128
 _DEID_METHOD_CODE = ("113100", "DCM", "Basic Application Confidentiality Profile")
 _LAYOUTS = ("uids", "mirror")
 # A uid_root longer than this leaves fewer than 24 hash digits: collisions become plausible.
@@ -601,7 +605,7 @@ def _complete_file_meta(dataset: Dataset) -> bool:
     meta.MediaStorageSOPInstanceUID = sop_instance
     if "TransferSyntaxUID" not in meta:
         meta.TransferSyntaxUID = _TRANSFER_SYNTAXES[tuple(dataset.original_encoding)]
-    dataset.preamble = b"\x00" * 128
+    dataset.preamble = _ZERO_PREAMBLE
     return True
 
 
@@ -787,6 +791,10 @@ def deidentify(
             deidentifier.clean(dataset.file_meta, record)
             deidentifier.clean(dataset, record)
             deidentifier.mark(dataset, kept_keywords)
+            if dataset.preamble is not None:
+                # The preamble is outside the data set, unread by the profile: it can hold a
+                # TIFF header (dual-personality files), vendor data or an executable.
+                dataset.preamble = _ZERO_PREAMBLE
             # A file read as Part 10 is written as it came; a forced one becomes Part 10.
             enforce = forced and _complete_file_meta(dataset)
             out_relative = relative if layout == "mirror" else _uids_layout_path(dataset)
