@@ -46,3 +46,30 @@ def test_fit_ensemble_weights_refuses_references_that_are_not_labels(reference, 
         [[good, bad]], [np.array([0, 1, 1, 0])], step=0.25, progress=False
     )
     assert fitted.weights.tolist() == [1.0, 0.0] and fitted.dice == 1.0
+
+
+def test_beam_prediction_refuses_an_output_folder_that_holds_its_inputs(tmp_path):
+    """A NIfTI prediction has its volume's file name: with the input folder as output_dir
+    every volume was "already predicted" (the input itself), so nothing ran and the result
+    listed the inputs as skipped predictions. The docstring said: never an input folder."""
+    pytest.importorskip("apache_beam")
+    import nibabel as nib
+
+    from kseg.errors import LayoutError
+    from kseg.inference import predict_volumes
+
+    scans = tmp_path / "imagesTs"
+    scans.mkdir()
+    volume = scans / "spleen_1.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 2), np.int16), np.eye(4)), str(volume))
+    content = volume.read_bytes()
+    inference = {"kind": "slices", "window": [-100.0, 200.0], "image_size": [8, 8],
+                 "num_classes": 2}  # fmt: skip
+    model = tmp_path / "never_loaded.keras"
+    with pytest.raises(LayoutError, match="lies in the input folder"):
+        predict_volumes(model, inference, [scans], scans, labels={"spleen": 1})
+    with pytest.raises(LayoutError, match="is an input file"):
+        predict_volumes(model, inference, [volume], scans, labels={"spleen": 1})
+    with pytest.raises(LayoutError, match="lies in the input folder"):
+        predict_volumes(model, inference, [scans], scans / "out", labels={"spleen": 1})
+    assert volume.read_bytes() == content and sorted(scans.iterdir()) == [volume]
