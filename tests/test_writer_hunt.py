@@ -109,3 +109,24 @@ def test_deidentify_zeroes_the_preamble(tmp_path):
     assert (tmp_path / "src" / "ct.dcm").read_bytes() == source
     out = pydicom.dcmread(tmp_path / "out" / report.files[0].output)
     assert np.array_equal(out.pixel_array, ds.pixel_array)
+
+
+def test_rtstruct_of_a_deidentified_series_says_how(tmp_path):
+    # A de-identified series (TCIA's, or deidentify's output) says Patient Identity Removed
+    # YES and how; the structure set copied the YES without the method, which PS3.3 C.7.1.1
+    # requires beside it (Type 1C), so validators refused it. highdicom's SEG copies both.
+    def deidentified(ds):
+        ds.PatientIdentityRemoved = "YES"
+        ds.DeidentificationMethod = ["Per DICOM PS 3.15 AnnexE", "TCIA"]
+        code = pydicom.Dataset()
+        code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
+        code.CodeMeaning = "Basic Application Confidentiality Profile"
+        ds.DeidentificationMethodCodeSequence = [code]
+
+    ct = _series(tmp_path / "ct", deidentified)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1, 1:3, 1:3] = 1
+    ds = pydicom.dcmread(write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"]))
+    assert ds.PatientIdentityRemoved == "YES"
+    assert list(ds.DeidentificationMethod) == ["Per DICOM PS 3.15 AnnexE", "TCIA"]
+    assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100"

@@ -27,6 +27,7 @@ Reference:
 
 from __future__ import annotations
 
+import copy
 import datetime
 import os
 import pathlib
@@ -62,7 +63,12 @@ _PATIENT_AND_STUDY = (
     "PatientName", "PatientBirthDate", "StudyDate", "StudyTime", "StudyID",
     "AccessionNumber", "ReferringPhysicianName",
 )
-_OPTIONAL_STUDY = ("StudyDescription", "PatientAge", "PatientIdentityRemoved")
+# Copied when the series has them. Patient Identity Removed YES needs De-identification
+# Method or its code sequence beside it (PS3.3 C.7.1.1, Type 1C).
+_OPTIONAL_STUDY = (
+    "StudyDescription", "PatientAge", "PatientIdentityRemoved", "DeidentificationMethod",
+    "DeidentificationMethodCodeSequence",
+)  # fmt: skip
 # Maximum lengths of the LO and SH value representations (PS3.5 Table 6.2-1).
 _LO_LENGTH, _SH_LENGTH = 64, 16
 
@@ -299,7 +305,7 @@ def write_rtstruct(
         setattr(ds, keyword, header.get(keyword, ""))
     for keyword in _OPTIONAL_STUDY:
         if keyword in header:
-            setattr(ds, keyword, header[keyword].value)
+            setattr(ds, keyword, copy.deepcopy(header[keyword].value))
     ds.Manufacturer = "kseg"
     ds.OperatorsName = ""
     ds.SeriesDescription = series_description
