@@ -73,3 +73,23 @@ def test_beam_prediction_refuses_an_output_folder_that_holds_its_inputs(tmp_path
     with pytest.raises(LayoutError, match="lies in the input folder"):
         predict_volumes(model, inference, [scans], scans / "out", labels={"spleen": 1})
     assert volume.read_bytes() == content and sorted(scans.iterdir()) == [volume]
+
+
+def test_mc_dropout_refuses_a_model_whose_dropout_rate_is_zero():
+    """``Dropout(config.dropout)`` built with dropout 0 is a dropout layer that drops
+    nothing: every MC sample was the same prediction and mc_dropout reported a variance of
+    exactly 0 everywhere, as if the model were certain."""
+    import keras
+
+    from kseg.inference import mc_dropout
+
+    x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 4, 4, 1)
+
+    def net(rate):
+        return keras.Sequential([keras.Input((None, None, 1)), keras.layers.Dropout(rate),
+                                 keras.layers.Activation("sigmoid")])  # fmt: skip
+
+    with pytest.raises(ValueError, match="no dropout layer with a rate above 0"):
+        mc_dropout(net(0.0), x, samples=3)
+    keras.utils.set_random_seed(0)
+    assert mc_dropout(net(0.5), x, samples=8).variance.max() > 0

@@ -93,7 +93,9 @@ def mc_dropout_model(model: keras.Model) -> keras.Model:
 
     def keep_dropout_on(layer):
         if isinstance(layer, DROPOUT_LAYERS):
-            wrapped.append(layer.name)
+            # a rate-0 layer (Dropout(config.dropout) with dropout 0) draws no masks
+            if float(getattr(layer, "rate", 1.0)) > 0:
+                wrapped.append(layer.name)
             return _AlwaysOnDropout(layer)
         return layer
 
@@ -106,8 +108,9 @@ def mc_dropout_model(model: keras.Model) -> keras.Model:
         ) from error
     if not wrapped:
         raise ValueError(
-            f"model {model.name!r} has no dropout layer; MC dropout needs a model trained "
-            "with dropout (e.g. build it with a dropout rate > 0)"
+            f"model {model.name!r} has no dropout layer with a rate above 0; MC dropout "
+            "needs a model trained with dropout (e.g. build it with a dropout rate > 0), "
+            "else every sample is the same prediction and the uncertainty is 0"
         )
     return stochastic
 
