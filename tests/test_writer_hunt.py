@@ -2,6 +2,7 @@
 layouts a real archive produces (non-Latin text, de-identified series)."""
 
 import functools
+import shutil
 
 import numpy as np
 import pydicom
@@ -130,3 +131,21 @@ def test_rtstruct_of_a_deidentified_series_says_how(tmp_path):
     assert ds.PatientIdentityRemoved == "YES"
     assert list(ds.DeidentificationMethod) == ["Per DICOM PS 3.15 AnnexE", "TCIA"]
     assert ds.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+
+
+def test_deidentify_follows_linked_patient_folders(tmp_path):
+    # A dataset assembled from links into an archive (src/patient1 -> /archive/patient1):
+    # os.walk does not enter linked folders, so the patient was left out of the output and
+    # out of the report, without a word.
+    archive = tmp_path / "archive" / "patient1"
+    archive.mkdir(parents=True)
+    shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm"), archive / "ct.dcm")
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(pydicom.data.get_testdata_file("MR_small.dcm"), src / "mr.dcm")
+    (src / "patient1").symlink_to(archive, target_is_directory=True)
+    (archive / "loop").symlink_to(src, target_is_directory=True)  # back up: no loop
+    report = deidentify(src, tmp_path / "out", secret="k", layout="mirror", progress=False)
+    assert sorted(f.source for f in report.files) == ["mr.dcm", "patient1/ct.dcm"]
+    assert not report.failed and not report.skipped
+    assert pydicom.dcmread(tmp_path / "out" / "patient1" / "ct.dcm").PatientName == ""

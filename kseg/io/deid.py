@@ -57,11 +57,13 @@ What the basic profile does not do
     for the organ names of RTSTRUCT files, which the profile empties.
 
 Files and layout
-    Every file is first read as a DICOM Part 10 file. A file pydicom refuses that way (no
-    128-byte preamble, no File Meta Information, a raw dataset as some scanners and scripts
-    write) is read again with ``force=True``; if that gives a dataset holding an attribute of
-    the profile or of the Patient group (0010,xxxx), it is de-identified like any other and
-    written as a Part 10 file (preamble and File Meta added). If the forced read gives no such
+    Folders under ``src`` reached through a link are searched like any other (each real
+    folder once, none inside ``dst``). Every file is first read as a DICOM Part 10 file. A
+    file pydicom refuses that way (no 128-byte preamble, no File Meta Information, a raw
+    dataset as some scanners and scripts write) is read again with ``force=True``; if that
+    gives a dataset holding an attribute of the profile or of the Patient group (0010,xxxx),
+    it is de-identified like any other and written as a Part 10 file (preamble and File Meta
+    added). If the forced read gives no such
     dataset but the file's bytes still hold an encoded patient attribute (a Patient's Name
     element with a text value, say, in a damaged or shifted dataset), the file is refused: it
     is listed in ``failed`` and never copied. Only the remaining files are non-DICOM: they are
@@ -609,9 +611,17 @@ def _complete_file_meta(dataset: Dataset) -> bool:
     return True
 
 
-def _list_files(src: Path) -> list[Path]:
-    found = []
-    for folder, subfolders, names in os.walk(src):
+def _list_files(src: Path, dst: Path) -> list[Path]:
+    """Every file under ``src``, linked folders followed (datasets are often assembled from
+    links into an archive), each real folder once (a link back up is no loop) and none
+    inside ``dst`` (a link to the output would read what this run writes)."""
+    found, seen = [], set()
+    for folder, subfolders, names in os.walk(src, followlinks=True):
+        real = Path(os.path.realpath(folder))
+        if real in seen or _inside(real, dst):
+            subfolders.clear()
+            continue
+        seen.add(real)
         subfolders.sort()
         found.extend(Path(folder, name) for name in sorted(names))
     return found
@@ -650,7 +660,7 @@ def deidentify(
     to a temporary file and renamed into place.
 
     Args:
-        src: folder searched recursively; nothing in it is written to.
+        src: folder searched recursively, linked folders too; nothing in it is written to.
         dst: output folder; must not be ``src``, inside ``src``, or contain ``src``.
         secret: key of the HMAC that derives new UIDs and Patient ID pseudonyms. The same
             secret gives the same UIDs and pseudonyms in every run, so data de-identified in
@@ -751,7 +761,7 @@ def deidentify(
         written[out_path] = source
         return True
 
-    files = _list_files(src_path)
+    files = _list_files(src_path, dst_path)
     for path in tqdm(files, desc="de-identifying", unit="file", disable=not progress):
         relative = path.relative_to(src_path)
         source = relative.as_posix()
