@@ -17,7 +17,8 @@ from kseg.recipes import _planned
 
 class _Args:
     def __init__(self, **values):
-        self.__dict__.update({"max_minutes": None, "memory_budget_mb": None, **values})
+        self.__dict__.update({"max_minutes": None, "memory_budget_mb": None, "folds": 5,
+                              "test_fold": 0, "validation_fold": 1, **values})
 
 
 def _fingerprint(modality="CT", foreground=True, shape=(40, 512, 512), cases=3):
@@ -166,7 +167,7 @@ def test_plan_path_of_other_data_names_the_file(tmp_path, monkeypatch):
     }
     for name, p in plans.items():
         p.save(tmp_path / f"{name}.json")
-    monkeypatch.setattr(_planned, "fingerprint", lambda args, builder: builder)
+    monkeypatch.setattr(_planned, "fingerprint", lambda args, builder, splits: builder)
     monkeypatch.setattr(_planned, "training_examples", lambda builder, split: 80)
 
     from kseg.recipes import chaos_liver, xray_multiclass
@@ -207,9 +208,58 @@ def test_a_hand_edited_plan_kseg_cannot_train_names_the_file(edit, named, tmp_pa
     data = _chaos_plan().to_dict()
     data.update(edit)
     path.write_text(json.dumps(data))
-    monkeypatch.setattr(_planned, "fingerprint", lambda args, builder: builder)
+    monkeypatch.setattr(_planned, "fingerprint", lambda args, builder, splits: builder)
     monkeypatch.setattr(_planned, "training_examples", lambda builder, split: 192)
     args = _Args(plan=str(path), output_dir=str(tmp_path))
     with pytest.raises(UnreadableFileError) as raised:
         _planned.apply(args, _fingerprint(), chaos_liver.plan_settings, training_split="t")
     assert str(path) in str(raised.value) and named in str(raised.value)
+
+
+def test_the_plan_is_fingerprinted_without_the_test_fold(tmp_path):
+    """--plan auto fingerprinted every split, the test fold included: the CT window the
+    model is trained and scored with came partly from the test patients' intensities
+    (LCTSC's challenge_test too). nnU-Net fingerprints its training cases only. Reference:
+    numpy percentiles of the phantom's liver HU on the non-test patients alone."""
+    import dataclasses
+
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    from kseg.phantoms.chaos import PhantomLabel, chaos_phantom_case, write_chaos
+    from kseg.recipes import chaos_liver
+    from tfds_builders.chaos import chaos_dataset_builder
+
+    write_chaos(tmp_path / "manual", modality="CT", num_patients=3, num_slices=3, size=16,
+                progress=False)
+    config = dataclasses.replace(chaos_dataset_builder.Builder.builder_configs["ct"],
+                                 name="ct_3fold", num_folds=3)
+    builder = chaos_dataset_builder.Builder(config=config, data_dir=str(tmp_path / "data"))
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=str(tmp_path / "manual")))
+    test_patients = {example["patient_id"].decode() for example in
+                     tfds.as_numpy(builder.as_dataset(split="fold0"))}
+    sources = [chaos_phantom_case("CT", k, num_slices=3, size=16) for k in range(3)]
+    kept = [case for case in sources if case.patient not in test_patients]
+    assert test_patients and len(kept) == 2
+    liver = np.concatenate([case.images["CT"][case.labels == PhantomLabel.LIVER]
+                            for case in kept]).astype(np.float64)
+    low, high = np.percentile(liver, [0.5, 99.5])
+
+    run = tmp_path / "run"
+    run.mkdir()
+    args = _Args(plan="auto", output_dir=str(run), folds=3, test_fold=0, validation_fold=1,
+                 plan_given=[], image_size=None, data_dir=None)
+    plan = _planned.apply(args, builder, chaos_liver.plan_settings,
+                          training_split="fold2")
+    saved = json.loads((run / "fingerprint.json").read_text())
+    assert saved["dataset"]["splits"] == ["fold1", "fold2"]
+    assert {case["case_id"] for case in saved["cases"]} == {case.patient for case in kept}
+    assert plan.normalization["clip"] == pytest.approx([low, high])
+    assert args.window == pytest.approx([(low + high) / 2, high - low])
+    # another test fold is another fingerprint, not the cached one
+    other = _Args(plan="auto", output_dir=str(run), folds=3, test_fold=2, validation_fold=1,
+                  plan_given=[], image_size=None, data_dir=None)
+    _planned.apply(other, builder, chaos_liver.plan_settings, training_split="fold0")
+    assert json.loads((run / "fingerprint.json").read_text())["dataset"]["splits"] == [
+        "fold0", "fold1"]

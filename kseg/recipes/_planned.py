@@ -8,9 +8,10 @@ that a parsed command line is complete before anything is read (``--help``, the 
 (``args.plan_given``). With ``--plan none`` that is all: the run is the session-15 recipe.
 
 With ``--plan auto`` (the default) or ``--plan PATH`` the recipe's training calls
-:func:`apply` once the dataset is prepared: it fingerprints the data
-(:func:`kseg.plan.fingerprint`, cached as ``RUN/fingerprint.json`` and recomputed when the
-prepared dataset's files change), derives the plan (:func:`kseg.plan.plan` with
+:func:`apply` once the dataset is prepared: it fingerprints the folds the model is
+trained and validated on, never the test fold (:func:`kseg.plan.fingerprint`, cached as
+``RUN/fingerprint.json`` and recomputed when the prepared dataset's files or the folds
+change), derives the plan (:func:`kseg.plan.plan` with
 ``--memory-budget-mb`` and the time budget ``--max-minutes``, else
 :func:`default_minutes`) or reads the saved ``plan.json``, saves it as
 ``RUN/plan.json`` and sets every planned option the user did not give from it. Options
@@ -189,10 +190,11 @@ def planned(args) -> bool:
     return getattr(args, "plan", "none") != "none"
 
 
-def fingerprint(args, builder):
-    """The dataset's :class:`kseg.plan.Fingerprint`: ``RUN/fingerprint.json`` when it was
-    taken of the same prepared files (:func:`kseg.recipes.run_config.dataset_fingerprint`),
-    else computed over every split and saved there."""
+def fingerprint(args, builder, splits=None):
+    """The dataset's :class:`kseg.plan.Fingerprint` of ``splits`` (a list of split names;
+    ``None``: every split): ``RUN/fingerprint.json`` when it was taken of the same splits
+    of the same prepared files (:func:`kseg.recipes.run_config.dataset_fingerprint`), else
+    computed and saved there."""
     from kseg import plan as kplan
     from kseg.recipes import run_config
 
@@ -201,12 +203,15 @@ def fingerprint(args, builder):
     if path.is_file():
         try:
             cached = json.loads(path.read_text(encoding="utf-8"))
-            if cached.get("dataset", {}).get("files_sha256") == files:
+            if cached.get("dataset", {}).get("files_sha256") == files and (
+                splits is None or cached["dataset"].get("splits") == list(splits)
+            ):
                 return kplan.Fingerprint.from_dict(cached)
         except (OSError, ValueError, KeyError, TypeError):
             pass  # an unreadable cache is taken again
     print(f"Fingerprinting {builder.info.full_name} (once per prepared dataset)", flush=True)
-    result = kplan.fingerprint(builder)
+    result = kplan.fingerprint(builder) if splits is None else kplan.fingerprint(
+        builder, split=list(splits))
     result.dataset["files_sha256"] = files
     result.save(path)
     return result
@@ -262,7 +267,9 @@ def apply(args, builder, settings, *, training_split: str, most_examples: int | 
     """
     if not planned(args):
         return None
-    fp = fingerprint(args, builder)
+    # nnU-Net fingerprints its training cases (imagesTr) only: the test fold (and LCTSC's
+    # challenge_test) must not shape the window or the sizes the test is scored with
+    fp = fingerprint(args, builder, fitting_splits(args))
     training = training_examples(builder, training_split)
     if most_examples is not None:
         training = min(training, most_examples)
@@ -331,6 +338,16 @@ def _whole(value, least: int) -> bool:
 def _number(value) -> bool:
     return (isinstance(value, int | float) and not isinstance(value, bool)
             and math.isfinite(value) and value > 0)
+
+
+def fitting_splits(args) -> list[str]:
+    """The TFDS splits the model is fitted and validated on (``--folds`` less the test
+    fold), sorted: what the fingerprint reads."""
+    from kseg.recipes import _common
+
+    roles = _common.fold_splits(args)
+    return sorted({name for role, expression in roles.items() if role != "test"
+                   for name in expression.split("+")})
 
 
 def sources(args, hand_picked: dict) -> dict:
