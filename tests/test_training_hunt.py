@@ -3,11 +3,13 @@ data path: tf.data pipeline, augmentation, patches, splits, losses and metrics."
 
 import io
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
 
+from kseg.augment import AugmentedModel, segmentation_augmenter
 from kseg.data.pipeline import segmentation_dataset
 from kseg.data.splits import assign_folds
 from kseg.metrics import DiceScore, IoUScore
@@ -97,3 +99,35 @@ def test_patient_ids_differing_only_in_case_or_whitespace_are_refused(twin):
     # distinct ids that merely contain a space inside stay distinct
     folds = assign_folds(["P 01", "P01", "P02", "P03"], num_folds=2, seed=0)
     assert sorted(folds.values()) == [0, 0, 1, 1]
+
+
+def test_augmented_model_moves_a_per_voxel_weight_map_with_the_mask(monkeypatch):
+    # U-Net style per-pixel weights passed as sample_weight stayed where they were while
+    # image and mask were flipped, rotated and warped: the weights no longer matched the
+    # voxels they were made for.
+    seen = {}
+
+    def record(self, data):
+        seen["x"], seen["y"], seen["w"] = keras.utils.unpack_x_y_sample_weight(data)
+        return {}
+
+    monkeypatch.setattr(keras.Model, "train_step", record)
+    shape = (4, 24, 20)
+    codes = (np.arange(np.prod(shape)).reshape(shape) % 997 + 1).astype(np.int32)
+    images = codes[..., None].astype(np.float32) / 1000.0
+    masks = codes[..., None]
+    weights = codes.astype(np.float32)  # (B, H, W): the weight names its own voxel
+    net = keras.Sequential([keras.Input((24, 20, 1)), keras.layers.Identity()])
+    augmenter = segmentation_augmenter(2, intensity=False, seed=3)
+    model = AugmentedModel(net, augmenter)
+    model.train_step(tuple(tf.constant(v) for v in (images, masks, weights)))
+    moved_masks, moved_weights = np.asarray(seen["y"]), np.asarray(seen["w"])
+    assert moved_weights.shape == weights.shape
+    assert not np.array_equal(moved_masks[..., 0], masks[..., 0])  # something moved
+    np.testing.assert_array_equal(moved_weights, moved_masks[..., 0].astype(np.float32))
+    assert moved_masks.dtype == np.int32
+
+    # per-sample weights (B,) pass through unchanged
+    per_sample = np.arange(4, dtype=np.float32)
+    model.train_step(tuple(tf.constant(v) for v in (images, masks, per_sample)))
+    np.testing.assert_array_equal(seen["w"], per_sample)

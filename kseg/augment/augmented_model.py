@@ -25,7 +25,10 @@ class AugmentedModel(keras.Model):
         model: the segmentation model; ``x`` is its single input tensor and ``y`` a single
             mask tensor with the image's spatial shape.
         augmenter: a layer taking and returning ``{"images", "segmentation_masks"}``, e.g.
-            ``kseg.augment.segmentation_augmenter()``.
+            ``kseg.augment.segmentation_augmenter()``. A per-voxel ``sample_weight``
+            (``(B, *spatial)`` or ``(B, *spatial, 1)``) is moved with the mask by the same
+            draw (nearest neighbour, weight 0 where the transform left the grid);
+            per-sample weights ``(B,)`` pass unchanged.
         **kwargs: standard ``keras.Model`` arguments (``name``, ...).
 
     Example:
@@ -76,9 +79,32 @@ class AugmentedModel(keras.Model):
             raise ValueError(
                 f"{self.name}: y must be one mask tensor to augment with x, got {type(y).__name__}"
             )
-        augmented = self.augmenter({IMAGES: x, MASKS: y}, training=True)
+        rank = len(x.shape)
+        weight_rank = None if sample_weight is None else sample_weight.shape.rank
+        # (a retrace after weights of another rank can leave the rank unknown)
+        if weight_rank is None or weight_rank < rank - 1:
+            augmented = self.augmenter({IMAGES: x, MASKS: y}, training=True)
+            data = keras.utils.pack_x_y_sample_weight(
+                augmented[IMAGES], augmented[MASKS], sample_weight
+            )
+            return super().train_step(data)
+        # A per-voxel weight map ((B, *spatial) or (B, *spatial, 1), e.g. U-Net's border
+        # weights) belongs to the mask's voxels: it rides along as an extra mask channel, so
+        # the same draw moves it (nearest neighbour, 0 where the grid was left).
+        weight = keras.ops.convert_to_tensor(sample_weight)
+        if len(weight.shape) == rank - 1:
+            weight = keras.ops.expand_dims(weight, -1)
+        mask_channels = y.shape[-1]
+        joint = keras.ops.concatenate(
+            [keras.ops.cast(y, "float32"), keras.ops.cast(weight, "float32")], axis=-1
+        )
+        augmented = self.augmenter({IMAGES: x, MASKS: joint}, training=True)
+        moved = augmented[MASKS]
+        moved_weight = keras.ops.cast(moved[..., mask_channels:], sample_weight.dtype)
         data = keras.utils.pack_x_y_sample_weight(
-            augmented[IMAGES], augmented[MASKS], sample_weight
+            augmented[IMAGES],
+            keras.ops.cast(moved[..., :mask_channels], y.dtype),
+            keras.ops.reshape(moved_weight, keras.ops.shape(sample_weight)),
         )
         return super().train_step(data)
 
