@@ -17,6 +17,7 @@ from kseg.io import (
     write_dicom_seg,
     write_rtstruct,
 )
+from kseg.io._ps315 import BASIC_PROFILE_EDITION
 
 
 def _series(folder, edit):
@@ -149,3 +150,25 @@ def test_deidentify_follows_linked_patient_folders(tmp_path):
     assert sorted(f.source for f in report.files) == ["mr.dcm", "patient1/ct.dcm"]
     assert not report.failed and not report.skipped
     assert pydicom.dcmread(tmp_path / "out" / "patient1" / "ct.dcm").PatientName == ""
+
+
+def test_deidentify_keeps_the_record_of_an_earlier_step(tmp_path):
+    # TCIA's collections arrive de-identified, their method recorded; deidentify replaced
+    # that record with its own, although De-identification Method is multi-valued for
+    # successive steps (PS3.3 C.7.1.1) and deidentify itself appends to the code sequence.
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "Per DICOM PS 3.15 AnnexE. Details in 0012,0064"
+    (tmp_path / "src").mkdir()
+    ds.save_as(tmp_path / "src" / "ct.dcm")
+    first = deidentify(tmp_path / "src", tmp_path / "once", secret="k", keep=("ROIName",),
+                       progress=False)  # fmt: skip
+    out = pydicom.dcmread(tmp_path / "once" / first.files[0].output)
+    kseg_method = f"DICOM PS3.15 {BASIC_PROFILE_EDITION} Basic Profile by kseg"
+    expected = ["Per DICOM PS 3.15 AnnexE. Details in 0012,0064", kseg_method, "kept ROIName"]
+    assert list(out.DeidentificationMethod) == expected
+    # run again on its own output: nothing is repeated
+    again = deidentify(tmp_path / "once", tmp_path / "twice", secret="k", keep=("ROIName",),
+                       progress=False)  # fmt: skip
+    out = pydicom.dcmread(tmp_path / "twice" / again.files[0].output)
+    assert list(out.DeidentificationMethod) == expected

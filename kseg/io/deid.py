@@ -46,8 +46,9 @@ How each action code is carried out
       128-byte preamble, which the profile does not cover and which can hold anything (a
       TIFF header naming the patient, an executable), is written as zeros (PS3.10 7.1).
     - Patient Identity Removed (0012,0062) is set to YES, De-identification Method (0012,0063)
-      names the profile and any attribute kept through ``keep``, and De-identification Method
-      Code Sequence (0012,0064) gets (113100, DCM, "Basic Application Confidentiality Profile").
+      names the profile and any attribute kept through ``keep`` after the methods of earlier
+      steps it already named, and De-identification Method Code Sequence (0012,0064) gets
+      (113100, DCM, "Basic Application Confidentiality Profile").
 
 What the basic profile does not do
     Its options are not implemented: text burned into pixels (Clean Pixel Data), descriptors
@@ -396,7 +397,11 @@ class _Deidentifier:
         dataset.PatientIdentityRemoved = "YES"
         methods = [f"DICOM PS3.15 {BASIC_PROFILE_EDITION} Basic Profile by kseg"]
         methods += [f"kept {keyword}"[:64] for keyword in kept_keywords]
-        dataset.DeidentificationMethod = methods
+        # An earlier step's record (TCIA's, say) stays: the attribute is multi-valued for
+        # successive de-identification steps (PS3.3 C.7.1.1).
+        earlier = dataset.get("DeidentificationMethod") or []
+        earlier = [earlier] if isinstance(earlier, str) else [str(value) for value in earlier]
+        dataset.DeidentificationMethod = earlier + [m for m in methods if m not in earlier]
         codes = dataset.get("DeidentificationMethodCodeSequence") or Sequence()
         if not any(
             (item.get("CodeValue"), item.get("CodingSchemeDesignator")) == _DEID_METHOD_CODE[:2]
