@@ -32,6 +32,7 @@ import datetime
 import html
 import json
 import math
+import numbers
 import os
 import pathlib
 import zipfile
@@ -292,10 +293,18 @@ def _class_values(config: Mapping) -> dict[str | None, int]:
     """``{class name: label value}`` of config.json's labels; ``{None: value}`` for one
     structure (scored in the ``dice`` column), ``{None: 1}`` when config.json has none."""
     labels = config.get("labels")
+    if isinstance(labels, Mapping):
+        # a hand-edited or foreign config.json may hold a name for a value, or null: such
+        # a class cannot be told in the masks, so it is left out (the table shows it)
+        labels = {
+            name: int(value)
+            for name, value in labels.items()
+            if isinstance(value, numbers.Real) and math.isfinite(value) and value == int(value)
+        }
     if isinstance(labels, Mapping) and len(labels) > 1:
-        return {str(name): int(value) for name, value in labels.items()}
+        return {str(name): value for name, value in labels.items()}
     if isinstance(labels, Mapping) and len(labels) == 1:
-        return {None: int(next(iter(labels.values())))}
+        return {None: next(iter(labels.values()))}
     return {None: 1}
 
 

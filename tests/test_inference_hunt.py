@@ -93,3 +93,27 @@ def test_mc_dropout_refuses_a_model_whose_dropout_rate_is_zero():
         mc_dropout(net(0.0), x, samples=3)
     keras.utils.set_random_seed(0)
     assert mc_dropout(net(0.5), x, samples=8).variance.max() > 0
+
+
+@pytest.mark.parametrize("labels", [{"liver": "one", "spleen": 2}, {"liver": None}])
+def test_report_of_a_config_whose_labels_are_not_numbers_is_written(tmp_path, labels):
+    """config.json is a file a user may edit; a label value that is no number crashed the
+    whole report with a bare ``int()`` ValueError/TypeError, though the report otherwise
+    shows what a config.json holds. The class is left out, the rest of the page stays."""
+    pytest.importorskip("matplotlib")
+    import json
+
+    from test_report import box_case, parse, viewers, write_config, write_evaluation
+
+    from kseg import report
+
+    run = tmp_path / "run"
+    config = write_config(run)
+    config["labels"] = labels
+    (run / "config.json").write_text(json.dumps(config))
+    write_evaluation(run, {"p1": box_case(3, 8, 8, (0, 2, 1, 5, 1, 5), (0, 2, 1, 5, 2, 6), 0)})
+    page = parse(report.write_report(run))
+    assert list(viewers(page)) == ["p1"]
+    facts = {row.find("th").all_text(): row.find("td").all_text()
+             for row in page.find("table", "facts").find_all("tr")}  # fmt: skip
+    assert json.loads(facts["labels"]) == labels
