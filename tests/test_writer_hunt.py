@@ -172,3 +172,19 @@ def test_deidentify_keeps_the_record_of_an_earlier_step(tmp_path):
                        progress=False)  # fmt: skip
     out = pydicom.dcmread(tmp_path / "twice" / again.files[0].output)
     assert list(out.DeidentificationMethod) == expected
+
+
+def test_rtstruct_refuses_colours_it_would_cut_to_black(tmp_path):
+    # matplotlib colours are 0..1 floats (plt.cm.tab10(0)[:3]); int() cut each to 0, so
+    # every ROI was written ROIDisplayColor 0\0\0 and drawn black, without a word.
+    ct = _series(tmp_path / "ct", lambda ds: None)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1, 1:3, 1:3] = 1
+    for colour in [(0.12, 0.47, 0.71), (256, 0, 0), (255, 0)]:
+        with pytest.raises(ValueError, match=r"label 1 the colour .*0\.\.255"):
+            write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"],
+                           colors={1: colour})  # fmt: skip
+    assert not (tmp_path / "rs.dcm").exists()
+    path = write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"],
+                          colors={1: np.array([31, 119, 180], np.uint8)})  # fmt: skip
+    assert list(pydicom.dcmread(path).ROIContourSequence[0].ROIDisplayColor) == [31, 119, 180]

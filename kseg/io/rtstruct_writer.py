@@ -211,7 +211,8 @@ def write_rtstruct(
             backslash); a named label with no pixels becomes an ROI without contours.
         label: StructureSetLabel (up to 16 characters).
         series_description: SeriesDescription of the structure set (up to 64 characters).
-        colors: ROIDisplayColor by label value (default: a fixed palette).
+        colors: ROIDisplayColor by label value, three integers 0..255 (default: a fixed
+            palette).
         roi_generation_algorithm: ROIGenerationAlgorithm (``"AUTOMATIC"`` for a model's
             prediction, ``"SEMIAUTOMATIC"``, ``"MANUAL"``).
 
@@ -266,7 +267,7 @@ def write_rtstruct(
 
     index_to_lps = reference_series.affine.copy()
     index_to_lps[:3] *= _RAS_TO_LPS[:, None]
-    colors = colors or {}
+    colors = _colors(colors or {})
     rois = []
     # One pass finds every label's bounding box; each label is then outlined inside its own.
     boxes = ndimage.find_objects(array) if present else []
@@ -288,7 +289,7 @@ def write_rtstruct(
                         ),
                     ))  # fmt: skip
         color = colors.get(value, _PALETTE[position % len(_PALETTE)])
-        rois.append(RoiContours(value, name, tuple(int(c) for c in color), tuple(contours)))
+        rois.append(RoiContours(value, name, tuple(color), tuple(contours)))
 
     now = datetime.datetime.now()
     ds = rtstruct_dataset(
@@ -372,6 +373,24 @@ def _roi_names(roi_names) -> dict[int, str]:
             raise ValueError(f"roi_names gives labels {seen[name]} and {value} the name {name!r}")
         seen[name] = value
     return names
+
+
+def _colors(colors: Mapping) -> dict[int, tuple[int, int, int]]:
+    """``{label: (r, g, b)}`` with integer components 0..255 (ROIDisplayColor, PS3.3
+    C.8.8.6); matplotlib's 0..1 floats would be cut to black, so they are refused."""
+    checked = {}
+    for value, color in colors.items():
+        components = np.asarray(color, dtype=object).ravel().tolist()
+        if len(components) != 3 or not all(
+            isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c <= 255
+            for c in components
+        ):
+            raise ValueError(
+                f"colors gives label {value} the colour {color!r}; expected three integers "
+                "0..255 (r, g, b)"
+            )
+        checked[int(value)] = tuple(int(c) for c in components)
+    return checked
 
 
 def _check_text(text: str, what: str, length: int) -> None:
