@@ -9,7 +9,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from kseg.augment import AugmentedModel, segmentation_augmenter
+from kseg.augment import (
+    AugmentedModel,
+    RandomAffine,
+    RandomContrast,
+    RandomElasticDeformation,
+    RandomGaussianBlur,
+    RandomGaussianNoise,
+    segmentation_augmenter,
+)
 from kseg.data.pipeline import segmentation_dataset
 from kseg.data.splits import assign_folds
 from kseg.metrics import DiceScore, IoUScore
@@ -131,3 +139,29 @@ def test_augmented_model_moves_a_per_voxel_weight_map_with_the_mask(monkeypatch)
     per_sample = np.arange(4, dtype=np.float32)
     model.train_step(tuple(tf.constant(v) for v in (images, masks, per_sample)))
     np.testing.assert_array_equal(seen["w"], per_sample)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16"])
+def test_integer_images_are_augmented_like_float_ones_then_rounded(dtype):
+    # uint8 PNG slices or int16 HU given to a layer directly: noise added in the integer
+    # dtype wrapped around (-1 became 255), blur and contrast raised bare TensorFlow errors,
+    # and interpolation truncated a constant 100 to 99 in places.
+    constant = np.full((2, 32, 32, 1), 100, dtype)
+    for layer in (RandomAffine(2, probability=1.0, seed=0), RandomElasticDeformation(
+            2, probability=1.0, seed=0)):
+        moved = np.asarray(layer(constant, training=True))
+        assert moved.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(moved[:, 8:24, 8:24], 100)
+
+    images = np.random.default_rng(0).integers(0, 120, (2, 16, 16, 1)).astype(dtype)
+    info = np.iinfo(dtype)
+    for make in (
+        lambda: RandomGaussianNoise(1.0, stddev=(2.0, 5.0), clip=None, seed=1),
+        lambda: RandomGaussianBlur(1.0, sigma=(0.6, 0.8), seed=1),
+        lambda: RandomContrast(1.0, factor=(0.8, 1.5), seed=1),
+    ):
+        as_integers = np.asarray(make()(images, training=True))
+        as_floats = np.asarray(make()(images.astype(np.float32), training=True))
+        expected = np.clip(np.round(as_floats), info.min, info.max).astype(dtype)
+        assert as_integers.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(as_integers, expected)

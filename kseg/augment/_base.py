@@ -12,6 +12,7 @@ untouched samples and a seeded layer repeats its sequence.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 IMAGES = "images"
@@ -72,6 +73,12 @@ def check_per_axis(name: str, value, count: int, minimum: float = 0.0) -> tuple[
     return tuple(float(v) for v in values)
 
 
+def _round_to(values, dtype: str):
+    """Float ``values`` as integer ``dtype``: nearest integer, clipped to the dtype's range."""
+    info = np.iinfo(dtype)
+    return ops.cast(ops.clip(ops.round(values), float(info.min), float(info.max)), dtype)
+
+
 def per_sample(values, rank: int):
     """Reshape a ``(B,)`` tensor to ``(B, 1, ..., 1)`` so it broadcasts over rank ``rank``."""
     return ops.reshape(values, (-1,) + (1,) * (rank - 1))
@@ -124,7 +131,15 @@ class JointAugmentation(keras.layers.Layer):
             if unbatched:
                 images = ops.expand_dims(images, 0)
                 masks = None if masks is None else ops.expand_dims(masks, 0)
-            images, masks = self.transform(images, masks)
+            dtype = keras.backend.standardize_dtype(images.dtype)
+            if "int" in dtype:
+                # Integer images (uint8 PNGs, int16 HU) are transformed in float32 and
+                # rounded back: in their own dtype noise wrapped around and interpolated or
+                # blurred values were truncated or refused.
+                images, masks = self.transform(ops.cast(images, "float32"), masks)
+                images = _round_to(images, dtype)
+            else:
+                images, masks = self.transform(images, masks)
             if unbatched:
                 images = ops.squeeze(images, 0)
                 masks = None if masks is None else ops.squeeze(masks, 0)
