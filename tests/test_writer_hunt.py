@@ -3,6 +3,7 @@ layouts a real archive produces (non-Latin text, de-identified series)."""
 
 import functools
 import shutil
+import warnings
 
 import numpy as np
 import pydicom
@@ -188,3 +189,32 @@ def test_rtstruct_refuses_colours_it_would_cut_to_black(tmp_path):
     path = write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"],
                           colors={1: np.array([31, 119, 180], np.uint8)})  # fmt: skip
     assert list(pydicom.dcmread(path).ROIContourSequence[0].ROIDisplayColor) == [31, 119, 180]
+
+
+def test_rtstruct_contour_over_64_kib_stays_readable(tmp_path):
+    # A jagged outline of ~2700 points (a noisy prediction, a large matrix) makes ContourData
+    # longer than the 2-byte length DS has in explicit VR: pydicom wrote it as UN, and
+    # kseg's own rasterize_rtstruct refused its file ("ContourData holds b'...', which is
+    # not a number"). Reference: the mask itself, and pydicom reading DS values.
+    ct = _series(tmp_path / "ct", lambda ds: None)
+    big = tmp_path / "big"
+    big.mkdir()
+    for path in sorted((tmp_path / "ct").iterdir()):  # the same series on a 256 x 256 grid
+        ds = pydicom.dcmread(path)
+        ds.Rows = ds.Columns = 256
+        ds.PixelData = np.zeros((256, 256), np.uint16).tobytes()
+        ds.save_as(big / path.name)
+    ct = read_dicom_series(big)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[2, 10:240, 10:240] = 1
+    for start, stop in ((240, 246), (4, 10)):  # teeth along every edge
+        labels[2, 10:240:2, start:stop] = 1
+        labels[2, start:stop, 10:240:2] = 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # pydicom warned "exceeds the size of 64 kByte"
+        path = write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"])
+    (contour,) = pydicom.dcmread(path).ROIContourSequence[0].ContourSequence
+    assert int(contour.NumberOfContourPoints) > 2200
+    assert contour["ContourData"].VR == "DS"
+    assert len(contour.ContourData) == 3 * int(contour.NumberOfContourPoints)
+    assert np.array_equal(rasterize_rtstruct(path, ct)["A"], labels == 1)

@@ -37,6 +37,7 @@ from pydicom.uid import (
     PYDICOM_IMPLEMENTATION_UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
     RTStructureSetStorage,
 )
 
@@ -57,6 +58,13 @@ _STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"
 
 # Value representations whose values are text in the SpecificCharacterSet (PS3.5 6.1.2.3).
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT", "PN"})
+# VRs with a 2-byte value length in explicit VR (PS3.5 Table 7.1-2), and the size of each
+# value of the binary ones.
+_SHORT_LENGTH_VRS = frozenset(
+    {"AE", "AS", "AT", "CS", "DA", "DS", "DT", "FL", "FD", "IS", "LO", "LT", "PN", "SH", "SL",
+     "SS", "ST", "TM", "UI", "UL", "US"}
+)  # fmt: skip
+_BINARY_SIZES = {"AT": 4, "FL": 4, "FD": 8, "SL": 4, "SS": 2, "UL": 4, "US": 2}
 
 
 def new_dataset(
@@ -126,11 +134,16 @@ def write_dataset(ds: pydicom.Dataset, path: os.PathLike | str) -> pathlib.Path:
 
     A text value its SpecificCharacterSet cannot encode (a patient name in Japanese under
     ``ISO_IR 100``) switches the data set to ``ISO_IR 192`` (UTF-8), which encodes every
-    character: pydicom would otherwise write ``?`` in their place.
+    character: pydicom would otherwise write ``?`` in their place. A value longer than the
+    64 KiB an explicit VR gives a DS or other short-length VR (ContourData of a contour of
+    over 2000-odd points) switches explicit to implicit VR little endian, whose lengths have
+    4 bytes: pydicom would otherwise write the element as UN, which readers take for bytes.
     """
     path = pathlib.Path(path)
     if not _fits_character_set(ds):
         ds.SpecificCharacterSet = "ISO_IR 192"
+    if ds.file_meta.get("TransferSyntaxUID") == ExplicitVRLittleEndian and _has_long_value(ds):
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     with atomic_output(path) as temporary:
         pydicom.dcmwrite(temporary, ds, enforce_file_format=True)
     return path
@@ -153,6 +166,24 @@ def _fits_character_set(ds: pydicom.Dataset) -> bool:
         except (UserWarning, UnicodeError, LookupError):
             return False
     return True
+
+
+def _has_long_value(ds: pydicom.Dataset) -> bool:
+    """Whether a value of ``ds`` (nested ones too) is too long for the 2-byte length of its
+    VR in explicit VR (PS3.5 7.1.2); text counted as UTF-8, an upper bound."""
+    for element in ds.iterall():
+        if element.VR not in _SHORT_LENGTH_VRS or element.is_empty:
+            continue
+        values = element.value if element.VM > 1 else [element.value]
+        if element.VR in _BINARY_SIZES:
+            length = len(values) * _BINARY_SIZES[element.VR]
+        elif element.VR in ("DS", "IS") and len(values) * 17 < 0xFFFF:
+            continue  # at most 16 characters a value, and a separator
+        else:
+            length = sum(len(str(v).encode("utf-8")) for v in values) + len(values) - 1
+        if length >= 0xFFFF:  # padded to an even length
+            return True
+    return False
 
 
 @dataclasses.dataclass(frozen=True)
