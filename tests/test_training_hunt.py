@@ -18,6 +18,7 @@ from kseg.augment import (
     RandomGaussianNoise,
     segmentation_augmenter,
 )
+from kseg.data.patches import random_patches
 from kseg.data.pipeline import segmentation_dataset
 from kseg.data.splits import assign_folds
 from kseg.metrics import DiceScore, IoUScore
@@ -165,3 +166,24 @@ def test_integer_images_are_augmented_like_float_ones_then_rounded(dtype):
         expected = np.clip(np.round(as_floats), info.min, info.max).astype(dtype)
         assert as_integers.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(as_integers, expected)
+
+
+def test_small_multi_channel_volume_pads_each_channel_with_its_own_minimum():
+    # CT (HU, minimum -1000) beside a PET channel (SUV, minimum 0): the padding of the PET
+    # channel took the CT's -1000.
+    rng = np.random.default_rng(0)
+    ct = rng.integers(-1000, 400, (3, 4, 5)).astype(np.float32)
+    ct[0, 0, 0] = -1000
+    pet = rng.uniform(0.0, 9.0, (3, 4, 5)).astype(np.float32)
+    pet[0, 0, 0] = 0.25
+    image = np.stack([ct, pet], axis=-1)
+    label = np.zeros((3, 4, 5), np.uint8)
+    patches = random_patches(
+        tf.data.Dataset.from_tensors((image, label)), (5, 4, 7), patches_per_volume=1, seed=0
+    )
+    patch, _ = next(iter(patches))
+    pad = ((1, 1), (0, 0), (1, 1))
+    expected = np.stack(
+        [np.pad(ct, pad, constant_values=-1000.0), np.pad(pet, pad, constant_values=0.25)], -1
+    )
+    np.testing.assert_array_equal(patch.numpy(), expected)

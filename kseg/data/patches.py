@@ -50,7 +50,7 @@ def random_patches(
     otherwise placed uniformly over all positions where it fits; a foreground-centred patch
     near the border is shifted inwards to fit. A volume with no foreground gives only uniform
     patches. Volumes smaller than the patch along an axis are padded evenly on both sides:
-    the image with its own minimum (air for CT), the label with 0.
+    each image channel with its own minimum (air for CT), the label with 0.
 
     Patches of one volume come out consecutively: shuffle with a buffer of several volumes'
     patches before batching.
@@ -136,7 +136,10 @@ def random_patches(
         paddings = tf.concat(
             [tf.stack([before, shortfall - before], axis=1), tf.zeros((1, 2), tf.int32)], axis=0
         )
-        image = tf.pad(image, paddings, constant_values=tf.reduce_min(image))
+        # Each channel is padded with its own minimum: channels of other units (CT in HU
+        # beside PET, MR sequences) must not take one another's background value.
+        inside = tf.pad(tf.ones_like(image[..., :1], tf.bool), paddings, constant_values=False)
+        image = tf.where(inside, tf.pad(image, paddings), tf.reduce_min(image, axis=(0, 1, 2)))
         label = tf.pad(label, paddings)
         volume_shape = tf.shape(label)[:3]
 
