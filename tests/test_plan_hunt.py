@@ -263,3 +263,45 @@ def test_the_plan_is_fingerprinted_without_the_test_fold(tmp_path):
     _planned.apply(other, builder, chaos_liver.plan_settings, training_split="fold0")
     assert json.loads((run / "fingerprint.json").read_text())["dataset"]["splits"] == [
         "fold0", "fold1"]
+
+
+def test_kseg_tune_keeps_max_minutes_per_trial(tmp_path):
+    """kseg tune accepted --max-minutes (its help: stop mid-epoch when one more batch and
+    the validation would pass it) and trained every trial all its epochs: only the plan's
+    epoch count saw the budget, and with --plan none nothing did. Each trial now stops on
+    the clock as a kseg train run does: 6 ms is less than one batch, so of 3 epochs a
+    trial trains one batch of the first and validates it (TimeBudget always trains one)."""
+    import types
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from kseg.recipes import _tuning
+    from kseg.training import VolumeValidation
+    from kseg.tuning import SegmentationHyperModel
+
+    class CountingValidation(VolumeValidation):
+        epochs = []  # a class attribute: Keras Tuner deep-copies the callback per trial
+
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            CountingValidation.epochs.append(epoch)
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(8, 8, 8, 1)).astype(np.float32)
+    labels = (images > 0.3).astype(np.float32)
+    training = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+    volumes = [("p0", images[:4], labels[:4, ..., 0].astype(np.uint8), (1.0, 1.0, 1.0))]
+    hypermodel = SegmentationHyperModel(
+        (8, 8, 1), 1, models="unet", depth=1, base_filters=2, losses="dice",
+        learning_rate=1e-3, compile_kwargs={"run_eagerly": True})
+    args = types.SimpleNamespace(strategy="random", max_trials=1, epochs=3, seed=0,
+                                 output_dir=str(tmp_path), max_minutes=1e-4)
+    keras.utils.set_random_seed(0)
+    results = _tuning.run_search(args, hypermodel, training=training,
+                                 validation_data=training,
+                                 volume_validation=CountingValidation(volumes))
+    assert CountingValidation.epochs == [0]
+    assert results["trials"][0]["status"] == "COMPLETED"
+    assert results["best_score"] is not None

@@ -76,9 +76,10 @@ def run_search(
     stages=None,
     steps_per_epoch=None,
 ) -> dict:
-    """Run the search of ``args.strategy`` (``args.max_trials``, ``args.epochs`` per trial)
-    and write ``RUN/tuning/<strategy>/results.json``; returns its content (``None`` on a
-    worker of a distributed search: the chief ranks the trials and writes the results)."""
+    """Run the search of ``args.strategy`` (``args.max_trials``, ``args.epochs`` per trial,
+    each trial stopped on the clock after ``args.max_minutes`` when given) and write
+    ``RUN/tuning/<strategy>/results.json``; returns its content (``None`` on a worker of a
+    distributed search: the chief ranks the trials and writes the results)."""
     import keras
 
     from kseg.tuning import DEFAULT_OBJECTIVE, distributed_role, tuner
@@ -103,9 +104,17 @@ def run_search(
         stages=stages,
         **budget,
     )
+    callbacks = [volume_validation]
+    if getattr(args, "max_minutes", None):
+        # each trial is a training run: --max-minutes bounds it on the clock, as it bounds a
+        # kseg train run or a cross-validation member (Keras Tuner copies the callback per
+        # trial, and its start resets the clock); after VolumeValidation, whose time it counts
+        from kseg.training import TimeBudget
+
+        callbacks.append(TimeBudget(args.max_minutes))
     fit = {
         "epochs": args.epochs,
-        "callbacks": [volume_validation],
+        "callbacks": callbacks,
         "verbose": _common.fit_verbosity(),
         "shuffle": False,  # the pipeline shuffles; Keras warns that it ignores True
     }
