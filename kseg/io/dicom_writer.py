@@ -142,8 +142,10 @@ def write_dataset(ds: pydicom.Dataset, path: os.PathLike | str) -> pathlib.Path:
     path = pathlib.Path(path)
     if not _fits_character_set(ds):
         ds.SpecificCharacterSet = "ISO_IR 192"
-    if ds.file_meta.get("TransferSyntaxUID") == ExplicitVRLittleEndian and _has_long_value(ds):
-        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID") == ExplicitVRLittleEndian:
+        if _has_long_value(ds):
+            meta.TransferSyntaxUID = ImplicitVRLittleEndian
     with atomic_output(path) as temporary:
         pydicom.dcmwrite(temporary, ds, enforce_file_format=True)
     return path
