@@ -21,7 +21,7 @@ from kseg.augment import (
 from kseg.data.patches import random_patches
 from kseg.data.pipeline import segmentation_dataset
 from kseg.data.splits import assign_folds
-from kseg.metrics import DiceScore, IoUScore
+from kseg.metrics import DiceScore, IoUScore, brier_score, expected_calibration_error
 
 
 def _png_bytes(array):
@@ -187,3 +187,30 @@ def test_small_multi_channel_volume_pads_each_channel_with_its_own_minimum():
         [np.pad(ct, pad, constant_values=-1000.0), np.pad(pet, pad, constant_values=0.25)], -1
     )
     np.testing.assert_array_equal(patch.numpy(), expected)
+
+
+def test_calibration_accepts_float16_softmax_files():
+    # Softmax computed in float16 (a half-precision model's output layer) sums to 1 only
+    # within float16's rounding: 3 classes were refused as "not summing to 1".
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0.0, 3.0, (40, 40, 3))
+    exact = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    stored = tf.nn.softmax(tf.constant(logits, tf.float16)).numpy()
+    assert np.abs(stored.astype(np.float64).sum(-1) - 1).max() > 1e-3  # what was refused
+    labels = rng.integers(0, 3, (40, 40))
+    # numpy reference, Guo et al.: 15 equal bins (lower, upper], |accuracy - confidence|
+    confidence = stored.astype(np.float64).max(-1).ravel()
+    correct = (stored.argmax(-1) == labels).ravel()
+    bins = np.clip(np.ceil(confidence * 15).astype(int) - 1, 0, 14)
+    expected = sum(
+        abs(correct[bins == b].mean() - confidence[bins == b].mean()) * np.mean(bins == b)
+        for b in range(15)
+        if np.any(bins == b)
+    )
+    value = expected_calibration_error(stored, labels, mode="top_label")
+    assert value == pytest.approx(expected, rel=1e-9)
+    brier = np.mean(np.sum((exact - np.eye(3)[labels]) ** 2, axis=-1))
+    assert brier_score(stored, labels) == pytest.approx(brier, abs=2e-3)
+    # independent sigmoids, which do not sum to 1, are still refused
+    with pytest.raises(ValueError, match="sum to 1"):
+        expected_calibration_error(np.full((40, 40, 3), 0.5, np.float16), labels)
