@@ -305,3 +305,20 @@ def test_kseg_tune_keeps_max_minutes_per_trial(tmp_path):
     assert CountingValidation.epochs == [0]
     assert results["trials"][0]["status"] == "COMPLETED"
     assert results["best_score"] is not None
+
+
+def test_a_gpu_plan_is_a_one_line_error_naming_the_file(tmp_path, monkeypatch):
+    """README: "--plan PATH reuses a saved plan.json (a GPU plan's SGD is refused)"; the
+    refusal was a ValueError from unet_settings, which kseg's CLI shows as a traceback
+    (it catches KsegError only); now kseg's one-line error naming the file."""
+    from kseg.recipes import chaos_liver
+
+    path = tmp_path / "gpu_plan.json"
+    kplan.plan(_fingerprint(), memory_budget_mb=8000, time_budget_minutes=60, device="gpu",
+               seconds_per_step=0.5, spatial_dims=2).save(path)
+    monkeypatch.setattr(_planned, "fingerprint", lambda args, builder, splits: builder)
+    monkeypatch.setattr(_planned, "training_examples", lambda builder, split: 192)
+    args = _Args(plan=str(path), output_dir=str(tmp_path))
+    with pytest.raises(UnreadableFileError, match="optimiser is SGD") as raised:
+        _planned.apply(args, _fingerprint(), chaos_liver.plan_settings, training_split="t")
+    assert str(path) in str(raised.value)

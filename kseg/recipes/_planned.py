@@ -293,7 +293,7 @@ def check_plan_fits(path, plan, fp) -> None:
     """A ``--plan PATH`` plan must be a 2D plan of data of the fingerprint's modality (an
     X-ray plan has no CT window, a CT plan mirrors what a radiograph must not, a 3D plan's
     patch is no slice size), with a U-Net that halves its input ``depth`` times, a batch
-    and training steps.
+    and training steps, and Adam (a GPU plan's SGD is refused).
 
     Raises:
         kseg.errors.UnreadableFileError: naming ``path`` and what does not fit.
@@ -329,6 +329,11 @@ def check_plan_fits(path, plan, fp) -> None:
     if wrong:
         raise UnreadableFileError(path, f"{'; '.join(wrong)}: not a plan kseg can train "
                                         "(edited by hand?); derive it again with --plan auto")
+    if plan.optimizer.get("name") != "Adam":
+        raise UnreadableFileError(
+            path, f"the plan's optimiser is {plan.optimizer.get('name')} (a GPU plan); the 2D "
+            "recipes train with Adam: use a CPU plan (kseg.plan.plan with device='cpu')",
+        )  # fmt: skip
 
 
 def _whole(value, least: int) -> bool:
