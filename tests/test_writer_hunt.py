@@ -19,6 +19,7 @@ from kseg.io import (
     write_rtstruct,
 )
 from kseg.io._ps315 import BASIC_PROFILE_EDITION
+from kseg.io.dicom_writer import write_dataset
 
 
 def _series(folder, edit):
@@ -218,3 +219,13 @@ def test_rtstruct_contour_over_64_kib_stays_readable(tmp_path):
     assert contour["ContourData"].VR == "DS"
     assert len(contour.ContourData) == 3 * int(contour.NumberOfContourPoints)
     assert np.array_equal(rasterize_rtstruct(path, ct)["A"], labels == 1)
+
+
+def test_write_dataset_without_file_meta_gets_pydicoms_error(tmp_path):
+    # the implicit-VR switch must not turn pydicom's "set the file meta's Transfer Syntax
+    # UID" into an AttributeError on a plain Dataset
+    ds = pydicom.Dataset()
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3"
+    with pytest.raises(ValueError, match="Transfer Syntax"):
+        write_dataset(ds, tmp_path / "x.dcm")
+    assert not (tmp_path / "x.dcm").exists()
