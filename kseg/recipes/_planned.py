@@ -309,7 +309,7 @@ def check_plan_fits(path, plan, fp) -> None:
         )  # fmt: skip
     # what a hand edit can break that kseg's rules never plan: a U-Net that cannot halve
     # its input depth times, an empty batch, no training
-    side = max(plan.patch_size)
+    side = max(plan.patch_size, default=0)
     wrong = [
         f"{name} {value!r} is not {expected}" for name, value, expected, right in (
             ("depth", plan.depth, "a whole number of at least 1", _whole(plan.depth, 1)),
