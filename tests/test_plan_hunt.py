@@ -191,6 +191,7 @@ def test_plan_path_of_other_data_names_the_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("edit, named", [
     ({"depth": 5}, "not a multiple of 2**depth = 32"),  # 112 px halved 5 times: 3.5
     ({"depth": 0}, "depth 0 is not a whole number of at least 1"),
+    ({"patch_size": []}, "patch_size [] is not a multiple of 2**depth"),
     ({"batch_size": 0}, "batch_size 0 is not"),
     ({"training_steps": 0}, "training_steps 0 is not"),
     ({"seconds_per_step": -1.0}, "seconds_per_step -1.0 is not a positive number"),
