@@ -677,11 +677,18 @@ def _checked_table(table, metrics) -> tuple[str, ...]:
 
 
 def _with_unit(metric: str) -> str:
-    return f"{metric} ({_UNITS[metric]})" if metric in _UNITS else metric
+    return _plain(f"{metric} ({_UNITS[metric]})" if metric in _UNITS else metric)
 
 
 def _class_label(metric: str, class_name: str | None) -> str:
-    return metric if class_name is None else f"{metric} – {class_name}"
+    return _plain(metric if class_name is None else f"{metric} – {class_name}")
+
+
+def _plain(text: str) -> str:
+    """A name from the data (patient id, class, metric) as matplotlib text shown as it is:
+    two ``$`` would start mathtext, which renders ``case$1$`` as an italic "case1" and fails
+    the whole figure on a name that is no valid TeX (``a$\\frac$``)."""
+    return str(text).replace("$", r"\$")
 
 
 def score_histograms(
@@ -788,7 +795,7 @@ def score_boxplots(
         tick_labels = []
         for position, (class_name, column) in enumerate(classes, start=1):
             values, left_out = _scored_values(table, class_name, column, skip_empty_references)
-            name = class_name or metric
+            name = _plain(class_name or metric)
             tick_labels.append(f"{name}\nn = {values.size}{_left_out(left_out)}")
             if not values.size:
                 continue
@@ -804,7 +811,7 @@ def score_boxplots(
         ax.set_xticks(range(1, len(classes) + 1), tick_labels, fontsize="small")
         ax.set_xlim(0.4, len(classes) + 0.8)
         ax.set_ylabel(_with_unit(metric))
-        ax.set_title(metric)
+        ax.set_title(_plain(metric))
         ax.grid(axis="y", alpha=0.3)
     return figure
 
@@ -1018,7 +1025,7 @@ def slice_dice_heatmap(per_slice_scores, *, positions: int | None = None) -> Fig
         interpolation="nearest", extent=(0.0, 1.0, len(rows) - 0.5, -0.5),
     )  # fmt: skip
     figure.colorbar(heatmap, ax=ax, label="Dice")
-    ax.set_yticks(range(len(rows)), list(rows))
+    ax.set_yticks(range(len(rows)), [_plain(patient) for patient in rows])
     ax.set_xlabel("normalised slice position (0 = first slice)")
     ax.set_ylabel("patient")
     ax.set_title("per-slice Dice (grey: no reference and no prediction)")

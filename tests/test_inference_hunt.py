@@ -117,3 +117,22 @@ def test_report_of_a_config_whose_labels_are_not_numbers_is_written(tmp_path, la
     facts = {row.find("th").all_text(): row.find("td").all_text()
              for row in page.find("table", "facts").find_all("tr")}  # fmt: skip
     assert json.loads(facts["labels"]) == labels
+
+
+def test_patient_ids_with_dollar_signs_are_drawn_as_written():
+    """Matplotlib reads text between two ``$`` as TeX: the per-slice Dice heatmap drew the
+    patient ``b$x$`` as an italic "bx", and one id that is no valid TeX (``a$\\frac$``)
+    made the whole figure fail when drawn, so the report lost it for every patient."""
+    pytest.importorskip("matplotlib")
+    from matplotlib import cbook
+
+    from kseg import viz
+
+    scores = {"a$\\frac$": np.array([0.5, 1.0]), "b$x$": np.array([0.25]), "c$": np.ones(3)}
+    figure = viz.slice_dice_heatmap(scores)
+    assert viz.png_bytes(figure).startswith(b"\x89PNG")
+    shown = []
+    for label in figure.axes[0].get_yticklabels():
+        assert not cbook.is_math_text(label.get_text())
+        shown.append(label.get_text().replace(r"\$", "$"))
+    assert shown == list(scores)
