@@ -229,3 +229,18 @@ def test_write_dataset_without_file_meta_gets_pydicoms_error(tmp_path):
     with pytest.raises(ValueError, match="Transfer Syntax"):
         write_dataset(ds, tmp_path / "x.dcm")
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_rtstruct_refuses_slices_sharing_one_sop_instance_uid(tmp_path):
+    # An anonymiser that gave every slice one SOPInstanceUID: the series reads, but the
+    # structure set referenced every contour to that UID, and rasterize_rtstruct (like any
+    # reader going by UID) put them on the wrong slice: the mask came back different.
+    def one_uid(ds):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.999"
+
+    ct = _series(tmp_path / "ct", one_uid)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1, 1:3, 1:3] = labels[3, 2:4, 3:5] = 1
+    with pytest.raises(ValueError, match=r"share SOPInstanceUID 1\.2\.3\.999"):
+        write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"])
+    assert not (tmp_path / "rs.dcm").exists()

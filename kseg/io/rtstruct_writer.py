@@ -225,7 +225,8 @@ def write_rtstruct(
             label 0; a name (or ``label``, ``series_description``) longer than DICOM allows
             (64 characters, ``label`` 16) or holding a backslash or control character;
             ``reference_series`` lacks the files, FrameOfReferenceUID or SOPInstanceUIDs a
-            structure set needs; ``path`` is one of the series' files.
+            structure set needs, or gives two slices one SOPInstanceUID; ``path`` is one of
+            the series' files.
         OSError: a file of the series cannot be read.
 
     Warns:
@@ -437,6 +438,16 @@ def _series_reference(series: Volume) -> tuple[SeriesReference, pydicom.Dataset]
             f"reference_series: {len(blank)} slice(s) have no SOPInstanceUID, in the data set "
             f"or the file meta (first: {blank[0]}); a structure set must reference each slice"
         )
+    numbers = tuple(metadata.get("frame_numbers", ())) or (None,) * nz
+    first_with: dict[tuple, str] = {}
+    for path, uid, number in zip(series.source_files, uids, numbers, strict=True):
+        other = first_with.setdefault((uid, number), path)
+        if other != path:
+            raise ValueError(
+                f"reference_series: {other} and {path} share SOPInstanceUID {uid} (an "
+                "anonymiser gave the slices one UID?); a structure set tells slices apart by "
+                "it, so a reader would put their contours on one slice"
+            )
     study = str(metadata.get("study_instance_uid", "") or "")
     series_uid = str(metadata.get("series_instance_uid", "") or "")
     if not study or not series_uid:
