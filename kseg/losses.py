@@ -29,6 +29,7 @@ from __future__ import annotations
 import fractions
 
 import keras
+import numpy as np
 from keras import ops
 
 _PACKAGE = "kseg"
@@ -44,6 +45,43 @@ def _channels(y_pred) -> int:
     return int(channels)
 
 
+def _concrete_bool(flag):
+    """A scalar boolean tensor as a Python bool when computed eagerly, else ``None``.
+
+    Inside a traced function (``tf.function``, ``jax.jit``) the value is not known yet, so
+    no Python decision can depend on it.
+    """
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            return None
+    try:
+        return bool(ops.convert_to_numpy(flag))
+    except TypeError:  # a traced value, e.g. under jax.jit
+        return None
+
+
+def _invalid_target_voxels(y_true, y_pred, dtype):
+    """``(count, expected)``: voxels of ``y_true`` that hold no valid target, and what is valid.
+
+    A binary target (one channel) or a one-hot target (``y_pred``'s rank and channel count)
+    must lie in [0, 1]; sparse labels of a multi-class model must be the integers
+    ``0 .. C-1``.
+    """
+    channels = y_pred.shape[-1]
+    one_hot = len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == channels
+    if channels == 1 or one_hot:
+        bad = ops.logical_or(y_true < 0, y_true > 1)
+        if one_hot:
+            bad = ops.any(bad, axis=-1)
+        return ops.sum(ops.cast(bad, dtype)), "values in [0, 1] (0/1, or soft labels)"
+    bad = ops.logical_or(
+        ops.logical_or(y_true < 0, y_true > channels - 1), ops.not_equal(y_true, ops.round(y_true))
+    )
+    return ops.sum(ops.cast(bad, dtype)), f"integer labels 0..{channels - 1}"
+
+
 def _one_hot_target(y_true, y_pred):
     """``y_true`` as a float tensor with the shape of ``y_pred``.
 
@@ -55,6 +93,7 @@ def _one_hot_target(y_true, y_pred):
     y_true = ops.cast(y_true, y_pred.dtype)
     if rank_true == rank_pred and y_true.shape[-1] == channels:
         _check_grids(y_true.shape[:-1], y_true.shape, y_pred.shape)
+        _check_target_values(y_true, y_pred)
         return y_true
     if rank_true == rank_pred and y_true.shape[-1] == 1:
         labels = ops.squeeze(y_true, axis=-1)
@@ -67,9 +106,25 @@ def _one_hot_target(y_true, y_pred):
             f"(B, *spatial, {channels}), (B, *spatial, 1) or (B, *spatial)"
         )
     _check_grids(labels.shape, y_true.shape, y_pred.shape)
+    _check_target_values(y_true, y_pred)
     if channels == 1:
         return ops.expand_dims(labels, axis=-1)
     return ops.one_hot(ops.cast(labels, "int32"), channels, dtype=y_pred.dtype)
+
+
+def _check_target_values(y_true, y_pred):
+    """Called eagerly, refuse a target outside the label set (a 0/255 mask, labels outside
+    ``0 .. C-1``): it would give a negative Dice loss or drop voxels from every class.
+    Inside a traced step nothing can raise here; the streaming metrics turn ``nan``."""
+    bad, expected = _invalid_target_voxels(y_true, y_pred, "float32")
+    if _concrete_bool(bad > 0):
+        values = np.unique(ops.convert_to_numpy(y_true))
+        raise ValueError(
+            f"y_true holds {int(ops.convert_to_numpy(bad))} voxels outside the label set, "
+            f"values {values[:8].tolist()}{'...' if values.size > 8 else ''}; expected "
+            f"{expected} for y_pred of shape {tuple(y_pred.shape)} (map a 0/255 mask to "
+            "0/1 first)"
+        )
 
 
 def _check_grids(leading, true_shape, pred_shape):

@@ -40,7 +40,7 @@ import numpy as np
 from keras import ops
 from scipy import ndimage, spatial, stats
 
-from kseg.losses import _one_hot_target
+from kseg.losses import _concrete_bool, _invalid_target_voxels, _one_hot_target
 
 __all__ = [
     "Correlation",
@@ -72,23 +72,6 @@ __all__ = [
 ORTHOGONAL_TOLERANCE = 1e-4
 
 _PACKAGE = "kseg"
-
-
-def _concrete_bool(flag):
-    """A scalar boolean tensor as a Python bool when computed eagerly, else ``None``.
-
-    Inside a traced function (``tf.function``, ``jax.jit``) the value is not known yet, so
-    no Python decision can depend on it.
-    """
-    if keras.config.backend() == "tensorflow":
-        import tensorflow as tf
-
-        if not tf.executing_eagerly():
-            return None
-    try:
-        return bool(ops.convert_to_numpy(flag))
-    except TypeError:  # a traced value, e.g. under jax.jit
-        return None
 
 
 def _check_empty(name, value):
@@ -166,7 +149,6 @@ class _OverlapScore(keras.metrics.Metric):
                 "numbers, which usually means training has diverged (lower the learning "
                 "rate, check the inputs for NaN, or use a loss computed from logits)"
             )
-        target = _one_hot_target(y_true, y_pred)
         # Targets outside the label set (a 0/255 mask, label 7 of a 3-class model) would
         # score Dice above 1 or drop voxels from every class: undefined, like NaN.
         bad_target_voxels, expected = _invalid_target_voxels(y_true, y_pred, self.dtype)
@@ -179,6 +161,7 @@ class _OverlapScore(keras.metrics.Metric):
                 f"num_classes={self.num_classes} (map a 0/255 mask to 0/1 first)"
             )
         self.nan_voxels.assign_add(nan_voxels + bad_target_voxels)
+        target = _one_hot_target(y_true, y_pred)
         if self.num_classes == 1:
             probabilities = ops.sigmoid(y_pred) if self.from_logits else y_pred
             predicted = ops.cast(probabilities >= self.threshold, self.dtype)
@@ -344,26 +327,6 @@ class IoUScore(_OverlapScore):
             true_positive + self._scored(self.false_positives) + self._scored(self.false_negatives)
         )
         return self._mean_score(true_positive, denominator)
-
-
-def _invalid_target_voxels(y_true, y_pred, dtype):
-    """``(count, expected)``: voxels of ``y_true`` that hold no valid target, and what is valid.
-
-    A binary target (one channel) or a one-hot target (``y_pred``'s rank and channel count)
-    must lie in [0, 1]; sparse labels of a multi-class model must be the integers
-    ``0 .. C-1``.
-    """
-    channels = y_pred.shape[-1]
-    one_hot = len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == channels
-    if channels == 1 or one_hot:
-        bad = ops.logical_or(y_true < 0, y_true > 1)
-        if one_hot:
-            bad = ops.any(bad, axis=-1)
-        return ops.sum(ops.cast(bad, dtype)), "values in [0, 1] (0/1, or soft labels)"
-    bad = ops.logical_or(
-        ops.logical_or(y_true < 0, y_true > channels - 1), ops.not_equal(y_true, ops.round(y_true))
-    )
-    return ops.sum(ops.cast(bad, dtype)), f"integer labels 0..{channels - 1}"
 
 
 def _binary_pair(y_true, y_pred):

@@ -21,6 +21,7 @@ from kseg.augment import (
 from kseg.data.patches import random_patches
 from kseg.data.pipeline import segmentation_dataset
 from kseg.data.splits import assign_folds
+from kseg.losses import ComboLoss, DiceCELoss, DiceLoss, FocalLoss, IoULoss, TopKLoss
 from kseg.metrics import DiceScore, IoUScore, brier_score, expected_calibration_error
 
 
@@ -214,3 +215,21 @@ def test_calibration_accepts_float16_softmax_files():
     # independent sigmoids, which do not sum to 1, are still refused
     with pytest.raises(ValueError, match="sum to 1"):
         expected_calibration_error(np.full((40, 40, 3), 0.5, np.float16), labels)
+
+
+@pytest.mark.parametrize(
+    "loss", [DiceLoss(), IoULoss(), DiceCELoss(), FocalLoss(), ComboLoss(), TopKLoss()]
+)
+def test_losses_called_eagerly_refuse_targets_outside_the_label_set(loss):
+    # A 0/255 mask gave the Dice loss -0.04 (a "better than perfect" score); label 7 of a
+    # 3-class model was one-hot encoded as zeros and left out of every class.
+    reference = _hand_worked_masks()
+    with pytest.raises(ValueError, match=r"outside the label set.*255.*\[0, 1\]"):
+        loss(reference * 255, reference)
+    assert np.isfinite(float(loss(reference, reference)))
+    labels = np.zeros((1, 4, 4), np.int32)
+    labels[0, 3, 0] = 7
+    with pytest.raises(ValueError, match=r"1 voxels outside the label set.*0\.\.2"):
+        loss(labels, np.full((1, 4, 4, 3), 1 / 3, np.float32))
+    soft = np.full((1, 4, 4, 3), 1 / 3, np.float32)  # soft one-hot targets stay accepted
+    assert np.isfinite(float(loss(soft, soft)))
