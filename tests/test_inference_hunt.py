@@ -136,3 +136,23 @@ def test_patient_ids_with_dollar_signs_are_drawn_as_written():
         assert not cbook.is_math_text(label.get_text())
         shown.append(label.get_text().replace(r"\$", "$"))
     assert shown == list(scores)
+
+
+def test_mc_dropout_of_a_unet_names_the_input_size_rule():
+    """mc_dropout_model clones the model, and the clone of a SegmentationModel lost its
+    size_divisor: an odd-sized batch failed deep inside with a bare Concatenate error,
+    where the same model outside MC dropout names the "divisible by 2**depth" rule."""
+    from kseg import models
+    from kseg.inference import mc_dropout, mc_dropout_model
+
+    model = models.build("unet", input_shape=(None, None, 1), depth=2, base_filters=2,
+                         dropout=0.2)  # fmt: skip
+    odd = np.zeros((1, 6, 8, 1), np.float32)
+    message = r"unet needs spatial sizes divisible by 4.*axis 1 \(height\) has size 6"
+    with pytest.raises(ValueError, match=message):
+        model(odd)  # the rule outside MC dropout
+    with pytest.raises(ValueError, match=message):
+        mc_dropout(model, odd, samples=2)
+    assert mc_dropout_model(model).predict_on_batch(np.zeros((1, 8, 4, 1), "float32")).shape == (
+        1, 8, 4, 1
+    )

@@ -106,6 +106,10 @@ def mc_dropout_model(model: keras.Model) -> keras.Model:
             f"model {model.name!r} cannot be rebuilt with stochastic dropout "
             f"(only Functional and Sequential models can): {error}"
         ) from error
+    # clone_model rebuilds a SegmentationModel from its inputs and outputs only: carry its
+    # input-size rule over, so an odd-sized batch is named, not a ConcatOp error.
+    if hasattr(model, "size_divisor") and hasattr(stochastic, "size_divisor"):
+        stochastic.size_divisor = model.size_divisor
     if not wrapped:
         raise ValueError(
             f"model {model.name!r} has no dropout layer with a rate above 0; MC dropout "
