@@ -64,13 +64,19 @@ def test_beam_prediction_refuses_an_output_folder_that_holds_its_inputs(tmp_path
     inference = {"kind": "slices", "window": [-100.0, 200.0], "image_size": [8, 8],
                  "num_classes": 2}  # fmt: skip
     model = tmp_path / "never_loaded.keras"
+    for given in (scans, volume):
+        with pytest.raises(LayoutError, match="spleen_1.nii.gz: is an input file"):
+            predict_volumes(model, inference, [given], scans, labels={"spleen": 1})
+    # a DICOM series folder (a folder without NIfTI files): predictions inside it would
+    # join the series the next run reads
+    series = tmp_path / "CT" / "DICOM_anon"
+    series.mkdir(parents=True)
+    (series / "IM-0001.dcm").write_bytes(b"")
     with pytest.raises(LayoutError, match="lies in the input folder"):
-        predict_volumes(model, inference, [scans], scans, labels={"spleen": 1})
-    with pytest.raises(LayoutError, match="is an input file"):
-        predict_volumes(model, inference, [volume], scans, labels={"spleen": 1})
-    with pytest.raises(LayoutError, match="lies in the input folder"):
-        predict_volumes(model, inference, [scans], scans / "out", labels={"spleen": 1})
+        predict_volumes(model, inference, [series], series, format="dicom-seg",
+                        labels={"spleen": 1})  # fmt: skip
     assert volume.read_bytes() == content and sorted(scans.iterdir()) == [volume]
+    assert sorted(series.iterdir()) == [series / "IM-0001.dcm"]
 
 
 def test_mc_dropout_refuses_a_model_whose_dropout_rate_is_zero():

@@ -240,8 +240,8 @@ def predict_volumes(
 
     Raises:
         LayoutError: an input that is neither a NIfTI file nor a folder, two volumes of
-            one name, an output folder that is an input folder, lies inside one or holds an
-            input file under its prediction's name.
+            one name, an output folder that holds an input file under its prediction's
+            name (the NIfTI files' own folder) or lies in a DICOM series folder.
         UnreadableFileError: an invalid ``inference`` section.
         Whatever the runner raises when a worker fails (on the DirectRunner a
         ``RuntimeError`` quoting the worker's kseg error); the volumes finished before the
@@ -253,7 +253,7 @@ def predict_volumes(
     prediction_file("volume.nii.gz", output_dir, format)  # refuses an unknown format first
     volumes = _volumes(inputs)
     outputs = _check_unique_outputs(volumes, output_dir, format)
-    _check_outputs_spare_inputs(inputs, volumes, outputs, output_dir)
+    _check_outputs_spare_inputs(volumes, outputs, output_dir)
     done_before = [output.exists() for output in outputs]
     pending = [str(v) for v, done in zip(volumes, done_before, strict=True) if not done]
     if pending:
@@ -269,17 +269,16 @@ def predict_volumes(
     )
 
 
-def _check_outputs_spare_inputs(inputs, volumes, outputs, output_dir) -> None:
+def _check_outputs_spare_inputs(volumes, outputs, output_dir) -> None:
     """A NIfTI prediction has its volume's file name, so an output folder that is the input
     folder would find every input "already predicted" and skip it; predictions inside a
     DICOM series folder would join the series."""
     from kseg.predict import _refuse_output_inside
 
-    for item in inputs:
-        if pathlib.Path(item).is_dir():
-            _refuse_output_inside(item, output_dir)
     for volume, output in zip(volumes, outputs, strict=True):
-        if os.path.realpath(output) == os.path.realpath(volume):
+        if volume.is_dir():
+            _refuse_output_inside(volume, output_dir)
+        elif os.path.realpath(output) == os.path.realpath(volume):
             raise LayoutError(output, "is an input file; write predictions to another folder")
 
 
