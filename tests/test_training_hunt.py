@@ -233,3 +233,20 @@ def test_losses_called_eagerly_refuse_targets_outside_the_label_set(loss):
         loss(labels, np.full((1, 4, 4, 3), 1 / 3, np.float32))
     soft = np.full((1, 4, 4, 3), 1 / 3, np.float32)  # soft one-hot targets stay accepted
     assert np.isfinite(float(loss(soft, soft)))
+
+
+def test_disk_cache_is_not_replayed_for_another_window_or_size(tmp_path):
+    # Dataset.cache(prefix) reads existing files whatever the pipeline computes now: a rerun
+    # with the lung window instead of the abdomen one trained on the abdomen values.
+    hounsfield = np.array([-1000, -500, 40, 300], np.int16)
+    ct = np.broadcast_to(hounsfield, (2, 4, 4)).copy()
+    slices = tf.data.Dataset.from_tensor_slices({"image": ct, "mask": np.zeros_like(ct)})
+    prefix = tmp_path / "train"
+    for name, (center, width) in (("abdomen", (40.0, 400.0)), ("lung", (-600.0, 1500.0))):
+        batches = segmentation_dataset(slices, window=name, batch_size=2, cache=prefix)
+        images = np.concatenate([image for image, _ in batches.as_numpy_iterator()])
+        expected = np.clip((ct - (center - width / 2)) / width, 0, 1)
+        np.testing.assert_allclose(images[..., 0], expected, atol=1e-6)
+    batches = segmentation_dataset(slices, window="lung", image_size=(2, 2), cache=prefix)
+    assert next(iter(batches))[0].shape[1:3] == (2, 2)
+    assert len(list(tmp_path.glob("train-*.index"))) == 3

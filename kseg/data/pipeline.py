@@ -17,6 +17,7 @@ Augmentation runs on whole batches, where Keras layers are vectorised.
 from __future__ import annotations
 
 import collections
+import hashlib
 from collections.abc import Iterable, Mapping
 
 import tensorflow as tf
@@ -354,7 +355,10 @@ def segmentation_dataset(
             ``kseg.augment.segmentation_augmenter()``. Runs after ``cache``.
         shuffle_buffer: examples in the shuffle buffer; ``None`` or 0 for no shuffling.
         cache: ``False``, ``True`` (in memory) or a file path prefix (on disk) for the
-            prepared, un-augmented examples.
+            prepared, un-augmented examples. The files are named ``PREFIX-<fingerprint>``,
+            the fingerprint covering window, size, labels, keys and the source's structure
+            and length, since TensorFlow replays existing cache files whatever the pipeline
+            now computes; give each source dataset (each split) its own prefix.
         seed: seed of the shuffle; with it the dataset defaults to deterministic order.
         drop_remainder: drop a last, smaller batch (static batch shapes for XLA).
         deterministic: keep element order and run ``augment`` sequentially so a seeded
@@ -418,6 +422,7 @@ def segmentation_dataset(
     def prepare_example(*element):
         return prepare(element[0] if len(element) == 1 else element)
 
+    source = ds
     options = tf.data.Options()
     options.deterministic = deterministic
     ds = ds.with_options(options)
@@ -425,7 +430,8 @@ def segmentation_dataset(
     if cache is True:
         ds = ds.cache()
     elif cache:
-        ds = ds.cache(str(cache))
+        ds = ds.cache(_cache_path(cache, source, window, size, num_classes, mapping, image_key,
+                                  mask_key))
     if shuffle_buffer:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
@@ -439,6 +445,28 @@ def segmentation_dataset(
         # would read it in whatever order the threads run.
         ds = ds.map(augment_batch, num_parallel_calls=None if deterministic else tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _cache_path(prefix, source, window_argument, size, num_classes, mapping, *keys) -> str:
+    """``prefix`` plus a fingerprint of what the cached examples were prepared with.
+
+    ``Dataset.cache(path)`` reads existing files without checking what produced them: a
+    rerun with another window or size would train on the old run's examples.
+    """
+    if callable(window_argument):
+        func = getattr(window_argument, "func", window_argument)  # functools.partial
+        window_argument = (
+            getattr(func, "__module__", ""),
+            getattr(func, "__qualname__", type(func).__name__),
+            repr(getattr(window_argument, "args", ())),
+            repr(sorted(getattr(window_argument, "keywords", {}).items())),
+        )
+    cardinality = int(source.cardinality())
+    described = repr(
+        (window_argument, size, num_classes, sorted((mapping or {}).items()), keys,
+         repr(source.element_spec), cardinality)
+    )
+    return f"{prefix}-{hashlib.sha256(described.encode()).hexdigest()[:12]}"
 
 
 def split_patient_examples(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, int]:
