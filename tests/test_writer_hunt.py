@@ -244,3 +244,31 @@ def test_rtstruct_refuses_slices_sharing_one_sop_instance_uid(tmp_path):
     with pytest.raises(ValueError, match=r"share SOPInstanceUID 1\.2\.3\.999"):
         write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"])
     assert not (tmp_path / "rs.dcm").exists()
+
+
+def test_rtstruct_references_each_slice_under_its_own_series(tmp_path):
+    # An anonymiser that gave every slice its own SeriesInstanceUID: the series reads with
+    # ignore_series_uid=True, but the structure set listed all five slices under the first
+    # slice's series, so a reader resolving series then instance found four of them missing.
+    (tmp_path / "ct").mkdir()
+    for path in _write_scrambled_series(tmp_path / "ct")[0]:
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(path)
+    ct = read_dicom_series(tmp_path / "ct", ignore_series_uid=True)
+    series_of = {}
+    for path in (tmp_path / "ct").iterdir():
+        ds = pydicom.dcmread(path)
+        series_of[ds.SOPInstanceUID] = ds.SeriesInstanceUID
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1, 1:3, 1:3] = labels[3, 2:4, 3:5] = 1
+    path = write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"])
+    study = pydicom.dcmread(path).ReferencedFrameOfReferenceSequence[0]
+    items = study.RTReferencedStudySequence[0].RTReferencedSeriesSequence
+    listed = {
+        image.ReferencedSOPInstanceUID: item.SeriesInstanceUID
+        for item in items
+        for image in item.ContourImageSequence
+    }
+    assert listed == series_of and len(items) == 5
+    assert np.array_equal(rasterize_rtstruct(path, ct)["A"], labels == 1)

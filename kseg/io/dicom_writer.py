@@ -203,6 +203,9 @@ class SeriesReference:
             images are referenced).
         frame_numbers: the 1-based frame of every slice when the slices are frames of a
             multi-frame image (Enhanced CT / MR); empty for single-frame images.
+        slice_series_uids: the SeriesInstanceUID of every slice when the slices belong to
+            several series (a series read with ``ignore_series_uid``); empty when all are
+            ``series_instance_uid``.
     """
 
     patient_id: str
@@ -213,13 +216,17 @@ class SeriesReference:
     sop_instance_uids: tuple[str, ...]
     sop_class_uid: str = CTImageStorage
     frame_numbers: tuple[int, ...] = ()
+    slice_series_uids: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.frame_numbers and len(self.frame_numbers) != len(self.sop_instance_uids):
-            raise ValueError(
-                f"SeriesReference has {len(self.frame_numbers)} frame numbers for "
-                f"{len(self.sop_instance_uids)} slices; give one per slice or none"
-            )
+        for given, name in (
+            (self.frame_numbers, "frame numbers"), (self.slice_series_uids, "series UIDs")
+        ):
+            if given and len(given) != len(self.sop_instance_uids):
+                raise ValueError(
+                    f"SeriesReference has {len(given)} {name} for "
+                    f"{len(self.sop_instance_uids)} slices; give one per slice or none"
+                )
 
 
 def rtstruct_dataset(
@@ -277,17 +284,12 @@ def rtstruct_dataset(
     ds.InstanceNumber = 1
     ds.StructureSetLabel = label
 
-    contour_images = DicomSequence(
-        _image_reference(reference.sop_class_uid, uid, frames)
-        for uid, frames in _images_and_frames(reference)
-    )
-    referenced_series = pydicom.Dataset()
-    referenced_series.SeriesInstanceUID = reference.series_instance_uid
-    referenced_series.ContourImageSequence = contour_images
     referenced_study = pydicom.Dataset()
     referenced_study.ReferencedSOPClassUID = _STUDY_COMPONENT_MANAGEMENT
     referenced_study.ReferencedSOPInstanceUID = reference.study_instance_uid
-    referenced_study.RTReferencedSeriesSequence = DicomSequence([referenced_series])
+    referenced_study.RTReferencedSeriesSequence = DicomSequence(
+        _referenced_series(part) for part in _per_series(reference)
+    )
     frame = pydicom.Dataset()
     frame.FrameOfReferenceUID = reference.frame_of_reference_uid
     frame.RTReferencedStudySequence = DicomSequence([referenced_study])
@@ -332,6 +334,38 @@ def rtstruct_dataset(
     ds.ROIContourSequence = roi_contours
     ds.RTROIObservationsSequence = observations
     return ds
+
+
+def _per_series(reference: SeriesReference) -> list[SeriesReference]:
+    """``reference`` split into one reference per series its slices belong to, in slice
+    order of first appearance (PS3.3 C.8.8.5: one RTReferencedSeriesSequence item each)."""
+    if not reference.slice_series_uids:
+        return [reference]
+    slices: dict[str, list[int]] = {}
+    for index, uid in enumerate(reference.slice_series_uids):
+        slices.setdefault(uid, []).append(index)
+    return [
+        dataclasses.replace(
+            reference,
+            series_instance_uid=uid,
+            sop_instance_uids=tuple(reference.sop_instance_uids[i] for i in indices),
+            frame_numbers=tuple(reference.frame_numbers[i] for i in indices)
+            if reference.frame_numbers else (),
+            slice_series_uids=(),
+        )
+        for uid, indices in slices.items()
+    ]
+
+
+def _referenced_series(reference: SeriesReference) -> pydicom.Dataset:
+    """An RTReferencedSeriesSequence item: the series and each of its images once."""
+    item = pydicom.Dataset()
+    item.SeriesInstanceUID = reference.series_instance_uid
+    item.ContourImageSequence = DicomSequence(
+        _image_reference(reference.sop_class_uid, uid, frames)
+        for uid, frames in _images_and_frames(reference)
+    )
+    return item
 
 
 def _images_and_frames(reference: SeriesReference) -> list[tuple[str, list[int]]]:

@@ -476,8 +476,16 @@ def _series_reference(series: Volume) -> tuple[SeriesReference, pydicom.Dataset]
             header.get("SOPClassUID", "") or _media_class(header) or CTImageStorage
         ),
         frame_numbers=tuple(int(frame) for frame in metadata.get("frame_numbers", ())),
+        slice_series_uids=_slice_series_uids(headers),
     )
     return reference, header
+
+
+def _slice_series_uids(headers: list[pydicom.Dataset]) -> tuple[str, ...]:
+    """Each slice's SeriesInstanceUID where the slices come from several series (read with
+    ``ignore_series_uid``), so each is referenced under its own; else empty."""
+    uids = tuple(str(header.get("SeriesInstanceUID", "") or "") for header in headers)
+    return uids if all(uids) and len(set(uids)) > 1 else ()
 
 
 def _header(path: str) -> pydicom.Dataset:
