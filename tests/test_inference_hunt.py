@@ -160,3 +160,25 @@ def test_mc_dropout_of_a_unet_names_the_input_size_rule():
     assert mc_dropout_model(model).predict_on_batch(np.zeros((1, 8, 4, 1), "float32")).shape == (
         1, 8, 4, 1
     )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [((10, 4, 1.0), "overlap must be in"), ((100, 10, -1.0), "overlap must be in"),
+     ((10, 0, 0.5), "window length must be at least 1")],
+)  # fmt: skip
+def test_window_starts_refuses_what_sliding_window_refuses(arguments, message):
+    """window_starts is public: overlap 1 or a 0-voxel window died in a bare
+    ZeroDivisionError, and a negative overlap returned windows with gaps between them
+    ([0, 18, 36, ...] for 10-voxel windows: 8 voxels per gap covered by none)."""
+    from kseg.inference import window_starts
+
+    with pytest.raises(ValueError, match=message):
+        window_starts(*arguments)
+    # the documented case still holds: every voxel of the axis in some window
+    starts = window_starts(110, 64, 0.5)
+    assert starts == [0, 23, 46]
+    covered = np.zeros(110, bool)
+    for start in starts:
+        covered[start : start + 64] = True
+    assert covered.all()

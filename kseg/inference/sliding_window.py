@@ -52,6 +52,10 @@ def window_starts(size: int, roi: int, overlap: float) -> list[int]:
         Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical
         image segmentation", Nature Methods 18, 2021 (``compute_steps_for_sliding_window``).
     """
+    if not 0.0 <= overlap < 1.0:  # 1 would never advance, < 0 would leave gaps
+        raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+    if not roi >= 1:
+        raise ValueError(f"window length must be at least 1, got {roi!r}")
     if roi > size:
         raise ValueError(f"window length {roi} is larger than the axis length {size}")
     target_step = roi * (1.0 - overlap)
