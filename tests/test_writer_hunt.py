@@ -272,3 +272,20 @@ def test_rtstruct_references_each_slice_under_its_own_series(tmp_path):
     }
     assert listed == series_of and len(items) == 5
     assert np.array_equal(rasterize_rtstruct(path, ct)["A"], labels == 1)
+
+
+def test_rtstruct_roi_generation_algorithm_is_an_enumerated_value(tmp_path):
+    # "automatic" (lower case) or "AI" was written into ROIGenerationAlgorithm, a CS whose
+    # values PS3.3 C.8.8.5 enumerates: validators and TPS imports reject the file.
+    ct = _series(tmp_path / "ct", lambda ds: None)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1, 1:3, 1:3] = 1
+    for value in ("automatic", "AI"):
+        with pytest.raises(ValueError, match="roi_generation_algorithm must be one of"):
+            write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"],
+                           roi_generation_algorithm=value)  # fmt: skip
+    assert not (tmp_path / "rs.dcm").exists()
+    path = write_rtstruct(labels, ct, tmp_path / "rs.dcm", roi_names=["A"],
+                          roi_generation_algorithm="SEMIAUTOMATIC")  # fmt: skip
+    roi = pydicom.dcmread(path).StructureSetROISequence[0]
+    assert roi.ROIGenerationAlgorithm == "SEMIAUTOMATIC"

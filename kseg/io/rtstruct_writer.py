@@ -69,6 +69,8 @@ _OPTIONAL_STUDY = (
     "StudyDescription", "PatientAge", "PatientIdentityRemoved", "DeidentificationMethod",
     "DeidentificationMethodCodeSequence",
 )  # fmt: skip
+# ROIGenerationAlgorithm's enumerated values (PS3.3 C.8.8.5).
+_GENERATION_ALGORITHMS = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
 # Maximum lengths of the LO and SH value representations (PS3.5 Table 6.2-1).
 _LO_LENGTH, _SH_LENGTH = 64, 16
 
@@ -253,6 +255,11 @@ def write_rtstruct(
     names = _roi_names(roi_names)
     _check_text(label, "label", _SH_LENGTH)
     _check_text(series_description, "series_description", _LO_LENGTH)
+    if roi_generation_algorithm not in _GENERATION_ALGORITHMS:
+        raise ValueError(
+            f"roi_generation_algorithm must be one of {_GENERATION_ALGORITHMS} (PS3.3 "
+            f"C.8.8.5, enumerated values), got {roi_generation_algorithm!r}"
+        )
     present = {int(v) for v in np.unique(array)} - {0}
     unnamed = sorted(present - set(names))
     if unnamed:
