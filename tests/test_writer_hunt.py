@@ -11,6 +11,7 @@ import pydicom.data
 import pytest
 from test_io_dicom import _write_scrambled_series
 
+from kseg.errors import LayoutError
 from kseg.io import (
     deidentify,
     rasterize_rtstruct,
@@ -289,3 +290,28 @@ def test_rtstruct_roi_generation_algorithm_is_an_enumerated_value(tmp_path):
                           roi_generation_algorithm="SEMIAUTOMATIC")  # fmt: skip
     roi = pydicom.dcmread(path).StructureSetROISequence[0]
     assert roi.ROIGenerationAlgorithm == "SEMIAUTOMATIC"
+
+
+def test_deidentify_refused_for_an_existing_output_leaves_dst_as_it_was(tmp_path):
+    # A second batch overlapping the first: deidentify raised at the first existing output,
+    # but the files before it in the run stayed in dst, a partial run without a report.
+    ct = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    for patient in ("p1", "p2", "p3"):
+        (tmp_path / "src" / patient).mkdir(parents=True)
+        ct.SOPInstanceUID = pydicom.uid.generate_uid()
+        ct.save_as(tmp_path / "src" / patient / "ct.dcm")
+    (tmp_path / "first" / "p2").mkdir(parents=True)
+    shutil.copy(tmp_path / "src" / "p2" / "ct.dcm", tmp_path / "first" / "p2")
+    dst = tmp_path / "dst"
+    deidentify(tmp_path / "first", dst, secret="k", layout="mirror", progress=False)
+    def tree():
+        return {p.relative_to(dst): p.is_file() and p.read_bytes() for p in dst.rglob("*")}
+
+    before = tree()
+    with pytest.raises(LayoutError, match="exists"):
+        deidentify(tmp_path / "src", dst, secret="k", layout="mirror", progress=False)
+    assert tree() == before  # p1's output and its folder are gone again
+    # with overwrite the run completes
+    report = deidentify(tmp_path / "src", dst, secret="k", layout="mirror", overwrite=True,
+                        progress=False)  # fmt: skip
+    assert len(report.files) == 3

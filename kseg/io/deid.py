@@ -451,6 +451,18 @@ def _uids_layout_path(dataset: Dataset) -> Path | None:
     )
 
 
+def _remove_outputs(files: Iterable[Path], folders: Iterable[Path]) -> None:
+    """Delete the files a run wrote and the folders it made for them (deepest first, only
+    while empty)."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for folder in sorted(folders, key=lambda folder: len(folder.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+
+
 def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
@@ -692,7 +704,8 @@ def deidentify(
     Raises:
         LayoutError: ``src`` is not a folder, ``dst`` is (or lies under) a file, ``src`` and
             ``dst`` overlap, ``patient_map_path`` lies inside ``dst`` or ``src``, or an output
-            file exists and ``overwrite`` is False.
+            file exists and ``overwrite`` is False (the files this run had written are then
+            removed again, so ``dst`` is left as it was).
         ValueError: an empty ``secret``, an unknown ``keep`` keyword, ``layout`` or ``uid_root``.
 
     Example:
@@ -754,6 +767,7 @@ def deidentify(
     deidentifier = _Deidentifier(key, uid_root, keep_tags)
     report = DeidReport(src=str(src_path), dst=str(dst_path), layout=layout)
     written: dict[Path, str] = {}
+    new_folders: set[Path] = set()
 
     def claim(out_path: Path, source: str) -> bool:
         if out_path in written:
@@ -762,7 +776,16 @@ def deidentify(
             )
             return False
         if out_path.exists() and not overwrite:
-            raise LayoutError(out_path, "exists; pass overwrite=True to replace it")
+            # Without overwrite nothing this run claimed existed before it: take it all back,
+            # so a refused run leaves dst as it found it.
+            _remove_outputs(written, new_folders)
+            raise LayoutError(
+                out_path, "exists; pass overwrite=True to replace it (nothing was written)"
+            )
+        new_folders.update(
+            folder for folder in out_path.parents
+            if _inside(folder, dst_path) and not folder.exists()
+        )  # fmt: skip
         written[out_path] = source
         return True
 
