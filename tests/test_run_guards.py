@@ -203,3 +203,21 @@ def test_predict_holds_one_input_at_a_time_and_writes_each_before_the_next(
     for k in range(2):
         written = nib.load(tmp_path / "out" / f"case_{k}.nii.gz")
         assert written.shape == (10, 12, 2)
+
+
+@pytest.mark.parametrize(
+    "labels", [{"liver": "one"}, {"liver": None}, {"liver": 0}, {"liver": True}, ["liver"]]
+)
+def test_a_config_whose_labels_are_not_positive_integers_is_named(tmp_path, labels):
+    """A hand-edited ``labels`` section (a name, null, 0 or true as the value) reached the
+    writers and evaluation, which took ``int(value)`` or crashed on it."""
+    from kseg.recipes.run_config import read_config
+
+    run = write_run(tmp_path / "run", identity_model(2), slices_inference((12, 10)))
+    config = json.loads((run / "config.json").read_text())
+    config["labels"] = labels
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnreadableFileError, match=re.escape(
+            f"{run / 'config.json'}: has labels {labels!r}; expected {{structure name: label "
+            "value >= 1}")):  # fmt: skip
+        read_config(run)

@@ -302,6 +302,14 @@ def read_config(run_dir) -> dict:
     missing = [key for key in REQUIRED_KEYS if key not in config]
     if missing:
         raise UnreadableFileError(path, f"lacks the keys {missing}")
+    labels = config["labels"]
+    if not isinstance(labels, dict) or any(
+        isinstance(value, bool) or not isinstance(value, int) or value < 1
+        for value in labels.values()
+    ):
+        raise UnreadableFileError(
+            path, f"has labels {labels!r}; expected {{structure name: label value >= 1}}"
+        )
     return config
 
 
