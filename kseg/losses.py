@@ -208,7 +208,32 @@ def _check_unit_interval(name, value):
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
 
 
-class _OverlapLoss(keras.losses.Loss):
+class _PerSampleLoss(keras.losses.Loss):
+    """A loss with one value per sample: ``sample_weight`` can weight samples, not voxels.
+
+    Keras broadcasts a per-voxel weight map against the ``(B,)`` values: ``(B, *spatial)``
+    failed with a bare shape error and ``(B, *spatial, 1)`` silently became each sample's
+    mean weight. Both are refused here, naming the shapes.
+    """
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        if sample_weight is not None:
+            shape = getattr(sample_weight, "shape", None)
+            if shape is None:
+                shape = np.shape(sample_weight)
+            # a traced weight of unknown rank cannot be told apart here
+            shape = () if getattr(shape, "rank", 0) is None else tuple(shape)
+            if len(shape) > 1 and any(size is None or size > 1 for size in shape[1:]):
+                raise ValueError(
+                    f"{self.name} gives one value per sample, so sample_weight of shape "
+                    f"{shape} cannot weight voxels; pass one weight per sample, (B,), or "
+                    "use a voxel-wise loss (e.g. keras.losses.BinaryCrossentropy) for a "
+                    "per-voxel weight map"
+                )
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
+
+
+class _OverlapLoss(_PerSampleLoss):
     """Shared arguments and sums of the overlap (Dice-family) losses."""
 
     def __init__(
@@ -557,7 +582,7 @@ class GeneralizedDiceLoss(_OverlapLoss):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class BinaryCrossentropy(keras.losses.Loss):
+class BinaryCrossentropy(_PerSampleLoss):
     """β-weighted cross-entropy of the Combo loss (Taghanaki et al. 2019, eq. 2).
 
     ``L = -mean_n [ β y_n log p_n + (1 - β)(1 - y_n) log(1 - p_n) ]``. ``β > 0.5`` weighs
@@ -775,7 +800,7 @@ class DiceCELoss(_OverlapLoss):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class FocalLoss(keras.losses.Loss):
+class FocalLoss(_PerSampleLoss):
     """Focal loss, ``-mean_n Σ_c w_c y_cn (1 - p_cn)**γ log p_cn``.
 
     The modulating factor ``(1 - p)**γ`` shrinks the loss of voxels that are already
@@ -853,7 +878,7 @@ class FocalLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class TopKLoss(keras.losses.Loss):
+class TopKLoss(_PerSampleLoss):
     """Cross-entropy averaged over the ``k`` percent hardest voxels of each sample.
 
     The per-voxel cross-entropy (binary for a binary model, categorical for a
@@ -979,7 +1004,7 @@ def heteroscedastic_cross_entropy(y_true, y_pred, noise):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class HeteroscedasticCrossEntropy(keras.losses.Loss):
+class HeteroscedasticCrossEntropy(_PerSampleLoss):
     """Cross-entropy of logits corrupted by learned gaussian noise (Kendall and Gal, eq. 12).
 
     The model outputs ``C`` logits ``f`` and one log-variance ``s`` per voxel, shape

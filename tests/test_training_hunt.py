@@ -250,3 +250,20 @@ def test_disk_cache_is_not_replayed_for_another_window_or_size(tmp_path):
     batches = segmentation_dataset(slices, window="lung", image_size=(2, 2), cache=prefix)
     assert next(iter(batches))[0].shape[1:3] == (2, 2)
     assert len(list(tmp_path.glob("train-*.index"))) == 3
+
+
+def test_per_sample_losses_refuse_per_voxel_weight_maps():
+    # kseg's losses give one value per sample: a (B, H, W, 1) weight map silently became
+    # each sample's mean weight, and (B, H, W) failed with a bare TensorFlow shape error.
+    rng = np.random.default_rng(0)
+    target = (rng.random((2, 8, 8, 1)) > 0.5).astype(np.float32)
+    probabilities = rng.random((2, 8, 8, 1)).astype(np.float32)
+    weights = rng.random((2, 8, 8)).astype(np.float32)
+    for loss in (DiceLoss(), DiceCELoss(), TopKLoss()):
+        for weight_map in (weights, weights[..., None]):
+            with pytest.raises(ValueError, match=r"sample_weight of shape \(2, 8, 8"):
+                loss(target, probabilities, sample_weight=weight_map)
+        per_sample = np.asarray(loss.call(target, probabilities))
+        for sample_weight in (np.array([0.25, 1.0]), np.array([[0.25], [1.0]])):
+            weighted = float(loss(target, probabilities, sample_weight=sample_weight))
+            assert weighted == pytest.approx(np.mean(per_sample * [0.25, 1.0]), rel=1e-6)
