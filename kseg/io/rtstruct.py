@@ -887,6 +887,10 @@ def _read_contour(path: str, roi: str, index: int, item: pydicom.Dataset) -> Con
         warnings.simplefilter("ignore")  # pydicom's own "invalid DS" warnings
         raw = item.get("ContourData")
         declared = item.get("NumberOfContourPoints")
+    if isinstance(raw, bytes):
+        # a DS over 64 KiB, which an explicit-VR writer (pydicom) leaves as UN: its value
+        # is still the DS text (PS3.5 6.2.2)
+        raw = raw.decode("ascii", "replace").strip("\x00 ").split("\\")
     values = [] if raw is None or raw == "" else (
         list(raw) if isinstance(raw, (pydicom.multival.MultiValue, list, tuple)) else [raw]
     )
