@@ -15,12 +15,14 @@ from kseg.errors import LayoutError
 from kseg.io import (
     deidentify,
     rasterize_rtstruct,
+    read_dicom_seg,
     read_dicom_series,
     write_dicom_seg,
     write_rtstruct,
 )
 from kseg.io._ps315 import BASIC_PROFILE_EDITION
-from kseg.io.dicom_writer import write_dataset
+from kseg.io.dicom_writer import SeriesReference, rtstruct_dataset, write_dataset
+from kseg.io.rtstruct import Contour, RoiContours
 
 
 def _series(folder, edit):
@@ -315,3 +317,88 @@ def test_deidentify_refused_for_an_existing_output_leaves_dst_as_it_was(tmp_path
     report = deidentify(tmp_path / "src", dst, secret="k", layout="mirror", overwrite=True,
                         progress=False)  # fmt: skip
     assert len(report.files) == 3
+
+
+def test_seg_keeps_segment_names_latin1_cannot_encode(tmp_path, recwarn):
+    # highdicom keeps the source series' character set (ISO_IR 100 here): a Japanese
+    # segment name was written "??", and read back under another name.
+    pytest.importorskip("highdicom")
+
+    def latin1(ds):
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName = "Müller^Jürgen"
+
+    ct = _series(tmp_path / "ct", latin1)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1:4, 1:3, 2:5] = 1
+    path = write_dicom_seg(labels, ct, tmp_path / "seg.dcm", {1: "肝臓"})
+    ds = pydicom.dcmread(path)
+    assert ds.SegmentSequence[0].SegmentLabel == "肝臓"
+    assert str(ds.PatientName) == "Müller^Jürgen"
+    assert not [w for w in recwarn if "encode" in str(w.message)]
+    assert np.array_equal(read_dicom_seg(path, reference_series=ct).array, labels)
+
+
+def test_seg_of_a_japanese_series_with_an_empty_first_character_set(tmp_path):
+    # "\ISO 2022 IR 87", an empty first value being the default repertoire (PS3.3
+    # C.12.1.1.2; PS3.5 Annex H's own examples): highdicom raised a bare
+    # "ValueError: '' is not a valid SpecificCharacterSetValues", naming no file.
+    pytest.importorskip("highdicom")
+
+    def japanese(ds):
+        ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+        ds.PatientName = "Yamada^Tarou=山田^太郎=やまだ^たろう"
+
+    ct = _series(tmp_path / "ct", japanese)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1:3, 1:3, 2:4] = 1
+    path = write_dicom_seg(labels, ct, tmp_path / "seg.dcm", {1: "Liver"})
+    ds = pydicom.dcmread(path)
+    assert str(ds.PatientName) == "Yamada^Tarou=山田^太郎=やまだ^たろう"
+    assert np.array_equal(read_dicom_seg(path, reference_series=ct).array, labels)
+
+
+def test_seg_refuses_slices_sharing_one_sop_instance_uid(tmp_path):
+    # highdicom only warned "Duplicate entries found in the ReferencedSeriesSequence" and
+    # wrote a SEG that kseg's own reader then refused (AlignmentError: frame 0 references
+    # slice 4 but lies on slice 3).
+    pytest.importorskip("highdicom")
+
+    def one_uid(ds):
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.999"
+
+    ct = _series(tmp_path / "ct", one_uid)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1, 1:3, 1:3] = 1
+    with pytest.raises(ValueError, match=r"share SOPInstanceUID 1\.2\.3\.999"):
+        write_dicom_seg(labels, ct, tmp_path / "seg.dcm", {1: "A"})
+    assert not (tmp_path / "seg.dcm").exists()
+
+
+def test_contour_data_left_as_un_by_an_explicit_vr_writer_is_read(tmp_path):
+    # pydicom (rt-utils-like writers) writes a ContourData over 64 KiB in explicit VR as UN;
+    # pydicom keeps it as bytes and kseg refused it as "not a number".
+    ct = _series(tmp_path / "ct", lambda ds: None)
+    k = 2
+    # a 4000-vertex zig-zag polygon around one pixel centre of slice k, in index space
+    angles = np.linspace(0, 2 * np.pi, 4000, endpoint=False)
+    radius = np.where(np.arange(4000) % 2, 0.3, 0.45)
+    index = np.column_stack([np.full(4000, k), 1 + radius * np.sin(angles),
+                             4 + radius * np.cos(angles)])  # fmt: skip
+    lps = ct.affine.copy()
+    lps[:2] *= -1
+    points = index @ lps[:3, :3].T + lps[:3, 3]
+    uids = tuple(ct.metadata["sop_instance_uids"])
+    reference = SeriesReference("P007", "F", "1.2.3", "1.2.3.4", "1.2.3.9", uids)
+    roi = RoiContours(1, "A", (255, 0, 0), (Contour(uids[k], points),))
+    ds = rtstruct_dataset([roi], reference, series_instance_uid="1.2.3.5",
+                          sop_instance_uid="1.2.3.6", implementation_version_name="TEST",
+                          label="T", date="20240101", time="000000")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.save_as(tmp_path / "rs.dcm", enforce_file_format=True)  # explicit VR
+    assert pydicom.dcmread(tmp_path / "rs.dcm").ROIContourSequence[0].ContourSequence[0][
+        "ContourData"].VR == "UN"
+    expected = np.zeros(ct.shape, bool)
+    expected[k, 1, 4] = True
+    assert np.array_equal(rasterize_rtstruct(tmp_path / "rs.dcm", ct)["A"], expected)

@@ -63,6 +63,7 @@ from kseg.io.dicom import (
     referenced_frame_number,
     unit_cosines,
 )
+from kseg.io.dicom_writer import _fits_character_set
 from kseg.io.rtstruct_writer import BlankSeriesUidWarning, _label_array, _roi_names
 from kseg.io.volume import Volume, image_affine
 
@@ -209,6 +210,10 @@ def write_dicom_seg(
         device_serial_number="",
         series_description=series_description,
     )
+    if not _fits_character_set(seg):
+        # highdicom keeps the source's character set: a segment name in Japanese on a
+        # Latin-1 series would be written as "??"
+        seg.SpecificCharacterSet = "ISO_IR 192"
     with atomic_output(path) as temporary:
         seg.save_as(temporary, enforce_file_format=True)
     return path
@@ -276,6 +281,10 @@ def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
             del ds.SpecificCharacterSet  # empty: the default repertoire, as if absent
+        elif not isinstance(ds.get("SpecificCharacterSet", ""), str):
+            # "\ISO 2022 IR 87" (Japanese archives): an empty first value is the default
+            # repertoire (PS3.3 C.12.1.1.2), which highdicom accepts only by its name
+            ds.SpecificCharacterSet = [v or "ISO 2022 IR 6" for v in ds.SpecificCharacterSet]
         for keyword in _TYPE_2_PATIENT_AND_STUDY:
             if keyword not in ds:  # type 2: present, empty when unknown (PS3.3 C.7.1.1, C.7.2.1)
                 setattr(ds, keyword, "")
@@ -286,6 +295,15 @@ def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
         if "PerFrameFunctionalGroupsSequence" in ds:
             _share_plane_groups(ds)
         patched.append(ds)
+    first_with: dict[str, str] = {}
+    for path, ds in zip(files, patched, strict=True):
+        other = first_with.setdefault(str(ds.SOPInstanceUID), path)
+        if other != path:
+            raise ValueError(
+                f"reference_series: {other} and {path} share SOPInstanceUID "
+                f"{ds.SOPInstanceUID} (an anonymiser gave the slices one UID?); a SEG's frames "
+                "reference their slices by it"
+            )
     return patched
 
 
