@@ -990,6 +990,8 @@ def predict_command(
         _refuse_output_inside(input_path, output_dir)
     loaders, inputs, only = _checked_inputs(input_path, inference)
     check_format(inputs, format)
+    if format in ("dicom-seg", "rtstruct"):
+        _check_dicom_names(config["labels"], pathlib.Path(run_dir) / "config.json")
     output_dir = pathlib.Path(output_dir)
     _check_output_targets(output_dir, [(kind, _output_path(name, kind, output_dir, format))
                                        for name, _, kind, *_ in inputs],
@@ -1019,6 +1021,20 @@ def predict_command(
         )
         del prediction
     return written
+
+
+def _check_dicom_names(labels: Mapping[str, int], config_path: pathlib.Path) -> None:
+    """Refuse, before the model runs, structure names a DICOM-SEG or RTSTRUCT cannot hold
+    (the writers' own rule: one LO value, at most 64 characters, no backslash or control
+    character)."""
+    from kseg.io.rtstruct_writer import _roi_names
+
+    try:
+        _roi_names({int(value): str(name) for name, value in labels.items()})
+    except ValueError as error:
+        raise UnreadableFileError(
+            config_path, f"labels cannot name DICOM segments or ROIs: {error}"
+        ) from error
 
 
 def _checked_inputs(input_path, inference: Mapping) -> tuple[list, list[tuple], tuple | None]:

@@ -221,3 +221,31 @@ def test_a_config_whose_labels_are_not_positive_integers_is_named(tmp_path, labe
             f"{run / 'config.json'}: has labels {labels!r}; expected {{structure name: label "
             "value >= 1}")):  # fmt: skip
         read_config(run)
+
+
+@pytest.mark.parametrize("name", ["Lung\\Left", "x" * 65])
+def test_structure_names_dicom_cannot_hold_are_named_before_the_model_loads(
+    ct_series, tmp_path, monkeypatch, name
+):
+    """``kseg predict --format rtstruct`` with a label name the writer refuses (a backslash
+    reads back as two names; LO holds 64 characters) failed only after the model had
+    predicted the input."""
+    import kseg
+    from kseg.predict import predict_command
+
+    run = write_run(tmp_path / "run", identity_model(2), slices_inference((12, 10)),
+                    labels={name: 1})  # fmt: skip
+    monkeypatch.setattr(kseg, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    for format in ("rtstruct", "dicom-seg"):
+        with pytest.raises(UnreadableFileError, match=re.escape(
+                f"{run / 'config.json'}: labels cannot name DICOM segments or ROIs")):  # fmt: skip
+            predict_command(run, ct_series, tmp_path / "out", format)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def ct_series(tmp_path_factory):
+    from test_predict import write_ct_series
+
+    folder = tmp_path_factory.mktemp("guards_ct") / "patient"
+    return write_ct_series(folder, synthetic_hu((2, 12, 10)))
