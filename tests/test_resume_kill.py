@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 EPOCHS = 30
-KILLS = 6  # each rerun imports TensorFlow: about 4-8 s a kill on 2 cores
+KILLS = 4  # each rerun imports TensorFlow: about 5-9 s a kill on 2 cores
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 
 CHILD = textwrap.dedent(
