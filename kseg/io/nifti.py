@@ -343,18 +343,7 @@ def _checked_affine(path: str, image) -> np.ndarray:
             affine = np.array(image.affine, dtype=np.float64)
         except Exception as exc:  # HeaderDataError on impossible quaternions
             raise GeometryError(path, f"the {source} cannot be decoded ({exc})") from exc
-    if not np.all(np.isfinite(affine)):
-        raise GeometryError(
-            path, f"the {source} affine holds NaN or infinity: {affine[:3].tolist()}"
-        )
-    axes = affine[:3, :3]
-    lengths = np.linalg.norm(axes, axis=0)
-    if np.any(lengths == 0) or abs(np.linalg.det(axes)) <= _SINGULAR_TOLERANCE * np.prod(lengths):
-        raise GeometryError(
-            path,
-            f"the {source} affine is singular (voxel sizes {lengths.round(6).tolist()}, axes "
-            f"{axes.round(6).tolist()}): it maps the voxel grid onto a plane or a line",
-        )
+    _check_affine(path, affine, f"the {source} affine")
     if sform_code > 0 and qform_code > 0:
         _warn_form_mismatch(path, header, affine)
     if sform_code <= 0 and qform_code <= 0:
@@ -574,7 +563,8 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
     elif data.dtype == np.float16:  # NIfTI has no half floats; float32 holds each exactly
         data = data.astype(np.float32)
     affine = volume.affine[:, _REVERSE_AXES]
-    _check_writable_affine(path, affine)
+    # nibabel raised a bare HeaderDataError ("Could not decompose affine") naming no file
+    _check_affine(path, affine, "the affine", ", and no NIfTI reader could place the voxels")
     image = nib.Nifti1Image(data, affine, dtype="compat" if data.dtype.itemsize == 8 else None)
     image.header.set_xyzt_units("mm")
     if _orientation_unknown(volume, image.header, affine):
@@ -590,18 +580,19 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
         nib.save(image, temporary)
 
 
-def _check_writable_affine(path: str, affine: np.ndarray) -> None:
-    """The checks :func:`read_nifti` makes, before writing: nibabel raised a bare
-    ``HeaderDataError`` ("Could not decompose affine") naming no file."""
+def _check_affine(path: str, affine: np.ndarray, name: str, consequence: str = "") -> None:
+    """A GeometryError naming ``path`` for an affine holding NaN or infinity, or a singular
+    one (zero or parallel axes), read or about to be written."""
     if not np.all(np.isfinite(affine)):
-        raise GeometryError(path, f"the affine holds NaN or infinity: {affine[:3].tolist()}")
+        raise GeometryError(path, f"{name} holds NaN or infinity: {affine[:3].tolist()}")
     axes = affine[:3, :3]
     lengths = np.linalg.norm(axes, axis=0)
     if np.any(lengths == 0) or abs(np.linalg.det(axes)) <= _SINGULAR_TOLERANCE * np.prod(lengths):
         raise GeometryError(
             path,
-            f"the affine is singular (voxel sizes {lengths.round(6).tolist()}): it maps the "
-            "voxel grid onto a plane or a line, and no NIfTI reader could place the voxels",
+            f"{name} is singular (voxel sizes {lengths.round(6).tolist()}, axes "
+            f"{axes.round(6).tolist()}): it maps the voxel grid onto a plane or a line"
+            f"{consequence}",
         )
 
 
