@@ -118,13 +118,20 @@ def _check_target_values(y_true, y_pred):
     Inside a traced step nothing can raise here; the streaming metrics turn ``nan``."""
     bad, expected = _invalid_target_voxels(y_true, y_pred, "float32")
     if _concrete_bool(bad > 0):
-        values = np.unique(ops.convert_to_numpy(y_true))
         raise ValueError(
-            f"y_true holds {int(ops.convert_to_numpy(bad))} voxels outside the label set, "
-            f"values {values[:8].tolist()}{'...' if values.size > 8 else ''}; expected "
-            f"{expected} for y_pred of shape {tuple(y_pred.shape)} (map a 0/255 mask to "
-            "0/1 first)"
+            _outside_label_set(y_true, bad, expected, f"y_pred of shape {tuple(y_pred.shape)}")
         )
+
+
+def _outside_label_set(y_true, bad, expected: str, given: str) -> str:
+    """The message for ``bad`` voxels of ``y_true`` outside the label set ``expected`` of
+    what ``given`` describes (a 0/255 mask, labels past the classes)."""
+    values = np.unique(ops.convert_to_numpy(y_true))
+    return (
+        f"y_true holds {int(ops.convert_to_numpy(bad))} voxels outside the label set, values "
+        f"{values[:8].tolist()}{'...' if values.size > 8 else ''}; expected {expected} for "
+        f"{given} (map a 0/255 mask to 0/1 first)"
+    )
 
 
 def _check_grids(leading, true_shape, pred_shape):

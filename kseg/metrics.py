@@ -40,7 +40,12 @@ import numpy as np
 from keras import ops
 from scipy import ndimage, spatial, stats
 
-from kseg.losses import _concrete_bool, _invalid_target_voxels, _one_hot_target
+from kseg.losses import (
+    _concrete_bool,
+    _invalid_target_voxels,
+    _one_hot_target,
+    _outside_label_set,
+)
 
 __all__ = [
     "Correlation",
@@ -153,12 +158,9 @@ class _OverlapScore(keras.metrics.Metric):
         # score Dice above 1 or drop voxels from every class: undefined, like NaN.
         bad_target_voxels, expected = _invalid_target_voxels(y_true, y_pred, self.dtype)
         if _concrete_bool(bad_target_voxels > 0):
-            values = np.unique(ops.convert_to_numpy(y_true))
+            given = f"num_classes={self.num_classes}"
             raise ValueError(
-                f"{self.name}: y_true holds {int(ops.convert_to_numpy(bad_target_voxels))} "
-                f"voxels outside the label set, values {values[:8].tolist()}"
-                f"{'...' if values.size > 8 else ''}; expected {expected} for "
-                f"num_classes={self.num_classes} (map a 0/255 mask to 0/1 first)"
+                f"{self.name}: {_outside_label_set(y_true, bad_target_voxels, expected, given)}"
             )
         self.nan_voxels.assign_add(nan_voxels + bad_target_voxels)
         target = _one_hot_target(y_true, y_pred)
