@@ -40,7 +40,8 @@ def shared_data() -> pathlib.Path:
 
 # Test files heaviest first, by their seconds in quiet two-core runs of the whole suite (each
 # test's completion time per worker with -v, session 20; every file above 9 s in one of two
-# runs). pytest-xdist's --dist loadfile hands whole files to its workers in collection order
+# runs; session 23's new files that train, by their times run alone). pytest-xdist's --dist
+# loadfile hands whole files to its workers in collection order
 # (setup.cfg turns off its own reordering, which puts the files with the MOST tests first and
 # so left the few-test, long multi-process files to run alone at the end while the other
 # worker idled); long files first, short ones fill the gaps. A file not listed comes after
@@ -65,6 +66,10 @@ HEAVIEST_FIRST = (
     "tests/test_report.py",
     "tests/test_tuning.py",
     "tests/test_predict.py",
+    "tests/test_plan_hunt.py",
+    "tests/test_run_guards.py",
+    "tests/test_inference_hunt.py",
+    "tests/test_training_hunt.py",
     "tfds_builders/lctsc/lctsc_dataset_builder_test.py",
     "tests/test_beam_inference.py",
     "tfds_builders/chaos/chaos_dataset_builder_test.py",
