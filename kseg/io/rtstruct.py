@@ -955,10 +955,10 @@ class _ContourProblems:
     def report(self, roi_name: str, where: str) -> None:
         outside = []
         if self.beyond_slices:
-            planes = ", ".join(f"{p:.2f}" for p in self.beyond_slices[:5])
+            planes = _listed(f"{p:.2f}" for p in self.beyond_slices)
             outside.append(
                 f"{len(self.beyond_slices)} contour(s) beyond the first or last slice "
-                f"(slice index {planes}{', ...' if len(self.beyond_slices) > 5 else ''}), dropped"
+                f"(slice index {planes}), dropped"
             )
         if self.not_planar:
             outside.append(
@@ -966,31 +966,25 @@ class _ContourProblems:
                 f"up to {max(self.not_planar):.2f} slice gaps), dropped"
             )
         if self.clipped:
-            slices = sorted(set(self.clipped))
             outside.append(
                 f"{len(self.clipped)} contour(s) running off the rows/columns of the grid on "
-                f"slice(s) {', '.join(map(str, slices[:5]))}{', ...' if len(slices) > 5 else ''}"
-                ", cut at the border"
+                f"slice(s) {_listed(sorted(set(self.clipped)))}, cut at the border"
             )
         if self.not_closed:
             kinds = ", ".join(sorted(set(self.not_closed)))
             outside.append(f"{len(self.not_closed)} contour(s) of type {kinds} (no area), dropped")
         if self.other_planes:
-            slices = ", ".join(str(k) for k, _ in self.other_planes[:5])
-            more = ", ..." if len(self.other_planes) > 5 else ""
             outside.append(
-                f"{sum(n for _, n in self.other_planes)} contour(s) on slice(s) {slices}{more} "
-                "from a plane other than the one nearest the slice (the structure set's planes "
-                "lie closer together than the volume's slices), dropped: filled together, "
-                "contours of two planes cut holes in each other"
+                f"{_on_slices(self.other_planes)} from a plane other than the one nearest the "
+                "slice (the structure set's planes lie closer together than the volume's "
+                "slices), dropped: filled together, contours of two planes cut holes in each "
+                "other"
             )
         if self.repeated:
-            slices = ", ".join(str(k) for k, _ in self.repeated[:5])
-            more = ", ..." if len(self.repeated) > 5 else ""
             outside.append(
-                f"{sum(n for _, n in self.repeated)} contour(s) on slice(s) {slices}{more} "
-                "repeating another contour of the ROI on its plane, dropped: filled together "
-                "by the even-odd rule, two copies of one outline would cancel each other out"
+                f"{_on_slices(self.repeated)} repeating another contour of the ROI on its "
+                "plane, dropped: filled together by the even-odd rule, two copies of one "
+                "outline would cancel each other out"
             )
         if outside:
             warnings.warn(
@@ -1043,3 +1037,15 @@ def _slice_of_contour(
         problems.beyond_slices.append(plane)
         return None
     return k
+
+
+def _listed(values, limit: int = 5) -> str:
+    """The first ``limit`` values, comma-separated, then ", ..." when there are more."""
+    values = [str(value) for value in values]
+    return ", ".join(values[:limit]) + (", ..." if len(values) > limit else "")
+
+
+def _on_slices(counts) -> str:
+    """"N contour(s) on slice(s) k, ..." of ``[(slice, contours), ...]``."""
+    return (f"{sum(n for _, n in counts)} contour(s) on slice(s) "
+            f"{_listed(k for k, _ in counts)}")  # fmt: skip
