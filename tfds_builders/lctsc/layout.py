@@ -4,13 +4,14 @@ by folder name) and the organ label tables (see ``README.md`` beside this file).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pydicom
 from etils import epath
 
 from kseg.errors import DicomSeriesError, LayoutError, MaskError
-from kseg.io.dicom import scan_dicom_files
+from kseg.io.dicom import SkippedFileWarning, _describe_series, scan_dicom_files
 from kseg.io.npz import read_npz_mask
 from kseg.io.rtstruct import (
     LCTSC_ROI_NAMES,
@@ -175,7 +176,8 @@ def tcia_cases(manual_dir: epath.Path) -> list[Case]:
                 "structure set per CT series",
             )
         paired[uid] = rtstruct
-    unpaired = sorted(set(series) - set(paired))
+    unpaired = _skip_unreferenced_beside_referenced(sorted(set(series) - set(paired)), paired,
+                                                    series)
     if unpaired:
         described = "; ".join(
             f"{uid} ({epath.Path(series[uid][0][0]).parent})" for uid in unpaired[:5]
@@ -201,6 +203,36 @@ def tcia_cases(manual_dir: epath.Path) -> list[Case]:
             )
         )
     return _unique_patients(cases, manual_dir)
+
+
+def _skip_unreferenced_beside_referenced(unpaired: list[str], paired, series) -> list[str]:
+    """Warn about and leave out each CT series no structure set references whose patient has
+    a referenced one (a scout / localizer or a second reconstruction in a hospital export):
+    the case is the series the structure set was drawn on, as nnU-Net's and MONAI's RTSTRUCT
+    converters take it. Returns the unreferenced series of patients with no referenced one,
+    which stay an error (their cases would be silently lost)."""
+    referenced_patients = {_patient_of(series[uid]) for uid in paired} - {""}
+    skipped, left = [], []
+    for uid in unpaired:
+        (skipped if _patient_of(series[uid]) in referenced_patients else left).append(uid)
+    if skipped:
+        described = "; ".join(
+            f"{uid} of patient {_patient_of(series[uid])} ({len(series[uid])} files in "
+            f"{epath.Path(series[uid][0][0]).parent}){_describe_series(series[uid])}"
+            for uid in skipped
+        )
+        warnings.warn(
+            SkippedFileWarning(
+                f"{len(skipped)} CT series skipped: no RT Structure Set references them, and "
+                f"their patient's referenced CT series is the case: {described}"
+            ),
+            stacklevel=3,
+        )
+    return left
+
+
+def _patient_of(files) -> str:
+    return str(files[0][1].get("PatientID", "") or "")
 
 
 def _referenced_series(rtstruct: str, series) -> str:
