@@ -223,11 +223,13 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
       widen 8-bit images) and are divided back.
     * palette (``"P"``): when every colour the image uses is grey (R = G = B), as GIF and
       other image editors write grey masks (SCR's GIFs), the grey value of each pixel's entry,
-      so the palette order does not matter; otherwise the palette indices, as label tools
-      (PASCAL VOC, CVAT) write label maps whose colours are only for display, unless black is
-      used at another index than 0: a colour quantizer's order (a colour mask saved as GIF),
-      where black is the background and one other colour the structure (more colours are
-      refused: their indices are no labels). A palette of
+      so the palette order does not matter; otherwise by which entry is the background:
+      the used entry that is transparent, else black, else the one grey or white entry if
+      it covers most pixels (two colours with none of these are refused). At index 0 the
+      palette indices are the labels, as label tools (PASCAL VOC, CVAT) write label maps
+      whose colours are only for display; at another index the order is a colour
+      quantizer's (a colour mask saved as GIF): the background is 0 and one other colour
+      the structure (more colours are refused: their indices are no labels). A palette of
       the 256 greys from white to black is ImageJ's inverting LUT: its indices are the stored
       values (structure 255 shown black), read like a WhiteIsZero TIFF's. A palette of the 4
       or 16 greys from black to white (4-bit BMP's grey palette) is read like a 2- or 4-bit
@@ -638,38 +640,81 @@ def _stored_values(
 
 
 def _colour_palette_indices(path: str, image: Image.Image) -> tuple[np.ndarray, str]:
-    """The indices of a palette image of colour entries, as label tools write label maps
-    (background black, index 0), unless a colour quantizer ordered the palette.
+    """The labels of a palette image of colour entries, as the file says which entry is
+    the background: transparent, else black, else the one grey or white entry.
 
-    Label tools (PASCAL VOC, CVAT, LabelMe) put the background, black, at index 0. Pillow's
-    GIF writer and quantizers (``quantize``, ``convert("P")``, image editors saving a colour
-    mask as GIF or 8-bit PNG) order the entries by colour instead: a red structure on black
-    became index 0 and its black background index 1, so the mask read inverted, background
-    as the structure, without a word. A used black entry at another index than 0 is that
-    order: with one other colour the black is the background (0) and the colour the
-    structure (1); with more colours the indices are no label order and the file is refused.
+    Label tools (PASCAL VOC, CVAT, LabelMe) put the background, black, at index 0, and their
+    indices are the labels. Pillow's GIF writer and quantizers (``quantize``,
+    ``convert("P")``, image editors saving a colour mask as GIF or 8-bit PNG) order the
+    entries by colour instead: a red structure on black became index 0 and its black
+    background index 1, a green one on grey 128 index 0 and the grey index 1, so the mask
+    read inverted, background as the structure, without a word. The background entry is
+    therefore the used entry that is transparent (a tRNS / GIF transparency: nothing
+    there), else black, else the one neutral (grey or white) entry among colours, provided
+    it covers more pixels than the rest (a coloured structure drawn on white or grey). At
+    index 0 the indices are the labels; elsewhere, with one other colour, it is 0 and that
+    colour 1, and with more colours the indices are a colour order, no labels, and the file
+    is refused, as it is when no entry is told apart (two colours, neither black nor
+    neutral nor transparent).
     """
     indices = np.array(image)
     palette = np.asarray(image.getpalette("RGB") or [], dtype=np.int64).reshape(-1, 3)
-    used = np.unique(indices)
-    used = used[used < len(palette)]
+    used, counts = np.unique(indices, return_counts=True)
+    known = used < len(palette)
+    used, counts = used[known], counts[known]
+    colours = ", ".join(
+        f"{int(i)}: {tuple(int(v) for v in palette[i])} ({int(n)} px)"
+        for i, n in zip(used[:8], counts[:8], strict=True)
+    ) + (" ..." if len(used) > 8 else "")
+    alpha = _palette_alpha(image, len(palette))
+    transparent = [int(i) for i in used if alpha[i] == 0]
     black = [int(i) for i in used if not palette[i].any()]
-    if not black or 0 in black:
-        return indices, "palette of colour entries, read as indices"
-    if len(used) == 2 and len(black) == 1:
+    if len(transparent) == 1:
+        background, what = transparent[0], "the transparent entry"
+    elif black:
+        background, what = black[0], "black"
+    else:
+        neutral = [
+            int(i) for i in used if palette[i].min() == palette[i].max() and palette[i].any()
+        ]
+        share = int(counts[used == neutral[0]][0]) if len(neutral) == 1 else 0
+        if len(neutral) != 1 or 2 * share <= int(counts.sum()):
+            raise MaskError(
+                path,
+                "is a palette image of colour entries none of which is the background by "
+                "what the file says (no transparent or black entry, nor one grey or white "
+                f"entry covering most pixels; entries used: {colours}), and a quantizer "
+                "orders colours so that index 0 may be the structure. Expected a grey mask, "
+                "or a label map with black (or transparent) background",
+            )
+        background = neutral[0]
+        what = f"the grey {int(palette[background][0])} entry"
+    if background == 0:
+        return indices, f"palette of colour entries with {what} at index 0, read as indices"
+    if len(used) <= 2:
         return (
-            (indices != black[0]).astype(np.uint8),
-            f"palette of colour entries with the black background at index {black[0]} (a "
-            "colour-ordered palette), read as black 0 and the other colour 1",
+            (indices != background).astype(np.uint8),
+            f"palette of colour entries with {what} as the background at index "
+            f"{background} (a colour-ordered palette), read as it 0 and the other colour 1",
         )
-    colours = ", ".join(f"{int(i)}: {tuple(int(v) for v in palette[i])}" for i in used[:8])
     raise MaskError(
         path,
-        f"is a palette image of colour entries whose black is at index {black[0]}, not 0: "
-        "its order is a colour quantizer's, not a label tool's (background black at index "
-        f"0), so its indices are no labels (entries used: {colours}"
-        f"{' ...' if len(used) > 8 else ''}). Expected a grey or 0-based label-map mask",
+        f"is a palette image of colour entries whose background ({what}) is at index "
+        f"{background}, not 0: its order is a colour quantizer's, not a label tool's "
+        f"(background black at index 0), so its indices are no labels (entries used: "
+        f"{colours}). Expected a grey or 0-based label-map mask",
     )
+
+
+def _palette_alpha(image: Image.Image, entries: int) -> np.ndarray:
+    """The alpha of each palette entry of ``image`` (255 where the file gives none)."""
+    alpha = np.full(max(entries, 256), 255, np.int64)
+    transparency = image.info.get("transparency")
+    if isinstance(transparency, int) and 0 <= transparency < len(alpha):
+        alpha[transparency] = 0
+    elif isinstance(transparency, bytes):
+        alpha[: len(transparency)] = np.frombuffer(transparency, np.uint8)
+    return alpha
 
 
 def _check_alpha(path: str, image: Image.Image, values: np.ndarray) -> None:
