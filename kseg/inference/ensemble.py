@@ -203,12 +203,17 @@ def ensemble_model(members: Sequence, *, mirror_axes: Sequence[int] = (), name: 
     inputs = keras.Input(shape=input_shape[1:], name="image")
     outputs = []
     for index, model in enumerate(models):
-        # nested models need distinct names in the ensemble's graph
-        model.name = f"member_{index}"
+        # Nested models need distinct names in the ensemble's graph; renaming the caller's
+        # model would change an object they still hold (and the name their checkpoints and
+        # logs use), so each member is nested in a one-layer wrapper of its own name.
+        member_input = keras.Input(shape=input_shape[1:])
+        member = keras.Model(
+            member_input, model(member_input, training=False), name=f"member_{index}"
+        )
         for subset in mirror_subsets(axes):
             batch_axes = tuple(axis + 1 for axis in subset)
             flipped = ops.flip(inputs, axis=batch_axes) if batch_axes else inputs
-            prediction = model(flipped, training=False)
+            prediction = member(flipped, training=False)
             outputs.append(ops.flip(prediction, axis=batch_axes) if batch_axes else prediction)
     mean = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="mean")(outputs)
     return keras.Model(inputs, mean, name=name)
