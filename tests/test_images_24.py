@@ -54,3 +54,48 @@ def test_transparent_palette_background_at_index_1_is_the_background(tmp_path):
     np.testing.assert_array_equal(
         read_labels(tmp_path / "overlay.png", LabelRule()), structure.astype(np.uint8)
     )
+
+
+def _ellipse(shape=(64, 64)) -> np.ndarray:
+    rows, columns = np.mgrid[: shape[0], : shape[1]]
+    return ((rows - 32) ** 2 / 400 + (columns - 28) ** 2 / 200) < 1
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".avif"])
+@pytest.mark.parametrize("kind", ["transparent background", "overlay in alpha"])
+def test_lossy_mask_with_alpha_reads_the_structure_it_shows(tmp_path, suffix, kind):
+    # libwebp's lossy encoder replaces the colours under transparent pixels (649 of 3209
+    # background pixels of a white-on-transparent mask came back white: structure); an
+    # overlay painting white everywhere with the structure in alpha read as all structure.
+    from kseg.io import LossyMaskWarning, read_mask
+
+    structure = _ellipse()
+    rgba = np.full((64, 64, 4), 255, np.uint8)
+    rgba[..., 3] = np.where(structure, 255, 0)
+    if kind == "transparent background":
+        rgba[~structure, :3] = 0
+    path = tmp_path / f"mask{suffix}"
+    Image.fromarray(rgba).save(path, quality=75)
+    for read in (lambda p: read_labels(p, LabelRule()), read_mask):
+        with pytest.warns(LossyMaskWarning):
+            np.testing.assert_array_equal(read(path), structure.astype(np.uint8))
+
+
+def test_radiograph_with_transparency_over_its_values_is_refused(tmp_path):
+    # A grey + alpha export whose frame is transparent: viewers show no image there, while
+    # read_radiograph dropped the alpha and gave the hidden grey values as the radiograph.
+    from kseg.errors import UnreadableFileError
+    from kseg.io import read_radiograph
+
+    grey = np.tile(np.arange(40, 200, dtype=np.uint8), (32, 1))[:, :64]
+    alpha = np.zeros(grey.shape, np.uint8)
+    alpha[4:28, 4:60] = 255
+    Image.fromarray(np.dstack([grey, alpha]), "LA").save(tmp_path / "framed.png")
+    with pytest.raises(UnreadableFileError, match=r"framed\.png: .*transparency"):
+        read_radiograph(tmp_path / "framed.png")
+    # Opaque, or transparent only over 0 (padding read as black): read as before.
+    Image.fromarray(np.dstack([grey, np.full_like(grey, 255)]), "LA").save(tmp_path / "a.png")
+    padded = np.where(alpha > 0, grey, 0).astype(np.uint8)
+    Image.fromarray(np.dstack([padded, alpha]), "LA").save(tmp_path / "padded.png")
+    np.testing.assert_array_equal(read_radiograph(tmp_path / "a.png")[0], grey)
+    np.testing.assert_array_equal(read_radiograph(tmp_path / "padded.png")[0], padded)

@@ -133,7 +133,8 @@ def read_radiograph(
         ValueError: ``dicom_values`` is not one of ``kseg.io.dicom.DICOM_VALUES``.
         UnreadableFileError: not an image (or one declaring more pixels than Pillow's
             decompression-bomb limit, or a PNG with a chunk running past the end of the
-            file or a critical chunk failing its CRC-32), colour content, several frames, or
+            file or a critical chunk failing its CRC-32), colour content, several frames,
+            alpha that is not uniform over non-zero values (transparency hiding pixels), or
             values that do not fit ``uint16`` (negative or fractional DICOM values after
             rescaling).
 
@@ -166,8 +167,10 @@ def read_radiograph(
         moved = jpeg_2000_stored(os.fspath(path), image) if image.mode == "I;16" else None
         image = upright(os.fspath(path), image)
         if image.mode == "P":  # a palette image's pixels are its entries' colours
-            image = image.convert("RGB")
+            image = image.convert("RGBA" if "transparency" in image.info else "RGB")
         mode, values = image.mode, np.array(image)
+    if mode in ("LA", "RGBA"):
+        _check_alpha(path, mode, values)
     if white_is_zero and mode in _SIXTEEN_BIT_MODES:  # Pillow inverts only up to 8 bits
         values = np.iinfo(np.uint16).max - values.astype(np.uint16)
     if moved is not None:
@@ -197,6 +200,30 @@ def _tiff_bits_per_sample(image: Image.Image) -> int | None:
     bits = image.tag_v2.get(_TIFF_BITS_PER_SAMPLE)
     bits = bits[0] if isinstance(bits, tuple) and bits else bits
     return bits if isinstance(bits, int) else None
+
+
+def _check_alpha(path, mode: str, values: np.ndarray) -> None:
+    """Refuse a radiograph whose alpha channel hides some of its values.
+
+    Alpha is dropped, which is right while it is uniform, or where every pixel that is not
+    fully opaque holds 0 (transparent padding read as black). A radiograph with transparent
+    or half-transparent regions over other values (an export with a transparent frame or
+    box, an overlay) is shown by viewers without those values, while dropping alpha would
+    train on them: what the file holds there is not the image.
+    """
+    alpha = values[..., -1]
+    if alpha.min() == alpha.max():
+        return
+    grey = values[..., 0]
+    hidden = (alpha < 255) & (grey != 0)
+    if hidden.any():
+        raise UnreadableFileError(
+            path,
+            f"is a grey image with transparency ({mode}): {int(np.count_nonzero(alpha < 255))}"
+            f" of {alpha.size} pixels are not fully opaque, {int(np.count_nonzero(hidden))} "
+            "of them over non-zero values, which viewers do not show; expected an opaque "
+            "grey radiograph (alpha uniform, or transparent only where the value is 0)",
+        )
 
 
 def _has_dicom_marker(path) -> bool:
