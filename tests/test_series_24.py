@@ -2,14 +2,17 @@
 them. Each expected outcome is worked out from what the files say (written here with
 pydicom, or pydicom.data's own files), never from kseg."""
 
+import shutil
 
+import numpy as np
 import pydicom
 import pytest
 from etils import epath
 from pydicom.uid import generate_uid
+from test_io_dicom import _write_slice
 
-from kseg.errors import LayoutError
-from kseg.io import SkippedFileWarning
+from kseg.errors import DicomSeriesError, LayoutError
+from kseg.io import SkippedFileWarning, read_dicom_series
 from kseg.phantoms.lctsc import write_lctsc
 from tfds_builders.lctsc.layout import tcia_cases
 
@@ -69,3 +72,84 @@ def test_lctsc_two_referenced_series_of_one_patient_stay_an_error(tmp_path):
     rt.save_as(second_rt / "1-1.dcm", enforce_file_format=True)
     with pytest.raises(LayoutError, match="has two cases"):
         tcia_cases(epath.Path(manual))
+
+
+# --- classic single-frame slices of several echoes / time points in one series ---------------
+
+
+def _retag(path, **values):
+    ds = pydicom.dcmread(path)
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _two_echo_series(folder, second_offset):
+    """Echo 1 at z = 0, 5, 10, 15; echo 2 the same positions shifted by ``second_offset``;
+    each slice's pixels hold 100 * echo + its rank."""
+    echoes = {1: [], 2: []}
+    for echo, offset in ((1, 0.0), (2, second_offset)):
+        for rank in range(4):
+            path = _write_slice(
+                folder / f"IM{echo}{rank}.dcm", position=(0.0, 0.0, 5.0 * rank + offset),
+                pixels=np.full((4, 6), 1024 + 100 * echo + rank, np.uint16),
+                instance_number=10 * echo + rank,
+            )
+            echoes[echo].append(_retag(path, EchoNumbers=echo, EchoTime=2.3 * echo))
+    return echoes
+
+
+@pytest.mark.parametrize("offset", [0.0, 2.5], ids=["same_positions", "interleaved"])
+def test_two_echoes_in_one_series_are_refused_naming_the_tag(tmp_path, offset):
+    """A dual-echo MR series (one SeriesInstanceUID, EchoNumbers 1 and 2): interleaved, it
+    read as one volume of 8 slices at 2.5 mm alternating echoes; at the same positions the
+    error blamed a duplicated file. Each echo's files read as a list give its own volume."""
+    echoes = _two_echo_series(tmp_path, offset)
+    with pytest.raises(DicomSeriesError) as raised:
+        read_dicom_series(tmp_path)
+    message = str(raised.value)
+    assert "EchoNumbers" in message and "1.2.3.4" in message and "2 echoes" in message
+    for echo, files in echoes.items():
+        volume = read_dicom_series(files)
+        assert volume.shape[0] == 4
+        np.testing.assert_allclose(volume.spacing[0], 5.0)
+        np.testing.assert_array_equal(volume.array[:, 0, 0], 100 * echo + np.arange(4))
+
+
+def test_dynamic_series_at_the_same_positions_names_the_temporal_position(tmp_path):
+    for phase in (1, 2, 3):
+        for rank in range(3):
+            path = _write_slice(tmp_path / f"T{phase}S{rank}.dcm", position=(0, 0, 3.0 * rank))
+            _retag(path, TemporalPositionIdentifier=phase, NumberOfTemporalPositions=3)
+    with pytest.raises(DicomSeriesError, match="3 temporal positions .TemporalPositionIdent"):
+        read_dicom_series(tmp_path)
+
+
+def test_duplicate_positions_name_the_header_value_telling_them_apart(tmp_path):
+    """Two acquisitions of one series at the same positions (AcquisitionNumber 1 and 2, as a
+    repeated scan keeps its series): the error says what differs, not 'duplicated file'; a
+    true copy is called one. AcquisitionNumber changing between blocks of a sequential CT
+    (each rotation its own acquisition) is one volume and reads."""
+    first = tmp_path / "repeat"
+    first.mkdir()
+    for acquisition in (1, 2):
+        for rank in range(3):
+            path = _write_slice(first / f"A{acquisition}S{rank}.dcm", position=(0, 0, rank))
+            _retag(path, AcquisitionNumber=acquisition)
+    with pytest.raises(DicomSeriesError, match="differ in AcquisitionNumber 1 and 2"):
+        read_dicom_series(first)
+
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    _axial = [_write_slice(copy / f"S{rank}.dcm", position=(0, 0, rank)) for rank in range(3)]
+    shutil.copy(_axial[1], copy / "S1 copy.dcm")
+    with pytest.raises(DicomSeriesError, match="duplicated file"):
+        read_dicom_series(copy)
+
+    sequential = tmp_path / "sequential"
+    sequential.mkdir()
+    for rank in range(8):
+        path = _write_slice(sequential / f"S{rank}.dcm", position=(0, 0, 2.5 * rank))
+        _retag(path, AcquisitionNumber=1 + rank // 4)
+    assert read_dicom_series(sequential).shape[0] == 8

@@ -148,6 +148,16 @@ _SEVERAL_VOLUMES_BY = {
     "AcquisitionContrast": "contrasts",
     "ComplexImageComponent": "image components",
 }
+# Single-frame slices of one series that are several volumes when these take several values.
+_SEVERAL_VOLUMES_BY_SLICE = {
+    "EchoNumbers": "echoes",
+    "TemporalPositionIdentifier": "temporal positions",
+}
+# What tells two slices at one position apart: named when a series holds such a pair.
+_DISTINGUISHING = (
+    "EchoNumbers", "EchoTime", "TemporalPositionIdentifier", "TriggerTime",
+    "AcquisitionNumber", "InversionTime", "DiffusionBValue", "ImageType",
+)
 # Transfer syntaxes that are lossy whatever the file says (PS3.5 A.4.1).
 _ALWAYS_LOSSY = (JPEGBaseline8Bit, JPEGExtended12Bit)
 # Either lossy or reversible: the codestream's wavelet says which (ISO 15444-1 A.6.1).
@@ -314,8 +324,12 @@ def read_dicom_series(
             holds a value there that is not the right count of finite numbers; a degenerate
             ImageOrientationPatient (zero, parallel or non-perpendicular cosines) or a pixel
             spacing that is not positive; orientation, pixel spacing or rows/columns differ
-            within the series (the message names the odd slices, a localizer as one); two
-            slices share a position; a gap shows a missing slice, or the slice spacing
+            within the series (the message names the odd slices, a localizer as one); the
+            slices of one series hold several EchoNumbers or TemporalPositionIdentifier values
+            (several echoes or time points, whether at the same or interleaved positions: the
+            message names the tag and each value's files); two slices share a position (the
+            message names the header values that differ between them, e.g. AcquisitionNumber,
+            or calls them a duplicated file); a gap shows a missing slice, or the slice spacing
             changes within the series (two spacings, no one regular grid), or a slice's
             origin lies over half a pixel off the line through the first and the last
             (the field of view moves within the series); a
@@ -987,6 +1001,7 @@ def _frames_as_slices(series, folder: str):
     ConcatenationUID) is one image: the frames of all its files, each decoded from its own."""
     images = _enhanced_images(series)
     if not images:
+        _check_one_volume_of_slices(series, folder)
         return series
     if len(images) > 1:
         raise DicomSeriesError(
@@ -1017,6 +1032,54 @@ def _frames_as_slices(series, folder: str):
     with _reading(_describe_image(image), UnreadableFileError):
         _check_one_volume(image, folder)
     return frames
+
+
+def _check_one_volume_of_slices(series, folder: str) -> None:
+    """Refuse single-frame slices of several volumes, as their headers say: a
+    :data:`_SEVERAL_VOLUMES_BY_SLICE` attribute that takes several values. An MR series of
+    two echoes or a dynamic series stores every volume under one SeriesInstanceUID; at the
+    same positions its slices would read as duplicates, at interleaved ones (echoes or time
+    points offset along the normal) as one volume of twice the slices, silently."""
+    for keyword, what in _SEVERAL_VOLUMES_BY_SLICE.items():
+        files: dict[str, list[str]] = {}
+        for path, dataset in series:
+            value = _label(dataset, keyword)
+            if value:
+                files.setdefault(value, []).append(path)
+        if len(files) > 1:
+            shown = "; ".join(
+                f"{value}: {len(paths)} file(s), first {sorted(paths)[0]}"
+                for value, paths in sorted(files.items())
+            )
+            uid = _text(series[0][1], "SeriesInstanceUID") or "(blank SeriesInstanceUID)"
+            raise DicomSeriesError(
+                folder,
+                f"series {uid} is not one volume: its {len(series)} slices hold {len(files)} "
+                f"{what} ({keyword} {shown}); expected one volume per series: read each "
+                f"{keyword} value's files as a list of files",
+            )
+
+
+def _label(dataset: pydicom.Dataset, keyword: str) -> str:
+    """A header value as one comparable string (numbers as numbers: ``01`` is ``1``); ``''``
+    when absent, empty or unreadable."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            value = dataset.get(keyword)
+        except Exception:  # an optional value pydicom cannot convert: no label
+            return ""
+    if value is None or value == "":
+        return ""
+    items = []
+    for item in _as_list(value):
+        text = str(item).strip()
+        try:
+            text = f"{float(text):g}"
+        except ValueError:
+            pass
+        items.append(text)
+    return "\\".join(items)
 
 
 def _enhanced_images(series) -> list[list[tuple[str, pydicom.Dataset]]]:
@@ -1668,11 +1731,24 @@ def _check_gaps(ordered, gaps: np.ndarray, folder: str) -> None:
     duplicates = np.flatnonzero(gaps < SAME_POSITION_TOLERANCE_MM)
     if duplicates.size:
         index = duplicates[0]
+        first, second = ordered[index][1], ordered[index + 1][1]
+        differing = [
+            f"{keyword} {_label(first, keyword) or '(none)'} and "
+            f"{_label(second, keyword) or '(none)'}"
+            for keyword in _DISTINGUISHING
+            if _label(first, keyword) != _label(second, keyword)
+        ]
+        why = (
+            f"they differ in {', '.join(differing)}: several echoes, time points or "
+            "acquisitions in one series, read each as its own list of files"
+            if differing
+            else "duplicated file (no EchoNumbers, TemporalPositionIdentifier, "
+            "AcquisitionNumber or other header value tells them apart)"
+        )
         raise DicomSeriesError(
             names[index],
             f"and {names[index + 1]} are at the same slice position "
-            f"({gaps[index]:.4f} mm apart): duplicated file, or several echoes/phases in one "
-            "series",
+            f"({gaps[index]:.4f} mm apart): {why}; expected one slice per position",
         )
     # The lower median stays the true step even when half the gaps are doubled by losses.
     typical = float(np.partition(gaps, (len(gaps) - 1) // 2)[(len(gaps) - 1) // 2])
