@@ -884,9 +884,34 @@ def _numeric_array(name, values):
         values = np.asarray(values)
     except (TypeError, ValueError) as error:  # e.g. ragged nested lists
         raise ValueError(f"{name} must be an array of numbers ({error})") from None
+    if values.dtype.kind == "V" and _extended_float_eps(values.dtype) is not None:
+        # bfloat16 / float8 (ml_dtypes) outputs of mixed-precision models: numpy sees an
+        # opaque kind, but every value is exactly a float32
+        values = values.astype(np.float32)
     if values.dtype.kind not in "biuf":
         raise ValueError(f"{name} must be an array of numbers, got dtype {values.dtype}")
     return values
+
+
+def _extended_float_eps(dtype) -> float | None:
+    """The machine epsilon of an ml_dtypes float (``bfloat16``, ``float8_*``), else None."""
+    try:
+        import ml_dtypes
+
+        return float(ml_dtypes.finfo(dtype).eps)
+    except (ImportError, TypeError, ValueError):
+        return None
+
+
+def _float_eps(values) -> float:
+    """The machine epsilon of the float type ``values`` were stored in (float64 for ints)."""
+    try:
+        dtype = np.asarray(values).dtype
+    except (TypeError, ValueError):  # ragged: _numeric_array names the problem
+        return float(np.finfo(np.float64).eps)
+    if dtype.kind == "f":
+        return float(np.finfo(dtype).eps)
+    return _extended_float_eps(dtype) or float(np.finfo(np.float64).eps)
 
 
 def _checked_probabilities(probabilities):
@@ -934,6 +959,8 @@ def _classification_inputs(probabilities, labels):
     ``(N,)``. Multi-class: ``probabilities`` ``(N, C)`` summing to 1 over ``C``, ``labels``
     integers ``0 .. C-1`` of shape ``(N,)``.
     """
+    # the tolerance of the class sums follows the dtype the probabilities were stored in
+    stored_eps = _float_eps(probabilities)
     probabilities = _checked_probabilities(probabilities)
     labels = _numeric_array("labels", labels)
     if probabilities.shape == labels.shape:
@@ -952,7 +979,7 @@ def _classification_inputs(probabilities, labels):
     sums = probabilities.sum(axis=-1, dtype=np.float64)
     # Each stored value is rounded to the dtype: float16 softmax files (nnU-Net keeps its
     # probabilities so) sum to 1 only within a few of its epsilons (9.8e-4) per class.
-    tolerance = max(_SUM_TOLERANCE, num_classes * float(np.finfo(probabilities.dtype).eps))
+    tolerance = max(_SUM_TOLERANCE, num_classes * stored_eps)
     if np.max(np.abs(sums - 1.0)) > tolerance:
         raise ValueError(
             f"probabilities over the last (class) axis must sum to 1, got sums from "

@@ -94,6 +94,8 @@ def _image_2d(name: str, image) -> np.ndarray:
     array = np.asarray(image)
     if array.ndim != 2:
         raise ValueError(f"{name} must be a 2D array (rows, columns), got shape {array.shape}")
+    if array.dtype.kind == "V" and array.dtype.name.startswith(("bfloat16", "float8")):
+        array = array.astype(np.float32)  # a mixed-precision model's output (ml_dtypes)
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise ValueError(f"{name} must hold numbers, got dtype {array.dtype}")
     if array.size == 0:
