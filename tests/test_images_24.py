@@ -4,6 +4,8 @@ file written directly with Pillow / pydicom here, or a numpy formula)."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -99,3 +101,31 @@ def test_radiograph_with_transparency_over_its_values_is_refused(tmp_path):
     Image.fromarray(np.dstack([padded, alpha]), "LA").save(tmp_path / "padded.png")
     np.testing.assert_array_equal(read_radiograph(tmp_path / "a.png")[0], grey)
     np.testing.assert_array_equal(read_radiograph(tmp_path / "padded.png")[0], padded)
+
+
+def test_lossy_dicom_radiograph_warns_like_the_series_reader(tmp_path):
+    # A JPEG baseline secondary capture and pydicom's near-lossless JPEG-LS file read
+    # without a word, while read_dicom_series warns for the same compression.
+    import io
+
+    import pydicom.data
+    from test_radiograph_hunt import _chest, _secondary_capture
+
+    from kseg.io import LossyImageWarning, read_radiograph
+
+    buffer = io.BytesIO()
+    Image.fromarray(_chest()).convert("RGB").save(buffer, format="JPEG", quality=90)
+    decoded = np.asarray(Image.open(io.BytesIO(buffer.getvalue())))
+    path = tmp_path / "sc.dcm"
+    _secondary_capture(path, decoded, "YBR_FULL_422", jpeg=buffer.getvalue())
+    with pytest.warns(LossyImageWarning, match=r"sc\.dcm: .*JPEG Baseline"):
+        image, _ = read_radiograph(path)
+    np.testing.assert_array_equal(image, decoded[..., 0])
+    near_lossless = pydicom.data.get_testdata_file("JPEGLSNearLossless_16.dcm")
+    with pytest.warns(LossyImageWarning, match="NEAR 2"):
+        read_radiograph(near_lossless)
+    # Uncompressed: no warning.
+    _secondary_capture(tmp_path / "plain.dcm", np.stack([_chest()] * 3, -1), "RGB")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LossyImageWarning)
+        read_radiograph(tmp_path / "plain.dcm")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 
 import numpy as np
 import pydicom
@@ -19,9 +20,11 @@ from PIL import Image
 from kseg.errors import UnreadableFileError
 from kseg.io.dicom import (
     DICOM_VALUES,
+    LossyImageWarning,
     _check_encapsulated_size,
     _grid,
     _integer,
+    _lossy_compression,
     _read_image,
     _read_vetted_file,
     _reading,
@@ -137,6 +140,10 @@ def read_radiograph(
             alpha that is not uniform over non-zero values (transparency hiding pixels), or
             values that do not fit ``uint16`` (negative or fractional DICOM values after
             rescaling).
+
+    Warns:
+        LossyImageWarning: a DICOM file whose pixel data are lossy-compressed (as
+            :func:`kseg.io.read_dicom_series` warns for a series).
 
     Example:
         >>> import tempfile
@@ -318,7 +325,32 @@ def _grey_colour_dicom(path) -> tuple[np.ndarray, int] | None:
     return pixels[..., 0].astype(np.uint16), bits_stored
 
 
+def _warn_if_lossy(path) -> None:
+    """A LossyImageWarning, as :func:`kseg.io.read_dicom_series` gives, for a DICOM file whose
+    pixel data are lossy-compressed (LossyImageCompression 01, a JPEG baseline / extended
+    transfer syntax, near-lossless JPEG-LS, irreversible JPEG 2000); called once the file
+    has been read, so its header and pixel data are known to parse."""
+    path = os.fspath(path)
+    with _reading(path, UnreadableFileError):
+        header = _read_vetted_file(path)
+        reason = _lossy_compression(path, header)
+    if reason:
+        warnings.warn(
+            LossyImageWarning(
+                f"{path}: lossy-compressed radiograph: {reason}; its values are approximate "
+                "(the compression changed the stored values)"
+            ),
+            stacklevel=3,
+        )
+
+
 def _read_dicom_radiograph(path, dicom_values: str) -> tuple[np.ndarray, int]:
+    result = _read_dicom_values(path, dicom_values)
+    _warn_if_lossy(path)
+    return result
+
+
+def _read_dicom_values(path, dicom_values: str) -> tuple[np.ndarray, int]:
     grey = _grey_colour_dicom(path)
     if grey is not None:
         return grey
