@@ -50,6 +50,7 @@ from kseg.io.volume import Volume
 __all__ = [
     "crop_foreground",
     "deskew",
+    "match_grid",
     "orientation",
     "reorient",
     "resample",
@@ -394,8 +395,10 @@ def orientation(volume: Volume) -> str:
         >>> orientation(dicom_ct)
         'LPS'
     """
-    source = _source_of(volume)
-    affine = _check_affine(volume.affine, "volume.affine", source)
+    return _axis_codes(_check_affine(volume.affine, "volume.affine", _source_of(volume)))
+
+
+def _axis_codes(affine: np.ndarray) -> str:
     per_array_axis = orientations.ornt2axcodes(orientations.io_orientation(affine))
     return "".join(per_array_axis[::-1])
 
@@ -466,6 +469,58 @@ def reorient(volume: Volume, target: str = "RAS") -> Volume:
     )
 
 
+def match_grid(volume: Volume, reference, *, tolerance_mm: float = 1e-3) -> Volume | None:
+    """``volume`` moved onto ``reference``'s grid without interpolation, when the two grids
+    are the same voxel centres stored in another axis order or direction; else ``None``.
+
+    A label map written by another tool often sits on its image's voxels in another
+    orientation (a NIfTI label in LAS beside the LPS DICOM series it was drawn on, or
+    stored x-first): :func:`reorient` brings it to the reference's axes, and when the
+    result has the reference's shape and affine (every entry within ``tolerance_mm``) it is
+    the same lattice, returned with the reference's affine. Grids that differ in spacing,
+    origin, extent or obliquity give ``None``: those need :func:`resample_to`, which the
+    caller decides on.
+
+    Args:
+        volume: the volume to move (a label map, say).
+        reference: a Volume, or its grid as an ``(affine, shape)`` pair.
+        tolerance_mm: largest difference allowed between the two affines' entries.
+
+    Returns:
+        The Volume on ``reference``'s grid (``volume`` itself when it is there already), or
+        ``None``.
+
+    Example:
+        >>> import numpy as np
+        >>> from kseg.io import Volume
+        >>> lps = np.array([[0.0, 0.0, -0.5, 20.0],
+        ...                 [0.0, -0.5, 0.0, 10.0],
+        ...                 [2.0, 0.0, 0.0, -30.0],
+        ...                 [0.0, 0.0, 0.0, 1.0]])
+        >>> ct = Volume(np.zeros((3, 4, 5), np.int16), lps, "p1")
+        >>> label = reorient(ct.with_array(np.arange(60).reshape(3, 4, 5)), "RAS")
+        >>> back = match_grid(label, ct)
+        >>> np.array_equal(back.array, np.arange(60).reshape(3, 4, 5))
+        True
+        >>> match_grid(resample(label, 1.0, is_label=True), ct) is None
+        True
+    """
+    if isinstance(reference, Volume):
+        affine, shape = reference.affine, reference.shape
+    else:
+        affine, shape = reference
+    affine = _check_affine(affine, "reference affine", _source_of(volume))
+    shape = _check_shape(np.asarray(shape).ravel(), "reference shape", _source_of(volume))
+    if volume.shape == shape and np.allclose(volume.affine, affine, rtol=0.0, atol=tolerance_mm):
+        return volume
+    if sorted(volume.shape) != sorted(shape):
+        return None
+    moved = reorient(volume, _axis_codes(affine))
+    if moved.shape != shape or not np.allclose(moved.affine, affine, rtol=0.0, atol=tolerance_mm):
+        return None
+    return dataclasses.replace(moved, affine=affine.copy())
+
+
 def _margins(margin, source) -> np.ndarray:
     values = np.broadcast_to(np.asarray(margin), (3,)) if np.ndim(margin) == 0 else margin
     values = np.asarray(values)
@@ -492,7 +547,9 @@ def crop_foreground(
 
     Args:
         volume: the volume to crop.
-        mask: array (or Volume) on the volume's grid whose non-zero voxels are foreground.
+        mask: array (or Volume) on the volume's grid whose non-zero voxels are foreground;
+            a Volume holding the same voxels in another axis order or direction is moved
+            onto the volume's grid first (:func:`match_grid`).
         margin: voxels added on each side, one number or one per axis ``(z, y, x)``.
         threshold: intensity above which a voxel is foreground when no mask is given.
 
@@ -523,11 +580,14 @@ def crop_foreground(
         foreground = np.asarray(volume.array) > (0 if threshold is None else threshold)
     else:
         if isinstance(mask, Volume):
-            if not np.allclose(mask.affine, volume.affine, atol=1e-4):
+            matched = match_grid(mask, volume, tolerance_mm=1e-4)
+            if matched is None:
                 raise GeometryError(
-                    _source_of(mask), "mask lies on a different grid (affine) from the volume"
+                    _source_of(mask),
+                    f"mask lies on a different grid (affine; shape {mask.shape}) from the "
+                    f"volume ({volume.shape}), also with its axes reordered or flipped",
                 )
-            mask = mask.array
+            mask = matched.array
         foreground = np.asarray(mask) != 0
         if foreground.shape != volume.shape:
             raise GeometryError(

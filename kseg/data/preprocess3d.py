@@ -130,19 +130,25 @@ def _source_of(volume: Volume) -> str | None:
     return volume.source_files[0] if volume.source_files else None
 
 
-def _check_label_grid(image: Volume, label: Volume) -> None:
-    if label.shape != image.shape:
+def _label_on_image_grid(image: Volume, label: Volume) -> Volume:
+    """The label on the image's grid: as given, or moved without interpolation when it holds
+    the image's voxels in another axis order or direction (a NIfTI label in LAS beside its
+    LPS DICOM series); a label on any other grid is refused."""
+    matched = geometry.match_grid(label, image, tolerance_mm=_SAME_GRID_TOLERANCE_MM)
+    if matched is not None:
+        return matched
+    if sorted(label.shape) != sorted(image.shape):
         raise AlignmentError(
             _source_of(label),
             f"label shape {label.shape} differs from image shape {image.shape} "
             f"({_source_of(image)})",
         )
-    if not np.allclose(label.affine, image.affine, rtol=0.0, atol=_SAME_GRID_TOLERANCE_MM):
-        raise AlignmentError(
-            _source_of(label),
-            f"label affine differs from the image's ({_source_of(image)}) by more than "
-            f"{_SAME_GRID_TOLERANCE_MM} mm:\n{label.affine}\nvs\n{image.affine}",
-        )
+    raise AlignmentError(
+        _source_of(label),
+        f"label affine differs from the image's ({_source_of(image)}) by more than "
+        f"{_SAME_GRID_TOLERANCE_MM} mm, also with its axes reordered or flipped:\n"
+        f"{label.affine}\nvs\n{image.affine}",
+    )
 
 
 def _check_finite(image: Volume) -> None:
@@ -177,7 +183,9 @@ def preprocess_volume(
 ) -> PreprocessedVolume:
     """Reorient, resample and crop a CT volume (and its label) the MSD spleen way.
 
-    The label is checked to lie on the image's grid, then follows the image through every
+    The label is checked to lie on the image's grid (a label holding the image's voxels in
+    another axis order or direction, such as a LAS NIfTI beside its LPS DICOM series, is
+    first moved onto it, without interpolation), then follows the image through every
     step onto exactly the same output grid (nearest neighbour, so it keeps its values).
     A gantry-tilted (sheared) scan, whose slices step off their planes' normal by
     :class:`kseg.io.GantryTiltWarning`'s thresholds, goes onto the orthogonal grid through
@@ -191,7 +199,8 @@ def preprocess_volume(
 
     Args:
         image: the scan, e.g. from :func:`kseg.io.read_nifti`.
-        label: its label map on the same grid, or ``None`` (unlabelled scans).
+        label: its label map on the same grid (its voxels in any axis order or direction),
+            or ``None`` (unlabelled scans).
         orientation: axis codes in ``(x, y, z)`` order (:func:`kseg.geometry.reorient`), or
             ``None`` to keep the stored orientation.
         spacing: target voxel size in mm along ``(z, y, x)`` -- note the order: the
@@ -206,7 +215,8 @@ def preprocess_volume(
         :class:`PreprocessedVolume`.
 
     Raises:
-        AlignmentError: the label's shape or affine differs from the image's.
+        AlignmentError: the label lies on another grid than the image (not only its axes
+            reordered or flipped).
         UnreadableFileError: an image voxel is NaN or infinite (named by the image's file).
         GeometryError: an invalid orientation or spacing.
         MaskError: nothing in the image is above ``crop_threshold``.
@@ -227,7 +237,7 @@ def preprocess_volume(
     """
     _check_finite(image)
     if label is not None:
-        _check_label_grid(image, label)
+        label = _label_on_image_grid(image, label)
     original = image
     original_affine, original_shape = image.affine.copy(), image.shape
 

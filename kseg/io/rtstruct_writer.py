@@ -337,12 +337,19 @@ def _label_array(labels, reference: Volume) -> np.ndarray:
             f"{type(reference).__name__}"
         )
     if isinstance(labels, Volume):
-        if not np.allclose(labels.affine, reference.affine, atol=1e-4):
+        from kseg.geometry import match_grid
+
+        # a label file in another axis order or direction on the series' voxels (a LAS
+        # NIfTI beside an LPS series) is moved onto the series' grid without interpolation
+        matched = match_grid(labels, reference, tolerance_mm=1e-4)
+        if matched is None:
             raise ValueError(
-                "labels is a Volume on another grid than reference_series (affines differ); "
-                "resample it onto the series first (kseg.geometry.resample_to)"
+                f"labels ({labels.source_files[0] if labels.source_files else 'a Volume'}) "
+                f"is on another grid than reference_series (shape {labels.shape} vs "
+                f"{reference.shape}; affines differ, also with the axes reordered or "
+                "flipped); resample it onto the series first (kseg.geometry.resample_to)"
             )
-        labels = labels.array
+        labels = matched.array
     array = np.asarray(labels)
     if array.shape != reference.shape:
         raise ValueError(

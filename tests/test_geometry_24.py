@@ -1,0 +1,118 @@
+"""Session 24, geometry / NIfTI / DICOM writing: failures a real user or archive can hit,
+each against an independent reference (numpy index arithmetic, nibabel, pydicom)."""
+
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from kseg.data.preprocess3d import preprocess_volume
+from kseg.errors import AlignmentError, GeometryError
+from kseg.geometry import crop_foreground
+from kseg.io import (
+    Volume,
+    read_dicom_seg,
+    read_dicom_series,
+    read_nifti,
+    write_dicom_seg,
+)
+from kseg.io.rtstruct_writer import BlankSeriesUidWarning
+
+# A DICOM-like grid: columns towards patient left, rows towards posterior (LPS), 2 mm slices.
+_LPS = np.array(
+    [
+        [0.0, 0.0, -0.8, 40.0],
+        [0.0, -0.8, 0.0, 30.0],
+        [2.0, 0.0, 0.0, -50.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+
+
+def _image_and_labels(shape=(4, 6, 7)):
+    rng = np.random.default_rng(24)
+    image = Volume(rng.normal(size=shape).astype(np.float32), _LPS, "p1", ("ct.nii.gz",))
+    labels = rng.integers(0, 4, size=shape).astype(np.uint8)
+    return image, labels
+
+
+def _las_label(labels):
+    """The label map as a LAS NIfTI holds it: rows flipped (anterior first), by hand."""
+    affine = _LPS.copy()
+    affine[:3, 1] = -_LPS[:3, 1]
+    affine[:3, 3] = _LPS[:3, 3] + _LPS[:3, 1] * (labels.shape[1] - 1)
+    return Volume(labels[:, ::-1, :].copy(), affine, "p1", ("label.nii.gz",))
+
+
+def _x_first_label(labels):
+    """The label map stored with its axes in (x, y, z) order: a transposed array."""
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS[:3, :3][:, ::-1]
+    affine[:3, 3] = _LPS[:3, 3]
+    return Volume(labels.transpose(2, 1, 0).copy(), affine, "p1", ("label.nii.gz",))
+
+
+@pytest.mark.parametrize("stored", [_las_label, _x_first_label])
+def test_label_on_the_image_voxels_in_another_axis_order_is_taken(stored):
+    image, labels = _image_and_labels()
+    label = stored(labels)
+    assert label.shape != image.shape or not np.allclose(label.affine, image.affine)
+    prepared = preprocess_volume(image, label, orientation=None, spacing=None,
+                                 crop_threshold=None)  # fmt: skip
+    np.testing.assert_array_equal(prepared.label.array, labels)
+    np.testing.assert_allclose(prepared.label.affine, image.affine)
+
+
+def test_label_on_another_grid_is_still_refused():
+    image, labels = _image_and_labels()
+    label = _las_label(labels)
+    shifted = label.affine.copy()
+    shifted[:3, 3] += 0.4  # half a voxel off: another lattice, not another axis order
+    with pytest.raises(AlignmentError, match=r"label.nii.gz: label affine differs"):
+        preprocess_volume(image, Volume(label.array, shifted, "p1", ("label.nii.gz",)),
+                          orientation=None, spacing=None, crop_threshold=None)  # fmt: skip
+    finer = Volume(np.zeros((4, 12, 7), np.uint8), label.affine @ np.diag([1, 0.5, 1, 1]),
+                   "p1", ("label.nii.gz",))  # fmt: skip
+    with pytest.raises(AlignmentError, match=r"label.nii.gz: label shape"):
+        preprocess_volume(image, finer, orientation=None, spacing=None, crop_threshold=None)
+
+
+def test_crop_mask_volume_in_another_axis_order():
+    image, labels = _image_and_labels()
+    body = (labels == 3).astype(np.uint8)
+    cropped, box = crop_foreground(image, mask=_x_first_label(body))
+    z, y, x = np.nonzero(body)
+    assert box == (slice(z.min(), z.max() + 1), slice(y.min(), y.max() + 1),
+                   slice(x.min(), x.max() + 1))  # fmt: skip
+    with pytest.raises(GeometryError, match="different grid"):
+        crop_foreground(image, mask=Volume(body, _LPS @ np.diag([1, 1, 2, 1]), "p1"))
+
+
+def _real_series_and_seg(shared_data):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ct = read_dicom_series(shared_data / "totalseg-ct" / "ct_dicom")
+    seg = read_nifti(shared_data / "totalseg-ct" / "ct_dicom_seg.nii.gz")
+    # Reference: each DICOM voxel's index in the NIfTI through the two affines (nibabel's
+    # header vs pydicom's positions), a signed permutation with an integer offset.
+    image = nib.load(shared_data / "totalseg-ct" / "ct_dicom_seg.nii.gz")
+    to_seg = np.linalg.inv(image.affine) @ ct.affine[:, [2, 1, 0, 3]]
+    to_seg = np.round(to_seg).astype(int)
+    ijk = np.indices(ct.shape)[::-1].reshape(3, -1)  # (i, j, k) of every DICOM voxel
+    nifti_index = to_seg[:3, :3] @ ijk + to_seg[:3, 3:]
+    expected = np.asarray(image.dataobj)[tuple(nifti_index)].reshape(ct.shape)
+    return ct, seg, expected
+
+
+def test_real_las_nifti_labels_written_onto_their_lps_dicom_series(shared_data, tmp_path):
+    pytest.importorskip("highdicom")
+    ct, seg, expected = _real_series_and_seg(shared_data)
+    liver = seg.with_array((seg.array == 5).astype(np.uint8))  # TotalSegmentator v2: liver
+    assert expected.shape == ct.shape and (expected == 5).sum() > 10_000
+    prepared = preprocess_volume(ct, seg, orientation=None, spacing=None, crop_threshold=None)
+    np.testing.assert_array_equal(prepared.label.array, expected)
+    with pytest.warns(BlankSeriesUidWarning):
+        path = write_dicom_seg(liver, ct, tmp_path / "liver.seg.dcm", ["liver"])
+    np.testing.assert_array_equal(read_dicom_seg(path, reference_series=ct).array,
+                                  expected == 5)  # fmt: skip
