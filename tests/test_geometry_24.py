@@ -1,6 +1,8 @@
 """Session 24, geometry / NIfTI / DICOM writing: failures a real user or archive can hit,
 each against an independent reference (numpy index arithmetic, nibabel, pydicom)."""
 
+import gzip
+import os
 import warnings
 
 import nibabel as nib
@@ -16,6 +18,7 @@ from kseg.io import (
     read_dicom_series,
     read_nifti,
     write_dicom_seg,
+    write_nifti,
 )
 from kseg.io.rtstruct_writer import BlankSeriesUidWarning
 
@@ -116,3 +119,17 @@ def test_real_las_nifti_labels_written_onto_their_lps_dicom_series(shared_data, 
         path = write_dicom_seg(liver, ct, tmp_path / "liver.seg.dcm", ["liver"])
     np.testing.assert_array_equal(read_dicom_seg(path, reference_series=ct).array,
                                   expected == 5)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["OUT.NII.GZ", "case.Nii", "case.nii.GZ", "Case.Nii.Gz"])
+def test_write_nifti_takes_upper_case_suffixes(tmp_path, name):
+    image, labels = _image_and_labels()
+    volume = image.with_array(labels)
+    write_nifti(volume, tmp_path / name)
+    assert os.listdir(tmp_path) == [name]  # no stray file under a lower-cased name
+    data = (tmp_path / name).read_bytes()
+    gzipped = name.lower().endswith(".gz")
+    assert (data[:2] == b"\x1f\x8b") == gzipped
+    back = nib.Nifti1Image.from_bytes(gzip.decompress(data) if gzipped else data)
+    np.testing.assert_array_equal(np.asarray(back.dataobj).transpose(2, 1, 0), labels)
+    np.testing.assert_allclose(back.affine, _LPS[:, [2, 1, 0, 3]], atol=1e-5)

@@ -21,6 +21,7 @@ import zlib
 import nibabel as nib
 import numpy as np
 from nibabel.arrayproxy import ArrayProxy
+from nibabel.openers import Opener
 
 from kseg._files import atomic_output
 from kseg.errors import GeometryError, MaskError, UnreadableFileError
@@ -533,10 +534,11 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
 
     Args:
         volume: the Volume to write.
-        path: destination ending in ``.nii`` or ``.nii.gz`` (gzip follows the suffix).
+        path: destination ending in ``.nii`` or ``.nii.gz``, in any case (gzip follows the
+            suffix; the name is kept as given).
 
     Raises:
-        ValueError: ``path`` does not end in ``.nii`` or ``.nii.gz``.
+        ValueError: ``path`` does not end in ``.nii`` or ``.nii.gz`` (in any case).
         GeometryError: the affine holds NaN or infinity or is singular (such a file could
             not be read back); nothing is written.
 
@@ -554,9 +556,9 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
         "case_0001.nii.gz")``.
     """
     path = os.fspath(path)
-    suffix = next((s for s in _NIFTI_SUFFIXES if path.endswith(s)), None)
+    suffix = next((s for s in _NIFTI_SUFFIXES if path.lower().endswith(s)), None)
     if suffix is None:
-        raise ValueError(f"{path}: NIfTI output must end in .nii or .nii.gz")
+        raise ValueError(f"{path}: NIfTI output must end in .nii or .nii.gz (in any case)")
     data = np.asarray(volume.array).transpose(2, 1, 0)
     if data.dtype == np.bool_:
         data = data.astype(np.uint8)
@@ -576,8 +578,18 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
     else:
         image.set_sform(affine, code=1)
         image.set_qform(affine, code=1 if _is_orthogonal(affine) else 0)
-    with atomic_output(path) as temporary:
-        nib.save(image, temporary)
+    # Written through a file object, not nib.save(name): nibabel picks the file by the
+    # name's suffix and lower-cases a mixed-case one (".Nii" was saved as ".nii" beside an
+    # empty temporary file, and the empty file renamed into place).
+    with atomic_output(path) as temporary, open(temporary, "wb") as raw:
+        if suffix == ".nii.gz":
+            # as nib.save writes a .nii.gz: its default level, no name or time stamp
+            with gzip.GzipFile(
+                "", "wb", Opener.default_compresslevel, fileobj=raw, mtime=0
+            ) as stream:
+                image.to_file_map(image.make_file_map({"image": stream}))
+        else:
+            image.to_file_map(image.make_file_map({"image": raw}))
 
 
 def _check_affine(path: str, affine: np.ndarray, name: str, consequence: str = "") -> None:
