@@ -7,6 +7,7 @@ import warnings
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 
 from kseg.data.preprocess3d import preprocess_volume
@@ -19,6 +20,7 @@ from kseg.io import (
     read_nifti,
     write_dicom_seg,
     write_nifti,
+    write_rtstruct,
 )
 from kseg.io.rtstruct_writer import BlankSeriesUidWarning
 
@@ -133,3 +135,36 @@ def test_write_nifti_takes_upper_case_suffixes(tmp_path, name):
     back = nib.Nifti1Image.from_bytes(gzip.decompress(data) if gzipped else data)
     np.testing.assert_array_equal(np.asarray(back.dataobj).transpose(2, 1, 0), labels)
     np.testing.assert_allclose(back.affine, _LPS[:, [2, 1, 0, 3]], atol=1e-5)
+
+
+def _blank_study_series(folder):
+    from test_writer_hunt import _series
+
+    def blank(ds):
+        ds.StudyInstanceUID = ""
+        del ds.SeriesInstanceUID
+
+    return _series(folder, blank)
+
+
+def test_seg_and_rtstruct_of_a_series_without_study_uid_share_one_study(tmp_path):
+    pytest.importorskip("highdicom")
+    ct = _blank_study_series(tmp_path / "ct")
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1:4, 1:3, 1:5] = 1
+    with pytest.warns(BlankSeriesUidWarning, match="the same for every RTSTRUCT and SEG"):
+        seg_path = write_dicom_seg(labels, ct, tmp_path / "a.seg.dcm", ["organ"])
+    with pytest.warns(BlankSeriesUidWarning, match="the same for every RTSTRUCT and SEG"):
+        rt_path = write_rtstruct(labels, ct, tmp_path / "a.rtstruct.dcm", roi_names=["organ"])
+    seg, rt = pydicom.dcmread(seg_path), pydicom.dcmread(rt_path)
+    assert seg.StudyInstanceUID and seg.StudyInstanceUID == rt.StudyInstanceUID
+    (frame,) = rt.ReferencedFrameOfReferenceSequence
+    (study,) = frame.RTReferencedStudySequence
+    assert study.ReferencedSOPInstanceUID == rt.StudyInstanceUID
+    (rt_series,) = study.RTReferencedSeriesSequence
+    (seg_series,) = seg.ReferencedSeriesSequence
+    assert rt_series.SeriesInstanceUID == seg_series.SeriesInstanceUID
+    # a second SEG of the series lands in the same study too
+    with pytest.warns(BlankSeriesUidWarning):
+        again = write_dicom_seg(labels, ct, tmp_path / "b.seg.dcm", ["organ"])
+    assert pydicom.dcmread(again).StudyInstanceUID == seg.StudyInstanceUID

@@ -64,7 +64,13 @@ from kseg.io.dicom import (
     unit_cosines,
 )
 from kseg.io.dicom_writer import _fits_character_set
-from kseg.io.rtstruct_writer import BlankSeriesUidWarning, _label_array, _roi_names
+from kseg.io.rtstruct_writer import (
+    _STAND_IN_NOTE,
+    BlankSeriesUidWarning,
+    _label_array,
+    _roi_names,
+    _stand_in_uid,
+)
 from kseg.io.volume import Volume, image_affine
 
 __all__ = ["read_dicom_seg", "read_dicom_seg_masks", "write_dicom_seg"]
@@ -129,7 +135,8 @@ def write_dicom_seg(
 
     Warns:
         BlankSeriesUidWarning: the series has no StudyInstanceUID / SeriesInstanceUID; the
-            SEG references new ones.
+            SEG references stand-ins derived from the images' SOPInstanceUIDs, the ones
+            :func:`kseg.io.write_rtstruct` writes for the same series.
 
     Example:
         >>> import tempfile
@@ -253,17 +260,23 @@ def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
             "single multi-frame source image, so a SEG cannot reference them "
             "(write_rtstruct references each file)"
         )
+    # SOPInstanceUIDs an anonymiser blanked in the data set are the file meta's (PS3.10)
+    sop_uids = [
+        str(ds.get("SOPInstanceUID", "") or "")
+        or str(getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", "") or "")
+        for ds in datasets
+    ]
     replaced = {}
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
         if not all(str(ds.get(keyword, "") or "") for ds in datasets):
-            replaced[keyword] = generate_uid()
+            # the same stand-in write_rtstruct uses: both objects in one study
+            replaced[keyword] = _stand_in_uid(keyword, sop_uids)
     if replaced:
         warnings.warn(
             BlankSeriesUidWarning(
                 f"{os.path.dirname(series.source_files[0])}: the series has no "
-                f"{' and '.join(replaced)} (blanked by an anonymiser?); the SEG references "
-                "new ones and is tied to the images by their FrameOfReferenceUID and "
-                "SOPInstanceUIDs only"
+                f"{' and '.join(replaced)} (blanked by an anonymiser?); the SEG "
+                f"{_STAND_IN_NOTE}"
             ),
             stacklevel=3,
         )

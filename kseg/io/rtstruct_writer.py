@@ -77,8 +77,26 @@ _LO_LENGTH, _SH_LENGTH = 64, 16
 
 class BlankSeriesUidWarning(UserWarning):
     """The reference series has no StudyInstanceUID or SeriesInstanceUID (an anonymiser
-    blanked them): the structure set gets new ones, and viewers can tie it to the images by
-    their FrameOfReferenceUID and SOPInstanceUIDs only."""
+    blanked them): the structure set or SEG references stand-ins derived from the images'
+    SOPInstanceUIDs, the same for every object written on the series,
+    and viewers can tie it to the images by their FrameOfReferenceUID and SOPInstanceUIDs
+    only."""
+
+
+_STAND_IN_NOTE = (
+    "references stand-ins derived from the images' SOPInstanceUIDs, the same for every "
+    "RTSTRUCT and SEG kseg writes on this series (so a PACS files them in one study), but "
+    "not the images' own: give the series its StudyInstanceUID / SeriesInstanceUID to file "
+    "them with the images; tied to the images by FrameOfReferenceUID and SOPInstanceUIDs only"
+)
+
+
+def _stand_in_uid(keyword: str, sop_instance_uids: Sequence[str]) -> str:
+    """The UID kseg writes for a series' blank ``keyword`` (StudyInstanceUID or
+    SeriesInstanceUID): derived from the keyword and the images' SOPInstanceUIDs, so the
+    DICOM-SEG and the RT Structure Set of one series land in one study and reference one
+    series, where two random UIDs filed them in two new studies."""
+    return generate_uid(entropy_srcs=[keyword, *sorted(set(sop_instance_uids))])
 
 
 def label_outlines(mask: np.ndarray) -> list[np.ndarray]:
@@ -232,7 +250,9 @@ def write_rtstruct(
         OSError: a file of the series cannot be read.
 
     Warns:
-        BlankSeriesUidWarning: the series has no StudyInstanceUID / SeriesInstanceUID.
+        BlankSeriesUidWarning: the series has no StudyInstanceUID / SeriesInstanceUID; the
+            structure set references stand-ins derived from the images' SOPInstanceUIDs,
+            the ones :func:`kseg.io.write_dicom_seg` writes for the same series.
 
     Example:
         >>> import tempfile
@@ -472,12 +492,12 @@ def _series_reference(series: Volume) -> tuple[SeriesReference, pydicom.Dataset]
         warnings.warn(
             BlankSeriesUidWarning(
                 f"{_folder(series)}: the series has no {missing} (blanked by an anonymiser?); "
-                "the structure set gets new ones and is tied to the images by their "
-                "FrameOfReferenceUID and SOPInstanceUIDs only"
+                f"the structure set {_STAND_IN_NOTE}"
             ),
             stacklevel=3,
         )
-        study, series_uid = study or generate_uid(), series_uid or generate_uid()
+        study = study or _stand_in_uid("StudyInstanceUID", uids)
+        series_uid = series_uid or _stand_in_uid("SeriesInstanceUID", uids)
     header = headers[0]
     reference = SeriesReference(
         patient_id=str(header.get("PatientID", "") or series.patient_id or ""),
