@@ -198,20 +198,25 @@ def resample_to(
         output_dtype = array.dtype
     else:
         output_dtype = np.float64 if array.dtype == np.float64 else np.float32
-        if array.dtype == np.float16:
-            array = array.astype(np.float32)
     _check_fill(fill, output_dtype, source)
+    # scipy.ndimage has no half floats ("data type not supported"); float32 holds every
+    # float16 value exactly, so nearest neighbour through it copies values unchanged
+    half = array.dtype == np.float16
+    if half:
+        array = array.astype(np.float32)
 
     resampled = scipy.ndimage.affine_transform(
         array,
         index_map[:3, :3],
         offset=index_map[:3, 3],
         output_shape=target_shape,
-        output=output_dtype,
+        output=np.float32 if half else output_dtype,
         order=order,
         mode="nearest",
         prefilter=order > 1,
     )
+    if resampled.dtype != output_dtype:
+        resampled = resampled.astype(output_dtype)
     resampled[~_inside_field_of_view(index_map, array.shape, target_shape)] = fill
     return dataclasses.replace(
         volume,

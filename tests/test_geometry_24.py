@@ -12,7 +12,7 @@ import pytest
 
 from kseg.data.preprocess3d import preprocess_volume
 from kseg.errors import AlignmentError, GeometryError
-from kseg.geometry import crop_foreground
+from kseg.geometry import crop_foreground, resample, resample_to
 from kseg.io import (
     Volume,
     read_dicom_seg,
@@ -135,6 +135,18 @@ def test_write_nifti_takes_upper_case_suffixes(tmp_path, name):
     back = nib.Nifti1Image.from_bytes(gzip.decompress(data) if gzipped else data)
     np.testing.assert_array_equal(np.asarray(back.dataobj).transpose(2, 1, 0), labels)
     np.testing.assert_allclose(back.affine, _LPS[:, [2, 1, 0, 3]], atol=1e-5)
+
+
+def test_nearest_resampling_of_float16_copies_values():
+    values = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float16)
+    volume = Volume(values, np.diag([2.0, 2.0, 2.0, 1.0]), "p1")
+    # halving the spacing, corner-aligned: each voxel becomes a 2x2x2 block of itself
+    expected = values.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    fine = resample(volume, 1.0, order=0)
+    assert fine.array.dtype == np.float16
+    np.testing.assert_array_equal(fine.array, expected)
+    same = resample_to(volume, volume.affine, volume.shape, order=0, fill=-1024)
+    np.testing.assert_array_equal(same.array, values)
 
 
 def _blank_study_series(folder):
