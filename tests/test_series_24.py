@@ -13,8 +13,8 @@ from test_io_dicom import _write_slice
 
 from kseg.errors import DicomSeriesError, LayoutError
 from kseg.io import SkippedFileWarning, read_dicom_series
-from kseg.phantoms.lctsc import write_lctsc
-from tfds_builders.lctsc.layout import tcia_cases
+from kseg.phantoms.lctsc import write_lctsc, write_lctsc_npz
+from tfds_builders.lctsc.layout import npz_cases, tcia_cases
 
 
 def _copy_as_series(source, target, **changes):
@@ -153,3 +153,26 @@ def test_duplicate_positions_name_the_header_value_telling_them_apart(tmp_path):
         path = _write_slice(sequential / f"S{rank}.dcm", position=(0, 0, 2.5 * rank))
         _retag(path, AcquisitionNumber=1 + rank // 4)
     assert read_dicom_series(sequential).shape[0] == 8
+
+
+def test_lctsc_npz_case_folder_with_a_scout_series_reads_the_volume(tmp_path):
+    """The npz layout has no reference to choose by, but a scout (every image LOCALIZER in
+    ImageType) is never the volume a mask was drawn on: skipped with a warning naming it. A
+    second volume series stays an error, now listing both."""
+    manual = tmp_path / "manual"
+    write_lctsc_npz(manual, num_patients=1, num_slices=2, size=16)
+    dicom = next(manual.rglob("mask.npz")).parent / "dicom"
+    volume_files = sorted(str(path) for path in dicom.iterdir())
+    scout_uid = _copy_as_series(
+        dicom, dicom.parent / "scout", ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+        SeriesDescription="Topogram",
+    )
+    with pytest.warns(SkippedFileWarning, match=f"1 localizer series.*{scout_uid}.*Topogram"):
+        (case,) = npz_cases(epath.Path(manual))
+    assert sorted(case.ct_files) == volume_files
+
+    _copy_as_series(dicom, dicom.parent / "soft tissue", SeriesDescription="Soft tissue")
+    with pytest.warns(SkippedFileWarning), pytest.raises(
+        LayoutError, match="holds 2 CT series.*Soft tissue"
+    ):
+        npz_cases(epath.Path(manual))

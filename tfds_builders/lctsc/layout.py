@@ -11,7 +11,12 @@ import pydicom
 from etils import epath
 
 from kseg.errors import DicomSeriesError, LayoutError, MaskError
-from kseg.io.dicom import SkippedFileWarning, _describe_series, scan_dicom_files
+from kseg.io.dicom import (
+    SkippedFileWarning,
+    _describe_series,
+    _image_type,
+    scan_dicom_files,
+)
 from kseg.io.npz import read_npz_mask
 from kseg.io.rtstruct import (
     LCTSC_ROI_NAMES,
@@ -277,12 +282,17 @@ def npz_cases(manual_dir: epath.Path) -> list[Case]:
                 "); expected one mask per case folder",
             )
         headers, _ = _scan_dicom(_files_under(folder, exclude_suffix=".npz"), folder)
+        headers = _without_localizers(headers, folder)
         uids = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds in headers})
         if len(uids) != 1:
+            listed = "; ".join(
+                f"{uid}{_describe_series([h for h in headers if _series_of(h) == uid])}"
+                for uid in uids
+            )
             raise LayoutError(
                 folder,
-                f"holds {len(uids)} CT series beside {folder_masks[0].name}; expected one:\n"
-                f"{NPZ_LAYOUT}",
+                f"holds {len(uids)} CT series beside {folder_masks[0].name} ({listed}); "
+                f"expected one:\n{NPZ_LAYOUT}",
             )
         cases.append(
             Case(
@@ -294,6 +304,37 @@ def npz_cases(manual_dir: epath.Path) -> list[Case]:
             )
         )
     return _unique_patients(cases, manual_dir)
+
+
+def _series_of(header) -> str:
+    return str(header[1].get("SeriesInstanceUID", ""))
+
+
+def _without_localizers(headers, folder):
+    """The CT headers of a case folder less its localizer (scout / topogram) series, every
+    image of which says LOCALIZER in ImageType: a hospital export stores the scout beside the
+    volume, and no npz mask of a volume is drawn on it. Skipped series are named in a
+    warning."""
+    series: dict[str, list] = {}
+    for header in headers:
+        series.setdefault(_series_of(header), []).append(header)
+    scouts = [
+        uid for uid, files in series.items()
+        if all("LOCALIZER" in _image_type(dataset) for _, dataset in files)
+    ]
+    if not scouts or len(scouts) == len(series):
+        return headers
+    warnings.warn(
+        SkippedFileWarning(
+            f"{folder}: skipped {len(scouts)} localizer series, not the case's volume: "
+            + "; ".join(
+                f"{uid} ({len(series[uid])} files){_describe_series(series[uid])}"
+                for uid in sorted(scouts)
+            )
+        ),
+        stacklevel=3,
+    )
+    return [header for header in headers if _series_of(header) not in scouts]
 
 
 def _unique_patients(cases: list[Case], manual_dir) -> list[Case]:
