@@ -48,6 +48,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess by 
 __all__ = [
     "FALSE_NEGATIVE_COLOR",
     "FALSE_POSITIVE_COLOR",
+    "HEATMAP_MAX_ROWS",
     "NO_SCORE_COLOR",
     "PREDICTION_COLOR",
     "REFERENCE_COLOR",
@@ -74,6 +75,8 @@ FALSE_POSITIVE_COLOR = (1.0, 0.3, 0.0)
 FALSE_NEGATIVE_COLOR = (0.0, 0.45, 1.0)
 TRUE_POSITIVE_COLOR = (1.0, 0.9, 0.0)
 NO_SCORE_COLOR = (0.8, 0.8, 0.8)
+# slice_dice_heatmap draws at most this many rows (0.3 in each); a larger cohort shares them
+HEATMAP_MAX_ROWS = 200
 
 # Scores bounded by [0, 1]: their histograms share fixed bins, so two tables compare.
 _UNIT_INTERVAL_METRICS = ("dice", "iou", "precision", "recall", "specificity", "accuracy")
@@ -953,18 +956,20 @@ def _position_bins(scores: np.ndarray, positions: int) -> np.ndarray:
     one. A bin whose slices are all ``nan`` stays ``nan``.
     """
     n = scores.size
-    slices = np.arange(n)
+    slices, bins = np.arange(n), np.arange(positions)[:, None]
+    # (positions, n): 1 where slice s overlaps bin b; one product per patient, not a loop
+    overlap = ((slices * positions < (bins + 1) * n) & ((slices + 1) * positions > bins * n))
+    scored = ~np.isnan(scores)
+    counts = overlap @ scored.astype(np.float64)
+    sums = overlap.astype(np.float64) @ np.where(scored, scores, 0.0)
     cells = np.full(positions, math.nan)
-    for b in range(positions):
-        overlapping = scores[
-            (slices * positions < (b + 1) * n) & ((slices + 1) * positions > b * n)
-        ]
-        if np.any(~np.isnan(overlapping)):
-            cells[b] = np.nanmean(overlapping)
+    np.divide(sums, counts, out=cells, where=counts > 0)
     return cells
 
 
-def slice_dice_heatmap(per_slice_scores, *, positions: int | None = None) -> Figure:
+def slice_dice_heatmap(
+    per_slice_scores, *, positions: int | None = None, max_rows: int = HEATMAP_MAX_ROWS
+) -> Figure:
     """Per-slice Dice of several patients: rows are patients, columns slice positions.
 
     Patients have different slice counts, so each row is resampled to ``positions``
@@ -979,14 +984,20 @@ def slice_dice_heatmap(per_slice_scores, *, positions: int | None = None) -> Fig
         per_slice_scores: a mapping ``{patient id: per-slice Dice}``, each a 1D array of
             values in [0, 1] or ``nan``.
         positions: number of columns; default the largest slice count, at most 100.
+        max_rows: most rows drawn. A larger cohort (one row per patient would make a
+            figure too tall to render past a few thousand patients) is drawn in
+            ``max_rows`` rows of consecutive patients, each cell the LOWEST Dice of its
+            row's patients at that position, so a failed case still shows; the title and
+            the row labels (``first … last`` patient) say so.
 
     Returns:
-        A Figure with the heatmap axes (one tick per patient, labelled with its id) and a
-        colour bar axes (``Dice``).
+        A Figure with the heatmap axes (one tick per row, labelled with its patient id,
+        or its first and last patients' ids) and a colour bar axes (``Dice``).
 
     Raises:
         ValueError: ``per_slice_scores`` is empty or not a mapping, a patient's scores are
-            not a non-empty 1D array in [0, 1] or ``nan``, ``positions`` < 1.
+            not a non-empty 1D array in [0, 1] or ``nan``, ``positions`` or ``max_rows``
+            < 1.
 
     Example:
         >>> liver = np.zeros((4, 8, 8), bool)
@@ -1017,20 +1028,45 @@ def slice_dice_heatmap(per_slice_scores, *, positions: int | None = None) -> Fig
         positions = min(max(scores.size for scores in rows.values()), 100)
     if isinstance(positions, bool) or not isinstance(positions, (int, np.integer)) or positions < 1:
         raise ValueError(f"positions must be a positive integer, got {positions!r}")
+    if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows < 1:
+        raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
     matrix = np.stack([_position_bins(scores, positions) for scores in rows.values()])
+    names = [_plain(patient) for patient in rows]
+    title = "per-slice Dice (grey: no reference and no prediction)"
+    if len(names) > max_rows:
+        # consecutive patients share a row; its cell is their lowest Dice (nan: none scored)
+        starts = np.arange(max_rows) * len(names) // max_rows
+        ends = np.append(starts[1:], len(names))
+        grouped = np.full((max_rows, positions), math.nan)
+        for row, (start, end) in enumerate(zip(starts, ends, strict=True)):
+            block = matrix[start:end]
+            scored = ~np.all(np.isnan(block), axis=0)
+            grouped[row, scored] = np.nanmin(block[:, scored], axis=0)
+        fewest, most = len(names) // max_rows, -(-len(names) // max_rows)
+        per_row = str(fewest) if fewest == most else f"{fewest}-{most}"
+        title = (
+            f"per-slice Dice of {len(names)} patients in {max_rows} rows of {per_row} "
+            "consecutive patients, each cell their lowest Dice\n(grey: no reference and no "
+            "prediction)"
+        )
+        names = [
+            names[start] if end - start == 1 else f"{names[start]} … {names[end - 1]}"
+            for start, end in zip(starts, ends, strict=True)
+        ]
+        matrix = grouped
 
-    figure = _new_figure(8, 1.2 + 0.3 * len(rows))
+    figure = _new_figure(8, 1.2 + 0.3 * len(names))
     ax = figure.add_subplot()
     colormap = matplotlib.colormaps["viridis"].with_extremes(bad=NO_SCORE_COLOR)
     heatmap = ax.imshow(
         np.ma.masked_invalid(matrix), cmap=colormap, vmin=0.0, vmax=1.0, aspect="auto",
-        interpolation="nearest", extent=(0.0, 1.0, len(rows) - 0.5, -0.5),
+        interpolation="nearest", extent=(0.0, 1.0, len(names) - 0.5, -0.5),
     )  # fmt: skip
     figure.colorbar(heatmap, ax=ax, label="Dice")
-    ax.set_yticks(range(len(rows)), [_plain(patient) for patient in rows])
+    ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("normalised slice position (0 = first slice)")
     ax.set_ylabel("patient")
-    ax.set_title("per-slice Dice (grey: no reference and no prediction)")
+    ax.set_title(title)
     return figure
 
 

@@ -101,3 +101,48 @@ def test_uncertainty_map_shows_a_bfloat16_map():
     uncertainty[2:6, 2:6] = 0.5
     figure = viz.uncertainty_map(np.zeros((8, 8)), uncertainty)
     np.testing.assert_array_equal(figure.axes[1].images[0].get_array(), uncertainty.astype(float))
+
+
+# --------------------------------------------------------------------------- report figures
+
+
+def test_slice_dice_heatmap_of_3000_patients_renders_with_each_rows_lowest_dice():
+    rng = np.random.default_rng(0)
+    patients, slices = 3000, 10
+    scores = rng.random((patients, slices))
+    scores[rng.random(scores.shape) < 0.3] = np.nan
+    scores[17, 4] = 0.0  # one failed slice must stay visible
+    scores[:, 9] = np.nan  # a position no patient scores stays nan (grey)
+    per_patient = {f"p{i:04d}": s for i, s in enumerate(scores)}
+    # the default: one row per patient up to HEATMAP_MAX_ROWS, so 0.3 in x 200 rows at most
+    default = viz.slice_dice_heatmap(per_patient)
+    assert default.axes[0].images[0].get_array().shape == (viz.HEATMAP_MAX_ROWS, slices)
+    assert default.get_size_inches()[1] < 2**16 / 100  # renders at savefig's 100 dpi
+    rows = 50  # fewer rows of 60 patients each: the same path, rendered quickly
+    figure = viz.slice_dice_heatmap(per_patient, max_rows=rows)
+    png = viz.png_bytes(figure)  # one row per patient failed past ~2700 (2**16 pixels)
+    assert png.startswith(b"\x89PNG")
+    ax = figure.axes[0]
+    shown = np.ma.filled(ax.images[0].get_array().astype(float), np.nan)
+    assert shown.shape == (rows, slices)
+    # each cell is the lowest Dice of its row's 60 consecutive patients
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning):
+        expected = np.nanmin(scores.reshape(rows, patients // rows, slices), axis=1)
+    np.testing.assert_array_equal(shown, expected)
+    assert shown[0, 4] == 0.0
+    labels = [label.get_text() for label in ax.get_yticklabels()]
+    assert labels[0] == "p0000 … p0059" and labels[-1] == "p2940 … p2999"
+    assert "3000 patients" in ax.get_title() and "lowest Dice" in ax.get_title()
+
+
+def test_slice_dice_heatmap_keeps_one_row_per_patient_up_to_max_rows():
+    scores = {"a": [1.0, 0.5], "b": [0.0, np.nan], "c": [0.25, 0.75]}
+    figure = viz.slice_dice_heatmap(scores, max_rows=3)
+    shown = np.ma.filled(figure.axes[0].images[0].get_array().astype(float), np.nan)
+    np.testing.assert_array_equal(shown, [[1.0, 0.5], [0.0, np.nan], [0.25, 0.75]])
+    grouped = viz.slice_dice_heatmap(scores, max_rows=2)  # rows {a}, {b, c}
+    shown = np.ma.filled(grouped.axes[0].images[0].get_array().astype(float), np.nan)
+    np.testing.assert_array_equal(shown, [[1.0, 0.5], [0.0, 0.75]])
+    assert [t.get_text() for t in grouped.axes[0].get_yticklabels()] == ["a", "b … c"]
+    with pytest.raises(ValueError, match="max_rows"):
+        viz.slice_dice_heatmap(scores, max_rows=0)
