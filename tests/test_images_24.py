@@ -129,3 +129,48 @@ def test_lossy_dicom_radiograph_warns_like_the_series_reader(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", LossyImageWarning)
         read_radiograph(tmp_path / "plain.dcm")
+
+
+def _affine_and_elastic(seed):
+    from kseg.augment import RandomAffine, RandomElasticDeformation
+
+    return [
+        RandomAffine(2, rotation=40.0, scale=(0.7, 0.8), probability=1.0, seed=seed),
+        RandomElasticDeformation(2, max_displacement=0.3, probability=1.0, seed=seed),
+    ]
+
+
+def test_one_hot_masks_read_background_where_rotated_in_from_outside():
+    # A one-hot mask (to_categorical of a label map) came back with all-zero channels, no
+    # class at all, in the corners a rotation or a shrinking brings in from outside; the
+    # label map through the same draw reads background (0) there.
+    import keras
+
+    labels = np.zeros((2, 32, 32, 1), np.int32)
+    labels[:, 8:24, 6:20] = 1
+    labels[:, 12:20, 20:28] = 2
+    images = np.random.default_rng(0).random((2, 32, 32, 1)).astype(np.float32)
+    one_hot = keras.utils.to_categorical(labels[..., 0], 3).astype(np.float32)
+    for as_labels, as_one_hot in zip(_affine_and_elastic(7), _affine_and_elastic(7), strict=True):
+        expected = as_labels({"images": images, "segmentation_masks": labels})
+        got = as_one_hot({"images": images, "segmentation_masks": one_hot})
+        expected_one_hot = keras.utils.to_categorical(
+            np.asarray(expected["segmentation_masks"])[..., 0], 3
+        )
+        np.testing.assert_array_equal(np.asarray(got["segmentation_masks"]), expected_one_hot)
+
+
+def test_multi_label_channels_read_no_structure_from_outside():
+    # Overlapping region channels (BraTS-style sigmoid targets) are not one-hot: outside is
+    # no region, 0 in every channel, as before.
+    from kseg.augment import RandomAffine
+
+    regions = np.zeros((1, 32, 32, 2), np.float32)
+    regions[0, 4:28, 4:28, 0] = 1
+    regions[0, 10:20, 10:20, 1] = 1
+    layer = RandomAffine(2, rotation=40.0, scale=(0.7, 0.8), probability=1.0, seed=3)
+    moved = np.asarray(
+        layer({"images": regions[..., :1], "segmentation_masks": regions})["segmentation_masks"]
+    )
+    assert moved[0, 0, 0].tolist() == [0.0, 0.0] and moved[0, -1, -1].tolist() == [0.0, 0.0]
+    assert moved[0, 16, 16].tolist() == [1.0, 1.0]

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from kseg.augment._base import JointAugmentation, check_per_axis, check_range
-from kseg.augment.resample import INTERPOLATIONS, sample_at, voxel_grid
+from kseg.augment.resample import INTERPOLATIONS, sample_at, sample_mask_at, voxel_grid
 
 # Rotation planes as pairs of spatial axes: 2D has one; in 3D the first is the in-plane
 # (H, W) rotation of an axial volume, then the two out-of-plane tilts.
@@ -60,7 +60,9 @@ class RandomAffine(JointAugmentation):
         interpolation: ``"linear"`` or ``"nearest"`` for images (masks are always nearest).
         fill_value: image value outside the original grid (0 is the bottom of a [0, 1] CT
             window).
-        mask_fill_value: mask label outside the original grid (background).
+        mask_fill_value: mask label outside the original grid (background); a one-hot
+            mask (several channels) reads that channel set to 1, other multi-channel
+            masks 0 (see ``kseg.augment.resample.sample_mask_at``).
         seed: int seed, or ``None``.
         **kwargs: standard ``keras.layers.Layer`` arguments.
 
@@ -134,7 +136,7 @@ class RandomAffine(JointAugmentation):
         transformed = sample_at(images, coordinates, self.interpolation, self.fill_value)
         images = ops.cast(transformed, images.dtype)
         if masks is not None:
-            masks = sample_at(masks, coordinates, "nearest", self.mask_fill_value)
+            masks = sample_mask_at(masks, coordinates, self.mask_fill_value)
         return images, masks
 
     def get_config(self):

@@ -6,7 +6,7 @@ import keras
 from keras import ops
 
 from kseg.augment._base import JointAugmentation, check_per_axis
-from kseg.augment.resample import INTERPOLATIONS, sample_at, voxel_grid
+from kseg.augment.resample import INTERPOLATIONS, sample_at, sample_mask_at, voxel_grid
 
 
 def _cubic_bspline_basis(num_samples, num_control: int):
@@ -43,7 +43,9 @@ class RandomElasticDeformation(JointAugmentation):
         probability: chance that a sample is deformed.
         interpolation: ``"linear"`` or ``"nearest"`` for images (masks are always nearest).
         fill_value: image value read from outside the grid.
-        mask_fill_value: mask label read from outside the grid.
+        mask_fill_value: mask label read from outside the grid; a one-hot
+            mask (several channels) reads that channel set to 1, other multi-channel
+            masks 0 (see ``kseg.augment.resample.sample_mask_at``).
         seed: int seed, or ``None``.
         **kwargs: standard ``keras.layers.Layer`` arguments.
 
@@ -121,7 +123,7 @@ class RandomElasticDeformation(JointAugmentation):
         transformed = sample_at(images, coordinates, self.interpolation, self.fill_value)
         images = ops.cast(transformed, images.dtype)
         if masks is not None:
-            masks = sample_at(masks, coordinates, "nearest", self.mask_fill_value)
+            masks = sample_mask_at(masks, coordinates, self.mask_fill_value)
         return images, masks
 
     def get_config(self):

@@ -102,3 +102,44 @@ def sample_at(inputs, coordinates, interpolation: str = "linear", fill_value=0):
             indices.append(lower[..., axis] + step)
         result = result + ops.expand_dims(weight, -1) * gather(indices)
     return ops.reshape(result, output_shape)
+
+
+def sample_mask_at(masks, coordinates, fill_label: int = 0):
+    """Sample segmentation ``masks`` at ``coordinates`` by nearest neighbour, reading label
+    ``fill_label`` outside the grid, as :func:`sample_at` does for images.
+
+    A label map (one channel) reads ``fill_label`` there. A one-hot mask (several channels
+    summing to 1 at every voxel of the sample: ``keras.utils.to_categorical`` of a label
+    map) reads the one-hot vector of ``fill_label``, background, not all-zero channels: a
+    voxel of no class at all, which a softmax loss with one-hot targets counts as nothing
+    and a Dice over channels as missing background. Other multi-channel masks (overlapping
+    regions, one sigmoid channel per structure, or all-zero voxels already) read 0 in every
+    channel: outside is no structure.
+
+    Args:
+        masks: ``(B, *spatial, C)`` tensor.
+        coordinates: as for :func:`sample_at`.
+        fill_label: label read outside the grid; for one-hot masks, the channel set to 1
+            (``0 <= fill_label < C``).
+
+    Returns:
+        ``(B, *out_spatial, C)`` tensor of ``masks``' dtype.
+    """
+    channels = masks.shape[-1]
+    if channels is None or channels == 1:
+        return sample_at(masks, coordinates, "nearest", fill_label)
+    if not 0 <= fill_label < channels:
+        raise ValueError(
+            f"mask_fill_value {fill_label} is not a channel of the {channels}-channel "
+            f"(one-hot) masks; expected 0..{channels - 1}"
+        )
+    sampled = sample_at(masks, coordinates, "nearest", 0)
+    inside = sample_at(ops.ones_like(masks[..., :1], "float32"), coordinates, "nearest", 0)
+    rank = len(masks.shape)
+    sums = ops.sum(ops.cast(masks, "float32"), axis=-1)
+    one_hot = ops.all(ops.abs(sums - 1.0) < 1e-6, axis=tuple(range(1, rank - 1)))
+    background = ops.cast(ops.one_hot(fill_label, channels), masks.dtype)
+    fill = ops.where(
+        ops.reshape(one_hot, (-1,) + (1,) * (rank - 1)), background, ops.zeros_like(background)
+    )
+    return ops.where(inside > 0.5, sampled, fill)
