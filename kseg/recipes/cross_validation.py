@@ -193,6 +193,9 @@ def _out_of_fold_run(module, args, fold: int, axes: tuple) -> pathlib.Path:
     config = run_config.read_config(source)
     config["inference"]["postprocess"] = "none"
     config["inference"]["mirror_axes"] = []  # the saved model mirrors
+    # the member's folders as they are now (a moved cross-validation reads its own tfds)
+    config["arguments"] = run_config.json_arguments(
+        run_config.arguments_namespace(config, source))
     config["arguments"]["output_dir"] = str(view)
     if "largest_component" in config["arguments"]:  # msd_spleen's post-processing option
         config["arguments"]["largest_component"] = False

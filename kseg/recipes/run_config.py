@@ -328,19 +328,46 @@ def arguments_namespace(config: dict, run_dir=None) -> argparse.Namespace:
     folder, and a path recorded inside the recorded ``output_dir`` (the phantom a run
     without ``--data-dir`` wrote into itself, a ``--tfds-dir`` inside the run) is the same
     path inside ``run_dir``: a run folder that was moved, copied or named from another
-    working folder is still itself, and reads (or rewrites) nothing at its old place."""
+    working folder is still itself, and reads (or rewrites) nothing at its old place.
+
+    A member of a cross-validation (``CV/folds/fold_<K>``, still in a ``folds`` folder)
+    reads what its cross-validation holds (``CV/tfds``, ``CV/phantom*``) from the
+    cross-validation folder it lies in now: the whole cross-validation may have moved."""
     arguments = dict(config["arguments"])
     recorded_output = arguments.get("output_dir")
     for name in PATH_ARGUMENTS:
         if arguments.get(name) is not None:
             arguments[name] = pathlib.Path(arguments[name])
     if run_dir is not None:
+        moved = [(recorded_output, pathlib.Path(run_dir))]
+        member_of = _cross_validation_folders(recorded_output, run_dir)
+        if member_of is not None:
+            moved.append(member_of)
         for name in PATH_ARGUMENTS:
-            inside = _relative_inside(arguments.get(name), recorded_output)
-            if inside is not None:
-                arguments[name] = pathlib.Path(run_dir) / inside
+            for recorded, now in moved:
+                inside = _relative_inside(arguments.get(name), recorded)
+                if inside is not None:
+                    arguments[name] = now / inside
+                    break
         arguments["output_dir"] = pathlib.Path(run_dir)
     return argparse.Namespace(**arguments)
+
+
+# kseg.recipes.cross_validation.FOLDS_FOLDER: a member's run folder is CV/folds/fold_<K>.
+_MEMBERS_FOLDER = "folds"
+
+
+def _cross_validation_folders(recorded_output, run_dir) -> tuple[str, pathlib.Path] | None:
+    """``(recorded cross-validation folder, the one it is in now)`` when the run recorded
+    at ``recorded_output`` was a cross-validation member and ``run_dir`` still lies in a
+    cross-validation's ``folds`` folder; ``None`` otherwise."""
+    if not isinstance(recorded_output, str) or not recorded_output:
+        return None
+    recorded = pathlib.PurePath(recorded_output)
+    now = pathlib.Path(os.path.abspath(run_dir))
+    if recorded.parent.name != _MEMBERS_FOLDER or now.parent.name != _MEMBERS_FOLDER:
+        return None
+    return os.fspath(recorded.parent.parent), now.parent.parent
 
 
 def _relative_inside(path, folder) -> pathlib.PurePath | None:

@@ -1,0 +1,82 @@
+"""Run folders reused, rerun, moved and evaluated on several inputs (session 24).
+
+Each case is checked against a hand-written run folder or config, file contents written
+before the command, or a count of what was called, never against kseg's own description
+of itself. No test trains a real network.
+"""
+
+import argparse
+import shutil
+
+from kseg.recipes.run_config import CONFIG_VERSION, write_json
+
+
+def _config(arguments: dict, recipe="chaos_liver", **extra) -> dict:
+    return {"kseg_config_version": CONFIG_VERSION, "recipe": recipe, "arguments": arguments,
+            "seed": 0, "created": "2026-12-02T03:00:00+00:00", "versions": {},
+            "git_commit": None, "dataset": {"name": "chaos"}, "labels": {"liver": 1},
+            "inference": {}, **extra}  # fmt: skip
+
+
+def test_a_member_of_a_moved_cross_validation_reads_the_moved_tfds_and_phantom(tmp_path):
+    """A member's config.json records RUN/tfds and RUN/phantom of its cross-validation,
+    outside its own folder RUN/folds/fold_1. Evaluated alone after the whole
+    cross-validation folder was moved, it read them at the old place (which no longer
+    exists, or is another run's)."""
+    from kseg.recipes import load_run
+
+    old = tmp_path / "runs" / "cv"
+    member = {"output_dir": str(old / "folds" / "fold_1"), "data_dir": None,
+              "manual_dir": str(old / "phantom_chaos"), "tfds_dir": str(old / "tfds"),
+              "validation_fold": 1, "folds": 3, "test_fold": 0, "seed": 0}
+    write_json(old / "folds" / "fold_1" / "config.json", _config(member))
+    moved = tmp_path / "elsewhere" / "cv moved"
+    moved.parent.mkdir()
+    shutil.move(old, moved)
+    _, args = load_run(moved / "folds" / "fold_1")
+    assert args.output_dir == moved / "folds" / "fold_1"
+    assert (args.manual_dir, args.tfds_dir) == (moved / "phantom_chaos", moved / "tfds")
+    # a --data-dir and a --tfds-dir outside the cross-validation stay as recorded
+    shared = tmp_path / "data"
+    write_json(moved / "folds" / "fold_1" / "config.json", _config(
+        {**member, "data_dir": str(shared), "manual_dir": str(shared),
+         "tfds_dir": str(tmp_path / "prepared")}))  # fmt: skip
+    _, args = load_run(moved / "folds" / "fold_1")
+    assert (args.manual_dir, args.tfds_dir) == (shared, tmp_path / "prepared")
+    # a run that is no member (its folder not in a folds/ folder) is not remapped upward
+    single = {**member, "output_dir": str(tmp_path / "single" / "run"),
+              "manual_dir": str(tmp_path / "single" / "phantom_chaos"),
+              "tfds_dir": str(tmp_path / "single" / "tfds")}
+    write_json(tmp_path / "other" / "run" / "config.json", _config(single))
+    _, args = load_run(tmp_path / "other" / "run")
+    assert args.tfds_dir == tmp_path / "single" / "tfds"
+
+
+def test_out_of_fold_scoring_of_a_moved_cross_validation_reads_the_moved_tfds(
+    tmp_path, monkeypatch
+):
+    """Rerunning a moved cross-validation scores each member's out-of-fold predictions
+    again when the member is newer than its scores; the out-of-fold run folder copied the
+    member's recorded paths, so it read CV/tfds at the old place."""
+    from kseg.inference import ensemble
+    from kseg.recipes import cross_validation
+
+    old = tmp_path / "runs" / "cv"
+    member = {"output_dir": str(old / "folds" / "fold_1"), "data_dir": None,
+              "manual_dir": str(old / "phantom_chaos"), "tfds_dir": str(old / "tfds"),
+              "validation_fold": 1, "folds": 3, "test_fold": 0, "seed": 0}
+    write_json(old / "folds" / "fold_1" / "config.json", _config(member))
+    (old / "folds" / "fold_1" / "best.keras").write_bytes(b"model")
+    moved = tmp_path / "moved"
+    shutil.move(old, moved)
+    monkeypatch.setattr(ensemble, "ensemble_model", lambda *args, **kwargs: None)
+    monkeypatch.setattr(cross_validation, "_save_model",
+                        lambda model, path: path.write_bytes(b"ensemble"))
+    scored = []
+    recipe = argparse.Namespace(evaluate=lambda args, split: scored.append(args))
+    args = argparse.Namespace(output_dir=moved)
+    cross_validation._out_of_fold_run(recipe, args, 1, ())
+    (view_args,) = scored
+    assert view_args.output_dir == moved / "folds" / "fold_1" / "out_of_fold"
+    assert (view_args.tfds_dir, view_args.manual_dir) == (moved / "tfds",
+                                                          moved / "phantom_chaos")
