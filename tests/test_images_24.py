@@ -174,3 +174,15 @@ def test_multi_label_channels_read_no_structure_from_outside():
     )
     assert moved[0, 0, 0].tolist() == [0.0, 0.0] and moved[0, -1, -1].tolist() == [0.0, 0.0]
     assert moved[0, 16, 16].tolist() == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("bounds", [(255, 0), (100, 100), (0, float("nan"))])
+def test_scale_intensity_refuses_swapped_or_empty_bounds(bounds):
+    # scale_intensity(image, 255, 0) gave an all-zero image without a word.
+    from kseg.data.pipeline import scale_intensity
+
+    with pytest.raises(ValueError, match="minimum < maximum"):
+        scale_intensity(np.array([0, 51, 255], np.uint8), *bounds)
+    np.testing.assert_allclose(
+        scale_intensity(np.array([0, 51, 255], np.uint8), 0, 255).numpy(), [0, 0.2, 1]
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 from collections.abc import Iterable, Mapping
 
 import tensorflow as tf
@@ -84,10 +85,21 @@ def scale_intensity(image, minimum: float | None = None, maximum: float | None =
     Returns:
         float32 tensor in [0, 1]; a constant image maps to 0.
 
+    Raises:
+        ValueError: ``minimum`` and ``maximum`` both given and ``minimum`` not below
+            ``maximum`` (swapped bounds scaled every value to 0), or a bound that is not
+            finite.
+
     Example:
         >>> scale_intensity(tf.constant([0, 51, 255], tf.uint8), 0, 255)
         <tf.Tensor: shape=(3,), dtype=float32, numpy=array([0. , 0.2, 1. ], ...)>
     """
+    bounds = [v for v in (minimum, maximum) if isinstance(v, int | float)]
+    if not all(math.isfinite(v) for v in bounds) or (len(bounds) == 2 and not minimum < maximum):
+        raise ValueError(
+            f"scale_intensity needs finite bounds with minimum < maximum, got minimum="
+            f"{minimum!r}, maximum={maximum!r} (the value mapped to 0, then the one mapped to 1)"
+        )
     image = tf.cast(image, tf.float32)
     low = tf.reduce_min(image) if minimum is None else tf.constant(minimum, tf.float32)
     high = tf.reduce_max(image) if maximum is None else tf.constant(maximum, tf.float32)
