@@ -137,6 +137,21 @@ def test_write_nifti_takes_upper_case_suffixes(tmp_path, name):
     np.testing.assert_allclose(back.affine, _LPS[:, [2, 1, 0, 3]], atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.array([1 + 1e-12, 0.1, -1024.25, 123456789.123]),  # float64: a numpy result
+        np.array([0, 1, 5, 2**40], np.int64),  # 64-bit ids beyond int32
+    ],
+)
+def test_write_nifti_keeps_float64_and_large_int64_values(tmp_path, values):
+    volume = Volume(values.reshape(1, 2, 2), np.eye(4), "p1")
+    write_nifti(volume, tmp_path / "map.nii.gz")
+    image = nib.load(tmp_path / "map.nii.gz")
+    assert image.get_data_dtype() == values.dtype
+    np.testing.assert_array_equal(np.asarray(image.dataobj).transpose(2, 1, 0), volume.array)
+
+
 def test_nearest_resampling_of_float16_copies_values():
     values = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float16)
     volume = Volume(values, np.diag([2.0, 2.0, 2.0, 1.0]), "p1")

@@ -77,13 +77,19 @@ def test_boolean_and_int64_arrays_are_stored_in_nifti_types(tmp_path):
     np.testing.assert_array_equal(labels.array, base.array)
 
 
-def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
     path = tmp_path / "case.nii.gz"
     write_nifti(_sheared_volume(), path)
     before = path.read_bytes()
-    impossible = _sheared_volume().with_array(np.full((3, 4, 5), 2**40, np.int64))
-    with pytest.raises(ValueError):
-        write_nifti(impossible, path)
+
+    def disk_full(image, file_map):  # part of the file written, then the disk fills up
+        file_map["image"].fileobj.write(b"\x00" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nib.Nifti1Image, "to_file_map", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        write_nifti(_sheared_volume(np.float32), path)
+    monkeypatch.undo()
     assert path.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["case.nii.gz"]
     with pytest.raises(ValueError, match=r"\.nii"):

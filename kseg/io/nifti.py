@@ -529,8 +529,9 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
     supports orthonormal direction cosines", ITK issue #3994): write
     :func:`kseg.geometry.deskew`'s result for them. Boolean arrays are stored as uint8,
     float16 ones (a mixed-precision model's probabilities) as float32, and 64-bit integers
-    as int32 when their values fit (nibabel's ``dtype="compat"``; otherwise nibabel
-    raises). An existing file at ``path`` is replaced only once the new one is complete.
+    as int32 when their values fit (else as 64-bit integers); every other type, float64
+    included, as it is. An existing file at ``path`` is replaced only once the new one is
+    complete.
 
     Args:
         volume: the Volume to write.
@@ -567,7 +568,16 @@ def write_nifti(volume: Volume, path: os.PathLike | str) -> None:
     affine = volume.affine[:, _REVERSE_AXES]
     # nibabel raised a bare HeaderDataError ("Could not decompose affine") naming no file
     _check_affine(path, affine, "the affine", ", and no NIfTI reader could place the voxels")
-    image = nib.Nifti1Image(data, affine, dtype="compat" if data.dtype.itemsize == 8 else None)
+    stored = None
+    if data.dtype.kind in "iu" and data.dtype.itemsize == 8:
+        # 64-bit integers (numpy's argmax labels) as int32, which every NIfTI tool reads,
+        # when their values fit; else as they are (NIfTI-1 has INT64 / UINT64). Not
+        # nibabel's dtype="compat": it also narrowed float64 to float32, changing values,
+        # and raised a bare ValueError for integers beyond int32.
+        fits = np.iinfo(np.int32)
+        small = data.size == 0 or (data.min() >= fits.min and data.max() <= fits.max)
+        stored = np.int32 if small else data.dtype
+    image = nib.Nifti1Image(data, affine, dtype=stored)
     image.header.set_xyzt_units("mm")
     if _orientation_unknown(volume, image.header, affine):
         # Read from a file with no sform and no qform: its affine is nibabel's guess, which
