@@ -176,3 +176,24 @@ def test_lctsc_npz_case_folder_with_a_scout_series_reads_the_volume(tmp_path):
         LayoutError, match="holds 2 CT series.*Soft tissue"
     ):
         npz_cases(epath.Path(manual))
+
+
+def test_lctsc_structure_set_naming_only_its_frame_pairs_with_the_ct_not_the_scout(tmp_path):
+    """RTReferencedStudySequence is Type 3 (PS3.3 C.8.8.5): a structure set may name only
+    its FrameOfReferenceUID, which a hospital export's scout shares with the CT. The scout
+    (LOCALIZER in every ImageType) is no candidate; it is skipped with a warning."""
+    manual = tmp_path / "manual"
+    write_lctsc(manual, num_patients=1, num_test_patients=0, num_slices=2, size=16)
+    ct_folder = next(manual.rglob("0.000000-CT *"))
+    referenced = pydicom.dcmread(next(ct_folder.iterdir())).SeriesInstanceUID
+    scout_uid = _copy_as_series(
+        ct_folder, ct_folder.parent / "2.000000-Topogram-00001",
+        ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+    )
+    rt_file = next(manual.rglob("1-1.dcm"))
+    rt = pydicom.dcmread(rt_file)
+    del rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence
+    rt.save_as(rt_file)
+    with pytest.warns(SkippedFileWarning, match=scout_uid):
+        (case,) = tcia_cases(epath.Path(manual))
+    assert case.series_uid == referenced

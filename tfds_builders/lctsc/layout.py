@@ -252,6 +252,9 @@ def _referenced_series(rtstruct: str, series) -> str:
         for uid, files in series.items()
         if str(files[0][1].get("FrameOfReferenceUID", "")) in references.frame_of_reference_uids
     )
+    # A scout shares the CT's frame of reference, but no structure set is drawn on it.
+    volumes = [uid for uid in same_frame if not _is_localizer(series[uid])]
+    same_frame = volumes or same_frame
     if not named and len(same_frame) == 1:
         return same_frame[0]
     candidates = named or same_frame
@@ -306,6 +309,11 @@ def npz_cases(manual_dir: epath.Path) -> list[Case]:
     return _unique_patients(cases, manual_dir)
 
 
+def _is_localizer(files) -> bool:
+    """Every image of the series says LOCALIZER in ImageType: a scout / topogram."""
+    return all("LOCALIZER" in _image_type(dataset) for _, dataset in files)
+
+
 def _series_of(header) -> str:
     return str(header[1].get("SeriesInstanceUID", ""))
 
@@ -318,10 +326,7 @@ def _without_localizers(headers, folder):
     series: dict[str, list] = {}
     for header in headers:
         series.setdefault(_series_of(header), []).append(header)
-    scouts = [
-        uid for uid, files in series.items()
-        if all("LOCALIZER" in _image_type(dataset) for _, dataset in files)
-    ]
+    scouts = [uid for uid, files in series.items() if _is_localizer(files)]
     if not scouts or len(scouts) == len(series):
         return headers
     warnings.warn(
