@@ -785,7 +785,7 @@ class _Page:
         parts = [_figure_html(
             viz.error_map(
                 arrays["image"][index], truth[index], predicted[index], window=(0.0, 1.0),
-                title=f"{viz._plain(path.stem)}, slice {index}",
+                title=f"{viz._plain(path.stem)}, slice {index}", spacing=_spacing(arrays)[1:],
             ),
             f"Errors of the lowest Dice{which}: {patient}, slice {index} (the slice with the "
             "most wrong pixels)",

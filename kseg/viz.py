@@ -177,6 +177,21 @@ def _fill(ax, mask: np.ndarray, color, alpha: float, *, aspect=1.0, origin="uppe
     ax.imshow(rgba, interpolation="nearest", aspect=aspect, origin=origin)
 
 
+def _pixel_aspect(spacing) -> float:
+    """Pixel height / width of a slice of ``spacing`` ``(row, column)`` mm; 1 for None."""
+    if spacing is None:
+        return 1.0
+    try:
+        values = tuple(float(value) for value in spacing)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"spacing must be two numbers (row, column) in mm, got {spacing!r}"
+        ) from error
+    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing must be two positive numbers (row, column), got {spacing!r}")
+    return values[0] / values[1]
+
+
 def _check_alpha(alpha) -> float:
     try:
         alpha = float(alpha)
@@ -220,6 +235,7 @@ def overlay(
     linewidth: float = 1.5,
     window=None,
     title: str | None = None,
+    spacing=None,
 ) -> Figure:
     """One slice in grey with the reference and prediction outlined.
 
@@ -237,13 +253,17 @@ def overlay(
         window: ``(low, high)`` intensities mapped to black and white (e.g. ``(-57, 164)``,
             kseg's MSD spleen CT window); default the image's minimum and maximum.
         title: axes title.
+        spacing: pixel size ``(row, column)`` in mm (a CT slice's in-plane spacing, a
+            radiograph's PixelSpacing): pixels are drawn with that physical aspect, so a
+            0.7 x 2.5 mm reformat is not squashed; default square pixels.
 
     Returns:
         A Figure with one axes.
 
     Raises:
         ValueError: a non-2D or non-finite image, a mask of another shape or with
-            negative / fractional labels, ``alpha`` outside [0, 1], a bad ``window``.
+            negative / fractional labels, ``alpha`` outside [0, 1], a bad ``window``, a
+            ``spacing`` that is not two positive numbers.
 
     Example:
         >>> ct_slice = np.linspace(-200.0, 300.0, 32 * 32).reshape(32, 32)  # a HU ramp
@@ -263,10 +283,11 @@ def overlay(
     alpha = _check_alpha(alpha)
     reference = None if reference is None else _label_map("reference", reference, image.shape)
     prediction = None if prediction is None else _label_map("prediction", prediction, image.shape)
+    aspect = _pixel_aspect(spacing)
     figure = _new_figure(6, 6)
     ax = figure.add_subplot()
-    _show_grey(ax, image, window)
-    handles = _draw_masks(ax, reference, prediction, alpha, linewidth)
+    _show_grey(ax, image, window, aspect=aspect)
+    handles = _draw_masks(ax, reference, prediction, alpha, linewidth, aspect=aspect)
     if handles:
         ax.legend(handles=handles, loc="upper right", fontsize="small")
     ax.set_axis_off()
@@ -284,6 +305,7 @@ def error_map(
     alpha: float = 0.6,
     window=None,
     title: str | None = None,
+    spacing=None,
 ) -> Figure:
     """Where a binary prediction is wrong: false positives and false negatives over the image.
 
@@ -301,13 +323,15 @@ def error_map(
         alpha: opacity of the error colours, in [0, 1].
         window: ``(low, high)`` grey window; default the image's minimum and maximum.
         title: text before the pixel counts in the axes title.
+        spacing: pixel size ``(row, column)`` in mm, drawn with that aspect (see
+            :func:`overlay`); default square pixels.
 
     Returns:
         A Figure with one axes.
 
     Raises:
         ValueError: the image or a mask is malformed (see :func:`overlay`), a mask holds a
-            label other than 0 and 1, ``alpha`` is outside [0, 1].
+            label other than 0 and 1, ``alpha`` is outside [0, 1], a bad ``spacing``.
 
     Example:
         >>> ct_slice = np.linspace(-200.0, 300.0, 32 * 32).reshape(32, 32)
@@ -324,10 +348,11 @@ def error_map(
     false_positive = predicted & ~truth
     false_negative = truth & ~predicted
     true_positive = truth & predicted
+    aspect = _pixel_aspect(spacing)
 
     figure = _new_figure(6, 6)
     ax = figure.add_subplot()
-    _show_grey(ax, image, window)
+    _show_grey(ax, image, window, aspect=aspect)
     rgba = np.zeros((*image.shape, 4))
     rgba[false_positive] = (*FALSE_POSITIVE_COLOR, alpha)
     rgba[false_negative] = (*FALSE_NEGATIVE_COLOR, alpha)
@@ -338,7 +363,7 @@ def error_map(
     if show_true_positives:
         rgba[true_positive] = (*TRUE_POSITIVE_COLOR, alpha)
         handles.append(_legend_patch(TRUE_POSITIVE_COLOR, "true positive"))
-    ax.imshow(rgba, interpolation="nearest")
+    ax.imshow(rgba, interpolation="nearest", aspect=aspect)
     ax.legend(handles=handles, loc="upper right", fontsize="small")
     ax.set_axis_off()
     counts = (
@@ -1082,6 +1107,7 @@ def uncertainty_map(
     vmax: float | None = None,
     cmap: str = "magma",
     linewidth: float = 1.5,
+    spacing=None,
 ) -> Figure:
     """A slice beside its voxel-wise uncertainty, both outlined with the reference.
 
@@ -1099,13 +1125,15 @@ def uncertainty_map(
         vmax: uncertainty shown in the brightest colour; default the largest value.
         cmap: matplotlib colormap name of the uncertainty.
         linewidth: outline width in points.
+        spacing: pixel size ``(row, column)`` in mm, drawn with that aspect (see
+            :func:`overlay`); default square pixels.
 
     Returns:
         A Figure with the image axes, the uncertainty axes and the colour bar axes.
 
     Raises:
         ValueError: ``image`` / ``uncertainty`` not 2D, of different shapes or not finite,
-            a malformed ``reference``, ``vmax`` not above the lower end.
+            a malformed ``reference``, ``vmax`` not above the lower end, a bad ``spacing``.
 
     Example:
         >>> import numpy as np
@@ -1139,11 +1167,12 @@ def uncertainty_map(
         if vmax is not None:
             raise ValueError(f"vmax must be above {low}, got {vmax}")
         high = low + 1.0  # all-zero uncertainty: show it as the lowest colour
+    aspect = _pixel_aspect(spacing)
     figure = _new_figure(11, 5)
     image_ax, uncertainty_ax = figure.subplots(1, 2)
-    _show_grey(image_ax, image, window)
+    _show_grey(image_ax, image, window, aspect=aspect)
     shown = uncertainty_ax.imshow(
-        uncertainty, cmap=cmap, vmin=low, vmax=high, interpolation="nearest"
+        uncertainty, cmap=cmap, vmin=low, vmax=high, interpolation="nearest", aspect=aspect
     )
     figure.colorbar(shown, ax=uncertainty_ax, label="uncertainty")
     for ax, title in ((image_ax, "image"), (uncertainty_ax, "uncertainty")):

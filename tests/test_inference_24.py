@@ -146,3 +146,76 @@ def test_slice_dice_heatmap_keeps_one_row_per_patient_up_to_max_rows():
     assert [t.get_text() for t in grouped.axes[0].get_yticklabels()] == ["a", "b … c"]
     with pytest.raises(ValueError, match="max_rows"):
         viz.slice_dice_heatmap(scores, max_rows=0)
+
+
+def drawn_size(figure, ax, shape):
+    """Width and height in display pixels of an image of ``shape`` drawn on ``ax``."""
+    figure.canvas.draw()  # constrained layout and the aspect settle on drawing
+    rows, columns = shape
+    (x0, y0), (x1, y1) = ax.transData.transform([(-0.5, -0.5), (columns - 0.5, rows - 0.5)])
+    return abs(x1 - x0), abs(y1 - y0)
+
+
+def physical_ratio(shape, spacing):
+    """Width / height in mm of a slice of ``shape`` with ``(row, column)`` spacing."""
+    return shape[1] * spacing[1] / (shape[0] * spacing[0])
+
+
+# a reformatted CT slice: 0.7 mm columns, 2.5 mm rows (sagittal of 2.5 mm slices)
+SLICE_SHAPE, SLICE_SPACING = (20, 60), (2.5, 0.7)
+
+
+def box_slice():
+    image = np.linspace(0, 1, np.prod(SLICE_SHAPE)).reshape(SLICE_SHAPE)
+    truth = np.zeros(SLICE_SHAPE, bool)
+    truth[5:15, 10:40] = True
+    return image, truth, np.roll(truth, 3, axis=1)
+
+
+@pytest.mark.parametrize("function", ["overlay", "error_map", "uncertainty_map"])
+def test_slice_figures_draw_pixels_with_the_spacing_aspect(function):
+    image, truth, predicted = box_slice()
+    if function == "uncertainty_map":
+        figure = viz.uncertainty_map(image, image, reference=truth, spacing=SLICE_SPACING)
+        axes = figure.axes[:2]
+    else:
+        figure = getattr(viz, function)(image, truth, predicted, spacing=SLICE_SPACING)
+        axes = figure.axes
+    for ax in axes:
+        width, height = drawn_size(figure, ax, SLICE_SHAPE)
+        # 60 x 0.7 = 42 mm wide, 20 x 2.5 = 50 mm high: taller than wide, not 3:1 wide
+        assert width / height == pytest.approx(physical_ratio(SLICE_SHAPE, SLICE_SPACING),
+                                               rel=0.02)  # fmt: skip
+    square = (viz.uncertainty_map(image, image) if function == "uncertainty_map"
+              else getattr(viz, function)(image, truth, predicted))  # fmt: skip
+    width, height = drawn_size(square, square.axes[0], SLICE_SHAPE)
+    assert width / height == pytest.approx(3.0, rel=0.02)
+    with pytest.raises(ValueError, match="spacing must be two positive numbers"):
+        viz.overlay(image, spacing=(0.0, 1.0))
+
+
+def test_report_error_map_uses_the_case_spacing(tmp_path, monkeypatch):
+    from test_report import write_config, write_evaluation
+
+    from kseg import report
+
+    image, truth, predicted = box_slice()
+    run = tmp_path / "run"
+    write_config(run)
+    write_evaluation(run, {"sag": (image[None].astype(np.float32), truth[None].astype(np.uint8),
+                                   predicted[None].astype(np.uint8))})  # fmt: skip
+    case = run / "evaluation" / "test" / "cases" / "sag.npz"
+    arrays = dict(np.load(case))
+    np.savez_compressed(case, **{**arrays, "spacing": np.array([1.0, *SLICE_SPACING])})
+    drawn = []
+    error_map = viz.error_map
+
+    def recorded(*args, **kwargs):
+        drawn.append(error_map(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(viz, "error_map", recorded)
+    report.write_report(run)
+    (figure,) = drawn
+    width, height = drawn_size(figure, figure.axes[0], SLICE_SHAPE)
+    assert width / height == pytest.approx(physical_ratio(SLICE_SHAPE, SLICE_SPACING), rel=0.02)
