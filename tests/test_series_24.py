@@ -197,3 +197,15 @@ def test_lctsc_structure_set_naming_only_its_frame_pairs_with_the_ct_not_the_sco
     with pytest.warns(SkippedFileWarning, match=scout_uid):
         (case,) = tcia_cases(epath.Path(manual))
     assert case.series_uid == referenced
+
+
+def test_a_siemens_mosaic_is_refused_not_read_as_one_slice_of_tiles(tmp_path):
+    """Siemens fMRI / diffusion series store each volume as one mosaic image (ImageType
+    ...\\MOSAIC), its slices tiled 2 x 2 here; read as it stands it is one slice of four
+    tiles with a quarter of the true field of view per tile: refused, naming the file."""
+    tiles = np.arange(4, dtype=np.uint16).repeat(2 * 3).reshape(4, 2, 3)
+    mosaic = np.block([[tiles[0], tiles[1]], [tiles[2], tiles[3]]])
+    path = _write_slice(tmp_path / "MR.0001.dcm", position=(0, 0, 0), pixels=mosaic)
+    _retag(path, ImageType=["ORIGINAL", "PRIMARY", "M", "ND", "NORM", "MOSAIC"], Modality="MR")
+    with pytest.raises(DicomSeriesError, match=r"MR.0001.dcm: is a mosaic .*MOSAIC"):
+        read_dicom_series([path])

@@ -329,7 +329,8 @@ def read_dicom_series(
             (several echoes or time points, whether at the same or interleaved positions: the
             message names the tag and each value's files); two slices share a position (the
             message names the header values that differ between them, e.g. AcquisitionNumber,
-            or calls them a duplicated file); a gap shows a missing slice, or the slice spacing
+            or calls them a duplicated file); a Siemens mosaic (ImageType MOSAIC: a
+            volume's slices tiled into one image); a gap shows a missing slice, or the slice spacing
             changes within the series (two spacings, no one regular grid), or a slice's
             origin lies over half a pixel off the line through the first and the last
             (the field of view moves within the series); a
@@ -1039,7 +1040,20 @@ def _check_one_volume_of_slices(series, folder: str) -> None:
     :data:`_SEVERAL_VOLUMES_BY_SLICE` attribute that takes several values. An MR series of
     two echoes or a dynamic series stores every volume under one SeriesInstanceUID; at the
     same positions its slices would read as duplicates, at interleaved ones (echoes or time
-    points offset along the normal) as one volume of twice the slices, silently."""
+    points offset along the normal) as one volume of twice the slices, silently. A Siemens
+    mosaic (ImageType MOSAIC: the slices of one volume tiled into one image, as fMRI and
+    diffusion series store them) would read as one slice of tiles."""
+    for path, dataset in series:
+        image_type = _image_type(dataset)
+        if "MOSAIC" in image_type:
+            shown_type = "\\".join(image_type)
+            raise DicomSeriesError(
+                path,
+                f"is a mosaic (ImageType {shown_type}): one image "
+                "tiling the slices of a whole volume, whose tiles this reader would take for "
+                "one slice; expected one slice per file: convert the series first (dcm2niix "
+                "unpacks mosaics)",
+            )
     for keyword, what in _SEVERAL_VOLUMES_BY_SLICE.items():
         files: dict[str, list[str]] = {}
         for path, dataset in series:
