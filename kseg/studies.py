@@ -941,7 +941,7 @@ def uncertainty_study(
             )
             pooled[method] = sums if pooled[method] is None else pooled[method] + sums
             if method == "tta" and (example is None or row["dice"] < example[0]):
-                example = (row["dice"], case_id, batch, reference, predicted, entropy, results)
+                example = (row["dice"], case_id, batch, reference, predicted, entropy, spacing)
     extra = {}
     for method in methods:
         count, confidence, observed = pooled[method]
@@ -1036,14 +1036,16 @@ def _uncertainty_figure(data, table, pooled, example):
         )
     axes[1].set(xlabel="mean entropy in predicted foreground", ylabel="Dice", title="per patient")
     axes[1].legend(fontsize=8)
-    _, case_id, batch, reference, predicted, entropy, _ = example
+    _, case_id, batch, reference, predicted, entropy, spacing = example
     slice_index = int(np.argmax((reference > 0).sum(axis=(1, 2)))) if reference.ndim == 3 else 0
     image = _on_mask_grid(batch[..., :1], reference.shape)[slice_index, ..., 0]
-    axes[2].imshow(image, cmap="gray")
+    # pixels drawn with the case's (row, column) spacing, as kseg.viz draws slices
+    aspect = 1.0 if spacing is None else float(spacing[-2]) / float(spacing[-1])
+    axes[2].imshow(image, cmap="gray", aspect=aspect)
     axes[2].contour(reference[slice_index] > 0, levels=[0.5], colors="lime", linewidths=0.8)
     axes[2].contour(predicted[slice_index] > 0, levels=[0.5], colors="magenta", linewidths=0.8)
     axes[2].set_title(f"{case_id}: reference / TTA prediction", fontsize=9)
-    shown = axes[3].imshow(entropy[slice_index], cmap="inferno")
+    shown = axes[3].imshow(entropy[slice_index], cmap="inferno", aspect=aspect)
     axes[3].set_title("TTA entropy (nats)", fontsize=9)
     figure.colorbar(shown, ax=axes[3], shrink=0.8)
     for ax in axes[2:]:

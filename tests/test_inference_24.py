@@ -219,3 +219,22 @@ def test_report_error_map_uses_the_case_spacing(tmp_path, monkeypatch):
     (figure,) = drawn
     width, height = drawn_size(figure, figure.axes[0], SLICE_SHAPE)
     assert width / height == pytest.approx(physical_ratio(SLICE_SHAPE, SLICE_SPACING), rel=0.02)
+
+
+def test_uncertainty_study_figure_draws_the_example_slice_with_its_spacing():
+    from types import SimpleNamespace
+
+    from kseg import studies
+
+    image, truth, predicted = box_slice()
+    rows, columns = SLICE_SHAPE
+    batch = image[None, ..., None].astype(np.float32)  # one slice, model input = mask grid
+    entropy = np.zeros((1, rows, columns))
+    pooled = {"tta": (np.array([1.0]), np.array([0.5]), np.array([0.5]))}
+    table = SimpleNamespace(column=lambda name, method: [0.5])
+    example = (0.5, "sag", batch, truth[None], predicted[None], entropy, (1.0, *SLICE_SPACING))
+    figure = studies._uncertainty_figure(SimpleNamespace(num_classes=1), table, pooled, example)
+    for ax in figure.axes[2:4]:
+        width, height = drawn_size(figure, ax, SLICE_SHAPE)
+        assert width / height == pytest.approx(physical_ratio(SLICE_SHAPE, SLICE_SPACING),
+                                               rel=0.02)  # fmt: skip
