@@ -195,3 +195,22 @@ def test_seg_and_rtstruct_of_a_series_without_study_uid_share_one_study(tmp_path
     with pytest.warns(BlankSeriesUidWarning):
         again = write_dicom_seg(labels, ct, tmp_path / "b.seg.dcm", ["organ"])
     assert pydicom.dcmread(again).StudyInstanceUID == seg.StudyInstanceUID
+
+
+@pytest.mark.parametrize("blank", [True, False])
+def test_seg_of_a_series_without_frame_of_reference_is_refused_naming_it(tmp_path, blank):
+    pytest.importorskip("highdicom")
+    from test_writer_hunt import _series
+
+    def drop(ds):
+        if blank:
+            ds.FrameOfReferenceUID = ""  # as some anonymisers leave it
+        else:
+            del ds.FrameOfReferenceUID
+
+    ct = _series(tmp_path / "ct", drop)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1:3, 1:3, 1:4] = 1
+    with pytest.raises(ValueError, match=r"ct\) has no FrameOfReferenceUID"):
+        write_dicom_seg(labels, ct, tmp_path / "a.seg.dcm", ["organ"])
+    assert not (tmp_path / "a.seg.dcm").exists()

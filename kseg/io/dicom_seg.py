@@ -129,8 +129,9 @@ def write_dicom_seg(
     Raises:
         ImportError: highdicom is not installed.
         ValueError: as :func:`kseg.io.write_rtstruct` (labels off the grid, unnamed or
-            negative values, repeated names, ``path`` one of the series' files); a series of
-            frames that is not every frame of one multi-frame file.
+            negative values, repeated names, ``path`` one of the series' files, a series
+            without FrameOfReferenceUID); a series of frames that is not every frame of one
+            multi-frame file.
         OSError: a file of the series cannot be read.
 
     Warns:
@@ -292,6 +293,15 @@ def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
             ds.SOPInstanceUID = uid
         if not str(ds.get("SOPClassUID", "") or ""):
             ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        if not str(ds.get("FrameOfReferenceUID", "") or ""):
+            if "ImagePositionPatient" in ds or "PerFrameFunctionalGroupsSequence" in ds:
+                # highdicom copied a blank one into the SEG, where it is Type 1
+                raise ValueError(
+                    f"reference_series ({os.path.dirname(path)}) has no FrameOfReferenceUID "
+                    f"(first: {path}; blanked by an anonymiser?): a SEG of images placed in "
+                    "patient coordinates must carry theirs (PS3.3 C.7.4.1, Type 1)"
+                )
+            ds.pop("FrameOfReferenceUID", None)  # blank: absent, where the IOD allows it
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
             del ds.SpecificCharacterSet  # empty: the default repertoire, as if absent
         elif not isinstance(ds.get("SpecificCharacterSet", ""), str):
