@@ -186,3 +186,58 @@ def test_scale_intensity_refuses_swapped_or_empty_bounds(bounds):
     np.testing.assert_allclose(
         scale_intensity(np.array([0, 51, 255], np.uint8), 0, 255).numpy(), [0, 0.2, 1]
     )
+
+
+def _encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _first_batch(image: bytes, mask: bytes, num_classes: int):
+    import tensorflow as tf
+
+    from kseg.data.pipeline import segmentation_dataset
+
+    examples = tf.data.Dataset.from_tensor_slices({"image": [image], "mask": [mask]})
+    image, mask = next(iter(segmentation_dataset(examples, num_classes=num_classes)))
+    return image.numpy()[0, ..., 0], mask.numpy()[0, ..., 0]
+
+
+_LABELS = np.zeros((32, 32), np.uint8)
+_LABELS[8:24, 8:20] = 1
+_LABELS[20:28, 22:30] = 2
+_GREY = (np.arange(32 * 32).reshape(32, 32) % 251).astype(np.uint8)
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF"])
+def test_encoded_bmp_and_gif_strings_decode_to_their_values(fmt):
+    # Documented "encoded PNG/JPEG/BMP strings" failed inside tf.data: TensorFlow decodes
+    # BMP and GIF only to 3 or 4 channels, not the 1 asked for.
+    image, mask = _first_batch(
+        _encoded(Image.fromarray(_GREY), fmt), _encoded(Image.fromarray(_LABELS), fmt), 3
+    )
+    np.testing.assert_array_equal(image, _GREY)
+    np.testing.assert_array_equal(mask, _LABELS)
+
+
+def test_encoded_jpeg_or_colour_mask_strings_are_refused_naming_the_key():
+    import tensorflow as tf
+
+    # A 0/255 mask as JPEG: the compression noise around the edges (1, 2, 3 ...) became
+    # foreground under num_classes=1 (93 of 1024 pixels wrong), without a word.
+    jpeg = _encoded(Image.fromarray((_LABELS > 0).astype(np.uint8) * 255), "JPEG", quality=75)
+    png = _encoded(Image.fromarray(_GREY), "PNG")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"mask\\?' is an encoded JPEG"):
+        _first_batch(png, jpeg, 1)
+    # A colour-palette label map: TensorFlow gave the luma of its colours as labels.
+    palette = Image.fromarray(_LABELS, "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"mask\\?' is an encoded colour"):
+        _first_batch(png, _encoded(palette, "PNG"), 3)
+    # The same labels in a grey PNG read as they are.
+    np.testing.assert_array_equal(
+        _first_batch(png, _encoded(Image.fromarray(_LABELS), "PNG"), 3)[1], _LABELS
+    )

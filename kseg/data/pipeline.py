@@ -284,9 +284,10 @@ def _map_labels(mask, num_classes: int, label_map: dict[int, int] | None):
 
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
 
 
-def _decode_stored_values(contents):
+def _decode_stored_values(contents, name: str = "image", mask: bool = False):
     """An encoded PNG / JPEG / BMP / GIF as ``(H, W, 1)`` uint16 holding its stored values.
 
     ``tf.io.decode_image`` decodes to uint8 by default, which rescales a 16-bit PNG to 8
@@ -294,24 +295,75 @@ def _decode_stored_values(contents):
     ``dtype=uint16`` it rescales 8-bit images by 257. A 16-bit PNG (bit depth 16 in its
     IHDR chunk, byte 24) is therefore decoded at 16 bits, everything else at 8, and both
     come out as uint16 with the values the file stores.
+
+    TensorFlow refuses to decode BMP and GIF files to one channel, so those are decoded
+    with their own channels and turned grey here. A mask (``mask``) is always decoded with
+    its own channels and its grey one kept (grey stored as RGB or a grey palette gives its
+    grey; alpha is dropped): asked for one channel, TensorFlow turned a colour palette's
+    label map into the luma of its colours. Real colour and JPEG masks are an
+    InvalidArgumentError naming ``name``: a JPEG's compression noise made background pixels
+    1, 2, 3 ... and so foreground (kseg.io.read_labels reads such files with a threshold and
+    a warning, which a graph cannot give).
     """
     sixteen_bit = tf.logical_and(
         tf.equal(tf.strings.substr(contents, 0, 8), _PNG_SIGNATURE),
         tf.equal(tf.strings.substr(contents, 24, 1), b"\x10"),
     )
-    return tf.cond(
-        sixteen_bit,
-        lambda: tf.io.decode_png(contents, channels=1, dtype=tf.uint16),
-        lambda: tf.cast(
-            tf.io.decode_image(contents, channels=1, expand_animations=False), tf.uint16
-        ),
+
+    def decode(channels):
+        return tf.cond(
+            sixteen_bit,
+            lambda: tf.io.decode_png(contents, channels=channels, dtype=tf.uint16),
+            lambda: tf.cast(
+                tf.io.decode_image(contents, channels=channels, expand_animations=False),
+                tf.uint16,
+            ),
+        )
+
+    if not mask:
+        own_channels = tf.logical_or(
+            tf.equal(tf.strings.substr(contents, 0, 2), b"BM"),
+            tf.equal(tf.strings.substr(contents, 0, 3), b"GIF"),
+        )
+        return tf.cond(own_channels, lambda: _grey_of(decode(0)), lambda: decode(1))
+    lossy = tf.debugging.assert_equal(
+        tf.equal(tf.strings.substr(contents, 0, 3), _JPEG_SIGNATURE),
+        False,
+        message=f"'{name}' is an encoded JPEG: a lossy mask, whose compression noise reads as "
+        "labels. Store masks as PNG, or read them with kseg.io.read_labels",
     )
+    with tf.control_dependencies([lossy]):
+        decoded = decode(0)
+    channels = tf.shape(decoded)[-1]
+    colour = tf.cond(channels >= 3, lambda: decoded[..., :3], lambda: decoded[..., :1])
+    grey = decoded[..., :1]
+    check = tf.debugging.assert_equal(
+        tf.reduce_all(tf.equal(colour, grey)),
+        True,
+        message=f"'{name}' is an encoded colour image; expected a grey label mask (a label "
+        "map's colours are not its labels: read it with kseg.io.read_labels)",
+    )
+    with tf.control_dependencies([check]):
+        return tf.identity(grey)
 
 
-def _as_channels_last_image(tensor, name: str):
+def _grey_of(decoded):
+    """``(H, W, 1)`` uint16: the grey of an 8-bit image decoded with its own channels (luma
+    of real colour, as decoding to one channel gives; alpha dropped)."""
+    channels = tf.shape(decoded)[-1]
+
+    def luma():
+        return tf.cast(
+            tf.round(tf.image.rgb_to_grayscale(tf.cast(decoded[..., :3], tf.float32))), tf.uint16
+        )
+
+    return tf.cond(channels >= 3, luma, lambda: decoded[..., :1])
+
+
+def _as_channels_last_image(tensor, name: str, mask: bool = False):
     """Decode encoded images and give 2D arrays a channel axis: ``(H, W, C)``."""
     if tensor.dtype == tf.string:
-        tensor = _decode_stored_values(tensor)
+        tensor = _decode_stored_values(tensor, name, mask)
     rank = tensor.shape.rank
     if rank == 2:
         return tensor[..., tf.newaxis]
@@ -418,7 +470,7 @@ def segmentation_dataset(
         else:
             image, mask = element
         image = _as_channels_last_image(image, image_key)
-        mask = _as_channels_last_image(mask, mask_key)
+        mask = _as_channels_last_image(mask, mask_key, mask=True)
         check = tf.debugging.assert_equal(
             tf.shape(image)[:2],
             tf.shape(mask)[:2],
