@@ -333,12 +333,21 @@ def labels_from_probabilities(probabilities: np.ndarray, threshold: float) -> np
     return np.argmax(probabilities, axis=-1)
 
 
-def _label_map(patient_id, y_pred: np.ndarray, reference_shape, threshold: float) -> np.ndarray:
-    """Predicted labels from probabilities ``(*spatial, C)`` or from a label map."""
+def _label_map(
+    patient_id, y_pred: np.ndarray, reference_shape, threshold: float, *, labelled: bool = False
+) -> np.ndarray:
+    """Predicted labels from probabilities ``(*spatial, C)`` or from a label map.
+
+    With ``labelled`` (structures given by label value), a float map holding only whole
+    numbers is a label map stored as floats (nibabel's ``get_fdata()`` of a label NIfTI)
+    and is used as it is: thresholding it would merge every label into 1."""
     if y_pred.ndim == len(reference_shape) + 1:
         labels = labels_from_probabilities(y_pred, threshold)
     elif y_pred.ndim == len(reference_shape):
-        labels = y_pred >= threshold if np.issubdtype(y_pred.dtype, np.floating) else y_pred
+        labels = y_pred
+        if np.issubdtype(y_pred.dtype, np.floating):
+            whole = labelled and bool(np.all(y_pred == np.round(y_pred)))
+            labels = y_pred.astype(np.int64) if whole else y_pred >= threshold
     else:
         labels = y_pred
     if labels.shape != tuple(reference_shape):
@@ -391,7 +400,9 @@ def _score_case(
 ) -> dict[str, float]:
     y_true = np.asarray(y_true)
     predicted = _postprocessed(
-        patient_id, _label_map(patient_id, np.asarray(y_pred), y_true.shape, threshold),
+        patient_id,
+        _label_map(patient_id, np.asarray(y_pred), y_true.shape, threshold,
+                   labelled=labels is not None),
         postprocess,
     )  # fmt: skip
     if labels is None:
@@ -464,7 +475,9 @@ def evaluate_volumes(
             label map ``(*spatial)`` (``{0, 1}`` for one structure, ``0..C-1`` otherwise).
             ``y_pred`` is on the same grid, either probabilities ``(*spatial, C)`` (one
             channel: foreground where ``>= threshold``; several: argmax) or a label map
-            ``(*spatial)`` (integers used as they are, floats thresholded). ``spacing`` is
+            ``(*spatial)`` (integers used as they are, floats thresholded; with ``labels``,
+            floats that are all whole numbers, as nibabel's ``get_fdata()`` reads a label
+            file, are used as labels). ``spacing`` is
             the voxel size in mm per spatial axis, or the grid's affine, which a sheared
             grid (gantry-tilted CT) needs for exact distances (``None`` gives distances in
             voxels); it is checked whichever metrics are chosen.
@@ -672,7 +685,8 @@ def choose_postprocessing(
 
     labelled = []
     for patient_id, y_true, y_pred, spacing in cases:
-        predicted = _label_map(patient_id, np.asarray(y_pred), np.shape(y_true), threshold)
+        predicted = _label_map(patient_id, np.asarray(y_pred), np.shape(y_true), threshold,
+                               labelled=labels is not None)
         labelled.append((patient_id, y_true, predicted, spacing))
     if not labelled:
         raise ValueError("cases must hold at least one validation case")

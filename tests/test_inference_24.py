@@ -238,3 +238,28 @@ def test_uncertainty_study_figure_draws_the_example_slice_with_its_spacing():
         width, height = drawn_size(figure, ax, SLICE_SHAPE)
         assert width / height == pytest.approx(physical_ratio(SLICE_SHAPE, SLICE_SPACING),
                                                rel=0.02)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def numpy_dice(truth, predicted):
+    return 2 * np.sum(truth & predicted) / (truth.sum() + predicted.sum())
+
+
+def test_a_float_label_map_is_scored_as_labels_when_structures_are_named():
+    from kseg.evaluation import choose_postprocessing, evaluate_volumes
+
+    reference = np.zeros((4, 8, 8), np.uint8)
+    reference[1:3, 1:4, 1:4], reference[1:3, 5:7, 5:7] = 1, 2
+    prediction = reference.copy()
+    prediction[1, 5, 5] = 1  # one spleen voxel called liver
+    as_floats = prediction.astype(np.float64)  # a label NIfTI read with get_fdata()
+    table = evaluate_volumes([("p", reference, as_floats, (3.0, 1.0, 1.0))], metrics=("dice",),
+                             labels={"liver": 1, "spleen": 2}, progress=False)  # fmt: skip
+    (row,) = table.rows
+    assert row["dice_liver"] == pytest.approx(numpy_dice(reference == 1, prediction == 1))
+    assert row["dice_spleen"] == pytest.approx(numpy_dice(reference == 2, prediction == 2))
+    choice = choose_postprocessing([("p", reference, as_floats, None)],
+                                   labels={"liver": 1, "spleen": 2})  # fmt: skip
+    assert choice.dice_without["dice_spleen"] == pytest.approx(2 * 7 / (8 + 7))
