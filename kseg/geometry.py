@@ -33,7 +33,10 @@ RAS+ mm, as in :class:`kseg.io.Volume`):
   column lengths of :attr:`kseg.io.Volume.spacing`.
 - ``source_files`` is carried along as provenance: after :func:`crop_foreground` and
   :func:`reorient` it still names the file of each slice in array order when the slice
-  axis survives; resampling mixes slices, so its output lists every input file.
+  axis survives, and so do the per-slice metadata of the DICOM readers
+  (``sop_instance_uids``, ``instance_numbers``, ``frame_numbers``), cut or reversed with the
+  slices, which the DICOM-SEG and RTSTRUCT writers reference; when the slice axis moves
+  those are dropped. Resampling mixes slices, so its output lists every input file.
 """
 
 from __future__ import annotations
@@ -115,6 +118,33 @@ def _check_fill(fill, dtype, source) -> None:
         stored = np.asarray(fill).astype(dtype)
     if not np.array_equal(stored, fill, equal_nan=True):
         raise GeometryError(source, f"fill={fill!r} cannot be stored in a {dtype} array")
+
+
+# Metadata kseg's DICOM readers store as one value per slice, in array order (the SEG and
+# RTSTRUCT writers reference each slice's image by them).
+_PER_SLICE_METADATA = (
+    "sop_instance_uids", "instance_numbers", "frame_numbers", "source_frame_numbers",
+)  # fmt: skip
+
+
+def _kept_slices(volume: Volume, index: slice | None) -> tuple[tuple[str, ...], dict]:
+    """``source_files`` and metadata for ``volume.array[index]`` along the slice axis: the
+    per-slice entries cut or reversed with the slices, so each still names its own slice's
+    image; with ``index=None`` (the slice axis moved) every file once and no per-slice
+    entries, which would otherwise name the images of other planes."""
+    count = volume.shape[0]
+    metadata = dict(volume.metadata)
+    for key in _PER_SLICE_METADATA:
+        values = metadata.get(key)
+        if isinstance(values, (tuple, list)) and len(values) == count:
+            if index is None:
+                del metadata[key]
+            else:
+                metadata[key] = tuple(values[index])
+    files = volume.source_files
+    if len(files) == count and count > 1:
+        files = _provenance_files(volume) if index is None else files[index]
+    return files, metadata
 
 
 def _provenance_files(volume: Volume) -> tuple[str, ...]:
@@ -462,15 +492,12 @@ def reorient(volume: Volume, target: str = "RAS") -> Volume:
     array = np.array(orientations.apply_orientation(volume.array, transform), copy=True)
     new_affine = affine @ orientations.inv_ornt_aff(transform, volume.shape)
 
-    files = volume.source_files
-    if len(files) == volume.shape[0] and len(files) > 1:
-        new_slice_axis, flip = transform[0]
-        if new_slice_axis != 0:
-            files = _provenance_files(volume)
-        elif flip < 0:
-            files = files[::-1]
+    new_slice_axis, flip = transform[0]
+    files, metadata = _kept_slices(
+        volume, None if new_slice_axis != 0 else slice(None, None, -1 if flip < 0 else 1)
+    )
     return dataclasses.replace(
-        volume, array=array, affine=new_affine, source_files=files, metadata=dict(volume.metadata)
+        volume, array=array, affine=new_affine, source_files=files, metadata=metadata
     )
 
 
@@ -614,15 +641,13 @@ def crop_foreground(
     new_affine = volume.affine.copy()
     first_index = np.array([s.start for s in bbox], dtype=np.float64)
     new_affine[:3, 3] = volume.affine[:3, :3] @ first_index + volume.affine[:3, 3]
-    files = volume.source_files
-    if len(files) == volume.shape[0] and len(files) > 1:
-        files = files[bbox[0]]
+    files, metadata = _kept_slices(volume, bbox[0])
     cropped = dataclasses.replace(
         volume,
         array=np.array(volume.array[bbox], copy=True),
         affine=new_affine,
         source_files=files,
-        metadata=dict(volume.metadata),
+        metadata=metadata,
     )
     return cropped, bbox
 

@@ -12,7 +12,7 @@ import pytest
 
 from kseg.data.preprocess3d import preprocess_volume
 from kseg.errors import AlignmentError, GeometryError
-from kseg.geometry import crop_foreground, resample, resample_to
+from kseg.geometry import crop_foreground, reorient, resample, resample_to
 from kseg.io import (
     Volume,
     read_dicom_seg,
@@ -214,3 +214,40 @@ def test_seg_of_a_series_without_frame_of_reference_is_refused_naming_it(tmp_pat
     with pytest.raises(ValueError, match=r"ct\) has no FrameOfReferenceUID"):
         write_dicom_seg(labels, ct, tmp_path / "a.seg.dcm", ["organ"])
     assert not (tmp_path / "a.seg.dcm").exists()
+
+
+def _contours_on_their_images(path, files):
+    """Every contour of an RTSTRUCT against the image it references, read with pydicom:
+    the distance of its points from that image's plane, in mm (0 when it is drawn there)."""
+    rt = pydicom.dcmread(path)
+    images = {ds.SOPInstanceUID: ds for ds in map(pydicom.dcmread, files)}
+    distances = []
+    for roi in rt.ROIContourSequence:
+        for contour in roi.ContourSequence:
+            (image,) = contour.ContourImageSequence
+            ds = images[image.ReferencedSOPInstanceUID]
+            normal = np.cross(*np.reshape(np.asarray(ds.ImageOrientationPatient, float), (2, 3)))
+            points = np.reshape(np.asarray(contour.ContourData, float), (-1, 3))
+            distances.append(np.abs((points - np.asarray(ds.ImagePositionPatient)) @ normal))
+    return np.concatenate(distances)
+
+
+@pytest.mark.parametrize("step", ["reoriented feet first", "cropped"])
+def test_rtstruct_on_a_reoriented_or_cropped_series_references_the_right_slices(
+    tmp_path, step
+):
+    from test_io_dicom import _axial_series
+
+    (tmp_path / "ct").mkdir()
+    files = _axial_series(tmp_path / "ct", [0.0, 2.5, 5.0, 7.5, 10.0])
+    ct = read_dicom_series(tmp_path / "ct")
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1:4, 1:3, 1:5] = 1
+    if step == "cropped":
+        series, box = crop_foreground(ct, mask=labels)
+        labels = labels[box]
+    else:
+        series = reorient(ct, "LPI")  # slices now run head to feet
+        labels = labels[::-1]
+    path = write_rtstruct(labels, series, tmp_path / "rs.dcm", roi_names=["organ"])
+    assert _contours_on_their_images(path, files).max() < 1e-3
