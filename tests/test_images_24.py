@@ -241,3 +241,28 @@ def test_encoded_jpeg_or_colour_mask_strings_are_refused_naming_the_key():
     np.testing.assert_array_equal(
         _first_batch(png, _encoded(Image.fromarray(_LABELS), "PNG"), 3)[1], _LABELS
     )
+
+
+def test_augmented_model_weight_channel_does_not_make_masks_look_one_hot():
+    # AugmentedModel moves a per-voxel weight map as an extra mask channel. Beside an
+    # all-background label map, weights of 1 made the pair sum to 1 per voxel, like a
+    # one-hot mask: where a rotation left the grid the label read 1, the structure.
+    import keras
+
+    from kseg.augment import AugmentedModel, RandomAffine
+
+    inputs = keras.Input((32, 32, 1))
+    model = AugmentedModel(
+        keras.Model(inputs, inputs),
+        RandomAffine(2, rotation=40.0, scale=(0.7, 0.8), probability=1.0, seed=0),
+    )
+    x = np.random.default_rng(0).random((2, 32, 32, 1)).astype(np.float32)
+    y = np.zeros((2, 32, 32, 1), np.float32)
+    y[1, 10:20, 10:20] = 1
+    weight = np.full((2, 32, 32), 2.0, np.float32)
+    _, moved_y, moved_weight = (np.asarray(t) for t in model.augment_batch(x, y, weight))
+    outside = moved_weight == 0
+    assert outside[:, 0, 0].all() and not outside[:, 16, 16].any()
+    np.testing.assert_array_equal(moved_y[..., 0][outside], 0)
+    np.testing.assert_array_equal(moved_weight[~outside], 2.0)
+    assert moved_y[0].max() == 0 and moved_y[1, 16, 16, 0] == 1

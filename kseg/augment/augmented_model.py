@@ -79,34 +79,42 @@ class AugmentedModel(keras.Model):
             raise ValueError(
                 f"{self.name}: y must be one mask tensor to augment with x, got {type(y).__name__}"
             )
+        x, y, sample_weight = self.augment_batch(x, y, sample_weight)
+        return super().train_step(keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
+
+    def augment_batch(self, x, y, sample_weight=None):
+        """``(x, y, sample_weight)`` of one training batch after the augmenter's draw."""
         rank = len(x.shape)
-        weight_rank = None if sample_weight is None else sample_weight.shape.rank
+        weight_rank = None
+        if sample_weight is not None:
+            weight_rank = getattr(sample_weight.shape, "rank", len(sample_weight.shape))
         # (a retrace after weights of another rank can leave the rank unknown)
         if weight_rank is None or weight_rank < rank - 1:
             augmented = self.augmenter({IMAGES: x, MASKS: y}, training=True)
-            data = keras.utils.pack_x_y_sample_weight(
-                augmented[IMAGES], augmented[MASKS], sample_weight
-            )
-            return super().train_step(data)
+            return augmented[IMAGES], augmented[MASKS], sample_weight
         # A per-voxel weight map ((B, *spatial) or (B, *spatial, 1), e.g. U-Net's border
         # weights) belongs to the mask's voxels: it rides along as an extra mask channel, so
-        # the same draw moves it (nearest neighbour, 0 where the grid was left).
+        # the same draw moves it (nearest neighbour, 0 where the grid was left). It rides as
+        # weight + 1, so that no mask with it looks one-hot to the layers (a label map of
+        # 0s beside weights of 1 sums to 1 per voxel, and would read label 1 where the
+        # grid was left); outside the grid it reads 0, hence weight -1, clipped to 0.
         weight = keras.ops.convert_to_tensor(sample_weight)
         if len(weight.shape) == rank - 1:
             weight = keras.ops.expand_dims(weight, -1)
         mask_channels = y.shape[-1]
         joint = keras.ops.concatenate(
-            [keras.ops.cast(y, "float32"), keras.ops.cast(weight, "float32")], axis=-1
+            [keras.ops.cast(y, "float32"), keras.ops.cast(weight, "float32") + 1.0], axis=-1
         )
         augmented = self.augmenter({IMAGES: x, MASKS: joint}, training=True)
         moved = augmented[MASKS]
-        moved_weight = keras.ops.cast(moved[..., mask_channels:], sample_weight.dtype)
-        data = keras.utils.pack_x_y_sample_weight(
+        moved_weight = keras.ops.maximum(moved[..., mask_channels:] - 1.0, 0.0)
+        return (
             augmented[IMAGES],
             keras.ops.cast(moved[..., :mask_channels], y.dtype),
-            keras.ops.reshape(moved_weight, keras.ops.shape(sample_weight)),
+            keras.ops.reshape(
+                keras.ops.cast(moved_weight, sample_weight.dtype), keras.ops.shape(sample_weight)
+            ),
         )
-        return super().train_step(data)
 
     def get_config(self):
         return {
