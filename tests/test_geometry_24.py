@@ -251,3 +251,18 @@ def test_rtstruct_on_a_reoriented_or_cropped_series_references_the_right_slices(
         labels = labels[::-1]
     path = write_rtstruct(labels, series, tmp_path / "rs.dcm", roi_names=["organ"])
     assert _contours_on_their_images(path, files).max() < 1e-3
+
+
+def test_seg_on_an_in_plane_cropped_series_is_refused_naming_a_file(tmp_path):
+    pytest.importorskip("highdicom")
+    from test_io_dicom import _axial_series
+
+    (tmp_path / "ct").mkdir()
+    _axial_series(tmp_path / "ct", [0.0, 2.5, 5.0])
+    ct = read_dicom_series(tmp_path / "ct")
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1, 1:3, 1:5] = 1
+    body, box = crop_foreground(ct, mask=labels)
+    with pytest.raises(ValueError, match=r"s01.dcm: its image is 4 x 6 pixels, reference_series 2"):
+        write_dicom_seg(labels[box], body, tmp_path / "a.seg.dcm", ["organ"])
+    assert not (tmp_path / "a.seg.dcm").exists()

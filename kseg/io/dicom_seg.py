@@ -131,7 +131,7 @@ def write_dicom_seg(
         ValueError: as :func:`kseg.io.write_rtstruct` (labels off the grid, unnamed or
             negative values, repeated names, ``path`` one of the series' files, a series
             without FrameOfReferenceUID); a series of frames that is not every frame of one
-            multi-frame file.
+            multi-frame file; a reference series cropped or resampled in-plane.
         OSError: a file of the series cannot be read.
 
     Warns:
@@ -250,6 +250,17 @@ def _source_datasets(series: Volume) -> list[pydicom.Dataset]:
             datasets.append(pydicom.dcmread(path, stop_before_pixels=True, force=True))
         except Exception as exc:  # pydicom raises many types on damaged files
             raise OSError(f"{path}: cannot read the series' header ({exc})") from exc
+    for path, ds in zip(files, datasets, strict=True):
+        pixels = (ds.get("Rows"), ds.get("Columns"))
+        if pixels != series.shape[1:]:
+            # highdicom: "Arguments 'plane_positions' and 'pixel_measures' must be provided"
+            raise ValueError(
+                f"{path}: its image is {pixels[0]} x {pixels[1]} pixels, reference_series "
+                f"{series.shape[1]} x {series.shape[2]} (cropped or resampled?); a SEG's "
+                "frames are its source images' pixels: pass the series as read_dicom_series "
+                "returns it, with the labels on that grid (kseg.geometry.uncrop or "
+                "to_original_grid bring a result back onto it)"
+            )
     enhanced = [
         path for path, ds in zip(files, datasets, strict=True)
         if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
