@@ -13,6 +13,7 @@ from test_io_dicom import _write_slice
 
 from kseg.errors import DicomSeriesError, LayoutError
 from kseg.io import SkippedFileWarning, read_dicom_series
+from kseg.phantoms.chaos import write_chaos
 from kseg.phantoms.lctsc import write_lctsc, write_lctsc_npz
 from tfds_builders.lctsc.layout import npz_cases, tcia_cases
 
@@ -209,3 +210,44 @@ def test_a_siemens_mosaic_is_refused_not_read_as_one_slice_of_tiles(tmp_path):
     _retag(path, ImageType=["ORIGINAL", "PRIMARY", "M", "ND", "NORM", "MOSAIC"], Modality="MR")
     with pytest.raises(DicomSeriesError, match=r"MR.0001.dcm: is a mosaic .*MOSAIC"):
         read_dicom_series([path])
+
+
+# --- CHAOS: each file its own SeriesInstanceUID --------------------------------------------
+
+
+def _chaos_examples(root, config_name, patient, modality):
+    from tfds_builders._foreground import ForegroundTally
+    from tfds_builders.chaos import chaos_dataset_builder
+
+    config = chaos_dataset_builder.Builder.builder_configs[config_name]
+    labels = {1: "liver"} if modality == "CT" else {1: "l", 2: "rk", 3: "lk", 4: "s"}
+    tally = ForegroundTally(labels, required=tuple(labels), metadata={})
+    return [
+        example
+        for _, example in chaos_dataset_builder.patient_examples(
+            config, epath.Path(root / "Train_Sets" / modality / patient), "train", tally
+        )
+    ]
+
+
+@pytest.mark.parametrize(("modality", "config_name", "folder"), [
+    ("CT", "ct", "DICOM_anon"),
+    ("MR", "mr_t1dual_in", "T1DUAL/DICOM_anon/InPhase"),
+])
+def test_chaos_files_each_with_their_own_series_uid_read_as_the_folder(
+    tmp_path, modality, config_name, folder
+):
+    """The CHAOS anonymiser gave the files of one series different UIDs (the conversions of
+    Teuwen et al. read file by file for that reason; nnU-Net's dicom2nifti reads the whole
+    folder): a folder is one series in CHAOS's layout, and must read as the same volume as
+    the files with one SeriesInstanceUID."""
+    root = write_chaos(tmp_path, modality=modality, num_patients=1, num_slices=4, size=16,
+                       progress=False)
+    expected = _chaos_examples(root, config_name, "1", modality)
+    for path in sorted((root / "Train_Sets" / modality / "1" / folder).iterdir()):
+        _retag(path, SeriesInstanceUID=generate_uid())
+    examples = _chaos_examples(root, config_name, "1", modality)
+    assert len(examples) == len(expected) == 4
+    for got, want in zip(examples, expected, strict=True):
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["mask"], want["mask"])

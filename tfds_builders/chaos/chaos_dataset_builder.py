@@ -198,7 +198,12 @@ def patient_examples(
             raise LayoutError(
                 folder, f"not found; each patient folder must hold:\n{EXPECTED_LAYOUT}"
             )
-    volume = read_dicom_series(image_dir, patient_id=patient)
+    # In CHAOS's layout a folder is one series, as the organisers' evaluation code and
+    # nnU-Net's conversion (dicom2nifti on the folder) read it; the CHAOS anonymiser is
+    # reported to have given the files of one series different UIDs, which grouping by
+    # SeriesInstanceUID would split into one-file series. The geometry, echo and mask-count
+    # checks still refuse a folder holding more than one volume.
+    volume = read_dicom_series(image_dir, patient_id=patient, ignore_series_uid=True)
     mask_files = masks_in_array_order(volume.source_files, image_dir, mask_dir)
     labels = read_mask_stack(
         mask_files, expected_shape=volume.shape, rule=MASK_RULES[config.modality]
