@@ -266,3 +266,25 @@ def test_augmented_model_weight_channel_does_not_make_masks_look_one_hot():
     np.testing.assert_array_equal(moved_y[..., 0][outside], 0)
     np.testing.assert_array_equal(moved_weight[~outside], 2.0)
     assert moved_y[0].max() == 0 and moved_y[1, 16, 16, 0] == 1
+
+
+def test_two_images_of_one_name_are_refused_not_paired_with_one_mask(tmp_path):
+    # images/a.png beside images/a.tif (a PNG export next to its source) both paired with
+    # masks/a.png: the radiograph was counted twice, or a different image got its mask.
+    from etils import epath
+
+    from kseg.errors import LayoutError
+    from tfds_builders.xray.layout import find_records
+    from tfds_builders.xray.xray_dataset_builder import Builder
+
+    for folder in ("images", "masks"):
+        (tmp_path / folder).mkdir()
+    for name in ("a.png", "a.tif", "b.png"):
+        Image.fromarray(np.full((8, 8), 100, np.uint8)).save(tmp_path / "images" / name)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "masks" / name)
+    with pytest.raises(LayoutError, match=r"images/a\.tif: a second image named a, besides a\.png"):
+        find_records(epath.Path(tmp_path), Builder.builder_configs["generic"])
+    (tmp_path / "images" / "a.tif").unlink()
+    records = find_records(epath.Path(tmp_path), Builder.builder_configs["generic"])
+    assert [record.image_id for record in records] == ["a.png", "b.png"]

@@ -84,6 +84,16 @@ def find_records(root: epath.Path, config: XrayConfig) -> list[Record]:
         }
         searched = {f: [base] for f in folders}
 
+    firsts: dict[str, epath.Path] = {}
+    for image in images:  # two files of one stem would share its mask without a word
+        first = firsts.setdefault(image.stem, image)
+        if first is not image:
+            raise LayoutError(
+                image,
+                f"a second image named {image.stem}, besides {first.name}: both would pair "
+                f"with the one mask of that name (keep one file per radiograph in "
+                f"{image.parent})",
+            )
     records = []
     for image in images:
         stem = image.stem
