@@ -111,7 +111,8 @@ CHAOS_MASK_ENCODINGS = {
     "16bit": "16-bit grey PNG: 0 / 65535 (CT), the grey levels times 257 (MR)",
     "16bit_01": "16-bit grey PNG holding 0 / 1; binary only",
     "palette_grey": "palette PNG of grey entries in reverse order (index is not the value)",
-    "palette_index": "palette PNG of colour entries; the index is 1 (CT) or the grey level (MR)",
+    "palette_index": "palette PNG, entry 0 black, the others colours; the index is 1 (CT) or the "
+    "grey level (MR)",
     "rgb": "RGB PNG with three equal channels",
     "rgba": "RGBA PNG with three equal channels and opaque alpha",
     "jpg": "JPEG (quality 95) of the 0 / 255 mask, suffix .jpg; binary only, lossy",
@@ -470,8 +471,9 @@ def _save_chaos_mask(grey: np.ndarray, stem: pathlib.Path, modality: str, encodi
     elif encoding == "palette_index":
         indices = on.astype(np.uint8) if modality == "CT" else grey
         image = Image.fromarray(indices, mode="P")
-        # Entry i is (i, 0, 255 - i): colours, never grey, as label tools' palettes are.
-        image.putpalette([v for i in range(256) for v in (i, 0, 255 - i)])
+        # Entry 0 black (the background, as label tools' palettes have it: VOC, ITK-SNAP),
+        # entry i > 0 (i, 0, 255 - i): colours, never grey.
+        image.putpalette([0, 0, 0] + [v for i in range(1, 256) for v in (i, 0, 255 - i)])
     elif encoding in ("rgb", "rgba"):
         channels = [grey] * 3 + ([np.full_like(grey, 255)] if encoding == "rgba" else [])
         image = Image.fromarray(np.dstack(channels))
