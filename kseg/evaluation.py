@@ -413,6 +413,18 @@ def _score_case(
                 f"{np.unique(y_true)[:6].tolist()}; pass labels={{'organ': index, ...}} to "
                 "score a multi-class label map",
             )
+        # An integer label map of 0/255 (a PNG mask) would score label 1 only: Dice 0.
+        given = np.asarray(y_pred)
+        if given.shape == y_true.shape and given.dtype.kind in "iu" and given.size and (
+            given.min() < 0 or given.max() > 1
+        ):
+            raise MaskError(
+                None,
+                f"patient {patient_id!r}: the prediction holds labels "
+                f"{np.unique(given)[:6].tolist()} but one binary structure (0/1) is "
+                "scored; pass labels={'organ': index, ...} for a multi-class label map, or "
+                "give a 0/1 mask (e.g. prediction > 0 for a 0/255 mask)",
+            )
         classes = {None: 1}
     else:
         classes = labels
@@ -506,7 +518,8 @@ def evaluate_volumes(
             NaN or infinite values; a spacing that is not one finite positive size per axis;
             a patient listed twice; unknown metrics or a threshold outside (0, 1).
         AlignmentError: a prediction off the reference grid.
-        MaskError: a reference with labels other than 0/1 and no ``labels`` given.
+        MaskError: a reference, or an integer prediction label map, with labels other
+            than 0/1 and no ``labels`` given.
 
     Example:
         >>> import numpy as np

@@ -263,3 +263,18 @@ def test_a_float_label_map_is_scored_as_labels_when_structures_are_named():
     choice = choose_postprocessing([("p", reference, as_floats, None)],
                                    labels={"liver": 1, "spleen": 2})  # fmt: skip
     assert choice.dice_without["dice_spleen"] == pytest.approx(2 * 7 / (8 + 7))
+
+
+def test_a_0_255_integer_prediction_of_one_structure_is_refused_not_scored_0():
+    from kseg.errors import MaskError
+    from kseg.evaluation import evaluate_volumes
+
+    reference = np.zeros((2, 6, 6), np.uint8)
+    reference[:, 1:4, 1:4] = 1
+    png_mask = reference * 255  # a prediction read from 0/255 PNG masks with PIL
+    with pytest.raises(MaskError, match=r"patient 'p'.*prediction holds labels \[0, 255\]"):
+        evaluate_volumes([("p", reference, png_mask, None)], metrics=("dice",), progress=False)
+    # 0/1 integer masks are scored as before
+    table = evaluate_volumes([("p", reference, reference, None)], metrics=("dice",),
+                             progress=False)  # fmt: skip
+    assert table.rows[0]["dice"] == 1.0
