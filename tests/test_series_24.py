@@ -116,6 +116,12 @@ def test_two_echoes_in_one_series_are_refused_naming_the_tag(tmp_path, offset):
         assert volume.shape[0] == 4
         np.testing.assert_allclose(volume.spacing[0], 5.0)
         np.testing.assert_array_equal(volume.array[:, 0, 0], 100 * echo + np.arange(4))
+    # An anonymiser's one UID per file, read with ignore_series_uid: refused alike.
+    for files in echoes.values():
+        for path in files:
+            _retag(path, SeriesInstanceUID=generate_uid())
+    with pytest.raises(DicomSeriesError, match="8 series read as one .*2 echoes .EchoNumbers"):
+        read_dicom_series(tmp_path, ignore_series_uid=True)
 
 
 def test_dynamic_series_at_the_same_positions_names_the_temporal_position(tmp_path):

@@ -1065,10 +1065,12 @@ def _check_one_volume_of_slices(series, folder: str) -> None:
                 f"{value}: {len(paths)} file(s), first {sorted(paths)[0]}"
                 for value, paths in sorted(files.items())
             )
-            uid = _text(series[0][1], "SeriesInstanceUID") or "(blank SeriesInstanceUID)"
+            uids = {_text(dataset, "SeriesInstanceUID") for _, dataset in series}
+            uid = next(iter(uids)) or "(blank SeriesInstanceUID)"
+            which = f"series {uid}" if len(uids) == 1 else f"these {len(uids)} series read as one"
             raise DicomSeriesError(
                 folder,
-                f"series {uid} is not one volume: its {len(series)} slices hold {len(files)} "
+                f"{which} is not one volume: its {len(series)} slices hold {len(files)} "
                 f"{what} ({keyword} {shown}); expected one volume per series: read each "
                 f"{keyword} value's files as a list of files",
             )
