@@ -266,3 +266,20 @@ def test_seg_on_an_in_plane_cropped_series_is_refused_naming_a_file(tmp_path):
     with pytest.raises(ValueError, match=r"s01.dcm: its image is 4 x 6 pixels, reference_series 2"):
         write_dicom_seg(labels[box], body, tmp_path / "a.seg.dcm", ["organ"])
     assert not (tmp_path / "a.seg.dcm").exists()
+
+
+@pytest.mark.parametrize(
+    "argument", [{"algorithm_version": "v" * 70}, {"series_description": "Lungs\\Heart"}]
+)
+def test_seg_text_arguments_dicom_cannot_hold_are_refused_naming_them(tmp_path, argument):
+    pytest.importorskip("highdicom")
+    from test_io_dicom import _axial_series
+
+    (tmp_path / "ct").mkdir()
+    _axial_series(tmp_path / "ct", [0.0, 2.5])
+    ct = read_dicom_series(tmp_path / "ct")
+    labels = np.ones(ct.shape, np.uint8)
+    (name,) = argument
+    with pytest.raises(ValueError, match=name):
+        write_dicom_seg(labels, ct, tmp_path / "a.seg.dcm", ["organ"], **argument)
+    assert not (tmp_path / "a.seg.dcm").exists()

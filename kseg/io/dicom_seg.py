@@ -65,8 +65,10 @@ from kseg.io.dicom import (
 )
 from kseg.io.dicom_writer import _fits_character_set
 from kseg.io.rtstruct_writer import (
+    _LO_LENGTH,
     _STAND_IN_NOTE,
     BlankSeriesUidWarning,
+    _check_text,
     _label_array,
     _roi_names,
     _stand_in_uid,
@@ -131,7 +133,9 @@ def write_dicom_seg(
         ValueError: as :func:`kseg.io.write_rtstruct` (labels off the grid, unnamed or
             negative values, repeated names, ``path`` one of the series' files, a series
             without FrameOfReferenceUID); a series of frames that is not every frame of one
-            multi-frame file; a reference series cropped or resampled in-plane.
+            multi-frame file; a reference series cropped or resampled in-plane; a
+            ``series_description``, ``algorithm_name`` or ``algorithm_version`` DICOM cannot
+            hold as one value (over 64 characters, a backslash, a control character).
         OSError: a file of the series cannot be read.
 
     Warns:
@@ -169,6 +173,12 @@ def write_dicom_seg(
 
     array = _label_array(labels, reference_series)
     names = _roi_names(segment_names)
+    # LO values (PS3.5 6.2); highdicom checks two of them without naming the argument and
+    # wrote a longer AlgorithmVersion into the file
+    _check_text(series_description, "series_description", _LO_LENGTH)
+    _check_text(algorithm_name, "algorithm_name", _LO_LENGTH)
+    if algorithm_version is not None:
+        _check_text(algorithm_version, "algorithm_version", _LO_LENGTH)
     present = {int(v) for v in np.unique(array)} - {0}
     unnamed = sorted(present - set(names))
     if unnamed:
