@@ -569,6 +569,9 @@ class _Page:
             try:
                 with open(scores_path, newline="", encoding="utf-8") as handle:
                     lines = list(csv.reader(handle))
+                # blank lines (a hand-edited or concatenated file) are no patients, as
+                # csv.DictReader, which PatientTable.from_csv reads with, skips them
+                lines = [line for line in lines if line]
                 header, rows = (lines[0], lines[1:]) if lines else ([], [])
                 table = PatientTable.from_csv(scores_path)
             except (OSError, UnicodeDecodeError, csv.Error, ValueError) as error:

@@ -278,3 +278,19 @@ def test_a_0_255_integer_prediction_of_one_structure_is_refused_not_scored_0():
     table = evaluate_volumes([("p", reference, reference, None)], metrics=("dice",),
                              progress=False)  # fmt: skip
     assert table.rows[0]["dice"] == 1.0
+
+
+def test_report_reads_a_scores_csv_with_blank_lines(tmp_path):
+    from test_report import box_case, parse, write_config, write_evaluation
+
+    from kseg import report
+
+    run = tmp_path / "run"
+    write_config(run)
+    rows = write_evaluation(run, {"a": box_case(2, 8, 8, (0, 2, 2, 6, 2, 6),
+                                                (0, 2, 2, 6, 3, 6), 0)})  # fmt: skip
+    scores = run / "evaluation" / "test" / "scores.csv"
+    scores.write_text(scores.read_text() + "\r\n\r\n")  # blank lines after the rows
+    page = parse(report.write_report(run))
+    table = page.find("table", "scores")
+    assert len(list(table.find_all("tr"))) == len(rows)  # the header and patient a only
