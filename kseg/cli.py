@@ -341,7 +341,8 @@ def _tune(args: argparse.Namespace) -> None:
 _EVALUATE_DESCRIPTION = """\
 Score RUN's best model per patient on a split of its dataset (--split) or on a folder of
 labeled cases (--input). Writes RUN/evaluation/<name>/scores.csv and cases/*.npz (<name> is
-the split, or input-<folder name>) and prints the table."""
+the split, or input-<folder name>; another input folder of the same name gets
+input-<folder name>-2, ...) and prints the table."""
 
 _PREDICT_DESCRIPTION = """\
 Segment the images at --input with RUN's best model, preprocessed as RUN was trained

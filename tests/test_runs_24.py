@@ -6,6 +6,8 @@ of itself. No test trains a real network.
 """
 
 import argparse
+import dataclasses
+import pathlib
 import shutil
 
 from kseg.recipes.run_config import CONFIG_VERSION, write_json
@@ -80,3 +82,56 @@ def test_out_of_fold_scoring_of_a_moved_cross_validation_reads_the_moved_tfds(
     assert view_args.output_dir == moved / "folds" / "fold_1" / "out_of_fold"
     assert (view_args.tfds_dir, view_args.manual_dir) == (moved / "tfds",
                                                           moved / "phantom_chaos")
+
+
+@dataclasses.dataclass
+class _BuilderConfig:
+    name: str
+    num_folds: int
+
+
+def test_two_inputs_of_one_folder_name_are_evaluated_into_folders_of_their_own(
+    tmp_path, monkeypatch
+):
+    """``kseg evaluate RUN --input A/test`` then ``--input B/test``: both were named
+    ``input-test``, so B's scores.csv replaced A's (and A's case files were deleted as of
+    no patient of B's table), and B's dataset was prepared over A's. Each input keeps its
+    own results and prepared dataset; evaluating A again writes into A's folder."""
+    from kseg.evaluation import PatientTable
+    from kseg.recipes import _common, _evaluation
+
+    prepared = []
+    monkeypatch.setattr(_common, "is_prepared", lambda builder: False)
+    monkeypatch.setattr(_common, "prepare", lambda builder, *args: prepared.append(builder))
+    run = tmp_path / "run"
+    inputs = {}
+    for site in ("a", "b"):
+        inputs[site] = tmp_path / site / "test"
+        inputs[site].mkdir(parents=True)
+        (inputs[site] / f"{site}.png").write_bytes(site.encode())
+
+    def evaluate(site):  # what each recipe's evaluate does with an input folder
+        name = _common.evaluation_name("test", inputs[site])
+        builder = _evaluation.input_builder(argparse.Namespace, _BuilderConfig("x", 5),
+                                            inputs[site], run, name)
+        folder = _evaluation.evaluation_folder(run, name)
+        _evaluation.save_table(PatientTable([{"patient_id": site, "dice": 0.5}]), folder)
+        (folder / "cases").mkdir(exist_ok=True)
+        (folder / "cases" / f"{site}.npz").write_bytes(site.encode())
+        return folder, pathlib.Path(builder.data_dir)
+
+    folder_a, data_a = evaluate("a")
+    scores_a = (folder_a / "scores.csv").read_text()
+    folder_b, data_b = evaluate("b")
+    assert folder_a == run / "evaluation" / "input-test" and folder_b != folder_a
+    assert folder_b.parent == folder_a.parent
+    assert (folder_a / "scores.csv").read_text() == scores_a
+    assert (folder_a / "cases" / "a.npz").read_bytes() == b"a"
+    assert data_a == run / "tfds-input-test" and data_b not in (data_a, folder_b)
+    assert evaluate("a")[::-1] == (data_a, folder_a)
+    assert evaluate("b")[::-1] == (data_b, folder_b)
+    # an evaluation folder that records no input (written before kseg recorded it) is kept
+    (folder_a / _evaluation.INPUT_RECORD).unlink()
+    folder = _evaluation.evaluation_folder(run, _common.evaluation_name("test", inputs["a"]))
+    assert folder not in (folder_a, folder_b)
+    assert (folder_a / "scores.csv").read_text() == scores_a

@@ -845,8 +845,26 @@ def check_tuning_arguments(parser: argparse.ArgumentParser, args: argparse.Names
         args.stages = parse_stages(parser, args.stages)
 
 
+class InputEvaluationName(str):
+    """``input-<folder name>``, the name of an ``--input`` evaluation, holding the input
+    folder it names (``input_dir``): two inputs of one folder name (``A/test`` and
+    ``B/test``) are scored into folders of their own
+    (:func:`kseg.recipes._evaluation.evaluation_folder`)."""
+
+    input_dir: str
+
+    def __new__(cls, name: str, input_dir):
+        self = super().__new__(cls, name)
+        self.input_dir = os.fspath(input_dir)
+        return self
+
+
 def evaluation_name(split: str, input_dir) -> str:
-    """The folder name under ``RUN/evaluation``: the split, or ``input-<folder name>``."""
+    """The folder name under ``RUN/evaluation``: the split, or ``input-<folder name>`` (an
+    :class:`InputEvaluationName`; another input of the same folder name gets
+    ``input-<folder name>-2`` ...)."""
     if input_dir is None:
         return split
-    return f"input-{os.path.basename(os.path.normpath(os.fspath(input_dir)))}"
+    return InputEvaluationName(
+        f"input-{os.path.basename(os.path.normpath(os.fspath(input_dir)))}", input_dir
+    )

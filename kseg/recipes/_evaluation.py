@@ -11,6 +11,9 @@ mask, both on the grid the scores were computed on.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
+import os
 import pathlib
 import re
 import shutil
@@ -32,8 +35,46 @@ from kseg.evaluation import (
 _SAFE_FILE_NAME = re.compile(r"^[^/\\\x00]+$")
 
 
+# Written into RUN/evaluation/input-<name>/: the folder whose cases it scores.
+INPUT_RECORD = "input.json"
+
+
 def evaluation_folder(run_dir, name: str) -> pathlib.Path:
-    return pathlib.Path(run_dir) / "evaluation" / name
+    """``RUN/evaluation/<name>``. For an ``--input`` evaluation
+    (:class:`kseg.recipes._common.InputEvaluationName`) the folder that records this input
+    (:data:`INPUT_RECORD`), else the first of ``input-<folder>``, ``input-<folder>-2``, ...
+    that is free, claimed for it: results of ``A/test`` and ``B/test`` never replace one
+    another (nor those of an evaluation whose input is not recorded)."""
+    input_dir = getattr(name, "input_dir", None)
+    root = pathlib.Path(run_dir) / "evaluation"
+    if input_dir is None:
+        return root / name
+    from kseg.recipes import run_config
+
+    source = os.path.realpath(input_dir)
+    for number in itertools.count(1):
+        folder = root / (name if number == 1 else f"{name}-{number}")
+        record = folder / INPUT_RECORD
+        if record.is_file():
+            try:
+                recorded = json.loads(record.read_text(encoding="utf-8")).get("input")
+            except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+                recorded = None
+            if recorded == source:
+                return folder
+        elif not folder.is_dir() or next(folder.iterdir(), None) is None:
+            run_config.write_json(record, {"input": source})
+            if number > 1:
+                print(f"{root / name} holds the evaluation of another input folder: the "
+                      f"scores of {input_dir} go to {folder}", flush=True)
+            return folder
+    raise AssertionError("unreachable")  # itertools.count never ends
+
+
+def input_folder_name(run_dir, name: str) -> str:
+    """The name of the folder ``RUN/evaluation/<...>`` an evaluation named ``name`` writes
+    into (:func:`evaluation_folder`)."""
+    return evaluation_folder(run_dir, name).name
 
 
 def run_model(run_dir):
@@ -199,7 +240,9 @@ def input_builder(builder_class, config, input_dir, run_dir, name: str):
     from kseg.recipes import _common
 
     config = dataclasses.replace(config, name=f"{config.name}_input", num_folds=2)
-    data_dir = pathlib.Path(run_dir) / f"tfds-{name}"
+    # beside the evaluation folder of this input (input-<folder>-2 for a second input of
+    # the same folder name), so two inputs keep a prepared dataset each
+    data_dir = pathlib.Path(run_dir) / f"tfds-{input_folder_name(run_dir, name)}"
     builder = builder_class(config=config, data_dir=str(data_dir))
     listing = _common.source_listing(input_dir)
     if _common.is_prepared(builder) and _common.stale_source(builder, input_dir, listing):
