@@ -288,3 +288,23 @@ def test_two_images_of_one_name_are_refused_not_paired_with_one_mask(tmp_path):
     (tmp_path / "images" / "a.tif").unlink()
     records = find_records(epath.Path(tmp_path), Builder.builder_configs["generic"])
     assert [record.image_id for record in records] == ["a.png", "b.png"]
+
+
+@pytest.mark.parametrize("num_classes", [1, 3])
+def test_float_masks_are_rounded_to_their_labels_not_truncated(num_classes):
+    # A label map read as floats (nibabel's get_fdata of a scaled label NIfTI) holds
+    # 0.99999994 for 1: the int cast truncated it to background.
+    import tensorflow as tf
+
+    from kseg.data.pipeline import segmentation_dataset
+
+    labels = np.zeros((1, 8, 8), np.int32)
+    labels[0, 2:6, 2:6] = 1
+    labels[0, 6:, 6:] = 2
+    stored = labels.astype(np.float32)
+    stored[labels == 1] = np.nextafter(np.float32(1), np.float32(0))
+    stored[labels == 2] = np.nextafter(np.float32(2), np.float32(0))
+    examples = tf.data.Dataset.from_tensor_slices({"image": np.zeros((1, 8, 8)), "mask": stored})
+    _, mask = next(iter(segmentation_dataset(examples, num_classes=num_classes)))
+    expected = (labels[0] > 0) if num_classes == 1 else labels[0]
+    np.testing.assert_array_equal(mask.numpy()[0, ..., 0], expected)

@@ -264,7 +264,14 @@ def _check_label_map(label_map, num_classes: int) -> dict[int, int] | None:
 
 
 def _map_labels(mask, num_classes: int, label_map: dict[int, int] | None):
-    """Training labels: float32 {0, 1} for one class, int32 0..C-1 for several."""
+    """Training labels: float32 {0, 1} for one class, int32 0..C-1 for several.
+
+    A floating-point mask (nibabel's ``get_fdata``, a label map scaled by a NIfTI
+    ``scl_slope``) is rounded to the nearest label first: a cast truncates, so a stored
+    0.99999994 became background and 1.9999999 label 1.
+    """
+    if mask.dtype.is_floating:
+        mask = tf.round(mask)
     mask = tf.cast(mask, tf.int32)
     if label_map is not None:
         mapped = tf.zeros_like(mask)
