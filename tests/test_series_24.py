@@ -257,3 +257,19 @@ def test_chaos_files_each_with_their_own_series_uid_read_as_the_folder(
     for got, want in zip(examples, expected, strict=True):
         np.testing.assert_array_equal(got["image"], want["image"])
         np.testing.assert_array_equal(got["mask"], want["mask"])
+
+
+def test_lctsc_structure_set_whose_ct_is_missing_is_not_paired_with_the_scout(tmp_path):
+    """A download that lost the CT series but kept the scout (same frame of reference): the
+    structure set was paired with the scout, and the build failed later on organs missing
+    from a one-slice 'volume'. Now the pairing error says the CT is not there."""
+    manual = tmp_path / "manual"
+    write_lctsc(manual, num_patients=1, num_test_patients=0, num_slices=2, size=16)
+    ct_folder = next(manual.rglob("0.000000-CT *"))
+    scout_uid = _copy_as_series(
+        ct_folder, ct_folder.parent / "2.000000-Topogram-00001",
+        ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"],
+    )
+    shutil.rmtree(ct_folder)
+    with pytest.raises(LayoutError, match=f"found: none .localizer series left out.*{scout_uid}"):
+        tcia_cases(epath.Path(manual))

@@ -253,17 +253,18 @@ def _referenced_series(rtstruct: str, series) -> str:
         if str(files[0][1].get("FrameOfReferenceUID", "")) in references.frame_of_reference_uids
     )
     # A scout shares the CT's frame of reference, but no structure set is drawn on it.
-    volumes = [uid for uid in same_frame if not _is_localizer(series[uid])]
-    same_frame = volumes or same_frame
+    scouts = [uid for uid in same_frame if _is_localizer(series[uid])]
+    same_frame = [uid for uid in same_frame if uid not in scouts]
     if not named and len(same_frame) == 1:
         return same_frame[0]
     candidates = named or same_frame
+    left_out = f" (localizer series left out: {scouts})" if scouts and not named else ""
     raise LayoutError(
         rtstruct,
         f"cannot be paired with one CT series: it references series "
         f"{sorted(references.series_instance_uids) or 'none'} and frames of reference "
         f"{sorted(references.frame_of_reference_uids) or 'none'}; matching CT series found: "
-        f"{candidates or 'none'}",
+        f"{candidates or 'none'}{left_out}",
     )
 
 
