@@ -123,6 +123,22 @@ def test_real_las_nifti_labels_written_onto_their_lps_dicom_series(shared_data, 
                                   expected == 5)  # fmt: skip
 
 
+@pytest.mark.parametrize("codes", [("L", "P", "S"), ("S", "A", "R"), ("I", "L", "P")])
+def test_real_label_reoriented_by_nibabel_is_taken_back_exactly(shared_data, tmp_path, codes):
+    folder = shared_data / "totalseg-ct"
+    stored = nib.load(folder / "organs" / "liver.nii.gz")
+    turn = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(stored.affine), nib.orientations.axcodes2ornt(codes)
+    )
+    nib.save(stored.as_reoriented(turn), tmp_path / "liver.nii.gz")
+    image = read_nifti(folder / "example_ct_sm.nii.gz")
+    label = read_nifti(tmp_path / "liver.nii.gz")
+    prepared = preprocess_volume(image, label, orientation=None, spacing=None,
+                                 crop_threshold=None)  # fmt: skip
+    expected = np.asarray(stored.dataobj).transpose(2, 1, 0)  # RAS file: (z, y, x) as stored
+    np.testing.assert_array_equal(prepared.label.array, expected)
+
+
 @pytest.mark.parametrize("name", ["OUT.NII.GZ", "case.Nii", "case.nii.GZ", "Case.Nii.Gz"])
 def test_write_nifti_takes_upper_case_suffixes(tmp_path, name):
     image, labels = _image_and_labels()
