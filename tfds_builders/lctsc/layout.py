@@ -160,7 +160,9 @@ def _files_under(folder: epath.Path, *, suffix: str | None = None,
 
 def tcia_cases(manual_dir: epath.Path) -> list[Case]:
     """Every CT series under ``manual_dir`` paired with the RT Structure Set that references
-    it, one case per patient, sorted by patient id."""
+    it, one case per patient, sorted by patient id. A CT series no structure set references
+    is skipped with a :class:`~kseg.io.SkippedFileWarning` when its patient has a referenced
+    one (a scout or a second reconstruction), else a LayoutError."""
     ct_headers, rtstructs = _scan_dicom(_files_under(manual_dir), manual_dir)
     series: dict[str, list[tuple[str, pydicom.Dataset]]] = {}
     for path, dataset in ct_headers:
