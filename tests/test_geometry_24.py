@@ -12,7 +12,7 @@ import pytest
 
 from kseg.data.preprocess3d import preprocess_volume
 from kseg.errors import AlignmentError, GeometryError
-from kseg.geometry import crop_foreground, reorient, resample, resample_to
+from kseg.geometry import crop_foreground, orientation, reorient, resample, resample_to
 from kseg.io import (
     Volume,
     read_dicom_seg,
@@ -299,3 +299,21 @@ def test_seg_text_arguments_dicom_cannot_hold_are_refused_naming_them(tmp_path, 
     with pytest.raises(ValueError, match=name):
         write_dicom_seg(labels, ct, tmp_path / "a.seg.dcm", ["organ"], **argument)
     assert not (tmp_path / "a.seg.dcm").exists()
+
+
+def test_seg_and_rtstruct_on_a_reoriented_enhanced_ct_land_on_their_frames(tmp_path):
+    pytest.importorskip("highdicom")
+    from test_enhanced_references import _enhanced_ct
+
+    from kseg.io import rasterize_rtstruct
+
+    _, ct, _, _ = _enhanced_ct(tmp_path)  # one multi-frame file, frames shuffled in it
+    codes = orientation(ct)
+    turned = reorient(ct, codes[:2] + {"S": "I", "I": "S"}[codes[2]])  # slices reversed
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[0, 1:3, 1:3] = 1
+    labels[2, 0, 0] = 1
+    seg = write_dicom_seg(labels[::-1], turned, tmp_path / "a.seg.dcm", ["organ"])
+    np.testing.assert_array_equal(read_dicom_seg(seg, reference_series=ct).array, labels)
+    rt = write_rtstruct(labels[::-1], turned, tmp_path / "a.rt.dcm", roi_names=["organ"])
+    np.testing.assert_array_equal(rasterize_rtstruct(rt, ct)["organ"], labels)
