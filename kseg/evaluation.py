@@ -595,7 +595,14 @@ def _checked_case(case) -> tuple:
             f"{type(case).__name__} of length {len(case) if hasattr(case, '__len__') else '?'}"
         )
     patient_id, y_true, y_pred, spacing = case
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    # bfloat16 / float8 (ml_dtypes: a mixed-precision model's output) read as float32, so
+    # they are thresholded and checked for NaN as floats, not taken for integer labels
+    y_true, y_pred = (
+        values.astype(np.float32)
+        if values.dtype.kind == "V" and values.dtype.name.startswith(("bfloat16", "float8"))
+        else values
+        for values in (np.asarray(y_true), np.asarray(y_pred))
+    )
     for name, values in (("reference", y_true), ("prediction", y_pred)):
         if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
             bad = int(np.count_nonzero(~np.isfinite(values)))

@@ -294,3 +294,22 @@ def test_report_reads_a_scores_csv_with_blank_lines(tmp_path):
     page = parse(report.write_report(run))
     table = page.find("table", "scores")
     assert len(list(table.find_all("tr"))) == len(rows)  # the header and patient a only
+
+
+def test_bfloat16_probabilities_are_thresholded_and_checked_for_nan():
+    import ml_dtypes
+
+    from kseg.evaluation import evaluate_volumes
+
+    reference = np.zeros((2, 6, 6), np.uint8)
+    reference[:, 1:4, 1:4] = 1
+    probabilities = np.where(reference == 1, 0.9, 0.1).astype(ml_dtypes.bfloat16)
+    predicted = probabilities.astype(np.float32) >= 0.5
+    expected = numpy_dice(reference == 1, predicted)  # 1.0: the map thresholded by hand
+    for given in (probabilities, probabilities[..., None]):  # without / with channel axis
+        table = evaluate_volumes([("p", reference, given, None)], metrics=("dice",),
+                                 progress=False)  # fmt: skip
+        assert table.rows[0]["dice"] == expected
+    probabilities[0, 0, 0] = np.nan  # a diverged mixed-precision model
+    with pytest.raises(ValueError, match="patient 'p': the prediction holds 1 NaN"):
+        evaluate_volumes([("p", reference, probabilities[..., None], None)], progress=False)
