@@ -308,3 +308,14 @@ def test_float_masks_are_rounded_to_their_labels_not_truncated(num_classes):
     _, mask = next(iter(segmentation_dataset(examples, num_classes=num_classes)))
     expected = (labels[0] > 0) if num_classes == 1 else labels[0]
     np.testing.assert_array_equal(mask.numpy()[0, ..., 0], expected)
+
+
+def test_label_tool_palette_without_black_reads_its_indices_when_index_0_dominates(tmp_path):
+    # A label map whose display palette has no black (entry i = (i, 0, 255 - i), as the
+    # xray phantom writes): index 0, the background of label tools, covers most pixels.
+    structure = np.zeros((40, 48), np.uint8)
+    structure[8:32, 10:26] = 1
+    image = Image.fromarray(structure, "P")
+    image.putpalette([v for i in range(256) for v in (i, 0, 255 - i)])
+    image.save(tmp_path / "label_map.png")
+    np.testing.assert_array_equal(read_labels(tmp_path / "label_map.png", LabelRule()), structure)

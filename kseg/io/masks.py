@@ -225,7 +225,8 @@ def read_labels(path: os.PathLike | str, rule: LabelRule) -> np.ndarray:
       other image editors write grey masks (SCR's GIFs), the grey value of each pixel's entry,
       so the palette order does not matter; otherwise by which entry is the background:
       the used entry that is transparent, else black, else the one grey or white entry if
-      it covers most pixels (two colours with none of these are refused). At index 0 the
+      it covers most pixels, else index 0 if it covers most pixels (files with none of
+      these are refused). At index 0 the
       palette indices are the labels, as label tools (PASCAL VOC, CVAT) write label maps
       whose colours are only for display; at another index the order is a colour
       quantizer's (a colour mask saved as GIF): the background is 0 and one other colour
@@ -665,11 +666,12 @@ def _colour_palette_indices(path: str, image: Image.Image) -> tuple[np.ndarray, 
     read inverted, background as the structure, without a word. The background entry is
     therefore the used entry that is transparent (a tRNS / GIF transparency: nothing
     there), else black, else the one neutral (grey or white) entry among colours, provided
-    it covers more pixels than the rest (a coloured structure drawn on white or grey). At
-    index 0 the indices are the labels; elsewhere, with one other colour, it is 0 and that
-    colour 1, and with more colours the indices are a colour order, no labels, and the file
-    is refused, as it is when no entry is told apart (two colours, neither black nor
-    neutral nor transparent).
+    it covers more pixels than the rest (a coloured structure drawn on white or grey), else
+    index 0 if it covers more pixels than the rest (where label tools and the majority
+    agree). At index 0 the indices are the labels; elsewhere, with one other colour, it is
+    0 and that colour 1, and with more colours the indices are a colour order, no labels,
+    and the file is refused, as it is when no entry is told apart (green structure at
+    index 0 on red, say).
     """
     indices = np.array(image)
     palette = np.asarray(image.getpalette("RGB") or [], dtype=np.int64).reshape(-1, 3)
@@ -688,21 +690,26 @@ def _colour_palette_indices(path: str, image: Image.Image) -> tuple[np.ndarray, 
     elif black:
         background, what = black[0], "black"
     else:
+        total = int(counts.sum())
         neutral = [
             int(i) for i in used if palette[i].min() == palette[i].max() and palette[i].any()
         ]
-        share = int(counts[used == neutral[0]][0]) if len(neutral) == 1 else 0
-        if len(neutral) != 1 or 2 * share <= int(counts.sum()):
+        most = [int(i) for i, n in zip(used, counts, strict=True) if 2 * int(n) > total]
+        if len(neutral) == 1 and most == neutral:
+            background = neutral[0]
+            what = f"the grey {int(palette[background][0])} entry"
+        elif most == [0]:
+            background, what = 0, "index 0 covering most pixels"
+        else:
             raise MaskError(
                 path,
                 "is a palette image of colour entries none of which is the background by "
-                "what the file says (no transparent or black entry, nor one grey or white "
-                f"entry covering most pixels; entries used: {colours}), and a quantizer "
-                "orders colours so that index 0 may be the structure. Expected a grey mask, "
-                "or a label map with black (or transparent) background",
+                "what the file says (no transparent or black entry, and neither one grey or "
+                "white entry nor index 0 covers most pixels; entries used: "
+                f"{colours}), and a quantizer orders colours so that index 0 may be the "
+                "structure. Expected a grey mask, or a label map with black (or transparent) "
+                "background",
             )
-        background = neutral[0]
-        what = f"the grey {int(palette[background][0])} entry"
     if background == 0:
         return indices, f"palette of colour entries with {what} at index 0, read as indices"
     if len(used) <= 2:
