@@ -16,6 +16,7 @@ import warnings
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.uid import HTJ2K, JPEG2000, JPEGLSNearLossless
 
 from kseg.errors import UnreadableFileError
 from kseg.io.dicom import (
@@ -325,6 +326,10 @@ def _grey_colour_dicom(path) -> tuple[np.ndarray, int] | None:
     return pixels[..., 0].astype(np.uint16), bits_stored
 
 
+# Transfer syntaxes that are lossy or not as their codestream says (read with the pixels).
+_READ_CODESTREAM = frozenset({JPEGLSNearLossless, JPEG2000, HTJ2K})
+
+
 def _warn_if_lossy(path) -> None:
     """A LossyImageWarning, as :func:`kseg.io.read_dicom_series` gives, for a DICOM file whose
     pixel data are lossy-compressed (LossyImageCompression 01, a JPEG baseline / extended
@@ -332,7 +337,9 @@ def _warn_if_lossy(path) -> None:
     has been read, so its header and pixel data are known to parse."""
     path = os.fspath(path)
     with _reading(path, UnreadableFileError):
-        header = _read_vetted_file(path)
+        header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        if _transfer_syntax(header) in _READ_CODESTREAM:  # the codestream says whether
+            header = _read_vetted_file(path)
         reason = _lossy_compression(path, header)
     if reason:
         warnings.warn(
