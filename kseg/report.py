@@ -45,10 +45,13 @@ from kseg._files import atomic_output
 from kseg.errors import LayoutError, UnreadableFileError
 from kseg.evaluation import REFERENCE_EMPTY, PatientTable
 
-__all__ = ["DEFAULT_MAX_SIDE", "DEFAULT_MAX_SLICES", "write_report"]
+__all__ = ["DEFAULT_MAX_SIDE", "DEFAULT_MAX_SLICES", "DEFAULT_MAX_VIEWERS", "write_report"]
 
 DEFAULT_MAX_SLICES = 64
 DEFAULT_MAX_SIDE = 256
+# Each viewer holds up to max_slices PNG slices: a few MB for a CT, so a page of thousands
+# of viewers would not fit in memory, nor open in a browser.
+DEFAULT_MAX_VIEWERS = 100
 
 _FIGURE_DPI = 80
 # Viewer layers: (colour, opacity of the inside). As kseg.viz.overlay draws them, the
@@ -83,6 +86,7 @@ def write_report(
     *,
     max_slices: int = DEFAULT_MAX_SLICES,
     max_side: int = DEFAULT_MAX_SIDE,
+    max_viewers: int = DEFAULT_MAX_VIEWERS,
 ) -> pathlib.Path:
     """Write the HTML report of a run folder, atomically.
 
@@ -93,6 +97,10 @@ def write_report(
             evenly spread from the first slice to the last.
         max_side: largest slice height or width kept; a larger slice keeps every k-th row
             and column (k the smallest integer that fits).
+        max_viewers: most patients of an evaluation given a slice viewer; a larger
+            evaluation shows the viewers of its ``max_viewers`` patients of lowest Dice
+            (mean over the Dice columns; unscored patients last), in patient order, and
+            says so. The tables and figures still cover every patient.
 
     Returns:
         The path of the written report.
@@ -102,13 +110,15 @@ def write_report(
             a folder or lies below a file.
         UnreadableFileError: ``config.json`` is not a JSON object (one of another version
             or lacking keys is described in the page instead).
-        ValueError: ``max_slices`` or ``max_side`` is not a positive integer.
+        ValueError: ``max_slices``, ``max_side`` or ``max_viewers`` is not a positive
+            integer.
 
     Example:
         >>> write_report("runs/chaos_liver")  # doctest: +SKIP
         PosixPath('runs/chaos_liver/report.html')
     """
-    for name, value in (("max_slices", max_slices), ("max_side", max_side)):
+    for name, value in (("max_slices", max_slices), ("max_side", max_side),
+                        ("max_viewers", max_viewers)):  # fmt: skip
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     run = pathlib.Path(run_dir)
@@ -117,8 +127,9 @@ def write_report(
     output = run / "report.html" if output is None else pathlib.Path(output)
     _check_output(output)
     page = _Page(
-        run, config, config_problem, max_slices=int(max_slices), max_side=int(max_side)
-    ).render()
+        run, config, config_problem, max_slices=int(max_slices), max_side=int(max_side),
+        max_viewers=int(max_viewers),
+    ).render()  # fmt: skip
     with atomic_output(output) as temporary:
         pathlib.Path(temporary).write_text(page, encoding="utf-8")
     return output
@@ -317,8 +328,10 @@ class _Page:
         *,
         max_slices: int,
         max_side: int,
+        max_viewers: int = DEFAULT_MAX_VIEWERS,
     ):
         self.run = run
+        self.max_viewers = max_viewers
         self.config = config
         self.config_problem = config_problem
         self.max_slices = max_slices
@@ -599,8 +612,17 @@ class _Page:
             ))  # fmt: skip
         else:
             parts.append(self._case_figures(name, case_paths, scores_by_patient, header))
+            viewed = case_paths
+            if len(case_paths) > self.max_viewers:
+                viewed = _lowest_dice_paths(case_paths, scores_by_patient, header,
+                                            self.max_viewers)  # fmt: skip
+                parts.append(_note(
+                    f"Slice viewers of the {len(viewed)} patients of lowest Dice of "
+                    f"{len(case_paths)} (max_viewers={self.max_viewers}); every patient is "
+                    "in the tables and figures above.", "info",
+                ))  # fmt: skip
             parts.append('<h3>Patients</h3><div class="viewers">')
-            for path in case_paths:
+            for path in viewed:
                 try:
                     parts.append(self._viewer(name, path, scores_by_patient.get(path.stem), header))
                 except UnreadableFileError as error:
@@ -881,6 +903,25 @@ class _Page:
             + f'<script type="application/json" class="slice-data">{_json_for_script(data)}'
             "</script></section>"
         )
+
+
+def _lowest_dice_paths(case_paths, scores_by_patient, header, count: int) -> list:
+    """The ``count`` case files of lowest mean Dice (over the Dice columns; patients
+    without a finite Dice last), in their given order."""
+    columns = [column for _, column in _dice_columns(header)]
+
+    def mean_dice(path) -> float:
+        values = []
+        for column in columns:
+            try:
+                values.append(float(scores_by_patient.get(path.stem, {}).get(column, "nan")))
+            except ValueError:
+                continue
+        finite = [value for value in values if math.isfinite(value)]
+        return sum(finite) / len(finite) if finite else math.inf
+
+    ranked = sorted(range(len(case_paths)), key=lambda i: (mean_dice(case_paths[i]), i))
+    return [case_paths[i] for i in sorted(ranked[:count])]
 
 
 def _start_position(arrays: Mapping[str, np.ndarray], shown: np.ndarray) -> int:

@@ -313,3 +313,26 @@ def test_bfloat16_probabilities_are_thresholded_and_checked_for_nan():
     probabilities[0, 0, 0] = np.nan  # a diverged mixed-precision model
     with pytest.raises(ValueError, match="patient 'p': the prediction holds 1 NaN"):
         evaluate_volumes([("p", reference, probabilities[..., None], None)], progress=False)
+
+
+def test_report_of_a_large_evaluation_shows_viewers_of_the_lowest_dice_patients(tmp_path):
+    from test_report import box_case, parse, viewers, write_config, write_evaluation
+
+    from kseg import report
+
+    run = tmp_path / "run"
+    write_config(run)
+    # Dice by hand: a 1.0 (same boxes), b 0.5 (shifted by half), c 0.75 (shifted by a quarter)
+    write_evaluation(run, {
+        "a": box_case(1, 8, 8, (0, 1, 2, 6, 2, 6), (0, 1, 2, 6, 2, 6), 0),
+        "b": box_case(1, 8, 8, (0, 1, 2, 6, 2, 6), (0, 1, 2, 6, 4, 8), 1),
+        "c": box_case(1, 8, 8, (0, 1, 2, 6, 2, 6), (0, 1, 2, 6, 3, 7), 2),
+    })  # fmt: skip
+    assert report.DEFAULT_MAX_VIEWERS >= 100  # small evaluations keep a viewer each
+    page = parse(report.write_report(run, max_viewers=2))
+    assert list(viewers(page)) == ["b", "c"]
+    assert "2 patients of lowest Dice of 3" in page.all_text()
+    scores = page.find("table", "scores")
+    assert len(list(scores.find_all("tr"))) == 4  # the table keeps every patient
+    with pytest.raises(ValueError, match="max_viewers must be a positive integer"):
+        report.write_report(run, max_viewers=0)
