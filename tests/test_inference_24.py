@@ -194,33 +194,6 @@ def test_slice_figures_draw_pixels_with_the_spacing_aspect(function):
         viz.overlay(image, spacing=(0.0, 1.0))
 
 
-def test_report_error_map_uses_the_case_spacing(tmp_path, monkeypatch):
-    from test_report import write_config, write_evaluation
-
-    from kseg import report
-
-    image, truth, predicted = box_slice()
-    run = tmp_path / "run"
-    write_config(run)
-    write_evaluation(run, {"sag": (image[None].astype(np.float32), truth[None].astype(np.uint8),
-                                   predicted[None].astype(np.uint8))})  # fmt: skip
-    case = run / "evaluation" / "test" / "cases" / "sag.npz"
-    arrays = dict(np.load(case))
-    np.savez_compressed(case, **{**arrays, "spacing": np.array([1.0, *SLICE_SPACING])})
-    drawn = []
-    error_map = viz.error_map
-
-    def recorded(*args, **kwargs):
-        drawn.append(error_map(*args, **kwargs))
-        return drawn[-1]
-
-    monkeypatch.setattr(viz, "error_map", recorded)
-    report.write_report(run)
-    (figure,) = drawn
-    width, height = drawn_size(figure, figure.axes[0], SLICE_SHAPE)
-    assert width / height == pytest.approx(physical_ratio(SLICE_SHAPE, SLICE_SPACING), rel=0.02)
-
-
 def test_uncertainty_study_figure_draws_the_example_slice_with_its_spacing():
     from types import SimpleNamespace
 
@@ -280,22 +253,6 @@ def test_a_0_255_integer_prediction_of_one_structure_is_refused_not_scored_0():
     assert table.rows[0]["dice"] == 1.0
 
 
-def test_report_reads_a_scores_csv_with_blank_lines(tmp_path):
-    from test_report import box_case, parse, write_config, write_evaluation
-
-    from kseg import report
-
-    run = tmp_path / "run"
-    write_config(run)
-    rows = write_evaluation(run, {"a": box_case(2, 8, 8, (0, 2, 2, 6, 2, 6),
-                                                (0, 2, 2, 6, 3, 6), 0)})  # fmt: skip
-    scores = run / "evaluation" / "test" / "scores.csv"
-    scores.write_text(scores.read_text() + "\r\n\r\n")  # blank lines after the rows
-    page = parse(report.write_report(run))
-    table = page.find("table", "scores")
-    assert len(list(table.find_all("tr"))) == len(rows)  # the header and patient a only
-
-
 def test_bfloat16_probabilities_are_thresholded_and_checked_for_nan():
     import ml_dtypes
 
@@ -315,24 +272,65 @@ def test_bfloat16_probabilities_are_thresholded_and_checked_for_nan():
         evaluate_volumes([("p", reference, probabilities[..., None], None)], progress=False)
 
 
-def test_report_of_a_large_evaluation_shows_viewers_of_the_lowest_dice_patients(tmp_path):
-    from test_report import box_case, parse, viewers, write_config, write_evaluation
+# --------------------------------------------------------------------------- report
+
+
+@pytest.fixture(scope="module")
+def report_page(tmp_path_factory):
+    """One report of three one-slice cases with 2.5 x 0.7 mm pixels, a scores.csv ending in
+    blank lines, and max_viewers=2; the error map figures it draws are kept."""
+    from test_report import box_case, parse, write_config, write_evaluation
 
     from kseg import report
 
-    run = tmp_path / "run"
+    run = tmp_path_factory.mktemp("report") / "run"
     write_config(run)
-    # Dice by hand: a 1.0 (same boxes), b 0.5 (shifted by half), c 0.75 (shifted by a quarter)
-    write_evaluation(run, {
+    # Dice by hand: a 1.0 (same boxes), b 0.5 (shifted by half), c 0.75 (by a quarter)
+    rows = write_evaluation(run, {
         "a": box_case(1, 8, 8, (0, 1, 2, 6, 2, 6), (0, 1, 2, 6, 2, 6), 0),
         "b": box_case(1, 8, 8, (0, 1, 2, 6, 2, 6), (0, 1, 2, 6, 4, 8), 1),
         "c": box_case(1, 8, 8, (0, 1, 2, 6, 2, 6), (0, 1, 2, 6, 3, 7), 2),
     })  # fmt: skip
+    evaluation = run / "evaluation" / "test"
+    for case in (evaluation / "cases").glob("*.npz"):
+        arrays = dict(np.load(case))
+        np.savez_compressed(case, **{**arrays, "spacing": np.array([1.0, *SLICE_SPACING])})
+    scores = evaluation / "scores.csv"
+    scores.write_text(scores.read_text() + "\r\n\r\n")  # blank lines after the rows
+    drawn = []
+    error_map = viz.error_map
+
+    def recorded(*args, **kwargs):
+        drawn.append(error_map(*args, **kwargs))
+        return drawn[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(viz, "error_map", recorded)
+        page = parse(report.write_report(run, max_viewers=2))
+    return page, rows, drawn
+
+
+def test_report_reads_a_scores_csv_with_blank_lines(report_page):
+    page, rows, _ = report_page
+    scores = page.find("table", "scores")
+    assert len(list(scores.find_all("tr"))) == len(rows)  # the header and a, b, c only
+
+
+def test_report_error_map_uses_the_case_spacing(report_page):
+    _, _, drawn = report_page
+    (figure,) = drawn  # patient b's, the lowest Dice
+    width, height = drawn_size(figure, figure.axes[0], (8, 8))
+    assert width / height == pytest.approx(physical_ratio((8, 8), SLICE_SPACING), rel=0.02)
+
+
+def test_report_of_a_large_evaluation_shows_viewers_of_the_lowest_dice_patients(report_page):
+    from test_report import viewers
+
+    from kseg import report
+
+    page, _, _ = report_page
     assert report.DEFAULT_MAX_VIEWERS >= 100  # small evaluations keep a viewer each
-    page = parse(report.write_report(run, max_viewers=2))
     assert list(viewers(page)) == ["b", "c"]
     assert "2 patients of lowest Dice of 3" in page.all_text()
-    scores = page.find("table", "scores")
-    assert len(list(scores.find_all("tr"))) == 4  # the table keeps every patient
     with pytest.raises(ValueError, match="max_viewers must be a positive integer"):
-        report.write_report(run, max_viewers=0)
+        report.write_report(".", max_viewers=0)
