@@ -36,7 +36,8 @@ RAS+ mm, as in :class:`kseg.io.Volume`):
   axis survives, and so do the per-slice metadata of the DICOM readers
   (``sop_instance_uids``, ``instance_numbers``, ``frame_numbers``), cut or reversed with the
   slices, which the DICOM-SEG and RTSTRUCT writers reference; when the slice axis moves
-  those are dropped. Resampling mixes slices, so its output lists every input file.
+  those are dropped. Resampling mixes slices, so its output lists every input file and
+  holds no per-slice metadata (readers place a SEG or RTSTRUCT on it by position).
 """
 
 from __future__ import annotations
@@ -248,12 +249,13 @@ def resample_to(
     if resampled.dtype != output_dtype:
         resampled = resampled.astype(output_dtype)
     resampled[~_inside_field_of_view(index_map, array.shape, target_shape)] = fill
+    _, metadata = _kept_slices(volume, None)  # new slices: no per-slice image references
     return dataclasses.replace(
         volume,
         array=resampled,
         affine=target_affine.copy(),
         source_files=_provenance_files(volume),
-        metadata=dict(volume.metadata),
+        metadata=metadata,
     )
 
 

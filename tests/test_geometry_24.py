@@ -328,3 +328,28 @@ def test_seg_and_rtstruct_on_a_reoriented_enhanced_ct_land_on_their_frames(tmp_p
     np.testing.assert_array_equal(read_dicom_seg(seg, reference_series=ct).array, labels)
     rt = write_rtstruct(labels[::-1], turned, tmp_path / "a.rt.dcm", roi_names=["organ"])
     np.testing.assert_array_equal(rasterize_rtstruct(rt, ct)["organ"], labels)
+
+
+@pytest.mark.parametrize("count", [3, 5])
+def test_seg_and_rtstruct_read_onto_a_resampled_part_of_their_series(tmp_path, count):
+    pytest.importorskip("highdicom")
+    from test_io_dicom import _axial_series
+
+    from kseg.io import rasterize_rtstruct
+
+    (tmp_path / "ct").mkdir()
+    _axial_series(tmp_path / "ct", [0.0, 2.5, 5.0, 7.5, 10.0])
+    ct = read_dicom_series(tmp_path / "ct")
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[1:4, 1:3, 1:5] = 1
+    labels[1, 1, 1] = 0
+    seg = write_dicom_seg(labels, ct, tmp_path / "a.seg.dcm", ["organ"])
+    rt = write_rtstruct(labels, ct, tmp_path / "a.rt.dcm", roi_names=["organ"])
+    # the grid one slice up, as resample_to makes it (a model's region, say)
+    affine = ct.affine.copy()
+    affine[:3, 3] += affine[:3, 0]
+    part = resample_to(ct, affine, (count, *ct.shape[1:]))
+    expected = np.zeros(part.shape, np.uint8)
+    expected[:3] = labels[1:4]
+    np.testing.assert_array_equal(read_dicom_seg(seg, reference_series=part).array, expected)
+    np.testing.assert_array_equal(rasterize_rtstruct(rt, part)["organ"], expected)
