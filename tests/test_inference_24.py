@@ -334,3 +334,23 @@ def test_report_of_a_large_evaluation_shows_viewers_of_the_lowest_dice_patients(
     assert "2 patients of lowest Dice of 3" in page.all_text()
     with pytest.raises(ValueError, match="max_viewers must be a positive integer"):
         report.write_report(".", max_viewers=0)
+
+
+# --------------------------------------------------------------------------- post-processing
+
+
+def test_keep_largest_component_takes_one_label_and_refuses_text():
+    from kseg.inference import keep_largest_component
+
+    prediction = np.array([[1, 1, 0, 0, 1], [1, 1, 0, 2, 2], [0, 0, 0, 0, 0], [2, 0, 0, 0, 0]])
+    expected = prediction.copy()
+    expected[0, 4] = 0  # label 1's one-voxel component goes; label 2 is not cleaned
+    for one_label in (1, np.int64(1)):
+        np.testing.assert_array_equal(keep_largest_component(prediction, labels=one_label),
+                                      expected)  # fmt: skip
+    # a generator of labels is read once, whole
+    np.testing.assert_array_equal(keep_largest_component(prediction, labels=(v for v in [1])),
+                                  expected)  # fmt: skip
+    for text in ("12", True):  # '12' iterated as labels 1 and 2
+        with pytest.raises(ValueError, match="labels must be None, one integer label"):
+            keep_largest_component(prediction, labels=text)

@@ -9,6 +9,7 @@ validation predictions.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 
 import numpy as np
@@ -16,15 +17,15 @@ from scipy import ndimage
 
 
 def keep_largest_component(
-    label_map: np.ndarray, labels: Iterable[int] | None = None, *, connectivity: int = 1
+    label_map: np.ndarray, labels: Iterable[int] | int | None = None, *, connectivity: int = 1
 ) -> np.ndarray:
     """Keep, per class, only its largest connected component; the rest becomes background.
 
     Args:
         label_map: integer label map (any number of spatial dims), 0 is background.
-        labels: classes to clean; ``None`` cleans every non-zero label present. Classes not
-            listed are left untouched (e.g. the two lungs of a merged "lungs" class are two
-            objects: do not list it).
+        labels: classes to clean, one label or several; ``None`` cleans every non-zero
+            label present. Classes not listed are left untouched (e.g. the two lungs of a
+            merged "lungs" class are two objects: do not list it).
         connectivity: neighbourhood of ``scipy.ndimage.generate_binary_structure``: 1 (faces),
             up to ``label_map.ndim`` (faces, edges and corners).
 
@@ -48,6 +49,17 @@ def keep_largest_component(
         raise ValueError(f"label_map must hold integer labels, got dtype {label_map.dtype}")
     if not 1 <= connectivity <= label_map.ndim:
         raise ValueError(f"connectivity must be in 1..{label_map.ndim}, got {connectivity!r}")
+    if isinstance(labels, numbers.Integral) and not isinstance(labels, bool):
+        labels = [labels]  # one label, as MONAI's applied_labels takes it
+    elif labels is not None:
+        given = labels
+        if isinstance(labels, (str, bytes, bool)) or not isinstance(labels, Iterable):
+            labels = [None]
+        labels = list(labels)
+        if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in labels):
+            raise ValueError(
+                f"labels must be None, one integer label or integer labels, got {given!r}"
+            )
     structure = ndimage.generate_binary_structure(label_map.ndim, connectivity)
     present = [int(v) for v in np.unique(label_map) if v != 0]
     wanted = present if labels is None else [int(v) for v in labels if int(v) in present]
