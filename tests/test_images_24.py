@@ -176,7 +176,9 @@ def test_multi_label_channels_read_no_structure_from_outside():
     assert moved[0, 16, 16].tolist() == [1.0, 1.0]
 
 
-@pytest.mark.parametrize("bounds", [(255, 0), (100, 100), (0, float("nan"))])
+@pytest.mark.parametrize(
+    "bounds", [(255, 0), (100, 100), (0, float("nan")), (np.uint8(255), np.uint8(0))]
+)
 def test_scale_intensity_refuses_swapped_or_empty_bounds(bounds):
     # scale_intensity(image, 255, 0) gave an all-zero image without a word.
     from kseg.data.pipeline import scale_intensity

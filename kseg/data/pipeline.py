@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 
 import tensorflow as tf
@@ -94,8 +95,9 @@ def scale_intensity(image, minimum: float | None = None, maximum: float | None =
         >>> scale_intensity(tf.constant([0, 51, 255], tf.uint8), 0, 255)
         <tf.Tensor: shape=(3,), dtype=float32, numpy=array([0. , 0.2, 1. ], ...)>
     """
-    bounds = [v for v in (minimum, maximum) if isinstance(v, int | float)]
-    if not all(math.isfinite(v) for v in bounds) or (len(bounds) == 2 and not minimum < maximum):
+    bounds = [float(v) for v in (minimum, maximum) if isinstance(v, numbers.Real)]
+    swapped = len(bounds) == 2 and not bounds[0] < bounds[1]
+    if swapped or not all(math.isfinite(v) for v in bounds):
         raise ValueError(
             f"scale_intensity needs finite bounds with minimum < maximum, got minimum="
             f"{minimum!r}, maximum={maximum!r} (the value mapped to 0, then the one mapped to 1)"
