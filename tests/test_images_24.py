@@ -321,3 +321,17 @@ def test_label_tool_palette_without_black_reads_its_indices_when_index_0_dominat
     image.putpalette([v for i in range(256) for v in (i, 0, 255 - i)])
     image.save(tmp_path / "label_map.png")
     np.testing.assert_array_equal(read_labels(tmp_path / "label_map.png", LabelRule()), structure)
+
+
+def test_window_refuses_a_negative_numpy_or_nan_width():
+    # A float32 width from an array (np.float32(-400)) or a NaN slipped past the check of
+    # Python floats: an inverted window, or an all-NaN image, without a word.
+    from kseg.data.pipeline import segmentation_dataset, window
+
+    ct = np.array([-1000, 40, 3000], np.int16)
+    for center, width in ((np.float32(40), np.float32(-400)), (40.0, float("nan"))):
+        with pytest.raises(ValueError, match="width"):
+            window(ct, center, width)
+    with pytest.raises(ValueError, match="window width must be > 0"):
+        segmentation_dataset(None, window=(40.0, float("nan")))
+    np.testing.assert_allclose(window(ct, np.float32(40), np.float32(400)).numpy(), [0, 0.5, 1])

@@ -67,8 +67,14 @@ def window(image, center: float, width: float):
     Reference:
         Radiopaedia, "Windowing (CT)", https://radiopaedia.org/articles/windowing-ct
     """
-    if isinstance(width, int | float) and width <= 0:
-        raise ValueError(f"window width must be > 0 HU, got {width!r}")
+    given = [float(v) for v in (center, width) if isinstance(v, numbers.Real)]
+    if not all(math.isfinite(v) for v in given) or (
+        isinstance(width, numbers.Real) and not width > 0
+    ):
+        raise ValueError(
+            f"window needs a finite center and a width > 0 HU, got center={center!r}, "
+            f"width={width!r}"
+        )
     low = center - width / 2.0
     scaled = (tf.cast(image, tf.float32) - low) / width
     return tf.clip_by_value(scaled, 0.0, 1.0)
@@ -242,7 +248,7 @@ def _intensity_function(window_argument):
                 "window must be a preset name, (center, width), a callable or None, "
                 f"got {window_argument!r}"
             ) from None
-    if width <= 0:
+    if not (width > 0 and math.isfinite(width) and math.isfinite(center)):
         raise ValueError(f"window width must be > 0 HU, got {window_argument!r}")
     return lambda image: window(image, center, width)
 
