@@ -31,8 +31,9 @@ apply.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import NamedTuple
 
 import keras
@@ -805,7 +806,9 @@ def per_class(
         metric: any binary metric of this module, e.g. :func:`dice` or :func:`hd95`.
         y_true_labels: reference label map (integers ``0 .. C-1``).
         y_pred_labels: predicted label map of the same shape.
-        labels: the labels to score, e.g. ``range(1, C)`` to skip the background.
+        labels: the labels to score, e.g. ``range(1, C)`` to skip the background, or a
+            ``{name: value}`` mapping (as :func:`kseg.evaluation.evaluate_volumes` takes
+            it), whose values are scored.
         **kwargs: passed to ``metric`` (``spacing``, ``empty``, ...).
 
     Returns:
@@ -828,6 +831,19 @@ def per_class(
         )
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
         raise ValueError(f"labels must be an iterable of integer labels, got {labels!r}")
+    given = labels
+    # {name: value}, as kseg.evaluation.evaluate_volumes takes labels: its values are scored
+    labels = list(labels.values() if isinstance(labels, Mapping) else labels)
+    whole = [
+        isinstance(label, numbers.Real) and not isinstance(label, bool)
+        and math.isfinite(label) and label == int(label)
+        for label in labels
+    ]
+    if not all(whole):
+        # a label no voxel can equal would score both masks empty: a perfect 1.0
+        raise ValueError(
+            f"labels must be integer label values (or a {{name: value}} mapping), got {given!r}"
+        )
     return {
         int(label): metric(y_true_labels == label, y_pred_labels == label, **kwargs)
         for label in labels

@@ -354,3 +354,17 @@ def test_keep_largest_component_takes_one_label_and_refuses_text():
     for text in ("12", True):  # '12' iterated as labels 1 and 2
         with pytest.raises(ValueError, match="labels must be None, one integer label"):
             keep_largest_component(prediction, labels=text)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_per_class_takes_the_labels_mapping_evaluate_volumes_takes():
+    reference, prediction = [0, 1, 2, 2], [0, 1, 1, 2]
+    # by hand: liver TP 1, FP 1 -> 2/3; spleen TP 1, FN 1 -> 2/3
+    scores = metrics.per_class(metrics.dice, reference, prediction,
+                               labels={"liver": 1, "spleen": 2})  # fmt: skip
+    assert scores == {1: pytest.approx(2 / 3), 2: pytest.approx(2 / 3)}
+    # a label no voxel can hold scored both masks empty: a perfect 1.0 for nothing
+    with pytest.raises(ValueError, match="labels must be integer label values"):
+        metrics.per_class(metrics.dice, reference, prediction, labels=[1.5])
