@@ -988,7 +988,7 @@ def predict_command(
     inference = config["inference"]
     if os.path.isdir(input_path):
         _refuse_output_inside(input_path, output_dir)
-    loaders, inputs, only = _checked_inputs(input_path, inference)
+    loaders, inputs, only = _checked_inputs(input_path, inference, format)
     check_format(inputs, format)
     if format in ("dicom-seg", "rtstruct"):
         _check_dicom_names(config["labels"], pathlib.Path(run_dir) / "config.json")
@@ -1023,6 +1023,30 @@ def predict_command(
     return written
 
 
+def _check_dicom_references(item: tuple, format: str | None) -> None:
+    """Refuse, before the model runs, a DICOM series the DICOM-SEG / RTSTRUCT writer would
+    refuse after it: no FrameOfReferenceUID, slices without or sharing a SOPInstanceUID,
+    frames highdicom cannot take as one source image (the writers' own checks, on the
+    headers)."""
+    _, source, kind, image, _ = item
+    if kind != DICOM_SERIES or format not in ("dicom-seg", "rtstruct"):
+        return  # check_format refuses the other kinds
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # BlankSeriesUidWarning: said once, when written
+        try:
+            if format == "dicom-seg":
+                from kseg.io.dicom_seg import _source_datasets
+
+                _source_datasets(image)
+            else:
+                from kseg.io.rtstruct_writer import _series_reference
+
+                _series_reference(image)
+        except ValueError as error:
+            what = "a DICOM-SEG" if format == "dicom-seg" else "an RT Structure Set"
+            raise LayoutError(source, f"cannot be referenced by {what}: {error}") from error
+
+
 def _check_dicom_names(labels: Mapping[str, int], config_path: pathlib.Path) -> None:
     """Refuse, before the model runs, structure names a DICOM-SEG or RTSTRUCT cannot hold
     (the writers' own rule: one LO value, at most 64 characters, no backslash or control
@@ -1037,17 +1061,20 @@ def _check_dicom_names(labels: Mapping[str, int], config_path: pathlib.Path) -> 
         ) from error
 
 
-def _checked_inputs(input_path, inference: Mapping) -> tuple[list, list[tuple], tuple | None]:
+def _checked_inputs(
+    input_path, inference: Mapping, format: str | None = None
+) -> tuple[list, list[tuple], tuple | None]:
     """``(loaders, inputs, only)``: every input read and checked as :func:`read_inputs`
-    checks them, holding one at a time; ``inputs`` keeps name, source, kind, ``None`` for
-    the image and the DICOM flag; ``only`` is the input as read when there is one, else
-    ``None``."""
+    checks them (and, for ``format``, as its DICOM writer checks the images it references),
+    holding one at a time; ``inputs`` keeps name, source, kind, ``None`` for the image and
+    the DICOM flag; ``only`` is the input as read when there is one, else ``None``."""
     loaders = _input_loaders(input_path, inference)
     inputs, item = [], None
     for load in loaders:
         item = None  # the previous input is let go before the next is read
         item = load()
         _check_input(item, inference)
+        _check_dicom_references(item, format)
         name, source, kind, _, dicom = item
         inputs.append((name, source, kind, None, dicom))
     _check_unique_names(inputs)

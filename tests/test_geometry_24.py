@@ -353,3 +353,39 @@ def test_seg_and_rtstruct_read_onto_a_resampled_part_of_their_series(tmp_path, c
     expected[:3] = labels[1:4]
     np.testing.assert_array_equal(read_dicom_seg(seg, reference_series=part).array, expected)
     np.testing.assert_array_equal(rasterize_rtstruct(rt, part)["organ"], expected)
+
+
+@pytest.mark.parametrize("format", ["dicom-seg", "rtstruct"])
+def test_predict_refuses_a_series_its_dicom_writer_cannot_reference_before_the_model(
+    tmp_path, monkeypatch, format
+):
+    import json
+
+    from test_writer_hunt import _series
+
+    import kseg
+    from kseg.errors import LayoutError
+    from kseg.predict import predict_command
+
+    def drop(ds):
+        ds.FrameOfReferenceUID = ""  # blanked by an anonymiser
+
+    _series(tmp_path / "ct", drop)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.keras").write_bytes(b"")  # never loaded: the input is refused first
+    inference = {"kind": "slices", "window": [40, 400], "image_size": [4, 6],
+                 "num_classes": 1, "threshold": 0.5, "postprocess": "none", "modality": "CT"}
+    (run / "config.json").write_text(json.dumps({
+        "kseg_config_version": 1, "recipe": "chaos_liver", "arguments": {}, "seed": 0,
+        "created": "2026-12-02T03:00:00+00:00", "versions": {}, "git_commit": None,
+        "dataset": {"name": "test"}, "labels": {"organ": 1}, "inference": inference,
+    }))  # fmt: skip
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the input was refused")
+
+    monkeypatch.setattr(kseg, "load_model", loaded, raising=False)
+    with pytest.raises(LayoutError, match=r"ct: cannot be referenced by .*FrameOfReferenceUID"):
+        predict_command(run, tmp_path / "ct", tmp_path / "out", format)
+    assert not (tmp_path / "out").exists()
