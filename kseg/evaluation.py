@@ -340,7 +340,19 @@ def _label_map(
 
     With ``labelled`` (structures given by label value), a float map holding only whole
     numbers is a label map stored as floats (nibabel's ``get_fdata()`` of a label NIfTI)
-    and is used as it is: thresholding it would merge every label into 1."""
+    and is used as it is: thresholding it would merge every label into 1. So is such a map,
+    or an integer one, with a trailing axis of one (a label NIfTI of shape ``(x, y, z, 1)``):
+    one channel of labels, not a sigmoid's probabilities."""
+    if (
+        labelled
+        and y_pred.ndim == len(reference_shape) + 1
+        and y_pred.shape[-1] == 1
+        and (
+            y_pred.dtype.kind in "biu"
+            or (y_pred.dtype.kind == "f" and bool(np.all(y_pred == np.round(y_pred))))
+        )
+    ):
+        y_pred = y_pred[..., 0]
     if y_pred.ndim == len(reference_shape) + 1:
         labels = labels_from_probabilities(y_pred, threshold)
     elif y_pred.ndim == len(reference_shape):

@@ -368,3 +368,24 @@ def test_per_class_takes_the_labels_mapping_evaluate_volumes_takes():
     # a label no voxel can hold scored both masks empty: a perfect 1.0 for nothing
     with pytest.raises(ValueError, match="labels must be integer label values"):
         metrics.per_class(metrics.dice, reference, prediction, labels=[1.5])
+
+
+def test_a_label_map_with_a_trailing_axis_of_one_is_scored_as_labels():
+    from kseg.evaluation import evaluate_volumes
+
+    reference = np.zeros((4, 8, 8), np.uint8)
+    reference[1:3, 1:4, 1:4], reference[1:3, 5:7, 5:7] = 1, 2
+    prediction = reference.copy()
+    prediction[1, 5, 5] = 1  # one spleen voxel called liver
+    expected = {"dice_liver": numpy_dice(reference == 1, prediction == 1),
+                "dice_spleen": numpy_dice(reference == 2, prediction == 2)}  # fmt: skip
+    for given in (prediction[..., None], prediction[..., None].astype(np.float32)):
+        table = evaluate_volumes([("p", reference, given, None)], metrics=("dice",),
+                                 labels={"liver": 1, "spleen": 2}, progress=False)  # fmt: skip
+        for column, value in expected.items():
+            assert table.rows[0][column] == pytest.approx(value)
+    # a sigmoid's one channel is still thresholded
+    probabilities = np.where(reference == 1, 0.8, 0.2)[..., None]
+    table = evaluate_volumes([("p", reference, probabilities, None)], metrics=("dice",),
+                             labels={"liver": 1}, progress=False)  # fmt: skip
+    assert table.rows[0]["dice_liver"] == 1.0
