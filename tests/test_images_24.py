@@ -335,3 +335,18 @@ def test_window_refuses_a_negative_numpy_or_nan_width():
     with pytest.raises(ValueError, match="window width must be > 0"):
         segmentation_dataset(None, window=(40.0, float("nan")))
     np.testing.assert_allclose(window(ct, np.float32(40), np.float32(400)).numpy(), [0, 0.5, 1])
+
+
+def test_random_patches_round_float_labels_instead_of_truncating():
+    # The same truncation in random_patches: a float label volume holding 0.99999994 for
+    # label 1 (get_fdata of a scaled label NIfTI) had no foreground at all.
+    import tensorflow as tf
+
+    from kseg.data.patches import random_patches
+
+    label = np.zeros((8, 8, 8), np.float32)
+    label[2:6, 2:6, 2:6] = np.nextafter(np.float32(1), np.float32(0))
+    volumes = tf.data.Dataset.from_tensors({"image": np.zeros_like(label), "label": label})
+    patches = random_patches(volumes, (8, 8, 8), positive_fraction=1.0, patches_per_volume=1)
+    _, patch_label = next(iter(patches))
+    np.testing.assert_array_equal(patch_label.numpy()[..., 0], (label > 0.5).astype(np.int32))

@@ -119,7 +119,10 @@ def random_patches(
     def sample(element, random_key):
         image, label = select(element)
         image = tf.cast(_as_volume(image, image_key), tf.float32)
-        label = tf.cast(_as_volume(label, label_key), tf.int32)
+        label = _as_volume(label, label_key)
+        if label.dtype.is_floating:  # nibabel's get_fdata: 0.99999994 is label 1, not 0
+            label = tf.round(label)
+        label = tf.cast(label, tf.int32)
         if label.shape[-1] not in (1, None):
             raise ValueError(
                 f"'{label_key}' must be one label map, (Z, Y, X) or (Z, Y, X, 1); "
