@@ -1070,7 +1070,7 @@ def slice_dice_heatmap(
         fewest, most = len(names) // max_rows, -(-len(names) // max_rows)
         per_row = str(fewest) if fewest == most else f"{fewest}-{most}"
         title = (
-            f"per-slice Dice of {len(names)} patients in {max_rows} rows of {per_row} "
+            f"per-slice Dice of {len(names)} patients in {max_rows} rows of {per_row}\n"
             "consecutive patients, each cell their lowest Dice\n(grey: no reference and no "
             "prediction)"
         )
