@@ -222,7 +222,8 @@ class PatientTable:
 
         Cells reading ``True`` or ``False`` are flags, every other cell a float.
         """
-        with open(path, newline="") as handle:
+        # utf-8-sig: a table saved by Excel ("CSV UTF-8") starts with a byte-order mark
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             if not reader.fieldnames or reader.fieldnames[0] != "patient_id":
                 raise UnreadableFileError(

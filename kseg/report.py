@@ -491,7 +491,7 @@ class _Page:
     def _read_history(self, path: pathlib.Path) -> list[list[str]]:
         """The rows of the ``history.csv`` at ``path``, read on first use only."""
         if path not in self._history_rows:
-            with open(path, newline="", encoding="utf-8") as handle:
+            with open(path, newline="", encoding="utf-8-sig") as handle:
                 self._history_rows[path] = list(csv.reader(handle))
         return self._history_rows[path]
 
@@ -580,7 +580,7 @@ class _Page:
             parts.append(_note(f"No scores: {name}/scores.csv is not there."))
         else:
             try:
-                with open(scores_path, newline="", encoding="utf-8") as handle:
+                with open(scores_path, newline="", encoding="utf-8-sig") as handle:
                     lines = list(csv.reader(handle))
                 # blank lines (a hand-edited or concatenated file) are no patients, as
                 # csv.DictReader, which PatientTable.from_csv reads with, skips them

@@ -549,7 +549,8 @@ def _read_history(history) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """``(epochs counted from 1, {key: values})`` from a History, a dict or a CSV path."""
     epochs = None
     if isinstance(history, (str, os.PathLike)):
-        with open(history, newline="") as handle:
+        # utf-8-sig: a history.csv re-saved by Excel ("CSV UTF-8") starts with a byte-order mark
+        with open(history, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
         if len(rows) < 2:
             raise ValueError(f"history file {os.fspath(history)!r} has no epochs")

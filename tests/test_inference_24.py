@@ -296,7 +296,8 @@ def report_page(tmp_path_factory):
         arrays = dict(np.load(case))
         np.savez_compressed(case, **{**arrays, "spacing": np.array([1.0, *SLICE_SPACING])})
     scores = evaluation / "scores.csv"
-    scores.write_text(scores.read_text() + "\r\n\r\n")  # blank lines after the rows
+    # blank lines after the rows, and the byte-order mark of Excel's "CSV UTF-8"
+    scores.write_bytes(b"\xef\xbb\xbf" + scores.read_bytes() + b"\r\n\r\n")
     drawn = []
     error_map = viz.error_map
 
@@ -314,6 +315,7 @@ def test_report_reads_a_scores_csv_with_blank_lines(report_page):
     page, rows, _ = report_page
     scores = page.find("table", "scores")
     assert len(list(scores.find_all("tr"))) == len(rows)  # the header and a, b, c only
+    assert scores.find("th").all_text() == "patient_id"  # the byte-order mark is not shown
 
 
 def test_report_error_map_uses_the_case_spacing(report_page):
@@ -389,3 +391,19 @@ def test_a_label_map_with_a_trailing_axis_of_one_is_scored_as_labels():
     table = evaluate_volumes([("p", reference, probabilities, None)], metrics=("dice",),
                              labels={"liver": 1}, progress=False)  # fmt: skip
     assert table.rows[0]["dice_liver"] == 1.0
+
+
+def test_tables_saved_by_excel_with_a_byte_order_mark_are_read(tmp_path):
+    from kseg.evaluation import PatientTable
+
+    scores = tmp_path / "scores.csv"
+    scores.write_bytes(b"\xef\xbb\xbfpatient_id,dice\r\np1,0.5\r\n")  # Excel's "CSV UTF-8"
+    table = PatientTable.from_csv(scores)
+    assert table.patient_ids == ["p1"] and table.column("dice").tolist() == [0.5]
+    # a resumed run's history: epochs 4 and 5 of the file are epochs 5 and 6 counted from 1
+    history = tmp_path / "history.csv"
+    history.write_bytes(b"\xef\xbb\xbfepoch,loss\r\n4,0.9\r\n5,0.5\r\n")
+    figure = viz.training_curves(history)
+    (loss,) = [line for line in figure.axes[0].get_lines() if line.get_label() == "loss"]
+    assert loss.get_xdata().tolist() == [5, 6]
+    assert loss.get_ydata().tolist() == [0.9, 0.5]
