@@ -624,7 +624,8 @@ def hausdorff_distance(
         Huttenlocher DP, Klanderman GA, Rucklidge WJ. "Comparing images using the Hausdorff
         distance". IEEE TPAMI 15(9):850-863, 1993.
     """
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):
+    # numbers.Real: numpy scalars too (np.arange(90, 101, 5) yields np.int64)
+    if isinstance(percentile, bool) or not isinstance(percentile, numbers.Real):
         raise ValueError(f"percentile must be a number in [0, 100], got {percentile!r}")
     if not 0 <= percentile <= 100:
         raise ValueError(f"percentile must be a number in [0, 100], got {percentile!r}")

@@ -407,3 +407,16 @@ def test_tables_saved_by_excel_with_a_byte_order_mark_are_read(tmp_path):
     (loss,) = [line for line in figure.axes[0].get_lines() if line.get_label() == "loss"]
     assert loss.get_xdata().tolist() == [5, 6]
     assert loss.get_ydata().tolist() == [0.9, 0.5]
+
+
+def test_hausdorff_percentile_takes_numpy_numbers():
+    reference = np.zeros((1, 5), bool)
+    reference[0, 0] = True
+    prediction = np.zeros((1, 5), bool)
+    prediction[0, 3] = True
+    # one surface voxel each, 3 voxels of 2 mm apart: 6 mm at every percentile
+    for percentile in np.arange(90, 101, 5):
+        assert metrics.hausdorff_distance(reference, prediction, (1.0, 2.0),
+                                          percentile=percentile) == 6.0  # fmt: skip
+    with pytest.raises(ValueError, match="percentile must be a number in"):
+        metrics.hausdorff_distance(reference, prediction, percentile=np.bool_(True))
