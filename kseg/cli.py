@@ -251,7 +251,9 @@ _TRAIN_DESCRIPTION = """\
 Train RECIPE: prepare its data (a synthetic phantom in the dataset's layout when there is
 no --data-dir), train, keep the best model by whole-volume validation Dice. Writes the run
 folder (--output-dir): config.json first, then best.keras, history.csv, tensorboard/ ...
-Running the same command again resumes an interrupted run. With --validation-fold all,
+Running the same command again resumes an interrupted run; on a run whose training
+finished it says so and trains nothing (remove RUN/best.keras to train the folder again
+from epoch 0). With --validation-fold all,
 one run per non-test fold in OUTPUT_DIR/folds/ and OUTPUT_DIR/best.keras their ensemble
 (finished folds are kept when the command runs again). `kseg train RECIPE --help` lists
 the recipe's options."""

@@ -7,8 +7,12 @@ of itself. No test trains a real network.
 
 import argparse
 import dataclasses
+import json
 import pathlib
+import re
 import shutil
+
+import pytest
 
 from kseg.recipes.run_config import CONFIG_VERSION, write_json
 
@@ -135,3 +139,126 @@ def test_two_inputs_of_one_folder_name_are_evaluated_into_folders_of_their_own(
     folder = _evaluation.evaluation_folder(run, _common.evaluation_name("test", inputs["a"]))
     assert folder not in (folder_a, folder_b)
     assert (folder_a / "scores.csv").read_text() == scores_a
+
+
+def _trained_run(run, *, finished, backup=False, history=True) -> pathlib.Path:
+    """A run folder as kseg train leaves it: config.json, best.keras, history.csv,
+    training.json saying it ``finished`` (a time, or None; ``...``: no training.json, a
+    run of a kseg that did not write it) and a resume backup holding weights when
+    ``backup``."""
+    extra = {"plan": {"plan": "auto", "options": {"image_size": "plan", "epochs": "plan",
+                                                  "batch_size": "command line"}}}
+    write_json(run / "config.json", _config(
+        {"output_dir": str(run), "data_dir": None, "seed": 0, "test_fold": 0,
+         "validation_fold": 1, "folds": 3, "epochs": 1, "batch_size": 2,
+         "learning_rate": 1e-3, "image_size": 64}, recipe="xray_multiclass",
+        **extra))  # fmt: skip
+    if finished is not ...:
+        write_json(run / "training.json", {"started": "2026-12-03T08:00:00+00:00",
+                                           "finished": finished})
+    (run / "best.keras").write_bytes(b"the model evaluation/ describes")
+    if history:
+        (run / "history.csv").write_text("epoch,loss\n0,0.5\n")
+    if backup:
+        (run / "backup").mkdir()
+        (run / "backup" / "latest.weights.h5").write_bytes(b"weights")
+    return run
+
+
+@pytest.mark.parametrize(("finished", "backup", "history", "is_finished"), [
+    ("2026-12-03T09:00:00+00:00", False, True, True),
+    (None, False, True, False),  # best.keras of epoch 0, killed before the first backup
+    ("2026-12-03T09:00:00+00:00", True, True, False),  # backup: resumed (kept as it was)
+    (..., False, True, True),  # a finished run of an earlier kseg
+    (..., True, True, False),  # an interrupted run of an earlier kseg
+    (..., False, False, False),
+])  # fmt: skip
+def test_which_run_folders_count_as_finished(tmp_path, finished, backup, history,
+                                             is_finished):
+    from kseg.recipes import run_config
+
+    run = _trained_run(tmp_path / "run", finished=finished, backup=backup, history=history)
+    assert (run_config.finished_training(run) is not None) == is_finished
+    (run / "best.keras").unlink()
+    assert run_config.finished_training(run) is None
+
+
+def test_rerunning_a_finished_run_does_not_train_it_again(tmp_path, capsys):
+    """``kseg train`` (or an example) run again on a folder whose training finished
+    trained again from epoch 0 and replaced best.keras, while evaluation/ and report.html
+    still described the earlier model. As nnU-Net's --c on a finished fold, kseg now says
+    it finished and goes on with its best.keras, evaluated with the options it was trained
+    with (the image size its plan chose, not the hand-picked value a command that left it
+    to the plan holds before the plan is read); options given otherwise are named as not
+    used. A rerun asking for other folds
+    is refused: that best.keras was chosen on other patients. An interrupted run still
+    resumes."""
+    from kseg.errors import LayoutError
+    from kseg.recipes import _common, cross_validation
+
+    run = _trained_run(tmp_path / "run", finished="2026-12-03T09:00:00+00:00")
+    model = (run / "best.keras").read_bytes()
+    prepared = []
+
+    def command(**changes):
+        return argparse.Namespace(**{
+            "output_dir": run, "seed": 0, "batch_size": 2, "learning_rate": 1e-3,
+            "epochs": 5, "image_size": 256, "data_dir": None, "test_fold": 0,
+            "validation_fold": 1, "folds": 3, "plan": "auto",
+            "plan_given": ["batch_size", "epochs"], **changes})  # fmt: skip
+
+    def train_run(args):  # a recipe's _train: start_training, then fit
+        _common.start_training(args, prepared.append)
+        raise AssertionError("trained a finished run again")
+
+    with pytest.raises(_common.TrainingFinished, match="best.keras"):
+        _common.start_training(command(), prepared.append)
+    args = command()
+    assert cross_validation.train_for_main(None, args, train_run) == (
+        run / "best.keras", 0.0, True)
+    assert prepared == [] and (run / "best.keras").read_bytes() == model
+    assert (args.image_size, args.epochs, args.output_dir) == (64, 1, run)
+    out = capsys.readouterr().out
+    assert str(run) in out and "finished" in out and "remove" in out
+    # --image-size was left to the plan: 256 is the hand-picked value before the plan
+    assert "--epochs 1 (now 5)" in out and "--image-size" not in out
+    for changes, named in (({"test_fold": 2, "validation_fold": 0}, "--test-fold 0 (now 2)"),
+                           ({"data_dir": tmp_path}, f"--data-dir none (now {tmp_path})")):
+        with pytest.raises(LayoutError, match=re.escape(named)) as refused:
+            _common.start_training(command(**changes), prepared.append)
+        assert not isinstance(refused.value, _common.TrainingFinished)
+    assert prepared == [] and (run / "best.keras").read_bytes() == model
+    # an interrupted run (its resume backup) still resumes
+    (run / "backup").mkdir()
+    (run / "backup" / "latest.weights.h5").write_bytes(b"weights")
+    start = _common.start_training(args, lambda args: prepared.append(args) or "builder")
+    assert start.builder == "builder" and prepared == [args]
+
+
+@pytest.mark.filterwarnings("ignore:BestModelCheckpoint")  # the test has no validation
+def test_a_finished_fit_is_recorded_in_training_json(tmp_path):
+    """The record a rerun reads: kseg's fit writes when its training finished into
+    RUN/training.json, not config.json, whose keys MLflow logs as params that cannot
+    change (one tiny model, one epoch of one step)."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from kseg.recipes import _common, run_config
+
+    run = _trained_run(tmp_path / "run", finished=None, history=False)
+    (run / "best.keras").unlink()
+    args = argparse.Namespace(output_dir=run, epochs=1, max_minutes=None, mlflow=False)
+    start = _common.TrainingStart(tf.distribute.get_strategy(), True, None, args)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    data = tf.data.Dataset.from_tensor_slices((np.ones((2, 2), "float32"),
+                                               np.ones((2, 1), "float32"))).batch(2)
+    record = json.loads((run / "training.json").read_text())
+    _common.fit(start, args, model, data, data, None, reduce_lr_patience=None)
+    finished = json.loads((run / "training.json").read_text())
+    assert finished["started"] == record["started"] and finished["finished"] is not None
+    assert run_config.finished_training(run) is None  # no best.keras: nothing validated
+    (run / "best.keras").write_bytes(b"model")
+    assert run_config.finished_training(run) == finished["finished"]
+

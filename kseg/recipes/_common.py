@@ -20,6 +20,8 @@ import pathlib
 import sys
 import time
 
+from kseg.errors import LayoutError
+
 # kseg.data.splits.split_names needs a test fold, a validation fold and a training fold;
 # without a test fold (--test-fold none) one fewer.
 MIN_FOLDS = 3
@@ -578,6 +580,85 @@ def check_strategy_argument(parser: argparse.ArgumentParser, args: argparse.Name
         )
 
 
+class TrainingFinished(LayoutError):
+    """A recipe's ``train`` on a run folder whose training finished: it is not trained
+    again (nnU-Net's ``--c`` on a finished fold), so ``best.keras`` stays the model that
+    ``evaluation/`` and ``report.html`` describe. ``kseg train`` and the examples say so
+    and go on with that model (:func:`kseg.recipes.cross_validation.train_for_main`).
+
+    Attributes:
+        best: ``RUN/best.keras``.
+        chief: whether this process is the one that writes the run folder.
+    """
+
+    def __init__(self, run_dir, finished: str, *, chief: bool = True, unused=()):
+        run_dir = pathlib.Path(run_dir)
+        self.best, self.chief = run_dir / "best.keras", chief
+        unused = (f" (the options given now unlike its own are not used: "
+                  f"{'; '.join(unused)})" if unused else "")
+        super().__init__(
+            run_dir, f"its training finished ({finished}); it is not trained again{unused}, "
+            f"and {self.best} stays the model its evaluation/ and report.html describe. To "
+            f"train this folder again from epoch 0, remove {self.best} (then evaluate and "
+            "report again); or give another --output-dir",
+        )  # fmt: skip
+
+
+# Options a finished run is not compared on: its folders (compared where they matter, as
+# paths), tracking, the devices it trained on, and which options the plan left alone.
+_NOT_COMPARED = ("output_dir", "manual_dir", "tfds_dir", "data_dir", "mlflow", "mlflow_uri",
+                 "distribution", "plan_given")
+
+
+def _finished_run_error(args, prepare, finished: str, chief: bool) -> LayoutError:
+    """What :func:`start_training` raises on a run folder whose training finished: a
+    :class:`TrainingFinished`, or a :class:`LayoutError` naming what changed when the
+    command asks for another recipe, other folds or other data (going on with that
+    ``best.keras`` would score it on patients it was fitted or chosen on)."""
+    from kseg.recipes import run_config
+
+    run_dir = pathlib.Path(args.output_dir)
+    config = run_config.read_config(run_dir)
+    recorded = vars(run_config.arguments_namespace(config, run_dir))
+    given = vars(args)
+
+    def shown(name, value):
+        if value is None:
+            return "none"
+        if name == "data_dir":
+            return os.path.abspath(value)
+        return list(value) if isinstance(value, tuple) else value
+
+    module = getattr(prepare, "__module__", None) or ""
+    recipe = module.rsplit(".", 1)[-1] if module.startswith("kseg.recipes.") else None
+    changes = []
+    if recipe is not None and config["recipe"] != recipe:
+        changes.append(f"the recipe {config['recipe']} (now {recipe})")
+    for name in (*run_config.SPLIT_ARGUMENTS, "data_dir"):
+        if name in recorded and name in given:
+            before, now = shown(name, recorded[name]), shown(name, given[name])
+            if before != now:
+                changes.append(f"--{name.replace('_', '-')} {before} (now {now})")
+    if changes:
+        best = run_dir / "best.keras"
+        return LayoutError(
+            run_dir, f"holds a finished run trained with {'; '.join(changes)}: its "
+            f"{best} was fitted and chosen on other patients or data. Give another "
+            f"--output-dir, or remove {best} to train this folder again from epoch 0",
+        )  # fmt: skip
+    # a planned option the command leaves to the plan holds the recipe's hand-picked value
+    # until the plan is read: not an option given otherwise
+    plan = config.get("plan") if isinstance(config.get("plan"), dict) else {}
+    left_to_plan = set(plan.get("options") or ()) - set(getattr(args, "plan_given", ()) or ())
+    unused = [f"--{name.replace('_', '-')} {shown(name, recorded[name])} (now "
+              f"{shown(name, given[name])})"
+              for name in sorted(set(recorded) & set(given) - left_to_plan)
+              if name not in _NOT_COMPARED
+              and None not in (recorded[name], given[name])
+              and shown(name, recorded[name]) != shown(name, given[name])]  # fmt: skip
+    return TrainingFinished(run_dir, finished, chief=chief, unused=unused)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingStart:
     """What :func:`start_training` made: the ``tf.distribute`` strategy (build and compile
@@ -609,6 +690,11 @@ def start_training(args, prepare) -> TrainingStart:
     (``prepare(args)``) while the other workers wait (:func:`kseg.training.distribute.barrier`)
     and then read what it built; on one machine ``prepare`` simply runs. The chief alone
     creates the run folder.
+
+    Raises:
+        TrainingFinished: the run folder holds a run whose training finished (an
+            interrupted one, with its resume backup, resumes), before anything is prepared.
+        LayoutError: the same, trained as another recipe, on other folds or other data.
     """
     if cross_validating(args):
         from kseg.errors import KsegError
@@ -626,9 +712,17 @@ def start_training(args, prepare) -> TrainingStart:
     distribution = distribute.strategy(getattr(args, "distribution", "default"))
     keras.utils.set_random_seed(args.seed)
     chief = distribute.is_chief(distribution)
+    from kseg.recipes.run_config import finished_training
+
+    finished = finished_training(args.output_dir)
+    if finished is not None:
+        raise _finished_run_error(args, prepare, finished, chief)
     builder = None
     if chief:
+        from kseg.recipes.run_config import mark_started
+
         pathlib.Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        mark_started(args.output_dir)
         builder = prepare(args)
     distribute.barrier(distribution)
     if not chief:
@@ -679,6 +773,10 @@ def fit(start: TrainingStart, args, model, training, validation_data, volume_val
         shuffle=False,  # the pipeline shuffles; Keras warns that it ignores True
         **fit_options,
     )
+    if start.chief:  # a rerun of the same command does not train it again
+        from kseg.recipes.run_config import mark_finished
+
+        mark_finished(run_dir)
     return run_dir / "best.keras", time.perf_counter() - fit_started, start.chief
 
 

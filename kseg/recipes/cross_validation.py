@@ -141,7 +141,10 @@ def train(module, args: argparse.Namespace) -> pathlib.Path:
         # the options as given: a recipe's train may fill some in (from a plan) as it runs
         given = run_config.json_arguments(member)
         started = time.perf_counter()
-        module.train(member)
+        try:
+            module.train(member)
+        except _common.TrainingFinished:  # it finished, then the run stopped before the record
+            print(f"Member {number}/{len(folds)}: its training had finished, kept", flush=True)
         run_config.write_json(member.output_dir / FINISHED_FILE, {
             "validation_fold": fold,
             "train_seconds": round(time.perf_counter() - started, 1),
@@ -392,9 +395,22 @@ def test_fold_report(module, args: argparse.Namespace):
 def train_for_main(module, args: argparse.Namespace, train_run):
     """What a recipe's ``main`` trains: ``train_run(args)`` (``(best.keras, fit seconds,
     chief)``), or with ``--validation-fold all`` the cross-validation (its seconds are
-    the whole of it, members and ensemble)."""
+    the whole of it, members and ensemble). A run folder whose training finished is not
+    trained again: that is said, ``args`` become the options it was trained with (as
+    :func:`kseg.recipes.load_run` reads them) and its ``best.keras`` goes on (0 fit
+    seconds)."""
     if not _common.cross_validating(args):
-        return train_run(args)
+        try:
+            return train_run(args)
+        except _common.TrainingFinished as finished:  # a rerun of a finished run
+            from kseg.recipes import load_run
+
+            if finished.chief:
+                print(f"{finished}\nGoing on with {finished.best}", flush=True)
+            # what follows (the test table) treats the model as kseg evaluate RUN does:
+            # with the options it was trained with, the plan's among them
+            vars(args).update(vars(load_run(args.output_dir)[1]))
+            return finished.best, 0.0, finished.chief
     started = time.perf_counter()
     best = train(module, args)
     return best, time.perf_counter() - started, True

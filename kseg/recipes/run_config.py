@@ -42,6 +42,10 @@ PATH_ARGUMENTS = ("data_dir", "output_dir", "tfds_dir", "manual_dir")
 SPLIT_ARGUMENTS = ("folds", "test_fold", "validation_fold")
 # config.json's "dataset" keys that say which prepared data a run trains on.
 DATASET_IDENTITY = ("name", "config", "version", "fingerprint")
+# When the run's training started and finished (its fit returned; null while it trains):
+# a finished run is not trained again (:func:`finished_training`). Not in config.json,
+# whose keys MLflow logs as params, which cannot change.
+TRAINING_FILE = "training.json"
 
 
 def json_arguments(args: argparse.Namespace) -> dict:
@@ -181,6 +185,57 @@ def write_config(
         config["created"] = earlier["created"]
         config["resumed"] = [*earlier.get("resumed", []), now]
     return save_config(run_dir, config)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def mark_started(run_dir) -> None:
+    """Record in ``run_dir/``:data:`TRAINING_FILE` that a training of the run started (now)
+    and has not finished."""
+    write_json(pathlib.Path(run_dir) / TRAINING_FILE, {"started": _now(), "finished": None})
+
+
+def mark_finished(run_dir) -> None:
+    """Record in ``run_dir/``:data:`TRAINING_FILE` that the run's training finished (now)."""
+    path = pathlib.Path(run_dir) / TRAINING_FILE
+    try:
+        record = read_json(path)
+    except UnreadableFileError:
+        record = None
+    write_json(path, {**(record if isinstance(record, dict) else {}), "finished": _now()})
+
+
+def finished_training(run_dir) -> str | None:
+    """When the training of the run folder ``run_dir`` finished, or ``None`` while training
+    it is new or resumes: no ``best.keras``, a resume backup (an interrupted run), or a
+    :data:`TRAINING_FILE` that does not say it finished. A run of a kseg that did not write
+    that file finished when it holds ``config.json``, ``best.keras`` and ``history.csv`` and
+    no resume backup (Keras deletes the backup when ``fit`` returns), or is a built
+    cross-validation (``--validation-fold all``: ``best.keras`` is its ensemble)."""
+    run_dir = pathlib.Path(run_dir)
+    backup = run_dir / BACKUP_FOLDER
+    if not (run_dir / "best.keras").is_file():
+        return None
+    if backup.is_dir() and any(path.is_file() for path in backup.rglob("*")):
+        return None
+    try:
+        config = read_config(run_dir)
+    except (LayoutError, UnreadableFileError):
+        return None
+    if (run_dir / TRAINING_FILE).is_file():
+        try:
+            finished = read_json(run_dir / TRAINING_FILE).get("finished")
+        except (UnreadableFileError, AttributeError):
+            return None
+        return finished if isinstance(finished, str) and finished else None
+    arguments = config["arguments"] if isinstance(config["arguments"], dict) else {}
+    if arguments.get("validation_fold") == "all":
+        return "a cross-validation: its best.keras is the ensemble of its members"
+    if (run_dir / "history.csv").is_file():
+        return "in a run of an earlier kseg (best.keras and history.csv, no resume backup)"
+    return None
 
 
 def _absolute_paths(arguments: dict) -> dict:
