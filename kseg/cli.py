@@ -162,6 +162,15 @@ def _prepare(args: argparse.Namespace) -> None:
     import importlib
 
     check_manual_dir(args.manual_dir, args.dataset)
+    if args.tfds_dir is not None:
+        # as kseg train refuses a --tfds-dir in --data-dir: the dataset written into the
+        # download changes the files it was prepared from, and every later use refuses it
+        download = os.path.realpath(args.manual_dir)
+        inside = os.path.realpath(args.tfds_dir)
+        if inside == download or inside.startswith(download.rstrip(os.sep) + os.sep):
+            _usage_error(args, f"--tfds-dir {args.tfds_dir} lies in --manual-dir "
+                               f"{args.manual_dir}; the download is never written to: "
+                               "choose a folder outside it")
     module = importlib.import_module(f"tfds_builders.{args.dataset}")
     configs = module.Builder.builder_configs
     name = args.config or DEFAULT_CONFIGS[args.dataset]

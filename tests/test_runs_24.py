@@ -262,3 +262,31 @@ def test_a_finished_fit_is_recorded_in_training_json(tmp_path):
     (run / "best.keras").write_bytes(b"model")
     assert run_config.finished_training(run) == finished["finished"]
 
+
+def _listing(folder: pathlib.Path) -> dict:
+    return {path.relative_to(folder).as_posix(): path.read_bytes()
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def test_prepare_into_its_own_download_is_a_usage_error_before_anything_is_written(
+    tmp_path, capsys
+):
+    """``kseg prepare xray --manual-dir D --tfds-dir D/tfds`` wrote the dataset into the
+    download (which kseg never writes to), and the next prepare or train of D found D
+    holding other files than the dataset was prepared from and refused it. As ``kseg
+    train`` refuses a --tfds-dir inside --data-dir, so does prepare, before TensorFlow."""
+    from kseg import cli
+    from kseg.phantoms import xray
+
+    download = tmp_path / "cxr"
+    xray.write_generic(download, num_images=3, size=16, seed=0)
+    before = _listing(download)
+    for inside in (download / "tfds", download):
+        with pytest.raises(SystemExit) as exited:
+            cli.main(["prepare", "xray", "--manual-dir", str(download), "--tfds-dir",
+                      str(inside)])
+        assert exited.value.code == 2
+        err = capsys.readouterr().err
+        assert f"--tfds-dir {inside} lies in --manual-dir {download}" in err
+    assert _listing(download) == before
+
