@@ -290,3 +290,38 @@ def test_prepare_into_its_own_download_is_a_usage_error_before_anything_is_writt
         assert f"--tfds-dir {inside} lies in --manual-dir {download}" in err
     assert _listing(download) == before
 
+
+def test_a_cross_validation_into_the_folder_of_a_single_run_is_refused(tmp_path):
+    """``kseg train RECIPE --validation-fold all --output-dir RUN`` where RUN holds a
+    trained single run: the members trained in RUN/folds/ and the ensemble then replaced
+    RUN/best.keras and RUN/config.json, while RUN/evaluation/ and report.html still scored
+    the single model (the case a rerun of a finished run had, one level up). Refused
+    before any member trains, naming the folder."""
+    from kseg.errors import LayoutError
+    from kseg.recipes import cross_validation
+
+    run = _trained_run(tmp_path / "run", finished="2026-12-03T09:00:00+00:00")
+    config = (run / "config.json").read_bytes()
+    trained = []
+    recipe = argparse.Namespace(train=trained.append)
+    args = argparse.Namespace(output_dir=run, folds=3, test_fold=0, validation_fold="all",
+                              seed=0, tfds_dir=None, plan="none")
+    with pytest.raises(LayoutError, match=re.escape(f"{run}: holds a run trained with "
+                                                    "--validation-fold 1")):
+        cross_validation.train(recipe, args)
+    assert trained == [] and (run / "config.json").read_bytes() == config
+    assert not (run / "folds").exists()
+    # and a single run into the folder of a built cross-validation, whose config.json
+    # and best.keras are its ensemble's
+    from kseg.recipes import _common
+
+    ensemble = tmp_path / "cv"
+    write_json(ensemble / "config.json", _config(
+        {"output_dir": str(ensemble), "data_dir": None, "seed": 0, "test_fold": 0,
+         "validation_fold": "all", "folds": 3}))  # fmt: skip
+    (ensemble / "best.keras").write_bytes(b"ensemble")
+    single = argparse.Namespace(output_dir=ensemble, folds=3, test_fold=0, validation_fold=1,
+                                data_dir=None, seed=0)
+    with pytest.raises(LayoutError, match=re.escape("--validation-fold all (now 1)")):
+        _common.start_training(single, trained.append)
+    assert trained == [] and (ensemble / "best.keras").read_bytes() == b"ensemble"

@@ -119,6 +119,7 @@ def train(module, args: argparse.Namespace) -> pathlib.Path:
         args: its checked options, ``validation_fold == "all"``.
     """
     run_dir = pathlib.Path(args.output_dir)
+    _refuse_a_single_run(run_dir)
     folds = _common.member_folds(args)
     print(f"Cross-validation: {len(folds)} members, validation folds {folds}"
           f"{'' if _common.has_test_fold(args) else ' (no test fold)'}, in "
@@ -157,6 +158,28 @@ def train(module, args: argparse.Namespace) -> pathlib.Path:
 
         keras.backend.clear_session()  # the next member starts from a clean graph
     return build_ensemble(module, args)
+
+
+def _refuse_a_single_run(run_dir: pathlib.Path) -> None:
+    """A kseg error when ``run_dir`` holds the trained model of a run that is no
+    cross-validation: the ensemble would replace its ``best.keras`` and ``config.json``,
+    while its ``evaluation/`` and ``report.html`` went on describing the single model."""
+    from kseg.errors import LayoutError, UnreadableFileError
+    from kseg.recipes import run_config
+
+    if not (run_dir / "best.keras").is_file():
+        return
+    try:
+        # runs recorded before --validation-fold validated on fold 1
+        validation_fold = run_config.read_config(run_dir)["arguments"].get("validation_fold", 1)
+    except (LayoutError, UnreadableFileError, AttributeError):
+        return
+    if validation_fold != _common.ALL_FOLDS:
+        raise LayoutError(
+            run_dir, f"holds a run trained with --validation-fold {validation_fold} (its "
+            "best.keras, config.json and evaluations); a cross-validation writes its "
+            "ensemble as RUN/best.keras and RUN/config.json: give another --output-dir",
+        )  # fmt: skip
 
 
 def mirror_axes(module, args: argparse.Namespace, spatial_dims: int, class_names) -> tuple:
