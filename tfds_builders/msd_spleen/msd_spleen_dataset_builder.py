@@ -30,6 +30,7 @@ from kseg.data.preprocess3d import (
     preprocess_volume,
 )
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
+from kseg.geometry import match_grid
 from kseg.io import read_nifti, read_nifti_labels
 from tfds_builders._beam import BeamOverPatients
 from tfds_builders._foreground import ForegroundTally
@@ -186,16 +187,20 @@ def case_example(config: MsdSpleenConfig, case: Case) -> dict:
     label = None
     if case.label is not None:
         label = read_nifti_labels(case.label, patient_id=case.patient_id)
-        if label.shape != image.shape:
+        # a label holding the image's voxels in another axis order or direction (LAS beside
+        # LPS, x-first storage) is moved onto the image's grid, without interpolation
+        matched = match_grid(label, image, tolerance_mm=_SAME_GRID_MM)
+        if matched is None and sorted(label.shape) != sorted(image.shape):
             raise AlignmentError(
                 case.label, f"label shape {label.shape} differs from image {image.shape}"
             )
-        if not np.allclose(label.affine, image.affine, rtol=0.0, atol=_SAME_GRID_MM):
+        if matched is None:
             raise AlignmentError(
                 case.label,
-                f"label affine differs from the image's ({case.image}):\n"
-                f"{label.affine}\nvs\n{image.affine}",
+                f"label affine differs from the image's ({case.image}), also with its axes "
+                f"reordered or flipped:\n{label.affine}\nvs\n{image.affine}",
             )
+        label = matched
         _check_binary(label.array, case.label)
     original_affine, original_shape = image.affine, image.shape
     if config.preprocess:
