@@ -95,8 +95,10 @@ def test_evaluating_a_best_keras_of_another_class_count_names_it(tmp_path):
 
 
 def test_saving_scores_removes_case_files_of_patients_not_scored(tmp_path):
-    """Two ``kseg evaluate --input`` folders of the same name write one evaluation folder;
-    the first one's case files stayed beside the second one's scores."""
+    """An evaluation into the folder of an earlier one (``kseg evaluate --input`` of the
+    same folder after cases were removed from it; before each input had a folder of its
+    own, another folder of the same name): the earlier case files stayed beside the new
+    scores."""
     from kseg.evaluation import PatientTable
     from kseg.recipes._evaluation import save_table
 

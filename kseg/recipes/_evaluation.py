@@ -262,7 +262,7 @@ def every_split(builder, *, exclude=()) -> str:
 def save_table(table: PatientTable, folder) -> pathlib.Path:
     """``folder/scores.csv``, and ``folder/cases`` cleared of case files of patients the
     table does not hold: an earlier evaluation into the same folder (``kseg evaluate
-    --input`` of another folder of the same name) left its own there."""
+    --input`` of the same folder before cases were removed from it) left its own there."""
     path = pathlib.Path(folder) / "scores.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(path)
