@@ -3,6 +3,7 @@ HighResNet. Expected values come from nibabel, numpy formulas or hand-worked cas
 
 import nibabel as nib
 import numpy as np
+import pytest
 from etils import epath
 
 from tfds_builders.msd_spleen import msd_spleen_dataset_builder
@@ -53,3 +54,50 @@ def test_label_stored_with_swapped_axes_lands_on_its_voxels(tmp_path):
     case = _case(tmp_path, image, affine, spleen.transpose(1, 0, 2).copy(), swapped)
     example = msd_spleen_dataset_builder.case_example(_raw_config(), case)
     np.testing.assert_array_equal(example["label"], spleen.transpose(2, 1, 0))
+
+
+def test_evaluation_case_file_shows_the_ct_on_its_label_files_grid(tmp_path, monkeypatch):
+    # A Task09-style case whose label is stored in LAS beside its LPS CT (accepted by the
+    # builder since it holds the same voxels): the report's case file paired the CT as
+    # stored with the label as stored, so the overlay showed the spleen mirrored.
+    import argparse
+
+    import kseg
+    from kseg.data.pipeline import WINDOWS, window
+    from kseg.recipes import msd_spleen
+
+    task = tmp_path / "Task09_Spleen"
+    for folder in ("imagesTr", "labelsTr"):
+        (task / folder).mkdir(parents=True)
+    (task / "dataset.json").write_text("{}")
+    lps = np.array([[-2.0, 0.0, 0.0, 10.0], [0.0, -2.0, 0.0, 8.0],
+                    [0.0, 0.0, 3.0, -4.0], [0.0, 0.0, 0.0, 1.0]])
+    shape = (7, 6, 5)  # (i, j, k)
+    image = np.arange(np.prod(shape), dtype=np.int16).reshape(shape) * 3 - 50
+    spleen = np.zeros(shape, np.uint8)
+    spleen[0:2, 1:4, 1:4] = 1  # at the low-i side only
+    las = lps.copy()
+    las[0, 0], las[0, 3] = 2.0, 10.0 - 2.0 * 6
+    nib.save(nib.Nifti1Image(image, lps), str(task / "imagesTr" / "spleen_2.nii.gz"))
+    nib.save(nib.Nifti1Image(spleen[::-1].copy(), las),
+             str(task / "labelsTr" / "spleen_2.nii.gz"))
+    # The model's input on the image's own grid (no preprocessing), and a model that
+    # predicts the spleen exactly.
+    truth = spleen.transpose(2, 1, 0)
+    example = {"patient_id": "spleen_2", "input": truth[..., None].astype(np.float32),
+               "affine": lps[:, [2, 1, 0, 3]]}
+    monkeypatch.setattr(kseg, "load_model", lambda *a, **k: (lambda batch: batch))
+    monkeypatch.setattr(msd_spleen, "prepare", lambda args: None)
+    monkeypatch.setattr(msd_spleen, "whole_volumes", lambda builder, split: [example])
+    args = argparse.Namespace(
+        output_dir=tmp_path / "run", manual_dir=tmp_path, folds=5, test_fold=0,
+        validation_fold=1, roi_size=4, overlap=0.25, batch_size=1, largest_component=False,
+    )
+    table = msd_spleen.evaluate(args, split="test")
+    assert table.column("dice") == pytest.approx([1.0])
+    case = np.load(tmp_path / "run" / "evaluation" / "test" / "cases" / "spleen_2.npz")
+    # the label file's (k, j, i') order, i' = 6 - i
+    expected_image = window(image[::-1].transpose(2, 1, 0), *WINDOWS["spleen_msd"]).numpy()
+    np.testing.assert_array_equal(case["reference"], spleen[::-1].transpose(2, 1, 0))
+    np.testing.assert_array_equal(case["prediction"], case["reference"])
+    np.testing.assert_allclose(case["image"], expected_image)

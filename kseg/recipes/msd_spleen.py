@@ -394,7 +394,9 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         _common.check_split(args, split)  # before TensorFlow loads
     import kseg
     from kseg.data.pipeline import WINDOWS, window
+    from kseg.errors import AlignmentError
     from kseg.evaluation import evaluate_on_original_grid
+    from kseg.geometry import match_grid
     from kseg.io import read_nifti, read_nifti_labels
     from kseg.recipes import _evaluation
     from tfds_builders.msd_spleen import UNLABELED_SPLIT, Builder, task_folder
@@ -437,11 +439,20 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         prediction = read_nifti_labels(
             folder / "predictions" / f"{patient_id}.nii.gz", patient_id=patient_id
         )
-        image = read_nifti(task_dir / "imagesTr" / f"{patient_id}.nii.gz", patient_id=patient_id)
+        image_file = task_dir / "imagesTr" / f"{patient_id}.nii.gz"
+        image = read_nifti(image_file, patient_id=patient_id)
+        # a label stored in another axis order or direction than its CT (which the builder
+        # reads) is shown over the CT's voxels moved onto its grid, not over the stored array
+        on_label_grid = match_grid(image, reference)
+        if on_label_grid is None:
+            raise AlignmentError(
+                image_file, "not on the voxels of its label file "
+                f"{task_dir / 'labelsTr' / image_file.name}"
+            )
         _evaluation.write_case(
             folder / "cases",
             patient_id,
-            image=window(image.array, *WINDOWS["spleen_msd"]).numpy(),
+            image=window(on_label_grid.array, *WINDOWS["spleen_msd"]).numpy(),
             reference=reference.array,
             prediction=prediction.array,
             spacing=reference.plane_spacing,  # the distance between slice planes
