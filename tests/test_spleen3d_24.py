@@ -101,3 +101,20 @@ def test_evaluation_case_file_shows_the_ct_on_its_label_files_grid(tmp_path, mon
     np.testing.assert_array_equal(case["reference"], spleen[::-1].transpose(2, 1, 0))
     np.testing.assert_array_equal(case["prediction"], case["reference"])
     np.testing.assert_allclose(case["image"], expected_image)
+
+
+def test_real_spleen_label_saved_las_beside_the_real_ras_ct(shared_data, tmp_path):
+    # TotalSegmentator's real CT (RAS, 3 mm) and its spleen, the label re-saved by nibabel
+    # in LAS (first axis flipped), as another tool could write it.
+    folder = shared_data / "totalseg-ct"
+    stored = nib.load(str(folder / "organs" / "spleen.nii.gz"))
+    spleen = np.asarray(stored.dataobj)
+    las = nib.as_closest_canonical(stored).affine.copy()
+    las[:, 0] *= -1
+    las[:3, 3] = stored.affine[:3, :3] @ (spleen.shape[0] - 1, 0, 0) + stored.affine[:3, 3]
+    nib.save(nib.Nifti1Image(spleen[::-1].copy(), las), str(tmp_path / "spleen_las.nii.gz"))
+    case = Case("spleen_1", epath.Path(folder / "example_ct_sm.nii.gz"),
+                epath.Path(tmp_path / "spleen_las.nii.gz"))
+    example = msd_spleen_dataset_builder.case_example(_raw_config(), case)
+    assert spleen.sum() > 9000
+    np.testing.assert_array_equal(example["label"], spleen.transpose(2, 1, 0))
