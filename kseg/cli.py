@@ -34,7 +34,11 @@ import traceback
 import kseg
 from kseg.errors import KsegError, LayoutError
 
-__all__ = ["build_parser", "main"]
+__all__ = ["DatasetChangedWarning", "build_parser", "main"]
+
+
+class DatasetChangedWarning(UserWarning):
+    """``kseg evaluate RUN --split``: the prepared dataset is not the one RUN trained on."""
 
 # Each dataset's builder config the recipe training on it uses; ``--config`` picks another.
 DEFAULT_CONFIGS = {
@@ -445,9 +449,36 @@ def _evaluate(args: argparse.Namespace) -> None:
             _common.check_split(recipe_args, args.split)
         check_model(run)
     if args.input is None:
+        if not pooled:
+            _warn_of_another_dataset(module, recipe_args, run)
         cross_validation.evaluate(module, recipe_args, split=args.split)
     else:
         cross_validation.evaluate(module, recipe_args, input_dir=args.input)
+
+
+def _warn_of_another_dataset(module, recipe_args, run: pathlib.Path) -> None:
+    """A :class:`DatasetChangedWarning` when the run's prepared dataset is no longer the
+    one it trained on (``config.json``'s dataset fingerprint): prepared again from other
+    files, its folds hold other patients, and the split may hold some the model trained
+    on."""
+    import warnings
+
+    from kseg.recipes import run_config
+
+    recorded = run_config.read_config(run).get("dataset")
+    fingerprint = recorded.get("fingerprint") if isinstance(recorded, dict) else None
+    if not isinstance(fingerprint, str):  # runs recorded before the fingerprint
+        return
+    builder = module.prepare(recipe_args)
+    now = run_config.dataset_fingerprint(builder)
+    if now != fingerprint:
+        warnings.warn(
+            f"{run} was trained on a prepared dataset with fingerprint {fingerprint[:12]}, "
+            f"but {builder.data_dir} has {now[:12]} now (prepared again from other files?): "
+            "its folds may hold other patients, some of which the model trained on; "
+            "evaluate other data with --input instead",
+            DatasetChangedWarning, stacklevel=2,
+        )  # fmt: skip
 
 
 def _predict(args: argparse.Namespace) -> None:

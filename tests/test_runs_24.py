@@ -11,6 +11,7 @@ import json
 import pathlib
 import re
 import shutil
+import warnings
 
 import pytest
 
@@ -227,6 +228,12 @@ def test_rerunning_a_finished_run_does_not_train_it_again(tmp_path, capsys):
         with pytest.raises(LayoutError, match=re.escape(named)) as refused:
             _common.start_training(command(**changes), prepared.append)
         assert not isinstance(refused.value, _common.TrainingFinished)
+    # another recipe's training into it (its prepare step is never reached)
+    from kseg import recipes
+
+    with pytest.raises(LayoutError, match=re.escape("the recipe xray_multiclass (now "
+                                                    "chaos_liver)")):
+        _common.start_training(command(), recipes.load("chaos_liver").prepare_planned)
     assert prepared == [] and (run / "best.keras").read_bytes() == model
     # an interrupted run (its resume backup) still resumes
     (run / "backup").mkdir()
@@ -325,3 +332,44 @@ def test_a_cross_validation_into_the_folder_of_a_single_run_is_refused(tmp_path)
     with pytest.raises(LayoutError, match=re.escape("--validation-fold all (now 1)")):
         _common.start_training(single, trained.append)
     assert trained == [] and (ensemble / "best.keras").read_bytes() == b"ensemble"
+
+
+def test_evaluating_a_split_of_a_dataset_prepared_again_from_other_data_warns(
+    tmp_path, monkeypatch
+):
+    """``kseg evaluate RUN --split test`` after the run's prepared dataset was prepared
+    again from other data (RUN/tfds deleted to save space and the download grown, or a
+    shared --tfds-dir prepared anew): the test fold is drawn from other patients, some of
+    which the model may have trained on, and the table was printed without a word.
+    config.json records the fingerprint of the dataset the run trained on; a split
+    evaluation now warns when the prepared dataset has another."""
+    from types import SimpleNamespace
+
+    from kseg import cli, recipes
+    from kseg.recipes import run_config
+
+    def builder(examples):
+        data_dir = tmp_path / "tfds" / "xray" / "generic" / "1.0.0"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        (data_dir / "xray-fold0.tfrecord").write_bytes(b"x" * examples)
+        return SimpleNamespace(data_dir=str(data_dir), info=SimpleNamespace(splits={
+            f"fold{fold}": SimpleNamespace(num_examples=examples) for fold in range(3)}))
+
+    run = _trained_run(tmp_path / "run", finished="2026-12-03T09:00:00+00:00")
+    config = json.loads((run / "config.json").read_text())
+    config["dataset"]["fingerprint"] = run_config.dataset_fingerprint(builder(4))
+    write_json(run / "config.json", config)
+    recipe = recipes.load("xray_multiclass")
+    evaluated = []
+    monkeypatch.setattr(recipe, "evaluate", lambda args, **kwargs: evaluated.append(kwargs))
+    for examples, changed in ((4, False), (6, True)):
+        monkeypatch.setattr(recipe, "prepare", lambda args, examples=examples: builder(examples))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert cli.main(["evaluate", str(run), "--split", "test"]) == 0
+        said = [str(warning.message) for warning in caught
+                if issubclass(warning.category, cli.DatasetChangedWarning)]
+        assert len(said) == changed
+        if changed:
+            assert str(run) in said[0] and "other patients" in said[0]
+    assert [kwargs["split"] for kwargs in evaluated] == ["test", "test"]
