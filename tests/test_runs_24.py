@@ -373,3 +373,37 @@ def test_evaluating_a_split_of_a_dataset_prepared_again_from_other_data_warns(
         if changed:
             assert str(run) in said[0] and "other patients" in said[0]
     assert [kwargs["split"] for kwargs in evaluated] == ["test", "test"]
+
+
+def test_a_moved_cross_validation_keeps_its_finished_members_on_a_rerun(tmp_path,
+                                                                        monkeypatch):
+    """The same ``--validation-fold all`` command run again on a cross-validation that was
+    moved (or named from another working folder) found every finished member "trained
+    with other options (manual_dir, output_dir, tfds_dir)": the folders a member's record
+    holds are where the cross-validation was. They follow the cross-validation; an option
+    that changed is still named."""
+    from kseg.errors import LayoutError
+    from kseg.recipes import cross_validation, run_config
+
+    old = tmp_path / "runs" / "cv"
+    first = argparse.Namespace(output_dir=old, folds=3, test_fold=0, validation_fold="all",
+                               seed=0, epochs=2, data_dir=None, tfds_dir=None,
+                               manual_dir=old / "phantom_chaos")
+    member = cross_validation.member_args(first, 2)
+    member.plan = str(old / "folds" / "fold_1" / "plan.json")  # the first member's
+    member.output_dir.mkdir(parents=True)
+    (member.output_dir / "best.keras").write_bytes(b"member")
+    write_json(member.output_dir / cross_validation.FINISHED_FILE,
+               {"validation_fold": 2, "arguments": run_config.json_arguments(member)})
+    moved = tmp_path / "moved"
+    shutil.move(old, moved)
+    for output_dir in (moved, pathlib.Path("moved")):  # absolute, or from tmp_path
+        monkeypatch.chdir(tmp_path)
+        again = argparse.Namespace(**{**vars(first), "output_dir": output_dir,
+                                      "manual_dir": output_dir / "phantom_chaos"})
+        kept = cross_validation.member_args(again, 2)
+        kept.plan = str(output_dir / "folds" / "fold_1" / "plan.json")
+        assert cross_validation._finished_record(kept)
+    changed = argparse.Namespace(**{**vars(kept), "epochs": 3})
+    with pytest.raises(LayoutError, match=re.escape("other options (epochs)")):
+        cross_validation._finished_record(changed)

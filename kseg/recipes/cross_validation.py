@@ -84,8 +84,8 @@ def _finished_record(args: argparse.Namespace) -> dict | None:
     if not (folder / "best.keras").is_file():
         raise LayoutError(folder, f"says in {FINISHED_FILE} that it finished training but "
                                   "holds no best.keras; remove the folder to train it again")
-    wanted = run_config.json_arguments(args)
-    recorded = record.get("arguments", {})
+    wanted = _placed(run_config.json_arguments(args))
+    recorded = _placed(dict(record.get("arguments", {})))
     # an option unset on one side is not a change: a plan may fill on a rerun what it
     # could not before the first run wrote the phantom
     changed = sorted(name for name in set(wanted) & set(recorded)
@@ -98,6 +98,31 @@ def _finished_record(args: argparse.Namespace) -> dict | None:
             "another --output-dir",
         )  # fmt: skip
     return record
+
+
+# A member's paths that lie in its cross-validation's folder when it was trained (plan:
+# the first member's plan.json, which the later members train from).
+_CROSS_VALIDATION_FOLDERS = ("output_dir", "manual_dir", "tfds_dir", "plan")
+
+
+def _placed(arguments: dict) -> dict:
+    """A member's ``arguments`` with the folders inside its cross-validation's folder
+    (``CV/folds/fold_K``, ``CV/tfds``, ``CV/phantom*``) as paths relative to it: a moved
+    cross-validation, or one named from another working folder, trained its members with
+    the same options."""
+    output = arguments.get("output_dir")
+    if not isinstance(output, str) or not output:
+        return arguments
+    root = pathlib.PurePath(output).parent.parent
+    for name in _CROSS_VALIDATION_FOLDERS:
+        value = arguments.get(name)
+        if isinstance(value, str) and value:
+            try:
+                inside = pathlib.PurePath(value).relative_to(root)
+            except ValueError:
+                continue
+            arguments[name] = f"<cross-validation>/{inside.as_posix()}"
+    return arguments
 
 
 def _plan_to_share(args: argparse.Namespace, member: argparse.Namespace) -> pathlib.Path | None:
