@@ -1,0 +1,49 @@
+"""Session 24 hunt: tuning, tracking, plan, splits and models, each against a reference."""
+
+import math
+
+import numpy as np
+import pytest
+
+from kseg import models
+from kseg.training import VolumeValidation
+
+
+def _diverged_validation():
+    """A tiny U-Net and a VolumeValidation over one volume with a foreground cube."""
+    model = models.build("unet", input_shape=(8, 8, 1), depth=1, base_filters=2)
+    label = np.zeros((4, 8, 8), np.uint8)
+    label[:, 2:5, 2:5] = 1
+    image = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+    validation = VolumeValidation(
+        [("p1", image, label, (1.0, 1.0, 1.0))], log_per_patient=True
+    )
+    validation.set_model(model)
+    return model, validation
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs /work/spec/results24b/training/proposed_callbacks.diff "
+    "(kseg/training/callbacks.py is another helper's file)",
+)
+def test_a_diverged_model_logs_nan_volume_scores_instead_of_ending_fit():
+    # Keras logs a NaN val_loss and goes on; Keras Tuner then scores a trial by its best
+    # finite epoch. VolumeValidation raised a ValueError from on_epoch_end instead, which
+    # ended model.fit and, in a search, turned a trial with good earlier epochs into a
+    # failed one (three such trials in a row abort the whole search).
+    model, validation = _diverged_validation()
+    logs = {}
+    validation.on_epoch_end(0, logs)
+    assert math.isfinite(logs["val_volume_dice"])
+    for weight in model.weights:  # what a diverged optimiser leaves
+        weight.assign(np.full(weight.shape, np.nan, weight.dtype))
+    logs = {"val_dice": 0.5}
+    with pytest.warns(RuntimeWarning, match="epoch 2.*'p1'"):
+        validation.on_epoch_end(1, logs)
+    assert set(logs) == {"val_dice", "val_volume_dice", "val_volume_dice/p1",
+                         "val_patch_volume_gap"}
+    assert all(math.isnan(logs[key]) for key in logs if key != "val_dice")
+    # called directly, evaluate still refuses to score NaN as background
+    with pytest.raises(ValueError, match="'p1'.*NaN"):
+        validation.evaluate()
