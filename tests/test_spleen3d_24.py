@@ -118,3 +118,19 @@ def test_real_spleen_label_saved_las_beside_the_real_ras_ct(shared_data, tmp_pat
     example = msd_spleen_dataset_builder.case_example(_raw_config(), case)
     assert spleen.sum() > 9000
     np.testing.assert_array_equal(example["label"], spleen.transpose(2, 1, 0))
+
+
+def test_sliding_window_refuses_windows_a_unet_cannot_take_naming_roi_size():
+    # A 3D U-Net of depth 2 halves twice: windows must be multiples of 4. The 10-voxel
+    # windows failed in TensorFlow (InvalidArgumentError, "Pad or crop" the input), which
+    # sliding_window's caller cannot do: the windows' size is roi_size.
+    from kseg.inference import sliding_window
+    from kseg.models import unet
+
+    model = unet((None, None, None, 1), num_classes=1, depth=2, base_filters=2)
+    volume = np.zeros((12, 20, 20, 1), np.float32)
+    with pytest.raises(ValueError, match=r"roi_size \(8, 10, 10\): unet needs window sizes "
+                                         r"divisible by 4 .*axes \[1, 2\]"):
+        sliding_window(model, volume, (8, 10, 10), progress=False)
+    # whole axes (None) of 12 and 20 voxels are multiples of 4: accepted
+    assert sliding_window(model, volume, (None, 8, None), progress=False).shape == (12, 20, 20, 1)

@@ -118,6 +118,24 @@ def _check_roi(roi_size, spatial_shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(resolved)
 
 
+def _check_divisible(predictor, roi_size: tuple[int, ...]) -> None:
+    """A model that down-samples (a :class:`kseg.models.SegmentationModel` of the U-Net
+    family, ``size_divisor`` ``2**depth``) takes only windows whose sizes it divides; every
+    window has ``roi_size``, so a misfit is the choice of ``roi_size``, said before the first
+    window runs (the model's own check says to pad or crop the input, which would not help)."""
+    divisor = getattr(predictor, "size_divisor", 1)
+    if not isinstance(divisor, (int, np.integer)) or divisor <= 1:
+        return
+    odd = [axis for axis, roi in enumerate(roi_size) if roi % divisor]
+    if odd:
+        name = getattr(predictor, "name", type(predictor).__name__)
+        raise ValueError(
+            f"roi_size {roi_size}: {name} needs window sizes divisible by {divisor} (its "
+            f"down-sampling steps), and along spatial axes {odd} they are not; choose "
+            f"multiples of {divisor} (a None entry takes the whole axis)"
+        )
+
+
 def sliding_window(
     predictor,
     volume: np.ndarray,
@@ -140,7 +158,8 @@ def sliding_window(
         volume: array ``(*spatial, channels)``: ``(H, W, C)`` for a 2D image,
             ``(D, H, W, C)`` for a volume, any number of spatial axes. Not modified.
         roi_size: window shape, an int for every axis or one per spatial axis; ``None``
-            takes the whole axis.
+            takes the whole axis. A predictor with a ``size_divisor`` (kseg's U-Net family)
+            needs multiples of it.
         overlap: fraction of a window shared with its neighbour along each axis, in
             ``[0, 1)``. ``0.5`` is nnU-Net's default.
         blend: ``"gaussian"`` (window centres count most) or ``"constant"`` (plain mean).
@@ -188,6 +207,7 @@ def sliding_window(
         raise ValueError(f"pad_mode must be one of numpy.pad's modes {PAD_MODES}, got {pad_mode!r}")
     spatial_shape = volume.shape[:-1]
     roi_size = _check_roi(roi_size, spatial_shape)
+    _check_divisible(predictor, roi_size)
     predict = as_batch_predictor(predictor)
 
     padding = []
