@@ -2,11 +2,12 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
 
 from kseg import models
-from kseg.training import VolumeValidation
+from kseg.training import TimeBudget, VolumeValidation
 
 
 def _diverged_validation():
@@ -47,3 +48,30 @@ def test_a_diverged_model_logs_nan_volume_scores_instead_of_ending_fit():
     # called directly, evaluate still refuses to score NaN as background
     with pytest.raises(ValueError, match="'p1'.*NaN"):
         validation.evaluate()
+
+
+class _BatchIndices(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.ends = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ends.append(batch)
+
+
+def test_time_budget_counts_batches_not_executions_with_steps_per_execution():
+    # compile(steps_per_execution=2), as SegmentationHyperModel's compile_kwargs allow:
+    # Keras calls the batch hooks once per 2 batches, with the index of the last one. The
+    # budget counted calls, never saw the epoch's last batch, and reported an epoch that
+    # ran all 4 of its batches as stopped mid-epoch, with no finished epoch.
+    ticks = iter(range(1, 10_000))
+    budget = TimeBudget(6 / 60, clock=lambda: float(next(ticks)), verbose=False)
+    indices = _BatchIndices()
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse", steps_per_execution=2)
+    history = model.fit(np.zeros((8, 1)), np.zeros((8, 1)), batch_size=2, epochs=3,
+                        verbose=0, callbacks=[indices, budget])
+    assert history.epoch == [0] and indices.ends == [1, 3]  # 4 batches = the whole epoch
+    assert budget.stopped_epoch == 0
+    assert budget.stopped_after_batch is None  # stopped at the epoch's end
+    assert budget.last_finished_epoch == 0

@@ -195,7 +195,9 @@ class TimeBudget(keras.callbacks.Callback):
         now = self.clock()
         self._batch_seconds.append(now - self._last_batch_end)
         self._last_batch_end = now
-        self._epoch_batches += 1
+        # the index of the execution's last batch: with compile(steps_per_execution=n)
+        # Keras calls this hook once per n batches
+        self._epoch_batches = batch + 1
         if self._epoch_length is not None and self._epoch_batches >= self._epoch_length:
             return  # the epoch's last batch: on_epoch_end decides about the next epoch
         next_batch = max(self._batch_seconds)
