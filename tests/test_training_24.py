@@ -75,3 +75,34 @@ def test_time_budget_counts_batches_not_executions_with_steps_per_execution():
     assert budget.stopped_epoch == 0
     assert budget.stopped_after_batch is None  # stopped at the epoch's end
     assert budget.last_finished_epoch == 0
+
+
+def test_fixmatch_moves_a_per_voxel_weight_map_with_the_weakly_augmented_mask():
+    # U-Net border weights (B, H, W) with a voxel-wise Keras loss: the weak view flipped
+    # image and mask but left the weights in place, so the loss weighted the wrong voxels
+    # (AugmentedModel moves them along; FixMatch's labeled batch must too).
+    import tensorflow as tf
+
+    from kseg.augment import RandomAxisFlip
+    from kseg.training import FixMatch
+
+    inputs = keras.Input((8, 8, 1))
+    logits = keras.layers.Conv2D(
+        1, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(2.0)
+    )(inputs)
+    student = keras.Model(inputs, logits)
+    model = FixMatch(student, weak=RandomAxisFlip(2, axes=[1], probability=1.0), strong=None)
+    model.compile(
+        keras.optimizers.SGD(0.0),
+        loss=keras.losses.BinaryCrossentropy(from_logits=True),
+    )
+    image = np.zeros((1, 8, 8, 1), np.float32)
+    mask = np.zeros((1, 8, 8, 1), np.float32)
+    mask[:, :, :3] = 1  # foreground in the first 3 columns
+    weight = mask[..., 0].copy()  # weight 1 on the foreground voxels only
+    labeled = tf.data.Dataset.from_tensors((image, mask, weight))
+    unlabeled = tf.data.Dataset.from_tensors(image)
+    history = model.fit(tf.data.Dataset.zip((labeled, unlabeled)), epochs=1, verbose=0)
+    # the flip keeps every weighted voxel on the foreground: each costs softplus(-2)
+    expected = weight.sum() * np.log1p(np.exp(-2.0)) / weight.size
+    assert history.history["supervised_loss"][0] == pytest.approx(expected, rel=1e-5)

@@ -31,6 +31,7 @@ construction. The loss functions (``sigmoid_rampup``, ``consistency_loss``, ``ps
 from __future__ import annotations
 
 import math
+import types
 
 import keras
 from keras import ops
@@ -592,11 +593,23 @@ class FixMatch(_ConsistencyModel):
         augmented = self.weak(data, training=True)
         return ops.cast(augmented[IMAGES], images.dtype), augmented.get(MASKS)
 
+    def _weak_labeled_view(self, x, y, sample_weight):
+        """The weak view of the labeled batch; a per-voxel ``sample_weight`` moves with the
+        mask, as in :class:`kseg.augment.AugmentedModel` (whose ``augment_batch`` reads only
+        the ``augmenter``)."""
+        if self.weak is None:
+            return x, y, sample_weight
+        from kseg.augment.augmented_model import AugmentedModel
+
+        holder = types.SimpleNamespace(augmenter=self.weak)
+        images, masks, sample_weight = AugmentedModel.augment_batch(holder, x, y, sample_weight)
+        return ops.cast(images, x.dtype), masks, sample_weight
+
     def train_step(self, data):
         import tensorflow as tf
 
         (x, y, sample_weight), x_unlabeled = _split_batch(self.name, data)
-        x, y = self._weak_view(x, y)
+        x, y, sample_weight = self._weak_labeled_view(x, y, sample_weight)
         weak_unlabeled, _ = self._weak_view(ops.cast(x_unlabeled, x.dtype))
         weak_logits = ops.stop_gradient(self.student(weak_unlabeled, training=False))
         labels, confident = pseudo_labels(weak_logits, self.threshold)
