@@ -269,10 +269,11 @@ def resample(
     """Resample a volume to a new voxel spacing, keeping its field of view.
 
     The new grid keeps the volume's axis directions; it has
-    ``round(shape * old_spacing / spacing)`` voxels per axis (at least one) and the outer
-    corner of its first voxel sits where the old first voxel's corner was, so the new
-    affine is ``directions * spacing`` with origin
-    ``old_corner + directions * spacing / 2``. Spacings are
+    ``round(shape * old_spacing / spacing)`` voxels per axis (at least one; one more where
+    coarsening would leave the last old voxel's centre outside it) and is centred on the old
+    field of view, so every old voxel centre lies in the new field of view and every new
+    centre in the old one: a label map resampled and mapped back (:func:`to_original_grid`)
+    keeps its border planes. The new affine is ``directions * spacing``. Spacings are
     :attr:`~kseg.io.Volume.plane_spacing`: on a sheared grid the slice axis keeps its
     slant and ``spacing[0]`` is the distance between the new slice planes, the
     spacing a plan derives from the data (each affine column is scaled by
@@ -321,11 +322,23 @@ def resample(
     old_spacing = np.asarray(volume.plane_spacing)
 
     extent = np.asarray(volume.shape) * old_spacing
-    new_shape = tuple(max(1, int(n)) for n in np.floor(extent / target_spacing + 0.5))
+    # round(extent / spacing) voxels, or more where coarsening (a 0.8 mm slice to 2 mm)
+    # would leave an old voxel's centre outside the new field of view
+    new_counts = np.maximum(
+        np.floor(extent / target_spacing + 0.5),
+        np.ceil(np.round((extent - old_spacing) / target_spacing, 6)),
+    )
+    new_shape = tuple(max(1, int(n)) for n in new_counts)
     new_affine = np.eye(4)
     new_affine[:3, :3] = affine[:3, :3] * (target_spacing / old_spacing)
     first_corner = affine[:3, :3] @ np.full(3, -0.5) + affine[:3, 3]
-    new_affine[:3, 3] = first_corner + new_affine[:3, :3] @ np.full(3, 0.5)
+    # centred on the old field of view: every new centre lies in the old field of view and
+    # every old centre in the new one, so a label map resampled here and mapped back with
+    # to_original_grid loses no voxel at the far border
+    overhang = (np.asarray(new_shape) * target_spacing - extent) / 2
+    new_affine[:3, 3] = first_corner + new_affine[:3, :3] @ (
+        0.5 - overhang / target_spacing
+    )
     try:
         return resample_to(volume, new_affine, new_shape, is_label=is_label, order=order)
     except MemoryError:

@@ -187,6 +187,9 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
             "sform_code": int(header["sform_code"]),
             "qform_code": int(header["qform_code"]),
             "spatial_unit": spatial_unit,
+            # the file's own grid, to tell it from a new grid that happens to be centred
+            # like nibabel's fallback affine (a resampled copy)
+            "file_affine": affine[:, _REVERSE_AXES],
         },
     )
 
@@ -623,6 +626,11 @@ def _orientation_unknown(volume: Volume, header, affine: np.ndarray) -> bool:
     still that file's: its affine is the pixdim fallback for its shape and voxel sizes."""
     metadata = volume.metadata
     if metadata.get("sform_code") != 0 or metadata.get("qform_code") != 0:
+        return False
+    file_affine = metadata.get("file_affine")
+    if file_affine is not None and not np.allclose(
+        volume.affine, file_affine, rtol=0.0, atol=1e-4
+    ):
         return False
     return bool(np.allclose(affine, header.get_base_affine(), rtol=0.0, atol=1e-4))
 
