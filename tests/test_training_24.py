@@ -106,3 +106,38 @@ def test_fixmatch_moves_a_per_voxel_weight_map_with_the_weakly_augmented_mask():
     # the flip keeps every weighted voxel on the foreground: each costs softplus(-2)
     expected = weight.sum() * np.log1p(np.exp(-2.0)) / weight.size
     assert history.history["supervised_loss"][0] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs /work/spec/results24b/training/proposed_callbacks.diff "
+    "(kseg/training/callbacks.py is another helper's file)",
+)
+def test_volume_validation_of_a_logits_model_is_not_thresholded_at_logit_one_half():
+    # A logits model (SegmentationHyperModel(model_kwargs={"activation": None}), the
+    # network of MeanTeacher / FixMatch) under VolumeValidation: its logits were
+    # thresholded at 0.5 as if probabilities, silently scoring Dice 0 here.
+    def constant_logit_model(value):
+        inputs = keras.Input((8, 8, 1))
+        logits = keras.layers.Conv2D(
+            1, 1, kernel_initializer="zeros", bias_initializer=keras.initializers.Constant(value)
+        )(inputs)
+        return keras.Model(inputs, logits)
+
+    label = np.zeros((4, 8, 8), np.uint8)
+    label[:, 2:5, 2:5] = 1
+    volume = ("p1", np.zeros((4, 8, 8, 1), np.float32), label, (1.0, 1.0, 1.0))
+
+    # logits outside [0, 1] cannot be probabilities: refused, naming the argument
+    plain = VolumeValidation([volume])
+    plain.set_model(constant_logit_model(-2.0))
+    with pytest.raises(ValueError, match="from_logits=True"):
+        plain.on_epoch_end(0, {})
+
+    validation = VolumeValidation([volume], from_logits=True)
+    validation.set_model(constant_logit_model(0.3))
+    logs = {}
+    validation.on_epoch_end(0, logs)
+    # sigmoid(0.3) = 0.574 >= 0.5: every voxel is foreground
+    expected = 2 * label.sum() / (label.sum() + label.size)
+    assert logs["val_volume_dice"] == pytest.approx(expected)
