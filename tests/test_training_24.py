@@ -141,3 +141,22 @@ def test_volume_validation_of_a_logits_model_is_not_thresholded_at_logit_one_hal
     # sigmoid(0.3) = 0.574 >= 0.5: every voxel is foreground
     expected = 2 * label.sum() / (label.sum() + label.size)
     assert logs["val_volume_dice"] == pytest.approx(expected)
+
+
+def test_strata_read_back_from_json_stratify_as_the_tuples_they_were():
+    # (sex, empty-fraction bin) strata saved to JSON come back as lists: assign_folds
+    # raised a bare "TypeError: unhashable type: 'list'". A list now counts as its tuple,
+    # and a stratum that cannot group patients is a ValueError naming the patient.
+    import json
+
+    from kseg.data.splits import assign_folds
+
+    patients = [f"P{number:02d}" for number in range(12)]
+    strata = {patient: ("F" if k % 3 else "M", k % 2) for k, patient in enumerate(patients)}
+    from_json = json.loads(json.dumps(strata))
+    assert all(isinstance(value, list) for value in from_json.values())
+    assert assign_folds(patients, 3, seed=4, strata=from_json) == assign_folds(
+        patients, 3, seed=4, strata=strata
+    )
+    with pytest.raises(ValueError, match="'P00'.*dict"):
+        assign_folds(patients, 3, strata={**strata, "P00": {"sex": "M"}})

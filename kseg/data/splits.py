@@ -71,8 +71,8 @@ def assign_folds(
             fold would be an empty TFDS split).
         seed: non-negative integer seed of the shuffle.
         strata: optional mapping from every patient id to a hashable stratum, e.g.
-            ``(sex, empty_fraction_bin)``. Entries for patients not in ``patient_ids`` are
-            ignored.
+            ``(sex, empty_fraction_bin)``; a list (such a tuple read back from JSON) counts
+            as the tuple. Entries for patients not in ``patient_ids`` are ignored.
 
     Returns:
         ``{patient_id: fold}`` with folds in ``0 .. num_folds - 1``, in canonical patient
@@ -81,7 +81,8 @@ def assign_folds(
     Raises:
         ValueError: duplicate ids (also ids that differ only in case or whitespace, such as
             ``"P01"`` and ``"p01 "``), fewer patients than folds, a bad ``num_folds`` or
-            ``seed``, or a patient missing from ``strata``.
+            ``seed``, a patient missing from ``strata``, or a stratum that is not hashable
+            (a dict, a set).
 
     Example:
         >>> folds = assign_folds(["a", "b", "c", "d"], num_folds=2, seed=1,
@@ -111,7 +112,7 @@ def assign_folds(
             raise ValueError(f"strata has no stratum for patients {missing!r}")
         by_stratum: dict[Hashable, list[Hashable]] = {}
         for patient in patients:
-            by_stratum.setdefault(strata[patient], []).append(patient)
+            by_stratum.setdefault(_stratum(patient, strata[patient]), []).append(patient)
         # repr gives a canonical order even for strata that do not compare with each other.
         stratum_keys = sorted(by_stratum, key=repr)
         groups = [by_stratum[stratum_keys[i]] for i in rng.permutation(len(stratum_keys))]
@@ -223,6 +224,22 @@ def _canonical_patients(patient_ids: Iterable[Hashable]) -> list[Hashable]:
         by_key[key] = patient
         by_name[name] = patient
     return [by_name[name] for name in sorted(by_name)]
+
+
+def _stratum(patient, stratum) -> Hashable:
+    """A patient's stratum as a dictionary key; lists, as a JSON or YAML file gives a
+    ``(sex, bin)`` tuple back, become tuples, so they stratify as the tuple does."""
+    if isinstance(stratum, list):
+        stratum = tuple(_stratum(patient, part) for part in stratum)
+    try:
+        hash(stratum)
+    except TypeError:
+        raise ValueError(
+            f"strata: patient {patient!r} has the stratum {stratum!r} of type "
+            f"{type(stratum).__name__}, which cannot group patients; give a str, a number "
+            "or a tuple of them"
+        ) from None
+    return stratum
 
 
 def _check_num_folds(num_folds, *, minimum: int) -> None:
