@@ -12,14 +12,6 @@ import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# pytest-xdist runs one worker per core; TensorFlow sizes its two thread pools to every core
-# in each worker, so two workers on two cores ran four busy pools and waited on each other.
-# One thread each (read by TensorFlow when it is imported, inherited by the multi-process
-# tests' children): test_examples_2d.py and test_cli.py on two workers, run alternately with
-# and without while other jobs loaded the machine, took 162 / 285 s wall and 191 / 189 CPU-s
-# against 279 / 328 s and 205 / 214 CPU-s. The library's defaults stay (kseg/_runtime.py).
-for _pool in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-    os.environ.setdefault(_pool, "1")
 
 # TensorFlow Datasets leaves an empty mkdtemp folder for each builder it constructs before
 # the data are prepared, and Beam leaves its temp folders: one run of the suite left about
