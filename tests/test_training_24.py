@@ -23,11 +23,6 @@ def _diverged_validation():
     return model, validation
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs /work/spec/results24b/training/proposed_callbacks.diff "
-    "(kseg/training/callbacks.py is another helper's file)",
-)
 def test_a_diverged_model_logs_nan_volume_scores_instead_of_ending_fit():
     # Keras logs a NaN val_loss and goes on; Keras Tuner then scores a trial by its best
     # finite epoch. VolumeValidation raised a ValueError from on_epoch_end instead, which
@@ -108,11 +103,6 @@ def test_fixmatch_moves_a_per_voxel_weight_map_with_the_weakly_augmented_mask():
     assert history.history["supervised_loss"][0] == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs /work/spec/results24b/training/proposed_callbacks.diff "
-    "(kseg/training/callbacks.py is another helper's file)",
-)
 def test_volume_validation_of_a_logits_model_is_not_thresholded_at_logit_one_half():
     # A logits model (SegmentationHyperModel(model_kwargs={"activation": None}), the
     # network of MeanTeacher / FixMatch) under VolumeValidation: its logits were

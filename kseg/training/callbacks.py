@@ -55,6 +55,19 @@ def _listed(patient_ids: Sequence, limit: int = 5) -> str:
     return shown + (f" and {len(patient_ids) - limit} more" if len(patient_ids) > limit else "")
 
 
+class _NonFinitePrediction(ValueError):
+    """A validation volume's prediction holds NaN or infinite values."""
+
+    def __init__(self, patient_id, prediction: np.ndarray):
+        self.patient_id = patient_id
+        self.count = int(np.count_nonzero(~np.isfinite(prediction)))
+        self.size = int(prediction.size)
+        super().__init__(
+            f"patient {patient_id!r}: the prediction holds {self.count} NaN or infinite "
+            f"values of {self.size}; they would be scored as background"
+        )
+
+
 class VolumeValidation(keras.callbacks.Callback):
     """Score whole validation volumes every few epochs and put the result in the logs.
 
@@ -100,6 +113,11 @@ class VolumeValidation(keras.callbacks.Callback):
             shows how much patches flatter the model.
         log_per_patient: also write ``val_volume_<metric>/<patient_id>`` keys.
         progress: show inference progress bars.
+        from_logits: the model outputs logits (a kseg builder with ``activation=None``,
+            the network of :class:`kseg.training.MeanTeacher` or ``FixMatch``): they are
+            turned into probabilities (sigmoid for one channel, softmax for several) before
+            ``threshold`` applies. A prediction outside ``[0, 1]`` without it is a
+            ``ValueError``: thresholding logits at 0.5 would score another cut-off.
 
     Validation volumes whose reference is empty (no voxel of a scored structure) score 1.0
     for an empty prediction and 0.0 for a single false-positive voxel, so a few of them swing
@@ -144,6 +162,7 @@ class VolumeValidation(keras.callbacks.Callback):
         patch_metric: str = "val_dice",
         log_per_patient: bool = False,
         progress: bool = False,
+        from_logits: bool = False,
     ):
         super().__init__()
         self.volumes = list(volumes)
@@ -164,6 +183,7 @@ class VolumeValidation(keras.callbacks.Callback):
         self.patch_metric = patch_metric
         self.log_per_patient = log_per_patient
         self.progress = progress
+        self.from_logits = bool(from_logits)
         self.history: dict[int, PatientTable] = {}
         self._latest_logs: dict[str, float] = {}
         self._replicated_call = None
@@ -289,7 +309,28 @@ class VolumeValidation(keras.callbacks.Callback):
             image, label = np.asarray(image), np.asarray(label)
             if label.ndim == image.ndim and label.shape[-1] == 1:
                 label = label[..., 0]
-            yield patient_id, label, self._predict(image, label.shape[-2:]), spacing
+            prediction = self._predict(image, label.shape[-2:])
+            if not np.all(np.isfinite(prediction)):
+                raise _NonFinitePrediction(patient_id, prediction)
+            prediction = self._probabilities(patient_id, prediction)
+            yield patient_id, label, prediction, spacing
+
+    def _probabilities(self, patient_id, prediction: np.ndarray) -> np.ndarray:
+        if self.from_logits:
+            logits = prediction.astype(np.float32)
+            if logits.shape[-1] == 1:
+                return 1.0 / (1.0 + np.exp(-logits))
+            shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+            return shifted / shifted.sum(axis=-1, keepdims=True)
+        low, high = float(prediction.min()), float(prediction.max())
+        if low < -1e-3 or high > 1 + 1e-3:
+            raise ValueError(
+                f"VolumeValidation: the prediction for patient {patient_id!r} spans "
+                f"[{low:.3g}, {high:.3g}], not probabilities in [0, 1]: a model that outputs "
+                "logits (activation=None) needs VolumeValidation(..., from_logits=True), or "
+                f"its whole-volume scores would threshold logits at {self.threshold}"
+            )
+        return prediction
 
     def evaluate(self) -> PatientTable:
         """Predict and score every validation volume with the current weights."""
@@ -318,6 +359,19 @@ class VolumeValidation(keras.callbacks.Callback):
                     logs[f"val_volume_{metric}/{patient_id}"] = float(value)
         return logs
 
+    def _nan_logs(self) -> dict[str, float]:
+        """The keys of :meth:`_logs_from`, every value NaN."""
+        logs = {}
+        for metric in self.metrics:
+            if self.labels is not None:
+                for column in metric_columns(metric, self.labels):
+                    logs[f"val_volume_{column}"] = math.nan
+            logs[f"val_volume_{metric}"] = math.nan
+            if self.log_per_patient:
+                for patient_id, *_ in self.volumes:
+                    logs[f"val_volume_{metric}/{patient_id}"] = math.nan
+        return logs
+
     def _agreed(self, logs: dict[str, float]) -> dict[str, float]:
         """Under a multi-worker strategy, the chief's scores on every worker.
 
@@ -339,9 +393,25 @@ class VolumeValidation(keras.callbacks.Callback):
         if logs is None:
             return
         if self._due(epoch):
-            table = self.evaluate()
-            self.history[epoch] = table
-            self._latest_logs = self._agreed(self._logs_from(table))
+            try:
+                table = self.evaluate()
+            except _NonFinitePrediction as diverged:
+                # A diverged model (NaN weights) segments nothing: its scores are NaN, as
+                # Keras logs a NaN val_loss, so fit goes on and checkpoints, early stopping
+                # and Keras Tuner (best finite epoch; a trial NaN throughout is invalid) keep
+                # the earlier epochs instead of losing the whole training or trial.
+                warnings.warn(
+                    f"VolumeValidation: epoch {epoch + 1}: the model predicts "
+                    f"{diverged.count} NaN or infinite values of {diverged.size} for patient "
+                    f"{diverged.patient_id!r} (diverged training?); its val_volume_* scores "
+                    "are logged as NaN",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self._latest_logs = self._agreed(self._nan_logs())
+            else:
+                self.history[epoch] = table
+                self._latest_logs = self._agreed(self._logs_from(table))
         logs.update(self._latest_logs)
         if self.patch_metric in logs and "val_volume_dice" in self._latest_logs:
             logs["val_patch_volume_gap"] = float(logs[self.patch_metric]) - float(
