@@ -6,11 +6,19 @@ interpreter (``-X importtime`` lists every module it imported).
 error is argparse's, exit status 2. ``kseg prepare`` is checked against the phantom it
 reads (how many radiographs it wrote) and the ``dataset_info.json`` TFDS wrote, not
 against what the command printed about itself.
+
+Commands whose point is not the fresh interpreter (``prepare`` building a phantom, and
+``evaluate`` / ``predict`` / ``report`` after a ``kseg train`` that ran as a user runs it)
+go through :func:`kseg.cli.main` in the test's own process: each fresh interpreter spends
+about 6 CPU-seconds importing TensorFlow, and the suite has a time budget.
 """
 
+import contextlib
 import csv
 import hashlib
+import io
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -36,6 +44,26 @@ def kseg_command(*args, cwd, importtime=False):
         [sys.executable, *options, "-m", "kseg", *map(str, args)],
         capture_output=True, text=True, cwd=cwd, timeout=300, check=False,
     )
+
+
+def kseg_in_process(*args, cwd):
+    """``kseg args`` through :func:`kseg.cli.main` in this process, in ``cwd``, as a
+    ``CompletedProcess`` (exit status, printed stdout and stderr)."""
+    from kseg.cli import main
+
+    argv, stdout, stderr = [str(arg) for arg in args], io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                status = main(argv)
+            except SystemExit as usage:  # argparse's usage errors
+                status = usage.code
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess(["kseg", *argv], status, stdout.getvalue(),
+                                       stderr.getvalue())
 
 
 def imported_modules(stderr: str) -> set[str]:
@@ -353,8 +381,8 @@ def test_manual_dir_without_the_layout_is_the_builders_error(tmp_path):
     manual = tmp_path / "download"
     manual.mkdir()
     (manual / "readme.txt").write_text("the images are elsewhere")
-    result = kseg_command("prepare", "xray", "--manual-dir", manual, "--tfds-dir",
-                          tmp_path / "tfds", cwd=tmp_path)
+    result = kseg_in_process("prepare", "xray", "--manual-dir", manual, "--tfds-dir",
+                             tmp_path / "tfds", cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert kseg_errors(result.stderr) == [f"kseg: error: {manual / 'images'}: not found; "
@@ -376,8 +404,8 @@ def test_prepare_builds_the_phantom_in_the_folds_asked_for(tmp_path):
     before = file_digests(manual)
     tfds_dir = tmp_path / "tfds"
 
-    result = kseg_command("prepare", "xray", "--manual-dir", manual, "--tfds-dir", tfds_dir,
-                          "--folds", "3", cwd=tmp_path)
+    result = kseg_in_process("prepare", "xray", "--manual-dir", manual, "--tfds-dir",
+                             tfds_dir, "--folds", "3", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr[-3000:]
     dataset = tfds_dir / "xray" / "generic_3fold" / "1.1.0"
@@ -396,8 +424,8 @@ def test_prepare_builds_the_phantom_in_the_folds_asked_for(tmp_path):
                     "total": [images, images]}
     assert file_digests(manual) == before  # the download is read, never written
 
-    again = kseg_command("prepare", "xray", "--manual-dir", manual, "--tfds-dir", tfds_dir,
-                         "--folds", "3", cwd=tmp_path)
+    again = kseg_in_process("prepare", "xray", "--manual-dir", manual, "--tfds-dir",
+                            tfds_dir, "--folds", "3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"Using the dataset prepared in {dataset}" in again.stdout
     assert again.stdout.splitlines()[-len(table):] == table
@@ -416,8 +444,8 @@ def test_prepare_folds_all_points_to_the_validation_fold(tmp_path):
 
 def test_more_folds_than_patients_is_one_line(tmp_path):
     manual = xray.write_generic(tmp_path / "download", num_images=4, size=16)
-    result = kseg_command("prepare", "xray", "--manual-dir", manual, "--tfds-dir",
-                          tmp_path / "tfds", "--folds", "5", cwd=tmp_path)
+    result = kseg_in_process("prepare", "xray", "--manual-dir", manual, "--tfds-dir",
+                             tmp_path / "tfds", "--folds", "5", cwd=tmp_path)
     assert result.returncode == 1
     assert kseg_errors(result.stderr) == [
         f"kseg: error: preparing xray/generic/1.1.0 failed: {manual}: num_folds=5 "
@@ -450,7 +478,7 @@ def test_train_evaluate_report_on_a_phantom(tmp_path):
     assert not {"command", "handler", "recipe_parser", "debug", "recipe_arguments"} & set(
         config["arguments"])
 
-    evaluate = kseg_command("evaluate", run, "--split", "test", cwd=tmp_path)
+    evaluate = kseg_in_process("evaluate", run, "--split", "test", cwd=tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     evaluation = run / "evaluation" / "test"
     with open(evaluation / "scores.csv", newline="") as handle:
@@ -465,15 +493,15 @@ def test_train_evaluate_report_on_a_phantom(tmp_path):
         assert case["image"].shape[0] == 1  # a radiograph is a one-slice case
 
     radiograph = run / "phantom" / "images" / f"{test_fold[0]}.png"  # the phantom it wrote
-    predict = kseg_command("predict", run, "--input", radiograph, "--output", tmp_path / "out",
-                           "--format", "png", cwd=tmp_path)
+    predict = kseg_in_process("predict", run, "--input", radiograph, "--output",
+                              tmp_path / "out", "--format", "png", cwd=tmp_path)
     assert predict.returncode == 0, predict.stderr[-3000:]
     with Image.open(tmp_path / "out" / f"{test_fold[0]}.png") as written:
         labels = np.asarray(written)
     assert labels.shape == (32, 32)  # the radiograph's own grid
     assert set(np.unique(labels)) <= {0, *config["labels"].values()}
 
-    report = kseg_command("report", run, cwd=tmp_path)
+    report = kseg_in_process("report", run, cwd=tmp_path)
     assert report.returncode == 0, report.stderr[-3000:]
     html = (run / "report.html").read_text()
     assert html.lstrip().lower().startswith("<!doctype html")
