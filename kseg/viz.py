@@ -181,15 +181,20 @@ def _pixel_aspect(spacing) -> float:
     """Pixel height / width of a slice of ``spacing`` ``(row, column)`` mm; 1 for None."""
     if spacing is None:
         return 1.0
+    row, column = _checked_spacing(spacing, "two", "(row, column)")
+    return row / column
+
+
+def _checked_spacing(spacing, count: str, axes: str) -> tuple[float, ...]:
+    """``spacing`` as floats, each finite and > 0, as many as ``axes`` names."""
     try:
         values = tuple(float(value) for value in spacing)
     except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"spacing must be two numbers (row, column) in mm, got {spacing!r}"
-        ) from error
-    if len(values) != 2 or not all(math.isfinite(v) and v > 0 for v in values):
-        raise ValueError(f"spacing must be two positive numbers (row, column), got {spacing!r}")
-    return values[0] / values[1]
+        message = f"spacing must be {count} numbers {axes} in mm, got {spacing!r}"
+        raise ValueError(message) from error
+    if len(values) != axes.count(",") + 1 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"spacing must be {count} positive numbers {axes}, got {spacing!r}")
+    return values
 
 
 def _check_alpha(alpha) -> float:
@@ -397,15 +402,7 @@ def _volume_and_spacing(volume, spacing):
         raise ValueError(f"volume holds {int(np.sum(~np.isfinite(array)))} NaN or inf values")
     if spacing is None:
         spacing = (1.0, 1.0, 1.0)
-    try:
-        spacing = tuple(float(value) for value in spacing)
-    except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"spacing must be three numbers (z, y, x) in mm, got {spacing!r}"
-        ) from error
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be three positive numbers (z, y, x), got {spacing!r}")
-    return array, spacing
+    return array, _checked_spacing(spacing, "three", "(z, y, x)")
 
 
 def _cut_point(shape, reference, index) -> tuple[int, int, int]:
