@@ -133,6 +133,15 @@ class _SampleStatistics:
 
     def add(self, probabilities: np.ndarray) -> None:
         probabilities = np.asarray(probabilities, dtype=np.float64)
+        nan_count = int(np.count_nonzero(np.isnan(probabilities)))
+        if nan_count:
+            # NaN compares false with everything: without this check a diverged model's
+            # samples pass the range test and every map comes out NaN, silently
+            raise ValueError(
+                f"{self.source}: sample {self.count} holds NaN in {nan_count} of "
+                f"{probabilities.size} values; a model that outputs NaN has diverged and "
+                "its uncertainty is undefined"
+            )
         if probabilities.min() < 0 or probabilities.max() > 1:
             raise ValueError(
                 f"{self.source} holds values outside [0, 1]; uncertainty summarises "
@@ -204,6 +213,18 @@ def _entropy(probabilities: np.ndarray) -> np.ndarray:
     return entr(probabilities.astype(np.float64)).sum(axis=-1)
 
 
+def _finite_input(x: np.ndarray) -> np.ndarray:
+    """``x`` as float32, refused when it holds NaN or infinite values (named, counted)."""
+    x = np.asarray(x, dtype=np.float32)
+    bad = int(np.count_nonzero(~np.isfinite(x)))
+    if bad:
+        raise ValueError(
+            f"x holds {bad} NaN or infinite values of {x.size}; the model would predict NaN "
+            "around each of them (replace them first, e.g. numpy.nan_to_num)"
+        )
+    return x
+
+
 def mc_dropout(model: keras.Model, x: np.ndarray, samples: int = 20) -> MCDropoutResult:
     """Predict ``x`` ``samples`` times with dropout on and summarise the spread.
 
@@ -243,7 +264,7 @@ def mc_dropout(model: keras.Model, x: np.ndarray, samples: int = 20) -> MCDropou
     if not isinstance(samples, (int, np.integer)) or samples < 2:
         raise ValueError(f"samples must be an integer >= 2, got {samples!r}")
     predict = as_batch_predictor(mc_dropout_model(model))
-    x = np.asarray(x, dtype=np.float32)
+    x = _finite_input(x)
     statistics = _SampleStatistics(f"the output of model {model.name!r}")
     for _ in range(samples):
         statistics.add(predict(x))
@@ -414,7 +435,7 @@ def tta_uncertainty(
         medical image segmentation with convolutional neural networks", Neurocomputing
         338:34-45, 2019.
     """
-    x = np.asarray(x, dtype=np.float32)
+    x = _finite_input(x)
     if x.ndim < 3:
         raise ValueError(f"x must be a batch (n, *spatial, C), got shape {x.shape}")
     if not np.isfinite(noise_std) or noise_std < 0:
@@ -502,6 +523,12 @@ def uncertainty_summary(maps, foreground) -> dict[str, float]:
             raise ValueError(
                 f"maps[{name!r}] has shape {values.shape}, foreground has {foreground.shape}"
             )
+        nan_count = int(np.count_nonzero(np.isnan(values)))
+        if nan_count:
+            raise ValueError(
+                f"maps[{name!r}] holds NaN in {nan_count} of {values.size} values (maps of "
+                "a diverged model); its means would be NaN"
+            )
         inside = values[foreground]
         summary[f"{name}_foreground"] = float(inside.mean()) if inside.size else float("nan")
         summary[f"{name}_volume"] = float(values.mean())
@@ -518,6 +545,12 @@ def _split_heteroscedastic_outputs(outputs) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             "outputs must be a heteroscedastic model's output (n, *spatial, num_classes + 1): "
             f"logits then one log-variance channel, got shape {outputs.shape}"
+        )
+    bad = int(np.count_nonzero(~np.isfinite(outputs)))
+    if bad:
+        raise ValueError(
+            f"outputs holds {bad} NaN or infinite values of {outputs.size}; a model that "
+            "outputs them has diverged and its aleatoric uncertainty is undefined"
         )
     log_variance = LOG_VARIANCE_BOUND * np.tanh(outputs[..., -1] / LOG_VARIANCE_BOUND)
     return outputs[..., :-1], log_variance

