@@ -53,3 +53,30 @@ def test_uncertainty_summary_refuses_nan_maps():
     maps = {"entropy": np.array([[0.1, np.nan, 0.3]])}
     with pytest.raises(ValueError, match=r"maps\['entropy'\] holds NaN in 1 of 3"):
         uncertainty_summary(maps, np.ones((1, 3), bool))
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def test_augment_batch_is_one_function_for_augmented_model_and_fixmatch():
+    import keras
+
+    from kseg.augment import AugmentedModel, augment_batch
+    from kseg.augment.random_axis_flip import RandomAxisFlip
+    from kseg.training.consistency import FixMatch
+
+    def flip():  # always mirrors the first spatial axis: a draw with a known result
+        return RandomAxisFlip(axes=(0,), probability=1.0)
+
+    net = keras.Sequential([keras.Input((3, 2, 1)), keras.layers.Conv2D(1, 1)])
+    x = np.arange(6, dtype="float32").reshape(1, 3, 2, 1)
+    y = (x >= 4).astype("float32")
+    weight = np.array([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]], "float32")  # (B, H, W)
+    expected = (x[:, ::-1], y[:, ::-1], weight[:, ::-1])  # the hand-flipped batch
+    for outputs in (
+        augment_batch(flip(), x, y, weight),
+        AugmentedModel(net, flip()).augment_batch(x, y, weight),
+        FixMatch(net, weak=flip())._weak_labeled_view(x, y, weight),
+    ):
+        for got, want in zip(outputs, expected, strict=True):
+            np.testing.assert_array_equal(np.asarray(got), want)

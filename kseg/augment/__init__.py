@@ -8,7 +8,7 @@ what Keras lacks: per-sample probabilities, 3D, XLA-compilable resampling, an el
 deformation that warps image and mask alike, and CT-style intensity operations.
 """
 
-from kseg.augment.augmented_model import AugmentedModel
+from kseg.augment.augmented_model import AugmentedModel, augment_batch
 from kseg.augment.random_affine import RandomAffine
 from kseg.augment.random_apply import RandomApply
 from kseg.augment.random_axis_flip import RandomAxisFlip
@@ -31,6 +31,7 @@ __all__ = [
     "RandomGaussianNoise",
     "RandomRotate90",
     "SegmentationAugmenter",
+    "augment_batch",
     "sample_at",
     "segmentation_augmenter",
 ]

@@ -7,6 +7,58 @@ import keras
 from kseg.augment._base import IMAGES, MASKS
 
 
+def augment_batch(augmenter, x, y, sample_weight=None):
+    """``(x, y, sample_weight)`` of one training batch after ``augmenter``'s draw.
+
+    The step :class:`AugmentedModel` and :class:`kseg.training.FixMatch` (its weak labeled
+    view) run on each batch: ``augmenter`` takes ``{"images": x, "segmentation_masks": y}``
+    with ``training=True``. A per-voxel ``sample_weight`` (``(B, *spatial)`` or
+    ``(B, *spatial, 1)``) is moved with the mask by the same draw (nearest neighbour,
+    weight 0 where the transform left the grid); per-sample weights ``(B,)`` and ``None``
+    pass unchanged.
+
+    Example:
+        >>> import numpy as np
+        >>> import kseg
+        >>> flip = kseg.augment.RandomAxisFlip(axes=(0,), probability=1.0)
+        >>> x = np.arange(4, dtype="float32").reshape(1, 2, 2, 1)
+        >>> images, masks, _ = augment_batch(flip, x, (x > 1).astype("float32"))
+        >>> np.asarray(images)[0, :, :, 0].tolist(), np.asarray(masks)[0, :, :, 0].tolist()
+        ([[2.0, 3.0], [0.0, 1.0]], [[1.0, 1.0], [0.0, 0.0]])
+    """
+    rank = len(x.shape)
+    weight_rank = None
+    if sample_weight is not None:
+        weight_rank = getattr(sample_weight.shape, "rank", len(sample_weight.shape))
+    # (a retrace after weights of another rank can leave the rank unknown)
+    if weight_rank is None or weight_rank < rank - 1:
+        augmented = augmenter({IMAGES: x, MASKS: y}, training=True)
+        return augmented[IMAGES], augmented[MASKS], sample_weight
+    # A per-voxel weight map ((B, *spatial) or (B, *spatial, 1), e.g. U-Net's border
+    # weights) belongs to the mask's voxels: it rides along as an extra mask channel, so
+    # the same draw moves it (nearest neighbour, 0 where the grid was left). It rides as
+    # weight + 1, so that no mask with it looks one-hot to the layers (a label map of
+    # 0s beside weights of 1 sums to 1 per voxel, and would read label 1 where the
+    # grid was left); outside the grid it reads 0, hence weight -1, clipped to 0.
+    weight = keras.ops.convert_to_tensor(sample_weight)
+    if len(weight.shape) == rank - 1:
+        weight = keras.ops.expand_dims(weight, -1)
+    mask_channels = y.shape[-1]
+    joint = keras.ops.concatenate(
+        [keras.ops.cast(y, "float32"), keras.ops.cast(weight, "float32") + 1.0], axis=-1
+    )
+    augmented = augmenter({IMAGES: x, MASKS: joint}, training=True)
+    moved = augmented[MASKS]
+    moved_weight = keras.ops.maximum(moved[..., mask_channels:] - 1.0, 0.0)
+    return (
+        augmented[IMAGES],
+        keras.ops.cast(moved[..., :mask_channels], y.dtype),
+        keras.ops.reshape(
+            keras.ops.cast(moved_weight, sample_weight.dtype), keras.ops.shape(sample_weight)
+        ),
+    )
+
+
 @keras.saving.register_keras_serializable(package="kseg")
 class AugmentedModel(keras.Model):
     """Wraps a segmentation model so ``fit`` augments ``(x, y)`` jointly inside the train step.
@@ -83,38 +135,9 @@ class AugmentedModel(keras.Model):
         return super().train_step(keras.utils.pack_x_y_sample_weight(x, y, sample_weight))
 
     def augment_batch(self, x, y, sample_weight=None):
-        """``(x, y, sample_weight)`` of one training batch after the augmenter's draw."""
-        rank = len(x.shape)
-        weight_rank = None
-        if sample_weight is not None:
-            weight_rank = getattr(sample_weight.shape, "rank", len(sample_weight.shape))
-        # (a retrace after weights of another rank can leave the rank unknown)
-        if weight_rank is None or weight_rank < rank - 1:
-            augmented = self.augmenter({IMAGES: x, MASKS: y}, training=True)
-            return augmented[IMAGES], augmented[MASKS], sample_weight
-        # A per-voxel weight map ((B, *spatial) or (B, *spatial, 1), e.g. U-Net's border
-        # weights) belongs to the mask's voxels: it rides along as an extra mask channel, so
-        # the same draw moves it (nearest neighbour, 0 where the grid was left). It rides as
-        # weight + 1, so that no mask with it looks one-hot to the layers (a label map of
-        # 0s beside weights of 1 sums to 1 per voxel, and would read label 1 where the
-        # grid was left); outside the grid it reads 0, hence weight -1, clipped to 0.
-        weight = keras.ops.convert_to_tensor(sample_weight)
-        if len(weight.shape) == rank - 1:
-            weight = keras.ops.expand_dims(weight, -1)
-        mask_channels = y.shape[-1]
-        joint = keras.ops.concatenate(
-            [keras.ops.cast(y, "float32"), keras.ops.cast(weight, "float32") + 1.0], axis=-1
-        )
-        augmented = self.augmenter({IMAGES: x, MASKS: joint}, training=True)
-        moved = augmented[MASKS]
-        moved_weight = keras.ops.maximum(moved[..., mask_channels:] - 1.0, 0.0)
-        return (
-            augmented[IMAGES],
-            keras.ops.cast(moved[..., :mask_channels], y.dtype),
-            keras.ops.reshape(
-                keras.ops.cast(moved_weight, sample_weight.dtype), keras.ops.shape(sample_weight)
-            ),
-        )
+        """``(x, y, sample_weight)`` of one training batch after the augmenter's draw
+        (:func:`augment_batch` with this model's ``augmenter``)."""
+        return augment_batch(self.augmenter, x, y, sample_weight)
 
     def get_config(self):
         return {

@@ -31,12 +31,12 @@ construction. The loss functions (``sigmoid_rampup``, ``consistency_loss``, ``ps
 from __future__ import annotations
 
 import math
-import types
 
 import keras
 from keras import ops
 
 from kseg.augment._base import IMAGES, MASKS
+from kseg.augment.augmented_model import augment_batch
 
 __all__ = [
     "FixMatch",
@@ -595,14 +595,11 @@ class FixMatch(_ConsistencyModel):
 
     def _weak_labeled_view(self, x, y, sample_weight):
         """The weak view of the labeled batch; a per-voxel ``sample_weight`` moves with the
-        mask, as in :class:`kseg.augment.AugmentedModel` (whose ``augment_batch`` reads only
-        the ``augmenter``)."""
+        mask, as in :class:`kseg.augment.AugmentedModel` (both call
+        :func:`kseg.augment.augment_batch`)."""
         if self.weak is None:
             return x, y, sample_weight
-        from kseg.augment.augmented_model import AugmentedModel
-
-        holder = types.SimpleNamespace(augmenter=self.weak)
-        images, masks, sample_weight = AugmentedModel.augment_batch(holder, x, y, sample_weight)
+        images, masks, sample_weight = augment_batch(self.weak, x, y, sample_weight)
         return ops.cast(images, x.dtype), masks, sample_weight
 
     def train_step(self, data):
