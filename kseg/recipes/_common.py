@@ -511,7 +511,7 @@ def prepare(builder, manual_dir, listing: dict | None = None) -> None:
                 builder.data_dir, f"{problem}; give another --output-dir or --tfds-dir to "
                 "prepare them, or delete this folder to prepare them here again",
             )  # fmt: skip
-        print(f"Using the dataset prepared in {builder.data_dir}", flush=True)
+        _announce_reuse(builder.data_dir)
         return
     _refuse_to_prepare_on_a_tuner_worker(builder)
     print(f"Preparing TFDS dataset {builder.info.full_name} from {manual_dir} (once; later "
@@ -521,6 +521,19 @@ def prepare(builder, manual_dir, listing: dict | None = None) -> None:
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir))
     )
     write_json(pathlib.Path(builder.data_dir) / SOURCE_FILE, source)
+
+
+# The prepared datasets this process has said it uses: one command prepares its dataset
+# more than once (kseg evaluate --split checks the dataset's fingerprint, then scores it).
+_ANNOUNCED: set[str] = set()
+
+
+def _announce_reuse(data_dir) -> None:
+    """"Using the dataset prepared in ...", once per dataset folder in a process."""
+    key = os.path.abspath(os.fspath(data_dir))
+    if key not in _ANNOUNCED:
+        _ANNOUNCED.add(key)
+        print(f"Using the dataset prepared in {data_dir}", flush=True)
 
 
 def _refuse_to_prepare_on_a_tuner_worker(builder) -> None:
