@@ -4,8 +4,14 @@ Each case is checked against a hand-written run folder or config, files written 
 with PIL / pydicom, or what a stub records being called; no test trains a network.
 """
 
+import argparse
+import json
+import re
 import types
 
+import pytest
+
+from kseg.errors import LayoutError
 from kseg.recipes.run_config import CONFIG_VERSION, write_json
 
 
@@ -58,3 +64,86 @@ def test_evaluate_split_names_the_prepared_dataset_once(tmp_path, monkeypatch, c
     assert scored == [builder]
     output = capsys.readouterr().out
     assert output.count(f"Using the dataset prepared in {builder.data_dir}") == 1, output
+
+
+# --- 2. a run folder holding another run's resume backup -----------------------------------
+
+
+def _interrupted_run(run, recipe="xray_multiclass", **arguments):
+    """A run folder as a kill mid-training leaves it: config.json and a resume backup."""
+    arguments = {"output_dir": str(run), "data_dir": None, "seed": 0, "folds": 3,
+                 "test_fold": 0, "validation_fold": 1, "epochs": 5, "image_size": 32,
+                 "depth": 3, "base_filters": 4, "dropout": 0.0, **arguments}
+    write_json(run / "config.json", _config(arguments, recipe=recipe))
+    (run / "backup").mkdir()
+    (run / "backup" / "training_metadata.json").write_text('{"epoch": 1}')
+    return run
+
+
+@pytest.mark.parametrize("recipe, data_dir", [("chaos_liver", None),
+                                              ("xray_multiclass", "other-download")])
+def test_another_recipes_backup_is_refused_before_anything_is_prepared(
+    tmp_path, monkeypatch, recipe, data_dir
+):
+    """``kseg train chaos_liver --output-dir RUN`` on the folder of an interrupted X-ray
+    run: config.json of another recipe made it a "new training", so CHAOS's phantom and
+    dataset were written into the X-ray run's folder, its config.json replaced, and Keras
+    then resumed the X-ray backup into the CHAOS network (a U-Net's weights fit at any
+    image size). The same with another --data-dir. Refused now, naming the folder and the
+    run its config.json records, before anything is prepared or written."""
+    from kseg.recipes import _common
+
+    run = _interrupted_run(tmp_path / "run")
+    before = {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()}
+    prepared = []
+
+    def prepare(args):
+        prepared.append(args)
+
+    prepare.__module__ = f"kseg.recipes.{recipe}"
+    args = argparse.Namespace(output_dir=run, data_dir=data_dir, seed=0, batch_size=2,
+                              learning_rate=1e-3, distribution="default", folds=3,
+                              test_fold=0, validation_fold=1)  # fmt: skip
+    expected = (f"the recipe xray_multiclass (now {recipe})" if data_dir is None
+                else f"--data-dir none (now {tmp_path / 'other-download'})")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LayoutError, match=re.escape(f"{run}: holds the resume backup of a run "
+                                                    f"trained with {expected}")) as error:
+        _common.start_training(args, prepare)
+    assert "recipe xray_multiclass, dataset xray/phantom_3class_3fold" in str(error.value)
+    assert prepared == []
+    assert {path.name: path.read_bytes() for path in run.iterdir() if path.is_file()} == before
+
+
+def test_resuming_with_another_network_is_refused_and_more_epochs_resume(tmp_path):
+    """The same recipe resumed with another --base-filters, --depth, --dropout or
+    --image-size went on from the backup of the first network (or ended in Keras' shape
+    error) and config.json then described a network that was never trained."""
+    from kseg.recipes.run_config import read_config, write_config
+
+    run = _interrupted_run(tmp_path / "run")
+    data = tmp_path / "tfds"
+    builder = _fake_builder(data)
+    builder.name, builder.version = "xray", "1.1.0"
+    builder.builder_config = types.SimpleNamespace(name="phantom_3class_3fold")
+    recorded = read_config(run)
+    recorded["dataset"] = {"name": "xray", "config": "phantom_3class_3fold",
+                           "version": "1.1.0"}
+    write_json(run / "config.json", recorded)
+    before = (run / "config.json").read_bytes()
+
+    def write(**changes):
+        options = {**recorded["arguments"], "output_dir": run, **changes}
+        return write_config(run, argparse.Namespace(**options), "xray_multiclass", builder,
+                            {"lungs": 1}, {"kind": "slices"})
+
+    for changed, shown in (({"base_filters": 8}, "--base-filters 4 (now 8)"),
+                           ({"depth": 4}, "--depth 3 (now 4)"),
+                           ({"dropout": 0.2}, "--dropout 0.0 (now 0.2)"),
+                           ({"image_size": 64}, "--image-size 32 (now 64)")):
+        with pytest.raises(LayoutError, match=re.escape(f"trained with {shown} (config.json: "
+                                                        "recipe xray_multiclass")):
+            write(**changed)
+        assert (run / "config.json").read_bytes() == before
+    write(epochs=9)  # more epochs: resumed
+    assert json.loads((run / "config.json").read_text())["arguments"]["epochs"] == 9

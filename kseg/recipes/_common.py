@@ -623,6 +623,12 @@ _NOT_COMPARED = ("output_dir", "manual_dir", "tfds_dir", "data_dir", "mlflow", "
                  "distribution", "plan_given")
 
 
+def _recipe_of(prepare) -> str | None:
+    """The recipe whose ``prepare`` (or ``prepare_planned``) this is, or ``None``."""
+    module = getattr(prepare, "__module__", None) or ""
+    return module.rsplit(".", 1)[-1] if module.startswith("kseg.recipes.") else None
+
+
 def _finished_run_error(args, prepare, finished: str, chief: bool) -> LayoutError:
     """What :func:`start_training` raises on a run folder whose training finished: a
     :class:`TrainingFinished`, or a :class:`LayoutError` naming what changed when the
@@ -642,8 +648,7 @@ def _finished_run_error(args, prepare, finished: str, chief: bool) -> LayoutErro
             return os.path.abspath(value)
         return list(value) if isinstance(value, tuple) else value
 
-    module = getattr(prepare, "__module__", None) or ""
-    recipe = module.rsplit(".", 1)[-1] if module.startswith("kseg.recipes.") else None
+    recipe = _recipe_of(prepare)
     changes = []
     if recipe is not None and config["recipe"] != recipe:
         changes.append(f"the recipe {config['recipe']} (now {recipe})")
@@ -707,7 +712,9 @@ def start_training(args, prepare) -> TrainingStart:
     Raises:
         TrainingFinished: the run folder holds a run whose training finished (an
             interrupted one, with its resume backup, resumes), before anything is prepared.
-        LayoutError: the same, trained as another recipe, on other folds or other data.
+        LayoutError: the same, trained as another recipe, on other folds or other data;
+            or the folder holds the resume backup of another recipe's run, or of a run on
+            another ``--data-dir``.
     """
     if cross_validating(args):
         from kseg.errors import KsegError
@@ -730,6 +737,11 @@ def start_training(args, prepare) -> TrainingStart:
     finished = finished_training(args.output_dir)
     if finished is not None:
         raise _finished_run_error(args, prepare, finished, chief)
+    recipe = _recipe_of(prepare)
+    if recipe is not None:  # before anything is prepared or written into the folder
+        from kseg.recipes.run_config import refuse_another_run
+
+        refuse_another_run(args.output_dir, recipe, {"data_dir": args.data_dir})
     builder = None
     if chief:
         from kseg.recipes.run_config import mark_started

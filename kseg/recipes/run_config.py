@@ -40,6 +40,11 @@ PATH_ARGUMENTS = ("data_dir", "output_dir", "tfds_dir", "manual_dir")
 # Options that choose which patients train, validate and test. A resumed run that changed
 # one would go on from weights (and keep a best model) chosen on other patients.
 SPLIT_ARGUMENTS = ("folds", "test_fold", "validation_fold")
+# Options that make the network and the images it sees (the 2D recipes' U-Net, the
+# spleen's dropout). A backup resumed with another would go on with weights of another
+# network (Keras restores them whenever their shapes happen to fit, as a U-Net's do at
+# any --image-size), and config.json would describe a model that was never trained.
+NETWORK_ARGUMENTS = ("image_size", "depth", "base_filters", "dropout")
 # config.json's "dataset" keys that say which prepared data a run trains on.
 DATASET_IDENTITY = ("name", "config", "version", "fingerprint")
 # When the run's training started and finished (its fit returned; null while it trains):
@@ -162,8 +167,9 @@ def write_config(
     run can be evaluated from any working folder.
 
     Raises:
-        LayoutError: a resumed run's ``config.json`` records other :data:`SPLIT_ARGUMENTS`
-            or another prepared dataset than ``args`` and ``builder``; nothing is written.
+        LayoutError: a resumed run's ``config.json`` records another recipe, other
+            :data:`SPLIT_ARGUMENTS` or :data:`NETWORK_ARGUMENTS`, or another prepared
+            dataset than ``args`` and ``builder``; nothing is written.
     """
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     config = {
@@ -178,13 +184,72 @@ def write_config(
         "labels": {name: int(value) for name, value in labels.items()},
         "inference": dict(inference),
     }
+    refuse_another_run(run_dir, recipe, config["arguments"])
     earlier = _resumed_config(run_dir, recipe)
     if earlier is not None:
-        if any((pathlib.Path(run_dir) / BACKUP_FOLDER).iterdir()):  # empty: nothing resumed
+        if holds_backup(run_dir):  # empty: nothing resumed
             _refuse_other_patients(run_dir, earlier, config)
         config["created"] = earlier["created"]
         config["resumed"] = [*earlier.get("resumed", []), now]
     return save_config(run_dir, config)
+
+
+def holds_backup(run_dir) -> bool:
+    """Whether ``run_dir`` holds a resume backup a training would go on from (a file in
+    ``run_dir/backup``; an empty folder, as a kill while it was made leaves, resumes
+    nothing)."""
+    backup = pathlib.Path(run_dir) / BACKUP_FOLDER
+    return backup.is_dir() and any(path.is_file() for path in backup.rglob("*"))
+
+
+def _recorded_run(config: dict) -> str:
+    """The run a ``config.json`` records, in a few words: its recipe, dataset and data."""
+    dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    arguments = config.get("arguments") if isinstance(config.get("arguments"), dict) else {}
+    described = "/".join(str(dataset.get(key, "?")) for key in ("name", "config"))
+    data = arguments.get("data_dir")
+    return (f"recipe {config.get('recipe')}, dataset {described}, "
+            f"{'--data-dir ' + str(data) if data else 'the synthetic phantom'}")
+
+
+def refuse_another_run(run_dir, recipe: str, arguments: dict) -> None:
+    """A kseg error when ``run_dir`` holds the resume backup of another run than the one
+    ``recipe`` with ``arguments`` (its options as :func:`json_arguments` gives them) would
+    train: another recipe, or another ``--data-dir``. Keras restores a backup into any
+    network whose weight shapes fit, so the training would go on silently from the other
+    run's weights, and write its own config.json over that run's. Nothing when the folder
+    holds no backup or no readable config.json (a new training)."""
+    if not holds_backup(run_dir):
+        return
+    try:
+        earlier = read_config(run_dir)
+    except (LayoutError, UnreadableFileError):
+        return
+    before = earlier["arguments"] if isinstance(earlier["arguments"], dict) else {}
+    changes = []
+    if earlier["recipe"] != recipe:
+        changes.append(f"the recipe {earlier['recipe']} (now {recipe})")
+
+    def folder(value):
+        return None if value is None else os.path.abspath(value)
+
+    if "data_dir" in before and "data_dir" in arguments:
+        if folder(before["data_dir"]) != folder(arguments["data_dir"]):
+            changes.append(f"--data-dir {folder(before['data_dir']) or 'none'} (now "
+                           f"{folder(arguments['data_dir']) or 'none'})")
+    if changes:
+        _refuse(run_dir, earlier, changes)
+
+
+def _refuse(run_dir, earlier: dict, changes: list) -> None:
+    backup = pathlib.Path(run_dir) / BACKUP_FOLDER
+    raise LayoutError(
+        run_dir, f"holds the resume backup of a run trained with {'; '.join(changes)} "
+        f"({CONFIG_FILE}: {_recorded_run(earlier)}): resuming would go on from that run's "
+        "weights, fitted and chosen on other patients, data or settings. "
+        f"Rerun with the first command's options, give another --output-dir, or remove "
+        f"{backup} to train this folder from epoch 0",
+    )  # fmt: skip
 
 
 def _now() -> str:
@@ -255,12 +320,15 @@ def _refuse_other_patients(run_dir, earlier: dict, config: dict) -> None:
     fitted and chosen on patients this command would validate or test on."""
 
     def shown(value):
-        return "none" if value is None else value
+        if value is None:
+            return "none"
+        return list(value) if isinstance(value, tuple) else value
 
     before, now = earlier.get("arguments", {}), config["arguments"]
     changes = [f"--{name.replace('_', '-')} {shown(before[name])} (now {shown(now[name])})"
-               for name in SPLIT_ARGUMENTS
-               if name in before and name in now and before[name] != now[name]]  # fmt: skip
+               for name in (*SPLIT_ARGUMENTS, *NETWORK_ARGUMENTS)
+               if name in before and name in now
+               and shown(before[name]) != shown(now[name])]  # fmt: skip
     recorded = earlier.get("dataset") if isinstance(earlier.get("dataset"), dict) else {}
     if any(key in recorded and recorded[key] != config["dataset"][key]
            for key in DATASET_IDENTITY):  # fmt: skip
@@ -270,13 +338,7 @@ def _refuse_other_patients(run_dir, earlier: dict, config: dict) -> None:
                        f"{config['dataset']['name']}/{config['dataset']['config']} with "
                        f"{str(config['dataset']['fingerprint'])[:12]})")
     if changes:
-        backup = pathlib.Path(run_dir) / BACKUP_FOLDER
-        raise LayoutError(
-            run_dir, f"holds the resume backup of a run trained with {'; '.join(changes)}: "
-            "resuming would go on from a model fitted and chosen on other patients. Rerun "
-            f"with the first command's options, give another --output-dir, or remove {backup} "
-            "to train this folder from epoch 0",
-        )  # fmt: skip
+        _refuse(run_dir, earlier, changes)
 
 
 def _resumed_config(run_dir, recipe: str) -> dict | None:
