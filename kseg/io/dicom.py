@@ -19,8 +19,9 @@ placed exactly as single-frame slices are; so are the frames of all the files of
 split into a Concatenation. A file that is DICOM but broken (cut short, an
 image without pixel data, a header value that is not what its tag needs) is an error naming
 the file and the tag; only files that are not DICOM at all, or DICOM objects without an image
-(DICOMDIR, RTSTRUCT, SR ...) and DICOM-SEG files (labels, for :func:`kseg.io.read_dicom_seg`), are
-skipped, with a :class:`SkippedFileWarning`. Lossy-compressed
+(DICOMDIR, RTSTRUCT, SR ...), DICOM-SEG files (labels, for :func:`kseg.io.read_dicom_seg`) and
+RT Dose grids (dose only once multiplied by DoseGridScaling, not an image), are skipped, with a
+:class:`SkippedFileWarning`. Lossy-compressed
 images are read with a :class:`LossyImageWarning`. :func:`scan_dicom_files` is that header
 pass on its own, for dataset builders that walk a whole download.
 
@@ -355,7 +356,8 @@ def read_dicom_series(
             item per frame.
 
     Warns:
-        SkippedFileWarning: files that are not DICOM images were ignored.
+        SkippedFileWarning: files that are not DICOM images (RT Dose grids among them) were
+            ignored.
         UnevenSliceSpacingWarning: slice gaps are slightly uneven.
         GantryTiltWarning: the slices step off the slice normal (gantry tilt); the affine is
             the true, sheared one.
@@ -436,6 +438,7 @@ def read_dicom_image(path: os.PathLike | str, *, values: str = "modality") -> np
     Raises:
         ValueError: ``values`` is neither ``"modality"`` nor ``"displayed"``.
         UnreadableFileError: not a DICOM file; a DICOM file cut short or without pixel data;
+            an RT Dose grid (its values are dose only times DoseGridScaling);
             an image that is not single-frame grayscale (MONOCHROME1/2, one sample per pixel);
             a pixel-module or rescale value that is malformed (the message names the tag;
             HighBit must be BitsStored - 1), given differently in an Enhanced file's
@@ -494,6 +497,9 @@ def _read_image(path: os.PathLike | str, values: str) -> tuple[np.ndarray, int |
             path, f"expected a single-frame grayscale image, got a {_sop_class_name(header)} "
             "object without pixel data"
         )
+    if _is_rt_dose(header):
+        _read_every_element(path, header)  # a damaged file says so first
+        raise UnreadableFileError(path, f"is {_rt_dose_reason(header)}")
     with _reading(path, UnreadableFileError):
         _check_pixel_module(path, header, UnreadableFileError)
         dataset = _read_vetted_file(path)
@@ -925,6 +931,25 @@ def _sop_class_name(dataset: pydicom.Dataset) -> str:
     return uid.name if uid else "DICOM"
 
 
+def _is_rt_dose(dataset: pydicom.Dataset) -> bool:
+    return _sop_class(dataset).name == "RT Dose Storage" or (
+        _text(dataset, "Modality").strip().upper() == "RTDOSE"
+    )
+
+
+def _rt_dose_reason(dataset: pydicom.Dataset) -> str:
+    """Why an RT Dose object is not read as an image (PS3.3 C.8.8.3): its stored values are
+    dose only once multiplied by DoseGridScaling, which no rescale tag says, and a
+    multi-frame grid is placed by GridFrameOffsetVector, not by functional groups."""
+    scaling = _text(dataset, "DoseGridScaling").strip() or "absent"
+    units = _text(dataset, "DoseUnits").strip() or "absent"
+    return (
+        f"an RT Dose grid (DoseGridScaling {scaling}, DoseUnits {units}), not an image: its "
+        "stored values are dose only once multiplied by DoseGridScaling; kseg reads CT / MR "
+        "images and radiographs, not dose"
+    )
+
+
 def _is_image_storage(dataset: pydicom.Dataset) -> bool:
     name = _sop_class(dataset).name
     return "Image Storage" in name or name in ("RT Dose Storage", "Segmentation Storage")
@@ -952,6 +977,11 @@ def _read_image_headers(paths: Iterable[str], folder: str) -> list[tuple[str, py
         elif "Segmentation" in _sop_class_name(dataset):
             # A DICOM-SEG has pixel data, but they are labels of another series' images.
             skipped.append(f"{path} ({_sop_class_name(dataset)}: read it with read_dicom_seg)")
+        elif _is_rt_dose(dataset):
+            # A dose grid exported beside the planning CT: pixel data, but dose, not an image;
+            # skipped only when whole (a damaged file is an error, as everywhere here).
+            _read_every_element(path, dataset)
+            skipped.append(f"{path} ({_rt_dose_reason(dataset)})")
         else:
             headers.append((path, dataset))
     _warn_skipped(folder, skipped)
