@@ -64,14 +64,22 @@ _LAYER_STYLES = {
 # The files of a run folder (README "Run folder"), listed with whether they exist yet.
 _RUN_FILES = (
     ("config.json", "the run's configuration, written when training starts"),
+    ("training.json", "when training started and finished (kseg train on a finished run "
+                      "trains nothing)"),
     ("best.keras", "the best model so far (BestModelCheckpoint)"),
+    ("best.keras.json", "the epoch and score of best.keras"),
     ("history.csv", "per-epoch losses and scores"),
+    ("fingerprint.json", "the dataset fingerprint the plan derives from (--plan auto)"),
+    ("plan.json", "the plan the run's settings came from (--plan auto)"),
     ("backup", "state to resume training from"),
     ("tensorboard", "TensorBoard logs"),
     ("evaluation", "per-patient scores and case files (kseg evaluate)"),
     ("studies", "robustness and training studies (kseg study)"),
     ("folds", "a cross-validation's members, one run folder each (--validation-fold all)"),
 )
+# Written by kseg evaluate --input into RUN/evaluation/input-<folder>/
+# (kseg.recipes._evaluation.INPUT_RECORD): the input folder the scores are of.
+INPUT_RECORD = "input.json"
 # The line of a study's table.txt (kseg.studies.StudyTable) where the per-patient rows begin;
 # the lines before it are the summary per setting and the study's notes.
 _STUDY_ROWS_MARKER = "Per patient:"
@@ -199,6 +207,27 @@ def _figure_html(figure, caption: str, gid: str) -> str:
         f'src="{_data_uri(viz.png_bytes(figure, dpi=_FIGURE_DPI))}">'
         f"<figcaption>{_escape(caption)}</figcaption></figure>"
     )
+
+
+def _json_object(path: pathlib.Path) -> dict | None:
+    """The JSON object in ``path``, or ``None`` (missing, unreadable, not an object)."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _training_times(path: pathlib.Path) -> str:
+    """``"; started ..., finished ..."`` for a run's training.json, else ``""``."""
+    if path.name != "training.json":
+        return ""
+    record = _json_object(path)
+    if record is None:
+        return "; not a JSON object"
+    finished = record.get("finished")
+    return (f"; started {record.get('started')}, "
+            + (f"finished {finished}" if finished else "not finished"))
 
 
 def _note(text: str, kind: str = "missing") -> str:
@@ -419,7 +448,7 @@ class _Page:
         for name, what in _RUN_FILES:
             path = self.run / name
             if path.is_file():
-                state = f"{path.stat().st_size:,} bytes"
+                state = f"{path.stat().st_size:,} bytes" + _training_times(path)
             elif path.is_dir():
                 state = f"folder of {sum(1 for _ in path.iterdir())} entries"
             else:
@@ -574,6 +603,16 @@ class _Page:
         name = folder.name
         parts = [f'<section class="evaluation" id="evaluation-{_escape(name)}">'
                  f"<h2>Evaluation: {_escape(name)}</h2>"]  # fmt: skip
+        if (folder / INPUT_RECORD).is_file():  # kseg evaluate --input: what it scored
+            record = _json_object(folder / INPUT_RECORD)
+            source = record.get("input") if record is not None else None
+            parts.append(
+                f'<p class="input" data-file="{_escape(INPUT_RECORD)}">Input folder: '
+                f"<code>{_escape(str(source))}</code> ({_escape(name)}/{INPUT_RECORD})</p>"
+                if isinstance(source, str) else
+                _note(f"{name}/{INPUT_RECORD} does not name the input folder it scores: "
+                      f"expected a JSON object with an \"input\" folder", "problem")
+            )  # fmt: skip
         scores_path = folder / "scores.csv"
         header, rows, table = [], [], None
         if not scores_path.is_file():

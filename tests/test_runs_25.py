@@ -147,3 +147,44 @@ def test_resuming_with_another_network_is_refused_and_more_epochs_resume(tmp_pat
         assert (run / "config.json").read_bytes() == before
     write(epochs=9)  # more epochs: resumed
     assert json.loads((run / "config.json").read_text())["arguments"]["epochs"] == 9
+
+
+# --- 3. report.html and the run's training.json / input.json ------------------------------
+
+
+def test_report_lists_training_json_and_names_each_input_folder(tmp_path):
+    """The report's "Run folder" table left out training.json (whether training finished:
+    kseg train on a finished run trains nothing), and an ``evaluate --input`` section did not
+    say which folder its scores are of (its input.json), so input-test and input-test-2
+    read alike."""
+    from test_report import parse
+    from test_report import write_config as write_report_config
+
+    from kseg import report
+
+    run = tmp_path / "run"
+    write_report_config(run)
+    write_json(run / "training.json", {"started": "2026-12-03T10:00:00+00:00",
+                                       "finished": "2026-12-03T10:05:00+00:00"})
+    inputs = {"input-test": str(tmp_path / "site-a" / "test"),
+              "input-test-2": str(tmp_path / "site-b" / "test")}
+    for name, source in inputs.items():
+        (run / "evaluation" / name).mkdir(parents=True)
+        write_json(run / "evaluation" / name / "input.json", {"input": source})
+    page = parse(report.write_report(run))
+    files = {row.attributes["data-file"]: row.find("td").all_text()
+             for row in page.find("table", "files").find_all("tr")}
+    size = (run / "training.json").stat().st_size
+    assert files["training.json"] == (f"{size:,} bytes; started 2026-12-03T10:00:00+00:00, "
+                                      "finished 2026-12-03T10:05:00+00:00")
+    for name, source in inputs.items():
+        section = next(section for section in page.find_all("section", "evaluation")
+                       if section.attributes["id"] == f"evaluation-{name}")
+        shown = section.find("p", "input")
+        assert shown is not None and shown.find("code").all_text() == source
+    write_json(run / "training.json", {"started": "2026-12-03T11:00:00+00:00",
+                                       "finished": None})  # a training in progress
+    page = parse(report.write_report(run))
+    row = next(row for row in page.find("table", "files").find_all("tr")
+               if row.attributes["data-file"] == "training.json")
+    assert row.find("td").all_text().endswith("started 2026-12-03T11:00:00+00:00, not finished")
