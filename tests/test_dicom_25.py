@@ -5,9 +5,13 @@ never from kseg."""
 
 import shutil
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
+from pydicom.dataset import FileMetaDataset
+from pydicom.pixels import apply_voi_lut
+from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 from test_io_dicom import _write_slice
 
 from kseg.errors import LayoutError, UnreadableFileError
@@ -57,3 +61,79 @@ def test_rt_dose_read_alone_is_refused_not_read_as_stored_integers(tmp_path, nam
     with pytest.warns(SkippedFileWarning, match="RT Dose grid"):
         with pytest.raises(LayoutError, match="no DICOM image"):
             read_dicom_series(folder)
+
+
+# --- Pixel Padding Value: padding is not the image ---------------------------------------------
+
+
+def _write_dx(path, stored, photometric="MONOCHROME2", **attributes):
+    """A 12-bit DX image written with pydicom alone."""
+    ds = pydicom.Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "DX", "D1"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.Rows, ds.Columns = stored.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = stored.astype("<u2").tobytes()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def _padded_radiograph():
+    """A 12-bit radiograph of 1000 .. 3000 inside a 4-pixel padded border, and where the
+    border is."""
+    native = np.linspace(1000, 3000, 32 * 32).round().astype(np.uint16).reshape(32, 32)
+    border = np.ones(native.shape, bool)
+    border[4:-4, 4:-4] = False
+    return native, border
+
+
+@pytest.mark.parametrize("photometric, padding", [("MONOCHROME2", 0), ("MONOCHROME1", 4095)])
+def test_radiograph_padding_reads_black_and_leaves_the_image_range_alone(
+    tmp_path, photometric, padding
+):
+    """A CR / DX padded to its rectangle with PixelPaddingValue (0 for MONOCHROME2, 4095 for
+    MONOCHROME1: PS3.3 C.7.5.1.1.2 note 1, black). The value is named so that viewers leave
+    it out of the image's dynamic range (note 2). It was read as the image's minimum, so
+    per-image min-max scaling (the X-ray recipes' scale_intensity) squeezed the radiograph
+    into [0.33, 1]; now the padding is the image's own darkest value and the image spans
+    [0, 1] as a viewer shows it."""
+    native, border = _padded_radiograph()
+    stored = np.where(border, padding, native)
+    path = tmp_path / "cr.dcm"
+    _write_dx(path, stored, photometric, PixelPaddingValue=padding)
+    image, bits = read_radiograph(path)
+    shown = native if photometric == "MONOCHROME2" else 4095 - native  # higher is brighter
+    inside = shown[~border]
+    expected = np.where(border, inside.min(), shown)
+    np.testing.assert_array_equal(image, expected)
+    scaled = (image - image.min()) / (image.max() - image.min())
+    np.testing.assert_allclose(scaled[~border], (inside - inside.min()) / np.ptp(inside))
+    assert bits == 12
+
+
+def test_mammogram_background_padding_range_is_black_through_the_window(tmp_path):
+    """A mammogram's background air as a padding range (PixelPaddingValue 0 ..
+    PixelPaddingRangeLimit 60, IHE Mammo's use of CP 692): through the window it read as
+    grey noise up to 82 of 4095; now as black, the breast exactly as pydicom's
+    apply_voi_lut windows it."""
+    rng = np.random.default_rng(0)
+    native, border = _padded_radiograph()
+    stored = np.where(border, rng.integers(0, 61, native.shape), native).astype(np.uint16)
+    path = tmp_path / "mg.dcm"
+    ds = _write_dx(
+        path, stored, PixelPaddingValue=0, PixelPaddingRangeLimit=60,
+        WindowCenter=1500, WindowWidth=3000,
+    )  # fmt: skip
+    image, bits = read_radiograph(path, dicom_values="displayed")
+    reference = apply_voi_lut(stored.astype(np.float64), ds)  # 0 .. 4095, unsigned 12-bit
+    assert reference[border].max() > 0  # the window alone shows the background grey
+    np.testing.assert_array_equal(image[~border], np.rint(reference[~border]))
+    assert bits == 12 and not image[border].any()

@@ -428,6 +428,14 @@ def read_dicom_image(path: os.PathLike | str, *, values: str = "modality") -> np
     MONOCHROME1 with INVERSE (PS3.3 C.8.11.3), which is one inversion, not two. Files
     without the DICM preamble are read when their bytes start like a DICOM data set.
 
+    Padding (stored values equal to PixelPaddingValue, or between it and
+    PixelPaddingRangeLimit: a radiograph's padded border, a mammogram's background air, a
+    CT's outside of the reconstruction circle) is not the image (PS3.3 C.7.5.1.1.2) and reads
+    black in either mode: the lowest value of the rest of the image in modality units, 0 when
+    displayed. It never sets the image's range, which per-image min-max scaling would
+    otherwise stretch to it. (:func:`read_dicom_series` keeps a CT's padding as stored, as
+    dcm2niix and SimpleITK do.)
+
     Args:
         path: the DICOM file.
         values: ``"modality"`` or ``"displayed"`` (see above).
@@ -507,6 +515,7 @@ def _read_image(path: os.PathLike | str, values: str) -> tuple[np.ndarray, int |
         inverted = _presentation_inverse(path, dataset) or (
             _text(dataset, "PhotometricInterpretation").strip().upper() == "MONOCHROME1"
         )
+        padding = _padding(path, dataset, stored)
         voi = None
         if values == "displayed":
             voi = _voi_lut(path, dataset) or _voi_window(path, dataset)
@@ -514,12 +523,34 @@ def _read_image(path: os.PathLike | str, values: str) -> tuple[np.ndarray, int |
             if inverted:
                 low, high = _stored_value_range(path, dataset)
                 stored = (high + low) - stored.astype(np.int64)
-            return np.asarray(_to_modality_units(path, stored, dataset), dtype=np.float32), None
+            units = np.asarray(_to_modality_units(path, stored, dataset), dtype=np.float32)
+            if padding is not None and not padding.all():  # black: the image's own darkest
+                units = np.where(padding, units[~padding].min(), units)
+            return units, None
         transform, bits = voi
         shown = transform(np.asarray(_to_modality_units(path, stored, dataset), np.float64))
         if inverted:
             shown = (2**bits - 1) - shown
+        if padding is not None:  # black, whatever the VOI transform made of it
+            shown = np.where(padding, 0.0, shown)
         return shown.astype(np.float32), bits
+
+
+def _padding(path: str, dataset: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
+    """Where ``stored`` holds padding, or ``None`` when the file declares none.
+
+    PixelPaddingValue, alone or with PixelPaddingRangeLimit (the range between them,
+    inclusive), names stored values that are not the image: the area outside a CT's
+    reconstruction circle, a radiograph's collimated border, a mammogram's background air
+    (PS3.3 C.7.5.1.1.2). They lie beyond the native image's range, so that viewers leave
+    them out of its dynamic range, and are shown black.
+    """
+    value = _first_window_value(path, dataset, "PixelPaddingValue")
+    if value is None:
+        return None
+    limit = _first_window_value(path, dataset, "PixelPaddingRangeLimit")
+    limit = value if limit is None else limit
+    return (stored >= min(value, limit)) & (stored <= max(value, limit))
 
 
 def _presentation_inverse(path: str, dataset: pydicom.Dataset) -> bool:

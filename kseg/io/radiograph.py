@@ -111,7 +111,8 @@ def read_radiograph(
             go through :func:`kseg.io.read_dicom_image` with ``values=dicom_values``
             (modality LUT applied, MONOCHROME1 inverted so that higher is brighter; and with
             ``"displayed"`` the VOI LUT or window and the Presentation LUT Shape, as a
-            viewer shows it; an RGB / YBR one whose channels are equal, a grey secondary
+            viewer shows it; PixelPaddingValue padding read black, never setting the
+            image's range; an RGB / YBR one whose channels are equal, a grey secondary
             capture, gives its grey samples in either mode); anything else through Pillow,
             turned as its EXIF / TIFF Orientation tag says (as viewers show it, and as
             :func:`kseg.io.read_labels` turns masks); a WhiteIsZero TIFF is inverted so
