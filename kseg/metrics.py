@@ -1006,11 +1006,39 @@ def _classification_inputs(probabilities, labels):
     return probabilities, _class_labels("labels", labels.ravel(), num_classes), False
 
 
+def _refuse_one_hot_labels(probabilities, labels):
+    """Refuse class probabilities ``(..., C)`` given with one-hot labels of their shape.
+
+    The equal shapes read as a 0/1 mask beside foreground probabilities, so each of the
+    ``C`` channels would be scored as a binary problem of its own (``p >= 0.5``), not the
+    argmax: a top-label number that is neither Guo et al.'s nor anything else. Keras'
+    ``to_categorical`` targets, which kseg's losses and metrics accept, are this layout.
+    """
+    probabilities, labels = np.asarray(probabilities), np.asarray(labels)
+    channels = probabilities.shape[-1] if probabilities.ndim else 1
+    if channels < 2 or probabilities.size == 0:
+        return
+    rows = labels.reshape(-1, channels)
+    sums = probabilities.reshape(-1, channels).sum(axis=-1, dtype=np.float64)
+    tolerance = max(_SUM_TOLERANCE, channels * _float_eps(probabilities))
+    if np.all(rows.sum(axis=-1) == 1) and np.max(np.abs(sums - 1.0)) <= tolerance:
+        raise ValueError(
+            f"labels has the shape of probabilities {probabilities.shape} and holds one 1 "
+            f"per voxel along the last axis: one-hot targets of {channels} class "
+            "probabilities, which mode='top_label' would score as "
+            f"{channels} independent binary masks; pass the label map "
+            "labels.argmax(axis=-1)"
+        )
+
+
 def _confidence_and_outcome(probabilities, labels, mode):
     """Per-voxel confidence and its 0/1 outcome for calibration in ``mode``."""
     if mode not in _CALIBRATION_MODES:
         raise ValueError(f"mode must be one of {_CALIBRATION_MODES}, got {mode!r}")
+    given_probabilities, given_labels = probabilities, labels
     probabilities, labels, binary = _classification_inputs(probabilities, labels)
+    if mode == "top_label" and binary:
+        _refuse_one_hot_labels(given_probabilities, given_labels)
     if mode == "binary":
         if not binary:
             raise ValueError(
@@ -1086,8 +1114,9 @@ def reliability_diagram(
     Raises:
         ValueError: shapes that match neither layout (naming ``labels``), probabilities
             outside [0, 1] or NaN, labels that are not class labels, class probabilities
-            that do not sum to 1, class probabilities with ``mode="binary"``, or a bad
-            ``bins``, ``strategy`` or ``mode``.
+            that do not sum to 1, class probabilities with ``mode="binary"``, one-hot
+            labels of class probabilities with ``mode="top_label"`` (pass their argmax),
+            or a bad ``bins``, ``strategy`` or ``mode``.
 
     Example:
 

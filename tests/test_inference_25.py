@@ -80,3 +80,22 @@ def test_augment_batch_is_one_function_for_augmented_model_and_fixmatch():
     ):
         for got, want in zip(outputs, expected, strict=True):
             np.testing.assert_array_equal(np.asarray(got), want)
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def test_top_label_calibration_refuses_one_hot_labels_of_class_probabilities():
+    from kseg.metrics import expected_calibration_error, reliability_diagram
+
+    probabilities = np.array([[0.7, 0.2, 0.1], [0.3, 0.6, 0.1]])
+    one_hot = np.array([[1, 0, 0], [0, 0, 1]])  # keras.utils.to_categorical([0, 2], 3)
+    # Guo et al. by hand: confidences 0.7 (right) and 0.6 (wrong), one bin: |1.3 - 1| / 2
+    assert expected_calibration_error(
+        probabilities, one_hot.argmax(-1), bins=1, mode="top_label"
+    ) == pytest.approx(0.15)
+    # read as a 0/1 mask the six channels were six binary voxels (p >= 0.5): confidences
+    # 0.7 0.8 0.9 0.7 0.6 0.9, four right, ECE |4.6 - 4| / 6 = 0.1, returned silently
+    for function in (expected_calibration_error, reliability_diagram):
+        with pytest.raises(ValueError, match=r"one-hot targets of 3 class probabilities"):
+            function(probabilities, one_hot, mode="top_label")
