@@ -14,7 +14,7 @@ from pydicom.pixels import apply_voi_lut
 from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 from test_io_dicom import _write_slice
 
-from kseg.errors import LayoutError, UnreadableFileError
+from kseg.errors import DicomSeriesError, LayoutError, UnreadableFileError
 from kseg.io import SkippedFileWarning, read_dicom_image, read_dicom_series, read_radiograph
 
 
@@ -137,3 +137,59 @@ def test_mammogram_background_padding_range_is_black_through_the_window(tmp_path
     assert reference[border].max() > 0  # the window alone shows the background grey
     np.testing.assert_array_equal(image[~border], np.rint(reference[~border]))
     assert bits == 12 and not image[border].any()
+
+
+# --- echoes that no EchoNumbers tells apart ---------------------------------------------------
+
+
+def _echoes_without_echo_numbers(folder, offset):
+    """A dual-echo MR series whose converter dropped EchoNumbers (Type 3) but kept EchoTime
+    (Type 2): echo 1 (TE 4.6 ms) at z = 0, 5, 10, 15, echo 2 (TE 9.2 ms) shifted by
+    ``offset``; each slice's pixels hold 100 * echo + its rank."""
+    echoes = {1: [], 2: []}
+    for echo, echo_time in ((1, 4.6), (2, 9.2)):
+        for rank in range(4):
+            path = _write_slice(
+                folder / f"E{echo}S{rank}.dcm",
+                position=(0.0, 0.0, 5.0 * rank + (offset if echo == 2 else 0.0)),
+                pixels=np.full((4, 6), 1024 + 100 * echo + rank, np.uint16),
+                instance_number=10 * echo + rank,
+            )
+            echoes[echo].append(
+                _retag(path, Modality="MR", EchoTime=echo_time, AcquisitionNumber=echo)
+            )
+    return echoes
+
+
+@pytest.mark.parametrize("offset", [2.5, 1.0], ids=["half_step", "offset_1mm"])
+def test_interleaved_echoes_without_echo_numbers_are_refused_naming_echo_time(tmp_path, offset):
+    """At positions offset by half a step the two echoes read as one volume of 8 slices at
+    2.5 mm, contrasts alternating slice by slice (as ITK does); 1 mm off, the gap check
+    called the series unevenly spaced or missing slices. Now the error names EchoTime and
+    each value's files, and each echo read as a list is its own 4-slice 5 mm volume."""
+    echoes = _echoes_without_echo_numbers(tmp_path, offset)
+    with pytest.raises(DicomSeriesError) as raised:
+        read_dicom_series(tmp_path)
+    message = str(raised.value)
+    assert "2 echoes" in message and "EchoTime 4.6 ms: 4 file(s)" in message, message
+    assert "9.2 ms: 4 file(s)" in message
+    for echo, files in echoes.items():
+        volume = read_dicom_series(files)
+        assert volume.shape[0] == 4
+        np.testing.assert_allclose(volume.spacing[0], 5.0)
+        np.testing.assert_array_equal(volume.array[:, 0, 0], 100 * echo + np.arange(4))
+
+
+def test_slabs_of_one_echo_time_each_and_acquisition_numbers_per_block_still_read(tmp_path):
+    """What must still read: an MR series of one EchoTime, and a sequential CT whose
+    AcquisitionNumber changes with each rotation's block of slices (no EchoTime)."""
+    (tmp_path / "mr").mkdir()
+    (tmp_path / "ct").mkdir()
+    for rank in range(6):
+        path = _write_slice(tmp_path / "mr" / f"S{rank}.dcm", position=(0, 0, 3.0 * rank))
+        _retag(path, Modality="MR", EchoTime="4.60", AcquisitionNumber=1 + rank // 3)
+    assert read_dicom_series(tmp_path / "mr").shape == (6, 4, 6)
+    for rank in range(8):
+        path = _write_slice(tmp_path / "ct" / f"S{rank}.dcm", position=(0, 0, 2.5 * rank))
+        _retag(path, AcquisitionNumber=1 + rank // 4)
+    assert read_dicom_series(tmp_path / "ct").shape == (8, 4, 6)

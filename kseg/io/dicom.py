@@ -328,7 +328,8 @@ def read_dicom_series(
             within the series (the message names the odd slices, a localizer as one); the
             slices of one series hold several EchoNumbers or TemporalPositionIdentifier values
             (several echoes or time points, whether at the same or interleaved positions: the
-            message names the tag and each value's files); two slices share a position (the
+            message names the tag and each value's files), or, with no EchoNumbers, several
+            EchoTime values at overlapping positions; two slices share a position (the
             message names the header values that differ between them, e.g. AcquisitionNumber,
             or calls them a duplicated file); a Siemens mosaic (ImageType MOSAIC: a
             volume's slices tiled into one image); a gap shows a missing slice, or the slice spacing
@@ -1137,6 +1138,40 @@ def _check_one_volume_of_slices(series, folder: str) -> None:
             )
 
 
+def _check_one_echo_time(ordered, distances: np.ndarray, folder: str) -> None:
+    """Refuse slices of several EchoTime values whose positions overlap: echoes of one
+    series that no EchoNumbers tells apart. EchoNumbers is Type 3 and converters and
+    anonymisers drop it, EchoTime is Type 2 (PS3.3 C.8.3.1); interleaved along the normal
+    the echoes would read as one volume of twice the slices, alternating contrasts. Slabs
+    of different EchoTime one after the other are left to the gap checks."""
+    spans: dict[str, list[float]] = {}
+    files: dict[str, list[str]] = {}
+    for (path, dataset), distance in zip(ordered, distances, strict=True):
+        value = _label(dataset, "EchoTime")
+        if value:
+            spans.setdefault(value, []).append(float(distance))
+            files.setdefault(value, []).append(path)
+    if len(spans) < 2 or min(len(v) for v in spans.values()) < 2:
+        return
+    ranges = sorted((min(v), max(v)) for v in spans.values())
+    lows, highs = [low for low, _ in ranges[1:]], [high for _, high in ranges[:-1]]
+    if all(low > high + SAME_POSITION_TOLERANCE_MM for low, high in zip(lows, highs, strict=True)):
+        return
+    shown = "; ".join(
+        f"{value} ms: {len(paths)} file(s), first {sorted(paths)[0]}"
+        for value, paths in sorted(files.items(), key=lambda item: float(item[0]))
+    )
+    uids = {_text(dataset, "SeriesInstanceUID") for _, dataset in ordered}
+    uid = next(iter(uids)) or "(blank SeriesInstanceUID)"
+    which = f"series {uid}" if len(uids) == 1 else f"these {len(uids)} series read as one"
+    raise DicomSeriesError(
+        folder,
+        f"{which} is not one volume: its {len(ordered)} slices hold {len(files)} echoes at "
+        f"overlapping positions (EchoTime {shown}) that no EchoNumbers tells apart; expected "
+        "one volume per series: read each EchoTime value's files as a list of files",
+    )
+
+
 def _label(dataset: pydicom.Dataset, keyword: str) -> str:
     """A header value as one comparable string (numbers as numbers: ``01`` is ``1``); ``''``
     when absent, empty or unreadable."""
@@ -1686,6 +1721,7 @@ def _order_slices(series, folder: str):
     positions, distances = positions[order], distances[order]
     if len(ordered) == 1:
         return ordered, geometry, normal * _single_slice_thickness(*ordered[0])
+    _check_one_echo_time(ordered, distances, folder)
     _check_gaps(ordered, np.diff(distances), folder)
     step = (positions[-1] - positions[0]) / (len(ordered) - 1)
     _check_on_one_line(ordered, positions, step, normal, reference.spacing, folder)
