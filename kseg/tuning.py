@@ -339,6 +339,34 @@ def check_search_callbacks(objective, callbacks) -> None:
             )
 
 
+def _logits_output(model) -> str | None:
+    """Why ``model`` outputs logits (an output layer whose activation is linear, as kseg's
+    builders end with ``activation=None``), or ``None`` when it does not or that is not
+    known (a subclassed model, a custom output layer)."""
+    linear = keras.activations.get("linear")
+    for output in getattr(model, "outputs", None) or ():
+        history = getattr(output, "_keras_history", None)
+        layer = getattr(history, "operation", None)
+        if getattr(layer, "activation", None) is linear:
+            return f"its output layer {layer.name!r} has a linear activation"
+    return None
+
+
+def _check_logits(validations, reason: str) -> None:
+    """A fatal error (Keras Tuner stops the search: every trial would fail the same way)
+    when a model that outputs logits (``reason``) would be scored by a
+    ``VolumeValidation`` without ``from_logits=True``: it refuses logits at its first
+    validation, after a whole epoch of training, in every trial."""
+    for validation in validations:
+        if not validation.from_logits:
+            raise keras_tuner.errors.FatalValueError(
+                f"VolumeValidation: the search's models output logits ({reason}): a model "
+                "that outputs logits (activation=None) needs VolumeValidation(..., "
+                "from_logits=True), or its whole-volume scores would threshold logits at "
+                f"{validation.threshold}"
+            )  # fmt: skip
+
+
 def _has_tensorboard_callback(callbacks) -> bool:
     return any(isinstance(callback, keras.callbacks.TensorBoard) for callback in callbacks or ())
 
@@ -434,15 +462,29 @@ class _RanksByCheckedObjective:
             _write_json_atomically(record_path, wanted)
 
     def search(self, *fit_args, **fit_kwargs):
-        """Run the search; ``fit_kwargs["callbacks"]`` is checked by ``check_search_callbacks``."""
+        """Run the search; ``fit_kwargs["callbacks"]`` is checked by ``check_search_callbacks``,
+        and each model built against its ``VolumeValidation`` callbacks
+        (:func:`_check_logits`): a model that outputs logits is refused before it trains
+        when one of them thresholds probabilities."""
         callbacks = fit_kwargs.get("callbacks")
         check_search_callbacks(self.oracle.objective, callbacks)
+        self._validations = [callback for callback in callbacks or ()
+                             if isinstance(callback, VolumeValidation)]  # fmt: skip
+        if getattr(self.hypermodel, "from_logits", False):  # a SegmentationHyperModel's
+            _check_logits(self._validations, "the hypermodel builds with activation=None")
         if _has_tensorboard_callback(callbacks) and importlib.util.find_spec("tensorboard") is None:
             raise ImportError(
                 "Keras Tuner logs each trial's hyperparameters next to a TensorBoard callback "
                 "with the tensorboard package: pip install tensorboard"
             )
         return super().search(*fit_args, **fit_kwargs)
+
+    def _try_build(self, hp):
+        model = super()._try_build(hp)
+        reason = _logits_output(model)
+        if reason is not None:
+            _check_logits(getattr(self, "_validations", ()), reason)
+        return model
 
     def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
         # Keras Tuner imports tensorboard here for every trial on the TensorFlow backend, but

@@ -9,6 +9,7 @@ import json
 import re
 import types
 
+import numpy as np
 import pytest
 
 from kseg.errors import LayoutError
@@ -188,3 +189,57 @@ def test_report_lists_training_json_and_names_each_input_folder(tmp_path):
     row = next(row for row in page.find("table", "files").find_all("tr")
                if row.attributes["data-file"] == "training.json")
     assert row.find("td").all_text().endswith("started 2026-12-03T11:00:00+00:00, not finished")
+
+
+# --- 4. a tuner search of logits models scored by a VolumeValidation without from_logits --
+
+
+def _logits_problem():
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 8, 8, 1), dtype=np.float32)
+    labels = (images > 0.5).astype(np.float32)
+    volumes = [("p0", images[:2], labels[:2, ..., 0].astype(np.uint8), (1.0, 1.0, 1.0))]
+    return images, labels, volumes
+
+
+@pytest.mark.parametrize("kind", ["segmentation_hypermodel", "build_function"])
+def test_a_search_of_logits_models_without_from_logits_stops_before_training(tmp_path, kind):
+    """A hypermodel whose models output logits, searched with a VolumeValidation that
+    thresholds probabilities, trained every trial's first epoch before VolumeValidation
+    refused its logits; Keras Tuner marked the trial invalid and went on to the next (the
+    search "finished" with no scored trial). It stops before any training now, with
+    VolumeValidation's message."""
+    import keras
+
+    from kseg.training import VolumeValidation
+    from kseg.tuning import SegmentationHyperModel, tuner
+
+    images, labels, volumes = _logits_problem()
+    if kind == "segmentation_hypermodel":
+        hypermodel = SegmentationHyperModel(
+            (8, 8, 1), 1, models="unet", model_kwargs={"activation": None},
+            fixed={"base_filters": 2, "depth": 1, "loss": "dice"})  # fmt: skip
+    else:
+        def hypermodel(hp):
+            inputs = keras.Input((8, 8, 1))
+            outputs = keras.layers.Conv2D(1, 3, padding="same", name="logits")(inputs)
+            model = keras.Model(inputs, outputs)
+            model.compile("adam", keras.losses.BinaryCrossentropy(from_logits=True))
+            return model
+
+    trained = []
+    counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda *a, **k: trained.append(1))
+    search = tuner("random", hypermodel, max_trials=2, directory=tmp_path, project_name="s")
+    with pytest.raises(ValueError, match=re.escape("needs VolumeValidation(..., "
+                                                   "from_logits=True)")):
+        search.search(images, labels, epochs=1, batch_size=2, verbose=0,
+                      callbacks=[VolumeValidation(volumes), counter])
+    assert trained == []
+    # with from_logits=True the same search trains and scores its trials
+    if kind == "build_function":
+        search = tuner("random", hypermodel, max_trials=1, directory=tmp_path,
+                       project_name="t")
+        search.search(images, labels, epochs=1, batch_size=2, verbose=0,
+                      callbacks=[VolumeValidation(volumes, from_logits=True), counter])
+        assert trained and search.oracle.get_best_trials(1)[0].score is not None
+
