@@ -243,3 +243,71 @@ def test_a_search_of_logits_models_without_from_logits_stops_before_training(tmp
                       callbacks=[VolumeValidation(volumes, from_logits=True), counter])
         assert trained and search.oracle.get_best_trials(1)[0].score is not None
 
+
+# --- 5. radiograph case files drawn with square pixels --------------------------------------
+
+
+def _computed_radiograph(path, pixels, **spacing):
+    """A CR image written with pydicom, its pixel size in the given attributes."""
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.MediaStorageSOPClassUID = ComputedRadiographyImageStorage
+    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.SOPClassUID = ComputedRadiographyImageStorage
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+    dataset.Modality, dataset.PatientID = "CR", path.stem
+    dataset.Rows, dataset.Columns = pixels.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored, dataset.HighBit = 16, 12, 11
+    dataset.PixelRepresentation = 0
+    for keyword, value in spacing.items():
+        setattr(dataset, keyword, value)
+    dataset.PixelData = pixels.astype(np.uint16).tobytes()
+    pydicom.dcmwrite(path, dataset, enforce_file_format=True)
+
+
+def test_radiograph_case_files_carry_the_pixel_spacing_the_file_states(tmp_path):
+    """X-ray case files recorded spacing (1, 1, 1) whatever the radiograph said, so the
+    report drew a CR image of 0.2 x 0.1 mm pixels twice as wide as it is. The spacing a
+    DICOM radiograph states (PixelSpacing, else ImagerPixelSpacing, as kseg predict places
+    it) goes into its case file; a PNG, which states none, keeps 1 mm; the scores stay in
+    pixels."""
+    from PIL import Image
+    from test_predict import identity_model
+
+    from kseg.recipes import _evaluation
+    from tfds_builders.xray import Builder
+
+    folder = tmp_path / "cxr"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    pixels = (np.arange(12 * 10).reshape(12, 10) * 30).astype(np.uint16)
+    _computed_radiograph(folder / "images" / "imager.dcm", pixels,
+                         ImagerPixelSpacing=[0.2, 0.1])
+    _computed_radiograph(folder / "images" / "both.dcm", pixels, PixelSpacing=[0.5, 0.25],
+                         ImagerPixelSpacing=[0.2, 0.1])
+    _computed_radiograph(folder / "images" / "none.dcm", pixels)
+    Image.fromarray((pixels // 16).astype(np.uint8)).save(folder / "images" / "plain.png")
+    mask = np.zeros((12, 10), np.uint8)
+    mask[3:9, 2:7] = 1
+    for stem in ("imager", "both", "none", "plain"):
+        Image.fromarray(mask).save(folder / "masks" / f"{stem}.png")
+    spacing = _evaluation.radiograph_case_spacing(Builder.builder_configs["generic"], folder)
+    assert spacing == {"imager.dcm": (1.0, 0.2, 0.1), "both.dcm": (1.0, 0.5, 0.25)}
+
+    shown = (pixels / pixels.max()).astype(np.float32)[..., None]
+    cases = [(name, shown, shown, mask, None)
+             for name in ("imager.dcm", "both.dcm", "none.dcm", "plain.png")]
+    table = _evaluation.score_slice_cases(identity_model(2), cases, cases_dir=tmp_path / "c",
+                                          metrics=("dice", "hd95"), case_spacing=spacing)
+    for name, expected in (("imager.dcm", [1.0, 0.2, 0.1]), ("both.dcm", [1.0, 0.5, 0.25]),
+                           ("none.dcm", [1.0, 1.0, 1.0]), ("plain.png", [1.0, 1.0, 1.0])):
+        with np.load(tmp_path / "c" / f"{name}.npz") as case:
+            assert case["spacing"].tolist() == expected
+    # the same arrays scored alike: distances in pixels whatever the case file draws
+    assert len({row["hd95"] for row in table.rows}) == 1

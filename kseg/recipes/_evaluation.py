@@ -157,6 +157,7 @@ def score_slice_cases(
     labels=None,
     threshold: float = 0.5,
     postprocess=None,
+    case_spacing=None,
 ) -> PatientTable:
     """Score a 2D model per patient and write each case file as the row is scored.
 
@@ -165,9 +166,13 @@ def score_slice_cases(
         volumes: ``(patient_id, model inputs (S, h, w, C), display image (S, H, W, 1) in
             [0, 1], mask (S, H, W), spacing)``; one radiograph as ``(h, w, C)``,
             ``(H, W, 1)`` and ``(H, W)`` (scored in 2D, so distances measure its outline).
-            Spacing ``None`` scores distances in pixels and records 1 mm in the case file.
+            Spacing ``None`` scores distances in pixels and records ``case_spacing``'s
+            spacing of the patient (else 1 mm) in the case file.
         metrics, labels, threshold: as in :func:`kseg.evaluation.evaluate_volumes`.
         postprocess: ``label map -> label map`` applied before scoring.
+        case_spacing: ``{patient_id: (slice, row, column) mm}`` the case files record
+            for cases scored in pixels (:func:`radiograph_case_spacing`: a radiograph's
+            pixel spacing, which the report draws its pixels with).
 
     Returns:
         The table, rows sorted by patient id (as :func:`kseg.evaluation.evaluate_slices`).
@@ -181,14 +186,16 @@ def score_slice_cases(
             predicted = labels_from_probabilities(probabilities, threshold).astype(np.uint8)
             predicted = _postprocessed(patient_id, predicted, postprocess)
             shown = np.asarray(display)[..., 0]
-            case_spacing = (1.0, 1.0, 1.0) if spacing is None else spacing
+            drawn = spacing
+            if spacing is None:
+                drawn = (case_spacing or {}).get(patient_id, (1.0, 1.0, 1.0))
             write_case(
                 cases_dir,
                 patient_id,
                 image=shown,
                 reference=mask,
                 prediction=predicted,
-                spacing=case_spacing,
+                spacing=drawn,
             )
             yield patient_id, mask, predicted, spacing
 
@@ -203,6 +210,40 @@ def score_slice_cases(
     table = PatientTable(sorted(table.rows, key=lambda row: row["patient_id"]))
     _warn_empty_references("evaluate", table)
     return table
+
+
+def radiograph_case_spacing(config, folder) -> dict:
+    """``{image_id: (1, row mm, column mm)}`` of the radiographs of ``folder`` (the X-ray
+    dataset's layout, ``config`` its builder config) whose files state their pixel size:
+    DICOM's PixelSpacing, else ImagerPixelSpacing (projection radiographs), as ``kseg
+    predict`` places a DICOM radiograph. Images that state none (PNG, JSRT's raw files), or
+    state no two positive numbers, are left out: their case files keep 1 mm. Empty when
+    ``folder`` is no longer in the layout (its scores do not depend on it)."""
+    import pydicom
+    from etils import epath
+
+    from kseg.errors import KsegError
+    from tfds_builders.xray.layout import find_records
+    from tfds_builders.xray.radiographs import image_format
+
+    try:
+        records = find_records(epath.Path(folder), config)
+    except (KsegError, OSError):
+        return {}
+    spacing = {}
+    for record in records:
+        try:
+            if image_format(record.image) != "dicom":
+                continue
+            header = pydicom.dcmread(os.fspath(record.image), stop_before_pixels=True,
+                                     force=True)  # fmt: skip
+            stated = header.get("PixelSpacing") or header.get("ImagerPixelSpacing")
+            row, column = (float(value) for value in stated)
+        except (KsegError, OSError, TypeError, ValueError, pydicom.errors.InvalidDicomError):
+            continue
+        if np.isfinite([row, column]).all() and row > 0 and column > 0:
+            spacing[record.image_id] = (1.0, row, column)
+    return spacing
 
 
 def slice_volumes(make_dataset, *, window, image_size):
