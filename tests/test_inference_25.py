@@ -99,3 +99,27 @@ def test_top_label_calibration_refuses_one_hot_labels_of_class_probabilities():
     for function in (expected_calibration_error, reliability_diagram):
         with pytest.raises(ValueError, match=r"one-hot targets of 3 class probabilities"):
             function(probabilities, one_hot, mode="top_label")
+
+
+# --------------------------------------------------------------------------- sliding window
+
+
+def test_sliding_window_names_a_bad_roi_size_through_tta_and_ensemble_wrappers():
+    import kseg
+    from kseg.inference import ensemble_predictor, flip_tta, sliding_window
+    from kseg.inference.ensemble import ensemble_model
+
+    unet = kseg.models.build("unet", input_shape=(None, None, 1), num_classes=1, depth=2,
+                             base_filters=2)  # fmt: skip
+    image = np.zeros((40, 40, 1), np.float32)
+    # the model itself: roi_size 30 is named (its windows must be multiples of 2**2 = 4);
+    # wrapped, the U-Net's own message said to pad or crop a (1, 30, 30, 1) input instead
+    for predictor, name in (
+        (unet, "unet"),
+        (flip_tta(unet), r"flip_tta\(unet\)"),
+        (ensemble_predictor([unet, unet]), r"ensemble_predictor\(unet, unet\)"),
+        (ensemble_model([unet], mirror_axes=(0,)), "ensemble"),
+    ):
+        with pytest.raises(ValueError, match=rf"roi_size \(30, 30\): {name} needs window sizes "
+                                             "divisible by 4"):  # fmt: skip
+            sliding_window(predictor, image, 30, progress=False)

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kseg.inference._predictor import as_batch_predictor
+from kseg.inference.tta import carry_size_divisor
 
 
 def _load_member(member):
@@ -114,7 +115,8 @@ def ensemble_predictor(
     if not members:
         raise ValueError("members must hold at least one model, callable or checkpoint path")
     weights = _normalised_weights(weights, len(members))
-    predictors = [as_batch_predictor(_load_member(member)) for member in members]
+    loaded = [_load_member(member) for member in members]
+    predictors = [as_batch_predictor(member) for member in loaded]
 
     def predict_mean(batch: np.ndarray) -> np.ndarray:
         total = None
@@ -136,7 +138,7 @@ def ensemble_predictor(
                 total += prediction * weight.astype(np.float32)
         return total
 
-    return predict_mean
+    return carry_size_divisor(predict_mean, loaded, "ensemble_predictor")
 
 
 def mirror_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -216,7 +218,7 @@ def ensemble_model(members: Sequence, *, mirror_axes: Sequence[int] = (), name: 
             prediction = member(flipped, training=False)
             outputs.append(ops.flip(prediction, axis=batch_axes) if batch_axes else prediction)
     mean = outputs[0] if len(outputs) == 1 else keras.layers.Average(name="mean")(outputs)
-    return keras.Model(inputs, mean, name=name)
+    return carry_size_divisor(keras.Model(inputs, mean, name=name), models)
 
 
 def _member_stack(member_probabilities, argument: str) -> np.ndarray:

@@ -10,11 +10,30 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from kseg.inference._predictor import as_batch_predictor
+
+
+def carry_size_divisor(wrapper, predictors, kind: str | None = None):
+    """Give ``wrapper`` the ``size_divisor`` its wrapped ``predictors`` need (their least
+    common multiple), so :func:`kseg.inference.sliding_window` names a ``roi_size`` the
+    wrapped U-Net cannot take before the first window, as it does for the model itself;
+    a wrapper function is named ``kind(<wrapped names>)`` for that message."""
+    divisors = [getattr(predictor, "size_divisor", 1) for predictor in predictors]
+    divisors = [int(d) for d in divisors if isinstance(d, (int, np.integer)) and d > 1]
+    if divisors:
+        wrapper.size_divisor = math.lcm(*divisors)
+        if kind is not None:
+            names = (
+                getattr(p, "name", None) or getattr(p, "__name__", type(p).__name__)
+                for p in predictors
+            )
+            wrapper.name = f"{kind}({', '.join(names)})"
+    return wrapper
 
 
 def flip_tta(predictor, *, axes: Sequence[int] | None = None) -> Callable[[np.ndarray], np.ndarray]:
@@ -78,7 +97,7 @@ def flip_tta(predictor, *, axes: Sequence[int] | None = None) -> Callable[[np.nd
                 count += 1
         return total / np.float32(count)
 
-    return predict_with_flips
+    return carry_size_divisor(predict_with_flips, [predictor], "flip_tta")
 
 
 @dataclasses.dataclass(frozen=True)
