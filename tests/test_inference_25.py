@@ -55,6 +55,17 @@ def test_uncertainty_summary_refuses_nan_maps():
         uncertainty_summary(maps, np.ones((1, 3), bool))
 
 
+def test_majority_vote_and_fitted_weights_name_the_diverged_member():
+    from kseg.inference import fit_ensemble_weights, majority_vote
+
+    good = np.array([[0.9], [0.2], [0.6]])
+    diverged = np.array([[0.8], [np.nan], [np.nan]])  # fold model 1 output NaN twice
+    with pytest.raises(ValueError, match=r"member 1 holds NaN in 2 of 3 values"):
+        majority_vote([good, diverged])
+    with pytest.raises(ValueError, match=r"member_probabilities\[0\]: member 1 holds NaN"):
+        fit_ensemble_weights([[good, diverged]], [np.array([1, 0, 1])], progress=False)
+
+
 # --------------------------------------------------------------------------- augmentation
 
 

@@ -238,8 +238,18 @@ def _member_stack(member_probabilities, argument: str) -> np.ndarray:
     stack = np.asarray(arrays, dtype=np.float32)
     if stack.ndim < 2:
         raise ValueError(f"{argument} maps need a channel axis, got shape {stack.shape[1:]}")
-    if not np.isfinite(stack).all() or stack.min() < 0 or stack.max() > 1:
-        raise ValueError(f"{argument} must hold probabilities in [0, 1]")
+    for index, member in enumerate(stack):
+        nan_count = int(np.count_nonzero(np.isnan(member)))
+        if nan_count:
+            raise ValueError(
+                f"{argument}: member {index} holds NaN in {nan_count} of {member.size} values; "
+                "a model that outputs NaN has diverged (leave it out of the ensemble)"
+            )
+        if member.min() < 0 or member.max() > 1:
+            raise ValueError(
+                f"{argument} must hold probabilities in [0, 1]: member {index} holds values "
+                f"from {member.min()} to {member.max()} (logits? apply the sigmoid or softmax)"
+            )
     return stack
 
 
