@@ -150,11 +150,15 @@ def test_the_worker_skips_a_volume_whose_file_appeared_after_the_driver_looked(
 
 def test_inputs_are_checked_before_anything_runs(volumes_and_model, tmp_path):
     volumes, model_path, _ = volumes_and_model
-    twin = tmp_path / "other" / volumes[0].name
+    # two volumes of one name in one folder (volumes of one name in different folders are
+    # written into those folders' names: tests/test_runs_25.py)
+    twin = tmp_path / "in" / "case_0.nii"
     twin.parent.mkdir()
     twin.write_bytes(volumes[0].read_bytes())
-    with pytest.raises(LayoutError, match=r"would write case_0\.nii\.gz"):
-        predict_volumes(model_path, INFERENCE, [volumes[0], twin], tmp_path / "out", labels=LABELS)
+    (tmp_path / "in" / "case_0.nii.gz").write_bytes(volumes[0].read_bytes())
+    with pytest.raises(LayoutError, match=r"would write \S*case_0\.nii\.gz"):
+        predict_volumes(model_path, INFERENCE, [tmp_path / "in" / "case_0.nii.gz", twin],
+                        tmp_path / "out", labels=LABELS)
     with pytest.raises(LayoutError, match="is neither a NIfTI file"):
         predict_volumes(
             model_path, INFERENCE, [tmp_path / "missing.nii.gz"], tmp_path / "o", labels=LABELS

@@ -311,3 +311,44 @@ def test_radiograph_case_files_carry_the_pixel_spacing_the_file_states(tmp_path)
             assert case["spacing"].tolist() == expected
     # the same arrays scored alike: distances in pixels whatever the case file draws
     assert len({row["hd95"] for row in table.rows}) == 1
+
+
+# --- 6. Beam prediction of CHAOS's series folders, all named DICOM_anon --------------------
+
+
+def test_beam_predicts_chaos_series_of_one_folder_name_into_patient_folders(tmp_path):
+    """CHAOS keeps each patient's CT series in ``Train_Sets/CT/<patient>/DICOM_anon``: Beam
+    prediction of several patients refused them all as "would write DICOM_anon.nii.gz" (the
+    download cannot be renamed). Each is written below the patients' common folder, as
+    MONAI's SaveImage(data_root_dir=...) keeps folders, and equals the plain kseg.predict
+    loop's prediction of that series; a rerun skips them."""
+    import keras
+    import nibabel as nib
+    from test_beam_inference import INFERENCE, LABELS
+
+    from kseg.inference import predict_volumes
+    from kseg.phantoms import chaos
+    from kseg.predict import predict_path, write_predictions
+
+    download = tmp_path / "CHAOS"
+    chaos.write_chaos(download, modality="CT", num_patients=2, num_slices=3, size=16, seed=0)
+    ct = download / "Train_Sets" / "CT"
+    series = sorted(ct.glob("*/DICOM_anon"))
+    assert len(series) == 2
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 1)),
+                              keras.layers.Conv2D(2, 3, padding="same", activation="softmax")])
+    model.save(tmp_path / "best.keras")
+    out = tmp_path / "out"
+    result = predict_volumes(tmp_path / "best.keras", INFERENCE, series, out, labels=LABELS)
+    expected = [out / folder.parent.name / "DICOM_anon.nii.gz" for folder in series]
+    assert list(result.written) == expected and result.skipped == ()
+    for folder, written in zip(series, expected, strict=True):
+        plain = tmp_path / "plain" / folder.parent.name
+        (path,) = write_predictions(predict_path(model, INFERENCE, folder), plain, "nifti",
+                                    labels=LABELS)
+        image, reference = nib.load(written), nib.load(path)
+        np.testing.assert_array_equal(np.asarray(image.dataobj), np.asarray(reference.dataobj))
+        np.testing.assert_allclose(image.affine, reference.affine)
+    again = predict_volumes(tmp_path / "best.keras", INFERENCE, series, out, labels=LABELS)
+    assert again.written == () and list(again.skipped) == expected

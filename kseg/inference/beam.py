@@ -11,7 +11,11 @@ A volume whose prediction file already exists is skipped, so a run that was stop
 job re-run after a failed worker, only does what is left. The file of a volume is
 ``OUTPUT/<name>.nii.gz`` (``.seg.dcm`` for ``dicom-seg``, ``.rtstruct.dcm`` for
 ``rtstruct``), ``<name>`` being the NIfTI file's name without ``.nii``/``.nii.gz`` or the
-DICOM series folder's name; two volumes of one name are refused before anything runs.
+DICOM series folder's name. Volumes that share a name (CHAOS calls every patient's series
+folder ``DICOM_anon``: ``CT/1/DICOM_anon``, ``CT/2/DICOM_anon``) keep the folders above
+them below their common folder, as MONAI's ``SaveImage(data_root_dir=...)`` does:
+``OUTPUT/1/DICOM_anon.nii.gz``, ``OUTPUT/2/DICOM_anon.nii.gz``; volumes whose paths do not
+tell them apart either are refused before anything runs.
 
 Runs on the DirectRunner (``direct_running_mode="multi_processing"``,
 ``direct_num_workers=N`` for N processes on one machine) and on Dataflow, Flink or Spark
@@ -124,27 +128,46 @@ def _volumes(inputs: Sequence[os.PathLike | str]) -> list[pathlib.Path]:
     return volumes
 
 
+def _output_files(volumes, output_dir, format) -> list[pathlib.Path]:
+    """The prediction file of each volume: :func:`prediction_file`, but volumes of one name
+    in different folders (CHAOS's ``<patient>/DICOM_anon``) each in the folders above it
+    below those volumes' common folder (``OUTPUT/<patient>/DICOM_anon.nii.gz``)."""
+    outputs = [prediction_file(volume, output_dir, format) for volume in volumes]
+    sharing: dict[str, list[int]] = {}
+    for index, output in enumerate(outputs):
+        sharing.setdefault(output.name.casefold(), []).append(index)
+    for indices in sharing.values():
+        if len(indices) < 2:
+            continue
+        parents = [volumes[index].resolve().parent for index in indices]
+        root = pathlib.Path(os.path.commonpath(parents))
+        for index, parent in zip(indices, parents, strict=True):
+            below = parent.relative_to(root)
+            outputs[index] = pathlib.Path(output_dir) / below / outputs[index].name
+    return outputs
+
+
 def _check_unique_outputs(volumes, output_dir, format) -> list[pathlib.Path]:
-    outputs, seen = [], {}
-    for volume in volumes:
-        output = prediction_file(volume, output_dir, format)
-        key = output.name.casefold()
+    outputs, seen = _output_files(volumes, output_dir, format), {}
+    for volume, output in zip(volumes, outputs, strict=True):
+        key = os.path.normcase(os.fspath(output)).casefold()
         if key in seen:
             raise LayoutError(
                 volume,
-                f"would write {output.name}, as {seen[key]} does; give the volumes distinct names",
+                f"would write {output}, as {seen[key]} does; give the volumes distinct names",
             )
         seen[key] = volume
-        outputs.append(output)
     return outputs
 
 
 class PredictVolumeFn(beam.DoFn):
     """Predicts one volume per element and writes its prediction file, unless it exists.
 
-    Its input is volume paths (strings), its output the prediction file of each volume,
-    written now or found. :func:`predict_volumes` runs it; use it in a pipeline of your own
-    as ``beam.ParDo(PredictVolumeFn(model_path, inference, output_dir, labels=...))``.
+    Its input is volume paths (strings), or ``(volume path, prediction file)`` pairs (the
+    file :func:`predict_volumes` chose, when volumes share a name), its output the
+    prediction file of each volume, written now or found. :func:`predict_volumes` runs it;
+    use it in a pipeline of your own as
+    ``beam.ParDo(PredictVolumeFn(model_path, inference, output_dir, labels=...))``.
 
     Args:
         model_path: the saved ``.keras`` model, loaded once per worker in :meth:`setup`.
@@ -184,10 +207,13 @@ class PredictVolumeFn(beam.DoFn):
         self.model = inference_model(kseg.load_model(self.model_path, compile=False),
                                      self.inference)
 
-    def process(self, volume: str):
+    def process(self, volume):
         from kseg.predict import predict_path, write_predictions
 
-        output = prediction_file(volume, self.output_dir, self.format)
+        if isinstance(volume, str):
+            output = prediction_file(volume, self.output_dir, self.format)
+        else:
+            volume, output = volume[0], pathlib.Path(volume[1])
         if output.exists():  # finished by an earlier run, or by a retried bundle
             self.skipped.inc()
             yield str(output)
@@ -198,7 +224,7 @@ class PredictVolumeFn(beam.DoFn):
         # Named after the volume's path, so that its output is known before predicting.
         prediction = dataclasses.replace(predictions[0], name=_volume_name(pathlib.Path(volume)))
         # a speculative copy of this bundle may have written the same prediction meanwhile
-        write_predictions([prediction], self.output_dir, self.format, labels=self.labels,
+        write_predictions([prediction], output.parent, self.format, labels=self.labels,
                           overwrite=True)
         self.written.inc()
         yield str(output)
@@ -240,7 +266,7 @@ def predict_volumes(
 
     Raises:
         LayoutError: an input that is neither a NIfTI file nor a folder, two volumes of
-            one name, an output folder that holds an input file under its prediction's
+            one name in one folder, an output folder that holds an input file under its prediction's
             name (the NIfTI files' own folder) or lies in a DICOM series folder.
         UnreadableFileError: an invalid ``inference`` section.
         Whatever the runner raises when a worker fails (on the DirectRunner a
@@ -255,7 +281,8 @@ def predict_volumes(
     outputs = _check_unique_outputs(volumes, output_dir, format)
     _check_outputs_spare_inputs(volumes, outputs, output_dir)
     done_before = [output.exists() for output in outputs]
-    pending = [str(v) for v, done in zip(volumes, done_before, strict=True) if not done]
+    pending = [(str(v), str(o)) for v, o, done in zip(volumes, outputs, done_before, strict=True)
+               if not done]  # fmt: skip
     if pending:
         for output in outputs:  # leftovers of writers killed in an earlier run
             remove_stale_temporaries(output)
