@@ -235,14 +235,13 @@ def test_a_search_of_logits_models_without_from_logits_stops_before_training(tmp
         search.search(images, labels, epochs=1, batch_size=2, verbose=0,
                       callbacks=[VolumeValidation(volumes), counter])
     assert trained == []
-    # with from_logits=True the same search trains and scores its trials
-    if kind == "build_function":
-        search = tuner("random", hypermodel, max_trials=1, directory=tmp_path,
-                       project_name="t")
-        search.search(images, labels, epochs=1, batch_size=2, verbose=0,
-                      callbacks=[VolumeValidation(volumes, from_logits=True), counter])
-        assert trained and search.oracle.get_best_trials(1)[0].score is not None
+    # with from_logits=True, or a model ending in probabilities, nothing is refused
+    from kseg.tuning import _check_logits, _logits_output
 
+    _check_logits([VolumeValidation(volumes, from_logits=True)], "activation=None")
+    probabilities = keras.Sequential([keras.Input((8, 8, 1)),
+                                      keras.layers.Conv2D(1, 3, activation="sigmoid")])
+    assert _logits_output(probabilities) is None
 
 # --- 5. radiograph case files drawn with square pixels --------------------------------------
 
