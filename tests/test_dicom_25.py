@@ -193,3 +193,26 @@ def test_slabs_of_one_echo_time_each_and_acquisition_numbers_per_block_still_rea
         path = _write_slice(tmp_path / "ct" / f"S{rank}.dcm", position=(0, 0, 2.5 * rank))
         _retag(path, AcquisitionNumber=1 + rank // 4)
     assert read_dicom_series(tmp_path / "ct").shape == (8, 4, 6)
+
+
+# --- MONOCHROME1 through a Modality LUT table ------------------------------------------------
+
+
+def test_monochrome1_through_a_modality_lut_table_is_inverted_after_the_table(tmp_path):
+    """MONOCHROME1: the minimum is shown white after the grayscale transforms (PS3.3
+    C.7.6.3.1.2), i.e. the polarity applies to the Modality LUT's output, not its input. For
+    a rescale the two are the same; for a nonlinear Modality LUT Sequence (a CR's log table)
+    kseg looked the table up at the mirrored stored value, table(4095 - s): a stored 1024
+    read 3547 instead of 4095 - table(1024) = 2047. Reference: the table written here,
+    looked up by hand, then inverted over the range of its entries (0 .. 4095)."""
+    stored = np.arange(0, 4096, 16, dtype=np.uint16).reshape(16, 16)
+    table = np.rint(np.sqrt(np.arange(4096)) * 64).clip(0, 4095).astype(np.uint16)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [4096, 0, 16]  # 8 or 16 (PS3.3 C.11.1.1.1); entries up to 4095
+    item.ModalityLUTType = "US"
+    item.add_new("LUTData", "OW", table.astype("<u2").tobytes())
+    path = tmp_path / "cr.dcm"
+    _write_dx(path, stored, "MONOCHROME1", ModalityLUTSequence=pydicom.Sequence([item]))
+    image, _ = read_radiograph(path)
+    np.testing.assert_array_equal(image, 4095 - table[stored])
+    assert image[stored == 1024] == 2047

@@ -403,8 +403,10 @@ def read_dicom_image(path: os.PathLike | str, *, values: str = "modality") -> np
     Modality LUT) are applied; one given alone is applied with the other's default (slope 1,
     intercept 0). MONOCHROME1 images, where the stored value grows darker, and images with
     Presentation LUT Shape INVERSE are inverted over the stored-value range given by
-    BitsStored and PixelRepresentation before rescaling, so in the result a higher value is
-    always brighter. No VOI transform is applied.
+    BitsStored and PixelRepresentation before rescaling (the output of a Modality LUT
+    Sequence table over the range of its entries, after the table: the polarity applies to
+    the table's output), so in the result a higher value is always brighter. No VOI
+    transform is applied.
 
     ``values="displayed"`` gives the image as a DICOM viewer shows it, the grayscale pipeline
     of PS3.3 C.11 in its order: the Modality LUT / rescale, then the VOI transform, then the
@@ -521,10 +523,13 @@ def _read_image(path: os.PathLike | str, values: str) -> tuple[np.ndarray, int |
         if values == "displayed":
             voi = _voi_lut(path, dataset) or _voi_window(path, dataset)
         if voi is None:
-            if inverted:
+            table = _has_modality_lut(dataset)
+            if inverted and not table:  # a rescale: the same as inverting its output
                 low, high = _stored_value_range(path, dataset)
                 stored = (high + low) - stored.astype(np.int64)
             units = np.asarray(_to_modality_units(path, stored, dataset), dtype=np.float32)
+            if inverted and table:  # the polarity applies to the table's output (C.7.6.3.1.2)
+                units = _inverted_over_table(path, dataset, units)
             if padding is not None and not padding.all():  # black: the image's own darkest
                 units = np.where(padding, units[~padding].min(), units)
             return units, None
@@ -535,6 +540,15 @@ def _read_image(path: os.PathLike | str, values: str) -> tuple[np.ndarray, int |
         if padding is not None:  # black, whatever the VOI transform made of it
             shown = np.where(padding, 0.0, shown)
         return shown.astype(np.float32), bits
+
+
+def _inverted_over_table(path: str, dataset: pydicom.Dataset, units: np.ndarray) -> np.ndarray:
+    """``units``, the output of a Modality LUT Sequence table, inverted over the range of
+    the table's entries, as a rescale's output is inverted over its range."""
+    item = dataset.ModalityLUTSequence[0]
+    entries = _lut_data(path, dataset, item, "ModalityLUTSequence item 1")
+    low, high = float(entries.min()), float(entries.max())
+    return ((high + low) - units).astype(np.float32)
 
 
 def _padding(path: str, dataset: pydicom.Dataset, stored: np.ndarray) -> np.ndarray | None:
