@@ -134,3 +134,28 @@ def test_sliding_window_names_a_bad_roi_size_through_tta_and_ensemble_wrappers()
         with pytest.raises(ValueError, match=rf"roi_size \(30, 30\): {name} needs window sizes "
                                              "divisible by 4"):  # fmt: skip
             sliding_window(predictor, image, 30, progress=False)
+
+
+# --------------------------------------------------------------------------- data pipeline
+
+
+def test_cache_files_of_two_lambda_windows_are_not_shared(tmp_path):
+    import tensorflow as tf
+
+    from kseg.data.pipeline import scale_intensity, segmentation_dataset
+
+    radiograph = np.full((2, 4, 4), 100, np.uint16)  # a 12-bit radiograph's value 100
+    slices = tf.data.Dataset.from_tensor_slices(
+        {"image": radiograph, "mask": np.zeros((2, 4, 4), np.uint8)}
+    )
+    windows = {  # a notebook's window edited from 8 to 12 bits, the same cache prefix
+        255: lambda image: scale_intensity(image, 0, 255),
+        4095: lambda image: scale_intensity(image, 0, 4095),
+    }
+    for maximum, window in windows.items():
+        batches = segmentation_dataset(
+            slices, window=window, batch_size=2, cache=str(tmp_path / "train")
+        )
+        images = np.concatenate([image for image, _ in batches.as_numpy_iterator()])
+        # the second run replayed the first run's cache: 100 / 255 instead of 100 / 4095
+        np.testing.assert_allclose(images, 100 / maximum, rtol=1e-6)

@@ -526,6 +526,34 @@ def segmentation_dataset(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def _code_fingerprint(code) -> str:
+    """A function's bytecode, constants and names, the same in every process (nested code
+    objects by their own fingerprint, not their ``repr``, which holds a memory address)."""
+    if code is None:
+        return ""
+    constants = tuple(
+        _code_fingerprint(value) if hasattr(value, "co_code") else repr(value)
+        for value in code.co_consts
+    )
+    return repr((code.co_code.hex(), constants, code.co_names))
+
+
+def _values_fingerprint(values) -> str:
+    """Numbers, strings and their tuples / lists by value; other objects by type (their
+    ``repr`` may hold a memory address, which would change the fingerprint every run)."""
+
+    def plain(value):
+        if value is None or isinstance(value, (bool, numbers.Number, str, bytes)):
+            return repr(value)
+        if isinstance(value, (tuple, list)):
+            return repr([plain(item) for item in value])
+        if hasattr(value, "__code__"):
+            return _code_fingerprint(value.__code__)
+        return type(value).__qualname__
+
+    return repr([plain(value) for value in values])
+
+
 def _cache_path(prefix, source, window_argument, size, num_classes, mapping, *keys) -> str:
     """``prefix`` plus a fingerprint of what the cached examples were prepared with.
 
@@ -539,6 +567,13 @@ def _cache_path(prefix, source, window_argument, size, num_classes, mapping, *ke
             getattr(func, "__qualname__", type(func).__name__),
             repr(getattr(window_argument, "args", ())),
             repr(sorted(getattr(window_argument, "keywords", {}).items())),
+            # Two lambdas, or one window function edited between runs, share module and
+            # name: their code, defaults and closed-over values tell them apart.
+            _code_fingerprint(getattr(func, "__code__", None)),
+            _values_fingerprint(getattr(func, "__defaults__", None) or ()),
+            _values_fingerprint(
+                cell.cell_contents for cell in getattr(func, "__closure__", None) or ()
+            ),
         )
     cardinality = int(source.cardinality())
     described = repr(
