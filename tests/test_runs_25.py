@@ -334,10 +334,7 @@ def test_beam_predicts_chaos_series_of_one_folder_name_into_patient_folders(tmp_
     ct = download / "Train_Sets" / "CT"
     series = sorted(ct.glob("*/DICOM_anon"))
     assert len(series) == 2
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((16, 16, 1)),
-                              keras.layers.Conv2D(2, 3, padding="same", activation="softmax")])
-    model.save(tmp_path / "best.keras")
+    model = keras.saving.load_model(_softmax_model(tmp_path / "best.keras"))
     out = tmp_path / "out"
     result = predict_volumes(tmp_path / "best.keras", INFERENCE, series, out, labels=LABELS)
     expected = [out / folder.parent.name / "DICOM_anon.nii.gz" for folder in series]
@@ -351,3 +348,46 @@ def test_beam_predicts_chaos_series_of_one_folder_name_into_patient_folders(tmp_
         np.testing.assert_allclose(image.affine, reference.affine)
     again = predict_volumes(tmp_path / "best.keras", INFERENCE, series, out, labels=LABELS)
     assert again.written == () and list(again.skipped) == expected
+
+
+def _softmax_model(path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((16, 16, 1)),
+                              keras.layers.Conv2D(2, 3, padding="same", activation="softmax")])
+    model.save(path)
+    return path
+
+
+def test_beam_skips_the_apple_double_companions_of_an_msd_folder(tmp_path):
+    """The MSD Task09 tar extracted on a Mac holds ``._spleen_1.nii.gz`` beside every
+    image; ``kseg predict`` skips hidden files, Beam prediction of ``imagesTs/`` read them
+    as volumes and failed on the first (no prediction written at all). A link in the folder
+    whose target is gone is named before anything runs, as kseg predict names it."""
+    import os
+
+    import nibabel as nib
+    from test_beam_inference import INFERENCE, LABELS
+
+    from kseg.errors import UnreadableFileError
+    from kseg.inference import predict_volumes
+
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    for name in ("spleen_1", "spleen_7"):
+        nib.save(nib.Nifti1Image(np.zeros((16, 16, 2), np.int16), np.eye(4)),
+                 images / f"{name}.nii.gz")
+        # an AppleDouble file: its magic number, then Finder metadata
+        (images / f"._{name}.nii.gz").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00" + b"Mac "
+                                                  b"OS X        " + bytes(64))
+    model = _softmax_model(tmp_path / "best.keras")
+    result = predict_volumes(model, INFERENCE, [images], tmp_path / "out", labels=LABELS)
+    assert [path.name for path in result.written] == ["spleen_1.nii.gz", "spleen_7.nii.gz"]
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == [
+        "spleen_1.nii.gz", "spleen_7.nii.gz"]
+    os.symlink(tmp_path / "gone.nii.gz", images / "spleen_9.nii.gz")
+    with pytest.raises(UnreadableFileError, match=re.escape(f"{images / 'spleen_9.nii.gz'}: "
+                                                            "is a link to")):
+        predict_volumes(model, INFERENCE, [images], tmp_path / "again", labels=LABELS)
+    assert not (tmp_path / "again").exists()

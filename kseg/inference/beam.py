@@ -106,16 +106,17 @@ def _volume_name(volume: pathlib.Path) -> str:
 
 def _volumes(inputs: Sequence[os.PathLike | str]) -> list[pathlib.Path]:
     """The volumes of ``inputs``: NIfTI files and DICOM series folders, a folder of NIfTI
-    files standing for its NIfTI files (sorted by name)."""
+    files standing for its NIfTI files (sorted by name), as ``kseg predict`` reads a
+    folder: hidden files are none (the ``._<name>.nii.gz`` AppleDouble companion of every
+    image in the MSD Task09 tar, extracted on a Mac), and a link whose target is missing
+    is an error naming it."""
+    from kseg.predict import _input_files
+
     volumes = []
     for item in inputs:
         path = pathlib.Path(item)
         if path.is_dir():
-            niftis = sorted(
-                p
-                for p in path.iterdir()
-                if p.is_file() and p.name.lower().endswith(_NIFTI_SUFFIXES)
-            )
+            niftis = [p for p in _input_files(path) if p.name.lower().endswith(_NIFTI_SUFFIXES)]
             volumes.extend(niftis or [path])
         elif path.is_file() and path.name.lower().endswith(_NIFTI_SUFFIXES):
             volumes.append(path)
