@@ -17,6 +17,21 @@ def test_decompose_uncertainty_refuses_nan_samples_naming_the_count():
         decompose_uncertainty([np.full((1, 2, 3, 1), 0.5), diverged])
 
 
+def test_decompose_uncertainty_refuses_sigmoid_maps_without_their_channel_axis():
+    from kseg.inference import decompose_uncertainty
+
+    rng = np.random.default_rng(0)
+    # three MC dropout samples of one sigmoid slice, squeezed to (H, W) = (4, 5)
+    samples = [rng.uniform(0.05, 0.95, (4, 5)) for _ in range(3)]
+    with pytest.raises(ValueError, match=r"read as 5 class probabilities per voxel"):
+        decompose_uncertainty(samples)  # was a (4,) map: each row's 5 values as a softmax
+    # with the channel axis: the binary entropy of the mean, per pixel (numpy reference)
+    mean = np.mean(samples, axis=0)
+    expected = -(mean * np.log(mean) + (1 - mean) * np.log(1 - mean))
+    total = decompose_uncertainty([sample[..., None] for sample in samples]).total
+    np.testing.assert_allclose(total, expected, rtol=1e-5)
+
+
 def test_tta_uncertainty_refuses_a_predictor_that_outputs_nan():
     from kseg.inference import tta_uncertainty
 

@@ -132,7 +132,9 @@ class _SampleStatistics:
         self.mean = self.squared_deviations = self.sample_entropy_sum = None
 
     def add(self, probabilities: np.ndarray) -> None:
-        probabilities = np.asarray(probabilities, dtype=np.float64)
+        probabilities = np.asarray(probabilities)
+        stored = probabilities.dtype
+        probabilities = probabilities.astype(np.float64)
         nan_count = int(np.count_nonzero(np.isnan(probabilities)))
         if nan_count:
             # NaN compares false with everything: without this check a diverged model's
@@ -147,6 +149,21 @@ class _SampleStatistics:
                 f"{self.source} holds values outside [0, 1]; uncertainty summarises "
                 "probabilities, so end the model in sigmoid or softmax"
             )
+        channels = probabilities.shape[-1] if probabilities.ndim else 1
+        if channels > 1:
+            # Several channels are read as one softmax distribution per voxel: sigmoid maps
+            # without their channel axis ((H, W) slices) or independent sigmoids would have
+            # their last spatial axis or their classes summed into one wrong entropy.
+            eps = np.finfo(stored).eps if stored.kind == "f" else 0.0
+            sums = probabilities.sum(axis=-1)
+            if np.max(np.abs(sums - 1.0)) > max(1e-3, channels * eps):
+                raise ValueError(
+                    f"{self.source}: sample {self.count} has shape {probabilities.shape}, "
+                    f"read as {channels} class probabilities per voxel, but they sum to "
+                    f"{sums.min():.4g} .. {sums.max():.4g}, not 1; one sigmoid channel needs "
+                    "its channel axis (p[..., None]); independent sigmoid channels have no "
+                    "joint entropy: pass each as its own one-channel map (p[..., c:c + 1])"
+                )
         if self.mean is None:
             self.mean = np.zeros_like(probabilities)
             self.squared_deviations = np.zeros_like(probabilities)
