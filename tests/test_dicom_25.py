@@ -216,3 +216,47 @@ def test_monochrome1_through_a_modality_lut_table_is_inverted_after_the_table(tm
     image, _ = read_radiograph(path)
     np.testing.assert_array_equal(image, 4095 - table[stored])
     assert image[stored == 1024] == 2047
+
+
+# --- XA / XRF: the Modality LUT maps back to X-ray intensity, not to display ------------------
+
+
+def _xrf_with_to_linear_lut(path, stored, relationship):
+    """A single-frame XRF spot image, 12-bit, logarithmic (PixelIntensityRelationship LOG)
+    with a Modality LUT Sequence back to values linear in X-ray intensity, and a window on
+    its stored values."""
+    table = np.rint(np.exp(np.arange(4096) / 4095 * np.log(65535))).astype(np.uint16)
+    item = pydicom.Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.ModalityLUTType = "US"
+    item.add_new("LUTData", "OW", table.astype("<u2").tobytes())
+    ds = _write_dx(
+        path, stored, ModalityLUTSequence=pydicom.Sequence([item]), WindowCenter=2048,
+        WindowWidth=4096, PixelIntensityRelationship=relationship, Modality="RF",
+    )  # fmt: skip
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.12.2"
+    ds.save_as(path, enforce_file_format=True)
+    return ds, table
+
+
+def test_xrf_modality_lut_back_to_linear_is_not_applied_before_the_window(tmp_path):
+    """In IODs with the X-Ray Image Module (XA, XRF) whose PixelIntensityRelationship is LOG
+    or DISP, the Modality LUT is not part of the display pipeline: it maps the stored values
+    back to linear X-ray intensity for analysis, and the window applies to the stored values
+    (PS3.3 C.8.7.1.1.2, PS3.4 N.2.1.2; DCMTK, fo-dicom and dcm4che / Weasis read it so).
+    kseg applied the exponential table first: displayed, the brightest quarter of the
+    stored values saturated white and over two thirds fell below the window's centre; in
+    modality units the image read exponentially stretched. Now displayed values are
+    pydicom's apply_voi_lut of the stored values, and modality units the stored values."""
+    stored = np.arange(0, 4096, 16, dtype=np.uint16).reshape(16, 16)
+    path = tmp_path / "rf.dcm"
+    ds, table = _xrf_with_to_linear_lut(path, stored, "LOG")
+    shown, bits = read_radiograph(path, dicom_values="displayed")
+    del ds.ModalityLUTSequence  # the reference: the window on the stored values
+    np.testing.assert_array_equal(shown, np.rint(apply_voi_lut(stored.astype(np.float64), ds)))
+    assert bits == 12
+    image, _ = read_radiograph(path)
+    np.testing.assert_array_equal(image, stored)
+    # LIN: the Modality LUT is the usual forward transform, applied as before.
+    ds, table = _xrf_with_to_linear_lut(path, stored, "LIN")
+    np.testing.assert_array_equal(read_dicom_image(path), table[stored])

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import math
 import os
 import re
@@ -406,7 +407,9 @@ def read_dicom_image(path: os.PathLike | str, *, values: str = "modality") -> np
     BitsStored and PixelRepresentation before rescaling (the output of a Modality LUT
     Sequence table over the range of its entries, after the table: the polarity applies to
     the table's output), so in the result a higher value is always brighter. No VOI
-    transform is applied.
+    transform is applied. An XA / XRF image whose PixelIntensityRelationship is LOG or DISP
+    keeps its stored values in both modes: its Modality LUT maps back to linear X-ray
+    intensity and is not part of the display pipeline (PS3.3 C.8.7.1.1.2, PS3.4 N.2.1.2).
 
     ``values="displayed"`` gives the image as a DICOM viewer shows it, the grayscale pipeline
     of PS3.3 C.11 in its order: the Modality LUT / rescale, then the VOI transform, then the
@@ -519,27 +522,51 @@ def _read_image(path: os.PathLike | str, values: str) -> tuple[np.ndarray, int |
             _text(dataset, "PhotometricInterpretation").strip().upper() == "MONOCHROME1"
         )
         padding = _padding(path, dataset, stored)
+        if _modality_lut_leaves_the_pipeline(dataset):
+            to_units = np.asarray  # XA / XRF: the stored values are what is windowed
+        else:
+            to_units = functools.partial(_to_modality_units, path, dataset=dataset)
         voi = None
         if values == "displayed":
             voi = _voi_lut(path, dataset) or _voi_window(path, dataset)
         if voi is None:
-            table = _has_modality_lut(dataset)
+            table = to_units is not np.asarray and _has_modality_lut(dataset)
             if inverted and not table:  # a rescale: the same as inverting its output
                 low, high = _stored_value_range(path, dataset)
                 stored = (high + low) - stored.astype(np.int64)
-            units = np.asarray(_to_modality_units(path, stored, dataset), dtype=np.float32)
+            units = np.asarray(to_units(stored), dtype=np.float32)
             if inverted and table:  # the polarity applies to the table's output (C.7.6.3.1.2)
                 units = _inverted_over_table(path, dataset, units)
             if padding is not None and not padding.all():  # black: the image's own darkest
                 units = np.where(padding, units[~padding].min(), units)
             return units, None
         transform, bits = voi
-        shown = transform(np.asarray(_to_modality_units(path, stored, dataset), np.float64))
+        shown = transform(np.asarray(to_units(stored), np.float64))
         if inverted:
             shown = (2**bits - 1) - shown
         if padding is not None:  # black, whatever the VOI transform made of it
             shown = np.where(padding, 0.0, shown)
         return shown.astype(np.float32), bits
+
+
+# IODs with the X-Ray Image Module, whose Modality LUT is not part of the display pipeline.
+_XRAY_IMAGE_MODULE_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.12.1",  # X-Ray Angiographic Image Storage
+        "1.2.840.10008.5.1.4.1.1.12.2",  # X-Ray Radiofluoroscopic Image Storage
+        "1.2.840.10008.5.1.4.1.1.12.3",  # X-Ray Angiographic Bi-Plane Image Storage (retired)
+    }
+)
+
+
+def _modality_lut_leaves_the_pipeline(dataset: pydicom.Dataset) -> bool:
+    """Whether an XA / XRF image's Modality LUT maps back to X-ray intensity instead of
+    forward to display: with PixelIntensityRelationship LOG or DISP the Modality LUT is
+    not applied before the VOI transform (PS3.3 C.8.7.1.1.2, PS3.4 N.2.1.2), as DCMTK,
+    fo-dicom and dcm4che read these files."""
+    if str(_sop_class(dataset)) not in _XRAY_IMAGE_MODULE_CLASSES:
+        return False
+    return _text(dataset, "PixelIntensityRelationship").strip().upper() in ("LOG", "DISP")
 
 
 def _inverted_over_table(path: str, dataset: pydicom.Dataset, units: np.ndarray) -> np.ndarray:
