@@ -81,6 +81,19 @@ def test_majority_vote_and_fitted_weights_name_the_diverged_member():
         fit_ensemble_weights([[good, diverged]], [np.array([1, 0, 1])], progress=False)
 
 
+def test_majority_vote_refuses_sigmoid_maps_without_their_channel_axis():
+    from kseg.inference import majority_vote
+
+    rng = np.random.default_rng(1)
+    members = [rng.uniform(0.05, 0.95, (4, 5)) for _ in range(3)]  # (H, W) sigmoid slices
+    with pytest.raises(ValueError, match=r"read as 5 softmax channels"):
+        majority_vote(members)  # was an (4,) argmax over each row
+    votes = sum((member >= 0.5).astype(int) for member in members)
+    np.testing.assert_array_equal(
+        majority_vote([member[..., None] for member in members]), (votes >= 2).astype(int)
+    )
+
+
 # --------------------------------------------------------------------------- augmentation
 
 

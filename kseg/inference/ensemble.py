@@ -250,6 +250,16 @@ def _member_stack(member_probabilities, argument: str) -> np.ndarray:
                 f"{argument} must hold probabilities in [0, 1]: member {index} holds values "
                 f"from {member.min()} to {member.max()} (logits? apply the sigmoid or softmax)"
             )
+    if stack.shape[-1] > 1:
+        # several channels are classes (argmax): sigmoid maps squeezed to (H, W) would
+        # vote over their last spatial axis, giving an (H,) "label map"
+        sums = stack.sum(axis=-1, dtype=np.float64)
+        if np.max(np.abs(sums - 1.0)) > 1e-3:
+            raise ValueError(
+                f"{argument}: maps of shape {stack.shape[1:]} are read as {stack.shape[-1]} "
+                f"softmax channels, but they sum to {sums.min():.4g} .. {sums.max():.4g}, not "
+                "1 per voxel; give a sigmoid model's maps their channel axis (p[..., None])"
+            )
     return stack
 
 
