@@ -260,3 +260,13 @@ def test_xrf_modality_lut_back_to_linear_is_not_applied_before_the_window(tmp_pa
     # LIN: the Modality LUT is the usual forward transform, applied as before.
     ds, table = _xrf_with_to_linear_lut(path, stored, "LIN")
     np.testing.assert_array_equal(read_dicom_image(path), table[stored])
+
+
+def test_echo_time_check_names_a_multi_valued_echo_time_instead_of_crashing(tmp_path):
+    """EchoTime is VM 1; a converter writing both echoes' times into it ("4.6\\9.2") on half
+    the slices must be named, not end in a bare ValueError from sorting the values."""
+    for rank in range(4):
+        path = _write_slice(tmp_path / f"S{rank}.dcm", position=(0.0, 0.0, 2.0 * rank))
+        _retag(path, EchoTime=[4.6, 9.2] if rank % 2 else 4.6)
+    with pytest.raises(DicomSeriesError, match=r"EchoTime 4\.6 ms: 2 file.*4\.6\\9\.2 ms: 2"):
+        read_dicom_series(tmp_path)

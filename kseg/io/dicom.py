@@ -1200,7 +1200,7 @@ def _check_one_echo_time(ordered, distances: np.ndarray, folder: str) -> None:
         return
     shown = "; ".join(
         f"{value} ms: {len(paths)} file(s), first {sorted(paths)[0]}"
-        for value, paths in sorted(files.items(), key=lambda item: float(item[0]))
+        for value, paths in sorted(files.items(), key=lambda item: _number_first(item[0]))
     )
     uids = {_text(dataset, "SeriesInstanceUID") for _, dataset in ordered}
     uid = next(iter(uids)) or "(blank SeriesInstanceUID)"
@@ -1211,6 +1211,14 @@ def _check_one_echo_time(ordered, distances: np.ndarray, folder: str) -> None:
         f"overlapping positions (EchoTime {shown}) that no EchoNumbers tells apart; expected "
         "one volume per series: read each EchoTime value's files as a list of files",
     )
+
+
+def _number_first(label: str) -> tuple:
+    """A sort key putting :func:`_label` values that are numbers first, in numeric order."""
+    try:
+        return (0, float(label), label)
+    except ValueError:  # a malformed EchoTime ("4.6\\9.2", "n/a"): after the numbers
+        return (1, 0.0, label)
 
 
 def _label(dataset: pydicom.Dataset, keyword: str) -> str:
