@@ -51,6 +51,23 @@ def test_tta_uncertainty_names_nan_in_its_input():
         tta_uncertainty(lambda batch: np.full(batch.shape, 0.5, np.float32), x)
 
 
+def test_mc_dropout_and_tta_uncertainty_refuse_one_image_without_its_batch_axis():
+    import keras
+
+    from kseg.inference import mc_dropout, tta_uncertainty
+
+    net = keras.Sequential(
+        [keras.Input((None, None, 1)), keras.layers.Dropout(0.5),
+         keras.layers.Conv2D(1, 1, activation="sigmoid")]
+    )  # fmt: skip
+    image = np.random.default_rng(0).random((8, 8, 1)).astype(np.float32)
+    # Keras added a trailing axis: 8 images of 8 x 1 pixels, maps of shape (8, 8, 1, 1)
+    for run in (lambda x: tta_uncertainty(net, x), lambda x: mc_dropout(net, x, samples=2)):
+        with pytest.raises(ValueError, match=r"x has shape \(8, 8, 1\).*x\[None\]"):
+            run(image)
+        assert run(image[None]).mean.shape == (1, 8, 8, 1)
+
+
 def test_heteroscedastic_maps_refuse_non_finite_outputs():
     from kseg.inference import aleatoric_variance, heteroscedastic_uncertainty
 
