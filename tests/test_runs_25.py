@@ -391,3 +391,52 @@ def test_beam_skips_the_apple_double_companions_of_an_msd_folder(tmp_path):
                                                             "is a link to")):
         predict_volumes(model, INFERENCE, [images], tmp_path / "again", labels=LABELS)
     assert not (tmp_path / "again").exists()
+
+
+# --- a stopped search continued with other options --------------------------------------
+
+
+def test_a_search_continued_with_other_epochs_or_data_is_refused(tmp_path):
+    """``kseg tune`` continues a stopped search from Keras Tuner's saved state whatever the
+    command says: a rerun with --epochs 3 ranked its trials with the first run's 1-epoch
+    trials and wrote epochs_per_trial 3 for all of them, and another --data-dir or
+    --learning-rate range was mixed in or ignored the same way. A larger --max-trials
+    still continues the search."""
+    import tensorflow as tf
+
+    from kseg.recipes import _tuning
+    from kseg.training import VolumeValidation
+    from kseg.tuning import SegmentationHyperModel
+
+    rng = np.random.default_rng(0)
+    images = rng.random((4, 8, 8, 1), dtype=np.float32)
+    labels = (images > 0.5).astype(np.float32)
+    training = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
+    volumes = [("p0", images[:2], labels[:2, ..., 0].astype(np.uint8), (1.0, 1.0, 1.0))]
+
+    def search(**options):
+        arguments = {"strategy": "random", "max_trials": 1, "epochs": 1, "seed": 0,
+                     "output_dir": str(tmp_path), "data_dir": None, "learning_rate": 1e-3,
+                     **options}  # fmt: skip
+        hypermodel = SegmentationHyperModel((8, 8, 1), 1, models="unet", depth=1,
+                                            base_filters=2, losses="dice",
+                                            learning_rate=(arguments["learning_rate"],
+                                                           10 * arguments["learning_rate"]))
+        return _tuning.run_search(argparse.Namespace(**arguments), hypermodel,
+                                  training=training, validation_data=training,
+                                  volume_validation=VolumeValidation(volumes))
+
+    assert len(search()["trials"]) == 1
+    project = tmp_path / "tuning" / "random"
+    state = {path: path.read_bytes() for path in project.rglob("*") if path.is_file()}
+    for changed, shown in (({"epochs": 3}, "--epochs 1 (now 3)"),
+                           ({"data_dir": str(tmp_path / "CHAOS")},
+                            f"--data-dir none (now {tmp_path / 'CHAOS'})"),
+                           ({"learning_rate": 1e-2}, "--learning-rate 0.001 (now 0.01)")):
+        with pytest.raises(LayoutError, match=re.escape(f"{project}: holds a search whose "
+                                                        f"trials were trained with {shown}")):
+            search(max_trials=2, **changed)
+        assert {path: path.read_bytes() for path in project.rglob("*")
+                if path.is_file()} == state  # fmt: skip
+    results = search(max_trials=2)  # more trials of the same search
+    assert len(results["trials"]) == 2 and results["epochs_per_trial"] == 1

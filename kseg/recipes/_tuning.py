@@ -18,6 +18,13 @@ from kseg._files import atomic_output
 from kseg.recipes import _common
 
 DEFAULT_MAX_TRIALS = 4
+# RUN/tuning/<strategy>/search.json: the options the search's trials were trained with.
+SEARCH_RECORD = "search.json"
+# Options a stopped search may be continued with otherwise: where the run and its data lie
+# (the data are compared by --data-dir), how many trials, each trial's clock budget, and
+# how it is tracked and distributed.
+_CONTINUABLE = ("output_dir", "manual_dir", "tfds_dir", "max_trials", "max_minutes",
+                "mlflow", "mlflow_uri", "distribution", "plan_given")
 
 
 def search_space(args, space: dict, *, stages) -> tuple[dict, list | None]:
@@ -94,6 +101,7 @@ def run_search(
     elif strategy == "hyperband":
         budget["max_epochs"] = args.epochs
     folder = pathlib.Path(args.output_dir) / "tuning"
+    _check_continued_search(folder / strategy, args, write=distributed_role() != "worker")
     keras.utils.set_random_seed(args.seed)
     search = tuner(
         strategy,
@@ -158,6 +166,63 @@ def run_search(
         print(f"  {trial.score:.4f}  {trial.hyperparameters.values}")
     print(f"Results in {path}")
     return results
+
+
+def _searched_options(args) -> dict:
+    """The options that make a search's trials: every option but :data:`_CONTINUABLE`,
+    ``--data-dir`` absolute."""
+    import os
+
+    from kseg.recipes.run_config import json_arguments
+
+    options = {name: value for name, value in json_arguments(args).items()
+               if name not in _CONTINUABLE}  # fmt: skip
+    if isinstance(options.get("data_dir"), str):
+        options["data_dir"] = os.path.abspath(options["data_dir"])
+    return options
+
+
+def _check_continued_search(project, args, *, write: bool) -> None:
+    """Refuse to continue the search in ``project`` (``RUN/tuning/<strategy>``) with other
+    options than its trials were trained with, and record them for the next run.
+
+    Keras Tuner continues a search from its saved state whatever the command: trials of
+    another ``--epochs``, other folds or another ``--data-dir`` were ranked together with
+    the new ones (``results.json`` giving the new ``epochs_per_trial`` for all), and a new
+    ``--learning-rate`` or ``--base-filters`` range was silently ignored (the saved search
+    space wins). A search without trials yet, or recorded by an earlier kseg, takes any
+    options."""
+    from kseg.errors import LayoutError, UnreadableFileError
+    from kseg.recipes.run_config import read_json, write_json
+
+    project = pathlib.Path(project)
+    record = project / SEARCH_RECORD
+    wanted = _searched_options(args)
+    # Keras Tuner's trial_<id> folders (a staged search's in stage_<n>_<name>/)
+    trained = project.is_dir() and next(project.rglob("trial_*"), None) is not None
+    if trained and record.is_file():
+        try:
+            recorded = read_json(record).get("options", {})
+        except (UnreadableFileError, AttributeError):
+            recorded = {}
+        def shown(value):
+            return "none" if value is None else value
+
+        changes = [f"--{name.replace('_', '-')} {shown(recorded[name])} (now "
+                   f"{shown(wanted[name])})"
+                   for name in sorted(set(recorded) & set(wanted))
+                   if recorded[name] != wanted[name]]  # fmt: skip
+        if changes:
+            raise LayoutError(
+                project, f"holds a search whose trials were trained with "
+                f"{'; '.join(changes)} ({record}): continuing it would rank trials of "
+                "other settings or data together, in the search space it saved. Rerun with "
+                f"the first command's options (a larger --max-trials continues it), give "
+                f"another --output-dir, or remove {project} to search again",
+            )  # fmt: skip
+        return
+    if write:
+        write_json(record, {"options": wanted})
 
 
 def _trials(search) -> list[tuple[str, object]]:
