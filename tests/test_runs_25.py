@@ -414,14 +414,17 @@ def test_a_search_continued_with_other_epochs_or_data_is_refused(tmp_path):
     training = tf.data.Dataset.from_tensor_slices((images, labels)).batch(2)
     volumes = [("p0", images[:2], labels[:2, ..., 0].astype(np.uint8), (1.0, 1.0, 1.0))]
 
+    class Untrained(SegmentationHyperModel):
+        def fit(self, hp, model, *args, **kwargs):  # a trial's score, without training
+            return {"val_volume_dice": float(hp.get("learning_rate"))}
+
     def search(**options):
         arguments = {"strategy": "random", "max_trials": 1, "epochs": 1, "seed": 0,
                      "output_dir": str(tmp_path), "data_dir": None, "learning_rate": 1e-3,
                      **options}  # fmt: skip
-        hypermodel = SegmentationHyperModel((8, 8, 1), 1, models="unet", depth=1,
-                                            base_filters=2, losses="dice",
-                                            learning_rate=(arguments["learning_rate"],
-                                                           10 * arguments["learning_rate"]))
+        hypermodel = Untrained((8, 8, 1), 1, models="unet", depth=1, base_filters=2,
+                               losses="dice", learning_rate=(arguments["learning_rate"],
+                                                             10 * arguments["learning_rate"]))
         return _tuning.run_search(argparse.Namespace(**arguments), hypermodel,
                                   training=training, validation_data=training,
                                   volume_validation=VolumeValidation(volumes))
