@@ -68,6 +68,19 @@ def test_mc_dropout_and_tta_uncertainty_refuse_one_image_without_its_batch_axis(
         assert run(image[None]).mean.shape == (1, 8, 8, 1)
 
 
+def test_tta_and_ensemble_wrappers_refuse_one_image_without_its_batch_axis():
+    import keras
+
+    from kseg.inference import ensemble_predictor, flip_tta
+
+    net = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(1, 1)])
+    image = np.zeros((8, 6, 1), np.float32)
+    for wrapper in (flip_tta(net), ensemble_predictor([net, net])):
+        with pytest.raises(ValueError, match=r"batch has shape \(8, 6, 1\).*batch\[None\]"):
+            wrapper(image)  # was an (8, 6, 1, 1) map: 8 images of 6 x 1 pixels
+        assert wrapper(image[None]).shape == (1, 8, 6, 1)
+
+
 def test_heteroscedastic_maps_refuse_non_finite_outputs():
     from kseg.inference import aleatoric_variance, heteroscedastic_uncertainty
 

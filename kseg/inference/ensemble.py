@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kseg.inference._predictor import as_batch_predictor
-from kseg.inference.tta import carry_size_divisor
+from kseg.inference.tta import carry_size_divisor, check_batch_rank
 
 
 def _load_member(member):
@@ -120,6 +120,8 @@ def ensemble_predictor(
 
     def predict_mean(batch: np.ndarray) -> np.ndarray:
         total = None
+        for member in loaded:
+            check_batch_rank(member, np.asarray(batch), "batch")
         for index, (predict, weight) in enumerate(zip(predictors, weights, strict=True)):
             prediction = predict(batch)
             if weight.size > 1 and prediction.shape[-1] != weight.size:

@@ -36,6 +36,22 @@ def carry_size_divisor(wrapper, predictors, kind: str | None = None):
     return wrapper
 
 
+def check_batch_rank(predictor, x: np.ndarray, name: str = "x") -> None:
+    """Refuse ``x`` whose rank is not the model's input rank: Keras adds a trailing axis
+    to an input one rank short, so one ``(H, W, C)`` image ran as ``H`` images of ``W x C``
+    pixels and came back as garbage maps of shape ``(H, W, C, 1)``."""
+    inputs = getattr(predictor, "inputs", None)
+    if not inputs or len(inputs) != 1 or getattr(inputs[0], "shape", None) is None:
+        return
+    rank = len(inputs[0].shape)
+    if x.ndim != rank:
+        hint = f"; add the batch axis: {name}[None]" if x.ndim == rank - 1 else ""
+        raise ValueError(
+            f"{name} has shape {x.shape}, but model {getattr(predictor, 'name', '')!r} takes "
+            f"batches of rank {rank}, (n, *spatial, C){hint}"
+        )
+
+
 def flip_tta(predictor, *, axes: Sequence[int] | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap a predictor so it returns the mean prediction over all flips of ``axes``.
 
@@ -76,6 +92,7 @@ def flip_tta(predictor, *, axes: Sequence[int] | None = None) -> Callable[[np.nd
 
     def predict_with_flips(batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
+        check_batch_rank(predictor, batch, "batch")
         spatial_dims = batch.ndim - 2
         mirrored = tuple(range(spatial_dims)) if requested_axes is None else requested_axes
         for axis in mirrored:

@@ -28,7 +28,7 @@ import numpy as np
 from scipy.special import entr
 
 from kseg.inference._predictor import as_batch_predictor
-from kseg.inference.tta import spatial_transforms
+from kseg.inference.tta import check_batch_rank, spatial_transforms
 
 DROPOUT_LAYERS = (
     keras.layers.Dropout,  # SpatialDropout1D/2D/3D derive from it
@@ -242,22 +242,6 @@ def _finite_input(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _check_batch_rank(predictor, x: np.ndarray) -> None:
-    """Refuse ``x`` whose rank is not the model's input rank: Keras adds a trailing axis
-    to an input one rank short, so one ``(H, W, C)`` image ran as ``H`` images of ``W x C``
-    pixels and came back as garbage maps of shape ``(H, W, C, 1)``."""
-    inputs = getattr(predictor, "inputs", None)
-    if not inputs or len(inputs) != 1 or getattr(inputs[0], "shape", None) is None:
-        return
-    rank = len(inputs[0].shape)
-    if x.ndim != rank:
-        hint = "; add the batch axis: x[None]" if x.ndim == rank - 1 else ""
-        raise ValueError(
-            f"x has shape {x.shape}, but model {getattr(predictor, 'name', '')!r} takes "
-            f"batches of rank {rank}, (n, *spatial, C){hint}"
-        )
-
-
 def mc_dropout(model: keras.Model, x: np.ndarray, samples: int = 20) -> MCDropoutResult:
     """Predict ``x`` ``samples`` times with dropout on and summarise the spread.
 
@@ -297,7 +281,7 @@ def mc_dropout(model: keras.Model, x: np.ndarray, samples: int = 20) -> MCDropou
     if not isinstance(samples, (int, np.integer)) or samples < 2:
         raise ValueError(f"samples must be an integer >= 2, got {samples!r}")
     x = _finite_input(x)
-    _check_batch_rank(model, x)
+    check_batch_rank(model, x)
     predict = as_batch_predictor(mc_dropout_model(model))
     statistics = _SampleStatistics(f"the output of model {model.name!r}")
     for _ in range(samples):
@@ -472,7 +456,7 @@ def tta_uncertainty(
     x = _finite_input(x)
     if x.ndim < 3:
         raise ValueError(f"x must be a batch (n, *spatial, C), got shape {x.shape}")
-    _check_batch_rank(predictor, x)
+    check_batch_rank(predictor, x)
     if not np.isfinite(noise_std) or noise_std < 0:
         raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
     transforms = spatial_transforms(
