@@ -583,7 +583,7 @@ def _padding(path: str, dataset: pydicom.Dataset, stored: np.ndarray) -> np.ndar
 
     PixelPaddingValue, alone or with PixelPaddingRangeLimit (the range between them,
     inclusive), names stored values that are not the image: the area outside a CT's
-    reconstruction circle, a radiograph's collimated border, a mammogram's background air
+    reconstruction circle, a radiograph's padded border, a mammogram's background air
     (PS3.3 C.7.5.1.1.2). They lie beyond the native image's range, so that viewers leave
     them out of its dynamic range, and are shown black.
     """
