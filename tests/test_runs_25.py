@@ -443,3 +443,24 @@ def test_a_search_continued_with_other_epochs_or_data_is_refused(tmp_path):
                 if path.is_file()} == state  # fmt: skip
     results = search(max_trials=2)  # more trials of the same search
     assert len(results["trials"]) == 2 and results["epochs_per_trial"] == 1
+
+
+# --- evaluate --input of a folder of one case -----------------------------------------------
+
+
+def test_evaluating_an_input_folder_of_one_case_is_a_one_line_error(tmp_path, capsys):
+    """``kseg evaluate RUN --input DIR`` of a folder holding one labelled radiograph ended
+    in a bare ValueError traceback from the fold assignment ("num_folds=2 needs at least 2
+    patients"): an evaluation user asked for no folds. Now kseg's one-line error naming
+    the folder, saying it needs two cases and how to score one."""
+    from kseg import cli
+    from kseg.phantoms import xray
+
+    run = tmp_path / "run"
+    _interrupted_run(run, config="generic", phantom_images=3)
+    _softmax_model(run / "best.keras")  # never applied: the input is refused first
+    single = xray.write_generic(tmp_path / "one case", num_images=1, size=16, seed=0)
+    assert cli.main(["evaluate", str(run), "--input", str(single)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"kseg: error: {single}: cannot be scored: ")
+    assert "needs at least 2 patients" in error and "\n" not in error

@@ -278,6 +278,7 @@ def input_builder(builder_class, config, input_dir, run_dir, name: str):
     fewest a builder deals); every patient of it is scored. Prepared once and reused while
     ``input_dir`` holds the same files; prepared again when it does not (another folder of
     the same name, files added or changed): the folder is kseg's own cache."""
+    from kseg.errors import KsegError, LayoutError
     from kseg.recipes import _common
 
     config = dataclasses.replace(config, name=f"{config.name}_input", num_folds=2)
@@ -291,7 +292,17 @@ def input_builder(builder_class, config, input_dir, run_dir, name: str):
               "from: preparing it again", flush=True)
         shutil.rmtree(data_dir)
         builder = builder_class(config=config, data_dir=str(data_dir))
-    _common.prepare(builder, input_dir, listing)
+    try:
+        _common.prepare(builder, input_dir, listing)
+    except KsegError:
+        raise
+    except ValueError as error:  # the fold assignment: fewer patients than the 2 folds
+        message = str(error).removeprefix(f"{input_dir}: ")
+        raise LayoutError(
+            input_dir, f"cannot be scored: {message}. kseg evaluate --input deals an input "
+            "folder's patients into 2 folds, so it needs at least 2 patients (put a single "
+            "case in a folder with another, or segment it with kseg predict)",
+        ) from error  # fmt: skip
     return builder
 
 
