@@ -217,3 +217,25 @@ def test_cache_files_of_two_lambda_windows_are_not_shared(tmp_path):
         images = np.concatenate([image for image, _ in batches.as_numpy_iterator()])
         # the second run replayed the first run's cache: 100 / 255 instead of 100 / 4095
         np.testing.assert_allclose(images, 100 / maximum, rtol=1e-6)
+
+
+def test_sliding_window_names_a_volume_without_its_channel_axis_or_a_2d_model():
+    import keras
+
+    from kseg.inference import sliding_window
+
+    unet_2d = keras.Sequential([keras.Input((None, None, 1)), keras.layers.Conv2D(1, 1)])
+    unet_3d = keras.Sequential([keras.Input((None, None, None, 1)), keras.layers.Conv3D(1, 1)])
+    # was an AlignmentError about the predictor after the first window
+    with pytest.raises(ValueError, match=r"volume has shape \(10, 12\).*volume\[\.\.\., None\]"):
+        sliding_window(unet_2d, np.zeros((10, 12), np.float32), 8, progress=False)
+    with pytest.raises(ValueError, match=r"volume has shape \(4, 10, 12\).*volume\[\.\.\., None\]"):
+        sliding_window(unet_3d, np.zeros((4, 10, 12), np.float32), 4, progress=False)
+    # was Keras' "Cannot take the length of shape with unknown rank"
+    with pytest.raises(ValueError, match=r"predict_slices"):
+        sliding_window(unet_2d, np.zeros((4, 10, 12, 1), np.float32), (1, 8, 8), progress=False)
+    ct = np.random.default_rng(0).random((4, 10, 12, 1)).astype(np.float32)
+    np.testing.assert_allclose(
+        sliding_window(unet_3d, ct, 4, progress=False), unet_3d.predict_on_batch(ct[None])[0],
+        rtol=1e-5, atol=1e-6,
+    )  # fmt: skip

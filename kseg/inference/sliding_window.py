@@ -136,6 +136,34 @@ def _check_divisible(predictor, roi_size: tuple[int, ...]) -> None:
         )
 
 
+def _check_volume_rank(predictor, volume: np.ndarray) -> None:
+    """A Keras model of input rank ``r`` takes volumes ``(*spatial, C)`` of rank ``r - 1``.
+
+    A volume without its channel axis was cut into windows whose last spatial axis the
+    model (Keras adds a trailing axis to an input one rank short) read as pixels, failing
+    after the first window with an alignment error about the predictor; a volume given to a
+    2D model failed inside Keras ("Cannot take the length of shape with unknown rank").
+    """
+    inputs = getattr(predictor, "inputs", None)
+    if not inputs or len(inputs) != 1 or getattr(inputs[0], "shape", None) is None:
+        return
+    rank = len(inputs[0].shape)
+    if volume.ndim == rank - 1:
+        return
+    name = getattr(predictor, "name", type(predictor).__name__)
+    if volume.ndim == rank - 2:
+        hint = "add the channel axis: volume[..., None]"
+    elif volume.ndim == rank and rank == 4:
+        hint = "a 2D model predicts a volume slice by slice: kseg.inference.predict_slices"
+    else:
+        hint = f"give it {rank - 2} spatial axes and a trailing channel axis"
+    raise ValueError(
+        f"volume has shape {volume.shape}, but {name} takes batches of rank {rank} "
+        f"(n, *spatial, C), so volume must be (*spatial, C) with {rank - 2} spatial axes; "
+        f"{hint}"
+    )
+
+
 def sliding_window(
     predictor,
     volume: np.ndarray,
@@ -205,6 +233,7 @@ def sliding_window(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if pad_mode not in PAD_MODES:  # checked even when this volume needs no padding
         raise ValueError(f"pad_mode must be one of numpy.pad's modes {PAD_MODES}, got {pad_mode!r}")
+    _check_volume_rank(predictor, volume)
     spatial_shape = volume.shape[:-1]
     roi_size = _check_roi(roi_size, spatial_shape)
     _check_divisible(predictor, roi_size)
