@@ -339,31 +339,45 @@ def check_search_callbacks(objective, callbacks) -> None:
             )
 
 
-def _logits_output(model) -> str | None:
-    """Why ``model`` outputs logits (an output layer whose activation is linear, as kseg's
-    builders end with ``activation=None``), or ``None`` when it does not or that is not
-    known (a subclassed model, a custom output layer)."""
-    linear = keras.activations.get("linear")
+def _output_kind(model) -> tuple[bool, str] | None:
+    """``(outputs logits, why)`` of ``model`` from its output layer's activation: linear
+    (kseg's builders with ``activation=None``) gives logits, sigmoid or softmax gives
+    probabilities; ``None`` when it is not known (a subclassed model, a custom output
+    layer)."""
+    kinds = {keras.activations.get("linear"): True, keras.activations.get("sigmoid"): False,
+             keras.activations.get("softmax"): False}
     for output in getattr(model, "outputs", None) or ():
         history = getattr(output, "_keras_history", None)
         layer = getattr(history, "operation", None)
-        if getattr(layer, "activation", None) is linear:
-            return f"its output layer {layer.name!r} has a linear activation"
+        activation = getattr(layer, "activation", None)
+        if activation in kinds:
+            return kinds[activation], (f"its output layer {layer.name!r} has a "
+                                       f"{activation.__name__} activation")
     return None
 
 
-def _check_logits(validations, reason: str) -> None:
-    """A fatal error (Keras Tuner stops the search: every trial would fail the same way)
-    when a model that outputs logits (``reason``) would be scored by a
-    ``VolumeValidation`` without ``from_logits=True``: it refuses logits at its first
-    validation, after a whole epoch of training, in every trial."""
+def _check_outputs(validations, logits: bool, reason: str) -> None:
+    """A fatal error (Keras Tuner stops the search: every trial would fail, or be scored
+    wrongly, the same way) when the search's models (outputting logits or not, ``reason``)
+    would be scored by a ``VolumeValidation`` that reads their outputs as the other kind:
+    logits without ``from_logits=True`` are refused at the first validation, after a whole
+    epoch of training, in every trial; probabilities with it go through a sigmoid again (all
+    at 0.5 or above: every pixel foreground) and the trials are ranked by that."""
     for validation in validations:
-        if not validation.from_logits:
+        if logits and not validation.from_logits:
             raise keras_tuner.errors.FatalValueError(
                 f"VolumeValidation: the search's models output logits ({reason}): a model "
                 "that outputs logits (activation=None) needs VolumeValidation(..., "
                 "from_logits=True), or its whole-volume scores would threshold logits at "
                 f"{validation.threshold}"
+            )  # fmt: skip
+        if not logits and validation.from_logits:
+            raise keras_tuner.errors.FatalValueError(
+                f"VolumeValidation(from_logits=True): the search's models output "
+                f"probabilities ({reason}), which it would pass through a sigmoid or "
+                "softmax again (a sigmoid's output then lies in [0.5, 0.73]: every pixel "
+                "foreground); drop from_logits=True, or build the models with "
+                "activation=None"
             )  # fmt: skip
 
 
@@ -464,14 +478,15 @@ class _RanksByCheckedObjective:
     def search(self, *fit_args, **fit_kwargs):
         """Run the search; ``fit_kwargs["callbacks"]`` is checked by ``check_search_callbacks``,
         and each model built against its ``VolumeValidation`` callbacks
-        (:func:`_check_logits`): a model that outputs logits is refused before it trains
-        when one of them thresholds probabilities."""
+        (:func:`_check_outputs`): a model that outputs logits is refused before it trains
+        when one of them thresholds probabilities, and one that outputs probabilities when
+        one of them reads logits."""
         callbacks = fit_kwargs.get("callbacks")
         check_search_callbacks(self.oracle.objective, callbacks)
         self._validations = [callback for callback in callbacks or ()
                              if isinstance(callback, VolumeValidation)]  # fmt: skip
-        if getattr(self.hypermodel, "from_logits", False):  # a SegmentationHyperModel's
-            _check_logits(self._validations, "the hypermodel builds with activation=None")
+        if getattr(self.hypermodel, "from_logits", False) is True:  # a SegmentationHyperModel's
+            _check_outputs(self._validations, True, "the hypermodel builds with activation=None")
         if _has_tensorboard_callback(callbacks) and importlib.util.find_spec("tensorboard") is None:
             raise ImportError(
                 "Keras Tuner logs each trial's hyperparameters next to a TensorBoard callback "
@@ -481,9 +496,9 @@ class _RanksByCheckedObjective:
 
     def _try_build(self, hp):
         model = super()._try_build(hp)
-        reason = _logits_output(model)
-        if reason is not None:
-            _check_logits(getattr(self, "_validations", ()), reason)
+        kind = _output_kind(model)
+        if kind is not None:
+            _check_outputs(getattr(self, "_validations", ()), *kind)
         return model
 
     def _configure_tensorboard_dir(self, callbacks, trial, execution=0):

@@ -235,13 +235,38 @@ def test_a_search_of_logits_models_without_from_logits_stops_before_training(tmp
         search.search(images, labels, epochs=1, batch_size=2, verbose=0,
                       callbacks=[VolumeValidation(volumes), counter])
     assert trained == []
-    # with from_logits=True, or a model ending in probabilities, nothing is refused
-    from kseg.tuning import _check_logits, _logits_output
+    # logits with from_logits=True, probabilities without it: nothing is refused
+    from kseg.tuning import _check_outputs, _output_kind
 
-    _check_logits([VolumeValidation(volumes, from_logits=True)], "activation=None")
+    _check_outputs([VolumeValidation(volumes, from_logits=True)], True, "activation=None")
+    _check_outputs([VolumeValidation(volumes)], False, "a sigmoid")
     probabilities = keras.Sequential([keras.Input((8, 8, 1)),
                                       keras.layers.Conv2D(1, 3, activation="sigmoid")])
-    assert _logits_output(probabilities) is None
+    assert _output_kind(probabilities)[0] is False
+
+
+def test_a_search_of_probability_models_scored_as_logits_stops_before_training(tmp_path):
+    """The opposite mistake: VolumeValidation(from_logits=True) on a search whose models end
+    in a sigmoid passed their probabilities through a sigmoid again, into [0.5, 0.73]: every
+    pixel foreground, every trial scored (and ranked) by the Dice of an all-foreground mask,
+    without a word. The search stops before training, naming the mismatch."""
+    import keras
+
+    from kseg.training import VolumeValidation
+    from kseg.tuning import SegmentationHyperModel, tuner
+
+    images, labels, volumes = _logits_problem()
+    hypermodel = SegmentationHyperModel((8, 8, 1), 1, models="unet",
+                                        fixed={"base_filters": 2, "depth": 1, "loss": "dice"})
+    trained = []
+    counter = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda *a, **k: trained.append(1))
+    search = tuner("random", hypermodel, max_trials=2, directory=tmp_path, project_name="s")
+    with pytest.raises(ValueError, match=re.escape("VolumeValidation(from_logits=True): the "
+                                                   "search's models output probabilities")):
+        search.search(images, labels, epochs=1, batch_size=2, verbose=0,
+                      callbacks=[VolumeValidation(volumes, from_logits=True), counter])
+    assert trained == []
 
 # --- 5. radiograph case files drawn with square pixels --------------------------------------
 
