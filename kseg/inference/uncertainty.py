@@ -30,6 +30,12 @@ from scipy.special import entr
 from kseg.inference._predictor import as_batch_predictor
 from kseg.inference.tta import check_batch_rank, spatial_transforms
 
+# A softmax computed or stored in 16 bits (a mixed-precision model's own head, float16
+# files) reaches these functions as float32 that sums to 1 only within about one bfloat16
+# epsilon (2**-7) per channel; maps that are not one distribution per voxel are off by far
+# more (sigmoid maps without their channel axis sum to about half their width).
+SOFTMAX_ROUNDING = 2.0**-7
+
 DROPOUT_LAYERS = (
     keras.layers.Dropout,  # SpatialDropout1D/2D/3D derive from it
     keras.layers.GaussianDropout,
@@ -132,9 +138,7 @@ class _SampleStatistics:
         self.mean = self.squared_deviations = self.sample_entropy_sum = None
 
     def add(self, probabilities: np.ndarray) -> None:
-        probabilities = np.asarray(probabilities)
-        stored = probabilities.dtype
-        probabilities = probabilities.astype(np.float64)
+        probabilities = np.asarray(probabilities, dtype=np.float64)
         nan_count = int(np.count_nonzero(np.isnan(probabilities)))
         if nan_count:
             # NaN compares false with everything: without this check a diverged model's
@@ -154,9 +158,8 @@ class _SampleStatistics:
             # Several channels are read as one softmax distribution per voxel: sigmoid maps
             # without their channel axis ((H, W) slices) or independent sigmoids would have
             # their last spatial axis or their classes summed into one wrong entropy.
-            eps = np.finfo(stored).eps if stored.kind == "f" else 0.0
             sums = probabilities.sum(axis=-1)
-            if np.max(np.abs(sums - 1.0)) > max(1e-3, channels * eps):
+            if np.max(np.abs(sums - 1.0)) > channels * SOFTMAX_ROUNDING:
                 raise ValueError(
                     f"{self.source}: sample {self.count} has shape {probabilities.shape}, "
                     f"read as {channels} class probabilities per voxel, but they sum to "
