@@ -6,7 +6,9 @@ with PIL / pydicom, or what a stub records being called; no test trains a networ
 
 import argparse
 import json
+import pathlib
 import re
+import shutil
 import types
 
 import numpy as np
@@ -489,3 +491,51 @@ def test_evaluating_an_input_folder_of_one_case_is_a_one_line_error(tmp_path, ca
     error = capsys.readouterr().err.strip()
     assert error.startswith(f"kseg: error: {single}: cannot be scored: ")
     assert "needs at least 2 patients" in error and "\n" not in error
+
+
+# --- a prepared dataset refused because a file manager browsed the download ---------------
+
+
+def _every_file_listing(folder) -> str:
+    """The listing digest kseg recorded before it left hidden files out: every file's
+    relative name and size, sorted, one per line."""
+    import hashlib
+    import os
+
+    entries = sorted(f"{path.relative_to(folder).as_posix()}\t{os.path.getsize(path)}"
+                     for path in folder.rglob("*") if path.is_file())
+    return hashlib.sha256("\n".join(entries).encode("utf-8")).hexdigest()
+
+
+def test_files_a_file_manager_adds_do_not_make_a_prepared_dataset_stale(tmp_path, capsys):
+    """Opening the download in macOS Finder writes .DS_Store (and an archive extracted on a
+    Mac holds ._<name> companions); Windows Explorer writes Thumbs.db. No builder reads
+    them, but they changed the recorded listing, so kseg train / evaluate refused the
+    prepared dataset as "prepared from other files" and asked to prepare it again. A real
+    change (an added radiograph) is still refused, and a dataset recorded by the earlier
+    kseg (listing every file) is still reused."""
+    from test_prepared_source import builder_for
+
+    from kseg.phantoms import xray
+    from kseg.recipes import _common
+
+    download = xray.write_generic(tmp_path / "download", num_images=4, size=16, seed=0)
+    builder = builder_for(tmp_path / "tfds")
+    _common.prepare(builder, download)
+    (download / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + bytes(32))
+    (download / "images" / "._P0001_0.png").write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    (download / "images" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))
+    (download / ".Trashes").mkdir()
+    (download / ".Trashes" / "501").write_bytes(b"x")
+    capsys.readouterr()
+    _common.prepare(builder_for(tmp_path / "tfds"), download)  # reused
+    assert f"Using the dataset prepared in {builder.data_dir}" in capsys.readouterr().out
+    # a dataset recorded by the earlier kseg, its hidden files listed: the same files
+    record = pathlib.Path(builder.data_dir) / _common.SOURCE_FILE
+    recorded = json.loads(record.read_text())
+    write_json(record, {**recorded, "listing_sha256": _every_file_listing(download)})
+    _common.prepare(builder_for(tmp_path / "tfds"), download)
+    # another radiograph is other data
+    shutil.copyfile(download / "images" / "P0001_0.png", download / "images" / "P0009_0.png")
+    with pytest.raises(LayoutError, match="holds other files now"):
+        _common.prepare(builder_for(tmp_path / "tfds"), download)

@@ -433,17 +433,30 @@ def writing_phantom(folder, count: int, unit: str = "patients"):
 SOURCE_FILE = "kseg_source.json"
 
 
-def source_listing(manual_dir) -> dict:
+# What file managers drop into a download that no builder reads: hidden files and folders
+# (macOS Finder's .DS_Store, the ._<name> AppleDouble companions of an archive extracted
+# on a Mac) and Windows Explorer's thumbnail cache and folder settings.
+_NOT_DATA = frozenset({"thumbs.db", "desktop.ini"})
+
+
+def source_listing(manual_dir, *, every_file: bool = False) -> dict:
     """What a prepared dataset was made from: ``manual_dir``'s files by relative name and
     size (a fingerprint of the listing, not of the bytes: reading a CT archive to check a
     cached dataset would cost what preparing it does). Modification times are left out,
-    so a copy of the same download (``cp`` without ``-p``) still matches."""
+    so a copy of the same download (``cp`` without ``-p``) still matches; so are the files
+    a file manager adds by browsing the folder (hidden files and folders, ``Thumbs.db``,
+    ``desktop.ini``), which no builder reads, unless ``every_file`` (the listing kseg
+    recorded before it left them out)."""
     import hashlib
 
     root = pathlib.Path(manual_dir)
     entries = []
-    for folder, _, names in os.walk(root):
+    for folder, subfolders, names in os.walk(root):
+        if not every_file:
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         for name in names:
+            if not every_file and (name.startswith(".") or name.lower() in _NOT_DATA):
+                continue
             path = pathlib.Path(folder) / name
             entries.append(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}")
     entries.sort()
@@ -473,6 +486,10 @@ def stale_source(builder, manual_dir, listing: dict | None = None) -> str | None
         return None
     current = source_listing(manual_dir) if listing is None else listing
     if recorded.get("listing_sha256") == current["listing_sha256"]:
+        return None
+    # recorded by a kseg that listed every file: the same files are the same download
+    if recorded.get("listing_sha256") == source_listing(manual_dir, every_file=True)[
+            "listing_sha256"]:  # fmt: skip
         return None
     return (f"was prepared from {recorded.get('folder')} ({recorded.get('files')} files), but "
             f"{current['folder']} holds other files now ({current['files']} files, other "
