@@ -34,11 +34,16 @@ import traceback
 import kseg
 from kseg.errors import KsegError, LayoutError
 
-__all__ = ["DatasetChangedWarning", "build_parser", "main"]
+__all__ = ["DatasetChangedWarning", "TrainingDataWarning", "build_parser", "main"]
 
 
 class DatasetChangedWarning(UserWarning):
     """``kseg evaluate RUN --split``: the prepared dataset is not the one RUN trained on."""
+
+
+class TrainingDataWarning(UserWarning):
+    """``kseg evaluate RUN --input DIR``: DIR is the download RUN trained on, so its table
+    holds the patients the model was fitted and chosen on."""
 
 # Each dataset's builder config the recipe training on it uses; ``--config`` picks another.
 DEFAULT_CONFIGS = {
@@ -453,7 +458,30 @@ def _evaluate(args: argparse.Namespace) -> None:
             _warn_of_another_dataset(module, recipe_args, run)
         cross_validation.evaluate(module, recipe_args, split=args.split)
     else:
+        _warn_of_training_data(recipe_args, args.input, run)
         cross_validation.evaluate(module, recipe_args, input_dir=args.input)
+
+
+def _warn_of_training_data(recipe_args, input_dir: pathlib.Path, run: pathlib.Path) -> None:
+    """A :class:`TrainingDataWarning` when ``--input`` is the folder the run's dataset was
+    prepared from (its ``--data-dir``, or the phantom it wrote): every patient of it is
+    scored, the ones the model trained on and was chosen on among them, so the table reads
+    better than the model generalises."""
+    import warnings
+
+    trained_on = getattr(recipe_args, "manual_dir", None) or getattr(recipe_args, "data_dir",
+                                                                     None)  # fmt: skip
+    if trained_on is None or os.path.realpath(input_dir) != os.path.realpath(trained_on):
+        return
+    held_out = (f"kseg evaluate {run} --split test scores the patients it never saw"
+                if getattr(recipe_args, "test_fold", 0) is not None
+                else "the run holds no patient out (--test-fold none): score other data")
+    warnings.warn(
+        f"{input_dir} is the folder {run} was trained on: its table holds the patients the "
+        "model was fitted and chosen on, so it reads better than the model does on new "
+        f"patients; {held_out}",
+        TrainingDataWarning, stacklevel=2,
+    )  # fmt: skip
 
 
 def _warn_of_another_dataset(module, recipe_args, run: pathlib.Path) -> None:

@@ -539,3 +539,36 @@ def test_files_a_file_manager_adds_do_not_make_a_prepared_dataset_stale(tmp_path
     shutil.copyfile(download / "images" / "P0001_0.png", download / "images" / "P0009_0.png")
     with pytest.raises(LayoutError, match="holds other files now"):
         _common.prepare(builder_for(tmp_path / "tfds"), download)
+
+
+# --- evaluate --input of the download the run trained on ---------------------------------
+
+
+def test_evaluating_the_training_download_as_input_warns(tmp_path, monkeypatch):
+    """``kseg evaluate RUN --input DIR`` with DIR the run's own --data-dir scored every
+    patient of it, those the model was fitted and chosen on among them, without a word:
+    its table read as a result on new data. It warns now, pointing to --split test; another
+    folder is scored without the warning."""
+    import warnings
+
+    from kseg import cli, recipes
+
+    download = tmp_path / "download"
+    (download / "images").mkdir(parents=True)
+    run = _interrupted_run(tmp_path / "run", data_dir=str(download),
+                           manual_dir=str(download))
+    (run / "best.keras").write_bytes(b"model")
+    scored = []
+    monkeypatch.setattr(recipes.load("xray_multiclass"), "evaluate",
+                        lambda args, split="test", input_dir=None: scored.append(input_dir))
+    for given in (download, tmp_path / "." / "download"):
+        with pytest.warns(cli.TrainingDataWarning, match=re.escape(
+                f"{given} is the folder {run} was trained on")) as caught:
+            assert cli.main(["evaluate", str(run), "--input", str(given)]) == 0
+        assert f"kseg evaluate {run} --split test" in str(caught[0].message)
+    other = tmp_path / "new site"
+    (other / "images").mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", cli.TrainingDataWarning)
+        assert cli.main(["evaluate", str(run), "--input", str(other)]) == 0
+    assert scored == [download, tmp_path / "." / "download", other]
