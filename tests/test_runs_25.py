@@ -572,3 +572,30 @@ def test_evaluating_the_training_download_as_input_warns(tmp_path, monkeypatch):
         warnings.simplefilter("error", cli.TrainingDataWarning)
         assert cli.main(["evaluate", str(run), "--input", str(other)]) == 0
     assert scored == [download, tmp_path / "." / "download", other]
+
+
+# --- a run evaluated after its download was moved or deleted ----------------------------
+
+
+def test_a_prepared_dataset_is_read_after_its_download_is_gone(tmp_path, capsys):
+    """A run trained with --data-dir DOWNLOAD, evaluated after DOWNLOAD was moved or
+    deleted: the prepared dataset (RUN/tfds, complete, its fingerprint in config.json) was
+    refused as prepared from other files, "DOWNLOAD holds other files now (0 files)", and
+    the error advised deleting the prepared dataset, which could not be prepared again.
+    It is read as it was prepared now, saying the download is gone; a download that is
+    there with other files is still refused."""
+    from kseg.recipes import _common
+
+    builder = _fake_builder(tmp_path / "run" / "tfds" / "xray" / "generic" / "1.1.0")
+    download = tmp_path / "download"
+    write_json(pathlib.Path(builder.data_dir) / _common.SOURCE_FILE,
+               {"folder": str(download), "files": 19, "listing_sha256": "0" * 64})
+    _common.prepare(builder, download)
+    assert capsys.readouterr().out == (f"Using the dataset prepared in {builder.data_dir} "
+                                       f"({download}, which it was prepared from, is gone: it "
+                                       "is read as it was prepared)\n")
+    (download / "images").mkdir(parents=True)
+    (download / "images" / "other.png").write_bytes(b"png")
+    with pytest.raises(LayoutError, match=re.escape(f"but {download.resolve()} holds other "
+                                                    "files now (1 files")):
+        _common.prepare(builder, download)

@@ -478,11 +478,12 @@ def prepared_source(builder) -> dict | None:
 
 def stale_source(builder, manual_dir, listing: dict | None = None) -> str | None:
     """Why ``builder``'s prepared dataset is not a dataset of ``manual_dir``'s files as they
-    are now, or ``None`` when it is (or when no source was recorded). ``listing``:
-    :func:`source_listing` of ``manual_dir`` when the caller already made it (listing a CT
-    archive takes a while)."""
+    are now, or ``None`` when it is (or when no source was recorded, or ``manual_dir`` is
+    gone: there are no other files to compare, and the prepared dataset is complete without
+    them). ``listing``: :func:`source_listing` of ``manual_dir`` when the caller already
+    made it (listing a CT archive takes a while)."""
     recorded = prepared_source(builder)
-    if recorded is None:
+    if recorded is None or not os.path.isdir(manual_dir):
         return None
     current = source_listing(manual_dir) if listing is None else listing
     if recorded.get("listing_sha256") == current["listing_sha256"]:
@@ -528,7 +529,7 @@ def prepare(builder, manual_dir, listing: dict | None = None) -> None:
                 builder.data_dir, f"{problem}; give another --output-dir or --tfds-dir to "
                 "prepare them, or delete this folder to prepare them here again",
             )  # fmt: skip
-        _announce_reuse(builder.data_dir)
+        _announce_reuse(builder.data_dir, manual_dir)
         return
     _refuse_to_prepare_on_a_tuner_worker(builder)
     print(f"Preparing TFDS dataset {builder.info.full_name} from {manual_dir} (once; later "
@@ -545,12 +546,16 @@ def prepare(builder, manual_dir, listing: dict | None = None) -> None:
 _ANNOUNCED: set[str] = set()
 
 
-def _announce_reuse(data_dir) -> None:
-    """"Using the dataset prepared in ...", once per dataset folder in a process."""
+def _announce_reuse(data_dir, manual_dir) -> None:
+    """"Using the dataset prepared in ...", once per dataset folder in a process; saying
+    so when the download it was prepared from is gone (moved or deleted after training)."""
     key = os.path.abspath(os.fspath(data_dir))
     if key not in _ANNOUNCED:
         _ANNOUNCED.add(key)
-        print(f"Using the dataset prepared in {data_dir}", flush=True)
+        gone = ("" if os.path.isdir(manual_dir) else
+                f" ({manual_dir}, which it was prepared from, is gone: it is read as it was "
+                "prepared)")
+        print(f"Using the dataset prepared in {data_dir}{gone}", flush=True)
 
 
 def _refuse_to_prepare_on_a_tuner_worker(builder) -> None:
