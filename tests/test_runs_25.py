@@ -599,3 +599,32 @@ def test_a_prepared_dataset_is_read_after_its_download_is_gone(tmp_path, capsys)
     with pytest.raises(LayoutError, match=re.escape(f"but {download.resolve()} holds other "
                                                     "files now (1 files")):
         _common.prepare(builder, download)
+
+
+def test_the_same_download_named_through_a_link_resumes(tmp_path, monkeypatch):
+    """The backup guard compares --data-dir as a folder: the same download named through a
+    link (a mounted disk's path and its link in the home folder) resumes, and another
+    folder is refused."""
+    import os
+
+    from kseg.recipes import _common
+
+    download = tmp_path / "disk" / "CXR"
+    download.mkdir(parents=True)
+    os.symlink(download, tmp_path / "cxr")
+    run = _interrupted_run(tmp_path / "run", data_dir=str(download))
+    prepared = []
+
+    def prepare(args):
+        prepared.append(args)
+
+    prepare.__module__ = "kseg.recipes.xray_multiclass"
+    args = argparse.Namespace(output_dir=run, data_dir=tmp_path / "cxr", seed=0, batch_size=2,
+                              learning_rate=1e-3, distribution="default")  # fmt: skip
+    _common.start_training(args, prepare)
+    assert prepared == [args]
+    (tmp_path / "copy").mkdir()
+    args.data_dir = tmp_path / "copy"
+    with pytest.raises(LayoutError, match=re.escape(f"--data-dir {download} (now "
+                                                    f"{tmp_path / 'copy'})")):
+        _common.start_training(args, prepare)

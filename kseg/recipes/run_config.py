@@ -233,8 +233,13 @@ def refuse_another_run(run_dir, recipe: str, arguments: dict) -> None:
     def folder(value):
         return None if value is None else os.path.abspath(value)
 
+    def same(first, second):  # one folder, also when named through a link
+        if first is None or second is None:
+            return first is second
+        return os.path.realpath(first) == os.path.realpath(second)
+
     if "data_dir" in before and "data_dir" in arguments:
-        if folder(before["data_dir"]) != folder(arguments["data_dir"]):
+        if not same(before["data_dir"], arguments["data_dir"]):
             changes.append(f"--data-dir {folder(before['data_dir']) or 'none'} (now "
                            f"{folder(arguments['data_dir']) or 'none'})")
     if changes:
