@@ -628,3 +628,35 @@ def test_the_same_download_named_through_a_link_resumes(tmp_path, monkeypatch):
     with pytest.raises(LayoutError, match=re.escape(f"--data-dir {download} (now "
                                                     f"{tmp_path / 'copy'})")):
         _common.start_training(args, prepare)
+
+
+def test_a_finished_run_named_its_download_through_a_link_is_finished(tmp_path):
+    """``kseg train`` on a finished run says it finished and trains nothing; given its
+    --data-dir through a link, the finished-run guard read it as another download and
+    refused the command as "a finished run trained with --data-dir X (now LINK)"."""
+    import os
+
+    from kseg.recipes import _common
+    from kseg.recipes.run_config import mark_finished, mark_started
+
+    download = tmp_path / "disk" / "CXR"
+    download.mkdir(parents=True)
+    os.symlink(download, tmp_path / "cxr")
+    run = _interrupted_run(tmp_path / "run", data_dir=str(download))
+    shutil.rmtree(run / "backup")
+    (run / "best.keras").write_bytes(b"model")
+    mark_started(run)
+    mark_finished(run)
+
+    def prepare(args):
+        pytest.fail("a finished run prepared its data again")
+
+    prepare.__module__ = "kseg.recipes.xray_multiclass"
+    args = argparse.Namespace(output_dir=run, data_dir=tmp_path / "cxr", seed=0, folds=3,
+                              test_fold=0, validation_fold=1, distribution="default")
+    with pytest.raises(_common.TrainingFinished):
+        _common.start_training(args, prepare)
+    args.data_dir = tmp_path / "other"
+    with pytest.raises(LayoutError, match=re.escape(f"--data-dir {download} (now "
+                                                    f"{tmp_path / 'other'})")):
+        _common.start_training(args, prepare)

@@ -677,7 +677,11 @@ def _finished_run_error(args, prepare, finished: str, chief: bool) -> LayoutErro
     for name in (*run_config.SPLIT_ARGUMENTS, "data_dir"):
         if name in recorded and name in given:
             before, now = shown(name, recorded[name]), shown(name, given[name])
-            if before != now:
+            if name == "data_dir" and "none" not in (before, now):  # also through a link
+                differs = os.path.realpath(before) != os.path.realpath(now)
+            else:
+                differs = before != now
+            if differs:
                 changes.append(f"--{name.replace('_', '-')} {before} (now {now})")
     if changes:
         best = run_dir / "best.keras"
