@@ -470,6 +470,13 @@ def test_a_search_continued_with_other_epochs_or_data_is_refused(tmp_path):
                 if path.is_file()} == state  # fmt: skip
     results = search(max_trials=2)  # more trials of the same search
     assert len(results["trials"]) == 2 and results["epochs_per_trial"] == 1
+    # the same download named through a link is the same data
+    import os
+
+    (tmp_path / "disk").mkdir()
+    os.symlink(tmp_path / "disk", tmp_path / "link")
+    assert _tuning._searched_options(argparse.Namespace(data_dir=str(tmp_path / "link"))) == (
+        _tuning._searched_options(argparse.Namespace(data_dir=str(tmp_path / "disk"))))
 
 
 # --- evaluate --input of a folder of one case -----------------------------------------------

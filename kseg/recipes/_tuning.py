@@ -170,7 +170,7 @@ def run_search(
 
 def _searched_options(args) -> dict:
     """The options that make a search's trials: every option but :data:`_CONTINUABLE`,
-    ``--data-dir`` absolute."""
+    ``--data-dir`` as its real path (the same download named through a link is the same)."""
     import os
 
     from kseg.recipes.run_config import json_arguments
@@ -178,7 +178,7 @@ def _searched_options(args) -> dict:
     options = {name: value for name, value in json_arguments(args).items()
                if name not in _CONTINUABLE}  # fmt: skip
     if isinstance(options.get("data_dir"), str):
-        options["data_dir"] = os.path.abspath(options["data_dir"])
+        options["data_dir"] = os.path.realpath(options["data_dir"])
     return options
 
 
