@@ -667,3 +667,35 @@ def test_a_finished_run_named_its_download_through_a_link_is_finished(tmp_path):
     with pytest.raises(LayoutError, match=re.escape(f"--data-dir {download} (now "
                                                     f"{tmp_path / 'other'})")):
         _common.start_training(args, prepare)
+
+
+def test_a_cross_validation_rerun_names_its_download_as_it_likes(tmp_path, monkeypatch):
+    """Running the same --validation-fold all command again keeps its finished members;
+    given --data-dir relative to the working folder the first time and absolute (or through
+    a link) the next, every finished member was refused as "trained with other options
+    (data_dir)". Another download is still refused."""
+    import os
+
+    from kseg.recipes import cross_validation
+
+    download = tmp_path / "data" / "CHAOS"
+    download.mkdir(parents=True)
+    os.symlink(download, tmp_path / "chaos")
+    monkeypatch.chdir(tmp_path)
+    first = argparse.Namespace(output_dir=tmp_path / "cv", data_dir=pathlib.Path("data/CHAOS"),
+                               validation_fold="all", folds=3, test_fold=0, seed=0)
+    member = cross_validation.member_args(first, 1)
+    member.output_dir.mkdir(parents=True)
+    (member.output_dir / "best.keras").write_bytes(b"model")
+    write_json(member.output_dir / cross_validation.FINISHED_FILE,
+               {"validation_fold": 1, "arguments": json.loads(json.dumps(
+                   vars(member), default=str))})  # fmt: skip
+    for given in (download, tmp_path / "chaos"):
+        again = cross_validation.member_args(argparse.Namespace(**{**vars(first),
+                                                                   "data_dir": given}), 1)
+        assert cross_validation._finished_record(again)["validation_fold"] == 1
+    (tmp_path / "other").mkdir()
+    other = cross_validation.member_args(argparse.Namespace(**{**vars(first),
+                                                               "data_dir": tmp_path / "other"}), 1)
+    with pytest.raises(LayoutError, match=r"trained with other options \(data_dir\)"):
+        cross_validation._finished_record(other)

@@ -84,8 +84,8 @@ def _finished_record(args: argparse.Namespace) -> dict | None:
     if not (folder / "best.keras").is_file():
         raise LayoutError(folder, f"says in {FINISHED_FILE} that it finished training but "
                                   "holds no best.keras; remove the folder to train it again")
-    wanted = _placed(run_config.json_arguments(args))
-    recorded = _placed(dict(record.get("arguments", {})))
+    wanted = _same_download(_placed(run_config.json_arguments(args)))
+    recorded = _same_download(_placed(dict(record.get("arguments", {}))))
     # an option unset on one side is not a change: a plan may fill on a rerun what it
     # could not before the first run wrote the phantom
     changed = sorted(name for name in set(wanted) & set(recorded)
@@ -98,6 +98,15 @@ def _finished_record(args: argparse.Namespace) -> dict | None:
             "another --output-dir",
         )  # fmt: skip
     return record
+
+
+def _same_download(arguments: dict) -> dict:
+    """``arguments`` with ``--data-dir`` as its real path: the same download named
+    relative to another working folder, or through a link, is the same data."""
+    value = arguments.get("data_dir")
+    if isinstance(value, str) and value and "://" not in value:
+        arguments["data_dir"] = os.path.realpath(value)
+    return arguments
 
 
 # A member's paths that lie in its cross-validation's folder when it was trained (plan:
