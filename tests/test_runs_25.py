@@ -683,6 +683,7 @@ def test_a_cross_validation_rerun_names_its_download_as_it_likes(tmp_path, monke
     os.symlink(download, tmp_path / "chaos")
     monkeypatch.chdir(tmp_path)
     first = argparse.Namespace(output_dir=tmp_path / "cv", data_dir=pathlib.Path("data/CHAOS"),
+                               manual_dir=pathlib.Path("data/CHAOS"),  # as recipes set it
                                validation_fold="all", folds=3, test_fold=0, seed=0)
     member = cross_validation.member_args(first, 1)
     member.output_dir.mkdir(parents=True)
@@ -691,11 +692,11 @@ def test_a_cross_validation_rerun_names_its_download_as_it_likes(tmp_path, monke
                {"validation_fold": 1, "arguments": json.loads(json.dumps(
                    vars(member), default=str))})  # fmt: skip
     for given in (download, tmp_path / "chaos"):
-        again = cross_validation.member_args(argparse.Namespace(**{**vars(first),
-                                                                   "data_dir": given}), 1)
+        again = cross_validation.member_args(argparse.Namespace(
+            **{**vars(first), "data_dir": given, "manual_dir": given}), 1)
         assert cross_validation._finished_record(again)["validation_fold"] == 1
     (tmp_path / "other").mkdir()
-    other = cross_validation.member_args(argparse.Namespace(**{**vars(first),
-                                                               "data_dir": tmp_path / "other"}), 1)
-    with pytest.raises(LayoutError, match=r"trained with other options \(data_dir\)"):
+    other = cross_validation.member_args(argparse.Namespace(
+        **{**vars(first), "data_dir": tmp_path / "other", "manual_dir": tmp_path / "other"}), 1)
+    with pytest.raises(LayoutError, match=r"trained with other options \(data_dir, manual_dir\)"):
         cross_validation._finished_record(other)

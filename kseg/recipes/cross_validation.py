@@ -101,11 +101,15 @@ def _finished_record(args: argparse.Namespace) -> dict | None:
 
 
 def _same_download(arguments: dict) -> dict:
-    """``arguments`` with ``--data-dir`` as its real path: the same download named
-    relative to another working folder, or through a link, is the same data."""
-    value = arguments.get("data_dir")
-    if isinstance(value, str) and value and "://" not in value:
-        arguments["data_dir"] = os.path.realpath(value)
+    """``arguments`` with ``--data-dir`` (and the folder read from, ``manual_dir``, which
+    is the download with ``--data-dir``) as real paths: the same download named relative to
+    another working folder, or through a link, is the same data. Folders
+    :func:`_placed` made relative to the cross-validation stay as they are."""
+    for name in ("data_dir", "manual_dir"):
+        value = arguments.get(name)
+        if (isinstance(value, str) and value and "://" not in value
+                and not value.startswith("<cross-validation>")):  # fmt: skip
+            arguments[name] = os.path.realpath(value)
     return arguments
 
 
