@@ -700,3 +700,23 @@ def test_a_cross_validation_rerun_names_its_download_as_it_likes(tmp_path, monke
         **{**vars(first), "data_dir": tmp_path / "other", "manual_dir": tmp_path / "other"}), 1)
     with pytest.raises(LayoutError, match=r"trained with other options \(data_dir, manual_dir\)"):
         cross_validation._finished_record(other)
+
+
+def test_beam_takes_one_path_as_one_input(tmp_path):
+    """``predict_volumes(model, inference, "imagesTs", out)``, one folder given as a string
+    rather than in a list, read the string's characters as inputs ("i: is neither a NIfTI
+    file ..."), and a pathlib.Path ended in a bare TypeError ("not iterable"). One path is
+    one input, as in a list."""
+    import nibabel as nib
+    from test_beam_inference import INFERENCE, LABELS
+
+    from kseg.inference import predict_volumes
+
+    images = tmp_path / "imagesTs"
+    images.mkdir()
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 2), np.int16), np.eye(4)),
+             images / "spleen_1.nii.gz")
+    model = _softmax_model(tmp_path / "best.keras")
+    for given, out in ((str(images), tmp_path / "a"), (images, tmp_path / "b")):
+        result = predict_volumes(model, INFERENCE, given, out, labels=LABELS)
+        assert result.written == (out / "spleen_1.nii.gz",)

@@ -112,6 +112,8 @@ def _volumes(inputs: Sequence[os.PathLike | str]) -> list[pathlib.Path]:
     is an error naming it."""
     from kseg.predict import _input_files
 
+    if isinstance(inputs, (str, os.PathLike)):  # one path, not the characters of one
+        inputs = [inputs]
     volumes = []
     for item in inputs:
         path = pathlib.Path(item)
@@ -251,7 +253,8 @@ def predict_volumes(
         model_path: the saved ``.keras`` model (a run's ``best.keras``).
         inference: the run config's ``"inference"`` section (how the model's inputs were
             made in training: window, image size or spacing and ROI, classes).
-        inputs: NIfTI files, DICOM series folders, or folders of NIfTI files.
+        inputs: NIfTI files, DICOM series folders, or folders of NIfTI files (a list; one
+            path alone is one input).
         output_dir: where the prediction files go (created if missing; never an input
             folder).
         labels: ``{name: label value}`` (config.json's ``"labels"``): segment / ROI names.
