@@ -720,3 +720,24 @@ def test_beam_takes_one_path_as_one_input(tmp_path):
     for given, out in ((str(images), tmp_path / "a"), (images, tmp_path / "b")):
         result = predict_volumes(model, INFERENCE, given, out, labels=LABELS)
         assert result.written == (out / "spleen_1.nii.gz",)
+
+
+@pytest.mark.parametrize("format, expected", [("dicom-seg", "a DICOM-SEG references"),
+                                              ("rtstruct", "an RT Structure Set references")])
+def test_beam_refuses_a_dicom_format_for_nifti_volumes_before_running(tmp_path, format,
+                                                                      expected):
+    """Beam prediction of NIfTI volumes as DICOM-SEG / RTSTRUCT started the pipeline, loaded
+    the model on every worker and predicted the first volume before the writer refused it;
+    kseg predict refuses it before the model loads. So does Beam now (the model file is
+    never opened: here there is none)."""
+    import nibabel as nib
+    from test_beam_inference import INFERENCE, LABELS
+
+    from kseg.inference import predict_volumes
+
+    volume = tmp_path / "spleen_1.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 2), np.int16), np.eye(4)), volume)
+    with pytest.raises(LayoutError, match=re.escape(f"{volume}: is a NIfTI volume; {expected}")):
+        predict_volumes(tmp_path / "no model.keras", INFERENCE, [volume], tmp_path / "out",
+                        labels=LABELS, format=format)
+    assert not (tmp_path / "out").exists()

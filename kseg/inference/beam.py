@@ -269,8 +269,9 @@ def predict_volumes(
         The files written now and those skipped because they existed.
 
     Raises:
-        LayoutError: an input that is neither a NIfTI file nor a folder, two volumes of
-            one name in one folder, an output folder that holds an input file under its prediction's
+        LayoutError: an input that is neither a NIfTI file nor a folder, a NIfTI file
+            for ``dicom-seg`` or ``rtstruct``, two volumes of one name in one folder, an
+            output folder that holds an input file under its prediction's
             name (the NIfTI files' own folder) or lies in a DICOM series folder.
         UnreadableFileError: an invalid ``inference`` section.
         Whatever the runner raises when a worker fails (on the DirectRunner a
@@ -282,6 +283,11 @@ def predict_volumes(
     inference = checked_inference(inference)
     prediction_file("volume.nii.gz", output_dir, format)  # refuses an unknown format first
     volumes = _volumes(inputs)
+    # a NIfTI file cannot take DICOM-SEG or RTSTRUCT: said now, as kseg predict says it,
+    # not by a worker after the model ran (DICOM folders are read by the workers only)
+    from kseg.predict import NIFTI, check_format
+
+    check_format([(v.name, v, NIFTI, None, False) for v in volumes if v.is_file()], format)
     outputs = _check_unique_outputs(volumes, output_dir, format)
     _check_outputs_spare_inputs(volumes, outputs, output_dir)
     done_before = [output.exists() for output in outputs]
