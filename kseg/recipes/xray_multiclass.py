@@ -356,7 +356,8 @@ def evaluate(args, *, split: str = "test", input_dir=None):
     """Score the best model per radiograph on its stored mask grid (HD95 in pixels): on
     ``split`` (``"test"`` or ``"validation"``) or on every image of ``input_dir`` (a folder
     in the layout of the run's config). Writes ``RUN/evaluation/<name>/scores.csv`` and
-    ``cases/<image>.npz`` (one slice, spacing 1 pixel)."""
+    ``cases/<image>.npz`` (one slice; spacing the pixel size a DICOM radiograph states,
+    else 1)."""
     if input_dir is None:
         _common.check_split(args, split)  # before TensorFlow loads
     from kseg.predict import postprocessing, radiograph_dicom_values
@@ -392,6 +393,10 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         metrics=METRICS,
         labels=_common.scored_labels(num_classes, labels),
         postprocess=clean_up,
+        # the report draws each radiograph with the pixel size its file states
+        case_spacing=_evaluation.radiograph_case_spacing(
+            builder.builder_config, args.manual_dir if input_dir is None else input_dir
+        ),
     )
     return _evaluation.show_table(
         args, table, folder,
