@@ -269,7 +269,7 @@ def test_the_build_command_passes_unknown_flags_to_beam(tmp_path, monkeypatch, c
     # The in-process DirectRunner: Beam without worker processes to start.
     build.main([*arguments, str(tmp_path / "beam"), "--runner=DirectRunner"])
     assert pipelines == [f"fold{i}" for i in range(5)]
-    assert "xray/generic/1.1.0 in " in capsys.readouterr().out
+    assert f"xray/generic/{xray_dataset_builder.Builder.VERSION} in " in capsys.readouterr().out
     plain = xray_dataset_builder.Builder(config="generic", data_dir=str(tmp_path / "plain"))
     beamed = xray_dataset_builder.Builder(config="generic", data_dir=str(tmp_path / "beam"))
     _assert_same_datasets(plain, beamed, [f"fold{i}" for i in range(5)])

@@ -33,6 +33,9 @@ from kseg.data.splits import assign_folds
 from kseg.phantoms import xray
 from kseg.recipes import RECIPES
 from kseg.studies import STUDIES
+from tfds_builders.xray import xray_dataset_builder
+
+XRAY_VERSION = str(xray_dataset_builder.Builder.VERSION)
 
 TENSORFLOW_STACK = {"tensorflow", "keras"}
 RUN_COMMANDS = ("evaluate", "predict", "report")
@@ -408,7 +411,7 @@ def test_prepare_builds_the_phantom_in_the_folds_asked_for(tmp_path):
                              tfds_dir, "--folds", "3", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr[-3000:]
-    dataset = tfds_dir / "xray" / "generic_3fold" / "1.1.0"
+    dataset = tfds_dir / "xray" / "generic_3fold" / XRAY_VERSION
     info = json.loads((dataset / "dataset_info.json").read_text())
     written = {split["name"]: sum(int(n) for n in split["shardLengths"])
                for split in info["splits"]}
@@ -416,7 +419,7 @@ def test_prepare_builds_the_phantom_in_the_folds_asked_for(tmp_path):
     assert sum(written.values()) == images  # one example per radiograph, each in one fold
     assert min(written.values()) >= 1
     lines = result.stdout.splitlines()
-    table = lines[lines.index(f"Dataset xray/generic_3fold/1.1.0 in {dataset}") + 1:]
+    table = lines[lines.index(f"Dataset xray/generic_3fold/{XRAY_VERSION} in {dataset}") + 1:]
     assert table[0].split() == ["split", "examples", "patients"]
     # one radiograph per patient in the generic layout
     rows = {row.split()[0]: [int(n) for n in row.split()[1:]] for row in table[1:]}
@@ -448,7 +451,7 @@ def test_more_folds_than_patients_is_one_line(tmp_path):
                              tmp_path / "tfds", "--folds", "5", cwd=tmp_path)
     assert result.returncode == 1
     assert kseg_errors(result.stderr) == [
-        f"kseg: error: preparing xray/generic/1.1.0 failed: {manual}: num_folds=5 "
+        f"kseg: error: preparing xray/generic/{XRAY_VERSION} failed: {manual}: num_folds=5 "
         "needs at least 5 patients, got 4: every fold becomes a split and a split cannot be "
         "empty"
     ]

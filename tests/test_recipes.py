@@ -25,6 +25,9 @@ from PIL import Image
 
 from kseg.errors import LayoutError, UnreadableFileError
 from kseg.recipes import RECIPES, _common, load, load_run, run_config
+from tfds_builders.xray import xray_dataset_builder
+
+XRAY_VERSION = str(xray_dataset_builder.Builder.VERSION)
 
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 TINY_XRAY = [
@@ -414,8 +417,8 @@ def test_config_json_records_the_run(trained_xray):
         assert config["git_commit"] is None
     builder = load("xray_multiclass").prepare(args)
     assert config["dataset"] == {
-        "name": "xray", "config": "phantom_3class_3fold", "version": "1.1.0",
-        "data_dir": str(run / "tfds" / "xray" / "phantom_3class_3fold" / "1.1.0"),
+        "name": "xray", "config": "phantom_3class_3fold", "version": XRAY_VERSION,
+        "data_dir": str(run / "tfds" / "xray" / "phantom_3class_3fold" / XRAY_VERSION),
         "fingerprint": expected_fingerprint(builder),
     }
     assert config["labels"] == PHANTOM_LABELS

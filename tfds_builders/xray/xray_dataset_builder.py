@@ -160,11 +160,15 @@ class Builder(BeamOverPatients, tfds.core.GeneratorBasedBuilder):
     foreground statistics are the same either way.
     """
 
-    VERSION = tfds.core.Version("1.1.0")
+    VERSION = tfds.core.Version("1.2.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release.",
         "1.1.0": "DICOM radiographs are read as displayed (VOI LUT or window, Presentation "
         "LUT Shape) by default (XrayConfig.dicom_values); metadata image_formats.",
+        "1.2.0": "DICOM radiographs: PixelPaddingValue / PixelPaddingRangeLimit padding reads "
+        "black and never sets the image's range; MONOCHROME1 is inverted after a Modality "
+        "LUT table; an XA / XRF image with PixelIntensityRelationship LOG or DISP keeps its "
+        "stored values (its Modality LUT maps back to linear intensity).",
     }
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 The files are read from the manual folder (by default ~/tensorflow_datasets/downloads/manual/,
