@@ -860,6 +860,7 @@ def measure_seconds_per_step(p: Plan, *, steps: int = 3, seed: int = 0) -> float
 
     from kseg.losses import DiceCELoss
     from kseg.models import build
+    from kseg.training import build_optimizer
 
     keras.utils.set_random_seed(seed)
     kwargs = {"deep_supervision": True} if p.deep_supervision else {}
@@ -874,6 +875,7 @@ def measure_seconds_per_step(p: Plan, *, steps: int = 3, seed: int = 0) -> float
     outputs = len(model.outputs)
     model.compile(optimizer=optimizer, loss=[DiceCELoss() for _ in range(outputs)],
                   jit_compile=False)
+    build_optimizer(model)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((p.batch_size, *p.patch_size, 1)).astype(np.float32)
     y = (rng.random((p.batch_size, *p.patch_size, 1)) > 0.5).astype(np.float32)

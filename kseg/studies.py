@@ -526,6 +526,7 @@ def train_model(
     import keras
 
     from kseg.data.pipeline import split_patient_ids
+    from kseg.training import build_optimizer
 
     keras.utils.set_random_seed(seed)
     if patients is None:
@@ -533,7 +534,7 @@ def train_model(
     model = _network(data)
     if loss is not None:
         model = _compile(model, data, loss)
-    model.fit(
+    build_optimizer(model).fit(
         _batches(data, patients, seed=seed, augment=augment),
         steps_per_epoch=steps,
         epochs=1,

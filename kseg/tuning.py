@@ -93,6 +93,7 @@ from kseg.evaluation import metric_columns
 from kseg.metrics import DiceScore
 from kseg.models import MODELS
 from kseg.training import VolumeValidation
+from kseg.training.optimizer import build_optimizer
 
 DEFAULT_OBJECTIVE = "val_volume_dice"
 """Mean over validation patients of whole-volume Dice, written by ``VolumeValidation``."""
@@ -1443,6 +1444,7 @@ class SegmentationHyperModel(keras_tuner.HyperModel):
         Returns:
             The ``History`` of ``model.fit``, from which Keras Tuner reads the objective.
         """
+        build_optimizer(model)
         if self.batch_sizes is None:
             return model.fit(*args, **kwargs)
         if "batch_size" in kwargs:

@@ -804,7 +804,7 @@ def fit(start: TrainingStart, args, model, training, validation_data, volume_val
     BackupAndRestore makes a crashed run resumable; ``--max-minutes`` stops it on the
     clock), then ``schedule`` (learning-rate callbacks) and the tracking ones.
     ``fit_options`` go to ``model.fit`` (``steps_per_epoch``)."""
-    from kseg.training import training_callbacks
+    from kseg.training import build_optimizer, training_callbacks
 
     run_dir = pathlib.Path(args.output_dir)
     callbacks = (
@@ -815,7 +815,7 @@ def fit(start: TrainingStart, args, model, training, validation_data, volume_val
         + tracking_callbacks(run_dir, args, chief=start.chief)
     )  # fmt: skip
     fit_started = time.perf_counter()
-    model.fit(
+    build_optimizer(model).fit(
         start.shard(training),
         validation_data=start.shard(validation_data),
         epochs=args.epochs,

@@ -21,6 +21,7 @@ from kseg.training.consistency import (
     pseudo_labels,
     sigmoid_rampup,
 )
+from kseg.training.optimizer import build_optimizer
 from kseg.training.resume import (
     AtomicBackupAndRestore,
     ResumableCSVLogger,
@@ -38,6 +39,7 @@ __all__ = [
     "ResumableReduceLROnPlateau",
     "TimeBudget",
     "VolumeValidation",
+    "build_optimizer",
     "consistency_loss",
     "distribute",
     "fixmatch_loss",
