@@ -516,7 +516,7 @@ def test_study_runs_on_a_recipe(tmp_path):
     """``kseg study losses RECIPE [recipe options]``, the cheapest study: one model, one
     step, scored on the test fold the fold assignment deals from the phantom."""
     run, images, folds = tmp_path / "run", 9, 3
-    result = kseg_command(
+    result = kseg_in_process(
         "study", "losses", "xray_multiclass", "--losses", "dice", "--steps", 1,
         "--output-dir", run, "--folds", folds, "--phantom-images", images,
         "--phantom-size", 32, "--image-size", 32, "--batch-size", 4, "--base-filters", 4,
