@@ -65,3 +65,30 @@ def test_build_optimizer_leaves_uncompiled_and_built_models_alone():
     variables = list(compiled.optimizer.variables)
     build_optimizer(compiled)  # a second call makes nothing new
     assert [v.path for v in compiled.optimizer.variables] == [v.path for v in variables]
+
+
+@pytest.mark.parametrize("kind", ["mean_teacher", "fixmatch"])
+def test_consistency_trainers_trace_their_step_once(kind, monkeypatch):
+    import tensorflow as tf
+
+    from kseg.training import FixMatch, MeanTeacher
+
+    trainer_class = MeanTeacher if kind == "mean_teacher" else FixMatch
+    calls = []
+    train_step = trainer_class.train_step
+
+    def counted(self, data):
+        calls.append(1)
+        return train_step(self, data)
+
+    monkeypatch.setattr(trainer_class, "train_step", counted)
+    student = small_model()
+    trainer = (MeanTeacher(student, rampup_steps=2) if kind == "mean_teacher"
+               else FixMatch(student, weak=None, strong=None))
+    trainer.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    x, y = data()
+    stream = tf.data.Dataset.zip((tf.data.Dataset.from_tensor_slices((x, y)).batch(4),
+                                  tf.data.Dataset.from_tensor_slices(x).batch(4)))
+    trainer.fit(stream, epochs=2, verbose=0)
+    assert len(calls) == 1  # Keras' own path: 2, the optimizer built in the first trace
+    assert int(trainer.optimizer.iterations.numpy()) == 4  # 2 epochs of 2 batches

@@ -37,6 +37,7 @@ from keras import ops
 
 from kseg.augment._base import IMAGES, MASKS
 from kseg.augment.augmented_model import augment_batch
+from kseg.training.optimizer import build_optimizer
 
 __all__ = [
     "FixMatch",
@@ -171,6 +172,10 @@ class _ConsistencyModel(keras.Model):
 
     def call(self, inputs, training=None):
         return self.student(inputs, training=training)
+
+    def fit(self, *args, **kwargs):
+        build_optimizer(self)  # the student's optimizer state now: one trace of the step
+        return super().fit(*args, **kwargs)
 
     def _build_from_student(self):
         # A functional student knows its input shape: build now, so a saved wrapper holds
