@@ -92,3 +92,15 @@ def test_consistency_trainers_trace_their_step_once(kind, monkeypatch):
     trainer.fit(stream, epochs=2, verbose=0)
     assert len(calls) == 1  # Keras' own path: 2, the optimizer built in the first trace
     assert int(trainer.optimizer.iterations.numpy()) == 4  # 2 epochs of 2 batches
+
+
+def test_kseg_models_build_their_optimizer_in_fit(traces):
+    import kseg
+
+    model = kseg.models.build("unet_small", input_shape=(16, 16, 1), num_classes=1,
+                              base_filters=2, depth=2)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    x, y = data()
+    model.fit(np.pad(x, ((0, 0), (4, 4), (4, 4), (0, 0))),
+              np.pad(y, ((0, 0), (4, 4), (4, 4), (0, 0))), batch_size=4, verbose=0)
+    assert len(traces) == 1

@@ -60,6 +60,15 @@ class SegmentationModel(keras.Model):
             args = (self._check_sizes_when_run(args[0]), *args[1:])
         return super().__call__(*args, **kwargs)
 
+    def fit(self, *args, **kwargs):
+        """``keras.Model.fit``, the optimizer built first: the training step is traced once,
+        not twice (:func:`kseg.training.build_optimizer`)."""
+        # imported here: kseg.training loads the training stack, which inference never needs
+        from kseg.training.optimizer import build_optimizer
+
+        build_optimizer(self)
+        return super().fit(*args, **kwargs)
+
     def _check_sizes_when_run(self, inputs):
         """In a traced TensorFlow step, check at run time the sizes and the channel count
         unknown at trace time.
