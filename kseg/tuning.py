@@ -93,6 +93,7 @@ from kseg.evaluation import metric_columns
 from kseg.metrics import DiceScore
 from kseg.models import MODELS
 from kseg.training import VolumeValidation
+from kseg.training.callbacks import output_kind
 from kseg.training.optimizer import build_optimizer
 
 DEFAULT_OBJECTIVE = "val_volume_dice"
@@ -340,23 +341,6 @@ def check_search_callbacks(objective, callbacks) -> None:
             )
 
 
-def _output_kind(model) -> tuple[bool, str] | None:
-    """``(outputs logits, why)`` of ``model`` from its output layer's activation: linear
-    (kseg's builders with ``activation=None``) gives logits, sigmoid or softmax gives
-    probabilities; ``None`` when it is not known (a subclassed model, a custom output
-    layer)."""
-    kinds = {keras.activations.get("linear"): True, keras.activations.get("sigmoid"): False,
-             keras.activations.get("softmax"): False}
-    for output in getattr(model, "outputs", None) or ():
-        history = getattr(output, "_keras_history", None)
-        layer = getattr(history, "operation", None)
-        activation = getattr(layer, "activation", None)
-        if activation in kinds:
-            return kinds[activation], (f"its output layer {layer.name!r} has a "
-                                       f"{activation.__name__} activation")
-    return None
-
-
 def _check_outputs(validations, logits: bool, reason: str) -> None:
     """A fatal error (Keras Tuner stops the search: every trial would fail, or be scored
     wrongly, the same way) when the search's models (outputting logits or not, ``reason``)
@@ -497,7 +481,7 @@ class _RanksByCheckedObjective:
 
     def _try_build(self, hp):
         model = super()._try_build(hp)
-        kind = _output_kind(model)
+        kind = output_kind(model)
         if kind is not None:
             _check_outputs(getattr(self, "_validations", ()), *kind)
         return model

@@ -1,5 +1,7 @@
 """VolumeValidation: whole-volume Dice in the logs, where ModelCheckpoint can monitor it."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -209,3 +211,29 @@ def test_empty_references_per_scored_structure():
                                            keras.layers.Conv2D(3, 1, activation="softmax")]))
     for _ in range(2):
         assert validation.evaluate().metric_names == ["dice_1", "dice_2"]
+
+
+@pytest.mark.parametrize("output_activation", [None, "sigmoid"])
+def test_volume_validation_refuses_the_wrong_output_kind_before_training(output_activation):
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 8, 8, 1), dtype=np.float32)
+    y = (x > 0.5).astype(np.float32)
+    model = keras.Sequential([keras.Input((8, 8, 1)),
+                              keras.layers.Conv2D(1, 3, padding="same",
+                                                  activation=output_activation)])
+    model.compile(optimizer="adam", loss=keras.losses.BinaryCrossentropy(
+        from_logits=output_activation is None))
+    logits = output_activation is None
+    # scored as the other kind: logits thresholded as probabilities, or probabilities
+    # through a sigmoid again (every pixel >= 0.5: all foreground)
+    validation = VolumeValidation([("p", x[:2], y[:2, ..., 0], None)], from_logits=not logits)
+    trained = []
+    counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda *a: trained.append(1))
+    message = "needs VolumeValidation(..., from_logits=True)" if logits else "drop from_logits"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[validation, counter])
+    assert trained == []
+    # the right kind trains and scores
+    right = VolumeValidation([("p", x[:2], y[:2, ..., 0], None)], from_logits=logits)
+    history = model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[right])
+    assert 0 <= history.history["val_volume_dice"][0] <= 1

@@ -238,13 +238,14 @@ def test_a_search_of_logits_models_without_from_logits_stops_before_training(tmp
                       callbacks=[VolumeValidation(volumes), counter])
     assert trained == []
     # logits with from_logits=True, probabilities without it: nothing is refused
-    from kseg.tuning import _check_outputs, _output_kind
+    from kseg.training.callbacks import output_kind
+    from kseg.tuning import _check_outputs
 
     _check_outputs([VolumeValidation(volumes, from_logits=True)], True, "activation=None")
     _check_outputs([VolumeValidation(volumes)], False, "a sigmoid")
     probabilities = keras.Sequential([keras.Input((8, 8, 1)),
                                       keras.layers.Conv2D(1, 3, activation="sigmoid")])
-    assert _output_kind(probabilities)[0] is False
+    assert output_kind(probabilities)[0] is False
 
 
 def test_a_search_of_probability_models_scored_as_logits_stops_before_training(tmp_path):

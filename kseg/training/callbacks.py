@@ -68,6 +68,23 @@ class _NonFinitePrediction(ValueError):
         )
 
 
+def output_kind(model) -> tuple[bool, str] | None:
+    """``(outputs logits, why)`` of ``model`` from its output layer's activation: linear
+    (kseg's builders with ``activation=None``) gives logits, sigmoid or softmax gives
+    probabilities; ``None`` when it is not known (a subclassed model, a custom output
+    layer)."""
+    kinds = {keras.activations.get("linear"): True, keras.activations.get("sigmoid"): False,
+             keras.activations.get("softmax"): False}
+    for output in getattr(model, "outputs", None) or ():
+        history = getattr(output, "_keras_history", None)
+        layer = getattr(history, "operation", None)
+        activation = getattr(layer, "activation", None)
+        if activation in kinds:
+            return kinds[activation], (f"its output layer {layer.name!r} has a "
+                                       f"{activation.__name__} activation")
+    return None
+
+
 class VolumeValidation(keras.callbacks.Callback):
     """Score whole validation volumes every few epochs and put the result in the logs.
 
@@ -388,6 +405,21 @@ class VolumeValidation(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._latest_logs = {}
         self._replicated_call = None
+        kind = output_kind(self.model)
+        if kind is not None and kind[0] != self.from_logits:
+            # before a whole epoch trains: logits would be refused at the first validation,
+            # probabilities read as logits would score every pixel foreground, silently
+            logits, reason = kind
+            raise ValueError(
+                f"VolumeValidation: the model outputs logits ({reason}): a model that "
+                "outputs logits (activation=None) needs VolumeValidation(..., "
+                f"from_logits=True), or its whole-volume scores would threshold logits at "
+                f"{self.threshold}" if logits else
+                f"VolumeValidation(from_logits=True): the model outputs probabilities "
+                f"({reason}), which it would pass through a sigmoid or softmax again (a "
+                "sigmoid's output then lies in [0.5, 0.73]: every pixel foreground); drop "
+                "from_logits=True, or build the model with activation=None"
+            )  # fmt: skip
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
