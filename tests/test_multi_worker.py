@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from child_processes import JsonLinesChild, free_ports, without_tf_config
+from child_processes import JsonLinesChild, Zygote, free_ports, without_tf_config
 
 from kseg.training import distribute
 
@@ -130,12 +130,14 @@ CHILD = textwrap.dedent(
 class Child(JsonLinesChild):
     """One training process; its stdout read as JSON lines, stderr kept in a file."""
 
-    def __init__(self, tmp_path, name, run_dir, strategy, weights, *, tf_config=None, pause=-1):
+    def __init__(
+        self, zygote, tmp_path, name, run_dir, strategy, weights, *, tf_config=None, pause=-1
+    ):
         environment = without_tf_config()
         if tf_config is not None:
             environment["TF_CONFIG"] = json.dumps(tf_config)
         arguments = [run_dir, strategy, EPOCHS, weights, pause]
-        super().__init__(tmp_path, name, CHILD, arguments, environment)
+        super().__init__(tmp_path, name, CHILD, arguments, environment, zygote=zygote)
 
     def epochs(self):
         return [message for message in self.messages if "done" in message]
@@ -157,10 +159,14 @@ def weights(path):
 def test_two_workers_resume_after_a_kill_and_match_one_process(tmp_path):
     run_dir = tmp_path / "run"
     children = []
+    # every process below is forked from one that imported TensorFlow once (CPU-seconds
+    # each otherwise); each starts its own TensorFlow runtime
+    zygote = Zygote(tmp_path)
     try:
         ports = free_ports(2)
         workers = [
             Child(
+                zygote,
                 tmp_path,
                 f"worker{index}",
                 run_dir,
@@ -172,7 +178,9 @@ def test_two_workers_resume_after_a_kill_and_match_one_process(tmp_path):
             for index in range(2)
         ]
         children += workers
-        single = Child(tmp_path, "single", tmp_path / "single", "default", tmp_path / "single.npz")
+        single = Child(
+            zygote, tmp_path, "single", tmp_path / "single", "default", tmp_path / "single.npz"
+        )
         children.append(single)
         deadline = time.monotonic() + TIMEOUT
         workers[0].read_until("paused", deadline)
@@ -188,6 +196,7 @@ def test_two_workers_resume_after_a_kill_and_match_one_process(tmp_path):
         ports = free_ports(2)
         resumed = [
             Child(
+                zygote,
                 tmp_path,
                 f"resumed{index}",
                 run_dir,
@@ -205,13 +214,19 @@ def test_two_workers_resume_after_a_kill_and_match_one_process(tmp_path):
         # busy CI machine starved a worker's coordination heartbeat past TensorFlow's 10 s
         # and the cluster aborted.
         mirrored = Child(
-            tmp_path, "mirrored", tmp_path / "mirrored", "mirrored", tmp_path / "mirrored.npz"
+            zygote,
+            tmp_path,
+            "mirrored",
+            tmp_path / "mirrored",
+            "mirrored",
+            tmp_path / "mirrored.npz",
         )
         children.append(mirrored)
         mirrored_finished = mirrored.read_until("finished", time.monotonic() + TIMEOUT)
     finally:
         for child in children:
             child.kill()
+        zygote.close()
 
     assert [message["finished"] for message in finished] == [0, 1]
     assert [message["chief"] for message in finished] == [True, False]
