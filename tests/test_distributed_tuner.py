@@ -26,7 +26,7 @@ import textwrap
 import time
 
 import pytest
-from child_processes import JsonLinesChild, free_ports
+from child_processes import JsonLinesChild, Zygote, free_ports
 
 TIMEOUT = 900  # seconds for the three searches; each process imports TensorFlow (slow when busy)
 BASE_FILTERS = (2, 4)
@@ -132,7 +132,7 @@ def search_ports():
 class Process(JsonLinesChild):
     """One tuner process; stdout read as JSON lines, stderr kept in a file."""
 
-    def __init__(self, tmp_path, tuner_id, ports, directory, *, pause=False, log_name=None):
+    def __init__(self, zygote, tmp_path, tuner_id, ports, directory, *, pause=False, log_name=None):
         environment = dict(
             os.environ,
             KERASTUNER_TUNER_ID=tuner_id,
@@ -140,7 +140,9 @@ class Process(JsonLinesChild):
             KERASTUNER_ORACLE_PORT=str(ports["grid"]),
         )
         arguments = [directory, "pause" if pause else "run", *(ports[s] for s in SEARCHES)]
-        super().__init__(tmp_path, log_name or tuner_id, CHILD, arguments, environment)
+        super().__init__(
+            tmp_path, log_name or tuner_id, CHILD, arguments, environment, zygote=zygote
+        )
 
     def said(self, search, key):
         """What this process reported under ``key`` during ``search``, in order."""
@@ -179,21 +181,27 @@ def searches(tmp_path_factory):
     directory = tmp_path / "search"
     ports = search_ports()
     processes = []
+    # the four processes are forked from one that imported TensorFlow once (CPU-seconds each
+    # otherwise); each starts its own TensorFlow runtime and imports Keras Tuner itself
+    zygote = Zygote(tmp_path)
     try:
-        chief = Process(tmp_path, "chief", ports, directory)
-        worker0 = Process(tmp_path, "tuner0", ports, directory)
-        worker1 = Process(tmp_path, "tuner1", ports, directory, pause=True)
+        chief = Process(zygote, tmp_path, "chief", ports, directory)
+        worker0 = Process(zygote, tmp_path, "tuner0", ports, directory)
+        worker1 = Process(zygote, tmp_path, "tuner1", ports, directory, pause=True)
         processes += [chief, worker0, worker1]
         deadline = time.monotonic() + TIMEOUT
         interrupted = worker1.read_until("paused", deadline)["paused"]
         worker1.kill()  # in the middle of its first trial
-        restarted = Process(tmp_path, "tuner1", ports, directory, log_name="tuner1-restarted")
+        restarted = Process(
+            zygote, tmp_path, "tuner1", ports, directory, log_name="tuner1-restarted"
+        )
         processes.append(restarted)
         for process in (chief, worker0, restarted):
             process.read_until("finished", deadline)
     finally:
         for process in processes:
             process.kill()
+        zygote.close()
     return Searches(directory, chief, worker0, worker1, restarted, interrupted)
 
 
