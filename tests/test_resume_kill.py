@@ -13,15 +13,15 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 import textwrap
 
 import keras
 import numpy as np
 import pytest
+from child_processes import Zygote
 
 EPOCHS = 30
-KILLS = 4  # each rerun imports TensorFlow: about 5-9 s a kill on 2 cores
+KILLS = 4  # each rerun is forked from a process that imported TensorFlow once
 REPOSITORY = pathlib.Path(__file__).resolve().parents[1]
 
 CHILD = textwrap.dedent(
@@ -114,16 +114,14 @@ def check_run_folder(run_dir, start_epoch):
         assert record["best"] >= max(float(row["val_volume_dice"]) for row in rows) - 1e-6
 
 
-def start(child, run_dir, log):
+def start(zygote, child, run_dir, log):
+    """``python child run_dir EPOCHS``, forked from ``zygote``: a new process, which starts
+    its own TensorFlow runtime, without paying TensorFlow's import (seconds) at each rerun."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
     env["PYTHONPATH"] = os.pathsep.join([str(REPOSITORY), env.get("PYTHONPATH", "")])
-    process = subprocess.Popen(
-        [sys.executable, str(child), str(run_dir), str(EPOCHS)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env=env,
+    log.flush()
+    process = zygote.popen(
+        child.read_text(), [run_dir, EPOCHS], env, log, argv0=child, cwd=pathlib.Path.cwd()
     )
     line = process.stdout.readline()
     if not line.startswith("start "):
@@ -145,9 +143,9 @@ def test_kill_at_random_moments_and_resume(tmp_path):
     rng = np.random.default_rng(20261202)
     last_finished = -1  # the last epoch a process reported finished (and backed up)
     kills, resumed_starts = 0, []
-    with open(tmp_path / "child.log", "w") as log:
+    with Zygote(tmp_path) as zygote, open(tmp_path / "child.log", "w") as log:
         while kills < KILLS:
-            process, start_epoch = start(child, run_dir, log)
+            process, start_epoch = start(zygote, child, run_dir, log)
             # the epoch in progress at the kill is lost, nothing more; a kill after the
             # backup of an epoch but before its "done" line resumes one epoch later
             assert start_epoch in (last_finished + 1, last_finished + 2)
@@ -182,7 +180,7 @@ def test_kill_at_random_moments_and_resume(tmp_path):
             elif done:
                 last_finished = done[-1]
 
-        process, start_epoch = start(child, run_dir, log)
+        process, start_epoch = start(zygote, child, run_dir, log)
         assert start_epoch in (last_finished + 1, last_finished + 2)
         check_run_folder(run_dir, start_epoch)
         output, _ = process.communicate("go\n", timeout=300)
