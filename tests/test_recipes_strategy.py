@@ -1,19 +1,17 @@
 """The recipes' ``--strategy default|mirrored|multi-worker`` (kseg.training.distribute).
 
 The multi-worker run is two ``python -m kseg train`` processes on the loopback address,
-as a user starts them (README); only the chief writes the run folder.
+with the command line a user gives them (README); only the chief writes the run folder.
 """
 
 import argparse
 import json
 import os
 import pathlib
-import subprocess
-import sys
 import time
 
 import pytest
-from child_processes import free_ports
+from child_processes import Zygote, free_ports
 
 from kseg.recipes import _common, load
 
@@ -26,6 +24,8 @@ TINY_XRAY = [
     "--folds", "3",
 ]  # fmt: skip
 WORKER_TIMEOUT = 420  # seconds: two TensorFlow processes on a busy two-core machine
+# what ``python -m kseg`` runs
+PYTHON_M_KSEG = "import runpy\nrunpy.run_module('kseg', run_name='__main__', alter_sys=True)\n"
 
 
 def run_files(run_dir: pathlib.Path) -> list[str]:
@@ -206,6 +206,9 @@ def test_two_workers_train_a_recipe_and_only_the_chief_writes(tmp_path):
     run_dir = tmp_path / "run"
     ports = free_ports(2)
     workers = []
+    # both are forked from one process that imported TensorFlow once (CPU-seconds each
+    # otherwise); each starts its own TensorFlow runtime, then runs ``python -m kseg train``
+    zygote = Zygote(tmp_path)
     try:
         for index in range(2):
             environment = dict(
@@ -216,13 +219,13 @@ def test_two_workers_train_a_recipe_and_only_the_chief_writes(tmp_path):
                     "task": {"type": "worker", "index": index},
                 }),
             )  # fmt: skip
-            log = open(tmp_path / f"worker{index}.log", "w")
-            workers.append(subprocess.Popen(
-                [sys.executable, "-m", "kseg", "train", "xray_multiclass",
-                 "--output-dir", str(run_dir), *TINY_XRAY, "--strategy", "multi-worker"],
-                stdout=log, stderr=subprocess.STDOUT, env=environment, cwd=tmp_path,
-            ))  # fmt: skip
-            log.close()
+            with open(tmp_path / f"worker{index}.log", "w") as log:
+                workers.append(zygote.popen(
+                    PYTHON_M_KSEG,
+                    ["train", "xray_multiclass", "--output-dir", run_dir, *TINY_XRAY,
+                     "--strategy", "multi-worker"],
+                    environment, log, stdout=log, cwd=tmp_path,
+                ))  # fmt: skip
         deadline = time.monotonic() + WORKER_TIMEOUT
         codes = [worker.wait(timeout=max(1.0, deadline - time.monotonic())) for worker in workers]
     finally:
@@ -230,6 +233,7 @@ def test_two_workers_train_a_recipe_and_only_the_chief_writes(tmp_path):
             if worker.poll() is None:
                 worker.kill()
                 worker.wait(timeout=30)
+        zygote.close()
     logs = [(tmp_path / f"worker{index}.log").read_text() for index in range(2)]
     assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
     assert "replicas, global batch 4, learning rate 0.02" in logs[0]
