@@ -343,7 +343,10 @@ class Zygote:
             return
         # the zygote kills its children and leaves; shutdown, not close alone, which leaves
         # the socket open while the reader thread waits in recv on it
-        self._channel.shutdown(socket.SHUT_RDWR)
+        try:
+            self._channel.shutdown(socket.SHUT_RDWR)
+        except OSError:  # closed already, or the zygote is gone
+            pass
         self._channel.close()
         try:
             self.process.wait(timeout=30)
