@@ -51,7 +51,7 @@ def test_listing_follows_names_and_sizes_not_times(tmp_path):
     listing = _common.source_listing(download)
     expected = hashlib.sha256(b"images/a.png\t5\nmasks/a.png\t1").hexdigest()
     assert listing == {"folder": os.fspath(download.resolve()), "files": 2,
-                       "listing_sha256": expected}
+                       "listing_sha256": expected, "every_file_sha256": expected}
 
     copy = tmp_path / "copy"
     shutil.copytree(download, copy, copy_function=shutil.copyfile)  # new times, same files

@@ -439,29 +439,34 @@ SOURCE_FILE = "kseg_source.json"
 _NOT_DATA = frozenset({"thumbs.db", "desktop.ini"})
 
 
-def source_listing(manual_dir, *, every_file: bool = False) -> dict:
+def source_listing(manual_dir) -> dict:
     """What a prepared dataset was made from: ``manual_dir``'s files by relative name and
     size (a fingerprint of the listing, not of the bytes: reading a CT archive to check a
     cached dataset would cost what preparing it does). Modification times are left out,
     so a copy of the same download (``cp`` without ``-p``) still matches; so are the files
     a file manager adds by browsing the folder (hidden files and folders, ``Thumbs.db``,
-    ``desktop.ini``), which no builder reads, unless ``every_file`` (the listing kseg
-    recorded before it left them out)."""
+    ``desktop.ini``), which no builder reads. ``every_file_sha256`` fingerprints the
+    listing with them, as kseg recorded it before it left them out; both come from one
+    walk of the folder."""
     import hashlib
 
     root = pathlib.Path(manual_dir)
-    entries = []
-    for folder, subfolders, names in os.walk(root):
-        if not every_file:
-            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+    data, every = [], []
+    for folder, _, names in os.walk(root):
+        hidden_folder = any(part.startswith(".")
+                            for part in pathlib.Path(folder).relative_to(root).parts)
         for name in names:
-            if not every_file and (name.startswith(".") or name.lower() in _NOT_DATA):
-                continue
             path = pathlib.Path(folder) / name
-            entries.append(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}")
-    entries.sort()
-    digest = hashlib.sha256("\n".join(entries).encode("utf-8")).hexdigest()
-    return {"folder": os.fspath(root.resolve()), "files": len(entries), "listing_sha256": digest}
+            entry = f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}"
+            every.append(entry)
+            if not (hidden_folder or name.startswith(".") or name.lower() in _NOT_DATA):
+                data.append(entry)
+
+    def digest(entries):
+        return hashlib.sha256("\n".join(sorted(entries)).encode("utf-8")).hexdigest()
+
+    return {"folder": os.fspath(root.resolve()), "files": len(data),
+            "listing_sha256": digest(data), "every_file_sha256": digest(every)}
 
 
 def prepared_source(builder) -> dict | None:
@@ -486,11 +491,9 @@ def stale_source(builder, manual_dir, listing: dict | None = None) -> str | None
     if recorded is None or not os.path.isdir(manual_dir):
         return None
     current = source_listing(manual_dir) if listing is None else listing
-    if recorded.get("listing_sha256") == current["listing_sha256"]:
-        return None
-    # recorded by a kseg that listed every file: the same files are the same download
-    if recorded.get("listing_sha256") == source_listing(manual_dir, every_file=True)[
-            "listing_sha256"]:  # fmt: skip
+    # every_file_sha256: recorded by a kseg that listed every file, the same download
+    if recorded.get("listing_sha256") in (current["listing_sha256"],
+                                          current["every_file_sha256"]):
         return None
     return (f"was prepared from {recorded.get('folder')} ({recorded.get('files')} files), but "
             f"{current['folder']} holds other files now ({current['files']} files, other "
