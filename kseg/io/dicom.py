@@ -1168,15 +1168,20 @@ def _check_one_volume_of_slices(series, folder: str) -> None:
                 f"{value}: {len(paths)} file(s), first {sorted(paths)[0]}"
                 for value, paths in sorted(files.items())
             )
-            uids = {_text(dataset, "SeriesInstanceUID") for _, dataset in series}
-            uid = next(iter(uids)) or "(blank SeriesInstanceUID)"
-            which = f"series {uid}" if len(uids) == 1 else f"these {len(uids)} series read as one"
             raise DicomSeriesError(
                 folder,
-                f"{which} is not one volume: its {len(series)} slices hold {len(files)} "
-                f"{what} ({keyword} {shown}); expected one volume per series: read each "
-                f"{keyword} value's files as a list of files",
+                f"{_which_series(series)} is not one volume: its {len(series)} slices hold "
+                f"{len(files)} {what} ({keyword} {shown}); expected one volume per series: "
+                f"read each {keyword} value's files as a list of files",
             )
+
+
+def _which_series(slices) -> str:
+    """How an error names the series of ``slices`` (``(path, dataset)`` pairs): its UID, or
+    how many series were read as one."""
+    uids = {_text(dataset, "SeriesInstanceUID") for _, dataset in slices}
+    uid = next(iter(uids)) or "(blank SeriesInstanceUID)"
+    return f"series {uid}" if len(uids) == 1 else f"these {len(uids)} series read as one"
 
 
 def _check_one_echo_time(ordered, distances: np.ndarray, folder: str) -> None:
@@ -1202,14 +1207,12 @@ def _check_one_echo_time(ordered, distances: np.ndarray, folder: str) -> None:
         f"{value} ms: {len(paths)} file(s), first {sorted(paths)[0]}"
         for value, paths in sorted(files.items(), key=lambda item: _number_first(item[0]))
     )
-    uids = {_text(dataset, "SeriesInstanceUID") for _, dataset in ordered}
-    uid = next(iter(uids)) or "(blank SeriesInstanceUID)"
-    which = f"series {uid}" if len(uids) == 1 else f"these {len(uids)} series read as one"
     raise DicomSeriesError(
         folder,
-        f"{which} is not one volume: its {len(ordered)} slices hold {len(files)} echoes at "
-        f"overlapping positions (EchoTime {shown}) that no EchoNumbers tells apart; expected "
-        "one volume per series: read each EchoTime value's files as a list of files",
+        f"{_which_series(ordered)} is not one volume: its {len(ordered)} slices hold "
+        f"{len(files)} echoes at overlapping positions (EchoTime {shown}) that no EchoNumbers "
+        "tells apart; expected one volume per series: read each EchoTime value's files as a "
+        "list of files",
     )
 
 
