@@ -9,22 +9,13 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import apply_voi_lut
-from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 from test_io_dicom import _write_slice
+from test_radiograph_display import write_dx
+from test_series_24 import _retag
 
 from kseg.errors import DicomSeriesError, LayoutError, UnreadableFileError
 from kseg.io import SkippedFileWarning, read_dicom_image, read_dicom_series, read_radiograph
-
-
-def _retag(path, **values):
-    ds = pydicom.dcmread(path)
-    for keyword, value in values.items():
-        setattr(ds, keyword, value)
-    ds.save_as(path, enforce_file_format=True)
-    return path
-
 
 # --- RT Dose: a dose grid is not an image of the patient ---------------------------------------
 
@@ -67,23 +58,10 @@ def test_rt_dose_read_alone_is_refused_not_read_as_stored_integers(tmp_path, nam
 
 
 def _write_dx(path, stored, photometric="MONOCHROME2", **attributes):
-    """A 12-bit DX image written with pydicom alone."""
-    ds = pydicom.Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = DigitalXRayImageStorageForPresentation
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "DX", "D1"
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.Rows, ds.Columns = stored.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = stored.astype("<u2").tobytes()
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.save_as(path, enforce_file_format=True)
-    return ds
+    """A 12-bit unsigned DX image written with pydicom alone, read back."""
+    write_dx(path, np.asarray(stored).astype(np.uint16), PhotometricInterpretation=photometric,
+             **attributes)
+    return pydicom.dcmread(path)
 
 
 def _padded_radiograph():
