@@ -497,7 +497,10 @@ def _warn_of_another_dataset(module, recipe_args, run: pathlib.Path) -> None:
     fingerprint = recorded.get("fingerprint") if isinstance(recorded, dict) else None
     if not isinstance(fingerprint, str):  # runs recorded before the fingerprint
         return
-    builder = module.prepare(recipe_args)
+    from kseg.recipes import _common
+
+    with _common.reuse_named_later():  # the evaluation prepares it again and names it
+        builder = module.prepare(recipe_args)
     now = run_config.dataset_fingerprint(builder)
     if now != fingerprint:
         warnings.warn(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import dataclasses
 import io
 import os
@@ -544,21 +545,34 @@ def prepare(builder, manual_dir, listing: dict | None = None) -> None:
     write_json(pathlib.Path(builder.data_dir) / SOURCE_FILE, source)
 
 
-# The prepared datasets this process has said it uses: one command prepares its dataset
-# more than once (kseg evaluate --split checks the dataset's fingerprint, then scores it).
-_ANNOUNCED: set[str] = set()
+# False while a check prepares the dataset that the step after it prepares again and
+# names (kseg evaluate --split compares the dataset's fingerprint, then scores it): the
+# reused dataset is named once per command, and again by every later command of the
+# process (a notebook's second run).
+_NAME_REUSE = contextvars.ContextVar("kseg_name_reused_dataset", default=True)
+
+
+@contextlib.contextmanager
+def reuse_named_later():
+    """Within it, :func:`prepare` does not say which prepared dataset it reuses: the step
+    after it prepares the same dataset again and says so."""
+    token = _NAME_REUSE.set(False)
+    try:
+        yield
+    finally:
+        _NAME_REUSE.reset(token)
 
 
 def _announce_reuse(data_dir, manual_dir) -> None:
-    """"Using the dataset prepared in ...", once per dataset folder in a process; saying
-    so when the download it was prepared from is gone (moved or deleted after training)."""
-    key = os.path.abspath(os.fspath(data_dir))
-    if key not in _ANNOUNCED:
-        _ANNOUNCED.add(key)
-        gone = ("" if os.path.isdir(manual_dir) else
-                f" ({manual_dir}, which it was prepared from, is gone: it is read as it was "
-                "prepared)")
-        print(f"Using the dataset prepared in {data_dir}{gone}", flush=True)
+    """"Using the dataset prepared in ...", saying so when the download it was prepared
+    from is gone (moved or deleted after training); nothing within
+    :func:`reuse_named_later`."""
+    if not _NAME_REUSE.get():
+        return
+    gone = ("" if os.path.isdir(manual_dir) else
+            f" ({manual_dir}, which it was prepared from, is gone: it is read as it was "
+            "prepared)")
+    print(f"Using the dataset prepared in {data_dir}{gone}", flush=True)
 
 
 def _refuse_to_prepare_on_a_tuner_worker(builder) -> None:
