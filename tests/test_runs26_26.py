@@ -4,8 +4,13 @@ Each case is checked against a hand-written run folder or config, files written 
 or what a stub records being called; no test trains a network.
 """
 
-from test_runs_25 import _config, _fake_builder
+import argparse
+import re
 
+import pytest
+from test_runs_25 import _config, _fake_builder, _interrupted_run
+
+from kseg.errors import LayoutError
 from kseg.recipes.run_config import write_json
 
 # --- 1. a second command in one process did not name the prepared dataset it used ---------
@@ -43,3 +48,35 @@ def test_every_evaluation_of_a_process_names_the_prepared_dataset_once(
     for _ in range(2):  # a recipe's prepare, twice: recipes.load(...).prepare(args)
         prepare(None)
         assert capsys.readouterr().out.count(said) == 1
+
+
+# --- 3. --validation-fold all into the folder of an interrupted single run -----------------
+
+
+def test_a_cross_validation_into_an_interrupted_single_runs_folder_is_refused(tmp_path):
+    """``kseg train RECIPE --validation-fold all --output-dir RUN`` where RUN holds a single
+    run killed before its first best model (config.json, backup/, history.csv): the
+    members trained in RUN/folds/ and the ensemble took RUN/config.json, while RUN/backup
+    (and the run's history.csv, training.json "not finished") stayed behind: the ensemble
+    folder then counted as interrupted and the report drew the single run's curves.
+    Refused as a trained single run is, before any member trains, naming the backup."""
+    from kseg.recipes import cross_validation
+
+    run = _interrupted_run(tmp_path / "run")
+    (run / "history.csv").write_text("epoch,loss\n0,0.9\n")
+    before = sorted(path.relative_to(run) for path in run.rglob("*"))
+    trained = []
+    recipe = argparse.Namespace(train=trained.append)
+    args = argparse.Namespace(output_dir=run, folds=3, test_fold=0, validation_fold="all",
+                              seed=0, tfds_dir=None, plan="none")
+    with pytest.raises(LayoutError, match=re.escape(
+            f"{run}: holds the resume backup of an interrupted run trained with "
+            f"--validation-fold 1 ({run / 'backup'})")):
+        cross_validation.train(recipe, args)
+    assert trained == []
+    assert sorted(path.relative_to(run) for path in run.rglob("*")) == before
+    # a single run's folder without a backup (killed before its first epoch ended, or the
+    # backup removed to start over) holds nothing a cross-validation would leave behind
+    for path in (run / "backup").iterdir():
+        path.unlink()
+    cross_validation._refuse_a_single_run(run)

@@ -201,23 +201,37 @@ def train(module, args: argparse.Namespace) -> pathlib.Path:
 def _refuse_a_single_run(run_dir: pathlib.Path) -> None:
     """A kseg error when ``run_dir`` holds the trained model of a run that is no
     cross-validation: the ensemble would replace its ``best.keras`` and ``config.json``,
-    while its ``evaluation/`` and ``report.html`` went on describing the single model."""
+    while its ``evaluation/`` and ``report.html`` went on describing the single model; or
+    the resume backup of such a run, interrupted: the ensemble would take its
+    ``config.json`` and leave the backup (which makes the folder an interrupted run) and
+    its ``history.csv`` beside it."""
     from kseg.errors import LayoutError, UnreadableFileError
     from kseg.recipes import run_config
 
-    if not (run_dir / "best.keras").is_file():
+    interrupted = run_config.holds_backup(run_dir)
+    if not (run_dir / "best.keras").is_file() and not interrupted:
         return
     try:
         # runs recorded before --validation-fold validated on fold 1
         validation_fold = run_config.read_config(run_dir)["arguments"].get("validation_fold", 1)
     except (LayoutError, UnreadableFileError, AttributeError):
         return
-    if validation_fold != _common.ALL_FOLDS:
+    if validation_fold == _common.ALL_FOLDS:
+        return
+    if interrupted:
+        backup = run_dir / run_config.BACKUP_FOLDER
         raise LayoutError(
-            run_dir, f"holds a run trained with --validation-fold {validation_fold} (its "
-            "best.keras, config.json and evaluations); a cross-validation writes its "
-            "ensemble as RUN/best.keras and RUN/config.json: give another --output-dir",
+            run_dir, f"holds the resume backup of an interrupted run trained with "
+            f"--validation-fold {validation_fold} ({backup}); a cross-validation writes its "
+            "ensemble as RUN/best.keras and RUN/config.json and would leave that run's backup "
+            f"and history beside them: resume it with --validation-fold {validation_fold}, or "
+            "give --validation-fold all another --output-dir",
         )  # fmt: skip
+    raise LayoutError(
+        run_dir, f"holds a run trained with --validation-fold {validation_fold} (its "
+        "best.keras, config.json and evaluations); a cross-validation writes its "
+        "ensemble as RUN/best.keras and RUN/config.json: give another --output-dir",
+    )  # fmt: skip
 
 
 def mirror_axes(module, args: argparse.Namespace, spatial_dims: int, class_names) -> tuple:
