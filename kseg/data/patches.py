@@ -10,14 +10,21 @@ fixed seed while still drawing new patches every epoch.
 
 from __future__ import annotations
 
+import numbers
+
 import tensorflow as tf
 
 
 def _check_patch_size(patch_size) -> tuple[int, int, int]:
     try:
         sizes = tuple(int(v) for v in patch_size)
-    except (TypeError, ValueError):
+        # a size computed with numpy (np.int64, or a whole np.float64) is a size; 72.75 is
+        # not one, and int() would cut it to 72 without a word
+        whole = all(isinstance(v, numbers.Integral) or float(v) == int(v) for v in patch_size)
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"patch_size must be (depth, height, width), got {patch_size!r}") from None
+    if not whole:
+        raise ValueError(f"patch_size must be three whole numbers of voxels, got {patch_size!r}")
     if len(sizes) != 3 or min(sizes) < 1:
         raise ValueError(f"patch_size must be three positive sizes, got {patch_size!r}")
     return sizes
@@ -99,10 +106,11 @@ def random_patches(
     positive_fraction = float(positive_fraction)
     if (
         isinstance(patches_per_volume, bool)
-        or not isinstance(patches_per_volume, int)
+        or not isinstance(patches_per_volume, numbers.Integral)  # np.int64 of a numpy count
         or patches_per_volume < 1
     ):
         raise ValueError(f"patches_per_volume must be an integer >= 1, got {patches_per_volume!r}")
+    patches_per_volume = int(patches_per_volume)
     patch_shape = tf.constant(patch, tf.int32)
 
     def select(element):

@@ -1,0 +1,36 @@
+"""Session 26 findings in losses, metrics, augmentation, patches and inference, each against
+an independent reference (numpy / scipy formulas, hand-worked cases)."""
+
+import numpy as np
+import pytest
+
+# --------------------------------------------------------------------------- patches
+
+
+def test_random_patches_takes_numpy_integers():
+    import tensorflow as tf
+
+    from kseg.data.patches import random_patches
+
+    label = np.zeros((6, 6, 6), np.uint8)
+    label[2:4, 2:4, 2:4] = 1
+    volumes = tf.data.Dataset.from_tensors({"image": label.astype(np.float32), "label": label})
+    count = np.int64(np.prod([2, 1]))  # a count computed with numpy
+    patches = list(
+        random_patches(volumes, np.array([4, 4, 4]), patches_per_volume=count, seed=np.int64(0))
+    )
+    assert len(patches) == 2
+    assert patches[0][0].shape == (4, 4, 4, 1)
+
+
+def test_random_patches_refuses_a_fractional_patch_size():
+    import tensorflow as tf
+
+    from kseg.data.patches import random_patches
+
+    volumes = tf.data.Dataset.from_tensors((np.zeros((8, 8, 8), np.float32), np.zeros((8, 8, 8))))
+    size = np.array([8, 8, 8]) * 0.75 + [0, 0, 0.5]  # (6, 6, 6.5): was cut to (6, 6, 6)
+    with pytest.raises(ValueError, match=r"patch_size must be three whole numbers"):
+        random_patches(volumes, size)
+    patches = random_patches(volumes, np.array([8, 8, 8]) * 0.75, patches_per_volume=1, seed=0)
+    assert next(iter(patches))[0].shape == (6, 6, 6, 1)
