@@ -34,3 +34,26 @@ def test_random_patches_refuses_a_fractional_patch_size():
         random_patches(volumes, size)
     patches = random_patches(volumes, np.array([8, 8, 8]) * 0.75, patches_per_volume=1, seed=0)
     assert next(iter(patches))[0].shape == (6, 6, 6, 1)
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 9, 8, 1), (2, 1, 5, 6, 1), (1, 2, 3, 1)])
+def test_blur_of_a_thin_patch_matches_scipy(shape):
+    """A 2-slice (or 1-slice) patch is shorter than the kernel's half-width (3 voxels for
+    sigma 0.8): symmetric padding failed in TensorFlow; scipy reflects again and again."""
+    from scipy import ndimage
+
+    from kseg.augment import RandomGaussianBlur
+
+    images = np.random.default_rng(2).uniform(size=shape).astype(np.float32)
+    layer = RandomGaussianBlur(1.0, sigma=(0.8, 0.8), spatial_dims=len(shape) - 2)
+    out = np.asarray(layer(images))
+    offsets = np.arange(-layer.radius, layer.radius + 1)
+    weights = np.exp(-0.5 * (offsets / 0.8) ** 2)
+    weights /= weights.sum()
+    expected = images.astype(np.float64)
+    for axis in range(1, len(shape) - 1):
+        expected = ndimage.correlate1d(expected, weights, axis=axis, mode="reflect")
+    np.testing.assert_allclose(out, expected, atol=1e-5)

@@ -19,8 +19,9 @@ class RandomGaussianBlur(JointAugmentation):
 
     The kernel is separable: one 1D pass per spatial axis, with half-width
     ``ceil(3 * sigma_high)`` voxels and borders mirrored (``d c b a | a b c d``, scipy's
-    ``mode="reflect"``). Each sample's weights are its own, so one batch mixes sigmas.
-    Masks are returned untouched. ``keras.layers.RandomGaussianBlur`` draws one sigma per
+    ``mode="reflect"``, repeated along an axis shorter than that, as on a 2-slice patch).
+    Each sample's weights are its own, so one batch mixes sigmas. Masks are returned
+    untouched. ``keras.layers.RandomGaussianBlur`` draws one sigma per
     batch and axis (anisotropic, shared by every sample), clips to a fixed ``value_range``
     and is 2D only.
 
@@ -61,6 +62,15 @@ class RandomGaussianBlur(JointAugmentation):
         weights = ops.exp(-0.5 * (offsets[None, :] / ops.expand_dims(sigmas, 1)) ** 2)
         return weights / ops.sum(weights, axis=1, keepdims=True)
 
+    def reflected_indices(self, length):
+        """Indices of an axis of ``length`` voxels padded by ``radius`` on each side, borders
+        mirrored as scipy's ``mode="reflect"`` does, again and again where the axis is shorter
+        than the radius (a 2-slice patch: ``a b b a | a b | b a a b``), which
+        ``ops.pad(mode="symmetric")`` refuses."""
+        positions = ops.arange(-self.radius, self.radius + length, dtype="int32")
+        period = ops.mod(positions, 2 * length)
+        return ops.where(period < length, period, 2 * length - 1 - period)
+
     def transform(self, images, masks):
         rank = len(images.shape)
         batch_size = ops.shape(images)[0]
@@ -71,9 +81,7 @@ class RandomGaussianBlur(JointAugmentation):
             length = blurred.shape[axis]
             if length is None:
                 length = ops.shape(blurred)[axis]
-            padding = [[0, 0]] * rank
-            padding[axis] = [self.radius, self.radius]
-            padded = ops.pad(blurred, padding, mode="symmetric")
+            padded = ops.take(blurred, self.reflected_indices(length), axis=axis)
             total = 0.0
             for tap in range(2 * self.radius + 1):
                 window = [slice(None)] * rank
