@@ -36,6 +36,39 @@ def test_random_patches_refuses_a_fractional_patch_size():
     assert next(iter(patches))[0].shape == (6, 6, 6, 1)
 
 
+# --------------------------------------------------------------------------- uncertainty
+
+
+def _lateral_predictor(batch):
+    """A stand-in for an LCTSC model with classes (background, lung_left, lung_right):
+    it calls the image-right half (the patient's left, radiological view) lung_left and the
+    image-left half lung_right, whatever the intensities, as a model trained on upright
+    slices does."""
+    n, height, width, _ = batch.shape
+    probabilities = np.zeros((n, height, width, 3), np.float32)
+    probabilities[:, :, : width // 2, 2] = 1.0
+    probabilities[:, :, width // 2 :, 1] = 1.0
+    return probabilities
+
+
+def test_tta_uncertainty_keeps_left_and_right_classes_on_their_side():
+    from kseg.inference import tta_uncertainty
+
+    x = np.zeros((1, 4, 4, 1), np.float32)
+    names = ["background", "lung_left", "lung_right"]
+    result = tta_uncertainty(_lateral_predictor, x, class_names=names)
+    # every allowed transform keeps the left-right axis: the model's own answer, certain
+    np.testing.assert_allclose(result.mean, _lateral_predictor(x))
+    np.testing.assert_allclose(result.entropy, 0.0, atol=1e-6)
+    # only the top-bottom flip is left (4 quarter turns and the left-right flip mirror or
+    # turn the left-right axis): identity and one flip
+    assert result.samples == 2
+    with pytest.raises(ValueError, match=r"left-right axis 1.*lung_left"):
+        tta_uncertainty(_lateral_predictor, x, class_names=names, flip_axes=[0, 1])
+    # without class names nothing is known of the labels: every flip and turn, as before
+    assert tta_uncertainty(_lateral_predictor, x).samples == 8
+
+
 # --------------------------------------------------------------------------- augmentation
 
 

@@ -406,6 +406,7 @@ def tta_uncertainty(
     rotation_plane: Sequence[int] | None = (-2, -1),
     noise_std: float = 0.0,
     seed: int | None = None,
+    class_names: Sequence[str] | None = None,
 ) -> TTAUncertainty:
     """Aleatoric uncertainty by test-time augmentation: predict transformed copies, invert.
 
@@ -428,12 +429,18 @@ def tta_uncertainty(
             16 for a 3D volume with square slices); an integer draws that many transforms
             at random, with replacement (useful with ``noise_std > 0``).
         flip_axes: spatial axes that may be mirrored (without batch and channel axes);
-            ``None`` means all.
+            ``None`` means all that ``class_names`` allow.
         rotation_plane: the two spatial axes to turn in, default the last two; ``None`` for
             flips only. Quarter turns are used only where the two axes have equal length.
         noise_std: standard deviation of the additive gaussian intensity noise, in the
             units of ``x`` (e.g. 0.05 for z-scored images); 0 adds none.
         seed: seed of the transform draws and the noise.
+        class_names: the model's classes, channel order. When one says "left" or "right"
+            (LCTSC's ``lung_left`` / ``lung_right``), a copy mirrored along the last
+            (left-right) spatial axis, or turned in a plane holding it, would be predicted
+            with those classes swapped, so such transforms are left out, as the evaluation's
+            mirroring leaves them out (:func:`kseg.plan.rule_mirror_axes`); a ``flip_axes``
+            naming that axis is refused. ``None``: nothing is known of the classes.
 
     Returns:
         :class:`TTAUncertainty`.
@@ -462,8 +469,8 @@ def tta_uncertainty(
     check_batch_rank(predictor, x)
     if not np.isfinite(noise_std) or noise_std < 0:
         raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
-    transforms = spatial_transforms(
-        x.shape[1:-1], flip_axes=flip_axes, rotation_plane=rotation_plane
+    transforms = _label_preserving_transforms(
+        x.shape[1:-1], flip_axes, rotation_plane, class_names
     )
     rng = np.random.default_rng(seed)
     if samples is None:
@@ -490,6 +497,35 @@ def tta_uncertainty(
         entropy=_entropy(statistics.mean).astype(np.float32),
         samples=statistics.count,
     )
+
+
+def _label_preserving_transforms(spatial_shape, flip_axes, rotation_plane, class_names):
+    """:func:`spatial_transforms` without those that mirror or move the left-right axis
+    (the last spatial axis) when ``class_names`` hold left / right classes."""
+    from kseg.plan import rule_mirror_axes
+
+    spatial_dims = len(spatial_shape)
+    allowed = rule_mirror_axes(spatial_dims, None if class_names is None else list(class_names))
+    lateral = spatial_dims - 1 not in allowed
+    if lateral and flip_axes is not None and spatial_dims - 1 in tuple(flip_axes):
+        raise ValueError(
+            f"flip_axes {tuple(flip_axes)} holds the left-right axis {spatial_dims - 1}, but "
+            f"class_names {list(class_names)} hold left / right classes: a mirrored copy is "
+            "predicted with them swapped; leave that axis out"
+        )
+    transforms = spatial_transforms(
+        spatial_shape,
+        flip_axes=allowed if lateral and flip_axes is None else flip_axes,
+        rotation_plane=rotation_plane,
+    )
+    if not lateral:
+        return transforms
+    # keep the transforms under which a ramp along the left-right axis stays where it is
+    probe = np.broadcast_to(
+        np.arange(3).reshape((1,) + (1,) * (spatial_dims - 1) + (3, 1)),
+        (1,) + (3,) * spatial_dims + (1,),
+    )
+    return [t for t in transforms if np.array_equal(t.apply(probe), probe)]
 
 
 def uncertainty_summary(maps, foreground) -> dict[str, float]:
