@@ -5,6 +5,7 @@ or what a stub records being called; no test trains a network.
 """
 
 import argparse
+import json
 import re
 
 import pytest
@@ -80,3 +81,93 @@ def test_a_cross_validation_into_an_interrupted_single_runs_folder_is_refused(tm
     for path in (run / "backup").iterdir():
         path.unlink()
     cross_validation._refuse_a_single_run(run)
+
+
+# --- 4. a resumed run given another loss, learning rate or other training options ----------
+
+
+def _resumable(run, **arguments):
+    """An interrupted CHAOS run (--plan none unless ``arguments`` say otherwise):
+    config.json and a resume backup."""
+    return _interrupted_run(run, recipe="chaos_liver", **{
+        "plan": "none", "loss": "combo", "learning_rate": 0.002, "schedule": "plateau",
+        "batch_size": 8, "augment": "recipe", "window": "abdomen", **arguments})
+
+
+def test_resuming_with_another_loss_or_learning_rate_is_refused(tmp_path, monkeypatch):
+    """``kseg train chaos_liver`` rerun on an interrupted run with ``--loss dice_ce
+    --learning-rate 1e-4`` (or another --batch-size, --window, --augment, --schedule)
+    went on from the backup's weights and Adam state with the new loss and rate, and
+    config.json recorded only the new ones: a model trained half one way, described as
+    trained the other. Refused as other folds and another network are, before anything is
+    prepared, naming the recorded and the given values; more --epochs still resume."""
+    from kseg import recipes
+    from kseg.recipes import _common
+
+    monkeypatch.chdir(tmp_path)
+    run = _resumable(tmp_path / "run")
+    recorded = (run / "config.json").read_bytes()
+    prepared = []
+
+    def prepare(args):
+        prepared.append(args)
+
+    prepare.__module__ = recipes.load("chaos_liver").__name__
+
+    def args(**changes):
+        options = {**json.loads(recorded)["arguments"], "output_dir": run,
+                   "distribution": "default", **changes}
+        return argparse.Namespace(**options)
+
+    for changes, named in (
+            ({"loss": "dice_ce", "learning_rate": 1e-4},
+             "--loss combo (now dice_ce); --learning-rate 0.002 (now 0.0001)"),
+            ({"batch_size": 4}, "--batch-size 8 (now 4)"),
+            ({"window": [40.0, 400.0]}, "--window abdomen (now [40.0, 400.0])"),
+            ({"augment": "nnunet", "schedule": "cosine"},
+             "--schedule plateau (now cosine); --augment recipe (now nnunet)")):
+        with pytest.raises(LayoutError, match=re.escape(
+                f"{run}: holds the resume backup of a run trained with {named} (config.json: "
+                "recipe chaos_liver")) as error:
+            _common.start_training(args(**changes), prepare)
+        assert f"remove {run / 'backup'}" in str(error.value)
+        assert prepared == [] and (run / "config.json").read_bytes() == recorded
+    _common.start_training(args(epochs=9), prepare)  # more epochs: it resumes
+    assert len(prepared) == 1
+    # a planned run: an option left to the plan holds the hand-picked value until the plan
+    # is read, and is compared once it is
+    planned = _resumable(tmp_path / "planned", plan="auto")
+    _common.start_training(args(output_dir=planned, plan="auto", plan_given=[],
+                                loss="dice_ce", learning_rate=0.002), prepare)
+    assert len(prepared) == 2
+    given = args(output_dir=planned, plan="auto", plan_given=["loss"], loss="dice_ce")
+    with pytest.raises(LayoutError, match=re.escape("--loss combo (now dice_ce)")):
+        _common.start_training(given, prepare)
+
+
+def test_a_resumed_run_whose_plan_sets_another_learning_rate_is_refused(tmp_path, monkeypatch):
+    """A planned run resumed with other budgets (--max-minutes, --memory-budget-mb) whose
+    plan then sets another batch or learning rate went on with it from the backup, and its
+    plan.json was replaced by the new plan. Refused once the plan is read, before the run's
+    plan.json is replaced."""
+    from kseg.recipes import _planned
+
+    run = _resumable(tmp_path / "run", plan="auto", plan_given=[])
+    builder = _fake_builder(tmp_path / "tfds")
+    saved = []
+    plan = argparse.Namespace(rules={}, save=saved.append)
+    monkeypatch.setattr(_planned, "fingerprint", lambda *args, **kwargs: None)
+    monkeypatch.setattr(_planned, "derive", lambda *args, **kwargs: plan)
+    arguments = {**json.loads((run / "config.json").read_text())["arguments"],
+                 "output_dir": run, "learning_rate": 0.002}
+
+    def settings(rate):
+        return lambda plan, training, args: {"learning_rate": rate, "loss": "combo"}
+
+    with pytest.raises(LayoutError, match=re.escape("--learning-rate 0.002 (now 0.001)")):
+        _planned.apply(argparse.Namespace(**arguments), builder, settings(0.001),
+                       training_split="fold0")
+    assert saved == []
+    assert _planned.apply(argparse.Namespace(**arguments), builder, settings(0.002),
+                          training_split="fold0") is plan
+    assert saved == [run / _planned.PLAN_FILE]

@@ -720,6 +720,67 @@ def _finished_run_error(args, prepare, finished: str, chief: bool) -> LayoutErro
     return TrainingFinished(run_dir, finished, chief=chief, unused=unused)
 
 
+# Options that say how a run trains: its loss, optimiser, batches, augmentation and the
+# intensities its images are mapped with. A resume backup goes on with the weights and
+# the optimiser state the first command's options trained; resumed with others, the model
+# would be trained half one way and half another while config.json recorded the second.
+# The number of epochs and the time budget are not among them: more --epochs resume.
+TRAINING_ARGUMENTS = (
+    "loss", "learning_rate", "schedule", "batch_size", "augment", "window", "max_train",
+    "top_k", "patch_size", "positive_fraction", "accumulate_steps", "mixed_precision",
+)  # fmt: skip
+
+
+def refuse_other_training(args, *, left_to_plan=()) -> None:
+    """A kseg error when ``args.output_dir`` holds the resume backup of a run whose
+    ``config.json`` records other folds, another network or other training options
+    (:data:`kseg.recipes.run_config.SPLIT_ARGUMENTS`,
+    :data:`~kseg.recipes.run_config.NETWORK_ARGUMENTS`, :data:`TRAINING_ARGUMENTS`) than
+    ``args``, naming each with its recorded and given value, as nnU-Net keeps one
+    configuration per output folder. Options in ``left_to_plan`` are not compared (the plan
+    has not set them yet); nothing without a backup (a new training) or without a readable
+    ``config.json``.
+
+    Raises:
+        LayoutError: naming the run folder, the changes and the run ``config.json``
+            records; rerun with the first command's options, give another
+            ``--output-dir``, or remove ``RUN/backup`` to train the folder from epoch 0.
+    """
+    from kseg.errors import UnreadableFileError
+    from kseg.recipes import run_config
+
+    run_dir = getattr(args, "output_dir", None)
+    if run_dir is None or not run_config.holds_backup(run_dir):
+        return
+    try:
+        earlier = run_config.read_config(run_dir)
+    except (LayoutError, UnreadableFileError):
+        return
+    before = earlier["arguments"] if isinstance(earlier["arguments"], dict) else {}
+    now = run_config.json_arguments(args)
+
+    def shown(value):
+        return "none" if value is None else value
+
+    names = (*run_config.SPLIT_ARGUMENTS, *run_config.NETWORK_ARGUMENTS, *TRAINING_ARGUMENTS)
+    changes = [f"--{name.replace('_', '-')} {shown(before[name])} (now {shown(now[name])})"
+               for name in names
+               if name in before and name in now and name not in left_to_plan
+               and before[name] != now[name]]  # fmt: skip
+    if changes:
+        run_config._refuse(run_dir, earlier, changes)
+
+
+def _left_to_plan(args, prepare) -> set:
+    """The planned options of ``prepare``'s recipe (its ``HAND_PICKED``) that ``args``
+    leave to the plan: until the plan is read they hold the hand-picked values."""
+    if getattr(args, "plan", "none") == "none":
+        return set()
+    module = sys.modules.get(getattr(prepare, "__module__", None) or "")
+    planned = getattr(module, "HAND_PICKED", {})
+    return set(planned) - set(getattr(args, "plan_given", ()) or ())
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainingStart:
     """What :func:`start_training` made: the ``tf.distribute`` strategy (build and compile
@@ -785,6 +846,8 @@ def start_training(args, prepare) -> TrainingStart:
         from kseg.recipes.run_config import refuse_another_run
 
         refuse_another_run(args.output_dir, recipe, {"data_dir": args.data_dir})
+    # the options the plan fills in are compared once it has (kseg.recipes._planned.apply)
+    refuse_other_training(args, left_to_plan=_left_to_plan(args, prepare))
     builder = None
     if chief:
         from kseg.recipes.run_config import mark_started

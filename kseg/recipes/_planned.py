@@ -277,13 +277,17 @@ def apply(args, builder, settings, *, training_split: str, most_examples: int | 
     if args.plan != "auto":
         check_plan_fits(args.plan, result, fp)
     result.rules.update(RECIPE_RULES)
-    result.save(pathlib.Path(args.output_dir) / PLAN_FILE)
     given = set(getattr(args, "plan_given", ()))
     chosen = []
     for name, value in settings(result, training, args).items():
         if name not in given:
             setattr(args, name, value)
             chosen.append(f"{name} {value}")
+    # a resumed run goes on with what it trained with: before its plan.json is replaced
+    from kseg.recipes import _common
+
+    _common.refuse_other_training(args)
+    result.save(pathlib.Path(args.output_dir) / PLAN_FILE)
     print(f"Plan ({args.plan}, {PLAN_FILE}): {', '.join(chosen) or 'every option given'}"
           + (f"; given: {', '.join(sorted(given))}" if given else ""), flush=True)
     return result
