@@ -1037,6 +1037,59 @@ def _warn_skipped(where, skipped: list[str], stacklevel: int = 4) -> None:
         )
 
 
+def _images_elsewhere(folder: str) -> str:
+    """Where the images are when ``folder`` holds none itself (its subfolders are not read):
+    the series folders its DICOMDIR lists, as on a CD or DVD export (PS3.10, PS3.11: the
+    DICOMDIR at the top, the images in PT000000/ST000000/SE000000-like folders), else its
+    subfolders; ``""`` when it has neither."""
+    if not os.path.isdir(folder):
+        return ""
+    entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    dicomdir = next((e.path for e in entries if e.name.upper() == "DICOMDIR" and e.is_file()), None)
+    listed = _dicomdir_image_folders(folder, dicomdir) if dicomdir else {}
+    if listed:
+        described = ", ".join(f"{name} ({count} images)" for name, count in
+                              list(listed.items())[:5])  # fmt: skip
+        more = f" and {len(listed) - 5} more" if len(listed) > 5 else ""
+        return (
+            f" in the folder itself (subfolders are not read); its DICOMDIR lists images in "
+            f"{len(listed)} folder(s): {described}{more}: pass the folder of one series"
+        )
+    subfolders = [entry.name for entry in entries if entry.is_dir()]
+    if subfolders:
+        return (
+            f" in the folder itself (subfolders are not read; subfolders: "
+            f"{', '.join(subfolders[:10])}{' ...' if len(subfolders) > 10 else ''}): pass the "
+            "folder of one series"
+        )
+    return ""
+
+
+def _dicomdir_image_folders(folder: str, dicomdir: str) -> dict[str, int]:
+    """``{folder of images, relative to folder: number of images}`` as a DICOMDIR lists them
+    (its IMAGE records' ReferencedFileID), folders that exist only; empty when the DICOMDIR
+    cannot be read."""
+    try:
+        records = pydicom.dcmread(dicomdir, force=True).get("DirectoryRecordSequence") or []
+        counts: dict[str, int] = collections.Counter()
+        for record in records:
+            if str(record.get("DirectoryRecordType", "")).strip() != "IMAGE":
+                continue
+            parts = record.get("ReferencedFileID")
+            parts = [parts] if isinstance(parts, str) else list(parts or [])
+            if len(parts) > 1:
+                counts[os.path.join(*parts[:-1])] += 1
+    except Exception:  # a damaged DICOMDIR only loses the hint
+        return {}
+    found = {}
+    for relative, count in counts.items():
+        for candidate in (relative, relative.lower()):  # CDs copied with lower-case names
+            if os.path.isdir(os.path.join(folder, candidate)):
+                found[os.path.join(folder, candidate)] = count
+                break
+    return found
+
+
 def _read_image_headers(paths: Iterable[str], folder: str) -> list[tuple[str, pydicom.Dataset]]:
     """Headers of the files that are DICOM images; everything else is skipped with a warning."""
     headers, skipped = [], []
@@ -1059,7 +1112,7 @@ def _read_image_headers(paths: Iterable[str], folder: str) -> list[tuple[str, py
             headers.append((path, dataset))
     _warn_skipped(folder, skipped)
     if not headers:
-        raise LayoutError(folder, "no DICOM image files found")
+        raise LayoutError(folder, "no DICOM image files found" + _images_elsewhere(folder))
     return headers
 
 

@@ -1,0 +1,56 @@
+"""Session 26 hunt of the readers (kseg.io, tfds_builders): inputs real archives ship."""
+
+import warnings
+
+import pydicom
+import pytest
+from pydicom.fileset import FileSet
+from test_io_dicom import _write_slice
+
+from kseg.errors import LayoutError
+from kseg.io import SkippedFileWarning, read_dicom_series
+
+
+def _dicom_media(tmp_path, count=3):
+    """A DICOM CD / DVD export (PS3.10 / PS3.11): DICOMDIR at the top, the images in
+    PT000000/ST000000/SE000000, written by pydicom's FileSet."""
+    slices = tmp_path / "slices"
+    slices.mkdir()
+    fileset = FileSet()
+    for k in range(count):
+        path = _write_slice(slices / f"s{k}.dcm", position=(0.0, 0.0, 2.5 * k))
+        dataset = pydicom.dcmread(path)
+        dataset.PatientName, dataset.StudyDate, dataset.StudyTime = "X", "20200101", "1200"
+        dataset.StudyID, dataset.SeriesNumber = "1", 1
+        fileset.add(dataset)
+    media = tmp_path / "cd"
+    fileset.write(media)
+    return media
+
+
+def test_a_cd_export_names_the_series_folder_its_dicomdir_lists(tmp_path):
+    # Before: "cd: no DICOM image files found", though the DICOMDIR beside the user's
+    # finger lists every image, one folder down: where to point was left to guesswork.
+    media = _dicom_media(tmp_path)
+    series = media / "PT000000" / "ST000000" / "SE000000"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)  # the DICOMDIR, no image
+        with pytest.raises(LayoutError) as caught:
+            read_dicom_series(media)
+    message = str(caught.value)
+    assert message.startswith(f"{media}: no DICOM image files found")
+    assert f"{series} (3 images)" in message and "DICOMDIR" in message
+    assert read_dicom_series(series).shape == (3, 4, 6)  # the folder named is the series
+
+
+def test_a_folder_of_series_folders_and_a_note_lists_the_subfolders(tmp_path):
+    # Before: only a folder holding no file at all listed its subfolders; one note beside
+    # them (a README, TCIA's metadata.csv) hid them.
+    for name in ("CT", "PET"):
+        (tmp_path / name).mkdir()
+        _write_slice(tmp_path / name / "s0.dcm", position=(0.0, 0.0, 0.0))
+    (tmp_path / "README.txt").write_text("exported 2020-01-01\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)
+        with pytest.raises(LayoutError, match=r"subfolders: CT, PET\): pass the folder of one"):
+            read_dicom_series(tmp_path)
