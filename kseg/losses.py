@@ -3,15 +3,19 @@
 Every loss follows the Keras argument order ``loss(y_true, y_pred)`` and the same input
 conventions:
 
-- ``y_pred`` has shape ``(B, *spatial, C)`` with one or more spatial axes (2D slices or 3D
-  volumes). ``C == 1`` is a binary model (sigmoid probabilities, or logits with
+- ``y_pred`` has shape ``(B, *spatial, C)`` with two or more spatial axes (2D slices or 3D
+  volumes); a ``(B, H, W)`` map, without its channel axis, is refused rather than read as
+  ``W`` classes. ``C == 1`` is a binary model (sigmoid probabilities, or logits with
   ``from_logits=True``); ``C > 1`` is a multi-class model (softmax probabilities over the
   last axis, or logits with ``from_logits=True``).
 - ``y_true`` is read by its rank: with the rank of ``y_pred`` and ``C`` channels it is a
   one-hot (or, binary, a ``{0, 1}``) target; with the rank of ``y_pred`` and one channel
   while ``C > 1``, or with one rank less (no channel axis), it holds sparse integer labels
   ``0 .. C-1``, which are one-hot encoded here. Any other shape raises ``ValueError``
-  naming ``y_true`` or ``y_pred`` and both shapes.
+  naming ``y_true`` or ``y_pred`` and both shapes. The cross-entropy losses (Dice + CE,
+  focal, top-k, heteroscedastic) refuse, called eagerly, a multi-channel target whose voxels
+  do not sum to 1: a binary ``(B, D, H, W)`` volume without its channel axis reads as
+  ``W`` classes with no class or several per voxel.
 - Each loss returns one value per sample (shape ``(B,)``); the Keras ``reduction``
   (default ``"sum_over_batch_size"``) averages them and applies ``sample_weight``. Losses
   with ``batch_dice=True`` pool the whole batch into one overlap score, as nnU-Net's
@@ -37,12 +41,38 @@ _PACKAGE = "kseg"
 
 def _channels(y_pred) -> int:
     channels = y_pred.shape[-1]
+    if len(y_pred.shape) == 3:
+        # (B, H, W) slices: read as (B, length, C) their last spatial axis became W classes
+        raise ValueError(
+            f"y_pred of shape {tuple(y_pred.shape)} has no channel axis: kseg's losses and "
+            "metrics take 2D or 3D maps, (B, H, W, C) or (B, D, H, W, C); a binary map "
+            "without it needs y_pred[..., None] (and y_true[..., None])"
+        )
     if channels is None or len(y_pred.shape) < 3:
         raise ValueError(
             "y_pred must have shape (batch, *spatial, channels) with a known channel count, "
             f"got shape {tuple(y_pred.shape)}"
         )
     return int(channels)
+
+
+def _check_one_class_per_voxel(target, y_true, y_pred):
+    """Called eagerly, refuse a multi-channel target whose voxels do not sum to 1: the
+    categorical cross-entropy of such a target is no loss of any labelling. A binary volume
+    without its channel axis, ``(B, D, H, W)``, has the rank of a 2D multi-class map and was
+    read as ``W`` classes. Inside a traced step nothing can raise here."""
+    if target.shape[-1] == 1:
+        return
+    off = ops.sum(ops.cast(ops.abs(ops.sum(target, axis=-1) - 1.0) > 1e-3, "float32"))
+    if _concrete_bool(off > 0):
+        raise ValueError(
+            f"y_true of shape {tuple(y_true.shape)} is read as one-hot over the last axis of "
+            f"y_pred {tuple(y_pred.shape)} ({target.shape[-1]} classes), but "
+            f"{int(ops.convert_to_numpy(off))} voxels of y_true do not sum to 1 over it (no "
+            "class, or several); a softmax cross-entropy needs one class per voxel. A binary "
+            "volume without its channel axis has this shape: add it to both, "
+            "y_true[..., None] and y_pred[..., None]"
+        )
 
 
 def _concrete_bool(flag):
@@ -176,6 +206,7 @@ def _cross_entropy_map(y_true, y_pred, from_logits):
     Binary models get binary cross-entropy, multi-class models categorical cross-entropy.
     """
     target = _one_hot_target(y_true, y_pred)
+    _check_one_class_per_voxel(target, y_true, y_pred)
     log_p, log_not_p = _log_probabilities(y_pred, from_logits)
     if y_pred.shape[-1] == 1:
         return -ops.squeeze(target * log_p + (1.0 - target) * log_not_p, axis=-1)
@@ -858,6 +889,7 @@ class FocalLoss(_PerSampleLoss):
 
     def call(self, y_true, y_pred):
         target = _one_hot_target(y_true, y_pred)
+        _check_one_class_per_voxel(target, y_true, y_pred)
         log_p, log_not_p = _log_probabilities(y_pred, self.from_logits)
         if y_pred.shape[-1] == 1:
             target = ops.concatenate([1.0 - target, target], axis=-1)
@@ -1000,6 +1032,7 @@ def heteroscedastic_cross_entropy(y_true, y_pred, noise):
     sampled = logits[None] + sigma[None] * noise
     log_count = ops.log(ops.cast(ops.shape(noise)[0], logits.dtype))
     target = _one_hot_target(y_true, logits)
+    _check_one_class_per_voxel(target, y_true, logits)
     if logits.shape[-1] == 1:
         log_p = ops.logsumexp(ops.log_sigmoid(sampled), axis=0) - log_count
         log_not_p = ops.logsumexp(ops.log_sigmoid(-sampled), axis=0) - log_count

@@ -442,7 +442,8 @@ def test_empty_class_of_one_sample_scores_one_beside_a_scored_sample():
 
 
 # MONAI's published GeneralizedDiceLoss cases (tests/losses/test_generalized_dice_loss.py),
-# moved from MONAI's (B, C, N) layout to kseg's (B, N, C); MONAI's smooth_nr = smooth_dr.
+# moved from MONAI's (B, C, N) layout to kseg's (B, N, C), then given a spatial axis of one
+# row (kseg's losses take 2D or 3D maps); MONAI's smooth_nr = smooth_dr.
 MONAI_GDL_INPUT = np.array(
     [[[-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]], [[0.0, 0.0, 0.0], [0.0, 0.0, 0.0]]]
 ).transpose(0, 2, 1)
@@ -478,6 +479,7 @@ MONAI_GDL_HARD = np.array(
     ],
 )
 def test_generalized_dice_matches_monai_published_values(options, y_true, y_pred, expected):
+    y_true, y_pred = y_true[:, None], y_pred[:, None]  # (B, 1, N, C): one row of N pixels
     loss = losses.GeneralizedDiceLoss(reduction="none", **options)
     values = keras.ops.convert_to_numpy(loss(y_true, y_pred.astype("float32")))
     np.testing.assert_allclose(values, expected, rtol=1e-5, atol=1e-7)

@@ -69,6 +69,45 @@ def test_tta_uncertainty_keeps_left_and_right_classes_on_their_side():
     assert tta_uncertainty(_lateral_predictor, x).samples == 8
 
 
+# --------------------------------------------------------------------------- losses
+
+
+@pytest.mark.parametrize(
+    "loss_name", ["DiceLoss", "DiceCELoss", "IoULoss", "TverskyLoss", "FocalLoss", "TopKLoss"]
+)
+def test_losses_refuse_a_map_without_its_channel_axis(loss_name):
+    from kseg import losses
+
+    rng = np.random.default_rng(0)
+    mask = (rng.uniform(size=(2, 6, 7)) > 0.5).astype(np.float32)  # (B, H, W) slices
+    probabilities = rng.uniform(0.05, 0.95, (2, 6, 7)).astype(np.float32)
+    loss = getattr(losses, loss_name)()
+    with pytest.raises(ValueError, match=r"\(2, 6, 7\).*no channel axis.*\[\.\.\., None\]"):
+        loss(mask, probabilities)  # was read as 7 classes of a 1D signal of length 6
+    # with the channel axis the loss is the binary one
+    float(loss(mask[..., None], probabilities[..., None]))
+
+
+def test_dice_ce_refuses_targets_that_are_not_one_class_per_voxel():
+    """A 3D binary volume without its channel axis, (B, D, H, W), has the rank of a 2D
+    multi-class map: categorical cross-entropy read W as classes (DiceCE 4.01, not 1.45)."""
+    from kseg import losses
+
+    rng = np.random.default_rng(1)
+    mask = (rng.uniform(size=(1, 3, 6, 7)) > 0.5).astype(np.float32)
+    probabilities = rng.uniform(0.05, 0.95, (1, 3, 6, 7)).astype(np.float32)
+    for loss in (losses.DiceCELoss(), losses.TopKLoss(), losses.FocalLoss()):
+        with pytest.raises(ValueError, match=r"voxels of y_true.*sum to 1.*\[\.\.\., None\]"):
+            loss(mask, probabilities)
+    # a one-hot target (soft labels summing to 1 too) is still read as classes
+    one_hot = np.eye(3, dtype=np.float32)[rng.integers(0, 3, (1, 4, 5))]
+    soft = 0.9 * one_hot + 0.1 / 3
+    softmax = rng.dirichlet(np.ones(3), (1, 4, 5)).astype(np.float32)
+    expected = -np.mean(np.sum(soft * np.log(softmax), axis=-1))
+    value = float(losses.DiceCELoss(lambda_dice=0.0)(soft, softmax))
+    assert value == pytest.approx(expected, rel=1e-5)
+
+
 # --------------------------------------------------------------------------- augmentation
 
 
