@@ -171,3 +171,24 @@ def test_a_resumed_run_whose_plan_sets_another_learning_rate_is_refused(tmp_path
     assert _planned.apply(argparse.Namespace(**arguments), builder, settings(0.002),
                           training_split="fold0") is plan
     assert saved == [run / _planned.PLAN_FILE]
+
+
+# --- 2. one labelled case cannot be dealt into folds --------------------------------------
+
+
+def test_one_labelled_case_is_prepared_as_one_fold(tmp_path):
+    """``kseg evaluate RUN --input DIR`` of a folder holding one labelled case could not be
+    scored: the input is prepared as a dataset of folds and the fold assignment refused
+    fewer than 2 folds, so the smallest input dataset needed 2 patients. One fold, every
+    patient in it, is a dataset that is only scored: one case is prepared (as the
+    evaluation then reads it, ``fold0``)."""
+    from kseg.data.examples import fold_splits
+    from kseg.data.splits import assign_folds, fold_names
+
+    assert fold_names(1) == ["fold0"]
+    assert assign_folds(["P9"], 1) == {"P9": 0}
+    assert assign_folds(["c", "a", "b"], 1, seed=4) == {"a": 0, "b": 0, "c": 0}
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        assign_folds(["a"], 0)
+    # what every dataset builder writes its fold splits from
+    assert fold_splits(["P9"], 1, seed=0, where="one case") == {"fold0": ["P9"]}

@@ -63,7 +63,7 @@ def test_stratified_assignment_ignores_input_order_and_extra_strata_entries():
     [
         ({"patient_ids": ["a", "b", "a"]}, "more than once"),
         ({"patient_ids": ["a", "b"], "num_folds": 3}, "at least 3 patients"),
-        ({"patient_ids": PATIENTS, "num_folds": 1}, "at least 2"),
+        ({"patient_ids": PATIENTS, "num_folds": 0}, "at least 1"),
         ({"patient_ids": PATIENTS, "num_folds": 2.5}, "integer"),
         ({"patient_ids": PATIENTS, "seed": -1}, "seed"),
         ({"patient_ids": "abcdef"}, "single string"),

@@ -36,13 +36,14 @@ def fold_names(num_folds: int) -> list[str]:
     """The TFDS split name of every fold: ``["fold0", ..., "fold{k-1}"]``.
 
     Args:
-        num_folds: number of folds, at least 2.
+        num_folds: number of folds, at least 1 (one: a dataset scored whole, such as the
+            labelled cases ``kseg evaluate --input`` scores, which may be a single case).
 
     Example:
         >>> fold_names(3)
         ['fold0', 'fold1', 'fold2']
     """
-    _check_num_folds(num_folds, minimum=2)
+    _check_num_folds(num_folds, minimum=1)
     return [f"{FOLD_PREFIX}{fold}" for fold in range(num_folds)]
 
 
@@ -67,7 +68,8 @@ def assign_folds(
     Args:
         patient_ids: unique patient ids (strings or integers; ``str(id)`` must be unique,
             also ignoring case and whitespace).
-        num_folds: number of folds, at least 2 and at most the number of patients (an empty
+        num_folds: number of folds, at least 1 (every patient in fold 0: a dataset that is
+            only scored) and at most the number of patients (an empty
             fold would be an empty TFDS split).
         seed: non-negative integer seed of the shuffle.
         strata: optional mapping from every patient id to a hashable stratum, e.g.
@@ -94,7 +96,7 @@ def assign_folds(
         Kohavi, "A study of cross-validation and bootstrap for accuracy estimation and model
         selection", IJCAI 1995 (stratified k-fold cross-validation).
     """
-    _check_num_folds(num_folds, minimum=2)
+    _check_num_folds(num_folds, minimum=1)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     patients = _canonical_patients(patient_ids)
