@@ -815,6 +815,10 @@ def per_class(
     Returns:
         ``{label: metric(y_true_labels == label, y_pred_labels == label, **kwargs)}``.
 
+    Raises:
+        ValueError: a label map holds values that are not whole numbers (NaN, a
+            probability map, labels read through a scale as 0.99999994: round them first).
+
     Example:
 
     >>> per_class(dice, [0, 1, 2, 2], [0, 1, 1, 2], labels=[1, 2])
@@ -830,6 +834,10 @@ def per_class(
             f"y_true_labels has shape {y_true_labels.shape} but y_pred_labels has shape "
             f"{y_pred_labels.shape}"
         )
+    # a float map read with nibabel's get_fdata through a scale (0.99999994), or a
+    # probability map, equals no label where it should: every class scored as missed
+    _integer_map("y_true_labels", y_true_labels)
+    _integer_map("y_pred_labels", y_pred_labels)
     if isinstance(labels, (str, bytes)) or not isinstance(labels, Iterable):
         raise ValueError(f"labels must be an iterable of integer labels, got {labels!r}")
     given = labels

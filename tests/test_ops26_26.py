@@ -129,3 +129,24 @@ def test_blur_of_a_thin_patch_matches_scipy(shape):
     for axis in range(1, len(shape) - 1):
         expected = ndimage.correlate1d(expected, weights, axis=axis, mode="reflect")
     np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_per_class_refuses_label_maps_that_are_not_whole_numbers():
+    """nibabel's get_fdata of a label file stored with a float scale gives 0.99999994 for
+    label 1; == 1 matched no voxel, so every class scored Dice 0 against a perfect
+    prediction (a probability map given as the prediction scored the same)."""
+    from kseg.metrics import dice, per_class
+
+    reference = np.zeros((4, 6, 6))
+    reference[1:3, 2:4, 2:4] = 1
+    reference[0, 0, :2] = 2
+    scaled = reference * np.float32(0.99999994)
+    with pytest.raises(ValueError, match=r"y_true_labels must be a label map of integers"):
+        per_class(dice, scaled, reference, labels=[1, 2])
+    with pytest.raises(ValueError, match=r"y_pred_labels .*0\.9"):
+        per_class(dice, reference, reference * 0.9, labels=[1, 2])
+    # whole floats (a label map read as float64) are labels
+    assert per_class(dice, np.rint(scaled), reference, labels=[1, 2]) == {1: 1.0, 2: 1.0}
