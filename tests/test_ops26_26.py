@@ -69,6 +69,22 @@ def test_tta_uncertainty_keeps_left_and_right_classes_on_their_side():
     assert tta_uncertainty(_lateral_predictor, x).samples == 8
 
 
+def test_flip_tta_keeps_left_and_right_classes_on_their_side():
+    from kseg.inference import flip_tta
+
+    x = np.zeros((1, 4, 6, 1), np.float32)
+    names = ("background", "lung_left", "lung_right")
+    # only the top-bottom flip: the model's own answer
+    np.testing.assert_array_equal(
+        flip_tta(_lateral_predictor, class_names=names)(x), _lateral_predictor(x)
+    )
+    with pytest.raises(ValueError, match=r"left-right axis 1.*lung_right"):
+        flip_tta(_lateral_predictor, axes=(1,), class_names=names)(x)
+    # without class names every axis is mirrored, as before: each lung half left, half right
+    mean = flip_tta(_lateral_predictor)(x)
+    np.testing.assert_allclose(mean[..., 1:], 0.5)
+
+
 # --------------------------------------------------------------------------- losses
 
 

@@ -52,7 +52,9 @@ def check_batch_rank(predictor, x: np.ndarray, name: str = "x") -> None:
         )
 
 
-def flip_tta(predictor, *, axes: Sequence[int] | None = None) -> Callable[[np.ndarray], np.ndarray]:
+def flip_tta(
+    predictor, *, axes: Sequence[int] | None = None, class_names: Sequence[str] | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
     """Wrap a predictor so it returns the mean prediction over all flips of ``axes``.
 
     With ``k`` axes the predictor runs ``2**k`` times per batch (every subset of the axes
@@ -62,7 +64,12 @@ def flip_tta(predictor, *, axes: Sequence[int] | None = None) -> Callable[[np.nd
         predictor: a ``keras.Model`` or a callable ``(n, *spatial, C) -> (n, *spatial, C')``
             that keeps the spatial shape.
         axes: spatial axes to mirror, counted without the batch and channel axes (``0`` is the
-            first spatial axis). ``None`` mirrors every spatial axis.
+            first spatial axis). ``None`` mirrors every spatial axis ``class_names`` allow.
+        class_names: the model's classes, channel order. When one says "left" or "right"
+            (LCTSC's ``lung_left`` / ``lung_right``) the last (left-right) spatial axis is
+            never mirrored: the mirrored copy is predicted with those classes swapped
+            (:func:`kseg.plan.rule_mirror_axes`, as kseg's evaluation mirrors); ``axes``
+            naming it is refused. ``None``: nothing is known of the classes.
 
     Returns:
         A callable batch -> float32 batch, usable wherever a predictor is accepted.
@@ -85,16 +92,27 @@ def flip_tta(predictor, *, axes: Sequence[int] | None = None) -> Callable[[np.nd
         Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical
         image segmentation", Nature Methods 18, 2021 (mirroring test-time augmentation).
     """
+    from kseg.plan import rule_mirror_axes
+
     predict = as_batch_predictor(predictor)
     requested_axes = None if axes is None else tuple(axes)
     if requested_axes is not None and len(set(requested_axes)) != len(requested_axes):
         raise ValueError(f"axes must not repeat an axis, got {requested_axes}")
+    names = None if class_names is None else [str(name) for name in class_names]
 
     def predict_with_flips(batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)
         check_batch_rank(predictor, batch, "batch")
         spatial_dims = batch.ndim - 2
-        mirrored = tuple(range(spatial_dims)) if requested_axes is None else requested_axes
+        allowed = rule_mirror_axes(spatial_dims, names)
+        mirrored = allowed if requested_axes is None else requested_axes
+        lateral = spatial_dims - 1 not in allowed
+        if lateral and requested_axes is not None and spatial_dims - 1 in requested_axes:
+            raise ValueError(
+                f"axes {requested_axes} hold the left-right axis {spatial_dims - 1}, but "
+                f"class_names {names} hold left / right classes: a mirrored copy is "
+                "predicted with them swapped; leave that axis out"
+            )
         for axis in mirrored:
             if not 0 <= axis < spatial_dims:
                 raise ValueError(
