@@ -192,3 +192,35 @@ def test_one_labelled_case_is_prepared_as_one_fold(tmp_path):
         assign_folds(["a"], 0)
     # what every dataset builder writes its fold splits from
     assert fold_splits(["P9"], 1, seed=0, where="one case") == {"fold0": ["P9"]}
+
+
+# --- a cross-validation rerun with tracking or devices of its own --------------------------
+
+
+def test_a_cross_validation_rerun_may_log_to_mlflow(tmp_path):
+    """A --validation-fold all run stopped in its third member, rerun with ``--mlflow`` (to
+    log the members still to train): every finished member was refused as "trained with
+    other options (mlflow)", though where a run is logged changes nothing a member learns,
+    and a finished single run is not compared on it. Other training options, and other
+    devices (a larger global batch at a scaled rate), are still refused."""
+    from kseg.recipes import cross_validation
+
+    first = argparse.Namespace(output_dir=tmp_path / "cv", data_dir=None, folds=3, test_fold=0,
+                               validation_fold="all", seed=0, epochs=2, mlflow=False,
+                               mlflow_uri=None, distribution="default")
+    member = cross_validation.member_args(first, 1)
+    member.output_dir.mkdir(parents=True)
+    (member.output_dir / "best.keras").write_bytes(b"model")
+    write_json(member.output_dir / cross_validation.FINISHED_FILE,
+               {"validation_fold": 1, "arguments": json.loads(json.dumps(
+                   vars(member), default=str))})  # fmt: skip
+
+    def rerun(**changes):
+        return cross_validation.member_args(argparse.Namespace(**{**vars(first), **changes}), 1)
+
+    for changes in ({"mlflow": True}, {"mlflow": True, "mlflow_uri": str(tmp_path / "mlruns")}):
+        assert cross_validation._finished_record(rerun(**changes))["validation_fold"] == 1
+    for changes, named in (({"epochs": 5, "mlflow": True}, "epochs"),
+                           ({"distribution": "mirrored"}, "distribution")):
+        with pytest.raises(LayoutError, match=re.escape(f"trained with other options ({named})")):
+            cross_validation._finished_record(rerun(**changes))

@@ -88,7 +88,7 @@ def _finished_record(args: argparse.Namespace) -> dict | None:
     recorded = _same_download(_placed(dict(record.get("arguments", {}))))
     # an option unset on one side is not a change: a plan may fill on a rerun what it
     # could not before the first run wrote the phantom
-    changed = sorted(name for name in set(wanted) & set(recorded)
+    changed = sorted(name for name in set(wanted) & set(recorded) - set(_NOT_COMPARED)
                      if None not in (wanted[name], recorded[name])
                      and wanted[name] != recorded[name])
     if changed:
@@ -98,6 +98,13 @@ def _finished_record(args: argparse.Namespace) -> dict | None:
             "another --output-dir",
         )  # fmt: skip
     return record
+
+
+# Options a finished member is not compared on, as a finished single run is not: where it
+# is logged changes nothing it learns (a rerun may add --mlflow for the members still to
+# train). The devices are compared: several replicas train a larger global batch at a
+# scaled learning rate.
+_NOT_COMPARED = ("mlflow", "mlflow_uri")
 
 
 def _same_download(arguments: dict) -> dict:
