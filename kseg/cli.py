@@ -418,6 +418,11 @@ def run_folder(path: pathlib.Path) -> pathlib.Path:
     if not path.is_dir():
         raise LayoutError(path, "is a file; expected the --output-dir of a `kseg train` run "
                                 "(a folder holding config.json)")
+    from kseg.recipes import cross_validation
+
+    in_progress = cross_validation.unbuilt(path)
+    if in_progress is not None:
+        raise LayoutError(path, in_progress)
     read_config(path)
     return path
 

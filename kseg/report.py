@@ -161,6 +161,11 @@ def _read_config(run: pathlib.Path) -> dict:
     if not run.is_dir():
         raise LayoutError(run, "is not a folder; expected a kseg run folder holding config.json")
     path = run / "config.json"
+    from kseg.recipes import cross_validation
+
+    in_progress = cross_validation.unbuilt(run)
+    if in_progress is not None:
+        raise LayoutError(run, in_progress)
     if not path.is_file():
         raise LayoutError(
             path,

@@ -224,3 +224,40 @@ def test_a_cross_validation_rerun_may_log_to_mlflow(tmp_path):
                            ({"distribution": "mirrored"}, "distribution")):
         with pytest.raises(LayoutError, match=re.escape(f"trained with other options ({named})")):
             cross_validation._finished_record(rerun(**changes))
+
+
+# --- a cross-validation whose ensemble is not built yet -----------------------------------
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report"])
+def test_a_cross_validation_in_progress_is_named_as_one(tmp_path, capsys, command):
+    """``kseg evaluate RUN --split test`` or ``kseg report RUN`` while RUN's
+    --validation-fold all trains its members (or after it stopped in one): "RUN: holds no
+    config.json; expected the folder of a kseg training run", though RUN is one; its
+    config.json and best.keras come when every member has finished. The error says so now,
+    naming the finished members, how to finish it and that a member is a run of its own."""
+    from kseg import cli
+    from kseg.recipes import cross_validation
+
+    run = tmp_path / "cv"
+    for fold in (1, 2):
+        _interrupted_run(cross_validation.member_dir(run, fold), validation_fold=fold)
+    finished = cross_validation.member_dir(run, 1)
+    (finished / "backup" / "training_metadata.json").unlink()
+    (finished / "best.keras").write_bytes(b"model")
+    write_json(finished / cross_validation.FINISHED_FILE, {"validation_fold": 1})
+    argv = ["evaluate", str(run), "--split", "test"] if command == "evaluate" else [
+        "report", str(run)]
+    assert cli.main(argv) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(
+        f"kseg: error: {run}: is a cross-validation (--validation-fold all) whose ensemble "
+        f"is not built yet: of its members in {run / 'folds'}, fold_1 has finished, fold_2 "
+        "has not"), error
+    assert "the same kseg train command" in error and f"{finished}" in error
+    if command == "report":  # and from Python
+        from kseg.report import write_report
+
+        with pytest.raises(LayoutError, match="whose ensemble is not built yet"):
+            write_report(run)
+    assert not (run / "report.html").exists()

@@ -69,6 +69,33 @@ def member_args(args: argparse.Namespace, fold: int) -> argparse.Namespace:
     return member
 
 
+def unbuilt(run_dir) -> str | None:
+    """What ``run_dir`` is when it holds the members of a cross-validation
+    (``folds/fold_<k>/``) but not its ``config.json`` yet (written with the ensemble, once
+    every member has finished): which members have finished and how to go on; ``None``
+    for any other folder."""
+    run_dir = pathlib.Path(run_dir)
+    folds = run_dir / FOLDS_FOLDER
+    if (run_dir / "config.json").exists() or not folds.is_dir():
+        return None
+    members = sorted((path for path in folds.glob("fold_*")
+                      if path.is_dir() and path.name[len("fold_"):].isdigit()),
+                     key=lambda path: int(path.name[len("fold_"):]))  # fmt: skip
+    if not members:
+        return None
+    done = [path.name for path in members if (path / FINISHED_FILE).is_file()]
+    not_done = [path.name for path in members if path.name not in done]
+    states = [f"{', '.join(names)} {verb}" for names, verb in (
+        (done, "has finished" if len(done) == 1 else "have finished"),
+        (not_done, "has not" if len(not_done) == 1 else "have not")) if names]  # fmt: skip
+    finished = (f"; a finished member is a run folder of its own (kseg evaluate "
+                f"{members[0].parent / done[0]} --split test)" if done else "")
+    return (f"is a cross-validation (--validation-fold all) whose ensemble is not built yet: "
+            f"of its members in {folds}, {', '.join(states)}. Its config.json and best.keras "
+            "are written once every member has finished: run the same kseg train command "
+            f"again to finish it{finished}")
+
+
 def _finished_record(args: argparse.Namespace) -> dict | None:
     """The finished-member record of ``args.output_dir``, or ``None`` while the member is
     not finished. A record of other options is an error: skipping it would put a model
