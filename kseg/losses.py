@@ -31,6 +31,7 @@ to drop. All classes are registered with Keras under the package ``"kseg"``, so 
 from __future__ import annotations
 
 import fractions
+import numbers
 
 import keras
 import numpy as np
@@ -236,14 +237,22 @@ def _check_flag(name, value):
         raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
+def _python_number(value):
+    """A numpy scalar (``np.arange`` grids, values read from arrays) as the Python int or
+    float Keras' JSON configs hold; anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _check_non_negative(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value >= 0:
         raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return _python_number(value)
 
 
 def _check_unit_interval(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return _python_number(value)
 
 
 class _PerSampleLoss(keras.losses.Loss):
@@ -285,7 +294,7 @@ class _OverlapLoss(_PerSampleLoss):
         dtype,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        _check_non_negative("smooth", smooth)
+        smooth = _check_non_negative("smooth", smooth)
         _check_flag("include_background", include_background)
         _check_flag("batch_dice", batch_dice)
         _check_flag("from_logits", from_logits)
@@ -522,8 +531,8 @@ class TverskyLoss(_OverlapLoss):
         super().__init__(
             smooth, include_background, batch_dice, from_logits, reduction, name, dtype
         )
-        _check_non_negative("alpha", alpha)
-        _check_non_negative("beta", beta)
+        alpha = _check_non_negative("alpha", alpha)
+        beta = _check_non_negative("beta", beta)
         self.alpha = alpha
         self.beta = beta
 
@@ -663,7 +672,7 @@ class BinaryCrossentropy(_PerSampleLoss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        _check_unit_interval("beta", beta)
+        beta = _check_unit_interval("beta", beta)
         _check_flag("from_logits", from_logits)
         self.beta = beta
         self.from_logits = from_logits
@@ -742,8 +751,8 @@ class ComboLoss(_OverlapLoss):
         super().__init__(
             smooth, include_background, batch_dice, from_logits, reduction, name, dtype
         )
-        _check_unit_interval("alpha", alpha)
-        _check_unit_interval("beta", beta)
+        alpha = _check_unit_interval("alpha", alpha)
+        beta = _check_unit_interval("beta", beta)
         self.alpha = alpha
         self.beta = beta
 
@@ -811,8 +820,8 @@ class DiceCELoss(_OverlapLoss):
         super().__init__(
             smooth, include_background, batch_dice, from_logits, reduction, name, dtype
         )
-        _check_non_negative("lambda_dice", lambda_dice)
-        _check_non_negative("lambda_ce", lambda_ce)
+        lambda_dice = _check_non_negative("lambda_dice", lambda_dice)
+        lambda_ce = _check_non_negative("lambda_ce", lambda_ce)
         _check_flag("squared_denominator", squared_denominator)
         self.lambda_dice = lambda_dice
         self.lambda_ce = lambda_ce
@@ -879,9 +888,9 @@ class FocalLoss(_PerSampleLoss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        _check_non_negative("gamma", gamma)
+        gamma = _check_non_negative("gamma", gamma)
         if alpha is not None:
-            _check_unit_interval("alpha", alpha)
+            alpha = _check_unit_interval("alpha", alpha)
         _check_flag("from_logits", from_logits)
         self.gamma = gamma
         self.alpha = alpha
@@ -955,8 +964,9 @@ class TopKLoss(_PerSampleLoss):
         dtype=None,
     ):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not 0 < k <= 100:
+        if isinstance(k, bool) or not isinstance(k, numbers.Real) or not 0 < k <= 100:
             raise ValueError(f"k must be a percentage in (0, 100], got {k!r}")
+        k = _python_number(k)
         _check_flag("from_logits", from_logits)
         self.k = k
         self.from_logits = from_logits
@@ -1095,15 +1105,17 @@ class HeteroscedasticCrossEntropy(_PerSampleLoss):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         if (
             isinstance(num_samples, bool)
-            or not isinstance(num_samples, int)
+            or not isinstance(num_samples, numbers.Integral)
             or num_samples < 1
         ):
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, numbers.Integral)
+        ):
             raise ValueError(f"seed must be an integer or None, got {seed!r}")
-        self.num_samples = num_samples
-        self.seed = seed
-        self._seed_generator = keras.random.SeedGenerator(seed)
+        self.num_samples = int(num_samples)
+        self.seed = None if seed is None else int(seed)
+        self._seed_generator = keras.random.SeedGenerator(self.seed)
 
     def call(self, y_true, y_pred):
         logits, _ = _split_heteroscedastic(y_pred)

@@ -81,8 +81,9 @@ _PACKAGE = "kseg"
 
 
 def _check_empty(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a float (for example 1.0, 0.0 or nan), got {value!r}")
+    return float(value)
 
 
 class _OverlapScore(keras.metrics.Metric):
@@ -90,9 +91,14 @@ class _OverlapScore(keras.metrics.Metric):
 
     def __init__(self, num_classes, threshold, from_logits, include_background, empty, name, dtype):
         super().__init__(name=name, dtype=dtype)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        # numbers.Integral / Real: numpy scalars too (labels.max() + 1 is one)
+        if (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, numbers.Integral)
+            or num_classes < 1
+        ):
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}")
         if not 0 < threshold < 1:
             raise ValueError(f"threshold must be a probability in (0, 1), got {threshold!r}")
@@ -102,7 +108,8 @@ class _OverlapScore(keras.metrics.Metric):
         ):
             if not isinstance(flag, bool):
                 raise ValueError(f"{flag_name} must be True or False, got {flag!r}")
-        _check_empty("empty", empty)
+        empty = _check_empty("empty", empty)
+        num_classes, threshold = int(num_classes), float(threshold)
         self.num_classes = num_classes
         self.threshold = threshold
         self.from_logits = from_logits

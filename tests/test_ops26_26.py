@@ -166,3 +166,45 @@ def test_per_class_refuses_label_maps_that_are_not_whole_numbers():
         per_class(dice, reference, reference * 0.9, labels=[1, 2])
     # whole floats (a label map read as float64) are labels
     assert per_class(dice, np.rint(scaled), reference, labels=[1, 2]) == {1: 1.0, 2: 1.0}
+
+
+# --------------------------------------------------------------------------- numpy scalars
+
+
+def test_numeric_arguments_take_numpy_scalars():
+    """A grid over numpy values (np.arange(0, 3) for the focal gamma, labels.max() + 1 for
+    the class count, float32 read from an array) was refused as 'must be a number'."""
+    import json
+
+    from kseg import losses, metrics
+    from kseg.augment import RandomAffine, RandomElasticDeformation, RandomGaussianNoise
+
+    target = np.array([[[[1.0], [0.0]], [[1.0], [0.0]]]], np.float32)  # (1, 2, 2, 1)
+    probability = np.array([[[[0.8], [0.3]], [[0.6], [0.1]]]], np.float32)
+    p, y = probability.ravel().astype(np.float64), target.ravel()
+    for gamma in np.arange(0, 3):
+        loss = losses.FocalLoss(gamma=gamma, alpha=np.float32(0.25))
+        # Lin et al., binary: foreground weight alpha, background 1 - alpha
+        expected = -np.mean(
+            0.25 * y * (1 - p) ** gamma * np.log(p)
+            + 0.75 * (1 - y) * p**gamma * np.log(1 - p)
+        )
+        assert float(loss(target, probability)) == pytest.approx(expected, rel=1e-5)
+        json.dumps(loss.get_config())  # a .keras file's compile config is JSON
+    for loss in (
+        losses.TopKLoss(k=np.int64(50)),
+        losses.TverskyLoss(alpha=np.float32(0.3), beta=np.float32(0.7)),
+        losses.DiceCELoss(smooth=np.float32(1e-5), lambda_ce=np.int64(1)),
+        losses.ComboLoss(alpha=np.float32(0.5), beta=np.float32(0.5)),
+        losses.HeteroscedasticCrossEntropy(num_samples=np.int64(2), seed=np.int64(0)),
+    ):
+        json.dumps(loss.get_config())
+    labels = np.array([[0, 1], [2, 0]], np.uint8)
+    metric = metrics.DiceScore(num_classes=labels.max() + 1, threshold=np.float32(0.5))
+    json.dumps(metric.get_config())
+    for layer in (
+        RandomGaussianNoise(probability=np.float32(0.5), stddev=np.float32(0.05)),
+        RandomAffine(rotation=np.int64(15), translation=np.float32(0.1)),
+        RandomElasticDeformation(control_points=np.int64(4), seed=np.int64(7)),
+    ):
+        json.dumps(layer.get_config())

@@ -11,6 +11,8 @@ untouched samples and a seeded layer repeats its sequence.
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 import numpy as np
 from keras import ops
@@ -22,18 +24,19 @@ MASKS = "segmentation_masks"
 def check_spatial_dims(spatial_dims) -> int:
     if isinstance(spatial_dims, bool) or spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    return spatial_dims
+    return int(spatial_dims)
 
 
 def check_probability(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+    # numbers.Real: numpy scalars too (np.float32 read from an array, np.int64 of a grid)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
     return float(value)
 
 
 def check_range(name: str, value, minimum: float | None = None) -> tuple[float, float]:
     """``value`` as ``(low, high)`` with ``low <= high`` (a number ``v`` means ``(v, v)``)."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
         value = (value, value)
     try:
         low, high = (float(v) for v in value)
@@ -62,9 +65,9 @@ def check_axes(name: str, axes, spatial_dims: int) -> tuple[int, ...]:
 
 def check_per_axis(name: str, value, count: int, minimum: float = 0.0) -> tuple[float, ...]:
     """One float per axis from a number or a sequence, each >= ``minimum``."""
-    values = (value,) * count if isinstance(value, int | float) else tuple(value)
+    values = (value,) * count if isinstance(value, numbers.Real) else tuple(value)
     if len(values) != count or any(
-        isinstance(v, bool) or not isinstance(v, int | float) or v < minimum for v in values
+        isinstance(v, bool) or not isinstance(v, numbers.Real) or v < minimum for v in values
     ):
         raise ValueError(
             f"{name} must be a number >= {minimum} or a sequence of {count} such numbers, "
@@ -102,8 +105,9 @@ class JointAugmentation(keras.layers.Layer):
         super().__init__(**kwargs)
         self.spatial_dims = check_spatial_dims(spatial_dims)
         self.probability = check_probability("probability", probability)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        # a numpy seed (rng.integers) as the int a JSON config holds
+        self.seed = int(seed) if isinstance(seed, numbers.Integral) else seed
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
 
     def transform(self, images, masks):
         raise NotImplementedError(f"{type(self).__name__} must implement transform()")

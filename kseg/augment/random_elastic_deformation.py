@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -75,11 +77,11 @@ class RandomElasticDeformation(JointAugmentation):
         super().__init__(spatial_dims=spatial_dims, probability=probability, seed=seed, **kwargs)
         if (
             isinstance(control_points, bool)
-            or not isinstance(control_points, int)
+            or not isinstance(control_points, numbers.Integral)
             or (control_points < 3)
         ):
             raise ValueError(f"control_points must be an integer >= 3, got {control_points!r}")
-        self.control_points = control_points
+        self.control_points = int(control_points)
         self.max_displacement = check_per_axis(
             "max_displacement", max_displacement, self.spatial_dims
         )
