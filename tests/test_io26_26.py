@@ -13,15 +13,19 @@ from kseg.io import SkippedFileWarning, read_dicom_series
 
 def _dicom_media(tmp_path, count=3):
     """A DICOM CD / DVD export (PS3.10 / PS3.11): DICOMDIR at the top, the images in
-    PT000000/ST000000/SE000000, written by pydicom's FileSet."""
+    PT000000/ST000000/SE00000<n>, written by pydicom's FileSet: a CT series of ``count``
+    slices and a one-slice series 2."""
     slices = tmp_path / "slices"
     slices.mkdir()
     fileset = FileSet()
-    for k in range(count):
-        path = _write_slice(slices / f"s{k}.dcm", position=(0.0, 0.0, 2.5 * k))
+    for k in range(count + 1):
+        series = 1 if k < count else 2
+        path = _write_slice(
+            slices / f"s{k}.dcm", position=(0.0, 0.0, 2.5 * k), series_uid=f"1.2.3.4.{series}"
+        )
         dataset = pydicom.dcmread(path)
         dataset.PatientName, dataset.StudyDate, dataset.StudyTime = "X", "20200101", "1200"
-        dataset.StudyID, dataset.SeriesNumber = "1", 1
+        dataset.StudyID, dataset.SeriesNumber = "1", series
         fileset.add(dataset)
     media = tmp_path / "cd"
     fileset.write(media)
@@ -39,8 +43,27 @@ def test_a_cd_export_names_the_series_folder_its_dicomdir_lists(tmp_path):
             read_dicom_series(media)
     message = str(caught.value)
     assert message.startswith(f"{media}: no DICOM image files found")
-    assert f"{series} (3 images)" in message and "DICOMDIR" in message
+    assert (
+        f"DICOMDIR lists 2 image series: series 1 (CT, 3 images) in {series}; series 2 (CT, 1 "
+        f"images) in {series.with_name('SE000001')}. Pass the folder of one series"
+    ) in message
     assert read_dicom_series(series).shape == (3, 4, 6)  # the folder named is the series
+
+
+def test_a_cd_mounted_with_lower_case_names_names_the_folders_as_they_are(tmp_path):
+    # Linux mounts an ISO 9660 CD without Joliet names in lower case (mount option
+    # map=normal, the default), while the DICOMDIR keeps PT000000/ST000000/...
+    media = _dicom_media(tmp_path)
+    for folder in sorted(media.rglob("*"), key=lambda p: -len(p.parts)):
+        if folder.name != "DICOMDIR":
+            folder.rename(folder.with_name(folder.name.lower()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)
+        with pytest.raises(LayoutError) as caught:
+            read_dicom_series(media)
+    assert f"series 1 (CT, 3 images) in {media / 'pt000000' / 'st000000' / 'se000000'};" in str(
+        caught.value
+    )
 
 
 def test_a_folder_of_series_folders_and_a_note_lists_the_subfolders(tmp_path):

@@ -1039,21 +1039,24 @@ def _warn_skipped(where, skipped: list[str], stacklevel: int = 4) -> None:
 
 def _images_elsewhere(folder: str) -> str:
     """Where the images are when ``folder`` holds none itself (its subfolders are not read):
-    the series folders its DICOMDIR lists, as on a CD or DVD export (PS3.10, PS3.11: the
-    DICOMDIR at the top, the images in PT000000/ST000000/SE000000-like folders), else its
-    subfolders; ``""`` when it has neither."""
+    the series its DICOMDIR lists, as on a CD or DVD export (PS3.10, PS3.11: the DICOMDIR at
+    the top, the images in PT000000/ST000000/SE000000-like folders), else its subfolders;
+    ``""`` when it has neither."""
     if not os.path.isdir(folder):
         return ""
     entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     dicomdir = next((e.path for e in entries if e.name.upper() == "DICOMDIR" and e.is_file()), None)
-    listed = _dicomdir_image_folders(folder, dicomdir) if dicomdir else {}
+    listed = _dicomdir_series(dicomdir) if dicomdir else []
     if listed:
-        described = ", ".join(f"{name} ({count} images)" for name, count in
-                              list(listed.items())[:5])  # fmt: skip
-        more = f" and {len(listed) - 5} more" if len(listed) > 5 else ""
+        described = "; ".join(
+            f"series {number} ({modality}, {count} images) in {', '.join(folders)}"
+            for number, modality, count, folders in listed[:5]
+        )
+        more = f"; and {len(listed) - 5} more" if len(listed) > 5 else ""
         return (
-            f" in the folder itself (subfolders are not read); its DICOMDIR lists images in "
-            f"{len(listed)} folder(s): {described}{more}: pass the folder of one series"
+            f" in the folder itself (subfolders are not read); its DICOMDIR lists "
+            f"{len(listed)} image series: {described}{more}. Pass the folder of one series (a "
+            "series spread over several folders: its files, as a list)"
         )
     subfolders = [entry.name for entry in entries if entry.is_dir()]
     if subfolders:
@@ -1065,29 +1068,53 @@ def _images_elsewhere(folder: str) -> str:
     return ""
 
 
-def _dicomdir_image_folders(folder: str, dicomdir: str) -> dict[str, int]:
-    """``{folder of images, relative to folder: number of images}`` as a DICOMDIR lists them
-    (its IMAGE records' ReferencedFileID), folders that exist only; empty when the DICOMDIR
-    cannot be read."""
+def _dicomdir_series(dicomdir: str) -> list[tuple[str, str, int, list[str]]]:
+    """``(SeriesNumber, Modality, image count, folders)`` of each series whose images a
+    DICOMDIR lists (its SERIES records' IMAGE records, PS3.3 F.3), folders that exist only,
+    under the names the DICOMDIR gives or in lower case (a CD mounted so); empty when the
+    DICOMDIR cannot be read."""
+    top = os.path.dirname(dicomdir)
     try:
-        records = pydicom.dcmread(dicomdir, force=True).get("DirectoryRecordSequence") or []
-        counts: dict[str, int] = collections.Counter()
-        for record in records:
-            if str(record.get("DirectoryRecordType", "")).strip() != "IMAGE":
-                continue
-            parts = record.get("ReferencedFileID")
-            parts = [parts] if isinstance(parts, str) else list(parts or [])
-            if len(parts) > 1:
-                counts[os.path.join(*parts[:-1])] += 1
+        ds = pydicom.dcmread(dicomdir, force=True)
+        records = {item.seq_item_tell: item for item in ds.DirectoryRecordSequence}
+        series: dict[int, list[str]] = {}
+        pending = [(int(ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity), None)]
+        seen = set()
+        while pending:  # each record once, whatever loops a damaged file's offsets make
+            offset, owner = pending.pop()
+            while offset in records and offset not in seen:
+                seen.add(offset)
+                record = records[offset]
+                kind = str(record.get("DirectoryRecordType", "")).strip()
+                parts = record.get("ReferencedFileID")
+                parts = [parts] if isinstance(parts, str) else list(parts or [])
+                if kind == "IMAGE" and owner is not None and len(parts) > 1:
+                    series[owner].append(os.path.join(*parts[:-1]))
+                lower = int(record.get("OffsetOfReferencedLowerLevelDirectoryEntity", 0) or 0)
+                if lower:
+                    if kind == "SERIES":
+                        series.setdefault(offset, [])
+                    pending.append((lower, offset if kind == "SERIES" else owner))
+                offset = int(record.get("OffsetOfTheNextDirectoryRecord", 0) or 0)
     except Exception:  # a damaged DICOMDIR only loses the hint
-        return {}
-    found = {}
-    for relative, count in counts.items():
-        for candidate in (relative, relative.lower()):  # CDs copied with lower-case names
-            if os.path.isdir(os.path.join(folder, candidate)):
-                found[os.path.join(folder, candidate)] = count
-                break
-    return found
+        return []
+    listed = []
+    for offset, relatives in series.items():
+        folders = [
+            next((os.path.join(top, name) for name in (relative, relative.lower())
+                  if os.path.isdir(os.path.join(top, name))), None)
+            for relative in relatives
+        ]  # fmt: skip
+        folders = [folder for folder in folders if folder is not None]
+        if folders:
+            record = records[offset]
+            listed.append((
+                str(record.get("SeriesNumber", "") or "?"),
+                str(record.get("Modality", "") or "?"),
+                len(folders),
+                list(dict.fromkeys(folders)),
+            ))  # fmt: skip
+    return listed
 
 
 def _read_image_headers(paths: Iterable[str], folder: str) -> list[tuple[str, pydicom.Dataset]]:
