@@ -261,3 +261,48 @@ def test_a_cross_validation_in_progress_is_named_as_one(tmp_path, capsys, comman
         with pytest.raises(LayoutError, match="whose ensemble is not built yet"):
             write_report(run)
     assert not (run / "report.html").exists()
+
+
+# --- a download or input folder whose subfolders are links --------------------------------
+
+
+def test_files_reached_through_a_linked_folder_make_a_prepared_dataset_stale(tmp_path):
+    """A download (or an ``evaluate --input`` folder) whose subfolder is a link, as a lab
+    keeps a large archive on another disk (``CHAOS/Train_Sets -> /data/CHAOS/Train_Sets``):
+    the builders read the patients through the link, but the source listing that says
+    which files a prepared dataset was made from did not follow it and recorded 0 files,
+    so the dataset was reused silently whatever the link came to hold (another input
+    folder of the same name scored with the first one's images). The listing follows
+    linked folders (each real folder once: a link to a folder above ends), and a dataset
+    recorded by the earlier kseg (its listing without the linked files) is still reused."""
+    import hashlib
+    import os
+
+    from kseg.recipes import _common
+
+    archive = tmp_path / "disk2" / "Train_Sets"
+    (archive / "CT" / "1").mkdir(parents=True)
+    (archive / "CT" / "1" / "i1.dcm").write_bytes(b"x" * 7)
+    download = tmp_path / "CHAOS"
+    download.mkdir()
+    os.symlink(archive, download / "Train_Sets")
+    os.symlink(download, download / "Train_Sets" / "CT" / "loop")  # a link to a folder above
+    (download / "notes.txt").write_bytes(b"abc")
+    listing = _common.source_listing(download)
+    expected = "\n".join(["Train_Sets/CT/1/i1.dcm\t7", "notes.txt\t3"])
+    assert listing["files"] == 2
+    assert listing["listing_sha256"] == hashlib.sha256(expected.encode()).hexdigest()
+
+    builder = _fake_builder(tmp_path / "tfds")
+    write_json(tmp_path / "tfds" / _common.SOURCE_FILE, listing)
+    _common.prepare(builder, download)  # the same files: reused
+    (archive / "CT" / "2").mkdir()
+    (archive / "CT" / "2" / "i1.dcm").write_bytes(b"y" * 7)  # a patient added in the archive
+    with pytest.raises(LayoutError, match=re.escape(
+            f"{download.resolve()} holds other files now (3 files")):
+        _common.prepare(builder, download)
+    # recorded by the earlier kseg, which listed the download without its linked folders
+    unlinked = hashlib.sha256(b"notes.txt\t3").hexdigest()
+    write_json(tmp_path / "tfds" / _common.SOURCE_FILE,
+               {**listing, "files": 1, "listing_sha256": unlinked})
+    _common.prepare(builder, download)

@@ -448,26 +448,52 @@ def source_listing(manual_dir) -> dict:
     a file manager adds by browsing the folder (hidden files and folders, ``Thumbs.db``,
     ``desktop.ini``), which no builder reads. ``every_file_sha256`` fingerprints the
     listing with them, as kseg recorded it before it left them out; both come from one
-    walk of the folder."""
+    walk of the folder.
+
+    Linked folders are followed, as the builders read through them (an archive kept on
+    another disk, ``Train_Sets -> /data/CHAOS/Train_Sets``); each real folder is listed
+    once, so a link to a folder above ends. When the folder holds such links,
+    ``unlinked_sha256`` holds the two fingerprints without the files below them, as kseg
+    recorded them before it followed links."""
     import hashlib
 
     root = pathlib.Path(manual_dir)
-    data, every = [], []
-    for folder, _, names in os.walk(root):
+    data, every, unlinked_data, unlinked_every = [], [], [], []
+    seen = {os.path.realpath(root)}
+    below_link = {os.fspath(root): False}  # the folders os.walk is to enter
+    for folder, folders, names in os.walk(root, followlinks=True):
+        linked = below_link.pop(folder, False)
+        entered = []
+        for name in folders:  # each real folder once: a link to one above would loop
+            path = os.path.join(folder, name)
+            real = os.path.realpath(path)
+            if real not in seen:
+                seen.add(real)
+                entered.append(name)
+                below_link[path] = linked or os.path.islink(path)
+        folders[:] = entered
         hidden_folder = any(part.startswith(".")
                             for part in pathlib.Path(folder).relative_to(root).parts)
         for name in names:
             path = pathlib.Path(folder) / name
             entry = f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}"
+            is_data = not (hidden_folder or name.startswith(".") or name.lower() in _NOT_DATA)
             every.append(entry)
-            if not (hidden_folder or name.startswith(".") or name.lower() in _NOT_DATA):
+            if is_data:
                 data.append(entry)
+            if not linked:
+                unlinked_every.append(entry)
+                if is_data:
+                    unlinked_data.append(entry)
 
     def digest(entries):
         return hashlib.sha256("\n".join(sorted(entries)).encode("utf-8")).hexdigest()
 
-    return {"folder": os.fspath(root.resolve()), "files": len(data),
-            "listing_sha256": digest(data), "every_file_sha256": digest(every)}
+    listing = {"folder": os.fspath(root.resolve()), "files": len(data),
+               "listing_sha256": digest(data), "every_file_sha256": digest(every)}
+    if len(unlinked_every) < len(every):
+        listing["unlinked_sha256"] = [digest(unlinked_data), digest(unlinked_every)]
+    return listing
 
 
 def prepared_source(builder) -> dict | None:
@@ -493,8 +519,10 @@ def stale_source(builder, manual_dir, listing: dict | None = None) -> str | None
         return None
     current = source_listing(manual_dir) if listing is None else listing
     # every_file_sha256: recorded by a kseg that listed every file, the same download
+    # unlinked_sha256: recorded by a kseg that did not follow linked folders
     if recorded.get("listing_sha256") in (current["listing_sha256"],
-                                          current["every_file_sha256"]):
+                                          current["every_file_sha256"],
+                                          *current.get("unlinked_sha256", ())):
         return None
     return (f"was prepared from {recorded.get('folder')} ({recorded.get('files')} files), but "
             f"{current['folder']} holds other files now ({current['files']} files, other "
