@@ -306,3 +306,28 @@ def test_files_reached_through_a_linked_folder_make_a_prepared_dataset_stale(tmp
     write_json(tmp_path / "tfds" / _common.SOURCE_FILE,
                {**listing, "files": 1, "listing_sha256": unlinked})
     _common.prepare(builder, download)
+
+
+def test_a_link_whose_target_is_gone_is_listed_not_a_crash(tmp_path):
+    """A download holding a link whose target is gone (``README.txt -> /mnt/nas/...``, the
+    share unmounted; a folder link the same): ``kseg prepare`` and ``kseg train
+    --data-dir`` ended in a bare FileNotFoundError traceback from the source listing, before
+    the builder, which never reads that file, was asked. It is listed as missing; its
+    target coming back is a change of the download."""
+    import hashlib
+    import os
+
+    from kseg.recipes import _common
+
+    download = tmp_path / "download"
+    (download / "images").mkdir(parents=True)
+    (download / "images" / "a.png").write_bytes(b"png")
+    os.symlink(tmp_path / "nas" / "readme.txt", download / "README.txt")
+    os.symlink(tmp_path / "nas" / "old masks", download / "masks_old")
+    listing = _common.source_listing(download)
+    expected = "\n".join(["README.txt\tmissing", "images/a.png\t3", "masks_old\tmissing"])
+    assert listing["files"] == 3
+    assert listing["listing_sha256"] == hashlib.sha256(expected.encode()).hexdigest()
+    (tmp_path / "nas").mkdir()
+    (tmp_path / "nas" / "readme.txt").write_bytes(b"hello")
+    assert _common.source_listing(download)["listing_sha256"] != listing["listing_sha256"]

@@ -450,7 +450,8 @@ def source_listing(manual_dir) -> dict:
     listing with them, as kseg recorded it before it left them out; both come from one
     walk of the folder.
 
-    Linked folders are followed, as the builders read through them (an archive kept on
+    A link whose target is gone is listed as ``missing`` (a builder that needs it names
+    it). Linked folders are followed, as the builders read through them (an archive kept on
     another disk, ``Train_Sets -> /data/CHAOS/Train_Sets``); each real folder is listed
     once, so a link to a folder above ends. When the folder holds such links,
     ``unlinked_sha256`` holds the two fingerprints without the files below them, as kseg
@@ -476,7 +477,11 @@ def source_listing(manual_dir) -> dict:
                             for part in pathlib.Path(folder).relative_to(root).parts)
         for name in names:
             path = pathlib.Path(folder) / name
-            entry = f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}"
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:  # a link whose target is gone (a share unmounted)
+                size = "missing"
+            entry = f"{path.relative_to(root).as_posix()}\t{size}"
             is_data = not (hidden_folder or name.startswith(".") or name.lower() in _NOT_DATA)
             every.append(entry)
             if is_data:
