@@ -328,11 +328,14 @@ class _OverlapLoss(_PerSampleLoss):
         definition for ``s = 0`` or an ``s`` too small for the dtype. No epsilon floor is
         added to the denominator, since ``s / max(s, epsilon)`` is less than 1 for
         ``s < epsilon``. The safe divisor keeps the gradient of the unused branch finite.
+        Only an exact 0 is read as agreement: a NaN (a diverged model's output) stays NaN,
+        as in MONAI, so Keras logs ``nan`` and ``TerminateOnNaN`` stops, where a perfect
+        score would have let checkpoints keep the diverged model.
         """
         denominator = denominator + self.smooth
-        defined = denominator > 0
-        divisor = ops.where(defined, denominator, ops.ones_like(denominator))
-        return ops.where(defined, (numerator + self.smooth) / divisor, ops.ones_like(divisor))
+        empty = ops.equal(denominator, 0.0)
+        divisor = ops.where(empty, ops.ones_like(denominator), denominator)
+        return ops.where(empty, ops.ones_like(divisor), (numerator + self.smooth) / divisor)
 
     def get_config(self):
         config = super().get_config()

@@ -124,6 +124,29 @@ def test_dice_ce_refuses_targets_that_are_not_one_class_per_voxel():
     assert value == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("loss_name", ["DiceLoss", "IoULoss", "TverskyLoss", "GeneralizedDiceLoss"])
+def test_overlap_losses_of_nan_predictions_are_nan_not_perfect(loss_name):
+    """A diverged model's NaN output scored Dice 1 (loss 0.0): 'NaN > 0' is false, and
+    that branch meant 'empty against empty'. val_loss 0 made checkpoints keep the diverged
+    model and TerminateOnNaN never fired; MONAI's Dice of NaN is NaN."""
+    import tensorflow as tf
+
+    from kseg import losses
+
+    target = np.zeros((2, 4, 4, 1), np.float32)
+    target[:, 1:3, 1:3] = 1
+    diverged = np.full((2, 4, 4, 1), np.nan, np.float32)
+    loss = getattr(losses, loss_name)(reduction="none")
+    assert np.isnan(np.asarray(loss(target, diverged))).all()
+    traced = tf.function(lambda t, p: loss(t, p))  # as inside fit
+    assert np.isnan(np.asarray(traced(target, diverged))).all()
+    # empty against empty is still agreement (1 - 1), for every smooth
+    empty = np.zeros((1, 4, 4, 1), np.float32)
+    for smooth in (0.0, 1e-50, 1.0):
+        value = getattr(losses, loss_name)(smooth=smooth)(empty, empty)
+        assert float(value) == 0.0
+
+
 # --------------------------------------------------------------------------- augmentation
 
 
