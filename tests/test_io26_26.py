@@ -77,3 +77,21 @@ def test_a_folder_of_series_folders_and_a_note_lists_the_subfolders(tmp_path):
         warnings.simplefilter("ignore", SkippedFileWarning)
         with pytest.raises(LayoutError, match=r"subfolders: CT, PET\): pass the folder of one"):
             read_dicom_series(tmp_path)
+
+
+def test_lctsc_leaves_out_a_patient_moved_to_the_drives_trash(tmp_path):
+    # A patient deleted on a removable drive goes to <drive>/.Trash-1000/files (Linux;
+    # macOS: .Trashes). Before: the header walk went into hidden folders and the deleted
+    # patient was a case again, silently; the prepared dataset's source record, which
+    # leaves hidden folders out as "no builder reads them", did not notice either.
+    from etils import epath
+
+    from kseg.phantoms.lctsc import write_lctsc
+    from tfds_builders.lctsc.layout import tcia_cases
+
+    root = write_lctsc(tmp_path, num_patients=2, num_test_patients=0, num_slices=2, size=16)
+    trash = root / ".Trash-1000" / "files"
+    trash.mkdir(parents=True)
+    (root / "LCTSC" / "LCTSC-Train-S2-001").rename(trash / "LCTSC-Train-S2-001")
+    cases = tcia_cases(epath.Path(root))
+    assert [case.patient_id for case in cases] == ["LCTSC-Train-S1-001"]

@@ -145,10 +145,16 @@ def _scan_dicom(files, where) -> tuple[list[tuple[str, pydicom.Dataset]], list[s
 
 def _files_under(folder: epath.Path, *, suffix: str | None = None,
                  exclude_suffix: str | None = None) -> list[epath.Path]:
-    """Every file below ``folder`` (hidden ones aside), walked folder by folder, since
-    gfile paths do not take recursive glob patterns."""
+    """Every file below ``folder``, walked folder by folder, since gfile paths do not take
+    recursive glob patterns. Hidden files and folders are no data (README "Datasets"):
+    a drive's ``.Trash-1000`` / ``.Trashes`` keeps deleted patients, which would otherwise
+    be read back in without a word."""
     found = []
-    for parent, _, names in folder.walk():
+    for parent, folders, names in folder.walk():
+        folders[:] = [name for name in folders if not name.startswith(".")]  # os.walk prunes
+        relative = epath.Path(parent).relative_to(folder).parts if parent != folder else ()
+        if any(part.startswith(".") for part in relative):  # backends that do not prune
+            continue
         for name in names:
             path = epath.Path(parent) / name
             if name.startswith(".") or (suffix is not None and path.suffix != suffix):
