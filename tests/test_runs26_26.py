@@ -143,6 +143,13 @@ def test_resuming_with_another_loss_or_learning_rate_is_refused(tmp_path, monkey
     given = args(output_dir=planned, plan="auto", plan_given=["loss"], loss="dice_ce")
     with pytest.raises(LayoutError, match=re.escape("--loss combo (now dice_ce)")):
         _common.start_training(given, prepare)
+    # the X-ray recipe plans its --image-size and --batch-size too (HAND_PICKED_ALL)
+    xray = _interrupted_run(tmp_path / "xray", plan="auto", plan_given=[], batch_size=2,
+                            learning_rate=0.001)
+    prepare.__module__ = recipes.load("xray_multiclass").__name__
+    _common.start_training(args(output_dir=xray, plan="auto", plan_given=[], batch_size=4,
+                                image_size=96), prepare)
+    assert len(prepared) == 3
 
 
 def test_a_resumed_run_whose_plan_sets_another_learning_rate_is_refused(tmp_path, monkeypatch):

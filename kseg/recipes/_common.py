@@ -805,12 +805,14 @@ def refuse_other_training(args, *, left_to_plan=()) -> None:
 
 
 def _left_to_plan(args, prepare) -> set:
-    """The planned options of ``prepare``'s recipe (its ``HAND_PICKED``) that ``args``
-    leave to the plan: until the plan is read they hold the hand-picked values."""
+    """The planned options of ``prepare``'s recipe that ``args`` leave to the plan: until
+    the plan is read they hold the hand-picked values. A recipe names its planned options
+    in ``HAND_PICKED_ALL`` (the X-ray recipe, whose size, batch and epochs differ between
+    the phantom and real data), else ``HAND_PICKED``."""
     if getattr(args, "plan", "none") == "none":
         return set()
     module = sys.modules.get(getattr(prepare, "__module__", None) or "")
-    planned = getattr(module, "HAND_PICKED", {})
+    planned = getattr(module, "HAND_PICKED_ALL", None) or getattr(module, "HAND_PICKED", {})
     return set(planned) - set(getattr(args, "plan_given", ()) or ())
 
 
