@@ -103,7 +103,8 @@ def _invalid_target_voxels(y_true, y_pred, dtype):
     channels = y_pred.shape[-1]
     one_hot = len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == channels
     if channels == 1 or one_hot:
-        bad = ops.logical_or(y_true < 0, y_true > 1)
+        # not "< 0 or > 1": NaN (a mask resampled with a NaN fill) compares false to both
+        bad = ops.logical_not(ops.logical_and(y_true >= 0, y_true <= 1))
         if one_hot:
             bad = ops.any(bad, axis=-1)
         return ops.sum(ops.cast(bad, dtype)), "values in [0, 1] (0/1, or soft labels)"

@@ -147,6 +147,30 @@ def test_overlap_losses_of_nan_predictions_are_nan_not_perfect(loss_name):
         assert float(value) == 0.0
 
 
+def test_nan_in_a_binary_target_is_outside_the_label_set():
+    """A mask with NaN voxels (resampled with a NaN fill, a float label file with NaN
+    background) made DiceLoss 0.0 and DiceScore 1.0: NaN < 0 and NaN > 1 are both false, so
+    the label-set check let it through, and the NaN sums read as empty against empty."""
+    import tensorflow as tf
+
+    from kseg import losses, metrics
+
+    target = np.zeros((1, 4, 4, 1), np.float32)
+    target[0, 1:3, 1:3] = 1
+    target[0, 0, 0] = np.nan
+    prediction = np.full((1, 4, 4, 1), 0.7, np.float32)
+    with pytest.raises(ValueError, match=r"1 voxels outside the label set.*nan"):
+        losses.DiceLoss()(target, prediction)
+    with pytest.raises(ValueError, match=r"1 voxels outside the label set.*nan"):
+        metrics.DiceScore().update_state(target, prediction)
+    metric = metrics.DiceScore()
+    tf.function(metric.update_state)(target, prediction)  # traced, as inside fit
+    assert np.isnan(float(metric.result()))  # was 1.0
+    one_hot = np.concatenate([1 - target, target], axis=-1)
+    with pytest.raises(ValueError, match=r"outside the label set"):
+        losses.DiceLoss()(one_hot, np.full((1, 4, 4, 2), 0.5, np.float32))
+
+
 # --------------------------------------------------------------------------- augmentation
 
 
