@@ -338,3 +338,23 @@ def test_a_link_whose_target_is_gone_is_listed_not_a_crash(tmp_path):
     (tmp_path / "nas").mkdir()
     (tmp_path / "nas" / "readme.txt").write_bytes(b"hello")
     assert _common.source_listing(download)["listing_sha256"] != listing["listing_sha256"]
+
+
+# --- evaluate --input . -----------------------------------------------------------------
+
+
+def test_an_input_given_as_the_working_folder_is_named_after_it(tmp_path, monkeypatch):
+    """``kseg evaluate RUN --input .`` run from inside the input folder (``~/data/site-B``)
+    wrote its scores into ``RUN/evaluation/input-.`` and its dataset into
+    ``RUN/tfds-input-.`` (``..``: ``input-..``), names that say nothing of the folder; the
+    same folder given by its path went to ``input-site-B``. Both are ``input-site-B`` now."""
+    from kseg.recipes import _common
+
+    site = tmp_path / "site-B"
+    (site / "images").mkdir(parents=True)
+    monkeypatch.chdir(site / "images")
+    for given in ("..", "../", str(site), str(site) + "/"):
+        assert _common.evaluation_name("test", given) == "input-site-B", given
+    monkeypatch.chdir(site)
+    assert _common.evaluation_name("test", ".") == "input-site-B"
+    assert _common.evaluation_name("test", ".").input_dir == "."  # read where it was given

@@ -1129,6 +1129,8 @@ def evaluation_name(split: str, input_dir) -> str:
     ``input-<folder name>-2`` ...)."""
     if input_dir is None:
         return split
+    # absolute first: "." or ".." (kseg evaluate RUN --input . inside the folder) is named
+    # after the folder it stands for
     return InputEvaluationName(
-        f"input-{os.path.basename(os.path.normpath(os.fspath(input_dir)))}", input_dir
+        f"input-{os.path.basename(os.path.abspath(os.fspath(input_dir)))}", input_dir
     )
