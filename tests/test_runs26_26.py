@@ -358,3 +358,34 @@ def test_an_input_given_as_the_working_folder_is_named_after_it(tmp_path, monkey
     monkeypatch.chdir(site)
     assert _common.evaluation_name("test", ".") == "input-site-B"
     assert _common.evaluation_name("test", ".").input_dir == "."  # read where it was given
+
+
+# --- the pooled out-of-fold table of a cross-validation missing a member's scores ---------
+
+
+def test_a_missing_out_of_fold_table_is_named_with_how_to_score_it_again(tmp_path, capsys):
+    """``kseg evaluate CV --split validation`` after a member's ``out_of_fold/`` was
+    removed (it holds a mirrored copy of the member's model: a large folder to clean up)
+    ended in a bare FileNotFoundError traceback. It names the missing table and says that
+    running the cross-validation's kseg train command again scores it again (it does:
+    finished members are kept and their out-of-fold tables rebuilt when missing)."""
+    from kseg import cli
+    from kseg.evaluation import PatientTable
+    from kseg.recipes import cross_validation
+
+    run = tmp_path / "cv"
+    arguments = {"output_dir": str(run), "data_dir": None, "seed": 0, "folds": 3,
+                 "test_fold": 0, "validation_fold": "all"}
+    write_json(run / "config.json", _config(arguments))
+    (run / "best.keras").write_bytes(b"ensemble")
+    scored = (cross_validation.member_dir(run, 1) / cross_validation.OUT_OF_FOLD_FOLDER
+              / "evaluation" / "validation")
+    scored.mkdir(parents=True)
+    PatientTable([{"patient_id": "P1", "dice": 0.9}]).to_csv(scored / "scores.csv")
+    missing = (cross_validation.member_dir(run, 2) / cross_validation.OUT_OF_FOLD_FOLDER
+               / "evaluation" / "validation" / "scores.csv")
+    assert cli.main(["evaluate", str(run), "--split", "validation"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"kseg: error: {missing}: "), error
+    assert "--validation-fold all command again" in error
+    assert not (run / "evaluation" / "validation" / "scores.csv").exists()

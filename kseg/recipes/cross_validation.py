@@ -346,6 +346,15 @@ def out_of_fold(args: argparse.Namespace):
     rows, sources = [], []
     for fold in _common.member_folds(args):
         scored = member_dir(run_dir, fold) / OUT_OF_FOLD_FOLDER / "evaluation" / "validation"
+        if not (scored / "scores.csv").is_file():  # removed since the ensemble was built
+            from kseg.errors import LayoutError
+
+            raise LayoutError(
+                scored / "scores.csv", f"is missing: the out-of-fold table of the member "
+                f"validated on fold {fold}; run the cross-validation's kseg train "
+                "--validation-fold all command again: it keeps the finished members and "
+                "scores each missing out-of-fold table again",
+            )  # fmt: skip
         rows += PatientTable.from_csv(scored / "scores.csv").rows
         sources.append(scored / "cases")
     table = PatientTable(sorted(rows, key=lambda row: row["patient_id"]))
