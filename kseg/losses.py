@@ -13,9 +13,9 @@ conventions:
   while ``C > 1``, or with one rank less (no channel axis), it holds sparse integer labels
   ``0 .. C-1``, which are one-hot encoded here. Any other shape raises ``ValueError``
   naming ``y_true`` or ``y_pred`` and both shapes. The cross-entropy losses (Dice + CE,
-  focal, top-k, heteroscedastic) refuse, called eagerly, a multi-channel target whose voxels
-  do not sum to 1: a binary ``(B, D, H, W)`` volume without its channel axis reads as
-  ``W`` classes with no class or several per voxel.
+  focal, top-k, heteroscedastic) refuse, called eagerly, a multi-channel target with
+  voxels of several classes (summing to more than 1): a binary ``(B, D, H, W)`` volume
+  without its channel axis reads as ``W`` classes, several per voxel.
 - Each loss returns one value per sample (shape ``(B,)``); the Keras ``reduction``
   (default ``"sum_over_batch_size"``) averages them and applies ``sample_weight``. Losses
   with ``batch_dice=True`` pool the whole batch into one overlap score, as nnU-Net's
@@ -58,21 +58,23 @@ def _channels(y_pred) -> int:
 
 
 def _check_one_class_per_voxel(target, y_true, y_pred):
-    """Called eagerly, refuse a multi-channel target whose voxels do not sum to 1: the
-    categorical cross-entropy of such a target is no loss of any labelling. A binary volume
-    without its channel axis, ``(B, D, H, W)``, has the rank of a 2D multi-class map and was
-    read as ``W`` classes. Inside a traced step nothing can raise here."""
+    """Called eagerly, refuse a multi-channel target with voxels of several classes (their
+    values summing to more than 1): a softmax cross-entropy of it is no loss of any
+    labelling. A binary volume without its channel axis, ``(B, D, H, W)``, has the rank of
+    a 2D multi-class map and was read as ``W`` classes. All-zero voxels (no class: the
+    usual way to leave voxels out of a categorical cross-entropy) pass. Inside a traced
+    step nothing can raise here."""
     if target.shape[-1] == 1:
         return
-    off = ops.sum(ops.cast(ops.abs(ops.sum(target, axis=-1) - 1.0) > 1e-3, "float32"))
-    if _concrete_bool(off > 0):
+    several = ops.sum(ops.cast(ops.sum(target, axis=-1) > 1.0 + 1e-3, "float32"))
+    if _concrete_bool(several > 0):
         raise ValueError(
             f"y_true of shape {tuple(y_true.shape)} is read as one-hot over the last axis of "
             f"y_pred {tuple(y_pred.shape)} ({target.shape[-1]} classes), but "
-            f"{int(ops.convert_to_numpy(off))} voxels of y_true do not sum to 1 over it (no "
-            "class, or several); a softmax cross-entropy needs one class per voxel. A binary "
-            "volume without its channel axis has this shape: add it to both, "
-            "y_true[..., None] and y_pred[..., None]"
+            f"{int(ops.convert_to_numpy(several))} voxels of y_true hold several classes "
+            "(their values sum to more than 1 over it); a softmax cross-entropy needs at most "
+            "one class per voxel. A binary volume without its channel axis has this shape: "
+            "add it to both, y_true[..., None] and y_pred[..., None]"
         )
 
 

@@ -104,7 +104,7 @@ def test_losses_refuse_a_map_without_its_channel_axis(loss_name):
     float(loss(mask[..., None], probabilities[..., None]))
 
 
-def test_dice_ce_refuses_targets_that_are_not_one_class_per_voxel():
+def test_dice_ce_refuses_targets_of_several_classes_per_voxel():
     """A 3D binary volume without its channel axis, (B, D, H, W), has the rank of a 2D
     multi-class map: categorical cross-entropy read W as classes (DiceCE 4.01, not 1.45)."""
     from kseg import losses
@@ -113,11 +113,13 @@ def test_dice_ce_refuses_targets_that_are_not_one_class_per_voxel():
     mask = (rng.uniform(size=(1, 3, 6, 7)) > 0.5).astype(np.float32)
     probabilities = rng.uniform(0.05, 0.95, (1, 3, 6, 7)).astype(np.float32)
     for loss in (losses.DiceCELoss(), losses.TopKLoss(), losses.FocalLoss()):
-        with pytest.raises(ValueError, match=r"voxels of y_true.*sum to 1.*\[\.\.\., None\]"):
+        with pytest.raises(ValueError, match=r"voxels of y_true hold several classes.*None\]"):
             loss(mask, probabilities)
-    # a one-hot target (soft labels summing to 1 too) is still read as classes
+    # a one-hot target is still read as classes: soft labels summing to 1, and all-zero
+    # voxels (no class), which a categorical cross-entropy leaves out
     one_hot = np.eye(3, dtype=np.float32)[rng.integers(0, 3, (1, 4, 5))]
     soft = 0.9 * one_hot + 0.1 / 3
+    soft[0, 0] = 0.0  # the first row holds no class
     softmax = rng.dirichlet(np.ones(3), (1, 4, 5)).astype(np.float32)
     expected = -np.mean(np.sum(soft * np.log(softmax), axis=-1))
     value = float(losses.DiceCELoss(lambda_dice=0.0)(soft, softmax))
