@@ -2,6 +2,7 @@
 
 import warnings
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.fileset import FileSet
@@ -95,3 +96,59 @@ def test_lctsc_leaves_out_a_patient_moved_to_the_drives_trash(tmp_path):
     (root / "LCTSC" / "LCTSC-Train-S2-001").rename(trash / "LCTSC-Train-S2-001")
     cases = tcia_cases(epath.Path(root))
     assert [case.patient_id for case in cases] == ["LCTSC-Train-S1-001"]
+
+
+@pytest.fixture(scope="module")
+def lctsc_case():
+    from kseg.io import Volume
+    from kseg.phantoms.lctsc import lctsc_phantom_case
+
+    phantom_case = lctsc_phantom_case(2, num_slices=10, size=48, seed=5)
+    volume = Volume(phantom_case.phantom.hu, np.diag([2.5, 9.0, 9.0, 1.0]), "p")
+    return volume, phantom_case.lctsc_labels()
+
+
+@pytest.mark.parametrize("flips", [(), ("z",), ("y", "x"), ("z", "y", "x")],
+                         ids=lambda f: "+".join(f) or "as_stored")
+def test_npz_mask_stored_with_rows_and_columns_swapped_is_aligned(lctsc_case, flips, tmp_path):
+    # nibabel's (x, y, z) array moved slice-first with transpose(2, 0, 1), or rt-utils'
+    # (y, x, z) mask with .T, is (z, x, y). Before: refused, "no orientation fits the CT"
+    # (only the eight flips were tried), though the data tell the swap as clearly.
+    from kseg.io import read_aligned_npz_mask
+
+    volume, truth = lctsc_case
+    axes = tuple("zyx".index(axis) for axis in flips)
+    np.savez(tmp_path / "mask.npz", mask=np.swapaxes(np.flip(truth, axis=axes), 1, 2))
+    alignment = read_aligned_npz_mask(tmp_path / "mask.npz", volume)
+    assert alignment.transposed and alignment.flipped_axes == flips
+    np.testing.assert_array_equal(alignment.mask, truth)
+    assert len(alignment.scores) == 16
+
+
+def test_npz_mask_of_non_square_slices_stored_swapped_is_aligned(lctsc_case):
+    # Slices of 48 x 40 pixels, mask stored 40 x 48: before, "mask shape differs".
+    from kseg.io import Volume, align_mask_to_volume
+
+    volume, truth = lctsc_case
+    narrow = Volume(volume.array[:, :, 4:44], volume.affine, "p")
+    alignment = align_mask_to_volume(np.swapaxes(truth[:, :, 4:44], 1, 2), narrow)
+    assert alignment.transposed and alignment.flipped_axes == ()
+    np.testing.assert_array_equal(alignment.mask, truth[:, :, 4:44])
+    assert len(alignment.scores) == 8  # only the swap fits the shape
+
+
+def test_real_ct_lung_mask_stored_x_first_is_aligned_back(shared_data):
+    # The real TotalSegmentator CT (cropped to square slices) and its lung lobes, the mask
+    # moved slice-first from nibabel's (x, y, z) with transpose(2, 0, 1): (z, x, y).
+    import nibabel as nib
+
+    from kseg.io import Volume, align_mask_to_volume
+
+    folder = shared_data / "totalseg-ct"
+    ct = np.asarray(nib.load(folder / "example_ct_sm.nii.gz").dataobj)
+    seg = np.asarray(nib.load(folder / "example_seg.nii.gz").dataobj)
+    hu, lungs = ct[10:111].transpose(2, 1, 0), np.isin(seg[10:111], [10, 11, 12, 13, 14])
+    volume = Volume(hu, np.eye(4), "totalseg-example")
+    alignment = align_mask_to_volume(lungs.astype(np.uint8).transpose(2, 0, 1), volume)
+    assert alignment.transposed and alignment.flipped_axes == ()
+    np.testing.assert_array_equal(alignment.mask, lungs.transpose(2, 1, 0))

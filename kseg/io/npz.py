@@ -3,19 +3,22 @@
 Projects that converted LCTSC before training often kept, per case, the DICOM folder and a
 3D mask saved with ``numpy.savez``. Such masks were written in whatever slice order the
 converter used (file-name order, InstanceNumber order, head first or feet first) and
-sometimes with rows or columns flipped (NIfTI or image-library conventions), so the index
-``k`` of the mask need not be the slice ``k`` of the volume that
-:func:`~kseg.io.read_dicom_series` returns in ascending position order. Nothing in an npz
-file records its orientation; only the image can tell.
+sometimes with rows or columns flipped (NIfTI or image-library conventions) or swapped (a
+``(z, x, y)`` array: nibabel's ``(x, y, z)`` moved slice-first with ``transpose(2, 0, 1)``,
+or rt-utils' ``(y, x, z)`` mask with ``.T``), so the index ``k`` of the mask need not be
+the slice ``k`` of the volume that :func:`~kseg.io.read_dicom_series` returns in ascending
+position order. Nothing in an npz file records its orientation; only the image can tell.
 
 Accepted layout: an ``.npz`` holding one ``uint8``-compatible integer array under the key
 ``mask`` (or, when the archive holds a single array, under any key, e.g. ``arr_0`` from
-``numpy.savez(path, mask)``), of shape ``(z, y, x)`` equal to the DICOM volume's shape, with
+``numpy.savez(path, mask)``), of shape ``(z, y, x)`` equal to the DICOM volume's shape (or
+``(z, x, y)``, rows and columns swapped), with
 values ``{0, 1}`` (lungs) or the LCTSC classes ``0..5`` (0 background, 1 lung_left,
 2 lung_right, 3 heart, 4 esophagus, 5 spinal_cord).
 
 :func:`align_mask_to_volume` tries the eight ways of reversing the ``z``, ``y`` and ``x``
-axes and scores how well each explains the CT:
+axes, each also after swapping the stored rows and columns (when the shapes allow it: always
+for square slices), and scores how well each explains the CT:
 
 * the lung labels (air labels) should lie on air inside the body: the score term is the
   fraction of their voxels below -400 HU inside the body (the body is everything above
@@ -88,14 +91,17 @@ class MaskAlignment:
 
     Attributes:
         mask: ``uint8`` ``(z, y, x)`` array on the volume's grid.
-        flipped_axes: axes the stored mask was reversed along to fit, e.g. ``()`` or
-            ``("z", "y")``.
-        scores: score of every candidate, keyed by its flipped axes.
+        flipped_axes: axes the stored mask was reversed along to fit (after the swap, if
+            ``transposed``), e.g. ``()`` or ``("z", "y")``.
+        scores: score of every candidate, keyed by its flipped axes, preceded by
+            ``"transposed"`` for the candidates that swap rows and columns first.
+        transposed: the stored mask's rows and columns were swapped (stored ``(z, x, y)``).
     """
 
     mask: np.ndarray
     flipped_axes: tuple[str, ...]
     scores: dict[tuple[str, ...], float]
+    transposed: bool = False
 
 
 def read_npz_mask(path: os.PathLike | str, *, key: str | None = None) -> np.ndarray:
@@ -181,7 +187,7 @@ def align_mask_to_volume(
     """Find which axes of a stored mask are reversed against a CT volume, and undo it.
 
     Args:
-        mask: integer ``(z, y, x)`` mask of the volume's shape, as stored.
+        mask: integer ``(z, y, x)`` mask of the volume's shape, as stored (or ``(z, x, y)``).
         volume: the CT volume in Hounsfield units.
         source: the mask file, named in errors.
         air_labels: labels that must lie on air inside the body (lungs).
@@ -192,7 +198,8 @@ def align_mask_to_volume(
 
     Raises:
         TypeError: ``volume`` is not a :class:`~kseg.io.Volume`.
-        AlignmentError: the shapes differ; the mask holds no air or soft-tissue label (no
+        AlignmentError: the shapes differ (also with rows and columns swapped); the mask
+            holds no air or soft-tissue label (no
             evidence); no candidate scores ``MIN_SCORE``; or the best candidate does not
             beat the runner-up clearly. The message names the file and lists every score.
 
@@ -215,12 +222,19 @@ def align_mask_to_volume(
             f"read_dicom_series), got {type(volume).__name__}"
         )
     mask = np.asarray(mask)
-    if mask.shape != volume.shape:
+    # as stored, and with rows and columns swapped (a (z, x, y) array), where the shape fits
+    swapped = np.swapaxes(mask, 1, 2) if mask.ndim == 3 else mask
+    layouts = [
+        (transposed, stored)
+        for transposed, stored in ((False, mask), (True, swapped))
+        if stored.shape == volume.shape and (not transposed or mask.ndim == 3)
+    ]
+    if not layouts:
         raise AlignmentError(
             where,
             f"mask shape {mask.shape} differs from the CT volume's {volume.shape} "
             f"({volume.source_files[0] if volume.source_files else 'volume'}); only flips "
-            "can be undone",
+            "and a swap of rows and columns can be undone",
         )
     air = np.isin(mask, air_labels)
     soft = [label for label in soft_tissue_labels if np.any(mask == label)]
@@ -237,24 +251,28 @@ def align_mask_to_volume(
     body = ndimage.binary_fill_holes(hu > BODY_THRESHOLD_HU, structure=in_plane)
     body_air = body & (hu < AIR_THRESHOLD_HU)
     soft_hu = (hu >= SOFT_TISSUE_RANGE_HU[0]) & (hu <= SOFT_TISSUE_RANGE_HU[1])
-    soft_masks = [mask == label for label in soft]
     air_count = np.count_nonzero(air)
 
-    scores = {}
-    for flips in CANDIDATE_FLIPS:
-        axes = tuple(_AXES.index(axis) for axis in flips)
-        terms = []
-        if air.any():
-            on_air = np.count_nonzero(np.flip(air, axis=axes) & body_air)
-            terms.append(on_air / air_count)
-        if soft_masks:
-            fractions = [
-                np.count_nonzero(np.flip(label_mask, axis=axes) & soft_hu)
-                / np.count_nonzero(label_mask)
-                for label_mask in soft_masks
-            ]
-            terms.append(float(np.mean(fractions)))
-        scores[flips] = float(np.mean(terms))
+    scores, candidates = {}, {}
+    for transposed, stored in layouts:
+        stored_air = np.isin(stored, air_labels)
+        soft_masks = [stored == label for label in soft]
+        for flips in CANDIDATE_FLIPS:
+            axes = tuple(_AXES.index(axis) for axis in flips)
+            terms = []
+            if air.any():
+                on_air = np.count_nonzero(np.flip(stored_air, axis=axes) & body_air)
+                terms.append(on_air / air_count)
+            if soft_masks:
+                fractions = [
+                    np.count_nonzero(np.flip(label_mask, axis=axes) & soft_hu)
+                    / np.count_nonzero(label_mask)
+                    for label_mask in soft_masks
+                ]
+                terms.append(float(np.mean(fractions)))
+            key = ("transposed", *flips) if transposed else flips
+            scores[key] = float(np.mean(terms))
+            candidates[key] = (transposed, stored, flips, axes)
 
     ranked = sorted(scores, key=scores.get, reverse=True)
     best, runner_up = ranked[0], ranked[1]
@@ -278,9 +296,9 @@ def align_mask_to_volume(
             f"(agreement of lung labels with air inside the body, of other labels with soft "
             f"tissue): {listing}. Refusing rather than risking a misaligned mask",
         )
-    axes = tuple(_AXES.index(axis) for axis in best)
-    aligned = np.ascontiguousarray(np.flip(mask, axis=axes)).astype(np.uint8)
-    return MaskAlignment(mask=aligned, flipped_axes=best, scores=scores)
+    transposed, stored, flips, axes = candidates[best]
+    aligned = np.ascontiguousarray(np.flip(stored, axis=axes)).astype(np.uint8)
+    return MaskAlignment(mask=aligned, flipped_axes=flips, scores=scores, transposed=transposed)
 
 
 def read_aligned_npz_mask(
@@ -328,5 +346,8 @@ def read_aligned_npz_mask(
     )
 
 
-def _describe(flips: tuple[str, ...]) -> str:
-    return "as stored" if not flips else "reversed " + "+".join(flips)
+def _describe(key: tuple[str, ...]) -> str:
+    if key[:1] == ("transposed",):
+        flips = key[1:]
+        return "rows and columns swapped" + (f", reversed {'+'.join(flips)}" if flips else "")
+    return "as stored" if not key else "reversed " + "+".join(key)
