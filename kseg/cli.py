@@ -599,6 +599,14 @@ def _study(args: argparse.Namespace) -> None:
     from kseg import recipes, studies
 
     source = str(args.source)
+    if source in recipes.RECIPES and os.path.isfile(os.path.join(source, "config.json")):
+        # kseg train RECIPE --output-dir RECIPE: read as the recipe, the study would train
+        # a new run of it and study that
+        args.study_parser.error(
+            f"{source} is the name of a recipe and of a run folder here; give ./{source} "
+            f"to study the run folder, or run the command from another folder to study "
+            f"the recipe {source}"
+        )
     if source in recipes.RECIPES:
         # the recipe's own checks and usage errors, named as this command, before TensorFlow
         recipe = recipes.load(source)

@@ -389,3 +389,31 @@ def test_a_missing_out_of_fold_table_is_named_with_how_to_score_it_again(tmp_pat
     assert error.startswith(f"kseg: error: {missing}: "), error
     assert "--validation-fold all command again" in error
     assert not (run / "evaluation" / "validation" / "scores.csv").exists()
+
+
+# --- kseg study NAME SOURCE where SOURCE is a recipe name and a run folder ------------------
+
+
+def test_a_study_source_that_is_a_recipe_and_a_run_folder_is_refused(tmp_path, monkeypatch,
+                                                                      capsys):
+    """``kseg train chaos_liver --output-dir chaos_liver`` then ``kseg study noise
+    chaos_liver``: the source was read as the recipe name, so the study trained a new
+    phantom run in kseg_runs/chaos_liver_phantom (minutes) and studied that, not the run the
+    user named. Refused as ambiguous now, before anything is read or trained, saying how
+    to name either; ``./chaos_liver`` is the run folder."""
+    from kseg import cli, studies
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "chaos_liver"
+    write_json(run / "config.json", _config({"output_dir": str(run)}, recipe="chaos_liver"))
+    studied = []
+    monkeypatch.setattr(studies, "run_study", lambda name, args: studied.append(args.source))
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["study", "noise", "chaos_liver"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "chaos_liver is the name of a recipe and of a run folder here" in error, error
+    assert "./chaos_liver" in error
+    assert studied == [] and not (tmp_path / "kseg_runs").exists()
+    assert cli.main(["study", "noise", "./chaos_liver"]) == 0
+    assert studied == ["./chaos_liver"]
