@@ -135,8 +135,9 @@ class _OverlapScore(keras.metrics.Metric):
             y_pred: ``(B, *spatial, num_classes)`` probabilities, or logits with
                 ``from_logits=True``. A binary model's voxel is foreground when its
                 probability is >= ``threshold``; a multi-class voxel takes its argmax class.
-            sample_weight: optional weights of shape ``(B,)``, ``(B, *spatial)`` or
-                ``(B, *spatial, 1)``, multiplying each voxel's contribution to the counts.
+            sample_weight: optional weights of shape ``(B,)`` or ``(B, 1)`` (one per
+                sample), ``(B, *spatial)`` or ``(B, *spatial, 1)``, multiplying each
+                voxel's contribution to the counts.
 
         Raises:
             ValueError: ``y_pred`` has the wrong channel count; the known batch or spatial
@@ -179,11 +180,18 @@ class _OverlapScore(keras.metrics.Metric):
             predicted = ops.one_hot(ops.argmax(y_pred, axis=-1), self.num_classes, dtype=self.dtype)
         if sample_weight is not None:
             weight = ops.convert_to_tensor(sample_weight, dtype=self.dtype)
-            rank = len(y_pred.shape)
-            if len(weight.shape) == 1:
+            rank, weight_rank = len(y_pred.shape), len(weight.shape)
+            if 1 <= weight_rank < rank - 1 and all(size == 1 for size in weight.shape[1:]):
+                # one weight per sample, (B,) or (B, 1) (a batch of per-example (1,) weights)
                 weight = ops.reshape(weight, (-1,) + (1,) * (rank - 1))
-            elif len(weight.shape) == rank - 1:
+            elif weight_rank == rank - 1:
                 weight = ops.expand_dims(weight, axis=-1)
+            elif weight_rank != rank:
+                raise ValueError(
+                    f"{self.name}: sample_weight of shape {tuple(weight.shape)} is neither one "
+                    f"weight per sample, (B,) or (B, 1), nor a voxel map (B, *spatial) or "
+                    f"(B, *spatial, 1) of y_pred {tuple(y_pred.shape)}"
+                )
             target = target * weight
             predicted_weighted = predicted * weight
         else:

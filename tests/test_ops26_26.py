@@ -217,6 +217,31 @@ def test_per_class_refuses_label_maps_that_are_not_whole_numbers():
     assert per_class(dice, np.rint(scaled), reference, labels=[1, 2]) == {1: 1.0, 2: 1.0}
 
 
+def test_dice_score_takes_one_weight_per_sample_as_b_by_1():
+    """Per-example weights of shape (1,), batched by tf.data to (B, 1), failed in
+    TensorFlow ("Incompatible shapes: [2,4,4,1] vs. [2,1]"); Keras' own metrics and kseg's
+    losses read them as one weight per sample."""
+    from kseg.metrics import DiceScore, IoUScore
+
+    rng = np.random.default_rng(3)
+    target = (rng.uniform(size=(2, 4, 4, 1)) > 0.5).astype(np.float32)
+    probability = rng.uniform(size=(2, 4, 4, 1)).astype(np.float32)
+    weights = np.array([[2.0], [0.5]])
+    w = weights[:, :, None, None]
+    predicted = probability >= 0.5
+    tp = np.sum(w * (target * predicted))
+    expected = 2 * tp / (np.sum(w * target) + np.sum(w * predicted))
+    metric = DiceScore()
+    metric.update_state(target, probability, sample_weight=weights)
+    assert float(metric.result()) == pytest.approx(expected, rel=1e-6)
+    metric = IoUScore()
+    metric.update_state(target, probability, sample_weight=weights)
+    union = np.sum(w * target) + np.sum(w * predicted) - tp
+    assert float(metric.result()) == pytest.approx(tp / union, rel=1e-6)
+    with pytest.raises(ValueError, match=r"sample_weight of shape \(2, 3\) is neither"):
+        DiceScore().update_state(target, probability, sample_weight=np.ones((2, 3)))
+
+
 # --------------------------------------------------------------------------- numpy scalars
 
 
