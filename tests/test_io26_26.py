@@ -152,3 +152,25 @@ def test_real_ct_lung_mask_stored_x_first_is_aligned_back(shared_data):
     alignment = align_mask_to_volume(lungs.astype(np.uint8).transpose(2, 0, 1), volume)
     assert alignment.transposed and alignment.flipped_axes == ()
     np.testing.assert_array_equal(alignment.mask, lungs.transpose(2, 1, 0))
+
+
+def test_lctsc_reads_patient_folders_linked_in_and_ends_a_link_loop(tmp_path):
+    # A subset of patients assembled from links (ln -s /data/LCTSC/<patient> subset/),
+    # or a patient kept on another disk. Before: the header walk did not enter linked
+    # folders, so a linked patient was left out without a word (the prepared dataset's
+    # source record follows them, "as the builders read through them").
+    from etils import epath
+
+    from kseg.phantoms.lctsc import write_lctsc
+    from tfds_builders.lctsc.layout import tcia_cases
+
+    store = write_lctsc(tmp_path / "store", num_patients=2, num_test_patients=0,
+                        num_slices=2, size=16)  # fmt: skip
+    subset = tmp_path / "subset" / "LCTSC"
+    subset.mkdir(parents=True)
+    (store / "LCTSC" / "LCTSC-Train-S1-001").rename(subset / "LCTSC-Train-S1-001")
+    (subset / "LCTSC-Train-S2-001").symlink_to(store / "LCTSC" / "LCTSC-Train-S2-001")
+    (subset / "LCTSC-Train-S1-001" / "up").symlink_to(subset)  # a loop: walked once
+    cases = tcia_cases(epath.Path(tmp_path / "subset"))
+    assert [case.patient_id for case in cases] == ["LCTSC-Train-S1-001", "LCTSC-Train-S2-001"]
+    assert str(cases[1].ct_files[0]).startswith(str(subset / "LCTSC-Train-S2-001"))

@@ -4,6 +4,7 @@ by folder name) and the organ label tables (see ``README.md`` beside this file).
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 
 import numpy as np
@@ -146,14 +147,33 @@ def _scan_dicom(files, where) -> tuple[list[tuple[str, pydicom.Dataset]], list[s
 def _files_under(folder: epath.Path, *, suffix: str | None = None,
                  exclude_suffix: str | None = None) -> list[epath.Path]:
     """Every file below ``folder``, walked folder by folder, since gfile paths do not take
-    recursive glob patterns. Hidden files and folders are no data (README "Datasets"):
-    a drive's ``.Trash-1000`` / ``.Trashes`` keeps deleted patients, which would otherwise
-    be read back in without a word."""
+    recursive glob patterns. Linked folders are walked too, each real folder once (a
+    patient linked in from another disk, a subset of patients assembled from links; a link
+    to a folder above ends there). Hidden files and folders are no data (README
+    "Datasets"): a drive's ``.Trash-1000`` / ``.Trashes`` keeps deleted patients, which
+    would otherwise be read back in without a word."""
+    root = os.fspath(folder)
+    local = os.path.isdir(root)  # else a gfile path (gs://...): no links to follow
+    walk = os.walk(root, followlinks=True) if local else (
+        (os.fspath(parent), folders, names) for parent, folders, names in folder.walk()
+    )
+    seen = {os.path.realpath(root)}
     found = []
-    for parent, folders, names in folder.walk():
-        folders[:] = [name for name in folders if not name.startswith(".")]  # os.walk prunes
-        relative = epath.Path(parent).relative_to(folder).parts if parent != folder else ()
-        if any(part.startswith(".") for part in relative):  # backends that do not prune
+    for parent, folders, names in walk:
+        entered = []
+        for name in folders:
+            if name.startswith("."):
+                continue
+            if local:
+                real = os.path.realpath(os.path.join(parent, name))
+                if real in seen:
+                    continue
+                seen.add(real)
+            entered.append(name)
+        folders[:] = entered  # os.walk prunes
+        if not local and any(  # backends that do not prune
+            part.startswith(".") for part in epath.Path(parent).relative_to(folder).parts
+        ):
             continue
         for name in names:
             path = epath.Path(parent) / name
