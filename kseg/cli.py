@@ -459,9 +459,11 @@ def _evaluate(args: argparse.Namespace) -> None:
             _common.check_split(recipe_args, args.split)
         check_model(run)
     if args.input is None:
-        if not pooled:
-            _warn_of_another_dataset(module, recipe_args, run)
-        cross_validation.evaluate(module, recipe_args, split=args.split)
+        # the run's split as it was prepared, also when the download holds other files now
+        with _common.reading_as_prepared():
+            if not pooled:
+                _warn_of_another_dataset(module, recipe_args, run)
+            cross_validation.evaluate(module, recipe_args, split=args.split)
     else:
         _warn_of_training_data(recipe_args, args.input, run)
         cross_validation.evaluate(module, recipe_args, input_dir=args.input)

@@ -417,3 +417,50 @@ def test_a_study_source_that_is_a_recipe_and_a_run_folder_is_refused(tmp_path, m
     assert studied == [] and not (tmp_path / "kseg_runs").exists()
     assert cli.main(["study", "noise", "./chaos_liver"]) == 0
     assert studied == ["./chaos_liver"]
+
+
+# --- kseg evaluate --split after files were added to the download ------------------------
+
+
+def test_evaluating_a_split_after_the_download_changed_reads_the_prepared_dataset(
+    tmp_path, monkeypatch, capsys
+):
+    """``kseg evaluate RUN --split test`` after patients were added to (or changed in) the
+    run's --data-dir: refused, "give another --output-dir or --tfds-dir to prepare them, or
+    delete this folder to prepare them here again": options evaluate does not have, and
+    preparing again deals the patients into new folds, whose test fold holds patients the
+    model trained on. The run's split is scored from the dataset as it was prepared (as
+    when the download is gone), saying so and how to score the new files; training on it
+    is still refused."""
+    from kseg import cli, recipes
+    from kseg.recipes import _common, run_config
+
+    run, download = tmp_path / "run", tmp_path / "download"
+    (download / "images").mkdir(parents=True)
+    (download / "images" / "P1.png").write_bytes(b"png")
+    builder = _fake_builder(tmp_path / "tfds")
+    write_json(tmp_path / "tfds" / _common.SOURCE_FILE, _common.source_listing(download))
+    arguments = {"output_dir": str(run), "data_dir": str(download), "seed": 0, "folds": 3,
+                 "test_fold": 0, "validation_fold": 1}
+    write_json(run / "config.json", _config(arguments, dataset={
+        "name": "xray", "fingerprint": run_config.dataset_fingerprint(builder)}))
+    (run / "best.keras").write_bytes(b"model")
+    (download / "images" / "P2.png").write_bytes(b"png2")  # a patient added since
+    module = recipes.load("xray_multiclass")
+
+    def prepare(args):
+        _common.prepare(builder, download)
+        return builder
+
+    scored = []
+    monkeypatch.setattr(module, "prepare", prepare)
+    monkeypatch.setattr(module, "evaluate",
+                        lambda args, split, input_dir=None: scored.append(prepare(args)))
+    assert cli.main(["evaluate", str(run), "--split", "test"]) == 0, capsys.readouterr().err
+    assert scored == [builder]
+    output = capsys.readouterr().out
+    assert output.count(f"Using the dataset prepared in {builder.data_dir}") == 1, output
+    assert "holds other files now (2 files" in output
+    assert f"kseg evaluate RUN --input {download}" in output
+    with pytest.raises(LayoutError, match="holds other files now"):  # training on it
+        prepare(None)

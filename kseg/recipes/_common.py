@@ -561,12 +561,12 @@ def prepare(builder, manual_dir, listing: dict | None = None) -> None:
 
     if is_prepared(builder):
         problem = stale_source(builder, manual_dir, listing)
-        if problem is not None:
+        if problem is not None and not _READ_AS_PREPARED.get():
             raise LayoutError(
                 builder.data_dir, f"{problem}; give another --output-dir or --tfds-dir to "
                 "prepare them, or delete this folder to prepare them here again",
             )  # fmt: skip
-        _announce_reuse(builder.data_dir, manual_dir)
+        _announce_reuse(builder.data_dir, manual_dir, problem)
         return
     _refuse_to_prepare_on_a_tuner_worker(builder)
     print(f"Preparing TFDS dataset {builder.info.full_name} from {manual_dir} (once; later "
@@ -596,16 +596,40 @@ def reuse_named_later():
         _NAME_REUSE.reset(token)
 
 
-def _announce_reuse(data_dir, manual_dir) -> None:
+# True while kseg evaluate scores a split of a trained run: the run was split, trained and
+# tested on its prepared dataset, which is read as it was prepared when the download holds
+# other files now (prepared again, its folds would deal the patients anew).
+_READ_AS_PREPARED = contextvars.ContextVar("kseg_read_as_prepared", default=False)
+
+
+@contextlib.contextmanager
+def reading_as_prepared():
+    """Within it, :func:`prepare` reads a prepared dataset whose download holds other
+    files now as it was prepared, saying so, instead of refusing it: the evaluation of a
+    trained run's own split (``kseg evaluate RUN --split``)."""
+    token = _READ_AS_PREPARED.set(True)
+    try:
+        yield
+    finally:
+        _READ_AS_PREPARED.reset(token)
+
+
+def _announce_reuse(data_dir, manual_dir, problem: str | None = None) -> None:
     """"Using the dataset prepared in ...", saying so when the download it was prepared
-    from is gone (moved or deleted after training); nothing within
-    :func:`reuse_named_later`."""
+    from is gone (moved or deleted after training) or, within :func:`reading_as_prepared`,
+    holds other files now (``problem``); nothing within :func:`reuse_named_later`."""
     if not _NAME_REUSE.get():
         return
-    gone = ("" if os.path.isdir(manual_dir) else
-            f" ({manual_dir}, which it was prepared from, is gone: it is read as it was "
-            "prepared)")
-    print(f"Using the dataset prepared in {data_dir}{gone}", flush=True)
+    if problem is not None:
+        note = (f" (it {problem}: it is read as it was prepared, the run's folds as it was "
+                "split, trained and tested on them; score the files as they are now with "
+                f"kseg evaluate RUN --input {manual_dir})")
+    elif not os.path.isdir(manual_dir):
+        note = (f" ({manual_dir}, which it was prepared from, is gone: it is read as it was "
+                "prepared)")
+    else:
+        note = ""
+    print(f"Using the dataset prepared in {data_dir}{note}", flush=True)
 
 
 def _refuse_to_prepare_on_a_tuner_worker(builder) -> None:
