@@ -464,3 +464,29 @@ def test_evaluating_a_split_after_the_download_changed_reads_the_prepared_datase
     assert f"kseg evaluate RUN --input {download}" in output
     with pytest.raises(LayoutError, match="holds other files now"):  # training on it
         prepare(None)
+
+
+# --- --window with a preset name that is not one --------------------------------------------
+
+
+def test_a_window_preset_is_checked_when_the_command_is_parsed(capsys):
+    """``kseg train chaos_liver --window Liver`` (or a misspelt preset): the name was taken
+    as given, the phantom written, the dataset prepared and config.json written with
+    window "Liver", and training then ended in a bare ValueError traceback from the data
+    pipeline ("window 'Liver' is not a preset"), leaving a run folder that records a window
+    no run can use. The preset is checked when the command is parsed now (a usage error,
+    before TensorFlow loads); its case does not matter."""
+    from kseg import recipes
+    from kseg.data.pipeline import WINDOWS
+    from kseg.recipes import _planned
+
+    assert set(_planned.WINDOW_PRESETS) == set(WINDOWS)  # the presets the pipeline knows
+    chaos = recipes.load("chaos_liver")
+    assert chaos.parse_args(["--window", "Liver", "--plan", "none"]).window == "liver"
+    assert chaos.parse_args(["--window", "40,400"]).window == [40.0, 400.0]
+    with pytest.raises(SystemExit) as exited:
+        chaos.parse_args(["--window", "livr"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --window: 'livr' is neither a window preset" in error, error
+    assert "abdomen" in error and "CENTER,WIDTH" in error

@@ -412,11 +412,24 @@ def record_sources(run_dir, args, hand_picked: dict) -> None:
     run_config.save_config(run_dir, config)
 
 
+# kseg.data.pipeline.WINDOWS' names, spelled out: --window is checked before TensorFlow
+# loads (tests/test_runs26_26.py checks them against the pipeline's).
+WINDOW_PRESETS = ("abdomen", "liver", "lung", "mediastinum", "bone", "brain", "spleen_msd")
+
+
 def window_argument(text: str):
-    """A ``--window`` value: a preset name of :data:`kseg.data.pipeline.WINDOWS` or
-    ``CENTER,WIDTH`` in HU (as ``[center, width]``)."""
+    """A ``--window`` value: a preset name of :data:`kseg.data.pipeline.WINDOWS` (in any
+    case) or ``CENTER,WIDTH`` in HU (as ``[center, width]``). Another name is a usage error
+    here: taken as given, training would stop in the data pipeline after preparing the data
+    and writing config.json."""
     if "," not in text:
-        return text
+        preset = text.strip().lower()
+        if preset not in WINDOW_PRESETS:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is neither a window preset ({', '.join(WINDOW_PRESETS)}) nor "
+                "CENTER,WIDTH in HU"
+            )
+        return preset
     try:
         center, width = (float(v) for v in text.split(","))
     except ValueError:
