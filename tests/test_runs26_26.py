@@ -490,3 +490,20 @@ def test_a_window_preset_is_checked_when_the_command_is_parsed(capsys):
     error = capsys.readouterr().err
     assert "argument --window: 'livr' is neither a window preset" in error, error
     assert "abdomen" in error and "CENTER,WIDTH" in error
+
+
+# --- --seed outside what the random generators take ----------------------------------------
+
+
+@pytest.mark.parametrize("recipe", ["chaos_liver", "msd_spleen"])
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_the_generators_refuse_is_a_usage_error(recipe, seed, capsys):
+    """``kseg train RECIPE --seed -1`` (as some tools read "random") loaded TensorFlow and
+    ended in a bare ``ValueError: Seed must be between 0 and 2**32 - 1`` traceback from
+    keras.utils.set_random_seed. A usage error now, before TensorFlow loads."""
+    from kseg import recipes
+
+    with pytest.raises(SystemExit) as exited:
+        recipes.load(recipe).parse_args(["--seed", seed])
+    assert exited.value.code == 2
+    assert f"--seed must be in 0..{2**32 - 1}, got {seed}" in capsys.readouterr().err

@@ -260,8 +260,8 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     """Exit with one clear line (argparse's usage error, exit code 2) for a value no run can
     use, before TensorFlow loads: a ``--data-dir`` that is missing, a file or an empty folder,
     an ``--output-dir`` that is a file, an ``--output-dir`` or ``--tfds-dir`` inside the
-    ``--data-dir`` (the download is never written to), or a count, size or rate that is not
-    positive."""
+    ``--data-dir`` (the download is never written to), a count, size or rate that is not
+    positive, or a ``--seed`` outside 0..2**32-1 (Keras' and NumPy's seeds)."""
     data_dir = getattr(args, "data_dir", None)
     if data_dir is not None:
         if not os.path.exists(data_dir):
@@ -297,6 +297,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         value = getattr(args, name, None)
         if value is not None and not value > 0:
             parser.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed < 2**32:  # what keras.utils.set_random_seed takes
+        parser.error(f"--seed must be in 0..{2**32 - 1}, got {seed}")
     dropout = getattr(args, "dropout", None)
     if dropout is not None and not 0 <= dropout < 1:
         parser.error(f"--dropout must be in [0, 1), got {dropout}")
