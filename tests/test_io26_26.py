@@ -174,3 +174,36 @@ def test_lctsc_reads_patient_folders_linked_in_and_ends_a_link_loop(tmp_path):
     cases = tcia_cases(epath.Path(tmp_path / "subset"))
     assert [case.patient_id for case in cases] == ["LCTSC-Train-S1-001", "LCTSC-Train-S2-001"]
     assert str(cases[1].ct_files[0]).startswith(str(subset / "LCTSC-Train-S2-001"))
+
+
+def _generic_xray(root, names, subfolder=None):
+    """The X-ray builder's generic layout: images/<name>.png with masks/<name>.png."""
+    from PIL import Image
+
+    for name in names:
+        image, mask = np.full((8, 8), 100, np.uint8), np.zeros((8, 8), np.uint8)
+        mask[2:6, 2:6] = 255
+        where = root / "images" / (subfolder or "")
+        where.mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(exist_ok=True)
+        Image.fromarray(image).save(where / f"{name}.png")
+        if subfolder is None:
+            Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+
+
+def test_xray_images_in_a_subfolder_of_images_are_named_not_dropped(tmp_path):
+    # images/ holding radiographs and a subfolder of more (a batch, a class): before, the
+    # subfolder's images were left out without a word; with nothing but subfolders the
+    # error said only "holds no images".
+    from tfds_builders.xray import Builder
+    from tfds_builders.xray.layout import find_records
+
+    config = Builder.builder_configs["generic"]
+    _generic_xray(tmp_path, ["a"])
+    _generic_xray(tmp_path, ["b"], subfolder="tb")
+    with pytest.warns(SkippedFileWarning, match=r"images: skipped 1 subfolder\(s\), .*: tb"):
+        records = find_records(tmp_path, config)
+    assert [record.image_id for record in records] == ["a.png"]
+    (tmp_path / "images" / "a.png").rename(tmp_path / "images" / "tb" / "a.png")
+    with pytest.raises(LayoutError, match=r"holds no images, only 1 subfolder\(s\), .*: tb"):
+        find_records(tmp_path, config)

@@ -140,7 +140,7 @@ def _listed(
         raise LayoutError(
             folder, f"not found; expected:\n{layout}{nested_one_level_hint(root, relative)}"
         )
-    files, unsupported = [], []
+    files, unsupported, subfolders = [], [], []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.name.lower() in _IGNORED_FILES:
             continue
@@ -149,17 +149,27 @@ def _listed(
                 path, f"is a link to {os.readlink(path)}, which does not exist; expected "
                 "a link to an image file",
             )  # fmt: skip
-        if not path.is_file():
-            continue
-        (files if path.suffix.lower() in suffixes else unsupported).append(path)
+        if path.is_dir():
+            subfolders.append(path.name)
+        elif path.is_file():
+            (files if path.suffix.lower() in suffixes else unsupported).append(path)
     if unsupported:
         raise LayoutError(
             unsupported[0],
             f"is not a supported image file ({len(unsupported)} such files in the folder); "
             f"expected suffixes {', '.join(suffixes)}",
         )
+    # images are read from the folder itself: images in a subfolder (a class or a batch of
+    # their own) would otherwise vanish without a word, as a misnamed CHAOS patient would
+    below = (
+        f"{len(subfolders)} subfolder(s), whose images are not read (images are read from "
+        f"the folder itself): {', '.join(subfolders[:10])}{' ...' if len(subfolders) > 10 else ''}"
+    )
     if not files:
-        raise LayoutError(folder, f"holds no images; expected:\n{layout}")
+        held = f"holds no images, only {below}" if subfolders else "holds no images"
+        raise LayoutError(folder, f"{held}; expected:\n{layout}")
+    if subfolders:
+        warnings.warn(SkippedFileWarning(f"{folder}: skipped {below}"), stacklevel=3)
     return files
 
 
