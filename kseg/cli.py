@@ -171,6 +171,12 @@ def _prepare(args: argparse.Namespace) -> None:
     import importlib
 
     check_manual_dir(args.manual_dir, args.dataset)
+    from kseg.recipes._common import file_in_the_way
+
+    blocked = None if args.tfds_dir is None else file_in_the_way(args.tfds_dir)
+    if blocked is not None:
+        _usage_error(args, f"--tfds-dir {args.tfds_dir}: {blocked} is a file; expected the "
+                           "folder to write the dataset into")
     if args.tfds_dir is not None:
         # as kseg train refuses a --tfds-dir in --data-dir: the dataset written into the
         # download changes the files it was prepared from, and every later use refuses it

@@ -507,3 +507,34 @@ def test_a_seed_the_generators_refuse_is_a_usage_error(recipe, seed, capsys):
         recipes.load(recipe).parse_args(["--seed", seed])
     assert exited.value.code == 2
     assert f"--seed must be in 0..{2**32 - 1}, got {seed}" in capsys.readouterr().err
+
+
+# --- --tfds-dir / --output-dir that is a file or lies below one -----------------------------
+
+
+def test_a_tfds_or_output_dir_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    """``kseg prepare chaos --tfds-dir FILE`` and ``kseg train RECIPE --tfds-dir FILE`` (or
+    an ``--output-dir`` / ``--tfds-dir`` below a file) ended in a bare NotADirectoryError
+    traceback from TFDS' or pathlib's makedirs, after TensorFlow had loaded. A usage error
+    now, naming the option and the file, before anything is read or written."""
+    from kseg import cli, recipes
+    from kseg.phantoms import xray
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    download = xray.write_generic(tmp_path / "download", num_images=3, size=16, seed=0)
+    xray_recipe = recipes.load("xray_multiclass")
+    for option, value, named in (("--tfds-dir", afile, afile),
+                                 ("--tfds-dir", afile / "tfds", afile),
+                                 ("--output-dir", afile / "run", afile)):
+        with pytest.raises(SystemExit) as exited:
+            xray_recipe.parse_args(["--data-dir", str(download), "--folds", "3", option,
+                                    str(value)])
+        assert exited.value.code == 2
+        error = capsys.readouterr().err
+        assert f"{option} {value}: {named} is a file; expected a folder" in error, error
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["prepare", "xray", "--manual-dir", str(download), "--tfds-dir", str(afile)])
+    assert exited.value.code == 2
+    assert f"--tfds-dir {afile}: {afile} is a file" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["download", "notes.txt"]

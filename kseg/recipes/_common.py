@@ -259,8 +259,8 @@ _POSITIVE_NUMBERS = ("learning_rate", "max_minutes")
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Exit with one clear line (argparse's usage error, exit code 2) for a value no run can
     use, before TensorFlow loads: a ``--data-dir`` that is missing, a file or an empty folder,
-    an ``--output-dir`` that is a file, an ``--output-dir`` or ``--tfds-dir`` inside the
-    ``--data-dir`` (the download is never written to), a count, size or rate that is not
+    an ``--output-dir`` or ``--tfds-dir`` that is a file or lies below one, or either of them
+    inside the ``--data-dir`` (the download is never written to), a count, size or rate that is not
     positive, or a ``--seed`` outside 0..2**32-1 (Keras' and NumPy's seeds)."""
     data_dir = getattr(args, "data_dir", None)
     if data_dir is not None:
@@ -273,9 +273,12 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             if next(entries, None) is None:
                 parser.error(f"--data-dir {data_dir} is empty; extract the download into it "
                              "(see the dataset's README for the layout)")
-    output_dir = getattr(args, "output_dir", None)
-    if output_dir is not None and os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        parser.error(f"--output-dir {output_dir} is a file; expected a folder to write into")
+    for option in ("output_dir", "tfds_dir"):
+        folder = getattr(args, option, None)
+        blocked = None if folder is None else file_in_the_way(folder)
+        if blocked is not None:
+            parser.error(f"--{option.replace('_', '-')} {folder}: {blocked} is a file; "
+                         "expected a folder to write into")
     if data_dir is not None:
         # a run (or its prepared dataset) inside the download changes the files it was
         # prepared from: every later run and evaluate would find the dataset stale
@@ -307,6 +310,17 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     if max_minutes is not None and max_minutes == float("inf"):
         parser.error("--max-minutes must be a finite number of minutes; leave it out for no "
                      "time budget")
+
+
+def file_in_the_way(folder) -> str | None:
+    """``folder``, or the nearest of its parents that exists, when that is not a folder:
+    nothing can be written there (makedirs would end in NotADirectoryError); else
+    ``None``."""
+    path = pathlib.Path(folder)
+    for candidate in (path, *path.parents):
+        if os.path.exists(candidate):
+            return None if os.path.isdir(candidate) else os.fspath(candidate)
+    return None
 
 
 def run(main):
