@@ -49,6 +49,10 @@ def test_a_cd_export_names_the_series_folder_its_dicomdir_lists(tmp_path):
         f"images) in {series.with_name('SE000001')}. Pass the folder of one series"
     ) in message
     assert read_dicom_series(series).shape == (3, 4, 6)  # the folder named is the series
+    # the DICOMDIR itself, as viewers take it: before, "it is not a folder (pass a list)"
+    with pytest.raises(LayoutError, match=r"DICOMDIR: .*not the index of a CD: this DICOMDIR "
+                       r"lists 2 image series: series 1 \(CT, 3 images\)"):
+        read_dicom_series(media / "DICOMDIR")
 
 
 def test_a_cd_mounted_with_lower_case_names_names_the_folders_as_they_are(tmp_path):

@@ -782,6 +782,16 @@ def _list_source(source) -> tuple[str, list[str]]:
     if isinstance(source, (str, os.PathLike)):
         folder = os.fspath(source)
         if not os.path.isdir(folder):
+            listed = (
+                _dicomdir_series(folder)
+                if os.path.basename(folder).upper() == "DICOMDIR" and os.path.isfile(folder)
+                else []
+            )
+            if listed:  # the index of a CD / DVD, which many viewers take as the input
+                raise LayoutError(
+                    folder, f"expected a folder of DICOM files, not the index of a CD: this "
+                    f"{_listing(listed)}",
+                )  # fmt: skip
             problem = (
                 "is not a folder (pass a list of files)"
                 if os.path.exists(folder)
@@ -1048,16 +1058,7 @@ def _images_elsewhere(folder: str) -> str:
     dicomdir = next((e.path for e in entries if e.name.upper() == "DICOMDIR" and e.is_file()), None)
     listed = _dicomdir_series(dicomdir) if dicomdir else []
     if listed:
-        described = "; ".join(
-            f"series {number} ({modality}, {count} images) in {', '.join(folders)}"
-            for number, modality, count, folders in listed[:5]
-        )
-        more = f"; and {len(listed) - 5} more" if len(listed) > 5 else ""
-        return (
-            f" in the folder itself (subfolders are not read); its DICOMDIR lists "
-            f"{len(listed)} image series: {described}{more}. Pass the folder of one series (a "
-            "series spread over several folders: its files, as a list)"
-        )
+        return f" in the folder itself (subfolders are not read); its {_listing(listed)}"
     subfolders = [entry.name for entry in entries if entry.is_dir()]
     if subfolders:
         return (
@@ -1066,6 +1067,19 @@ def _images_elsewhere(folder: str) -> str:
             "folder of one series"
         )
     return ""
+
+
+def _listing(listed) -> str:
+    """What a DICOMDIR lists, from :func:`_dicomdir_series`, and what to pass instead."""
+    described = "; ".join(
+        f"series {number} ({modality}, {count} images) in {', '.join(folders)}"
+        for number, modality, count, folders in listed[:5]
+    )
+    more = f"; and {len(listed) - 5} more" if len(listed) > 5 else ""
+    return (
+        f"DICOMDIR lists {len(listed)} image series: {described}{more}. Pass the folder of one "
+        "series (a series spread over several folders: its files, as a list)"
+    )
 
 
 def _dicomdir_series(dicomdir: str) -> list[tuple[str, str, int, list[str]]]:
