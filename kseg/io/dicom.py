@@ -320,7 +320,9 @@ def read_dicom_series(
         slice falls back to SpacingBetweenSlices, then SliceThickness, then 1 mm.
 
     Raises:
-        LayoutError: the folder does not exist or holds no DICOM image.
+        LayoutError: the folder does not exist or holds no DICOM image (the message lists
+            the image series a DICOMDIR there indexes, as on a CD, else the subfolders), or
+            ``source`` is a CD's DICOMDIR (the message lists its series).
         DicomSeriesError: several series and no ``series_uid``; the requested series is absent;
             a slice lacks ImagePositionPatient / ImageOrientationPatient / PixelSpacing, or
             holds a value there that is not the right count of finite numbers; a degenerate
