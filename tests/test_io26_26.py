@@ -211,3 +211,27 @@ def test_xray_images_in_a_subfolder_of_images_are_named_not_dropped(tmp_path):
     (tmp_path / "images" / "a.png").rename(tmp_path / "images" / "tb" / "a.png")
     with pytest.raises(LayoutError, match=r"holds no images, only 1 subfolder\(s\), .*: tb"):
         find_records(tmp_path, config)
+
+
+def test_lctsc_kept_in_a_git_annex_dataset_reads_each_file_once(tmp_path):
+    # DataLad / git-annex keep every file as a link into .git/annex/objects. Before, the
+    # walk also went into .git and found each slice and structure set a second time under
+    # its content key: "references CT series ..., which .git/annex/objects/... references
+    # too".
+    import hashlib
+
+    from etils import epath
+
+    from kseg.phantoms.lctsc import write_lctsc
+    from tfds_builders.lctsc.layout import tcia_cases
+
+    root = write_lctsc(tmp_path, num_patients=1, num_test_patients=0, num_slices=2, size=16)
+    for path in [p for p in (root / "LCTSC").rglob("*") if p.is_file()]:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        key = f"SHA256E-s{path.stat().st_size}--{digest}{path.suffix}"
+        stored = root / ".git" / "annex" / "objects" / digest[:2] / digest[2:4] / key / key
+        stored.parent.mkdir(parents=True)
+        path.rename(stored)
+        path.symlink_to(stored)
+    (case,) = tcia_cases(epath.Path(root))
+    assert ".git" not in case.mask_file and not any(".git" in f for f in case.ct_files)
