@@ -900,7 +900,12 @@ def uncertainty_study(
                 "mean": sampled.mean,
                 "mutual_information": sampled.mutual_information,
             }
-        flips = {} if tta_flips else {"flip_axes": (), "rotation_plane": None}
+        # the classes, so flips and turns that swap left / right classes are left out
+        flips = (
+            {"class_names": list(data.labels or ())}
+            if tta_flips
+            else {"flip_axes": (), "rotation_plane": None}
+        )
         augmented = tta_uncertainty(
             model, batch, samples=tta_samples, noise_std=tta_noise, seed=seed + index, **flips
         )
