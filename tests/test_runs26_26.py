@@ -538,3 +538,25 @@ def test_a_tfds_or_output_dir_that_is_a_file_is_a_usage_error(tmp_path, capsys):
     assert exited.value.code == 2
     assert f"--tfds-dir {afile}: {afile} is a file" in capsys.readouterr().err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["download", "notes.txt"]
+
+
+def test_a_single_run_into_a_cross_validation_in_progress_is_refused(tmp_path, monkeypatch):
+    """``kseg train RECIPE --validation-fold 1 --output-dir CV`` where CV's
+    --validation-fold all stopped in a member: the single run wrote its config.json and
+    best.keras into CV, after which the cross-validation could not be finished (its rerun
+    refused CV as "a run trained with --validation-fold 1"). Refused before anything is
+    prepared, as a single run into a built cross-validation already was."""
+    from kseg.recipes import _common, cross_validation
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "cv"
+    _interrupted_run(cross_validation.member_dir(run, 1), validation_fold=1)
+    prepared = []
+    single = argparse.Namespace(output_dir=run, folds=3, test_fold=0, validation_fold=1,
+                                data_dir=None, seed=0)
+    with pytest.raises(LayoutError, match=re.escape(
+            f"{run}: is a cross-validation (--validation-fold all) whose ensemble is not "
+            "built yet")) as error:
+        _common.start_training(single, prepared.append)
+    assert "give a single run another --output-dir" in str(error.value)
+    assert prepared == [] and sorted(path.name for path in run.iterdir()) == ["folds"]

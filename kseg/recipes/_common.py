@@ -894,7 +894,9 @@ def start_training(args, prepare) -> TrainingStart:
             interrupted one, with its resume backup, resumes), before anything is prepared.
         LayoutError: the same, trained as another recipe, on other folds or other data;
             or the folder holds the resume backup of another recipe's run, or of a run on
-            another ``--data-dir``.
+            another ``--data-dir``, or of one with other options
+            (:func:`refuse_other_training`); or it is a cross-validation whose members
+            are still training.
     """
     if cross_validating(args):
         from kseg.errors import KsegError
@@ -904,6 +906,12 @@ def start_training(args, prepare) -> TrainingStart:
             "kseg.recipes.cross_validation.train(recipe, args) (kseg train and the examples "
             "call it); a recipe's own train trains one model on one --validation-fold K"
         )
+    from kseg.recipes import cross_validation
+
+    in_progress = cross_validation.unbuilt(args.output_dir)
+    if in_progress is not None:  # its members' ensemble would find a single run here
+        raise LayoutError(args.output_dir, f"{in_progress}; give a single run another "
+                                           "--output-dir")
     import keras
 
     from kseg.training import distribute
