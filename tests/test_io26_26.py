@@ -235,3 +235,32 @@ def test_lctsc_kept_in_a_git_annex_dataset_reads_each_file_once(tmp_path):
         path.symlink_to(stored)
     (case,) = tcia_cases(epath.Path(root))
     assert ".git" not in case.mask_file and not any(".git" in f for f in case.ct_files)
+
+
+def test_deidentify_a_git_annex_dataset_writes_each_file_once(tmp_path):
+    # DataLad / git-annex: each file a link into .git/annex/objects. Before, the walk went
+    # into .git: with layout="uids" every file failed as a duplicate SOPInstanceUID of
+    # itself, with layout="mirror" the de-identified copies were written twice, once under
+    # .git/annex/objects named by the SHA-256 of the identified original.
+    import hashlib
+
+    import pydicom.data
+
+    from kseg.io import deidentify
+
+    src = tmp_path / "src"
+    (src / "ct").mkdir(parents=True)
+    original = pydicom.data.get_testdata_file("CT_small.dcm")
+    data = open(original, "rb").read()
+    digest = hashlib.sha256(data).hexdigest()
+    key = f"SHA256E-s{len(data)}--{digest}.dcm"
+    stored = src / ".git" / "annex" / "objects" / digest[:2] / digest[2:4] / key / key
+    stored.parent.mkdir(parents=True)
+    stored.write_bytes(data)
+    (src / "ct" / "1.dcm").symlink_to(stored)
+    for layout in ("uids", "mirror"):
+        report = deidentify(src, tmp_path / layout, layout=layout, progress=False)
+        assert not report.failed and [record.source for record in report.files] == ["ct/1.dcm"]
+        assert report.skipped == [(".git/", report.skipped[0][1])]
+        written = [p for p in (tmp_path / layout).rglob("*") if p.is_file()]
+        assert len(written) == 1 and ".git" not in str(written[0])

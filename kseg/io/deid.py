@@ -59,11 +59,14 @@ What the basic profile does not do
 
 Files and layout
     Folders under ``src`` reached through a link are searched like any other (each real
-    folder once, none inside ``dst``). Every file is first read as a DICOM Part 10 file. A
-    file pydicom refuses that way (no 128-byte preamble, no File Meta Information, a raw
-    dataset as some scanners and scripts write) is read again with ``force=True``; if that
-    gives a dataset holding an attribute of the profile or of the Patient group (0010,xxxx),
-    it is de-identified like any other and written as a Part 10 file (preamble and File Meta
+    folder once, none inside ``dst``). Hidden folders (a DataLad / git-annex dataset's
+    ``.git``, whose annexed objects are the files its links point at, a drive's
+    ``.Trash-1000``) are not read; each is listed in the report's ``skipped``. Every file is
+    first read as a DICOM Part 10 file. A file pydicom refuses that way (no 128-byte
+    preamble, no File Meta Information, a raw dataset as some scanners and scripts write) is
+    read again with ``force=True``; if that gives a dataset holding an attribute of the
+    profile or of the Patient group (0010,xxxx), it is de-identified like any other and
+    written as a Part 10 file (preamble and File Meta
     added). If the forced read gives no such
     dataset but the file's bytes still hold an encoded patient attribute (a Patient's Name
     element with a text value, say, in a damaged or shifted dataset), the file is refused: it
@@ -247,7 +250,8 @@ class DeidReport:
         layout: ``"uids"`` or ``"mirror"``.
         files: one record per DICOM file written.
         skipped: ``(source, reason)`` for each file not de-identified on purpose (non-DICOM,
-            DICOMDIR), relative to ``src``.
+            DICOMDIR) and each hidden folder not read (its source ends in ``/``), relative
+            to ``src``.
         copied: the non-DICOM files copied unchanged (``copy_non_dicom=True``).
         failed: ``(source, reason)`` for each DICOM file that could not be read or written,
             and each file refused because it holds DICOM attributes the profile acts on but is
@@ -628,20 +632,26 @@ def _complete_file_meta(dataset: Dataset) -> bool:
     return True
 
 
-def _list_files(src: Path, dst: Path) -> list[Path]:
-    """Every file under ``src``, linked folders followed (datasets are often assembled from
-    links into an archive), each real folder once (a link back up is no loop) and none
-    inside ``dst`` (a link to the output would read what this run writes)."""
-    found, seen = [], set()
+def _list_files(src: Path, dst: Path) -> tuple[list[Path], list[Path]]:
+    """``(files, hidden folders)`` under ``src``: every file, linked folders followed
+    (datasets are often assembled from links into an archive), each real folder once (a link
+    back up is no loop) and none inside ``dst`` (a link to the output would read what this
+    run writes); hidden folders are not entered, only listed. A DataLad / git-annex dataset
+    keeps each file as a link into ``.git/annex/objects``: walked, its every DICOM file was
+    read twice (the second a duplicate SOPInstanceUID, or with ``layout="mirror"`` a copy
+    named by the SHA-256 of the identified original), and a drive's ``.Trash-1000`` holds
+    files the user deleted."""
+    found, hidden, seen = [], [], set()
     for folder, subfolders, names in os.walk(src, followlinks=True):
         real = Path(os.path.realpath(folder))
         if real in seen or _inside(real, dst):
             subfolders.clear()
             continue
         seen.add(real)
-        subfolders.sort()
+        hidden.extend(Path(folder, name) for name in sorted(subfolders) if name.startswith("."))
+        subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
         found.extend(Path(folder, name) for name in sorted(names))
-    return found
+    return found, hidden
 
 
 def _keep_tags(keep: Iterable[str]) -> tuple[frozenset[int], tuple[str, ...]]:
@@ -677,7 +687,8 @@ def deidentify(
     to a temporary file and renamed into place.
 
     Args:
-        src: folder searched recursively, linked folders too; nothing in it is written to.
+        src: folder searched recursively, linked folders too, hidden folders not (listed in
+            ``skipped``); nothing in it is written to.
         dst: output folder; must not be ``src``, inside ``src``, or contain ``src``.
         secret: key of the HMAC that derives new UIDs and Patient ID pseudonyms. The same
             secret gives the same UIDs and pseudonyms in every run, so data de-identified in
@@ -789,7 +800,12 @@ def deidentify(
         written[out_path] = source
         return True
 
-    files = _list_files(src_path, dst_path)
+    files, hidden = _list_files(src_path, dst_path)
+    for folder in hidden:
+        report.skipped.append(
+            (folder.relative_to(src_path).as_posix() + "/", "hidden folder, not read (a "
+             "DataLad / git-annex .git, a trash folder): nothing in it is written")
+        )  # fmt: skip
     for path in tqdm(files, desc="de-identifying", unit="file", disable=not progress):
         relative = path.relative_to(src_path)
         source = relative.as_posix()
