@@ -19,8 +19,10 @@ mistyped option answer at once instead of after TensorFlow's start-up (tens of s
 a busy machine). A recipe's options are added to its parser only when that recipe is named.
 
 A :class:`kseg.errors.KsegError` (a file or folder that is not what it should be) ends the
-command with ``kseg: error: <message>`` on stderr and exit status 1, without a traceback;
-``--debug`` shows the traceback instead. A usage error exits with status 2 (argparse).
+command with ``kseg: error: <message>`` on stderr and exit status 1, without a traceback,
+and so does an ``OSError`` naming a file (``kseg: error: <file>: <reason>``: a read-only
+run folder, a full disk); ``--debug`` shows the traceback instead. A usage error exits
+with status 2 (argparse).
 """
 
 from __future__ import annotations
@@ -84,6 +86,13 @@ def main(argv=None) -> int:
         if debug:
             raise
         print(error_line(error), file=sys.stderr)
+        return 1
+    except OSError as error:
+        # a file the system refuses (a run folder on a read-only share, a full disk): one
+        # line naming it, as a kseg error names its file
+        if debug or error.filename is None:
+            raise
+        print(f"kseg: error: {error.filename}: {error.strerror or error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if debug:

@@ -560,3 +560,32 @@ def test_a_single_run_into_a_cross_validation_in_progress_is_refused(tmp_path, m
         _common.start_training(single, prepared.append)
     assert "give a single run another --output-dir" in str(error.value)
     assert prepared == [] and sorted(path.name for path in run.iterdir()) == ["folds"]
+
+
+# --- a run folder kseg cannot write ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("problem", [
+    (13, "Permission denied"),  # a colleague's run on a read-only share
+    (28, "No space left on device"),
+])
+def test_a_file_the_system_refuses_ends_in_one_line_naming_it(tmp_path, monkeypatch, capsys,
+                                                            problem):
+    """``kseg report RUN`` (or evaluate, predict ...) on a run folder it cannot write (a
+    colleague's run on a read-only share; a full disk) ended in a bare PermissionError /
+    OSError traceback. The README promises file problems as one line: ``kseg: error:
+    <file>: <reason>``, exit status 1 (``--debug`` still shows the traceback)."""
+    from kseg import cli, report
+
+    run = tmp_path / "run"
+    write_json(run / "config.json", _config({"output_dir": str(run)}))
+    target = run / "report.html"
+
+    def refused(run_dir, output=None):
+        raise OSError(problem[0], problem[1], str(target))
+
+    monkeypatch.setattr(report, "write_report", refused)
+    assert cli.main(["report", str(run)]) == 1
+    assert capsys.readouterr().err == f"kseg: error: {target}: {problem[1]}\n"
+    with pytest.raises(OSError):
+        cli.main(["--debug", "report", str(run)])
