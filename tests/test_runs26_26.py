@@ -589,3 +589,11 @@ def test_a_file_the_system_refuses_ends_in_one_line_naming_it(tmp_path, monkeypa
     assert capsys.readouterr().err == f"kseg: error: {target}: {problem[1]}\n"
     with pytest.raises(OSError):
         cli.main(["--debug", "report", str(run)])
+    # python examples/<script>.py: the same line, named after the script
+    from kseg.recipes import _common
+
+    monkeypatch.setattr("sys.argv", ["chaos_liver.py"])
+    with pytest.raises(SystemExit) as exited:
+        _common.run(lambda: refused(run))
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == f"chaos_liver.py: error: {target}: {problem[1]}\n"

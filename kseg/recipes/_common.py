@@ -326,13 +326,20 @@ def file_in_the_way(folder) -> str | None:
 def run(main):
     """Call ``main()`` and return what it returns; a kseg error (a file or folder of the
     data that is wrong) ends the script with its message, which names the file, instead of
-    a traceback (exit code 1)."""
+    a traceback (exit code 1), and so does an ``OSError`` naming a file (a run folder on a
+    read-only share, a full disk), as the ``kseg`` command ends it."""
     from kseg.errors import KsegError  # standard library only: TensorFlow is not loaded here
 
     try:
         return main()
     except KsegError as error:
         print(f"{os.path.basename(sys.argv[0])}: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as error:
+        if error.filename is None:
+            raise
+        print(f"{os.path.basename(sys.argv[0])}: error: {error.filename}: "
+              f"{error.strerror or error}", file=sys.stderr)
         sys.exit(1)
 
 
