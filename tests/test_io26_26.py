@@ -264,3 +264,23 @@ def test_deidentify_a_git_annex_dataset_writes_each_file_once(tmp_path):
         assert report.skipped == [(".git/", report.skipped[0][1])]
         written = [p for p in (tmp_path / layout).rglob("*") if p.is_file()]
         assert len(written) == 1 and ".git" not in str(written[0])
+
+
+def test_xray_image_name_that_is_not_utf8_is_refused_before_generating(tmp_path):
+    # "Röntgen.png" from a zip made on Windows, unpacked with unzip: its name's bytes are
+    # cp1252, which Python hands over as a lone surrogate. Before: TFDS failed part way
+    # through a split ("Error while serializing feature `patient_id`", UnicodeEncodeError),
+    # the file unnamed.
+    import os
+
+    from tfds_builders.xray import Builder
+    from tfds_builders.xray.layout import find_records
+
+    _generic_xray(tmp_path, ["a"])
+    raw = os.fsdecode(b"r\xf6ntgen")
+    _generic_xray(tmp_path, [raw])
+    with pytest.raises(LayoutError) as caught:
+        find_records(tmp_path, Builder.builder_configs["generic"])
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'images'}/r\\xf6ntgen.png: the file name b'r\\xf6n")
+    message.encode("utf-8")  # the message itself is text: a log file can take it

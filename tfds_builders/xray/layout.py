@@ -153,6 +153,7 @@ def _listed(
             subfolders.append(path.name)
         elif path.is_file():
             (files if path.suffix.lower() in suffixes else unsupported).append(path)
+            _check_text_name(path)
     if unsupported:
         raise LayoutError(
             unsupported[0],
@@ -171,6 +172,23 @@ def _listed(
     if subfolders:
         warnings.warn(SkippedFileWarning(f"{folder}: skipped {below}"), stacklevel=3)
     return files
+
+
+def _check_text_name(path: epath.Path) -> None:
+    """Refuse an image whose file name is not text: bytes that are not UTF-8 (a zip made on
+    Windows, unpacked by ``unzip``: ``Röntgen.png`` in cp1252) reach Python as lone
+    surrogates, which the example's ``image_id`` and ``patient_id`` (text features) cannot
+    store: TFDS failed part way through a split with a bare UnicodeEncodeError."""
+    try:
+        path.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(path.name)
+        raise LayoutError(  # named by its bytes: the name itself cannot be printed as text
+            os.fsencode(path).decode("utf-8", "backslashreplace"),
+            f"the file name {raw!r} is not UTF-8 text (written in another encoding, as a zip "
+            "made on Windows and unpacked with unzip leaves it); the dataset stores it as the "
+            "image id: rename the file (convmv -f cp1252 -t utf-8 converts a folder)",
+        ) from None
 
 
 def _index_masks(folders: Iterable[epath.Path], suffix: str) -> dict[str, epath.Path]:
