@@ -155,6 +155,12 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
                 callback.restore_state(record["callbacks"][name])
         self.model._initial_epoch = record["epoch"]
 
+    def on_epoch_begin(self, epoch, logs=None):
+        # Keras sets the epoch a backup records only at an epoch's end, so a backup every
+        # few batches of a resumed fit's first epoch recorded epoch 0 (a new run)
+        self._current_epoch = epoch
+        self._last_batch_seen = 0
+
     def _save_model(self):
         if not self._writes:
             return
