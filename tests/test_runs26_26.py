@@ -597,3 +597,25 @@ def test_a_file_the_system_refuses_ends_in_one_line_naming_it(tmp_path, monkeypa
         _common.run(lambda: refused(run))
     assert exited.value.code == 1
     assert capsys.readouterr().err == f"chaos_liver.py: error: {target}: {problem[1]}\n"
+
+
+# --- evaluating an --mlflow run where MLflow is not installed --------------------------------
+
+
+def test_an_mlflow_run_is_evaluated_where_mlflow_is_not_installed(tmp_path, monkeypatch):
+    """A run trained with --mlflow on a cluster, evaluated on a laptop without MLflow: the
+    table was scored and saved, then the command ended in an ImportError traceback from the
+    MLflow logging (exit status 1 after a finished evaluation). Logging is what --mlflow
+    adds, not the evaluation: it warns, naming what was not logged and how to log it."""
+    import sys
+
+    from kseg.recipes import _common
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as where it is not installed
+    run = tmp_path / "run"
+    write_json(run / "config.json", _config({"output_dir": str(run), "mlflow": True}))
+    args = argparse.Namespace(output_dir=run, mlflow=True, mlflow_uri=None)
+    with pytest.warns(UserWarning, match=re.escape(
+            f"{tmp_path / 'run'} was trained with --mlflow, but MLflow is not installed "
+            "here: this evaluation is saved in its evaluation folder and not logged")):
+        _common.log_evaluation(args)

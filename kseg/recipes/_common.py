@@ -424,8 +424,21 @@ def tracking_callbacks(run_dir, args, *, chief: bool = True) -> list:
 
 def log_evaluation(args) -> None:
     """With ``--mlflow``, log the run folder's evaluations (per-patient tables, their means)
-    to the run's MLflow run (:func:`kseg.tracking.log_run_to_mlflow`)."""
+    to the run's MLflow run (:func:`kseg.tracking.log_run_to_mlflow`); where MLflow is not
+    installed (a run trained elsewhere), warn that the saved evaluation is not logged."""
     if not getattr(args, "mlflow", False):
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:  # trained elsewhere, evaluated here
+        import warnings
+
+        warnings.warn(
+            f"{args.output_dir} was trained with --mlflow, but MLflow is not installed "
+            "here: this evaluation is saved in its evaluation folder and not logged; pip "
+            "install 'kseg[mlflow]' and evaluate again to log it",
+            UserWarning, stacklevel=2,
+        )  # fmt: skip
         return
     from kseg import tracking
 
