@@ -412,6 +412,19 @@ def _score_case(
     patient_id, y_true, y_pred, spacing, metric_names, labels, threshold, functions, postprocess
 ) -> dict[str, float]:
     y_true = np.asarray(y_true)
+    if y_true.dtype.kind == "f" and not np.all(y_true == np.round(y_true)):
+        # `y_true == label` would drop these voxels from every structure, silently: a mask
+        # resampled by interpolation (0.5 on its edge) or a label file read through a float
+        # scale (0.99999994 for 1) would score against a smaller, or empty, reference
+        fractional = np.unique(y_true[y_true != np.round(y_true)])
+        raise MaskError(
+            None,
+            f"patient {patient_id!r}: the reference holds {fractional.size} values that are "
+            f"not whole numbers ({', '.join(f'{v:.9g}' for v in fractional[:4])}"
+            f"{', ...' if fractional.size > 4 else ''}); a reference is a label map: "
+            "threshold an interpolated mask (mask >= 0.5) or round labels read through a "
+            "float scale (numpy.rint)",
+        )
     predicted = _postprocessed(
         patient_id,
         _label_map(patient_id, np.asarray(y_pred), y_true.shape, threshold,
@@ -532,7 +545,9 @@ def evaluate_volumes(
             a patient listed twice; unknown metrics or a threshold outside (0, 1).
         AlignmentError: a prediction off the reference grid.
         MaskError: a reference, or an integer prediction label map, with labels other
-            than 0/1 and no ``labels`` given.
+            than 0/1 and no ``labels`` given; a float reference with values that are not
+            whole numbers (an interpolated mask: threshold it; labels read through a float
+            scale: round them).
 
     Example:
         >>> import numpy as np
