@@ -284,3 +284,21 @@ def test_xray_image_name_that_is_not_utf8_is_refused_before_generating(tmp_path)
     message = str(caught.value)
     assert message.startswith(f"{tmp_path / 'images'}/r\\xf6ntgen.png: the file name b'r\\xf6n")
     message.encode("utf-8")  # the message itself is text: a log file can take it
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_msd_dataset_json_saved_as_utf16_by_powershell_is_read(tmp_path, encoding):
+    # Windows PowerShell 5 writes "... | ConvertTo-Json > dataset.json" as UTF-16 LE with a
+    # byte order mark, Notepad's "Unicode" too. Before: refused, "expected the MSD
+    # dataset.json with a 'training' list (UnicodeDecodeError('utf-8', b'\xff\xfe{...".
+    from etils import epath
+
+    from kseg.phantoms.msd_spleen import write_msd_spleen
+    from tfds_builders.msd_spleen.layout import cases_from_dataset_json, task_folder
+
+    task = task_folder(epath.Path(write_msd_spleen(tmp_path, num_training=2, num_test=1,
+                                                   shape=(2, 4, 4), apple_double=False)))
+    listing = (task / "dataset.json").read_text()
+    expected = cases_from_dataset_json(task)
+    (task / "dataset.json").write_bytes(listing.encode(encoding))
+    assert cases_from_dataset_json(task) == expected

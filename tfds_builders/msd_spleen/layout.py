@@ -75,10 +75,11 @@ def cases_from_dataset_json(task_dir: epath.Path) -> tuple[list[Case], list[Case
     omission; AppleDouble ``._*`` files are not volumes."""
     dataset_json = task_dir / "dataset.json"
     try:
-        # utf-8-sig: a dataset.json edited in Windows Notepad or written by PowerShell 5
-        # starts with a byte order mark, which RFC 8259 lets a reader ignore.
-        # (decoded here: epath's read_text ignores its encoding argument)
-        listing = json.loads(dataset_json.read_bytes().decode("utf-8-sig"))
+        # The bytes go to json, which takes UTF-8 with or without a byte order mark (Windows
+        # Notepad, PowerShell 5's Out-File -Encoding utf8; RFC 8259 lets a reader ignore
+        # it) and UTF-16 / UTF-32 by their BOM or zero bytes (PowerShell 5's "> dataset.json"
+        # and Notepad's "Unicode" write UTF-16 LE). (epath's read_text ignores its encoding.)
+        listing = json.loads(dataset_json.read_bytes())
         # "test": null (json.dump of None) means no test cases, as a missing key does
         training, test = listing["training"], listing.get("test") or []
         if not isinstance(training, list) or not isinstance(test, list):
