@@ -619,3 +619,34 @@ def test_an_mlflow_run_is_evaluated_where_mlflow_is_not_installed(tmp_path, monk
             f"{tmp_path / 'run'} was trained with --mlflow, but MLflow is not installed "
             "here: this evaluation is saved in its evaluation folder and not logged")):
         _common.log_evaluation(args)
+
+
+# --- an --output-dir holding a config.json that is not a run's --------------------------------
+
+
+def test_a_config_json_that_is_not_a_runs_is_not_written_over(tmp_path, monkeypatch):
+    """``kseg train RECIPE --output-dir ~/project`` where the project keeps its own
+    config.json (a common name): kseg read it as "no run here", prepared, and wrote its run
+    config over it; a cross-validation did the same with its ensemble's. Refused now before
+    anything is prepared or trained, naming the file; the file is left as it was."""
+    from kseg.recipes import _common, cross_validation
+
+    monkeypatch.chdir(tmp_path)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text('{"lr": 0.1, "layers": [64, 64]}\n')
+    before = (project / "config.json").read_bytes()
+    prepared = []
+    single = argparse.Namespace(output_dir=project, folds=3, test_fold=0, validation_fold=1,
+                                data_dir=None, seed=0)
+    with pytest.raises(LayoutError, match=re.escape(
+            f"{project}: holds a config.json that is not a kseg run's")) as error:
+        _common.start_training(single, prepared.append)
+    assert "give another --output-dir" in str(error.value)
+    recipe = argparse.Namespace(train=prepared.append)
+    every = argparse.Namespace(**{**vars(single), "validation_fold": "all", "tfds_dir": None,
+                                  "plan": "none"})
+    with pytest.raises(LayoutError, match="holds a config.json that is not a kseg run's"):
+        cross_validation.train(recipe, every)
+    assert prepared == [] and (project / "config.json").read_bytes() == before
+    assert sorted(path.name for path in project.iterdir()) == ["config.json"]

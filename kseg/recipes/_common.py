@@ -865,6 +865,29 @@ def refuse_other_training(args, *, left_to_plan=()) -> None:
         run_config._refuse(run_dir, earlier, changes)
 
 
+def refuse_a_foreign_config(run_dir) -> None:
+    """A kseg error when ``run_dir`` holds a ``config.json`` that is not a kseg run's (a
+    project's own settings, a file of another tool): training writes the run's
+    ``config.json`` there and would replace it.
+
+    Raises:
+        LayoutError: naming the folder and why the file is not a run configuration.
+    """
+    from kseg.errors import UnreadableFileError
+    from kseg.recipes import run_config
+
+    if not (pathlib.Path(run_dir) / run_config.CONFIG_FILE).is_file():
+        return
+    try:
+        run_config.read_config(run_dir)
+    except UnreadableFileError as error:
+        raise LayoutError(
+            run_dir, f"holds a config.json that is not a kseg run's ({error}); training "
+            "writes the run's config.json there, over it: give another --output-dir, or "
+            "move that file away",
+        ) from error  # fmt: skip
+
+
 def _left_to_plan(args, prepare) -> set:
     """The planned options of ``prepare``'s recipe that ``args`` leave to the plan: until
     the plan is read they hold the hand-picked values. A recipe names its planned options
@@ -932,6 +955,7 @@ def start_training(args, prepare) -> TrainingStart:
     if in_progress is not None:  # its members' ensemble would find a single run here
         raise LayoutError(args.output_dir, f"{in_progress}; give a single run another "
                                            "--output-dir")
+    refuse_a_foreign_config(args.output_dir)
     import keras
 
     from kseg.training import distribute

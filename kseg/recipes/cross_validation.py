@@ -191,6 +191,7 @@ def train(module, args: argparse.Namespace) -> pathlib.Path:
         args: its checked options, ``validation_fold == "all"``.
     """
     run_dir = pathlib.Path(args.output_dir)
+    _common.refuse_a_foreign_config(run_dir)  # the ensemble's config.json would replace it
     _refuse_a_single_run(run_dir)
     folds = _common.member_folds(args)
     print(f"Cross-validation: {len(folds)} members, validation folds {folds}"
