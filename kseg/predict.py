@@ -139,7 +139,8 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
         ``[(name, source path, kind, Volume, is DICOM)]`` in a stable order.
 
     Raises:
-        LayoutError: ``input_path`` does not exist, holds nothing readable, holds
+        LayoutError: ``input_path`` does not exist, holds nothing readable, holds NIfTI
+            files and DICOM images (one kind would be left out), holds
             radiographs for a 3D volume model or a CT model (``inference["modality"]``
             ``"CT"``: an image file holds no Hounsfield units), a volume of several slices
             for a radiograph model, or two inputs would write outputs of the same name.
@@ -169,6 +170,7 @@ def _input_loaders(input_path: os.PathLike | str, inference: Mapping) -> list:
         files = _input_files(path)
         niftis = [entry for entry in files if _is_nifti(entry)]
         if niftis:
+            _refuse_dicom_beside_nifti(path, niftis, [e for e in files if not _is_nifti(e)])
             return [functools.partial(_nifti_input, entry) for entry in niftis]
         if radiograph_model or any(entry.suffix.lower() in _IMAGE_SUFFIXES for entry in files):
             return _radiograph_loaders(path, files, inference)
@@ -179,6 +181,35 @@ def _input_loaders(input_path: os.PathLike | str, inference: Mapping) -> list:
         "them), or radiographs (one image or a folder of PNG / JPEG / TIFF / BMP / DICOM "
         "files)",
     )
+
+
+def _refuse_dicom_beside_nifti(folder: pathlib.Path, niftis, others) -> None:
+    """A folder read as NIfTI inputs must not also hold DICOM images: they would be left
+    out without a word (dcm2niix writes its NIfTI into the DICOM folder by default, and a
+    folder of inputs may hold one patient's series beside other patients' volumes)."""
+    dicoms = []
+    for entry in others:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # SkippedFileWarning: a sidecar, a README
+                [(_, header)] = scan_dicom_files([entry], where=folder) or [(None, {})]
+        except UnreadableFileError:
+            continue  # not read as an input either way
+        if "PixelData" in header:
+            dicoms.append(entry)
+    if dicoms:
+        raise LayoutError(
+            folder, f"holds NIfTI files ({_listed(niftis)}) and DICOM images "
+            f"({_listed(dicoms)}); kseg predict reads a folder as NIfTI volumes or as one "
+            "DICOM series, so one kind would be left out: give each kind a folder of its "
+            "own (a series converted by dcm2niix: move its .nii.gz out, or give the NIfTI "
+            "file itself as --input)",
+        )  # fmt: skip
+
+
+def _listed(paths, shown: int = 2) -> str:
+    names = ", ".join(path.name for path in paths[:shown])
+    return f"{len(paths)}: {names}{', ...' if len(paths) > shown else ''}"
 
 
 def _check_input(item: tuple, inference: Mapping) -> None:

@@ -37,3 +37,45 @@ def test_a_reference_of_fractional_values_is_refused_not_scored(fraction, labels
     table = evaluate_volumes([("p1", mask.astype(np.float64), mask, None)], metrics=("dice",),
                              labels=labels, progress=False)  # fmt: skip
     assert table.rows[0][f"dice{'_organ' if labels else ''}"] == 1.0
+
+
+# --- kseg predict: what an input folder holds ----------------------------------------------------
+
+
+def _slices_inference(image_size) -> dict:
+    return {
+        "kind": "slices", "window": [40.5, 400.0], "image_size": list(image_size),
+        "num_classes": 1, "threshold": 0.5, "postprocess": "none", "modality": "CT",
+    }  # fmt: skip
+
+
+def _tissue(batch):
+    """A 2D model's place: foreground where the windowed intensity is at least 0.5."""
+    return (np.asarray(batch) >= 0.5).astype(np.float32)
+
+
+def test_a_folder_of_nifti_files_and_dicom_images_is_refused_naming_both(tmp_path):
+    """dcm2niix writes its NIfTI into the DICOM folder by default, and a folder of inputs
+    may hold one patient's series beside other patients' volumes: the folder was read as
+    NIfTI inputs and the DICOM series left out without a word."""
+    import nibabel as nib
+    from test_predict import synthetic_hu, write_ct_series
+
+    from kseg.errors import LayoutError
+    from kseg.predict import predict_path
+
+    hu = synthetic_hu((3, 12, 10))
+    folder = write_ct_series(tmp_path / "patient7", hu)
+    nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0).astype(np.int16), np.eye(4)),
+             folder / "patient7_ct.nii.gz")  # fmt: skip
+    with pytest.raises(LayoutError, match=r"patient7: holds NIfTI files \(1: patient7_ct"
+                       r"\.nii\.gz\) and DICOM images \(3: "):  # fmt: skip
+        predict_path(_tissue, _slices_inference((12, 10)), folder)
+    # sidecars and notes beside NIfTI files are no inputs, as before
+    (folder / "patient7_ct.json").write_text("{}")
+    (folder / "README").write_text("converted with dcm2niix\n")
+    (folder / "empty").write_bytes(b"")
+    for dicom in folder.glob("*.dcm"):
+        dicom.unlink()
+    [prediction] = predict_path(_tissue, _slices_inference((12, 10)), folder)
+    np.testing.assert_array_equal(prediction.labels.array, hu >= 40.5)
