@@ -67,3 +67,59 @@ def test_a_resumed_run_backed_up_every_few_batches_is_not_sent_back_to_epoch_0(t
     with h5py.File(backup / "latest.weights.h5") as handle:
         assert json.loads(handle.attrs["kseg_backup"])["epoch"] == 1
     assert _fit(backup) == [1, 2, 3]
+
+
+def _weighted_fit_loss(model, *fit_args, **fit_kwargs):
+    """The loss of one step at the model's initial weights (learning rate 0)."""
+    history = model.fit(*fit_args, epochs=1, verbose=0, shuffle=False, **fit_kwargs)
+    return history.history["loss"][0]
+
+
+def _segmentation_model(num_classes, loss):
+    from kseg import models
+
+    keras.utils.set_random_seed(0)
+    model = models.build(
+        "unet", input_shape=(8, 8, 1), num_classes=num_classes, depth=1, base_filters=2
+    )
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss=loss)
+    return model
+
+
+def test_class_weight_weights_the_voxels_of_numpy_masks():
+    # model.fit(images, masks, class_weight=...) on numpy masks crashed in Keras with
+    # "TypeError: only 0-dimensional arrays can be converted to Python scalars".
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
+    masks = np.zeros((2, 8, 8, 1), np.float32)
+    masks[0, 2:5, 3:7] = 1
+    model = _segmentation_model(1, keras.losses.BinaryCrossentropy())
+    # as the training step computes it: batch normalisation on the batch's statistics
+    p = np.clip(np.asarray(model(images, training=True))[..., 0], 1e-7, 1 - 1e-7)
+    y = masks[..., 0]
+    bce = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    weights = np.where(y == 1, 4.0, 0.5)
+    expected = np.sum(weights * bce) / bce.size  # Keras: the weighted sum over the voxels
+    loss = _weighted_fit_loss(model, images, masks, batch_size=2, class_weight={0: 0.5, 1: 4})
+    np.testing.assert_allclose(loss, expected, rtol=1e-4)
+
+
+def test_class_weight_reads_masks_without_a_channel_axis_as_class_values():
+    # A tf.data of (image, mask) with integer masks (batch, H, W): Keras' class_weight map
+    # took the argmax over the mask's last spatial axis as each voxel's class.
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    images = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
+    masks = np.zeros((2, 8, 8), np.int32)
+    masks[:, 1:4, 2:6] = 1
+    masks[1, 5:7, 5:8] = 2
+    model = _segmentation_model(3, keras.losses.SparseCategoricalCrossentropy())
+    probabilities = np.asarray(model(images, training=True))
+    chosen = np.take_along_axis(probabilities, masks[..., None], axis=-1)[..., 0]
+    class_weight = {0: 0.2, 1: 1.0, 2: 5.0}
+    weights = np.vectorize(class_weight.get)(masks)
+    expected = np.sum(weights * -np.log(chosen)) / masks.size
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2)
+    loss = _weighted_fit_loss(model, dataset, class_weight=class_weight)
+    np.testing.assert_allclose(loss, expected, rtol=1e-4)

@@ -62,12 +62,94 @@ class SegmentationModel(keras.Model):
 
     def fit(self, *args, **kwargs):
         """``keras.Model.fit``, the optimizer built first: the training step is traced once,
-        not twice (:func:`kseg.training.build_optimizer`)."""
+        not twice (:func:`kseg.training.build_optimizer`).
+
+        ``class_weight={class: weight}`` weights every voxel by the weight of its class in
+        ``y`` (what Keras does for a ``tf.data`` dataset of one-hot or ``(..., 1)`` masks),
+        for numpy masks too, and for masks without a channel axis, ``(batch, *spatial)``,
+        whose classes are their values (Keras' own conversion crashes on numpy masks and
+        reads the last spatial axis of such a mask as one-hot classes). Classes it does not
+        name weigh 1. A loss with one value per sample (Dice) cannot take voxel weights
+        and says so."""
         # imported here: kseg.training loads the training stack, which inference never needs
         from kseg.training.optimizer import build_optimizer
 
         build_optimizer(self)
+        if kwargs.get("class_weight") is not None and len(self.outputs) == 1:
+            args, kwargs = self._voxel_class_weights(list(args), dict(kwargs))
         return super().fit(*args, **kwargs)
+
+    def _voxel_class_weights(self, args: list, kwargs: dict):
+        """``fit``'s arguments with ``class_weight`` turned into a per-voxel
+        ``sample_weight`` (arrays) or mapped into the dataset (``tf.data``); other inputs
+        (generators, ``PyDataset``) are left to Keras."""
+        import numpy as np
+
+        class_weight = kwargs["class_weight"]
+        if not isinstance(class_weight, dict) or not class_weight:
+            raise ValueError(
+                "class_weight must be a non-empty dict {class index: weight}, got "
+                f"{class_weight!r}"
+            )
+        table = {}
+        for key, weight in class_weight.items():
+            if isinstance(key, bool) or not isinstance(key, int | np.integer) or key < 0:
+                raise ValueError(
+                    f"class_weight: keys must be class indices (integers >= 0), got {key!r}"
+                )
+            if isinstance(weight, bool) or not np.isfinite(weight) or weight < 0:
+                raise ValueError(
+                    f"class_weight[{key}] must be a finite number >= 0, got {weight!r}"
+                )
+            table[int(key)] = float(weight)
+        lookup = np.ones(max(table) + 2, np.float32)  # the last entry: classes not named
+        for key, weight in table.items():
+            lookup[key] = weight
+        output_rank = len(self.outputs[0].shape)
+        x = args[0] if args else kwargs.get("x")
+        y = args[1] if len(args) > 1 else kwargs.get("y")
+
+        def classes_of(mask, xp):
+            """The class index of every voxel of a mask, ``(batch, *spatial)``."""
+            if len(mask.shape) == output_rank - 1:  # (batch, *spatial): values are classes
+                return xp.round(mask)
+            if mask.shape[-1] == 1:
+                return xp.round(mask[..., 0])
+            return xp.argmax(mask, -1)
+
+        import tensorflow as tf
+
+        if isinstance(x, tf.data.Dataset) and y is None:
+
+            def add_weights(*element):
+                if len(element) != 2 or isinstance(element[1], tuple | list | dict):
+                    raise ValueError(
+                        "class_weight needs a dataset of (image, mask) pairs with one mask; "
+                        "give (image, mask, sample_weight) without class_weight instead"
+                    )
+                image, mask = element
+                if mask.shape.rank not in (output_rank - 1, output_rank):
+                    raise ValueError(
+                        f"class_weight: masks of shape {tuple(mask.shape)} do not fit the "
+                        f"model's output {tuple(self.outputs[0].shape)}"
+                    )
+                classes = tf.cast(classes_of(tf.cast(mask, tf.float32), tf.math), tf.int32)
+                classes = tf.clip_by_value(classes, 0, len(lookup) - 1)
+                return image, mask, tf.gather(tf.constant(lookup), classes)
+
+            if args:
+                args[0] = x.map(add_weights)
+            else:
+                kwargs["x"] = x.map(add_weights)
+        elif y is not None and hasattr(y, "shape") and len(y.shape) >= output_rank - 1:
+            if kwargs.get("sample_weight") is not None:
+                raise ValueError("fit: give class_weight or sample_weight, not both")
+            classes = classes_of(np.asarray(y, np.float32), np).astype(np.int64)
+            kwargs["sample_weight"] = lookup[np.clip(classes, 0, len(lookup) - 1)]
+        else:
+            return args, kwargs
+        kwargs["class_weight"] = None
+        return args, kwargs
 
     def _check_sizes_when_run(self, inputs):
         """In a traced TensorFlow step, check at run time the sizes and the channel count
