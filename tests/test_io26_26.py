@@ -302,3 +302,37 @@ def test_msd_dataset_json_saved_as_utf16_by_powershell_is_read(tmp_path, encodin
     expected = cases_from_dataset_json(task)
     (task / "dataset.json").write_bytes(listing.encode(encoding))
     assert cases_from_dataset_json(task) == expected
+
+
+def test_xray_dicom_radiographs_named_without_a_suffix_are_images(tmp_path):
+    # PACS and CD exports name DICOM files IM000001 or by their SOPInstanceUID
+    # (1.2.826....320, whose last component reads as a suffix); read_radiograph reads them by
+    # their DICM marker. Before: the generic layout refused them, "is not a supported image
+    # file ... expected suffixes .png, ..., .dcm".
+    from PIL import Image
+    from pydicom.uid import DigitalXRayImageStorageForPresentation as DX
+
+    from kseg.io.dicom_writer import new_dataset, set_grayscale_pixels, write_dataset
+    from tfds_builders.xray import Builder
+    from tfds_builders.xray.layout import find_records
+    from tfds_builders.xray.radiographs import read_record_image
+
+    config = Builder.builder_configs["generic"]
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    stored = np.arange(64, dtype=np.uint16).reshape(8, 8) * 60
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6] = 255
+    for name in ("IM000001", "1.2.826.0.1.3680043.2.1125.320"):
+        dataset = new_dataset(DX, f"2.25.{len(name)}", implementation_version_name="TEST")
+        dataset.Modality, dataset.PhotometricInterpretation = "DX", "MONOCHROME2"
+        set_grayscale_pixels(dataset, stored, bits_stored=12)
+        write_dataset(dataset, tmp_path / "images" / name)
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{name}.png")
+    records = find_records(tmp_path, config)
+    assert [(r.image_id, r.masks[0].name) for r in records] == [
+        ("1.2.826.0.1.3680043.2.1125.320", "1.2.826.0.1.3680043.2.1125.320.png"),
+        ("IM000001", "IM000001.png"),
+    ]
+    image, _ = read_record_image(records[1], config)
+    assert image.shape == (8, 8)

@@ -15,6 +15,7 @@ from etils import epath
 
 from kseg.errors import LayoutError, MaskError, UnreadableFileError
 from kseg.io import SkippedFileWarning
+from kseg.io.radiograph import _has_dicom_marker
 from tfds_builders._manual import nested_one_level_hint
 
 if TYPE_CHECKING:  # the builder imports this module, so only type checkers import it back
@@ -74,7 +75,7 @@ def find_records(root: epath.Path, config: XrayConfig) -> list[Record]:
         mask_index = {f: _index_masks([base / f], "") for f, _ in config.mask_folders}
         searched = {f: [base] for f, _ in config.mask_folders}
     else:
-        images = _listed(root, "images", _IMAGE_SUFFIXES, GENERIC_LAYOUT)
+        images = _listed(root, "images", _IMAGE_SUFFIXES, GENERIC_LAYOUT, dicom_by_marker=True)
         base = root / "masks"
         if not base.is_dir():
             raise LayoutError(base, f"not found; expected:\n{GENERIC_LAYOUT}")
@@ -86,17 +87,17 @@ def find_records(root: epath.Path, config: XrayConfig) -> list[Record]:
 
     firsts: dict[str, epath.Path] = {}
     for image in images:  # two files of one stem would share its mask without a word
-        first = firsts.setdefault(image.stem, image)
+        first = firsts.setdefault(_image_stem(image), image)
         if first is not image:
             raise LayoutError(
                 image,
-                f"a second image named {image.stem}, besides {first.name}: both would pair "
+                f"a second image named {_image_stem(image)}, besides {first.name}: both would pair "
                 f"with the one mask of that name (keep one file per radiograph in "
                 f"{image.parent})",
             )
     records = []
     for image in images:
-        stem = image.stem
+        stem = _image_stem(image)
         masks = []
         for folder, index in mask_index.items():
             if stem not in index:
@@ -116,7 +117,7 @@ def find_records(root: epath.Path, config: XrayConfig) -> list[Record]:
                 masks=tuple(masks),
             )
         )
-    stems = {image.stem for image in images}
+    stems = {_image_stem(image) for image in images}
     orphans = sorted(
         str(path) for index in mask_index.values() for stem, path in index.items()
         if stem not in stems
@@ -132,9 +133,20 @@ def find_records(root: epath.Path, config: XrayConfig) -> list[Record]:
     return records
 
 
+def _image_stem(image: epath.Path) -> str:
+    """The name an image's masks are named after: without its suffix, or whole for a DICOM
+    file read by its marker (``IM000001`` of a CD, ``1.2.840....320`` named by its UID, whose
+    last component is no suffix)."""
+    return image.stem if image.suffix.lower() in (*_IMAGE_SUFFIXES, ".img") else image.name
+
+
 def _listed(
-    root: epath.Path, relative: str, suffixes: Sequence[str], layout: str
+    root: epath.Path, relative: str, suffixes: Sequence[str], layout: str, *,
+    dicom_by_marker: bool = False,
 ) -> list[epath.Path]:
+    """The images of ``folder``: by suffix, and with ``dicom_by_marker`` also DICOM files of
+    any other name (the DICM marker at byte 128, as :func:`kseg.io.read_radiograph` reads
+    them: PACS and CD exports name them ``IM000001`` or by their UID)."""
     folder = root / relative
     if not folder.is_dir():
         raise LayoutError(
@@ -152,13 +164,17 @@ def _listed(
         if path.is_dir():
             subfolders.append(path.name)
         elif path.is_file():
-            (files if path.suffix.lower() in suffixes else unsupported).append(path)
+            known = path.suffix.lower() in suffixes or (
+                dicom_by_marker and _has_dicom_marker(path)
+            )
+            (files if known else unsupported).append(path)
             _check_text_name(path)
     if unsupported:
         raise LayoutError(
             unsupported[0],
             f"is not a supported image file ({len(unsupported)} such files in the folder); "
-            f"expected suffixes {', '.join(suffixes)}",
+            f"expected suffixes {', '.join(suffixes)}"
+            + (" or DICOM files of any name" if dicom_by_marker else ""),
         )
     # images are read from the folder itself: images in a subfolder (a class or a batch of
     # their own) would otherwise vanish without a word, as a misnamed CHAOS patient would
