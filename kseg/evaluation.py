@@ -203,8 +203,13 @@ class PatientTable:
         The file is written beside ``path`` under a temporary name and moved into place, so
         a crash never leaves a half-written table. Floats are written with ``repr`` and read
         back exactly by :meth:`from_csv`; flags follow the metrics as ``True`` / ``False``.
+        The file is UTF-8 whatever the locale.
         """
-        with atomic_output(path) as temporary, open(temporary, "w", newline="") as handle:
+        # UTF-8 whatever the locale (a Windows cp1252, a POSIX locale's ASCII), as
+        # from_csv reads it: patient ids are file and folder names, in any script
+        with atomic_output(path) as temporary, open(
+            temporary, "w", newline="", encoding="utf-8"
+        ) as handle:
             writer = csv.writer(handle)
             writer.writerow(["patient_id", *self._metric_names, *self._flag_names])
             for row in self.rows:

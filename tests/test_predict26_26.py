@@ -79,3 +79,29 @@ def test_a_folder_of_nifti_files_and_dicom_images_is_refused_naming_both(tmp_pat
         dicom.unlink()
     [prediction] = predict_path(_tissue, _slices_inference((12, 10)), folder)
     np.testing.assert_array_equal(prediction.labels.array, hu >= 40.5)
+
+
+def test_a_table_of_non_ascii_patient_ids_is_written_in_utf8_whatever_the_locale(tmp_path):
+    """PatientTable.to_csv wrote in the locale's encoding and from_csv reads UTF-8: under a
+    POSIX locale (ASCII) a patient named after 'Patiënt_東京.nii.gz' crashed the write
+    (UnicodeEncodeError), and a Windows cp1252 file would not read back."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from kseg.evaluation import PatientTable\n"
+        "PatientTable([{'patient_id': 'Pati\\u00ebnt_\\u6771\\u4eac', 'dice': 0.9}])"
+        ".to_csv(sys.argv[1])\n"
+    )
+    path = tmp_path / "scores.csv"
+    env = {**os.environ, "LC_ALL": "POSIX", "LANG": "POSIX", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0"}  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script, str(path)], env=env,
+                          capture_output=True, text=True, encoding="utf-8")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-600:]
+    assert path.read_bytes().decode("utf-8").splitlines()[1] == "Patiënt_東京,0.9"
+    from kseg.evaluation import PatientTable
+
+    assert PatientTable.from_csv(path).patient_ids == ["Patiënt_東京"]
