@@ -85,6 +85,7 @@ from collections.abc import Mapping, Sequence
 
 import keras
 import keras_tuner
+import numpy as np
 import tensorflow as tf
 
 from kseg import losses as kseg_losses
@@ -1124,12 +1125,20 @@ def _is_positive_int(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
 
 
+def _python_value(value):
+    """A numpy scalar as the Python one Keras Tuner takes (its ``Choice`` and ``Fixed``
+    refuse numpy types, and trials are saved as JSON)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _as_tuple(name: str, value) -> tuple:
+    if isinstance(value, np.ndarray):  # choices computed with numpy
+        value = value.tolist()
     if isinstance(value, str) or not isinstance(value, Sequence):
-        return (value,)
+        return (_python_value(value),)
     if not value:
         raise ValueError(f"{name} must not be empty")
-    return tuple(value)
+    return tuple(_python_value(v) for v in value)
 
 
 def _check_range(name: str, value, low_limit, integer: bool) -> tuple:

@@ -123,3 +123,35 @@ def test_class_weight_reads_masks_without_a_channel_axis_as_class_values():
     dataset = tf.data.Dataset.from_tensor_slices((images, masks)).batch(2)
     loss = _weighted_fit_loss(model, dataset, class_weight=class_weight)
     np.testing.assert_allclose(loss, expected, rtol=1e-4)
+
+
+def test_a_search_space_computed_with_numpy_builds_as_the_same_python_one():
+    # SegmentationHyperModel accepted numpy integers (they pass its checks) and Keras Tuner
+    # then refused them when the first trial was built ("A `Choice` can contain only
+    # `int`, `float`, `str`, or `bool`"); a numpy array of choices was refused outright.
+    import keras_tuner
+
+    from kseg.tuning import SegmentationHyperModel
+
+    def first_trial(**space):
+        hypermodel = SegmentationHyperModel((16, 16, 1), 1, losses="dice", **space)
+        hp = keras_tuner.HyperParameters()
+        model = hypermodel.build(hp)
+        json.dumps(hp.get_config())  # what Keras Tuner writes into each trial.json
+        return hp.values, model.count_params()
+
+    plain = first_trial(
+        base_filters=[4, 8], depth=(1, 2), learning_rate=(1e-4, 1e-2), batch_sizes=[2, 4],
+        fixed={"dropout": 0.25},
+    )  # fmt: skip
+    computed = first_trial(
+        base_filters=np.array([4, 8]),
+        depth=(np.int64(1), np.int64(2)),
+        learning_rate=tuple(np.array([1e-4, 1e-2])),
+        batch_sizes=(np.int64(2), np.int64(4)),
+        fixed={"dropout": np.float64(0.25)},
+    )
+    assert computed == plain
+    assert first_trial(fixed={"depth": np.int64(2), "base_filters": np.int32(4)})[0][
+        "depth"
+    ] == 2
