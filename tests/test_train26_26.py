@@ -155,3 +155,33 @@ def test_a_search_space_computed_with_numpy_builds_as_the_same_python_one():
     assert first_trial(fixed={"depth": np.int64(2), "base_filters": np.int32(4)})[0][
         "depth"
     ] == 2
+
+
+def _dice(prediction, reference):
+    prediction, reference = prediction.astype(bool), reference.astype(bool)
+    return 2 * np.sum(prediction & reference) / (prediction.sum() + reference.sum())
+
+
+def test_volume_validation_of_a_3d_model_of_any_size_takes_volumes_of_any_size():
+    # models.build("unet3d") takes (None, None, None, 1); VolumeValidation's default window
+    # (the model's input shape, None axes whole) was then the volume itself, and a volume
+    # of 5 x 9 x 7 voxels (any real CT: 87 x 512 x 512) stopped fit after its first epoch
+    # ("roi_size (5, 9, 7): unet needs window sizes divisible by 2"). Reference: the
+    # volume padded with zeros to the next sizes the U-Net divides, as sliding_window pads
+    # (evenly on both sides), predicted by the model and cropped back, scored by numpy.
+    from kseg import models
+    from kseg.training import VolumeValidation
+
+    keras.utils.set_random_seed(0)
+    model = models.build("unet3d", num_classes=1, depth=1, base_filters=2)
+    rng = np.random.default_rng(2)
+    image = rng.normal(size=(5, 9, 7, 1)).astype(np.float32)
+    label = np.zeros((5, 9, 7), np.uint8)
+    label[1:4, 2:7, 1:6] = 1
+    validation = VolumeValidation([("p1", image, label, (2.0, 1.0, 1.0))])
+    validation.set_model(model)
+    dice = validation.evaluate().column("dice")[0]
+
+    padded = np.pad(image, ((0, 1), (0, 1), (0, 1), (0, 0)))  # 6 x 10 x 8: (0, 1) each
+    probabilities = model.predict(padded[None], verbose=0)[0, :5, :9, :7, 0]
+    np.testing.assert_allclose(dice, _dice(probabilities >= 0.5, label), rtol=1e-6)

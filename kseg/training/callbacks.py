@@ -105,10 +105,12 @@ class VolumeValidation(keras.callbacks.Callback):
 
     The inference path follows the shapes: a volume with as many spatial axes as the model
     is predicted with :func:`kseg.inference.sliding_window` (window ``roi_size``, by default
-    the model's input shape, ``None`` axes taken whole); a volume with one more axis than a
-    2D model is predicted slice by slice with :func:`kseg.inference.predict_slices`, and the
-    probabilities are resized back to the label's in-plane size before scoring (so labels can
-    stay on the acquisition grid while the model runs smaller; see :meth:`from_slices`).
+    the model's input shape, ``None`` axes taken whole, padded up to a multiple of the
+    model's ``size_divisor``, so a U-Net of any input size takes volumes of any size); a
+    volume with one more axis than a 2D model is predicted slice by slice with
+    :func:`kseg.inference.predict_slices`, and the probabilities are resized back to the
+    label's in-plane size before scoring (so labels can stay on the acquisition grid while
+    the model runs smaller; see :meth:`from_slices`).
 
     Args:
         volumes: ``(patient_id, image, label, spacing)`` tuples: image ``(*spatial, C)`` as
@@ -280,7 +282,15 @@ class VolumeValidation(keras.callbacks.Callback):
         model_spatial_dims = len(model_input_shape) - 2
         image_spatial_dims = image.ndim - 1
         if image_spatial_dims == model_spatial_dims:
-            roi_size = self.roi_size if self.roi_size is not None else model_input_shape[1:-1]
+            roi_size = self.roi_size
+            if roi_size is None:
+                # the model's input shape; an axis of any size (None) is taken whole, padded
+                # up to a size the network divides (sliding_window pads and crops back)
+                divisor = getattr(self.model, "size_divisor", 1)
+                roi_size = tuple(
+                    -(-size // divisor) * divisor if wanted is None else wanted
+                    for wanted, size in zip(model_input_shape[1:-1], image.shape[:-1], strict=True)
+                )
             return sliding_window(
                 self._predictor(),
                 image,
