@@ -336,3 +336,53 @@ def test_xray_dicom_radiographs_named_without_a_suffix_are_images(tmp_path):
     ]
     image, _ = read_record_image(records[1], config)
     assert image.shape == (8, 8)
+
+
+_LFS_POINTER = (
+    "version https://git-lfs.github.com/spec/v1\n"
+    "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\n"
+    "size 7340032\n"
+)
+
+
+def test_version_control_pointers_are_named_as_such_by_every_reader(tmp_path):
+    # A dataset cloned without its Git LFS objects (GitHub, Hugging Face) holds a text
+    # pointer in place of each file; a DataLad dataset whose content was not fetched holds
+    # /annex/objects/<key> pointers where it is unlocked. Before: "cannot be read as NIfTI
+    # (... not a gzip file ...)", "cannot identify image file", "not DICOM" / "no DICOM image
+    # files found": true, but silent on the cause and the cure.
+    from kseg.errors import UnreadableFileError
+    from kseg.io import (
+        LabelRule,
+        read_dicom_image,
+        read_jsrt_image,
+        read_labels,
+        read_nifti,
+        read_npz_mask,
+        read_radiograph,
+        read_rtstruct,
+    )
+
+    annex = "/annex/objects/SHA256E-s7340032--4d7a2146.nii.gz\n"
+    readers = [
+        ("ct.nii.gz", _LFS_POINTER, read_nifti), ("ct2.nii.gz", annex, read_nifti),
+        ("mask.png", _LFS_POINTER, lambda p: read_labels(p, LabelRule())),
+        ("cxr.png", _LFS_POINTER, read_radiograph), ("cxr.dcm", _LFS_POINTER, read_dicom_image),
+        ("JPCLN001.IMG", _LFS_POINTER, read_jsrt_image), ("m.npz", _LFS_POINTER, read_npz_mask),
+        ("rs.dcm", _LFS_POINTER, read_rtstruct),
+    ]  # fmt: skip
+    for name, text, reader in readers:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(UnreadableFileError) as caught:
+            reader(tmp_path / name)
+        kind = "Git LFS" if text is _LFS_POINTER else "git-annex"
+        assert f"it is a {kind} pointer file, not the data" in str(caught.value), name
+    series = tmp_path / "series"
+    series.mkdir()
+    for k in range(3):
+        (series / f"1-00{k}.dcm").write_text(_LFS_POINTER)
+    with warnings.catch_warnings(record=True) as caught_warnings:
+        warnings.simplefilter("always")
+        with pytest.raises(LayoutError, match=r"found; 3 of its files are Git LFS / git-annex"):
+            read_dicom_series(series)
+    assert "(not DICOM; it is a Git LFS pointer file" in str(caught_warnings[0].message)

@@ -69,6 +69,7 @@ from pydicom.uid import (
 )
 
 from kseg.errors import DicomSeriesError, KsegError, LayoutError, UnreadableFileError
+from kseg.io._pointer_files import pointer_note
 from kseg.io.image_files import jpeg_2000_irreversible
 from kseg.io.volume import Volume
 
@@ -506,7 +507,7 @@ def _read_image(path: os.PathLike | str, values: str) -> tuple[np.ndarray, int |
         raise UnreadableFileError(
             path,
             f"{reason}: no DICM preamble at byte 128, and the bytes do not start like a DICOM "
-            "data set",
+            f"data set{pointer_note(path)}",
         )
     if not _has_image(header):
         raise UnreadableFileError(
@@ -770,7 +771,7 @@ def scan_dicom_files(
     for path in paths:
         dataset, reason = _scan_file(path)
         if dataset is None:
-            skipped.append(f"{path} ({reason})")
+            skipped.append(f"{path} ({reason}{pointer_note(path)})")
         else:
             headers.append((path, dataset))
     _warn_skipped(where, skipped, stacklevel=3)
@@ -1135,11 +1136,13 @@ def _dicomdir_series(dicomdir: str) -> list[tuple[str, str, int, list[str]]]:
 
 def _read_image_headers(paths: Iterable[str], folder: str) -> list[tuple[str, pydicom.Dataset]]:
     """Headers of the files that are DICOM images; everything else is skipped with a warning."""
-    headers, skipped = [], []
+    headers, skipped, pointers = [], [], 0
     for path in paths:
         dataset, reason = _scan_file(path)
         if dataset is None:
-            skipped.append(f"{path} ({reason})")
+            note = pointer_note(path)
+            pointers += bool(note)
+            skipped.append(f"{path} ({reason}{note})")
         elif not _has_image(dataset):
             # DICOMDIR, RTSTRUCT, SR ... stored beside the slices carry no image.
             skipped.append(f"{path} ({_sop_class_name(dataset)}, no image)")
@@ -1155,7 +1158,13 @@ def _read_image_headers(paths: Iterable[str], folder: str) -> list[tuple[str, py
             headers.append((path, dataset))
     _warn_skipped(folder, skipped)
     if not headers:
-        raise LayoutError(folder, "no DICOM image files found" + _images_elsewhere(folder))
+        pointed = (
+            f"; {pointers} of its files are Git LFS / git-annex pointers, not the data (see the "
+            "SkippedFileWarning)" if pointers else ""
+        )
+        raise LayoutError(
+            folder, "no DICOM image files found" + _images_elsewhere(folder) + pointed
+        )
     return headers
 
 

@@ -52,6 +52,7 @@ from pydicom.uid import generate_uid
 
 from kseg._files import atomic_output
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
+from kseg.io._pointer_files import pointer_note
 from kseg.io.dicom import (
     ORIENTATION_ORTHONORMAL_TOLERANCE,
     ImageSlices,
@@ -539,7 +540,7 @@ def _read_segmentation(path: str) -> pydicom.Dataset:
     try:
         ds = pydicom.dcmread(path)
     except InvalidDicomError as exc:
-        raise UnreadableFileError(path, f"not a DICOM file ({exc})") from exc
+        raise UnreadableFileError(path, f"not a DICOM file ({exc}){pointer_note(path)}") from exc
     except Exception as exc:  # pydicom raises many types on damaged files
         raise UnreadableFileError(path, f"DICOM file cannot be read ({exc})") from exc
     _read_every_element(path, ds)

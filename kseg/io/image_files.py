@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from kseg.errors import KsegError, UnreadableFileError
+from kseg.io._pointer_files import pointer_note
 
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO", "AVIF"})  # AVIF: lossless only with rare settings
 _LOSSY_TIFF_COMPRESSIONS = frozenset({"jpeg", "tiff_jpeg"})  # Pillow's names: 7 and old 6
@@ -42,7 +43,7 @@ def image_errors_named(path, what: str):
     except (KsegError, MemoryError):
         raise
     except Exception as exc:
-        raise UnreadableFileError(path, image_read_problem(exc, what)) from exc
+        raise UnreadableFileError(path, image_read_problem(exc, what) + pointer_note(path)) from exc
 
 
 _EXIF_ORIENTATION = 0x0112

@@ -25,6 +25,7 @@ from nibabel.openers import Opener
 
 from kseg._files import atomic_output
 from kseg.errors import GeometryError, MaskError, UnreadableFileError
+from kseg.io._pointer_files import pointer_note
 from kseg.io.volume import Volume
 
 __all__ = [
@@ -140,7 +141,9 @@ def read_nifti(path: os.PathLike | str, *, patient_id: str | None = None) -> Vol
         # SIGBUS and left the file cut short.
         image = _load(path)
     except Exception as exc:  # nibabel raises ImageFileError, OSError, EOFError, zlib.error
-        raise UnreadableFileError(path, f"cannot be read as NIfTI ({exc})") from exc
+        raise UnreadableFileError(
+            path, f"cannot be read as NIfTI ({exc}){pointer_note(path)}"
+        ) from exc
     if not isinstance(image, (nib.Nifti1Image, nib.Nifti2Image)):
         raise UnreadableFileError(
             path, f"expected a NIfTI-1/2 file, nibabel reads it as {type(image).__name__}"

@@ -54,6 +54,7 @@ import numpy as np
 from scipy import ndimage
 
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
+from kseg.io._pointer_files import pointer_note
 from kseg.io.volume import Volume
 
 __all__ = [
@@ -147,7 +148,9 @@ def read_npz_mask(path: os.PathLike | str, *, key: str | None = None) -> np.ndar
             path, f"declares an array larger than memory ({exc}); the archive is damaged"
         ) from exc
     except Exception as exc:  # OSError, ValueError, BadZipFile, EOFError, zlib.error, ...
-        raise UnreadableFileError(path, f"cannot be read as an npz archive ({exc})") from exc
+        raise UnreadableFileError(
+            path, f"cannot be read as an npz archive ({exc}){pointer_note(path)}"
+        ) from exc
     if keys is None:
         raise UnreadableFileError(path, "expected an .npz archive, got a single .npy array")
     if array is None:

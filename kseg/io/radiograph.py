@@ -19,6 +19,7 @@ from PIL import Image
 from pydicom.uid import HTJ2K, JPEG2000, JPEGLSNearLossless
 
 from kseg.errors import UnreadableFileError
+from kseg.io._pointer_files import pointer_note
 from kseg.io.dicom import (
     DICOM_VALUES,
     LossyImageWarning,
@@ -83,7 +84,7 @@ def read_jsrt_image(path: os.PathLike | str) -> np.ndarray:
                 raise UnreadableFileError(
                     path,
                     f"{size} bytes is not a square image of 16-bit words (a JSRT .IMG file "
-                    "is 2048 x 2048 x 2 = 8388608 bytes, no header)",
+                    f"is 2048 x 2048 x 2 = 8388608 bytes, no header){pointer_note(path)}",
                 )
             data = handle.read(size)
     except OSError as exc:  # missing, a folder, no permission: name the file

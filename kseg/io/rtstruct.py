@@ -62,6 +62,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.uid import RTStructureSetStorage
 
 from kseg.errors import AlignmentError, MaskError, UnreadableFileError
+from kseg.io._pointer_files import pointer_note
 from kseg.io.dicom import (
     ImageSlices,
     _cut_short,
@@ -859,11 +860,12 @@ def _read_structure_set(path: str) -> pydicom.Dataset:
     if not has_preamble and not _starts_like_data_set(head):
         raise UnreadableFileError(
             path, "not a DICOM file (no DICM preamble, and it does not start like a data set)"
+            + pointer_note(path),
         )
     try:
         dataset = pydicom.dcmread(path, force=not has_preamble)
     except InvalidDicomError as exc:
-        raise UnreadableFileError(path, f"not a DICOM file ({exc})") from exc
+        raise UnreadableFileError(path, f"not a DICOM file ({exc}){pointer_note(path)}") from exc
     except Exception as exc:  # pydicom raises many types on damaged files (OSError if cut)
         raise UnreadableFileError(path, f"DICOM file cannot be read ({exc})") from exc
     cut = _cut_short(dataset, size)
