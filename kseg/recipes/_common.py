@@ -939,7 +939,8 @@ def start_training(args, prepare) -> TrainingStart:
             or the folder holds the resume backup of another recipe's run, or of a run on
             another ``--data-dir``, or of one with other options
             (:func:`refuse_other_training`); or it is a cross-validation whose members
-            are still training.
+            are still training, or holds a config.json that is not a kseg run's
+            (:func:`refuse_a_foreign_config`).
     """
     if cross_validating(args):
         from kseg.errors import KsegError
