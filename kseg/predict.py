@@ -48,7 +48,12 @@ from tqdm.auto import tqdm
 
 from kseg.errors import LayoutError, UnreadableFileError
 from kseg.inference.sliding_window import BLEND_MODES
-from kseg.io.dicom import DICOM_VALUES, read_dicom_series, scan_dicom_files
+from kseg.io.dicom import (
+    DICOM_VALUES,
+    SkippedFileWarning,
+    read_dicom_series,
+    scan_dicom_files,
+)
 from kseg.io.nifti import read_nifti, write_nifti
 from kseg.io.png_stack import write_png_stack
 from kseg.io.radiograph import read_radiograph
@@ -128,7 +133,8 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
     A NIfTI file, or a folder of them, gives one volume each. A folder with image files
     (PNG, JPEG, TIFF, BMP), or any folder when ``inference["modality"]`` is
     ``"radiograph"``, gives one radiograph per image or DICOM file (sorted by name; other
-    files are skipped with a :class:`kseg.io.SkippedFileWarning`). Any other folder is one
+    files, DICOM-SEG objects among them, are skipped with a
+    :class:`kseg.io.SkippedFileWarning`). Any other folder is one
     DICOM series. Hidden files (the ``._*`` companions of archives extracted on a Mac) are
     never inputs. A single non-NIfTI file is a radiograph, or a one-slice DICOM series for
     CT models. DICOM radiographs are read with ``inference["dicom_values"]``
@@ -293,11 +299,21 @@ def _radiograph_loaders(where: pathlib.Path, files, inference: Mapping) -> list:
     """Image files by their suffix, DICOM images by their bytes; the rest is skipped."""
     images = [entry for entry in files if entry.suffix.lower() in _IMAGE_SUFFIXES]
     others = [entry for entry in files if entry not in images]
-    headers = {
-        pathlib.Path(path): header
-        for path, header in scan_dicom_files(others, where=where)
-        if "PixelData" in header
-    }
+    headers, labels = {}, []
+    for path, header in scan_dicom_files(others, where=where):
+        if "PixelData" not in header:
+            continue
+        if "Segmentation" in _sop_class_name(header):
+            # a DICOM-SEG has pixel data, but they are labels drawn on another image (an
+            # annotation tool saves it beside the radiograph), as the series reader says
+            labels.append(f"{path} ({_sop_class_name(header)}: labels, not a radiograph)")
+            continue
+        headers[pathlib.Path(path)] = header
+    if labels:
+        warnings.warn(
+            SkippedFileWarning(f"{where}: skipped {len(labels)} file(s): " + "; ".join(labels)),
+            stacklevel=5,
+        )
     dicom_values = radiograph_dicom_values(inference)
     formats = inference.get("image_formats")
     if headers and dicom_values == "displayed" and formats and "dicom" not in formats:
@@ -319,6 +335,14 @@ def _radiograph_loaders(where: pathlib.Path, files, inference: Mapping) -> list:
             where, "holds no radiograph: expected PNG, JPEG, TIFF, BMP or DICOM image files"
         )
     return inputs
+
+
+def _sop_class_name(header) -> str:
+    from pydicom.uid import UID
+
+    file_meta = getattr(header, "file_meta", None) or {}
+    uid = str(header.get("SOPClassUID", "") or file_meta.get("MediaStorageSOPClassUID", ""))
+    return UID(uid.strip()).name if uid.strip() else "DICOM"
 
 
 def _radiograph_input(path: pathlib.Path, header, dicom_values: str) -> tuple:

@@ -105,3 +105,34 @@ def test_a_table_of_non_ascii_patient_ids_is_written_in_utf8_whatever_the_locale
     from kseg.evaluation import PatientTable
 
     assert PatientTable.from_csv(path).patient_ids == ["Patiënt_東京"]
+
+
+def test_a_dicom_seg_beside_dicom_radiographs_is_skipped_not_predicted(tmp_path):
+    """An annotation tool saves a DICOM-SEG beside the radiograph it was drawn on; it has
+    pixel data, so the radiograph loader read its 0/1 frame as a chest image, predicted it
+    and wrote 'IM0001.seg' outputs. The series reader skips SEG objects; so does this."""
+    import warnings
+
+    from test_predict import gradient_image, radiograph_inference, write_cr
+
+    from kseg.errors import LayoutError
+    from kseg.io import SkippedFileWarning
+    from kseg.predict import predict_path, write_predictions
+
+    folder = tmp_path / "cr"
+    folder.mkdir()
+    pixels = gradient_image((16, 16), 1)
+    write_cr(folder / "IM0001", pixels, ImagerPixelSpacing=[0.2, 0.25])
+    inference = radiograph_inference((16, 16))
+    [first] = predict_path(_tissue, inference, folder)
+    [seg] = write_predictions([first], tmp_path / "out", "dicom-seg", labels={"lungs": 1})
+    (folder / "IM0001.seg.dcm").write_bytes(seg.read_bytes())
+    with pytest.warns(SkippedFileWarning, match=r"IM0001\.seg\.dcm \(Segmentation Storage"):
+        predictions = predict_path(_tissue, inference, folder)
+    assert [p.name for p in predictions] == ["IM0001"]
+    np.testing.assert_array_equal(predictions[0].labels.array, first.labels.array)
+    # the SEG alone is no radiograph: named, not predicted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SkippedFileWarning)
+        with pytest.raises(LayoutError, match=r"IM0001\.seg\.dcm: holds no radiograph"):
+            predict_path(_tissue, inference, folder / "IM0001.seg.dcm")
