@@ -178,6 +178,9 @@ def test_a_resumed_run_whose_plan_sets_another_learning_rate_is_refused(tmp_path
     assert _planned.apply(argparse.Namespace(**arguments), builder, settings(0.002),
                           training_split="fold0") is plan
     assert saved == [run / _planned.PLAN_FILE]
+    # kseg tune RECIPE --output-dir RUN (its trials in RUN/tuning/) resumes no backup
+    tuning = argparse.Namespace(**arguments, strategy="random")
+    assert _planned.apply(tuning, builder, settings(0.001), training_split="fold0") is plan
 
 
 # --- 2. one labelled case cannot be dealt into folds --------------------------------------

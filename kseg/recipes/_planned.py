@@ -284,9 +284,11 @@ def apply(args, builder, settings, *, training_split: str, most_examples: int | 
             setattr(args, name, value)
             chosen.append(f"{name} {value}")
     # a resumed run goes on with what it trained with: before its plan.json is replaced
-    from kseg.recipes import _common
+    # (a tuning command line, whose --strategy is the search's, resumes no backup)
+    if not hasattr(args, "strategy"):
+        from kseg.recipes import _common
 
-    _common.refuse_other_training(args)
+        _common.refuse_other_training(args)
     result.save(pathlib.Path(args.output_dir) / PLAN_FILE)
     print(f"Plan ({args.plan}, {PLAN_FILE}): {', '.join(chosen) or 'every option given'}"
           + (f"; given: {', '.join(sorted(given))}" if given else ""), flush=True)
