@@ -377,6 +377,16 @@ def test_version_control_pointers_are_named_as_such_by_every_reader(tmp_path):
             reader(tmp_path / name)
         kind = "Git LFS" if text is _LFS_POINTER else "git-annex"
         assert f"it is a {kind} pointer file, not the data" in str(caught.value), name
+    from etils import epath
+
+    from kseg.phantoms.msd_spleen import write_msd_spleen
+    from tfds_builders.msd_spleen.layout import cases_from_dataset_json, task_folder
+
+    task = task_folder(epath.Path(write_msd_spleen(tmp_path / "msd", num_training=1, num_test=0,
+                                                   shape=(2, 4, 4), apple_double=False)))
+    (task / "dataset.json").write_text(_LFS_POINTER)
+    with pytest.raises(UnreadableFileError, match="it is a Git LFS pointer file, not the data"):
+        cases_from_dataset_json(task)
     series = tmp_path / "series"
     series.mkdir()
     for k in range(3):

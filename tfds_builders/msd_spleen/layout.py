@@ -9,6 +9,7 @@ import json
 from etils import epath
 
 from kseg.errors import LayoutError, UnreadableFileError
+from kseg.io._pointer_files import pointer_note
 from tfds_builders._manual import nested_one_level_hint
 
 TASK_FOLDER = "Task09_Spleen"
@@ -89,7 +90,9 @@ def cases_from_dataset_json(task_dir: epath.Path) -> tuple[list[Case], list[Case
             )
     except (ValueError, KeyError, TypeError) as exc:
         raise UnreadableFileError(
-            dataset_json, f"expected the MSD dataset.json with a 'training' list ({exc!r})"
+            dataset_json,
+            f"expected the MSD dataset.json with a 'training' list ({exc!r})"
+            + pointer_note(dataset_json),
         ) from exc
     labelled = []
     for entry in training:
