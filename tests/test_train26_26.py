@@ -185,3 +185,28 @@ def test_volume_validation_of_a_3d_model_of_any_size_takes_volumes_of_any_size()
     padded = np.pad(image, ((0, 1), (0, 1), (0, 1), (0, 0)))  # 6 x 10 x 8: (0, 1) each
     probabilities = model.predict(padded[None], verbose=0)[0, :5, :9, :7, 0]
     np.testing.assert_allclose(dice, _dice(probabilities >= 0.5, label), rtol=1e-6)
+
+
+def test_a_validation_image_without_its_channel_axis_is_refused_before_training():
+    # A (slices, H, W) volume given to a one-channel 2D model was read as a 2D image of W
+    # channels; the error came at the end of the first epoch, from inside the model, and
+    # named no patient.
+    import pytest
+
+    from kseg import models
+    from kseg.training import VolumeValidation
+
+    model = models.build("unet", input_shape=(None, None, 1), num_classes=1, depth=1)
+    label = np.zeros((4, 8, 8), np.uint8)
+    label[1:3, 2:6, 2:6] = 1
+    image = np.zeros((4, 8, 8), np.float32)
+    validation = VolumeValidation([("p1", image[..., None], label, None),
+                                   ("p2", image, label, None)])  # fmt: skip
+    validation.set_model(model)
+    with pytest.raises(ValueError, match=r"patient 'p2'.*\(4, 8, 8\).*channel axis"):
+        validation.on_train_begin()
+    model3d = models.build("unet3d", num_classes=1, depth=1)
+    validation = VolumeValidation([("p2", image, label, None)])
+    validation.set_model(model3d)
+    with pytest.raises(ValueError, match=r"patient 'p2'.*\(4, 8, 8\).*channel axis"):
+        validation.on_train_begin()

@@ -430,6 +430,31 @@ class VolumeValidation(keras.callbacks.Callback):
                 "sigmoid's output then lies in [0.5, 0.73]: every pixel foreground); drop "
                 "from_logits=True, or build the model with activation=None"
             )  # fmt: skip
+        self._check_images_fit()
+
+    def _check_images_fit(self) -> None:
+        """Refuse, before an epoch trains, a validation image the model cannot take."""
+        inputs = getattr(self.model, "inputs", None)
+        if not inputs or len(inputs) != 1:
+            return
+        expected = tuple(inputs[0].shape)
+        spatial_dims, channels = len(expected) - 2, expected[-1]
+        for patient_id, image, *_ in self.volumes:
+            shape = tuple(np.shape(image))
+            image_dims = len(shape) - 1
+            fits = image_dims == spatial_dims or (spatial_dims == 2 and image_dims == 3)
+            if fits and (channels is None or shape[-1] == channels):
+                continue
+            hint = (
+                "; add the channel axis (image[..., None])"
+                if channels == 1 and image_dims in (spatial_dims - 1, spatial_dims)
+                else ""
+            )
+            raise ValueError(
+                f"VolumeValidation: patient {patient_id!r}: validation image {shape} fits "
+                f"neither the model's input {expected} (the same spatial axes and "
+                f"{channels} channel(s) last) nor slice-wise prediction of a 2D model{hint}"
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
