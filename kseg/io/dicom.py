@@ -350,7 +350,8 @@ def read_dicom_series(
             the ConcatenationUID and what is missing).
         UnreadableFileError: a file that is DICOM but cannot be used: cut short (header or
             pixel data), an empty data set, an image without pixel data, an empty (0-byte)
-            file; Rows/Columns/BitsAllocated/BitsStored/PixelRepresentation that are not valid,
+            file, a Git LFS or git-annex pointer in place of a file (a fetch left undone);
+            Rows/Columns/BitsAllocated/BitsStored/PixelRepresentation that are not valid,
             or that need more bytes than the PixelData holds (checked before anything is
             allocated); a HighBit other than BitsStored - 1 (samples not aligned to bit 0,
             which pydicom cannot read); RescaleSlope / RescaleIntercept that are not finite
@@ -507,7 +508,7 @@ def _read_image(path: os.PathLike | str, values: str) -> tuple[np.ndarray, int |
         raise UnreadableFileError(
             path,
             f"{reason}: no DICM preamble at byte 128, and the bytes do not start like a DICOM "
-            f"data set{pointer_note(path)}",
+            "data set",
         )
     if not _has_image(header):
         raise UnreadableFileError(
@@ -771,7 +772,7 @@ def scan_dicom_files(
     for path in paths:
         dataset, reason = _scan_file(path)
         if dataset is None:
-            skipped.append(f"{path} ({reason}{pointer_note(path)})")
+            skipped.append(f"{path} ({reason})")
         else:
             headers.append((path, dataset))
     _warn_skipped(where, skipped, stacklevel=3)
@@ -839,7 +840,8 @@ def _starts_like_data_set(head: bytes) -> bool:
 def _scan_file(path: str) -> tuple[pydicom.Dataset | None, str | None]:
     """``(header, None)`` for a DICOM file, ``(None, reason)`` for a file that is not DICOM.
 
-    Raises UnreadableFileError for a file that cannot be opened or is DICOM but broken.
+    Raises UnreadableFileError for a file that cannot be opened, is DICOM but broken, or is
+    a Git LFS / git-annex pointer standing for a file that was not fetched.
     """
     try:
         size = os.path.getsize(path)
@@ -853,6 +855,11 @@ def _scan_file(path: str) -> tuple[pydicom.Dataset | None, str | None]:
         raise UnreadableFileError(
             path, "is empty (0 bytes): a copy or download that did not complete"
         )
+    pointer = pointer_note(path) if size <= 1024 else ""
+    if pointer:
+        # It stands for a file that is not there (a fetch left undone or cut short), as a
+        # file cut short does: skipped, the series would read without that slice.
+        raise UnreadableFileError(path, f"is not the file it stands for{pointer}")
     has_preamble = head[128:132] == b"DICM"
     if not has_preamble and not any(head[:128]):
         # DICOM preambles are usually zero-filled; no other file a DICOM folder holds is.
@@ -1136,13 +1143,11 @@ def _dicomdir_series(dicomdir: str) -> list[tuple[str, str, int, list[str]]]:
 
 def _read_image_headers(paths: Iterable[str], folder: str) -> list[tuple[str, pydicom.Dataset]]:
     """Headers of the files that are DICOM images; everything else is skipped with a warning."""
-    headers, skipped, pointers = [], [], 0
+    headers, skipped = [], []
     for path in paths:
         dataset, reason = _scan_file(path)
         if dataset is None:
-            note = pointer_note(path)
-            pointers += bool(note)
-            skipped.append(f"{path} ({reason}{note})")
+            skipped.append(f"{path} ({reason})")
         elif not _has_image(dataset):
             # DICOMDIR, RTSTRUCT, SR ... stored beside the slices carry no image.
             skipped.append(f"{path} ({_sop_class_name(dataset)}, no image)")
@@ -1158,13 +1163,7 @@ def _read_image_headers(paths: Iterable[str], folder: str) -> list[tuple[str, py
             headers.append((path, dataset))
     _warn_skipped(folder, skipped)
     if not headers:
-        pointed = (
-            f"; {pointers} of its files are Git LFS / git-annex pointers, not the data (see the "
-            "SkippedFileWarning)" if pointers else ""
-        )
-        raise LayoutError(
-            folder, "no DICOM image files found" + _images_elsewhere(folder) + pointed
-        )
+        raise LayoutError(folder, "no DICOM image files found" + _images_elsewhere(folder))
     return headers
 
 
