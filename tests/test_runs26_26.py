@@ -653,3 +653,29 @@ def test_a_config_json_that_is_not_a_runs_is_not_written_over(tmp_path, monkeypa
         cross_validation.train(recipe, every)
     assert prepared == [] and (project / "config.json").read_bytes() == before
     assert sorted(path.name for path in project.iterdir()) == ["config.json"]
+
+
+# --- a download holding a file name that is not UTF-8 -----------------------------------------
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_by_its_bytes(tmp_path):
+    """A download extracted from an archive made on Windows can hold names in Latin-1
+    (``Befund_M\\xfcller.txt``, a byte that is not UTF-8): Python reads such a name with a
+    surrogate, and the source listing's UTF-8 encoding ended ``kseg prepare`` / ``kseg
+    train --data-dir`` / ``kseg evaluate --input`` in a bare UnicodeEncodeError traceback,
+    before the builder (which may never read that file) was asked. The name is listed by
+    its bytes, as the file system holds it."""
+    import hashlib
+    import os
+
+    from kseg.recipes import _common
+
+    download = tmp_path / "download"
+    (download / "images").mkdir(parents=True)
+    (download / "images" / "a.png").write_bytes(b"png")
+    with open(os.path.join(os.fsencode(download), b"Befund_M\xfcller.txt"), "wb") as handle:
+        handle.write(b"notes")
+    listing = _common.source_listing(download)
+    expected = b"Befund_M\xfcller.txt\t5\nimages/a.png\t3"
+    assert listing["files"] == 2
+    assert listing["listing_sha256"] == hashlib.sha256(expected).hexdigest()

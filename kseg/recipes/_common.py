@@ -529,7 +529,9 @@ def source_listing(manual_dir) -> dict:
                     unlinked_data.append(entry)
 
     def digest(entries):
-        return hashlib.sha256("\n".join(sorted(entries)).encode("utf-8")).hexdigest()
+        # surrogateescape: a name that is not UTF-8 (an archive made on Windows) as its bytes
+        text = "\n".join(sorted(entries))
+        return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
     listing = {"folder": os.fspath(root.resolve()), "files": len(data),
                "listing_sha256": digest(data), "every_file_sha256": digest(every)}
