@@ -148,8 +148,10 @@ def read_inputs(input_path: os.PathLike | str, inference: Mapping) -> list[tuple
         LayoutError: ``input_path`` does not exist, holds nothing readable, holds NIfTI
             files and DICOM images (one kind would be left out), holds
             radiographs for a 3D volume model or a CT model (``inference["modality"]``
-            ``"CT"``: an image file holds no Hounsfield units), a volume of several slices
-            for a radiograph model, or two inputs would write outputs of the same name.
+            ``"CT"``: an image file holds no Hounsfield units), a DICOM series of a modality
+            without Hounsfield units (MR, PET, ...) for a CT or 3D model, a volume of
+            several slices for a radiograph model, or two inputs would write outputs of
+            the same name.
         UnreadableFileError, DicomSeriesError: from the readers, naming the file; a
             link in the folder whose target is missing.
     """
@@ -233,6 +235,15 @@ def _check_input(item: tuple, inference: Mapping) -> None:
             "the run's model is a CT model (config.json's inference modality 'CT'), which "
             "reads Hounsfield units: give it a DICOM series folder or NIfTI files",
         )  # fmt: skip
+    modality = str(image.metadata.get("modality", "") or "").strip().upper()
+    if kind == DICOM_SERIES and modality in _NO_HOUNSFIELD_UNITS and _reads_hu(inference):
+        # an MR series (CHAOS ships MR beside CT) windowed as HU: labels with no meaning
+        raise LayoutError(
+            source, f"is a DICOM series of modality {modality} "
+            f"({_NO_HOUNSFIELD_UNITS[modality]}); the run's model is a CT model "
+            f"({_ct_model_reason(inference)}), which reads Hounsfield units and windows "
+            "them: give it CT series or NIfTI CT volumes, or a run trained on this modality",
+        )  # fmt: skip
     if (kind != RADIOGRAPH and inference.get("modality") == "radiograph"
             and image.array.shape[0] > 1):  # fmt: skip
         # a volume's slices are no radiographs: the model would label each as a chest image
@@ -241,6 +252,29 @@ def _check_input(item: tuple, inference: Mapping) -> None:
             "model segments radiographs (config.json's inference modality "
             "'radiograph'): give it radiograph images or one-slice NIfTI files",
         )  # fmt: skip
+
+
+# DICOM Modality values (PS3.3 C.7.3.1.1.1) whose pixel values are no Hounsfield units
+_NO_HOUNSFIELD_UNITS = {
+    "MR": "magnetic resonance", "PT": "PET", "NM": "nuclear medicine", "US": "ultrasound",
+    "CR": "computed radiography", "DX": "digital radiography", "MG": "mammography",
+    "XA": "X-ray angiography", "RF": "radiofluoroscopy", "IO": "intra-oral radiography",
+    "PX": "panoramic X-ray", "OP": "ophthalmic photography", "OPT": "ophthalmic tomography",
+    "SM": "slide microscopy", "XC": "external camera photography", "ES": "endoscopy",
+}  # fmt: skip
+
+
+def _reads_hu(inference: Mapping) -> bool:
+    """A run whose model reads Hounsfield units: a 2D run of modality ``"CT"``, or a 3D
+    run, whose window is ``[low, high]`` HU."""
+    return inference.get("modality") == "CT" or inference.get("kind") == "volume"
+
+
+def _ct_model_reason(inference: Mapping) -> str:
+    if inference.get("modality") == "CT":
+        return "config.json's inference modality 'CT'"
+    low, high = inference["window"]
+    return f"a 3D model windowed at [{low}, {high}] HU"
 
 
 def _input_files(folder: pathlib.Path) -> list[pathlib.Path]:

@@ -136,3 +136,42 @@ def test_a_dicom_seg_beside_dicom_radiographs_is_skipped_not_predicted(tmp_path)
         warnings.simplefilter("ignore", SkippedFileWarning)
         with pytest.raises(LayoutError, match=r"IM0001\.seg\.dcm: holds no radiograph"):
             predict_path(_tissue, inference, folder / "IM0001.seg.dcm")
+
+
+@pytest.mark.parametrize("kind", ["slices", "volume"])
+def test_an_mr_series_given_to_a_ct_run_is_refused_before_the_model_loads(tmp_path, kind):
+    """CHAOS ships MR series beside its CT ones; a CT run windowed an MR series' signal as
+    Hounsfield units and wrote labels with no meaning, without a word (an image file was
+    refused already: it holds no HU either)."""
+    import json
+    import shutil
+
+    from pydicom.data import get_testdata_file
+
+    from kseg.errors import LayoutError
+    from kseg.predict import predict_command
+
+    series = tmp_path / "T1DUAL"
+    series.mkdir()
+    shutil.copy(get_testdata_file("MR_small.dcm"), series / "mr.dcm")  # a real MR slice
+    inference = (
+        _slices_inference((64, 64)) if kind == "slices" else {
+            "kind": "volume", "window": [-57.0, 164.0], "spacing": [1.5, 1.5, 2.0],
+            "roi_size": [8, 8, 8], "num_classes": 1,
+        }
+    )  # fmt: skip
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.keras").write_bytes(b"")  # never loaded: the input is refused first
+    (run / "config.json").write_text(json.dumps({
+        "kseg_config_version": 1, "recipe": "chaos_liver", "arguments": {}, "seed": 0,
+        "created": "2026-12-03T00:00:00+00:00", "versions": {}, "git_commit": None,
+        "dataset": {"name": "test"}, "labels": {"liver": 1}, "inference": inference,
+    }))  # fmt: skip
+    reason = "config.json.s inference modality .CT." if kind == "slices" else (
+        r"a 3D model windowed at \[-57.0, 164.0\] HU"
+    )
+    with pytest.raises(LayoutError, match=r"T1DUAL: is a DICOM series of modality MR "
+                       rf"\(magnetic resonance\); the run's model is a CT model \({reason}"):
+        predict_command(run, series, tmp_path / "out", "nifti")
+    assert not (tmp_path / "out").exists()
