@@ -425,3 +425,22 @@ class ForkedProcess:
         self.stdout.close()
         self.wait(timeout)
         return output[0], None
+
+
+def run_forked(zygote, code, arguments=(), *, stderr_path, environment=None, timeout=300):
+    """``python -c code *arguments`` forked from ``zygote`` and waited for, for the tests
+    that need a process with no state of this one (no kseg imported, no function traced)
+    but not TensorFlow's import of a new interpreter. Returns ``(returncode, stdout,
+    stderr)``, with stdout and the text of stderr (kept in ``stderr_path``)."""
+    environment = dict(
+        os.environ if environment is None else environment, PYTHONPATH=str(REPOSITORY),
+        TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
+    )  # fmt: skip
+    with open(stderr_path, "w") as stderr:
+        process = zygote.popen(code, arguments, environment, stderr)
+    try:
+        stdout, _ = process.communicate(timeout=timeout)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    return process.returncode, stdout, pathlib.Path(stderr_path).read_text()

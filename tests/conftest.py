@@ -32,6 +32,17 @@ SHARED_DATA = pathlib.Path(os.environ.get("KSEG_SHARED_DATA", _BESIDE_CHECKOUT))
 
 
 @pytest.fixture(scope="session")
+def zygote(tmp_path_factory):
+    """One process per test worker that imports TensorFlow once and forks the children of
+    the multi-process and fresh-process tests (tests/child_processes.py): each child would
+    otherwise pay the import, about 6 CPU-s."""
+    from child_processes import Zygote
+
+    with Zygote(tmp_path_factory.mktemp("zygote")) as forking:
+        yield forking
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real sample data not found at {SHARED_DATA}")

@@ -26,7 +26,7 @@ import textwrap
 import time
 
 import pytest
-from child_processes import JsonLinesChild, Zygote, free_ports
+from child_processes import JsonLinesChild, free_ports
 
 TIMEOUT = 900  # seconds for the three searches; each process imports TensorFlow (slow when busy)
 BASE_FILTERS = (2, 4)
@@ -176,14 +176,14 @@ class Searches:
 
 
 @pytest.fixture(scope="module")
-def searches(tmp_path_factory):
+def searches(tmp_path_factory, zygote):
     tmp_path = tmp_path_factory.mktemp("distributed")
     directory = tmp_path / "search"
     ports = search_ports()
     processes = []
-    # the four processes are forked from one that imported TensorFlow once (CPU-seconds each
-    # otherwise); each starts its own TensorFlow runtime and imports Keras Tuner itself
-    zygote = Zygote(tmp_path)
+    # the four processes are forked from the worker's zygote, which imported TensorFlow once
+    # (CPU-seconds each otherwise); each starts its own TensorFlow runtime and imports Keras
+    # Tuner itself
     try:
         chief = Process(zygote, tmp_path, "chief", ports, directory)
         worker0 = Process(zygote, tmp_path, "tuner0", ports, directory)
@@ -201,7 +201,6 @@ def searches(tmp_path_factory):
     finally:
         for process in processes:
             process.kill()
-        zygote.close()
     return Searches(directory, chief, worker0, worker1, restarted, interrupted)
 
 

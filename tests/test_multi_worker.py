@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import pytest
-from child_processes import JsonLinesChild, Zygote, free_ports, without_tf_config
+from child_processes import JsonLinesChild, free_ports, without_tf_config
 
 from kseg.training import distribute
 
@@ -156,12 +156,11 @@ def weights(path):
 
 
 @pytest.mark.slow
-def test_two_workers_resume_after_a_kill_and_match_one_process(tmp_path):
+def test_two_workers_resume_after_a_kill_and_match_one_process(tmp_path, zygote):
     run_dir = tmp_path / "run"
     children = []
-    # every process below is forked from one that imported TensorFlow once (CPU-seconds
-    # each otherwise); each starts its own TensorFlow runtime
-    zygote = Zygote(tmp_path)
+    # every process below is forked from the worker's zygote, which imported TensorFlow once
+    # (CPU-seconds each otherwise); each starts its own TensorFlow runtime
     try:
         ports = free_ports(2)
         workers = [
@@ -226,7 +225,6 @@ def test_two_workers_resume_after_a_kill_and_match_one_process(tmp_path):
     finally:
         for child in children:
             child.kill()
-        zygote.close()
 
     assert [message["finished"] for message in finished] == [0, 1]
     assert [message["chief"] for message in finished] == [True, False]

@@ -11,7 +11,7 @@ import pathlib
 import time
 
 import pytest
-from child_processes import Zygote, free_ports
+from child_processes import free_ports
 
 from kseg.recipes import _common, load
 
@@ -202,13 +202,12 @@ def test_a_2d_recipe_fits_with_its_schedule(tmp_path, schedule, names):
 
 
 @pytest.mark.slow
-def test_two_workers_train_a_recipe_and_only_the_chief_writes(tmp_path):
+def test_two_workers_train_a_recipe_and_only_the_chief_writes(tmp_path, zygote):
     run_dir = tmp_path / "run"
     ports = free_ports(2)
     workers = []
-    # both are forked from one process that imported TensorFlow once (CPU-seconds each
-    # otherwise); each starts its own TensorFlow runtime, then runs ``python -m kseg train``
-    zygote = Zygote(tmp_path)
+    # both are forked from the worker's zygote, which imported TensorFlow once (CPU-seconds
+    # each otherwise); each starts its own TensorFlow runtime, then runs ``python -m kseg train``
     try:
         for index in range(2):
             environment = dict(
@@ -233,7 +232,6 @@ def test_two_workers_train_a_recipe_and_only_the_chief_writes(tmp_path):
             if worker.poll() is None:
                 worker.kill()
                 worker.wait(timeout=30)
-        zygote.close()
     logs = [(tmp_path / f"worker{index}.log").read_text() for index in range(2)]
     assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
     assert "replicas, global batch 4, learning rate 0.02" in logs[0]

@@ -18,7 +18,6 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from child_processes import Zygote
 
 EPOCHS = 30
 KILLS = 4  # each rerun is forked from a process that imported TensorFlow once
@@ -136,54 +135,60 @@ def finished_epochs(output):
     return [int(line.split()[1]) for line in output.splitlines() if line.startswith("done ")]
 
 
-def test_kill_at_random_moments_and_resume(tmp_path):
+def test_kill_at_random_moments_and_resume(tmp_path, zygote):
     child = tmp_path / "child.py"
     child.write_text(CHILD)
     run_dir = tmp_path / "run"
     rng = np.random.default_rng(20261202)
     last_finished = -1  # the last epoch a process reported finished (and backed up)
     kills, resumed_starts = 0, []
-    with Zygote(tmp_path) as zygote, open(tmp_path / "child.log", "w") as log:
-        while kills < KILLS:
-            process, start_epoch = start(zygote, child, run_dir, log)
-            # the epoch in progress at the kill is lost, nothing more; a kill after the
-            # backup of an epoch but before its "done" line resumes one epoch later
-            assert start_epoch in (last_finished + 1, last_finished + 2)
-            if kills:
-                resumed_starts.append(start_epoch)
-            check_run_folder(run_dir, start_epoch)
-            process.stdin.write("go\n")
-            process.stdin.flush()
-            # kill at a random moment up to about two epochs after the validation of a
-            # random epoch: in the writes that follow it (best model, score copy, history,
-            # backup) or in the training and validation of the next epoch
-            output, validated = [], 0
-            target = rng.integers(1, 4)
-            while validated < target:
-                line = process.stdout.readline()
-                output.append(line)
-                validated += line.startswith("validated ")
-                if not line or line.startswith("finished"):
-                    break
-            try:
-                process.wait(timeout=rng.uniform(0.0, 0.15))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                kills += 1
-            output = "".join(output) + process.communicate()[0]
-            done = finished_epochs(output)
-            if process.returncode != -signal.SIGKILL:  # it ended on its own: it completed
-                log.flush()
-                assert process.returncode == 0, open(log.name).read()[-3000:]
-                assert "finished" in output and done[-1] == EPOCHS - 1
-                last_finished = -1  # the next run is a new run
-            elif done:
-                last_finished = done[-1]
+    process = None  # a child left by a failed assertion is killed, not left running
+    try:
+        with open(tmp_path / "child.log", "w") as log:
+            while kills < KILLS:
+                process, start_epoch = start(zygote, child, run_dir, log)
+                # the epoch in progress at the kill is lost, nothing more; a kill after the
+                # backup of an epoch but before its "done" line resumes one epoch later
+                assert start_epoch in (last_finished + 1, last_finished + 2)
+                if kills:
+                    resumed_starts.append(start_epoch)
+                check_run_folder(run_dir, start_epoch)
+                process.stdin.write("go\n")
+                process.stdin.flush()
+                # kill at a random moment up to about two epochs after the validation of a
+                # random epoch: in the writes that follow it (best model, score copy, history,
+                # backup) or in the training and validation of the next epoch
+                output, validated = [], 0
+                target = rng.integers(1, 4)
+                while validated < target:
+                    line = process.stdout.readline()
+                    output.append(line)
+                    validated += line.startswith("validated ")
+                    if not line or line.startswith("finished"):
+                        break
+                try:
+                    process.wait(timeout=rng.uniform(0.0, 0.15))
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    kills += 1
+                output = "".join(output) + process.communicate()[0]
+                done = finished_epochs(output)
+                if process.returncode != -signal.SIGKILL:  # it ended on its own: it completed
+                    log.flush()
+                    assert process.returncode == 0, open(log.name).read()[-3000:]
+                    assert "finished" in output and done[-1] == EPOCHS - 1
+                    last_finished = -1  # the next run is a new run
+                elif done:
+                    last_finished = done[-1]
 
-        process, start_epoch = start(zygote, child, run_dir, log)
-        assert start_epoch in (last_finished + 1, last_finished + 2)
-        check_run_folder(run_dir, start_epoch)
-        output, _ = process.communicate("go\n", timeout=300)
+            process, start_epoch = start(zygote, child, run_dir, log)
+            assert start_epoch in (last_finished + 1, last_finished + 2)
+            check_run_folder(run_dir, start_epoch)
+            output, _ = process.communicate("go\n", timeout=300)
+    finally:
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
     assert "finished" in output and process.returncode == 0
     assert [int(row["epoch"]) for row in history_rows(run_dir / "history.csv")] == list(
         range(EPOCHS)
