@@ -12,12 +12,11 @@ import argparse
 import json
 import os
 import pathlib
-import subprocess
-import sys
 import types
 
 import numpy as np
 import pytest
+from child_processes import run_forked
 
 from kseg import cli
 from kseg.recipes import _common, cross_validation
@@ -112,7 +111,7 @@ def test_ensemble_model_is_the_numpy_mean_over_members_and_flips(run):
     np.testing.assert_allclose(saved.predict(batch, verbose=0), plain, atol=1e-6)
 
 
-def test_ensemble_reloads_in_a_fresh_process(run, tmp_path):
+def test_ensemble_reloads_in_a_fresh_process(run, tmp_path, zygote):
     import kseg
 
     _, folder, _ = run
@@ -120,13 +119,12 @@ def test_ensemble_reloads_in_a_fresh_process(run, tmp_path):
     np.save(tmp_path / "batch.npy", batch)
     code = ("import sys, numpy as np, kseg; m = kseg.load_model(sys.argv[1]); "
             "np.save(sys.argv[3], m.predict(np.load(sys.argv[2]), verbose=0))")
-    subprocess.run(
-        [sys.executable, "-c", code, folder / "best.keras", tmp_path / "batch.npy",
-         tmp_path / "out.npy"],
-        check=True, cwd=REPOSITORY, timeout=300,
-        env=dict(os.environ, PYTHONPATH=str(REPOSITORY), TF_CPP_MIN_LOG_LEVEL="2",
-                 CUDA_VISIBLE_DEVICES=""),
-    )  # fmt: skip
+    # forked from a process that imported TensorFlow and Keras, never kseg
+    returncode, _, stderr = run_forked(
+        zygote, code, [folder / "best.keras", tmp_path / "batch.npy", tmp_path / "out.npy"],
+        stderr_path=tmp_path / "child.stderr",
+    )
+    assert returncode == 0, stderr[-3000:]
     here = kseg.load_model(folder / "best.keras").predict(batch, verbose=0)
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), here, atol=1e-6)
 

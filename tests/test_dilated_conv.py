@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from child_processes import run_forked
 
 import kseg
 from kseg.models import dilated_conv, highresnet
@@ -131,25 +132,25 @@ print(dilated_conv.direct_dilation_supported(), type(loaded.layers[0]) is Dilate
 """
 
 
-def test_falls_back_with_onednn_off_and_reloads_in_a_fresh_process(tmp_path):
-    def start(name, **environment):
-        env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-        env.pop("TF_ENABLE_ONEDNN_OPTS", None)
-        env.update(environment)
-        return subprocess.Popen(
-            [sys.executable, "-c", _CHILD, str(tmp_path / f"{name}.keras")],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-
-    children = {
-        "oneDNN on (kseg's default)": start("on"),
-        "oneDNN off": start("off", TF_ENABLE_ONEDNN_OPTS="0", KSEG_RUNTIME_DEFAULTS="0"),
-    }
-    outputs = {}
-    for name, child in children.items():
-        stdout, stderr = child.communicate(timeout=300)
-        assert child.returncode == 0, f"{name}: {stderr[-2000:]}"
-        outputs[name] = stdout.strip().splitlines()[-1]
+def test_falls_back_with_onednn_off_and_reloads_in_a_fresh_process(tmp_path, zygote):
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    # oneDNN off needs an interpreter of its own, TensorFlow reads the variable at import
+    off = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(tmp_path / "off.keras")],
+        env=dict(env, TF_ENABLE_ONEDNN_OPTS="0", KSEG_RUNTIME_DEFAULTS="0"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    # kseg's default is what the worker's zygote imported TensorFlow with
+    returncode, stdout, stderr = run_forked(
+        zygote, _CHILD, [tmp_path / "on.keras"], stderr_path=tmp_path / "on.stderr",
+        environment=env,
+    )  # fmt: skip
+    assert returncode == 0, f"oneDNN on: {stderr[-2000:]}"
+    outputs = {"oneDNN on (kseg's default)": stdout.strip().splitlines()[-1]}
+    stdout, stderr = off.communicate(timeout=300)
+    assert off.returncode == 0, f"oneDNN off: {stderr[-2000:]}"
+    outputs["oneDNN off"] = stdout.strip().splitlines()[-1]
     assert outputs == {
         "oneDNN on (kseg's default)": "True True True",
         "oneDNN off": "False True True",

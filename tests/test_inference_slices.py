@@ -1,11 +1,9 @@
 """predict_slices with fixed-weight Keras models against numpy."""
 
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
+from child_processes import run_forked
 
 from kseg.inference import predict_slices
 
@@ -66,11 +64,15 @@ for size in range(1, 7):
 """
 
 
-def test_keras_predict_traces_counted_across_models_do_not_warn_others_still_do():
-    # A fresh process: TensorFlow warns at most twice per function for the whole process.
-    result = subprocess.run([sys.executable, "-c", _MODELS_IN_ONE_PROCESS],
-                            capture_output=True, text=True, timeout=300, check=True)
-    retracing = [line for line in result.stderr.splitlines()
-                 if "triggered tf.function retracing" in line]
-    assert retracing, result.stderr[-2000:]
+def test_keras_predict_traces_counted_across_models_do_not_warn_others_still_do(
+    tmp_path, zygote
+):
+    # A process that never traced a function (forked from one that only imported
+    # TensorFlow): TensorFlow warns at most twice per function for the whole process.
+    returncode, _, stderr = run_forked(
+        zygote, _MODELS_IN_ONE_PROCESS, stderr_path=tmp_path / "child.stderr"
+    )
+    assert returncode == 0, stderr[-3000:]
+    retracing = [line for line in stderr.splitlines() if "triggered tf.function retracing" in line]
+    assert retracing, stderr[-2000:]
     assert all("<lambda>" in line for line in retracing), retracing

@@ -1,19 +1,18 @@
 """kseg.load_model reloads a saved model in a fresh interpreter that never imported kseg's
 Keras modules, which plain keras.saving.load_model cannot do."""
 
-import subprocess
-import sys
 import textwrap
 import zipfile
 
 import numpy as np
 import pytest
+from child_processes import run_forked
 
 import kseg
 from kseg.errors import UnreadableFileError
 
 
-def test_load_model_in_fresh_process_without_custom_objects(tmp_path):
+def test_load_model_in_fresh_process_without_custom_objects(tmp_path, zygote):
     import keras
 
     import kseg.losses
@@ -38,7 +37,9 @@ def test_load_model_in_fresh_process_without_custom_objects(tmp_path):
         np.save({str(tmp_path / "y.npy")!r}, np.asarray(model(x)))
         """
     )
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True)
+    # forked from a process that imported TensorFlow and Keras, never kseg
+    returncode, _, stderr = run_forked(zygote, script, stderr_path=tmp_path / "child.stderr")
+    assert returncode == 0, stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-6)
 
 
