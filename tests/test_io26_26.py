@@ -1,5 +1,6 @@
 """Session 26 hunt of the readers (kseg.io, tfds_builders): inputs real archives ship."""
 
+import pathlib
 import warnings
 
 import numpy as np
@@ -397,3 +398,41 @@ def test_version_control_pointers_are_named_as_such_by_every_reader(tmp_path):
     with pytest.raises(UnreadableFileError, match=r"1-003\.dcm: is not the file it stands for; "
                        "it is a Git LFS pointer file"):
         read_dicom_series(series)
+
+
+def test_a_git_annex_dataset_not_fetched_is_named_by_each_layout(tmp_path):
+    # DataLad's default (locked) files are links into .git/annex/objects that lead nowhere
+    # until `datalad get`. Before: "is a link to ..., which does not exist" (DICOM folder,
+    # X-ray images, LCTSC headers) or "listed ... but missing" (MSD): the cure unsaid.
+    from etils import epath
+
+    from kseg.errors import UnreadableFileError
+    from kseg.phantoms.msd_spleen import write_msd_spleen
+    from tfds_builders.lctsc.layout import tcia_cases
+    from tfds_builders.msd_spleen.layout import cases_from_dataset_json, task_folder
+    from tfds_builders.xray import Builder
+    from tfds_builders.xray.layout import find_records
+
+    target = "../.git/annex/objects/Xk/7G/SHA256E-s1958--ed0f/SHA256E-s1958--ed0f"
+    note = "it is a git-annex link whose content was not fetched (run `datalad get`"
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "1-001.dcm").symlink_to(target)
+    with pytest.raises(UnreadableFileError, match="which does not exist") as caught:
+        read_dicom_series(series)
+    assert note in str(caught.value)
+    with pytest.raises(UnreadableFileError) as caught:
+        tcia_cases(epath.Path(series))
+    assert note in str(caught.value)
+    _generic_xray(tmp_path / "xray", ["a"])
+    (tmp_path / "xray" / "images" / "b.png").symlink_to(target)
+    with pytest.raises(UnreadableFileError) as caught:
+        find_records(tmp_path / "xray", Builder.builder_configs["generic"])
+    assert note in str(caught.value)
+    task = task_folder(epath.Path(write_msd_spleen(tmp_path / "msd", num_training=1, num_test=0,
+                                                   shape=(2, 4, 4), apple_double=False)))
+    (image,) = pathlib.Path(task, "imagesTr").iterdir()
+    image.unlink()
+    image.symlink_to(target)
+    with pytest.raises(LayoutError, match="listed in .* but missing; it is a git-annex link"):
+        cases_from_dataset_json(task)

@@ -2,7 +2,8 @@
 
 A repository cloned without its Git LFS objects (GitHub, Hugging Face and GitLab datasets)
 holds a ~130-byte text pointer in place of every image, and a DataLad / git-annex dataset
-whose content was not fetched holds ``/annex/objects/<key>`` pointers where it is unlocked.
+whose content was not fetched holds ``/annex/objects/<key>`` pointers where it is unlocked,
+and links into ``.git/annex/objects`` that lead nowhere where it is locked (the default).
 Read as an image, a volume or a DICOM file they gave "cannot identify image file", "not
 DICOM" or "not a gzip file": true, but silent on the cause and the cure.
 
@@ -36,6 +37,15 @@ def pointer_note(path: os.PathLike | str) -> str:
         >>> pointer_note(path).split(":")[0]
         '; it is a Git LFS pointer file, not the data'
     """
+    if os.path.islink(path) and not os.path.exists(path):
+        # git-annex's locked files (DataLad's default) link into .git/annex/objects; the
+        # link dangles until the content is fetched
+        if "annex/objects/" in os.readlink(path).replace(os.sep, "/"):
+            return (
+                "; it is a git-annex link whose content was not fetched (run `datalad get` "
+                "or `git annex get` on it)"
+            )
+        return ""
     try:
         if os.path.getsize(path) > _POINTER_BYTES:
             return ""

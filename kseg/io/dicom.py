@@ -812,7 +812,7 @@ def _list_source(source) -> tuple[str, list[str]]:
                 raise UnreadableFileError(
                     entry.path,
                     f"is a link to {os.readlink(entry.path)}, which does not exist; expected "
-                    "a link to a DICOM file",
+                    f"a link to a DICOM file{pointer_note(entry.path)}",
                 )
         paths = [entry.path for entry in entries if entry.is_file()]
         if not paths:
@@ -848,7 +848,7 @@ def _scan_file(path: str) -> tuple[pydicom.Dataset | None, str | None]:
         with open(path, "rb") as handle:
             head = handle.read(136)
     except OSError as exc:
-        raise UnreadableFileError(path, f"cannot be opened ({exc})") from exc
+        raise UnreadableFileError(path, f"cannot be opened ({exc}){pointer_note(path)}") from exc
     if size == 0:
         if os.path.basename(path).startswith("."):
             return None, "empty hidden file"

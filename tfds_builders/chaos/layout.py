@@ -10,6 +10,7 @@ import numpy as np
 from etils import epath
 
 from kseg.errors import MaskError, UnreadableFileError
+from kseg.io._pointer_files import pointer_note
 from kseg.io.masks import CHAOS_MR_LABEL_RANGES, LabelRule
 
 PATIENT_FOLDER = re.compile(r"^\d+$")
@@ -62,7 +63,7 @@ def masks_in_array_order(source_files, image_dir, mask_dir) -> list[str]:
         if os.path.islink(path) and not os.path.exists(path):
             raise UnreadableFileError(
                 path, f"is a link to {os.readlink(path)}, which does not exist; expected a "
-                "Ground mask file",
+                f"Ground mask file{pointer_note(path)}",
             )  # fmt: skip
     masks = [p for p in named_as_masks if p.is_file()]
     suffixes = sorted({p.suffix.lower() for p in masks})

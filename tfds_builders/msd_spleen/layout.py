@@ -65,7 +65,8 @@ def _relative_file(task_dir: epath.Path, entry, folder: str, dataset_json) -> ep
         raise LayoutError(dataset_json, f"expected ./{folder}/<case>{_NIFTI_SUFFIX}, got {entry!r}")
     resolved = task_dir / folder / path.name
     if not resolved.is_file():
-        raise LayoutError(resolved, f"listed in {dataset_json} but missing; expected:\n"
+        raise LayoutError(resolved, f"listed in {dataset_json} but missing{pointer_note(resolved)}"
+                          "; expected:\n"
                           f"{EXPECTED_LAYOUT}")
     return resolved
 

@@ -15,6 +15,7 @@ from etils import epath
 
 from kseg.errors import LayoutError, MaskError, UnreadableFileError
 from kseg.io import SkippedFileWarning
+from kseg.io._pointer_files import pointer_note
 from kseg.io.radiograph import _has_dicom_marker
 from tfds_builders._manual import nested_one_level_hint
 
@@ -159,7 +160,7 @@ def _listed(
         if os.path.islink(path) and not os.path.exists(path):  # else its image vanishes unnamed
             raise UnreadableFileError(
                 path, f"is a link to {os.readlink(path)}, which does not exist; expected "
-                "a link to an image file",
+                f"a link to an image file{pointer_note(path)}",
             )  # fmt: skip
         if path.is_dir():
             subfolders.append(path.name)
