@@ -210,3 +210,42 @@ def test_a_validation_image_without_its_channel_axis_is_refused_before_training(
     validation.set_model(model3d)
     with pytest.raises(ValueError, match=r"patient 'p2'.*\(4, 8, 8\).*channel axis"):
         validation.on_train_begin()
+
+
+def test_a_resumed_history_keeps_its_columns_when_the_logs_gain_a_key(tmp_path):
+    # A run resumed with a time budget (training_callbacks(..., max_minutes=...)) logs
+    # time_budget_used_minutes too: Keras' CSVLogger appended rows in the new sorted key
+    # order under the file's old header, so the resumed epochs' val_loss column held the
+    # minutes used (and MLflow and the report read them as val_loss). Reference: the
+    # values of Keras' History of each fit.
+    import csv
+
+    from kseg.training import ResumableCSVLogger, TimeBudget
+
+    class CrashAtEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("simulated kill")
+
+    history_path, backup = tmp_path / "history.csv", tmp_path / "backup"
+    model = _tiny_model()
+    first = keras.callbacks.History()
+    try:
+        model.fit(X, Y, epochs=4, verbose=0, validation_data=(X, Y), callbacks=[
+            ResumableCSVLogger(history_path), AtomicBackupAndRestore(backup), first,
+            CrashAtEpoch()])  # fmt: skip
+    except RuntimeError:
+        pass
+    resumed = _tiny_model().fit(
+        X, Y, epochs=4, verbose=0, validation_data=(X, Y), callbacks=[
+            TimeBudget(60, verbose=False), ResumableCSVLogger(history_path),
+            AtomicBackupAndRestore(backup)])  # fmt: skip
+    with open(history_path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2, 3]
+    expected = {key: first.history[key] + resumed.history[key] for key in ("loss", "val_loss")}
+    for key, values in expected.items():
+        np.testing.assert_allclose([float(row[key]) for row in rows], values, rtol=1e-6)
+    assert [row["time_budget_used_minutes"] for row in rows[:2]] == ["NA", "NA"]
+    minutes = [float(row["time_budget_used_minutes"]) for row in rows[2:]]
+    np.testing.assert_allclose(minutes, resumed.history["time_budget_used_minutes"])

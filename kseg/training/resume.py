@@ -231,10 +231,37 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
         super().__init__(os.fspath(filename), separator=separator, append=True)
         self._opened = False
         self._writes = True
+        self._header = None
 
     def on_epoch_end(self, epoch, logs=None):
         if self._writes:
+            if self.keys is None and self._header:
+                self._follow_header(logs or {})
             super().on_epoch_end(epoch, logs)
+
+    def _follow_header(self, logs) -> None:
+        """Write a resumed run's rows under the columns of the file it continues.
+
+        Keras' logger orders a row by the sorted keys of its first epoch, so a resumed
+        ``fit`` whose logs gained or lost a key (a time budget added on resume) wrote values
+        under other columns' names. Keys the file lacks are added as columns (``NA`` in the
+        earlier rows, rewritten atomically); keys the logs lack are written ``NA``."""
+        columns = self._header[1:]
+        new = sorted(set(logs) - set(columns))
+        if new:
+            self.csv_file.close()
+            with open(self.filename, newline="") as handle:
+                rows = list(csv.reader(handle, delimiter=self.sep))
+            with (
+                atomic_output(self.filename) as temporary,
+                open(temporary, "w", newline="") as handle,
+            ):
+                writer = csv.writer(handle, delimiter=self.sep)
+                writer.writerow(self._header + new)
+                writer.writerows(row + ["NA"] * len(new) for row in rows[1:])
+            self.csv_file = open(self.filename, "a", newline="")  # noqa: SIM115
+            self.append_header = False
+        self.keys = columns + new
 
     def on_train_end(self, logs=None):
         if self._writes:
@@ -249,8 +276,17 @@ class ResumableCSVLogger(keras.callbacks.CSVLogger):
     def on_epoch_begin(self, epoch, logs=None):
         if self._writes and not self._opened:
             self._drop_rows_from(epoch)
+            self._header = self._read_header()
             super().on_train_begin()
             self._opened = True
+
+    def _read_header(self) -> list[str] | None:
+        """The columns of the history this ``fit`` appends to, or ``None`` for a new one."""
+        if not os.path.exists(self.filename):
+            return None
+        with open(self.filename, newline="") as handle:
+            header = next(csv.reader(handle, delimiter=self.sep), None)
+        return header or None
 
     def _drop_rows_from(self, epoch: int) -> None:
         if not os.path.exists(self.filename):
