@@ -378,12 +378,12 @@ def test_beam_predicts_chaos_series_of_one_folder_name_into_patient_folders(tmp_
     assert again.written == () and list(again.skipped) == expected
 
 
-def _softmax_model(path):
+def _softmax_model(path, channels=2):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((16, 16, 1)),
-                              keras.layers.Conv2D(2, 3, padding="same", activation="softmax")])
+    model = keras.Sequential([keras.Input((16, 16, 1)), keras.layers.Conv2D(
+        channels, 3, padding="same", activation="softmax")])
     model.save(path)
     return path
 
@@ -483,22 +483,25 @@ def test_a_search_continued_with_other_epochs_or_data_is_refused(tmp_path):
 # --- evaluate --input of a folder of one case -----------------------------------------------
 
 
-def test_evaluating_an_input_folder_of_one_case_is_a_one_line_error(tmp_path, capsys):
+def test_evaluating_an_input_folder_of_one_case_scores_it(tmp_path, capsys):
     """``kseg evaluate RUN --input DIR`` of a folder holding one labelled radiograph ended
     in a bare ValueError traceback from the fold assignment ("num_folds=2 needs at least 2
-    patients"): an evaluation user asked for no folds. Now kseg's one-line error naming
-    the folder, saying it needs two cases and how to score one."""
+    patients"), then (session 25) in a one-line error asking for a second case: a user
+    scoring one outside image expects its score. The input is prepared in one fold now:
+    its one row is scored and written."""
     from kseg import cli
     from kseg.phantoms import xray
 
     run = tmp_path / "run"
     _interrupted_run(run, config="generic", phantom_images=3)
-    _softmax_model(run / "best.keras")  # never applied: the input is refused first
-    single = xray.write_generic(tmp_path / "one case", num_images=1, size=16, seed=0)
-    assert cli.main(["evaluate", str(run), "--input", str(single)]) == 1
-    error = capsys.readouterr().err.strip()
-    assert error.startswith(f"kseg: error: {single}: cannot be scored: ")
-    assert "needs at least 2 patients" in error and "\n" not in error
+    _softmax_model(run / "best.keras", channels=len(xray.GENERIC_CLASSES) + 1)
+    single = xray.write_generic(tmp_path / "one case", num_images=1, size=16, seed=0,
+                                classes=xray.GENERIC_CLASSES)  # the run's phantom classes
+    assert cli.main(["evaluate", str(run), "--input", str(single)]) == 0
+    scores = (run / "evaluation" / "input-one case" / "scores.csv").read_text().splitlines()
+    assert len(scores) == 2 and scores[1].startswith("P0001_0.png,"), scores
+    assert [path.name for path in (run / "evaluation" / "input-one case" / "cases").iterdir()
+            ] == ["P0001_0.png.npz"]
 
 
 # --- a prepared dataset refused because a file manager browsed the download ---------------

@@ -274,14 +274,15 @@ def slice_volumes(make_dataset, *, window, image_size):
 
 def input_builder(builder_class, config, input_dir, run_dir, name: str):
     """The TFDS dataset of ``input_dir`` (a folder in the download's layout), prepared
-    in ``run_dir/tfds-<name>`` with ``config``'s classes and checks in two folds (the
-    fewest a builder deals); every patient of it is scored. Prepared once and reused while
+    in ``run_dir/tfds-<name>`` with ``config``'s classes and checks in one fold (every
+    patient of it is scored, a single case too; an input prepared by an earlier kseg in
+    two folds is read whole as well). Prepared once and reused while
     ``input_dir`` holds the same files; prepared again when it does not (another folder of
     the same name, files added or changed): the folder is kseg's own cache."""
     from kseg.errors import KsegError, LayoutError
     from kseg.recipes import _common
 
-    config = dataclasses.replace(config, name=f"{config.name}_input", num_folds=2)
+    config = dataclasses.replace(config, name=f"{config.name}_input", num_folds=1)
     # beside the evaluation folder of this input (input-<folder>-2 for a second input of
     # the same folder name), so two inputs keep a prepared dataset each
     data_dir = pathlib.Path(run_dir) / f"tfds-{input_folder_name(run_dir, name)}"
@@ -296,13 +297,9 @@ def input_builder(builder_class, config, input_dir, run_dir, name: str):
         _common.prepare(builder, input_dir, listing)
     except KsegError:
         raise
-    except ValueError as error:  # the fold assignment: fewer patients than the 2 folds
+    except ValueError as error:  # the fold assignment: patient ids it cannot tell apart
         message = str(error).removeprefix(f"{input_dir}: ")
-        raise LayoutError(
-            input_dir, f"cannot be scored: {message}. kseg evaluate --input deals an input "
-            "folder's patients into 2 folds, so it needs at least 2 patients (put a single "
-            "case in a folder with another, or segment it with kseg predict)",
-        ) from error  # fmt: skip
+        raise LayoutError(input_dir, f"cannot be scored: {message}") from error
     return builder
 
 
