@@ -981,7 +981,9 @@ def read_run(run_dir: os.PathLike | str) -> tuple[pathlib.Path, dict]:
         LayoutError: ``run_dir`` is not a folder, or lacks ``config.json`` / ``best.keras``.
         UnreadableFileError: ``config.json`` is not a kseg run config
             (:func:`kseg.recipes.run_config.read_config`), its ``labels`` are not names of
-            positive label values, or its inference section is not valid; the file is named.
+            positive label values the model can output (1 for one sigmoid channel, up to
+            ``num_classes - 1`` otherwise), or its inference section is not valid; the
+            file is named.
     """
     from kseg.recipes.run_config import CONFIG_FILE, read_config
 
@@ -1006,7 +1008,27 @@ def read_run(run_dir: os.PathLike | str) -> tuple[pathlib.Path, dict]:
             config_path, f'"labels" must map names to positive label values, got {labels!r}'
         )
     config["inference"] = checked_inference(config["inference"], config_path)
+    largest = _largest_label(config["inference"])
+    beyond = sorted({value for value in labels.values() if value > largest})
+    if beyond:
+        raise UnreadableFileError(
+            config_path, f'"labels" {labels!r} name label values {beyond} the model cannot '
+            f"output: {_outputs(config['inference'])}",
+        )  # fmt: skip
     return model_path, config
+
+
+def _largest_label(inference: Mapping) -> int:
+    """The largest label value a model of ``inference["num_classes"]`` channels predicts:
+    1 for one sigmoid channel, else ``num_classes - 1`` (0 is background)."""
+    return max(1, int(inference["num_classes"]) - 1)
+
+
+def _outputs(inference: Mapping) -> str:
+    classes = int(inference["num_classes"])
+    if classes == 1:
+        return "inference num_classes 1 is one sigmoid channel, label 1"
+    return f"inference num_classes {classes} gives labels 1..{classes - 1} (0 is background)"
 
 
 def predict_command(
@@ -1080,7 +1102,7 @@ def predict_command(
     loaders, inputs, only = _checked_inputs(input_path, inference, format)
     check_format(inputs, format)
     if format in ("dicom-seg", "rtstruct"):
-        _check_dicom_names(config["labels"], pathlib.Path(run_dir) / "config.json")
+        _check_dicom_names(config["labels"], pathlib.Path(run_dir) / "config.json", inference)
     output_dir = pathlib.Path(output_dir)
     _check_output_targets(output_dir, [(kind, _output_path(name, kind, output_dir, format))
                                        for name, _, kind, *_ in inputs],
@@ -1136,11 +1158,27 @@ def _check_dicom_references(item: tuple, format: str | None) -> None:
             raise LayoutError(source, f"cannot be referenced by {what}: {error}") from error
 
 
-def _check_dicom_names(labels: Mapping[str, int], config_path: pathlib.Path) -> None:
+def _check_dicom_names(
+    labels: Mapping[str, int], config_path: pathlib.Path, inference: Mapping | None = None
+) -> None:
     """Refuse, before the model runs, structure names a DICOM-SEG or RTSTRUCT cannot hold
     (the writers' own rule: one LO value, at most 64 characters, no backslash or control
-    character)."""
+    character), and, given ``inference``, label values the model outputs that ``labels``
+    leaves unnamed (the writers name every structure they hold, and would refuse the first
+    prediction holding one, after the model ran)."""
     from kseg.io.rtstruct_writer import _roi_names
+
+    if inference is not None:
+        named = {int(value) for value in labels.values()}
+        unnamed = [value for value in range(1, _largest_label(inference) + 1)
+                   if value not in named]  # fmt: skip
+        if unnamed:
+            raise UnreadableFileError(
+                config_path, f'"labels" {dict(labels)!r} name no structure for label values '
+                f"{unnamed} the model outputs ({_outputs(inference)}); a DICOM-SEG or RT "
+                "Structure Set names every structure it holds: add them to \"labels\", or "
+                "choose --format nifti or png",
+            )  # fmt: skip
 
     try:
         _roi_names({int(value): str(name) for name, value in labels.items()})

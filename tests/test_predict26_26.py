@@ -49,6 +49,21 @@ def _slices_inference(image_size) -> dict:
     }  # fmt: skip
 
 
+def _unloadable_run(run, inference: dict, labels: dict):
+    """A run folder whose best.keras cannot load: a test that passes refused its input or
+    config before the model loads."""
+    import json
+
+    run.mkdir()
+    (run / "best.keras").write_bytes(b"")
+    (run / "config.json").write_text(json.dumps({
+        "kseg_config_version": 1, "recipe": "chaos_liver", "arguments": {}, "seed": 0,
+        "created": "2026-12-03T00:00:00+00:00", "versions": {}, "git_commit": None,
+        "dataset": {"name": "test"}, "labels": labels, "inference": inference,
+    }))  # fmt: skip
+    return run
+
+
 def _tissue(batch):
     """A 2D model's place: foreground where the windowed intensity is at least 0.5."""
     return (np.asarray(batch) >= 0.5).astype(np.float32)
@@ -143,7 +158,6 @@ def test_an_mr_series_given_to_a_ct_run_is_refused_before_the_model_loads(tmp_pa
     """CHAOS ships MR series beside its CT ones; a CT run windowed an MR series' signal as
     Hounsfield units and wrote labels with no meaning, without a word (an image file was
     refused already: it holds no HU either)."""
-    import json
     import shutil
 
     from pydicom.data import get_testdata_file
@@ -160,18 +174,44 @@ def test_an_mr_series_given_to_a_ct_run_is_refused_before_the_model_loads(tmp_pa
             "roi_size": [8, 8, 8], "num_classes": 1,
         }
     )  # fmt: skip
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "best.keras").write_bytes(b"")  # never loaded: the input is refused first
-    (run / "config.json").write_text(json.dumps({
-        "kseg_config_version": 1, "recipe": "chaos_liver", "arguments": {}, "seed": 0,
-        "created": "2026-12-03T00:00:00+00:00", "versions": {}, "git_commit": None,
-        "dataset": {"name": "test"}, "labels": {"liver": 1}, "inference": inference,
-    }))  # fmt: skip
+    run = _unloadable_run(tmp_path / "run", inference, {"liver": 1})
     reason = "config.json.s inference modality .CT." if kind == "slices" else (
         r"a 3D model windowed at \[-57.0, 164.0\] HU"
     )
     with pytest.raises(LayoutError, match=r"T1DUAL: is a DICOM series of modality MR "
                        rf"\(magnetic resonance\); the run's model is a CT model \({reason}"):
         predict_command(run, series, tmp_path / "out", "nifti")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "num_classes, labels, format, message",
+    [
+        (1, {"liver": 2}, "nifti", r"name label values \[2\] the model cannot output: "
+         r"inference num_classes 1 is one sigmoid channel, label 1"),
+        (3, {"low": 1, "high": 3}, "nifti", r"name label values \[3\] the model cannot "
+         r"output: inference num_classes 3 gives labels 1\.\.2"),
+        (3, {"low": 1}, "dicom-seg", r"name no structure for label values \[2\] the model "
+         r"outputs .*add them to \"labels\", or choose --format nifti or png"),
+        (3, {"low": 1}, "rtstruct", r"name no structure for label values \[2\]"),
+    ],
+    ids=["sigmoid-label-2", "3-classes-label-3", "dicom-seg-unnamed", "rtstruct-unnamed"],
+)
+def test_labels_the_model_cannot_output_or_leaves_unnamed_are_named_before_it_runs(
+    tmp_path, num_classes, labels, format, message
+):
+    """A hand-written config.json whose labels miss a class of a 3-class model ran the model
+    and then failed in the DICOM writer with a bare ValueError ('labels holds values
+    without a segment name: [2]'), naming no file, and only on inputs where class 2 was
+    predicted (earlier inputs written); a label the model cannot output was accepted."""
+    from test_predict import synthetic_hu, write_ct_series
+
+    from kseg.errors import UnreadableFileError
+    from kseg.predict import predict_command
+
+    series = write_ct_series(tmp_path / "ct", synthetic_hu((2, 12, 10)))
+    inference = {**_slices_inference((12, 10)), "num_classes": num_classes}
+    run = _unloadable_run(tmp_path / "run", inference, labels)
+    with pytest.raises(UnreadableFileError, match=r"run/config\.json: \"labels\" .*" + message):
+        predict_command(run, series, tmp_path / "out", format)
     assert not (tmp_path / "out").exists()
