@@ -249,3 +249,27 @@ def test_a_resumed_history_keeps_its_columns_when_the_logs_gain_a_key(tmp_path):
     assert [row["time_budget_used_minutes"] for row in rows[:2]] == ["NA", "NA"]
     minutes = [float(row["time_budget_used_minutes"]) for row in rows[2:]]
     np.testing.assert_allclose(minutes, resumed.history["time_budget_used_minutes"])
+
+
+def test_volume_validation_of_a_deep_supervision_model_scores_its_full_output():
+    # unet_plus_plus(deep_supervision=True) returns one output per head, the full model's
+    # last; VolumeValidation stopped fit after its first epoch ("the predictor returned
+    # several outputs"). nnU-Net trains with deep supervision and validates the full-
+    # resolution output alone. Reference: the model's last output, thresholded, numpy Dice.
+    from kseg import models
+    from kseg.training import VolumeValidation
+
+    keras.utils.set_random_seed(3)
+    model = models.build("unet_plus_plus", input_shape=(None, None, 1), num_classes=1,
+                         depth=2, base_filters=2, deep_supervision=True)  # fmt: skip
+    rng = np.random.default_rng(3)
+    image = rng.normal(size=(4, 8, 8, 1)).astype(np.float32)
+    label = np.zeros((4, 8, 8), np.uint8)
+    label[1:3, 2:6, 1:7] = 1
+    validation = VolumeValidation([("p1", image, label, (2.0, 1.0, 1.0))])
+    validation.set_model(model)
+    validation.on_train_begin()
+    dice = validation.evaluate().column("dice")[0]
+    outputs = model.predict(image, verbose=0)
+    assert len(outputs) == 2
+    np.testing.assert_allclose(dice, _dice(outputs[-1][..., 0] >= 0.5, label), rtol=1e-6)

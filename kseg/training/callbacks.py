@@ -110,7 +110,9 @@ class VolumeValidation(keras.callbacks.Callback):
     volume with one more axis than a 2D model is predicted slice by slice with
     :func:`kseg.inference.predict_slices`, and the probabilities are resized back to the
     label's in-plane size before scoring (so labels can stay on the acquisition grid while
-    the model runs smaller; see :meth:`from_slices`).
+    the model runs smaller; see :meth:`from_slices`). A deep-supervision model (one output
+    per head, ``unet_plus_plus(deep_supervision=True)``) is scored on its last output, the
+    full model's, as nnU-Net validates only its full-resolution output.
 
     Args:
         volumes: ``(patient_id, image, label, spacing)`` tuples: image ``(*spatial, C)`` as
@@ -206,6 +208,7 @@ class VolumeValidation(keras.callbacks.Callback):
         self.history: dict[int, PatientTable] = {}
         self._latest_logs: dict[str, float] = {}
         self._replicated_call = None
+        self._final_output = None
         self._check_references()
 
     def _structures(self) -> dict[str, int]:
@@ -267,15 +270,35 @@ class VolumeValidation(keras.callbacks.Callback):
         Keras' ``predict_on_batch`` runs on every replica and concatenates their outputs
         (across workers, too), which returns each window several times; every worker holds
         all weights, so it predicts the volumes on its own."""
+        model = self._final_output_model()
         strategy = strategy_of(self.model)
         if strategy.num_replicas_in_sync == 1:
-            return self.model
+            return model
         if self._replicated_call is None:
-            model = self.model
             self._replicated_call = tf.function(
                 lambda batch: model(batch, training=False), reduce_retracing=True
             )
         return self._replicated_call
+
+    def _final_output_model(self):
+        """The model, or for a deep-supervision model (one output per head, the full
+        model's last: ``unet_plus_plus(deep_supervision=True)``) a model of its last output,
+        sharing its layers: nnU-Net trains with deep supervision and validates the
+        full-resolution output alone."""
+        outputs = getattr(self.model, "outputs", None) or ()
+        if len(outputs) < 2 or len(self.model.inputs) != 1:
+            return self.model
+        if self._final_output is None or self._final_output[0] is not self.model:
+            from kseg.models import SegmentationModel
+
+            final = SegmentationModel(
+                self.model.inputs,
+                outputs[-1],
+                size_divisor=getattr(self.model, "size_divisor", 1),
+                name=self.model.name,
+            )
+            self._final_output = (self.model, final)
+        return self._final_output[1]
 
     def _predict(self, image: np.ndarray, label_plane) -> np.ndarray:
         model_input_shape = tuple(self.model.inputs[0].shape)
@@ -415,6 +438,7 @@ class VolumeValidation(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._latest_logs = {}
         self._replicated_call = None
+        self._final_output = None
         kind = output_kind(self.model)
         if kind is not None and kind[0] != self.from_logits:
             # before a whole epoch trains: logits would be refused at the first validation,
