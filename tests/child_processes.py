@@ -220,6 +220,8 @@ _ZYGOTE = textwrap.dedent(
 
 # what the children of the tests import, loaded once in the zygote
 PRELOAD = ("numpy", "tensorflow", "keras")
+#: ``python -m kseg`` as the code of a forked child (its arguments: the child's arguments)
+PYTHON_M_KSEG = "import runpy\nrunpy.run_module('kseg', run_name='__main__', alter_sys=True)\n"
 
 
 def can_fork_children() -> bool:
@@ -427,7 +429,9 @@ class ForkedProcess:
         return output[0], None
 
 
-def run_forked(zygote, code, arguments=(), *, stderr_path, environment=None, timeout=300):
+def run_forked(
+    zygote, code, arguments=(), *, stderr_path, environment=None, cwd=REPOSITORY, timeout=300
+):
     """``python -c code *arguments`` forked from ``zygote`` and waited for, for the tests
     that need a process with no state of this one (no kseg imported, no function traced)
     but not TensorFlow's import of a new interpreter. Returns ``(returncode, stdout,
@@ -437,7 +441,7 @@ def run_forked(zygote, code, arguments=(), *, stderr_path, environment=None, tim
         TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
     )  # fmt: skip
     with open(stderr_path, "w") as stderr:
-        process = zygote.popen(code, arguments, environment, stderr)
+        process = zygote.popen(code, arguments, environment, stderr, cwd=cwd)
     try:
         stdout, _ = process.communicate(timeout=timeout)
     finally:

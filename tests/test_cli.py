@@ -25,6 +25,7 @@ import sys
 
 import numpy as np
 import pytest
+from child_processes import PYTHON_M_KSEG, run_forked
 from PIL import Image
 
 import kseg
@@ -459,18 +460,22 @@ def test_more_folds_than_patients_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_evaluate_report_on_a_phantom(tmp_path):
+def test_train_evaluate_report_on_a_phantom(tmp_path, zygote):
     """``kseg train``, ``kseg evaluate RUN --split test``, ``kseg predict`` and ``kseg
     report RUN``: the run folder's layout, and the scored patients are exactly the test
     fold's, as the fold assignment deals the phantom's radiographs (one patient each, named
     by file stem)."""
     run, images, folds = tmp_path / "run", 9, 3
-    train = kseg_command(
-        "train", "xray_multiclass", "--output-dir", run, "--epochs", 1, "--folds", folds,
-        "--phantom-images", images, "--phantom-size", 32, "--image-size", 32,
-        "--batch-size", 4, "--base-filters", 4, cwd=tmp_path,
-    )
-    assert train.returncode == 0, train.stderr[-3000:]
+    # `python -m kseg train` in a process of its own, forked from the worker's zygote
+    # (TensorFlow imported, kseg not: a new interpreter would add TensorFlow's import)
+    returncode, _, stderr = run_forked(
+        zygote, PYTHON_M_KSEG,
+        ["train", "xray_multiclass", "--output-dir", run, "--epochs", 1, "--folds", folds,
+         "--phantom-images", images, "--phantom-size", 32, "--image-size", 32,
+         "--batch-size", 4, "--base-filters", 4],
+        stderr_path=tmp_path / "train.stderr", cwd=tmp_path,
+    )  # fmt: skip
+    assert returncode == 0, stderr[-3000:]
     for name in ("config.json", "best.keras", "best.keras.json", "history.csv"):
         assert (run / name).is_file(), name
     assert (run / "tensorboard").is_dir()

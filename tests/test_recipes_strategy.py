@@ -11,7 +11,7 @@ import pathlib
 import time
 
 import pytest
-from child_processes import free_ports
+from child_processes import PYTHON_M_KSEG, free_ports
 
 from kseg.recipes import _common, load
 
@@ -25,7 +25,6 @@ TINY_XRAY = [
 ]  # fmt: skip
 WORKER_TIMEOUT = 420  # seconds: two TensorFlow processes on a busy two-core machine
 # what ``python -m kseg`` runs
-PYTHON_M_KSEG = "import runpy\nrunpy.run_module('kseg', run_name='__main__', alter_sys=True)\n"
 
 
 def run_files(run_dir: pathlib.Path) -> list[str]:
