@@ -46,7 +46,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from kseg.errors import LayoutError, UnreadableFileError
+from kseg.errors import DicomSeriesError, LayoutError, UnreadableFileError
 from kseg.inference.sliding_window import BLEND_MODES
 from kseg.io.dicom import (
     DICOM_VALUES,
@@ -173,7 +173,7 @@ def _input_loaders(input_path: os.PathLike | str, inference: Mapping) -> list:
             return [functools.partial(_nifti_input, path)]
         if radiograph_model or path.suffix.lower() in _IMAGE_SUFFIXES:
             return _radiograph_loaders(path, [path], inference)
-        return [functools.partial(_series_input, [path], path)]
+        return [functools.partial(_series_input, [path], path, inference)]
     if path.is_dir():
         files = _input_files(path)
         niftis = [entry for entry in files if _is_nifti(entry)]
@@ -182,7 +182,7 @@ def _input_loaders(input_path: os.PathLike | str, inference: Mapping) -> list:
             return [functools.partial(_nifti_input, entry) for entry in niftis]
         if radiograph_model or any(entry.suffix.lower() in _IMAGE_SUFFIXES for entry in files):
             return _radiograph_loaders(path, files, inference)
-        return [functools.partial(_series_input, path, path)]
+        return [functools.partial(_series_input, path, path, inference)]
     raise LayoutError(
         path,
         "does not exist; expected a DICOM series folder, a NIfTI file (or a folder of "
@@ -264,6 +264,28 @@ _NO_HOUNSFIELD_UNITS = {
 }  # fmt: skip
 
 
+def _refuse_images_without_hu(source, path: pathlib.Path, inference: Mapping, error) -> None:
+    """Raise the CT model's refusal when every DICOM image ``source`` holds is of a
+    modality without Hounsfield units (CR, DX, MR, ...)."""
+    files = _input_files(path) if isinstance(source, pathlib.Path) else list(source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the series reader said what it skipped, or will
+        try:
+            headers = [header for _, header in scan_dicom_files(files, where=path)
+                       if "PixelData" in header]  # fmt: skip
+        except UnreadableFileError:
+            return
+    modalities = {str(header.get("Modality", "") or "").strip().upper() for header in headers}
+    if headers and modalities <= set(_NO_HOUNSFIELD_UNITS):
+        described = ", ".join(f"{m} ({_NO_HOUNSFIELD_UNITS[m]})" for m in sorted(modalities))
+        raise LayoutError(
+            path, f"holds DICOM images of modality {described}; the run's model is a CT "
+            f"model ({_ct_model_reason(inference)}), which reads Hounsfield units and "
+            "windows them: give it CT series or NIfTI CT volumes, or a run trained on this "
+            "modality",
+        ) from error  # fmt: skip
+
+
 def _reads_hu(inference: Mapping) -> bool:
     """A run whose model reads Hounsfield units: a 2D run of modality ``"CT"``, or a 3D
     run, whose window is ``[low, high]`` HU."""
@@ -315,8 +337,15 @@ def _nifti_input(path: pathlib.Path) -> tuple:
     return _stem(path), path, NIFTI, read_nifti(path), False
 
 
-def _series_input(source, path: pathlib.Path) -> tuple:
-    series = read_dicom_series(source)
+def _series_input(source, path: pathlib.Path, inference: Mapping | None = None) -> tuple:
+    try:
+        series = read_dicom_series(source)
+    except (LayoutError, DicomSeriesError) as error:
+        # radiographs (no patient position) or several MR series in one folder fail as a
+        # series; for a CT model, say what they are rather than how to pick a series
+        if inference is not None and _reads_hu(inference):
+            _refuse_images_without_hu(source, path, inference, error)
+        raise
     name = (path.resolve().name or "series") if path.is_dir() else _stem(path)
     return name, path, DICOM_SERIES, series, True
 

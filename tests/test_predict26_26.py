@@ -215,3 +215,26 @@ def test_labels_the_model_cannot_output_or_leaves_unnamed_are_named_before_it_ru
     with pytest.raises(UnreadableFileError, match=r"run/config\.json: \"labels\" .*" + message):
         predict_command(run, series, tmp_path / "out", format)
     assert not (tmp_path / "out").exists()
+
+
+def test_dicom_radiographs_given_to_a_ct_run_are_named_as_radiographs(tmp_path):
+    """A CT run refuses PNG radiographs as holding no HU; DICOM ones failed as a series
+    instead: one CR file 'lacks ImagePositionPatient ... cannot place the slice', a folder
+    of two 'holds 2 series ...; pass series_uid= to choose one', advice kseg predict has
+    no option for and that would not have helped."""
+    from test_predict import gradient_image, write_cr
+
+    from kseg.errors import LayoutError
+    from kseg.predict import predict_command
+
+    folder = tmp_path / "chest"
+    folder.mkdir()
+    for number in (1, 2):
+        write_cr(folder / f"IM000{number}", gradient_image((16, 16), number),
+                 ImagerPixelSpacing=[0.2, 0.2])  # fmt: skip
+    run = _unloadable_run(tmp_path / "run", _slices_inference((16, 16)), {"liver": 1})
+    for source in (folder / "IM0001", folder):
+        with pytest.raises(LayoutError, match=rf"{source.name}: holds DICOM images of "
+                           r"modality CR \(computed radiography\); the run's model is a CT "
+                           r"model"):  # fmt: skip
+            predict_command(run, source, tmp_path / "out", "nifti")
