@@ -706,8 +706,11 @@ def _check_stages(stages, space: keras_tuner.HyperParameters) -> list[tuple[str,
             )
         if name in [earlier for earlier, _ in checked]:
             raise ValueError(f"stages[{position}]: {name!r} is searched by an earlier stage")
+        if isinstance(values, np.ndarray):  # values computed with numpy
+            values = values.tolist()
         if isinstance(values, (str, Mapping)) or not isinstance(values, Sequence) or not values:
             raise ValueError(f"stages[{position}]: {name!r} needs a non-empty list of values")
+        values = [_python_value(value) for value in values]
         if not all(isinstance(value, (str, numbers.Real)) for value in values):
             raise ValueError(
                 f"stages[{position}]: values of {name!r} must be strings, numbers or booleans, "

@@ -273,3 +273,24 @@ def test_volume_validation_of_a_deep_supervision_model_scores_its_full_output():
     outputs = model.predict(image, verbose=0)
     assert len(outputs) == 2
     np.testing.assert_allclose(dice, _dice(outputs[-1][..., 0] >= 0.5, label), rtol=1e-6)
+
+
+def test_staged_search_stages_computed_with_numpy_are_its_python_values(tmp_path):
+    # stages=[("base_filters", np.array([4, 8]))] was refused as "needs a non-empty list",
+    # and numpy numbers in a list failed with "Object of type int64 is not JSON
+    # serializable" while the search recorded its stages (or later in Keras Tuner's Choice).
+    from kseg.tuning import SegmentationHyperModel, tuner
+
+    hypermodel = SegmentationHyperModel((16, 16, 1), 1, depth=(1, 2), losses="dice")
+    search = tuner("staged", hypermodel, directory=tmp_path, project_name="s", stages=[
+        ("base_filters", np.array([4, 8])),
+        ("learning_rate", [np.float64(1e-3), np.float64(1e-2)]),
+        ("depth", [np.int64(1), np.int64(2)])])  # fmt: skip
+    assert search.stages == [("base_filters", [4, 8]), ("learning_rate", [1e-3, 1e-2]),
+                             ("depth", [1, 2])]  # fmt: skip
+    assert {type(value) for _, values in search.stages for value in values} == {int, float}
+    recorded = json.loads((tmp_path / "s" / "kseg_stages.json").read_text())
+    assert recorded["stages"] == [["base_filters", [4, 8]], ["learning_rate", [1e-3, 1e-2]],
+                                  ["depth", [1, 2]]]  # fmt: skip
+    hp = search._stage_hyperparameters("depth", [1, 2], {"base_filters": 8})
+    assert hp.values["depth"] == 1 and hp.values["base_filters"] == 8
