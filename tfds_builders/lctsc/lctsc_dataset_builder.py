@@ -231,7 +231,9 @@ The files are read, never modified. Cite the data DOI and Yang et al., Med Phys 
                 strata[case.patient_id] = fold_stratum(
                     case.patient_sex, _empty_fraction(arrays.labels), config.empty_fraction_bins
                 )
-        folds = fold_splits(
+        # A folder of the challenge's test patients alone (its test set downloaded apart,
+        # scored with kseg evaluate --input) has no folds; training patients are dealt.
+        folds = {} if test_cases and not train_cases else fold_splits(
             [case.patient_id for case in train_cases],
             config.num_folds,
             seed=config.split_seed,
