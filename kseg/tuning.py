@@ -94,7 +94,7 @@ from kseg.evaluation import metric_columns
 from kseg.metrics import DiceScore
 from kseg.models import MODELS
 from kseg.training import VolumeValidation
-from kseg.training.callbacks import output_kind
+from kseg.training.callbacks import metric_direction, output_kind
 from kseg.training.optimizer import build_optimizer
 
 DEFAULT_OBJECTIVE = "val_volume_dice"
@@ -142,21 +142,6 @@ HYPERPARAMETERS = (
 # Arguments the hypermodel sets itself, so ``model_kwargs`` may not.
 _SEARCHED_MODEL_ARGUMENTS = ("input_shape", "num_classes", "depth", "base_filters", "dropout")
 
-# Validation scores where higher is better, and distances/losses where lower is better, by
-# the metric names Keras and kseg.evaluation log.
-_HIGHER_IS_BETTER = (
-    "dice",
-    "iou",
-    "precision",
-    "recall",
-    "specificity",
-    "accuracy",
-    "binary_accuracy",
-    "categorical_accuracy",
-    "sparse_categorical_accuracy",
-    "auc",
-)
-_LOWER_IS_BETTER = ("hd95", "hausdorff", "assd", "ravd")
 _NOT_OBJECTIVES = {
     "volume_difference": "it is signed (over- and under-segmentation have opposite signs), "
     "so neither direction is better; use 'val_volume_ravd'",
@@ -172,20 +157,9 @@ class SliceLevelObjectiveWarning(UserWarning):
 
 
 def _known_direction(name: str) -> tuple[str | None, str]:
-    """``(direction, score_name)`` inferred from a validation log key, direction or None."""
-    score = name[len("val_") :]
-    if score.startswith("volume_"):
-        score = score[len("volume_") :]
-    score = score.split("/", 1)[0]  # per-patient keys: val_volume_dice/<patient_id>
-    if score == "loss" or score.endswith("loss"):
-        return "min", score
-    for metric in _HIGHER_IS_BETTER:
-        if score == metric or score.startswith(metric + "_"):
-            return "max", score
-    for metric in _LOWER_IS_BETTER:
-        if score == metric or score.startswith(metric + "_"):
-            return "min", score
-    return None, score
+    """``(direction, score_name)`` inferred from a validation log key, direction or None
+    (the rule :class:`kseg.training.BestModelCheckpoint` checks its mode by)."""
+    return metric_direction(name)
 
 
 def resolve_objective(objective=DEFAULT_OBJECTIVE) -> keras_tuner.Objective:

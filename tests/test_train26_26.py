@@ -294,3 +294,26 @@ def test_staged_search_stages_computed_with_numpy_are_its_python_values(tmp_path
                                   ["depth", [1, 2]]]  # fmt: skip
     hp = search._stage_hyperparameters("depth", [1, 2], {"base_filters": 8})
     assert hp.values["depth"] == 1 and hp.values["base_filters"] == 8
+
+
+def test_a_checkpoint_directed_against_its_monitor_is_refused(tmp_path):
+    # training_callbacks(run, None, monitor="val_loss") kept mode="max": the best model
+    # was the epoch of the highest validation loss, and the learning rate was halved while
+    # the loss fell. kseg's tuners refuse such objectives; the checkpoint now does too.
+    import pytest
+
+    from kseg.training import BestModelCheckpoint, training_callbacks
+
+    run = tmp_path / "run"
+    for monitor, better in (("val_loss", "lower"), ("val_volume_hd95", "lower"),
+                            ("val_volume_assd_liver", "lower")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"{monitor}.*{better}.*mode='min'"):
+            training_callbacks(run, None, monitor=monitor)
+        with pytest.raises(ValueError, match=f"{monitor}.*{better}.*mode='min'"):
+            BestModelCheckpoint(run / "best.keras", monitor=monitor)
+    with pytest.raises(ValueError, match="val_volume_dice.*higher.*mode='max'"):
+        training_callbacks(run, None, monitor="val_volume_dice", mode="min")
+    assert not run.exists()  # refused before anything was created
+    # the right directions, and a name whose direction kseg cannot tell, are taken
+    assert training_callbacks(run, None, monitor="val_loss", mode="min")[0].mode == "min"
+    assert BestModelCheckpoint(run / "b.keras", monitor="val_my_score").mode == "max"

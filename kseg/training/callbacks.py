@@ -68,6 +68,57 @@ class _NonFinitePrediction(ValueError):
         )
 
 
+# Scores where higher is better, and distances where lower is better, by the metric names
+# Keras and kseg.evaluation log; every loss is lower-is-better. kseg.tuning ranks trials
+# by the same rule.
+HIGHER_IS_BETTER = (
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "specificity",
+    "accuracy",
+    "binary_accuracy",
+    "categorical_accuracy",
+    "sparse_categorical_accuracy",
+    "auc",
+)
+LOWER_IS_BETTER = ("hd95", "hausdorff", "assd", "ravd")
+
+
+def metric_direction(name: str) -> tuple[str | None, str]:
+    """``(direction, score name)`` of a log key: ``"max"``, ``"min"`` or ``None`` (a name
+    whose direction kseg cannot tell), for ``val_volume_dice_liver``, ``val_loss``,
+    ``val_volume_hd95/<patient_id>``, ``dice`` ..."""
+    score = name[len("val_") :] if name.startswith("val_") else name
+    if score.startswith("volume_"):
+        score = score[len("volume_") :]
+    score = score.split("/", 1)[0]  # per-patient keys: val_volume_dice/<patient_id>
+    if score == "loss" or score.endswith("loss"):
+        return "min", score
+    for metric in HIGHER_IS_BETTER:
+        if score == metric or score.startswith(metric + "_"):
+            return "max", score
+    for metric in LOWER_IS_BETTER:
+        if score == metric or score.startswith(metric + "_"):
+            return "min", score
+    return None, score
+
+
+def _check_mode(monitor: str, mode: str) -> None:
+    """Refuse a ``mode`` that contradicts what ``monitor`` measures: the checkpoint would
+    keep the worst model (``monitor="val_loss"`` with the default ``mode="max"``)."""
+    if mode not in ("max", "min"):
+        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    direction, score = metric_direction(monitor) if isinstance(monitor, str) else (None, "")
+    if direction is not None and direction != mode:
+        better = "higher" if direction == "max" else "lower"
+        raise ValueError(
+            f"monitor {monitor!r} with mode={mode!r}: {better} {score} is better, so the "
+            f"best model would be the worst epoch; give mode={direction!r}"
+        )
+
+
 def output_kind(model) -> tuple[bool, str] | None:
     """``(outputs logits, why)`` of ``model`` from its output layer's activation: linear
     (kseg's builders with ``activation=None``) gives logits, sigmoid or softmax gives
@@ -534,7 +585,9 @@ class BestModelCheckpoint(keras.callbacks.Callback):
     Args:
         filepath: the ``.keras`` file of the best model.
         monitor: log key to compare, e.g. ``"val_volume_dice"``.
-        mode: ``"max"`` (scores) or ``"min"`` (losses, distances).
+        mode: ``"max"`` (scores) or ``"min"`` (losses, distances); one that contradicts a
+            monitor kseg knows (``"max"`` for ``val_loss``, ``"min"`` for a Dice) is a
+            ``ValueError``: the best model would be the worst epoch.
 
     Attributes:
         best: the best value so far (``None`` before the first finite value).
@@ -552,8 +605,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         self.filepath = os.fspath(filepath)
         if not self.filepath.endswith(".keras"):
             raise ValueError(f"filepath must end in .keras, got {self.filepath!r}")
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        _check_mode(monitor, mode)
         self.monitor = monitor
         self.mode = mode
         self.state_path = self.filepath + ".json"
@@ -756,7 +808,8 @@ def training_callbacks(
         output_dir: folder of the run (created if missing).
         validation: the :class:`VolumeValidation` writing ``monitor``, or ``None``.
         monitor: log key the checkpoint and the learning-rate schedule follow.
-        mode: ``"max"`` or ``"min"``.
+        mode: ``"max"`` or ``"min"``, as the monitored score needs (checked as
+            :class:`BestModelCheckpoint` checks it).
         reduce_lr_patience: epochs without improvement before halving the learning rate.
         max_minutes: training time budget in minutes, or ``None`` for none.
         clock: the time source of the budget (seconds; ``time.monotonic``).
@@ -766,9 +819,9 @@ def training_callbacks(
         TypeError: ``output_dir`` is not a path, or ``validation`` is neither a Keras
             callback nor ``None``.
         ValueError: ``monitor`` is not a non-empty log key, ``mode`` is not ``"max"`` or
-            ``"min"``, ``reduce_lr_patience`` is not ``None`` or an integer >= 0, or
-            ``max_minutes`` is not ``None`` or a positive finite number (all checked before
-            anything is created).
+            ``"min"`` or contradicts ``monitor``, ``reduce_lr_patience`` is not ``None`` or
+            an integer >= 0, or ``max_minutes`` is not ``None`` or a positive finite number
+            (all checked before anything is created).
 
     Example:
         >>> import os
@@ -800,8 +853,7 @@ def training_callbacks(
         raise ValueError(
             f"monitor must be a non-empty log key such as 'val_volume_dice', got {monitor!r}"
         )
-    if mode not in ("max", "min"):
-        raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+    _check_mode(monitor, mode)
     if reduce_lr_patience is not None and (
         isinstance(reduce_lr_patience, bool)
         or not isinstance(reduce_lr_patience, int)
