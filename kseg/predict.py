@@ -264,6 +264,26 @@ _NO_HOUNSFIELD_UNITS = {
 }  # fmt: skip
 
 
+def _refuse_unknown_file(path: pathlib.Path) -> None:
+    """A single input file that is not DICOM would fail as a one-file series, whose error
+    names the folder it lies in and that folder's subfolders: name the file and what is
+    read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SkippedFileWarning: said here instead
+        try:
+            is_dicom = bool(scan_dicom_files([path], where=path.parent))
+        except UnreadableFileError:
+            return  # a broken DICOM file: the reader's error says what is wrong with it
+    if not is_dicom:
+        raise LayoutError(
+            path, "is not a DICOM file (by its bytes), a NIfTI file (.nii, .nii.gz) or an "
+            "image file (.png, .jpg, .tif, .bmp); kseg predict reads a DICOM series folder, "
+            "NIfTI files and radiographs: convert other volumes (NRRD, MHA, MetaImage ...) "
+            "to NIfTI first (e.g. SimpleITK.WriteImage(SimpleITK.ReadImage(file), "
+            "'case.nii.gz')), and extract archives",
+        )  # fmt: skip
+
+
 def _refuse_images_without_hu(source, path: pathlib.Path, inference: Mapping, error) -> None:
     """Raise the CT model's refusal when every DICOM image ``source`` holds is of a
     modality without Hounsfield units (CR, DX, MR, ...)."""
@@ -338,6 +358,8 @@ def _nifti_input(path: pathlib.Path) -> tuple:
 
 
 def _series_input(source, path: pathlib.Path, inference: Mapping | None = None) -> tuple:
+    if path.is_file():
+        _refuse_unknown_file(path)
     try:
         series = read_dicom_series(source)
     except (LayoutError, DicomSeriesError) as error:

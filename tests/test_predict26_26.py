@@ -238,3 +238,22 @@ def test_dicom_radiographs_given_to_a_ct_run_are_named_as_radiographs(tmp_path):
                            r"modality CR \(computed radiography\); the run's model is a CT "
                            r"model"):  # fmt: skip
             predict_command(run, source, tmp_path / "out", "nifti")
+
+
+@pytest.mark.parametrize("name", ["case.nrrd", "CT_0042.zip"])
+def test_a_single_file_kseg_cannot_read_is_named_not_its_folder(tmp_path, name):
+    """An NRRD volume (3D Slicer's format) or the downloaded zip given as --input to a CT
+    run failed as a one-file DICOM series, whose error named the folder around it: 'no
+    DICOM image files found in the folder itself (subfolders: ...): pass the folder of one
+    series', listing unrelated folders and not the file."""
+    from kseg.errors import LayoutError
+    from kseg.predict import predict_command
+
+    (tmp_path / "other_patient").mkdir()
+    source = tmp_path / name
+    source.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\n" if name.endswith("nrrd")
+                       else b"PK\x03\x04" + bytes(200))  # fmt: skip
+    run = _unloadable_run(tmp_path / "run", _slices_inference((16, 16)), {"liver": 1})
+    with pytest.raises(LayoutError, match=rf"{name}: is not a DICOM file \(by its bytes\), a "
+                       r"NIfTI file .*convert other volumes \(NRRD, MHA"):  # fmt: skip
+        predict_command(run, source, tmp_path / "out", "nifti")
