@@ -38,3 +38,42 @@ def test_an_input_folder_of_lctsc_test_patients_alone_is_scored(tmp_path, capsys
     rows = [line.split(",")[0] for line in scores.splitlines()[1:]]
     assert rows == ["LCTSC-Test-S1-101", "LCTSC-Test-S2-101"]
     assert np.isfinite([float(line.split(",")[1]) for line in scores.splitlines()[1:]]).all()
+
+
+def test_an_evaluation_stopped_while_scoring_leaves_no_stale_table(tmp_path, monkeypatch):
+    """``kseg evaluate --input`` again after the model changed, stopped part-way through
+    scoring: the case files scored so far were the new model's while ``scores.csv`` still
+    held the earlier evaluation's rows, which the report showed beside them. The table goes
+    when scoring starts; the finished evaluation writes its own."""
+    from test_runs_25 import _softmax_model
+
+    from kseg import cli
+    from kseg.phantoms import xray
+    from kseg.recipes import _evaluation
+
+    run = _interrupted_run(tmp_path / "run", config="generic", phantom_images=3)
+    shutil.rmtree(run / "backup")
+    _softmax_model(run / "best.keras", channels=len(xray.GENERIC_CLASSES) + 1)
+    images = xray.write_generic(tmp_path / "outside", num_images=3, size=16, seed=0,
+                                classes=xray.GENERIC_CLASSES)
+    assert cli.main(["evaluate", str(run), "--input", str(images)]) == 0
+    folder = run / "evaluation" / "input-outside"
+    assert len((folder / "scores.csv").read_text().splitlines()) == 4
+
+    written, real_write_case = [], _evaluation.write_case
+
+    def stopped_after_one(*args, **kwargs):
+        if written:
+            raise KeyboardInterrupt
+        written.append(real_write_case(*args, **kwargs))
+
+    monkeypatch.setattr(_evaluation, "write_case", stopped_after_one)
+    try:
+        cli.main(["evaluate", str(run), "--input", str(images)])
+    except KeyboardInterrupt:
+        pass
+    assert len(written) == 1
+    assert not (folder / "scores.csv").exists()
+    monkeypatch.setattr(_evaluation, "write_case", real_write_case)
+    assert cli.main(["evaluate", str(run), "--input", str(images)]) == 0
+    assert len((folder / "scores.csv").read_text().splitlines()) == 4

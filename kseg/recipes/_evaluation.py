@@ -71,6 +71,16 @@ def evaluation_folder(run_dir, name: str) -> pathlib.Path:
     raise AssertionError("unreachable")  # itertools.count never ends
 
 
+def scoring_folder(run_dir, name: str) -> pathlib.Path:
+    """:func:`evaluation_folder`, called when scoring starts: the table an earlier
+    evaluation left there is removed, since this one rewrites the case files as it scores;
+    an evaluation stopped part-way then leaves no table describing case files it no longer
+    matches (the report shows it without scores), and one that finishes writes its own."""
+    folder = evaluation_folder(run_dir, name)
+    (folder / "scores.csv").unlink(missing_ok=True)
+    return folder
+
+
 def input_folder_name(run_dir, name: str) -> str:
     """The name of the folder ``RUN/evaluation/<...>`` an evaluation named ``name`` writes
     into (:func:`evaluation_folder`)."""

@@ -270,7 +270,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
             Builder, Builder.builder_configs["ct"], input_dir, run_dir, name
         )
         examples_split = _evaluation.every_split(builder)
-    folder = _evaluation.evaluation_folder(run_dir, name)
+    folder = _evaluation.scoring_folder(run_dir, name)
     table = _evaluation.score_slice_cases(
         model,
         _evaluation.slice_volumes(lambda: builder.as_dataset(split=examples_split),

@@ -343,7 +343,7 @@ def out_of_fold(args: argparse.Namespace):
     from kseg.recipes import _evaluation
 
     run_dir = pathlib.Path(args.output_dir)
-    folder = _evaluation.evaluation_folder(run_dir, "validation")
+    folder = _evaluation.scoring_folder(run_dir, "validation")
     rows, sources = [], []
     for fold in _common.member_folds(args):
         scored = member_dir(run_dir, fold) / OUT_OF_FOLD_FOLDER / "evaluation" / "validation"

@@ -308,7 +308,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         source = str(input_dir)
     # an input folder is prepared with the run's config: the same classes
     num_classes, labels = _classes(builder)
-    folder = _evaluation.evaluation_folder(run_dir, name)
+    folder = _evaluation.scoring_folder(run_dir, name)
     scored_labels = _common.scored_labels(num_classes, labels)
     table = _evaluation.score_slice_cases(
         model,

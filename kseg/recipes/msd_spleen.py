@@ -419,7 +419,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         examples_split = _evaluation.every_split(builder, exclude=(UNLABELED_SPLIT,))
         task_dir = pathlib.Path(task_folder(input_dir))
         title = f"Every labelled case of {task_dir}"
-    folder = _evaluation.evaluation_folder(run_dir, name)
+    folder = _evaluation.scoring_folder(run_dir, name)
     # each prediction mapped onto the grid of its label file, written there and scored
     table = evaluate_on_original_grid(
         model,

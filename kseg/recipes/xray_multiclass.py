@@ -385,7 +385,7 @@ def evaluate(args, *, split: str = "test", input_dir=None):
         title = f"Every image of {input_dir}"
     # an input folder is prepared with the run's config: the same classes
     num_classes, labels = _classes(builder)
-    folder = _evaluation.evaluation_folder(run_dir, name)
+    folder = _evaluation.scoring_folder(run_dir, name)
     table = _evaluation.score_slice_cases(
         model,
         _scored_images(builder, examples_split, args.image_size),
