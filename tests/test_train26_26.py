@@ -317,3 +317,30 @@ def test_a_checkpoint_directed_against_its_monitor_is_refused(tmp_path):
     # the right directions, and a name whose direction kseg cannot tell, are taken
     assert training_callbacks(run, None, monitor="val_loss", mode="min")[0].mode == "min"
     assert BestModelCheckpoint(run / "b.keras", monitor="val_my_score").mode == "max"
+
+
+def test_training_callbacks_take_numbers_computed_with_numpy(tmp_path):
+    # max_minutes=np.float32(0.5) or every=np.int64(2) (from a numpy computation) were
+    # refused with "must be a positive, finite number ..., got np.float32(0.5)".
+    import pytest
+
+    from kseg.training import (
+        ResumableReduceLROnPlateau,
+        TimeBudget,
+        VolumeValidation,
+        training_callbacks,
+    )
+
+    assert TimeBudget(np.float32(0.5)).budget_seconds == 30.0
+    assert TimeBudget(np.int64(2)).budget_seconds == 120.0
+    callbacks = training_callbacks(tmp_path / "run", None, monitor="val_dice",
+                                   reduce_lr_patience=np.int64(3), max_minutes=np.int64(5))
+    (reduce_lr,) = [c for c in callbacks if isinstance(c, ResumableReduceLROnPlateau)]
+    (budget,) = [c for c in callbacks if isinstance(c, TimeBudget)]
+    assert (reduce_lr.patience, budget.budget_seconds) == (3, 300.0)
+    label = np.ones((4, 4), np.uint8)
+    validation = VolumeValidation([("p", np.zeros((4, 4, 1)), label, None)], every=np.int64(2))
+    assert validation.every == 2 and type(validation.every) is int
+    for refused in (np.float32(np.nan), np.float64(-1.0), True):
+        with pytest.raises(ValueError, match="minutes"):
+            TimeBudget(refused)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import math
+import numbers
 import time
 from collections.abc import Callable, Mapping
 
@@ -28,7 +29,7 @@ _RECENT_BATCHES = 10
 def _checked_minutes(minutes, name: str) -> float:
     if (
         isinstance(minutes, bool)
-        or not isinstance(minutes, int | float)
+        or not isinstance(minutes, numbers.Real)  # numpy numbers too
         or not math.isfinite(minutes)
         or minutes <= 0
     ):

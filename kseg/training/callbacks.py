@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import pathlib
 import time
@@ -240,8 +241,9 @@ class VolumeValidation(keras.callbacks.Callback):
         self.volumes = list(volumes)
         if not self.volumes:
             raise ValueError("volumes must hold at least one (patient_id, image, label, spacing)")
-        if not isinstance(every, int) or every < 1:
+        if isinstance(every, bool) or not isinstance(every, numbers.Integral) or every < 1:
             raise ValueError(f"every must be a positive integer, got {every!r}")
+        every = int(every)  # a numpy integer too
         self.roi_size = roi_size
         self.every = every
         self.metrics = tuple(metrics)
@@ -856,12 +858,14 @@ def training_callbacks(
     _check_mode(monitor, mode)
     if reduce_lr_patience is not None and (
         isinstance(reduce_lr_patience, bool)
-        or not isinstance(reduce_lr_patience, int)
+        or not isinstance(reduce_lr_patience, numbers.Integral)
         or reduce_lr_patience < 0
     ):
         raise ValueError(
             f"reduce_lr_patience must be None or an integer >= 0, got {reduce_lr_patience!r}"
         )
+    if reduce_lr_patience is not None:
+        reduce_lr_patience = int(reduce_lr_patience)  # a numpy integer too
     if max_minutes is not None:
         _checked_minutes(max_minutes, "max_minutes")
         if not callable(clock):
