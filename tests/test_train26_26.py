@@ -183,7 +183,7 @@ def test_volume_validation_of_a_3d_model_of_any_size_takes_volumes_of_any_size()
     dice = validation.evaluate().column("dice")[0]
 
     padded = np.pad(image, ((0, 1), (0, 1), (0, 1), (0, 0)))  # 6 x 10 x 8: (0, 1) each
-    probabilities = model.predict(padded[None], verbose=0)[0, :5, :9, :7, 0]
+    probabilities = np.asarray(model(padded[None], training=False))[0, :5, :9, :7, 0]
     np.testing.assert_allclose(dice, _dice(probabilities >= 0.5, label), rtol=1e-6)
 
 
@@ -270,7 +270,7 @@ def test_volume_validation_of_a_deep_supervision_model_scores_its_full_output():
     validation.set_model(model)
     validation.on_train_begin()
     dice = validation.evaluate().column("dice")[0]
-    outputs = model.predict(image, verbose=0)
+    outputs = [np.asarray(output) for output in model(image, training=False)]
     assert len(outputs) == 2
     np.testing.assert_allclose(dice, _dice(outputs[-1][..., 0] >= 0.5, label), rtol=1e-6)
 
