@@ -13,8 +13,9 @@ segments every input and writes one prediction per input:
   JPEG images or on DICOM images read so; modality units for runs without the key);
 * models: ``"kind": "slices"`` (a 2D model run on every slice with
   :func:`kseg.data.pipeline.model_input`, probabilities resized back to each slice's plane
-  with :func:`kseg.evaluation.resize_probabilities`; a CT model sees a NIfTI volume's slices
-  the way DICOM series show them, LPS, whatever the file's storage order), or
+  with :func:`kseg.evaluation.resize_probabilities`; a CT model sees the slices of a NIfTI
+  volume or DICOM series the way a head-first supine series shows them, LPS, whatever the
+  storage order: a RAS NIfTI file, a feet-first or prone series), or
   ``"kind": "volume"`` (a 3D model:
   :func:`kseg.data.preprocess3d.preprocess_volume`, a gaussian-blended
   :func:`kseg.inference.sliding_window`, then :func:`kseg.geometry.to_original_grid`);
@@ -554,11 +555,13 @@ def _predict_input(model, inference, name, source, kind, image, dicom) -> Predic
         )
     if inference["kind"] == "volume":
         labels = _predict_volume(model, inference, image, source)
-    elif kind == NIFTI and inference.get("modality") != "radiograph":
-        # A 2D CT model has seen the slices of DICOM series: columns toward the patient's
-        # left, rows toward posterior. NIfTI files often store RAS, i.e. each slice turned
-        # upside down and mirrored; they are shown to the model the DICOM way and the labels
-        # turned back (no interpolation either way).
+    elif kind in (NIFTI, DICOM_SERIES) and inference.get("modality") != "radiograph":
+        # A 2D CT model has seen the slices of head-first supine DICOM series: columns
+        # toward the patient's left, rows toward posterior (LPS). NIfTI files often store
+        # RAS, i.e. each slice turned upside down and mirrored, and a feet-first or prone
+        # series stores its slices mirrored or turned half round; they are shown to the
+        # model the LPS way and the labels turned back (no interpolation either way), so a
+        # model that tells the patient's left from right labels the right side.
         from kseg.geometry import orientation, reorient
 
         axial = reorient(image, DICOM_AXIAL)

@@ -257,3 +257,70 @@ def test_a_single_file_kseg_cannot_read_is_named_not_its_folder(tmp_path, name):
     with pytest.raises(LayoutError, match=rf"{name}: is not a DICOM file \(by its bytes\), a "
                        r"NIfTI file .*convert other volumes \(NRRD, MHA"):  # fmt: skip
         predict_command(run, source, tmp_path / "out", "nifti")
+
+
+def _write_axial_series(folder, hu: np.ndarray, row_direction, column_direction):
+    """A CT series of ``hu`` (slices in order along the normal), with the given
+    ImageOrientationPatient: [1,0,0, 0,1,0] head first supine, [-1,0,0, 0,1,0] feet first
+    supine (columns toward the patient's right), [-1,0,0, 0,-1,0] head first prone."""
+    from pydicom.uid import CTImageStorage, generate_uid
+
+    from kseg.io.dicom_writer import new_dataset, set_grayscale_pixels, write_dataset
+
+    folder.mkdir(parents=True)
+    normal = np.cross(row_direction, column_direction)
+    uids = generate_uid(), generate_uid(), generate_uid()
+    for k, plane in enumerate(hu):
+        ds = new_dataset(CTImageStorage, generate_uid(), implementation_version_name="TEST")
+        ds.Modality, ds.PatientID = "CT", "P1"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = uids
+        ds.ImageOrientationPatient = [*map(float, row_direction), *map(float, column_direction)]
+        ds.ImagePositionPatient = [float(v) for v in np.array([5.0, -8.0, 40.0]) + 2.5 * k * normal]
+        ds.PixelSpacing = [0.8, 0.8]
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        set_grayscale_pixels(ds, (plane + 1024).astype(np.uint16))
+        write_dataset(ds, folder / f"{k:03d}.dcm")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "row_direction, column_direction, patient_right",
+    [
+        ((1, 0, 0), (0, 1, 0), np.s_[..., :5]),  # head first supine: right on image left
+        ((-1, 0, 0), (0, 1, 0), np.s_[..., 5:]),  # feet first supine: stored mirrored
+        ((-1, 0, 0), (0, -1, 0), np.s_[..., 5:]),  # head first prone: turned half round
+    ],
+    ids=["HFS", "FFS", "HFP"],
+)
+def test_a_2d_ct_model_sees_a_dicom_series_as_a_nifti_of_it(
+    tmp_path, row_direction, column_direction, patient_right
+):
+    """A 2D CT model is shown NIfTI slices the way a head-first supine DICOM series shows
+    them (LPS); a DICOM series stored otherwise (feet first: columns toward the patient's
+    right; prone: turned half round) went to it as stored, so a model telling the
+    patient's right from left (LCTSC's lung_right / lung_left) labelled the other side,
+    and the same scan as NIfTI and as DICOM got different labels."""
+    from test_predict import synthetic_hu
+
+    from kseg.io import read_dicom_series, write_nifti
+    from kseg.predict import predict_path
+
+    def patient_right_half(batch):
+        """Foreground on the image's left half: the patient's right, as DICOM shows it."""
+        batch = np.asarray(batch)
+        out = np.zeros(batch.shape[:-1] + (1,), np.float32)
+        out[:, :, : batch.shape[2] // 2] = 1.0
+        return out
+
+    hu = synthetic_hu((3, 8, 10))
+    series = _write_axial_series(tmp_path / "ct", hu, row_direction, column_direction)
+    inference = _slices_inference((8, 10))
+    [from_dicom] = predict_path(patient_right_half, inference, series)
+    expected = np.zeros(hu.shape, np.uint8)
+    expected[patient_right] = 1
+    np.testing.assert_array_equal(from_dicom.labels.array, expected)
+    # the same scan as a NIfTI file gets the same labels, voxel for voxel in the world
+    write_nifti(read_dicom_series(series), tmp_path / "ct.nii.gz")
+    [from_nifti] = predict_path(patient_right_half, inference, tmp_path / "ct.nii.gz")
+    np.testing.assert_allclose(from_nifti.labels.affine, from_dicom.labels.affine, atol=1e-4)
+    np.testing.assert_array_equal(from_nifti.labels.array, from_dicom.labels.array)
