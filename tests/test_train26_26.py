@@ -344,3 +344,27 @@ def test_training_callbacks_take_numbers_computed_with_numpy(tmp_path):
     for refused in (np.float32(np.nan), np.float64(-1.0), True):
         with pytest.raises(ValueError, match="minutes"):
             TimeBudget(refused)
+
+
+def test_validation_references_evaluation_would_refuse_are_refused_when_given():
+    # A 0/255 mask volume, or a multi-class label map without labels=, was accepted by
+    # VolumeValidation and refused by the scoring only at the end of the first epoch
+    # (MaskError "the reference holds labels [0, 255]"), a whole epoch of training later.
+    import pytest
+
+    from kseg.errors import MaskError
+    from kseg.training import VolumeValidation
+
+    image = np.zeros((4, 8, 8, 1), np.float32)
+    mask = np.zeros((4, 8, 8), np.uint8)
+    mask[1:3, 2:6, 2:6] = 1
+    two_organs = mask.copy()
+    two_organs[1:3, 6:8, 0:2] = 2
+    resampled = mask.astype(np.float32)
+    resampled[1, 2, 2] = 0.5  # a mask interpolated onto another grid
+    for label, named in ((mask * 255, r"\[0, 255\]"), (two_organs, r"\[0, 1, 2\]"),
+                         (resampled, "not whole numbers")):  # fmt: skip
+        with pytest.raises(MaskError, match=f"patient 'p2'.*{named}"):
+            VolumeValidation([("p1", image, mask, None), ("p2", image, label, None)])
+    # the same label map with its classes named is taken
+    VolumeValidation([("p2", image, two_organs, None)], labels={"liver": 1, "spleen": 2})

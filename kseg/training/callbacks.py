@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from kseg._files import atomic_output, remove_stale_temporaries
-from kseg.errors import LayoutError, UnreadableFileError
+from kseg.errors import LayoutError, MaskError, UnreadableFileError
 from kseg.evaluation import (
     EmptyReferenceWarning,
     PatientTable,
@@ -277,6 +277,7 @@ class VolumeValidation(keras.callbacks.Callback):
         absent = {}
         for patient_id, _, label, *_ in self.volumes:
             label = np.asarray(label)
+            self._check_label_values(patient_id, label)
             if self.labels is None:
                 missing = [] if np.any(label) else [""]
             else:
@@ -315,6 +316,27 @@ class VolumeValidation(keras.callbacks.Callback):
                 "prediction and 0.0 for any false positive, which swings the mean",
                 EmptyReferenceWarning,
                 stacklevel=3,
+            )
+
+    def _check_label_values(self, patient_id, label: np.ndarray) -> None:
+        """Refuse now the references :func:`kseg.evaluation.evaluate_volumes` refuses, not
+        after the first epoch: fractional values, and without ``labels`` values beyond 0/1."""
+        if label.dtype.kind == "f" and not np.all(label == np.round(label)):
+            fractional = np.unique(label[label != np.round(label)])
+            raise MaskError(
+                None,
+                f"VolumeValidation: patient {patient_id!r}: the reference holds "
+                f"{fractional.size} values that are not whole numbers "
+                f"({', '.join(f'{v:.9g}' for v in fractional[:4])}); a reference is a label "
+                "map: threshold an interpolated mask (mask >= 0.5)",
+            )
+        if self.labels is None and label.size and (label.min() < 0 or label.max() > 1):
+            raise MaskError(
+                None,
+                f"VolumeValidation: patient {patient_id!r}: the reference holds labels "
+                f"{np.unique(label)[:6].tolist()} but one binary structure (0/1) is scored; "
+                "pass labels={'organ': index, ...} for a multi-class label map, or give a "
+                "0/1 mask (e.g. mask > 0 for a 0/255 mask)",
             )
 
     def _predictor(self):
