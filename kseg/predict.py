@@ -417,8 +417,24 @@ def _radiograph_loaders(where: pathlib.Path, files, inference: Mapping) -> list:
         if entry in headers or entry in images
     ]
     if not inputs:
+        # the root of a dataset (images/ and masks/ beside each other) is given often
+        subfolders = []
+        if where.is_dir():
+            subfolders = sorted(
+                entry.name
+                for entry in where.iterdir()
+                if entry.is_dir() and not entry.name.startswith(".")
+            )
+        hint = ""
+        if subfolders:
+            more = ", ..." if len(subfolders) > 6 else ""
+            hint = (
+                f" (subfolders are not read; it has {', '.join(subfolders[:6])}{more}: pass "
+                "the one of images)"
+            )
         raise LayoutError(
-            where, "holds no radiograph: expected PNG, JPEG, TIFF, BMP or DICOM image files"
+            where,
+            f"holds no radiograph{hint}: expected PNG, JPEG, TIFF, BMP or DICOM image files",
         )
     return inputs
 

@@ -324,3 +324,21 @@ def test_a_2d_ct_model_sees_a_dicom_series_as_a_nifti_of_it(
     [from_nifti] = predict_path(patient_right_half, inference, tmp_path / "ct.nii.gz")
     np.testing.assert_allclose(from_nifti.labels.affine, from_dicom.labels.affine, atol=1e-4)
     np.testing.assert_array_equal(from_nifti.labels.array, from_dicom.labels.array)
+
+
+def test_a_radiograph_dataset_root_given_as_input_names_its_subfolders(tmp_path):
+    """The root of an X-ray layout (images/ and masks/) given as --input to an X-ray run was
+    'holds no radiograph: expected PNG ... files', with no word that its images lie one
+    folder down; the DICOM series reader names the subfolders in the same case."""
+    from PIL import Image
+    from test_predict import radiograph_inference
+
+    from kseg.errors import LayoutError
+    from kseg.predict import predict_path
+
+    for folder in ("images", "masks"):
+        (tmp_path / "cxr" / folder).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "cxr" / folder / "a.png")
+    with pytest.raises(LayoutError, match=r"cxr: holds no radiograph \(subfolders are not "
+                       r"read; it has images, masks: pass the one of images\)"):  # fmt: skip
+        predict_path(_tissue, radiograph_inference((8, 8)), tmp_path / "cxr")
