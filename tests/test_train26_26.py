@@ -368,3 +368,39 @@ def test_validation_references_evaluation_would_refuse_are_refused_when_given():
             VolumeValidation([("p1", image, mask, None), ("p2", image, label, None)])
     # the same label map with its classes named is taken
     VolumeValidation([("p2", image, two_organs, None)], labels={"liver": 1, "spleen": 2})
+
+
+def test_a_plateau_schedule_on_an_optimizer_with_a_schedule_is_refused_before_training(
+    tmp_path,
+):
+    # training_callbacks' learning-rate halving (on by default) on a model compiled with
+    # Adam(CosineDecay(...)) trained until the first plateau and then stopped with Keras'
+    # "TypeError: ... its learning rate is not settable" (hours into a run).
+    import pytest
+
+    from kseg.training import training_callbacks
+
+    class FlatScore(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs["val_dice"] = 0.5
+
+    class Epochs(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.ran = 0
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.ran += 1
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, 100)
+    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="mse")
+    epochs = Epochs()
+    callbacks = training_callbacks(tmp_path / "a", None, monitor="val_dice", reduce_lr_patience=1)
+    with pytest.raises(ValueError, match="CosineDecay.*reduce_lr_patience=None"):
+        model.fit(X, Y, epochs=4, verbose=0, callbacks=[FlatScore(), epochs, *callbacks])
+    assert epochs.ran == 0  # refused before the first epoch trained
+    # without the plateau halving, the schedule trains
+    callbacks = training_callbacks(tmp_path / "b", None, monitor="val_dice",
+                                   reduce_lr_patience=None)  # fmt: skip
+    model.fit(X, Y, epochs=2, verbose=0, callbacks=[FlatScore(), epochs, *callbacks])
+    assert epochs.ran == 2

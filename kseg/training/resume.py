@@ -196,7 +196,27 @@ class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
     run resumed after a crash would wait ``patience`` epochs afresh. Pass this callback to
     :class:`AtomicBackupAndRestore` as ``stateful`` and they are backed up with the weights.
     Arguments as for Keras' callback.
+
+    An optimizer whose learning rate is a ``keras.optimizers.schedules`` schedule (or
+    another callable) is refused when training begins: Keras lets no callback set it, so
+    the first plateau would stop training with a ``TypeError``.
     """
+
+    def on_train_begin(self, logs=None):
+        optimizer = getattr(self.model, "optimizer", None)
+        optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # mixed precision
+        rate = getattr(optimizer, "_learning_rate", None)
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule) or (
+            callable(rate) and not isinstance(rate, keras.Variable)
+        ):
+            raise ValueError(
+                f"ResumableReduceLROnPlateau: the optimizer's learning rate follows "
+                f"{type(rate).__name__}, which Keras lets no callback set, so the first "
+                f"plateau of {self.monitor!r} would stop training; let the schedule alone "
+                "set the rate (training_callbacks(..., reduce_lr_patience=None)), or "
+                "compile with a float learning rate"
+            )
+        super().on_train_begin(logs)
 
     def resume_state(self) -> dict:
         return {
