@@ -265,6 +265,21 @@ _NO_HOUNSFIELD_UNITS = {
 }  # fmt: skip
 
 
+def _refuse_several_series(path: pathlib.Path, error) -> None:
+    """The series reader's error for a folder of several series says to pass
+    ``series_uid=``, which kseg predict has no option for: say what to do instead."""
+    text, prefix = str(error), f"{path}: "
+    if not (isinstance(error, DicomSeriesError) and text.startswith(prefix)
+            and "; pass series_uid=" in text):  # fmt: skip
+        return
+    listing = text[len(prefix):].split("; pass series_uid=")[0]
+    raise LayoutError(
+        path, f"{listing}; kseg predict reads one series per folder: move the files of the "
+        "series to predict into a folder of their own and give that folder (a PACS or CD "
+        "export puts the localizer and dose report series beside the volume)",
+    ) from error  # fmt: skip
+
+
 def _refuse_unknown_file(path: pathlib.Path) -> None:
     """A single input file that is not DICOM would fail as a one-file series, whose error
     names the folder it lies in and that folder's subfolders: name the file and what is
@@ -368,6 +383,7 @@ def _series_input(source, path: pathlib.Path, inference: Mapping | None = None) 
         # series; for a CT model, say what they are rather than how to pick a series
         if inference is not None and _reads_hu(inference):
             _refuse_images_without_hu(source, path, inference, error)
+        _refuse_several_series(path, error)
         raise
     name = (path.resolve().name or "series") if path.is_dir() else _stem(path)
     return name, path, DICOM_SERIES, series, True

@@ -342,3 +342,24 @@ def test_a_radiograph_dataset_root_given_as_input_names_its_subfolders(tmp_path)
     with pytest.raises(LayoutError, match=r"cxr: holds no radiograph \(subfolders are not "
                        r"read; it has images, masks: pass the one of images\)"):  # fmt: skip
         predict_path(_tissue, radiograph_inference((8, 8)), tmp_path / "cxr")
+
+
+def test_a_folder_of_two_series_says_what_kseg_predict_users_can_do(tmp_path):
+    """A flat PACS export (the volume beside a second series) ended in the reader's 'holds
+    2 series: ...; pass series_uid= to choose one', a Python argument kseg predict has no
+    option for."""
+    from test_predict import synthetic_hu
+
+    from kseg.errors import LayoutError
+    from kseg.predict import predict_path
+
+    folder = _write_axial_series(tmp_path / "export", synthetic_hu((3, 8, 10)), (1, 0, 0),
+                                 (0, 1, 0))  # fmt: skip
+    other = _write_axial_series(tmp_path / "other", synthetic_hu((2, 8, 10)), (1, 0, 0),
+                                (0, 1, 0))  # fmt: skip
+    for path in other.iterdir():
+        path.rename(folder / f"second_{path.name}")
+    with pytest.raises(LayoutError, match=r"export: holds 2 series: .*\(2 files\) \[CT\].*; "
+                       r"kseg predict reads one series per folder: move") as raised:  # fmt: skip
+        predict_path(_tissue, _slices_inference((8, 10)), folder)
+    assert "series_uid=" not in str(raised.value)
