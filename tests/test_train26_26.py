@@ -404,3 +404,20 @@ def test_a_plateau_schedule_on_an_optimizer_with_a_schedule_is_refused_before_tr
                                    reduce_lr_patience=None)  # fmt: skip
     model.fit(X, Y, epochs=2, verbose=0, callbacks=[FlatScore(), epochs, *callbacks])
     assert epochs.ran == 2
+
+
+def test_class_weight_leaves_the_validation_split_unweighted_as_keras_does():
+    # Keras applies class_weight to the training data only; the per-voxel weights kseg
+    # makes from it must not weight the val_loss of a validation_split.
+    rng = np.random.default_rng(4)
+    images = rng.normal(size=(4, 8, 8, 1)).astype(np.float32)
+    masks = np.zeros((4, 8, 8, 1), np.float32)
+    masks[:, 2:5, 3:7] = 1
+    model = _segmentation_model(1, keras.losses.BinaryCrossentropy())
+    history = model.fit(images, masks, batch_size=2, epochs=1, verbose=0, shuffle=False,
+                        validation_split=0.5, class_weight={0: 0.5, 1: 4.0})  # fmt: skip
+    # validated after the step (learning rate 0; batch norm statistics updated by it)
+    p = np.clip(np.asarray(model(images[2:], training=False))[..., 0], 1e-7, 1 - 1e-7)
+    y = masks[2:, ..., 0]
+    unweighted = np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    np.testing.assert_allclose(history.history["val_loss"][0], unweighted, rtol=1e-4)

@@ -83,6 +83,8 @@ class SegmentationModel(keras.Model):
         """``fit``'s arguments with ``class_weight`` turned into a per-voxel
         ``sample_weight`` (arrays) or mapped into the dataset (``tf.data``); other inputs
         (generators, ``PyDataset``) are left to Keras."""
+        import math
+
         import numpy as np
 
         class_weight = kwargs["class_weight"]
@@ -145,7 +147,13 @@ class SegmentationModel(keras.Model):
             if kwargs.get("sample_weight") is not None:
                 raise ValueError("fit: give class_weight or sample_weight, not both")
             classes = classes_of(np.asarray(y, np.float32), np).astype(np.int64)
-            kwargs["sample_weight"] = lookup[np.clip(classes, 0, len(lookup) - 1)]
+            weights = lookup[np.clip(classes, 0, len(lookup) - 1)]
+            split = kwargs.get("validation_split") or 0.0
+            if split and kwargs.get("validation_data") is None:
+                # Keras weights the training part only: validation_split keeps the samples
+                # from floor(n * (1 - split)) on; a weight of 1 leaves their loss unweighted
+                weights[int(math.floor(len(weights) * (1.0 - split))) :] = 1.0
+            kwargs["sample_weight"] = weights
         else:
             return args, kwargs
         kwargs["class_weight"] = None
