@@ -15,7 +15,8 @@ segments every input and writes one prediction per input:
   :func:`kseg.data.pipeline.model_input`, probabilities resized back to each slice's plane
   with :func:`kseg.evaluation.resize_probabilities`; a CT model sees the slices of a NIfTI
   volume or DICOM series the way a head-first supine series shows them, LPS, whatever the
-  storage order: a RAS NIfTI file, a feet-first or prone series), or
+  storage order: a RAS NIfTI file, a series with its columns toward the patient's right or
+  a prone one), or
   ``"kind": "volume"`` (a 3D model:
   :func:`kseg.data.preprocess3d.preprocess_volume`, a gaussian-blended
   :func:`kseg.inference.sliding_window`, then :func:`kseg.geometry.to_original_grid`);
@@ -590,8 +591,9 @@ def _predict_input(model, inference, name, source, kind, image, dicom) -> Predic
     elif kind in (NIFTI, DICOM_SERIES) and inference.get("modality") != "radiograph":
         # A 2D CT model has seen the slices of head-first supine DICOM series: columns
         # toward the patient's left, rows toward posterior (LPS). NIfTI files often store
-        # RAS, i.e. each slice turned upside down and mirrored, and a feet-first or prone
-        # series stores its slices mirrored or turned half round; they are shown to the
+        # RAS, i.e. each slice turned upside down and mirrored, and a series may store its
+        # columns toward the patient's right (some scanners' feet-first scans) or be turned
+        # half round (a prone series, IOP [-1,0,0,0,-1,0]); they are shown to the
         # model the LPS way and the labels turned back (no interpolation either way), so a
         # model that tells the patient's left from right labels the right side.
         from kseg.geometry import orientation, reorient
