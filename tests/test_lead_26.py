@@ -77,3 +77,30 @@ def test_an_evaluation_stopped_while_scoring_leaves_no_stale_table(tmp_path, mon
     monkeypatch.setattr(_evaluation, "write_case", real_write_case)
     assert cli.main(["evaluate", str(run), "--input", str(images)]) == 0
     assert len((folder / "scores.csv").read_text().splitlines()) == 4
+
+
+def test_integer_images_through_a_clipping_augmenter_are_refused():
+    """8-bit radiographs given to kseg's default augmenter as read (0..255): its Gaussian
+    noise clips to [0, 1], so every image it drew noise for came out black and white
+    (each pixel 0 or 1) and trained so, silently. The image dtype is known when the step is
+    traced: refused there, naming the layer and the range. Float images in [0, 1] pass."""
+    import keras
+    import pytest
+    import tensorflow as tf
+
+    from kseg.augment import segmentation_augmenter
+
+    augmenter = segmentation_augmenter(2, seed=0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 16, 16, 1)).astype(np.uint8)
+    masks = (images > 127).astype(np.uint8)
+
+    @tf.function
+    def step(batch):
+        return augmenter(batch, training=True)
+
+    with pytest.raises(ValueError, match=r"dtype uint8, but .* clips intensities to \[0"):
+        step({"images": images, "segmentation_masks": masks})
+    scaled = step({"images": images.astype(np.float32) / 255, "segmentation_masks": masks})
+    out = keras.ops.convert_to_numpy(scaled["images"])
+    assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0

@@ -62,6 +62,8 @@ class SegmentationAugmenter(keras.layers.Layer):
                 f"got {type(inputs).__name__}"
             )
         data = dict(inputs)
+        data[IMAGES] = ops.convert_to_tensor(data[IMAGES])
+        self._check_intensity_scale(data[IMAGES].dtype)
         data[IMAGES] = ops.cast(data[IMAGES], "float32")
         mask_dtype = None
         if MASKS in data:
@@ -74,6 +76,24 @@ class SegmentationAugmenter(keras.layers.Layer):
         if mask_dtype is not None:
             data[MASKS] = ops.cast(data[MASKS], mask_dtype)
         return data
+
+    def _check_intensity_scale(self, dtype) -> None:
+        """Integer images (8-bit PNGs, stored CT values) through a layer that clips to an
+        intensity range would come out as that range's ends: the noise layer's default
+        [0, 1] turned every sample it drew into a black-and-white image, silently. The
+        dtype is known when the step is traced, so this refuses before training."""
+        dtype = keras.backend.standardize_dtype(dtype)
+        if "int" not in dtype:
+            return
+        for layer in self.augmentation_layers:
+            clip = getattr(layer, "clip", None)
+            if clip is not None:
+                raise ValueError(
+                    f"{self.name}: images of dtype {dtype}, but {layer.name} clips "
+                    f"intensities to {list(clip)}: scale them first (a CT window with "
+                    "kseg.data.pipeline.window, 8-bit images divided by 255) or give the "
+                    "layer clip=None"
+                )
 
     def compute_output_shape(self, input_shape):
         return input_shape
