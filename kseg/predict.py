@@ -205,7 +205,7 @@ def _refuse_dicom_beside_nifti(folder: pathlib.Path, niftis, others) -> None:
                 [(_, header)] = scan_dicom_files([entry], where=folder) or [(None, {})]
         except UnreadableFileError:
             continue  # not read as an input either way
-        if "PixelData" in header:
+        if "PixelData" in header and not _labels_or_dose(header):
             dicoms.append(entry)
     if dicoms:
         raise LayoutError(
@@ -454,6 +454,14 @@ def _radiograph_loaders(where: pathlib.Path, files, inference: Mapping) -> list:
             f"holds no radiograph{hint}: expected PNG, JPEG, TIFF, BMP or DICOM image files",
         )
     return inputs
+
+
+def _labels_or_dose(header) -> bool:
+    """A DICOM-SEG or RT Dose object: pixel data, but no image an input could be read from
+    (the series reader skips both)."""
+    name = _sop_class_name(header)
+    modality = str(header.get("Modality", "") or "").strip().upper()
+    return "Segmentation" in name or name == "RT Dose Storage" or modality == "RTDOSE"
 
 
 def _sop_class_name(header) -> str:

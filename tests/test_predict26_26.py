@@ -77,21 +77,25 @@ def test_a_folder_of_nifti_files_and_dicom_images_is_refused_naming_both(tmp_pat
     from test_predict import synthetic_hu, write_ct_series
 
     from kseg.errors import LayoutError
-    from kseg.predict import predict_path
+    from kseg.predict import predict_path, write_predictions
 
     hu = synthetic_hu((3, 12, 10))
     folder = write_ct_series(tmp_path / "patient7", hu)
+    [from_series] = predict_path(_tissue, _slices_inference((12, 10)), folder)
+    [seg] = write_predictions([from_series], tmp_path / "seg", "dicom-seg", labels={"organ": 1})
     nib.save(nib.Nifti1Image(hu.transpose(2, 1, 0).astype(np.int16), np.eye(4)),
              folder / "patient7_ct.nii.gz")  # fmt: skip
     with pytest.raises(LayoutError, match=r"patient7: holds NIfTI files \(1: patient7_ct"
                        r"\.nii\.gz\) and DICOM images \(3: "):  # fmt: skip
         predict_path(_tissue, _slices_inference((12, 10)), folder)
-    # sidecars and notes beside NIfTI files are no inputs, as before
+    # sidecars, notes and a DICOM-SEG (labels, not an image) beside NIfTI files are no
+    # inputs, as before
+    for dicom in folder.glob("*.dcm"):
+        dicom.unlink()
     (folder / "patient7_ct.json").write_text("{}")
     (folder / "README").write_text("converted with dcm2niix\n")
     (folder / "empty").write_bytes(b"")
-    for dicom in folder.glob("*.dcm"):
-        dicom.unlink()
+    (folder / "patient7.seg.dcm").write_bytes(seg.read_bytes())
     [prediction] = predict_path(_tissue, _slices_inference((12, 10)), folder)
     np.testing.assert_array_equal(prediction.labels.array, hu >= 40.5)
 
