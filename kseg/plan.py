@@ -627,6 +627,23 @@ def rule_optimizer(device: str) -> dict:
             "warmup_fraction": 0.05}
 
 
+def class_name_list(class_names) -> list[str] | None:
+    """``class_names`` as a list of names (``None`` stays ``None``).
+
+    Raises:
+        ValueError: a single string: read letter by letter, ``"lung_left"`` says neither
+            left nor right, and the left-right axis would be mirrored.
+    """
+    if class_names is None:
+        return None
+    if isinstance(class_names, (str, bytes)):
+        raise ValueError(
+            f"class_names must be a sequence of class names, got the single name "
+            f"{class_names!r}; pass [{class_names!r}]"
+        )
+    return [str(name) for name in class_names]
+
+
 def rule_mirror_axes(
     spatial_dims: int, class_names, modality: str | None = None
 ) -> tuple[int, ...]:
@@ -641,7 +658,7 @@ def rule_mirror_axes(
     if modality is not None and modality.upper() == "XRAY":
         return ()
     axes = tuple(range(spatial_dims))
-    names = " ".join(class_names or []).lower()
+    names = " ".join(class_name_list(class_names) or []).lower()
     if "left" in names or "right" in names:
         axes = axes[:-1]
     return axes

@@ -104,3 +104,26 @@ def test_integer_images_through_a_clipping_augmenter_are_refused():
     scaled = step({"images": images.astype(np.float32) / 255, "segmentation_masks": masks})
     out = keras.ops.convert_to_numpy(scaled["images"])
     assert out.dtype == np.float32 and 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_one_class_name_given_as_a_string_is_refused():
+    """``flip_tta(model, class_names="lung_left")``: the string was read letter by letter,
+    no letter says "left", so the left-right axis was mirrored and the lungs swapped. A
+    string is refused wherever the mirror axes are derived from class names."""
+    import pytest
+
+    from kseg.inference import flip_tta, tta_uncertainty
+    from kseg.inference.tta import inference_mirror_axes
+    from kseg.plan import rule_mirror_axes
+
+    def model(batch):
+        return np.stack([batch[..., 0], 1 - batch[..., 0]], axis=-1)
+
+    x = np.random.default_rng(0).random((1, 8, 8, 1)).astype(np.float32)
+    assert rule_mirror_axes(2, ["background", "lung_left"]) == (0,)
+    for derive in (lambda: rule_mirror_axes(2, "lung_left"),
+                   lambda: inference_mirror_axes(None, 2, "lung_left"),
+                   lambda: flip_tta(model, class_names="lung_left")(x),
+                   lambda: tta_uncertainty(model, x, samples=2, class_names="lung_left")):
+        with pytest.raises(ValueError, match=r"single name 'lung_left'; pass \['lung_left'\]"):
+            derive()

@@ -92,13 +92,13 @@ def flip_tta(
         Isensee et al., "nnU-Net: a self-configuring method for deep learning-based biomedical
         image segmentation", Nature Methods 18, 2021 (mirroring test-time augmentation).
     """
-    from kseg.plan import rule_mirror_axes
+    from kseg.plan import class_name_list, rule_mirror_axes
 
     predict = as_batch_predictor(predictor)
     requested_axes = None if axes is None else tuple(axes)
     if requested_axes is not None and len(set(requested_axes)) != len(requested_axes):
         raise ValueError(f"axes must not repeat an axis, got {requested_axes}")
-    names = None if class_names is None else [str(name) for name in class_names]
+    names = class_name_list(class_names)
 
     def predict_with_flips(batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch)

@@ -502,10 +502,11 @@ def tta_uncertainty(
 def _label_preserving_transforms(spatial_shape, flip_axes, rotation_plane, class_names):
     """:func:`spatial_transforms` without those that mirror or move the left-right axis
     (the last spatial axis) when ``class_names`` hold left / right classes."""
-    from kseg.plan import rule_mirror_axes
+    from kseg.plan import class_name_list, rule_mirror_axes
 
     spatial_dims = len(spatial_shape)
-    allowed = rule_mirror_axes(spatial_dims, None if class_names is None else list(class_names))
+    class_names = class_name_list(class_names)
+    allowed = rule_mirror_axes(spatial_dims, class_names)
     lateral = spatial_dims - 1 not in allowed
     if lateral and flip_axes is not None and spatial_dims - 1 in tuple(flip_axes):
         raise ValueError(
