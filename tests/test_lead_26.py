@@ -127,3 +127,30 @@ def test_one_class_name_given_as_a_string_is_refused():
                    lambda: tta_uncertainty(model, x, samples=2, class_names="lung_left")):
         with pytest.raises(ValueError, match=r"single name 'lung_left'; pass \['lung_left'\]"):
             derive()
+
+
+def test_the_default_augmenter_keeps_left_and_right_classes_on_their_side():
+    """``segmentation_augmenter()`` for LCTSC's lung_left / lung_right mirrored the
+    left-right axis half the time (and turned it in 3D), teaching the model the labels
+    swapped. With the class names it leaves those transforms out: a left-lung blob on the
+    image's right stays there in every augmented sample (no mirror puts it on the left)."""
+    import keras
+
+    from kseg.augment import segmentation_augmenter
+
+    names = ["background", "lung_left", "lung_right"]
+    for spatial_dims, shape in ((2, (16, 16)), (3, (8, 16, 16))):
+        image = np.zeros((32, *shape, 1), np.float32)
+        image[..., 4:12, 11:15, 0] = 1.0  # right of the image: the patient's left
+        mask = (image > 0.5).astype(np.int32)
+        batch = {"images": image, "segmentation_masks": mask}
+        for class_names, mirrored_somewhere in ((None, True), (names, False)):
+            augmenter = segmentation_augmenter(spatial_dims, intensity=False, seed=3,
+                                               class_names=class_names)
+            out = keras.ops.convert_to_numpy(
+                augmenter(batch, training=True)["segmentation_masks"])
+            width = shape[-1]
+            left_half = out[..., : width // 2, 0].reshape(32, -1).sum(axis=1)
+            right_half = out[..., width // 2:, 0].reshape(32, -1).sum(axis=1)
+            assert bool(np.any(left_half > right_half)) == mirrored_somewhere, (
+                spatial_dims, class_names)

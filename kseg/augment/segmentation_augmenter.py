@@ -114,12 +114,18 @@ def _seeded(seed, index):
     return None if seed is None else seed + index
 
 
-def default_spatial_layers(spatial_dims: int, seed=None) -> list:
-    """kseg's default spatial augmentations for ``spatial_dims`` (see segmentation_augmenter)."""
+def default_spatial_layers(spatial_dims: int, seed=None, class_names=None) -> list:
+    """kseg's default spatial augmentations for ``spatial_dims`` (see segmentation_augmenter);
+    with left / right ``class_names``, none that mirrors or turns the left-right axis."""
+    from kseg.plan import rule_mirror_axes
+
+    lateral = spatial_dims - 1 not in rule_mirror_axes(spatial_dims, class_names)
     if spatial_dims == 2:
+        flips = [keras.layers.RandomFlip("vertical", seed=_seeded(seed, 1))]
+        if not lateral:
+            flips.insert(0, keras.layers.RandomFlip("horizontal", seed=_seeded(seed, 0)))
         return [
-            keras.layers.RandomFlip("horizontal", seed=_seeded(seed, 0)),
-            keras.layers.RandomFlip("vertical", seed=_seeded(seed, 1)),
+            *flips,
             RandomAffine(
                 2, rotation=15.0, scale=(0.85, 1.15), probability=0.5, seed=_seeded(seed, 2)
             ),
@@ -127,9 +133,15 @@ def default_spatial_layers(spatial_dims: int, seed=None) -> list:
                 2, control_points=5, max_displacement=0.05, probability=0.2, seed=_seeded(seed, 3)
             ),
         ]
+    if lateral:
+        turns = []
+        flip = RandomAxisFlip(3, axes=(0, 1), probability=0.5, seed=_seeded(seed, 0))
+    else:
+        turns = [RandomRotate90(3, axes=(1, 2), probability=0.5, seed=_seeded(seed, 1))]
+        flip = RandomAxisFlip(3, probability=0.5, seed=_seeded(seed, 0))
     return [
-        RandomAxisFlip(3, probability=0.5, seed=_seeded(seed, 0)),
-        RandomRotate90(3, axes=(1, 2), probability=0.5, seed=_seeded(seed, 1)),
+        flip,
+        *turns,
         RandomAffine(
             3, rotation=(15.0, 5.0, 5.0), scale=(0.9, 1.1), probability=0.3, seed=_seeded(seed, 2)
         ),
@@ -153,7 +165,9 @@ def default_intensity_layers(spatial_dims: int, seed=None) -> list:
     ]
 
 
-def segmentation_augmenter(spatial_dims: int = 2, spatial=True, intensity=True, seed=None):
+def segmentation_augmenter(
+    spatial_dims: int = 2, spatial=True, intensity=True, seed=None, class_names=None
+):
     """Build the default joint augmentation for 2D slices or 3D patches as one layer.
 
     Spatial (image and mask together, masks by nearest neighbour):
@@ -182,6 +196,12 @@ def segmentation_augmenter(spatial_dims: int = 2, spatial=True, intensity=True, 
         intensity: ``True`` for the defaults above, ``False`` for none, or a list of layers.
         seed: int; each default layer is seeded with ``seed + i`` so runs repeat. ``None``
             draws fresh randomness.
+        class_names: the classes, channel order. When one says "left" or "right" (LCTSC's
+            ``lung_left`` / ``lung_right``), the default spatial layers leave out what
+            mirrors or turns the left-right (last spatial) axis: the horizontal flip in 2D,
+            the flip of the last axis and the quarter turns in 3D; a mirrored copy would
+            teach the model those labels swapped (:func:`kseg.plan.rule_mirror_axes`, as
+            the recipes' plans mirror). ``None``: every default layer.
 
     Returns:
         A ``SegmentationAugmenter`` taking and returning
@@ -201,11 +221,11 @@ def segmentation_augmenter(spatial_dims: int = 2, spatial=True, intensity=True, 
     spatial_dims = check_spatial_dims(spatial_dims)
     layers = []
     for name, choice, defaults in (
-        ("spatial", spatial, default_spatial_layers),
-        ("intensity", intensity, default_intensity_layers),
+        ("spatial", spatial, lambda: default_spatial_layers(spatial_dims, seed, class_names)),
+        ("intensity", intensity, lambda: default_intensity_layers(spatial_dims, seed)),
     ):
         if choice is True:
-            layers.extend(defaults(spatial_dims, seed))
+            layers.extend(defaults())
         elif choice is False or choice is None:
             continue
         elif isinstance(choice, list | tuple):
