@@ -52,7 +52,7 @@ stage, ``KERASTUNER_ORACLE_PORT`` to ``KERASTUNER_ORACLE_PORT + stages - 1``.
 
 Example:
     >>> import tempfile
-    >>> from kseg.training import VolumeValidation
+    >>> from kseg.training import BestModelCheckpoint, ResumableCSVLogger, VolumeValidation
     >>> hypermodel = SegmentationHyperModel(
     ...     (128, 128, 1), 1, models=("unet", "attention_unet"), losses=("dice", "dice_ce"))
     >>> runs = tempfile.mkdtemp()
@@ -93,7 +93,7 @@ from kseg.errors import LayoutError
 from kseg.evaluation import metric_columns
 from kseg.metrics import DiceScore
 from kseg.models import MODELS
-from kseg.training import VolumeValidation
+from kseg.training import BestModelCheckpoint, ResumableCSVLogger, VolumeValidation
 from kseg.training.callbacks import metric_direction, output_kind
 from kseg.training.optimizer import build_optimizer
 
@@ -251,7 +251,10 @@ def check_search_callbacks(objective, callbacks) -> None:
 
     Raises:
         ValueError: the objective is a ``val_volume_*`` key that no callback writes, or
-            one monitored before it is written.
+            one monitored before it is written; or a callback that writes a run folder
+            (:class:`kseg.training.BestModelCheckpoint`, ``ResumableCSVLogger``, a
+            ``BackupAndRestore``, as :func:`kseg.training.training_callbacks` gives them)
+            would write the same files for every trial.
 
     Example:
         >>> import keras
@@ -268,6 +271,23 @@ def check_search_callbacks(objective, callbacks) -> None:
     """
     name = objective.name if isinstance(objective, keras_tuner.Objective) else objective
     callbacks = list(callbacks or ())
+    run_folder = [
+        f"callbacks[{position}] ({type(callback).__name__})"
+        for position, callback in enumerate(callbacks)
+        if isinstance(
+            callback,
+            BestModelCheckpoint | ResumableCSVLogger | keras.callbacks.BackupAndRestore,
+        )
+    ]
+    if run_folder:
+        raise ValueError(
+            f"{', '.join(run_folder)} would write one file for every trial: each trial's "
+            "fit starts at epoch 0, a new run, so the best model would be the last trial's "
+            "and a stopped trial's backup would be restored into the next trial's model; "
+            "Keras Tuner keeps each trial's best epoch (get_best_models) and resumes a "
+            "stopped search itself: give search() VolumeValidation (and EarlyStopping or "
+            "TimeBudget), and train the best hyperparameters with training_callbacks"
+        )
     validations = [
         (position, callback)
         for position, callback in enumerate(callbacks)

@@ -421,3 +421,26 @@ def test_class_weight_leaves_the_validation_split_unweighted_as_keras_does():
     y = masks[2:, ..., 0]
     unweighted = np.mean(-(y * np.log(p) + (1 - y) * np.log(1 - p)))
     np.testing.assert_allclose(history.history["val_loss"][0], unweighted, rtol=1e-4)
+
+
+def test_a_search_refuses_callbacks_that_write_one_run_folder_for_every_trial(tmp_path):
+    # search(callbacks=training_callbacks(run, validation)) gave every trial the same
+    # best.keras, history.csv and backup: each trial's fit starts at epoch 0, a new run, so
+    # best.keras ended as the last trial's best epoch, not the search's best model, and a
+    # crashed trial's backup was restored into the next trial's model.
+    import pytest
+
+    from kseg.training import VolumeValidation, training_callbacks
+    from kseg.tuning import check_search_callbacks
+
+    label = np.zeros((4, 8, 8), np.uint8)
+    label[1:3, 2:6, 2:6] = 1
+    validation = VolumeValidation([("p1", np.zeros((4, 8, 8, 1), np.float32), label, None)])
+    callbacks = training_callbacks(tmp_path / "run", validation)
+    with pytest.raises(ValueError, match=r"BestModelCheckpoint.*every trial.*get_best_models"):
+        check_search_callbacks("val_volume_dice", callbacks)
+    with pytest.raises(ValueError, match=r"BackupAndRestore"):
+        check_search_callbacks(
+            "val_volume_dice", [validation, keras.callbacks.BackupAndRestore(tmp_path / "b")]
+        )
+    check_search_callbacks("val_volume_dice", [validation])  # what kseg tune gives
