@@ -444,3 +444,26 @@ def test_a_search_refuses_callbacks_that_write_one_run_folder_for_every_trial(tm
             "val_volume_dice", [validation, keras.callbacks.BackupAndRestore(tmp_path / "b")]
         )
     check_search_callbacks("val_volume_dice", [validation])  # what kseg tune gives
+
+
+def test_slice_wise_validation_of_a_2d_model_of_any_size_takes_slices_of_any_size():
+    # A (slices, 10, 10, 1) volume and a depth-2 U-Net of input (None, None, 1): the
+    # slice-wise path stopped fit after its first epoch ("unet needs spatial sizes divisible
+    # by 4 ... axis 1 (height) has size 10"). Reference: each slice padded with zeros to
+    # 12 x 12 (1 before, 1 after, as sliding_window pads), predicted, cropped, numpy Dice.
+    from kseg import models
+    from kseg.training import VolumeValidation
+
+    keras.utils.set_random_seed(5)
+    model = models.build("unet", input_shape=(None, None, 1), num_classes=1, depth=2,
+                         base_filters=2)  # fmt: skip
+    image = np.random.default_rng(5).normal(size=(3, 10, 10, 1)).astype(np.float32)
+    label = np.zeros((3, 10, 10), np.uint8)
+    label[:, 2:7, 3:9] = 1
+    validation = VolumeValidation([("p1", image, label, (2.0, 1.0, 1.0))])
+    validation.set_model(model)
+    validation.on_train_begin()
+    dice = validation.evaluate().column("dice")[0]
+    padded = np.pad(image, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    probabilities = np.asarray(model(padded, training=False))[:, 1:11, 1:11, 0]
+    np.testing.assert_allclose(dice, _dice(probabilities >= 0.5, label), rtol=1e-6)

@@ -160,7 +160,8 @@ class VolumeValidation(keras.callbacks.Callback):
     the model's input shape, ``None`` axes taken whole, padded up to a multiple of the
     model's ``size_divisor``, so a U-Net of any input size takes volumes of any size); a
     volume with one more axis than a 2D model is predicted slice by slice with
-    :func:`kseg.inference.predict_slices`, and the probabilities are resized back to the
+    :func:`kseg.inference.predict_slices` (in-plane ``None`` axes padded the same way and
+    cropped back), and the probabilities are resized back to the
     label's in-plane size before scoring (so labels can stay on the acquisition grid while
     the model runs smaller; see :meth:`from_slices`). A deep-supervision model (one output
     per head, ``unet_plus_plus(deep_supervision=True)``) is scored on its last output, the
@@ -399,10 +400,22 @@ class VolumeValidation(keras.callbacks.Callback):
                 progress=self.progress,
             )
         if model_spatial_dims == 2 and image_spatial_dims == 3:
+            # in-plane axes of any size (None) padded evenly up to a size the network
+            # divides, and cropped back, as sliding_window does for the other path
+            divisor = getattr(self.model, "size_divisor", 1)
+            padding = [(0, 0)]
+            for wanted, size in zip(model_input_shape[1:3], image.shape[1:3], strict=True):
+                missing = -(-size // divisor) * divisor - size if wanted is None else 0
+                padding.append((missing // 2, missing - missing // 2))
+            padded = np.pad(image, [*padding, (0, 0)]) if any(map(any, padding)) else image
             probabilities = predict_slices(
-                self._predictor(), image, batch_size=self.batch_size, progress=self.progress
+                self._predictor(), padded, batch_size=self.batch_size, progress=self.progress
             )
-            return resize_probabilities(probabilities, label_plane)
+            crop = tuple(
+                slice(before, before + size)
+                for (before, _), size in zip(padding, image.shape[:3], strict=True)
+            )
+            return resize_probabilities(probabilities[crop], label_plane)
         raise ValueError(
             f"validation image {image.shape} fits neither the model's input "
             f"{model_input_shape} (same spatial axes) nor slice-wise prediction of a 2D model"
