@@ -99,7 +99,9 @@ def _tracking_uri(run_folder: pathlib.Path, tracking_uri, mlflow) -> str:
     tracking_uri = os.fspath(tracking_uri)
     scheme = urllib.parse.urlparse(tracking_uri).scheme
     if len(scheme) <= 1:  # no scheme, or a Windows drive letter: a folder path
-        return pathlib.Path(tracking_uri).absolute().as_uri()
+        # "~" as a shell leaves it in --mlflow-uri=~/mlruns: the home folder, as MLflow
+        # reads it, not a folder named "~" in the working directory
+        return pathlib.Path(tracking_uri).expanduser().absolute().as_uri()
     return tracking_uri
 
 

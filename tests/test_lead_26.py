@@ -154,3 +154,19 @@ def test_the_default_augmenter_keeps_left_and_right_classes_on_their_side():
             right_half = out[..., width // 2:, 0].reshape(32, -1).sum(axis=1)
             assert bool(np.any(left_half > right_half)) == mirrored_somewhere, (
                 spatial_dims, class_names)
+
+
+def test_a_tracking_folder_given_with_a_tilde_is_the_home_folder(tmp_path, monkeypatch):
+    """``--mlflow-uri=~/mlruns`` reaches kseg with its tilde (the shell expands ``~`` only
+    at the start of a word): the runs went to a folder literally named ``~`` in the working
+    directory. ``~`` is the home folder, as ``os.path.expanduser`` reads it."""
+    import pathlib
+
+    from kseg.tracking import _tracking_uri
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    uri = _tracking_uri(tmp_path / "run", "~/mlruns", mlflow=None)
+    assert uri == (tmp_path / "home" / "mlruns").as_uri()
+    assert _tracking_uri(tmp_path / "run", pathlib.Path("store"), mlflow=None) == (
+        (tmp_path / "store").as_uri())
