@@ -413,23 +413,31 @@ def _postprocessed(patient_id, predicted: np.ndarray, postprocess) -> np.ndarray
     return processed
 
 
+def refuse_fractional_reference(patient_id, reference: np.ndarray, *, prefix: str = "") -> None:
+    """A :class:`~kseg.errors.MaskError` naming the patient when a float reference holds
+    values that are not whole numbers. Scoring compares the reference with each label
+    value, so these voxels would belong to no structure, silently: a mask resampled by
+    interpolation (0.5 on its edge) or a label file read through a float scale (0.99999994
+    for 1) would score against a smaller, or empty, reference. ``prefix`` starts the
+    message (the caller's name)."""
+    if reference.dtype.kind != "f" or np.all(reference == np.round(reference)):
+        return
+    fractional = np.unique(reference[reference != np.round(reference)])
+    raise MaskError(
+        None,
+        f"{prefix}patient {patient_id!r}: the reference holds {fractional.size} values that "
+        f"are not whole numbers ({', '.join(f'{v:.9g}' for v in fractional[:4])}"
+        f"{', ...' if fractional.size > 4 else ''}); a reference is a label map: threshold "
+        "an interpolated mask (mask >= 0.5) or round labels read through a float scale "
+        "(numpy.rint)",
+    )
+
+
 def _score_case(
     patient_id, y_true, y_pred, spacing, metric_names, labels, threshold, functions, postprocess
 ) -> dict[str, float]:
     y_true = np.asarray(y_true)
-    if y_true.dtype.kind == "f" and not np.all(y_true == np.round(y_true)):
-        # `y_true == label` would drop these voxels from every structure, silently: a mask
-        # resampled by interpolation (0.5 on its edge) or a label file read through a float
-        # scale (0.99999994 for 1) would score against a smaller, or empty, reference
-        fractional = np.unique(y_true[y_true != np.round(y_true)])
-        raise MaskError(
-            None,
-            f"patient {patient_id!r}: the reference holds {fractional.size} values that are "
-            f"not whole numbers ({', '.join(f'{v:.9g}' for v in fractional[:4])}"
-            f"{', ...' if fractional.size > 4 else ''}); a reference is a label map: "
-            "threshold an interpolated mask (mask >= 0.5) or round labels read through a "
-            "float scale (numpy.rint)",
-        )
+    refuse_fractional_reference(patient_id, y_true)
     predicted = _postprocessed(
         patient_id,
         _label_map(patient_id, np.asarray(y_pred), y_true.shape, threshold,

@@ -31,6 +31,7 @@ from kseg.evaluation import (
     evaluate_volumes,
     metric_columns,
     reassemble_slices,
+    refuse_fractional_reference,
     resize_probabilities,
 )
 from kseg.inference import predict_slices, sliding_window
@@ -322,15 +323,7 @@ class VolumeValidation(keras.callbacks.Callback):
     def _check_label_values(self, patient_id, label: np.ndarray) -> None:
         """Refuse now the references :func:`kseg.evaluation.evaluate_volumes` refuses, not
         after the first epoch: fractional values, and without ``labels`` values beyond 0/1."""
-        if label.dtype.kind == "f" and not np.all(label == np.round(label)):
-            fractional = np.unique(label[label != np.round(label)])
-            raise MaskError(
-                None,
-                f"VolumeValidation: patient {patient_id!r}: the reference holds "
-                f"{fractional.size} values that are not whole numbers "
-                f"({', '.join(f'{v:.9g}' for v in fractional[:4])}); a reference is a label "
-                "map: threshold an interpolated mask (mask >= 0.5)",
-            )
+        refuse_fractional_reference(patient_id, label, prefix="VolumeValidation: ")
         if self.labels is None and label.size and (label.min() < 0 or label.max() > 1):
             raise MaskError(
                 None,
