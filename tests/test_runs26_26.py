@@ -9,7 +9,7 @@ import json
 import re
 
 import pytest
-from test_runs_25 import _config, _fake_builder, _interrupted_run
+from test_runs_25 import _config, _fake_builder, _interrupted_run, finished_member
 
 from kseg.errors import LayoutError
 from kseg.recipes.run_config import write_json
@@ -218,12 +218,7 @@ def test_a_cross_validation_rerun_may_log_to_mlflow(tmp_path):
     first = argparse.Namespace(output_dir=tmp_path / "cv", data_dir=None, folds=3, test_fold=0,
                                validation_fold="all", seed=0, epochs=2, mlflow=False,
                                mlflow_uri=None, distribution="default")
-    member = cross_validation.member_args(first, 1)
-    member.output_dir.mkdir(parents=True)
-    (member.output_dir / "best.keras").write_bytes(b"model")
-    write_json(member.output_dir / cross_validation.FINISHED_FILE,
-               {"validation_fold": 1, "arguments": json.loads(json.dumps(
-                   vars(member), default=str))})  # fmt: skip
+    finished_member(first, 1)
 
     def rerun(**changes):
         return cross_validation.member_args(argparse.Namespace(**{**vars(first), **changes}), 1)

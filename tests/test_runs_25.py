@@ -378,6 +378,20 @@ def test_beam_predicts_chaos_series_of_one_folder_name_into_patient_folders(tmp_
     assert again.written == () and list(again.skipped) == expected
 
 
+def finished_member(first, fold):
+    """The member of cross-validation ``first`` validated on ``fold``, as a finished run
+    leaves it: ``best.keras`` and the record of its arguments."""
+    from kseg.recipes import cross_validation
+
+    member = cross_validation.member_args(first, fold)
+    member.output_dir.mkdir(parents=True)
+    (member.output_dir / "best.keras").write_bytes(b"model")
+    write_json(member.output_dir / cross_validation.FINISHED_FILE,
+               {"validation_fold": fold, "arguments": json.loads(json.dumps(
+                   vars(member), default=str))})  # fmt: skip
+    return member
+
+
 def _softmax_model(path, channels=2):
     import keras
 
@@ -689,12 +703,7 @@ def test_a_cross_validation_rerun_names_its_download_as_it_likes(tmp_path, monke
     first = argparse.Namespace(output_dir=tmp_path / "cv", data_dir=pathlib.Path("data/CHAOS"),
                                manual_dir=pathlib.Path("data/CHAOS"),  # as recipes set it
                                validation_fold="all", folds=3, test_fold=0, seed=0)
-    member = cross_validation.member_args(first, 1)
-    member.output_dir.mkdir(parents=True)
-    (member.output_dir / "best.keras").write_bytes(b"model")
-    write_json(member.output_dir / cross_validation.FINISHED_FILE,
-               {"validation_fold": 1, "arguments": json.loads(json.dumps(
-                   vars(member), default=str))})  # fmt: skip
+    finished_member(first, 1)
     for given in (download, tmp_path / "chaos"):
         again = cross_validation.member_args(argparse.Namespace(
             **{**vars(first), "data_dir": given, "manual_dir": given}), 1)
