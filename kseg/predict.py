@@ -53,6 +53,8 @@ from kseg.inference.sliding_window import BLEND_MODES
 from kseg.io.dicom import (
     DICOM_VALUES,
     SkippedFileWarning,
+    _is_rt_dose,
+    _sop_class_name,
     read_dicom_series,
     scan_dicom_files,
 )
@@ -459,17 +461,7 @@ def _radiograph_loaders(where: pathlib.Path, files, inference: Mapping) -> list:
 def _labels_or_dose(header) -> bool:
     """A DICOM-SEG or RT Dose object: pixel data, but no image an input could be read from
     (the series reader skips both)."""
-    name = _sop_class_name(header)
-    modality = str(header.get("Modality", "") or "").strip().upper()
-    return "Segmentation" in name or name == "RT Dose Storage" or modality == "RTDOSE"
-
-
-def _sop_class_name(header) -> str:
-    from pydicom.uid import UID
-
-    file_meta = getattr(header, "file_meta", None) or {}
-    uid = str(header.get("SOPClassUID", "") or file_meta.get("MediaStorageSOPClassUID", ""))
-    return UID(uid.strip()).name if uid.strip() else "DICOM"
+    return "Segmentation" in _sop_class_name(header) or _is_rt_dose(header)
 
 
 def _radiograph_input(path: pathlib.Path, header, dicom_values: str) -> tuple:
