@@ -156,12 +156,6 @@ class SliceLevelObjectiveWarning(UserWarning):
     """A search ranks trials by a patch- or slice-level number, not by whole volumes."""
 
 
-def _known_direction(name: str) -> tuple[str | None, str]:
-    """``(direction, score_name)`` inferred from a validation log key, direction or None
-    (the rule :class:`kseg.training.BestModelCheckpoint` checks its mode by)."""
-    return metric_direction(name)
-
-
 def resolve_objective(objective=DEFAULT_OBJECTIVE) -> keras_tuner.Objective:
     """Turn an objective name or ``keras_tuner.Objective`` into a checked ``Objective``.
 
@@ -201,7 +195,8 @@ def resolve_objective(objective=DEFAULT_OBJECTIVE) -> keras_tuner.Objective:
             f"objective {name!r} is computed on the training batches, so the search would "
             f"reward overfitting; rank by a validation score such as {DEFAULT_OBJECTIVE!r}"
         )
-    inferred, score = _known_direction(name)
+    # the rule kseg.training.BestModelCheckpoint checks its mode by
+    inferred, score = metric_direction(name)
     if score in _NOT_OBJECTIVES:
         raise ValueError(f"objective {name!r} cannot rank trials: {_NOT_OBJECTIVES[score]}")
     if direction is None:
