@@ -6,17 +6,9 @@ import json
 import h5py
 import keras
 import numpy as np
+from test_resume import X, Y, tiny_model
 
 from kseg.training import AtomicBackupAndRestore
-
-X = np.linspace(-1, 1, 8, dtype=np.float32).reshape(8, 1)
-Y = 3 * X
-
-
-def _tiny_model():
-    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    model.compile(optimizer=keras.optimizers.Adam(0.05), loss="mse")
-    return model
 
 
 class _CrashAfterBatch(keras.callbacks.Callback):
@@ -46,7 +38,7 @@ class _Epochs(keras.callbacks.Callback):
 def _fit(backup_dir, *extra):
     epochs = _Epochs()
     try:
-        _tiny_model().fit(
+        tiny_model().fit(
             X, Y, batch_size=2, epochs=4, verbose=0,
             callbacks=[AtomicBackupAndRestore(backup_dir, save_freq=2), epochs, *extra],
         )  # fmt: skip
@@ -228,7 +220,7 @@ def test_a_resumed_history_keeps_its_columns_when_the_logs_gain_a_key(tmp_path):
                 raise RuntimeError("simulated kill")
 
     history_path, backup = tmp_path / "history.csv", tmp_path / "backup"
-    model = _tiny_model()
+    model = tiny_model()
     first = keras.callbacks.History()
     try:
         model.fit(X, Y, epochs=4, verbose=0, validation_data=(X, Y), callbacks=[
@@ -236,7 +228,7 @@ def test_a_resumed_history_keeps_its_columns_when_the_logs_gain_a_key(tmp_path):
             CrashAtEpoch()])  # fmt: skip
     except RuntimeError:
         pass
-    resumed = _tiny_model().fit(
+    resumed = tiny_model().fit(
         X, Y, epochs=4, verbose=0, validation_data=(X, Y), callbacks=[
             TimeBudget(60, verbose=False), ResumableCSVLogger(history_path),
             AtomicBackupAndRestore(backup)])  # fmt: skip
